@@ -1,0 +1,1 @@
+fn main() { println!("{}", dbtel_agent::EBPF_OBJECT.len()); }

@@ -1,0 +1,190 @@
+//! Event and configuration types shared by the eBPF programs and the agent.
+//!
+//! Everything here is `#[repr(C)]`, integers and byte arrays only, with explicit
+//! padding, so both sides agree on the layout byte for byte.
+#![no_std]
+
+/// Longest query text the kernel side can copy (bytes, NUL included).
+/// The agent configures a smaller limit at load time (`MAX_TEXT` global).
+pub const TEXT_CAP: usize = 16384;
+/// Prepared statement names are identifiers: NAMEDATALEN (64) in PostgreSQL.
+pub const NAME_CAP: usize = 64;
+pub const CMD_STATUS_CAP: usize = 64;
+pub const DB_CAP: usize = 64;
+pub const HOST_CAP: usize = 128;
+pub const PORT_CAP: usize = 16;
+/// Maximum number of distinct libpq layouts (builds) one agent handles.
+pub const MAX_LAYOUTS: u32 = 64;
+
+/// Event kinds, in [`Header::kind`].
+pub mod kind {
+    /// A query-issuing libpq call was entered ([`super::QueryEvent`]).
+    pub const QUERY: u32 = 1;
+    /// `PQgetResult` returned ([`super::ResultEvent`]).
+    pub const RESULT: u32 = 2;
+    /// First sight of a connection object in this process ([`super::ConnEvent`]).
+    pub const CONN: u32 = 3;
+    /// `PQfinish` was entered ([`super::Header`] only).
+    pub const FINISH: u32 = 4;
+    pub const COUNT: u32 = 5;
+}
+
+/// libpq functions, carried in the attach cookie and in [`Header::func`].
+pub mod func {
+    pub const PQEXEC: u32 = 1;
+    pub const PQEXEC_PARAMS: u32 = 2;
+    pub const PQPREPARE: u32 = 3;
+    pub const PQEXEC_PREPARED: u32 = 4;
+    pub const PQSEND_QUERY: u32 = 5;
+    pub const PQSEND_QUERY_PARAMS: u32 = 6;
+    pub const PQSEND_PREPARE: u32 = 7;
+    pub const PQSEND_QUERY_PREPARED: u32 = 8;
+    pub const PQGET_RESULT: u32 = 9;
+    pub const PQFINISH: u32 = 10;
+}
+
+/// Attach cookie layout: which arguments hold the text and the statement name,
+/// and which layout entry describes the library's private structs. The kernel
+/// side follows these numbers and knows nothing else about libpq.
+pub mod cookie {
+    pub const fn make(func: u32, text_arg: u32, name_arg: u32, layout: u32) -> u64 {
+        (func as u64) | ((text_arg as u64) << 8) | ((name_arg as u64) << 12) | ((layout as u64) << 32)
+    }
+    pub const fn func(c: u64) -> u32 {
+        (c & 0xff) as u32
+    }
+    /// 0 = none, else argument index + 1.
+    pub const fn text_arg(c: u64) -> u32 {
+        ((c >> 8) & 0xf) as u32
+    }
+    /// 0 = none, else argument index + 1.
+    pub const fn name_arg(c: u64) -> u32 {
+        ((c >> 12) & 0xf) as u32
+    }
+    pub const fn layout(c: u64) -> u32 {
+        (c >> 32) as u32
+    }
+}
+
+/// Flags in [`QueryEvent::flags`].
+pub mod qflags {
+    /// The text was longer than the configured limit and was cut.
+    pub const TRUNCATED: u32 = 1;
+    /// The text could not be read from user memory.
+    pub const TEXT_FAULT: u32 = 2;
+}
+
+/// Offsets into libpq's private structs for one build, discovered at attach
+/// time by decoding libpq's accessor functions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LibpqLayout {
+    /// PGconn: `char *dbName` (PQdb).
+    pub conn_db: u32,
+    /// PGconn: `pg_conn_host *connhost` (PQhost/PQport).
+    pub conn_connhost: u32,
+    /// PGconn: `int whichhost`.
+    pub conn_whichhost: u32,
+    /// PGconn: `int be_pid` (PQbackendPID).
+    pub conn_be_pid: u32,
+    /// sizeof(pg_conn_host).
+    pub connhost_size: u32,
+    /// pg_conn_host: `char *host`.
+    pub connhost_host: u32,
+    /// pg_conn_host: `char *port`.
+    pub connhost_port: u32,
+    /// PGresult: `int ntups` (PQntuples).
+    pub res_ntups: u32,
+    /// PGresult: `ExecStatusType resultStatus` (PQresultStatus).
+    pub res_status: u32,
+    /// PGresult: `char cmdStatus[]` (PQcmdStatus).
+    pub res_cmd_status: u32,
+    /// PGresult: `PGMessageField *errFields` (PQresultErrorField).
+    pub res_err_fields: u32,
+    /// PGMessageField: `next`, `code`, `contents[]`.
+    pub field_next: u32,
+    pub field_code: u32,
+    pub field_contents: u32,
+    /// Non-zero once filled in.
+    pub valid: u32,
+    pub _pad: u32,
+}
+
+/// Common prefix of every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Header {
+    pub kind: u32,
+    pub func: u32,
+    /// Thread group id (the process id as users see it).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns).
+    pub ts_ns: u64,
+    /// PGconn pointer in the traced process.
+    pub conn: u64,
+}
+
+/// Variable-length: only `TEXT_OFFSET + text_len` bytes are sent.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct QueryEvent {
+    pub hdr: Header,
+    /// Bytes in `text`, NUL excluded.
+    pub text_len: u32,
+    /// Bytes in `name`, NUL excluded.
+    pub name_len: u32,
+    pub flags: u32,
+    pub _pad: u32,
+    pub name: [u8; NAME_CAP],
+    pub text: [u8; TEXT_CAP],
+}
+
+impl QueryEvent {
+    pub const TEXT_OFFSET: usize = core::mem::size_of::<Header>() + 16 + NAME_CAP;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ResultEvent {
+    pub hdr: Header,
+    /// PGresult pointer; 0 means "no more results for this query".
+    pub result: u64,
+    pub status: i32,
+    pub ntuples: i32,
+    pub cmd_status: [u8; CMD_STATUS_CAP],
+    /// SQLSTATE (5 chars) when the result carries one.
+    pub sqlstate: [u8; 8],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnEvent {
+    pub hdr: Header,
+    pub backend_pid: i32,
+    pub _pad: u32,
+    pub db: [u8; DB_CAP],
+    pub host: [u8; HOST_CAP],
+    pub port: [u8; PORT_CAP],
+}
+
+/// Counters kept by the kernel side, one per-CPU array slot each.
+pub mod counter {
+    /// Ring buffer output failed (full): one event lost.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// PQgetResult returned without a recorded entry (map full or evicted).
+    pub const RESULT_UNMATCHED: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+const _: () = assert!(core::mem::size_of::<Header>() == 32);
+const _: () = assert!(core::mem::size_of::<LibpqLayout>() == 64);
+const _: () = assert!(core::mem::size_of::<QueryEvent>() == QueryEvent::TEXT_OFFSET + TEXT_CAP);
+const _: () = assert!(core::mem::size_of::<ResultEvent>() == 32 + 16 + CMD_STATUS_CAP + 8);
+const _: () = assert!(core::mem::size_of::<ConnEvent>() == 32 + 8 + DB_CAP + HOST_CAP + PORT_CAP);
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::LibpqLayout {}
+}

@@ -1,0 +1,256 @@
+//! Kernel side: uprobes on libpq. Copies raw facts (pointers, bounded strings,
+//! return values, timestamps) into one ring buffer; userspace interprets them.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
+    },
+    macros::{map, uprobe, uretprobe},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RetProbeContext},
+    EbpfContext,
+};
+use dbtel_common::{
+    cookie, counter, func, kind, qflags, ConnEvent, Header, LibpqLayout, QueryEvent, ResultEvent,
+    MAX_LAYOUTS, TEXT_CAP,
+};
+
+/// Longest query text to copy, set by the agent at load time.
+#[no_mangle]
+static MAX_TEXT: u32 = 4096;
+/// Wake the reader only once this much is waiting: a wake-up per record costs
+/// far more than the record itself. The reader also polls on a short timer.
+#[no_mangle]
+static WAKEUP_BYTES: u64 = 256 * 1024;
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+#[map]
+static SCRATCH: PerCpuArray<QueryEvent> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static LAYOUTS: Array<LibpqLayout> = Array::with_max_entries(MAX_LAYOUTS, 0);
+/// (tgid, PGconn*) seen already: connection details are sent once per connection.
+#[map]
+static SEEN_CONNS: LruHashMap<[u64; 2], u8> = LruHashMap::with_max_entries(16384, 0);
+/// PQgetResult entry → return: pid_tgid → PGconn* (bcc dbslower's pattern).
+#[map]
+static GETRESULT_ARGS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[inline(always)]
+fn bump(idx: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(idx) {
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    let waiting = EVENTS.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64);
+    let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    if waiting >= threshold {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+#[inline(always)]
+fn header(kind: u32, func: u32, conn: u64) -> Header {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    Header {
+        kind,
+        func,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        conn,
+    }
+}
+
+#[inline(always)]
+fn read<T>(addr: u64) -> Option<T> {
+    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
+}
+
+#[inline(always)]
+fn layout(idx: u32) -> Option<&'static LibpqLayout> {
+    LAYOUTS.get(idx).filter(|l| l.valid != 0)
+}
+
+/// Entry of every query-issuing call (PQexec, PQsendQuery, PQprepare, ...).
+/// The cookie says which argument holds the text and which the statement name.
+#[uprobe]
+pub fn pq_query(ctx: ProbeContext) -> u32 {
+    let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let conn: u64 = ctx.arg(0).unwrap_or(0);
+    note_conn(conn, cookie::layout(c));
+    let Some(ev) = SCRATCH.get_ptr_mut(0) else { return 0 };
+    let ev = unsafe { &mut *ev };
+    ev.hdr = header(kind::QUERY, cookie::func(c), conn);
+    ev.flags = 0;
+    ev.name_len = 0;
+    ev.text_len = 0;
+    let name_arg = cookie::name_arg(c);
+    if name_arg != 0 {
+        let p: u64 = ctx.arg((name_arg - 1) as usize).unwrap_or(0);
+        if let Ok(s) = unsafe { bpf_probe_read_user_str_bytes(p as *const u8, &mut ev.name) } {
+            ev.name_len = s.len() as u32;
+        }
+    }
+    let text_arg = cookie::text_arg(c);
+    if text_arg != 0 {
+        let p: u64 = ctx.arg((text_arg - 1) as usize).unwrap_or(0);
+        // Read one byte past the limit (plus NUL) to tell "exactly the limit" from "cut".
+        let limit = unsafe { core::ptr::read_volatile(&MAX_TEXT) } as usize;
+        let limit = if limit > TEXT_CAP - 2 { TEXT_CAP - 2 } else { limit };
+        let size = limit + 2;
+        match unsafe { bpf_probe_read_user_str_bytes(p as *const u8, &mut ev.text[..size]) } {
+            Ok(s) => {
+                let n = s.len();
+                if n > limit {
+                    ev.flags |= qflags::TRUNCATED;
+                    ev.text_len = limit as u32;
+                } else {
+                    ev.text_len = n as u32;
+                }
+            }
+            Err(_) => ev.flags |= qflags::TEXT_FAULT,
+        }
+    }
+    let len = QueryEvent::TEXT_OFFSET + ev.text_len as usize;
+    let bytes: &[u8; core::mem::size_of::<QueryEvent>()] = unsafe { &*(ev as *const QueryEvent).cast() };
+    if len <= bytes.len() && EVENTS.output::<[u8]>(&bytes[..len], wakeup_flags()).is_err() {
+        bump(counter::RINGBUF_FULL);
+    }
+    0
+}
+
+/// Sends the connection's database, host, port and backend PID the first time
+/// this process uses the connection object.
+#[inline(always)]
+fn note_conn(conn: u64, layout_idx: u32) {
+    let key = [bpf_get_current_pid_tgid() >> 32, conn];
+    if conn == 0 || SEEN_CONNS.get_ptr(key).is_some() {
+        return;
+    }
+    let _ = SEEN_CONNS.insert(key, 1, 0);
+    let Some(l) = layout(layout_idx) else { return };
+    let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
+        bump(counter::RINGBUF_FULL);
+        return;
+    };
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.hdr = header(kind::CONN, 0, conn);
+    ev.backend_pid = read::<i32>(conn + l.conn_be_pid as u64).unwrap_or(0);
+    ev._pad = 0;
+    ev.db[0] = 0;
+    ev.host[0] = 0;
+    ev.port[0] = 0;
+    if let Some(p) = read::<u64>(conn + l.conn_db as u64) {
+        let _ = unsafe { bpf_probe_read_user_str_bytes(p as *const u8, &mut ev.db) };
+    }
+    if let (Some(hosts), Some(which)) = (
+        read::<u64>(conn + l.conn_connhost as u64),
+        read::<i32>(conn + l.conn_whichhost as u64),
+    ) {
+        if hosts != 0 && which >= 0 && which < 64 {
+            let h = hosts + (which as u64) * l.connhost_size as u64;
+            if let Some(p) = read::<u64>(h + l.connhost_host as u64) {
+                let _ = unsafe { bpf_probe_read_user_str_bytes(p as *const u8, &mut ev.host) };
+            }
+            if let Some(p) = read::<u64>(h + l.connhost_port as u64) {
+                let _ = unsafe { bpf_probe_read_user_str_bytes(p as *const u8, &mut ev.port) };
+            }
+        }
+    }
+    entry.submit(wakeup_flags());
+}
+
+#[uprobe]
+pub fn pq_getresult(ctx: ProbeContext) -> u32 {
+    let conn: u64 = ctx.arg(0).unwrap_or(0);
+    let _ = GETRESULT_ARGS.insert(bpf_get_current_pid_tgid(), conn, 0);
+    0
+}
+
+/// PGRES_FATAL_ERROR: only such results carry a SQLSTATE worth reading.
+const PGRES_FATAL_ERROR: i32 = 7;
+
+#[uretprobe]
+pub fn pq_getresult_ret(ctx: RetProbeContext) -> u32 {
+    let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(conn) = (unsafe { GETRESULT_ARGS.get(pid_tgid) }).copied() else {
+        bump(counter::RESULT_UNMATCHED);
+        return 0;
+    };
+    let _ = GETRESULT_ARGS.remove(pid_tgid);
+    let res: u64 = ctx.ret();
+    let Some(mut entry) = EVENTS.reserve::<ResultEvent>(0) else {
+        bump(counter::RINGBUF_FULL);
+        return 0;
+    };
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.hdr = header(kind::RESULT, func::PQGET_RESULT, conn);
+    ev.result = res;
+    ev.status = -1;
+    ev.ntuples = 0;
+    ev.cmd_status[0] = 0;
+    ev.sqlstate = [0; 8];
+    if res != 0 {
+        if let Some(l) = layout(cookie::layout(c)) {
+            ev.status = read::<i32>(res + l.res_status as u64).unwrap_or(-1);
+            ev.ntuples = read::<i32>(res + l.res_ntups as u64).unwrap_or(0);
+            let _ = unsafe {
+                bpf_probe_read_user_buf((res + l.res_cmd_status as u64) as *const u8, &mut ev.cmd_status)
+            };
+            if ev.status == PGRES_FATAL_ERROR {
+                read_sqlstate(res, l, &mut ev.sqlstate);
+            }
+        }
+    }
+    entry.submit(wakeup_flags());
+    0
+}
+
+/// Walks the result's error field list (a short linked list) for code 'C'.
+#[inline(always)]
+fn read_sqlstate(res: u64, l: &LibpqLayout, out: &mut [u8; 8]) {
+    let mut p = read::<u64>(res + l.res_err_fields as u64).unwrap_or(0);
+    for _ in 0..16 {
+        if p == 0 {
+            return;
+        }
+        if read::<u8>(p + l.field_code as u64) == Some(b'C') {
+            let _ = unsafe { bpf_probe_read_user_str_bytes((p + l.field_contents as u64) as *const u8, out) };
+            return;
+        }
+        p = read::<u64>(p + l.field_next as u64).unwrap_or(0);
+    }
+}
+
+#[uprobe]
+pub fn pq_finish(ctx: ProbeContext) -> u32 {
+    let conn: u64 = ctx.arg(0).unwrap_or(0);
+    let _ = SEEN_CONNS.remove([bpf_get_current_pid_tgid() >> 32, conn]);
+    if EVENTS.output::<Header>(header(kind::FINISH, func::PQFINISH, conn), wakeup_flags()).is_err() {
+        bump(counter::RINGBUF_FULL);
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
