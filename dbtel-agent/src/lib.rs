@@ -1,1 +1,8 @@
+//! dbtel agent library: everything between the kernel's ring buffer and OTLP.
+pub mod discover;
+pub mod events;
+pub mod layout;
+pub mod sql;
+
+/// The eBPF object built from dbtel-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dbtel"));

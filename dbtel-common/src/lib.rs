@@ -105,9 +105,11 @@ pub struct LibpqLayout {
     pub field_next: u32,
     pub field_code: u32,
     pub field_contents: u32,
-    /// Non-zero once filled in.
+    /// Non-zero once the PGresult offsets are filled in.
     pub valid: u32,
-    pub _pad: u32,
+    /// Non-zero once the PGconn offsets are filled in (optional: spans then
+    /// lack database and server details, nothing else).
+    pub conn_valid: u32,
 }
 
 /// Common prefix of every event.

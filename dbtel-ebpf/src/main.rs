@@ -140,7 +140,7 @@ fn note_conn(conn: u64, layout_idx: u32) {
         return;
     }
     let _ = SEEN_CONNS.insert(key, 1, 0);
-    let Some(l) = layout(layout_idx) else { return };
+    let Some(l) = layout(layout_idx).filter(|l| l.conn_valid != 0) else { return };
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
         bump(counter::RINGBUF_FULL);
         return;

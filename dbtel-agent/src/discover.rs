@@ -1,0 +1,222 @@
+//! Finds libpq in a process: /proc/<pid>/maps → the ELF files it maps (read
+//! through /proc/<pid>/root so containers work) → libpq's symbols and layout.
+
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use dbtel_common::LibpqLayout;
+use object::{Object, ObjectSegment, ObjectSymbol};
+
+use crate::layout::{self, Accessors};
+
+/// The libpq entry points dbtel probes; a libpq lacking any of them is refused.
+pub const PROBED: &[&str] = &[
+    "PQexec",
+    "PQexecParams",
+    "PQprepare",
+    "PQexecPrepared",
+    "PQsendQuery",
+    "PQsendQueryParams",
+    "PQsendPrepare",
+    "PQsendQueryPrepared",
+    "PQgetResult",
+    "PQfinish",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    #[error("no process with PID {0}")]
+    NoSuchProcess(u32),
+    #[error("cannot read /proc/{pid}/maps: {source} (dbtel-agent must run as root)")]
+    Maps { pid: u32, source: io::Error },
+    #[error("process {pid} ({exe}) does not use libpq: no libpq is mapped and its executable has no libpq symbols")]
+    NoLibpq { pid: u32, exe: String },
+    #[error("{path} (process {pid}) has libpq symbols but lacks {missing}: unsupported libpq build")]
+    MissingSymbols { pid: u32, path: String, missing: String },
+    #[error("{path}: {source}")]
+    Read { path: String, source: io::Error },
+    #[error("{path}: not a readable ELF file: {source}")]
+    Elf { path: String, source: object::Error },
+    #[error("{path}: unexpected libpq build: {source}")]
+    Layout { path: String, source: layout::LayoutError },
+}
+
+/// libpq found in one process.
+#[derive(Debug, Clone)]
+pub struct LibpqTarget {
+    pub pid: u32,
+    /// Path as the process sees it (from its maps).
+    pub path: String,
+    /// The same file as the agent reaches it.
+    pub host_path: PathBuf,
+    /// File offsets of the probed functions.
+    pub offsets: BTreeMap<&'static str, u64>,
+    pub layout: LibpqLayout,
+    /// Why the PGconn offsets are unknown, if they are (spans then lack
+    /// database and server details).
+    pub conn_layout_error: Option<String>,
+}
+
+pub fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+pub fn exe_name(pid: u32) -> String {
+    fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .or_else(|| fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Paths of the file-backed executable mappings in /proc/<pid>/maps.
+pub fn executable_mappings(pid: u32) -> Result<Vec<String>, DiscoverError> {
+    if !process_exists(pid) {
+        return Err(DiscoverError::NoSuchProcess(pid));
+    }
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|source| {
+        if source.kind() == io::ErrorKind::NotFound {
+            DiscoverError::NoSuchProcess(pid)
+        } else {
+            DiscoverError::Maps { pid, source }
+        }
+    })?;
+    Ok(parse_maps(&maps))
+}
+
+pub fn parse_maps(maps: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in maps.lines() {
+        let mut f = line.splitn(6, char::is_whitespace);
+        let (_, perms) = (f.next(), f.next().unwrap_or(""));
+        let path = f.nth(3).unwrap_or("").trim();
+        if perms.contains('x') && path.starts_with('/') && !path.ends_with(" (deleted)") && !out.iter().any(|p| p == path) {
+            out.push(path.to_string());
+        }
+    }
+    out
+}
+
+/// Every mapped ELF object of `pid` that defines libpq's functions: a shared
+/// libpq, or an executable or library with libpq linked in.
+pub fn find_libpq(pid: u32) -> Result<Vec<LibpqTarget>, DiscoverError> {
+    let mut found = Vec::new();
+    for path in executable_mappings(pid)? {
+        let host_path = PathBuf::from(format!("/proc/{pid}/root{path}"));
+        if let Some(t) = inspect(pid, &path, &host_path)? {
+            found.push(t);
+        }
+    }
+    if found.is_empty() {
+        return Err(DiscoverError::NoLibpq { pid, exe: exe_name(pid) });
+    }
+    Ok(found)
+}
+
+/// Looks at one file; `None` if it has nothing of libpq.
+pub fn inspect(pid: u32, path: &str, host_path: &Path) -> Result<Option<LibpqTarget>, DiscoverError> {
+    let data = match fs::read(host_path) {
+        Ok(d) => d,
+        // Files that vanished or that we may not read are not libpq candidates
+        // worth failing over, unless they are named like libpq.
+        Err(source) if !path.contains("libpq") => {
+            log::debug!("skipping {path}: {source}");
+            return Ok(None);
+        }
+        Err(source) => return Err(DiscoverError::Read { path: path.into(), source }),
+    };
+    let file = match object::File::parse(&*data) {
+        Ok(f) => f,
+        Err(_) if !path.contains("libpq") => return Ok(None),
+        Err(source) => return Err(DiscoverError::Elf { path: path.into(), source }),
+    };
+    let symbols = defined_symbols(&file);
+    if !symbols.contains_key("PQgetResult") && !symbols.contains_key("PQexec") {
+        return Ok(None);
+    }
+    let missing: Vec<&str> = PROBED.iter().copied().filter(|s| !symbols.contains_key(*s)).collect();
+    if !missing.is_empty() {
+        return Err(DiscoverError::MissingSymbols { pid, path: path.into(), missing: missing.join(", ") });
+    }
+    let to_offset = |addr: u64| vaddr_to_offset(&file, addr);
+    let mut offsets = BTreeMap::new();
+    for name in PROBED {
+        let off = to_offset(symbols[*name]).ok_or_else(|| DiscoverError::MissingSymbols {
+            pid,
+            path: path.into(),
+            missing: format!("a file offset for {name}"),
+        })?;
+        offsets.insert(*name, off);
+    }
+    let get = |name: &'static str| {
+        let addr = *symbols.get(name)?;
+        let off = to_offset(addr)? as usize;
+        let code = data.get(off..(off + 256).min(data.len()))?;
+        Some(layout::decode(code, addr))
+    };
+    let (layout, conn_err) = layout::libpq_layout(&Accessors { get: &get })
+        .map_err(|source| DiscoverError::Layout { path: path.into(), source })?;
+    Ok(Some(LibpqTarget {
+        pid,
+        path: path.into(),
+        host_path: host_path.into(),
+        offsets,
+        layout,
+        conn_layout_error: conn_err.map(|e| e.to_string()),
+    }))
+}
+
+/// Defined function symbols (dynamic first, then the full table if present).
+fn defined_symbols(file: &object::File<'_>) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for sym in file.dynamic_symbols().chain(file.symbols()) {
+        if sym.is_undefined() || sym.address() == 0 {
+            continue;
+        }
+        if let Ok(name) = sym.name() {
+            // Strip a version suffix if the reader left one (name@@VERS).
+            let name = name.split('@').next().unwrap_or(name);
+            if name.starts_with("PQ") {
+                out.entry(name.to_string()).or_insert(sym.address());
+            }
+        }
+    }
+    out
+}
+
+/// Virtual address → offset in the file, through the loadable segment holding it.
+fn vaddr_to_offset(file: &object::File<'_>, addr: u64) -> Option<u64> {
+    file.segments().find_map(|seg| {
+        let (off, size) = seg.file_range();
+        (addr >= seg.address() && addr < seg.address() + size).then(|| addr - seg.address() + off)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_keeps_executable_file_mappings_once() {
+        let maps = "\
+55d0c0000000-55d0c0001000 r--p 00000000 08:01 123 /usr/bin/psql
+55d0c0001000-55d0c0002000 r-xp 00001000 08:01 123 /usr/bin/psql
+7f0000000000-7f0000001000 r-xp 00000000 08:01 456 /usr/lib/x86_64-linux-gnu/libpq.so.5.15
+7f0000002000-7f0000003000 r-xp 00000000 08:01 456 /usr/lib/x86_64-linux-gnu/libpq.so.5.15
+7f0000004000-7f0000005000 rw-p 00000000 00:00 0 
+7f0000006000-7f0000007000 r-xp 00000000 00:00 0 [vdso]
+7f0000008000-7f0000009000 r-xp 00000000 08:01 789 /tmp/old.so (deleted)
+";
+        assert_eq!(parse_maps(maps), vec!["/usr/bin/psql", "/usr/lib/x86_64-linux-gnu/libpq.so.5.15"]);
+    }
+
+    #[test]
+    fn file_without_libpq_is_not_a_target() {
+        let me = std::env::current_exe().unwrap();
+        let got = inspect(std::process::id(), me.to_str().unwrap(), &me).unwrap();
+        assert!(got.is_none());
+    }
+}

@@ -1,0 +1,226 @@
+//! Decoding of the raw ring-buffer records written by dbtel-ebpf.
+
+use dbtel_common::{kind, qflags, ConnEvent, Header, QueryEvent, ResultEvent};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than an event header")]
+    Short(usize),
+    #[error("record kind {kind} needs {need} bytes, got {got}")]
+    Truncated { kind: u32, need: usize, got: usize },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+}
+
+/// Who and when: common to every event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub pid: u32,
+    pub tid: u32,
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// PGconn pointer.
+    pub conn: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A query-issuing call was entered.
+    Call {
+        at: Origin,
+        func: u32,
+        /// None when the text could not be read.
+        text: Option<String>,
+        /// Statement name (empty: unnamed, or the call has none).
+        name: String,
+        truncated: bool,
+    },
+    /// PQgetResult returned; `result == 0` means no more results.
+    Result { at: Origin, result: u64, status: i32, ntuples: i32, cmd_status: String, sqlstate: Option<String> },
+    /// First use of a connection object in this process.
+    Conn { at: Origin, backend_pid: i32, db: String, host: String, port: String },
+    /// PQfinish.
+    Finish { at: Origin },
+}
+
+impl Event {
+    pub fn origin(&self) -> &Origin {
+        match self {
+            Event::Call { at, .. } | Event::Result { at, .. } | Event::Conn { at, .. } | Event::Finish { at } => at,
+        }
+    }
+}
+
+fn read<T: Copy>(data: &[u8], kind: u32) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if data.len() < need {
+        return Err(DecodeError::Truncated { kind, need, got: data.len() });
+    }
+    // SAFETY: T is a repr(C) integer-only type and the length is checked.
+    Ok(unsafe { std::ptr::read_unaligned(data.as_ptr().cast::<T>()) })
+}
+
+/// A NUL-terminated C string in a fixed buffer, lossily as UTF-8.
+fn cstr(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
+    if data.len() < size_of::<Header>() {
+        return Err(DecodeError::Short(data.len()));
+    }
+    let h: Header = read(data, 0)?;
+    let at = Origin { pid: h.pid, tid: h.tid, ts_ns: h.ts_ns, conn: h.conn };
+    match h.kind {
+        kind::QUERY => {
+            // Only the used part of the text is sent: read the fixed part, then the text.
+            let fixed = QueryEvent::TEXT_OFFSET;
+            if data.len() < fixed {
+                return Err(DecodeError::Truncated { kind: h.kind, need: fixed, got: data.len() });
+            }
+            let text_len = u32::from_ne_bytes(data[32..36].try_into().unwrap()) as usize;
+            let name_len = u32::from_ne_bytes(data[36..40].try_into().unwrap()) as usize;
+            let flags = u32::from_ne_bytes(data[40..44].try_into().unwrap());
+            let name_bytes = &data[48..48 + dbtel_common::NAME_CAP];
+            let text_bytes = data.get(fixed..fixed + text_len).ok_or(DecodeError::Truncated {
+                kind: h.kind,
+                need: fixed + text_len,
+                got: data.len(),
+            })?;
+            let name = cstr(&name_bytes[..name_len.min(name_bytes.len())]);
+            let text = (flags & qflags::TEXT_FAULT == 0).then(|| cstr(text_bytes));
+            Ok(Event::Call {
+                at,
+                func: h.func,
+                text,
+                name,
+                truncated: flags & qflags::TRUNCATED != 0,
+            })
+        }
+        kind::RESULT => {
+            let r: ResultEvent = read(data, h.kind)?;
+            let sqlstate = cstr(&r.sqlstate);
+            Ok(Event::Result {
+                at,
+                result: r.result,
+                status: r.status,
+                ntuples: r.ntuples,
+                cmd_status: cstr(&r.cmd_status),
+                sqlstate: (!sqlstate.is_empty()).then_some(sqlstate),
+            })
+        }
+        kind::CONN => {
+            let c: ConnEvent = read(data, h.kind)?;
+            Ok(Event::Conn { at, backend_pid: c.backend_pid, db: cstr(&c.db), host: cstr(&c.host), port: cstr(&c.port) })
+        }
+        kind::FINISH => Ok(Event::Finish { at }),
+        k => Err(DecodeError::UnknownKind(k)),
+    }
+}
+
+/// Builds the bytes the kernel would send; used by tests and the replay bench.
+pub mod encode {
+    use super::*;
+
+    fn header(kind: u32, func: u32, at: &Origin) -> Header {
+        Header { kind, func, pid: at.pid, tid: at.tid, ts_ns: at.ts_ns, conn: at.conn }
+    }
+
+    fn bytes_of<T>(v: &T) -> &[u8] {
+        // SAFETY: repr(C) plain data.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
+    }
+
+    fn fill(dst: &mut [u8], s: &str) {
+        let n = s.len().min(dst.len() - 1);
+        dst[..n].copy_from_slice(&s.as_bytes()[..n]);
+    }
+
+    pub fn call(at: Origin, func: u32, text: Option<&str>, name: Option<&str>) -> Vec<u8> {
+        let mut out = vec![0u8; QueryEvent::TEXT_OFFSET];
+        out[..32].copy_from_slice(bytes_of(&header(kind::QUERY, func, &at)));
+        let text = text.unwrap_or("");
+        out[32..36].copy_from_slice(&(text.len() as u32).to_ne_bytes());
+        if let Some(n) = name {
+            out[36..40].copy_from_slice(&(n.len() as u32).to_ne_bytes());
+            fill(&mut out[48..48 + dbtel_common::NAME_CAP], n);
+        }
+        out.extend_from_slice(text.as_bytes());
+        out
+    }
+
+    pub fn result(at: Origin, result: u64, status: i32, ntuples: i32, cmd: &str, sqlstate: &str) -> Vec<u8> {
+        let mut r = ResultEvent {
+            hdr: header(kind::RESULT, dbtel_common::func::PQGET_RESULT, &at),
+            result,
+            status,
+            ntuples,
+            cmd_status: [0; 64],
+            sqlstate: [0; 8],
+        };
+        fill(&mut r.cmd_status, cmd);
+        fill(&mut r.sqlstate, sqlstate);
+        bytes_of(&r).to_vec()
+    }
+
+    pub fn conn(at: Origin, backend_pid: i32, db: &str, host: &str, port: &str) -> Vec<u8> {
+        let mut c = ConnEvent {
+            hdr: header(kind::CONN, 0, &at),
+            backend_pid,
+            _pad: 0,
+            db: [0; dbtel_common::DB_CAP],
+            host: [0; dbtel_common::HOST_CAP],
+            port: [0; dbtel_common::PORT_CAP],
+        };
+        fill(&mut c.db, db);
+        fill(&mut c.host, host);
+        fill(&mut c.port, port);
+        bytes_of(&c).to_vec()
+    }
+
+    pub fn finish(at: Origin) -> Vec<u8> {
+        bytes_of(&header(kind::FINISH, dbtel_common::func::PQFINISH, &at)).to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dbtel_common::func;
+
+    const AT: Origin = Origin { pid: 10, tid: 11, ts_ns: 1_000, conn: 0xabc };
+
+    #[test]
+    fn call_round_trips_with_variable_length_text() {
+        let b = encode::call(AT, func::PQSEND_PREPARE, Some("select 1"), Some("s1"));
+        assert_eq!(b.len(), QueryEvent::TEXT_OFFSET + 8);
+        assert_eq!(
+            decode(&b).unwrap(),
+            Event::Call { at: AT, func: func::PQSEND_PREPARE, text: Some("select 1".into()), name: "s1".into(), truncated: false }
+        );
+    }
+
+    #[test]
+    fn result_and_conn_round_trip() {
+        let b = encode::result(AT, 0x77, 7, 0, "", "42P01");
+        let Event::Result { sqlstate, status, .. } = decode(&b).unwrap() else { panic!() };
+        assert_eq!((status, sqlstate.as_deref()), (7, Some("42P01")));
+        let b = encode::conn(AT, 4242, "postgres", "/var/run/postgresql", "5432");
+        assert_eq!(
+            decode(&b).unwrap(),
+            Event::Conn { at: AT, backend_pid: 4242, db: "postgres".into(), host: "/var/run/postgresql".into(), port: "5432".into() }
+        );
+        assert_eq!(decode(&encode::finish(AT)).unwrap(), Event::Finish { at: AT });
+    }
+
+    #[test]
+    fn short_or_unknown_records_are_errors() {
+        assert_eq!(decode(&[0; 8]), Err(DecodeError::Short(8)));
+        let mut b = encode::finish(AT);
+        b[0] = 99;
+        assert_eq!(decode(&b), Err(DecodeError::UnknownKind(99)));
+        let b = encode::result(AT, 1, 2, 3, "SELECT 3", "");
+        assert!(matches!(decode(&b[..40]), Err(DecodeError::Truncated { .. })));
+    }
+}

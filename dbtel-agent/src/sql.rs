@@ -1,0 +1,302 @@
+//! Query text handling: literal obfuscation and the low-cardinality facts
+//! OpenTelemetry asks for (operation, collection, summary), from one pass of
+//! sqlparser's tokenizer.
+
+use sqlparser::{
+    dialect::{Dialect, PostgreSqlDialect},
+    keywords::Keyword,
+    tokenizer::{Token, Tokenizer},
+};
+
+/// What the agent exports about one query text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryFacts {
+    /// The text to export (literals replaced by `?` unless raw text was asked for).
+    pub text: String,
+    /// db.operation.name: the statement's leading keyword, e.g. `SELECT`.
+    pub operation: Option<String>,
+    /// db.collection.name: the one table the statement touches, if exactly one.
+    pub collection: Option<String>,
+    /// db.query.summary: operations and tables in order, e.g. `SELECT orders customers`.
+    pub summary: Option<String>,
+}
+
+/// OpenTelemetry caps db.query.summary at 255 characters.
+const SUMMARY_MAX: usize = 255;
+
+pub fn facts(sql: &str, obfuscate: bool) -> QueryFacts {
+    facts_with(&PostgreSqlDialect {}, sql, obfuscate)
+}
+
+pub fn facts_with(dialect: &dyn Dialect, sql: &str, obfuscate: bool) -> QueryFacts {
+    match tokenize(dialect, sql) {
+        Ok(tokens) => {
+            let (operation, collection, summary) = describe(&tokens);
+            let text = if obfuscate { render_obfuscated(&tokens) } else { sql.to_string() };
+            QueryFacts { text, operation, collection, summary }
+        }
+        // Text that does not tokenize (most often: cut inside a literal by the
+        // length limit). Describe and obfuscate the part that does; nothing after
+        // the failure point is exported verbatim.
+        Err(cut) => {
+            let head = &sql[..cut];
+            let mut f = match tokenize(dialect, head) {
+                Ok(tokens) => {
+                    let (operation, collection, summary) = describe(&tokens);
+                    let text = if obfuscate { render_obfuscated(&tokens) } else { head.to_string() };
+                    QueryFacts { text, operation, collection, summary }
+                }
+                Err(_) => QueryFacts::default(),
+            };
+            if obfuscate {
+                f.text.push('?');
+            } else {
+                f.text = sql.to_string();
+            }
+            f
+        }
+    }
+}
+
+/// Tokens, or the byte offset where tokenizing failed.
+fn tokenize(dialect: &dyn Dialect, sql: &str) -> Result<Vec<Token>, usize> {
+    Tokenizer::new(dialect, sql).with_unescape(false).tokenize().map_err(|e| {
+        let (line, col) = (e.location.line as usize, e.location.column as usize);
+        byte_offset(sql, line, col).min(sql.len().saturating_sub(1))
+    })
+}
+
+/// Byte offset of a 1-based (line, column-in-chars) location, backed up to the
+/// start of a literal that may begin there.
+fn byte_offset(sql: &str, line: usize, col: usize) -> usize {
+    let mut off = 0;
+    for (i, l) in sql.split_inclusive('\n').enumerate() {
+        if i + 1 == line {
+            return off + l.char_indices().nth(col.saturating_sub(1)).map_or(l.len(), |(b, _)| b);
+        }
+        off += l.len();
+    }
+    // Unknown location: keep nothing rather than something unobfuscated.
+    0
+}
+
+fn is_literal(t: &Token) -> bool {
+    matches!(
+        t,
+        Token::Number(..)
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::TripleSingleQuotedString(_)
+            | Token::TripleDoubleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_)
+            | Token::TripleSingleQuotedByteStringLiteral(_)
+            | Token::TripleDoubleQuotedByteStringLiteral(_)
+            | Token::SingleQuotedRawStringLiteral(_)
+            | Token::DoubleQuotedRawStringLiteral(_)
+            | Token::TripleSingleQuotedRawStringLiteral(_)
+            | Token::TripleDoubleQuotedRawStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::HexStringLiteral(_)
+    )
+}
+
+fn render_obfuscated(tokens: &[Token]) -> String {
+    let mut out = String::new();
+    for t in tokens {
+        if is_literal(t) {
+            out.push('?');
+        } else {
+            out.push_str(&t.to_string());
+        }
+    }
+    out
+}
+
+/// Keywords that start a statement whose kind is worth naming in a summary.
+fn is_statement_keyword(k: Keyword) -> bool {
+    matches!(k, Keyword::SELECT | Keyword::INSERT | Keyword::UPDATE | Keyword::DELETE | Keyword::MERGE)
+}
+
+/// (operation, collection, summary) from the significant tokens.
+fn describe(tokens: &[Token]) -> (Option<String>, Option<String>, Option<String>) {
+    let toks: Vec<&Token> = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).collect();
+    let kw = |i: usize| match toks.get(i) {
+        Some(Token::Word(w)) if w.quote_style.is_none() => w.keyword,
+        _ => Keyword::NoKeyword,
+    };
+    let Some(Token::Word(first)) = toks.first() else { return (None, None, None) };
+    let mut operation = first.value.to_uppercase();
+    if first.keyword == Keyword::WITH {
+        // The statement a CTE list leads to: the first statement keyword at depth 0.
+        let mut depth = 0i32;
+        for (i, t) in toks.iter().enumerate() {
+            match t {
+                Token::LParen => depth += 1,
+                Token::RParen => depth -= 1,
+                _ if depth == 0 && i > 0 && is_statement_keyword(kw(i)) => {
+                    operation = kw_name(&toks, i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    let mut parts: Vec<String> = Vec::new();
+    let mut tables: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < toks.len() {
+        let k = kw(i);
+        // FOR [NO KEY] UPDATE, ON CONFLICT DO UPDATE, ON DUPLICATE KEY UPDATE: clauses, not statements.
+        let clause = k == Keyword::UPDATE && i > 0 && matches!(kw(i - 1), Keyword::FOR | Keyword::KEY | Keyword::NO | Keyword::DO);
+        if i == 0 && !is_statement_keyword(k) && k != Keyword::WITH {
+            parts.push(operation.clone());
+        }
+        if is_statement_keyword(k) && !clause {
+            parts.push(kw_name(&toks, i));
+        }
+        let table_follows = match k {
+            Keyword::FROM | Keyword::JOIN | Keyword::INTO | Keyword::COPY => true,
+            Keyword::UPDATE => !clause,
+            Keyword::TABLE => true,
+            Keyword::TRUNCATE => kw(i + 1) != Keyword::TABLE,
+            _ => false,
+        };
+        i += 1;
+        if table_follows {
+            // A comma-separated list of table references (FROM a, b).
+            loop {
+                while matches!(kw(i), Keyword::ONLY | Keyword::LATERAL | Keyword::IF | Keyword::NOT | Keyword::EXISTS) {
+                    i += 1;
+                }
+                let Some((name, next)) = qualified_name(&toks, i) else { break };
+                if matches!(toks.get(next), Some(Token::LParen)) && k != Keyword::INTO && k != Keyword::TABLE {
+                    break; // a function call, not a table
+                }
+                parts.push(name.clone());
+                if !tables.contains(&name) {
+                    tables.push(name);
+                }
+                i = next;
+                // Skip an alias: [AS] name.
+                if kw(i) == Keyword::AS {
+                    i += 1;
+                }
+                if matches!(toks.get(i), Some(Token::Word(w)) if w.keyword == Keyword::NoKeyword || w.quote_style.is_some()) {
+                    i += 1;
+                }
+                if matches!(toks.get(i), Some(Token::Comma)) && k == Keyword::FROM {
+                    i += 1;
+                    continue;
+                }
+                break;
+            }
+        }
+    }
+    let mut summary = parts.join(" ");
+    if summary.len() > SUMMARY_MAX {
+        let mut cut = SUMMARY_MAX;
+        while !summary.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        summary.truncate(cut);
+    }
+    let collection = (tables.len() == 1).then(|| tables.remove(0));
+    (Some(operation), collection, (!summary.is_empty()).then_some(summary))
+}
+
+fn kw_name(toks: &[&Token], i: usize) -> String {
+    match toks[i] {
+        Token::Word(w) => w.value.to_uppercase(),
+        t => t.to_string(),
+    }
+}
+
+/// `name` or `schema.name` (quoted parts unquoted) starting at `i`: (name, next index).
+fn qualified_name(toks: &[&Token], mut i: usize) -> Option<(String, usize)> {
+    let mut name = String::new();
+    loop {
+        match toks.get(i) {
+            Some(Token::Word(w)) => name.push_str(&w.value),
+            _ => return None,
+        }
+        i += 1;
+        if matches!(toks.get(i), Some(Token::Period)) && matches!(toks.get(i + 1), Some(Token::Word(_))) {
+            name.push('.');
+            i += 1;
+            continue;
+        }
+        return Some((name, i));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(sql: &str) -> QueryFacts {
+        facts(sql, true)
+    }
+
+    #[test]
+    fn obfuscates_literals_and_keeps_shape() {
+        assert_eq!(
+            f("SELECT * FROM users WHERE id = 42 AND name = 'bob''s' AND x IN (1.5, -2)").text,
+            "SELECT * FROM users WHERE id = ? AND name = ? AND x IN (?, -?)"
+        );
+        assert_eq!(f("select $$secret$$, E'a\\'b', x'ff'").text, "select ?, ?, ?");
+        assert_eq!(f("SELECT abalance FROM pgbench_accounts WHERE aid = $1").text, "SELECT abalance FROM pgbench_accounts WHERE aid = $1");
+        // Identifiers with digits and quoted identifiers are not literals.
+        assert_eq!(f("select t1.c2 from \"T 3\" t1").text, "select t1.c2 from \"T 3\" t1");
+        // Comments (sqlcommenter's traceparent) stay.
+        assert_eq!(f("select 1 /*traceparent='00-ab-cd-01'*/").text, "select ? /*traceparent='00-ab-cd-01'*/");
+        assert_eq!(facts("select 'x'", false).text, "select 'x'");
+    }
+
+    #[test]
+    fn text_cut_inside_a_literal_leaks_nothing_after_the_cut() {
+        let got = f("SELECT * FROM t WHERE secret = 'hunter2 and mo");
+        assert!(!got.text.contains("hunter2"), "{got:?}");
+        assert!(got.text.starts_with("SELECT * FROM t WHERE secret = "), "{got:?}");
+        assert!(got.text.ends_with('?'));
+        assert_eq!(got.operation.as_deref(), Some("SELECT"));
+        assert_eq!(got.collection.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn operation_collection_summary() {
+        let cases: &[(&str, &str, Option<&str>, &str)] = &[
+            ("SELECT abalance FROM pgbench_accounts WHERE aid = 1", "SELECT", Some("pgbench_accounts"), "SELECT pgbench_accounts"),
+            ("UPDATE pgbench_tellers SET tbalance = tbalance + 1 WHERE tid = 2", "UPDATE", Some("pgbench_tellers"), "UPDATE pgbench_tellers"),
+            ("INSERT INTO pgbench_history (tid, bid) VALUES (1, 2)", "INSERT", Some("pgbench_history"), "INSERT pgbench_history"),
+            ("delete from public.items where id = 3", "DELETE", Some("public.items"), "DELETE public.items"),
+            ("select * from songs s, artists a where s.a = a.id", "SELECT", None, "SELECT songs artists"),
+            ("SELECT o.x FROM orders o JOIN customers c ON o.c = c.id", "SELECT", None, "SELECT orders customers"),
+            ("INSERT INTO archive SELECT * FROM orders", "INSERT", None, "INSERT archive SELECT orders"),
+            ("select pg_sleep(0.2)", "SELECT", None, "SELECT"),
+            ("SELECT * FROM generate_series(1, 3)", "SELECT", None, "SELECT"),
+            ("BEGIN", "BEGIN", None, "BEGIN"),
+            ("end", "END", None, "END"),
+            ("CREATE TABLE items (id int, name text)", "CREATE", Some("items"), "CREATE items"),
+            ("WITH t AS (SELECT * FROM a) UPDATE b SET x = 1 FROM t", "UPDATE", None, "SELECT a UPDATE b t"),
+            ("select * from t for update", "SELECT", Some("t"), "SELECT t"),
+            ("insert into t values (1) on conflict (id) do update set x = 2", "INSERT", Some("t"), "INSERT t"),
+        ];
+        for (sql, op, coll, summary) in cases {
+            let got = f(sql);
+            assert_eq!(got.operation.as_deref(), Some(*op), "{sql}");
+            assert_eq!(got.collection.as_deref(), *coll, "{sql}");
+            assert_eq!(got.summary.as_deref(), Some(*summary), "{sql}");
+        }
+    }
+
+    #[test]
+    fn empty_and_odd_text() {
+        assert_eq!(f(""), QueryFacts { text: String::new(), ..Default::default() });
+        assert_eq!(f("  ;").operation, None);
+    }
+}
