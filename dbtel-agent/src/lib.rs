@@ -2,6 +2,7 @@
 pub mod discover;
 pub mod events;
 pub mod layout;
+pub mod reconstruct;
 pub mod sql;
 
 /// The eBPF object built from dbtel-ebpf by build.rs.
