@@ -1,6 +1,7 @@
 //! dbtel agent library: everything between the kernel's ring buffer and OTLP.
 pub mod discover;
 pub mod events;
+pub mod export;
 pub mod layout;
 pub mod reconstruct;
 pub mod sql;

@@ -1,0 +1,595 @@
+//! Query spans → OpenTelemetry spans, with explicit start and end timestamps,
+//! one tracer provider per traced process (its resource names that process).
+//! Every span is counted from end() to delivery, so losses show at exit.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    io::Write,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime},
+};
+
+use dbtel_common::func;
+use opentelemetry::{
+    trace::{Span as _, SpanKind, Status, Tracer as _, TracerProvider as _},
+    KeyValue, Value,
+};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::{
+    error::{OTelSdkError, OTelSdkResult},
+    trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter},
+    Resource,
+};
+
+use crate::{
+    reconstruct::{End, QuerySpan},
+    sql,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExporterKind {
+    Otlp,
+    Console,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExportConfig {
+    pub kind: ExporterKind,
+    pub protocol: Protocol,
+    /// Overrides OTEL_EXPORTER_OTLP_ENDPOINT (base URL, as that variable).
+    pub endpoint: Option<String>,
+    /// Overrides OTEL_SERVICE_NAME; default: the traced executable's name.
+    pub service_name: Option<String>,
+    /// Export query text as sent, literals included.
+    pub raw_text: bool,
+}
+
+/// Delivery counters, shared with the exporters the SDK owns.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    /// Spans handed to the SDK (ended and sampled).
+    pub ended: AtomicU64,
+    /// Spans the backend accepted (or the console printed).
+    pub exported: AtomicU64,
+    /// Spans in batches whose export failed.
+    pub failed: AtomicU64,
+}
+
+impl ExportStats {
+    /// Spans ended but neither delivered nor failed: dropped inside the SDK
+    /// (queue full) or still queued.
+    pub fn unaccounted(&self) -> u64 {
+        let done = self.exported.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
+        self.ended.load(Ordering::Relaxed).saturating_sub(done)
+    }
+}
+
+/// CLOCK_MONOTONIC (what bpf_ktime_get_ns reads) → wall clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// realtime − monotonic, in nanoseconds.
+    offset_ns: i128,
+}
+
+fn clock_ns(id: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+impl Clock {
+    /// Samples both clocks a few times and keeps the tightest bracket.
+    pub fn now() -> Self {
+        let mut best = (i128::MAX, 0i128);
+        for _ in 0..5 {
+            let r1 = clock_ns(libc::CLOCK_REALTIME);
+            let m = clock_ns(libc::CLOCK_MONOTONIC);
+            let r2 = clock_ns(libc::CLOCK_REALTIME);
+            if r2 - r1 < best.0 {
+                best = (r2 - r1, (r1 + r2) / 2 - m);
+            }
+        }
+        Clock { offset_ns: best.1 }
+    }
+
+    pub fn fixed(offset_ns: i128) -> Self {
+        Clock { offset_ns }
+    }
+
+    pub fn monotonic_now_ns() -> u64 {
+        clock_ns(libc::CLOCK_MONOTONIC) as u64
+    }
+
+    pub fn wall(&self, mono_ns: u64) -> SystemTime {
+        let ns = mono_ns as i128 + self.offset_ns;
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64)
+    }
+}
+
+/// What the agent knows about a traced process, for its resource.
+#[derive(Debug, Clone)]
+pub struct ProcessMeta {
+    pub pid: u32,
+    pub executable: String,
+}
+
+pub struct Exporter {
+    cfg: ExportConfig,
+    clock: Clock,
+    runtime: Option<tokio::runtime::Handle>,
+    processes: HashMap<u32, ProcessMeta>,
+    tracers: HashMap<u32, (SdkTracerProvider, SdkTracer)>,
+    host_name: String,
+    pub stats: Arc<ExportStats>,
+}
+
+impl Exporter {
+    /// `runtime` drives the OTLP clients: the SDK exports from its own thread,
+    /// where tonic and reqwest find no reactor otherwise.
+    pub fn new(cfg: ExportConfig, clock: Clock, runtime: Option<tokio::runtime::Handle>) -> Self {
+        Exporter {
+            cfg,
+            clock,
+            runtime,
+            processes: HashMap::new(),
+            tracers: HashMap::new(),
+            host_name: host_name(),
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn register_process(&mut self, meta: ProcessMeta) {
+        self.processes.insert(meta.pid, meta);
+    }
+
+    fn resource(&self, pid: u32) -> Resource {
+        let exe = self.processes.get(&pid).map(|m| m.executable.clone()).unwrap_or_else(|| "unknown".into());
+        // Precedence: --service-name, OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES
+        // (read by Resource::builder), then the traced executable's name.
+        let from_env = std::env::var_os("OTEL_SERVICE_NAME").is_some()
+            || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| v.contains("service.name="));
+        let mut b = Resource::builder().with_attributes([
+            KeyValue::new("process.pid", pid as i64),
+            KeyValue::new("process.executable.name", exe.clone()),
+            KeyValue::new("host.name", self.host_name.clone()),
+        ]);
+        if let Some(name) = &self.cfg.service_name {
+            b = b.with_service_name(name.clone());
+        } else if !from_env {
+            b = b.with_service_name(exe);
+        }
+        b.build()
+    }
+
+    fn build_provider(&self, pid: u32) -> anyhow::Result<SdkTracerProvider> {
+        let resource = self.resource(pid);
+        let stats = self.stats.clone();
+        let builder = SdkTracerProvider::builder().with_resource(resource);
+        let provider = match self.cfg.kind {
+            ExporterKind::Console => builder.with_span_processor(batch(Counting { inner: Console, stats, runtime: None })),
+            ExporterKind::None => builder.with_span_processor(batch(Counting { inner: Discard, stats, runtime: None })),
+            ExporterKind::Otlp => {
+                let _guard = self.runtime.as_ref().map(|h| h.enter());
+                match self.cfg.protocol {
+                    Protocol::Grpc => {
+                        let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+                        if let Some(e) = &self.cfg.endpoint {
+                            b = b.with_endpoint(e.clone());
+                        }
+                        let inner = b.build()?;
+                        builder.with_span_processor(batch(Counting { inner, stats, runtime: self.runtime.clone() }))
+                    }
+                    Protocol::HttpProtobuf => {
+                        let mut b = opentelemetry_otlp::SpanExporter::builder()
+                            .with_http()
+                            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+                        if let Some(e) = &self.cfg.endpoint {
+                            b = b.with_endpoint(http_traces_url(e));
+                        }
+                        let inner = b.build()?;
+                        builder.with_span_processor(batch(Counting { inner, stats, runtime: self.runtime.clone() }))
+                    }
+                }
+            }
+        };
+        Ok(provider.build())
+    }
+
+    fn tracer(&mut self, pid: u32) -> anyhow::Result<&SdkTracer> {
+        if !self.tracers.contains_key(&pid) {
+            let provider = self.build_provider(pid)?;
+            let tracer = provider.tracer("dbtel");
+            self.tracers.insert(pid, (provider, tracer));
+        }
+        Ok(&self.tracers[&pid].1)
+    }
+
+    /// Turns one reconstructed query into an OpenTelemetry span.
+    pub fn emit(&mut self, q: &QuerySpan) -> anyhow::Result<()> {
+        let d = describe(q, self.cfg.raw_text);
+        let (start, end) = (self.clock.wall(q.start_ns), self.clock.wall(q.end_ns));
+        let tracer = self.tracer(q.pid)?;
+        let mut span = tracer
+            .span_builder(d.name)
+            .with_kind(SpanKind::Client)
+            .with_start_time(start)
+            .with_attributes(d.attributes)
+            .start(tracer);
+        if let Some(why) = d.error {
+            span.set_status(Status::error(why));
+        }
+        let sampled = span.span_context().is_sampled();
+        span.end_with_timestamp(end);
+        if sampled {
+            self.stats.ended.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Flushes every provider and waits for delivery. Call outside the runtime.
+    pub fn shutdown(&mut self) {
+        for (pid, (provider, _)) in self.tracers.drain() {
+            if let Err(e) = provider.shutdown() {
+                log::warn!("exporting spans of process {pid}: {e}");
+            }
+        }
+    }
+}
+
+fn batch<E: SpanExporter + 'static>(exporter: E) -> BatchSpanProcessor {
+    // The SDK's default queue (2048) drops silently under load; size it for
+    // bursts, unless the user set OTEL_BSP_* themselves.
+    let mut cfg = BatchConfigBuilder::default();
+    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+        cfg = cfg.with_max_queue_size(65_536);
+    }
+    if std::env::var_os("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").is_none() {
+        cfg = cfg.with_max_export_batch_size(2_048);
+    }
+    if std::env::var_os("OTEL_BSP_SCHEDULE_DELAY").is_none() {
+        cfg = cfg.with_scheduled_delay(Duration::from_millis(500));
+    }
+    BatchSpanProcessor::builder(exporter).with_batch_config(cfg.build()).build()
+}
+
+/// OTEL_EXPORTER_OTLP_ENDPOINT semantics for HTTP: a base URL to which the
+/// signal path is appended.
+pub fn http_traces_url(base: &str) -> String {
+    if base.ends_with("/v1/traces") {
+        base.to_string()
+    } else {
+        format!("{}/v1/traces", base.trim_end_matches('/'))
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// Name, attributes and error of one span: pure, unit-tested.
+pub struct Described {
+    pub name: String,
+    pub attributes: Vec<KeyValue>,
+    pub error: Option<String>,
+}
+
+pub fn function_name(f: u32) -> &'static str {
+    match f {
+        func::PQEXEC => "PQexec",
+        func::PQEXEC_PARAMS => "PQexecParams",
+        func::PQPREPARE => "PQprepare",
+        func::PQEXEC_PREPARED => "PQexecPrepared",
+        func::PQSEND_QUERY => "PQsendQuery",
+        func::PQSEND_QUERY_PARAMS => "PQsendQueryParams",
+        func::PQSEND_PREPARE => "PQsendPrepare",
+        func::PQSEND_QUERY_PREPARED => "PQsendQueryPrepared",
+        _ => "unknown",
+    }
+}
+
+pub fn describe(q: &QuerySpan, raw_text: bool) -> Described {
+    let mut a = vec![
+        KeyValue::new("db.system.name", "postgresql"),
+        KeyValue::new("code.function.name", function_name(q.call)),
+        KeyValue::new("process.pid", q.pid as i64),
+        KeyValue::new("thread.id", q.tid as i64),
+    ];
+    let facts = q.text.as_deref().map(|t| sql::facts(t, !raw_text));
+    let mut name = String::new();
+    if let Some(f) = &facts {
+        let prepare = q.is_prepare();
+        let op = if prepare { Some("PREPARE".to_string()) } else { f.operation.clone() };
+        let summary = match (&f.summary, prepare) {
+            (Some(s), true) => Some(format!("PREPARE {s}")),
+            (s, _) => s.clone(),
+        };
+        if let Some(op) = &op {
+            a.push(KeyValue::new("db.operation.name", op.clone()));
+        }
+        if let Some(c) = &f.collection {
+            a.push(KeyValue::new("db.collection.name", c.clone()));
+        }
+        if let Some(s) = &summary {
+            a.push(KeyValue::new("db.query.summary", s.clone()));
+        }
+        a.push(KeyValue::new("db.query.text", f.text.clone()));
+        name = summary.or(op).unwrap_or_default();
+    }
+    if let Some(n) = &q.statement_name {
+        a.push(KeyValue::new("db.postgresql.statement.name", n.clone()));
+    }
+    if q.prepared_before_attach {
+        // Executing a statement prepared before dbtel attached: its text was never seen.
+        a.push(KeyValue::new("dbtel.statement.prepared_before_attach", true));
+        a.push(KeyValue::new("db.operation.name", "EXECUTE"));
+        name = format!("EXECUTE {}", q.statement_name.as_deref().unwrap_or(""));
+    }
+    if q.text_truncated {
+        a.push(KeyValue::new("dbtel.query.text_truncated", true));
+    }
+    if let Some(c) = &q.conn_info {
+        if !c.db.is_empty() {
+            a.push(KeyValue::new("db.namespace", c.db.clone()));
+        }
+        if c.host.starts_with('/') || c.host.is_empty() {
+            // Unix domain socket: libpq's socket file in that directory.
+            let dir = if c.host.is_empty() { "/var/run/postgresql" } else { c.host.as_str() };
+            let port = if c.port.is_empty() { "5432" } else { c.port.as_str() };
+            a.push(KeyValue::new("server.address", format!("{}/.s.PGSQL.{port}", dir.trim_end_matches('/'))));
+            a.push(KeyValue::new("network.transport", "unix"));
+        } else {
+            a.push(KeyValue::new("server.address", c.host.clone()));
+            if let Ok(p) = c.port.parse::<i64>() {
+                a.push(KeyValue::new("server.port", p));
+            }
+            a.push(KeyValue::new("network.transport", "tcp"));
+        }
+        if c.backend_pid > 0 {
+            a.push(KeyValue::new("db.postgresql.backend.pid", c.backend_pid as i64));
+        }
+    }
+    let mut error = None;
+    match q.end {
+        End::Completed => {
+            if q.failed {
+                let code = q.sqlstate.clone().unwrap_or_else(|| "_OTHER".into());
+                a.push(KeyValue::new("db.response.status_code", code.clone()));
+                a.push(KeyValue::new("error.type", code.clone()));
+                error = Some(code);
+            } else {
+                a.push(KeyValue::new("db.response.returned_rows", q.rows as i64));
+            }
+        }
+        other => {
+            let why = match other {
+                End::ConnectionClosed => "connection_closed",
+                End::ProcessExited => "process_exited",
+                _ => "superseded",
+            };
+            a.push(KeyValue::new("error.type", format!("dbtel.{why}")));
+            error = Some(format!("query did not complete: {}", why.replace('_', " ")));
+        }
+    }
+    if name.is_empty() {
+        name = "postgresql".into();
+    }
+    Described { name, attributes: a, error }
+}
+
+/// Wraps a SpanExporter: counts outcomes and, for network exporters, runs the
+/// export on the agent's tokio runtime.
+struct Counting<E> {
+    inner: E,
+    stats: Arc<ExportStats>,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl<E: fmt::Debug> fmt::Debug for Counting<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for Counting<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len() as u64;
+        let result = match &self.runtime {
+            Some(rt) => rt.block_on(self.inner.export(batch)),
+            None => self.inner.export(batch).await,
+        };
+        match &result {
+            Ok(()) => self.stats.exported.fetch_add(n, Ordering::Relaxed),
+            Err(e) => {
+                log::warn!("span export failed, {n} spans lost: {e}");
+                self.stats.failed.fetch_add(n, Ordering::Relaxed)
+            }
+        };
+        result
+    }
+
+    fn shutdown_with_timeout(&mut self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&mut self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource)
+    }
+}
+
+/// `--exporter console`: one readable line per span on stdout.
+#[derive(Debug)]
+struct Console;
+
+impl SpanExporter for Console {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let mut out = std::io::stdout().lock();
+        for s in &batch {
+            writeln!(out, "{}", console_line(s)).map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?;
+        }
+        out.flush().map_err(|e| OTelSdkError::InternalFailure(e.to_string()))
+    }
+}
+
+#[derive(Debug)]
+struct Discard;
+
+impl SpanExporter for Discard {
+    async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+fn attr<'a>(s: &'a SpanData, key: &str) -> Option<&'a Value> {
+    s.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| &kv.value)
+}
+
+pub fn console_line(s: &SpanData) -> String {
+    let dur = s.end_time.duration_since(s.start_time).unwrap_or_default();
+    let get = |k: &str| attr(s, k).map(|v| v.to_string());
+    let mut line = format!(
+        "{} {:>10.3} ms  pid={} {:<32}",
+        humantime::format_rfc3339_micros(s.start_time),
+        dur.as_secs_f64() * 1e3,
+        get("process.pid").unwrap_or_default(),
+        s.name,
+    );
+    if let Some(r) = get("db.response.returned_rows") {
+        line.push_str(&format!(" rows={r}"));
+    }
+    if let Some(e) = get("error.type") {
+        line.push_str(&format!(" error={e}"));
+    }
+    if let Some(db) = get("db.namespace") {
+        line.push_str(&format!(" db={db}"));
+    }
+    if let Some(t) = get("db.query.text") {
+        line.push_str(&format!("  {t:?}"));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconstruct::ConnInfo;
+
+    fn q(text: Option<&str>) -> QuerySpan {
+        QuerySpan {
+            pid: 10,
+            tid: 11,
+            conn: 1,
+            start_ns: 1_000,
+            end_ns: 3_000_000,
+            call: func::PQEXEC,
+            text: text.map(Into::into),
+            text_truncated: false,
+            statement_name: None,
+            prepared_before_attach: false,
+            rows: 1,
+            cmd_status: Some("SELECT 1".into()),
+            sqlstate: None,
+            failed: false,
+            conn_info: Some(Arc::new(ConnInfo {
+                backend_pid: 99,
+                db: "shop".into(),
+                host: "/tmp".into(),
+                port: "5433".into(),
+            })),
+            end: End::Completed,
+        }
+    }
+
+    fn get(d: &Described, k: &str) -> Option<String> {
+        d.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| kv.value.to_string())
+    }
+
+    #[test]
+    fn semantic_convention_attributes() {
+        let d = describe(&q(Some("SELECT name FROM items WHERE id = 7")), false);
+        assert_eq!(d.name, "SELECT items");
+        assert_eq!(get(&d, "db.system.name").as_deref(), Some("postgresql"));
+        assert_eq!(get(&d, "db.operation.name").as_deref(), Some("SELECT"));
+        assert_eq!(get(&d, "db.collection.name").as_deref(), Some("items"));
+        assert_eq!(get(&d, "db.query.text").as_deref(), Some("SELECT name FROM items WHERE id = ?"));
+        assert_eq!(get(&d, "db.namespace").as_deref(), Some("shop"));
+        assert_eq!(get(&d, "server.address").as_deref(), Some("/tmp/.s.PGSQL.5433"));
+        assert_eq!(get(&d, "db.response.returned_rows").as_deref(), Some("1"));
+        assert_eq!(get(&d, "db.postgresql.backend.pid").as_deref(), Some("99"));
+        assert!(d.error.is_none());
+        let raw = describe(&q(Some("SELECT 7")), true);
+        assert_eq!(get(&raw, "db.query.text").as_deref(), Some("SELECT 7"));
+    }
+
+    #[test]
+    fn tcp_failure_prepare_and_unknown_statement() {
+        let mut s = q(Some("select * from nope"));
+        s.conn_info = Some(Arc::new(ConnInfo { backend_pid: 1, db: "d".into(), host: "127.0.0.1".into(), port: "5432".into() }));
+        s.failed = true;
+        s.sqlstate = Some("42P01".into());
+        let d = describe(&s, false);
+        assert_eq!(get(&d, "server.address").as_deref(), Some("127.0.0.1"));
+        assert_eq!(get(&d, "server.port").as_deref(), Some("5432"));
+        assert_eq!(get(&d, "db.response.status_code").as_deref(), Some("42P01"));
+        assert_eq!(get(&d, "error.type").as_deref(), Some("42P01"));
+        assert_eq!(d.error.as_deref(), Some("42P01"));
+        assert_eq!(get(&d, "db.response.returned_rows"), None);
+
+        let mut p = q(Some("select * from t where id = $1"));
+        p.call = func::PQPREPARE;
+        p.statement_name = Some("s1".into());
+        let d = describe(&p, false);
+        assert_eq!(d.name, "PREPARE SELECT t");
+        assert_eq!(get(&d, "db.operation.name").as_deref(), Some("PREPARE"));
+
+        let mut e = q(None);
+        e.call = func::PQSEND_QUERY_PREPARED;
+        e.statement_name = Some("P0_1".into());
+        e.prepared_before_attach = true;
+        let d = describe(&e, false);
+        assert_eq!(d.name, "EXECUTE P0_1");
+        assert_eq!(get(&d, "dbtel.statement.prepared_before_attach").as_deref(), Some("true"));
+        assert_eq!(get(&d, "db.query.text"), None);
+    }
+
+    #[test]
+    fn incomplete_spans_are_errors() {
+        let mut s = q(Some("select pg_sleep(10)"));
+        s.end = End::ProcessExited;
+        let d = describe(&s, false);
+        assert_eq!(get(&d, "error.type").as_deref(), Some("dbtel.process_exited"));
+        assert_eq!(d.error.as_deref(), Some("query did not complete: process exited"));
+    }
+
+    #[test]
+    fn clock_converts_monotonic_to_wall() {
+        let c = Clock::fixed(1_700_000_000_000_000_000);
+        assert_eq!(c.wall(5).duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos(), 1_700_000_000_000_000_005);
+        let now = Clock::now();
+        let wall = now.wall(Clock::monotonic_now_ns());
+        let err = SystemTime::now().duration_since(wall).unwrap_or_else(|e| e.duration());
+        assert!(err < Duration::from_millis(50), "{err:?}");
+    }
+
+    #[test]
+    fn http_endpoint_gets_the_traces_path() {
+        assert_eq!(http_traces_url("http://c:4318"), "http://c:4318/v1/traces");
+        assert_eq!(http_traces_url("http://c:4318/"), "http://c:4318/v1/traces");
+        assert_eq!(http_traces_url("http://c:4318/v1/traces"), "http://c:4318/v1/traces");
+    }
+}
