@@ -155,7 +155,12 @@ impl Exporter {
     }
 
     fn resource(&self, pid: u32) -> Resource {
-        let exe = self.processes.get(&pid).map(|m| m.executable.clone()).unwrap_or_else(|| "unknown".into());
+        // Read now rather than at attach: a command started with `--` may have
+        // exec'ed since (a wrapper script running the real program).
+        let exe = match crate::discover::exe_name(pid) {
+            n if n != "?" => n,
+            _ => self.processes.get(&pid).map(|m| m.executable.clone()).unwrap_or_else(|| "unknown".into()),
+        };
         // Precedence: --service-name, OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES
         // (read by Resource::builder), then the traced executable's name.
         let from_env = std::env::var_os("OTEL_SERVICE_NAME").is_some()

@@ -1,9 +1,11 @@
 //! dbtel agent library: everything between the kernel's ring buffer and OTLP.
+pub mod attach;
 pub mod discover;
 pub mod events;
 pub mod export;
 pub mod layout;
 pub mod reconstruct;
+pub mod run;
 pub mod sql;
 
 /// The eBPF object built from dbtel-ebpf by build.rs.

@@ -96,16 +96,24 @@ pub fn pq_query(ctx: ProbeContext) -> u32 {
     ev.flags = 0;
     ev.name_len = 0;
     ev.text_len = 0;
+    // Read arguments at constant offsets: the verifier refuses a computed
+    // offset into the register context.
+    let args: [u64; 3] = [0, ctx.arg(1).unwrap_or(0), ctx.arg(2).unwrap_or(0)];
+    let arg = |n: u32| match n {
+        2 => args[1],
+        3 => args[2],
+        _ => 0,
+    };
     let name_arg = cookie::name_arg(c);
     if name_arg != 0 {
-        let p: u64 = ctx.arg((name_arg - 1) as usize).unwrap_or(0);
+        let p = arg(name_arg);
         if let Ok(s) = unsafe { bpf_probe_read_user_str_bytes(p as *const u8, &mut ev.name) } {
             ev.name_len = s.len() as u32;
         }
     }
     let text_arg = cookie::text_arg(c);
     if text_arg != 0 {
-        let p: u64 = ctx.arg((text_arg - 1) as usize).unwrap_or(0);
+        let p = arg(text_arg);
         // Read one byte past the limit (plus NUL) to tell "exactly the limit" from "cut".
         let limit = unsafe { core::ptr::read_volatile(&MAX_TEXT) } as usize;
         let limit = if limit > TEXT_CAP - 2 { TEXT_CAP - 2 } else { limit };

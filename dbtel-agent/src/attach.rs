@@ -1,0 +1,190 @@
+//! Loads the embedded eBPF object and attaches its uprobes to libpq in one
+//! process at a time (perf-event pid filter: other processes using the same
+//! libpq never hit the probes).
+
+use std::{
+    collections::{HashMap, HashSet},
+    num::NonZeroU32,
+    os::unix::fs::MetadataExt,
+};
+
+use aya::{
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{
+        uprobe::{UProbeAttachPoint, UProbeLinkId, UProbeScope},
+        ProgramError, UProbe,
+    },
+    Ebpf, EbpfError, EbpfLoader,
+};
+use dbtel_common::{cookie, counter, func, LibpqLayout, MAX_LAYOUTS, TEXT_CAP};
+
+use crate::discover::LibpqTarget;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("cannot load the eBPF programs: {0}{hint}", hint = privilege_hint())]
+    Load(#[source] EbpfError),
+    #[error("cannot load eBPF program {name}: {source}{hint}", hint = privilege_hint())]
+    Program { name: &'static str, source: ProgramError },
+    #[error("cannot attach to {function} in {path} (process {pid}): {source}{hint}", hint = privilege_hint())]
+    Attach { pid: u32, path: String, function: &'static str, source: ProgramError },
+    #[error("more than {MAX_LAYOUTS} distinct libpq builds")]
+    TooManyLayouts,
+    #[error("{0}")]
+    Map(#[from] aya::maps::MapError),
+}
+
+fn privilege_hint() -> &'static str {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        " (dbtel-agent must run as root, or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)"
+    } else {
+        ""
+    }
+}
+
+/// (text argument, statement-name argument), 1-based, 0 = none.
+fn args_of(f: u32) -> (u32, u32) {
+    match f {
+        func::PQEXEC | func::PQEXEC_PARAMS | func::PQSEND_QUERY | func::PQSEND_QUERY_PARAMS => (2, 0),
+        func::PQPREPARE | func::PQSEND_PREPARE => (3, 2),
+        func::PQEXEC_PREPARED | func::PQSEND_QUERY_PREPARED => (0, 2),
+        _ => (0, 0),
+    }
+}
+
+const QUERY_CALLS: &[(&str, u32)] = &[
+    ("PQexec", func::PQEXEC),
+    ("PQexecParams", func::PQEXEC_PARAMS),
+    ("PQprepare", func::PQPREPARE),
+    ("PQexecPrepared", func::PQEXEC_PREPARED),
+    ("PQsendQuery", func::PQSEND_QUERY),
+    ("PQsendQueryParams", func::PQSEND_QUERY_PARAMS),
+    ("PQsendPrepare", func::PQSEND_PREPARE),
+    ("PQsendQueryPrepared", func::PQSEND_QUERY_PREPARED),
+];
+
+const PROGRAMS: &[&str] = &["pq_query", "pq_getresult", "pq_getresult_ret", "pq_finish"];
+
+pub struct Probes {
+    ebpf: Ebpf,
+    layouts: Vec<LibpqLayout>,
+    /// (pid, device, inode) of every libpq already probed for that process.
+    attached: HashSet<(u32, u64, u64)>,
+    links: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+}
+
+impl Probes {
+    /// `max_text`: longest query text copied from the traced process.
+    pub fn load(object: &[u8], max_text: u32) -> Result<Self, AttachError> {
+        let max_text = max_text.clamp(16, TEXT_CAP as u32 - 2);
+        let mut ebpf = EbpfLoader::new().override_global("MAX_TEXT", &max_text, true).load(object).map_err(AttachError::Load)?;
+        for name in PROGRAMS {
+            let p: &mut UProbe = ebpf
+                .program_mut(name)
+                .expect("program is in the embedded object")
+                .try_into()
+                .map_err(|source| AttachError::Program { name, source })?;
+            p.load().map_err(|source| AttachError::Program { name, source })?;
+        }
+        Ok(Probes { ebpf, layouts: Vec::new(), attached: HashSet::new(), links: HashMap::new() })
+    }
+
+    pub fn ring_buffer(&mut self) -> RingBuf<MapData> {
+        RingBuf::try_from(self.ebpf.take_map("EVENTS").expect("EVENTS map")).expect("EVENTS is a ring buffer")
+    }
+
+    fn layout_index(&mut self, l: &LibpqLayout) -> Result<u32, AttachError> {
+        if let Some(i) = self.layouts.iter().position(|x| x == l) {
+            return Ok(i as u32);
+        }
+        if self.layouts.len() as u32 >= MAX_LAYOUTS {
+            return Err(AttachError::TooManyLayouts);
+        }
+        let idx = self.layouts.len() as u32;
+        let mut map: Array<_, LibpqLayout> = Array::try_from(self.ebpf.map_mut("LAYOUTS").expect("LAYOUTS map"))?;
+        map.set(idx, *l, 0)?;
+        self.layouts.push(*l);
+        Ok(idx)
+    }
+
+    /// True if this libpq file is already probed for this process.
+    pub fn is_attached(&self, t: &LibpqTarget) -> bool {
+        file_id(t).is_some_and(|(dev, ino)| self.attached.contains(&(t.pid, dev, ino)))
+    }
+
+    /// Attaches every probe to one libpq in one process. Returns the number of
+    /// probes placed (0 if they already were).
+    pub fn attach_libpq(&mut self, t: &LibpqTarget) -> Result<usize, AttachError> {
+        let id = file_id(t);
+        if let Some((dev, ino)) = id {
+            if self.attached.contains(&(t.pid, dev, ino)) {
+                return Ok(0);
+            }
+        }
+        let layout = self.layout_index(&t.layout)?;
+        let pid = NonZeroU32::new(t.pid).expect("pid is not 0");
+        let mut placed: Vec<(&'static str, UProbeLinkId)> = Vec::new();
+        let mut points: Vec<(&'static str, &'static str, u64)> = QUERY_CALLS
+            .iter()
+            .map(|&(name, f)| {
+                let (text, stmt) = args_of(f);
+                ("pq_query", name, cookie::make(f, text, stmt, layout))
+            })
+            .collect();
+        points.push(("pq_getresult", "PQgetResult", 0));
+        points.push(("pq_getresult_ret", "PQgetResult", cookie::make(func::PQGET_RESULT, 0, 0, layout)));
+        points.push(("pq_finish", "PQfinish", 0));
+        for (prog, function, c) in points {
+            let offset = t.offsets[function];
+            let p: &mut UProbe = self.ebpf.program_mut(prog).expect("loaded").try_into().expect("uprobe");
+            let point = UProbeAttachPoint { location: offset.into(), cookie: Some(c) };
+            match p.attach(point, &t.host_path, UProbeScope::OneProcess(pid)) {
+                Ok(link) => placed.push((prog, link)),
+                Err(source) => {
+                    // All or nothing: a half-probed libpq would produce wrong spans.
+                    for (prog, link) in placed {
+                        let p: &mut UProbe = self.ebpf.program_mut(prog).expect("loaded").try_into().expect("uprobe");
+                        let _ = p.detach(link);
+                    }
+                    return Err(AttachError::Attach { pid: t.pid, path: t.path.clone(), function, source });
+                }
+            }
+        }
+        let n = placed.len();
+        self.links.entry(t.pid).or_default().extend(placed);
+        if let Some((dev, ino)) = id {
+            self.attached.insert((t.pid, dev, ino));
+        }
+        Ok(n)
+    }
+
+    /// Removes a process's probes (it exited, or the agent is done with it).
+    pub fn detach_pid(&mut self, pid: u32) {
+        for (prog, link) in self.links.remove(&pid).unwrap_or_default() {
+            if let Ok(p) = <&mut UProbe>::try_from(self.ebpf.program_mut(prog).expect("loaded")) {
+                let _ = p.detach(link);
+            }
+        }
+        self.attached.retain(|(p, _, _)| *p != pid);
+    }
+
+    /// Kernel-side counters (see dbtel_common::counter), summed over CPUs.
+    pub fn kernel_counters(&self) -> [u64; counter::COUNT as usize] {
+        let mut out = [0u64; counter::COUNT as usize];
+        if let Some(m) = self.ebpf.map("COUNTERS") {
+            if let Ok(arr) = PerCpuArray::<_, u64>::try_from(m) {
+                for (i, slot) in out.iter_mut().enumerate() {
+                    if let Ok(v) = arr.get(&(i as u32), 0) {
+                        *slot = v.iter().sum();
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn file_id(t: &LibpqTarget) -> Option<(u64, u64)> {
+    std::fs::metadata(&t.host_path).ok().map(|m| (m.dev(), m.ino()))
+}

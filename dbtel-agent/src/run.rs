@@ -1,0 +1,374 @@
+//! The agent's main loop: attach, read the ring buffer, reconstruct, export;
+//! follow traced processes until they exit or a signal arrives.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context};
+use aya::maps::{MapData, RingBuf};
+use dbtel_common::counter;
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::MissedTickBehavior};
+
+use crate::{
+    attach::Probes,
+    discover::{self, LibpqTarget},
+    events,
+    export::{Clock, Exporter, ProcessMeta},
+    reconstruct::Reconstructor,
+};
+
+pub struct RunConfig {
+    pub pids: Vec<u32>,
+    pub command: Vec<String>,
+    pub max_text: u32,
+}
+
+/// Everything counted on the way, reported at exit.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub events: u64,
+    pub decode_errors: u64,
+    pub spans: u64,
+    pub export_errors: u64,
+    pub kernel: [u64; counter::COUNT as usize],
+    pub unmatched_results: u64,
+    pub incomplete: u64,
+    /// Exit status of the command run with `--`, if any.
+    pub command_status: Option<i32>,
+}
+
+struct Agent {
+    probes: Probes,
+    ring: AsyncFd<RingBuf<MapData>>,
+    recon: Reconstructor,
+    exporter: Exporter,
+    /// Traced processes still alive.
+    live: BTreeMap<u32, ProcessMeta>,
+    /// Mapped files already looked at, per process (to spot libpq loaded later).
+    inspected: HashSet<(u32, String)>,
+    summary: Summary,
+    spans: Vec<crate::reconstruct::QuerySpan>,
+}
+
+impl Agent {
+    fn drain(&mut self) {
+        while let Some(item) = self.ring.get_mut().next() {
+            self.summary.events += 1;
+            match events::decode(&item) {
+                Ok(ev) => self.recon.on_event(ev, &mut self.spans),
+                Err(e) => {
+                    self.summary.decode_errors += 1;
+                    log::warn!("undecodable event: {e}");
+                }
+            }
+        }
+        self.flush_spans();
+    }
+
+    fn flush_spans(&mut self) {
+        for q in self.spans.drain(..) {
+            self.summary.spans += 1;
+            if let Err(e) = self.exporter.emit(&q) {
+                self.summary.export_errors += 1;
+                log::warn!("cannot export span: {e:#}");
+            }
+        }
+    }
+
+    fn trace(&mut self, t: &LibpqTarget) -> anyhow::Result<usize> {
+        if let Some(e) = &t.conn_layout_error {
+            log::warn!("{}: connection details unavailable ({e}); spans will lack db.namespace and server.*", t.path);
+        }
+        let n = self.probes.attach_libpq(t)?;
+        let meta = ProcessMeta { pid: t.pid, executable: discover::exe_name(t.pid) };
+        self.exporter.register_process(meta.clone());
+        self.live.insert(t.pid, meta);
+        self.inspected.insert((t.pid, t.path.clone()));
+        Ok(n)
+    }
+
+    /// Looks for libpq mapped since the last look (dlopen, exec).
+    fn rescan(&mut self, pid: u32) {
+        let Ok(paths) = discover::executable_mappings(pid) else { return };
+        for path in paths {
+            if !self.inspected.insert((pid, path.clone())) {
+                continue;
+            }
+            let host = PathBuf::from(format!("/proc/{pid}/root{path}"));
+            match discover::inspect(pid, &path, &host) {
+                Ok(Some(t)) if !self.probes.is_attached(&t) => match self.trace(&t) {
+                    Ok(n) => log::info!("process {pid} loaded {path}: {n} probes attached"),
+                    Err(e) => log::warn!("process {pid} loaded {path}: {e:#}"),
+                },
+                Ok(_) => {}
+                Err(e) => log::warn!("process {pid}: {e}"),
+            }
+        }
+        // The executable may have changed (exec): refresh the resource name.
+        if let Some(m) = self.live.get_mut(&pid) {
+            let exe = discover::exe_name(pid);
+            if exe != m.executable {
+                m.executable = exe;
+                self.exporter.register_process(m.clone());
+            }
+        }
+    }
+
+    fn process_gone(&mut self, pid: u32) {
+        self.drain();
+        self.recon.process_exited(pid, Clock::monotonic_now_ns(), &mut self.spans);
+        self.flush_spans();
+        self.probes.detach_pid(pid);
+        self.live.remove(&pid);
+        self.inspected.retain(|(p, _)| *p != pid);
+        log::info!("process {pid} exited");
+    }
+
+    fn warn_on_new_drops(&mut self, last: &mut [u64; counter::COUNT as usize]) {
+        let now = self.probes.kernel_counters();
+        if now[counter::RINGBUF_FULL as usize] > last[counter::RINGBUF_FULL as usize] {
+            log::warn!(
+                "ring buffer full: {} events lost so far",
+                now[counter::RINGBUF_FULL as usize]
+            );
+        }
+        *last = now;
+    }
+}
+
+/// Candidate libpq files a command may load, known before it runs.
+fn command_candidates(program: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(p) = resolve_program(program) {
+        out.push(p);
+    }
+    // The system's libpq per the loader cache (what a dynamically linked
+    // program or a Python extension will load).
+    if let Ok(o) = std::process::Command::new("/sbin/ldconfig").arg("-p").output() {
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            if let Some((name, path)) = line.split_once("=>") {
+                if name.trim_start().starts_with("libpq.so") {
+                    if let Ok(real) = std::fs::canonicalize(path.trim()) {
+                        if !out.contains(&real) {
+                            out.push(real);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn resolve_program(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        return std::fs::canonicalize(program).ok();
+    }
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join(program)).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p.is_file())
+        .and_then(|p| std::fs::canonicalize(p).ok())
+}
+
+/// Starts `command` held just before exec, so probes are in place before it
+/// runs anything; dropping the returned fd lets it go. (std's spawn cannot be
+/// used: it waits for the exec to happen.)
+fn spawn_held(command: &[String]) -> anyhow::Result<(u32, OwnedFd)> {
+    use std::ffi::CString;
+    let args: Vec<CString> = command
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<_, _>>()
+        .context("command contains a NUL byte")?;
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let failed = CString::new(format!("dbtel-agent: cannot run {}\n", command[0])).expect("no NUL");
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("pipe: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 just returned these descriptors.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: between fork and exec the child only calls async-signal-safe
+    // functions (close, read, execvp, write, _exit) on memory prepared above.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        bail!("fork: {}", std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        unsafe {
+            libc::close(wr.as_raw_fd());
+            let mut b = 0u8;
+            libc::read(rd.as_raw_fd(), (&mut b as *mut u8).cast(), 1);
+            libc::execvp(argv[0], argv.as_ptr());
+            libc::write(2, failed.as_ptr().cast(), failed.as_bytes().len());
+            libc::_exit(127);
+        }
+    }
+    drop(rd);
+    Ok((pid as u32, wr))
+}
+
+/// Waits for our child on a blocking thread; returns its exit code (128+signal
+/// if killed).
+async fn wait_child(pid: u32) -> anyhow::Result<i32> {
+    tokio::task::spawn_blocking(move || loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+        if r == pid as i32 {
+            return Ok(if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            });
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(anyhow::anyhow!("waitpid({pid}): {e}"));
+        }
+    })
+    .await?
+}
+
+pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary, Exporter)> {
+    if cfg.pids.is_empty() && cfg.command.is_empty() {
+        bail!("nothing to trace: give --pid <PID> or -- <command>");
+    }
+    // Everything that can be refused is checked before loading anything.
+    let mut targets: Vec<LibpqTarget> = Vec::new();
+    for &pid in &cfg.pids {
+        targets.extend(discover::find_libpq(pid)?);
+    }
+    let mut probes = Probes::load(crate::EBPF_OBJECT, cfg.max_text)?;
+    // SAFETY: the ring buffer owns its fd and lives as long as the AsyncFd.
+    let ring = unsafe { AsyncFd::register(probes.ring_buffer()) }.map_err(|e| anyhow::anyhow!("ring buffer fd: {e}"))?;
+    let mut agent = Agent {
+        probes,
+        ring,
+        recon: Reconstructor::new(),
+        exporter,
+        live: BTreeMap::new(),
+        inspected: HashSet::new(),
+        summary: Summary::default(),
+        spans: Vec::new(),
+    };
+    let mut attached_lines = Vec::new();
+    for t in &targets {
+        let n = agent.trace(t)?;
+        attached_lines.push(format!("pid {} ({}): {} probes on {}", t.pid, discover::exe_name(t.pid), n, t.path));
+    }
+
+    let mut child = None;
+    if !cfg.command.is_empty() {
+        let (pid, release) = spawn_held(&cfg.command)?;
+        let mut found = 0;
+        for path in command_candidates(&cfg.command[0]) {
+            let p = path.to_string_lossy().into_owned();
+            if let Some(t) = discover::inspect(pid, &p, Path::new(&p))? {
+                let n = agent.trace(&t)?;
+                agent.inspected.insert((pid, p.clone()));
+                attached_lines.push(format!("pid {pid} ({}): {n} probes on {p}", cfg.command[0]));
+                found += 1;
+            }
+        }
+        if found == 0 {
+            log::warn!("{}: no libpq found yet; probes follow when the command loads it", cfg.command[0]);
+            agent.live.insert(pid, ProcessMeta { pid, executable: cfg.command[0].clone() });
+        }
+        drop(release); // the child proceeds to exec
+        child = Some((pid, Box::pin(wait_child(pid))));
+    }
+    eprintln!("dbtel: tracing {}", attached_lines.join("; "));
+
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut housekeeping = tokio::time::interval(Duration::from_millis(250));
+    housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut last_counters = [0u64; counter::COUNT as usize];
+    let mut stopping_since: Option<tokio::time::Instant> = None;
+
+    loop {
+        tokio::select! {
+            r = agent.ring.readable_mut() => {
+                let mut guard = r?;
+                guard.clear_ready();
+                drop(guard);
+                agent.drain();
+            }
+            _ = tick.tick() => agent.drain(),
+            _ = housekeeping.tick() => {
+                let pids: Vec<u32> = agent.live.keys().copied().collect();
+                for pid in pids {
+                    if child.as_ref().is_some_and(|(c, _)| *c == pid) {
+                        agent.rescan(pid);
+                        continue; // its exit comes from wait()
+                    }
+                    if discover::process_exists(pid) {
+                        agent.rescan(pid);
+                    } else {
+                        agent.process_gone(pid);
+                    }
+                }
+                agent.warn_on_new_drops(&mut last_counters);
+                if child.is_none() && agent.live.is_empty() {
+                    log::info!("no traced process left");
+                    break;
+                }
+                if stopping_since.is_some_and(|t| t.elapsed() > Duration::from_secs(5)) {
+                    log::warn!("command did not exit after the signal; stopping anyway");
+                    break;
+                }
+            }
+            status = async { (&mut child.as_mut().unwrap().1).await }, if child.is_some() => {
+                let (pid, _) = child.take().unwrap();
+                agent.summary.command_status = Some(status?);
+                agent.process_gone(pid);
+                if agent.live.is_empty() {
+                    break;
+                }
+            }
+            _ = sigint.recv() => {
+                if !forward_signal(&child, libc::SIGINT, &mut stopping_since) { break; }
+            }
+            _ = sigterm.recv() => {
+                if !forward_signal(&child, libc::SIGTERM, &mut stopping_since) { break; }
+            }
+        }
+    }
+
+    agent.drain();
+    let pids: Vec<u32> = agent.live.keys().copied().collect();
+    for pid in pids {
+        agent.recon.process_exited(pid, Clock::monotonic_now_ns(), &mut agent.spans);
+        agent.probes.detach_pid(pid);
+    }
+    agent.flush_spans();
+    agent.summary.kernel = agent.probes.kernel_counters();
+    agent.summary.unmatched_results = agent.recon.counters.unmatched_results;
+    agent.summary.incomplete = agent.recon.counters.incomplete;
+    Ok((agent.summary, agent.exporter))
+}
+
+/// In `--` mode a signal goes on to the command and the agent waits for it to
+/// exit (bounded); otherwise the agent stops. Returns whether to keep running.
+fn forward_signal<F>(child: &Option<(u32, F)>, sig: i32, since: &mut Option<tokio::time::Instant>) -> bool {
+    match child {
+        Some((pid, _)) => {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(*pid as i32, sig) };
+            since.get_or_insert_with(tokio::time::Instant::now);
+            true
+        }
+        None => false,
+    }
+}
