@@ -186,9 +186,10 @@ impl Exporter {
             ExporterKind::Console => builder.with_span_processor(batch(Counting { inner: Console, stats, runtime: None })),
             ExporterKind::None => builder.with_span_processor(batch(Counting { inner: Discard, stats, runtime: None })),
             ExporterKind::Otlp => {
-                let _guard = self.runtime.as_ref().map(|h| h.enter());
                 match self.cfg.protocol {
                     Protocol::Grpc => {
+                        // tonic's channel needs the runtime's reactor, now and for every export.
+                        let _guard = self.runtime.as_ref().map(|h| h.enter());
                         let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
                         if let Some(e) = &self.cfg.endpoint {
                             b = b.with_endpoint(e.clone());
@@ -204,7 +205,8 @@ impl Exporter {
                             b = b.with_endpoint(http_traces_url(e));
                         }
                         let inner = b.build()?;
-                        builder.with_span_processor(batch(Counting { inner, stats, runtime: self.runtime.clone() }))
+                        // reqwest's blocking client brings its own runtime: no block_on here.
+                        builder.with_span_processor(batch(Counting { inner, stats, runtime: None }))
                     }
                 }
             }

@@ -1,1 +1,18 @@
+//! Harness for dbtel's end-to-end tests: a throwaway PostgreSQL cluster, an
+//! OTLP receiver (gRPC and HTTP/protobuf, real protocol), and the real agent
+//! binary. Everything here needs root and the packages `cargo xtask setup`
+//! installs; a missing piece fails loudly, it never skips.
 
+pub mod agent;
+pub mod otlp;
+pub mod pg;
+
+pub use agent::{agent_binary, run_agent, Agent, AgentRun};
+pub use otlp::{Receiver, Span};
+pub use pg::Cluster;
+
+/// Panics unless running as root: these tests load eBPF programs.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "end-to-end tests load eBPF and must run as root (cargo xtask test)");
+}

@@ -1,0 +1,177 @@
+//! Runs the real dbtel-agent binary and waits for its `dbtel: tracing` line.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+/// The agent binary built by `cargo build -p dbtel-agent` in this target dir
+/// (or DBTEL_AGENT).
+pub fn agent_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("DBTEL_AGENT") {
+        return p.into();
+    }
+    // target/<profile>/deps/<test> → target/<profile>/dbtel-agent
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().unwrap().parent().unwrap().join("dbtel-agent");
+    assert!(p.exists(), "{} missing: build it first (cargo xtask test does)", p.display());
+    p
+}
+
+/// A running agent. Its stderr is collected; the `dbtel: tracing` line has
+/// been seen before `start` returns.
+pub struct Agent {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    pub stderr_lines: Vec<String>,
+}
+
+/// What a finished agent left behind.
+#[derive(Debug)]
+pub struct AgentRun {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl AgentRun {
+    /// The `dbtel: N spans exported, ...` summary line.
+    pub fn summary(&self) -> &str {
+        self.stderr.lines().find(|l| l.starts_with("dbtel: ") && l.contains("spans exported")).unwrap_or("")
+    }
+}
+
+impl Agent {
+    /// Starts `dbtel-agent args...`, sending spans to `endpoint` over `protocol`.
+    pub fn start(args: &[&str], stdin: Stdio) -> Agent {
+        let mut child = Command::new(agent_binary())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut a = Agent { child, stderr: rx, stderr_lines: Vec::new() };
+        a.wait_for_line("dbtel: tracing", Duration::from_secs(30));
+        a
+    }
+
+    fn wait_for_line(&mut self, prefix: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.starts_with(prefix);
+                    self.stderr_lines.push(line);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!("agent never printed {prefix:?}; stderr:\n{}", self.stderr_lines.join("\n"));
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while the agent process runs.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends SIGINT and waits for the exit.
+    pub fn interrupt(self) -> AgentRun {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.wait(Duration::from_secs(30))
+    }
+
+    /// Waits for the agent to exit by itself.
+    pub fn wait(mut self, timeout: Duration) -> AgentRun {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("agent did not exit within {timeout:?}; stderr so far:\n{}", self.stderr_lines.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stdout = String::new();
+        self.child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+        while let Ok(l) = self.stderr.recv_timeout(Duration::from_secs(5)) {
+            self.stderr_lines.push(l);
+        }
+        AgentRun { status, stdout, stderr: self.stderr_lines.join("\n") }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `dbtel-agent args...` to completion (for `--` runs and refusals).
+pub fn run_agent(args: &[&str], stdin: &[u8], timeout: Duration) -> AgentRun {
+    use std::io::Write;
+    let mut child = Command::new(agent_binary())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let deadline = Instant::now() + timeout;
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let o = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let e = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("agent did not exit within {timeout:?}: {}", e.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    AgentRun { status, stdout: o.join().unwrap(), stderr: e.join().unwrap() }
+}

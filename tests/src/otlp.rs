@@ -1,0 +1,195 @@
+//! An OTLP trace receiver speaking the real protocols: gRPC
+//! (opentelemetry.proto.collector.trace.v1.TraceService/Export) and
+//! HTTP/protobuf (POST /v1/traces). Received spans are flattened for asserts.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        trace_service_server::{TraceService, TraceServiceServer},
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    },
+    common::v1::{any_value, KeyValue},
+};
+use prost::Message;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+    Double(f64),
+    Other,
+}
+
+#[derive(Debug, Clone)]
+pub struct Span {
+    pub name: String,
+    /// OTLP SpanKind: 3 = CLIENT.
+    pub kind: i32,
+    pub trace_id: Vec<u8>,
+    pub span_id: Vec<u8>,
+    pub parent_span_id: Vec<u8>,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub attrs: BTreeMap<String, Value>,
+    pub resource: BTreeMap<String, Value>,
+    /// OTLP status code: 0 unset, 1 ok, 2 error.
+    pub status_code: i32,
+    pub status_message: String,
+}
+
+impl Span {
+    pub fn str(&self, key: &str) -> Option<&str> {
+        match self.attrs.get(key) {
+            Some(Value::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+    pub fn int(&self, key: &str) -> Option<i64> {
+        match self.attrs.get(key) {
+            Some(Value::Int(i)) => Some(*i),
+            _ => None,
+        }
+    }
+    pub fn resource_str(&self, key: &str) -> Option<&str> {
+        match self.resource.get(key) {
+            Some(Value::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+    pub fn resource_int(&self, key: &str) -> Option<i64> {
+        match self.resource.get(key) {
+            Some(Value::Int(i)) => Some(*i),
+            _ => None,
+        }
+    }
+    pub fn duration(&self) -> Duration {
+        Duration::from_nanos(self.end_ns.saturating_sub(self.start_ns))
+    }
+    pub fn text(&self) -> &str {
+        self.str("db.query.text").unwrap_or("")
+    }
+}
+
+fn flatten(kvs: &[KeyValue]) -> BTreeMap<String, Value> {
+    kvs.iter()
+        .map(|kv| {
+            let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(any_value::Value::StringValue(s)) => Value::Str(s.clone()),
+                Some(any_value::Value::IntValue(i)) => Value::Int(*i),
+                Some(any_value::Value::BoolValue(b)) => Value::Bool(*b),
+                Some(any_value::Value::DoubleValue(d)) => Value::Double(*d),
+                _ => Value::Other,
+            };
+            (kv.key.clone(), v)
+        })
+        .collect()
+}
+
+type Store = Arc<Mutex<Vec<Span>>>;
+
+fn store(spans: &Store, req: ExportTraceServiceRequest) {
+    let mut out = spans.lock().unwrap();
+    for rs in req.resource_spans {
+        let resource = rs.resource.map(|r| flatten(&r.attributes)).unwrap_or_default();
+        for ss in rs.scope_spans {
+            for s in ss.spans {
+                out.push(Span {
+                    name: s.name,
+                    kind: s.kind,
+                    trace_id: s.trace_id,
+                    span_id: s.span_id,
+                    parent_span_id: s.parent_span_id,
+                    start_ns: s.start_time_unix_nano,
+                    end_ns: s.end_time_unix_nano,
+                    attrs: flatten(&s.attributes),
+                    resource: resource.clone(),
+                    status_code: s.status.as_ref().map_or(0, |st| st.code),
+                    status_message: s.status.map(|st| st.message).unwrap_or_default(),
+                });
+            }
+        }
+    }
+}
+
+struct Grpc(Store);
+
+#[tonic::async_trait]
+impl TraceService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        store(&self.0, request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+/// Both receivers on loopback, served from a runtime of their own.
+pub struct Receiver {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    spans: Store,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let spans: Store = Arc::default();
+        let (grpc_addr, http_addr) = runtime.block_on(async {
+            let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addrs = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+            let svc = TraceServiceServer::new(Grpc(spans.clone()));
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc)),
+            );
+            let s = spans.clone();
+            let app = axum::Router::new().route(
+                "/v1/traces",
+                axum::routing::post(move |body: axum::body::Bytes| {
+                    let s = s.clone();
+                    async move {
+                        match ExportTraceServiceRequest::decode(body) {
+                            Ok(req) => {
+                                store(&s, req);
+                                let resp = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
+                                (axum::http::StatusCode::OK, [("content-type", "application/x-protobuf")], resp)
+                            }
+                            Err(_) => (axum::http::StatusCode::BAD_REQUEST, [("content-type", "text/plain")], b"bad protobuf".to_vec()),
+                        }
+                    }
+                }),
+            );
+            tokio::spawn(async move { axum::serve(http, app).await });
+            addrs
+        });
+        Receiver { grpc_addr, http_addr, spans, _runtime: runtime }
+    }
+
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    pub fn http_endpoint(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    pub fn spans(&self) -> Vec<Span> {
+        self.spans.lock().unwrap().clone()
+    }
+
+    /// Spans of one traced process (resource process.pid).
+    pub fn spans_of(&self, pid: u32) -> Vec<Span> {
+        self.spans().into_iter().filter(|s| s.resource_int("process.pid") == Some(pid as i64)).collect()
+    }
+}

@@ -1,0 +1,104 @@
+//! A PostgreSQL cluster in a temporary directory, listening on a unix socket
+//! in that directory and on 127.0.0.1, stopped on drop.
+
+use std::{
+    net::TcpListener,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    bin: PathBuf,
+}
+
+fn postgres_uid() -> (u32, u32) {
+    let name = std::ffi::CString::new("postgres").unwrap();
+    // SAFETY: getpwnam with a valid C string; the result is read immediately.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(!pw.is_null(), "no 'postgres' user: install PostgreSQL with cargo xtask setup");
+    unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
+}
+
+pub fn pg_bin_dir() -> PathBuf {
+    let dir = PathBuf::from("/usr/lib/postgresql/15/bin");
+    assert!(dir.join("initdb").exists(), "PostgreSQL 15 server binaries missing: run cargo xtask setup");
+    dir
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let bin = pg_bin_dir();
+        let (uid, gid) = postgres_uid();
+        let dir = tempfile::Builder::new().prefix("dbtel-pg-").tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        // SAFETY: chown on a path we just created.
+        let c = std::ffi::CString::new(dir.path().to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), uid, gid) }, 0);
+        let port = free_port();
+        let data = dir.path().join("data");
+        let run = |cmd: &mut Command| {
+            let out = cmd.uid(uid).gid(gid).stdin(Stdio::null()).output().unwrap();
+            assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(Command::new(bin.join("initdb")).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "-D"]).arg(&data));
+        let opts = format!("-k {} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off", dir.path().display());
+        run(Command::new(bin.join("pg_ctl"))
+            .args(["-w", "-D"])
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.path().join("log"))
+            .args(["-o", &opts, "start"]));
+        Cluster { dir, port, bin }
+    }
+
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Arguments connecting a libpq client over the unix socket.
+    pub fn conn_args(&self) -> Vec<String> {
+        vec!["-h".into(), self.socket_dir().display().to_string(), "-p".into(), self.port.to_string(), "-U".into(), "postgres".into()]
+    }
+
+    /// A libpq connection string over the unix socket.
+    pub fn dsn(&self, db: &str) -> String {
+        format!("host={} port={} user=postgres dbname={db}", self.socket_dir().display(), self.port)
+    }
+
+    /// Runs SQL with psql (untraced), panicking on failure; returns stdout.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args(self.conn_args())
+            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "psql -c {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bin.join(name)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let (uid, gid) = postgres_uid();
+        let _ = Command::new(self.bin.join("pg_ctl"))
+            .args(["-D"])
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .uid(uid)
+            .gid(gid)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
