@@ -84,11 +84,16 @@ impl Agent {
             log::warn!("{}: connection details unavailable ({e}); spans will lack db.namespace and server.*", t.path);
         }
         let n = self.probes.attach_libpq(t)?;
-        let meta = ProcessMeta { pid: t.pid, executable: discover::exe_name(t.pid) };
-        self.exporter.register_process(meta.clone());
-        self.live.insert(t.pid, meta);
+        if !self.live.contains_key(&t.pid) {
+            self.follow(ProcessMeta { pid: t.pid, executable: discover::exe_name(t.pid) });
+        }
         self.inspected.insert((t.pid, t.path.clone()));
         Ok(n)
+    }
+
+    fn follow(&mut self, meta: ProcessMeta) {
+        self.exporter.register_process(meta.clone());
+        self.live.insert(meta.pid, meta);
     }
 
     /// Looks for libpq mapped since the last look (dlopen, exec).
@@ -111,7 +116,7 @@ impl Agent {
         // The executable may have changed (exec): refresh the resource name.
         if let Some(m) = self.live.get_mut(&pid) {
             let exe = discover::exe_name(pid);
-            if exe != m.executable {
+            if exe != m.executable && exe != "?" {
                 m.executable = exe;
                 self.exporter.register_process(m.clone());
             }
@@ -162,6 +167,10 @@ fn command_candidates(program: &str) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+fn program_name(program: &str) -> String {
+    Path::new(program).file_name().map_or_else(|| program.to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 fn resolve_program(program: &str) -> Option<PathBuf> {
@@ -269,6 +278,8 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     let mut child = None;
     if !cfg.command.is_empty() {
         let (pid, release) = spawn_held(&cfg.command)?;
+        // Still the agent's own fork until it execs: name it after the command.
+        agent.follow(ProcessMeta { pid, executable: program_name(&cfg.command[0]) });
         let mut found = 0;
         for path in command_candidates(&cfg.command[0]) {
             let p = path.to_string_lossy().into_owned();
@@ -281,7 +292,6 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         }
         if found == 0 {
             log::warn!("{}: no libpq found yet; probes follow when the command loads it", cfg.command[0]);
-            agent.live.insert(pid, ProcessMeta { pid, executable: cfg.command[0].clone() });
         }
         drop(release); // the child proceeds to exec
         child = Some((pid, Box::pin(wait_child(pid))));

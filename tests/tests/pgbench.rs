@@ -1,0 +1,110 @@
+//! pgbench with a fixed number of transactions in each protocol mode, started
+//! by the agent: every statement of every transaction must arrive as a span.
+
+use std::time::Duration;
+
+use dbtel_tests::{require_root, run_agent, Cluster, Receiver, Span};
+
+const CLIENTS: usize = 2;
+const TXNS: usize = 25;
+
+/// The built-in tpcb-like script: (span name, returned rows per execution).
+const TPCB: &[(&str, i64)] = &[
+    ("BEGIN", 0),
+    ("UPDATE pgbench_accounts", 0),
+    ("SELECT pgbench_accounts", 1),
+    ("UPDATE pgbench_tellers", 0),
+    ("UPDATE pgbench_branches", 0),
+    ("INSERT pgbench_history", 0),
+    ("END", 0),
+];
+
+fn run_pgbench(mode: &str, grpc: bool) -> (Vec<Span>, String) {
+    require_root();
+    let pg = Cluster::start();
+    let init = std::process::Command::new(pg.bin("pgbench"))
+        .args(pg.conn_args())
+        .args(["-i", "-s", "1", "-q", "postgres"])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let rx = Receiver::start();
+    let endpoint = if grpc { rx.grpc_endpoint() } else { rx.http_endpoint() };
+    let protocol = if grpc { "grpc" } else { "http/protobuf" };
+    let pgbench = pg.bin("pgbench").display().to_string();
+    let (c, t) = (CLIENTS.to_string(), TXNS.to_string());
+    let conn = pg.conn_args();
+    let mut args: Vec<&str> = vec![
+        "--otlp-protocol", protocol, "--otlp-endpoint", &endpoint, "--", &pgbench, "-n", "-c", &c, "-j", &c, "-t", &t, "-M", mode,
+    ];
+    args.extend(conn.iter().map(String::as_str));
+    args.push("postgres");
+    let run = run_agent(&args, b"", Duration::from_secs(120));
+    assert!(run.status.success(), "{run:?}");
+    assert!(
+        run.stdout.contains(&format!("number of transactions actually processed: {}/{}", CLIENTS * TXNS, CLIENTS * TXNS)),
+        "{}",
+        run.stdout
+    );
+    let summary = run.summary().to_string();
+    let spans = rx.spans();
+    assert!(summary.starts_with(&format!("dbtel: {} spans exported, 0 failed to export, 0 lost in the export queue", spans.len())), "{summary}");
+    assert!(summary.contains("0 lost in the ring buffer, 0 undecodable, 0 unmatched results, 0 queries incomplete"), "{summary}");
+    (spans, summary)
+}
+
+fn assert_every_statement(spans: &[Span], mode: &str) {
+    for (name, rows) in TPCB {
+        let of: Vec<&Span> = spans.iter().filter(|s| s.name == *name).collect();
+        assert_eq!(of.len(), CLIENTS * TXNS, "{mode}: spans named {name:?}");
+        for s in of {
+            assert_eq!(s.int("db.response.returned_rows"), Some(*rows), "{mode}: {name}");
+            assert_eq!(s.status_code, 0);
+            assert_eq!(s.kind, 3);
+            assert_eq!(s.resource_str("service.name"), Some("pgbench"));
+        }
+    }
+    // Statements reach the server with their text: values as literals in
+    // simple mode (obfuscated), as parameters otherwise.
+    let select = spans.iter().find(|s| s.name == "SELECT pgbench_accounts").unwrap();
+    let expected = if mode == "simple" {
+        "SELECT abalance FROM pgbench_accounts WHERE aid = ?;"
+    } else {
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+    };
+    assert_eq!(select.text(), expected, "{mode}");
+    assert_eq!(select.str("db.collection.name"), Some("pgbench_accounts"));
+    // Both connections' backends appear, each on its own thread.
+    let backends: std::collections::BTreeSet<i64> =
+        spans.iter().filter(|s| s.name == "BEGIN").filter_map(|s| s.int("db.postgresql.backend.pid")).collect();
+    assert_eq!(backends.len(), CLIENTS, "{mode}: one backend per client");
+}
+
+#[test]
+fn pgbench_simple_protocol() {
+    let (spans, _) = run_pgbench("simple", false);
+    assert_every_statement(&spans, "simple");
+    assert!(spans.iter().filter(|s| s.name.starts_with("BEGIN")).all(|s| s.str("code.function.name") == Some("PQsendQuery")));
+}
+
+#[test]
+fn pgbench_extended_protocol_over_grpc() {
+    let (spans, _) = run_pgbench("extended", true);
+    assert_every_statement(&spans, "extended");
+    assert!(spans.iter().filter(|s| s.name == "BEGIN").all(|s| s.str("code.function.name") == Some("PQsendQueryParams")));
+}
+
+#[test]
+fn pgbench_prepared_statements_carry_their_sql() {
+    let (spans, _) = run_pgbench("prepared", false);
+    assert_every_statement(&spans, "prepared");
+    let executions: Vec<&Span> = spans.iter().filter(|s| s.name == "UPDATE pgbench_tellers").collect();
+    assert!(executions.iter().all(|s| s.str("code.function.name") == Some("PQsendQueryPrepared")));
+    assert!(executions.iter().all(|s| s.str("db.postgresql.statement.name").is_some_and(|n| n.starts_with('P'))));
+    // One prepare per statement per connection, with the statement's text.
+    let prepares: Vec<&Span> = spans.iter().filter(|s| s.str("db.operation.name") == Some("PREPARE")).collect();
+    assert_eq!(prepares.len(), TPCB.len() * CLIENTS, "{:?}", prepares.iter().map(|s| &s.name).collect::<Vec<_>>());
+    assert!(prepares.iter().any(|s| s.name == "PREPARE UPDATE pgbench_tellers"
+        && s.text() == "UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2;"));
+    assert!(spans.iter().all(|s| s.attrs.get("dbtel.statement.prepared_before_attach").is_none()));
+}
