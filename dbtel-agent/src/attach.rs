@@ -20,18 +20,34 @@ use dbtel_common::{cookie, counter, func, LibpqLayout, MAX_LAYOUTS, TEXT_CAP};
 
 use crate::discover::LibpqTarget;
 
+/// One line per failure: the causes are folded into the message (with their
+/// repetitions removed) because the hint about privileges must come last.
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    #[error("cannot load the eBPF programs: {0}{hint}", hint = privilege_hint())]
-    Load(#[source] EbpfError),
-    #[error("cannot load eBPF program {name}: {source}{hint}", hint = privilege_hint())]
-    Program { name: &'static str, source: ProgramError },
-    #[error("cannot attach to {function} in {path} (process {pid}): {source}{hint}", hint = privilege_hint())]
-    Attach { pid: u32, path: String, function: &'static str, source: ProgramError },
+    #[error("cannot load the eBPF programs: {}{}", chain(.0), privilege_hint())]
+    Load(EbpfError),
+    #[error("cannot load eBPF program {name}: {}{}", chain(.error), privilege_hint())]
+    Program { name: &'static str, error: ProgramError },
+    #[error("cannot attach to {function} in {path} (process {pid}): {}{}", chain(.error), privilege_hint())]
+    Attach { pid: u32, path: String, function: &'static str, error: ProgramError },
     #[error("more than {MAX_LAYOUTS} distinct libpq builds")]
     TooManyLayouts,
     #[error("{0}")]
     Map(#[from] aya::maps::MapError),
+}
+
+/// An error and its causes as one line, skipping causes already quoted.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !out.contains(&m) {
+            out = format!("{out}: {m}");
+        }
+        cur = c.source();
+    }
+    out
 }
 
 fn privilege_hint() -> &'static str {
@@ -84,8 +100,8 @@ impl Probes {
                 .program_mut(name)
                 .expect("program is in the embedded object")
                 .try_into()
-                .map_err(|source| AttachError::Program { name, source })?;
-            p.load().map_err(|source| AttachError::Program { name, source })?;
+                .map_err(|error| AttachError::Program { name, error })?;
+            p.load().map_err(|error| AttachError::Program { name, error })?;
         }
         Ok(Probes { ebpf, layouts: Vec::new(), attached: HashSet::new(), links: HashMap::new() })
     }
@@ -141,13 +157,13 @@ impl Probes {
             let point = UProbeAttachPoint { location: offset.into(), cookie: Some(c) };
             match p.attach(point, &t.host_path, UProbeScope::OneProcess(pid)) {
                 Ok(link) => placed.push((prog, link)),
-                Err(source) => {
+                Err(error) => {
                     // All or nothing: a half-probed libpq would produce wrong spans.
                     for (prog, link) in placed {
                         let p: &mut UProbe = self.ebpf.program_mut(prog).expect("loaded").try_into().expect("uprobe");
                         let _ = p.detach(link);
                     }
-                    return Err(AttachError::Attach { pid: t.pid, path: t.path.clone(), function, source });
+                    return Err(AttachError::Attach { pid: t.pid, path: t.path.clone(), function, error });
                 }
             }
         }

@@ -30,18 +30,18 @@ pub const PROBED: &[&str] = &[
 pub enum DiscoverError {
     #[error("no process with PID {0}")]
     NoSuchProcess(u32),
-    #[error("cannot read /proc/{pid}/maps: {source} (dbtel-agent must run as root)")]
-    Maps { pid: u32, source: io::Error },
+    #[error("cannot read /proc/{pid}/maps: {error} (dbtel-agent must run as root)")]
+    Maps { pid: u32, error: io::Error },
     #[error("process {pid} ({exe}) does not use libpq: no libpq is mapped and its executable has no libpq symbols")]
     NoLibpq { pid: u32, exe: String },
     #[error("{path} (process {pid}) has libpq symbols but lacks {missing}: unsupported libpq build")]
     MissingSymbols { pid: u32, path: String, missing: String },
-    #[error("{path}: {source}")]
-    Read { path: String, source: io::Error },
-    #[error("{path}: not a readable ELF file: {source}")]
-    Elf { path: String, source: object::Error },
-    #[error("{path}: unexpected libpq build: {source}")]
-    Layout { path: String, source: layout::LayoutError },
+    #[error("{path}: {error}")]
+    Read { path: String, error: io::Error },
+    #[error("{path}: not a readable ELF file: {error}")]
+    Elf { path: String, error: object::Error },
+    #[error("{path}: unexpected libpq build: {error}")]
+    Layout { path: String, error: layout::LayoutError },
 }
 
 /// libpq found in one process.
@@ -77,11 +77,11 @@ pub fn executable_mappings(pid: u32) -> Result<Vec<String>, DiscoverError> {
     if !process_exists(pid) {
         return Err(DiscoverError::NoSuchProcess(pid));
     }
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|source| {
-        if source.kind() == io::ErrorKind::NotFound {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|error| {
+        if error.kind() == io::ErrorKind::NotFound {
             DiscoverError::NoSuchProcess(pid)
         } else {
-            DiscoverError::Maps { pid, source }
+            DiscoverError::Maps { pid, error }
         }
     })?;
     Ok(parse_maps(&maps))
@@ -122,16 +122,16 @@ pub fn inspect(pid: u32, path: &str, host_path: &Path) -> Result<Option<LibpqTar
         Ok(d) => d,
         // Files that vanished or that we may not read are not libpq candidates
         // worth failing over, unless they are named like libpq.
-        Err(source) if !path.contains("libpq") => {
-            log::debug!("skipping {path}: {source}");
+        Err(error) if !path.contains("libpq") => {
+            log::debug!("skipping {path}: {error}");
             return Ok(None);
         }
-        Err(source) => return Err(DiscoverError::Read { path: path.into(), source }),
+        Err(error) => return Err(DiscoverError::Read { path: path.into(), error }),
     };
     let file = match object::File::parse(&*data) {
         Ok(f) => f,
         Err(_) if !path.contains("libpq") => return Ok(None),
-        Err(source) => return Err(DiscoverError::Elf { path: path.into(), source }),
+        Err(error) => return Err(DiscoverError::Elf { path: path.into(), error }),
     };
     let symbols = defined_symbols(&file);
     if !symbols.contains_key("PQgetResult") && !symbols.contains_key("PQexec") {
@@ -158,7 +158,7 @@ pub fn inspect(pid: u32, path: &str, host_path: &Path) -> Result<Option<LibpqTar
         Some(layout::decode(code, addr))
     };
     let (layout, conn_err) = layout::libpq_layout(&Accessors { get: &get })
-        .map_err(|source| DiscoverError::Layout { path: path.into(), source })?;
+        .map_err(|error| DiscoverError::Layout { path: path.into(), error })?;
     Ok(Some(LibpqTarget {
         pid,
         path: path.into(),

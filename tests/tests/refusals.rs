@@ -1,0 +1,102 @@
+//! Bad input gets a clear one-line error and a non-zero exit.
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use dbtel_tests::{require_root, run_agent};
+
+fn refused(args: &[&str]) -> String {
+    let run = run_agent(args, b"", Duration::from_secs(30));
+    assert_eq!(run.status.code(), Some(1), "{run:?}");
+    assert!(!run.stderr.contains("dbtel: tracing"), "{}", run.stderr);
+    run.stderr.lines().last().unwrap_or("").to_string()
+}
+
+#[test]
+fn pid_that_does_not_exist() {
+    require_root();
+    let pid = (4_000_000..).find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()).unwrap().to_string();
+    assert_eq!(refused(&["--pid", &pid]), format!("dbtel-agent: no process with PID {pid}"));
+}
+
+#[test]
+fn process_without_libpq() {
+    require_root();
+    let mut sleep = Command::new("sleep").arg("30").spawn().unwrap();
+    let pid = sleep.id().to_string();
+    let msg = refused(&["--pid", &pid]);
+    sleep.kill().unwrap();
+    let _ = sleep.wait();
+    assert_eq!(
+        msg,
+        format!("dbtel-agent: process {pid} (sleep) does not use libpq: no libpq is mapped and its executable has no libpq symbols")
+    );
+}
+
+#[test]
+fn libpq_lacking_the_expected_symbols() {
+    require_root();
+    // A library that looks like libpq (PQexec, PQgetResult) but is not one.
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("fakepq.c");
+    std::fs::write(&src, "void *PQexec(void *c, const char *q) { return 0; }\nvoid *PQgetResult(void *c) { return 0; }\n").unwrap();
+    let lib = dir.path().join("libpq.so.5");
+    let cc = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&lib).arg(&src).status().unwrap();
+    assert!(cc.success());
+    let mut py = Command::new("python3")
+        .args(["-c", "import ctypes, sys; ctypes.CDLL(sys.argv[1]); print('ok', flush=True); sys.stdin.read()"])
+        .arg(&lib)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(py.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "ok");
+    let pid = py.id().to_string();
+    let msg = refused(&["--pid", &pid]);
+    py.kill().unwrap();
+    let _ = py.wait();
+    assert_eq!(
+        msg,
+        format!(
+            "dbtel-agent: {} (process {pid}) has libpq symbols but lacks PQexecParams, PQprepare, PQexecPrepared, \
+             PQsendQuery, PQsendQueryParams, PQsendPrepare, PQsendQueryPrepared, PQfinish: unsupported libpq build",
+            lib.display()
+        )
+    );
+}
+
+#[test]
+fn nothing_to_trace() {
+    require_root();
+    assert_eq!(refused(&[]), "dbtel-agent: nothing to trace: give --pid <PID> or -- <command>");
+}
+
+#[test]
+fn command_that_cannot_run() {
+    require_root();
+    let run = run_agent(&["--exporter", "none", "--", "/nonexistent/program"], b"", Duration::from_secs(30));
+    assert_eq!(run.status.code(), Some(127), "{run:?}");
+    assert!(run.stderr.contains("dbtel-agent: cannot run /nonexistent/program"), "{}", run.stderr);
+}
+
+#[test]
+fn not_enough_privilege() {
+    require_root();
+    use std::os::unix::process::CommandExt;
+    // The agent run as 'nobody': loading eBPF is refused by the kernel.
+    let out = Command::new(dbtel_tests::agent_binary())
+        .args(["--exporter", "none", "--", "true"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(last.starts_with("dbtel-agent: cannot load the eBPF programs: "), "{stderr}");
+    assert!(last.ends_with("(dbtel-agent must run as root, or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)"), "{stderr}");
+}
