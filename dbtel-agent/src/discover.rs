@@ -60,8 +60,13 @@ pub struct LibpqTarget {
     pub conn_layout_error: Option<String>,
 }
 
+/// True while the process runs: a zombie (exited, not yet reaped by its
+/// parent) counts as gone.
 pub fn process_exists(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()), Some('Z' | 'X')),
+        Err(_) => false,
+    }
 }
 
 pub fn exe_name(pid: u32) -> String {
@@ -211,6 +216,20 @@ mod tests {
 7f0000008000-7f0000009000 r-xp 00000000 08:01 789 /tmp/old.so (deleted)
 ";
         assert_eq!(parse_maps(maps), vec!["/usr/bin/psql", "/usr/lib/x86_64-linux-gnu/libpq.so.5.15"]);
+    }
+
+    #[test]
+    fn zombies_count_as_exited() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not reaped yet: a zombie until wait().
+        while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z")) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!process_exists(pid));
+        child.wait().unwrap();
+        assert!(!process_exists(pid));
+        assert!(process_exists(std::process::id()));
     }
 
     #[test]

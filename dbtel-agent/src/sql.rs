@@ -106,12 +106,27 @@ fn is_literal(t: &Token) -> bool {
 
 fn render_obfuscated(tokens: &[Token]) -> String {
     let mut out = String::new();
-    for t in tokens {
+    // Last significant token: decides whether a `-` is unary (part of the literal).
+    let mut prev_is_value = false;
+    let mut i = 0;
+    while i < tokens.len() {
+        let t = &tokens[i];
+        if matches!(t, Token::Minus) && !prev_is_value && tokens.get(i + 1).is_some_and(|n| matches!(n, Token::Number(..))) {
+            // `-5` is one literal: `?`, so `+ 5` and `+ -5` obfuscate alike.
+            i += 1;
+            continue;
+        }
         if is_literal(t) {
             out.push('?');
         } else {
             out.push_str(&t.to_string());
         }
+        if !matches!(t, Token::Whitespace(_)) {
+            prev_is_value = is_literal(t)
+                || matches!(t, Token::RParen | Token::RBracket | Token::Placeholder(_))
+                || matches!(t, Token::Word(w) if w.keyword == Keyword::NoKeyword || w.quote_style.is_some());
+        }
+        i += 1;
     }
     out
 }
@@ -246,9 +261,11 @@ mod tests {
     fn obfuscates_literals_and_keeps_shape() {
         assert_eq!(
             f("SELECT * FROM users WHERE id = 42 AND name = 'bob''s' AND x IN (1.5, -2)").text,
-            "SELECT * FROM users WHERE id = ? AND name = ? AND x IN (?, -?)"
+            "SELECT * FROM users WHERE id = ? AND name = ? AND x IN (?, ?)"
         );
         assert_eq!(f("select $$secret$$, E'a\\'b', x'ff'").text, "select ?, ?, ?");
+        // Unary minus belongs to the literal; binary minus stays.
+        assert_eq!(f("update t set b = b + -5, c = c - 2, d = x-1 where e = -1.5").text, "update t set b = b + ?, c = c - ?, d = x-? where e = ?");
         assert_eq!(f("SELECT abalance FROM pgbench_accounts WHERE aid = $1").text, "SELECT abalance FROM pgbench_accounts WHERE aid = $1");
         // Identifiers with digits and quoted identifiers are not literals.
         assert_eq!(f("select t1.c2 from \"T 3\" t1").text, "select t1.c2 from \"T 3\" t1");
