@@ -137,7 +137,7 @@ fn test(args: &[String]) -> Result<()> {
     run(cargo().args(["test", "-p", "dbtel-common", "-p", "dbtel-agent"]))?;
     // End to end: real eBPF, real servers and clients. One at a time: each
     // loads programs and starts servers of its own.
-    run(cargo().args(["test", "-p", "dbtel-tests", "--", "--test-threads=1"]).args(args))?;
+    run(cargo().args(["test", "-p", "dbtel-tests", "--tests", "--", "--test-threads=1"]).args(args))?;
     Ok(())
 }
 
