@@ -108,3 +108,39 @@ fn pgbench_prepared_statements_carry_their_sql() {
         && s.text() == "UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2;"));
     assert!(spans.iter().all(|s| s.attrs.get("dbtel.statement.prepared_before_attach").is_none()));
 }
+
+#[test]
+fn statements_prepared_before_attach_say_so() {
+    require_root();
+    let pg = Cluster::start();
+    let init = std::process::Command::new(pg.bin("pgbench"))
+        .args(pg.conn_args())
+        .args(["-i", "-s", "1", "-q", "postgres"])
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    // pgbench prepares its statements at start; the agent attaches later, by PID.
+    let mut bench = std::process::Command::new(pg.bin("pgbench"))
+        .args(pg.conn_args())
+        .args(["-n", "-c", "1", "-T", "3", "-R", "50", "-M", "prepared", "postgres"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let rx = Receiver::start();
+    let endpoint = rx.http_endpoint();
+    let pid = bench.id().to_string();
+    let agent = dbtel_tests::Agent::start(&["--otlp-endpoint", &endpoint, "--pid", &pid], std::process::Stdio::null());
+    assert!(bench.wait().unwrap().success());
+    let run = agent.wait(Duration::from_secs(30));
+    assert!(run.status.success(), "{run:?}");
+    let spans = rx.spans();
+    assert!(spans.len() >= 7, "{} spans", spans.len());
+    for s in &spans {
+        assert_eq!(s.attrs.get("dbtel.statement.prepared_before_attach"), Some(&dbtel_tests::otlp::Value::Bool(true)), "{s:?}");
+        let name = s.str("db.postgresql.statement.name").expect("statement name");
+        assert_eq!(s.name, format!("EXECUTE {name}"));
+        assert_eq!(s.str("db.operation.name"), Some("EXECUTE"));
+        assert_eq!(s.str("db.query.text"), None, "no invented text");
+    }
+}
