@@ -5,7 +5,8 @@
 use std::{
     collections::{HashMap, HashSet},
     num::NonZeroU32,
-    os::unix::fs::MetadataExt,
+    os::{fd::OwnedFd, unix::fs::MetadataExt},
+    time::Duration,
 };
 
 use aya::{
@@ -18,7 +19,7 @@ use aya::{
 };
 use dbtel_common::{cookie, counter, func, LibpqLayout, MAX_LAYOUTS, TEXT_CAP};
 
-use crate::discover::LibpqTarget;
+use crate::discover::{args_of, LibpqTarget, QUERY_CALLS};
 
 /// One line per failure: the causes are folded into the message (with their
 /// repetitions removed) because the hint about privileges must come last.
@@ -30,6 +31,8 @@ pub enum AttachError {
     Program { name: &'static str, error: ProgramError },
     #[error("cannot attach to {function} in {path} (process {pid}): {}{}", chain(.error), privilege_hint())]
     Attach { pid: u32, path: String, function: &'static str, error: ProgramError },
+    #[error("cannot enable BPF run statistics: {0}")]
+    Stats(String),
     #[error("more than {MAX_LAYOUTS} distinct libpq builds")]
     TooManyLayouts,
     #[error("{0}")]
@@ -58,27 +61,6 @@ fn privilege_hint() -> &'static str {
         ""
     }
 }
-
-/// (text argument, statement-name argument), 1-based, 0 = none.
-fn args_of(f: u32) -> (u32, u32) {
-    match f {
-        func::PQEXEC | func::PQEXEC_PARAMS | func::PQSEND_QUERY | func::PQSEND_QUERY_PARAMS => (2, 0),
-        func::PQPREPARE | func::PQSEND_PREPARE => (3, 2),
-        func::PQEXEC_PREPARED | func::PQSEND_QUERY_PREPARED => (0, 2),
-        _ => (0, 0),
-    }
-}
-
-const QUERY_CALLS: &[(&str, u32)] = &[
-    ("PQexec", func::PQEXEC),
-    ("PQexecParams", func::PQEXEC_PARAMS),
-    ("PQprepare", func::PQPREPARE),
-    ("PQexecPrepared", func::PQEXEC_PREPARED),
-    ("PQsendQuery", func::PQSEND_QUERY),
-    ("PQsendQueryParams", func::PQSEND_QUERY_PARAMS),
-    ("PQsendPrepare", func::PQSEND_PREPARE),
-    ("PQsendQueryPrepared", func::PQSEND_QUERY_PREPARED),
-];
 
 const PROGRAMS: &[&str] = &["pq_query", "pq_getresult", "pq_getresult_ret", "pq_finish"];
 
@@ -152,7 +134,7 @@ impl Probes {
         points.push(("pq_getresult_ret", "PQgetResult", cookie::make(func::PQGET_RESULT, 0, 0, layout)));
         points.push(("pq_finish", "PQfinish", 0));
         for (prog, function, c) in points {
-            let offset = t.offsets[function];
+            let offset = t.offsets[function] + t.placements[function].offset;
             let p: &mut UProbe = self.ebpf.program_mut(prog).expect("loaded").try_into().expect("uprobe");
             let point = UProbeAttachPoint { location: offset.into(), cookie: Some(c) };
             match p.attach(point, &t.host_path, UProbeScope::OneProcess(pid)) {
@@ -185,6 +167,19 @@ impl Probes {
         self.attached.retain(|(p, _, _)| *p != pid);
     }
 
+    /// Times each eBPF program ran (probe hits) and its total run time, by
+    /// program name. Counted only while BPF stats are enabled (see
+    /// `enable_run_stats`).
+    pub fn program_runs(&self) -> Vec<(&'static str, u64, Duration)> {
+        PROGRAMS
+            .iter()
+            .filter_map(|name| {
+                let info = self.ebpf.program(name)?.info().ok()?;
+                Some((*name, info.run_count(), info.run_time()))
+            })
+            .collect()
+    }
+
     /// Kernel-side counters (see dbtel_common::counter), summed over CPUs.
     pub fn kernel_counters(&self) -> [u64; counter::COUNT as usize] {
         let mut out = [0u64; counter::COUNT as usize];
@@ -203,4 +198,11 @@ impl Probes {
 
 fn file_id(t: &LibpqTarget) -> Option<(u64, u64)> {
     std::fs::metadata(&t.host_path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Turns on the kernel's per-program run counters (a small cost on every
+/// probe hit) until the returned fd is dropped. For benchmarks.
+pub fn enable_run_stats() -> Result<OwnedFd, AttachError> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|e| AttachError::Stats(e.to_string()))
 }

@@ -10,7 +10,10 @@ use std::{
 use dbtel_common::LibpqLayout;
 use object::{Object, ObjectSegment, ObjectSymbol};
 
-use crate::layout::{self, Accessors};
+use crate::{
+    layout::{self, Accessors},
+    placement::{self, Placement},
+};
 
 /// The libpq entry points dbtel probes; a libpq lacking any of them is refused.
 pub const PROBED: &[&str] = &[
@@ -24,6 +27,27 @@ pub const PROBED: &[&str] = &[
     "PQsendQueryPrepared",
     "PQgetResult",
     "PQfinish",
+];
+
+/// (text argument, statement-name argument), 1-based, 0 = none.
+pub fn args_of(f: u32) -> (u32, u32) {
+    match f {
+        dbtel_common::func::PQEXEC | dbtel_common::func::PQEXEC_PARAMS | dbtel_common::func::PQSEND_QUERY | dbtel_common::func::PQSEND_QUERY_PARAMS => (2, 0),
+        dbtel_common::func::PQPREPARE | dbtel_common::func::PQSEND_PREPARE => (3, 2),
+        dbtel_common::func::PQEXEC_PREPARED | dbtel_common::func::PQSEND_QUERY_PREPARED => (0, 2),
+        _ => (0, 0),
+    }
+}
+
+pub const QUERY_CALLS: &[(&str, u32)] = &[
+    ("PQexec", dbtel_common::func::PQEXEC),
+    ("PQexecParams", dbtel_common::func::PQEXEC_PARAMS),
+    ("PQprepare", dbtel_common::func::PQPREPARE),
+    ("PQexecPrepared", dbtel_common::func::PQEXEC_PREPARED),
+    ("PQsendQuery", dbtel_common::func::PQSEND_QUERY),
+    ("PQsendQueryParams", dbtel_common::func::PQSEND_QUERY_PARAMS),
+    ("PQsendPrepare", dbtel_common::func::PQSEND_PREPARE),
+    ("PQsendQueryPrepared", dbtel_common::func::PQSEND_QUERY_PREPARED),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +78,9 @@ pub struct LibpqTarget {
     pub host_path: PathBuf,
     /// File offsets of the probed functions.
     pub offsets: BTreeMap<&'static str, u64>,
+    /// Where each function's entry probe goes (see placement): PQgetResult's
+    /// stays at its first instruction, which its return probe needs.
+    pub placements: BTreeMap<&'static str, Placement>,
     pub layout: LibpqLayout,
     /// Why the PGconn offsets are unknown, if they are (spans then lack
     /// database and server details).
@@ -162,6 +189,22 @@ pub fn inspect(pid: u32, path: &str, host_path: &Path) -> Result<Option<LibpqTar
         let code = data.get(off..(off + 256).min(data.len()))?;
         Some(layout::decode(code, addr))
     };
+    let mut placements = BTreeMap::new();
+    for name in PROBED {
+        let insns = get(name).unwrap_or_default();
+        let p = if *name == "PQgetResult" {
+            // Entry and return probe share the entry breakpoint.
+            placement::at_entry(&insns)
+        } else {
+            // The probe reads the connection and, for query calls, the text and name arguments.
+            let nargs = QUERY_CALLS.iter().find(|(n, _)| n == name).map_or(1, |&(_, f)| {
+                let (text, stmt) = args_of(f);
+                text.max(stmt).max(1) as usize
+            });
+            placement::entry_probe(&insns, placement::arg_registers(nargs))
+        };
+        placements.insert(*name, p);
+    }
     let (layout, conn_err) = layout::libpq_layout(&Accessors { get: &get })
         .map_err(|error| DiscoverError::Layout { path: path.into(), error })?;
     Ok(Some(LibpqTarget {
@@ -169,6 +212,7 @@ pub fn inspect(pid: u32, path: &str, host_path: &Path) -> Result<Option<LibpqTar
         path: path.into(),
         host_path: host_path.into(),
         offsets,
+        placements,
         layout,
         conn_layout_error: conn_err.map(|e| e.to_string()),
     }))

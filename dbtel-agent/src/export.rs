@@ -132,6 +132,7 @@ pub struct Exporter {
     processes: HashMap<u32, ProcessMeta>,
     tracers: HashMap<u32, (SdkTracerProvider, SdkTracer)>,
     host_name: String,
+    facts: sql::FactsCache,
     pub stats: Arc<ExportStats>,
 }
 
@@ -139,6 +140,7 @@ impl Exporter {
     /// `runtime` drives the OTLP clients: the SDK exports from its own thread,
     /// where tonic and reqwest find no reactor otherwise.
     pub fn new(cfg: ExportConfig, clock: Clock, runtime: Option<tokio::runtime::Handle>) -> Self {
+        let facts = sql::FactsCache::new(!cfg.raw_text, 10_000);
         Exporter {
             cfg,
             clock,
@@ -146,6 +148,7 @@ impl Exporter {
             processes: HashMap::new(),
             tracers: HashMap::new(),
             host_name: host_name(),
+            facts,
             stats: Arc::default(),
         }
     }
@@ -225,7 +228,8 @@ impl Exporter {
 
     /// Turns one reconstructed query into an OpenTelemetry span.
     pub fn emit(&mut self, q: &QuerySpan) -> anyhow::Result<()> {
-        let d = describe(q, self.cfg.raw_text);
+        let facts = q.text.as_deref().map(|t| self.facts.get(t));
+        let d = describe_with(q, facts.as_deref());
         let (start, end) = (self.clock.wall(q.start_ns), self.clock.wall(q.end_ns));
         let tracer = self.tracer(q.pid)?;
         let mut span = tracer
@@ -307,15 +311,20 @@ pub fn function_name(f: u32) -> &'static str {
 }
 
 pub fn describe(q: &QuerySpan, raw_text: bool) -> Described {
+    let facts = q.text.as_deref().map(|t| sql::facts(t, !raw_text));
+    describe_with(q, facts.as_ref())
+}
+
+/// [`describe`] with the query text's facts already at hand (from the cache).
+pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Described {
     let mut a = vec![
         KeyValue::new("db.system.name", "postgresql"),
         KeyValue::new("code.function.name", function_name(q.call)),
         KeyValue::new("process.pid", q.pid as i64),
         KeyValue::new("thread.id", q.tid as i64),
     ];
-    let facts = q.text.as_deref().map(|t| sql::facts(t, !raw_text));
     let mut name = String::new();
-    if let Some(f) = &facts {
+    if let Some(f) = facts {
         let prepare = q.is_prepare();
         let op = if prepare { Some("PREPARE".to_string()) } else { f.operation.clone() };
         let summary = match (&f.summary, prepare) {

@@ -4,6 +4,7 @@ pub mod discover;
 pub mod events;
 pub mod export;
 pub mod layout;
+pub mod placement;
 pub mod reconstruct;
 pub mod run;
 pub mod sql;

@@ -3,6 +3,7 @@
 
 use std::{process::ExitCode, sync::atomic::Ordering};
 
+
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use dbtel_agent::{
@@ -69,6 +70,10 @@ struct Cli {
     #[arg(long, value_name = "BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=16382))]
     max_query_length: u32,
 
+    /// Count probe hits per eBPF program and report them at exit (adds a little cost per hit; for benchmarks).
+    #[arg(long)]
+    probe_stats: bool,
+
     /// Command to start and trace from its first query; the agent exits with its status.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -117,7 +122,12 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Clock::now(),
         Some(rt.handle().clone()),
     );
-    let cfg = RunConfig { pids: cli.pids, command: cli.command, max_text: cli.max_query_length };
+    let cfg = RunConfig {
+        pids: cli.pids,
+        command: cli.command,
+        max_text: cli.max_query_length,
+        probe_stats: cli.probe_stats,
+    };
     let (summary, mut exporter) = rt.block_on(run(cfg, exporter))?;
     // Outside the runtime: the SDK's flush blocks while exports run on it.
     exporter.shutdown();
@@ -144,4 +154,17 @@ fn report(s: &Summary, e: &Exporter) {
         unmatched,
         s.incomplete,
     );
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let cpu = (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) as f64 + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) as f64 / 1e6;
+    eprintln!("dbtel: agent cpu {cpu:.3} s, max rss {:.1} MiB", ru.ru_maxrss as f64 / 1024.0);
+    if !s.program_runs.is_empty() {
+        let runs: Vec<String> = s
+            .program_runs
+            .iter()
+            .map(|(name, n, t)| format!("{name}={n} ({:.0} ns each)", t.as_nanos() as f64 / (*n).max(1) as f64))
+            .collect();
+        eprintln!("dbtel: probe hits: {}", runs.join(" "));
+    }
 }

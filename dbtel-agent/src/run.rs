@@ -25,6 +25,8 @@ pub struct RunConfig {
     pub pids: Vec<u32>,
     pub command: Vec<String>,
     pub max_text: u32,
+    /// Count probe hits per program (BPF run-time stats) and report them.
+    pub probe_stats: bool,
 }
 
 /// Everything counted on the way, reported at exit.
@@ -39,6 +41,8 @@ pub struct Summary {
     pub incomplete: u64,
     /// Exit status of the command run with `--`, if any.
     pub command_status: Option<i32>,
+    /// Probe hits and eBPF run time per program, with --probe-stats.
+    pub program_runs: Vec<(&'static str, u64, Duration)>,
 }
 
 struct Agent {
@@ -84,6 +88,17 @@ impl Agent {
             log::warn!("{}: connection details unavailable ({e}); spans will lack db.namespace and server.*", t.path);
         }
         let n = self.probes.attach_libpq(t)?;
+        for (function, p) in &t.placements {
+            if !p.emulated {
+                log::warn!(
+                    "{function} in {}: probe on `{}`, which the kernel single-steps (~10 µs a call)",
+                    t.path,
+                    p.instruction
+                );
+            } else if p.offset != 0 {
+                log::debug!("{function}: probe at +{} on `{}` (emulated)", p.offset, p.instruction);
+            }
+        }
         if !self.live.contains_key(&t.pid) {
             self.follow(ProcessMeta { pid: t.pid, executable: discover::exe_name(t.pid) });
         }
@@ -256,6 +271,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     for &pid in &cfg.pids {
         targets.extend(discover::find_libpq(pid)?);
     }
+    let _stats = cfg.probe_stats.then(crate::attach::enable_run_stats).transpose()?;
     let mut probes = Probes::load(crate::EBPF_OBJECT, cfg.max_text)?;
     // SAFETY: the ring buffer owns its fd and lives as long as the AsyncFd.
     let ring = unsafe { AsyncFd::register(probes.ring_buffer()) }.map_err(|e| anyhow::anyhow!("ring buffer fd: {e}"))?;
@@ -364,6 +380,9 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     }
     agent.flush_spans();
     agent.summary.kernel = agent.probes.kernel_counters();
+    if cfg.probe_stats {
+        agent.summary.program_runs = agent.probes.program_runs();
+    }
     agent.summary.unmatched_results = agent.recon.counters.unmatched_results;
     agent.summary.incomplete = agent.recon.counters.incomplete;
     Ok((agent.summary, agent.exporter))

@@ -2,6 +2,8 @@
 //! OpenTelemetry asks for (operation, collection, summary), from one pass of
 //! sqlparser's tokenizer.
 
+use std::{collections::HashMap, sync::Arc};
+
 use sqlparser::{
     dialect::{Dialect, PostgreSqlDialect},
     keywords::Keyword,
@@ -19,6 +21,34 @@ pub struct QueryFacts {
     pub collection: Option<String>,
     /// db.query.summary: operations and tables in order, e.g. `SELECT orders customers`.
     pub summary: Option<String>,
+}
+
+/// Memoised [`facts`]: applications repeat a small set of query texts, and
+/// tokenizing each execution anew would dominate the agent's CPU.
+pub struct FactsCache {
+    obfuscate: bool,
+    map: HashMap<String, Arc<QueryFacts>>,
+    capacity: usize,
+}
+
+impl FactsCache {
+    pub fn new(obfuscate: bool, capacity: usize) -> Self {
+        FactsCache { obfuscate, map: HashMap::new(), capacity }
+    }
+
+    pub fn get(&mut self, sql: &str) -> Arc<QueryFacts> {
+        if let Some(f) = self.map.get(sql) {
+            return f.clone();
+        }
+        // Unbounded distinct texts (literals inlined by the application) must
+        // not grow memory: start over when full.
+        if self.map.len() >= self.capacity {
+            self.map.clear();
+        }
+        let f = Arc::new(facts(sql, self.obfuscate));
+        self.map.insert(sql.to_string(), f.clone());
+        f
+    }
 }
 
 /// OpenTelemetry caps db.query.summary at 255 characters.
@@ -309,6 +339,18 @@ mod tests {
             assert_eq!(got.collection.as_deref(), *coll, "{sql}");
             assert_eq!(got.summary.as_deref(), Some(*summary), "{sql}");
         }
+    }
+
+    #[test]
+    fn cache_returns_the_same_facts_and_stays_bounded() {
+        let mut c = FactsCache::new(true, 2);
+        let a = c.get("select 1");
+        assert_eq!(*a, f("select 1"));
+        assert!(Arc::ptr_eq(&a, &c.get("select 1")));
+        c.get("select 2");
+        c.get("select 3");
+        assert!(c.map.len() <= 2);
+        assert_eq!(c.get("select 1").text, "select ?");
     }
 
     #[test]

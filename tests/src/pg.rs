@@ -33,7 +33,13 @@ fn free_port() -> u16 {
 }
 
 impl Cluster {
+    /// A cluster for tests: fsync off (nothing here needs durability).
     pub fn start() -> Cluster {
+        Self::start_with(&["fsync=off"])
+    }
+
+    /// A cluster with extra `name=value` server settings.
+    pub fn start_with(settings: &[&str]) -> Cluster {
         let bin = pg_bin_dir();
         let (uid, gid) = postgres_uid();
         let dir = tempfile::Builder::new().prefix("dbtel-pg-").tempdir().unwrap();
@@ -48,7 +54,10 @@ impl Cluster {
             assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
         };
         run(Command::new(bin.join("initdb")).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "-D"]).arg(&data));
-        let opts = format!("-k {} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off", dir.path().display());
+        let mut opts = format!("-k {} -p {port} -c listen_addresses=127.0.0.1", dir.path().display());
+        for s in settings {
+            opts.push_str(&format!(" -c {s}"));
+        }
         run(Command::new(bin.join("pg_ctl"))
             .args(["-w", "-D"])
             .arg(&data)
