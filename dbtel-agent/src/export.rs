@@ -252,7 +252,9 @@ impl Exporter {
     /// Flushes every provider and waits for delivery. Call outside the runtime.
     pub fn shutdown(&mut self) {
         for (pid, (provider, _)) in self.tracers.drain() {
-            if let Err(e) = provider.shutdown() {
+            // Long enough to drain a full queue to a slow collector; what is
+            // still queued after that is counted as lost.
+            if let Err(e) = provider.shutdown_with_timeout(Duration::from_secs(60)) {
                 log::warn!("exporting spans of process {pid}: {e}");
             }
         }

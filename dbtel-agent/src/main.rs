@@ -158,7 +158,12 @@ fn report(s: &Summary, e: &Exporter) {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let cpu = (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) as f64 + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) as f64 / 1e6;
-    eprintln!("dbtel: agent cpu {cpu:.3} s, max rss {:.1} MiB", ru.ru_maxrss as f64 / 1024.0);
+    // VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork+exec.
+    let hwm_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(f64::NAN);
+    eprintln!("dbtel: agent cpu {cpu:.3} s, max rss {:.1} MiB", hwm_kib / 1024.0);
     if !s.program_runs.is_empty() {
         let runs: Vec<String> = s
             .program_runs

@@ -38,7 +38,8 @@ pub struct Span {
     pub start_ns: u64,
     pub end_ns: u64,
     pub attrs: BTreeMap<String, Value>,
-    pub resource: BTreeMap<String, Value>,
+    /// Shared by every span of one resource.
+    pub resource: Arc<BTreeMap<String, Value>>,
     /// OTLP status code: 0 unset, 1 ok, 2 error.
     pub status_code: i32,
     pub status_message: String,
@@ -97,7 +98,7 @@ type Store = Arc<Mutex<Vec<Span>>>;
 fn store(spans: &Store, req: ExportTraceServiceRequest) {
     let mut out = spans.lock().unwrap();
     for rs in req.resource_spans {
-        let resource = rs.resource.map(|r| flatten(&r.attributes)).unwrap_or_default();
+        let resource = Arc::new(rs.resource.map(|r| flatten(&r.attributes)).unwrap_or_default());
         for ss in rs.scope_spans {
             for s in ss.spans {
                 out.push(Span {

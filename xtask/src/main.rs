@@ -13,6 +13,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(name = "xtask")]
 struct Cli {
@@ -26,6 +28,21 @@ enum Task {
     Setup,
     /// Start a throwaway PostgreSQL and a small libpq workload, and trace it on the console.
     Demo,
+    /// Measure what tracing costs pgbench (A/A, then interleaved A/B pairs); writes target/bench/results.{md,json}.
+    Bench {
+        /// Seconds per pgbench run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// A/B pairs per script and mode (at least 5 for reported figures).
+        #[arg(long, default_value_t = 5)]
+        pairs: usize,
+        /// pgbench clients (and threads).
+        #[arg(long, default_value_t = 2)]
+        clients: u32,
+        /// pgbench scale factor.
+        #[arg(long, default_value_t = 10)]
+        scale: u32,
+    },
     /// Set up, then run the unit tests and the end-to-end tests (as root).
     Test {
         /// Extra arguments for the end-to-end test binaries (e.g. a test name filter).
@@ -54,6 +71,10 @@ fn main() -> Result<()> {
             setup()?;
             demo()
         }
+        Task::Bench { seconds, pairs, clients, scale } => {
+            setup()?;
+            bench::bench(&bench::Options { seconds, pairs, clients, scale })
+        }
         Task::Test { args } => {
             setup()?;
             test(&args)
@@ -61,11 +82,11 @@ fn main() -> Result<()> {
     }
 }
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: {cmd:?}");
     let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
@@ -125,7 +146,7 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
     c

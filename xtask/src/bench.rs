@@ -1,0 +1,333 @@
+//! `cargo xtask bench`: what tracing costs pgbench, measured side by side.
+//!
+//! For each script (select-only, tpcb-like) and protocol mode (simple,
+//! extended, prepared): an A/A pair (agent off twice: the noise floor), then
+//! interleaved A/B pairs (off / agent on the client). Medians and ratios, the
+//! agent's CPU and RSS from its own exit report, spans received by a real
+//! OTLP receiver against statements executed, every drop counter, and the
+//! probe hits per query from a separate counted run. Results go to
+//! target/bench/results.{md,json}.
+
+use std::{
+    fmt::Write as _,
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+use dbtel_tests::{Cluster, Receiver};
+
+pub struct Options {
+    pub seconds: u32,
+    pub pairs: usize,
+    pub clients: u32,
+    pub scale: u32,
+}
+
+struct Script {
+    name: &'static str,
+    /// Span names of the statements one transaction runs.
+    statements: &'static [&'static str],
+}
+
+const SCRIPTS: &[Script] = &[
+    Script { name: "select-only", statements: &["SELECT pgbench_accounts"] },
+    Script {
+        name: "tpcb-like",
+        statements: &[
+            "BEGIN",
+            "UPDATE pgbench_accounts",
+            "SELECT pgbench_accounts",
+            "UPDATE pgbench_tellers",
+            "UPDATE pgbench_branches",
+            "INSERT pgbench_history",
+            "END",
+        ],
+    },
+];
+const MODES: &[&str] = &["simple", "extended", "prepared"];
+
+#[derive(Default, Clone)]
+struct Run {
+    tps: f64,
+    latency_ms: f64,
+    txns: u64,
+    // Agent runs only:
+    agent_cpu_s: f64,
+    agent_rss_mib: f64,
+    spans_matching: u64,
+    drops: Drops,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Drops {
+    export_failed: u64,
+    export_queue: u64,
+    ring_buffer: u64,
+    undecodable: u64,
+    unmatched: u64,
+    incomplete: u64,
+}
+
+impl Drops {
+    fn add(&mut self, o: &Drops) {
+        self.export_failed += o.export_failed;
+        self.export_queue += o.export_queue;
+        self.ring_buffer += o.ring_buffer;
+        self.undecodable += o.undecodable;
+        self.unmatched += o.unmatched;
+        self.incomplete += o.incomplete;
+    }
+    fn total(&self) -> u64 {
+        self.export_failed + self.export_queue + self.ring_buffer + self.undecodable + self.unmatched + self.incomplete
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// The number before `suffix` on the line containing `key`.
+fn number_after(text: &str, key: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.contains(key))?;
+    let rest = &line[line.find(key)? + key.len()..];
+    let num: String = rest.trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    num.parse().ok()
+}
+
+/// The number right before `key` in `line` ("N spans exported").
+fn number_before(line: &str, key: &str) -> u64 {
+    line.find(key)
+        .and_then(|i| line[..i].trim_end().rsplit(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
+fn parse_pgbench(out: &str) -> Result<Run> {
+    let tps = number_after(out, "tps =").context("no tps in pgbench output")?;
+    let latency_ms = number_after(out, "latency average =").context("no latency")?;
+    let txns = number_after(out, "number of transactions actually processed:").context("no transaction count")? as u64;
+    Ok(Run { tps, latency_ms, txns, ..Default::default() })
+}
+
+fn pgbench_args(pg: &Cluster, script: &str, mode: &str, o: &Options, duration: &[String]) -> Vec<String> {
+    let mut a = pg.conn_args();
+    let c = o.clients.to_string();
+    a.extend(["-n", "-b", script, "-M", mode, "-c", &c, "-j", &c].map(String::from));
+    a.extend(duration.iter().cloned());
+    a.push("postgres".into());
+    a
+}
+
+fn run_off(pg: &Cluster, script: &str, mode: &str, o: &Options) -> Result<Run> {
+    let out = Command::new(pg.bin("pgbench"))
+        .args(pgbench_args(pg, script, mode, o, &["-T".into(), o.seconds.to_string()]))
+        .stderr(Stdio::null())
+        .output()?;
+    parse_pgbench(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn run_agent(agent: &Path, pg: &Cluster, rx: &Receiver, script: &Script, mode: &str, o: &Options, extra: &[&str], duration: &[String]) -> Result<(Run, String)> {
+    let before = rx.spans().len();
+    let out = Command::new(agent)
+        .args(["--otlp-endpoint", &rx.http_endpoint()])
+        .args(extra)
+        .arg("--")
+        .arg(pg.bin("pgbench"))
+        .args(pgbench_args(pg, script.name, mode, o, duration))
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        bail!("agent run failed: {stderr}");
+    }
+    let mut run = parse_pgbench(&stdout)?;
+    let summary = stderr.lines().find(|l| l.contains("spans exported")).context("no agent summary")?;
+    run.drops = Drops {
+        export_failed: number_before(summary, "failed to export"),
+        export_queue: number_before(summary, "lost in the export queue"),
+        ring_buffer: number_before(summary, "lost in the ring buffer"),
+        undecodable: number_before(summary, "undecodable"),
+        unmatched: number_before(summary, "unmatched results"),
+        incomplete: number_before(summary, "queries incomplete"),
+    };
+    run.agent_cpu_s = number_after(&stderr, "agent cpu").unwrap_or(f64::NAN);
+    run.agent_rss_mib = number_after(&stderr, "max rss").unwrap_or(f64::NAN);
+    let spans = rx.spans();
+    run.spans_matching = spans[before..].iter().filter(|s| script.statements.contains(&s.name.as_str())).count() as u64;
+    Ok((run, stderr))
+}
+
+struct Row {
+    script: &'static str,
+    mode: &'static str,
+    stmts: usize,
+    aa_ratio: f64,
+    tps_off: f64,
+    tps_on: f64,
+    ratio: f64,
+    added_us_per_query: f64,
+    cpu_per_10k_qps: f64,
+    rss_mib: f64,
+    statements: u64,
+    spans: u64,
+    drops: Drops,
+    traps_per_query: f64,
+    ebpf_ns_per_query: f64,
+}
+
+/// Probe hits per query from a short run with --probe-stats (which adds a
+/// little cost per hit, so it stays out of the timed runs).
+fn traps(agent: &Path, pg: &Cluster, rx: &Receiver, script: &Script, mode: &str, o: &Options) -> Result<(f64, f64)> {
+    let (run, stderr) = run_agent(agent, pg, rx, script, mode, o, &["--probe-stats"], &["-t".into(), "2000".into()])?;
+    let line = stderr.lines().find(|l| l.starts_with("dbtel: probe hits:")).context("no probe hits line")?;
+    let (mut hits, mut ns) = (0f64, 0f64);
+    for part in line.trim_start_matches("dbtel: probe hits:").split(") ") {
+        let Some((name_n, each)) = part.split_once(" (") else { continue };
+        let n: f64 = name_n.rsplit('=').next().unwrap_or("0").trim().parse().unwrap_or(0.0);
+        let each: f64 = each.trim_end_matches(')').trim_end_matches(" ns each").parse().unwrap_or(0.0);
+        hits += n;
+        ns += n * each;
+    }
+    let queries = (run.txns as usize * script.statements.len()) as f64;
+    Ok((hits / queries, ns / queries))
+}
+
+pub fn bench(o: &Options) -> Result<()> {
+    let root = crate::root();
+    crate::run(crate::cargo().args(["build", "--release", "-p", "dbtel-agent"]))?;
+    let agent = root.join("target/release/dbtel-agent");
+    let out_dir = root.join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+
+    eprintln!("bench: PostgreSQL with fsync and synchronous_commit on, pgbench scale {}", o.scale);
+    let pg = Cluster::start_with(&["shared_buffers=256MB"]);
+    let init = Command::new(pg.bin("pgbench")).args(pg.conn_args()).args(["-i", "-q", "-s", &o.scale.to_string(), "postgres"]).output()?;
+    if !init.status.success() {
+        bail!("pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
+    }
+    let rx = Receiver::start();
+
+    // The pipeline without the kernel.
+    let pipeline = Command::new(crate::cargo().get_program())
+        .current_dir(&root)
+        .args(["bench", "-q", "-p", "dbtel-agent", "--bench", "pipeline"])
+        .stderr(Stdio::null())
+        .output()?;
+    let pipeline = String::from_utf8_lossy(&pipeline.stdout).lines().filter(|l| l.starts_with('{')).map(String::from).collect::<Vec<_>>();
+
+    let mut rows = Vec::new();
+    for script in SCRIPTS {
+        for mode in MODES {
+            eprintln!("bench: {} -M {mode}: A/A, then {} A/B pairs of {} s", script.name, o.pairs, o.seconds);
+            let a1 = run_off(&pg, script.name, mode, o)?;
+            let a2 = run_off(&pg, script.name, mode, o)?;
+            let (mut off, mut on) = (Vec::new(), Vec::new());
+            let duration = ["-T".to_string(), o.seconds.to_string()];
+            for _ in 0..o.pairs {
+                off.push(run_off(&pg, script.name, mode, o)?);
+                on.push(run_agent(&agent, &pg, &rx, script, mode, o, &[], &duration)?.0);
+            }
+            let (traps_per_query, ebpf_ns) = traps(&agent, &pg, &rx, script, mode, o)?;
+            let stmts = script.statements.len();
+            let tps_off = median(off.iter().map(|r| r.tps).collect());
+            let tps_on = median(on.iter().map(|r| r.tps).collect());
+            let lat_off = median(off.iter().map(|r| r.latency_ms).collect());
+            let lat_on = median(on.iter().map(|r| r.latency_ms).collect());
+            let cpu = median(on.iter().map(|r| (r.agent_cpu_s / o.seconds as f64) / (r.tps * stmts as f64 / 10_000.0)).collect());
+            let mut drops = Drops::default();
+            on.iter().for_each(|r| drops.add(&r.drops));
+            rows.push(Row {
+                script: script.name,
+                mode,
+                stmts,
+                aa_ratio: a2.tps / a1.tps,
+                tps_off,
+                tps_on,
+                ratio: tps_on / tps_off,
+                added_us_per_query: (lat_on - lat_off) * 1000.0 / stmts as f64,
+                cpu_per_10k_qps: cpu,
+                rss_mib: on.iter().map(|r| r.agent_rss_mib).fold(0.0, f64::max),
+                statements: on.iter().map(|r| r.txns * stmts as u64).sum(),
+                spans: on.iter().map(|r| r.spans_matching).sum(),
+                drops,
+                traps_per_query,
+                ebpf_ns_per_query: ebpf_ns,
+            });
+            let r = rows.last().unwrap();
+            eprintln!("bench:   TPS ratio {:.3} (A/A {:.3}), {} spans / {} statements", r.ratio, r.aa_ratio, r.spans, r.statements);
+        }
+    }
+    let (md, json) = render(&rows, &pipeline, o);
+    std::fs::write(out_dir.join("results.md"), &md)?;
+    std::fs::write(out_dir.join("results.json"), &json)?;
+    println!("{md}");
+    eprintln!("bench: wrote {}", out_dir.join("results.{md,json}").display());
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{} vCPU {cpu}, kernel {}", std::thread::available_parallelism().map_or(0, |n| n.get()), kernel.trim())
+}
+
+fn render(rows: &[Row], pipeline: &[String], o: &Options) -> (String, String) {
+    let mut md = String::new();
+    let _ = writeln!(md, "Machine: {}. pgbench -c {} -j {}, scale {}, {} s runs, {} A/B pairs per line (medians); agent on the client only, exporting OTLP/HTTP to a local receiver.\n", machine(), o.clients, o.clients, o.scale, o.seconds, o.pairs);
+    let _ = writeln!(md, "| script | mode | A/A | TPS off | TPS on | ratio | +µs/query | agent cores per 10k q/s | agent RSS MiB | statements | spans | drops | traps/query | eBPF ns/query |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut json = String::from("{\"machine\":");
+    let _ = write!(json, "{:?},\"seconds\":{},\"pairs\":{},\"clients\":{},\"scale\":{},\"rows\":[", machine(), o.seconds, o.pairs, o.clients, o.scale);
+    for (i, r) in rows.iter().enumerate() {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.3} | {:.0} | {:.0} | {:.3} | {:.1} | {:.3} | {:.1} | {} | {} | {} | {:.2} | {:.0} |",
+            r.script, r.mode, r.aa_ratio, r.tps_off, r.tps_on, r.ratio, r.added_us_per_query, r.cpu_per_10k_qps, r.rss_mib,
+            r.statements, r.spans, r.drops.total(), r.traps_per_query, r.ebpf_ns_per_query
+        );
+        let d = &r.drops;
+        let _ = write!(
+            json,
+            "{}{{\"script\":\"{}\",\"mode\":\"{}\",\"statements_per_txn\":{},\"aa_ratio\":{:.4},\"tps_off\":{:.1},\"tps_on\":{:.1},\"ratio\":{:.4},\
+             \"added_us_per_query\":{:.2},\"agent_cores_per_10k_qps\":{:.4},\"agent_rss_mib\":{:.1},\"statements\":{},\"spans\":{},\
+             \"drops\":{{\"export_failed\":{},\"export_queue\":{},\"ring_buffer\":{},\"undecodable\":{},\"unmatched\":{},\"incomplete\":{}}},\
+             \"traps_per_query\":{:.3},\"ebpf_ns_per_query\":{:.0}}}",
+            if i > 0 { "," } else { "" },
+            r.script, r.mode, r.stmts, r.aa_ratio, r.tps_off, r.tps_on, r.ratio, r.added_us_per_query, r.cpu_per_10k_qps, r.rss_mib,
+            r.statements, r.spans, d.export_failed, d.export_queue, d.ring_buffer, d.undecodable, d.unmatched, d.incomplete,
+            r.traps_per_query, r.ebpf_ns_per_query
+        );
+    }
+    let _ = writeln!(md, "\nPipeline without the kernel (one thread, recorded pgbench-like events):\n");
+    for p in pipeline {
+        let _ = writeln!(md, "    {p}");
+    }
+    let _ = write!(json, "],\"pipeline\":[{}]}}", pipeline.join(","));
+    (md, json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pgbench_and_agent_lines() {
+        let out = "number of transactions actually processed: 1234/1234\nlatency average = 0.023 ms\ntps = 86995.698808 (without initial connection time)\n";
+        let r = parse_pgbench(out).unwrap();
+        assert_eq!((r.txns, r.latency_ms, r.tps), (1234, 0.023, 86995.698808));
+        let s = "dbtel: 203 spans exported, 0 failed to export, 7 lost in the export queue; 611 events read, 0 lost in the ring buffer, 0 undecodable, 2 unmatched results, 0 queries incomplete";
+        assert_eq!(number_before(s, "spans exported"), 203);
+        assert_eq!(number_before(s, "lost in the export queue"), 7);
+        assert_eq!(number_before(s, "unmatched results"), 2);
+        assert_eq!(number_after("dbtel: agent cpu 1.250 s, max rss 70.5 MiB", "max rss"), Some(70.5));
+        assert_eq!(median(vec![3.0, 1.0, 2.0, 10.0]), 2.5);
+    }
+}
