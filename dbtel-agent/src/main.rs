@@ -146,7 +146,8 @@ fn report(s: &Summary, e: &Exporter) {
         "dbtel: {} spans exported, {} failed to export, {} lost in the export queue; \
          {} events read, {} lost in the ring buffer, {} undecodable, {} unmatched results, {} queries incomplete",
         st.exported.load(Ordering::Relaxed),
-        st.failed.load(Ordering::Relaxed),
+        // Spans the exporter could not even be set up for count as failed too.
+        st.failed.load(Ordering::Relaxed) + s.export_errors,
         st.unaccounted(),
         s.events,
         ring_full,

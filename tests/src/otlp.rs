@@ -93,10 +93,15 @@ fn flatten(kvs: &[KeyValue]) -> BTreeMap<String, Value> {
         .collect()
 }
 
-type Store = Arc<Mutex<Vec<Span>>>;
+#[derive(Clone, Default)]
+struct Store {
+    spans: Arc<Mutex<Vec<Span>>>,
+    /// Keep names and resources only (for benchmarks: less receiver CPU).
+    light: bool,
+}
 
-fn store(spans: &Store, req: ExportTraceServiceRequest) {
-    let mut out = spans.lock().unwrap();
+fn store(st: &Store, req: ExportTraceServiceRequest) {
+    let mut out = st.spans.lock().unwrap();
     for rs in req.resource_spans {
         let resource = Arc::new(rs.resource.map(|r| flatten(&r.attributes)).unwrap_or_default());
         for ss in rs.scope_spans {
@@ -109,7 +114,7 @@ fn store(spans: &Store, req: ExportTraceServiceRequest) {
                     parent_span_id: s.parent_span_id,
                     start_ns: s.start_time_unix_nano,
                     end_ns: s.end_time_unix_nano,
-                    attrs: flatten(&s.attributes),
+                    attrs: if st.light { BTreeMap::new() } else { flatten(&s.attributes) },
                     resource: resource.clone(),
                     status_code: s.status.as_ref().map_or(0, |st| st.code),
                     status_message: s.status.map(|st| st.message).unwrap_or_default(),
@@ -142,8 +147,17 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start() -> Receiver {
+        Self::start_with(false)
+    }
+
+    /// A receiver that keeps span names and resources but not span attributes.
+    pub fn start_light() -> Receiver {
+        Self::start_with(true)
+    }
+
+    fn start_with(light: bool) -> Receiver {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let spans: Store = Arc::default();
+        let spans = Store { light, ..Default::default() };
         let (grpc_addr, http_addr) = runtime.block_on(async {
             let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -186,7 +200,17 @@ impl Receiver {
     }
 
     pub fn spans(&self) -> Vec<Span> {
-        self.spans.lock().unwrap().clone()
+        self.spans.spans.lock().unwrap().clone()
+    }
+
+    /// Spans received so far (cheaper than `spans().len()`).
+    pub fn count(&self) -> usize {
+        self.spans.spans.lock().unwrap().len()
+    }
+
+    /// Names of the spans received after the first `skip`.
+    pub fn names_since(&self, skip: usize) -> Vec<String> {
+        self.spans.spans.lock().unwrap()[skip..].iter().map(|s| s.name.clone()).collect()
     }
 
     /// Spans of one traced process (resource process.pid).

@@ -132,7 +132,7 @@ fn run_off(pg: &Cluster, script: &str, mode: &str, o: &Options) -> Result<Run> {
 }
 
 fn run_agent(agent: &Path, pg: &Cluster, rx: &Receiver, script: &Script, mode: &str, o: &Options, extra: &[&str], duration: &[String]) -> Result<(Run, String)> {
-    let before = rx.spans().len();
+    let before = rx.count();
     let out = Command::new(agent)
         .args(["--otlp-endpoint", &rx.http_endpoint()])
         .args(extra)
@@ -157,8 +157,7 @@ fn run_agent(agent: &Path, pg: &Cluster, rx: &Receiver, script: &Script, mode: &
     };
     run.agent_cpu_s = number_after(&stderr, "agent cpu").unwrap_or(f64::NAN);
     run.agent_rss_mib = number_after(&stderr, "max rss").unwrap_or(f64::NAN);
-    let spans = rx.spans();
-    run.spans_matching = spans[before..].iter().filter(|s| script.statements.contains(&s.name.as_str())).count() as u64;
+    run.spans_matching = rx.names_since(before).iter().filter(|n| script.statements.contains(&n.as_str())).count() as u64;
     Ok((run, stderr))
 }
 
@@ -210,7 +209,7 @@ pub fn bench(o: &Options) -> Result<()> {
     if !init.status.success() {
         bail!("pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
     }
-    let rx = Receiver::start();
+    let rx = Receiver::start_light();
 
     // The pipeline without the kernel.
     let pipeline = Command::new(crate::cargo().get_program())
@@ -260,11 +259,13 @@ pub fn bench(o: &Options) -> Result<()> {
             });
             let r = rows.last().unwrap();
             eprintln!("bench:   TPS ratio {:.3} (A/A {:.3}), {} spans / {} statements", r.ratio, r.aa_ratio, r.spans, r.statements);
+            // Written after every line, so an interrupted run still leaves its figures.
+            let (md, json) = render(&rows, &pipeline, o);
+            std::fs::write(out_dir.join("results.md"), &md)?;
+            std::fs::write(out_dir.join("results.json"), &json)?;
         }
     }
-    let (md, json) = render(&rows, &pipeline, o);
-    std::fs::write(out_dir.join("results.md"), &md)?;
-    std::fs::write(out_dir.join("results.json"), &json)?;
+    let (md, _) = render(&rows, &pipeline, o);
     println!("{md}");
     eprintln!("bench: wrote {}", out_dir.join("results.{md,json}").display());
     Ok(())

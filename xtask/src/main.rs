@@ -155,7 +155,7 @@ pub(crate) fn cargo() -> Command {
 fn test(args: &[String]) -> Result<()> {
     run(cargo().args(["build", "-p", "dbtel-agent"]))?;
     // Unit tests: no root needed, no kernel, no database.
-    run(cargo().args(["test", "-p", "dbtel-common", "-p", "dbtel-agent"]))?;
+    run(cargo().args(["test", "-p", "dbtel-common", "-p", "dbtel-agent", "-p", "xtask"]))?;
     // End to end: real eBPF, real servers and clients. One at a time: each
     // loads programs and starts servers of its own.
     run(cargo().args(["test", "-p", "dbtel-tests", "--tests", "--", "--test-threads=1"]).args(args))?;
