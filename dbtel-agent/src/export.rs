@@ -1,10 +1,10 @@
-//! Query spans → OpenTelemetry spans, with explicit start and end timestamps,
-//! one tracer provider per traced process (its resource names that process).
-//! Every span is counted from end() to delivery, so losses show at exit.
+//! Query spans → OpenTelemetry spans (SpanData with explicit start and end
+//! timestamps), one export pipeline per traced process (its resource names
+//! that process). Every span is counted from hand-over to delivery, so losses
+//! show at exit.
 
 use std::{
     collections::HashMap,
-    fmt,
     io::Write,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -15,17 +15,18 @@ use std::{
 
 use dbtel_common::func;
 use opentelemetry::{
-    trace::{Span as _, SpanKind, Status, Tracer as _, TracerProvider as _},
-    KeyValue, Value,
+    trace::{SamplingDecision, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState},
+    InstrumentationScope, KeyValue, Value,
 };
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
     error::{OTelSdkError, OTelSdkResult},
-    trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter},
+    trace::{Config, IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanExporter, SpanLinks},
     Resource,
 };
 
 use crate::{
+    batch::{Driver, Pipeline},
     reconstruct::{End, QuerySpan},
     sql,
 };
@@ -55,10 +56,10 @@ pub struct ExportConfig {
     pub raw_text: bool,
 }
 
-/// Delivery counters, shared with the exporters the SDK owns.
+/// Delivery counters, shared with the export threads.
 #[derive(Debug, Default)]
 pub struct ExportStats {
-    /// Spans handed to the SDK (ended and sampled).
+    /// Spans handed to export (sampled).
     pub ended: AtomicU64,
     /// Spans the backend accepted (or the console printed).
     pub exported: AtomicU64,
@@ -67,8 +68,8 @@ pub struct ExportStats {
 }
 
 impl ExportStats {
-    /// Spans ended but neither delivered nor failed: dropped inside the SDK
-    /// (queue full) or still queued.
+    /// Spans handed over but neither delivered nor failed: dropped because the
+    /// export queue was full, or still queued at exit.
     pub fn unaccounted(&self) -> u64 {
         let done = self.exported.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
         self.ended.load(Ordering::Relaxed).saturating_sub(done)
@@ -130,7 +131,11 @@ pub struct Exporter {
     clock: Clock,
     runtime: Option<tokio::runtime::Handle>,
     processes: HashMap<u32, ProcessMeta>,
-    tracers: HashMap<u32, (SdkTracerProvider, SdkTracer)>,
+    pipelines: HashMap<u32, Pipeline>,
+    /// OTEL_TRACES_SAMPLER(_ARG), as the SDK reads them.
+    sampling: Config,
+    ids: RandomIdGenerator,
+    scope: InstrumentationScope,
     host_name: String,
     facts: sql::FactsCache,
     pub stats: Arc<ExportStats>,
@@ -146,7 +151,10 @@ impl Exporter {
             clock,
             runtime,
             processes: HashMap::new(),
-            tracers: HashMap::new(),
+            pipelines: HashMap::new(),
+            sampling: Config::default(),
+            ids: RandomIdGenerator::default(),
+            scope: InstrumentationScope::builder("dbtel").with_version(env!("CARGO_PKG_VERSION")).build(),
             host_name: host_name(),
             facts,
             stats: Arc::default(),
@@ -181,100 +189,86 @@ impl Exporter {
         b.build()
     }
 
-    fn build_provider(&self, pid: u32) -> anyhow::Result<SdkTracerProvider> {
+    fn start_pipeline(&self, pid: u32) -> anyhow::Result<Pipeline> {
         let resource = self.resource(pid);
         let stats = self.stats.clone();
-        let builder = SdkTracerProvider::builder().with_resource(resource);
-        let provider = match self.cfg.kind {
-            ExporterKind::Console => builder.with_span_processor(batch(Counting { inner: Console, stats, runtime: None })),
-            ExporterKind::None => builder.with_span_processor(batch(Counting { inner: Discard, stats, runtime: None })),
-            ExporterKind::Otlp => {
-                match self.cfg.protocol {
-                    Protocol::Grpc => {
-                        // tonic's channel needs the runtime's reactor, now and for every export.
-                        let _guard = self.runtime.as_ref().map(|h| h.enter());
-                        let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-                        if let Some(e) = &self.cfg.endpoint {
-                            b = b.with_endpoint(e.clone());
-                        }
-                        let inner = b.build()?;
-                        builder.with_span_processor(batch(Counting { inner, stats, runtime: self.runtime.clone() }))
+        Ok(match self.cfg.kind {
+            ExporterKind::Console => Pipeline::start(Console, &resource, Driver::Plain, stats),
+            ExporterKind::None => Pipeline::start(Discard, &resource, Driver::Plain, stats),
+            ExporterKind::Otlp => match self.cfg.protocol {
+                Protocol::Grpc => {
+                    // tonic's channel needs the runtime's reactor, now and for every export.
+                    let rt = self.runtime.clone().ok_or_else(|| anyhow::anyhow!("gRPC export needs a tokio runtime"))?;
+                    let _guard = rt.enter();
+                    let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+                    if let Some(e) = &self.cfg.endpoint {
+                        b = b.with_endpoint(e.clone());
                     }
-                    Protocol::HttpProtobuf => {
-                        let mut b = opentelemetry_otlp::SpanExporter::builder()
-                            .with_http()
-                            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
-                        if let Some(e) = &self.cfg.endpoint {
-                            b = b.with_endpoint(http_traces_url(e));
-                        }
-                        let inner = b.build()?;
-                        // reqwest's blocking client brings its own runtime: no block_on here.
-                        builder.with_span_processor(batch(Counting { inner, stats, runtime: None }))
-                    }
+                    Pipeline::start(b.build()?, &resource, Driver::Runtime(rt.clone()), stats)
                 }
-            }
-        };
-        Ok(provider.build())
-    }
-
-    fn tracer(&mut self, pid: u32) -> anyhow::Result<&SdkTracer> {
-        if !self.tracers.contains_key(&pid) {
-            let provider = self.build_provider(pid)?;
-            let tracer = provider.tracer("dbtel");
-            self.tracers.insert(pid, (provider, tracer));
-        }
-        Ok(&self.tracers[&pid].1)
+                Protocol::HttpProtobuf => {
+                    let mut b = opentelemetry_otlp::SpanExporter::builder()
+                        .with_http()
+                        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+                    if let Some(e) = &self.cfg.endpoint {
+                        b = b.with_endpoint(http_traces_url(e));
+                    }
+                    // reqwest's blocking client brings its own runtime: driven outside ours.
+                    Pipeline::start(b.build()?, &resource, Driver::Plain, stats)
+                }
+            },
+        })
     }
 
     /// Turns one reconstructed query into an OpenTelemetry span.
     pub fn emit(&mut self, q: &QuerySpan) -> anyhow::Result<()> {
         let facts = q.text.as_deref().map(|t| self.facts.get(t));
         let d = describe_with(q, facts.as_deref());
-        let (start, end) = (self.clock.wall(q.start_ns), self.clock.wall(q.end_ns));
-        let tracer = self.tracer(q.pid)?;
-        let mut span = tracer
-            .span_builder(d.name)
-            .with_kind(SpanKind::Client)
-            .with_start_time(start)
-            .with_attributes(d.attributes)
-            .start(tracer);
-        if let Some(why) = d.error {
-            span.set_status(Status::error(why));
+        let trace_id = self.ids.new_trace_id();
+        let sampled = self.sampling.sampler.should_sample(None, trace_id, &d.name, &SpanKind::Client, &d.attributes, &[]);
+        if sampled.decision != SamplingDecision::RecordAndSample {
+            return Ok(());
         }
-        let sampled = span.span_context().is_sampled();
-        span.end_with_timestamp(end);
-        if sampled {
-            self.stats.ended.fetch_add(1, Ordering::Relaxed);
+        let span = SpanData {
+            span_context: SpanContext::new(trace_id, self.ids.new_span_id(), TraceFlags::SAMPLED, false, TraceState::default()),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Client,
+            name: d.name.into(),
+            start_time: self.clock.wall(q.start_ns),
+            end_time: self.clock.wall(q.end_ns),
+            attributes: d.attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: d.error.map_or(Status::Unset, Status::error),
+            instrumentation_scope: self.scope.clone(),
+        };
+        if !self.pipelines.contains_key(&q.pid) {
+            let p = self.start_pipeline(q.pid)?;
+            self.pipelines.insert(q.pid, p);
         }
+        self.pipelines.get_mut(&q.pid).expect("inserted").push(span);
         Ok(())
     }
 
-    /// Flushes every provider and waits for delivery. Call outside the runtime.
+    /// Hands every pending span to its export thread (after each ring-buffer drain).
+    pub fn flush(&mut self) {
+        for p in self.pipelines.values_mut() {
+            p.hand_off();
+        }
+    }
+
+    /// Exports everything handed over and waits for delivery (bounded).
     pub fn shutdown(&mut self) {
-        for (pid, (provider, _)) in self.tracers.drain() {
+        for (pid, mut p) in self.pipelines.drain() {
             // Long enough to drain a full queue to a slow collector; what is
             // still queued after that is counted as lost.
-            if let Err(e) = provider.shutdown_with_timeout(Duration::from_secs(60)) {
-                log::warn!("exporting spans of process {pid}: {e}");
+            if !p.shutdown(Duration::from_secs(60)) {
+                log::warn!("exporting spans of process {pid}: timed out");
             }
         }
     }
-}
-
-fn batch<E: SpanExporter + 'static>(exporter: E) -> BatchSpanProcessor {
-    // The SDK's default queue (2048) drops silently under load; size it for
-    // bursts, unless the user set OTEL_BSP_* themselves.
-    let mut cfg = BatchConfigBuilder::default();
-    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
-        cfg = cfg.with_max_queue_size(65_536);
-    }
-    if std::env::var_os("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").is_none() {
-        cfg = cfg.with_max_export_batch_size(2_048);
-    }
-    if std::env::var_os("OTEL_BSP_SCHEDULE_DELAY").is_none() {
-        cfg = cfg.with_scheduled_delay(Duration::from_millis(500));
-    }
-    BatchSpanProcessor::builder(exporter).with_batch_config(cfg.build()).build()
 }
 
 /// OTEL_EXPORTER_OTLP_ENDPOINT semantics for HTTP: a base URL to which the
@@ -404,50 +398,6 @@ pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Describe
         name = "postgresql".into();
     }
     Described { name, attributes: a, error }
-}
-
-/// Wraps a SpanExporter: counts outcomes and, for network exporters, runs the
-/// export on the agent's tokio runtime.
-struct Counting<E> {
-    inner: E,
-    stats: Arc<ExportStats>,
-    runtime: Option<tokio::runtime::Handle>,
-}
-
-impl<E: fmt::Debug> fmt::Debug for Counting<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.inner.fmt(f)
-    }
-}
-
-impl<E: SpanExporter> SpanExporter for Counting<E> {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let n = batch.len() as u64;
-        let result = match &self.runtime {
-            Some(rt) => rt.block_on(self.inner.export(batch)),
-            None => self.inner.export(batch).await,
-        };
-        match &result {
-            Ok(()) => self.stats.exported.fetch_add(n, Ordering::Relaxed),
-            Err(e) => {
-                log::warn!("span export failed, {n} spans lost: {e}");
-                self.stats.failed.fetch_add(n, Ordering::Relaxed)
-            }
-        };
-        result
-    }
-
-    fn shutdown_with_timeout(&mut self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn force_flush(&mut self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource)
-    }
 }
 
 /// `--exporter console`: one readable line per span on stdout.

@@ -1,5 +1,6 @@
 //! dbtel agent library: everything between the kernel's ring buffer and OTLP.
 pub mod attach;
+pub mod batch;
 pub mod discover;
 pub mod events;
 pub mod export;

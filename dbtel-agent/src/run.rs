@@ -81,6 +81,7 @@ impl Agent {
                 log::warn!("cannot export span: {e:#}");
             }
         }
+        self.exporter.flush();
     }
 
     fn trace(&mut self, t: &LibpqTarget) -> anyhow::Result<usize> {
