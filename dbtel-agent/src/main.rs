@@ -37,7 +37,7 @@ enum ProtocolArg {
 ///
 /// Environment: OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL,
 /// OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES,
-/// OTEL_TRACES_EXPORTER, OTEL_USE_CONSOLE, OTEL_TRACES_SAMPLER(_ARG), OTEL_BSP_*,
+/// OTEL_TRACES_EXPORTER, OTEL_USE_CONSOLE, OTEL_TRACES_SAMPLER(_ARG),
 /// RUST_LOG (agent log level, default info).
 #[derive(Parser, Debug)]
 #[command(name = "dbtel-agent", version, after_help = "Examples:\n  dbtel-agent --pid 4242\n  dbtel-agent --exporter console -- pgbench -c 4 -t 1000 bench")]

@@ -136,10 +136,16 @@ impl Drop for Agent {
 
 /// Runs `dbtel-agent args...` to completion (for `--` runs and refusals).
 pub fn run_agent(args: &[&str], stdin: &[u8], timeout: Duration) -> AgentRun {
+    run_agent_env(args, &[], stdin, timeout)
+}
+
+/// [`run_agent`] with extra environment variables.
+pub fn run_agent_env(args: &[&str], env: &[(&str, &str)], stdin: &[u8], timeout: Duration) -> AgentRun {
     use std::io::Write;
     let mut child = Command::new(agent_binary())
         .args(args)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

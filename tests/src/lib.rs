@@ -7,7 +7,7 @@ pub mod agent;
 pub mod otlp;
 pub mod pg;
 
-pub use agent::{agent_binary, run_agent, Agent, AgentRun};
+pub use agent::{agent_binary, run_agent, run_agent_env, Agent, AgentRun};
 pub use otlp::{Receiver, Span};
 pub use pg::Cluster;
 

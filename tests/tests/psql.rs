@@ -5,7 +5,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use dbtel_tests::{otlp::Value, require_root, run_agent, Agent, Cluster, Receiver};
+use dbtel_tests::{otlp::Value, require_root, run_agent, run_agent_env, Agent, Cluster, Receiver};
 
 fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
@@ -169,4 +169,36 @@ fn interrupt_forwards_to_the_command_and_flushes_spans() {
     assert_eq!(spans[1].str("db.response.status_code"), Some("57014"), "query_canceled");
     assert!(spans[1].duration() >= Duration::from_millis(1000));
     assert!(run.summary().starts_with("dbtel: 2 spans exported, 0 failed"), "{}", run.summary());
+}
+
+#[test]
+fn otel_environment_sampler_service_name_and_resource() {
+    require_root();
+    let pg = Cluster::start();
+    let psql = pg.bin("psql").display().to_string();
+    let conn = pg.conn_args();
+    let stdin = b"select 1;\nselect 2;\nselect 3;\n";
+    let run_with = |env: &[(&str, &str)]| {
+        let rx = Receiver::start();
+        let endpoint = rx.http_endpoint();
+        let mut args: Vec<&str> = vec!["--", &psql, "-X", "-q", "-d", "postgres"];
+        args.extend(conn.iter().map(String::as_str));
+        let mut env = env.to_vec();
+        env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint));
+        let run = run_agent_env(&args, &env, stdin, Duration::from_secs(60));
+        assert!(run.status.success(), "{run:?}");
+        (rx.spans(), run)
+    };
+    // Sampler off: nothing is exported, nothing is lost.
+    let (spans, run) = run_with(&[("OTEL_TRACES_SAMPLER", "always_off")]);
+    assert!(spans.is_empty(), "{spans:?}");
+    assert!(run.summary().starts_with("dbtel: 0 spans exported, 0 failed to export, 0 lost"), "{}", run.summary());
+    // Service name and extra resource attributes from the environment.
+    let (spans, run) = run_with(&[("OTEL_SERVICE_NAME", "billing"), ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test")]);
+    assert_eq!(spans.len(), 3, "{}", run.stderr);
+    for s in &spans {
+        assert_eq!(s.resource_str("service.name"), Some("billing"));
+        assert_eq!(s.resource_str("deployment.environment.name"), Some("test"));
+        assert_eq!(s.resource_str("process.executable.name"), Some("psql"));
+    }
 }
