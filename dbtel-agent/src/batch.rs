@@ -94,10 +94,15 @@ impl Pipeline {
         }
     }
 
-    /// Sends the rest, then waits up to `timeout` for the exporter to finish.
-    pub fn shutdown(&mut self, timeout: Duration) -> bool {
+    /// Sends the rest and closes the queue; the thread exports and exits.
+    pub fn close(&mut self) {
         self.hand_off();
         self.tx.take();
+    }
+
+    /// Closes, then waits up to `timeout` for the exporter to finish.
+    pub fn shutdown(&mut self, timeout: Duration) -> bool {
+        self.close();
         let finished = self.done.recv_timeout(timeout).is_ok();
         if finished {
             if let Some(t) = self.thread.take() {

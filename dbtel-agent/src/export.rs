@@ -132,6 +132,8 @@ pub struct Exporter {
     runtime: Option<tokio::runtime::Handle>,
     processes: HashMap<u32, ProcessMeta>,
     pipelines: HashMap<u32, Pipeline>,
+    /// Pipelines of exited processes, still exporting.
+    closing: Vec<(u32, Pipeline)>,
     /// OTEL_TRACES_SAMPLER(_ARG), as the SDK reads them.
     sampling: Config,
     ids: RandomIdGenerator,
@@ -152,6 +154,7 @@ impl Exporter {
             runtime,
             processes: HashMap::new(),
             pipelines: HashMap::new(),
+            closing: Vec::new(),
             sampling: Config::default(),
             ids: RandomIdGenerator::default(),
             scope: InstrumentationScope::builder("dbtel").with_version(env!("CARGO_PKG_VERSION")).build(),
@@ -252,6 +255,15 @@ impl Exporter {
         Ok(())
     }
 
+    /// The process is gone: send its last spans and let its export thread
+    /// finish in the background (waited for at shutdown).
+    pub fn process_gone(&mut self, pid: u32) {
+        if let Some(mut p) = self.pipelines.remove(&pid) {
+            p.close();
+            self.closing.push((pid, p));
+        }
+    }
+
     /// Hands every pending span to its export thread (after each ring-buffer drain).
     pub fn flush(&mut self) {
         for p in self.pipelines.values_mut() {
@@ -261,7 +273,8 @@ impl Exporter {
 
     /// Exports everything handed over and waits for delivery (bounded).
     pub fn shutdown(&mut self) {
-        for (pid, mut p) in self.pipelines.drain() {
+        let all: Vec<(u32, Pipeline)> = self.pipelines.drain().chain(self.closing.drain(..)).collect();
+        for (pid, mut p) in all {
             // Long enough to drain a full queue to a slow collector; what is
             // still queued after that is counted as lost.
             if !p.shutdown(Duration::from_secs(60)) {

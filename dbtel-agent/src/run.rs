@@ -144,6 +144,7 @@ impl Agent {
         self.recon.process_exited(pid, Clock::monotonic_now_ns(), &mut self.spans);
         self.flush_spans();
         self.probes.detach_pid(pid);
+        self.exporter.process_gone(pid);
         self.live.remove(&pid);
         self.inspected.retain(|(p, _)| *p != pid);
         log::info!("process {pid} exited");
