@@ -96,7 +96,8 @@ fn flatten(kvs: &[KeyValue]) -> BTreeMap<String, Value> {
 #[derive(Clone, Default)]
 struct Store {
     spans: Arc<Mutex<Vec<Span>>>,
-    /// Keep names and resources only (for benchmarks: less receiver CPU).
+    /// HTTP only: decode span names and resources only (for benchmarks: the
+    /// receiver shares the machine with the workload it measures).
     light: bool,
 }
 
@@ -114,7 +115,7 @@ fn store(st: &Store, req: ExportTraceServiceRequest) {
                     parent_span_id: s.parent_span_id,
                     start_ns: s.start_time_unix_nano,
                     end_ns: s.end_time_unix_nano,
-                    attrs: if st.light { BTreeMap::new() } else { flatten(&s.attributes) },
+                    attrs: flatten(&s.attributes),
                     resource: resource.clone(),
                     status_code: s.status.as_ref().map_or(0, |st| st.code),
                     status_message: s.status.map(|st| st.message).unwrap_or_default(),
@@ -174,9 +175,11 @@ impl Receiver {
                 axum::routing::post(move |body: axum::body::Bytes| {
                     let s = s.clone();
                     async move {
-                        match ExportTraceServiceRequest::decode(body) {
-                            Ok(req) => {
-                                store(&s, req);
+                        let decoded = if s.light { light::decode(body).map(|r| store_light(&s, r)) } else {
+                            ExportTraceServiceRequest::decode(body).map(|r| store(&s, r))
+                        };
+                        match decoded {
+                            Ok(()) => {
                                 let resp = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
                                 (axum::http::StatusCode::OK, [("content-type", "application/x-protobuf")], resp)
                             }
@@ -216,5 +219,62 @@ impl Receiver {
     /// Spans of one traced process (resource process.pid).
     pub fn spans_of(&self, pid: u32) -> Vec<Span> {
         self.spans().into_iter().filter(|s| s.resource_int("process.pid") == Some(pid as i64)).collect()
+    }
+}
+
+/// The part of an OTLP trace request the benchmark needs; prost skips the rest
+/// of each span without allocating it.
+mod light {
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Request {
+        #[prost(message, repeated, tag = "1")]
+        pub resource_spans: Vec<ResourceSpans>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResourceSpans {
+        #[prost(message, optional, tag = "1")]
+        pub resource: Option<Resource>,
+        #[prost(message, repeated, tag = "2")]
+        pub scope_spans: Vec<ScopeSpans>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ScopeSpans {
+        #[prost(message, repeated, tag = "2")]
+        pub spans: Vec<Span>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Span {
+        #[prost(string, tag = "5")]
+        pub name: String,
+    }
+
+    pub fn decode(body: axum::body::Bytes) -> Result<Request, prost::DecodeError> {
+        <Request as prost::Message>::decode(body)
+    }
+}
+
+fn store_light(st: &Store, req: light::Request) {
+    let mut out = st.spans.lock().unwrap();
+    for rs in req.resource_spans {
+        let resource = Arc::new(rs.resource.map(|r| flatten(&r.attributes)).unwrap_or_default());
+        for ss in rs.scope_spans {
+            for s in ss.spans {
+                out.push(Span {
+                    name: s.name,
+                    kind: 0,
+                    trace_id: Vec::new(),
+                    span_id: Vec::new(),
+                    parent_span_id: Vec::new(),
+                    start_ns: 0,
+                    end_ns: 0,
+                    attrs: BTreeMap::new(),
+                    resource: resource.clone(),
+                    status_code: 0,
+                    status_message: String::new(),
+                });
+            }
+        }
     }
 }

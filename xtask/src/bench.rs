@@ -18,6 +18,9 @@ use anyhow::{bail, Context, Result};
 use dbtel_tests::{Cluster, Receiver};
 
 pub struct Options {
+    /// Only these scripts / modes (all when empty).
+    pub scripts: Vec<String>,
+    pub modes: Vec<String>,
     pub seconds: u32,
     pub pairs: usize,
     pub clients: u32,
@@ -220,8 +223,9 @@ pub fn bench(o: &Options) -> Result<()> {
     let pipeline = String::from_utf8_lossy(&pipeline.stdout).lines().filter(|l| l.starts_with('{')).map(String::from).collect::<Vec<_>>();
 
     let mut rows = Vec::new();
-    for script in SCRIPTS {
-        for mode in MODES {
+    let wanted = |list: &[String], x: &str| list.is_empty() || list.iter().any(|w| w == x);
+    for script in SCRIPTS.iter().filter(|s| wanted(&o.scripts, s.name)) {
+        for mode in MODES.iter().filter(|m| wanted(&o.modes, m)) {
             eprintln!("bench: {} -M {mode}: A/A, then {} A/B pairs of {} s", script.name, o.pairs, o.seconds);
             let a1 = run_off(&pg, script.name, mode, o)?;
             let a2 = run_off(&pg, script.name, mode, o)?;

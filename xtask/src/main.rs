@@ -42,6 +42,12 @@ enum Task {
         /// pgbench scale factor.
         #[arg(long, default_value_t = 10)]
         scale: u32,
+        /// Only this pgbench script (select-only, tpcb-like; repeatable).
+        #[arg(long = "script")]
+        scripts: Vec<String>,
+        /// Only this protocol mode (simple, extended, prepared; repeatable).
+        #[arg(long = "mode")]
+        modes: Vec<String>,
     },
     /// Set up, then run the unit tests and the end-to-end tests (as root).
     Test {
@@ -71,9 +77,9 @@ fn main() -> Result<()> {
             setup()?;
             demo()
         }
-        Task::Bench { seconds, pairs, clients, scale } => {
+        Task::Bench { seconds, pairs, clients, scale, scripts, modes } => {
             setup()?;
-            bench::bench(&bench::Options { seconds, pairs, clients, scale })
+            bench::bench(&bench::Options { scripts, modes, seconds, pairs, clients, scale })
         }
         Task::Test { args } => {
             setup()?;
