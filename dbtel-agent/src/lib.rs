@@ -9,6 +9,7 @@ pub mod placement;
 pub mod reconstruct;
 pub mod run;
 pub mod sql;
+pub mod usdt;
 
 /// The eBPF object built from dbtel-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dbtel"));
