@@ -18,6 +18,8 @@ use anyhow::{bail, Context, Result};
 use dbtel_tests::{Cluster, Receiver};
 
 pub struct Options {
+    /// Seconds of the rate-limited soak (10k queries/s, agent on); 0 skips it.
+    pub soak_seconds: u32,
     /// Only these scripts / modes (all when empty).
     pub scripts: Vec<String>,
     pub modes: Vec<String>,
@@ -269,10 +271,38 @@ pub fn bench(o: &Options) -> Result<()> {
             std::fs::write(out_dir.join("results.json"), &json)?;
         }
     }
-    let (md, _) = render(&rows, &pipeline, o);
+    let soak = if o.soak_seconds > 0 { Some(soak(&agent, &pg, &rx, o)?) } else { None };
+    let (mut md, mut json) = render(&rows, &pipeline, o);
+    if let Some(s) = &soak {
+        md.push_str(&format!("\nSoak: {s}\n"));
+        json.pop();
+        json.push_str(&format!(",\"soak\":{:?}}}", s));
+        std::fs::write(out_dir.join("results.md"), &md)?;
+        std::fs::write(out_dir.join("results.json"), &json)?;
+    }
     println!("{md}");
     eprintln!("bench: wrote {}", out_dir.join("results.{md,json}").display());
     Ok(())
+}
+
+/// pgbench select-only at a fixed 10k transactions/s with the agent on:
+/// every statement must arrive as a span, every drop counter must stay 0.
+fn soak(agent: &Path, pg: &Cluster, rx: &Receiver, o: &Options) -> Result<String> {
+    eprintln!("bench: soak: select-only -R 10000 for {} s, agent on", o.soak_seconds);
+    let script = &SCRIPTS[0];
+    let duration = ["-T".to_string(), o.soak_seconds.to_string(), "-R".into(), "10000".into()];
+    let (run, _) = run_agent(agent, pg, rx, script, "prepared", o, &[], &duration)?;
+    let statements = run.txns * script.statements.len() as u64;
+    Ok(format!(
+        "{} s at {:.0} queries/s: {} statements, {} spans received, {} dropped; agent {:.3} cores per 10k q/s, RSS {:.1} MiB",
+        o.soak_seconds,
+        run.tps,
+        statements,
+        run.spans_matching,
+        run.drops.total(),
+        (run.agent_cpu_s / o.soak_seconds as f64) / (run.tps / 10_000.0),
+        run.agent_rss_mib
+    ))
 }
 
 fn machine() -> String {

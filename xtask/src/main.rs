@@ -42,6 +42,9 @@ enum Task {
         /// pgbench scale factor.
         #[arg(long, default_value_t = 10)]
         scale: u32,
+        /// Seconds of the 10k queries/s soak with the agent on (0: skip).
+        #[arg(long, default_value_t = 60)]
+        soak_seconds: u32,
         /// Only this pgbench script (select-only, tpcb-like; repeatable).
         #[arg(long = "script")]
         scripts: Vec<String>,
@@ -77,9 +80,9 @@ fn main() -> Result<()> {
             setup()?;
             demo()
         }
-        Task::Bench { seconds, pairs, clients, scale, scripts, modes } => {
+        Task::Bench { seconds, pairs, clients, scale, soak_seconds, scripts, modes } => {
             setup()?;
-            bench::bench(&bench::Options { scripts, modes, seconds, pairs, clients, scale })
+            bench::bench(&bench::Options { soak_seconds, scripts, modes, seconds, pairs, clients, scale })
         }
         Task::Test { args } => {
             setup()?;
