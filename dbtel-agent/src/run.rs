@@ -34,7 +34,6 @@ pub struct RunConfig {
 pub struct Summary {
     pub events: u64,
     pub decode_errors: u64,
-    pub spans: u64,
     pub export_errors: u64,
     pub kernel: [u64; counter::COUNT as usize],
     pub unmatched_results: u64,
@@ -75,7 +74,6 @@ impl Agent {
 
     fn flush_spans(&mut self) {
         for q in self.spans.drain(..) {
-            self.summary.spans += 1;
             if let Err(e) = self.exporter.emit(&q) {
                 self.summary.export_errors += 1;
                 log::warn!("cannot export span: {e:#}");
