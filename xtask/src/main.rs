@@ -69,6 +69,8 @@ const APT_PACKAGES: &[&str] = &[
     "postgresql-client-15",
     "postgresql-contrib",
     "libpq-dev",
+    // libpgcommon.a / libpgport.a: a test links libpq statically into a program.
+    "postgresql-server-dev-15",
 ];
 const BPF_LINKER: &str = "0.13.0";
 const PSYCOPG2: &str = "2.9.10";
