@@ -1,8 +1,7 @@
 //! The export path's own batching: spans are built as SpanData and handed to
-//! an exporter thread a batch at a time (one channel operation per batch, not
-//! per span as the SDK's BatchSpanProcessor does: at tens of thousands of
-//! spans a second, waking its thread for every span cost more than the rest
-//! of the agent).
+//! an exporter thread a batch at a time (one channel operation per 256 spans,
+//! where the SDK's BatchSpanProcessor takes one per span and preallocates its
+//! whole queue for every provider, ~20 MiB at 65,536 spans).
 
 use std::{
     sync::{

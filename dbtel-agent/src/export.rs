@@ -144,8 +144,8 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// `runtime` drives the OTLP clients: the SDK exports from its own thread,
-    /// where tonic and reqwest find no reactor otherwise.
+    /// `runtime` drives the gRPC client: exports run on threads of their own,
+    /// where tonic finds no reactor otherwise.
     pub fn new(cfg: ExportConfig, clock: Clock, runtime: Option<tokio::runtime::Handle>) -> Self {
         let facts = sql::FactsCache::new(!cfg.raw_text, 10_000);
         Exporter {

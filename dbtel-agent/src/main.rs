@@ -129,7 +129,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
         probe_stats: cli.probe_stats,
     };
     let (summary, mut exporter) = rt.block_on(run(cfg, exporter))?;
-    // Outside the runtime: the SDK's flush blocks while exports run on it.
+    // Outside the runtime: shutdown blocks while gRPC exports still run on it.
     exporter.shutdown();
     report(&summary, &exporter);
     Ok(match summary.command_status {

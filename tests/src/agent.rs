@@ -45,7 +45,7 @@ impl AgentRun {
 }
 
 impl Agent {
-    /// Starts `dbtel-agent args...`, sending spans to `endpoint` over `protocol`.
+    /// Starts `dbtel-agent args...` and waits for its `dbtel: tracing` line.
     pub fn start(args: &[&str], stdin: Stdio) -> Agent {
         let mut child = Command::new(agent_binary())
             .args(args)
