@@ -100,3 +100,17 @@ fn not_enough_privilege() {
     assert!(last.starts_with("dbtel-agent: cannot load the eBPF programs: "), "{stderr}");
     assert!(last.ends_with("(dbtel-agent must run as root, or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)"), "{stderr}");
 }
+
+#[test]
+fn postgresql_server_is_recognised_and_refused_for_now() {
+    require_root();
+    let pg = dbtel_tests::Cluster::start();
+    let pidfile = std::fs::read_to_string(pg.dir.path().join("data/postmaster.pid")).unwrap();
+    let pid = pidfile.lines().next().unwrap().trim().to_string();
+    let msg = refused(&["--pid", &pid]);
+    assert!(
+        msg.starts_with(&format!("dbtel-agent: process {pid} (postgres) is a PostgreSQL server (")),
+        "{msg}"
+    );
+    assert!(msg.ends_with("USDT probes): server-side tracing is not implemented yet; trace its clients' PIDs"), "{msg}");
+}
