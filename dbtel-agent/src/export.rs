@@ -319,12 +319,7 @@ pub fn function_name(f: u32) -> &'static str {
     }
 }
 
-pub fn describe(q: &QuerySpan, raw_text: bool) -> Described {
-    let facts = q.text.as_deref().map(|t| sql::facts(t, !raw_text));
-    describe_with(q, facts.as_ref())
-}
-
-/// [`describe`] with the query text's facts already at hand (from the cache).
+/// Span name, attributes and error of a query, given its text's facts.
 pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Described {
     let mut a = vec![
         KeyValue::new("db.system.name", "postgresql"),
@@ -469,6 +464,11 @@ pub fn console_line(s: &SpanData) -> String {
 mod tests {
     use super::*;
     use crate::reconstruct::ConnInfo;
+
+    fn describe(q: &QuerySpan, raw_text: bool) -> Described {
+        let facts = q.text.as_deref().map(|t| sql::facts(t, !raw_text));
+        describe_with(q, facts.as_ref())
+    }
 
     fn q(text: Option<&str>) -> QuerySpan {
         QuerySpan {

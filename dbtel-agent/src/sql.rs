@@ -59,25 +59,19 @@ pub fn facts(sql: &str, obfuscate: bool) -> QueryFacts {
 }
 
 pub fn facts_with(dialect: &dyn Dialect, sql: &str, obfuscate: bool) -> QueryFacts {
+    // Facts of tokenized text; `raw` is what to export when not obfuscating.
+    let from = |tokens: &[Token], raw: &str| {
+        let (operation, collection, summary) = describe(tokens);
+        let text = if obfuscate { render_obfuscated(tokens) } else { raw.to_string() };
+        QueryFacts { text, operation, collection, summary }
+    };
     match tokenize(dialect, sql) {
-        Ok(tokens) => {
-            let (operation, collection, summary) = describe(&tokens);
-            let text = if obfuscate { render_obfuscated(&tokens) } else { sql.to_string() };
-            QueryFacts { text, operation, collection, summary }
-        }
+        Ok(tokens) => from(&tokens, sql),
         // Text that does not tokenize (most often: cut inside a literal by the
         // length limit). Describe and obfuscate the part that does; nothing after
         // the failure point is exported verbatim.
         Err(cut) => {
-            let head = &sql[..cut];
-            let mut f = match tokenize(dialect, head) {
-                Ok(tokens) => {
-                    let (operation, collection, summary) = describe(&tokens);
-                    let text = if obfuscate { render_obfuscated(&tokens) } else { head.to_string() };
-                    QueryFacts { text, operation, collection, summary }
-                }
-                Err(_) => QueryFacts::default(),
-            };
+            let mut f = tokenize(dialect, &sql[..cut]).map_or_else(|_| QueryFacts::default(), |t| from(&t, sql));
             if obfuscate {
                 f.text.push('?');
             } else {

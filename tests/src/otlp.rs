@@ -45,30 +45,32 @@ pub struct Span {
     pub status_message: String,
 }
 
+fn str_in<'a>(map: &'a BTreeMap<String, Value>, key: &str) -> Option<&'a str> {
+    match map.get(key) {
+        Some(Value::Str(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn int_in(map: &BTreeMap<String, Value>, key: &str) -> Option<i64> {
+    match map.get(key) {
+        Some(Value::Int(i)) => Some(*i),
+        _ => None,
+    }
+}
+
 impl Span {
     pub fn str(&self, key: &str) -> Option<&str> {
-        match self.attrs.get(key) {
-            Some(Value::Str(s)) => Some(s),
-            _ => None,
-        }
+        str_in(&self.attrs, key)
     }
     pub fn int(&self, key: &str) -> Option<i64> {
-        match self.attrs.get(key) {
-            Some(Value::Int(i)) => Some(*i),
-            _ => None,
-        }
+        int_in(&self.attrs, key)
     }
     pub fn resource_str(&self, key: &str) -> Option<&str> {
-        match self.resource.get(key) {
-            Some(Value::Str(s)) => Some(s),
-            _ => None,
-        }
+        str_in(&self.resource, key)
     }
     pub fn resource_int(&self, key: &str) -> Option<i64> {
-        match self.resource.get(key) {
-            Some(Value::Int(i)) => Some(*i),
-            _ => None,
-        }
+        int_in(&self.resource, key)
     }
     pub fn duration(&self) -> Duration {
         Duration::from_nanos(self.end_ns.saturating_sub(self.start_ns))

@@ -92,6 +92,16 @@ impl Cluster {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `pgbench -i` at `scale` into database postgres (untraced), panicking on failure.
+    pub fn pgbench_init(&self, scale: u32) {
+        let out = Command::new(self.bin("pgbench"))
+            .args(self.conn_args())
+            .args(["-i", "-q", "-s", &scale.to_string(), "postgres"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     pub fn bin(&self, name: &str) -> PathBuf {
         self.bin.join(name)
     }

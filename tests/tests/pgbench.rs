@@ -22,12 +22,7 @@ const TPCB: &[(&str, i64)] = &[
 fn run_pgbench(mode: &str, grpc: bool) -> (Vec<Span>, String) {
     require_root();
     let pg = Cluster::start();
-    let init = std::process::Command::new(pg.bin("pgbench"))
-        .args(pg.conn_args())
-        .args(["-i", "-s", "1", "-q", "postgres"])
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    pg.pgbench_init(1);
     let rx = Receiver::start();
     let endpoint = if grpc { rx.grpc_endpoint() } else { rx.http_endpoint() };
     let protocol = if grpc { "grpc" } else { "http/protobuf" };
@@ -113,12 +108,7 @@ fn pgbench_prepared_statements_carry_their_sql() {
 fn statements_prepared_before_attach_say_so() {
     require_root();
     let pg = Cluster::start();
-    let init = std::process::Command::new(pg.bin("pgbench"))
-        .args(pg.conn_args())
-        .args(["-i", "-s", "1", "-q", "postgres"])
-        .output()
-        .unwrap();
-    assert!(init.status.success());
+    pg.pgbench_init(1);
     // pgbench prepares its statements at start; the agent attaches later, by PID.
     let mut bench = std::process::Command::new(pg.bin("pgbench"))
         .args(pg.conn_args())

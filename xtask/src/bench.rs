@@ -210,10 +210,7 @@ pub fn bench(o: &Options) -> Result<()> {
 
     eprintln!("bench: PostgreSQL with fsync and synchronous_commit on, pgbench scale {}", o.scale);
     let pg = Cluster::start_with(&["shared_buffers=256MB"]);
-    let init = Command::new(pg.bin("pgbench")).args(pg.conn_args()).args(["-i", "-q", "-s", &o.scale.to_string(), "postgres"]).output()?;
-    if !init.status.success() {
-        bail!("pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
-    }
+    pg.pgbench_init(o.scale);
     let rx = Receiver::start_light();
 
     // The pipeline without the kernel.

@@ -179,7 +179,7 @@ fn demo() -> Result<()> {
     eprintln!("xtask: starting a throwaway PostgreSQL");
     let pg = dbtel_tests::Cluster::start();
     let conn = pg.conn_args();
-    run(Command::new(pg.bin("pgbench")).args(&conn).args(["-i", "-s", "1", "-q", "postgres"]).stdout(Stdio::null()))?;
+    pg.pgbench_init(1);
     // The workload: pgbench at 4 transactions a second for 8 seconds.
     let mut workload = Command::new(pg.bin("pgbench"))
         .args(&conn)
