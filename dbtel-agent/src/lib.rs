@@ -8,6 +8,7 @@ pub mod layout;
 pub mod placement;
 pub mod reconstruct;
 pub mod run;
+pub mod span;
 pub mod sql;
 pub mod usdt;
 
