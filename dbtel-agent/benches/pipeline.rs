@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use dbtel_agent::{
     events::{decode, encode, Origin},
     export::{Clock, ExportConfig, Exporter, ExporterKind, Protocol},
-    reconstruct::Reconstructor,
+    reconstruct::{ClientSpan, Reconstructor},
 };
 use dbtel_common::func;
 
@@ -69,8 +69,11 @@ fn main() {
         let mut out = Vec::new();
         for b in evs {
             r.on_event(decode(b).unwrap(), &mut out);
-            for q in out.drain(..) {
-                exporter.emit(&q).unwrap();
+            for s in out.drain(..) {
+                match s {
+                    ClientSpan::Query(q) => exporter.emit(&q).unwrap(),
+                    ClientSpan::Txn(t) => exporter.emit_txn(&t).unwrap(),
+                }
             }
         }
         evs.len() / 3

@@ -1,4 +1,4 @@
-//! Query spans → OpenTelemetry spans (SpanData with explicit start and end
+//! Query and transaction spans → OpenTelemetry spans (SpanData with explicit start and end
 //! timestamps), one export pipeline per traced process (its resource names
 //! that process). Every span is counted from hand-over to delivery, so losses
 //! show at exit.
@@ -15,20 +15,22 @@ use std::{
 
 use dbtel_common::func;
 use opentelemetry::{
-    trace::{SamplingDecision, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState},
+    trace::{Event as OtelEvent, SamplingDecision, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
     InstrumentationScope, KeyValue, Value,
 };
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
     error::{OTelSdkError, OTelSdkResult},
-    trace::{Config, IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanExporter, SpanLinks},
+    trace::{Config, SpanData, SpanEvents, SpanExporter, SpanLinks},
     Resource,
 };
 
 use crate::{
     batch::{Driver, Pipeline},
-    reconstruct::{End, QuerySpan},
+    reconstruct::{ConnInfo, End, QuerySpan},
+    span::{self, Ids},
     sql,
+    txn::{self, TxnSpan},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +138,6 @@ pub struct Exporter {
     closing: Vec<(u32, Pipeline)>,
     /// OTEL_TRACES_SAMPLER(_ARG), as the SDK reads them.
     sampling: Config,
-    ids: RandomIdGenerator,
     scope: InstrumentationScope,
     host_name: String,
     facts: sql::FactsCache,
@@ -156,7 +157,6 @@ impl Exporter {
             pipelines: HashMap::new(),
             closing: Vec::new(),
             sampling: Config::default(),
-            ids: RandomIdGenerator::default(),
             scope: InstrumentationScope::builder("dbtel").with_version(env!("CARGO_PKG_VERSION")).build(),
             host_name: host_name(),
             facts,
@@ -227,31 +227,54 @@ impl Exporter {
     pub fn emit(&mut self, q: &QuerySpan) -> anyhow::Result<()> {
         let facts = q.text.as_deref().map(|t| self.facts.get(t));
         let d = describe_with(q, facts.as_deref());
-        let trace_id = self.ids.new_trace_id();
+        self.push(q.pid, q.ids, (q.start_ns, q.end_ns), d, &q.events)
+    }
+
+    /// A client transaction. Kind CLIENT, like its queries: it is the
+    /// application's view of work done by a remote server (a unit the server
+    /// commits or rolls back), not work inside the process; it also keeps the
+    /// span visible to back ends that only look at CLIENT/SERVER spans.
+    pub fn emit_txn(&mut self, t: &TxnSpan) -> anyhow::Result<()> {
+        let (name, attributes, error) = txn::describe(t);
+        self.push(t.pid, t.ids, (t.start_ns, t.end_ns), Described { name, attributes, error }, &t.events)
+    }
+
+    fn push(&mut self, pid: u32, ids: Ids, (start_ns, end_ns): (u64, u64), d: Described, events: &[span::Event]) -> anyhow::Result<()> {
+        let trace_id = TraceId::from(ids.trace_id);
+        // Sampling is decided per trace without remembering anything: no
+        // parent context is passed, so ParentBased samplers consult their root
+        // sampler, and every sampler the SDK offers (always_on/off,
+        // traceidratio, parentbased_*) is then a pure function of the trace
+        // id. A transaction and all its queries are kept or dropped together.
         let sampled = self.sampling.sampler.should_sample(None, trace_id, &d.name, &SpanKind::Client, &d.attributes, &[]);
         if sampled.decision != SamplingDecision::RecordAndSample {
             return Ok(());
         }
+        let mut span_events = SpanEvents::default();
+        span_events.events = events
+            .iter()
+            .map(|e| OtelEvent::new(e.name, self.clock.wall(e.ts_ns), e.attributes.clone(), 0))
+            .collect();
         let span = SpanData {
-            span_context: SpanContext::new(trace_id, self.ids.new_span_id(), TraceFlags::SAMPLED, false, TraceState::default()),
-            parent_span_id: SpanId::INVALID,
+            span_context: SpanContext::new(trace_id, SpanId::from(ids.span_id), TraceFlags::SAMPLED, false, TraceState::default()),
+            parent_span_id: SpanId::from(ids.parent_span_id),
             parent_span_is_remote: false,
             span_kind: SpanKind::Client,
             name: d.name.into(),
-            start_time: self.clock.wall(q.start_ns),
-            end_time: self.clock.wall(q.end_ns),
+            start_time: self.clock.wall(start_ns),
+            end_time: self.clock.wall(end_ns),
             attributes: d.attributes,
             dropped_attributes_count: 0,
-            events: SpanEvents::default(),
+            events: span_events,
             links: SpanLinks::default(),
             status: d.error.map_or(Status::Unset, Status::error),
             instrumentation_scope: self.scope.clone(),
         };
-        if !self.pipelines.contains_key(&q.pid) {
-            let p = self.start_pipeline(q.pid)?;
-            self.pipelines.insert(q.pid, p);
+        if !self.pipelines.contains_key(&pid) {
+            let p = self.start_pipeline(pid)?;
+            self.pipelines.insert(pid, p);
         }
-        self.pipelines.get_mut(&q.pid).expect("inserted").push(span);
+        self.pipelines.get_mut(&pid).expect("inserted").push(span);
         Ok(())
     }
 
@@ -319,6 +342,29 @@ pub fn function_name(f: u32) -> &'static str {
     }
 }
 
+/// Where the connection goes: shared by query and transaction spans.
+pub fn conn_attributes(c: &ConnInfo, a: &mut Vec<KeyValue>) {
+    if !c.db.is_empty() {
+        a.push(KeyValue::new("db.namespace", c.db.clone()));
+    }
+    if c.host.starts_with('/') || c.host.is_empty() {
+        // Unix domain socket: libpq's socket file in that directory.
+        let dir = if c.host.is_empty() { "/var/run/postgresql" } else { c.host.as_str() };
+        let port = if c.port.is_empty() { "5432" } else { c.port.as_str() };
+        a.push(KeyValue::new("server.address", format!("{}/.s.PGSQL.{port}", dir.trim_end_matches('/'))));
+        a.push(KeyValue::new("network.transport", "unix"));
+    } else {
+        a.push(KeyValue::new("server.address", c.host.clone()));
+        if let Ok(p) = c.port.parse::<i64>() {
+            a.push(KeyValue::new("server.port", p));
+        }
+        a.push(KeyValue::new("network.transport", "tcp"));
+    }
+    if c.backend_pid > 0 {
+        a.push(KeyValue::new("db.postgresql.backend.pid", c.backend_pid as i64));
+    }
+}
+
 /// Span name, attributes and error of a query, given its text's facts.
 pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Described {
     let mut a = vec![
@@ -360,25 +406,7 @@ pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Describe
         a.push(KeyValue::new("dbtel.query.text_truncated", true));
     }
     if let Some(c) = &q.conn_info {
-        if !c.db.is_empty() {
-            a.push(KeyValue::new("db.namespace", c.db.clone()));
-        }
-        if c.host.starts_with('/') || c.host.is_empty() {
-            // Unix domain socket: libpq's socket file in that directory.
-            let dir = if c.host.is_empty() { "/var/run/postgresql" } else { c.host.as_str() };
-            let port = if c.port.is_empty() { "5432" } else { c.port.as_str() };
-            a.push(KeyValue::new("server.address", format!("{}/.s.PGSQL.{port}", dir.trim_end_matches('/'))));
-            a.push(KeyValue::new("network.transport", "unix"));
-        } else {
-            a.push(KeyValue::new("server.address", c.host.clone()));
-            if let Ok(p) = c.port.parse::<i64>() {
-                a.push(KeyValue::new("server.port", p));
-            }
-            a.push(KeyValue::new("network.transport", "tcp"));
-        }
-        if c.backend_pid > 0 {
-            a.push(KeyValue::new("db.postgresql.backend.pid", c.backend_pid as i64));
-        }
+        conn_attributes(c, &mut a);
     }
     let mut error = None;
     match q.end {
@@ -493,6 +521,8 @@ mod tests {
                 port: "5433".into(),
             })),
             end: End::Completed,
+            ids: Ids::default(),
+            events: vec![],
         }
     }
 

@@ -10,6 +10,7 @@ pub mod reconstruct;
 pub mod run;
 pub mod span;
 pub mod sql;
+pub mod txn;
 pub mod usdt;
 
 /// The eBPF object built from dbtel-ebpf by build.rs.

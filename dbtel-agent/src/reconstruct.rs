@@ -5,6 +5,10 @@
 //! A query opens at the outermost libpq call (PQexec's inner PQsendQuery is
 //! recognised as nested and folded in) and closes when PQgetResult returns
 //! NULL: the moment the last result reached the client.
+//!
+//! Identifiers are given when a query opens, by the transaction tracker
+//! ([`crate::txn`]): a query inside BEGIN…COMMIT is a child of its
+//! transaction's span, one outside is the root of a trace of its own.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -13,7 +17,11 @@ use std::{
 
 use dbtel_common::func;
 
-use crate::events::{Event, Origin};
+use crate::{
+    events::{Event, Origin},
+    span::{self, IdGen, Ids},
+    txn::{self, Tracker, TxnSpan, Verb},
+};
 
 /// Connection details read once from libpq's PGconn.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,8 +47,9 @@ pub enum End {
     Superseded,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QuerySpan {
+    pub ids: Ids,
     pub pid: u32,
     pub tid: u32,
     pub conn: u64,
@@ -63,6 +72,25 @@ pub struct QuerySpan {
     pub failed: bool,
     pub conn_info: Option<Arc<ConnInfo>>,
     pub end: End,
+    /// Added while in flight (e.g. by the server side: lock waits).
+    pub events: Vec<span::Event>,
+}
+
+/// What the client-side reconstruction produces.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientSpan {
+    Query(QuerySpan),
+    Txn(TxnSpan),
+}
+
+/// The client's view of a server backend right now (for server-side spans).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientContext {
+    pub pid: u32,
+    /// The query sent and in flight at the front of the connection's queue.
+    pub query: Option<Ids>,
+    /// The connection's open transaction.
+    pub txn: Option<Ids>,
 }
 
 impl QuerySpan {
@@ -88,6 +116,7 @@ const PGRES_SINGLE_TUPLE: i32 = 9;
 
 struct InFlight {
     span: QuerySpan,
+    verb: Verb,
     /// Synchronous call (PQexec & co.) whose nested send may still come.
     sync: bool,
     /// The query has gone to the server: results now belong to it.
@@ -105,10 +134,21 @@ struct ConnState {
     queue: VecDeque<InFlight>,
 }
 
-#[derive(Default)]
+type Key = (u32, u64);
+
 pub struct Reconstructor {
-    conns: HashMap<(u32, u64), ConnState>,
+    conns: HashMap<Key, ConnState>,
+    txns: Tracker,
+    ids: IdGen,
+    /// Server backend PID → connection, from the connection details.
+    by_backend: HashMap<i32, Key>,
     pub counters: Counters,
+}
+
+impl Default for Reconstructor {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 fn is_sync(f: u32) -> bool {
@@ -128,7 +168,43 @@ fn nested_send(f: u32) -> Option<u32> {
 
 impl Reconstructor {
     pub fn new() -> Self {
-        Self::default()
+        Self::with_ids(IdGen::random())
+    }
+
+    /// Deterministic identifiers, for tests.
+    pub fn with_seed(seed: u64) -> Self {
+        Self::with_ids(IdGen::seeded(seed))
+    }
+
+    fn with_ids(ids: IdGen) -> Self {
+        Reconstructor { conns: HashMap::new(), txns: Tracker::new(), ids, by_backend: HashMap::new(), counters: Counters::default() }
+    }
+
+    /// Which traced connection talks to a server backend, and what it is doing.
+    pub fn client_context(&self, backend_pid: i32) -> Option<ClientContext> {
+        let key = *self.by_backend.get(&backend_pid)?;
+        let query = self.conns.get(&key)?.queue.front().filter(|q| q.sent).map(|q| q.span.ids);
+        Some(ClientContext { pid: key.0, query, txn: self.txns.current(key) })
+    }
+
+    /// Adds an event to the query in flight on that backend's connection.
+    pub fn annotate(&mut self, backend_pid: i32, ev: span::Event) -> bool {
+        let Some(key) = self.by_backend.get(&backend_pid) else { return false };
+        match self.conns.get_mut(key).and_then(|c| c.queue.front_mut()).filter(|q| q.sent) {
+            Some(q) => {
+                q.span.events.push(ev);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn forget_backend(&mut self, key: Key, conn: &ConnState) {
+        if let Some(b) = conn.info.as_ref().map(|i| i.backend_pid) {
+            if self.by_backend.get(&b) == Some(&key) {
+                self.by_backend.remove(&b);
+            }
+        }
     }
 
     /// Number of queries in flight (for leak checks and metrics).
@@ -136,25 +212,39 @@ impl Reconstructor {
         self.conns.values().map(|c| c.queue.len()).sum()
     }
 
-    pub fn on_event(&mut self, ev: Event, out: &mut Vec<QuerySpan>) {
+    pub fn on_event(&mut self, ev: Event, out: &mut Vec<ClientSpan>) {
         match ev {
             Event::Call { at, func, text, name, truncated } => self.on_call(at, func, text, name, truncated, out),
             Event::Result { at, result, status, ntuples, cmd_status, sqlstate } => {
                 self.on_result(at, result, status, ntuples, cmd_status, sqlstate, out)
             }
             Event::Conn { at, backend_pid, db, host, port } => {
-                self.conns.entry((at.pid, at.conn)).or_default().info =
-                    Some(Arc::new(ConnInfo { backend_pid, db, host, port }));
+                let key = (at.pid, at.conn);
+                let conn = self.conns.entry(key).or_default();
+                if let Some(old) = conn.info.as_ref().map(|i| i.backend_pid) {
+                    if self.by_backend.get(&old) == Some(&key) {
+                        self.by_backend.remove(&old);
+                    }
+                }
+                conn.info = Some(Arc::new(ConnInfo { backend_pid, db, host, port }));
+                if backend_pid > 0 {
+                    self.by_backend.insert(backend_pid, key);
+                }
             }
             Event::Finish { at } => {
-                if let Some(mut c) = self.conns.remove(&(at.pid, at.conn)) {
-                    self.close_all(&mut c, at.ts_ns, End::ConnectionClosed, out);
+                let key = (at.pid, at.conn);
+                if let Some(mut c) = self.conns.remove(&key) {
+                    self.close_all(key, &mut c, at.ts_ns, End::ConnectionClosed, out);
+                    self.forget_backend(key, &c);
+                    let mut txns = Vec::new();
+                    self.txns.conn_closed(key, at.ts_ns, &mut txns);
+                    push_txns(txns, &c.info, out);
                 }
             }
         }
     }
 
-    fn on_call(&mut self, at: Origin, f: u32, text: Option<String>, name: String, truncated: bool, out: &mut Vec<QuerySpan>) {
+    fn on_call(&mut self, at: Origin, f: u32, text: Option<String>, name: String, truncated: bool, out: &mut Vec<ClientSpan>) {
         let mut conn = self.conns.remove(&(at.pid, at.conn)).unwrap_or_default();
         // The send a PQexec-style call makes inside libpq: same thread, not yet sent.
         if let Some(outer) = conn
@@ -173,7 +263,7 @@ impl Reconstructor {
             // A synchronous call starts by draining whatever is pending: earlier
             // queries still in flight will never complete as themselves.
             discarding = conn.queue.iter().any(|q| q.sent);
-            self.close_all(&mut conn, at.ts_ns, End::Superseded, out);
+            self.close_all((at.pid, at.conn), &mut conn, at.ts_ns, End::Superseded, out);
         }
         let (mut text, mut text_truncated, mut statement_name, mut before_attach) = (text, truncated, None, false);
         match f {
@@ -192,8 +282,16 @@ impl Reconstructor {
             }
             _ => {}
         }
+        // Preparing a statement does not run it.
+        let verb = match (&text, f) {
+            (_, func::PQPREPARE | func::PQSEND_PREPARE) | (None, _) => Verb::Other,
+            (Some(t), _) => txn::verb(t),
+        };
+        let ids = self.txns.query_started((at.pid, at.conn), &verb, at.ts_ns, &mut self.ids);
         conn.queue.push_back(InFlight {
+            verb,
             span: QuerySpan {
+                ids,
                 pid: at.pid,
                 tid: at.tid,
                 conn: at.conn,
@@ -210,6 +308,7 @@ impl Reconstructor {
                 failed: false,
                 conn_info: conn.info.clone(),
                 end: End::Completed,
+                events: Vec::new(),
             },
             sync,
             sent: !sync,
@@ -227,7 +326,7 @@ impl Reconstructor {
         ntuples: i32,
         cmd_status: String,
         sqlstate: Option<String>,
-        out: &mut Vec<QuerySpan>,
+        out: &mut Vec<ClientSpan>,
     ) {
         let Some(q) = self.conns.get_mut(&(at.pid, at.conn)).and_then(|c| c.queue.front_mut()) else {
             // PQgetResult returning NULL on an idle connection is normal.
@@ -247,10 +346,15 @@ impl Reconstructor {
             q.sent = true; // the nested send was not observed (direct call inside libpq)
         }
         if result == 0 {
-            let conn = self.conns.get_mut(&(at.pid, at.conn)).expect("looked up above");
+            let key = (at.pid, at.conn);
+            let conn = self.conns.get_mut(&key).expect("looked up above");
             let mut q = conn.queue.pop_front().expect("front exists");
             q.span.end_ns = at.ts_ns;
-            out.push(q.span);
+            let s = &q.span;
+            let mut txns = Vec::new();
+            self.txns.query_ended(key, &q.verb, at.ts_ns, s.failed, s.sqlstate.as_deref(), s.cmd_status.as_deref(), &mut txns);
+            out.push(ClientSpan::Query(q.span));
+            push_txns(txns, &conn.info, out);
             return;
         }
         let s = &mut q.span;
@@ -268,22 +372,40 @@ impl Reconstructor {
         }
     }
 
-    fn close_all(&mut self, conn: &mut ConnState, ts: u64, end: End, out: &mut Vec<QuerySpan>) {
+    fn close_all(&mut self, key: Key, conn: &mut ConnState, ts: u64, end: End, out: &mut Vec<ClientSpan>) {
+        let mut none = Vec::new();
         for mut q in conn.queue.drain(..) {
             q.span.end_ns = ts.max(q.span.start_ns);
             q.span.end = end;
             self.counters.incomplete += 1;
-            out.push(q.span);
+            // Its outcome is unknown: it only stops being in flight. A
+            // transaction it was ending stays open until the connection closes.
+            self.txns.query_ended(key, &Verb::Other, q.span.end_ns, false, None, None, &mut none);
+            out.push(ClientSpan::Query(q.span));
         }
     }
 
     /// The process is gone: close what it had in flight and forget it.
-    pub fn process_exited(&mut self, pid: u32, ts_ns: u64, out: &mut Vec<QuerySpan>) {
+    pub fn process_exited(&mut self, pid: u32, ts_ns: u64, out: &mut Vec<ClientSpan>) {
         let keys: Vec<_> = self.conns.keys().filter(|(p, _)| *p == pid).copied().collect();
         for k in keys {
             let mut c = self.conns.remove(&k).expect("key listed");
-            self.close_all(&mut c, ts_ns, End::ProcessExited, out);
+            self.close_all(k, &mut c, ts_ns, End::ProcessExited, out);
+            self.forget_backend(k, &c);
+            let mut txns = Vec::new();
+            self.txns.conn_closed(k, ts_ns, &mut txns);
+            push_txns(txns, &c.info, out);
         }
+        let mut txns = Vec::new();
+        self.txns.process_exited(pid, ts_ns, &mut txns);
+        push_txns(txns, &None, out);
+    }
+}
+
+fn push_txns(txns: Vec<TxnSpan>, info: &Option<Arc<ConnInfo>>, out: &mut Vec<ClientSpan>) {
+    for mut t in txns {
+        t.conn_info = info.clone();
+        out.push(ClientSpan::Txn(t));
     }
 }
 
@@ -297,6 +419,15 @@ mod tests {
         pid: u32,
         ts: u64,
         bytes: Vec<Vec<u8>>,
+    }
+
+    fn queries(all: Vec<ClientSpan>) -> Vec<QuerySpan> {
+        all.into_iter()
+            .filter_map(|s| match s {
+                ClientSpan::Query(q) => Some(q),
+                ClientSpan::Txn(_) => None,
+            })
+            .collect()
     }
 
     const C1: u64 = 0x1000;
@@ -340,13 +471,18 @@ mod tests {
             self.bytes.push(encode::finish(at));
             self
         }
-        fn run(&self) -> (Vec<QuerySpan>, Reconstructor) {
-            let mut r = Reconstructor::new();
+        fn run_all(&self) -> (Vec<ClientSpan>, Reconstructor) {
+            let mut r = Reconstructor::with_seed(1);
             let mut out = vec![];
             for b in &self.bytes {
                 r.on_event(decode(b).unwrap(), &mut out);
             }
             (out, r)
+        }
+        /// Query spans only.
+        fn run(&self) -> (Vec<QuerySpan>, Reconstructor) {
+            let (all, r) = self.run_all();
+            (queries(all), r)
         }
     }
 
@@ -460,8 +596,10 @@ mod tests {
             .null(1, C2)
             .call(1, C2, func::PQSEND_QUERY, Some("select 3"), None)
             .res(1, C1, PGRES_TUPLES_OK, 1, "SELECT 1"); // on the finished connection
-        let (mut spans, mut r) = s.run();
-        r.process_exited(7, 99_000_000, &mut spans);
+        let (spans, mut r) = s.run();
+        let mut rest = vec![];
+        r.process_exited(7, 99_000_000, &mut rest);
+        let spans: Vec<_> = spans.into_iter().chain(queries(rest)).collect();
         let ends: Vec<_> = spans.iter().map(|q| (q.text.clone().unwrap(), q.end)).collect();
         assert_eq!(
             ends,
@@ -476,6 +614,86 @@ mod tests {
         assert_eq!(spans[2].rows, 1);
         assert_eq!(r.counters, Counters { unmatched_results: 1, incomplete: 3 });
         assert_eq!(r.in_flight(), 0);
+    }
+
+    /// psycopg2-style: every statement through PQexec (nested send, drain).
+    fn exec(s: &mut Script, conn: u64, text: &str, tag: &str) {
+        s.call(1, conn, func::PQEXEC, Some(text), None).call(1, conn, func::PQSEND_QUERY, Some(text), None);
+        s.res(1, conn, 1, 0, tag).null(1, conn);
+    }
+
+    #[test]
+    fn transactions_parent_their_queries_and_end_with_the_connection() {
+        let mut s = Script::new();
+        s.conn(C1);
+        exec(&mut s, C1, "select 1", "SELECT 1");
+        exec(&mut s, C1, "BEGIN", "BEGIN");
+        exec(&mut s, C1, "update t set x = 1", "UPDATE 1");
+        exec(&mut s, C1, "COMMIT", "COMMIT");
+        exec(&mut s, C1, "BEGIN", "BEGIN");
+        s.call(1, C1, func::PQEXEC, Some("select 1/0"), None).call(1, C1, func::PQSEND_QUERY, Some("select 1/0"), None);
+        s.err(1, C1, "22012").null(1, C1);
+        exec(&mut s, C1, "COMMIT", "ROLLBACK");
+        exec(&mut s, C1, "BEGIN", "BEGIN");
+        s.call(1, C1, func::PQSEND_QUERY, Some("select pg_sleep(9)"), None).finish(C1);
+        let (all, r) = s.run_all();
+        let kinds: Vec<String> = all
+            .iter()
+            .map(|s| match s {
+                ClientSpan::Query(q) => q.text.clone().unwrap(),
+                ClientSpan::Txn(t) => format!("txn {}", t.outcome.as_str()),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "select 1", "BEGIN", "update t set x = 1", "COMMIT", "txn committed", "BEGIN", "select 1/0", "COMMIT",
+                "txn rolled_back", "BEGIN", "select pg_sleep(9)", "txn incomplete"
+            ]
+        );
+        let ClientSpan::Query(first) = &all[0] else { panic!() };
+        assert_eq!(first.ids.parent_span_id, 0);
+        let txns: Vec<&TxnSpan> = all.iter().filter_map(|s| if let ClientSpan::Txn(t) = s { Some(t) } else { None }).collect();
+        for (t, range) in txns.iter().zip([1..4, 5..8, 9..11]) {
+            for s in &all[range] {
+                let ClientSpan::Query(q) = s else { panic!() };
+                assert_eq!((q.ids.trace_id, q.ids.parent_span_id), (t.ids.trace_id, t.ids.span_id), "{:?}", q.text);
+            }
+            assert_eq!(t.conn_info.as_ref().unwrap().backend_pid, 4242);
+        }
+        assert_eq!((txns[1].aborted, txns[1].sqlstate.as_deref()), (true, Some("22012")));
+        assert_eq!(txns[2].end_ns, s.ts, "ends when the connection closes");
+        assert!(r.client_context(4242).is_none(), "forgotten with the connection");
+    }
+
+    #[test]
+    fn client_context_and_annotations_follow_the_query_in_flight() {
+        let mut s = Script::new();
+        s.conn(C1);
+        exec(&mut s, C1, "BEGIN", "BEGIN");
+        s.call(1, C1, func::PQSEND_QUERY, Some("update t set x = 2"), None);
+        let (all, mut r) = s.run_all();
+        let ClientSpan::Query(begin) = &all[0] else { panic!() };
+        let ctx = r.client_context(4242).expect("known backend");
+        assert_eq!(ctx.pid, 7);
+        let txn = ctx.txn.expect("in a transaction");
+        assert_eq!(begin.ids.parent_span_id, txn.span_id);
+        let q = ctx.query.expect("query in flight");
+        assert_eq!((q.trace_id, q.parent_span_id), (txn.trace_id, txn.span_id));
+        assert!(r.client_context(1).is_none());
+        let ev = span::Event { name: "lock.wait", ts_ns: 5, attributes: vec![] };
+        assert!(r.annotate(4242, ev.clone()));
+        assert!(!r.annotate(1, ev.clone()));
+        let mut out = vec![];
+        let at = Origin { pid: 7, tid: 1, ts_ns: s.ts + 10, conn: C1 };
+        r.on_event(Event::Result { at, result: 0, status: -1, ntuples: 0, cmd_status: String::new(), sqlstate: None }, &mut out);
+        let ClientSpan::Query(done) = &out[0] else { panic!() };
+        assert_eq!((done.ids, &done.events[..]), (q, &[ev][..]));
+        let ctx = r.client_context(4242).unwrap();
+        assert_eq!((ctx.query, ctx.txn), (None, Some(txn)), "idle in transaction");
+        r.process_exited(7, s.ts + 20, &mut out);
+        assert!(matches!(&out[1], ClientSpan::Txn(t) if t.outcome == txn::Outcome::Incomplete));
+        assert!(r.client_context(4242).is_none());
     }
 
     #[test]

@@ -54,7 +54,7 @@ struct Agent {
     /// Mapped files already looked at, per process (to spot libpq loaded later).
     inspected: HashSet<(u32, String)>,
     summary: Summary,
-    spans: Vec<crate::reconstruct::QuerySpan>,
+    spans: Vec<crate::reconstruct::ClientSpan>,
 }
 
 impl Agent {
@@ -73,8 +73,13 @@ impl Agent {
     }
 
     fn flush_spans(&mut self) {
-        for q in self.spans.drain(..) {
-            if let Err(e) = self.exporter.emit(&q) {
+        use crate::reconstruct::ClientSpan;
+        for s in self.spans.drain(..) {
+            let r = match &s {
+                ClientSpan::Query(q) => self.exporter.emit(q),
+                ClientSpan::Txn(t) => self.exporter.emit_txn(t),
+            };
+            if let Err(e) = r {
                 self.summary.export_errors += 1;
                 log::warn!("cannot export span: {e:#}");
             }

@@ -1,0 +1,662 @@
+//! Client-side transactions: which statements open, end and mark a
+//! transaction, and a pure tracker (per connection) turning query starts and
+//! ends into transaction spans that parent those queries.
+//!
+//! Only the leading keywords of a statement are looked at, without a parser:
+//! this runs on every query start. A multi-statement string ("BEGIN; ...;
+//! COMMIT") is classified by its first statement only.
+
+use std::{collections::HashMap, sync::Arc};
+
+use opentelemetry::KeyValue;
+
+use crate::{
+    reconstruct::ConnInfo,
+    span::{Event, IdGen, Ids},
+};
+
+/// What a statement does to the transaction state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verb {
+    Begin,
+    Commit,
+    Rollback,
+    Savepoint(String),
+    Release(String),
+    RollbackTo(String),
+    Other,
+}
+
+/// Words of a statement: identifiers upper-cased, quoted identifiers verbatim
+/// (tagged so `"begin"` is never the keyword), comments and whitespace skipped.
+struct Words<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+#[derive(Debug, PartialEq)]
+enum Word {
+    Keyword(String),
+    Quoted(String),
+}
+
+impl Word {
+    fn is(&self, k: &str) -> bool {
+        matches!(self, Word::Keyword(w) if w == k)
+    }
+    /// As a savepoint name: unquoted names fold to lower case, as the server does.
+    fn name(self) -> String {
+        match self {
+            Word::Keyword(w) => w.to_ascii_lowercase(),
+            Word::Quoted(q) => q,
+        }
+    }
+}
+
+impl Iterator for Words<'_> {
+    type Item = Word;
+
+    fn next(&mut self) -> Option<Word> {
+        let s = self.s;
+        loop {
+            match (s.get(self.i), s.get(self.i + 1)) {
+                (Some(c), _) if c.is_ascii_whitespace() => self.i += 1,
+                (Some(b'-'), Some(b'-')) => {
+                    while self.i < s.len() && s[self.i] != b'\n' {
+                        self.i += 1;
+                    }
+                }
+                (Some(b'/'), Some(b'*')) => {
+                    // Block comments nest in PostgreSQL.
+                    let mut depth = 0;
+                    while self.i < s.len() {
+                        if s[self.i..].starts_with(b"/*") {
+                            depth += 1;
+                            self.i += 2;
+                        } else if s[self.i..].starts_with(b"*/") {
+                            depth -= 1;
+                            self.i += 2;
+                            if depth == 0 {
+                                break;
+                            }
+                        } else {
+                            self.i += 1;
+                        }
+                    }
+                }
+                _ => break,
+            }
+        }
+        let start = self.i;
+        match s.get(start)? {
+            b'"' => {
+                let mut name = Vec::new();
+                self.i += 1;
+                while self.i < s.len() {
+                    if s[self.i] == b'"' {
+                        if s.get(self.i + 1) == Some(&b'"') {
+                            name.push(b'"');
+                            self.i += 2;
+                            continue;
+                        }
+                        self.i += 1;
+                        break;
+                    }
+                    name.push(s[self.i]);
+                    self.i += 1;
+                }
+                Some(Word::Quoted(String::from_utf8_lossy(&name).into_owned()))
+            }
+            c if c.is_ascii_alphabetic() || *c == b'_' || *c >= 0x80 => {
+                while self.i < s.len() && (s[self.i].is_ascii_alphanumeric() || matches!(s[self.i], b'_' | b'$') || s[self.i] >= 0x80) {
+                    self.i += 1;
+                }
+                Some(Word::Keyword(String::from_utf8_lossy(&s[start..self.i]).to_ascii_uppercase()))
+            }
+            _ => None, // punctuation (';', '(' ...): the words of interest are over
+        }
+    }
+}
+
+/// Classifies a statement by its leading keywords.
+pub fn verb(text: &str) -> Verb {
+    let mut w = Words { s: text.as_bytes(), i: 0 };
+    let Some(Word::Keyword(first)) = w.next() else { return Verb::Other };
+    let mut next = w.next();
+    // An optional WORK or TRANSACTION after the leading keyword.
+    let skip_noise = |next: &mut Option<Word>, w: &mut Words| {
+        if next.as_ref().is_some_and(|n| n.is("WORK") || n.is("TRANSACTION")) {
+            *next = w.next();
+        }
+    };
+    match first.as_str() {
+        "BEGIN" => Verb::Begin,
+        "START" if next.as_ref().is_some_and(|n| n.is("TRANSACTION")) => Verb::Begin,
+        "COMMIT" | "END" if next.as_ref().is_some_and(|n| n.is("PREPARED")) => Verb::Other,
+        "COMMIT" | "END" => Verb::Commit,
+        "ABORT" => Verb::Rollback,
+        "ROLLBACK" if next.as_ref().is_some_and(|n| n.is("PREPARED")) => Verb::Other,
+        "ROLLBACK" => {
+            skip_noise(&mut next, &mut w);
+            if !next.as_ref().is_some_and(|n| n.is("TO")) {
+                return Verb::Rollback;
+            }
+            let mut name = w.next();
+            if name.as_ref().is_some_and(|n| n.is("SAVEPOINT")) {
+                name = w.next();
+            }
+            name.map_or(Verb::Other, |n| Verb::RollbackTo(n.name()))
+        }
+        "SAVEPOINT" => next.map_or(Verb::Other, |n| Verb::Savepoint(n.name())),
+        "RELEASE" => {
+            if next.as_ref().is_some_and(|n| n.is("SAVEPOINT")) {
+                next = w.next();
+            }
+            next.map_or(Verb::Other, |n| Verb::Release(n.name()))
+        }
+        _ => Verb::Other,
+    }
+}
+
+/// How a transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Committed,
+    RolledBack,
+    /// The connection closed or the process exited inside it.
+    Incomplete,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Committed => "committed",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::Incomplete => "incomplete",
+        }
+    }
+}
+
+/// A finished transaction, ready to export.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxnSpan {
+    pub pid: u32,
+    pub conn: u64,
+    pub ids: Ids,
+    /// CLOCK_MONOTONIC nanoseconds: BEGIN's start to COMMIT/ROLLBACK's end.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub outcome: Outcome,
+    /// A statement failed inside it, putting it in the server's aborted state
+    /// (stays set after a ROLLBACK TO SAVEPOINT recovered from it).
+    pub aborted: bool,
+    /// The error that aborted it, or that made its COMMIT fail.
+    pub sqlstate: Option<String>,
+    /// Time the application spent idle in transaction: the sum of the gaps
+    /// with no statement in flight between BEGIN's start and the end.
+    pub idle_ns: u64,
+    /// Statements sent inside it, BEGIN and COMMIT/ROLLBACK included (its child spans).
+    pub statements: u32,
+    /// Earlier attempts of this transaction on the connection that rolled back
+    /// with a serialization failure or a deadlock.
+    pub retry_count: u32,
+    pub events: Vec<Event>,
+    /// Filled in by the reconstructor, which knows the connection.
+    pub conn_info: Option<Arc<ConnInfo>>,
+}
+
+pub const SAVEPOINT_NAME: &str = "db.transaction.savepoint.name";
+
+/// Errors after which applications retry the whole transaction.
+fn retryable(sqlstate: Option<&str>) -> bool {
+    matches!(sqlstate, Some("40001" | "40P01"))
+}
+
+pub type Key = (u32, u64);
+
+struct Open {
+    ids: Ids,
+    start_ns: u64,
+    statements: u32,
+    /// Ever aborted / aborted now (ROLLBACK TO SAVEPOINT leaves the aborted state).
+    aborted: bool,
+    aborted_now: bool,
+    sqlstate: Option<String>,
+    idle_ns: u64,
+    in_flight: u32,
+    /// End of the last statement: where an idle gap starts.
+    last_end_ns: u64,
+    retry_count: u32,
+    events: Vec<Event>,
+}
+
+#[derive(Default)]
+struct Conn {
+    open: Option<Open>,
+    /// retry_count the next transaction gets.
+    next_retry: u32,
+}
+
+#[derive(Default)]
+pub struct Tracker {
+    conns: HashMap<Key, Conn>,
+}
+
+impl Tracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The open transaction on a connection.
+    pub fn current(&self, key: Key) -> Option<Ids> {
+        self.conns.get(&key)?.open.as_ref().map(|o| o.ids)
+    }
+
+    /// A statement begins: returns the ids its span carries.
+    pub fn query_started(&mut self, key: Key, verb: &Verb, start_ns: u64, gen: &mut IdGen) -> Ids {
+        let conn = self.conns.entry(key).or_default();
+        if conn.open.is_none() && *verb == Verb::Begin {
+            conn.open = Some(Open {
+                ids: gen.root(),
+                start_ns,
+                statements: 0,
+                aborted: false,
+                aborted_now: false,
+                sqlstate: None,
+                idle_ns: 0,
+                in_flight: 0,
+                last_end_ns: start_ns,
+                retry_count: conn.next_retry,
+                events: vec![Event { name: "transaction.started", ts_ns: start_ns, attributes: vec![] }],
+            });
+        }
+        let Some(o) = conn.open.as_mut() else {
+            return gen.root(); // autocommit, or inside a transaction begun before we attached
+        };
+        if o.in_flight == 0 {
+            o.idle_ns += start_ns.saturating_sub(o.last_end_ns);
+        }
+        o.in_flight += 1;
+        o.statements += 1;
+        o.ids.child(gen)
+    }
+
+    /// A statement's last result arrived (or it was superseded: then pass
+    /// `Verb::Other`, not failed, so only the in-flight count moves).
+    #[allow(clippy::too_many_arguments)]
+    pub fn query_ended(
+        &mut self,
+        key: Key,
+        verb: &Verb,
+        end_ns: u64,
+        failed: bool,
+        sqlstate: Option<&str>,
+        cmd_status: Option<&str>,
+        out: &mut Vec<TxnSpan>,
+    ) {
+        let Some(conn) = self.conns.get_mut(&key) else { return };
+        let Some(o) = conn.open.as_mut() else { return };
+        o.in_flight = o.in_flight.saturating_sub(1);
+        o.last_end_ns = o.last_end_ns.max(end_ns);
+        let name_attr = |n: &str| vec![KeyValue::new(SAVEPOINT_NAME, n.to_string())];
+        let outcome = match verb {
+            Verb::Commit if failed => {
+                // COMMIT itself failed (e.g. a serialization failure at commit).
+                if !o.aborted_now {
+                    o.sqlstate = sqlstate.map(Into::into).or(o.sqlstate.take());
+                }
+                Some(Outcome::RolledBack)
+            }
+            // The server answers COMMIT of an aborted transaction with ROLLBACK.
+            Verb::Commit => match cmd_status {
+                Some(t) if t.starts_with("ROLLBACK") => Some(Outcome::RolledBack),
+                Some(t) if t.starts_with("COMMIT") => Some(Outcome::Committed),
+                _ if o.aborted_now => Some(Outcome::RolledBack),
+                _ => Some(Outcome::Committed),
+            },
+            Verb::Rollback => Some(Outcome::RolledBack),
+            _ if failed => {
+                // Any error inside a transaction block aborts it; the first one is the cause.
+                if !o.aborted_now {
+                    o.aborted = true;
+                    o.aborted_now = true;
+                    o.sqlstate = Some(sqlstate.unwrap_or("_OTHER").to_string());
+                    let attrs = vec![KeyValue::new("db.response.status_code", sqlstate.unwrap_or("_OTHER").to_string())];
+                    o.events.push(Event { name: "transaction.aborted", ts_ns: end_ns, attributes: attrs });
+                }
+                None
+            }
+            Verb::Savepoint(n) => {
+                o.events.push(Event { name: "transaction.savepoint", ts_ns: end_ns, attributes: name_attr(n) });
+                None
+            }
+            Verb::Release(n) => {
+                o.events.push(Event { name: "transaction.savepoint_released", ts_ns: end_ns, attributes: name_attr(n) });
+                None
+            }
+            Verb::RollbackTo(n) => {
+                o.aborted_now = false;
+                o.events.push(Event { name: "transaction.rolled_back_to_savepoint", ts_ns: end_ns, attributes: name_attr(n) });
+                None
+            }
+            Verb::Begin | Verb::Other => None,
+        };
+        if let Some(outcome) = outcome {
+            let t = finish(key, conn.open.take().expect("open"), end_ns, outcome);
+            conn.next_retry = match outcome {
+                Outcome::RolledBack if retryable(t.sqlstate.as_deref()) => t.retry_count + 1,
+                _ => 0,
+            };
+            out.push(t);
+        }
+    }
+
+    /// PQfinish: an open transaction ends incomplete (the server rolls it back).
+    pub fn conn_closed(&mut self, key: Key, ts_ns: u64, out: &mut Vec<TxnSpan>) {
+        if let Some(Conn { open: Some(o), .. }) = self.conns.remove(&key) {
+            out.push(finish(key, o, ts_ns, Outcome::Incomplete));
+        }
+    }
+
+    pub fn process_exited(&mut self, pid: u32, ts_ns: u64, out: &mut Vec<TxnSpan>) {
+        let keys: Vec<Key> = self.conns.keys().filter(|k| k.0 == pid).copied().collect();
+        for k in keys {
+            self.conn_closed(k, ts_ns, out);
+        }
+    }
+}
+
+fn finish(key: Key, mut o: Open, end_ns: u64, outcome: Outcome) -> TxnSpan {
+    let end_ns = end_ns.max(o.start_ns);
+    match outcome {
+        Outcome::Committed => o.events.push(Event { name: "transaction.committed", ts_ns: end_ns, attributes: vec![] }),
+        Outcome::RolledBack => o.events.push(Event { name: "transaction.rolled_back", ts_ns: end_ns, attributes: vec![] }),
+        Outcome::Incomplete => {}
+    }
+    TxnSpan {
+        pid: key.0,
+        conn: key.1,
+        ids: o.ids,
+        start_ns: o.start_ns,
+        end_ns,
+        outcome,
+        aborted: o.aborted,
+        sqlstate: o.sqlstate,
+        idle_ns: o.idle_ns,
+        statements: o.statements,
+        retry_count: o.retry_count,
+        events: o.events,
+        conn_info: None,
+    }
+}
+
+/// Span name, attributes and error of a transaction.
+pub fn describe(t: &TxnSpan) -> (String, Vec<KeyValue>, Option<String>) {
+    let mut a = vec![
+        KeyValue::new("db.system.name", "postgresql"),
+        KeyValue::new("db.transaction.outcome", t.outcome.as_str()),
+        KeyValue::new("db.transaction.aborted", t.aborted),
+        KeyValue::new("db.transaction.statement_count", i64::from(t.statements)),
+        KeyValue::new("db.transaction.idle_time_ms", t.idle_ns as f64 / 1e6),
+        KeyValue::new("db.transaction.retry_count", i64::from(t.retry_count)),
+        KeyValue::new("process.pid", i64::from(t.pid)),
+    ];
+    if let Some(c) = &t.conn_info {
+        crate::export::conn_attributes(c, &mut a);
+    }
+    // An explicit ROLLBACK is the application's choice, not an error; a
+    // rollback forced by an error is.
+    let error = match (t.outcome, &t.sqlstate) {
+        (Outcome::Committed, _) => None,
+        (_, Some(code)) => Some(code.clone()),
+        (Outcome::Incomplete, None) => Some("dbtel.incomplete".to_string()),
+        (Outcome::RolledBack, None) => None,
+    };
+    if let Some(e) = &error {
+        a.push(KeyValue::new("error.type", e.clone()));
+    }
+    ("transaction".to_string(), a, error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbs() {
+        let cases: &[(&str, Verb)] = &[
+            ("BEGIN", Verb::Begin),
+            ("  begin work", Verb::Begin),
+            ("BEGIN TRANSACTION ISOLATION LEVEL SERIALIZABLE", Verb::Begin),
+            ("begin;", Verb::Begin),
+            ("-- psycopg\n/* a /* nested */ comment */ Start Transaction read only", Verb::Begin),
+            ("START", Verb::Other),
+            ("COMMIT", Verb::Commit),
+            ("commit transaction", Verb::Commit),
+            ("END", Verb::Commit),
+            ("end work;", Verb::Commit),
+            ("COMMIT PREPARED 'x'", Verb::Other),
+            ("ROLLBACK", Verb::Rollback),
+            ("abort", Verb::Rollback),
+            ("rollback work", Verb::Rollback),
+            ("ROLLBACK PREPARED 'x'", Verb::Other),
+            ("ROLLBACK TO SAVEPOINT sp1", Verb::RollbackTo("sp1".into())),
+            ("rollback transaction to Sp1", Verb::RollbackTo("sp1".into())),
+            ("ROLLBACK TO \"My SP\"", Verb::RollbackTo("My SP".into())),
+            ("SAVEPOINT s_2", Verb::Savepoint("s_2".into())),
+            ("savepoint", Verb::Other),
+            ("RELEASE SAVEPOINT s", Verb::Release("s".into())),
+            ("release s", Verb::Release("s".into())),
+            ("select 1", Verb::Other),
+            ("\"begin\"", Verb::Other),
+            ("DO $$ BEGIN END $$", Verb::Other),
+            ("", Verb::Other),
+            ("/* unterminated", Verb::Other),
+            ("(select 1)", Verb::Other),
+        ];
+        for (text, want) in cases {
+            assert_eq!(&verb(text), want, "{text:?}");
+        }
+    }
+
+    const K: Key = (7, 0x10);
+
+    /// Drives a tracker statement by statement: each takes 1 ms, with `gap` ns between.
+    struct Drive {
+        t: Tracker,
+        gen: IdGen,
+        now: u64,
+        out: Vec<TxnSpan>,
+        ids: Vec<Ids>,
+    }
+
+    impl Drive {
+        fn new() -> Self {
+            Drive { t: Tracker::new(), gen: IdGen::seeded(1), now: 1_000_000, out: vec![], ids: vec![] }
+        }
+        fn stmt(&mut self, text: &str, gap: u64, err: Option<&str>, tag: Option<&str>) -> &mut Self {
+            self.now += gap;
+            let v = verb(text);
+            self.ids.push(self.t.query_started(K, &v, self.now, &mut self.gen));
+            self.now += 1_000_000;
+            self.t.query_ended(K, &v, self.now, err.is_some(), err, tag, &mut self.out);
+            self
+        }
+        fn ok(&mut self, text: &str) -> &mut Self {
+            let tag = text.split_whitespace().next().unwrap().to_ascii_uppercase();
+            self.stmt(text, 1_000, None, Some(&tag))
+        }
+        fn fail(&mut self, text: &str, code: &str) -> &mut Self {
+            self.stmt(text, 1_000, Some(code), None)
+        }
+    }
+
+    fn event_names(t: &TxnSpan) -> Vec<&str> {
+        t.events.iter().map(|e| e.name).collect()
+    }
+
+    #[test]
+    fn committed_transaction_parents_its_statements() {
+        let mut d = Drive::new();
+        d.ok("select 0").ok("BEGIN").ok("insert 1").ok("SAVEPOINT a").ok("RELEASE a");
+        assert!(d.t.current(K).is_some());
+        d.stmt("update 2", 300_000_000, None, Some("UPDATE 1")).ok("COMMIT").ok("select 3");
+        assert_eq!(d.out.len(), 1);
+        let t = &d.out[0];
+        assert_eq!((t.outcome, t.aborted, t.statements, t.retry_count), (Outcome::Committed, false, 6, 0));
+        assert_eq!(t.idle_ns, 4 * 1_000 + 300_000_000, "gaps between statements, not before BEGIN");
+        assert_eq!(t.start_ns, 1_000_000 + 1_000 + 1_000_000 + 1_000);
+        assert_eq!(
+            event_names(t),
+            ["transaction.started", "transaction.savepoint", "transaction.savepoint_released", "transaction.committed"]
+        );
+        assert_eq!(t.events[1].attributes, vec![KeyValue::new(SAVEPOINT_NAME, "a")]);
+        let (root_before, inside, root_after) = (d.ids[0], &d.ids[1..7], d.ids[7]);
+        assert_eq!(t.ids.parent_span_id, 0);
+        assert!(inside.iter().all(|i| i.trace_id == t.ids.trace_id && i.parent_span_id == t.ids.span_id));
+        for r in [root_before, root_after] {
+            assert_eq!(r.parent_span_id, 0);
+            assert_ne!(r.trace_id, t.ids.trace_id);
+        }
+        assert!(d.t.current(K).is_none());
+    }
+
+    #[test]
+    fn failed_statement_aborts_and_commit_rolls_back() {
+        let mut d = Drive::new();
+        d.ok("BEGIN").fail("select 1/0", "22012").fail("select 1", "25P02").stmt("COMMIT", 0, None, Some("ROLLBACK"));
+        let t = &d.out[0];
+        assert_eq!((t.outcome, t.aborted, t.sqlstate.as_deref()), (Outcome::RolledBack, true, Some("22012")));
+        assert_eq!(event_names(t), ["transaction.started", "transaction.aborted", "transaction.rolled_back"]);
+        let (_, attrs, err) = describe(t);
+        assert_eq!(err.as_deref(), Some("22012"));
+        assert!(attrs.contains(&KeyValue::new("error.type", "22012")));
+
+        // Without the command tag, the aborted state decides.
+        let mut d = Drive::new();
+        d.ok("BEGIN").fail("x", "22012").stmt("COMMIT", 0, None, None);
+        assert_eq!(d.out[0].outcome, Outcome::RolledBack);
+    }
+
+    #[test]
+    fn rollback_to_savepoint_recovers() {
+        let mut d = Drive::new();
+        d.ok("BEGIN").ok("SAVEPOINT s").fail("insert dup", "23505").ok("ROLLBACK TO SAVEPOINT s").stmt("COMMIT", 0, None, None);
+        let t = &d.out[0];
+        assert_eq!((t.outcome, t.aborted), (Outcome::Committed, true));
+        assert_eq!(
+            event_names(t),
+            [
+                "transaction.started",
+                "transaction.savepoint",
+                "transaction.aborted",
+                "transaction.rolled_back_to_savepoint",
+                "transaction.committed"
+            ]
+        );
+        assert_eq!(describe(t).2, None);
+    }
+
+    #[test]
+    fn describe_names_the_connection_and_the_outcome() {
+        let mut d = Drive::new();
+        d.ok("BEGIN").stmt("select", 2_500_000, None, None).ok("COMMIT");
+        let mut t = d.out.pop().unwrap();
+        t.conn_info = Some(Arc::new(ConnInfo { backend_pid: 99, db: "shop".into(), host: "10.0.0.1".into(), port: "6432".into() }));
+        let (name, attrs, err) = describe(&t);
+        assert_eq!((name.as_str(), err), ("transaction", None));
+        for kv in [
+            KeyValue::new("db.system.name", "postgresql"),
+            KeyValue::new("db.transaction.outcome", "committed"),
+            KeyValue::new("db.transaction.aborted", false),
+            KeyValue::new("db.transaction.statement_count", 3i64),
+            KeyValue::new("db.transaction.idle_time_ms", 2.501),
+            KeyValue::new("db.transaction.retry_count", 0i64),
+            KeyValue::new("process.pid", 7i64),
+            KeyValue::new("db.namespace", "shop"),
+            KeyValue::new("server.address", "10.0.0.1"),
+            KeyValue::new("server.port", 6432i64),
+            KeyValue::new("network.transport", "tcp"),
+            KeyValue::new("db.postgresql.backend.pid", 99i64),
+        ] {
+            assert!(attrs.contains(&kv), "{kv:?} in {attrs:?}");
+        }
+        assert!(!attrs.iter().any(|kv| kv.key.as_str() == "error.type"));
+    }
+
+    #[test]
+    fn explicit_rollback_is_not_an_error() {
+        let mut d = Drive::new();
+        d.ok("BEGIN").ok("delete x").ok("ROLLBACK");
+        let t = &d.out[0];
+        assert_eq!((t.outcome, t.aborted, t.statements), (Outcome::RolledBack, false, 3));
+        let (name, attrs, err) = describe(t);
+        assert_eq!((name.as_str(), err), ("transaction", None));
+        assert!(attrs.contains(&KeyValue::new("db.transaction.outcome", "rolled_back")));
+    }
+
+    #[test]
+    fn serialization_failures_chain_retries() {
+        let mut d = Drive::new();
+        d.ok("BEGIN").fail("update", "40001").ok("ROLLBACK"); // fails at a statement
+        d.ok("BEGIN").ok("update").fail("COMMIT", "40001"); // fails at commit
+        d.ok("select 1"); // autocommit in between does not break the chain
+        d.ok("BEGIN").fail("update", "40P01").ok("ROLLBACK");
+        d.ok("BEGIN").ok("update").ok("COMMIT");
+        d.ok("BEGIN").ok("COMMIT");
+        d.ok("BEGIN").fail("update", "40001").ok("ROLLBACK");
+        d.ok("BEGIN").fail("x", "22012").ok("ROLLBACK"); // unrelated failure: still a retry, ends the chain
+        d.ok("BEGIN").ok("COMMIT");
+        let got: Vec<_> = d.out.iter().map(|t| (t.retry_count, t.outcome, t.sqlstate.as_deref())).collect();
+        use Outcome::*;
+        assert_eq!(
+            got,
+            [
+                (0, RolledBack, Some("40001")),
+                (1, RolledBack, Some("40001")),
+                (2, RolledBack, Some("40P01")),
+                (3, Committed, None),
+                (0, Committed, None),
+                (0, RolledBack, Some("40001")),
+                (1, RolledBack, Some("22012")),
+                (0, Committed, None),
+            ]
+        );
+        let (_, attrs, _) = describe(&d.out[3]);
+        assert!(attrs.contains(&KeyValue::new("db.transaction.retry_count", 3i64)));
+    }
+
+    #[test]
+    fn close_and_exit_leave_transactions_incomplete() {
+        let mut d = Drive::new();
+        d.ok("BEGIN").ok("update");
+        let mut out = vec![];
+        d.t.conn_closed(K, 99_000_000, &mut out);
+        assert_eq!((out[0].outcome, out[0].end_ns), (Outcome::Incomplete, 99_000_000));
+        assert_eq!(describe(&out[0]).2.as_deref(), Some("dbtel.incomplete"));
+        d.ok("BEGIN");
+        d.t.process_exited(8, 1, &mut out); // another process
+        assert_eq!(out.len(), 1);
+        d.t.process_exited(7, 100_000_000, &mut out);
+        assert_eq!((out.len(), out[1].outcome, out[1].statements), (2, Outcome::Incomplete, 1));
+        assert!(d.t.current(K).is_none());
+    }
+
+    #[test]
+    fn pipelined_statements_are_not_idle_and_nested_begin_stays_inside() {
+        let mut t = Tracker::new();
+        let mut g = IdGen::seeded(3);
+        let mut out = vec![];
+        let b = t.query_started(K, &Verb::Begin, 10, &mut g);
+        let q1 = t.query_started(K, &Verb::Other, 20, &mut g); // sent before BEGIN's result
+        t.query_ended(K, &Verb::Begin, 30, false, None, Some("BEGIN"), &mut out);
+        let again = t.query_started(K, &Verb::Begin, 35, &mut g); // WARNING: already in a transaction
+        t.query_ended(K, &Verb::Other, 40, false, None, None, &mut out);
+        t.query_ended(K, &Verb::Begin, 45, false, None, Some("BEGIN"), &mut out);
+        t.query_started(K, &Verb::Commit, 50, &mut g);
+        t.query_ended(K, &Verb::Commit, 60, false, None, Some("COMMIT"), &mut out);
+        assert_eq!(out[0].idle_ns, 5, "only the gap 45→50 had nothing in flight");
+        assert!([b, q1, again].iter().all(|i| i.parent_span_id == out[0].ids.span_id));
+        assert_eq!(out[0].statements, 4);
+    }
+}
