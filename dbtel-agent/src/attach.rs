@@ -1,6 +1,7 @@
 //! Loads the embedded eBPF object and attaches its uprobes to libpq in one
 //! process at a time (perf-event pid filter: other processes using the same
-//! libpq never hit the probes).
+//! libpq never hit the probes), and its server probes to PostgreSQL
+//! executables (see `attach_server` for how those are filtered).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -10,16 +11,19 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         uprobe::{UProbeAttachPoint, UProbeLinkId, UProbeScope},
-        ProgramError, UProbe,
+        ProgramError, TracePoint, UProbe,
     },
     Ebpf, EbpfError, EbpfLoader,
 };
-use dbtel_common::{cookie, counter, func, LibpqLayout, MAX_LAYOUTS, TEXT_CAP};
+use dbtel_common::{cookie, counter, func, LibpqLayout, SiteSpec, MAX_LAYOUTS, MAX_SITES, TEXT_CAP};
 
-use crate::discover::{args_of, LibpqTarget, QUERY_CALLS};
+use crate::{
+    discover::{args_of, LibpqTarget, QUERY_CALLS},
+    server::ServerTarget,
+};
 
 /// One line per failure: the causes are folded into the message (with their
 /// repetitions removed) because the hint about privileges must come last.
@@ -35,6 +39,10 @@ pub enum AttachError {
     Stats(String),
     #[error("more than {MAX_LAYOUTS} distinct libpq builds")]
     TooManyLayouts,
+    #[error("more than {MAX_SITES} server probe sites")]
+    TooManySites,
+    #[error("cannot follow {what} (tracepoint sched/{what}): {}{}", chain(.error), privilege_hint())]
+    Tracepoint { what: &'static str, error: ProgramError },
     #[error("{0}")]
     Map(#[from] aya::maps::MapError),
 }
@@ -62,10 +70,15 @@ fn privilege_hint() -> &'static str {
     }
 }
 
-const PROGRAMS: &[&str] = &["pq_query", "pq_getresult", "pq_getresult_ret", "pq_finish"];
+const PROGRAMS: &[&str] = &["pq_query", "pq_getresult", "pq_getresult_ret", "pq_finish", "pg_server"];
+const TRACEPOINTS: &[(&str, &str)] = &[("server_fork", "sched_process_fork"), ("server_exit", "sched_process_exit")];
 
 pub struct Probes {
     ebpf: Ebpf,
+    /// Server executables (device, inode) probed, and their sites' count.
+    server_files: HashMap<(u64, u64), usize>,
+    sites: u32,
+    tracepoints_on: bool,
     layouts: Vec<LibpqLayout>,
     /// (pid, device, inode) of every libpq already probed for that process.
     attached: HashSet<(u32, u64, u64)>,
@@ -76,7 +89,17 @@ impl Probes {
     /// `max_text`: longest query text copied from the traced process.
     pub fn load(object: &[u8], max_text: u32) -> Result<Self, AttachError> {
         let max_text = max_text.clamp(16, TEXT_CAP as u32 - 2);
-        let mut ebpf = EbpfLoader::new().override_global("MAX_TEXT", &max_text, true).load(object).map_err(AttachError::Load)?;
+        let (fork_parent, fork_child) = fork_offsets().unwrap_or((24, 44));
+        let mut ebpf = EbpfLoader::new()
+            .override_global("MAX_TEXT", &max_text, true)
+            .override_global("FORK_PARENT_OFF", &fork_parent, true)
+            .override_global("FORK_CHILD_OFF", &fork_child, true)
+            .load(object)
+            .map_err(AttachError::Load)?;
+        for (name, _) in TRACEPOINTS {
+            let p: &mut TracePoint = ebpf.program_mut(name).expect("in the object").try_into().map_err(|error| AttachError::Program { name, error })?;
+            p.load().map_err(|error| AttachError::Program { name, error })?;
+        }
         for name in PROGRAMS {
             let p: &mut UProbe = ebpf
                 .program_mut(name)
@@ -85,7 +108,15 @@ impl Probes {
                 .map_err(|error| AttachError::Program { name, error })?;
             p.load().map_err(|error| AttachError::Program { name, error })?;
         }
-        Ok(Probes { ebpf, layouts: Vec::new(), attached: HashSet::new(), links: HashMap::new() })
+        Ok(Probes {
+            ebpf,
+            server_files: HashMap::new(),
+            sites: 0,
+            tracepoints_on: false,
+            layouts: Vec::new(),
+            attached: HashSet::new(),
+            links: HashMap::new(),
+        })
     }
 
     pub fn ring_buffer(&mut self) -> RingBuf<MapData> {
@@ -157,6 +188,70 @@ impl Probes {
         Ok(n)
     }
 
+    /// Traces a PostgreSQL server: every process of its postmaster, including
+    /// backends forked later, and no other process running the same binary.
+    ///
+    /// The probes sit on the executable for all processes (a pid-filtered
+    /// uprobe follows one address space, and every backend is a new one); the
+    /// program emits only for PIDs in SERVER_PIDS, which a fork tracepoint
+    /// extends in the kernel, so a backend is traced from its first
+    /// instruction. Other servers on the same binary pay a trap per probe hit
+    /// but emit nothing. Returns the number of probe sites placed (0 if the
+    /// executable was already probed).
+    pub fn attach_server(&mut self, t: &ServerTarget) -> Result<usize, AttachError> {
+        if !self.tracepoints_on {
+            for (name, event) in TRACEPOINTS {
+                let p: &mut TracePoint = self.ebpf.program_mut(name).expect("loaded").try_into().expect("tracepoint");
+                p.attach("sched", event).map_err(|error| AttachError::Tracepoint { what: event, error })?;
+            }
+            self.tracepoints_on = true;
+        }
+        let mut placed = 0;
+        if !self.server_files.contains_key(&t.file_id) {
+            if self.sites + t.sites.len() as u32 > MAX_SITES {
+                return Err(AttachError::TooManySites);
+            }
+            let mut specs: Array<_, SiteSpec> = Array::try_from(self.ebpf.map_mut("SITES").expect("SITES map"))?;
+            let first = self.sites;
+            for (i, s) in t.sites.iter().enumerate() {
+                specs.set(first + i as u32, s.spec, 0)?;
+            }
+            for (i, s) in t.sites.iter().enumerate() {
+                let p: &mut UProbe = self.ebpf.program_mut("pg_server").expect("loaded").try_into().expect("uprobe");
+                let point = UProbeAttachPoint { location: s.offset.into(), cookie: Some((first + i as u32) as u64) };
+                p.attach(point, &t.host_path, UProbeScope::AllProcesses).map_err(|error| AttachError::Attach {
+                    pid: t.postmaster,
+                    path: t.exe.clone(),
+                    function: s.name,
+                    error,
+                })?;
+            }
+            self.sites += t.sites.len() as u32;
+            self.server_files.insert(t.file_id, t.sites.len());
+            placed = t.sites.len();
+        }
+        // The postmaster first, then its children: a fork in between is caught
+        // by the tracepoint, which is already on.
+        let mut pids: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(self.ebpf.map_mut("SERVER_PIDS").expect("SERVER_PIDS map"))?;
+        pids.insert(t.postmaster, t.postmaster, 0)?;
+        for pid in crate::server::processes_of(t.postmaster) {
+            pids.insert(pid, t.postmaster, 0)?;
+        }
+        Ok(placed)
+    }
+
+    /// Stops emitting for a postmaster's processes (its probes stay on the file).
+    pub fn untrace_server(&mut self, postmaster: u32) {
+        if let Some(m) = self.ebpf.map_mut("SERVER_PIDS") {
+            if let Ok(mut pids) = BpfHashMap::<_, u32, u32>::try_from(m) {
+                let gone: Vec<u32> = pids.iter().flatten().filter(|(_, pm)| *pm == postmaster).map(|(k, _)| k).collect();
+                for k in gone {
+                    let _ = pids.remove(&k);
+                }
+            }
+        }
+    }
+
     /// Removes a process's probes (it exited, or the agent is done with it).
     pub fn detach_pid(&mut self, pid: u32) {
         for (prog, link) in self.links.remove(&pid).unwrap_or_default() {
@@ -194,6 +289,20 @@ impl Probes {
         }
         out
     }
+}
+
+/// Where sched_process_fork's parent_pid and child_pid are in this kernel's
+/// tracepoint record (the layout changed in 6.x: comm became __data_loc).
+fn fork_offsets() -> Option<(u32, u32)> {
+    let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|d| std::fs::read_to_string(format!("{d}/events/sched/sched_process_fork/format")).ok())?;
+    let field = |name: &str| {
+        format.lines().find(|l| l.contains(&format!(" {name};"))).and_then(|l| {
+            l.split(';').find_map(|p| p.trim().strip_prefix("offset:")).and_then(|o| o.parse().ok())
+        })
+    };
+    Some((field("parent_pid")?, field("child_pid")?))
 }
 
 fn file_id(t: &LibpqTarget) -> Option<(u64, u64)> {

@@ -250,7 +250,7 @@ fn defined_symbols(file: &object::File<'_>) -> BTreeMap<String, u64> {
 }
 
 /// Virtual address → offset in the file, through the loadable segment holding it.
-fn vaddr_to_offset(file: &object::File<'_>, addr: u64) -> Option<u64> {
+pub(crate) fn vaddr_to_offset(file: &object::File<'_>, addr: u64) -> Option<u64> {
     file.segments().find_map(|seg| {
         let (off, size) = seg.file_range();
         (addr >= seg.address() && addr < seg.address() + size).then(|| addr - seg.address() + off)

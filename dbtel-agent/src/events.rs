@@ -1,6 +1,6 @@
 //! Decoding of the raw ring-buffer records written by dbtel-ebpf.
 
-use dbtel_common::{kind, qflags, ConnEvent, Header, QueryEvent, ResultEvent};
+use dbtel_common::{kind, qflags, ConnEvent, Header, QueryEvent, ResultEvent, ServerEvent, USDT_MAX_ARGS};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -64,6 +64,57 @@ fn read<T: Copy>(data: &[u8], kind: u32) -> Result<T, DecodeError> {
 fn cstr(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// A server probe hit (see dbtel_common::site), from one backend process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerHit {
+    /// `at.pid`: the server process; `at.conn`: its postmaster's PID.
+    pub at: Origin,
+    pub site: u32,
+    pub args: [u64; USDT_MAX_ARGS],
+    /// The string argument, if the site has one and it was not NULL.
+    pub text: Option<String>,
+    pub truncated: bool,
+}
+
+/// Any record from the ring buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Client(Event),
+    Server(ServerHit),
+    /// A traced server process exited (`conn`: its postmaster).
+    ServerExit(Origin),
+}
+
+pub fn decode_record(data: &[u8]) -> Result<Record, DecodeError> {
+    if data.len() < size_of::<Header>() {
+        return Err(DecodeError::Short(data.len()));
+    }
+    let h: Header = read(data, 0)?;
+    let at = Origin { pid: h.pid, tid: h.tid, ts_ns: h.ts_ns, conn: h.conn };
+    match h.kind {
+        kind::SERVER => {
+            let fixed = ServerEvent::TEXT_OFFSET;
+            if data.len() < fixed {
+                return Err(DecodeError::Truncated { kind: h.kind, need: fixed, got: data.len() });
+            }
+            let word = |i: usize| u64::from_ne_bytes(data[32 + 8 * i..40 + 8 * i].try_into().unwrap());
+            let args = std::array::from_fn(|i| word(i));
+            let text_len = u32::from_ne_bytes(data[fixed - 8..fixed - 4].try_into().unwrap()) as usize;
+            let flags = u32::from_ne_bytes(data[fixed - 4..fixed].try_into().unwrap());
+            let text_bytes = data.get(fixed..fixed + text_len).ok_or(DecodeError::Truncated {
+                kind: h.kind,
+                need: fixed + text_len,
+                got: data.len(),
+            })?;
+            // No text: a NULL pointer (e.g. statement__status going idle) or unreadable.
+            let text = (text_len > 0 || flags & qflags::TRUNCATED != 0).then(|| cstr(text_bytes));
+            Ok(Record::Server(ServerHit { at, site: h.func, args, text, truncated: flags & qflags::TRUNCATED != 0 }))
+        }
+        kind::SERVER_EXIT => Ok(Record::ServerExit(at)),
+        _ => decode(data).map(Record::Client),
+    }
 }
 
 pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
@@ -182,6 +233,22 @@ pub mod encode {
     pub fn finish(at: Origin) -> Vec<u8> {
         bytes_of(&header(kind::FINISH, dbtel_common::func::PQFINISH, &at)).to_vec()
     }
+
+    pub fn server(at: Origin, site: u32, args: [u64; USDT_MAX_ARGS], text: Option<&str>) -> Vec<u8> {
+        let mut b = bytes_of(&header(kind::SERVER, site, &at)).to_vec();
+        for a in args {
+            b.extend_from_slice(&a.to_ne_bytes());
+        }
+        let t = text.unwrap_or("");
+        b.extend_from_slice(&(t.len() as u32).to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        b.extend_from_slice(t.as_bytes());
+        b
+    }
+
+    pub fn server_exit(at: Origin) -> Vec<u8> {
+        bytes_of(&header(kind::SERVER_EXIT, 0, &at)).to_vec()
+    }
 }
 
 #[cfg(test)]
@@ -212,6 +279,18 @@ mod tests {
             Event::Conn { at: AT, backend_pid: 4242, db: "postgres".into(), host: "/var/run/postgresql".into(), port: "5432".into() }
         );
         assert_eq!(decode(&encode::finish(AT)).unwrap(), Event::Finish { at: AT });
+    }
+
+    #[test]
+    fn server_hits_round_trip() {
+        let b = encode::server(AT, dbtel_common::site::STATEMENT_STATUS, [0x55, 0, 0, 0, 0, 0], Some("select 1"));
+        assert_eq!(b.len(), ServerEvent::TEXT_OFFSET + 8);
+        let want = ServerHit { at: AT, site: 1, args: [0x55, 0, 0, 0, 0, 0], text: Some("select 1".into()), truncated: false };
+        assert_eq!(decode_record(&b).unwrap(), Record::Server(want));
+        let Record::Server(idle) = decode_record(&encode::server(AT, 1, [0; 6], None)).unwrap() else { panic!() };
+        assert_eq!(idle.text, None);
+        assert_eq!(decode_record(&encode::server_exit(AT)).unwrap(), Record::ServerExit(AT));
+        assert_eq!(decode_record(&encode::finish(AT)).unwrap(), Record::Client(Event::Finish { at: AT }));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! their argument specifications (`-4@%r13d`, `8@-144(%rbp)`, `4@60(%rax)`,
 //! `-4@$0`, `-4@NBuffers(%rip)`), decoded into where each argument lives at
 //! the probe, so the eBPF side can read them generically (no build-specific
-//! code). Foundation for server-side tracing (issue 3); not wired yet.
+//! code).
 
 use object::{
     read::elf::{ElfFile64, SectionHeader},
@@ -226,6 +226,36 @@ pub fn parse_arg(spec: &str) -> Result<Arg, UsdtError> {
         return Err(arg_err(spec, "unknown operand form"));
     };
     Ok(Arg { size: size as u8, signed, location })
+}
+
+/// The kernel side's description of one argument (see dbtel_common::ArgSpec).
+/// RIP-relative (global variable) arguments are refused: their address depends
+/// on where each process loaded the binary.
+pub fn arg_spec(a: &Arg) -> Result<dbtel_common::ArgSpec, &'static str> {
+    use dbtel_common::{argkind, ArgSpec, NO_INDEX};
+    let mut s = ArgSpec { size: a.size, signed: a.signed as u8, index_off: NO_INDEX, ..Default::default() };
+    match &a.location {
+        Location::Immediate(v) => {
+            s.kind = argkind::IMMEDIATE;
+            s.value = *v;
+        }
+        Location::Register(r) => {
+            s.kind = argkind::REGISTER;
+            s.reg_off = r.gpr.pt_regs_offset();
+            s.high_byte = r.high_byte as u8;
+        }
+        Location::Memory { base, disp, index } => {
+            s.kind = argkind::MEMORY;
+            s.reg_off = base.gpr.pt_regs_offset();
+            s.value = *disp;
+            if let Some((i, scale)) = index {
+                s.index_off = i.gpr.pt_regs_offset();
+                s.scale = *scale;
+            }
+        }
+        Location::Symbol { .. } => return Err("argument in a global variable (RIP-relative) is not supported"),
+    }
+    Ok(s)
 }
 
 /// A whole argument string (space separated; empty for no arguments).

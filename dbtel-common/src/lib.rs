@@ -26,7 +26,12 @@ pub mod kind {
     pub const CONN: u32 = 3;
     /// `PQfinish` was entered ([`super::Header`] only).
     pub const FINISH: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// A database server probe fired ([`super::ServerEvent`]); `Header::func`
+    /// says which ([`super::site`]), `Header::conn` holds the postmaster's PID.
+    pub const SERVER: u32 = 5;
+    /// A traced server process exited ([`super::Header`] only).
+    pub const SERVER_EXIT: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// libpq functions, carried in the attach cookie and in [`Header::func`].
@@ -171,6 +176,90 @@ pub struct ConnEvent {
     pub port: [u8; PORT_CAP],
 }
 
+/// Server probe points the agent attaches, in [`Header::func`] of server events.
+pub mod site {
+    /// USDT statement__status(const char *cmd): text = running, NULL = idle.
+    pub const STATEMENT_STATUS: u32 = 1;
+    /// USDT transaction__start(LocalTransactionId).
+    pub const TRANSACTION_START: u32 = 2;
+    /// USDT transaction__commit(LocalTransactionId).
+    pub const TRANSACTION_COMMIT: u32 = 3;
+    /// USDT transaction__abort(LocalTransactionId).
+    pub const TRANSACTION_ABORT: u32 = 4;
+    /// USDT lock__wait__start(field1..4, locktag_type, lockmethod, lockmode).
+    pub const LOCK_WAIT_START: u32 = 5;
+    /// USDT lock__wait__done(same arguments).
+    pub const LOCK_WAIT_DONE: u32 = 6;
+    /// USDT deadlock__found().
+    pub const DEADLOCK_FOUND: u32 = 7;
+    /// uprobe errcode(int sqlerrcode): an error report is being built.
+    pub const ERRCODE: u32 = 8;
+    /// uprobe errmsg(const char *fmt): its untranslated format string.
+    pub const ERRMSG: u32 = 9;
+}
+
+pub const USDT_MAX_ARGS: usize = 6;
+/// Probe sites (one spec each) the agent can describe to the kernel side.
+pub const MAX_SITES: u32 = 512;
+
+/// Where one probe argument is, for the kernel side to read it without
+/// knowing the build: decoded from USDT notes (or a function's ABI registers).
+pub mod argkind {
+    pub const NONE: u8 = 0;
+    /// `value` is the argument.
+    pub const IMMEDIATE: u8 = 1;
+    /// The register at `reg_off` in pt_regs.
+    pub const REGISTER: u8 = 2;
+    /// Memory at reg(`reg_off`) + reg(`index_off`) * `scale` + `value`.
+    pub const MEMORY: u8 = 3;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArgSpec {
+    pub kind: u8,
+    /// Bytes: 1, 2, 4 or 8.
+    pub size: u8,
+    pub signed: u8,
+    pub scale: u8,
+    pub reg_off: u16,
+    /// [`NO_INDEX`]: no index register.
+    pub index_off: u16,
+    /// %ah-style register: the value is bits 8..16.
+    pub high_byte: u8,
+    pub _pad: [u8; 7],
+    pub value: i64,
+}
+
+pub const NO_INDEX: u16 = 0xffff;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SiteSpec {
+    /// [`site`] id.
+    pub probe: u32,
+    /// 0: no text; else the argument (index + 1) that points at a C string to copy.
+    pub text_arg: u32,
+    pub _pad: [u32; 2],
+    pub args: [ArgSpec; USDT_MAX_ARGS],
+}
+
+/// Variable-length: only `TEXT_OFFSET + text_len` bytes are sent.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ServerEvent {
+    pub hdr: Header,
+    pub args: [u64; USDT_MAX_ARGS],
+    pub text_len: u32,
+    /// [`qflags`].
+    pub flags: u32,
+    pub text: [u8; TEXT_CAP],
+}
+
+impl ServerEvent {
+    pub const TEXT_OFFSET: usize = core::mem::size_of::<Header>() + 8 * USDT_MAX_ARGS + 8;
+}
+
 /// Counters kept by the kernel side, one per-CPU array slot each.
 pub mod counter {
     /// Ring buffer output failed (full): one event lost.
@@ -184,9 +273,13 @@ const _: () = assert!(core::mem::size_of::<Header>() == 32);
 const _: () = assert!(core::mem::size_of::<LibpqLayout>() == 64);
 const _: () = assert!(core::mem::size_of::<QueryEvent>() == QueryEvent::TEXT_OFFSET + TEXT_CAP);
 const _: () = assert!(core::mem::size_of::<ResultEvent>() == 32 + 16 + CMD_STATUS_CAP + 8);
+const _: () = assert!(core::mem::size_of::<ArgSpec>() == 24);
+const _: () = assert!(core::mem::size_of::<SiteSpec>() == 16 + 24 * USDT_MAX_ARGS);
+const _: () = assert!(core::mem::size_of::<ServerEvent>() == ServerEvent::TEXT_OFFSET + TEXT_CAP);
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 32 + 8 + DB_CAP + HOST_CAP + PORT_CAP);
 
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::LibpqLayout {}
+    unsafe impl aya::Pod for super::SiteSpec {}
 }

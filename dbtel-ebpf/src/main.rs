@@ -1,22 +1,23 @@
-//! Kernel side: uprobes on libpq. Copies raw facts (pointers, bounded strings,
-//! return values, timestamps) into one ring buffer; userspace interprets them.
+//! Kernel side: uprobes on libpq, and USDT probes / uprobes on the PostgreSQL
+//! server. Copies raw facts (pointers, bounded strings, argument values,
+//! timestamps) into one ring buffer; userspace interprets them.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
         bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
     },
-    macros::{map, uprobe, uretprobe},
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, RetProbeContext},
+    macros::{map, tracepoint, uprobe, uretprobe},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
     EbpfContext,
 };
 use dbtel_common::{
-    cookie, counter, func, kind, qflags, ConnEvent, Header, LibpqLayout, QueryEvent, ResultEvent,
-    MAX_LAYOUTS, TEXT_CAP,
+    argkind, cookie, counter, func, kind, qflags, ArgSpec, ConnEvent, Header, LibpqLayout, QueryEvent,
+    ResultEvent, ServerEvent, SiteSpec, MAX_LAYOUTS, MAX_SITES, NO_INDEX, TEXT_CAP, USDT_MAX_ARGS,
 };
 
 /// Longest query text to copy, set by the agent at load time.
@@ -39,6 +40,21 @@ static SEEN_CONNS: LruHashMap<[u64; 2], u8> = LruHashMap::with_max_entries(16384
 /// PQgetResult entry → return: pid_tgid → PGconn* (bcc dbslower's pattern).
 #[map]
 static GETRESULT_ARGS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+/// Server processes to trace: tgid → postmaster PID. A server probe sits on the
+/// postgres executable for every process running it; only these emit.
+#[map]
+static SERVER_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
+/// Per attach cookie: which probe it is and where its arguments are.
+#[map]
+static SITES: Array<SiteSpec> = Array::with_max_entries(MAX_SITES, 0);
+#[map]
+static SERVER_SCRATCH: PerCpuArray<ServerEvent> = PerCpuArray::with_max_entries(1, 0);
+/// Field offsets in the sched_process_fork tracepoint record (read by the
+/// agent from tracefs: they changed between kernel versions).
+#[no_mangle]
+static FORK_PARENT_OFF: u32 = 24;
+#[no_mangle]
+static FORK_CHILD_OFF: u32 = 44;
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
@@ -248,6 +264,128 @@ pub fn pq_finish(ctx: ProbeContext) -> u32 {
     let conn: u64 = ctx.arg(0).unwrap_or(0);
     let _ = SEEN_CONNS.remove([bpf_get_current_pid_tgid() >> 32, conn]);
     if EVENTS.output::<Header>(header(kind::FINISH, func::PQFINISH, conn), wakeup_flags()).is_err() {
+        bump(counter::RINGBUF_FULL);
+    }
+    0
+}
+
+/// Every server probe (USDT site or function entry): reads up to six
+/// arguments as the site's spec says, and one string if it names one.
+#[uprobe]
+pub fn pg_server(ctx: ProbeContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(postmaster) = (unsafe { SERVER_PIDS.get(&tgid) }).copied() else { return 0 };
+    let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let Some(spec) = SITES.get(c) else { return 0 };
+    let Some(ev) = SERVER_SCRATCH.get_ptr_mut(0) else { return 0 };
+    let ev = unsafe { &mut *ev };
+    ev.hdr = header(kind::SERVER, spec.probe, postmaster as u64);
+    let regs = ctx.as_ptr() as u64;
+    for i in 0..USDT_MAX_ARGS {
+        ev.args[i] = read_arg(regs, &spec.args[i]);
+    }
+    ev.text_len = 0;
+    ev.flags = 0;
+    let t = spec.text_arg as usize;
+    if t != 0 && t <= USDT_MAX_ARGS {
+        let p = ev.args[t - 1];
+        if p != 0 {
+            let limit = unsafe { core::ptr::read_volatile(&MAX_TEXT) } as usize;
+            let limit = if limit > TEXT_CAP - 2 { TEXT_CAP - 2 } else { limit };
+            match unsafe { bpf_probe_read_user_str_bytes(p as *const u8, &mut ev.text[..limit + 2]) } {
+                Ok(s) if s.len() > limit => {
+                    ev.flags |= qflags::TRUNCATED;
+                    ev.text_len = limit as u32;
+                }
+                Ok(s) => ev.text_len = s.len() as u32,
+                Err(_) => ev.flags |= qflags::TEXT_FAULT,
+            }
+        }
+    }
+    let len = ServerEvent::TEXT_OFFSET + ev.text_len as usize;
+    let bytes: &[u8; core::mem::size_of::<ServerEvent>()] = unsafe { &*(ev as *const ServerEvent).cast() };
+    if len <= bytes.len() && EVENTS.output::<[u8]>(&bytes[..len], wakeup_flags()).is_err() {
+        bump(counter::RINGBUF_FULL);
+    }
+    0
+}
+
+/// A register slot of the probed task's pt_regs. The slot is chosen at attach
+/// time, and the verifier refuses a direct load at a run-time context offset,
+/// hence the helper (as libbpf's usdt.bpf.h does).
+#[inline(always)]
+fn reg(regs: u64, off: u16) -> u64 {
+    if off as usize > 160 {
+        return 0;
+    }
+    unsafe { bpf_probe_read_kernel((regs + off as u64) as *const u64) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn read_arg(regs: u64, a: &ArgSpec) -> u64 {
+    let raw = match a.kind {
+        argkind::IMMEDIATE => return a.value as u64,
+        argkind::REGISTER => {
+            let v = reg(regs, a.reg_off);
+            if a.high_byte != 0 { v >> 8 } else { v }
+        }
+        argkind::MEMORY => {
+            let mut addr = reg(regs, a.reg_off).wrapping_add(a.value as u64);
+            if a.index_off != NO_INDEX {
+                addr = addr.wrapping_add(reg(regs, a.index_off).wrapping_mul(a.scale as u64));
+            }
+            match a.size {
+                1 => read::<u8>(addr).unwrap_or(0) as u64,
+                2 => read::<u16>(addr).unwrap_or(0) as u64,
+                4 => read::<u32>(addr).unwrap_or(0) as u64,
+                _ => read::<u64>(addr).unwrap_or(0),
+            }
+        }
+        _ => return 0,
+    };
+    extend(raw, a.size, a.signed != 0)
+}
+
+/// Keeps the argument's `size` bytes, sign-extended if it is signed.
+#[inline(always)]
+fn extend(v: u64, size: u8, signed: bool) -> u64 {
+    if size >= 8 || size == 0 {
+        return v;
+    }
+    let shift = 64 - 8 * size as u32;
+    if signed {
+        (((v << shift) as i64) >> shift) as u64
+    } else {
+        (v << shift) >> shift
+    }
+}
+
+/// A traced server forks a backend: trace the child too, from its first instruction.
+#[tracepoint]
+pub fn server_fork(ctx: TracePointContext) -> u32 {
+    let (po, co) = unsafe { (core::ptr::read_volatile(&FORK_PARENT_OFF), core::ptr::read_volatile(&FORK_CHILD_OFF)) };
+    let (Ok(parent), Ok(child)) = (unsafe { ctx.read_at::<i32>(po as usize) }, unsafe { ctx.read_at::<i32>(co as usize) })
+    else {
+        return 0;
+    };
+    if let Some(pm) = unsafe { SERVER_PIDS.get(&(parent as u32)) }.copied() {
+        let _ = SERVER_PIDS.insert(&(child as u32), &pm, 0);
+    }
+    0
+}
+
+/// A traced server process exits: forget it (PIDs are reused) and tell the
+/// agent, which closes whatever that backend had open.
+#[tracepoint]
+pub fn server_exit(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid != pid_tgid as u32 {
+        return 0; // a thread, not the process
+    }
+    let Some(pm) = unsafe { SERVER_PIDS.get(&tgid) }.copied() else { return 0 };
+    let _ = SERVER_PIDS.remove(&tgid);
+    if EVENTS.output::<Header>(header(kind::SERVER_EXIT, 0, pm as u64), wakeup_flags()).is_err() {
         bump(counter::RINGBUF_FULL);
     }
     0

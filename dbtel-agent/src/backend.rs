@@ -1,0 +1,674 @@
+//! What each PostgreSQL backend did, from its server probe hits: query spans
+//! (any client, any protocol), explicit transactions, lock waits and how they
+//! ended. A pure state machine like `reconstruct`: no clock, no I/O.
+//!
+//! Queries come from statement__status (pgstat_report_activity): a text means
+//! "running this", NULL means "idle" — the same for the simple and the
+//! extended protocol (Parse, Bind and Execute each report the same text).
+//! A wait that ends in an error gets no lock__wait__done: the error report
+//! (errcode/errmsg, deadlock__found) and transaction__abort close it.
+
+use std::collections::HashMap;
+
+use dbtel_common::site;
+
+use crate::{
+    events::{Origin, ServerHit},
+    server::unpack_sqlstate,
+    span::{Event, IdGen, Ids},
+};
+
+/// What the client side knows about the connection a backend serves
+/// (when the client is traced too).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientIds {
+    /// The client's query in flight on that connection.
+    pub query: Option<Ids>,
+    /// The client's open transaction.
+    pub txn: Option<Ids>,
+}
+
+/// A lock tag as lock__wait__start reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockTag {
+    pub field1: u32,
+    pub field2: u32,
+    pub field3: u32,
+    pub field4: u32,
+    pub locktag_type: u32,
+    pub mode: u32,
+}
+
+impl LockTag {
+    fn from_args(a: &[u64; 6]) -> Self {
+        LockTag {
+            field1: a[0] as u32,
+            field2: a[1] as u32,
+            field3: a[2] as u32,
+            field4: a[3] as u32,
+            locktag_type: a[4] as u32,
+            mode: a[5] as u32,
+        }
+    }
+
+    /// LockTagType names (lock.h; stable since 9.x, SPECULATIVE_TOKEN since 9.5).
+    pub fn type_name(&self) -> &'static str {
+        match self.locktag_type {
+            0 => "relation",
+            1 => "extend",
+            2 => "frozenid",
+            3 => "page",
+            4 => "tuple",
+            5 => "transactionid",
+            6 => "virtualxid",
+            7 => "spectoken",
+            8 => "object",
+            9 => "userlock",
+            10 => "advisory",
+            _ => "unknown",
+        }
+    }
+
+    /// Lock mode names as pg_locks shows them.
+    pub fn mode_name(&self) -> &'static str {
+        match self.mode {
+            1 => "AccessShareLock",
+            2 => "RowShareLock",
+            3 => "RowExclusiveLock",
+            4 => "ShareUpdateExclusiveLock",
+            5 => "ShareLock",
+            6 => "ShareRowExclusiveLock",
+            7 => "ExclusiveLock",
+            8 => "AccessExclusiveLock",
+            _ => "unknown",
+        }
+    }
+
+    /// (database OID, relation OID) when the tag names a relation.
+    pub fn relation(&self) -> Option<(u32, u32)> {
+        matches!(self.locktag_type, 0 | 1 | 3 | 4).then_some((self.field1, self.field2))
+    }
+}
+
+/// An error report seen in a backend: SQLSTATE and message format.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ErrorReport {
+    pub sqlstate: String,
+    /// The untranslated format string (no user data in it).
+    pub message: Option<String>,
+    pub ts_ns: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitOutcome {
+    Granted,
+    Deadlock,
+    LockTimeout,
+    StatementTimeout,
+    Canceled,
+    /// Another error ended it (its SQLSTATE).
+    Error(String),
+    /// The backend exited while waiting.
+    ProcessExited,
+}
+
+impl WaitOutcome {
+    pub fn name(&self) -> &str {
+        match self {
+            WaitOutcome::Granted => "granted",
+            WaitOutcome::Deadlock => "deadlock",
+            WaitOutcome::LockTimeout => "lock_timeout",
+            WaitOutcome::StatementTimeout => "statement_timeout",
+            WaitOutcome::Canceled => "canceled",
+            WaitOutcome::Error(_) => "error",
+            WaitOutcome::ProcessExited => "process_exited",
+        }
+    }
+
+    fn from_error(e: Option<&ErrorReport>, deadlock: bool) -> Self {
+        if deadlock {
+            return WaitOutcome::Deadlock;
+        }
+        let Some(e) = e else { return WaitOutcome::Error("_OTHER".into()) };
+        let msg = e.message.as_deref().unwrap_or("");
+        match e.sqlstate.as_str() {
+            "40P01" => WaitOutcome::Deadlock,
+            "55P03" => WaitOutcome::LockTimeout,
+            "57014" if msg.contains("statement timeout") => WaitOutcome::StatementTimeout,
+            "57014" => WaitOutcome::Canceled,
+            other => WaitOutcome::Error(other.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerQuery {
+    pub pid: u32,
+    pub postmaster: u32,
+    pub ids: Ids,
+    /// Parented under the client's span (the client is traced too).
+    pub joined: bool,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub text: String,
+    pub truncated: bool,
+    pub error: Option<ErrorReport>,
+    /// Ended by the backend's exit rather than by going idle.
+    pub incomplete: bool,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnOutcome {
+    Committed,
+    RolledBack,
+    Incomplete,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerTxn {
+    pub pid: u32,
+    pub postmaster: u32,
+    pub ids: Ids,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub outcome: TxnOutcome,
+    /// The error that put it in the aborted state.
+    pub error: Option<ErrorReport>,
+    pub statements: u32,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockWait {
+    pub pid: u32,
+    pub postmaster: u32,
+    pub ids: Ids,
+    /// Parented under the client's query (else under the server query).
+    pub under_client: bool,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub tag: LockTag,
+    pub outcome: WaitOutcome,
+    /// Text of the waiting query (raw: the exporter obfuscates).
+    pub query: Option<String>,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerSpan {
+    Query(ServerQuery),
+    Txn(ServerTxn),
+    Wait(LockWait),
+}
+
+/// Things the agent acts on as they happen (catalog lookups, client events).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// A backend started waiting for a lock.
+    WaitStarted { pid: u32, postmaster: u32, wait: Ids, under_client: bool, tag: LockTag, ts_ns: u64 },
+    /// This backend found a deadlock and will abort (the victim).
+    Deadlock { pid: u32, postmaster: u32, wait: Option<Ids>, ts_ns: u64 },
+}
+
+#[derive(Debug, Default)]
+struct Backend {
+    postmaster: u32,
+    query: Option<ServerQuery>,
+    txn: Option<ServerTxn>,
+    /// The open transaction was started by BEGIN/START (else it is implicit).
+    txn_is_block: bool,
+    waits: Vec<LockWait>,
+    error: Option<ErrorReport>,
+    deadlock: bool,
+    /// The running statement is ROLLBACK/COMMIT/END/ABORT (ends a block).
+    txn_ended_by_last: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub queries: u64,
+    pub lock_waits: u64,
+    pub deadlocks: u64,
+    /// Spans closed by a backend's exit.
+    pub incomplete: u64,
+}
+
+pub struct Tracker {
+    backends: HashMap<u32, Backend>,
+    gen: IdGen,
+    pub counters: Counters,
+}
+
+fn starts_block(text: &str) -> bool {
+    let t = text.trim_start().as_bytes();
+    let kw = |k: &[u8]| t.len() >= k.len() && t[..k.len()].eq_ignore_ascii_case(k) && t.get(k.len()).is_none_or(|c| !c.is_ascii_alphanumeric());
+    kw(b"BEGIN") || kw(b"START")
+}
+
+fn ends_block(text: &str) -> bool {
+    let t = text.trim_start().as_bytes();
+    let kw = |k: &[u8]| t.len() >= k.len() && t[..k.len()].eq_ignore_ascii_case(k) && t.get(k.len()).is_none_or(|c| !c.is_ascii_alphanumeric());
+    (kw(b"ROLLBACK") || kw(b"ABORT") || kw(b"COMMIT") || kw(b"END")) && !text.to_ascii_uppercase().contains(" TO ")
+}
+
+impl Tracker {
+    pub fn new(gen: IdGen) -> Self {
+        Tracker { backends: HashMap::new(), gen, counters: Counters::default() }
+    }
+
+    /// Open queries (for leak checks).
+    pub fn in_flight(&self) -> usize {
+        self.backends.values().filter(|b| b.query.is_some()).count()
+    }
+
+    /// The ids a blocker's work can be linked to: its transaction, else its query.
+    pub fn current(&self, pid: u32) -> Option<Ids> {
+        let b = self.backends.get(&pid)?;
+        b.txn.as_ref().map(|t| t.ids).or_else(|| b.query.as_ref().map(|q| q.ids))
+    }
+
+    /// Text of the query a backend is running, if known.
+    pub fn running_query(&self, pid: u32) -> Option<&str> {
+        self.backends.get(&pid)?.query.as_ref().map(|q| q.text.as_str())
+    }
+
+    /// Adds an event to the lock wait with these ids if it is still open.
+    pub fn annotate_wait(&mut self, wait: Ids, ev: Event) -> bool {
+        for b in self.backends.values_mut() {
+            if let Some(w) = b.waits.iter_mut().find(|w| w.ids == wait) {
+                w.events.push(ev);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// One probe hit. `client` tells what the traced client side knows about
+    /// the connection served by a backend PID.
+    pub fn on_hit(
+        &mut self,
+        hit: &ServerHit,
+        client: &dyn Fn(u32) -> Option<ClientIds>,
+        out: &mut Vec<ServerSpan>,
+        notices: &mut Vec<Notice>,
+    ) {
+        let at = hit.at;
+        let b = self.backends.entry(at.pid).or_default();
+        b.postmaster = at.conn as u32;
+        match hit.site {
+            site::STATEMENT_STATUS => match &hit.text {
+                Some(text) => {
+                    if b.query.as_ref().is_some_and(|q| &q.text == text) {
+                        return; // Bind/Execute of the statement already running
+                    }
+                    self.close_query(at.pid, at.ts_ns, out);
+                    self.open_query(at, text.clone(), hit.truncated, client);
+                }
+                None => {
+                    self.close_query(at.pid, at.ts_ns, out);
+                    // An aborted block ended by ROLLBACK/COMMIT gets no further probe.
+                    let b = self.backends.get_mut(&at.pid).expect("entry made above");
+                    if b.txn.as_ref().is_some_and(|t| t.error.is_some()) && std::mem::take(&mut b.txn_ended_by_last) {
+                        self.close_txn(at.pid, at.ts_ns, TxnOutcome::RolledBack, out);
+                    }
+                }
+            },
+            site::TRANSACTION_START => {
+                // A transaction still open here missed its end: close it.
+                self.close_txn(at.pid, at.ts_ns, TxnOutcome::Incomplete, out);
+                let b = self.backends.get_mut(&at.pid).expect("entry made above");
+                b.error = None;
+                b.deadlock = false;
+                b.txn_is_block = b.query.as_ref().is_some_and(|q| starts_block(&q.text));
+                if b.txn_is_block {
+                    let parent = client(at.pid).and_then(|c| c.txn);
+                    let ids = match parent {
+                        Some(p) => p.child(&mut self.gen),
+                        None => self.gen.root(),
+                    };
+                    let b = self.backends.get_mut(&at.pid).expect("entry made above");
+                    // BEGIN itself belongs under the transaction it opens.
+                    if let Some(q) = b.query.as_mut().filter(|q| !q.joined) {
+                        q.ids = Ids { trace_id: ids.trace_id, span_id: q.ids.span_id, parent_span_id: ids.span_id };
+                    }
+                    b.txn = Some(ServerTxn {
+                        pid: at.pid,
+                        postmaster: b.postmaster,
+                        ids,
+                        start_ns: at.ts_ns,
+                        end_ns: at.ts_ns,
+                        outcome: TxnOutcome::Incomplete,
+                        error: None,
+                        statements: b.query.is_some() as u32,
+                        events: vec![Event { name: "transaction.started", ts_ns: at.ts_ns, attributes: vec![] }],
+                    });
+                }
+            }
+            site::TRANSACTION_COMMIT => self.close_txn(at.pid, at.ts_ns, TxnOutcome::Committed, out),
+            site::TRANSACTION_ABORT => {
+                let (error, deadlock) = (b.error.take(), std::mem::take(&mut b.deadlock));
+                // Waits ended by the error that aborted the transaction.
+                let outcome = WaitOutcome::from_error(error.as_ref(), deadlock);
+                for mut w in b.waits.drain(..) {
+                    w.end_ns = error.as_ref().map_or(at.ts_ns, |e| e.ts_ns.max(w.start_ns));
+                    w.outcome = outcome.clone();
+                    out.push(ServerSpan::Wait(w));
+                }
+                if let (Some(q), Some(e)) = (b.query.as_mut(), &error) {
+                    q.error.get_or_insert_with(|| e.clone());
+                }
+                let user_rollback = error.is_none() && b.txn_ended_by_last;
+                match b.txn.as_mut() {
+                    Some(_) if user_rollback => self.close_txn(at.pid, at.ts_ns, TxnOutcome::RolledBack, out),
+                    // Failed inside a block: it stays open, aborted, until ROLLBACK.
+                    Some(t) if t.error.is_none() => {
+                        let e = error.unwrap_or_else(|| ErrorReport { sqlstate: "_OTHER".into(), message: None, ts_ns: at.ts_ns });
+                        t.events.push(Event {
+                            name: "transaction.aborted",
+                            ts_ns: at.ts_ns,
+                            attributes: vec![opentelemetry::KeyValue::new("db.response.status_code", e.sqlstate.clone())],
+                        });
+                        t.error = Some(e);
+                    }
+                    _ => {}
+                }
+            }
+            site::LOCK_WAIT_START => {
+                let tag = LockTag::from_args(&hit.args);
+                let from_client = client(at.pid).and_then(|c| c.query);
+                let (parent, under_client) = match (from_client, &b.query) {
+                    (Some(c), _) => (Some(c), true),
+                    (None, Some(q)) => (Some(q.ids), false),
+                    (None, None) => (None, false),
+                };
+                let ids = match parent {
+                    Some(p) => p.child(&mut self.gen),
+                    None => self.gen.root(),
+                };
+                let b = self.backends.get_mut(&at.pid).expect("entry made above");
+                if let Some(q) = b.query.as_mut() {
+                    for name in ["contention_detected", "lock_contention_detected"] {
+                        q.events.push(Event { name, ts_ns: at.ts_ns, attributes: vec![] });
+                    }
+                }
+                self.counters.lock_waits += 1;
+                b.waits.push(LockWait {
+                    pid: at.pid,
+                    postmaster: b.postmaster,
+                    ids,
+                    under_client,
+                    start_ns: at.ts_ns,
+                    end_ns: at.ts_ns,
+                    tag,
+                    outcome: WaitOutcome::Granted,
+                    query: b.query.as_ref().map(|q| q.text.clone()),
+                    events: vec![],
+                });
+                notices.push(Notice::WaitStarted { pid: at.pid, postmaster: b.postmaster, wait: ids, under_client, tag, ts_ns: at.ts_ns });
+            }
+            site::LOCK_WAIT_DONE => {
+                let tag = LockTag::from_args(&hit.args);
+                // Waits nest only in odd cases; take the latest with this tag.
+                if let Some(i) = b.waits.iter().rposition(|w| w.tag == tag).or(b.waits.len().checked_sub(1)) {
+                    let mut w = b.waits.remove(i);
+                    w.end_ns = at.ts_ns;
+                    out.push(ServerSpan::Wait(w));
+                }
+            }
+            site::DEADLOCK_FOUND => {
+                b.deadlock = true;
+                self.counters.deadlocks += 1;
+                let wait = b.waits.last().map(|w| w.ids);
+                notices.push(Notice::Deadlock { pid: at.pid, postmaster: b.postmaster, wait, ts_ns: at.ts_ns });
+            }
+            site::ERRCODE => {
+                b.error = Some(ErrorReport { sqlstate: unpack_sqlstate(hit.args[0]), message: None, ts_ns: at.ts_ns });
+            }
+            site::ERRMSG => {
+                if let Some(e) = b.error.as_mut().filter(|e| e.message.is_none()) {
+                    e.message = hit.text.clone();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn open_query(&mut self, at: Origin, text: String, truncated: bool, client: &dyn Fn(u32) -> Option<ClientIds>) {
+        let joined = client(at.pid).and_then(|c| c.query);
+        let b = self.backends.get_mut(&at.pid).expect("entry exists");
+        let ids = match (joined, &b.txn) {
+            (Some(c), _) => c.child(&mut self.gen),
+            (None, Some(t)) => t.ids.child(&mut self.gen),
+            (None, None) => self.gen.root(),
+        };
+        if let Some(t) = b.txn.as_mut() {
+            t.statements += 1;
+        }
+        b.txn_ended_by_last = ends_block(&text);
+        self.counters.queries += 1;
+        b.query = Some(ServerQuery {
+            pid: at.pid,
+            postmaster: b.postmaster,
+            ids,
+            joined: joined.is_some(),
+            start_ns: at.ts_ns,
+            end_ns: at.ts_ns,
+            text,
+            truncated,
+            error: None,
+            incomplete: false,
+            events: vec![],
+        });
+    }
+
+    fn close_query(&mut self, pid: u32, ts: u64, out: &mut Vec<ServerSpan>) {
+        let Some(b) = self.backends.get_mut(&pid) else { return };
+        if let Some(mut q) = b.query.take() {
+            q.end_ns = ts.max(q.start_ns);
+            out.push(ServerSpan::Query(q));
+        }
+    }
+
+    fn close_txn(&mut self, pid: u32, ts: u64, outcome: TxnOutcome, out: &mut Vec<ServerSpan>) {
+        let Some(b) = self.backends.get_mut(&pid) else { return };
+        if let Some(mut t) = b.txn.take() {
+            t.end_ns = ts.max(t.start_ns);
+            t.outcome = if t.error.is_some() && outcome == TxnOutcome::Committed { TxnOutcome::RolledBack } else { outcome };
+            let name = match t.outcome {
+                TxnOutcome::Committed => "transaction.committed",
+                TxnOutcome::RolledBack => "transaction.rolled_back",
+                TxnOutcome::Incomplete => "transaction.incomplete",
+            };
+            t.events.push(Event { name, ts_ns: t.end_ns, attributes: vec![] });
+            out.push(ServerSpan::Txn(t));
+        }
+        b.txn_is_block = false;
+    }
+
+    /// A backend exited: close what it had open.
+    pub fn exited(&mut self, pid: u32, ts: u64, out: &mut Vec<ServerSpan>) {
+        let Some(mut b) = self.backends.remove(&pid) else { return };
+        for mut w in b.waits.drain(..) {
+            w.end_ns = ts.max(w.start_ns);
+            w.outcome = WaitOutcome::ProcessExited;
+            self.counters.incomplete += 1;
+            out.push(ServerSpan::Wait(w));
+        }
+        if let Some(mut q) = b.query.take() {
+            q.end_ns = ts.max(q.start_ns);
+            q.incomplete = true;
+            self.counters.incomplete += 1;
+            out.push(ServerSpan::Query(q));
+        }
+        self.backends.insert(pid, b);
+        self.close_txn(pid, ts, TxnOutcome::Incomplete, out);
+        self.backends.remove(&pid);
+    }
+
+    /// Every backend of a postmaster we stop tracing.
+    pub fn server_gone(&mut self, postmaster: u32, ts: u64, out: &mut Vec<ServerSpan>) {
+        let pids: Vec<u32> = self.backends.iter().filter(|(_, b)| b.postmaster == postmaster).map(|(p, _)| *p).collect();
+        for p in pids {
+            self.exited(p, ts, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PID: u32 = 500;
+    const PM: u32 = 100;
+
+    fn pack(s: &str) -> u64 {
+        s.bytes().enumerate().fold(0, |acc, (i, c)| acc | (((c - b'0') as u64 & 0x3f) << (6 * i)))
+    }
+
+    /// Replays probe hits of one backend; `client` plays a traced client.
+    struct Replay {
+        t: Tracker,
+        ts: u64,
+        client: Option<ClientIds>,
+        out: Vec<ServerSpan>,
+        notices: Vec<Notice>,
+    }
+
+    impl Replay {
+        fn new() -> Self {
+            Replay { t: Tracker::new(IdGen::seeded(1)), ts: 0, client: None, out: vec![], notices: vec![] }
+        }
+        fn hit(&mut self, site: u32, args: [u64; 6], text: Option<&str>) -> &mut Self {
+            self.ts += 1_000_000;
+            let hit = ServerHit { at: Origin { pid: PID, tid: PID, ts_ns: self.ts, conn: PM as u64 }, site, args, text: text.map(str::to_string), truncated: false };
+            let c = self.client;
+            self.t.on_hit(&hit, &move |_| c, &mut self.out, &mut self.notices);
+            self
+        }
+        fn stmt(&mut self, text: &str) -> &mut Self {
+            self.hit(site::STATEMENT_STATUS, [1, 0, 0, 0, 0, 0], Some(text))
+        }
+        fn idle(&mut self) -> &mut Self {
+            self.hit(site::STATEMENT_STATUS, [0; 6], None)
+        }
+        fn at(&mut self, s: u32) -> &mut Self {
+            self.hit(s, [0; 6], None)
+        }
+        fn wait(&mut self, s: u32) -> &mut Self {
+            self.hit(s, [7, 1234, 0, 0, 5, 5], None)
+        }
+        fn error(&mut self, code: &str, msg: &str) -> &mut Self {
+            self.hit(site::ERRCODE, [pack(code), 0, 0, 0, 0, 0], None).hit(site::ERRMSG, [1, 0, 0, 0, 0, 0], Some(msg))
+        }
+        fn queries(&self) -> Vec<&ServerQuery> {
+            self.out.iter().filter_map(|s| if let ServerSpan::Query(q) = s { Some(q) } else { None }).collect()
+        }
+        fn waits(&self) -> Vec<&LockWait> {
+            self.out.iter().filter_map(|s| if let ServerSpan::Wait(w) = s { Some(w) } else { None }).collect()
+        }
+        fn txns(&self) -> Vec<&ServerTxn> {
+            self.out.iter().filter_map(|s| if let ServerSpan::Txn(t) = s { Some(t) } else { None }).collect()
+        }
+    }
+
+    #[test]
+    fn extended_protocol_reports_one_statement_three_times() {
+        let mut r = Replay::new();
+        r.stmt("select 1").at(site::TRANSACTION_START).stmt("select 1").stmt("select 1").at(site::TRANSACTION_COMMIT).idle();
+        let q = r.queries();
+        assert_eq!(q.len(), 1);
+        assert_eq!((q[0].text.as_str(), q[0].end_ns - q[0].start_ns), ("select 1", 5_000_000));
+        assert_eq!(q[0].ids.parent_span_id, 0, "an implicit transaction makes no span");
+        assert!(r.txns().is_empty());
+    }
+
+    #[test]
+    fn a_block_parents_its_statements_and_its_lock_wait_sits_under_the_query() {
+        let mut r = Replay::new();
+        r.stmt("BEGIN").at(site::TRANSACTION_START).idle();
+        r.stmt("UPDATE t SET v = 1").wait(site::LOCK_WAIT_START).wait(site::LOCK_WAIT_DONE).idle();
+        r.stmt("COMMIT").at(site::TRANSACTION_COMMIT).idle();
+        let (q, w, t) = (r.queries(), r.waits(), r.txns());
+        assert_eq!(q.iter().map(|q| q.text.as_str()).collect::<Vec<_>>(), ["BEGIN", "UPDATE t SET v = 1", "COMMIT"]);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].outcome, TxnOutcome::Committed);
+        assert_eq!(t[0].statements, 3);
+        assert!(q.iter().all(|q| q.ids.parent_span_id == t[0].ids.span_id && q.ids.trace_id == t[0].ids.trace_id));
+        assert_eq!(w.len(), 1);
+        assert_eq!((w[0].outcome.clone(), w[0].ids.parent_span_id), (WaitOutcome::Granted, q[1].ids.span_id));
+        assert_eq!((w[0].tag.type_name(), w[0].tag.mode_name(), w[0].end_ns - w[0].start_ns), ("transactionid", "ShareLock", 1_000_000));
+        let names: Vec<_> = q[1].events.iter().map(|e| e.name).collect();
+        assert_eq!(names, ["contention_detected", "lock_contention_detected"]);
+        assert!(matches!(r.notices[..], [Notice::WaitStarted { pid: PID, postmaster: PM, under_client: false, .. }]));
+    }
+
+    #[test]
+    fn the_deadlock_victim_s_wait_closes_at_the_error_and_the_block_rolls_back() {
+        let mut r = Replay::new();
+        r.stmt("BEGIN").at(site::TRANSACTION_START).idle();
+        r.stmt("UPDATE t SET v = 2").wait(site::LOCK_WAIT_START).at(site::DEADLOCK_FOUND).error("40P01", "deadlock detected");
+        let err_ts = r.ts - 1_000_000;
+        r.at(site::TRANSACTION_ABORT).idle().stmt("ROLLBACK").idle();
+        let (q, w, t) = (r.queries(), r.waits(), r.txns());
+        assert_eq!((w[0].outcome.clone(), w[0].end_ns), (WaitOutcome::Deadlock, err_ts));
+        assert_eq!(q[1].error.as_ref().map(|e| e.sqlstate.as_str()), Some("40P01"));
+        assert_eq!(q[2].error, None, "ROLLBACK itself succeeds");
+        assert_eq!(t[0].outcome, TxnOutcome::RolledBack);
+        assert_eq!(t[0].error.as_ref().map(|e| e.sqlstate.as_str()), Some("40P01"));
+        assert!(t[0].events.iter().any(|e| e.name == "transaction.aborted"));
+        assert!(matches!(r.notices[1], Notice::Deadlock { pid: PID, wait: Some(_), .. }));
+    }
+
+    #[test]
+    fn timeouts_and_cancellation_are_told_apart() {
+        for (code, msg, want) in [
+            ("55P03", "canceling statement due to lock timeout", WaitOutcome::LockTimeout),
+            ("57014", "canceling statement due to statement timeout", WaitOutcome::StatementTimeout),
+            ("57014", "canceling statement due to user request", WaitOutcome::Canceled),
+        ] {
+            let mut r = Replay::new();
+            r.stmt("UPDATE t SET v = 3").at(site::TRANSACTION_START).wait(site::LOCK_WAIT_START).error(code, msg).at(site::TRANSACTION_ABORT).idle();
+            assert_eq!(r.waits()[0].outcome, want);
+            assert_eq!(r.queries()[0].error.as_ref().unwrap().sqlstate, code);
+        }
+    }
+
+    #[test]
+    fn a_notice_does_not_fail_the_statement_and_a_plain_rollback_is_no_error() {
+        let mut r = Replay::new();
+        r.stmt("DROP TABLE IF EXISTS x").at(site::TRANSACTION_START).error("00000", "table \"%s\" does not exist, skipping");
+        r.at(site::TRANSACTION_COMMIT).idle();
+        r.stmt("BEGIN").at(site::TRANSACTION_START).idle().stmt("ROLLBACK").at(site::TRANSACTION_ABORT).idle();
+        assert!(r.queries().iter().all(|q| q.error.is_none()));
+        assert_eq!(r.txns()[0].outcome, TxnOutcome::RolledBack);
+        assert_eq!(r.txns()[0].error, None);
+    }
+
+    #[test]
+    fn with_a_traced_client_spans_join_its_trace() {
+        let mut r = Replay::new();
+        let mut g = IdGen::seeded(9);
+        let (ctx, cq) = (g.root(), g.root());
+        r.client = Some(ClientIds { query: Some(cq), txn: Some(ctx) });
+        r.stmt("BEGIN").at(site::TRANSACTION_START).idle().stmt("UPDATE t SET v = 4").wait(site::LOCK_WAIT_START).wait(site::LOCK_WAIT_DONE).idle();
+        let (q, w) = (r.queries(), r.waits());
+        assert!(q.iter().all(|q| q.joined && q.ids.parent_span_id == cq.span_id && q.ids.trace_id == cq.trace_id));
+        assert!(w[0].under_client);
+        assert_eq!(w[0].ids.parent_span_id, cq.span_id);
+        assert_eq!(r.t.current(PID).map(|t| t.parent_span_id), Some(ctx.span_id), "server transaction under the client's");
+    }
+
+    #[test]
+    fn an_exit_closes_everything_open() {
+        let mut r = Replay::new();
+        r.stmt("BEGIN").at(site::TRANSACTION_START).idle().stmt("LOCK t").wait(site::LOCK_WAIT_START);
+        let mut out = vec![];
+        r.t.exited(PID, r.ts + 5, &mut out);
+        assert_eq!(out.len(), 3);
+        assert!(matches!(&out[0], ServerSpan::Wait(w) if w.outcome == WaitOutcome::ProcessExited));
+        assert!(matches!(&out[1], ServerSpan::Query(q) if q.incomplete));
+        assert!(matches!(&out[2], ServerSpan::Txn(t) if t.outcome == TxnOutcome::Incomplete));
+        assert_eq!(r.t.in_flight(), 0);
+    }
+}

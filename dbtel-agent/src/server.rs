@@ -1,0 +1,211 @@
+//! A PostgreSQL server to trace: its postmaster, its backends, and the probe
+//! sites on its executable, each with where its arguments live (from the
+//! binary's USDT notes, so nothing here is specific to one build).
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+};
+
+use dbtel_common::{argkind, site, ArgSpec, SiteSpec, NO_INDEX, USDT_MAX_ARGS};
+use object::{Object, ObjectSymbol};
+
+use crate::{
+    discover::vaddr_to_offset,
+    usdt::{self, UsdtError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Usdt { path: String, source: UsdtError },
+    #[error("{path} is a PostgreSQL server without the USDT probe {probe} (needed for {why})")]
+    MissingProbe { path: String, probe: &'static str, why: &'static str },
+    #[error("{path}: USDT probe {probe}: {why}")]
+    BadProbe { path: String, probe: String, why: String },
+}
+
+/// USDT probes the agent needs: (note name, site id, what for, string argument).
+/// Never the lwlock probes: they fire on every buffer access.
+const USDT_SITES: &[(&str, u32, &str, u32)] = &[
+    ("statement__status", site::STATEMENT_STATUS, "query spans", 1),
+    ("transaction__start", site::TRANSACTION_START, "transactions", 0),
+    ("transaction__commit", site::TRANSACTION_COMMIT, "transactions", 0),
+    ("transaction__abort", site::TRANSACTION_ABORT, "transactions", 0),
+    ("lock__wait__start", site::LOCK_WAIT_START, "lock waits", 0),
+    ("lock__wait__done", site::LOCK_WAIT_DONE, "lock waits", 0),
+    ("deadlock__found", site::DEADLOCK_FOUND, "deadlocks", 0),
+];
+
+/// Exported functions probed at entry for error reports (SQLSTATE and the
+/// untranslated message format, which carries no user data). They run only
+/// when a message is actually reported.
+const FUNCTION_SITES: &[(&str, u32, u8, bool, u32)] = &[
+    // (symbol, site, size of arg 0, signed, string argument)
+    ("errcode", site::ERRCODE, 4, true, 0),
+    ("errmsg", site::ERRMSG, 8, false, 1),
+];
+
+/// One place to attach `pg_server`, with the spec the kernel side follows.
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub name: &'static str,
+    /// Offset in the executable file.
+    pub offset: u64,
+    pub spec: SiteSpec,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerTarget {
+    /// The postmaster: every backend is its child.
+    pub postmaster: u32,
+    /// The executable as the process sees it.
+    pub exe: String,
+    /// The same file from the agent's mount namespace.
+    pub host_path: PathBuf,
+    /// (device, inode): probes are placed once per executable file.
+    pub file_id: (u64, u64),
+    pub sites: Vec<Site>,
+    /// Probes that could not be used (the feature is degraded, not refused).
+    pub warnings: Vec<String>,
+}
+
+/// `Some` if `pid` runs a PostgreSQL server executable (it has `postgresql`
+/// USDT notes); the target names its postmaster.
+pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
+    let exe = fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|source| ServerError::Read { path: format!("/proc/{pid}/exe"), source })?;
+    let host_path = PathBuf::from(format!("/proc/{pid}/root{exe}"));
+    let path = host_path.to_string_lossy().into_owned();
+    let data = fs::read(&host_path).map_err(|source| ServerError::Read { path: path.clone(), source })?;
+    let probes = match usdt::probes(&data) {
+        Ok(p) => p,
+        Err(UsdtError::Elf(_)) => return Ok(None),
+        Err(source) => return Err(ServerError::Usdt { path: exe, source }),
+    };
+    if !probes.iter().any(|p| p.provider == "postgresql") {
+        return Ok(None);
+    }
+    let meta = fs::metadata(&host_path).map_err(|source| ServerError::Read { path: path.clone(), source })?;
+    let file = object::File::parse(&*data).map_err(|e| ServerError::Usdt { path: exe.clone(), source: UsdtError::Elf(e.to_string()) })?;
+    let mut sites = Vec::new();
+    let mut warnings = Vec::new();
+    for &(name, id, why, text_arg) in USDT_SITES {
+        let found: Vec<_> = probes.iter().filter(|p| p.provider == "postgresql" && p.name == name).collect();
+        if found.is_empty() {
+            return Err(ServerError::MissingProbe { path: exe, probe: name, why });
+        }
+        for p in found {
+            let bad = |why: String| ServerError::BadProbe { path: exe.clone(), probe: name.to_string(), why };
+            if p.args.len() > USDT_MAX_ARGS {
+                return Err(bad(format!("{} arguments, at most {USDT_MAX_ARGS} supported", p.args.len())));
+            }
+            let mut spec = SiteSpec { probe: id, text_arg, ..Default::default() };
+            for (i, a) in p.args.iter().enumerate() {
+                spec.args[i] = usdt::arg_spec(a).map_err(|w| bad(format!("argument {}: {w}", i + 1)))?;
+            }
+            let offset = vaddr_to_offset(&file, p.address).ok_or_else(|| bad(format!("address {:#x} is in no segment", p.address)))?;
+            sites.push(Site { name, offset, spec });
+        }
+    }
+    for &(symbol, id, size, signed, text_arg) in FUNCTION_SITES {
+        let addr = file
+            .dynamic_symbols()
+            .chain(file.symbols())
+            .find(|s| s.name() == Ok(symbol) && !s.is_undefined() && s.address() != 0)
+            .map(|s| s.address());
+        match addr.and_then(|a| vaddr_to_offset(&file, a)) {
+            Some(offset) => {
+                let mut spec = SiteSpec { probe: id, text_arg, ..Default::default() };
+                // First integer argument: %rdi at function entry (System V ABI).
+                spec.args[0] = ArgSpec {
+                    kind: argkind::REGISTER,
+                    size,
+                    signed: signed as u8,
+                    reg_off: usdt::Gpr::Rdi.pt_regs_offset(),
+                    index_off: NO_INDEX,
+                    ..Default::default()
+                };
+                sites.push(Site { name: symbol, offset, spec });
+            }
+            None => warnings.push(format!("{exe}: no {symbol} symbol: server spans will lack SQLSTATEs")),
+        }
+    }
+    Ok(Some(ServerTarget {
+        postmaster: postmaster_of(pid),
+        exe,
+        host_path,
+        file_id: (meta.dev(), meta.ino()),
+        sites,
+        warnings,
+    }))
+}
+
+/// (parent PID, state) from /proc/PID/stat.
+fn stat(pid: u32) -> Option<(u32, char)> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields follow the last ')'.
+    let rest = &s[s.rfind(')')? + 2..];
+    let mut f = rest.split(' ');
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    Some((ppid, state))
+}
+
+fn same_exe(a: u32, b: u32) -> bool {
+    let id = |p: u32| fs::metadata(format!("/proc/{p}/exe")).ok().map(|m| (m.dev(), m.ino()));
+    matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// A backend's postmaster is its parent running the same executable; a
+/// postmaster is its own.
+pub fn postmaster_of(pid: u32) -> u32 {
+    let mut p = pid;
+    while let Some((ppid, _)) = stat(p) {
+        if ppid <= 1 || !same_exe(p, ppid) {
+            break;
+        }
+        p = ppid;
+    }
+    p
+}
+
+/// The postmaster and its living children (backends and auxiliary processes).
+pub fn processes_of(postmaster: u32) -> Vec<u32> {
+    let mut out = vec![postmaster];
+    let Ok(dir) = fs::read_dir("/proc") else { return out };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if matches!(stat(pid), Some((ppid, st)) if ppid == postmaster && st != 'Z') {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// SQLSTATE from PostgreSQL's packed form (MAKE_SQLSTATE: 6 bits a character).
+pub fn unpack_sqlstate(code: u64) -> String {
+    (0..5).map(|i| (((code >> (6 * i)) & 0x3f) as u8 + b'0') as char).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_unpack() {
+        let pack = |s: &str| s.bytes().enumerate().fold(0u64, |acc, (i, c)| acc | (((c - b'0') as u64 & 0x3f) << (6 * i)));
+        for s in ["40P01", "55P03", "57014", "40001", "42P01", "00000"] {
+            assert_eq!(unpack_sqlstate(pack(s)), s);
+        }
+    }
+
+    #[test]
+    fn a_process_that_is_not_postgres_is_no_server() {
+        assert!(inspect(std::process::id()).unwrap().is_none());
+    }
+}
