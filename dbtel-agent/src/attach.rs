@@ -240,6 +240,15 @@ impl Probes {
         Ok(placed)
     }
 
+    /// Stops emitting for one server process (the agent's own catalog sessions).
+    pub fn untrace_backend(&mut self, pid: u32) {
+        if let Some(m) = self.ebpf.map_mut("SERVER_PIDS") {
+            if let Ok(mut pids) = BpfHashMap::<_, u32, u32>::try_from(m) {
+                let _ = pids.remove(&pid);
+            }
+        }
+    }
+
     /// Stops emitting for a postmaster's processes (its probes stay on the file).
     pub fn untrace_server(&mut self, postmaster: u32) {
         if let Some(m) = self.ebpf.map_mut("SERVER_PIDS") {

@@ -268,6 +268,11 @@ impl Tracker {
         b.txn.as_ref().map(|t| t.ids).or_else(|| b.query.as_ref().map(|q| q.ids))
     }
 
+    /// The lock wait a backend is in, if any.
+    pub fn open_wait(&self, pid: u32) -> Option<Ids> {
+        self.backends.get(&pid)?.waits.last().map(|w| w.ids)
+    }
+
     /// Text of the query a backend is running, if known.
     pub fn running_query(&self, pid: u32) -> Option<&str> {
         self.backends.get(&pid)?.query.as_ref().map(|q| q.text.as_str())

@@ -27,7 +27,10 @@ use opentelemetry_sdk::{
 
 use crate::{
     batch::{Driver, Pipeline},
+    backend::{LockWait, ServerQuery, ServerTxn},
+    catalog,
     reconstruct::{ConnInfo, End, QuerySpan},
+    serverspans::{self, WaitFacts},
     span::{self, Ids},
     sql,
     txn::{self, TxnSpan},
@@ -230,6 +233,26 @@ impl Exporter {
         self.push(q.pid, q.ids, (q.start_ns, q.end_ns), d, &q.events)
     }
 
+    /// A query as the server ran it (kind SERVER), exported with the server's resource.
+    pub fn emit_server_query(&mut self, q: &ServerQuery, backend: Option<&catalog::Backend>) -> anyhow::Result<()> {
+        let facts = self.facts.get(&q.text);
+        let d = serverspans::describe_query(q, &facts, backend);
+        self.push_as(q.postmaster, q.ids, (q.start_ns, q.end_ns), d, &q.events, SpanKind::Server, &[])
+    }
+
+    /// A transaction block as the server ran it.
+    pub fn emit_server_txn(&mut self, t: &ServerTxn, backend: Option<&catalog::Backend>) -> anyhow::Result<()> {
+        let d = serverspans::describe_txn(t, backend);
+        self.push_as(t.postmaster, t.ids, (t.start_ns, t.end_ns), d, &t.events, SpanKind::Server, &[])
+    }
+
+    /// A lock wait (kind INTERNAL: time spent inside the server), linked to the
+    /// blockers' transactions where dbtel traces them.
+    pub fn emit_wait(&mut self, w: &LockWait, facts: &WaitFacts, links: &[span::Link]) -> anyhow::Result<()> {
+        let d = serverspans::describe_wait(w, facts, &mut self.facts);
+        self.push_as(w.postmaster, w.ids, (w.start_ns, w.end_ns), d, &w.events, SpanKind::Internal, links)
+    }
+
     /// A client transaction. Kind CLIENT, like its queries: it is the
     /// application's view of work done by a remote server (a unit the server
     /// commits or rolls back), not work inside the process; it also keeps the
@@ -239,14 +262,28 @@ impl Exporter {
         self.push(t.pid, t.ids, (t.start_ns, t.end_ns), Described { name, attributes, error }, &t.events)
     }
 
-    fn push(&mut self, pid: u32, ids: Ids, (start_ns, end_ns): (u64, u64), d: Described, events: &[span::Event]) -> anyhow::Result<()> {
+    fn push(&mut self, pid: u32, ids: Ids, span: (u64, u64), d: Described, events: &[span::Event]) -> anyhow::Result<()> {
+        self.push_as(pid, ids, span, d, events, SpanKind::Client, &[])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push_as(
+        &mut self,
+        pid: u32,
+        ids: Ids,
+        (start_ns, end_ns): (u64, u64),
+        d: Described,
+        events: &[span::Event],
+        kind: SpanKind,
+        links: &[span::Link],
+    ) -> anyhow::Result<()> {
         let trace_id = TraceId::from(ids.trace_id);
         // Sampling is decided per trace without remembering anything: no
         // parent context is passed, so ParentBased samplers consult their root
         // sampler, and every sampler the SDK offers (always_on/off,
         // traceidratio, parentbased_*) is then a pure function of the trace
         // id. A transaction and all its queries are kept or dropped together.
-        let sampled = self.sampling.sampler.should_sample(None, trace_id, &d.name, &SpanKind::Client, &d.attributes, &[]);
+        let sampled = self.sampling.sampler.should_sample(None, trace_id, &d.name, &kind, &d.attributes, &[]);
         if sampled.decision != SamplingDecision::RecordAndSample {
             return Ok(());
         }
@@ -259,14 +296,14 @@ impl Exporter {
             span_context: SpanContext::new(trace_id, SpanId::from(ids.span_id), TraceFlags::SAMPLED, false, TraceState::default()),
             parent_span_id: SpanId::from(ids.parent_span_id),
             parent_span_is_remote: false,
-            span_kind: SpanKind::Client,
+            span_kind: kind,
             name: d.name.into(),
             start_time: self.clock.wall(start_ns),
             end_time: self.clock.wall(end_ns),
             attributes: d.attributes,
             dropped_attributes_count: 0,
             events: span_events,
-            links: SpanLinks::default(),
+            links: span_links(links),
             status: d.error.map_or(Status::Unset, Status::error),
             instrumentation_scope: self.scope.clone(),
         };
@@ -305,6 +342,18 @@ impl Exporter {
             }
         }
     }
+}
+
+fn span_links(links: &[span::Link]) -> SpanLinks {
+    let mut out = SpanLinks::default();
+    out.links = links
+        .iter()
+        .map(|l| {
+            let cx = SpanContext::new(TraceId::from(l.trace_id), SpanId::from(l.span_id), TraceFlags::SAMPLED, false, TraceState::default());
+            opentelemetry::trace::Link::new(cx, l.attributes.clone(), 0)
+        })
+        .collect();
+    out
 }
 
 /// OTEL_EXPORTER_OTLP_ENDPOINT semantics for HTTP: a base URL to which the
@@ -470,7 +519,7 @@ pub fn console_line(s: &SpanData) -> String {
         "{} {:>10.3} ms  pid={} {:<32}",
         humantime::format_rfc3339_micros(s.start_time),
         dur.as_secs_f64() * 1e3,
-        get("process.pid").unwrap_or_default(),
+        get("process.pid").or_else(|| get("db.postgresql.backend.pid")).unwrap_or_default(),
         s.name,
     );
     if let Some(r) = get("db.response.returned_rows") {

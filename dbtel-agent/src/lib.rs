@@ -1,6 +1,9 @@
 //! dbtel agent library: everything between the kernel's ring buffer and OTLP.
 pub mod attach;
+pub mod backend;
 pub mod batch;
+pub mod catalog;
+pub mod contention;
 pub mod discover;
 pub mod events;
 pub mod export;
@@ -9,6 +12,9 @@ pub mod placement;
 pub mod reconstruct;
 pub mod run;
 pub mod span;
+pub mod server;
+pub mod servers;
+pub mod serverspans;
 pub mod sql;
 pub mod txn;
 pub mod usdt;

@@ -5,10 +5,11 @@ use std::{process::ExitCode, sync::atomic::Ordering};
 
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use dbtel_agent::{
     export::{Clock, ExportConfig, Exporter, ExporterKind, Protocol},
     run::{run, RunConfig, Summary},
+    servers::CatalogSettings,
 };
 use dbtel_common::counter;
 
@@ -29,20 +30,29 @@ enum ProtocolArg {
     HttpProtobuf,
 }
 
-/// Traces PostgreSQL client queries with eBPF and exports them as OpenTelemetry spans.
+/// Traces PostgreSQL clients and servers with eBPF and exports OpenTelemetry spans.
 ///
-/// Attaches uprobes to libpq in the given processes (or in a command it starts)
-/// and turns every query into a CLIENT span named per the OpenTelemetry database
-/// conventions. Needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN).
+/// Given a client PID (or a command to start), attaches uprobes to its libpq:
+/// every query becomes a CLIENT span named per the OpenTelemetry database
+/// conventions, BEGIN…COMMIT a transaction span. Given a PostgreSQL server PID
+/// (postmaster or backend), attaches to the server's USDT probes: SERVER query
+/// spans for every client, transaction blocks, and lock waits with who blocked
+/// them and how they ended (deadlock, timeout). Both at once join the client's
+/// and the server's spans in one trace. Needs root (CAP_BPF, CAP_PERFMON,
+/// CAP_SYS_ADMIN).
 ///
 /// Environment: OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL,
 /// OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES,
 /// OTEL_TRACES_EXPORTER, OTEL_USE_CONSOLE, OTEL_TRACES_SAMPLER(_ARG),
 /// RUST_LOG (agent log level, default info).
 #[derive(Parser, Debug)]
-#[command(name = "dbtel-agent", version, after_help = "Examples:\n  dbtel-agent --pid 4242\n  dbtel-agent --exporter console -- pgbench -c 4 -t 1000 bench")]
+#[command(name = "dbtel-agent", version, args_conflicts_with_subcommands = true, after_help = "Examples:\n  dbtel-agent --pid 4242\n  dbtel-agent --exporter console -- pgbench -c 4 -t 1000 bench\n  PGHOST=/var/run/postgresql dbtel-agent contention")]
 struct Cli {
-    /// Trace this process (repeatable). Its libpq is found through /proc/PID/maps.
+    #[command(subcommand)]
+    sub: Option<Sub>,
+
+    /// Trace this process (repeatable): a libpq client (found through /proc/PID/maps),
+    /// or a PostgreSQL server's postmaster or any of its backends (the whole server is traced).
     #[arg(short, long = "pid", value_name = "PID")]
     pids: Vec<u32>,
 
@@ -74,9 +84,30 @@ struct Cli {
     #[arg(long)]
     probe_stats: bool,
 
+    /// Catalog connection settings for server tracing (libpq `key=value` file);
+    /// default: the PG* environment variables, then the traced server's socket and port.
+    #[arg(long, value_name = "FILE")]
+    catalog_config: Option<std::path::PathBuf>,
+
+    /// How often the catalog poller refreshes backends and transaction stats.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    catalog_period: std::time::Duration,
+
+    /// Trace servers without connecting to their catalog (no relation names, no blockers).
+    #[arg(long)]
+    no_catalog: bool,
+
     /// Command to start and trace from its first query; the agent exits with its status.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// One-shot lock-contention report from a PostgreSQL server's catalog: blocking
+    /// chains, lock waits, transactions, long queries. Connection settings come from
+    /// the PG* environment variables or --catalog-config, never the command line.
+    Contention(dbtel_agent::contention::ContentionArgs),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +126,10 @@ fn main() -> ExitCode {
 
 fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    if let Some(Sub::Contention(args)) = cli.sub {
+        dbtel_agent::contention::run(args)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let console = std::env::var("OTEL_USE_CONSOLE").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
     let kind = match cli.exporter {
         _ if console => ExporterKind::Console,
@@ -127,6 +162,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
         command: cli.command,
         max_text: cli.max_query_length,
         probe_stats: cli.probe_stats,
+        catalog: CatalogSettings { config_file: cli.catalog_config, period: cli.catalog_period, enabled: !cli.no_catalog },
+        raw_text: cli.raw_query_text,
     };
     let (summary, mut exporter) = rt.block_on(run(cfg, exporter))?;
     // Outside the runtime: shutdown blocks while gRPC exports still run on it.
@@ -155,6 +192,12 @@ fn report(s: &Summary, e: &Exporter) {
         unmatched,
         s.incomplete,
     );
+    if s.server.queries > 0 || s.server.lock_waits > 0 {
+        eprintln!(
+            "dbtel: server side: {} queries, {} lock waits, {} deadlocks, {} spans closed by a backend's exit",
+            s.server.queries, s.server.lock_waits, s.server.deadlocks, s.server.incomplete
+        );
+    }
     // SAFETY: getrusage fills the struct we pass.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };

@@ -16,9 +16,11 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::MissedTickBehavio
 use crate::{
     attach::Probes,
     discover::{self, LibpqTarget},
-    events,
+    events::{self, Record},
     export::{Clock, Exporter, ProcessMeta},
     reconstruct::Reconstructor,
+    server::{self, ServerTarget},
+    servers::{CatalogSettings, ServerSide},
 };
 
 pub struct RunConfig {
@@ -27,6 +29,10 @@ pub struct RunConfig {
     pub max_text: u32,
     /// Count probe hits per program (BPF run-time stats) and report them.
     pub probe_stats: bool,
+    /// Catalog connection for server tracing.
+    pub catalog: CatalogSettings,
+    /// Query texts exported as sent (else literals are obfuscated).
+    pub raw_text: bool,
 }
 
 /// Everything counted on the way, reported at exit.
@@ -40,6 +46,8 @@ pub struct Summary {
     pub incomplete: u64,
     /// Exit status of the command run with `--`, if any.
     pub command_status: Option<i32>,
+    /// Server-side spans reconstructed.
+    pub server: crate::backend::Counters,
     /// Probe hits and eBPF run time per program, with --probe-stats.
     pub program_runs: Vec<(&'static str, u64, Duration)>,
 }
@@ -55,14 +63,17 @@ struct Agent {
     inspected: HashSet<(u32, String)>,
     summary: Summary,
     spans: Vec<crate::reconstruct::ClientSpan>,
+    server: ServerSide,
 }
 
 impl Agent {
     fn drain(&mut self) {
         while let Some(item) = self.ring.get_mut().next() {
             self.summary.events += 1;
-            match events::decode(&item) {
-                Ok(ev) => self.recon.on_event(ev, &mut self.spans),
+            match events::decode_record(&item) {
+                Ok(Record::Client(ev)) => self.recon.on_event(ev, &mut self.spans),
+                Ok(Record::Server(hit)) => self.server.on_hit(&hit, &mut self.recon),
+                Ok(Record::ServerExit(at)) => self.server.on_exit(at),
                 Err(e) => {
                     self.summary.decode_errors += 1;
                     log::warn!("undecodable event: {e}");
@@ -73,7 +84,14 @@ impl Agent {
     }
 
     fn flush_spans(&mut self) {
+        self.flush_spans_now(false);
+    }
+
+    /// `force`: export held lock waits without waiting for the catalog (exit).
+    fn flush_spans_now(&mut self, force: bool) {
         use crate::reconstruct::ClientSpan;
+        self.server.take_replies(&self.recon);
+        self.server.flush(&mut self.exporter, force);
         for s in self.spans.drain(..) {
             let r = match &s {
                 ClientSpan::Query(q) => self.exporter.emit(q),
@@ -108,6 +126,29 @@ impl Agent {
         }
         self.inspected.insert((t.pid, t.path.clone()));
         Ok(n)
+    }
+
+    /// Traces a PostgreSQL server (once per postmaster).
+    async fn trace_server(&mut self, t: ServerTarget) -> anyhow::Result<Option<String>> {
+        if self.server.servers.contains_key(&t.postmaster) {
+            return Ok(None);
+        }
+        for w in &t.warnings {
+            log::warn!("{w}");
+        }
+        // The catalog connects first, so its own backend is never traced.
+        self.server.add_server(t.clone()).await?;
+        let n = self.probes.attach_server(&t)?;
+        for pid in self.server.own_backends() {
+            self.probes.untrace_backend(pid as u32);
+        }
+        let exe = discover::exe_name(t.postmaster);
+        self.exporter.register_process(ProcessMeta { pid: t.postmaster, executable: exe.clone() });
+        let backends = server::processes_of(t.postmaster).len() - 1;
+        Ok(Some(format!(
+            "PostgreSQL server {} ({exe}, {backends} processes): {n} probe sites on {}",
+            t.postmaster, t.exe
+        )))
     }
 
     fn follow(&mut self, meta: ProcessMeta) {
@@ -151,6 +192,22 @@ impl Agent {
         self.live.remove(&pid);
         self.inspected.retain(|(p, _)| *p != pid);
         log::info!("process {pid} exited");
+    }
+
+    /// Servers that went away; the catalog's own sessions kept untraced.
+    fn servers_housekeeping(&mut self) {
+        for pid in self.server.own_backends() {
+            self.probes.untrace_backend(pid as u32);
+        }
+        let gone: Vec<u32> = self.server.servers.keys().copied().filter(|pm| !discover::process_exists(*pm)).collect();
+        for pm in gone {
+            self.drain();
+            self.server.server_gone(pm, Clock::monotonic_now_ns());
+            self.flush_spans_now(true);
+            self.probes.untrace_server(pm);
+            self.exporter.process_gone(pm);
+            log::info!("PostgreSQL server {pm} exited");
+        }
     }
 
     fn warn_on_new_drops(&mut self, last: &mut [u64; counter::COUNT as usize]) {
@@ -273,8 +330,14 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     }
     // Everything that can be refused is checked before loading anything.
     let mut targets: Vec<LibpqTarget> = Vec::new();
+    let mut server_targets: Vec<ServerTarget> = Vec::new();
     for &pid in &cfg.pids {
-        targets.extend(discover::find_libpq(pid)?);
+        match server::inspect(pid) {
+            Ok(Some(t)) => server_targets.push(t),
+            // Unreadable: find_libpq says why (no such process, permissions).
+            Ok(None) | Err(server::ServerError::Read { .. }) => targets.extend(discover::find_libpq(pid)?),
+            Err(e) => return Err(e.into()),
+        }
     }
     let _stats = cfg.probe_stats.then(crate::attach::enable_run_stats).transpose()?;
     let mut probes = Probes::load(crate::EBPF_OBJECT, cfg.max_text)?;
@@ -289,8 +352,14 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         inspected: HashSet::new(),
         summary: Summary::default(),
         spans: Vec::new(),
+        server: ServerSide::new(cfg.catalog.clone(), !cfg.raw_text),
     };
     let mut attached_lines = Vec::new();
+    for t in server_targets {
+        if let Some(line) = agent.trace_server(t).await? {
+            attached_lines.push(line);
+        }
+    }
     for t in &targets {
         let n = agent.trace(t)?;
         attached_lines.push(format!("pid {} ({}): {} probes on {}", t.pid, discover::exe_name(t.pid), n, t.path));
@@ -350,8 +419,9 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                         agent.process_gone(pid);
                     }
                 }
+                agent.servers_housekeeping();
                 agent.warn_on_new_drops(&mut last_counters);
-                if child.is_none() && agent.live.is_empty() {
+                if child.is_none() && agent.live.is_empty() && agent.server.servers.is_empty() {
                     log::info!("no traced process left");
                     break;
                 }
@@ -364,7 +434,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                 let (pid, _) = child.take().unwrap();
                 agent.summary.command_status = Some(status?);
                 agent.process_gone(pid);
-                if agent.live.is_empty() {
+                if agent.live.is_empty() && agent.server.servers.is_empty() {
                     break;
                 }
             }
@@ -383,7 +453,14 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         agent.recon.process_exited(pid, Clock::monotonic_now_ns(), &mut agent.spans);
         agent.probes.detach_pid(pid);
     }
-    agent.flush_spans();
+    let now = Clock::monotonic_now_ns();
+    let postmasters: Vec<u32> = agent.server.servers.keys().copied().collect();
+    for pm in postmasters {
+        agent.server.server_gone(pm, now);
+    }
+    agent.flush_spans_now(true);
+    agent.summary.server = agent.server.tracker.counters;
+    agent.summary.export_errors += agent.server.export_errors;
     agent.summary.kernel = agent.probes.kernel_counters();
     if cfg.probe_stats {
         agent.summary.program_runs = agent.probes.program_runs();

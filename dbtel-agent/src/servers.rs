@@ -1,0 +1,282 @@
+//! The server side of the agent's loop: traced postmasters, what their
+//! backends do (backend::Tracker), catalog lookups made the moment a lock wait
+//! starts, and lock-wait spans held until those answers are in.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use opentelemetry::KeyValue;
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    backend::{ClientIds, LockTag, LockWait, Notice, ServerSpan, Tracker},
+    catalog::{self, Catalog, CatalogConfig, Snapshot},
+    events::{Origin, ServerHit},
+    export::Exporter,
+    reconstruct::Reconstructor,
+    server::ServerTarget,
+    serverspans::WaitFacts,
+    span::{self, IdGen, Ids},
+};
+
+/// How long a finished lock wait may wait for the catalog's answer.
+const FACTS_DEADLINE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct CatalogSettings {
+    /// libpq-style `key=value` file; else the PG* environment variables.
+    pub config_file: Option<PathBuf>,
+    pub period: Duration,
+    /// Off: no catalog connection at all (spans lack names and blockers).
+    pub enabled: bool,
+}
+
+struct Reply {
+    wait: u64,
+    facts: WaitFacts,
+}
+
+pub struct ServerSide {
+    pub tracker: Tracker,
+    /// Postmaster PID → target.
+    pub servers: BTreeMap<u32, ServerTarget>,
+    settings: CatalogSettings,
+    catalog: Option<Arc<Catalog>>,
+    snapshot: Option<watch::Receiver<Arc<Snapshot>>>,
+    tx: mpsc::UnboundedSender<Reply>,
+    rx: mpsc::UnboundedReceiver<Reply>,
+    /// Catalog answers by wait span id; `None` while the question is out.
+    facts: HashMap<u64, Option<WaitFacts>>,
+    /// Links to the blockers' transactions, by wait span id.
+    links: HashMap<u64, Vec<span::Link>>,
+    /// Finished waits whose catalog answer is not in yet.
+    held: Vec<(LockWait, Instant)>,
+    spans: Vec<ServerSpan>,
+    notices: Vec<Notice>,
+    pub export_errors: u64,
+    /// Literals out of query texts put in events (not --raw-query-text).
+    obfuscate: bool,
+}
+
+impl ServerSide {
+    pub fn new(settings: CatalogSettings, obfuscate: bool) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        ServerSide {
+            tracker: Tracker::new(IdGen::random()),
+            servers: BTreeMap::new(),
+            settings,
+            catalog: None,
+            snapshot: None,
+            tx,
+            rx,
+            facts: HashMap::new(),
+            links: HashMap::new(),
+            held: Vec::new(),
+            spans: Vec::new(),
+            notices: Vec::new(),
+            export_errors: 0,
+            obfuscate,
+        }
+    }
+
+    /// Starts the catalog client for the first traced server (connection
+    /// settings from the environment or the file, defaults from the server).
+    pub async fn add_server(&mut self, t: ServerTarget) -> anyhow::Result<()> {
+        if self.catalog.is_none() && self.settings.enabled {
+            let defaults = catalog::server_defaults(t.postmaster);
+            let cfg = CatalogConfig::load(self.settings.config_file.as_deref(), defaults)?;
+            let cat = Arc::new(Catalog::new(cfg));
+            match tokio::time::timeout(Duration::from_secs(5), cat.check()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::warn!("catalog unavailable ({e}); lock waits will lack relation names and blockers until it answers"),
+                Err(_) => log::warn!("catalog: no answer within 5 s; lock waits will lack relation names and blockers until it answers"),
+            }
+            let (_task, rx) = catalog::spawn_poller(cat.clone(), self.settings.period);
+            self.snapshot = Some(rx);
+            self.catalog = Some(cat);
+        }
+        self.servers.insert(t.postmaster, t);
+        Ok(())
+    }
+
+    fn backend_info(&self, pid: u32) -> Option<catalog::Backend> {
+        self.snapshot.as_ref()?.borrow().backends.get(&(pid as i32)).cloned()
+    }
+
+    /// The catalog's own sessions: their backends must not be traced.
+    pub fn own_backends(&self) -> Vec<i32> {
+        self.catalog.as_ref().map(|c| c.own_pids()).unwrap_or_default()
+    }
+
+    pub fn on_hit(&mut self, hit: &ServerHit, recon: &mut Reconstructor) {
+        let client = |pid: u32| recon.client_context(pid as i32).map(|c| ClientIds { query: c.query, txn: c.txn });
+        self.tracker.on_hit(hit, &client, &mut self.spans, &mut self.notices);
+        // Acted on at once: the next hit may close the wait these refer to.
+        let notices = std::mem::take(&mut self.notices);
+        for n in notices {
+            match n {
+                Notice::WaitStarted { pid, wait, under_client, tag, ts_ns, .. } => {
+                    if under_client {
+                        for name in ["contention_detected", "lock_contention_detected"] {
+                            recon.annotate(pid as i32, span::Event { name, ts_ns, attributes: lock_attributes(&tag) });
+                        }
+                    }
+                    self.ask(pid, wait, tag);
+                }
+                Notice::Deadlock { pid, wait, ts_ns, .. } => self.deadlock(pid, wait, ts_ns, recon),
+            }
+        }
+    }
+
+    pub fn on_exit(&mut self, at: Origin) {
+        self.tracker.exited(at.pid, at.ts_ns, &mut self.spans);
+    }
+
+    /// Who blocks `pid`, and the relation locked, asked while the wait is on.
+    fn ask(&mut self, pid: u32, wait: Ids, tag: LockTag) {
+        let Some(cat) = self.catalog.clone() else { return };
+        self.facts.insert(wait.span_id, None);
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let mut facts = WaitFacts::default();
+            match cat.blockers(pid as i32).await {
+                Ok(b) => facts.blockers = b,
+                Err(e) => cat.warn_rate_limited(&e),
+            }
+            if let Some((db, rel)) = tag.relation() {
+                match cat.relation_name(db, rel).await {
+                    Ok(r) => facts.relation = r,
+                    Err(e) => cat.warn_rate_limited(&e),
+                }
+            }
+            let _ = tx.send(Reply { wait: wait.span_id, facts });
+        });
+    }
+
+    /// The blockers' transactions, as traced by dbtel (client side first:
+    /// that is where the application's trace is).
+    fn blocker_links(&self, facts: &WaitFacts, recon: &Reconstructor) -> Vec<span::Link> {
+        facts
+            .blockers
+            .iter()
+            .filter_map(|b| {
+                let ids = recon
+                    .client_context(b.pid)
+                    .and_then(|c| c.txn.or(c.query))
+                    .or_else(|| self.tracker.current(b.pid as u32))?;
+                Some(span::Link {
+                    trace_id: ids.trace_id,
+                    span_id: ids.span_id,
+                    attributes: vec![
+                        KeyValue::new("dbtel.link.type", "blocked_by"),
+                        KeyValue::new("db.postgresql.backend.pid", b.pid as i64),
+                    ],
+                })
+            })
+            .collect()
+    }
+
+    fn deadlock(&mut self, victim: u32, wait: Option<Ids>, ts_ns: u64, recon: &mut Reconstructor) {
+        let blockers = wait.and_then(|w| self.facts.get(&w.span_id).cloned().flatten()).map(|f| f.blockers).unwrap_or_default();
+        let mut attrs = vec![KeyValue::new("db.postgresql.deadlock.victim.pid", victim as i64)];
+        let mut pids = vec![victim as i64];
+        if let Some(q) = self.tracker.running_query(victim) {
+            attrs.push(KeyValue::new("db.postgresql.deadlock.victim.query", crate::sql::facts(q, self.obfuscate).text));
+        }
+        for b in &blockers {
+            pids.push(b.pid as i64);
+            attrs.push(KeyValue::new("db.postgresql.deadlock.other.pid", b.pid as i64));
+            let q = self.tracker.running_query(b.pid as u32).map(str::to_string).unwrap_or_else(|| b.query.clone());
+            attrs.push(KeyValue::new("db.postgresql.deadlock.other.query", crate::sql::facts(&q, self.obfuscate).text));
+            let traced = recon.client_context(b.pid).and_then(|c| c.txn.or(c.query)).or_else(|| self.tracker.current(b.pid as u32));
+            if let Some(ids) = traced {
+                attrs.push(KeyValue::new("db.postgresql.deadlock.other.trace_id", format!("{:032x}", ids.trace_id)));
+                attrs.push(KeyValue::new("db.postgresql.deadlock.other.span_id", format!("{:016x}", ids.span_id)));
+            }
+        }
+        if let Some(ids) = recon.client_context(victim as i32).and_then(|c| c.txn.or(c.query)).or_else(|| self.tracker.current(victim)) {
+            attrs.push(KeyValue::new("db.postgresql.deadlock.victim.trace_id", format!("{:032x}", ids.trace_id)));
+            attrs.push(KeyValue::new("db.postgresql.deadlock.victim.span_id", format!("{:016x}", ids.span_id)));
+        }
+        attrs.push(KeyValue::new("db.postgresql.deadlock.pids", opentelemetry::Value::Array(pids.into())));
+        let ev = span::Event { name: "deadlock_detected", ts_ns, attributes: attrs };
+        // On every participant: its wait and the query that suffered it.
+        if let Some(w) = wait {
+            self.tracker.annotate_wait(w, ev.clone());
+        }
+        recon.annotate(victim as i32, ev.clone());
+        for b in &blockers {
+            if let Some(w) = self.tracker.open_wait(b.pid as u32) {
+                self.tracker.annotate_wait(w, ev.clone());
+            }
+            recon.annotate(b.pid, ev.clone());
+        }
+    }
+
+    /// Catalog answers that came in since the last call.
+    pub fn take_replies(&mut self, recon: &Reconstructor) {
+        while let Ok(r) = self.rx.try_recv() {
+            let links = self.blocker_links(&r.facts, recon);
+            self.links.insert(r.wait, links);
+            self.facts.insert(r.wait, Some(r.facts));
+        }
+    }
+
+    /// Exports finished spans; a lock wait goes once its catalog answer is in
+    /// (or it has waited long enough).
+    pub fn flush(&mut self, exporter: &mut Exporter, force: bool) {
+        let now = Instant::now();
+        for s in std::mem::take(&mut self.spans) {
+            let r = match s {
+                ServerSpan::Query(q) => {
+                    let b = self.backend_info(q.pid);
+                    exporter.emit_server_query(&q, b.as_ref())
+                }
+                ServerSpan::Txn(t) => {
+                    let b = self.backend_info(t.pid);
+                    exporter.emit_server_txn(&t, b.as_ref())
+                }
+                ServerSpan::Wait(w) => {
+                    self.held.push((w, now));
+                    Ok(())
+                }
+            };
+            if let Err(e) = r {
+                self.export_errors += 1;
+                log::warn!("cannot export span: {e:#}");
+            }
+        }
+        let held = std::mem::take(&mut self.held);
+        for (w, since) in held {
+            let id = w.ids.span_id;
+            let ready = !matches!(self.facts.get(&id), Some(None));
+            if !(ready || force || now.duration_since(since) > FACTS_DEADLINE) {
+                self.held.push((w, since));
+                continue;
+            }
+            let facts = self.facts.remove(&id).flatten().unwrap_or_default();
+            let links = self.links.remove(&id).unwrap_or_default();
+            if let Err(e) = exporter.emit_wait(&w, &facts, &links) {
+                self.export_errors += 1;
+                log::warn!("cannot export span: {e:#}");
+            }
+        }
+    }
+
+    /// A postmaster is gone (or no longer traced): close its backends' spans.
+    pub fn server_gone(&mut self, postmaster: u32, ts_ns: u64) {
+        self.tracker.server_gone(postmaster, ts_ns, &mut self.spans);
+        self.servers.remove(&postmaster);
+    }
+}
+
+fn lock_attributes(tag: &LockTag) -> Vec<KeyValue> {
+    vec![
+        KeyValue::new("db.postgresql.lock.type", tag.type_name()),
+        KeyValue::new("db.postgresql.lock.mode", tag.mode_name()),
+    ]
+}

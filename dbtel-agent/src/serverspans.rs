@@ -1,0 +1,170 @@
+//! Names and attributes of server-side spans (queries, transaction blocks,
+//! lock waits): pure functions of the reconstructed span and what the catalog
+//! said about the backends involved.
+
+use opentelemetry::{KeyValue, Value};
+
+use crate::{
+    backend::{LockWait, ServerQuery, ServerTxn, TxnOutcome, WaitOutcome},
+    catalog::{Backend, Blocker, Relation},
+    export::Described,
+    sql::{FactsCache, QueryFacts},
+};
+
+/// What the catalog told about a lock wait while it lasted.
+#[derive(Debug, Clone, Default)]
+pub struct WaitFacts {
+    pub relation: Option<Relation>,
+    pub blockers: Vec<Blocker>,
+}
+
+/// Who the backend serves, from the catalog (pg_stat_activity).
+fn backend_attributes(b: &Backend, a: &mut Vec<KeyValue>) {
+    if let Some(d) = &b.datname {
+        a.push(KeyValue::new("db.namespace", d.clone()));
+    }
+    if let Some(u) = &b.usename {
+        a.push(KeyValue::new("user.name", u.clone()));
+    }
+    if !b.application_name.is_empty() {
+        a.push(KeyValue::new("db.postgresql.application_name", b.application_name.clone()));
+    }
+    match (&b.client_addr, b.client_port) {
+        (Some(addr), Some(port)) if port > 0 => {
+            a.push(KeyValue::new("client.address", addr.clone()));
+            a.push(KeyValue::new("client.port", port as i64));
+            a.push(KeyValue::new("network.transport", "tcp"));
+        }
+        // pg_stat_activity shows no address and port -1 for unix sockets.
+        _ => a.push(KeyValue::new("network.transport", "unix")),
+    }
+}
+
+fn query_attributes(f: &QueryFacts, a: &mut Vec<KeyValue>) -> Option<String> {
+    if let Some(op) = &f.operation {
+        a.push(KeyValue::new("db.operation.name", op.clone()));
+    }
+    if let Some(c) = &f.collection {
+        a.push(KeyValue::new("db.collection.name", c.clone()));
+    }
+    if let Some(s) = &f.summary {
+        a.push(KeyValue::new("db.query.summary", s.clone()));
+    }
+    a.push(KeyValue::new("db.query.text", f.text.clone()));
+    f.summary.clone().or_else(|| f.operation.clone())
+}
+
+pub fn describe_query(q: &ServerQuery, facts: &QueryFacts, backend: Option<&Backend>) -> Described {
+    let mut a = vec![
+        KeyValue::new("db.system.name", "postgresql"),
+        KeyValue::new("db.postgresql.backend.pid", q.pid as i64),
+    ];
+    let name = query_attributes(facts, &mut a).unwrap_or_else(|| "postgresql".into());
+    if q.truncated {
+        a.push(KeyValue::new("dbtel.query.text_truncated", true));
+    }
+    if let Some(b) = backend {
+        backend_attributes(b, &mut a);
+    }
+    let mut error = None;
+    if let Some(e) = &q.error {
+        a.push(KeyValue::new("db.response.status_code", e.sqlstate.clone()));
+        a.push(KeyValue::new("error.type", e.sqlstate.clone()));
+        error = Some(e.message.clone().unwrap_or_else(|| e.sqlstate.clone()));
+    } else if q.incomplete {
+        a.push(KeyValue::new("error.type", "dbtel.process_exited"));
+        error = Some("query did not complete: backend exited".into());
+    }
+    Described { name, attributes: a, error }
+}
+
+pub fn describe_txn(t: &ServerTxn, backend: Option<&Backend>) -> Described {
+    let outcome = match t.outcome {
+        TxnOutcome::Committed => "committed",
+        TxnOutcome::RolledBack => "rolled_back",
+        TxnOutcome::Incomplete => "incomplete",
+    };
+    let mut a = vec![
+        KeyValue::new("db.system.name", "postgresql"),
+        KeyValue::new("db.postgresql.backend.pid", t.pid as i64),
+        KeyValue::new("db.transaction.outcome", outcome),
+        KeyValue::new("db.transaction.aborted", t.error.is_some()),
+        KeyValue::new("db.transaction.statement_count", t.statements as i64),
+    ];
+    if let Some(b) = backend {
+        backend_attributes(b, &mut a);
+    }
+    let error = t.error.as_ref().map(|e| {
+        a.push(KeyValue::new("error.type", e.sqlstate.clone()));
+        e.message.clone().unwrap_or_else(|| e.sqlstate.clone())
+    });
+    Described { name: "transaction".into(), attributes: a, error }
+}
+
+/// A lock wait: what was waited for, how it ended, and who held it.
+pub fn describe_wait(w: &LockWait, facts: &WaitFacts, cache: &mut FactsCache) -> Described {
+    let t = &w.tag;
+    let mut a = vec![
+        KeyValue::new("db.system.name", "postgresql"),
+        KeyValue::new("db.postgresql.backend.pid", w.pid as i64),
+        KeyValue::new("db.postgresql.lock.type", t.type_name()),
+        KeyValue::new("db.postgresql.lock.mode", t.mode_name()),
+        KeyValue::new("db.postgresql.lock.outcome", w.outcome.name().to_string()),
+    ];
+    match t.locktag_type {
+        // transactionid: field1 is the xid waited for.
+        5 => a.push(KeyValue::new("db.postgresql.lock.transaction_id", t.field1 as i64)),
+        // virtualxid: backend id / local xid.
+        6 => a.push(KeyValue::new("db.postgresql.lock.virtual_transaction_id", format!("{}/{}", t.field1, t.field2))),
+        _ => {}
+    }
+    if let Some((db, rel)) = t.relation() {
+        a.push(KeyValue::new("db.postgresql.lock.database_oid", db as i64));
+        a.push(KeyValue::new("db.postgresql.lock.relation_oid", rel as i64));
+        if t.locktag_type == 4 {
+            a.push(KeyValue::new("db.postgresql.lock.page", t.field3 as i64));
+            a.push(KeyValue::new("db.postgresql.lock.tuple", t.field4 as i64));
+        }
+    }
+    let query_facts = w.query.as_deref().map(|q| cache.get(q));
+    if let Some(f) = &query_facts {
+        a.push(KeyValue::new("db.query.text", f.text.clone()));
+    }
+    // The table: from the lock tag when it names one, else (a row lock waits on
+    // the holder's transaction id) the table the waiting statement works on.
+    let table = match &facts.relation {
+        Some(r) => Some(r.name.clone()),
+        None => query_facts.as_ref().and_then(|f| f.collection.clone()),
+    };
+    if let Some(r) = &facts.relation {
+        a.push(KeyValue::new("db.postgresql.lock.relation", format!("{}.{}", r.schema, r.name)));
+    }
+    if let Some(t) = &table {
+        a.push(KeyValue::new("db.collection.name", t.clone()));
+    }
+    if let Some(b) = facts.blockers.first() {
+        a.push(KeyValue::new("db.postgresql.blocker.pid", b.pid as i64));
+        a.push(KeyValue::new("db.postgresql.blocker.query", cache.get(&b.query).text.clone()));
+        a.push(KeyValue::new("db.postgresql.blocker.state", b.state.clone()));
+        if let Some(age) = b.xact_age_ms {
+            a.push(KeyValue::new("db.postgresql.blocker.transaction_age_ms", age));
+        }
+        if facts.blockers.len() > 1 {
+            let pids: Vec<i64> = facts.blockers.iter().map(|b| b.pid as i64).collect();
+            a.push(KeyValue::new("db.postgresql.blocker.pids", Value::Array(pids.into())));
+        }
+    }
+    let error = match &w.outcome {
+        WaitOutcome::Granted => None,
+        WaitOutcome::Error(code) => {
+            a.push(KeyValue::new("error.type", code.clone()));
+            Some(format!("lock wait ended by error {code}"))
+        }
+        other => {
+            a.push(KeyValue::new("error.type", other.name().to_string()));
+            Some(format!("lock wait ended: {}", other.name().replace('_', " ")))
+        }
+    };
+    let on = table.unwrap_or_else(|| t.type_name().to_string());
+    Described { name: format!("lock wait {on}"), attributes: a, error }
+}
