@@ -43,6 +43,14 @@ pub struct Span {
     /// OTLP status code: 0 unset, 1 ok, 2 error.
     pub status_code: i32,
     pub status_message: String,
+    pub events: Vec<SpanEvent>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SpanEvent {
+    pub name: String,
+    pub time_ns: u64,
+    pub attrs: BTreeMap<String, Value>,
 }
 
 fn str_in<'a>(map: &'a BTreeMap<String, Value>, key: &str) -> Option<&'a str> {
@@ -77,6 +85,9 @@ impl Span {
     }
     pub fn text(&self) -> &str {
         self.str("db.query.text").unwrap_or("")
+    }
+    pub fn event_names(&self) -> Vec<&str> {
+        self.events.iter().map(|e| e.name.as_str()).collect()
     }
 }
 
@@ -121,6 +132,11 @@ fn store(st: &Store, req: ExportTraceServiceRequest) {
                     resource: resource.clone(),
                     status_code: s.status.as_ref().map_or(0, |st| st.code),
                     status_message: s.status.map(|st| st.message).unwrap_or_default(),
+                    events: s
+                        .events
+                        .iter()
+                        .map(|e| SpanEvent { name: e.name.clone(), time_ns: e.time_unix_nano, attrs: flatten(&e.attributes) })
+                        .collect(),
                 });
             }
         }
@@ -275,6 +291,7 @@ fn store_light(st: &Store, req: light::Request) {
                     resource: resource.clone(),
                     status_code: 0,
                     status_message: String::new(),
+                    events: Vec::new(),
                 });
             }
         }

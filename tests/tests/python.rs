@@ -58,8 +58,14 @@ const WORKLOAD: &[(&str, &str, Result<i64, &str>)] = &[
     ("COMMIT", "COMMIT", Ok(0)),
 ];
 
+/// Transactions in WORKLOAD: committed, rolled back after an error, committed.
+const TXNS: usize = 3;
+
 fn assert_workload(mut spans: Vec<Span>, who: &str) {
     spans.sort_by_key(|s| s.start_ns);
+    // Transaction spans are asserted in tests/transactions.rs; here, their number.
+    let (txns, spans): (Vec<Span>, Vec<Span>) = spans.into_iter().partition(|s| s.name == "transaction");
+    assert_eq!(txns.len(), TXNS, "{who}");
     let got: Vec<(&str, &str)> = spans.iter().map(|s| (s.name.as_str(), s.text())).collect();
     let want: Vec<(&str, &str)> = WORKLOAD.iter().map(|w| (w.0, w.1)).collect();
     assert_eq!(got, want, "{who}: every statement, psycopg2's implicit BEGIN included");
@@ -113,11 +119,11 @@ fn traced_by_pid_untraced_twin_and_exit_of_one_traced_process() {
     assert_workload(rx.spans_of(ida), "A");
     assert_workload(rx.spans_of(idb), "B");
     assert!(rx.spans_of(idc).is_empty(), "an untraced process using the same libpq yields nothing");
-    assert_eq!(rx.spans().len(), 2 * WORKLOAD.len());
+    assert_eq!(rx.spans().len(), 2 * (WORKLOAD.len() + TXNS));
 
-    let tcp = &rx.spans_of(idb)[0];
+    let tcp = rx.spans_of(idb).into_iter().find(|s| s.name == "BEGIN").unwrap();
     assert_eq!(tcp.str("server.address"), Some("127.0.0.1"));
     assert_eq!(tcp.int("server.port"), Some(pg.port as i64));
     assert_eq!(tcp.str("network.transport"), Some("tcp"));
-    assert!(run.summary().starts_with(&format!("dbtel: {} spans exported, 0 failed", 2 * WORKLOAD.len())), "{}", run.summary());
+    assert!(run.summary().starts_with(&format!("dbtel: {} spans exported, 0 failed", 2 * (WORKLOAD.len() + TXNS))), "{}", run.summary());
 }

@@ -1,0 +1,202 @@
+//! Client transactions of a psycopg2 program: one span per transaction,
+//! parenting its statements; outcome, aborted state, savepoints, idle time,
+//! and a serialization failure retried.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use dbtel_tests::{otlp::Value, require_root, Agent, Cluster, Receiver, Span};
+
+/// Runs tests/py/txn.py traced by PID; returns its spans and what it printed.
+fn run_script(pg: &Cluster) -> (Vec<Span>, Vec<String>) {
+    let rx = Receiver::start();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/txn.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(pg.dsn("postgres"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 (with psycopg2, installed by cargo xtask setup)");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let pid: u32 = line.trim().parse().unwrap_or_else(|_| panic!("script did not start: {line:?}"));
+    let agent = Agent::start(&["--otlp-endpoint", &rx.http_endpoint(), "--pid", &pid.to_string()], Stdio::null());
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let printed: Vec<String> = out.lines().map_while(Result::ok).collect();
+    assert!(child.wait().unwrap().success());
+    let run = agent.wait(Duration::from_secs(20));
+    assert!(run.status.success(), "{run:?}");
+    let mut spans = rx.spans_of(pid);
+    spans.sort_by_key(|s| s.start_ns);
+    assert!(run.summary().starts_with(&format!("dbtel: {} spans exported, 0 failed", spans.len())), "{}", run.summary());
+    (spans, printed)
+}
+
+fn bool_attr(s: &Span, k: &str) -> Option<bool> {
+    match s.attrs.get(k) {
+        Some(Value::Bool(b)) => Some(*b),
+        _ => None,
+    }
+}
+
+fn f64_attr(s: &Span, k: &str) -> Option<f64> {
+    match s.attrs.get(k) {
+        Some(Value::Double(d)) => Some(*d),
+        _ => None,
+    }
+}
+
+/// A transaction as expected: its statements' texts, outcome, aborted flag,
+/// error.type, event names, retry count.
+struct Want {
+    texts: &'static [&'static str],
+    outcome: &'static str,
+    aborted: bool,
+    error: Option<&'static str>,
+    events: &'static [&'static str],
+    retry: i64,
+}
+
+const STARTED: &str = "transaction.started";
+const COMMITTED: &str = "transaction.committed";
+const ROLLED_BACK: &str = "transaction.rolled_back";
+const SERIALIZABLE_BEGIN: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE";
+
+/// Transactions of the script in start order (the other connection's one
+/// starts inside our first serializable attempt).
+const WANT: &[Want] = &[
+    Want {
+        texts: &[
+            "BEGIN",
+            "insert into accounts values (?, ?)",
+            "savepoint sp1",
+            "update accounts set balance = balance + ? where id = ?",
+            "release savepoint sp1",
+            "COMMIT",
+        ],
+        outcome: "committed",
+        aborted: false,
+        error: None,
+        events: &[STARTED, "transaction.savepoint", "transaction.savepoint_released", COMMITTED],
+        retry: 0,
+    },
+    Want {
+        texts: &["BEGIN", "select balance from accounts where id = ?", "COMMIT"],
+        outcome: "committed",
+        aborted: false,
+        error: None,
+        events: &[STARTED, COMMITTED],
+        retry: 0,
+    },
+    Want {
+        texts: &["BEGIN", "select ?/?", "COMMIT"],
+        outcome: "rolled_back",
+        aborted: true,
+        error: Some("22012"),
+        events: &[STARTED, "transaction.aborted", ROLLED_BACK],
+        retry: 0,
+    },
+    Want {
+        texts: &["BEGIN", "delete from accounts where id = ?", "ROLLBACK"],
+        outcome: "rolled_back",
+        aborted: false,
+        error: None,
+        events: &[STARTED, ROLLED_BACK],
+        retry: 0,
+    },
+    Want {
+        texts: &[
+            SERIALIZABLE_BEGIN,
+            "select balance from accounts where id = ?",
+            "update accounts set balance = balance + ? where id = ?",
+            "ROLLBACK",
+        ],
+        outcome: "rolled_back",
+        aborted: true,
+        error: Some("40001"),
+        events: &[STARTED, "transaction.aborted", ROLLED_BACK],
+        retry: 0,
+    },
+    // The other connection, committing between our read and our write.
+    Want {
+        texts: &["BEGIN", "update accounts set balance = balance - ? where id = ?", "COMMIT"],
+        outcome: "committed",
+        aborted: false,
+        error: None,
+        events: &[STARTED, COMMITTED],
+        retry: 0,
+    },
+    Want {
+        texts: &[
+            SERIALIZABLE_BEGIN,
+            "select balance from accounts where id = ?",
+            "update accounts set balance = balance + ? where id = ?",
+            "COMMIT",
+        ],
+        outcome: "committed",
+        aborted: false,
+        error: None,
+        events: &[STARTED, COMMITTED],
+        retry: 1,
+    },
+];
+
+#[test]
+fn transactions_parent_their_statements() {
+    require_root();
+    let pg = Cluster::start();
+    pg.psql("postgres", "create table accounts (id int primary key, balance int)");
+    pg.psql("postgres", "insert into accounts values (1, 100)");
+    let (spans, printed) = run_script(&pg);
+    assert_eq!(printed, ["22012", "40001", "done"]);
+    let dump = || spans.iter().map(|s| format!("{} {:?} {:?}", s.name, s.text(), s.parent_span_id)).collect::<Vec<_>>().join("\n");
+
+    let (txns, queries): (Vec<&Span>, Vec<&Span>) = spans.iter().partition(|s| s.name == "transaction");
+    assert_eq!(txns.len(), WANT.len(), "{}", dump());
+    for (t, w) in txns.iter().zip(WANT) {
+        let what = format!("transaction {:?}", w.texts);
+        assert_eq!(t.kind, 3, "CLIENT");
+        assert!(t.parent_span_id.is_empty(), "{what}: a root");
+        let children: Vec<&&Span> = queries.iter().filter(|q| q.parent_span_id == t.span_id).collect();
+        let texts: Vec<&str> = children.iter().map(|q| q.text()).collect();
+        assert_eq!(texts, w.texts, "{what}\n{}", dump());
+        assert!(children.iter().all(|q| q.trace_id == t.trace_id), "{what}: one trace");
+        assert!(t.start_ns <= children[0].start_ns && children.last().unwrap().end_ns <= t.end_ns, "{what}: encloses them");
+        assert_eq!(t.str("db.system.name"), Some("postgresql"));
+        assert_eq!(t.str("db.transaction.outcome"), Some(w.outcome), "{what}");
+        assert_eq!(bool_attr(t, "db.transaction.aborted"), Some(w.aborted), "{what}");
+        assert_eq!(t.int("db.transaction.statement_count"), Some(w.texts.len() as i64), "{what}");
+        assert_eq!(t.int("db.transaction.retry_count"), Some(w.retry), "{what}");
+        assert_eq!(t.str("error.type"), w.error, "{what}");
+        assert_eq!(t.status_code, if w.error.is_some() { 2 } else { 0 }, "{what}");
+        assert_eq!(t.event_names(), w.events, "{what}");
+        assert_eq!(t.str("db.namespace"), Some("postgres"));
+        assert_eq!(t.str("network.transport"), Some("unix"));
+        assert!(t.int("db.postgresql.backend.pid").is_some_and(|p| p > 0));
+    }
+
+    let savepoint = &txns[0].events[1];
+    assert_eq!(savepoint.attrs.get("db.transaction.savepoint.name"), Some(&Value::Str("sp1".into())));
+    let idle = f64_attr(txns[1], "db.transaction.idle_time_ms").unwrap();
+    assert!((280.0..2000.0).contains(&idle), "idle in transaction: {idle} ms");
+    assert!(f64_attr(txns[0], "db.transaction.idle_time_ms").unwrap() < 280.0);
+    let aborted = &txns[2].events[1];
+    assert_eq!(aborted.attrs.get("db.response.status_code"), Some(&Value::Str("22012".into())));
+    // The other connection's transaction ran on its own backend.
+    assert_ne!(txns[5].int("db.postgresql.backend.pid"), txns[4].int("db.postgresql.backend.pid"));
+    assert_eq!(txns[6].int("db.postgresql.backend.pid"), txns[4].int("db.postgresql.backend.pid"));
+
+    // Autocommit statements are roots of traces of their own; nothing else is.
+    let roots: Vec<&&Span> = queries.iter().filter(|q| q.parent_span_id.is_empty()).collect();
+    let texts: Vec<&str> = roots.iter().map(|q| q.text()).collect();
+    assert_eq!(texts, ["select ?", "select ?"], "{}", dump());
+    assert_ne!(roots[0].trace_id, roots[1].trace_id);
+    assert!(roots.iter().all(|r| txns.iter().all(|t| t.trace_id != r.trace_id)));
+    assert_eq!(queries.len(), WANT.iter().map(|w| w.texts.len()).sum::<usize>() + 2);
+}
