@@ -44,6 +44,14 @@ pub struct Span {
     pub status_code: i32,
     pub status_message: String,
     pub events: Vec<SpanEvent>,
+    pub links: Vec<SpanLink>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SpanLink {
+    pub trace_id: Vec<u8>,
+    pub span_id: Vec<u8>,
+    pub attrs: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +144,11 @@ fn store(st: &Store, req: ExportTraceServiceRequest) {
                         .events
                         .iter()
                         .map(|e| SpanEvent { name: e.name.clone(), time_ns: e.time_unix_nano, attrs: flatten(&e.attributes) })
+                        .collect(),
+                    links: s
+                        .links
+                        .iter()
+                        .map(|l| SpanLink { trace_id: l.trace_id.clone(), span_id: l.span_id.clone(), attrs: flatten(&l.attributes) })
                         .collect(),
                 });
             }
@@ -292,6 +305,7 @@ fn store_light(st: &Store, req: light::Request) {
                     status_code: 0,
                     status_message: String::new(),
                     events: Vec::new(),
+                    links: Vec::new(),
                 });
             }
         }

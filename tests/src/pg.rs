@@ -102,6 +102,12 @@ impl Cluster {
         assert!(out.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// The postmaster's PID (first line of postmaster.pid).
+    pub fn postmaster_pid(&self) -> u32 {
+        let text = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid")).unwrap();
+        text.lines().next().unwrap().trim().parse().unwrap()
+    }
+
     pub fn bin(&self, name: &str) -> PathBuf {
         self.bin.join(name)
     }
