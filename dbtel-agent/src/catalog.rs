@@ -674,6 +674,11 @@ impl Catalog {
         &self.cfg
     }
 
+    /// Backend PIDs of this client's own connections (not to be traced).
+    pub fn own_pids(&self) -> Vec<i32> {
+        self.own_pids.lock().unwrap().iter().copied().collect()
+    }
+
     /// Logs a warning about a failed catalog operation, at most once a minute.
     pub fn warn_rate_limited(&self, e: &CatalogError) {
         self.warn.warn(&format_args!("catalog: {e}"));
@@ -941,7 +946,7 @@ mod tests {
         assert_eq!(c.resolve_password().as_deref(), Some("s3cret"));
 
         let file = "# catalog\nhost=10.0.0.1 port = 5434\n dbname='my db' password='it\\'s'\n";
-        let c = CatalogConfig::from_sources(&env, Some(("f.conf", &file)), None, None).unwrap();
+        let c = CatalogConfig::from_sources(&env, Some(("f.conf", file)), None, None).unwrap();
         assert_eq!((c.host.as_str(), c.port, c.dbname.as_str(), c.user.as_str()), ("10.0.0.1", 5434, "my db", "mon"));
         assert_eq!(c.resolve_password().as_deref(), Some("it's"));
     }

@@ -100,7 +100,7 @@ fn contention(args: &[&str], env: &[(String, String)]) -> dbtel_tests::AgentRun 
     run
 }
 
-fn find<'a>(nodes: &'a [serde_json::Value], pid: i32) -> Option<&'a serde_json::Value> {
+fn find(nodes: &[serde_json::Value], pid: i32) -> Option<&serde_json::Value> {
     nodes.iter().find(|n| n["pid"] == pid)
 }
 
