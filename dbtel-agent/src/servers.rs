@@ -35,10 +35,21 @@ pub struct CatalogSettings {
     pub enabled: bool,
 }
 
-struct Reply {
-    wait: u64,
-    facts: WaitFacts,
+enum Lookup {
+    Pending,
+    Known(catalog::Backend),
+    /// Gone before the catalog saw it.
+    Unknown,
 }
+
+enum Reply {
+    Wait { wait: u64, facts: WaitFacts },
+    Backend { pid: u32, info: Option<catalog::Backend> },
+}
+
+/// Backends looked up, by PID: `None` while the question is out. Bounded by
+/// starting over (a lookup is one indexed catalog query).
+const MAX_BACKENDS: usize = 10_000;
 
 pub struct ServerSide {
     pub tracker: Tracker,
@@ -53,8 +64,11 @@ pub struct ServerSide {
     facts: HashMap<u64, Option<WaitFacts>>,
     /// Links to the blockers' transactions, by wait span id.
     links: HashMap<u64, Vec<span::Link>>,
-    /// Finished waits whose catalog answer is not in yet.
-    held: Vec<(LockWait, Instant)>,
+    /// Who each backend serves (pg_stat_activity), looked up at first sight:
+    /// the poller alone misses short sessions.
+    backends: HashMap<u32, Lookup>,
+    /// Finished spans whose catalog answers are not in yet.
+    held: Vec<(ServerSpan, Instant)>,
     spans: Vec<ServerSpan>,
     notices: Vec<Notice>,
     pub export_errors: u64,
@@ -75,6 +89,7 @@ impl ServerSide {
             rx,
             facts: HashMap::new(),
             links: HashMap::new(),
+            backends: HashMap::new(),
             held: Vec::new(),
             spans: Vec::new(),
             notices: Vec::new(),
@@ -104,7 +119,33 @@ impl ServerSide {
     }
 
     fn backend_info(&self, pid: u32) -> Option<catalog::Backend> {
+        if let Some(Lookup::Known(b)) = self.backends.get(&pid) {
+            return Some(b.clone());
+        }
         self.snapshot.as_ref()?.borrow().backends.get(&(pid as i32)).cloned()
+    }
+
+    /// Asks the catalog about a backend seen for the first time.
+    fn look_up(&mut self, pid: u32) {
+        let Some(cat) = self.catalog.clone() else { return };
+        if self.backends.contains_key(&pid) {
+            return;
+        }
+        if self.backends.len() >= MAX_BACKENDS {
+            self.backends.retain(|_, v| matches!(v, Lookup::Pending));
+        }
+        self.backends.insert(pid, Lookup::Pending);
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let info = match cat.backend(pid as i32).await {
+                Ok(b) => b,
+                Err(e) => {
+                    cat.warn_rate_limited(&e);
+                    None
+                }
+            };
+            let _ = tx.send(Reply::Backend { pid, info });
+        });
     }
 
     /// The catalog's own sessions: their backends must not be traced.
@@ -113,6 +154,9 @@ impl ServerSide {
     }
 
     pub fn on_hit(&mut self, hit: &ServerHit, recon: &mut Reconstructor) {
+        if hit.site == dbtel_common::site::STATEMENT_STATUS && hit.text.is_some() {
+            self.look_up(hit.at.pid);
+        }
         let client = |pid: u32| recon.client_context(pid as i32).map(|c| ClientIds { query: c.query, txn: c.txn });
         self.tracker.on_hit(hit, &client, &mut self.spans, &mut self.notices);
         // Acted on at once: the next hit may close the wait these refer to.
@@ -153,7 +197,7 @@ impl ServerSide {
                     Err(e) => cat.warn_rate_limited(&e),
                 }
             }
-            let _ = tx.send(Reply { wait: wait.span_id, facts });
+            let _ = tx.send(Reply::Wait { wait: wait.span_id, facts });
         });
     }
 
@@ -220,47 +264,49 @@ impl ServerSide {
     /// Catalog answers that came in since the last call.
     pub fn take_replies(&mut self, recon: &Reconstructor) {
         while let Ok(r) = self.rx.try_recv() {
-            let links = self.blocker_links(&r.facts, recon);
-            self.links.insert(r.wait, links);
-            self.facts.insert(r.wait, Some(r.facts));
+            match r {
+                Reply::Wait { wait, facts } => {
+                    let links = self.blocker_links(&facts, recon);
+                    self.links.insert(wait, links);
+                    self.facts.insert(wait, Some(facts));
+                }
+                Reply::Backend { pid, info } => {
+                    // Not found (gone already): the poller's snapshot may still know it.
+                    self.backends.insert(pid, info.map_or(Lookup::Unknown, Lookup::Known));
+                }
+            }
         }
     }
 
-    /// Exports finished spans; a lock wait goes once its catalog answer is in
-    /// (or it has waited long enough).
+    /// Exports finished spans once the catalog's answers about them are in
+    /// (or they have waited long enough).
     pub fn flush(&mut self, exporter: &mut Exporter, force: bool) {
         let now = Instant::now();
-        for s in std::mem::take(&mut self.spans) {
-            let r = match s {
-                ServerSpan::Query(q) => {
-                    let b = self.backend_info(q.pid);
-                    exporter.emit_server_query(&q, b.as_ref())
-                }
-                ServerSpan::Txn(t) => {
-                    let b = self.backend_info(t.pid);
-                    exporter.emit_server_txn(&t, b.as_ref())
-                }
+        self.held.extend(std::mem::take(&mut self.spans).into_iter().map(|s| (s, now)));
+        for (s, since) in std::mem::take(&mut self.held) {
+            let pid = match &s {
+                ServerSpan::Query(q) => q.pid,
+                ServerSpan::Txn(t) => t.pid,
+                ServerSpan::Wait(w) => w.pid,
+            };
+            let waiting = matches!(self.backends.get(&pid), Some(Lookup::Pending))
+                || matches!(&s, ServerSpan::Wait(w) if matches!(self.facts.get(&w.ids.span_id), Some(None)));
+            if waiting && !force && now.duration_since(since) < FACTS_DEADLINE {
+                self.held.push((s, since));
+                continue;
+            }
+            let info = self.backend_info(pid);
+            let r = match &s {
+                ServerSpan::Query(q) => exporter.emit_server_query(q, info.as_ref()),
+                ServerSpan::Txn(t) => exporter.emit_server_txn(t, info.as_ref()),
                 ServerSpan::Wait(w) => {
-                    self.held.push((w, now));
-                    Ok(())
+                    let id = w.ids.span_id;
+                    let facts = self.facts.remove(&id).flatten().unwrap_or_default();
+                    let links = self.links.remove(&id).unwrap_or_default();
+                    exporter.emit_wait(w, &facts, &links)
                 }
             };
             if let Err(e) = r {
-                self.export_errors += 1;
-                log::warn!("cannot export span: {e:#}");
-            }
-        }
-        let held = std::mem::take(&mut self.held);
-        for (w, since) in held {
-            let id = w.ids.span_id;
-            let ready = !matches!(self.facts.get(&id), Some(None));
-            if !(ready || force || now.duration_since(since) > FACTS_DEADLINE) {
-                self.held.push((w, since));
-                continue;
-            }
-            let facts = self.facts.remove(&id).flatten().unwrap_or_default();
-            let links = self.links.remove(&id).unwrap_or_default();
-            if let Err(e) = exporter.emit_wait(&w, &facts, &links) {
                 self.export_errors += 1;
                 log::warn!("cannot export span: {e:#}");
             }

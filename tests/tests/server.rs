@@ -1,0 +1,118 @@
+//! Server-side tracing alone: clients that dbtel does not trace (pgbench over
+//! the extended protocol, psql) still yield SERVER spans, transactions and
+//! lock waits; backends forked after the agent attached are traced; another
+//! cluster on the same host (same postgres binary) is not.
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use dbtel_tests::{require_root, Agent, Cluster, Receiver, Span};
+
+const SERVER: i32 = 2;
+
+fn psql(pg: &Cluster, cmds: &[&str]) -> Command {
+    let mut c = Command::new(pg.bin("psql"));
+    c.args(pg.conn_args()).args(["-X", "-q", "-d", "postgres"]);
+    for s in cmds {
+        c.args(["-c", s]);
+    }
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    c
+}
+
+#[test]
+fn untraced_clients_get_server_spans_and_another_cluster_is_left_alone() {
+    require_root();
+    let pg = Cluster::start();
+    let other = Cluster::start();
+    pg.pgbench_init(1);
+    other.psql("postgres", "create table elsewhere (id int)");
+    let rx = Receiver::start();
+    let pm = pg.postmaster_pid();
+    // Attach through a backend's PID (an idle psql session), not the postmaster's.
+    let mut idle = psql(&pg, &["select pg_sleep(30)"]).spawn().unwrap();
+    let backend = loop {
+        let out = pg.psql("postgres", "select pid from pg_stat_activity where query like 'select pg_sleep(30)%' and pid <> pg_backend_pid()");
+        if let Ok(p) = out.trim().parse::<u32>() {
+            break p;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let agent = Agent::start(&["--otlp-endpoint", &rx.http_endpoint(), "--pid", &backend.to_string()], Stdio::null());
+    assert!(agent.stderr_lines.iter().any(|l| l.contains(&format!("PostgreSQL server {pm} "))), "{:?}", agent.stderr_lines);
+
+    // pgbench's two connections are backends forked after the attach.
+    let out = Command::new(pg.bin("pgbench"))
+        .args(pg.conn_args())
+        .args(["-n", "-M", "extended", "-c", "2", "-t", "25", "postgres"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A lock wait between two untraced psql sessions.
+    let mut holder = psql(&pg, &["begin", "update pgbench_branches set bbalance = 0 where bid = 1", "select pg_sleep(0.5)", "commit"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let waiter = psql(&pg, &["update pgbench_branches set bbalance = 1 where bid = 1"]).status().unwrap();
+    assert!(waiter.success());
+    assert!(holder.wait().unwrap().success());
+    // The other cluster's work must not show up.
+    other.psql("postgres", "insert into elsewhere values (1)");
+    let _ = idle.kill();
+    let _ = idle.wait();
+    std::thread::sleep(Duration::from_millis(700));
+    let run = agent.interrupt();
+    assert!(run.status.success(), "{run:?}");
+    let spans = rx.spans();
+
+    assert!(spans.iter().all(|s| s.resource_int("process.pid") == Some(pm as i64)), "only the traced server's spans");
+    assert!(spans.iter().all(|s| !s.text().contains("elsewhere")), "nothing from the other cluster");
+    assert!(spans.iter().all(|s| s.kind == SERVER || s.name.starts_with("lock wait")));
+
+    // Every tpcb-like statement of both clients, exactly once: 2 × 25.
+    let count = |name: &str| spans.iter().filter(|s| s.kind == SERVER && s.name == name).count();
+    for name in ["UPDATE pgbench_accounts", "SELECT pgbench_accounts", "UPDATE pgbench_tellers", "INSERT pgbench_history"] {
+        assert_eq!(count(name), 50, "{name}");
+    }
+    let accounts: Vec<&Span> = spans.iter().filter(|s| s.name == "UPDATE pgbench_accounts").collect();
+    assert_eq!(accounts[0].text(), "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2;");
+    let txns: Vec<&Span> = spans.iter().filter(|s| s.name == "transaction" && s.int("db.transaction.statement_count") == Some(7)).collect();
+    assert_eq!(txns.len(), 50, "BEGIN…END blocks of 7 statements");
+    assert!(txns.iter().all(|t| t.str("db.transaction.outcome") == Some("committed")));
+    for a in &accounts {
+        let parent = txns.iter().find(|t| t.span_id == a.parent_span_id).expect("each statement under its transaction");
+        assert_eq!(parent.trace_id, a.trace_id);
+        assert!(a.start_ns >= parent.start_ns && a.end_ns <= parent.end_ns + 1_000_000);
+        // From the catalog: who the backend serves.
+        assert_eq!(a.str("db.namespace"), Some("postgres"));
+        assert_eq!(a.str("user.name"), Some("postgres"));
+        assert_eq!(a.str("db.postgresql.application_name"), Some("pgbench"));
+        assert_eq!(a.str("network.transport"), Some("unix"));
+    }
+    let backends: std::collections::BTreeSet<i64> = accounts.iter().filter_map(|a| a.int("db.postgresql.backend.pid")).collect();
+    assert_eq!(backends.len(), 2, "two pgbench connections");
+
+    // The wait hangs under the server's UPDATE; the blocker's server transaction is linked.
+    // (pgbench's two clients contend on the single branch row too: those waits are real.)
+    let waits: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.name.starts_with("lock wait") && s.text() == "update pgbench_branches set bbalance = ? where bid = ?")
+        .collect();
+    assert_eq!(waits.len(), 1, "{waits:#?}");
+    let w = waits[0];
+    assert_eq!(w.name, "lock wait pgbench_branches");
+    let parent = spans.iter().find(|s| s.span_id == w.parent_span_id).expect("parent exported");
+    assert_eq!((parent.kind, parent.name.as_str()), (SERVER, "UPDATE pgbench_branches"));
+    assert_eq!(parent.int("db.postgresql.backend.pid"), w.int("db.postgresql.backend.pid"));
+    assert_eq!(parent.event_names(), ["contention_detected", "lock_contention_detected"]);
+    assert!(w.duration() >= Duration::from_millis(250), "{:?}", w.duration());
+    let blocker = w.int("db.postgresql.blocker.pid").expect("blocker from pg_blocking_pids");
+    let holder_txn = spans
+        .iter()
+        .find(|s| s.name == "transaction" && s.int("db.postgresql.backend.pid") == Some(blocker))
+        .expect("the holder's transaction block");
+    assert_eq!(w.links.len(), 1);
+    assert_eq!((&w.links[0].trace_id, &w.links[0].span_id), (&holder_txn.trace_id, &holder_txn.span_id));
+    assert!(run.summary().contains(" 0 failed"), "{}", run.summary());
+}
