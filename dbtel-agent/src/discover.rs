@@ -58,8 +58,6 @@ pub enum DiscoverError {
     Maps { pid: u32, error: io::Error },
     #[error("process {pid} ({exe}) does not use libpq: no libpq is mapped and its executable has no libpq symbols")]
     NoLibpq { pid: u32, exe: String },
-    #[error("process {pid} ({exe}) is a PostgreSQL server ({probes} USDT probes): server-side tracing is not implemented yet; trace its clients' PIDs")]
-    Server { pid: u32, exe: String, probes: usize },
     #[error("{path} (process {pid}) has libpq symbols but lacks {missing}: unsupported libpq build")]
     MissingSymbols { pid: u32, path: String, missing: String },
     #[error("{path}: {error}")]
@@ -145,20 +143,9 @@ pub fn find_libpq(pid: u32) -> Result<Vec<LibpqTarget>, DiscoverError> {
         }
     }
     if found.is_empty() {
-        let exe = exe_name(pid);
-        if let Some(probes) = postgres_usdt_probes(pid) {
-            return Err(DiscoverError::Server { pid, exe, probes });
-        }
-        return Err(DiscoverError::NoLibpq { pid, exe });
+        return Err(DiscoverError::NoLibpq { pid, exe: exe_name(pid) });
     }
     Ok(found)
-}
-
-/// The number of `postgresql` USDT probes in the process's executable, if any.
-fn postgres_usdt_probes(pid: u32) -> Option<usize> {
-    let data = fs::read(format!("/proc/{pid}/exe")).ok()?;
-    let n = crate::usdt::probes(&data).ok()?.iter().filter(|p| p.provider == "postgresql").count();
-    (n > 0).then_some(n)
 }
 
 /// Looks at one file; `None` if it has nothing of libpq.

@@ -13,7 +13,7 @@ use opentelemetry::KeyValue;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    backend::{ClientIds, LockTag, LockWait, Notice, ServerSpan, Tracker},
+    backend::{ClientIds, LockTag, Notice, ServerSpan, Tracker},
     catalog::{self, Catalog, CatalogConfig, Snapshot},
     events::{Origin, ServerHit},
     export::Exporter,

@@ -102,15 +102,24 @@ fn not_enough_privilege() {
 }
 
 #[test]
-fn postgresql_server_is_recognised_and_refused_for_now() {
+fn postgresql_server_build_lacking_probes_is_refused_by_name() {
     require_root();
-    let pg = dbtel_tests::Cluster::start();
-    let pidfile = std::fs::read_to_string(pg.dir.path().join("data/postmaster.pid")).unwrap();
-    let pid = pidfile.lines().next().unwrap().trim().to_string();
-    let msg = refused(&["--pid", &pid]);
-    assert!(
-        msg.starts_with(&format!("dbtel-agent: process {pid} (postgres) is a PostgreSQL server (")),
-        "{msg}"
+    // A "postgres" whose USDT notes hold statement__status only (tests/c/fake_postgres.c).
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("postgres");
+    let src = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("c/fake_postgres.c");
+    assert!(Command::new("cc").arg("-O1").arg("-o").arg(&exe).arg(&src).status().expect("cc").success());
+    let mut server = Command::new(&exe).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.as_mut().unwrap()), &mut line).unwrap();
+    let msg = refused(&["--pid", line.trim()]);
+    server.kill().unwrap();
+    let _ = server.wait();
+    assert_eq!(
+        msg,
+        format!(
+            "dbtel-agent: {} is a PostgreSQL server without the USDT probe transaction__start (needed for transactions)",
+            exe.display()
+        )
     );
-    assert!(msg.ends_with("USDT probes): server-side tracing is not implemented yet; trace its clients' PIDs"), "{msg}");
 }
