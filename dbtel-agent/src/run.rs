@@ -434,7 +434,8 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                 let (pid, _) = child.take().unwrap();
                 agent.summary.command_status = Some(status?);
                 agent.process_gone(pid);
-                if agent.live.is_empty() && agent.server.servers.is_empty() {
+                // `--` mode ends with its command, even while a server is traced beside it.
+                if agent.live.is_empty() {
                     break;
                 }
             }

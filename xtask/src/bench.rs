@@ -2,7 +2,8 @@
 //!
 //! For each script (select-only, tpcb-like) and protocol mode (simple,
 //! extended, prepared): an A/A pair (agent off twice: the noise floor), then
-//! interleaved A/B pairs (off / agent on the client). Medians and ratios, the
+//! for each configuration (agent on the client, on the server, on both)
+//! interleaved A/B pairs (off / on). Medians and ratios, the
 //! agent's CPU and RSS from its own exit report, spans received by a real
 //! OTLP receiver against statements executed, every drop counter, and the
 //! probe hits per query from a separate counted run. Results go to
@@ -23,6 +24,8 @@ pub struct Options {
     /// Only these scripts / modes (all when empty).
     pub scripts: Vec<String>,
     pub modes: Vec<String>,
+    /// Only these configurations: client, server, both (all when empty).
+    pub targets: Vec<String>,
     pub seconds: u32,
     pub pairs: usize,
     pub clients: u32,
@@ -51,6 +54,23 @@ const SCRIPTS: &[Script] = &[
     },
 ];
 const MODES: &[&str] = &["simple", "extended", "prepared"];
+
+/// Where the agent is attached.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Client,
+    Server,
+    Both,
+}
+
+const TARGETS: &[(Target, &str)] = &[(Target::Client, "client"), (Target::Server, "server"), (Target::Both, "both")];
+
+impl Target {
+    /// Spans expected per statement (one per traced side).
+    fn sides(self) -> u64 {
+        if self == Target::Both { 2 } else { 1 }
+    }
+}
 
 #[derive(Default, Clone)]
 struct Run {
@@ -136,20 +156,58 @@ fn run_off(pg: &Cluster, script: &str, mode: &str, o: &Options) -> Result<Run> {
     parse_pgbench(&String::from_utf8_lossy(&out.stdout))
 }
 
-fn run_agent(agent: &Path, pg: &Cluster, rx: &Receiver, script: &Script, mode: &str, o: &Options, extra: &[&str], duration: &[String]) -> Result<(Run, String)> {
+#[allow(clippy::too_many_arguments)]
+fn run_agent(
+    agent: &Path,
+    pg: &Cluster,
+    rx: &Receiver,
+    script: &Script,
+    mode: &str,
+    o: &Options,
+    target: Target,
+    extra: &[&str],
+    duration: &[String],
+) -> Result<(Run, String)> {
     let before = rx.count();
-    let out = Command::new(agent)
-        .args(["--otlp-endpoint", &rx.http_endpoint()])
-        .args(extra)
-        .arg("--")
-        .arg(pg.bin("pgbench"))
-        .args(pgbench_args(pg, script.name, mode, o, duration))
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if !out.status.success() {
-        bail!("agent run failed: {stderr}");
-    }
+    let pm = pg.postmaster_pid().to_string();
+    let mut cmd = Command::new(agent);
+    cmd.args(["--otlp-endpoint", &rx.http_endpoint()]).args(extra);
+    let (stdout, stderr) = if target == Target::Server {
+        // The agent on the server alone: started first, stopped with SIGINT after pgbench.
+        let mut child = cmd.args(["--pid", &pm]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+        let mut err = std::io::BufReader::new(child.stderr.take().context("stderr")?);
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            if std::io::BufRead::read_line(&mut err, &mut line)? == 0 {
+                bail!("agent exited before tracing: {text}");
+            }
+            text.push_str(&line);
+            if line.starts_with("dbtel: tracing") {
+                break;
+            }
+        }
+        let out = Command::new(pg.bin("pgbench")).args(pgbench_args(pg, script.name, mode, o, duration)).stderr(Stdio::null()).output()?;
+        // Let the last spans through the ring buffer and the catalog lookups.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        std::io::Read::read_to_string(&mut err, &mut text)?;
+        if !child.wait()?.success() {
+            bail!("agent run failed: {text}");
+        }
+        (String::from_utf8_lossy(&out.stdout).into_owned(), text)
+    } else {
+        if target == Target::Both {
+            cmd.args(["--pid", &pm]);
+        }
+        let out = cmd.arg("--").arg(pg.bin("pgbench")).args(pgbench_args(pg, script.name, mode, o, duration)).output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            bail!("agent run failed: {stderr}");
+        }
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    };
     let mut run = parse_pgbench(&stdout)?;
     let summary = stderr.lines().find(|l| l.contains("spans exported")).context("no agent summary")?;
     run.drops = Drops {
@@ -169,6 +227,7 @@ fn run_agent(agent: &Path, pg: &Cluster, rx: &Receiver, script: &Script, mode: &
 struct Row {
     script: &'static str,
     mode: &'static str,
+    target: &'static str,
     stmts: usize,
     aa_ratio: f64,
     tps_off: f64,
@@ -186,8 +245,8 @@ struct Row {
 
 /// Probe hits per query from a short run with --probe-stats (which adds a
 /// little cost per hit, so it stays out of the timed runs).
-fn traps(agent: &Path, pg: &Cluster, rx: &Receiver, script: &Script, mode: &str, o: &Options) -> Result<(f64, f64)> {
-    let (run, stderr) = run_agent(agent, pg, rx, script, mode, o, &["--probe-stats"], &["-t".into(), "2000".into()])?;
+fn traps(agent: &Path, pg: &Cluster, rx: &Receiver, script: &Script, mode: &str, o: &Options, target: Target) -> Result<(f64, f64)> {
+    let (run, stderr) = run_agent(agent, pg, rx, script, mode, o, target, &["--probe-stats"], &["-t".into(), "2000".into()])?;
     let line = stderr.lines().find(|l| l.starts_with("dbtel: probe hits:")).context("no probe hits line")?;
     let (mut hits, mut ns) = (0f64, 0f64);
     for part in line.trim_start_matches("dbtel: probe hits:").split(") ") {
@@ -225,47 +284,51 @@ pub fn bench(o: &Options) -> Result<()> {
     let wanted = |list: &[String], x: &str| list.is_empty() || list.iter().any(|w| w == x);
     for script in SCRIPTS.iter().filter(|s| wanted(&o.scripts, s.name)) {
         for mode in MODES.iter().filter(|m| wanted(&o.modes, m)) {
-            eprintln!("bench: {} -M {mode}: A/A, then {} A/B pairs of {} s", script.name, o.pairs, o.seconds);
+            eprintln!("bench: {} -M {mode}: A/A", script.name);
             let a1 = run_off(&pg, script.name, mode, o)?;
             let a2 = run_off(&pg, script.name, mode, o)?;
-            let (mut off, mut on) = (Vec::new(), Vec::new());
-            let duration = ["-T".to_string(), o.seconds.to_string()];
-            for _ in 0..o.pairs {
-                off.push(run_off(&pg, script.name, mode, o)?);
-                on.push(run_agent(&agent, &pg, &rx, script, mode, o, &[], &duration)?.0);
+            for &(target, target_name) in TARGETS.iter().filter(|(_, n)| wanted(&o.targets, n)) {
+                eprintln!("bench: {} -M {mode}, agent on the {target_name}: {} A/B pairs of {} s", script.name, o.pairs, o.seconds);
+                let (mut off, mut on) = (Vec::new(), Vec::new());
+                let duration = ["-T".to_string(), o.seconds.to_string()];
+                for _ in 0..o.pairs {
+                    off.push(run_off(&pg, script.name, mode, o)?);
+                    on.push(run_agent(&agent, &pg, &rx, script, mode, o, target, &[], &duration)?.0);
+                }
+                let (traps_per_query, ebpf_ns) = traps(&agent, &pg, &rx, script, mode, o, target)?;
+                let stmts = script.statements.len();
+                let tps_off = median(off.iter().map(|r| r.tps).collect());
+                let tps_on = median(on.iter().map(|r| r.tps).collect());
+                let lat_off = median(off.iter().map(|r| r.latency_ms).collect());
+                let lat_on = median(on.iter().map(|r| r.latency_ms).collect());
+                let cpu = median(on.iter().map(|r| (r.agent_cpu_s / o.seconds as f64) / (r.tps * stmts as f64 / 10_000.0)).collect());
+                let mut drops = Drops::default();
+                on.iter().for_each(|r| drops.add(&r.drops));
+                rows.push(Row {
+                    script: script.name,
+                    mode,
+                    target: target_name,
+                    stmts,
+                    aa_ratio: a2.tps / a1.tps,
+                    tps_off,
+                    tps_on,
+                    ratio: tps_on / tps_off,
+                    added_us_per_query: (lat_on - lat_off) * 1000.0 / stmts as f64,
+                    cpu_per_10k_qps: cpu,
+                    rss_mib: on.iter().map(|r| r.agent_rss_mib).fold(0.0, f64::max),
+                    statements: on.iter().map(|r| r.txns * stmts as u64).sum::<u64>() * target.sides(),
+                    spans: on.iter().map(|r| r.spans_matching).sum(),
+                    drops,
+                    traps_per_query,
+                    ebpf_ns_per_query: ebpf_ns,
+                });
+                let r = rows.last().unwrap();
+                eprintln!("bench:   TPS ratio {:.3} (A/A {:.3}), {} spans / {} expected", r.ratio, r.aa_ratio, r.spans, r.statements);
+                // Written after every line, so an interrupted run still leaves its figures.
+                let (md, json) = render(&rows, &pipeline, o);
+                std::fs::write(out_dir.join("results.md"), &md)?;
+                std::fs::write(out_dir.join("results.json"), &json)?;
             }
-            let (traps_per_query, ebpf_ns) = traps(&agent, &pg, &rx, script, mode, o)?;
-            let stmts = script.statements.len();
-            let tps_off = median(off.iter().map(|r| r.tps).collect());
-            let tps_on = median(on.iter().map(|r| r.tps).collect());
-            let lat_off = median(off.iter().map(|r| r.latency_ms).collect());
-            let lat_on = median(on.iter().map(|r| r.latency_ms).collect());
-            let cpu = median(on.iter().map(|r| (r.agent_cpu_s / o.seconds as f64) / (r.tps * stmts as f64 / 10_000.0)).collect());
-            let mut drops = Drops::default();
-            on.iter().for_each(|r| drops.add(&r.drops));
-            rows.push(Row {
-                script: script.name,
-                mode,
-                stmts,
-                aa_ratio: a2.tps / a1.tps,
-                tps_off,
-                tps_on,
-                ratio: tps_on / tps_off,
-                added_us_per_query: (lat_on - lat_off) * 1000.0 / stmts as f64,
-                cpu_per_10k_qps: cpu,
-                rss_mib: on.iter().map(|r| r.agent_rss_mib).fold(0.0, f64::max),
-                statements: on.iter().map(|r| r.txns * stmts as u64).sum(),
-                spans: on.iter().map(|r| r.spans_matching).sum(),
-                drops,
-                traps_per_query,
-                ebpf_ns_per_query: ebpf_ns,
-            });
-            let r = rows.last().unwrap();
-            eprintln!("bench:   TPS ratio {:.3} (A/A {:.3}), {} spans / {} statements", r.ratio, r.aa_ratio, r.spans, r.statements);
-            // Written after every line, so an interrupted run still leaves its figures.
-            let (md, json) = render(&rows, &pipeline, o);
-            std::fs::write(out_dir.join("results.md"), &md)?;
-            std::fs::write(out_dir.join("results.json"), &json)?;
         }
     }
     let soak = if o.soak_seconds > 0 { Some(soak(&agent, &pg, &rx, o)?) } else { None };
@@ -288,7 +351,7 @@ fn soak(agent: &Path, pg: &Cluster, rx: &Receiver, o: &Options) -> Result<String
     eprintln!("bench: soak: select-only -R 10000 for {} s, agent on", o.soak_seconds);
     let script = &SCRIPTS[0];
     let duration = ["-T".to_string(), o.soak_seconds.to_string(), "-R".into(), "10000".into()];
-    let (run, _) = run_agent(agent, pg, rx, script, "prepared", o, &[], &duration)?;
+    let (run, _) = run_agent(agent, pg, rx, script, "prepared", o, Target::Client, &[], &duration)?;
     let statements = run.txns * script.statements.len() as u64;
     Ok(format!(
         "{} s at {:.0} queries/s: {} statements, {} spans received, {} dropped; agent {:.3} cores per 10k q/s, RSS {:.1} MiB",
@@ -313,27 +376,27 @@ fn machine() -> String {
 
 fn render(rows: &[Row], pipeline: &[String], o: &Options) -> (String, String) {
     let mut md = String::new();
-    let _ = writeln!(md, "Machine: {}. pgbench -c {} -j {}, scale {}, {} s runs, {} A/B pairs per line (medians); agent on the client only, exporting OTLP/HTTP to a local receiver.\n", machine(), o.clients, o.clients, o.scale, o.seconds, o.pairs);
-    let _ = writeln!(md, "| script | mode | A/A | TPS off | TPS on | ratio | +µs/query | agent cores per 10k q/s | agent RSS MiB | statements | spans | drops | traps/query | eBPF ns/query |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "Machine: {}. pgbench -c {} -j {}, scale {}, {} s runs, {} A/B pairs per line (medians); agent on the client (libpq probes), the server (USDT probes) or both, exporting OTLP/HTTP to a local receiver; spans expected = statements x traced sides.\n", machine(), o.clients, o.clients, o.scale, o.seconds, o.pairs);
+    let _ = writeln!(md, "| script | mode | traced | A/A | TPS off | TPS on | ratio | +µs/query | agent cores per 10k q/s | agent RSS MiB | spans expected | spans | drops | traps/query | eBPF ns/query |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut json = String::from("{\"machine\":");
     let _ = write!(json, "{:?},\"seconds\":{},\"pairs\":{},\"clients\":{},\"scale\":{},\"rows\":[", machine(), o.seconds, o.pairs, o.clients, o.scale);
     for (i, r) in rows.iter().enumerate() {
         let _ = writeln!(
             md,
-            "| {} | {} | {:.3} | {:.0} | {:.0} | {:.3} | {:.1} | {:.3} | {:.1} | {} | {} | {} | {:.2} | {:.0} |",
-            r.script, r.mode, r.aa_ratio, r.tps_off, r.tps_on, r.ratio, r.added_us_per_query, r.cpu_per_10k_qps, r.rss_mib,
+            "| {} | {} | {} | {:.3} | {:.0} | {:.0} | {:.3} | {:.1} | {:.3} | {:.1} | {} | {} | {} | {:.2} | {:.0} |",
+            r.script, r.mode, r.target, r.aa_ratio, r.tps_off, r.tps_on, r.ratio, r.added_us_per_query, r.cpu_per_10k_qps, r.rss_mib,
             r.statements, r.spans, r.drops.total(), r.traps_per_query, r.ebpf_ns_per_query
         );
         let d = &r.drops;
         let _ = write!(
             json,
-            "{}{{\"script\":\"{}\",\"mode\":\"{}\",\"statements_per_txn\":{},\"aa_ratio\":{:.4},\"tps_off\":{:.1},\"tps_on\":{:.1},\"ratio\":{:.4},\
+            "{}{{\"script\":\"{}\",\"mode\":\"{}\",\"traced\":\"{}\",\"statements_per_txn\":{},\"aa_ratio\":{:.4},\"tps_off\":{:.1},\"tps_on\":{:.1},\"ratio\":{:.4},\
              \"added_us_per_query\":{:.2},\"agent_cores_per_10k_qps\":{:.4},\"agent_rss_mib\":{:.1},\"statements\":{},\"spans\":{},\
              \"drops\":{{\"export_failed\":{},\"export_queue\":{},\"ring_buffer\":{},\"undecodable\":{},\"unmatched\":{},\"incomplete\":{}}},\
              \"traps_per_query\":{:.3},\"ebpf_ns_per_query\":{:.0}}}",
             if i > 0 { "," } else { "" },
-            r.script, r.mode, r.stmts, r.aa_ratio, r.tps_off, r.tps_on, r.ratio, r.added_us_per_query, r.cpu_per_10k_qps, r.rss_mib,
+            r.script, r.mode, r.target, r.stmts, r.aa_ratio, r.tps_off, r.tps_on, r.ratio, r.added_us_per_query, r.cpu_per_10k_qps, r.rss_mib,
             r.statements, r.spans, d.export_failed, d.export_queue, d.ring_buffer, d.undecodable, d.unmatched, d.incomplete,
             r.traps_per_query, r.ebpf_ns_per_query
         );

@@ -51,6 +51,9 @@ enum Task {
         /// Only this protocol mode (simple, extended, prepared; repeatable).
         #[arg(long = "mode")]
         modes: Vec<String>,
+        /// Only this configuration: agent on the client, the server, or both (repeatable).
+        #[arg(long = "traced")]
+        targets: Vec<String>,
     },
     /// Set up, then run the unit tests and the end-to-end tests (as root).
     Test {
@@ -82,9 +85,9 @@ fn main() -> Result<()> {
             setup()?;
             demo()
         }
-        Task::Bench { seconds, pairs, clients, scale, soak_seconds, scripts, modes } => {
+        Task::Bench { seconds, pairs, clients, scale, soak_seconds, scripts, modes, targets } => {
             setup()?;
-            bench::bench(&bench::Options { soak_seconds, scripts, modes, seconds, pairs, clients, scale })
+            bench::bench(&bench::Options { soak_seconds, scripts, modes, targets, seconds, pairs, clients, scale })
         }
         Task::Test { args } => {
             setup()?;
