@@ -6,10 +6,12 @@
 pub mod agent;
 pub mod otlp;
 pub mod pg;
+pub mod py;
 
 pub use agent::{agent_binary, run_agent, run_agent_env, Agent, AgentRun};
 pub use otlp::{Receiver, Span};
 pub use pg::Cluster;
+pub use py::PyProgram;
 
 /// Panics unless running as root: these tests load eBPF programs.
 pub fn require_root() {

@@ -4,12 +4,11 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    path::PathBuf,
-    process::{Child, ChildStdout, Command, Stdio},
+    process::{Child, ChildStdout, Stdio},
     time::Duration,
 };
 
-use dbtel_tests::{otlp::Value, require_root, Agent, Cluster, Receiver, Span};
+use dbtel_tests::{otlp::Value, require_root, Agent, AgentRun, Cluster, PyProgram, Receiver, Span};
 
 /// tests/py/session.py: one psycopg2 connection driven command by command.
 struct Session {
@@ -21,20 +20,9 @@ struct Session {
 
 impl Session {
     fn start(pg: &Cluster) -> Session {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/session.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(pg.dsn("postgres"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 (with psycopg2, installed by cargo xtask setup)");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let mut f = line.split_whitespace().map(|w| w.parse::<i64>().unwrap_or_else(|_| panic!("session: {line:?}")));
-        let (pid, backend) = (f.next().unwrap() as u32, f.next().unwrap());
-        Session { child, out, pid, backend }
+        let p = PyProgram::start("session.py", &pg.dsn("postgres"));
+        let backend = p.first_line.split_whitespace().nth(1).and_then(|b| b.parse().ok()).expect("backend pid");
+        Session { pid: p.pid(), child: p.child, out: p.out, backend }
     }
 
     /// Sends a command without waiting for its answer (it may block on a lock).
@@ -80,6 +68,19 @@ fn trace(pg: &Cluster, rx: &Receiver, sessions: &[&Session]) -> Agent {
     agent
 }
 
+/// Both programs exit, then the agent is stopped (the server stays traced
+/// until then); the pauses let the last events through.
+fn finish(agent: Agent, sessions: [Session; 2]) -> AgentRun {
+    std::thread::sleep(Duration::from_millis(500));
+    for s in sessions {
+        s.exit();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let run = agent.interrupt();
+    assert!(run.status.success(), "{run:?}");
+    run
+}
+
 fn by_kind<'a>(spans: &'a [Span], pid: u32, name: &str, kind: i32) -> Vec<&'a Span> {
     spans.iter().filter(|s| s.name == name && s.kind == kind && s.resource_int("process.pid") == Some(pid as i64)).collect()
 }
@@ -102,13 +103,8 @@ fn a_blocked_update_shows_the_wait_its_blocker_and_a_link_to_the_blocking_transa
     assert_eq!(a.run("commit"), "ok");
     assert_eq!(b.reply(), "ok");
     assert_eq!(b.run("commit"), "ok");
-    std::thread::sleep(Duration::from_millis(500));
     let (apid, bpid, abackend, bbackend) = (a.pid, b.pid, a.backend, b.backend);
-    a.exit();
-    b.exit();
-    std::thread::sleep(Duration::from_millis(500));
-    let run = agent.interrupt();
-    assert!(run.status.success(), "{run:?}");
+    finish(agent, [a, b]);
     let spans = rx.spans();
 
     let b_update = by_kind(&spans, bpid, "UPDATE accounts", CLIENT);
@@ -173,13 +169,8 @@ fn a_deadlock_names_both_sides_rolls_the_victim_back_and_its_retry_is_counted() 
     assert_eq!(a.run("sql update accounts set balance = 1 where id = 1"), "ok");
     assert_eq!(a.run("sql update accounts set balance = 1 where id = 2"), "ok");
     assert_eq!(a.run("commit"), "ok");
-    std::thread::sleep(Duration::from_millis(500));
     let (apid, bpid, abackend, bbackend) = (a.pid, b.pid, a.backend, b.backend);
-    a.exit();
-    b.exit();
-    std::thread::sleep(Duration::from_millis(500));
-    let run = agent.interrupt();
-    assert!(run.status.success(), "{run:?}");
+    let run = finish(agent, [a, b]);
     assert!(run.stderr.contains("1 deadlocks"), "{}", run.stderr);
     let spans = rx.spans();
 
@@ -232,13 +223,8 @@ fn lock_timeout_and_statement_timeout_close_the_wait_with_their_outcome() {
     assert_eq!(b.run("sql update accounts set balance = 6 where id = 1"), "err 57014");
     assert_eq!(b.run("rollback"), "ok");
     assert_eq!(a.run("commit"), "ok");
-    std::thread::sleep(Duration::from_millis(500));
     let bbackend = b.backend;
-    a.exit();
-    b.exit();
-    std::thread::sleep(Duration::from_millis(500));
-    let run = agent.interrupt();
-    assert!(run.status.success(), "{run:?}");
+    finish(agent, [a, b]);
     let mut waits: Vec<Span> = rx.spans().into_iter().filter(|s| s.name == "lock wait accounts").collect();
     waits.sort_by_key(|s| s.start_ns);
     let outcomes: Vec<Option<&str>> = waits.iter().map(|w| w.str("db.postgresql.lock.outcome")).collect();

@@ -2,12 +2,11 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    path::PathBuf,
-    process::{Child, ChildStdout, Command, Stdio},
+    process::{Child, ChildStdout, Stdio},
     time::Duration,
 };
 
-use dbtel_tests::{require_root, Agent, Cluster, Receiver, Span};
+use dbtel_tests::{require_root, Agent, Cluster, PyProgram, Receiver, Span};
 
 struct App {
     child: Child,
@@ -17,19 +16,8 @@ struct App {
 
 impl App {
     fn start(dsn: &str) -> App {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/app.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(dsn)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 (with psycopg2, installed by cargo xtask setup)");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let pid = line.trim().parse().unwrap_or_else(|_| panic!("app did not start: {line:?}"));
-        App { child, out, pid }
+        let p = PyProgram::start("app.py", dsn);
+        App { pid: p.pid(), child: p.child, out: p.out }
     }
 
     fn go(&mut self) {

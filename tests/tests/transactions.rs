@@ -3,29 +3,18 @@
 //! and a serialization failure retried.
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    path::PathBuf,
-    process::{Command, Stdio},
+    io::{BufRead, Write},
+    process::Stdio,
     time::Duration,
 };
 
-use dbtel_tests::{otlp::Value, require_root, Agent, Cluster, Receiver, Span};
+use dbtel_tests::{otlp::Value, require_root, Agent, Cluster, PyProgram, Receiver, Span};
 
 /// Runs tests/py/txn.py traced by PID; returns its spans and what it printed.
 fn run_script(pg: &Cluster) -> (Vec<Span>, Vec<String>) {
     let rx = Receiver::start();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/txn.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .arg(pg.dsn("postgres"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 (with psycopg2, installed by cargo xtask setup)");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let pid: u32 = line.trim().parse().unwrap_or_else(|_| panic!("script did not start: {line:?}"));
+    let p = PyProgram::start("txn.py", &pg.dsn("postgres"));
+    let (pid, mut child, out) = (p.pid(), p.child, p.out);
     let agent = Agent::start(&["--otlp-endpoint", &rx.http_endpoint(), "--pid", &pid.to_string()], Stdio::null());
     child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     let printed: Vec<String> = out.lines().map_while(Result::ok).collect();
