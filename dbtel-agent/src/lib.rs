@@ -15,6 +15,7 @@ pub mod span;
 pub mod server;
 pub mod servers;
 pub mod serverspans;
+pub mod shape;
 pub mod sql;
 pub mod txn;
 pub mod usdt;

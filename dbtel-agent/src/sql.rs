@@ -27,26 +27,35 @@ pub struct QueryFacts {
 /// tokenizing each execution anew would dominate the agent's CPU.
 pub struct FactsCache {
     obfuscate: bool,
+    /// By exact text, and by shape: apart, so that a text can never be
+    /// mistaken for another text's shape.
     map: HashMap<String, Arc<QueryFacts>>,
+    shapes: HashMap<String, Arc<QueryFacts>>,
     capacity: usize,
 }
 
 impl FactsCache {
     pub fn new(obfuscate: bool, capacity: usize) -> Self {
-        FactsCache { obfuscate, map: HashMap::new(), capacity }
+        FactsCache { obfuscate, map: HashMap::new(), shapes: HashMap::new(), capacity }
     }
 
     pub fn get(&mut self, sql: &str) -> Arc<QueryFacts> {
-        if let Some(f) = self.map.get(sql) {
+        // Obfuscated, texts differing only in literal values share their facts
+        // (applications inlining literals would otherwise miss every time).
+        let shaped = if self.obfuscate { crate::shape::shape(sql) } else { None };
+        let (map, key) = match &shaped {
+            Some(k) => (&mut self.shapes, k.as_str()),
+            None => (&mut self.map, sql),
+        };
+        if let Some(f) = map.get(key) {
             return f.clone();
         }
-        // Unbounded distinct texts (literals inlined by the application) must
-        // not grow memory: start over when full.
-        if self.map.len() >= self.capacity {
-            self.map.clear();
+        // Unbounded distinct texts must not grow memory: start over when full.
+        if map.len() >= self.capacity {
+            map.clear();
         }
         let f = Arc::new(facts(sql, self.obfuscate));
-        self.map.insert(sql.to_string(), f.clone());
+        map.insert(key.to_string(), f.clone());
         f
     }
 }

@@ -1,0 +1,166 @@
+//! The shape of a query text: the text with its literal values blanked out,
+//! used as a cache key so that `... where aid = 17` and `... where aid = 42`
+//! share one tokenization. Only a key: the exported text still comes from
+//! sqlparser's tokenizer (the first text of each shape).
+//!
+//! Two texts of one shape must obfuscate identically, so this scanner blanks
+//! only tokens that are unambiguously literals to any SQL tokenizer, keeps
+//! comments and quoted identifiers verbatim (sqlcommenter's traceparent lives
+//! in comments and is exported as is), and gives up (`None`: cache by the
+//! exact text) on anything subtler: prefixed or dollar-quoted strings, digits
+//! running into letters, unterminated quotes or comments.
+
+/// `None`: no shape worth trusting; cache by the exact text.
+pub fn shape(sql: &str) -> Option<String> {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    // Where the last verbatim run began (copied in slices, not byte by byte).
+    let mut run = 0;
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    while i < b.len() {
+        let c = b[i];
+        let prev = if i > 0 { b[i - 1] } else { b' ' };
+        match c {
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = b[i..].iter().position(|&x| x == b'\n').map_or(b.len(), |n| i + n);
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let mut depth = 0usize;
+                loop {
+                    match (b.get(i), b.get(i + 1)) {
+                        (Some(b'/'), Some(b'*')) => {
+                            depth += 1;
+                            i += 2;
+                        }
+                        (Some(b'*'), Some(b'/')) => {
+                            depth -= 1;
+                            i += 2;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        (Some(_), _) => i += 1,
+                        (None, _) => return None,
+                    }
+                }
+            }
+            b'"' => {
+                i += 1;
+                loop {
+                    match b.get(i) {
+                        Some(b'"') if b.get(i + 1) == Some(&b'"') => i += 2,
+                        Some(b'"') => {
+                            i += 1;
+                            break;
+                        }
+                        Some(_) => i += 1,
+                        None => return None,
+                    }
+                }
+            }
+            b'\'' => {
+                if ident(prev) {
+                    return None; // E'..', B'..', U&'..': other escaping rules
+                }
+                let start = i;
+                i += 1;
+                loop {
+                    match b.get(i) {
+                        Some(b'\'') if b.get(i + 1) == Some(&b'\'') => i += 2,
+                        Some(b'\'') => {
+                            i += 1;
+                            break;
+                        }
+                        Some(_) => i += 1,
+                        None => return None,
+                    }
+                }
+                out.push_str(&sql[run..start]);
+                out.push('\'');
+                run = i;
+            }
+            b'$' if !ident(prev) && !b.get(i + 1).is_some_and(u8::is_ascii_digit) => return None, // $tag$…$tag$
+            b'0'..=b'9' | b'.' if !ident(prev) && (c != b'.' || b.get(i + 1).is_some_and(u8::is_ascii_digit)) => {
+                let start = i;
+                let digits = |i: &mut usize| {
+                    while b.get(*i).is_some_and(u8::is_ascii_digit) {
+                        *i += 1;
+                    }
+                };
+                digits(&mut i);
+                if b.get(i) == Some(&b'.') {
+                    i += 1;
+                    digits(&mut i);
+                }
+                if matches!(b.get(i), Some(b'e' | b'E')) {
+                    let mut j = i + 1;
+                    if matches!(b.get(j), Some(b'+' | b'-')) {
+                        j += 1;
+                    }
+                    if !b.get(j).is_some_and(u8::is_ascii_digit) {
+                        return None;
+                    }
+                    i = j;
+                    digits(&mut i);
+                }
+                if b.get(i).is_some_and(|&x| ident(x) || x == b'.') {
+                    return None; // 1abc, 1.2.3: not a plain number
+                }
+                out.push_str(&sql[run..start]);
+                out.push('0');
+                run = i;
+            }
+            _ => i += 1,
+        }
+    }
+    out.push_str(&sql[run..]);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::facts;
+
+    #[test]
+    fn literal_values_do_not_change_the_shape() {
+        let a = shape("SELECT abalance FROM pgbench_accounts WHERE aid = 17;").unwrap();
+        let b = shape("SELECT abalance FROM pgbench_accounts WHERE aid = 981234;").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(shape("update t set s = 'it''s', f = 1.5e-3 where id = .5").unwrap(), "update t set s = ', f = 0 where id = 0");
+        assert_ne!(shape("select 1 from t1").unwrap(), shape("select 1 from t2").unwrap(), "digits inside names are names");
+        assert_eq!(shape("select $1, x$2").unwrap(), "select $1, x$2", "placeholders stay");
+    }
+
+    #[test]
+    fn comments_and_quoted_names_are_kept_verbatim() {
+        let c1 = "select 1 /* traceparent='00-aa-01' */ -- n=5\n";
+        let c2 = "select 1 /* traceparent='00-bb-01' */ -- n=5\n";
+        assert_ne!(shape(c1), shape(c2));
+        assert_ne!(shape("select \"a'1\" from t"), shape("select \"a'2\" from t"));
+        assert_eq!(shape("select 2 /* a /* nested */ 3 */").unwrap(), "select 0 /* a /* nested */ 3 */");
+    }
+
+    #[test]
+    fn anything_subtle_has_no_shape() {
+        for sql in ["select E'\\n'", "select $$x$$", "select 'cut", "select 1 /* cut", "select 1abc", "select 1e", "select \"cut", "select 1.2.3"] {
+            assert_eq!(shape(sql), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn texts_of_one_shape_obfuscate_identically() {
+        let groups: &[&[&str]] = &[
+            &["select * from t where a = 1 and b = 'x'", "select * from t where a = 22 and b = 'yy''z'"],
+            &["insert into t values (1, -2.5, 'a')", "insert into t values (3, -4e10, '')"],
+            &["update t set v = v + 1 where id = 7 -- k=1", "update t set v = v + 99 where id = 8 -- k=1"],
+        ];
+        for g in groups {
+            let shapes: Vec<_> = g.iter().map(|s| shape(s).unwrap()).collect();
+            assert!(shapes.windows(2).all(|w| w[0] == w[1]), "{g:?}");
+            let texts: Vec<_> = g.iter().map(|s| facts(s, true).text).collect();
+            assert!(texts.windows(2).all(|w| w[0] == w[1]), "{texts:?}");
+        }
+    }
+}
