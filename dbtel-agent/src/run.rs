@@ -196,6 +196,7 @@ impl Agent {
 
     /// Servers that went away; the catalog's own sessions kept untraced.
     fn servers_housekeeping(&mut self) {
+        self.server.warn_idle_in_transaction();
         for pid in self.server.own_backends() {
             self.probes.untrace_backend(pid as u32);
         }

@@ -30,6 +30,8 @@ const FACTS_DEADLINE: Duration = Duration::from_secs(2);
 /// server has many sub-millisecond waits (measured: looking each up cost a
 /// tpcb-like run ~8 % of its throughput on 2 vCPUs).
 const WAIT_GRACE: Duration = Duration::from_millis(20);
+/// A session idle in transaction this long is logged (once).
+const IDLE_IN_TXN_WARN: Duration = Duration::from_secs(60);
 /// Catalog lookups of lock waits in flight at most; more waits go without.
 const MAX_LOOKUPS: usize = 8;
 
@@ -44,7 +46,7 @@ pub struct CatalogSettings {
 
 enum Lookup {
     Pending,
-    Known(catalog::Backend),
+    Known(Arc<catalog::Backend>),
     /// Gone before the catalog saw it.
     Unknown,
 }
@@ -72,6 +74,8 @@ pub struct ServerSide {
     /// Catalog answers by wait span id; `None` while the question is out.
     facts: HashMap<u64, Option<WaitFacts>>,
     lookups_in_flight: usize,
+    /// (backend, transaction start in s) already warned about.
+    idle_warned: std::collections::HashSet<(i32, u64)>,
     /// Links to the blockers' transactions, by wait span id.
     links: HashMap<u64, Vec<span::Link>>,
     /// Who each backend serves (pg_stat_activity), looked up at first sight:
@@ -100,6 +104,7 @@ impl ServerSide {
             facts: HashMap::new(),
             links: HashMap::new(),
             lookups_in_flight: 0,
+            idle_warned: Default::default(),
             backends: HashMap::new(),
             held: Vec::new(),
             spans: Vec::new(),
@@ -129,11 +134,12 @@ impl ServerSide {
         Ok(())
     }
 
-    fn backend_info(&self, pid: u32) -> Option<catalog::Backend> {
+    /// Shared, not copied: read for every span of the backend.
+    fn backend_info(&self, pid: u32) -> Option<Arc<catalog::Backend>> {
         if let Some(Lookup::Known(b)) = self.backends.get(&pid) {
             return Some(b.clone());
         }
-        self.snapshot.as_ref()?.borrow().backends.get(&(pid as i32)).cloned()
+        self.snapshot.as_ref()?.borrow().backends.get(&(pid as i32)).cloned().map(Arc::new)
     }
 
     /// Asks the catalog about a backend seen for the first time.
@@ -316,7 +322,7 @@ impl ServerSide {
                 }
                 Reply::Backend { pid, info } => {
                     // Not found (gone already): the poller's snapshot may still know it.
-                    self.backends.insert(pid, info.map_or(Lookup::Unknown, Lookup::Known));
+                    self.backends.insert(pid, info.map_or(Lookup::Unknown, |b| Lookup::Known(Arc::new(b))));
                 }
             }
         }
@@ -347,8 +353,8 @@ impl ServerSide {
             }
             let info = self.backend_info(pid);
             let r = match &s {
-                ServerSpan::Query(q) => exporter.emit_server_query(q, info.as_ref()),
-                ServerSpan::Txn(t) => exporter.emit_server_txn(t, info.as_ref()),
+                ServerSpan::Query(q) => exporter.emit_server_query(q, info.as_deref()),
+                ServerSpan::Txn(t) => exporter.emit_server_txn(t, info.as_deref()),
                 ServerSpan::Wait(w) => {
                     let id = w.ids.span_id;
                     let facts = self.facts.remove(&id).flatten().unwrap_or_default();
@@ -360,6 +366,31 @@ impl ServerSide {
                 self.export_errors += 1;
                 log::warn!("cannot export span: {e:#}");
             }
+        }
+    }
+
+    /// Sessions idle inside a transaction for long hold locks others may
+    /// need: said once per session and transaction, from the poller's snapshot.
+    pub fn warn_idle_in_transaction(&mut self) {
+        let Some(rx) = &self.snapshot else { return };
+        let snap = rx.borrow().clone();
+        for s in &snap.stats.idle_in_transaction {
+            let Some(age) = s.xact_age_ms.filter(|a| *a >= IDLE_IN_TXN_WARN.as_millis() as f64) else { continue };
+            // Keyed by the transaction's start, so a new transaction warns again.
+            let started = snap.taken_at.map_or(0, |t| {
+                t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64).saturating_sub(age as u64) / 1000
+            });
+            if self.idle_warned.insert((s.pid, started)) {
+                log::warn!(
+                    "backend {} has been idle in transaction for {:.0} s (transaction open {:.0} s): its locks block others",
+                    s.pid,
+                    s.duration_ms / 1000.0,
+                    age / 1000.0
+                );
+            }
+        }
+        if self.idle_warned.len() > 10_000 {
+            self.idle_warned.clear();
         }
     }
 
