@@ -191,10 +191,16 @@ fn demo() -> Result<()> {
         .stderr(Stdio::null())
         .spawn()?;
     let pid = workload.id().to_string();
+    let server = pg.postmaster_pid().to_string();
     std::thread::sleep(Duration::from_millis(200));
-    eprintln!("xtask: dbtel-agent --exporter console --pid {pid}   (pgbench; it exits when pgbench does)");
-    let status = Command::new(&agent).args(["--exporter", "console", "--pid", &pid]).status()?;
+    eprintln!("xtask: dbtel-agent --exporter console --pid {pid} --pid {server}   (pgbench and its server: one trace per transaction)");
+    let mut agent = Command::new(&agent).args(["--exporter", "console", "--pid", &pid, "--pid", &server]).spawn()?;
     let _ = workload.wait();
+    // The server outlives pgbench: stop the agent as a user would (it flushes first).
+    std::thread::sleep(Duration::from_secs(1));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
+    let status = agent.wait()?;
     if !status.success() {
         bail!("dbtel-agent failed: {status}");
     }
