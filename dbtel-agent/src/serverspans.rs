@@ -29,6 +29,11 @@ fn backend_attributes(b: &Backend, a: &mut Vec<KeyValue>) {
     if !b.application_name.is_empty() {
         a.push(KeyValue::new("db.postgresql.application_name", b.application_name.clone()));
     }
+    // "client backend" for applications; autovacuum workers and the like are
+    // traced too (their locks explain waits) and say so.
+    if !b.backend_type.is_empty() {
+        a.push(KeyValue::new("db.postgresql.backend_type", b.backend_type.clone()));
+    }
     match (&b.client_addr, b.client_port) {
         (Some(addr), Some(port)) if port > 0 => {
             a.push(KeyValue::new("client.address", addr.clone()));

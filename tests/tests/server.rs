@@ -88,6 +88,7 @@ fn untraced_clients_get_server_spans_and_another_cluster_is_left_alone() {
         assert_eq!(a.str("db.namespace"), Some("postgres"));
         assert_eq!(a.str("user.name"), Some("postgres"));
         assert_eq!(a.str("db.postgresql.application_name"), Some("pgbench"));
+        assert_eq!(a.str("db.postgresql.backend_type"), Some("client backend"));
         assert_eq!(a.str("network.transport"), Some("unix"));
     }
     let backends: std::collections::BTreeSet<i64> = accounts.iter().filter_map(|a| a.int("db.postgresql.backend.pid")).collect();
