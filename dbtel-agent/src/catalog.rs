@@ -844,6 +844,20 @@ impl Catalog {
             .collect())
     }
 
+    /// The row a backend waits to lock, as (database OID, relation OID): a
+    /// row-lock wait is a wait on the holder's transaction id, which names no
+    /// table, but the waiter holds the tuple lock on the row meanwhile.
+    pub async fn tuple_lock_of(&self, pid: i32) -> Result<Option<(u32, u32)>> {
+        let rows = self
+            .query(
+                "tuple lock",
+                "SELECT database, relation FROM pg_locks                  WHERE pid = $1 AND locktype = 'tuple' AND granted LIMIT 1",
+                &[&pid],
+            )
+            .await?;
+        Ok(rows.first().and_then(|r| Some((r.get::<_, Option<u32>>(0)?, r.get::<_, Option<u32>>(1)?))))
+    }
+
     /// For every backend waiting on a heavyweight lock: (its pid, the pids it
     /// waits for). pg_blocking_pids runs only for the waiters.
     pub async fn blocking_graph(&self) -> Result<Vec<(i32, Vec<i32>)>> {

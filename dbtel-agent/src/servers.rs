@@ -232,8 +232,18 @@ impl ServerSide {
                     Err(e) => cat.warn_rate_limited(&e),
                 }
             }
+            // A row lock is waited for on the holder's transaction id: the
+            // table comes from the tuple lock the waiter holds meanwhile.
+            let relation = match tag.relation() {
+                Some(r) => Some(r),
+                None if blockers && tag.locktag_type == 5 => cat.tuple_lock_of(pid as i32).await.unwrap_or_else(|e| {
+                    cat.warn_rate_limited(&e);
+                    None
+                }),
+                None => None,
+            };
             // Names are cached: after the first, no round trip.
-            if let Some((db, rel)) = tag.relation() {
+            if let Some((db, rel)) = relation {
                 match cat.relation_name(db, rel).await {
                     Ok(r) => facts.relation = r,
                     Err(e) => cat.warn_rate_limited(&e),

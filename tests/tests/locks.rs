@@ -122,6 +122,7 @@ fn a_blocked_update_shows_the_wait_its_blocker_and_a_link_to_the_blocking_transa
     assert!(w.duration() <= b_update.duration(), "the wait lies within the query");
     assert!(w.start_ns >= b_update.start_ns && w.end_ns <= b_update.end_ns);
     assert_eq!(w.str("db.collection.name"), Some("accounts"));
+    assert_eq!(w.str("db.postgresql.lock.relation"), Some("public.accounts"), "from the tuple lock B holds");
     assert_eq!(w.str("db.postgresql.lock.type"), Some("transactionid"));
     assert_eq!(w.str("db.postgresql.lock.mode"), Some("ShareLock"));
     assert_eq!(w.str("db.postgresql.lock.outcome"), Some("granted"));
