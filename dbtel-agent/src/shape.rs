@@ -45,37 +45,13 @@ pub fn shape(sql: &str) -> Option<String> {
                     }
                 }
             }
-            b'"' => {
-                i += 1;
-                loop {
-                    match b.get(i) {
-                        Some(b'"') if b.get(i + 1) == Some(&b'"') => i += 2,
-                        Some(b'"') => {
-                            i += 1;
-                            break;
-                        }
-                        Some(_) => i += 1,
-                        None => return None,
-                    }
-                }
-            }
+            b'"' => i = past_quoted(b, i)?,
             b'\'' => {
                 if ident(prev) {
                     return None; // E'..', B'..', U&'..': other escaping rules
                 }
                 let start = i;
-                i += 1;
-                loop {
-                    match b.get(i) {
-                        Some(b'\'') if b.get(i + 1) == Some(&b'\'') => i += 2,
-                        Some(b'\'') => {
-                            i += 1;
-                            break;
-                        }
-                        Some(_) => i += 1,
-                        None => return None,
-                    }
-                }
+                i = past_quoted(b, i)?;
                 out.push_str(&sql[run..start]);
                 out.push('\'');
                 run = i;
@@ -116,6 +92,21 @@ pub fn shape(sql: &str) -> Option<String> {
     }
     out.push_str(&sql[run..]);
     Some(out)
+}
+
+/// The index just past the quoted token opening at `i` (its quote character
+/// doubled inside stands for itself); `None` if it never closes.
+fn past_quoted(b: &[u8], mut i: usize) -> Option<usize> {
+    let q = b[i];
+    i += 1;
+    loop {
+        match b.get(i) {
+            Some(&c) if c == q && b.get(i + 1) == Some(&q) => i += 2,
+            Some(&c) if c == q => return Some(i + 1),
+            Some(_) => i += 1,
+            None => return None,
+        }
+    }
 }
 
 #[cfg(test)]
