@@ -47,7 +47,7 @@ pub fn shape(sql: &str) -> Option<String> {
             }
             b'"' => i = past_quoted(b, i)?,
             b'\'' => {
-                if ident(prev) {
+                if ident(prev) || prev == b'&' {
                     return None; // E'..', B'..', U&'..': other escaping rules
                 }
                 let start = i;
@@ -58,6 +58,9 @@ pub fn shape(sql: &str) -> Option<String> {
             }
             b'$' if !ident(prev) && !b.get(i + 1).is_some_and(u8::is_ascii_digit) => return None, // $tag$…$tag$
             b'0'..=b'9' | b'.' if !ident(prev) && (c != b'.' || b.get(i + 1).is_some_and(u8::is_ascii_digit)) => {
+                if prev == b'.' {
+                    return None; // t.1, a.5.: tokenizers split these their own ways
+                }
                 let start = i;
                 let digits = |i: &mut usize| {
                     while b.get(*i).is_some_and(u8::is_ascii_digit) {
@@ -135,7 +138,7 @@ mod tests {
 
     #[test]
     fn anything_subtle_has_no_shape() {
-        for sql in ["select E'\\n'", "select $$x$$", "select 'cut", "select 1 /* cut", "select 1abc", "select 1e", "select \"cut", "select 1.2.3"] {
+        for sql in ["select U&'x'a", "select t.1", "select a.5.", "select E'\\n'", "select $$x$$", "select 'cut", "select 1 /* cut", "select 1abc", "select 1e", "select \"cut", "select 1.2.3"] {
             assert_eq!(shape(sql), None, "{sql}");
         }
     }

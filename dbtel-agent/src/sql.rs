@@ -80,6 +80,10 @@ pub fn facts_with(dialect: &dyn Dialect, sql: &str, obfuscate: bool) -> QueryFac
         // length limit). Describe and obfuscate the part that does; nothing after
         // the failure point is exported verbatim.
         Err(cut) => {
+            // Fail closed: a tokenizer that misread a quote (as sqlparser 0.59
+            // did after `?`) may have turned literal contents into words, so
+            // nothing from the first quote on is kept when obfuscating.
+            let cut = if obfuscate { sql[..cut].find(['\'', '$']).unwrap_or(cut) } else { cut };
             let mut f = tokenize(dialect, &sql[..cut]).map_or_else(|_| QueryFacts::default(), |t| from(&t, sql));
             if obfuscate {
                 f.text.push('?');
@@ -315,6 +319,20 @@ mod tests {
         assert!(got.text.ends_with('?'));
         assert_eq!(got.operation.as_deref(), Some("SELECT"));
         assert_eq!(got.collection.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn jsonb_question_mark_operators_leak_no_literal() {
+        // sqlparser 0.59 swallowed the quote after `?`, turning the literal into words.
+        for (sql, secret) in [
+            ("select * from t where data ?'secret'", "secret"),
+            ("select * from t where a ?'s3cr3t' || 'pw'", "s3cr3t"),
+            ("select * from t where tags ?| array['admin'] and x = 'pw1'", "pw1"),
+        ] {
+            let got = f(sql).text;
+            assert!(!got.contains(secret) && !got.contains("admin"), "{sql} -> {got}");
+            assert!(got.starts_with("select * from t where "), "{got}");
+        }
     }
 
     #[test]
