@@ -89,7 +89,10 @@ impl Probes {
     /// `max_text`: longest query text copied from the traced process.
     pub fn load(object: &[u8], max_text: u32) -> Result<Self, AttachError> {
         let max_text = max_text.clamp(16, TEXT_CAP as u32 - 2);
-        let (fork_parent, fork_child) = fork_offsets().unwrap_or((24, 44));
+        let (fork_parent, fork_child) = fork_offsets().unwrap_or_else(|| {
+            log::warn!("cannot read sched_process_fork's format from tracefs: assuming the pre-6.x layout; backends forked later may go untraced");
+            (24, 44)
+        });
         let mut ebpf = EbpfLoader::new()
             .override_global("MAX_TEXT", &max_text, true)
             .override_global("FORK_PARENT_OFF", &fork_parent, true)

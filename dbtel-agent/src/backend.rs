@@ -220,6 +220,9 @@ struct Backend {
     txn_is_block: bool,
     waits: Vec<LockWait>,
     error: Option<ErrorReport>,
+    /// An ERROR report began (errstart_cold): its errcode and errmsg are next.
+    awaiting_code: bool,
+    awaiting_message: bool,
     deadlock: bool,
     /// The running statement is ROLLBACK/COMMIT/END/ABORT (ends a block).
     txn_ended_by_last: bool,
@@ -238,6 +241,9 @@ pub struct Tracker {
     backends: HashMap<u32, Backend>,
     gen: IdGen,
     pub counters: Counters,
+    /// errstart_cold is probed: only reports it opened are errors (else every
+    /// errcode counts, warnings and notices included).
+    pub errors_by_level: bool,
 }
 
 fn starts_block(text: &str) -> bool {
@@ -252,9 +258,23 @@ fn ends_block(text: &str) -> bool {
     (kw(b"ROLLBACK") || kw(b"ABORT") || kw(b"COMMIT") || kw(b"END")) && !text.to_ascii_uppercase().contains(" TO ")
 }
 
+/// Closes a backend's open waits: ended by `error` (at its time) or, with
+/// none, at `ts`.
+fn end_waits(b: &mut Backend, error: Option<&ErrorReport>, deadlock: bool, ts: u64, out: &mut Vec<ServerSpan>) {
+    if b.waits.is_empty() {
+        return;
+    }
+    let outcome = WaitOutcome::from_error(error, deadlock);
+    for mut w in b.waits.drain(..) {
+        w.end_ns = error.map_or(ts, |e| e.ts_ns).max(w.start_ns);
+        w.outcome = outcome.clone();
+        out.push(ServerSpan::Wait(w));
+    }
+}
+
 impl Tracker {
     pub fn new(gen: IdGen) -> Self {
-        Tracker { backends: HashMap::new(), gen, counters: Counters::default() }
+        Tracker { backends: HashMap::new(), gen, counters: Counters::default(), errors_by_level: false }
     }
 
     /// Open queries (for leak checks).
@@ -354,12 +374,7 @@ impl Tracker {
             site::TRANSACTION_ABORT => {
                 let (error, deadlock) = (b.error.take(), std::mem::take(&mut b.deadlock));
                 // Waits ended by the error that aborted the transaction.
-                let outcome = WaitOutcome::from_error(error.as_ref(), deadlock);
-                for mut w in b.waits.drain(..) {
-                    w.end_ns = error.as_ref().map_or(at.ts_ns, |e| e.ts_ns.max(w.start_ns));
-                    w.outcome = outcome.clone();
-                    out.push(ServerSpan::Wait(w));
-                }
+                end_waits(b, error.as_ref(), deadlock, at.ts_ns, out);
                 if let (Some(q), Some(e)) = (b.query.as_mut(), &error) {
                     q.error.get_or_insert_with(|| e.clone());
                 }
@@ -427,11 +442,23 @@ impl Tracker {
                 let wait = b.waits.last().map(|w| w.ids);
                 notices.push(Notice::Deadlock { pid: at.pid, postmaster: b.postmaster, wait, ts_ns: at.ts_ns });
             }
+            site::ERRSTART => {
+                // elog(ERROR) without errcode keeps errstart's default, XX000.
+                b.error = Some(ErrorReport { sqlstate: "XX000".into(), message: None, ts_ns: at.ts_ns });
+                (b.awaiting_code, b.awaiting_message) = (true, true);
+            }
+            site::ERRCODE if self.errors_by_level => {
+                // The first errcode after errstart_cold; a later one belongs to a lesser report.
+                if let Some(e) = b.error.as_mut().filter(|_| std::mem::take(&mut b.awaiting_code)) {
+                    e.sqlstate = unpack_sqlstate(hit.args[0]);
+                }
+            }
             site::ERRCODE => {
                 b.error = Some(ErrorReport { sqlstate: unpack_sqlstate(hit.args[0]), message: None, ts_ns: at.ts_ns });
+                b.awaiting_message = true;
             }
             site::ERRMSG => {
-                if let Some(e) = b.error.as_mut().filter(|e| e.message.is_none()) {
+                if let Some(e) = b.error.as_mut().filter(|_| std::mem::take(&mut b.awaiting_message)) {
                     e.message = hit.text.clone();
                 }
             }
@@ -451,6 +478,8 @@ impl Tracker {
             t.statements += 1;
         }
         b.txn_ended_by_last = ends_block(&text);
+        // Nothing from before this statement belongs to it.
+        (b.error, b.deadlock, b.awaiting_code, b.awaiting_message) = (None, false, false, false);
         self.counters.queries += 1;
         b.query = Some(ServerQuery {
             pid: at.pid,
@@ -467,10 +496,20 @@ impl Tracker {
         });
     }
 
+    /// The statement is over (idle, or the next one began). An error it left
+    /// that aborted nothing (in a savepoint, or caught) is its error, and a
+    /// wait still open ended with it.
     fn close_query(&mut self, pid: u32, ts: u64, out: &mut Vec<ServerSpan>) {
         let Some(b) = self.backends.get_mut(&pid) else { return };
+        let error = if self.errors_by_level { b.error.take() } else { None };
+        let deadlock = std::mem::take(&mut b.deadlock);
+        (b.awaiting_code, b.awaiting_message) = (false, false);
+        end_waits(b, error.as_ref(), deadlock, ts, out);
         if let Some(mut q) = b.query.take() {
             q.end_ns = ts.max(q.start_ns);
+            if q.error.is_none() {
+                q.error = error;
+            }
             out.push(ServerSpan::Query(q));
         }
     }
@@ -563,6 +602,10 @@ mod tests {
         fn wait(&mut self, s: u32) -> &mut Self {
             self.hit(s, [7, 1234, 0, 0, 5, 5], None)
         }
+        /// An ERROR report as PostgreSQL makes it: errstart_cold, errcode, errmsg.
+        fn fail(&mut self, code: &str, msg: &str) -> &mut Self {
+            self.hit(site::ERRSTART, [21, 0, 0, 0, 0, 0], None).error(code, msg)
+        }
         fn error(&mut self, code: &str, msg: &str) -> &mut Self {
             self.hit(site::ERRCODE, [pack(code), 0, 0, 0, 0, 0], None).hit(site::ERRMSG, [1, 0, 0, 0, 0, 0], Some(msg))
         }
@@ -648,6 +691,38 @@ mod tests {
         assert!(r.queries().iter().all(|q| q.error.is_none()));
         assert_eq!(r.txns()[0].outcome, TxnOutcome::RolledBack);
         assert_eq!(r.txns()[0].error, None);
+    }
+
+    #[test]
+    fn an_error_inside_a_savepoint_fails_its_statement_and_ends_its_wait_not_the_block() {
+        let mut r = Replay::new();
+        r.t.errors_by_level = true;
+        r.stmt("BEGIN").at(site::TRANSACTION_START).idle().stmt("SAVEPOINT a").idle();
+        r.stmt("UPDATE t SET v = 5").wait(site::LOCK_WAIT_START).fail("55P03", "canceling statement due to lock timeout").idle();
+        r.stmt("ROLLBACK TO a").idle().stmt("COMMIT").at(site::TRANSACTION_COMMIT).idle();
+        let (q, w, t) = (r.queries(), r.waits(), r.txns());
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].outcome, WaitOutcome::LockTimeout);
+        assert_eq!(q[2].error.as_ref().map(|e| e.sqlstate.as_str()), Some("55P03"));
+        assert!(q.iter().enumerate().all(|(i, q)| i == 2 || q.error.is_none()), "{q:#?}");
+        assert_eq!((t[0].outcome, t[0].error.clone()), (TxnOutcome::Committed, None));
+    }
+
+    #[test]
+    fn warnings_are_not_errors_when_the_level_is_known() {
+        let mut r = Replay::new();
+        r.t.errors_by_level = true;
+        // ROLLBACK outside a block: WARNING 25P01, then the (empty) abort.
+        r.stmt("ROLLBACK").at(site::TRANSACTION_START).error("25P01", "there is no transaction in progress");
+        r.at(site::TRANSACTION_ABORT).idle();
+        // An ERROR right after a NOTICE keeps the ERROR's code; elog(ERROR) without errcode is XX000.
+        r.stmt("select f()").at(site::TRANSACTION_START).error("00000", "note").fail("22012", "division by zero");
+        r.error("01000", "a warning while aborting").at(site::TRANSACTION_ABORT).idle();
+        r.stmt("select g()").at(site::TRANSACTION_START).hit(site::ERRSTART, [21, 0, 0, 0, 0, 0], None).at(site::TRANSACTION_ABORT).idle();
+        let q = r.queries();
+        assert_eq!(q[0].error, None);
+        assert_eq!(q[1].error.as_ref().map(|e| (e.sqlstate.as_str(), e.message.as_deref())), Some(("22012", Some("division by zero"))));
+        assert_eq!(q[2].error.as_ref().map(|e| e.sqlstate.as_str()), Some("XX000"));
     }
 
     #[test]

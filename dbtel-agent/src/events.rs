@@ -109,7 +109,7 @@ pub fn decode_record(data: &[u8]) -> Result<Record, DecodeError> {
                 got: data.len(),
             })?;
             // No text: a NULL pointer (e.g. statement__status going idle) or unreadable.
-            let text = (text_len > 0 || flags & qflags::TRUNCATED != 0).then(|| cstr(text_bytes));
+            let text = (flags & qflags::TEXT_PRESENT != 0 && flags & qflags::TEXT_FAULT == 0).then(|| cstr(text_bytes));
             Ok(Record::Server(ServerHit { at, site: h.func, args, text, truncated: flags & qflags::TRUNCATED != 0 }))
         }
         kind::SERVER_EXIT => Ok(Record::ServerExit(at)),
@@ -241,7 +241,8 @@ pub mod encode {
         }
         let t = text.unwrap_or("");
         b.extend_from_slice(&(t.len() as u32).to_ne_bytes());
-        b.extend_from_slice(&0u32.to_ne_bytes());
+        let flags = if text.is_some() { qflags::TEXT_PRESENT } else { 0 };
+        b.extend_from_slice(&flags.to_ne_bytes());
         b.extend_from_slice(t.as_bytes());
         b
     }

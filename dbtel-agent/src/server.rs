@@ -47,6 +47,7 @@ const FUNCTION_SITES: &[(&str, u32, u8, bool, u32)] = &[
     // (symbol, site, size of arg 0, signed, string argument)
     ("errcode", site::ERRCODE, 4, true, 0),
     ("errmsg", site::ERRMSG, 8, false, 1),
+    ("errstart_cold", site::ERRSTART, 4, true, 0),
 ];
 
 /// One place to attach `pg_server`, with the spec the kernel side follows.
@@ -132,7 +133,7 @@ pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
                 };
                 sites.push(Site { name: symbol, offset, spec });
             }
-            None => warnings.push(format!("{exe}: no {symbol} symbol: server spans will lack SQLSTATEs")),
+            None => warnings.push(format!("{exe}: no {symbol} symbol: server spans will lack SQLSTATEs or take warnings for errors")),
         }
     }
     Ok(Some(ServerTarget {

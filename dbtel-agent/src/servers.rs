@@ -74,6 +74,11 @@ pub struct ServerSide {
     /// Catalog answers by wait span id; `None` while the question is out.
     facts: HashMap<u64, Option<WaitFacts>>,
     lookups_in_flight: usize,
+    /// The postmaster the catalog connection reaches: relation OIDs and
+    /// backend PIDs of another server mean nothing there.
+    catalog_of: Option<u32>,
+    /// Backends gone whose catalog answer is still needed by held spans.
+    exited: Vec<u32>,
     /// (backend, transaction start in s) already warned about.
     idle_warned: std::collections::HashSet<(i32, u64)>,
     /// Links to the blockers' transactions, by wait span id.
@@ -104,6 +109,8 @@ impl ServerSide {
             facts: HashMap::new(),
             links: HashMap::new(),
             lookups_in_flight: 0,
+            catalog_of: None,
+            exited: Vec::new(),
             idle_warned: Default::default(),
             backends: HashMap::new(),
             held: Vec::new(),
@@ -129,6 +136,12 @@ impl ServerSide {
             let (_task, rx) = catalog::spawn_poller(cat.clone(), self.settings.period);
             self.snapshot = Some(rx);
             self.catalog = Some(cat);
+        }
+        if self.catalog_of.is_none() && self.catalog.is_some() {
+            self.catalog_of = Some(t.postmaster);
+        }
+        if t.sites.iter().any(|s| s.spec.probe == dbtel_common::site::ERRSTART) {
+            self.tracker.errors_by_level = true;
         }
         self.servers.insert(t.postmaster, t);
         Ok(())
@@ -171,7 +184,7 @@ impl ServerSide {
     }
 
     pub fn on_hit(&mut self, hit: &ServerHit, recon: &mut Reconstructor) {
-        if hit.site == dbtel_common::site::STATEMENT_STATUS && hit.text.is_some() {
+        if hit.site == dbtel_common::site::STATEMENT_STATUS && hit.text.is_some() && self.catalog_of == Some(hit.at.conn as u32) {
             self.look_up(hit.at.pid);
         }
         let client = |pid: u32| recon.client_context(pid as i32).map(|c| ClientIds { query: c.query, txn: c.txn });
@@ -180,13 +193,15 @@ impl ServerSide {
         let notices = std::mem::take(&mut self.notices);
         for n in notices {
             match n {
-                Notice::WaitStarted { pid, wait, under_client, tag, ts_ns, .. } => {
+                Notice::WaitStarted { pid, postmaster, wait, under_client, tag, ts_ns } => {
                     if under_client {
                         for name in ["contention_detected", "lock_contention_detected"] {
                             recon.annotate(pid as i32, span::Event { name, ts_ns, attributes: lock_attributes(&tag) });
                         }
                     }
-                    self.ask(pid, wait, tag);
+                    if self.catalog_of == Some(postmaster) {
+                        self.ask(pid, wait, tag);
+                    }
                 }
                 Notice::Deadlock { pid, wait, ts_ns, .. } => self.deadlock(pid, wait, ts_ns, recon),
             }
@@ -195,6 +210,8 @@ impl ServerSide {
 
     pub fn on_exit(&mut self, at: Origin) {
         self.tracker.exited(at.pid, at.ts_ns, &mut self.spans);
+        // Forgotten once its spans are out, so that a reused PID is asked anew.
+        self.exited.push(at.pid);
     }
 
     /// Who blocks `pid`, and the relation locked: asked once the wait has
@@ -352,7 +369,14 @@ impl ServerSide {
                 ServerSpan::Txn(t) => t.pid,
                 ServerSpan::Wait(w) => w.pid,
             };
-            if own.contains(&(pid as i32)) {
+            let info = self.backend_info(pid);
+            // Parallel workers report their leader's statement and never go
+            // idle: the leader's span is the one that counts.
+            if own.contains(&(pid as i32)) || info.as_ref().is_some_and(|b| b.backend_type == "parallel worker") {
+                if let ServerSpan::Wait(w) = &s {
+                    self.facts.remove(&w.ids.span_id);
+                    self.links.remove(&w.ids.span_id);
+                }
                 continue;
             }
             let waiting = matches!(self.backends.get(&pid), Some(Lookup::Pending))
@@ -361,7 +385,6 @@ impl ServerSide {
                 self.held.push((s, since));
                 continue;
             }
-            let info = self.backend_info(pid);
             let r = match &s {
                 ServerSpan::Query(q) => exporter.emit_server_query(q, info.as_deref()),
                 ServerSpan::Txn(t) => exporter.emit_server_txn(t, info.as_deref()),
@@ -377,6 +400,26 @@ impl ServerSide {
                 log::warn!("cannot export span: {e:#}");
             }
         }
+        if self.exited.is_empty() {
+            return;
+        }
+        let held: std::collections::HashSet<u32> = self
+            .held
+            .iter()
+            .map(|(s, _)| match s {
+                ServerSpan::Query(q) => q.pid,
+                ServerSpan::Txn(t) => t.pid,
+                ServerSpan::Wait(w) => w.pid,
+            })
+            .collect();
+        let backends = &mut self.backends;
+        self.exited.retain(|pid| {
+            let keep = held.contains(pid) || matches!(backends.get(pid), Some(Lookup::Pending));
+            if !keep {
+                backends.remove(pid);
+            }
+            keep
+        });
     }
 
     /// Sessions idle inside a transaction for long hold locks others may

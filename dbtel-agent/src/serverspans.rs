@@ -76,7 +76,8 @@ pub fn describe_query(q: &ServerQuery, facts: &QueryFacts, backend: Option<&Back
         a.push(KeyValue::new("db.response.status_code", e.sqlstate.clone()));
         a.push(KeyValue::new("error.type", e.sqlstate.clone()));
         error = Some(e.message.clone().unwrap_or_else(|| e.sqlstate.clone()));
-    } else if q.incomplete {
+    } else if q.incomplete && backend.is_none_or(|b| b.backend_type == "client backend") {
+        // (Autovacuum and other workers report a statement and exit without going idle.)
         a.push(KeyValue::new("error.type", "dbtel.process_exited"));
         error = Some("query did not complete: backend exited".into());
     }

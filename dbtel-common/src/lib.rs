@@ -77,6 +77,8 @@ pub mod qflags {
     pub const TRUNCATED: u32 = 1;
     /// The text could not be read from user memory.
     pub const TEXT_FAULT: u32 = 2;
+    /// Server events: the string argument was not NULL (an empty text is a text).
+    pub const TEXT_PRESENT: u32 = 4;
 }
 
 /// Offsets into libpq's private structs for one build, discovered at attach
@@ -196,6 +198,9 @@ pub mod site {
     pub const ERRCODE: u32 = 8;
     /// uprobe errmsg(const char *fmt): its untranslated format string.
     pub const ERRMSG: u32 = 9;
+    /// uprobe errstart_cold(int elevel, ...): a report of ERROR or worse begins
+    /// (lesser reports go through errstart and are not probed).
+    pub const ERRSTART: u32 = 10;
 }
 
 pub const USDT_MAX_ARGS: usize = 6;

@@ -301,6 +301,7 @@ pub fn pg_server(ctx: ProbeContext) -> u32 {
     };
     {
         if p != 0 {
+            ev.flags |= qflags::TEXT_PRESENT;
             let limit = unsafe { core::ptr::read_volatile(&MAX_TEXT) } as usize;
             let limit = if limit > TEXT_CAP - 2 { TEXT_CAP - 2 } else { limit };
             match unsafe { bpf_probe_read_user_str_bytes(p as *const u8, &mut ev.text[..limit + 2]) } {
@@ -392,7 +393,9 @@ pub fn server_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if tgid != pid_tgid as u32 {
-        return 0; // a thread, not the process
+        // A thread (an extension's): the fork tracepoint added its id too.
+        let _ = SERVER_PIDS.remove(&(pid_tgid as u32));
+        return 0;
     }
     let Some(pm) = unsafe { SERVER_PIDS.get(&tgid) }.copied() else { return 0 };
     let _ = SERVER_PIDS.remove(&tgid);
