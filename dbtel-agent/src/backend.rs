@@ -110,6 +110,8 @@ pub enum WaitOutcome {
     Error(String),
     /// The backend exited while waiting.
     ProcessExited,
+    /// Still waiting when the agent stopped.
+    AgentStopped,
 }
 
 impl WaitOutcome {
@@ -122,6 +124,7 @@ impl WaitOutcome {
             WaitOutcome::Canceled => "canceled",
             WaitOutcome::Error(_) => "error",
             WaitOutcome::ProcessExited => "process_exited",
+            WaitOutcome::AgentStopped => "agent_stopped",
         }
     }
 
@@ -141,6 +144,13 @@ impl WaitOutcome {
     }
 }
 
+/// Why a span was closed before its end was seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    ProcessExited,
+    AgentStopped,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerQuery {
     pub pid: u32,
@@ -153,8 +163,8 @@ pub struct ServerQuery {
     pub text: String,
     pub truncated: bool,
     pub error: Option<ErrorReport>,
-    /// Ended by the backend's exit rather than by going idle.
-    pub incomplete: bool,
+    /// Cut short: by the backend's exit, or by the agent stopping (not an error).
+    pub incomplete: Option<Cut>,
     pub events: Vec<Event>,
 }
 
@@ -246,16 +256,14 @@ pub struct Tracker {
     pub errors_by_level: bool,
 }
 
+/// BEGIN / START TRANSACTION (comments and case as the client's side reads them).
 fn starts_block(text: &str) -> bool {
-    let t = text.trim_start().as_bytes();
-    let kw = |k: &[u8]| t.len() >= k.len() && t[..k.len()].eq_ignore_ascii_case(k) && t.get(k.len()).is_none_or(|c| !c.is_ascii_alphanumeric());
-    kw(b"BEGIN") || kw(b"START")
+    matches!(crate::txn::verb(text), crate::txn::Verb::Begin)
 }
 
+/// COMMIT / END / ROLLBACK / ABORT, not ROLLBACK TO SAVEPOINT.
 fn ends_block(text: &str) -> bool {
-    let t = text.trim_start().as_bytes();
-    let kw = |k: &[u8]| t.len() >= k.len() && t[..k.len()].eq_ignore_ascii_case(k) && t.get(k.len()).is_none_or(|c| !c.is_ascii_alphanumeric());
-    (kw(b"ROLLBACK") || kw(b"ABORT") || kw(b"COMMIT") || kw(b"END")) && !text.to_ascii_uppercase().contains(" TO ")
+    matches!(crate::txn::verb(text), crate::txn::Verb::Commit | crate::txn::Verb::Rollback)
 }
 
 /// Closes a backend's open waits: ended by `error` (at its time) or, with
@@ -491,7 +499,7 @@ impl Tracker {
             text,
             truncated,
             error: None,
-            incomplete: false,
+            incomplete: None,
             events: vec![],
         });
     }
@@ -532,16 +540,23 @@ impl Tracker {
 
     /// A backend exited: close what it had open.
     pub fn exited(&mut self, pid: u32, ts: u64, out: &mut Vec<ServerSpan>) {
+        self.cut(pid, ts, Cut::ProcessExited, out);
+    }
+
+    fn cut(&mut self, pid: u32, ts: u64, why: Cut, out: &mut Vec<ServerSpan>) {
         let Some(mut b) = self.backends.remove(&pid) else { return };
         for mut w in b.waits.drain(..) {
             w.end_ns = ts.max(w.start_ns);
-            w.outcome = WaitOutcome::ProcessExited;
+            w.outcome = match why {
+                Cut::ProcessExited => WaitOutcome::ProcessExited,
+                Cut::AgentStopped => WaitOutcome::AgentStopped,
+            };
             self.counters.incomplete += 1;
             out.push(ServerSpan::Wait(w));
         }
         if let Some(mut q) = b.query.take() {
             q.end_ns = ts.max(q.start_ns);
-            q.incomplete = true;
+            q.incomplete = Some(why);
             self.counters.incomplete += 1;
             out.push(ServerSpan::Query(q));
         }
@@ -550,11 +565,13 @@ impl Tracker {
         self.backends.remove(&pid);
     }
 
-    /// Every backend of a postmaster we stop tracing.
-    pub fn server_gone(&mut self, postmaster: u32, ts: u64, out: &mut Vec<ServerSpan>) {
+    /// Every backend of a postmaster we stop tracing: it exited (`exited`),
+    /// or the agent stops while its backends live on.
+    pub fn server_gone(&mut self, postmaster: u32, ts: u64, exited: bool, out: &mut Vec<ServerSpan>) {
         let pids: Vec<u32> = self.backends.iter().filter(|(_, b)| b.postmaster == postmaster).map(|(p, _)| *p).collect();
+        let why = if exited { Cut::ProcessExited } else { Cut::AgentStopped };
         for p in pids {
-            self.exited(p, ts, out);
+            self.cut(p, ts, why, out);
         }
     }
 }
@@ -726,6 +743,14 @@ mod tests {
     }
 
     #[test]
+    fn block_verbs_are_read_past_comments() {
+        assert!(starts_block("/* app=shop */ begin isolation level serializable"));
+        assert!(ends_block("-- done\nCOMMIT"));
+        assert!(!ends_block("ROLLBACK\nTO SAVEPOINT a"));
+        assert!(!starts_block("select 'BEGIN'"));
+    }
+
+    #[test]
     fn with_a_traced_client_spans_join_its_trace() {
         let mut r = Replay::new();
         let mut g = IdGen::seeded(9);
@@ -747,7 +772,7 @@ mod tests {
         r.t.exited(PID, r.ts + 5, &mut out);
         assert_eq!(out.len(), 3);
         assert!(matches!(&out[0], ServerSpan::Wait(w) if w.outcome == WaitOutcome::ProcessExited));
-        assert!(matches!(&out[1], ServerSpan::Query(q) if q.incomplete));
+        assert!(matches!(&out[1], ServerSpan::Query(q) if q.incomplete == Some(Cut::ProcessExited)));
         assert!(matches!(&out[2], ServerSpan::Txn(t) if t.outcome == TxnOutcome::Incomplete));
         assert_eq!(r.t.in_flight(), 0);
     }

@@ -194,7 +194,7 @@ fn report(s: &Summary, e: &Exporter) {
     );
     if s.server.queries > 0 || s.server.lock_waits > 0 {
         eprintln!(
-            "dbtel: server side: {} queries, {} lock waits, {} deadlocks, {} spans closed by a backend's exit",
+            "dbtel: server side: {} queries, {} lock waits, {} deadlocks, {} spans cut short (backend exit or agent stop)",
             s.server.queries, s.server.lock_waits, s.server.deadlocks, s.server.incomplete
         );
     }

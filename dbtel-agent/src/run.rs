@@ -203,7 +203,7 @@ impl Agent {
         let gone: Vec<u32> = self.server.servers.keys().copied().filter(|pm| !discover::process_exists(*pm)).collect();
         for pm in gone {
             self.drain();
-            self.server.server_gone(pm, Clock::monotonic_now_ns());
+            self.server.server_gone(pm, Clock::monotonic_now_ns(), true);
             self.flush_spans_now(true);
             self.probes.untrace_server(pm);
             self.exporter.process_gone(pm);
@@ -458,7 +458,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     let now = Clock::monotonic_now_ns();
     let postmasters: Vec<u32> = agent.server.servers.keys().copied().collect();
     for pm in postmasters {
-        agent.server.server_gone(pm, now);
+        agent.server.server_gone(pm, now, false);
     }
     agent.flush_spans_now(true);
     agent.summary.server = agent.server.tracker.counters;

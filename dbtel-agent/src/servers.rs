@@ -448,8 +448,8 @@ impl ServerSide {
     }
 
     /// A postmaster is gone (or no longer traced): close its backends' spans.
-    pub fn server_gone(&mut self, postmaster: u32, ts_ns: u64) {
-        self.tracker.server_gone(postmaster, ts_ns, &mut self.spans);
+    pub fn server_gone(&mut self, postmaster: u32, ts_ns: u64, exited: bool) {
+        self.tracker.server_gone(postmaster, ts_ns, exited, &mut self.spans);
         self.servers.remove(&postmaster);
     }
 }

@@ -5,7 +5,7 @@
 use opentelemetry::{KeyValue, Value};
 
 use crate::{
-    backend::{LockWait, ServerQuery, ServerTxn, TxnOutcome, WaitOutcome},
+    backend::{Cut, LockWait, ServerQuery, ServerTxn, TxnOutcome, WaitOutcome},
     catalog::{Backend, Blocker, Relation},
     export::Described,
     sql::{FactsCache, QueryFacts},
@@ -76,10 +76,16 @@ pub fn describe_query(q: &ServerQuery, facts: &QueryFacts, backend: Option<&Back
         a.push(KeyValue::new("db.response.status_code", e.sqlstate.clone()));
         a.push(KeyValue::new("error.type", e.sqlstate.clone()));
         error = Some(e.message.clone().unwrap_or_else(|| e.sqlstate.clone()));
-    } else if q.incomplete && backend.is_none_or(|b| b.backend_type == "client backend") {
-        // (Autovacuum and other workers report a statement and exit without going idle.)
-        a.push(KeyValue::new("error.type", "dbtel.process_exited"));
-        error = Some("query did not complete: backend exited".into());
+    } else if let Some(cut) = q.incomplete {
+        match cut {
+            // Autovacuum and other workers report a statement and exit without going idle.
+            Cut::ProcessExited if backend.is_none_or(|b| b.backend_type == "client backend") => {
+                a.push(KeyValue::new("error.type", "dbtel.process_exited"));
+                error = Some("query did not complete: backend exited".into());
+            }
+            Cut::ProcessExited => {}
+            Cut::AgentStopped => a.push(KeyValue::new("dbtel.span.cut_short", "agent_stopped")),
+        }
     }
     Described { name, attributes: a, error }
 }
@@ -161,7 +167,7 @@ pub fn describe_wait(w: &LockWait, facts: &WaitFacts, cache: &mut FactsCache) ->
         }
     }
     let error = match &w.outcome {
-        WaitOutcome::Granted => None,
+        WaitOutcome::Granted | WaitOutcome::AgentStopped => None,
         WaitOutcome::Error(code) => {
             a.push(KeyValue::new("error.type", code.clone()));
             Some(format!("lock wait ended by error {code}"))
