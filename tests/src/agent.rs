@@ -47,8 +47,14 @@ impl AgentRun {
 impl Agent {
     /// Starts `dbtel-agent args...` and waits for its `dbtel: tracing` line.
     pub fn start(args: &[&str], stdin: Stdio) -> Agent {
+        Self::start_env(args, &[], stdin)
+    }
+
+    /// `start` with extra environment variables.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)], stdin: Stdio) -> Agent {
         let mut child = Command::new(agent_binary())
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(stdin)
             .stdout(Stdio::piped())

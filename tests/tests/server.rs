@@ -117,3 +117,25 @@ fn untraced_clients_get_server_spans_and_another_cluster_is_left_alone() {
     assert_eq!((&w.links[0].trace_id, &w.links[0].span_id), (&holder_txn.trace_id, &holder_txn.span_id));
     assert!(run.summary().contains(" 0 failed"), "{}", run.summary());
 }
+
+#[test]
+fn a_catalog_that_cannot_be_reached_costs_the_attributes_it_gives_and_nothing_else() {
+    require_root();
+    let pg = Cluster::start();
+    pg.psql("postgres", "create table t (id int primary key)");
+    let rx = Receiver::start();
+    let pm = pg.postmaster_pid().to_string();
+    // Nothing listens on port 1: the catalog cannot connect.
+    let agent = Agent::start_env(&["--otlp-endpoint", &rx.http_endpoint(), "--pid", &pm], &[("PGPORT", "1"), ("PGHOST", "127.0.0.1")], Stdio::null());
+    assert!(agent.stderr_lines.iter().any(|l| l.contains("catalog unavailable")), "{:?}", agent.stderr_lines);
+    let out = psql(&pg, &["insert into t values (1)", "select * from t"]).status().unwrap();
+    assert!(out.success());
+    std::thread::sleep(Duration::from_millis(500));
+    let run = agent.interrupt();
+    assert!(run.status.success(), "{run:?}");
+    assert!(!run.stderr.contains("PGPASSWORD"));
+    let names: Vec<String> = rx.spans().iter().filter(|s| s.kind == SERVER).map(|s| s.name.clone()).collect();
+    assert_eq!(names, ["INSERT t", "SELECT t"], "every statement, without the catalog's attributes");
+    assert!(rx.spans().iter().all(|s| s.str("user.name").is_none()));
+    assert!(run.summary().contains(" 0 failed"), "{}", run.summary());
+}
