@@ -239,6 +239,10 @@ impl Probes {
         pids.insert(t.postmaster, t.postmaster, 0)?;
         for pid in crate::server::processes_of(t.postmaster) {
             pids.insert(pid, t.postmaster, 0)?;
+            // Exited between the scan and the insert: its exit went by unseen.
+            if !crate::discover::process_exists(pid) {
+                let _ = pids.remove(&pid);
+            }
         }
         Ok(placed)
     }

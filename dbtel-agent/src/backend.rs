@@ -296,6 +296,11 @@ impl Tracker {
         b.txn.as_ref().map(|t| t.ids).or_else(|| b.query.as_ref().map(|q| q.ids))
     }
 
+    /// Backends with state kept (for sweeping out those whose exit was missed).
+    pub fn pids(&self) -> Vec<u32> {
+        self.backends.keys().copied().collect()
+    }
+
     /// The lock wait a backend is in, if any.
     pub fn open_wait(&self, pid: u32) -> Option<Ids> {
         self.backends.get(&pid)?.waits.last().map(|w| w.ids)

@@ -197,6 +197,9 @@ impl Agent {
     /// Servers that went away; the catalog's own sessions kept untraced.
     fn servers_housekeeping(&mut self) {
         self.server.warn_idle_in_transaction();
+        // Drained first: an exit record still in the ring buffer is not lost.
+        self.drain();
+        self.server.sweep_dead(Clock::monotonic_now_ns());
         for pid in self.server.own_backends() {
             self.probes.untrace_backend(pid as u32);
         }

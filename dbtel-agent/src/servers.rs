@@ -422,6 +422,17 @@ impl ServerSide {
         });
     }
 
+    /// Backends whose exit record was lost (ring buffer full): close their
+    /// state rather than hand it to a process that reuses the PID.
+    pub fn sweep_dead(&mut self, now_ns: u64) {
+        for pid in self.tracker.pids() {
+            if !crate::discover::process_exists(pid) {
+                self.tracker.exited(pid, now_ns, &mut self.spans);
+                self.exited.push(pid);
+            }
+        }
+    }
+
     /// Sessions idle inside a transaction for long hold locks others may
     /// need: said once per session and transaction, from the poller's snapshot.
     pub fn warn_idle_in_transaction(&mut self) {
