@@ -105,7 +105,8 @@ pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
             if p.args.len() > USDT_MAX_ARGS {
                 return Err(bad(format!("{} arguments, at most {USDT_MAX_ARGS} supported", p.args.len())));
             }
-            let mut spec = SiteSpec { probe: id, text_arg, ..Default::default() };
+            let repeat_once = (id == site::STATEMENT_STATUS) as u32;
+            let mut spec = SiteSpec { probe: id, text_arg, repeat_once, ..Default::default() };
             for (i, a) in p.args.iter().enumerate() {
                 spec.args[i] = usdt::arg_spec(a).map_err(|w| bad(format!("argument {}: {w}", i + 1)))?;
             }

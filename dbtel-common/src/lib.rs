@@ -245,7 +245,10 @@ pub struct SiteSpec {
     pub probe: u32,
     /// 0: no text; else the argument (index + 1) that points at a C string to copy.
     pub text_arg: u32,
-    pub _pad: [u32; 2],
+    /// Non-zero: a text is reported once per process until a NULL comes
+    /// (statement__status: Parse, Bind and Execute each report the statement).
+    pub repeat_once: u32,
+    pub _pad: u32,
     pub args: [ArgSpec; USDT_MAX_ARGS],
 }
 

@@ -49,6 +49,10 @@ static SERVER_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
 /// Per attach cookie: which probe it is and where its arguments are.
 #[map]
 static SITES: Array<SiteSpec> = Array::with_max_entries(MAX_SITES, 0);
+/// The head of the last text each process reported, for sites that report
+/// a text once until a NULL.
+#[map]
+static LAST_TEXT: LruHashMap<u32, [u64; 4]> = LruHashMap::with_max_entries(16384, 0);
 #[map]
 static SERVER_SCRATCH: PerCpuArray<ServerEvent> = PerCpuArray::with_max_entries(1, 0);
 /// Field offsets in the sched_process_fork tracepoint record (read by the
@@ -299,6 +303,9 @@ pub fn pg_server(ctx: ProbeContext) -> u32 {
         6 => ev.args[5],
         _ => 0,
     };
+    if spec.repeat_once != 0 && repeated(tgid, p) {
+        return 0;
+    }
     {
         if p != 0 {
             ev.flags |= qflags::TEXT_PRESENT;
@@ -320,6 +327,27 @@ pub fn pg_server(ctx: ProbeContext) -> u32 {
         bump(counter::RINGBUF_FULL);
     }
     0
+}
+
+/// True if `p`'s text begins as the last one this process reported (its
+/// first 31 bytes): the same statement reported again. A NULL resets.
+#[inline(always)]
+fn repeated(tgid: u32, p: u64) -> bool {
+    if p == 0 {
+        let _ = LAST_TEXT.remove(&tgid);
+        return false;
+    }
+    // Compared as words: there is no memcmp in BPF.
+    let mut head = [0u64; 4];
+    let bytes: &mut [u8; 32] = unsafe { &mut *(&mut head as *mut [u64; 4]).cast() };
+    let _ = unsafe { bpf_probe_read_user_str_bytes(p as *const u8, bytes) };
+    if let Some(last) = unsafe { LAST_TEXT.get(&tgid) } {
+        if last[0] == head[0] && last[1] == head[1] && last[2] == head[2] && last[3] == head[3] {
+            return true;
+        }
+    }
+    let _ = LAST_TEXT.insert(&tgid, &head, 0);
+    false
 }
 
 /// A register slot of the probed task's pt_regs. The slot is chosen at attach
@@ -399,6 +427,7 @@ pub fn server_exit(_ctx: TracePointContext) -> u32 {
     }
     let Some(pm) = unsafe { SERVER_PIDS.get(&tgid) }.copied() else { return 0 };
     let _ = SERVER_PIDS.remove(&tgid);
+    let _ = LAST_TEXT.remove(&tgid);
     if EVENTS.output::<Header>(header(kind::SERVER_EXIT, 0, pm as u64), wakeup_flags()).is_err() {
         bump(counter::RINGBUF_FULL);
     }

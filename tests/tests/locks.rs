@@ -48,8 +48,10 @@ impl Session {
 }
 
 fn setup() -> Cluster {
-    // A short deadlock_timeout: the deadlock check runs that long after a wait starts.
-    let pg = Cluster::start_with(&["fsync=off", "deadlock_timeout=100ms"]);
+    // The deadlock check runs deadlock_timeout after a wait starts (default 1 s):
+    // long enough for the catalog to name the blocker (waits are looked up
+    // after 20 ms), short enough for a quick test.
+    let pg = Cluster::start_with(&["fsync=off", "deadlock_timeout=400ms"]);
     pg.psql("postgres", "create table accounts (id int primary key, balance int)");
     pg.psql("postgres", "insert into accounts values (1, 100), (2, 100)");
     pg
