@@ -172,6 +172,8 @@ pub struct ServerQuery {
 pub enum TxnOutcome {
     Committed,
     RolledBack,
+    /// PREPARE TRANSACTION: handed to two-phase commit (no probe fires for it).
+    Prepared,
     Incomplete,
 }
 
@@ -236,6 +238,8 @@ struct Backend {
     deadlock: bool,
     /// The running statement is ROLLBACK/COMMIT/END/ABORT (ends a block).
     txn_ended_by_last: bool,
+    /// The running statement is PREPARE TRANSACTION.
+    prepared_by_last: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -264,6 +268,18 @@ fn starts_block(text: &str) -> bool {
 /// COMMIT / END / ROLLBACK / ABORT, not ROLLBACK TO SAVEPOINT.
 fn ends_block(text: &str) -> bool {
     matches!(crate::txn::verb(text), crate::txn::Verb::Commit | crate::txn::Verb::Rollback)
+}
+
+/// COMMIT AND CHAIN / ROLLBACK AND CHAIN.
+fn chains(text: &str) -> bool {
+    let upper = text.to_ascii_uppercase();
+    ends_block(text) && upper.contains("AND CHAIN") && !upper.contains("AND NO CHAIN")
+}
+
+/// PREPARE TRANSACTION 'gid' (not PREPARE of a statement).
+fn prepares(text: &str) -> bool {
+    let mut w = text.split_whitespace().map(str::to_ascii_uppercase);
+    w.next().as_deref() == Some("PREPARE") && w.next().as_deref() == Some("TRANSACTION")
 }
 
 /// Closes a backend's open waits: ended by `error` (at its time) or, with
@@ -349,6 +365,8 @@ impl Tracker {
                     let b = self.backends.get_mut(&at.pid).expect("entry made above");
                     if b.txn.as_ref().is_some_and(|t| t.error.is_some()) && std::mem::take(&mut b.txn_ended_by_last) {
                         self.close_txn(at.pid, at.ts_ns, TxnOutcome::RolledBack, out);
+                    } else if b.txn.is_some() && std::mem::take(&mut b.prepared_by_last) {
+                        self.close_txn(at.pid, at.ts_ns, TxnOutcome::Prepared, out);
                     }
                 }
             },
@@ -358,7 +376,8 @@ impl Tracker {
                 let b = self.backends.get_mut(&at.pid).expect("entry made above");
                 b.error = None;
                 b.deadlock = false;
-                b.txn_is_block = b.query.as_ref().is_some_and(|q| starts_block(&q.text));
+                // COMMIT/ROLLBACK AND CHAIN start the next block at once.
+                b.txn_is_block = b.query.as_ref().is_some_and(|q| starts_block(&q.text) || chains(&q.text));
                 if b.txn_is_block {
                     let parent = client(at.pid).and_then(|c| c.txn);
                     let ids = match parent {
@@ -491,6 +510,7 @@ impl Tracker {
             t.statements += 1;
         }
         b.txn_ended_by_last = ends_block(&text);
+        b.prepared_by_last = prepares(&text);
         // Nothing from before this statement belongs to it.
         (b.error, b.deadlock, b.awaiting_code, b.awaiting_message) = (None, false, false, false);
         self.counters.queries += 1;
@@ -535,6 +555,7 @@ impl Tracker {
             let name = match t.outcome {
                 TxnOutcome::Committed => "transaction.committed",
                 TxnOutcome::RolledBack => "transaction.rolled_back",
+                TxnOutcome::Prepared => "transaction.prepared",
                 TxnOutcome::Incomplete => "transaction.incomplete",
             };
             t.events.push(Event { name, ts_ns: t.end_ns, attributes: vec![] });
@@ -745,6 +766,19 @@ mod tests {
         assert_eq!(q[0].error, None);
         assert_eq!(q[1].error.as_ref().map(|e| (e.sqlstate.as_str(), e.message.as_deref())), Some(("22012", Some("division by zero"))));
         assert_eq!(q[2].error.as_ref().map(|e| e.sqlstate.as_str()), Some("XX000"));
+    }
+
+    #[test]
+    fn chained_and_prepared_blocks_begin_and_end_where_they_do() {
+        let mut r = Replay::new();
+        r.stmt("BEGIN").at(site::TRANSACTION_START).idle();
+        r.stmt("COMMIT AND CHAIN").at(site::TRANSACTION_COMMIT).at(site::TRANSACTION_START).idle();
+        r.stmt("insert into t values (1)").idle().stmt("PREPARE TRANSACTION 'g1'").idle();
+        r.stmt("select 1").at(site::TRANSACTION_START).at(site::TRANSACTION_COMMIT).idle();
+        let t = r.txns();
+        assert_eq!(t.iter().map(|t| t.outcome).collect::<Vec<_>>(), [TxnOutcome::Committed, TxnOutcome::Prepared]);
+        assert_eq!(t[1].statements, 3, "COMMIT AND CHAIN, the insert, PREPARE TRANSACTION");
+        assert_eq!(r.queries()[4].ids.parent_span_id, 0, "after the prepared block, statements are roots again");
     }
 
     #[test]

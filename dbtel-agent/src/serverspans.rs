@@ -94,6 +94,7 @@ pub fn describe_txn(t: &ServerTxn, backend: Option<&Backend>) -> Described {
     let outcome = match t.outcome {
         TxnOutcome::Committed => "committed",
         TxnOutcome::RolledBack => "rolled_back",
+        TxnOutcome::Prepared => "prepared",
         TxnOutcome::Incomplete => "incomplete",
     };
     let mut a = vec![
