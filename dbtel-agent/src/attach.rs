@@ -235,7 +235,7 @@ impl Probes {
         }
         // The postmaster first, then its children: a fork in between is caught
         // by the tracepoint, which is already on.
-        let mut pids: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(self.ebpf.map_mut("SERVER_PIDS").expect("SERVER_PIDS map"))?;
+        let mut pids = self.server_pids()?;
         pids.insert(t.postmaster, t.postmaster, 0)?;
         for pid in crate::server::processes_of(t.postmaster) {
             pids.insert(pid, t.postmaster, 0)?;
@@ -249,23 +249,24 @@ impl Probes {
 
     /// Stops emitting for one server process (the agent's own catalog sessions).
     pub fn untrace_backend(&mut self, pid: u32) {
-        if let Some(m) = self.ebpf.map_mut("SERVER_PIDS") {
-            if let Ok(mut pids) = BpfHashMap::<_, u32, u32>::try_from(m) {
-                let _ = pids.remove(&pid);
-            }
+        if let Ok(mut pids) = self.server_pids() {
+            let _ = pids.remove(&pid);
         }
     }
 
     /// Stops emitting for a postmaster's processes (its probes stay on the file).
     pub fn untrace_server(&mut self, postmaster: u32) {
-        if let Some(m) = self.ebpf.map_mut("SERVER_PIDS") {
-            if let Ok(mut pids) = BpfHashMap::<_, u32, u32>::try_from(m) {
-                let gone: Vec<u32> = pids.iter().flatten().filter(|(_, pm)| *pm == postmaster).map(|(k, _)| k).collect();
-                for k in gone {
-                    let _ = pids.remove(&k);
-                }
+        if let Ok(mut pids) = self.server_pids() {
+            let gone: Vec<u32> = pids.iter().flatten().filter(|(_, pm)| *pm == postmaster).map(|(k, _)| k).collect();
+            for k in gone {
+                let _ = pids.remove(&k);
             }
         }
+    }
+
+    /// The traced server processes (tgid → postmaster), as the kernel side filters by them.
+    fn server_pids(&mut self) -> Result<BpfHashMap<&mut MapData, u32, u32>, aya::maps::MapError> {
+        BpfHashMap::try_from(self.ebpf.map_mut("SERVER_PIDS").expect("SERVER_PIDS map"))
     }
 
     /// Removes a process's probes (it exited, or the agent is done with it).

@@ -214,6 +214,17 @@ pub enum ServerSpan {
     Wait(LockWait),
 }
 
+impl ServerSpan {
+    /// The backend it happened in.
+    pub fn pid(&self) -> u32 {
+        match self {
+            ServerSpan::Query(q) => q.pid,
+            ServerSpan::Txn(t) => t.pid,
+            ServerSpan::Wait(w) => w.pid,
+        }
+    }
+}
+
 /// Things the agent acts on as they happen (catalog lookups, client events).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Notice {
@@ -228,8 +239,6 @@ struct Backend {
     postmaster: u32,
     query: Option<ServerQuery>,
     txn: Option<ServerTxn>,
-    /// The open transaction was started by BEGIN/START (else it is implicit).
-    txn_is_block: bool,
     waits: Vec<LockWait>,
     error: Option<ErrorReport>,
     /// An ERROR report began (errstart_cold): its errcode and errmsg are next.
@@ -377,8 +386,8 @@ impl Tracker {
                 b.error = None;
                 b.deadlock = false;
                 // COMMIT/ROLLBACK AND CHAIN start the next block at once.
-                b.txn_is_block = b.query.as_ref().is_some_and(|q| starts_block(&q.text) || chains(&q.text));
-                if b.txn_is_block {
+                // (Implicit one-statement transactions get no span.)
+                if b.query.as_ref().is_some_and(|q| starts_block(&q.text) || chains(&q.text)) {
                     let parent = client(at.pid).and_then(|c| c.txn);
                     let ids = match parent {
                         Some(p) => p.child(&mut self.gen),
@@ -561,7 +570,6 @@ impl Tracker {
             t.events.push(Event { name, ts_ns: t.end_ns, attributes: vec![] });
             out.push(ServerSpan::Txn(t));
         }
-        b.txn_is_block = false;
     }
 
     /// A backend exited: close what it had open.

@@ -87,12 +87,16 @@ pub enum Record {
     ServerExit(Origin),
 }
 
-pub fn decode_record(data: &[u8]) -> Result<Record, DecodeError> {
+fn header(data: &[u8]) -> Result<(Header, Origin), DecodeError> {
     if data.len() < size_of::<Header>() {
         return Err(DecodeError::Short(data.len()));
     }
     let h: Header = read(data, 0)?;
-    let at = Origin { pid: h.pid, tid: h.tid, ts_ns: h.ts_ns, conn: h.conn };
+    Ok((h, Origin { pid: h.pid, tid: h.tid, ts_ns: h.ts_ns, conn: h.conn }))
+}
+
+pub fn decode_record(data: &[u8]) -> Result<Record, DecodeError> {
+    let (h, at) = header(data)?;
     match h.kind {
         kind::SERVER => {
             let fixed = ServerEvent::TEXT_OFFSET;
@@ -113,16 +117,17 @@ pub fn decode_record(data: &[u8]) -> Result<Record, DecodeError> {
             Ok(Record::Server(ServerHit { at, site: h.func, args, text, truncated: flags & qflags::TRUNCATED != 0 }))
         }
         kind::SERVER_EXIT => Ok(Record::ServerExit(at)),
-        _ => decode(data).map(Record::Client),
+        _ => client(h, at, data).map(Record::Client),
     }
 }
 
+/// A client (libpq) record.
 pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
-    if data.len() < size_of::<Header>() {
-        return Err(DecodeError::Short(data.len()));
-    }
-    let h: Header = read(data, 0)?;
-    let at = Origin { pid: h.pid, tid: h.tid, ts_ns: h.ts_ns, conn: h.conn };
+    let (h, at) = header(data)?;
+    client(h, at, data)
+}
+
+fn client(h: Header, at: Origin, data: &[u8]) -> Result<Event, DecodeError> {
     match h.kind {
         kind::QUERY => {
             // Only the used part of the text is sent: read the fixed part, then the text.

@@ -196,8 +196,12 @@ impl Agent {
 
     /// Servers that went away; the catalog's own sessions kept untraced.
     fn servers_housekeeping(&mut self) {
+        if self.server.servers.is_empty() {
+            return;
+        }
         self.server.warn_idle_in_transaction();
-        // Drained first: an exit record still in the ring buffer is not lost.
+        // Drained first: an exit record still in the ring buffer is not lost
+        // (nor are the last events of a server found gone below).
         self.drain();
         self.server.sweep_dead(Clock::monotonic_now_ns());
         for pid in self.server.own_backends() {
@@ -205,7 +209,6 @@ impl Agent {
         }
         let gone: Vec<u32> = self.server.servers.keys().copied().filter(|pm| !discover::process_exists(*pm)).collect();
         for pm in gone {
-            self.drain();
             self.server.server_gone(pm, Clock::monotonic_now_ns(), true);
             self.flush_spans_now(true);
             self.probes.untrace_server(pm);

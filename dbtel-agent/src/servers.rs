@@ -270,17 +270,20 @@ impl ServerSide {
         });
     }
 
-    /// The blockers' transactions, as traced by dbtel (client side first:
-    /// that is where the application's trace is).
+    /// What a backend is doing as dbtel traces it: the client's transaction,
+    /// else its query (the application's trace), else the server's block or
+    /// statement.
+    fn traced_work(&self, pid: u32, recon: &Reconstructor) -> Option<Ids> {
+        recon.client_context(pid as i32).and_then(|c| c.txn.or(c.query)).or_else(|| self.tracker.current(pid))
+    }
+
+    /// The blockers' transactions, as traced by dbtel.
     fn blocker_links(&self, facts: &WaitFacts, recon: &Reconstructor) -> Vec<span::Link> {
         facts
             .blockers
             .iter()
             .filter_map(|b| {
-                let ids = recon
-                    .client_context(b.pid)
-                    .and_then(|c| c.txn.or(c.query))
-                    .or_else(|| self.tracker.current(b.pid as u32))?;
+                let ids = self.traced_work(b.pid as u32, recon)?;
                 Some(span::Link {
                     trace_id: ids.trace_id,
                     span_id: ids.span_id,
@@ -305,13 +308,12 @@ impl ServerSide {
             attrs.push(KeyValue::new("db.postgresql.deadlock.other.pid", b.pid as i64));
             let q = self.tracker.running_query(b.pid as u32).map(str::to_string).unwrap_or_else(|| b.query.clone());
             attrs.push(KeyValue::new("db.postgresql.deadlock.other.query", crate::sql::facts(&q, self.obfuscate).text));
-            let traced = recon.client_context(b.pid).and_then(|c| c.txn.or(c.query)).or_else(|| self.tracker.current(b.pid as u32));
-            if let Some(ids) = traced {
+            if let Some(ids) = self.traced_work(b.pid as u32, recon) {
                 attrs.push(KeyValue::new("db.postgresql.deadlock.other.trace_id", format!("{:032x}", ids.trace_id)));
                 attrs.push(KeyValue::new("db.postgresql.deadlock.other.span_id", format!("{:016x}", ids.span_id)));
             }
         }
-        if let Some(ids) = recon.client_context(victim as i32).and_then(|c| c.txn.or(c.query)).or_else(|| self.tracker.current(victim)) {
+        if let Some(ids) = self.traced_work(victim, recon) {
             attrs.push(KeyValue::new("db.postgresql.deadlock.victim.trace_id", format!("{:032x}", ids.trace_id)));
             attrs.push(KeyValue::new("db.postgresql.deadlock.victim.span_id", format!("{:016x}", ids.span_id)));
         }
@@ -364,11 +366,7 @@ impl ServerSide {
         // untraces it; a new backend's spans are held until it is looked up).
         let own = self.own_backends();
         for (s, since) in std::mem::take(&mut self.held) {
-            let pid = match &s {
-                ServerSpan::Query(q) => q.pid,
-                ServerSpan::Txn(t) => t.pid,
-                ServerSpan::Wait(w) => w.pid,
-            };
+            let pid = s.pid();
             let info = self.backend_info(pid);
             // Parallel workers report their leader's statement and never go
             // idle: the leader's span is the one that counts.
@@ -406,11 +404,7 @@ impl ServerSide {
         let held: std::collections::HashSet<u32> = self
             .held
             .iter()
-            .map(|(s, _)| match s {
-                ServerSpan::Query(q) => q.pid,
-                ServerSpan::Txn(t) => t.pid,
-                ServerSpan::Wait(w) => w.pid,
-            })
+            .map(|(s, _)| s.pid())
             .collect();
         let backends = &mut self.backends;
         self.exited.retain(|pid| {
