@@ -70,7 +70,7 @@ fn privilege_hint() -> &'static str {
     }
 }
 
-const PROGRAMS: &[&str] = &["pq_query", "pq_getresult", "pq_getresult_ret", "pq_finish", "pg_server"];
+const PROGRAMS: &[&str] = &["pq_query", "pq_result", "pq_getresult", "pq_getresult_ret", "pq_finish", "pg_server"];
 const TRACEPOINTS: &[(&str, &str)] = &[("server_fork", "sched_process_fork"), ("server_exit", "sched_process_exit")];
 
 pub struct Probes {
@@ -164,11 +164,25 @@ impl Probes {
                 ("pq_query", name, cookie::make(f, text, stmt, layout))
             })
             .collect();
-        points.push(("pq_getresult", "PQgetResult", 0));
-        points.push(("pq_getresult_ret", "PQgetResult", cookie::make(func::PQGET_RESULT, 0, 0, layout)));
+        let mut at: Vec<u64> = points.iter().map(|(_, f, _)| t.offsets[*f] + t.placements[*f].offset).collect();
+        match &t.result_points {
+            Ok(rp) => {
+                for p in rp {
+                    let c = cookie::make_result_point(p.res.pt_regs_offset().into(), p.conn.pt_regs_offset().into(), layout);
+                    points.push(("pq_result", "PQgetResult", c));
+                    at.push(t.offsets["PQgetResult"] + p.offset);
+                }
+            }
+            Err(_) => {
+                // Entry and return probe share the function's first instruction.
+                points.push(("pq_getresult", "PQgetResult", 0));
+                points.push(("pq_getresult_ret", "PQgetResult", cookie::make(func::PQGET_RESULT, 0, 0, layout)));
+                at.extend([t.offsets["PQgetResult"]; 2]);
+            }
+        }
         points.push(("pq_finish", "PQfinish", 0));
-        for (prog, function, c) in points {
-            let offset = t.offsets[function] + t.placements[function].offset;
+        at.push(t.offsets["PQfinish"] + t.placements["PQfinish"].offset);
+        for ((prog, function, c), offset) in points.into_iter().zip(at) {
             let p: &mut UProbe = self.ebpf.program_mut(prog).expect("loaded").try_into().expect("uprobe");
             let point = UProbeAttachPoint { location: offset.into(), cookie: Some(c) };
             match p.attach(point, &t.host_path, UProbeScope::OneProcess(pid)) {

@@ -13,6 +13,7 @@ use object::{Object, ObjectSegment, ObjectSymbol};
 use crate::{
     layout::{self, Accessors},
     placement::{self, Placement},
+    resultpoint::{self, ResultPoint},
 };
 
 /// The libpq entry points dbtel probes; a libpq lacking any of them is refused.
@@ -82,6 +83,9 @@ pub struct LibpqTarget {
     /// stays at its first instruction, which its return probe needs.
     pub placements: BTreeMap<&'static str, Placement>,
     pub layout: LibpqLayout,
+    /// Where PQgetResult holds a result it returns (one probe per result), or
+    /// why it was not found (then an entry and a return probe are used).
+    pub result_points: Result<Vec<ResultPoint>, String>,
     /// Why the PGconn offsets are unknown, if they are (spans then lack
     /// database and server details).
     pub conn_layout_error: Option<String>,
@@ -207,6 +211,7 @@ pub fn inspect(pid: u32, path: &str, host_path: &Path) -> Result<Option<LibpqTar
     }
     let (layout, conn_err) = layout::libpq_layout(&Accessors { get: &get })
         .map_err(|error| DiscoverError::Layout { path: path.into(), error })?;
+    let result_points = result_points(&file, &data, &symbols).map_err(|e| e.to_string());
     Ok(Some(LibpqTarget {
         pid,
         path: path.into(),
@@ -214,8 +219,63 @@ pub fn inspect(pid: u32, path: &str, host_path: &Path) -> Result<Option<LibpqTar
         offsets,
         placements,
         layout,
+        result_points,
         conn_layout_error: conn_err.map(|e| e.to_string()),
     }))
+}
+
+/// PQgetResult's result points (see resultpoint), with calls resolved
+/// through the PLT or GOT to PQfireResultCreateEvents.
+fn result_points(
+    file: &object::File<'_>,
+    data: &[u8],
+    symbols: &BTreeMap<String, u64>,
+) -> Result<Vec<ResultPoint>, resultpoint::NotFound> {
+    use object::{ObjectSymbolTable, RelocationTarget};
+    const FIRE: &str = "PQfireResultCreateEvents";
+    let not_found = resultpoint::NotFound;
+    let addr = symbols["PQgetResult"];
+    let size = file
+        .dynamic_symbols()
+        .chain(file.symbols())
+        .find(|s| s.address() == addr && s.size() > 0)
+        .map(|s| s.size())
+        .ok_or(not_found("PQgetResult's size is unknown"))?;
+    let off = vaddr_to_offset(file, addr).ok_or(not_found("PQgetResult is outside the file"))? as usize;
+    let code = data.get(off..off + size as usize).ok_or(not_found("PQgetResult is outside the file"))?;
+    // GOT slots whose dynamic relocation names the events function.
+    let dynsyms = file.dynamic_symbol_table();
+    let fire_slots: Vec<u64> = file
+        .dynamic_relocations()
+        .into_iter()
+        .flatten()
+        .filter(|(_, r)| match r.target() {
+            RelocationTarget::Symbol(i) => dynsyms
+                .as_ref()
+                .and_then(|t| t.symbol_by_index(i).ok())
+                .is_some_and(|s| s.name().is_ok_and(|n| n.split('@').next() == Some(FIRE))),
+            _ => false,
+        })
+        .map(|(slot, _)| slot)
+        .collect();
+    let fire_addr = symbols.get(FIRE).copied();
+    let is_fire = |target: u64, via_got: bool| {
+        if via_got {
+            return fire_slots.contains(&target);
+        }
+        if Some(target) == fire_addr {
+            return true;
+        }
+        // A PLT stub: [endbr64;] jmp [rip+slot].
+        let Some(code) = vaddr_to_offset(file, target).and_then(|o| data.get(o as usize..(o as usize + 16).min(data.len())))
+        else {
+            return false;
+        };
+        layout::decode(code, target).iter().take(2).any(|i| {
+            i.mnemonic() == iced_x86::Mnemonic::Jmp && i.is_ip_rel_memory_operand() && fire_slots.contains(&i.ip_rel_memory_address())
+        })
+    };
+    resultpoint::find(code, addr, &is_fire)
 }
 
 /// Defined function symbols (dynamic first, then the full table if present).
@@ -247,6 +307,20 @@ pub(crate) fn vaddr_to_offset(file: &object::File<'_>, addr: u64) -> Option<u64>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn system_libpq_has_one_result_point() {
+        // The libpq the integration tests use (installed by `cargo xtask setup`).
+        let path = Path::new("/usr/lib/x86_64-linux-gnu/libpq.so.5");
+        if !path.exists() {
+            eprintln!("no system libpq: skipped");
+            return;
+        }
+        let t = inspect(1, "libpq.so.5", path).unwrap().unwrap();
+        let points = t.result_points.unwrap();
+        assert_eq!(points.len(), 1, "{points:?}");
+        assert!(points[0].instruction.starts_with('j'), "{points:?}");
+    }
 
     #[test]
     fn maps_keeps_executable_file_mappings_once() {

@@ -36,7 +36,8 @@ pub enum Event {
         truncated: bool,
     },
     /// PQgetResult returned; `result == 0` means no more results.
-    Result { at: Origin, result: u64, status: i32, ntuples: i32, cmd_status: String, sqlstate: Option<String> },
+    /// `nulls`: PQgetResult's NULL returns are reported too (entry + return probes).
+    Result { at: Origin, result: u64, status: i32, ntuples: i32, cmd_status: String, sqlstate: Option<String>, nulls: bool },
     /// First use of a connection object in this process.
     Conn { at: Origin, backend_pid: i32, db: String, host: String, port: String },
     /// PQfinish.
@@ -164,6 +165,7 @@ fn client(h: Header, at: Origin, data: &[u8]) -> Result<Event, DecodeError> {
                 ntuples: r.ntuples,
                 cmd_status: cstr(&r.cmd_status),
                 sqlstate: (!sqlstate.is_empty()).then_some(sqlstate),
+                nulls: h.func != dbtel_common::func::PQGET_RESULT_POINT,
             })
         }
         kind::CONN => {
@@ -207,8 +209,17 @@ pub mod encode {
     }
 
     pub fn result(at: Origin, result: u64, status: i32, ntuples: i32, cmd: &str, sqlstate: &str) -> Vec<u8> {
+        result_from(dbtel_common::func::PQGET_RESULT, at, result, status, ntuples, cmd, sqlstate)
+    }
+
+    /// A result seen by the probe inside PQgetResult (NULLs are not reported).
+    pub fn result_point(at: Origin, status: i32, ntuples: i32, cmd: &str, sqlstate: &str) -> Vec<u8> {
+        result_from(dbtel_common::func::PQGET_RESULT_POINT, at, 0xbeef, status, ntuples, cmd, sqlstate)
+    }
+
+    fn result_from(func: u32, at: Origin, result: u64, status: i32, ntuples: i32, cmd: &str, sqlstate: &str) -> Vec<u8> {
         let mut r = ResultEvent {
-            hdr: header(kind::RESULT, dbtel_common::func::PQGET_RESULT, &at),
+            hdr: header(kind::RESULT, func, &at),
             result,
             status,
             ntuples,

@@ -10,6 +10,7 @@ pub mod export;
 pub mod layout;
 pub mod placement;
 pub mod reconstruct;
+pub mod resultpoint;
 pub mod run;
 pub mod span;
 pub mod server;

@@ -3,8 +3,14 @@
 //!
 //! Per connection (process, PGconn*) it keeps a FIFO of queries in flight.
 //! A query opens at the outermost libpq call (PQexec's inner PQsendQuery is
-//! recognised as nested and folded in) and closes when PQgetResult returns
-//! NULL: the moment the last result reached the client.
+//! recognised as nested and folded in) and closes when its last result
+//! reaches the client. Usually the probe sees results but not the NULL that
+//! follows them (it costs a trap per call), so the last result is known by
+//! its kind: a query that can return one result only (extended protocol, or
+//! one statement) ends at its first final result, any query at an error. A
+//! multi-statement text ends at the next call on its connection, at
+//! PQfinish, at exit, or once quiet for a while — at its last result's time.
+//! Where the NULL is seen (entry + return probes), it ends the query too.
 //!
 //! Identifiers are given when a query opens, by the transaction tracker
 //! ([`crate::txn`]): a query inside BEGIN…COMMIT is a child of its
@@ -19,9 +25,14 @@ use dbtel_common::func;
 
 use crate::{
     events::{Event, Origin},
+    shape,
     span::{self, IdGen, Ids},
     txn::{self, Tracker, TxnSpan, Verb},
 };
+
+/// How long a multi-statement text's connection stays quiet before its last
+/// result so far is taken as its last (when PQgetResult's NULL is not seen).
+pub const QUIET_NS: u64 = 1_000_000_000;
 
 /// Connection details read once from libpq's PGconn.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +47,7 @@ pub struct ConnInfo {
 /// Why a span ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
-    /// The last result was delivered (PQgetResult returned NULL).
+    /// The last result was delivered.
     Completed,
     /// PQfinish closed the connection with the query in flight.
     ConnectionClosed,
@@ -110,9 +121,20 @@ pub struct Counters {
 
 // PGRES_* values of libpq's ExecStatusType (stable across versions).
 const PGRES_TUPLES_OK: i32 = 2;
+const PGRES_COPY_OUT: i32 = 3;
+const PGRES_COPY_IN: i32 = 4;
 const PGRES_BAD_RESPONSE: i32 = 5;
 const PGRES_FATAL_ERROR: i32 = 7;
+const PGRES_COPY_BOTH: i32 = 8;
 const PGRES_SINGLE_TUPLE: i32 = 9;
+const PGRES_PIPELINE_SYNC: i32 = 10;
+const PGRES_TUPLES_CHUNK: i32 = 12;
+
+/// A result after which the statement has nothing more to return (COPY
+/// results and single-row / chunked rows are followed by more).
+fn ends_statement(status: i32) -> bool {
+    !matches!(status, PGRES_COPY_OUT | PGRES_COPY_IN | PGRES_COPY_BOTH | PGRES_SINGLE_TUPLE | PGRES_PIPELINE_SYNC | PGRES_TUPLES_CHUNK)
+}
 
 struct InFlight {
     span: QuerySpan,
@@ -124,6 +146,10 @@ struct InFlight {
     /// Results of an earlier, superseded query are still being drained
     /// (PQexec discards them before sending).
     discarding: bool,
+    /// It returns one result at most: its first final result ends it.
+    one_result: bool,
+    /// When its last final result so far arrived (multi-statement texts).
+    answered_at: Option<u64>,
 }
 
 #[derive(Default)]
@@ -215,8 +241,8 @@ impl Reconstructor {
     pub fn on_event(&mut self, ev: Event, out: &mut Vec<ClientSpan>) {
         match ev {
             Event::Call { at, func, text, name, truncated } => self.on_call(at, func, text, name, truncated, out),
-            Event::Result { at, result, status, ntuples, cmd_status, sqlstate } => {
-                self.on_result(at, result, status, ntuples, cmd_status, sqlstate, out)
+            Event::Result { at, result, status, ntuples, cmd_status, sqlstate, nulls } => {
+                self.on_result(at, result, status, ntuples, cmd_status, sqlstate, nulls, out)
             }
             Event::Conn { at, backend_pid, db, host, port } => {
                 let key = (at.pid, at.conn);
@@ -234,6 +260,7 @@ impl Reconstructor {
             Event::Finish { at } => {
                 let key = (at.pid, at.conn);
                 if let Some(mut c) = self.conns.remove(&key) {
+                    self.complete_answered(key, &mut c, out);
                     self.close_all(key, &mut c, at.ts_ns, End::ConnectionClosed, out);
                     self.forget_backend(key, &c);
                     let mut txns = Vec::new();
@@ -257,6 +284,8 @@ impl Reconstructor {
             self.conns.insert((at.pid, at.conn), conn);
             return;
         }
+        // A multi-statement query answered so far has had all its results.
+        self.complete_answered((at.pid, at.conn), &mut conn, out);
         let sync = is_sync(f);
         let mut discarding = false;
         if sync && !conn.queue.is_empty() {
@@ -287,6 +316,11 @@ impl Reconstructor {
             (_, func::PQPREPARE | func::PQSEND_PREPARE) | (None, _) => Verb::Other,
             (Some(t), _) => txn::verb(t),
         };
+        // The extended protocol carries one statement; a simple-protocol text may hold several.
+        let one_result = match f {
+            func::PQEXEC | func::PQSEND_QUERY => text.as_deref().is_some_and(shape::single_statement),
+            _ => true,
+        };
         let ids = self.txns.query_started((at.pid, at.conn), &verb, at.ts_ns, &mut self.ids);
         conn.queue.push_back(InFlight {
             verb,
@@ -313,6 +347,8 @@ impl Reconstructor {
             sync,
             sent: !sync,
             discarding,
+            one_result,
+            answered_at: None,
         });
         self.conns.insert((at.pid, at.conn), conn);
     }
@@ -326,17 +362,21 @@ impl Reconstructor {
         ntuples: i32,
         cmd_status: String,
         sqlstate: Option<String>,
+        nulls: bool,
         out: &mut Vec<ClientSpan>,
     ) {
-        let Some(q) = self.conns.get_mut(&(at.pid, at.conn)).and_then(|c| c.queue.front_mut()) else {
+        let key = (at.pid, at.conn);
+        let Some(q) = self.conns.get_mut(&key).and_then(|c| c.queue.front_mut()) else {
             // PQgetResult returning NULL on an idle connection is normal.
-            if result != 0 {
+            if result != 0 && status != PGRES_PIPELINE_SYNC {
                 self.counters.unmatched_results += 1;
             }
             return;
         };
         if !q.sent {
-            if q.discarding {
+            // Without NULLs the drained results cannot be told from the new
+            // query's: they are counted as its own.
+            if q.discarding && nulls {
                 q.discarding = result != 0;
                 return;
             }
@@ -346,29 +386,71 @@ impl Reconstructor {
             q.sent = true; // the nested send was not observed (direct call inside libpq)
         }
         if result == 0 {
-            let key = (at.pid, at.conn);
-            let conn = self.conns.get_mut(&key).expect("looked up above");
-            let mut q = conn.queue.pop_front().expect("front exists");
-            q.span.end_ns = at.ts_ns;
-            let s = &q.span;
-            let mut txns = Vec::new();
-            self.txns.query_ended(key, &q.verb, at.ts_ns, s.failed, s.sqlstate.as_deref(), s.cmd_status.as_deref(), &mut txns);
-            out.push(ClientSpan::Query(q.span));
-            push_txns(txns, &conn.info, out);
+            self.complete_front(key, at.ts_ns, out);
             return;
         }
         let s = &mut q.span;
-        if matches!(status, PGRES_TUPLES_OK | PGRES_SINGLE_TUPLE) {
+        if matches!(status, PGRES_TUPLES_OK | PGRES_SINGLE_TUPLE | PGRES_TUPLES_CHUNK) {
             s.rows += ntuples.max(0) as u64;
         }
         if !cmd_status.is_empty() {
             s.cmd_status = Some(cmd_status);
         }
-        if matches!(status, PGRES_FATAL_ERROR | PGRES_BAD_RESPONSE) {
+        let error = matches!(status, PGRES_FATAL_ERROR | PGRES_BAD_RESPONSE);
+        if error {
             s.failed = true;
             if s.sqlstate.is_none() {
                 s.sqlstate = sqlstate;
             }
+        }
+        if ends_statement(status) {
+            // An error ends a multi-statement text too: the rest is skipped.
+            if q.one_result || error {
+                self.complete_front(key, at.ts_ns, out);
+            } else {
+                q.answered_at = Some(at.ts_ns);
+            }
+        }
+    }
+
+    /// The front query of `key` got its last result at `ts`.
+    fn complete_front(&mut self, key: Key, ts: u64, out: &mut Vec<ClientSpan>) {
+        let conn = self.conns.get_mut(&key).expect("looked up by the caller");
+        let q = conn.queue.pop_front().expect("front exists");
+        let info = conn.info.clone();
+        self.completed(key, q, ts, &info, out);
+    }
+
+    /// Ends the answered queries at the front of a connection taken out of the map.
+    fn complete_answered(&mut self, key: Key, conn: &mut ConnState, out: &mut Vec<ClientSpan>) {
+        while let Some(ts) = conn.queue.front().and_then(|q| q.answered_at) {
+            let q = conn.queue.pop_front().expect("front exists");
+            self.completed(key, q, ts, &conn.info, out);
+        }
+    }
+
+    fn completed(&mut self, key: Key, mut q: InFlight, ts: u64, info: &Option<Arc<ConnInfo>>, out: &mut Vec<ClientSpan>) {
+        q.span.end_ns = ts;
+        let s = &q.span;
+        let mut txns = Vec::new();
+        self.txns.query_ended(key, &q.verb, ts, s.failed, s.sqlstate.as_deref(), s.cmd_status.as_deref(), &mut txns);
+        out.push(ClientSpan::Query(q.span));
+        push_txns(txns, info, out);
+    }
+
+    /// Ends multi-statement queries whose last result came before `before_ns`
+    /// and that nothing has followed since (an idle connection).
+    pub fn complete_quiet(&mut self, before_ns: u64, out: &mut Vec<ClientSpan>) {
+        let keys: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.queue.front().and_then(|q| q.answered_at).is_some_and(|t| t < before_ns))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            let mut conn = self.conns.remove(&key).expect("key listed");
+            self.complete_answered(key, &mut conn, out);
+            self.conns.insert(key, conn);
         }
     }
 
@@ -390,6 +472,7 @@ impl Reconstructor {
         let keys: Vec<_> = self.conns.keys().filter(|(p, _)| *p == pid).copied().collect();
         for k in keys {
             let mut c = self.conns.remove(&k).expect("key listed");
+            self.complete_answered(k, &mut c, out);
             self.close_all(k, &mut c, ts_ns, End::ProcessExited, out);
             self.forget_backend(k, &c);
             let mut txns = Vec::new();
@@ -413,6 +496,8 @@ fn push_txns(txns: Vec<TxnSpan>, info: &Option<Arc<ConnInfo>>, out: &mut Vec<Cli
 mod tests {
     use super::*;
     use crate::events::{decode, encode};
+
+    const PGRES_COMMAND_OK: i32 = 1;
 
     /// A scripted event stream for one process, replayed through decode().
     struct Script {
@@ -454,6 +539,12 @@ mod tests {
         fn err(&mut self, tid: u32, conn: u64, sqlstate: &str) -> &mut Self {
             let at = self.at(tid, conn);
             self.bytes.push(encode::result(at, 0xbeef, PGRES_FATAL_ERROR, 0, "", sqlstate));
+            self
+        }
+        /// A result from the probe inside PQgetResult (no NULLs follow).
+        fn rp(&mut self, conn: u64, status: i32, ntuples: i32, cmd: &str) -> &mut Self {
+            let at = self.at(1, conn);
+            self.bytes.push(encode::result_point(at, status, ntuples, cmd, if status == PGRES_FATAL_ERROR { "42P01" } else { "" }));
             self
         }
         fn null(&mut self, tid: u32, conn: u64) -> &mut Self {
@@ -500,7 +591,7 @@ mod tests {
         let q = &spans[0];
         assert_eq!((q.call, q.text.as_deref(), q.rows, q.end), (func::PQEXEC, Some("select 1"), 1, End::Completed));
         assert_eq!(q.cmd_status.as_deref(), Some("SELECT 1"));
-        assert_eq!(q.end_ns - q.start_ns, 4_000, "from the PQexec call to the final NULL result");
+        assert_eq!(q.end_ns - q.start_ns, 3_000, "from the PQexec call to its result");
         assert_eq!(q.conn_info.as_ref().unwrap().backend_pid, 4242);
         assert_eq!(r.in_flight(), 0);
         assert_eq!(r.counters, Counters::default());
@@ -686,7 +777,7 @@ mod tests {
         assert!(!r.annotate(1, ev.clone()));
         let mut out = vec![];
         let at = Origin { pid: 7, tid: 1, ts_ns: s.ts + 10, conn: C1 };
-        r.on_event(Event::Result { at, result: 0, status: -1, ntuples: 0, cmd_status: String::new(), sqlstate: None }, &mut out);
+        r.on_event(Event::Result { at, result: 0, status: -1, ntuples: 0, cmd_status: String::new(), sqlstate: None, nulls: true }, &mut out);
         let ClientSpan::Query(done) = &out[0] else { panic!() };
         assert_eq!((done.ids, &done.events[..]), (q, &[ev][..]));
         let ctx = r.client_context(4242).unwrap();
@@ -709,5 +800,85 @@ mod tests {
         let (spans, _) = s.run();
         assert_eq!(spans.len(), 2);
         assert_eq!((spans[0].end, spans[1].rows), (End::Superseded, 1));
+    }
+
+    #[test]
+    fn results_without_nulls_end_single_statements_at_their_result() {
+        let mut s = Script::new();
+        s.conn(C1)
+            .call(1, C1, func::PQSEND_QUERY_PREPARED, None, Some("P_0"))
+            .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1")
+            .call(1, C1, func::PQSEND_QUERY, Some("select abalance from a where aid = 1;"), None)
+            .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1")
+            .call(1, C1, func::PQEXEC, Some("update t set x = 1"), None) // nested send invisible
+            .rp(C1, PGRES_COMMAND_OK, 0, "UPDATE 3");
+        let (spans, r) = s.run();
+        assert_eq!(spans.len(), 3, "each ends at its result, before the next call");
+        for q in &spans {
+            assert_eq!((q.end, q.end_ns - q.start_ns), (End::Completed, 1_000), "{q:?}");
+        }
+        assert_eq!(spans[2].cmd_status.as_deref(), Some("UPDATE 3"));
+        assert_eq!((r.in_flight(), r.counters), (0, Counters::default()));
+    }
+
+    #[test]
+    fn multi_statement_texts_end_at_their_last_result_once_something_follows() {
+        let mut s = Script::new();
+        s.call(1, C1, func::PQSEND_QUERY, Some("select 1; select 2"), None)
+            .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1")
+            .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1"); // at 3_000
+        let (spans, mut r) = s.run();
+        assert!(spans.is_empty(), "a third statement could still come");
+        let mut out = vec![];
+        r.complete_quiet(s.ts, &mut out);
+        assert!(out.is_empty(), "not quiet yet");
+        r.complete_quiet(s.ts + 1, &mut out);
+        let q = &queries(out)[0];
+        assert_eq!((q.rows, q.end_ns - q.start_ns, q.end), (2, 2_000, End::Completed));
+
+        // The next call and PQfinish end it the same way; an error ends it at once.
+        let mut s = Script::new();
+        s.call(1, C1, func::PQEXEC, Some("select 1; select 2"), None)
+            .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1")
+            .call(1, C1, func::PQEXEC, Some("select 1; select * from nope; select 3"), None)
+            .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1")
+            .rp(C1, PGRES_FATAL_ERROR, 0, "")
+            .call(1, C2, func::PQEXEC, Some("select 1; select 2"), None)
+            .rp(C2, PGRES_TUPLES_OK, 1, "SELECT 1")
+            .finish(C2);
+        let (spans, r) = s.run();
+        let ends: Vec<_> = spans.iter().map(|q| (q.end, q.failed, q.end_ns - q.start_ns)).collect();
+        assert_eq!(ends, [(End::Completed, false, 1_000), (End::Completed, true, 2_000), (End::Completed, false, 1_000)]);
+        assert_eq!((r.in_flight(), r.counters), (0, Counters::default()));
+    }
+
+    #[test]
+    fn copy_and_single_row_results_do_not_end_a_query() {
+        let mut s = Script::new();
+        s.call(1, C1, func::PQEXEC, Some("copy t from stdin"), None)
+            .rp(C1, PGRES_COPY_IN, 0, "")
+            .rp(C1, PGRES_COMMAND_OK, 0, "COPY 5")
+            .call(1, C1, func::PQSEND_QUERY, Some("select * from t"), None)
+            .rp(C1, PGRES_SINGLE_TUPLE, 1, "")
+            .rp(C1, PGRES_SINGLE_TUPLE, 1, "")
+            .rp(C1, PGRES_TUPLES_OK, 0, "SELECT 2");
+        let (spans, r) = s.run();
+        let got: Vec<_> = spans.iter().map(|q| (q.cmd_status.clone().unwrap_or_default(), q.rows, q.end_ns - q.start_ns)).collect();
+        assert_eq!(got, [("COPY 5".to_string(), 0, 2_000), ("SELECT 2".to_string(), 2, 3_000)]);
+        assert_eq!(r.in_flight(), 0);
+    }
+
+    #[test]
+    fn process_exit_completes_an_answered_query_and_cuts_an_unanswered_one() {
+        let mut s = Script::new();
+        s.call(1, C1, func::PQSEND_QUERY, Some("select 1; select 2"), None)
+            .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1")
+            .call(1, C2, func::PQSEND_QUERY, Some("select pg_sleep(9)"), None);
+        let (mut out, mut r) = s.run_all();
+        r.process_exited(7, s.ts + 5_000, &mut out);
+        let spans = queries(out);
+        let ends: Vec<_> = spans.iter().map(|q| (q.conn, q.end)).collect();
+        assert!(ends.contains(&(C1, End::Completed)) && ends.contains(&(C2, End::ProcessExited)), "{ends:?}");
+        assert_eq!(r.counters.incomplete, 1);
     }
 }

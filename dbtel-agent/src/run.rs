@@ -18,7 +18,7 @@ use crate::{
     discover::{self, LibpqTarget},
     events::{self, Record},
     export::{Clock, Exporter, ProcessMeta},
-    reconstruct::Reconstructor,
+    reconstruct::{self, Reconstructor},
     server::{self, ServerTarget},
     servers::{CatalogSettings, ServerSide},
 };
@@ -110,7 +110,22 @@ impl Agent {
             log::warn!("{}: connection details unavailable ({e}); spans will lack db.namespace and server.*", t.path);
         }
         let n = self.probes.attach_libpq(t)?;
+        match &t.result_points {
+            Ok(points) => {
+                for p in points {
+                    log::debug!("PQgetResult: result probe at +{:#x} on `{}` ({:?} = result, {:?} = connection)", p.offset, p.instruction, p.res, p.conn);
+                }
+            }
+            Err(why) => log::info!(
+                "{}: PQgetResult's result point not found ({why}): entry and return probes instead (3 more traps per query)",
+                t.path
+            ),
+        }
+        let fast = t.result_points.is_ok();
         for (function, p) in &t.placements {
+            if fast && *function == "PQgetResult" {
+                continue;
+            }
             if !p.emulated {
                 log::warn!(
                     "{function} in {}: probe on `{}`, which the kernel single-steps (~10 µs a call)",
@@ -427,6 +442,9 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                     }
                 }
                 agent.servers_housekeeping();
+                // Multi-statement texts on connections gone quiet have had all their results.
+                let quiet = Clock::monotonic_now_ns().saturating_sub(reconstruct::QUIET_NS);
+                agent.recon.complete_quiet(quiet, &mut agent.spans);
                 agent.warn_on_new_drops(&mut last_counters);
                 if child.is_none() && agent.live.is_empty() && agent.server.servers.is_empty() {
                     log::info!("no traced process left");

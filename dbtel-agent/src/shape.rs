@@ -97,6 +97,53 @@ pub fn shape(sql: &str) -> Option<String> {
     Some(out)
 }
 
+/// True if `sql` certainly holds at most one statement (so it returns one
+/// result, COPY aside). No `;` at all is the common case; otherwise quotes and
+/// comments are skipped, and anything this scanner does not fully understand
+/// (dollar quotes, E'' strings) counts as possibly several.
+pub fn single_statement(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    let Some(first) = b.iter().position(|&c| c == b';') else { return true };
+    let mut i = 0;
+    let mut seen_end = false;
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = b[i..].iter().position(|&x| x == b'\n').map_or(b.len(), |n| i + n);
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                // Nested comments: only a plain one is skipped.
+                let Some(n) = sql[i + 2..].find("*/") else { return false };
+                if sql[i + 2..i + 2 + n].contains("/*") {
+                    return false;
+                }
+                i += n + 4;
+                continue;
+            }
+            _ if i < first && c != b'\'' && c != b'"' && c != b'$' => {}
+            b'$' => return false,
+            b'\'' if i > 0 && (ident(b[i - 1]) || b[i - 1] == b'&') => return false,
+            b'\'' | b'"' => {
+                let Some(end) = past_quoted(b, i) else { return false };
+                if seen_end {
+                    return false;
+                }
+                i = end;
+                continue;
+            }
+            b';' => seen_end = true,
+            c if c.is_ascii_whitespace() => {}
+            _ if seen_end => return false,
+            _ => {}
+        }
+        i += 1;
+    }
+    true
+}
+
 /// The index just past the quoted token opening at `i` (its quote character
 /// doubled inside stands for itself); `None` if it never closes.
 fn past_quoted(b: &[u8], mut i: usize) -> Option<usize> {
@@ -115,6 +162,31 @@ fn past_quoted(b: &[u8], mut i: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn single_statements_are_told_from_several() {
+        for one in [
+            "select 1",
+            "select 1;",
+            "select 1 ; \n -- done\n",
+            "select ';' from t",
+            "select \"a;b\" from t; /* x; */",
+            "",
+            ";",
+        ] {
+            assert!(single_statement(one), "{one:?}");
+        }
+        for several in [
+            "select 1; select 2",
+            "begin; update t set a = 1; commit;",
+            "select 'x;'; select 2",
+            "select $$;$$",
+            "select E'\\';'; select 1",
+            "select 1; /* a /* nested */ */ select 2",
+        ] {
+            assert!(!single_statement(several), "{several:?}");
+        }
+    }
     use crate::sql::facts;
 
     #[test]

@@ -46,6 +46,8 @@ pub mod func {
     pub const PQSEND_QUERY_PREPARED: u32 = 8;
     pub const PQGET_RESULT: u32 = 9;
     pub const PQFINISH: u32 = 10;
+    /// A result seen inside PQgetResult (no NULL results are seen then).
+    pub const PQGET_RESULT_POINT: u32 = 11;
 }
 
 /// Attach cookie layout: which arguments hold the text and the statement name,
@@ -68,6 +70,17 @@ pub mod cookie {
     }
     pub const fn layout(c: u64) -> u32 {
         (c >> 32) as u32
+    }
+    /// A probe inside PQgetResult: the pt_regs byte offsets of the registers
+    /// holding the PGresult* and the PGconn* there.
+    pub const fn make_result_point(res_reg: u32, conn_reg: u32, layout: u32) -> u64 {
+        make(super::func::PQGET_RESULT_POINT, 0, 0, layout) | ((res_reg as u64 & 0xff) << 16) | ((conn_reg as u64 & 0xff) << 24)
+    }
+    pub const fn res_reg(c: u64) -> u32 {
+        ((c >> 16) & 0xff) as u32
+    }
+    pub const fn conn_reg(c: u64) -> u32 {
+        ((c >> 24) & 0xff) as u32
     }
 }
 

@@ -221,13 +221,32 @@ pub fn pq_getresult_ret(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let _ = GETRESULT_ARGS.remove(pid_tgid);
-    let res: u64 = ctx.ret();
+    send_result(conn, ctx.ret(), c);
+    0
+}
+
+/// Inside PQgetResult, where a result about to be returned sits in a register
+/// (see the agent's resultpoint module): one trap per result, none for the
+/// NULL that ends a query. The cookie names the registers.
+#[uprobe]
+pub fn pq_result(ctx: ProbeContext) -> u32 {
+    let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let regs = ctx.as_ptr() as u64;
+    let res = reg(regs, cookie::res_reg(c) as u16);
+    if res != 0 {
+        send_result(reg(regs, cookie::conn_reg(c) as u16), res, c);
+    }
+    0
+}
+
+#[inline(always)]
+fn send_result(conn: u64, res: u64, c: u64) {
     let Some(mut entry) = EVENTS.reserve::<ResultEvent>(0) else {
         bump(counter::RINGBUF_FULL);
-        return 0;
+        return;
     };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    ev.hdr = header(kind::RESULT, func::PQGET_RESULT, conn);
+    ev.hdr = header(kind::RESULT, cookie::func(c), conn);
     ev.result = res;
     ev.status = -1;
     ev.ntuples = 0;
@@ -246,7 +265,6 @@ pub fn pq_getresult_ret(ctx: RetProbeContext) -> u32 {
         }
     }
     entry.submit(wakeup_flags());
-    0
 }
 
 /// Walks the result's error field list (a short linked list) for code 'C'.
