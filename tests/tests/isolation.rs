@@ -21,13 +21,14 @@ fn idle_app(dsn: &str) -> (Child, u32) {
     (child, pid)
 }
 
-/// (path, file offset, original byte) of PQgetResult's first instruction in the libpq `pid` maps.
-fn pqgetresult_entry(pid: u32) -> (String, u64, u8) {
+/// (path, file offset, original bytes) of PQfinish's first instructions in the libpq `pid` maps
+/// (its probe sits on the first emulated one).
+fn pqfinish_entry(pid: u32) -> (String, u64, Vec<u8>) {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     let path = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| p.contains("libpq.so")).expect("libpq mapped").to_string();
     let data = std::fs::read(&path).unwrap();
     let file = object::File::parse(&*data).unwrap();
-    let addr = file.dynamic_symbols().find(|s| s.name() == Ok("PQgetResult") && !s.is_undefined()).unwrap().address();
+    let addr = file.dynamic_symbols().find(|s| s.name() == Ok("PQfinish") && !s.is_undefined()).unwrap().address();
     let off = file
         .segments()
         .find_map(|seg| {
@@ -35,11 +36,11 @@ fn pqgetresult_entry(pid: u32) -> (String, u64, u8) {
             (addr >= seg.address() && addr < seg.address() + size).then(|| addr - seg.address() + o)
         })
         .unwrap();
-    (path.clone(), off, data[off as usize])
+    (path.clone(), off, data[off as usize..off as usize + 16].to_vec())
 }
 
-/// The byte at a file offset of `path` as mapped in `pid`'s memory.
-fn byte_in_memory(pid: u32, path: &str, off: u64) -> u8 {
+/// 16 bytes at a file offset of `path` as mapped in `pid`'s memory.
+fn bytes_in_memory(pid: u32, path: &str, off: u64) -> Vec<u8> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     for l in maps.lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
@@ -52,9 +53,9 @@ fn byte_in_memory(pid: u32, path: &str, off: u64) -> u8 {
         if off >= map_off && off < map_off + (end - start) {
             let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
             mem.seek(SeekFrom::Start(start + off - map_off)).unwrap();
-            let mut b = [0u8];
+            let mut b = vec![0u8; 16];
             mem.read_exact(&mut b).unwrap();
-            return b[0];
+            return b;
         }
     }
     panic!("offset {off:#x} of {path} not mapped in {pid}");
@@ -66,22 +67,22 @@ fn breakpoints_only_in_the_traced_process() {
     let pg = Cluster::start();
     let (mut a, pa) = idle_app(&pg.dsn("postgres"));
     let (mut b, pb) = idle_app(&pg.dsn("postgres"));
-    let (path, off, original) = pqgetresult_entry(pa);
-    assert_ne!(original, 0xcc);
-    assert_eq!((byte_in_memory(pa, &path, off), byte_in_memory(pb, &path, off)), (original, original));
+    let (path, off, original) = pqfinish_entry(pa);
+    let has_int3 = |bytes: &[u8]| bytes.iter().zip(&original).any(|(&m, &f)| m == 0xcc && f != 0xcc);
+    assert_eq!((bytes_in_memory(pa, &path, off), bytes_in_memory(pb, &path, off)), (original.clone(), original.clone()));
 
     let agent = Agent::start(&["--exporter", "none", "--pid", &pa.to_string()], Stdio::null());
-    assert_eq!(byte_in_memory(pa, &path, off), 0xcc, "int3 in the traced process");
-    assert_eq!(byte_in_memory(pb, &path, off), original, "the untraced process runs libpq untouched");
+    assert!(has_int3(&bytes_in_memory(pa, &path, off)), "int3 in the traced process");
+    assert_eq!(bytes_in_memory(pb, &path, off), original, "the untraced process runs libpq untouched");
 
     let run = agent.interrupt();
     assert!(run.status.success(), "{run:?}");
     // The kernel may finish unregistering the probe just after the agent's exit.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    while byte_in_memory(pa, &path, off) != original && std::time::Instant::now() < deadline {
+    while bytes_in_memory(pa, &path, off) != original && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert_eq!(byte_in_memory(pa, &path, off), original, "breakpoint removed when the agent stops");
+    assert_eq!(bytes_in_memory(pa, &path, off), original, "breakpoint removed when the agent stops");
     for c in [&mut a, &mut b] {
         c.kill().unwrap();
         c.wait().unwrap();
