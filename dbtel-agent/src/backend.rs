@@ -249,6 +249,8 @@ struct Backend {
     txn_ended_by_last: bool,
     /// The running statement is PREPARE TRANSACTION.
     prepared_by_last: bool,
+    /// The running statement is COMMIT/ROLLBACK AND CHAIN.
+    chains_by_last: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -370,48 +372,25 @@ impl Tracker {
                 }
                 None => {
                     self.close_query(at.pid, at.ts_ns, out);
-                    // An aborted block ended by ROLLBACK/COMMIT gets no further probe.
+                    // A block ends with the statement that ends it (a failed
+                    // COMMIT rolls back; ROLLBACK closed it at its abort already).
                     let b = self.backends.get_mut(&at.pid).expect("entry made above");
-                    if b.txn.as_ref().is_some_and(|t| t.error.is_some()) && std::mem::take(&mut b.txn_ended_by_last) {
-                        self.close_txn(at.pid, at.ts_ns, TxnOutcome::RolledBack, out);
-                    } else if b.txn.is_some() && std::mem::take(&mut b.prepared_by_last) {
+                    let (ended, prepared, chained) = (
+                        std::mem::take(&mut b.txn_ended_by_last),
+                        std::mem::take(&mut b.prepared_by_last),
+                        std::mem::take(&mut b.chains_by_last),
+                    );
+                    if ended {
+                        self.close_txn(at.pid, at.ts_ns, TxnOutcome::Committed, out);
+                    } else if prepared {
                         self.close_txn(at.pid, at.ts_ns, TxnOutcome::Prepared, out);
+                    }
+                    // COMMIT/ROLLBACK AND CHAIN start the next block at once.
+                    if chained {
+                        self.open_txn(at, client);
                     }
                 }
             },
-            site::TRANSACTION_START => {
-                // A transaction still open here missed its end: close it.
-                self.close_txn(at.pid, at.ts_ns, TxnOutcome::Incomplete, out);
-                let b = self.backends.get_mut(&at.pid).expect("entry made above");
-                b.error = None;
-                b.deadlock = false;
-                // COMMIT/ROLLBACK AND CHAIN start the next block at once.
-                // (Implicit one-statement transactions get no span.)
-                if b.query.as_ref().is_some_and(|q| starts_block(&q.text) || chains(&q.text)) {
-                    let parent = client(at.pid).and_then(|c| c.txn);
-                    let ids = match parent {
-                        Some(p) => p.child(&mut self.gen),
-                        None => self.gen.root(),
-                    };
-                    let b = self.backends.get_mut(&at.pid).expect("entry made above");
-                    // BEGIN itself belongs under the transaction it opens.
-                    if let Some(q) = b.query.as_mut().filter(|q| !q.joined) {
-                        q.ids = Ids { trace_id: ids.trace_id, span_id: q.ids.span_id, parent_span_id: ids.span_id };
-                    }
-                    b.txn = Some(ServerTxn {
-                        pid: at.pid,
-                        postmaster: b.postmaster,
-                        ids,
-                        start_ns: at.ts_ns,
-                        end_ns: at.ts_ns,
-                        outcome: TxnOutcome::Incomplete,
-                        error: None,
-                        statements: b.query.is_some() as u32,
-                        events: vec![Event { name: "transaction.started", ts_ns: at.ts_ns, attributes: vec![] }],
-                    });
-                }
-            }
-            site::TRANSACTION_COMMIT => self.close_txn(at.pid, at.ts_ns, TxnOutcome::Committed, out),
             site::TRANSACTION_ABORT => {
                 let (error, deadlock) = (b.error.take(), std::mem::take(&mut b.deadlock));
                 // Waits ended by the error that aborted the transaction.
@@ -508,6 +487,13 @@ impl Tracker {
     }
 
     fn open_query(&mut self, at: Origin, text: String, truncated: bool, client: &dyn Fn(u32) -> Option<ClientIds>) {
+        // Blocks are known from their statements' texts (the transaction
+        // start/commit probes would cost two traps per implicit transaction).
+        // A multi-statement text is one span; its blocks are not followed.
+        let single = crate::shape::single_statement(&text);
+        if single && starts_block(&text) && self.backends.get(&at.pid).is_some_and(|b| b.txn.is_none()) {
+            self.open_txn(at, client);
+        }
         let joined = client(at.pid).and_then(|c| c.query);
         let b = self.backends.get_mut(&at.pid).expect("entry exists");
         let ids = match (joined, &b.txn) {
@@ -518,8 +504,9 @@ impl Tracker {
         if let Some(t) = b.txn.as_mut() {
             t.statements += 1;
         }
-        b.txn_ended_by_last = ends_block(&text);
-        b.prepared_by_last = prepares(&text);
+        b.txn_ended_by_last = single && ends_block(&text);
+        b.prepared_by_last = single && prepares(&text);
+        b.chains_by_last = single && chains(&text);
         // Nothing from before this statement belongs to it.
         (b.error, b.deadlock, b.awaiting_code, b.awaiting_message) = (None, false, false, false);
         self.counters.queries += 1;
@@ -535,6 +522,27 @@ impl Tracker {
             error: None,
             incomplete: None,
             events: vec![],
+        });
+    }
+
+    /// A block opens (BEGIN, or the chained block after COMMIT AND CHAIN):
+    /// under the client's transaction when the client is traced.
+    fn open_txn(&mut self, at: Origin, client: &dyn Fn(u32) -> Option<ClientIds>) {
+        let ids = match client(at.pid).and_then(|c| c.txn) {
+            Some(p) => p.child(&mut self.gen),
+            None => self.gen.root(),
+        };
+        let b = self.backends.get_mut(&at.pid).expect("entry exists");
+        b.txn = Some(ServerTxn {
+            pid: at.pid,
+            postmaster: b.postmaster,
+            ids,
+            start_ns: at.ts_ns,
+            end_ns: at.ts_ns,
+            outcome: TxnOutcome::Incomplete,
+            error: None,
+            statements: 0,
+            events: vec![Event { name: "transaction.started", ts_ns: at.ts_ns, attributes: vec![] }],
         });
     }
 
@@ -674,10 +682,10 @@ mod tests {
     #[test]
     fn extended_protocol_reports_one_statement_three_times() {
         let mut r = Replay::new();
-        r.stmt("select 1").at(site::TRANSACTION_START).stmt("select 1").stmt("select 1").at(site::TRANSACTION_COMMIT).idle();
+        r.stmt("select 1").stmt("select 1").stmt("select 1").idle();
         let q = r.queries();
         assert_eq!(q.len(), 1);
-        assert_eq!((q[0].text.as_str(), q[0].end_ns - q[0].start_ns), ("select 1", 5_000_000));
+        assert_eq!((q[0].text.as_str(), q[0].end_ns - q[0].start_ns), ("select 1", 3_000_000));
         assert_eq!(q[0].ids.parent_span_id, 0, "an implicit transaction makes no span");
         assert!(r.txns().is_empty());
     }
@@ -685,9 +693,9 @@ mod tests {
     #[test]
     fn a_block_parents_its_statements_and_its_lock_wait_sits_under_the_query() {
         let mut r = Replay::new();
-        r.stmt("BEGIN").at(site::TRANSACTION_START).idle();
+        r.stmt("BEGIN").idle();
         r.stmt("UPDATE t SET v = 1").wait(site::LOCK_WAIT_START).wait(site::LOCK_WAIT_DONE).idle();
-        r.stmt("COMMIT").at(site::TRANSACTION_COMMIT).idle();
+        r.stmt("COMMIT").idle();
         let (q, w, t) = (r.queries(), r.waits(), r.txns());
         assert_eq!(q.iter().map(|q| q.text.as_str()).collect::<Vec<_>>(), ["BEGIN", "UPDATE t SET v = 1", "COMMIT"]);
         assert_eq!(t.len(), 1);
@@ -705,7 +713,7 @@ mod tests {
     #[test]
     fn the_deadlock_victim_s_wait_closes_at_the_error_and_the_block_rolls_back() {
         let mut r = Replay::new();
-        r.stmt("BEGIN").at(site::TRANSACTION_START).idle();
+        r.stmt("BEGIN").idle();
         r.stmt("UPDATE t SET v = 2").wait(site::LOCK_WAIT_START).at(site::DEADLOCK_FOUND).error("40P01", "deadlock detected");
         let err_ts = r.ts - 1_000_000;
         r.at(site::TRANSACTION_ABORT).idle().stmt("ROLLBACK").idle();
@@ -727,7 +735,7 @@ mod tests {
             ("57014", "canceling statement due to user request", WaitOutcome::Canceled),
         ] {
             let mut r = Replay::new();
-            r.stmt("UPDATE t SET v = 3").at(site::TRANSACTION_START).wait(site::LOCK_WAIT_START).error(code, msg).at(site::TRANSACTION_ABORT).idle();
+            r.stmt("UPDATE t SET v = 3").wait(site::LOCK_WAIT_START).error(code, msg).at(site::TRANSACTION_ABORT).idle();
             assert_eq!(r.waits()[0].outcome, want);
             assert_eq!(r.queries()[0].error.as_ref().unwrap().sqlstate, code);
         }
@@ -736,9 +744,9 @@ mod tests {
     #[test]
     fn a_notice_does_not_fail_the_statement_and_a_plain_rollback_is_no_error() {
         let mut r = Replay::new();
-        r.stmt("DROP TABLE IF EXISTS x").at(site::TRANSACTION_START).error("00000", "table \"%s\" does not exist, skipping");
-        r.at(site::TRANSACTION_COMMIT).idle();
-        r.stmt("BEGIN").at(site::TRANSACTION_START).idle().stmt("ROLLBACK").at(site::TRANSACTION_ABORT).idle();
+        r.stmt("DROP TABLE IF EXISTS x").error("00000", "table \"%s\" does not exist, skipping");
+        r.idle();
+        r.stmt("BEGIN").idle().stmt("ROLLBACK").at(site::TRANSACTION_ABORT).idle();
         assert!(r.queries().iter().all(|q| q.error.is_none()));
         assert_eq!(r.txns()[0].outcome, TxnOutcome::RolledBack);
         assert_eq!(r.txns()[0].error, None);
@@ -748,9 +756,9 @@ mod tests {
     fn an_error_inside_a_savepoint_fails_its_statement_and_ends_its_wait_not_the_block() {
         let mut r = Replay::new();
         r.t.errors_by_level = true;
-        r.stmt("BEGIN").at(site::TRANSACTION_START).idle().stmt("SAVEPOINT a").idle();
+        r.stmt("BEGIN").idle().stmt("SAVEPOINT a").idle();
         r.stmt("UPDATE t SET v = 5").wait(site::LOCK_WAIT_START).fail("55P03", "canceling statement due to lock timeout").idle();
-        r.stmt("ROLLBACK TO a").idle().stmt("COMMIT").at(site::TRANSACTION_COMMIT).idle();
+        r.stmt("ROLLBACK TO a").idle().stmt("COMMIT").idle();
         let (q, w, t) = (r.queries(), r.waits(), r.txns());
         assert_eq!(w.len(), 1);
         assert_eq!(w[0].outcome, WaitOutcome::LockTimeout);
@@ -764,12 +772,12 @@ mod tests {
         let mut r = Replay::new();
         r.t.errors_by_level = true;
         // ROLLBACK outside a block: WARNING 25P01, then the (empty) abort.
-        r.stmt("ROLLBACK").at(site::TRANSACTION_START).error("25P01", "there is no transaction in progress");
+        r.stmt("ROLLBACK").error("25P01", "there is no transaction in progress");
         r.at(site::TRANSACTION_ABORT).idle();
         // An ERROR right after a NOTICE keeps the ERROR's code; elog(ERROR) without errcode is XX000.
-        r.stmt("select f()").at(site::TRANSACTION_START).error("00000", "note").fail("22012", "division by zero");
+        r.stmt("select f()").error("00000", "note").fail("22012", "division by zero");
         r.error("01000", "a warning while aborting").at(site::TRANSACTION_ABORT).idle();
-        r.stmt("select g()").at(site::TRANSACTION_START).hit(site::ERRSTART, [21, 0, 0, 0, 0, 0], None).at(site::TRANSACTION_ABORT).idle();
+        r.stmt("select g()").hit(site::ERRSTART, [21, 0, 0, 0, 0, 0], None).at(site::TRANSACTION_ABORT).idle();
         let q = r.queries();
         assert_eq!(q[0].error, None);
         assert_eq!(q[1].error.as_ref().map(|e| (e.sqlstate.as_str(), e.message.as_deref())), Some(("22012", Some("division by zero"))));
@@ -779,13 +787,13 @@ mod tests {
     #[test]
     fn chained_and_prepared_blocks_begin_and_end_where_they_do() {
         let mut r = Replay::new();
-        r.stmt("BEGIN").at(site::TRANSACTION_START).idle();
-        r.stmt("COMMIT AND CHAIN").at(site::TRANSACTION_COMMIT).at(site::TRANSACTION_START).idle();
+        r.stmt("BEGIN").idle();
+        r.stmt("COMMIT AND CHAIN").idle();
         r.stmt("insert into t values (1)").idle().stmt("PREPARE TRANSACTION 'g1'").idle();
-        r.stmt("select 1").at(site::TRANSACTION_START).at(site::TRANSACTION_COMMIT).idle();
+        r.stmt("select 1").idle();
         let t = r.txns();
         assert_eq!(t.iter().map(|t| t.outcome).collect::<Vec<_>>(), [TxnOutcome::Committed, TxnOutcome::Prepared]);
-        assert_eq!(t[1].statements, 3, "COMMIT AND CHAIN, the insert, PREPARE TRANSACTION");
+        assert_eq!(t[1].statements, 2, "the insert and PREPARE TRANSACTION (COMMIT AND CHAIN ends the first block)");
         assert_eq!(r.queries()[4].ids.parent_span_id, 0, "after the prepared block, statements are roots again");
     }
 
@@ -803,7 +811,7 @@ mod tests {
         let mut g = IdGen::seeded(9);
         let (ctx, cq) = (g.root(), g.root());
         r.client = Some(ClientIds { query: Some(cq), txn: Some(ctx) });
-        r.stmt("BEGIN").at(site::TRANSACTION_START).idle().stmt("UPDATE t SET v = 4").wait(site::LOCK_WAIT_START).wait(site::LOCK_WAIT_DONE).idle();
+        r.stmt("BEGIN").idle().stmt("UPDATE t SET v = 4").wait(site::LOCK_WAIT_START).wait(site::LOCK_WAIT_DONE).idle();
         let (q, w) = (r.queries(), r.waits());
         assert!(q.iter().all(|q| q.joined && q.ids.parent_span_id == cq.span_id && q.ids.trace_id == cq.trace_id));
         assert!(w[0].under_client);
@@ -814,7 +822,7 @@ mod tests {
     #[test]
     fn an_exit_closes_everything_open() {
         let mut r = Replay::new();
-        r.stmt("BEGIN").at(site::TRANSACTION_START).idle().stmt("LOCK t").wait(site::LOCK_WAIT_START);
+        r.stmt("BEGIN").idle().stmt("LOCK t").wait(site::LOCK_WAIT_START);
         let mut out = vec![];
         r.t.exited(PID, r.ts + 5, &mut out);
         assert_eq!(out.len(), 3);

@@ -32,8 +32,6 @@ pub enum ServerError {
 /// Never the lwlock probes: they fire on every buffer access.
 const USDT_SITES: &[(&str, u32, &str, u32)] = &[
     ("statement__status", site::STATEMENT_STATUS, "query spans", 1),
-    ("transaction__start", site::TRANSACTION_START, "transactions", 0),
-    ("transaction__commit", site::TRANSACTION_COMMIT, "transactions", 0),
     ("transaction__abort", site::TRANSACTION_ABORT, "transactions", 0),
     ("lock__wait__start", site::LOCK_WAIT_START, "lock waits", 0),
     ("lock__wait__done", site::LOCK_WAIT_DONE, "lock waits", 0),

@@ -118,7 +118,7 @@ fn postgresql_server_build_lacking_probes_is_refused_by_name() {
     assert_eq!(
         msg,
         format!(
-            "dbtel-agent: {} is a PostgreSQL server without the USDT probe transaction__start (needed for transactions)",
+            "dbtel-agent: {} is a PostgreSQL server without the USDT probe transaction__abort (needed for transactions)",
             exe.display()
         )
     );
