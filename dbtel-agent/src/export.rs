@@ -213,14 +213,10 @@ impl Exporter {
                     Pipeline::start(b.build()?, &resource, Driver::Runtime(rt.clone()), stats)
                 }
                 Protocol::HttpProtobuf => {
-                    let mut b = opentelemetry_otlp::SpanExporter::builder()
-                        .with_http()
-                        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
-                    if let Some(e) = &self.cfg.endpoint {
-                        b = b.with_endpoint(http_traces_url(e));
-                    }
-                    // reqwest's blocking client brings its own runtime: driven outside ours.
-                    Pipeline::start(b.build()?, &resource, Driver::Plain, stats)
+                    // Encoded straight from SpanData (see otlp); reqwest's blocking
+                    // client brings its own runtime: driven outside ours.
+                    let e = crate::otlp::HttpExporter::new(self.cfg.endpoint.as_deref(), "dbtel", env!("CARGO_PKG_VERSION"))?;
+                    Pipeline::start(e, &resource, Driver::Plain, stats)
                 }
             },
         })

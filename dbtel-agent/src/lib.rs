@@ -8,6 +8,7 @@ pub mod discover;
 pub mod events;
 pub mod export;
 pub mod layout;
+pub mod otlp;
 pub mod placement;
 pub mod reconstruct;
 pub mod resultpoint;
