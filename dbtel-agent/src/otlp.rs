@@ -63,7 +63,10 @@ fn env_either(specific: &str, general: &str) -> Option<String> {
 
 #[derive(Debug)]
 pub struct HttpExporter {
-    client: reqwest::blocking::Client,
+    /// Built on the export thread at the first export: reqwest's blocking
+    /// client may not be built inside the agent's tokio runtime.
+    client: std::sync::OnceLock<Result<reqwest::blocking::Client, String>>,
+    timeout: Duration,
     url: String,
     headers: Vec<(String, String)>,
     /// The encoded Resource message (set_resource).
@@ -73,7 +76,7 @@ pub struct HttpExporter {
 }
 
 impl HttpExporter {
-    pub fn new(endpoint: Option<&str>, scope_name: &str, scope_version: &str) -> Result<Self, reqwest::Error> {
+    pub fn new(endpoint: Option<&str>, scope_name: &str, scope_version: &str) -> Self {
         let timeout = env_either("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
             .and_then(|t| t.parse().ok())
             .map_or(Duration::from_secs(10), Duration::from_millis);
@@ -83,20 +86,19 @@ impl HttpExporter {
         let mut scope = Vec::new();
         str_field(&mut scope, 1, scope_name);
         str_field(&mut scope, 2, scope_version);
-        Ok(HttpExporter {
-            client: reqwest::blocking::Client::builder().timeout(timeout).build()?,
-            url: traces_url(endpoint),
-            headers,
-            resource: Vec::new(),
-            scope,
-        })
+        HttpExporter { client: std::sync::OnceLock::new(), timeout, url: traces_url(endpoint), headers, resource: Vec::new(), scope }
     }
 }
 
 impl SpanExporter for HttpExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let body = encode_request(&self.resource, &self.scope, &batch);
-        let mut req = self.client.post(&self.url).header("content-type", "application/x-protobuf").body(body);
+        let client = self
+            .client
+            .get_or_init(|| reqwest::blocking::Client::builder().timeout(self.timeout).build().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| OTelSdkError::InternalFailure(format!("cannot build the HTTP client: {e}")))?;
+        let mut req = client.post(&self.url).header("content-type", "application/x-protobuf").body(body);
         for (k, v) in &self.headers {
             req = req.header(k.as_str(), v.as_str());
         }
@@ -358,7 +360,7 @@ mod tests {
     #[test]
     fn encodes_what_the_sdk_transform_encodes() {
         let resource = Resource::builder_empty().with_attributes([KeyValue::new("service.name", "pgbench"), KeyValue::new("process.pid", 42i64)]).build();
-        let mut e = HttpExporter::new(Some("http://127.0.0.1:1"), "dbtel", "0.1.0").unwrap();
+        let mut e = HttpExporter::new(Some("http://127.0.0.1:1"), "dbtel", "0.1.0");
         e.set_resource(&resource);
         let spans = vec![sample(), SpanData { status: Status::Unset, parent_span_id: SpanId::INVALID, ..sample() }];
         let ours = ExportTraceServiceRequest::decode(&encode_request(&e.resource, &e.scope, &spans)[..]).unwrap();
