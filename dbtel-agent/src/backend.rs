@@ -245,12 +245,53 @@ struct Backend {
     awaiting_code: bool,
     awaiting_message: bool,
     deadlock: bool,
-    /// The running statement is ROLLBACK/COMMIT/END/ABORT (ends a block).
-    txn_ended_by_last: bool,
-    /// The running statement is PREPARE TRANSACTION.
-    prepared_by_last: bool,
-    /// The running statement is COMMIT/ROLLBACK AND CHAIN.
-    chains_by_last: bool,
+    /// What the running statement does to the transaction block.
+    effect: BlockEffect,
+}
+
+/// A statement's effect on the transaction block, from its text.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct BlockEffect {
+    /// It opened the block as it started (BEGIN / START TRANSACTION).
+    opened: bool,
+    /// It ends the open block: COMMIT/END, ROLLBACK/ABORT, PREPARE TRANSACTION.
+    ends: Option<TxnOutcome>,
+    /// A block is open after it (AND CHAIN, or "COMMIT; BEGIN").
+    reopens: bool,
+}
+
+impl BlockEffect {
+    /// `open`: a block is open as the statement starts. A text of several
+    /// statements is taken as a whole; one the scanner cannot split has none.
+    fn of(text: &str, open: bool) -> BlockEffect {
+        let Some(stmts) = crate::shape::statements(text) else { return BlockEffect::default() };
+        if let [one] = stmts[..] {
+            return BlockEffect {
+                opened: !open && starts_block(one),
+                ends: if !open {
+                    None
+                } else if prepares(one) {
+                    Some(TxnOutcome::Prepared)
+                } else {
+                    ends_block(one)
+                },
+                reopens: open && chains(one),
+            };
+        }
+        let (mut e, mut now_open, mut began) = (BlockEffect::default(), open, false);
+        for st in stmts {
+            if starts_block(st) && !now_open {
+                (now_open, began) = (true, true);
+            } else if now_open && (ends_block(st).is_some() || prepares(st)) {
+                if !began {
+                    e.ends = if prepares(st) { Some(TxnOutcome::Prepared) } else { ends_block(st) };
+                }
+                (now_open, began) = (chains(st), chains(st));
+            }
+        }
+        e.reopens = began && now_open;
+        e
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -276,15 +317,19 @@ fn starts_block(text: &str) -> bool {
     matches!(crate::txn::verb(text), crate::txn::Verb::Begin)
 }
 
-/// COMMIT / END / ROLLBACK / ABORT, not ROLLBACK TO SAVEPOINT.
-fn ends_block(text: &str) -> bool {
-    matches!(crate::txn::verb(text), crate::txn::Verb::Commit | crate::txn::Verb::Rollback)
+/// COMMIT / END → committed, ROLLBACK / ABORT → rolled back; not ROLLBACK TO SAVEPOINT.
+fn ends_block(text: &str) -> Option<TxnOutcome> {
+    match crate::txn::verb(text) {
+        crate::txn::Verb::Commit => Some(TxnOutcome::Committed),
+        crate::txn::Verb::Rollback => Some(TxnOutcome::RolledBack),
+        _ => None,
+    }
 }
 
 /// COMMIT AND CHAIN / ROLLBACK AND CHAIN.
 fn chains(text: &str) -> bool {
     let upper = text.to_ascii_uppercase();
-    ends_block(text) && upper.contains("AND CHAIN") && !upper.contains("AND NO CHAIN")
+    ends_block(text).is_some() && upper.contains("AND CHAIN") && !upper.contains("AND NO CHAIN")
 }
 
 /// PREPARE TRANSACTION 'gid' (not PREPARE of a statement).
@@ -367,29 +412,10 @@ impl Tracker {
                     if b.query.as_ref().is_some_and(|q| &q.text == text) {
                         return; // Bind/Execute of the statement already running
                     }
-                    self.close_query(at.pid, at.ts_ns, out);
+                    self.end_statement(at, client, out);
                     self.open_query(at, text.clone(), hit.truncated, client);
                 }
-                None => {
-                    self.close_query(at.pid, at.ts_ns, out);
-                    // A block ends with the statement that ends it (a failed
-                    // COMMIT rolls back; ROLLBACK closed it at its abort already).
-                    let b = self.backends.get_mut(&at.pid).expect("entry made above");
-                    let (ended, prepared, chained) = (
-                        std::mem::take(&mut b.txn_ended_by_last),
-                        std::mem::take(&mut b.prepared_by_last),
-                        std::mem::take(&mut b.chains_by_last),
-                    );
-                    if ended {
-                        self.close_txn(at.pid, at.ts_ns, TxnOutcome::Committed, out);
-                    } else if prepared {
-                        self.close_txn(at.pid, at.ts_ns, TxnOutcome::Prepared, out);
-                    }
-                    // COMMIT/ROLLBACK AND CHAIN start the next block at once.
-                    if chained {
-                        self.open_txn(at, client);
-                    }
-                }
+                None => self.end_statement(at, client, out),
             },
             site::TRANSACTION_ABORT => {
                 let (error, deadlock) = (b.error.take(), std::mem::take(&mut b.deadlock));
@@ -398,7 +424,7 @@ impl Tracker {
                 if let (Some(q), Some(e)) = (b.query.as_mut(), &error) {
                     q.error.get_or_insert_with(|| e.clone());
                 }
-                let user_rollback = error.is_none() && b.txn_ended_by_last;
+                let user_rollback = error.is_none() && b.effect.ends == Some(TxnOutcome::RolledBack);
                 match b.txn.as_mut() {
                     Some(_) if user_rollback => self.close_txn(at.pid, at.ts_ns, TxnOutcome::RolledBack, out),
                     // Failed inside a block: it stays open, aborted, until ROLLBACK.
@@ -489,9 +515,8 @@ impl Tracker {
     fn open_query(&mut self, at: Origin, text: String, truncated: bool, client: &dyn Fn(u32) -> Option<ClientIds>) {
         // Blocks are known from their statements' texts (the transaction
         // start/commit probes would cost two traps per implicit transaction).
-        // A multi-statement text is one span; its blocks are not followed.
-        let single = crate::shape::single_statement(&text);
-        if single && starts_block(&text) && self.backends.get(&at.pid).is_some_and(|b| b.txn.is_none()) {
+        let effect = BlockEffect::of(&text, self.backends.get(&at.pid).is_some_and(|b| b.txn.is_some()));
+        if effect.opened {
             self.open_txn(at, client);
         }
         let joined = client(at.pid).and_then(|c| c.query);
@@ -504,9 +529,7 @@ impl Tracker {
         if let Some(t) = b.txn.as_mut() {
             t.statements += 1;
         }
-        b.txn_ended_by_last = single && ends_block(&text);
-        b.prepared_by_last = single && prepares(&text);
-        b.chains_by_last = single && chains(&text);
+        b.effect = effect;
         // Nothing from before this statement belongs to it.
         (b.error, b.deadlock, b.awaiting_code, b.awaiting_message) = (None, false, false, false);
         self.counters.queries += 1;
@@ -546,29 +569,52 @@ impl Tracker {
         });
     }
 
-    /// The statement is over (idle, or the next one began). An error it left
+    /// The running statement is over (idle, or the next one began): its span
+    /// closes and its effect on the block applies — unless it failed: a failed
+    /// BEGIN opened nothing, a failed COMMIT or PREPARE TRANSACTION rolled
+    /// back, a failed AND CHAIN chains nothing. (ROLLBACK closed the block at
+    /// its abort already.)
+    fn end_statement(&mut self, at: Origin, client: &dyn Fn(u32) -> Option<ClientIds>, out: &mut Vec<ServerSpan>) {
+        let failed = self.close_query(at.pid, at.ts_ns, out);
+        let Some(b) = self.backends.get_mut(&at.pid) else { return };
+        let e = std::mem::take(&mut b.effect);
+        if failed && e.opened {
+            b.txn = None;
+            return;
+        }
+        if let Some(outcome) = e.ends {
+            self.close_txn(at.pid, at.ts_ns, if failed { TxnOutcome::RolledBack } else { outcome }, out);
+        }
+        if e.reopens && !failed {
+            self.open_txn(at, client);
+        }
+    }
+
+    /// The statement is over (idle, or the next one began); true if it failed. An error it left
     /// that aborted nothing (in a savepoint, or caught) is its error, and a
     /// wait still open ended with it.
-    fn close_query(&mut self, pid: u32, ts: u64, out: &mut Vec<ServerSpan>) {
-        let Some(b) = self.backends.get_mut(&pid) else { return };
+    fn close_query(&mut self, pid: u32, ts: u64, out: &mut Vec<ServerSpan>) -> bool {
+        let Some(b) = self.backends.get_mut(&pid) else { return false };
         let error = if self.errors_by_level { b.error.take() } else { None };
         let deadlock = std::mem::take(&mut b.deadlock);
         (b.awaiting_code, b.awaiting_message) = (false, false);
         end_waits(b, error.as_ref(), deadlock, ts, out);
-        if let Some(mut q) = b.query.take() {
-            q.end_ns = ts.max(q.start_ns);
-            if q.error.is_none() {
-                q.error = error;
-            }
-            out.push(ServerSpan::Query(q));
+        let Some(mut q) = b.query.take() else { return false };
+        q.end_ns = ts.max(q.start_ns);
+        if q.error.is_none() {
+            q.error = error;
         }
+        let failed = q.error.is_some();
+        out.push(ServerSpan::Query(q));
+        failed
     }
 
     fn close_txn(&mut self, pid: u32, ts: u64, outcome: TxnOutcome, out: &mut Vec<ServerSpan>) {
         let Some(b) = self.backends.get_mut(&pid) else { return };
         if let Some(mut t) = b.txn.take() {
             t.end_ns = ts.max(t.start_ns);
-            t.outcome = if t.error.is_some() && outcome == TxnOutcome::Committed { TxnOutcome::RolledBack } else { outcome };
+            // An aborted block commits or prepares nothing.
+            t.outcome = if t.error.is_some() && outcome != TxnOutcome::Incomplete { TxnOutcome::RolledBack } else { outcome };
             let name = match t.outcome {
                 TxnOutcome::Committed => "transaction.committed",
                 TxnOutcome::RolledBack => "transaction.rolled_back",
@@ -800,8 +846,8 @@ mod tests {
     #[test]
     fn block_verbs_are_read_past_comments() {
         assert!(starts_block("/* app=shop */ begin isolation level serializable"));
-        assert!(ends_block("-- done\nCOMMIT"));
-        assert!(!ends_block("ROLLBACK\nTO SAVEPOINT a"));
+        assert_eq!(ends_block("-- done\nCOMMIT"), Some(TxnOutcome::Committed));
+        assert_eq!(ends_block("ROLLBACK\nTO SAVEPOINT a"), None);
         assert!(!starts_block("select 'BEGIN'"));
     }
 
@@ -830,5 +876,44 @@ mod tests {
         assert!(matches!(&out[1], ServerSpan::Query(q) if q.incomplete == Some(Cut::ProcessExited)));
         assert!(matches!(&out[2], ServerSpan::Txn(t) if t.outcome == TxnOutcome::Incomplete));
         assert_eq!(r.t.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_block_ends_with_its_statement_even_without_an_idle_report() {
+        // A batch (pipeline, JDBC) reports no idle until its Sync.
+        let mut r = Replay::new();
+        r.t.errors_by_level = true;
+        r.stmt("BEGIN").stmt("UPDATE t SET v = 1").stmt("COMMIT").stmt("select 1").idle();
+        let t = r.txns();
+        assert_eq!((t.len(), t[0].outcome, t[0].statements), (1, TxnOutcome::Committed, 3));
+        assert_eq!(r.queries()[3].ids.parent_span_id, 0, "after the block, statements are roots again");
+        // Several statements in one text: taken as a whole.
+        let mut r = Replay::new();
+        r.stmt("BEGIN").idle().stmt("update t set v = 2; COMMIT; BEGIN").idle().stmt("select 2").idle().stmt("END").idle();
+        let t = r.txns();
+        assert_eq!(t.iter().map(|t| (t.outcome, t.statements)).collect::<Vec<_>>(), [(TxnOutcome::Committed, 2), (TxnOutcome::Committed, 2)]);
+        let mut r = Replay::new();
+        r.stmt("BEGIN; select 1; COMMIT").idle().stmt("select 2").idle();
+        assert!(r.txns().is_empty(), "a block inside one text is not a span of its own");
+        assert_eq!(r.queries()[1].ids.parent_span_id, 0);
+    }
+
+    #[test]
+    fn failed_block_statements_open_commit_and_chain_nothing() {
+        let mut r = Replay::new();
+        r.t.errors_by_level = true;
+        // BEGIN that fails to parse: no block.
+        r.stmt("BEGIN ISOLATION LEVEL bogus").fail("42601", "syntax error").at(site::TRANSACTION_ABORT).idle();
+        r.stmt("select 1").idle();
+        assert!(r.txns().is_empty());
+        assert_eq!(r.queries()[1].ids.parent_span_id, 0);
+        // PREPARE TRANSACTION that fails rolls the block back.
+        r.stmt("BEGIN").idle().stmt("PREPARE TRANSACTION 'g'").fail("55000", "prepared transactions are disabled");
+        r.at(site::TRANSACTION_ABORT).idle();
+        // COMMIT AND CHAIN outside a block is an error and chains nothing.
+        r.stmt("COMMIT AND CHAIN").fail("25P01", "%s can only be used in transaction blocks").at(site::TRANSACTION_ABORT).idle();
+        r.stmt("select 2").idle();
+        assert_eq!(r.txns().iter().map(|t| t.outcome).collect::<Vec<_>>(), [TxnOutcome::RolledBack]);
+        assert_eq!(r.queries().last().unwrap().ids.parent_span_id, 0);
     }
 }

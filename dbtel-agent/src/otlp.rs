@@ -44,12 +44,11 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        let hex = |c: u8| (c as char).to_digit(16);
+        if let (b'%', Some(Some(hi)), Some(Some(lo))) = (b[i], b.get(i + 1).map(|&c| hex(c)), b.get(i + 2).map(|&c| hex(c))) {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -372,8 +371,12 @@ mod tests {
     #[test]
     fn headers_and_urls_follow_the_otlp_variables() {
         assert_eq!(
-            parse_headers("api-key=a%20b, x-tenant = t1,bad"),
-            [("api-key".to_string(), "a b".to_string()), ("x-tenant".to_string(), "t1".to_string())]
+            parse_headers("api-key=a%20b, x-tenant = t1,bad,odd=%aé%+f"),
+            [
+                ("api-key".to_string(), "a b".to_string()),
+                ("x-tenant".to_string(), "t1".to_string()),
+                ("odd".to_string(), "%aé%+f".to_string())
+            ]
         );
         assert_eq!(traces_url(Some("http://c:4318/")), "http://c:4318/v1/traces");
         assert_eq!(traces_url(Some("http://c:4318/v1/traces")), "http://c:4318/v1/traces");

@@ -5,12 +5,14 @@
 //! A query opens at the outermost libpq call (PQexec's inner PQsendQuery is
 //! recognised as nested and folded in) and closes when its last result
 //! reaches the client. Usually the probe sees results but not the NULL that
-//! follows them (it costs a trap per call), so the last result is known by
-//! its kind: a query that can return one result only (extended protocol, or
-//! one statement) ends at its first final result, any query at an error. A
-//! multi-statement text ends at the next call on its connection, at
-//! PQfinish, at exit, or once quiet for a while — at its last result's time.
-//! Where the NULL is seen (entry + return probes), it ends the query too.
+//! follows them (it costs a trap per call), so a query that has had a final
+//! result (not COPY, not single-row) is "answered" and ends, at its last
+//! result's time, when the next call on its connection begins (libpq allows
+//! none before the results are read), at PQfinish, at exit, or once its
+//! connection has been quiet for a while. Late results still land on it: a
+//! commit that fails at Sync after CommandComplete, the rest of a
+//! multi-statement text. Where the NULL is seen (entry + return probes), it
+//! ends the query, as it always did.
 //!
 //! Identifiers are given when a query opens, by the transaction tracker
 //! ([`crate::txn`]): a query inside BEGIN…COMMIT is a child of its
@@ -30,9 +32,12 @@ use crate::{
     txn::{self, Tracker, TxnSpan, Verb},
 };
 
-/// How long a multi-statement text's connection stays quiet before its last
-/// result so far is taken as its last (when PQgetResult's NULL is not seen).
+/// How long an answered query's connection stays quiet before its last
+/// result so far is taken as its last (when PQgetResult's NULL is not seen):
+/// a query that returns one result, and a multi-statement text (whose next
+/// statement may take long).
 pub const QUIET_NS: u64 = 1_000_000_000;
+pub const QUIET_MULTI_NS: u64 = 10_000_000_000;
 
 /// Connection details read once from libpq's PGconn.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +133,7 @@ const PGRES_FATAL_ERROR: i32 = 7;
 const PGRES_COPY_BOTH: i32 = 8;
 const PGRES_SINGLE_TUPLE: i32 = 9;
 const PGRES_PIPELINE_SYNC: i32 = 10;
+const PGRES_PIPELINE_ABORTED: i32 = 11;
 const PGRES_TUPLES_CHUNK: i32 = 12;
 
 /// A result after which the statement has nothing more to return (COPY
@@ -146,9 +152,10 @@ struct InFlight {
     /// Results of an earlier, superseded query are still being drained
     /// (PQexec discards them before sending).
     discarding: bool,
-    /// It returns one result at most: its first final result ends it.
+    /// It returns one statement's results (extended protocol, or a text of
+    /// one statement): nothing but a late error follows its final result.
     one_result: bool,
-    /// When its last final result so far arrived (multi-statement texts).
+    /// When its last final result so far arrived.
     answered_at: Option<u64>,
 }
 
@@ -158,6 +165,8 @@ struct ConnState {
     /// Statement name → (text, truncated), learnt from prepare calls.
     prepared: HashMap<String, (String, bool)>,
     queue: VecDeque<InFlight>,
+    /// Results come without PQgetResult's NULLs (the probe inside PQgetResult).
+    fast: bool,
 }
 
 type Key = (u32, u64);
@@ -284,14 +293,18 @@ impl Reconstructor {
             self.conns.insert((at.pid, at.conn), conn);
             return;
         }
-        // A multi-statement query answered so far has had all its results.
-        self.complete_answered((at.pid, at.conn), &mut conn, out);
         let sync = is_sync(f);
-        let mut discarding = false;
-        if sync && !conn.queue.is_empty() {
-            // A synchronous call starts by draining whatever is pending: earlier
-            // queries still in flight will never complete as themselves.
-            discarding = conn.queue.iter().any(|q| q.sent);
+        // Results PQexec will drain before sending: an unread query's, or the
+        // rest of a multi-statement text's.
+        let pending = conn.queue.iter().any(|q| q.sent && !(q.one_result && q.answered_at.is_some()));
+        // Answered queries have had their results: libpq runs no new query before.
+        self.complete_answered((at.pid, at.conn), &mut conn, out);
+        let discarding = sync && pending;
+        // A synchronous call starts by draining whatever is pending: earlier
+        // queries still in flight will never complete as themselves. Without
+        // NULLs, a query sent and never answered when the next call begins
+        // lost its results (a reset connection): it ends here too.
+        if (sync || conn.fast) && !conn.queue.is_empty() {
             self.close_all((at.pid, at.conn), &mut conn, at.ts_ns, End::Superseded, out);
         }
         let (mut text, mut text_truncated, mut statement_name, mut before_attach) = (text, truncated, None, false);
@@ -318,7 +331,7 @@ impl Reconstructor {
         };
         // The extended protocol carries one statement; a simple-protocol text may hold several.
         let one_result = match f {
-            func::PQEXEC | func::PQSEND_QUERY => text.as_deref().is_some_and(shape::single_statement),
+            func::PQEXEC | func::PQSEND_QUERY => !text_truncated && text.as_deref().is_some_and(shape::single_statement),
             _ => true,
         };
         let ids = self.txns.query_started((at.pid, at.conn), &verb, at.ts_ns, &mut self.ids);
@@ -366,6 +379,11 @@ impl Reconstructor {
         out: &mut Vec<ClientSpan>,
     ) {
         let key = (at.pid, at.conn);
+        if !nulls {
+            if let Some(c) = self.conns.get_mut(&key) {
+                c.fast = true;
+            }
+        }
         let Some(q) = self.conns.get_mut(&key).and_then(|c| c.queue.front_mut()) else {
             // PQgetResult returning NULL on an idle connection is normal.
             if result != 0 && status != PGRES_PIPELINE_SYNC {
@@ -374,10 +392,10 @@ impl Reconstructor {
             return;
         };
         if !q.sent {
-            // Without NULLs the drained results cannot be told from the new
-            // query's: they are counted as its own.
-            if q.discarding && nulls {
-                q.discarding = result != 0;
+            // Drained results end at a NULL, or without NULLs at the nested
+            // send (PQexec's PQsendQuery, seen through the PLT).
+            if q.discarding {
+                q.discarding = !nulls || result != 0;
                 return;
             }
             if result == 0 {
@@ -396,20 +414,14 @@ impl Reconstructor {
         if !cmd_status.is_empty() {
             s.cmd_status = Some(cmd_status);
         }
-        let error = matches!(status, PGRES_FATAL_ERROR | PGRES_BAD_RESPONSE);
-        if error {
+        if matches!(status, PGRES_FATAL_ERROR | PGRES_BAD_RESPONSE | PGRES_PIPELINE_ABORTED) {
             s.failed = true;
             if s.sqlstate.is_none() {
                 s.sqlstate = sqlstate;
             }
         }
         if ends_statement(status) {
-            // An error ends a multi-statement text too: the rest is skipped.
-            if q.one_result || error {
-                self.complete_front(key, at.ts_ns, out);
-            } else {
-                q.answered_at = Some(at.ts_ns);
-            }
+            q.answered_at = Some(at.ts_ns);
         }
     }
 
@@ -438,13 +450,18 @@ impl Reconstructor {
         push_txns(txns, info, out);
     }
 
-    /// Ends multi-statement queries whose last result came before `before_ns`
-    /// and that nothing has followed since (an idle connection).
-    pub fn complete_quiet(&mut self, before_ns: u64, out: &mut Vec<ClientSpan>) {
+    /// Ends answered queries on connections quiet since (QUIET_NS, or
+    /// QUIET_MULTI_NS for multi-statement texts) at `now_ns`. Only where NULLs
+    /// are not seen: there a NULL ends them.
+    pub fn complete_quiet(&mut self, now_ns: u64, out: &mut Vec<ClientSpan>) {
+        let quiet = |q: &InFlight| {
+            let wait = if q.one_result { QUIET_NS } else { QUIET_MULTI_NS };
+            q.answered_at.is_some_and(|t| t.saturating_add(wait) < now_ns)
+        };
         let keys: Vec<Key> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.queue.front().and_then(|q| q.answered_at).is_some_and(|t| t < before_ns))
+            .filter(|(_, c)| c.fast && c.queue.front().is_some_and(quiet))
             .map(|(k, _)| *k)
             .collect();
         for key in keys {
@@ -591,7 +608,7 @@ mod tests {
         let q = &spans[0];
         assert_eq!((q.call, q.text.as_deref(), q.rows, q.end), (func::PQEXEC, Some("select 1"), 1, End::Completed));
         assert_eq!(q.cmd_status.as_deref(), Some("SELECT 1"));
-        assert_eq!(q.end_ns - q.start_ns, 3_000, "from the PQexec call to its result");
+        assert_eq!(q.end_ns - q.start_ns, 4_000, "from the PQexec call to the final NULL result");
         assert_eq!(q.conn_info.as_ref().unwrap().backend_pid, 4242);
         assert_eq!(r.in_flight(), 0);
         assert_eq!(r.counters, Counters::default());
@@ -803,7 +820,7 @@ mod tests {
     }
 
     #[test]
-    fn results_without_nulls_end_single_statements_at_their_result() {
+    fn without_nulls_a_query_ends_at_its_last_result_when_the_next_call_begins() {
         let mut s = Script::new();
         s.conn(C1)
             .call(1, C1, func::PQSEND_QUERY_PREPARED, None, Some("P_0"))
@@ -812,48 +829,91 @@ mod tests {
             .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1")
             .call(1, C1, func::PQEXEC, Some("update t set x = 1"), None) // nested send invisible
             .rp(C1, PGRES_COMMAND_OK, 0, "UPDATE 3");
-        let (spans, r) = s.run();
-        assert_eq!(spans.len(), 3, "each ends at its result, before the next call");
+        let (spans, mut r) = s.run();
+        assert_eq!(spans.len(), 2, "the last one waits for what follows");
         for q in &spans {
             assert_eq!((q.end, q.end_ns - q.start_ns), (End::Completed, 1_000), "{q:?}");
         }
-        assert_eq!(spans[2].cmd_status.as_deref(), Some("UPDATE 3"));
+        let mut out = vec![];
+        r.complete_quiet(s.ts + QUIET_NS, &mut out);
+        assert!(out.is_empty(), "not quiet for long enough yet");
+        r.complete_quiet(s.ts + QUIET_NS + 1, &mut out);
+        let q = &queries(out)[0];
+        assert_eq!((q.cmd_status.as_deref(), q.end_ns - q.start_ns, q.end), (Some("UPDATE 3"), 1_000, End::Completed));
         assert_eq!((r.in_flight(), r.counters), (0, Counters::default()));
     }
 
     #[test]
-    fn multi_statement_texts_end_at_their_last_result_once_something_follows() {
+    fn late_results_land_on_the_answered_query() {
         let mut s = Script::new();
-        s.call(1, C1, func::PQSEND_QUERY, Some("select 1; select 2"), None)
-            .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1")
-            .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1"); // at 3_000
-        let (spans, mut r) = s.run();
-        assert!(spans.is_empty(), "a third statement could still come");
-        let mut out = vec![];
-        r.complete_quiet(s.ts, &mut out);
-        assert!(out.is_empty(), "not quiet yet");
-        r.complete_quiet(s.ts + 1, &mut out);
-        let q = &queries(out)[0];
-        assert_eq!((q.rows, q.end_ns - q.start_ns, q.end), (2, 2_000, End::Completed));
-
-        // The next call and PQfinish end it the same way; an error ends it at once.
-        let mut s = Script::new();
-        s.call(1, C1, func::PQEXEC, Some("select 1; select 2"), None)
-            .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1")
+        // Extended protocol outside a block: CommandComplete, then the commit at Sync fails.
+        s.call(1, C1, func::PQSEND_QUERY_PARAMS, Some("insert into t values ($1)"), None)
+            .rp(C1, PGRES_COMMAND_OK, 0, "INSERT 0 1")
+            .rp(C1, PGRES_FATAL_ERROR, 0, "")
+            // A multi-statement text: its results, then an error skipping the rest.
             .call(1, C1, func::PQEXEC, Some("select 1; select * from nope; select 3"), None)
             .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1")
             .rp(C1, PGRES_FATAL_ERROR, 0, "")
-            .call(1, C2, func::PQEXEC, Some("select 1; select 2"), None)
-            .rp(C2, PGRES_TUPLES_OK, 1, "SELECT 1")
-            .finish(C2);
+            .finish(C1);
         let (spans, r) = s.run();
-        let ends: Vec<_> = spans.iter().map(|q| (q.end, q.failed, q.end_ns - q.start_ns)).collect();
-        assert_eq!(ends, [(End::Completed, false, 1_000), (End::Completed, true, 2_000), (End::Completed, false, 1_000)]);
+        let got: Vec<_> = spans.iter().map(|q| (q.end, q.failed, q.sqlstate.clone(), q.end_ns - q.start_ns)).collect();
+        let err = Some("42P01".to_string());
+        assert_eq!(got, [(End::Completed, true, err.clone(), 2_000), (End::Completed, true, err, 2_000)]);
         assert_eq!((r.in_flight(), r.counters), (0, Counters::default()));
     }
 
     #[test]
-    fn copy_and_single_row_results_do_not_end_a_query() {
+    fn multi_statement_texts_wait_longer_before_quiet_ends_them() {
+        let mut s = Script::new();
+        s.call(1, C1, func::PQSEND_QUERY, Some("select 1; select pg_sleep(2)"), None).rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1");
+        let (_, mut r) = s.run();
+        let mut out = vec![];
+        r.complete_quiet(s.ts + QUIET_NS + 1, &mut out);
+        assert!(out.is_empty(), "its next statement may still be running");
+        r.complete_quiet(s.ts + QUIET_MULTI_NS + 1, &mut out);
+        assert_eq!(queries(out).len(), 1);
+    }
+
+    #[test]
+    fn without_nulls_pqexec_discards_what_it_drains_until_its_own_send() {
+        let mut s = Script::new();
+        s.call(1, C1, func::PQSEND_QUERY, Some("select 'old'"), None)
+            .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1") // read; its NULL was not
+            .call(1, C1, func::PQSEND_QUERY, Some("select 1; select 'unread'"), None)
+            .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1")
+            .call(1, C1, func::PQEXEC, Some("select 'new'"), None)
+            .rp(C1, PGRES_TUPLES_OK, 7, "SELECT 7") // the unread rest, drained
+            .call(1, C1, func::PQSEND_QUERY, Some("select 'new'"), None) // nested
+            .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1")
+            .finish(C1);
+        let (spans, r) = s.run();
+        let got: Vec<_> = spans.iter().map(|q| (q.text.clone().unwrap(), q.rows, q.end)).collect();
+        assert_eq!(
+            got,
+            [("select 'old'".into(), 1, End::Completed), ("select 1; select 'unread'".into(), 1, End::Completed), ("select 'new'".into(), 1, End::Completed)]
+        );
+        assert_eq!(r.counters, Counters::default());
+    }
+
+    #[test]
+    fn without_nulls_a_query_never_answered_ends_when_the_next_begins() {
+        // The connection was lost inside PQgetResult (a result the probe does
+        // not see), then reset: the next query's results are its own.
+        let mut s = Script::new();
+        s.call(1, C1, func::PQSEND_QUERY, Some("select 1"), None)
+            .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1")
+            .call(1, C1, func::PQSEND_QUERY, Some("select pg_sleep(9)"), None)
+            .call(1, C1, func::PQSEND_QUERY, Some("select 2"), None)
+            .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1")
+            .finish(C1);
+        let (spans, r) = s.run();
+        let got: Vec<_> = spans.iter().map(|q| (q.text.clone().unwrap(), q.end)).collect();
+        assert_eq!(got, [("select 1".into(), End::Completed), ("select pg_sleep(9)".into(), End::Superseded), ("select 2".into(), End::Completed)]);
+        assert_eq!(r.counters.incomplete, 1);
+    }
+
+    #[test]
+    fn copy_and_single_row_results_do_not_answer_a_query() {
         let mut s = Script::new();
         s.call(1, C1, func::PQEXEC, Some("copy t from stdin"), None)
             .rp(C1, PGRES_COPY_IN, 0, "")
@@ -861,11 +921,12 @@ mod tests {
             .call(1, C1, func::PQSEND_QUERY, Some("select * from t"), None)
             .rp(C1, PGRES_SINGLE_TUPLE, 1, "")
             .rp(C1, PGRES_SINGLE_TUPLE, 1, "")
-            .rp(C1, PGRES_TUPLES_OK, 0, "SELECT 2");
+            .rp(C1, PGRES_TUPLES_OK, 0, "SELECT 2")
+            .finish(C1);
         let (spans, r) = s.run();
         let got: Vec<_> = spans.iter().map(|q| (q.cmd_status.clone().unwrap_or_default(), q.rows, q.end_ns - q.start_ns)).collect();
         assert_eq!(got, [("COPY 5".to_string(), 0, 2_000), ("SELECT 2".to_string(), 2, 3_000)]);
-        assert_eq!(r.in_flight(), 0);
+        assert_eq!((r.in_flight(), r.counters), (0, Counters::default()));
     }
 
     #[test]

@@ -102,7 +102,8 @@ fn point_before(insns: &[Instruction], call: usize, start: u64) -> Result<Result
     };
     let block = insns[first].ip();
     // Exactly one branch may enter the block: the one testing nEvents, as
-    // its fall-through or its target. Any other way in would bypass the probe.
+    // its fall-through or its target (the block's first instruction). Any
+    // other way in would bypass the probe, or skip an argument move.
     let entries: Vec<usize> = (0..insns.len())
         .filter(|&i| {
             let ins = &insns[i];
@@ -117,6 +118,9 @@ fn point_before(insns: &[Instruction], call: usize, start: u64) -> Result<Result
     let branch = &insns[j];
     if branch.flow_control() != FlowControl::ConditionalBranch || branch.op0_kind() != OpKind::NearBranch64 {
         return Err(NotFound("the call's block is not entered by a conditional branch"));
+    }
+    if j + 1 != first && branch.near_branch64() != block {
+        return Err(NotFound("the branch enters the call's block past an argument move"));
     }
     let mut text = String::new();
     IntelFormatter::new().format(branch, &mut text);

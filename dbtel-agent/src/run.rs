@@ -18,7 +18,7 @@ use crate::{
     discover::{self, LibpqTarget},
     events::{self, Record},
     export::{Clock, Exporter, ProcessMeta},
-    reconstruct::{self, Reconstructor},
+    reconstruct::Reconstructor,
     server::{self, ServerTarget},
     servers::{CatalogSettings, ServerSide},
 };
@@ -443,8 +443,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                 }
                 agent.servers_housekeeping();
                 // Multi-statement texts on connections gone quiet have had all their results.
-                let quiet = Clock::monotonic_now_ns().saturating_sub(reconstruct::QUIET_NS);
-                agent.recon.complete_quiet(quiet, &mut agent.spans);
+                agent.recon.complete_quiet(Clock::monotonic_now_ns(), &mut agent.spans);
                 agent.warn_on_new_drops(&mut last_counters);
                 if child.is_none() && agent.live.is_empty() && agent.server.servers.is_empty() {
                     log::info!("no traced process left");

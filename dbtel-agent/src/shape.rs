@@ -98,50 +98,62 @@ pub fn shape(sql: &str) -> Option<String> {
 }
 
 /// True if `sql` certainly holds at most one statement (so it returns one
-/// result, COPY aside). No `;` at all is the common case; otherwise quotes and
-/// comments are skipped, and anything this scanner does not fully understand
-/// (dollar quotes, E'' strings) counts as possibly several.
+/// statement's results).
 pub fn single_statement(sql: &str) -> bool {
+    statements(sql).is_some_and(|v| v.len() <= 1)
+}
+
+/// The statements of a simple-protocol text, split at top-level `;` (pieces
+/// holding only whitespace and comments are left out). `None` where this
+/// scanner is unsure: dollar quotes, E'' and other prefixed strings, nested
+/// comments, unterminated quotes or comments. No `;` at all is the common case.
+pub fn statements(sql: &str) -> Option<Vec<&str>> {
     let b = sql.as_bytes();
-    let Some(first) = b.iter().position(|&c| c == b';') else { return true };
-    let mut i = 0;
-    let mut seen_end = false;
-    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
+    if !b.contains(&b';') {
+        return Some(vec![sql]);
+    }
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    let mut out = Vec::new();
+    let (mut start, mut content, mut i) = (0, false, 0);
     while i < b.len() {
-        let c = b[i];
-        match c {
+        let prev = if i > 0 { b[i - 1] } else { b' ' };
+        match b[i] {
             b'-' if b.get(i + 1) == Some(&b'-') => {
                 i = b[i..].iter().position(|&x| x == b'\n').map_or(b.len(), |n| i + n);
                 continue;
             }
             b'/' if b.get(i + 1) == Some(&b'*') => {
-                // Nested comments: only a plain one is skipped.
-                let Some(n) = sql[i + 2..].find("*/") else { return false };
+                let n = sql[i + 2..].find("*/")?;
                 if sql[i + 2..i + 2 + n].contains("/*") {
-                    return false;
+                    return None;
                 }
                 i += n + 4;
                 continue;
             }
-            _ if i < first && c != b'\'' && c != b'"' && c != b'$' => {}
-            b'$' => return false,
-            b'\'' if i > 0 && (ident(b[i - 1]) || b[i - 1] == b'&') => return false,
+            // $1 or a$b; any other $ may open a dollar quote.
+            b'$' if ident(prev) || b.get(i + 1).is_some_and(u8::is_ascii_digit) => content = true,
+            b'$' => return None,
+            b'\'' if ident(prev) || prev == b'&' => return None,
             b'\'' | b'"' => {
-                let Some(end) = past_quoted(b, i) else { return false };
-                if seen_end {
-                    return false;
-                }
-                i = end;
+                i = past_quoted(b, i)?;
+                content = true;
                 continue;
             }
-            b';' => seen_end = true,
+            b';' => {
+                if content {
+                    out.push(sql[start..i].trim());
+                }
+                (start, content) = (i + 1, false);
+            }
             c if c.is_ascii_whitespace() => {}
-            _ if seen_end => return false,
-            _ => {}
+            _ => content = true,
         }
         i += 1;
     }
-    true
+    if content {
+        out.push(sql[start..].trim());
+    }
+    Some(out)
 }
 
 /// The index just past the quoted token opening at `i` (its quote character
@@ -186,6 +198,9 @@ mod tests {
         ] {
             assert!(!single_statement(several), "{several:?}");
         }
+        assert_eq!(statements("COMMIT; BEGIN ;-- next\n"), Some(vec!["COMMIT", "BEGIN"]));
+        assert_eq!(statements("select 'a;b', $1; select a$b"), Some(vec!["select 'a;b', $1", "select a$b"]));
+        assert_eq!(statements("select $q$;$q$; select 1"), None);
     }
     use crate::sql::facts;
 
