@@ -264,19 +264,12 @@ impl BlockEffect {
     /// `open`: a block is open as the statement starts. A text of several
     /// statements is taken as a whole; one the scanner cannot split has none.
     fn of(text: &str, open: bool) -> BlockEffect {
+        if !text.as_bytes().contains(&b';') {
+            return Self::single(text, open);
+        }
         let Some(stmts) = crate::shape::statements(text) else { return BlockEffect::default() };
         if let [one] = stmts[..] {
-            return BlockEffect {
-                opened: !open && starts_block(one),
-                ends: if !open {
-                    None
-                } else if prepares(one) {
-                    Some(TxnOutcome::Prepared)
-                } else {
-                    ends_block(one)
-                },
-                reopens: open && chains(one),
-            };
+            return Self::single(one, open);
         }
         let (mut e, mut now_open, mut began) = (BlockEffect::default(), open, false);
         for st in stmts {
@@ -291,6 +284,14 @@ impl BlockEffect {
         }
         e.reopens = began && now_open;
         e
+    }
+
+    fn single(text: &str, open: bool) -> BlockEffect {
+        if !open {
+            return BlockEffect { opened: starts_block(text), ..Default::default() };
+        }
+        let ends = if prepares(text) { Some(TxnOutcome::Prepared) } else { ends_block(text) };
+        BlockEffect { opened: false, ends, reopens: ends.is_some() && chains(text) }
     }
 }
 

@@ -100,7 +100,7 @@ pub fn shape(sql: &str) -> Option<String> {
 /// True if `sql` certainly holds at most one statement (so it returns one
 /// statement's results).
 pub fn single_statement(sql: &str) -> bool {
-    statements(sql).is_some_and(|v| v.len() <= 1)
+    !sql.as_bytes().contains(&b';') || statements(sql).is_some_and(|v| v.len() <= 1)
 }
 
 /// The statements of a simple-protocol text, split at top-level `;` (pieces
