@@ -116,19 +116,38 @@ impl SpanExporter for HttpExporter {
     }
 }
 
-/// ExportTraceServiceRequest { resource_spans: [{ resource, scope_spans: [{ scope, spans }], schema_url }] }.
-pub fn encode_request(resource: &[u8], scope: &[u8], spans: &[SpanData]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + spans.len() * 512);
-    message(&mut out, 1, |rs| {
-        bytes_field(rs, 1, resource);
-        message(rs, 2, |ss| {
-            bytes_field(ss, 1, scope);
-            for s in spans {
-                message(ss, 2, |b| span(b, s));
-            }
-        });
-    });
-    out
+/// ExportTraceServiceRequest { resource_spans: [{ resource, scope_spans: [{ scope, spans }] }] }.
+/// The spans are written first, each from a scratch buffer (its length is
+/// then known), after room left for the enclosing headers, which are then
+/// written right before them: no part of the body is moved.
+pub fn encode_request(resource: &[u8], scope: &[u8], spans: &[SpanData]) -> bytes::Bytes {
+    // Two tags, two 10-byte lengths, the resource and the scope.
+    let room = 2 + 20 + field_len(resource.len()) + field_len(scope.len());
+    let mut buf = vec![0u8; room];
+    buf.reserve(spans.len() * 600);
+    let mut scratch = Vec::with_capacity(1024);
+    for s in spans {
+        scratch.clear();
+        span(&mut scratch, s);
+        bytes_field(&mut buf, 2, &scratch);
+    }
+    let scope_spans = field_len(scope.len()) + buf.len() - room;
+    let resource_spans = field_len(resource.len()) + 1 + varint_len(scope_spans as u64) + scope_spans;
+    let mut head = Vec::with_capacity(room);
+    tag(&mut head, 1, 2);
+    varint(&mut head, resource_spans as u64);
+    bytes_field(&mut head, 1, resource);
+    tag(&mut head, 2, 2);
+    varint(&mut head, scope_spans as u64);
+    bytes_field(&mut head, 1, scope);
+    let start = room - head.len();
+    buf[start..room].copy_from_slice(&head);
+    bytes::Bytes::from(buf).slice(start..)
+}
+
+/// Bytes taken by a length-delimited field (nothing when empty: proto3).
+fn field_len(len: usize) -> usize {
+    if len == 0 { 0 } else { 1 + varint_len(len as u64) + len }
 }
 
 fn span(b: &mut Vec<u8>, s: &SpanData) {
@@ -204,7 +223,22 @@ fn attribute(b: &mut Vec<u8>, kv: &KeyValue) {
 
 fn key_value(b: &mut Vec<u8>, key: &str, v: &Value) {
     str_field(b, 1, key);
-    message(b, 2, |m| any_value(m, v));
+    // The common scalar values with their length computed up front.
+    let scalar = match v {
+        Value::String(s) => Some(1 + varint_len(s.as_str().len() as u64) + s.as_str().len()),
+        Value::I64(x) => Some(1 + varint_len(*x as u64)),
+        Value::Bool(_) => Some(2),
+        Value::F64(_) => Some(9),
+        _ => None,
+    };
+    match scalar {
+        Some(len) => {
+            tag(b, 2, 2);
+            varint(b, len as u64);
+            any_value(b, v);
+        }
+        None => message(b, 2, |m| any_value(m, v)),
+    }
 }
 
 /// AnyValue: string 1, bool 2, int 3, double 4, array 5.
@@ -248,6 +282,10 @@ fn any_value(b: &mut Vec<u8>, v: &Value) {
 }
 
 // Protobuf wire format: proto3 leaves default values (0, "", empty bytes) out.
+
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
 
 fn varint(b: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -295,22 +333,16 @@ fn str_field(b: &mut Vec<u8>, field: u32, v: &str) {
 }
 
 /// A length-delimited field written in place: the body goes after the tag,
-/// then its length is inserted in front of it (one move of the body).
+/// then its length is put in front of it (one move of the body; used for
+/// the small, rarer messages: events, links, status, arrays).
 fn message(b: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
     tag(b, field, 2);
     let start = b.len();
     body(b);
-    let len = b.len() - start;
-    let mut prefix = [0u8; 10];
-    let mut n = 0;
-    let mut v = len as u64;
-    while v >= 0x80 {
-        prefix[n] = v as u8 | 0x80;
-        v >>= 7;
-        n += 1;
-    }
-    prefix[n] = v as u8;
-    b.splice(start..start, prefix[..=n].iter().copied());
+    let len = (b.len() - start) as u64;
+    let n = varint_len(len);
+    varint(b, len);
+    b[start..].rotate_right(n);
 }
 
 #[cfg(test)]
@@ -366,6 +398,15 @@ mod tests {
         let sdk_resource = (&resource).into();
         let sdk: Vec<ResourceSpans> = opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope(spans, &sdk_resource);
         assert_eq!(ours, ExportTraceServiceRequest { resource_spans: sdk });
+    }
+
+    #[test]
+    fn varint_lengths() {
+        for v in [0u64, 1, 127, 128, 16_383, 16_384, u32::MAX as u64, u64::MAX] {
+            let mut b = Vec::new();
+            varint(&mut b, v);
+            assert_eq!(varint_len(v), b.len(), "{v}");
+        }
     }
 
     #[test]
