@@ -351,20 +351,33 @@ pub fn pg_server(ctx: ProbeContext) -> u32 {
 /// first 31 bytes): the same statement reported again. A NULL resets.
 #[inline(always)]
 fn repeated(tgid: u32, p: u64) -> bool {
+    // Updated in place once the process has an entry: an LRU insert or
+    // delete on every statement costs more than the compare.
+    let last = LAST_TEXT.get_ptr_mut(&tgid);
     if p == 0 {
-        let _ = LAST_TEXT.remove(&tgid);
+        // Byte 31 of a head read from a string is always its NUL or before
+        // it: no text matches this.
+        if let Some(last) = last {
+            unsafe { *last = [0, 0, 0, 0xff << 56] };
+        }
         return false;
     }
     // Compared as words: there is no memcmp in BPF.
     let mut head = [0u64; 4];
     let bytes: &mut [u8; 32] = unsafe { &mut *(&mut head as *mut [u64; 4]).cast() };
     let _ = unsafe { bpf_probe_read_user_str_bytes(p as *const u8, bytes) };
-    if let Some(last) = unsafe { LAST_TEXT.get(&tgid) } {
-        if last[0] == head[0] && last[1] == head[1] && last[2] == head[2] && last[3] == head[3] {
-            return true;
+    match last {
+        Some(last) => {
+            let last = unsafe { &mut *last };
+            if last[0] == head[0] && last[1] == head[1] && last[2] == head[2] && last[3] == head[3] {
+                return true;
+            }
+            *last = head;
+        }
+        None => {
+            let _ = LAST_TEXT.insert(&tgid, &head, 0);
         }
     }
-    let _ = LAST_TEXT.insert(&tgid, &head, 0);
     false
 }
 
