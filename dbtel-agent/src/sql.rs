@@ -31,18 +31,32 @@ pub struct FactsCache {
     /// mistaken for another text's shape.
     map: HashMap<String, Arc<QueryFacts>>,
     shapes: HashMap<String, Arc<QueryFacts>>,
+    /// Texts that are their own shape (no literals: parameterised queries),
+    /// looked up before computing any shape.
+    plain: HashMap<String, Arc<QueryFacts>>,
     capacity: usize,
 }
 
 impl FactsCache {
     pub fn new(obfuscate: bool, capacity: usize) -> Self {
-        FactsCache { obfuscate, map: HashMap::new(), shapes: HashMap::new(), capacity }
+        FactsCache { obfuscate, map: HashMap::new(), shapes: HashMap::new(), plain: HashMap::new(), capacity }
     }
 
     pub fn get(&mut self, sql: &str) -> Arc<QueryFacts> {
         // Obfuscated, texts differing only in literal values share their facts
         // (applications inlining literals would otherwise miss every time).
+        if let Some(f) = self.plain.get(sql) {
+            return f.clone();
+        }
         let shaped = if self.obfuscate { crate::shape::shape(sql) } else { None };
+        if shaped.as_deref() == Some(sql) {
+            if self.plain.len() >= self.capacity {
+                self.plain.clear();
+            }
+            let f = self.shapes.get(sql).cloned().unwrap_or_else(|| Arc::new(facts(sql, self.obfuscate)));
+            self.plain.insert(sql.to_string(), f.clone());
+            return f;
+        }
         let (map, key) = match &shaped {
             Some(k) => (&mut self.shapes, k.as_str()),
             None => (&mut self.map, sql),
@@ -372,6 +386,12 @@ mod tests {
         c.get("select 3");
         assert!(c.map.len() <= 2);
         assert_eq!(c.get("select 1").text, "select ?");
+        // A parameterised text is its own shape: found by the text itself next time.
+        let q = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;";
+        let p = c.get(q);
+        assert!(c.plain.contains_key(q) && Arc::ptr_eq(&p, &c.get(q)));
+        assert_eq!(p.text, q);
+        assert!(!c.plain.contains_key("select 1"), "texts with literals never go by their text");
     }
 
     #[test]
