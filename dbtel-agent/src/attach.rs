@@ -157,32 +157,31 @@ impl Probes {
         let layout = self.layout_index(&t.layout)?;
         let pid = NonZeroU32::new(t.pid).expect("pid is not 0");
         let mut placed: Vec<(&'static str, UProbeLinkId)> = Vec::new();
-        let mut points: Vec<(&'static str, &'static str, u64)> = QUERY_CALLS
+        // (program, function, cookie, file offset of the probe)
+        let entry = |f: &str| t.offsets[f] + t.placements[f].offset;
+        let mut points: Vec<(&'static str, &'static str, u64, u64)> = QUERY_CALLS
             .iter()
             .map(|&(name, f)| {
                 let (text, stmt) = args_of(f);
-                ("pq_query", name, cookie::make(f, text, stmt, layout))
+                ("pq_query", name, cookie::make(f, text, stmt, layout), entry(name))
             })
             .collect();
-        let mut at: Vec<u64> = points.iter().map(|(_, f, _)| t.offsets[*f] + t.placements[*f].offset).collect();
         match &t.result_points {
             Ok(rp) => {
                 for p in rp {
                     let c = cookie::make_result_point(p.res.pt_regs_offset().into(), p.conn.pt_regs_offset().into(), layout);
-                    points.push(("pq_result", "PQgetResult", c));
-                    at.push(t.offsets["PQgetResult"] + p.offset);
+                    points.push(("pq_result", "PQgetResult", c, t.offsets["PQgetResult"] + p.offset));
                 }
             }
             Err(_) => {
                 // Entry and return probe share the function's first instruction.
-                points.push(("pq_getresult", "PQgetResult", 0));
-                points.push(("pq_getresult_ret", "PQgetResult", cookie::make(func::PQGET_RESULT, 0, 0, layout)));
-                at.extend([t.offsets["PQgetResult"]; 2]);
+                let first = t.offsets["PQgetResult"];
+                points.push(("pq_getresult", "PQgetResult", 0, first));
+                points.push(("pq_getresult_ret", "PQgetResult", cookie::make(func::PQGET_RESULT, 0, 0, layout), first));
             }
         }
-        points.push(("pq_finish", "PQfinish", 0));
-        at.push(t.offsets["PQfinish"] + t.placements["PQfinish"].offset);
-        for ((prog, function, c), offset) in points.into_iter().zip(at) {
+        points.push(("pq_finish", "PQfinish", 0, entry("PQfinish")));
+        for (prog, function, c, offset) in points {
             let p: &mut UProbe = self.ebpf.program_mut(prog).expect("loaded").try_into().expect("uprobe");
             let point = UProbeAttachPoint { location: offset.into(), cookie: Some(c) };
             match p.attach(point, &t.host_path, UProbeScope::OneProcess(pid)) {

@@ -275,11 +275,12 @@ impl BlockEffect {
         for st in stmts {
             if starts_block(st) && !now_open {
                 (now_open, began) = (true, true);
-            } else if now_open && (ends_block(st).is_some() || prepares(st)) {
+            } else if let Some(end) = block_end(st).filter(|_| now_open) {
                 if !began {
-                    e.ends = if prepares(st) { Some(TxnOutcome::Prepared) } else { ends_block(st) };
+                    e.ends = Some(end);
                 }
-                (now_open, began) = (chains(st), chains(st));
+                let chained = chains(st);
+                (now_open, began) = (chained, chained);
             }
         }
         e.reopens = began && now_open;
@@ -290,7 +291,7 @@ impl BlockEffect {
         if !open {
             return BlockEffect { opened: starts_block(text), ..Default::default() };
         }
-        let ends = if prepares(text) { Some(TxnOutcome::Prepared) } else { ends_block(text) };
+        let ends = block_end(text);
         BlockEffect { opened: false, ends, reopens: ends.is_some() && chains(text) }
     }
 }
@@ -325,6 +326,12 @@ fn ends_block(text: &str) -> Option<TxnOutcome> {
         crate::txn::Verb::Rollback => Some(TxnOutcome::RolledBack),
         _ => None,
     }
+}
+
+/// How a statement ends the open block, if it does: PREPARE TRANSACTION
+/// prepares it, COMMIT/END commits, ROLLBACK/ABORT rolls back.
+fn block_end(text: &str) -> Option<TxnOutcome> {
+    if prepares(text) { Some(TxnOutcome::Prepared) } else { ends_block(text) }
 }
 
 /// COMMIT AND CHAIN / ROLLBACK AND CHAIN.

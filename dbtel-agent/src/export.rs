@@ -352,16 +352,6 @@ fn span_links(links: &[span::Link]) -> SpanLinks {
     out
 }
 
-/// OTEL_EXPORTER_OTLP_ENDPOINT semantics for HTTP: a base URL to which the
-/// signal path is appended.
-pub fn http_traces_url(base: &str) -> String {
-    if base.ends_with("/v1/traces") {
-        base.to_string()
-    } else {
-        format!("{}/v1/traces", base.trim_end_matches('/'))
-    }
-}
-
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
@@ -640,12 +630,5 @@ mod tests {
         let wall = now.wall(Clock::monotonic_now_ns());
         let err = SystemTime::now().duration_since(wall).unwrap_or_else(|e| e.duration());
         assert!(err < Duration::from_millis(50), "{err:?}");
-    }
-
-    #[test]
-    fn http_endpoint_gets_the_traces_path() {
-        assert_eq!(http_traces_url("http://c:4318"), "http://c:4318/v1/traces");
-        assert_eq!(http_traces_url("http://c:4318/"), "http://c:4318/v1/traces");
-        assert_eq!(http_traces_url("http://c:4318/v1/traces"), "http://c:4318/v1/traces");
     }
 }

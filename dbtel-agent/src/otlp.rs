@@ -21,13 +21,23 @@ use opentelemetry_sdk::{
 /// /v1/traces; OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is used as it is.
 pub fn traces_url(endpoint: Option<&str>) -> String {
     if let Some(e) = endpoint {
-        return crate::export::http_traces_url(e);
+        return with_traces_path(e);
     }
     if let Ok(e) = std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
         return e;
     }
     let base = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_else(|_| "http://localhost:4318".into());
-    crate::export::http_traces_url(&base)
+    with_traces_path(&base)
+}
+
+/// OTEL_EXPORTER_OTLP_ENDPOINT semantics for HTTP: a base URL to which the
+/// signal path is appended.
+fn with_traces_path(base: &str) -> String {
+    if base.ends_with("/v1/traces") {
+        base.to_string()
+    } else {
+        format!("{}/v1/traces", base.trim_end_matches('/'))
+    }
 }
 
 /// `k1=v1,k2=v2` (values percent-decoded), as the OTLP exporter spec has it.
@@ -244,12 +254,7 @@ fn key_value(b: &mut Vec<u8>, key: &str, v: &Value) {
 /// AnyValue: string 1, bool 2, int 3, double 4, array 5.
 fn any_value(b: &mut Vec<u8>, v: &Value) {
     match v {
-        Value::String(s) => {
-            // An empty string is still a string value: write it even when empty.
-            tag(b, 1, 2);
-            varint(b, s.as_str().len() as u64);
-            b.extend_from_slice(s.as_str().as_bytes());
-        }
+        Value::String(s) => string_value(b, s.as_str()),
         Value::Bool(x) => {
             tag(b, 2, 0);
             varint(b, *x as u64);
@@ -272,13 +277,16 @@ fn any_value(b: &mut Vec<u8>, v: &Value) {
                 _ => {}
             }
         }),
-        _ => {
-            let s = v.to_string();
-            tag(b, 1, 2);
-            varint(b, s.len() as u64);
-            b.extend_from_slice(s.as_bytes());
-        }
+        _ => string_value(b, &v.to_string()),
     }
+}
+
+/// AnyValue.string_value: an empty string is still a string value, written
+/// even when empty (unlike a proto3 default).
+fn string_value(b: &mut Vec<u8>, s: &str) {
+    tag(b, 1, 2);
+    varint(b, s.len() as u64);
+    b.extend_from_slice(s.as_bytes());
 }
 
 // Protobuf wire format: proto3 leaves default values (0, "", empty bytes) out.
@@ -419,6 +427,7 @@ mod tests {
                 ("odd".to_string(), "%aé%+f".to_string())
             ]
         );
+        assert_eq!(traces_url(Some("http://c:4318")), "http://c:4318/v1/traces");
         assert_eq!(traces_url(Some("http://c:4318/")), "http://c:4318/v1/traces");
         assert_eq!(traces_url(Some("http://c:4318/v1/traces")), "http://c:4318/v1/traces");
     }

@@ -268,13 +268,8 @@ impl Reconstructor {
             }
             Event::Finish { at } => {
                 let key = (at.pid, at.conn);
-                if let Some(mut c) = self.conns.remove(&key) {
-                    self.complete_answered(key, &mut c, out);
-                    self.close_all(key, &mut c, at.ts_ns, End::ConnectionClosed, out);
-                    self.forget_backend(key, &c);
-                    let mut txns = Vec::new();
-                    self.txns.conn_closed(key, at.ts_ns, &mut txns);
-                    push_txns(txns, &c.info, out);
+                if let Some(c) = self.conns.remove(&key) {
+                    self.conn_gone(key, c, at.ts_ns, End::ConnectionClosed, out);
                 }
             }
         }
@@ -379,12 +374,10 @@ impl Reconstructor {
         out: &mut Vec<ClientSpan>,
     ) {
         let key = (at.pid, at.conn);
-        if !nulls {
-            if let Some(c) = self.conns.get_mut(&key) {
-                c.fast = true;
-            }
-        }
-        let Some(q) = self.conns.get_mut(&key).and_then(|c| c.queue.front_mut()) else {
+        let Some(q) = self.conns.get_mut(&key).and_then(|c| {
+            c.fast |= !nulls;
+            c.queue.front_mut()
+        }) else {
             // PQgetResult returning NULL on an idle connection is normal.
             if result != 0 && status != PGRES_PIPELINE_SYNC {
                 self.counters.unmatched_results += 1;
@@ -484,17 +477,23 @@ impl Reconstructor {
         }
     }
 
+    /// A connection taken out of the map is gone (PQfinish, exit): answered
+    /// queries complete, the rest are cut with `end`, its transaction closes.
+    fn conn_gone(&mut self, key: Key, mut c: ConnState, ts: u64, end: End, out: &mut Vec<ClientSpan>) {
+        self.complete_answered(key, &mut c, out);
+        self.close_all(key, &mut c, ts, end, out);
+        self.forget_backend(key, &c);
+        let mut txns = Vec::new();
+        self.txns.conn_closed(key, ts, &mut txns);
+        push_txns(txns, &c.info, out);
+    }
+
     /// The process is gone: close what it had in flight and forget it.
     pub fn process_exited(&mut self, pid: u32, ts_ns: u64, out: &mut Vec<ClientSpan>) {
         let keys: Vec<_> = self.conns.keys().filter(|(p, _)| *p == pid).copied().collect();
         for k in keys {
-            let mut c = self.conns.remove(&k).expect("key listed");
-            self.complete_answered(k, &mut c, out);
-            self.close_all(k, &mut c, ts_ns, End::ProcessExited, out);
-            self.forget_backend(k, &c);
-            let mut txns = Vec::new();
-            self.txns.conn_closed(k, ts_ns, &mut txns);
-            push_txns(txns, &c.info, out);
+            let c = self.conns.remove(&k).expect("key listed");
+            self.conn_gone(k, c, ts_ns, End::ProcessExited, out);
         }
         let mut txns = Vec::new();
         self.txns.process_exited(pid, ts_ns, &mut txns);

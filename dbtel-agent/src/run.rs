@@ -442,7 +442,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                     }
                 }
                 agent.servers_housekeeping();
-                // Multi-statement texts on connections gone quiet have had all their results.
+                // Answered queries on connections gone quiet have had all their results.
                 agent.recon.complete_quiet(Clock::monotonic_now_ns(), &mut agent.spans);
                 agent.warn_on_new_drops(&mut last_counters);
                 if child.is_none() && agent.live.is_empty() && agent.server.servers.is_empty() {

@@ -195,10 +195,7 @@ pub struct ConnEvent {
 pub mod site {
     /// USDT statement__status(const char *cmd): text = running, NULL = idle.
     pub const STATEMENT_STATUS: u32 = 1;
-    /// USDT transaction__start(LocalTransactionId).
-    pub const TRANSACTION_START: u32 = 2;
-    /// USDT transaction__commit(LocalTransactionId).
-    pub const TRANSACTION_COMMIT: u32 = 3;
+    // 2 and 3 were transaction__start/commit: blocks now come from statement texts.
     /// USDT transaction__abort(LocalTransactionId).
     pub const TRANSACTION_ABORT: u32 = 4;
     /// USDT lock__wait__start(field1..4, locktag_type, lockmethod, lockmode).
