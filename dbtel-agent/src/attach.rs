@@ -86,8 +86,10 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// `max_text`: longest query text copied from the traced process.
-    pub fn load(object: &[u8], max_text: u32) -> Result<Self, AttachError> {
+    /// `max_text`: longest query text copied from the traced process;
+    /// `probes_only`: every probe returns at once (benchmarks: the traps' own cost).
+    pub fn load(object: &[u8], max_text: u32, probes_only: bool) -> Result<Self, AttachError> {
+        let probes_only = probes_only as u32;
         let max_text = max_text.clamp(16, TEXT_CAP as u32 - 2);
         let (fork_parent, fork_child) = fork_offsets().unwrap_or_else(|| {
             log::warn!("cannot read sched_process_fork's format from tracefs: assuming the pre-6.x layout; backends forked later may go untraced");
@@ -95,6 +97,7 @@ impl Probes {
         });
         let mut ebpf = EbpfLoader::new()
             .override_global("MAX_TEXT", &max_text, true)
+            .override_global("PROBES_ONLY", &probes_only, true)
             .override_global("FORK_PARENT_OFF", &fork_parent, true)
             .override_global("FORK_CHILD_OFF", &fork_child, true)
             .load(object)

@@ -16,7 +16,7 @@ use std::{
 use dbtel_common::func;
 use opentelemetry::{
     trace::{Event as OtelEvent, SamplingDecision, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
-    InstrumentationScope, KeyValue, Value,
+    InstrumentationScope, KeyValue, StringValue, Value,
 };
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
@@ -377,19 +377,29 @@ pub fn function_name(f: u32) -> &'static str {
     }
 }
 
-/// Where the connection goes: shared by query and transaction spans.
+/// Where the connection goes: shared by query and transaction spans. Built
+/// once per connection; a span clones reference-counted strings.
 pub fn conn_attributes(c: &ConnInfo, a: &mut Vec<KeyValue>) {
+    a.extend_from_slice(c.attrs.get_or_init(|| {
+        let mut v = Vec::with_capacity(5);
+        build_conn_attributes(c, &mut v);
+        v
+    }));
+}
+
+fn build_conn_attributes(c: &ConnInfo, a: &mut Vec<KeyValue>) {
+    let shared = |s: &str| Value::String(StringValue::from(Arc::<str>::from(s)));
     if !c.db.is_empty() {
-        a.push(KeyValue::new("db.namespace", c.db.clone()));
+        a.push(KeyValue::new("db.namespace", shared(&c.db)));
     }
     if c.host.starts_with('/') || c.host.is_empty() {
         // Unix domain socket: libpq's socket file in that directory.
         let dir = if c.host.is_empty() { "/var/run/postgresql" } else { c.host.as_str() };
         let port = if c.port.is_empty() { "5432" } else { c.port.as_str() };
-        a.push(KeyValue::new("server.address", format!("{}/.s.PGSQL.{port}", dir.trim_end_matches('/'))));
+        a.push(KeyValue::new("server.address", shared(&format!("{}/.s.PGSQL.{port}", dir.trim_end_matches('/')))));
         a.push(KeyValue::new("network.transport", "unix"));
     } else {
-        a.push(KeyValue::new("server.address", c.host.clone()));
+        a.push(KeyValue::new("server.address", shared(&c.host)));
         if let Ok(p) = c.port.parse::<i64>() {
             a.push(KeyValue::new("server.port", p));
         }
@@ -402,23 +412,21 @@ pub fn conn_attributes(c: &ConnInfo, a: &mut Vec<KeyValue>) {
 
 /// Span name, attributes and error of a query, given its text's facts.
 pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Described {
-    let mut a = vec![
+    // Sized for the usual count: growing it cost a realloc or two per span.
+    let mut a = Vec::with_capacity(16);
+    a.extend([
         KeyValue::new("db.system.name", "postgresql"),
         KeyValue::new("code.function.name", function_name(q.call)),
         KeyValue::new("process.pid", q.pid as i64),
         KeyValue::new("thread.id", q.tid as i64),
-    ];
+    ]);
     let mut name = String::new();
-    if let Some(f) = facts {
-        let prepare = q.is_prepare();
-        let op = if prepare { Some("PREPARE".to_string()) } else { f.operation.clone() };
-        let summary = match (&f.summary, prepare) {
-            (Some(s), true) => Some(format!("PREPARE {s}")),
-            (s, _) => s.clone(),
-        };
-        if let Some(op) = &op {
-            a.push(KeyValue::new("db.operation.name", op.clone()));
-        }
+    if let Some(f) = facts.filter(|_| !q.is_prepare()) {
+        a.extend_from_slice(&f.attrs);
+        name = f.name().unwrap_or_default();
+    } else if let Some(f) = facts {
+        let summary = f.summary.as_ref().map(|s| format!("PREPARE {s}"));
+        a.push(KeyValue::new("db.operation.name", "PREPARE"));
         if let Some(c) = &f.collection {
             a.push(KeyValue::new("db.collection.name", c.clone()));
         }
@@ -426,7 +434,7 @@ pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Describe
             a.push(KeyValue::new("db.query.summary", s.clone()));
         }
         a.push(KeyValue::new("db.query.text", f.text.clone()));
-        name = summary.or(op).unwrap_or_default();
+        name = summary.unwrap_or_else(|| "PREPARE".into());
     }
     if let Some(n) = &q.statement_name {
         a.push(KeyValue::new("db.postgresql.statement.name", n.clone()));
@@ -554,6 +562,7 @@ mod tests {
                 db: "shop".into(),
                 host: "/tmp".into(),
                 port: "5433".into(),
+                ..Default::default()
             })),
             end: End::Completed,
             ids: Ids::default(),
@@ -585,7 +594,7 @@ mod tests {
     #[test]
     fn tcp_failure_prepare_and_unknown_statement() {
         let mut s = q(Some("select * from nope"));
-        s.conn_info = Some(Arc::new(ConnInfo { backend_pid: 1, db: "d".into(), host: "127.0.0.1".into(), port: "5432".into() }));
+        s.conn_info = Some(Arc::new(ConnInfo { backend_pid: 1, db: "d".into(), host: "127.0.0.1".into(), port: "5432".into(), ..Default::default() }));
         s.failed = true;
         s.sqlstate = Some("42P01".into());
         let d = describe(&s, false);

@@ -84,6 +84,10 @@ struct Cli {
     #[arg(long)]
     probe_stats: bool,
 
+    /// Attach every probe but record nothing: what the traps alone cost the traced processes (for benchmarks).
+    #[arg(long)]
+    probes_only: bool,
+
     /// Catalog connection settings for server tracing (libpq `key=value` file);
     /// default: the PG* environment variables, then the traced server's socket and port.
     #[arg(long, value_name = "FILE")]
@@ -162,6 +166,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
         command: cli.command,
         max_text: cli.max_query_length,
         probe_stats: cli.probe_stats,
+        probes_only: cli.probes_only,
         catalog: CatalogSettings { config_file: cli.catalog_config, period: cli.catalog_period, enabled: !cli.no_catalog },
         raw_text: cli.raw_query_text,
     };

@@ -40,13 +40,22 @@ pub const QUIET_NS: u64 = 1_000_000_000;
 pub const QUIET_MULTI_NS: u64 = 10_000_000_000;
 
 /// Connection details read once from libpq's PGconn.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct ConnInfo {
     pub backend_pid: i32,
     pub db: String,
     /// Host name, address, or unix socket directory.
     pub host: String,
     pub port: String,
+    /// Its span attributes, built by the exporter at the first span.
+    pub attrs: std::sync::OnceLock<Vec<opentelemetry::KeyValue>>,
+}
+
+impl PartialEq for ConnInfo {
+    /// The same connection details (the attribute cache follows from them).
+    fn eq(&self, o: &Self) -> bool {
+        (self.backend_pid, &self.db, &self.host, &self.port) == (o.backend_pid, &o.db, &o.host, &o.port)
+    }
 }
 
 /// Why a span ended.
@@ -261,7 +270,7 @@ impl Reconstructor {
                         self.by_backend.remove(&old);
                     }
                 }
-                conn.info = Some(Arc::new(ConnInfo { backend_pid, db, host, port }));
+                conn.info = Some(Arc::new(ConnInfo { backend_pid, db, host, port, ..Default::default() }));
                 if backend_pid > 0 {
                     self.by_backend.insert(backend_pid, key);
                 }

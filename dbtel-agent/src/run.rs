@@ -29,6 +29,8 @@ pub struct RunConfig {
     pub max_text: u32,
     /// Count probe hits per program (BPF run-time stats) and report them.
     pub probe_stats: bool,
+    /// Attach every probe but record nothing (benchmarks: what the traps alone cost).
+    pub probes_only: bool,
     /// Catalog connection for server tracing.
     pub catalog: CatalogSettings,
     /// Query texts exported as sent (else literals are obfuscated).
@@ -362,7 +364,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         }
     }
     let _stats = cfg.probe_stats.then(crate::attach::enable_run_stats).transpose()?;
-    let mut probes = Probes::load(crate::EBPF_OBJECT, cfg.max_text)?;
+    let mut probes = Probes::load(crate::EBPF_OBJECT, cfg.max_text, cfg.probes_only)?;
     // SAFETY: the ring buffer owns its fd and lives as long as the AsyncFd.
     let ring = unsafe { AsyncFd::register(probes.ring_buffer()) }.map_err(|e| anyhow::anyhow!("ring buffer fd: {e}"))?;
     let mut agent = Agent {

@@ -45,26 +45,14 @@ fn backend_attributes(b: &Backend, a: &mut Vec<KeyValue>) {
     }
 }
 
-fn query_attributes(f: &QueryFacts, a: &mut Vec<KeyValue>) -> Option<String> {
-    if let Some(op) = &f.operation {
-        a.push(KeyValue::new("db.operation.name", op.clone()));
-    }
-    if let Some(c) = &f.collection {
-        a.push(KeyValue::new("db.collection.name", c.clone()));
-    }
-    if let Some(s) = &f.summary {
-        a.push(KeyValue::new("db.query.summary", s.clone()));
-    }
-    a.push(KeyValue::new("db.query.text", f.text.clone()));
-    f.summary.clone().or_else(|| f.operation.clone())
-}
 
 pub fn describe_query(q: &ServerQuery, facts: &QueryFacts, backend: Option<&Backend>) -> Described {
     let mut a = vec![
         KeyValue::new("db.system.name", "postgresql"),
         KeyValue::new("db.postgresql.backend.pid", q.pid as i64),
     ];
-    let name = query_attributes(facts, &mut a).unwrap_or_else(|| "postgresql".into());
+    a.extend_from_slice(&facts.attrs);
+    let name = facts.name().unwrap_or_else(|| "postgresql".into());
     if q.truncated {
         a.push(KeyValue::new("dbtel.query.text_truncated", true));
     }

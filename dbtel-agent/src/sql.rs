@@ -4,6 +4,8 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use opentelemetry::{KeyValue, StringValue, Value};
+
 use sqlparser::{
     dialect::{Dialect, PostgreSqlDialect},
     keywords::Keyword,
@@ -11,7 +13,7 @@ use sqlparser::{
 };
 
 /// What the agent exports about one query text.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueryFacts {
     /// The text to export (literals replaced by `?` unless raw text was asked for).
     pub text: String,
@@ -21,6 +23,33 @@ pub struct QueryFacts {
     pub collection: Option<String>,
     /// db.query.summary: operations and tables in order, e.g. `SELECT orders customers`.
     pub summary: Option<String>,
+    /// The four above as span attributes, built once per text: a span then
+    /// clones reference-counted strings instead of copying text.
+    pub attrs: Vec<KeyValue>,
+}
+
+impl QueryFacts {
+    fn with_attrs(mut self) -> Self {
+        let shared = |s: &str| Value::String(StringValue::from(Arc::<str>::from(s)));
+        let mut a = Vec::with_capacity(4);
+        if let Some(op) = &self.operation {
+            a.push(KeyValue::new("db.operation.name", shared(op)));
+        }
+        if let Some(c) = &self.collection {
+            a.push(KeyValue::new("db.collection.name", shared(c)));
+        }
+        if let Some(s) = &self.summary {
+            a.push(KeyValue::new("db.query.summary", shared(s)));
+        }
+        a.push(KeyValue::new("db.query.text", shared(&self.text)));
+        self.attrs = a;
+        self
+    }
+
+    /// The span name these facts give: the summary, else the operation.
+    pub fn name(&self) -> Option<String> {
+        self.summary.clone().or_else(|| self.operation.clone())
+    }
 }
 
 /// Memoised [`facts`]: applications repeat a small set of query texts, and
@@ -86,9 +115,9 @@ pub fn facts_with(dialect: &dyn Dialect, sql: &str, obfuscate: bool) -> QueryFac
     let from = |tokens: &[Token], raw: &str| {
         let (operation, collection, summary) = describe(tokens);
         let text = if obfuscate { render_obfuscated(tokens) } else { raw.to_string() };
-        QueryFacts { text, operation, collection, summary }
+        QueryFacts { text, operation, collection, summary, attrs: Vec::new() }
     };
-    match tokenize(dialect, sql) {
+    let f = match tokenize(dialect, sql) {
         Ok(tokens) => from(&tokens, sql),
         // Text that does not tokenize (most often: cut inside a literal by the
         // length limit). Describe and obfuscate the part that does; nothing after
@@ -106,7 +135,8 @@ pub fn facts_with(dialect: &dyn Dialect, sql: &str, obfuscate: bool) -> QueryFac
             }
             f
         }
-    }
+    };
+    f.with_attrs()
 }
 
 /// Tokens, or the byte offset where tokenizing failed.
@@ -396,7 +426,10 @@ mod tests {
 
     #[test]
     fn empty_and_odd_text() {
-        assert_eq!(f(""), QueryFacts { text: String::new(), ..Default::default() });
+        let empty = f("");
+        assert_eq!((empty.text.as_str(), empty.operation, empty.summary), ("", None, None));
+        // Only the (empty) text becomes an attribute.
+        assert_eq!(empty.attrs, [KeyValue::new("db.query.text", "")]);
         assert_eq!(f("  ;").operation, None);
     }
 }

@@ -562,7 +562,7 @@ mod tests {
         let mut d = Drive::new();
         d.ok("BEGIN").stmt("select", 2_500_000, None, None).ok("COMMIT");
         let mut t = d.out.pop().unwrap();
-        t.conn_info = Some(Arc::new(ConnInfo { backend_pid: 99, db: "shop".into(), host: "10.0.0.1".into(), port: "6432".into() }));
+        t.conn_info = Some(Arc::new(ConnInfo { backend_pid: 99, db: "shop".into(), host: "10.0.0.1".into(), port: "6432".into(), ..Default::default() }));
         let (name, attrs, err) = describe(&t);
         assert_eq!((name.as_str(), err), ("transaction", None));
         for kv in [

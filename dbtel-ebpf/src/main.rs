@@ -28,6 +28,16 @@ static MAX_TEXT: u32 = 4096;
 #[no_mangle]
 static WAKEUP_BYTES: u64 = 256 * 1024;
 
+/// Set by the agent's --probes-only: every probe returns at once, so a
+/// benchmark can measure what the traps alone cost.
+#[no_mangle]
+static PROBES_ONLY: u32 = 0;
+
+#[inline(always)]
+fn probes_only() -> bool {
+    unsafe { core::ptr::read_volatile(&PROBES_ONLY) != 0 }
+}
+
 /// 8 MiB: over 100 ms of events at full pgbench rate with client and server
 /// traced; the reader wakes at 256 KiB. (Mapped twice: it counts double in RSS.)
 #[map]
@@ -109,6 +119,9 @@ fn layout(idx: u32) -> Option<&'static LibpqLayout> {
 /// The cookie says which argument holds the text and which the statement name.
 #[uprobe]
 pub fn pq_query(ctx: ProbeContext) -> u32 {
+    if probes_only() {
+        return 0;
+    }
     let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let conn: u64 = ctx.arg(0).unwrap_or(0);
     note_conn(conn, cookie::layout(c));
@@ -204,6 +217,9 @@ fn note_conn(conn: u64, layout_idx: u32) {
 
 #[uprobe]
 pub fn pq_getresult(ctx: ProbeContext) -> u32 {
+    if probes_only() {
+        return 0;
+    }
     let conn: u64 = ctx.arg(0).unwrap_or(0);
     let _ = GETRESULT_ARGS.insert(bpf_get_current_pid_tgid(), conn, 0);
     0
@@ -214,6 +230,9 @@ const PGRES_FATAL_ERROR: i32 = 7;
 
 #[uretprobe]
 pub fn pq_getresult_ret(ctx: RetProbeContext) -> u32 {
+    if probes_only() {
+        return 0;
+    }
     let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(conn) = (unsafe { GETRESULT_ARGS.get(pid_tgid) }).copied() else {
@@ -230,6 +249,9 @@ pub fn pq_getresult_ret(ctx: RetProbeContext) -> u32 {
 /// NULL that ends a query. The cookie names the registers.
 #[uprobe]
 pub fn pq_result(ctx: ProbeContext) -> u32 {
+    if probes_only() {
+        return 0;
+    }
     let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let regs = ctx.as_ptr() as u64;
     let res = reg(regs, cookie::res_reg(c) as u16);
@@ -297,6 +319,9 @@ pub fn pq_finish(ctx: ProbeContext) -> u32 {
 /// arguments as the site's spec says, and one string if it names one.
 #[uprobe]
 pub fn pg_server(ctx: ProbeContext) -> u32 {
+    if probes_only() {
+        return 0;
+    }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let Some(postmaster) = (unsafe { SERVER_PIDS.get(&tgid) }).copied() else { return 0 };
     let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;

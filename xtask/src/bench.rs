@@ -30,6 +30,8 @@ pub struct Options {
     pub pairs: usize,
     pub clients: u32,
     pub scale: u32,
+    /// Extra agent arguments for the timed runs (experiments).
+    pub agent_args: Vec<String>,
 }
 
 struct Script {
@@ -293,7 +295,8 @@ pub fn bench(o: &Options) -> Result<()> {
                 let duration = ["-T".to_string(), o.seconds.to_string()];
                 for _ in 0..o.pairs {
                     off.push(run_off(&pg, script.name, mode, o)?);
-                    on.push(run_agent(&agent, &pg, &rx, script, mode, o, target, &[], &duration)?.0);
+                    let extra: Vec<&str> = o.agent_args.iter().map(String::as_str).collect();
+                    on.push(run_agent(&agent, &pg, &rx, script, mode, o, target, &extra, &duration)?.0);
                 }
                 let (traps_per_query, ebpf_ns) = traps(&agent, &pg, &rx, script, mode, o, target)?;
                 let stmts = script.statements.len();

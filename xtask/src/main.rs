@@ -54,6 +54,9 @@ enum Task {
         /// Only this configuration: agent on the client, the server, or both (repeatable).
         #[arg(long = "traced")]
         targets: Vec<String>,
+        /// Extra argument for the agent in the timed runs (repeatable; e.g. --agent-arg=--exporter --agent-arg=none).
+        #[arg(long = "agent-arg", allow_hyphen_values = true)]
+        agent_args: Vec<String>,
     },
     /// Set up, then run the unit tests and the end-to-end tests (as root).
     Test {
@@ -85,9 +88,9 @@ fn main() -> Result<()> {
             setup()?;
             demo()
         }
-        Task::Bench { seconds, pairs, clients, scale, soak_seconds, scripts, modes, targets } => {
+        Task::Bench { seconds, pairs, clients, scale, soak_seconds, scripts, modes, targets, agent_args } => {
             setup()?;
-            bench::bench(&bench::Options { soak_seconds, scripts, modes, targets, seconds, pairs, clients, scale })
+            bench::bench(&bench::Options { soak_seconds, scripts, modes, targets, seconds, pairs, clients, scale, agent_args })
         }
         Task::Test { args } => {
             setup()?;
