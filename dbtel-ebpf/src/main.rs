@@ -307,6 +307,9 @@ fn read_sqlstate(res: u64, l: &LibpqLayout, out: &mut [u8; 8]) {
 
 #[uprobe]
 pub fn pq_finish(ctx: ProbeContext) -> u32 {
+    if probes_only() {
+        return 0;
+    }
     let conn: u64 = ctx.arg(0).unwrap_or(0);
     let _ = SEEN_CONNS.remove([bpf_get_current_pid_tgid() >> 32, conn]);
     if EVENTS.output::<Header>(header(kind::FINISH, func::PQFINISH, conn), wakeup_flags()).is_err() {

@@ -134,3 +134,36 @@ fn statements_prepared_before_attach_say_so() {
         assert_eq!(s.str("db.query.text"), None, "no invented text");
     }
 }
+
+/// `--probes-only` (the benchmark's floor): every probe is attached and hit,
+/// and nothing is recorded or exported.
+#[test]
+fn probes_only_hits_every_probe_and_records_nothing() {
+    require_root();
+    let pg = Cluster::start();
+    pg.pgbench_init(1);
+    let rx = Receiver::start();
+    let endpoint = rx.http_endpoint();
+    let pgbench = pg.bin("pgbench").display().to_string();
+    let conn = pg.conn_args();
+    let mut args: Vec<&str> =
+        vec!["--probes-only", "--probe-stats", "--otlp-endpoint", &endpoint, "--", &pgbench, "-n", "-c", "1", "-t", "50", "-M", "prepared"];
+    args.extend(conn.iter().map(String::as_str));
+    args.push("postgres");
+    let run = run_agent(&args, b"", Duration::from_secs(120));
+    assert!(run.status.success(), "{run:?}");
+    let hits = run.stderr.lines().find(|l| l.starts_with("dbtel: probe hits:")).expect("probe hits line").to_string();
+    let count = |program: &str| -> u64 {
+        hits.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{program}=")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {program} in {hits}"))
+    };
+    // 50 transactions of 7 statements, each sent once and answered once
+    // (plus the 7 prepares and pgbench's own setup queries).
+    assert!(count("pq_query") >= 350 + 7, "{hits}");
+    assert!(count("pq_result") >= 350 + 7, "{hits}");
+    assert!(run.summary().starts_with("dbtel: 0 spans exported, 0 failed to export"), "{}", run.summary());
+    assert!(run.summary().contains("0 events read"), "{}", run.summary());
+    assert!(rx.spans().is_empty());
+}

@@ -3,7 +3,9 @@
 //! For each script (select-only, tpcb-like) and protocol mode (simple,
 //! extended, prepared): an A/A pair (agent off twice: the noise floor), then
 //! for each configuration (agent on the client, on the server, on both)
-//! interleaved A/B pairs (off / on). Medians and ratios, the
+//! interleaved runs off / on / probes only (every probe attached, each
+//! returning at once: the traps' own cost, which no agent work can go
+//! below). Medians and ratios, the
 //! agent's CPU and RSS from its own exit report, spans received by a real
 //! OTLP receiver against statements executed, every drop counter, and the
 //! probe hits per query from a separate counted run. Results go to
@@ -235,6 +237,8 @@ struct Row {
     tps_off: f64,
     tps_on: f64,
     ratio: f64,
+    /// TPS with every probe attached but returning at once, over TPS off.
+    probes_only_ratio: f64,
     added_us_per_query: f64,
     cpu_per_10k_qps: f64,
     rss_mib: f64,
@@ -291,12 +295,14 @@ pub fn bench(o: &Options) -> Result<()> {
             let a2 = run_off(&pg, script.name, mode, o)?;
             for &(target, target_name) in TARGETS.iter().filter(|(_, n)| wanted(&o.targets, n)) {
                 eprintln!("bench: {} -M {mode}, agent on the {target_name}: {} A/B pairs of {} s", script.name, o.pairs, o.seconds);
-                let (mut off, mut on) = (Vec::new(), Vec::new());
+                let (mut off, mut on, mut probes_only) = (Vec::new(), Vec::new(), Vec::new());
                 let duration = ["-T".to_string(), o.seconds.to_string()];
                 for _ in 0..o.pairs {
                     off.push(run_off(&pg, script.name, mode, o)?);
                     let extra: Vec<&str> = o.agent_args.iter().map(String::as_str).collect();
                     on.push(run_agent(&agent, &pg, &rx, script, mode, o, target, &extra, &duration)?.0);
+                    // The same probes doing nothing: what the traps alone cost.
+                    probes_only.push(run_agent(&agent, &pg, &rx, script, mode, o, target, &["--probes-only"], &duration)?.0);
                 }
                 let (traps_per_query, ebpf_ns) = traps(&agent, &pg, &rx, script, mode, o, target)?;
                 let stmts = script.statements.len();
@@ -316,6 +322,7 @@ pub fn bench(o: &Options) -> Result<()> {
                     tps_off,
                     tps_on,
                     ratio: tps_on / tps_off,
+                    probes_only_ratio: median(probes_only.iter().map(|r| r.tps).collect()) / tps_off,
                     added_us_per_query: (lat_on - lat_off) * 1000.0 / stmts as f64,
                     cpu_per_10k_qps: cpu,
                     rss_mib: on.iter().map(|r| r.agent_rss_mib).fold(0.0, f64::max),
@@ -326,7 +333,7 @@ pub fn bench(o: &Options) -> Result<()> {
                     ebpf_ns_per_query: ebpf_ns,
                 });
                 let r = rows.last().unwrap();
-                eprintln!("bench:   TPS ratio {:.3} (A/A {:.3}), {} spans / {} expected", r.ratio, r.aa_ratio, r.spans, r.statements);
+                eprintln!("bench:   TPS ratio {:.3} (probes only {:.3}, A/A {:.3}), {} spans / {} expected", r.ratio, r.probes_only_ratio, r.aa_ratio, r.spans, r.statements);
                 // Written after every line, so an interrupted run still leaves its figures.
                 let (md, json) = render(&rows, &pipeline, o);
                 std::fs::write(out_dir.join("results.md"), &md)?;
@@ -380,26 +387,26 @@ fn machine() -> String {
 fn render(rows: &[Row], pipeline: &[String], o: &Options) -> (String, String) {
     let mut md = String::new();
     let _ = writeln!(md, "Machine: {}. pgbench -c {} -j {}, scale {}, {} s runs, {} A/B pairs per line (medians); agent on the client (libpq probes), the server (USDT probes) or both, exporting OTLP/HTTP to a local receiver; spans expected = statements x traced sides.\n", machine(), o.clients, o.clients, o.scale, o.seconds, o.pairs);
-    let _ = writeln!(md, "| script | mode | traced | A/A | TPS off | TPS on | ratio | +µs/query | agent cores per 10k q/s | agent RSS MiB | spans expected | spans | drops | traps/query | eBPF ns/query |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "| script | mode | traced | A/A | TPS off | TPS on | ratio | ratio, probes only | +µs/query | agent cores per 10k q/s | agent RSS MiB | spans expected | spans | drops | traps/query | eBPF ns/query |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut json = String::from("{\"machine\":");
     let _ = write!(json, "{:?},\"seconds\":{},\"pairs\":{},\"clients\":{},\"scale\":{},\"rows\":[", machine(), o.seconds, o.pairs, o.clients, o.scale);
     for (i, r) in rows.iter().enumerate() {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.3} | {:.0} | {:.0} | {:.3} | {:.1} | {:.3} | {:.1} | {} | {} | {} | {:.2} | {:.0} |",
-            r.script, r.mode, r.target, r.aa_ratio, r.tps_off, r.tps_on, r.ratio, r.added_us_per_query, r.cpu_per_10k_qps, r.rss_mib,
+            "| {} | {} | {} | {:.3} | {:.0} | {:.0} | {:.3} | {:.3} | {:.1} | {:.3} | {:.1} | {} | {} | {} | {:.2} | {:.0} |",
+            r.script, r.mode, r.target, r.aa_ratio, r.tps_off, r.tps_on, r.ratio, r.probes_only_ratio, r.added_us_per_query, r.cpu_per_10k_qps, r.rss_mib,
             r.statements, r.spans, r.drops.total(), r.traps_per_query, r.ebpf_ns_per_query
         );
         let d = &r.drops;
         let _ = write!(
             json,
-            "{}{{\"script\":\"{}\",\"mode\":\"{}\",\"traced\":\"{}\",\"statements_per_txn\":{},\"aa_ratio\":{:.4},\"tps_off\":{:.1},\"tps_on\":{:.1},\"ratio\":{:.4},\
+            "{}{{\"script\":\"{}\",\"mode\":\"{}\",\"traced\":\"{}\",\"statements_per_txn\":{},\"aa_ratio\":{:.4},\"tps_off\":{:.1},\"tps_on\":{:.1},\"ratio\":{:.4},\"probes_only_ratio\":{:.4},\
              \"added_us_per_query\":{:.2},\"agent_cores_per_10k_qps\":{:.4},\"agent_rss_mib\":{:.1},\"statements\":{},\"spans\":{},\
              \"drops\":{{\"export_failed\":{},\"export_queue\":{},\"ring_buffer\":{},\"undecodable\":{},\"unmatched\":{},\"incomplete\":{}}},\
              \"traps_per_query\":{:.3},\"ebpf_ns_per_query\":{:.0}}}",
             if i > 0 { "," } else { "" },
-            r.script, r.mode, r.target, r.stmts, r.aa_ratio, r.tps_off, r.tps_on, r.ratio, r.added_us_per_query, r.cpu_per_10k_qps, r.rss_mib,
+            r.script, r.mode, r.target, r.stmts, r.aa_ratio, r.tps_off, r.tps_on, r.ratio, r.probes_only_ratio, r.added_us_per_query, r.cpu_per_10k_qps, r.rss_mib,
             r.statements, r.spans, d.export_failed, d.export_queue, d.ring_buffer, d.undecodable, d.unmatched, d.incomplete,
             r.traps_per_query, r.ebpf_ns_per_query
         );
