@@ -91,7 +91,7 @@ impl Pipeline {
                     // Counted as lost in the export queue (ended, never exported);
                     // logged on the first drop and every 100th after, not per batch.
                     self.dropped_spans += b.len() as u64;
-                    if self.dropped_batches % 100 == 0 {
+                    if self.dropped_batches.is_multiple_of(100) {
                         log::warn!("export queue full (collector too slow?): {} spans dropped so far", self.dropped_spans);
                     }
                     self.dropped_batches += 1;

@@ -105,7 +105,7 @@ pub fn decode_record(data: &[u8]) -> Result<Record, DecodeError> {
                 return Err(DecodeError::Truncated { kind: h.kind, need: fixed, got: data.len() });
             }
             let word = |i: usize| u64::from_ne_bytes(data[32 + 8 * i..40 + 8 * i].try_into().unwrap());
-            let args = std::array::from_fn(|i| word(i));
+            let args = std::array::from_fn(word);
             let text_len = u32::from_ne_bytes(data[fixed - 8..fixed - 4].try_into().unwrap()) as usize;
             let flags = u32::from_ne_bytes(data[fixed - 4..fixed].try_into().unwrap());
             let text_bytes = data.get(fixed..fixed + text_len).ok_or(DecodeError::Truncated {

@@ -4,7 +4,6 @@
 //! show at exit.
 
 use std::{
-    collections::HashMap,
     io::Write,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -135,8 +134,8 @@ pub struct Exporter {
     cfg: ExportConfig,
     clock: Clock,
     runtime: Option<tokio::runtime::Handle>,
-    processes: HashMap<u32, ProcessMeta>,
-    pipelines: HashMap<u32, Pipeline>,
+    processes: crate::FastMap<u32, ProcessMeta>,
+    pipelines: crate::FastMap<u32, Pipeline>,
     /// Pipelines of exited processes, still exporting.
     closing: Vec<(u32, Pipeline)>,
     /// OTEL_TRACES_SAMPLER(_ARG), as the SDK reads them.
@@ -156,8 +155,8 @@ impl Exporter {
             cfg,
             clock,
             runtime,
-            processes: HashMap::new(),
-            pipelines: HashMap::new(),
+            processes: Default::default(),
+            pipelines: Default::default(),
             closing: Vec::new(),
             sampling: Config::default(),
             scope: InstrumentationScope::builder("dbtel").with_version(env!("CARGO_PKG_VERSION")).build(),

@@ -22,5 +22,9 @@ pub mod sql;
 pub mod txn;
 pub mod usdt;
 
+/// The maps looked up for every event: std's HashMap with foldhash, seeded
+/// per map (query texts come from traced programs, so not a fixed hash).
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// The eBPF object built from dbtel-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dbtel"));

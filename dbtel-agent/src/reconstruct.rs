@@ -19,7 +19,7 @@
 //! transaction's span, one outside is the root of a trace of its own.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     sync::Arc,
 };
 
@@ -172,7 +172,7 @@ struct InFlight {
 struct ConnState {
     info: Option<Arc<ConnInfo>>,
     /// Statement name → (text, truncated), learnt from prepare calls.
-    prepared: HashMap<String, (String, bool)>,
+    prepared: crate::FastMap<String, (String, bool)>,
     queue: VecDeque<InFlight>,
     /// Results come without PQgetResult's NULLs (the probe inside PQgetResult).
     fast: bool,
@@ -181,11 +181,11 @@ struct ConnState {
 type Key = (u32, u64);
 
 pub struct Reconstructor {
-    conns: HashMap<Key, ConnState>,
+    conns: crate::FastMap<Key, ConnState>,
     txns: Tracker,
     ids: IdGen,
     /// Server backend PID → connection, from the connection details.
-    by_backend: HashMap<i32, Key>,
+    by_backend: crate::FastMap<i32, Key>,
     pub counters: Counters,
 }
 
@@ -221,7 +221,7 @@ impl Reconstructor {
     }
 
     fn with_ids(ids: IdGen) -> Self {
-        Reconstructor { conns: HashMap::new(), txns: Tracker::new(), ids, by_backend: HashMap::new(), counters: Counters::default() }
+        Reconstructor { conns: Default::default(), txns: Tracker::new(), ids, by_backend: Default::default(), counters: Counters::default() }
     }
 
     /// Which traced connection talks to a server backend, and what it is doing.

@@ -2,7 +2,7 @@
 //! OpenTelemetry asks for (operation, collection, summary), from one pass of
 //! sqlparser's tokenizer.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use opentelemetry::{KeyValue, StringValue, Value};
 
@@ -58,17 +58,17 @@ pub struct FactsCache {
     obfuscate: bool,
     /// By exact text, and by shape: apart, so that a text can never be
     /// mistaken for another text's shape.
-    map: HashMap<String, Arc<QueryFacts>>,
-    shapes: HashMap<String, Arc<QueryFacts>>,
+    map: crate::FastMap<String, Arc<QueryFacts>>,
+    shapes: crate::FastMap<String, Arc<QueryFacts>>,
     /// Texts that are their own shape (no literals: parameterised queries),
     /// looked up before computing any shape.
-    plain: HashMap<String, Arc<QueryFacts>>,
+    plain: crate::FastMap<String, Arc<QueryFacts>>,
     capacity: usize,
 }
 
 impl FactsCache {
     pub fn new(obfuscate: bool, capacity: usize) -> Self {
-        FactsCache { obfuscate, map: HashMap::new(), shapes: HashMap::new(), plain: HashMap::new(), capacity }
+        FactsCache { obfuscate, map: Default::default(), shapes: Default::default(), plain: Default::default(), capacity }
     }
 
     pub fn get(&mut self, sql: &str) -> Arc<QueryFacts> {

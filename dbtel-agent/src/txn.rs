@@ -6,7 +6,7 @@
 //! this runs on every query start. A multi-statement string ("BEGIN; ...;
 //! COMMIT") is classified by its first statement only.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use opentelemetry::KeyValue;
 
@@ -27,36 +27,39 @@ pub enum Verb {
     Other,
 }
 
-/// Words of a statement: identifiers upper-cased, quoted identifiers verbatim
-/// (tagged so `"begin"` is never the keyword), comments and whitespace skipped.
+/// Words of a statement: identifiers as written (compared without case),
+/// quoted identifiers verbatim (tagged so `"begin"` is never the keyword),
+/// comments and whitespace skipped. Every query is classified: no allocation
+/// for the common case.
 struct Words<'a> {
     s: &'a [u8],
     i: usize,
 }
 
 #[derive(Debug, PartialEq)]
-enum Word {
-    Keyword(String),
+enum Word<'a> {
+    Keyword(&'a [u8]),
     Quoted(String),
 }
 
-impl Word {
+impl Word<'_> {
+    /// `k` in upper case.
     fn is(&self, k: &str) -> bool {
-        matches!(self, Word::Keyword(w) if w == k)
+        matches!(self, Word::Keyword(w) if w.eq_ignore_ascii_case(k.as_bytes()))
     }
     /// As a savepoint name: unquoted names fold to lower case, as the server does.
     fn name(self) -> String {
         match self {
-            Word::Keyword(w) => w.to_ascii_lowercase(),
+            Word::Keyword(w) => String::from_utf8_lossy(w).to_ascii_lowercase(),
             Word::Quoted(q) => q,
         }
     }
 }
 
-impl Iterator for Words<'_> {
-    type Item = Word;
+impl<'a> Iterator for Words<'a> {
+    type Item = Word<'a>;
 
-    fn next(&mut self) -> Option<Word> {
+    fn next(&mut self) -> Option<Word<'a>> {
         let s = self.s;
         loop {
             match (s.get(self.i), s.get(self.i + 1)) {
@@ -111,7 +114,7 @@ impl Iterator for Words<'_> {
                 while self.i < s.len() && (s[self.i].is_ascii_alphanumeric() || matches!(s[self.i], b'_' | b'$') || s[self.i] >= 0x80) {
                     self.i += 1;
                 }
-                Some(Word::Keyword(String::from_utf8_lossy(&s[start..self.i]).to_ascii_uppercase()))
+                Some(Word::Keyword(&s[start..self.i]))
             }
             _ => None, // punctuation (';', '(' ...): the words of interest are over
         }
@@ -122,21 +125,26 @@ impl Iterator for Words<'_> {
 pub fn verb(text: &str) -> Verb {
     let mut w = Words { s: text.as_bytes(), i: 0 };
     let Some(Word::Keyword(first)) = w.next() else { return Verb::Other };
+    // The longest leading keyword of interest is SAVEPOINT.
+    let mut upper = [0u8; 9];
+    let Some(upper) = upper.get_mut(..first.len()) else { return Verb::Other };
+    upper.copy_from_slice(first);
+    upper.make_ascii_uppercase();
     let mut next = w.next();
     // An optional WORK or TRANSACTION after the leading keyword.
-    let skip_noise = |next: &mut Option<Word>, w: &mut Words| {
+    fn skip_noise<'a>(next: &mut Option<Word<'a>>, w: &mut Words<'a>) {
         if next.as_ref().is_some_and(|n| n.is("WORK") || n.is("TRANSACTION")) {
             *next = w.next();
         }
-    };
-    match first.as_str() {
-        "BEGIN" => Verb::Begin,
-        "START" if next.as_ref().is_some_and(|n| n.is("TRANSACTION")) => Verb::Begin,
-        "COMMIT" | "END" if next.as_ref().is_some_and(|n| n.is("PREPARED")) => Verb::Other,
-        "COMMIT" | "END" => Verb::Commit,
-        "ABORT" => Verb::Rollback,
-        "ROLLBACK" if next.as_ref().is_some_and(|n| n.is("PREPARED")) => Verb::Other,
-        "ROLLBACK" => {
+    }
+    match &*upper {
+        b"BEGIN" => Verb::Begin,
+        b"START" if next.as_ref().is_some_and(|n| n.is("TRANSACTION")) => Verb::Begin,
+        b"COMMIT" | b"END" if next.as_ref().is_some_and(|n| n.is("PREPARED")) => Verb::Other,
+        b"COMMIT" | b"END" => Verb::Commit,
+        b"ABORT" => Verb::Rollback,
+        b"ROLLBACK" if next.as_ref().is_some_and(|n| n.is("PREPARED")) => Verb::Other,
+        b"ROLLBACK" => {
             skip_noise(&mut next, &mut w);
             if !next.as_ref().is_some_and(|n| n.is("TO")) {
                 return Verb::Rollback;
@@ -147,8 +155,8 @@ pub fn verb(text: &str) -> Verb {
             }
             name.map_or(Verb::Other, |n| Verb::RollbackTo(n.name()))
         }
-        "SAVEPOINT" => next.map_or(Verb::Other, |n| Verb::Savepoint(n.name())),
-        "RELEASE" => {
+        b"SAVEPOINT" => next.map_or(Verb::Other, |n| Verb::Savepoint(n.name())),
+        b"RELEASE" => {
             if next.as_ref().is_some_and(|n| n.is("SAVEPOINT")) {
                 next = w.next();
             }
@@ -239,7 +247,7 @@ struct Conn {
 
 #[derive(Default)]
 pub struct Tracker {
-    conns: HashMap<Key, Conn>,
+    conns: crate::FastMap<Key, Conn>,
 }
 
 impl Tracker {
