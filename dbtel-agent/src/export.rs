@@ -15,7 +15,7 @@ use std::{
 use dbtel_common::func;
 use opentelemetry::{
     trace::{Event as OtelEvent, SamplingDecision, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
-    InstrumentationScope, KeyValue, StringValue, Value,
+    InstrumentationScope, KeyValue, Value,
 };
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
@@ -387,7 +387,7 @@ pub fn conn_attributes(c: &ConnInfo, a: &mut Vec<KeyValue>) {
 }
 
 fn build_conn_attributes(c: &ConnInfo, a: &mut Vec<KeyValue>) {
-    let shared = |s: &str| Value::String(StringValue::from(Arc::<str>::from(s)));
+    use span::shared;
     if !c.db.is_empty() {
         a.push(KeyValue::new("db.namespace", shared(&c.db)));
     }

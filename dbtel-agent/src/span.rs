@@ -5,7 +5,15 @@
 //! a lock wait or a server span that completes first must already know the
 //! trace and span id of the client query it belongs under.
 
-use opentelemetry::KeyValue;
+use std::sync::Arc;
+
+use opentelemetry::{KeyValue, StringValue, Value};
+
+/// A string attribute value that spans share (reference-counted): for
+/// values built once and cloned into every span, such as a query's facts.
+pub fn shared(s: &str) -> Value {
+    Value::String(StringValue::from(Arc::<str>::from(s)))
+}
 
 /// Trace and span identity of one span. Zero means "none" (as in W3C/OTLP).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
-use opentelemetry::{KeyValue, StringValue, Value};
-
+use opentelemetry::KeyValue;
 use sqlparser::{
     dialect::{Dialect, PostgreSqlDialect},
     keywords::Keyword,
     tokenizer::{Token, Tokenizer},
 };
+
+use crate::span::shared;
 
 /// What the agent exports about one query text.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -30,7 +31,6 @@ pub struct QueryFacts {
 
 impl QueryFacts {
     fn with_attrs(mut self) -> Self {
-        let shared = |s: &str| Value::String(StringValue::from(Arc::<str>::from(s)));
         let mut a = Vec::with_capacity(4);
         if let Some(op) = &self.operation {
             a.push(KeyValue::new("db.operation.name", shared(op)));
