@@ -43,10 +43,13 @@ fn untraced_clients_get_server_spans_and_another_cluster_is_left_alone() {
     let agent = Agent::start(&["--otlp-endpoint", &rx.http_endpoint(), "--pid", &backend.to_string()], Stdio::null());
     assert!(agent.stderr_lines.iter().any(|l| l.contains(&format!("PostgreSQL server {pm} "))), "{:?}", agent.stderr_lines);
 
-    // pgbench's two connections are backends forked after the attach.
+    // pgbench's two connections are backends forked after the attach. At
+    // 100 transactions/s each lives ~250 ms: a backend that ran its 25
+    // transactions in 15 ms (as one did) is gone before the catalog can be
+    // asked about it, and its spans rightly go without the catalog's attributes.
     let out = Command::new(pg.bin("pgbench"))
         .args(pg.conn_args())
-        .args(["-n", "-M", "extended", "-c", "2", "-t", "25", "postgres"])
+        .args(["-n", "-M", "extended", "-c", "2", "-t", "25", "-R", "100", "postgres"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
