@@ -214,7 +214,7 @@ impl Exporter {
                 Protocol::HttpProtobuf => {
                     // Encoded straight from SpanData (see otlp); reqwest's blocking
                     // client brings its own runtime: driven outside ours.
-                    let e = crate::otlp::HttpExporter::new(self.cfg.endpoint.as_deref(), "dbtel", env!("CARGO_PKG_VERSION"));
+                    let e = crate::otlp::HttpExporter::new(self.cfg.endpoint.as_deref(), &self.scope);
                     Pipeline::start(e, &resource, Driver::Plain, stats)
                 }
             },

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry::{trace::Status, Array, KeyValue, Value};
+use opentelemetry::{trace::Status, Array, InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::{
     error::{OTelSdkError, OTelSdkResult},
     trace::{SpanData, SpanExporter},
@@ -85,16 +85,19 @@ pub struct HttpExporter {
 }
 
 impl HttpExporter {
-    pub fn new(endpoint: Option<&str>, scope_name: &str, scope_version: &str) -> Self {
+    /// `scope`: the instrumentation scope every span carries (the SDK's
+    /// transform writes its name and version).
+    pub fn new(endpoint: Option<&str>, scope: &InstrumentationScope) -> Self {
         let timeout = env_either("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
             .and_then(|t| t.parse().ok())
             .map_or(Duration::from_secs(10), Duration::from_millis);
         let headers = env_either("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
             .map(|h| parse_headers(&h))
             .unwrap_or_default();
+        let (name, version) = (scope.name(), scope.version().unwrap_or_default());
         let mut scope = Vec::new();
-        str_field(&mut scope, 1, scope_name);
-        str_field(&mut scope, 2, scope_version);
+        str_field(&mut scope, 1, name);
+        str_field(&mut scope, 2, version);
         HttpExporter { client: std::sync::OnceLock::new(), timeout, url: traces_url(endpoint), headers, resource: Vec::new(), scope }
     }
 }
@@ -121,7 +124,7 @@ impl SpanExporter for HttpExporter {
     fn set_resource(&mut self, resource: &Resource) {
         self.resource.clear();
         for (k, v) in resource.iter() {
-            message(&mut self.resource, 1, |b| key_value(b, k.as_str(), v));
+            key_value_field(&mut self.resource, 1, k.as_str(), v);
         }
     }
 }
@@ -230,16 +233,25 @@ fn nanos(t: SystemTime) -> u64 {
 /// A KeyValue field. For the scalar values spans carry, its length is known
 /// before writing: no move of the body (most of the encoder's time went to
 /// those moves, a dozen attributes per span).
-fn attribute_field(b: &mut Vec<u8>, field: u32, kv: &KeyValue) {
-    let key = kv.key.as_str();
-    match scalar_len(&kv.value) {
+fn key_value_field(b: &mut Vec<u8>, field: u32, key: &str, v: &Value) {
+    match scalar_len(v) {
         Some(value_len) => {
             tag(b, field, 2);
             varint(b, (field_len(key.len()) + 1 + varint_len(value_len as u64) + value_len) as u64);
-            key_value(b, key, &kv.value);
+            str_field(b, 1, key);
+            tag(b, 2, 2);
+            varint(b, value_len as u64);
+            any_value(b, v);
         }
-        None => message(b, field, |m| key_value(m, key, &kv.value)),
+        None => message(b, field, |m| {
+            str_field(m, 1, key);
+            message(m, 2, |a| any_value(a, v));
+        }),
     }
+}
+
+fn attribute_field(b: &mut Vec<u8>, field: u32, kv: &KeyValue) {
+    key_value_field(b, field, kv.key.as_str(), &kv.value);
 }
 
 /// Encoded length of an AnyValue holding a scalar.
@@ -250,18 +262,6 @@ fn scalar_len(v: &Value) -> Option<usize> {
         Value::Bool(_) => Some(2),
         Value::F64(_) => Some(9),
         _ => None,
-    }
-}
-
-fn key_value(b: &mut Vec<u8>, key: &str, v: &Value) {
-    str_field(b, 1, key);
-    match scalar_len(v) {
-        Some(len) => {
-            tag(b, 2, 2);
-            varint(b, len as u64);
-            any_value(b, v);
-        }
-        None => message(b, 2, |m| any_value(m, v)),
     }
 }
 
@@ -413,7 +413,7 @@ mod tests {
     #[test]
     fn encodes_what_the_sdk_transform_encodes() {
         let resource = Resource::builder_empty().with_attributes([KeyValue::new("service.name", "pgbench"), KeyValue::new("process.pid", 42i64)]).build();
-        let mut e = HttpExporter::new(Some("http://127.0.0.1:1"), "dbtel", "0.1.0");
+        let mut e = HttpExporter::new(Some("http://127.0.0.1:1"), &sample().instrumentation_scope);
         e.set_resource(&resource);
         let spans = vec![sample(), SpanData { status: Status::Unset, parent_span_id: SpanId::INVALID, ..sample() }];
         let ours = ExportTraceServiceRequest::decode(&encode_request(&e.resource, &e.scope, &spans)[..]).unwrap();

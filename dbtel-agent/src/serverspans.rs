@@ -45,7 +45,6 @@ fn backend_attributes(b: &Backend, a: &mut Vec<KeyValue>) {
     }
 }
 
-
 pub fn describe_query(q: &ServerQuery, facts: &QueryFacts, backend: Option<&Backend>) -> Described {
     let mut a = vec![
         KeyValue::new("db.system.name", "postgresql"),

@@ -297,9 +297,9 @@ pub fn bench(o: &Options) -> Result<()> {
                 eprintln!("bench: {} -M {mode}, agent on the {target_name}: {} A/B pairs of {} s", script.name, o.pairs, o.seconds);
                 let (mut off, mut on, mut probes_only) = (Vec::new(), Vec::new(), Vec::new());
                 let duration = ["-T".to_string(), o.seconds.to_string()];
+                let extra: Vec<&str> = o.agent_args.iter().map(String::as_str).collect();
                 for _ in 0..o.pairs {
                     off.push(run_off(&pg, script.name, mode, o)?);
-                    let extra: Vec<&str> = o.agent_args.iter().map(String::as_str).collect();
                     on.push(run_agent(&agent, &pg, &rx, script, mode, o, target, &extra, &duration)?.0);
                     // The same probes doing nothing: what the traps alone cost.
                     probes_only.push(run_agent(&agent, &pg, &rx, script, mode, o, target, &["--probes-only"], &duration)?.0);
