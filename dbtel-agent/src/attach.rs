@@ -7,6 +7,7 @@ use std::{
     collections::{HashMap, HashSet},
     num::NonZeroU32,
     os::{fd::OwnedFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -43,6 +44,8 @@ pub enum AttachError {
     TooManySites,
     #[error("cannot follow {what} (tracepoint sched/{what}): {}{}", chain(.error), privilege_hint())]
     Tracepoint { what: &'static str, error: ProgramError },
+    #[error("cannot follow server forks: {0}")]
+    Tracefs(String),
     #[error("{0}")]
     Map(#[from] aya::maps::MapError),
 }
@@ -79,6 +82,8 @@ pub struct Probes {
     server_files: HashMap<(u64, u64), usize>,
     sites: u32,
     tracepoints_on: bool,
+    /// Mounted (or the reason it could not be): only server tracing needs it.
+    tracefs: Result<PathBuf, String>,
     layouts: Vec<LibpqLayout>,
     /// (pid, device, inode) of every libpq already probed for that process.
     attached: HashSet<(u32, u64, u64)>,
@@ -91,7 +96,9 @@ impl Probes {
     pub fn load(object: &[u8], max_text: u32, probes_only: bool) -> Result<Self, AttachError> {
         let probes_only = probes_only as u32;
         let max_text = max_text.clamp(16, TEXT_CAP as u32 - 2);
-        let (fork_parent, fork_child) = fork_offsets().unwrap_or_else(|| {
+        let tracefs = crate::host::tracefs::ensure().map_err(|e| e.to_string());
+        // Without tracefs no server is traced (attach_server says why): the layout is moot.
+        let (fork_parent, fork_child) = tracefs.as_deref().map_or(Some((24, 44)), fork_offsets).unwrap_or_else(|| {
             log::warn!("cannot read sched_process_fork's format from tracefs: assuming the pre-6.x layout; backends forked later may go untraced");
             (24, 44)
         });
@@ -119,6 +126,7 @@ impl Probes {
             server_files: HashMap::new(),
             sites: 0,
             tracepoints_on: false,
+            tracefs,
             layouts: Vec::new(),
             attached: HashSet::new(),
             links: HashMap::new(),
@@ -219,6 +227,9 @@ impl Probes {
     /// executable was already probed).
     pub fn attach_server(&mut self, t: &ServerTarget) -> Result<usize, AttachError> {
         if !self.tracepoints_on {
+            if let Err(e) = &self.tracefs {
+                return Err(AttachError::Tracefs(e.clone()));
+            }
             for (name, event) in TRACEPOINTS {
                 let p: &mut TracePoint = self.ebpf.program_mut(name).expect("loaded").try_into().expect("tracepoint");
                 p.attach("sched", event).map_err(|error| AttachError::Tracepoint { what: event, error })?;
@@ -326,10 +337,8 @@ impl Probes {
 
 /// Where sched_process_fork's parent_pid and child_pid are in this kernel's
 /// tracepoint record (the layout changed in 6.x: comm became __data_loc).
-fn fork_offsets() -> Option<(u32, u32)> {
-    let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .find_map(|d| std::fs::read_to_string(format!("{d}/events/sched/sched_process_fork/format")).ok())?;
+fn fork_offsets(tracefs: &Path) -> Option<(u32, u32)> {
+    let format = std::fs::read_to_string(tracefs.join("events/sched/sched_process_fork/format")).ok()?;
     let field = |name: &str| {
         format.lines().find(|l| l.contains(&format!(" {name};"))).and_then(|l| {
             l.split(';').find_map(|p| p.trim().strip_prefix("offset:")).and_then(|o| o.parse().ok())

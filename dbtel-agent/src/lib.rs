@@ -7,6 +7,7 @@ pub mod contention;
 pub mod discover;
 pub mod events;
 pub mod export;
+pub mod host;
 pub mod layout;
 pub mod otlp;
 pub mod placement;
