@@ -24,6 +24,13 @@ enum ExporterArg {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum ConsoleFormatArg {
+    Lines,
+    Tree,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum ProtocolArg {
     Grpc,
     #[value(name = "http/protobuf")]
@@ -53,12 +60,52 @@ struct Cli {
 
     /// Trace this process (repeatable): a libpq client (found through /proc/PID/maps),
     /// or a PostgreSQL server's postmaster or any of its backends (the whole server is traced).
-    #[arg(short, long = "pid", value_name = "PID")]
+    #[arg(short, long = "pid", value_name = "PID", conflicts_with = "all")]
     pids: Vec<u32>,
+
+    /// Trace every PostgreSQL server and libpq client on the host, and every one started
+    /// later, until stopped. Narrowed by --exe, --exclude-exe, --port and --cgroup.
+    #[arg(long)]
+    all: bool,
+
+    /// With --all: only processes whose executable matches this glob (full path, or the
+    /// file name when the glob has no `/`; repeatable).
+    #[arg(long = "exe", value_name = "GLOB", requires = "all")]
+    exe: Vec<String>,
+
+    /// With --all: never processes whose executable matches this glob (repeatable).
+    #[arg(long = "exclude-exe", value_name = "GLOB", requires = "all")]
+    exclude_exe: Vec<String>,
+
+    /// With --all: only servers listening on this TCP port and client connections to it (repeatable).
+    #[arg(long = "port", value_name = "PORT", requires = "all")]
+    port: Vec<u16>,
+
+    /// With --all: only processes whose cgroup path or container id matches this glob (repeatable).
+    #[arg(long = "cgroup", value_name = "GLOB", requires = "all")]
+    cgroup: Vec<String>,
+
+    /// YAML file holding any of these options (keys: long flag names, `_` or `-`);
+    /// flags override the environment, which overrides the file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long)]
+    print_config: bool,
+
+    /// Serve /healthz (200 once every probe is attached) on this address, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    http_address: Option<std::net::SocketAddr>,
 
     /// Where spans go.
     #[arg(long, value_enum, env = "OTEL_TRACES_EXPORTER", default_value = "otlp")]
     exporter: ExporterArg,
+
+    /// Console output: one line per span, each trace as a tree when it completes, or JSON
+    /// (default: tree on a terminal, else lines).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    console_format: Option<ConsoleFormatArg>,
 
     /// OTLP endpoint base URL (overrides OTEL_EXPORTER_OTLP_ENDPOINT).
     #[arg(long, value_name = "URL")]
