@@ -21,6 +21,18 @@ pub fn agent_binary() -> PathBuf {
     p
 }
 
+/// The agent binary, or `wrapper[0] wrapper[1..] AGENT` when a wrapper is given.
+fn agent_command(wrapper: &[&str]) -> Command {
+    match wrapper.split_first() {
+        None => Command::new(agent_binary()),
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(agent_binary());
+            c
+        }
+    }
+}
+
 /// A running agent. Its stderr is collected; the `dbtel: tracing` line has
 /// been seen before `start` returns.
 pub struct Agent {
@@ -52,7 +64,13 @@ impl Agent {
 
     /// `start` with extra environment variables.
     pub fn start_env(args: &[&str], env: &[(&str, &str)], stdin: Stdio) -> Agent {
-        let mut child = Command::new(agent_binary())
+        Self::start_wrapped(&[], args, env, stdin)
+    }
+
+    /// `start_env` with the agent run by a wrapper command (`unshare ...`),
+    /// which is given the agent's path and `args` after its own arguments.
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)], stdin: Stdio) -> Agent {
+        let mut child = agent_command(wrapper)
             .args(args)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
@@ -147,8 +165,13 @@ pub fn run_agent(args: &[&str], stdin: &[u8], timeout: Duration) -> AgentRun {
 
 /// [`run_agent`] with extra environment variables.
 pub fn run_agent_env(args: &[&str], env: &[(&str, &str)], stdin: &[u8], timeout: Duration) -> AgentRun {
+    run_agent_wrapped(&[], args, env, stdin, timeout)
+}
+
+/// [`run_agent_env`] under a wrapper command (see [`Agent::start_wrapped`]).
+pub fn run_agent_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)], stdin: &[u8], timeout: Duration) -> AgentRun {
     use std::io::Write;
-    let mut child = Command::new(agent_binary())
+    let mut child = agent_command(wrapper)
         .args(args)
         .env("RUST_LOG", "info")
         .envs(env.iter().copied())

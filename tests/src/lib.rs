@@ -8,7 +8,7 @@ pub mod otlp;
 pub mod pg;
 pub mod py;
 
-pub use agent::{agent_binary, run_agent, run_agent_env, Agent, AgentRun};
+pub use agent::{agent_binary, run_agent, run_agent_env, run_agent_wrapped, Agent, AgentRun};
 pub use otlp::{Receiver, Span};
 pub use pg::Cluster;
 pub use py::PyProgram;

@@ -67,6 +67,34 @@ impl Cluster {
         Cluster { dir, port, bin }
     }
 
+    /// A cluster that records every statement in a csvlog: the ground truth
+    /// spans are compared with (see [`Cluster::logged_statements`]).
+    pub fn start_logged() -> Cluster {
+        Self::start_with(&[
+            "fsync=off",
+            "logging_collector=on",
+            "log_destination=csvlog",
+            "log_directory=csvlog",
+            "log_filename=pg",
+            "log_statement=all",
+        ])
+    }
+
+    /// Statements the server logged (`log_statement=all`), in order: (backend PID, text).
+    pub fn logged_statements(&self) -> Vec<(u32, String)> {
+        let path = self.dir.path().join("data/csvlog/pg.csv");
+        let mut rd = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_path(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (a cluster from start_logged?)", path.display()));
+        rd.records()
+            .map(|r| r.unwrap())
+            // Columns: 3 process_id, 13 message ("statement: ...").
+            .filter_map(|r| Some((r.get(3)?.parse().ok()?, r.get(13)?.strip_prefix("statement: ")?.to_string())))
+            .collect()
+    }
+
     pub fn socket_dir(&self) -> &Path {
         self.dir.path()
     }

@@ -209,3 +209,23 @@ fn demo() -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// xtask runs setup, so it must build on a machine without the eBPF
+    /// toolchain: nothing it links may build dbtel-ebpf (dbtel-agent's build.rs
+    /// does, through aya-build).
+    #[test]
+    fn setup_needs_nothing_that_builds_ebpf() {
+        let out = super::cargo()
+            .args(["tree", "-p", "xtask", "--edges", "normal,build", "--prefix", "none", "--format", "{p}"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let tree = String::from_utf8(out.stdout).unwrap();
+        assert!(tree.contains("dbtel-tests"), "the harness xtask uses is in the tree:\n{tree}");
+        for forbidden in ["dbtel-agent", "dbtel-ebpf", "aya-build", "aya-ebpf"] {
+            assert!(!tree.lines().any(|l| l.starts_with(&format!("{forbidden} "))), "xtask depends on {forbidden}:\n{tree}");
+        }
+    }
+}
