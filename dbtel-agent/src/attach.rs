@@ -19,7 +19,7 @@ use aya::{
     },
     Ebpf, EbpfError, EbpfLoader,
 };
-use dbtel_common::{cookie, counter, func, LibpqLayout, SiteSpec, MAX_LAYOUTS, MAX_SITES, TEXT_CAP};
+use dbtel_common::{cookie, counter, func, verdict, LibpqLayout, SiteSpec, MAX_LAYOUTS, MAX_SITES, TEXT_CAP};
 
 use crate::{
     discover::{args_of, LibpqTarget, QUERY_CALLS},
@@ -46,6 +46,8 @@ pub enum AttachError {
     Tracepoint { what: &'static str, error: ProgramError },
     #[error("cannot follow server forks: {0}")]
     Tracefs(String),
+    #[error("cannot follow the host's processes: {0}")]
+    HostWide(String),
     #[error("{0}")]
     Map(#[from] aya::maps::MapError),
 }
@@ -75,6 +77,8 @@ fn privilege_hint() -> &'static str {
 
 const PROGRAMS: &[&str] = &["pq_query", "pq_result", "pq_getresult", "pq_getresult_ret", "pq_finish", "pg_server"];
 const TRACEPOINTS: &[(&str, &str)] = &[("server_fork", "sched_process_fork"), ("server_exit", "sched_process_exit")];
+/// Host-wide tracing only: every exec, so new processes are known before their first query.
+const EXEC_TRACEPOINT: (&str, &str) = ("proc_exec", "sched_process_exec");
 
 pub struct Probes {
     ebpf: Ebpf,
@@ -82,6 +86,9 @@ pub struct Probes {
     server_files: HashMap<(u64, u64), usize>,
     sites: u32,
     tracepoints_on: bool,
+    /// --all: client probes sit on library files for every process (the
+    /// kernel side chooses per process), not on one process at a time.
+    host_wide: bool,
     /// Mounted (or the reason it could not be): only server tracing needs it.
     tracefs: Result<PathBuf, String>,
     layouts: Vec<LibpqLayout>,
@@ -92,8 +99,9 @@ pub struct Probes {
 
 impl Probes {
     /// `max_text`: longest query text copied from the traced process;
-    /// `probes_only`: every probe returns at once (benchmarks: the traps' own cost).
-    pub fn load(object: &[u8], max_text: u32, probes_only: bool) -> Result<Self, AttachError> {
+    /// `probes_only`: every probe returns at once (benchmarks: the traps' own cost);
+    /// `host_wide`: --all (see [`Probes::start_host_wide`]).
+    pub fn load(object: &[u8], max_text: u32, probes_only: bool, host_wide: bool) -> Result<Self, AttachError> {
         let probes_only = probes_only as u32;
         let max_text = max_text.clamp(16, TEXT_CAP as u32 - 2);
         let tracefs = crate::host::tracefs::ensure().map_err(|e| e.to_string());
@@ -102,14 +110,17 @@ impl Probes {
             log::warn!("cannot read sched_process_fork's format from tracefs: assuming the pre-6.x layout; backends forked later may go untraced");
             (24, 44)
         });
+        let exec_filename = tracefs.as_deref().ok().and_then(|t| tracepoint_field(t, "sched_process_exec", "filename")).unwrap_or(8);
         let mut ebpf = EbpfLoader::new()
             .override_global("MAX_TEXT", &max_text, true)
             .override_global("PROBES_ONLY", &probes_only, true)
             .override_global("FORK_PARENT_OFF", &fork_parent, true)
             .override_global("FORK_CHILD_OFF", &fork_child, true)
+            .override_global("TRACE_ALL", &(host_wide as u32), true)
+            .override_global("EXEC_FILENAME_OFF", &exec_filename, true)
             .load(object)
             .map_err(AttachError::Load)?;
-        for (name, _) in TRACEPOINTS {
+        for (name, _) in TRACEPOINTS.iter().chain([&EXEC_TRACEPOINT]) {
             let p: &mut TracePoint = ebpf.program_mut(name).expect("in the object").try_into().map_err(|error| AttachError::Program { name, error })?;
             p.load().map_err(|error| AttachError::Program { name, error })?;
         }
@@ -126,6 +137,7 @@ impl Probes {
             server_files: HashMap::new(),
             sites: 0,
             tracepoints_on: false,
+            host_wide,
             tracefs,
             layouts: Vec::new(),
             attached: HashSet::new(),
@@ -151,22 +163,35 @@ impl Probes {
         Ok(idx)
     }
 
-    /// True if this libpq file is already probed for this process.
+    /// True if this libpq file is already probed for this process (host-wide: for all).
     pub fn is_attached(&self, t: &LibpqTarget) -> bool {
-        file_id(t).is_some_and(|(dev, ino)| self.attached.contains(&(t.pid, dev, ino)))
+        file_id(t).is_some_and(|(dev, ino)| self.attached.contains(&(self.owner(t), dev, ino)))
+    }
+
+    /// Whose probes these are: the process's, or host-wide (0) for every process.
+    fn owner(&self, t: &LibpqTarget) -> u32 {
+        if self.host_wide {
+            0
+        } else {
+            t.pid
+        }
     }
 
     /// Attaches every probe to one libpq in one process. Returns the number of
     /// probes placed (0 if they already were).
     pub fn attach_libpq(&mut self, t: &LibpqTarget) -> Result<usize, AttachError> {
         let id = file_id(t);
+        let owner = self.owner(t);
         if let Some((dev, ino)) = id {
-            if self.attached.contains(&(t.pid, dev, ino)) {
+            if self.attached.contains(&(owner, dev, ino)) {
                 return Ok(0);
             }
         }
+        let scope = match owner {
+            0 => UProbeScope::AllProcesses,
+            pid => UProbeScope::OneProcess(NonZeroU32::new(pid).expect("pid is not 0")),
+        };
         let layout = self.layout_index(&t.layout)?;
-        let pid = NonZeroU32::new(t.pid).expect("pid is not 0");
         let mut placed: Vec<(&'static str, UProbeLinkId)> = Vec::new();
         // (program, function, cookie, file offset of the probe)
         let entry = |f: &str| t.offsets[f] + t.placements[f].offset;
@@ -195,7 +220,7 @@ impl Probes {
         for (prog, function, c, offset) in points {
             let p: &mut UProbe = self.ebpf.program_mut(prog).expect("loaded").try_into().expect("uprobe");
             let point = UProbeAttachPoint { location: offset.into(), cookie: Some(c) };
-            match p.attach(point, &t.host_path, UProbeScope::OneProcess(pid)) {
+            match p.attach(point, &t.host_path, scope) {
                 Ok(link) => placed.push((prog, link)),
                 Err(error) => {
                     // All or nothing: a half-probed libpq would produce wrong spans.
@@ -208,9 +233,9 @@ impl Probes {
             }
         }
         let n = placed.len();
-        self.links.entry(t.pid).or_default().extend(placed);
+        self.links.entry(owner).or_default().extend(placed);
         if let Some((dev, ino)) = id {
-            self.attached.insert((t.pid, dev, ino));
+            self.attached.insert((owner, dev, ino));
         }
         Ok(n)
     }
@@ -226,16 +251,25 @@ impl Probes {
     /// but emit nothing. Returns the number of probe sites placed (0 if the
     /// executable was already probed).
     pub fn attach_server(&mut self, t: &ServerTarget) -> Result<usize, AttachError> {
-        if !self.tracepoints_on {
-            if let Err(e) = &self.tracefs {
-                return Err(AttachError::Tracefs(e.clone()));
+        let placed = self.attach_server_file(t)?;
+        // The postmaster first, then its children: a fork in between is caught
+        // by the tracepoint, which is already on.
+        let mut pids = self.server_pids()?;
+        pids.insert(t.postmaster, t.postmaster, 0)?;
+        for pid in crate::server::processes_of(t.postmaster) {
+            pids.insert(pid, t.postmaster, 0)?;
+            // Exited between the scan and the insert: its exit went by unseen.
+            if !crate::discover::process_exists(pid) {
+                let _ = pids.remove(&pid);
             }
-            for (name, event) in TRACEPOINTS {
-                let p: &mut TracePoint = self.ebpf.program_mut(name).expect("loaded").try_into().expect("tracepoint");
-                p.attach("sched", event).map_err(|error| AttachError::Tracepoint { what: event, error })?;
-            }
-            self.tracepoints_on = true;
         }
+        Ok(placed)
+    }
+
+    /// Places the probe sites on a server executable, once per file (no
+    /// process emits until it is in SERVER_PIDS). Returns the sites placed.
+    pub fn attach_server_file(&mut self, t: &ServerTarget) -> Result<usize, AttachError> {
+        self.follow_processes()?;
         let mut placed = 0;
         if !self.server_files.contains_key(&t.file_id) {
             if self.sites + t.sites.len() as u32 > MAX_SITES {
@@ -260,18 +294,49 @@ impl Probes {
             self.server_files.insert(t.file_id, t.sites.len());
             placed = t.sites.len();
         }
-        // The postmaster first, then its children: a fork in between is caught
-        // by the tracepoint, which is already on.
-        let mut pids = self.server_pids()?;
-        pids.insert(t.postmaster, t.postmaster, 0)?;
-        for pid in crate::server::processes_of(t.postmaster) {
-            pids.insert(pid, t.postmaster, 0)?;
-            // Exited between the scan and the insert: its exit went by unseen.
-            if !crate::discover::process_exists(pid) {
-                let _ = pids.remove(&pid);
-            }
-        }
         Ok(placed)
+    }
+
+    /// Forks and exits (and with --all, execs) followed in the kernel.
+    fn follow_processes(&mut self) -> Result<(), AttachError> {
+        if self.tracepoints_on {
+            return Ok(());
+        }
+        if let Err(e) = &self.tracefs {
+            return Err(AttachError::Tracefs(e.clone()));
+        }
+        let exec = self.host_wide.then_some(&EXEC_TRACEPOINT);
+        for (name, event) in TRACEPOINTS.iter().chain(exec) {
+            let p: &mut TracePoint = self.ebpf.program_mut(name).expect("loaded").try_into().expect("tracepoint");
+            p.attach("sched", event).map_err(|error| AttachError::Tracepoint { what: event, error })?;
+        }
+        self.tracepoints_on = true;
+        Ok(())
+    }
+
+    /// --all: from now on every exec, fork and exit is followed; call before
+    /// looking at the processes already running, so none slips between.
+    pub fn start_host_wide(&mut self) -> Result<(), AttachError> {
+        debug_assert!(self.host_wide);
+        self.follow_processes().map_err(|e| match e {
+            AttachError::Tracefs(why) => AttachError::HostWide(why),
+            e => e,
+        })
+    }
+
+    /// --all: a process exec'd a PostgreSQL server binary; trace it and,
+    /// through the fork tracepoint, every process it forks from now on.
+    pub fn trace_server_process(&mut self, pid: u32) -> Result<(), AttachError> {
+        self.server_pids()?.insert(pid, pid, 0)?;
+        Ok(())
+    }
+
+    /// --all: the agent's verdict on a client process (the kernel side stops
+    /// recording one that is excluded).
+    pub fn exclude_client(&mut self, pid: u32) {
+        if let Ok(mut m) = BpfHashMap::<_, u32, u8>::try_from(self.ebpf.map_mut("CLIENT_PIDS").expect("CLIENT_PIDS map")) {
+            let _ = m.insert(pid, verdict::EXCLUDED, 0);
+        }
     }
 
     /// Stops emitting for one server process (the agent's own catalog sessions).
@@ -338,13 +403,16 @@ impl Probes {
 /// Where sched_process_fork's parent_pid and child_pid are in this kernel's
 /// tracepoint record (the layout changed in 6.x: comm became __data_loc).
 fn fork_offsets(tracefs: &Path) -> Option<(u32, u32)> {
-    let format = std::fs::read_to_string(tracefs.join("events/sched/sched_process_fork/format")).ok()?;
-    let field = |name: &str| {
-        format.lines().find(|l| l.contains(&format!(" {name};"))).and_then(|l| {
-            l.split(';').find_map(|p| p.trim().strip_prefix("offset:")).and_then(|o| o.parse().ok())
-        })
-    };
-    Some((field("parent_pid")?, field("child_pid")?))
+    Some((tracepoint_field(tracefs, "sched_process_fork", "parent_pid")?, tracepoint_field(tracefs, "sched_process_fork", "child_pid")?))
+}
+
+/// A field's offset in a sched tracepoint's record, from its tracefs format.
+fn tracepoint_field(tracefs: &Path, event: &str, name: &str) -> Option<u32> {
+    let format = std::fs::read_to_string(tracefs.join(format!("events/sched/{event}/format"))).ok()?;
+    // "\tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;"
+    format.lines().find(|l| l.split(';').next().is_some_and(|f| f.ends_with(&format!(" {name}")))).and_then(|l| {
+        l.split(';').find_map(|p| p.trim().strip_prefix("offset:")).and_then(|o| o.parse().ok())
+    })
 }
 
 fn file_id(t: &LibpqTarget) -> Option<(u64, u64)> {

@@ -1,6 +1,6 @@
 //! Decoding of the raw ring-buffer records written by dbtel-ebpf.
 
-use dbtel_common::{kind, qflags, ConnEvent, Header, QueryEvent, ResultEvent, ServerEvent, USDT_MAX_ARGS};
+use dbtel_common::{kind, qflags, ConnEvent, ExecEvent, Header, QueryEvent, ResultEvent, ServerEvent, USDT_MAX_ARGS};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -86,6 +86,18 @@ pub enum Record {
     Server(ServerHit),
     /// A traced server process exited (`conn`: its postmaster).
     ServerExit(Origin),
+    /// --all: a process exec'd a program.
+    Exec(Exec),
+    /// --all: a client process that hit a probe exited.
+    ClientExit(Origin),
+}
+
+/// --all: `at.pid` now runs `path` (as given to execve), in cgroup `cgroup_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exec {
+    pub at: Origin,
+    pub cgroup_id: u64,
+    pub path: String,
 }
 
 fn header(data: &[u8]) -> Result<(Header, Origin), DecodeError> {
@@ -118,6 +130,17 @@ pub fn decode_record(data: &[u8]) -> Result<Record, DecodeError> {
             Ok(Record::Server(ServerHit { at, site: h.func, args, text, truncated: flags & qflags::TRUNCATED != 0 }))
         }
         kind::SERVER_EXIT => Ok(Record::ServerExit(at)),
+        kind::CLIENT_EXIT => Ok(Record::ClientExit(at)),
+        kind::EXEC => {
+            let fixed = ExecEvent::PATH_OFFSET;
+            if data.len() < fixed {
+                return Err(DecodeError::Truncated { kind: h.kind, need: fixed, got: data.len() });
+            }
+            let cgroup_id = u64::from_ne_bytes(data[32..40].try_into().unwrap());
+            let len = u32::from_ne_bytes(data[40..44].try_into().unwrap()) as usize;
+            let path = data.get(fixed..fixed + len).ok_or(DecodeError::Truncated { kind: h.kind, need: fixed + len, got: data.len() })?;
+            Ok(Record::Exec(Exec { at, cgroup_id, path: cstr(path) }))
+        }
         _ => client(h, at, data).map(Record::Client),
     }
 }

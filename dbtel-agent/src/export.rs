@@ -128,6 +128,16 @@ impl Clock {
 pub struct ProcessMeta {
     pub pid: u32,
     pub executable: String,
+    /// `container.id`: from the process's cgroup, where a runtime named one.
+    pub container_id: Option<String>,
+}
+
+impl ProcessMeta {
+    /// A running process, its container read from /proc.
+    pub fn of(pid: u32, executable: String) -> Self {
+        let container_id = crate::host::select::facts::cgroup_of(pid).as_deref().and_then(crate::host::select::container_id);
+        ProcessMeta { pid, executable, container_id }
+    }
 }
 
 pub struct Exporter {
@@ -186,6 +196,9 @@ impl Exporter {
             KeyValue::new("process.executable.name", exe.clone()),
             KeyValue::new("host.name", self.host_name.clone()),
         ]);
+        if let Some(id) = self.processes.get(&pid).and_then(|m| m.container_id.clone()) {
+            b = b.with_attribute(KeyValue::new("container.id", id));
+        }
         if let Some(name) = &self.cfg.service_name {
             b = b.with_service_name(name.clone());
         } else if !from_env {

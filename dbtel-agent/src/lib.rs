@@ -8,6 +8,7 @@ pub mod discover;
 pub mod events;
 pub mod export;
 pub mod host;
+pub mod hostwide;
 pub mod layout;
 pub mod otlp;
 pub mod placement;

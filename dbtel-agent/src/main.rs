@@ -216,6 +216,10 @@ fn real_main() -> anyhow::Result<ExitCode> {
         probes_only: cli.probes_only,
         catalog: CatalogSettings { config_file: cli.catalog_config, period: cli.catalog_period, enabled: !cli.no_catalog },
         raw_text: cli.raw_query_text,
+        host_wide: cli
+            .all
+            .then(|| dbtel_agent::host::select::Selectors::new(&cli.exe, &cli.exclude_exe, &cli.port, &cli.cgroup))
+            .transpose()?,
     };
     let (summary, mut exporter) = rt.block_on(run(cfg, exporter))?;
     // Outside the runtime: shutdown blocks while gRPC exports still run on it.

@@ -20,8 +20,12 @@ use crate::{
     export::{Clock, Exporter, ProcessMeta},
     reconstruct::Reconstructor,
     server::{self, ServerTarget},
+    host::select::Selectors,
+    hostwide::HostWide,
     servers::{CatalogSettings, ServerSide},
 };
+
+mod all;
 
 pub struct RunConfig {
     pub pids: Vec<u32>,
@@ -35,6 +39,8 @@ pub struct RunConfig {
     pub catalog: CatalogSettings,
     /// Query texts exported as sent (else literals are obfuscated).
     pub raw_text: bool,
+    /// --all, with its selectors.
+    pub host_wide: Option<Selectors>,
 }
 
 /// Everything counted on the way, reported at exit.
@@ -66,16 +72,44 @@ struct Agent {
     summary: Summary,
     spans: Vec<crate::reconstruct::ClientSpan>,
     server: ServerSide,
+    /// --all's state; None when tracing by PID or command.
+    host: Option<HostWide>,
 }
 
 impl Agent {
     fn drain(&mut self) {
-        while let Some(item) = self.ring.get_mut().next() {
+        let mut gone = Vec::new();
+        loop {
+            let record = {
+                let Some(item) = self.ring.get_mut().next() else { break };
+                events::decode_record(&item)
+            };
             self.summary.events += 1;
-            match events::decode_record(&item) {
-                Ok(Record::Client(ev)) => self.recon.on_event(ev, &mut self.spans),
+            match record {
+                Ok(Record::Client(ev)) => {
+                    if self.host.is_none() || self.choose_client(ev.origin().pid) {
+                        self.recon.on_event(ev, &mut self.spans)
+                    }
+                }
                 Ok(Record::Server(hit)) => self.server.on_hit(&hit, &mut self.recon),
                 Ok(Record::ServerExit(at)) => self.server.on_exit(at),
+                Ok(Record::Exec(e)) => {
+                    // The old program's queries end here; the new one is chosen anew.
+                    if self.live.contains_key(&e.at.pid) {
+                        self.recon.process_exited(e.at.pid, e.at.ts_ns, &mut self.spans);
+                        gone.push(e.at.pid);
+                    }
+                    self.on_exec(&e);
+                }
+                Ok(Record::ClientExit(at)) => {
+                    if self.live.contains_key(&at.pid) {
+                        self.recon.process_exited(at.pid, at.ts_ns, &mut self.spans);
+                        gone.push(at.pid);
+                    }
+                    if let Some(h) = &mut self.host {
+                        h.forget(at.pid);
+                    }
+                }
                 Err(e) => {
                     self.summary.decode_errors += 1;
                     log::warn!("undecodable event: {e}");
@@ -83,6 +117,9 @@ impl Agent {
             }
         }
         self.flush_spans();
+        for pid in gone {
+            self.forget_process(pid);
+        }
     }
 
     fn flush_spans(&mut self) {
@@ -94,7 +131,11 @@ impl Agent {
         use crate::reconstruct::ClientSpan;
         self.server.take_replies(&self.recon);
         self.server.flush(&mut self.exporter, force);
-        for s in self.spans.drain(..) {
+        let spans = std::mem::take(&mut self.spans);
+        for s in spans {
+            if !self.port_selected(&s) {
+                continue;
+            }
             let r = match &s {
                 ClientSpan::Query(q) => self.exporter.emit(q),
                 ClientSpan::Txn(t) => self.exporter.emit_txn(t),
@@ -138,8 +179,9 @@ impl Agent {
                 log::debug!("{function}: probe at +{} on `{}` (emulated)", p.offset, p.instruction);
             }
         }
-        if !self.live.contains_key(&t.pid) {
-            self.follow(ProcessMeta { pid: t.pid, executable: discover::exe_name(t.pid) });
+        // Host-wide, a process is followed once it is chosen, at its first event.
+        if self.host.is_none() && !self.live.contains_key(&t.pid) {
+            self.follow(ProcessMeta::of(t.pid, discover::exe_name(t.pid)));
         }
         self.inspected.insert((t.pid, t.path.clone()));
         Ok(n)
@@ -160,7 +202,7 @@ impl Agent {
             self.probes.untrace_backend(pid as u32);
         }
         let exe = discover::exe_name(t.postmaster);
-        self.exporter.register_process(ProcessMeta { pid: t.postmaster, executable: exe.clone() });
+        self.exporter.register_process(ProcessMeta::of(t.postmaster, exe.clone()));
         let backends = server::processes_of(t.postmaster).len() - 1;
         Ok(Some(format!(
             "PostgreSQL server {} ({exe}, {backends} processes): {n} probe sites on {}",
@@ -204,10 +246,18 @@ impl Agent {
         self.drain();
         self.recon.process_exited(pid, Clock::monotonic_now_ns(), &mut self.spans);
         self.flush_spans();
+        self.forget_process(pid);
+    }
+
+    /// Lets go of a process whose queries are already ended.
+    fn forget_process(&mut self, pid: u32) {
         self.probes.detach_pid(pid);
         self.exporter.process_gone(pid);
         self.live.remove(&pid);
         self.inspected.retain(|(p, _)| *p != pid);
+        if let Some(h) = &mut self.host {
+            h.forget(pid);
+        }
         log::info!("process {pid} exited");
     }
 
@@ -248,12 +298,19 @@ impl Agent {
 
 /// Candidate libpq files a command may load, known before it runs.
 fn command_candidates(program: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Some(p) = resolve_program(program) {
-        out.push(p);
+    let mut out: Vec<PathBuf> = resolve_program(program).into_iter().collect();
+    for p in system_libpq() {
+        if !out.contains(&p) {
+            out.push(p);
+        }
     }
-    // The system's libpq per the loader cache (what a dynamically linked
-    // program or a Python extension will load).
+    out
+}
+
+/// The system's libpq per the loader cache (what a dynamically linked
+/// program or a Python extension will load).
+fn system_libpq() -> Vec<PathBuf> {
+    let mut out = Vec::new();
     if let Ok(o) = std::process::Command::new("/sbin/ldconfig").arg("-p").output() {
         for line in String::from_utf8_lossy(&o.stdout).lines() {
             if let Some((name, path)) = line.split_once("=>") {
@@ -349,8 +406,8 @@ async fn wait_child(pid: u32) -> anyhow::Result<i32> {
 }
 
 pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary, Exporter)> {
-    if cfg.pids.is_empty() && cfg.command.is_empty() {
-        bail!("nothing to trace: give --pid <PID> or -- <command>");
+    if cfg.pids.is_empty() && cfg.command.is_empty() && cfg.host_wide.is_none() {
+        bail!("nothing to trace: give --pid <PID>, --all or -- <command>");
     }
     // Everything that can be refused is checked before loading anything.
     let mut targets: Vec<LibpqTarget> = Vec::new();
@@ -364,7 +421,11 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         }
     }
     let _stats = cfg.probe_stats.then(crate::attach::enable_run_stats).transpose()?;
-    let mut probes = Probes::load(crate::EBPF_OBJECT, cfg.max_text, cfg.probes_only)?;
+    let mut probes = Probes::load(crate::EBPF_OBJECT, cfg.max_text, cfg.probes_only, cfg.host_wide.is_some())?;
+    if cfg.host_wide.is_some() {
+        // Execs, forks and exits are followed before the first look at the host.
+        probes.start_host_wide()?;
+    }
     // SAFETY: the ring buffer owns its fd and lives as long as the AsyncFd.
     let ring = unsafe { AsyncFd::register(probes.ring_buffer()) }.map_err(|e| anyhow::anyhow!("ring buffer fd: {e}"))?;
     let mut agent = Agent {
@@ -377,8 +438,13 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         summary: Summary::default(),
         spans: Vec::new(),
         server: ServerSide::new(cfg.catalog.clone(), !cfg.raw_text),
+        host: cfg.host_wide.clone().map(HostWide::new),
     };
     let mut attached_lines = Vec::new();
+    if agent.host.is_some() {
+        let lines = agent.scan_host().await?;
+        attached_lines.push(format!("the host (--all, new processes too): {}", if lines.is_empty() { "nothing yet".into() } else { lines.join("; ") }));
+    }
     for t in server_targets {
         if let Some(line) = agent.trace_server(t).await? {
             attached_lines.push(line);
@@ -393,7 +459,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     if !cfg.command.is_empty() {
         let (pid, release) = spawn_held(&cfg.command)?;
         // Still the agent's own fork until it execs: name it after the command.
-        agent.follow(ProcessMeta { pid, executable: program_name(&cfg.command[0]) });
+        agent.follow(ProcessMeta::of(pid, program_name(&cfg.command[0])));
         let mut found = 0;
         for path in command_candidates(&cfg.command[0]) {
             let p = path.to_string_lossy().into_owned();
@@ -444,10 +510,11 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                     }
                 }
                 agent.servers_housekeeping();
+                agent.host_housekeeping().await;
                 // Answered queries on connections gone quiet have had all their results.
                 agent.recon.complete_quiet(Clock::monotonic_now_ns(), &mut agent.spans);
                 agent.warn_on_new_drops(&mut last_counters);
-                if child.is_none() && agent.live.is_empty() && agent.server.servers.is_empty() {
+                if child.is_none() && agent.host.is_none() && agent.live.is_empty() && agent.server.servers.is_empty() {
                     log::info!("no traced process left");
                     break;
                 }

@@ -31,7 +31,11 @@ pub mod kind {
     pub const SERVER: u32 = 5;
     /// A traced server process exited ([`super::Header`] only).
     pub const SERVER_EXIT: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Host-wide tracing: a process exec'd a program ([`super::ExecEvent`]).
+    pub const EXEC: u32 = 7;
+    /// Host-wide tracing: a client process that hit a probe exited ([`super::Header`] only).
+    pub const CLIENT_EXIT: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// libpq functions, carried in the attach cookie and in [`Header::func`].
@@ -191,6 +195,32 @@ pub struct ConnEvent {
     pub port: [u8; PORT_CAP],
 }
 
+/// Longest exec'd path sent (longer ones are cut; the agent then reads /proc).
+pub const EXEC_PATH_CAP: usize = 256;
+
+/// Variable-length: only `PATH_OFFSET + path_len` bytes are sent.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecEvent {
+    pub hdr: Header,
+    /// The new program's cgroup (v2 id: the inode of its cgroup directory).
+    pub cgroup_id: u64,
+    pub path_len: u32,
+    pub _pad: u32,
+    pub path: [u8; EXEC_PATH_CAP],
+}
+
+impl ExecEvent {
+    pub const PATH_OFFSET: usize = core::mem::size_of::<Header>() + 16;
+}
+
+/// Host-wide tracing: what the agent decided about a client process, in the
+/// kernel's CLIENT_PIDS map (absent: not yet seen, traced until decided).
+pub mod verdict {
+    pub const TRACED: u8 = 1;
+    pub const EXCLUDED: u8 = 2;
+}
+
 /// Server probe points the agent attaches, in [`Header::func`] of server events.
 pub mod site {
     /// USDT statement__status(const char *cmd): text = running, NULL = idle.
@@ -295,6 +325,7 @@ const _: () = assert!(core::mem::size_of::<ArgSpec>() == 24);
 const _: () = assert!(core::mem::size_of::<SiteSpec>() == 16 + 24 * USDT_MAX_ARGS);
 const _: () = assert!(core::mem::size_of::<ServerEvent>() == ServerEvent::TEXT_OFFSET + TEXT_CAP);
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 32 + 8 + DB_CAP + HOST_CAP + PORT_CAP);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == ExecEvent::PATH_OFFSET + EXEC_PATH_CAP);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -8,7 +8,8 @@ use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
-        bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
+        bpf_get_current_cgroup_id, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf,
+        bpf_probe_read_user_str_bytes,
     },
     macros::{map, tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -16,8 +17,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use dbtel_common::{
-    argkind, cookie, counter, func, kind, qflags, ArgSpec, ConnEvent, Header, LibpqLayout, QueryEvent,
-    ResultEvent, ServerEvent, SiteSpec, MAX_LAYOUTS, MAX_SITES, NO_INDEX, TEXT_CAP, USDT_MAX_ARGS,
+    argkind, cookie, counter, func, kind, qflags, verdict, ArgSpec, ConnEvent, ExecEvent, Header, LibpqLayout,
+    QueryEvent, ResultEvent, ServerEvent, SiteSpec, EXEC_PATH_CAP, MAX_LAYOUTS, MAX_SITES, NO_INDEX, TEXT_CAP,
+    USDT_MAX_ARGS,
 };
 
 /// Longest query text to copy, set by the agent at load time.
@@ -36,6 +38,38 @@ static PROBES_ONLY: u32 = 0;
 #[inline(always)]
 fn probes_only() -> bool {
     unsafe { core::ptr::read_volatile(&PROBES_ONLY) != 0 }
+}
+
+/// Set by the agent's --all: client probes sit on library files for every
+/// process, and CLIENT_PIDS says which processes emit.
+#[no_mangle]
+static TRACE_ALL: u32 = 0;
+
+/// Host-wide tracing: the agent's verdict per client process (see
+/// dbtel_common::verdict). A process not yet in it is traced from its first
+/// probe hit, so no query is lost while the agent decides.
+#[map]
+static CLIENT_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
+
+/// Whether a client probe hit should be recorded: always in --pid mode (the
+/// perf event's PID filter already chose the process), else unless excluded.
+#[inline(always)]
+fn client_selected() -> bool {
+    if probes_only() {
+        return false;
+    }
+    if unsafe { core::ptr::read_volatile(&TRACE_ALL) } == 0 {
+        return true;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    match unsafe { CLIENT_PIDS.get(&tgid) } {
+        Some(v) => *v != verdict::EXCLUDED,
+        None => {
+            // Known from now on: its exit is reported (see process_exit).
+            let _ = CLIENT_PIDS.insert(&tgid, &verdict::TRACED, 0);
+            true
+        }
+    }
 }
 
 /// 8 MiB: over 100 ms of events at full pgbench rate with client and server
@@ -119,7 +153,7 @@ fn layout(idx: u32) -> Option<&'static LibpqLayout> {
 /// The cookie says which argument holds the text and which the statement name.
 #[uprobe]
 pub fn pq_query(ctx: ProbeContext) -> u32 {
-    if probes_only() {
+    if !client_selected() {
         return 0;
     }
     let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
@@ -217,7 +251,7 @@ fn note_conn(conn: u64, layout_idx: u32) {
 
 #[uprobe]
 pub fn pq_getresult(ctx: ProbeContext) -> u32 {
-    if probes_only() {
+    if !client_selected() {
         return 0;
     }
     let conn: u64 = ctx.arg(0).unwrap_or(0);
@@ -230,7 +264,7 @@ const PGRES_FATAL_ERROR: i32 = 7;
 
 #[uretprobe]
 pub fn pq_getresult_ret(ctx: RetProbeContext) -> u32 {
-    if probes_only() {
+    if !client_selected() {
         return 0;
     }
     let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
@@ -249,7 +283,7 @@ pub fn pq_getresult_ret(ctx: RetProbeContext) -> u32 {
 /// NULL that ends a query. The cookie names the registers.
 #[uprobe]
 pub fn pq_result(ctx: ProbeContext) -> u32 {
-    if probes_only() {
+    if !client_selected() {
         return 0;
     }
     let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
@@ -307,7 +341,7 @@ fn read_sqlstate(res: u64, l: &LibpqLayout, out: &mut [u8; 8]) {
 
 #[uprobe]
 pub fn pq_finish(ctx: ProbeContext) -> u32 {
-    if probes_only() {
+    if !client_selected() {
         return 0;
     }
     let conn: u64 = ctx.arg(0).unwrap_or(0);
@@ -484,6 +518,12 @@ pub fn server_exit(_ctx: TracePointContext) -> u32 {
         let _ = SERVER_PIDS.remove(&(pid_tgid as u32));
         return 0;
     }
+    if unsafe { CLIENT_PIDS.get(&tgid) }.is_some() {
+        let _ = CLIENT_PIDS.remove(&tgid);
+        if EVENTS.output::<Header>(header(kind::CLIENT_EXIT, 0, 0), wakeup_flags()).is_err() {
+            bump(counter::RINGBUF_FULL);
+        }
+    }
     let Some(pm) = unsafe { SERVER_PIDS.get(&tgid) }.copied() else { return 0 };
     let _ = SERVER_PIDS.remove(&tgid);
     let _ = LAST_TEXT.remove(&tgid);
@@ -492,6 +532,44 @@ pub fn server_exit(_ctx: TracePointContext) -> u32 {
     }
     0
 }
+
+/// Offset of sched_process_exec's `__data_loc char[] filename` (from tracefs).
+#[no_mangle]
+static EXEC_FILENAME_OFF: u32 = 8;
+#[map]
+static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Host-wide tracing: every exec is reported with its path and cgroup, so
+/// the agent can choose a process (and probe a new program) before its first
+/// query, and still knows what it was if it exits before being looked at.
+#[tracepoint]
+pub fn proc_exec(ctx: TracePointContext) -> u32 {
+    if unsafe { core::ptr::read_volatile(&TRACE_ALL) } == 0 {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // A new program: the old verdict no longer holds.
+    let _ = CLIENT_PIDS.remove(&tgid);
+    let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else { return 0 };
+    let ev = unsafe { &mut *ev };
+    ev.hdr = header(kind::EXEC, 0, 0);
+    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    ev.path_len = 0;
+    ev._pad = 0;
+    let off = unsafe { core::ptr::read_volatile(&EXEC_FILENAME_OFF) } as usize;
+    let Ok(loc) = (unsafe { ctx.read_at::<u32>(off) }) else { return 0 };
+    let at = ctx.as_ptr() as u64 + (loc & 0xffff) as u64;
+    if let Ok(p) = unsafe { bpf_probe_read_kernel_str_bytes(at as *const u8, &mut ev.path) } {
+        ev.path_len = p.len() as u32;
+    }
+    let len = ExecEvent::PATH_OFFSET + ev.path_len as usize;
+    let bytes: &[u8; core::mem::size_of::<ExecEvent>()] = unsafe { &*(ev as *const ExecEvent).cast() };
+    if len <= bytes.len() && EVENTS.output::<[u8]>(&bytes[..len], wakeup_flags()).is_err() {
+        bump(counter::RINGBUF_FULL);
+    }
+    0
+}
+
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,2 +1,4 @@
-//! The host the agent runs on: kernel filesystems it needs.
+//! The host the agent runs on: kernel filesystems it needs, and (with --all)
+//! which of its processes are traced.
+pub mod select;
 pub mod tracefs;

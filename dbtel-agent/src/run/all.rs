@@ -1,0 +1,213 @@
+//! The main loop's part of --all (see crate::hostwide): the first look at the
+//! host, choosing processes, new programs, new servers.
+
+use std::{path::Path, time::Instant};
+
+use super::Agent;
+use crate::{
+    discover,
+    events::Exec,
+    export::ProcessMeta,
+    host::select::container_id,
+    hostwide::{self, FileKind},
+    reconstruct::ClientSpan,
+    server,
+};
+
+impl Agent {
+    fn host(&mut self) -> &mut hostwide::HostWide {
+        self.host.as_mut().expect("host-wide tracing")
+    }
+
+    /// The first look: every running server (chosen ones traced) and every
+    /// libpq file mapped anywhere (probed for all processes). Returns one
+    /// line per server and per file for the `dbtel: tracing` line.
+    pub(super) async fn scan_host(&mut self) -> anyhow::Result<Vec<String>> {
+        let mut lines = Vec::new();
+        let pids = hostwide::all_pids();
+        let postmasters = hostwide::postmasters(&pids, |pid| self.judge_exe(pid) == FileKind::Server);
+        for pm in postmasters {
+            if let Some(line) = self.consider_server(pm).await? {
+                lines.push(line);
+            }
+        }
+        // The system's libpq (what a program started later will load), then every mapped one.
+        for path in super::system_libpq() {
+            let p = path.to_string_lossy().into_owned();
+            lines.extend(self.probe_file(std::process::id(), &p, &path));
+        }
+        for pid in pids {
+            lines.extend(self.probe_mappings(pid));
+        }
+        Ok(lines)
+    }
+
+    /// Kind of a process's executable, judged once per file.
+    fn judge_exe(&mut self, pid: u32) -> FileKind {
+        let Some(id) = hostwide::file_id(&hostwide::exe_host_path(pid)) else { return FileKind::Neither };
+        if let Some(k) = self.host().files.get(&id) {
+            return *k;
+        }
+        // Only the kind is kept here: the server's probe sites are read again when it is traced.
+        let kind = match server::inspect(pid) {
+            Ok(Some(_)) => FileKind::Server,
+            Ok(None) => FileKind::Neither,
+            Err(e) => {
+                log::debug!("process {pid}: {e}");
+                FileKind::Neither
+            }
+        };
+        self.host().judged(id, kind);
+        kind
+    }
+
+    /// Traces a running postmaster if the selectors choose it.
+    async fn consider_server(&mut self, pm: u32) -> anyhow::Result<Option<String>> {
+        let facts = hostwide::server_facts(pm);
+        if !self.host().selectors.chooses(&facts) {
+            log::info!("PostgreSQL server {pm} ({}) not selected", facts.exe);
+            self.probes.untrace_server(pm);
+            return Ok(None);
+        }
+        match server::inspect(pm) {
+            Ok(Some(t)) => self.trace_server(t).await,
+            Ok(None) => Ok(None),
+            Err(e) => {
+                log::warn!("PostgreSQL server {pm}: {e}");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Probes the libpq files `pid` maps that no one has looked at yet.
+    fn probe_mappings(&mut self, pid: u32) -> Vec<String> {
+        let files = hostwide::new_mappings(self.host(), pid);
+        files.into_iter().flat_map(|(path, host_path, _)| self.probe_file(pid, &path, &host_path)).collect()
+    }
+
+    /// Probes one file for every process if it is (or has) libpq.
+    fn probe_file(&mut self, pid: u32, path: &str, host_path: &Path) -> Option<String> {
+        let id = hostwide::file_id(host_path)?;
+        if self.host().files.contains_key(&id) {
+            return None;
+        }
+        let kind = match discover::inspect(pid, path, host_path) {
+            Ok(Some(t)) => match self.trace(&t) {
+                Ok(n) => {
+                    self.host().judged(id, FileKind::Libpq);
+                    return Some(format!("{n} probes on {path} (all processes)"));
+                }
+                Err(e) => {
+                    log::warn!("{path}: {e:#}");
+                    FileKind::Neither
+                }
+            },
+            Ok(None) => FileKind::Neither,
+            Err(e) => {
+                log::warn!("process {pid}: {e}");
+                FileKind::Neither
+            }
+        };
+        self.host().judged(id, kind);
+        None
+    }
+
+    /// A process's first event: trace it, or tell the kernel to leave it out.
+    pub(super) fn choose_client(&mut self, pid: u32) -> bool {
+        if self.live.contains_key(&pid) {
+            return true;
+        }
+        if self.host().excluded.contains(&pid) {
+            return false;
+        }
+        let facts = self.host().client_facts(pid);
+        if !self.host().selectors.chooses(&facts) {
+            self.probes.exclude_client(pid);
+            self.host().excluded.insert(pid);
+            log::debug!("process {pid} ({}) not selected", facts.exe);
+            return false;
+        }
+        let executable = Path::new(&facts.exe).file_name().map_or_else(|| discover::exe_name(pid), |n| n.to_string_lossy().into_owned());
+        let container = facts.cgroup.as_deref().and_then(container_id);
+        log::info!("tracing process {pid} ({executable})");
+        self.follow(ProcessMeta { pid, executable, container_id: container });
+        true
+    }
+
+    /// A new program: a server binary is traced before it can fork a backend.
+    pub(super) fn on_exec(&mut self, e: &Exec) {
+        let Some(host) = &mut self.host else { return };
+        host.on_exec(e, Instant::now());
+        let pid = e.at.pid;
+        if self.judge_exe(pid) != FileKind::Server || !hostwide::cmdline(pid).is_some_and(|a| hostwide::starts_postmaster(&a)) {
+            return;
+        }
+        let facts = self.host().client_facts(pid);
+        // The port is known once it runs (consider_server).
+        let mut without_port = facts.clone();
+        without_port.listening = None;
+        if !self.host().selectors.chooses(&without_port) {
+            return;
+        }
+        // Its probe sites on this file, if no other server had it.
+        match server::inspect(pid) {
+            Ok(Some(t)) => {
+                if let Err(e) = self.probes.attach_server_file(&t) {
+                    log::warn!("{}: {e}", t.exe);
+                    return;
+                }
+            }
+            _ => return,
+        }
+        match self.probes.trace_server_process(pid) {
+            Ok(()) => self.host().pending_servers.push(pid),
+            Err(e) => log::warn!("process {pid}: {e}"),
+        }
+    }
+
+    /// New processes' libraries; exec'd servers that now run.
+    pub(super) async fn host_housekeeping(&mut self) {
+        if self.host.is_none() {
+            return;
+        }
+        for pid in self.host().due_rescans(Instant::now()) {
+            for line in self.probe_mappings(pid) {
+                log::info!("process {pid} mapped new libpq: {line}");
+            }
+        }
+        let pending = std::mem::take(&mut self.host().pending_servers);
+        for pid in pending {
+            if !discover::process_exists(pid) {
+                self.probes.untrace_server(pid);
+            } else if !hostwide::is_running_postmaster(pid) {
+                self.host().pending_servers.push(pid);
+            } else {
+                match self.consider_server(pid).await {
+                    Ok(Some(line)) => log::info!("new {line}"),
+                    Ok(None) => {}
+                    Err(e) => log::warn!("PostgreSQL server {pid}: {e:#}"),
+                }
+            }
+        }
+    }
+
+    /// With --port, spans of connections to other ports are left out.
+    pub(super) fn port_selected(&mut self, s: &ClientSpan) -> bool {
+        let Some(host) = &mut self.host else { return true };
+        if !host.selectors.by_port() {
+            return true;
+        }
+        let chosen = match s {
+            ClientSpan::Query(q) => {
+                let ok = q.conn_info.as_ref().is_some_and(|c| host.selectors.port_selected(&c.port));
+                host.conn_selected.insert((q.pid, q.conn), ok);
+                ok
+            }
+            ClientSpan::Txn(t) => host.conn_selected.get(&(t.pid, t.conn)).copied().unwrap_or(false),
+        };
+        if !chosen {
+            host.filtered_spans += 1;
+        }
+        chosen
+    }
+}
