@@ -42,7 +42,9 @@ pub enum FileKind {
 
 pub struct HostWide {
     pub selectors: Selectors,
-    exec_paths: HashMap<u32, String>,
+    execs: HashMap<u32, facts::Exec>,
+    /// cgroup ids resolved to paths (each a walk of the hierarchy, so kept).
+    cgroups: HashMap<u64, Option<String>>,
     exec_order: VecDeque<u32>,
     pub files: HashMap<(u64, u64), FileKind>,
     /// Client processes the selectors left out (the kernel knows too).
@@ -61,7 +63,8 @@ impl HostWide {
     pub fn new(selectors: Selectors) -> Self {
         HostWide {
             selectors,
-            exec_paths: HashMap::new(),
+            execs: HashMap::new(),
+            cgroups: HashMap::new(),
             exec_order: VecDeque::new(),
             files: HashMap::new(),
             excluded: HashSet::new(),
@@ -75,11 +78,12 @@ impl HostWide {
     /// Remembers an exec; the process is looked at again shortly.
     pub fn on_exec(&mut self, e: &Exec, now: Instant) {
         let pid = e.at.pid;
-        if self.exec_paths.insert(pid, e.path.clone()).is_none() {
+        let cgroup = self.cgroup_path(e.cgroup_id);
+        if self.execs.insert(pid, facts::Exec { path: e.path.clone(), cgroup }).is_none() {
             self.exec_order.push_back(pid);
             while self.exec_order.len() > EXEC_MEMORY {
                 if let Some(old) = self.exec_order.pop_front() {
-                    self.exec_paths.remove(&old);
+                    self.execs.remove(&old);
                 }
             }
         }
@@ -90,7 +94,18 @@ impl HostWide {
 
     /// The facts the selectors judge a client process by.
     pub fn client_facts(&self, pid: u32) -> ProcessFacts {
-        facts::of(pid, self.exec_paths.get(&pid).map(String::as_str), None)
+        facts::of(pid, self.execs.get(&pid), None)
+    }
+
+    /// Only with --cgroup: otherwise no one asks, and the walk is not free.
+    fn cgroup_path(&mut self, id: u64) -> Option<String> {
+        if !self.selectors.by_cgroup() || id == 0 {
+            return None;
+        }
+        if self.cgroups.len() >= EXEC_MEMORY {
+            self.cgroups.clear();
+        }
+        self.cgroups.entry(id).or_insert_with(|| facts::cgroup_path(&facts::cgroup2_root()?, id)).clone()
     }
 
     /// Young processes due for a look at their mappings.
@@ -203,9 +218,9 @@ mod tests {
         for pid in 1..=(EXEC_MEMORY as u32 + 10) {
             h.on_exec(&exec(pid, "/bin/x"), t);
         }
-        assert_eq!(h.exec_paths.len(), EXEC_MEMORY);
-        assert!(!h.exec_paths.contains_key(&1));
-        assert_eq!(h.exec_paths.get(&(EXEC_MEMORY as u32 + 10)).map(String::as_str), Some("/bin/x"));
+        assert_eq!(h.execs.len(), EXEC_MEMORY);
+        assert!(!h.execs.contains_key(&1));
+        assert_eq!(h.execs.get(&(EXEC_MEMORY as u32 + 10)).map(|e| e.path.as_str()), Some("/bin/x"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use dbtel_common::{
     argkind, cookie, counter, func, kind, qflags, verdict, ArgSpec, ConnEvent, ExecEvent, Header, LibpqLayout,
-    QueryEvent, ResultEvent, ServerEvent, SiteSpec, EXEC_PATH_CAP, MAX_LAYOUTS, MAX_SITES, NO_INDEX, TEXT_CAP,
+    QueryEvent, ResultEvent, ServerEvent, SiteSpec, MAX_LAYOUTS, MAX_SITES, NO_INDEX, TEXT_CAP,
     USDT_MAX_ARGS,
 };
 

@@ -12,6 +12,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub port: u16,
     bin: PathBuf,
+    /// pg_ctl's -o: socket directory, port, settings.
+    opts: String,
 }
 
 fn postgres_uid() -> (u32, u32) {
@@ -28,6 +30,17 @@ pub fn pg_bin_dir() -> PathBuf {
     dir
 }
 
+/// Settings of a cluster whose csvlog holds every statement.
+const LOGGED: [&str; 6] =
+    ["fsync=off", "logging_collector=on", "log_destination=csvlog", "log_directory=csvlog", "log_filename=pg", "log_statement=all"];
+
+/// Runs a PostgreSQL tool as the postgres user, panicking on failure.
+fn as_postgres(cmd: &mut Command) {
+    let (uid, gid) = postgres_uid();
+    let out = cmd.uid(uid).gid(gid).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -40,6 +53,13 @@ impl Cluster {
 
     /// A cluster with extra `name=value` server settings.
     pub fn start_with(settings: &[&str]) -> Cluster {
+        let c = Self::init_with(settings);
+        c.start_server();
+        c
+    }
+
+    /// A cluster made (initdb) but not started: its port is known beforehand.
+    pub fn init_with(settings: &[&str]) -> Cluster {
         let bin = pg_bin_dir();
         let (uid, gid) = postgres_uid();
         let dir = tempfile::Builder::new().prefix("dbtel-pg-").tempdir().unwrap();
@@ -49,35 +69,33 @@ impl Cluster {
         assert_eq!(unsafe { libc::chown(c.as_ptr(), uid, gid) }, 0);
         let port = free_port();
         let data = dir.path().join("data");
-        let run = |cmd: &mut Command| {
-            let out = cmd.uid(uid).gid(gid).stdin(Stdio::null()).output().unwrap();
-            assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-        };
-        run(Command::new(bin.join("initdb")).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "-D"]).arg(&data));
+        as_postgres(Command::new(bin.join("initdb")).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "-D"]).arg(&data));
         let mut opts = format!("-k {} -p {port} -c listen_addresses=127.0.0.1", dir.path().display());
         for s in settings {
             opts.push_str(&format!(" -c {s}"));
         }
-        run(Command::new(bin.join("pg_ctl"))
+        Cluster { dir, port, bin, opts }
+    }
+
+    /// Starts the server (pg_ctl -w: returns once it accepts connections).
+    pub fn start_server(&self) {
+        as_postgres(Command::new(self.bin.join("pg_ctl"))
             .args(["-w", "-D"])
-            .arg(&data)
+            .arg(self.dir.path().join("data"))
             .arg("-l")
-            .arg(dir.path().join("log"))
-            .args(["-o", &opts, "start"]));
-        Cluster { dir, port, bin }
+            .arg(self.dir.path().join("log"))
+            .args(["-o", &self.opts, "start"]));
     }
 
     /// A cluster that records every statement in a csvlog: the ground truth
     /// spans are compared with (see [`Cluster::logged_statements`]).
     pub fn start_logged() -> Cluster {
-        Self::start_with(&[
-            "fsync=off",
-            "logging_collector=on",
-            "log_destination=csvlog",
-            "log_directory=csvlog",
-            "log_filename=pg",
-            "log_statement=all",
-        ])
+        Self::start_with(&LOGGED)
+    }
+
+    /// [`Cluster::start_logged`], made but not started.
+    pub fn init_logged() -> Cluster {
+        Self::init_with(&LOGGED)
     }
 
     /// Statements the server logged (`log_statement=all`), in order: (backend PID, text).

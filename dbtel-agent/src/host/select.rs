@@ -88,6 +88,10 @@ impl Selectors {
     pub fn by_port(&self) -> bool {
         !self.ports.is_empty()
     }
+
+    pub fn by_cgroup(&self) -> bool {
+        !self.cgroups.is_empty()
+    }
 }
 
 /// The container a cgroup path names, as runtimes write it: a 64-hex-digit
@@ -122,16 +126,47 @@ pub mod facts {
         parse_cgroup(&std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
     }
 
-    /// A running process's facts; `exec_path` stands in for its executable
-    /// once it is gone.
-    pub fn of(pid: u32, exec_path: Option<&str>, listening: Option<Vec<u16>>) -> ProcessFacts {
+    /// What its exec said of a process, for when it is gone before it is looked at.
+    #[derive(Debug, Clone, Default)]
+    pub struct Exec {
+        pub path: String,
+        /// cgroup v2 path (resolved from the id the kernel gave).
+        pub cgroup: Option<String>,
+    }
+
+    /// A process's facts, from /proc while it runs, else from its exec.
+    pub fn of(pid: u32, exec: Option<&Exec>, listening: Option<Vec<u16>>) -> ProcessFacts {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
             .map(|p| p.to_string_lossy().into_owned())
             .ok()
             .filter(|p| !p.ends_with(" (deleted)"))
-            .or_else(|| exec_path.map(str::to_string))
+            .or_else(|| exec.map(|e| e.path.clone()))
             .unwrap_or_default();
-        ProcessFacts { exe, cgroup: cgroup_of(pid), listening }
+        let cgroup = cgroup_of(pid).or_else(|| exec.and_then(|e| e.cgroup.clone()));
+        ProcessFacts { exe, cgroup, listening }
+    }
+
+    /// The cgroup v2 hierarchy's mount point.
+    pub fn cgroup2_root() -> Option<std::path::PathBuf> {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+        mounts.lines().find(|l| l.split(' ').nth(2) == Some("cgroup2")).and_then(|l| l.split(' ').nth(1)).map(Into::into)
+    }
+
+    /// The path of the cgroup whose id (its directory's inode) is `id`,
+    /// relative to the hierarchy's root, as /proc/PID/cgroup writes it.
+    pub fn cgroup_path(root: &std::path::Path, id: u64) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
+                let rel = dir.strip_prefix(root).ok()?.to_string_lossy().into_owned();
+                return Some(format!("/{rel}"));
+            }
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                stack.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+            }
+        }
+        None
     }
 }
 

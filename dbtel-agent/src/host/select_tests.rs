@@ -100,3 +100,22 @@ fn cgroup_v2_line() {
     assert_eq!(facts::parse_cgroup(systemd_first).as_deref(), Some("/system.slice/a.service"));
     assert_eq!(facts::parse_cgroup(""), None);
 }
+
+#[test]
+fn cgroup_ids_resolve_to_paths() {
+    use std::os::unix::fs::MetadataExt;
+    let root = tempfile_dir();
+    std::fs::create_dir_all(root.join("system.slice/docker-1.scope")).unwrap();
+    let id = std::fs::metadata(root.join("system.slice/docker-1.scope")).unwrap().ino();
+    assert_eq!(facts::cgroup_path(&root, id).as_deref(), Some("/system.slice/docker-1.scope"));
+    let top = std::fs::metadata(&root).unwrap().ino();
+    assert_eq!(facts::cgroup_path(&root, top).as_deref(), Some("/"));
+    assert_eq!(facts::cgroup_path(&root, u64::MAX), None);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("dbtel-cgroup-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

@@ -1,0 +1,193 @@
+//! `--all`: every server and client on the host, including those started
+//! after the agent, narrowed by selectors. Spans are checked against the
+//! server's own statement log.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use dbtel_tests::{require_root, Agent, Cluster, Receiver, Span};
+
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
+
+/// psql running `sql`, spawned (its PID is the client's), output discarded.
+fn psql(pg: &Cluster, sql: &str) -> Command {
+    let mut c = Command::new(pg.bin("psql"));
+    c.args(pg.conn_args()).args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c", sql]);
+    c.stdout(Stdio::null()).stderr(Stdio::piped());
+    c
+}
+
+fn finish(child: Child) {
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn run(cmd: &mut Command) -> u32 {
+    let child = cmd.spawn().unwrap();
+    let pid = child.id();
+    finish(child);
+    pid
+}
+
+fn backends_that_ran(pg: &Cluster, needle: &str) -> Vec<u32> {
+    pg.logged_statements().into_iter().filter(|(_, t)| t.contains(needle)).map(|(pid, _)| pid).collect()
+}
+
+fn server_spans_of(spans: &[Span], backend: u32) -> Vec<&Span> {
+    spans.iter().filter(|s| s.kind == SERVER && s.int("db.postgresql.backend.pid") == Some(backend as i64)).collect()
+}
+
+#[test]
+fn a_server_and_client_started_after_the_agent_are_traced_from_their_first_query() {
+    require_root();
+    let pg = Cluster::init_logged();
+    let rx = Receiver::start();
+    let port = pg.port.to_string();
+    let agent = Agent::start(&["--all", "--port", &port, "--otlp-endpoint", &rx.http_endpoint()], Stdio::null());
+    pg.start_server();
+    // The client's very first statement, as soon as the server accepts connections.
+    let client = run(&mut psql(&pg, "select 'first' as first_query"));
+    std::thread::sleep(Duration::from_millis(800));
+    let run = agent.interrupt();
+    assert!(run.status.success(), "{run:?}");
+    let spans = rx.spans();
+
+    let backends = backends_that_ran(&pg, "first_query");
+    assert_eq!(backends.len(), 1, "the server logged it once");
+    let clients: Vec<&Span> = spans.iter().filter(|s| s.resource_int("process.pid") == Some(client as i64)).collect();
+    assert_eq!(clients.len(), 1, "{clients:?}");
+    let c = clients[0];
+    assert_eq!((c.kind, c.name.as_str(), c.text()), (CLIENT, "SELECT", "select ? as first_query"));
+    assert_eq!(c.resource_str("process.executable.name"), Some("psql"));
+    let servers = server_spans_of(&spans, backends[0]);
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    let s = servers[0];
+    assert_eq!((s.name.as_str(), s.text()), ("SELECT", "select ? as first_query"));
+    assert_eq!(s.resource_int("process.pid"), Some(pg.postmaster_pid() as i64));
+    assert_eq!((&s.trace_id, &s.parent_span_id), (&c.trace_id, &c.span_id), "the server's span is the client's child");
+}
+
+#[test]
+fn selectors_choose_servers_by_port_and_clients_by_executable_and_connection() {
+    require_root();
+    let chosen = Cluster::start_logged();
+    let other = Cluster::start_logged();
+    chosen.pgbench_init(1);
+    let rx = Receiver::start();
+    let port = chosen.port.to_string();
+    let agent = Agent::start(
+        &["--all", "--port", &port, "--exclude-exe", "pgbench", "--otlp-endpoint", &rx.http_endpoint()],
+        Stdio::null(),
+    );
+    let traced = run(&mut psql(&chosen, "select 'chosen' as marker"));
+    let elsewhere = run(&mut psql(&other, "select 'other port' as marker"));
+    let bench = run(Command::new(chosen.bin("pgbench")).args(chosen.conn_args()).args(["-n", "-S", "-t", "7", "postgres"]).stdout(Stdio::null()).stderr(Stdio::piped()));
+    std::thread::sleep(Duration::from_millis(800));
+    let run = agent.interrupt();
+    assert!(run.status.success(), "{run:?}");
+    let spans = rx.spans();
+
+    // psql on the chosen port: both sides.
+    let of = |pid: u32| spans.iter().filter(|s| s.resource_int("process.pid") == Some(pid as i64)).count();
+    assert_eq!(of(traced), 1);
+    assert_eq!(server_spans_of(&spans, backends_that_ran(&chosen, "'chosen'")[0]).len(), 1);
+    // The other port: neither the client's connection nor that server.
+    assert_eq!(of(elsewhere), 0);
+    assert_eq!(of(other.postmaster_pid()), 0);
+    assert!(spans.iter().all(|s| !s.text().contains("other port")));
+    // pgbench excluded by executable; its statements still seen by the chosen server.
+    assert_eq!(of(bench), 0);
+    let selects = chosen.logged_statements().into_iter().filter(|(_, t)| t.starts_with("SELECT abalance")).count();
+    assert_eq!(selects, 7);
+    let server_selects = spans.iter().filter(|s| s.kind == SERVER && s.text().starts_with("SELECT abalance")).count();
+    assert_eq!(server_selects, selects);
+}
+
+/// The cgroup v2 mount (a hybrid host has it at /sys/fs/cgroup/unified).
+fn cgroup2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = mounts.lines().find(|l| l.split(' ').nth(2) == Some("cgroup2")).expect("a cgroup2 mount");
+    PathBuf::from(line.split(' ').nth(1).unwrap())
+}
+
+/// A cgroup named as Docker names a container's, removed on drop.
+struct ContainerCgroup {
+    dir: PathBuf,
+    id: String,
+}
+
+impl ContainerCgroup {
+    fn new() -> Self {
+        let id = format!("{:064x}", u128::from(std::process::id()) << 64 | 0xdb7e1);
+        let dir = cgroup2_root().join(format!("docker-{id}.scope"));
+        std::fs::create_dir_all(&dir).unwrap();
+        ContainerCgroup { dir, id }
+    }
+
+    /// `cmd` run inside the cgroup (a shell moves itself in, then execs it).
+    fn wrap(&self, cmd: &Command) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(format!("echo $$ > {}/cgroup.procs && exec \"$@\"", self.dir.display())).arg("sh");
+        c.arg(cmd.get_program()).args(cmd.get_args());
+        c.stdout(Stdio::null()).stderr(Stdio::piped());
+        c
+    }
+}
+
+impl Drop for ContainerCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn cgroup_selector_and_container_id() {
+    require_root();
+    let pg = Cluster::start();
+    let cg = ContainerCgroup::new();
+    let rx = Receiver::start();
+    let glob = format!("{}*", &cg.id[..12]);
+    let agent = Agent::start(&["--all", "--cgroup", &glob, "--otlp-endpoint", &rx.http_endpoint()], Stdio::null());
+    let inside = run(&mut cg.wrap(&psql(&pg, "select 'in the container' as marker")));
+    let outside = run(&mut psql(&pg, "select 'on the host' as marker"));
+    std::thread::sleep(Duration::from_millis(800));
+    let run = agent.interrupt();
+    assert!(run.status.success(), "{run:?}");
+    let spans = rx.spans();
+
+    let inside_spans: Vec<&Span> = spans.iter().filter(|s| s.resource_int("process.pid") == Some(inside as i64)).collect();
+    assert_eq!(inside_spans.len(), 1, "{spans:?}");
+    assert_eq!(inside_spans[0].text(), "select ? as marker");
+    assert_eq!(inside_spans[0].resource_str("container.id"), Some(cg.id.as_str()));
+    assert!(spans.iter().all(|s| s.resource_int("process.pid") != Some(outside as i64)), "the host's psql is not in the cgroup");
+    assert!(spans.iter().all(|s| s.kind != SERVER), "the server is not in the cgroup either");
+}
+
+#[test]
+fn a_client_in_its_own_pid_namespace_is_traced_with_its_host_pid() {
+    require_root();
+    let pg = Cluster::start_logged();
+    let rx = Receiver::start();
+    let agent = Agent::start(&["--all", "--otlp-endpoint", &rx.http_endpoint()], Stdio::null());
+    let inner = psql(&pg, "select 'namespaced' as marker");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc"]).arg(inner.get_program()).args(inner.get_args()).stdout(Stdio::null()).stderr(Stdio::piped());
+    run(&mut cmd);
+    std::thread::sleep(Duration::from_millis(800));
+    let run = agent.interrupt();
+    assert!(run.status.success(), "{run:?}");
+    let spans = rx.spans();
+
+    let clients: Vec<&Span> = spans.iter().filter(|s| s.kind == CLIENT && s.text() == "select ? as marker").collect();
+    assert_eq!(clients.len(), 1, "{spans:?}");
+    let host_pid = clients[0].resource_int("process.pid").unwrap();
+    assert!(host_pid > 1, "the host's PID, not the namespace's 1: {host_pid}");
+    let backend = backends_that_ran(&pg, "namespaced");
+    let servers = server_spans_of(&spans, backend[0]);
+    assert_eq!(servers.len(), 1);
+    assert_eq!(servers[0].parent_span_id, clients[0].span_id, "joined through libpq's backend PID");
+}
