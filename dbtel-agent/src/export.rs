@@ -242,22 +242,23 @@ impl Exporter {
     }
 
     /// A query as the server ran it (kind SERVER), exported with the server's resource.
-    pub fn emit_server_query(&mut self, q: &ServerQuery, backend: Option<&catalog::Backend>) -> anyhow::Result<()> {
+    /// `backend_pid`: the backend's PID as its server knows it (see host::pidns).
+    pub fn emit_server_query(&mut self, q: &ServerQuery, backend_pid: i32, backend: Option<&catalog::Backend>) -> anyhow::Result<()> {
         let facts = self.facts.get(&q.text);
-        let d = serverspans::describe_query(q, &facts, backend);
+        let d = serverspans::describe_query(q, backend_pid, &facts, backend);
         self.push_as(q.postmaster, q.ids, (q.start_ns, q.end_ns), d, &q.events, SpanKind::Server, &[])
     }
 
     /// A transaction block as the server ran it.
-    pub fn emit_server_txn(&mut self, t: &ServerTxn, backend: Option<&catalog::Backend>) -> anyhow::Result<()> {
-        let d = serverspans::describe_txn(t, backend);
+    pub fn emit_server_txn(&mut self, t: &ServerTxn, backend_pid: i32, backend: Option<&catalog::Backend>) -> anyhow::Result<()> {
+        let d = serverspans::describe_txn(t, backend_pid, backend);
         self.push_as(t.postmaster, t.ids, (t.start_ns, t.end_ns), d, &t.events, SpanKind::Server, &[])
     }
 
     /// A lock wait (kind INTERNAL: time spent inside the server), linked to the
     /// blockers' transactions where dbtel traces them.
-    pub fn emit_wait(&mut self, w: &LockWait, facts: &WaitFacts, links: &[span::Link]) -> anyhow::Result<()> {
-        let d = serverspans::describe_wait(w, facts, &mut self.facts);
+    pub fn emit_wait(&mut self, w: &LockWait, backend_pid: i32, facts: &WaitFacts, links: &[span::Link]) -> anyhow::Result<()> {
+        let d = serverspans::describe_wait(w, backend_pid, facts, &mut self.facts);
         self.push_as(w.postmaster, w.ids, (w.start_ns, w.end_ns), d, &w.events, SpanKind::Internal, links)
     }
 

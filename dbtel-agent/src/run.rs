@@ -198,8 +198,8 @@ impl Agent {
         // The catalog connects first, so its own backend is never traced.
         self.server.add_server(t.clone()).await?;
         let n = self.probes.attach_server(&t)?;
-        for pid in self.server.own_backends() {
-            self.probes.untrace_backend(pid as u32);
+        for pid in self.server.own_backends_on_host() {
+            self.probes.untrace_backend(pid);
         }
         let exe = discover::exe_name(t.postmaster);
         self.exporter.register_process(ProcessMeta::of(t.postmaster, exe.clone()));
@@ -271,8 +271,8 @@ impl Agent {
         // (nor are the last events of a server found gone below).
         self.drain();
         self.server.sweep_dead(Clock::monotonic_now_ns());
-        for pid in self.server.own_backends() {
-            self.probes.untrace_backend(pid as u32);
+        for pid in self.server.own_backends_on_host() {
+            self.probes.untrace_backend(pid);
         }
         let gone: Vec<u32> = self.server.servers.keys().copied().filter(|pm| !discover::process_exists(*pm)).collect();
         for pm in gone {

@@ -13,6 +13,7 @@ use opentelemetry::KeyValue;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
+    host::pidns::PidNamespaces,
     backend::{ClientIds, LockTag, Notice, ServerSpan, Tracker},
     catalog::{self, Catalog, CatalogConfig, Snapshot},
     events::{Origin, ServerHit},
@@ -93,6 +94,8 @@ pub struct ServerSide {
     pub export_errors: u64,
     /// Literals out of query texts put in events (not --raw-query-text).
     obfuscate: bool,
+    /// Backends' PIDs as their server knows them (a server in a container).
+    pids: PidNamespaces,
 }
 
 impl ServerSide {
@@ -118,6 +121,7 @@ impl ServerSide {
             notices: Vec::new(),
             export_errors: 0,
             obfuscate,
+            pids: PidNamespaces::default(),
         }
     }
 
@@ -152,7 +156,7 @@ impl ServerSide {
         if let Some(Lookup::Known(b)) = self.backends.get(&pid) {
             return Some(b.clone());
         }
-        self.snapshot.as_ref()?.borrow().backends.get(&(pid as i32)).cloned().map(Arc::new)
+        self.snapshot.as_ref()?.borrow().backends.get(&self.pids.ns(pid)).cloned().map(Arc::new)
     }
 
     /// Asks the catalog about a backend seen for the first time.
@@ -166,8 +170,9 @@ impl ServerSide {
         }
         self.backends.insert(pid, Lookup::Pending);
         let tx = self.tx.clone();
+        let ns = self.pids.ns(pid);
         tokio::spawn(async move {
-            let info = match cat.backend(pid as i32).await {
+            let info = match cat.backend(ns).await {
                 Ok(b) => b,
                 Err(e) => {
                     cat.warn_rate_limited(&e);
@@ -178,16 +183,36 @@ impl ServerSide {
         });
     }
 
-    /// The catalog's own sessions: their backends must not be traced.
-    pub fn own_backends(&self) -> Vec<i32> {
+    /// The catalog's own sessions: their backends must not be traced (PIDs
+    /// as the server knows them).
+    fn own_backends(&self) -> Vec<i32> {
         self.catalog.as_ref().map(|c| c.own_pids()).unwrap_or_default()
     }
 
+    /// The catalog's own backends by host PID (learnt if they are new).
+    pub fn own_backends_on_host(&mut self) -> Vec<u32> {
+        let own = self.own_backends();
+        let Some(server) = self.catalog_of else { return Vec::new() };
+        if own.iter().any(|ns| !self.pids.knows(server, *ns)) {
+            for pid in crate::server::processes_of(server) {
+                self.pids.learn(pid, server);
+            }
+        }
+        own.into_iter().map(|ns| self.pids.host(server, ns)).collect()
+    }
+
+    /// A backend of the catalog's server by host PID.
+    fn host_of(&self, ns: i32) -> u32 {
+        self.pids.host(self.catalog_of.unwrap_or(0), ns)
+    }
+
     pub fn on_hit(&mut self, hit: &ServerHit, recon: &mut Reconstructor) {
+        self.pids.learn(hit.at.pid, hit.at.conn as u32);
         if hit.site == dbtel_common::site::STATEMENT_STATUS && hit.text.is_some() && self.catalog_of == Some(hit.at.conn as u32) {
             self.look_up(hit.at.pid);
         }
-        let client = |pid: u32| recon.client_context(pid as i32).map(|c| ClientIds { query: c.query, txn: c.txn });
+        let pids = &self.pids;
+        let client = |pid: u32| recon.client_context(pids.ns(pid)).map(|c| ClientIds { query: c.query, txn: c.txn });
         self.tracker.on_hit(hit, &client, &mut self.spans, &mut self.notices);
         // Acted on at once: the next hit may close the wait these refer to.
         let notices = std::mem::take(&mut self.notices);
@@ -196,7 +221,7 @@ impl ServerSide {
                 Notice::WaitStarted { pid, postmaster, wait, under_client, tag, ts_ns } => {
                     if under_client {
                         for name in ["contention_detected", "lock_contention_detected"] {
-                            recon.annotate(pid as i32, span::Event { name, ts_ns, attributes: lock_attributes(&tag) });
+                            recon.annotate(self.pids.ns(pid), span::Event { name, ts_ns, attributes: lock_attributes(&tag) });
                         }
                     }
                     if self.catalog_of == Some(postmaster) {
@@ -241,10 +266,11 @@ impl ServerSide {
         }
         self.lookups_in_flight += 1;
         let tx = self.tx.clone();
+        let ns = self.pids.ns(pid);
         tokio::spawn(async move {
             let mut facts = WaitFacts::default();
             if blockers {
-                match cat.blockers(pid as i32).await {
+                match cat.blockers(ns).await {
                     Ok(b) => facts.blockers = b,
                     Err(e) => cat.warn_rate_limited(&e),
                 }
@@ -253,7 +279,7 @@ impl ServerSide {
             // table comes from the tuple lock the waiter holds meanwhile.
             let relation = match tag.relation() {
                 Some(r) => Some(r),
-                None if blockers && tag.locktag_type == 5 => cat.tuple_lock_of(pid as i32).await.unwrap_or_else(|e| {
+                None if blockers && tag.locktag_type == 5 => cat.tuple_lock_of(ns).await.unwrap_or_else(|e| {
                     cat.warn_rate_limited(&e);
                     None
                 }),
@@ -274,7 +300,7 @@ impl ServerSide {
     /// else its query (the application's trace), else the server's block or
     /// statement.
     fn traced_work(&self, pid: u32, recon: &Reconstructor) -> Option<Ids> {
-        recon.client_context(pid as i32).and_then(|c| c.txn.or(c.query)).or_else(|| self.tracker.current(pid))
+        recon.client_context(self.pids.ns(pid)).and_then(|c| c.txn.or(c.query)).or_else(|| self.tracker.current(pid))
     }
 
     /// The blockers' transactions, as traced by dbtel.
@@ -283,7 +309,7 @@ impl ServerSide {
             .blockers
             .iter()
             .filter_map(|b| {
-                let ids = self.traced_work(b.pid as u32, recon)?;
+                let ids = self.traced_work(self.host_of(b.pid), recon)?;
                 Some(span::Link {
                     trace_id: ids.trace_id,
                     span_id: ids.span_id,
@@ -298,17 +324,18 @@ impl ServerSide {
 
     fn deadlock(&mut self, victim: u32, wait: Option<Ids>, ts_ns: u64, recon: &mut Reconstructor) {
         let blockers = wait.and_then(|w| self.facts.get(&w.span_id).cloned().flatten()).map(|f| f.blockers).unwrap_or_default();
-        let mut attrs = vec![KeyValue::new("db.postgresql.deadlock.victim.pid", victim as i64)];
-        let mut pids = vec![victim as i64];
+        let victim_ns = self.pids.ns(victim);
+        let mut attrs = vec![KeyValue::new("db.postgresql.deadlock.victim.pid", victim_ns as i64)];
+        let mut pids = vec![victim_ns as i64];
         if let Some(q) = self.tracker.running_query(victim) {
             attrs.push(KeyValue::new("db.postgresql.deadlock.victim.query", crate::sql::facts(q, self.obfuscate).text));
         }
         for b in &blockers {
             pids.push(b.pid as i64);
             attrs.push(KeyValue::new("db.postgresql.deadlock.other.pid", b.pid as i64));
-            let q = self.tracker.running_query(b.pid as u32).map(str::to_string).unwrap_or_else(|| b.query.clone());
+            let q = self.tracker.running_query(self.host_of(b.pid)).map(str::to_string).unwrap_or_else(|| b.query.clone());
             attrs.push(KeyValue::new("db.postgresql.deadlock.other.query", crate::sql::facts(&q, self.obfuscate).text));
-            if let Some(ids) = self.traced_work(b.pid as u32, recon) {
+            if let Some(ids) = self.traced_work(self.host_of(b.pid), recon) {
                 attrs.push(KeyValue::new("db.postgresql.deadlock.other.trace_id", format!("{:032x}", ids.trace_id)));
                 attrs.push(KeyValue::new("db.postgresql.deadlock.other.span_id", format!("{:016x}", ids.span_id)));
             }
@@ -323,9 +350,9 @@ impl ServerSide {
         if let Some(w) = wait {
             self.tracker.annotate_wait(w, ev.clone());
         }
-        recon.annotate(victim as i32, ev.clone());
+        recon.annotate(victim_ns, ev.clone());
         for b in &blockers {
-            if let Some(w) = self.tracker.open_wait(b.pid as u32) {
+            if let Some(w) = self.tracker.open_wait(self.host_of(b.pid)) {
                 self.tracker.annotate_wait(w, ev.clone());
             }
             recon.annotate(b.pid, ev.clone());
@@ -370,7 +397,7 @@ impl ServerSide {
             let info = self.backend_info(pid);
             // Parallel workers report their leader's statement and never go
             // idle: the leader's span is the one that counts.
-            if own.contains(&(pid as i32)) || info.as_ref().is_some_and(|b| b.backend_type == "parallel worker") {
+            if own.contains(&self.pids.ns(pid)) || info.as_ref().is_some_and(|b| b.backend_type == "parallel worker") {
                 if let ServerSpan::Wait(w) = &s {
                     self.facts.remove(&w.ids.span_id);
                     self.links.remove(&w.ids.span_id);
@@ -383,14 +410,15 @@ impl ServerSide {
                 self.held.push((s, since));
                 continue;
             }
+            let ns = self.pids.ns(pid);
             let r = match &s {
-                ServerSpan::Query(q) => exporter.emit_server_query(q, info.as_deref()),
-                ServerSpan::Txn(t) => exporter.emit_server_txn(t, info.as_deref()),
+                ServerSpan::Query(q) => exporter.emit_server_query(q, ns, info.as_deref()),
+                ServerSpan::Txn(t) => exporter.emit_server_txn(t, ns, info.as_deref()),
                 ServerSpan::Wait(w) => {
                     let id = w.ids.span_id;
                     let facts = self.facts.remove(&id).flatten().unwrap_or_default();
                     let links = self.links.remove(&id).unwrap_or_default();
-                    exporter.emit_wait(w, &facts, &links)
+                    exporter.emit_wait(w, ns, &facts, &links)
                 }
             };
             if let Err(e) = r {
@@ -406,11 +434,12 @@ impl ServerSide {
             .iter()
             .map(|(s, _)| s.pid())
             .collect();
-        let backends = &mut self.backends;
+        let (backends, pids) = (&mut self.backends, &mut self.pids);
         self.exited.retain(|pid| {
             let keep = held.contains(pid) || matches!(backends.get(pid), Some(Lookup::Pending));
             if !keep {
                 backends.remove(pid);
+                pids.forget(*pid);
             }
             keep
         });

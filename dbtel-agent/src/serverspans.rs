@@ -45,10 +45,10 @@ fn backend_attributes(b: &Backend, a: &mut Vec<KeyValue>) {
     }
 }
 
-pub fn describe_query(q: &ServerQuery, facts: &QueryFacts, backend: Option<&Backend>) -> Described {
+pub fn describe_query(q: &ServerQuery, backend_pid: i32, facts: &QueryFacts, backend: Option<&Backend>) -> Described {
     let mut a = vec![
         KeyValue::new("db.system.name", "postgresql"),
-        KeyValue::new("db.postgresql.backend.pid", q.pid as i64),
+        KeyValue::new("db.postgresql.backend.pid", backend_pid as i64),
     ];
     a.extend_from_slice(&facts.attrs);
     let name = facts.name().unwrap_or_else(|| "postgresql".into());
@@ -77,7 +77,7 @@ pub fn describe_query(q: &ServerQuery, facts: &QueryFacts, backend: Option<&Back
     Described { name, attributes: a, error }
 }
 
-pub fn describe_txn(t: &ServerTxn, backend: Option<&Backend>) -> Described {
+pub fn describe_txn(t: &ServerTxn, backend_pid: i32, backend: Option<&Backend>) -> Described {
     let outcome = match t.outcome {
         TxnOutcome::Committed => "committed",
         TxnOutcome::RolledBack => "rolled_back",
@@ -86,7 +86,7 @@ pub fn describe_txn(t: &ServerTxn, backend: Option<&Backend>) -> Described {
     };
     let mut a = vec![
         KeyValue::new("db.system.name", "postgresql"),
-        KeyValue::new("db.postgresql.backend.pid", t.pid as i64),
+        KeyValue::new("db.postgresql.backend.pid", backend_pid as i64),
         KeyValue::new("db.transaction.outcome", outcome),
         KeyValue::new("db.transaction.aborted", t.error.is_some()),
         KeyValue::new("db.transaction.statement_count", t.statements as i64),
@@ -102,11 +102,11 @@ pub fn describe_txn(t: &ServerTxn, backend: Option<&Backend>) -> Described {
 }
 
 /// A lock wait: what was waited for, how it ended, and who held it.
-pub fn describe_wait(w: &LockWait, facts: &WaitFacts, cache: &mut FactsCache) -> Described {
+pub fn describe_wait(w: &LockWait, backend_pid: i32, facts: &WaitFacts, cache: &mut FactsCache) -> Described {
     let t = &w.tag;
     let mut a = vec![
         KeyValue::new("db.system.name", "postgresql"),
-        KeyValue::new("db.postgresql.backend.pid", w.pid as i64),
+        KeyValue::new("db.postgresql.backend.pid", backend_pid as i64),
         KeyValue::new("db.postgresql.lock.type", t.type_name()),
         KeyValue::new("db.postgresql.lock.mode", t.mode_name()),
         KeyValue::new("db.postgresql.lock.outcome", w.outcome.name().to_string()),

@@ -14,6 +14,8 @@ pub struct Cluster {
     bin: PathBuf,
     /// pg_ctl's -o: socket directory, port, settings.
     opts: String,
+    /// A server started in a PID namespace of its own: `unshare`, and the postmaster's host PID.
+    namespaced: Option<(std::process::Child, u32)>,
 }
 
 fn postgres_uid() -> (u32, u32) {
@@ -74,7 +76,7 @@ impl Cluster {
         for s in settings {
             opts.push_str(&format!(" -c {s}"));
         }
-        Cluster { dir, port, bin, opts }
+        Cluster { dir, port, bin, opts, namespaced: None }
     }
 
     /// Starts the server (pg_ctl -w: returns once it accepts connections).
@@ -85,6 +87,40 @@ impl Cluster {
             .arg("-l")
             .arg(self.dir.path().join("log"))
             .args(["-o", &self.opts, "start"]));
+    }
+
+    /// Starts the server in a PID namespace of its own, as in a container
+    /// (postmaster.pid then says 1); returns the postmaster's host PID.
+    pub fn start_in_pid_namespace(&mut self) -> u32 {
+        let (uid, gid) = postgres_uid();
+        let mut child = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "setpriv", "--reuid", &uid.to_string(), "--regid", &gid.to_string(), "--clear-groups"])
+            .arg(self.bin.join("postgres"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(self.opts.split_whitespace())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let unshare = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let pid_file = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid")).unwrap_or_default();
+            // Line 8: the postmaster's status, "ready" once it accepts connections.
+            if pid_file.lines().nth(7).is_some_and(|l| l.trim() == "ready") {
+                break;
+            }
+            assert!(child.try_wait().unwrap().is_none(), "the namespaced server exited");
+            assert!(std::time::Instant::now() < deadline, "the namespaced server never got ready");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // The postmaster is unshare's child (PID 1 inside).
+        let host = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).unwrap();
+        let host: u32 = host.split_whitespace().next().unwrap().parse().unwrap();
+        self.namespaced = Some((child, host));
+        host
     }
 
     /// A cluster that records every statement in a csvlog: the ground truth
@@ -161,6 +197,13 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if let Some((mut unshare, host)) = self.namespaced.take() {
+            // Not pg_ctl: it would signal the PID in postmaster.pid, 1, on the host.
+            // SAFETY: kill(2) on the postmaster we started (fast shutdown).
+            unsafe { libc::kill(host as i32, libc::SIGINT) };
+            let _ = unshare.wait();
+            return;
+        }
         let (uid, gid) = postgres_uid();
         let _ = Command::new(self.bin.join("pg_ctl"))
             .args(["-D"])

@@ -191,3 +191,35 @@ fn a_client_in_its_own_pid_namespace_is_traced_with_its_host_pid() {
     assert_eq!(servers.len(), 1);
     assert_eq!(servers[0].parent_span_id, clients[0].span_id, "joined through libpq's backend PID");
 }
+
+#[test]
+fn a_server_in_its_own_pid_namespace_is_joined_to_its_clients_by_its_own_pids() {
+    require_root();
+    let mut pg = Cluster::init_logged();
+    let postmaster = pg.start_in_pid_namespace();
+    let rx = Receiver::start();
+    // Long enough for the catalog to see the session (a lookup is asked at its first statement).
+    let client = psql(&pg, "select 'server in a namespace' as marker, pg_sleep(0.3)");
+    let pm = postmaster.to_string();
+    let mut args = vec!["--otlp-endpoint".to_string(), rx.http_endpoint(), "--pid".into(), pm, "--".into()];
+    args.push(client.get_program().to_string_lossy().into_owned());
+    args.extend(client.get_args().map(|a| a.to_string_lossy().into_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = dbtel_tests::run_agent(&args, b"", Duration::from_secs(60));
+    assert!(run.status.success(), "{run:?}");
+    let spans = rx.spans();
+
+    // The server logs its own PIDs: the namespace's.
+    let backends = backends_that_ran(&pg, "server in a namespace");
+    assert_eq!(backends.len(), 1);
+    let client_spans: Vec<&Span> = spans.iter().filter(|s| s.kind == CLIENT && s.text() == "select ? as marker, pg_sleep(?)").collect();
+    assert_eq!(client_spans.len(), 1, "{spans:?}");
+    assert_eq!(client_spans[0].int("db.postgresql.backend.pid"), Some(backends[0] as i64), "libpq's backend PID");
+    let servers = server_spans_of(&spans, backends[0]);
+    assert_eq!(servers.len(), 1, "the server span carries the PID the server knows: {spans:?}");
+    let s = servers[0];
+    assert_eq!(s.resource_int("process.pid"), Some(postmaster as i64), "the resource has the host's PID");
+    assert_eq!(s.parent_span_id, client_spans[0].span_id, "joined through the translated backend PID");
+    // The catalog (pg_stat_activity, by the namespace's PID) knew the backend.
+    assert_eq!(s.str("db.postgresql.application_name"), Some("psql"));
+}
