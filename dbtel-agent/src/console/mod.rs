@@ -7,7 +7,7 @@ use std::{io::Write, sync::Arc};
 
 use opentelemetry::{
     trace::{SpanKind, Status},
-    Array, Value,
+    Array, KeyValue, Value,
 };
 use opentelemetry_sdk::{
     error::{OTelSdkError, OTelSdkResult},
@@ -88,12 +88,13 @@ impl SpanExporter for Console {
     }
 }
 
-pub(crate) fn attr<'a>(s: &'a SpanData, key: &str) -> Option<&'a Value> {
-    s.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| &kv.value)
+/// An attribute as text, from a span's, an event's or a link's attributes.
+fn value_of(kvs: &[KeyValue], key: &str) -> Option<String> {
+    kvs.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string())
 }
 
 fn get(s: &SpanData, key: &str) -> Option<String> {
-    attr(s, key).map(|v| v.to_string())
+    value_of(&s.attributes, key)
 }
 
 /// The traced process: the client's, else the server backend's.
@@ -154,7 +155,7 @@ fn json_value(v: &Value) -> Json {
     }
 }
 
-fn json_attributes(kvs: &[opentelemetry::KeyValue]) -> Json {
+fn json_attributes(kvs: &[KeyValue]) -> Json {
     Json::Object(kvs.iter().map(|kv| (kv.key.to_string(), json_value(&kv.value))).collect())
 }
 

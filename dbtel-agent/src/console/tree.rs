@@ -14,7 +14,7 @@ use std::{
 use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::trace::SpanData;
 
-use super::{duration_ms, get, kind_name, pid, push_outcome};
+use super::{duration_ms, get, kind_name, pid, push_outcome, value_of};
 
 /// A trace prints once its root is in and none of its spans has come for
 /// this long. The root can come first: a client query is exported when it
@@ -204,11 +204,11 @@ impl Walk<'_> {
         let kids = &self.children[i];
         let bar = if kids.is_empty() { "  " } else { "│ " };
         for l in a.span.links.iter() {
-            let how = match attr_of(&l.attributes, "dbtel.link.type").as_deref() {
+            let how = match value_of(&l.attributes, "dbtel.link.type").as_deref() {
                 Some("blocked_by") => "blocked by",
                 _ => "linked to",
             };
-            let who = attr_of(&l.attributes, "db.postgresql.backend.pid").map(|p| format!(" (backend pid={p})")).unwrap_or_default();
+            let who = value_of(&l.attributes, "db.postgresql.backend.pid").map(|p| format!(" (backend pid={p})")).unwrap_or_default();
             self.out.push_str(&format!(
                 "{below}{bar}↳ {how} trace {} span {}{who}\n",
                 l.span_context.trace_id(),
@@ -219,10 +219,6 @@ impl Walk<'_> {
             self.span(c, &below, Some(n + 1 == kids.len()));
         }
     }
-}
-
-fn attr_of(kvs: &[opentelemetry::KeyValue], key: &str) -> Option<String> {
-    kvs.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string())
 }
 
 /// `NAME  KIND  duration  service pid=…` and the span's key attributes.
