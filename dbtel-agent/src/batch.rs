@@ -28,7 +28,7 @@ const HANDOFF: usize = 256;
 /// dropped and counted.
 const QUEUE_BATCHES: usize = 256;
 /// Longest a span waits before export when traffic is light.
-const FLUSH_EVERY: Duration = Duration::from_millis(500);
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(500);
 
 /// How an export future is driven: tonic needs the agent's tokio runtime;
 /// reqwest's blocking client must not run inside one.

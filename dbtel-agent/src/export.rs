@@ -4,7 +4,6 @@
 //! show at exit.
 
 use std::{
-    io::Write,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -15,11 +14,11 @@ use std::{
 use dbtel_common::func;
 use opentelemetry::{
     trace::{Event as OtelEvent, SamplingDecision, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
-    InstrumentationScope, KeyValue, Value,
+    InstrumentationScope, KeyValue,
 };
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
-    error::{OTelSdkError, OTelSdkResult},
+    error::OTelSdkResult,
     trace::{Config, SpanData, SpanEvents, SpanExporter, SpanLinks},
     Resource,
 };
@@ -28,6 +27,7 @@ use crate::{
     batch::{Driver, Pipeline},
     backend::{LockWait, ServerQuery, ServerTxn},
     catalog,
+    console::{Console, ConsoleFormat, TreePrinter},
     reconstruct::{ConnInfo, End, QuerySpan},
     serverspans::{self, WaitFacts},
     span::{self, Ids},
@@ -58,6 +58,8 @@ pub struct ExportConfig {
     pub service_name: Option<String>,
     /// Export query text as sent, literals included.
     pub raw_text: bool,
+    /// With the console exporter.
+    pub console_format: ConsoleFormat,
 }
 
 /// Delivery counters, shared with the export threads.
@@ -153,6 +155,8 @@ pub struct Exporter {
     scope: InstrumentationScope,
     host_name: String,
     facts: sql::FactsCache,
+    /// Console trees: one printer for all pipelines (a trace spans processes).
+    tree: Option<TreePrinter>,
     pub stats: Arc<ExportStats>,
 }
 
@@ -161,6 +165,7 @@ impl Exporter {
     /// where tonic finds no reactor otherwise.
     pub fn new(cfg: ExportConfig, clock: Clock, runtime: Option<tokio::runtime::Handle>) -> Self {
         let facts = sql::FactsCache::new(!cfg.raw_text, 10_000);
+        let tree = (cfg.kind == ExporterKind::Console && cfg.console_format == ConsoleFormat::Tree).then(TreePrinter::start);
         Exporter {
             cfg,
             clock,
@@ -172,6 +177,7 @@ impl Exporter {
             scope: InstrumentationScope::builder("dbtel").with_version(env!("CARGO_PKG_VERSION")).build(),
             host_name: host_name(),
             facts,
+            tree,
             stats: Arc::default(),
         }
     }
@@ -211,7 +217,9 @@ impl Exporter {
         let resource = self.resource(pid);
         let stats = self.stats.clone();
         Ok(match self.cfg.kind {
-            ExporterKind::Console => Pipeline::start(Console, &resource, Driver::Plain, stats),
+            ExporterKind::Console => {
+                Pipeline::start(Console::new(self.cfg.console_format, self.tree.as_ref()), &resource, Driver::Plain, stats)
+            }
             ExporterKind::None => Pipeline::start(Discard, &resource, Driver::Plain, stats),
             ExporterKind::Otlp => match self.cfg.protocol {
                 Protocol::Grpc => {
@@ -349,6 +357,9 @@ impl Exporter {
             if !p.shutdown(Duration::from_secs(60)) {
                 log::warn!("exporting spans of process {pid}: timed out");
             }
+        }
+        if let Some(t) = self.tree.as_mut() {
+            t.finish();
         }
     }
 }
@@ -492,20 +503,6 @@ pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Describe
     Described { name, attributes: a, error }
 }
 
-/// `--exporter console`: one readable line per span on stdout.
-#[derive(Debug)]
-struct Console;
-
-impl SpanExporter for Console {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let mut out = std::io::stdout().lock();
-        for s in &batch {
-            writeln!(out, "{}", console_line(s)).map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?;
-        }
-        out.flush().map_err(|e| OTelSdkError::InternalFailure(e.to_string()))
-    }
-}
-
 #[derive(Debug)]
 struct Discard;
 
@@ -513,35 +510,6 @@ impl SpanExporter for Discard {
     async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
         Ok(())
     }
-}
-
-fn attr<'a>(s: &'a SpanData, key: &str) -> Option<&'a Value> {
-    s.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| &kv.value)
-}
-
-pub fn console_line(s: &SpanData) -> String {
-    let dur = s.end_time.duration_since(s.start_time).unwrap_or_default();
-    let get = |k: &str| attr(s, k).map(|v| v.to_string());
-    let mut line = format!(
-        "{} {:>10.3} ms  pid={} {:<32}",
-        humantime::format_rfc3339_micros(s.start_time),
-        dur.as_secs_f64() * 1e3,
-        get("process.pid").or_else(|| get("db.postgresql.backend.pid")).unwrap_or_default(),
-        s.name,
-    );
-    if let Some(r) = get("db.response.returned_rows") {
-        line.push_str(&format!(" rows={r}"));
-    }
-    if let Some(e) = get("error.type") {
-        line.push_str(&format!(" error={e}"));
-    }
-    if let Some(db) = get("db.namespace") {
-        line.push_str(&format!(" db={db}"));
-    }
-    if let Some(t) = get("db.query.text") {
-        line.push_str(&format!("  {t:?}"));
-    }
-    line
 }
 
 #[cfg(test)]

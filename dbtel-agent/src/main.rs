@@ -7,6 +7,7 @@ use std::{process::ExitCode, sync::atomic::Ordering};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use dbtel_agent::{
+    console::ConsoleFormat,
     export::{Clock, ExportConfig, Exporter, ExporterKind, Protocol},
     run::{run, RunConfig, Summary},
     servers::CatalogSettings,
@@ -17,7 +18,7 @@ use dbtel_common::counter;
 enum ExporterArg {
     /// OTLP to OTEL_EXPORTER_OTLP_ENDPOINT (or --otlp-endpoint).
     Otlp,
-    /// One line per span on stdout.
+    /// Spans on stdout (see --console-format).
     Console,
     /// Build spans, export nothing (for measuring).
     None,
@@ -192,6 +193,14 @@ fn real_main() -> anyhow::Result<ExitCode> {
         ProtocolArg::Grpc => Protocol::Grpc,
         ProtocolArg::HttpProtobuf => Protocol::HttpProtobuf,
     };
+    let console_format = match cli.console_format {
+        Some(ConsoleFormatArg::Lines) => ConsoleFormat::Lines,
+        Some(ConsoleFormatArg::Tree) => ConsoleFormat::Tree,
+        Some(ConsoleFormatArg::Json) => ConsoleFormat::Json,
+        // SAFETY: isatty on a descriptor number has no preconditions.
+        None if unsafe { libc::isatty(1) } == 1 => ConsoleFormat::Tree,
+        None => ConsoleFormat::Lines,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -204,6 +213,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             endpoint: cli.otlp_endpoint,
             service_name: cli.service_name,
             raw_text: cli.raw_query_text,
+            console_format,
         },
         Clock::now(),
         Some(rt.handle().clone()),

@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// How long a finished lock wait may wait for the catalog's answer.
-const FACTS_DEADLINE: Duration = Duration::from_secs(2);
+pub(crate) const FACTS_DEADLINE: Duration = Duration::from_secs(2);
 /// A wait is looked up in the catalog only if it lasts this long:
 /// pg_blocking_pids takes every lock-manager partition lock, and a busy
 /// server has many sub-millisecond waits (measured: looking each up cost a

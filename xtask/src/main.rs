@@ -5,6 +5,7 @@
 //! rust-src component, bpf-linker 0.13.0 and psycopg2.
 
 use std::{
+    io::Write,
     path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
@@ -26,7 +27,7 @@ struct Cli {
 enum Task {
     /// Install every prerequisite (idempotent; needs root).
     Setup,
-    /// Start a throwaway PostgreSQL and a small libpq workload, and trace it on the console.
+    /// Start a throwaway PostgreSQL and two psql sessions, one blocking the other, and trace them on the console as trees.
     Demo,
     /// Measure what tracing costs pgbench (A/A, then interleaved A/B pairs); writes target/bench/results.{md,json}.
     Bench {
@@ -179,28 +180,63 @@ fn test(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// cargo's target directory (CARGO_TARGET_DIR when set).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+}
+
 fn demo() -> Result<()> {
     run(cargo().args(["build", "-p", "dbtel-agent"]))?;
-    let agent = root().join("target/debug/dbtel-agent");
+    let agent = target_dir().join("debug/dbtel-agent");
     eprintln!("xtask: starting a throwaway PostgreSQL");
     let pg = dbtel_tests::Cluster::start();
-    let conn = pg.conn_args();
-    pg.pgbench_init(1);
-    // The workload: pgbench at 4 transactions a second for 8 seconds.
-    let mut workload = Command::new(pg.bin("pgbench"))
-        .args(&conn)
-        .args(["-n", "-c", "1", "-T", "8", "-R", "4", "postgres"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let pid = workload.id().to_string();
-    let server = pg.postmaster_pid().to_string();
-    std::thread::sleep(Duration::from_millis(200));
-    eprintln!("xtask: dbtel-agent --exporter console --pid {pid} --pid {server}   (pgbench and its server: one trace per transaction)");
-    let mut agent = Command::new(&agent).args(["--exporter", "console", "--pid", &pid, "--pid", &server]).spawn()?;
-    let _ = workload.wait();
-    // The server outlives pgbench: stop the agent as a user would (it flushes first).
-    std::thread::sleep(Duration::from_secs(1));
+    pg.psql("postgres", "create table t (id int primary key, v int); insert into t values (1, 0)");
+    // Two psql sessions, connected and waiting for statements on stdin: traced by PID.
+    let session = || {
+        Command::new(pg.bin("psql"))
+            .args(pg.conn_args())
+            .args(["-X", "-q", "-d", "postgres"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+    };
+    let (mut a, mut b) = (session()?, session()?);
+    let (pa, pb, server) = (a.id().to_string(), b.id().to_string(), pg.postmaster_pid().to_string());
+    let args = ["--exporter", "console", "--console-format", "tree", "--pid", &pa, "--pid", &pb, "--pid", &server];
+    eprintln!("xtask: dbtel-agent {}   (psql A, psql B and their server)", args.join(" "));
+    let mut agent = Command::new(&agent).args(args).stderr(Stdio::piped()).spawn()?;
+    // Its log passes through; the demo goes on once every probe is in place.
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let log = agent.stderr.take().context("agent stderr")?;
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(log)).map_while(Result::ok) {
+            eprintln!("{line}");
+            if line.starts_with("dbtel: tracing") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    if ready.recv_timeout(Duration::from_secs(30)).is_err() {
+        let _ = agent.kill();
+        bail!("dbtel-agent did not start tracing");
+    }
+    // A takes the row and keeps it 1.5 s; B asks for it 0.3 s later and waits for A's COMMIT.
+    eprintln!("xtask: A: BEGIN; UPDATE t SET v = v + 1 WHERE id = 1; SELECT pg_sleep(1.5); COMMIT;");
+    let say = |c: &mut std::process::Child, sql: &str| -> Result<()> {
+        // Closing stdin ends the session after these statements.
+        c.stdin.take().context("psql stdin")?.write_all(sql.as_bytes())?;
+        Ok(())
+    };
+    say(&mut a, "BEGIN;\nUPDATE t SET v = v + 1 WHERE id = 1;\nSELECT pg_sleep(1.5);\nCOMMIT;\n")?;
+    std::thread::sleep(Duration::from_millis(300));
+    eprintln!("xtask: B: UPDATE t SET v = v + 1 WHERE id = 1;   (waits for A's row lock)");
+    say(&mut b, "UPDATE t SET v = v + 1 WHERE id = 1;\n")?;
+    for c in [&mut a, &mut b] {
+        c.wait()?;
+    }
+    // The server is still traced: let the trees print as they complete
+    // (a few seconds after their last span), then stop as a user would.
+    std::thread::sleep(Duration::from_secs(4));
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
     let status = agent.wait()?;
