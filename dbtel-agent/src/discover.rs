@@ -136,6 +136,26 @@ pub fn parse_maps(maps: &str) -> Vec<String> {
     out
 }
 
+/// The system's libpq per the loader cache (what a dynamically linked
+/// program or a Python extension will load).
+pub fn system_libpq() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(o) = std::process::Command::new("/sbin/ldconfig").arg("-p").output() {
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            if let Some((name, path)) = line.split_once("=>") {
+                if name.trim_start().starts_with("libpq.so") {
+                    if let Ok(real) = std::fs::canonicalize(path.trim()) {
+                        if !out.contains(&real) {
+                            out.push(real);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Every mapped ELF object of `pid` that defines libpq's functions: a shared
 /// libpq, or an executable or library with libpq linked in.
 pub fn find_libpq(pid: u32) -> Result<Vec<LibpqTarget>, DiscoverError> {

@@ -3,6 +3,7 @@ pub mod attach;
 pub mod backend;
 pub mod batch;
 pub mod catalog;
+pub mod check;
 pub mod console;
 pub mod contention;
 pub mod discover;

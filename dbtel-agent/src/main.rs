@@ -160,6 +160,10 @@ enum Sub {
     /// chains, lock waits, transactions, long queries. Connection settings come from
     /// the PG* environment variables or --catalog-config, never the command line.
     Contention(dbtel_agent::contention::ContentionArgs),
+    /// Would tracing work here? Kernel features, capabilities, each target (--pid or
+    /// --all with its selectors: library or server, probe points, layouts), its
+    /// catalog, the OTLP endpoint. One line per finding; exit 1 if tracing would fail.
+    Check(dbtel_agent::check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -178,9 +182,13 @@ fn main() -> ExitCode {
 
 fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    if let Some(Sub::Contention(args)) = cli.sub {
-        dbtel_agent::contention::run(args)?;
-        return Ok(ExitCode::SUCCESS);
+    match cli.sub {
+        Some(Sub::Contention(args)) => {
+            dbtel_agent::contention::run(args)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(Sub::Check(args)) => return Ok(if dbtel_agent::check::run(args)? { ExitCode::SUCCESS } else { ExitCode::from(1) }),
+        None => {}
     }
     let console = std::env::var("OTEL_USE_CONSOLE").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
     let kind = match cli.exporter {

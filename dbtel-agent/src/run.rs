@@ -299,29 +299,9 @@ impl Agent {
 /// Candidate libpq files a command may load, known before it runs.
 fn command_candidates(program: &str) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = resolve_program(program).into_iter().collect();
-    for p in system_libpq() {
+    for p in discover::system_libpq() {
         if !out.contains(&p) {
             out.push(p);
-        }
-    }
-    out
-}
-
-/// The system's libpq per the loader cache (what a dynamically linked
-/// program or a Python extension will load).
-fn system_libpq() -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(o) = std::process::Command::new("/sbin/ldconfig").arg("-p").output() {
-        for line in String::from_utf8_lossy(&o.stdout).lines() {
-            if let Some((name, path)) = line.split_once("=>") {
-                if name.trim_start().starts_with("libpq.so") {
-                    if let Ok(real) = std::fs::canonicalize(path.trim()) {
-                        if !out.contains(&real) {
-                            out.push(real);
-                        }
-                    }
-                }
-            }
         }
     }
     out

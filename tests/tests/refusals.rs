@@ -38,41 +38,15 @@ fn process_without_libpq() {
 #[test]
 fn libpq_lacking_the_expected_symbols() {
     require_root();
-    // A library that looks like libpq (PQexec, PQgetResult) but is not one.
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("fakepq.c");
-    std::fs::write(&src, "void *PQexec(void *c, const char *q) { return 0; }\nvoid *PQgetResult(void *c) { return 0; }\n").unwrap();
-    let lib = dir.path().join("libpq.so.5");
-    let cc = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&lib).arg(&src).status().unwrap();
-    assert!(cc.success());
-    let mut py = Command::new("python3")
-        .args(["-c", "import ctypes, sys; ctypes.CDLL(sys.argv[1]); print('ok', flush=True); sys.stdin.read()"])
-        .arg(&lib)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(py.stdout.as_mut().unwrap()), &mut line).unwrap();
-    assert_eq!(line.trim(), "ok");
-    let pid = py.id().to_string();
-    let msg = refused(&["--pid", &pid]);
-    py.kill().unwrap();
-    let _ = py.wait();
-    assert_eq!(
-        msg,
-        format!(
-            "dbtel-agent: {} (process {pid}) has libpq symbols but lacks PQexecParams, PQprepare, PQexecPrepared, \
-             PQsendQuery, PQsendQueryParams, PQsendPrepare, PQsendQueryPrepared, PQfinish: unsupported libpq build",
-            lib.display()
-        )
-    );
+    let fake = dbtel_tests::FakeLibpq::start();
+    let msg = refused(&["--pid", &fake.pid().to_string()]);
+    assert_eq!(msg, format!("dbtel-agent: {}", fake.refusal()));
 }
 
 #[test]
 fn nothing_to_trace() {
     require_root();
-    assert_eq!(refused(&[]), "dbtel-agent: nothing to trace: give --pid <PID> or -- <command>");
+    assert_eq!(refused(&[]), "dbtel-agent: nothing to trace: give --pid <PID>, --all or -- <command>");
 }
 
 #[test]

@@ -32,7 +32,7 @@ impl Agent {
             }
         }
         // The system's libpq (what a program started later will load), then every mapped one.
-        for path in super::system_libpq() {
+        for path in discover::system_libpq() {
             let p = path.to_string_lossy().into_owned();
             lines.extend(self.probe_file(std::process::id(), &p, &path));
         }

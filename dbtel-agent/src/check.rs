@@ -1,0 +1,370 @@
+//! `dbtel-agent check`: would tracing work here? The kernel, the agent's
+//! privileges, each selected target, its catalog and the OTLP endpoint, one
+//! line each; a problem's line says what to do. Nothing is attached.
+
+use std::{
+    net::ToSocketAddrs,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    catalog::{self, Catalog, CatalogConfig},
+    discover,
+    host::{select::Selectors, tracefs},
+    hostwide, server,
+};
+
+/// What `check` looks at (the agent's own flags of the same names).
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// A process to check (repeatable): a libpq client or a PostgreSQL server.
+    #[arg(short, long = "pid", value_name = "PID", conflicts_with = "all")]
+    pids: Vec<u32>,
+    /// Check every server and libpq the host has, as --all would trace them.
+    #[arg(long)]
+    all: bool,
+    #[arg(long = "exe", value_name = "GLOB", requires = "all")]
+    exe: Vec<String>,
+    #[arg(long = "exclude-exe", value_name = "GLOB", requires = "all")]
+    exclude_exe: Vec<String>,
+    #[arg(long = "port", value_name = "PORT", requires = "all")]
+    port: Vec<u16>,
+    #[arg(long = "cgroup", value_name = "GLOB", requires = "all")]
+    cgroup: Vec<String>,
+    /// OTLP endpoint base URL (default: OTEL_EXPORTER_OTLP_ENDPOINT, else localhost).
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "http/protobuf", value_parser = ["grpc", "http/protobuf"])]
+    otlp_protocol: String,
+    /// Catalog connection settings (libpq `key=value` file), as the agent's flag.
+    #[arg(long, value_name = "FILE")]
+    catalog_config: Option<std::path::PathBuf>,
+    /// Do not check catalog connections.
+    #[arg(long)]
+    no_catalog: bool,
+    /// Skip the OTLP endpoint (e.g. with --exporter console or none).
+    #[arg(long)]
+    no_otlp: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub lines: Vec<(Level, String)>,
+}
+
+impl Report {
+    fn ok(&mut self, m: impl Into<String>) {
+        self.lines.push((Level::Ok, m.into()));
+    }
+    fn warn(&mut self, m: impl Into<String>) {
+        self.lines.push((Level::Warn, m.into()));
+    }
+    fn fail(&mut self, m: impl Into<String>) {
+        self.lines.push((Level::Fail, m.into()));
+    }
+    pub fn failed(&self) -> bool {
+        self.lines.iter().any(|(l, _)| *l == Level::Fail)
+    }
+    pub fn print(&self) {
+        for (level, m) in &self.lines {
+            let tag = match level {
+                Level::Ok => "ok  ",
+                Level::Warn => "warn",
+                Level::Fail => "FAIL",
+            };
+            println!("{tag}  {m}");
+        }
+    }
+}
+
+/// Capabilities the agent uses: (bit, name, what for, needed to trace at all).
+const CAPABILITIES: &[(u32, &str, &str, bool)] = &[
+    (39, "CAP_BPF", "load the eBPF programs and maps", true),
+    (38, "CAP_PERFMON", "attach uprobes and tracepoints", true),
+    (19, "CAP_SYS_PTRACE", "read other processes' /proc/PID/maps and executables", true),
+    (21, "CAP_SYS_ADMIN", "mount tracefs when it is absent", false),
+    (2, "CAP_DAC_READ_SEARCH", "read files inside containers (/proc/PID/root)", false),
+];
+
+/// The effective capability set, from a /proc/PID/status text.
+pub fn effective_caps(status: &str) -> Option<u64> {
+    u64::from_str_radix(status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim(), 16).ok()
+}
+
+/// The kernel release's (major, minor).
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
+    let started = Instant::now();
+    let mut r = Report::default();
+    let servers_needed = args.all || args.pids.iter().any(|p| matches!(server::inspect(*p), Ok(Some(_))));
+    check_kernel(&mut r, servers_needed);
+    check_caps(&mut r, servers_needed);
+    // The real test of kernel and privileges: the verifier accepts every program.
+    match crate::attach::Probes::load(crate::EBPF_OBJECT, 4096, false, args.all) {
+        Ok(_) => r.ok("eBPF programs load (every program verified, maps created)"),
+        Err(e) => r.fail(e.to_string()),
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut servers = Vec::new();
+    for &pid in &args.pids {
+        check_pid(&mut r, pid, &mut servers);
+    }
+    if args.all {
+        let sel = Selectors::new(&args.exe, &args.exclude_exe, &args.port, &args.cgroup)?;
+        check_host(&mut r, &sel, &mut servers);
+    }
+    if !args.no_catalog {
+        for pm in servers {
+            check_catalog(&mut r, &rt, pm, args.catalog_config.as_deref());
+        }
+    }
+    if !args.no_otlp {
+        check_otlp(&mut r, args.otlp_endpoint.as_deref(), args.otlp_protocol == "grpc");
+    }
+    r.print();
+    println!("{} in {:.2} s", if r.failed() { "tracing would fail" } else { "ready to trace" }, started.elapsed().as_secs_f64());
+    Ok(!r.failed())
+}
+
+fn check_kernel(r: &mut Report, servers_needed: bool) {
+    // SAFETY: uname fills the struct we pass.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    unsafe { libc::uname(&mut u) };
+    // SAFETY: uname NUL-terminates release.
+    let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy().into_owned();
+    let mut have = Vec::new();
+    match kernel_version(&release) {
+        // Ring buffers came in 5.8, BPF cookies (one program, many probe points) in 5.15.
+        Some(v) if v >= (5, 15) => have.push("ring buffer, BPF cookies"),
+        _ => r.fail(format!("kernel {release}: dbtel needs Linux 5.15 or later (BPF ring buffer and attach cookies)")),
+    }
+    if Path::new("/sys/kernel/btf/vmlinux").exists() {
+        have.push("BTF");
+    } else {
+        r.warn("kernel without BTF (/sys/kernel/btf/vmlinux): fine for dbtel's programs, but CONFIG_DEBUG_INFO_BTF is usual and expected");
+    }
+    if Path::new("/sys/bus/event_source/devices/uprobe/type").exists() {
+        have.push("uprobes");
+    } else {
+        r.fail("kernel without uprobes (no /sys/bus/event_source/devices/uprobe): build it with CONFIG_UPROBE_EVENTS");
+    }
+    r.ok(format!("kernel {release}: {}", have.join(", ")));
+    match tracefs::ensure() {
+        Ok(p) => r.ok(format!("tracefs at {}", p.display())),
+        Err(e) if servers_needed => r.fail(e.to_string()),
+        Err(e) => r.warn(format!("{e} (needed for servers and --all)")),
+    }
+}
+
+fn check_caps(r: &mut Report, servers_needed: bool) {
+    let Some(eff) = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| effective_caps(&s)) else {
+        r.fail("cannot read this process's capabilities (/proc/self/status)");
+        return;
+    };
+    let mut held = Vec::new();
+    for &(bit, name, why, needed) in CAPABILITIES {
+        if eff & (1 << bit) != 0 {
+            held.push(name);
+        } else if (bit == 39 || bit == 38) && eff & (1 << 21) != 0 {
+            // Before 5.8 CAP_SYS_ADMIN was the capability for both; it still covers them.
+            held.push(if bit == 39 { "CAP_BPF (as CAP_SYS_ADMIN)" } else { "CAP_PERFMON (as CAP_SYS_ADMIN)" });
+        } else if needed || (bit == 21 && servers_needed && tracefs_missing()) {
+            r.fail(format!("missing {name}: needed to {why}; run as root or grant it (systemd AmbientCapabilities=, Kubernetes securityContext.capabilities.add)"));
+        } else {
+            r.warn(format!("missing {name}: needed to {why}"));
+        }
+    }
+    if !held.is_empty() {
+        r.ok(format!("capabilities held: {}", held.join(", ")));
+    }
+}
+
+fn tracefs_missing() -> bool {
+    !["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"].iter().any(|p| Path::new(p).exists())
+}
+
+fn check_pid(r: &mut Report, pid: u32, servers: &mut Vec<u32>) {
+    if !discover::process_exists(pid) {
+        r.fail(format!("no process with PID {pid}"));
+        return;
+    }
+    match server::inspect(pid) {
+        Ok(Some(t)) => {
+            server_line(r, &t);
+            servers.push(t.postmaster);
+            return;
+        }
+        Ok(None) | Err(server::ServerError::Read { .. }) => {}
+        Err(e) => {
+            r.fail(e.to_string());
+            return;
+        }
+    }
+    match discover::find_libpq(pid) {
+        Ok(targets) => {
+            for t in targets {
+                libpq_line(r, &format!("PID {pid} ({})", discover::exe_name(pid)), &t);
+            }
+        }
+        Err(e) => r.fail(e.to_string()),
+    }
+}
+
+fn server_line(r: &mut Report, t: &server::ServerTarget) {
+    r.ok(format!("PostgreSQL server {} ({}): {} USDT and function probe sites", t.postmaster, t.exe, t.sites.len()));
+    for w in &t.warnings {
+        r.warn(w.clone());
+    }
+}
+
+fn libpq_line(r: &mut Report, who: &str, t: &discover::LibpqTarget) {
+    let mut m = format!("{who}: libpq {}: {} functions found", t.path, t.offsets.len());
+    match &t.result_points {
+        Ok(p) => m.push_str(&format!(", results read at {} point(s) inside PQgetResult", p.len())),
+        Err(why) => r.warn(format!("{}: PQgetResult's result point not found ({why}): entry and return probes instead", t.path)),
+    }
+    match &t.conn_layout_error {
+        None => m.push_str(", connection layout decoded"),
+        Some(e) => r.warn(format!("{}: connection layout not decoded ({e}): spans will lack db.namespace and server.*", t.path)),
+    }
+    r.ok(m);
+}
+
+/// What --all would trace: chosen running servers, and every libpq mapped
+/// (or the system's, which programs started later load).
+fn check_host(r: &mut Report, sel: &Selectors, servers: &mut Vec<u32>) {
+    let pids = hostwide::all_pids();
+    let postmasters = hostwide::postmasters(&pids, |p| matches!(server::inspect(p), Ok(Some(_))));
+    for pm in postmasters {
+        let f = hostwide::server_facts(pm);
+        if !sel.chooses(&f) {
+            r.ok(format!("PostgreSQL server {pm} ({}): not selected", f.exe));
+            continue;
+        }
+        match server::inspect(pm) {
+            Ok(Some(t)) => {
+                server_line(r, &t);
+                servers.push(pm);
+            }
+            Ok(None) => {}
+            Err(e) => r.fail(e.to_string()),
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let me = std::process::id();
+    let system = discover::system_libpq().into_iter().map(|p| (me, p.to_string_lossy().into_owned(), p));
+    let mapped = pids.iter().flat_map(|&pid| {
+        discover::executable_mappings(pid)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.contains("libpq"))
+            .map(move |p| (pid, p.clone(), format!("/proc/{pid}/root{p}").into()))
+    });
+    for (pid, path, host_path) in system.chain(mapped) {
+        let host_path: std::path::PathBuf = host_path;
+        let Some(id) = hostwide::file_id(&host_path) else { continue };
+        if !seen.insert(id) {
+            continue;
+        }
+        match discover::inspect(pid, &path, &host_path) {
+            Ok(Some(t)) => libpq_line(r, "host", &t),
+            Ok(None) => {}
+            Err(e) => r.fail(e.to_string()),
+        }
+    }
+}
+
+fn check_catalog(r: &mut Report, rt: &tokio::runtime::Runtime, pm: u32, file: Option<&Path>) {
+    let cfg = match CatalogConfig::load(file, catalog::server_defaults(pm)) {
+        Ok(c) => c,
+        Err(e) => {
+            r.fail(format!("server {pm}: catalog settings: {e}"));
+            return;
+        }
+    };
+    let cat = Catalog::new(cfg);
+    match rt.block_on(async { tokio::time::timeout(Duration::from_millis(1500), cat.check()).await }) {
+        Ok(Ok(())) => r.ok(format!("server {pm}: catalog reachable")),
+        Ok(Err(e)) => r.warn(format!(
+            "server {pm}: catalog unreachable ({e}): lock waits will lack relation names and blockers; set PGHOST/PGUSER/PGPASSWORD or --catalog-config"
+        )),
+        Err(_) => r.warn(format!("server {pm}: catalog did not answer within 1.5 s")),
+    }
+}
+
+/// The OTLP endpoint's host and port, as the exporter would reach them.
+pub fn otlp_address(endpoint: Option<&str>, grpc: bool) -> Option<(String, u16)> {
+    let url = match endpoint {
+        Some(e) => e.to_string(),
+        None if grpc => std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+            .unwrap_or_else(|_| "http://localhost:4317".into()),
+        None => crate::otlp::traces_url(None),
+    };
+    let url = reqwest::Url::parse(&url).ok()?;
+    Some((url.host_str()?.trim_matches(['[', ']']).to_string(), url.port_or_known_default()?))
+}
+
+fn check_otlp(r: &mut Report, endpoint: Option<&str>, grpc: bool) {
+    let Some((host, port)) = otlp_address(endpoint, grpc) else {
+        r.fail(format!("OTLP endpoint {:?} is not a URL", endpoint.unwrap_or("(from the environment)")));
+        return;
+    };
+    let addrs: Vec<_> = (host.as_str(), port).to_socket_addrs().map(|a| a.collect()).unwrap_or_default();
+    if addrs.is_empty() {
+        r.fail(format!("OTLP endpoint {host}:{port}: cannot resolve {host}"));
+        return;
+    }
+    let reached = addrs.iter().any(|a| std::net::TcpStream::connect_timeout(a, Duration::from_millis(500)).is_ok());
+    if reached {
+        r.ok(format!("OTLP endpoint {host}:{port} reachable"));
+    } else {
+        r.fail(format!(
+            "OTLP endpoint {host}:{port} unreachable: spans would be lost; start the collector or set --otlp-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT"
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_from_status() {
+        let root = "Name:\tx\nCapEff:\t000001ffffffffff\n";
+        let eff = effective_caps(root).unwrap();
+        assert!(CAPABILITIES.iter().all(|(bit, ..)| eff & (1 << bit) != 0));
+        let no_bpf = effective_caps("CapEff:\t000000c000280004\n").unwrap();
+        assert_eq!(no_bpf & (1 << 39), 1 << 39);
+        assert_eq!(effective_caps("CapEff:\t0000000000000000\n"), Some(0));
+        assert_eq!(effective_caps("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(kernel_version("6.18.44-fc-v669"), Some((6, 18)));
+        assert_eq!(kernel_version("5.15.0-91-generic"), Some((5, 15)));
+        assert!(kernel_version("5.4.0").unwrap() < (5, 15));
+        assert_eq!(kernel_version("weird"), None);
+    }
+
+    #[test]
+    fn otlp_addresses() {
+        assert_eq!(otlp_address(Some("http://collector:4318"), false), Some(("collector".into(), 4318)));
+        assert_eq!(otlp_address(Some("https://otel.example.com"), false), Some(("otel.example.com".into(), 443)));
+        assert_eq!(otlp_address(Some("http://[::1]:4317"), true), Some(("::1".into(), 4317)));
+        assert_eq!(otlp_address(Some("not a url"), false), None);
+    }
+}
