@@ -217,6 +217,13 @@ impl Agent {
 
     /// Looks for libpq mapped since the last look (dlopen, exec).
     fn rescan(&mut self, pid: u32) {
+        if self.host.is_some() {
+            // Host-wide, each file is judged once for all processes.
+            for line in self.probe_mappings(pid) {
+                log::info!("process {pid} mapped new libpq: {line}");
+            }
+            return;
+        }
         let Ok(paths) = discover::executable_mappings(pid) else { return };
         for path in paths {
             if !self.inspected.insert((pid, path.clone())) {

@@ -223,3 +223,42 @@ fn a_server_in_its_own_pid_namespace_is_joined_to_its_clients_by_its_own_pids() 
     // The catalog (pg_stat_activity, by the namespace's PID) knew the backend.
     assert_eq!(s.str("db.postgresql.application_name"), Some("psql"));
 }
+
+#[test]
+fn a_libpq_first_seen_in_a_new_process_is_probed() {
+    require_root();
+    let pg = Cluster::start_logged();
+    let rx = Receiver::start();
+    // A copy of libpq no process maps yet: a new file, as a wheel's bundled libpq is.
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("libpq.so.5");
+    std::fs::copy("/usr/lib/x86_64-linux-gnu/libpq.so.5", &lib).unwrap();
+    let agent = Agent::start(&["--all", "--port", &pg.port.to_string(), "--otlp-endpoint", &rx.http_endpoint()], Stdio::null());
+    // Loads it, then queries once the agent's look at new processes (1 s) has found it.
+    let script = "import ctypes, sys, time\n\
+        pq = ctypes.CDLL(sys.argv[1])\n\
+        pq.PQconnectdb.restype = ctypes.c_void_p\n\
+        pq.PQexec.restype = ctypes.c_void_p\n\
+        pq.PQexec.argtypes = [ctypes.c_void_p, ctypes.c_char_p]\n\
+        pq.PQfinish.argtypes = [ctypes.c_void_p]\n\
+        pq.PQclear.argtypes = [ctypes.c_void_p]\n\
+        time.sleep(1.5)\n\
+        conn = pq.PQconnectdb(sys.argv[2].encode())\n\
+        pq.PQclear(pq.PQexec(conn, b\"select 'bundled' as marker\"))\n\
+        pq.PQfinish(conn)\n";
+    let py = run(Command::new("python3").args(["-c", script]).arg(&lib).arg(pg.dsn("postgres")).stderr(Stdio::piped()));
+    std::thread::sleep(Duration::from_millis(800));
+    let run = agent.interrupt();
+    assert!(run.status.success(), "{run:?}");
+    assert!(
+        run.stderr.contains(&format!("process {py} mapped new libpq: 10 probes on {} (all processes)", lib.display())),
+        "{}",
+        run.stderr
+    );
+    let spans = rx.spans();
+    let client: Vec<&Span> = spans.iter().filter(|s| s.resource_int("process.pid") == Some(py as i64)).collect();
+    assert_eq!(client.len(), 1, "{spans:?}");
+    assert_eq!((client[0].kind, client[0].text()), (CLIENT, "select ? as marker"));
+    let backend = backends_that_ran(&pg, "'bundled'");
+    assert_eq!(server_spans_of(&spans, backend[0])[0].parent_span_id, client[0].span_id);
+}

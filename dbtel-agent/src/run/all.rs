@@ -80,7 +80,7 @@ impl Agent {
     }
 
     /// Probes the libpq files `pid` maps that no one has looked at yet.
-    fn probe_mappings(&mut self, pid: u32) -> Vec<String> {
+    pub(super) fn probe_mappings(&mut self, pid: u32) -> Vec<String> {
         let files = hostwide::new_mappings(self.host(), pid);
         files.into_iter().flat_map(|(path, host_path, _)| self.probe_file(pid, &path, &host_path)).collect()
     }
@@ -171,9 +171,7 @@ impl Agent {
             return;
         }
         for pid in self.host().due_rescans(Instant::now()) {
-            for line in self.probe_mappings(pid) {
-                log::info!("process {pid} mapped new libpq: {line}");
-            }
+            self.rescan(pid);
         }
         let pending = std::mem::take(&mut self.host().pending_servers);
         for pid in pending {
