@@ -1,12 +1,13 @@
 //! dbtel-agent: traces PostgreSQL clients (libpq) by PID with eBPF uprobes and
 //! exports one OpenTelemetry span per query.
 
-use std::{process::ExitCode, sync::atomic::Ordering};
+use std::{ffi::OsString, process::ExitCode, sync::atomic::Ordering};
 
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use dbtel_agent::{
+    config,
     console::ConsoleFormat,
     export::{Clock, ExportConfig, Exporter, ExporterKind, Protocol},
     run::{run, RunConfig, Summary},
@@ -180,8 +181,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// The command line over the environment over the `--config` file (see
+/// dbtel_agent::config); with `--print-config`, also the effective
+/// configuration as YAML.
+fn parse_cli() -> anyhow::Result<(Cli, Option<String>)> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let env = |k: &str| std::env::var(k).ok();
+    let file = config::config_path(&args).map(|p| config::load(&p, &Cli::command())).transpose()?;
+    let mut cmd = match &file {
+        Some(f) => config::apply(Cli::command(), f, &env),
+        None => Cli::command(),
+    };
+    let matches = cmd.try_get_matches_from_mut(&args).unwrap_or_else(|e| e.exit());
+    if let (Some(f), None) = (&file, matches.subcommand()) {
+        match config::check_relations(Cli::command(), &cmd, &matches, f) {
+            Ok(()) => {}
+            Err(config::RelationError::Flags(e)) => e.exit(),
+            Err(config::RelationError::File(e)) => return Err(e),
+        }
+    }
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut cmd).exit());
+    let printed = cli.print_config.then(|| config::render(&cmd, &matches, file.as_ref(), &env));
+    Ok((cli, printed))
+}
+
 fn real_main() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    let (cli, printed) = parse_cli()?;
+    if let Some(yaml) = printed {
+        print!("{yaml}");
+        return Ok(ExitCode::SUCCESS);
+    }
     match cli.sub {
         Some(Sub::Contention(args)) => {
             dbtel_agent::contention::run(args)?;
