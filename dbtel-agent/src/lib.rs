@@ -12,6 +12,7 @@ pub mod events;
 pub mod export;
 pub mod host;
 pub mod hostwide;
+pub mod http;
 pub mod layout;
 pub mod otlp;
 pub mod placement;

@@ -10,6 +10,7 @@ use dbtel_agent::{
     config,
     console::ConsoleFormat,
     export::{Clock, ExportConfig, Exporter, ExporterKind, Protocol},
+    http::{self, Health},
     run::{run, RunConfig, Summary},
     servers::CatalogSettings,
 };
@@ -243,6 +244,16 @@ fn real_main() -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
+    // Bound before anything is attached: a taken address is refused first.
+    let health = match cli.http_address {
+        Some(addr) => {
+            let health = Health::new();
+            let router = http::router(health.clone());
+            rt.block_on(async { http::bind(addr).await.map(|l| http::spawn(l, router)) })?;
+            Some(health)
+        }
+        None => None,
+    };
     let exporter = Exporter::new(
         ExportConfig {
             kind,
@@ -267,6 +278,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             .all
             .then(|| dbtel_agent::host::select::Selectors::new(&cli.exe, &cli.exclude_exe, &cli.port, &cli.cgroup))
             .transpose()?,
+        health,
     };
     let (summary, mut exporter) = rt.block_on(run(cfg, exporter))?;
     // Outside the runtime: shutdown blocks while gRPC exports still run on it.

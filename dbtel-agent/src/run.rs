@@ -41,6 +41,8 @@ pub struct RunConfig {
     pub raw_text: bool,
     /// --all, with its selectors.
     pub host_wide: Option<Selectors>,
+    /// What --http-address's /healthz reports: ready once attached, stopping after the loop.
+    pub health: Option<std::sync::Arc<crate::http::Health>>,
 }
 
 /// Everything counted on the way, reported at exit.
@@ -463,6 +465,10 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         drop(release); // the child proceeds to exec
         child = Some((pid, Box::pin(wait_child(pid))));
     }
+    // Ready before the line: whoever reads it finds /healthz answering 200.
+    if let Some(h) = &cfg.health {
+        h.set_ready();
+    }
     eprintln!("dbtel: tracing {}", attached_lines.join("; "));
 
     let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -526,6 +532,9 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                 if !forward_signal(&child, libc::SIGTERM, &mut stopping_since) { break; }
             }
         }
+    }
+    if let Some(h) = &cfg.health {
+        h.set_stopping();
     }
 
     agent.drain();
