@@ -259,7 +259,8 @@ pub enum RelationError {
 
 /// Checks `requires` and `conflicts_with` over the merged options: `fresh`
 /// (the command without file defaults) parses every option that came from a
-/// flag or a variable, then those and the file's, all as flags.
+/// flag, a variable or the file, all as flags; when that fails, those from
+/// flags and variables alone tell whose error it is.
 pub fn check_relations(fresh: Command, cmd: &Command, m: &ArgMatches, file: &FileConfig) -> Result<(), RelationError> {
     let mut flags = vec![OsString::from(fresh.get_name().to_string())];
     let mut from_file = Vec::new();
@@ -281,11 +282,12 @@ pub fn check_relations(fresh: Command, cmd: &Command, m: &ArgMatches, file: &Fil
             argv.extend(raw.iter().map(|v| OsString::from(format!("--{long}={v}"))));
         }
     }
-    fresh.clone().try_get_matches_from(&flags).map_err(RelationError::Flags)?;
-    flags.extend(from_file);
-    fresh.color(clap::ColorChoice::Never).try_get_matches_from(flags).map(|_| ()).map_err(|e| {
-        RelationError::File(anyhow!("config {}: {} (flags, environment and file together)", file.path.display(), clap_message(&e)))
-    })
+    let mut all = flags.clone();
+    all.extend(from_file);
+    let Err(e) = fresh.clone().color(clap::ColorChoice::Never).try_get_matches_from(all) else { return Ok(()) };
+    // The file may satisfy a `requires` the flags alone do not, never the reverse.
+    fresh.try_get_matches_from(&flags).map_err(RelationError::Flags)?;
+    Err(RelationError::File(anyhow!("config {}: {} (flags, environment and file together)", file.path.display(), clap_message(&e))))
 }
 
 /// A clap error's message on one line (without `error: ` and the usage).

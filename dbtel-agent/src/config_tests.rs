@@ -187,6 +187,7 @@ fn relations_hold_across_flags_and_file() {
     };
     check("all: true\nexe: [psql]\nport: [5432]\n", &["agent"]).unwrap();
     check("exe: [psql]\n", &["agent", "--all"]).unwrap();
+    check("all: true\n", &["agent", "--exe", "psql", "--port", "5432"]).unwrap();
     check("max_query_length: 100\n", &["agent", "--pid", "4", "--", "psql", "-c", "select 1"]).unwrap();
     let e = check("exe: [psql]\n", &["agent"]).unwrap_err();
     assert!(e.starts_with("config /f.yaml: ") && e.contains("--all"), "{e}");

@@ -96,12 +96,13 @@ fn print_config_flag_over_environment_over_file_over_default_secrets_redacted() 
              service_name: from-file\n\
              max_query_length: 1024\n\
              catalog_config: {}\n\
-             http_address: 127.0.0.1:9464\n",
+             http_address: 127.0.0.1:9464\n\
+             all: true\n",
             catalog.display()
         ),
     );
     let out = Command::new(&agent)
-        .args(["--config", config.to_str().unwrap(), "--print-config", "--exporter", "otlp"])
+        .args(["--config", config.to_str().unwrap(), "--print-config", "--exporter", "otlp", "--exe", "psql"])
         .env_clear()
         .env("OTEL_TRACES_EXPORTER", "none")
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
@@ -125,6 +126,9 @@ fn print_config_flag_over_environment_over_file_over_default_secrets_redacted() 
     assert_eq!(line("catalog_period"), "catalog_period: 2s  # default");
     assert_eq!(line("catalog_config"), format!("catalog_config: {}  # file", catalog.display()));
     assert_eq!(line("http_address"), "http_address: 127.0.0.1:9464  # file");
+    // The file's `all: true` satisfies what --exe requires.
+    assert_eq!(line("all"), "all: true  # file");
+    assert_eq!(line("exe"), "exe: [psql]  # flag");
     assert!(stdout.contains("\n#   OTEL_EXPORTER_OTLP_HEADERS=authorization=<redacted>,x-tenant=<redacted>\n"), "{stdout}");
     assert!(stdout.contains("\n#   PGPASSWORD=<set>\n"), "{stdout}");
     for secret in ["urls3cret", "alice", "t0ps3cret", "acme", "pgs3cret", "catalogs3cret"] {
