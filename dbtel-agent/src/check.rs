@@ -11,41 +11,36 @@ use std::{
 use crate::{
     catalog::{self, Catalog, CatalogConfig},
     discover,
-    host::{select::Selectors, tracefs},
+    host::{
+        select::{Selectors, TargetArgs},
+        tracefs,
+    },
     hostwide, server,
 };
 
 /// What `check` looks at (the agent's own flags of the same names).
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
-    /// A process to check (repeatable): a libpq client or a PostgreSQL server.
-    #[arg(short, long = "pid", value_name = "PID", conflicts_with = "all")]
-    pids: Vec<u32>,
-    /// Check every server and libpq the host has, as --all would trace them.
-    #[arg(long)]
-    all: bool,
-    #[arg(long = "exe", value_name = "GLOB", requires = "all")]
-    exe: Vec<String>,
-    #[arg(long = "exclude-exe", value_name = "GLOB", requires = "all")]
-    exclude_exe: Vec<String>,
-    #[arg(long = "port", value_name = "PORT", requires = "all")]
-    port: Vec<u16>,
-    #[arg(long = "cgroup", value_name = "GLOB", requires = "all")]
-    cgroup: Vec<String>,
+    #[command(flatten)]
+    pub targets: TargetArgs,
+    /// The agent's config file: its targets, endpoint and catalog settings are
+    /// checked where this command line does not give them.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
     /// OTLP endpoint base URL (default: OTEL_EXPORTER_OTLP_ENDPOINT, else localhost).
     #[arg(long, value_name = "URL")]
-    otlp_endpoint: Option<String>,
+    pub otlp_endpoint: Option<String>,
     #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "http/protobuf", value_parser = ["grpc", "http/protobuf"])]
-    otlp_protocol: String,
+    pub otlp_protocol: String,
     /// Catalog connection settings (libpq `key=value` file), as the agent's flag.
     #[arg(long, value_name = "FILE")]
-    catalog_config: Option<std::path::PathBuf>,
+    pub catalog_config: Option<std::path::PathBuf>,
     /// Do not check catalog connections.
     #[arg(long)]
-    no_catalog: bool,
+    pub no_catalog: bool,
     /// Skip the OTLP endpoint (e.g. with --exporter console or none).
     #[arg(long)]
-    no_otlp: bool,
+    pub no_otlp: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,21 +103,22 @@ pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
 pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
     let started = Instant::now();
     let mut r = Report::default();
-    let servers_needed = args.all || args.pids.iter().any(|p| matches!(server::inspect(*p), Ok(Some(_))));
+    let t = &args.targets;
+    let servers_needed = t.all || t.pids.iter().any(|p| matches!(server::inspect(*p), Ok(Some(_))));
     check_kernel(&mut r, servers_needed);
     check_caps(&mut r, servers_needed);
     // The real test of kernel and privileges: the verifier accepts every program.
-    match crate::attach::Probes::load(crate::EBPF_OBJECT, 4096, false, args.all) {
+    match crate::attach::Probes::load(crate::EBPF_OBJECT, 4096, false, t.all) {
         Ok(_) => r.ok("eBPF programs load (every program verified, maps created)"),
         Err(e) => r.fail(e.to_string()),
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut servers = Vec::new();
-    for &pid in &args.pids {
+    for &pid in &t.pids {
         check_pid(&mut r, pid, &mut servers);
     }
-    if args.all {
-        let sel = Selectors::new(&args.exe, &args.exclude_exe, &args.port, &args.cgroup)?;
+    if t.all {
+        let sel = t.selectors()?;
         check_host(&mut r, &sel, &mut servers);
     }
     if !args.no_catalog {

@@ -61,32 +61,8 @@ struct Cli {
     #[command(subcommand)]
     sub: Option<Sub>,
 
-    /// Trace this process (repeatable): a libpq client (found through /proc/PID/maps),
-    /// or a PostgreSQL server's postmaster or any of its backends (the whole server is traced).
-    #[arg(short, long = "pid", value_name = "PID", conflicts_with = "all")]
-    pids: Vec<u32>,
-
-    /// Trace every PostgreSQL server and libpq client on the host, and every one started
-    /// later, until stopped. Narrowed by --exe, --exclude-exe, --port and --cgroup.
-    #[arg(long)]
-    all: bool,
-
-    /// With --all: only processes whose executable matches this glob (full path, or the
-    /// file name when the glob has no `/`; repeatable).
-    #[arg(long = "exe", value_name = "GLOB", requires = "all")]
-    exe: Vec<String>,
-
-    /// With --all: never processes whose executable matches this glob (repeatable).
-    #[arg(long = "exclude-exe", value_name = "GLOB", requires = "all")]
-    exclude_exe: Vec<String>,
-
-    /// With --all: only servers listening on this TCP port and client connections to it (repeatable).
-    #[arg(long = "port", value_name = "PORT", requires = "all")]
-    port: Vec<u16>,
-
-    /// With --all: only processes whose cgroup path or container id matches this glob (repeatable).
-    #[arg(long = "cgroup", value_name = "GLOB", requires = "all")]
-    cgroup: Vec<String>,
+    #[command(flatten)]
+    targets: dbtel_agent::host::select::TargetArgs,
 
     /// YAML file holding any of these options (keys: long flag names, `_` or `-`);
     /// flags override the environment, which overrides the file.
@@ -217,7 +193,23 @@ fn real_main() -> anyhow::Result<ExitCode> {
             dbtel_agent::contention::run(args)?;
             return Ok(ExitCode::SUCCESS);
         }
-        Some(Sub::Check(args)) => return Ok(if dbtel_agent::check::run(args)? { ExitCode::SUCCESS } else { ExitCode::from(1) }),
+        Some(Sub::Check(mut args)) => {
+            if args.config.is_some() {
+                // The file's values reached the agent's own options (as their defaults):
+                // check what the agent would do with it, unless this command line says otherwise.
+                if args.targets.pids.is_empty() && !args.targets.all {
+                    args.targets = cli.targets.clone();
+                }
+                args.otlp_endpoint = args.otlp_endpoint.or(cli.otlp_endpoint.clone());
+                args.catalog_config = args.catalog_config.or(cli.catalog_config.clone());
+                args.no_catalog |= cli.no_catalog;
+                args.no_otlp |= !matches!(cli.exporter, ExporterArg::Otlp);
+                if matches!(cli.otlp_protocol, ProtocolArg::Grpc) {
+                    args.otlp_protocol = "grpc".into();
+                }
+            }
+            return Ok(if dbtel_agent::check::run(args)? { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        }
         None => {}
     }
     let console = std::env::var("OTEL_USE_CONSOLE").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
@@ -267,7 +259,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Some(rt.handle().clone()),
     );
     let cfg = RunConfig {
-        pids: cli.pids,
+        pids: cli.targets.pids.clone(),
         command: cli.command,
         max_text: cli.max_query_length,
         probe_stats: cli.probe_stats,
@@ -275,8 +267,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
         catalog: CatalogSettings { config_file: cli.catalog_config, period: cli.catalog_period, enabled: !cli.no_catalog },
         raw_text: cli.raw_query_text,
         host_wide: cli
+            .targets
             .all
-            .then(|| dbtel_agent::host::select::Selectors::new(&cli.exe, &cli.exclude_exe, &cli.port, &cli.cgroup))
+            .then(|| cli.targets.selectors())
             .transpose()?,
         health,
     };

@@ -5,12 +5,14 @@
 
 pub mod agent;
 pub mod fake;
+pub mod http;
 pub mod otlp;
 pub mod pg;
 pub mod py;
 
 pub use agent::{agent_binary, run_agent, run_agent_env, run_agent_wrapped, Agent, AgentRun};
 pub use fake::FakeLibpq;
+pub use http::http_get;
 pub use otlp::{Receiver, Span};
 pub use pg::Cluster;
 pub use py::PyProgram;

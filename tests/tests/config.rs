@@ -1,8 +1,7 @@
 //! `--config FILE`, `--print-config` and `--http-address` with the real agent.
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -13,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dbtel_tests::{agent_binary, otlp::Value, require_root, run_agent, run_agent_env, Agent, Cluster, Receiver};
+use dbtel_tests::{agent_binary, http_get, otlp::Value, require_root, run_agent, run_agent_env, Agent, Cluster, Receiver};
 
 fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
@@ -27,16 +26,6 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 /// `GET path` over HTTP/1.0: (status, body), or None when nothing answers.
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let status = resp.split(' ').nth(1)?.parse().ok()?;
-    Some((status, resp.split_once("\r\n\r\n")?.1.to_string()))
-}
-
 /// Polls /healthz every 10 ms on a thread until `done`; returns the distinct
 /// answers in the order they came (None: nothing listening).
 fn watch_health(addr: SocketAddr, done: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Option<(u16, String)>>> {

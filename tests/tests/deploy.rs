@@ -10,7 +10,7 @@ use std::{
 };
 
 use serde::Deserialize;
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 const CAPABILITIES: [&str; 5] = ["BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"];
 const UNIT: &str = "dbtel-agent.service";
@@ -50,7 +50,7 @@ fn read(name: &str) -> String {
 /// Every document of a (possibly multi-document) YAML file.
 fn documents(name: &str) -> Vec<Value> {
     let text = read(name);
-    serde_yaml::Deserializer::from_str(&text)
+    serde_yaml_ng::Deserializer::from_str(&text)
         .enumerate()
         .map(|(i, doc)| Value::deserialize(doc).unwrap_or_else(|e| panic!("{name}, document {}: {e}", i + 1)))
         .filter(|v| !v.is_null())
@@ -191,7 +191,7 @@ fn daemonset_traces_the_whole_host() {
     assert_eq!(at(ds, "spec.template.metadata.annotations").get(annotation.as_str()).and_then(Value::as_str), Some("unconfined"));
 
     // /healthz on the port config.yaml's http_address serves.
-    let config: Value = serde_yaml::from_str(&read("config.yaml")).unwrap();
+    let config: Value = serde_yaml_ng::from_str(&read("config.yaml")).unwrap();
     let http_port: u64 = str_at(&config, "http_address").rsplit_once(':').unwrap().1.parse().unwrap();
     for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
         let get = at(c, &format!("{probe}.httpGet"));
@@ -254,7 +254,7 @@ fn configmaps_embed_the_files_verbatim() {
 #[test]
 fn config_keys_are_the_agents_flags() {
     let text = read("config.yaml");
-    let config: Value = serde_yaml::from_str(&text).unwrap();
+    let config: Value = serde_yaml_ng::from_str(&text).unwrap();
     for key in config.as_mapping().unwrap().keys() {
         let key = key.as_str().unwrap();
         assert!(CONFIG_KEYS.contains(&key) || OTHER_KEYS.contains(&key), "config.yaml: {key} is not one of the agent's flags");
@@ -278,8 +278,8 @@ fn config_keys_are_the_agents_flags() {
 fn agents_reach_the_collector() {
     let agent = documents("daemonset.yaml");
     let collector = documents("collector.yaml");
-    let config: Value = serde_yaml::from_str(&read("config.yaml")).unwrap();
-    let otel: Value = serde_yaml::from_str(&read("otel-collector.yaml")).unwrap();
+    let config: Value = serde_yaml_ng::from_str(&read("config.yaml")).unwrap();
+    let otel: Value = serde_yaml_ng::from_str(&read("otel-collector.yaml")).unwrap();
 
     // The agents' endpoint is the collector Service, on the port of their protocol.
     let endpoint = env_value(agent_container(&agent), "OTEL_EXPORTER_OTLP_ENDPOINT");
@@ -376,4 +376,77 @@ fn systemd_accepts_the_unit() {
     // The check itself: a misspelt setting is caught.
     let (ok, output) = verify(&rendered.replace("ProtectHome=read-only", "ProtectHome=read-only\nProtectHomes=yes"));
     assert!(!ok && output.contains("ProtectHomes"), "a bad setting went unnoticed:\n{output}");
+}
+
+/// The unit's ExecStart, with the installed paths pointing at this build and this checkout.
+fn exec_start() -> Vec<String> {
+    let line = unit_setting(&read(UNIT), "ExecStart");
+    let config = deploy_dir().join("config.yaml");
+    line.split_whitespace()
+        .map(|w| match w {
+            BINARY => dbtel_tests::agent_binary().display().to_string(),
+            "/etc/dbtel/config.yaml" => config.display().to_string(),
+            w => w.to_string(),
+        })
+        .collect()
+}
+
+/// A real run of the unit's command line with the example config, holding the
+/// unit's capabilities and no other (no new privileges): it traces the host (a server and a client started after it), answers /healthz, and stops
+/// cleanly on SIGTERM as systemd stops it. The endpoint comes from the
+/// environment (the unit's EnvironmentFile); the health address, which the
+/// file sets to a fixed port, is moved to a free one by a flag.
+#[test]
+fn the_units_command_line_runs() {
+    dbtel_tests::require_root();
+    let rx = dbtel_tests::Receiver::start();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let cmd = exec_start();
+    let mut args: Vec<&str> = cmd[1..].iter().map(String::as_str).collect();
+    let health = addr.to_string();
+    args.extend(["--http-address", &health]);
+    // With no capability but the unit's bounding set, as systemd runs it.
+    let caps = unit_setting(&read(UNIT), "CapabilityBoundingSet");
+    let bounding: Vec<String> = caps.split_whitespace().map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase())).collect();
+    let bounding = format!("-all,{}", bounding.join(","));
+    let wrapper = ["setpriv", "--bounding-set", &bounding, "--no-new-privs"];
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", rx.http_endpoint())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let agent = dbtel_tests::Agent::start_wrapped(&wrapper, &args, &env, std::process::Stdio::null());
+    let status = fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim().to_string();
+    assert_eq!(u64::from_str_radix(&eff, 16).unwrap(), (1 << 39) | (1 << 38) | (1 << 21) | (1 << 19) | (1 << 2), "only the unit's capabilities");
+    assert_eq!(dbtel_tests::http_get(addr, "/healthz").map(|(s, _)| s), Some(200));
+    let pg = dbtel_tests::Cluster::start_logged();
+    let out = Command::new(pg.bin("psql")).args(pg.conn_args()).args(["-X", "-q", "-d", "postgres", "-c", "select 'from the unit' as marker"]).output().unwrap();
+    assert!(out.status.success());
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    // SAFETY: kill(2) on the agent we started; systemd stops a unit with SIGTERM.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) };
+    let run = agent.wait(std::time::Duration::from_secs(30));
+    assert!(run.status.success(), "{run:?}");
+    let spans = rx.spans();
+    let marker: Vec<_> = spans.iter().filter(|s| s.text() == "select ? as marker").collect();
+    let logged = pg.logged_statements().into_iter().filter(|(_, t)| t.contains("from the unit")).count();
+    assert_eq!(logged, 1);
+    assert_eq!(marker.iter().filter(|s| s.kind == 3).count(), 1, "the client's span: {spans:?}");
+    assert_eq!(marker.iter().filter(|s| s.kind == 2).count(), 1, "the server's span: {spans:?}");
+}
+
+/// `check` with the example config checks what the unit would run.
+#[test]
+fn check_with_the_example_config_passes() {
+    dbtel_tests::require_root();
+    let rx = dbtel_tests::Receiver::start();
+    let _pg = dbtel_tests::Cluster::start();
+    let config = deploy_dir().join("config.yaml").display().to_string();
+    let run = dbtel_tests::run_agent_env(
+        &["check", "--config", &config],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &rx.http_endpoint())],
+        b"",
+        std::time::Duration::from_secs(30),
+    );
+    assert!(run.status.success(), "{run:?}");
+    assert!(run.stdout.lines().any(|l| l.starts_with("ok    host: libpq ")), "--all from the file: {}", run.stdout);
+    assert!(run.stdout.lines().any(|l| l.starts_with("ok    OTLP endpoint 127.0.0.1:")), "{}", run.stdout);
 }

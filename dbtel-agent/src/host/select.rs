@@ -11,6 +11,44 @@ pub struct SelectError {
     error: glob::PatternError,
 }
 
+/// What to trace: processes by PID, or the whole host narrowed by selectors.
+/// The agent's and `check`'s flags (and the config file's keys of the same names).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TargetArgs {
+    /// Trace this process (repeatable): a libpq client (found through /proc/PID/maps),
+    /// or a PostgreSQL server's postmaster or any of its backends (the whole server is traced).
+    #[arg(short, long = "pid", value_name = "PID", conflicts_with = "all")]
+    pub pids: Vec<u32>,
+
+    /// Trace every PostgreSQL server and libpq client on the host, and every one started
+    /// later, until stopped. Narrowed by --exe, --exclude-exe, --port and --cgroup.
+    #[arg(long)]
+    pub all: bool,
+
+    /// With --all: only processes whose executable matches this glob (full path, or the
+    /// file name when the glob has no `/`; repeatable).
+    #[arg(long = "exe", value_name = "GLOB", requires = "all")]
+    pub exe: Vec<String>,
+
+    /// With --all: never processes whose executable matches this glob (repeatable).
+    #[arg(long = "exclude-exe", value_name = "GLOB", requires = "all")]
+    pub exclude_exe: Vec<String>,
+
+    /// With --all: only servers listening on this TCP port and client connections to it (repeatable).
+    #[arg(long = "port", value_name = "PORT", requires = "all")]
+    pub port: Vec<u16>,
+
+    /// With --all: only processes whose cgroup path or container id matches this glob (repeatable).
+    #[arg(long = "cgroup", value_name = "GLOB", requires = "all")]
+    pub cgroup: Vec<String>,
+}
+
+impl TargetArgs {
+    pub fn selectors(&self) -> Result<Selectors, SelectError> {
+        Selectors::new(&self.exe, &self.exclude_exe, &self.port, &self.cgroup)
+    }
+}
+
 /// Empty lists select everything; exclusions win.
 #[derive(Debug, Default, Clone)]
 pub struct Selectors {
