@@ -78,6 +78,10 @@ const APT_PACKAGES: &[&str] = &[
     "libpq-dev",
     // libpgcommon.a / libpgport.a: a test links libpq statically into a program.
     "postgresql-server-dev-15",
+    // systemd-analyze (the unit in deploy/), unshare and setpriv (namespaces, capabilities):
+    // in the image already, named so that a slimmer one still gets them.
+    "systemd",
+    "util-linux",
 ];
 const BPF_LINKER: &str = "0.13.0";
 const PSYCOPG2: &str = "2.9.10";
