@@ -196,7 +196,7 @@ pub struct LockWait {
     pub pid: u32,
     pub postmaster: u32,
     pub ids: Ids,
-    /// Parented under the client's query (else under the server query).
+    /// Its client is traced: the client's query hears of the wait too.
     pub under_client: bool,
     pub start_ns: u64,
     pub end_ns: u64,
@@ -451,11 +451,10 @@ impl Tracker {
             site::LOCK_WAIT_START => {
                 let tag = LockTag::from_args(&hit.args);
                 let from_client = client(at.pid).and_then(|c| c.query);
-                let (parent, under_client) = match (from_client, &b.query) {
-                    (Some(c), _) => (Some(c), true),
-                    (None, Some(q)) => (Some(q.ids), false),
-                    (None, None) => (None, false),
-                };
+                // Inside the server's statement (itself under the client's query when
+                // that client is traced); the client's query if the statement went unseen.
+                let parent = b.query.as_ref().map(|q| q.ids).or(from_client);
+                let under_client = from_client.is_some();
                 let ids = match parent {
                     Some(p) => p.child(&mut self.gen),
                     None => self.gen.root(),
@@ -869,7 +868,7 @@ mod tests {
         let (q, w) = (r.queries(), r.waits());
         assert!(q.iter().all(|q| q.joined && q.ids.parent_span_id == cq.span_id && q.ids.trace_id == cq.trace_id));
         assert!(w[0].under_client);
-        assert_eq!(w[0].ids.parent_span_id, cq.span_id);
+        assert_eq!(w[0].ids.parent_span_id, q[1].ids.span_id, "inside the server's statement, itself under the client's query");
         assert_eq!(r.t.current(PID).map(|t| t.parent_span_id), Some(ctx.span_id), "server transaction under the client's");
     }
 

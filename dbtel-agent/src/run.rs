@@ -80,7 +80,6 @@ struct Agent {
 
 impl Agent {
     fn drain(&mut self) {
-        let mut gone = Vec::new();
         loop {
             let record = {
                 let Some(item) = self.ring.get_mut().next() else { break };
@@ -96,18 +95,13 @@ impl Agent {
                 Ok(Record::Server(hit)) => self.server.on_hit(&hit, &mut self.recon),
                 Ok(Record::ServerExit(at)) => self.server.on_exit(at),
                 Ok(Record::Exec(e)) => {
-                    // The old program's queries end here; the new one is chosen anew.
-                    if self.live.contains_key(&e.at.pid) {
-                        self.recon.process_exited(e.at.pid, e.at.ts_ns, &mut self.spans);
-                        gone.push(e.at.pid);
-                    }
+                    // The old program's queries end here, before the new one's
+                    // first event (next in the buffer) has it chosen anew.
+                    self.ended(e.at.pid, e.at.ts_ns);
                     self.on_exec(&e);
                 }
                 Ok(Record::ClientExit(at)) => {
-                    if self.live.contains_key(&at.pid) {
-                        self.recon.process_exited(at.pid, at.ts_ns, &mut self.spans);
-                        gone.push(at.pid);
-                    }
+                    self.ended(at.pid, at.ts_ns);
                     if let Some(h) = &mut self.host {
                         h.forget(at.pid);
                     }
@@ -119,7 +113,13 @@ impl Agent {
             }
         }
         self.flush_spans();
-        for pid in gone {
+    }
+
+    /// A traced process's program ended at `ts_ns` (exit or exec): its spans go out now.
+    fn ended(&mut self, pid: u32, ts_ns: u64) {
+        if self.live.contains_key(&pid) {
+            self.recon.process_exited(pid, ts_ns, &mut self.spans);
+            self.flush_spans();
             self.forget_process(pid);
         }
     }

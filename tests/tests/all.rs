@@ -59,12 +59,12 @@ fn a_server_and_client_started_after_the_agent_are_traced_from_their_first_query
     let backends = backends_that_ran(&pg, "first_query");
     assert_eq!(backends.len(), 1, "the server logged it once");
     let clients: Vec<&Span> = spans.iter().filter(|s| s.resource_int("process.pid") == Some(client as i64)).collect();
-    assert_eq!(clients.len(), 1, "{clients:?}");
+    assert_eq!(clients.len(), 1, "psql {client}: {spans:?}\n{}", run.stderr);
     let c = clients[0];
     assert_eq!((c.kind, c.name.as_str(), c.text()), (CLIENT, "SELECT", "select ? as first_query"));
     assert_eq!(c.resource_str("process.executable.name"), Some("psql"));
     let servers = server_spans_of(&spans, backends[0]);
-    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert_eq!(servers.len(), 1, "backend {}: {spans:?}\n{}", backends[0], run.stderr);
     let s = servers[0];
     assert_eq!((s.name.as_str(), s.text()), ("SELECT", "select ? as first_query"));
     assert_eq!(s.resource_int("process.pid"), Some(pg.postmaster_pid() as i64));
@@ -105,6 +105,27 @@ fn selectors_choose_servers_by_port_and_clients_by_executable_and_connection() {
     assert_eq!(selects, 7);
     let server_selects = spans.iter().filter(|s| s.kind == SERVER && s.text().starts_with("SELECT abalance")).count();
     assert_eq!(server_selects, selects);
+}
+
+#[test]
+fn exe_selector_chooses_only_matching_programs() {
+    require_root();
+    let pg = Cluster::start_logged();
+    pg.pgbench_init(1);
+    let rx = Receiver::start();
+    let agent = Agent::start(&["--all", "--exe", "psql", "--otlp-endpoint", &rx.http_endpoint()], Stdio::null());
+    let traced = run(&mut psql(&pg, "select 'by name' as marker"));
+    let bench = run(Command::new(pg.bin("pgbench")).args(pg.conn_args()).args(["-n", "-S", "-t", "3", "postgres"]).stdout(Stdio::null()).stderr(Stdio::piped()));
+    std::thread::sleep(Duration::from_millis(800));
+    let run = agent.interrupt();
+    assert!(run.status.success(), "{run:?}");
+    let spans = rx.spans();
+    let of = |pid: u32| spans.iter().filter(|s| s.resource_int("process.pid") == Some(pid as i64)).count();
+    assert_eq!(of(traced), 1, "{spans:?}");
+    assert_eq!(of(bench), 0);
+    // The server's executable is postgres, not psql: not traced either.
+    assert!(spans.iter().all(|s| s.kind == CLIENT), "{spans:?}");
+    assert_eq!(pg.logged_statements().iter().filter(|(_, t)| t.contains("'by name'")).count(), 1);
 }
 
 /// The cgroup v2 mount (a hybrid host has it at /sys/fs/cgroup/unified).

@@ -77,24 +77,23 @@ fn a_client_its_server_statement_and_its_lock_wait_print_as_one_tree() {
     assert!(select[1].starts_with("└─ SELECT t  SERVER  "), "{out}");
     assert!(select[1].contains(" postgres pid="), "the server's service and backend: {out}");
 
-    // The wait hangs under the client's UPDATE, beside the server's statement
-    // (backend.rs: under the client's span when the client is traced).
+    // Client UPDATE > server UPDATE > the lock wait inside it.
     let update = tree_of(out, "UPDATE t  CLIENT  ");
     assert_eq!(update.len(), 4, "{out}");
     assert!(update[0].contains(" events=contention_detected,lock_contention_detected"), "{out}");
-    assert!(update[1].starts_with("├─ UPDATE t  SERVER  "), "{out}");
-    assert!(update[2].starts_with("└─ lock wait t  INTERNAL  "), "{out}");
+    assert!(update[1].starts_with("└─ UPDATE t  SERVER  "), "{out}");
+    assert!(update[2].starts_with("   └─ lock wait t  INTERNAL  "), "{out}");
     assert!(
         update[2].contains(" lock=transactionid/ShareLock relation=public.t outcome=granted  blocker pid=")
             && update[2].ends_with(" \"select pg_sleep(?)\""),
         "{out}"
     );
     // The link names the holder's transaction block, printed as a tree of its own.
-    let link = update[3].strip_prefix("     ↳ blocked by trace ").unwrap_or_else(|| panic!("no link: {out}"));
+    let link = update[3].strip_prefix("        ↳ blocked by trace ").unwrap_or_else(|| panic!("no link: {out}"));
     let holder_trace = tree_of(out, &format!("trace {}", &link[..32]));
     assert!(holder_trace[1].starts_with("transaction  SERVER  ") && holder_trace[1].contains(" outcome=committed statements=4"), "{out}");
     assert!(link[32..].starts_with(" span ") && holder_trace.len() > 2, "{out}");
-    let ms = |l: &str| -> f64 { l.split("  ").nth(2).and_then(|d| d.strip_suffix(" ms")).unwrap().trim().parse().unwrap() };
+    let ms = |l: &str| -> f64 { l.trim_start().split("  ").nth(2).and_then(|d| d.strip_suffix(" ms")).unwrap().trim().parse().unwrap() };
     assert!(ms(update[2]) >= 500.0, "the wait lasted until the holder committed: {out}");
     // Each trace printed once: none was cut in two by printing too early.
     let mut heads: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("trace ")?.split(' ').next()).collect();

@@ -119,7 +119,11 @@ fn a_blocked_update_shows_the_wait_its_blocker_and_a_link_to_the_blocking_transa
     let w = waits[0];
     assert_eq!(w.name, "lock wait accounts");
     assert_eq!(w.kind, INTERNAL);
-    assert_eq!((&w.trace_id, &w.parent_span_id), (&b_update.trace_id, &b_update.span_id), "under B's client UPDATE");
+    // Client UPDATE > server UPDATE > the wait inside it.
+    let server_updates: Vec<&Span> =
+        spans.iter().filter(|s| s.kind == SERVER && s.name == "UPDATE accounts" && s.int("db.postgresql.backend.pid") == Some(bbackend)).collect();
+    assert_eq!(server_updates.len(), 1);
+    assert_eq!((&w.trace_id, &w.parent_span_id), (&b_update.trace_id, &server_updates[0].span_id), "under the server's UPDATE");
     assert!(w.duration() >= Duration::from_millis(450), "A held the row for 500 ms: {:?}", w.duration());
     assert!(w.duration() <= b_update.duration(), "the wait lies within the query");
     assert!(w.start_ns >= b_update.start_ns && w.end_ns <= b_update.end_ns);
@@ -142,9 +146,6 @@ fn a_blocked_update_shows_the_wait_its_blocker_and_a_link_to_the_blocking_transa
     assert!(matches!(w.links[0].attrs.get("db.postgresql.backend.pid"), Some(Value::Int(p)) if *p == abackend));
 
     // The server's view of B's UPDATE sits under the client's.
-    let server_updates: Vec<&Span> =
-        spans.iter().filter(|s| s.kind == SERVER && s.name == "UPDATE accounts" && s.int("db.postgresql.backend.pid") == Some(bbackend)).collect();
-    assert_eq!(server_updates.len(), 1);
     assert_eq!(server_updates[0].parent_span_id, b_update.span_id);
     assert_eq!(server_updates[0].resource_int("process.pid"), Some(pg.postmaster_pid() as i64));
     assert!(server_updates[0].duration() >= Duration::from_millis(450));

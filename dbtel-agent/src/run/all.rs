@@ -53,8 +53,10 @@ impl Agent {
             Ok(Some(_)) => FileKind::Server,
             Ok(None) => FileKind::Neither,
             Err(e) => {
+                // Not kept: the process may have gone before its file was read (pg_ctl's
+                // `postgres -V`), and the next one running this file must be judged.
                 log::debug!("process {pid}: {e}");
-                FileKind::Neither
+                return FileKind::Neither;
             }
         };
         self.host().judged(id, kind);
@@ -103,6 +105,11 @@ impl Agent {
                 }
             },
             Ok(None) => FileKind::Neither,
+            // Unreadable now (its process went away): judged when next seen.
+            Err(e @ discover::DiscoverError::Read { .. }) => {
+                log::debug!("process {pid}: {e}");
+                return None;
+            }
             Err(e) => {
                 log::warn!("process {pid}: {e}");
                 FileKind::Neither
