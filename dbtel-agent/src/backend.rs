@@ -215,6 +215,15 @@ pub enum ServerSpan {
 }
 
 impl ServerSpan {
+    /// The server it happened in.
+    pub fn postmaster(&self) -> u32 {
+        match self {
+            ServerSpan::Query(q) => q.postmaster,
+            ServerSpan::Txn(t) => t.postmaster,
+            ServerSpan::Wait(w) => w.postmaster,
+        }
+    }
+
     /// The backend it happened in.
     pub fn pid(&self) -> u32 {
         match self {

@@ -287,6 +287,7 @@ impl Agent {
         for pm in gone {
             self.server.server_gone(pm, Clock::monotonic_now_ns(), true);
             self.flush_spans_now(true);
+            self.server.drop_catalog(pm);
             self.probes.untrace_server(pm);
             self.exporter.process_gone(pm);
             log::info!("PostgreSQL server {pm} exited");

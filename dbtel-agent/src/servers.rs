@@ -52,10 +52,16 @@ enum Lookup {
     Unknown,
 }
 
+/// A traced server's catalog connection and the poller's latest snapshot.
+struct ServerCatalog {
+    catalog: Arc<Catalog>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+}
+
 enum Reply {
     /// A wait's grace period is over: look its blockers up if it still waits.
-    Due { wait: Ids, pid: u32, tag: LockTag },
-    Wait { wait: u64, facts: WaitFacts },
+    Due { postmaster: u32, wait: Ids, pid: u32, tag: LockTag },
+    Wait { postmaster: u32, wait: u64, facts: WaitFacts },
     Backend { pid: u32, info: Option<catalog::Backend> },
 }
 
@@ -68,20 +74,18 @@ pub struct ServerSide {
     /// Postmaster PID → target.
     pub servers: BTreeMap<u32, ServerTarget>,
     settings: CatalogSettings,
-    catalog: Option<Arc<Catalog>>,
-    snapshot: Option<watch::Receiver<Arc<Snapshot>>>,
+    /// By postmaster: each server reached with the settings it was given
+    /// (see [`ServerSide::add_server`]).
+    catalogs: BTreeMap<u32, ServerCatalog>,
     tx: mpsc::UnboundedSender<Reply>,
     rx: mpsc::UnboundedReceiver<Reply>,
     /// Catalog answers by wait span id; `None` while the question is out.
     facts: HashMap<u64, Option<WaitFacts>>,
     lookups_in_flight: usize,
-    /// The postmaster the catalog connection reaches: relation OIDs and
-    /// backend PIDs of another server mean nothing there.
-    catalog_of: Option<u32>,
     /// Backends gone whose catalog answer is still needed by held spans.
     exited: Vec<u32>,
     /// (backend, transaction start in s) already warned about.
-    idle_warned: std::collections::HashSet<(i32, u64)>,
+    idle_warned: std::collections::HashSet<(u32, i32, u64)>,
     /// Links to the blockers' transactions, by wait span id.
     links: HashMap<u64, Vec<span::Link>>,
     /// Who each backend serves (pg_stat_activity), looked up at first sight:
@@ -105,14 +109,12 @@ impl ServerSide {
             tracker: Tracker::new(IdGen::random()),
             servers: BTreeMap::new(),
             settings,
-            catalog: None,
-            snapshot: None,
+            catalogs: BTreeMap::new(),
             tx,
             rx,
             facts: HashMap::new(),
             links: HashMap::new(),
             lookups_in_flight: 0,
-            catalog_of: None,
             exited: Vec::new(),
             idle_warned: Default::default(),
             backends: HashMap::new(),
@@ -125,10 +127,14 @@ impl ServerSide {
         }
     }
 
-    /// Starts the catalog client for the first traced server (connection
-    /// settings from the environment or the file, defaults from the server).
+    /// Starts a catalog client for the server (connection settings from the
+    /// environment or the file, defaults from the server's postmaster.pid).
+    /// Settings given explicitly (a file, PGHOST, PGPORT, PGSERVICE) reach
+    /// one server: the first traced; without them each server is reached
+    /// through its own socket.
     pub async fn add_server(&mut self, t: ServerTarget) -> anyhow::Result<()> {
-        if self.catalog.is_none() && self.settings.enabled {
+        let explicit = self.settings.config_file.is_some() || ["PGHOST", "PGPORT", "PGSERVICE"].iter().any(|v| std::env::var_os(v).is_some());
+        if self.settings.enabled && (self.catalogs.is_empty() || !explicit) && !self.catalogs.contains_key(&t.postmaster) {
             let defaults = catalog::server_defaults(t.postmaster);
             let cfg = CatalogConfig::load(self.settings.config_file.as_deref(), defaults)?;
             let cat = Arc::new(Catalog::new(cfg));
@@ -137,12 +143,8 @@ impl ServerSide {
                 Ok(Err(e)) => log::warn!("catalog unavailable ({e}); lock waits will lack relation names and blockers until it answers"),
                 Err(_) => log::warn!("catalog: no answer within 5 s; lock waits will lack relation names and blockers until it answers"),
             }
-            let (_task, rx) = catalog::spawn_poller(cat.clone(), self.settings.period);
-            self.snapshot = Some(rx);
-            self.catalog = Some(cat);
-        }
-        if self.catalog_of.is_none() && self.catalog.is_some() {
-            self.catalog_of = Some(t.postmaster);
+            let (_task, snapshot) = catalog::spawn_poller(cat.clone(), self.settings.period);
+            self.catalogs.insert(t.postmaster, ServerCatalog { catalog: cat, snapshot });
         }
         if t.sites.iter().any(|s| s.spec.probe == dbtel_common::site::ERRSTART) {
             self.tracker.errors_by_level = true;
@@ -151,17 +153,21 @@ impl ServerSide {
         Ok(())
     }
 
+    fn catalog(&self, postmaster: u32) -> Option<Arc<Catalog>> {
+        self.catalogs.get(&postmaster).map(|c| c.catalog.clone())
+    }
+
     /// Shared, not copied: read for every span of the backend.
-    fn backend_info(&self, pid: u32) -> Option<Arc<catalog::Backend>> {
+    fn backend_info(&self, postmaster: u32, pid: u32) -> Option<Arc<catalog::Backend>> {
         if let Some(Lookup::Known(b)) = self.backends.get(&pid) {
             return Some(b.clone());
         }
-        self.snapshot.as_ref()?.borrow().backends.get(&self.pids.ns(pid)).cloned().map(Arc::new)
+        self.catalogs.get(&postmaster)?.snapshot.borrow().backends.get(&self.pids.ns(pid)).cloned().map(Arc::new)
     }
 
     /// Asks the catalog about a backend seen for the first time.
-    fn look_up(&mut self, pid: u32) {
-        let Some(cat) = self.catalog.clone() else { return };
+    fn look_up(&mut self, postmaster: u32, pid: u32) {
+        let Some(cat) = self.catalog(postmaster) else { return };
         if self.backends.contains_key(&pid) {
             return;
         }
@@ -183,33 +189,29 @@ impl ServerSide {
         });
     }
 
-    /// The catalog's own sessions: their backends must not be traced (PIDs
-    /// as the server knows them).
-    fn own_backends(&self) -> Vec<i32> {
-        self.catalog.as_ref().map(|c| c.own_pids()).unwrap_or_default()
+    /// The catalogs' own sessions: their backends must not be traced
+    /// (postmaster, PID as the server knows it).
+    fn own_backends(&self) -> Vec<(u32, i32)> {
+        self.catalogs.iter().flat_map(|(pm, c)| c.catalog.own_pids().into_iter().map(move |ns| (*pm, ns))).collect()
     }
 
-    /// The catalog's own backends by host PID (learnt if they are new).
+    /// The catalogs' own backends by host PID (learnt if they are new).
     pub fn own_backends_on_host(&mut self) -> Vec<u32> {
         let own = self.own_backends();
-        let Some(server) = self.catalog_of else { return Vec::new() };
-        if own.iter().any(|ns| !self.pids.knows(server, *ns)) {
-            for pid in crate::server::processes_of(server) {
-                self.pids.learn(pid, server);
+        for (server, ns) in &own {
+            if !self.pids.knows(*server, *ns) {
+                for pid in crate::server::processes_of(*server) {
+                    self.pids.learn(pid, *server);
+                }
             }
         }
-        own.into_iter().map(|ns| self.pids.host(server, ns)).collect()
-    }
-
-    /// A backend of the catalog's server by host PID.
-    fn host_of(&self, ns: i32) -> u32 {
-        self.pids.host(self.catalog_of.unwrap_or(0), ns)
+        own.into_iter().map(|(server, ns)| self.pids.host(server, ns)).collect()
     }
 
     pub fn on_hit(&mut self, hit: &ServerHit, recon: &mut Reconstructor) {
         self.pids.learn(hit.at.pid, hit.at.conn as u32);
-        if hit.site == dbtel_common::site::STATEMENT_STATUS && hit.text.is_some() && self.catalog_of == Some(hit.at.conn as u32) {
-            self.look_up(hit.at.pid);
+        if hit.site == dbtel_common::site::STATEMENT_STATUS && hit.text.is_some() {
+            self.look_up(hit.at.conn as u32, hit.at.pid);
         }
         let pids = &self.pids;
         let client = |pid: u32| recon.client_context(pids.ns(pid)).map(|c| ClientIds { query: c.query, txn: c.txn });
@@ -224,11 +226,9 @@ impl ServerSide {
                             recon.annotate(self.pids.ns(pid), span::Event { name, ts_ns, attributes: lock_attributes(&tag) });
                         }
                     }
-                    if self.catalog_of == Some(postmaster) {
-                        self.ask(pid, wait, tag);
-                    }
+                    self.ask(postmaster, pid, wait, tag);
                 }
-                Notice::Deadlock { pid, wait, ts_ns, .. } => self.deadlock(pid, wait, ts_ns, recon),
+                Notice::Deadlock { pid, postmaster, wait, ts_ns } => self.deadlock(postmaster, pid, wait, ts_ns, recon),
             }
         }
     }
@@ -241,20 +241,20 @@ impl ServerSide {
 
     /// Who blocks `pid`, and the relation locked: asked once the wait has
     /// lasted WAIT_GRACE, while it is still on.
-    fn ask(&mut self, pid: u32, wait: Ids, tag: LockTag) {
-        if self.catalog.is_none() {
+    fn ask(&mut self, postmaster: u32, pid: u32, wait: Ids, tag: LockTag) {
+        if !self.catalogs.contains_key(&postmaster) {
             return;
         }
         self.facts.insert(wait.span_id, None);
         let tx = self.tx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(WAIT_GRACE).await;
-            let _ = tx.send(Reply::Due { wait, pid, tag });
+            let _ = tx.send(Reply::Due { postmaster, wait, pid, tag });
         });
     }
 
-    fn look_up_wait(&mut self, pid: u32, wait: Ids, tag: LockTag) {
-        let Some(cat) = self.catalog.clone() else { return };
+    fn look_up_wait(&mut self, postmaster: u32, pid: u32, wait: Ids, tag: LockTag) {
+        let Some(cat) = self.catalog(postmaster) else { return };
         let still_waiting = self.tracker.open_wait(pid) == Some(wait);
         let blockers = still_waiting && self.lookups_in_flight < MAX_LOOKUPS;
         if still_waiting && !blockers {
@@ -292,7 +292,7 @@ impl ServerSide {
                     Err(e) => cat.warn_rate_limited(&e),
                 }
             }
-            let _ = tx.send(Reply::Wait { wait: wait.span_id, facts });
+            let _ = tx.send(Reply::Wait { postmaster, wait: wait.span_id, facts });
         });
     }
 
@@ -304,12 +304,12 @@ impl ServerSide {
     }
 
     /// The blockers' transactions, as traced by dbtel.
-    fn blocker_links(&self, facts: &WaitFacts, recon: &Reconstructor) -> Vec<span::Link> {
+    fn blocker_links(&self, postmaster: u32, facts: &WaitFacts, recon: &Reconstructor) -> Vec<span::Link> {
         facts
             .blockers
             .iter()
             .filter_map(|b| {
-                let ids = self.traced_work(self.host_of(b.pid), recon)?;
+                let ids = self.traced_work(self.pids.host(postmaster, b.pid), recon)?;
                 Some(span::Link {
                     trace_id: ids.trace_id,
                     span_id: ids.span_id,
@@ -322,7 +322,8 @@ impl ServerSide {
             .collect()
     }
 
-    fn deadlock(&mut self, victim: u32, wait: Option<Ids>, ts_ns: u64, recon: &mut Reconstructor) {
+    fn deadlock(&mut self, postmaster: u32, victim: u32, wait: Option<Ids>, ts_ns: u64, recon: &mut Reconstructor) {
+        let host_of = |ns: i32| self.pids.host(postmaster, ns);
         let blockers = wait.and_then(|w| self.facts.get(&w.span_id).cloned().flatten()).map(|f| f.blockers).unwrap_or_default();
         let victim_ns = self.pids.ns(victim);
         let mut attrs = vec![KeyValue::new("db.postgresql.deadlock.victim.pid", victim_ns as i64)];
@@ -333,9 +334,9 @@ impl ServerSide {
         for b in &blockers {
             pids.push(b.pid as i64);
             attrs.push(KeyValue::new("db.postgresql.deadlock.other.pid", b.pid as i64));
-            let q = self.tracker.running_query(self.host_of(b.pid)).map(str::to_string).unwrap_or_else(|| b.query.clone());
+            let q = self.tracker.running_query(host_of(b.pid)).map(str::to_string).unwrap_or_else(|| b.query.clone());
             attrs.push(KeyValue::new("db.postgresql.deadlock.other.query", crate::sql::facts(&q, self.obfuscate).text));
-            if let Some(ids) = self.traced_work(self.host_of(b.pid), recon) {
+            if let Some(ids) = self.traced_work(host_of(b.pid), recon) {
                 attrs.push(KeyValue::new("db.postgresql.deadlock.other.trace_id", format!("{:032x}", ids.trace_id)));
                 attrs.push(KeyValue::new("db.postgresql.deadlock.other.span_id", format!("{:016x}", ids.span_id)));
             }
@@ -352,7 +353,7 @@ impl ServerSide {
         }
         recon.annotate(victim_ns, ev.clone());
         for b in &blockers {
-            if let Some(w) = self.tracker.open_wait(self.host_of(b.pid)) {
+            if let Some(w) = self.tracker.open_wait(host_of(b.pid)) {
                 self.tracker.annotate_wait(w, ev.clone());
             }
             recon.annotate(b.pid, ev.clone());
@@ -363,16 +364,16 @@ impl ServerSide {
     pub fn take_replies(&mut self, recon: &Reconstructor) {
         while let Ok(r) = self.rx.try_recv() {
             match r {
-                Reply::Due { wait, pid, tag } => {
+                Reply::Due { postmaster, wait, pid, tag } => {
                     if self.facts.contains_key(&wait.span_id) {
-                        self.look_up_wait(pid, wait, tag);
+                        self.look_up_wait(postmaster, pid, wait, tag);
                     }
                 }
                 // An answer that came after its wait was exported has nowhere to go.
                 Reply::Wait { wait, .. } if !self.facts.contains_key(&wait) => self.lookups_in_flight -= 1,
-                Reply::Wait { wait, facts } => {
+                Reply::Wait { postmaster, wait, facts } => {
                     self.lookups_in_flight -= 1;
-                    let links = self.blocker_links(&facts, recon);
+                    let links = self.blocker_links(postmaster, &facts, recon);
                     self.links.insert(wait, links);
                     self.facts.insert(wait, Some(facts));
                 }
@@ -393,11 +394,11 @@ impl ServerSide {
         // untraces it; a new backend's spans are held until it is looked up).
         let own = self.own_backends();
         for (s, since) in std::mem::take(&mut self.held) {
-            let pid = s.pid();
-            let info = self.backend_info(pid);
+            let (pm, pid) = (s.postmaster(), s.pid());
+            let info = self.backend_info(pm, pid);
             // Parallel workers report their leader's statement and never go
             // idle: the leader's span is the one that counts.
-            if own.contains(&self.pids.ns(pid)) || info.as_ref().is_some_and(|b| b.backend_type == "parallel worker") {
+            if own.contains(&(pm, self.pids.ns(pid))) || info.as_ref().is_some_and(|b| b.backend_type == "parallel worker") {
                 if let ServerSpan::Wait(w) = &s {
                     self.facts.remove(&w.ids.span_id);
                     self.links.remove(&w.ids.span_id);
@@ -459,25 +460,30 @@ impl ServerSide {
     /// Sessions idle inside a transaction for long hold locks others may
     /// need: said once per session and transaction, from the poller's snapshot.
     pub fn warn_idle_in_transaction(&mut self) {
-        let Some(rx) = &self.snapshot else { return };
-        let snap = rx.borrow().clone();
+        let snapshots: Vec<(u32, Arc<Snapshot>)> = self.catalogs.iter().map(|(pm, c)| (*pm, c.snapshot.borrow().clone())).collect();
+        for (pm, snap) in snapshots {
+            self.warn_idle(pm, &snap);
+        }
+        if self.idle_warned.len() > 10_000 {
+            self.idle_warned.clear();
+        }
+    }
+
+    fn warn_idle(&mut self, postmaster: u32, snap: &Snapshot) {
         for s in &snap.stats.idle_in_transaction {
             let Some(age) = s.xact_age_ms.filter(|a| *a >= IDLE_IN_TXN_WARN.as_millis() as f64) else { continue };
             // Keyed by the transaction's start, so a new transaction warns again.
             let started = snap.taken_at.map_or(0, |t| {
                 t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64).saturating_sub(age as u64) / 1000
             });
-            if self.idle_warned.insert((s.pid, started)) {
+            if self.idle_warned.insert((postmaster, s.pid, started)) {
                 log::warn!(
-                    "backend {} has been idle in transaction for {:.0} s (transaction open {:.0} s): its locks block others",
+                    "backend {} of server {postmaster} has been idle in transaction for {:.0} s (transaction open {:.0} s): its locks block others",
                     s.pid,
                     s.duration_ms / 1000.0,
                     age / 1000.0
                 );
             }
-        }
-        if self.idle_warned.len() > 10_000 {
-            self.idle_warned.clear();
         }
     }
 
@@ -485,6 +491,12 @@ impl ServerSide {
     pub fn server_gone(&mut self, postmaster: u32, ts_ns: u64, exited: bool) {
         self.tracker.server_gone(postmaster, ts_ns, exited, &mut self.spans);
         self.servers.remove(&postmaster);
+    }
+
+    /// Closes a gone server's catalog connection, once its last spans are out
+    /// (its poller stops with it; a restarted server gets a new one).
+    pub fn drop_catalog(&mut self, postmaster: u32) {
+        self.catalogs.remove(&postmaster);
     }
 }
 

@@ -283,3 +283,36 @@ fn a_libpq_first_seen_in_a_new_process_is_probed() {
     let backend = backends_that_ran(&pg, "'bundled'");
     assert_eq!(server_spans_of(&spans, backend[0])[0].parent_span_id, client[0].span_id);
 }
+
+#[test]
+fn every_server_gets_its_own_catalog() {
+    require_root();
+    let a = Cluster::start_logged();
+    let b = Cluster::start_logged();
+    b.psql("postgres", "create table t (id int primary key, v int); insert into t values (1, 0)");
+    let rx = Receiver::start();
+    let (pa, pb) = (a.port.to_string(), b.port.to_string());
+    let agent = Agent::start(&["--all", "--port", &pa, "--port", &pb, "--otlp-endpoint", &rx.http_endpoint()], Stdio::null());
+    // On A: a session the catalog can see (it lasts 300 ms).
+    run(&mut psql(&a, "select 'on a' as marker, pg_sleep(0.3)"));
+    // On B: a lock wait, whose blocker only B's catalog can name.
+    let holder = psql(&b, "begin; update t set v = 1 where id = 1; select pg_sleep(0.6); commit;").spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    run(&mut psql(&b, "update t set v = 2 where id = 1"));
+    finish(holder);
+    std::thread::sleep(Duration::from_millis(800));
+    let run = agent.interrupt();
+    assert!(run.status.success(), "{run:?}");
+    let spans = rx.spans();
+
+    let on_a = server_spans_of(&spans, backends_that_ran(&a, "'on a'")[0]);
+    assert_eq!(on_a.len(), 1, "{spans:?}");
+    assert_eq!(on_a[0].str("db.postgresql.application_name"), Some("psql"), "A's catalog");
+    let waits: Vec<&Span> = spans.iter().filter(|s| s.name == "lock wait t").collect();
+    assert_eq!(waits.len(), 1, "{spans:?}");
+    let w = waits[0];
+    assert_eq!(w.resource_int("process.pid"), Some(b.postmaster_pid() as i64));
+    let holder_backend = backends_that_ran(&b, "pg_sleep(0.6)")[0];
+    assert_eq!(w.int("db.postgresql.blocker.pid"), Some(holder_backend as i64), "B's catalog named the blocker: {}", run.stderr);
+    assert_eq!(w.str("db.postgresql.lock.relation"), Some("public.t"));
+}

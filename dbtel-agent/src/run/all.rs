@@ -52,11 +52,16 @@ impl Agent {
         let kind = match server::inspect(pid) {
             Ok(Some(_)) => FileKind::Server,
             Ok(None) => FileKind::Neither,
-            Err(e) => {
+            Err(e @ server::ServerError::Read { .. }) => {
                 // Not kept: the process may have gone before its file was read (pg_ctl's
                 // `postgres -V`), and the next one running this file must be judged.
                 log::debug!("process {pid}: {e}");
                 return FileKind::Neither;
+            }
+            // A server build dbtel cannot trace (said once per file).
+            Err(e) => {
+                log::warn!("{e}");
+                FileKind::Neither
             }
         };
         self.host().judged(id, kind);
