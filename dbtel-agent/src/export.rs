@@ -8,7 +8,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use dbtel_common::func;
@@ -23,6 +23,8 @@ use opentelemetry_sdk::{
     Resource,
 };
 
+// Re-exported: everything that builds spans converts kernel times through it.
+pub use crate::clock::Clock;
 use crate::{
     batch::{Driver, Pipeline},
     backend::{LockWait, ServerQuery, ServerTxn},
@@ -79,49 +81,6 @@ impl ExportStats {
     pub fn unaccounted(&self) -> u64 {
         let done = self.exported.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
         self.ended.load(Ordering::Relaxed).saturating_sub(done)
-    }
-}
-
-/// CLOCK_MONOTONIC (what bpf_ktime_get_ns reads) → wall clock.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    /// realtime − monotonic, in nanoseconds.
-    offset_ns: i128,
-}
-
-fn clock_ns(id: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(id, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-}
-
-impl Clock {
-    /// Samples both clocks a few times and keeps the tightest bracket.
-    pub fn now() -> Self {
-        let mut best = (i128::MAX, 0i128);
-        for _ in 0..5 {
-            let r1 = clock_ns(libc::CLOCK_REALTIME);
-            let m = clock_ns(libc::CLOCK_MONOTONIC);
-            let r2 = clock_ns(libc::CLOCK_REALTIME);
-            if r2 - r1 < best.0 {
-                best = (r2 - r1, (r1 + r2) / 2 - m);
-            }
-        }
-        Clock { offset_ns: best.1 }
-    }
-
-    pub fn fixed(offset_ns: i128) -> Self {
-        Clock { offset_ns }
-    }
-
-    pub fn monotonic_now_ns() -> u64 {
-        clock_ns(libc::CLOCK_MONOTONIC) as u64
-    }
-
-    pub fn wall(&self, mono_ns: u64) -> SystemTime {
-        let ns = mono_ns as i128 + self.offset_ns;
-        SystemTime::UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64)
     }
 }
 
@@ -610,15 +569,5 @@ mod tests {
         let d = describe(&s, false);
         assert_eq!(get(&d, "error.type").as_deref(), Some("dbtel.process_exited"));
         assert_eq!(d.error.as_deref(), Some("query did not complete: process exited"));
-    }
-
-    #[test]
-    fn clock_converts_monotonic_to_wall() {
-        let c = Clock::fixed(1_700_000_000_000_000_000);
-        assert_eq!(c.wall(5).duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos(), 1_700_000_000_000_000_005);
-        let now = Clock::now();
-        let wall = now.wall(Clock::monotonic_now_ns());
-        let err = SystemTime::now().duration_since(wall).unwrap_or_else(|e| e.duration());
-        assert!(err < Duration::from_millis(50), "{err:?}");
     }
 }

@@ -4,6 +4,7 @@ pub mod backend;
 pub mod batch;
 pub mod catalog;
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod console;
 pub mod contention;
