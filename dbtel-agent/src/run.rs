@@ -399,16 +399,32 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     if cfg.pids.is_empty() && cfg.command.is_empty() && cfg.host_wide.is_none() {
         bail!("nothing to trace: give --pid <PID>, --all or -- <command>");
     }
-    // Everything that can be refused is checked before loading anything.
+    // Everything that can be refused is checked before loading anything. Of
+    // several targets, those that can be traced are; each other says why.
     let mut targets: Vec<LibpqTarget> = Vec::new();
     let mut server_targets: Vec<ServerTarget> = Vec::new();
+    let mut refused: Vec<anyhow::Error> = Vec::new();
     for &pid in &cfg.pids {
         match server::inspect(pid) {
             Ok(Some(t)) => server_targets.push(t),
             // Unreadable: find_libpq says why (no such process, permissions).
-            Ok(None) | Err(server::ServerError::Read { .. }) => targets.extend(discover::find_libpq(pid)?),
-            Err(e) => return Err(e.into()),
+            Ok(None) | Err(server::ServerError::Read { .. }) => match discover::find_libpq(pid) {
+                Ok(t) => targets.extend(t),
+                Err(e) => refused.push(e.into()),
+            },
+            Err(e) => refused.push(e.into()),
         }
+    }
+    let nothing_else = targets.is_empty() && server_targets.is_empty() && cfg.command.is_empty() && cfg.host_wide.is_none();
+    if nothing_else && !refused.is_empty() {
+        let last = refused.pop().expect("not empty");
+        for e in refused {
+            eprintln!("dbtel-agent: {e:#}");
+        }
+        return Err(last);
+    }
+    for e in refused {
+        eprintln!("dbtel-agent: not traced: {e:#}");
     }
     let _stats = cfg.probe_stats.then(crate::attach::enable_run_stats).transpose()?;
     let mut probes = Probes::load(crate::EBPF_OBJECT, cfg.max_text, cfg.probes_only, cfg.host_wide.is_some())?;

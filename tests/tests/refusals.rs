@@ -31,7 +31,7 @@ fn process_without_libpq() {
     let _ = sleep.wait();
     assert_eq!(
         msg,
-        format!("dbtel-agent: process {pid} (sleep) does not use libpq: no libpq is mapped and its executable has no libpq symbols")
+        format!("dbtel-agent: process {pid} (sleep) does not use libpq (none mapped, none linked in): trace its server (--pid POSTMASTER) to see its queries")
     );
 }
 
@@ -95,5 +95,48 @@ fn postgresql_server_build_lacking_probes_is_refused_by_name() {
             "dbtel-agent: {} is a PostgreSQL server without the USDT probe transaction__abort (needed for transactions)",
             exe.display()
         )
+    );
+}
+
+#[test]
+fn of_several_targets_those_that_can_be_traced_are() {
+    require_root();
+    let pg = dbtel_tests::Cluster::start_logged();
+    let rx = dbtel_tests::Receiver::start();
+    let mut sleep = Command::new("sleep").arg("30").spawn().unwrap();
+    let (app, pm) = (sleep.id(), pg.postmaster_pid());
+    let agent = dbtel_tests::Agent::start(&["--otlp-endpoint", &rx.http_endpoint(), "--pid", &app.to_string(), "--pid", &pm.to_string()], Stdio::null());
+    let reason = format!(
+        "dbtel-agent: not traced: process {app} (sleep) does not use libpq (none mapped, none linked in): trace its server (--pid POSTMASTER) to see its queries"
+    );
+    assert!(agent.stderr_lines.contains(&reason), "{:?}", agent.stderr_lines);
+    pg.psql("postgres", "select 'the server is traced' as marker");
+    std::thread::sleep(Duration::from_millis(700));
+    let run = agent.interrupt();
+    sleep.kill().unwrap();
+    let _ = sleep.wait();
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    let logged = pg.logged_statements().into_iter().filter(|(_, t)| t.contains("the server is traced")).count();
+    let spans = rx.spans();
+    assert_eq!(logged, 1);
+    assert_eq!(spans.iter().filter(|s| s.text() == "select ? as marker").count(), logged, "{spans:?}");
+}
+
+#[test]
+fn when_nothing_can_be_traced_every_reason_is_given() {
+    require_root();
+    let mut a = Command::new("sleep").arg("30").spawn().unwrap();
+    let missing = (4_000_000..).find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()).unwrap();
+    let run = run_agent(&["--pid", &a.id().to_string(), "--pid", &missing.to_string()], b"", Duration::from_secs(30));
+    a.kill().unwrap();
+    let _ = a.wait();
+    assert_eq!(run.status.code(), Some(1), "{run:?}");
+    let lines: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("dbtel-agent: ")).collect();
+    assert_eq!(
+        lines,
+        [
+            format!("dbtel-agent: process {} (sleep) does not use libpq (none mapped, none linked in): trace its server (--pid POSTMASTER) to see its queries", a.id()),
+            format!("dbtel-agent: no process with PID {missing}"),
+        ]
     );
 }
