@@ -340,7 +340,10 @@ fn ends_block(text: &str) -> Option<TxnOutcome> {
 /// How a statement ends the open block, if it does: PREPARE TRANSACTION
 /// prepares it, COMMIT/END commits, ROLLBACK/ABORT rolls back.
 fn block_end(text: &str) -> Option<TxnOutcome> {
-    if prepares(text) { Some(TxnOutcome::Prepared) } else { ends_block(text) }
+    match crate::txn::verb(text) {
+        crate::txn::Verb::PrepareTransaction => Some(TxnOutcome::Prepared),
+        _ => ends_block(text),
+    }
 }
 
 /// COMMIT AND CHAIN / ROLLBACK AND CHAIN.
@@ -349,11 +352,6 @@ fn chains(text: &str) -> bool {
     ends_block(text).is_some() && upper.contains("AND CHAIN") && !upper.contains("AND NO CHAIN")
 }
 
-/// PREPARE TRANSACTION 'gid' (not PREPARE of a statement).
-fn prepares(text: &str) -> bool {
-    let mut w = text.split_whitespace().map(str::to_ascii_uppercase);
-    w.next().as_deref() == Some("PREPARE") && w.next().as_deref() == Some("TRANSACTION")
-}
 
 /// Closes a backend's open waits: ended by `error` (at its time) or, with
 /// none, at `ts`.

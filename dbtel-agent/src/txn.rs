@@ -21,6 +21,8 @@ pub enum Verb {
     Begin,
     Commit,
     Rollback,
+    /// PREPARE TRANSACTION 'gid': the block ends, prepared for two-phase commit.
+    PrepareTransaction,
     Savepoint(String),
     Release(String),
     RollbackTo(String),
@@ -143,6 +145,7 @@ pub fn verb(text: &str) -> Verb {
         b"COMMIT" | b"END" if next.as_ref().is_some_and(|n| n.is("PREPARED")) => Verb::Other,
         b"COMMIT" | b"END" => Verb::Commit,
         b"ABORT" => Verb::Rollback,
+        b"PREPARE" if next.as_ref().is_some_and(|n| n.is("TRANSACTION")) => Verb::PrepareTransaction,
         b"ROLLBACK" if next.as_ref().is_some_and(|n| n.is("PREPARED")) => Verb::Other,
         b"ROLLBACK" => {
             skip_noise(&mut next, &mut w);
@@ -171,6 +174,8 @@ pub fn verb(text: &str) -> Verb {
 pub enum Outcome {
     Committed,
     RolledBack,
+    /// PREPARE TRANSACTION: its fate is decided later (COMMIT/ROLLBACK PREPARED).
+    Prepared,
     /// The connection closed or the process exited inside it.
     Incomplete,
 }
@@ -180,6 +185,7 @@ impl Outcome {
         match self {
             Outcome::Committed => "committed",
             Outcome::RolledBack => "rolled_back",
+            Outcome::Prepared => "prepared",
             Outcome::Incomplete => "incomplete",
         }
     }
@@ -323,6 +329,15 @@ impl Tracker {
                 _ => Some(Outcome::Committed),
             },
             Verb::Rollback => Some(Outcome::RolledBack),
+            // A failed PREPARE TRANSACTION rolls the block back; the server
+            // answers ROLLBACK to preparing an aborted one.
+            Verb::PrepareTransaction if failed || o.aborted_now || cmd_status.is_some_and(|t| t.starts_with("ROLLBACK")) => {
+                if failed && !o.aborted_now {
+                    o.sqlstate = sqlstate.map(Into::into).or(o.sqlstate.take());
+                }
+                Some(Outcome::RolledBack)
+            }
+            Verb::PrepareTransaction => Some(Outcome::Prepared),
             _ if failed => {
                 // Any error inside a transaction block aborts it; the first one is the cause.
                 if !o.aborted_now {
@@ -379,6 +394,7 @@ fn finish(key: Key, mut o: Open, end_ns: u64, outcome: Outcome) -> TxnSpan {
     match outcome {
         Outcome::Committed => o.events.push(Event { name: "transaction.committed", ts_ns: end_ns, attributes: vec![] }),
         Outcome::RolledBack => o.events.push(Event { name: "transaction.rolled_back", ts_ns: end_ns, attributes: vec![] }),
+        Outcome::Prepared => o.events.push(Event { name: "transaction.prepared", ts_ns: end_ns, attributes: vec![] }),
         Outcome::Incomplete => {}
     }
     TxnSpan {
@@ -415,7 +431,7 @@ pub fn describe(t: &TxnSpan) -> (String, Vec<KeyValue>, Option<String>) {
     // An explicit ROLLBACK is the application's choice, not an error; a
     // rollback forced by an error is.
     let error = match (t.outcome, &t.sqlstate) {
-        (Outcome::Committed, _) => None,
+        (Outcome::Committed | Outcome::Prepared, _) => None,
         (_, Some(code)) => Some(code.clone()),
         (Outcome::Incomplete, None) => Some("dbtel.incomplete".to_string()),
         (Outcome::RolledBack, None) => None,
@@ -448,6 +464,9 @@ mod tests {
             ("abort", Verb::Rollback),
             ("rollback work", Verb::Rollback),
             ("ROLLBACK PREPARED 'x'", Verb::Other),
+            ("PREPARE TRANSACTION 'g1'", Verb::PrepareTransaction),
+            ("prepare transaction 'g1';", Verb::PrepareTransaction),
+            ("PREPARE q AS SELECT 1", Verb::Other),
             ("ROLLBACK TO SAVEPOINT sp1", Verb::RollbackTo("sp1".into())),
             ("rollback transaction to Sp1", Verb::RollbackTo("sp1".into())),
             ("ROLLBACK TO \"My SP\"", Verb::RollbackTo("My SP".into())),
@@ -601,6 +620,23 @@ mod tests {
         let (name, attrs, err) = describe(t);
         assert_eq!((name.as_str(), err), ("transaction", None));
         assert!(attrs.contains(&KeyValue::new("db.transaction.outcome", "rolled_back")));
+    }
+
+    #[test]
+    fn prepare_transaction_ends_the_block_as_prepared() {
+        let mut d = Drive::new();
+        d.ok("BEGIN").ok("insert 1").ok("PREPARE TRANSACTION 'g1'").ok("COMMIT PREPARED 'g1'");
+        assert_eq!(d.out.len(), 1, "COMMIT PREPARED runs outside any block");
+        let t = &d.out[0];
+        assert_eq!((t.outcome, t.aborted, t.statements), (Outcome::Prepared, false, 3));
+        assert_eq!(event_names(t).last(), Some(&"transaction.prepared"));
+        let (_, attrs, err) = describe(t);
+        assert_eq!(err, None);
+        assert!(attrs.contains(&KeyValue::new("db.transaction.outcome", "prepared")));
+        // Preparing an aborted block: the server rolls it back (tag ROLLBACK).
+        let mut d = Drive::new();
+        d.ok("BEGIN").fail("insert 1", "23505").stmt("PREPARE TRANSACTION 'g2'", 1_000, None, Some("ROLLBACK"));
+        assert_eq!((d.out[0].outcome, d.out[0].sqlstate.as_deref()), (Outcome::RolledBack, Some("23505")));
     }
 
     #[test]

@@ -129,6 +129,12 @@ impl Cluster {
         Self::start_with(&LOGGED)
     }
 
+    /// [`Cluster::start_logged`] with extra settings.
+    pub fn start_logged_with(settings: &[&str]) -> Cluster {
+        let all: Vec<&str> = LOGGED.iter().chain(settings).copied().collect();
+        Self::start_with(&all)
+    }
+
     /// [`Cluster::start_logged`], made but not started.
     pub fn init_logged() -> Cluster {
         Self::init_with(&LOGGED)

@@ -189,3 +189,37 @@ fn transactions_parent_their_statements() {
     assert!(roots.iter().all(|r| txns.iter().all(|t| t.trace_id != r.trace_id)));
     assert_eq!(queries.len(), WANT.iter().map(|w| w.texts.len()).sum::<usize>() + 2);
 }
+
+#[test]
+fn prepare_transaction_ends_the_clients_block_as_prepared() {
+    require_root();
+    let pg = Cluster::start_logged_with(&["max_prepared_transactions=5"]);
+    pg.psql("postgres", "create table twophase (id int)");
+    let rx = Receiver::start();
+    let psql = pg.bin("psql").display().to_string();
+    let mut args = vec!["--otlp-endpoint".to_string(), rx.http_endpoint(), "--".into(), psql];
+    args.extend(pg.conn_args());
+    args.extend(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"].map(String::from));
+    for sql in ["begin", "insert into twophase values (1)", "prepare transaction 'g1'", "commit prepared 'g1'"] {
+        args.extend(["-c".to_string(), sql.to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = dbtel_tests::run_agent(&args, b"", Duration::from_secs(30));
+    assert!(run.status.success(), "{run:?}");
+    let logged: Vec<String> = pg.logged_statements().into_iter().map(|(_, t)| t).filter(|t| !t.contains("create table")).collect();
+    assert_eq!(logged, ["begin", "insert into twophase values (1)", "prepare transaction 'g1'", "commit prepared 'g1'"]);
+    let spans = rx.spans();
+    let txns: Vec<&Span> = spans.iter().filter(|s| s.name == "transaction").collect();
+    assert_eq!(txns.len(), 1, "{spans:?}");
+    let t = txns[0];
+    assert_eq!(t.str("db.transaction.outcome"), Some("prepared"));
+    assert_eq!(t.int("db.transaction.statement_count"), Some(3));
+    assert_eq!(t.status_code, 0);
+    assert_eq!(t.event_names().last(), Some(&"transaction.prepared"));
+    let mut under: Vec<&Span> = spans.iter().filter(|s| s.parent_span_id == t.span_id).collect();
+    under.sort_by_key(|s| s.start_ns);
+    let under: Vec<&str> = under.iter().map(|s| s.text()).collect();
+    assert_eq!(under, ["begin", "insert into twophase values (?)", "prepare transaction ?"]);
+    let commit = spans.iter().find(|s| s.text() == "commit prepared ?").expect("COMMIT PREPARED span");
+    assert!(commit.parent_span_id.is_empty(), "COMMIT PREPARED runs outside any block");
+}
