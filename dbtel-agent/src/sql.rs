@@ -141,10 +141,29 @@ pub fn facts_with(dialect: &dyn Dialect, sql: &str, obfuscate: bool) -> QueryFac
 
 /// Tokens, or the byte offset where tokenizing failed.
 fn tokenize(dialect: &dyn Dialect, sql: &str) -> Result<Vec<Token>, usize> {
-    Tokenizer::new(dialect, sql).with_unescape(false).tokenize().map_err(|e| {
-        let (line, col) = (e.location.line as usize, e.location.column as usize);
-        byte_offset(sql, line, col).min(sql.len().saturating_sub(1))
-    })
+    let run = |sql: &str| {
+        Tokenizer::new(dialect, sql).with_unescape(false).tokenize().map_err(|e| {
+            let (line, col) = (e.location.line as usize, e.location.column as usize);
+            byte_offset(sql, line, col).min(sql.len().saturating_sub(1))
+        })
+    };
+    match run(sql) {
+        // `0x_FF` (PostgreSQL 16): the tokenizer wants a hex digit after 0x. The
+        // underscore carries nothing: read it without (a few at most).
+        Err(at) if sql[..at].ends_with(['x', 'X']) && sql[at..].starts_with('_') => {
+            let mut fixed = sql.to_string();
+            for _ in 0..8 {
+                match run(&fixed) {
+                    Err(at) if fixed[..at].ends_with(['x', 'X']) && fixed[at..].starts_with('_') => {
+                        fixed.remove(at);
+                    }
+                    r => return r.map_err(|_| at),
+                }
+            }
+            Err(at)
+        }
+        r => r,
+    }
 }
 
 /// Byte offset of a 1-based (line, column-in-chars) location, backed up to the
@@ -185,6 +204,16 @@ fn is_literal(t: &Token) -> bool {
     )
 }
 
+/// A word written right after a number that PostgreSQL 16 reads as part of
+/// it: a radix prefix's digits (`o17`, `b101`, `x_FF`) or digit groups (`_000`).
+fn continues_number(t: &Token) -> bool {
+    let Token::Word(w) = t else { return false };
+    let mut b = w.value.bytes();
+    w.quote_style.is_none()
+        && matches!(b.next(), Some(b'o' | b'O' | b'b' | b'B' | b'x' | b'X' | b'_'))
+        && b.all(|c| c.is_ascii_hexdigit() || c == b'_')
+}
+
 fn render_obfuscated(tokens: &[Token]) -> String {
     let mut out = String::new();
     // Last significant token: decides whether a `-` is unary (part of the literal).
@@ -199,6 +228,11 @@ fn render_obfuscated(tokens: &[Token]) -> String {
         }
         if is_literal(t) {
             out.push('?');
+            // PostgreSQL 16's 0o17, 0b101, 0x_FF, 1_000: the tokenizer stops the
+            // number before the letter or underscore; the rest is the literal's too.
+            while matches!(t, Token::Number(..) | Token::HexStringLiteral(_)) && tokens.get(i + 1).is_some_and(continues_number) {
+                i += 1;
+            }
         } else {
             out.push_str(&t.to_string());
         }
@@ -353,6 +387,14 @@ mod tests {
         // Comments (sqlcommenter's traceparent) stay.
         assert_eq!(f("select 1 /*traceparent='00-ab-cd-01'*/").text, "select ? /*traceparent='00-ab-cd-01'*/");
         assert_eq!(facts("select 'x'", false).text, "select 'x'");
+    }
+
+    #[test]
+    fn postgresql_16_numbers_are_replaced_whole() {
+        assert_eq!(f("select 0o17, 0B101, 1_000, 0x_FF, 0xF_F, 0xFF, 1_000.5 from t where a = -0o7").text, "select ?, ?, ?, ?, ?, ?, ? from t where a = ?");
+        // PostgreSQL 15 reads `123abc` as `123 AS abc`: the alias stays.
+        assert_eq!(f("select 123abc from t").text, "select ?abc from t");
+        assert_eq!(f("select x_1, t.b101 from t").text, "select x_1, t.b101 from t", "identifiers are not numbers");
     }
 
     #[test]
