@@ -8,7 +8,7 @@ use opentelemetry::KeyValue;
 use sqlparser::{
     dialect::{Dialect, PostgreSqlDialect},
     keywords::Keyword,
-    tokenizer::{Token, Tokenizer},
+    tokenizer::{Token, Tokenizer, Whitespace},
 };
 
 use crate::span::shared;
@@ -226,6 +226,15 @@ fn render_obfuscated(tokens: &[Token]) -> String {
             i += 1;
             continue;
         }
+        if let Token::Whitespace(Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_)) = t {
+            // Comments are dropped (they can carry anything, literals included);
+            // a space keeps the words around them apart.
+            if !out.ends_with(char::is_whitespace) && !matches!(tokens.get(i + 1), Some(Token::Whitespace(_)) | None) {
+                out.push(' ');
+            }
+            i += 1;
+            continue;
+        }
         if is_literal(t) {
             out.push('?');
             // PostgreSQL 16's 0o17, 0b101, 0x_FF, 1_000: the tokenizer stops the
@@ -384,8 +393,10 @@ mod tests {
         assert_eq!(f("SELECT abalance FROM pgbench_accounts WHERE aid = $1").text, "SELECT abalance FROM pgbench_accounts WHERE aid = $1");
         // Identifiers with digits and quoted identifiers are not literals.
         assert_eq!(f("select t1.c2 from \"T 3\" t1").text, "select t1.c2 from \"T 3\" t1");
-        // Comments (sqlcommenter's traceparent) stay.
-        assert_eq!(f("select 1 /*traceparent='00-ab-cd-01'*/").text, "select ? /*traceparent='00-ab-cd-01'*/");
+        // Comments are dropped: they can carry anything (sqlcommenter's tags, literals).
+        assert_eq!(f("select 1 /*traceparent='00-ab-cd-01'*/").text, "select ? ");
+        assert_eq!(f("select a/* secret 42 */from t -- user=bob\nwhere b = 2").text, "select a from t \nwhere b = ?");
+        assert_eq!(facts("select 1 -- kept as sent\n", false).text, "select 1 -- kept as sent\n");
         assert_eq!(facts("select 'x'", false).text, "select 'x'");
     }
 
