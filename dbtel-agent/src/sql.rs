@@ -262,7 +262,9 @@ fn is_statement_keyword(k: Keyword) -> bool {
 
 /// (operation, collection, summary) from the significant tokens.
 fn describe(tokens: &[Token]) -> (Option<String>, Option<String>, Option<String>) {
-    let toks: Vec<&Token> = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).collect();
+    // `(SELECT …) UNION (SELECT …)`: named by its first operation.
+    let toks: Vec<&Token> =
+        tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).skip_while(|t| matches!(t, Token::LParen)).collect();
     let kw = |i: usize| match toks.get(i) {
         Some(Token::Word(w)) if w.quote_style.is_none() => w.keyword,
         _ => Keyword::NoKeyword,
@@ -398,6 +400,16 @@ mod tests {
         assert_eq!(f("select a/* secret 42 */from t -- user=bob\nwhere b = 2").text, "select a from t \nwhere b = ?");
         assert_eq!(facts("select 1 -- kept as sent\n", false).text, "select 1 -- kept as sent\n");
         assert_eq!(facts("select 'x'", false).text, "select 'x'");
+    }
+
+    #[test]
+    fn a_text_in_parentheses_is_named_by_its_first_operation() {
+        let q = f("(select a from t1 where x = 1) union (select a from t2)");
+        let bare = f("select a from t1 where x = 1 union select a from t2");
+        assert_eq!((q.operation.as_deref(), &q.collection, &q.summary), (Some("SELECT"), &bare.collection, &bare.summary));
+        assert_eq!(q.text, "(select a from t1 where x = ?) union (select a from t2)");
+        let one = f("(select a from t1)");
+        assert_eq!((one.operation.as_deref(), one.collection.as_deref()), (Some("SELECT"), Some("t1")));
     }
 
     #[test]
