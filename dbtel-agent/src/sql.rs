@@ -112,9 +112,9 @@ pub fn facts(sql: &str, obfuscate: bool) -> QueryFacts {
 
 pub fn facts_with(dialect: &dyn Dialect, sql: &str, obfuscate: bool) -> QueryFacts {
     // Facts of tokenized text; `raw` is what to export when not obfuscating.
-    let from = |tokens: &[Token], raw: &str| {
-        let (operation, collection, summary) = describe(tokens);
-        let text = if obfuscate { render_obfuscated(tokens) } else { raw.to_string() };
+    let from = |lexed: &Lexed, raw: &str| {
+        let (operation, collection, summary) = describe(&lexed.tokens);
+        let text = if obfuscate { render_obfuscated(lexed) } else { raw.to_string() };
         QueryFacts { text, operation, collection, summary, attrs: Vec::new() }
     };
     let f = match tokenize(dialect, sql) {
@@ -139,13 +139,26 @@ pub fn facts_with(dialect: &dyn Dialect, sql: &str, obfuscate: bool) -> QueryFac
     f.with_attrs()
 }
 
+/// A text's tokens and where each starts in it (the obfuscated text is the
+/// original with its literals replaced: operators and spacing as written).
+struct Lexed {
+    /// What was tokenized: the input, or a copy read more leniently (0x_FF).
+    text: String,
+    tokens: Vec<Token>,
+    starts: Vec<usize>,
+}
+
 /// Tokens, or the byte offset where tokenizing failed.
-fn tokenize(dialect: &dyn Dialect, sql: &str) -> Result<Vec<Token>, usize> {
-    let run = |sql: &str| {
-        Tokenizer::new(dialect, sql).with_unescape(false).tokenize().map_err(|e| {
+fn tokenize(dialect: &dyn Dialect, sql: &str) -> Result<Lexed, usize> {
+    let run = |sql: &str| match Tokenizer::new(dialect, sql).with_unescape(false).tokenize_with_location() {
+        Ok(t) => {
+            let starts = byte_offsets(sql, t.iter().map(|t| (t.span.start.line as usize, t.span.start.column as usize)));
+            Ok(Lexed { text: sql.to_string(), tokens: t.into_iter().map(|t| t.token).collect(), starts })
+        }
+        Err(e) => {
             let (line, col) = (e.location.line as usize, e.location.column as usize);
-            byte_offset(sql, line, col).min(sql.len().saturating_sub(1))
-        })
+            Err(byte_offset(sql, line, col).min(sql.len().saturating_sub(1)))
+        }
     };
     match run(sql) {
         // `0x_FF` (PostgreSQL 16): the tokenizer wants a hex digit after 0x. The
@@ -164,6 +177,24 @@ fn tokenize(dialect: &dyn Dialect, sql: &str) -> Result<Vec<Token>, usize> {
         }
         r => r,
     }
+}
+
+/// Byte offsets of increasing 1-based (line, column-in-chars) locations.
+fn byte_offsets(sql: &str, locations: impl Iterator<Item = (usize, usize)>) -> Vec<usize> {
+    let mut chars = sql.char_indices().peekable();
+    let (mut line, mut col) = (1, 1);
+    let mut out = Vec::new();
+    for (l, c) in locations {
+        while (line, col) < (l, c) {
+            match chars.next() {
+                Some((_, '\n')) => (line, col) = (line + 1, 1),
+                Some(_) => col += 1,
+                None => break,
+            }
+        }
+        out.push(chars.peek().map_or(sql.len(), |(b, _)| *b));
+    }
+    out
 }
 
 /// Byte offset of a 1-based (line, column-in-chars) location, backed up to the
@@ -214,7 +245,12 @@ fn continues_number(t: &Token) -> bool {
         && b.all(|c| c.is_ascii_hexdigit() || c == b'_')
 }
 
-fn render_obfuscated(tokens: &[Token]) -> String {
+fn render_obfuscated(lexed: &Lexed) -> String {
+    let tokens = &lexed.tokens;
+    let source = |i: usize| {
+        let end = lexed.starts.get(i + 1).copied().unwrap_or(lexed.text.len());
+        lexed.text.get(lexed.starts[i]..end).unwrap_or("")
+    };
     let mut out = String::new();
     // Last significant token: decides whether a `-` is unary (part of the literal).
     let mut prev_is_value = false;
@@ -243,7 +279,7 @@ fn render_obfuscated(tokens: &[Token]) -> String {
                 i += 1;
             }
         } else {
-            out.push_str(&t.to_string());
+            out.push_str(source(i));
         }
         if !matches!(t, Token::Whitespace(_)) {
             prev_is_value = is_literal(t)
@@ -400,6 +436,14 @@ mod tests {
         assert_eq!(f("select a/* secret 42 */from t -- user=bob\nwhere b = 2").text, "select a from t \nwhere b = ?");
         assert_eq!(facts("select 1 -- kept as sent\n", false).text, "select 1 -- kept as sent\n");
         assert_eq!(facts("select 'x'", false).text, "select 'x'");
+    }
+
+    #[test]
+    fn operators_and_spacing_stay_as_written() {
+        assert_eq!(f("select * from t where a != 1 and b<>2").text, "select * from t where a != ? and b<>?");
+        assert_eq!(f("select box '(1,1),(2,2)' <| box '(3,3),(4,4)'").text, "select box ? <| box ?");
+        assert_eq!(f("SELECT  x::int\n\t FROM \"tä\" WHERE y = 'é' AND z ~~* 'ü%'").text, "SELECT  x::int\n\t FROM \"tä\" WHERE y = ? AND z ~~* ?");
+        assert_eq!(f("select 'ö', 1,\n  'ß'").text, "select ?, ?,\n  ?");
     }
 
     #[test]
