@@ -123,10 +123,12 @@ pub fn facts_with(dialect: &dyn Dialect, sql: &str, obfuscate: bool) -> QueryFac
         // length limit). Describe and obfuscate the part that does; nothing after
         // the failure point is exported verbatim.
         Err(cut) => {
-            // Fail closed: a tokenizer that misread a quote (as sqlparser 0.59
-            // did after `?`) may have turned literal contents into words, so
-            // nothing from the first quote on is kept when obfuscating.
-            let cut = if obfuscate { sql[..cut].find(['\'', '$']).unwrap_or(cut) } else { cut };
+            // A string cut open by the length limit: everything before it stays
+            // (its literals replaced). Any other failure fails closed: a tokenizer
+            // that misread a quote (as sqlparser 0.59 did after `?`) may have turned
+            // literal contents into words, so nothing from the first quote on is kept.
+            let open_quote = sql[cut..].trim_start_matches(|c: char| c.is_ascii_alphabetic() || c == '&').starts_with('\'');
+            let cut = if obfuscate && !(open_quote && cut_open(dialect, sql, cut)) { sql[..cut].find(['\'', '$']).unwrap_or(cut) } else { cut };
             let mut f = tokenize(dialect, &sql[..cut]).map_or_else(|_| QueryFacts::default(), |t| from(&t, sql));
             if obfuscate {
                 f.text.push('?');
@@ -177,6 +179,15 @@ fn tokenize(dialect: &dyn Dialect, sql: &str) -> Result<Lexed, usize> {
         }
         r => r,
     }
+}
+
+/// True if `sql` fails to tokenize only because a quoted string starting at
+/// `at` never closes (the text was cut inside it).
+fn cut_open(dialect: &dyn Dialect, sql: &str, at: usize) -> bool {
+    let tail = format!("{}'", &sql[at..]);
+    // Closing it must make the whole tail one literal, and the head tokenize alone.
+    matches!(Tokenizer::new(dialect, &tail).with_unescape(false).tokenize(), Ok(t) if t.len() == 1 && is_literal(&t[0]))
+        && Tokenizer::new(dialect, &sql[..at]).with_unescape(false).tokenize().is_ok()
 }
 
 /// Byte offsets of increasing 1-based (line, column-in-chars) locations.
@@ -472,6 +483,17 @@ mod tests {
         assert!(got.text.ends_with('?'));
         assert_eq!(got.operation.as_deref(), Some("SELECT"));
         assert_eq!(got.collection.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn a_text_cut_inside_a_literal_keeps_everything_before_it() {
+        let mut sql = String::from("INSERT INTO brinopers VALUES (1, 'int4', '{>,>=}', '{100}'), ");
+        sql.push_str("(2, 'text', '{<}', '{aaa...");
+        let got = f(&sql);
+        assert_eq!(got.text, "INSERT INTO brinopers VALUES (?, ?, ?, ?), (?, ?, ?, ?");
+        assert_eq!((got.operation.as_deref(), got.collection.as_deref()), (Some("INSERT"), Some("brinopers")));
+        // An E'' string cut open: the same.
+        assert_eq!(f("select a, E'x\\n' from t where b = E'open").text, "select a, ? from t where b = ?");
     }
 
     #[test]
