@@ -5,13 +5,24 @@
 //!
 //! Two texts of one shape must obfuscate identically, so this scanner blanks
 //! only tokens that are unambiguously literals to any SQL tokenizer, keeps
-//! comments and quoted identifiers verbatim (sqlcommenter's traceparent lives
-//! in comments and is exported as is), and gives up (`None`: cache by the
-//! exact text) on anything subtler: prefixed or dollar-quoted strings, digits
-//! running into letters, unterminated quotes or comments.
+//! comments and quoted identifiers verbatim in the key, and gives up (`None`:
+//! cache by the exact text) on anything subtler: prefixed or dollar-quoted
+//! strings, digits running into letters, unterminated quotes or comments.
+//! The same scanner obfuscates texts sqlparser cannot tokenize (syntax newer
+//! than it, such as `|>`), where it succeeds ([`obfuscated`]).
 
 /// `None`: no shape worth trusting; cache by the exact text.
 pub fn shape(sql: &str) -> Option<String> {
+    blank(sql, "'", "0", true)
+}
+
+/// `sql` with every literal `?` and comments dropped, if the scanner is sure
+/// of every literal in it.
+pub fn obfuscated(sql: &str) -> Option<String> {
+    blank(sql, "?", "?", false)
+}
+
+fn blank(sql: &str, string: &str, number: &str, comments: bool) -> Option<String> {
     let b = sql.as_bytes();
     let mut out = String::with_capacity(sql.len());
     let mut i = 0;
@@ -23,9 +34,15 @@ pub fn shape(sql: &str) -> Option<String> {
         let prev = if i > 0 { b[i - 1] } else { b' ' };
         match c {
             b'-' if b.get(i + 1) == Some(&b'-') => {
+                let start = i;
                 i = b[i..].iter().position(|&x| x == b'\n').map_or(b.len(), |n| i + n);
+                if !comments {
+                    out.push_str(&sql[run..start]);
+                    run = i;
+                }
             }
             b'/' if b.get(i + 1) == Some(&b'*') => {
+                let start = i;
                 let mut depth = 0usize;
                 loop {
                     match (b.get(i), b.get(i + 1)) {
@@ -44,6 +61,10 @@ pub fn shape(sql: &str) -> Option<String> {
                         (None, _) => return None,
                     }
                 }
+                if !comments {
+                    out.push_str(&sql[run..start]);
+                    run = i;
+                }
             }
             b'"' => i = past_quoted(b, i)?,
             b'\'' => {
@@ -53,7 +74,7 @@ pub fn shape(sql: &str) -> Option<String> {
                 let start = i;
                 i = past_quoted(b, i)?;
                 out.push_str(&sql[run..start]);
-                out.push('\'');
+                out.push_str(string);
                 run = i;
             }
             b'$' if !ident(prev) && !b.get(i + 1).is_some_and(u8::is_ascii_digit) => return None, // $tag$…$tag$
@@ -87,7 +108,7 @@ pub fn shape(sql: &str) -> Option<String> {
                     return None; // 1abc, 1.2.3: not a plain number
                 }
                 out.push_str(&sql[run..start]);
-                out.push('0');
+                out.push_str(number);
                 run = i;
             }
             _ => i += 1,

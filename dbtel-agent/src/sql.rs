@@ -129,9 +129,22 @@ pub fn facts_with(dialect: &dyn Dialect, sql: &str, obfuscate: bool) -> QueryFac
             // literal contents into words, so nothing from the first quote on is kept.
             let open_quote = sql[cut..].trim_start_matches(|c: char| c.is_ascii_alphabetic() || c == '&').starts_with('\'');
             let cut = if obfuscate && !(open_quote && cut_open(dialect, sql, cut)) { sql[..cut].find(['\'', '$']).unwrap_or(cut) } else { cut };
-            let mut f = tokenize(dialect, &sql[..cut]).map_or_else(|_| QueryFacts::default(), |t| from(&t, sql));
+            // The head that tokenizes (a failure may leave part of an operator behind).
+            let mut head = tokenize(dialect, &sql[..cut]);
+            for _ in 0..4 {
+                match head {
+                    Err(at) if at > 0 => head = tokenize(dialect, &sql[..at]),
+                    _ => break,
+                }
+            }
+            let mut f = head.map_or_else(|_| QueryFacts::default(), |t| from(&t, sql));
             if obfuscate {
-                f.text.push('?');
+                // Syntax sqlparser does not know (`|>`): the plain scanner, where it
+                // is sure of every literal; else nothing after the cut.
+                match crate::shape::obfuscated(sql).filter(|_| !open_quote) {
+                    Some(t) => f.text = t,
+                    None => f.text.push('?'),
+                }
             } else {
                 f.text = sql.to_string();
             }
@@ -494,6 +507,16 @@ mod tests {
         assert_eq!((got.operation.as_deref(), got.collection.as_deref()), (Some("INSERT"), Some("brinopers")));
         // An E'' string cut open: the same.
         assert_eq!(f("select a, E'x\\n' from t where b = E'open").text, "select a, ? from t where b = ?");
+    }
+
+    #[test]
+    fn syntax_the_tokenizer_does_not_know_is_obfuscated_by_the_plain_scanner() {
+        let got = f("select 1 |> 2, 'secret' /* c 7 */ from t");
+        assert_eq!(got.text, "select ? |> ?, ?  from t");
+        assert_eq!(got.operation.as_deref(), Some("SELECT"));
+        // Where the scanner is not sure (a dollar-quoted string), nothing after the failure leaves.
+        let got = f("select 1 |> $$secret$$");
+        assert!(!got.text.contains("secret"), "{got:?}");
     }
 
     #[test]
