@@ -444,6 +444,9 @@ pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Describe
                 error = Some(code);
             } else {
                 a.push(KeyValue::new("db.response.returned_rows", q.rows as i64));
+                if let Some(n) = q.cmd_status.as_deref().and_then(sql::affected_rows) {
+                    a.push(KeyValue::new("db.response.affected_rows", n));
+                }
             }
         }
         other => {
@@ -529,6 +532,16 @@ mod tests {
         assert!(d.error.is_none());
         let raw = describe(&q(Some("SELECT 7")), true);
         assert_eq!(get(&raw, "db.query.text").as_deref(), Some("SELECT 7"));
+    }
+
+    #[test]
+    fn affected_rows_from_command_tags() {
+        let mut u = q(Some("update t set a = 1"));
+        u.cmd_status = Some("UPDATE 4".into());
+        u.rows = 0;
+        let d = describe(&u, false);
+        assert_eq!((get(&d, "db.response.affected_rows").as_deref(), get(&d, "db.response.returned_rows").as_deref()), (Some("4"), Some("0")));
+        assert_eq!(get(&describe(&q(Some("SELECT 1")), false), "db.response.affected_rows"), None);
     }
 
     #[test]
