@@ -220,6 +220,8 @@ fn prepare_transaction_ends_the_clients_block_as_prepared() {
     under.sort_by_key(|s| s.start_ns);
     let under: Vec<&str> = under.iter().map(|s| s.text()).collect();
     assert_eq!(under, ["begin", "insert into twophase values (?)", "prepare transaction ?"]);
+    let insert = spans.iter().find(|s| s.text() == "insert into twophase values (?)").unwrap();
+    assert_eq!(insert.int("db.response.affected_rows"), Some(1), "INSERT 0 1");
     let commit = spans.iter().find(|s| s.text() == "commit prepared ?").expect("COMMIT PREPARED span");
     assert!(commit.parent_span_id.is_empty(), "COMMIT PREPARED runs outside any block");
 }
