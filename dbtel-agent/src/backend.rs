@@ -312,12 +312,38 @@ pub struct Counters {
     pub deadlocks: u64,
     /// Spans closed by a backend's exit.
     pub incomplete: u64,
+    /// Parallel workers' copies of their leader's statement, not exported.
+    pub worker_echoes: u64,
 }
+
+/// A statement that ended lately, as much of it as tells a parallel worker's
+/// echo of it (text length and head: no copy of the text per statement).
+#[derive(Debug, Clone, Copy)]
+struct Ended {
+    postmaster: u32,
+    pid: u32,
+    start_ns: u64,
+    end_ns: u64,
+    len: usize,
+    head: [u8; 24],
+}
+
+fn text_head(t: &str) -> [u8; 24] {
+    let mut h = [0u8; 24];
+    let n = t.len().min(24);
+    h[..n].copy_from_slice(&t.as_bytes()[..n]);
+    h
+}
+
+/// Statements remembered after their end: a parallel worker exits a little
+/// after its leader's statement ended.
+const ENDED_MEMORY: usize = 64;
 
 pub struct Tracker {
     backends: HashMap<u32, Backend>,
     gen: IdGen,
     pub counters: Counters,
+    ended: std::collections::VecDeque<Ended>,
     /// errstart_cold is probed: only reports it opened are errors (else every
     /// errcode counts, warnings and notices included).
     pub errors_by_level: bool,
@@ -369,7 +395,7 @@ fn end_waits(b: &mut Backend, error: Option<&ErrorReport>, deadlock: bool, ts: u
 
 impl Tracker {
     pub fn new(gen: IdGen) -> Self {
-        Tracker { backends: HashMap::new(), gen, counters: Counters::default(), errors_by_level: false }
+        Tracker { backends: HashMap::new(), gen, counters: Counters::default(), ended: Default::default(), errors_by_level: false }
     }
 
     /// Open queries (for leak checks).
@@ -619,8 +645,31 @@ impl Tracker {
             q.error = error;
         }
         let failed = q.error.is_some();
+        if self.ended.len() == ENDED_MEMORY {
+            self.ended.pop_front();
+        }
+        let (len, head) = (q.text.len(), text_head(&q.text));
+        self.ended.push_back(Ended { postmaster: q.postmaster, pid, start_ns: q.start_ns, end_ns: q.end_ns, len, head });
         out.push(ServerSpan::Query(q));
         failed
+    }
+
+    /// A backend exits inside a statement that another backend of its server
+    /// was running when it began, and it never opened a block: a parallel
+    /// worker (they report their leader's statement and exit without going
+    /// idle). Its copy is not a statement of its own.
+    fn is_worker_echo(&self, pid: u32, b: &Backend, q: &ServerQuery) -> bool {
+        if b.txn.is_some() {
+            return false;
+        }
+        let (len, head) = (q.text.len(), text_head(&q.text));
+        let running = self.backends.iter().any(|(p, o)| {
+            *p != pid && o.postmaster == b.postmaster && o.query.as_ref().is_some_and(|l| l.start_ns <= q.start_ns && l.text == q.text)
+        });
+        running
+            || self.ended.iter().any(|e| {
+                e.pid != pid && e.postmaster == b.postmaster && e.len == len && e.head == head && e.start_ns <= q.start_ns && q.start_ns <= e.end_ns
+            })
     }
 
     fn close_txn(&mut self, pid: u32, ts: u64, outcome: TxnOutcome, out: &mut Vec<ServerSpan>) {
@@ -657,10 +706,14 @@ impl Tracker {
             out.push(ServerSpan::Wait(w));
         }
         if let Some(mut q) = b.query.take() {
-            q.end_ns = ts.max(q.start_ns);
-            q.incomplete = Some(why);
-            self.counters.incomplete += 1;
-            out.push(ServerSpan::Query(q));
+            if why == Cut::ProcessExited && self.is_worker_echo(pid, &b, &q) {
+                self.counters.worker_echoes += 1;
+            } else {
+                q.end_ns = ts.max(q.start_ns);
+                q.incomplete = Some(why);
+                self.counters.incomplete += 1;
+                out.push(ServerSpan::Query(q));
+            }
         }
         self.backends.insert(pid, b);
         self.close_txn(pid, ts, TxnOutcome::Incomplete, out);
@@ -877,6 +930,35 @@ mod tests {
         assert!(w[0].under_client);
         assert_eq!(w[0].ids.parent_span_id, q[1].ids.span_id, "inside the server's statement, itself under the client's query");
         assert_eq!(r.t.current(PID).map(|t| t.parent_span_id), Some(ctx.span_id), "server transaction under the client's");
+    }
+
+    #[test]
+    fn parallel_workers_echo_their_leader_and_are_not_statements() {
+        const LEADER: u32 = 100;
+        let (mut t, mut out, mut notices) = (Tracker::new(IdGen::seeded(3)), vec![], vec![]);
+        let mut hit = |t: &mut Tracker, pid: u32, ts: u64, text: Option<&str>| {
+            let at = Origin { pid, tid: pid, ts_ns: ts, conn: PM as u64 };
+            let h = ServerHit { at, site: site::STATEMENT_STATUS, args: [text.is_some() as u64, 0, 0, 0, 0, 0], text: text.map(str::to_string), truncated: false };
+            t.on_hit(&h, &|_| None, &mut out, &mut notices);
+        };
+        let q = "select count(*) from big";
+        hit(&mut t, LEADER, 1, Some(q));
+        hit(&mut t, 101, 2, Some(q));
+        hit(&mut t, 102, 3, Some(q));
+        // One worker exits while its leader runs, the other just after the leader went idle.
+        let mut gone = vec![];
+        t.exited(101, 4, &mut gone);
+        hit(&mut t, LEADER, 5, None);
+        t.exited(102, 6, &mut gone);
+        assert!(gone.is_empty(), "{gone:?}");
+        assert_eq!(t.counters.worker_echoes, 2);
+        // A backend that exits inside a statement of its own is cut short, as before.
+        hit(&mut t, 103, 7, Some("select pg_sleep(10)"));
+        t.exited(103, 8, &mut gone);
+        assert!(matches!(&gone[..], [ServerSpan::Query(q)] if q.incomplete == Some(Cut::ProcessExited)));
+        drop(hit);
+        let leader: Vec<_> = out.iter().filter(|s| matches!(s, ServerSpan::Query(q) if q.pid == LEADER)).collect();
+        assert_eq!(leader.len(), 1);
     }
 
     #[test]

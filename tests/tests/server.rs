@@ -142,3 +142,32 @@ fn a_catalog_that_cannot_be_reached_costs_the_attributes_it_gives_and_nothing_el
     assert!(rx.spans().iter().all(|s| s.str("user.name").is_none()));
     assert!(run.summary().contains(" 0 failed"), "{}", run.summary());
 }
+
+#[test]
+fn parallel_workers_are_not_statements_of_their_own() {
+    require_root();
+    let pg = Cluster::start_logged();
+    pg.psql("postgres", "create table big as select g as id from generate_series(1, 200000) g; analyze big");
+    let rx = Receiver::start();
+    let pm = pg.postmaster_pid().to_string();
+    // No catalog: the workers are told apart by what they do, not by pg_stat_activity.
+    let agent = Agent::start(&["--otlp-endpoint", &rx.http_endpoint(), "--no-catalog", "--pid", &pm], Stdio::null());
+    let settings = ["set max_parallel_workers_per_gather = 2", "set parallel_setup_cost = 0", "set parallel_tuple_cost = 0", "set min_parallel_table_scan_size = 0"];
+    for _ in 0..3 {
+        let mut cmds: Vec<&str> = settings.to_vec();
+        cmds.push("select count(*) from big where id % 7 = 3");
+        assert!(psql(&pg, &cmds).status().unwrap().success());
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    let run = agent.interrupt();
+    assert!(run.status.success(), "{run:?}");
+    let spans = rx.spans();
+    let logged = pg.logged_statements().into_iter().filter(|(_, t)| t.starts_with("select count(*) from big")).count();
+    assert_eq!(logged, 3);
+    let counts: Vec<&Span> = spans.iter().filter(|s| s.text() == "select count(*) from big where id % ? = ?").collect();
+    assert_eq!(counts.len(), logged, "one span per statement, none from the workers: {counts:?}");
+    assert!(spans.iter().all(|s| s.status_code != 2), "no error spans: {spans:?}");
+    let line = run.stderr.lines().find(|l| l.starts_with("dbtel: server side:")).unwrap_or("");
+    let echoes: u32 = line.rsplit(", ").next().and_then(|p| p.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(echoes >= 3, "parallel workers ran (and were told apart): {line}");
+}
