@@ -253,6 +253,8 @@ struct Backend {
     /// An ERROR report began (errstart_cold): its errcode and errmsg are next.
     awaiting_code: bool,
     awaiting_message: bool,
+    /// The pending error was emitted (EmitErrorReport): it reached the client.
+    error_emitted: bool,
     deadlock: bool,
     /// What the running statement does to the transaction block.
     effect: BlockEffect,
@@ -528,10 +530,23 @@ impl Tracker {
                 let wait = b.waits.last().map(|w| w.ids);
                 notices.push(Notice::Deadlock { pid: at.pid, postmaster: b.postmaster, wait, ts_ns: at.ts_ns });
             }
+            // errstart_cold calls errstart: one report, two hits.
+            site::ERRSTART if b.awaiting_code => {}
             site::ERRSTART => {
                 // elog(ERROR) without errcode keeps errstart's default, XX000.
                 b.error = Some(ErrorReport { sqlstate: "XX000".into(), message: None, ts_ns: at.ts_ns });
-                (b.awaiting_code, b.awaiting_message) = (true, true);
+                (b.awaiting_code, b.awaiting_message, b.error_emitted) = (true, true, false);
+            }
+            site::ERROR_EMITTED => {
+                b.error_emitted = b.error.is_some();
+                (b.awaiting_code, b.awaiting_message) = (false, false);
+            }
+            site::ERROR_FLUSHED => {
+                // Caught (a PL/pgSQL EXCEPTION block): the statement goes on, unharmed.
+                if !std::mem::take(&mut b.error_emitted) && b.error.is_some() {
+                    b.error = None;
+                }
+                (b.awaiting_code, b.awaiting_message) = (false, false);
             }
             site::ERRCODE if self.errors_by_level => {
                 // The first errcode after errstart_cold; a later one belongs to a lesser report.
@@ -930,6 +945,22 @@ mod tests {
         assert!(w[0].under_client);
         assert_eq!(w[0].ids.parent_span_id, q[1].ids.span_id, "inside the server's statement, itself under the client's query");
         assert_eq!(r.t.current(PID).map(|t| t.parent_span_id), Some(ctx.span_id), "server transaction under the client's");
+    }
+
+    #[test]
+    fn an_error_caught_by_an_exception_block_fails_nothing() {
+        let mut r = Replay::new();
+        r.t.errors_by_level = true;
+        // Caught: reported, then flushed without reaching the client.
+        r.stmt("do $$ begin perform 1/0; exception when others then null; end $$").fail("22012", "division by zero").at(site::ERROR_FLUSHED).idle();
+        // Uncaught (PL/pgSQL RAISE: errstart, not errstart_cold): emitted, then flushed.
+        r.stmt("do $$ begin raise exception 'boom'; end $$").fail("P0001", "boom").at(site::ERROR_EMITTED).at(site::ERROR_FLUSHED).at(site::TRANSACTION_ABORT).idle();
+        // errstart_cold calls errstart: two hits, one report, its code kept.
+        r.stmt("select 'nope'::regclass").hit(site::ERRSTART, [21, 0, 0, 0, 0, 0], None).fail("42P01", "relation does not exist");
+        r.at(site::ERROR_EMITTED).at(site::ERROR_FLUSHED).at(site::TRANSACTION_ABORT).idle();
+        let q = r.queries();
+        let errors: Vec<Option<&str>> = q.iter().map(|q| q.error.as_ref().map(|e| e.sqlstate.as_str())).collect();
+        assert_eq!(errors, [None, Some("P0001"), Some("42P01")]);
     }
 
     #[test]

@@ -41,12 +41,20 @@ const USDT_SITES: &[(&str, u32, &str, u32)] = &[
 /// Exported functions probed at entry for error reports (SQLSTATE and the
 /// untranslated message format, which carries no user data). They run only
 /// when a message is actually reported.
-const FUNCTION_SITES: &[(&str, u32, u8, bool, u32)] = &[
-    // (symbol, site, size of arg 0, signed, string argument)
-    ("errcode", site::ERRCODE, 4, true, 0),
-    ("errmsg", site::ERRMSG, 8, false, 1),
-    ("errstart_cold", site::ERRSTART, 4, true, 0),
+const FUNCTION_SITES: &[(&str, u32, u8, bool, u32, u32)] = &[
+    // (symbol, site, size of arg 0, signed, string argument, least arg 0 reported)
+    ("errcode", site::ERRCODE, 4, true, 0, 0),
+    ("errmsg", site::ERRMSG, 8, false, 1, 0),
+    ("errstart_cold", site::ERRSTART, 4, true, 0, 0),
+    // Every ereport goes through errstart (DEBUG ones too: a few per session,
+    // none per statement in pgbench); only ERROR (21) and worse are sent.
+    ("errstart", site::ERRSTART, 4, true, 0, ERROR_LEVEL),
+    ("EmitErrorReport", site::ERROR_EMITTED, 0, false, 0, 0),
+    ("FlushErrorState", site::ERROR_FLUSHED, 0, false, 0, 0),
 ];
+
+/// elog.h's ERROR.
+const ERROR_LEVEL: u32 = 21;
 
 /// One place to attach `pg_server`, with the spec the kernel side follows.
 #[derive(Debug, Clone)]
@@ -112,7 +120,7 @@ pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
             sites.push(Site { name, offset, spec });
         }
     }
-    for &(symbol, id, size, signed, text_arg) in FUNCTION_SITES {
+    for &(symbol, id, size, signed, text_arg, min_arg0) in FUNCTION_SITES {
         let addr = file
             .dynamic_symbols()
             .chain(file.symbols())
@@ -120,16 +128,18 @@ pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
             .map(|s| s.address());
         match addr.and_then(|a| vaddr_to_offset(&file, a)) {
             Some(offset) => {
-                let mut spec = SiteSpec { probe: id, text_arg, ..Default::default() };
+                let mut spec = SiteSpec { probe: id, text_arg, min_arg0, ..Default::default() };
                 // First integer argument: %rdi at function entry (System V ABI).
-                spec.args[0] = ArgSpec {
-                    kind: argkind::REGISTER,
-                    size,
-                    signed: signed as u8,
-                    reg_off: usdt::Gpr::Rdi.pt_regs_offset(),
-                    index_off: NO_INDEX,
-                    ..Default::default()
-                };
+                if size > 0 {
+                    spec.args[0] = ArgSpec {
+                        kind: argkind::REGISTER,
+                        size,
+                        signed: signed as u8,
+                        reg_off: usdt::Gpr::Rdi.pt_regs_offset(),
+                        index_off: NO_INDEX,
+                        ..Default::default()
+                    };
+                }
                 sites.push(Site { name: symbol, offset, spec });
             }
             None => warnings.push(format!("{exe}: no {symbol} symbol: server spans will lack SQLSTATEs or take warnings for errors")),

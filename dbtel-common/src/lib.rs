@@ -238,9 +238,16 @@ pub mod site {
     pub const ERRCODE: u32 = 8;
     /// uprobe errmsg(const char *fmt): its untranslated format string.
     pub const ERRMSG: u32 = 9;
-    /// uprobe errstart_cold(int elevel, ...): a report of ERROR or worse begins
-    /// (lesser reports go through errstart and are not probed).
+    /// uprobe errstart_cold(int elevel, ...) and errstart(int elevel, ...) with
+    /// elevel >= ERROR (the kernel side drops lesser ones): a report of ERROR
+    /// or worse begins. errstart_cold is ereport(ERROR) with a constant level;
+    /// a variable one (PL/pgSQL RAISE, lookups with missing_ok) goes to errstart.
     pub const ERRSTART: u32 = 10;
+    /// uprobe EmitErrorReport(): the pending report reaches the log and client.
+    pub const ERROR_EMITTED: u32 = 11;
+    /// uprobe FlushErrorState(): the pending report is discarded; one never
+    /// emitted was caught (a PL/pgSQL EXCEPTION block) and fails nothing.
+    pub const ERROR_FLUSHED: u32 = 12;
 }
 
 pub const USDT_MAX_ARGS: usize = 6;
@@ -288,7 +295,9 @@ pub struct SiteSpec {
     /// Non-zero: a text is reported once per process until a NULL comes
     /// (statement__status: Parse, Bind and Execute each report the statement).
     pub repeat_once: u32,
-    pub _pad: u32,
+    /// Non-zero: report only hits whose first argument (signed) is at least
+    /// this (errstart's level: ERROR and worse).
+    pub min_arg0: u32,
     pub args: [ArgSpec; USDT_MAX_ARGS],
 }
 

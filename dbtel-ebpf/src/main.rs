@@ -370,6 +370,9 @@ pub fn pg_server(ctx: ProbeContext) -> u32 {
     for i in 0..USDT_MAX_ARGS {
         ev.args[i] = read_arg(regs, &spec.args[i]);
     }
+    if spec.min_arg0 != 0 && (ev.args[0] as i64) < spec.min_arg0 as i64 {
+        return 0;
+    }
     ev.text_len = 0;
     ev.flags = 0;
     // A constant index per arm: the verifier cannot follow a bounds check on

@@ -155,6 +155,18 @@ impl Cluster {
             .collect()
     }
 
+    /// Errors the server logged (csvlog), in order: (backend PID, SQLSTATE).
+    pub fn logged_errors(&self) -> Vec<(u32, String)> {
+        let path = self.dir.path().join("data/csvlog/pg.csv");
+        let mut rd = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_path(&path).unwrap();
+        rd.records()
+            .map(|r| r.unwrap())
+            // Columns: 3 process_id, 11 error_severity, 12 sql_state_code.
+            .filter(|r| r.get(11) == Some("ERROR"))
+            .filter_map(|r| Some((r.get(3)?.parse().ok()?, r.get(12)?.to_string())))
+            .collect()
+    }
+
     pub fn socket_dir(&self) -> &Path {
         self.dir.path()
     }

@@ -171,3 +171,38 @@ fn parallel_workers_are_not_statements_of_their_own() {
     let echoes: u32 = line.rsplit(", ").next().and_then(|p| p.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(echoes >= 3, "parallel workers ran (and were told apart): {line}");
 }
+
+#[test]
+fn errors_are_the_ones_the_client_got_and_caught_ones_fail_nothing() {
+    require_root();
+    let pg = Cluster::start_logged();
+    let rx = Receiver::start();
+    let pm = pg.postmaster_pid().to_string();
+    let agent = Agent::start(&["--otlp-endpoint", &rx.http_endpoint(), "--pid", &pm], Stdio::null());
+    let statements = [
+        "do $$ begin raise exception 'boom'; end $$",
+        "do $$ begin begin perform 1/0; exception when others then null; end; end $$",
+        "select 'no_such_table'::regclass",
+        "set work_mem = 'lots'",
+        "vacuum no_such_table",
+        "select 1",
+    ];
+    // One psql session, one -c each: it goes on after an error.
+    psql(&pg, &statements).status().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let run = agent.interrupt();
+    assert!(run.status.success(), "{run:?}");
+
+    let logged = pg.logged_statements();
+    let backend = logged.iter().find(|(_, t)| t.contains("raise exception 'boom'")).unwrap().0;
+    assert_eq!(logged.iter().filter(|(p, _)| *p == backend).count(), statements.len());
+    let errors: Vec<String> = pg.logged_errors().into_iter().filter(|(p, _)| *p == backend).map(|(_, c)| c).collect();
+    assert_eq!(errors, ["P0001", "42P01", "22023", "42P01"], "what the server reported");
+    let mut spans: Vec<Span> = rx.spans().into_iter().filter(|s| s.kind == SERVER && s.int("db.postgresql.backend.pid") == Some(backend as i64)).collect();
+    spans.sort_by_key(|s| s.start_ns);
+    assert_eq!(spans.len(), statements.len(), "{spans:?}");
+    let got: Vec<&str> = spans.iter().filter_map(|s| s.str("error.type")).collect();
+    assert_eq!(got, errors, "the spans' errors, statement by statement: {spans:?}");
+    assert_eq!(spans[1].status_code, 0, "the caught division by zero fails nothing");
+    assert_eq!(spans[5].status_code, 0);
+}
