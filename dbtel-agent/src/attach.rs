@@ -76,7 +76,7 @@ fn privilege_hint() -> &'static str {
 }
 
 const PROGRAMS: &[&str] = &["pq_query", "pq_result", "pq_getresult", "pq_getresult_ret", "pq_finish", "pg_server"];
-const TRACEPOINTS: &[(&str, &str)] = &[("server_fork", "sched_process_fork"), ("server_exit", "sched_process_exit")];
+const TRACEPOINTS: &[(&str, &str)] = &[("server_fork", "sched_process_fork"), ("proc_exit", "sched_process_exit")];
 /// Host-wide tracing only: every exec, so new processes are known before their first query.
 const EXEC_TRACEPOINT: (&str, &str) = ("proc_exec", "sched_process_exec");
 

@@ -289,6 +289,20 @@ pub mod encode {
     pub fn server_exit(at: Origin) -> Vec<u8> {
         bytes_of(&header(kind::SERVER_EXIT, 0, &at)).to_vec()
     }
+
+    pub fn client_exit(at: Origin) -> Vec<u8> {
+        bytes_of(&header(kind::CLIENT_EXIT, 0, &at)).to_vec()
+    }
+
+    /// As the exec tracepoint sends it: the used part of the path only.
+    pub fn exec(at: Origin, cgroup_id: u64, path: &str) -> Vec<u8> {
+        let mut b = bytes_of(&header(kind::EXEC, 0, &at)).to_vec();
+        b.extend_from_slice(&cgroup_id.to_ne_bytes());
+        b.extend_from_slice(&(path.len() as u32).to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        b.extend_from_slice(path.as_bytes());
+        b
+    }
 }
 
 #[cfg(test)]
@@ -331,6 +345,18 @@ mod tests {
         assert_eq!(idle.text, None);
         assert_eq!(decode_record(&encode::server_exit(AT)).unwrap(), Record::ServerExit(AT));
         assert_eq!(decode_record(&encode::finish(AT)).unwrap(), Record::Client(Event::Finish { at: AT }));
+    }
+
+    #[test]
+    fn exec_and_client_exit_round_trip() {
+        let b = encode::exec(AT, 4026531835, "/usr/lib/postgresql/15/bin/psql");
+        assert_eq!(b.len(), ExecEvent::PATH_OFFSET + 31);
+        assert_eq!(decode_record(&b).unwrap(), Record::Exec(Exec { at: AT, cgroup_id: 4026531835, path: "/usr/lib/postgresql/15/bin/psql".into() }));
+        assert_eq!(decode_record(&encode::client_exit(AT)).unwrap(), Record::ClientExit(AT));
+        // A path longer than the record holds is an error, not a read past its end.
+        let mut cut = b.clone();
+        cut.truncate(b.len() - 4);
+        assert!(matches!(decode_record(&cut), Err(DecodeError::Truncated { .. })));
     }
 
     #[test]

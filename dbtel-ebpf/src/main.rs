@@ -65,7 +65,7 @@ fn client_selected() -> bool {
     match unsafe { CLIENT_PIDS.get(&tgid) } {
         Some(v) => *v != verdict::EXCLUDED,
         None => {
-            // Known from now on: its exit is reported (see process_exit).
+            // Known from now on: its exit is reported (see proc_exit).
             let _ = CLIENT_PIDS.insert(&tgid, &verdict::TRACED, 0);
             true
         }
@@ -510,10 +510,11 @@ pub fn server_fork(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// A traced server process exits: forget it (PIDs are reused) and tell the
-/// agent, which closes whatever that backend had open.
+/// A traced process exits (a server's, or with --all a client that hit a
+/// probe): forget it (PIDs are reused) and tell the agent, which closes
+/// whatever it had open.
 #[tracepoint]
-pub fn server_exit(_ctx: TracePointContext) -> u32 {
+pub fn proc_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if tgid != pid_tgid as u32 {
