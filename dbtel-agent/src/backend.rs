@@ -162,6 +162,9 @@ pub struct ServerQuery {
     pub end_ns: u64,
     pub text: String,
     pub truncated: bool,
+    /// `EXECUTE name`: the name and the statement `PREPARE name AS` gave it
+    /// (what the span is named and described by; `text` stays as reported).
+    pub prepared: Option<(String, String)>,
     pub error: Option<ErrorReport>,
     /// Cut short: by the backend's exit, or by the agent stopping (not an error).
     pub incomplete: Option<Cut>,
@@ -255,6 +258,8 @@ struct Backend {
     awaiting_message: bool,
     /// The pending error was emitted (EmitErrorReport): it reached the client.
     error_emitted: bool,
+    /// SQL-level prepared statements of the session: name → statement.
+    prepared: HashMap<String, String>,
     deadlock: bool,
     /// What the running statement does to the transaction block.
     effect: BlockEffect,
@@ -316,6 +321,35 @@ pub struct Counters {
     pub incomplete: u64,
     /// Parallel workers' copies of their leader's statement, not exported.
     pub worker_echoes: u64,
+}
+
+/// Prepared statements a session made, the fewer the better: bounded by starting over.
+const MAX_PREPARED: usize = 1024;
+
+/// Keeps track of a session's SQL-level PREPARE / DEALLOCATE; for an EXECUTE,
+/// the name and the statement it runs.
+fn prepared_statement(names: &mut HashMap<String, String>, text: &str) -> Option<(String, String)> {
+    use crate::sql::prepared;
+    if !text.trim_start().starts_with(['P', 'p', 'E', 'e', 'D', 'd']) {
+        return None;
+    }
+    if let Some((name, body)) = prepared::prepare(text) {
+        if names.len() >= MAX_PREPARED {
+            names.clear();
+        }
+        names.insert(name, body.to_string());
+    } else if let Some(name) = prepared::execute(text) {
+        return names.get(&name).map(|body| (name, body.clone()));
+    } else if let Some(d) = prepared::deallocate(text) {
+        match d {
+            Some(name) => names.remove(&name),
+            None => {
+                names.clear();
+                None
+            }
+        };
+    }
+    None
 }
 
 /// A statement that ended lately, as much of it as tells a parallel worker's
@@ -588,6 +622,7 @@ impl Tracker {
         // Nothing from before this statement belongs to it.
         (b.error, b.deadlock, b.awaiting_code, b.awaiting_message) = (None, false, false, false);
         self.counters.queries += 1;
+        let prepared = prepared_statement(&mut b.prepared, &text);
         b.query = Some(ServerQuery {
             pid: at.pid,
             postmaster: b.postmaster,
@@ -597,6 +632,7 @@ impl Tracker {
             end_ns: at.ts_ns,
             text,
             truncated,
+            prepared,
             error: None,
             incomplete: None,
             events: vec![],

@@ -211,7 +211,7 @@ impl Exporter {
     /// A query as the server ran it (kind SERVER), exported with the server's resource.
     /// `backend_pid`: the backend's PID as its server knows it (see host::pidns).
     pub fn emit_server_query(&mut self, q: &ServerQuery, backend_pid: i32, backend: Option<&catalog::Backend>) -> anyhow::Result<()> {
-        let facts = self.facts.get(&q.text);
+        let facts = self.facts.get(q.prepared.as_ref().map_or(&q.text, |(_, body)| body));
         let d = serverspans::describe_query(q, backend_pid, &facts, backend);
         self.push_as(q.postmaster, q.ids, (q.start_ns, q.end_ns), d, &q.events, SpanKind::Server, &[])
     }

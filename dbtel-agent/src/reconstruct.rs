@@ -326,6 +326,26 @@ impl Reconstructor {
                 }
                 statement_name = Some(name);
             }
+            // SQL-level PREPARE / EXECUTE / DEALLOCATE: the same per-session names.
+            _ if text.as_deref().is_some_and(|t| t.trim_start().starts_with(['P', 'p', 'E', 'e', 'D', 'd'])) => {
+                let t = text.as_deref().unwrap_or("");
+                if let Some((n, body)) = crate::sql::prepared::prepare(t) {
+                    conn.prepared.insert(n, (body.to_string(), truncated));
+                } else if let Some(n) = crate::sql::prepared::execute(t) {
+                    if let Some((body, tr)) = conn.prepared.get(&n) {
+                        (text, text_truncated) = (Some(body.clone()), *tr);
+                    }
+                    statement_name = Some(n);
+                } else if let Some(d) = crate::sql::prepared::deallocate(t) {
+                    match d {
+                        Some(n) => conn.prepared.remove(&n),
+                        None => {
+                            conn.prepared.clear();
+                            None
+                        }
+                    };
+                }
+            }
             _ => {}
         }
         // Preparing a statement does not run it.

@@ -55,6 +55,9 @@ pub fn describe_query(q: &ServerQuery, backend_pid: i32, facts: &QueryFacts, bac
     if q.truncated {
         a.push(KeyValue::new("dbtel.query.text_truncated", true));
     }
+    if let Some((name, _)) = &q.prepared {
+        a.push(KeyValue::new("db.postgresql.statement.name", name.clone()));
+    }
     if let Some(b) = backend {
         backend_attributes(b, &mut a);
     }

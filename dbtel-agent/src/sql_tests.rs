@@ -157,3 +157,18 @@ fn empty_and_odd_text() {
     assert_eq!(empty.attrs, [KeyValue::new("db.query.text", "")]);
     assert_eq!(f("  ;").operation, None);
 }
+
+#[test]
+fn sql_level_prepared_statements() {
+    use super::prepared::*;
+    assert_eq!(prepare("PREPARE getacct (int) AS select * from accounts where id = $1"), Some(("getacct".into(), "select * from accounts where id = $1")));
+    assert_eq!(prepare("prepare \"My Q\" as UPDATE t SET a = 1"), Some(("My Q".into(), "UPDATE t SET a = 1")));
+    assert_eq!(prepare("PREPARE TRANSACTION 'g1'"), None);
+    assert_eq!(prepare("PREPARE p AS"), Some(("p".into(), "")));
+    assert_eq!(execute("EXECUTE GetAcct(42)"), Some("getacct".into()));
+    assert_eq!(execute("execute p"), Some("p".into()));
+    assert_eq!(execute("EXECUTE 'x'"), None);
+    assert_eq!(deallocate("DEALLOCATE PREPARE p"), Some(Some("p".into())));
+    assert_eq!(deallocate("deallocate all"), Some(None));
+    assert_eq!(deallocate("select 1"), None);
+}

@@ -225,3 +225,32 @@ fn prepare_transaction_ends_the_clients_block_as_prepared() {
     let commit = spans.iter().find(|s| s.text() == "commit prepared ?").expect("COMMIT PREPARED span");
     assert!(commit.parent_span_id.is_empty(), "COMMIT PREPARED runs outside any block");
 }
+
+#[test]
+fn sql_level_execute_is_named_and_described_by_its_prepared_statement() {
+    require_root();
+    let pg = Cluster::start_logged();
+    pg.psql("postgres", "create table prep (id int, v text)");
+    let rx = Receiver::start();
+    let psql = pg.bin("psql").display().to_string();
+    let pm = pg.postmaster_pid().to_string();
+    let mut args = vec!["--otlp-endpoint".to_string(), rx.http_endpoint(), "--pid".into(), pm, "--".into(), psql];
+    args.extend(pg.conn_args());
+    args.extend(["-X", "-q", "-d", "postgres"].map(String::from));
+    for sql in ["PREPARE getone (int) AS select v from prep where id = $1", "EXECUTE getone(1)", "DEALLOCATE getone"] {
+        args.extend(["-c".to_string(), sql.to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = dbtel_tests::run_agent(&args, b"", Duration::from_secs(30));
+    assert!(run.status.success(), "{run:?}");
+    let logged: Vec<String> = pg.logged_statements().into_iter().map(|(_, t)| t).filter(|t| t.contains("getone")).collect();
+    assert_eq!(logged, ["PREPARE getone (int) AS select v from prep where id = $1", "EXECUTE getone(1)", "DEALLOCATE getone"]);
+    let spans = rx.spans();
+    let executes: Vec<&Span> = spans.iter().filter(|s| s.str("db.postgresql.statement.name") == Some("getone") && s.name == "SELECT prep").collect();
+    assert_eq!(executes.len(), 2, "the client's and the server's EXECUTE: {spans:?}");
+    for s in &executes {
+        assert_eq!((s.text(), s.str("db.collection.name")), ("select v from prep where id = $1", Some("prep")));
+    }
+    let (client, server) = (executes.iter().find(|s| s.kind == 3).unwrap(), executes.iter().find(|s| s.kind == 2).unwrap());
+    assert_eq!(server.parent_span_id, client.span_id);
+}
