@@ -329,25 +329,19 @@ const MAX_PREPARED: usize = 1024;
 /// Keeps track of a session's SQL-level PREPARE / DEALLOCATE; for an EXECUTE,
 /// the name and the statement it runs.
 fn prepared_statement(names: &mut HashMap<String, String>, text: &str) -> Option<(String, String)> {
-    use crate::sql::prepared;
-    if !text.trim_start().starts_with(['P', 'p', 'E', 'e', 'D', 'd']) {
-        return None;
-    }
-    if let Some((name, body)) = prepared::prepare(text) {
-        if names.len() >= MAX_PREPARED {
-            names.clear();
-        }
-        names.insert(name, body.to_string());
-    } else if let Some(name) = prepared::execute(text) {
-        return names.get(&name).map(|body| (name, body.clone()));
-    } else if let Some(d) = prepared::deallocate(text) {
-        match d {
-            Some(name) => names.remove(&name),
-            None => {
+    use crate::sql::prepared::{action, Action};
+    match action(text)? {
+        Action::Prepare(name, body) => {
+            if names.len() >= MAX_PREPARED {
                 names.clear();
-                None
             }
-        };
+            names.insert(name, body.to_string());
+        }
+        Action::Execute(name) => return names.get(&name).map(|body| (name, body.clone())),
+        Action::Deallocate(Some(name)) => {
+            names.remove(&name);
+        }
+        Action::Deallocate(None) => names.clear(),
     }
     None
 }

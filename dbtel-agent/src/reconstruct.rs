@@ -327,26 +327,25 @@ impl Reconstructor {
                 statement_name = Some(name);
             }
             // SQL-level PREPARE / EXECUTE / DEALLOCATE: the same per-session names.
-            _ if text.as_deref().is_some_and(|t| t.trim_start().starts_with(['P', 'p', 'E', 'e', 'D', 'd'])) => {
-                let t = text.as_deref().unwrap_or("");
-                if let Some((n, body)) = crate::sql::prepared::prepare(t) {
-                    conn.prepared.insert(n, (body.to_string(), truncated));
-                } else if let Some(n) = crate::sql::prepared::execute(t) {
-                    if let Some((body, tr)) = conn.prepared.get(&n) {
-                        (text, text_truncated) = (Some(body.clone()), *tr);
+            _ => {
+                use crate::sql::prepared::{action, Action};
+                match text.as_deref().and_then(action) {
+                    Some(Action::Prepare(n, body)) => {
+                        conn.prepared.insert(n, (body.to_string(), truncated));
                     }
-                    statement_name = Some(n);
-                } else if let Some(d) = crate::sql::prepared::deallocate(t) {
-                    match d {
-                        Some(n) => conn.prepared.remove(&n),
-                        None => {
-                            conn.prepared.clear();
-                            None
+                    Some(Action::Execute(n)) => {
+                        if let Some((body, tr)) = conn.prepared.get(&n) {
+                            (text, text_truncated) = (Some(body.clone()), *tr);
                         }
-                    };
+                        statement_name = Some(n);
+                    }
+                    Some(Action::Deallocate(Some(n))) => {
+                        conn.prepared.remove(&n);
+                    }
+                    Some(Action::Deallocate(None)) => conn.prepared.clear(),
+                    None => {}
                 }
             }
-            _ => {}
         }
         // Preparing a statement does not run it.
         let verb = match (&text, f) {

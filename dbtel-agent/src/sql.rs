@@ -363,6 +363,26 @@ pub mod prepared {
         name(word(rest).0)
     }
 
+    /// What a statement does to its session's prepared statements.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Action<'a> {
+        Prepare(String, &'a str),
+        Execute(String),
+        /// A name, or None for ALL.
+        Deallocate(Option<String>),
+    }
+
+    /// Cheap for every other statement: its first letter says no.
+    pub fn action(text: &str) -> Option<Action<'_>> {
+        if !text.trim_start().starts_with(['P', 'p', 'E', 'e', 'D', 'd']) {
+            return None;
+        }
+        if let Some((name, body)) = prepare(text) {
+            return Some(Action::Prepare(name, body));
+        }
+        execute(text).map(Action::Execute).or_else(|| deallocate(text).map(Action::Deallocate))
+    }
+
     /// `DEALLOCATE [ PREPARE ] name | ALL` → the name, or None for ALL.
     pub fn deallocate(text: &str) -> Option<Option<String>> {
         let (kw, rest) = word(text);
