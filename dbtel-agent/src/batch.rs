@@ -106,9 +106,27 @@ impl Pipeline {
         self.tx.take();
     }
 
+    /// True once a closed pipeline's thread has exported everything and ended
+    /// (joined then): it can be dropped.
+    pub fn finished(&mut self) -> bool {
+        if self.thread.is_none() {
+            return true;
+        }
+        if self.done.try_recv().is_ok() {
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+            return true;
+        }
+        false
+    }
+
     /// Closes, then waits up to `timeout` for the exporter to finish.
     pub fn shutdown(&mut self, timeout: Duration) -> bool {
         self.close();
+        if self.thread.is_none() {
+            return true;
+        }
         let finished = self.done.recv_timeout(timeout).is_ok();
         if finished {
             if let Some(t) = self.thread.take() {
@@ -214,6 +232,25 @@ mod tests {
             status: Status::Unset,
             instrumentation_scope: InstrumentationScope::builder("test").build(),
         }
+    }
+
+    #[test]
+    fn a_closed_pipeline_finishes_and_can_be_dropped() {
+        let rec = Recorder::default();
+        let stats = Arc::new(ExportStats::default());
+        let mut p = Pipeline::start(rec.clone(), &Resource::builder_empty().build(), Driver::Plain, stats.clone());
+        for _ in 0..300 {
+            p.push(span());
+        }
+        assert!(!p.finished(), "still open");
+        p.close();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !p.finished() {
+            assert!(std::time::Instant::now() < deadline, "never finished");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(stats.exported.load(Ordering::Relaxed), 300, "everything exported before it finished");
+        assert!(p.shutdown(Duration::from_millis(1)), "nothing left to wait for");
     }
 
     #[test]

@@ -294,10 +294,13 @@ impl Exporter {
     /// The process is gone: send its last spans and let its export thread
     /// finish in the background (waited for at shutdown).
     pub fn process_gone(&mut self, pid: u32) {
+        self.processes.remove(&pid);
         if let Some(mut p) = self.pipelines.remove(&pid) {
             p.close();
             self.closing.push((pid, p));
         }
+        // Those done are dropped: with --all, processes come and go all day.
+        self.closing.retain_mut(|(_, p)| !p.finished());
     }
 
     /// Hands every pending span to its export thread (after each ring-buffer drain).
