@@ -496,6 +496,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut last_counters = [0u64; counter::COUNT as usize];
     let mut stopping_since: Option<tokio::time::Instant> = None;
+    let mut ticks: u32 = 0;
 
     loop {
         tokio::select! {
@@ -507,7 +508,12 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
             }
             _ = tick.tick() => agent.drain(),
             _ = housekeeping.tick() => {
-                let pids: Vec<u32> = agent.live.keys().copied().collect();
+                // Host-wide, exits and execs come from the kernel and new processes are
+                // looked at after their exec: every traced process is looked at every 5 s
+                // only (hundreds of them would cost /proc reads every 250 ms).
+                ticks = ticks.wrapping_add(1);
+                let look = agent.host.is_none() || ticks % 20 == 0;
+                let pids: Vec<u32> = if look { agent.live.keys().copied().collect() } else { Vec::new() };
                 for pid in pids {
                     if child.as_ref().is_some_and(|(c, _)| *c == pid) {
                         agent.rescan(pid);
