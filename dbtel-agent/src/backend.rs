@@ -1017,7 +1017,6 @@ mod tests {
         hit(&mut t, 103, 7, Some("select pg_sleep(10)"));
         t.exited(103, 8, &mut gone);
         assert!(matches!(&gone[..], [ServerSpan::Query(q)] if q.incomplete == Some(Cut::ProcessExited)));
-        drop(hit);
         let leader: Vec<_> = out.iter().filter(|s| matches!(s, ServerSpan::Query(q) if q.pid == LEADER)).collect();
         assert_eq!(leader.len(), 1);
     }

@@ -512,7 +512,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                 // looked at after their exec: every traced process is looked at every 5 s
                 // only (hundreds of them would cost /proc reads every 250 ms).
                 ticks = ticks.wrapping_add(1);
-                let look = agent.host.is_none() || ticks % 20 == 0;
+                let look = agent.host.is_none() || ticks.is_multiple_of(20);
                 let pids: Vec<u32> = if look { agent.live.keys().copied().collect() } else { Vec::new() };
                 for pid in pids {
                     if child.as_ref().is_some_and(|(c, _)| *c == pid) {

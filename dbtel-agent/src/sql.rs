@@ -330,8 +330,8 @@ pub mod prepared {
     /// The first word (to whitespace or `(`), and what follows it.
     fn word(s: &str) -> (&str, &str) {
         let s = s.trim_start();
-        let end = if s.starts_with('"') {
-            s[1..].find('"').map_or(s.len(), |i| i + 2)
+        let end = if let Some(quoted) = s.strip_prefix('"') {
+            quoted.find('"').map_or(s.len(), |i| i + 2)
         } else {
             s.find(|c: char| c.is_whitespace() || c == '(' || c == ';').unwrap_or(s.len())
         };
