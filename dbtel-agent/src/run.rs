@@ -76,6 +76,8 @@ struct Agent {
     server: ServerSide,
     /// --all's state; None when tracing by PID or command.
     host: Option<HostWide>,
+    /// `-- command`: its PID, and whether it made a libpq call.
+    command: Option<(u32, bool)>,
 }
 
 impl Agent {
@@ -88,6 +90,9 @@ impl Agent {
             self.summary.events += 1;
             match record {
                 Ok(Record::Client(ev)) => {
+                    if let Some((pid, used)) = &mut self.command {
+                        *used |= *pid == ev.origin().pid;
+                    }
                     if self.host.is_none() || self.choose_client(ev.origin().pid) {
                         self.recon.on_event(ev, &mut self.spans)
                     }
@@ -445,6 +450,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         spans: Vec::new(),
         server: ServerSide::new(cfg.catalog.clone(), !cfg.raw_text),
         host: cfg.host_wide.clone().map(HostWide::new),
+        command: None,
     };
     let mut attached_lines = Vec::new();
     if agent.host.is_some() {
@@ -472,7 +478,8 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
             if let Some(t) = discover::inspect(pid, &p, Path::new(&p))? {
                 let n = agent.trace(&t)?;
                 agent.inspected.insert((pid, p.clone()));
-                attached_lines.push(format!("pid {pid} ({}): {n} probes on {p}", cfg.command[0]));
+                // Ready for it: the command may load another libpq, or none.
+                attached_lines.push(format!("pid {pid} ({}): {n} probes ready on {p}, should it load it", cfg.command[0]));
                 found += 1;
             }
         }
@@ -480,6 +487,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
             log::warn!("{}: no libpq found yet; probes follow when the command loads it", cfg.command[0]);
         }
         drop(release); // the child proceeds to exec
+        agent.command = Some((pid, false));
         child = Some((pid, Box::pin(wait_child(pid))));
     }
     // Ready before the line: whoever reads it finds /healthz answering 200.
@@ -543,6 +551,12 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                 let (pid, _) = child.take().unwrap();
                 agent.summary.command_status = Some(status?);
                 agent.process_gone(pid);
+                if agent.command.is_some_and(|(_, used)| !used) {
+                    eprintln!(
+                        "dbtel: {} made no libpq call: nothing of it was traced (a client without libpq, such as asyncpg or node-postgres, is seen by tracing its server: --pid POSTMASTER)",
+                        cfg.command[0]
+                    );
+                }
                 // `--` mode ends with its command, even while a server is traced beside it.
                 if agent.live.is_empty() {
                     break;

@@ -140,3 +140,27 @@ fn when_nothing_can_be_traced_every_reason_is_given() {
         ]
     );
 }
+
+#[test]
+fn a_command_that_makes_no_libpq_call_is_reported_at_exit() {
+    require_root();
+    let run = run_agent(&["--exporter", "none", "--", "python3", "-c", "import sys; sys.exit(3)"], b"", Duration::from_secs(30));
+    assert_eq!(run.status.code(), Some(3), "the command's status: {run:?}");
+    assert!(run.stderr.contains("probes ready on "), "{}", run.stderr);
+    assert!(
+        run.stderr.lines().any(|l| l
+            == "dbtel: python3 made no libpq call: nothing of it was traced (a client without libpq, such as asyncpg or node-postgres, is seen by tracing its server: --pid POSTMASTER)"),
+        "{}",
+        run.stderr
+    );
+    // A command that queries is not told so.
+    let pg = dbtel_tests::Cluster::start();
+    let psql = pg.bin("psql").display().to_string();
+    let mut args = vec!["--exporter".to_string(), "none".into(), "--".into(), psql];
+    args.extend(pg.conn_args());
+    args.extend(["-X", "-q", "-d", "postgres", "-c", "select 1"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = run_agent(&args, b"", Duration::from_secs(30));
+    assert!(run.status.success(), "{run:?}");
+    assert!(!run.stderr.contains("made no libpq call"), "{}", run.stderr);
+}
