@@ -60,7 +60,7 @@ fn main() {
         out.len()
     });
     let mut exporter = Exporter::new(
-        ExportConfig { kind: ExporterKind::None, protocol: Protocol::Grpc, endpoint: None, service_name: None, raw_text: false, console_format: Default::default() },
+        ExportConfig { kind: ExporterKind::None, protocol: Protocol::Grpc, endpoint: None, service_name: None, text: Default::default(), console_format: Default::default() },
         Clock::fixed(0),
         None,
     );

@@ -58,8 +58,8 @@ pub struct ExportConfig {
     pub endpoint: Option<String>,
     /// Overrides OTEL_SERVICE_NAME; default: the traced executable's name.
     pub service_name: Option<String>,
-    /// Export query text as sent, literals included.
-    pub raw_text: bool,
+    /// What of query texts is exported.
+    pub text: sql::Text,
     /// With the console exporter.
     pub console_format: ConsoleFormat,
 }
@@ -123,7 +123,7 @@ impl Exporter {
     /// `runtime` drives the gRPC client: exports run on threads of their own,
     /// where tonic finds no reactor otherwise.
     pub fn new(cfg: ExportConfig, clock: Clock, runtime: Option<tokio::runtime::Handle>) -> Self {
-        let facts = sql::FactsCache::new(!cfg.raw_text, 10_000);
+        let facts = sql::FactsCache::new(cfg.text, 10_000);
         let tree = (cfg.kind == ExporterKind::Console && cfg.console_format == ConsoleFormat::Tree).then(TreePrinter::start);
         Exporter {
             cfg,

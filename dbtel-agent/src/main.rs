@@ -14,6 +14,7 @@ use dbtel_agent::{
     run::{run, RunConfig, Summary},
     servers::CatalogSettings,
 };
+use dbtel_agent::sql::Text;
 use dbtel_common::counter;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -101,6 +102,11 @@ struct Cli {
     /// Export query text as sent, literals included (default: literals become `?`).
     #[arg(long)]
     raw_query_text: bool,
+
+    /// Keep comments in exported query texts (default: dropped; literals in them are
+    /// not replaced, so they leave as written).
+    #[arg(long, conflicts_with = "raw_query_text")]
+    keep_comments: bool,
 
     /// Longest query text copied from the traced process, in bytes; longer text is cut and marked.
     #[arg(long, value_name = "BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=16382))]
@@ -246,13 +252,18 @@ fn real_main() -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let text = match (cli.raw_query_text, cli.keep_comments) {
+        (true, _) => Text::Raw,
+        (false, true) => Text::ObfuscatedWithComments,
+        (false, false) => Text::Obfuscated,
+    };
     let exporter = Exporter::new(
         ExportConfig {
             kind,
             protocol,
             endpoint: cli.otlp_endpoint,
             service_name: cli.service_name,
-            raw_text: cli.raw_query_text,
+            text,
             console_format,
         },
         Clock::now(),
@@ -265,7 +276,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
         probe_stats: cli.probe_stats,
         probes_only: cli.probes_only,
         catalog: CatalogSettings { config_file: cli.catalog_config, period: cli.catalog_period, enabled: !cli.no_catalog },
-        raw_text: cli.raw_query_text,
+        text,
         host_wide: cli
             .targets
             .all

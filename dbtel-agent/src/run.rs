@@ -37,8 +37,8 @@ pub struct RunConfig {
     pub probes_only: bool,
     /// Catalog connection for server tracing.
     pub catalog: CatalogSettings,
-    /// Query texts exported as sent (else literals are obfuscated).
-    pub raw_text: bool,
+    /// What of query texts is exported (server spans' events too).
+    pub text: crate::sql::Text,
     /// --all, with its selectors.
     pub host_wide: Option<Selectors>,
     /// What --http-address's /healthz reports: ready once attached, stopping after the loop.
@@ -448,7 +448,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         inspected: HashSet::new(),
         summary: Summary::default(),
         spans: Vec::new(),
-        server: ServerSide::new(cfg.catalog.clone(), !cfg.raw_text),
+        server: ServerSide::new(cfg.catalog.clone(), cfg.text),
         host: cfg.host_wide.clone().map(HostWide::new),
         command: None,
     };

@@ -96,14 +96,14 @@ pub struct ServerSide {
     spans: Vec<ServerSpan>,
     notices: Vec<Notice>,
     pub export_errors: u64,
-    /// Literals out of query texts put in events (not --raw-query-text).
-    obfuscate: bool,
+    /// What of query texts goes into events (deadlock reports).
+    text: crate::sql::Text,
     /// Backends' PIDs as their server knows them (a server in a container).
     pids: PidNamespaces,
 }
 
 impl ServerSide {
-    pub fn new(settings: CatalogSettings, obfuscate: bool) -> Self {
+    pub fn new(settings: CatalogSettings, text: crate::sql::Text) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         ServerSide {
             tracker: Tracker::new(IdGen::random()),
@@ -122,7 +122,7 @@ impl ServerSide {
             spans: Vec::new(),
             notices: Vec::new(),
             export_errors: 0,
-            obfuscate,
+            text,
             pids: PidNamespaces::default(),
         }
     }
@@ -329,13 +329,13 @@ impl ServerSide {
         let mut attrs = vec![KeyValue::new("db.postgresql.deadlock.victim.pid", victim_ns as i64)];
         let mut pids = vec![victim_ns as i64];
         if let Some(q) = self.tracker.running_query(victim) {
-            attrs.push(KeyValue::new("db.postgresql.deadlock.victim.query", crate::sql::facts(q, self.obfuscate).text));
+            attrs.push(KeyValue::new("db.postgresql.deadlock.victim.query", crate::sql::facts(q, self.text).text));
         }
         for b in &blockers {
             pids.push(b.pid as i64);
             attrs.push(KeyValue::new("db.postgresql.deadlock.other.pid", b.pid as i64));
             let q = self.tracker.running_query(host_of(b.pid)).map(str::to_string).unwrap_or_else(|| b.query.clone());
-            attrs.push(KeyValue::new("db.postgresql.deadlock.other.query", crate::sql::facts(&q, self.obfuscate).text));
+            attrs.push(KeyValue::new("db.postgresql.deadlock.other.query", crate::sql::facts(&q, self.text).text));
             if let Some(ids) = self.traced_work(host_of(b.pid), recon) {
                 attrs.push(KeyValue::new("db.postgresql.deadlock.other.trace_id", format!("{:032x}", ids.trace_id)));
                 attrs.push(KeyValue::new("db.postgresql.deadlock.other.span_id", format!("{:016x}", ids.span_id)));

@@ -16,10 +16,10 @@ pub fn shape(sql: &str) -> Option<String> {
     blank(sql, "'", "0", true)
 }
 
-/// `sql` with every literal `?` and comments dropped, if the scanner is sure
-/// of every literal in it.
-pub fn obfuscated(sql: &str) -> Option<String> {
-    blank(sql, "?", "?", false)
+/// `sql` with every literal `?` (and comments dropped unless `comments`), if
+/// the scanner is sure of every literal in it.
+pub fn obfuscated(sql: &str, comments: bool) -> Option<String> {
+    blank(sql, "?", "?", comments)
 }
 
 fn blank(sql: &str, string: &str, number: &str, comments: bool) -> Option<String> {

@@ -52,10 +52,33 @@ impl QueryFacts {
     }
 }
 
+/// What of a query text is exported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Text {
+    /// Literals replaced by `?`, comments dropped (the default).
+    #[default]
+    Obfuscated,
+    /// Literals replaced, comments kept (--keep-comments).
+    ObfuscatedWithComments,
+    /// As sent (--raw-query-text).
+    Raw,
+}
+
+/// `true`: obfuscated (comments dropped); `false`: as sent.
+impl From<bool> for Text {
+    fn from(obfuscate: bool) -> Self {
+        if obfuscate {
+            Text::Obfuscated
+        } else {
+            Text::Raw
+        }
+    }
+}
+
 /// Memoised [`facts`]: applications repeat a small set of query texts, and
 /// tokenizing each execution anew would dominate the agent's CPU.
 pub struct FactsCache {
-    obfuscate: bool,
+    text: Text,
     /// By exact text, and by shape: apart, so that a text can never be
     /// mistaken for another text's shape.
     map: crate::FastMap<String, Arc<QueryFacts>>,
@@ -67,8 +90,8 @@ pub struct FactsCache {
 }
 
 impl FactsCache {
-    pub fn new(obfuscate: bool, capacity: usize) -> Self {
-        FactsCache { obfuscate, map: Default::default(), shapes: Default::default(), plain: Default::default(), capacity }
+    pub fn new(text: impl Into<Text>, capacity: usize) -> Self {
+        FactsCache { text: text.into(), map: Default::default(), shapes: Default::default(), plain: Default::default(), capacity }
     }
 
     pub fn get(&mut self, sql: &str) -> Arc<QueryFacts> {
@@ -77,12 +100,12 @@ impl FactsCache {
         if let Some(f) = self.plain.get(sql) {
             return f.clone();
         }
-        let shaped = if self.obfuscate { crate::shape::shape(sql) } else { None };
+        let shaped = if self.text != Text::Raw { crate::shape::shape(sql) } else { None };
         if shaped.as_deref() == Some(sql) {
             if self.plain.len() >= self.capacity {
                 self.plain.clear();
             }
-            let f = self.shapes.get(sql).cloned().unwrap_or_else(|| Arc::new(facts(sql, self.obfuscate)));
+            let f = self.shapes.get(sql).cloned().unwrap_or_else(|| Arc::new(facts(sql, self.text)));
             self.plain.insert(sql.to_string(), f.clone());
             return f;
         }
@@ -97,7 +120,7 @@ impl FactsCache {
         if map.len() >= self.capacity {
             map.clear();
         }
-        let f = Arc::new(facts(sql, self.obfuscate));
+        let f = Arc::new(facts(sql, self.text));
         map.insert(key.to_string(), f.clone());
         f
     }
@@ -106,15 +129,17 @@ impl FactsCache {
 /// OpenTelemetry caps db.query.summary at 255 characters.
 const SUMMARY_MAX: usize = 255;
 
-pub fn facts(sql: &str, obfuscate: bool) -> QueryFacts {
-    facts_with(&PostgreSqlDialect {}, sql, obfuscate)
+pub fn facts(sql: &str, text: impl Into<Text>) -> QueryFacts {
+    facts_with(&PostgreSqlDialect {}, sql, text.into())
 }
 
-pub fn facts_with(dialect: &dyn Dialect, sql: &str, obfuscate: bool) -> QueryFacts {
+pub fn facts_with(dialect: &dyn Dialect, sql: &str, policy: Text) -> QueryFacts {
+    let obfuscate = policy != Text::Raw;
+    let comments = policy != Text::Obfuscated;
     // Facts of tokenized text; `raw` is what to export when not obfuscating.
     let from = |lexed: &Lexed, raw: &str| {
         let (operation, collection, summary) = describe(&lexed.tokens);
-        let text = if obfuscate { render_obfuscated(lexed) } else { raw.to_string() };
+        let text = if obfuscate { render_obfuscated(lexed, comments) } else { raw.to_string() };
         QueryFacts { text, operation, collection, summary, attrs: Vec::new() }
     };
     let f = match tokenize(dialect, sql) {
@@ -141,7 +166,7 @@ pub fn facts_with(dialect: &dyn Dialect, sql: &str, obfuscate: bool) -> QueryFac
             if obfuscate {
                 // Syntax sqlparser does not know (`|>`): the plain scanner, where it
                 // is sure of every literal; else nothing after the cut.
-                match crate::shape::obfuscated(sql).filter(|_| !open_quote) {
+                match crate::shape::obfuscated(sql, comments).filter(|_| !open_quote) {
                     Some(t) => f.text = t,
                     None => f.text.push('?'),
                 }
@@ -269,7 +294,7 @@ fn continues_number(t: &Token) -> bool {
         && b.all(|c| c.is_ascii_hexdigit() || c == b'_')
 }
 
-fn render_obfuscated(lexed: &Lexed) -> String {
+fn render_obfuscated(lexed: &Lexed, comments: bool) -> String {
     let tokens = &lexed.tokens;
     let source = |i: usize| {
         let end = lexed.starts.get(i + 1).copied().unwrap_or(lexed.text.len());
@@ -286,7 +311,7 @@ fn render_obfuscated(lexed: &Lexed) -> String {
             i += 1;
             continue;
         }
-        if let Token::Whitespace(Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_)) = t {
+        if let (false, Token::Whitespace(Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_))) = (comments, t) {
             // Comments are dropped (they can carry anything, literals included);
             // a space keeps the words around them apart.
             if !out.ends_with(char::is_whitespace) && !matches!(tokens.get(i + 1), Some(Token::Whitespace(_)) | None) {

@@ -172,3 +172,11 @@ fn sql_level_prepared_statements() {
     assert_eq!(deallocate("deallocate all"), Some(None));
     assert_eq!(deallocate("select 1"), None);
 }
+
+#[test]
+fn comments_are_kept_on_request() {
+    let keep = |sql: &str| facts(sql, Text::ObfuscatedWithComments).text;
+    assert_eq!(keep("select 1 /* app=shop */ from t -- end"), "select ? /* app=shop */ from t -- end");
+    assert_eq!(keep("select 1 |> 2 /* c */"), "select ? |> ? /* c */", "the plain scanner too");
+    assert_eq!(facts("select 1 /* app=shop */", Text::Obfuscated).text, "select ? ");
+}

@@ -16,7 +16,7 @@ const CAPABILITIES: [&str; 5] = ["BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "D
 const UNIT: &str = "dbtel-agent.service";
 const BINARY: &str = "/usr/local/bin/dbtel-agent";
 /// The agent's long flags, in snake_case, that config.yaml shows (set or as a comment).
-const CONFIG_KEYS: [&str; 16] = [
+const CONFIG_KEYS: [&str; 17] = [
     "all",
     "exe",
     "exclude_exe",
@@ -28,6 +28,7 @@ const CONFIG_KEYS: [&str; 16] = [
     "otlp_protocol",
     "service_name",
     "raw_query_text",
+    "keep_comments",
     "max_query_length",
     "catalog_config",
     "catalog_period",
