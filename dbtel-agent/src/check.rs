@@ -242,7 +242,12 @@ fn libpq_line(r: &mut Report, who: &str, t: &discover::LibpqTarget) {
 /// (or the system's, which programs started later load).
 fn check_host(r: &mut Report, sel: &Selectors, servers: &mut Vec<u32>) {
     let pids = hostwide::all_pids();
-    let postmasters = hostwide::postmasters(&pids, |p| matches!(server::inspect(p), Ok(Some(_))));
+    // Each executable read once, however many processes run it (the 2 s budget).
+    let mut judged: std::collections::HashMap<(u64, u64), bool> = Default::default();
+    let postmasters = hostwide::postmasters(&pids, |p| {
+        let Some(id) = hostwide::file_id(&hostwide::exe_host_path(p)) else { return false };
+        *judged.entry(id).or_insert_with(|| matches!(server::inspect(p), Ok(Some(_))))
+    });
     for pm in postmasters {
         let f = hostwide::server_facts(pm);
         if !sel.chooses(&f) {
