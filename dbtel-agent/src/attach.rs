@@ -6,7 +6,7 @@
 use std::{
     collections::{HashMap, HashSet},
     num::NonZeroU32,
-    os::{fd::OwnedFd, unix::fs::MetadataExt},
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -165,7 +165,7 @@ impl Probes {
 
     /// True if this libpq file is already probed for this process (host-wide: for all).
     pub fn is_attached(&self, t: &LibpqTarget) -> bool {
-        file_id(t).is_some_and(|(dev, ino)| self.attached.contains(&(self.owner(t), dev, ino)))
+        crate::discover::file_id(&t.host_path).is_some_and(|(dev, ino)| self.attached.contains(&(self.owner(t), dev, ino)))
     }
 
     /// Whose probes these are: the process's, or host-wide (0) for every process.
@@ -180,7 +180,7 @@ impl Probes {
     /// Attaches every probe to one libpq in one process. Returns the number of
     /// probes placed (0 if they already were).
     pub fn attach_libpq(&mut self, t: &LibpqTarget) -> Result<usize, AttachError> {
-        let id = file_id(t);
+        let id = crate::discover::file_id(&t.host_path);
         let owner = self.owner(t);
         if let Some((dev, ino)) = id {
             if self.attached.contains(&(owner, dev, ino)) {
@@ -264,6 +264,11 @@ impl Probes {
             }
         }
         Ok(placed)
+    }
+
+    /// True if this server executable's probe sites are placed.
+    pub fn has_server_file(&self, id: (u64, u64)) -> bool {
+        self.server_files.contains_key(&id)
     }
 
     /// Places the probe sites on a server executable, once per file (no
@@ -413,10 +418,6 @@ fn tracepoint_field(tracefs: &Path, event: &str, name: &str) -> Option<u32> {
     format.lines().find(|l| l.split(';').next().is_some_and(|f| f.ends_with(&format!(" {name}")))).and_then(|l| {
         l.split(';').find_map(|p| p.trim().strip_prefix("offset:")).and_then(|o| o.parse().ok())
     })
-}
-
-fn file_id(t: &LibpqTarget) -> Option<(u64, u64)> {
-    std::fs::metadata(&t.host_path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Turns on the kernel's per-program run counters (a small cost on every

@@ -104,7 +104,9 @@ pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
     let started = Instant::now();
     let mut r = Report::default();
     let t = &args.targets;
-    let servers_needed = t.all || t.pids.iter().any(|p| matches!(server::inspect(*p), Ok(Some(_))));
+    // Each target's executable read once.
+    let inspected: Vec<_> = t.pids.iter().map(|&p| (p, server::inspect(p))).collect();
+    let servers_needed = t.all || inspected.iter().any(|(_, found)| matches!(found, Ok(Some(_))));
     check_kernel(&mut r, servers_needed);
     check_caps(&mut r, servers_needed);
     // The real test of kernel and privileges: the verifier accepts every program.
@@ -114,8 +116,8 @@ pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut servers = Vec::new();
-    for &pid in &t.pids {
-        check_pid(&mut r, pid, &mut servers);
+    for (pid, found) in inspected {
+        check_pid(&mut r, pid, found, &mut servers);
     }
     if t.all {
         let sel = t.selectors()?;
@@ -191,12 +193,13 @@ fn tracefs_missing() -> bool {
     !["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"].iter().any(|p| Path::new(p).exists())
 }
 
-fn check_pid(r: &mut Report, pid: u32, servers: &mut Vec<u32>) {
+/// `found`: what server::inspect made of it.
+fn check_pid(r: &mut Report, pid: u32, found: Result<Option<server::ServerTarget>, server::ServerError>, servers: &mut Vec<u32>) {
     if !discover::process_exists(pid) {
         r.fail(format!("no process with PID {pid}"));
         return;
     }
-    match server::inspect(pid) {
+    match found {
         Ok(Some(t)) => {
             server_line(r, &t);
             servers.push(t.postmaster);
@@ -245,7 +248,7 @@ fn check_host(r: &mut Report, sel: &Selectors, servers: &mut Vec<u32>) {
     // Each executable read once, however many processes run it (the 2 s budget).
     let mut judged: std::collections::HashMap<(u64, u64), bool> = Default::default();
     let postmasters = hostwide::postmasters(&pids, |p| {
-        let Some(id) = hostwide::file_id(&hostwide::exe_host_path(p)) else { return false };
+        let Some(id) = discover::file_id(&hostwide::exe_host_path(p)) else { return false };
         *judged.entry(id).or_insert_with(|| matches!(server::inspect(p), Ok(Some(_))))
     });
     for pm in postmasters {
@@ -275,7 +278,7 @@ fn check_host(r: &mut Report, sel: &Selectors, servers: &mut Vec<u32>) {
     });
     for (pid, path, host_path) in system.chain(mapped) {
         let host_path: std::path::PathBuf = host_path;
-        let Some(id) = hostwide::file_id(&host_path) else { continue };
+        let Some(id) = discover::file_id(&host_path) else { continue };
         if !seen.insert(id) {
             continue;
         }

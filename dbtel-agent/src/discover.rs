@@ -100,6 +100,12 @@ pub fn process_exists(pid: u32) -> bool {
     }
 }
 
+/// (device, inode) of a file: the same library or executable, whatever path reaches it.
+pub fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
 pub fn exe_name(pid: u32) -> String {
     fs::read_link(format!("/proc/{pid}/exe"))
         .ok()

@@ -11,7 +11,6 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    os::unix::fs::MetadataExt,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -55,8 +54,6 @@ pub struct HostWide {
     pub pending_servers: Vec<u32>,
     /// With --port: whether each client connection's spans are exported.
     pub conn_selected: HashMap<(u32, u64), bool>,
-    /// Spans left out because their connection's port was not selected.
-    pub filtered_spans: u64,
 }
 
 impl HostWide {
@@ -71,7 +68,6 @@ impl HostWide {
             young: Vec::new(),
             pending_servers: Vec::new(),
             conn_selected: HashMap::new(),
-            filtered_spans: 0,
         }
     }
 
@@ -145,10 +141,6 @@ pub fn all_pids() -> Vec<u32> {
     pids
 }
 
-pub fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
 /// A process's executable as the agent reaches it.
 pub fn exe_host_path(pid: u32) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/exe"))
@@ -196,7 +188,7 @@ pub fn new_mappings(host: &HostWide, pid: u32) -> Vec<(String, PathBuf, (u64, u6
         .into_iter()
         .filter_map(|path| {
             let host_path = PathBuf::from(format!("/proc/{pid}/root{path}"));
-            let id = file_id(&host_path)?;
+            let id = discover::file_id(&host_path)?;
             (!host.files.contains_key(&id)).then_some((path, host_path, id))
         })
         .collect()

@@ -5,7 +5,7 @@
 use std::{
     fs,
     os::unix::fs::MetadataExt,
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use dbtel_common::{argkind, site, ArgSpec, SiteSpec, NO_INDEX, USDT_MAX_ARGS};
@@ -167,7 +167,7 @@ fn stat(pid: u32) -> Option<(u32, char)> {
 }
 
 fn same_exe(a: u32, b: u32) -> bool {
-    let id = |p: u32| fs::metadata(format!("/proc/{p}/exe")).ok().map(|m| (m.dev(), m.ino()));
+    let id = |p: u32| crate::discover::file_id(Path::new(&format!("/proc/{p}/exe")));
     matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
 }
 

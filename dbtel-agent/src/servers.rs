@@ -167,10 +167,11 @@ impl ServerSide {
 
     /// Asks the catalog about a backend seen for the first time.
     fn look_up(&mut self, postmaster: u32, pid: u32) {
-        let Some(cat) = self.catalog(postmaster) else { return };
+        // Asked for every statement: the known backend returns before any Arc is cloned.
         if self.backends.contains_key(&pid) {
             return;
         }
+        let Some(cat) = self.catalog(postmaster) else { return };
         if self.backends.len() >= MAX_BACKENDS {
             self.backends.retain(|_, v| matches!(v, Lookup::Pending));
         }

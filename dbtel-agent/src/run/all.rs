@@ -44,7 +44,7 @@ impl Agent {
 
     /// Kind of a process's executable, judged once per file.
     fn judge_exe(&mut self, pid: u32) -> FileKind {
-        let Some(id) = hostwide::file_id(&hostwide::exe_host_path(pid)) else { return FileKind::Neither };
+        let Some(id) = discover::file_id(&hostwide::exe_host_path(pid)) else { return FileKind::Neither };
         if let Some(k) = self.host().files.get(&id) {
             return *k;
         }
@@ -94,7 +94,7 @@ impl Agent {
 
     /// Probes one file for every process if it is (or has) libpq.
     fn probe_file(&mut self, pid: u32, path: &str, host_path: &Path) -> Option<String> {
-        let id = hostwide::file_id(host_path)?;
+        let id = discover::file_id(host_path)?;
         if self.host().files.contains_key(&id) {
             return None;
         }
@@ -161,15 +161,18 @@ impl Agent {
         if !self.host().selectors.chooses(&without_port) {
             return;
         }
-        // Its probe sites on this file, if no other server had it.
-        match server::inspect(pid) {
-            Ok(Some(t)) => {
-                if let Err(e) = self.probes.attach_server_file(&t) {
-                    log::warn!("{}: {e}", t.exe);
-                    return;
+        // Its probe sites on this file, if no other server had it (a file once read).
+        let probed = discover::file_id(&hostwide::exe_host_path(pid)).is_some_and(|id| self.probes.has_server_file(id));
+        if !probed {
+            match server::inspect(pid) {
+                Ok(Some(t)) => {
+                    if let Err(e) = self.probes.attach_server_file(&t) {
+                        log::warn!("{}: {e}", t.exe);
+                        return;
+                    }
                 }
+                _ => return,
             }
-            _ => return,
         }
         match self.probes.trace_server_process(pid) {
             Ok(()) => self.host().pending_servers.push(pid),
@@ -207,17 +210,13 @@ impl Agent {
         if !host.selectors.by_port() {
             return true;
         }
-        let chosen = match s {
+        match s {
             ClientSpan::Query(q) => {
                 let ok = q.conn_info.as_ref().is_some_and(|c| host.selectors.port_selected(&c.port));
                 host.conn_selected.insert((q.pid, q.conn), ok);
                 ok
             }
             ClientSpan::Txn(t) => host.conn_selected.get(&(t.pid, t.conn)).copied().unwrap_or(false),
-        };
-        if !chosen {
-            host.filtered_spans += 1;
         }
-        chosen
     }
 }
