@@ -24,8 +24,6 @@ use crate::{
     span::{self, IdGen, Ids},
 };
 
-/// How long a finished lock wait may wait for the catalog's answer.
-pub(crate) const FACTS_DEADLINE: Duration = Duration::from_secs(2);
 /// A wait is looked up in the catalog only if it lasts this long:
 /// pg_blocking_pids takes every lock-manager partition lock, and a busy
 /// server has many sub-millisecond waits (measured: looking each up cost a
@@ -408,7 +406,7 @@ impl ServerSide {
             }
             let waiting = matches!(self.backends.get(&pid), Some(Lookup::Pending))
                 || matches!(&s, ServerSpan::Wait(w) if matches!(self.facts.get(&w.ids.span_id), Some(None)));
-            if waiting && !force && now.duration_since(since) < FACTS_DEADLINE {
+            if waiting && !force && now.duration_since(since) < crate::batch::FACTS_DEADLINE {
                 self.held.push((s, since));
                 continue;
             }
