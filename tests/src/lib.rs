@@ -4,6 +4,7 @@
 //! installs; a missing piece fails loudly, it never skips.
 
 pub mod agent;
+pub mod drivers;
 pub mod fake;
 pub mod http;
 pub mod otlp;

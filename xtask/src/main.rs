@@ -82,9 +82,17 @@ const APT_PACKAGES: &[&str] = &[
     // in the image already, named so that a slimmer one still gets them.
     "systemd",
     "util-linux",
+    // Real drivers for the driver tests: pgjdbc (Debian's) on a JRE, node-postgres
+    // (npm) on Node.js; the Python drivers go into a project-local virtual environment.
+    "libpostgresql-jdbc-java",
+    "default-jre-headless",
+    "python3-venv",
 ];
 const BPF_LINKER: &str = "0.13.0";
 const PSYCOPG2: &str = "2.9.10";
+/// Drivers as users install them, pinned: the wheels bring their own libpq.
+const PY_DRIVERS: &[&str] = &["psycopg[binary]==3.3.9", "psycopg2-binary==2.9.13", "asyncpg==0.32.0"];
+const NODE_DRIVERS: &[&str] = &["pg@8.23.1"];
 
 fn main() -> Result<()> {
     match Cli::parse().task {
@@ -164,7 +172,43 @@ fn setup() -> Result<()> {
             .args(["-m", "pip", "install", "-q", &format!("psycopg2=={PSYCOPG2}")])
             .env("PIP_ROOT_USER_ACTION", "ignore"))?;
     }
+    drivers()?;
     eprintln!("xtask: setup complete");
+    Ok(())
+}
+
+/// The driver matrix, in `.drivers/` (see dbtel_tests::drivers): a venv per
+/// wheel set (psycopg2-binary and psycopg2 from source must not shadow each
+/// other: the system python keeps the source build) and node_modules.
+fn drivers() -> Result<()> {
+    let dir = root().join(".drivers");
+    let venv = dir.join("venv");
+    let python = venv.join("bin/python");
+    let wanted = PY_DRIVERS.join(" ");
+    let stamp = venv.join("dbtel-drivers");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        // Debian's python3 (python3-venv): the machine's own python may be any build.
+        run(Command::new("/usr/bin/python3").args(["-m", "venv", "--clear"]).arg(&venv))?;
+        run(Command::new(&python).args(["-m", "pip", "install", "-q", "--disable-pip-version-check"]).args(PY_DRIVERS))?;
+        std::fs::write(&stamp, &wanted)?;
+    }
+    let node = dir.join("node");
+    let wanted = NODE_DRIVERS.join(" ");
+    let stamp = node.join("dbtel-drivers");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        std::fs::create_dir_all(&node)?;
+        if !succeeds(Command::new("npm").arg("--version")) {
+            // The machine's own Node.js normally; Debian's where there is none.
+            run(Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends", "nodejs", "npm"])
+                .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        }
+        run(Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--no-save", "--prefix"])
+            .arg(&node)
+            .args(NODE_DRIVERS))?;
+        std::fs::write(&stamp, &wanted)?;
+    }
     Ok(())
 }
 
