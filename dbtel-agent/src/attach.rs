@@ -19,10 +19,11 @@ use aya::{
     },
     Ebpf, EbpfError, EbpfLoader,
 };
-use dbtel_common::{cookie, counter, func, verdict, LibpqLayout, SiteSpec, MAX_LAYOUTS, MAX_SITES, TEXT_CAP};
+use dbtel_common::{cookie, counter, func, loader, verdict, LibpqLayout, SiteSpec, MAX_LAYOUTS, MAX_SITES, TEXT_CAP};
 
 use crate::{
     discover::{args_of, LibpqTarget, QUERY_CALLS},
+    loader::LoaderTarget,
     server::ServerTarget,
 };
 
@@ -75,7 +76,7 @@ fn privilege_hint() -> &'static str {
     }
 }
 
-const PROGRAMS: &[&str] = &["pq_query", "pq_result", "pq_getresult", "pq_getresult_ret", "pq_finish", "pg_server"];
+const PROGRAMS: &[&str] = &["pq_query", "pq_result", "pq_getresult", "pq_getresult_ret", "pq_finish", "pg_server", "dl_state"];
 const TRACEPOINTS: &[(&str, &str)] = &[("server_fork", "sched_process_fork"), ("proc_exit", "sched_process_exit")];
 /// Host-wide tracing only: every exec, so new processes are known before their first query.
 const EXEC_TRACEPOINT: (&str, &str) = ("proc_exec", "sched_process_exec");
@@ -94,6 +95,8 @@ pub struct Probes {
     layouts: Vec<LibpqLayout>,
     /// (pid, device, inode) of every libpq already probed for that process.
     attached: HashSet<(u32, u64, u64)>,
+    /// (pid, device, inode) of every loader whose hook is probed for that process.
+    loaders: HashSet<(u32, u64, u64)>,
     links: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
 }
 
@@ -141,6 +144,7 @@ impl Probes {
             tracefs,
             layouts: Vec::new(),
             attached: HashSet::new(),
+            loaders: HashSet::new(),
             links: HashMap::new(),
         })
     }
@@ -238,6 +242,39 @@ impl Probes {
             self.attached.insert((owner, dev, ino));
         }
         Ok(n)
+    }
+
+    /// Probes a loader's hook (see crate::loader) for one process, or with
+    /// --all for every process. `hold`: stop the process at each load until
+    /// the agent continues it (never host-wide). Returns false if the hook
+    /// was already probed there.
+    pub fn attach_loader(&mut self, pid: u32, ld: &LoaderTarget, hold: bool) -> Result<bool, AttachError> {
+        let owner = if self.host_wide { 0 } else { pid };
+        let id = crate::discover::file_id(&ld.host_path);
+        if let Some((dev, ino)) = id {
+            if !self.loaders.insert((owner, dev, ino)) {
+                return Ok(false);
+            }
+        }
+        let scope = match owner {
+            0 => UProbeScope::AllProcesses,
+            pid => UProbeScope::OneProcess(NonZeroU32::new(pid).expect("pid is not 0")),
+        };
+        let cookie = loader::make(ld.state_delta, hold && owner != 0);
+        let p: &mut UProbe = self.ebpf.program_mut("dl_state").expect("loaded").try_into().expect("uprobe");
+        let point = UProbeAttachPoint { location: ld.offset.into(), cookie: Some(cookie) };
+        match p.attach(point, &ld.host_path, scope) {
+            Ok(link) => {
+                self.links.entry(owner).or_default().push(("dl_state", link));
+                Ok(true)
+            }
+            Err(error) => {
+                if let Some((dev, ino)) = id {
+                    self.loaders.remove(&(owner, dev, ino));
+                }
+                Err(AttachError::Attach { pid, path: ld.path.clone(), function: "_dl_debug_state", error })
+            }
+        }
     }
 
     /// Traces a PostgreSQL server: every process of its postmaster, including
@@ -374,6 +411,7 @@ impl Probes {
             }
         }
         self.attached.retain(|(p, _, _)| *p != pid);
+        self.loaders.retain(|(p, _, _)| *p != pid);
     }
 
     /// Times each eBPF program ran (probe hits) and its total run time, by

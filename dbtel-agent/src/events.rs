@@ -90,6 +90,10 @@ pub enum Record {
     Exec(Exec),
     /// --all: a client process that hit a probe exited.
     ClientExit(Origin),
+    /// The process's dynamic loader mapped new objects (a dlopen, or the
+    /// program's libraries at start); `held`: it is stopped until the agent
+    /// sends it SIGCONT.
+    Loaded { at: Origin, held: bool },
 }
 
 /// --all: `at.pid` now runs `path` (as given to execve), in cgroup `cgroup_id`.
@@ -131,6 +135,7 @@ pub fn decode_record(data: &[u8]) -> Result<Record, DecodeError> {
         }
         kind::SERVER_EXIT => Ok(Record::ServerExit(at)),
         kind::CLIENT_EXIT => Ok(Record::ClientExit(at)),
+        kind::LOADED => Ok(Record::Loaded { at, held: h.func == dbtel_common::loader::HELD }),
         kind::EXEC => {
             let fixed = ExecEvent::PATH_OFFSET;
             if data.len() < fixed {
@@ -294,6 +299,11 @@ pub mod encode {
         bytes_of(&header(kind::CLIENT_EXIT, 0, &at)).to_vec()
     }
 
+    pub fn loaded(at: Origin, held: bool) -> Vec<u8> {
+        let func = if held { dbtel_common::loader::HELD } else { 0 };
+        bytes_of(&header(kind::LOADED, func, &at)).to_vec()
+    }
+
     /// As the exec tracepoint sends it: the used part of the path only.
     pub fn exec(at: Origin, cgroup_id: u64, path: &str) -> Vec<u8> {
         let mut b = bytes_of(&header(kind::EXEC, 0, &at)).to_vec();
@@ -353,6 +363,8 @@ mod tests {
         assert_eq!(b.len(), ExecEvent::PATH_OFFSET + 31);
         assert_eq!(decode_record(&b).unwrap(), Record::Exec(Exec { at: AT, cgroup_id: 4026531835, path: "/usr/lib/postgresql/15/bin/psql".into() }));
         assert_eq!(decode_record(&encode::client_exit(AT)).unwrap(), Record::ClientExit(AT));
+        assert_eq!(decode_record(&encode::loaded(AT, true)).unwrap(), Record::Loaded { at: AT, held: true });
+        assert_eq!(decode_record(&encode::loaded(AT, false)).unwrap(), Record::Loaded { at: AT, held: false });
         // A path longer than the record holds is an error, not a read past its end.
         let mut cut = b.clone();
         cut.truncate(b.len() - 4);

@@ -15,6 +15,7 @@ pub mod host;
 pub mod hostwide;
 pub mod http;
 pub mod layout;
+pub mod loader;
 pub mod otlp;
 pub mod placement;
 pub mod reconstruct;

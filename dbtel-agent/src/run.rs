@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::Duration,
 };
 
@@ -26,8 +26,9 @@ use crate::{
 
 mod all;
 mod command;
+mod loads;
 
-use command::{command_candidates, forward_signal, program_name, spawn_held, wait_child};
+use command::{forward_signal, program_name, resolve_program, spawn_held, wait_child};
 
 pub struct RunConfig {
     pub pids: Vec<u32>,
@@ -80,6 +81,8 @@ struct Agent {
     host: Option<HostWide>,
     /// `-- command`: its PID, and whether it made a libpq call.
     command: Option<(u32, bool)>,
+    /// How long the `--` command was held at its library loads.
+    holds: loads::Holds,
 }
 
 impl Agent {
@@ -107,6 +110,7 @@ impl Agent {
                     self.ended(e.at.pid, e.at.ts_ns);
                     self.on_exec(&e);
                 }
+                Ok(Record::Loaded { at, held }) => self.on_loaded(at, held),
                 Ok(Record::ClientExit(at)) => {
                     self.ended(at.pid, at.ts_ns);
                     if let Some(h) = &mut self.host {
@@ -224,7 +228,8 @@ impl Agent {
         self.live.insert(meta.pid, meta);
     }
 
-    /// Looks for libpq mapped since the last look (dlopen, exec).
+    /// Looks for libpq mapped since the last look (dlopen, exec), and for a
+    /// loader whose hook is not yet probed (exec).
     fn rescan(&mut self, pid: u32) {
         if self.host.is_some() {
             // Host-wide, each file is judged once for all processes.
@@ -239,9 +244,19 @@ impl Agent {
                 continue;
             }
             let host = PathBuf::from(format!("/proc/{pid}/root{path}"));
+            if crate::loader::looks_like_loader(&path) {
+                let hold = self.command.is_some_and(|(c, _)| c == pid);
+                if let Err(e) = self.hook_loader(pid, &path, &host, hold) {
+                    log::warn!("process {pid}: {e}: a libpq it loads later is found within 250 ms, not at once");
+                }
+                continue;
+            }
             match discover::inspect(pid, &path, &host) {
                 Ok(Some(t)) if !self.probes.is_attached(&t) => match self.trace(&t) {
-                    Ok(n) => log::info!("process {pid} loaded {path}: {n} probes attached"),
+                    Ok(n) => {
+                        log::debug!("process {pid}: {n} probes on {path}");
+                        eprintln!("dbtel: tracing {pid} ({}) {path}", discover::exe_name(pid));
+                    }
                     Err(e) => log::warn!("process {pid} loaded {path}: {e:#}"),
                 },
                 Ok(_) => {}
@@ -364,6 +379,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         server: ServerSide::new(cfg.catalog.clone(), cfg.text),
         host: cfg.host_wide.clone().map(HostWide::new),
         command: None,
+        holds: loads::Holds::default(),
     };
     let mut attached_lines = Vec::new();
     if agent.host.is_some() {
@@ -379,26 +395,47 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         let n = agent.trace(t)?;
         attached_lines.push(format!("pid {} ({}): {} probes on {}", t.pid, discover::exe_name(t.pid), n, t.path));
     }
+    // A libpq they load later is seen at its load.
+    let client_pids: HashSet<u32> = targets.iter().map(|t| t.pid).collect();
+    if agent.host.is_none() {
+        for pid in client_pids {
+            agent.watch_loads(pid);
+        }
+    }
 
     let mut child = None;
     if !cfg.command.is_empty() {
         let (pid, release) = spawn_held(&cfg.command)?;
         // Still the agent's own fork until it execs: name it after the command.
         agent.follow(ProcessMeta::of(pid, program_name(&cfg.command[0])));
-        let mut found = 0;
-        for path in command_candidates(&cfg.command[0]) {
+        let mut line = format!("pid {pid} ({})", cfg.command[0]);
+        // Its program itself may have libpq linked in.
+        let program = resolve_program(&cfg.command[0]);
+        if let Some(path) = &program {
             let p = path.to_string_lossy().into_owned();
-            if let Some(t) = discover::inspect(pid, &p, Path::new(&p))? {
+            if let Some(t) = discover::inspect(pid, &p, path)? {
                 let n = agent.trace(&t)?;
                 agent.inspected.insert((pid, p.clone()));
-                // Ready for it: the command may load another libpq, or none.
-                attached_lines.push(format!("pid {pid} ({}): {n} probes ready on {p}, should it load it", cfg.command[0]));
-                found += 1;
+                line.push_str(&format!(": {n} probes on {p}"));
             }
         }
-        if found == 0 {
-            log::warn!("{}: no libpq found yet; probes follow when the command loads it", cfg.command[0]);
+        if agent.host.is_some() {
+            // --all probes every libpq for every process already.
+        } else if let Err(why) = agent.watch_command(pid, program.as_deref()) {
+            // Without the loader's hook, the libpq it is likeliest to load is made ready.
+            log::warn!("{}: its library loads cannot be watched ({why}): a libpq other than the system's is found within 250 ms of its load", cfg.command[0]);
+            for path in discover::system_libpq() {
+                let p = path.to_string_lossy().into_owned();
+                if let Some(t) = discover::inspect(pid, &p, &path)? {
+                    let n = agent.trace(&t)?;
+                    agent.inspected.insert((pid, p.clone()));
+                    line.push_str(&format!(": {n} probes ready on {p}, should it load it"));
+                }
+            }
+        } else {
+            line.push_str(": from its start, each libpq it loads is probed before its first call");
         }
+        attached_lines.push(line);
         drop(release); // the child proceeds to exec
         agent.command = Some((pid, false));
         child = Some((pid, Box::pin(wait_child(pid))));
@@ -492,6 +529,16 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     for pid in pids {
         agent.recon.process_exited(pid, Clock::monotonic_now_ns(), &mut agent.spans);
         agent.probes.detach_pid(pid);
+    }
+    if let Some((pid, _)) = &child {
+        // The agent stops without its command: with the loader's hook gone
+        // (above), a hold it was put in since the last drain is let go.
+        // (Not yet reaped, so the PID is still the command's.)
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(*pid as i32, libc::SIGCONT) };
+    }
+    if let Some(line) = agent.holds.report(&cfg.command.first().map_or(String::new(), |c| program_name(c))) {
+        log::info!("{line}");
     }
     let now = Clock::monotonic_now_ns();
     let postmasters: Vec<u32> = agent.server.servers.keys().copied().collect();

@@ -35,7 +35,12 @@ pub mod kind {
     pub const EXEC: u32 = 7;
     /// Host-wide tracing: a client process that hit a probe exited ([`super::Header`] only).
     pub const CLIENT_EXIT: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// The dynamic loader finished mapping new objects in a process (a
+    /// dlopen, or the program's own libraries at start): [`super::Header`]
+    /// only; `func` is 1 when the process was stopped for the agent (see
+    /// [`super::loader`]), which then owes it a SIGCONT.
+    pub const LOADED: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// libpq functions, carried in the attach cookie and in [`Header::func`].
@@ -219,6 +224,33 @@ impl ExecEvent {
 pub mod verdict {
     pub const TRACED: u8 = 1;
     pub const EXCLUDED: u8 = 2;
+}
+
+/// The probe on the dynamic loader's debugger hook (glibc's `_dl_debug_state`,
+/// called with `_r_debug.r_state` = RT_ADD before a load maps objects and
+/// RT_CONSISTENT once they are mapped, before their constructors run and
+/// before dlopen returns).
+pub mod loader {
+    /// `r_debug.r_state` values (<link.h>).
+    pub const RT_CONSISTENT: i32 = 0;
+    pub const RT_ADD: i32 = 1;
+    pub const RT_DELETE: i32 = 2;
+    /// Offset of `r_state` in `struct r_debug` (LP64: int, pointer, address, then the enum).
+    pub const R_STATE_OFFSET: i64 = 24;
+    /// `Header::func` of a LOADED event whose process is held stopped.
+    pub const HELD: u32 = 1;
+
+    /// Attach cookie: where `r_state` is, relative to the probed instruction
+    /// (the loader's load address cancels out), and whether to hold the process.
+    pub const fn make(state_delta: i32, hold: bool) -> u64 {
+        (state_delta as u32 as u64) | ((hold as u64) << 32)
+    }
+    pub const fn state_delta(c: u64) -> i64 {
+        c as u32 as i32 as i64
+    }
+    pub const fn hold(c: u64) -> bool {
+        (c >> 32) & 1 != 0
+    }
 }
 
 /// Server probe points the agent attaches, in [`Header::func`] of server events.

@@ -1,5 +1,5 @@
 //! `-- command`: starting the command held before exec, waiting for it,
-//! forwarding signals, and the libpq files it may load.
+//! forwarding signals.
 
 use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -8,24 +8,12 @@ use std::{
 
 use anyhow::{bail, Context};
 
-use crate::discover;
-
-/// Candidate libpq files a command may load, known before it runs.
-pub(super) fn command_candidates(program: &str) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = resolve_program(program).into_iter().collect();
-    for p in discover::system_libpq() {
-        if !out.contains(&p) {
-            out.push(p);
-        }
-    }
-    out
-}
-
 pub(super) fn program_name(program: &str) -> String {
     Path::new(program).file_name().map_or_else(|| program.to_string(), |n| n.to_string_lossy().into_owned())
 }
 
-fn resolve_program(program: &str) -> Option<PathBuf> {
+/// The file `program` runs, as execvp will find it.
+pub(super) fn resolve_program(program: &str) -> Option<PathBuf> {
     if program.contains('/') {
         return std::fs::canonicalize(program).ok();
     }
@@ -40,6 +28,11 @@ fn resolve_program(program: &str) -> Option<PathBuf> {
 /// Starts `command` held just before exec, so probes are in place before it
 /// runs anything; dropping the returned fd lets it go. (std's spawn cannot be
 /// used: it waits for the exec to happen.)
+///
+/// Should the agent die without continuing it (SIGKILL) while the kernel
+/// side holds it stopped at a library load, the kernel sends it SIGCONT: its
+/// parent-death signal, kept across exec (called from the main thread, which
+/// lives as long as the agent: the signal follows the forking thread).
 pub(super) fn spawn_held(command: &[String]) -> anyhow::Result<(u32, OwnedFd)> {
     use std::ffi::CString;
     let args: Vec<CString> = command
@@ -50,6 +43,8 @@ pub(super) fn spawn_held(command: &[String]) -> anyhow::Result<(u32, OwnedFd)> {
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let failed = CString::new(format!("dbtel-agent: cannot run {}\n", command[0])).expect("no NUL");
+    // SAFETY: getpid has no preconditions.
+    let agent = unsafe { libc::getpid() };
     let mut fds = [0; 2];
     // SAFETY: fds is a valid array of two ints.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -65,6 +60,10 @@ pub(super) fn spawn_held(command: &[String]) -> anyhow::Result<(u32, OwnedFd)> {
     }
     if pid == 0 {
         unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGCONT as libc::c_ulong);
+            if libc::getppid() != agent {
+                libc::_exit(127); // the agent is already gone: nothing would trace it
+            }
             libc::close(wr.as_raw_fd());
             let mut b = 0u8;
             libc::read(rd.as_raw_fd(), (&mut b as *mut u8).cast(), 1);
@@ -78,18 +77,22 @@ pub(super) fn spawn_held(command: &[String]) -> anyhow::Result<(u32, OwnedFd)> {
 }
 
 /// Waits for our child on a blocking thread; returns its exit code (128+signal
-/// if killed).
+/// if killed). A stop (the kernel side holding it at a library load) is no
+/// exit: waitpid without WUNTRACED does not report it, and a status that is
+/// neither an exit nor a kill is waited past.
 pub(super) async fn wait_child(pid: u32) -> anyhow::Result<i32> {
     tokio::task::spawn_blocking(move || loop {
         let mut status = 0;
         // SAFETY: waitpid on our own child with a valid status pointer.
         let r = unsafe { libc::waitpid(pid as i32, &mut status, 0) };
         if r == pid as i32 {
-            return Ok(if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
-            } else {
-                128 + libc::WTERMSIG(status)
-            });
+            if libc::WIFEXITED(status) {
+                return Ok(libc::WEXITSTATUS(status));
+            }
+            if libc::WIFSIGNALED(status) {
+                return Ok(128 + libc::WTERMSIG(status));
+            }
+            continue;
         }
         let e = std::io::Error::last_os_error();
         if e.kind() != std::io::ErrorKind::Interrupted {
@@ -110,5 +113,62 @@ pub(super) fn forward_signal<F>(child: &Option<(u32, F)>, sig: i32, since: &mut 
             true
         }
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_child_is_not_an_exited_one() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let child = std::process::Command::new("sh").args(["-c", "kill -STOP $$; exit 7"]).spawn().unwrap();
+        let pid = child.id();
+        rt.block_on(async {
+            let mut wait = Box::pin(wait_child(pid));
+            let stopped = || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") T"));
+            while !stopped() {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            let early = tokio::time::timeout(std::time::Duration::from_millis(200), &mut wait).await;
+            assert!(early.is_err(), "the stop was taken for an exit: {early:?}");
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+            assert_eq!(wait.await.unwrap(), 7);
+        });
+    }
+
+    #[test]
+    fn the_command_gets_sigcont_when_the_agent_dies() {
+        // A process of its own starts a command with spawn_held and exits
+        // while the command is stopped (see the helper below).
+        let script = format!("kill -STOP $$; echo continued > {}", dir.display());
+        let forked = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "run::command::tests::spawn_held_child_of_a_dying_parent", "--nocapture", "--ignored"])
+            .env("DBTEL_PDEATH_SCRIPT", &script)
+            .status()
+            .unwrap();
+        assert!(forked.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_to_string(&dir).map(|s| s.trim().to_string()).ok().as_deref() != Some("continued") {
+            assert!(std::time::Instant::now() < deadline, "the command stayed stopped after its parent died");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_file(&dir);
+    }
+
+    /// Helper run by the test above in a process of its own: starts a command
+    /// with spawn_held, lets it stop itself, then exits without continuing it.
+    #[test]
+    #[ignore]
+    fn spawn_held_child_of_a_dying_parent() {
+        let Ok(script) = std::env::var("DBTEL_PDEATH_SCRIPT") else { return };
+        let (pid, release) = spawn_held(&["sh".into(), "-c".into(), script]).unwrap();
+        drop(release);
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") T")) {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        // Exits now, its child still stopped.
     }
 }
