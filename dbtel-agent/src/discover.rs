@@ -130,12 +130,14 @@ pub fn executable_mappings(pid: u32) -> Result<Vec<String>, DiscoverError> {
 }
 
 pub fn parse_maps(maps: &str) -> Vec<String> {
+    // Read at every library load of a held process: byte checks, no field
+    // splitting. "ADDR PERMS OFFSET DEV INODE   PATH": only the path has a '/'.
     let mut out: Vec<String> = Vec::new();
     for line in maps.lines() {
-        let mut f = line.splitn(6, char::is_whitespace);
-        let (_, perms) = (f.next(), f.next().unwrap_or(""));
-        let path = f.nth(3).unwrap_or("").trim();
-        if perms.contains('x') && path.starts_with('/') && !path.ends_with(" (deleted)") && !out.iter().any(|p| p == path) {
+        let executable = line.split_once(' ').is_some_and(|(_, rest)| rest.as_bytes().get(2) == Some(&b'x'));
+        let Some(at) = line.find('/').filter(|_| executable) else { continue };
+        let path = line[at..].trim_end();
+        if !path.ends_with(" (deleted)") && !out.iter().any(|p| p == path) {
             out.push(path.to_string());
         }
     }

@@ -143,7 +143,9 @@ mod tests {
     fn the_command_gets_sigcont_when_the_agent_dies() {
         // A process of its own starts a command with spawn_held and exits
         // while the command is stopped (see the helper below).
-        let script = format!("kill -STOP $$; echo continued > {}", dir.display());
+        let mark = std::env::temp_dir().join(format!("dbtel-pdeath-{}", std::process::id()));
+        let _ = std::fs::remove_file(&mark);
+        let script = format!("kill -STOP $$; echo continued > {}", mark.display());
         let forked = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "run::command::tests::spawn_held_child_of_a_dying_parent", "--nocapture", "--ignored"])
             .env("DBTEL_PDEATH_SCRIPT", &script)
@@ -151,11 +153,11 @@ mod tests {
             .unwrap();
         assert!(forked.success());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::fs::read_to_string(&dir).map(|s| s.trim().to_string()).ok().as_deref() != Some("continued") {
+        while std::fs::read_to_string(&mark).map(|s| s.trim().to_string()).ok().as_deref() != Some("continued") {
             assert!(std::time::Instant::now() < deadline, "the command stayed stopped after its parent died");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        let _ = std::fs::remove_file(&dir);
+        let _ = std::fs::remove_file(&mark);
     }
 
     /// Helper run by the test above in a process of its own: starts a command
