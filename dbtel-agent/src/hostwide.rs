@@ -29,6 +29,8 @@ const EXEC_MEMORY: usize = 16_384;
 const FILE_MEMORY: usize = 65_536;
 /// A new process's mappings are looked at this long after its exec (the
 /// loader maps its libraries; a program may load libpq a little later).
+/// The loader's hook reports loads at once; these catch what it cannot see
+/// (a static program, a loader without the hook).
 const RESCAN_AT: [Duration; 3] = [Duration::from_millis(100), Duration::from_secs(1), Duration::from_secs(4)];
 
 /// What a file turned out to be.
@@ -36,6 +38,8 @@ const RESCAN_AT: [Duration; 3] = [Duration::from_millis(100), Duration::from_sec
 pub enum FileKind {
     Server,
     Libpq,
+    /// A dynamic loader whose hook reports library loads.
+    Loader,
     Neither,
 }
 

@@ -10,6 +10,7 @@ use crate::{
     export::ProcessMeta,
     host::select::container_id,
     hostwide::{self, FileKind},
+    loader,
     reconstruct::ClientSpan,
     server,
 };
@@ -31,8 +32,10 @@ impl Agent {
                 lines.push(line);
             }
         }
-        // The system's libpq (what a program started later will load), then every mapped one.
-        for path in discover::system_libpq() {
+        // The system's loader (its hook reports every load at once: a libpq
+        // loaded later is probed without waiting for a rescan), the system's
+        // libpq (what a program started later will load), then every mapped one.
+        for path in loader::system_loader().into_iter().chain(discover::system_libpq()) {
             let p = path.to_string_lossy().into_owned();
             lines.extend(self.probe_file(std::process::id(), &p, &path));
         }
@@ -96,6 +99,18 @@ impl Agent {
     fn probe_file(&mut self, pid: u32, path: &str, host_path: &Path) -> Option<String> {
         let id = discover::file_id(host_path)?;
         if self.host().files.contains_key(&id) {
+            return None;
+        }
+        if loader::looks_like_loader(path) {
+            let kind = match self.hook_loader(pid, path, host_path, false) {
+                Ok(true) => FileKind::Loader,
+                Ok(false) => FileKind::Neither,
+                Err(e) => {
+                    log::warn!("{e}: libpq loaded through {path} is found by rescans only");
+                    FileKind::Neither
+                }
+            };
+            self.host().judged(id, kind);
             return None;
         }
         let kind = match discover::inspect(pid, path, host_path) {
