@@ -57,7 +57,7 @@ pub enum DiscoverError {
     NoSuchProcess(u32),
     #[error("cannot read /proc/{pid}/maps: {error} (dbtel-agent must run as root)")]
     Maps { pid: u32, error: io::Error },
-    #[error("process {pid} ({exe}) does not use libpq (none mapped, none linked in): trace its server (--pid POSTMASTER) to see its queries")]
+    #[error("process {pid} ({exe}) does not use libpq: trace its server (--pid POSTMASTER) to see its queries")]
     NoLibpq { pid: u32, exe: String },
     #[error("{path} (process {pid}) has libpq symbols but lacks {missing}: unsupported libpq build")]
     MissingSymbols { pid: u32, path: String, missing: String },

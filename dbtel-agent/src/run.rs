@@ -536,6 +536,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         agent.recon.process_exited(pid, Clock::monotonic_now_ns(), &mut agent.spans);
         agent.probes.detach_pid(pid);
     }
+    agent.probes.finish_detaching();
     if let Some((pid, _)) = &child {
         // The agent stops without its command: with the loader's hook gone
         // (above), a hold it was put in since the last drain is let go.

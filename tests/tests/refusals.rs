@@ -31,7 +31,7 @@ fn process_without_libpq() {
     let _ = sleep.wait();
     assert_eq!(
         msg,
-        format!("dbtel-agent: process {pid} (sleep) does not use libpq (none mapped, none linked in): trace its server (--pid POSTMASTER) to see its queries")
+        format!("dbtel-agent: process {pid} (sleep) does not use libpq: trace its server (--pid POSTMASTER) to see its queries")
     );
 }
 
@@ -107,7 +107,7 @@ fn of_several_targets_those_that_can_be_traced_are() {
     let (app, pm) = (sleep.id(), pg.postmaster_pid());
     let agent = dbtel_tests::Agent::start(&["--otlp-endpoint", &rx.http_endpoint(), "--pid", &app.to_string(), "--pid", &pm.to_string()], Stdio::null());
     let reason = format!(
-        "dbtel-agent: not traced: process {app} (sleep) does not use libpq (none mapped, none linked in): trace its server (--pid POSTMASTER) to see its queries"
+        "dbtel-agent: not traced: process {app} (sleep) does not use libpq: trace its server (--pid POSTMASTER) to see its queries"
     );
     assert!(agent.stderr_lines.contains(&reason), "{:?}", agent.stderr_lines);
     pg.psql("postgres", "select 'the server is traced' as marker");
@@ -135,7 +135,7 @@ fn when_nothing_can_be_traced_every_reason_is_given() {
     assert_eq!(
         lines,
         [
-            format!("dbtel-agent: process {} (sleep) does not use libpq (none mapped, none linked in): trace its server (--pid POSTMASTER) to see its queries", a.id()),
+            format!("dbtel-agent: process {} (sleep) does not use libpq: trace its server (--pid POSTMASTER) to see its queries", a.id()),
             format!("dbtel-agent: no process with PID {missing}"),
         ]
     );
@@ -146,7 +146,9 @@ fn a_command_that_makes_no_libpq_call_is_reported_at_exit() {
     require_root();
     let run = run_agent(&["--exporter", "none", "--", "python3", "-c", "import sys; sys.exit(3)"], b"", Duration::from_secs(30));
     assert_eq!(run.status.code(), Some(3), "the command's status: {run:?}");
-    assert!(run.stderr.contains("probes ready on "), "{}", run.stderr);
+    let tracing: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("dbtel: tracing ")).collect();
+    assert_eq!(tracing.len(), 1, "no libpq loaded, none named: {}", run.stderr);
+    assert!(tracing[0].ends_with(" (python3): from its start, each libpq it loads is probed before its first call"), "{}", run.stderr);
     assert!(
         run.stderr.lines().any(|l| l
             == "dbtel: python3 made no libpq call: nothing of it was traced (a client without libpq, such as asyncpg or node-postgres, is seen by tracing its server: --pid POSTMASTER)"),
@@ -163,4 +165,8 @@ fn a_command_that_makes_no_libpq_call_is_reported_at_exit() {
     let run = run_agent(&args, b"", Duration::from_secs(30));
     assert!(run.status.success(), "{run:?}");
     assert!(!run.stderr.contains("made no libpq call"), "{}", run.stderr);
+    // The libpq it loaded is named, once it is loaded (psql links Debian's).
+    let libpq = std::fs::canonicalize("/usr/lib/x86_64-linux-gnu/libpq.so.5").unwrap();
+    let named: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("dbtel: tracing ") && l.ends_with(&format!(" (psql) {}", libpq.display()))).collect();
+    assert_eq!(named.len(), 1, "{}", run.stderr);
 }
