@@ -155,6 +155,23 @@ impl Cluster {
             .collect()
     }
 
+    /// Statements the server logged, either protocol: simple queries
+    /// (`statement: …`) and extended-protocol executions (`execute <name>: …`),
+    /// in order: (backend PID, text).
+    pub fn logged_queries(&self) -> Vec<(u32, String)> {
+        let path = self.dir.path().join("data/csvlog/pg.csv");
+        let mut rd = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_path(&path).unwrap();
+        rd.records()
+            .map(|r| r.unwrap())
+            .filter_map(|r| {
+                let pid = r.get(3)?.parse().ok()?;
+                let msg = r.get(13)?;
+                let text = msg.strip_prefix("statement: ").or_else(|| msg.strip_prefix("execute ")?.split_once(": ").map(|(_, t)| t))?;
+                Some((pid, text.to_string()))
+            })
+            .collect()
+    }
+
     /// Errors the server logged (csvlog), in order: (backend PID, SQLSTATE).
     pub fn logged_errors(&self) -> Vec<(u32, String)> {
         let path = self.dir.path().join("data/csvlog/pg.csv");
