@@ -105,6 +105,30 @@ fn psycopg2_binary_queries_right_after_import_every_run() {
     every_query_of_every_run("psycopg2_burst.py", "psycopg2_binary.libs");
 }
 
+/// The hold itself: a program that counts its SIGCONTs imports psycopg in one
+/// thread and extension modules in another; each load the agent held it at
+/// ends in a SIGCONT (the first, at exec, comes before its handler is set:
+/// uncounted; two close together may be counted once), every thread goes on,
+/// and its query is traced.
+#[test]
+fn held_at_each_load_and_always_continued_threads_too() {
+    require_root();
+    let pg = Cluster::start();
+    let rx = Receiver::start();
+    let python = drivers::python().get_program().to_string_lossy().into_owned();
+    let script = drivers::program("holds.py").display().to_string();
+    let out = run_agent(&["--otlp-endpoint", &rx.http_endpoint(), "--", &python, &script, &pg.dsn("postgres")], b"", Duration::from_secs(60));
+    assert!(out.status.success(), "{out:?}");
+    let conts: u64 = out.stdout.trim().parse().unwrap_or_else(|_| panic!("{out:?}"));
+    let held_line = out.stderr.lines().find(|l| l.contains("] held ")).unwrap_or_else(|| panic!("{}", out.stderr));
+    let held: u64 = held_line.split(" at ").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap();
+    // psycopg's extension modules and its libpq's dependencies, and the other thread's five.
+    assert!(held >= 6, "{held_line}");
+    assert!((1..held).contains(&conts), "{conts} SIGCONTs seen for {held} holds: {held_line}");
+    let texts: Vec<String> = rx.spans().iter().map(|s| s.text().to_string()).collect();
+    assert_eq!(texts, ["select ? as marker"]);
+}
+
 #[test]
 fn node_postgres_beside_its_server_one_reason_line_and_the_servers_spans() {
     require_root();
