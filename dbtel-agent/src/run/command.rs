@@ -147,8 +147,9 @@ mod tests {
         let _ = std::fs::remove_file(&mark);
         let script = format!("kill -STOP $$; echo continued > {}", mark.display());
         let forked = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "run::command::tests::spawn_held_child_of_a_dying_parent", "--nocapture", "--ignored"])
+            .args(["--exact", "run::command::tests::spawn_held_child_of_a_dying_parent", "--ignored", "--quiet"])
             .env("DBTEL_PDEATH_SCRIPT", &script)
+            .stdout(std::process::Stdio::null())
             .status()
             .unwrap();
         assert!(forked.success());
