@@ -180,8 +180,60 @@ pub fn find_libpq(pid: u32) -> Result<Vec<LibpqTarget>, DiscoverError> {
     Ok(found)
 }
 
+/// Whether a file defines libpq's entry points, from its headers and symbol
+/// tables alone (None: not a readable 64-bit ELF file). Most files a process
+/// maps are not libpq, some are large, and a held process waits for this.
+fn defines_libpq(host_path: &Path) -> Option<bool> {
+    let data = symbol_tables_only(host_path)?;
+    let file = object::File::parse(&*data).ok()?;
+    let symbols = defined_symbols(&file);
+    Some(symbols.contains_key("PQgetResult") || symbols.contains_key("PQexec"))
+}
+
+/// The file as a buffer of its size holding only its ELF header, program and
+/// section headers, symbol and string tables; zeros elsewhere (pages never
+/// written, so never really allocated).
+fn symbol_tables_only(host_path: &Path) -> Option<Vec<u8>> {
+    use object::{
+        elf::{FileHeader64, SHT_DYNSYM, SHT_STRTAB, SHT_SYMTAB},
+        read::elf::{FileHeader, SectionHeader},
+        Endianness,
+    };
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::open(host_path).ok()?;
+    let mut data = vec![0u8; usize::try_from(f.metadata().ok()?.len()).ok()?];
+    let fill = |data: &mut [u8], at: u64, len: u64| -> Option<()> {
+        let range = usize::try_from(at).ok()?..usize::try_from(at.checked_add(len)?).ok()?;
+        f.read_exact_at(data.get_mut(range)?, at).ok()
+    };
+    fill(&mut data, 0, size_of::<FileHeader64<Endianness>>() as u64)?;
+    let hdr = *FileHeader64::<Endianness>::parse(&*data).ok()?;
+    let e = hdr.endian().ok()?;
+    if hdr.e_shnum.get(e) == 0 {
+        return None; // none, or more than fit the field: read the whole file
+    }
+    let (phoff, phlen) = (hdr.e_phoff.get(e), u64::from(hdr.e_phnum.get(e)) * u64::from(hdr.e_phentsize.get(e)));
+    let (shoff, shlen) = (hdr.e_shoff.get(e), u64::from(hdr.e_shnum.get(e)) * u64::from(hdr.e_shentsize.get(e)));
+    fill(&mut data, phoff, phlen)?;
+    fill(&mut data, shoff, shlen)?;
+    let tables: Vec<(u64, u64)> = hdr
+        .section_headers(e, &*data)
+        .ok()?
+        .iter()
+        .filter(|s| matches!(s.sh_type(e), SHT_SYMTAB | SHT_DYNSYM | SHT_STRTAB))
+        .map(|s| (s.sh_offset(e).into(), s.sh_size(e).into()))
+        .collect();
+    for (at, len) in tables {
+        fill(&mut data, at, len)?;
+    }
+    Some(data)
+}
+
 /// Looks at one file; `None` if it has nothing of libpq.
 pub fn inspect(pid: u32, path: &str, host_path: &Path) -> Result<Option<LibpqTarget>, DiscoverError> {
+    if defines_libpq(host_path) == Some(false) {
+        return Ok(None);
+    }
     let data = match fs::read(host_path) {
         Ok(d) => d,
         // Files that vanished or that we may not read are not libpq candidates
@@ -307,7 +359,7 @@ fn result_points(
 }
 
 /// Defined function symbols (dynamic first, then the full table if present).
-fn defined_symbols(file: &object::File<'_>) -> BTreeMap<String, u64> {
+fn defined_symbols<'d, R: object::ReadRef<'d>>(file: &object::File<'d, R>) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for sym in file.dynamic_symbols().chain(file.symbols()) {
         if sym.is_undefined() || sym.address() == 0 {
@@ -373,6 +425,20 @@ mod tests {
         child.wait().unwrap();
         assert!(!process_exists(pid));
         assert!(process_exists(std::process::id()));
+    }
+
+    #[test]
+    fn libpq_is_told_from_its_symbol_tables_alone() {
+        let libpq = Path::new("/usr/lib/x86_64-linux-gnu/libpq.so.5");
+        let full = fs::read(libpq).unwrap();
+        let sparse = symbol_tables_only(libpq).unwrap();
+        assert_eq!(sparse.len(), full.len());
+        let names = |d: &[u8]| defined_symbols(&object::File::parse(d).unwrap());
+        assert_eq!(names(&sparse), names(&full));
+        assert_eq!(defines_libpq(libpq), Some(true));
+        assert_eq!(defines_libpq(Path::new("/lib/x86_64-linux-gnu/libc.so.6")), Some(false));
+        // Not ELF: said by the full read (which names the error for a libpq).
+        assert_eq!(defines_libpq(&Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")), None);
     }
 
     #[test]

@@ -83,8 +83,6 @@ struct Agent {
     command: Option<(u32, bool)>,
     /// How long the `--` command was held at its library loads.
     holds: loads::Holds,
-    /// The `--` command, watched by the loader's hook, until its first load.
-    first_load: Option<u32>,
 }
 
 impl Agent {
@@ -382,7 +380,6 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         host: cfg.host_wide.clone().map(HostWide::new),
         command: None,
         holds: loads::Holds::default(),
-        first_load: None,
     };
     let mut attached_lines = Vec::new();
     if agent.host.is_some() {
@@ -476,11 +473,11 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                 let look = agent.host.is_none() || ticks.is_multiple_of(20);
                 let pids: Vec<u32> = if look { agent.live.keys().copied().collect() } else { Vec::new() };
                 for pid in pids {
-                    if agent.first_load == Some(pid) {
-                        continue; // not yet running its program (see first_load)
-                    }
                     if child.as_ref().is_some_and(|(c, _)| *c == pid) {
-                        agent.rescan(pid);
+                        // Before its exec it is the agent's own fork: nothing of it to read.
+                        if !command::still_the_agent(pid) {
+                            agent.rescan(pid);
+                        }
                         continue; // its exit comes from wait()
                     }
                     if discover::process_exists(pid) {

@@ -76,6 +76,12 @@ pub(super) fn spawn_held(command: &[String]) -> anyhow::Result<(u32, OwnedFd)> {
     Ok((pid as u32, wr))
 }
 
+/// True while the command has not exec'd yet (it runs the agent's executable).
+pub(super) fn still_the_agent(pid: u32) -> bool {
+    let exe = |p: &str| crate::discover::file_id(Path::new(p));
+    exe(&format!("/proc/{pid}/exe")) == exe("/proc/self/exe")
+}
+
 /// Waits for our child on a blocking thread; returns its exit code (128+signal
 /// if killed). A stop (the kernel side holding it at a library load) is no
 /// exit: waitpid without WUNTRACED does not report it, and a status that is

@@ -58,9 +58,6 @@ impl Agent {
     /// (and a libpq among them probed) before it goes on.
     pub(super) fn on_loaded(&mut self, at: Origin, held: bool) {
         let _go_on = held.then_some(Continue(at.pid));
-        if self.first_load == Some(at.pid) {
-            self.first_load = None;
-        }
         let seen = Clock::monotonic_now_ns();
         self.rescan(at.pid);
         if held {
@@ -86,9 +83,6 @@ impl Agent {
         if hooked == 0 {
             return Err(if why.is_empty() { "no dynamic loader found".into() } else { why.join("; ") });
         }
-        // Until then it is the agent's own fork, or a program whose loader is
-        // mapping its libraries: its first load says when to look.
-        self.first_load = Some(pid);
         Ok(())
     }
 
