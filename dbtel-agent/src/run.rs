@@ -28,7 +28,7 @@ mod all;
 mod command;
 mod loads;
 
-use command::{forward_signal, program_name, resolve_program, spawn_held, wait_child};
+use command::{forward_signal, program_name, wait_child};
 
 pub struct RunConfig {
     pub pids: Vec<u32>,
@@ -405,36 +405,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
 
     let mut child = None;
     if !cfg.command.is_empty() {
-        let (pid, release) = spawn_held(&cfg.command)?;
-        // Still the agent's own fork until it execs: name it after the command.
-        agent.follow(ProcessMeta::of(pid, program_name(&cfg.command[0])));
-        let mut line = format!("pid {pid} ({})", cfg.command[0]);
-        // Its program itself may have libpq linked in.
-        let program = resolve_program(&cfg.command[0]);
-        if let Some(path) = &program {
-            let p = path.to_string_lossy().into_owned();
-            if let Some(t) = discover::inspect(pid, &p, path)? {
-                let n = agent.trace(&t)?;
-                agent.inspected.insert((pid, p.clone()));
-                line.push_str(&format!(": {n} probes on {p}"));
-            }
-        }
-        if agent.host.is_some() {
-            // --all probes every libpq for every process already.
-        } else if let Err(why) = agent.watch_command(pid, program.as_deref()) {
-            // Without the loader's hook, the libpq it is likeliest to load is made ready.
-            log::warn!("{}: its library loads cannot be watched ({why}): a libpq other than the system's is found within 250 ms of its load", cfg.command[0]);
-            for path in discover::system_libpq() {
-                let p = path.to_string_lossy().into_owned();
-                if let Some(t) = discover::inspect(pid, &p, &path)? {
-                    let n = agent.trace(&t)?;
-                    agent.inspected.insert((pid, p.clone()));
-                    line.push_str(&format!(": {n} probes ready on {p}, should it load it"));
-                }
-            }
-        } else {
-            line.push_str(": from its start, each libpq it loads is probed before its first call");
-        }
+        let (pid, release, line) = agent.start_command(&cfg.command)?;
         attached_lines.push(line);
         drop(release); // the child proceeds to exec
         agent.command = Some((pid, false));

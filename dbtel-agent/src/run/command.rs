@@ -8,8 +8,51 @@ use std::{
 
 use anyhow::{bail, Context};
 
+use super::Agent;
+use crate::{discover, export::ProcessMeta};
+
 pub(super) fn program_name(program: &str) -> String {
     Path::new(program).file_name().map_or_else(|| program.to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+impl Agent {
+    /// Starts the command held before its exec, with its probes in place:
+    /// on its program if libpq is linked in, on its loader's hook (held at
+    /// each load) or else on the system's libpq. Returns its PID, what lets
+    /// it go, and its part of the `dbtel: tracing` line.
+    pub(super) fn start_command(&mut self, command: &[String]) -> anyhow::Result<(u32, OwnedFd, String)> {
+        let (pid, release) = spawn_held(command)?;
+        // Still the agent's own fork until it execs: name it after the command.
+        self.follow(ProcessMeta::of(pid, program_name(&command[0])));
+        let mut line = format!("pid {pid} ({})", command[0]);
+        // Its program itself may have libpq linked in.
+        let program = resolve_program(&command[0]);
+        if let Some(path) = &program {
+            let p = path.to_string_lossy().into_owned();
+            if let Some(t) = discover::inspect(pid, &p, path)? {
+                let n = self.trace(&t)?;
+                self.inspected.insert((pid, p.clone()));
+                line.push_str(&format!(": {n} probes on {p}"));
+            }
+        }
+        if self.host.is_some() {
+            // --all probes every libpq for every process already.
+        } else if let Err(why) = self.watch_command(pid, program.as_deref()) {
+            // Without the loader's hook, the libpq it is likeliest to load is made ready.
+            log::warn!("{}: its library loads cannot be watched ({why}): a libpq other than the system's is found within 250 ms of its load", command[0]);
+            for path in discover::system_libpq() {
+                let p = path.to_string_lossy().into_owned();
+                if let Some(t) = discover::inspect(pid, &p, &path)? {
+                    let n = self.trace(&t)?;
+                    self.inspected.insert((pid, p.clone()));
+                    line.push_str(&format!(": {n} probes ready on {p}, should it load it"));
+                }
+            }
+        } else {
+            line.push_str(": from its start, each libpq it loads is probed before its first call");
+        }
+        Ok((pid, release, line))
+    }
 }
 
 /// The file `program` runs, as execvp will find it.
