@@ -93,7 +93,8 @@ impl Agent {
         a
     }
 
-    fn wait_for_line(&mut self, prefix: &str, timeout: Duration) {
+    /// Waits for a stderr line starting with `prefix` (panics after `timeout`).
+    pub fn wait_for_line(&mut self, prefix: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

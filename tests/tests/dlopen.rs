@@ -129,6 +129,52 @@ fn held_at_each_load_and_always_continued_threads_too() {
     assert_eq!(texts, ["select ? as marker"]);
 }
 
+/// `--pid` of a libpq client that loads another libpq later: the load is
+/// reported at once and the new libpq named and probed, without a hold (the
+/// process is never stopped: unlike `--`, a query made right after the load
+/// may go by before the probes are placed, so here it waits for the line).
+#[test]
+fn by_pid_a_libpq_loaded_later_is_probed_at_its_load_without_a_hold() {
+    require_root();
+    let pg = Cluster::start_logged();
+    let rx = Receiver::start();
+    let mut py = drivers::python()
+        .arg(drivers::program("later_libpq.py"))
+        .arg(pg.dsn("postgres"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(py.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let pid: u32 = line.trim().parse().unwrap_or_else(|_| panic!("later_libpq.py did not start: {line:?}"));
+    let mut agent = Agent::start(&["--otlp-endpoint", &rx.http_endpoint(), "--pid", &pid.to_string()], Stdio::null());
+    let first = bundled_libpq("psycopg2_binary.libs");
+    assert!(agent.stderr_lines.iter().any(|l| l.starts_with(&format!("dbtel: tracing pid {pid} (")) && l.ends_with(&first.display().to_string())), "{:?}", agent.stderr_lines);
+    let mut say = |what: &str| {
+        py.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), what);
+    };
+    say("imported");
+    let later = bundled_libpq("psycopg_binary.libs");
+    agent.wait_for_line(&format!("dbtel: tracing {pid} (python3.11) {}", later.display()), Duration::from_secs(5));
+    say("0"); // SIGCONTs: --pid never holds
+    assert!(py.wait().unwrap().success());
+    // The traced process gone, the agent ends by itself.
+    let run = agent.wait(Duration::from_secs(30));
+    assert!(run.status.success(), "{run:?}");
+    let mut spans = rx.spans_of(pid);
+    spans.sort_by_key(|s| s.start_ns);
+    let texts: Vec<&str> = spans.iter().map(|s| s.text()).collect();
+    let want: Vec<String> = (1..=5).map(|n| format!("select ? as later{n}")).collect();
+    assert_eq!(texts, want);
+    let backend = spans[0].int("db.postgresql.backend.pid").unwrap() as u32;
+    assert_eq!(logged_by(&pg, backend, 5), (1..=5).map(|n| format!("select {n} as later{n}")).collect::<Vec<_>>());
+}
+
 #[test]
 fn node_postgres_beside_its_server_one_reason_line_and_the_servers_spans() {
     require_root();

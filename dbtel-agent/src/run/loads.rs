@@ -57,7 +57,8 @@ impl Agent {
     /// The loader finished a load in `at.pid`: its new objects are looked at
     /// (and a libpq among them probed) before it goes on.
     pub(super) fn on_loaded(&mut self, at: Origin, held: bool) {
-        let _go_on = held.then_some(Continue(at.pid));
+        // Lazily: a Continue made and dropped at once would send SIGCONT anyway.
+        let _go_on = held.then(|| Continue(at.pid));
         let seen = Clock::monotonic_now_ns();
         self.rescan(at.pid);
         if held {
