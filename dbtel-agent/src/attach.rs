@@ -247,6 +247,12 @@ impl Probes {
         Ok(n)
     }
 
+    /// True if this loader's hook is probed for this process (host-wide: for all).
+    pub fn has_loader(&self, pid: u32, id: (u64, u64)) -> bool {
+        let owner = if self.host_wide { 0 } else { pid };
+        self.loaders.contains(&(owner, id.0, id.1))
+    }
+
     /// Probes a loader's hook (see crate::loader) for one process, or with
     /// --all for every process. `hold`: stop the process at each load until
     /// the agent continues it (never host-wide). Returns false if the hook

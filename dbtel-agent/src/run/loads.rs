@@ -101,6 +101,9 @@ impl Agent {
     /// Probes one loader's hook for `pid` (host-wide: for every process).
     /// Ok(false): the file is not a loader with the hook.
     pub(super) fn hook_loader(&mut self, pid: u32, path: &str, host_path: &Path, hold: bool) -> Result<bool, String> {
+        if discover::file_id(host_path).is_some_and(|id| self.probes.has_loader(pid, id)) {
+            return Ok(true); // the one hooked before its exec, say
+        }
         let ld = match loader::inspect(path, host_path) {
             Ok(Some(ld)) => ld,
             Ok(None) => return Ok(false),
