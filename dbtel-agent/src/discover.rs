@@ -221,7 +221,7 @@ fn symbol_tables_only(host_path: &Path) -> Option<Vec<u8>> {
         .ok()?
         .iter()
         .filter(|s| matches!(s.sh_type(e), SHT_SYMTAB | SHT_DYNSYM | SHT_STRTAB))
-        .map(|s| (s.sh_offset(e).into(), s.sh_size(e).into()))
+        .map(|s| (s.sh_offset(e), s.sh_size(e)))
         .collect();
     for (at, len) in tables {
         fill(&mut data, at, len)?;

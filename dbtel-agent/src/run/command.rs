@@ -170,6 +170,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::zombie_processes)] // reaped by wait_child, the code under test
     fn a_stopped_child_is_not_an_exited_one() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let child = std::process::Command::new("sh").args(["-c", "kill -STOP $$; exit 7"]).spawn().unwrap();
