@@ -95,6 +95,7 @@ impl Agent {
                     if let Some((pid, used)) = &mut self.command {
                         *used |= *pid == ev.origin().pid;
                     }
+                    log::trace!("{ev:?}");
                     if self.host.is_none() || self.choose_client(ev.origin().pid) {
                         self.recon.on_event(ev, &mut self.spans)
                     }
@@ -175,7 +176,8 @@ impl Agent {
         }
         let fast = t.result_points.is_ok();
         for (function, p) in &t.placements {
-            if fast && *function == "PQgetResult" {
+            // Entering and leaving pipeline mode: once per pipeline, whatever the probe costs.
+            if (fast && *function == "PQgetResult") || matches!(*function, "PQenterPipelineMode" | "PQexitPipelineMode") {
                 continue;
             }
             if !p.emulated {
