@@ -17,6 +17,9 @@
 //! Identifiers are given when a query opens, by the transaction tracker
 //! ([`crate::txn`]): a query inside BEGIN…COMMIT is a child of its
 //! transaction's span, one outside is the root of a trace of its own.
+//!
+//! libpq's pipeline mode, where queries are sent without waiting for each
+//! other's results, is modelled in [`pipeline`].
 
 use std::{
     collections::VecDeque,
@@ -70,6 +73,9 @@ pub enum End {
     /// The next synchronous call on the connection began first (the call failed
     /// before producing results, e.g. a lost connection).
     Superseded,
+    /// libpq refused the call without sending anything: a synchronous call
+    /// (PQexec & co.) in pipeline mode.
+    Refused,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -95,6 +101,9 @@ pub struct QuerySpan {
     pub cmd_status: Option<String>,
     pub sqlstate: Option<String>,
     pub failed: bool,
+    /// The server did not run it: an earlier statement of its pipeline failed
+    /// (libpq's PGRES_PIPELINE_ABORTED).
+    pub skipped: bool,
     pub conn_info: Option<Arc<ConnInfo>>,
     pub end: End,
     /// Added while in flight (e.g. by the server side: lock waits).
@@ -166,6 +175,8 @@ struct InFlight {
     one_result: bool,
     /// When its last final result so far arrived.
     answered_at: Option<u64>,
+    /// Its place among the queries sent on its connection (see `ConnState::syncs`).
+    seq: u64,
 }
 
 #[derive(Default)]
@@ -176,6 +187,26 @@ struct ConnState {
     queue: VecDeque<InFlight>,
     /// Results come without PQgetResult's NULLs (the probe inside PQgetResult).
     fast: bool,
+    /// In libpq's pipeline mode.
+    pipeline: bool,
+    /// Pipeline sync points whose PGRES_PIPELINE_SYNC has not come yet: each
+    /// the number of queries sent before it (the `seq` of the next query).
+    syncs: VecDeque<u64>,
+    /// Queries sent so far.
+    sent: u64,
+}
+
+impl ConnState {
+    /// Where the query the server is busy with, as far as the client can
+    /// tell, is in the queue: the front one, once sent; in a pipeline, the
+    /// first without its final result.
+    fn running(&self) -> Option<usize> {
+        if self.pipeline {
+            self.queue.iter().position(|q| q.answered_at.is_none())
+        } else {
+            self.queue.front().filter(|q| q.sent).map(|_| 0)
+        }
+    }
 }
 
 type Key = (u32, u64);
@@ -227,16 +258,22 @@ impl Reconstructor {
     /// Which traced connection talks to a server backend, and what it is doing.
     pub fn client_context(&self, backend_pid: i32) -> Option<ClientContext> {
         let key = *self.by_backend.get(&backend_pid)?;
-        let query = self.conns.get(&key)?.queue.front().filter(|q| q.sent).map(|q| q.span.ids);
-        Some(ClientContext { pid: key.0, query, txn: self.txns.current(key) })
+        let conn = self.conns.get(&key)?;
+        let query = conn.running().map(|i| conn.queue[i].span.ids);
+        let txn = match &query {
+            Some(q) => self.txns.of(key, q),
+            None => self.txns.current(key),
+        };
+        Some(ClientContext { pid: key.0, query, txn })
     }
 
     /// Adds an event to the query in flight on that backend's connection.
     pub fn annotate(&mut self, backend_pid: i32, ev: span::Event) -> bool {
         let Some(key) = self.by_backend.get(&backend_pid) else { return false };
-        match self.conns.get_mut(key).and_then(|c| c.queue.front_mut()).filter(|q| q.sent) {
-            Some(q) => {
-                q.span.events.push(ev);
+        let Some(conn) = self.conns.get_mut(key) else { return false };
+        match conn.running() {
+            Some(i) => {
+                conn.queue[i].span.events.push(ev);
                 true
             }
             None => false,
@@ -281,11 +318,25 @@ impl Reconstructor {
                     self.conn_gone(key, c, at.ts_ns, End::ConnectionClosed, out);
                 }
             }
+            Event::Pipeline { at, func, ret } => self.on_pipeline(at, func, ret, out),
         }
     }
 
     fn on_call(&mut self, at: Origin, f: u32, text: Option<String>, name: String, truncated: bool, out: &mut Vec<ClientSpan>) {
         let mut conn = self.conns.remove(&(at.pid, at.conn)).unwrap_or_default();
+        let sync = is_sync(f);
+        if conn.pipeline {
+            // Queued behind the queries in flight, which it does not
+            // supersede; libpq refuses a synchronous call.
+            self.open_query(at, f, text, name, truncated, false, &mut conn);
+            if sync {
+                let q = conn.queue.pop_back().expect("just queued");
+                conn.sent -= 1;
+                self.cut((at.pid, at.conn), q, at.ts_ns, End::Refused, out);
+            }
+            self.conns.insert((at.pid, at.conn), conn);
+            return;
+        }
         // The send a PQexec-style call makes inside libpq: same thread, not yet sent.
         if let Some(outer) = conn
             .queue
@@ -297,7 +348,6 @@ impl Reconstructor {
             self.conns.insert((at.pid, at.conn), conn);
             return;
         }
-        let sync = is_sync(f);
         // Results PQexec will drain before sending: an unread query's, or the
         // rest of a multi-statement text's.
         let pending = conn.queue.iter().any(|q| q.sent && !(q.one_result && q.answered_at.is_some()));
@@ -311,6 +361,14 @@ impl Reconstructor {
         if (sync || conn.fast) && !conn.queue.is_empty() {
             self.close_all((at.pid, at.conn), &mut conn, at.ts_ns, End::Superseded, out);
         }
+        self.open_query(at, f, text, name, truncated, discarding, &mut conn);
+        self.conns.insert((at.pid, at.conn), conn);
+    }
+
+    /// Queues the query a call sends (or, for PQexec & co., is about to).
+    #[allow(clippy::too_many_arguments)]
+    fn open_query(&mut self, at: Origin, f: u32, text: Option<String>, name: String, truncated: bool, discarding: bool, conn: &mut ConnState) {
+        let sync = is_sync(f);
         let (mut text, mut text_truncated, mut statement_name, mut before_attach) = (text, truncated, None, false);
         match f {
             func::PQPREPARE | func::PQSEND_PREPARE => {
@@ -352,9 +410,12 @@ impl Reconstructor {
             (_, func::PQPREPARE | func::PQSEND_PREPARE) | (None, _) => Verb::Other,
             (Some(t), _) => txn::verb(t),
         };
-        // The extended protocol carries one statement; a simple-protocol text may hold several.
+        // The extended protocol carries one statement; a simple-protocol text
+        // may hold several (not in a pipeline: libpq sends it as extended).
         let one_result = match f {
-            func::PQEXEC | func::PQSEND_QUERY => !text_truncated && text.as_deref().is_some_and(shape::single_statement),
+            func::PQEXEC | func::PQSEND_QUERY if !conn.pipeline => {
+                !text_truncated && text.as_deref().is_some_and(shape::single_statement)
+            }
             _ => true,
         };
         let ids = self.txns.query_started((at.pid, at.conn), &verb, at.ts_ns, &mut self.ids);
@@ -376,6 +437,7 @@ impl Reconstructor {
                 cmd_status: None,
                 sqlstate: None,
                 failed: false,
+                skipped: false,
                 conn_info: conn.info.clone(),
                 end: End::Completed,
                 events: Vec::new(),
@@ -385,8 +447,9 @@ impl Reconstructor {
             discarding,
             one_result,
             answered_at: None,
+            seq: conn.sent,
         });
-        self.conns.insert((at.pid, at.conn), conn);
+        conn.sent += 1;
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -402,10 +465,15 @@ impl Reconstructor {
         out: &mut Vec<ClientSpan>,
     ) {
         let key = (at.pid, at.conn);
-        let Some(q) = self.conns.get_mut(&key).and_then(|c| {
+        if let Some(c) = self.conns.get_mut(&key) {
             c.fast |= !nulls;
-            c.queue.front_mut()
-        }) else {
+            // Only a pipeline has these: the agent attached inside one.
+            c.pipeline |= matches!(status, PGRES_PIPELINE_SYNC | PGRES_PIPELINE_ABORTED);
+            if c.pipeline {
+                return self.pipeline_result(at, result, status, ntuples, cmd_status, sqlstate, out);
+            }
+        }
+        let Some(q) = self.conns.get_mut(&key).and_then(|c| c.queue.front_mut()) else {
             // PQgetResult returning NULL on an idle connection is normal.
             if result != 0 && status != PGRES_PIPELINE_SYNC {
                 self.counters.unmatched_results += 1;
@@ -428,19 +496,7 @@ impl Reconstructor {
             self.complete_front(key, at.ts_ns, out);
             return;
         }
-        let s = &mut q.span;
-        if matches!(status, PGRES_TUPLES_OK | PGRES_SINGLE_TUPLE | PGRES_TUPLES_CHUNK) {
-            s.rows += ntuples.max(0) as u64;
-        }
-        if !cmd_status.is_empty() {
-            s.cmd_status = Some(cmd_status);
-        }
-        if matches!(status, PGRES_FATAL_ERROR | PGRES_BAD_RESPONSE | PGRES_PIPELINE_ABORTED) {
-            s.failed = true;
-            if s.sqlstate.is_none() {
-                s.sqlstate = sqlstate;
-            }
-        }
+        apply(&mut q.span, status, ntuples, cmd_status, sqlstate);
         if ends_statement(status) {
             q.answered_at = Some(at.ts_ns);
         }
@@ -466,7 +522,11 @@ impl Reconstructor {
         q.span.end_ns = ts;
         let s = &q.span;
         let mut txns = Vec::new();
-        self.txns.query_ended(key, &q.verb, ts, s.failed, s.sqlstate.as_deref(), s.cmd_status.as_deref(), &mut txns);
+        if s.skipped {
+            self.txns.query_skipped(key, &s.ids, &q.verb, ts);
+        } else {
+            self.txns.query_ended(key, &s.ids, &q.verb, ts, s.failed, s.sqlstate.as_deref(), s.cmd_status.as_deref(), &mut txns);
+        }
         out.push(ClientSpan::Query(q.span));
         push_txns(txns, info, out);
     }
@@ -493,16 +553,23 @@ impl Reconstructor {
     }
 
     fn close_all(&mut self, key: Key, conn: &mut ConnState, ts: u64, end: End, out: &mut Vec<ClientSpan>) {
-        let mut none = Vec::new();
-        for mut q in conn.queue.drain(..) {
-            q.span.end_ns = ts.max(q.span.start_ns);
-            q.span.end = end;
-            self.counters.incomplete += 1;
-            // Its outcome is unknown: it only stops being in flight. A
-            // transaction it was ending stays open until the connection closes.
-            self.txns.query_ended(key, &Verb::Other, q.span.end_ns, false, None, None, &mut none);
-            out.push(ClientSpan::Query(q.span));
+        for q in std::mem::take(&mut conn.queue) {
+            self.cut(key, q, ts, end, out);
         }
+    }
+
+    /// Ends a query without its final result (see [`End`]).
+    fn cut(&mut self, key: Key, mut q: InFlight, ts: u64, end: End, out: &mut Vec<ClientSpan>) {
+        q.span.end_ns = ts.max(q.span.start_ns);
+        q.span.end = end;
+        if end != End::Refused {
+            self.counters.incomplete += 1;
+        }
+        // Its outcome is unknown: it only stops being in flight. A
+        // transaction it was ending stays open until the connection closes.
+        let mut none = Vec::new();
+        self.txns.query_ended(key, &q.span.ids, &Verb::Other, q.span.end_ns, false, None, None, &mut none);
+        out.push(ClientSpan::Query(q.span));
     }
 
     /// A connection taken out of the map is gone (PQfinish, exit): answered
@@ -529,12 +596,34 @@ impl Reconstructor {
     }
 }
 
+/// A result's facts, added to its query's.
+fn apply(s: &mut QuerySpan, status: i32, ntuples: i32, cmd_status: String, sqlstate: Option<String>) {
+    if matches!(status, PGRES_TUPLES_OK | PGRES_SINGLE_TUPLE | PGRES_TUPLES_CHUNK) {
+        s.rows += ntuples.max(0) as u64;
+    }
+    if !cmd_status.is_empty() {
+        s.cmd_status = Some(cmd_status);
+    }
+    if status == PGRES_PIPELINE_ABORTED {
+        s.skipped = true;
+    }
+    if matches!(status, PGRES_FATAL_ERROR | PGRES_BAD_RESPONSE) {
+        s.failed = true;
+        if s.sqlstate.is_none() {
+            s.sqlstate = sqlstate;
+        }
+    }
+}
+
 fn push_txns(txns: Vec<TxnSpan>, info: &Option<Arc<ConnInfo>>, out: &mut Vec<ClientSpan>) {
     for mut t in txns {
         t.conn_info = info.clone();
         out.push(ClientSpan::Txn(t));
     }
 }
+
+#[path = "reconstruct_pipeline.rs"]
+mod pipeline;
 
 #[cfg(test)]
 #[path = "reconstruct_tests.rs"]

@@ -274,7 +274,9 @@ fn blocks_sent_ahead_of_their_results_keep_their_own_statements() {
             (t.query_started(K, &v, 10 + i as u64, &mut g), v)
         })
         .collect();
-    assert_eq!(t.current(K), None, "the second block's END is sent: nothing would join it");
+    let latest = t.current(K).expect("open until its END is answered");
+    let after = t.query_started(K, &Verb::Other, 20, &mut g);
+    assert_eq!(after.parent_span_id, 0, "its END is sent: nothing sent later joins it");
     for (i, (id, v)) in ids.iter().enumerate() {
         let tag = if *v == Verb::Commit { Some("COMMIT") } else { None };
         t.query_ended(K, id, v, 100 + i as u64, false, None, tag, &mut out);
@@ -283,6 +285,7 @@ fn blocks_sent_ahead_of_their_results_keep_their_own_statements() {
     let parents: Vec<u64> = ids.iter().map(|(i, _)| i.parent_span_id).collect();
     let (a, b) = (out[0].ids.span_id, out[1].ids.span_id);
     assert_eq!(parents, [a, a, a, 0, b, b, b]);
+    assert_eq!(latest, out[1].ids);
     assert_eq!((out[0].statements, out[1].statements), (3, 3));
     assert_eq!((out[0].outcome, out[1].outcome), (Outcome::Committed, Outcome::Committed));
     assert_eq!((out[0].end_ns, out[1].end_ns), (102, 106));
