@@ -3,6 +3,9 @@ use crate::events::{decode, encode};
 
 const PGRES_COMMAND_OK: i32 = 1;
 
+#[path = "reconstruct_pipeline_tests.rs"]
+mod pipeline;
+
 /// A scripted event stream for one process, replayed through decode().
 struct Script {
     pid: u32,
@@ -59,6 +62,12 @@ impl Script {
     fn conn(&mut self, conn: u64) -> &mut Self {
         let at = self.at(1, conn);
         self.bytes.push(encode::conn(at, 4242, "bench", "/var/run/postgresql", "5432"));
+        self
+    }
+    /// A pipeline-mode call; `ret`: its result, for those probed at return.
+    fn pipe(&mut self, conn: u64, f: u32, ret: Option<i32>) -> &mut Self {
+        let at = self.at(1, conn);
+        self.bytes.push(encode::pipeline(at, f, ret));
         self
     }
     fn finish(&mut self, conn: u64) -> &mut Self {
