@@ -270,7 +270,9 @@ fn pgbench_startpipeline_gives_a_span_per_statement_executed() {
     assert!(run.summary().contains("0 lost in the ring buffer, 0 undecodable, 0 unmatched results, 0 queries incomplete"), "{}", run.summary());
     let spans = rx.spans();
     let logged = pg.logged_queries().split_off(before);
-    let backends: std::collections::BTreeSet<u32> = logged.iter().map(|(pid, _, _)| *pid).collect();
+    // pgbench's connections (the agent's catalog connection logs its queries too).
+    let backends: std::collections::BTreeSet<u32> =
+        spans.iter().filter(|s| s.kind == CLIENT).filter_map(|s| s.int("db.postgresql.backend.pid")).map(|p| p as u32).collect();
     assert_eq!(backends.len(), CLIENTS, "{logged:?}");
     let mut executed = 0;
     for backend in backends {
