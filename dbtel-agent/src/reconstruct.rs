@@ -194,13 +194,19 @@ struct ConnState {
     syncs: VecDeque<u64>,
     /// Queries sent so far.
     sent: u64,
+    /// In a pipeline, the query the server said it began last (see
+    /// [`Reconstructor::server_began`]).
+    server_at: Option<u64>,
 }
 
 impl ConnState {
-    /// Where the query the server is busy with, as far as the client can
-    /// tell, is in the queue: the front one, once sent; in a pipeline, the
-    /// first without its final result.
+    /// Where the query the server is busy with is in the queue: the front
+    /// one, once sent; in a pipeline, the one the server said it began, else
+    /// (as far as the client can tell) the first without its final result.
     fn running(&self) -> Option<usize> {
+        if let Some(i) = self.server_at.filter(|_| self.pipeline).and_then(|s| self.queue.iter().position(|q| q.seq == s)) {
+            return Some(i);
+        }
         if self.pipeline {
             self.queue.iter().position(|q| q.answered_at.is_none())
         } else {

@@ -23,6 +23,27 @@
 use super::*;
 
 impl Reconstructor {
+    /// The server side began a statement on this backend, whose client is
+    /// traced. In a pipeline the client may not have read the results of the
+    /// statements before it yet, so the query the server runs is told by
+    /// order: the server runs the queries in the order they were sent, the
+    /// next one after the last it began — past the next sync point when that
+    /// one failed (`after_error`: the server skipped the rest). From then on
+    /// [`Self::client_context`] and [`Self::annotate`] name that query. Outside a
+    /// pipeline, the query in flight is the one.
+    pub fn server_began(&mut self, backend_pid: i32, after_error: bool) {
+        let Some(key) = self.by_backend.get(&backend_pid).copied() else { return };
+        let Some(conn) = self.conns.get_mut(&key).filter(|c| c.pipeline) else { return };
+        let from = match conn.server_at {
+            Some(s) if after_error => conn.syncs.iter().copied().find(|&m| m > s).unwrap_or(s + 1),
+            Some(s) => s + 1,
+            None => 0,
+        };
+        if let Some(q) = conn.queue.iter().find(|q| q.seq >= from && !q.span.skipped) {
+            conn.server_at = Some(q.seq);
+        }
+    }
+
     /// Entering and leaving pipeline mode (reported with their result), and
     /// sync points.
     pub(super) fn on_pipeline(&mut self, at: Origin, f: u32, ret: Option<i32>, out: &mut Vec<ClientSpan>) {

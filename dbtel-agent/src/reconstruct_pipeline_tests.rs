@@ -284,3 +284,30 @@ fn the_server_side_sees_the_first_query_still_waiting_for_its_result() {
     assert_eq!(ctx.query, Some(cut[0].ids));
     assert_eq!(ctx.txn.map(|t| (t.trace_id, t.span_id)), Some((cut[0].ids.trace_id, cut[0].ids.parent_span_id)));
 }
+
+#[test]
+fn the_server_side_names_the_statement_it_runs_by_order() {
+    let mut s = Script::new();
+    s.conn(C1).enter(C1).send(C1, "select 0").send(C1, "select 1/0").send(C1, "select 2").sync(C1).send(C1, "select 3").sync(C1);
+    let (_, mut r) = s.run_all();
+    let running = |r: &Reconstructor| r.client_context(4242).and_then(|c| c.query);
+    // Before the server says anything: the first query without its result.
+    let mut claims = vec![running(&r)];
+    r.server_began(4242, false);
+    claims.push(running(&r));
+    r.server_began(4242, false);
+    claims.push(running(&r));
+    assert!(r.annotate(4242, span::Event { name: "lock.wait", ts_ns: 1, attributes: vec![] }));
+    // `select 1/0` failed: the server skipped `select 2`, up to the sync.
+    r.server_began(4242, true);
+    claims.push(running(&r));
+    r.server_began(4242, false); // nothing sent after it: it stays
+    claims.push(running(&r));
+    r.server_began(1, false); // an unknown backend: nothing
+    let mut out = vec![];
+    r.process_exited(7, 99_000_000, &mut out);
+    let spans = queries(out);
+    let ids: Vec<Ids> = spans.iter().map(|q| q.ids).collect();
+    assert_eq!(claims, [Some(ids[0]), Some(ids[0]), Some(ids[1]), Some(ids[3]), Some(ids[3])]);
+    assert_eq!(spans.iter().map(|q| q.events.len()).collect::<Vec<_>>(), [0, 1, 0, 0], "the wait lands on `select 1/0`");
+}

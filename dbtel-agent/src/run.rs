@@ -95,7 +95,6 @@ impl Agent {
                     if let Some((pid, used)) = &mut self.command {
                         *used |= *pid == ev.origin().pid;
                     }
-                    log::trace!("{ev:?}");
                     if self.host.is_none() || self.choose_client(ev.origin().pid) {
                         self.recon.on_event(ev, &mut self.spans)
                     }
