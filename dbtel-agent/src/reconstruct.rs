@@ -471,7 +471,8 @@ impl Reconstructor {
         out: &mut Vec<ClientSpan>,
     ) {
         let key = (at.pid, at.conn);
-        if let Some(c) = self.conns.get_mut(&key) {
+        let mut conn = self.conns.get_mut(&key);
+        if let Some(c) = conn.as_deref_mut() {
             c.fast |= !nulls;
             // Only a pipeline has these: the agent attached inside one.
             c.pipeline |= matches!(status, PGRES_PIPELINE_SYNC | PGRES_PIPELINE_ABORTED);
@@ -479,7 +480,7 @@ impl Reconstructor {
                 return self.pipeline_result(at, result, status, ntuples, cmd_status, sqlstate, out);
             }
         }
-        let Some(q) = self.conns.get_mut(&key).and_then(|c| c.queue.front_mut()) else {
+        let Some(q) = conn.and_then(|c| c.queue.front_mut()) else {
             // PQgetResult returning NULL on an idle connection is normal.
             if result != 0 && status != PGRES_PIPELINE_SYNC {
                 self.counters.unmatched_results += 1;

@@ -68,20 +68,20 @@ fn assert_outcome(s: &Span, want: Outcome) {
     }
 }
 
-/// tests/drivers/pipeline.py, started and waiting for its go.
+/// A program under tests/drivers, started and waiting for its go.
 struct Program {
     child: Child,
     out: BufReader<ChildStdout>,
     pid: u32,
-    /// Backend PIDs of its two connections.
-    backends: (u32, u32),
+    /// Backend PIDs of its connections.
+    backends: Vec<u32>,
 }
 
 impl Program {
-    fn start(dsn: &str) -> Program {
+    fn start(name: &str, dsn: &str) -> Program {
         let mut child = drivers::python()
             .arg("-u")
-            .arg(drivers::program("pipeline.py"))
+            .arg(drivers::program(name))
             .arg(dsn)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -91,8 +91,8 @@ impl Program {
         let mut first = String::new();
         out.read_line(&mut first).unwrap();
         let n: Vec<u32> = first.split_whitespace().map(|w| w.parse().expect("PID and backend PIDs")).collect();
-        let [pid, a, b] = n[..] else { panic!("pipeline.py did not start: {first:?}") };
-        Program { child, out, pid, backends: (a, b) }
+        let Some((pid, backends)) = n.split_first() else { panic!("{name} did not start: {first:?}") };
+        Program { child, out, pid: *pid, backends: backends.to_vec() }
     }
 
     /// Runs the workload; returns what it printed.
@@ -104,25 +104,31 @@ impl Program {
     }
 }
 
-/// A cluster with the program's tables, the program run while the agent
-/// traces it and the server by PID; the spans and the agent's exit report.
-fn psycopg_run() -> (Cluster, Program, Vec<Span>, AgentRun) {
+/// A cluster with the tables made by `setup`, a program run while the
+/// agent traces it and the server by PID (it prints `printed`); the spans
+/// and the agent's exit report.
+fn traced_run(program: &str, setup: &str, printed: &[&str]) -> (Cluster, Program, Vec<Span>, AgentRun) {
     require_root();
     let pg = Cluster::start_logged();
-    pg.psql("postgres", "create table t (id int primary key, n int); create table u (id int primary key)");
+    pg.psql("postgres", setup);
     let rx = Receiver::start();
-    let mut p = Program::start(&pg.dsn("postgres"));
+    let mut p = Program::start(program, &pg.dsn("postgres"));
     let (pid, pm) = (p.pid.to_string(), pg.postmaster_pid().to_string());
     let agent = Agent::start(&["--otlp-endpoint", &rx.http_endpoint(), "--pid", &pid, "--pid", &pm], Stdio::null());
     let line = agent.stderr_lines.iter().find(|l| l.starts_with("dbtel: tracing")).unwrap().clone();
     assert!(line.contains("psycopg_binary.libs/libpq-") && line.contains(".so.5.18"), "psycopg's own libpq 18: {line}");
-    assert_eq!(p.run(), ["50", "23505", "done"]);
+    assert_eq!(p.run(), printed);
     // The server's spans can wait for the catalog's answers.
     std::thread::sleep(Duration::from_millis(2500));
     let run = agent.interrupt();
     assert!(run.status.success(), "{run:?}");
     let spans = rx.spans();
     (pg, p, spans, run)
+}
+
+fn psycopg_run() -> (Cluster, Program, Vec<Span>, AgentRun) {
+    let tables = "create table t (id int primary key, n int); create table u (id int primary key)";
+    traced_run("pipeline.py", tables, &["50", "23505", "done"])
 }
 
 /// Spans of one kind on one backend's connection, in the order they began.
@@ -136,7 +142,7 @@ fn on_backend(spans: &[Span], kind: i32, backend: u32) -> Vec<Span> {
 #[test]
 fn psycopg_executemany_and_pipeline_blocks_give_a_span_per_statement() {
     let (pg, p, spans, run) = psycopg_run();
-    let (a, b) = p.backends;
+    let [a, b] = p.backends[..] else { panic!() };
     assert!(run.summary().contains("0 lost in the ring buffer, 0 undecodable, 0 unmatched results, 0 queries incomplete"), "{}", run.summary());
     let client: Vec<&Span> = spans.iter().filter(|s| s.kind == CLIENT).collect();
     assert!(client.iter().all(|s| s.resource_int("process.pid") == Some(p.pid as i64)));
@@ -198,7 +204,7 @@ fn psycopg_executemany_and_pipeline_blocks_give_a_span_per_statement() {
 #[test]
 fn server_spans_are_children_of_their_client_statements_in_pipelines() {
     let (_pg, p, spans, _run) = psycopg_run();
-    let (a, b) = p.backends;
+    let [a, b] = p.backends[..] else { panic!() };
     let client = on_backend(&spans, CLIENT, a);
     let server = on_backend(&spans, SERVER, a);
     // 71: the 70 statements and the Parse of executemany's prepared statement.
@@ -214,6 +220,42 @@ fn server_spans_are_children_of_their_client_statements_in_pipelines() {
         assert_eq!(s.parent_span_id, c.span_id);
     }
     assert_eq!(server[3].str("error.type"), Some("23505"));
+}
+
+/// The calls themselves, on psycopg's libpq 18: PQsendPipelineSync, a
+/// commit that fails at a sync, a PQexec refused in pipeline mode, and
+/// leaving pipeline mode.
+#[test]
+fn libpq_pipeline_calls_late_commit_errors_and_refused_calls() {
+    let table = "create table d (id int, constraint d_id unique (id) deferrable initially deferred); insert into d values (1)";
+    let printed = ["2 -", "1 -", "7 23505", "10 -", "2 -", "10 -", "done"];
+    let (pg, p, spans, run) = traced_run("libpq_pipeline.py", table, &printed);
+    assert!(run.summary().contains("0 lost in the ring buffer, 0 undecodable, 0 unmatched results, 0 queries incomplete"), "{}", run.summary());
+    let backend = p.backends[0];
+    let client = on_backend(&spans, CLIENT, backend);
+    let got: Vec<(&str, Option<&str>)> = client.iter().map(|s| (s.text(), s.str("code.function.name"))).collect();
+    let params = Some("PQsendQueryParams");
+    let want = [
+        ("select ?", params),
+        ("insert into d (id) values (?)", params),
+        ("select ?", Some("PQexec")),
+        ("select ?", params),
+        ("select ?", Some("PQexec")),
+    ];
+    assert_eq!(got, want);
+    assert_outcome(&client[0], Outcome::Rows(1));
+    // Its CommandComplete said INSERT 0 1; the commit at the sync failed on it.
+    assert_outcome(&client[1], Outcome::Failed("23505"));
+    let refused = &client[2];
+    assert_eq!((refused.status_code, refused.str("error.type")), (ERROR, Some("dbtel.refused")), "{refused:?}");
+    assert_eq!(refused.status_message, "query did not complete: refused");
+    assert_eq!(refused.end_ns, refused.start_ns);
+    assert_outcome(&client[3], Outcome::Rows(1));
+    assert_outcome(&client[4], Outcome::Rows(1));
+    let logged: Vec<String> = pg.logged_queries().into_iter().filter(|(pid, _, _)| *pid == backend).map(|(_, t, _)| t).collect();
+    assert_eq!(logged, ["select 1", "insert into d (id) values (1)", "select 2", "select 3"], "the refused call never reached the server");
+    let errors: Vec<String> = pg.logged_errors().into_iter().filter(|(pid, _)| *pid == backend).map(|(_, c)| c).collect();
+    assert_eq!(errors, ["23505"]);
 }
 
 fn names(spans: &[impl std::borrow::Borrow<Span>]) -> Vec<String> {
