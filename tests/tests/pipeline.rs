@@ -197,12 +197,12 @@ fn psycopg_executemany_and_pipeline_blocks_give_a_span_per_statement() {
     assert_eq!(client.len(), 1 + 70 + 7);
 }
 
-/// Blocked on the server side: statements sent without a Sync between them
-/// are one server span today (another change fixes that), and a server
-/// statement is joined to the client's query by order, not by the first
-/// query still waiting for its result.
+/// Needs the server side to make a span of each statement sent without a
+/// Sync between them (today identical texts in a row are one span), and to
+/// call `Reconstructor::server_began` as each statement begins: the client
+/// may not have read the results before it, so the join is by order.
 #[test]
-fn server_spans_are_children_of_their_client_statements_in_pipelines() {
+fn server_spans_are_children_of_their_client_statements_in_psycopg_pipelines() {
     let (_pg, p, spans, _run) = psycopg_run();
     let [a, b] = p.backends[..] else { panic!() };
     let client = on_backend(&spans, CLIENT, a);
@@ -289,10 +289,12 @@ const TPCB: [(&str, Outcome); 7] = [
     ("END", Outcome::Rows(0)),
 ];
 
-#[test]
-fn pgbench_startpipeline_gives_a_span_per_statement_executed() {
-    const CLIENTS: usize = 2;
-    const TXNS: usize = 20;
+const CLIENTS: usize = 2;
+const TXNS: usize = 20;
+
+/// pgbench running SCRIPT, traced with its server; the spans, the
+/// statements its connections ran (csvlog) and their backends' PIDs.
+fn pgbench_run() -> (Vec<Span>, Vec<(u32, String, String)>, std::collections::BTreeSet<u32>) {
     require_root();
     let pg = Cluster::start_logged();
     pg.pgbench_init(1);
@@ -316,6 +318,13 @@ fn pgbench_startpipeline_gives_a_span_per_statement_executed() {
     let backends: std::collections::BTreeSet<u32> =
         spans.iter().filter(|s| s.kind == CLIENT).filter_map(|s| s.int("db.postgresql.backend.pid")).map(|p| p as u32).collect();
     assert_eq!(backends.len(), CLIENTS, "{logged:?}");
+    let logged = logged.into_iter().filter(|(pid, _, _)| backends.contains(pid)).collect();
+    (spans, logged, backends)
+}
+
+#[test]
+fn pgbench_startpipeline_gives_a_span_per_statement_executed() {
+    let (spans, logged, backends) = pgbench_run();
     let mut executed = 0;
     for backend in backends {
         let client = on_backend(&spans, CLIENT, backend);
@@ -342,4 +351,26 @@ fn pgbench_startpipeline_gives_a_span_per_statement_executed() {
     let client: Vec<&Span> = spans.iter().filter(|s| s.kind == CLIENT && s.name != "transaction").collect();
     assert_eq!(client.len(), executed, "one client span per statement executed");
     assert!(client.iter().all(|s| s.status_code != ERROR));
+}
+
+/// Needs the server side to call `Reconstructor::server_began` as each
+/// statement begins (see above): pgbench sends a whole transaction before
+/// reading any result.
+#[test]
+fn server_spans_are_children_of_their_client_statements_in_pgbench_pipelines() {
+    let (spans, logged, backends) = pgbench_run();
+    for backend in backends {
+        let (client, server) = (on_backend(&spans, CLIENT, backend), on_backend(&spans, SERVER, backend));
+        let split = |v: Vec<Span>| -> (Vec<Span>, Vec<Span>) { v.into_iter().partition(|s| s.name != "transaction") };
+        let ((client, client_txns), (server, server_txns)) = (split(client), split(server));
+        assert_eq!(server.len(), logged.iter().filter(|(pid, _, _)| *pid == backend).count(), "backend {backend}: {:?}", names(&server));
+        assert_eq!(server.len(), client.len());
+        for (i, (c, s)) in client.iter().zip(&server).enumerate() {
+            assert_eq!((s.parent_span_id.as_slice(), s.text()), (c.span_id.as_slice(), c.text()), "backend {backend}, statement {i}");
+        }
+        assert_eq!(server_txns.len(), client_txns.len());
+        for (c, s) in client_txns.iter().zip(&server_txns) {
+            assert_eq!(s.parent_span_id, c.span_id, "backend {backend}: the server's block under the client's");
+        }
+    }
 }
