@@ -9,13 +9,15 @@ pub mod fake;
 pub mod http;
 pub mod otlp;
 pub mod pg;
+pub mod sqltext;
 pub mod py;
 
 pub use agent::{agent_binary, run_agent, run_agent_env, run_agent_wrapped, Agent, AgentRun};
 pub use fake::FakeLibpq;
 pub use http::http_get;
 pub use otlp::{Receiver, Span};
-pub use pg::Cluster;
+pub use pg::{Cluster, Logged};
+pub use sqltext::expected_text;
 pub use py::PyProgram;
 
 /// Panics unless running as root: these tests load eBPF programs.
