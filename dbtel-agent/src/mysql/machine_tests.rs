@@ -114,3 +114,41 @@ fn an_accessor_that_does_not_decode_is_named() {
     assert_eq!(l.thread_id, 0x350);
     assert!(l.endpoint.unwrap_err().to_string().contains("mysql_get_host_info"));
 }
+
+#[test]
+fn of_two_versions_at_two_addresses_the_default_is_probed() {
+    // A library keeping an old implementation under an old version
+    // (mysql_thread_id@OLD_1) beside the default one (mysql_thread_id@@NEW_2).
+    let dir = tempfile_dir();
+    let src = dir.join("v.c");
+    std::fs::write(
+        &src,
+        "int old_impl(void) { return 1; }\nint new_impl(void) { return 2; }\n\
+         __asm__(\".symver old_impl, mysql_thread_id@OLD_1\");\n__asm__(\".symver new_impl, mysql_thread_id@@NEW_2\");\n",
+    )
+    .unwrap();
+    let map = dir.join("v.map");
+    std::fs::write(&map, "OLD_1 { global: mysql_thread_id; local: *; };\nNEW_2 { global: mysql_thread_id; } OLD_1;\n").unwrap();
+    let lib = dir.join("libv.so");
+    let status = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .arg(format!("-Wl,--version-script={}", map.display()))
+        .status()
+        .expect("cc");
+    assert!(status.success());
+    let data = std::fs::read(&lib).unwrap();
+    let found = symbols::find(&data, &["mysql_thread_id"]).unwrap();
+    let s = &found["mysql_thread_id"];
+    assert_eq!(s.version.as_deref(), Some("NEW_2"));
+    // new_impl: mov eax,2; ret
+    assert_eq!(&data[s.offset as usize..][..6], &[0xb8, 0x02, 0x00, 0x00, 0x00, 0xc3]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("dbtel-symver-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
