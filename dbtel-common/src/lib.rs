@@ -267,6 +267,19 @@ pub mod site {
     /// uprobe FlushErrorState(): the pending report is discarded; one never
     /// emitted was caught (a PL/pgSQL EXCEPTION block) and fails nothing.
     pub const ERROR_FLUSHED: u32 = 12;
+    // Once per session, so that a session too short for the catalog to see
+    // still says whom it served.
+    /// uprobe InitPostgres(const char *in_dbname, …): the database connected to.
+    pub const SESSION_DATABASE: u32 = 20;
+    /// uprobe InitPostgres(…, const char *username, …): the user.
+    pub const SESSION_USER: u32 = 21;
+    /// uprobe pgstat_report_appname(const char *appname): at connection and on SET.
+    pub const APPLICATION_NAME: u32 = 22;
+    /// uprobe unpack_sql_state(int sql_state): the SQLSTATE as it goes to the
+    /// log and the client. The first one after EmitErrorReport is the emitted
+    /// error's final code, also where no errcode() call set it
+    /// (errcode_for_file_access, an error rethrown from a parallel worker).
+    pub const ERROR_SENT: u32 = 23;
 }
 
 pub const USDT_MAX_ARGS: usize = 6;
