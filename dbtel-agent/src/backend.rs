@@ -258,6 +258,8 @@ struct Backend {
     awaiting_message: bool,
     /// The pending error was emitted (EmitErrorReport): it reached the client.
     error_emitted: bool,
+    /// Emitted, and its code as sent (site::ERROR_SENT) not seen yet.
+    awaiting_sent: bool,
     /// SQL-level prepared statements of the session: name → statement.
     prepared: HashMap<String, String>,
     deadlock: bool,
@@ -567,6 +569,7 @@ impl Tracker {
             }
             site::ERROR_EMITTED => {
                 b.error_emitted = b.error.is_some();
+                b.awaiting_sent = b.error_emitted;
                 (b.awaiting_code, b.awaiting_message) = (false, false);
             }
             site::ERROR_FLUSHED => {
@@ -585,6 +588,11 @@ impl Tracker {
             site::ERRCODE => {
                 b.error = Some(ErrorReport { sqlstate: unpack_sqlstate(hit.args[0]), message: None, ts_ns: at.ts_ns });
                 b.awaiting_message = true;
+            }
+            site::ERROR_SENT => {
+                if let Some(e) = b.error.as_mut().filter(|_| std::mem::take(&mut b.awaiting_sent)) {
+                    e.sqlstate = unpack_sqlstate(hit.args[0]);
+                }
             }
             site::ERRMSG => {
                 if let Some(e) = b.error.as_mut().filter(|_| std::mem::take(&mut b.awaiting_message)) {
@@ -614,7 +622,7 @@ impl Tracker {
         }
         b.effect = effect;
         // Nothing from before this statement belongs to it.
-        (b.error, b.deadlock, b.awaiting_code, b.awaiting_message) = (None, false, false, false);
+        (b.error, b.deadlock, b.awaiting_code, b.awaiting_message, b.awaiting_sent) = (None, false, false, false, false);
         self.counters.queries += 1;
         let prepared = prepared_statement(&mut b.prepared, &text);
         b.query = Some(ServerQuery {

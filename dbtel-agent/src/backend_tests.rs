@@ -292,3 +292,22 @@ fn failed_block_statements_open_commit_and_chain_nothing() {
     assert_eq!(r.txns().iter().map(|t| t.outcome).collect::<Vec<_>>(), [TxnOutcome::RolledBack]);
     assert_eq!(r.queries().last().unwrap().ids.parent_span_id, 0);
 }
+
+#[test]
+fn the_code_sent_to_the_client_is_the_one_an_error_ends_with() {
+    let mut r = Replay::new();
+    r.t.errors_by_level = true;
+    // errcode_for_file_access sets the code without errcode(): only the sent code says 58P01.
+    r.stmt("select pg_read_file('/nonexistent')").hit(site::ERRSTART, [21, 0, 0, 0, 0, 0], None);
+    r.at(site::ERROR_EMITTED).hit(site::ERROR_SENT, [pack("58P01"), 0, 0, 0, 0, 0], None);
+    // csvlog and the client each unpack it; a later notice is not this error's.
+    r.hit(site::ERROR_SENT, [pack("58P01"), 0, 0, 0, 0, 0], None).at(site::ERROR_FLUSHED).at(site::TRANSACTION_ABORT).idle();
+    // A PL/pgSQL handler reading SQLSTATE of a caught error unpacks it too: no effect.
+    r.stmt("do $$ begin perform 1/0; exception when others then raise notice '%', sqlstate; end $$").fail("22012", "division by zero");
+    r.hit(site::ERROR_SENT, [pack("22012"), 0, 0, 0, 0, 0], None).at(site::ERROR_FLUSHED).idle();
+    // An error a parallel worker raised, rethrown by its leader (ThrowErrorData: no errcode()).
+    r.stmt("select count(*) from par where g / (g - 10) > 1").hit(site::ERRSTART, [21, 0, 0, 0, 0, 0], None);
+    r.at(site::ERROR_EMITTED).hit(site::ERROR_SENT, [pack("22012"), 0, 0, 0, 0, 0], None).at(site::ERROR_FLUSHED).at(site::TRANSACTION_ABORT).idle();
+    let errors: Vec<Option<String>> = r.queries().iter().map(|q| q.error.as_ref().map(|e| e.sqlstate.clone())).collect();
+    assert_eq!(errors, [Some("58P01".into()), None, Some("22012".into())]);
+}

@@ -436,7 +436,7 @@ pub struct Blocker {
 }
 
 /// One row of pg_stat_activity (a backend connected to a database).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Backend {
     pub pid: i32,
     pub usename: Option<String>,

@@ -51,6 +51,17 @@ const FUNCTION_SITES: &[(&str, u32, u8, bool, u32, u32)] = &[
     ("errstart", site::ERRSTART, 4, true, 0, ERROR_LEVEL),
     ("EmitErrorReport", site::ERROR_EMITTED, 0, false, 0, 0),
     ("FlushErrorState", site::ERROR_FLUSHED, 0, false, 0, 0),
+    ("unpack_sql_state", site::ERROR_SENT, 4, true, 0, 0),
+];
+
+/// Exported functions that run once per session (and on SET application_name),
+/// probed at entry for who the session serves: (symbol, site, string argument
+/// register, argument number). Builds without them lose nothing but these
+/// attributes on sessions too short for the catalog.
+const SESSION_SITES: &[(&str, u32, usdt::Gpr, u32)] = &[
+    ("InitPostgres", site::SESSION_DATABASE, usdt::Gpr::Rdi, 1),
+    ("InitPostgres", site::SESSION_USER, usdt::Gpr::Rdx, 3),
+    ("pgstat_report_appname", site::APPLICATION_NAME, usdt::Gpr::Rdi, 1),
 ];
 
 /// elog.h's ERROR.
@@ -121,12 +132,7 @@ pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
         }
     }
     for &(symbol, id, size, signed, text_arg, min_arg0) in FUNCTION_SITES {
-        let addr = file
-            .dynamic_symbols()
-            .chain(file.symbols())
-            .find(|s| s.name() == Ok(symbol) && !s.is_undefined() && s.address() != 0)
-            .map(|s| s.address());
-        match addr.and_then(|a| vaddr_to_offset(&file, a)) {
+        match symbol_offset(&file, symbol) {
             Some(offset) => {
                 let mut spec = SiteSpec { probe: id, text_arg, min_arg0, ..Default::default() };
                 // First integer argument: %rdi at function entry (System V ABI).
@@ -145,6 +151,16 @@ pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
             None => warnings.push(format!("{exe}: no {symbol} symbol: server spans will lack SQLSTATEs or take warnings for errors")),
         }
     }
+    for &(symbol, id, reg, arg) in SESSION_SITES {
+        let Some(offset) = symbol_offset(&file, symbol) else {
+            warnings.push(format!("{exe}: no {symbol} symbol: sessions too short for the catalog go without user and application names"));
+            continue;
+        };
+        let mut spec = SiteSpec { probe: id, text_arg: arg, ..Default::default() };
+        spec.args[arg as usize - 1] =
+            ArgSpec { kind: argkind::REGISTER, size: 8, reg_off: reg.pt_regs_offset(), index_off: NO_INDEX, ..Default::default() };
+        sites.push(Site { name: symbol, offset, spec });
+    }
     Ok(Some(ServerTarget {
         postmaster: postmaster_of(pid),
         exe,
@@ -153,6 +169,16 @@ pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
         sites,
         warnings,
     }))
+}
+
+/// File offset of a function defined in the executable (.dynsym or .symtab).
+fn symbol_offset(file: &object::File, symbol: &str) -> Option<u64> {
+    let addr = file
+        .dynamic_symbols()
+        .chain(file.symbols())
+        .find(|s| s.name() == Ok(symbol) && !s.is_undefined() && s.address() != 0)?
+        .address();
+    vaddr_to_offset(file, addr)
 }
 
 /// (parent PID, state) from /proc/PID/stat.

@@ -89,6 +89,9 @@ pub struct ServerSide {
     /// Who each backend serves (pg_stat_activity), looked up at first sight:
     /// the poller alone misses short sessions.
     backends: HashMap<u32, Lookup>,
+    /// Who each session serves as its backend said at connection (database,
+    /// user, application name): for sessions gone before the catalog saw them.
+    sessions: HashMap<u32, Arc<catalog::Backend>>,
     /// Finished spans whose catalog answers are not in yet.
     held: Vec<(ServerSpan, Instant)>,
     spans: Vec<ServerSpan>,
@@ -116,6 +119,7 @@ impl ServerSide {
             exited: Vec::new(),
             idle_warned: Default::default(),
             backends: HashMap::new(),
+            sessions: HashMap::new(),
             held: Vec::new(),
             spans: Vec::new(),
             notices: Vec::new(),
@@ -160,7 +164,33 @@ impl ServerSide {
         if let Some(Lookup::Known(b)) = self.backends.get(&pid) {
             return Some(b.clone());
         }
-        self.catalogs.get(&postmaster)?.snapshot.borrow().backends.get(&self.pids.ns(pid)).cloned().map(Arc::new)
+        let polled = self.catalogs.get(&postmaster).and_then(|c| c.snapshot.borrow().backends.get(&self.pids.ns(pid)).cloned());
+        polled.map(Arc::new).or_else(|| self.sessions.get(&pid).cloned())
+    }
+
+    /// What a backend said about its session as it started (see site::SESSION_*).
+    fn on_session(&mut self, hit: &ServerHit) {
+        use dbtel_common::site;
+        if self.sessions.len() >= MAX_BACKENDS && !self.sessions.contains_key(&hit.at.pid) {
+            return;
+        }
+        let pid = hit.at.pid;
+        let b = self.sessions.entry(pid).or_insert_with(|| {
+            Arc::new(catalog::Backend { pid: self.pids.ns(pid), ..Default::default() })
+        });
+        let b = Arc::make_mut(b);
+        let text = hit.text.clone();
+        match hit.site {
+            site::SESSION_DATABASE => b.datname = text,
+            site::SESSION_USER => {
+                // Background workers start without a user name.
+                if text.is_some() {
+                    b.backend_type = "client backend".into();
+                }
+                b.usename = text;
+            }
+            _ => b.application_name = text.unwrap_or_default(),
+        }
     }
 
     /// Asks the catalog about a backend seen for the first time.
@@ -209,6 +239,9 @@ impl ServerSide {
 
     pub fn on_hit(&mut self, hit: &ServerHit, recon: &mut Reconstructor) {
         self.pids.learn(hit.at.pid, hit.at.conn as u32);
+        if matches!(hit.site, dbtel_common::site::SESSION_DATABASE | dbtel_common::site::SESSION_USER | dbtel_common::site::APPLICATION_NAME) {
+            return self.on_session(hit);
+        }
         if hit.site == dbtel_common::site::STATEMENT_STATUS && hit.text.is_some() {
             self.look_up(hit.at.conn as u32, hit.at.pid);
         }
@@ -434,11 +467,12 @@ impl ServerSide {
             .iter()
             .map(|(s, _)| s.pid())
             .collect();
-        let (backends, pids) = (&mut self.backends, &mut self.pids);
+        let (backends, sessions, pids) = (&mut self.backends, &mut self.sessions, &mut self.pids);
         self.exited.retain(|pid| {
             let keep = held.contains(pid) || matches!(backends.get(pid), Some(Lookup::Pending));
             if !keep {
                 backends.remove(pid);
+                sessions.remove(pid);
                 pids.forget(*pid);
             }
             keep

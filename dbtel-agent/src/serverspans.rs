@@ -41,7 +41,9 @@ fn backend_attributes(b: &Backend, a: &mut Vec<KeyValue>) {
             a.push(KeyValue::new("network.transport", "tcp"));
         }
         // pg_stat_activity shows no address and port -1 for unix sockets.
-        _ => a.push(KeyValue::new("network.transport", "unix")),
+        (None, Some(-1)) => a.push(KeyValue::new("network.transport", "unix")),
+        // Not known (a session the catalog never saw, a background process).
+        _ => {}
     }
 }
 

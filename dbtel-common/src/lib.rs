@@ -35,12 +35,14 @@ pub mod kind {
     pub const EXEC: u32 = 7;
     /// Host-wide tracing: a client process that hit a probe exited ([`super::Header`] only).
     pub const CLIENT_EXIT: u32 = 8;
+    /// A libpq pipeline-mode call ([`super::PipelineEvent`]); `Header::func` says which.
+    pub const PIPELINE: u32 = 9;
     /// The dynamic loader finished mapping new objects in a process (a
     /// dlopen, or the program's own libraries at start): [`super::Header`]
     /// only; `func` is 1 when the process was stopped for the agent (see
     /// [`super::loader`]), which then owes it a SIGCONT.
-    pub const LOADED: u32 = 9;
-    pub const COUNT: u32 = 10;
+    pub const LOADED: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// libpq functions, carried in the attach cookie and in [`Header::func`].
@@ -57,6 +59,13 @@ pub mod func {
     pub const PQFINISH: u32 = 10;
     /// A result seen inside PQgetResult (no NULL results are seen then).
     pub const PQGET_RESULT_POINT: u32 = 11;
+    /// Pipeline mode (libpq 14+; PQsendPipelineSync 17+): probed where present.
+    /// Entering and leaving are reported at return, with the call's result.
+    pub const PQENTER_PIPELINE_MODE: u32 = 12;
+    pub const PQEXIT_PIPELINE_MODE: u32 = 13;
+    /// A sync point queued (at entry: it fails only on a broken connection).
+    pub const PQPIPELINE_SYNC: u32 = 14;
+    pub const PQSEND_PIPELINE_SYNC: u32 = 15;
 }
 
 /// Attach cookie layout: which arguments hold the text and the statement name,
@@ -189,6 +198,16 @@ pub struct ResultEvent {
     pub sqlstate: [u8; 8],
 }
 
+/// A pipeline-mode call ([`kind::PIPELINE`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PipelineEvent {
+    pub hdr: Header,
+    /// The call's return value, when `returned` is non-zero (reported at return).
+    pub ret: i32,
+    pub returned: u32,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ConnEvent {
@@ -280,6 +299,19 @@ pub mod site {
     /// uprobe FlushErrorState(): the pending report is discarded; one never
     /// emitted was caught (a PL/pgSQL EXCEPTION block) and fails nothing.
     pub const ERROR_FLUSHED: u32 = 12;
+    // Once per session, so that a session too short for the catalog to see
+    // still says whom it served.
+    /// uprobe InitPostgres(const char *in_dbname, …): the database connected to.
+    pub const SESSION_DATABASE: u32 = 20;
+    /// uprobe InitPostgres(…, const char *username, …): the user.
+    pub const SESSION_USER: u32 = 21;
+    /// uprobe pgstat_report_appname(const char *appname): at connection and on SET.
+    pub const APPLICATION_NAME: u32 = 22;
+    /// uprobe unpack_sql_state(int sql_state): the SQLSTATE as it goes to the
+    /// log and the client. The first one after EmitErrorReport is the emitted
+    /// error's final code, also where no errcode() call set it
+    /// (errcode_for_file_access, an error rethrown from a parallel worker).
+    pub const ERROR_SENT: u32 = 23;
 }
 
 pub const USDT_MAX_ARGS: usize = 6;
@@ -365,6 +397,7 @@ const _: () = assert!(core::mem::size_of::<ResultEvent>() == 32 + 16 + CMD_STATU
 const _: () = assert!(core::mem::size_of::<ArgSpec>() == 24);
 const _: () = assert!(core::mem::size_of::<SiteSpec>() == 16 + 24 * USDT_MAX_ARGS);
 const _: () = assert!(core::mem::size_of::<ServerEvent>() == ServerEvent::TEXT_OFFSET + TEXT_CAP);
+const _: () = assert!(core::mem::size_of::<PipelineEvent>() == 32 + 8);
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 32 + 8 + DB_CAP + HOST_CAP + PORT_CAP);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == ExecEvent::PATH_OFFSET + EXEC_PATH_CAP);
 

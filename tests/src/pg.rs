@@ -47,6 +47,15 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// One statement of the server's log and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    pub pid: u32,
+    pub text: String,
+    /// The ERROR's SQLSTATE; None when it succeeded.
+    pub sqlstate: Option<String>,
+}
+
 impl Cluster {
     /// A cluster for tests: fsync off (nothing here needs durability).
     pub fn start() -> Cluster {
@@ -155,21 +164,51 @@ impl Cluster {
             .collect()
     }
 
-    /// Statements the server logged, either protocol: simple queries
-    /// (`statement: …`) and extended-protocol executions (`execute <name>: …`),
-    /// in order: (backend PID, text).
-    pub fn logged_queries(&self) -> Vec<(u32, String)> {
+    /// Statements the server logged in either protocol, in order: (backend
+    /// PID, text, detail). An extended-protocol one is logged at its Execute
+    /// (`execute <unnamed>: …`, `execute S_1: …`), its detail naming its
+    /// parameters (`parameters: $1 = '3'`); a statement the server skipped
+    /// (a pipeline aborted before it) is not logged.
+    pub fn logged_queries(&self) -> Vec<(u32, String, String)> {
         let path = self.dir.path().join("data/csvlog/pg.csv");
         let mut rd = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_path(&path).unwrap();
         rd.records()
             .map(|r| r.unwrap())
+            // Columns: 3 process_id, 13 message, 14 detail.
             .filter_map(|r| {
-                let pid = r.get(3)?.parse().ok()?;
-                let msg = r.get(13)?;
-                let text = msg.strip_prefix("statement: ").or_else(|| msg.strip_prefix("execute ")?.split_once(": ").map(|(_, t)| t))?;
-                Some((pid, text.to_string()))
+                let m = r.get(13)?;
+                let text = m.strip_prefix("statement: ").or_else(|| m.strip_prefix("execute ")?.split_once(": ").map(|(_, t)| t))?;
+                Some((r.get(3)?.parse().ok()?, text.to_string(), r.get(14).unwrap_or("").to_string()))
             })
             .collect()
+    }
+
+    /// Statements the server logged (`log_statement=all`), in order, each with
+    /// the SQLSTATE of the ERROR its backend logged before its next statement.
+    pub fn logged_outcomes(&self) -> Vec<Logged> {
+        let path = self.dir.path().join("data/csvlog/pg.csv");
+        let mut rd = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_path(&path).unwrap();
+        let mut out: Vec<Logged> = Vec::new();
+        for r in rd.records().map(|r| r.unwrap()) {
+            // Columns: 3 process_id, 11 error_severity, 12 sql_state_code, 13 message.
+            let Some(pid) = r.get(3).and_then(|p| p.parse().ok()) else { continue };
+            if let Some(text) = r.get(13).and_then(|m| m.strip_prefix("statement: ")) {
+                out.push(Logged { pid, text: text.to_string(), sqlstate: None });
+            } else if r.get(11) == Some("ERROR") {
+                // 12 sql_state_code, 19 query: the failing statement's text. A
+                // statement that failed to parse was never logged as one.
+                let code = r.get(12).unwrap_or("").to_string();
+                let query = r.get(19).unwrap_or("");
+                match out.iter_mut().rev().find(|l| l.pid == pid) {
+                    Some(last) if last.sqlstate.is_none() && (query.is_empty() || query.contains(last.text.as_str())) => {
+                        last.sqlstate = Some(code)
+                    }
+                    _ if !query.is_empty() => out.push(Logged { pid, text: query.to_string(), sqlstate: Some(code) }),
+                    _ => {}
+                }
+            }
+        }
+        out
     }
 
     /// Errors the server logged (csvlog), in order: (backend PID, SQLSTATE).

@@ -42,7 +42,7 @@ fn expected_texts(raw: bool) -> Vec<String> {
 fn logged_by(pg: &Cluster, backend: u32, n: usize) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let got: Vec<String> = pg.logged_queries().into_iter().filter(|(p, _)| *p == backend).map(|(_, t)| t).collect();
+        let got: Vec<String> = pg.logged_queries().into_iter().filter(|(p, _, _)| *p == backend).map(|(_, t, _)| t).collect();
         if got.len() >= n || Instant::now() > deadline {
             return got;
         }
@@ -205,7 +205,7 @@ fn node_postgres_beside_its_server_one_reason_line_and_the_servers_spans() {
     assert!(node.wait().unwrap().success());
 
     // The server's spans of node's statements, as its log has them.
-    let backend = pg.logged_queries().into_iter().find(|(_, t)| t == "select 1 as q1").map(|(p, _)| p).expect("node's first statement logged");
+    let backend = pg.logged_queries().into_iter().find(|(_, t, _)| t == "select 1 as q1").map(|(p, _, _)| p).expect("node's first statement logged");
     assert_eq!(logged_by(&pg, backend, QUERIES), expected_texts(true));
     let deadline = Instant::now() + Duration::from_secs(10);
     let of_node = || -> Vec<Span> {
