@@ -12,7 +12,9 @@ use std::collections::HashMap;
 
 use dbtel_common::site;
 
+pub use crate::blocks::TxnOutcome;
 use crate::{
+    blocks::BlockEffect,
     events::{Origin, ServerHit},
     server::unpack_sqlstate,
     span::{Event, IdGen, Ids},
@@ -171,15 +173,6 @@ pub struct ServerQuery {
     pub events: Vec<Event>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxnOutcome {
-    Committed,
-    RolledBack,
-    /// PREPARE TRANSACTION: handed to two-phase commit (no probe fires for it).
-    Prepared,
-    Incomplete,
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerTxn {
     pub pid: u32,
@@ -267,53 +260,6 @@ struct Backend {
     effect: BlockEffect,
 }
 
-/// A statement's effect on the transaction block, from its text.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct BlockEffect {
-    /// It opened the block as it started (BEGIN / START TRANSACTION).
-    opened: bool,
-    /// It ends the open block: COMMIT/END, ROLLBACK/ABORT, PREPARE TRANSACTION.
-    ends: Option<TxnOutcome>,
-    /// A block is open after it (AND CHAIN, or "COMMIT; BEGIN").
-    reopens: bool,
-}
-
-impl BlockEffect {
-    /// `open`: a block is open as the statement starts. A text of several
-    /// statements is taken as a whole; one the scanner cannot split has none.
-    fn of(text: &str, open: bool) -> BlockEffect {
-        if !text.as_bytes().contains(&b';') {
-            return Self::single(text, open);
-        }
-        let Some(stmts) = crate::shape::statements(text) else { return BlockEffect::default() };
-        if let [one] = stmts[..] {
-            return Self::single(one, open);
-        }
-        let (mut e, mut now_open, mut began) = (BlockEffect::default(), open, false);
-        for st in stmts {
-            if starts_block(st) && !now_open {
-                (now_open, began) = (true, true);
-            } else if let Some(end) = block_end(st).filter(|_| now_open) {
-                if !began {
-                    e.ends = Some(end);
-                }
-                let chained = chains(st);
-                (now_open, began) = (chained, chained);
-            }
-        }
-        e.reopens = began && now_open;
-        e
-    }
-
-    fn single(text: &str, open: bool) -> BlockEffect {
-        if !open {
-            return BlockEffect { opened: starts_block(text), ..Default::default() };
-        }
-        let ends = block_end(text);
-        BlockEffect { opened: false, ends, reopens: ends.is_some() && chains(text) }
-    }
-}
-
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     pub queries: u64,
@@ -380,36 +326,6 @@ pub struct Tracker {
     /// errcode counts, warnings and notices included).
     pub errors_by_level: bool,
 }
-
-/// BEGIN / START TRANSACTION (comments and case as the client's side reads them).
-fn starts_block(text: &str) -> bool {
-    matches!(crate::txn::verb(text), crate::txn::Verb::Begin)
-}
-
-/// COMMIT / END → committed, ROLLBACK / ABORT → rolled back; not ROLLBACK TO SAVEPOINT.
-fn ends_block(text: &str) -> Option<TxnOutcome> {
-    match crate::txn::verb(text) {
-        crate::txn::Verb::Commit => Some(TxnOutcome::Committed),
-        crate::txn::Verb::Rollback => Some(TxnOutcome::RolledBack),
-        _ => None,
-    }
-}
-
-/// How a statement ends the open block, if it does: PREPARE TRANSACTION
-/// prepares it, COMMIT/END commits, ROLLBACK/ABORT rolls back.
-fn block_end(text: &str) -> Option<TxnOutcome> {
-    match crate::txn::verb(text) {
-        crate::txn::Verb::PrepareTransaction => Some(TxnOutcome::Prepared),
-        _ => ends_block(text),
-    }
-}
-
-/// COMMIT AND CHAIN / ROLLBACK AND CHAIN.
-fn chains(text: &str) -> bool {
-    let upper = text.to_ascii_uppercase();
-    ends_block(text).is_some() && upper.contains("AND CHAIN") && !upper.contains("AND NO CHAIN")
-}
-
 
 /// Closes a backend's open waits: ended by `error` (at its time) or, with
 /// none, at `ts`.

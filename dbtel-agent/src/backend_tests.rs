@@ -176,14 +176,6 @@ fn chained_and_prepared_blocks_begin_and_end_where_they_do() {
 }
 
 #[test]
-fn block_verbs_are_read_past_comments() {
-    assert!(starts_block("/* app=shop */ begin isolation level serializable"));
-    assert_eq!(ends_block("-- done\nCOMMIT"), Some(TxnOutcome::Committed));
-    assert_eq!(ends_block("ROLLBACK\nTO SAVEPOINT a"), None);
-    assert!(!starts_block("select 'BEGIN'"));
-}
-
-#[test]
 fn with_a_traced_client_spans_join_its_trace() {
     let mut r = Replay::new();
     let mut g = IdGen::seeded(9);
