@@ -8,7 +8,7 @@
 //! A wait that ends in an error gets no lock__wait__done: the error report
 //! (errcode/errmsg, deadlock__found) and transaction__abort close it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use dbtel_common::site;
 
@@ -167,6 +167,10 @@ pub struct ServerQuery {
     /// `EXECUTE name`: the name and the statement `PREPARE name AS` gave it
     /// (what the span is named and described by; `text` stays as reported).
     pub prepared: Option<(String, String)>,
+    /// What EndCommand counted (QueryCompletion.nprocessed): rows returned,
+    /// changed or copied, as its command tag says. `None`: it did not
+    /// complete, or ran as a whole text of several statements.
+    pub rows: Option<u64>,
     pub error: Option<ErrorReport>,
     /// Cut short: by the backend's exit, or by the agent stopping (not an error).
     pub incomplete: Option<Cut>,
@@ -258,6 +262,15 @@ struct Backend {
     deadlock: bool,
     /// What the running statement does to the transaction block.
     effect: BlockEffect,
+    /// The query ran to its end (EndCommand); it closes at the next text or
+    /// idle report, so that an error in between (a deferred constraint at
+    /// the implicit commit of Sync) is still its own.
+    completed: bool,
+    /// The statements of a simple-protocol text still to run after this one.
+    rest: VecDeque<String>,
+    /// The query is a text of several statements that could not be split:
+    /// each completion extends it.
+    whole: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -269,6 +282,12 @@ pub struct Counters {
     pub incomplete: u64,
     /// Parallel workers' copies of their leader's statement, not exported.
     pub worker_echoes: u64,
+    /// Statements reported but neither run to their end nor failed: parsed
+    /// (a prepare) or bound without an Execute, or a portal suspended at a row
+    /// limit (its last Execute is the span). Not exported.
+    pub unexecuted: u64,
+    /// Completions without a statement to end (one begun before the agent attached).
+    pub unmatched_completions: u64,
 }
 
 /// Prepared statements a session made, the fewer the better: bounded by starting over.
@@ -325,6 +344,10 @@ pub struct Tracker {
     /// errstart_cold is probed: only reports it opened are errors (else every
     /// errcode counts, warnings and notices included).
     pub errors_by_level: bool,
+    /// Servers whose EndCommand is probed: their statements end there, one
+    /// span each even without a Sync between them, with a row count. (Else a
+    /// statement ends at the next text or idle report.)
+    completing: HashSet<u32>,
 }
 
 /// Closes a backend's open waits: ended by `error` (at its time) or, with
@@ -343,7 +366,19 @@ fn end_waits(b: &mut Backend, error: Option<&ErrorReport>, deadlock: bool, ts: u
 
 impl Tracker {
     pub fn new(gen: IdGen) -> Self {
-        Tracker { backends: HashMap::new(), gen, counters: Counters::default(), ended: Default::default(), errors_by_level: false }
+        Tracker {
+            backends: HashMap::new(),
+            gen,
+            counters: Counters::default(),
+            ended: Default::default(),
+            errors_by_level: false,
+            completing: HashSet::new(),
+        }
+    }
+
+    /// The server's statements end at EndCommand (it is probed).
+    pub fn completes_statements(&mut self, postmaster: u32) {
+        self.completing.insert(postmaster);
     }
 
     /// Open queries (for leak checks).
@@ -398,14 +433,15 @@ impl Tracker {
         match hit.site {
             site::STATEMENT_STATUS => match &hit.text {
                 Some(text) => {
-                    if b.query.as_ref().is_some_and(|q| &q.text == text) {
+                    if !b.completed && b.query.as_ref().is_some_and(|q| &q.text == text) {
                         return; // Bind/Execute of the statement already running
                     }
                     self.end_statement(at, client, out);
-                    self.open_query(at, text.clone(), hit.truncated, client);
+                    self.open_text(at, text, hit.truncated, client);
                 }
                 None => self.end_statement(at, client, out),
             },
+            site::COMMAND_DONE => self.command_done(at, hit.args[1], client, out),
             site::TRANSACTION_ABORT => {
                 let (error, deadlock) = (b.error.take(), std::mem::take(&mut b.deadlock));
                 // Waits ended by the error that aborted the transaction.
@@ -519,6 +555,49 @@ impl Tracker {
         }
     }
 
+    /// A statement text is reported. Where statements end at EndCommand, a
+    /// simple-protocol text of several is run statement by statement.
+    fn open_text(&mut self, at: Origin, text: &str, truncated: bool, client: &dyn Fn(u32) -> Option<ClientIds>) {
+        let several = self.completing.contains(&(at.conn as u32)) && text.as_bytes().contains(&b';');
+        let pieces = if several && !truncated { crate::shape::statements(text) } else { None };
+        match pieces.as_deref() {
+            Some([first, rest @ ..]) if !rest.is_empty() => {
+                self.open_query(at, first.to_string(), false, client);
+                let b = self.backends.get_mut(&at.pid).expect("entry exists");
+                b.rest = rest.iter().map(|s| s.to_string()).collect();
+            }
+            _ => {
+                self.open_query(at, text.to_string(), truncated, client);
+                self.backends.get_mut(&at.pid).expect("entry exists").whole = several && pieces.is_none_or(|p| p.len() > 1);
+            }
+        }
+    }
+
+    /// EndCommand: the running statement completed, having processed `rows`.
+    /// The next statement of its text, if any, begins.
+    fn command_done(&mut self, at: Origin, rows: u64, client: &dyn Fn(u32) -> Option<ClientIds>, out: &mut Vec<ServerSpan>) {
+        let b = self.backends.get_mut(&at.pid).expect("entry made by on_hit");
+        let Some(q) = b.query.as_mut() else {
+            self.counters.unmatched_completions += 1;
+            return;
+        };
+        if b.completed {
+            if b.whole {
+                (q.end_ns, q.rows) = (at.ts_ns, None);
+            } else {
+                self.counters.unmatched_completions += 1;
+            }
+            return;
+        }
+        (q.end_ns, q.rows, b.completed) = (at.ts_ns.max(q.start_ns), Some(rows), true);
+        if let Some(next) = b.rest.pop_front() {
+            let rest = std::mem::take(&mut b.rest);
+            self.end_statement(at, client, out);
+            self.open_query(at, next, false, client);
+            self.backends.get_mut(&at.pid).expect("entry exists").rest = rest;
+        }
+    }
+
     fn open_query(&mut self, at: Origin, text: String, truncated: bool, client: &dyn Fn(u32) -> Option<ClientIds>) {
         // Blocks are known from their statements' texts (the transaction
         // start/commit probes would cost two traps per implicit transaction).
@@ -537,6 +616,7 @@ impl Tracker {
             t.statements += 1;
         }
         b.effect = effect;
+        (b.completed, b.whole) = (false, false);
         // Nothing from before this statement belongs to it.
         (b.error, b.deadlock, b.awaiting_code, b.awaiting_message, b.awaiting_sent) = (None, false, false, false, false);
         self.counters.queries += 1;
@@ -551,6 +631,7 @@ impl Tracker {
             text,
             truncated,
             prepared,
+            rows: None,
             error: None,
             incomplete: None,
             events: vec![],
@@ -584,7 +665,10 @@ impl Tracker {
     /// back, a failed AND CHAIN chains nothing. (ROLLBACK closed the block at
     /// its abort already.)
     fn end_statement(&mut self, at: Origin, client: &dyn Fn(u32) -> Option<ClientIds>, out: &mut Vec<ServerSpan>) {
-        let failed = self.close_query(at.pid, at.ts_ns, out);
+        if self.drop_unexecuted(at, out) {
+            return;
+        }
+        let (failed, end) = self.close_query(at.pid, at.ts_ns, out);
         let Some(b) = self.backends.get_mut(&at.pid) else { return };
         let e = std::mem::take(&mut b.effect);
         if failed && e.opened {
@@ -592,24 +676,53 @@ impl Tracker {
             return;
         }
         if let Some(outcome) = e.ends {
-            self.close_txn(at.pid, at.ts_ns, if failed { TxnOutcome::RolledBack } else { outcome }, out);
+            self.close_txn(at.pid, end, if failed { TxnOutcome::RolledBack } else { outcome }, out);
         }
         if e.reopens && !failed {
-            self.open_txn(at, client);
+            self.open_txn(Origin { ts_ns: end, ..at }, client);
         }
     }
 
-    /// The statement is over (idle, or the next one began); true if it failed. An error it left
-    /// that aborted nothing (in a savepoint, or caught) is its error, and a
-    /// wait still open ended with it.
-    fn close_query(&mut self, pid: u32, ts: u64, out: &mut Vec<ServerSpan>) -> bool {
-        let Some(b) = self.backends.get_mut(&pid) else { return false };
+    /// Where statements end at EndCommand, one that ends without it and
+    /// without an error never ran: only parsed or bound (a prepare, a
+    /// describe), or its portal was suspended at a row limit (the Execute
+    /// that finishes it is the span). It is no statement of its block, and
+    /// a BEGIN that never ran opened nothing.
+    fn drop_unexecuted(&mut self, at: Origin, out: &mut Vec<ServerSpan>) -> bool {
+        let Some(b) = self.backends.get_mut(&at.pid) else { return false };
+        let failed = b.query.as_ref().is_some_and(|q| q.error.is_some()) || (self.errors_by_level && b.error.is_some());
+        if b.query.is_none() || b.completed || failed || !self.completing.contains(&b.postmaster) {
+            b.rest.clear();
+            return false;
+        }
+        b.query = None;
+        b.rest.clear();
+        (b.deadlock, b.awaiting_code, b.awaiting_message) = (false, false, false);
+        end_waits(b, None, false, at.ts_ns, out);
+        if std::mem::take(&mut b.effect).opened {
+            b.txn = None;
+        } else if let Some(t) = b.txn.as_mut() {
+            t.statements = t.statements.saturating_sub(1);
+        }
+        self.counters.unexecuted += 1;
+        self.counters.queries -= 1;
+        true
+    }
+
+    /// The statement is over (idle, or the next one began): (failed, its end).
+    /// An error it left that aborted nothing (in a savepoint, or caught) is
+    /// its error, and a wait still open ended with it. A completed one ended
+    /// at its completion.
+    fn close_query(&mut self, pid: u32, ts: u64, out: &mut Vec<ServerSpan>) -> (bool, u64) {
+        let Some(b) = self.backends.get_mut(&pid) else { return (false, ts) };
         let error = if self.errors_by_level { b.error.take() } else { None };
         let deadlock = std::mem::take(&mut b.deadlock);
         (b.awaiting_code, b.awaiting_message) = (false, false);
         end_waits(b, error.as_ref(), deadlock, ts, out);
-        let Some(mut q) = b.query.take() else { return false };
-        q.end_ns = ts.max(q.start_ns);
+        let Some(mut q) = b.query.take() else { return (false, ts) };
+        if !std::mem::take(&mut b.completed) {
+            q.end_ns = ts.max(q.start_ns);
+        }
         if q.error.is_none() {
             q.error = error;
         }
@@ -619,8 +732,9 @@ impl Tracker {
         }
         let (len, head) = (q.text.len(), text_head(&q.text));
         self.ended.push_back(Ended { postmaster: q.postmaster, pid, start_ns: q.start_ns, end_ns: q.end_ns, len, head });
+        let end = q.end_ns;
         out.push(ServerSpan::Query(q));
-        failed
+        (failed, end)
     }
 
     /// A backend exits inside a statement that another backend of its server
@@ -674,8 +788,15 @@ impl Tracker {
             self.counters.incomplete += 1;
             out.push(ServerSpan::Wait(w));
         }
+        let mut txn_end = (TxnOutcome::Incomplete, ts);
         if let Some(mut q) = b.query.take() {
-            if why == Cut::ProcessExited && self.is_worker_echo(pid, &b, &q) {
+            if std::mem::take(&mut b.completed) {
+                // It ran to its end: only its closing report is missing.
+                if let Some(outcome) = b.effect.ends {
+                    txn_end = (outcome, q.end_ns);
+                }
+                out.push(ServerSpan::Query(q));
+            } else if why == Cut::ProcessExited && self.is_worker_echo(pid, &b, &q) {
                 self.counters.worker_echoes += 1;
             } else {
                 q.end_ns = ts.max(q.start_ns);
@@ -685,7 +806,7 @@ impl Tracker {
             }
         }
         self.backends.insert(pid, b);
-        self.close_txn(pid, ts, TxnOutcome::Incomplete, out);
+        self.close_txn(pid, txn_end.1, txn_end.0, out);
         self.backends.remove(&pid);
     }
 

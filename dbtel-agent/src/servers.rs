@@ -151,6 +151,9 @@ impl ServerSide {
         if t.sites.iter().any(|s| s.spec.probe == dbtel_common::site::ERRSTART) {
             self.tracker.errors_by_level = true;
         }
+        if t.sites.iter().any(|s| s.spec.probe == dbtel_common::site::COMMAND_DONE) {
+            self.tracker.completes_statements(t.postmaster);
+        }
         self.servers.insert(t.postmaster, t);
         Ok(())
     }
