@@ -164,6 +164,23 @@ impl Cluster {
             .collect()
     }
 
+    /// Statements the server ran, as it logged them (`log_statement=all`), in
+    /// order: a simple-protocol text (`statement: …`) or an extended-protocol
+    /// Execute (`execute <name>: …`); (backend PID, text).
+    pub fn logged_executions(&self) -> Vec<(u32, String)> {
+        let path = self.dir.path().join("data/csvlog/pg.csv");
+        let mut rd = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_path(&path).unwrap();
+        rd.records()
+            .map(|r| r.unwrap())
+            .filter_map(|r| {
+                let pid = r.get(3)?.parse().ok()?;
+                let m = r.get(13)?;
+                let text = m.strip_prefix("statement: ").or_else(|| m.strip_prefix("execute ").and_then(|e| Some(e.split_once(": ")?.1)))?;
+                Some((pid, text.to_string()))
+            })
+            .collect()
+    }
+
     /// Statements the server logged (`log_statement=all`), in order, each with
     /// the SQLSTATE of the ERROR its backend logged before its next statement.
     pub fn logged_outcomes(&self) -> Vec<Logged> {
