@@ -2,7 +2,9 @@
 //   java -cp postgresql.jar Batch.java PORT ok    50 PreparedStatement INSERTs, then 5
 //                                                 Statement DELETEs of different texts, one transaction
 //   java -cp postgresql.jar Batch.java PORT fail  5 INSERTs, the third a duplicate key: rolled back
-// Prints the update counts (or the SQLSTATE of the failure), then "done".
+//   java -cp postgresql.jar Batch.java PORT fetch every row of items, 20 at a time (a portal
+//                                                 suspended and resumed), in a transaction
+// Prints the update counts (or the SQLSTATE of the failure, or the rows fetched), then "done".
 import java.sql.*;
 import java.util.Arrays;
 
@@ -26,6 +28,16 @@ public class Batch {
                         s.addBatch("delete from items where id between " + (i * 10) + " and " + (i * 10));
                     }
                     System.out.println(Arrays.stream(s.executeBatch()).sum());
+                }
+                c.commit();
+            } else if (args[1].equals("fetch")) {
+                try (Statement s = c.createStatement()) {
+                    s.setFetchSize(20);
+                    int n = 0;
+                    try (ResultSet r = s.executeQuery("select id from items order by id")) {
+                        while (r.next()) n++;
+                    }
+                    System.out.println(n);
                 }
                 c.commit();
             } else {

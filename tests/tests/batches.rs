@@ -53,6 +53,7 @@ fn batched_statements_are_one_server_span_each_as_the_server_logged_them() {
     };
     assert_eq!(java("ok"), ["50", "5", "done"], "50 rows inserted, 5 deleted");
     assert_eq!(java("fail"), ["23505", "done"]);
+    assert_eq!(java("fetch"), ["45", "done"], "45 rows fetched 20 at a time");
     let url = format!("postgresql://postgres@/postgres?host={}&port={}", pg.socket_dir().display(), pg.port);
     assert_eq!(run(python(&["asyncpg", &url])), ["done"]);
     assert_eq!(run(python(&["psycopg", &pg.dsn("postgres")])), ["done"]);
@@ -62,7 +63,7 @@ fn batched_statements_are_one_server_span_each_as_the_server_logged_them() {
     assert!(run.summary().contains(" 0 failed"), "{}", run.summary());
     let spans = rx.spans();
 
-    // The drivers' backends, in the order they ran: JDBC ok, JDBC fail, asyncpg, psycopg.
+    // The drivers' backends, in the order they ran: JDBC ok, fail, fetch, asyncpg, psycopg.
     let logged = pg.logged_executions();
     let mut backends: Vec<u32> = Vec::new();
     for (pid, text) in &logged {
@@ -70,7 +71,7 @@ fn batched_statements_are_one_server_span_each_as_the_server_logged_them() {
             backends.push(*pid);
         }
     }
-    assert_eq!(backends.len(), 4, "{logged:#?}");
+    assert_eq!(backends.len(), 5, "{logged:#?}");
     let errors = pg.logged_errors();
     let mut txn_sizes = Vec::new();
     for pid in &backends {
@@ -82,10 +83,16 @@ fn batched_statements_are_one_server_span_each_as_the_server_logged_them() {
         assert_eq!(got, want, "backend {pid}: one span per statement the server ran, in order");
         assert!(stmts.windows(2).all(|w| w[0].end_ns <= w[1].start_ns), "backend {pid}: one after the other");
 
-        // Each INSERT and DELETE touched one row; nothing else counts rows.
+        // Each INSERT and DELETE touched one row; the SELECT whose portal was
+        // suspended twice is the Execute that finished it (its command tag's
+        // 5 rows); nothing else counts rows.
         for s in &stmts {
             let dml = s.name.starts_with("INSERT") || s.name.starts_with("DELETE");
-            let want: &[(&str, i64)] = if dml && s.status_code != 2 { &[("db.response.affected_rows", 1)] } else { &[] };
+            let want: &[(&str, i64)] = match s.name.as_str() {
+                _ if dml && s.status_code != 2 => &[("db.response.affected_rows", 1)],
+                "SELECT items" => &[("db.response.returned_rows", 5)],
+                _ => &[],
+            };
             assert_eq!(rows(s), want, "backend {pid}: {} {:?}", s.name, s.text());
         }
         let failed: Vec<&str> = stmts.iter().filter(|s| s.status_code == 2).map(|s| s.str("error.type").unwrap_or("none")).collect();
@@ -105,12 +112,11 @@ fn batched_statements_are_one_server_span_each_as_the_server_logged_them() {
         }
     }
     // pgjdbc: BEGIN, 50 INSERTs, 5 DELETEs, COMMIT; then BEGIN, 2 INSERTs, the
-    // failing one, ROLLBACK (the 2 after it never ran); asyncpg's executemany
-    // runs in an implicit transaction; psycopg: BEGIN, 50 INSERTs, COMMIT.
-    assert_eq!(
-        txn_sizes,
-        [(Some(57), Some("committed"), None), (Some(5), Some("rolled_back"), Some("23505")), (None, None, None), (Some(52), Some("committed"), None)]
-    );
+    // failing one, ROLLBACK (the 2 after it never ran); then BEGIN, the SELECT
+    // fetched in three Executes, COMMIT; asyncpg's executemany runs in an
+    // implicit transaction; psycopg: BEGIN, 50 INSERTs, COMMIT.
+    let committed = |n| (Some(n), Some("committed"), None);
+    assert_eq!(txn_sizes, [committed(57), (Some(5), Some("rolled_back"), Some("23505")), committed(3), (None, None, None), committed(52)]);
     let error_spans: Vec<&Span> = spans.iter().filter(|s| s.status_code == 2 && s.name != "transaction").collect();
     assert_eq!(error_spans.len(), 1, "{error_spans:#?}");
     assert_eq!(error_spans[0].str("db.response.status_code"), Some("23505"));
