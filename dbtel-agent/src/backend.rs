@@ -5,6 +5,9 @@
 //! Queries come from statement__status (pgstat_report_activity): a text means
 //! "running this", NULL means "idle" — the same for the simple and the
 //! extended protocol (Parse, Bind and Execute each report the same text).
+//! Where EndCommand is probed, a statement ends there, with its row count:
+//! statements sent without a Sync between them (no idle report) are each a
+//! span, and so is each statement of a simple-protocol text of several.
 //! A wait that ends in an error gets no lock__wait__done: the error report
 //! (errcode/errmsg, deadlock__found) and transaction__abort close it.
 
