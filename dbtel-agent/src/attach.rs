@@ -22,7 +22,7 @@ use aya::{
 use dbtel_common::{cookie, counter, func, verdict, LibpqLayout, SiteSpec, MAX_LAYOUTS, MAX_SITES, TEXT_CAP};
 
 use crate::{
-    discover::{args_of, LibpqTarget, QUERY_CALLS},
+    discover::{args_of, returns_probed, LibpqTarget, PIPELINE_CALLS, QUERY_CALLS},
     server::ServerTarget,
 };
 
@@ -75,7 +75,8 @@ fn privilege_hint() -> &'static str {
     }
 }
 
-const PROGRAMS: &[&str] = &["pq_query", "pq_result", "pq_getresult", "pq_getresult_ret", "pq_finish", "pg_server"];
+const PROGRAMS: &[&str] =
+    &["pq_query", "pq_result", "pq_getresult", "pq_getresult_ret", "pq_pipeline", "pq_pipeline_ret", "pq_finish", "pg_server"];
 const TRACEPOINTS: &[(&str, &str)] = &[("server_fork", "sched_process_fork"), ("proc_exit", "sched_process_exit")];
 /// Host-wide tracing only: every exec, so new processes are known before their first query.
 const EXEC_TRACEPOINT: (&str, &str) = ("proc_exec", "sched_process_exec");
@@ -214,6 +215,14 @@ impl Probes {
                 let first = t.offsets["PQgetResult"];
                 points.push(("pq_getresult", "PQgetResult", 0, first));
                 points.push(("pq_getresult_ret", "PQgetResult", cookie::make(func::PQGET_RESULT, 0, 0, layout), first));
+            }
+        }
+        // Pipeline mode, where this libpq has it.
+        for &(name, f) in PIPELINE_CALLS.iter().filter(|(n, _)| t.offsets.contains_key(n)) {
+            let c = cookie::make(f, 0, 0, layout);
+            points.push(("pq_pipeline", name, c, entry(name)));
+            if returns_probed(f) {
+                points.push(("pq_pipeline_ret", name, c, entry(name)));
             }
         }
         points.push(("pq_finish", "PQfinish", 0, entry("PQfinish")));

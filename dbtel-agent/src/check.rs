@@ -229,7 +229,11 @@ fn server_line(r: &mut Report, t: &server::ServerTarget) {
 }
 
 fn libpq_line(r: &mut Report, who: &str, t: &discover::LibpqTarget) {
-    let mut m = format!("{who}: libpq {}: {} functions found", t.path, t.offsets.len());
+    let pipeline = discover::PIPELINE_CALLS.iter().filter(|(f, _)| t.offsets.contains_key(f)).count();
+    let mut m = format!("{who}: libpq {}: {} functions found", t.path, t.offsets.len() - pipeline);
+    if pipeline > 0 {
+        m.push_str(&format!(", {pipeline} of pipeline mode"));
+    }
     match &t.result_points {
         Ok(p) => m.push_str(&format!(", results read at {} point(s) inside PQgetResult", p.len())),
         Err(why) => r.warn(format!("{}: PQgetResult's result point not found ({why}): entry and return probes instead", t.path)),

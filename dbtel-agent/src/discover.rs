@@ -30,6 +30,21 @@ pub const PROBED: &[&str] = &[
     "PQfinish",
 ];
 
+/// Pipeline-mode functions, probed where the libpq has them (14+; the send
+/// form of the sync 17+): an older libpq simply has no pipeline mode.
+pub const PIPELINE_CALLS: &[(&str, u32)] = &[
+    ("PQenterPipelineMode", dbtel_common::func::PQENTER_PIPELINE_MODE),
+    ("PQexitPipelineMode", dbtel_common::func::PQEXIT_PIPELINE_MODE),
+    ("PQpipelineSync", dbtel_common::func::PQPIPELINE_SYNC),
+    ("PQsendPipelineSync", dbtel_common::func::PQSEND_PIPELINE_SYNC),
+];
+
+/// Pipeline calls whose result matters (they can fail on a healthy
+/// connection): an entry and a return probe, which share the first instruction.
+pub fn returns_probed(f: u32) -> bool {
+    matches!(f, dbtel_common::func::PQENTER_PIPELINE_MODE | dbtel_common::func::PQEXIT_PIPELINE_MODE)
+}
+
 /// (text argument, statement-name argument), 1-based, 0 = none.
 pub fn args_of(f: u32) -> (u32, u32) {
     match f {
@@ -213,6 +228,11 @@ pub fn inspect(pid: u32, path: &str, host_path: &Path) -> Result<Option<LibpqTar
         })?;
         offsets.insert(*name, off);
     }
+    for (name, _) in PIPELINE_CALLS {
+        if let Some(off) = symbols.get(*name).and_then(|a| to_offset(*a)) {
+            offsets.insert(*name, off);
+        }
+    }
     let get = |name: &'static str| {
         let addr = *symbols.get(name)?;
         let off = to_offset(addr)? as usize;
@@ -220,9 +240,10 @@ pub fn inspect(pid: u32, path: &str, host_path: &Path) -> Result<Option<LibpqTar
         Some(layout::decode(code, addr))
     };
     let mut placements = BTreeMap::new();
-    for name in PROBED {
+    for name in offsets.keys() {
         let insns = get(name).unwrap_or_default();
-        let p = if *name == "PQgetResult" {
+        let returns = PIPELINE_CALLS.iter().any(|&(n, f)| n == *name && returns_probed(f));
+        let p = if *name == "PQgetResult" || returns {
             // Entry and return probe share the entry breakpoint.
             placement::at_entry(&insns)
         } else {

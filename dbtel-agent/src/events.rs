@@ -1,6 +1,6 @@
 //! Decoding of the raw ring-buffer records written by dbtel-ebpf.
 
-use dbtel_common::{kind, qflags, ConnEvent, ExecEvent, Header, QueryEvent, ResultEvent, ServerEvent, USDT_MAX_ARGS};
+use dbtel_common::{kind, qflags, ConnEvent, ExecEvent, Header, PipelineEvent, QueryEvent, ResultEvent, ServerEvent, USDT_MAX_ARGS};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -42,12 +42,19 @@ pub enum Event {
     Conn { at: Origin, backend_pid: i32, db: String, host: String, port: String },
     /// PQfinish.
     Finish { at: Origin },
+    /// A pipeline-mode call (dbtel_common::func::PQ*PIPELINE*): its return
+    /// value when it was probed at return, else None (a sync, seen at entry).
+    Pipeline { at: Origin, func: u32, ret: Option<i32> },
 }
 
 impl Event {
     pub fn origin(&self) -> &Origin {
         match self {
-            Event::Call { at, .. } | Event::Result { at, .. } | Event::Conn { at, .. } | Event::Finish { at } => at,
+            Event::Call { at, .. }
+            | Event::Result { at, .. }
+            | Event::Conn { at, .. }
+            | Event::Finish { at }
+            | Event::Pipeline { at, .. } => at,
         }
     }
 }
@@ -196,6 +203,10 @@ fn client(h: Header, at: Origin, data: &[u8]) -> Result<Event, DecodeError> {
             Ok(Event::Conn { at, backend_pid: c.backend_pid, db: cstr(&c.db), host: cstr(&c.host), port: cstr(&c.port) })
         }
         kind::FINISH => Ok(Event::Finish { at }),
+        kind::PIPELINE => {
+            let p: PipelineEvent = read(data, h.kind)?;
+            Ok(Event::Pipeline { at, func: h.func, ret: (p.returned != 0).then_some(p.ret) })
+        }
         k => Err(DecodeError::UnknownKind(k)),
     }
 }
@@ -273,6 +284,12 @@ pub mod encode {
         bytes_of(&header(kind::FINISH, dbtel_common::func::PQFINISH, &at)).to_vec()
     }
 
+    /// A pipeline-mode call; `ret`: its result, for calls probed at return.
+    pub fn pipeline(at: Origin, func: u32, ret: Option<i32>) -> Vec<u8> {
+        let p = PipelineEvent { hdr: header(kind::PIPELINE, func, &at), ret: ret.unwrap_or(0), returned: ret.is_some() as u32 };
+        bytes_of(&p).to_vec()
+    }
+
     pub fn server(at: Origin, site: u32, args: [u64; USDT_MAX_ARGS], text: Option<&str>) -> Vec<u8> {
         let mut b = bytes_of(&header(kind::SERVER, site, &at)).to_vec();
         for a in args {
@@ -333,6 +350,10 @@ mod tests {
             Event::Conn { at: AT, backend_pid: 4242, db: "postgres".into(), host: "/var/run/postgresql".into(), port: "5432".into() }
         );
         assert_eq!(decode(&encode::finish(AT)).unwrap(), Event::Finish { at: AT });
+        let enter = encode::pipeline(AT, func::PQENTER_PIPELINE_MODE, Some(1));
+        assert_eq!(decode(&enter).unwrap(), Event::Pipeline { at: AT, func: func::PQENTER_PIPELINE_MODE, ret: Some(1) });
+        let sync = encode::pipeline(AT, func::PQPIPELINE_SYNC, None);
+        assert_eq!(decode(&sync).unwrap(), Event::Pipeline { at: AT, func: func::PQPIPELINE_SYNC, ret: None });
     }
 
     #[test]

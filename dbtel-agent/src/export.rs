@@ -439,6 +439,9 @@ pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Describe
     }
     let mut error = None;
     match q.end {
+        // It did not run: no rows, and no error of its own (the statement
+        // that failed before it in its pipeline carries that).
+        End::Completed if q.skipped => a.push(KeyValue::new("dbtel.query.skipped", true)),
         End::Completed => {
             if q.failed {
                 let code = q.sqlstate.clone().unwrap_or_else(|| "_OTHER".into());
@@ -465,6 +468,7 @@ pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Describe
             let why = match other {
                 End::ConnectionClosed => "connection_closed",
                 End::ProcessExited => "process_exited",
+                End::Refused => "refused",
                 _ => "superseded",
             };
             a.push(KeyValue::new("error.type", format!("dbtel.{why}")));
@@ -512,6 +516,7 @@ mod tests {
             cmd_status: Some("SELECT 1".into()),
             sqlstate: None,
             failed: false,
+            skipped: false,
             conn_info: Some(Arc::new(ConnInfo {
                 backend_pid: 99,
                 db: "shop".into(),

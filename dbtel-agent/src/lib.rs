@@ -16,6 +16,7 @@ pub mod host;
 pub mod hostwide;
 pub mod http;
 pub mod layout;
+pub mod mysql;
 pub mod otlp;
 pub mod placement;
 pub mod reconstruct;
@@ -29,6 +30,7 @@ pub mod shape;
 pub mod sql;
 pub mod txn;
 pub mod usdt;
+pub mod x86;
 
 /// The maps looked up for every event: std's HashMap with foldhash, seeded
 /// per map (query texts come from traced programs, so not a fixed hash).

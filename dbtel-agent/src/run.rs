@@ -175,7 +175,8 @@ impl Agent {
         }
         let fast = t.result_points.is_ok();
         for (function, p) in &t.placements {
-            if fast && *function == "PQgetResult" {
+            // Entering and leaving pipeline mode: once per pipeline, whatever the probe costs.
+            if (fast && *function == "PQgetResult") || matches!(*function, "PQenterPipelineMode" | "PQexitPipelineMode") {
                 continue;
             }
             if !p.emulated {

@@ -6,12 +6,17 @@ use std::sync::Arc;
 
 use opentelemetry::KeyValue;
 use sqlparser::{
-    dialect::{Dialect, PostgreSqlDialect},
+    dialect::Dialect as Lex,
     keywords::Keyword,
     tokenizer::{Token, Tokenizer, Whitespace},
 };
 
 use crate::span::shared;
+
+mod dialect;
+mod mysql;
+
+pub use dialect::Dialect;
 
 /// What the agent exports about one query text.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -79,6 +84,7 @@ impl From<bool> for Text {
 /// tokenizing each execution anew would dominate the agent's CPU.
 pub struct FactsCache {
     text: Text,
+    dialect: Dialect,
     /// By exact text, and by shape: apart, so that a text can never be
     /// mistaken for another text's shape.
     map: crate::FastMap<String, Arc<QueryFacts>>,
@@ -91,7 +97,12 @@ pub struct FactsCache {
 
 impl FactsCache {
     pub fn new(text: impl Into<Text>, capacity: usize) -> Self {
-        FactsCache { text: text.into(), map: Default::default(), shapes: Default::default(), plain: Default::default(), capacity }
+        Self::with_dialect(text, capacity, Dialect::PostgreSql)
+    }
+
+    pub fn with_dialect(text: impl Into<Text>, capacity: usize, dialect: Dialect) -> Self {
+        let (map, shapes, plain) = Default::default();
+        FactsCache { text: text.into(), dialect, map, shapes, plain, capacity }
     }
 
     pub fn get(&mut self, sql: &str) -> Arc<QueryFacts> {
@@ -100,12 +111,13 @@ impl FactsCache {
         if let Some(f) = self.plain.get(sql) {
             return f.clone();
         }
-        let shaped = if self.text != Text::Raw { crate::shape::shape(sql) } else { None };
+        // Shapes are PostgreSQL's lexis: other dialects cache by exact text.
+        let shaped = if self.text != Text::Raw && self.dialect == Dialect::PostgreSql { crate::shape::shape(sql) } else { None };
         if shaped.as_deref() == Some(sql) {
             if self.plain.len() >= self.capacity {
                 self.plain.clear();
             }
-            let f = self.shapes.get(sql).cloned().unwrap_or_else(|| Arc::new(facts(sql, self.text)));
+            let f = self.shapes.get(sql).cloned().unwrap_or_else(|| Arc::new(facts_in(self.dialect, sql, self.text)));
             self.plain.insert(sql.to_string(), f.clone());
             return f;
         }
@@ -120,7 +132,7 @@ impl FactsCache {
         if map.len() >= self.capacity {
             map.clear();
         }
-        let f = Arc::new(facts(sql, self.text));
+        let f = Arc::new(facts_in(self.dialect, sql, self.text));
         map.insert(key.to_string(), f.clone());
         f
     }
@@ -129,20 +141,23 @@ impl FactsCache {
 /// OpenTelemetry caps db.query.summary at 255 characters.
 const SUMMARY_MAX: usize = 255;
 
+/// The facts of a PostgreSQL text.
 pub fn facts(sql: &str, text: impl Into<Text>) -> QueryFacts {
-    facts_with(&PostgreSqlDialect {}, sql, text.into())
+    facts_in(Dialect::PostgreSql, sql, text)
 }
 
-pub fn facts_with(dialect: &dyn Dialect, sql: &str, policy: Text) -> QueryFacts {
+pub fn facts_in(dialect: Dialect, sql: &str, text: impl Into<Text>) -> QueryFacts {
+    let policy = text.into();
     let obfuscate = policy != Text::Raw;
     let comments = policy != Text::Obfuscated;
+    let (quotes, lexer) = (dialect.quotes(), dialect.lexer());
     // Facts of tokenized text; `raw` is what to export when not obfuscating.
     let from = |lexed: &Lexed, raw: &str| {
-        let (operation, collection, summary) = describe(&lexed.tokens);
-        let text = if obfuscate { render_obfuscated(lexed, comments) } else { raw.to_string() };
+        let (operation, collection, summary) = describe(&lexed.tokens, dialect);
+        let text = if obfuscate { render_obfuscated(lexed, comments, dialect) } else { raw.to_string() };
         QueryFacts { text, operation, collection, summary, attrs: Vec::new() }
     };
-    let f = match tokenize(dialect, sql) {
+    let f = match tokenize(lexer, sql) {
         Ok(tokens) => from(&tokens, sql),
         // Text that does not tokenize (most often: cut inside a literal by the
         // length limit). Describe and obfuscate the part that does; nothing after
@@ -152,13 +167,21 @@ pub fn facts_with(dialect: &dyn Dialect, sql: &str, policy: Text) -> QueryFacts 
             // (its literals replaced). Any other failure fails closed: a tokenizer
             // that misread a quote (as sqlparser 0.59 did after `?`) may have turned
             // literal contents into words, so nothing from the first quote on is kept.
-            let open_quote = sql[cut..].trim_start_matches(|c: char| c.is_ascii_alphabetic() || c == '&').starts_with('\'');
-            let cut = if obfuscate && !(open_quote && cut_open(dialect, sql, cut)) { sql[..cut].find(['\'', '$']).unwrap_or(cut) } else { cut };
+            // (MySQL: `"` opens strings too, and `_utf8mb4'..'` introduces one.)
+            let mysql = dialect == Dialect::MySql;
+            let quote = sql[cut..].trim_start_matches(|c: char| c.is_ascii_alphabetic() || c == '&' || (mysql && c == '_')).chars().next();
+            let open_quote = quote.filter(|q| *q == '\'' || (*q == '"' && mysql));
+            let cut = if obfuscate && !open_quote.is_some_and(|q| cut_open(lexer, sql, cut, q)) {
+                sql[..cut].find(quotes).unwrap_or(cut)
+            } else {
+                cut
+            };
+            let open_quote = open_quote.is_some();
             // The head that tokenizes (a failure may leave part of an operator behind).
-            let mut head = tokenize(dialect, &sql[..cut]);
+            let mut head = tokenize(lexer, &sql[..cut]);
             for _ in 0..4 {
                 match head {
-                    Err(at) if at > 0 => head = tokenize(dialect, &sql[..at]),
+                    Err(at) if at > 0 => head = tokenize(lexer, &sql[..at]),
                     _ => break,
                 }
             }
@@ -166,7 +189,8 @@ pub fn facts_with(dialect: &dyn Dialect, sql: &str, policy: Text) -> QueryFacts 
             if obfuscate {
                 // Syntax sqlparser does not know (`|>`): the plain scanner, where it
                 // is sure of every literal; else nothing after the cut.
-                match crate::shape::obfuscated(sql, comments).filter(|_| !open_quote) {
+                let plain = (dialect == Dialect::PostgreSql).then(|| crate::shape::obfuscated(sql, comments)).flatten();
+                match plain.filter(|_| !open_quote) {
                     Some(t) => f.text = t,
                     None => f.text.push('?'),
                 }
@@ -189,7 +213,7 @@ struct Lexed {
 }
 
 /// Tokens, or the byte offset where tokenizing failed.
-fn tokenize(dialect: &dyn Dialect, sql: &str) -> Result<Lexed, usize> {
+fn tokenize(dialect: &dyn Lex, sql: &str) -> Result<Lexed, usize> {
     let run = |sql: &str| match Tokenizer::new(dialect, sql).with_unescape(false).tokenize_with_location() {
         Ok(t) => {
             let starts = byte_offsets(sql, t.iter().map(|t| (t.span.start.line as usize, t.span.start.column as usize)));
@@ -219,10 +243,10 @@ fn tokenize(dialect: &dyn Dialect, sql: &str) -> Result<Lexed, usize> {
     }
 }
 
-/// True if `sql` fails to tokenize only because a quoted string starting at
-/// `at` never closes (the text was cut inside it).
-fn cut_open(dialect: &dyn Dialect, sql: &str, at: usize) -> bool {
-    let tail = format!("{}'", &sql[at..]);
+/// True if `sql` fails to tokenize only because a string quoted with `quote`
+/// starting at `at` never closes (the text was cut inside it).
+fn cut_open(dialect: &dyn Lex, sql: &str, at: usize, quote: char) -> bool {
+    let tail = format!("{}{quote}", &sql[at..]);
     // Closing it must make the whole tail one literal, and the head tokenize alone.
     matches!(Tokenizer::new(dialect, &tail).with_unescape(false).tokenize(), Ok(t) if t.len() == 1 && is_literal(&t[0]))
         && Tokenizer::new(dialect, &sql[..at]).with_unescape(false).tokenize().is_ok()
@@ -294,7 +318,8 @@ fn continues_number(t: &Token) -> bool {
         && b.all(|c| c.is_ascii_hexdigit() || c == b'_')
 }
 
-fn render_obfuscated(lexed: &Lexed, comments: bool) -> String {
+fn render_obfuscated(lexed: &Lexed, comments: bool, dialect: Dialect) -> String {
+    let mysql = dialect == Dialect::MySql;
     let tokens = &lexed.tokens;
     let source = |i: usize| {
         let end = lexed.starts.get(i + 1).copied().unwrap_or(lexed.text.len());
@@ -308,6 +333,11 @@ fn render_obfuscated(lexed: &Lexed, comments: bool) -> String {
         let t = &tokens[i];
         if matches!(t, Token::Minus) && !prev_is_value && tokens.get(i + 1).is_some_and(|n| matches!(n, Token::Number(..))) {
             // `-5` is one literal: `?`, so `+ 5` and `+ -5` obfuscate alike.
+            i += 1;
+            continue;
+        }
+        if let Some(value) = mysql.then(|| mysql::render(t, tokens.get(i + 1), source(i), comments, &mut out)).flatten() {
+            prev_is_value |= value;
             i += 1;
             continue;
         }
@@ -494,7 +524,8 @@ fn is_statement_keyword(k: Keyword) -> bool {
 }
 
 /// (operation, collection, summary) from the significant tokens.
-fn describe(tokens: &[Token]) -> (Option<String>, Option<String>, Option<String>) {
+fn describe(tokens: &[Token], dialect: Dialect) -> (Option<String>, Option<String>, Option<String>) {
+    let mysql = dialect == Dialect::MySql;
     // `(SELECT …) UNION (SELECT …)`: named by its first operation.
     let toks: Vec<&Token> =
         tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).skip_while(|t| matches!(t, Token::LParen)).collect();
@@ -538,17 +569,27 @@ fn describe(tokens: &[Token]) -> (Option<String>, Option<String>, Option<String>
             Keyword::UPDATE => !clause,
             Keyword::TABLE => true,
             Keyword::TRUNCATE => kw(i + 1) != Keyword::TABLE,
+            // MySQL's `INSERT [IGNORE] t`, `REPLACE t`: INTO is optional.
+            Keyword::INSERT | Keyword::REPLACE if mysql && i == 0 => {
+                let mut j = i + 1;
+                while mysql::is_modifier(kw(j)) {
+                    j += 1;
+                }
+                kw(j) != Keyword::INTO
+            }
             _ => false,
         };
         i += 1;
         if table_follows {
             // A comma-separated list of table references (FROM a, b).
             loop {
-                while matches!(kw(i), Keyword::ONLY | Keyword::LATERAL | Keyword::IF | Keyword::NOT | Keyword::EXISTS) {
+                while matches!(kw(i), Keyword::ONLY | Keyword::LATERAL | Keyword::IF | Keyword::NOT | Keyword::EXISTS)
+                    || (mysql && mysql::is_modifier(kw(i)))
+                {
                     i += 1;
                 }
                 // COPY … FROM STDIN: the client, not a table.
-                if matches!(kw(i), Keyword::STDIN | Keyword::STDOUT) {
+                if matches!(kw(i), Keyword::STDIN | Keyword::STDOUT) || (mysql && mysql::not_a_table(toks.get(i).copied())) {
                     break;
                 }
                 let Some((name, next)) = qualified_name(&toks, i) else { break };

@@ -230,6 +230,10 @@ pub type Key = (u32, u64);
 
 struct Open {
     ids: Ids,
+    /// The statement ending it (COMMIT, ROLLBACK, PREPARE TRANSACTION) was
+    /// sent: statements sent after it are not its own (libpq's pipeline mode
+    /// sends them before that one's result is read).
+    closing: bool,
     start_ns: u64,
     statements: u32,
     /// Ever aborted / aborted now (ROLLBACK TO SAVEPOINT leaves the aborted state).
@@ -246,9 +250,28 @@ struct Open {
 
 #[derive(Default)]
 struct Conn {
-    open: Option<Open>,
+    /// Blocks in flight, in the order they began: one, unless a pipeline
+    /// has sent the next BEGIN before the last block's COMMIT was answered.
+    open: Vec<Open>,
     /// retry_count the next transaction gets.
     next_retry: u32,
+}
+
+impl Conn {
+    /// The block a statement sent now joins.
+    fn joinable(&mut self) -> Option<&mut Open> {
+        self.open.last_mut().filter(|o| !o.closing)
+    }
+
+    /// The block a statement with these ids was sent into.
+    fn of(&self, ids: &Ids) -> Option<usize> {
+        self.open.iter().position(|o| o.ids.trace_id == ids.trace_id && o.ids.span_id == ids.parent_span_id)
+    }
+}
+
+/// Whether a statement ends its block (when it runs: see [`Tracker::query_skipped`]).
+fn ends_block(verb: &Verb) -> bool {
+    matches!(verb, Verb::Commit | Verb::Rollback | Verb::PrepareTransaction)
 }
 
 #[derive(Default)]
@@ -261,17 +284,26 @@ impl Tracker {
         Self::default()
     }
 
-    /// The open transaction on a connection.
+    /// The open transaction on a connection (the latest, in a pipeline).
     pub fn current(&self, key: Key) -> Option<Ids> {
-        self.conns.get(&key)?.open.as_ref().map(|o| o.ids)
+        self.conns.get(&key)?.open.last().map(|o| o.ids)
     }
 
-    /// A statement begins: returns the ids its span carries.
+    /// The transaction a statement with these ids belongs to.
+    pub fn of(&self, key: Key, ids: &Ids) -> Option<Ids> {
+        let conn = self.conns.get(&key)?;
+        conn.of(ids).map(|i| conn.open[i].ids)
+    }
+
+    /// A statement is sent: returns the ids its span carries. Its block is
+    /// the one open as of the statements sent before it, whether or not
+    /// their results have been read.
     pub fn query_started(&mut self, key: Key, verb: &Verb, start_ns: u64, gen: &mut IdGen) -> Ids {
         let conn = self.conns.entry(key).or_default();
-        if conn.open.is_none() && *verb == Verb::Begin {
-            conn.open = Some(Open {
+        if conn.joinable().is_none() && *verb == Verb::Begin {
+            conn.open.push(Open {
                 ids: gen.root(),
+                closing: false,
                 start_ns,
                 statements: 0,
                 aborted: false,
@@ -284,7 +316,7 @@ impl Tracker {
                 events: vec![Event { name: "transaction.started", ts_ns: start_ns, attributes: vec![] }],
             });
         }
-        let Some(o) = conn.open.as_mut() else {
+        let Some(o) = conn.joinable() else {
             return gen.root(); // autocommit, or inside a transaction begun before we attached
         };
         if o.in_flight == 0 {
@@ -292,15 +324,32 @@ impl Tracker {
         }
         o.in_flight += 1;
         o.statements += 1;
+        o.closing = ends_block(verb);
         o.ids.child(gen)
     }
 
-    /// A statement's last result arrived (or it was superseded: then pass
-    /// `Verb::Other`, not failed, so only the in-flight count moves).
+    /// A statement sent with `ids` did not run (a pipeline aborted before
+    /// it): it only stops being in flight, and a block it was to end stays
+    /// open (in a pipeline, the server still waits for its ROLLBACK).
+    pub fn query_skipped(&mut self, key: Key, ids: &Ids, verb: &Verb, end_ns: u64) {
+        let Some(conn) = self.conns.get_mut(&key) else { return };
+        let Some(i) = conn.of(ids) else { return };
+        let o = &mut conn.open[i];
+        o.in_flight = o.in_flight.saturating_sub(1);
+        o.last_end_ns = o.last_end_ns.max(end_ns);
+        if ends_block(verb) {
+            o.closing = false;
+        }
+    }
+
+    /// The last result of the statement sent with `ids` arrived (or it was
+    /// superseded: then pass `Verb::Other`, not failed, so only the in-flight
+    /// count moves).
     #[allow(clippy::too_many_arguments)]
     pub fn query_ended(
         &mut self,
         key: Key,
+        ids: &Ids,
         verb: &Verb,
         end_ns: u64,
         failed: bool,
@@ -309,7 +358,8 @@ impl Tracker {
         out: &mut Vec<TxnSpan>,
     ) {
         let Some(conn) = self.conns.get_mut(&key) else { return };
-        let Some(o) = conn.open.as_mut() else { return };
+        let Some(i) = conn.of(ids) else { return };
+        let o = &mut conn.open[i];
         o.in_flight = o.in_flight.saturating_sub(1);
         o.last_end_ns = o.last_end_ns.max(end_ns);
         let name_attr = |n: &str| vec![KeyValue::new(SAVEPOINT_NAME, n.to_string())];
@@ -365,7 +415,7 @@ impl Tracker {
             Verb::Begin | Verb::Other => None,
         };
         if let Some(outcome) = outcome {
-            let t = finish(key, conn.open.take().expect("open"), end_ns, outcome);
+            let t = finish(key, conn.open.remove(i), end_ns, outcome);
             conn.next_retry = match outcome {
                 Outcome::RolledBack if retryable(t.sqlstate.as_deref()) => t.retry_count + 1,
                 _ => 0,
@@ -376,7 +426,7 @@ impl Tracker {
 
     /// PQfinish: an open transaction ends incomplete (the server rolls it back).
     pub fn conn_closed(&mut self, key: Key, ts_ns: u64, out: &mut Vec<TxnSpan>) {
-        if let Some(Conn { open: Some(o), .. }) = self.conns.remove(&key) {
+        for o in self.conns.remove(&key).map(|c| c.open).unwrap_or_default() {
             out.push(finish(key, o, ts_ns, Outcome::Incomplete));
         }
     }

@@ -58,9 +58,10 @@ impl Drive {
     fn stmt(&mut self, text: &str, gap: u64, err: Option<&str>, tag: Option<&str>) -> &mut Self {
         self.now += gap;
         let v = verb(text);
-        self.ids.push(self.t.query_started(K, &v, self.now, &mut self.gen));
+        let ids = self.t.query_started(K, &v, self.now, &mut self.gen);
+        self.ids.push(ids);
         self.now += 1_000_000;
-        self.t.query_ended(K, &v, self.now, err.is_some(), err, tag, &mut self.out);
+        self.t.query_ended(K, &ids, &v, self.now, err.is_some(), err, tag, &mut self.out);
         self
     }
     fn ok(&mut self, text: &str) -> &mut Self {
@@ -247,13 +248,69 @@ fn pipelined_statements_are_not_idle_and_nested_begin_stays_inside() {
     let mut out = vec![];
     let b = t.query_started(K, &Verb::Begin, 10, &mut g);
     let q1 = t.query_started(K, &Verb::Other, 20, &mut g); // sent before BEGIN's result
-    t.query_ended(K, &Verb::Begin, 30, false, None, Some("BEGIN"), &mut out);
+    t.query_ended(K, &b, &Verb::Begin, 30, false, None, Some("BEGIN"), &mut out);
     let again = t.query_started(K, &Verb::Begin, 35, &mut g); // WARNING: already in a transaction
-    t.query_ended(K, &Verb::Other, 40, false, None, None, &mut out);
-    t.query_ended(K, &Verb::Begin, 45, false, None, Some("BEGIN"), &mut out);
-    t.query_started(K, &Verb::Commit, 50, &mut g);
-    t.query_ended(K, &Verb::Commit, 60, false, None, Some("COMMIT"), &mut out);
+    t.query_ended(K, &q1, &Verb::Other, 40, false, None, None, &mut out);
+    t.query_ended(K, &again, &Verb::Begin, 45, false, None, Some("BEGIN"), &mut out);
+    let c = t.query_started(K, &Verb::Commit, 50, &mut g);
+    t.query_ended(K, &c, &Verb::Commit, 60, false, None, Some("COMMIT"), &mut out);
     assert_eq!(out[0].idle_ns, 5, "only the gap 45→50 had nothing in flight");
     assert!([b, q1, again].iter().all(|i| i.parent_span_id == out[0].ids.span_id));
     assert_eq!(out[0].statements, 4);
+}
+
+/// libpq's pipeline mode: whole blocks are sent before any result is read.
+#[test]
+fn blocks_sent_ahead_of_their_results_keep_their_own_statements() {
+    let mut t = Tracker::new();
+    let mut g = IdGen::seeded(4);
+    let mut out = vec![];
+    let texts = ["BEGIN", "update 1", "COMMIT", "select 0", "BEGIN", "update 2", "END"];
+    let ids: Vec<(Ids, Verb)> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let v = verb(text);
+            (t.query_started(K, &v, 10 + i as u64, &mut g), v)
+        })
+        .collect();
+    let latest = t.current(K).expect("open until its END is answered");
+    let after = t.query_started(K, &Verb::Other, 20, &mut g);
+    assert_eq!(after.parent_span_id, 0, "its END is sent: nothing sent later joins it");
+    for (i, (id, v)) in ids.iter().enumerate() {
+        let tag = if *v == Verb::Commit { Some("COMMIT") } else { None };
+        t.query_ended(K, id, v, 100 + i as u64, false, None, tag, &mut out);
+    }
+    assert_eq!(out.len(), 2);
+    let parents: Vec<u64> = ids.iter().map(|(i, _)| i.parent_span_id).collect();
+    let (a, b) = (out[0].ids.span_id, out[1].ids.span_id);
+    assert_eq!(parents, [a, a, a, 0, b, b, b]);
+    assert_eq!(latest, out[1].ids);
+    assert_eq!((out[0].statements, out[1].statements), (3, 3));
+    assert_eq!((out[0].outcome, out[1].outcome), (Outcome::Committed, Outcome::Committed));
+    assert_eq!((out[0].end_ns, out[1].end_ns), (102, 106));
+    assert_eq!(t.of(K, &ids[1].0), None, "ended");
+}
+
+/// A pipeline aborted by an error: the statements after it, COMMIT
+/// included, did not run; the block stays open for the ROLLBACK that follows.
+#[test]
+fn a_skipped_commit_leaves_the_block_to_the_rollback() {
+    let mut t = Tracker::new();
+    let mut g = IdGen::seeded(5);
+    let mut out = vec![];
+    let begin = t.query_started(K, &Verb::Begin, 10, &mut g);
+    let bad = t.query_started(K, &Verb::Other, 11, &mut g);
+    let commit = t.query_started(K, &Verb::Commit, 12, &mut g);
+    let txn = t.of(K, &begin).unwrap();
+    assert_eq!(t.of(K, &commit), Some(txn));
+    t.query_ended(K, &begin, &Verb::Begin, 20, false, None, Some("BEGIN"), &mut out);
+    t.query_ended(K, &bad, &Verb::Other, 21, true, Some("23505"), None, &mut out);
+    t.query_skipped(K, &commit, &Verb::Commit, 22);
+    assert!(out.is_empty());
+    assert_eq!(t.current(K), Some(txn));
+    let rollback = t.query_started(K, &Verb::Rollback, 30, &mut g);
+    assert_eq!(rollback.parent_span_id, txn.span_id);
+    t.query_ended(K, &rollback, &Verb::Rollback, 31, false, None, Some("ROLLBACK"), &mut out);
+    assert_eq!((out[0].outcome, out[0].aborted, out[0].sqlstate.as_deref(), out[0].statements), (Outcome::RolledBack, true, Some("23505"), 4));
 }

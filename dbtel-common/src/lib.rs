@@ -35,7 +35,9 @@ pub mod kind {
     pub const EXEC: u32 = 7;
     /// Host-wide tracing: a client process that hit a probe exited ([`super::Header`] only).
     pub const CLIENT_EXIT: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// A libpq pipeline-mode call ([`super::PipelineEvent`]); `Header::func` says which.
+    pub const PIPELINE: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// libpq functions, carried in the attach cookie and in [`Header::func`].
@@ -52,6 +54,13 @@ pub mod func {
     pub const PQFINISH: u32 = 10;
     /// A result seen inside PQgetResult (no NULL results are seen then).
     pub const PQGET_RESULT_POINT: u32 = 11;
+    /// Pipeline mode (libpq 14+; PQsendPipelineSync 17+): probed where present.
+    /// Entering and leaving are reported at return, with the call's result.
+    pub const PQENTER_PIPELINE_MODE: u32 = 12;
+    pub const PQEXIT_PIPELINE_MODE: u32 = 13;
+    /// A sync point queued (at entry: it fails only on a broken connection).
+    pub const PQPIPELINE_SYNC: u32 = 14;
+    pub const PQSEND_PIPELINE_SYNC: u32 = 15;
 }
 
 /// Attach cookie layout: which arguments hold the text and the statement name,
@@ -182,6 +191,16 @@ pub struct ResultEvent {
     pub cmd_status: [u8; CMD_STATUS_CAP],
     /// SQLSTATE (5 chars) when the result carries one.
     pub sqlstate: [u8; 8],
+}
+
+/// A pipeline-mode call ([`kind::PIPELINE`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PipelineEvent {
+    pub hdr: Header,
+    /// The call's return value, when `returned` is non-zero (reported at return).
+    pub ret: i32,
+    pub returned: u32,
 }
 
 #[repr(C)]
@@ -354,6 +373,7 @@ const _: () = assert!(core::mem::size_of::<ResultEvent>() == 32 + 16 + CMD_STATU
 const _: () = assert!(core::mem::size_of::<ArgSpec>() == 24);
 const _: () = assert!(core::mem::size_of::<SiteSpec>() == 16 + 24 * USDT_MAX_ARGS);
 const _: () = assert!(core::mem::size_of::<ServerEvent>() == ServerEvent::TEXT_OFFSET + TEXT_CAP);
+const _: () = assert!(core::mem::size_of::<PipelineEvent>() == 32 + 8);
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 32 + 8 + DB_CAP + HOST_CAP + PORT_CAP);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == ExecEvent::PATH_OFFSET + EXEC_PATH_CAP);
 

@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use dbtel_common::{
     argkind, cookie, counter, func, kind, qflags, verdict, ArgSpec, ConnEvent, ExecEvent, Header, LibpqLayout,
-    QueryEvent, ResultEvent, ServerEvent, SiteSpec, MAX_LAYOUTS, MAX_SITES, NO_INDEX, TEXT_CAP,
+    PipelineEvent, QueryEvent, ResultEvent, ServerEvent, SiteSpec, MAX_LAYOUTS, MAX_SITES, NO_INDEX, TEXT_CAP,
     USDT_MAX_ARGS,
 };
 
@@ -336,6 +336,54 @@ fn read_sqlstate(res: u64, l: &LibpqLayout, out: &mut [u8; 8]) {
             return;
         }
         p = read::<u64>(p + l.field_next as u64).unwrap_or(0);
+    }
+}
+
+/// Pipeline-mode calls entered → returned: pid_tgid → PGconn*.
+#[map]
+static PIPELINE_ARGS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// Entry of a pipeline-mode call. Entering and leaving pipeline mode can
+/// fail (the connection is busy, results are uncollected): they are reported
+/// by the return probe, with their result; a sync is reported here.
+#[uprobe]
+pub fn pq_pipeline(ctx: ProbeContext) -> u32 {
+    if !client_selected() {
+        return 0;
+    }
+    let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let conn: u64 = ctx.arg(0).unwrap_or(0);
+    match cookie::func(c) {
+        func::PQENTER_PIPELINE_MODE | func::PQEXIT_PIPELINE_MODE => {
+            let _ = PIPELINE_ARGS.insert(bpf_get_current_pid_tgid(), conn, 0);
+        }
+        f => send_pipeline(f, conn, 0, 0),
+    }
+    0
+}
+
+#[uretprobe]
+pub fn pq_pipeline_ret(ctx: RetProbeContext) -> u32 {
+    if !client_selected() {
+        return 0;
+    }
+    let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(conn) = (unsafe { PIPELINE_ARGS.get(pid_tgid) }).copied() else {
+        bump(counter::RESULT_UNMATCHED);
+        return 0;
+    };
+    let _ = PIPELINE_ARGS.remove(pid_tgid);
+    let ret: u64 = ctx.ret();
+    send_pipeline(cookie::func(c), conn, ret as i32, 1);
+    0
+}
+
+#[inline(always)]
+fn send_pipeline(f: u32, conn: u64, ret: i32, returned: u32) {
+    let ev = PipelineEvent { hdr: header(kind::PIPELINE, f, conn), ret, returned };
+    if EVENTS.output::<PipelineEvent>(ev, wakeup_flags()).is_err() {
+        bump(counter::RINGBUF_FULL);
     }
 }
 

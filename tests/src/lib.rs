@@ -1,12 +1,13 @@
-//! Harness for dbtel's end-to-end tests: a throwaway PostgreSQL cluster, an
-//! OTLP receiver (gRPC and HTTP/protobuf, real protocol), and the real agent
-//! binary. Everything here needs root and the packages `cargo xtask setup`
+//! Harness for dbtel's end-to-end tests: a throwaway PostgreSQL cluster or
+//! MariaDB server, an OTLP receiver (gRPC and HTTP/protobuf, real protocol),
+//! and the real agent binary. Everything here needs root and the packages `cargo xtask setup`
 //! installs; a missing piece fails loudly, it never skips.
 
 pub mod agent;
 pub mod drivers;
 pub mod fake;
 pub mod http;
+pub mod mariadb;
 pub mod otlp;
 pub mod pg;
 pub mod sqltext;
@@ -15,6 +16,7 @@ pub mod py;
 pub use agent::{agent_binary, run_agent, run_agent_env, run_agent_wrapped, Agent, AgentRun};
 pub use fake::FakeLibpq;
 pub use http::http_get;
+pub use mariadb::{GeneralLog, MariaDb};
 pub use otlp::{Receiver, Span};
 pub use pg::{Cluster, Logged};
 pub use sqltext::expected_text;

@@ -183,6 +183,25 @@ impl Cluster {
             .collect()
     }
 
+    /// Statements the server logged in either protocol, in order: (backend
+    /// PID, text, detail). An extended-protocol one is logged at its Execute
+    /// (`execute <unnamed>: …`, `execute S_1: …`), its detail naming its
+    /// parameters (`parameters: $1 = '3'`); a statement the server skipped
+    /// (a pipeline aborted before it) is not logged.
+    pub fn logged_queries(&self) -> Vec<(u32, String, String)> {
+        let path = self.dir.path().join("data/csvlog/pg.csv");
+        let mut rd = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_path(&path).unwrap();
+        rd.records()
+            .map(|r| r.unwrap())
+            // Columns: 3 process_id, 13 message, 14 detail.
+            .filter_map(|r| {
+                let m = r.get(13)?;
+                let text = m.strip_prefix("statement: ").or_else(|| m.strip_prefix("execute ")?.split_once(": ").map(|(_, t)| t))?;
+                Some((r.get(3)?.parse().ok()?, text.to_string(), r.get(14).unwrap_or("").to_string()))
+            })
+            .collect()
+    }
+
     /// Statements the server logged (`log_statement=all`), in order, each with
     /// the SQLSTATE of the ERROR its backend logged before its next statement.
     pub fn logged_outcomes(&self) -> Vec<Logged> {

@@ -1,8 +1,9 @@
 //! Project tasks: `cargo xtask setup | demo | test`.
 //!
 //! setup installs, idempotently, everything a fresh machine lacks: Debian's
-//! LLVM 22 (for bpf-linker), PostgreSQL 15 and libpq headers, the nightly
-//! rust-src component, bpf-linker 0.13.0 and psycopg2.
+//! LLVM 22 (for bpf-linker), PostgreSQL 15 and libpq headers, MariaDB 10.11
+//! server, client and headers (its service not started), sysbench, the nightly
+//! rust-src component, bpf-linker 0.13.0, psycopg2 and the driver matrix.
 
 use std::{
     io::Write,
@@ -87,11 +88,25 @@ const APT_PACKAGES: &[&str] = &[
     "libpostgresql-jdbc-java",
     "default-jre-headless",
     "python3-venv",
+    // MySQL/MariaDB: tests start their own servers (mariadb-install-db into a temp dir),
+    // clients are the mariadb CLI, C programs on libmariadb, MySQLdb and sysbench.
+    // mysqlclient builds from source: pkg-config finds libmariadb, python3-dev has Python.h.
+    "mariadb-server",
+    "mariadb-client",
+    "libmariadb-dev",
+    "sysbench",
+    "pkg-config",
+    "python3-dev",
 ];
+/// Installed with its service kept from starting (and disabled afterwards):
+/// the tests start throwaway servers of their own.
+const MARIADB_SERVER: &str = "mariadb-server";
 const BPF_LINKER: &str = "0.13.0";
 const PSYCOPG2: &str = "2.9.10";
 /// Drivers as users install them, pinned: the wheels bring their own libpq.
-const PY_DRIVERS: &[&str] = &["psycopg[binary]==3.3.9", "psycopg2-binary==2.9.13", "asyncpg==0.32.0"];
+/// mysqlclient (MySQLdb) has no Linux wheel: built against libmariadb-dev. PyMySQL is pure Python.
+const PY_DRIVERS: &[&str] =
+    &["psycopg[binary]==3.3.9", "psycopg2-binary==2.9.13", "asyncpg==0.32.0", "mysqlclient==2.3.2", "PyMySQL==1.2.4"];
 const NODE_DRIVERS: &[&str] = &["pg@8.23.1"];
 
 fn main() -> Result<()> {
@@ -149,10 +164,16 @@ fn setup() -> Result<()> {
         .collect();
     if !missing.is_empty() {
         run(Command::new("apt-get").arg("update").arg("-q"))?;
+        let server = missing.contains(&MARIADB_SERVER);
+        let _no_start = if server { NoServiceStart::new()? } else { None };
         run(Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        if server {
+            // Not started at boot either (offline `systemctl disable` works without systemd running).
+            let _ = succeeds(Command::new("systemctl").args(["disable", "mariadb"]));
+        }
     }
     if !output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"])).contains("rust-src") {
         run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
@@ -175,6 +196,31 @@ fn setup() -> Result<()> {
     drivers()?;
     eprintln!("xtask: setup complete");
     Ok(())
+}
+
+/// A policy-rc.d denying service starts while it lives (invoke-rc.d and
+/// deb-systemd-invoke obey it), unless the machine has one already (containers
+/// do): the mariadb-server package would otherwise start a system mariadbd.
+struct NoServiceStart;
+
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+impl NoServiceStart {
+    fn new() -> Result<Option<Self>> {
+        use std::os::unix::fs::PermissionsExt;
+        if std::path::Path::new(POLICY_RC_D).exists() {
+            return Ok(None);
+        }
+        std::fs::write(POLICY_RC_D, "#!/bin/sh\n# written by cargo xtask setup while it installs mariadb-server\nexit 101\n")?;
+        std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))?;
+        Ok(Some(Self))
+    }
+}
+
+impl Drop for NoServiceStart {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(POLICY_RC_D);
+    }
 }
 
 /// The driver matrix, in `.drivers/` (see dbtel_tests::drivers): a venv per
