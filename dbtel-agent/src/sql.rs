@@ -477,7 +477,7 @@ pub enum CopyDirection {
 
 /// The direction of a COPY statement: its first FROM or TO outside parentheses.
 pub fn copy_direction(sql: &str) -> Option<CopyDirection> {
-    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).with_unescape(false).tokenize().ok()?;
+    let tokens = Tokenizer::new(Dialect::PostgreSql.lexer(), sql).with_unescape(false).tokenize().ok()?;
     let mut words = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_)));
     if !matches!(words.next(), Some(Token::Word(w)) if w.keyword == Keyword::COPY) {
         return None;
