@@ -274,6 +274,8 @@ struct Backend {
     /// The query is a text of several statements that could not be split:
     /// each completion extends it.
     whole: bool,
+    /// The last statement closed had failed.
+    last_failed: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -403,6 +405,26 @@ impl Tracker {
     /// The lock wait a backend is in, if any.
     pub fn open_wait(&self, pid: u32) -> Option<Ids> {
         self.backends.get(&pid)?.waits.last().map(|w| w.ids)
+    }
+
+    /// Whether this hit begins a statement (before it is handed to
+    /// [`Self::on_hit`]), and if so whether the statement before it failed
+    /// (the server then skipped the rest of a pipeline up to its Sync): the
+    /// client side names the query the server runs by that order.
+    pub fn begins_statement(&self, hit: &ServerHit) -> Option<bool> {
+        let b = self.backends.get(&hit.at.pid);
+        let running = b.and_then(|b| b.query.as_ref().map(|q| (b, q)));
+        let begins = match (hit.site, &hit.text) {
+            (site::STATEMENT_STATUS, Some(text)) => !running.is_some_and(|(b, q)| !b.completed && &q.text == text),
+            // The next statement of a simple-protocol text of several.
+            (site::COMMAND_DONE, _) => running.is_some_and(|(b, _)| !b.completed && !b.rest.is_empty()),
+            _ => false,
+        };
+        let failed = match running {
+            Some((b, q)) => q.error.is_some() || (self.errors_by_level && b.error.is_some()),
+            None => b.is_some_and(|b| b.last_failed),
+        };
+        begins.then_some(failed)
     }
 
     /// Text of the query a backend is running, if known.
@@ -730,6 +752,7 @@ impl Tracker {
             q.error = error;
         }
         let failed = q.error.is_some();
+        b.last_failed = failed;
         if self.ended.len() == ENDED_MEMORY {
             self.ended.pop_front();
         }

@@ -426,3 +426,28 @@ fn a_completion_without_a_statement_is_counted_and_an_exit_keeps_a_completed_one
     assert!(matches!(&out[0], ServerSpan::Query(q) if q.incomplete.is_none() && q.rows == Some(0)), "{out:?}");
     assert!(matches!(&out[1], ServerSpan::Txn(t) if t.outcome == TxnOutcome::Committed));
 }
+
+#[test]
+fn a_statement_beginning_is_told_before_it_is_handled() {
+    let mut r = completing();
+    let hit = |site: u32, text: Option<&str>| ServerHit {
+        at: Origin { pid: PID, tid: PID, ts_ns: 0, conn: PM as u64 },
+        site,
+        args: [0; 6],
+        text: text.map(str::to_string),
+        truncated: false,
+    };
+    let status = |t: &str| hit(site::STATEMENT_STATUS, Some(t));
+    assert_eq!(r.t.begins_statement(&status("select 1")), Some(false), "a backend not seen yet");
+    r.stmt("select 1");
+    assert_eq!(r.t.begins_statement(&status("select 1")), None, "its Bind or Execute");
+    assert_eq!(r.t.begins_statement(&hit(site::COMMAND_DONE, None)), None);
+    r.done(1);
+    assert_eq!(r.t.begins_statement(&status("select 1")), Some(false), "executed again");
+    r.stmt("insert into t values (1)").fail("23505", "duplicate key").at(site::TRANSACTION_ABORT);
+    assert_eq!(r.t.begins_statement(&hit(site::STATEMENT_STATUS, None)), None, "idle begins nothing");
+    r.idle();
+    assert_eq!(r.t.begins_statement(&status("select 2")), Some(true), "after a failure: the server skipped to the Sync");
+    r.stmt("select 2; select 3");
+    assert_eq!(r.t.begins_statement(&hit(site::COMMAND_DONE, None)), Some(false), "the text's next statement");
+}

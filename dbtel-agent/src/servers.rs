@@ -248,6 +248,10 @@ impl ServerSide {
         if hit.site == dbtel_common::site::STATEMENT_STATUS && hit.text.is_some() {
             self.look_up(hit.at.conn as u32, hit.at.pid);
         }
+        // The client's query this statement is (a pipeline sends several ahead).
+        if let Some(after_error) = self.tracker.begins_statement(hit) {
+            recon.server_began(self.pids.ns(hit.at.pid), after_error);
+        }
         let pids = &self.pids;
         let client = |pid: u32| recon.client_context(pids.ns(pid)).map(|c| ClientIds { query: c.query, txn: c.txn });
         self.tracker.on_hit(hit, &client, &mut self.spans, &mut self.notices);
