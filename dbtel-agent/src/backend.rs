@@ -5,14 +5,19 @@
 //! Queries come from statement__status (pgstat_report_activity): a text means
 //! "running this", NULL means "idle" — the same for the simple and the
 //! extended protocol (Parse, Bind and Execute each report the same text).
+//! Where EndCommand is probed, a statement ends there, with its row count:
+//! statements sent without a Sync between them (no idle report) are each a
+//! span, and so is each statement of a simple-protocol text of several.
 //! A wait that ends in an error gets no lock__wait__done: the error report
 //! (errcode/errmsg, deadlock__found) and transaction__abort close it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use dbtel_common::site;
 
+pub use crate::blocks::TxnOutcome;
 use crate::{
+    blocks::BlockEffect,
     events::{Origin, ServerHit},
     server::unpack_sqlstate,
     span::{Event, IdGen, Ids},
@@ -165,19 +170,14 @@ pub struct ServerQuery {
     /// `EXECUTE name`: the name and the statement `PREPARE name AS` gave it
     /// (what the span is named and described by; `text` stays as reported).
     pub prepared: Option<(String, String)>,
+    /// What EndCommand counted (QueryCompletion.nprocessed): rows returned,
+    /// changed or copied, as its command tag says. `None`: it did not
+    /// complete, or ran as a whole text of several statements.
+    pub rows: Option<u64>,
     pub error: Option<ErrorReport>,
     /// Cut short: by the backend's exit, or by the agent stopping (not an error).
     pub incomplete: Option<Cut>,
     pub events: Vec<Event>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxnOutcome {
-    Committed,
-    RolledBack,
-    /// PREPARE TRANSACTION: handed to two-phase commit (no probe fires for it).
-    Prepared,
-    Incomplete,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -265,53 +265,17 @@ struct Backend {
     deadlock: bool,
     /// What the running statement does to the transaction block.
     effect: BlockEffect,
-}
-
-/// A statement's effect on the transaction block, from its text.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct BlockEffect {
-    /// It opened the block as it started (BEGIN / START TRANSACTION).
-    opened: bool,
-    /// It ends the open block: COMMIT/END, ROLLBACK/ABORT, PREPARE TRANSACTION.
-    ends: Option<TxnOutcome>,
-    /// A block is open after it (AND CHAIN, or "COMMIT; BEGIN").
-    reopens: bool,
-}
-
-impl BlockEffect {
-    /// `open`: a block is open as the statement starts. A text of several
-    /// statements is taken as a whole; one the scanner cannot split has none.
-    fn of(text: &str, open: bool) -> BlockEffect {
-        if !text.as_bytes().contains(&b';') {
-            return Self::single(text, open);
-        }
-        let Some(stmts) = crate::shape::statements(text) else { return BlockEffect::default() };
-        if let [one] = stmts[..] {
-            return Self::single(one, open);
-        }
-        let (mut e, mut now_open, mut began) = (BlockEffect::default(), open, false);
-        for st in stmts {
-            if starts_block(st) && !now_open {
-                (now_open, began) = (true, true);
-            } else if let Some(end) = block_end(st).filter(|_| now_open) {
-                if !began {
-                    e.ends = Some(end);
-                }
-                let chained = chains(st);
-                (now_open, began) = (chained, chained);
-            }
-        }
-        e.reopens = began && now_open;
-        e
-    }
-
-    fn single(text: &str, open: bool) -> BlockEffect {
-        if !open {
-            return BlockEffect { opened: starts_block(text), ..Default::default() };
-        }
-        let ends = block_end(text);
-        BlockEffect { opened: false, ends, reopens: ends.is_some() && chains(text) }
-    }
+    /// The query ran to its end (EndCommand); it closes at the next text or
+    /// idle report, so that an error in between (a deferred constraint at
+    /// the implicit commit of Sync) is still its own.
+    completed: bool,
+    /// The statements of a simple-protocol text still to run after this one.
+    rest: VecDeque<String>,
+    /// The query is a text of several statements that could not be split:
+    /// each completion extends it.
+    whole: bool,
+    /// The last statement closed had failed.
+    last_failed: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -323,6 +287,12 @@ pub struct Counters {
     pub incomplete: u64,
     /// Parallel workers' copies of their leader's statement, not exported.
     pub worker_echoes: u64,
+    /// Statements reported but neither run to their end nor failed: parsed
+    /// (a prepare) or bound without an Execute, or a portal suspended at a row
+    /// limit (its last Execute is the span). Not exported.
+    pub unexecuted: u64,
+    /// Completions without a statement to end (one begun before the agent attached).
+    pub unmatched_completions: u64,
 }
 
 /// Prepared statements a session made, the fewer the better: bounded by starting over.
@@ -379,37 +349,11 @@ pub struct Tracker {
     /// errstart_cold is probed: only reports it opened are errors (else every
     /// errcode counts, warnings and notices included).
     pub errors_by_level: bool,
+    /// Servers whose EndCommand is probed: their statements end there, one
+    /// span each even without a Sync between them, with a row count. (Else a
+    /// statement ends at the next text or idle report.)
+    completing: HashSet<u32>,
 }
-
-/// BEGIN / START TRANSACTION (comments and case as the client's side reads them).
-fn starts_block(text: &str) -> bool {
-    matches!(crate::txn::verb(text), crate::txn::Verb::Begin)
-}
-
-/// COMMIT / END → committed, ROLLBACK / ABORT → rolled back; not ROLLBACK TO SAVEPOINT.
-fn ends_block(text: &str) -> Option<TxnOutcome> {
-    match crate::txn::verb(text) {
-        crate::txn::Verb::Commit => Some(TxnOutcome::Committed),
-        crate::txn::Verb::Rollback => Some(TxnOutcome::RolledBack),
-        _ => None,
-    }
-}
-
-/// How a statement ends the open block, if it does: PREPARE TRANSACTION
-/// prepares it, COMMIT/END commits, ROLLBACK/ABORT rolls back.
-fn block_end(text: &str) -> Option<TxnOutcome> {
-    match crate::txn::verb(text) {
-        crate::txn::Verb::PrepareTransaction => Some(TxnOutcome::Prepared),
-        _ => ends_block(text),
-    }
-}
-
-/// COMMIT AND CHAIN / ROLLBACK AND CHAIN.
-fn chains(text: &str) -> bool {
-    let upper = text.to_ascii_uppercase();
-    ends_block(text).is_some() && upper.contains("AND CHAIN") && !upper.contains("AND NO CHAIN")
-}
-
 
 /// Closes a backend's open waits: ended by `error` (at its time) or, with
 /// none, at `ts`.
@@ -427,7 +371,19 @@ fn end_waits(b: &mut Backend, error: Option<&ErrorReport>, deadlock: bool, ts: u
 
 impl Tracker {
     pub fn new(gen: IdGen) -> Self {
-        Tracker { backends: HashMap::new(), gen, counters: Counters::default(), ended: Default::default(), errors_by_level: false }
+        Tracker {
+            backends: HashMap::new(),
+            gen,
+            counters: Counters::default(),
+            ended: Default::default(),
+            errors_by_level: false,
+            completing: HashSet::new(),
+        }
+    }
+
+    /// The server's statements end at EndCommand (it is probed).
+    pub fn completes_statements(&mut self, postmaster: u32) {
+        self.completing.insert(postmaster);
     }
 
     /// Open queries (for leak checks).
@@ -482,14 +438,15 @@ impl Tracker {
         match hit.site {
             site::STATEMENT_STATUS => match &hit.text {
                 Some(text) => {
-                    if b.query.as_ref().is_some_and(|q| &q.text == text) {
+                    if !b.completed && b.query.as_ref().is_some_and(|q| &q.text == text) {
                         return; // Bind/Execute of the statement already running
                     }
                     self.end_statement(at, client, out);
-                    self.open_query(at, text.clone(), hit.truncated, client);
+                    self.open_text(at, text, hit.truncated, client);
                 }
                 None => self.end_statement(at, client, out),
             },
+            site::COMMAND_DONE => self.command_done(at, hit.args[1], client, out),
             site::TRANSACTION_ABORT => {
                 let (error, deadlock) = (b.error.take(), std::mem::take(&mut b.deadlock));
                 // Waits ended by the error that aborted the transaction.
@@ -621,6 +578,7 @@ impl Tracker {
             t.statements += 1;
         }
         b.effect = effect;
+        (b.completed, b.whole) = (false, false);
         // Nothing from before this statement belongs to it.
         (b.error, b.deadlock, b.awaiting_code, b.awaiting_message, b.awaiting_sent) = (None, false, false, false, false);
         self.counters.queries += 1;
@@ -635,6 +593,7 @@ impl Tracker {
             text,
             truncated,
             prepared,
+            rows: None,
             error: None,
             incomplete: None,
             events: vec![],
@@ -668,7 +627,10 @@ impl Tracker {
     /// back, a failed AND CHAIN chains nothing. (ROLLBACK closed the block at
     /// its abort already.)
     fn end_statement(&mut self, at: Origin, client: &dyn Fn(u32) -> Option<ClientIds>, out: &mut Vec<ServerSpan>) {
-        let failed = self.close_query(at.pid, at.ts_ns, out);
+        if self.drop_unexecuted(at, out) {
+            return;
+        }
+        let (failed, end) = self.close_query(at.pid, at.ts_ns, out);
         let Some(b) = self.backends.get_mut(&at.pid) else { return };
         let e = std::mem::take(&mut b.effect);
         if failed && e.opened {
@@ -676,35 +638,40 @@ impl Tracker {
             return;
         }
         if let Some(outcome) = e.ends {
-            self.close_txn(at.pid, at.ts_ns, if failed { TxnOutcome::RolledBack } else { outcome }, out);
+            self.close_txn(at.pid, end, if failed { TxnOutcome::RolledBack } else { outcome }, out);
         }
         if e.reopens && !failed {
-            self.open_txn(at, client);
+            self.open_txn(Origin { ts_ns: end, ..at }, client);
         }
     }
 
-    /// The statement is over (idle, or the next one began); true if it failed. An error it left
-    /// that aborted nothing (in a savepoint, or caught) is its error, and a
-    /// wait still open ended with it.
-    fn close_query(&mut self, pid: u32, ts: u64, out: &mut Vec<ServerSpan>) -> bool {
-        let Some(b) = self.backends.get_mut(&pid) else { return false };
+    /// The statement is over (idle, or the next one began): (failed, its end).
+    /// An error it left that aborted nothing (in a savepoint, or caught) is
+    /// its error, and a wait still open ended with it. A completed one ended
+    /// at its completion.
+    fn close_query(&mut self, pid: u32, ts: u64, out: &mut Vec<ServerSpan>) -> (bool, u64) {
+        let Some(b) = self.backends.get_mut(&pid) else { return (false, ts) };
         let error = if self.errors_by_level { b.error.take() } else { None };
         let deadlock = std::mem::take(&mut b.deadlock);
         (b.awaiting_code, b.awaiting_message) = (false, false);
         end_waits(b, error.as_ref(), deadlock, ts, out);
-        let Some(mut q) = b.query.take() else { return false };
-        q.end_ns = ts.max(q.start_ns);
+        let Some(mut q) = b.query.take() else { return (false, ts) };
+        if !std::mem::take(&mut b.completed) {
+            q.end_ns = ts.max(q.start_ns);
+        }
         if q.error.is_none() {
             q.error = error;
         }
         let failed = q.error.is_some();
+        b.last_failed = failed;
         if self.ended.len() == ENDED_MEMORY {
             self.ended.pop_front();
         }
         let (len, head) = (q.text.len(), text_head(&q.text));
         self.ended.push_back(Ended { postmaster: q.postmaster, pid, start_ns: q.start_ns, end_ns: q.end_ns, len, head });
+        let end = q.end_ns;
         out.push(ServerSpan::Query(q));
-        failed
+        (failed, end)
     }
 
     /// A backend exits inside a statement that another backend of its server
@@ -758,8 +725,15 @@ impl Tracker {
             self.counters.incomplete += 1;
             out.push(ServerSpan::Wait(w));
         }
+        let mut txn_end = (TxnOutcome::Incomplete, ts);
         if let Some(mut q) = b.query.take() {
-            if why == Cut::ProcessExited && self.is_worker_echo(pid, &b, &q) {
+            if std::mem::take(&mut b.completed) {
+                // It ran to its end: only its closing report is missing.
+                if let Some(outcome) = b.effect.ends {
+                    txn_end = (outcome, q.end_ns);
+                }
+                out.push(ServerSpan::Query(q));
+            } else if why == Cut::ProcessExited && self.is_worker_echo(pid, &b, &q) {
                 self.counters.worker_echoes += 1;
             } else {
                 q.end_ns = ts.max(q.start_ns);
@@ -769,7 +743,7 @@ impl Tracker {
             }
         }
         self.backends.insert(pid, b);
-        self.close_txn(pid, ts, TxnOutcome::Incomplete, out);
+        self.close_txn(pid, txn_end.1, txn_end.0, out);
         self.backends.remove(&pid);
     }
 
@@ -783,6 +757,9 @@ impl Tracker {
         }
     }
 }
+
+#[path = "backend_completion.rs"]
+mod completion;
 
 #[cfg(test)]
 #[path = "backend_tests.rs"]

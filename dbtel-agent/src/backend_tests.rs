@@ -176,14 +176,6 @@ fn chained_and_prepared_blocks_begin_and_end_where_they_do() {
 }
 
 #[test]
-fn block_verbs_are_read_past_comments() {
-    assert!(starts_block("/* app=shop */ begin isolation level serializable"));
-    assert_eq!(ends_block("-- done\nCOMMIT"), Some(TxnOutcome::Committed));
-    assert_eq!(ends_block("ROLLBACK\nTO SAVEPOINT a"), None);
-    assert!(!starts_block("select 'BEGIN'"));
-}
-
-#[test]
 fn with_a_traced_client_spans_join_its_trace() {
     let mut r = Replay::new();
     let mut g = IdGen::seeded(9);
@@ -310,4 +302,152 @@ fn the_code_sent_to_the_client_is_the_one_an_error_ends_with() {
     r.at(site::ERROR_EMITTED).hit(site::ERROR_SENT, [pack("22012"), 0, 0, 0, 0, 0], None).at(site::ERROR_FLUSHED).at(site::TRANSACTION_ABORT).idle();
     let errors: Vec<Option<String>> = r.queries().iter().map(|q| q.error.as_ref().map(|e| e.sqlstate.clone())).collect();
     assert_eq!(errors, [Some("58P01".into()), None, Some("22012".into())]);
+}
+
+/// A replay of a server whose EndCommand is probed.
+fn completing() -> Replay {
+    let mut r = Replay::new();
+    r.t.errors_by_level = true;
+    r.t.completes_statements(PM);
+    r
+}
+
+impl Replay {
+    /// EndCommand: the running statement completed, `rows` processed.
+    fn done(&mut self, rows: u64) -> &mut Self {
+        self.hit(site::COMMAND_DONE, [0, rows, 0, 0, 0, 0], None)
+    }
+    fn texts(&self) -> Vec<(&str, Option<u64>, Option<&str>)> {
+        self.queries().iter().map(|q| (q.text.as_str(), q.rows, q.error.as_ref().map(|e| e.sqlstate.as_str()))).collect()
+    }
+}
+
+#[test]
+fn statements_without_a_sync_between_them_are_spans_of_their_own() {
+    let mut r = completing();
+    // Extended protocol, one Sync for the lot: Parse/Bind/Execute report the
+    // text (the kernel sends it once per completion), EndCommand ends each.
+    r.stmt("BEGIN").done(0);
+    for _ in 0..3 {
+        r.stmt("insert into t values ($1)").done(1);
+    }
+    r.stmt("delete from t where id = 1").done(1).stmt("delete from t where id = 2").done(0);
+    r.stmt("COMMIT").done(0).idle();
+    let want = [("BEGIN", Some(0), None), ("insert into t values ($1)", Some(1), None)];
+    assert_eq!(r.texts()[..2], want);
+    assert_eq!(r.texts().len(), 7);
+    assert_eq!(r.texts()[5], ("delete from t where id = 2", Some(0), None));
+    let q = r.queries();
+    assert!(q.windows(2).all(|w| w[0].end_ns <= w[1].start_ns), "one after the other");
+    assert_eq!(q[1].end_ns - q[1].start_ns, 1_000_000, "from its text to its EndCommand");
+    let t = r.txns();
+    assert_eq!((t.len(), t[0].statements, t[0].outcome), (1, 7, TxnOutcome::Committed));
+    assert_eq!(t[0].end_ns, q[6].end_ns, "the block ends as COMMIT completes");
+    assert!(q.iter().all(|q| q.ids.parent_span_id == t[0].ids.span_id));
+}
+
+#[test]
+fn a_failing_statement_in_a_batch_is_its_error_and_the_rest_never_ran() {
+    let mut r = completing();
+    r.stmt("insert into t values ($1)").done(1).stmt("insert into t values ($1)");
+    r.fail("23505", "duplicate key value violates unique constraint \"%s\"").at(site::ERROR_EMITTED).at(site::TRANSACTION_ABORT);
+    // The server skips the batch's other messages until Sync: no report.
+    r.idle().stmt("select 1").done(1).idle();
+    assert_eq!(r.texts(), [("insert into t values ($1)", Some(1), None), ("insert into t values ($1)", None, Some("23505")), ("select 1", Some(1), None)]);
+}
+
+#[test]
+fn a_text_of_several_statements_is_run_statement_by_statement() {
+    let mut r = completing();
+    r.stmt("BEGIN; insert into t values (1); update t set v = 2; COMMIT").done(0).done(1).done(3).done(0).idle();
+    assert_eq!(
+        r.texts(),
+        [("BEGIN", Some(0), None), ("insert into t values (1)", Some(1), None), ("update t set v = 2", Some(3), None), ("COMMIT", Some(0), None)]
+    );
+    let t = r.txns();
+    assert_eq!((t.len(), t[0].statements, t[0].outcome), (1, 4, TxnOutcome::Committed));
+    // A failure stops the text: the statements after it never ran.
+    let mut r = completing();
+    r.stmt("select 1; select 1/0; select 3").done(1).fail("22012", "division by zero").at(site::ERROR_EMITTED).at(site::TRANSACTION_ABORT).idle();
+    assert_eq!(r.texts(), [("select 1", Some(1), None), ("select 1/0", None, Some("22012"))]);
+    // One the scanner cannot split stays whole, ending at its last completion.
+    let mut r = completing();
+    r.stmt("select $x$;$x$; select 2").done(1).done(1).idle();
+    let q = r.queries();
+    assert_eq!((q.len(), q[0].rows, q[0].end_ns - q[0].start_ns), (1, None, 2_000_000));
+    // One statement with its semicolon: its text as sent.
+    let mut r = completing();
+    r.stmt("select 1;").done(1).idle();
+    assert_eq!(r.texts(), [("select 1;", Some(1), None)]);
+}
+
+#[test]
+fn prepared_only_statements_and_suspended_portals_make_no_span() {
+    let mut r = completing();
+    // asyncpg: Parse + Describe + Sync, then Bind + Execute + Sync.
+    r.stmt("select * from t where id = $1").idle();
+    r.stmt("select * from t where id = $1").done(1).idle();
+    // A portal fetched 2 rows at a time (JDBC fetch size): suspended twice.
+    r.stmt("BEGIN").done(0).idle();
+    r.stmt("select * from big").idle().stmt("select * from big").idle().stmt("select * from big").done(1).idle();
+    r.stmt("COMMIT").done(0).idle();
+    // A BEGIN parsed but never run opens nothing.
+    r.stmt("BEGIN").idle().stmt("select 2").done(1).idle();
+    let texts: Vec<&str> = r.texts().iter().map(|t| t.0).collect();
+    assert_eq!(texts, ["select * from t where id = $1", "BEGIN", "select * from big", "COMMIT", "select 2"]);
+    let q = r.queries();
+    assert_eq!(q[0].end_ns - q[0].start_ns, 1_000_000, "from the Bind that ran it");
+    assert_eq!(r.t.counters.unexecuted, 4);
+    assert_eq!(r.t.counters.queries, 5);
+    let t = r.txns();
+    assert_eq!((t.len(), t[0].statements), (1, 3));
+    assert_eq!(q[4].ids.parent_span_id, 0);
+}
+
+#[test]
+fn an_error_at_sync_after_completion_is_the_completed_statement_s() {
+    // A deferred constraint checked at the implicit commit of Sync.
+    let mut r = completing();
+    r.stmt("insert into child values (1)").done(1);
+    r.fail("23503", "insert or update on table \"%s\" violates foreign key constraint \"%s\"").at(site::ERROR_EMITTED).at(site::TRANSACTION_ABORT).idle();
+    let q = r.queries();
+    assert_eq!(r.texts(), [("insert into child values (1)", Some(1), Some("23503"))]);
+    assert_eq!(q[0].end_ns - q[0].start_ns, 1_000_000);
+}
+
+#[test]
+fn a_completion_without_a_statement_is_counted_and_an_exit_keeps_a_completed_one() {
+    let mut r = completing();
+    r.done(5);
+    assert_eq!(r.t.counters.unmatched_completions, 1);
+    r.stmt("BEGIN").done(0).idle().stmt("COMMIT").done(0);
+    let mut out = vec![];
+    r.t.exited(PID, r.ts + 5, &mut out);
+    assert!(matches!(&out[0], ServerSpan::Query(q) if q.incomplete.is_none() && q.rows == Some(0)), "{out:?}");
+    assert!(matches!(&out[1], ServerSpan::Txn(t) if t.outcome == TxnOutcome::Committed));
+}
+
+#[test]
+fn a_statement_beginning_is_told_before_it_is_handled() {
+    let mut r = completing();
+    let hit = |site: u32, text: Option<&str>| ServerHit {
+        at: Origin { pid: PID, tid: PID, ts_ns: 0, conn: PM as u64 },
+        site,
+        args: [0; 6],
+        text: text.map(str::to_string),
+        truncated: false,
+    };
+    let status = |t: &str| hit(site::STATEMENT_STATUS, Some(t));
+    assert_eq!(r.t.begins_statement(&status("select 1")), Some(false), "a backend not seen yet");
+    r.stmt("select 1");
+    assert_eq!(r.t.begins_statement(&status("select 1")), None, "its Bind or Execute");
+    assert_eq!(r.t.begins_statement(&hit(site::COMMAND_DONE, None)), None);
+    r.done(1);
+    assert_eq!(r.t.begins_statement(&status("select 1")), Some(false), "executed again");
+    r.stmt("insert into t values (1)").fail("23505", "duplicate key").at(site::TRANSACTION_ABORT);
+    assert_eq!(r.t.begins_statement(&hit(site::STATEMENT_STATUS, None)), None, "idle begins nothing");
+    r.idle();
+    assert_eq!(r.t.begins_statement(&status("select 2")), Some(true), "after a failure: the server skipped to the Sync");
+    r.stmt("select 2; select 3");
+    assert_eq!(r.t.begins_statement(&hit(site::COMMAND_DONE, None)), Some(false), "the text's next statement");
 }

@@ -449,9 +449,18 @@ pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Describe
                 a.push(KeyValue::new("error.type", code.clone()));
                 error = Some(code);
             } else {
-                a.push(KeyValue::new("db.response.returned_rows", q.rows as i64));
-                if let Some(n) = q.cmd_status.as_deref().and_then(sql::affected_rows) {
-                    a.push(KeyValue::new("db.response.affected_rows", n));
+                let tagged = q.cmd_status.as_deref().and_then(|t| Some((t, sql::affected_rows(t)?)));
+                // COPY … TO STDOUT sends its rows as copy data, not as a result's tuples.
+                let copied_out = tagged.is_some_and(|(t, _)| t.starts_with("COPY"))
+                    && q.text.as_deref().and_then(sql::copy_direction) == Some(sql::CopyDirection::Out);
+                match tagged {
+                    Some((_, n)) if copied_out => a.push(KeyValue::new("db.response.returned_rows", n)),
+                    _ => {
+                        a.push(KeyValue::new("db.response.returned_rows", q.rows as i64));
+                        if let Some((_, n)) = tagged {
+                            a.push(KeyValue::new("db.response.affected_rows", n));
+                        }
+                    }
                 }
             }
         }
@@ -550,6 +559,14 @@ mod tests {
         let d = describe(&u, false);
         assert_eq!((get(&d, "db.response.affected_rows").as_deref(), get(&d, "db.response.returned_rows").as_deref()), (Some("4"), Some("0")));
         assert_eq!(get(&describe(&q(Some("SELECT 1")), false), "db.response.affected_rows"), None);
+        let mut out = q(Some("copy (select 1) to stdout"));
+        (out.cmd_status, out.rows) = (Some("COPY 12".into()), 0);
+        let d = describe(&out, false);
+        assert_eq!((get(&d, "db.response.returned_rows").as_deref(), get(&d, "db.response.affected_rows")), (Some("12"), None), "rows copied out");
+        let mut into = q(Some("copy t from stdin"));
+        (into.cmd_status, into.rows) = (Some("COPY 3".into()), 0);
+        let d = describe(&into, false);
+        assert_eq!((get(&d, "db.response.returned_rows").as_deref(), get(&d, "db.response.affected_rows").as_deref()), (Some("0"), Some("3")));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 pub mod attach;
 pub mod backend;
 pub mod batch;
+pub mod blocks;
 pub mod catalog;
 pub mod check;
 pub mod clock;

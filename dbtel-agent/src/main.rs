@@ -313,8 +313,16 @@ fn report(s: &Summary, e: &Exporter) {
     );
     if s.server.queries > 0 || s.server.lock_waits > 0 {
         eprintln!(
-            "dbtel: server side: {} queries, {} lock waits, {} deadlocks, {} spans cut short (backend exit or agent stop), {} parallel workers' copies of their leader's statement",
-            s.server.queries, s.server.lock_waits, s.server.deadlocks, s.server.incomplete, s.server.worker_echoes
+            "dbtel: server side: {} queries, {} lock waits, {} deadlocks, {} spans cut short (backend exit or agent stop), \
+             {} statements parsed or bound but not run to their end, {} completions of statements begun before the attach, \
+             {} parallel workers' copies of their leader's statement",
+            s.server.queries,
+            s.server.lock_waits,
+            s.server.deadlocks,
+            s.server.incomplete,
+            s.server.unexecuted,
+            s.server.unmatched_completions,
+            s.server.worker_echoes
         );
     }
     // SAFETY: getrusage fills the struct we pass.

@@ -30,7 +30,9 @@ impl Reconstructor {
     /// next one after the last it began — past the next sync point when that
     /// one failed (`after_error`: the server skipped the rest). From then on
     /// [`Self::client_context`] and [`Self::annotate`] name that query. Outside a
-    /// pipeline, the query in flight is the one.
+    /// pipeline, the query in flight is the one. A prepare (a Parse alone) is
+    /// no statement the server runs: its Parse and the first execution of
+    /// the statement after it are one server statement, that execution's.
     pub fn server_began(&mut self, backend_pid: i32, after_error: bool) {
         let Some(key) = self.by_backend.get(&backend_pid).copied() else { return };
         let Some(conn) = self.conns.get_mut(&key).filter(|c| c.pipeline) else { return };
@@ -39,7 +41,7 @@ impl Reconstructor {
             Some(s) => s + 1,
             None => 0,
         };
-        if let Some(q) = conn.queue.iter().find(|q| q.seq >= from && !q.span.skipped) {
+        if let Some(q) = conn.queue.iter().find(|q| q.seq >= from && !q.span.skipped && !q.span.is_prepare()) {
             conn.server_at = Some(q.seq);
         }
     }

@@ -311,3 +311,22 @@ fn the_server_side_names_the_statement_it_runs_by_order() {
     assert_eq!(claims, [Some(ids[0]), Some(ids[0]), Some(ids[1]), Some(ids[3]), Some(ids[3])]);
     assert_eq!(spans.iter().map(|q| q.events.len()).collect::<Vec<_>>(), [0, 1, 0, 0], "the wait lands on `select 1/0`");
 }
+
+#[test]
+fn a_prepare_is_no_statement_the_server_runs() {
+    // psycopg's executemany in a pipeline: PQsendPrepare, then executions.
+    let mut s = Script::new();
+    s.conn(C1).enter(C1).call(1, C1, func::PQSEND_PREPARE, Some("insert into t values ($1)"), Some("_pg3_0"));
+    s.call(1, C1, func::PQSEND_QUERY_PREPARED, None, Some("_pg3_0")).call(1, C1, func::PQSEND_QUERY_PREPARED, None, Some("_pg3_0")).sync(C1);
+    let (_, mut r) = s.run_all();
+    let running = |r: &Reconstructor| r.client_context(4242).and_then(|c| c.query);
+    // The server's first statement is the Parse and the first execution: that execution's.
+    r.server_began(4242, false);
+    let first = running(&r);
+    r.server_began(4242, false);
+    let second = running(&r);
+    let mut out = vec![];
+    r.process_exited(7, 99_000_000, &mut out);
+    let ids: Vec<Ids> = queries(out).iter().map(|q| q.ids).collect();
+    assert_eq!([first, second], [Some(ids[1]), Some(ids[2])]);
+}

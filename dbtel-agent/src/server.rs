@@ -38,21 +38,83 @@ const USDT_SITES: &[(&str, u32, &str, u32)] = &[
     ("deadlock__found", site::DEADLOCK_FOUND, "deadlocks", 0),
 ];
 
-/// Exported functions probed at entry for error reports (SQLSTATE and the
-/// untranslated message format, which carries no user data). They run only
-/// when a message is actually reported.
-const FUNCTION_SITES: &[(&str, u32, u8, bool, u32, u32)] = &[
-    // (symbol, site, size of arg 0, signed, string argument, least arg 0 reported)
-    ("errcode", site::ERRCODE, 4, true, 0, 0),
-    ("errmsg", site::ERRMSG, 8, false, 1, 0),
-    ("errstart_cold", site::ERRSTART, 4, true, 0, 0),
+/// Where a probed function's argument is, at its entry (System V ABI: the
+/// first argument in %rdi).
+#[derive(Debug, Clone, Copy)]
+enum FnArg {
+    /// The first argument itself: (size, signed).
+    First(u8, bool),
+    /// A field of the struct the first argument points to: (offset, size).
+    FieldOfFirst(i64, u8),
+}
+
+/// An exported function probed at entry.
+struct FunctionSite {
+    symbol: &'static str,
+    site: u32,
+    args: &'static [FnArg],
+    /// The argument (index + 1) that points at a C string to copy; 0: none.
+    text_arg: u32,
+    /// Hits whose first argument is below this are not sent.
+    min_arg0: u32,
+    /// The hit ends the kernel's "same text again" suppression (see SiteSpec).
+    ends_repeat: bool,
+    /// Used only if the executable also has this symbol (what the arguments'
+    /// layout depends on).
+    requires: Option<&'static str>,
+    /// What is lost without it.
+    without: &'static str,
+}
+
+const ERRORS: &str = "server spans will lack SQLSTATEs or take warnings for errors";
+
+const fn error_site(symbol: &'static str, site: u32, args: &'static [FnArg], min_arg0: u32) -> FunctionSite {
+    let text_arg = (site == site::ERRMSG) as u32;
+    FunctionSite { symbol, site, args, text_arg, min_arg0, ends_repeat: false, requires: None, without: ERRORS }
+}
+
+/// Exported functions probed at entry: the error reports (SQLSTATE and the
+/// untranslated message format, which carries no user data; they run only
+/// when a message is reported) and statement completion.
+const FUNCTION_SITES: &[FunctionSite] = &[
+    error_site("errcode", site::ERRCODE, &[FnArg::First(4, true)], 0),
+    error_site("errmsg", site::ERRMSG, &[FnArg::First(8, false)], 0),
+    error_site("errstart_cold", site::ERRSTART, &[FnArg::First(4, true)], 0),
     // Every ereport goes through errstart (DEBUG ones too: a few per session,
     // none per statement in pgbench); only ERROR (21) and worse are sent.
-    ("errstart", site::ERRSTART, 4, true, 0, ERROR_LEVEL),
-    ("EmitErrorReport", site::ERROR_EMITTED, 0, false, 0, 0),
-    ("FlushErrorState", site::ERROR_FLUSHED, 0, false, 0, 0),
-    ("unpack_sql_state", site::ERROR_SENT, 4, true, 0, 0),
+    error_site("errstart", site::ERRSTART, &[FnArg::First(4, true)], ERROR_LEVEL),
+    error_site("EmitErrorReport", site::ERROR_EMITTED, &[], 0),
+    error_site("FlushErrorState", site::ERROR_FLUSHED, &[], 0),
+    error_site("unpack_sql_state", site::ERROR_SENT, &[FnArg::First(4, true)], 0),
+    // EndCommand(const QueryCompletion *qc, CommandDest, bool): one hit per
+    // completed top-level statement, in both protocols; QueryCompletion is
+    // {CommandTag commandTag; uint64 nprocessed} since PostgreSQL 13, which
+    // brought GetCommandTagName (before, EndCommand took the tag's text).
+    FunctionSite {
+        symbol: "EndCommand",
+        site: site::COMMAND_DONE,
+        args: &[FnArg::FieldOfFirst(0, 4), FnArg::FieldOfFirst(8, 8)],
+        text_arg: 0,
+        min_arg0: 0,
+        ends_repeat: true,
+        requires: Some("GetCommandTagName"),
+        without: "statements run without a Sync between them (batches, pipelines) merge into one span, and server spans carry no row counts",
+    },
 ];
+
+impl FnArg {
+    fn spec(self) -> ArgSpec {
+        let rdi = usdt::Gpr::Rdi.pt_regs_offset();
+        match self {
+            FnArg::First(size, signed) => {
+                ArgSpec { kind: argkind::REGISTER, size, signed: signed as u8, reg_off: rdi, index_off: NO_INDEX, ..Default::default() }
+            }
+            FnArg::FieldOfFirst(offset, size) => {
+                ArgSpec { kind: argkind::MEMORY, size, reg_off: rdi, index_off: NO_INDEX, value: offset, ..Default::default() }
+            }
+        }
+    }
+}
 
 /// Exported functions that run once per session (and on SET application_name),
 /// probed at entry for who the session serves: (symbol, site, string argument
@@ -110,6 +172,20 @@ pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
     }
     let meta = fs::metadata(&host_path).map_err(|source| ServerError::Read { path: path.clone(), source })?;
     let file = object::File::parse(&*data).map_err(|e| ServerError::Usdt { path: exe.clone(), source: UsdtError::Elf(e.to_string()) })?;
+    let (sites, warnings) = probe_sites(&file, &probes, &exe)?;
+    Ok(Some(ServerTarget {
+        postmaster: postmaster_of(pid),
+        exe,
+        host_path,
+        file_id: (meta.dev(), meta.ino()),
+        sites,
+        warnings,
+    }))
+}
+
+/// Where to attach in a server executable, and what could not be probed.
+fn probe_sites(file: &object::File, probes: &[usdt::Probe], exe: &str) -> Result<(Vec<Site>, Vec<String>), ServerError> {
+    let exe = exe.to_string();
     let mut sites = Vec::new();
     let mut warnings = Vec::new();
     for &(name, id, why, text_arg) in USDT_SITES {
@@ -127,32 +203,28 @@ pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
             for (i, a) in p.args.iter().enumerate() {
                 spec.args[i] = usdt::arg_spec(a).map_err(|w| bad(format!("argument {}: {w}", i + 1)))?;
             }
-            let offset = vaddr_to_offset(&file, p.address).ok_or_else(|| bad(format!("address {:#x} is in no segment", p.address)))?;
+            let offset = vaddr_to_offset(file, p.address).ok_or_else(|| bad(format!("address {:#x} is in no segment", p.address)))?;
             sites.push(Site { name, offset, spec });
         }
     }
-    for &(symbol, id, size, signed, text_arg, min_arg0) in FUNCTION_SITES {
-        match symbol_offset(&file, symbol) {
+    for f in FUNCTION_SITES {
+        if let Some(r) = f.requires.filter(|r| symbol_offset(file, r).is_none()) {
+            warnings.push(format!("{exe}: no {r} symbol (PostgreSQL before 13?), {} not probed: {}", f.symbol, f.without));
+            continue;
+        }
+        match symbol_offset(file, f.symbol) {
             Some(offset) => {
-                let mut spec = SiteSpec { probe: id, text_arg, min_arg0, ..Default::default() };
-                // First integer argument: %rdi at function entry (System V ABI).
-                if size > 0 {
-                    spec.args[0] = ArgSpec {
-                        kind: argkind::REGISTER,
-                        size,
-                        signed: signed as u8,
-                        reg_off: usdt::Gpr::Rdi.pt_regs_offset(),
-                        index_off: NO_INDEX,
-                        ..Default::default()
-                    };
+                let mut spec = SiteSpec { probe: f.site, text_arg: f.text_arg, min_arg0: f.min_arg0, repeat_once: f.ends_repeat as u32, ..Default::default() };
+                for (i, a) in f.args.iter().enumerate() {
+                    spec.args[i] = a.spec();
                 }
-                sites.push(Site { name: symbol, offset, spec });
+                sites.push(Site { name: f.symbol, offset, spec });
             }
-            None => warnings.push(format!("{exe}: no {symbol} symbol: server spans will lack SQLSTATEs or take warnings for errors")),
+            None => warnings.push(format!("{exe}: no {} symbol: {}", f.symbol, f.without)),
         }
     }
     for &(symbol, id, reg, arg) in SESSION_SITES {
-        let Some(offset) = symbol_offset(&file, symbol) else {
+        let Some(offset) = symbol_offset(file, symbol) else {
             warnings.push(format!("{exe}: no {symbol} symbol: sessions too short for the catalog go without user and application names"));
             continue;
         };
@@ -161,14 +233,7 @@ pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
             ArgSpec { kind: argkind::REGISTER, size: 8, reg_off: reg.pt_regs_offset(), index_off: NO_INDEX, ..Default::default() };
         sites.push(Site { name: symbol, offset, spec });
     }
-    Ok(Some(ServerTarget {
-        postmaster: postmaster_of(pid),
-        exe,
-        host_path,
-        file_id: (meta.dev(), meta.ino()),
-        sites,
-        warnings,
-    }))
+    Ok((sites, warnings))
 }
 
 /// File offset of a function defined in the executable (.dynsym or .symtab).
@@ -238,6 +303,26 @@ mod tests {
         for s in ["40P01", "55P03", "57014", "40001", "42P01", "00000"] {
             assert_eq!(unpack_sqlstate(pack(s)), s);
         }
+    }
+
+    #[test]
+    fn end_command_reads_the_query_completion_and_ends_repeats() {
+        const POSTGRES: &str = "/usr/lib/postgresql/15/bin/postgres";
+        let data = fs::read(POSTGRES).unwrap_or_else(|e| panic!("{POSTGRES}: {e} (run cargo xtask setup)"));
+        let file = object::File::parse(&*data).unwrap();
+        let (sites, warnings) = probe_sites(&file, &usdt::probes(&data).unwrap(), POSTGRES).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let done: Vec<&Site> = sites.iter().filter(|s| s.spec.probe == site::COMMAND_DONE).collect();
+        assert_eq!(done.len(), 1);
+        let spec = done[0].spec;
+        assert_eq!((spec.text_arg, spec.repeat_once), (0, 1), "no text; the next text is reported even if it repeats");
+        let rdi = usdt::Gpr::Rdi.pt_regs_offset();
+        let field = |a: ArgSpec| (a.kind, a.reg_off, a.value, a.size, a.index_off);
+        assert_eq!(field(spec.args[0]), (argkind::MEMORY, rdi, 0, 4, NO_INDEX), "qc->commandTag");
+        assert_eq!(field(spec.args[1]), (argkind::MEMORY, rdi, 8, 8, NO_INDEX), "qc->nprocessed");
+        assert_eq!(spec.args[2].kind, argkind::NONE);
+        let errmsg = sites.iter().find(|s| s.name == "errmsg").unwrap();
+        assert_eq!((errmsg.spec.text_arg, errmsg.spec.args[0].size), (1, 8));
     }
 
     #[test]

@@ -151,6 +151,9 @@ impl ServerSide {
         if t.sites.iter().any(|s| s.spec.probe == dbtel_common::site::ERRSTART) {
             self.tracker.errors_by_level = true;
         }
+        if t.sites.iter().any(|s| s.spec.probe == dbtel_common::site::COMMAND_DONE) {
+            self.tracker.completes_statements(t.postmaster);
+        }
         self.servers.insert(t.postmaster, t);
         Ok(())
     }
@@ -244,6 +247,10 @@ impl ServerSide {
         }
         if hit.site == dbtel_common::site::STATEMENT_STATUS && hit.text.is_some() {
             self.look_up(hit.at.conn as u32, hit.at.pid);
+        }
+        // The client's query this statement is (a pipeline sends several ahead).
+        if let Some(after_error) = self.tracker.begins_statement(hit) {
+            recon.server_began(self.pids.ns(hit.at.pid), after_error);
         }
         let pids = &self.pids;
         let client = |pid: u32| recon.client_context(pids.ns(pid)).map(|c| ClientIds { query: c.query, txn: c.txn });

@@ -8,7 +8,7 @@ use crate::{
     backend::{Cut, LockWait, ServerQuery, ServerTxn, TxnOutcome, WaitOutcome},
     catalog::{Backend, Blocker, Relation},
     export::Described,
-    sql::{FactsCache, QueryFacts},
+    sql::{self, FactsCache, QueryFacts, RowCount},
 };
 
 /// What the catalog told about a lock wait while it lasted.
@@ -59,6 +59,15 @@ pub fn describe_query(q: &ServerQuery, backend_pid: i32, facts: &QueryFacts, bac
     }
     if let Some((name, _)) = &q.prepared {
         a.push(KeyValue::new("db.postgresql.statement.name", name.clone()));
+    }
+    if let (Some(n), None) = (q.rows, &q.error) {
+        // EndCommand's count, named as the client names its command tag's.
+        let text = q.prepared.as_ref().map_or(q.text.as_str(), |(_, body)| body);
+        match facts.operation.as_deref().and_then(|op| sql::row_count(op, text)) {
+            Some(RowCount::Returned) => a.push(KeyValue::new("db.response.returned_rows", n as i64)),
+            Some(RowCount::Affected) => a.push(KeyValue::new("db.response.affected_rows", n as i64)),
+            None => {}
+        }
     }
     if let Some(b) = backend {
         backend_attributes(b, &mut a);

@@ -466,6 +466,58 @@ pub fn affected_rows(tag: &str) -> Option<i64> {
     }
 }
 
+/// Which way a COPY moves rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyDirection {
+    /// COPY … FROM: rows go into a table.
+    In,
+    /// COPY … TO: rows come out of a table or query.
+    Out,
+}
+
+/// The direction of a COPY statement: its first FROM or TO outside parentheses.
+pub fn copy_direction(sql: &str) -> Option<CopyDirection> {
+    let tokens = Tokenizer::new(Dialect::PostgreSql.lexer(), sql).with_unescape(false).tokenize().ok()?;
+    let mut words = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_)));
+    if !matches!(words.next(), Some(Token::Word(w)) if w.keyword == Keyword::COPY) {
+        return None;
+    }
+    let mut depth = 0i32;
+    for t in words {
+        match t {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            Token::Word(w) if depth == 0 && w.keyword == Keyword::FROM => return Some(CopyDirection::In),
+            Token::Word(w) if depth == 0 && w.keyword == Keyword::TO => return Some(CopyDirection::Out),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// What a statement's row count (its command tag's number) counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowCount {
+    /// db.response.returned_rows: SELECT, FETCH, COPY … TO.
+    Returned,
+    /// db.response.affected_rows: INSERT, UPDATE, DELETE, MERGE, COPY … FROM.
+    Affected,
+}
+
+/// What the row count of a statement with this operation (`db.operation.name`)
+/// and text counts; `None` for statements whose tag counts nothing.
+pub fn row_count(operation: &str, sql: &str) -> Option<RowCount> {
+    match operation {
+        "SELECT" | "FETCH" | "VALUES" | "TABLE" => Some(RowCount::Returned),
+        "INSERT" | "UPDATE" | "DELETE" | "MERGE" => Some(RowCount::Affected),
+        "COPY" => Some(match copy_direction(sql)? {
+            CopyDirection::In => RowCount::Affected,
+            CopyDirection::Out => RowCount::Returned,
+        }),
+        _ => None,
+    }
+}
+
 /// Keywords that start a statement whose kind is worth naming in a summary.
 fn is_statement_keyword(k: Keyword) -> bool {
     matches!(k, Keyword::SELECT | Keyword::INSERT | Keyword::UPDATE | Keyword::DELETE | Keyword::MERGE)
@@ -536,7 +588,8 @@ fn describe(tokens: &[Token], dialect: Dialect) -> (Option<String>, Option<Strin
                 {
                     i += 1;
                 }
-                if mysql && mysql::not_a_table(toks.get(i).copied()) {
+                // COPY … FROM STDIN: the client, not a table.
+                if matches!(kw(i), Keyword::STDIN | Keyword::STDOUT) || (mysql && mysql::not_a_table(toks.get(i).copied())) {
                     break;
                 }
                 let Some((name, next)) = qualified_name(&toks, i) else { break };

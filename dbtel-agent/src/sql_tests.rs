@@ -34,6 +34,28 @@ fn affected_rows_from_command_tags() {
 }
 
 #[test]
+fn copy_directions_and_summaries() {
+    use CopyDirection::*;
+    for (sql, d) in [
+        ("COPY t FROM STDIN", Some(In)),
+        ("copy t (a, b) from stdin with (format csv)", Some(In)),
+        ("COPY (select * from t where a in (select 1 from u)) TO STDOUT", Some(Out)),
+        ("/* x */ copy public.t to stdout", Some(Out)),
+        ("select 1 from t", None),
+    ] {
+        assert_eq!(copy_direction(sql), d, "{sql}");
+    }
+    let count = |sql: &str| row_count(f(sql).operation.as_deref().unwrap_or(""), sql);
+    assert_eq!(count("copy t to stdout"), Some(RowCount::Returned));
+    assert_eq!(count("copy t from stdin"), Some(RowCount::Affected));
+    assert_eq!(count("with x as (select 1) insert into t select * from x"), Some(RowCount::Affected));
+    assert_eq!(count("fetch 10 from c"), Some(RowCount::Returned));
+    assert_eq!(count("create table t (a int)"), None);
+    assert_eq!(f("COPY  ct FROM STDIN ").summary.as_deref(), Some("COPY ct"));
+    assert_eq!(f("copy (select a from t) to stdout").summary.as_deref(), Some("COPY SELECT t"));
+}
+
+#[test]
 fn operators_and_spacing_stay_as_written() {
     assert_eq!(f("select * from t where a != 1 and b<>2").text, "select * from t where a != ? and b<>?");
     assert_eq!(f("select box '(1,1),(2,2)' <| box '(3,3),(4,4)'").text, "select box ? <| box ?");

@@ -312,6 +312,11 @@ pub mod site {
     /// error's final code, also where no errcode() call set it
     /// (errcode_for_file_access, an error rethrown from a parallel worker).
     pub const ERROR_SENT: u32 = 23;
+    /// uprobe EndCommand(const QueryCompletion *qc, ...): a top-level
+    /// statement completed (simple protocol: each statement of a text;
+    /// extended: each Execute that ran its portal to the end; never SPI, PL
+    /// or parallel workers). args[0] = qc->commandTag, args[1] = qc->nprocessed.
+    pub const COMMAND_DONE: u32 = 24;
 }
 
 pub const USDT_MAX_ARGS: usize = 6;
@@ -358,6 +363,9 @@ pub struct SiteSpec {
     pub text_arg: u32,
     /// Non-zero: a text is reported once per process until a NULL comes
     /// (statement__status: Parse, Bind and Execute each report the statement).
+    /// On a site without a text (`text_arg` 0) it acts as that NULL: the next
+    /// text is reported even if it repeats the last (EndCommand: the next
+    /// Bind of the same statement is another execution).
     pub repeat_once: u32,
     /// Non-zero: report only hits whose first argument (signed) is at least
     /// this (errstart's level: ERROR and worse).

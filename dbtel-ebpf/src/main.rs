@@ -436,6 +436,7 @@ pub fn pg_server(ctx: ProbeContext) -> u32 {
         6 => ev.args[5],
         _ => 0,
     };
+    // A site without a text (p = 0) ends the repetition, as a NULL does.
     if spec.repeat_once != 0 && repeated(tgid, p) {
         return 0;
     }

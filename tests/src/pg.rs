@@ -164,6 +164,25 @@ impl Cluster {
             .collect()
     }
 
+    /// Statements the server ran, as it logged them (`log_statement=all`), in
+    /// order: a simple-protocol text (`statement: …`) or an extended-protocol
+    /// Execute (`execute <name>: …`; not `execute fetch from …`, which resumes
+    /// a portal suspended at a row limit); (backend PID, text).
+    pub fn logged_executions(&self) -> Vec<(u32, String)> {
+        let path = self.dir.path().join("data/csvlog/pg.csv");
+        let mut rd = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_path(&path).unwrap();
+        rd.records()
+            .map(|r| r.unwrap())
+            .filter_map(|r| {
+                let pid = r.get(3)?.parse().ok()?;
+                let m = r.get(13)?;
+                let execute = m.strip_prefix("execute ").filter(|e| !e.starts_with("fetch from "));
+                let text = m.strip_prefix("statement: ").or_else(|| Some(execute?.split_once(": ")?.1))?;
+                Some((pid, text.to_string()))
+            })
+            .collect()
+    }
+
     /// Statements the server logged in either protocol, in order: (backend
     /// PID, text, detail). An extended-protocol one is logged at its Execute
     /// (`execute <unnamed>: …`, `execute S_1: …`), its detail naming its
