@@ -95,12 +95,21 @@ impl Agent {
 
     /// Waits for a stderr line starting with `prefix` (panics after `timeout`).
     pub fn wait_for_line(&mut self, prefix: &str, timeout: Duration) {
+        self.wait_until(|l| l.starts_with(prefix), prefix, timeout)
+    }
+
+    /// Waits for a stderr line containing `needle` (a log line, after its time and level).
+    pub fn wait_for_text(&mut self, needle: &str, timeout: Duration) {
+        self.wait_until(|l| l.contains(needle), needle, timeout)
+    }
+
+    fn wait_until(&mut self, found: impl Fn(&str) -> bool, what: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.stderr.recv_timeout(left) {
                 Ok(line) => {
-                    let hit = line.starts_with(prefix);
+                    let hit = found(&line);
                     self.stderr_lines.push(line);
                     if hit {
                         return;
@@ -108,7 +117,7 @@ impl Agent {
                 }
                 Err(_) => {
                     let _ = self.child.kill();
-                    panic!("agent never printed {prefix:?}; stderr:\n{}", self.stderr_lines.join("\n"));
+                    panic!("agent never printed {what:?}; stderr:\n{}", self.stderr_lines.join("\n"));
                 }
             }
         }

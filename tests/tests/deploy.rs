@@ -413,12 +413,15 @@ fn the_units_command_line_runs() {
     let wrapper = ["setpriv", "--bounding-set", &bounding, "--no-new-privs"];
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", rx.http_endpoint())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let agent = dbtel_tests::Agent::start_wrapped(&wrapper, &args, &env, std::process::Stdio::null());
+    let mut agent = dbtel_tests::Agent::start_wrapped(&wrapper, &args, &env, std::process::Stdio::null());
     let status = fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
     let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim().to_string();
     assert_eq!(u64::from_str_radix(&eff, 16).unwrap(), (1 << 39) | (1 << 38) | (1 << 21) | (1 << 19) | (1 << 2), "only the unit's capabilities");
     assert_eq!(dbtel_tests::http_get(addr, "/healthz").map(|(s, _)| s), Some(200));
     let pg = dbtel_tests::Cluster::start_logged();
+    // A server started after the agent is probed once its postmaster is seen
+    // (no hold: its first sessions may run before, on a loaded host).
+    agent.wait_for_text(&format!("new PostgreSQL server {} ", pg.postmaster_pid()), std::time::Duration::from_secs(10));
     let out = Command::new(pg.bin("psql")).args(pg.conn_args()).args(["-X", "-q", "-d", "postgres", "-c", "select 'from the unit' as marker"]).output().unwrap();
     assert!(out.status.success());
     std::thread::sleep(std::time::Duration::from_millis(800));
