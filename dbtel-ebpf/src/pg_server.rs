@@ -1,0 +1,110 @@
+//! The PostgreSQL server: one program for every probe site (USDT notes and
+//! function entries), each described by its SiteSpec.
+
+use super::*;
+use crate::args::read_arg;
+use dbtel_common::{ServerEvent, SiteSpec, MAX_SITES, USDT_MAX_ARGS};
+
+/// Per attach cookie: which probe it is and where its arguments are.
+#[map]
+static SITES: Array<SiteSpec> = Array::with_max_entries(MAX_SITES, 0);
+/// The head of the last text each process reported, for sites that report
+/// a text once until a NULL.
+#[map]
+pub(crate) static LAST_TEXT: LruHashMap<u32, [u64; 4]> = LruHashMap::with_max_entries(16384, 0);
+#[map]
+static SERVER_SCRATCH: PerCpuArray<ServerEvent> = PerCpuArray::with_max_entries(1, 0);
+/// Every server probe (USDT site or function entry): reads up to six
+/// arguments as the site's spec says, and one string if it names one.
+#[uprobe]
+pub fn pg_server(ctx: ProbeContext) -> u32 {
+    if probes_only() {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(postmaster) = (unsafe { SERVER_PIDS.get(&tgid) }).copied() else { return 0 };
+    let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let Some(spec) = SITES.get(c) else { return 0 };
+    let Some(ev) = SERVER_SCRATCH.get_ptr_mut(0) else { return 0 };
+    let ev = unsafe { &mut *ev };
+    ev.hdr = header(kind::SERVER, spec.probe, postmaster as u64);
+    let regs = ctx.as_ptr() as u64;
+    for i in 0..USDT_MAX_ARGS {
+        ev.args[i] = read_arg(regs, &spec.args[i]);
+    }
+    if spec.min_arg0 != 0 && (ev.args[0] as i64) < spec.min_arg0 as i64 {
+        return 0;
+    }
+    ev.text_len = 0;
+    ev.flags = 0;
+    // A constant index per arm: the verifier cannot follow a bounds check on
+    // a value the compiler re-derives.
+    let p = match spec.text_arg {
+        1 => ev.args[0],
+        2 => ev.args[1],
+        3 => ev.args[2],
+        4 => ev.args[3],
+        5 => ev.args[4],
+        6 => ev.args[5],
+        _ => 0,
+    };
+    // A site without a text (p = 0) ends the repetition, as a NULL does.
+    if spec.repeat_once != 0 && repeated(tgid, p) {
+        return 0;
+    }
+    {
+        if p != 0 {
+            ev.flags |= qflags::TEXT_PRESENT;
+            let limit = unsafe { core::ptr::read_volatile(&MAX_TEXT) } as usize;
+            let limit = if limit > TEXT_CAP - 2 { TEXT_CAP - 2 } else { limit };
+            match unsafe { bpf_probe_read_user_str_bytes(p as *const u8, &mut ev.text[..limit + 2]) } {
+                Ok(s) if s.len() > limit => {
+                    ev.flags |= qflags::TRUNCATED;
+                    ev.text_len = limit as u32;
+                }
+                Ok(s) => ev.text_len = s.len() as u32,
+                Err(_) => ev.flags |= qflags::TEXT_FAULT,
+            }
+        }
+    }
+    let len = ServerEvent::TEXT_OFFSET + ev.text_len as usize;
+    let bytes: &[u8; core::mem::size_of::<ServerEvent>()] = unsafe { &*(ev as *const ServerEvent).cast() };
+    if len <= bytes.len() && EVENTS.output::<[u8]>(&bytes[..len], wakeup_flags()).is_err() {
+        bump(counter::RINGBUF_FULL);
+    }
+    0
+}
+
+/// True if `p`'s text begins as the last one this process reported (its
+/// first 31 bytes): the same statement reported again. A NULL resets.
+#[inline(always)]
+fn repeated(tgid: u32, p: u64) -> bool {
+    // Updated in place once the process has an entry: an LRU insert or
+    // delete on every statement costs more than the compare.
+    let last = LAST_TEXT.get_ptr_mut(&tgid);
+    if p == 0 {
+        // Byte 31 of a head read from a string is always its NUL or before
+        // it: no text matches this.
+        if let Some(last) = last {
+            unsafe { *last = [0, 0, 0, 0xff << 56] };
+        }
+        return false;
+    }
+    // Compared as words: there is no memcmp in BPF.
+    let mut head = [0u64; 4];
+    let bytes: &mut [u8; 32] = unsafe { &mut *(&mut head as *mut [u64; 4]).cast() };
+    let _ = unsafe { bpf_probe_read_user_str_bytes(p as *const u8, bytes) };
+    match last {
+        Some(last) => {
+            let last = unsafe { &mut *last };
+            if last[0] == head[0] && last[1] == head[1] && last[2] == head[2] && last[3] == head[3] {
+                return true;
+            }
+            *last = head;
+        }
+        None => {
+            let _ = LAST_TEXT.insert(&tgid, &head, 0);
+        }
+    }
+    false
+}

@@ -1,0 +1,88 @@
+//! Processes: forks of traced servers, exits, and (with --all) execs.
+
+use super::*;
+use crate::pg_server::LAST_TEXT;
+
+/// Field offsets in the sched_process_fork tracepoint record (read by the
+/// agent from tracefs: they changed between kernel versions).
+#[no_mangle]
+static FORK_PARENT_OFF: u32 = 24;
+#[no_mangle]
+static FORK_CHILD_OFF: u32 = 44;
+/// A traced server forks a backend: trace the child too, from its first instruction.
+#[tracepoint]
+pub fn server_fork(ctx: TracePointContext) -> u32 {
+    let (po, co) = unsafe { (core::ptr::read_volatile(&FORK_PARENT_OFF), core::ptr::read_volatile(&FORK_CHILD_OFF)) };
+    let (Ok(parent), Ok(child)) = (unsafe { ctx.read_at::<i32>(po as usize) }, unsafe { ctx.read_at::<i32>(co as usize) })
+    else {
+        return 0;
+    };
+    if let Some(pm) = unsafe { SERVER_PIDS.get(&(parent as u32)) }.copied() {
+        let _ = SERVER_PIDS.insert(&(child as u32), &pm, 0);
+    }
+    0
+}
+
+/// A traced process exits (a server's, or with --all a client that hit a
+/// probe): forget it (PIDs are reused) and tell the agent, which closes
+/// whatever it had open.
+#[tracepoint]
+pub fn proc_exit(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid != pid_tgid as u32 {
+        // A thread (an extension's): the fork tracepoint added its id too.
+        let _ = SERVER_PIDS.remove(&(pid_tgid as u32));
+        return 0;
+    }
+    if unsafe { CLIENT_PIDS.get(&tgid) }.is_some() {
+        let _ = CLIENT_PIDS.remove(&tgid);
+        if EVENTS.output::<Header>(header(kind::CLIENT_EXIT, 0, 0), wakeup_flags()).is_err() {
+            bump(counter::RINGBUF_FULL);
+        }
+    }
+    let Some(pm) = unsafe { SERVER_PIDS.get(&tgid) }.copied() else { return 0 };
+    let _ = SERVER_PIDS.remove(&tgid);
+    let _ = LAST_TEXT.remove(&tgid);
+    if EVENTS.output::<Header>(header(kind::SERVER_EXIT, 0, pm as u64), wakeup_flags()).is_err() {
+        bump(counter::RINGBUF_FULL);
+    }
+    0
+}
+
+/// Offset of sched_process_exec's `__data_loc char[] filename` (from tracefs).
+#[no_mangle]
+static EXEC_FILENAME_OFF: u32 = 8;
+#[map]
+static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Host-wide tracing: every exec is reported with its path and cgroup, so
+/// the agent can choose a process (and probe a new program) before its first
+/// query, and still knows what it was if it exits before being looked at.
+#[tracepoint]
+pub fn proc_exec(ctx: TracePointContext) -> u32 {
+    if unsafe { core::ptr::read_volatile(&TRACE_ALL) } == 0 {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // A new program: the old verdict no longer holds.
+    let _ = CLIENT_PIDS.remove(&tgid);
+    let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else { return 0 };
+    let ev = unsafe { &mut *ev };
+    ev.hdr = header(kind::EXEC, 0, 0);
+    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    ev.path_len = 0;
+    ev._pad = 0;
+    let off = unsafe { core::ptr::read_volatile(&EXEC_FILENAME_OFF) } as usize;
+    let Ok(loc) = (unsafe { ctx.read_at::<u32>(off) }) else { return 0 };
+    let at = ctx.as_ptr() as u64 + (loc & 0xffff) as u64;
+    if let Ok(p) = unsafe { bpf_probe_read_kernel_str_bytes(at as *const u8, &mut ev.path) } {
+        ev.path_len = p.len() as u32;
+    }
+    let len = ExecEvent::PATH_OFFSET + ev.path_len as usize;
+    let bytes: &[u8; core::mem::size_of::<ExecEvent>()] = unsafe { &*(ev as *const ExecEvent).cast() };
+    if len <= bytes.len() && EVENTS.output::<[u8]>(&bytes[..len], wakeup_flags()).is_err() {
+        bump(counter::RINGBUF_FULL);
+    }
+    0
+}
