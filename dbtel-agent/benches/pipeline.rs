@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use dbtel_agent::{
     events::{decode, encode, Origin},
     export::{Clock, ExportConfig, Exporter, ExporterKind, Protocol},
-    reconstruct::{ClientSpan, Reconstructor},
+    postgres::libpq::reconstruct::{ClientSpan, Reconstructor},
 };
 use dbtel_common::func;
 

@@ -14,14 +14,14 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     host::pidns::PidNamespaces,
-    backend::{ClientIds, LockTag, Notice, ServerSpan, Tracker},
-    catalog::{self, Catalog, CatalogConfig, Snapshot},
+    postgres::server::backend::{ClientIds, LockTag, Notice, ServerSpan, Tracker},
+    postgres::catalog::{self, Catalog, CatalogConfig, Snapshot},
     events::{Origin, ServerHit},
     export::Exporter,
-    reconstruct::Reconstructor,
-    server::ServerTarget,
-    serverspans::WaitFacts,
-    span::{self, IdGen, Ids},
+    postgres::libpq::reconstruct::Reconstructor,
+    postgres::server::target::ServerTarget,
+    postgres::server::spans::WaitFacts,
+    pipeline::span::{self, IdGen, Ids},
 };
 
 /// A wait is looked up in the catalog only if it lasts this long:
@@ -98,13 +98,13 @@ pub struct ServerSide {
     notices: Vec<Notice>,
     pub export_errors: u64,
     /// What of query texts goes into events (deadlock reports).
-    text: crate::sql::Text,
+    text: crate::pipeline::sql::Text,
     /// Backends' PIDs as their server knows them (a server in a container).
     pids: PidNamespaces,
 }
 
 impl ServerSide {
-    pub fn new(settings: CatalogSettings, text: crate::sql::Text) -> Self {
+    pub fn new(settings: CatalogSettings, text: crate::pipeline::sql::Text) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         ServerSide {
             tracker: Tracker::new(IdGen::random()),
@@ -232,7 +232,7 @@ impl ServerSide {
         let own = self.own_backends();
         for (server, ns) in &own {
             if !self.pids.knows(*server, *ns) {
-                for pid in crate::server::processes_of(*server) {
+                for pid in crate::postgres::server::target::processes_of(*server) {
                     self.pids.learn(pid, *server);
                 }
             }
@@ -368,13 +368,13 @@ impl ServerSide {
         let mut attrs = vec![KeyValue::new("db.postgresql.deadlock.victim.pid", victim_ns as i64)];
         let mut pids = vec![victim_ns as i64];
         if let Some(q) = self.tracker.running_query(victim) {
-            attrs.push(KeyValue::new("db.postgresql.deadlock.victim.query", crate::sql::facts(q, self.text).text));
+            attrs.push(KeyValue::new("db.postgresql.deadlock.victim.query", crate::pipeline::sql::facts(q, self.text).text));
         }
         for b in &blockers {
             pids.push(b.pid as i64);
             attrs.push(KeyValue::new("db.postgresql.deadlock.other.pid", b.pid as i64));
             let q = self.tracker.running_query(host_of(b.pid)).map(str::to_string).unwrap_or_else(|| b.query.clone());
-            attrs.push(KeyValue::new("db.postgresql.deadlock.other.query", crate::sql::facts(&q, self.text).text));
+            attrs.push(KeyValue::new("db.postgresql.deadlock.other.query", crate::pipeline::sql::facts(&q, self.text).text));
             if let Some(ids) = self.traced_work(host_of(b.pid), recon) {
                 attrs.push(KeyValue::new("db.postgresql.deadlock.other.trace_id", format!("{:032x}", ids.trace_id)));
                 attrs.push(KeyValue::new("db.postgresql.deadlock.other.span_id", format!("{:016x}", ids.span_id)));
@@ -446,7 +446,7 @@ impl ServerSide {
             }
             let waiting = matches!(self.backends.get(&pid), Some(Lookup::Pending))
                 || matches!(&s, ServerSpan::Wait(w) if matches!(self.facts.get(&w.ids.span_id), Some(None)));
-            if waiting && !force && now.duration_since(since) < crate::batch::FACTS_DEADLINE {
+            if waiting && !force && now.duration_since(since) < crate::export::batch::FACTS_DEADLINE {
                 self.held.push((s, since));
                 continue;
             }
@@ -490,7 +490,7 @@ impl ServerSide {
     /// state rather than hand it to a process that reuses the PID.
     pub fn sweep_dead(&mut self, now_ns: u64) {
         for pid in self.tracker.pids() {
-            if !crate::discover::process_exists(pid) {
+            if !crate::host::process::process_exists(pid) {
                 self.tracker.exited(pid, now_ns, &mut self.spans);
                 self.exited.push(pid);
             }

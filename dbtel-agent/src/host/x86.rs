@@ -10,6 +10,24 @@ use iced_x86::{
     Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
 };
 
+/// Decodes a function body up to its first `ret` (at most 40 instructions).
+pub fn decode(code: &[u8], ip: u64) -> Vec<Instruction> {
+    let mut out = Vec::new();
+    let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    while decoder.can_decode() && out.len() < 40 {
+        let ins = decoder.decode();
+        if ins.is_invalid() {
+            break;
+        }
+        let ret = ins.mnemonic() == Mnemonic::Ret;
+        out.push(ins);
+        if ret {
+            break;
+        }
+    }
+    out
+}
+
 /// Decodes a whole function body (`code` is exactly its bytes, as the
 /// symbol's size says); stops at the first undecodable byte.
 pub fn decode_body(code: &[u8], ip: u64) -> Vec<Instruction> {

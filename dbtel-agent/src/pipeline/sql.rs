@@ -11,7 +11,7 @@ use sqlparser::{
     tokenizer::{Token, Tokenizer, Whitespace},
 };
 
-use crate::span::shared;
+use crate::pipeline::span::shared;
 
 mod dialect;
 mod mysql;
@@ -112,7 +112,7 @@ impl FactsCache {
             return f.clone();
         }
         // Shapes are PostgreSQL's lexis: other dialects cache by exact text.
-        let shaped = if self.text != Text::Raw && self.dialect == Dialect::PostgreSql { crate::shape::shape(sql) } else { None };
+        let shaped = if self.text != Text::Raw && self.dialect == Dialect::PostgreSql { crate::pipeline::shape::shape(sql) } else { None };
         if shaped.as_deref() == Some(sql) {
             if self.plain.len() >= self.capacity {
                 self.plain.clear();
@@ -189,7 +189,7 @@ pub fn facts_in(dialect: Dialect, sql: &str, text: impl Into<Text>) -> QueryFact
             if obfuscate {
                 // Syntax sqlparser does not know (`|>`): the plain scanner, where it
                 // is sure of every literal; else nothing after the cut.
-                let plain = (dialect == Dialect::PostgreSql).then(|| crate::shape::obfuscated(sql, comments)).flatten();
+                let plain = (dialect == Dialect::PostgreSql).then(|| crate::pipeline::shape::obfuscated(sql, comments)).flatten();
                 match plain.filter(|_| !open_quote) {
                     Some(t) => f.text = t,
                     None => f.text.push('?'),

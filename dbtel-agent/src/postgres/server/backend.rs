@@ -15,12 +15,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use dbtel_common::site;
 
-pub use crate::blocks::TxnOutcome;
+pub use crate::postgres::server::blocks::TxnOutcome;
 use crate::{
-    blocks::BlockEffect,
+    postgres::server::blocks::BlockEffect,
     events::{Origin, ServerHit},
-    server::unpack_sqlstate,
-    span::{Event, IdGen, Ids},
+    postgres::server::target::unpack_sqlstate,
+    pipeline::span::{Event, IdGen, Ids},
 };
 
 /// What the client side knows about the connection a backend serves
@@ -301,7 +301,7 @@ const MAX_PREPARED: usize = 1024;
 /// Keeps track of a session's SQL-level PREPARE / DEALLOCATE; for an EXECUTE,
 /// the name and the statement it runs.
 fn prepared_statement(names: &mut HashMap<String, String>, text: &str) -> Option<(String, String)> {
-    use crate::sql::prepared::{action, Action};
+    use crate::pipeline::sql::prepared::{action, Action};
     match action(text)? {
         Action::Prepare(name, body) => {
             if names.len() >= MAX_PREPARED {

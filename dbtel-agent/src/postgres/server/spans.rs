@@ -5,10 +5,10 @@
 use opentelemetry::{KeyValue, Value};
 
 use crate::{
-    backend::{Cut, LockWait, ServerQuery, ServerTxn, TxnOutcome, WaitOutcome},
-    catalog::{Backend, Blocker, Relation},
+    postgres::server::backend::{Cut, LockWait, ServerQuery, ServerTxn, TxnOutcome, WaitOutcome},
+    postgres::catalog::{Backend, Blocker, Relation},
     export::Described,
-    sql::{self, FactsCache, QueryFacts, RowCount},
+    pipeline::sql::{self, FactsCache, QueryFacts, RowCount},
 };
 
 /// What the catalog told about a lock wait while it lasted.

@@ -3,6 +3,11 @@
 //! that process). Every span is counted from hand-over to delivery, so losses
 //! show at exit.
 
+pub mod batch;
+pub mod clock;
+pub mod console;
+pub mod otlp;
+
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -24,17 +29,17 @@ use opentelemetry_sdk::{
 };
 
 // Re-exported: everything that builds spans converts kernel times through it.
-pub use crate::clock::Clock;
+pub use crate::export::clock::Clock;
 use crate::{
-    batch::{Driver, Pipeline},
-    backend::{LockWait, ServerQuery, ServerTxn},
-    catalog,
-    console::{Console, ConsoleFormat, TreePrinter},
-    reconstruct::{ConnInfo, End, QuerySpan},
-    serverspans::{self, WaitFacts},
-    span::{self, Ids},
-    sql,
-    txn::{self, TxnSpan},
+    export::batch::{Driver, Pipeline},
+    postgres::server::backend::{LockWait, ServerQuery, ServerTxn},
+    postgres::catalog,
+    export::console::{Console, ConsoleFormat, TreePrinter},
+    postgres::libpq::reconstruct::{ConnInfo, End, QuerySpan},
+    postgres::server::spans::{self, WaitFacts},
+    pipeline::span::{self, Ids},
+    pipeline::sql,
+    pipeline::txn::{self, TxnSpan},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +153,7 @@ impl Exporter {
     fn resource(&self, pid: u32) -> Resource {
         // Read now rather than at attach: a command started with `--` may have
         // exec'ed since (a wrapper script running the real program).
-        let exe = match crate::discover::exe_name(pid) {
+        let exe = match crate::host::process::exe_name(pid) {
             n if n != "?" => n,
             _ => self.processes.get(&pid).map(|m| m.executable.clone()).unwrap_or_else(|| "unknown".into()),
         };
@@ -194,7 +199,7 @@ impl Exporter {
                 Protocol::HttpProtobuf => {
                     // Encoded straight from SpanData (see otlp); reqwest's blocking
                     // client brings its own runtime: driven outside ours.
-                    let e = crate::otlp::HttpExporter::new(self.cfg.endpoint.as_deref(), &self.scope);
+                    let e = crate::export::otlp::HttpExporter::new(self.cfg.endpoint.as_deref(), &self.scope);
                     Pipeline::start(e, &resource, Driver::Plain, stats)
                 }
             },
@@ -212,20 +217,20 @@ impl Exporter {
     /// `backend_pid`: the backend's PID as its server knows it (see host::pidns).
     pub fn emit_server_query(&mut self, q: &ServerQuery, backend_pid: i32, backend: Option<&catalog::Backend>) -> anyhow::Result<()> {
         let facts = self.facts.get(q.prepared.as_ref().map_or(&q.text, |(_, body)| body));
-        let d = serverspans::describe_query(q, backend_pid, &facts, backend);
+        let d = spans::describe_query(q, backend_pid, &facts, backend);
         self.push_as(q.postmaster, q.ids, (q.start_ns, q.end_ns), d, &q.events, SpanKind::Server, &[])
     }
 
     /// A transaction block as the server ran it.
     pub fn emit_server_txn(&mut self, t: &ServerTxn, backend_pid: i32, backend: Option<&catalog::Backend>) -> anyhow::Result<()> {
-        let d = serverspans::describe_txn(t, backend_pid, backend);
+        let d = spans::describe_txn(t, backend_pid, backend);
         self.push_as(t.postmaster, t.ids, (t.start_ns, t.end_ns), d, &t.events, SpanKind::Server, &[])
     }
 
     /// A lock wait (kind INTERNAL: time spent inside the server), linked to the
     /// blockers' transactions where dbtel traces them.
     pub fn emit_wait(&mut self, w: &LockWait, backend_pid: i32, facts: &WaitFacts, links: &[span::Link]) -> anyhow::Result<()> {
-        let d = serverspans::describe_wait(w, backend_pid, facts, &mut self.facts);
+        let d = spans::describe_wait(w, backend_pid, facts, &mut self.facts);
         self.push_as(w.postmaster, w.ids, (w.start_ns, w.end_ns), d, &w.events, SpanKind::Internal, links)
     }
 
@@ -493,7 +498,7 @@ impl SpanExporter for Discard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconstruct::ConnInfo;
+    use crate::postgres::libpq::reconstruct::ConnInfo;
 
     fn describe(q: &QuerySpan, raw_text: bool) -> Described {
         let facts = q.text.as_deref().map(|t| sql::facts(t, !raw_text));

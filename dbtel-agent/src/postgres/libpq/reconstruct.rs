@@ -15,7 +15,7 @@
 //! ends the query, as it always did.
 //!
 //! Identifiers are given when a query opens, by the transaction tracker
-//! ([`crate::txn`]): a query inside BEGIN…COMMIT is a child of its
+//! ([`crate::pipeline::txn`]): a query inside BEGIN…COMMIT is a child of its
 //! transaction's span, one outside is the root of a trace of its own.
 //!
 //! libpq's pipeline mode, where queries are sent without waiting for each
@@ -30,9 +30,9 @@ use dbtel_common::func;
 
 use crate::{
     events::{Event, Origin},
-    shape,
-    span::{self, IdGen, Ids},
-    txn::{self, Tracker, TxnSpan, Verb},
+    pipeline::shape,
+    pipeline::span::{self, IdGen, Ids},
+    pipeline::txn::{self, Tracker, TxnSpan, Verb},
 };
 
 /// How long an answered query's connection stays quiet before its last
@@ -392,7 +392,7 @@ impl Reconstructor {
             }
             // SQL-level PREPARE / EXECUTE / DEALLOCATE: the same per-session names.
             _ => {
-                use crate::sql::prepared::{action, Action};
+                use crate::pipeline::sql::prepared::{action, Action};
                 match text.as_deref().and_then(action) {
                     Some(Action::Prepare(n, body)) => {
                         conn.prepared.insert(n, (body.to_string(), truncated));

@@ -30,7 +30,7 @@ impl BlockEffect {
         if !text.as_bytes().contains(&b';') {
             return Self::single(text, open);
         }
-        let Some(stmts) = crate::shape::statements(text) else { return BlockEffect::default() };
+        let Some(stmts) = crate::pipeline::shape::statements(text) else { return BlockEffect::default() };
         if let [one] = stmts[..] {
             return Self::single(one, open);
         }
@@ -61,14 +61,14 @@ impl BlockEffect {
 
 /// BEGIN / START TRANSACTION (comments and case as the client's side reads them).
 fn starts_block(text: &str) -> bool {
-    matches!(crate::txn::verb(text), crate::txn::Verb::Begin)
+    matches!(crate::pipeline::txn::verb(text), crate::pipeline::txn::Verb::Begin)
 }
 
 /// COMMIT / END → committed, ROLLBACK / ABORT → rolled back; not ROLLBACK TO SAVEPOINT.
 fn ends_block(text: &str) -> Option<TxnOutcome> {
-    match crate::txn::verb(text) {
-        crate::txn::Verb::Commit => Some(TxnOutcome::Committed),
-        crate::txn::Verb::Rollback => Some(TxnOutcome::RolledBack),
+    match crate::pipeline::txn::verb(text) {
+        crate::pipeline::txn::Verb::Commit => Some(TxnOutcome::Committed),
+        crate::pipeline::txn::Verb::Rollback => Some(TxnOutcome::RolledBack),
         _ => None,
     }
 }
@@ -76,8 +76,8 @@ fn ends_block(text: &str) -> Option<TxnOutcome> {
 /// How a statement ends the open block, if it does: PREPARE TRANSACTION
 /// prepares it, COMMIT/END commits, ROLLBACK/ABORT rolls back.
 fn block_end(text: &str) -> Option<TxnOutcome> {
-    match crate::txn::verb(text) {
-        crate::txn::Verb::PrepareTransaction => Some(TxnOutcome::Prepared),
+    match crate::pipeline::txn::verb(text) {
+        crate::pipeline::txn::Verb::PrepareTransaction => Some(TxnOutcome::Prepared),
         _ => ends_block(text),
     }
 }

@@ -17,7 +17,7 @@ use std::{
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::catalog::{Backend, Catalog, CatalogConfig, Stats, WaitCount};
+use crate::postgres::catalog::{Backend, Catalog, CatalogConfig, Stats, WaitCount};
 
 /// Arguments of `dbtel-agent contention`.
 #[derive(clap::Args, Debug, Clone)]
@@ -123,7 +123,7 @@ pub struct Report {
 
 /// Literals → `?`, white space runs → one space.
 pub fn obfuscate(q: &str) -> String {
-    let text = crate::sql::facts(q, true).text;
+    let text = crate::pipeline::sql::facts(q, true).text;
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
@@ -363,7 +363,7 @@ pub fn format_text(r: &Report) -> String {
 }
 
 /// Reads the catalog once and builds the report.
-pub async fn collect(cat: &Catalog, long_query: Duration) -> crate::catalog::Result<Report> {
+pub async fn collect(cat: &Catalog, long_query: Duration) -> crate::postgres::catalog::Result<Report> {
     // The blocking graph first: backends read after it still include every
     // pid it names, unless one ended in between (drawn as unknown).
     let graph = cat.blocking_graph().await?;
@@ -376,7 +376,7 @@ pub async fn collect(cat: &Catalog, long_query: Duration) -> crate::catalog::Res
 pub fn run(args: ContentionArgs) -> anyhow::Result<()> {
     let defaults = match args.server_pid {
         Some(pid) => Some(
-            crate::catalog::server_defaults(pid)
+            crate::postgres::catalog::server_defaults(pid)
                 .with_context(|| format!("PID {pid}: no readable postmaster.pid in its working directory (is it a PostgreSQL postmaster?)"))?,
         ),
         None => None,

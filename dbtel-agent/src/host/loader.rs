@@ -87,7 +87,7 @@ pub fn inspect(path: &str, host_path: &Path) -> Result<Option<LoaderTarget>, Loa
         }
     }
     let (Some(hook), Some(r_debug)) = (hook, r_debug) else { return Ok(None) };
-    let offset = crate::discover::vaddr_to_offset(&file, hook).ok_or(LoaderError::Outside { path: path.into(), what: "_dl_debug_state" })?;
+    let offset = crate::host::process::vaddr_to_offset(&file, hook).ok_or(LoaderError::Outside { path: path.into(), what: "_dl_debug_state" })?;
     let delta = (r_debug as i64 + R_STATE_OFFSET) - hook as i64;
     let state_delta = i32::try_from(delta).map_err(|_| LoaderError::Outside { path: path.into(), what: "_r_debug" })?;
     Ok(Some(LoaderTarget { path: path.into(), host_path: host_path.into(), offset, state_delta }))

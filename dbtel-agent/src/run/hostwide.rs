@@ -16,10 +16,9 @@ use std::{
 };
 
 use crate::{
-    discover,
     events::Exec,
     host::select::{facts, ProcessFacts, Selectors},
-    server,
+    postgres::server::target,
 };
 
 /// Exec'd paths remembered (a process that exits before its first event is
@@ -152,7 +151,7 @@ pub fn exe_host_path(pid: u32) -> PathBuf {
 
 /// A running postmaster's facts: its executable, cgroup and port.
 pub fn server_facts(postmaster: u32) -> ProcessFacts {
-    let port = crate::catalog::server_defaults(postmaster).map(|(_, port)| port);
+    let port = crate::postgres::catalog::server_defaults(postmaster).map(|(_, port)| port);
     facts::of(postmaster, None, Some(port.into_iter().collect()))
 }
 
@@ -178,7 +177,7 @@ pub fn cmdline(pid: u32) -> Option<Vec<String>> {
 
 /// The postmasters among `pids` (a backend leads to its postmaster).
 pub fn postmasters(pids: &[u32], mut is_server_exe: impl FnMut(u32) -> bool) -> Vec<u32> {
-    let mut out: Vec<u32> = pids.iter().copied().filter(|p| is_server_exe(*p)).map(server::postmaster_of).collect();
+    let mut out: Vec<u32> = pids.iter().copied().filter(|p| is_server_exe(*p)).map(target::postmaster_of).collect();
     out.sort_unstable();
     out.dedup();
     out.retain(|pm| is_running_postmaster(*pm));
@@ -187,12 +186,12 @@ pub fn postmasters(pids: &[u32], mut is_server_exe: impl FnMut(u32) -> bool) -> 
 
 /// libpq files in a process's mappings not yet judged.
 pub fn new_mappings(host: &HostWide, pid: u32) -> Vec<(String, PathBuf, (u64, u64))> {
-    let Ok(paths) = discover::executable_mappings(pid) else { return Vec::new() };
+    let Ok(paths) = crate::host::process::executable_mappings(pid) else { return Vec::new() };
     paths
         .into_iter()
         .filter_map(|path| {
             let host_path = PathBuf::from(format!("/proc/{pid}/root{path}"));
-            let id = discover::file_id(&host_path)?;
+            let id = crate::host::process::file_id(&host_path)?;
             (!host.files.contains_key(&id)).then_some((path, host_path, id))
         })
         .collect()

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use opentelemetry::KeyValue;
 
 use crate::{
-    reconstruct::ConnInfo,
-    span::{Event, IdGen, Ids},
+    postgres::libpq::reconstruct::ConnInfo,
+    pipeline::span::{Event, IdGen, Ids},
 };
 
 /// What a statement does to the transaction state.

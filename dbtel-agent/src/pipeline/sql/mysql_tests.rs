@@ -1,6 +1,6 @@
 //! MySQL/MariaDB texts: obfuscation (no literal survives) and the facts.
 
-use crate::sql::{facts, facts_in, Dialect, FactsCache, QueryFacts, Text};
+use crate::pipeline::sql::{facts, facts_in, Dialect, FactsCache, QueryFacts, Text};
 
 fn f(sql: &str) -> QueryFacts {
     facts_in(Dialect::MySql, sql, Text::Obfuscated)

@@ -19,7 +19,7 @@
 
 use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Formatter, Instruction, IntelFormatter, Mnemonic, OpKind, Register};
 
-use crate::usdt::Gpr;
+use crate::host::usdt::Gpr;
 
 /// A probe site inside PQgetResult.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -223,7 +223,7 @@ mod tests {
         assert_eq!(statements("select 'a;b', $1; select a$b"), Some(vec!["select 'a;b', $1", "select a$b"]));
         assert_eq!(statements("select $q$;$q$; select 1"), None);
     }
-    use crate::sql::facts;
+    use crate::pipeline::sql::facts;
 
     #[test]
     fn literal_values_do_not_change_the_shape() {

@@ -12,8 +12,8 @@ use dbtel_common::{argkind, site, ArgSpec, SiteSpec, NO_INDEX, USDT_MAX_ARGS};
 use object::{Object, ObjectSymbol};
 
 use crate::{
-    discover::vaddr_to_offset,
-    usdt::{self, UsdtError},
+    host::process::vaddr_to_offset,
+    host::usdt::{self, UsdtError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -258,7 +258,7 @@ fn stat(pid: u32) -> Option<(u32, char)> {
 }
 
 fn same_exe(a: u32, b: u32) -> bool {
-    let id = |p: u32| crate::discover::file_id(Path::new(&format!("/proc/{p}/exe")));
+    let id = |p: u32| crate::host::process::file_id(Path::new(&format!("/proc/{p}/exe")));
     matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
 }
 

@@ -8,12 +8,13 @@ use std::{
 };
 
 use dbtel_common::LibpqLayout;
-use object::{Object, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSymbol};
 
 use crate::{
-    layout::{self, Accessors},
-    placement::{self, Placement},
-    resultpoint::{self, ResultPoint},
+    host::process::{exe_name, executable_mappings, vaddr_to_offset, ProcessError},
+    postgres::libpq::layout::{self, Accessors},
+    host::placement::{self, Placement},
+    postgres::libpq::resultpoint::{self, ResultPoint},
 };
 
 /// The libpq entry points dbtel probes; a libpq lacking any of them is refused.
@@ -68,10 +69,8 @@ pub const QUERY_CALLS: &[(&str, u32)] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoverError {
-    #[error("no process with PID {0}")]
-    NoSuchProcess(u32),
-    #[error("cannot read /proc/{pid}/maps: {error} (dbtel-agent must run as root)")]
-    Maps { pid: u32, error: io::Error },
+    #[error(transparent)]
+    Process(#[from] ProcessError),
     #[error("process {pid} ({exe}) does not use libpq: trace its server (--pid POSTMASTER) to see its queries")]
     NoLibpq { pid: u32, exe: String },
     #[error("{path} (process {pid}) has libpq symbols but lacks {missing}: unsupported libpq build")]
@@ -104,59 +103,6 @@ pub struct LibpqTarget {
     /// Why the PGconn offsets are unknown, if they are (spans then lack
     /// database and server details).
     pub conn_layout_error: Option<String>,
-}
-
-/// True while the process runs: a zombie (exited, not yet reaped by its
-/// parent) counts as gone.
-pub fn process_exists(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !matches!(stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()), Some('Z' | 'X')),
-        Err(_) => false,
-    }
-}
-
-/// (device, inode) of a file: the same library or executable, whatever path reaches it.
-pub fn file_id(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
-pub fn exe_name(pid: u32) -> String {
-    fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .or_else(|| fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim().to_string()))
-        .unwrap_or_else(|| "?".into())
-}
-
-/// Paths of the file-backed executable mappings in /proc/<pid>/maps.
-pub fn executable_mappings(pid: u32) -> Result<Vec<String>, DiscoverError> {
-    if !process_exists(pid) {
-        return Err(DiscoverError::NoSuchProcess(pid));
-    }
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|error| {
-        if error.kind() == io::ErrorKind::NotFound {
-            DiscoverError::NoSuchProcess(pid)
-        } else {
-            DiscoverError::Maps { pid, error }
-        }
-    })?;
-    Ok(parse_maps(&maps))
-}
-
-pub fn parse_maps(maps: &str) -> Vec<String> {
-    // Read at every library load of a held process: byte checks, no field
-    // splitting. "ADDR PERMS OFFSET DEV INODE   PATH": only the path has a '/'.
-    let mut out: Vec<String> = Vec::new();
-    for line in maps.lines() {
-        let executable = line.split_once(' ').is_some_and(|(_, rest)| rest.as_bytes().get(2) == Some(&b'x'));
-        let Some(at) = line.find('/').filter(|_| executable) else { continue };
-        let path = line[at..].trim_end();
-        if !path.ends_with(" (deleted)") && !out.iter().any(|p| p == path) {
-            out.push(path.to_string());
-        }
-    }
-    out
 }
 
 /// The system's libpq per the loader cache (what a dynamically linked
@@ -291,7 +237,7 @@ pub fn inspect(pid: u32, path: &str, host_path: &Path) -> Result<Option<LibpqTar
         let addr = *symbols.get(name)?;
         let off = to_offset(addr)? as usize;
         let code = data.get(off..(off + 256).min(data.len()))?;
-        Some(layout::decode(code, addr))
+        Some(crate::host::x86::decode(code, addr))
     };
     let mut placements = BTreeMap::new();
     for name in offsets.keys() {
@@ -372,7 +318,7 @@ fn result_points(
         else {
             return false;
         };
-        layout::decode(code, target).iter().take(2).any(|i| {
+        crate::host::x86::decode(code, target).iter().take(2).any(|i| {
             i.mnemonic() == iced_x86::Mnemonic::Jmp && i.is_ip_rel_memory_operand() && fire_slots.contains(&i.ip_rel_memory_address())
         })
     };
@@ -397,14 +343,6 @@ fn defined_symbols<'d, R: object::ReadRef<'d>>(file: &object::File<'d, R>) -> BT
     out
 }
 
-/// Virtual address → offset in the file, through the loadable segment holding it.
-pub(crate) fn vaddr_to_offset(file: &object::File<'_>, addr: u64) -> Option<u64> {
-    file.segments().find_map(|seg| {
-        let (off, size) = seg.file_range();
-        (addr >= seg.address() && addr < seg.address() + size).then(|| addr - seg.address() + off)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,34 +356,6 @@ mod tests {
         let points = t.result_points.unwrap();
         assert_eq!(points.len(), 1, "{points:?}");
         assert!(points[0].instruction.starts_with('j'), "{points:?}");
-    }
-
-    #[test]
-    fn maps_keeps_executable_file_mappings_once() {
-        let maps = "\
-55d0c0000000-55d0c0001000 r--p 00000000 08:01 123 /usr/bin/psql
-55d0c0001000-55d0c0002000 r-xp 00001000 08:01 123 /usr/bin/psql
-7f0000000000-7f0000001000 r-xp 00000000 08:01 456 /usr/lib/x86_64-linux-gnu/libpq.so.5.15
-7f0000002000-7f0000003000 r-xp 00000000 08:01 456 /usr/lib/x86_64-linux-gnu/libpq.so.5.15
-7f0000004000-7f0000005000 rw-p 00000000 00:00 0 
-7f0000006000-7f0000007000 r-xp 00000000 00:00 0 [vdso]
-7f0000008000-7f0000009000 r-xp 00000000 08:01 789 /tmp/old.so (deleted)
-";
-        assert_eq!(parse_maps(maps), vec!["/usr/bin/psql", "/usr/lib/x86_64-linux-gnu/libpq.so.5.15"]);
-    }
-
-    #[test]
-    fn zombies_count_as_exited() {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        // Not reaped yet: a zombie until wait().
-        while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z")) {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert!(!process_exists(pid));
-        child.wait().unwrap();
-        assert!(!process_exists(pid));
-        assert!(process_exists(std::process::id()));
     }
 
     #[test]

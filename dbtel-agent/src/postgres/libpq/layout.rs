@@ -4,7 +4,7 @@
 //! between libpq builds, so they are never hard-coded.
 
 use dbtel_common::LibpqLayout;
-use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot decode {function}: {why}")]
@@ -15,24 +15,6 @@ pub struct LayoutError {
 
 fn err(function: &'static str, why: &'static str) -> LayoutError {
     LayoutError { function, why }
-}
-
-/// Decodes a function body up to its first `ret` (at most 40 instructions).
-pub fn decode(code: &[u8], ip: u64) -> Vec<Instruction> {
-    let mut out = Vec::new();
-    let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
-    while decoder.can_decode() && out.len() < 40 {
-        let ins = decoder.decode();
-        if ins.is_invalid() {
-            break;
-        }
-        let ret = ins.mnemonic() == Mnemonic::Ret;
-        out.push(ins);
-        if ret {
-            break;
-        }
-    }
-    out
 }
 
 fn mem_operand(ins: &Instruction) -> Option<usize> {
@@ -183,6 +165,7 @@ fn scaled_element(insns: &[Instruction]) -> Option<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::x86::decode;
 
     fn asm(bytes: &[u8]) -> Vec<Instruction> {
         decode(bytes, 0x1000)

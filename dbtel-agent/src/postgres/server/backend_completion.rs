@@ -32,7 +32,7 @@ impl Tracker {
     /// simple-protocol text of several is run statement by statement.
     pub(super) fn open_text(&mut self, at: Origin, text: &str, truncated: bool, client: &dyn Fn(u32) -> Option<ClientIds>) {
         let several = self.completing.contains(&(at.conn as u32)) && text.as_bytes().contains(&b';');
-        let pieces = if several && !truncated { crate::shape::statements(text) } else { None };
+        let pieces = if several && !truncated { crate::pipeline::shape::statements(text) } else { None };
         match pieces.as_deref() {
             Some([first, rest @ ..]) if !rest.is_empty() => {
                 self.open_query(at, first.to_string(), false, client);

@@ -104,7 +104,7 @@ pub fn arg_registers(n: usize) -> &'static [Register] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::decode;
+    use crate::host::x86::decode;
 
     fn place(bytes: &[u8], nargs: usize) -> Placement {
         entry_probe(&decode(bytes, 0x17900), arg_registers(nargs))
