@@ -263,7 +263,6 @@ fn real_main() -> anyhow::Result<ExitCode> {
             protocol,
             endpoint: cli.otlp_endpoint,
             service_name: cli.service_name,
-            text,
             console_format,
         },
         Clock::now(),

@@ -20,6 +20,7 @@ use crate::{
     postgres::libpq::reconstruct::Reconstructor,
     postgres::server::target::{self, ServerTarget},
     host::select::Selectors,
+    pipeline::sql::FactsCache,
     run::hostwide::HostWide,
     postgres::server::side::{CatalogSettings, ServerSide},
 };
@@ -71,6 +72,8 @@ struct Agent {
     ring: AsyncFd<RingBuf<MapData>>,
     recon: Reconstructor,
     exporter: Exporter,
+    /// Query texts' facts (obfuscated text, operation, table), client and server side.
+    facts: FactsCache,
     /// Traced processes still alive.
     live: BTreeMap<u32, ProcessMeta>,
     /// Mapped files already looked at, per process (to spot libpq loaded later).
@@ -142,18 +145,22 @@ impl Agent {
 
     /// `force`: export held lock waits without waiting for the catalog (exit).
     fn flush_spans_now(&mut self, force: bool) {
-        use crate::postgres::libpq::reconstruct::ClientSpan;
+        use crate::postgres::libpq::{attributes, reconstruct::ClientSpan};
         self.server.take_replies(&self.recon);
-        self.server.flush(&mut self.exporter, force);
+        self.server.flush(&mut self.exporter, &mut self.facts, force);
         let spans = std::mem::take(&mut self.spans);
         for s in spans {
             if !self.port_selected(&s) {
                 continue;
             }
-            let r = match &s {
-                ClientSpan::Query(q) => self.exporter.emit(q),
-                ClientSpan::Txn(t) => self.exporter.emit_txn(t),
+            let span = match s {
+                ClientSpan::Query(q) => {
+                    let facts = q.text.as_deref().map(|t| self.facts.get(t));
+                    attributes::query_span(q, facts.as_deref())
+                }
+                ClientSpan::Txn(t, conn) => attributes::txn_span(t, conn.as_deref()),
             };
+            let r = self.exporter.emit(span);
             if let Err(e) = r {
                 self.summary.export_errors += 1;
                 log::warn!("cannot export span: {e:#}");
@@ -374,6 +381,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         ring,
         recon: Reconstructor::new(),
         exporter,
+        facts: FactsCache::new(cfg.text, 10_000),
         live: BTreeMap::new(),
         inspected: HashSet::new(),
         summary: Summary::default(),

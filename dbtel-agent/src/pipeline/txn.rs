@@ -6,14 +6,10 @@
 //! this runs on every query start. A multi-statement string ("BEGIN; ...;
 //! COMMIT") is classified by its first statement only.
 
-use std::sync::Arc;
-
 use opentelemetry::KeyValue;
 
-use crate::{
-    postgres::libpq::reconstruct::ConnInfo,
-    pipeline::span::{Event, IdGen, Ids},
-};
+use crate::pipeline::dbspan::Described;
+use crate::pipeline::span::{Event, IdGen, Ids};
 
 /// What a statement does to the transaction state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,8 +211,6 @@ pub struct TxnSpan {
     /// with a serialization failure or a deadlock.
     pub retry_count: u32,
     pub events: Vec<Event>,
-    /// Filled in by the reconstructor, which knows the connection.
-    pub conn_info: Option<Arc<ConnInfo>>,
 }
 
 pub const SAVEPOINT_NAME: &str = "db.transaction.savepoint.name";
@@ -460,14 +454,14 @@ fn finish(key: Key, mut o: Open, end_ns: u64, outcome: Outcome) -> TxnSpan {
         statements: o.statements,
         retry_count: o.retry_count,
         events: o.events,
-        conn_info: None,
     }
 }
 
-/// Span name, attributes and error of a transaction.
-pub fn describe(t: &TxnSpan) -> (String, Vec<KeyValue>, Option<String>) {
+/// Span name, attributes and error of a transaction: `system` is its
+/// db.system.name, `conn` its connection's attributes (from its engine).
+pub fn describe(t: &TxnSpan, system: &'static str, conn: &[KeyValue]) -> Described {
     let mut a = vec![
-        KeyValue::new("db.system.name", "postgresql"),
+        KeyValue::new("db.system.name", system),
         KeyValue::new("db.transaction.outcome", t.outcome.as_str()),
         KeyValue::new("db.transaction.aborted", t.aborted),
         KeyValue::new("db.transaction.statement_count", i64::from(t.statements)),
@@ -475,9 +469,7 @@ pub fn describe(t: &TxnSpan) -> (String, Vec<KeyValue>, Option<String>) {
         KeyValue::new("db.transaction.retry_count", i64::from(t.retry_count)),
         KeyValue::new("process.pid", i64::from(t.pid)),
     ];
-    if let Some(c) = &t.conn_info {
-        crate::export::conn_attributes(c, &mut a);
-    }
+    a.extend_from_slice(conn);
     // An explicit ROLLBACK is the application's choice, not an error; a
     // rollback forced by an error is.
     let error = match (t.outcome, &t.sqlstate) {
@@ -489,7 +481,7 @@ pub fn describe(t: &TxnSpan) -> (String, Vec<KeyValue>, Option<String>) {
     if let Some(e) = &error {
         a.push(KeyValue::new("error.type", e.clone()));
     }
-    ("transaction".to_string(), a, error)
+    Described { name: "transaction".to_string(), attributes: a, error }
 }
 
 #[cfg(test)]

@@ -231,7 +231,7 @@ impl Agent {
                 host.conn_selected.insert((q.pid, q.conn), ok);
                 ok
             }
-            ClientSpan::Txn(t) => host.conn_selected.get(&(t.pid, t.conn)).copied().unwrap_or(false),
+            ClientSpan::Txn(t, _) => host.conn_selected.get(&(t.pid, t.conn)).copied().unwrap_or(false),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! libpq, PostgreSQL's client library: finding it in a process, its struct
 //! offsets, the probe inside PQgetResult, and client queries rebuilt from
 //! its calls.
+pub mod attributes;
 pub mod discover;
 pub mod layout;
 pub mod reconstruct;

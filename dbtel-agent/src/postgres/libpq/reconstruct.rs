@@ -50,7 +50,7 @@ pub struct ConnInfo {
     /// Host name, address, or unix socket directory.
     pub host: String,
     pub port: String,
-    /// Its span attributes, built by the exporter at the first span.
+    /// Its span attributes, built at its first span (see attributes).
     pub attrs: std::sync::OnceLock<Vec<opentelemetry::KeyValue>>,
 }
 
@@ -114,7 +114,8 @@ pub struct QuerySpan {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientSpan {
     Query(QuerySpan),
-    Txn(TxnSpan),
+    /// A transaction and the connection it ran on (the tracker knows none).
+    Txn(TxnSpan, Option<Arc<ConnInfo>>),
 }
 
 /// The client's view of a server backend right now (for server-side spans).
@@ -623,9 +624,8 @@ fn apply(s: &mut QuerySpan, status: i32, ntuples: i32, cmd_status: String, sqlst
 }
 
 fn push_txns(txns: Vec<TxnSpan>, info: &Option<Arc<ConnInfo>>, out: &mut Vec<ClientSpan>) {
-    for mut t in txns {
-        t.conn_info = info.clone();
-        out.push(ClientSpan::Txn(t));
+    for t in txns {
+        out.push(ClientSpan::Txn(t, info.clone()));
     }
 }
 

@@ -181,7 +181,7 @@ fn transaction_blocks_sent_ahead_keep_their_statements() {
     }
     s.rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1").rp(C1, PIPE_SYNC, 0, "").exit(C1);
     let (all, r) = s.run_all();
-    let txns: Vec<&TxnSpan> = all.iter().filter_map(|s| if let ClientSpan::Txn(t) = s { Some(t) } else { None }).collect();
+    let txns: Vec<&TxnSpan> = all.iter().filter_map(|s| if let ClientSpan::Txn(t, _) = s { Some(t) } else { None }).collect();
     let spans = queries(all.clone());
     assert_eq!(spans.len(), texts.len());
     assert_eq!(txns.len(), 2);
@@ -204,7 +204,7 @@ fn an_error_inside_a_block_skips_its_commit_and_the_rollback_ends_it() {
     s.send(C1, "ROLLBACK").sync(C1).rp(C1, PGRES_COMMAND_OK, 0, "ROLLBACK").rp(C1, PIPE_SYNC, 0, "").exit(C1);
     let (all, r) = s.run_all();
     let spans = queries(all.clone());
-    let txns: Vec<&TxnSpan> = all.iter().filter_map(|s| if let ClientSpan::Txn(t) = s { Some(t) } else { None }).collect();
+    let txns: Vec<&TxnSpan> = all.iter().filter_map(|s| if let ClientSpan::Txn(t, _) = s { Some(t) } else { None }).collect();
     assert_eq!(txns.len(), 1);
     let t = txns[0];
     assert_eq!((t.outcome, t.aborted, t.sqlstate.as_deref(), t.statements), (txn::Outcome::RolledBack, true, Some("23505"), 4));

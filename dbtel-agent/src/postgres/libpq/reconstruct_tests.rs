@@ -17,7 +17,7 @@ fn queries(all: Vec<ClientSpan>) -> Vec<QuerySpan> {
     all.into_iter()
         .filter_map(|s| match s {
             ClientSpan::Query(q) => Some(q),
-            ClientSpan::Txn(_) => None,
+            ClientSpan::Txn(..) => None,
         })
         .collect()
 }
@@ -245,7 +245,7 @@ fn transactions_parent_their_queries_and_end_with_the_connection() {
         .iter()
         .map(|s| match s {
             ClientSpan::Query(q) => q.text.clone().unwrap(),
-            ClientSpan::Txn(t) => format!("txn {}", t.outcome.as_str()),
+            ClientSpan::Txn(t, _) => format!("txn {}", t.outcome.as_str()),
         })
         .collect();
     assert_eq!(
@@ -257,14 +257,16 @@ fn transactions_parent_their_queries_and_end_with_the_connection() {
     );
     let ClientSpan::Query(first) = &all[0] else { panic!() };
     assert_eq!(first.ids.parent_span_id, 0);
-    let txns: Vec<&TxnSpan> = all.iter().filter_map(|s| if let ClientSpan::Txn(t) = s { Some(t) } else { None }).collect();
-    for (t, range) in txns.iter().zip([1..4, 5..8, 9..11]) {
+    let with_conn: Vec<(&TxnSpan, &Option<Arc<ConnInfo>>)> =
+        all.iter().filter_map(|s| if let ClientSpan::Txn(t, c) = s { Some((t, c)) } else { None }).collect();
+    for ((t, conn), range) in with_conn.iter().zip([1..4, 5..8, 9..11]) {
         for s in &all[range] {
             let ClientSpan::Query(q) = s else { panic!() };
             assert_eq!((q.ids.trace_id, q.ids.parent_span_id), (t.ids.trace_id, t.ids.span_id), "{:?}", q.text);
         }
-        assert_eq!(t.conn_info.as_ref().unwrap().backend_pid, 4242);
+        assert_eq!(conn.as_ref().unwrap().backend_pid, 4242);
     }
+    let txns: Vec<&TxnSpan> = with_conn.iter().map(|(t, _)| *t).collect();
     assert_eq!((txns[1].aborted, txns[1].sqlstate.as_deref()), (true, Some("22012")));
     assert_eq!(txns[2].end_ns, s.ts, "ends when the connection closes");
     assert!(r.client_context(4242).is_none(), "forgotten with the connection");
@@ -296,7 +298,7 @@ fn client_context_and_annotations_follow_the_query_in_flight() {
     let ctx = r.client_context(4242).unwrap();
     assert_eq!((ctx.query, ctx.txn), (None, Some(txn)), "idle in transaction");
     r.process_exited(7, s.ts + 20, &mut out);
-    assert!(matches!(&out[1], ClientSpan::Txn(t) if t.outcome == txn::Outcome::Incomplete));
+    assert!(matches!(&out[1], ClientSpan::Txn(t, _) if t.outcome == txn::Outcome::Incomplete));
     assert!(r.client_context(4242).is_none());
 }
 

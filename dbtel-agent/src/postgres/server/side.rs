@@ -20,7 +20,8 @@ use crate::{
     export::Exporter,
     postgres::libpq::reconstruct::Reconstructor,
     postgres::server::target::ServerTarget,
-    postgres::server::spans::WaitFacts,
+    postgres::server::spans::{self, WaitFacts},
+    pipeline::sql::FactsCache,
     pipeline::span::{self, IdGen, Ids},
 };
 
@@ -426,7 +427,7 @@ impl ServerSide {
 
     /// Exports finished spans once the catalog's answers about them are in
     /// (or they have waited long enough).
-    pub fn flush(&mut self, exporter: &mut Exporter, force: bool) {
+    pub fn flush(&mut self, exporter: &mut Exporter, cache: &mut FactsCache, force: bool) {
         let now = Instant::now();
         self.held.extend(std::mem::take(&mut self.spans).into_iter().map(|s| (s, now)));
         // The catalog's own sessions (a reconnect is traced until housekeeping
@@ -451,16 +452,17 @@ impl ServerSide {
                 continue;
             }
             let ns = self.pids.ns(pid);
-            let r = match &s {
-                ServerSpan::Query(q) => exporter.emit_server_query(q, ns, info.as_deref()),
-                ServerSpan::Txn(t) => exporter.emit_server_txn(t, ns, info.as_deref()),
+            let span = match s {
+                ServerSpan::Query(q) => spans::query_span(q, ns, cache, info.as_deref()),
+                ServerSpan::Txn(t) => spans::txn_span(t, ns, info.as_deref()),
                 ServerSpan::Wait(w) => {
                     let id = w.ids.span_id;
                     let facts = self.facts.remove(&id).flatten().unwrap_or_default();
                     let links = self.links.remove(&id).unwrap_or_default();
-                    exporter.emit_wait(w, ns, &facts, &links)
+                    spans::wait_span(w, ns, &facts, cache, links)
                 }
             };
+            let r = exporter.emit(span);
             if let Err(e) = r {
                 self.export_errors += 1;
                 log::warn!("cannot export span: {e:#}");

@@ -7,9 +7,32 @@ use opentelemetry::{KeyValue, Value};
 use crate::{
     postgres::server::backend::{Cut, LockWait, ServerQuery, ServerTxn, TxnOutcome, WaitOutcome},
     postgres::catalog::{Backend, Blocker, Relation},
-    export::Described,
+    pipeline::dbspan::{DbSpan, Described, Kind},
+    pipeline::span::Link,
     pipeline::sql::{self, FactsCache, QueryFacts, RowCount},
 };
+
+/// A query as the server ran it (kind SERVER), exported with the server's
+/// resource. `backend_pid`: the backend's PID as its server knows it (see
+/// host::pidns).
+pub fn query_span(q: ServerQuery, backend_pid: i32, cache: &mut FactsCache, backend: Option<&Backend>) -> DbSpan {
+    let facts = cache.get(q.prepared.as_ref().map_or(&q.text, |(_, body)| body));
+    let d = describe_query(&q, backend_pid, &facts, backend);
+    DbSpan::new(q.postmaster, q.ids, Kind::Server, (q.start_ns, q.end_ns), d, q.events, Vec::new())
+}
+
+/// A transaction block as the server ran it.
+pub fn txn_span(t: ServerTxn, backend_pid: i32, backend: Option<&Backend>) -> DbSpan {
+    let d = describe_txn(&t, backend_pid, backend);
+    DbSpan::new(t.postmaster, t.ids, Kind::Server, (t.start_ns, t.end_ns), d, t.events, Vec::new())
+}
+
+/// A lock wait (kind INTERNAL: time spent inside the server), linked to the
+/// blockers' transactions where dbtel traces them.
+pub fn wait_span(w: LockWait, backend_pid: i32, facts: &WaitFacts, cache: &mut FactsCache, links: Vec<Link>) -> DbSpan {
+    let d = describe_wait(&w, backend_pid, facts, cache);
+    DbSpan::new(w.postmaster, w.ids, Kind::Internal, (w.start_ns, w.end_ns), d, w.events, links)
+}
 
 /// What the catalog told about a lock wait while it lasted.
 #[derive(Debug, Clone, Default)]
