@@ -147,21 +147,23 @@ impl Agent {
     fn flush_spans_now(&mut self, force: bool) {
         use crate::postgres::libpq::{attributes, reconstruct::ClientSpan};
         self.server.take_replies(&self.recon);
-        self.server.flush(&mut self.exporter, &mut self.facts, force);
+        let mut ready = Vec::new();
+        self.server.flush(&mut self.facts, force, &mut ready);
         let spans = std::mem::take(&mut self.spans);
         for s in spans {
             if !self.port_selected(&s) {
                 continue;
             }
-            let span = match s {
+            ready.push(match s {
                 ClientSpan::Query(q) => {
                     let facts = q.text.as_deref().map(|t| self.facts.get(t));
                     attributes::query_span(q, facts.as_deref())
                 }
                 ClientSpan::Txn(t, conn) => attributes::txn_span(t, conn.as_deref()),
-            };
-            let r = self.exporter.emit(span);
-            if let Err(e) = r {
+            });
+        }
+        for span in ready {
+            if let Err(e) = self.exporter.emit(span) {
                 self.summary.export_errors += 1;
                 log::warn!("cannot export span: {e:#}");
             }
@@ -532,7 +534,6 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     }
     agent.flush_spans_now(true);
     agent.summary.server = agent.server.tracker.counters;
-    agent.summary.export_errors += agent.server.export_errors;
     agent.summary.kernel = agent.probes.kernel_counters();
     if cfg.probe_stats {
         agent.summary.program_runs = agent.probes.program_runs();

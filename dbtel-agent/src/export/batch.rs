@@ -29,11 +29,6 @@ const HANDOFF: usize = 256;
 const QUEUE_BATCHES: usize = 256;
 /// Longest a span waits before export when traffic is light.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(500);
-/// Longest a finished span is held before it reaches a pipeline: a server's
-/// span waiting for the catalog's answer (servers.rs). Here, with the other
-/// export delays, so the console's trees can wait for it without importing
-/// the server side (export -> console -> servers -> export was a circle).
-pub(crate) const FACTS_DEADLINE: Duration = Duration::from_secs(2);
 
 /// How an export future is driven: tonic needs the agent's tokio runtime;
 /// reqwest's blocking client must not run inside one.

@@ -19,10 +19,10 @@ use super::{duration_ms, get, kind_name, pid, push_outcome, value_of};
 /// A trace prints once its root is in and none of its spans has come for
 /// this long. The root can come first: a client query is exported when it
 /// ends, while the server's span of it may be held up to FACTS_DEADLINE for
-/// catalog answers (servers.rs, batch::FACTS_DEADLINE), then wait up to FLUSH_EVERY in its pipeline
+/// catalog answers (postgres::server::side, pipeline::FACTS_DEADLINE), then wait up to FLUSH_EVERY in its pipeline
 /// (batch.rs); the rest is slack for the agent's loop.
 pub const QUIET: Duration =
-    crate::export::batch::FACTS_DEADLINE.saturating_add(crate::export::batch::FLUSH_EVERY).saturating_add(Duration::from_millis(500));
+    crate::pipeline::FACTS_DEADLINE.saturating_add(crate::export::batch::FLUSH_EVERY).saturating_add(Duration::from_millis(500));
 /// A trace whose root has not come (a transaction still open, or a root lost
 /// in a full export queue) is printed as it is after this long without news.
 pub const ROOTLESS_QUIET: Duration = Duration::from_secs(30);

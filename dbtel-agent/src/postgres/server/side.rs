@@ -17,11 +17,10 @@ use crate::{
     postgres::server::backend::{ClientIds, LockTag, Notice, ServerSpan, Tracker},
     postgres::catalog::{self, Catalog, CatalogConfig, Snapshot},
     events::{Origin, ServerHit},
-    export::Exporter,
     postgres::libpq::reconstruct::Reconstructor,
     postgres::server::target::ServerTarget,
     postgres::server::spans::{self, WaitFacts},
-    pipeline::sql::FactsCache,
+    pipeline::{dbspan::DbSpan, sql::FactsCache},
     pipeline::span::{self, IdGen, Ids},
 };
 
@@ -97,7 +96,6 @@ pub struct ServerSide {
     held: Vec<(ServerSpan, Instant)>,
     spans: Vec<ServerSpan>,
     notices: Vec<Notice>,
-    pub export_errors: u64,
     /// What of query texts goes into events (deadlock reports).
     text: crate::pipeline::sql::Text,
     /// Backends' PIDs as their server knows them (a server in a container).
@@ -124,7 +122,6 @@ impl ServerSide {
             held: Vec::new(),
             spans: Vec::new(),
             notices: Vec::new(),
-            export_errors: 0,
             text,
             pids: PidNamespaces::default(),
         }
@@ -425,9 +422,9 @@ impl ServerSide {
         }
     }
 
-    /// Exports finished spans once the catalog's answers about them are in
-    /// (or they have waited long enough).
-    pub fn flush(&mut self, exporter: &mut Exporter, cache: &mut FactsCache, force: bool) {
+    /// Hands over finished spans (to `out`) once the catalog's answers about
+    /// them are in (or they have waited long enough).
+    pub fn flush(&mut self, cache: &mut FactsCache, force: bool, out: &mut Vec<DbSpan>) {
         let now = Instant::now();
         self.held.extend(std::mem::take(&mut self.spans).into_iter().map(|s| (s, now)));
         // The catalog's own sessions (a reconnect is traced until housekeeping
@@ -447,7 +444,7 @@ impl ServerSide {
             }
             let waiting = matches!(self.backends.get(&pid), Some(Lookup::Pending))
                 || matches!(&s, ServerSpan::Wait(w) if matches!(self.facts.get(&w.ids.span_id), Some(None)));
-            if waiting && !force && now.duration_since(since) < crate::export::batch::FACTS_DEADLINE {
+            if waiting && !force && now.duration_since(since) < crate::pipeline::FACTS_DEADLINE {
                 self.held.push((s, since));
                 continue;
             }
@@ -462,11 +459,7 @@ impl ServerSide {
                     spans::wait_span(w, ns, &facts, cache, links)
                 }
             };
-            let r = exporter.emit(span);
-            if let Err(e) = r {
-                self.export_errors += 1;
-                log::warn!("cannot export span: {e:#}");
-            }
+            out.push(span);
         }
         if self.exited.is_empty() {
             return;
