@@ -22,8 +22,8 @@ use aya::{
 use dbtel_common::{cookie, counter, func, loader, verdict, LibpqLayout, SiteSpec, MAX_LAYOUTS, MAX_SITES, TEXT_CAP};
 
 use crate::{
-    postgres::libpq::discover::{args_of, returns_probed, LibpqTarget, PIPELINE_CALLS, QUERY_CALLS},
     host::loader::LoaderTarget,
+    postgres::libpq::discover::{args_of, returns_probed, LibpqTarget, PIPELINE_CALLS, QUERY_CALLS},
     postgres::server::target::ServerTarget,
 };
 

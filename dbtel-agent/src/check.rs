@@ -9,13 +9,14 @@ use std::{
 };
 
 use crate::{
-    postgres::catalog::{self, Catalog, CatalogConfig},
-    postgres::libpq::discover,
     host::{
         select::{Selectors, TargetArgs},
         tracefs,
     },
-    run::hostwide, postgres::server::target,
+    postgres::catalog::{self, Catalog, CatalogConfig},
+    postgres::libpq::discover,
+    postgres::server::target,
+    run::hostwide,
 };
 
 /// What `check` looks at (the agent's own flags of the same names).

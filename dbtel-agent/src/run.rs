@@ -14,15 +14,15 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::MissedTickBehavio
 
 use crate::{
     attach::Probes,
-    postgres::libpq::discover::{self, LibpqTarget},
     events::{self, Record},
     export::{Clock, Exporter, ProcessMeta},
-    postgres::libpq::reconstruct::Reconstructor,
-    postgres::server::target::{self, ServerTarget},
     host::select::Selectors,
     pipeline::sql::FactsCache,
-    run::hostwide::HostWide,
+    postgres::libpq::discover::{self, LibpqTarget},
+    postgres::libpq::reconstruct::Reconstructor,
     postgres::server::side::{CatalogSettings, ServerSide},
+    postgres::server::target::{self, ServerTarget},
+    run::hostwide::HostWide,
 };
 
 mod all;

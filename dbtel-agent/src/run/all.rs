@@ -5,14 +5,14 @@ use std::{path::Path, time::Instant};
 
 use super::Agent;
 use crate::{
-    postgres::libpq::discover,
     events::Exec,
     export::ProcessMeta,
-    host::select::container_id,
-    run::hostwide::{self, FileKind},
     host::loader,
+    host::select::container_id,
+    postgres::libpq::discover,
     postgres::libpq::reconstruct::ClientSpan,
     postgres::server::target,
+    run::hostwide::{self, FileKind},
 };
 
 impl Agent {

@@ -11,9 +11,9 @@ use dbtel_common::LibpqLayout;
 use object::{Object, ObjectSymbol};
 
 use crate::{
+    host::placement::{self, Placement},
     host::process::{exe_name, executable_mappings, vaddr_to_offset, ProcessError},
     postgres::libpq::layout::{self, Accessors},
-    host::placement::{self, Placement},
     postgres::libpq::resultpoint::{self, ResultPoint},
 };
 

@@ -17,10 +17,10 @@ use dbtel_common::site;
 
 pub use crate::postgres::server::blocks::TxnOutcome;
 use crate::{
-    postgres::server::blocks::BlockEffect,
     events::{Origin, ServerHit},
-    postgres::server::target::unpack_sqlstate,
     pipeline::span::{Event, IdGen, Ids},
+    postgres::server::blocks::BlockEffect,
+    postgres::server::target::unpack_sqlstate,
 };
 
 /// What the client side knows about the connection a backend serves

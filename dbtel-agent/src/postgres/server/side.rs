@@ -13,15 +13,15 @@ use opentelemetry::KeyValue;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    host::pidns::PidNamespaces,
-    postgres::server::backend::{ClientIds, LockTag, Notice, ServerSpan, Tracker},
-    postgres::catalog::{self, Catalog, CatalogConfig, Snapshot},
     events::{Origin, ServerHit},
-    postgres::libpq::reconstruct::Reconstructor,
-    postgres::server::target::ServerTarget,
-    postgres::server::spans::{self, WaitFacts},
+    host::pidns::PidNamespaces,
     pipeline::{dbspan::DbSpan, sql::FactsCache},
     pipeline::span::{self, IdGen, Ids},
+    postgres::catalog::{self, Catalog, CatalogConfig, Snapshot},
+    postgres::libpq::reconstruct::Reconstructor,
+    postgres::server::backend::{ClientIds, LockTag, Notice, ServerSpan, Tracker},
+    postgres::server::spans::{self, WaitFacts},
+    postgres::server::target::ServerTarget,
 };
 
 /// A wait is looked up in the catalog only if it lasts this long:

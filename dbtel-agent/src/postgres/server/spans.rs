@@ -5,11 +5,11 @@
 use opentelemetry::{KeyValue, Value};
 
 use crate::{
-    postgres::server::backend::{Cut, LockWait, ServerQuery, ServerTxn, TxnOutcome, WaitOutcome},
-    postgres::catalog::{Backend, Blocker, Relation},
     pipeline::dbspan::{DbSpan, Described, Kind},
     pipeline::span::Link,
     pipeline::sql::{self, FactsCache, QueryFacts, RowCount},
+    postgres::catalog::{Backend, Blocker, Relation},
+    postgres::server::backend::{Cut, LockWait, ServerQuery, ServerTxn, TxnOutcome, WaitOutcome},
 };
 
 /// A query as the server ran it (kind SERVER), exported with the server's
