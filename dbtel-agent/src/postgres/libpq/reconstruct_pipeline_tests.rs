@@ -3,6 +3,7 @@
 //! NULLs) unless a test says otherwise.
 
 use super::*;
+use crate::pipeline::span::Ids;
 
 const PIPE_SYNC: i32 = PGRES_PIPELINE_SYNC;
 const ABORTED: i32 = PGRES_PIPELINE_ABORTED;
