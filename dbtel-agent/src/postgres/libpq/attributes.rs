@@ -306,7 +306,7 @@ mod tests {
         };
         let s = txn_span(t, Some(&conn));
         assert_eq!((s.name.as_str(), s.kind, s.pid, s.duration_ns()), ("transaction", Kind::Client, 7, 4_000));
-        assert_eq!(s.system.as_ref().map(|v| v.as_str()), Some("postgresql"));
+        assert_eq!(s.system(), Some("postgresql"));
         for kv in [
             KeyValue::new("db.namespace", "shop"),
             KeyValue::new("server.address", "10.0.0.1"),
