@@ -7,7 +7,11 @@ use std::time::{Duration, Instant};
 use dbtel_agent::{
     events::{decode, encode, Origin},
     export::{Clock, ExportConfig, Exporter, ExporterKind, Protocol},
-    reconstruct::{ClientSpan, Reconstructor},
+    pipeline::sql::{FactsCache, Text},
+    postgres::libpq::{
+        attributes,
+        reconstruct::{ClientSpan, Reconstructor},
+    },
 };
 use dbtel_common::func;
 
@@ -60,10 +64,11 @@ fn main() {
         out.len()
     });
     let mut exporter = Exporter::new(
-        ExportConfig { kind: ExporterKind::None, protocol: Protocol::Grpc, endpoint: None, service_name: None, text: Default::default(), console_format: Default::default() },
+        ExportConfig { kind: ExporterKind::None, protocol: Protocol::Grpc, endpoint: None, service_name: None, console_format: Default::default() },
         Clock::fixed(0),
         None,
     );
+    let mut facts = FactsCache::new(Text::default(), 10_000);
     measure("decode+reconstruct+export", &events, |evs| {
         let mut r = Reconstructor::new();
         let mut out = Vec::new();
@@ -71,8 +76,11 @@ fn main() {
             r.on_event(decode(b).unwrap(), &mut out);
             for s in out.drain(..) {
                 match s {
-                    ClientSpan::Query(q) => exporter.emit(&q).unwrap(),
-                    ClientSpan::Txn(t) => exporter.emit_txn(&t).unwrap(),
+                    ClientSpan::Query(q) => {
+                        let f = q.text.as_deref().map(|t| facts.get(t));
+                        exporter.emit(attributes::query_span(q, f.as_deref())).unwrap()
+                    }
+                    ClientSpan::Txn(t, conn) => exporter.emit(attributes::txn_span(t, conn.as_deref())).unwrap(),
                 }
             }
         }

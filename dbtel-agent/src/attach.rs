@@ -22,9 +22,9 @@ use aya::{
 use dbtel_common::{cookie, counter, func, loader, verdict, LibpqLayout, SiteSpec, MAX_LAYOUTS, MAX_SITES, TEXT_CAP};
 
 use crate::{
-    discover::{args_of, returns_probed, LibpqTarget, PIPELINE_CALLS, QUERY_CALLS},
-    loader::LoaderTarget,
-    server::ServerTarget,
+    host::loader::LoaderTarget,
+    postgres::libpq::discover::{args_of, returns_probed, LibpqTarget, PIPELINE_CALLS, QUERY_CALLS},
+    postgres::server::target::ServerTarget,
 };
 
 /// One line per failure: the causes are folded into the message (with their
@@ -174,7 +174,7 @@ impl Probes {
 
     /// True if this libpq file is already probed for this process (host-wide: for all).
     pub fn is_attached(&self, t: &LibpqTarget) -> bool {
-        crate::discover::file_id(&t.host_path).is_some_and(|(dev, ino)| self.attached.contains(&(self.owner(t), dev, ino)))
+        crate::host::process::file_id(&t.host_path).is_some_and(|(dev, ino)| self.attached.contains(&(self.owner(t), dev, ino)))
     }
 
     /// Whose probes these are: the process's, or host-wide (0) for every process.
@@ -189,7 +189,7 @@ impl Probes {
     /// Attaches every probe to one libpq in one process. Returns the number of
     /// probes placed (0 if they already were).
     pub fn attach_libpq(&mut self, t: &LibpqTarget) -> Result<usize, AttachError> {
-        let id = crate::discover::file_id(&t.host_path);
+        let id = crate::host::process::file_id(&t.host_path);
         let owner = self.owner(t);
         if let Some((dev, ino)) = id {
             if self.attached.contains(&(owner, dev, ino)) {
@@ -263,13 +263,13 @@ impl Probes {
         self.loaders.contains(&(owner, id.0, id.1))
     }
 
-    /// Probes a loader's hook (see crate::loader) for one process, or with
+    /// Probes a loader's hook (see crate::host::loader) for one process, or with
     /// --all for every process. `hold`: stop the process at each load until
     /// the agent continues it (never host-wide). Returns false if the hook
     /// was already probed there.
     pub fn attach_loader(&mut self, pid: u32, ld: &LoaderTarget, hold: bool) -> Result<bool, AttachError> {
         let owner = if self.host_wide { 0 } else { pid };
-        let id = crate::discover::file_id(&ld.host_path);
+        let id = crate::host::process::file_id(&ld.host_path);
         if let Some((dev, ino)) = id {
             if !self.loaders.insert((owner, dev, ino)) {
                 return Ok(false);
@@ -312,10 +312,10 @@ impl Probes {
         // by the tracepoint, which is already on.
         let mut pids = self.server_pids()?;
         pids.insert(t.postmaster, t.postmaster, 0)?;
-        for pid in crate::server::processes_of(t.postmaster) {
+        for pid in crate::postgres::server::target::processes_of(t.postmaster) {
             pids.insert(pid, t.postmaster, 0)?;
             // Exited between the scan and the insert: its exit went by unseen.
-            if !crate::discover::process_exists(pid) {
+            if !crate::host::process::process_exists(pid) {
                 let _ = pids.remove(&pid);
             }
         }

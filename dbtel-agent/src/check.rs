@@ -9,13 +9,14 @@ use std::{
 };
 
 use crate::{
-    catalog::{self, Catalog, CatalogConfig},
-    discover,
     host::{
         select::{Selectors, TargetArgs},
         tracefs,
     },
-    hostwide, server,
+    postgres::catalog::{self, Catalog, CatalogConfig},
+    postgres::libpq::discover,
+    postgres::server::target,
+    run::hostwide,
 };
 
 /// What `check` looks at (the agent's own flags of the same names).
@@ -105,7 +106,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
     let mut r = Report::default();
     let t = &args.targets;
     // Each target's executable read once.
-    let inspected: Vec<_> = t.pids.iter().map(|&p| (p, server::inspect(p))).collect();
+    let inspected: Vec<_> = t.pids.iter().map(|&p| (p, target::inspect(p))).collect();
     let servers_needed = t.all || inspected.iter().any(|(_, found)| matches!(found, Ok(Some(_))));
     check_kernel(&mut r, servers_needed);
     check_caps(&mut r, servers_needed);
@@ -193,9 +194,9 @@ fn tracefs_missing() -> bool {
     !["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"].iter().any(|p| Path::new(p).exists())
 }
 
-/// `found`: what server::inspect made of it.
-fn check_pid(r: &mut Report, pid: u32, found: Result<Option<server::ServerTarget>, server::ServerError>, servers: &mut Vec<u32>) {
-    if !discover::process_exists(pid) {
+/// `found`: what target::inspect made of it.
+fn check_pid(r: &mut Report, pid: u32, found: Result<Option<target::ServerTarget>, target::ServerError>, servers: &mut Vec<u32>) {
+    if !crate::host::process::process_exists(pid) {
         r.fail(format!("no process with PID {pid}"));
         return;
     }
@@ -205,7 +206,7 @@ fn check_pid(r: &mut Report, pid: u32, found: Result<Option<server::ServerTarget
             servers.push(t.postmaster);
             return;
         }
-        Ok(None) | Err(server::ServerError::Read { .. }) => {}
+        Ok(None) | Err(target::ServerError::Read { .. }) => {}
         Err(e) => {
             r.fail(e.to_string());
             return;
@@ -214,14 +215,14 @@ fn check_pid(r: &mut Report, pid: u32, found: Result<Option<server::ServerTarget
     match discover::find_libpq(pid) {
         Ok(targets) => {
             for t in targets {
-                libpq_line(r, &format!("PID {pid} ({})", discover::exe_name(pid)), &t);
+                libpq_line(r, &format!("PID {pid} ({})", crate::host::process::exe_name(pid)), &t);
             }
         }
         Err(e) => r.fail(e.to_string()),
     }
 }
 
-fn server_line(r: &mut Report, t: &server::ServerTarget) {
+fn server_line(r: &mut Report, t: &target::ServerTarget) {
     r.ok(format!("PostgreSQL server {} ({}): {} USDT and function probe sites", t.postmaster, t.exe, t.sites.len()));
     for w in &t.warnings {
         r.warn(w.clone());
@@ -252,8 +253,8 @@ fn check_host(r: &mut Report, sel: &Selectors, servers: &mut Vec<u32>) {
     // Each executable read once, however many processes run it (the 2 s budget).
     let mut judged: std::collections::HashMap<(u64, u64), bool> = Default::default();
     let postmasters = hostwide::postmasters(&pids, |p| {
-        let Some(id) = discover::file_id(&hostwide::exe_host_path(p)) else { return false };
-        *judged.entry(id).or_insert_with(|| matches!(server::inspect(p), Ok(Some(_))))
+        let Some(id) = crate::host::process::file_id(&hostwide::exe_host_path(p)) else { return false };
+        *judged.entry(id).or_insert_with(|| matches!(target::inspect(p), Ok(Some(_))))
     });
     for pm in postmasters {
         let f = hostwide::server_facts(pm);
@@ -261,7 +262,7 @@ fn check_host(r: &mut Report, sel: &Selectors, servers: &mut Vec<u32>) {
             r.ok(format!("PostgreSQL server {pm} ({}): not selected", f.exe));
             continue;
         }
-        match server::inspect(pm) {
+        match target::inspect(pm) {
             Ok(Some(t)) => {
                 server_line(r, &t);
                 servers.push(pm);
@@ -274,7 +275,7 @@ fn check_host(r: &mut Report, sel: &Selectors, servers: &mut Vec<u32>) {
     let me = std::process::id();
     let system = discover::system_libpq().into_iter().map(|p| (me, p.to_string_lossy().into_owned(), p));
     let mapped = pids.iter().flat_map(|&pid| {
-        discover::executable_mappings(pid)
+        crate::host::process::executable_mappings(pid)
             .unwrap_or_default()
             .into_iter()
             .filter(|p| p.contains("libpq"))
@@ -282,7 +283,7 @@ fn check_host(r: &mut Report, sel: &Selectors, servers: &mut Vec<u32>) {
     });
     for (pid, path, host_path) in system.chain(mapped) {
         let host_path: std::path::PathBuf = host_path;
-        let Some(id) = discover::file_id(&host_path) else { continue };
+        let Some(id) = crate::host::process::file_id(&host_path) else { continue };
         if !seen.insert(id) {
             continue;
         }
@@ -319,7 +320,7 @@ pub fn otlp_address(endpoint: Option<&str>, grpc: bool) -> Option<(String, u16)>
         None if grpc => std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT"))
             .unwrap_or_else(|_| "http://localhost:4317".into()),
-        None => crate::otlp::traces_url(None),
+        None => crate::export::otlp::traces_url(None),
     };
     let url = reqwest::Url::parse(&url).ok()?;
     Some((url.host_str()?.trim_matches(['[', ']']).to_string(), url.port_or_known_default()?))

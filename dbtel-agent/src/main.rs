@@ -8,13 +8,13 @@ use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use dbtel_agent::{
     config,
-    console::ConsoleFormat,
+    export::console::ConsoleFormat,
     export::{Clock, ExportConfig, Exporter, ExporterKind, Protocol},
     http::{self, Health},
     run::{run, RunConfig, Summary},
-    servers::CatalogSettings,
+    postgres::server::side::CatalogSettings,
 };
-use dbtel_agent::sql::Text;
+use dbtel_agent::pipeline::sql::Text;
 use dbtel_common::counter;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -143,7 +143,7 @@ enum Sub {
     /// One-shot lock-contention report from a PostgreSQL server's catalog: blocking
     /// chains, lock waits, transactions, long queries. Connection settings come from
     /// the PG* environment variables or --catalog-config, never the command line.
-    Contention(dbtel_agent::contention::ContentionArgs),
+    Contention(dbtel_agent::postgres::contention::ContentionArgs),
     /// Would tracing work here? Kernel features, capabilities, each target (--pid or
     /// --all with its selectors: library or server, probe points, layouts), its
     /// catalog, the OTLP endpoint. One line per finding; exit 1 if tracing would fail.
@@ -196,7 +196,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
     }
     match cli.sub {
         Some(Sub::Contention(args)) => {
-            dbtel_agent::contention::run(args)?;
+            dbtel_agent::postgres::contention::run(args)?;
             return Ok(ExitCode::SUCCESS);
         }
         Some(Sub::Check(mut args)) => {
@@ -263,7 +263,6 @@ fn real_main() -> anyhow::Result<ExitCode> {
             protocol,
             endpoint: cli.otlp_endpoint,
             service_name: cli.service_name,
-            text,
             console_format,
         },
         Clock::now(),

@@ -14,17 +14,19 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::MissedTickBehavio
 
 use crate::{
     attach::Probes,
-    discover::{self, LibpqTarget},
     events::{self, Record},
     export::{Clock, Exporter, ProcessMeta},
-    reconstruct::Reconstructor,
-    server::{self, ServerTarget},
     host::select::Selectors,
-    hostwide::HostWide,
-    servers::{CatalogSettings, ServerSide},
+    pipeline::sql::FactsCache,
+    postgres::libpq::discover::{self, LibpqTarget},
+    postgres::libpq::reconstruct::Reconstructor,
+    postgres::server::side::{CatalogSettings, ServerSide},
+    postgres::server::target::{self, ServerTarget},
+    run::hostwide::HostWide,
 };
 
 mod all;
+pub mod hostwide;
 mod command;
 mod loads;
 
@@ -41,7 +43,7 @@ pub struct RunConfig {
     /// Catalog connection for server tracing.
     pub catalog: CatalogSettings,
     /// What of query texts is exported (server spans' events too).
-    pub text: crate::sql::Text,
+    pub text: crate::pipeline::sql::Text,
     /// --all, with its selectors.
     pub host_wide: Option<Selectors>,
     /// What --http-address's /healthz reports: ready once attached, stopping after the loop.
@@ -60,7 +62,7 @@ pub struct Summary {
     /// Exit status of the command run with `--`, if any.
     pub command_status: Option<i32>,
     /// Server-side spans reconstructed.
-    pub server: crate::backend::Counters,
+    pub server: crate::postgres::server::backend::Counters,
     /// Probe hits and eBPF run time per program, with --probe-stats.
     pub program_runs: Vec<(&'static str, u64, Duration)>,
 }
@@ -70,12 +72,14 @@ struct Agent {
     ring: AsyncFd<RingBuf<MapData>>,
     recon: Reconstructor,
     exporter: Exporter,
+    /// Query texts' facts (obfuscated text, operation, table), client and server side.
+    facts: FactsCache,
     /// Traced processes still alive.
     live: BTreeMap<u32, ProcessMeta>,
     /// Mapped files already looked at, per process (to spot libpq loaded later).
     inspected: HashSet<(u32, String)>,
     summary: Summary,
-    spans: Vec<crate::reconstruct::ClientSpan>,
+    spans: Vec<crate::postgres::libpq::reconstruct::ClientSpan>,
     server: ServerSide,
     /// --all's state; None when tracing by PID or command.
     host: Option<HostWide>,
@@ -141,19 +145,25 @@ impl Agent {
 
     /// `force`: export held lock waits without waiting for the catalog (exit).
     fn flush_spans_now(&mut self, force: bool) {
-        use crate::reconstruct::ClientSpan;
+        use crate::postgres::libpq::{attributes, reconstruct::ClientSpan};
         self.server.take_replies(&self.recon);
-        self.server.flush(&mut self.exporter, force);
+        let mut ready = Vec::new();
+        self.server.flush(&mut self.facts, force, &mut ready);
         let spans = std::mem::take(&mut self.spans);
         for s in spans {
             if !self.port_selected(&s) {
                 continue;
             }
-            let r = match &s {
-                ClientSpan::Query(q) => self.exporter.emit(q),
-                ClientSpan::Txn(t) => self.exporter.emit_txn(t),
-            };
-            if let Err(e) = r {
+            ready.push(match s {
+                ClientSpan::Query(q) => {
+                    let facts = q.text.as_deref().map(|t| self.facts.get(t));
+                    attributes::query_span(q, facts.as_deref())
+                }
+                ClientSpan::Txn(t, conn) => attributes::txn_span(t, conn.as_deref()),
+            });
+        }
+        for span in ready {
+            if let Err(e) = self.exporter.emit(span) {
                 self.summary.export_errors += 1;
                 log::warn!("cannot export span: {e:#}");
             }
@@ -195,7 +205,7 @@ impl Agent {
         }
         // Host-wide, a process is followed once it is chosen, at its first event.
         if self.host.is_none() && !self.live.contains_key(&t.pid) {
-            self.follow(ProcessMeta::of(t.pid, discover::exe_name(t.pid)));
+            self.follow(ProcessMeta::of(t.pid, crate::host::process::exe_name(t.pid)));
         }
         self.inspected.insert((t.pid, t.path.clone()));
         Ok(n)
@@ -215,9 +225,9 @@ impl Agent {
         for pid in self.server.own_backends_on_host() {
             self.probes.untrace_backend(pid);
         }
-        let exe = discover::exe_name(t.postmaster);
+        let exe = crate::host::process::exe_name(t.postmaster);
         self.exporter.register_process(ProcessMeta::of(t.postmaster, exe.clone()));
-        let backends = server::processes_of(t.postmaster).len() - 1;
+        let backends = target::processes_of(t.postmaster).len() - 1;
         Ok(Some(format!(
             "PostgreSQL server {} ({exe}, {backends} processes): {n} probe sites on {}",
             t.postmaster, t.exe
@@ -239,13 +249,13 @@ impl Agent {
             }
             return;
         }
-        let Ok(paths) = discover::executable_mappings(pid) else { return };
+        let Ok(paths) = crate::host::process::executable_mappings(pid) else { return };
         for path in paths {
             if !self.inspected.insert((pid, path.clone())) {
                 continue;
             }
             let host = PathBuf::from(format!("/proc/{pid}/root{path}"));
-            if crate::loader::looks_like_loader(&path) {
+            if crate::host::loader::looks_like_loader(&path) {
                 let hold = self.command.is_some_and(|(c, _)| c == pid);
                 if let Err(e) = self.hook_loader(pid, &path, &host, hold) {
                     log::warn!("process {pid}: {e}: a libpq it loads later is found within 250 ms, not at once");
@@ -256,7 +266,7 @@ impl Agent {
                 Ok(Some(t)) if !self.probes.is_attached(&t) => match self.trace(&t) {
                     Ok(n) => {
                         log::debug!("process {pid}: {n} probes on {path}");
-                        eprintln!("dbtel: tracing {pid} ({}) {path}", discover::exe_name(pid));
+                        eprintln!("dbtel: tracing {pid} ({}) {path}", crate::host::process::exe_name(pid));
                     }
                     Err(e) => log::warn!("process {pid} loaded {path}: {e:#}"),
                 },
@@ -266,7 +276,7 @@ impl Agent {
         }
         // The executable may have changed (exec): refresh the resource name.
         if let Some(m) = self.live.get_mut(&pid) {
-            let exe = discover::exe_name(pid);
+            let exe = crate::host::process::exe_name(pid);
             if exe != m.executable && exe != "?" {
                 m.executable = exe;
                 self.exporter.register_process(m.clone());
@@ -306,7 +316,7 @@ impl Agent {
         for pid in self.server.own_backends_on_host() {
             self.probes.untrace_backend(pid);
         }
-        let gone: Vec<u32> = self.server.servers.keys().copied().filter(|pm| !discover::process_exists(*pm)).collect();
+        let gone: Vec<u32> = self.server.servers.keys().copied().filter(|pm| !crate::host::process::process_exists(*pm)).collect();
         for pm in gone {
             self.server.server_gone(pm, Clock::monotonic_now_ns(), true);
             self.flush_spans_now(true);
@@ -339,10 +349,10 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     let mut server_targets: Vec<ServerTarget> = Vec::new();
     let mut refused: Vec<anyhow::Error> = Vec::new();
     for &pid in &cfg.pids {
-        match server::inspect(pid) {
+        match target::inspect(pid) {
             Ok(Some(t)) => server_targets.push(t),
             // Unreadable: find_libpq says why (no such process, permissions).
-            Ok(None) | Err(server::ServerError::Read { .. }) => match discover::find_libpq(pid) {
+            Ok(None) | Err(target::ServerError::Read { .. }) => match discover::find_libpq(pid) {
                 Ok(t) => targets.extend(t),
                 Err(e) => refused.push(e.into()),
             },
@@ -373,6 +383,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         ring,
         recon: Reconstructor::new(),
         exporter,
+        facts: FactsCache::new(cfg.text, 10_000),
         live: BTreeMap::new(),
         inspected: HashSet::new(),
         summary: Summary::default(),
@@ -394,7 +405,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     }
     for t in &targets {
         let n = agent.trace(t)?;
-        attached_lines.push(format!("pid {} ({}): {} probes on {}", t.pid, discover::exe_name(t.pid), n, t.path));
+        attached_lines.push(format!("pid {} ({}): {} probes on {}", t.pid, crate::host::process::exe_name(t.pid), n, t.path));
     }
     // A libpq they load later is seen at its load.
     let client_pids: HashSet<u32> = targets.iter().map(|t| t.pid).collect();
@@ -452,7 +463,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                         }
                         continue; // its exit comes from wait()
                     }
-                    if discover::process_exists(pid) {
+                    if crate::host::process::process_exists(pid) {
                         agent.rescan(pid);
                     } else {
                         agent.process_gone(pid);
@@ -523,7 +534,6 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     }
     agent.flush_spans_now(true);
     agent.summary.server = agent.server.tracker.counters;
-    agent.summary.export_errors += agent.server.export_errors;
     agent.summary.kernel = agent.probes.kernel_counters();
     if cfg.probe_stats {
         agent.summary.program_runs = agent.probes.program_runs();

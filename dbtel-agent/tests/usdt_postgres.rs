@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use dbtel_agent::usdt::{self, Gpr, Location};
+use dbtel_agent::host::usdt::{self, Gpr, Location};
 
 const POSTGRES: &str = "/usr/lib/postgresql/15/bin/postgres";
 

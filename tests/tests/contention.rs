@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dbtel_agent::catalog::{server_defaults, Catalog, CatalogConfig, Relation};
+use dbtel_agent::postgres::catalog::{server_defaults, Catalog, CatalogConfig, Relation};
 use dbtel_tests::{require_root, run_agent_env, Cluster};
 use tokio_postgres::{Client, NoTls};
 
@@ -282,7 +282,7 @@ fn catalog_api_against_a_real_server() {
         assert!(stats.deadlocks >= 0);
 
         // The poller publishes snapshots.
-        let (task, mut rx) = dbtel_agent::catalog::spawn_poller(cat.clone(), Duration::from_millis(100));
+        let (task, mut rx) = dbtel_agent::postgres::catalog::spawn_poller(cat.clone(), Duration::from_millis(100));
         tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| s.taken_at.is_some())).await.unwrap().unwrap();
         let snap = rx.borrow().clone();
         assert!(snap.backends.contains_key(&pa) && snap.backends.contains_key(&pc));

@@ -1,5 +1,12 @@
-//! The host the agent runs on: kernel filesystems it needs, and (with --all)
-//! which of its processes are traced.
+//! The host the agent runs on, engine-neutral: processes and their mapped
+//! ELF files, the dynamic loader's hook, USDT notes, x86 decoding and probe
+//! placement, kernel filesystems, PID namespaces, and (with --all) which
+//! processes are traced.
+pub mod loader;
 pub mod pidns;
+pub mod placement;
+pub mod process;
 pub mod select;
 pub mod tracefs;
+pub mod usdt;
+pub mod x86;

@@ -23,7 +23,7 @@
 use iced_x86::Instruction;
 
 use super::symbols;
-use crate::x86::{self, Access, Use};
+use crate::host::x86::{self, Access, Use};
 
 /// Offsets (bytes from the struct's start) of the fields read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +115,7 @@ pub fn decode(library: &str, data: &[u8]) -> Result<MysqlLayout, LayoutError> {
     let body = |name: &'static str| {
         let s = found.get(name)?;
         let code = s.code(data, UNSIZED)?;
-        Some(if s.size > 0 { x86::decode_body(code, s.address) } else { crate::layout::decode(code, s.address) })
+        Some(if s.size > 0 { x86::decode_body(code, s.address) } else { x86::decode(code, s.address) })
     };
     from_accessors(library, &body)
 }

@@ -95,21 +95,21 @@ fn an_accessor_that_does_not_decode_is_named() {
     let found = symbols::find(&data, layout::ACCESSORS).unwrap();
     let real = |name: &'static str| {
         let s = &found[name];
-        Some(crate::x86::decode_body(s.code(&data, 0).unwrap(), s.address))
+        Some(crate::host::x86::decode_body(s.code(&data, 0).unwrap(), s.address))
     };
     // mysql_stmt_reset that returns 0 without reading stmt_id: xor eax,eax; ret.
-    let odd = |name: &'static str| if name == "mysql_stmt_reset" { Some(crate::x86::decode_body(&[0x31, 0xc0, 0xc3], 0)) } else { real(name) };
+    let odd = |name: &'static str| if name == "mysql_stmt_reset" { Some(crate::host::x86::decode_body(&[0x31, 0xc0, 0xc3], 0)) } else { real(name) };
     let e = layout::from_accessors("libodd.so", &odd).unwrap_err();
     assert_eq!(e.to_string(), "libodd.so: cannot decode mysql_stmt_reset: no 8-byte load of stmt_id");
     // A mysql_stmt_more_results reading another field of the connection than mysql_more_results:
     // xor eax,eax; mov rdx,[rdi+0x38]; test dword [rdx+0x390],8; setne al; ret
     let code = [0x31, 0xc0, 0x48, 0x8b, 0x57, 0x38, 0xf7, 0x82, 0x90, 0x03, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x0f, 0x95, 0xc0, 0xc3];
-    let odd = |name: &'static str| if name == "mysql_stmt_more_results" { Some(crate::x86::decode_body(&code, 0)) } else { real(name) };
+    let odd = |name: &'static str| if name == "mysql_stmt_more_results" { Some(crate::host::x86::decode_body(&code, 0)) } else { real(name) };
     let e = layout::from_accessors("libodd.so", &odd).unwrap_err();
     assert!(e.to_string().contains("mysql_stmt_more_results: reads another field"), "{e}");
     // A layout whose pointer run is not the public order: the endpoint alone is unknown.
     let shifted = [0x48, 0x8b, 0x87, 0xe0, 0x02, 0x00, 0x00, 0xc3]; // mysql_get_host_info: mov rax,[rdi+0x2e0]
-    let odd = |name: &'static str| if name == "mysql_get_host_info" { Some(crate::x86::decode_body(&shifted, 0)) } else { real(name) };
+    let odd = |name: &'static str| if name == "mysql_get_host_info" { Some(crate::host::x86::decode_body(&shifted, 0)) } else { real(name) };
     let l = layout::from_accessors("libodd.so", &odd).unwrap();
     assert_eq!(l.thread_id, 0x350);
     assert!(l.endpoint.unwrap_err().to_string().contains("mysql_get_host_info"));

@@ -79,7 +79,7 @@ pub fn find(data: &[u8], wanted: &[&'static str]) -> Result<BTreeMap<&'static st
                 _ => (full.contains('@') && !full.contains("@@"), spelled.map(str::to_string)),
             };
             let rank = u8::from(!hidden) * 2 + u8::from(dynamic);
-            let Some(offset) = crate::discover::vaddr_to_offset(&file, s.address()) else { continue };
+            let Some(offset) = crate::host::process::vaddr_to_offset(&file, s.address()) else { continue };
             let sym = FnSymbol { address: s.address(), offset, size: sizes[&s.address()], version };
             match best.get(name) {
                 Some((r, _)) if *r >= rank => {}

@@ -1,18 +1,18 @@
-//! The main loop's part of --all (see crate::hostwide): the first look at the
+//! The main loop's part of --all (see crate::run::hostwide): the first look at the
 //! host, choosing processes, new programs, new servers.
 
 use std::{path::Path, time::Instant};
 
 use super::Agent;
 use crate::{
-    discover,
     events::Exec,
     export::ProcessMeta,
+    host::loader,
     host::select::container_id,
-    hostwide::{self, FileKind},
-    loader,
-    reconstruct::ClientSpan,
-    server,
+    postgres::libpq::discover,
+    postgres::libpq::reconstruct::ClientSpan,
+    postgres::server::target,
+    run::hostwide::{self, FileKind},
 };
 
 impl Agent {
@@ -47,15 +47,15 @@ impl Agent {
 
     /// Kind of a process's executable, judged once per file.
     fn judge_exe(&mut self, pid: u32) -> FileKind {
-        let Some(id) = discover::file_id(&hostwide::exe_host_path(pid)) else { return FileKind::Neither };
+        let Some(id) = crate::host::process::file_id(&hostwide::exe_host_path(pid)) else { return FileKind::Neither };
         if let Some(k) = self.host().files.get(&id) {
             return *k;
         }
         // Only the kind is kept here: the server's probe sites are read again when it is traced.
-        let kind = match server::inspect(pid) {
+        let kind = match target::inspect(pid) {
             Ok(Some(_)) => FileKind::Server,
             Ok(None) => FileKind::Neither,
-            Err(e @ server::ServerError::Read { .. }) => {
+            Err(e @ target::ServerError::Read { .. }) => {
                 // Not kept: the process may have gone before its file was read (pg_ctl's
                 // `postgres -V`), and the next one running this file must be judged.
                 log::debug!("process {pid}: {e}");
@@ -79,7 +79,7 @@ impl Agent {
             self.probes.untrace_server(pm);
             return Ok(None);
         }
-        match server::inspect(pm) {
+        match target::inspect(pm) {
             Ok(Some(t)) => self.trace_server(t).await,
             Ok(None) => Ok(None),
             Err(e) => {
@@ -97,7 +97,7 @@ impl Agent {
 
     /// Probes one file for every process if it is (or has) libpq.
     fn probe_file(&mut self, pid: u32, path: &str, host_path: &Path) -> Option<String> {
-        let id = discover::file_id(host_path)?;
+        let id = crate::host::process::file_id(host_path)?;
         if self.host().files.contains_key(&id) {
             return None;
         }
@@ -154,7 +154,7 @@ impl Agent {
             log::debug!("process {pid} ({}) not selected", facts.exe);
             return false;
         }
-        let executable = Path::new(&facts.exe).file_name().map_or_else(|| discover::exe_name(pid), |n| n.to_string_lossy().into_owned());
+        let executable = Path::new(&facts.exe).file_name().map_or_else(|| crate::host::process::exe_name(pid), |n| n.to_string_lossy().into_owned());
         let container = facts.cgroup.as_deref().and_then(container_id);
         log::info!("tracing process {pid} ({executable})");
         self.follow(ProcessMeta { pid, executable, container_id: container });
@@ -177,9 +177,9 @@ impl Agent {
             return;
         }
         // Its probe sites on this file, if no other server had it (a file once read).
-        let probed = discover::file_id(&hostwide::exe_host_path(pid)).is_some_and(|id| self.probes.has_server_file(id));
+        let probed = crate::host::process::file_id(&hostwide::exe_host_path(pid)).is_some_and(|id| self.probes.has_server_file(id));
         if !probed {
-            match server::inspect(pid) {
+            match target::inspect(pid) {
                 Ok(Some(t)) => {
                     if let Err(e) = self.probes.attach_server_file(&t) {
                         log::warn!("{}: {e}", t.exe);
@@ -205,7 +205,7 @@ impl Agent {
         }
         let pending = std::mem::take(&mut self.host().pending_servers);
         for pid in pending {
-            if !discover::process_exists(pid) {
+            if !crate::host::process::process_exists(pid) {
                 self.probes.untrace_server(pid);
             } else if !hostwide::is_running_postmaster(pid) {
                 self.host().pending_servers.push(pid);
@@ -231,7 +231,7 @@ impl Agent {
                 host.conn_selected.insert((q.pid, q.conn), ok);
                 ok
             }
-            ClientSpan::Txn(t) => host.conn_selected.get(&(t.pid, t.conn)).copied().unwrap_or(false),
+            ClientSpan::Txn(t, _) => host.conn_selected.get(&(t.pid, t.conn)).copied().unwrap_or(false),
         }
     }
 }

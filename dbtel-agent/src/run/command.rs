@@ -9,7 +9,7 @@ use std::{
 use anyhow::{bail, Context};
 
 use super::Agent;
-use crate::{discover, export::ProcessMeta};
+use crate::{postgres::libpq::discover, export::ProcessMeta};
 
 pub(super) fn program_name(program: &str) -> String {
     Path::new(program).file_name().map_or_else(|| program.to_string(), |n| n.to_string_lossy().into_owned())
@@ -121,7 +121,7 @@ pub(super) fn spawn_held(command: &[String]) -> anyhow::Result<(u32, OwnedFd)> {
 
 /// True while the command has not exec'd yet (it runs the agent's executable).
 pub(super) fn still_the_agent(pid: u32) -> bool {
-    let exe = |p: &str| crate::discover::file_id(Path::new(p));
+    let exe = |p: &str| crate::host::process::file_id(Path::new(p));
     exe(&format!("/proc/{pid}/exe")) == exe("/proc/self/exe")
 }
 

@@ -1,4 +1,4 @@
-//! Library loads seen by the loader's hook (see crate::loader): a process
+//! Library loads seen by the loader's hook (see crate::host::loader): a process
 //! mapped new objects, and a libpq among them is probed before the program
 //! can call it. The `--` command is held stopped meanwhile (the kernel side
 //! sends it SIGSTOP) and always continued; other processes are only looked
@@ -10,7 +10,7 @@ use std::{
 };
 
 use super::Agent;
-use crate::{clock::Clock, discover, events::Origin, loader};
+use crate::{export::clock::Clock, events::Origin, host::loader};
 
 /// Sends SIGCONT when dropped: a held process is let go on every way out of
 /// its handling (an error, a panic unwinding).
@@ -89,7 +89,7 @@ impl Agent {
 
     /// Probes the hook of every loader a traced process maps (--pid: no hold).
     pub(super) fn watch_loads(&mut self, pid: u32) {
-        let Ok(paths) = discover::executable_mappings(pid) else { return };
+        let Ok(paths) = crate::host::process::executable_mappings(pid) else { return };
         for path in paths.into_iter().filter(|p| loader::looks_like_loader(p)) {
             let host = PathBuf::from(format!("/proc/{pid}/root{path}"));
             if let Err(e) = self.hook_loader(pid, &path, &host, false) {
@@ -101,7 +101,7 @@ impl Agent {
     /// Probes one loader's hook for `pid` (host-wide: for every process).
     /// Ok(false): the file is not a loader with the hook.
     pub(super) fn hook_loader(&mut self, pid: u32, path: &str, host_path: &Path, hold: bool) -> Result<bool, String> {
-        if discover::file_id(host_path).is_some_and(|id| self.probes.has_loader(pid, id)) {
+        if crate::host::process::file_id(host_path).is_some_and(|id| self.probes.has_loader(pid, id)) {
             return Ok(true); // the one hooked before its exec, say
         }
         let ld = match loader::inspect(path, host_path) {

@@ -1,0 +1,302 @@
+//! DbSpans → OpenTelemetry spans (SpanData with explicit start and end
+//! timestamps), one export pipeline per traced process (its resource names
+//! that process). Every span is counted from hand-over to delivery, so losses
+//! show at exit.
+
+pub mod batch;
+pub mod clock;
+pub mod console;
+pub mod otlp;
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use opentelemetry::{
+    trace::{Event as OtelEvent, SamplingDecision, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
+    InstrumentationScope, KeyValue,
+};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::{
+    error::OTelSdkResult,
+    trace::{Config, SpanData, SpanEvents, SpanExporter, SpanLinks},
+    Resource,
+};
+
+// Re-exported: everything that builds spans converts kernel times through it.
+pub use crate::export::clock::Clock;
+use crate::{
+    export::batch::{Driver, Pipeline},
+    export::console::{Console, ConsoleFormat, TreePrinter},
+    pipeline::dbspan::{DbSpan, Kind},
+    pipeline::span,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExporterKind {
+    Otlp,
+    Console,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExportConfig {
+    pub kind: ExporterKind,
+    pub protocol: Protocol,
+    /// Overrides OTEL_EXPORTER_OTLP_ENDPOINT (base URL, as that variable).
+    pub endpoint: Option<String>,
+    /// Overrides OTEL_SERVICE_NAME; default: the traced executable's name.
+    pub service_name: Option<String>,
+    /// With the console exporter.
+    pub console_format: ConsoleFormat,
+}
+
+/// Delivery counters, shared with the export threads.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    /// Spans handed to export (sampled).
+    pub ended: AtomicU64,
+    /// Spans the backend accepted (or the console printed).
+    pub exported: AtomicU64,
+    /// Spans in batches whose export failed.
+    pub failed: AtomicU64,
+}
+
+impl ExportStats {
+    /// Spans handed over but neither delivered nor failed: dropped because the
+    /// export queue was full, or still queued at exit.
+    pub fn unaccounted(&self) -> u64 {
+        let done = self.exported.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
+        self.ended.load(Ordering::Relaxed).saturating_sub(done)
+    }
+}
+
+/// What the agent knows about a traced process, for its resource.
+#[derive(Debug, Clone)]
+pub struct ProcessMeta {
+    pub pid: u32,
+    pub executable: String,
+    /// `container.id`: from the process's cgroup, where a runtime named one.
+    pub container_id: Option<String>,
+}
+
+impl ProcessMeta {
+    /// A running process, its container read from /proc.
+    pub fn of(pid: u32, executable: String) -> Self {
+        let container_id = crate::host::select::facts::cgroup_of(pid).as_deref().and_then(crate::host::select::container_id);
+        ProcessMeta { pid, executable, container_id }
+    }
+}
+
+pub struct Exporter {
+    cfg: ExportConfig,
+    clock: Clock,
+    runtime: Option<tokio::runtime::Handle>,
+    processes: crate::FastMap<u32, ProcessMeta>,
+    pipelines: crate::FastMap<u32, Pipeline>,
+    /// Pipelines of exited processes, still exporting.
+    closing: Vec<(u32, Pipeline)>,
+    /// OTEL_TRACES_SAMPLER(_ARG), as the SDK reads them.
+    sampling: Config,
+    scope: InstrumentationScope,
+    host_name: String,
+    /// Console trees: one printer for all pipelines (a trace spans processes).
+    tree: Option<TreePrinter>,
+    pub stats: Arc<ExportStats>,
+}
+
+impl Exporter {
+    /// `runtime` drives the gRPC client: exports run on threads of their own,
+    /// where tonic finds no reactor otherwise.
+    pub fn new(cfg: ExportConfig, clock: Clock, runtime: Option<tokio::runtime::Handle>) -> Self {
+        let tree = (cfg.kind == ExporterKind::Console && cfg.console_format == ConsoleFormat::Tree).then(TreePrinter::start);
+        Exporter {
+            cfg,
+            clock,
+            runtime,
+            processes: Default::default(),
+            pipelines: Default::default(),
+            closing: Vec::new(),
+            sampling: Config::default(),
+            scope: InstrumentationScope::builder("dbtel").with_version(env!("CARGO_PKG_VERSION")).build(),
+            host_name: host_name(),
+            tree,
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn register_process(&mut self, meta: ProcessMeta) {
+        self.processes.insert(meta.pid, meta);
+    }
+
+    fn resource(&self, pid: u32) -> Resource {
+        // Read now rather than at attach: a command started with `--` may have
+        // exec'ed since (a wrapper script running the real program).
+        let exe = match crate::host::process::exe_name(pid) {
+            n if n != "?" => n,
+            _ => self.processes.get(&pid).map(|m| m.executable.clone()).unwrap_or_else(|| "unknown".into()),
+        };
+        // Precedence: --service-name, OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES
+        // (read by Resource::builder), then the traced executable's name.
+        let from_env = std::env::var_os("OTEL_SERVICE_NAME").is_some()
+            || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| v.contains("service.name="));
+        let mut b = Resource::builder().with_attributes([
+            KeyValue::new("process.pid", pid as i64),
+            KeyValue::new("process.executable.name", exe.clone()),
+            KeyValue::new("host.name", self.host_name.clone()),
+        ]);
+        if let Some(id) = self.processes.get(&pid).and_then(|m| m.container_id.clone()) {
+            b = b.with_attribute(KeyValue::new("container.id", id));
+        }
+        if let Some(name) = &self.cfg.service_name {
+            b = b.with_service_name(name.clone());
+        } else if !from_env {
+            b = b.with_service_name(exe);
+        }
+        b.build()
+    }
+
+    fn start_pipeline(&self, pid: u32) -> anyhow::Result<Pipeline> {
+        let resource = self.resource(pid);
+        let stats = self.stats.clone();
+        Ok(match self.cfg.kind {
+            ExporterKind::Console => {
+                Pipeline::start(Console::new(self.cfg.console_format, self.tree.as_ref()), &resource, Driver::Plain, stats)
+            }
+            ExporterKind::None => Pipeline::start(Discard, &resource, Driver::Plain, stats),
+            ExporterKind::Otlp => match self.cfg.protocol {
+                Protocol::Grpc => {
+                    // tonic's channel needs the runtime's reactor, now and for every export.
+                    let rt = self.runtime.clone().ok_or_else(|| anyhow::anyhow!("gRPC export needs a tokio runtime"))?;
+                    let _guard = rt.enter();
+                    let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+                    if let Some(e) = &self.cfg.endpoint {
+                        b = b.with_endpoint(e.clone());
+                    }
+                    Pipeline::start(b.build()?, &resource, Driver::Runtime(rt.clone()), stats)
+                }
+                Protocol::HttpProtobuf => {
+                    // Encoded straight from SpanData (see otlp); reqwest's blocking
+                    // client brings its own runtime: driven outside ours.
+                    let e = crate::export::otlp::HttpExporter::new(self.cfg.endpoint.as_deref(), &self.scope);
+                    Pipeline::start(e, &resource, Driver::Plain, stats)
+                }
+            },
+        })
+    }
+
+    /// Exports one span with its process's resource, if sampled.
+    pub fn emit(&mut self, s: DbSpan) -> anyhow::Result<()> {
+        let kind = match s.kind {
+            Kind::Client => SpanKind::Client,
+            Kind::Server => SpanKind::Server,
+            Kind::Internal => SpanKind::Internal,
+        };
+        let trace_id = TraceId::from(s.ids.trace_id);
+        // Sampling is decided per trace without remembering anything: no
+        // parent context is passed, so ParentBased samplers consult their root
+        // sampler, and every sampler the SDK offers (always_on/off,
+        // traceidratio, parentbased_*) is then a pure function of the trace
+        // id. A transaction and all its queries are kept or dropped together.
+        let sampled = self.sampling.sampler.should_sample(None, trace_id, &s.name, &kind, &s.attributes, &[]);
+        if sampled.decision != SamplingDecision::RecordAndSample {
+            return Ok(());
+        }
+        let mut span_events = SpanEvents::default();
+        span_events.events = s
+            .events
+            .into_iter()
+            .map(|e| OtelEvent::new(e.name, self.clock.wall(e.ts_ns), e.attributes, 0))
+            .collect();
+        let span = SpanData {
+            span_context: SpanContext::new(trace_id, SpanId::from(s.ids.span_id), TraceFlags::SAMPLED, false, TraceState::default()),
+            parent_span_id: SpanId::from(s.ids.parent_span_id),
+            parent_span_is_remote: false,
+            span_kind: kind,
+            name: s.name.into(),
+            start_time: self.clock.wall(s.start_ns),
+            end_time: self.clock.wall(s.end_ns),
+            attributes: s.attributes,
+            dropped_attributes_count: 0,
+            events: span_events,
+            links: span_links(s.links),
+            status: s.error.map_or(Status::Unset, Status::error),
+            instrumentation_scope: self.scope.clone(),
+        };
+        if !self.pipelines.contains_key(&s.pid) {
+            let p = self.start_pipeline(s.pid)?;
+            self.pipelines.insert(s.pid, p);
+        }
+        self.pipelines.get_mut(&s.pid).expect("inserted").push(span);
+        Ok(())
+    }
+
+    /// The process is gone: send its last spans and let its export thread
+    /// finish in the background (waited for at shutdown).
+    pub fn process_gone(&mut self, pid: u32) {
+        self.processes.remove(&pid);
+        if let Some(mut p) = self.pipelines.remove(&pid) {
+            p.close();
+            self.closing.push((pid, p));
+        }
+        // Those done are dropped: with --all, processes come and go all day.
+        self.closing.retain_mut(|(_, p)| !p.finished());
+    }
+
+    /// Hands every pending span to its export thread (after each ring-buffer drain).
+    pub fn flush(&mut self) {
+        for p in self.pipelines.values_mut() {
+            p.hand_off();
+        }
+    }
+
+    /// Exports everything handed over and waits for delivery (bounded).
+    pub fn shutdown(&mut self) {
+        let all: Vec<(u32, Pipeline)> = self.pipelines.drain().chain(self.closing.drain(..)).collect();
+        for (pid, mut p) in all {
+            // Long enough to drain a full queue to a slow collector; what is
+            // still queued after that is counted as lost.
+            if !p.shutdown(Duration::from_secs(60)) {
+                log::warn!("exporting spans of process {pid}: timed out");
+            }
+        }
+        if let Some(t) = self.tree.as_mut() {
+            t.finish();
+        }
+    }
+}
+
+fn span_links(links: Vec<span::Link>) -> SpanLinks {
+    let mut out = SpanLinks::default();
+    out.links = links
+        .into_iter()
+        .map(|l| {
+            let cx = SpanContext::new(TraceId::from(l.trace_id), SpanId::from(l.span_id), TraceFlags::SAMPLED, false, TraceState::default());
+            opentelemetry::trace::Link::new(cx, l.attributes, 0)
+        })
+        .collect();
+    out
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+#[derive(Debug)]
+struct Discard;
+
+impl SpanExporter for Discard {
+    async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+        Ok(())
+    }
+}

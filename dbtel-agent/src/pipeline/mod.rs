@@ -1,0 +1,14 @@
+//! Engine-neutral: span ids, events and links, the client transaction
+//! tracker, SQL facts (obfuscation, summary, per-engine dialects) and their
+//! literal-blind cache keys.
+pub mod dbspan;
+pub mod shape;
+pub mod span;
+pub mod sql;
+pub mod txn;
+
+/// Longest a finished span is held before it reaches the exporter: a
+/// server's span waiting for the catalog's answer (postgres::server::side).
+/// Here, engine-neutral, so the console's trees can wait for it without
+/// importing an engine.
+pub const FACTS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);

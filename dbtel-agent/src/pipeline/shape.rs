@@ -1,0 +1,268 @@
+//! The shape of a query text: the text with its literal values blanked out,
+//! used as a cache key so that `... where aid = 17` and `... where aid = 42`
+//! share one tokenization. Only a key: the exported text still comes from
+//! sqlparser's tokenizer (the first text of each shape).
+//!
+//! Two texts of one shape must obfuscate identically, so this scanner blanks
+//! only tokens that are unambiguously literals to any SQL tokenizer, keeps
+//! comments and quoted identifiers verbatim in the key, and gives up (`None`:
+//! cache by the exact text) on anything subtler: prefixed or dollar-quoted
+//! strings, digits running into letters, unterminated quotes or comments.
+//! The same scanner obfuscates texts sqlparser cannot tokenize (syntax newer
+//! than it, such as `|>`), where it succeeds ([`obfuscated`]).
+
+/// `None`: no shape worth trusting; cache by the exact text.
+pub fn shape(sql: &str) -> Option<String> {
+    blank(sql, "'", "0", true)
+}
+
+/// `sql` with every literal `?` (and comments dropped unless `comments`), if
+/// the scanner is sure of every literal in it.
+pub fn obfuscated(sql: &str, comments: bool) -> Option<String> {
+    blank(sql, "?", "?", comments)
+}
+
+fn blank(sql: &str, string: &str, number: &str, comments: bool) -> Option<String> {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    // Where the last verbatim run began (copied in slices, not byte by byte).
+    let mut run = 0;
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    while i < b.len() {
+        let c = b[i];
+        let prev = if i > 0 { b[i - 1] } else { b' ' };
+        match c {
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                let start = i;
+                i = b[i..].iter().position(|&x| x == b'\n').map_or(b.len(), |n| i + n);
+                if !comments {
+                    out.push_str(&sql[run..start]);
+                    run = i;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let start = i;
+                let mut depth = 0usize;
+                loop {
+                    match (b.get(i), b.get(i + 1)) {
+                        (Some(b'/'), Some(b'*')) => {
+                            depth += 1;
+                            i += 2;
+                        }
+                        (Some(b'*'), Some(b'/')) => {
+                            depth -= 1;
+                            i += 2;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        (Some(_), _) => i += 1,
+                        (None, _) => return None,
+                    }
+                }
+                if !comments {
+                    out.push_str(&sql[run..start]);
+                    run = i;
+                }
+            }
+            b'"' => i = past_quoted(b, i)?,
+            b'\'' => {
+                if ident(prev) || prev == b'&' {
+                    return None; // E'..', B'..', U&'..': other escaping rules
+                }
+                let start = i;
+                i = past_quoted(b, i)?;
+                out.push_str(&sql[run..start]);
+                out.push_str(string);
+                run = i;
+            }
+            b'$' if !ident(prev) && !b.get(i + 1).is_some_and(u8::is_ascii_digit) => return None, // $tag$…$tag$
+            b'0'..=b'9' | b'.' if !ident(prev) && (c != b'.' || b.get(i + 1).is_some_and(u8::is_ascii_digit)) => {
+                if prev == b'.' {
+                    return None; // t.1, a.5.: tokenizers split these their own ways
+                }
+                let start = i;
+                let digits = |i: &mut usize| {
+                    while b.get(*i).is_some_and(u8::is_ascii_digit) {
+                        *i += 1;
+                    }
+                };
+                digits(&mut i);
+                if b.get(i) == Some(&b'.') {
+                    i += 1;
+                    digits(&mut i);
+                }
+                if matches!(b.get(i), Some(b'e' | b'E')) {
+                    let mut j = i + 1;
+                    if matches!(b.get(j), Some(b'+' | b'-')) {
+                        j += 1;
+                    }
+                    if !b.get(j).is_some_and(u8::is_ascii_digit) {
+                        return None;
+                    }
+                    i = j;
+                    digits(&mut i);
+                }
+                if b.get(i).is_some_and(|&x| ident(x) || x == b'.') {
+                    return None; // 1abc, 1.2.3: not a plain number
+                }
+                out.push_str(&sql[run..start]);
+                out.push_str(number);
+                run = i;
+            }
+            _ => i += 1,
+        }
+    }
+    out.push_str(&sql[run..]);
+    Some(out)
+}
+
+/// True if `sql` certainly holds at most one statement (so it returns one
+/// statement's results).
+pub fn single_statement(sql: &str) -> bool {
+    !sql.as_bytes().contains(&b';') || statements(sql).is_some_and(|v| v.len() <= 1)
+}
+
+/// The statements of a simple-protocol text, split at top-level `;` (pieces
+/// holding only whitespace and comments are left out). `None` where this
+/// scanner is unsure: dollar quotes, E'' and other prefixed strings, nested
+/// comments, unterminated quotes or comments. No `;` at all is the common case.
+pub fn statements(sql: &str) -> Option<Vec<&str>> {
+    let b = sql.as_bytes();
+    if !b.contains(&b';') {
+        return Some(vec![sql]);
+    }
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    let mut out = Vec::new();
+    let (mut start, mut content, mut i) = (0, false, 0);
+    while i < b.len() {
+        let prev = if i > 0 { b[i - 1] } else { b' ' };
+        match b[i] {
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = b[i..].iter().position(|&x| x == b'\n').map_or(b.len(), |n| i + n);
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let n = sql[i + 2..].find("*/")?;
+                if sql[i + 2..i + 2 + n].contains("/*") {
+                    return None;
+                }
+                i += n + 4;
+                continue;
+            }
+            // $1 or a$b; any other $ may open a dollar quote.
+            b'$' if ident(prev) || b.get(i + 1).is_some_and(u8::is_ascii_digit) => content = true,
+            b'$' => return None,
+            b'\'' if ident(prev) || prev == b'&' => return None,
+            b'\'' | b'"' => {
+                i = past_quoted(b, i)?;
+                content = true;
+                continue;
+            }
+            b';' => {
+                if content {
+                    out.push(sql[start..i].trim());
+                }
+                (start, content) = (i + 1, false);
+            }
+            c if c.is_ascii_whitespace() => {}
+            _ => content = true,
+        }
+        i += 1;
+    }
+    if content {
+        out.push(sql[start..].trim());
+    }
+    Some(out)
+}
+
+/// The index just past the quoted token opening at `i` (its quote character
+/// doubled inside stands for itself); `None` if it never closes.
+fn past_quoted(b: &[u8], mut i: usize) -> Option<usize> {
+    let q = b[i];
+    i += 1;
+    loop {
+        match b.get(i) {
+            Some(&c) if c == q && b.get(i + 1) == Some(&q) => i += 2,
+            Some(&c) if c == q => return Some(i + 1),
+            Some(_) => i += 1,
+            None => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_statements_are_told_from_several() {
+        for one in [
+            "select 1",
+            "select 1;",
+            "select 1 ; \n -- done\n",
+            "select ';' from t",
+            "select \"a;b\" from t; /* x; */",
+            "",
+            ";",
+        ] {
+            assert!(single_statement(one), "{one:?}");
+        }
+        for several in [
+            "select 1; select 2",
+            "begin; update t set a = 1; commit;",
+            "select 'x;'; select 2",
+            "select $$;$$",
+            "select E'\\';'; select 1",
+            "select 1; /* a /* nested */ */ select 2",
+        ] {
+            assert!(!single_statement(several), "{several:?}");
+        }
+        assert_eq!(statements("COMMIT; BEGIN ;-- next\n"), Some(vec!["COMMIT", "BEGIN"]));
+        assert_eq!(statements("select 'a;b', $1; select a$b"), Some(vec!["select 'a;b', $1", "select a$b"]));
+        assert_eq!(statements("select $q$;$q$; select 1"), None);
+    }
+    use crate::pipeline::sql::facts;
+
+    #[test]
+    fn literal_values_do_not_change_the_shape() {
+        let a = shape("SELECT abalance FROM pgbench_accounts WHERE aid = 17;").unwrap();
+        let b = shape("SELECT abalance FROM pgbench_accounts WHERE aid = 981234;").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(shape("update t set s = 'it''s', f = 1.5e-3 where id = .5").unwrap(), "update t set s = ', f = 0 where id = 0");
+        assert_ne!(shape("select 1 from t1").unwrap(), shape("select 1 from t2").unwrap(), "digits inside names are names");
+        assert_eq!(shape("select $1, x$2").unwrap(), "select $1, x$2", "placeholders stay");
+    }
+
+    #[test]
+    fn comments_and_quoted_names_are_kept_verbatim() {
+        let c1 = "select 1 /* traceparent='00-aa-01' */ -- n=5\n";
+        let c2 = "select 1 /* traceparent='00-bb-01' */ -- n=5\n";
+        assert_ne!(shape(c1), shape(c2));
+        assert_ne!(shape("select \"a'1\" from t"), shape("select \"a'2\" from t"));
+        assert_eq!(shape("select 2 /* a /* nested */ 3 */").unwrap(), "select 0 /* a /* nested */ 3 */");
+    }
+
+    #[test]
+    fn anything_subtle_has_no_shape() {
+        for sql in ["select U&'x'a", "select t.1", "select a.5.", "select E'\\n'", "select $$x$$", "select 'cut", "select 1 /* cut", "select 1abc", "select 1e", "select \"cut", "select 1.2.3"] {
+            assert_eq!(shape(sql), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn texts_of_one_shape_obfuscate_identically() {
+        let groups: &[&[&str]] = &[
+            &["select * from t where a = 1 and b = 'x'", "select * from t where a = 22 and b = 'yy''z'"],
+            &["insert into t values (1, -2.5, 'a')", "insert into t values (3, -4e10, '')"],
+            &["update t set v = v + 1 where id = 7 -- k=1", "update t set v = v + 99 where id = 8 -- k=1"],
+        ];
+        for g in groups {
+            let shapes: Vec<_> = g.iter().map(|s| shape(s).unwrap()).collect();
+            assert!(shapes.windows(2).all(|w| w[0] == w[1]), "{g:?}");
+            let texts: Vec<_> = g.iter().map(|s| facts(s, true).text).collect();
+            assert!(texts.windows(2).all(|w| w[0] == w[1]), "{texts:?}");
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! Client-side transactions: which statements open, end and mark a
+//! transaction, and a pure tracker (per connection) turning query starts and
+//! ends into transaction spans that parent those queries.
+//!
+//! Only the leading keywords of a statement are looked at, without a parser:
+//! this runs on every query start. A multi-statement string ("BEGIN; ...;
+//! COMMIT") is classified by its first statement only.
+
+use opentelemetry::KeyValue;
+
+use crate::pipeline::dbspan::Described;
+use crate::pipeline::span::{Event, IdGen, Ids};
+
+/// What a statement does to the transaction state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verb {
+    Begin,
+    Commit,
+    Rollback,
+    /// PREPARE TRANSACTION 'gid': the block ends, prepared for two-phase commit.
+    PrepareTransaction,
+    Savepoint(String),
+    Release(String),
+    RollbackTo(String),
+    Other,
+}
+
+/// Words of a statement: identifiers as written (compared without case),
+/// quoted identifiers verbatim (tagged so `"begin"` is never the keyword),
+/// comments and whitespace skipped. Every query is classified: no allocation
+/// for the common case.
+struct Words<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+#[derive(Debug, PartialEq)]
+enum Word<'a> {
+    Keyword(&'a [u8]),
+    Quoted(String),
+}
+
+impl Word<'_> {
+    /// `k` in upper case.
+    fn is(&self, k: &str) -> bool {
+        matches!(self, Word::Keyword(w) if w.eq_ignore_ascii_case(k.as_bytes()))
+    }
+    /// As a savepoint name: unquoted names fold to lower case, as the server does.
+    fn name(self) -> String {
+        match self {
+            Word::Keyword(w) => String::from_utf8_lossy(w).to_ascii_lowercase(),
+            Word::Quoted(q) => q,
+        }
+    }
+}
+
+impl<'a> Iterator for Words<'a> {
+    type Item = Word<'a>;
+
+    fn next(&mut self) -> Option<Word<'a>> {
+        let s = self.s;
+        loop {
+            match (s.get(self.i), s.get(self.i + 1)) {
+                (Some(c), _) if c.is_ascii_whitespace() => self.i += 1,
+                (Some(b'-'), Some(b'-')) => {
+                    while self.i < s.len() && s[self.i] != b'\n' {
+                        self.i += 1;
+                    }
+                }
+                (Some(b'/'), Some(b'*')) => {
+                    // Block comments nest in PostgreSQL.
+                    let mut depth = 0;
+                    while self.i < s.len() {
+                        if s[self.i..].starts_with(b"/*") {
+                            depth += 1;
+                            self.i += 2;
+                        } else if s[self.i..].starts_with(b"*/") {
+                            depth -= 1;
+                            self.i += 2;
+                            if depth == 0 {
+                                break;
+                            }
+                        } else {
+                            self.i += 1;
+                        }
+                    }
+                }
+                _ => break,
+            }
+        }
+        let start = self.i;
+        match s.get(start)? {
+            b'"' => {
+                let mut name = Vec::new();
+                self.i += 1;
+                while self.i < s.len() {
+                    if s[self.i] == b'"' {
+                        if s.get(self.i + 1) == Some(&b'"') {
+                            name.push(b'"');
+                            self.i += 2;
+                            continue;
+                        }
+                        self.i += 1;
+                        break;
+                    }
+                    name.push(s[self.i]);
+                    self.i += 1;
+                }
+                Some(Word::Quoted(String::from_utf8_lossy(&name).into_owned()))
+            }
+            c if c.is_ascii_alphabetic() || *c == b'_' || *c >= 0x80 => {
+                while self.i < s.len() && (s[self.i].is_ascii_alphanumeric() || matches!(s[self.i], b'_' | b'$') || s[self.i] >= 0x80) {
+                    self.i += 1;
+                }
+                Some(Word::Keyword(&s[start..self.i]))
+            }
+            _ => None, // punctuation (';', '(' ...): the words of interest are over
+        }
+    }
+}
+
+/// Classifies a statement by its leading keywords.
+pub fn verb(text: &str) -> Verb {
+    let mut w = Words { s: text.as_bytes(), i: 0 };
+    let Some(Word::Keyword(first)) = w.next() else { return Verb::Other };
+    // The longest leading keyword of interest is SAVEPOINT.
+    let mut upper = [0u8; 9];
+    let Some(upper) = upper.get_mut(..first.len()) else { return Verb::Other };
+    upper.copy_from_slice(first);
+    upper.make_ascii_uppercase();
+    let mut next = w.next();
+    // An optional WORK or TRANSACTION after the leading keyword.
+    fn skip_noise<'a>(next: &mut Option<Word<'a>>, w: &mut Words<'a>) {
+        if next.as_ref().is_some_and(|n| n.is("WORK") || n.is("TRANSACTION")) {
+            *next = w.next();
+        }
+    }
+    match &*upper {
+        b"BEGIN" => Verb::Begin,
+        b"START" if next.as_ref().is_some_and(|n| n.is("TRANSACTION")) => Verb::Begin,
+        b"COMMIT" | b"END" if next.as_ref().is_some_and(|n| n.is("PREPARED")) => Verb::Other,
+        b"COMMIT" | b"END" => Verb::Commit,
+        b"ABORT" => Verb::Rollback,
+        b"PREPARE" if next.as_ref().is_some_and(|n| n.is("TRANSACTION")) => Verb::PrepareTransaction,
+        b"ROLLBACK" if next.as_ref().is_some_and(|n| n.is("PREPARED")) => Verb::Other,
+        b"ROLLBACK" => {
+            skip_noise(&mut next, &mut w);
+            if !next.as_ref().is_some_and(|n| n.is("TO")) {
+                return Verb::Rollback;
+            }
+            let mut name = w.next();
+            if name.as_ref().is_some_and(|n| n.is("SAVEPOINT")) {
+                name = w.next();
+            }
+            name.map_or(Verb::Other, |n| Verb::RollbackTo(n.name()))
+        }
+        b"SAVEPOINT" => next.map_or(Verb::Other, |n| Verb::Savepoint(n.name())),
+        b"RELEASE" => {
+            if next.as_ref().is_some_and(|n| n.is("SAVEPOINT")) {
+                next = w.next();
+            }
+            next.map_or(Verb::Other, |n| Verb::Release(n.name()))
+        }
+        _ => Verb::Other,
+    }
+}
+
+/// How a transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Committed,
+    RolledBack,
+    /// PREPARE TRANSACTION: its fate is decided later (COMMIT/ROLLBACK PREPARED).
+    Prepared,
+    /// The connection closed or the process exited inside it.
+    Incomplete,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Committed => "committed",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::Prepared => "prepared",
+            Outcome::Incomplete => "incomplete",
+        }
+    }
+}
+
+/// A finished transaction, ready to export.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxnSpan {
+    pub pid: u32,
+    pub conn: u64,
+    pub ids: Ids,
+    /// CLOCK_MONOTONIC nanoseconds: BEGIN's start to COMMIT/ROLLBACK's end.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub outcome: Outcome,
+    /// A statement failed inside it, putting it in the server's aborted state
+    /// (stays set after a ROLLBACK TO SAVEPOINT recovered from it).
+    pub aborted: bool,
+    /// The error that aborted it, or that made its COMMIT fail.
+    pub sqlstate: Option<String>,
+    /// Time the application spent idle in transaction: the sum of the gaps
+    /// with no statement in flight between BEGIN's start and the end.
+    pub idle_ns: u64,
+    /// Statements sent inside it, BEGIN and COMMIT/ROLLBACK included (its child spans).
+    pub statements: u32,
+    /// Earlier attempts of this transaction on the connection that rolled back
+    /// with a serialization failure or a deadlock.
+    pub retry_count: u32,
+    pub events: Vec<Event>,
+}
+
+pub const SAVEPOINT_NAME: &str = "db.transaction.savepoint.name";
+
+/// Errors after which applications retry the whole transaction.
+fn retryable(sqlstate: Option<&str>) -> bool {
+    matches!(sqlstate, Some("40001" | "40P01"))
+}
+
+pub type Key = (u32, u64);
+
+struct Open {
+    ids: Ids,
+    /// The statement ending it (COMMIT, ROLLBACK, PREPARE TRANSACTION) was
+    /// sent: statements sent after it are not its own (libpq's pipeline mode
+    /// sends them before that one's result is read).
+    closing: bool,
+    start_ns: u64,
+    statements: u32,
+    /// Ever aborted / aborted now (ROLLBACK TO SAVEPOINT leaves the aborted state).
+    aborted: bool,
+    aborted_now: bool,
+    sqlstate: Option<String>,
+    idle_ns: u64,
+    in_flight: u32,
+    /// End of the last statement: where an idle gap starts.
+    last_end_ns: u64,
+    retry_count: u32,
+    events: Vec<Event>,
+}
+
+#[derive(Default)]
+struct Conn {
+    /// Blocks in flight, in the order they began: one, unless a pipeline
+    /// has sent the next BEGIN before the last block's COMMIT was answered.
+    open: Vec<Open>,
+    /// retry_count the next transaction gets.
+    next_retry: u32,
+}
+
+impl Conn {
+    /// The block a statement sent now joins.
+    fn joinable(&mut self) -> Option<&mut Open> {
+        self.open.last_mut().filter(|o| !o.closing)
+    }
+
+    /// The block a statement with these ids was sent into.
+    fn of(&self, ids: &Ids) -> Option<usize> {
+        self.open.iter().position(|o| o.ids.trace_id == ids.trace_id && o.ids.span_id == ids.parent_span_id)
+    }
+}
+
+/// Whether a statement ends its block (when it runs: see [`Tracker::query_skipped`]).
+fn ends_block(verb: &Verb) -> bool {
+    matches!(verb, Verb::Commit | Verb::Rollback | Verb::PrepareTransaction)
+}
+
+#[derive(Default)]
+pub struct Tracker {
+    conns: crate::FastMap<Key, Conn>,
+}
+
+impl Tracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The open transaction on a connection (the latest, in a pipeline).
+    pub fn current(&self, key: Key) -> Option<Ids> {
+        self.conns.get(&key)?.open.last().map(|o| o.ids)
+    }
+
+    /// The transaction a statement with these ids belongs to.
+    pub fn of(&self, key: Key, ids: &Ids) -> Option<Ids> {
+        let conn = self.conns.get(&key)?;
+        conn.of(ids).map(|i| conn.open[i].ids)
+    }
+
+    /// A statement is sent: returns the ids its span carries. Its block is
+    /// the one open as of the statements sent before it, whether or not
+    /// their results have been read.
+    pub fn query_started(&mut self, key: Key, verb: &Verb, start_ns: u64, gen: &mut IdGen) -> Ids {
+        let conn = self.conns.entry(key).or_default();
+        if conn.joinable().is_none() && *verb == Verb::Begin {
+            conn.open.push(Open {
+                ids: gen.root(),
+                closing: false,
+                start_ns,
+                statements: 0,
+                aborted: false,
+                aborted_now: false,
+                sqlstate: None,
+                idle_ns: 0,
+                in_flight: 0,
+                last_end_ns: start_ns,
+                retry_count: conn.next_retry,
+                events: vec![Event { name: "transaction.started", ts_ns: start_ns, attributes: vec![] }],
+            });
+        }
+        let Some(o) = conn.joinable() else {
+            return gen.root(); // autocommit, or inside a transaction begun before we attached
+        };
+        if o.in_flight == 0 {
+            o.idle_ns += start_ns.saturating_sub(o.last_end_ns);
+        }
+        o.in_flight += 1;
+        o.statements += 1;
+        o.closing = ends_block(verb);
+        o.ids.child(gen)
+    }
+
+    /// A statement sent with `ids` did not run (a pipeline aborted before
+    /// it): it only stops being in flight, and a block it was to end stays
+    /// open (in a pipeline, the server still waits for its ROLLBACK).
+    pub fn query_skipped(&mut self, key: Key, ids: &Ids, verb: &Verb, end_ns: u64) {
+        let Some(conn) = self.conns.get_mut(&key) else { return };
+        let Some(i) = conn.of(ids) else { return };
+        let o = &mut conn.open[i];
+        o.in_flight = o.in_flight.saturating_sub(1);
+        o.last_end_ns = o.last_end_ns.max(end_ns);
+        if ends_block(verb) {
+            o.closing = false;
+        }
+    }
+
+    /// The last result of the statement sent with `ids` arrived (or it was
+    /// superseded: then pass `Verb::Other`, not failed, so only the in-flight
+    /// count moves).
+    #[allow(clippy::too_many_arguments)]
+    pub fn query_ended(
+        &mut self,
+        key: Key,
+        ids: &Ids,
+        verb: &Verb,
+        end_ns: u64,
+        failed: bool,
+        sqlstate: Option<&str>,
+        cmd_status: Option<&str>,
+        out: &mut Vec<TxnSpan>,
+    ) {
+        let Some(conn) = self.conns.get_mut(&key) else { return };
+        let Some(i) = conn.of(ids) else { return };
+        let o = &mut conn.open[i];
+        o.in_flight = o.in_flight.saturating_sub(1);
+        o.last_end_ns = o.last_end_ns.max(end_ns);
+        let name_attr = |n: &str| vec![KeyValue::new(SAVEPOINT_NAME, n.to_string())];
+        let outcome = match verb {
+            Verb::Commit if failed => {
+                // COMMIT itself failed (e.g. a serialization failure at commit).
+                if !o.aborted_now {
+                    o.sqlstate = sqlstate.map(Into::into).or(o.sqlstate.take());
+                }
+                Some(Outcome::RolledBack)
+            }
+            // The server answers COMMIT of an aborted transaction with ROLLBACK.
+            Verb::Commit => match cmd_status {
+                Some(t) if t.starts_with("ROLLBACK") => Some(Outcome::RolledBack),
+                Some(t) if t.starts_with("COMMIT") => Some(Outcome::Committed),
+                _ if o.aborted_now => Some(Outcome::RolledBack),
+                _ => Some(Outcome::Committed),
+            },
+            Verb::Rollback => Some(Outcome::RolledBack),
+            // A failed PREPARE TRANSACTION rolls the block back; the server
+            // answers ROLLBACK to preparing an aborted one.
+            Verb::PrepareTransaction if failed || o.aborted_now || cmd_status.is_some_and(|t| t.starts_with("ROLLBACK")) => {
+                if failed && !o.aborted_now {
+                    o.sqlstate = sqlstate.map(Into::into).or(o.sqlstate.take());
+                }
+                Some(Outcome::RolledBack)
+            }
+            Verb::PrepareTransaction => Some(Outcome::Prepared),
+            _ if failed => {
+                // Any error inside a transaction block aborts it; the first one is the cause.
+                if !o.aborted_now {
+                    o.aborted = true;
+                    o.aborted_now = true;
+                    o.sqlstate = Some(sqlstate.unwrap_or("_OTHER").to_string());
+                    let attrs = vec![KeyValue::new("db.response.status_code", sqlstate.unwrap_or("_OTHER").to_string())];
+                    o.events.push(Event { name: "transaction.aborted", ts_ns: end_ns, attributes: attrs });
+                }
+                None
+            }
+            Verb::Savepoint(n) => {
+                o.events.push(Event { name: "transaction.savepoint", ts_ns: end_ns, attributes: name_attr(n) });
+                None
+            }
+            Verb::Release(n) => {
+                o.events.push(Event { name: "transaction.savepoint_released", ts_ns: end_ns, attributes: name_attr(n) });
+                None
+            }
+            Verb::RollbackTo(n) => {
+                o.aborted_now = false;
+                o.events.push(Event { name: "transaction.rolled_back_to_savepoint", ts_ns: end_ns, attributes: name_attr(n) });
+                None
+            }
+            Verb::Begin | Verb::Other => None,
+        };
+        if let Some(outcome) = outcome {
+            let t = finish(key, conn.open.remove(i), end_ns, outcome);
+            conn.next_retry = match outcome {
+                Outcome::RolledBack if retryable(t.sqlstate.as_deref()) => t.retry_count + 1,
+                _ => 0,
+            };
+            out.push(t);
+        }
+    }
+
+    /// PQfinish: an open transaction ends incomplete (the server rolls it back).
+    pub fn conn_closed(&mut self, key: Key, ts_ns: u64, out: &mut Vec<TxnSpan>) {
+        for o in self.conns.remove(&key).map(|c| c.open).unwrap_or_default() {
+            out.push(finish(key, o, ts_ns, Outcome::Incomplete));
+        }
+    }
+
+    pub fn process_exited(&mut self, pid: u32, ts_ns: u64, out: &mut Vec<TxnSpan>) {
+        let keys: Vec<Key> = self.conns.keys().filter(|k| k.0 == pid).copied().collect();
+        for k in keys {
+            self.conn_closed(k, ts_ns, out);
+        }
+    }
+}
+
+fn finish(key: Key, mut o: Open, end_ns: u64, outcome: Outcome) -> TxnSpan {
+    let end_ns = end_ns.max(o.start_ns);
+    match outcome {
+        Outcome::Committed => o.events.push(Event { name: "transaction.committed", ts_ns: end_ns, attributes: vec![] }),
+        Outcome::RolledBack => o.events.push(Event { name: "transaction.rolled_back", ts_ns: end_ns, attributes: vec![] }),
+        Outcome::Prepared => o.events.push(Event { name: "transaction.prepared", ts_ns: end_ns, attributes: vec![] }),
+        Outcome::Incomplete => {}
+    }
+    TxnSpan {
+        pid: key.0,
+        conn: key.1,
+        ids: o.ids,
+        start_ns: o.start_ns,
+        end_ns,
+        outcome,
+        aborted: o.aborted,
+        sqlstate: o.sqlstate,
+        idle_ns: o.idle_ns,
+        statements: o.statements,
+        retry_count: o.retry_count,
+        events: o.events,
+    }
+}
+
+/// Span name, attributes and error of a transaction: `system` is its
+/// db.system.name, `conn` its connection's attributes (from its engine).
+pub fn describe(t: &TxnSpan, system: &'static str, conn: &[KeyValue]) -> Described {
+    let mut a = vec![
+        KeyValue::new("db.system.name", system),
+        KeyValue::new("db.transaction.outcome", t.outcome.as_str()),
+        KeyValue::new("db.transaction.aborted", t.aborted),
+        KeyValue::new("db.transaction.statement_count", i64::from(t.statements)),
+        KeyValue::new("db.transaction.idle_time_ms", t.idle_ns as f64 / 1e6),
+        KeyValue::new("db.transaction.retry_count", i64::from(t.retry_count)),
+        KeyValue::new("process.pid", i64::from(t.pid)),
+    ];
+    a.extend_from_slice(conn);
+    // An explicit ROLLBACK is the application's choice, not an error; a
+    // rollback forced by an error is.
+    let error = match (t.outcome, &t.sqlstate) {
+        (Outcome::Committed | Outcome::Prepared, _) => None,
+        (_, Some(code)) => Some(code.clone()),
+        (Outcome::Incomplete, None) => Some("dbtel.incomplete".to_string()),
+        (Outcome::RolledBack, None) => None,
+    };
+    if let Some(e) = &error {
+        a.push(KeyValue::new("error.type", e.clone()));
+    }
+    Described { name: "transaction".to_string(), attributes: a, error }
+}
+
+#[cfg(test)]
+#[path = "txn_tests.rs"]
+mod tests;

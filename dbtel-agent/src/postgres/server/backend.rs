@@ -1,0 +1,547 @@
+//! What each PostgreSQL backend did, from its server probe hits: query spans
+//! (any client, any protocol), explicit transactions, lock waits and how they
+//! ended. A pure state machine like `reconstruct`: no clock, no I/O.
+//!
+//! Queries come from statement__status (pgstat_report_activity): a text means
+//! "running this", NULL means "idle" — the same for the simple and the
+//! extended protocol (Parse, Bind and Execute each report the same text).
+//! Where EndCommand is probed, a statement ends there, with its row count:
+//! statements sent without a Sync between them (no idle report) are each a
+//! span, and so is each statement of a simple-protocol text of several.
+//! A wait that ends in an error gets no lock__wait__done: the error report
+//! (errcode/errmsg, deadlock__found) and transaction__abort close it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use dbtel_common::site;
+
+pub use self::types::*;
+pub use crate::postgres::server::blocks::TxnOutcome;
+use crate::{
+    events::{Origin, ServerHit},
+    pipeline::span::{Event, IdGen, Ids},
+    postgres::server::blocks::BlockEffect,
+    postgres::server::target::unpack_sqlstate,
+};
+
+#[derive(Debug, Default)]
+struct Backend {
+    postmaster: u32,
+    query: Option<ServerQuery>,
+    txn: Option<ServerTxn>,
+    waits: Vec<LockWait>,
+    error: Option<ErrorReport>,
+    /// An ERROR report began (errstart_cold): its errcode and errmsg are next.
+    awaiting_code: bool,
+    awaiting_message: bool,
+    /// The pending error was emitted (EmitErrorReport): it reached the client.
+    error_emitted: bool,
+    /// Emitted, and its code as sent (site::ERROR_SENT) not seen yet.
+    awaiting_sent: bool,
+    /// SQL-level prepared statements of the session: name → statement.
+    prepared: HashMap<String, String>,
+    deadlock: bool,
+    /// What the running statement does to the transaction block.
+    effect: BlockEffect,
+    /// The query ran to its end (EndCommand); it closes at the next text or
+    /// idle report, so that an error in between (a deferred constraint at
+    /// the implicit commit of Sync) is still its own.
+    completed: bool,
+    /// The statements of a simple-protocol text still to run after this one.
+    rest: VecDeque<String>,
+    /// The query is a text of several statements that could not be split:
+    /// each completion extends it.
+    whole: bool,
+    /// The last statement closed had failed.
+    last_failed: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub queries: u64,
+    pub lock_waits: u64,
+    pub deadlocks: u64,
+    /// Spans closed by a backend's exit.
+    pub incomplete: u64,
+    /// Parallel workers' copies of their leader's statement, not exported.
+    pub worker_echoes: u64,
+    /// Statements reported but neither run to their end nor failed: parsed
+    /// (a prepare) or bound without an Execute, or a portal suspended at a row
+    /// limit (its last Execute is the span). Not exported.
+    pub unexecuted: u64,
+    /// Completions without a statement to end (one begun before the agent attached).
+    pub unmatched_completions: u64,
+}
+
+/// Prepared statements a session made, the fewer the better: bounded by starting over.
+const MAX_PREPARED: usize = 1024;
+
+/// Keeps track of a session's SQL-level PREPARE / DEALLOCATE; for an EXECUTE,
+/// the name and the statement it runs.
+fn prepared_statement(names: &mut HashMap<String, String>, text: &str) -> Option<(String, String)> {
+    use crate::pipeline::sql::prepared::{action, Action};
+    match action(text)? {
+        Action::Prepare(name, body) => {
+            if names.len() >= MAX_PREPARED {
+                names.clear();
+            }
+            names.insert(name, body.to_string());
+        }
+        Action::Execute(name) => return names.get(&name).map(|body| (name, body.clone())),
+        Action::Deallocate(Some(name)) => {
+            names.remove(&name);
+        }
+        Action::Deallocate(None) => names.clear(),
+    }
+    None
+}
+
+/// A statement that ended lately, as much of it as tells a parallel worker's
+/// echo of it (text length and head: no copy of the text per statement).
+#[derive(Debug, Clone, Copy)]
+struct Ended {
+    postmaster: u32,
+    pid: u32,
+    start_ns: u64,
+    end_ns: u64,
+    len: usize,
+    head: [u8; 24],
+}
+
+fn text_head(t: &str) -> [u8; 24] {
+    let mut h = [0u8; 24];
+    let n = t.len().min(24);
+    h[..n].copy_from_slice(&t.as_bytes()[..n]);
+    h
+}
+
+/// Statements remembered after their end: a parallel worker exits a little
+/// after its leader's statement ended.
+const ENDED_MEMORY: usize = 64;
+
+pub struct Tracker {
+    backends: HashMap<u32, Backend>,
+    gen: IdGen,
+    pub counters: Counters,
+    ended: std::collections::VecDeque<Ended>,
+    /// errstart_cold is probed: only reports it opened are errors (else every
+    /// errcode counts, warnings and notices included).
+    pub errors_by_level: bool,
+    /// Servers whose EndCommand is probed: their statements end there, one
+    /// span each even without a Sync between them, with a row count. (Else a
+    /// statement ends at the next text or idle report.)
+    completing: HashSet<u32>,
+}
+
+/// Closes a backend's open waits: ended by `error` (at its time) or, with
+/// none, at `ts`.
+fn end_waits(b: &mut Backend, error: Option<&ErrorReport>, deadlock: bool, ts: u64, out: &mut Vec<ServerSpan>) {
+    if b.waits.is_empty() {
+        return;
+    }
+    let outcome = WaitOutcome::from_error(error, deadlock);
+    for mut w in b.waits.drain(..) {
+        w.end_ns = error.map_or(ts, |e| e.ts_ns).max(w.start_ns);
+        w.outcome = outcome.clone();
+        out.push(ServerSpan::Wait(w));
+    }
+}
+
+impl Tracker {
+    pub fn new(gen: IdGen) -> Self {
+        Tracker {
+            backends: HashMap::new(),
+            gen,
+            counters: Counters::default(),
+            ended: Default::default(),
+            errors_by_level: false,
+            completing: HashSet::new(),
+        }
+    }
+
+    /// The server's statements end at EndCommand (it is probed).
+    pub fn completes_statements(&mut self, postmaster: u32) {
+        self.completing.insert(postmaster);
+    }
+
+    /// Open queries (for leak checks).
+    pub fn in_flight(&self) -> usize {
+        self.backends.values().filter(|b| b.query.is_some()).count()
+    }
+
+    /// The ids a blocker's work can be linked to: its transaction, else its query.
+    pub fn current(&self, pid: u32) -> Option<Ids> {
+        let b = self.backends.get(&pid)?;
+        b.txn.as_ref().map(|t| t.ids).or_else(|| b.query.as_ref().map(|q| q.ids))
+    }
+
+    /// Backends with state kept (for sweeping out those whose exit was missed).
+    pub fn pids(&self) -> Vec<u32> {
+        self.backends.keys().copied().collect()
+    }
+
+    /// The lock wait a backend is in, if any.
+    pub fn open_wait(&self, pid: u32) -> Option<Ids> {
+        self.backends.get(&pid)?.waits.last().map(|w| w.ids)
+    }
+
+    /// Text of the query a backend is running, if known.
+    pub fn running_query(&self, pid: u32) -> Option<&str> {
+        self.backends.get(&pid)?.query.as_ref().map(|q| q.text.as_str())
+    }
+
+    /// Adds an event to the lock wait with these ids if it is still open.
+    pub fn annotate_wait(&mut self, wait: Ids, ev: Event) -> bool {
+        for b in self.backends.values_mut() {
+            if let Some(w) = b.waits.iter_mut().find(|w| w.ids == wait) {
+                w.events.push(ev);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// One probe hit. `client` tells what the traced client side knows about
+    /// the connection served by a backend PID.
+    pub fn on_hit(
+        &mut self,
+        hit: &ServerHit,
+        client: &dyn Fn(u32) -> Option<ClientIds>,
+        out: &mut Vec<ServerSpan>,
+        notices: &mut Vec<Notice>,
+    ) {
+        let at = hit.at;
+        let b = self.backends.entry(at.pid).or_default();
+        b.postmaster = at.conn as u32;
+        match hit.site {
+            site::STATEMENT_STATUS => match &hit.text {
+                Some(text) => {
+                    if !b.completed && b.query.as_ref().is_some_and(|q| &q.text == text) {
+                        return; // Bind/Execute of the statement already running
+                    }
+                    self.end_statement(at, client, out);
+                    self.open_text(at, text, hit.truncated, client);
+                }
+                None => self.end_statement(at, client, out),
+            },
+            site::COMMAND_DONE => self.command_done(at, hit.args[1], client, out),
+            site::TRANSACTION_ABORT => {
+                let (error, deadlock) = (b.error.take(), std::mem::take(&mut b.deadlock));
+                // Waits ended by the error that aborted the transaction.
+                end_waits(b, error.as_ref(), deadlock, at.ts_ns, out);
+                if let (Some(q), Some(e)) = (b.query.as_mut(), &error) {
+                    q.error.get_or_insert_with(|| e.clone());
+                }
+                let user_rollback = error.is_none() && b.effect.ends == Some(TxnOutcome::RolledBack);
+                match b.txn.as_mut() {
+                    Some(_) if user_rollback => self.close_txn(at.pid, at.ts_ns, TxnOutcome::RolledBack, out),
+                    // Failed inside a block: it stays open, aborted, until ROLLBACK.
+                    Some(t) if t.error.is_none() => {
+                        let e = error.unwrap_or_else(|| ErrorReport { sqlstate: "_OTHER".into(), message: None, ts_ns: at.ts_ns });
+                        t.events.push(Event {
+                            name: "transaction.aborted",
+                            ts_ns: at.ts_ns,
+                            attributes: vec![opentelemetry::KeyValue::new("db.response.status_code", e.sqlstate.clone())],
+                        });
+                        t.error = Some(e);
+                    }
+                    _ => {}
+                }
+            }
+            site::LOCK_WAIT_START => {
+                let tag = LockTag::from_args(&hit.args);
+                let from_client = client(at.pid).and_then(|c| c.query);
+                // Inside the server's statement (itself under the client's query when
+                // that client is traced); the client's query if the statement went unseen.
+                let parent = b.query.as_ref().map(|q| q.ids).or(from_client);
+                let under_client = from_client.is_some();
+                let ids = match parent {
+                    Some(p) => p.child(&mut self.gen),
+                    None => self.gen.root(),
+                };
+                let b = self.backends.get_mut(&at.pid).expect("entry made above");
+                if let Some(q) = b.query.as_mut() {
+                    for name in ["contention_detected", "lock_contention_detected"] {
+                        q.events.push(Event { name, ts_ns: at.ts_ns, attributes: vec![] });
+                    }
+                }
+                self.counters.lock_waits += 1;
+                b.waits.push(LockWait {
+                    pid: at.pid,
+                    postmaster: b.postmaster,
+                    ids,
+                    under_client,
+                    start_ns: at.ts_ns,
+                    end_ns: at.ts_ns,
+                    tag,
+                    outcome: WaitOutcome::Granted,
+                    query: b.query.as_ref().map(|q| q.text.clone()),
+                    events: vec![],
+                });
+                notices.push(Notice::WaitStarted { pid: at.pid, postmaster: b.postmaster, wait: ids, under_client, tag, ts_ns: at.ts_ns });
+            }
+            site::LOCK_WAIT_DONE => {
+                let tag = LockTag::from_args(&hit.args);
+                // Waits nest only in odd cases; take the latest with this tag.
+                if let Some(i) = b.waits.iter().rposition(|w| w.tag == tag).or(b.waits.len().checked_sub(1)) {
+                    let mut w = b.waits.remove(i);
+                    w.end_ns = at.ts_ns;
+                    out.push(ServerSpan::Wait(w));
+                }
+            }
+            site::DEADLOCK_FOUND => {
+                b.deadlock = true;
+                self.counters.deadlocks += 1;
+                let wait = b.waits.last().map(|w| w.ids);
+                notices.push(Notice::Deadlock { pid: at.pid, postmaster: b.postmaster, wait, ts_ns: at.ts_ns });
+            }
+            // errstart_cold calls errstart: one report, two hits.
+            site::ERRSTART if b.awaiting_code => {}
+            site::ERRSTART => {
+                // elog(ERROR) without errcode keeps errstart's default, XX000.
+                b.error = Some(ErrorReport { sqlstate: "XX000".into(), message: None, ts_ns: at.ts_ns });
+                (b.awaiting_code, b.awaiting_message, b.error_emitted) = (true, true, false);
+            }
+            site::ERROR_EMITTED => {
+                b.error_emitted = b.error.is_some();
+                b.awaiting_sent = b.error_emitted;
+                (b.awaiting_code, b.awaiting_message) = (false, false);
+            }
+            site::ERROR_FLUSHED => {
+                // Caught (a PL/pgSQL EXCEPTION block): the statement goes on, unharmed.
+                if !std::mem::take(&mut b.error_emitted) && b.error.is_some() {
+                    b.error = None;
+                }
+                (b.awaiting_code, b.awaiting_message) = (false, false);
+            }
+            site::ERRCODE if self.errors_by_level => {
+                // The first errcode after errstart_cold; a later one belongs to a lesser report.
+                if let Some(e) = b.error.as_mut().filter(|_| std::mem::take(&mut b.awaiting_code)) {
+                    e.sqlstate = unpack_sqlstate(hit.args[0]);
+                }
+            }
+            site::ERRCODE => {
+                b.error = Some(ErrorReport { sqlstate: unpack_sqlstate(hit.args[0]), message: None, ts_ns: at.ts_ns });
+                b.awaiting_message = true;
+            }
+            site::ERROR_SENT => {
+                if let Some(e) = b.error.as_mut().filter(|_| std::mem::take(&mut b.awaiting_sent)) {
+                    e.sqlstate = unpack_sqlstate(hit.args[0]);
+                }
+            }
+            site::ERRMSG => {
+                if let Some(e) = b.error.as_mut().filter(|_| std::mem::take(&mut b.awaiting_message)) {
+                    e.message = hit.text.clone();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn open_query(&mut self, at: Origin, text: String, truncated: bool, client: &dyn Fn(u32) -> Option<ClientIds>) {
+        // Blocks are known from their statements' texts (the transaction
+        // start/commit probes would cost two traps per implicit transaction).
+        let effect = BlockEffect::of(&text, self.backends.get(&at.pid).is_some_and(|b| b.txn.is_some()));
+        if effect.opened {
+            self.open_txn(at, client);
+        }
+        let joined = client(at.pid).and_then(|c| c.query);
+        let b = self.backends.get_mut(&at.pid).expect("entry exists");
+        let ids = match (joined, &b.txn) {
+            (Some(c), _) => c.child(&mut self.gen),
+            (None, Some(t)) => t.ids.child(&mut self.gen),
+            (None, None) => self.gen.root(),
+        };
+        if let Some(t) = b.txn.as_mut() {
+            t.statements += 1;
+        }
+        b.effect = effect;
+        (b.completed, b.whole) = (false, false);
+        // Nothing from before this statement belongs to it.
+        (b.error, b.deadlock, b.awaiting_code, b.awaiting_message, b.awaiting_sent) = (None, false, false, false, false);
+        self.counters.queries += 1;
+        let prepared = prepared_statement(&mut b.prepared, &text);
+        b.query = Some(ServerQuery {
+            pid: at.pid,
+            postmaster: b.postmaster,
+            ids,
+            joined: joined.is_some(),
+            start_ns: at.ts_ns,
+            end_ns: at.ts_ns,
+            text,
+            truncated,
+            prepared,
+            rows: None,
+            error: None,
+            incomplete: None,
+            events: vec![],
+        });
+    }
+
+    /// A block opens (BEGIN, or the chained block after COMMIT AND CHAIN):
+    /// under the client's transaction when the client is traced.
+    fn open_txn(&mut self, at: Origin, client: &dyn Fn(u32) -> Option<ClientIds>) {
+        let ids = match client(at.pid).and_then(|c| c.txn) {
+            Some(p) => p.child(&mut self.gen),
+            None => self.gen.root(),
+        };
+        let b = self.backends.get_mut(&at.pid).expect("entry exists");
+        b.txn = Some(ServerTxn {
+            pid: at.pid,
+            postmaster: b.postmaster,
+            ids,
+            start_ns: at.ts_ns,
+            end_ns: at.ts_ns,
+            outcome: TxnOutcome::Incomplete,
+            error: None,
+            statements: 0,
+            events: vec![Event { name: "transaction.started", ts_ns: at.ts_ns, attributes: vec![] }],
+        });
+    }
+
+    /// The running statement is over (idle, or the next one began): its span
+    /// closes and its effect on the block applies — unless it failed: a failed
+    /// BEGIN opened nothing, a failed COMMIT or PREPARE TRANSACTION rolled
+    /// back, a failed AND CHAIN chains nothing. (ROLLBACK closed the block at
+    /// its abort already.)
+    fn end_statement(&mut self, at: Origin, client: &dyn Fn(u32) -> Option<ClientIds>, out: &mut Vec<ServerSpan>) {
+        if self.drop_unexecuted(at, out) {
+            return;
+        }
+        let (failed, end) = self.close_query(at.pid, at.ts_ns, out);
+        let Some(b) = self.backends.get_mut(&at.pid) else { return };
+        let e = std::mem::take(&mut b.effect);
+        if failed && e.opened {
+            b.txn = None;
+            return;
+        }
+        if let Some(outcome) = e.ends {
+            self.close_txn(at.pid, end, if failed { TxnOutcome::RolledBack } else { outcome }, out);
+        }
+        if e.reopens && !failed {
+            self.open_txn(Origin { ts_ns: end, ..at }, client);
+        }
+    }
+
+    /// The statement is over (idle, or the next one began): (failed, its end).
+    /// An error it left that aborted nothing (in a savepoint, or caught) is
+    /// its error, and a wait still open ended with it. A completed one ended
+    /// at its completion.
+    fn close_query(&mut self, pid: u32, ts: u64, out: &mut Vec<ServerSpan>) -> (bool, u64) {
+        let Some(b) = self.backends.get_mut(&pid) else { return (false, ts) };
+        let error = if self.errors_by_level { b.error.take() } else { None };
+        let deadlock = std::mem::take(&mut b.deadlock);
+        (b.awaiting_code, b.awaiting_message) = (false, false);
+        end_waits(b, error.as_ref(), deadlock, ts, out);
+        let Some(mut q) = b.query.take() else { return (false, ts) };
+        if !std::mem::take(&mut b.completed) {
+            q.end_ns = ts.max(q.start_ns);
+        }
+        if q.error.is_none() {
+            q.error = error;
+        }
+        let failed = q.error.is_some();
+        b.last_failed = failed;
+        if self.ended.len() == ENDED_MEMORY {
+            self.ended.pop_front();
+        }
+        let (len, head) = (q.text.len(), text_head(&q.text));
+        self.ended.push_back(Ended { postmaster: q.postmaster, pid, start_ns: q.start_ns, end_ns: q.end_ns, len, head });
+        let end = q.end_ns;
+        out.push(ServerSpan::Query(q));
+        (failed, end)
+    }
+
+    /// A backend exits inside a statement that another backend of its server
+    /// was running when it began, and it never opened a block: a parallel
+    /// worker (they report their leader's statement and exit without going
+    /// idle). Its copy is not a statement of its own.
+    fn is_worker_echo(&self, pid: u32, b: &Backend, q: &ServerQuery) -> bool {
+        if b.txn.is_some() {
+            return false;
+        }
+        let (len, head) = (q.text.len(), text_head(&q.text));
+        let running = self.backends.iter().any(|(p, o)| {
+            *p != pid && o.postmaster == b.postmaster && o.query.as_ref().is_some_and(|l| l.start_ns <= q.start_ns && l.text == q.text)
+        });
+        running
+            || self.ended.iter().any(|e| {
+                e.pid != pid && e.postmaster == b.postmaster && e.len == len && e.head == head && e.start_ns <= q.start_ns && q.start_ns <= e.end_ns
+            })
+    }
+
+    fn close_txn(&mut self, pid: u32, ts: u64, outcome: TxnOutcome, out: &mut Vec<ServerSpan>) {
+        let Some(b) = self.backends.get_mut(&pid) else { return };
+        if let Some(mut t) = b.txn.take() {
+            t.end_ns = ts.max(t.start_ns);
+            // An aborted block commits or prepares nothing.
+            t.outcome = if t.error.is_some() && outcome != TxnOutcome::Incomplete { TxnOutcome::RolledBack } else { outcome };
+            let name = match t.outcome {
+                TxnOutcome::Committed => "transaction.committed",
+                TxnOutcome::RolledBack => "transaction.rolled_back",
+                TxnOutcome::Prepared => "transaction.prepared",
+                TxnOutcome::Incomplete => "transaction.incomplete",
+            };
+            t.events.push(Event { name, ts_ns: t.end_ns, attributes: vec![] });
+            out.push(ServerSpan::Txn(t));
+        }
+    }
+
+    /// A backend exited: close what it had open.
+    pub fn exited(&mut self, pid: u32, ts: u64, out: &mut Vec<ServerSpan>) {
+        self.cut(pid, ts, Cut::ProcessExited, out);
+    }
+
+    fn cut(&mut self, pid: u32, ts: u64, why: Cut, out: &mut Vec<ServerSpan>) {
+        let Some(mut b) = self.backends.remove(&pid) else { return };
+        for mut w in b.waits.drain(..) {
+            w.end_ns = ts.max(w.start_ns);
+            w.outcome = match why {
+                Cut::ProcessExited => WaitOutcome::ProcessExited,
+                Cut::AgentStopped => WaitOutcome::AgentStopped,
+            };
+            self.counters.incomplete += 1;
+            out.push(ServerSpan::Wait(w));
+        }
+        let mut txn_end = (TxnOutcome::Incomplete, ts);
+        if let Some(mut q) = b.query.take() {
+            if std::mem::take(&mut b.completed) {
+                // It ran to its end: only its closing report is missing.
+                if let Some(outcome) = b.effect.ends {
+                    txn_end = (outcome, q.end_ns);
+                }
+                out.push(ServerSpan::Query(q));
+            } else if why == Cut::ProcessExited && self.is_worker_echo(pid, &b, &q) {
+                self.counters.worker_echoes += 1;
+            } else {
+                q.end_ns = ts.max(q.start_ns);
+                q.incomplete = Some(why);
+                self.counters.incomplete += 1;
+                out.push(ServerSpan::Query(q));
+            }
+        }
+        self.backends.insert(pid, b);
+        self.close_txn(pid, txn_end.1, txn_end.0, out);
+        self.backends.remove(&pid);
+    }
+
+    /// Every backend of a postmaster we stop tracing: it exited (`exited`),
+    /// or the agent stops while its backends live on.
+    pub fn server_gone(&mut self, postmaster: u32, ts: u64, exited: bool, out: &mut Vec<ServerSpan>) {
+        let pids: Vec<u32> = self.backends.iter().filter(|(_, b)| b.postmaster == postmaster).map(|(p, _)| *p).collect();
+        let why = if exited { Cut::ProcessExited } else { Cut::AgentStopped };
+        for p in pids {
+            self.cut(p, ts, why, out);
+        }
+    }
+}
+
+#[path = "backend_completion.rs"]
+mod completion;
+
+#[path = "backend_types.rs"]
+mod types;
+
+#[cfg(test)]
+#[path = "backend_tests.rs"]
+mod tests;

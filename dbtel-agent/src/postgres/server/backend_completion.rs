@@ -1,0 +1,99 @@
+//! Statements that end at EndCommand (where it is probed): a simple-protocol
+//! text of several run statement by statement, completions, statements that
+//! never ran, and telling the client side as each statement begins.
+
+use dbtel_common::site;
+
+use super::{end_waits, ClientIds, ServerSpan, Tracker};
+use crate::events::{Origin, ServerHit};
+
+impl Tracker {
+    /// Whether this hit begins a statement (before it is handed to
+    /// [`Self::on_hit`]), and if so whether the statement before it failed
+    /// (the server then skipped the rest of a pipeline up to its Sync): the
+    /// client side names the query the server runs by that order.
+    pub fn begins_statement(&self, hit: &ServerHit) -> Option<bool> {
+        let b = self.backends.get(&hit.at.pid);
+        let running = b.and_then(|b| b.query.as_ref().map(|q| (b, q)));
+        let begins = match (hit.site, &hit.text) {
+            (site::STATEMENT_STATUS, Some(text)) => !running.is_some_and(|(b, q)| !b.completed && &q.text == text),
+            // The next statement of a simple-protocol text of several.
+            (site::COMMAND_DONE, _) => running.is_some_and(|(b, _)| !b.completed && !b.rest.is_empty()),
+            _ => false,
+        };
+        let failed = match running {
+            Some((b, q)) => q.error.is_some() || (self.errors_by_level && b.error.is_some()),
+            None => b.is_some_and(|b| b.last_failed),
+        };
+        begins.then_some(failed)
+    }
+
+    /// A statement text is reported. Where statements end at EndCommand, a
+    /// simple-protocol text of several is run statement by statement.
+    pub(super) fn open_text(&mut self, at: Origin, text: &str, truncated: bool, client: &dyn Fn(u32) -> Option<ClientIds>) {
+        let several = self.completing.contains(&(at.conn as u32)) && text.as_bytes().contains(&b';');
+        let pieces = if several && !truncated { crate::pipeline::shape::statements(text) } else { None };
+        match pieces.as_deref() {
+            Some([first, rest @ ..]) if !rest.is_empty() => {
+                self.open_query(at, first.to_string(), false, client);
+                let b = self.backends.get_mut(&at.pid).expect("entry exists");
+                b.rest = rest.iter().map(|s| s.to_string()).collect();
+            }
+            _ => {
+                self.open_query(at, text.to_string(), truncated, client);
+                self.backends.get_mut(&at.pid).expect("entry exists").whole = several && pieces.is_none_or(|p| p.len() > 1);
+            }
+        }
+    }
+
+    /// EndCommand: the running statement completed, having processed `rows`.
+    /// The next statement of its text, if any, begins.
+    pub(super) fn command_done(&mut self, at: Origin, rows: u64, client: &dyn Fn(u32) -> Option<ClientIds>, out: &mut Vec<ServerSpan>) {
+        let b = self.backends.get_mut(&at.pid).expect("entry made by on_hit");
+        let Some(q) = b.query.as_mut() else {
+            self.counters.unmatched_completions += 1;
+            return;
+        };
+        if b.completed {
+            if b.whole {
+                (q.end_ns, q.rows) = (at.ts_ns, None);
+            } else {
+                self.counters.unmatched_completions += 1;
+            }
+            return;
+        }
+        (q.end_ns, q.rows, b.completed) = (at.ts_ns.max(q.start_ns), Some(rows), true);
+        if let Some(next) = b.rest.pop_front() {
+            let rest = std::mem::take(&mut b.rest);
+            self.end_statement(at, client, out);
+            self.open_query(at, next, false, client);
+            self.backends.get_mut(&at.pid).expect("entry exists").rest = rest;
+        }
+    }
+
+    /// Where statements end at EndCommand, one that ends without it and
+    /// without an error never ran: only parsed or bound (a prepare, a
+    /// describe), or its portal was suspended at a row limit (the Execute
+    /// that finishes it is the span). It is no statement of its block, and
+    /// a BEGIN that never ran opened nothing.
+    pub(super) fn drop_unexecuted(&mut self, at: Origin, out: &mut Vec<ServerSpan>) -> bool {
+        let Some(b) = self.backends.get_mut(&at.pid) else { return false };
+        let failed = b.query.as_ref().is_some_and(|q| q.error.is_some()) || (self.errors_by_level && b.error.is_some());
+        if b.query.is_none() || b.completed || failed || !self.completing.contains(&b.postmaster) {
+            b.rest.clear();
+            return false;
+        }
+        b.query = None;
+        b.rest.clear();
+        (b.deadlock, b.awaiting_code, b.awaiting_message) = (false, false, false);
+        end_waits(b, None, false, at.ts_ns, out);
+        if std::mem::take(&mut b.effect).opened {
+            b.txn = None;
+        } else if let Some(t) = b.txn.as_mut() {
+            t.statements = t.statements.saturating_sub(1);
+        }
+        self.counters.unexecuted += 1;
+        self.counters.queries -= 1;
+        true
+    }
+}

@@ -1,0 +1,9 @@
+//! The PostgreSQL server: postmaster and backends found by their USDT sites
+//! (target), server statements, blocks and lock waits rebuilt from them
+//! (backend, blocks: pure), the server side of the main loop (side), and
+//! server span attributes (spans).
+pub mod backend;
+pub mod blocks;
+pub mod side;
+pub mod spans;
+pub mod target;

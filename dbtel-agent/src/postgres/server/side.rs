@@ -1,0 +1,543 @@
+//! The server side of the agent's loop: traced postmasters, what their
+//! backends do (backend::Tracker), catalog lookups made the moment a lock wait
+//! starts, and lock-wait spans held until those answers are in.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use opentelemetry::KeyValue;
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    events::{Origin, ServerHit},
+    host::pidns::PidNamespaces,
+    pipeline::{dbspan::DbSpan, sql::FactsCache},
+    pipeline::span::{self, IdGen, Ids},
+    postgres::catalog::{self, Catalog, CatalogConfig, Snapshot},
+    postgres::libpq::reconstruct::Reconstructor,
+    postgres::server::backend::{ClientIds, LockTag, Notice, ServerSpan, Tracker},
+    postgres::server::spans::{self, WaitFacts},
+    postgres::server::target::ServerTarget,
+};
+
+/// A wait is looked up in the catalog only if it lasts this long:
+/// pg_blocking_pids takes every lock-manager partition lock, and a busy
+/// server has many sub-millisecond waits (measured: looking each up cost a
+/// tpcb-like run ~8 % of its throughput on 2 vCPUs).
+const WAIT_GRACE: Duration = Duration::from_millis(20);
+/// A session idle in transaction this long is logged (once).
+const IDLE_IN_TXN_WARN: Duration = Duration::from_secs(60);
+/// Catalog lookups of lock waits in flight at most; more waits go without.
+const MAX_LOOKUPS: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct CatalogSettings {
+    /// libpq-style `key=value` file; else the PG* environment variables.
+    pub config_file: Option<PathBuf>,
+    pub period: Duration,
+    /// Off: no catalog connection at all (spans lack names and blockers).
+    pub enabled: bool,
+}
+
+enum Lookup {
+    Pending,
+    Known(Arc<catalog::Backend>),
+    /// Gone before the catalog saw it.
+    Unknown,
+}
+
+/// A traced server's catalog connection and the poller's latest snapshot.
+struct ServerCatalog {
+    catalog: Arc<Catalog>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+}
+
+enum Reply {
+    /// A wait's grace period is over: look its blockers up if it still waits.
+    Due { postmaster: u32, wait: Ids, pid: u32, tag: LockTag },
+    Wait { postmaster: u32, wait: u64, facts: WaitFacts },
+    Backend { pid: u32, info: Option<catalog::Backend> },
+}
+
+/// Backends looked up, by PID: `None` while the question is out. Bounded by
+/// starting over (a lookup is one indexed catalog query).
+const MAX_BACKENDS: usize = 10_000;
+
+pub struct ServerSide {
+    pub tracker: Tracker,
+    /// Postmaster PID → target.
+    pub servers: BTreeMap<u32, ServerTarget>,
+    settings: CatalogSettings,
+    /// By postmaster: each server reached with the settings it was given
+    /// (see [`ServerSide::add_server`]).
+    catalogs: BTreeMap<u32, ServerCatalog>,
+    tx: mpsc::UnboundedSender<Reply>,
+    rx: mpsc::UnboundedReceiver<Reply>,
+    /// Catalog answers by wait span id; `None` while the question is out.
+    facts: HashMap<u64, Option<WaitFacts>>,
+    lookups_in_flight: usize,
+    /// Backends gone whose catalog answer is still needed by held spans.
+    exited: Vec<u32>,
+    /// (backend, transaction start in s) already warned about.
+    idle_warned: std::collections::HashSet<(u32, i32, u64)>,
+    /// Links to the blockers' transactions, by wait span id.
+    links: HashMap<u64, Vec<span::Link>>,
+    /// Who each backend serves (pg_stat_activity), looked up at first sight:
+    /// the poller alone misses short sessions.
+    backends: HashMap<u32, Lookup>,
+    /// Who each session serves as its backend said at connection (database,
+    /// user, application name): for sessions gone before the catalog saw them.
+    sessions: HashMap<u32, Arc<catalog::Backend>>,
+    /// Finished spans whose catalog answers are not in yet.
+    held: Vec<(ServerSpan, Instant)>,
+    spans: Vec<ServerSpan>,
+    notices: Vec<Notice>,
+    /// What of query texts goes into events (deadlock reports).
+    text: crate::pipeline::sql::Text,
+    /// Backends' PIDs as their server knows them (a server in a container).
+    pids: PidNamespaces,
+}
+
+impl ServerSide {
+    pub fn new(settings: CatalogSettings, text: crate::pipeline::sql::Text) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        ServerSide {
+            tracker: Tracker::new(IdGen::random()),
+            servers: BTreeMap::new(),
+            settings,
+            catalogs: BTreeMap::new(),
+            tx,
+            rx,
+            facts: HashMap::new(),
+            links: HashMap::new(),
+            lookups_in_flight: 0,
+            exited: Vec::new(),
+            idle_warned: Default::default(),
+            backends: HashMap::new(),
+            sessions: HashMap::new(),
+            held: Vec::new(),
+            spans: Vec::new(),
+            notices: Vec::new(),
+            text,
+            pids: PidNamespaces::default(),
+        }
+    }
+
+    /// Starts a catalog client for the server (connection settings from the
+    /// environment or the file, defaults from the server's postmaster.pid).
+    /// Settings given explicitly (a file, PGHOST, PGPORT, PGSERVICE) reach
+    /// one server: the first traced; without them each server is reached
+    /// through its own socket.
+    pub async fn add_server(&mut self, t: ServerTarget) -> anyhow::Result<()> {
+        let explicit = self.settings.config_file.is_some() || ["PGHOST", "PGPORT", "PGSERVICE"].iter().any(|v| std::env::var_os(v).is_some());
+        if self.settings.enabled && (self.catalogs.is_empty() || !explicit) && !self.catalogs.contains_key(&t.postmaster) {
+            let defaults = catalog::server_defaults(t.postmaster);
+            let cfg = CatalogConfig::load(self.settings.config_file.as_deref(), defaults)?;
+            let cat = Arc::new(Catalog::new(cfg));
+            match tokio::time::timeout(Duration::from_secs(5), cat.check()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::warn!("catalog unavailable ({e}); lock waits will lack relation names and blockers until it answers"),
+                Err(_) => log::warn!("catalog: no answer within 5 s; lock waits will lack relation names and blockers until it answers"),
+            }
+            let (_task, snapshot) = catalog::spawn_poller(cat.clone(), self.settings.period);
+            self.catalogs.insert(t.postmaster, ServerCatalog { catalog: cat, snapshot });
+        }
+        if t.sites.iter().any(|s| s.spec.probe == dbtel_common::site::ERRSTART) {
+            self.tracker.errors_by_level = true;
+        }
+        if t.sites.iter().any(|s| s.spec.probe == dbtel_common::site::COMMAND_DONE) {
+            self.tracker.completes_statements(t.postmaster);
+        }
+        self.servers.insert(t.postmaster, t);
+        Ok(())
+    }
+
+    fn catalog(&self, postmaster: u32) -> Option<Arc<Catalog>> {
+        self.catalogs.get(&postmaster).map(|c| c.catalog.clone())
+    }
+
+    /// Shared, not copied: read for every span of the backend.
+    fn backend_info(&self, postmaster: u32, pid: u32) -> Option<Arc<catalog::Backend>> {
+        if let Some(Lookup::Known(b)) = self.backends.get(&pid) {
+            return Some(b.clone());
+        }
+        let polled = self.catalogs.get(&postmaster).and_then(|c| c.snapshot.borrow().backends.get(&self.pids.ns(pid)).cloned());
+        polled.map(Arc::new).or_else(|| self.sessions.get(&pid).cloned())
+    }
+
+    /// What a backend said about its session as it started (see site::SESSION_*).
+    fn on_session(&mut self, hit: &ServerHit) {
+        use dbtel_common::site;
+        if self.sessions.len() >= MAX_BACKENDS && !self.sessions.contains_key(&hit.at.pid) {
+            return;
+        }
+        let pid = hit.at.pid;
+        let b = self.sessions.entry(pid).or_insert_with(|| {
+            Arc::new(catalog::Backend { pid: self.pids.ns(pid), ..Default::default() })
+        });
+        let b = Arc::make_mut(b);
+        let text = hit.text.clone();
+        match hit.site {
+            site::SESSION_DATABASE => b.datname = text,
+            site::SESSION_USER => {
+                // Background workers start without a user name.
+                if text.is_some() {
+                    b.backend_type = "client backend".into();
+                }
+                b.usename = text;
+            }
+            _ => b.application_name = text.unwrap_or_default(),
+        }
+    }
+
+    /// Asks the catalog about a backend seen for the first time.
+    fn look_up(&mut self, postmaster: u32, pid: u32) {
+        // Asked for every statement: the known backend returns before any Arc is cloned.
+        if self.backends.contains_key(&pid) {
+            return;
+        }
+        let Some(cat) = self.catalog(postmaster) else { return };
+        if self.backends.len() >= MAX_BACKENDS {
+            self.backends.retain(|_, v| matches!(v, Lookup::Pending));
+        }
+        self.backends.insert(pid, Lookup::Pending);
+        let tx = self.tx.clone();
+        let ns = self.pids.ns(pid);
+        tokio::spawn(async move {
+            let info = match cat.backend(ns).await {
+                Ok(b) => b,
+                Err(e) => {
+                    cat.warn_rate_limited(&e);
+                    None
+                }
+            };
+            let _ = tx.send(Reply::Backend { pid, info });
+        });
+    }
+
+    /// The catalogs' own sessions: their backends must not be traced
+    /// (postmaster, PID as the server knows it).
+    fn own_backends(&self) -> Vec<(u32, i32)> {
+        self.catalogs.iter().flat_map(|(pm, c)| c.catalog.own_pids().into_iter().map(move |ns| (*pm, ns))).collect()
+    }
+
+    /// The catalogs' own backends by host PID (learnt if they are new).
+    pub fn own_backends_on_host(&mut self) -> Vec<u32> {
+        let own = self.own_backends();
+        for (server, ns) in &own {
+            if !self.pids.knows(*server, *ns) {
+                for pid in crate::postgres::server::target::processes_of(*server) {
+                    self.pids.learn(pid, *server);
+                }
+            }
+        }
+        own.into_iter().map(|(server, ns)| self.pids.host(server, ns)).collect()
+    }
+
+    pub fn on_hit(&mut self, hit: &ServerHit, recon: &mut Reconstructor) {
+        self.pids.learn(hit.at.pid, hit.at.conn as u32);
+        if matches!(hit.site, dbtel_common::site::SESSION_DATABASE | dbtel_common::site::SESSION_USER | dbtel_common::site::APPLICATION_NAME) {
+            return self.on_session(hit);
+        }
+        if hit.site == dbtel_common::site::STATEMENT_STATUS && hit.text.is_some() {
+            self.look_up(hit.at.conn as u32, hit.at.pid);
+        }
+        // The client's query this statement is (a pipeline sends several ahead).
+        if let Some(after_error) = self.tracker.begins_statement(hit) {
+            recon.server_began(self.pids.ns(hit.at.pid), after_error);
+        }
+        let pids = &self.pids;
+        let client = |pid: u32| recon.client_context(pids.ns(pid)).map(|c| ClientIds { query: c.query, txn: c.txn });
+        self.tracker.on_hit(hit, &client, &mut self.spans, &mut self.notices);
+        // Acted on at once: the next hit may close the wait these refer to.
+        let notices = std::mem::take(&mut self.notices);
+        for n in notices {
+            match n {
+                Notice::WaitStarted { pid, postmaster, wait, under_client, tag, ts_ns } => {
+                    if under_client {
+                        for name in ["contention_detected", "lock_contention_detected"] {
+                            recon.annotate(self.pids.ns(pid), span::Event { name, ts_ns, attributes: lock_attributes(&tag) });
+                        }
+                    }
+                    self.ask(postmaster, pid, wait, tag);
+                }
+                Notice::Deadlock { pid, postmaster, wait, ts_ns } => self.deadlock(postmaster, pid, wait, ts_ns, recon),
+            }
+        }
+    }
+
+    pub fn on_exit(&mut self, at: Origin) {
+        self.tracker.exited(at.pid, at.ts_ns, &mut self.spans);
+        // Forgotten once its spans are out, so that a reused PID is asked anew.
+        self.exited.push(at.pid);
+    }
+
+    /// Who blocks `pid`, and the relation locked: asked once the wait has
+    /// lasted WAIT_GRACE, while it is still on.
+    fn ask(&mut self, postmaster: u32, pid: u32, wait: Ids, tag: LockTag) {
+        if !self.catalogs.contains_key(&postmaster) {
+            return;
+        }
+        self.facts.insert(wait.span_id, None);
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(WAIT_GRACE).await;
+            let _ = tx.send(Reply::Due { postmaster, wait, pid, tag });
+        });
+    }
+
+    fn look_up_wait(&mut self, postmaster: u32, pid: u32, wait: Ids, tag: LockTag) {
+        let Some(cat) = self.catalog(postmaster) else { return };
+        let still_waiting = self.tracker.open_wait(pid) == Some(wait);
+        let blockers = still_waiting && self.lookups_in_flight < MAX_LOOKUPS;
+        if still_waiting && !blockers {
+            log::debug!("lock wait of backend {pid}: {MAX_LOOKUPS} catalog lookups in flight already");
+        }
+        if !blockers && tag.relation().is_none() {
+            self.facts.insert(wait.span_id, Some(WaitFacts::default()));
+            return;
+        }
+        self.lookups_in_flight += 1;
+        let tx = self.tx.clone();
+        let ns = self.pids.ns(pid);
+        tokio::spawn(async move {
+            let mut facts = WaitFacts::default();
+            if blockers {
+                match cat.blockers(ns).await {
+                    Ok(b) => facts.blockers = b,
+                    Err(e) => cat.warn_rate_limited(&e),
+                }
+            }
+            // A row lock is waited for on the holder's transaction id: the
+            // table comes from the tuple lock the waiter holds meanwhile.
+            let relation = match tag.relation() {
+                Some(r) => Some(r),
+                None if blockers && tag.locktag_type == 5 => cat.tuple_lock_of(ns).await.unwrap_or_else(|e| {
+                    cat.warn_rate_limited(&e);
+                    None
+                }),
+                None => None,
+            };
+            // Names are cached: after the first, no round trip.
+            if let Some((db, rel)) = relation {
+                match cat.relation_name(db, rel).await {
+                    Ok(r) => facts.relation = r,
+                    Err(e) => cat.warn_rate_limited(&e),
+                }
+            }
+            let _ = tx.send(Reply::Wait { postmaster, wait: wait.span_id, facts });
+        });
+    }
+
+    /// What a backend is doing as dbtel traces it: the client's transaction,
+    /// else its query (the application's trace), else the server's block or
+    /// statement.
+    fn traced_work(&self, pid: u32, recon: &Reconstructor) -> Option<Ids> {
+        recon.client_context(self.pids.ns(pid)).and_then(|c| c.txn.or(c.query)).or_else(|| self.tracker.current(pid))
+    }
+
+    /// The blockers' transactions, as traced by dbtel.
+    fn blocker_links(&self, postmaster: u32, facts: &WaitFacts, recon: &Reconstructor) -> Vec<span::Link> {
+        facts
+            .blockers
+            .iter()
+            .filter_map(|b| {
+                let ids = self.traced_work(self.pids.host(postmaster, b.pid), recon)?;
+                Some(span::Link {
+                    trace_id: ids.trace_id,
+                    span_id: ids.span_id,
+                    attributes: vec![
+                        KeyValue::new("dbtel.link.type", "blocked_by"),
+                        KeyValue::new("db.postgresql.backend.pid", b.pid as i64),
+                    ],
+                })
+            })
+            .collect()
+    }
+
+    fn deadlock(&mut self, postmaster: u32, victim: u32, wait: Option<Ids>, ts_ns: u64, recon: &mut Reconstructor) {
+        let host_of = |ns: i32| self.pids.host(postmaster, ns);
+        let blockers = wait.and_then(|w| self.facts.get(&w.span_id).cloned().flatten()).map(|f| f.blockers).unwrap_or_default();
+        let victim_ns = self.pids.ns(victim);
+        let mut attrs = vec![KeyValue::new("db.postgresql.deadlock.victim.pid", victim_ns as i64)];
+        let mut pids = vec![victim_ns as i64];
+        if let Some(q) = self.tracker.running_query(victim) {
+            attrs.push(KeyValue::new("db.postgresql.deadlock.victim.query", crate::pipeline::sql::facts(q, self.text).text));
+        }
+        for b in &blockers {
+            pids.push(b.pid as i64);
+            attrs.push(KeyValue::new("db.postgresql.deadlock.other.pid", b.pid as i64));
+            let q = self.tracker.running_query(host_of(b.pid)).map(str::to_string).unwrap_or_else(|| b.query.clone());
+            attrs.push(KeyValue::new("db.postgresql.deadlock.other.query", crate::pipeline::sql::facts(&q, self.text).text));
+            if let Some(ids) = self.traced_work(host_of(b.pid), recon) {
+                attrs.push(KeyValue::new("db.postgresql.deadlock.other.trace_id", format!("{:032x}", ids.trace_id)));
+                attrs.push(KeyValue::new("db.postgresql.deadlock.other.span_id", format!("{:016x}", ids.span_id)));
+            }
+        }
+        if let Some(ids) = self.traced_work(victim, recon) {
+            attrs.push(KeyValue::new("db.postgresql.deadlock.victim.trace_id", format!("{:032x}", ids.trace_id)));
+            attrs.push(KeyValue::new("db.postgresql.deadlock.victim.span_id", format!("{:016x}", ids.span_id)));
+        }
+        attrs.push(KeyValue::new("db.postgresql.deadlock.pids", opentelemetry::Value::Array(pids.into())));
+        let ev = span::Event { name: "deadlock_detected", ts_ns, attributes: attrs };
+        // On every participant: its wait and the query that suffered it.
+        if let Some(w) = wait {
+            self.tracker.annotate_wait(w, ev.clone());
+        }
+        recon.annotate(victim_ns, ev.clone());
+        for b in &blockers {
+            if let Some(w) = self.tracker.open_wait(host_of(b.pid)) {
+                self.tracker.annotate_wait(w, ev.clone());
+            }
+            recon.annotate(b.pid, ev.clone());
+        }
+    }
+
+    /// Catalog answers that came in since the last call.
+    pub fn take_replies(&mut self, recon: &Reconstructor) {
+        while let Ok(r) = self.rx.try_recv() {
+            match r {
+                Reply::Due { postmaster, wait, pid, tag } => {
+                    if self.facts.contains_key(&wait.span_id) {
+                        self.look_up_wait(postmaster, pid, wait, tag);
+                    }
+                }
+                // An answer that came after its wait was exported has nowhere to go.
+                Reply::Wait { wait, .. } if !self.facts.contains_key(&wait) => self.lookups_in_flight -= 1,
+                Reply::Wait { postmaster, wait, facts } => {
+                    self.lookups_in_flight -= 1;
+                    let links = self.blocker_links(postmaster, &facts, recon);
+                    self.links.insert(wait, links);
+                    self.facts.insert(wait, Some(facts));
+                }
+                Reply::Backend { pid, info } => {
+                    // Not found (gone already): the poller's snapshot may still know it.
+                    self.backends.insert(pid, info.map_or(Lookup::Unknown, |b| Lookup::Known(Arc::new(b))));
+                }
+            }
+        }
+    }
+
+    /// Hands over finished spans (to `out`) once the catalog's answers about
+    /// them are in (or they have waited long enough).
+    pub fn flush(&mut self, cache: &mut FactsCache, force: bool, out: &mut Vec<DbSpan>) {
+        let now = Instant::now();
+        self.held.extend(std::mem::take(&mut self.spans).into_iter().map(|s| (s, now)));
+        // The catalog's own sessions (a reconnect is traced until housekeeping
+        // untraces it; a new backend's spans are held until it is looked up).
+        let own = self.own_backends();
+        for (s, since) in std::mem::take(&mut self.held) {
+            let (pm, pid) = (s.postmaster(), s.pid());
+            let info = self.backend_info(pm, pid);
+            // Parallel workers report their leader's statement and never go
+            // idle: the leader's span is the one that counts.
+            if own.contains(&(pm, self.pids.ns(pid))) || info.as_ref().is_some_and(|b| b.backend_type == "parallel worker") {
+                if let ServerSpan::Wait(w) = &s {
+                    self.facts.remove(&w.ids.span_id);
+                    self.links.remove(&w.ids.span_id);
+                }
+                continue;
+            }
+            let waiting = matches!(self.backends.get(&pid), Some(Lookup::Pending))
+                || matches!(&s, ServerSpan::Wait(w) if matches!(self.facts.get(&w.ids.span_id), Some(None)));
+            if waiting && !force && now.duration_since(since) < crate::pipeline::FACTS_DEADLINE {
+                self.held.push((s, since));
+                continue;
+            }
+            let ns = self.pids.ns(pid);
+            let span = match s {
+                ServerSpan::Query(q) => spans::query_span(q, ns, cache, info.as_deref()),
+                ServerSpan::Txn(t) => spans::txn_span(t, ns, info.as_deref()),
+                ServerSpan::Wait(w) => {
+                    let id = w.ids.span_id;
+                    let facts = self.facts.remove(&id).flatten().unwrap_or_default();
+                    let links = self.links.remove(&id).unwrap_or_default();
+                    spans::wait_span(w, ns, &facts, cache, links)
+                }
+            };
+            out.push(span);
+        }
+        if self.exited.is_empty() {
+            return;
+        }
+        let held: std::collections::HashSet<u32> = self
+            .held
+            .iter()
+            .map(|(s, _)| s.pid())
+            .collect();
+        let (backends, sessions, pids) = (&mut self.backends, &mut self.sessions, &mut self.pids);
+        self.exited.retain(|pid| {
+            let keep = held.contains(pid) || matches!(backends.get(pid), Some(Lookup::Pending));
+            if !keep {
+                backends.remove(pid);
+                sessions.remove(pid);
+                pids.forget(*pid);
+            }
+            keep
+        });
+    }
+
+    /// Backends whose exit record was lost (ring buffer full): close their
+    /// state rather than hand it to a process that reuses the PID.
+    pub fn sweep_dead(&mut self, now_ns: u64) {
+        for pid in self.tracker.pids() {
+            if !crate::host::process::process_exists(pid) {
+                self.tracker.exited(pid, now_ns, &mut self.spans);
+                self.exited.push(pid);
+            }
+        }
+    }
+
+    /// Sessions idle inside a transaction for long hold locks others may
+    /// need: said once per session and transaction, from the poller's snapshot.
+    pub fn warn_idle_in_transaction(&mut self) {
+        let snapshots: Vec<(u32, Arc<Snapshot>)> = self.catalogs.iter().map(|(pm, c)| (*pm, c.snapshot.borrow().clone())).collect();
+        for (pm, snap) in snapshots {
+            self.warn_idle(pm, &snap);
+        }
+        if self.idle_warned.len() > 10_000 {
+            self.idle_warned.clear();
+        }
+    }
+
+    fn warn_idle(&mut self, postmaster: u32, snap: &Snapshot) {
+        for s in &snap.stats.idle_in_transaction {
+            let Some(age) = s.xact_age_ms.filter(|a| *a >= IDLE_IN_TXN_WARN.as_millis() as f64) else { continue };
+            // Keyed by the transaction's start, so a new transaction warns again.
+            let started = snap.taken_at.map_or(0, |t| {
+                t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64).saturating_sub(age as u64) / 1000
+            });
+            if self.idle_warned.insert((postmaster, s.pid, started)) {
+                log::warn!(
+                    "backend {} of server {postmaster} has been idle in transaction for {:.0} s (transaction open {:.0} s): its locks block others",
+                    s.pid,
+                    s.duration_ms / 1000.0,
+                    age / 1000.0
+                );
+            }
+        }
+    }
+
+    /// A postmaster is gone (or no longer traced): close its backends' spans.
+    pub fn server_gone(&mut self, postmaster: u32, ts_ns: u64, exited: bool) {
+        self.tracker.server_gone(postmaster, ts_ns, exited, &mut self.spans);
+        self.servers.remove(&postmaster);
+    }
+
+    /// Closes a gone server's catalog connection, once its last spans are out
+    /// (its poller stops with it; a restarted server gets a new one).
+    pub fn drop_catalog(&mut self, postmaster: u32) {
+        self.catalogs.remove(&postmaster);
+    }
+}
+
+fn lock_attributes(tag: &LockTag) -> Vec<KeyValue> {
+    vec![
+        KeyValue::new("db.postgresql.lock.type", tag.type_name()),
+        KeyValue::new("db.postgresql.lock.mode", tag.mode_name()),
+    ]
+}

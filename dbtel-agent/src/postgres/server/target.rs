@@ -1,0 +1,332 @@
+//! A PostgreSQL server to trace: its postmaster, its backends, and the probe
+//! sites on its executable, each with where its arguments live (from the
+//! binary's USDT notes, so nothing here is specific to one build).
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use dbtel_common::{argkind, site, ArgSpec, SiteSpec, NO_INDEX, USDT_MAX_ARGS};
+use object::{Object, ObjectSymbol};
+
+use crate::{
+    host::process::vaddr_to_offset,
+    host::usdt::{self, UsdtError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Usdt { path: String, source: UsdtError },
+    #[error("{path} is a PostgreSQL server without the USDT probe {probe} (needed for {why})")]
+    MissingProbe { path: String, probe: &'static str, why: &'static str },
+    #[error("{path}: USDT probe {probe}: {why}")]
+    BadProbe { path: String, probe: String, why: String },
+}
+
+/// USDT probes the agent needs: (note name, site id, what for, string argument).
+/// Never the lwlock probes: they fire on every buffer access.
+const USDT_SITES: &[(&str, u32, &str, u32)] = &[
+    ("statement__status", site::STATEMENT_STATUS, "query spans", 1),
+    ("transaction__abort", site::TRANSACTION_ABORT, "transactions", 0),
+    ("lock__wait__start", site::LOCK_WAIT_START, "lock waits", 0),
+    ("lock__wait__done", site::LOCK_WAIT_DONE, "lock waits", 0),
+    ("deadlock__found", site::DEADLOCK_FOUND, "deadlocks", 0),
+];
+
+/// Where a probed function's argument is, at its entry (System V ABI: the
+/// first argument in %rdi).
+#[derive(Debug, Clone, Copy)]
+enum FnArg {
+    /// The first argument itself: (size, signed).
+    First(u8, bool),
+    /// A field of the struct the first argument points to: (offset, size).
+    FieldOfFirst(i64, u8),
+}
+
+/// An exported function probed at entry.
+struct FunctionSite {
+    symbol: &'static str,
+    site: u32,
+    args: &'static [FnArg],
+    /// The argument (index + 1) that points at a C string to copy; 0: none.
+    text_arg: u32,
+    /// Hits whose first argument is below this are not sent.
+    min_arg0: u32,
+    /// The hit ends the kernel's "same text again" suppression (see SiteSpec).
+    ends_repeat: bool,
+    /// Used only if the executable also has this symbol (what the arguments'
+    /// layout depends on).
+    requires: Option<&'static str>,
+    /// What is lost without it.
+    without: &'static str,
+}
+
+const ERRORS: &str = "server spans will lack SQLSTATEs or take warnings for errors";
+
+const fn error_site(symbol: &'static str, site: u32, args: &'static [FnArg], min_arg0: u32) -> FunctionSite {
+    let text_arg = (site == site::ERRMSG) as u32;
+    FunctionSite { symbol, site, args, text_arg, min_arg0, ends_repeat: false, requires: None, without: ERRORS }
+}
+
+/// Exported functions probed at entry: the error reports (SQLSTATE and the
+/// untranslated message format, which carries no user data; they run only
+/// when a message is reported) and statement completion.
+const FUNCTION_SITES: &[FunctionSite] = &[
+    error_site("errcode", site::ERRCODE, &[FnArg::First(4, true)], 0),
+    error_site("errmsg", site::ERRMSG, &[FnArg::First(8, false)], 0),
+    error_site("errstart_cold", site::ERRSTART, &[FnArg::First(4, true)], 0),
+    // Every ereport goes through errstart (DEBUG ones too: a few per session,
+    // none per statement in pgbench); only ERROR (21) and worse are sent.
+    error_site("errstart", site::ERRSTART, &[FnArg::First(4, true)], ERROR_LEVEL),
+    error_site("EmitErrorReport", site::ERROR_EMITTED, &[], 0),
+    error_site("FlushErrorState", site::ERROR_FLUSHED, &[], 0),
+    error_site("unpack_sql_state", site::ERROR_SENT, &[FnArg::First(4, true)], 0),
+    // EndCommand(const QueryCompletion *qc, CommandDest, bool): one hit per
+    // completed top-level statement, in both protocols; QueryCompletion is
+    // {CommandTag commandTag; uint64 nprocessed} since PostgreSQL 13, which
+    // brought GetCommandTagName (before, EndCommand took the tag's text).
+    FunctionSite {
+        symbol: "EndCommand",
+        site: site::COMMAND_DONE,
+        args: &[FnArg::FieldOfFirst(0, 4), FnArg::FieldOfFirst(8, 8)],
+        text_arg: 0,
+        min_arg0: 0,
+        ends_repeat: true,
+        requires: Some("GetCommandTagName"),
+        without: "statements run without a Sync between them (batches, pipelines) merge into one span, and server spans carry no row counts",
+    },
+];
+
+impl FnArg {
+    fn spec(self) -> ArgSpec {
+        let rdi = usdt::Gpr::Rdi.pt_regs_offset();
+        match self {
+            FnArg::First(size, signed) => {
+                ArgSpec { kind: argkind::REGISTER, size, signed: signed as u8, reg_off: rdi, index_off: NO_INDEX, ..Default::default() }
+            }
+            FnArg::FieldOfFirst(offset, size) => {
+                ArgSpec { kind: argkind::MEMORY, size, reg_off: rdi, index_off: NO_INDEX, value: offset, ..Default::default() }
+            }
+        }
+    }
+}
+
+/// Exported functions that run once per session (and on SET application_name),
+/// probed at entry for who the session serves: (symbol, site, string argument
+/// register, argument number). Builds without them lose nothing but these
+/// attributes on sessions too short for the catalog.
+const SESSION_SITES: &[(&str, u32, usdt::Gpr, u32)] = &[
+    ("InitPostgres", site::SESSION_DATABASE, usdt::Gpr::Rdi, 1),
+    ("InitPostgres", site::SESSION_USER, usdt::Gpr::Rdx, 3),
+    ("pgstat_report_appname", site::APPLICATION_NAME, usdt::Gpr::Rdi, 1),
+];
+
+/// elog.h's ERROR.
+const ERROR_LEVEL: u32 = 21;
+
+/// One place to attach `pg_server`, with the spec the kernel side follows.
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub name: &'static str,
+    /// Offset in the executable file.
+    pub offset: u64,
+    pub spec: SiteSpec,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerTarget {
+    /// The postmaster: every backend is its child.
+    pub postmaster: u32,
+    /// The executable as the process sees it.
+    pub exe: String,
+    /// The same file from the agent's mount namespace.
+    pub host_path: PathBuf,
+    /// (device, inode): probes are placed once per executable file.
+    pub file_id: (u64, u64),
+    pub sites: Vec<Site>,
+    /// Probes that could not be used (the feature is degraded, not refused).
+    pub warnings: Vec<String>,
+}
+
+/// `Some` if `pid` runs a PostgreSQL server executable (it has `postgresql`
+/// USDT notes); the target names its postmaster.
+pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
+    let exe = fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|source| ServerError::Read { path: format!("/proc/{pid}/exe"), source })?;
+    let host_path = PathBuf::from(format!("/proc/{pid}/root{exe}"));
+    let path = host_path.to_string_lossy().into_owned();
+    let data = fs::read(&host_path).map_err(|source| ServerError::Read { path: path.clone(), source })?;
+    let probes = match usdt::probes(&data) {
+        Ok(p) => p,
+        Err(UsdtError::Elf(_)) => return Ok(None),
+        Err(source) => return Err(ServerError::Usdt { path: exe, source }),
+    };
+    if !probes.iter().any(|p| p.provider == "postgresql") {
+        return Ok(None);
+    }
+    let meta = fs::metadata(&host_path).map_err(|source| ServerError::Read { path: path.clone(), source })?;
+    let file = object::File::parse(&*data).map_err(|e| ServerError::Usdt { path: exe.clone(), source: UsdtError::Elf(e.to_string()) })?;
+    let (sites, warnings) = probe_sites(&file, &probes, &exe)?;
+    Ok(Some(ServerTarget {
+        postmaster: postmaster_of(pid),
+        exe,
+        host_path,
+        file_id: (meta.dev(), meta.ino()),
+        sites,
+        warnings,
+    }))
+}
+
+/// Where to attach in a server executable, and what could not be probed.
+fn probe_sites(file: &object::File, probes: &[usdt::Probe], exe: &str) -> Result<(Vec<Site>, Vec<String>), ServerError> {
+    let exe = exe.to_string();
+    let mut sites = Vec::new();
+    let mut warnings = Vec::new();
+    for &(name, id, why, text_arg) in USDT_SITES {
+        let found: Vec<_> = probes.iter().filter(|p| p.provider == "postgresql" && p.name == name).collect();
+        if found.is_empty() {
+            return Err(ServerError::MissingProbe { path: exe, probe: name, why });
+        }
+        for p in found {
+            let bad = |why: String| ServerError::BadProbe { path: exe.clone(), probe: name.to_string(), why };
+            if p.args.len() > USDT_MAX_ARGS {
+                return Err(bad(format!("{} arguments, at most {USDT_MAX_ARGS} supported", p.args.len())));
+            }
+            let repeat_once = (id == site::STATEMENT_STATUS) as u32;
+            let mut spec = SiteSpec { probe: id, text_arg, repeat_once, ..Default::default() };
+            for (i, a) in p.args.iter().enumerate() {
+                spec.args[i] = usdt::arg_spec(a).map_err(|w| bad(format!("argument {}: {w}", i + 1)))?;
+            }
+            let offset = vaddr_to_offset(file, p.address).ok_or_else(|| bad(format!("address {:#x} is in no segment", p.address)))?;
+            sites.push(Site { name, offset, spec });
+        }
+    }
+    for f in FUNCTION_SITES {
+        if let Some(r) = f.requires.filter(|r| symbol_offset(file, r).is_none()) {
+            warnings.push(format!("{exe}: no {r} symbol (PostgreSQL before 13?), {} not probed: {}", f.symbol, f.without));
+            continue;
+        }
+        match symbol_offset(file, f.symbol) {
+            Some(offset) => {
+                let mut spec = SiteSpec { probe: f.site, text_arg: f.text_arg, min_arg0: f.min_arg0, repeat_once: f.ends_repeat as u32, ..Default::default() };
+                for (i, a) in f.args.iter().enumerate() {
+                    spec.args[i] = a.spec();
+                }
+                sites.push(Site { name: f.symbol, offset, spec });
+            }
+            None => warnings.push(format!("{exe}: no {} symbol: {}", f.symbol, f.without)),
+        }
+    }
+    for &(symbol, id, reg, arg) in SESSION_SITES {
+        let Some(offset) = symbol_offset(file, symbol) else {
+            warnings.push(format!("{exe}: no {symbol} symbol: sessions too short for the catalog go without user and application names"));
+            continue;
+        };
+        let mut spec = SiteSpec { probe: id, text_arg: arg, ..Default::default() };
+        spec.args[arg as usize - 1] =
+            ArgSpec { kind: argkind::REGISTER, size: 8, reg_off: reg.pt_regs_offset(), index_off: NO_INDEX, ..Default::default() };
+        sites.push(Site { name: symbol, offset, spec });
+    }
+    Ok((sites, warnings))
+}
+
+/// File offset of a function defined in the executable (.dynsym or .symtab).
+fn symbol_offset(file: &object::File, symbol: &str) -> Option<u64> {
+    let addr = file
+        .dynamic_symbols()
+        .chain(file.symbols())
+        .find(|s| s.name() == Ok(symbol) && !s.is_undefined() && s.address() != 0)?
+        .address();
+    vaddr_to_offset(file, addr)
+}
+
+/// (parent PID, state) from /proc/PID/stat.
+fn stat(pid: u32) -> Option<(u32, char)> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields follow the last ')'.
+    let rest = &s[s.rfind(')')? + 2..];
+    let mut f = rest.split(' ');
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    Some((ppid, state))
+}
+
+fn same_exe(a: u32, b: u32) -> bool {
+    let id = |p: u32| crate::host::process::file_id(Path::new(&format!("/proc/{p}/exe")));
+    matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// A backend's postmaster is its parent running the same executable; a
+/// postmaster is its own.
+pub fn postmaster_of(pid: u32) -> u32 {
+    let mut p = pid;
+    while let Some((ppid, _)) = stat(p) {
+        if ppid <= 1 || !same_exe(p, ppid) {
+            break;
+        }
+        p = ppid;
+    }
+    p
+}
+
+/// The postmaster and its living children (backends and auxiliary processes).
+pub fn processes_of(postmaster: u32) -> Vec<u32> {
+    let mut out = vec![postmaster];
+    let Ok(dir) = fs::read_dir("/proc") else { return out };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if matches!(stat(pid), Some((ppid, st)) if ppid == postmaster && st != 'Z') {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// SQLSTATE from PostgreSQL's packed form (MAKE_SQLSTATE: 6 bits a character).
+pub fn unpack_sqlstate(code: u64) -> String {
+    (0..5).map(|i| (((code >> (6 * i)) & 0x3f) as u8 + b'0') as char).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_unpack() {
+        let pack = |s: &str| s.bytes().enumerate().fold(0u64, |acc, (i, c)| acc | (((c - b'0') as u64 & 0x3f) << (6 * i)));
+        for s in ["40P01", "55P03", "57014", "40001", "42P01", "00000"] {
+            assert_eq!(unpack_sqlstate(pack(s)), s);
+        }
+    }
+
+    #[test]
+    fn end_command_reads_the_query_completion_and_ends_repeats() {
+        const POSTGRES: &str = "/usr/lib/postgresql/15/bin/postgres";
+        let data = fs::read(POSTGRES).unwrap_or_else(|e| panic!("{POSTGRES}: {e} (run cargo xtask setup)"));
+        let file = object::File::parse(&*data).unwrap();
+        let (sites, warnings) = probe_sites(&file, &usdt::probes(&data).unwrap(), POSTGRES).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let done: Vec<&Site> = sites.iter().filter(|s| s.spec.probe == site::COMMAND_DONE).collect();
+        assert_eq!(done.len(), 1);
+        let spec = done[0].spec;
+        assert_eq!((spec.text_arg, spec.repeat_once), (0, 1), "no text; the next text is reported even if it repeats");
+        let rdi = usdt::Gpr::Rdi.pt_regs_offset();
+        let field = |a: ArgSpec| (a.kind, a.reg_off, a.value, a.size, a.index_off);
+        assert_eq!(field(spec.args[0]), (argkind::MEMORY, rdi, 0, 4, NO_INDEX), "qc->commandTag");
+        assert_eq!(field(spec.args[1]), (argkind::MEMORY, rdi, 8, 8, NO_INDEX), "qc->nprocessed");
+        assert_eq!(spec.args[2].kind, argkind::NONE);
+        let errmsg = sites.iter().find(|s| s.name == "errmsg").unwrap();
+        assert_eq!((errmsg.spec.text_arg, errmsg.spec.args[0].size), (1, 8));
+    }
+
+    #[test]
+    fn a_process_that_is_not_postgres_is_no_server() {
+        assert!(inspect(std::process::id()).unwrap().is_none());
+    }
+}
