@@ -46,6 +46,8 @@ enum FnArg {
     First(u8, bool),
     /// A field of the struct the first argument points to: (offset, size).
     FieldOfFirst(i64, u8),
+    /// A pointer passed in this argument register (a string to copy).
+    Pointer(usdt::Gpr),
 }
 
 /// An exported function probed at entry.
@@ -68,6 +70,13 @@ struct FunctionSite {
 
 const ERRORS: &str = "server spans will lack SQLSTATEs or take warnings for errors";
 
+const SESSIONS: &str = "sessions too short for the catalog go without user and application names";
+
+/// Runs once per session (and on SET application_name): who the session serves.
+const fn session_site(symbol: &'static str, site: u32, args: &'static [FnArg]) -> FunctionSite {
+    FunctionSite { symbol, site, args, text_arg: 1, min_arg0: 0, ends_repeat: false, requires: None, without: SESSIONS }
+}
+
 const fn error_site(symbol: &'static str, site: u32, args: &'static [FnArg], min_arg0: u32) -> FunctionSite {
     let text_arg = (site == site::ERRMSG) as u32;
     FunctionSite { symbol, site, args, text_arg, min_arg0, ends_repeat: false, requires: None, without: ERRORS }
@@ -75,7 +84,7 @@ const fn error_site(symbol: &'static str, site: u32, args: &'static [FnArg], min
 
 /// Exported functions probed at entry: the error reports (SQLSTATE and the
 /// untranslated message format, which carries no user data; they run only
-/// when a message is reported) and statement completion.
+/// when a message is reported), statement completion, and session start.
 const FUNCTION_SITES: &[FunctionSite] = &[
     error_site("errcode", site::ERRCODE, &[FnArg::First(4, true)], 0),
     error_site("errmsg", site::ERRMSG, &[FnArg::First(8, false)], 0),
@@ -100,6 +109,10 @@ const FUNCTION_SITES: &[FunctionSite] = &[
         requires: Some("GetCommandTagName"),
         without: "statements run without a Sync between them (batches, pipelines) merge into one span, and server spans carry no row counts",
     },
+    // InitPostgres(const char *in_dbname, Oid, const char *username, ...).
+    session_site("InitPostgres", site::SESSION_DATABASE, &[FnArg::Pointer(usdt::Gpr::Rdi)]),
+    session_site("InitPostgres", site::SESSION_USER, &[FnArg::Pointer(usdt::Gpr::Rdx)]),
+    session_site("pgstat_report_appname", site::APPLICATION_NAME, &[FnArg::Pointer(usdt::Gpr::Rdi)]),
 ];
 
 impl FnArg {
@@ -112,19 +125,10 @@ impl FnArg {
             FnArg::FieldOfFirst(offset, size) => {
                 ArgSpec { kind: argkind::MEMORY, size, reg_off: rdi, index_off: NO_INDEX, value: offset, ..Default::default() }
             }
+            FnArg::Pointer(reg) => ArgSpec { kind: argkind::REGISTER, size: 8, reg_off: reg.pt_regs_offset(), index_off: NO_INDEX, ..Default::default() },
         }
     }
 }
-
-/// Exported functions that run once per session (and on SET application_name),
-/// probed at entry for who the session serves: (symbol, site, string argument
-/// register, argument number). Builds without them lose nothing but these
-/// attributes on sessions too short for the catalog.
-const SESSION_SITES: &[(&str, u32, usdt::Gpr, u32)] = &[
-    ("InitPostgres", site::SESSION_DATABASE, usdt::Gpr::Rdi, 1),
-    ("InitPostgres", site::SESSION_USER, usdt::Gpr::Rdx, 3),
-    ("pgstat_report_appname", site::APPLICATION_NAME, usdt::Gpr::Rdi, 1),
-];
 
 /// elog.h's ERROR.
 const ERROR_LEVEL: u32 = 21;
@@ -222,16 +226,6 @@ fn probe_sites(file: &object::File, probes: &[usdt::Probe], exe: &str) -> Result
             }
             None => warnings.push(format!("{exe}: no {} symbol: {}", f.symbol, f.without)),
         }
-    }
-    for &(symbol, id, reg, arg) in SESSION_SITES {
-        let Some(offset) = symbol_offset(file, symbol) else {
-            warnings.push(format!("{exe}: no {symbol} symbol: sessions too short for the catalog go without user and application names"));
-            continue;
-        };
-        let mut spec = SiteSpec { probe: id, text_arg: arg, ..Default::default() };
-        spec.args[arg as usize - 1] =
-            ArgSpec { kind: argkind::REGISTER, size: 8, reg_off: reg.pt_regs_offset(), index_off: NO_INDEX, ..Default::default() };
-        sites.push(Site { name: symbol, offset, spec });
     }
     Ok((sites, warnings))
 }
