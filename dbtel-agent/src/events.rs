@@ -1,15 +1,17 @@
 //! Decoding of the raw ring-buffer records written by dbtel-ebpf.
 
-use dbtel_common::{kind, qflags, ConnEvent, ExecEvent, Header, PipelineEvent, QueryEvent, ResultEvent, ServerEvent, USDT_MAX_ARGS};
+use dbtel_common::{qflags, Engine, Kind, ConnEvent, ExecEvent, Header, PipelineEvent, QueryEvent, ResultEvent, ServerEvent, USDT_MAX_ARGS};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record of {0} bytes is shorter than an event header")]
     Short(usize),
     #[error("record kind {kind} needs {need} bytes, got {got}")]
-    Truncated { kind: u32, need: usize, got: usize },
+    Truncated { kind: u16, need: usize, got: usize },
     #[error("unknown record kind {0}")]
-    UnknownKind(u32),
+    UnknownKind(u16),
+    #[error("record kind {kind} says engine {engine}, not its own")]
+    WrongEngine { kind: u16, engine: u16 },
 }
 
 /// Who and when: common to every event.
@@ -59,7 +61,7 @@ impl Event {
     }
 }
 
-fn read<T: Copy>(data: &[u8], kind: u32) -> Result<T, DecodeError> {
+pub fn read<T: Copy>(data: &[u8], kind: u16) -> Result<T, DecodeError> {
     let need = size_of::<T>();
     if data.len() < need {
         return Err(DecodeError::Truncated { kind, need, got: data.len() });
@@ -69,7 +71,7 @@ fn read<T: Copy>(data: &[u8], kind: u32) -> Result<T, DecodeError> {
 }
 
 /// A NUL-terminated C string in a fixed buffer, lossily as UTF-8.
-fn cstr(bytes: &[u8]) -> String {
+pub fn cstr(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
@@ -111,18 +113,23 @@ pub struct Exec {
     pub path: String,
 }
 
-fn header(data: &[u8]) -> Result<(Header, Origin), DecodeError> {
+/// The record's header, checked: a known kind, tagged with its kind's engine.
+pub fn header(data: &[u8]) -> Result<(Header, Origin), DecodeError> {
     if data.len() < size_of::<Header>() {
         return Err(DecodeError::Short(data.len()));
     }
     let h: Header = read(data, 0)?;
+    let kind = Kind::from_u16(h.kind).ok_or(DecodeError::UnknownKind(h.kind))?;
+    if Engine::from_u16(h.engine) != Some(kind.engine()) {
+        return Err(DecodeError::WrongEngine { kind: h.kind, engine: h.engine });
+    }
     Ok((h, Origin { pid: h.pid, tid: h.tid, ts_ns: h.ts_ns, conn: h.conn }))
 }
 
 pub fn decode_record(data: &[u8]) -> Result<Record, DecodeError> {
     let (h, at) = header(data)?;
-    match h.kind {
-        kind::SERVER => {
+    match Kind::from_u16(h.kind) {
+        Some(Kind::Server) => {
             let fixed = ServerEvent::TEXT_OFFSET;
             if data.len() < fixed {
                 return Err(DecodeError::Truncated { kind: h.kind, need: fixed, got: data.len() });
@@ -140,10 +147,10 @@ pub fn decode_record(data: &[u8]) -> Result<Record, DecodeError> {
             let text = (flags & qflags::TEXT_PRESENT != 0 && flags & qflags::TEXT_FAULT == 0).then(|| cstr(text_bytes));
             Ok(Record::Server(ServerHit { at, site: h.func, args, text, truncated: flags & qflags::TRUNCATED != 0 }))
         }
-        kind::SERVER_EXIT => Ok(Record::ServerExit(at)),
-        kind::CLIENT_EXIT => Ok(Record::ClientExit(at)),
-        kind::LOADED => Ok(Record::Loaded { at, held: h.func == dbtel_common::loader::HELD }),
-        kind::EXEC => {
+        Some(Kind::ServerExit) => Ok(Record::ServerExit(at)),
+        Some(Kind::ClientExit) => Ok(Record::ClientExit(at)),
+        Some(Kind::Loaded) => Ok(Record::Loaded { at, held: h.func == dbtel_common::loader::HELD }),
+        Some(Kind::Exec) => {
             let fixed = ExecEvent::PATH_OFFSET;
             if data.len() < fixed {
                 return Err(DecodeError::Truncated { kind: h.kind, need: fixed, got: data.len() });
@@ -164,8 +171,8 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
 }
 
 fn client(h: Header, at: Origin, data: &[u8]) -> Result<Event, DecodeError> {
-    match h.kind {
-        kind::QUERY => {
+    match Kind::from_u16(h.kind) {
+        Some(Kind::Query) => {
             // Only the used part of the text is sent: read the fixed part, then the text.
             let fixed = QueryEvent::TEXT_OFFSET;
             if data.len() < fixed {
@@ -190,7 +197,7 @@ fn client(h: Header, at: Origin, data: &[u8]) -> Result<Event, DecodeError> {
                 truncated: flags & qflags::TRUNCATED != 0,
             })
         }
-        kind::RESULT => {
+        Some(Kind::Result) => {
             let r: ResultEvent = read(data, h.kind)?;
             let sqlstate = cstr(&r.sqlstate);
             Ok(Event::Result {
@@ -203,16 +210,16 @@ fn client(h: Header, at: Origin, data: &[u8]) -> Result<Event, DecodeError> {
                 nulls: h.func != dbtel_common::func::PQGET_RESULT_POINT,
             })
         }
-        kind::CONN => {
+        Some(Kind::Conn) => {
             let c: ConnEvent = read(data, h.kind)?;
             Ok(Event::Conn { at, backend_pid: c.backend_pid, db: cstr(&c.db), host: cstr(&c.host), port: cstr(&c.port) })
         }
-        kind::FINISH => Ok(Event::Finish { at }),
-        kind::PIPELINE => {
+        Some(Kind::Finish) => Ok(Event::Finish { at }),
+        Some(Kind::Pipeline) => {
             let p: PipelineEvent = read(data, h.kind)?;
             Ok(Event::Pipeline { at, func: h.func, ret: (p.returned != 0).then_some(p.ret) })
         }
-        k => Err(DecodeError::UnknownKind(k)),
+        _ => Err(DecodeError::UnknownKind(h.kind)),
     }
 }
 
@@ -220,23 +227,23 @@ fn client(h: Header, at: Origin, data: &[u8]) -> Result<Event, DecodeError> {
 pub mod encode {
     use super::*;
 
-    fn header(kind: u32, func: u32, at: &Origin) -> Header {
-        Header { kind, func, pid: at.pid, tid: at.tid, ts_ns: at.ts_ns, conn: at.conn }
+    pub fn header(kind: Kind, func: u32, at: &Origin) -> Header {
+        Header { kind: kind as u16, engine: kind.engine() as u16, func, pid: at.pid, tid: at.tid, ts_ns: at.ts_ns, conn: at.conn }
     }
 
-    fn bytes_of<T>(v: &T) -> &[u8] {
+    pub fn bytes_of<T>(v: &T) -> &[u8] {
         // SAFETY: repr(C) plain data.
         unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
     }
 
-    fn fill(dst: &mut [u8], s: &str) {
+    pub fn fill(dst: &mut [u8], s: &str) {
         let n = s.len().min(dst.len() - 1);
         dst[..n].copy_from_slice(&s.as_bytes()[..n]);
     }
 
     pub fn call(at: Origin, func: u32, text: Option<&str>, name: Option<&str>) -> Vec<u8> {
         let mut out = vec![0u8; QueryEvent::TEXT_OFFSET];
-        out[..32].copy_from_slice(bytes_of(&header(kind::QUERY, func, &at)));
+        out[..32].copy_from_slice(bytes_of(&header(Kind::Query, func, &at)));
         let text = text.unwrap_or("");
         out[32..36].copy_from_slice(&(text.len() as u32).to_ne_bytes());
         if let Some(n) = name {
@@ -258,7 +265,7 @@ pub mod encode {
 
     fn result_from(func: u32, at: Origin, result: u64, status: i32, ntuples: i32, cmd: &str, sqlstate: &str) -> Vec<u8> {
         let mut r = ResultEvent {
-            hdr: header(kind::RESULT, func, &at),
+            hdr: header(Kind::Result, func, &at),
             result,
             status,
             ntuples,
@@ -272,7 +279,7 @@ pub mod encode {
 
     pub fn conn(at: Origin, backend_pid: i32, db: &str, host: &str, port: &str) -> Vec<u8> {
         let mut c = ConnEvent {
-            hdr: header(kind::CONN, 0, &at),
+            hdr: header(Kind::Conn, 0, &at),
             backend_pid,
             _pad: 0,
             db: [0; dbtel_common::DB_CAP],
@@ -286,17 +293,17 @@ pub mod encode {
     }
 
     pub fn finish(at: Origin) -> Vec<u8> {
-        bytes_of(&header(kind::FINISH, dbtel_common::func::PQFINISH, &at)).to_vec()
+        bytes_of(&header(Kind::Finish, dbtel_common::func::PQFINISH, &at)).to_vec()
     }
 
     /// A pipeline-mode call; `ret`: its result, for calls probed at return.
     pub fn pipeline(at: Origin, func: u32, ret: Option<i32>) -> Vec<u8> {
-        let p = PipelineEvent { hdr: header(kind::PIPELINE, func, &at), ret: ret.unwrap_or(0), returned: ret.is_some() as u32 };
+        let p = PipelineEvent { hdr: header(Kind::Pipeline, func, &at), ret: ret.unwrap_or(0), returned: ret.is_some() as u32 };
         bytes_of(&p).to_vec()
     }
 
     pub fn server(at: Origin, site: u32, args: [u64; USDT_MAX_ARGS], text: Option<&str>) -> Vec<u8> {
-        let mut b = bytes_of(&header(kind::SERVER, site, &at)).to_vec();
+        let mut b = bytes_of(&header(Kind::Server, site, &at)).to_vec();
         for a in args {
             b.extend_from_slice(&a.to_ne_bytes());
         }
@@ -309,21 +316,21 @@ pub mod encode {
     }
 
     pub fn server_exit(at: Origin) -> Vec<u8> {
-        bytes_of(&header(kind::SERVER_EXIT, 0, &at)).to_vec()
+        bytes_of(&header(Kind::ServerExit, 0, &at)).to_vec()
     }
 
     pub fn client_exit(at: Origin) -> Vec<u8> {
-        bytes_of(&header(kind::CLIENT_EXIT, 0, &at)).to_vec()
+        bytes_of(&header(Kind::ClientExit, 0, &at)).to_vec()
     }
 
     pub fn loaded(at: Origin, held: bool) -> Vec<u8> {
         let func = if held { dbtel_common::loader::HELD } else { 0 };
-        bytes_of(&header(kind::LOADED, func, &at)).to_vec()
+        bytes_of(&header(Kind::Loaded, func, &at)).to_vec()
     }
 
     /// As the exec tracepoint sends it: the used part of the path only.
     pub fn exec(at: Origin, cgroup_id: u64, path: &str) -> Vec<u8> {
-        let mut b = bytes_of(&header(kind::EXEC, 0, &at)).to_vec();
+        let mut b = bytes_of(&header(Kind::Exec, 0, &at)).to_vec();
         b.extend_from_slice(&cgroup_id.to_ne_bytes());
         b.extend_from_slice(&(path.len() as u32).to_ne_bytes());
         b.extend_from_slice(&0u32.to_ne_bytes());

@@ -16,33 +16,93 @@ pub const PORT_CAP: usize = 16;
 /// Maximum number of distinct libpq layouts (builds) one agent handles.
 pub const MAX_LAYOUTS: u32 = 64;
 
-/// Event kinds, in [`Header::kind`].
-pub mod kind {
-    /// A query-issuing libpq call was entered ([`super::QueryEvent`]).
-    pub const QUERY: u32 = 1;
-    /// `PQgetResult` returned ([`super::ResultEvent`]).
-    pub const RESULT: u32 = 2;
-    /// First sight of a connection object in this process ([`super::ConnEvent`]).
-    pub const CONN: u32 = 3;
-    /// `PQfinish` was entered ([`super::Header`] only).
-    pub const FINISH: u32 = 4;
-    /// A database server probe fired ([`super::ServerEvent`]); `Header::func`
-    /// says which ([`super::site`]), `Header::conn` holds the postmaster's PID.
-    pub const SERVER: u32 = 5;
-    /// A traced server process exited ([`super::Header`] only).
-    pub const SERVER_EXIT: u32 = 6;
-    /// Host-wide tracing: a process exec'd a program ([`super::ExecEvent`]).
-    pub const EXEC: u32 = 7;
-    /// Host-wide tracing: a client process that hit a probe exited ([`super::Header`] only).
-    pub const CLIENT_EXIT: u32 = 8;
-    /// A libpq pipeline-mode call ([`super::PipelineEvent`]); `Header::func` says which.
-    pub const PIPELINE: u32 = 9;
+/// Which engine's probes wrote a record ([`Header::engine`]): each engine's
+/// records are decoded by that engine's code in the agent.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// Process lifecycle and the dynamic loader: no engine's.
+    Host = 0,
+    Postgres = 1,
+    Mysql = 2,
+}
+
+impl Engine {
+    pub const fn from_u16(v: u16) -> Option<Self> {
+        Some(match v {
+            0 => Engine::Host,
+            1 => Engine::Postgres,
+            2 => Engine::Mysql,
+            _ => return None,
+        })
+    }
+}
+
+/// Record kinds, in [`Header::kind`].
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A query-issuing libpq call was entered ([`QueryEvent`]).
+    Query = 1,
+    /// `PQgetResult` returned ([`ResultEvent`]).
+    Result = 2,
+    /// First sight of a connection object in this process ([`ConnEvent`]).
+    Conn = 3,
+    /// `PQfinish` was entered ([`Header`] only).
+    Finish = 4,
+    /// A database server probe fired ([`ServerEvent`]); `Header::func`
+    /// says which ([`site`]), `Header::conn` holds the postmaster's PID.
+    Server = 5,
+    /// A traced server process exited ([`Header`] only).
+    ServerExit = 6,
+    /// Host-wide tracing: a process exec'd a program ([`ExecEvent`]).
+    Exec = 7,
+    /// Host-wide tracing: a client process that hit a probe exited ([`Header`] only).
+    ClientExit = 8,
+    /// A libpq pipeline-mode call ([`PipelineEvent`]); `Header::func` says which.
+    Pipeline = 9,
     /// The dynamic loader finished mapping new objects in a process (a
-    /// dlopen, or the program's own libraries at start): [`super::Header`]
-    /// only; `func` is 1 when the process was stopped for the agent (see
-    /// [`super::loader`]), which then owes it a SIGCONT.
-    pub const LOADED: u32 = 10;
-    pub const COUNT: u32 = 11;
+    /// dlopen, or the program's own libraries at start): [`Header`] only;
+    /// `func` is 1 when the process was stopped for the agent (see
+    /// [`loader`]), which then owes it a SIGCONT.
+    Loaded = 10,
+    /// A MySQL client call was entered ([`MyCallEvent`]); `Header::func` is its [`MyCall`].
+    MyCall = 11,
+    /// A MySQL client call returned ([`MyReturnEvent`]).
+    MyReturn = 12,
+    /// A MySQL connection first seen, or its database or connection id changed ([`MyConnEvent`]).
+    MyConn = 13,
+}
+
+impl Kind {
+    pub const fn from_u16(v: u16) -> Option<Self> {
+        use Kind::*;
+        Some(match v {
+            1 => Query,
+            2 => Result,
+            3 => Conn,
+            4 => Finish,
+            5 => Server,
+            6 => ServerExit,
+            7 => Exec,
+            8 => ClientExit,
+            9 => Pipeline,
+            10 => Loaded,
+            11 => MyCall,
+            12 => MyReturn,
+            13 => MyConn,
+            _ => return None,
+        })
+    }
+
+    pub const fn engine(self) -> Engine {
+        use Kind::*;
+        match self {
+            Query | Result | Conn | Finish | Server | Pipeline => Engine::Postgres,
+            MyCall | MyReturn | MyConn => Engine::Mysql,
+            ServerExit | Exec | ClientExit | Loaded => Engine::Host,
+        }
+    }
 }
 
 /// libpq functions, carried in the attach cookie and in [`Header::func`].
@@ -154,7 +214,10 @@ pub struct LibpqLayout {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Header {
-    pub kind: u32,
+    /// [`Kind`].
+    pub kind: u16,
+    /// [`Engine`]: the kind's.
+    pub engine: u16,
     pub func: u32,
     /// Thread group id (the process id as users see it).
     pub pid: u32,
@@ -162,7 +225,8 @@ pub struct Header {
     pub tid: u32,
     /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns).
     pub ts_ns: u64,
-    /// PGconn pointer in the traced process.
+    /// The connection (PGconn*, MYSQL*) or statement handle (MYSQL_STMT*)
+    /// in the traced process; a server record's postmaster PID.
     pub conn: u64,
 }
 
@@ -198,7 +262,7 @@ pub struct ResultEvent {
     pub sqlstate: [u8; 8],
 }
 
-/// A pipeline-mode call ([`kind::PIPELINE`]).
+/// A pipeline-mode call ([`Kind::Pipeline`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PipelineEvent {
@@ -389,13 +453,170 @@ impl ServerEvent {
     pub const TEXT_OFFSET: usize = core::mem::size_of::<Header>() + 8 * USDT_MAX_ARGS + 8;
 }
 
+/// MySQL C API calls probed (MariaDB Connector/C, libmysqlclient), in
+/// [`Header::func`] of MySQL records and in their attach cookies.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MyCall {
+    /// mysql_real_query(MYSQL *, const char *, unsigned long): also what
+    /// mysql_query, mysql_commit, mysql_rollback and mysql_autocommit call.
+    RealQuery = 1,
+    SendQuery = 2,
+    ReadQueryResult = 3,
+    StoreResult = 4,
+    UseResult = 5,
+    NextResult = 6,
+    StmtPrepare = 7,
+    StmtExecute = 8,
+    StmtStoreResult = 9,
+    StmtClose = 10,
+    Close = 11,
+}
+
+impl MyCall {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        use MyCall::*;
+        Some(match v {
+            1 => RealQuery,
+            2 => SendQuery,
+            3 => ReadQueryResult,
+            4 => StoreResult,
+            5 => UseResult,
+            6 => NextResult,
+            7 => StmtPrepare,
+            8 => StmtExecute,
+            9 => StmtStoreResult,
+            10 => StmtClose,
+            11 => Close,
+            _ => return None,
+        })
+    }
+}
+
+/// Attach cookie of a MySQL client probe: the call, what the entry probe
+/// does, and the layout slot (bits 32..) the executor fills in.
+pub mod mycookie {
+    /// Arguments 2 and 3 are the statement text (pointer, length): copy it.
+    pub const TEXT: u64 = 1 << 8;
+    /// The first argument is a MYSQL_STMT* (its connection is `stmt->mysql`).
+    pub const STMT: u64 = 1 << 9;
+    /// The entry sends a record (text calls and closes).
+    pub const EMIT: u64 = 1 << 10;
+    /// The return is probed: the entry keeps the handle for it.
+    pub const RETURN: u64 = 1 << 11;
+    pub const fn make(call: super::MyCall, flags: u64) -> u64 {
+        call as u64 | flags
+    }
+    pub const fn call(c: u64) -> u32 {
+        (c & 0xff) as u32
+    }
+    pub const fn layout(c: u64) -> u32 {
+        (c >> 32) as u32
+    }
+}
+
+/// Offsets into one MySQL client build's MYSQL, MYSQL_RES and MYSQL_STMT,
+/// decoded at attach time from the library's own accessors.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MysqlOffsets {
+    pub thread_id: u32,
+    pub last_errno: u32,
+    pub sqlstate: u32,
+    pub affected_rows: u32,
+    pub field_count: u32,
+    pub server_status: u32,
+    pub server_version: u32,
+    pub db: u32,
+    /// `host`, `unix_socket`, `port`: valid when `endpoint_valid` is non-zero.
+    pub host: u32,
+    pub unix_socket: u32,
+    pub port: u32,
+    pub res_row_count: u32,
+    pub stmt_mysql: u32,
+    pub stmt_id: u32,
+    pub stmt_last_errno: u32,
+    pub stmt_sqlstate: u32,
+    pub stmt_affected_rows: u32,
+    pub stmt_row_count: u32,
+    pub stmt_field_count: u32,
+    pub endpoint_valid: u32,
+    pub valid: u32,
+    pub _pad: u32,
+}
+
+/// A MySQL call entered ([`Kind::MyCall`]). Variable-length: only
+/// `TEXT_OFFSET + text_len` bytes are sent.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct MyCallEvent {
+    /// `conn`: the handle (MYSQL* or MYSQL_STMT*).
+    pub hdr: Header,
+    /// The connection: the handle, or a statement's `mysql`.
+    pub mysql: u64,
+    pub text_len: u32,
+    /// [`qflags`].
+    pub flags: u32,
+    pub text: [u8; TEXT_CAP],
+}
+
+impl MyCallEvent {
+    pub const TEXT_OFFSET: usize = core::mem::size_of::<Header>() + 16;
+}
+
+/// A MySQL call returned ([`Kind::MyReturn`]), with the handle's state then.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MyReturnEvent {
+    pub hdr: Header,
+    pub mysql: u64,
+    /// The return value (a pointer for the result calls).
+    pub ret: u64,
+    /// MYSQL.thread_id: the server's connection id.
+    pub thread_id: u64,
+    /// The handle's affected rows (u64::MAX: none, e.g. after an error).
+    pub affected_rows: u64,
+    /// Rows buffered: the returned MYSQL_RES's or the statement's.
+    pub rows: u64,
+    pub stmt_id: u64,
+    /// The handle's last error number (0: none).
+    pub errno: u32,
+    /// Columns of the pending result (0: none).
+    pub field_count: u32,
+    /// MYSQL.server_status (SERVER_STATUS_IN_TRANS 1, AUTOCOMMIT 2, MORE_RESULTS_EXISTS 8).
+    pub server_status: u32,
+    pub _pad: u32,
+    pub sqlstate: [u8; 8],
+}
+
+pub const MY_HOST_CAP: usize = 128;
+pub const MY_SOCKET_CAP: usize = 112;
+pub const MY_VERSION_CAP: usize = 64;
+
+/// A connection's details ([`Kind::MyConn`]): sent when a process first
+/// uses a MYSQL, and when its database or connection id changed since.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct MyConnEvent {
+    pub hdr: Header,
+    pub thread_id: u64,
+    pub port: u32,
+    pub _pad: u32,
+    pub db: [u8; DB_CAP],
+    pub host: [u8; MY_HOST_CAP],
+    pub socket: [u8; MY_SOCKET_CAP],
+    pub version: [u8; MY_VERSION_CAP],
+}
+
 /// Counters kept by the kernel side, one per-CPU array slot each.
 pub mod counter {
     /// Ring buffer output failed (full): one event lost.
     pub const RINGBUF_FULL: u32 = 0;
     /// PQgetResult returned without a recorded entry (map full or evicted).
     pub const RESULT_UNMATCHED: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// A MySQL call returned without a recorded entry (map full or evicted).
+    pub const MY_RETURN_UNMATCHED: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 const _: () = assert!(core::mem::size_of::<Header>() == 32);
@@ -409,8 +630,14 @@ const _: () = assert!(core::mem::size_of::<PipelineEvent>() == 32 + 8);
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 32 + 8 + DB_CAP + HOST_CAP + PORT_CAP);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == ExecEvent::PATH_OFFSET + EXEC_PATH_CAP);
 
+const _: () = assert!(core::mem::size_of::<MysqlOffsets>() == 88);
+const _: () = assert!(core::mem::size_of::<MyCallEvent>() == MyCallEvent::TEXT_OFFSET + TEXT_CAP);
+const _: () = assert!(core::mem::size_of::<MyReturnEvent>() == 32 + 8 * 6 + 16 + 8);
+const _: () = assert!(core::mem::size_of::<MyConnEvent>() == 32 + 16 + DB_CAP + MY_HOST_CAP + MY_SOCKET_CAP + MY_VERSION_CAP);
+
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::LibpqLayout {}
     unsafe impl aya::Pod for super::SiteSpec {}
+    unsafe impl aya::Pod for super::MysqlOffsets {}
 }

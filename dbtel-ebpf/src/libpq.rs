@@ -30,7 +30,7 @@ pub fn pq_query(ctx: ProbeContext) -> u32 {
     note_conn(conn, cookie::layout(c));
     let Some(ev) = SCRATCH.get_ptr_mut(0) else { return 0 };
     let ev = unsafe { &mut *ev };
-    ev.hdr = header(kind::QUERY, cookie::func(c), conn);
+    ev.hdr = header(Kind::Query, cookie::func(c), conn);
     ev.flags = 0;
     ev.name_len = 0;
     ev.text_len = 0;
@@ -51,23 +51,9 @@ pub fn pq_query(ctx: ProbeContext) -> u32 {
     }
     let text_arg = cookie::text_arg(c);
     if text_arg != 0 {
-        let p = arg(text_arg);
-        // Read one byte past the limit (plus NUL) to tell "exactly the limit" from "cut".
-        let limit = unsafe { core::ptr::read_volatile(&MAX_TEXT) } as usize;
-        let limit = if limit > TEXT_CAP - 2 { TEXT_CAP - 2 } else { limit };
-        let size = limit + 2;
-        match unsafe { bpf_probe_read_user_str_bytes(p as *const u8, &mut ev.text[..size]) } {
-            Ok(s) => {
-                let n = s.len();
-                if n > limit {
-                    ev.flags |= qflags::TRUNCATED;
-                    ev.text_len = limit as u32;
-                } else {
-                    ev.text_len = n as u32;
-                }
-            }
-            Err(_) => ev.flags |= qflags::TEXT_FAULT,
-        }
+        let (n, flags) = crate::text::copy(&mut ev.text, arg(text_arg), None);
+        ev.text_len = n;
+        ev.flags |= flags;
     }
     let len = QueryEvent::TEXT_OFFSET + ev.text_len as usize;
     let bytes: &[u8; core::mem::size_of::<QueryEvent>()] = unsafe { &*(ev as *const QueryEvent).cast() };
@@ -92,7 +78,7 @@ fn note_conn(conn: u64, layout_idx: u32) {
         return;
     };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    ev.hdr = header(kind::CONN, 0, conn);
+    ev.hdr = header(Kind::Conn, 0, conn);
     ev.backend_pid = read::<i32>(conn + l.conn_be_pid as u64).unwrap_or(0);
     ev._pad = 0;
     ev.db[0] = 0;
@@ -171,7 +157,7 @@ fn send_result(conn: u64, res: u64, c: u64) {
         return;
     };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    ev.hdr = header(kind::RESULT, cookie::func(c), conn);
+    ev.hdr = header(Kind::Result, cookie::func(c), conn);
     ev.result = res;
     ev.status = -1;
     ev.ntuples = 0;
@@ -250,7 +236,7 @@ pub fn pq_pipeline_ret(ctx: RetProbeContext) -> u32 {
 
 #[inline(always)]
 fn send_pipeline(f: u32, conn: u64, ret: i32, returned: u32) {
-    let ev = PipelineEvent { hdr: header(kind::PIPELINE, f, conn), ret, returned };
+    let ev = PipelineEvent { hdr: header(Kind::Pipeline, f, conn), ret, returned };
     if EVENTS.output::<PipelineEvent>(ev, wakeup_flags()).is_err() {
         bump(counter::RINGBUF_FULL);
     }
@@ -263,7 +249,7 @@ pub fn pq_finish(ctx: ProbeContext) -> u32 {
     }
     let conn: u64 = ctx.arg(0).unwrap_or(0);
     let _ = SEEN_CONNS.remove([bpf_get_current_pid_tgid() >> 32, conn]);
-    if EVENTS.output::<Header>(header(kind::FINISH, func::PQFINISH, conn), wakeup_flags()).is_err() {
+    if EVENTS.output::<Header>(header(Kind::Finish, func::PQFINISH, conn), wakeup_flags()).is_err() {
         bump(counter::RINGBUF_FULL);
     }
     0

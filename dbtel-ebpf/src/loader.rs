@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::ProbeContext,
     EbpfContext,
 };
-use dbtel_common::{counter, kind, loader, verdict, Header};
+use dbtel_common::{counter, loader, verdict, Header, Kind};
 
 use crate::{bump, header, read, reg, CLIENT_PIDS, EVENTS, TRACE_ALL};
 
@@ -53,7 +53,7 @@ pub fn dl_state(ctx: ProbeContext) -> u32 {
             // (the signal acts on the return to user space, after the submit).
             let held = loader::hold(c) && unsafe { bpf_send_signal(SIGSTOP) } == 0;
             let func = if held { loader::HELD } else { 0 };
-            unsafe { *entry.as_mut_ptr() = header(kind::LOADED, func, 0) };
+            unsafe { *entry.as_mut_ptr() = header(Kind::Loaded, func, 0) };
             // At once: a held process waits for the agent to read this.
             entry.submit(BPF_RB_FORCE_WAKEUP as u64);
         }

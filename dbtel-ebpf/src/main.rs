@@ -1,4 +1,5 @@
-//! Kernel side: uprobes on libpq (libpq.rs), USDT probes / uprobes on the
+//! Kernel side: uprobes on libpq (libpq.rs) and the MySQL client library
+//! (mysql.rs), USDT probes / uprobes on the
 //! PostgreSQL server (pg_server.rs), process lifecycle tracepoints
 //! (process.rs), the dynamic loader's hook (loader.rs). Copies raw facts
 //! (pointers, bounded strings, argument values, timestamps) into one ring
@@ -19,13 +20,15 @@ use aya_ebpf::{
     EbpfContext,
 };
 use dbtel_common::{
-    argkind, cookie, counter, func, kind, qflags, verdict, ArgSpec, ConnEvent, ExecEvent, Header, LibpqLayout,
+    argkind, cookie, counter, func, qflags, Kind, verdict, ArgSpec, ConnEvent, ExecEvent, Header, LibpqLayout,
     PipelineEvent, QueryEvent, ResultEvent, MAX_LAYOUTS, NO_INDEX, TEXT_CAP,
 };
 
 mod args;
 mod libpq;
 mod loader;
+mod mysql;
+mod text;
 mod pg_server;
 mod process;
 
@@ -111,10 +114,11 @@ fn wakeup_flags() -> u64 {
 }
 
 #[inline(always)]
-fn header(kind: u32, func: u32, conn: u64) -> Header {
+fn header(kind: Kind, func: u32, conn: u64) -> Header {
     let pid_tgid = bpf_get_current_pid_tgid();
     Header {
-        kind,
+        kind: kind as u16,
+        engine: kind.engine() as u16,
         func,
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,

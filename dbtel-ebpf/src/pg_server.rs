@@ -27,7 +27,7 @@ pub fn pg_server(ctx: ProbeContext) -> u32 {
     let Some(spec) = SITES.get(c) else { return 0 };
     let Some(ev) = SERVER_SCRATCH.get_ptr_mut(0) else { return 0 };
     let ev = unsafe { &mut *ev };
-    ev.hdr = header(kind::SERVER, spec.probe, postmaster as u64);
+    ev.hdr = header(Kind::Server, spec.probe, postmaster as u64);
     let regs = ctx.as_ptr() as u64;
     for i in 0..USDT_MAX_ARGS {
         ev.args[i] = read_arg(regs, &spec.args[i]);
@@ -55,16 +55,9 @@ pub fn pg_server(ctx: ProbeContext) -> u32 {
     {
         if p != 0 {
             ev.flags |= qflags::TEXT_PRESENT;
-            let limit = unsafe { core::ptr::read_volatile(&MAX_TEXT) } as usize;
-            let limit = if limit > TEXT_CAP - 2 { TEXT_CAP - 2 } else { limit };
-            match unsafe { bpf_probe_read_user_str_bytes(p as *const u8, &mut ev.text[..limit + 2]) } {
-                Ok(s) if s.len() > limit => {
-                    ev.flags |= qflags::TRUNCATED;
-                    ev.text_len = limit as u32;
-                }
-                Ok(s) => ev.text_len = s.len() as u32,
-                Err(_) => ev.flags |= qflags::TEXT_FAULT,
-            }
+            let (n, flags) = crate::text::copy(&mut ev.text, p, None);
+            ev.text_len = n;
+            ev.flags |= flags;
         }
     }
     let len = ServerEvent::TEXT_OFFSET + ev.text_len as usize;

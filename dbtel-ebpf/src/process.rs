@@ -37,14 +37,14 @@ pub fn proc_exit(_ctx: TracePointContext) -> u32 {
     }
     if unsafe { CLIENT_PIDS.get(&tgid) }.is_some() {
         let _ = CLIENT_PIDS.remove(&tgid);
-        if EVENTS.output::<Header>(header(kind::CLIENT_EXIT, 0, 0), wakeup_flags()).is_err() {
+        if EVENTS.output::<Header>(header(Kind::ClientExit, 0, 0), wakeup_flags()).is_err() {
             bump(counter::RINGBUF_FULL);
         }
     }
     let Some(pm) = unsafe { SERVER_PIDS.get(&tgid) }.copied() else { return 0 };
     let _ = SERVER_PIDS.remove(&tgid);
     let _ = LAST_TEXT.remove(&tgid);
-    if EVENTS.output::<Header>(header(kind::SERVER_EXIT, 0, pm as u64), wakeup_flags()).is_err() {
+    if EVENTS.output::<Header>(header(Kind::ServerExit, 0, pm as u64), wakeup_flags()).is_err() {
         bump(counter::RINGBUF_FULL);
     }
     0
@@ -69,7 +69,7 @@ pub fn proc_exec(ctx: TracePointContext) -> u32 {
     let _ = CLIENT_PIDS.remove(&tgid);
     let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else { return 0 };
     let ev = unsafe { &mut *ev };
-    ev.hdr = header(kind::EXEC, 0, 0);
+    ev.hdr = header(Kind::Exec, 0, 0);
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     ev.path_len = 0;
     ev._pad = 0;

@@ -6,6 +6,7 @@
 
 pub mod calls;
 pub mod layout;
+pub mod records;
 pub mod symbols;
 
 #[cfg(test)]

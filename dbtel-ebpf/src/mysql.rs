@@ -1,0 +1,182 @@
+//! The MySQL client API (MariaDB Connector/C, libmysqlclient): statement
+//! texts at entry, the handle's state at return, connection details once per
+//! connection and again when its database or connection id changes.
+//! mysql_query, mysql_commit, mysql_rollback and mysql_autocommit run
+//! through mysql_real_query, so they are seen there, once.
+
+use super::*;
+use dbtel_common::{mycookie, MyCall, MyCallEvent, MyConnEvent, MyReturnEvent, MysqlOffsets};
+
+#[map]
+static MY_SCRATCH: PerCpuArray<MyCallEvent> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static MY_LAYOUTS: Array<MysqlOffsets> = Array::with_max_entries(MAX_LAYOUTS, 0);
+/// Entry → return: pid_tgid → (handle, cookie). No probed call calls another.
+#[map]
+static MY_ARGS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(16384, 0);
+/// (tgid, MYSQL*) → (MYSQL.db pointer, thread_id) last reported.
+#[map]
+static MY_CONNS: LruHashMap<[u64; 2], [u64; 2]> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn offsets(idx: u32) -> Option<&'static MysqlOffsets> {
+    MY_LAYOUTS.get(idx).filter(|l| l.valid != 0)
+}
+
+/// The connection a handle belongs to.
+#[inline(always)]
+fn connection(handle: u64, c: u64, l: &MysqlOffsets) -> u64 {
+    if c & mycookie::STMT != 0 {
+        read::<u64>(handle + l.stmt_mysql as u64).unwrap_or(0)
+    } else {
+        handle
+    }
+}
+
+/// Entry of every probed call: the cookie says what to do.
+#[uprobe]
+pub fn my_call(ctx: ProbeContext) -> u32 {
+    if !client_selected() {
+        return 0;
+    }
+    let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let handle: u64 = ctx.arg(0).unwrap_or(0);
+    if c & mycookie::RETURN != 0 {
+        let _ = MY_ARGS.insert(&bpf_get_current_pid_tgid(), &[handle, c], 0);
+    }
+    if c & mycookie::EMIT == 0 {
+        return 0;
+    }
+    let Some(l) = offsets(mycookie::layout(c)) else { return 0 };
+    let mysql = connection(handle, c, l);
+    if c & mycookie::STMT == 0 && mycookie::call(c) != MyCall::Close as u32 {
+        note_conn(mysql, l);
+    }
+    let Some(ev) = MY_SCRATCH.get_ptr_mut(0) else { return 0 };
+    let ev = unsafe { &mut *ev };
+    ev.hdr = header(Kind::MyCall, mycookie::call(c), handle);
+    ev.mysql = mysql;
+    ev.text_len = 0;
+    ev.flags = 0;
+    if c & mycookie::TEXT != 0 {
+        let (p, len): (u64, u64) = (ctx.arg(1).unwrap_or(0), ctx.arg(2).unwrap_or(0));
+        let (n, flags) = crate::text::copy(&mut ev.text, p, Some(len));
+        ev.text_len = n;
+        ev.flags = flags;
+    }
+    let len = MyCallEvent::TEXT_OFFSET + ev.text_len as usize;
+    let bytes: &[u8; core::mem::size_of::<MyCallEvent>()] = unsafe { &*(ev as *const MyCallEvent).cast() };
+    if len <= bytes.len() && EVENTS.output::<[u8]>(&bytes[..len], wakeup_flags()).is_err() {
+        bump(counter::RINGBUF_FULL);
+    }
+    0
+}
+
+/// Return of a call whose entry kept its handle: the handle's state now.
+#[uretprobe]
+pub fn my_return(ctx: RetProbeContext) -> u32 {
+    if !client_selected() {
+        return 0;
+    }
+    let key = bpf_get_current_pid_tgid();
+    let Some(&[handle, c]) = (unsafe { MY_ARGS.get(&key) }) else {
+        bump(counter::MY_RETURN_UNMATCHED);
+        return 0;
+    };
+    let _ = MY_ARGS.remove(&key);
+    let Some(l) = offsets(mycookie::layout(c)) else { return 0 };
+    let ret: u64 = ctx.ret();
+    let Some(mut entry) = EVENTS.reserve::<MyReturnEvent>(0) else {
+        bump(counter::RINGBUF_FULL);
+        return 0;
+    };
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    let mysql = connection(handle, c, l);
+    ev.hdr = header(Kind::MyReturn, mycookie::call(c), handle);
+    ev.mysql = mysql;
+    ev.ret = ret;
+    ev.thread_id = read::<u64>(mysql + l.thread_id as u64).unwrap_or(0);
+    ev.server_status = read::<u32>(mysql + l.server_status as u64).unwrap_or(0);
+    ev._pad = 0;
+    ev.sqlstate = [0; 8];
+    ev.stmt_id = 0;
+    let state = if c & mycookie::STMT != 0 {
+        ev.stmt_id = read::<u64>(handle + l.stmt_id as u64).unwrap_or(0);
+        ev.errno = read::<u32>(handle + l.stmt_last_errno as u64).unwrap_or(0);
+        ev.affected_rows = read::<u64>(handle + l.stmt_affected_rows as u64).unwrap_or(u64::MAX);
+        ev.rows = read::<u64>(handle + l.stmt_row_count as u64).unwrap_or(0);
+        ev.field_count = read::<u32>(handle + l.stmt_field_count as u64).unwrap_or(0);
+        handle + l.stmt_sqlstate as u64
+    } else {
+        ev.errno = read::<u32>(mysql + l.last_errno as u64).unwrap_or(0);
+        ev.affected_rows = read::<u64>(mysql + l.affected_rows as u64).unwrap_or(u64::MAX);
+        ev.field_count = read::<u32>(mysql + l.field_count as u64).unwrap_or(0);
+        // mysql_store_result's MYSQL_RES: its buffered rows.
+        ev.rows = if ret != 0 && mycookie::call(c) == MyCall::StoreResult as u32 {
+            read::<u64>(ret + l.res_row_count as u64).unwrap_or(0)
+        } else {
+            0
+        };
+        mysql + l.sqlstate as u64
+    };
+    if ev.errno != 0 {
+        if let Some(s) = read::<[u8; 5]>(state) {
+            ev.sqlstate[..5].copy_from_slice(&s);
+        }
+    }
+    entry.submit(wakeup_flags());
+    0
+}
+
+/// Sends the connection's details when this process first uses it, and
+/// again when its database (mysql_select_db, mysql_change_user, USE in the
+/// CLI) or its connection id (a reconnect) changed.
+#[inline(always)]
+fn note_conn(mysql: u64, l: &MysqlOffsets) {
+    if mysql == 0 {
+        return;
+    }
+    let key = [bpf_get_current_pid_tgid() >> 32, mysql];
+    let now = [
+        read::<u64>(mysql + l.db as u64).unwrap_or(0),
+        read::<u64>(mysql + l.thread_id as u64).unwrap_or(0),
+    ];
+    if let Some(last) = MY_CONNS.get_ptr_mut(&key) {
+        let last = unsafe { &mut *last };
+        if last[0] == now[0] && last[1] == now[1] {
+            return;
+        }
+        *last = now;
+    } else {
+        let _ = MY_CONNS.insert(&key, &now, 0);
+    }
+    let Some(mut entry) = EVENTS.reserve::<MyConnEvent>(0) else {
+        bump(counter::RINGBUF_FULL);
+        return;
+    };
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.hdr = header(Kind::MyConn, 0, mysql);
+    ev.thread_id = now[1];
+    ev._pad = 0;
+    ev.port = 0;
+    ev.db[0] = 0;
+    ev.host[0] = 0;
+    ev.socket[0] = 0;
+    ev.version[0] = 0;
+    if now[0] != 0 {
+        let _ = unsafe { bpf_probe_read_user_str_bytes(now[0] as *const u8, &mut ev.db) };
+    }
+    if let Some(p) = read::<u64>(mysql + l.server_version as u64).filter(|p| *p != 0) {
+        let _ = unsafe { bpf_probe_read_user_str_bytes(p as *const u8, &mut ev.version) };
+    }
+    if l.endpoint_valid != 0 {
+        ev.port = read::<u32>(mysql + l.port as u64).unwrap_or(0);
+        if let Some(p) = read::<u64>(mysql + l.host as u64).filter(|p| *p != 0) {
+            let _ = unsafe { bpf_probe_read_user_str_bytes(p as *const u8, &mut ev.host) };
+        }
+        if let Some(p) = read::<u64>(mysql + l.unix_socket as u64).filter(|p| *p != 0) {
+            let _ = unsafe { bpf_probe_read_user_str_bytes(p as *const u8, &mut ev.socket) };
+        }
+    }
+    entry.submit(wakeup_flags());
+}
