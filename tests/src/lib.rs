@@ -8,6 +8,7 @@ pub mod drivers;
 pub mod fake;
 pub mod http;
 pub mod mariadb;
+pub mod mysql_spans;
 pub mod otlp;
 pub mod pg;
 pub mod sqltext;
@@ -19,7 +20,7 @@ pub use http::http_get;
 pub use mariadb::{GeneralLog, MariaDb};
 pub use otlp::{Receiver, Span};
 pub use pg::{Cluster, Logged};
-pub use sqltext::expected_text;
+pub use sqltext::{expected_mysql_text, expected_text};
 pub use py::PyProgram;
 
 /// Panics unless running as root: these tests load eBPF programs.

@@ -133,9 +133,119 @@ fn skip_string(b: &[u8], start: usize, escapes: bool) -> usize {
     b.len()
 }
 
+/// [`expected_text`] for MySQL/MariaDB's dialect: `'...'` and `"..."` are
+/// strings (a backslash escapes the next character, a doubled quote
+/// continues it), backticks quote identifiers, `#` and `-- ` (with a space)
+/// start line comments and `/* */` does not nest (`/*!...*/` and `/*+...*/`
+/// included), and `0x..`, `X'..'`, `b'..'`, `0b..`, `N'..'` are literals.
+pub fn expected_mysql_text(sql: &str) -> String {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    let prev_is_word = |out: &String| out.as_bytes().last().is_some_and(|&c| word(c));
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let rest = &sql[i..];
+        let dash_comment = rest.starts_with("--") && b.get(i + 2).is_none_or(|&d| d == b' ' || d == b'\t' || d == b'\n' || d == b'\r');
+        if c == b'#' || dash_comment {
+            i += rest.find('\n').unwrap_or(rest.len());
+            continue;
+        }
+        if rest.starts_with("/*") {
+            i = rest[2..].find("*/").map_or(b.len(), |e| i + 2 + e + 2);
+            continue;
+        }
+        if c == b'`' {
+            let mut j = i + 1;
+            while j < b.len() {
+                if b[j] == b'`' && b.get(j + 1) == Some(&b'`') {
+                    j += 2;
+                } else if b[j] == b'`' {
+                    j += 1;
+                    break;
+                } else {
+                    j += 1;
+                }
+            }
+            out.push_str(&sql[i..j]);
+            i = j;
+            continue;
+        }
+        // N'..', X'..', B'..' and a charset introducer glued to its string (_utf8mb4'..').
+        if !prev_is_word(&out) {
+            let lower = rest.to_ascii_lowercase();
+            let letter = ["n'", "x'", "b'"].iter().any(|p| lower.starts_with(p));
+            let introducer = c == b'_' && {
+                let len = rest.bytes().take_while(|&d| word(d)).count();
+                len > 1 && matches!(b.get(i + len), Some(b'\'' | b'"'))
+            };
+            if letter || introducer {
+                let q = if letter { i + 1 } else { i + rest.bytes().take_while(|&d| word(d)).count() };
+                i = skip_mysql_string(b, q);
+                out.push('?');
+                continue;
+            }
+        }
+        if c == b'\'' || c == b'"' {
+            i = skip_mysql_string(b, i);
+            out.push('?');
+            continue;
+        }
+        let digit_at = |k: usize| b.get(k).is_some_and(u8::is_ascii_digit) || (b.get(k) == Some(&b'.') && b.get(k + 1).is_some_and(u8::is_ascii_digit));
+        let negative = c == b'-' && digit_at(i + 1) && !follows_value(&out);
+        if negative || (digit_at(i) && !prev_is_word(&out)) {
+            let start = if negative { i + 1 } else { i };
+            let lower = sql[start..].to_ascii_lowercase();
+            let mut j = start;
+            if lower.starts_with("0x") || lower.starts_with("0b") {
+                j += 2;
+                while j < b.len() && b[j].is_ascii_hexdigit() {
+                    j += 1;
+                }
+            } else {
+                while j < b.len() && (b[j].is_ascii_digit() || b[j] == b'.') {
+                    j += 1;
+                }
+                if matches!(b.get(j), Some(b'e' | b'E')) {
+                    let k = j + 1 + usize::from(matches!(b.get(j + 1), Some(b'+' | b'-')));
+                    if b.get(k).is_some_and(u8::is_ascii_digit) {
+                        j = k;
+                        while j < b.len() && b[j].is_ascii_digit() {
+                            j += 1;
+                        }
+                    }
+                }
+            }
+            i = j;
+            out.push('?');
+            continue;
+        }
+        let ch = rest.chars().next().unwrap();
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+/// The index just past the MySQL string whose quote (`'` or `"`) is at `start`.
+fn skip_mysql_string(b: &[u8], start: usize) -> usize {
+    let quote = b[start];
+    let mut j = start + 1;
+    while j < b.len() {
+        match b[j] {
+            b'\\' => j += 2,
+            q if q == quote && b.get(j + 1) == Some(&quote) => j += 2,
+            q if q == quote => return j + 1,
+            _ => j += 1,
+        }
+    }
+    b.len()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::expected_text as e;
+    use super::{expected_mysql_text as my, expected_text as e};
 
     #[test]
     fn literals_become_placeholders_and_the_rest_stays() {
@@ -145,5 +255,16 @@ mod tests {
         assert_eq!(e("select 1 /* a /* nested */ b */ + 2, \"Col 1\""), "select ?  + ?, \"Col 1\"");
         assert_eq!(e("select 'it''s'"), "select ?");
         assert_eq!(e("select -1, a -1, f(-2.5), x = -3, (b) - 4"), "select ?, a -?, f(?), x = ?, (b) - ?");
+    }
+
+    #[test]
+    fn mysql_dialect() {
+        assert_eq!(my(r#"insert into t values (1, 'it\'s', "say \"hi\"", 'a''b', "c""d", '\\')"#), "insert into t values (?, ?, ?, ?, ?, ?)");
+        assert_eq!(my("select `a``b`, `x y` from `t` where \"s\" = 'v'"), "select `a``b`, `x y` from `t` where ? = ?");
+        assert_eq!(my("select a # it's 1\nfrom t -- 'x'\nwhere b = 2 /* 3 */"), "select a \nfrom t \nwhere b = ? ");
+        assert_eq!(my("select 1--1, /*!40101 'x' */ 0x1F, X'4D', x'ff', b'01', B'1', 0b01, N'n', _utf8mb4'u'"), "select ?-?,  ?, ?, ?, ?, ?, ?, ?, ?");
+        assert_eq!(my("select sleep(0.2), -1.5e-3, a-1, t1.c2, .5 from t1"), "select sleep(?), ?, a-?, t1.c2, ? from t1");
+        assert_eq!(my("select _id, $x from t where c = -2"), "select _id, $x from t where c = ?");
+        assert_eq!(my("SET autocommit=0"), "SET autocommit=?");
     }
 }
