@@ -71,3 +71,13 @@ pub trait Engine {
     /// Statements begun and not yet ended (the exit report counts those cut short).
     fn in_flight(&self) -> usize;
 }
+
+/// Said of a process that maps no client library any engine traces.
+pub fn no_client_library(pid: u32) -> String {
+    format!(
+        "process {pid} ({}) uses no client library dbtel traces (libpq, libmariadb, libmysqlclient): \
+         a driver written in its program's own language (PyMySQL, asyncpg, node-postgres) is seen only \
+         from the server (PostgreSQL: --pid POSTMASTER)",
+        crate::host::process::exe_name(pid)
+    )
+}

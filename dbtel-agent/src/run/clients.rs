@@ -49,16 +49,6 @@ impl Found {
     }
 }
 
-/// Said when a process maps no client library dbtel traces.
-pub(super) fn no_library(pid: u32) -> anyhow::Error {
-    anyhow::anyhow!(
-        "process {pid} ({}) uses no client library dbtel traces (libpq, libmariadb, libmysqlclient): \
-         a driver written in its program's own language (PyMySQL, asyncpg, node-postgres) is seen only \
-         from the server (PostgreSQL: --pid POSTMASTER)",
-        exe_name(pid)
-    )
-}
-
 /// The client library in one file, if it holds one. An error names a
 /// library that cannot be traced (a libpq `DiscoverError::Read` when it
 /// could not be read now).
@@ -82,7 +72,7 @@ pub(super) fn find_clients(engines: &[Box<dyn Engine>], pid: u32) -> anyhow::Res
         found.extend(claim(engines, pid, &path, &host_path)?);
     }
     if found.is_empty() {
-        return Err(no_library(pid));
+        return Err(anyhow::anyhow!(crate::engine::no_client_library(pid)));
     }
     Ok(found)
 }
