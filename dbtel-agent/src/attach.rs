@@ -1,7 +1,7 @@
-//! Loads the embedded eBPF object and attaches its uprobes to libpq in one
-//! process at a time (perf-event pid filter: other processes using the same
-//! libpq never hit the probes), and its server probes to PostgreSQL
-//! executables (see `attach_server` for how those are filtered).
+//! Loads the embedded eBPF object and attaches the uprobes of a client
+//! library's [`Plan`] (whatever its engine) in one process at a time
+//! (perf-event pid filter: other processes using the same library never hit
+//! the probes), and its server probes to PostgreSQL executables (see `attach_server` for how those are filtered).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -19,11 +19,11 @@ use aya::{
     },
     Ebpf, EbpfError, EbpfLoader,
 };
-use dbtel_common::{cookie, counter, func, loader, verdict, LibpqLayout, SiteSpec, MAX_LAYOUTS, MAX_SITES, TEXT_CAP};
+use dbtel_common::{counter, loader, verdict, LibpqLayout, MysqlOffsets, SiteSpec, MAX_LAYOUTS, MAX_SITES, TEXT_CAP};
 
 use crate::{
+    engine::{Layout, Plan},
     host::loader::LoaderTarget,
-    postgres::libpq::discover::{args_of, returns_probed, LibpqTarget, PIPELINE_CALLS, QUERY_CALLS},
     postgres::server::target::ServerTarget,
 };
 
@@ -78,6 +78,7 @@ fn privilege_hint() -> &'static str {
 
 const PROGRAMS: &[&str] = &[
     "pq_query", "pq_result", "pq_getresult", "pq_getresult_ret", "pq_pipeline", "pq_pipeline_ret", "pq_finish", "pg_server", "dl_state",
+    "my_call", "my_return",
 ];
 const TRACEPOINTS: &[(&str, &str)] = &[("server_fork", "sched_process_fork"), ("proc_exit", "sched_process_exit")];
 /// Host-wide tracing only: every exec, so new processes are known before their first query.
@@ -95,6 +96,7 @@ pub struct Probes {
     /// Mounted (or the reason it could not be): only server tracing needs it.
     tracefs: Result<PathBuf, String>,
     layouts: Vec<LibpqLayout>,
+    mysql_layouts: Vec<MysqlOffsets>,
     /// (pid, device, inode) of every libpq already probed for that process.
     attached: HashSet<(u32, u64, u64)>,
     /// (pid, device, inode) of every loader whose hook is probed for that process.
@@ -147,6 +149,7 @@ impl Probes {
             host_wide,
             tracefs,
             layouts: Vec::new(),
+            mysql_layouts: Vec::new(),
             attached: HashSet::new(),
             loaders: HashSet::new(),
             links: HashMap::new(),
@@ -172,25 +175,40 @@ impl Probes {
         Ok(idx)
     }
 
-    /// True if this libpq file is already probed for this process (host-wide: for all).
-    pub fn is_attached(&self, t: &LibpqTarget) -> bool {
-        crate::host::process::file_id(&t.host_path).is_some_and(|(dev, ino)| self.attached.contains(&(self.owner(t), dev, ino)))
+    fn mysql_index(&mut self, l: &MysqlOffsets) -> Result<u32, AttachError> {
+        if let Some(i) = self.mysql_layouts.iter().position(|x| x == l) {
+            return Ok(i as u32);
+        }
+        if self.mysql_layouts.len() as u32 >= MAX_LAYOUTS {
+            return Err(AttachError::TooManyLayouts);
+        }
+        let idx = self.mysql_layouts.len() as u32;
+        let mut map: Array<_, MysqlOffsets> = Array::try_from(self.ebpf.map_mut("MY_LAYOUTS").expect("MY_LAYOUTS map"))?;
+        map.set(idx, *l, 0)?;
+        self.mysql_layouts.push(*l);
+        Ok(idx)
+    }
+
+    /// True if this library file is already probed for this process (host-wide: for all).
+    pub fn is_attached(&self, pid: u32, host_path: &Path) -> bool {
+        crate::host::process::file_id(host_path).is_some_and(|(dev, ino)| self.attached.contains(&(self.owner(pid), dev, ino)))
     }
 
     /// Whose probes these are: the process's, or host-wide (0) for every process.
-    fn owner(&self, t: &LibpqTarget) -> u32 {
+    fn owner(&self, pid: u32) -> u32 {
         if self.host_wide {
             0
         } else {
-            t.pid
+            pid
         }
     }
 
-    /// Attaches every probe to one libpq in one process. Returns the number of
-    /// probes placed (0 if they already were).
-    pub fn attach_libpq(&mut self, t: &LibpqTarget) -> Result<usize, AttachError> {
-        let id = crate::host::process::file_id(&t.host_path);
-        let owner = self.owner(t);
+    /// Places every probe of a client library's plan, for its process (or
+    /// with --all for every process): all or none. Returns the number of
+    /// probes placed (0 if the file already was probed there).
+    pub fn attach_plan(&mut self, plan: &Plan) -> Result<usize, AttachError> {
+        let id = crate::host::process::file_id(&plan.host_path);
+        let owner = self.owner(plan.pid);
         if let Some((dev, ino)) = id {
             if self.attached.contains(&(owner, dev, ino)) {
                 return Ok(0);
@@ -200,52 +218,24 @@ impl Probes {
             0 => UProbeScope::AllProcesses,
             pid => UProbeScope::OneProcess(NonZeroU32::new(pid).expect("pid is not 0")),
         };
-        let layout = self.layout_index(&t.layout)?;
+        let slot = match &plan.layout {
+            Layout::Libpq(l) => self.layout_index(l)?,
+            Layout::Mysql(l) => self.mysql_index(l)?,
+        };
         let mut placed: Vec<(&'static str, UProbeLinkId)> = Vec::new();
-        // (program, function, cookie, file offset of the probe)
-        let entry = |f: &str| t.offsets[f] + t.placements[f].offset;
-        let mut points: Vec<(&'static str, &'static str, u64, u64)> = QUERY_CALLS
-            .iter()
-            .map(|&(name, f)| {
-                let (text, stmt) = args_of(f);
-                ("pq_query", name, cookie::make(f, text, stmt, layout), entry(name))
-            })
-            .collect();
-        match &t.result_points {
-            Ok(rp) => {
-                for p in rp {
-                    let c = cookie::make_result_point(p.res.pt_regs_offset().into(), p.conn.pt_regs_offset().into(), layout);
-                    points.push(("pq_result", "PQgetResult", c, t.offsets["PQgetResult"] + p.offset));
-                }
-            }
-            Err(_) => {
-                // Entry and return probe share the function's first instruction.
-                let first = t.offsets["PQgetResult"];
-                points.push(("pq_getresult", "PQgetResult", 0, first));
-                points.push(("pq_getresult_ret", "PQgetResult", cookie::make(func::PQGET_RESULT, 0, 0, layout), first));
-            }
-        }
-        // Pipeline mode, where this libpq has it.
-        for &(name, f) in PIPELINE_CALLS.iter().filter(|(n, _)| t.offsets.contains_key(n)) {
-            let c = cookie::make(f, 0, 0, layout);
-            points.push(("pq_pipeline", name, c, entry(name)));
-            if returns_probed(f) {
-                points.push(("pq_pipeline_ret", name, c, entry(name)));
-            }
-        }
-        points.push(("pq_finish", "PQfinish", 0, entry("PQfinish")));
-        for (prog, function, c, offset) in points {
-            let p: &mut UProbe = self.ebpf.program_mut(prog).expect("loaded").try_into().expect("uprobe");
-            let point = UProbeAttachPoint { location: offset.into(), cookie: Some(c) };
-            match p.attach(point, &t.host_path, scope) {
-                Ok(link) => placed.push((prog, link)),
+        for point in &plan.points {
+            let cookie = u64::from(point.cookie) | (u64::from(slot) << 32);
+            let p: &mut UProbe = self.ebpf.program_mut(point.program).expect("loaded").try_into().expect("uprobe");
+            let at = UProbeAttachPoint { location: point.offset.into(), cookie: Some(cookie) };
+            match p.attach(at, &plan.host_path, scope) {
+                Ok(link) => placed.push((point.program, link)),
                 Err(error) => {
-                    // All or nothing: a half-probed libpq would produce wrong spans.
+                    // All or nothing: a half-probed library would produce wrong spans.
                     for (prog, link) in placed {
                         let p: &mut UProbe = self.ebpf.program_mut(prog).expect("loaded").try_into().expect("uprobe");
                         let _ = p.detach(link);
                     }
-                    return Err(AttachError::Attach { pid: t.pid, path: t.path.clone(), function, error });
+                    return Err(AttachError::Attach { pid: plan.pid, path: plan.path.clone(), function: point.function, error });
                 }
             }
         }

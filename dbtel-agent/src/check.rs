@@ -212,13 +212,40 @@ fn check_pid(r: &mut Report, pid: u32, found: Result<Option<target::ServerTarget
             return;
         }
     }
+    let who = format!("PID {pid} ({})", crate::host::process::exe_name(pid));
     match discover::find_libpq(pid) {
         Ok(targets) => {
             for t in targets {
-                libpq_line(r, &format!("PID {pid} ({})", crate::host::process::exe_name(pid)), &t);
+                libpq_line(r, &who, &t);
             }
         }
+        Err(discover::DiscoverError::NoLibpq { .. }) => mysql_lines(r, pid, &who),
         Err(e) => r.fail(e.to_string()),
+    }
+}
+
+/// A process without libpq: its MySQL client libraries, or why there is nothing to trace.
+fn mysql_lines(r: &mut Report, pid: u32, who: &str) {
+    let mut found = 0;
+    for path in crate::host::process::executable_mappings(pid).unwrap_or_default() {
+        let host = std::path::PathBuf::from(format!("/proc/{pid}/root{path}"));
+        match crate::mysql::discover::claim(pid, &path, &host) {
+            Ok(Some(plan)) => {
+                found += 1;
+                r.ok(format!("{who}: MySQL client library {}: {} probes, struct layout decoded", plan.path, plan.points.len()));
+                for w in plan.warnings {
+                    r.warn(w);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                found += 1;
+                r.fail(e.to_string());
+            }
+        }
+    }
+    if found == 0 {
+        r.fail(crate::engine::no_client_library(pid));
     }
 }
 

@@ -113,6 +113,11 @@ pub struct Exec {
     pub path: String,
 }
 
+/// Which engine a record comes from, by its header alone (None: too short or unknown).
+pub fn engine_of(data: &[u8]) -> Option<Engine> {
+    Engine::from_u16(u16::from_ne_bytes(data.get(2..4)?.try_into().ok()?))
+}
+
 /// The record's header, checked: a known kind, tagged with its kind's engine.
 pub fn header(data: &[u8]) -> Result<(Header, Origin), DecodeError> {
     if data.len() < size_of::<Header>() {

@@ -2,6 +2,7 @@
 pub mod attach;
 pub mod check;
 pub mod config;
+pub mod engine;
 pub mod events;
 pub mod export;
 pub mod host;

@@ -18,7 +18,9 @@ use crate::{
     export::{Clock, Exporter, ProcessMeta},
     host::select::Selectors,
     pipeline::sql::FactsCache,
-    postgres::libpq::discover::{self, LibpqTarget},
+    engine::Engine,
+    pipeline::dbspan::DbSpan,
+    postgres::libpq::discover::LibpqTarget,
     postgres::libpq::reconstruct::Reconstructor,
     postgres::server::side::{CatalogSettings, ServerSide},
     postgres::server::target::{self, ServerTarget},
@@ -26,10 +28,12 @@ use crate::{
 };
 
 mod all;
+mod clients;
 pub mod hostwide;
 mod command;
 mod loads;
 
+use clients::Found;
 use command::{forward_signal, program_name, wait_child};
 
 pub struct RunConfig {
@@ -87,16 +91,34 @@ struct Agent {
     command: Option<(u32, bool)>,
     /// How long the `--` command was held at its library loads.
     holds: loads::Holds,
+    /// Engines besides PostgreSQL (see clients::engines), and the spans they finished.
+    engines: Vec<Box<dyn Engine>>,
+    engine_spans: Vec<DbSpan>,
+    /// An engine record copied out of the ring buffer (reused).
+    scratch: Vec<u8>,
 }
 
 impl Agent {
     fn drain(&mut self) {
+        let mut scratch = std::mem::take(&mut self.scratch);
         loop {
             let record = {
                 let Some(item) = self.ring.get_mut().next() else { break };
-                events::decode_record(&item)
+                match events::engine_of(&item) {
+                    // Another engine's record: copied out, for its engine to decode.
+                    Some(e) if !matches!(e, dbtel_common::Engine::Postgres | dbtel_common::Engine::Host) => {
+                        scratch.clear();
+                        scratch.extend_from_slice(&item);
+                        None
+                    }
+                    _ => Some(events::decode_record(&item)),
+                }
             };
             self.summary.events += 1;
+            let Some(record) = record else {
+                self.on_engine_record(&scratch);
+                continue;
+            };
             match record {
                 Ok(Record::Client(ev)) => {
                     if let Some((pid, used)) = &mut self.command {
@@ -127,13 +149,40 @@ impl Agent {
                 }
             }
         }
+        self.scratch = scratch;
         self.flush_spans();
+    }
+
+    /// A record of an engine other than PostgreSQL's, for that engine.
+    fn on_engine_record(&mut self, data: &[u8]) {
+        let Some(pid) = events::header(data).ok().map(|(_, at)| at.pid) else {
+            self.summary.decode_errors += 1;
+            return;
+        };
+        if let Some((c, used)) = &mut self.command {
+            *used |= *c == pid;
+        }
+        if self.host.is_some() && !self.choose_client(pid) {
+            return;
+        }
+        let id = events::engine_of(data);
+        let Some(engine) = self.engines.iter_mut().find(|e| Some(e.id()) == id) else {
+            self.summary.decode_errors += 1;
+            return;
+        };
+        if let Err(e) = engine.on_record(data, &mut self.engine_spans) {
+            self.summary.decode_errors += 1;
+            log::warn!("undecodable {} event: {e}", engine.name());
+        }
     }
 
     /// A traced process's program ended at `ts_ns` (exit or exec): its spans go out now.
     fn ended(&mut self, pid: u32, ts_ns: u64) {
         if self.live.contains_key(&pid) {
             self.recon.process_exited(pid, ts_ns, &mut self.spans);
+            for e in &mut self.engines {
+                e.forget(pid, ts_ns, &mut self.engine_spans);
+            }
             self.flush_spans();
             self.forget_process(pid);
         }
@@ -149,6 +198,7 @@ impl Agent {
         self.server.take_replies(&self.recon);
         let mut ready = Vec::new();
         self.server.flush(&mut self.facts, force, &mut ready);
+        ready.append(&mut self.engine_spans);
         let spans = std::mem::take(&mut self.spans);
         for s in spans {
             if !self.port_selected(&s) {
@@ -172,10 +222,11 @@ impl Agent {
     }
 
     fn trace(&mut self, t: &LibpqTarget) -> anyhow::Result<usize> {
-        if let Some(e) = &t.conn_layout_error {
-            log::warn!("{}: connection details unavailable ({e}); spans will lack db.namespace and server.*", t.path);
+        let plan = crate::postgres::libpq::plan::plan(t);
+        for w in &plan.warnings {
+            log::warn!("{w}");
         }
-        let n = self.probes.attach_libpq(t)?;
+        let n = self.probes.attach_plan(&plan)?;
         match &t.result_points {
             Ok(points) => {
                 for p in points {
@@ -262,8 +313,8 @@ impl Agent {
                 }
                 continue;
             }
-            match discover::inspect(pid, &path, &host) {
-                Ok(Some(t)) if !self.probes.is_attached(&t) => match self.trace(&t) {
+            match self.claim(pid, &path, &host) {
+                Ok(Some(t)) if !self.probes.is_attached(pid, t.host_path()) => match self.trace_found(&t) {
                     Ok(n) => {
                         log::debug!("process {pid}: {n} probes on {path}");
                         eprintln!("dbtel: tracing {pid} ({}) {path}", crate::host::process::exe_name(pid));
@@ -271,7 +322,7 @@ impl Agent {
                     Err(e) => log::warn!("process {pid} loaded {path}: {e:#}"),
                 },
                 Ok(_) => {}
-                Err(e) => log::warn!("process {pid}: {e}"),
+                Err(e) => log::warn!("process {pid}: {e:#}"),
             }
         }
         // The executable may have changed (exec): refresh the resource name.
@@ -286,7 +337,11 @@ impl Agent {
 
     fn process_gone(&mut self, pid: u32) {
         self.drain();
-        self.recon.process_exited(pid, Clock::monotonic_now_ns(), &mut self.spans);
+        let now = Clock::monotonic_now_ns();
+        self.recon.process_exited(pid, now, &mut self.spans);
+        for e in &mut self.engines {
+            e.forget(pid, now, &mut self.engine_spans);
+        }
         self.flush_spans();
         self.forget_process(pid);
     }
@@ -345,16 +400,17 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     }
     // Everything that can be refused is checked before loading anything. Of
     // several targets, those that can be traced are; each other says why.
-    let mut targets: Vec<LibpqTarget> = Vec::new();
+    let mut targets: Vec<Found> = Vec::new();
+    let engines = clients::engines(cfg.text);
     let mut server_targets: Vec<ServerTarget> = Vec::new();
     let mut refused: Vec<anyhow::Error> = Vec::new();
     for &pid in &cfg.pids {
         match target::inspect(pid) {
             Ok(Some(t)) => server_targets.push(t),
             // Unreadable: find_libpq says why (no such process, permissions).
-            Ok(None) | Err(target::ServerError::Read { .. }) => match discover::find_libpq(pid) {
+            Ok(None) | Err(target::ServerError::Read { .. }) => match clients::find_clients(&engines, pid) {
                 Ok(t) => targets.extend(t),
-                Err(e) => refused.push(e.into()),
+                Err(e) => refused.push(e),
             },
             Err(e) => refused.push(e.into()),
         }
@@ -392,6 +448,9 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         host: cfg.host_wide.clone().map(HostWide::new),
         command: None,
         holds: loads::Holds::default(),
+        engines,
+        engine_spans: Vec::new(),
+        scratch: Vec::new(),
     };
     let mut attached_lines = Vec::new();
     if agent.host.is_some() {
@@ -404,11 +463,11 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         }
     }
     for t in &targets {
-        let n = agent.trace(t)?;
-        attached_lines.push(format!("pid {} ({}): {} probes on {}", t.pid, crate::host::process::exe_name(t.pid), n, t.path));
+        let n = agent.trace_found(t)?;
+        attached_lines.push(format!("pid {} ({}): {} probes on {}", t.pid(), crate::host::process::exe_name(t.pid()), n, t.path()));
     }
-    // A libpq they load later is seen at its load.
-    let client_pids: HashSet<u32> = targets.iter().map(|t| t.pid).collect();
+    // A client library they load later is seen at its load.
+    let client_pids: HashSet<u32> = targets.iter().map(|t| t.pid()).collect();
     if agent.host.is_none() {
         for pid in client_pids {
             agent.watch_loads(pid);
@@ -472,7 +531,11 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                 agent.servers_housekeeping();
                 agent.host_housekeeping().await;
                 // Answered queries on connections gone quiet have had all their results.
-                agent.recon.complete_quiet(Clock::monotonic_now_ns(), &mut agent.spans);
+                let now = Clock::monotonic_now_ns();
+                agent.recon.complete_quiet(now, &mut agent.spans);
+                for e in &mut agent.engines {
+                    e.tick(now, &mut agent.engine_spans);
+                }
                 agent.warn_on_new_drops(&mut last_counters);
                 if child.is_none() && agent.host.is_none() && agent.live.is_empty() && agent.server.servers.is_empty() {
                     log::info!("no traced process left");
@@ -489,7 +552,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                 agent.process_gone(pid);
                 if agent.command.is_some_and(|(_, used)| !used) {
                     eprintln!(
-                        "dbtel: {} made no libpq call: nothing of it was traced (a client without libpq, such as asyncpg or node-postgres, is seen by tracing its server: --pid POSTMASTER)",
+                        "dbtel: {} made no call into a database client library (libpq, libmariadb, libmysqlclient): nothing of it was traced (a driver written in its program's own language, such as asyncpg, node-postgres or PyMySQL, is seen only from the server: PostgreSQL's --pid POSTMASTER)",
                         cfg.command[0]
                     );
                 }
@@ -512,8 +575,13 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
 
     agent.drain();
     let pids: Vec<u32> = agent.live.keys().copied().collect();
+    agent.summary.incomplete += agent.engines.iter().map(|e| e.in_flight() as u64).sum::<u64>();
     for pid in pids {
-        agent.recon.process_exited(pid, Clock::monotonic_now_ns(), &mut agent.spans);
+        let now = Clock::monotonic_now_ns();
+        agent.recon.process_exited(pid, now, &mut agent.spans);
+        for e in &mut agent.engines {
+            e.forget(pid, now, &mut agent.engine_spans);
+        }
         agent.probes.detach_pid(pid);
     }
     agent.probes.finish_detaching();

@@ -95,6 +95,7 @@ fn folders_import_one_way() {
         ("export", &["postgres", "mysql", "run", "attach", "check"]),
         ("pipeline", &["postgres", "mysql", "run", "attach", "check", "export"]),
         ("host", &["postgres", "mysql", "run", "attach", "check", "export", "pipeline"]),
+        ("engine", &["postgres", "mysql", "run", "attach", "check", "export"]),
         ("postgres", &["mysql", "run", "attach", "check", "export"]),
         ("mysql", &["postgres", "run", "attach", "check", "export"]),
     ];

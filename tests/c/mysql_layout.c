@@ -94,6 +94,7 @@ int main(int argc, char **argv) {
   printf("offsetof\tstmt_sqlstate\t%zu\n", offsetof(MYSQL_STMT, sqlstate));
   printf("offsetof\tstmt_affected_rows\t%zu\n", offsetof(MYSQL_STMT, upsert_status.affected_rows));
   printf("offsetof\tstmt_row_count\t%zu\n", offsetof(MYSQL_STMT, result.rows));
+  printf("offsetof\tstmt_field_count\t%zu\n", offsetof(MYSQL_STMT, field_count));
 
   /* Over TCP, with a database. */
   MYSQL *t = mysql_init(NULL);

@@ -46,6 +46,7 @@ fn offsets(l: &MysqlLayout) -> Vec<(&'static str, u32)> {
         ("stmt_sqlstate", l.stmt_sqlstate),
         ("stmt_affected_rows", l.stmt_affected_rows),
         ("stmt_row_count", l.stmt_row_count),
+        ("stmt_field_count", l.stmt_field_count),
     ]
 }
 

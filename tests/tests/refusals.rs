@@ -31,7 +31,7 @@ fn process_without_libpq() {
     let _ = sleep.wait();
     assert_eq!(
         msg,
-        format!("dbtel-agent: process {pid} (sleep) does not use libpq: trace its server (--pid POSTMASTER) to see its queries")
+        format!("dbtel-agent: process {pid} (sleep) uses no client library dbtel traces (libpq, libmariadb, libmysqlclient): a driver written in its program's own language (PyMySQL, asyncpg, node-postgres) is seen only from the server (PostgreSQL: --pid POSTMASTER)")
     );
 }
 
@@ -107,7 +107,7 @@ fn of_several_targets_those_that_can_be_traced_are() {
     let (app, pm) = (sleep.id(), pg.postmaster_pid());
     let agent = dbtel_tests::Agent::start(&["--otlp-endpoint", &rx.http_endpoint(), "--pid", &app.to_string(), "--pid", &pm.to_string()], Stdio::null());
     let reason = format!(
-        "dbtel-agent: not traced: process {app} (sleep) does not use libpq: trace its server (--pid POSTMASTER) to see its queries"
+        "dbtel-agent: not traced: process {app} (sleep) uses no client library dbtel traces (libpq, libmariadb, libmysqlclient): a driver written in its program's own language (PyMySQL, asyncpg, node-postgres) is seen only from the server (PostgreSQL: --pid POSTMASTER)"
     );
     assert!(agent.stderr_lines.contains(&reason), "{:?}", agent.stderr_lines);
     pg.psql("postgres", "select 'the server is traced' as marker");
@@ -135,7 +135,7 @@ fn when_nothing_can_be_traced_every_reason_is_given() {
     assert_eq!(
         lines,
         [
-            format!("dbtel-agent: process {} (sleep) does not use libpq: trace its server (--pid POSTMASTER) to see its queries", a.id()),
+            format!("dbtel-agent: process {} (sleep) uses no client library dbtel traces (libpq, libmariadb, libmysqlclient): a driver written in its program's own language (PyMySQL, asyncpg, node-postgres) is seen only from the server (PostgreSQL: --pid POSTMASTER)", a.id()),
             format!("dbtel-agent: no process with PID {missing}"),
         ]
     );
@@ -151,7 +151,7 @@ fn a_command_that_makes_no_libpq_call_is_reported_at_exit() {
     assert!(tracing[0].ends_with(" (python3): from its start, each libpq it loads is probed before its first call"), "{}", run.stderr);
     assert!(
         run.stderr.lines().any(|l| l
-            == "dbtel: python3 made no libpq call: nothing of it was traced (a client without libpq, such as asyncpg or node-postgres, is seen by tracing its server: --pid POSTMASTER)"),
+            == "dbtel: python3 made no call into a database client library (libpq, libmariadb, libmysqlclient): nothing of it was traced (a driver written in its program's own language, such as asyncpg, node-postgres or PyMySQL, is seen only from the server: PostgreSQL's --pid POSTMASTER)"),
         "{}",
         run.stderr
     );
@@ -164,7 +164,7 @@ fn a_command_that_makes_no_libpq_call_is_reported_at_exit() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let run = run_agent(&args, b"", Duration::from_secs(30));
     assert!(run.status.success(), "{run:?}");
-    assert!(!run.stderr.contains("made no libpq call"), "{}", run.stderr);
+    assert!(!run.stderr.contains("made no call into a database client library"), "{}", run.stderr);
     // The libpq it loaded is named, once it is loaded (psql links Debian's).
     let libpq = std::fs::canonicalize("/usr/lib/x86_64-linux-gnu/libpq.so.5").unwrap();
     let named: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("dbtel: tracing ") && l.ends_with(&format!(" (psql) {}", libpq.display()))).collect();

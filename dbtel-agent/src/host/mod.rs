@@ -2,6 +2,7 @@
 //! ELF files, the dynamic loader's hook, USDT notes, x86 decoding and probe
 //! placement, kernel filesystems, PID namespaces, and (with --all) which
 //! processes are traced.
+pub mod elf;
 pub mod loader;
 pub mod pidns;
 pub mod placement;

@@ -32,138 +32,63 @@
 //! the client buffers). So a query costs 2 traps on mysql_real_query (entry,
 //! return) plus those of the result calls it is followed by; probing
 //! mysql_query, commit, rollback and autocommit adds one nested trap each.
+//!
+//! So dbtel probes mysql_real_query, not the four calls around it (one
+//! statement, one span, two traps fewer); and mysql_select_db and
+//! mysql_change_user not at all: the kernel side reads MYSQL.db (and the
+//! connection id) at each statement and reports a change.
 
-/// What a call does, for reconstruction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Sends a statement and reads its first result header (OK, error or columns).
-    Query,
-    /// Sends a statement only (mysql_send_query).
-    Send,
-    /// Reads the result header of a statement sent before (mysql_read_query_result).
-    ReadResult,
-    /// Fetches a result set: all rows (store) or a streaming handle (use).
-    StoreResult,
-    UseResult,
-    /// Moves to the next result of a multi-statement text or a CALL.
-    NextResult,
-    /// Server-side prepared statements: text learnt at prepare, executions by handle.
-    Prepare,
-    Execute,
-    StmtStoreResult,
-    StmtClose,
-    /// Changes the current database (a database name argument).
-    SelectDb,
-    /// Changes user and database (COM_CHANGE_USER).
-    ChangeUser,
-    Commit,
-    Rollback,
-    /// Sets autocommit on (non-zero flag) or off.
-    Autocommit,
-    Connect,
-    Close,
-}
+use dbtel_common::{mycookie, MyCall};
 
-/// The handle a call's first argument is.
+/// One probed function: its call id and what its probes do (see
+/// dbtel_common::mycookie): TEXT reads (pointer, length) from arguments 2
+/// and 3, STMT says the first argument is a MYSQL_STMT*, EMIT sends a record
+/// at entry, RETURN probes the return. Passwords (mysql_change_user's and
+/// mysql_real_connect's arguments) are never read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handle {
-    /// `MYSQL *`: a connection.
-    Mysql,
-    /// `MYSQL_STMT *`: a prepared statement (its `mysql` field is its connection).
-    Stmt,
-}
-
-/// How a call says it failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Returns {
-    /// `int` or `my_bool`: 0 is success.
-    ZeroOk,
-    /// A pointer: NULL is failure, or no result set (then `mysql_field_count` is 0).
-    Pointer,
-    /// mysql_next_result: 0 another result follows, -1 no more, > 0 error.
-    NextResult,
-    Void,
-}
-
-/// A text argument: a pointer, with its length in another argument or NUL-terminated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Text {
-    None,
-    /// NUL-terminated, at this argument.
-    Nul(u8),
-    /// (pointer argument, length argument): not NUL-terminated in general.
-    Counted(u8, u8),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Call {
+pub struct Probed {
     pub symbol: &'static str,
-    pub role: Role,
-    pub handle: Handle,
-    /// SQL for Query/Send/Prepare; the database name for SelectDb, ChangeUser, Connect.
-    pub text: Text,
-    /// An integer argument that matters (mysql_autocommit's mode).
-    pub flag: Option<u8>,
-    pub returns: Returns,
+    pub call: MyCall,
+    pub flags: u64,
 }
 
-const fn call(symbol: &'static str, role: Role, handle: Handle, text: Text, returns: Returns) -> Call {
-    Call { symbol, role, handle, text, flag: None, returns }
+const fn p(symbol: &'static str, call: MyCall, flags: u64) -> Probed {
+    Probed { symbol, call, flags }
 }
 
-use Handle::{Mysql, Stmt};
-use Returns::{Pointer, Void, ZeroOk};
-use Role::*;
+use mycookie::{EMIT, RETURN, STMT, TEXT};
 
-/// Every probed call. Passwords (mysql_change_user's and mysql_real_connect's
-/// third/fourth arguments) are never read.
-pub const CALLS: &[Call] = &[
+pub const PROBED: &[Probed] = &[
     // int mysql_real_query(MYSQL *, const char *q, unsigned long length)
-    call("mysql_real_query", Query, Mysql, Text::Counted(2, 3), ZeroOk),
-    // int mysql_query(MYSQL *, const char *q): strlen + mysql_real_query (nested).
-    call("mysql_query", Query, Mysql, Text::Nul(2), ZeroOk),
+    p("mysql_real_query", MyCall::RealQuery, TEXT | EMIT | RETURN),
     // int mysql_send_query(MYSQL *, const char *q, unsigned long length)
-    call("mysql_send_query", Send, Mysql, Text::Counted(2, 3), ZeroOk),
+    p("mysql_send_query", MyCall::SendQuery, TEXT | EMIT | RETURN),
     // my_bool mysql_read_query_result(MYSQL *)
-    call("mysql_read_query_result", ReadResult, Mysql, Text::None, ZeroOk),
+    p("mysql_read_query_result", MyCall::ReadQueryResult, RETURN),
     // MYSQL_RES *mysql_store_result(MYSQL *) / mysql_use_result(MYSQL *)
-    call("mysql_store_result", StoreResult, Mysql, Text::None, Pointer),
-    call("mysql_use_result", UseResult, Mysql, Text::None, Pointer),
-    // int mysql_next_result(MYSQL *)
-    call("mysql_next_result", NextResult, Mysql, Text::None, Returns::NextResult),
+    p("mysql_store_result", MyCall::StoreResult, RETURN),
+    p("mysql_use_result", MyCall::UseResult, RETURN),
+    // int mysql_next_result(MYSQL *): 0 another result, -1 none, > 0 error
+    p("mysql_next_result", MyCall::NextResult, RETURN),
     // int mysql_stmt_prepare(MYSQL_STMT *, const char *q, unsigned long length)
-    call("mysql_stmt_prepare", Prepare, Stmt, Text::Counted(2, 3), ZeroOk),
+    p("mysql_stmt_prepare", MyCall::StmtPrepare, TEXT | STMT | EMIT | RETURN),
     // int mysql_stmt_execute(MYSQL_STMT *)
-    call("mysql_stmt_execute", Execute, Stmt, Text::None, ZeroOk),
+    p("mysql_stmt_execute", MyCall::StmtExecute, STMT | EMIT | RETURN),
     // int mysql_stmt_store_result(MYSQL_STMT *)
-    call("mysql_stmt_store_result", StmtStoreResult, Stmt, Text::None, ZeroOk),
-    // my_bool mysql_stmt_close(MYSQL_STMT *): frees the handle (its address may be reused).
-    call("mysql_stmt_close", StmtClose, Stmt, Text::None, ZeroOk),
-    // int mysql_select_db(MYSQL *, const char *db)
-    call("mysql_select_db", SelectDb, Mysql, Text::Nul(2), ZeroOk),
-    // my_bool mysql_change_user(MYSQL *, const char *user, const char *passwd, const char *db)
-    call("mysql_change_user", ChangeUser, Mysql, Text::Nul(4), ZeroOk),
-    // my_bool mysql_commit(MYSQL *) / mysql_rollback(MYSQL *): nest mysql_real_query.
-    call("mysql_commit", Commit, Mysql, Text::None, ZeroOk),
-    call("mysql_rollback", Rollback, Mysql, Text::None, ZeroOk),
-    // my_bool mysql_autocommit(MYSQL *, my_bool mode): nests mysql_real_query.
-    Call { symbol: "mysql_autocommit", role: Autocommit, handle: Mysql, text: Text::None, flag: Some(2), returns: ZeroOk },
-    // MYSQL *mysql_real_connect(MYSQL *, host, user, passwd, const char *db, unsigned int port,
-    //                           const char *unix_socket, unsigned long flags): NULL on failure.
-    // The 7th and 8th arguments are on the stack; host, port and socket are read from the
-    // MYSQL struct after it returns instead (see layout).
-    call("mysql_real_connect", Connect, Mysql, Text::Nul(5), Pointer),
+    p("mysql_stmt_store_result", MyCall::StmtStoreResult, STMT | RETURN),
+    // my_bool mysql_stmt_close(MYSQL_STMT *): frees the handle (its address may be reused)
+    p("mysql_stmt_close", MyCall::StmtClose, STMT | EMIT),
     // void mysql_close(MYSQL *)
-    call("mysql_close", Close, Mysql, Text::None, Void),
+    p("mysql_close", MyCall::Close, EMIT),
 ];
 
 /// The probed symbol names, in table order.
 pub fn symbols() -> impl Iterator<Item = &'static str> {
-    CALLS.iter().map(|c| c.symbol)
+    PROBED.iter().map(|c| c.symbol)
 }
 
-pub fn by_symbol(symbol: &str) -> Option<&'static Call> {
-    CALLS.iter().find(|c| c.symbol == symbol)
+pub fn name(call: MyCall) -> &'static str {
+    PROBED.iter().find(|p| p.call == call).map_or("mysql", |p| p.symbol)
 }
 
 #[cfg(test)]
@@ -171,24 +96,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_text_argument_is_in_the_register_arguments() {
-        // The kernel side reads the first six arguments from registers only.
-        for c in CALLS {
-            let args = match c.text {
-                Text::None => vec![],
-                Text::Nul(a) => vec![a],
-                Text::Counted(p, l) => vec![p, l],
-            };
-            assert!(args.iter().chain(c.flag.iter()).all(|&a| (2..=6).contains(&a)), "{c:?}");
+    fn each_call_once_and_texts_only_where_the_prototype_has_them() {
+        let mut calls: Vec<u32> = PROBED.iter().map(|p| p.call as u32).collect();
+        calls.sort();
+        calls.dedup();
+        assert_eq!(calls.len(), PROBED.len());
+        for p in PROBED {
+            // A text is (pointer, length) in arguments 2 and 3 of exactly these.
+            let texts = matches!(p.call, MyCall::RealQuery | MyCall::SendQuery | MyCall::StmtPrepare);
+            assert_eq!(p.flags & TEXT != 0, texts, "{p:?}");
+            assert_eq!(p.flags & STMT != 0, p.symbol.starts_with("mysql_stmt_"), "{p:?}");
+            // A record at entry or at return: never a probe that sends nothing.
+            assert!(p.flags & (EMIT | RETURN) != 0, "{p:?}");
         }
-    }
-
-    #[test]
-    fn names_are_unique() {
-        let mut names: Vec<&str> = symbols().collect();
-        names.sort();
-        names.dedup();
-        assert_eq!(names.len(), CALLS.len());
-        assert_eq!(by_symbol("mysql_stmt_prepare").unwrap().text, Text::Counted(2, 3));
+        assert_eq!(name(MyCall::StmtExecute), "mysql_stmt_execute");
     }
 }

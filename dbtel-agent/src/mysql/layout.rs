@@ -60,6 +60,8 @@ pub struct MysqlLayout {
     pub stmt_affected_rows: u32,
     /// MYSQL_STMT's buffered row count (unsigned long long). mysql_stmt_num_rows.
     pub stmt_row_count: u32,
+    /// MYSQL_STMT.field_count (unsigned int): columns of its result, 0 for none. mysql_stmt_field_count.
+    pub stmt_field_count: u32,
     /// Where the connection goes, placed by the public struct's order (see the module doc).
     pub endpoint: Result<Endpoint, LayoutError>,
 }
@@ -103,6 +105,7 @@ pub const ACCESSORS: &[&str] = &[
     "mysql_stmt_sqlstate",
     "mysql_stmt_affected_rows",
     "mysql_stmt_num_rows",
+    "mysql_stmt_field_count",
 ];
 
 /// Bytes decoded when a symbol has no size (up to the first `ret`).
@@ -176,6 +179,7 @@ pub fn from_accessors(
     let stmt_sqlstate = field("mysql_stmt_sqlstate", Use::Address, ARRAY, "no address of sqlstate")?;
     let stmt_affected_rows = field("mysql_stmt_affected_rows", Use::Read, U64, "no 8-byte load of affected_rows")?;
     let stmt_row_count = field("mysql_stmt_num_rows", Use::Read, U64, "no 8-byte load of the row count")?;
+    let stmt_field_count = field("mysql_stmt_field_count", Use::Read, U32, "no 4-byte load of field_count")?;
 
     let endpoint = endpoint(server_version, host_info, info, db, thread_id, protocol_version).map_err(|(accessor, why)| undecodable(accessor, why));
     Ok(MysqlLayout {
@@ -195,8 +199,40 @@ pub fn from_accessors(
         stmt_sqlstate,
         stmt_affected_rows,
         stmt_row_count,
+        stmt_field_count,
         endpoint,
     })
+}
+
+impl MysqlLayout {
+    /// What the kernel side reads, in its array's form.
+    pub fn offsets(&self) -> dbtel_common::MysqlOffsets {
+        let ep = self.endpoint.as_ref().ok();
+        dbtel_common::MysqlOffsets {
+            thread_id: self.thread_id,
+            last_errno: self.last_errno,
+            sqlstate: self.sqlstate,
+            affected_rows: self.affected_rows,
+            field_count: self.field_count,
+            server_status: self.server_status,
+            server_version: self.server_version,
+            db: self.db,
+            host: ep.map_or(0, |e| e.host),
+            unix_socket: ep.map_or(0, |e| e.unix_socket),
+            port: ep.map_or(0, |e| e.port),
+            res_row_count: self.res_row_count,
+            stmt_mysql: self.stmt_mysql,
+            stmt_id: self.stmt_id,
+            stmt_last_errno: self.stmt_last_errno,
+            stmt_sqlstate: self.stmt_sqlstate,
+            stmt_affected_rows: self.stmt_affected_rows,
+            stmt_row_count: self.stmt_row_count,
+            stmt_field_count: self.stmt_field_count,
+            endpoint_valid: ep.is_some() as u32,
+            valid: 1,
+            _pad: 0,
+        }
+    }
 }
 
 /// host, unix_socket and port from the public struct's order, when the

@@ -1,13 +1,19 @@
 //! MySQL and MariaDB client libraries (MariaDB Connector/C, libmariadb.so.3,
 //! which Debian also installs as libmysqlclient; Oracle's libmysqlclient;
 //! Connector/C linked into an executable such as the `mariadb` CLI): the
-//! calls dbtel probes, where they are in a file, and the struct offsets
-//! their probes read.
+//! calls dbtel probes, where they are in a file, the struct offsets their
+//! probes read, their records, and the spans made of them.
 
+pub mod attributes;
 pub mod calls;
+mod client;
+pub mod discover;
 pub mod layout;
+pub mod reconstruct;
 pub mod records;
 pub mod symbols;
+
+pub use client::Client;
 
 #[cfg(test)]
 #[path = "machine_tests.rs"]

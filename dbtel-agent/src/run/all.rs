@@ -113,8 +113,8 @@ impl Agent {
             self.host().judged(id, kind);
             return None;
         }
-        let kind = match discover::inspect(pid, path, host_path) {
-            Ok(Some(t)) => match self.trace(&t) {
+        let kind = match self.claim(pid, path, host_path) {
+            Ok(Some(t)) => match self.trace_found(&t) {
                 Ok(n) => {
                     self.host().judged(id, FileKind::Libpq);
                     return Some(format!("{n} probes on {path} (all processes)"));
@@ -126,12 +126,12 @@ impl Agent {
             },
             Ok(None) => FileKind::Neither,
             // Unreadable now (its process went away): judged when next seen.
-            Err(e @ discover::DiscoverError::Read { .. }) => {
+            Err(e) if matches!(e.downcast_ref(), Some(discover::DiscoverError::Read { .. })) => {
                 log::debug!("process {pid}: {e}");
                 return None;
             }
             Err(e) => {
-                log::warn!("process {pid}: {e}");
+                log::warn!("process {pid}: {e:#}");
                 FileKind::Neither
             }
         };

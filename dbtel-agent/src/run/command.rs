@@ -29,8 +29,8 @@ impl Agent {
         let program = resolve_program(&command[0]);
         if let Some(path) = &program {
             let p = path.to_string_lossy().into_owned();
-            if let Some(t) = discover::inspect(pid, &p, path)? {
-                let n = self.trace(&t)?;
+            if let Some(t) = self.claim(pid, &p, path)? {
+                let n = self.trace_found(&t)?;
                 self.inspected.insert((pid, p.clone()));
                 line.push_str(&format!(": {n} probes on {p}"));
             }

@@ -4,5 +4,6 @@
 pub mod attributes;
 pub mod discover;
 pub mod layout;
+pub mod plan;
 pub mod reconstruct;
 pub mod resultpoint;

@@ -1,0 +1,102 @@
+//! Client libraries in a process, whatever their engine: libpq (whose spans
+//! the main loop joins with PostgreSQL's server side) and every registered
+//! [`Engine`]'s library.
+
+use std::path::{Path, PathBuf};
+
+use super::Agent;
+use crate::{
+    engine::{Engine, Plan},
+    host::process::{exe_name, executable_mappings},
+    pipeline::sql::Text,
+    postgres::libpq::discover::{self, LibpqTarget},
+};
+
+/// Every engine besides PostgreSQL's, whose client and server halves the
+/// main loop drives itself (its server spans join its client spans).
+/// Adding an engine adds a line here.
+pub(super) fn engines(text: Text) -> Vec<Box<dyn Engine>> {
+    vec![Box::new(crate::mysql::Client::new(text))]
+}
+
+/// A client library found in a file a process maps.
+pub(super) enum Found {
+    Libpq(LibpqTarget),
+    /// Another engine's library, and its plan.
+    Engine(Plan),
+}
+
+impl Found {
+    pub(super) fn pid(&self) -> u32 {
+        match self {
+            Found::Libpq(t) => t.pid,
+            Found::Engine(p) => p.pid,
+        }
+    }
+
+    pub(super) fn path(&self) -> &str {
+        match self {
+            Found::Libpq(t) => &t.path,
+            Found::Engine(p) => &p.path,
+        }
+    }
+
+    pub(super) fn host_path(&self) -> &Path {
+        match self {
+            Found::Libpq(t) => &t.host_path,
+            Found::Engine(p) => &p.host_path,
+        }
+    }
+}
+
+/// The client library in one file, if it holds one. An error names a
+/// library that cannot be traced (a libpq `DiscoverError::Read` when it
+/// could not be read now).
+pub(super) fn claim(engines: &[Box<dyn Engine>], pid: u32, path: &str, host_path: &Path) -> anyhow::Result<Option<Found>> {
+    if let Some(t) = discover::inspect(pid, path, host_path)? {
+        return Ok(Some(Found::Libpq(t)));
+    }
+    for e in engines {
+        if let Some(plan) = e.claim(pid, path, host_path)? {
+            return Ok(Some(Found::Engine(plan)));
+        }
+    }
+    Ok(None)
+}
+
+/// Every client library `pid` maps; an error if there is none.
+pub(super) fn find_clients(engines: &[Box<dyn Engine>], pid: u32) -> anyhow::Result<Vec<Found>> {
+    let mut found = Vec::new();
+    for path in executable_mappings(pid)? {
+        let host_path = PathBuf::from(format!("/proc/{pid}/root{path}"));
+        found.extend(claim(engines, pid, &path, &host_path)?);
+    }
+    if found.is_empty() {
+        return Err(anyhow::anyhow!(crate::engine::no_client_library(pid)));
+    }
+    Ok(found)
+}
+
+impl Agent {
+    pub(super) fn claim(&self, pid: u32, path: &str, host_path: &Path) -> anyhow::Result<Option<Found>> {
+        claim(&self.engines, pid, path, host_path)
+    }
+
+    /// Probes a client library found in a process. Returns the probes placed.
+    pub(super) fn trace_found(&mut self, f: &Found) -> anyhow::Result<usize> {
+        match f {
+            Found::Libpq(t) => self.trace(t),
+            Found::Engine(plan) => {
+                for w in &plan.warnings {
+                    log::warn!("{w}");
+                }
+                let n = self.probes.attach_plan(plan)?;
+                if self.host.is_none() && !self.live.contains_key(&plan.pid) {
+                    self.follow(crate::export::ProcessMeta::of(plan.pid, exe_name(plan.pid)));
+                }
+                self.inspected.insert((plan.pid, plan.path.clone()));
+                Ok(n)
+            }
+        }
+    }
+}
