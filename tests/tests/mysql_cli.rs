@@ -55,7 +55,7 @@ fn traced_cli(rx: &Receiver, conn: &[String], stdin: &str) -> AgentRun {
 /// The attach line for the CLI: the API is exported from the executable itself.
 fn assert_attached(run: &AgentRun) {
     let line = run.stderr.lines().find(|l| l.starts_with("dbtel: tracing")).unwrap_or_else(|| panic!("{}", run.stderr));
-    assert!(line.contains("(mariadb)") && line.ends_with("probes on /usr/bin/mariadb"), "{line}");
+    assert!(line.contains(" (mariadb): ") && line.contains(" probes on /usr/bin/mariadb"), "{line}");
 }
 
 #[test]
@@ -85,9 +85,9 @@ fn cli_statements_over_the_socket_match_the_general_log() {
     assert!(logged[5].text.contains("-- the first two\n") && logged[5].text.contains("/* ids */"), "comments reached the server: {:?}", logged[5]);
 
     let all = rx.spans();
-    let pid = all[0].resource_int("process.pid").expect("resource process.pid");
     let spans = statement_spans(&all, conn);
     let pairs = pair_with_log(&spans, &log, conn, &|_| "mysql_real_query");
+    let pid = spans[0].resource_int("process.pid").expect("resource process.pid");
     let socket = db.socket().display().to_string();
     for ((span, logged), (line, name, namespace, outcome)) in pairs.iter().zip(SCRIPT) {
         let what = format!("{line:?} (logged {:?})", logged.text);
