@@ -152,8 +152,8 @@ pub fn expected_mysql_text(sql: &str) -> String {
             i += rest.find('\n').unwrap_or(rest.len());
             continue;
         }
-        if rest.starts_with("/*") {
-            i = rest[2..].find("*/").map_or(b.len(), |e| i + 2 + e + 2);
+        if let Some(body) = rest.strip_prefix("/*") {
+            i = body.find("*/").map_or(b.len(), |e| i + 2 + e + 2);
             continue;
         }
         if c == b'`' {
