@@ -4,9 +4,12 @@
 //! calls dbtel probes, where they are in a file, and the struct offsets
 //! their probes read.
 
+pub mod attributes;
 pub mod calls;
 pub mod layout;
+pub mod reconstruct;
 pub mod records;
+pub mod statements;
 pub mod symbols;
 
 #[cfg(test)]
