@@ -415,6 +415,20 @@ fn implicit_commits_end_the_transaction() {
     assert_eq!(out[2].end_ns, again);
     assert!(out[2].attributes.contains(&KeyValue::new("db.transaction.outcome", "committed")));
     assert!(out[3].ids.parent_span_id != 0 && out[3].ids.trace_id != out[2].ids.trace_id);
+    h.status = AC;
+    h.exec("COMMIT", 0);
+    // A whole transaction in one text: classified by its BEGIN, ended by the server's word.
+    let s = h.call(MyCall::RealQuery, DB, DB, Some("BEGIN; INSERT INTO t VALUES (4); COMMIT"));
+    h.status = TX | MORE_RESULTS;
+    h.ret(ret(MyCall::RealQuery, DB, DB, 0), |_| {});
+    h.ret(ret(MyCall::NextResult, DB, DB, 0), |r| r.affected_rows = Some(1));
+    h.status = AC;
+    let e = h.ret(ret(MyCall::NextResult, DB, DB, 0), |_| {});
+    let out = h.take();
+    assert_eq!(names(&out), ["COMMIT", "transaction", "BEGIN INSERT t", "transaction"]);
+    assert_eq!((out[3].start_ns, out[3].end_ns, out[3].error.as_deref()), (s, e, None));
+    assert!(out[3].attributes.contains(&KeyValue::new("db.transaction.outcome", "committed")));
+    assert_eq!(out[2].ids.parent_span_id, out[3].ids.span_id);
 }
 
 #[test]

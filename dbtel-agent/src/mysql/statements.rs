@@ -156,4 +156,23 @@ mod tests {
         st.remove(7, 5);
         assert_eq!(st.held(7), (0, 0));
     }
+
+    #[test]
+    fn the_order_queue_stays_bounded_too() {
+        let mut st = Statements::new(3);
+        let s = sql("SELECT a");
+        for _ in 0..10_000 {
+            st.insert(7, 1, 0x10, s.clone()); // the same handle prepared again and again
+        }
+        let (held, order) = st.held(7);
+        assert_eq!(held, 1);
+        assert!(order <= 2 * 3 + 1, "{order}");
+        for h in 0..10_000 {
+            st.insert(7, h, 0x10, s.clone());
+        }
+        let (held, order) = st.held(7);
+        assert_eq!(held, 3);
+        assert!(order <= 2 * 3 + 1, "{order}");
+        assert!(st.get(7, 9_999).is_some() && st.get(7, 9_996).is_none());
+    }
 }
