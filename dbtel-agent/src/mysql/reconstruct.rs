@@ -150,9 +150,8 @@ impl Reconstructor {
     /// time inside a call whose entry is not probed.
     pub fn tick(&mut self, _now_ns: u64, _out: &mut Vec<DbSpan>) {}
 
-    fn on_conn(&mut self, d: ConnDetails) {
+    fn on_conn(&mut self, mut d: ConnDetails) {
         let conn = self.conns.entry((d.at.pid, d.at.conn)).or_insert_with(Conn::new);
-        let mut d = d;
         d.at = Origin { ts_ns: 0, tid: 0, ..d.at }; // compared on their contents only
         if conn.details.as_ref() != Some(&d) {
             if d.thread_id != 0 {
