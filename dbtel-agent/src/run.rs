@@ -296,7 +296,7 @@ impl Agent {
         if self.host.is_some() {
             // Host-wide, each file is judged once for all processes.
             for line in self.probe_mappings(pid) {
-                log::info!("process {pid} mapped new libpq: {line}");
+                log::info!("process {pid} mapped a new client library: {line}");
             }
             return;
         }
@@ -309,7 +309,7 @@ impl Agent {
             if crate::host::loader::looks_like_loader(&path) {
                 let hold = self.command.is_some_and(|(c, _)| c == pid);
                 if let Err(e) = self.hook_loader(pid, &path, &host, hold) {
-                    log::warn!("process {pid}: {e}: a libpq it loads later is found within 250 ms, not at once");
+                    log::warn!("process {pid}: {e}: a client library it loads later is found within 250 ms, not at once");
                 }
                 continue;
             }

@@ -272,7 +272,7 @@ fn a_libpq_first_seen_in_a_new_process_is_probed() {
     let run = agent.interrupt();
     assert!(run.status.success(), "{run:?}");
     assert!(
-        run.stderr.contains(&format!("process {py} mapped new libpq: 15 probes on {} (all processes)", lib.display())),
+        run.stderr.contains(&format!("process {py} mapped a new client library: 15 probes on {} (all processes)", lib.display())),
         "{}",
         run.stderr
     );

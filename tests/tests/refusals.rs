@@ -148,7 +148,7 @@ fn a_command_that_makes_no_libpq_call_is_reported_at_exit() {
     assert_eq!(run.status.code(), Some(3), "the command's status: {run:?}");
     let tracing: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("dbtel: tracing ")).collect();
     assert_eq!(tracing.len(), 1, "no libpq loaded, none named: {}", run.stderr);
-    assert!(tracing[0].ends_with(" (python3): from its start, each libpq it loads is probed before its first call"), "{}", run.stderr);
+    assert!(tracing[0].ends_with(" (python3): from its start, each client library it loads is probed before its first call"), "{}", run.stderr);
     assert!(
         run.stderr.lines().any(|l| l
             == "dbtel: python3 made no call into a database client library (libpq, libmariadb, libmysqlclient): nothing of it was traced (a driver written in its program's own language, such as asyncpg, node-postgres or PyMySQL, is seen only from the server: PostgreSQL's --pid POSTMASTER)"),

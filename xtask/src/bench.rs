@@ -20,6 +20,9 @@ use std::{
 use anyhow::{bail, Context, Result};
 use dbtel_tests::{Cluster, Receiver};
 
+#[path = "bench_sysbench.rs"]
+mod sysbench;
+
 pub struct Options {
     /// Seconds of the rate-limited soak (10k queries/s, agent on); 0 skips it.
     pub soak_seconds: u32,
@@ -341,6 +344,12 @@ pub fn bench(o: &Options) -> Result<()> {
             }
         }
     }
+    sysbench::lines(&agent, &rx, o, &mut rows, &mut |rows| {
+        let (md, json) = render(rows, &pipeline, o);
+        std::fs::write(out_dir.join("results.md"), &md)?;
+        std::fs::write(out_dir.join("results.json"), &json)?;
+        Ok(())
+    })?;
     let soak = if o.soak_seconds > 0 { Some(soak(&agent, &pg, &rx, o)?) } else { None };
     let (mut md, mut json) = render(&rows, &pipeline, o);
     if let Some(s) = &soak {
@@ -386,7 +395,7 @@ fn machine() -> String {
 
 fn render(rows: &[Row], pipeline: &[String], o: &Options) -> (String, String) {
     let mut md = String::new();
-    let _ = writeln!(md, "Machine: {}. pgbench -c {} -j {}, scale {}, {} s runs, {} A/B pairs per line (medians); agent on the client (libpq probes), the server (USDT probes) or both, exporting OTLP/HTTP to a local receiver; spans expected = statements x traced sides.\n", machine(), o.clients, o.clients, o.scale, o.seconds, o.pairs);
+    let _ = writeln!(md, "Machine: {}. pgbench -c {} -j {}, scale {}, {} s runs, {} A/B pairs per line (medians); agent on the client (libpq probes), the server (USDT probes) or both, exporting OTLP/HTTP to a local receiver; spans expected = statements x traced sides. sysbench lines: MariaDB 10.11 (Debian), sysbench --threads {} against 4 tables, the client traced through libmariadb (simple: --db-ps-mode=disable; prepared: server-side prepared statements).\n", machine(), o.clients, o.clients, o.scale, o.seconds, o.pairs, o.clients);
     let _ = writeln!(md, "| script | mode | traced | A/A | TPS off | TPS on | ratio | ratio, probes only | +µs/query | agent cores per 10k q/s | agent RSS MiB | spans expected | spans | drops | traps/query | eBPF ns/query |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut json = String::from("{\"machine\":");

@@ -11,6 +11,7 @@ pub mod discover;
 pub mod layout;
 pub mod reconstruct;
 pub mod records;
+pub mod statements;
 pub mod symbols;
 
 pub use client::Client;

@@ -90,13 +90,14 @@ impl<'a> Iterator for Words<'a> {
         }
         let start = self.i;
         match s.get(start)? {
-            b'"' => {
+            // MySQL quotes identifiers with backticks too.
+            &q @ (b'"' | b'`') => {
                 let mut name = Vec::new();
                 self.i += 1;
                 while self.i < s.len() {
-                    if s[self.i] == b'"' {
-                        if s.get(self.i + 1) == Some(&b'"') {
-                            name.push(b'"');
+                    if s[self.i] == q {
+                        if s.get(self.i + 1) == Some(&q) {
+                            name.push(q);
                             self.i += 2;
                             continue;
                         }
@@ -136,6 +137,8 @@ pub fn verb(text: &str) -> Verb {
         }
     }
     match &*upper {
+        // MariaDB's `BEGIN NOT ATOMIC … END` is a compound statement.
+        b"BEGIN" if next.as_ref().is_some_and(|n| n.is("NOT")) => Verb::Other,
         b"BEGIN" => Verb::Begin,
         b"START" if next.as_ref().is_some_and(|n| n.is("TRANSACTION")) => Verb::Begin,
         b"COMMIT" | b"END" if next.as_ref().is_some_and(|n| n.is("PREPARED")) => Verb::Other,
@@ -155,6 +158,16 @@ pub fn verb(text: &str) -> Verb {
             name.map_or(Verb::Other, |n| Verb::RollbackTo(n.name()))
         }
         b"SAVEPOINT" => next.map_or(Verb::Other, |n| Verb::Savepoint(n.name())),
+        // MySQL's XA transactions. XA COMMIT / XA ROLLBACK end the block if
+        // it is still open (ONE PHASE, or rolled back before XA PREPARE);
+        // after XA PREPARE it has ended already, and they end nothing.
+        b"XA" => match next {
+            Some(n) if n.is("START") || n.is("BEGIN") => Verb::Begin,
+            Some(n) if n.is("PREPARE") => Verb::PrepareTransaction,
+            Some(n) if n.is("COMMIT") => Verb::Commit,
+            Some(n) if n.is("ROLLBACK") => Verb::Rollback,
+            _ => Verb::Other,
+        },
         b"RELEASE" => {
             if next.as_ref().is_some_and(|n| n.is("SAVEPOINT")) {
                 next = w.next();
@@ -215,9 +228,19 @@ pub struct TxnSpan {
 
 pub const SAVEPOINT_NAME: &str = "db.transaction.savepoint.name";
 
-/// Errors after which applications retry the whole transaction.
+/// Errors after which applications retry the whole transaction: SQLSTATEs
+/// (serialization failure, deadlock), and MySQL's error numbers for a
+/// deadlock (1213) and a lock wait timeout (1205).
 fn retryable(sqlstate: Option<&str>) -> bool {
-    matches!(sqlstate, Some("40001" | "40P01"))
+    matches!(sqlstate, Some("40001" | "40P01" | "1213" | "1205"))
+}
+
+/// retry_count of the transaction after `t` on its connection.
+fn next_retry(t: &TxnSpan) -> u32 {
+    match t.outcome {
+        Outcome::RolledBack if retryable(t.sqlstate.as_deref()) => t.retry_count + 1,
+        _ => 0,
+    }
 }
 
 pub type Key = (u32, u64);
@@ -410,10 +433,24 @@ impl Tracker {
         };
         if let Some(outcome) = outcome {
             let t = finish(key, conn.open.remove(i), end_ns, outcome);
-            conn.next_retry = match outcome {
-                Outcome::RolledBack if retryable(t.sqlstate.as_deref()) => t.retry_count + 1,
-                _ => 0,
-            };
+            conn.next_retry = next_retry(&t);
+            out.push(t);
+        }
+    }
+
+    /// The server ended the connection's open transaction without the
+    /// client's COMMIT or ROLLBACK (MySQL: a statement that commits
+    /// implicitly, such as DDL; a rollback after a deadlock), as of the end
+    /// of the statement that did it. `sqlstate`: the error that rolled it
+    /// back (it replaces an earlier one: this one ended it).
+    pub fn ended_by_server(&mut self, key: Key, end_ns: u64, outcome: Outcome, sqlstate: Option<&str>, out: &mut Vec<TxnSpan>) {
+        let Some(conn) = self.conns.get_mut(&key) else { return };
+        for mut o in std::mem::take(&mut conn.open) {
+            if let (Outcome::RolledBack, Some(s)) = (outcome, sqlstate) {
+                o.sqlstate = Some(s.to_string());
+            }
+            let t = finish(key, o, end_ns, outcome);
+            conn.next_retry = next_retry(&t);
             out.push(t);
         }
     }

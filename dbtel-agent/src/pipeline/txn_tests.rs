@@ -318,3 +318,64 @@ fn a_skipped_commit_leaves_the_block_to_the_rollback() {
     t.query_ended(K, &rollback, &Verb::Rollback, 31, false, None, Some("ROLLBACK"), &mut out);
     assert_eq!((out[0].outcome, out[0].aborted, out[0].sqlstate.as_deref(), out[0].statements), (Outcome::RolledBack, true, Some("23505"), 4));
 }
+
+#[test]
+fn mysql_verbs() {
+    let cases: &[(&str, Verb)] = &[
+        ("BEGIN WORK", Verb::Begin),
+        ("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY", Verb::Begin),
+        ("COMMIT WORK", Verb::Commit),
+        ("commit work and no chain release", Verb::Commit),
+        ("ROLLBACK WORK", Verb::Rollback),
+        ("ROLLBACK WORK TO SAVEPOINT `Sp 1`", Verb::RollbackTo("Sp 1".into())),
+        ("SAVEPOINT `a``b`", Verb::Savepoint("a`b".into())),
+        ("RELEASE SAVEPOINT `x`", Verb::Release("x".into())),
+        ("BEGIN NOT ATOMIC SELECT 1; END", Verb::Other),
+        ("XA START 'x'", Verb::Begin),
+        ("xa begin 'x'", Verb::Begin),
+        ("XA END 'x'", Verb::Other),
+        ("XA PREPARE 'x'", Verb::PrepareTransaction),
+        ("XA COMMIT 'x' ONE PHASE", Verb::Commit),
+        ("XA COMMIT 'x'", Verb::Commit),
+        ("XA ROLLBACK 'x'", Verb::Rollback),
+        ("XA RECOVER", Verb::Other),
+        ("/*!40101 SET NAMES utf8 */", Verb::Other),
+    ];
+    for (text, want) in cases {
+        assert_eq!(&verb(text), want, "{text:?}");
+    }
+}
+
+#[test]
+fn the_server_ends_a_transaction_by_itself() {
+    // MySQL: DDL commits implicitly; the server has no transaction afterwards.
+    let mut d = Drive::new();
+    d.ok("BEGIN").ok("insert 1");
+    let ddl = d.now;
+    d.ok("create table t (a int)");
+    assert!(d.out.is_empty());
+    d.t.ended_by_server(K, d.now, Outcome::Committed, None, &mut d.out);
+    assert!(d.t.current(K).is_none());
+    let t = &d.out[0];
+    assert_eq!((t.outcome, t.statements, t.end_ns, t.aborted), (Outcome::Committed, 3, ddl + 1_000 + 1_000_000, false));
+    assert_eq!(event_names(t).last(), Some(&"transaction.committed"));
+    // A deadlock (1213) rolls it back: a retry, as is a lock wait timeout (1205).
+    d.ok("BEGIN").fail("update", "1213");
+    d.t.ended_by_server(K, d.now, Outcome::RolledBack, Some("1213"), &mut d.out);
+    d.ok("ROLLBACK"); // nothing open: ends nothing
+    d.ok("BEGIN").fail("update", "1205").ok("ROLLBACK");
+    d.ok("BEGIN").ok("COMMIT");
+    d.ok("BEGIN").ok("COMMIT");
+    let got: Vec<_> = d.out.iter().map(|t| (t.retry_count, t.outcome, t.sqlstate.as_deref())).collect();
+    use Outcome::*;
+    assert_eq!(got, [(0, Committed, None), (0, RolledBack, Some("1213")), (1, RolledBack, Some("1205")), (2, Committed, None), (0, Committed, None)]);
+    assert_eq!(describe(&d.out[1]).2.as_deref(), Some("1213"));
+    // The error that ended it replaces an earlier one; nothing open: nothing happens.
+    d.ok("BEGIN").fail("insert", "1062");
+    d.t.ended_by_server(K, d.now, Outcome::RolledBack, Some("1213"), &mut d.out);
+    assert_eq!(d.out.last().unwrap().sqlstate.as_deref(), Some("1213"));
+    let n = d.out.len();
+    d.t.ended_by_server(K, d.now, Outcome::Committed, None, &mut d.out);
+    d.t.ended_by_server((9, 9), d.now, Outcome::Committed, None, &mut d.out);
+    assert_eq!(d.out.len(), n);
+}

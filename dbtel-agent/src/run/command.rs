@@ -39,7 +39,7 @@ impl Agent {
             // --all probes every libpq for every process already.
         } else if let Err(why) = self.watch_command(pid, program.as_deref()) {
             // Without the loader's hook, the libpq it is likeliest to load is made ready.
-            log::warn!("{}: its library loads cannot be watched ({why}): a libpq other than the system's is found within 250 ms of its load", command[0]);
+            log::warn!("{}: its library loads cannot be watched ({why}): a client library other than the system's libpq is found within 250 ms of its load", command[0]);
             for path in discover::system_libpq() {
                 let p = path.to_string_lossy().into_owned();
                 if let Some(t) = discover::inspect(pid, &p, &path)? {
@@ -49,7 +49,7 @@ impl Agent {
                 }
             }
         } else {
-            line.push_str(": from its start, each libpq it loads is probed before its first call");
+            line.push_str(": from its start, each client library it loads is probed before its first call");
         }
         Ok((pid, release, line))
     }

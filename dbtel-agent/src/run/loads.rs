@@ -93,7 +93,7 @@ impl Agent {
         for path in paths.into_iter().filter(|p| loader::looks_like_loader(p)) {
             let host = PathBuf::from(format!("/proc/{pid}/root{path}"));
             if let Err(e) = self.hook_loader(pid, &path, &host, false) {
-                log::warn!("process {pid}: {e}: a libpq it loads later is found within 250 ms, not at once");
+                log::warn!("process {pid}: {e}: a client library it loads later is found within 250 ms, not at once");
             }
         }
     }
