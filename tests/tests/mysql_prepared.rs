@@ -121,6 +121,6 @@ fn prepared_statements_send_query_and_multi_statements() {
     }
     assert_eq!(all.len(), spans.len(), "no transaction or other span: {}", dump(&all.iter().collect::<Vec<_>>()));
     assert_eq!(all.len(), 10);
-    assert!(run.summary().starts_with("dbtel: 10 spans exported, 0 failed, 0 lost"), "{}", run.summary());
+    assert!(run.summary().starts_with("dbtel: 10 spans exported, 0 failed to export, 0 lost in the export queue"), "{}", run.summary());
     assert!(run.summary().contains(" 0 lost in the ring buffer"), "{}", run.summary());
 }

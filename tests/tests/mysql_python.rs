@@ -224,7 +224,7 @@ fn mysqldb_traced_by_pid_beside_an_untraced_twin() {
     let txns = all.iter().filter(|s| s.name == "transaction").count();
     assert_eq!(txns, MAIN.len() + VICTIM.len() + WINNER.len());
     assert_eq!(all.len(), statements_total + txns, "no other span: {}", dump(&all.iter().collect::<Vec<_>>()));
-    assert!(run.summary().starts_with(&format!("dbtel: {} spans exported, 0 failed, 0 lost", all.len())), "{}", run.summary());
+    assert!(run.summary().starts_with(&format!("dbtel: {} spans exported, 0 failed to export, 0 lost in the export queue", all.len())), "{}", run.summary());
     assert!(run.summary().contains(" 0 lost in the ring buffer"), "{}", run.summary());
 }
 
