@@ -49,7 +49,9 @@ pub fn my_call(ctx: ProbeContext) -> u32 {
     }
     let Some(l) = offsets(mycookie::layout(c)) else { return 0 };
     let mysql = connection(handle, c, l);
-    if c & mycookie::STMT == 0 && mycookie::call(c) != MyCall::Close as u32 {
+    // Statement calls too: a client may prepare before it runs any plain
+    // query (sysbench never runs one), and its spans need the connection.
+    if mycookie::call(c) != MyCall::Close as u32 {
         note_conn(mysql, l);
     }
     let Some(ev) = MY_SCRATCH.get_ptr_mut(0) else { return 0 };
