@@ -43,14 +43,15 @@ pub fn dump(spans: &[&Span]) -> String {
         .iter()
         .map(|s| {
             format!(
-                "{:>14} {} {:?} {:?} conn={:?} err={:?} parent={}",
+                "{:>14} {} {:?} {:?} conn={:?} err={:?} parent={}{}",
                 s.start_ns,
                 s.name,
                 s.text(),
                 s.str("code.function.name"),
                 s.int("db.mysql.connection_id"),
                 s.str("db.response.status_code"),
-                hex(&s.parent_span_id)
+                hex(&s.parent_span_id),
+                s.str("db.transaction.outcome").map(|o| format!(" outcome={o} retry={:?}", s.int("db.transaction.retry_count"))).unwrap_or_default()
             )
         })
         .collect::<Vec<_>>()
