@@ -320,6 +320,11 @@ impl Tracker {
         Tracker { conns: Default::default(), errors_abort }
     }
 
+    /// Connections with state (for bound checks).
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
     /// The open transaction on a connection (the latest, in a pipeline).
     pub fn current(&self, key: Key) -> Option<Ids> {
         self.conns.get(&key)?.open.last().map(|o| o.ids)
