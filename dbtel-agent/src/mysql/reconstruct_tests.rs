@@ -402,3 +402,54 @@ fn prepared_statements_stay_bounded() {
 
 #[path = "reconstruct_txn_tests.rs"]
 mod txn;
+
+/// A program leaking connections (never mysql_close): the least recently
+/// used idle ones are forgotten, their transactions ended incomplete.
+#[test]
+fn connections_stay_bounded() {
+    let mut h = H::new();
+    let busy = h.call(MyCall::RealQuery, DB, DB, Some("SELECT SLEEP(100)")); // the oldest, in flight
+    h.status = TX;
+    let handle = |i: u64| 0x10_0000 + 0x100 * i;
+    let n = CONNECTIONS_PER_PROCESS as u64 + 1_000;
+    for i in 0..n {
+        let begin = h.call(MyCall::RealQuery, handle(i), handle(i), Some("BEGIN"));
+        h.ret(ret(MyCall::RealQuery, handle(i), handle(i), 0), |_| {});
+        let out = h.take();
+        if i + 1 < CONNECTIONS_PER_PROCESS as u64 {
+            assert_eq!(names(&out), ["BEGIN"], "{i}");
+            continue;
+        }
+        // The oldest idle one goes at the first record of a new connection.
+        let gone = i + 1 - CONNECTIONS_PER_PROCESS as u64;
+        assert_eq!(names(&out), ["transaction", "BEGIN"], "{i}");
+        assert_eq!((out[0].end_ns, out[0].error.as_deref()), (begin, Some("dbtel.incomplete")));
+        assert!(out[0].attributes.contains(&KeyValue::new("db.transaction.outcome", "incomplete")));
+        assert_eq!(out[0].start_ns, busy + 1_000 + 2_000 * gone, "its BEGIN's start");
+        assert_eq!(h.r.connections_held(PID), CONNECTIONS_PER_PROCESS);
+    }
+    assert!(h.r.txns.connections() <= CONNECTIONS_PER_PROCESS);
+    assert!(h.r.conns.held(PID).1 <= 2 * CONNECTIONS_PER_PROCESS, "order entries");
+    assert_eq!(h.r.in_flight(), 1, "the busy one is kept");
+    // The newest keep their transactions; a forgotten one is a stranger now.
+    h.status = AC;
+    for (i, kept) in [(n - 1, true), (0, false)] {
+        h.call(MyCall::RealQuery, handle(i), handle(i), Some("COMMIT"));
+        h.ret(ret(MyCall::RealQuery, handle(i), handle(i), 0), |_| {});
+        let out = h.take();
+        let want: &[&str] = if kept { &["COMMIT", "transaction"] } else { &["transaction", "COMMIT"] };
+        assert_eq!(names(&out), want, "{i}");
+        if kept {
+            assert!(out[1].attributes.contains(&KeyValue::new("db.transaction.outcome", "committed")));
+        } else {
+            // Coming back, it takes the place of the oldest idle one.
+            let oldest = n - CONNECTIONS_PER_PROCESS as u64 + 1;
+            assert!(out[0].attributes.contains(&KeyValue::new("db.transaction.outcome", "incomplete")));
+            assert_eq!(out[0].start_ns, busy + 1_000 + 2_000 * oldest);
+            assert_eq!(out[1].ids.parent_span_id, 0);
+        }
+    }
+    h.ret(ret(MyCall::RealQuery, DB, DB, 0), |_| {});
+    let out = h.take();
+    assert_eq!((names(&out), out[0].start_ns, out[0].error.as_deref()), (vec!["SELECT"], busy, None));
+}

@@ -91,6 +91,11 @@ fn deadlock_rolls_back_and_the_retry_counts() {
     assert_eq!((a.end_ns, a.error.as_deref(), a.error_type()), (dead, Some("1213"), Some("1213")));
     assert!(a.attributes.contains(&KeyValue::new("db.transaction.outcome", "rolled_back")));
     assert!(a.attributes.contains(&KeyValue::new("db.transaction.aborted", true)));
+    let evs: Vec<_> = a.events.iter().map(|e| (e.name, e.ts_ns)).collect();
+    assert_eq!(
+        evs,
+        [("transaction.started", a.start_ns), ("transaction.statement_failed", dead), ("transaction.aborted", dead), ("transaction.rolled_back", dead)]
+    );
     assert_eq!(queries[2].ids.parent_span_id, a.ids.span_id, "the failed statement is in it");
     assert_eq!(queries[3].ids.parent_span_id, 0, "ROLLBACK after it: nothing open");
     assert!(b.attributes.contains(&KeyValue::new("db.transaction.retry_count", 1i64)));
