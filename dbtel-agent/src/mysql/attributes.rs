@@ -75,6 +75,9 @@ pub enum End {
     /// The next call on its connection began before it returned (a return
     /// the probe missed, or another thread using the connection).
     Superseded,
+    /// Its connection was forgotten: its process had too many (see
+    /// `reconstruct::CONNECTIONS_PER_PROCESS`).
+    ConnectionEvicted,
 }
 
 /// A failed call: the handle's error number and SQLSTATE.
@@ -218,6 +221,7 @@ pub fn describe(q: &QuerySpan) -> Described {
             let why = match cut {
                 End::ConnectionClosed => "connection_closed",
                 End::ProcessExited => "process_exited",
+                End::ConnectionEvicted => "connection_evicted",
                 _ => "superseded",
             };
             a.push(KeyValue::new("error.type", format!("dbtel.{why}")));

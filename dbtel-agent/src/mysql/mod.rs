@@ -7,6 +7,7 @@
 pub mod attributes;
 pub mod calls;
 mod client;
+pub mod conns;
 pub mod discover;
 pub mod layout;
 pub mod reconstruct;

@@ -16,11 +16,13 @@
 //! exit: the probes cannot tell when its reading ends.
 //!
 //! Transactions: [`Tracker`] keyed by connection, with MySQL's rules on
-//! top: with autocommit off, any statement outside a transaction opens one;
-//! the server's IN_TRANS bit at a statement's last return is ground truth
-//! (a transaction it no longer has was committed implicitly, or rolled
-//! back by the server after a deadlock); BEGIN inside a transaction commits
-//! it first.
+//! top: a failed statement does not abort the transaction; with autocommit
+//! off, a statement outside a transaction opens one tentatively, which
+//! exists only if the server says IN_TRANS at the statement's end (`SELECT
+//! 1`, `SET`, a MyISAM table start none); the server's IN_TRANS bit at a
+//! statement's last return is ground truth (a transaction it no longer has
+//! was committed implicitly, or rolled back by the server after a
+//! deadlock); BEGIN inside a transaction commits it first.
 
 use std::sync::Arc;
 
@@ -28,6 +30,7 @@ use dbtel_common::MyCall;
 
 use super::{
     attributes::{self, ConnView, End, Failure, QuerySpan},
+    conns::Conns,
     records::{ConnDetails, Record, Returned, AUTOCOMMIT, IN_TRANS, MORE_RESULTS},
     statements::{Sql, Statements},
 };
@@ -46,6 +49,9 @@ const FACTS_CAPACITY: usize = 4096;
 /// Prepared statements kept per process (a program that never closes its
 /// statements loses the texts of its oldest).
 pub const STATEMENTS_PER_PROCESS: usize = 4096;
+/// Connections kept per process (a program that leaks MYSQL handles loses
+/// the state of its least recently used idle ones).
+pub const CONNECTIONS_PER_PROCESS: usize = 4096;
 
 type Key = (u32, u64);
 
@@ -101,7 +107,7 @@ impl Conn {
 }
 
 pub struct Reconstructor {
-    conns: crate::FastMap<Key, Conn>,
+    conns: Conns<Conn>,
     stmts: Statements,
     txns: Tracker,
     ids: IdGen,
@@ -120,9 +126,9 @@ impl Reconstructor {
 
     fn with_ids(ids: IdGen, text: Text) -> Self {
         Reconstructor {
-            conns: Default::default(),
+            conns: Conns::new(CONNECTIONS_PER_PROCESS),
             stmts: Statements::new(STATEMENTS_PER_PROCESS),
-            txns: Tracker::new(),
+            txns: Tracker::with_errors_abort(false),
             ids,
             facts: FactsCache::with_dialect(text, FACTS_CAPACITY, Dialect::MySql),
         }
@@ -133,6 +139,11 @@ impl Reconstructor {
         self.conns.values().filter(|c| c.op.is_some()).count()
     }
 
+    /// Connections held for a process (for bound checks).
+    pub fn connections_held(&self, pid: u32) -> usize {
+        self.conns.held(pid).0
+    }
+
     /// Prepared statements held for a process (for bound checks).
     pub fn statements_held(&self, pid: u32) -> usize {
         self.stmts.held(pid).0
@@ -140,7 +151,7 @@ impl Reconstructor {
 
     pub fn on_record(&mut self, rec: Record, out: &mut Vec<DbSpan>) {
         match rec {
-            Record::Conn(d) => self.on_conn(d),
+            Record::Conn(d) => self.on_conn(d, out),
             Record::Call { at, call, mysql, text, truncated } => self.on_call(at, call, mysql, text, truncated, out),
             Record::Return(r) => self.on_return(r, out),
         }
@@ -150,8 +161,23 @@ impl Reconstructor {
     /// time inside a call whose entry is not probed.
     pub fn tick(&mut self, _now_ns: u64, _out: &mut Vec<DbSpan>) {}
 
-    fn on_conn(&mut self, mut d: ConnDetails) {
-        let conn = self.conns.entry((d.at.pid, d.at.conn)).or_insert_with(Conn::new);
+    /// `key` is used at `ts`: created if new, and the most recently used
+    /// (past the cap, the least recently used idle connection is forgotten:
+    /// what it had in flight ends, its transaction is incomplete).
+    fn touch(&mut self, key: Key, ts: u64, out: &mut Vec<DbSpan>) -> &mut Conn {
+        if let Some((old, mut c)) = self.conns.touch(key, Conn::new, |c| c.op.is_none()) {
+            if let Some(op) = c.op.take() {
+                self.finish(old, op, End::ConnectionEvicted, ts, &c.view, out);
+            }
+            let mut txns = Vec::new();
+            self.txns.conn_closed(old, ts, &mut txns);
+            push_txns(txns, &c.view, out);
+        }
+        self.conns.get_mut(key).expect("touched")
+    }
+
+    fn on_conn(&mut self, mut d: ConnDetails, out: &mut Vec<DbSpan>) {
+        let conn = self.touch((d.at.pid, d.at.conn), d.at.ts_ns, out);
         d.at = Origin { ts_ns: 0, tid: 0, ..d.at }; // compared on their contents only
         if conn.details.as_ref() != Some(&d) {
             if d.thread_id != 0 {
@@ -190,7 +216,7 @@ impl Reconstructor {
             }
             MyCall::Close => {
                 self.supersede(key, at.ts_ns, End::ConnectionClosed, out);
-                if let Some(c) = self.conns.remove(&key) {
+                if let Some(c) = self.conns.remove(key) {
                     let mut txns = Vec::new();
                     self.txns.conn_closed(key, at.ts_ns, &mut txns);
                     push_txns(txns, &c.view, out);
@@ -210,7 +236,8 @@ impl Reconstructor {
     /// A statement is sent on `key`: its ids come from the transaction tracker.
     #[allow(clippy::too_many_arguments)]
     fn start(&mut self, at: Origin, key: Key, call: MyCall, stmt: u64, sql: Arc<Sql>, before_attach: bool, out: &mut Vec<DbSpan>) {
-        let conn = self.conns.entry(key).or_insert_with(Conn::new);
+        self.touch(key, at.ts_ns, out);
+        let conn = self.conns.get_mut(key).expect("touched");
         let mut txns = Vec::new();
         let open = self.txns.current(key).is_some();
         let runs = call != MyCall::StmtPrepare;
@@ -219,14 +246,15 @@ impl Reconstructor {
             self.txns.ended_by_server(key, at.ts_ns, Outcome::Committed, None, &mut txns);
         }
         let open = self.txns.current(key).is_some();
-        let verb = if !runs {
-            Verb::Other // preparing runs nothing
-        } else if !conn.autocommit && !open && !matches!(sql.verb, Verb::Commit | Verb::Rollback) {
-            Verb::Begin // autocommit off: any statement begins one
+        // Autocommit off: a statement may begin one (the server says at its end).
+        let tentative = runs && !conn.autocommit && !open && !matches!(sql.verb, Verb::Begin | Verb::Commit | Verb::Rollback);
+        let ids = if !runs {
+            self.txns.query_started(key, &Verb::Other, at.ts_ns, &mut self.ids) // preparing runs nothing
+        } else if tentative {
+            self.txns.query_started_tentatively(key, &Verb::Begin, at.ts_ns, &mut self.ids)
         } else {
-            sql.verb.clone()
+            self.txns.query_started(key, &sql.verb, at.ts_ns, &mut self.ids)
         };
-        let ids = self.txns.query_started(key, &verb, at.ts_ns, &mut self.ids);
         conn.op = Some(Op {
             span: QuerySpan {
                 ids,
@@ -257,7 +285,7 @@ impl Reconstructor {
             return; // a statement whose connection was closed
         }
         let key = (r.at.pid, r.mysql);
-        let conn = self.conns.entry(key).or_insert_with(Conn::new);
+        let conn = self.touch(key, r.at.ts_ns, out);
         conn.autocommit = r.server_status & AUTOCOMMIT != 0;
         if r.thread_id != 0 && r.thread_id != conn.thread_id {
             conn.thread_id = r.thread_id;
@@ -333,7 +361,7 @@ impl Reconstructor {
     /// A call begins on `key`, or it closes: the operation in flight ends
     /// (at its last return if it was answered, else cut at `ts` with `end`).
     fn supersede(&mut self, key: Key, ts: u64, end: End, out: &mut Vec<DbSpan>) {
-        let Some(conn) = self.conns.get_mut(&key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else { return };
         let Some(op) = conn.op.take() else { return };
         let view = conn.view.clone();
         self.finish(key, op, end, ts, &view, out);
@@ -344,13 +372,22 @@ impl Reconstructor {
             op.span.end = end;
             op.span.end_ns = ts.max(op.span.start_ns);
         }
+        let completed = op.span.end == End::Completed;
+        let code = op.span.error.as_ref().map(Failure::code);
+        // The transaction it may have begun with autocommit off exists if
+        // the server says so, or if it was rolled back after a lock wait
+        // (there was one to roll back); else its span is a root.
+        let in_trans = op.status.is_some_and(|st| st & IN_TRANS != 0) || matches!(code.as_deref(), Some("1213" | "1205"));
+        if completed && in_trans {
+            self.txns.confirm(key, &op.span.ids);
+        } else if self.txns.discard(key, &op.span.ids) {
+            op.span.ids = self.ids.root();
+        }
         let (s, verb) = (&op.span, &op.sql.verb);
         let mut txns = Vec::new();
-        if s.end == End::Completed {
-            let code = s.error.as_ref().map(Failure::code);
+        if completed {
             let failed = code.is_some();
-            // A COMMIT that succeeded committed, whatever failed before it
-            // (a MySQL error does not abort the transaction).
+            // A COMMIT that succeeded committed.
             let tag = (*verb == Verb::Commit && !failed).then_some("COMMIT");
             self.txns.query_ended(key, &s.ids, verb, s.end_ns, failed, code.as_deref(), tag, &mut txns);
             // The server's word: no transaction after this statement.
@@ -370,9 +407,8 @@ impl Reconstructor {
 
     /// The process is gone: what it had in flight ends, its transactions are incomplete.
     pub fn process_exited(&mut self, pid: u32, ts_ns: u64, out: &mut Vec<DbSpan>) {
-        let keys: Vec<Key> = self.conns.keys().filter(|k| k.0 == pid).copied().collect();
-        for key in keys {
-            let mut c = self.conns.remove(&key).expect("key listed");
+        for key in self.conns.keys_of(pid) {
+            let mut c = self.conns.remove(key).expect("key listed");
             if let Some(op) = c.op.take() {
                 self.finish(key, op, End::ProcessExited, ts_ns, &c.view, out);
             }

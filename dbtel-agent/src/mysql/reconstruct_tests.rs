@@ -286,151 +286,6 @@ fn execution_of_a_statement_prepared_before_attach() {
     assert_eq!((get(&out[0], "db.query.text"), out[0].rows()), (None, Some(3)));
 }
 
-/// The transaction spans of `out`, and the query spans.
-fn split(out: &[DbSpan]) -> (Vec<&DbSpan>, Vec<&DbSpan>) {
-    out.iter().partition(|s| s.name == "transaction")
-}
-
-#[test]
-fn begin_commit_parents_its_statements() {
-    let mut h = H::new();
-    h.status = TX;
-    h.exec("BEGIN", 0);
-    h.exec("INSERT INTO t VALUES (1)", 1);
-    h.select("SELECT * FROM t", 1);
-    h.status = AC;
-    let (_, end) = h.exec("COMMIT", 0);
-    let out = h.take();
-    let (txns, queries) = split(&out);
-    assert_eq!((txns.len(), queries.len()), (1, 4));
-    let t = txns[0];
-    assert!(queries.iter().all(|q| q.ids.trace_id == t.ids.trace_id && q.ids.parent_span_id == t.ids.span_id));
-    assert_eq!((t.ids.parent_span_id, t.start_ns, t.end_ns, t.error.as_deref()), (0, queries[0].start_ns, end, None));
-    for kv in [
-        KeyValue::new("db.system.name", "mariadb"),
-        KeyValue::new("db.transaction.outcome", "committed"),
-        KeyValue::new("db.transaction.statement_count", 4i64),
-        KeyValue::new("db.namespace", "shop"),
-        KeyValue::new("db.mysql.connection_id", 42i64),
-    ] {
-        assert!(t.attributes.contains(&kv), "{kv:?}");
-    }
-    // Autocommit again: a root.
-    h.exec("INSERT INTO t VALUES (2)", 1);
-    assert_eq!(h.take()[0].ids.parent_span_id, 0);
-}
-
-#[test]
-fn autocommit_off_begins_transactions() {
-    let mut h = H::new();
-    h.status = 0; // SET autocommit=0: no AUTOCOMMIT, no transaction yet
-    h.exec("SET autocommit=0", 0);
-    h.status = IN_TRANS;
-    h.exec("INSERT INTO t VALUES (1)", 1);
-    h.exec("UPDATE t SET a = 2", 3);
-    h.status = 0;
-    let (_, end) = h.exec("COMMIT", 0);
-    h.status = IN_TRANS;
-    h.exec("INSERT INTO t VALUES (3)", 1);
-    let out = h.take();
-    let (txns, queries) = split(&out);
-    assert_eq!(names(&out), ["SET", "INSERT t", "UPDATE t", "COMMIT", "transaction", "INSERT t"]);
-    let t = txns[0];
-    assert_eq!(queries[0].ids.parent_span_id, 0, "sent with autocommit still on");
-    assert!(queries[1..4].iter().all(|q| q.ids.parent_span_id == t.ids.span_id && q.ids.trace_id == t.ids.trace_id));
-    assert_eq!((t.start_ns, t.end_ns), (queries[1].start_ns, end));
-    assert!(t.attributes.contains(&KeyValue::new("db.transaction.statement_count", 3i64)));
-    assert!(t.attributes.contains(&KeyValue::new("db.transaction.outcome", "committed")));
-    // The statement that began it keeps its own facts.
-    assert_eq!((queries[1].operation(), queries[1].affected_rows()), (Some("INSERT"), Some(1)));
-    // The next one begins another.
-    let next = queries[4];
-    assert!(next.ids.parent_span_id != 0 && next.ids.trace_id != t.ids.trace_id);
-    h.status = 0;
-    h.exec("ROLLBACK", 0);
-    let out = h.take();
-    assert_eq!(names(&out), ["ROLLBACK", "transaction"]);
-    assert_eq!(out[1].ids.span_id, next.ids.parent_span_id);
-}
-
-#[test]
-fn deadlock_rolls_back_and_the_retry_counts() {
-    let mut h = H::new();
-    h.status = TX;
-    h.exec("BEGIN", 0);
-    h.exec("UPDATE t SET a = 1 WHERE id = 1", 1);
-    h.status = AC; // the server rolled the transaction back
-    let (_, dead) = h.fail("UPDATE t SET a = 1 WHERE id = 2", 1213, "40001");
-    h.exec("ROLLBACK", 0);
-    h.status = TX;
-    h.exec("BEGIN", 0);
-    h.exec("UPDATE t SET a = 1 WHERE id = 1", 1);
-    h.status = AC;
-    h.exec("COMMIT", 0);
-    let out = h.take();
-    let (txns, queries) = split(&out);
-    assert_eq!(txns.len(), 2);
-    let (a, b) = (txns[0], txns[1]);
-    assert_eq!((a.end_ns, a.error.as_deref(), a.error_type()), (dead, Some("1213"), Some("1213")));
-    assert!(a.attributes.contains(&KeyValue::new("db.transaction.outcome", "rolled_back")));
-    assert!(a.attributes.contains(&KeyValue::new("db.transaction.aborted", true)));
-    assert_eq!(queries[2].ids.parent_span_id, a.ids.span_id, "the failed statement is in it");
-    assert_eq!(queries[3].ids.parent_span_id, 0, "ROLLBACK after it: nothing open");
-    assert!(b.attributes.contains(&KeyValue::new("db.transaction.retry_count", 1i64)));
-    assert!(b.attributes.contains(&KeyValue::new("db.transaction.outcome", "committed")));
-    assert_eq!(b.error, None);
-}
-
-#[test]
-fn implicit_commits_end_the_transaction() {
-    let mut h = H::new();
-    h.status = TX;
-    h.exec("BEGIN", 0);
-    h.exec("INSERT INTO t VALUES (1)", 1);
-    h.status = AC;
-    let (_, ddl) = h.exec("CREATE TABLE u (a int)", 0);
-    h.exec("INSERT INTO t VALUES (2)", 1);
-    let out = h.take();
-    let (txns, queries) = split(&out);
-    assert_eq!(names(&out), ["BEGIN", "INSERT t", "CREATE u", "transaction", "INSERT t"]);
-    assert_eq!((txns[0].end_ns, txns[0].error.as_deref()), (ddl, None));
-    assert!(txns[0].attributes.contains(&KeyValue::new("db.transaction.outcome", "committed")));
-    assert!(txns[0].attributes.contains(&KeyValue::new("db.transaction.statement_count", 3i64)));
-    assert_eq!(queries[2].ids.parent_span_id, txns[0].ids.span_id);
-    assert_eq!(queries[3].ids.parent_span_id, 0);
-    // A DDL statement that fails has committed all the same.
-    h.status = TX;
-    h.exec("BEGIN", 0);
-    h.status = AC;
-    h.fail("CREATE TABLE u (a int)", 1050, "42S01");
-    let out = h.take();
-    assert_eq!((out[2].name.as_str(), out[2].error.as_deref()), ("transaction", None));
-    // BEGIN inside a transaction commits it and begins another.
-    h.status = TX;
-    h.exec("BEGIN", 0);
-    h.exec("INSERT INTO t VALUES (3)", 1);
-    let (again, _) = h.exec("START TRANSACTION", 0);
-    let out = h.take();
-    assert_eq!(names(&out), ["BEGIN", "INSERT t", "transaction", "START"]);
-    assert_eq!(out[2].end_ns, again);
-    assert!(out[2].attributes.contains(&KeyValue::new("db.transaction.outcome", "committed")));
-    assert!(out[3].ids.parent_span_id != 0 && out[3].ids.trace_id != out[2].ids.trace_id);
-    h.status = AC;
-    h.exec("COMMIT", 0);
-    // A whole transaction in one text: classified by its BEGIN, ended by the server's word.
-    let s = h.call(MyCall::RealQuery, DB, DB, Some("BEGIN; INSERT INTO t VALUES (4); COMMIT"));
-    h.status = TX | MORE_RESULTS;
-    h.ret(ret(MyCall::RealQuery, DB, DB, 0), |_| {});
-    h.ret(ret(MyCall::NextResult, DB, DB, 0), |r| r.affected_rows = Some(1));
-    h.status = AC;
-    let e = h.ret(ret(MyCall::NextResult, DB, DB, 0), |_| {});
-    let out = h.take();
-    assert_eq!(names(&out), ["COMMIT", "transaction", "BEGIN INSERT t", "transaction"]);
-    assert_eq!((out[3].start_ns, out[3].end_ns, out[3].error.as_deref()), (s, e, None));
-    assert!(out[3].attributes.contains(&KeyValue::new("db.transaction.outcome", "committed")));
-    assert_eq!(out[2].ids.parent_span_id, out[3].ids.span_id);
-}
-
 #[test]
 fn close_mid_transaction() {
     let mut h = H::new();
@@ -543,4 +398,58 @@ fn prepared_statements_stay_bounded() {
         let s = out.pop().unwrap();
         assert_eq!(get(&s, "dbtel.statement.prepared_before_attach").is_none(), known, "{}", s.name);
     }
+}
+
+#[path = "reconstruct_txn_tests.rs"]
+mod txn;
+
+/// A program leaking connections (never mysql_close): the least recently
+/// used idle ones are forgotten, their transactions ended incomplete.
+#[test]
+fn connections_stay_bounded() {
+    let mut h = H::new();
+    let busy = h.call(MyCall::RealQuery, DB, DB, Some("SELECT SLEEP(100)")); // the oldest, in flight
+    h.status = TX;
+    let handle = |i: u64| 0x10_0000 + 0x100 * i;
+    let n = CONNECTIONS_PER_PROCESS as u64 + 1_000;
+    for i in 0..n {
+        let begin = h.call(MyCall::RealQuery, handle(i), handle(i), Some("BEGIN"));
+        h.ret(ret(MyCall::RealQuery, handle(i), handle(i), 0), |_| {});
+        let out = h.take();
+        if i + 1 < CONNECTIONS_PER_PROCESS as u64 {
+            assert_eq!(names(&out), ["BEGIN"], "{i}");
+            continue;
+        }
+        // The oldest idle one goes at the first record of a new connection.
+        let gone = i + 1 - CONNECTIONS_PER_PROCESS as u64;
+        assert_eq!(names(&out), ["transaction", "BEGIN"], "{i}");
+        assert_eq!((out[0].end_ns, out[0].error.as_deref()), (begin, Some("dbtel.incomplete")));
+        assert!(out[0].attributes.contains(&KeyValue::new("db.transaction.outcome", "incomplete")));
+        assert_eq!(out[0].start_ns, busy + 1_000 + 2_000 * gone, "its BEGIN's start");
+        assert_eq!(h.r.connections_held(PID), CONNECTIONS_PER_PROCESS);
+    }
+    assert!(h.r.txns.connections() <= CONNECTIONS_PER_PROCESS);
+    assert!(h.r.conns.held(PID).1 <= 2 * CONNECTIONS_PER_PROCESS, "order entries");
+    assert_eq!(h.r.in_flight(), 1, "the busy one is kept");
+    // The newest keep their transactions; a forgotten one is a stranger now.
+    h.status = AC;
+    for (i, kept) in [(n - 1, true), (0, false)] {
+        h.call(MyCall::RealQuery, handle(i), handle(i), Some("COMMIT"));
+        h.ret(ret(MyCall::RealQuery, handle(i), handle(i), 0), |_| {});
+        let out = h.take();
+        let want: &[&str] = if kept { &["COMMIT", "transaction"] } else { &["transaction", "COMMIT"] };
+        assert_eq!(names(&out), want, "{i}");
+        if kept {
+            assert!(out[1].attributes.contains(&KeyValue::new("db.transaction.outcome", "committed")));
+        } else {
+            // Coming back, it takes the place of the oldest idle one.
+            let oldest = n - CONNECTIONS_PER_PROCESS as u64 + 1;
+            assert!(out[0].attributes.contains(&KeyValue::new("db.transaction.outcome", "incomplete")));
+            assert_eq!(out[0].start_ns, busy + 1_000 + 2_000 * oldest);
+            assert_eq!(out[1].ids.parent_span_id, 0);
+        }
+    }
+    h.ret(ret(MyCall::RealQuery, DB, DB, 0), |_| {});
+    let out = h.take();
+    assert_eq!((names(&out), out[0].start_ns, out[0].error.as_deref()), (vec!["SELECT"], busy, None));
 }

@@ -211,9 +211,12 @@ pub struct TxnSpan {
     pub end_ns: u64,
     pub outcome: Outcome,
     /// A statement failed inside it, putting it in the server's aborted state
-    /// (stays set after a ROLLBACK TO SAVEPOINT recovered from it).
+    /// (stays set after a ROLLBACK TO SAVEPOINT recovered from it), or the
+    /// server rolled it back after an error (a MySQL deadlock).
     pub aborted: bool,
-    /// The error that aborted it, or that made its COMMIT fail.
+    /// The error that aborted it, or that made its COMMIT fail. Where errors
+    /// do not abort (MySQL), the latest statement's error: the one a
+    /// ROLLBACK after it answers.
     pub sqlstate: Option<String>,
     /// Time the application spent idle in transaction: the sum of the gaps
     /// with no statement in flight between BEGIN's start and the end.
@@ -247,6 +250,9 @@ pub type Key = (u32, u64);
 
 struct Open {
     ids: Ids,
+    /// Known to exist: opened by BEGIN, or confirmed by the server (see
+    /// [`Tracker::query_started_tentatively`]).
+    confirmed: bool,
     /// The statement ending it (COMMIT, ROLLBACK, PREPARE TRANSACTION) was
     /// sent: statements sent after it are not its own (libpq's pipeline mode
     /// sends them before that one's result is read).
@@ -291,14 +297,32 @@ fn ends_block(verb: &Verb) -> bool {
     matches!(verb, Verb::Commit | Verb::Rollback | Verb::PrepareTransaction)
 }
 
-#[derive(Default)]
 pub struct Tracker {
     conns: crate::FastMap<Key, Conn>,
+    /// A failed statement aborts the block (PostgreSQL); else it is only an
+    /// event in it (MySQL: the transaction goes on, and may commit).
+    errors_abort: bool,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Tracker {
+    /// PostgreSQL's rules: an error aborts the block.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_errors_abort(true)
+    }
+
+    pub fn with_errors_abort(errors_abort: bool) -> Self {
+        Tracker { conns: Default::default(), errors_abort }
+    }
+
+    /// Connections with state (for bound checks).
+    pub fn connections(&self) -> usize {
+        self.conns.len()
     }
 
     /// The open transaction on a connection (the latest, in a pipeline).
@@ -316,10 +340,23 @@ impl Tracker {
     /// the one open as of the statements sent before it, whether or not
     /// their results have been read.
     pub fn query_started(&mut self, key: Key, verb: &Verb, start_ns: u64, gen: &mut IdGen) -> Ids {
+        self.start(key, verb, start_ns, gen, true)
+    }
+
+    /// As [`Tracker::query_started`], but a block `verb` opens may not
+    /// exist (MySQL with autocommit off: a statement starts a transaction
+    /// only if it uses a transactional table): it stays tentative until
+    /// [`Tracker::confirm`], or [`Tracker::discard`] drops it.
+    pub fn query_started_tentatively(&mut self, key: Key, verb: &Verb, start_ns: u64, gen: &mut IdGen) -> Ids {
+        self.start(key, verb, start_ns, gen, false)
+    }
+
+    fn start(&mut self, key: Key, verb: &Verb, start_ns: u64, gen: &mut IdGen, confirmed: bool) -> Ids {
         let conn = self.conns.entry(key).or_default();
         if conn.joinable().is_none() && *verb == Verb::Begin {
             conn.open.push(Open {
                 ids: gen.root(),
+                confirmed,
                 closing: false,
                 start_ns,
                 statements: 0,
@@ -343,6 +380,29 @@ impl Tracker {
         o.statements += 1;
         o.closing = ends_block(verb);
         o.ids.child(gen)
+    }
+
+    /// The server says the block of the statement sent with `ids` exists.
+    pub fn confirm(&mut self, key: Key, ids: &Ids) {
+        let Some(conn) = self.conns.get_mut(&key) else { return };
+        if let Some(i) = conn.of(ids) {
+            conn.open[i].confirmed = true;
+        }
+    }
+
+    /// The server says no transaction came of the statement sent with
+    /// `ids`, which opened a tentative block: the block is dropped (no
+    /// span), if that statement is still its only one. Returns whether it
+    /// was: the statement's span must then get ids of its own (a root).
+    pub fn discard(&mut self, key: Key, ids: &Ids) -> bool {
+        let Some(conn) = self.conns.get_mut(&key) else { return false };
+        match conn.of(ids) {
+            Some(i) if !conn.open[i].confirmed && conn.open[i].statements == 1 => {
+                conn.open.remove(i);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// A statement sent with `ids` did not run (a pipeline aborted before
@@ -405,6 +465,13 @@ impl Tracker {
                 Some(Outcome::RolledBack)
             }
             Verb::PrepareTransaction => Some(Outcome::Prepared),
+            _ if failed && !self.errors_abort => {
+                let code = sqlstate.unwrap_or("_OTHER");
+                o.sqlstate = Some(code.to_string());
+                let attrs = vec![KeyValue::new("db.response.status_code", code.to_string())];
+                o.events.push(Event { name: "transaction.statement_failed", ts_ns: end_ns, attributes: attrs });
+                None
+            }
             _ if failed => {
                 // Any error inside a transaction block aborts it; the first one is the cause.
                 if !o.aborted_now {
@@ -447,6 +514,12 @@ impl Tracker {
         let Some(conn) = self.conns.get_mut(&key) else { return };
         for mut o in std::mem::take(&mut conn.open) {
             if let (Outcome::RolledBack, Some(s)) = (outcome, sqlstate) {
+                // Rolled back by the server for an error: aborted.
+                if !o.aborted_now {
+                    o.aborted = true;
+                    let attrs = vec![KeyValue::new("db.response.status_code", s.to_string())];
+                    o.events.push(Event { name: "transaction.aborted", ts_ns: end_ns, attributes: attrs });
+                }
                 o.sqlstate = Some(s.to_string());
             }
             let t = finish(key, o, end_ns, outcome);

@@ -61,6 +61,10 @@ impl Drive {
     fn new() -> Self {
         Drive { t: Tracker::new(), gen: IdGen::seeded(1), now: 1_000_000, out: vec![], ids: vec![] }
     }
+    /// MySQL's rule: a failed statement does not abort the transaction.
+    fn mysql() -> Self {
+        Drive { t: Tracker::with_errors_abort(false), ..Self::new() }
+    }
     fn stmt(&mut self, text: &str, gap: u64, err: Option<&str>, tag: Option<&str>) -> &mut Self {
         self.now += gap;
         let v = verb(text);
@@ -378,4 +382,83 @@ fn the_server_ends_a_transaction_by_itself() {
     d.t.ended_by_server(K, d.now, Outcome::Committed, None, &mut d.out);
     d.t.ended_by_server((9, 9), d.now, Outcome::Committed, None, &mut d.out);
     assert_eq!(d.out.len(), n);
+}
+
+#[test]
+fn tentative_blocks_are_confirmed_or_discarded() {
+    let mut t = Tracker::new();
+    let mut g = IdGen::seeded(6);
+    let mut out = vec![];
+    // Its statement ends and the server has no transaction: it never was.
+    let a = t.query_started_tentatively(K, &Verb::Begin, 10, &mut g);
+    assert!(a.parent_span_id != 0 && t.current(K).is_some());
+    assert!(t.discard(K, &a));
+    assert!(!t.discard(K, &a), "once");
+    t.query_ended(K, &a, &Verb::Other, 20, false, None, None, &mut out);
+    assert!(t.current(K).is_none() && out.is_empty());
+    // Confirmed: an ordinary block, which discard leaves alone.
+    let b = t.query_started_tentatively(K, &Verb::Begin, 30, &mut g);
+    t.confirm(K, &b);
+    assert!(!t.discard(K, &b));
+    t.query_ended(K, &b, &Verb::Other, 40, false, None, None, &mut out);
+    let c = t.query_started(K, &Verb::Commit, 50, &mut g);
+    t.query_ended(K, &c, &Verb::Commit, 60, false, None, Some("COMMIT"), &mut out);
+    assert_eq!((out.len(), out[0].outcome, out[0].statements, out[0].start_ns), (1, Outcome::Committed, 2, 30));
+    assert_eq!(b.parent_span_id, out[0].ids.span_id);
+    // BEGIN's block is never tentative; nor is one with a second statement.
+    let d = t.query_started(K, &Verb::Begin, 70, &mut g);
+    assert!(!t.discard(K, &d));
+    t.conn_closed(K, 80, &mut out);
+    let e = t.query_started_tentatively(K, &Verb::Begin, 90, &mut g);
+    t.query_ended(K, &e, &Verb::Other, 95, false, None, None, &mut out);
+    let f = t.query_started(K, &Verb::Other, 100, &mut g);
+    assert!(!t.discard(K, &f) && !t.discard(K, &e));
+    assert!(!t.discard((9, 9), &e), "another connection");
+    assert_eq!(t.connections(), 1);
+}
+
+#[test]
+fn a_discarded_block_leaves_the_retry_chain_alone() {
+    let mut d = Drive::mysql();
+    d.ok("BEGIN").fail("update", "1213");
+    d.t.ended_by_server(K, d.now, Outcome::RolledBack, Some("1213"), &mut d.out);
+    let ids = d.t.query_started_tentatively(K, &Verb::Begin, d.now + 1, &mut d.gen);
+    assert!(d.t.discard(K, &ids));
+    d.ok("BEGIN").ok("COMMIT");
+    let got: Vec<_> = d.out.iter().map(|t| (t.retry_count, t.outcome)).collect();
+    assert_eq!(got, [(0, Outcome::RolledBack), (1, Outcome::Committed)]);
+}
+
+#[test]
+fn where_errors_do_not_abort_a_failure_is_an_event() {
+    let mut d = Drive::mysql();
+    d.ok("BEGIN").fail("insert dup", "1062").ok("insert 2").stmt("COMMIT", 0, None, None);
+    let t = &d.out[0];
+    assert_eq!((t.outcome, t.aborted, t.statements), (Outcome::Committed, false, 4));
+    assert_eq!(event_names(t), ["transaction.started", "transaction.statement_failed", "transaction.committed"]);
+    assert_eq!(t.events[1].attributes, vec![KeyValue::new("db.response.status_code", "1062")]);
+    assert_eq!(describe(t).2, None);
+    // XA PREPARE after a failure: prepared.
+    d.ok("XA START 'x'").fail("insert dup", "1062").ok("XA END 'x'").ok("XA PREPARE 'x'");
+    assert_eq!((d.out[1].outcome, d.out[1].aborted, describe(&d.out[1]).2), (Outcome::Prepared, false, None));
+    // Rolled back after failures: the latest is the cause, and a lock
+    // wait timeout is retried.
+    d.ok("BEGIN").fail("insert dup", "1062").fail("update", "1205").ok("ROLLBACK");
+    d.ok("BEGIN").ok("COMMIT");
+    let t = &d.out[2];
+    assert_eq!((t.outcome, t.aborted, t.sqlstate.as_deref()), (Outcome::RolledBack, false, Some("1205")));
+    assert_eq!(describe(t).2.as_deref(), Some("1205"));
+    assert_eq!((d.out[3].retry_count, d.out[3].outcome), (1, Outcome::Committed));
+    // The server rolling it back for an error aborts it (a deadlock).
+    d.ok("BEGIN").fail("update", "1213");
+    d.t.ended_by_server(K, d.now, Outcome::RolledBack, Some("1213"), &mut d.out);
+    let t = d.out.last().unwrap();
+    assert_eq!((t.outcome, t.aborted, t.sqlstate.as_deref()), (Outcome::RolledBack, true, Some("1213")));
+    assert_eq!(
+        event_names(t),
+        ["transaction.started", "transaction.statement_failed", "transaction.aborted", "transaction.rolled_back"]
+    );
+    // A failed COMMIT still rolls back.
+    d.ok("BEGIN").fail("COMMIT", "1180");
+    assert_eq!((d.out.last().unwrap().outcome, d.out.last().unwrap().sqlstate.as_deref()), (Outcome::RolledBack, Some("1180")));
 }
