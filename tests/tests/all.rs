@@ -316,3 +316,56 @@ fn every_server_gets_its_own_catalog() {
     assert_eq!(w.int("db.postgresql.blocker.pid"), Some(holder_backend as i64), "B's catalog named the blocker: {}", run.stderr);
     assert_eq!(w.str("db.postgresql.lock.relation"), Some("public.t"));
 }
+
+/// MySQL clients host-wide: the `mariadb` CLI (Connector/C in its own
+/// executable) started after the agent is chosen by `--exe` and traced; a
+/// MySQLdb program on the shared libmariadb beside it is not chosen and
+/// yields nothing. Checked against the general log.
+#[test]
+fn mysql_clients_started_after_the_agent_are_traced_and_chosen_by_executable() {
+    use dbtel_tests::{mysql_spans::logged_statements, MariaDb};
+    use std::io::{BufRead, BufReader, Write};
+    require_root();
+    let db = MariaDb::start();
+    db.cli("create database shop; create table shop.accounts (id int primary key, balance int, note varchar(64)); insert into shop.accounts values (1, 100, 'one'), (2, 200, 'two')");
+    let rx = Receiver::start();
+    let agent = Agent::start(&["--all", "--exe", "mariadb", "--otlp-endpoint", &rx.http_endpoint()], Stdio::null());
+    let mut cli = Command::new("mariadb").args(db.client_args()).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let socket = db.socket().display().to_string();
+    let mut py = dbtel_tests::drivers::python()
+        .arg(dbtel_tests::drivers::program("mysqldb_app.py"))
+        .args([socket.as_str(), "shop"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut py_out = BufReader::new(py.stdout.take().unwrap());
+    let mut line = String::new();
+    py_out.read_line(&mut line).unwrap();
+    let py_pid: i64 = line.trim().parse().unwrap();
+    // Host-wide, a new program is looked at by the loader's hook and 0.1 s and 1 s after its exec (no hold).
+    std::thread::sleep(Duration::from_millis(1200));
+    writeln!(py.stdin.as_mut().unwrap(), "go").unwrap();
+    let mut stdin = cli.stdin.take().unwrap();
+    stdin.write_all(b"select 'host wide' as marker;\nselect count(*) from shop.accounts where id > 0;\n").unwrap();
+    drop(stdin);
+    assert!(cli.wait().unwrap().success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut py_out, &mut rest).unwrap();
+    assert!(py.wait().unwrap().success() && rest.contains("done"), "{rest}");
+    std::thread::sleep(Duration::from_millis(800));
+    let run = agent.interrupt();
+    assert!(run.status.success(), "{run:?}");
+
+    let spans = rx.spans();
+    let cli_pid = cli.id() as i64;
+    let of_cli: Vec<&Span> = spans.iter().filter(|s| s.resource_int("process.pid") == Some(cli_pid)).collect();
+    let texts: Vec<&str> = of_cli.iter().map(|s| s.text()).collect();
+    assert_eq!(texts, ["select ? as marker", "select count(*) from shop.accounts where id > ?"], "{spans:?}");
+    let conn = of_cli[0].int("db.mysql.connection_id").expect("db.mysql.connection_id") as u64;
+    let logged: Vec<String> = logged_statements(&db.general_log(), conn).into_iter().map(|e| e.text).collect();
+    assert_eq!(logged, ["select 'host wide' as marker", "select count(*) from shop.accounts where id > 0"]);
+    assert!(of_cli.iter().all(|s| s.kind == CLIENT && s.str("db.system.name") == Some("mariadb")));
+    assert_eq!(of_cli[1].int("db.response.returned_rows"), Some(1));
+    assert_eq!(spans.iter().filter(|s| s.resource_int("process.pid") == Some(py_pid)).count(), 0, "python is not chosen");
+}

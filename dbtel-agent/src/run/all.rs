@@ -48,7 +48,7 @@ impl Agent {
     /// Kind of a process's executable, judged once per file.
     fn judge_exe(&mut self, pid: u32) -> FileKind {
         let Some(id) = crate::host::process::file_id(&hostwide::exe_host_path(pid)) else { return FileKind::Neither };
-        if let Some(k) = self.host().files.get(&id) {
+        if let Some(k) = self.host().exes.get(&id) {
             return *k;
         }
         // Only the kind is kept here: the server's probe sites are read again when it is traced.
@@ -67,7 +67,7 @@ impl Agent {
                 FileKind::Neither
             }
         };
-        self.host().judged(id, kind);
+        self.host().judged_exe(id, kind);
         kind
     }
 
@@ -116,7 +116,7 @@ impl Agent {
         let kind = match self.claim(pid, path, host_path) {
             Ok(Some(t)) => match self.trace_found(&t) {
                 Ok(n) => {
-                    self.host().judged(id, FileKind::Libpq);
+                    self.host().judged(id, FileKind::Client);
                     return Some(format!("{n} probes on {path} (all processes)"));
                 }
                 Err(e) => {

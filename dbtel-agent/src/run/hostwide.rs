@@ -32,11 +32,14 @@ const FILE_MEMORY: usize = 65_536;
 /// (a static program, a loader without the hook).
 const RESCAN_AT: [Duration; 3] = [Duration::from_millis(100), Duration::from_secs(1), Duration::from_secs(4)];
 
-/// What a file turned out to be.
+/// What a file turned out to be. A program is judged twice, apart: as a
+/// server executable (judge_exe) and as a file a client library may be in
+/// (probe_file: the `mariadb` CLI has Connector/C linked in).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
     Server,
-    Libpq,
+    /// A client library of some engine (or a program with one linked in).
+    Client,
     /// A dynamic loader whose hook reports library loads.
     Loader,
     Neither,
@@ -48,7 +51,10 @@ pub struct HostWide {
     /// cgroup ids resolved to paths (each a walk of the hierarchy, so kept).
     cgroups: HashMap<u64, Option<String>>,
     exec_order: VecDeque<u32>,
+    /// Mapped files judged as client libraries or loaders.
     pub files: HashMap<(u64, u64), FileKind>,
+    /// Executables judged as servers (Server) or not (Neither).
+    pub exes: HashMap<(u64, u64), FileKind>,
     /// Client processes the selectors left out (the kernel knows too).
     pub excluded: HashSet<u32>,
     /// Recently exec'd processes and how many of their rescans are done.
@@ -67,6 +73,7 @@ impl HostWide {
             cgroups: HashMap::new(),
             exec_order: VecDeque::new(),
             files: HashMap::new(),
+            exes: HashMap::new(),
             excluded: HashSet::new(),
             young: Vec::new(),
             pending_servers: Vec::new(),
@@ -125,14 +132,23 @@ impl HostWide {
         self.conn_selected.retain(|(p, _), _| *p != pid);
     }
 
-    /// Records a judgement on a file, keeping the memory bounded.
+    /// Records a judgement on a mapped file, keeping the memory bounded.
     pub fn judged(&mut self, id: (u64, u64), kind: FileKind) {
-        if self.files.len() >= FILE_MEMORY {
-            // Forget what is cheap to learn again (not libpq or a server).
-            self.files.retain(|_, k| *k != FileKind::Neither);
-        }
-        self.files.insert(id, kind);
+        remember(&mut self.files, id, kind);
     }
+
+    /// Records whether an executable is a server, keeping the memory bounded.
+    pub fn judged_exe(&mut self, id: (u64, u64), kind: FileKind) {
+        remember(&mut self.exes, id, kind);
+    }
+}
+
+fn remember(m: &mut HashMap<(u64, u64), FileKind>, id: (u64, u64), kind: FileKind) {
+    if m.len() >= FILE_MEMORY {
+        // Forget what is cheap to learn again (neither a client library nor a server).
+        m.retain(|_, k| *k != FileKind::Neither);
+    }
+    m.insert(id, kind);
 }
 
 /// Every process on the host but the agent, by PID.
@@ -184,7 +200,7 @@ pub fn postmasters(pids: &[u32], mut is_server_exe: impl FnMut(u32) -> bool) -> 
     out
 }
 
-/// libpq files in a process's mappings not yet judged.
+/// Files in a process's mappings not yet judged as client libraries.
 pub fn new_mappings(host: &HostWide, pid: u32) -> Vec<(String, PathBuf, (u64, u64))> {
     let Ok(paths) = crate::host::process::executable_mappings(pid) else { return Vec::new() };
     paths
@@ -253,11 +269,11 @@ mod tests {
     #[test]
     fn file_memory_is_bounded() {
         let mut h = HostWide::new(Selectors::default());
-        h.judged((0, 0), FileKind::Libpq);
+        h.judged((0, 0), FileKind::Client);
         for i in 1..=FILE_MEMORY as u64 {
             h.judged((0, i), FileKind::Neither);
         }
         assert!(h.files.len() <= FILE_MEMORY);
-        assert_eq!(h.files.get(&(0, 0)), Some(&FileKind::Libpq));
+        assert_eq!(h.files.get(&(0, 0)), Some(&FileKind::Client));
     }
 }
