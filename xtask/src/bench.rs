@@ -216,6 +216,13 @@ fn run_agent(
         (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
     };
     let mut run = parse_pgbench(&stdout)?;
+    read_report(&mut run, &stderr)?;
+    run.spans_matching = rx.names_since(before).iter().filter(|n| script.statements.contains(&n.as_str())).count() as u64;
+    Ok((run, stderr))
+}
+
+/// The agent's exit report: drops, CPU, RSS.
+fn read_report(run: &mut Run, stderr: &str) -> Result<()> {
     let summary = stderr.lines().find(|l| l.contains("spans exported")).context("no agent summary")?;
     run.drops = Drops {
         export_failed: number_before(summary, "failed to export"),
@@ -225,10 +232,23 @@ fn run_agent(
         unmatched: number_before(summary, "unmatched results"),
         incomplete: number_before(summary, "queries incomplete"),
     };
-    run.agent_cpu_s = number_after(&stderr, "agent cpu").unwrap_or(f64::NAN);
-    run.agent_rss_mib = number_after(&stderr, "max rss").unwrap_or(f64::NAN);
-    run.spans_matching = rx.names_since(before).iter().filter(|n| script.statements.contains(&n.as_str())).count() as u64;
-    Ok((run, stderr))
+    run.agent_cpu_s = number_after(stderr, "agent cpu").unwrap_or(f64::NAN);
+    run.agent_rss_mib = number_after(stderr, "max rss").unwrap_or(f64::NAN);
+    Ok(())
+}
+
+/// Probe hits and eBPF nanoseconds, summed over programs, from --probe-stats's line.
+fn probe_hits(stderr: &str) -> Result<(f64, f64)> {
+    let line = stderr.lines().find(|l| l.starts_with("dbtel: probe hits:")).context("no probe hits line")?;
+    let (mut hits, mut ns) = (0f64, 0f64);
+    for part in line.trim_start_matches("dbtel: probe hits:").split(") ") {
+        let Some((name_n, each)) = part.split_once(" (") else { continue };
+        let n: f64 = name_n.rsplit('=').next().unwrap_or("0").trim().parse().unwrap_or(0.0);
+        let each: f64 = each.trim_end_matches(')').trim_end_matches(" ns each").parse().unwrap_or(0.0);
+        hits += n;
+        ns += n * each;
+    }
+    Ok((hits, ns))
 }
 
 struct Row {
@@ -256,15 +276,7 @@ struct Row {
 /// little cost per hit, so it stays out of the timed runs).
 fn traps(agent: &Path, pg: &Cluster, rx: &Receiver, script: &Script, mode: &str, o: &Options, target: Target) -> Result<(f64, f64)> {
     let (run, stderr) = run_agent(agent, pg, rx, script, mode, o, target, &["--probe-stats"], &["-t".into(), "2000".into()])?;
-    let line = stderr.lines().find(|l| l.starts_with("dbtel: probe hits:")).context("no probe hits line")?;
-    let (mut hits, mut ns) = (0f64, 0f64);
-    for part in line.trim_start_matches("dbtel: probe hits:").split(") ") {
-        let Some((name_n, each)) = part.split_once(" (") else { continue };
-        let n: f64 = name_n.rsplit('=').next().unwrap_or("0").trim().parse().unwrap_or(0.0);
-        let each: f64 = each.trim_end_matches(')').trim_end_matches(" ns each").parse().unwrap_or(0.0);
-        hits += n;
-        ns += n * each;
-    }
+    let (hits, ns) = probe_hits(&stderr)?;
     let queries = (run.txns as usize * script.statements.len()) as f64;
     Ok((hits / queries, ns / queries))
 }

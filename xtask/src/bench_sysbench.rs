@@ -9,7 +9,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use dbtel_tests::{MariaDb, Receiver};
 
-use super::{median, number_after, number_before, Drops, Options, Row, Run};
+use super::{median, number_after, probe_hits, read_report, Drops, Options, Row, Run};
 
 /// (script, sysbench's name): point selects only; the OLTP read/write mix.
 pub(super) const SCRIPTS: &[&str] = &["oltp_point_select", "oltp_read_write"];
@@ -62,17 +62,7 @@ fn run_on(agent: &Path, db: &MariaDb, rx: &Receiver, script: &str, mode: &str, o
         bail!("agent run failed: {stderr}");
     }
     let (mut r, queries) = parse(&String::from_utf8_lossy(&out.stdout))?;
-    let summary = stderr.lines().find(|l| l.contains("spans exported")).context("no agent summary")?;
-    r.drops = Drops {
-        export_failed: number_before(summary, "failed to export"),
-        export_queue: number_before(summary, "lost in the export queue"),
-        ring_buffer: number_before(summary, "lost in the ring buffer"),
-        undecodable: number_before(summary, "undecodable"),
-        unmatched: number_before(summary, "unmatched results"),
-        incomplete: number_before(summary, "queries incomplete"),
-    };
-    r.agent_cpu_s = number_after(&stderr, "agent cpu").unwrap_or(f64::NAN);
-    r.agent_rss_mib = number_after(&stderr, "max rss").unwrap_or(f64::NAN);
+    read_report(&mut r, &stderr)?;
     // Statement spans: not the transactions, not the prepares done at each thread's start.
     r.spans_matching = rx.names_since(before).iter().filter(|n| *n != "transaction" && !n.starts_with("PREPARE")).count() as u64;
     Ok((r, queries, stderr))
@@ -81,15 +71,7 @@ fn run_on(agent: &Path, db: &MariaDb, rx: &Receiver, script: &str, mode: &str, o
 /// Probe hits and eBPF time per query from a counted run (--probe-stats).
 fn traps(agent: &Path, db: &MariaDb, rx: &Receiver, script: &str, mode: &str, o: &Options) -> Result<(f64, f64)> {
     let (_, queries, stderr) = run_on(agent, db, rx, script, mode, o, &["--probe-stats"], &["--events=2000", "--time=0", "run"])?;
-    let line = stderr.lines().find(|l| l.starts_with("dbtel: probe hits:")).context("no probe hits line")?;
-    let (mut hits, mut ns) = (0f64, 0f64);
-    for part in line.trim_start_matches("dbtel: probe hits:").split(") ") {
-        let Some((name_n, each)) = part.split_once(" (") else { continue };
-        let n: f64 = name_n.rsplit('=').next().unwrap_or("0").trim().parse().unwrap_or(0.0);
-        let each: f64 = each.trim_end_matches(')').trim_end_matches(" ns each").parse().unwrap_or(0.0);
-        hits += n;
-        ns += n * each;
-    }
+    let (hits, ns) = probe_hits(&stderr)?;
     Ok((hits / queries as f64, ns / queries as f64))
 }
 

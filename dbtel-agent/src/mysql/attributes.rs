@@ -224,8 +224,7 @@ pub fn describe(q: &QuerySpan) -> Described {
                 End::ConnectionEvicted => "connection_evicted",
                 _ => "superseded",
             };
-            a.push(KeyValue::new("error.type", format!("dbtel.{why}")));
-            error = Some(format!("query did not complete: {}", why.replace('_', " ")));
+            error = Some(crate::pipeline::dbspan::cut_short(why, &mut a));
         }
     }
     if name.is_empty() {

@@ -59,6 +59,14 @@ pub struct DbSpan {
     typed: Typed,
 }
 
+/// A statement the span could not see finish (`why`: `connection_closed`,
+/// `process_exited`, …): its `error.type` is `dbtel.<why>`; returns the
+/// status message.
+pub fn cut_short(why: &str, a: &mut Vec<KeyValue>) -> String {
+    a.push(KeyValue::new("error.type", format!("dbtel.{why}")));
+    format!("query did not complete: {}", why.replace('_', " "))
+}
+
 impl DbSpan {
     /// A span from its describer's output; where its typed facts are is
     /// read off the attributes once here.

@@ -156,8 +156,7 @@ pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Describe
                 End::Refused => "refused",
                 _ => "superseded",
             };
-            a.push(KeyValue::new("error.type", format!("dbtel.{why}")));
-            error = Some(format!("query did not complete: {}", why.replace('_', " ")));
+            error = Some(crate::pipeline::dbspan::cut_short(why, &mut a));
         }
     }
     if name.is_empty() {
