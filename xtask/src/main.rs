@@ -30,7 +30,7 @@ enum Task {
     Setup,
     /// Start a throwaway PostgreSQL and two psql sessions, one blocking the other, and trace them on the console as trees.
     Demo,
-    /// Measure what tracing costs pgbench (A/A, then interleaved A/B pairs); writes target/bench/results.{md,json}.
+    /// Measure what tracing costs pgbench and sysbench (A/A, then interleaved A/B pairs); writes target/bench/results.{md,json}.
     Bench {
         /// Seconds per pgbench run.
         #[arg(long, default_value_t = 10)]
@@ -47,10 +47,10 @@ enum Task {
         /// Seconds of the 10k queries/s soak with the agent on (0: skip).
         #[arg(long, default_value_t = 60)]
         soak_seconds: u32,
-        /// Only this pgbench script (select-only, tpcb-like; repeatable).
+        /// Only this script (pgbench: select-only, tpcb-like; sysbench: oltp_point_select, oltp_read_write; repeatable).
         #[arg(long = "script")]
         scripts: Vec<String>,
-        /// Only this protocol mode (simple, extended, prepared; repeatable).
+        /// Only this protocol mode (simple, extended, prepared; sysbench: simple, prepared; repeatable).
         #[arg(long = "mode")]
         modes: Vec<String>,
         /// Only this configuration: agent on the client, the server, or both (repeatable).
