@@ -77,7 +77,7 @@ fn privilege_hint() -> &'static str {
 }
 
 const PROGRAMS: &[&str] = &[
-    "pq_query", "pq_result", "pq_getresult", "pq_getresult_ret", "pq_pipeline", "pq_pipeline_ret", "pq_finish", "pg_server", "dl_state",
+    "pq_query", "pq_result", "pq_getresult", "pq_getresult_ret", "pq_pipeline", "pq_pipeline_ret", "pq_finish", "server_site", "server_site_ret", "dl_state",
     "my_call", "my_return",
 ];
 const TRACEPOINTS: &[(&str, &str)] = &[("server_fork", "sched_process_fork"), ("proc_exit", "sched_process_exit")];
@@ -332,7 +332,7 @@ impl Probes {
                 specs.set(first + i as u32, s.spec, 0)?;
             }
             for (i, s) in t.sites.iter().enumerate() {
-                let p: &mut UProbe = self.ebpf.program_mut("pg_server").expect("loaded").try_into().expect("uprobe");
+                let p: &mut UProbe = self.ebpf.program_mut("server_site").expect("loaded").try_into().expect("uprobe");
                 let point = UProbeAttachPoint { location: s.offset.into(), cookie: Some((first + i as u32) as u64) };
                 p.attach(point, &t.host_path, UProbeScope::AllProcesses).map_err(|error| AttachError::Attach {
                     pid: t.postmaster,

@@ -72,6 +72,9 @@ pub enum Kind {
     MyReturn = 12,
     /// A MySQL connection first seen, or its database or connection id changed ([`MyConnEvent`]).
     MyConn = 13,
+    /// A MySQL/MariaDB server probe fired ([`ServerEvent`]); `Header::func`
+    /// says which ([`mysite`]), `Header::conn` holds the server's PID.
+    MyServer = 14,
 }
 
 impl Kind {
@@ -91,6 +94,7 @@ impl Kind {
             11 => MyCall,
             12 => MyReturn,
             13 => MyConn,
+            14 => MyServer,
             _ => return None,
         })
     }
@@ -99,7 +103,7 @@ impl Kind {
         use Kind::*;
         match self {
             Query | Result | Conn | Finish | Server | Pipeline => Engine::Postgres,
-            MyCall | MyReturn | MyConn => Engine::Mysql,
+            MyCall | MyReturn | MyConn | MyServer => Engine::Mysql,
             ServerExit | Exec | ClientExit | Loaded => Engine::Host,
         }
     }
@@ -383,6 +387,31 @@ pub mod site {
     pub const COMMAND_DONE: u32 = 24;
 }
 
+/// MySQL/MariaDB server probe points, in [`Header::func`] of [`Kind::MyServer`] records.
+pub mod mysite {
+    /// dispatch_command(cmd, THD*, packet, length): a client command begins.
+    pub const COMMAND: u32 = 1;
+    /// dispatch_command returned (a return probe: only the thread is known).
+    pub const COMMAND_DONE: u32 = 2;
+    /// mysql_execute_command(THD*, ...): one statement of the command begins.
+    pub const STATEMENT: u32 = 3;
+    /// my_message_sql(errno, text, flags): an error or note for the client.
+    pub const ERROR: u32 = 4;
+    /// thd_wait_begin(THD*, type) for a lock type: a lock wait begins.
+    pub const WAIT_BEGIN: u32 = 5;
+    /// thd_wait_end(THD*): the wait ended (sent only after a WAIT_BEGIN on that thread).
+    pub const WAIT_END: u32 = 6;
+    /// A statement's end status (affected rows, server status), where it is sent.
+    pub const STATEMENT_DONE: u32 = 7;
+}
+
+/// [`SiteSpec::pair`] values.
+pub mod pair {
+    pub const NONE: u32 = 0;
+    pub const OPENS: u32 = 1;
+    pub const CLOSES: u32 = 2;
+}
+
 pub const USDT_MAX_ARGS: usize = 6;
 /// Probe sites (one spec each) the agent can describe to the kernel side.
 pub const MAX_SITES: u32 = 512;
@@ -412,8 +441,13 @@ pub struct ArgSpec {
     pub index_off: u16,
     /// %ah-style register: the value is bits 8..16.
     pub high_byte: u8,
-    pub _pad: [u8; 7],
+    /// MEMORY only: that many more loads, each of 8 bytes at the last
+    /// value + `hops_at[i]`, before the final one of `size` bytes
+    /// (`thd->stmt_da->errno`: a field of a struct a field points to).
+    pub hops: u8,
+    pub _pad: [u8; 6],
     pub value: i64,
+    pub hops_at: [i32; 2],
 }
 
 pub const NO_INDEX: u16 = 0xffff;
@@ -421,8 +455,18 @@ pub const NO_INDEX: u16 = 0xffff;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SiteSpec {
-    /// [`site`] id.
+    /// [`site`] id (PostgreSQL) or [`mysite`] id (MySQL/MariaDB).
     pub probe: u32,
+    /// [`Engine`] whose record a hit makes ([`Kind::Server`] or [`Kind::MyServer`]).
+    pub engine: u32,
+    /// 0: the text is NUL-terminated; else the argument (index + 1) holding its length.
+    pub text_len_arg: u32,
+    /// 0: no filter; else only hits whose argument (index + 1) is below 64
+    /// with its bit set in `arg_mask` are sent (thd_wait_begin's wait type).
+    pub mask_arg: u32,
+    /// [`pair`]: a site that opens a pair on its thread, or one sent only
+    /// to close a pair opened there (thd_wait_end after a lock's thd_wait_begin).
+    pub pair: u32,
     /// 0: no text; else the argument (index + 1) that points at a C string to copy.
     pub text_arg: u32,
     /// Non-zero: a text is reported once per process until a NULL comes
@@ -434,6 +478,7 @@ pub struct SiteSpec {
     /// Non-zero: report only hits whose first argument (signed) is at least
     /// this (errstart's level: ERROR and worse).
     pub min_arg0: u32,
+    pub arg_mask: u64,
     pub args: [ArgSpec; USDT_MAX_ARGS],
 }
 
@@ -623,8 +668,8 @@ const _: () = assert!(core::mem::size_of::<Header>() == 32);
 const _: () = assert!(core::mem::size_of::<LibpqLayout>() == 64);
 const _: () = assert!(core::mem::size_of::<QueryEvent>() == QueryEvent::TEXT_OFFSET + TEXT_CAP);
 const _: () = assert!(core::mem::size_of::<ResultEvent>() == 32 + 16 + CMD_STATUS_CAP + 8);
-const _: () = assert!(core::mem::size_of::<ArgSpec>() == 24);
-const _: () = assert!(core::mem::size_of::<SiteSpec>() == 16 + 24 * USDT_MAX_ARGS);
+const _: () = assert!(core::mem::size_of::<ArgSpec>() == 32);
+const _: () = assert!(core::mem::size_of::<SiteSpec>() == 40 + 32 * USDT_MAX_ARGS);
 const _: () = assert!(core::mem::size_of::<ServerEvent>() == ServerEvent::TEXT_OFFSET + TEXT_CAP);
 const _: () = assert!(core::mem::size_of::<PipelineEvent>() == 32 + 8);
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 32 + 8 + DB_CAP + HOST_CAP + PORT_CAP);

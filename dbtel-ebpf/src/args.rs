@@ -26,6 +26,13 @@ pub(crate) fn read_arg(regs: u64, a: &ArgSpec) -> u64 {
             if a.index_off != NO_INDEX {
                 addr = addr.wrapping_add(reg(regs, a.index_off).wrapping_mul(a.scale as u64));
             }
+            // Pointers followed first (a field of a struct a field points to).
+            if a.hops >= 1 {
+                addr = read::<u64>(addr).unwrap_or(0).wrapping_add(a.hops_at[0] as i64 as u64);
+            }
+            if a.hops >= 2 {
+                addr = read::<u64>(addr).unwrap_or(0).wrapping_add(a.hops_at[1] as i64 as u64);
+            }
             match a.size {
                 1 => read::<u8>(addr).unwrap_or(0) as u64,
                 2 => read::<u16>(addr).unwrap_or(0) as u64,

@@ -1,6 +1,6 @@
 //! Kernel side: uprobes on libpq (libpq.rs) and the MySQL client library
 //! (mysql.rs), USDT probes / uprobes on the
-//! PostgreSQL server (pg_server.rs), process lifecycle tracepoints
+//! database servers (server.rs), process lifecycle tracepoints
 //! (process.rs), the dynamic loader's hook (loader.rs). Copies raw facts
 //! (pointers, bounded strings, argument values, timestamps) into one ring
 //! buffer; userspace interprets them. Here: what they share.
@@ -29,7 +29,7 @@ mod libpq;
 mod loader;
 mod mysql;
 mod text;
-mod pg_server;
+mod server;
 mod process;
 
 use args::reg;

@@ -1,7 +1,7 @@
 //! Processes: forks of traced servers, exits, and (with --all) execs.
 
 use super::*;
-use crate::pg_server::LAST_TEXT;
+use crate::server::LAST_TEXT;
 
 /// Field offsets in the sched_process_fork tracepoint record (read by the
 /// agent from tracefs: they changed between kernel versions).

@@ -133,7 +133,7 @@ impl FnArg {
 /// elog.h's ERROR.
 const ERROR_LEVEL: u32 = 21;
 
-/// One place to attach `pg_server`, with the spec the kernel side follows.
+/// One place to attach `server_site`, with the spec the kernel side follows.
 #[derive(Debug, Clone)]
 pub struct Site {
     pub name: &'static str,

@@ -1,9 +1,11 @@
-//! The PostgreSQL server: one program for every probe site (USDT notes and
-//! function entries), each described by its SiteSpec.
+//! Database servers (PostgreSQL, MariaDB): one program for every probe site
+//! (USDT notes, function entries, and with server_site_ret function
+//! returns), each described by its SiteSpec; the spec names the engine
+//! whose record a hit makes. Only processes in SERVER_PIDS emit.
 
 use super::*;
 use crate::args::read_arg;
-use dbtel_common::{ServerEvent, SiteSpec, MAX_SITES, USDT_MAX_ARGS};
+use dbtel_common::{pair, ServerEvent, SiteSpec, MAX_SITES, USDT_MAX_ARGS};
 
 /// Per attach cookie: which probe it is and where its arguments are.
 #[map]
@@ -14,58 +16,96 @@ static SITES: Array<SiteSpec> = Array::with_max_entries(MAX_SITES, 0);
 pub(crate) static LAST_TEXT: LruHashMap<u32, [u64; 4]> = LruHashMap::with_max_entries(16384, 0);
 #[map]
 static SERVER_SCRATCH: PerCpuArray<ServerEvent> = PerCpuArray::with_max_entries(1, 0);
+/// Threads with a pair open (a lock's thd_wait_begin sent, its thd_wait_end not yet).
+#[map]
+static PAIRS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
+
 /// Every server probe (USDT site or function entry): reads up to six
 /// arguments as the site's spec says, and one string if it names one.
 #[uprobe]
-pub fn pg_server(ctx: ProbeContext) -> u32 {
+pub fn server_site(ctx: ProbeContext) -> u32 {
+    let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    site_hit(ctx.as_ptr() as u64, c)
+}
+
+/// A site at a function's return: its spec reads the return register.
+#[uretprobe]
+pub fn server_site_ret(ctx: RetProbeContext) -> u32 {
+    let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    site_hit(ctx.as_ptr() as u64, c)
+}
+
+#[inline(always)]
+fn site_hit(regs: u64, c: u32) -> u32 {
     if probes_only() {
         return 0;
     }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(postmaster) = (unsafe { SERVER_PIDS.get(&tgid) }).copied() else { return 0 };
-    let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(owner) = (unsafe { SERVER_PIDS.get(&tgid) }).copied() else { return 0 };
     let Some(spec) = SITES.get(c) else { return 0 };
     let Some(ev) = SERVER_SCRATCH.get_ptr_mut(0) else { return 0 };
     let ev = unsafe { &mut *ev };
-    ev.hdr = header(Kind::Server, spec.probe, postmaster as u64);
-    let regs = ctx.as_ptr() as u64;
+    let kind = if spec.engine == dbtel_common::Engine::Mysql as u32 { Kind::MyServer } else { Kind::Server };
+    ev.hdr = header(kind, spec.probe, owner as u64);
     for i in 0..USDT_MAX_ARGS {
         ev.args[i] = read_arg(regs, &spec.args[i]);
     }
     if spec.min_arg0 != 0 && (ev.args[0] as i64) < spec.min_arg0 as i64 {
         return 0;
     }
+    if spec.mask_arg != 0 {
+        let v = arg_at(&ev.args, spec.mask_arg);
+        if v >= 64 || (spec.arg_mask >> v) & 1 == 0 {
+            return 0;
+        }
+    }
+    let tid = pid_tgid as u32;
+    if spec.pair == pair::CLOSES {
+        if PAIRS.get_ptr(&tid).is_none() {
+            return 0;
+        }
+        let _ = PAIRS.remove(&tid);
+    }
     ev.text_len = 0;
     ev.flags = 0;
-    // A constant index per arm: the verifier cannot follow a bounds check on
-    // a value the compiler re-derives.
-    let p = match spec.text_arg {
-        1 => ev.args[0],
-        2 => ev.args[1],
-        3 => ev.args[2],
-        4 => ev.args[3],
-        5 => ev.args[4],
-        6 => ev.args[5],
-        _ => 0,
-    };
+    let p = arg_at(&ev.args, spec.text_arg);
     // A site without a text (p = 0) ends the repetition, as a NULL does.
     if spec.repeat_once != 0 && repeated(tgid, p) {
         return 0;
     }
-    {
-        if p != 0 {
-            ev.flags |= qflags::TEXT_PRESENT;
-            let (n, flags) = crate::text::copy(&mut ev.text, p, None);
-            ev.text_len = n;
-            ev.flags |= flags;
-        }
+    if p != 0 {
+        ev.flags |= qflags::TEXT_PRESENT;
+        let len = if spec.text_len_arg != 0 { Some(arg_at(&ev.args, spec.text_len_arg)) } else { None };
+        let (n, flags) = crate::text::copy(&mut ev.text, p, len);
+        ev.text_len = n;
+        ev.flags |= flags;
     }
     let len = ServerEvent::TEXT_OFFSET + ev.text_len as usize;
     let bytes: &[u8; core::mem::size_of::<ServerEvent>()] = unsafe { &*(ev as *const ServerEvent).cast() };
     if len <= bytes.len() && EVENTS.output::<[u8]>(&bytes[..len], wakeup_flags()).is_err() {
         bump(counter::RINGBUF_FULL);
+        return 0;
+    }
+    if spec.pair == pair::OPENS {
+        let _ = PAIRS.insert(&tid, &1, 0);
     }
     0
+}
+
+/// Argument `n` (index + 1; 0 or out of range: 0). A constant index per arm:
+/// the verifier cannot follow a bounds check on a value the compiler re-derives.
+#[inline(always)]
+fn arg_at(args: &[u64; USDT_MAX_ARGS], n: u32) -> u64 {
+    match n {
+        1 => args[0],
+        2 => args[1],
+        3 => args[2],
+        4 => args[3],
+        5 => args[4],
+        6 => args[5],
+        _ => 0,
+    }
 }
 
 /// True if `p`'s text begins as the last one this process reported (its
