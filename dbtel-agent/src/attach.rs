@@ -218,13 +218,16 @@ impl Probes {
             0 => UProbeScope::AllProcesses,
             pid => UProbeScope::OneProcess(NonZeroU32::new(pid).expect("pid is not 0")),
         };
-        let slot = match &plan.layout {
-            Layout::Libpq(l) => self.layout_index(l)?,
-            Layout::Mysql(l) => self.mysql_index(l)?,
+        // The layout's slot goes in the cookie's high half; a server's sites
+        // are stored from a base the cookie's low half is added to.
+        let (slot, base) = match &plan.layout {
+            Layout::Libpq(l) => (self.layout_index(l)?, 0),
+            Layout::Mysql(l) => (self.mysql_index(l)?, 0),
+            Layout::Sites(specs) => (0, self.store_sites(specs)?),
         };
         let mut placed: Vec<(&'static str, UProbeLinkId)> = Vec::new();
         for point in &plan.points {
-            let cookie = u64::from(point.cookie) | (u64::from(slot) << 32);
+            let cookie = u64::from(point.cookie + base) | (u64::from(slot) << 32);
             let p: &mut UProbe = self.ebpf.program_mut(point.program).expect("loaded").try_into().expect("uprobe");
             let at = UProbeAttachPoint { location: point.offset.into(), cookie: Some(cookie) };
             match p.attach(at, &plan.host_path, scope) {
@@ -244,7 +247,25 @@ impl Probes {
         if let Some((dev, ino)) = id {
             self.attached.insert((owner, dev, ino));
         }
+        if matches!(plan.layout, Layout::Sites(_)) {
+            // The site program emits for the processes in SERVER_PIDS only.
+            self.server_pids()?.insert(plan.pid, plan.pid, 0)?;
+        }
         Ok(n)
+    }
+
+    /// Stores probe site specs in the kernel's array; returns the first slot.
+    fn store_sites(&mut self, specs: &[SiteSpec]) -> Result<u32, AttachError> {
+        if self.sites + specs.len() as u32 > MAX_SITES {
+            return Err(AttachError::TooManySites);
+        }
+        let mut array: Array<_, SiteSpec> = Array::try_from(self.ebpf.map_mut("SITES").expect("SITES map"))?;
+        let first = self.sites;
+        for (i, s) in specs.iter().enumerate() {
+            array.set(first + i as u32, *s, 0)?;
+        }
+        self.sites += specs.len() as u32;
+        Ok(first)
     }
 
     /// True if this loader's hook is probed for this process (host-wide: for all).

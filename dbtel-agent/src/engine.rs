@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use dbtel_common::{LibpqLayout, MysqlOffsets};
+use dbtel_common::{LibpqLayout, MysqlOffsets, SiteSpec};
 
 use crate::{events::DecodeError, pipeline::dbspan::DbSpan};
 
@@ -28,10 +28,14 @@ pub struct Point {
 
 /// The struct offsets a library's probes read, stored once per distinct
 /// build in the engine's kernel-side array.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {
     Libpq(LibpqLayout),
     Mysql(MysqlOffsets),
+    /// A server's probe sites: each point's cookie is the index of its
+    /// spec here (the executor stores them in the kernel's site array), and
+    /// the process is one of those the site program emits for.
+    Sites(Vec<SiteSpec>),
 }
 
 /// A client library found in a process, and how to probe it: all of these

@@ -131,27 +131,26 @@ pub fn header(data: &[u8]) -> Result<(Header, Origin), DecodeError> {
     Ok((h, Origin { pid: h.pid, tid: h.tid, ts_ns: h.ts_ns, conn: h.conn }))
 }
 
+/// A server site's record (PostgreSQL's [`Kind::Server`], MySQL's [`Kind::MyServer`]).
+pub fn server_hit(h: &Header, at: Origin, data: &[u8]) -> Result<ServerHit, DecodeError> {
+    let fixed = ServerEvent::TEXT_OFFSET;
+    if data.len() < fixed {
+        return Err(DecodeError::Truncated { kind: h.kind, need: fixed, got: data.len() });
+    }
+    let word = |i: usize| u64::from_ne_bytes(data[32 + 8 * i..40 + 8 * i].try_into().unwrap());
+    let args = std::array::from_fn(word);
+    let text_len = u32::from_ne_bytes(data[fixed - 8..fixed - 4].try_into().unwrap()) as usize;
+    let flags = u32::from_ne_bytes(data[fixed - 4..fixed].try_into().unwrap());
+    let text_bytes = data.get(fixed..fixed + text_len).ok_or(DecodeError::Truncated { kind: h.kind, need: fixed + text_len, got: data.len() })?;
+    // No text: a NULL pointer (e.g. statement__status going idle) or unreadable.
+    let text = (flags & qflags::TEXT_PRESENT != 0 && flags & qflags::TEXT_FAULT == 0).then(|| cstr(text_bytes));
+    Ok(ServerHit { at, site: h.func, args, text, truncated: flags & qflags::TRUNCATED != 0 })
+}
+
 pub fn decode_record(data: &[u8]) -> Result<Record, DecodeError> {
     let (h, at) = header(data)?;
     match Kind::from_u16(h.kind) {
-        Some(Kind::Server) => {
-            let fixed = ServerEvent::TEXT_OFFSET;
-            if data.len() < fixed {
-                return Err(DecodeError::Truncated { kind: h.kind, need: fixed, got: data.len() });
-            }
-            let word = |i: usize| u64::from_ne_bytes(data[32 + 8 * i..40 + 8 * i].try_into().unwrap());
-            let args = std::array::from_fn(word);
-            let text_len = u32::from_ne_bytes(data[fixed - 8..fixed - 4].try_into().unwrap()) as usize;
-            let flags = u32::from_ne_bytes(data[fixed - 4..fixed].try_into().unwrap());
-            let text_bytes = data.get(fixed..fixed + text_len).ok_or(DecodeError::Truncated {
-                kind: h.kind,
-                need: fixed + text_len,
-                got: data.len(),
-            })?;
-            // No text: a NULL pointer (e.g. statement__status going idle) or unreadable.
-            let text = (flags & qflags::TEXT_PRESENT != 0 && flags & qflags::TEXT_FAULT == 0).then(|| cstr(text_bytes));
-            Ok(Record::Server(ServerHit { at, site: h.func, args, text, truncated: flags & qflags::TRUNCATED != 0 }))
-        }
+        Some(Kind::Server) => server_hit(&h, at, data).map(Record::Server),
         Some(Kind::ServerExit) => Ok(Record::ServerExit(at)),
         Some(Kind::ClientExit) => Ok(Record::ClientExit(at)),
         Some(Kind::Loaded) => Ok(Record::Loaded { at, held: h.func == dbtel_common::loader::HELD }),
@@ -308,7 +307,12 @@ pub mod encode {
     }
 
     pub fn server(at: Origin, site: u32, args: [u64; USDT_MAX_ARGS], text: Option<&str>) -> Vec<u8> {
-        let mut b = bytes_of(&header(Kind::Server, site, &at)).to_vec();
+        server_of(Kind::Server, at, site, args, text)
+    }
+
+    /// A server site's record of either engine ([`Kind::Server`] or [`Kind::MyServer`]).
+    pub fn server_of(kind: Kind, at: Origin, site: u32, args: [u64; USDT_MAX_ARGS], text: Option<&str>) -> Vec<u8> {
+        let mut b = bytes_of(&header(kind, site, &at)).to_vec();
         for a in args {
             b.extend_from_slice(&a.to_ne_bytes());
         }
@@ -380,11 +384,11 @@ mod tests {
 
     #[test]
     fn server_hits_round_trip() {
-        let b = encode::server(AT, dbtel_common::site::STATEMENT_STATUS, [0x55, 0, 0, 0, 0, 0], Some("select 1"));
+        let b = encode::server(AT, dbtel_common::site::STATEMENT_STATUS, [0x55, 0, 0, 0, 0, 0, 0, 0, 0, 0], Some("select 1"));
         assert_eq!(b.len(), ServerEvent::TEXT_OFFSET + 8);
-        let want = ServerHit { at: AT, site: 1, args: [0x55, 0, 0, 0, 0, 0], text: Some("select 1".into()), truncated: false };
+        let want = ServerHit { at: AT, site: 1, args: [0x55, 0, 0, 0, 0, 0, 0, 0, 0, 0], text: Some("select 1".into()), truncated: false };
         assert_eq!(decode_record(&b).unwrap(), Record::Server(want));
-        let Record::Server(idle) = decode_record(&encode::server(AT, 1, [0; 6], None)).unwrap() else { panic!() };
+        let Record::Server(idle) = decode_record(&encode::server(AT, 1, [0; USDT_MAX_ARGS], None)).unwrap() else { panic!() };
         assert_eq!(idle.text, None);
         assert_eq!(decode_record(&encode::server_exit(AT)).unwrap(), Record::ServerExit(AT));
         assert_eq!(decode_record(&encode::finish(AT)).unwrap(), Record::Client(Event::Finish { at: AT }));

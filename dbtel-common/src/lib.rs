@@ -412,7 +412,8 @@ pub mod pair {
     pub const CLOSES: u32 = 2;
 }
 
-pub const USDT_MAX_ARGS: usize = 6;
+/// Arguments a probe site reads (USDT notes have up to 12; PostgreSQL's use 6, MariaDB's end of statement 10).
+pub const USDT_MAX_ARGS: usize = 10;
 /// Probe sites (one spec each) the agent can describe to the kernel side.
 pub const MAX_SITES: u32 = 512;
 

@@ -104,6 +104,10 @@ fn arg_at(args: &[u64; USDT_MAX_ARGS], n: u32) -> u64 {
         4 => args[3],
         5 => args[4],
         6 => args[5],
+        7 => args[6],
+        8 => args[7],
+        9 => args[8],
+        10 => args[9],
         _ => 0,
     }
 }

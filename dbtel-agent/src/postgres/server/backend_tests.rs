@@ -21,6 +21,9 @@ impl Replay {
         Replay { t: Tracker::new(IdGen::seeded(1)), ts: 0, client: None, out: vec![], notices: vec![] }
     }
     fn hit(&mut self, site: u32, args: [u64; 6], text: Option<&str>) -> &mut Self {
+        let mut all = [0u64; dbtel_common::USDT_MAX_ARGS];
+        all[..6].copy_from_slice(&args);
+        let args = all;
         self.ts += 1_000_000;
         let hit = ServerHit { at: Origin { pid: PID, tid: PID, ts_ns: self.ts, conn: PM as u64 }, site, args, text: text.map(str::to_string), truncated: false };
         let c = self.client;
@@ -211,7 +214,7 @@ fn parallel_workers_echo_their_leader_and_are_not_statements() {
     let (mut t, mut out, mut notices) = (Tracker::new(IdGen::seeded(3)), vec![], vec![]);
     let mut hit = |t: &mut Tracker, pid: u32, ts: u64, text: Option<&str>| {
         let at = Origin { pid, tid: pid, ts_ns: ts, conn: PM as u64 };
-        let h = ServerHit { at, site: site::STATEMENT_STATUS, args: [text.is_some() as u64, 0, 0, 0, 0, 0], text: text.map(str::to_string), truncated: false };
+        let h = ServerHit { at, site: site::STATEMENT_STATUS, args: [text.is_some() as u64, 0, 0, 0, 0, 0, 0, 0, 0, 0], text: text.map(str::to_string), truncated: false };
         t.on_hit(&h, &|_| None, &mut out, &mut notices);
     };
     let q = "select count(*) from big";
@@ -433,7 +436,7 @@ fn a_statement_beginning_is_told_before_it_is_handled() {
     let hit = |site: u32, text: Option<&str>| ServerHit {
         at: Origin { pid: PID, tid: PID, ts_ns: 0, conn: PM as u64 },
         site,
-        args: [0; 6],
+        args: [0; dbtel_common::USDT_MAX_ARGS],
         text: text.map(str::to_string),
         truncated: false,
     };

@@ -29,7 +29,7 @@ pub struct LockTag {
 }
 
 impl LockTag {
-    pub(super) fn from_args(a: &[u64; 6]) -> Self {
+    pub(super) fn from_args(a: &[u64; dbtel_common::USDT_MAX_ARGS]) -> Self {
         LockTag {
             field1: a[0] as u32,
             field2: a[1] as u32,
