@@ -50,7 +50,7 @@ pub enum Use {
     Read,
     /// Its address taken (`lea`): an embedded array, e.g. a `char sqlstate[6]`.
     Address,
-    /// Written.
+    /// Written, or updated in place (`add`, `or`, ...).
     Write,
 }
 
@@ -162,6 +162,8 @@ fn access(ins: &Instruction, held: &[(Register, Option<u32>)], after_call: bool)
     let use_ = match ins.mnemonic() {
         Mnemonic::Lea => Use::Address,
         Mnemonic::Mov if mem == 0 => Use::Write,
+        // Updated in place (`add [thd + 0x2818], rsi`, `or dword [thd + 0x3f34], 0x20`).
+        Mnemonic::Add | Mnemonic::Sub | Mnemonic::Or | Mnemonic::And | Mnemonic::Xor | Mnemonic::Inc | Mnemonic::Dec if mem == 0 => Use::Write,
         Mnemonic::Mov | Mnemonic::Movzx | Mnemonic::Movsx | Mnemonic::Movsxd | Mnemonic::Test | Mnemonic::Cmp => Use::Read,
         _ => return None,
     };

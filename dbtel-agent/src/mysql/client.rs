@@ -31,6 +31,10 @@ impl Engine for Client {
     }
 
     fn claim(&self, pid: u32, path: &str, host: &Path) -> Result<Option<Plan>, ClaimError> {
+        // A server (mariadbd) first: it defines no client library.
+        if let Some(plan) = super::server::target::claim(pid, path, host)? {
+            return Ok(Some(plan));
+        }
         discover::claim(pid, path, host)
     }
 

@@ -12,6 +12,7 @@ pub mod discover;
 pub mod layout;
 pub mod reconstruct;
 pub mod records;
+pub mod server;
 pub mod statements;
 pub mod symbols;
 

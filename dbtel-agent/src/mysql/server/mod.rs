@@ -1,0 +1,2 @@
+//! The MariaDB server side.
+pub mod target;
