@@ -1,0 +1,212 @@
+//! The MariaDB server traced by PID: a SERVER span for every statement of
+//! every client (the CLI, PyMySQL: no client library), checked against the
+//! general log; joined to the client's spans when the client is traced too;
+//! row, table and metadata lock waits under the statement that waited, with
+//! their outcome; a second server on the host left alone.
+
+use std::{process::Stdio, time::Duration};
+
+use dbtel_tests::{
+    drivers,
+    mysql_spans::{dump, logged_statements},
+    require_root, run_agent, Agent, MariaDb, Receiver, Span,
+};
+
+const SERVER: i32 = 2;
+
+fn prepare(db: &MariaDb) {
+    db.cli("create database shop; create table shop.t (id int primary key, v int); insert into shop.t values (1, 0), (2, 0)");
+}
+
+/// The agent on `db`'s server, started before the clients.
+fn trace_server(db: &MariaDb, rx: &Receiver) -> Agent {
+    let pid = db.pid().to_string();
+    let mut agent = Agent::start(&["--pid", &pid, "--otlp-endpoint", &rx.http_endpoint()], Stdio::null());
+    agent.wait_for_text(&format!("pid {pid} (mariadbd)"), Duration::from_secs(10));
+    agent
+}
+
+/// Runs pymysql_locks.py SCENARIO; returns (connection ids by name, errors by name).
+fn locks(db: &MariaDb, scenario: &str) -> (Vec<(String, u64)>, Vec<(String, String)>) {
+    let socket = db.socket().display().to_string();
+    let out = drivers::python().arg(drivers::program("pymysql_locks.py")).args([socket.as_str(), "shop", scenario]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && stdout.contains("done"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let mut conns = Vec::new();
+    let mut errors = Vec::new();
+    for l in stdout.lines() {
+        match l.split(' ').collect::<Vec<_>>()[..] {
+            ["conn", name, id] => conns.push((name.to_string(), id.parse().unwrap())),
+            ["error", name, errno] => errors.push((name.to_string(), errno.to_string())),
+            _ => {}
+        }
+    }
+    (conns, errors)
+}
+
+fn server_statements(spans: &[Span], conn: u64) -> Vec<&Span> {
+    let mut v: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.kind == SERVER && s.int("db.mysql.connection_id") == Some(conn as i64) && s.name != "transaction" && !s.name.starts_with("lock wait"))
+        .collect();
+    v.sort_by_key(|s| s.start_ns);
+    v
+}
+
+fn waits_under<'a>(spans: &'a [Span], parent: &Span) -> Vec<&'a Span> {
+    spans.iter().filter(|s| s.name.starts_with("lock wait") && s.parent_span_id == parent.span_id).collect()
+}
+
+fn conn_of(conns: &[(String, u64)], name: &str) -> u64 {
+    conns.iter().find(|(n, _)| n == name).unwrap().1
+}
+
+#[test]
+fn every_statement_of_every_client_is_a_server_span() {
+    require_root();
+    let db = MariaDb::start();
+    prepare(&db);
+    let rx = Receiver::start();
+    let agent = trace_server(&db, &rx);
+    // The CLI (its client side not traced here) and PyMySQL.
+    let cli = db.cli("use shop;\nselect v from t where id = 1;\nupdate t set v = 5 where id = 2;\nselect * from missing;\n");
+    assert!(cli.contains('0'), "{cli}");
+    let (conns, errors) = locks(&db, "row");
+    assert!(errors.is_empty(), "{errors:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let run = agent.interrupt();
+    assert!(run.status.success(), "{run:?}");
+    assert!(run.summary().contains("0 lost in the ring buffer, 0 undecodable"), "{}", run.summary());
+    let spans = rx.spans();
+    let log = db.general_log();
+    let mut checked = 0;
+    for conn in log.iter().filter(|e| e.command == "Connect").map(|e| e.connection) {
+        let logged = logged_statements(&log, conn);
+        let got = server_statements(&spans, conn);
+        let texts: Vec<&str> = got.iter().map(|s| s.text()).collect();
+        let want: Vec<String> = logged.iter().map(|e| dbtel_tests::expected_mysql_text(&e.text)).collect();
+        assert_eq!(texts, want, "connection {conn}\n{}", dump(&got));
+        for s in &got {
+            assert_eq!(s.str("db.system.name"), Some("mariadb"));
+            assert_eq!(s.resource_int("process.pid"), Some(db.pid() as i64));
+        }
+        checked += got.len();
+    }
+    assert!(checked >= 9, "{checked} statements checked");
+    // The failing statement: the server's own error number.
+    let missing = spans.iter().find(|s| s.kind == SERVER && s.text() == "select * from missing").expect("the failing statement");
+    assert_eq!((missing.status_code, missing.str("db.response.status_code"), missing.str("error.type")), (2, Some("1146"), Some("1146")));
+    // A's block: BEGIN, UPDATE, COMMIT in one server transaction.
+    let a = conn_of(&conns, "A");
+    let txns: Vec<&Span> = spans.iter().filter(|s| s.kind == SERVER && s.name == "transaction" && s.int("db.mysql.connection_id") == Some(a as i64)).collect();
+    assert_eq!(txns.len(), 1, "{}", dump(&spans.iter().collect::<Vec<_>>()));
+    assert_eq!(txns[0].str("db.transaction.outcome"), Some("committed"));
+}
+
+#[test]
+fn a_row_lock_wait_is_a_child_of_the_statement_that_waited() {
+    require_root();
+    let db = MariaDb::start();
+    prepare(&db);
+    let rx = Receiver::start();
+    let agent = trace_server(&db, &rx);
+    let (conns, _) = locks(&db, "row");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(agent.interrupt().status.success());
+    let spans = rx.spans();
+    let b = conn_of(&conns, "B");
+    let update = server_statements(&spans, b).into_iter().find(|s| s.text().starts_with("update t")).expect("B's update");
+    let waits = waits_under(&spans, update);
+    assert_eq!(waits.len(), 1, "{}", dump(&spans.iter().collect::<Vec<_>>()));
+    let w = waits[0];
+    assert_eq!(w.str("db.mysql.lock.type"), Some("row"));
+    assert_eq!(w.str("db.mysql.lock.outcome"), Some("granted"));
+    assert!(w.duration() >= Duration::from_millis(350) && w.duration() < Duration::from_millis(1500), "{:?}", w.duration());
+    assert!(update.start_ns <= w.start_ns && w.end_ns <= update.end_ns, "inside the update");
+    assert_eq!(w.trace_id, update.trace_id);
+    // A's update did not wait.
+    let a = conn_of(&conns, "A");
+    assert!(server_statements(&spans, a).iter().all(|s| waits_under(&spans, s).is_empty()));
+}
+
+#[test]
+fn lock_wait_timeout_deadlock_and_metadata_lock_outcomes() {
+    require_root();
+    let db = MariaDb::start();
+    prepare(&db);
+    let rx = Receiver::start();
+    let agent = trace_server(&db, &rx);
+    let (timeout_conns, timeout_errors) = locks(&db, "timeout");
+    assert_eq!(timeout_errors, [("B".to_string(), "1205".to_string())]);
+    let (deadlock_conns, deadlock_errors) = locks(&db, "deadlock");
+    assert_eq!(deadlock_errors.len(), 1, "{deadlock_errors:?}");
+    assert_eq!(deadlock_errors[0].1, "1213");
+    let (mdl_conns, mdl_errors) = locks(&db, "metadata");
+    assert!(mdl_errors.is_empty(), "{mdl_errors:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(agent.interrupt().status.success());
+    let spans = rx.spans();
+    let all = || dump(&spans.iter().collect::<Vec<_>>());
+
+    let b = conn_of(&timeout_conns, "B");
+    let update = server_statements(&spans, b).into_iter().find(|s| s.text().starts_with("update t")).expect("B's update");
+    assert_eq!(update.str("error.type"), Some("1205"));
+    let w = waits_under(&spans, update);
+    assert_eq!(w.len(), 1, "{}", all());
+    assert_eq!(w[0].str("db.mysql.lock.outcome"), Some("lock_wait_timeout"));
+    assert!(w[0].duration() >= Duration::from_millis(900), "{:?}", w[0].duration());
+
+    let victim = conn_of(&deadlock_conns, &deadlock_errors[0].0);
+    let failed = server_statements(&spans, victim).into_iter().find(|s| s.str("error.type") == Some("1213")).expect("the victim's statement");
+    let w = waits_under(&spans, failed);
+    assert_eq!(w.len(), 1, "{}", all());
+    assert_eq!(w[0].str("db.mysql.lock.outcome"), Some("deadlock"));
+    // The victim's transaction was rolled back by the server.
+    let txn = spans.iter().find(|s| s.name == "transaction" && s.kind == SERVER && s.int("db.mysql.connection_id") == Some(victim as i64)).expect("its transaction");
+    assert_eq!((txn.str("db.transaction.outcome"), txn.str("error.type")), (Some("rolled_back"), Some("1213")));
+
+    let b = conn_of(&mdl_conns, "B");
+    let alter = server_statements(&spans, b).into_iter().find(|s| s.text().starts_with("alter table")).expect("the ALTER");
+    let w = waits_under(&spans, alter);
+    assert_eq!(w.len(), 1, "one wait, however many chunks: {}", all());
+    assert_eq!((w[0].str("db.mysql.lock.type"), w[0].str("db.mysql.lock.outcome")), (Some("metadata"), Some("granted")));
+    assert!(w[0].duration() >= Duration::from_millis(1100), "{:?}", w[0].duration());
+}
+
+#[test]
+fn server_spans_are_children_of_the_traced_clients_spans_and_another_server_is_left_alone() {
+    require_root();
+    let db = MariaDb::start();
+    prepare(&db);
+    let other = MariaDb::start();
+    other.cli("create database shop; create table shop.t (id int primary key, v int); insert into shop.t values (1, 0), (2, 0)");
+    let rx = Receiver::start();
+    let pid = db.pid().to_string();
+    let socket = db.socket().display().to_string();
+    // The server by PID and a MySQLdb client started by the agent.
+    let script = "import MySQLdb\nc = MySQLdb.connect(unix_socket=SOCK, user='root', database='shop')\ncur = c.cursor()\n\
+                  for i in range(5):\n    cur.execute('select v from t where id = %s', (i,))\n    cur.fetchall()\n\
+                  cur.execute('update t set v = v + 1 where id = 1')\nc.commit()\nc.close()\n"
+        .replace("SOCK", &format!("{socket:?}"));
+    let python = drivers::python().get_program().to_string_lossy().into_owned();
+    let run = run_agent(&["--pid", &pid, "--otlp-endpoint", &rx.http_endpoint(), "--", &python, "-c", &script], b"", Duration::from_secs(60));
+    assert!(run.status.success(), "{run:?}");
+    // Meanwhile nothing of the other server is seen.
+    other.cli("select v from shop.t where id = 2");
+    let spans = rx.spans();
+    let server: Vec<&Span> = spans.iter().filter(|s| s.kind == SERVER && s.name != "transaction").collect();
+    let client: Vec<&Span> = spans.iter().filter(|s| s.kind == 3 && s.name != "transaction").collect();
+    let selects: Vec<&&Span> = server.iter().filter(|s| s.text() == "select v from t where id = ?").collect();
+    assert_eq!(selects.len(), 5, "{}", dump(&server));
+    for s in &server {
+        let parent = client.iter().find(|c| c.span_id == s.parent_span_id).unwrap_or_else(|| panic!("{:?} has no client parent\n{}", s.text(), dump(&spans.iter().collect::<Vec<_>>())));
+        assert_eq!(parent.text(), s.text());
+        assert_eq!(parent.trace_id, s.trace_id);
+        assert_eq!(parent.int("db.mysql.connection_id"), s.int("db.mysql.connection_id"));
+        assert!(parent.start_ns <= s.start_ns && s.end_ns <= parent.end_ns + 1_000_000, "the server's work inside the client's call");
+    }
+    assert!(spans.iter().all(|s| s.resource_int("process.pid") != Some(other.pid() as i64)));
+    // The general log of the traced server agrees on the count.
+    let logged: usize = db.general_log().iter().filter(|e| e.command == "Query").count();
+    assert!(server.len() >= 7 && server.len() <= logged, "{} server spans, {logged} logged", server.len());
+}
