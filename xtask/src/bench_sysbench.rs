@@ -26,7 +26,14 @@ fn args(db: &MariaDb, script: &str, mode: &str, o: &Options, extra: &[&str]) -> 
         "--tables=4".into(),
         format!("--table-size={}", 10_000 * o.scale.max(1)),
         format!("--threads={}", o.clients),
-        format!("--db-ps-mode={}", if mode == "prepared" { "auto" } else { "disable" }),
+        format!(
+            "--db-ps-mode={}",
+            if mode == "prepared" {
+                "auto"
+            } else {
+                "disable"
+            }
+        ),
     ];
     a.extend(extra.iter().map(|s| s.to_string()));
     a
@@ -34,108 +41,264 @@ fn args(db: &MariaDb, script: &str, mode: &str, o: &Options, extra: &[&str]) -> 
 
 /// sysbench's report: transactions and queries per second, average latency.
 fn parse(out: &str) -> Result<(Run, u64)> {
-    let tps = number_after(out.lines().find(|l| l.trim_start().starts_with("transactions:")).context("no transactions in sysbench output")?, "(")
-        .context("no transaction rate")?;
+    let tps = number_after(
+        out.lines()
+            .find(|l| l.trim_start().starts_with("transactions:"))
+            .context("no transactions in sysbench output")?,
+        "(",
+    )
+    .context("no transaction rate")?;
     let txns = number_after(out, "transactions:").context("no transaction count")? as u64;
     let queries = number_after(out, "queries:").context("no query count")? as u64;
     let latency_ms = number_after(out, "avg:").context("no latency")?;
-    Ok((Run { tps, latency_ms, txns, ..Default::default() }, queries))
+    Ok((
+        Run {
+            tps,
+            latency_ms,
+            txns,
+            ..Default::default()
+        },
+        queries,
+    ))
 }
 
 fn run_off(db: &MariaDb, script: &str, mode: &str, o: &Options) -> Result<(Run, u64)> {
     let time = format!("--time={}", o.seconds);
-    let out = Command::new("sysbench").args(args(db, script, mode, o, &[&time, "run"])).stderr(Stdio::null()).output()?;
+    let out = Command::new("sysbench")
+        .args(args(db, script, mode, o, &[&time, "run"]))
+        .stderr(Stdio::null())
+        .output()?;
     parse(&String::from_utf8_lossy(&out.stdout))
 }
 
-fn run_on(agent: &Path, db: &MariaDb, rx: &Receiver, script: &str, mode: &str, o: &Options, extra: &[&str], run: &[&str]) -> Result<(Run, u64, String)> {
+/// Where the agent is: on the sysbench client (`--`), on the server (`--pid`, started
+/// before sysbench and stopped after it), or both.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Traced {
+    Client,
+    Server,
+    Both,
+}
+
+pub(super) const TRACED: &[(Traced, &str)] = &[
+    (Traced::Client, "client"),
+    (Traced::Server, "server"),
+    (Traced::Both, "both"),
+];
+
+#[allow(clippy::too_many_arguments)]
+fn run_on(
+    agent: &Path,
+    db: &MariaDb,
+    rx: &Receiver,
+    script: &str,
+    mode: &str,
+    o: &Options,
+    traced: Traced,
+    extra: &[&str],
+    run: &[&str],
+) -> Result<(Run, u64, String)> {
     let before = rx.count();
-    let out = Command::new(agent)
-        .args(["--otlp-endpoint", &rx.http_endpoint()])
-        .args(extra)
-        .arg("--")
-        .arg("sysbench")
-        .args(args(db, script, mode, o, run))
-        .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if !out.status.success() {
-        bail!("agent run failed: {stderr}");
+    let server = db.pid().to_string();
+    let mut cmd = Command::new(agent);
+    cmd.args(["--otlp-endpoint", &rx.http_endpoint()])
+        .args(extra);
+    if traced != Traced::Client {
+        cmd.args(["--pid", &server]);
     }
-    let (mut r, queries) = parse(&String::from_utf8_lossy(&out.stdout))?;
+    let (stdout, stderr) = if traced == Traced::Server {
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+        let mut err = std::io::BufReader::new(child.stderr.take().context("stderr")?);
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            if std::io::BufRead::read_line(&mut err, &mut line)? == 0 {
+                bail!("agent exited before tracing: {text}");
+            }
+            text.push_str(&line);
+            if line.starts_with("dbtel: tracing") {
+                break;
+            }
+        }
+        let out = Command::new("sysbench")
+            .args(args(db, script, mode, o, run))
+            .stderr(Stdio::null())
+            .output()?;
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        std::io::Read::read_to_string(&mut err, &mut text)?;
+        if !child.wait()?.success() {
+            bail!("agent run failed: {text}");
+        }
+        (String::from_utf8_lossy(&out.stdout).into_owned(), text)
+    } else {
+        let out = cmd
+            .arg("--")
+            .arg("sysbench")
+            .args(args(db, script, mode, o, run))
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            bail!("agent run failed: {stderr}");
+        }
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    };
+    let (mut r, queries) = parse(&stdout)?;
     read_report(&mut r, &stderr)?;
     // Statement spans: not the transactions, not the prepares done at each thread's start.
-    r.spans_matching = rx.names_since(before).iter().filter(|n| *n != "transaction" && !n.starts_with("PREPARE")).count() as u64;
+    r.spans_matching = rx
+        .names_since(before)
+        .iter()
+        .filter(|n| *n != "transaction" && !n.starts_with("PREPARE"))
+        .count() as u64;
     Ok((r, queries, stderr))
 }
 
 /// Probe hits and eBPF time per query from a counted run (--probe-stats).
-fn traps(agent: &Path, db: &MariaDb, rx: &Receiver, script: &str, mode: &str, o: &Options) -> Result<(f64, f64)> {
-    let (_, queries, stderr) = run_on(agent, db, rx, script, mode, o, &["--probe-stats"], &["--events=2000", "--time=0", "run"])?;
+fn traps(
+    agent: &Path,
+    db: &MariaDb,
+    rx: &Receiver,
+    script: &str,
+    mode: &str,
+    o: &Options,
+    traced: Traced,
+) -> Result<(f64, f64)> {
+    let (_, queries, stderr) = run_on(
+        agent,
+        db,
+        rx,
+        script,
+        mode,
+        o,
+        traced,
+        &["--probe-stats"],
+        &["--events=2000", "--time=0", "run"],
+    )?;
     let (hits, ns) = probe_hits(&stderr)?;
     Ok((hits / queries as f64, ns / queries as f64))
 }
 
 /// The sysbench lines, appended to `rows` one by one (`written` after each).
-pub(super) fn lines(agent: &Path, rx: &Receiver, o: &Options, rows: &mut Vec<Row>, written: &mut dyn FnMut(&[Row]) -> Result<()>) -> Result<()> {
+pub(super) fn lines(
+    agent: &Path,
+    rx: &Receiver,
+    o: &Options,
+    rows: &mut Vec<Row>,
+    written: &mut dyn FnMut(&[Row]) -> Result<()>,
+) -> Result<()> {
     let wanted = |list: &[String], x: &str| list.is_empty() || list.iter().any(|w| w == x);
-    let scripts: Vec<&str> = SCRIPTS.iter().copied().filter(|s| wanted(&o.scripts, s)).collect();
-    if scripts.is_empty() || !wanted(&o.targets, "client") {
+    let scripts: Vec<&str> = SCRIPTS
+        .iter()
+        .copied()
+        .filter(|s| wanted(&o.scripts, s))
+        .collect();
+    let targets: Vec<(Traced, &str)> = TRACED
+        .iter()
+        .copied()
+        .filter(|(_, n)| wanted(&o.targets, n))
+        .collect();
+    if scripts.is_empty() || targets.is_empty() {
         return Ok(());
     }
-    eprintln!("bench: MariaDB (sysbench, {} tables of {} rows)", 4, 10_000 * o.scale.max(1));
+    eprintln!(
+        "bench: MariaDB (sysbench, {} tables of {} rows)",
+        4,
+        10_000 * o.scale.max(1)
+    );
     let db = MariaDb::start();
     db.cli("create database sbtest");
-    let out = Command::new("sysbench").args(args(&db, "oltp_read_write", "simple", o, &["prepare"])).output()?;
+    let out = Command::new("sysbench")
+        .args(args(&db, "oltp_read_write", "simple", o, &["prepare"]))
+        .output()?;
     if !out.status.success() {
         bail!("sysbench prepare: {}", String::from_utf8_lossy(&out.stderr));
     }
     for script in scripts {
         for mode in MODES.iter().copied().filter(|m| wanted(&o.modes, m)) {
-            eprintln!("bench: sysbench {script} ({mode}): A/A, then {} A/B pairs of {} s", o.pairs, o.seconds);
-            let a1 = run_off(&db, script, mode, o)?.0;
-            let a2 = run_off(&db, script, mode, o)?.0;
-            let (mut off, mut on, mut probes_only, mut queries) = (Vec::new(), Vec::new(), Vec::new(), 0u64);
-            let time = format!("--time={}", o.seconds);
-            let extra: Vec<&str> = o.agent_args.iter().map(String::as_str).collect();
-            for _ in 0..o.pairs {
-                off.push(run_off(&db, script, mode, o)?.0);
-                let (r, q, _) = run_on(agent, &db, rx, script, mode, o, &extra, &[&time, "run"])?;
-                queries += q;
-                on.push(r);
-                probes_only.push(run_on(agent, &db, rx, script, mode, o, &["--probes-only"], &[&time, "run"])?.0);
+            for &(traced, traced_name) in &targets {
+                eprintln!("bench: sysbench {script} ({mode}), agent on the {traced_name}: A/A, then {} A/B pairs of {} s", o.pairs, o.seconds);
+                let a1 = run_off(&db, script, mode, o)?.0;
+                let a2 = run_off(&db, script, mode, o)?.0;
+                let (mut off, mut on, mut probes_only, mut queries) =
+                    (Vec::new(), Vec::new(), Vec::new(), 0u64);
+                let time = format!("--time={}", o.seconds);
+                let extra: Vec<&str> = o.agent_args.iter().map(String::as_str).collect();
+                for _ in 0..o.pairs {
+                    off.push(run_off(&db, script, mode, o)?.0);
+                    let (r, q, _) = run_on(
+                        agent,
+                        &db,
+                        rx,
+                        script,
+                        mode,
+                        o,
+                        traced,
+                        &extra,
+                        &[&time, "run"],
+                    )?;
+                    queries += q;
+                    on.push(r);
+                    probes_only.push(
+                        run_on(
+                            agent,
+                            &db,
+                            rx,
+                            script,
+                            mode,
+                            o,
+                            traced,
+                            &["--probes-only"],
+                            &[&time, "run"],
+                        )?
+                        .0,
+                    );
+                }
+                let (traps_per_query, ebpf_ns) = traps(agent, &db, rx, script, mode, o, traced)?;
+                let txns: u64 = on.iter().map(|r| r.txns).sum();
+                let stmts = (queries as f64 / txns.max(1) as f64).round() as usize;
+                let tps_off = median(off.iter().map(|r| r.tps).collect());
+                let tps_on = median(on.iter().map(|r| r.tps).collect());
+                let lat_off = median(off.iter().map(|r| r.latency_ms).collect());
+                let lat_on = median(on.iter().map(|r| r.latency_ms).collect());
+                let cpu = median(
+                    on.iter()
+                        .map(|r| {
+                            (r.agent_cpu_s / o.seconds as f64) / (r.tps * stmts as f64 / 10_000.0)
+                        })
+                        .collect(),
+                );
+                let mut drops = Drops::default();
+                on.iter().for_each(|r| drops.add(&r.drops));
+                rows.push(Row {
+                    script: if script == "oltp_point_select" {
+                        "sysbench oltp_point_select"
+                    } else {
+                        "sysbench oltp_read_write"
+                    },
+                    mode,
+                    target: traced_name,
+                    stmts,
+                    aa_ratio: a2.tps / a1.tps,
+                    tps_off,
+                    tps_on,
+                    ratio: tps_on / tps_off,
+                    probes_only_ratio: median(probes_only.iter().map(|r| r.tps).collect())
+                        / tps_off,
+                    added_us_per_query: (lat_on - lat_off) * 1000.0 / stmts.max(1) as f64,
+                    cpu_per_10k_qps: cpu,
+                    rss_mib: on.iter().map(|r| r.agent_rss_mib).fold(0.0, f64::max),
+                    statements: queries * if traced == Traced::Both { 2 } else { 1 },
+                    spans: on.iter().map(|r| r.spans_matching).sum(),
+                    drops,
+                    traps_per_query,
+                    ebpf_ns_per_query: ebpf_ns,
+                });
+                let r = rows.last().unwrap();
+                eprintln!("bench:   TPS ratio {:.3} (probes only {:.3}, A/A {:.3}), {} spans / {} expected", r.ratio, r.probes_only_ratio, r.aa_ratio, r.spans, r.statements);
+                written(rows)?;
             }
-            let (traps_per_query, ebpf_ns) = traps(agent, &db, rx, script, mode, o)?;
-            let txns: u64 = on.iter().map(|r| r.txns).sum();
-            let stmts = (queries as f64 / txns.max(1) as f64).round() as usize;
-            let tps_off = median(off.iter().map(|r| r.tps).collect());
-            let tps_on = median(on.iter().map(|r| r.tps).collect());
-            let lat_off = median(off.iter().map(|r| r.latency_ms).collect());
-            let lat_on = median(on.iter().map(|r| r.latency_ms).collect());
-            let cpu = median(on.iter().map(|r| (r.agent_cpu_s / o.seconds as f64) / (r.tps * stmts as f64 / 10_000.0)).collect());
-            let mut drops = Drops::default();
-            on.iter().for_each(|r| drops.add(&r.drops));
-            rows.push(Row {
-                script: if script == "oltp_point_select" { "sysbench oltp_point_select" } else { "sysbench oltp_read_write" },
-                mode,
-                target: "client",
-                stmts,
-                aa_ratio: a2.tps / a1.tps,
-                tps_off,
-                tps_on,
-                ratio: tps_on / tps_off,
-                probes_only_ratio: median(probes_only.iter().map(|r| r.tps).collect()) / tps_off,
-                added_us_per_query: (lat_on - lat_off) * 1000.0 / stmts.max(1) as f64,
-                cpu_per_10k_qps: cpu,
-                rss_mib: on.iter().map(|r| r.agent_rss_mib).fold(0.0, f64::max),
-                statements: queries,
-                spans: on.iter().map(|r| r.spans_matching).sum(),
-                drops,
-                traps_per_query,
-                ebpf_ns_per_query: ebpf_ns,
-            });
-            let r = rows.last().unwrap();
-            eprintln!("bench:   TPS ratio {:.3} (probes only {:.3}, A/A {:.3}), {} spans / {} expected", r.ratio, r.probes_only_ratio, r.aa_ratio, r.spans, r.statements);
-            written(rows)?;
         }
     }
     Ok(())
@@ -149,6 +312,9 @@ mod tests {
     fn parses_sysbench_output() {
         let out = "SQL statistics:\n    queries performed:\n        read:                            140000\n        write:                           0\n        other:                           0\n        total:                           140000\n    transactions:                        140000 (13997.62 per sec.)\n    queries:                             140000 (13997.62 per sec.)\n    ignored errors:                      0      (0.00 per sec.)\n\nLatency (ms):\n         min:                                    0.05\n         avg:                                    0.14\n         max:                                    4.69\n";
         let (r, q) = parse(out).unwrap();
-        assert_eq!((r.txns, q, r.tps, r.latency_ms), (140000, 140000, 13997.62, 0.14));
+        assert_eq!(
+            (r.txns, q, r.tps, r.latency_ms),
+            (140000, 140000, 13997.62, 0.14)
+        );
     }
 }
