@@ -403,6 +403,9 @@ pub mod mysite {
     pub const WAIT_END: u32 = 6;
     /// A statement's end status (affected rows, server status), where it is sent.
     pub const STATEMENT_DONE: u32 = 7;
+    /// unlink_thd(THD*): a connection's THD is let go (every teardown, failed
+    /// handshakes and killed clients included); args[0] = its thread_id.
+    pub const CONN_END: u32 = 8;
 }
 
 /// [`SiteSpec::pair`] values.
