@@ -72,3 +72,7 @@ impl Engine for Client {
         self.recon.in_flight() + self.server.in_flight()
     }
 }
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;

@@ -21,8 +21,6 @@
 //! the last of them ended is how that statement ended (the ones before it
 //! were granted: the statement went on to wait again).
 
-use std::sync::Arc;
-
 use dbtel_common::mysite;
 
 use super::spans::{self, LockType, StatementSpan, TxnSpan, WaitOutcome, WaitSpan, What};
@@ -190,6 +188,11 @@ impl Tracker {
     /// Connections held for a server (for bound checks).
     pub fn connections_held(&self, pid: u32) -> usize {
         self.conns.held(pid).0
+    }
+
+    /// OS threads with waits held for a server (for bound checks).
+    pub fn threads_held(&self, pid: u32) -> usize {
+        self.threads.held(pid).0
     }
 
     /// Finished waits held for a thread (for bound checks).
