@@ -52,6 +52,7 @@ fn returned(e: &mut Client, ts_ns: u64, call: MyCall, ret: u64, server_status: u
 }
 
 /// The server's end of a statement on connection `cid`.
+#[allow(clippy::too_many_arguments)]
 fn server_end(e: &mut Client, ts_ns: u64, cid: u64, text: &str, start_us: u64, server_status: u64, sent: u64, out: &mut Vec<DbSpan>) {
     let at = Origin { pid: SRV, tid: SRV + 7, ts_ns, conn: u64::from(SRV) };
     let args = [cid, 0x7f00, text.len() as u64, 0, 2, server_status, start_us, 3, 0, sent];

@@ -536,3 +536,30 @@ fn state_stays_bounded() {
     assert_eq!(r.t.waits_held(SRV, T1), 0);
     assert!(r.out.is_empty());
 }
+
+#[test]
+fn begin_inside_a_transaction_commits_it_and_ddl_commits_implicitly() {
+    let mut r = R::new();
+    r.login(CID);
+    let (b1, _) = r.run(10, End::query("BEGIN").status(TX));
+    r.run(10, End::query("INSERT INTO t VALUES (1)").affected(1).status(TX));
+    let (b2, _) = r.run(10, End::query("START TRANSACTION").status(TX));
+    let out = r.take();
+    assert_eq!(names(&out), ["BEGIN", "INSERT t", "transaction", "START"]);
+    assert_eq!((out[2].start_ns, out[2].end_ns, get(&out[2], "db.transaction.outcome").as_deref()), (b1, b2, Some("committed")));
+    assert_eq!(out[3].ids.parent_span_id, r.t.conns.get((SRV, CID)).unwrap().txn.as_ref().unwrap().ids.span_id, "the next one's");
+    // A failed DDL statement still committed before it ran.
+    let (_, de) = r.run(10, End::query("CREATE TABLE t (a int)").error(1050).status(AC));
+    let out = r.take();
+    assert_eq!(names(&out), ["CREATE t", "transaction"]);
+    assert_eq!((out[1].start_ns, out[1].end_ns, out[1].error.as_deref()), (b2, de, None));
+    assert_eq!(get(&out[1], "db.transaction.outcome").as_deref(), Some("committed"));
+    // COMMIT AND CHAIN: the next one opens at its end.
+    r.run(10, End::query("BEGIN").status(TX));
+    let (_, ce) = r.run(10, End::query("COMMIT AND CHAIN").status(TX));
+    let (_, re) = r.run(10, End::query("ROLLBACK").status(AC));
+    let out = r.take();
+    assert_eq!(names(&out), ["BEGIN", "COMMIT", "transaction", "ROLLBACK", "transaction"]);
+    assert_eq!((out[4].start_ns, out[4].end_ns, get(&out[4], "db.transaction.outcome").as_deref()), (ce, re, Some("rolled_back")));
+    assert_eq!(get(&out[4], "db.transaction.statement_count").as_deref(), Some("1"));
+}
