@@ -389,21 +389,17 @@ pub mod site {
 
 /// MySQL/MariaDB server probe points, in [`Header::func`] of [`Kind::MyServer`] records.
 pub mod mysite {
-    /// dispatch_command(cmd, THD*, packet, length): a client command begins.
-    pub const COMMAND: u32 = 1;
-    /// dispatch_command returned (a return probe: only the thread is known).
-    pub const COMMAND_DONE: u32 = 2;
-    /// mysql_execute_command(THD*, ...): one statement of the command begins.
-    pub const STATEMENT: u32 = 3;
-    /// my_message_sql(errno, text, flags): an error or note for the client.
-    pub const ERROR: u32 = 4;
+    // 1 to 4 are free (dispatch_command, its return, mysql_execute_command
+    // and my_message_sql were considered: Protocol::end_statement has it all).
     /// thd_wait_begin(THD*, type) for a lock type: a lock wait begins.
     pub const WAIT_BEGIN: u32 = 5;
     /// thd_wait_end(THD*): the wait ended (sent only after a WAIT_BEGIN on that thread).
     pub const WAIT_END: u32 = 6;
-    /// A statement's end status (affected rows, server status), where it is sent.
+    /// Protocol::end_statement(): a top-level statement ended (its text,
+    /// outcome, server status, start time and row counts; see mysql/server/target.rs).
     pub const STATEMENT_DONE: u32 = 7;
-    /// unlink_thd(THD*): a connection's THD is let go; args[0] = its thread_id.
+    /// unlink_thd(THD*): a connection's THD is let go (every teardown, failed
+    /// handshakes and killed clients included); args[0] = its thread_id.
     pub const CONN_END: u32 = 8;
 }
 

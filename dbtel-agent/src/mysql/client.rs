@@ -1,23 +1,35 @@
 //! The MySQL/MariaDB client library as an engine: claims the library in a
-//! process, decodes its records and turns them into spans.
+//! process, decodes its records and turns them into spans; and the records
+//! of the server sites (mariadbd), whose spans join the client's by the
+//! server's connection id.
 
 use std::path::Path;
 
+use dbtel_common::Kind;
+
 use crate::{
     engine::{ClaimError, Engine, Plan},
-    events::DecodeError,
-    pipeline::{dbspan::DbSpan, sql::Text},
+    events::{self, DecodeError},
+    pipeline::{dbspan::DbSpan, span::IdGen, sql::Text},
 };
 
-use super::{discover, reconstruct::Reconstructor, records};
+use super::{discover, reconstruct::Reconstructor, records, server::reconstruct::Tracker};
 
 pub struct Client {
     recon: Reconstructor,
+    server: Tracker,
 }
 
 impl Client {
     pub fn new(text: Text) -> Self {
-        Client { recon: Reconstructor::new(text) }
+        // The server sites are placed in mariadbd only.
+        Client { recon: Reconstructor::new(text), server: Tracker::new("mariadb", text, IdGen::random()) }
+    }
+
+    /// Deterministic identifiers, for tests.
+    #[cfg(test)]
+    pub fn with_seed(seed: u64, text: Text) -> Self {
+        Client { recon: Reconstructor::with_seed(seed, text), server: Tracker::new("mariadb", text, IdGen::seeded(seed + 1)) }
     }
 }
 
@@ -39,10 +51,16 @@ impl Engine for Client {
     }
 
     fn on_record(&mut self, data: &[u8], out: &mut Vec<DbSpan>) -> Result<u32, DecodeError> {
+        let (h, at) = events::header(data)?;
+        if Kind::from_u16(h.kind) == Some(Kind::MyServer) {
+            let hit = events::server_hit(&h, at, data)?;
+            let recon = &self.recon;
+            self.server.on_hit(&hit, &|id| recon.in_flight_on(id), out);
+            return Ok(at.pid);
+        }
         let rec = records::decode(data)?;
-        let pid = rec.origin().pid;
         self.recon.on_record(rec, out);
-        Ok(pid)
+        Ok(at.pid)
     }
 
     fn tick(&mut self, now_ns: u64, out: &mut Vec<DbSpan>) {
@@ -51,9 +69,14 @@ impl Engine for Client {
 
     fn forget(&mut self, pid: u32, ts_ns: u64, out: &mut Vec<DbSpan>) {
         self.recon.process_exited(pid, ts_ns, out);
+        self.server.process_exited(pid, ts_ns, out);
     }
 
     fn in_flight(&self) -> usize {
-        self.recon.in_flight()
+        self.recon.in_flight() + self.server.in_flight()
     }
 }
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;

@@ -2,7 +2,8 @@
 //! which Debian also installs as libmysqlclient; Oracle's libmysqlclient;
 //! Connector/C linked into an executable such as the `mariadb` CLI): the
 //! calls dbtel probes, where they are in a file, the struct offsets their
-//! probes read, their records, and the spans made of them.
+//! probes read, their records, and the spans made of them; and the server
+//! (mariadbd), whose spans join the client's.
 
 pub mod attributes;
 pub mod calls;

@@ -108,6 +108,10 @@ impl Conn {
 
 pub struct Reconstructor {
     conns: Conns<Conn>,
+    /// Connections by their server connection id, for the server side's
+    /// join (one entry per connection held: ids of different servers may
+    /// collide, the connection that last said it has it wins).
+    by_thread: crate::FastMap<u64, Key>,
     stmts: Statements,
     txns: Tracker,
     ids: IdGen,
@@ -127,6 +131,7 @@ impl Reconstructor {
     fn with_ids(ids: IdGen, text: Text) -> Self {
         Reconstructor {
             conns: Conns::new(CONNECTIONS_PER_PROCESS),
+            by_thread: Default::default(),
             stmts: Statements::new(STATEMENTS_PER_PROCESS),
             txns: Tracker::with_errors_abort(false),
             ids,
@@ -149,6 +154,34 @@ impl Reconstructor {
         self.stmts.held(pid).0
     }
 
+    /// The ids of the client query in flight on the connection the server
+    /// knows by `connection_id` (its CONNECTION_ID()), if one is: the server
+    /// side's spans of that statement become its children.
+    pub fn in_flight_on(&self, connection_id: u64) -> Option<crate::pipeline::span::Ids> {
+        let key = self.by_thread.get(&connection_id)?;
+        let conn = self.conns.get(*key).filter(|c| c.thread_id == connection_id)?;
+        conn.op.as_ref().map(|op| op.span.ids)
+    }
+
+    /// Connection ids indexed (for bound checks).
+    pub fn connection_ids_held(&self) -> usize {
+        self.by_thread.len()
+    }
+
+    /// The connection `key` now has server connection id `id` (it had `old`).
+    fn index(&mut self, key: Key, old: u64, id: u64) {
+        self.unindex(key, old);
+        if id != 0 {
+            self.by_thread.insert(id, key);
+        }
+    }
+
+    fn unindex(&mut self, key: Key, id: u64) {
+        if self.by_thread.get(&id) == Some(&key) {
+            self.by_thread.remove(&id);
+        }
+    }
+
     pub fn on_record(&mut self, rec: Record, out: &mut Vec<DbSpan>) {
         match rec {
             Record::Conn(d) => self.on_conn(d, out),
@@ -166,6 +199,7 @@ impl Reconstructor {
     /// what it had in flight ends, its transaction is incomplete).
     fn touch(&mut self, key: Key, ts: u64, out: &mut Vec<DbSpan>) -> &mut Conn {
         if let Some((old, mut c)) = self.conns.touch(key, Conn::new, |c| c.op.is_none()) {
+            self.unindex(old, c.thread_id);
             if let Some(op) = c.op.take() {
                 self.finish(old, op, End::ConnectionEvicted, ts, &c.view, out);
             }
@@ -177,14 +211,20 @@ impl Reconstructor {
     }
 
     fn on_conn(&mut self, mut d: ConnDetails, out: &mut Vec<DbSpan>) {
-        let conn = self.touch((d.at.pid, d.at.conn), d.at.ts_ns, out);
+        let key = (d.at.pid, d.at.conn);
+        let conn = self.touch(key, d.at.ts_ns, out);
         d.at = Origin { ts_ns: 0, tid: 0, ..d.at }; // compared on their contents only
+        let old = conn.thread_id;
         if conn.details.as_ref() != Some(&d) {
             if d.thread_id != 0 {
                 conn.thread_id = d.thread_id;
             }
             conn.details = Some(d);
             conn.rebuild();
+        }
+        let id = conn.thread_id;
+        if id != old {
+            self.index(key, old, id);
         }
     }
 
@@ -217,6 +257,7 @@ impl Reconstructor {
             MyCall::Close => {
                 self.supersede(key, at.ts_ns, End::ConnectionClosed, out);
                 if let Some(c) = self.conns.remove(key) {
+                    self.unindex(key, c.thread_id);
                     let mut txns = Vec::new();
                     self.txns.conn_closed(key, at.ts_ns, &mut txns);
                     push_txns(txns, &c.view, out);
@@ -287,10 +328,13 @@ impl Reconstructor {
         let key = (r.at.pid, r.mysql);
         let conn = self.touch(key, r.at.ts_ns, out);
         conn.autocommit = r.server_status & AUTOCOMMIT != 0;
-        if r.thread_id != 0 && r.thread_id != conn.thread_id {
+        let old = conn.thread_id;
+        if r.thread_id != 0 && r.thread_id != old {
             conn.thread_id = r.thread_id;
             conn.rebuild();
+            self.index(key, old, r.thread_id);
         }
+        let conn = self.conns.get_mut(key).expect("touched");
         let Some(op) = conn.op.as_mut() else { return };
         let text = op.stmt == 0;
         let same_stmt = op.stmt == r.at.conn;
@@ -381,7 +425,9 @@ impl Reconstructor {
         if completed && in_trans {
             self.txns.confirm(key, &op.span.ids);
         } else if self.txns.discard(key, &op.span.ids) {
-            op.span.ids = self.ids.root();
+            // A root, keeping its trace and span id: the server's spans of
+            // the statement are its children already.
+            op.span.ids.parent_span_id = 0;
         }
         let (s, verb) = (&op.span, &op.sql.verb);
         let mut txns = Vec::new();
@@ -409,6 +455,7 @@ impl Reconstructor {
     pub fn process_exited(&mut self, pid: u32, ts_ns: u64, out: &mut Vec<DbSpan>) {
         for key in self.conns.keys_of(pid) {
             let mut c = self.conns.remove(key).expect("key listed");
+            self.unindex(key, c.thread_id);
             if let Some(op) = c.op.take() {
                 self.finish(key, op, End::ProcessExited, ts_ns, &c.view, out);
             }

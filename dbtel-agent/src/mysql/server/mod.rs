@@ -1,2 +1,7 @@
-//! The MariaDB server side.
+//! The MySQL/MariaDB server (mariadbd): where its probe sites are and the THD
+//! offsets they read (target), its statements, transactions and lock waits
+//! rebuilt from the sites' hits (reconstruct: pure), and how their spans are
+//! named and described (spans).
+pub mod reconstruct;
+pub mod spans;
 pub mod target;

@@ -1,0 +1,524 @@
+//! From MariaDB server probe hits to spans: a pure state machine (no clock,
+//! no I/O), as PostgreSQL's `backend::Tracker`.
+//!
+//! Statements are seen at their end only (`Protocol::end_statement`), which
+//! gives the text, the outcome, the counts, the server status and the
+//! statement's start (`start_utime`). That probe also fires once per extra
+//! result set of a `CALL`, with the CALL's start_utime and MORE_RESULTS set,
+//! before the CALL's own; each statement of a multi-statement text has a
+//! start_utime of its own. So an end with MORE_RESULTS is held until the
+//! next end on its connection: the same start_utime makes it an inner result
+//! set (no span of its own), another makes it a top-level statement.
+//!
+//! Transactions: the IN_TRANS bit of server_status at each top-level
+//! statement's end, 0 → 1 opening one at that statement's start, 1 → 0
+//! ending it at that statement's end.
+//!
+//! Lock waits: thd_wait_begin / thd_wait_end pairs on an OS thread. A
+//! statement runs on one thread from its start to its end (pool-of-threads
+//! moves connections between threads only between commands), so the waits
+//! seen on a thread are those of the next statement that ends on it; how
+//! the last of them ended is how that statement ended (the ones before it
+//! were granted: the statement went on to wait again).
+
+use dbtel_common::mysite;
+
+use super::spans::{self, LockType, StatementSpan, TxnSpan, WaitOutcome, WaitSpan, What};
+use crate::{
+    events::ServerHit,
+    mysql::{
+        conns::Conns,
+        records::{IN_TRANS, MORE_RESULTS},
+        statements::Sql,
+    },
+    pipeline::{
+        dbspan::DbSpan,
+        span::{Event, IdGen, Ids},
+        sql::{Dialect, FactsCache, Text},
+        txn::{Outcome, Verb},
+    },
+};
+
+/// Connections kept per server (one per client session; past it, the least
+/// recently used idle one is forgotten).
+pub const CONNECTIONS_PER_SERVER: usize = 16_384;
+/// OS threads with waits kept per server.
+pub const THREADS_PER_SERVER: usize = 16_384;
+/// Finished waits kept per thread until its statement ends (the oldest go first).
+pub const WAITS_PER_THREAD: usize = 64;
+/// Distinct statement texts whose facts are kept.
+const FACTS_CAPACITY: usize = 4096;
+
+/// enum_server_command values.
+mod command {
+    pub const NONE: u32 = 0;
+    pub const INIT_DB: u32 = 2;
+    pub const QUERY: u32 = 3;
+    pub const CONNECT: u32 = 11;
+    pub const STMT_PREPARE: u32 = 22;
+    pub const STMT_EXECUTE: u32 = 23;
+    pub const STMT_FETCH: u32 = 28;
+}
+
+/// Diagnostics_area status.
+mod da {
+    pub const EOF: u64 = 2;
+    pub const ERROR: u64 = 5;
+}
+
+/// Why spans were closed before their end was seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    ProcessExited,
+    AgentStopped,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub statements: u64,
+    pub lock_waits: u64,
+    /// CALL result sets folded into their CALL.
+    pub inner_results: u64,
+    /// Commands that make no span (login, ping, statement close, …).
+    pub other_commands: u64,
+    /// Waits let go of to stay within the bounds.
+    pub waits_dropped: u64,
+}
+
+/// A finished wait, held until its statement ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Wait {
+    lock: LockType,
+    start_ns: u64,
+    end_ns: u64,
+}
+
+#[derive(Debug, Default)]
+struct Thread {
+    /// The wait begun and not ended: its type and start.
+    open: Option<(LockType, u64)>,
+    done: Vec<Wait>,
+}
+
+/// One end_statement, with what it took from its thread.
+#[derive(Debug)]
+struct Done {
+    tid: u32,
+    ts_ns: u64,
+    start_utime: u64,
+    command: u32,
+    status: u64,
+    errno: u32,
+    server_status: u32,
+    affected: u64,
+    sent: u64,
+    text: Option<String>,
+    truncated: bool,
+    waits: Vec<Wait>,
+    /// The client's query in flight on the connection when it ended.
+    client: Option<Ids>,
+}
+
+impl Done {
+    fn start_ns(&self) -> u64 {
+        match self.start_utime.checked_mul(1000) {
+            Some(s) if s != 0 => s.min(self.ts_ns),
+            _ => self.ts_ns,
+        }
+    }
+
+    fn errno(&self) -> Option<u32> {
+        (self.status == da::ERROR).then_some(self.errno)
+    }
+}
+
+#[derive(Debug)]
+struct OpenTxn {
+    ids: Ids,
+    start_ns: u64,
+    statements: u32,
+}
+
+#[derive(Debug, Default)]
+struct Conn {
+    /// IN_TRANS after its last top-level statement (None: first seen in a
+    /// session begun before the agent attached).
+    in_trans: Option<bool>,
+    txn: Option<OpenTxn>,
+    /// An end with MORE_RESULTS: a statement of a text of several, or a
+    /// CALL's inner result set (known at the next end).
+    pending: Option<Done>,
+}
+
+impl Conn {
+    fn idle(&self) -> bool {
+        self.txn.is_none() && self.pending.is_none()
+    }
+}
+
+pub struct Tracker {
+    /// db.system.name: "mariadb" or "mysql".
+    system: &'static str,
+    /// By (server pid, connection id).
+    conns: Conns<Conn>,
+    /// By (server pid, OS thread).
+    threads: Conns<Thread>,
+    facts: FactsCache,
+    gen: IdGen,
+    pub counters: Counters,
+}
+
+impl Tracker {
+    pub fn new(system: &'static str, text: Text, gen: IdGen) -> Self {
+        Tracker {
+            system,
+            conns: Conns::new(CONNECTIONS_PER_SERVER),
+            threads: Conns::new(THREADS_PER_SERVER),
+            facts: FactsCache::with_dialect(text, FACTS_CAPACITY, Dialect::MySql),
+            gen,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Lock waits begun and not ended (cut short if the server goes now).
+    pub fn in_flight(&self) -> usize {
+        self.threads.values().filter(|t| t.open.is_some()).count()
+    }
+
+    /// Connections held for a server (for bound checks).
+    pub fn connections_held(&self, pid: u32) -> usize {
+        self.conns.held(pid).0
+    }
+
+    /// OS threads with waits held for a server (for bound checks).
+    pub fn threads_held(&self, pid: u32) -> usize {
+        self.threads.held(pid).0
+    }
+
+    /// Finished waits held for a thread (for bound checks).
+    pub fn waits_held(&self, pid: u32, tid: u32) -> usize {
+        self.threads.get((pid, u64::from(tid))).map_or(0, |t| t.done.len())
+    }
+
+    /// One probe hit. `client` gives the client's query in flight on a
+    /// connection id, when that client is traced.
+    pub fn on_hit(&mut self, hit: &ServerHit, client: &dyn Fn(u64) -> Option<Ids>, out: &mut Vec<DbSpan>) {
+        match hit.site {
+            mysite::STATEMENT_DONE => self.statement_done(hit, client, out),
+            mysite::WAIT_BEGIN => self.wait_begin(hit),
+            mysite::WAIT_END => self.wait_end(hit),
+            mysite::CONN_END => {
+                let key = (hit.at.pid, hit.args[0]);
+                if let Some(c) = self.conns.remove(key) {
+                    self.let_go(key, c, hit.at.ts_ns, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn thread(&mut self, pid: u32, tid: u32) -> &mut Thread {
+        let key = (pid, u64::from(tid));
+        if let Some((_, t)) = self.threads.touch(key, Thread::default, |t| t.open.is_none()) {
+            self.counters.waits_dropped += (t.done.len() + usize::from(t.open.is_some())) as u64;
+        }
+        self.threads.get_mut(key).expect("touched")
+    }
+
+    fn wait_begin(&mut self, hit: &ServerHit) {
+        let Some(lock) = LockType::from_wait_type(hit.args[1]) else { return };
+        let ts = hit.at.ts_ns;
+        let t = self.thread(hit.at.pid, hit.at.tid);
+        if let Some((l, start)) = t.open.take() {
+            // A begin without its end: the end was lost.
+            t.done.push(Wait { lock: l, start_ns: start, end_ns: ts });
+        }
+        // MDL waits in 1-second chunks: consecutive ones are one wait.
+        if lock == LockType::Metadata && t.done.last().is_some_and(|w| w.lock == LockType::Metadata) {
+            let w = t.done.pop().expect("checked");
+            t.open = Some((lock, w.start_ns));
+            return;
+        }
+        t.open = Some((lock, ts));
+    }
+
+    fn wait_end(&mut self, hit: &ServerHit) {
+        let Some(t) = self.threads.get_mut((hit.at.pid, u64::from(hit.at.tid))) else { return };
+        let Some((lock, start_ns)) = t.open.take() else { return };
+        if t.done.len() >= WAITS_PER_THREAD {
+            t.done.remove(0);
+            self.counters.waits_dropped += 1;
+        }
+        t.done.push(Wait { lock, start_ns, end_ns: hit.at.ts_ns.max(start_ns) });
+    }
+
+    /// The waits of the statement ending on this thread now.
+    fn take_waits(&mut self, pid: u32, tid: u32, ts: u64) -> Vec<Wait> {
+        let Some(mut t) = self.threads.remove((pid, u64::from(tid))) else { return Vec::new() };
+        if let Some((lock, start_ns)) = t.open.take() {
+            t.done.push(Wait { lock, start_ns, end_ns: ts.max(start_ns) });
+        }
+        t.done
+    }
+
+    fn statement_done(&mut self, hit: &ServerHit, client: &dyn Fn(u64) -> Option<Ids>, out: &mut Vec<DbSpan>) {
+        let (at, a) = (hit.at, &hit.args);
+        let waits = self.take_waits(at.pid, at.tid, at.ts_ns);
+        let (connection_id, command) = (a[0], a[7] as u32);
+        match command {
+            command::QUERY | command::STMT_PREPARE | command::STMT_EXECUTE | command::STMT_FETCH | command::INIT_DB => {}
+            // The login's end: the session starts outside a transaction.
+            command::CONNECT => {
+                self.conn(at.pid, connection_id, at.ts_ns, out).in_trans = Some(a[5] as u32 & IN_TRANS != 0);
+                return;
+            }
+            // A read error before any command.
+            command::NONE => return,
+            _ => {
+                self.counters.other_commands += 1;
+                return;
+            }
+        }
+        let mut done = Done {
+            tid: at.tid,
+            ts_ns: at.ts_ns,
+            start_utime: a[6],
+            command,
+            status: a[4],
+            errno: a[3] as u32,
+            server_status: a[5] as u32,
+            affected: a[8],
+            sent: a[9],
+            text: hit.text.clone(),
+            truncated: hit.truncated,
+            waits,
+            client: client(connection_id),
+        };
+        let key = (at.pid, connection_id);
+        // Worked on detached (its slot stays where it is in the order).
+        let mut conn = std::mem::take(self.conn(at.pid, connection_id, at.ts_ns, out));
+        let more = done.server_status & MORE_RESULTS != 0;
+        match conn.pending.take() {
+            // A result set of the CALL that ends now (or later).
+            Some(p) if p.start_utime != 0 && p.start_utime == done.start_utime && p.command == done.command => {
+                self.counters.inner_results += 1;
+                let mut waits = p.waits;
+                waits.append(&mut done.waits);
+                done.waits = waits;
+                done.client = p.client.or(done.client);
+            }
+            Some(p) => self.emit(key, &mut conn, p, out),
+            None => {}
+        }
+        if more {
+            conn.pending = Some(done);
+        } else {
+            self.emit(key, &mut conn, done, out);
+        }
+        *self.conns.get_mut(key).expect("touched") = conn;
+    }
+
+    /// The connection's state, created if new (past the cap, the least
+    /// recently used idle connection is let go).
+    fn conn(&mut self, pid: u32, id: u64, ts: u64, out: &mut Vec<DbSpan>) -> &mut Conn {
+        let key = (pid, id);
+        if let Some((old, c)) = self.conns.touch(key, Conn::default, Conn::idle) {
+            self.let_go(old, c, ts, out);
+        }
+        self.conns.get_mut(key).expect("touched")
+    }
+
+    /// A connection is forgotten: a statement held ends as it is, a
+    /// transaction still open is incomplete.
+    fn let_go(&mut self, key: (u32, u64), mut c: Conn, ts: u64, out: &mut Vec<DbSpan>) {
+        if let Some(p) = c.pending.take() {
+            self.emit(key, &mut c, p, out);
+        }
+        if let Some(t) = c.txn.take() {
+            self.close_txn(key, t, ts, Outcome::Incomplete, None, out);
+        }
+    }
+
+    /// A top-level statement ended: its span, its waits', and what it did
+    /// to the transaction.
+    fn emit(&mut self, key: (u32, u64), conn: &mut Conn, d: Done, out: &mut Vec<DbSpan>) {
+        self.counters.statements += 1;
+        let facts = d.text.as_deref().map(|t| self.facts.get(t));
+        let sql = Sql::new(d.text.as_deref(), d.truncated, facts.clone());
+        let what = match d.command {
+            command::STMT_PREPARE => What::Prepare,
+            command::STMT_FETCH => What::Fetch,
+            command::INIT_DB => What::InitDb,
+            _ => What::Statement,
+        };
+        let errno = d.errno();
+        let (start_ns, end_ns) = (d.start_ns(), d.ts_ns);
+        let runs = matches!(what, What::Statement | What::InitDb);
+        let verb = if what == What::Statement { sql.verb.clone() } else { Verb::Other };
+        let now_in = d.server_status & IN_TRANS != 0;
+        let was = conn.in_trans.replace(now_in);
+        // BEGIN commits a transaction still open, and opens the next.
+        let restarts = verb == Verb::Begin && sql.implicit_commit && errno.is_none() && was != Some(false);
+        if restarts {
+            if let Some(t) = conn.txn.take() {
+                self.close_txn(key, t, start_ns, Outcome::Committed, None, out);
+            }
+        }
+        if now_in && (was == Some(false) || restarts) {
+            conn.txn = Some(self.open_txn(d.client, start_ns));
+        }
+        let parent = d.client.or(conn.txn.as_ref().map(|t| t.ids));
+        if let Some(t) = conn.txn.as_mut().filter(|_| runs) {
+            t.statements += 1;
+        }
+        let ids = match parent {
+            Some(p) => p.child(&mut self.gen),
+            None => self.gen.root(),
+        };
+        let (mut returned_rows, mut affected_rows) = (None, None);
+        match (what, d.status) {
+            (_, da::ERROR) | (What::Prepare, _) => {}
+            (What::Fetch, _) | (_, da::EOF) => returned_rows = Some(d.sent),
+            _ if sql.counts_affected => affected_rows = Some(d.affected),
+            _ => {}
+        }
+        let mut events = Vec::with_capacity(2 * d.waits.len());
+        for w in &d.waits {
+            for name in ["contention_detected", "lock_contention_detected"] {
+                events.push(Event { name, ts_ns: w.start_ns, attributes: vec![] });
+            }
+        }
+        let last = d.waits.len().saturating_sub(1);
+        for (i, w) in d.waits.iter().enumerate() {
+            self.counters.lock_waits += 1;
+            let outcome = if i == last { WaitOutcome::from_errno(errno) } else { WaitOutcome::Granted };
+            let span = WaitSpan {
+                ids: ids.child(&mut self.gen),
+                pid: key.0,
+                tid: d.tid,
+                connection_id: Some(key.1),
+                start_ns: w.start_ns,
+                end_ns: w.end_ns,
+                lock: w.lock,
+                outcome,
+                facts: facts.clone(),
+            };
+            out.push(spans::wait_span(span, self.system));
+        }
+        let s = StatementSpan {
+            ids,
+            pid: key.0,
+            tid: d.tid,
+            connection_id: key.1,
+            start_ns,
+            end_ns,
+            what,
+            facts,
+            truncated: d.truncated,
+            errno,
+            returned_rows,
+            affected_rows,
+            events,
+        };
+        out.push(spans::statement_span(s, self.system));
+        // The transaction ends with this statement (COMMIT, ROLLBACK, DDL's
+        // implicit commit, SET autocommit=1, a deadlock's rollback), or
+        // ends and chains (COMMIT AND CHAIN).
+        let chains = now_in && matches!(verb, Verb::Commit | Verb::Rollback) && errno.is_none();
+        if !now_in || chains {
+            if let Some(t) = conn.txn.take() {
+                let (outcome, error) = match (errno, &verb) {
+                    // DDL committed before it ran, whether it failed or not.
+                    (Some(_), _) if sql.implicit_commit && verb != Verb::Begin => (Outcome::Committed, None),
+                    (Some(n), _) => (Outcome::RolledBack, Some(n)),
+                    (None, Verb::Rollback) => (Outcome::RolledBack, None),
+                    (None, _) => (Outcome::Committed, None),
+                };
+                self.close_txn(key, t, end_ns, outcome, error, out);
+                if chains {
+                    conn.txn = Some(self.open_txn(d.client, end_ns));
+                }
+            }
+        }
+    }
+
+    /// A transaction opens: under the client's transaction when the client
+    /// is traced (a MySQL client's query has a parent only inside its
+    /// transaction: that transaction's span).
+    fn open_txn(&mut self, client: Option<Ids>, start_ns: u64) -> OpenTxn {
+        let ids = match client.filter(|c| c.parent_span_id != 0) {
+            Some(c) => Ids { trace_id: c.trace_id, span_id: c.parent_span_id, parent_span_id: 0 }.child(&mut self.gen),
+            None => self.gen.root(),
+        };
+        OpenTxn { ids, start_ns, statements: 0 }
+    }
+
+    fn close_txn(&mut self, key: (u32, u64), t: OpenTxn, end_ns: u64, outcome: Outcome, errno: Option<u32>, out: &mut Vec<DbSpan>) {
+        let end_ns = end_ns.max(t.start_ns);
+        let name = match outcome {
+            Outcome::Committed => "transaction.committed",
+            Outcome::RolledBack => "transaction.rolled_back",
+            Outcome::Prepared => "transaction.prepared",
+            Outcome::Incomplete => "transaction.incomplete",
+        };
+        let events = vec![
+            Event { name: "transaction.started", ts_ns: t.start_ns, attributes: vec![] },
+            Event { name, ts_ns: end_ns, attributes: vec![] },
+        ];
+        let span = TxnSpan {
+            ids: t.ids,
+            pid: key.0,
+            connection_id: key.1,
+            start_ns: t.start_ns,
+            end_ns,
+            outcome,
+            errno,
+            statements: t.statements,
+            events,
+        };
+        out.push(spans::txn_span(span, self.system));
+    }
+
+    /// The server exited: what it left open ends.
+    pub fn process_exited(&mut self, pid: u32, ts_ns: u64, out: &mut Vec<DbSpan>) {
+        self.cut(pid, ts_ns, Cut::ProcessExited, out);
+    }
+
+    /// The server is no longer traced (`why`): statements held end as they
+    /// are, open transactions are incomplete, waits whose statement never
+    /// ended are roots (their connection is not known).
+    pub fn cut(&mut self, pid: u32, ts_ns: u64, why: Cut, out: &mut Vec<DbSpan>) {
+        for key in self.conns.keys_of(pid) {
+            let c = self.conns.remove(key).expect("key listed");
+            self.let_go(key, c, ts_ns, out);
+        }
+        for key in self.threads.keys_of(pid) {
+            let t = self.threads.remove(key).expect("key listed");
+            let open = t.open.map(|(lock, start_ns)| (Wait { lock, start_ns, end_ns: ts_ns.max(start_ns) }, true));
+            for (w, cut) in t.done.into_iter().map(|w| (w, false)).chain(open) {
+                let outcome = match (cut, why) {
+                    (false, _) => WaitOutcome::Granted,
+                    (true, Cut::ProcessExited) => WaitOutcome::ProcessExited,
+                    (true, Cut::AgentStopped) => WaitOutcome::AgentStopped,
+                };
+                let span = WaitSpan {
+                    ids: self.gen.root(),
+                    pid,
+                    tid: key.1 as u32,
+                    connection_id: None,
+                    start_ns: w.start_ns,
+                    end_ns: w.end_ns,
+                    lock: w.lock,
+                    outcome,
+                    facts: None,
+                };
+                self.counters.lock_waits += 1;
+                out.push(spans::wait_span(span, self.system));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "reconstruct_tests.rs"]
+mod tests;

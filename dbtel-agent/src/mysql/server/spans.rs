@@ -1,0 +1,374 @@
+//! Names and attributes of MySQL/MariaDB server spans (statements,
+//! transactions, lock waits), mirroring PostgreSQL's server spans with
+//! `mysql` in place of `postgresql`: pure functions of the reconstructed
+//! span. The state machine that finds them is in `reconstruct`.
+
+use std::sync::Arc;
+
+use opentelemetry::KeyValue;
+
+use crate::pipeline::{
+    dbspan::{DbSpan, Described, Kind},
+    span::{Event, Ids},
+    sql::QueryFacts,
+    txn::Outcome,
+};
+
+/// What a statement span stands for: the server command that ran it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum What {
+    /// A statement of a COM_QUERY text, or a prepared statement's execution.
+    Statement,
+    /// COM_STMT_PREPARE: named as the client's prepare spans.
+    Prepare,
+    /// COM_STMT_FETCH: rows read from an execution's cursor.
+    Fetch,
+    /// COM_INIT_DB (`mysql_select_db`, the CLI's `use`).
+    InitDb,
+}
+
+/// One top-level statement as the server ran it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatementSpan {
+    pub ids: Ids,
+    /// The server process.
+    pub pid: u32,
+    /// The OS thread that ran it.
+    pub tid: u32,
+    /// The connection's id (CONNECTION_ID(), the client's db.mysql.connection_id).
+    pub connection_id: u64,
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub what: What,
+    /// None: the text was not readable.
+    pub facts: Option<Arc<QueryFacts>>,
+    pub truncated: bool,
+    /// The error number the client got.
+    pub errno: Option<u32>,
+    pub returned_rows: Option<u64>,
+    pub affected_rows: Option<u64>,
+    pub events: Vec<Event>,
+}
+
+/// A transaction as the server ran it (its IN_TRANS status bit).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxnSpan {
+    pub ids: Ids,
+    pub pid: u32,
+    pub connection_id: u64,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub outcome: Outcome,
+    /// The error that rolled it back (1213: a deadlock).
+    pub errno: Option<u32>,
+    pub statements: u32,
+    pub events: Vec<Event>,
+}
+
+/// What a lock wait waited for (thd_wait_begin's type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockType {
+    /// THD_WAIT_ROW_LOCK (3): an InnoDB row lock.
+    Row,
+    /// THD_WAIT_TABLE_LOCK (6): an InnoDB table lock or a thr_lock.
+    Table,
+    /// THD_WAIT_META_DATA_LOCK (5): MDL (DDL, LOCK TABLES, GET_LOCK).
+    Metadata,
+}
+
+impl LockType {
+    /// THD_WAIT_* values of 10.11's service_thd_wait.h; None for non-lock waits.
+    pub fn from_wait_type(t: u64) -> Option<Self> {
+        match t {
+            3 => Some(LockType::Row),
+            5 => Some(LockType::Metadata),
+            6 => Some(LockType::Table),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LockType::Row => "row",
+            LockType::Table => "table",
+            LockType::Metadata => "metadata",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitOutcome {
+    Granted,
+    /// 1213 ER_LOCK_DEADLOCK: this statement was the victim.
+    Deadlock,
+    /// 1205 ER_LOCK_WAIT_TIMEOUT (innodb_lock_wait_timeout, lock_wait_timeout).
+    LockWaitTimeout,
+    /// 1317 ER_QUERY_INTERRUPTED: KILL QUERY.
+    Interrupted,
+    /// 1927 ER_CONNECTION_KILLED: KILL CONNECTION.
+    Killed,
+    /// 1969 ER_STATEMENT_TIMEOUT: max_statement_time.
+    StatementTimeout,
+    /// Another error ended the statement (its number).
+    Error(u32),
+    /// The server exited while it waited.
+    ProcessExited,
+    /// Still waiting when the agent stopped.
+    AgentStopped,
+}
+
+impl WaitOutcome {
+    /// How the wait ended, from the error its statement ended with.
+    pub fn from_errno(errno: Option<u32>) -> Self {
+        match errno {
+            None => WaitOutcome::Granted,
+            Some(1213) => WaitOutcome::Deadlock,
+            Some(1205) => WaitOutcome::LockWaitTimeout,
+            Some(1317) => WaitOutcome::Interrupted,
+            Some(1927) => WaitOutcome::Killed,
+            Some(1969) => WaitOutcome::StatementTimeout,
+            Some(n) => WaitOutcome::Error(n),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WaitOutcome::Granted => "granted",
+            WaitOutcome::Deadlock => "deadlock",
+            WaitOutcome::LockWaitTimeout => "lock_wait_timeout",
+            WaitOutcome::Interrupted => "interrupted",
+            WaitOutcome::Killed => "killed",
+            WaitOutcome::StatementTimeout => "statement_timeout",
+            WaitOutcome::Error(_) => "error",
+            WaitOutcome::ProcessExited => "process_exited",
+            WaitOutcome::AgentStopped => "agent_stopped",
+        }
+    }
+}
+
+/// A lock wait (kind INTERNAL: time spent inside the server).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaitSpan {
+    pub ids: Ids,
+    pub pid: u32,
+    pub tid: u32,
+    /// None: its statement never ended (cut short), so its connection is not known.
+    pub connection_id: Option<u64>,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub lock: LockType,
+    pub outcome: WaitOutcome,
+    /// The waiting statement's facts.
+    pub facts: Option<Arc<QueryFacts>>,
+}
+
+pub fn statement_span(s: StatementSpan, system: &'static str) -> DbSpan {
+    let d = describe_statement(&s, system);
+    DbSpan::new(s.pid, s.ids, Kind::Server, (s.start_ns, s.end_ns), d, s.events, Vec::new())
+}
+
+pub fn txn_span(t: TxnSpan, system: &'static str) -> DbSpan {
+    let d = describe_txn(&t, system);
+    DbSpan::new(t.pid, t.ids, Kind::Server, (t.start_ns, t.end_ns), d, t.events, Vec::new())
+}
+
+pub fn wait_span(w: WaitSpan, system: &'static str) -> DbSpan {
+    let d = describe_wait(&w, system);
+    DbSpan::new(w.pid, w.ids, Kind::Internal, (w.start_ns, w.end_ns), d, Vec::new(), Vec::new())
+}
+
+pub fn describe_statement(s: &StatementSpan, system: &'static str) -> Described {
+    let mut a = Vec::with_capacity(12);
+    a.push(KeyValue::new("db.system.name", system));
+    let mut name = String::new();
+    match (s.what, &s.facts) {
+        // Preparing does not run the statement: named as the client's prepare.
+        (What::Prepare | What::Fetch, f) => {
+            let op = if s.what == What::Prepare { "PREPARE" } else { "FETCH" };
+            let summary = f.as_ref().and_then(|f| f.summary.as_ref()).map(|x| format!("{op} {x}"));
+            a.push(KeyValue::new("db.operation.name", op));
+            if let Some(c) = f.as_ref().and_then(|f| f.collection.clone()) {
+                a.push(KeyValue::new("db.collection.name", c));
+            }
+            if let Some(x) = &summary {
+                a.push(KeyValue::new("db.query.summary", x.clone()));
+            }
+            if let Some(f) = f {
+                a.push(KeyValue::new("db.query.text", f.text.clone()));
+            }
+            name = summary.unwrap_or_else(|| op.into());
+        }
+        (What::InitDb, _) => {
+            a.push(KeyValue::new("db.operation.name", "USE"));
+            name = "USE".into();
+        }
+        (What::Statement, Some(f)) => {
+            a.extend_from_slice(&f.attrs);
+            name = f.name().unwrap_or_default();
+        }
+        (What::Statement, None) => {}
+    }
+    if s.truncated {
+        a.push(KeyValue::new("dbtel.query.text_truncated", true));
+    }
+    a.extend([
+        KeyValue::new("db.mysql.connection_id", s.connection_id as i64),
+        KeyValue::new("process.pid", i64::from(s.pid)),
+        KeyValue::new("thread.id", i64::from(s.tid)),
+    ]);
+    let error = match s.errno {
+        Some(n) => {
+            let code = n.to_string();
+            a.push(KeyValue::new("db.response.status_code", code.clone()));
+            a.push(KeyValue::new("error.type", code.clone()));
+            Some(code)
+        }
+        None => {
+            if let Some(n) = s.returned_rows {
+                a.push(KeyValue::new("db.response.returned_rows", n as i64));
+            }
+            if let Some(n) = s.affected_rows {
+                a.push(KeyValue::new("db.response.affected_rows", n as i64));
+            }
+            None
+        }
+    };
+    if name.is_empty() {
+        name = system.into();
+    }
+    Described { name, attributes: a, error }
+}
+
+pub fn describe_txn(t: &TxnSpan, system: &'static str) -> Described {
+    let mut a = vec![
+        KeyValue::new("db.system.name", system),
+        KeyValue::new("db.mysql.connection_id", t.connection_id as i64),
+        KeyValue::new("db.transaction.outcome", t.outcome.as_str()),
+        KeyValue::new("db.transaction.aborted", t.errno.is_some()),
+        KeyValue::new("db.transaction.statement_count", i64::from(t.statements)),
+        KeyValue::new("process.pid", i64::from(t.pid)),
+    ];
+    let error = t.errno.map(|n| {
+        a.push(KeyValue::new("error.type", n.to_string()));
+        n.to_string()
+    });
+    Described { name: "transaction".into(), attributes: a, error }
+}
+
+/// A lock wait: what was waited for and how it ended. Named after the
+/// waiting statement's table, else the lock type.
+pub fn describe_wait(w: &WaitSpan, system: &'static str) -> Described {
+    let mut a = vec![KeyValue::new("db.system.name", system)];
+    if let Some(id) = w.connection_id {
+        a.push(KeyValue::new("db.mysql.connection_id", id as i64));
+    }
+    a.extend([
+        KeyValue::new("db.mysql.lock.type", w.lock.name()),
+        KeyValue::new("db.mysql.lock.outcome", w.outcome.name()),
+        KeyValue::new("process.pid", i64::from(w.pid)),
+        KeyValue::new("thread.id", i64::from(w.tid)),
+    ]);
+    let table = w.facts.as_ref().and_then(|f| f.collection.clone());
+    if let Some(f) = &w.facts {
+        a.push(KeyValue::new("db.query.text", f.text.clone()));
+    }
+    if let Some(t) = &table {
+        a.push(KeyValue::new("db.collection.name", t.clone()));
+    }
+    let error = match w.outcome {
+        WaitOutcome::Granted | WaitOutcome::AgentStopped => None,
+        WaitOutcome::Error(n) => {
+            a.push(KeyValue::new("error.type", n.to_string()));
+            Some(format!("lock wait ended by error {n}"))
+        }
+        other => {
+            a.push(KeyValue::new("error.type", other.name()));
+            Some(format!("lock wait ended: {}", other.name().replace('_', " ")))
+        }
+    };
+    let on = table.unwrap_or_else(|| w.lock.name().to_string());
+    Described { name: format!("lock wait {on}"), attributes: a, error }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::sql::{self, Dialect, Text};
+
+    fn facts(t: &str) -> Option<Arc<QueryFacts>> {
+        Some(Arc::new(sql::facts_in(Dialect::MySql, t, Text::Obfuscated)))
+    }
+
+    fn stmt(what: What, text: &str) -> StatementSpan {
+        StatementSpan {
+            ids: Ids::default(),
+            pid: 7,
+            tid: 8,
+            connection_id: 42,
+            start_ns: 1,
+            end_ns: 2,
+            what,
+            facts: facts(text),
+            truncated: false,
+            errno: None,
+            returned_rows: None,
+            affected_rows: None,
+            events: vec![],
+        }
+    }
+
+    #[test]
+    fn prepare_fetch_and_use_are_named_like_the_client_names_them() {
+        let d = describe_statement(&stmt(What::Prepare, "SELECT a FROM t WHERE id = ?"), "mariadb");
+        assert_eq!(d.name, "PREPARE SELECT t");
+        assert_eq!(
+            d.attributes,
+            vec![
+                KeyValue::new("db.system.name", "mariadb"),
+                KeyValue::new("db.operation.name", "PREPARE"),
+                KeyValue::new("db.collection.name", "t"),
+                KeyValue::new("db.query.summary", "PREPARE SELECT t"),
+                KeyValue::new("db.query.text", "SELECT a FROM t WHERE id = ?"),
+                KeyValue::new("db.mysql.connection_id", 42i64),
+                KeyValue::new("process.pid", 7i64),
+                KeyValue::new("thread.id", 8i64),
+            ]
+        );
+        let mut f = stmt(What::Fetch, "SELECT a FROM t");
+        f.returned_rows = Some(5);
+        let d = describe_statement(&f, "mysql");
+        assert_eq!(d.name, "FETCH SELECT t");
+        assert!(d.attributes.contains(&KeyValue::new("db.response.returned_rows", 5i64)));
+        let mut u = stmt(What::InitDb, "");
+        u.facts = None;
+        assert_eq!(describe_statement(&u, "mariadb").name, "USE");
+        let mut none = stmt(What::Statement, "");
+        none.facts = None;
+        assert_eq!(describe_statement(&none, "mariadb").name, "mariadb");
+    }
+
+    #[test]
+    fn wait_outcomes() {
+        assert_eq!(WaitOutcome::from_errno(Some(1969)).name(), "statement_timeout");
+        assert_eq!(WaitOutcome::from_errno(Some(1062)), WaitOutcome::Error(1062));
+        let mut w = WaitSpan {
+            ids: Ids::default(),
+            pid: 7,
+            tid: 8,
+            connection_id: None,
+            start_ns: 1,
+            end_ns: 2,
+            lock: LockType::Metadata,
+            outcome: WaitOutcome::Error(1062),
+            facts: None,
+        };
+        let d = describe_wait(&w, "mariadb");
+        assert_eq!((d.name.as_str(), d.error.as_deref()), ("lock wait metadata", Some("lock wait ended by error 1062")));
+        assert!(d.attributes.contains(&KeyValue::new("error.type", "1062")));
+        w.outcome = WaitOutcome::AgentStopped;
+        assert_eq!(describe_wait(&w, "mariadb").error, None);
+        w.outcome = WaitOutcome::ProcessExited;
+        assert_eq!(describe_wait(&w, "mariadb").error.as_deref(), Some("lock wait ended: process exited"));
+    }
+}
