@@ -96,6 +96,9 @@ struct Agent {
     engine_spans: Vec<DbSpan>,
     /// An engine record copied out of the ring buffer (reused).
     scratch: Vec<u8>,
+    /// Servers traced through an engine's plan (in `live` too): a `--`
+    /// command's exit ends the run whether or not they still run.
+    engine_servers: HashSet<u32>,
 }
 
 impl Agent {
@@ -351,6 +354,7 @@ impl Agent {
         self.probes.detach_pid(pid);
         self.exporter.process_gone(pid);
         self.live.remove(&pid);
+        self.engine_servers.remove(&pid);
         self.inspected.retain(|(p, _)| *p != pid);
         if let Some(h) = &mut self.host {
             h.forget(pid);
@@ -451,6 +455,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         engines,
         engine_spans: Vec::new(),
         scratch: Vec::new(),
+        engine_servers: HashSet::new(),
     };
     let mut attached_lines = Vec::new();
     if agent.host.is_some() {
@@ -557,7 +562,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                     );
                 }
                 // `--` mode ends with its command, even while a server is traced beside it.
-                if agent.live.is_empty() {
+                if agent.live.keys().all(|p| agent.engine_servers.contains(p)) {
                     break;
                 }
             }

@@ -91,6 +91,9 @@ impl Agent {
                     log::warn!("{w}");
                 }
                 let n = self.probes.attach_plan(plan)?;
+                if matches!(plan.layout, crate::engine::Layout::Sites(_)) {
+                    self.engine_servers.insert(plan.pid);
+                }
                 if self.host.is_none() && !self.live.contains_key(&plan.pid) {
                     self.follow(crate::export::ProcessMeta::of(plan.pid, exe_name(plan.pid)));
                 }
