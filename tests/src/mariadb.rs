@@ -48,6 +48,11 @@ const FAST: [&str; 3] = ["--innodb-flush-method=nosync", "--innodb-buffer-pool-s
 impl MariaDb {
     /// Makes the data directory and starts the server; returns once it accepts connections.
     pub fn start() -> MariaDb {
+        Self::start_with(&[])
+    }
+
+    /// [`MariaDb::start`] with extra server options (`--thread-handling=pool-of-threads`).
+    pub fn start_with(extra: &[&str]) -> MariaDb {
         assert!(Path::new(SERVER).exists(), "{SERVER} missing: install mariadb-server with cargo xtask setup");
         let (uid, gid) = mysql_uid();
         let dir = tempfile::Builder::new().prefix("dbtel-mariadb-").tempdir().unwrap();
@@ -56,11 +61,21 @@ impl MariaDb {
         // SAFETY: chown on a path we just created.
         assert_eq!(unsafe { libc::chown(c.as_ptr(), uid, gid) }, 0);
         let data = dir.path().join("data");
+        // Its own temporary directory, not the /tmp every server on the host
+        // shares: a bootstrap failed there once ("Error on delete of
+        // '/tmp/#sql-temptable-….MAI'", the file gone under it).
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let c = std::ffi::CString::new(tmp.to_str().unwrap()).unwrap();
+        // SAFETY: chown on a path we just created.
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), uid, gid) }, 0);
+        let tmpdir = format!("--tmpdir={}", tmp.display());
         // root@localhost without a password (not unix_socket auth): any client, socket or TCP.
         let out = Command::new("mariadb-install-db")
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
             .args(["--user=mysql", "--auth-root-authentication-method=normal", "--skip-test-db"])
+            .arg(&tmpdir)
             .args(FAST)
             .stdin(Stdio::null())
             .output()
@@ -74,10 +89,12 @@ impl MariaDb {
             .arg(format!("--socket={}", p("sock")))
             .arg(format!("--port={port}"))
             .args(["--bind-address=127.0.0.1", "--user=mysql", "--general-log=1"])
+            .arg(&tmpdir)
             .arg(format!("--general-log-file={}", p("general.log")))
             .arg(format!("--log-error={}", p("error.log")))
             .arg(format!("--pid-file={}", p("mariadbd.pid")))
             .args(FAST)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

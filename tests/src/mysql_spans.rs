@@ -104,3 +104,45 @@ pub fn pair_with_log<'a>(
 pub fn first_word(sql: &str) -> String {
     sql.split_whitespace().next().unwrap_or("").to_ascii_uppercase()
 }
+
+/// OTLP SpanKind SERVER.
+pub const SERVER: i32 = 2;
+
+/// True for a server span standing for a statement (not a transaction, not a lock wait).
+pub fn is_server_statement(s: &Span) -> bool {
+    s.kind == SERVER && s.name != "transaction" && !s.name.starts_with("lock wait")
+}
+
+/// The server's statement spans of one connection, in the order they ended
+/// (the order the server ran them: a start is only as fine as a microsecond).
+pub fn server_statement_spans(spans: &[Span], connection: u64) -> Vec<&Span> {
+    let mut out: Vec<&Span> =
+        spans.iter().filter(|s| is_server_statement(s) && s.int("db.mysql.connection_id") == Some(connection as i64)).collect();
+    out.sort_by_key(|s| s.end_ns);
+    out
+}
+
+/// The server's side of [`pair_with_log`]: one SERVER span per logged
+/// statement of `connection`, in order, with the logged text obfuscated, the
+/// connection id, and a prepare named as the client names it. `server_pid`:
+/// the mariadbd the spans must come from.
+pub fn pair_server_with_log<'a>(spans: &[&'a Span], log: &[GeneralLog], connection: u64, server_pid: u32) -> Vec<(&'a Span, GeneralLog)> {
+    let logged = logged_statements(log, connection);
+    let got: Vec<&str> = spans.iter().map(|s| s.text()).collect();
+    let want: Vec<String> = logged.iter().map(|e| expected_mysql_text(&e.text)).collect();
+    assert_eq!(got, want, "connection {connection}: one server span per logged statement, in order\n{}", dump(spans));
+    for (s, e) in spans.iter().zip(&logged) {
+        let what = format!("connection {connection}: {} {:?}", e.command, e.text);
+        assert_eq!(s.kind, SERVER, "{what}: SERVER");
+        assert_eq!(s.int("db.mysql.connection_id"), Some(connection as i64), "{what}");
+        assert_eq!(s.str("db.system.name"), Some("mariadb"), "{what}");
+        assert_eq!(s.resource_int("process.pid"), Some(i64::from(server_pid)), "{what}");
+        if e.command == "Prepare" {
+            assert_eq!(s.str("db.operation.name"), Some("PREPARE"), "{what}");
+            assert!(s.name.starts_with("PREPARE"), "{what}: span {:?}", s.name);
+        }
+        assert!(s.start_ns <= s.end_ns, "{what}: {} .. {}", s.start_ns, s.end_ns);
+        assert!(s.int("thread.id").is_some(), "{what}");
+    }
+    spans.iter().copied().zip(logged).collect()
+}

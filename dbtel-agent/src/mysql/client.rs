@@ -13,7 +13,12 @@ use crate::{
     pipeline::{dbspan::DbSpan, span::IdGen, sql::Text},
 };
 
-use super::{discover, reconstruct::Reconstructor, records, server::reconstruct::Tracker};
+use super::{
+    discover,
+    reconstruct::Reconstructor,
+    records,
+    server::reconstruct::{ClientQuery, Tracker},
+};
 
 pub struct Client {
     recon: Reconstructor,
@@ -54,8 +59,12 @@ impl Engine for Client {
         let (h, at) = events::header(data)?;
         if Kind::from_u16(h.kind) == Some(Kind::MyServer) {
             let hit = events::server_hit(&h, at, data)?;
-            let recon = &self.recon;
-            self.server.on_hit(&hit, &|id| recon.in_flight_on(id), out);
+            let recon = &mut self.recon;
+            let mut client = |q: ClientQuery| match q {
+                ClientQuery::InFlight(id) => recon.in_flight_on(id),
+                ClientQuery::Prepare(id, text) => recon.prepare_on(id, text),
+            };
+            self.server.on_hit(&hit, &mut client, out);
             return Ok(at.pid);
         }
         let rec = records::decode(data)?;

@@ -80,6 +80,50 @@ fn the_server_statement_is_the_child_of_the_client_query_in_flight_on_its_connec
     assert_eq!(e.recon.in_flight_on(42), None, "nothing in flight any more");
 }
 
+/// The server's end of a COM_STMT_PREPARE on connection `cid` (its reply
+/// already sent: the Diagnostics_area disabled).
+fn server_prepared(e: &mut Client, ts_ns: u64, cid: u64, text: &str, start_us: u64, out: &mut Vec<DbSpan>) {
+    let at = Origin { pid: SRV, tid: SRV + 7, ts_ns, conn: u64::from(SRV) };
+    let args = [cid, 0x7f00, text.len() as u64, 0, 6, 0x2, start_us, 22, 0, 0];
+    let bytes = ev::server_of(Kind::MyServer, at, mysite::STATEMENT_DONE, args, Some(text));
+    assert_eq!(e.on_record(&bytes, out), Ok(SRV));
+}
+
+#[test]
+fn a_server_prepare_that_ends_after_the_clients_next_call_began_is_still_the_child_of_its_prepare() {
+    let mut e = Client::with_seed(5, Text::Obfuscated);
+    let mut out = vec![];
+    conn(&mut e, 1_000_000, 42, &mut out);
+    let (s1, s2, s3) = (0x5001, 0x5002, 0x5003);
+    let stmt = |ts, stmt| Origin { conn: stmt, ..app(ts) };
+    let prepare = |e: &mut Client, ts, s, text, out: &mut Vec<DbSpan>| {
+        e.on_record(&encode::call(stmt(ts, s), MyCall::StmtPrepare, DB, Some(text)), out).unwrap();
+    };
+    let prepared = |e: &mut Client, ts, s, out: &mut Vec<DbSpan>| returned(e, ts, MyCall::StmtPrepare, 0, AUTOCOMMIT, |r| r.at.conn = s, out);
+    // The server replied to the first prepare before its end_statement: the
+    // client returned and sent its next prepare first.
+    prepare(&mut e, 2_000_000, s1, "SELECT a FROM t WHERE id = ?", &mut out);
+    prepared(&mut e, 2_200_000, s1, &mut out);
+    prepare(&mut e, 2_300_000, s2, "BEGIN", &mut out);
+    server_prepared(&mut e, 2_250_000, 42, "SELECT a FROM t WHERE id = ?", 2_100, &mut out);
+    // The second one's end before its reply reached the client.
+    server_prepared(&mut e, 2_400_000, 42, "BEGIN", 2_350, &mut out);
+    prepared(&mut e, 2_500_000, s2, &mut out);
+    // The same text again, ended after the client's return with nothing in flight.
+    prepare(&mut e, 3_000_000, s3, "BEGIN", &mut out);
+    prepared(&mut e, 3_200_000, s3, &mut out);
+    server_prepared(&mut e, 3_300_000, 42, "BEGIN", 3_100, &mut out);
+    let client: Vec<&DbSpan> = out.iter().filter(|s| s.kind == SpanKind::Client).collect();
+    let server: Vec<&DbSpan> = out.iter().filter(|s| s.kind == SpanKind::Server).collect();
+    assert_eq!((client.len(), server.len()), (3, 3));
+    for (c, s) in client.iter().zip(&server) {
+        assert_eq!((s.name.as_str(), s.ids.trace_id, s.ids.parent_span_id), (c.name.as_str(), c.ids.trace_id, c.ids.span_id));
+    }
+    // Answered prepares are let go: a stray end finds no parent.
+    server_prepared(&mut e, 3_400_000, 42, "BEGIN", 3_350, &mut out);
+    assert_eq!(out.last().unwrap().ids.parent_span_id, 0);
+}
+
 #[test]
 fn with_autocommit_off_a_statement_that_opened_nothing_keeps_its_ids() {
     let mut e = Client::with_seed(2, Text::Obfuscated);

@@ -24,7 +24,7 @@
 //! was committed implicitly, or rolled back by the server after a
 //! deadlock); BEGIN inside a transaction commits it first.
 
-use std::sync::Arc;
+use std::{collections::VecDeque, sync::Arc};
 
 use dbtel_common::MyCall;
 
@@ -38,8 +38,8 @@ use crate::{
     events::Origin,
     pipeline::{
         dbspan::DbSpan,
-        span::IdGen,
-        sql::{Dialect, FactsCache, Text},
+        span::{IdGen, Ids},
+        sql::{Dialect, FactsCache, QueryFacts, Text},
         txn::{Outcome, Tracker, TxnSpan, Verb},
     },
 };
@@ -52,6 +52,9 @@ pub const STATEMENTS_PER_PROCESS: usize = 4096;
 /// Connections kept per process (a program that leaks MYSQL handles loses
 /// the state of its least recently used idle ones).
 pub const CONNECTIONS_PER_PROCESS: usize = 4096;
+/// Prepares kept per connection for the server's join: the client can be at
+/// most one command ahead of the server (see [`Reconstructor::prepare_on`]).
+const PREPARES_UNANSWERED: usize = 2;
 
 type Key = (u32, u64);
 
@@ -94,11 +97,14 @@ struct Conn {
     /// SERVER_STATUS_AUTOCOMMIT at the last return (on until one says).
     autocommit: bool,
     op: Option<Op>,
+    /// Its latest prepares not yet answered by a traced server's end of
+    /// them, oldest first: their span's ids and text.
+    prepares: VecDeque<(Ids, Option<Arc<QueryFacts>>)>,
 }
 
 impl Conn {
     fn new() -> Self {
-        Conn { details: None, thread_id: 0, view: Arc::new(ConnView::default()), autocommit: true, op: None }
+        Conn { details: None, thread_id: 0, view: Arc::new(ConnView::default()), autocommit: true, op: None, prepares: VecDeque::new() }
     }
 
     fn rebuild(&mut self) {
@@ -157,10 +163,25 @@ impl Reconstructor {
     /// The ids of the client query in flight on the connection the server
     /// knows by `connection_id` (its CONNECTION_ID()), if one is: the server
     /// side's spans of that statement become its children.
-    pub fn in_flight_on(&self, connection_id: u64) -> Option<crate::pipeline::span::Ids> {
+    pub fn in_flight_on(&self, connection_id: u64) -> Option<Ids> {
         let key = self.by_thread.get(&connection_id)?;
         let conn = self.conns.get(*key).filter(|c| c.thread_id == connection_id)?;
         conn.op.as_ref().map(|op| op.span.ids)
+    }
+
+    /// The ids of the client's prepare of `text` on the connection the
+    /// server knows by `connection_id`. The server sends a prepare's reply
+    /// before its end_statement, so by then the client may have returned
+    /// and sent its next command (one: the server answers nothing more on
+    /// the connection until this end): the oldest unanswered of its last
+    /// two prepares with that text. Answered, it is let go.
+    pub fn prepare_on(&mut self, connection_id: u64, text: Option<&str>) -> Option<Ids> {
+        let key = *self.by_thread.get(&connection_id)?;
+        let facts = text.map(|t| self.facts.get(t));
+        let conn = self.conns.get_mut(key).filter(|c| c.thread_id == connection_id)?;
+        let same = |f: &Option<Arc<QueryFacts>>| f.as_ref().map(|f| &f.text) == facts.as_ref().map(|f| &f.text);
+        let i = conn.prepares.iter().position(|(_, f)| same(f))?;
+        conn.prepares.drain(..=i).last().map(|(ids, _)| ids)
     }
 
     /// Connection ids indexed (for bound checks).
@@ -296,6 +317,12 @@ impl Reconstructor {
         } else {
             self.txns.query_started(key, &sql.verb, at.ts_ns, &mut self.ids)
         };
+        if call == MyCall::StmtPrepare {
+            if conn.prepares.len() == PREPARES_UNANSWERED {
+                conn.prepares.pop_front();
+            }
+            conn.prepares.push_back((ids, sql.facts.clone()));
+        }
         conn.op = Some(Op {
             span: QuerySpan {
                 ids,

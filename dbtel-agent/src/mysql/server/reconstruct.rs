@@ -66,6 +66,26 @@ mod da {
     pub const ERROR: u64 = 5;
 }
 
+/// What the server side asks of a traced client when a statement ends:
+/// the ids of the client's span for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientQuery<'a> {
+    /// The query in flight on this connection id.
+    InFlight(u64),
+    /// The connection's prepare of this text: the server replies to
+    /// COM_STMT_PREPARE before its end_statement, so the client may have
+    /// returned from it, and sent its next command, by then.
+    Prepare(u64, Option<&'a str>),
+}
+
+impl ClientQuery<'_> {
+    pub fn connection_id(&self) -> u64 {
+        match *self {
+            ClientQuery::InFlight(id) | ClientQuery::Prepare(id, _) => id,
+        }
+    }
+}
+
 /// Why spans were closed before their end was seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cut {
@@ -200,9 +220,9 @@ impl Tracker {
         self.threads.get((pid, u64::from(tid))).map_or(0, |t| t.done.len())
     }
 
-    /// One probe hit. `client` gives the client's query in flight on a
+    /// One probe hit. `client` gives the client's span of a statement on a
     /// connection id, when that client is traced.
-    pub fn on_hit(&mut self, hit: &ServerHit, client: &dyn Fn(u64) -> Option<Ids>, out: &mut Vec<DbSpan>) {
+    pub fn on_hit(&mut self, hit: &ServerHit, client: &mut dyn FnMut(ClientQuery) -> Option<Ids>, out: &mut Vec<DbSpan>) {
         match hit.site {
             mysite::STATEMENT_DONE => self.statement_done(hit, client, out),
             mysite::WAIT_BEGIN => self.wait_begin(hit),
@@ -261,7 +281,7 @@ impl Tracker {
         t.done
     }
 
-    fn statement_done(&mut self, hit: &ServerHit, client: &dyn Fn(u64) -> Option<Ids>, out: &mut Vec<DbSpan>) {
+    fn statement_done(&mut self, hit: &ServerHit, client: &mut dyn FnMut(ClientQuery) -> Option<Ids>, out: &mut Vec<DbSpan>) {
         let (at, a) = (hit.at, &hit.args);
         let waits = self.take_waits(at.pid, at.tid, at.ts_ns);
         let (connection_id, command) = (a[0], a[7] as u32);
@@ -292,7 +312,11 @@ impl Tracker {
             text: hit.text.clone(),
             truncated: hit.truncated,
             waits,
-            client: client(connection_id),
+            client: client(if command == command::STMT_PREPARE {
+                ClientQuery::Prepare(connection_id, hit.text.as_deref())
+            } else {
+                ClientQuery::InFlight(connection_id)
+            }),
         };
         let key = (at.pid, connection_id);
         // Worked on detached (its slot stays where it is in the order).

@@ -92,7 +92,7 @@ impl R {
         let (h, at) = events::header(&bytes).expect("header");
         let hit = events::server_hit(&h, at, &bytes).expect("decodes");
         let c = self.client;
-        self.t.on_hit(&hit, &move |id| c.filter(|_| id == CID), &mut self.out);
+        self.t.on_hit(&hit, &mut move |q| c.filter(|_| q.connection_id() == CID), &mut self.out);
     }
 
     fn after(&mut self, us: u64) -> u64 {
