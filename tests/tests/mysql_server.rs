@@ -2,13 +2,15 @@
 //! every client (the CLI, PyMySQL: no client library), checked against the
 //! general log; joined to the client's spans when the client is traced too;
 //! row, table and metadata lock waits under the statement that waited, with
-//! their outcome; a second server on the host left alone.
+//! their outcome; a second server on the host left alone; the same with
+//! the server's pool of threads, which runs a connection's commands on
+//! whichever worker thread is free.
 
 use std::{process::Stdio, time::Duration};
 
 use dbtel_tests::{
     drivers,
-    mysql_spans::dump,
+    mysql_spans::{connections_after, dump, last_connection, server_statement_spans},
     require_root, run_agent, Agent, MariaDb, Receiver, Span,
 };
 
@@ -221,4 +223,114 @@ fn server_spans_are_children_of_the_traced_clients_spans_and_another_server_is_l
     // The general log of the traced server agrees on the count.
     let logged: usize = db.general_log().iter().filter(|e| e.command == "Query").count();
     assert!(server.len() >= 7 && server.len() <= logged, "{} server spans, {logged} logged", server.len());
+}
+
+/// Runs pymysql_interleave.py with `n` connections of `rounds` rounds;
+/// returns the connection ids, and the error numbers by connection id.
+fn interleaved(db: &MariaDb, n: usize, rounds: usize) -> (Vec<u64>, Vec<(u64, String)>) {
+    let socket = db.socket().display().to_string();
+    let out = drivers::python()
+        .arg(drivers::program("pymysql_interleave.py"))
+        .args([socket.as_str(), "shop", &n.to_string(), &rounds.to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && stdout.contains("done"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let mut ids = vec![0; n];
+    let mut errors = Vec::new();
+    for l in stdout.lines() {
+        match l.split(' ').collect::<Vec<_>>()[..] {
+            ["conn", i, id] => ids[i.parse::<usize>().unwrap()] = id.parse().unwrap(),
+            ["error", i, errno] => errors.push((i.parse::<usize>().unwrap(), errno.to_string())),
+            _ => {}
+        }
+    }
+    (ids.clone(), errors.into_iter().map(|(i, e)| (ids[i], e)).collect())
+}
+
+#[test]
+fn with_a_pool_of_threads_every_connection_is_followed_across_threads_and_a_row_lock_wait_is_its_statements() {
+    require_root();
+    let db = MariaDb::start_with(&["--thread-handling=pool-of-threads"]);
+    assert_eq!(db.cli("select @@thread_handling").trim(), "pool-of-threads");
+    prepare(&db);
+    db.cli(
+        "create table shop.counters (id int primary key, n int); insert into shop.counters values (0, 0), (1, 0), (2, 0), (3, 0);\
+         create table shop.events (id int auto_increment primary key, conn int, round int)",
+    );
+    let before = last_connection(&db.general_log());
+    let rx = Receiver::start();
+    let agent = trace_server(&db, &rx);
+    const N: usize = 4;
+    const ROUNDS: usize = 12;
+    let (workers, errors) = interleaved(&db, N, ROUNDS);
+    // Rounds 0, 3, 6 and 9 of each connection fail.
+    assert_eq!(errors.len(), 4 * N, "{errors:?}");
+    assert!(errors.iter().all(|(_, e)| e == "1146"), "{errors:?}");
+    let (lockers, lock_errors) = locks(&db, "row");
+    assert!(lock_errors.is_empty(), "{lock_errors:?}");
+    let conns = connections_after(&db.general_log(), before);
+    assert_eq!(conns.len(), N + 2, "{conns:?}");
+    db.wait_quit(&conns);
+    std::thread::sleep(Duration::from_millis(500));
+    let run = agent.interrupt();
+    assert!(run.status.success(), "{run:?}");
+    assert!(run.summary().contains(" 0 lost in the ring buffer, 0 undecodable"), "{}", run.summary());
+    let spans = rx.spans();
+    let all = || dump(&spans.iter().collect::<Vec<_>>());
+    let log = db.general_log();
+
+    // Each connection's statements as its log says, in order, whichever threads ran them.
+    let mut moved = 0;
+    for &conn in &conns {
+        let logged: Vec<_> = log.iter().filter(|e| e.connection == conn && ["Query", "Init DB"].contains(&e.command.as_str())).collect();
+        let got = server_statement_spans(&spans, conn);
+        let texts: Vec<&str> = got.iter().map(|s| s.text()).collect();
+        let want: Vec<String> =
+            logged.iter().map(|e| if e.command == "Init DB" { String::new() } else { dbtel_tests::expected_mysql_text(&e.text) }).collect();
+        assert_eq!(texts, want, "connection {conn}\n{}", dump(&got));
+        for (s, e) in got.iter().zip(&logged) {
+            let what = format!("connection {conn}: {} {:?}", e.command, e.text);
+            assert_eq!((s.str("db.system.name"), s.resource_int("process.pid")), (Some("mariadb"), Some(db.pid() as i64)), "{what}");
+            if e.command == "Init DB" {
+                assert_eq!(s.name, "USE", "{what}");
+            }
+            let failed = e.text == "select * from missing";
+            assert_eq!(s.str("error.type"), failed.then_some("1146"), "{what}");
+            assert!(s.start_ns <= s.end_ns, "{what}");
+        }
+        let threads: std::collections::BTreeSet<i64> = got.iter().filter_map(|s| s.int("thread.id")).collect();
+        moved += usize::from(threads.len() > 1);
+    }
+    assert!(moved >= 1, "no connection's commands ran on more than one thread: not a pool of threads?");
+
+    // Each worker's BEGIN .. COMMIT blocks: a committed server transaction apiece, parenting its 4 statements.
+    for &conn in &workers {
+        let statements = server_statement_spans(&spans, conn);
+        let mut txns: Vec<&Span> = spans.iter().filter(|s| s.kind == SERVER && s.name == "transaction" && s.int("db.mysql.connection_id") == Some(conn as i64)).collect();
+        txns.sort_by_key(|s| s.start_ns);
+        assert_eq!(txns.len(), ROUNDS, "connection {conn}\n{}", dump(&txns));
+        for t in &txns {
+            let children: Vec<&Span> = statements.iter().copied().filter(|s| s.parent_span_id == t.span_id).collect();
+            let texts: Vec<&str> = children.iter().map(|s| s.text()).collect();
+            assert_eq!(texts, ["begin", "insert into events (conn, round) values (?, ?)", "update counters set n = n + ? where id = ?", "commit"], "connection {conn}");
+            assert_eq!((t.str("db.transaction.outcome"), t.int("db.transaction.statement_count")), (Some("committed"), Some(4)), "connection {conn}");
+            assert!(children.iter().all(|c| c.trace_id == t.trace_id && t.start_ns <= c.start_ns && c.end_ns <= t.end_ns), "connection {conn}\n{}", dump(&children));
+        }
+        let roots = statements.iter().filter(|s| s.parent_span_id.is_empty()).count();
+        assert_eq!(roots, statements.len() - 4 * ROUNDS, "connection {conn}: the rest outside transactions");
+    }
+
+    // The row lock wait: under B's update, granted; the only wait.
+    let b = conn_of(&lockers, "B");
+    let update = server_statement_spans(&spans, b).into_iter().find(|s| s.text().starts_with("update t")).expect("B's update");
+    let waits = waits_under(&spans, update);
+    assert_eq!(waits.len(), 1, "{}", all());
+    let w = waits[0];
+    assert_eq!((w.str("db.mysql.lock.type"), w.str("db.mysql.lock.outcome")), (Some("row"), Some("granted")));
+    assert_eq!(w.int("db.mysql.connection_id"), Some(b as i64));
+    assert!(w.duration() >= Duration::from_millis(350) && w.duration() < Duration::from_millis(1500), "{:?}", w.duration());
+    assert!(update.start_ns <= w.start_ns && w.end_ns <= update.end_ns, "inside the update");
+    assert_eq!(w.trace_id, update.trace_id);
+    assert_eq!(spans.iter().filter(|s| s.name.starts_with("lock wait")).count(), 1, "{}", all());
 }
