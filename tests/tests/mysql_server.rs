@@ -10,7 +10,7 @@ use std::{process::Stdio, time::Duration};
 
 use dbtel_tests::{
     drivers,
-    mysql_spans::{connections_after, dump, last_connection, server_statement_spans},
+    mysql_spans::{connections_after, dump, is_server_statement, last_connection, pair_server_with_log, server_statement_spans},
     require_root, run_agent, Agent, MariaDb, Receiver, Span,
 };
 
@@ -333,4 +333,56 @@ fn with_a_pool_of_threads_every_connection_is_followed_across_threads_and_a_row_
     assert!(update.start_ns <= w.start_ns && w.end_ns <= update.end_ns, "inside the update");
     assert_eq!(w.trace_id, update.trace_id);
     assert_eq!(spans.iter().filter(|s| s.name.starts_with("lock wait")).count(), 1, "{}", all());
+}
+
+/// sysbench on a table of `rows` rows (sbtest1), over the socket.
+fn sysbench(db: &MariaDb, script: &str, rows: usize, run: &[&str]) -> String {
+    let mut args: Vec<String> = [script, "--db-driver=mysql", "--mysql-user=root", "--mysql-db=sbtest", "--tables=1"].map(String::from).to_vec();
+    args.extend([format!("--mysql-socket={}", db.socket().display()), format!("--table-size={rows}")]);
+    let out = std::process::Command::new("sysbench").args(args).args(run).output().expect("sysbench (cargo xtask setup)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn with_a_pool_of_threads_a_wait_stays_with_its_statement_when_a_pending_commit_resumes_it_on_another_thread() {
+    // Autocommit UPDATEs of 4 rows from 6 connections: row lock waits, and
+    // commits whose redo write is pending (the command returns WOULDBLOCK
+    // and is resumed, end_statement included, by whichever worker is free).
+    require_root();
+    let db = MariaDb::start_with(&["--thread-handling=pool-of-threads"]);
+    db.cli("create database sbtest");
+    sysbench(&db, "oltp_update_non_index", 4, &["prepare"]);
+    let before = last_connection(&db.general_log());
+    let rx = Receiver::start();
+    let agent = trace_server(&db, &rx);
+    let out = sysbench(&db, "oltp_update_non_index", 4, &["--threads=6", "--events=3000", "--time=0", "run"]);
+    assert!(out.contains("transactions:                        3000 "), "{out}");
+    let conns = connections_after(&db.general_log(), before);
+    assert_eq!(conns.len(), 6, "{conns:?}");
+    db.wait_quit(&conns);
+    std::thread::sleep(Duration::from_millis(500));
+    let run = agent.interrupt();
+    assert!(run.status.success(), "{run:?}");
+    assert!(run.summary().contains(" 0 lost in the ring buffer, 0 undecodable"), "{}", run.summary());
+    let spans = rx.spans();
+    let log = db.general_log();
+    for &conn in &conns {
+        pair_server_with_log(&server_statement_spans(&spans, conn), &log, conn, db.pid());
+    }
+    // Every wait under the UPDATE of its own connection that waited, granted.
+    let waits: Vec<&Span> = spans.iter().filter(|s| s.name.starts_with("lock wait")).collect();
+    let mut elsewhere = 0;
+    for w in &waits {
+        let parent = spans.iter().find(|s| s.span_id == w.parent_span_id && is_server_statement(s));
+        let parent = parent.unwrap_or_else(|| panic!("no statement for {}", dump(&[w])));
+        let what = dump(&[parent, w]);
+        assert_eq!(parent.int("db.mysql.connection_id"), w.int("db.mysql.connection_id"), "{what}");
+        assert_eq!(parent.text(), "UPDATE sbtest1 SET c=? WHERE id=?", "{what}");
+        assert!(parent.start_ns <= w.start_ns && w.end_ns <= parent.end_ns, "{what}: {}..{} in {}..{}", w.start_ns, w.end_ns, parent.start_ns, parent.end_ns);
+        assert_eq!((w.str("db.mysql.lock.type"), w.str("db.mysql.lock.outcome")), (Some("row"), Some("granted")), "{what}");
+        elsewhere += usize::from(parent.int("thread.id") != w.int("thread.id"));
+    }
+    assert!(waits.len() >= 20, "{} lock waits: too little contention to test", waits.len());
+    assert!(elsewhere >= 1, "no statement ended on another thread than its wait: nothing tested");
 }

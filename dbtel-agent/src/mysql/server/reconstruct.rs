@@ -14,16 +14,18 @@
 //! statement's end, 0 → 1 opening one at that statement's start, 1 → 0
 //! ending it at that statement's end.
 //!
-//! Lock waits: thd_wait_begin / thd_wait_end pairs on an OS thread. A
-//! statement runs on one thread from its start to its end (pool-of-threads
-//! moves connections between threads only between commands), so the waits
-//! seen on a thread are those of the next statement that ends on it; how
-//! the last of them ended is how that statement ended (the ones before it
-//! were granted: the statement went on to wait again).
+//! Lock waits: thd_wait_begin / thd_wait_end pairs, held by connection or
+//! thread until the statement that waited ends (see `waits`); how the last
+//! of them ended is how that statement ended (the ones before it were
+//! granted: the statement went on to wait again).
 
 use dbtel_common::mysite;
 
-use super::spans::{self, LockType, StatementSpan, TxnSpan, WaitOutcome, WaitSpan, What};
+pub use super::waits::{THREADS_PER_SERVER, WAITS_PER_THREAD};
+use super::{
+    spans::{self, StatementSpan, TxnSpan, WaitOutcome, WaitSpan, What},
+    waits::{Wait, Waits},
+};
 use crate::{
     events::ServerHit,
     mysql::{
@@ -42,10 +44,6 @@ use crate::{
 /// Connections kept per server (one per client session; past it, the least
 /// recently used idle one is forgotten).
 pub const CONNECTIONS_PER_SERVER: usize = 16_384;
-/// OS threads with waits kept per server.
-pub const THREADS_PER_SERVER: usize = 16_384;
-/// Finished waits kept per thread until its statement ends (the oldest go first).
-pub const WAITS_PER_THREAD: usize = 64;
 /// Distinct statement texts whose facts are kept.
 const FACTS_CAPACITY: usize = 4096;
 
@@ -101,23 +99,6 @@ pub struct Counters {
     pub inner_results: u64,
     /// Commands that make no span (login, ping, statement close, …).
     pub other_commands: u64,
-    /// Waits let go of to stay within the bounds.
-    pub waits_dropped: u64,
-}
-
-/// A finished wait, held until its statement ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Wait {
-    lock: LockType,
-    start_ns: u64,
-    end_ns: u64,
-}
-
-#[derive(Debug, Default)]
-struct Thread {
-    /// The wait begun and not ended: its type and start.
-    open: Option<(LockType, u64)>,
-    done: Vec<Wait>,
 }
 
 /// One end_statement, with what it took from its thread.
@@ -181,8 +162,7 @@ pub struct Tracker {
     system: &'static str,
     /// By (server pid, connection id).
     conns: Conns<Conn>,
-    /// By (server pid, OS thread).
-    threads: Conns<Thread>,
+    waits: Waits,
     facts: FactsCache,
     gen: IdGen,
     pub counters: Counters,
@@ -193,7 +173,7 @@ impl Tracker {
         Tracker {
             system,
             conns: Conns::new(CONNECTIONS_PER_SERVER),
-            threads: Conns::new(THREADS_PER_SERVER),
+            waits: Waits::new(),
             facts: FactsCache::with_dialect(text, FACTS_CAPACITY, Dialect::MySql),
             gen,
             counters: Counters::default(),
@@ -202,7 +182,7 @@ impl Tracker {
 
     /// Lock waits begun and not ended (cut short if the server goes now).
     pub fn in_flight(&self) -> usize {
-        self.threads.values().filter(|t| t.open.is_some()).count()
+        self.waits.in_flight()
     }
 
     /// Connections held for a server (for bound checks).
@@ -212,12 +192,17 @@ impl Tracker {
 
     /// OS threads with waits held for a server (for bound checks).
     pub fn threads_held(&self, pid: u32) -> usize {
-        self.threads.held(pid).0
+        self.waits.threads_held(pid)
     }
 
-    /// Finished waits held for a thread (for bound checks).
-    pub fn waits_held(&self, pid: u32, tid: u32) -> usize {
-        self.threads.get((pid, u64::from(tid))).map_or(0, |t| t.done.len())
+    /// Finished waits held for a thread and for a connection (for bound checks).
+    pub fn waits_held(&self, pid: u32, tid: u32, connection: u64) -> (usize, usize) {
+        self.waits.held(pid, tid, connection)
+    }
+
+    /// Waits let go of to stay within the bounds.
+    pub fn waits_dropped(&self) -> u64 {
+        self.waits.dropped
     }
 
     /// One probe hit. `client` gives the client's span of a statement on a
@@ -225,66 +210,26 @@ impl Tracker {
     pub fn on_hit(&mut self, hit: &ServerHit, client: &mut dyn FnMut(ClientQuery) -> Option<Ids>, out: &mut Vec<DbSpan>) {
         match hit.site {
             mysite::STATEMENT_DONE => self.statement_done(hit, client, out),
-            mysite::WAIT_BEGIN => self.wait_begin(hit),
-            mysite::WAIT_END => self.wait_end(hit),
+            mysite::WAIT_BEGIN => self.waits.begin(hit),
+            mysite::WAIT_END => self.waits.end(hit),
             mysite::CONN_END => {
                 let key = (hit.at.pid, hit.args[0]);
                 if let Some(c) = self.conns.remove(key) {
                     self.let_go(key, c, hit.at.ts_ns, out);
+                }
+                // Waits of a statement that never ended: roots.
+                for w in self.waits.forget_connection(key.0, key.1) {
+                    self.orphan(key.0, w, Some(key.1), WaitOutcome::Granted, out);
                 }
             }
             _ => {}
         }
     }
 
-    fn thread(&mut self, pid: u32, tid: u32) -> &mut Thread {
-        let key = (pid, u64::from(tid));
-        if let Some((_, t)) = self.threads.touch(key, Thread::default, |t| t.open.is_none()) {
-            self.counters.waits_dropped += (t.done.len() + usize::from(t.open.is_some())) as u64;
-        }
-        self.threads.get_mut(key).expect("touched")
-    }
-
-    fn wait_begin(&mut self, hit: &ServerHit) {
-        let Some(lock) = LockType::from_wait_type(hit.args[1]) else { return };
-        let ts = hit.at.ts_ns;
-        let t = self.thread(hit.at.pid, hit.at.tid);
-        if let Some((l, start)) = t.open.take() {
-            // A begin without its end: the end was lost.
-            t.done.push(Wait { lock: l, start_ns: start, end_ns: ts });
-        }
-        // MDL waits in 1-second chunks: consecutive ones are one wait.
-        if lock == LockType::Metadata && t.done.last().is_some_and(|w| w.lock == LockType::Metadata) {
-            let w = t.done.pop().expect("checked");
-            t.open = Some((lock, w.start_ns));
-            return;
-        }
-        t.open = Some((lock, ts));
-    }
-
-    fn wait_end(&mut self, hit: &ServerHit) {
-        let Some(t) = self.threads.get_mut((hit.at.pid, u64::from(hit.at.tid))) else { return };
-        let Some((lock, start_ns)) = t.open.take() else { return };
-        if t.done.len() >= WAITS_PER_THREAD {
-            t.done.remove(0);
-            self.counters.waits_dropped += 1;
-        }
-        t.done.push(Wait { lock, start_ns, end_ns: hit.at.ts_ns.max(start_ns) });
-    }
-
-    /// The waits of the statement ending on this thread now.
-    fn take_waits(&mut self, pid: u32, tid: u32, ts: u64) -> Vec<Wait> {
-        let Some(mut t) = self.threads.remove((pid, u64::from(tid))) else { return Vec::new() };
-        if let Some((lock, start_ns)) = t.open.take() {
-            t.done.push(Wait { lock, start_ns, end_ns: ts.max(start_ns) });
-        }
-        t.done
-    }
-
     fn statement_done(&mut self, hit: &ServerHit, client: &mut dyn FnMut(ClientQuery) -> Option<Ids>, out: &mut Vec<DbSpan>) {
         let (at, a) = (hit.at, &hit.args);
-        let waits = self.take_waits(at.pid, at.tid, at.ts_ns);
         let (connection_id, command) = (a[0], a[7] as u32);
+        let waits = self.waits.take(at.pid, at.tid, connection_id, at.ts_ns);
         match command {
             command::QUERY | command::STMT_PREPARE | command::STMT_EXECUTE | command::STMT_FETCH | command::INIT_DB => {}
             // The login's end: the session starts outside a transaction.
@@ -419,7 +364,7 @@ impl Tracker {
             let span = WaitSpan {
                 ids: ids.child(&mut self.gen),
                 pid: key.0,
-                tid: d.tid,
+                tid: w.tid,
                 connection_id: Some(key.1),
                 start_ns: w.start_ns,
                 end_ns: w.end_ns,
@@ -510,36 +455,37 @@ impl Tracker {
 
     /// The server is no longer traced (`why`): statements held end as they
     /// are, open transactions are incomplete, waits whose statement never
-    /// ended are roots (their connection is not known).
+    /// ended are roots (with their connection if the probe named it).
     pub fn cut(&mut self, pid: u32, ts_ns: u64, why: Cut, out: &mut Vec<DbSpan>) {
         for key in self.conns.keys_of(pid) {
             let c = self.conns.remove(key).expect("key listed");
             self.let_go(key, c, ts_ns, out);
         }
-        for key in self.threads.keys_of(pid) {
-            let t = self.threads.remove(key).expect("key listed");
-            let open = t.open.map(|(lock, start_ns)| (Wait { lock, start_ns, end_ns: ts_ns.max(start_ns) }, true));
-            for (w, cut) in t.done.into_iter().map(|w| (w, false)).chain(open) {
-                let outcome = match (cut, why) {
-                    (false, _) => WaitOutcome::Granted,
-                    (true, Cut::ProcessExited) => WaitOutcome::ProcessExited,
-                    (true, Cut::AgentStopped) => WaitOutcome::AgentStopped,
-                };
-                let span = WaitSpan {
-                    ids: self.gen.root(),
-                    pid,
-                    tid: key.1 as u32,
-                    connection_id: None,
-                    start_ns: w.start_ns,
-                    end_ns: w.end_ns,
-                    lock: w.lock,
-                    outcome,
-                    facts: None,
-                };
-                self.counters.lock_waits += 1;
-                out.push(spans::wait_span(span, self.system));
-            }
+        for (w, connection, cut) in self.waits.cut(pid, ts_ns) {
+            let outcome = match (cut, why) {
+                (false, _) => WaitOutcome::Granted,
+                (true, Cut::ProcessExited) => WaitOutcome::ProcessExited,
+                (true, Cut::AgentStopped) => WaitOutcome::AgentStopped,
+            };
+            self.orphan(pid, w, connection, outcome, out);
         }
+    }
+
+    /// A wait whose statement was not seen to end: a root.
+    fn orphan(&mut self, pid: u32, w: Wait, connection_id: Option<u64>, outcome: WaitOutcome, out: &mut Vec<DbSpan>) {
+        let span = WaitSpan {
+            ids: self.gen.root(),
+            pid,
+            tid: w.tid,
+            connection_id,
+            start_ns: w.start_ns,
+            end_ns: w.end_ns,
+            lock: w.lock,
+            outcome,
+            facts: None,
+        };
+        self.counters.lock_waits += 1;
+        out.push(spans::wait_span(span, self.system));
     }
 }
 

@@ -391,6 +391,49 @@ fn a_granted_row_lock_wait_is_a_child_of_the_statement_that_waited() {
     assert_eq!((r.t.in_flight(), r.t.counters.lock_waits), (1, 1), "T2 still waits");
 }
 
+/// A row lock wait of connection `cid` on `tid` (InnoDB names its THD), `us` µs: (begin, end).
+fn row_wait_of(r: &mut R, tid: u32, cid: u64, us: u64) -> (u64, u64) {
+    let begin = r.now;
+    r.hit(tid, mysite::WAIT_BEGIN, [0x7000_0000, ROW, cid, 0, 0, 0, 0, 0, 0, 0], None);
+    r.after(us);
+    r.hit(tid, mysite::WAIT_END, [0x7000_0000, cid, 0, 0, 0, 0, 0, 0, 0, 0], None);
+    (begin, r.now)
+}
+
+#[test]
+fn a_wait_stays_with_its_connection_when_the_statement_ends_on_another_thread() {
+    // Pool-of-threads: the UPDATE waits on T1, its commit's redo write is
+    // pending (WOULDBLOCK), T1 runs another connection's statement, and the
+    // UPDATE's end_statement comes from T2 when it is resumed.
+    let mut r = R::new();
+    let other = CID + 1;
+    let mut u = End::query("UPDATE t SET v = v + 1 WHERE id = 1").affected(1);
+    u.start_us = r.start();
+    r.after(100);
+    let (wb, we) = row_wait_of(&mut r, T1, CID, 1000);
+    let mut s = End::query("SELECT v FROM t WHERE id = 2").rows(1);
+    s.cid = other;
+    s.start_us = r.start();
+    r.end(T1, 30, s);
+    r.end(T2, 50, u);
+    let out = r.take();
+    assert_eq!(names(&out), ["SELECT t", "lock wait t", "UPDATE t"]);
+    let (w, q) = (&out[1], &out[2]);
+    assert_eq!((w.start_ns, w.end_ns, w.ids.parent_span_id), (wb, we, q.ids.span_id));
+    assert_eq!((get(w, "thread.id").as_deref(), get(q, "thread.id").as_deref()), (Some("901"), Some("902")), "each where it ran");
+    assert_eq!(get(w, "db.mysql.connection_id").as_deref(), Some("42"));
+    // Only the end's THD named (a begin that read none): still the connection's.
+    r.hit(T1, mysite::WAIT_BEGIN, [0, ROW, 0, 0, 0, 0, 0, 0, 0, 0], None);
+    r.after(10);
+    r.hit(T1, mysite::WAIT_END, [0x7000_0000, CID, 0, 0, 0, 0, 0, 0, 0, 0], None);
+    assert_eq!(r.t.waits_held(SRV, T1, CID), (0, 1));
+    // A connection that ends with a wait whose statement never ended: a root, connection known.
+    r.hit(T2, mysite::CONN_END, [CID, 0, 0, 0, 0, 0, 0, 0, 0, 0], None);
+    let out = r.take();
+    assert_eq!((names(&out), out[0].ids.parent_span_id, get(&out[0], "db.mysql.connection_id").as_deref()), (vec!["lock wait row"], 0, Some("42")));
+    assert_eq!((r.t.waits_held(SRV, T1, CID), r.t.in_flight()), ((0, 0), 0));
+}
+
 #[test]
 fn a_lock_wait_timeout_ends_the_wait_and_leaves_the_transaction_open() {
     let mut r = R::new();
@@ -524,16 +567,22 @@ fn state_stays_bounded() {
     for _ in 0..1000 {
         r.wait(T2, ROW, 1);
     }
-    assert_eq!(r.t.waits_held(SRV, T2), WAITS_PER_THREAD);
-    assert_eq!(r.t.counters.waits_dropped, 1000 - WAITS_PER_THREAD as u64);
+    assert_eq!(r.t.waits_held(SRV, T2, CID), (WAITS_PER_THREAD, 0));
+    assert_eq!(r.t.waits_dropped(), 1000 - WAITS_PER_THREAD as u64);
+    // The same, by connection.
+    for _ in 0..1000 {
+        row_wait_of(&mut r, T2, CID, 1);
+    }
+    assert_eq!(r.t.waits_held(SRV, T2, CID), (WAITS_PER_THREAD, WAITS_PER_THREAD));
+    assert_eq!(r.t.waits_dropped(), 2 * (1000 - WAITS_PER_THREAD as u64));
     // Threads left waiting (their ends lost).
     for tid in 0..(THREADS_PER_SERVER as u32 + 100) {
         r.hit(5000 + tid, mysite::WAIT_BEGIN, [0, ROW, 0, 0, 0, 0, 0, 0, 0, 0], None);
     }
     assert_eq!(r.t.threads_held(SRV), THREADS_PER_SERVER);
     // Non-lock waits are not kept at all.
-    r.hit(T1, mysite::WAIT_BEGIN, [0, 11, 0, 0, 0, 0, 0, 0, 0, 0], None);
-    assert_eq!(r.t.waits_held(SRV, T1), 0);
+    r.hit(T1, mysite::WAIT_BEGIN, [0, 11, CID + 1, 0, 0, 0, 0, 0, 0, 0], None);
+    assert_eq!(r.t.waits_held(SRV, T1, CID + 1), (0, 0));
     assert!(r.out.is_empty());
 }
 

@@ -146,17 +146,22 @@ pub fn sites(l: &ThdLayout) -> Vec<(&'static str, SiteSpec)> {
     end.args = args;
     end.text_arg = 2;
     end.text_len_arg = 3;
+    // The THD's connection id, where the caller names the THD (InnoDB's
+    // lock waits do; MDL and thr_lock pass NULL, which reads as 0).
+    let connection_id = ArgSpec { kind: argkind::MEMORY, size: 8, reg_off: Gpr::Rdi.pt_regs_offset(), index_off: NO_INDEX, value: l.thread_id.into(), ..Default::default() };
     let mut begin = spec(mysite::WAIT_BEGIN);
     begin.args[0] = register(Gpr::Rdi, 8);
     begin.args[1] = register(Gpr::Rsi, 4);
+    begin.args[2] = connection_id;
     begin.mask_arg = 2;
     begin.arg_mask = LOCK_WAIT_TYPES;
     begin.pair = pair::OPENS;
     let mut done = spec(mysite::WAIT_END);
     done.args[0] = register(Gpr::Rdi, 8);
+    done.args[1] = connection_id;
     done.pair = pair::CLOSES;
     let mut gone = spec(mysite::CONN_END);
-    gone.args[0] = ArgSpec { kind: argkind::MEMORY, size: 8, reg_off: Gpr::Rdi.pt_regs_offset(), index_off: NO_INDEX, value: l.thread_id.into(), ..Default::default() };
+    gone.args[0] = connection_id;
     vec![(END_STATEMENT, end), (WAIT_BEGIN, begin), (WAIT_END, done), (UNLINK, gone)]
 }
 
@@ -209,6 +214,7 @@ mod tests {
         assert_eq!(&end.args[8].hops_at, &[0x62e0, 0x220], "affected rows");
         assert_eq!(end.args[9].hops_at[0], 0x3b98, "sent rows");
         assert_eq!(specs[1].arg_mask, LOCK_WAIT_TYPES);
+        assert_eq!((specs[1].args[2].value, specs[2].args[1].value, specs[3].args[0].value), (0x3f18, 0x3f18, 0x3f18), "the waiting THD's and the ending one's thread_id");
     }
 
     #[test]
