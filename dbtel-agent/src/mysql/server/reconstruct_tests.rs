@@ -342,9 +342,14 @@ fn a_deadlock_rolls_the_transaction_back_and_ends_its_wait() {
     u.start_us = r.start();
     r.after(50);
     let (wb, we) = r.wait(T1, ROW, 400);
+    // The detector weighs the two members of the cycle (this one and 77).
+    r.hit(T1 + 1, mysite::DEADLOCK, [77, CID, 0, 0, 0, 0, 0, 0, 0, 0], None);
     let ue = r.end(T1, 30, u);
     let out = r.take();
     assert_eq!(names(&out), ["BEGIN", "lock wait t", "UPDATE t", "transaction"]);
+    let ev = out[2].events.iter().find(|e| e.name == "deadlock_detected").expect("deadlock_detected on the victim's statement");
+    let attr = |k: &str| ev.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| kv.value.to_string());
+    assert_eq!((attr("db.mysql.deadlock.victim.connection_id"), attr("db.mysql.deadlock.other.connection_id")), (Some(CID.to_string()), Some("77".into())));
     let (w, q, t) = (&out[1], &out[2], &out[3]);
     assert_eq!((t.start_ns, t.end_ns, t.error.as_deref()), (bs, ue, Some("1213")));
     for (k, v) in [("db.transaction.outcome", "rolled_back"), ("db.transaction.aborted", "true"), ("error.type", "1213")] {
