@@ -23,7 +23,7 @@ fn trace_server(db: &MariaDb, rx: &Receiver) -> Agent {
     let pid = db.pid().to_string();
     let agent = Agent::start(&["--pid", &pid, "--otlp-endpoint", &rx.http_endpoint()], Stdio::null());
     let line = agent.stderr_lines.iter().find(|l| l.starts_with("dbtel: tracing")).cloned().unwrap_or_default();
-    assert!(line.contains(&format!("pid {pid} (mariadbd): 4 probes on /usr/sbin/mariadbd")), "{line}");
+    assert!(line.contains(&format!("pid {pid} (mariadbd): 5 probes on /usr/sbin/mariadbd")), "{line}");
     agent
 }
 
