@@ -401,6 +401,9 @@ pub mod mysite {
     /// unlink_thd(THD*): a connection's THD is let go (every teardown, failed
     /// handshakes and killed clients included); args[0] = its thread_id.
     pub const CONN_END: u32 = 8;
+    /// thd_deadlock_victim_preference(THD*, THD*): the deadlock detector
+    /// weighs two members of a cycle; args[0], args[1] = their thread_ids.
+    pub const DEADLOCK: u32 = 9;
 }
 
 /// [`SiteSpec::pair`] values.

@@ -25,7 +25,7 @@ fn trace_server(db: &MariaDb, rx: &Receiver) -> Agent {
     let pid = db.pid().to_string();
     let agent = Agent::start(&["--pid", &pid, "--otlp-endpoint", &rx.http_endpoint()], Stdio::null());
     let line = agent.stderr_lines.iter().find(|l| l.starts_with("dbtel: tracing")).cloned().unwrap_or_default();
-    assert!(line.contains(&format!("pid {pid} (mariadbd): 4 probes on /usr/sbin/mariadbd")), "{line}");
+    assert!(line.contains(&format!("pid {pid} (mariadbd): 5 probes on /usr/sbin/mariadbd")), "{line}");
     agent
 }
 
@@ -175,6 +175,14 @@ fn lock_wait_timeout_deadlock_and_metadata_lock_outcomes() {
     let w = waits_under(&spans, failed);
     assert_eq!(w.len(), 1, "{}", all());
     assert_eq!(w[0].str("db.mysql.lock.outcome"), Some("deadlock"));
+    // Both members of the cycle named on the victim's statement.
+    let other = deadlock_conns.iter().map(|(_, id)| *id).find(|id| *id != victim).unwrap();
+    let ev = failed.events.iter().find(|e| e.name == "deadlock_detected").unwrap_or_else(|| panic!("{:?}", failed.event_names()));
+    let int = |k: &str| match ev.attrs.get(k) {
+        Some(dbtel_tests::otlp::Value::Int(n)) => Some(*n as u64),
+        _ => None,
+    };
+    assert_eq!((int("db.mysql.deadlock.victim.connection_id"), int("db.mysql.deadlock.other.connection_id")), (Some(victim), Some(other)));
     // The victim's transaction was rolled back by the server.
     let txn = spans.iter().find(|s| s.name == "transaction" && s.kind == SERVER && s.int("db.mysql.connection_id") == Some(victim as i64)).expect("its transaction");
     assert_eq!((txn.str("db.transaction.outcome"), txn.str("error.type")), (Some("rolled_back"), Some("1213")));

@@ -118,6 +118,9 @@ struct Done {
     waits: Vec<Wait>,
     /// The client's query in flight on the connection when it ended.
     client: Option<Ids>,
+    /// A deadlock victim: the other member of its cycle, and that one's
+    /// client query in flight, if traced.
+    deadlock_other: Option<(u64, Option<Ids>)>,
 }
 
 impl Done {
@@ -165,8 +168,13 @@ pub struct Tracker {
     waits: Waits,
     facts: FactsCache,
     gen: IdGen,
+    /// Recent deadlock cycle members (server pid, connection ids), bounded.
+    deadlocks: std::collections::VecDeque<(u32, u64, u64)>,
     pub counters: Counters,
 }
+
+/// Deadlock pairs remembered for the victims' statements to find.
+const DEADLOCKS_KEPT: usize = 64;
 
 impl Tracker {
     pub fn new(system: &'static str, text: Text, gen: IdGen) -> Self {
@@ -176,6 +184,7 @@ impl Tracker {
             waits: Waits::new(),
             facts: FactsCache::with_dialect(text, FACTS_CAPACITY, Dialect::MySql),
             gen,
+            deadlocks: std::collections::VecDeque::new(),
             counters: Counters::default(),
         }
     }
@@ -212,6 +221,14 @@ impl Tracker {
             mysite::STATEMENT_DONE => self.statement_done(hit, client, out),
             mysite::WAIT_BEGIN => self.waits.begin(hit),
             mysite::WAIT_END => self.waits.end(hit),
+            mysite::DEADLOCK => {
+                // The detector runs in one of the cycle's threads, just before
+                // the victim's statement fails with 1213 (measured).
+                if self.deadlocks.len() >= DEADLOCKS_KEPT {
+                    self.deadlocks.pop_front();
+                }
+                self.deadlocks.push_back((hit.at.pid, hit.args[0], hit.args[1]));
+            }
             mysite::CONN_END => {
                 let key = (hit.at.pid, hit.args[0]);
                 if let Some(c) = self.conns.remove(key) {
@@ -262,7 +279,15 @@ impl Tracker {
             } else {
                 ClientQuery::InFlight(connection_id)
             }),
+            deadlock_other: None,
         };
+        if done.errno() == Some(1213) {
+            let pair = self.deadlocks.iter().rev().find(|(p, a, b)| *p == at.pid && (*a == connection_id || *b == connection_id)).copied();
+            if let Some((_, a, b)) = pair {
+                let other = if a == connection_id { b } else { a };
+                done.deadlock_other = Some((other, client(ClientQuery::InFlight(other))));
+            }
+        }
         let key = (at.pid, connection_id);
         // Worked on detached (its slot stays where it is in the order).
         let mut conn = std::mem::take(self.conn(at.pid, connection_id, at.ts_ns, out));
@@ -351,7 +376,10 @@ impl Tracker {
             _ if sql.counts_affected => affected_rows = Some(d.affected),
             _ => {}
         }
-        let mut events = Vec::with_capacity(2 * d.waits.len());
+        let mut events = Vec::with_capacity(2 * d.waits.len() + 1);
+        if let Some((other, other_client)) = d.deadlock_other {
+            events.push(Event { name: "deadlock_detected", ts_ns: end_ns, attributes: spans::deadlock_attributes(key.1, other, other_client) });
+        }
         for w in &d.waits {
             for name in ["contention_detected", "lock_contention_detected"] {
                 events.push(Event { name, ts_ns: w.start_ns, attributes: vec![] });

@@ -372,3 +372,17 @@ mod tests {
         assert_eq!(describe_wait(&w, "mariadb").error.as_deref(), Some("lock wait ended: process exited"));
     }
 }
+
+/// deadlock_detected on a victim's statement: both members of the cycle by
+/// connection id, and the other's client span when that client is traced.
+pub fn deadlock_attributes(victim: u64, other: u64, other_client: Option<Ids>) -> Vec<KeyValue> {
+    let mut a = vec![
+        KeyValue::new("db.mysql.deadlock.victim.connection_id", victim as i64),
+        KeyValue::new("db.mysql.deadlock.other.connection_id", other as i64),
+    ];
+    if let Some(ids) = other_client {
+        a.push(KeyValue::new("db.mysql.deadlock.other.trace_id", format!("{:032x}", ids.trace_id)));
+        a.push(KeyValue::new("db.mysql.deadlock.other.span_id", format!("{:016x}", ids.span_id)));
+    }
+    a
+}

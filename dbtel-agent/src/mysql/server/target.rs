@@ -10,7 +10,9 @@
 //! statement's own text, outcome, server status and start time still in the
 //! THD. Lock waits: `thd_wait_begin` / `thd_wait_end`, sent for lock wait
 //! types only (the kernel side drops the others, e.g. a network read that
-//! would block: at most a pair of traps per command, measured).
+//! would block: at most a pair of traps per command, measured). Deadlocks:
+//! `thd_deadlock_victim_preference`, called by the detector with two members
+//! of the cycle (only when there is one).
 
 use std::path::Path;
 
@@ -31,6 +33,7 @@ const END_STATEMENT: &str = "_ZN8Protocol13end_statementEv";
 const WAIT_BEGIN: &str = "thd_wait_begin";
 const WAIT_END: &str = "thd_wait_end";
 const UNLINK: &str = "_Z10unlink_thdP3THD";
+const DEADLOCK: &str = "thd_deadlock_victim_preference";
 
 /// The exported functions whose code says where the fields are.
 const ACCESSORS: &[&str] = &[
@@ -162,7 +165,10 @@ pub fn sites(l: &ThdLayout) -> Vec<(&'static str, SiteSpec)> {
     done.pair = pair::CLOSES;
     let mut gone = spec(mysite::CONN_END);
     gone.args[0] = connection_id;
-    vec![(END_STATEMENT, end), (WAIT_BEGIN, begin), (WAIT_END, done), (UNLINK, gone)]
+    let mut deadlock = spec(mysite::DEADLOCK);
+    deadlock.args[0] = gone.args[0];
+    deadlock.args[1] = ArgSpec { reg_off: Gpr::Rsi.pt_regs_offset(), ..gone.args[0] };
+    vec![(END_STATEMENT, end), (WAIT_BEGIN, begin), (WAIT_END, done), (UNLINK, gone), (DEADLOCK, deadlock)]
 }
 
 /// The plan for the server `pid` runs from `path` (None: not a MariaDB server).
@@ -172,7 +178,7 @@ pub fn claim(pid: u32, path: &str, host: &Path) -> Result<Option<Plan>, ClaimErr
     }
     let data = std::fs::read(host).map_err(|e| ClaimError(format!("{path} (process {pid}): {e}")))?;
     let mut wanted: Vec<&'static str> = ACCESSORS.to_vec();
-    wanted.extend([END_STATEMENT, WAIT_BEGIN, WAIT_END, UNLINK]);
+    wanted.extend([END_STATEMENT, WAIT_BEGIN, WAIT_END, UNLINK, DEADLOCK]);
     let found = symbols::find(&data, &wanted).map_err(|e| ClaimError(format!("{path} (process {pid}): {e}")))?;
     let code = |name: &'static str| {
         let s = found.get(name)?;
@@ -201,7 +207,7 @@ mod tests {
         // Offsets measured on 1:10.11.19-0+deb12u1 (see the research note).
         let plan = claim(1, MARIADBD, Path::new(MARIADBD)).unwrap().expect("mariadbd is a server (cargo xtask setup installs it)");
         let Layout::Sites(specs) = &plan.layout else { panic!() };
-        assert_eq!(plan.points.len(), 4);
+        assert_eq!(plan.points.len(), 5);
         let end = &specs[0];
         assert_eq!(end.probe, mysite::STATEMENT_DONE);
         assert_eq!((end.args[0].value, end.args[0].hops_at[0]), (0x20, 0x3f18), "Protocol::thd, THD::thread_id");
