@@ -181,7 +181,7 @@ impl Reconstructor {
         let conn = self.conns.get_mut(key).filter(|c| c.thread_id == connection_id)?;
         let same = |f: &Option<Arc<QueryFacts>>| f.as_ref().map(|f| &f.text) == facts.as_ref().map(|f| &f.text);
         let i = conn.prepares.iter().position(|(_, f)| same(f))?;
-        conn.prepares.drain(..=i).last().map(|(ids, _)| ids)
+        conn.prepares.drain(..=i).next_back().map(|(ids, _)| ids)
     }
 
     /// Connection ids indexed (for bound checks).

@@ -59,6 +59,12 @@ pub struct Waits {
     pub dropped: u64,
 }
 
+impl Default for Waits {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 fn push(list: &mut Vec<Wait>, w: Wait, dropped: &mut u64) {
     if list.len() >= WAITS_PER_THREAD {
         list.remove(0);
