@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::Agent;
+use super::{events, Agent};
 use crate::{
     engine::{Engine, Plan},
     host::process::{exe_name, executable_mappings},
@@ -102,4 +102,70 @@ impl Agent {
             }
         }
     }
+
+    /// A record of an engine other than PostgreSQL's, for that engine.
+    pub(super) fn on_engine_record(&mut self, data: &[u8]) {
+        let Some(pid) = events::header(data).ok().map(|(_, at)| at.pid) else {
+            self.summary.decode_errors += 1;
+            return;
+        };
+        if let Some((c, used)) = &mut self.command {
+            *used |= *c == pid;
+        }
+        if self.host.is_some() && !self.choose_client(pid) {
+            return;
+        }
+        let id = events::engine_of(data);
+        let Some(engine) = self.engines.iter_mut().find(|e| Some(e.id()) == id) else {
+            self.summary.decode_errors += 1;
+            return;
+        };
+        if let Err(e) = engine.on_record(data, &mut self.engine_spans) {
+            self.summary.decode_errors += 1;
+            log::warn!("undecodable {} event: {e}", engine.name());
+        }
+    }
+
+    /// Probes a libpq found in a process.
+    pub(super) fn trace(&mut self, t: &LibpqTarget) -> anyhow::Result<usize> {
+        let plan = crate::postgres::libpq::plan::plan(t);
+        for w in &plan.warnings {
+            log::warn!("{w}");
+        }
+        let n = self.probes.attach_plan(&plan)?;
+        match &t.result_points {
+            Ok(points) => {
+                for p in points {
+                    log::debug!("PQgetResult: result probe at +{:#x} on `{}` ({:?} = result, {:?} = connection)", p.offset, p.instruction, p.res, p.conn);
+                }
+            }
+            Err(why) => log::info!(
+                "{}: PQgetResult's result point not found ({why}): entry and return probes instead (3 more traps per query)",
+                t.path
+            ),
+        }
+        let fast = t.result_points.is_ok();
+        for (function, p) in &t.placements {
+            // Entering and leaving pipeline mode: once per pipeline, whatever the probe costs.
+            if (fast && *function == "PQgetResult") || matches!(*function, "PQenterPipelineMode" | "PQexitPipelineMode") {
+                continue;
+            }
+            if !p.emulated {
+                log::warn!(
+                    "{function} in {}: probe on `{}`, which the kernel single-steps (~10 µs a call)",
+                    t.path,
+                    p.instruction
+                );
+            } else if p.offset != 0 {
+                log::debug!("{function}: probe at +{} on `{}` (emulated)", p.offset, p.instruction);
+            }
+        }
+        // Host-wide, a process is followed once it is chosen, at its first event.
+        if self.host.is_none() && !self.live.contains_key(&t.pid) {
+            self.follow(crate::export::ProcessMeta::of(t.pid, exe_name(t.pid)));
+        }
+        self.inspected.insert((t.pid, t.path.clone()));
+        Ok(n)
+    }
+
 }
