@@ -224,11 +224,16 @@ fn check_pid(r: &mut Report, pid: u32, found: Result<Option<target::ServerTarget
     }
 }
 
-/// A process without libpq: its MySQL client libraries, or why there is nothing to trace.
+/// A process without libpq: a MariaDB server or MySQL client libraries, or why there is nothing to trace.
 fn mysql_lines(r: &mut Report, pid: u32, who: &str) {
     let mut found = 0;
     for path in crate::host::process::executable_mappings(pid).unwrap_or_default() {
         let host = std::path::PathBuf::from(format!("/proc/{pid}/root{path}"));
+        if let Ok(Some(plan)) = crate::mysql::server::target::claim(pid, &path, &host) {
+            found += 1;
+            r.ok(format!("{who}: MariaDB server {}: {} probe sites, THD layout decoded", plan.path, plan.points.len()));
+            continue;
+        }
         match crate::mysql::discover::claim(pid, &path, &host) {
             Ok(Some(plan)) => {
                 found += 1;

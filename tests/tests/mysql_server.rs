@@ -118,6 +118,17 @@ fn every_statement_of_every_client_is_a_server_span() {
 }
 
 #[test]
+fn check_says_what_it_would_trace_in_a_mariadb_server() {
+    require_root();
+    let db = MariaDb::start();
+    let pid = db.pid().to_string();
+    let run = run_agent(&["check", "--pid", &pid, "--no-otlp"], b"", Duration::from_secs(30));
+    assert!(run.status.success(), "{run:?}");
+    let want = format!("ok    PID {pid} (mariadbd): MariaDB server /usr/sbin/mariadbd: 5 probe sites, THD layout decoded");
+    assert!(run.stdout.lines().chain(run.stderr.lines()).any(|l| l == want), "{run:?}");
+}
+
+#[test]
 fn a_row_lock_wait_is_a_child_of_the_statement_that_waited() {
     require_root();
     let db = MariaDb::start();
