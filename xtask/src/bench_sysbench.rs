@@ -64,11 +64,9 @@ fn parse(out: &str) -> Result<(Run, u64)> {
 
 fn run_off(db: &MariaDb, script: &str, mode: &str, o: &Options) -> Result<(Run, u64)> {
     let time = format!("--time={}", o.seconds);
-    let out = Command::new("sysbench")
-        .args(args(db, script, mode, o, &[&time, "run"]))
-        .stderr(Stdio::null())
-        .output()?;
-    parse(&String::from_utf8_lossy(&out.stdout))
+    let out = Command::new("sysbench").args(args(db, script, mode, o, &[&time, "run"])).output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    parse(&stdout).with_context(|| format!("sysbench {script}: {stdout}{}", String::from_utf8_lossy(&out.stderr)))
 }
 
 /// Where the agent is: on the sysbench client (`--`), on the server (`--pid`, started
@@ -212,8 +210,10 @@ pub(super) fn lines(
     let out = Command::new("sysbench")
         .args(args(&db, "oltp_read_write", "simple", o, &["prepare"]))
         .output()?;
-    if !out.status.success() {
-        bail!("sysbench prepare: {}", String::from_utf8_lossy(&out.stderr));
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // sysbench may report a failed table and still exit 0.
+    if !out.status.success() || said.contains("FATAL") {
+        bail!("sysbench prepare: {said}");
     }
     for script in scripts {
         for mode in MODES.iter().copied().filter(|m| wanted(&o.modes, m)) {
