@@ -177,11 +177,27 @@ fn run_agent(
 ) -> Result<(Run, String)> {
     let before = rx.count();
     let pm = pg.postmaster_pid().to_string();
+    let mut workload = Command::new(pg.bin("pgbench"));
+    workload.args(pgbench_args(pg, script.name, mode, o, duration));
+    let (stdout, stderr) = traced_run(agent, rx, extra, target, &pm, &mut workload)?;
+    let mut run = parse_pgbench(&stdout)?;
+    read_report(&mut run, &stderr)?;
+    run.spans_matching = rx.names_since(before).iter().filter(|n| script.statements.contains(&n.as_str())).count() as u64;
+    Ok((run, stderr))
+}
+
+/// Runs `workload` traced as `target` says: the agent on the server
+/// (`--pid server`, started first, stopped with SIGINT after the workload),
+/// on the workload (`-- workload`), or both. Returns the workload's stdout
+/// and the agent's stderr.
+fn traced_run(agent: &Path, rx: &Receiver, extra: &[&str], target: Target, server: &str, workload: &mut Command) -> Result<(String, String)> {
     let mut cmd = Command::new(agent);
     cmd.args(["--otlp-endpoint", &rx.http_endpoint()]).args(extra);
-    let (stdout, stderr) = if target == Target::Server {
-        // The agent on the server alone: started first, stopped with SIGINT after pgbench.
-        let mut child = cmd.args(["--pid", &pm]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    if target != Target::Client {
+        cmd.args(["--pid", server]);
+    }
+    if target == Target::Server {
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
         let mut err = std::io::BufReader::new(child.stderr.take().context("stderr")?);
         let mut text = String::new();
         loop {
@@ -194,7 +210,7 @@ fn run_agent(
                 break;
             }
         }
-        let out = Command::new(pg.bin("pgbench")).args(pgbench_args(pg, script.name, mode, o, duration)).stderr(Stdio::null()).output()?;
+        let out = workload.stderr(Stdio::null()).output()?;
         // Let the last spans through the ring buffer and the catalog lookups.
         std::thread::sleep(std::time::Duration::from_millis(500));
         // SAFETY: kill(2) on our own child.
@@ -203,22 +219,14 @@ fn run_agent(
         if !child.wait()?.success() {
             bail!("agent run failed: {text}");
         }
-        (String::from_utf8_lossy(&out.stdout).into_owned(), text)
-    } else {
-        if target == Target::Both {
-            cmd.args(["--pid", &pm]);
-        }
-        let out = cmd.arg("--").arg(pg.bin("pgbench")).args(pgbench_args(pg, script.name, mode, o, duration)).output()?;
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        if !out.status.success() {
-            bail!("agent run failed: {stderr}");
-        }
-        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
-    };
-    let mut run = parse_pgbench(&stdout)?;
-    read_report(&mut run, &stderr)?;
-    run.spans_matching = rx.names_since(before).iter().filter(|n| script.statements.contains(&n.as_str())).count() as u64;
-    Ok((run, stderr))
+        return Ok((String::from_utf8_lossy(&out.stdout).into_owned(), text));
+    }
+    let out = cmd.arg("--").arg(workload.get_program()).args(workload.get_args()).output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        bail!("agent run failed: {stderr}");
+    }
+    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), stderr))
 }
 
 /// The agent's exit report: drops, CPU, RSS.

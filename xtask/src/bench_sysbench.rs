@@ -3,13 +3,13 @@
 
 use std::{
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
 };
 
 use anyhow::{bail, Context, Result};
 use dbtel_tests::{MariaDb, Receiver};
 
-use super::{median, number_after, probe_hits, read_report, Drops, Options, Row, Run};
+use super::{median, number_after, probe_hits, read_report, traced_run, Drops, Options, Row, Run, Target, TARGETS};
 
 /// (script, sysbench's name): point selects only; the OLTP read/write mix.
 pub(super) const SCRIPTS: &[&str] = &["oltp_point_select", "oltp_read_write"];
@@ -69,21 +69,6 @@ fn run_off(db: &MariaDb, script: &str, mode: &str, o: &Options) -> Result<(Run, 
     parse(&stdout).with_context(|| format!("sysbench {script}: {stdout}{}", String::from_utf8_lossy(&out.stderr)))
 }
 
-/// Where the agent is: on the sysbench client (`--`), on the server (`--pid`, started
-/// before sysbench and stopped after it), or both.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Traced {
-    Client,
-    Server,
-    Both,
-}
-
-pub(super) const TRACED: &[(Traced, &str)] = &[
-    (Traced::Client, "client"),
-    (Traced::Server, "server"),
-    (Traced::Both, "both"),
-];
-
 #[allow(clippy::too_many_arguments)]
 fn run_on(
     agent: &Path,
@@ -92,56 +77,14 @@ fn run_on(
     script: &str,
     mode: &str,
     o: &Options,
-    traced: Traced,
+    traced: Target,
     extra: &[&str],
     run: &[&str],
 ) -> Result<(Run, u64, String)> {
     let before = rx.count();
-    let server = db.pid().to_string();
-    let mut cmd = Command::new(agent);
-    cmd.args(["--otlp-endpoint", &rx.http_endpoint()])
-        .args(extra);
-    if traced != Traced::Client {
-        cmd.args(["--pid", &server]);
-    }
-    let (stdout, stderr) = if traced == Traced::Server {
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-        let mut err = std::io::BufReader::new(child.stderr.take().context("stderr")?);
-        let mut text = String::new();
-        loop {
-            let mut line = String::new();
-            if std::io::BufRead::read_line(&mut err, &mut line)? == 0 {
-                bail!("agent exited before tracing: {text}");
-            }
-            text.push_str(&line);
-            if line.starts_with("dbtel: tracing") {
-                break;
-            }
-        }
-        let out = Command::new("sysbench")
-            .args(args(db, script, mode, o, run))
-            .stderr(Stdio::null())
-            .output()?;
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        std::io::Read::read_to_string(&mut err, &mut text)?;
-        if !child.wait()?.success() {
-            bail!("agent run failed: {text}");
-        }
-        (String::from_utf8_lossy(&out.stdout).into_owned(), text)
-    } else {
-        let out = cmd
-            .arg("--")
-            .arg("sysbench")
-            .args(args(db, script, mode, o, run))
-            .output()?;
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        if !out.status.success() {
-            bail!("agent run failed: {stderr}");
-        }
-        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
-    };
+    let mut workload = Command::new("sysbench");
+    workload.args(args(db, script, mode, o, run));
+    let (stdout, stderr) = traced_run(agent, rx, extra, traced, &db.pid().to_string(), &mut workload)?;
     let (mut r, queries) = parse(&stdout)?;
     read_report(&mut r, &stderr)?;
     // Statement spans: not the transactions, not the prepares done at each thread's start.
@@ -161,7 +104,7 @@ fn traps(
     script: &str,
     mode: &str,
     o: &Options,
-    traced: Traced,
+    traced: Target,
 ) -> Result<(f64, f64)> {
     let (_, queries, stderr) = run_on(
         agent,
@@ -192,7 +135,7 @@ pub(super) fn lines(
         .copied()
         .filter(|s| wanted(&o.scripts, s))
         .collect();
-    let targets: Vec<(Traced, &str)> = TRACED
+    let targets: Vec<(Target, &str)> = TARGETS
         .iter()
         .copied()
         .filter(|(_, n)| wanted(&o.targets, n))
@@ -289,7 +232,7 @@ pub(super) fn lines(
                     added_us_per_query: (lat_on - lat_off) * 1000.0 / stmts.max(1) as f64,
                     cpu_per_10k_qps: cpu,
                     rss_mib: on.iter().map(|r| r.agent_rss_mib).fold(0.0, f64::max),
-                    statements: queries * if traced == Traced::Both { 2 } else { 1 },
+                    statements: queries * traced.sides(),
                     spans: on.iter().map(|r| r.spans_matching).sum(),
                     drops,
                     traps_per_query,
