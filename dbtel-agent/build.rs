@@ -4,7 +4,11 @@ fn main() -> anyhow::Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dbtel-ebpf");
     let root = root.to_str().expect("utf-8 path");
     aya_build::build_ebpf(
-        [aya_build::Package { name: "dbtel-ebpf", root_dir: root, ..Default::default() }],
+        [aya_build::Package {
+            name: "dbtel-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
         aya_build::Toolchain::Nightly,
     )
 }

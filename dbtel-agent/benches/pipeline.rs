@@ -22,14 +22,30 @@ fn recorded(queries: usize) -> Vec<Vec<u8>> {
     let mut ts = 1_000_000u64;
     let mut at = |conn: u64| {
         ts += 1_000;
-        Origin { pid: 42, tid: 42 + conn as u32, ts_ns: ts, conn: 0x1000 * conn }
+        Origin {
+            pid: 42,
+            tid: 42 + conn as u32,
+            ts_ns: ts,
+            conn: 0x1000 * conn,
+        }
     };
     for c in 1..=4 {
-        out.push(encode::conn(at(c), 100 + c as i32, "bench", "/var/run/postgresql", "5432"));
+        out.push(encode::conn(
+            at(c),
+            100 + c as i32,
+            "bench",
+            "/var/run/postgresql",
+            "5432",
+        ));
     }
     for q in 0..queries {
         let c = 1 + (q % 4) as u64;
-        out.push(encode::call(at(c), func::PQSEND_QUERY_PARAMS, Some("SELECT abalance FROM pgbench_accounts WHERE aid = $1;"), None));
+        out.push(encode::call(
+            at(c),
+            func::PQSEND_QUERY_PARAMS,
+            Some("SELECT abalance FROM pgbench_accounts WHERE aid = $1;"),
+            None,
+        ));
         out.push(encode::result(at(c), 0xbeef, 2, 1, "SELECT 1", ""));
         out.push(encode::result(at(c), 0, -1, 0, "", ""));
     }
@@ -54,7 +70,9 @@ fn measure(name: &str, events: &[Vec<u8>], mut stage: impl FnMut(&[Vec<u8>]) -> 
 
 fn main() {
     let events = recorded(100_000);
-    measure("decode", &events, |evs| evs.iter().filter(|b| decode(b).is_ok()).count() / 3);
+    measure("decode", &events, |evs| {
+        evs.iter().filter(|b| decode(b).is_ok()).count() / 3
+    });
     measure("decode+reconstruct", &events, |evs| {
         let mut r = Reconstructor::new();
         let mut out = Vec::new();
@@ -64,7 +82,13 @@ fn main() {
         out.len()
     });
     let mut exporter = Exporter::new(
-        ExportConfig { kind: ExporterKind::None, protocol: Protocol::Grpc, endpoint: None, service_name: None, console_format: Default::default() },
+        ExportConfig {
+            kind: ExporterKind::None,
+            protocol: Protocol::Grpc,
+            endpoint: None,
+            service_name: None,
+            console_format: Default::default(),
+        },
         Clock::fixed(0),
         None,
     );
@@ -78,9 +102,13 @@ fn main() {
                 match s {
                     ClientSpan::Query(q) => {
                         let f = q.text.as_deref().map(|t| facts.get(t));
-                        exporter.emit(attributes::query_span(q, f.as_deref())).unwrap()
+                        exporter
+                            .emit(attributes::query_span(q, f.as_deref()))
+                            .unwrap()
                     }
-                    ClientSpan::Txn(t, conn) => exporter.emit(attributes::txn_span(t, conn.as_deref())).unwrap(),
+                    ClientSpan::Txn(t, conn) => exporter
+                        .emit(attributes::txn_span(t, conn.as_deref()))
+                        .unwrap(),
                 }
             }
         }

@@ -19,7 +19,9 @@ use aya::{
     },
     Ebpf, EbpfError, EbpfLoader,
 };
-use dbtel_common::{counter, loader, verdict, LibpqLayout, MysqlOffsets, SiteSpec, MAX_LAYOUTS, MAX_SITES, TEXT_CAP};
+use dbtel_common::{
+    counter, loader, verdict, LibpqLayout, MysqlOffsets, SiteSpec, MAX_LAYOUTS, MAX_SITES, TEXT_CAP,
+};
 
 use crate::{
     engine::{Layout, Plan},
@@ -34,9 +36,17 @@ pub enum AttachError {
     #[error("cannot load the eBPF programs: {}{}", chain(.0), privilege_hint())]
     Load(EbpfError),
     #[error("cannot load eBPF program {name}: {}{}", chain(.error), privilege_hint())]
-    Program { name: &'static str, error: ProgramError },
+    Program {
+        name: &'static str,
+        error: ProgramError,
+    },
     #[error("cannot attach to {function} in {path} (process {pid}): {}{}", chain(.error), privilege_hint())]
-    Attach { pid: u32, path: String, function: &'static str, error: ProgramError },
+    Attach {
+        pid: u32,
+        path: String,
+        function: &'static str,
+        error: ProgramError,
+    },
     #[error("cannot enable BPF run statistics: {0}")]
     Stats(String),
     #[error("more than {MAX_LAYOUTS} distinct libpq builds")]
@@ -44,7 +54,10 @@ pub enum AttachError {
     #[error("more than {MAX_SITES} server probe sites")]
     TooManySites,
     #[error("cannot follow {what} (tracepoint sched/{what}): {}{}", chain(.error), privilege_hint())]
-    Tracepoint { what: &'static str, error: ProgramError },
+    Tracepoint {
+        what: &'static str,
+        error: ProgramError,
+    },
     #[error("cannot follow server forks: {0}")]
     Tracefs(String),
     #[error("cannot follow the host's processes: {0}")]
@@ -77,10 +90,23 @@ fn privilege_hint() -> &'static str {
 }
 
 const PROGRAMS: &[&str] = &[
-    "pq_query", "pq_result", "pq_getresult", "pq_getresult_ret", "pq_pipeline", "pq_pipeline_ret", "pq_finish", "server_site", "server_site_ret", "dl_state",
-    "my_call", "my_return",
+    "pq_query",
+    "pq_result",
+    "pq_getresult",
+    "pq_getresult_ret",
+    "pq_pipeline",
+    "pq_pipeline_ret",
+    "pq_finish",
+    "server_site",
+    "server_site_ret",
+    "dl_state",
+    "my_call",
+    "my_return",
 ];
-const TRACEPOINTS: &[(&str, &str)] = &[("server_fork", "sched_process_fork"), ("proc_exit", "sched_process_exit")];
+const TRACEPOINTS: &[(&str, &str)] = &[
+    ("server_fork", "sched_process_fork"),
+    ("proc_exit", "sched_process_exit"),
+];
 /// Host-wide tracing only: every exec, so new processes are known before their first query.
 const EXEC_TRACEPOINT: (&str, &str) = ("proc_exec", "sched_process_exec");
 
@@ -110,7 +136,12 @@ impl Probes {
     /// `max_text`: longest query text copied from the traced process;
     /// `probes_only`: every probe returns at once (benchmarks: the traps' own cost);
     /// `host_wide`: --all (see [`Probes::start_host_wide`]).
-    pub fn load(object: &[u8], max_text: u32, probes_only: bool, host_wide: bool) -> Result<Self, AttachError> {
+    pub fn load(
+        object: &[u8],
+        max_text: u32,
+        probes_only: bool,
+        host_wide: bool,
+    ) -> Result<Self, AttachError> {
         let probes_only = probes_only as u32;
         let max_text = max_text.clamp(16, TEXT_CAP as u32 - 2);
         let tracefs = crate::host::tracefs::ensure().map_err(|e| e.to_string());
@@ -119,7 +150,11 @@ impl Probes {
             log::warn!("cannot read sched_process_fork's format from tracefs: assuming the pre-6.x layout; backends forked later may go untraced");
             (24, 44)
         });
-        let exec_filename = tracefs.as_deref().ok().and_then(|t| tracepoint_field(t, "sched_process_exec", "filename")).unwrap_or(8);
+        let exec_filename = tracefs
+            .as_deref()
+            .ok()
+            .and_then(|t| tracepoint_field(t, "sched_process_exec", "filename"))
+            .unwrap_or(8);
         let mut ebpf = EbpfLoader::new()
             .override_global("MAX_TEXT", &max_text, true)
             .override_global("PROBES_ONLY", &probes_only, true)
@@ -130,8 +165,13 @@ impl Probes {
             .load(object)
             .map_err(AttachError::Load)?;
         for (name, _) in TRACEPOINTS.iter().chain([&EXEC_TRACEPOINT]) {
-            let p: &mut TracePoint = ebpf.program_mut(name).expect("in the object").try_into().map_err(|error| AttachError::Program { name, error })?;
-            p.load().map_err(|error| AttachError::Program { name, error })?;
+            let p: &mut TracePoint = ebpf
+                .program_mut(name)
+                .expect("in the object")
+                .try_into()
+                .map_err(|error| AttachError::Program { name, error })?;
+            p.load()
+                .map_err(|error| AttachError::Program { name, error })?;
         }
         for name in PROGRAMS {
             let p: &mut UProbe = ebpf
@@ -139,7 +179,8 @@ impl Probes {
                 .expect("program is in the embedded object")
                 .try_into()
                 .map_err(|error| AttachError::Program { name, error })?;
-            p.load().map_err(|error| AttachError::Program { name, error })?;
+            p.load()
+                .map_err(|error| AttachError::Program { name, error })?;
         }
         Ok(Probes {
             ebpf,
@@ -158,7 +199,8 @@ impl Probes {
     }
 
     pub fn ring_buffer(&mut self) -> RingBuf<MapData> {
-        RingBuf::try_from(self.ebpf.take_map("EVENTS").expect("EVENTS map")).expect("EVENTS is a ring buffer")
+        RingBuf::try_from(self.ebpf.take_map("EVENTS").expect("EVENTS map"))
+            .expect("EVENTS is a ring buffer")
     }
 
     fn layout_index(&mut self, l: &LibpqLayout) -> Result<u32, AttachError> {
@@ -169,7 +211,8 @@ impl Probes {
             return Err(AttachError::TooManyLayouts);
         }
         let idx = self.layouts.len() as u32;
-        let mut map: Array<_, LibpqLayout> = Array::try_from(self.ebpf.map_mut("LAYOUTS").expect("LAYOUTS map"))?;
+        let mut map: Array<_, LibpqLayout> =
+            Array::try_from(self.ebpf.map_mut("LAYOUTS").expect("LAYOUTS map"))?;
         map.set(idx, *l, 0)?;
         self.layouts.push(*l);
         Ok(idx)
@@ -183,7 +226,8 @@ impl Probes {
             return Err(AttachError::TooManyLayouts);
         }
         let idx = self.mysql_layouts.len() as u32;
-        let mut map: Array<_, MysqlOffsets> = Array::try_from(self.ebpf.map_mut("MY_LAYOUTS").expect("MY_LAYOUTS map"))?;
+        let mut map: Array<_, MysqlOffsets> =
+            Array::try_from(self.ebpf.map_mut("MY_LAYOUTS").expect("MY_LAYOUTS map"))?;
         map.set(idx, *l, 0)?;
         self.mysql_layouts.push(*l);
         Ok(idx)
@@ -191,7 +235,8 @@ impl Probes {
 
     /// True if this library file is already probed for this process (host-wide: for all).
     pub fn is_attached(&self, pid: u32, host_path: &Path) -> bool {
-        crate::host::process::file_id(host_path).is_some_and(|(dev, ino)| self.attached.contains(&(self.owner(pid), dev, ino)))
+        crate::host::process::file_id(host_path)
+            .is_some_and(|(dev, ino)| self.attached.contains(&(self.owner(pid), dev, ino)))
     }
 
     /// Whose probes these are: the process's, or host-wide (0) for every process.
@@ -228,17 +273,35 @@ impl Probes {
         let mut placed: Vec<(&'static str, UProbeLinkId)> = Vec::new();
         for point in &plan.points {
             let cookie = u64::from(point.cookie + base) | (u64::from(slot) << 32);
-            let p: &mut UProbe = self.ebpf.program_mut(point.program).expect("loaded").try_into().expect("uprobe");
-            let at = UProbeAttachPoint { location: point.offset.into(), cookie: Some(cookie) };
+            let p: &mut UProbe = self
+                .ebpf
+                .program_mut(point.program)
+                .expect("loaded")
+                .try_into()
+                .expect("uprobe");
+            let at = UProbeAttachPoint {
+                location: point.offset.into(),
+                cookie: Some(cookie),
+            };
             match p.attach(at, &plan.host_path, scope) {
                 Ok(link) => placed.push((point.program, link)),
                 Err(error) => {
                     // All or nothing: a half-probed library would produce wrong spans.
                     for (prog, link) in placed {
-                        let p: &mut UProbe = self.ebpf.program_mut(prog).expect("loaded").try_into().expect("uprobe");
+                        let p: &mut UProbe = self
+                            .ebpf
+                            .program_mut(prog)
+                            .expect("loaded")
+                            .try_into()
+                            .expect("uprobe");
                         let _ = p.detach(link);
                     }
-                    return Err(AttachError::Attach { pid: plan.pid, path: plan.path.clone(), function: point.function, error });
+                    return Err(AttachError::Attach {
+                        pid: plan.pid,
+                        path: plan.path.clone(),
+                        function: point.function,
+                        error,
+                    });
                 }
             }
         }
@@ -259,7 +322,8 @@ impl Probes {
         if self.sites + specs.len() as u32 > MAX_SITES {
             return Err(AttachError::TooManySites);
         }
-        let mut array: Array<_, SiteSpec> = Array::try_from(self.ebpf.map_mut("SITES").expect("SITES map"))?;
+        let mut array: Array<_, SiteSpec> =
+            Array::try_from(self.ebpf.map_mut("SITES").expect("SITES map"))?;
         let first = self.sites;
         for (i, s) in specs.iter().enumerate() {
             array.set(first + i as u32, *s, 0)?;
@@ -278,7 +342,12 @@ impl Probes {
     /// --all for every process. `hold`: stop the process at each load until
     /// the agent continues it (never host-wide). Returns false if the hook
     /// was already probed there.
-    pub fn attach_loader(&mut self, pid: u32, ld: &LoaderTarget, hold: bool) -> Result<bool, AttachError> {
+    pub fn attach_loader(
+        &mut self,
+        pid: u32,
+        ld: &LoaderTarget,
+        hold: bool,
+    ) -> Result<bool, AttachError> {
         let owner = if self.host_wide { 0 } else { pid };
         let id = crate::host::process::file_id(&ld.host_path);
         if let Some((dev, ino)) = id {
@@ -291,18 +360,34 @@ impl Probes {
             pid => UProbeScope::OneProcess(NonZeroU32::new(pid).expect("pid is not 0")),
         };
         let cookie = loader::make(ld.state_delta, hold && owner != 0);
-        let p: &mut UProbe = self.ebpf.program_mut("dl_state").expect("loaded").try_into().expect("uprobe");
-        let point = UProbeAttachPoint { location: ld.offset.into(), cookie: Some(cookie) };
+        let p: &mut UProbe = self
+            .ebpf
+            .program_mut("dl_state")
+            .expect("loaded")
+            .try_into()
+            .expect("uprobe");
+        let point = UProbeAttachPoint {
+            location: ld.offset.into(),
+            cookie: Some(cookie),
+        };
         match p.attach(point, &ld.host_path, scope) {
             Ok(link) => {
-                self.links.entry(owner).or_default().push(("dl_state", link));
+                self.links
+                    .entry(owner)
+                    .or_default()
+                    .push(("dl_state", link));
                 Ok(true)
             }
             Err(error) => {
                 if let Some((dev, ino)) = id {
                     self.loaders.remove(&(owner, dev, ino));
                 }
-                Err(AttachError::Attach { pid, path: ld.path.clone(), function: "_dl_debug_state", error })
+                Err(AttachError::Attach {
+                    pid,
+                    path: ld.path.clone(),
+                    function: "_dl_debug_state",
+                    error,
+                })
             }
         }
     }
@@ -347,20 +432,30 @@ impl Probes {
             if self.sites + t.sites.len() as u32 > MAX_SITES {
                 return Err(AttachError::TooManySites);
             }
-            let mut specs: Array<_, SiteSpec> = Array::try_from(self.ebpf.map_mut("SITES").expect("SITES map"))?;
+            let mut specs: Array<_, SiteSpec> =
+                Array::try_from(self.ebpf.map_mut("SITES").expect("SITES map"))?;
             let first = self.sites;
             for (i, s) in t.sites.iter().enumerate() {
                 specs.set(first + i as u32, s.spec, 0)?;
             }
             for (i, s) in t.sites.iter().enumerate() {
-                let p: &mut UProbe = self.ebpf.program_mut("server_site").expect("loaded").try_into().expect("uprobe");
-                let point = UProbeAttachPoint { location: s.offset.into(), cookie: Some((first + i as u32) as u64) };
-                p.attach(point, &t.host_path, UProbeScope::AllProcesses).map_err(|error| AttachError::Attach {
-                    pid: t.postmaster,
-                    path: t.exe.clone(),
-                    function: s.name,
-                    error,
-                })?;
+                let p: &mut UProbe = self
+                    .ebpf
+                    .program_mut("server_site")
+                    .expect("loaded")
+                    .try_into()
+                    .expect("uprobe");
+                let point = UProbeAttachPoint {
+                    location: s.offset.into(),
+                    cookie: Some((first + i as u32) as u64),
+                };
+                p.attach(point, &t.host_path, UProbeScope::AllProcesses)
+                    .map_err(|error| AttachError::Attach {
+                        pid: t.postmaster,
+                        path: t.exe.clone(),
+                        function: s.name,
+                        error,
+                    })?;
             }
             self.sites += t.sites.len() as u32;
             self.server_files.insert(t.file_id, t.sites.len());
@@ -379,8 +474,14 @@ impl Probes {
         }
         let exec = self.host_wide.then_some(&EXEC_TRACEPOINT);
         for (name, event) in TRACEPOINTS.iter().chain(exec) {
-            let p: &mut TracePoint = self.ebpf.program_mut(name).expect("loaded").try_into().expect("tracepoint");
-            p.attach("sched", event).map_err(|error| AttachError::Tracepoint { what: event, error })?;
+            let p: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .expect("loaded")
+                .try_into()
+                .expect("tracepoint");
+            p.attach("sched", event)
+                .map_err(|error| AttachError::Tracepoint { what: event, error })?;
         }
         self.tracepoints_on = true;
         Ok(())
@@ -406,7 +507,9 @@ impl Probes {
     /// --all: the agent's verdict on a client process (the kernel side stops
     /// recording one that is excluded).
     pub fn exclude_client(&mut self, pid: u32) {
-        if let Ok(mut m) = BpfHashMap::<_, u32, u8>::try_from(self.ebpf.map_mut("CLIENT_PIDS").expect("CLIENT_PIDS map")) {
+        if let Ok(mut m) = BpfHashMap::<_, u32, u8>::try_from(
+            self.ebpf.map_mut("CLIENT_PIDS").expect("CLIENT_PIDS map"),
+        ) {
             let _ = m.insert(pid, verdict::EXCLUDED, 0);
         }
     }
@@ -421,7 +524,12 @@ impl Probes {
     /// Stops emitting for a postmaster's processes (its probes stay on the file).
     pub fn untrace_server(&mut self, postmaster: u32) {
         if let Ok(mut pids) = self.server_pids() {
-            let gone: Vec<u32> = pids.iter().flatten().filter(|(_, pm)| *pm == postmaster).map(|(k, _)| k).collect();
+            let gone: Vec<u32> = pids
+                .iter()
+                .flatten()
+                .filter(|(_, pm)| *pm == postmaster)
+                .map(|(k, _)| k)
+                .collect();
             for k in gone {
                 let _ = pids.remove(&k);
             }
@@ -491,21 +599,33 @@ impl Probes {
 /// Where sched_process_fork's parent_pid and child_pid are in this kernel's
 /// tracepoint record (the layout changed in 6.x: comm became __data_loc).
 fn fork_offsets(tracefs: &Path) -> Option<(u32, u32)> {
-    Some((tracepoint_field(tracefs, "sched_process_fork", "parent_pid")?, tracepoint_field(tracefs, "sched_process_fork", "child_pid")?))
+    Some((
+        tracepoint_field(tracefs, "sched_process_fork", "parent_pid")?,
+        tracepoint_field(tracefs, "sched_process_fork", "child_pid")?,
+    ))
 }
 
 /// A field's offset in a sched tracepoint's record, from its tracefs format.
 fn tracepoint_field(tracefs: &Path, event: &str, name: &str) -> Option<u32> {
-    let format = std::fs::read_to_string(tracefs.join(format!("events/sched/{event}/format"))).ok()?;
+    let format =
+        std::fs::read_to_string(tracefs.join(format!("events/sched/{event}/format"))).ok()?;
     // "\tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;"
-    format.lines().find(|l| l.split(';').next().is_some_and(|f| f.ends_with(&format!(" {name}")))).and_then(|l| {
-        l.split(';').find_map(|p| p.trim().strip_prefix("offset:")).and_then(|o| o.parse().ok())
-    })
+    format
+        .lines()
+        .find(|l| {
+            l.split(';')
+                .next()
+                .is_some_and(|f| f.ends_with(&format!(" {name}")))
+        })
+        .and_then(|l| {
+            l.split(';')
+                .find_map(|p| p.trim().strip_prefix("offset:"))
+                .and_then(|o| o.parse().ok())
+        })
 }
 
 /// Turns on the kernel's per-program run counters (a small cost on every
 /// probe hit) until the returned fd is dropped. For benchmarks.
 pub fn enable_run_stats() -> Result<OwnedFd, AttachError> {
-    aya::sys::enable_stats(aya::sys::Stats::RunTime)
-        .map_err(|e| AttachError::Stats(e.to_string()))
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| AttachError::Stats(e.to_string()))
 }

@@ -85,14 +85,36 @@ impl Report {
 const CAPABILITIES: &[(u32, &str, &str, bool)] = &[
     (39, "CAP_BPF", "load the eBPF programs and maps", true),
     (38, "CAP_PERFMON", "attach uprobes and tracepoints", true),
-    (19, "CAP_SYS_PTRACE", "read other processes' /proc/PID/maps and executables", true),
-    (21, "CAP_SYS_ADMIN", "mount tracefs when it is absent", false),
-    (2, "CAP_DAC_READ_SEARCH", "read files inside containers (/proc/PID/root)", false),
+    (
+        19,
+        "CAP_SYS_PTRACE",
+        "read other processes' /proc/PID/maps and executables",
+        true,
+    ),
+    (
+        21,
+        "CAP_SYS_ADMIN",
+        "mount tracefs when it is absent",
+        false,
+    ),
+    (
+        2,
+        "CAP_DAC_READ_SEARCH",
+        "read files inside containers (/proc/PID/root)",
+        false,
+    ),
 ];
 
 /// The effective capability set, from a /proc/PID/status text.
 pub fn effective_caps(status: &str) -> Option<u64> {
-    u64::from_str_radix(status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim(), 16).ok()
+    u64::from_str_radix(
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))?
+            .trim(),
+        16,
+    )
+    .ok()
 }
 
 /// The kernel release's (major, minor).
@@ -107,7 +129,10 @@ pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
     let t = &args.targets;
     // Each target's executable read once.
     let inspected: Vec<_> = t.pids.iter().map(|&p| (p, target::inspect(p))).collect();
-    let servers_needed = t.all || inspected.iter().any(|(_, found)| matches!(found, Ok(Some(_))));
+    let servers_needed = t.all
+        || inspected
+            .iter()
+            .any(|(_, found)| matches!(found, Ok(Some(_))));
     check_kernel(&mut r, servers_needed);
     check_caps(&mut r, servers_needed);
     // The real test of kernel and privileges: the verifier accepts every program.
@@ -115,7 +140,9 @@ pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
         Ok(_) => r.ok("eBPF programs load (every program verified, maps created)"),
         Err(e) => r.fail(e.to_string()),
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut servers = Vec::new();
     for (pid, found) in inspected {
         check_pid(&mut r, pid, found, &mut servers);
@@ -130,10 +157,22 @@ pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
         }
     }
     if !args.no_otlp {
-        check_otlp(&mut r, args.otlp_endpoint.as_deref(), args.otlp_protocol == "grpc");
+        check_otlp(
+            &mut r,
+            args.otlp_endpoint.as_deref(),
+            args.otlp_protocol == "grpc",
+        );
     }
     r.print();
-    println!("{} in {:.2} s", if r.failed() { "tracing would fail" } else { "ready to trace" }, started.elapsed().as_secs_f64());
+    println!(
+        "{} in {:.2} s",
+        if r.failed() {
+            "tracing would fail"
+        } else {
+            "ready to trace"
+        },
+        started.elapsed().as_secs_f64()
+    );
     Ok(!r.failed())
 }
 
@@ -142,7 +181,9 @@ fn check_kernel(r: &mut Report, servers_needed: bool) {
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     unsafe { libc::uname(&mut u) };
     // SAFETY: uname NUL-terminates release.
-    let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy().into_owned();
+    let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
     let mut have = Vec::new();
     match kernel_version(&release) {
         // Ring buffers came in 5.8, BPF cookies (one program, many probe points) in 5.15.
@@ -168,7 +209,10 @@ fn check_kernel(r: &mut Report, servers_needed: bool) {
 }
 
 fn check_caps(r: &mut Report, servers_needed: bool) {
-    let Some(eff) = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| effective_caps(&s)) else {
+    let Some(eff) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| effective_caps(&s))
+    else {
         r.fail("cannot read this process's capabilities (/proc/self/status)");
         return;
     };
@@ -178,7 +222,11 @@ fn check_caps(r: &mut Report, servers_needed: bool) {
             held.push(name);
         } else if (bit == 39 || bit == 38) && eff & (1 << 21) != 0 {
             // Before 5.8 CAP_SYS_ADMIN was the capability for both; it still covers them.
-            held.push(if bit == 39 { "CAP_BPF (as CAP_SYS_ADMIN)" } else { "CAP_PERFMON (as CAP_SYS_ADMIN)" });
+            held.push(if bit == 39 {
+                "CAP_BPF (as CAP_SYS_ADMIN)"
+            } else {
+                "CAP_PERFMON (as CAP_SYS_ADMIN)"
+            });
         } else if needed || (bit == 21 && servers_needed && tracefs_missing()) {
             r.fail(format!("missing {name}: needed to {why}; run as root or grant it (systemd AmbientCapabilities=, Kubernetes securityContext.capabilities.add)"));
         } else {
@@ -191,11 +239,21 @@ fn check_caps(r: &mut Report, servers_needed: bool) {
 }
 
 fn tracefs_missing() -> bool {
-    !["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"].iter().any(|p| Path::new(p).exists())
+    ![
+        "/sys/kernel/tracing/events",
+        "/sys/kernel/debug/tracing/events",
+    ]
+    .iter()
+    .any(|p| Path::new(p).exists())
 }
 
 /// `found`: what target::inspect made of it.
-fn check_pid(r: &mut Report, pid: u32, found: Result<Option<target::ServerTarget>, target::ServerError>, servers: &mut Vec<u32>) {
+fn check_pid(
+    r: &mut Report,
+    pid: u32,
+    found: Result<Option<target::ServerTarget>, target::ServerError>,
+    servers: &mut Vec<u32>,
+) {
     if !crate::host::process::process_exists(pid) {
         r.fail(format!("no process with PID {pid}"));
         return;
@@ -231,13 +289,21 @@ fn mysql_lines(r: &mut Report, pid: u32, who: &str) {
         let host = std::path::PathBuf::from(format!("/proc/{pid}/root{path}"));
         if let Ok(Some(plan)) = crate::mysql::server::target::claim(pid, &path, &host) {
             found += 1;
-            r.ok(format!("{who}: MariaDB server {}: {} probe sites, THD layout decoded", plan.path, plan.points.len()));
+            r.ok(format!(
+                "{who}: MariaDB server {}: {} probe sites, THD layout decoded",
+                plan.path,
+                plan.points.len()
+            ));
             continue;
         }
         match crate::mysql::discover::claim(pid, &path, &host) {
             Ok(Some(plan)) => {
                 found += 1;
-                r.ok(format!("{who}: MySQL client library {}: {} probes, struct layout decoded", plan.path, plan.points.len()));
+                r.ok(format!(
+                    "{who}: MySQL client library {}: {} probes, struct layout decoded",
+                    plan.path,
+                    plan.points.len()
+                ));
                 for w in plan.warnings {
                     r.warn(w);
                 }
@@ -255,25 +321,46 @@ fn mysql_lines(r: &mut Report, pid: u32, who: &str) {
 }
 
 fn server_line(r: &mut Report, t: &target::ServerTarget) {
-    r.ok(format!("PostgreSQL server {} ({}): {} USDT and function probe sites", t.postmaster, t.exe, t.sites.len()));
+    r.ok(format!(
+        "PostgreSQL server {} ({}): {} USDT and function probe sites",
+        t.postmaster,
+        t.exe,
+        t.sites.len()
+    ));
     for w in &t.warnings {
         r.warn(w.clone());
     }
 }
 
 fn libpq_line(r: &mut Report, who: &str, t: &discover::LibpqTarget) {
-    let pipeline = discover::PIPELINE_CALLS.iter().filter(|(f, _)| t.offsets.contains_key(f)).count();
-    let mut m = format!("{who}: libpq {}: {} functions found", t.path, t.offsets.len() - pipeline);
+    let pipeline = discover::PIPELINE_CALLS
+        .iter()
+        .filter(|(f, _)| t.offsets.contains_key(f))
+        .count();
+    let mut m = format!(
+        "{who}: libpq {}: {} functions found",
+        t.path,
+        t.offsets.len() - pipeline
+    );
     if pipeline > 0 {
         m.push_str(&format!(", {pipeline} of pipeline mode"));
     }
     match &t.result_points {
-        Ok(p) => m.push_str(&format!(", results read at {} point(s) inside PQgetResult", p.len())),
-        Err(why) => r.warn(format!("{}: PQgetResult's result point not found ({why}): entry and return probes instead", t.path)),
+        Ok(p) => m.push_str(&format!(
+            ", results read at {} point(s) inside PQgetResult",
+            p.len()
+        )),
+        Err(why) => r.warn(format!(
+            "{}: PQgetResult's result point not found ({why}): entry and return probes instead",
+            t.path
+        )),
     }
     match &t.conn_layout_error {
         None => m.push_str(", connection layout decoded"),
-        Some(e) => r.warn(format!("{}: connection layout not decoded ({e}): spans will lack db.namespace and server.*", t.path)),
+        Some(e) => r.warn(format!(
+            "{}: connection layout not decoded ({e}): spans will lack db.namespace and server.*",
+            t.path
+        )),
     }
     r.ok(m);
 }
@@ -285,8 +372,12 @@ fn check_host(r: &mut Report, sel: &Selectors, servers: &mut Vec<u32>) {
     // Each executable read once, however many processes run it (the 2 s budget).
     let mut judged: std::collections::HashMap<(u64, u64), bool> = Default::default();
     let postmasters = hostwide::postmasters(&pids, |p| {
-        let Some(id) = crate::host::process::file_id(&hostwide::exe_host_path(p)) else { return false };
-        *judged.entry(id).or_insert_with(|| matches!(target::inspect(p), Ok(Some(_))))
+        let Some(id) = crate::host::process::file_id(&hostwide::exe_host_path(p)) else {
+            return false;
+        };
+        *judged
+            .entry(id)
+            .or_insert_with(|| matches!(target::inspect(p), Ok(Some(_))))
     });
     for pm in postmasters {
         let f = hostwide::server_facts(pm);
@@ -305,7 +396,9 @@ fn check_host(r: &mut Report, sel: &Selectors, servers: &mut Vec<u32>) {
     }
     let mut seen = std::collections::HashSet::new();
     let me = std::process::id();
-    let system = discover::system_libpq().into_iter().map(|p| (me, p.to_string_lossy().into_owned(), p));
+    let system = discover::system_libpq()
+        .into_iter()
+        .map(|p| (me, p.to_string_lossy().into_owned(), p));
     let mapped = pids.iter().flat_map(|&pid| {
         crate::host::process::executable_mappings(pid)
             .unwrap_or_default()
@@ -315,7 +408,9 @@ fn check_host(r: &mut Report, sel: &Selectors, servers: &mut Vec<u32>) {
     });
     for (pid, path, host_path) in system.chain(mapped) {
         let host_path: std::path::PathBuf = host_path;
-        let Some(id) = crate::host::process::file_id(&host_path) else { continue };
+        let Some(id) = crate::host::process::file_id(&host_path) else {
+            continue;
+        };
         if !seen.insert(id) {
             continue;
         }
@@ -355,20 +450,33 @@ pub fn otlp_address(endpoint: Option<&str>, grpc: bool) -> Option<(String, u16)>
         None => crate::export::otlp::traces_url(None),
     };
     let url = reqwest::Url::parse(&url).ok()?;
-    Some((url.host_str()?.trim_matches(['[', ']']).to_string(), url.port_or_known_default()?))
+    Some((
+        url.host_str()?.trim_matches(['[', ']']).to_string(),
+        url.port_or_known_default()?,
+    ))
 }
 
 fn check_otlp(r: &mut Report, endpoint: Option<&str>, grpc: bool) {
     let Some((host, port)) = otlp_address(endpoint, grpc) else {
-        r.fail(format!("OTLP endpoint {:?} is not a URL", endpoint.unwrap_or("(from the environment)")));
+        r.fail(format!(
+            "OTLP endpoint {:?} is not a URL",
+            endpoint.unwrap_or("(from the environment)")
+        ));
         return;
     };
-    let addrs: Vec<_> = (host.as_str(), port).to_socket_addrs().map(|a| a.collect()).unwrap_or_default();
+    let addrs: Vec<_> = (host.as_str(), port)
+        .to_socket_addrs()
+        .map(|a| a.collect())
+        .unwrap_or_default();
     if addrs.is_empty() {
-        r.fail(format!("OTLP endpoint {host}:{port}: cannot resolve {host}"));
+        r.fail(format!(
+            "OTLP endpoint {host}:{port}: cannot resolve {host}"
+        ));
         return;
     }
-    let reached = addrs.iter().any(|a| std::net::TcpStream::connect_timeout(a, Duration::from_millis(500)).is_ok());
+    let reached = addrs
+        .iter()
+        .any(|a| std::net::TcpStream::connect_timeout(a, Duration::from_millis(500)).is_ok());
     if reached {
         r.ok(format!("OTLP endpoint {host}:{port} reachable"));
     } else {
@@ -403,9 +511,18 @@ mod tests {
 
     #[test]
     fn otlp_addresses() {
-        assert_eq!(otlp_address(Some("http://collector:4318"), false), Some(("collector".into(), 4318)));
-        assert_eq!(otlp_address(Some("https://otel.example.com"), false), Some(("otel.example.com".into(), 443)));
-        assert_eq!(otlp_address(Some("http://[::1]:4317"), true), Some(("::1".into(), 4317)));
+        assert_eq!(
+            otlp_address(Some("http://collector:4318"), false),
+            Some(("collector".into(), 4318))
+        );
+        assert_eq!(
+            otlp_address(Some("https://otel.example.com"), false),
+            Some(("otel.example.com".into(), 443))
+        );
+        assert_eq!(
+            otlp_address(Some("http://[::1]:4317"), true),
+            Some(("::1".into(), 4317))
+        );
         assert_eq!(otlp_address(Some("not a url"), false), None);
     }
 }

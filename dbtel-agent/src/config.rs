@@ -34,8 +34,17 @@ const NOT_KEYS: &[&str] = &["config", "print_config", "help", "version"];
 /// Options whose variables the exporter reads itself (clap has no `env` for
 /// them): when one is set, it wins over the file.
 const READ_BY_EXPORTER: &[(&str, &[&str])] = &[
-    ("otlp_endpoint", &["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]),
-    ("service_name", &["OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"]),
+    (
+        "otlp_endpoint",
+        &[
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ],
+    ),
+    (
+        "service_name",
+        &["OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"],
+    ),
 ];
 
 /// Variables shown (redacted where secret) at the end of `--print-config`:
@@ -101,7 +110,8 @@ pub fn config_path(args: &[OsString]) -> Option<PathBuf> {
 
 /// Reads and checks a config file against `cmd`'s arguments.
 pub fn load(path: &Path, cmd: &Command) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("config {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("config {}", path.display()))?;
     parse(path, &text, cmd)
 }
 
@@ -116,7 +126,9 @@ pub fn parse(path: &Path, text: &str, cmd: &Command) -> anyhow::Result<FileConfi
     };
     let mut values = BTreeMap::new();
     for (k, v) in map {
-        let Value::String(key) = k else { bail!("config {at}: a key is not a name: {}", yaml_line(&k)) };
+        let Value::String(key) = k else {
+            bail!("config {at}: a key is not a name: {}", yaml_line(&k))
+        };
         let arg = find_arg(cmd, &key).ok_or_else(|| {
             let hint = if ["password", "header", "secret", "token"].iter().any(|w| key.to_ascii_lowercase().contains(w)) {
                 " (secrets never go in this file: PGPASSWORD, PGPASSFILE or --catalog-config for the catalog, OTEL_EXPORTER_OTLP_HEADERS for the exporter)"
@@ -126,12 +138,18 @@ pub fn parse(path: &Path, text: &str, cmd: &Command) -> anyhow::Result<FileConfi
             anyhow!("config {at}: unknown key `{key}`{hint}")
         })?;
         let id = arg.get_id().as_str().to_string();
-        let Some(vals) = values_of(arg, &v).map_err(|e| anyhow!("config {at}: `{key}`: {e}"))? else { continue };
+        let Some(vals) = values_of(arg, &v).map_err(|e| anyhow!("config {at}: `{key}`: {e}"))?
+        else {
+            continue;
+        };
         if values.insert(id, vals).is_some() {
             bail!("config {at}: `{key}` given twice");
         }
     }
-    Ok(FileConfig { path: path.to_path_buf(), values })
+    Ok(FileConfig {
+        path: path.to_path_buf(),
+        values,
+    })
 }
 
 /// The argument a file key names: its long flag, `_` and `-` alike.
@@ -156,7 +174,9 @@ fn values_of(arg: &Arg, v: &Value) -> Result<Option<Vec<String>>, String> {
         Value::Null => return Ok(None),
         Value::Bool(b) if is_flag(arg) => return Ok(Some(vec![b.to_string()])),
         _ if is_flag(arg) => return Err(format!("expected true or false, not {}", yaml_line(v))),
-        Value::Sequence(items) if is_list(arg) => items.iter().map(scalar).collect::<Result<Vec<_>, _>>()?,
+        Value::Sequence(items) if is_list(arg) => {
+            items.iter().map(scalar).collect::<Result<Vec<_>, _>>()?
+        }
         Value::Sequence(_) => return Err("expected one value, not a list".into()),
         v => vec![scalar(v)?],
     };
@@ -181,9 +201,16 @@ fn scalar(v: &Value) -> Result<String, String> {
 /// Runs one value through the argument's own value parser (on a command of
 /// that argument alone: the real one's relations play no part here).
 fn check_value(arg: &Arg, value: &str) -> Result<(), String> {
-    let probe = Command::new("config").no_binary_name(true).color(clap::ColorChoice::Never).arg(
-        Arg::new("v").long("v").action(ArgAction::Set).allow_hyphen_values(true).value_parser(arg.get_value_parser().clone()),
-    );
+    let probe = Command::new("config")
+        .no_binary_name(true)
+        .color(clap::ColorChoice::Never)
+        .arg(
+            Arg::new("v")
+                .long("v")
+                .action(ArgAction::Set)
+                .allow_hyphen_values(true)
+                .value_parser(arg.get_value_parser().clone()),
+        );
     let e = match probe.try_get_matches_from(["--v", value]) {
         Ok(_) => return Ok(()),
         Err(e) => e,
@@ -198,7 +225,9 @@ fn check_value(arg: &Arg, value: &str) -> Result<(), String> {
 }
 
 fn yaml_line(v: &Value) -> String {
-    serde_yaml_ng::to_string(v).map(|s| s.trim_end().replace('\n', " ")).unwrap_or_else(|_| "?".into())
+    serde_yaml_ng::to_string(v)
+        .map(|s| s.trim_end().replace('\n', " "))
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// The variable that keeps the file's value of `id` out, and its value (for
@@ -209,7 +238,10 @@ fn read_by_exporter(id: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<(S
         let v = env(var).filter(|v| !v.is_empty())?;
         if *var == "OTEL_RESOURCE_ATTRIBUTES" {
             // Only its service.name entry counts.
-            let name = v.split(',').find_map(|kv| kv.trim().strip_prefix("service.name="))?.to_string();
+            let name = v
+                .split(',')
+                .find_map(|kv| kv.trim().strip_prefix("service.name="))?
+                .to_string();
             return Some((var.to_string(), name));
         }
         Some((var.to_string(), v))
@@ -221,9 +253,15 @@ fn read_by_exporter(id: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<(S
 pub fn apply(mut cmd: Command, file: &FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Command {
     // Relations are checked afterwards (check_relations): clap holds a default
     // to satisfy no `requires` (`all: true` in the file, `--exe` as a flag).
-    let ids: Vec<String> = cmd.get_arguments().map(|a| a.get_id().as_str().to_string()).collect();
+    let ids: Vec<String> = cmd
+        .get_arguments()
+        .map(|a| a.get_id().as_str().to_string())
+        .collect();
     for id in ids {
-        cmd = cmd.mut_arg(id, |a| a.requires(Resettable::Reset).conflicts_with(Resettable::Reset));
+        cmd = cmd.mut_arg(id, |a| {
+            a.requires(Resettable::Reset)
+                .conflicts_with(Resettable::Reset)
+        });
     }
     for (id, vals) in &file.values {
         if read_by_exporter(id, env).is_some() {
@@ -237,11 +275,18 @@ pub fn apply(mut cmd: Command, file: &FileConfig, env: &dyn Fn(&str) -> Option<S
 
 /// The source of an option's value in `m` (parsed by a command built with [`apply`]).
 pub fn source_of(cmd: &Command, m: &ArgMatches, file: Option<&FileConfig>, id: &str) -> Source {
-    let env_name = || cmd.get_arguments().find(|a| a.get_id() == id).and_then(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned());
+    let env_name = || {
+        cmd.get_arguments()
+            .find(|a| a.get_id() == id)
+            .and_then(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+    };
     match m.value_source(id) {
         Some(ValueSource::CommandLine) => Source::Flag,
         Some(ValueSource::EnvVariable) => Source::Env(env_name().unwrap_or_default()),
-        _ if file.is_some_and(|f| f.values.contains_key(id)) && m.value_source(id) == Some(ValueSource::DefaultValue) => {
+        _ if file.is_some_and(|f| f.values.contains_key(id))
+            && m.value_source(id) == Some(ValueSource::DefaultValue) =>
+        {
             Source::File
         }
         _ => Source::Default,
@@ -261,19 +306,31 @@ pub enum RelationError {
 /// (the command without file defaults) parses every option that came from a
 /// flag, a variable or the file, all as flags; when that fails, those from
 /// flags and variables alone tell whose error it is.
-pub fn check_relations(fresh: Command, cmd: &Command, m: &ArgMatches, file: &FileConfig) -> Result<(), RelationError> {
+pub fn check_relations(
+    fresh: Command,
+    cmd: &Command,
+    m: &ArgMatches,
+    file: &FileConfig,
+) -> Result<(), RelationError> {
     let mut flags = vec![OsString::from(fresh.get_name().to_string())];
     let mut from_file = Vec::new();
     for arg in cmd.get_arguments() {
         let id = arg.get_id().as_str();
-        let (Some(long), false) = (arg.get_long(), arg.is_positional()) else { continue };
+        let (Some(long), false) = (arg.get_long(), arg.is_positional()) else {
+            continue;
+        };
         let argv = match source_of(cmd, m, Some(file), id) {
             _ if NOT_KEYS.contains(&id) => continue,
             Source::Default => continue,
             Source::File => &mut from_file,
             Source::Flag | Source::Env(_) => &mut flags,
         };
-        let raw: Vec<String> = m.get_raw(id).into_iter().flatten().map(|v| v.to_string_lossy().into_owned()).collect();
+        let raw: Vec<String> = m
+            .get_raw(id)
+            .into_iter()
+            .flatten()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
         if is_flag(arg) {
             if raw.iter().any(|v| v == "true") {
                 argv.push(format!("--{long}").into());
@@ -284,23 +341,44 @@ pub fn check_relations(fresh: Command, cmd: &Command, m: &ArgMatches, file: &Fil
     }
     let mut all = flags.clone();
     all.extend(from_file);
-    let Err(e) = fresh.clone().color(clap::ColorChoice::Never).try_get_matches_from(all) else { return Ok(()) };
+    let Err(e) = fresh
+        .clone()
+        .color(clap::ColorChoice::Never)
+        .try_get_matches_from(all)
+    else {
+        return Ok(());
+    };
     // The file may satisfy a `requires` the flags alone do not, never the reverse.
-    fresh.try_get_matches_from(&flags).map_err(RelationError::Flags)?;
-    Err(RelationError::File(anyhow!("config {}: {} (flags, environment and file together)", file.path.display(), clap_message(&e))))
+    fresh
+        .try_get_matches_from(&flags)
+        .map_err(RelationError::Flags)?;
+    Err(RelationError::File(anyhow!(
+        "config {}: {} (flags, environment and file together)",
+        file.path.display(),
+        clap_message(&e)
+    )))
 }
 
 /// A clap error's message on one line (without `error: ` and the usage).
 fn clap_message(e: &clap::Error) -> String {
     let s = e.to_string();
-    let lines: Vec<&str> = s.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+    let lines: Vec<&str> = s
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
     lines.join(" ").trim_start_matches("error: ").to_string()
 }
 
 /// The effective configuration as YAML, each option with where its value came
 /// from, then the variables read besides (secrets redacted). The options part
 /// reads back as a config file.
-pub fn render(cmd: &Command, m: &ArgMatches, file: Option<&FileConfig>, env: &dyn Fn(&str) -> Option<String>) -> String {
+pub fn render(
+    cmd: &Command,
+    m: &ArgMatches,
+    file: Option<&FileConfig>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> String {
     let mut out = String::from("# dbtel-agent effective configuration: flags > environment > ");
     match file {
         Some(f) => out += &format!("file {} > defaults\n", f.path.display()),
@@ -311,17 +389,32 @@ pub fn render(cmd: &Command, m: &ArgMatches, file: Option<&FileConfig>, env: &dy
     args.sort_by_key(|a| a.get_display_order());
     for arg in args {
         let id = arg.get_id().as_str();
-        let Some(long) = arg.get_long().filter(|_| !arg.is_positional() && !NOT_KEYS.contains(&id)) else { continue };
+        let Some(long) = arg
+            .get_long()
+            .filter(|_| !arg.is_positional() && !NOT_KEYS.contains(&id))
+        else {
+            continue;
+        };
         let key = long.replace('-', "_");
-        let mut vals: Vec<String> = m.get_raw(id).into_iter().flatten().map(|v| v.to_string_lossy().into_owned()).collect();
+        let mut vals: Vec<String> = m
+            .get_raw(id)
+            .into_iter()
+            .flatten()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
         let mut source = source_of(cmd, m, file, id);
         if source != Source::Flag {
             if let Some((var, v)) = read_by_exporter(id, env) {
                 (vals, source) = (vec![v], Source::Env(var));
             }
         }
-        if id == "exporter" && env("OTEL_USE_CONSOLE").is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1") {
-            (vals, source) = (vec!["console".into()], Source::Env("OTEL_USE_CONSOLE".into()));
+        if id == "exporter"
+            && env("OTEL_USE_CONSOLE").is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+        {
+            (vals, source) = (
+                vec!["console".into()],
+                Source::Env("OTEL_USE_CONSOLE".into()),
+            );
         }
         if id == "otlp_endpoint" {
             vals = vals.iter().map(|v| redact_url(v)).collect();
@@ -329,9 +422,16 @@ pub fn render(cmd: &Command, m: &ArgMatches, file: Option<&FileConfig>, env: &dy
         let value = if is_flag(arg) {
             vals.first().cloned().unwrap_or_else(|| "false".into())
         } else if is_list(arg) {
-            format!("[{}]", vals.iter().map(|v| yaml_scalar(v)).collect::<Vec<_>>().join(", "))
+            format!(
+                "[{}]",
+                vals.iter()
+                    .map(|v| yaml_scalar(v))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         } else {
-            vals.first().map_or_else(|| "null".to_string(), |v| yaml_scalar(v))
+            vals.first()
+                .map_or_else(|| "null".to_string(), |v| yaml_scalar(v))
         };
         let source = match source {
             Source::Flag => "flag".to_string(),
@@ -341,14 +441,21 @@ pub fn render(cmd: &Command, m: &ArgMatches, file: Option<&FileConfig>, env: &dy
         };
         let _ = writeln!(out, "{key}: {value}  # {source}");
     }
-    let shown: Vec<(&str, String)> = SHOWN_ENV.iter().filter_map(|var| Some((*var, env(var)?))).collect();
+    let shown: Vec<(&str, String)> = SHOWN_ENV
+        .iter()
+        .filter_map(|var| Some((*var, env(var)?)))
+        .collect();
     if !shown.is_empty() {
         out += "# environment read besides (secrets redacted):\n";
         for (var, v) in shown {
             let v = match var {
                 "PGPASSWORD" => "<set>".to_string(),
-                "OTEL_EXPORTER_OTLP_HEADERS" | "OTEL_EXPORTER_OTLP_TRACES_HEADERS" => redact_headers(&v),
-                "OTEL_EXPORTER_OTLP_ENDPOINT" | "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => redact_url(&v),
+                "OTEL_EXPORTER_OTLP_HEADERS" | "OTEL_EXPORTER_OTLP_TRACES_HEADERS" => {
+                    redact_headers(&v)
+                }
+                "OTEL_EXPORTER_OTLP_ENDPOINT" | "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => {
+                    redact_url(&v)
+                }
                 _ => v,
             };
             let _ = writeln!(out, "#   {var}={}", v.escape_debug());
@@ -363,7 +470,9 @@ fn yaml_scalar(s: &str) -> String {
     if s.parse::<i64>().is_ok() {
         return s.to_string();
     }
-    serde_yaml_ng::to_string(&Value::String(s.to_string())).map(|y| y.trim_end().to_string()).unwrap_or_else(|_| format!("{s:?}"))
+    serde_yaml_ng::to_string(&Value::String(s.to_string()))
+        .map(|y| y.trim_end().to_string())
+        .unwrap_or_else(|_| format!("{s:?}"))
 }
 
 /// A URL without its userinfo (`user:password@`) or query string.

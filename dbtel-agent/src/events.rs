@@ -1,6 +1,9 @@
 //! Decoding of the raw ring-buffer records written by dbtel-ebpf.
 
-use dbtel_common::{qflags, Engine, Kind, ConnEvent, ExecEvent, Header, PipelineEvent, QueryEvent, ResultEvent, ServerEvent, USDT_MAX_ARGS};
+use dbtel_common::{
+    qflags, ConnEvent, Engine, ExecEvent, Header, Kind, PipelineEvent, QueryEvent, ResultEvent,
+    ServerEvent, USDT_MAX_ARGS,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -39,14 +42,32 @@ pub enum Event {
     },
     /// PQgetResult returned; `result == 0` means no more results.
     /// `nulls`: PQgetResult's NULL returns are reported too (entry + return probes).
-    Result { at: Origin, result: u64, status: i32, ntuples: i32, cmd_status: String, sqlstate: Option<String>, nulls: bool },
+    Result {
+        at: Origin,
+        result: u64,
+        status: i32,
+        ntuples: i32,
+        cmd_status: String,
+        sqlstate: Option<String>,
+        nulls: bool,
+    },
     /// First use of a connection object in this process.
-    Conn { at: Origin, backend_pid: i32, db: String, host: String, port: String },
+    Conn {
+        at: Origin,
+        backend_pid: i32,
+        db: String,
+        host: String,
+        port: String,
+    },
     /// PQfinish.
     Finish { at: Origin },
     /// A pipeline-mode call (dbtel_common::func::PQ*PIPELINE*): its return
     /// value when it was probed at return, else None (a sync, seen at entry).
-    Pipeline { at: Origin, func: u32, ret: Option<i32> },
+    Pipeline {
+        at: Origin,
+        func: u32,
+        ret: Option<i32>,
+    },
 }
 
 impl Event {
@@ -64,7 +85,11 @@ impl Event {
 pub fn read<T: Copy>(data: &[u8], kind: u16) -> Result<T, DecodeError> {
     let need = size_of::<T>();
     if data.len() < need {
-        return Err(DecodeError::Truncated { kind, need, got: data.len() });
+        return Err(DecodeError::Truncated {
+            kind,
+            need,
+            got: data.len(),
+        });
     }
     // SAFETY: T is a repr(C) integer-only type and the length is checked.
     Ok(unsafe { std::ptr::read_unaligned(data.as_ptr().cast::<T>()) })
@@ -102,7 +127,10 @@ pub enum Record {
     /// The process's dynamic loader mapped new objects (a dlopen, or the
     /// program's libraries at start); `held`: it is stopped until the agent
     /// sends it SIGCONT.
-    Loaded { at: Origin, held: bool },
+    Loaded {
+        at: Origin,
+        held: bool,
+    },
 }
 
 /// --all: `at.pid` now runs `path` (as given to execve), in cgroup `cgroup_id`.
@@ -126,25 +154,53 @@ pub fn header(data: &[u8]) -> Result<(Header, Origin), DecodeError> {
     let h: Header = read(data, 0)?;
     let kind = Kind::from_u16(h.kind).ok_or(DecodeError::UnknownKind(h.kind))?;
     if Engine::from_u16(h.engine) != Some(kind.engine()) {
-        return Err(DecodeError::WrongEngine { kind: h.kind, engine: h.engine });
+        return Err(DecodeError::WrongEngine {
+            kind: h.kind,
+            engine: h.engine,
+        });
     }
-    Ok((h, Origin { pid: h.pid, tid: h.tid, ts_ns: h.ts_ns, conn: h.conn }))
+    Ok((
+        h,
+        Origin {
+            pid: h.pid,
+            tid: h.tid,
+            ts_ns: h.ts_ns,
+            conn: h.conn,
+        },
+    ))
 }
 
 /// A server site's record (PostgreSQL's [`Kind::Server`], MySQL's [`Kind::MyServer`]).
 pub fn server_hit(h: &Header, at: Origin, data: &[u8]) -> Result<ServerHit, DecodeError> {
     let fixed = ServerEvent::TEXT_OFFSET;
     if data.len() < fixed {
-        return Err(DecodeError::Truncated { kind: h.kind, need: fixed, got: data.len() });
+        return Err(DecodeError::Truncated {
+            kind: h.kind,
+            need: fixed,
+            got: data.len(),
+        });
     }
     let word = |i: usize| u64::from_ne_bytes(data[32 + 8 * i..40 + 8 * i].try_into().unwrap());
     let args = std::array::from_fn(word);
     let text_len = u32::from_ne_bytes(data[fixed - 8..fixed - 4].try_into().unwrap()) as usize;
     let flags = u32::from_ne_bytes(data[fixed - 4..fixed].try_into().unwrap());
-    let text_bytes = data.get(fixed..fixed + text_len).ok_or(DecodeError::Truncated { kind: h.kind, need: fixed + text_len, got: data.len() })?;
+    let text_bytes = data
+        .get(fixed..fixed + text_len)
+        .ok_or(DecodeError::Truncated {
+            kind: h.kind,
+            need: fixed + text_len,
+            got: data.len(),
+        })?;
     // No text: a NULL pointer (e.g. statement__status going idle) or unreadable.
-    let text = (flags & qflags::TEXT_PRESENT != 0 && flags & qflags::TEXT_FAULT == 0).then(|| cstr(text_bytes));
-    Ok(ServerHit { at, site: h.func, args, text, truncated: flags & qflags::TRUNCATED != 0 })
+    let text = (flags & qflags::TEXT_PRESENT != 0 && flags & qflags::TEXT_FAULT == 0)
+        .then(|| cstr(text_bytes));
+    Ok(ServerHit {
+        at,
+        site: h.func,
+        args,
+        text,
+        truncated: flags & qflags::TRUNCATED != 0,
+    })
 }
 
 pub fn decode_record(data: &[u8]) -> Result<Record, DecodeError> {
@@ -153,16 +209,31 @@ pub fn decode_record(data: &[u8]) -> Result<Record, DecodeError> {
         Some(Kind::Server) => server_hit(&h, at, data).map(Record::Server),
         Some(Kind::ServerExit) => Ok(Record::ServerExit(at)),
         Some(Kind::ClientExit) => Ok(Record::ClientExit(at)),
-        Some(Kind::Loaded) => Ok(Record::Loaded { at, held: h.func == dbtel_common::loader::HELD }),
+        Some(Kind::Loaded) => Ok(Record::Loaded {
+            at,
+            held: h.func == dbtel_common::loader::HELD,
+        }),
         Some(Kind::Exec) => {
             let fixed = ExecEvent::PATH_OFFSET;
             if data.len() < fixed {
-                return Err(DecodeError::Truncated { kind: h.kind, need: fixed, got: data.len() });
+                return Err(DecodeError::Truncated {
+                    kind: h.kind,
+                    need: fixed,
+                    got: data.len(),
+                });
             }
             let cgroup_id = u64::from_ne_bytes(data[32..40].try_into().unwrap());
             let len = u32::from_ne_bytes(data[40..44].try_into().unwrap()) as usize;
-            let path = data.get(fixed..fixed + len).ok_or(DecodeError::Truncated { kind: h.kind, need: fixed + len, got: data.len() })?;
-            Ok(Record::Exec(Exec { at, cgroup_id, path: cstr(path) }))
+            let path = data.get(fixed..fixed + len).ok_or(DecodeError::Truncated {
+                kind: h.kind,
+                need: fixed + len,
+                got: data.len(),
+            })?;
+            Ok(Record::Exec(Exec {
+                at,
+                cgroup_id,
+                path: cstr(path),
+            }))
         }
         _ => client(h, at, data).map(Record::Client),
     }
@@ -180,17 +251,23 @@ fn client(h: Header, at: Origin, data: &[u8]) -> Result<Event, DecodeError> {
             // Only the used part of the text is sent: read the fixed part, then the text.
             let fixed = QueryEvent::TEXT_OFFSET;
             if data.len() < fixed {
-                return Err(DecodeError::Truncated { kind: h.kind, need: fixed, got: data.len() });
+                return Err(DecodeError::Truncated {
+                    kind: h.kind,
+                    need: fixed,
+                    got: data.len(),
+                });
             }
             let text_len = u32::from_ne_bytes(data[32..36].try_into().unwrap()) as usize;
             let name_len = u32::from_ne_bytes(data[36..40].try_into().unwrap()) as usize;
             let flags = u32::from_ne_bytes(data[40..44].try_into().unwrap());
             let name_bytes = &data[48..48 + dbtel_common::NAME_CAP];
-            let text_bytes = data.get(fixed..fixed + text_len).ok_or(DecodeError::Truncated {
-                kind: h.kind,
-                need: fixed + text_len,
-                got: data.len(),
-            })?;
+            let text_bytes = data
+                .get(fixed..fixed + text_len)
+                .ok_or(DecodeError::Truncated {
+                    kind: h.kind,
+                    need: fixed + text_len,
+                    got: data.len(),
+                })?;
             let name = cstr(&name_bytes[..name_len.min(name_bytes.len())]);
             let text = (flags & qflags::TEXT_FAULT == 0).then(|| cstr(text_bytes));
             Ok(Event::Call {
@@ -216,12 +293,22 @@ fn client(h: Header, at: Origin, data: &[u8]) -> Result<Event, DecodeError> {
         }
         Some(Kind::Conn) => {
             let c: ConnEvent = read(data, h.kind)?;
-            Ok(Event::Conn { at, backend_pid: c.backend_pid, db: cstr(&c.db), host: cstr(&c.host), port: cstr(&c.port) })
+            Ok(Event::Conn {
+                at,
+                backend_pid: c.backend_pid,
+                db: cstr(&c.db),
+                host: cstr(&c.host),
+                port: cstr(&c.port),
+            })
         }
         Some(Kind::Finish) => Ok(Event::Finish { at }),
         Some(Kind::Pipeline) => {
             let p: PipelineEvent = read(data, h.kind)?;
-            Ok(Event::Pipeline { at, func: h.func, ret: (p.returned != 0).then_some(p.ret) })
+            Ok(Event::Pipeline {
+                at,
+                func: h.func,
+                ret: (p.returned != 0).then_some(p.ret),
+            })
         }
         _ => Err(DecodeError::UnknownKind(h.kind)),
     }
@@ -232,7 +319,15 @@ pub mod encode {
     use super::*;
 
     pub fn header(kind: Kind, func: u32, at: &Origin) -> Header {
-        Header { kind: kind as u16, engine: kind.engine() as u16, func, pid: at.pid, tid: at.tid, ts_ns: at.ts_ns, conn: at.conn }
+        Header {
+            kind: kind as u16,
+            engine: kind.engine() as u16,
+            func,
+            pid: at.pid,
+            tid: at.tid,
+            ts_ns: at.ts_ns,
+            conn: at.conn,
+        }
     }
 
     pub fn bytes_of<T>(v: &T) -> &[u8] {
@@ -258,16 +353,53 @@ pub mod encode {
         out
     }
 
-    pub fn result(at: Origin, result: u64, status: i32, ntuples: i32, cmd: &str, sqlstate: &str) -> Vec<u8> {
-        result_from(dbtel_common::func::PQGET_RESULT, at, result, status, ntuples, cmd, sqlstate)
+    pub fn result(
+        at: Origin,
+        result: u64,
+        status: i32,
+        ntuples: i32,
+        cmd: &str,
+        sqlstate: &str,
+    ) -> Vec<u8> {
+        result_from(
+            dbtel_common::func::PQGET_RESULT,
+            at,
+            result,
+            status,
+            ntuples,
+            cmd,
+            sqlstate,
+        )
     }
 
     /// A result seen by the probe inside PQgetResult (NULLs are not reported).
-    pub fn result_point(at: Origin, status: i32, ntuples: i32, cmd: &str, sqlstate: &str) -> Vec<u8> {
-        result_from(dbtel_common::func::PQGET_RESULT_POINT, at, 0xbeef, status, ntuples, cmd, sqlstate)
+    pub fn result_point(
+        at: Origin,
+        status: i32,
+        ntuples: i32,
+        cmd: &str,
+        sqlstate: &str,
+    ) -> Vec<u8> {
+        result_from(
+            dbtel_common::func::PQGET_RESULT_POINT,
+            at,
+            0xbeef,
+            status,
+            ntuples,
+            cmd,
+            sqlstate,
+        )
     }
 
-    fn result_from(func: u32, at: Origin, result: u64, status: i32, ntuples: i32, cmd: &str, sqlstate: &str) -> Vec<u8> {
+    fn result_from(
+        func: u32,
+        at: Origin,
+        result: u64,
+        status: i32,
+        ntuples: i32,
+        cmd: &str,
+        sqlstate: &str,
+    ) -> Vec<u8> {
         let mut r = ResultEvent {
             hdr: header(Kind::Result, func, &at),
             result,
@@ -302,23 +434,42 @@ pub mod encode {
 
     /// A pipeline-mode call; `ret`: its result, for calls probed at return.
     pub fn pipeline(at: Origin, func: u32, ret: Option<i32>) -> Vec<u8> {
-        let p = PipelineEvent { hdr: header(Kind::Pipeline, func, &at), ret: ret.unwrap_or(0), returned: ret.is_some() as u32 };
+        let p = PipelineEvent {
+            hdr: header(Kind::Pipeline, func, &at),
+            ret: ret.unwrap_or(0),
+            returned: ret.is_some() as u32,
+        };
         bytes_of(&p).to_vec()
     }
 
-    pub fn server(at: Origin, site: u32, args: [u64; USDT_MAX_ARGS], text: Option<&str>) -> Vec<u8> {
+    pub fn server(
+        at: Origin,
+        site: u32,
+        args: [u64; USDT_MAX_ARGS],
+        text: Option<&str>,
+    ) -> Vec<u8> {
         server_of(Kind::Server, at, site, args, text)
     }
 
     /// A server site's record of either engine ([`Kind::Server`] or [`Kind::MyServer`]).
-    pub fn server_of(kind: Kind, at: Origin, site: u32, args: [u64; USDT_MAX_ARGS], text: Option<&str>) -> Vec<u8> {
+    pub fn server_of(
+        kind: Kind,
+        at: Origin,
+        site: u32,
+        args: [u64; USDT_MAX_ARGS],
+        text: Option<&str>,
+    ) -> Vec<u8> {
         let mut b = bytes_of(&header(kind, site, &at)).to_vec();
         for a in args {
             b.extend_from_slice(&a.to_ne_bytes());
         }
         let t = text.unwrap_or("");
         b.extend_from_slice(&(t.len() as u32).to_ne_bytes());
-        let flags = if text.is_some() { qflags::TEXT_PRESENT } else { 0 };
+        let flags = if text.is_some() {
+            qflags::TEXT_PRESENT
+        } else {
+            0
+        };
         b.extend_from_slice(&flags.to_ne_bytes());
         b.extend_from_slice(t.as_bytes());
         b
@@ -353,7 +504,12 @@ mod tests {
     use super::*;
     use dbtel_common::func;
 
-    const AT: Origin = Origin { pid: 10, tid: 11, ts_ns: 1_000, conn: 0xabc };
+    const AT: Origin = Origin {
+        pid: 10,
+        tid: 11,
+        ts_ns: 1_000,
+        conn: 0xabc,
+    };
 
     #[test]
     fn call_round_trips_with_variable_length_text() {
@@ -361,51 +517,128 @@ mod tests {
         assert_eq!(b.len(), QueryEvent::TEXT_OFFSET + 8);
         assert_eq!(
             decode(&b).unwrap(),
-            Event::Call { at: AT, func: func::PQSEND_PREPARE, text: Some("select 1".into()), name: "s1".into(), truncated: false }
+            Event::Call {
+                at: AT,
+                func: func::PQSEND_PREPARE,
+                text: Some("select 1".into()),
+                name: "s1".into(),
+                truncated: false
+            }
         );
     }
 
     #[test]
     fn result_and_conn_round_trip() {
         let b = encode::result(AT, 0x77, 7, 0, "", "42P01");
-        let Event::Result { sqlstate, status, .. } = decode(&b).unwrap() else { panic!() };
+        let Event::Result {
+            sqlstate, status, ..
+        } = decode(&b).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!((status, sqlstate.as_deref()), (7, Some("42P01")));
         let b = encode::conn(AT, 4242, "postgres", "/var/run/postgresql", "5432");
         assert_eq!(
             decode(&b).unwrap(),
-            Event::Conn { at: AT, backend_pid: 4242, db: "postgres".into(), host: "/var/run/postgresql".into(), port: "5432".into() }
+            Event::Conn {
+                at: AT,
+                backend_pid: 4242,
+                db: "postgres".into(),
+                host: "/var/run/postgresql".into(),
+                port: "5432".into()
+            }
         );
-        assert_eq!(decode(&encode::finish(AT)).unwrap(), Event::Finish { at: AT });
+        assert_eq!(
+            decode(&encode::finish(AT)).unwrap(),
+            Event::Finish { at: AT }
+        );
         let enter = encode::pipeline(AT, func::PQENTER_PIPELINE_MODE, Some(1));
-        assert_eq!(decode(&enter).unwrap(), Event::Pipeline { at: AT, func: func::PQENTER_PIPELINE_MODE, ret: Some(1) });
+        assert_eq!(
+            decode(&enter).unwrap(),
+            Event::Pipeline {
+                at: AT,
+                func: func::PQENTER_PIPELINE_MODE,
+                ret: Some(1)
+            }
+        );
         let sync = encode::pipeline(AT, func::PQPIPELINE_SYNC, None);
-        assert_eq!(decode(&sync).unwrap(), Event::Pipeline { at: AT, func: func::PQPIPELINE_SYNC, ret: None });
+        assert_eq!(
+            decode(&sync).unwrap(),
+            Event::Pipeline {
+                at: AT,
+                func: func::PQPIPELINE_SYNC,
+                ret: None
+            }
+        );
     }
 
     #[test]
     fn server_hits_round_trip() {
-        let b = encode::server(AT, dbtel_common::site::STATEMENT_STATUS, [0x55, 0, 0, 0, 0, 0, 0, 0, 0, 0], Some("select 1"));
+        let b = encode::server(
+            AT,
+            dbtel_common::site::STATEMENT_STATUS,
+            [0x55, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            Some("select 1"),
+        );
         assert_eq!(b.len(), ServerEvent::TEXT_OFFSET + 8);
-        let want = ServerHit { at: AT, site: 1, args: [0x55, 0, 0, 0, 0, 0, 0, 0, 0, 0], text: Some("select 1".into()), truncated: false };
+        let want = ServerHit {
+            at: AT,
+            site: 1,
+            args: [0x55, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            text: Some("select 1".into()),
+            truncated: false,
+        };
         assert_eq!(decode_record(&b).unwrap(), Record::Server(want));
-        let Record::Server(idle) = decode_record(&encode::server(AT, 1, [0; USDT_MAX_ARGS], None)).unwrap() else { panic!() };
+        let Record::Server(idle) =
+            decode_record(&encode::server(AT, 1, [0; USDT_MAX_ARGS], None)).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(idle.text, None);
-        assert_eq!(decode_record(&encode::server_exit(AT)).unwrap(), Record::ServerExit(AT));
-        assert_eq!(decode_record(&encode::finish(AT)).unwrap(), Record::Client(Event::Finish { at: AT }));
+        assert_eq!(
+            decode_record(&encode::server_exit(AT)).unwrap(),
+            Record::ServerExit(AT)
+        );
+        assert_eq!(
+            decode_record(&encode::finish(AT)).unwrap(),
+            Record::Client(Event::Finish { at: AT })
+        );
     }
 
     #[test]
     fn exec_and_client_exit_round_trip() {
         let b = encode::exec(AT, 4026531835, "/usr/lib/postgresql/15/bin/psql");
         assert_eq!(b.len(), ExecEvent::PATH_OFFSET + 31);
-        assert_eq!(decode_record(&b).unwrap(), Record::Exec(Exec { at: AT, cgroup_id: 4026531835, path: "/usr/lib/postgresql/15/bin/psql".into() }));
-        assert_eq!(decode_record(&encode::client_exit(AT)).unwrap(), Record::ClientExit(AT));
-        assert_eq!(decode_record(&encode::loaded(AT, true)).unwrap(), Record::Loaded { at: AT, held: true });
-        assert_eq!(decode_record(&encode::loaded(AT, false)).unwrap(), Record::Loaded { at: AT, held: false });
+        assert_eq!(
+            decode_record(&b).unwrap(),
+            Record::Exec(Exec {
+                at: AT,
+                cgroup_id: 4026531835,
+                path: "/usr/lib/postgresql/15/bin/psql".into()
+            })
+        );
+        assert_eq!(
+            decode_record(&encode::client_exit(AT)).unwrap(),
+            Record::ClientExit(AT)
+        );
+        assert_eq!(
+            decode_record(&encode::loaded(AT, true)).unwrap(),
+            Record::Loaded { at: AT, held: true }
+        );
+        assert_eq!(
+            decode_record(&encode::loaded(AT, false)).unwrap(),
+            Record::Loaded {
+                at: AT,
+                held: false
+            }
+        );
         // A path longer than the record holds is an error, not a read past its end.
         let mut cut = b.clone();
         cut.truncate(b.len() - 4);
-        assert!(matches!(decode_record(&cut), Err(DecodeError::Truncated { .. })));
+        assert!(matches!(
+            decode_record(&cut),
+            Err(DecodeError::Truncated { .. })
+        ));
     }
 
     #[test]
@@ -415,6 +648,9 @@ mod tests {
         b[0] = 99;
         assert_eq!(decode(&b), Err(DecodeError::UnknownKind(99)));
         let b = encode::result(AT, 1, 2, 3, "SELECT 3", "");
-        assert!(matches!(decode(&b[..40]), Err(DecodeError::Truncated { .. })));
+        assert!(matches!(
+            decode(&b[..40]),
+            Err(DecodeError::Truncated { .. })
+        ));
     }
 }

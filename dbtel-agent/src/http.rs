@@ -36,7 +36,12 @@ impl Health {
     /// Every probe is attached: tracing.
     pub fn set_ready(&self) {
         // Never back from stopping.
-        let _ = self.phase.compare_exchange(Phase::Starting as u8, Phase::Ready as u8, Ordering::Release, Ordering::Relaxed);
+        let _ = self.phase.compare_exchange(
+            Phase::Starting as u8,
+            Phase::Ready as u8,
+            Ordering::Release,
+            Ordering::Relaxed,
+        );
     }
 
     /// The agent has begun to stop (signal, or no traced process left).
@@ -64,12 +69,17 @@ async fn health_answer(State(h): State<Arc<Health>>) -> (StatusCode, &'static st
 /// The routes: `/healthz`, `/readyz` (same answer, for Kubernetes probes).
 /// Unknown paths get axum's 404.
 pub fn router(health: Arc<Health>) -> Router {
-    Router::new().route("/healthz", get(health_answer)).route("/readyz", get(health_answer)).with_state(health)
+    Router::new()
+        .route("/healthz", get(health_answer))
+        .route("/readyz", get(health_answer))
+        .with_state(health)
 }
 
 /// Binds the listener (inside the runtime). The error is one line naming the address.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow!("--http-address {addr}: cannot listen: {e}"))
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow!("--http-address {addr}: cannot listen: {e}"))
 }
 
 /// Serves `router` on `listener` until the runtime ends.
@@ -88,11 +98,16 @@ mod tests {
 
     async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
         let mut resp = String::new();
         s.read_to_string(&mut resp).await.unwrap();
         let status = resp.split(' ').nth(1).unwrap().parse().unwrap();
-        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (status, body)
     }
 
@@ -130,6 +145,9 @@ mod tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
         let e = bind(addr).await.unwrap_err().to_string();
-        assert!(e.starts_with(&format!("--http-address {addr}: cannot listen: ")) && !e.contains('\n'), "{e}");
+        assert!(
+            e.starts_with(&format!("--http-address {addr}: cannot listen: ")) && !e.contains('\n'),
+            "{e}"
+        );
     }
 }

@@ -3,18 +3,17 @@
 
 use std::{ffi::OsString, process::ExitCode, sync::atomic::Ordering};
 
-
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use dbtel_agent::pipeline::sql::Text;
 use dbtel_agent::{
     config,
     export::console::ConsoleFormat,
     export::{Clock, ExportConfig, Exporter, ExporterKind, Protocol},
     http::{self, Health},
-    run::{run, RunConfig, Summary},
     postgres::server::side::CatalogSettings,
+    run::{run, RunConfig, Summary},
 };
-use dbtel_agent::pipeline::sql::Text;
 use dbtel_common::counter;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -57,7 +56,12 @@ enum ProtocolArg {
 /// OTEL_TRACES_EXPORTER, OTEL_USE_CONSOLE, OTEL_TRACES_SAMPLER(_ARG),
 /// RUST_LOG (agent log level, default info).
 #[derive(Parser, Debug)]
-#[command(name = "dbtel-agent", version, args_conflicts_with_subcommands = true, after_help = "Examples:\n  dbtel-agent --pid 4242\n  dbtel-agent --exporter console -- pgbench -c 4 -t 1000 bench\n  PGHOST=/var/run/postgresql dbtel-agent contention")]
+#[command(
+    name = "dbtel-agent",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  dbtel-agent --pid 4242\n  dbtel-agent --exporter console -- pgbench -c 4 -t 1000 bench\n  PGHOST=/var/run/postgresql dbtel-agent contention"
+)]
 struct Cli {
     #[command(subcommand)]
     sub: Option<Sub>,
@@ -92,7 +96,12 @@ struct Cli {
     otlp_endpoint: Option<String>,
 
     /// OTLP transport.
-    #[arg(long, value_enum, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "http/protobuf")]
+    #[arg(
+        long,
+        value_enum,
+        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
+        default_value = "http/protobuf"
+    )]
     otlp_protocol: ProtocolArg,
 
     /// service.name of the exported spans (default: OTEL_SERVICE_NAME, else the traced executable's name).
@@ -170,12 +179,16 @@ fn main() -> ExitCode {
 fn parse_cli() -> anyhow::Result<(Cli, Option<String>)> {
     let args: Vec<OsString> = std::env::args_os().collect();
     let env = |k: &str| std::env::var(k).ok();
-    let file = config::config_path(&args).map(|p| config::load(&p, &Cli::command())).transpose()?;
+    let file = config::config_path(&args)
+        .map(|p| config::load(&p, &Cli::command()))
+        .transpose()?;
     let mut cmd = match &file {
         Some(f) => config::apply(Cli::command(), f, &env),
         None => Cli::command(),
     };
-    let matches = cmd.try_get_matches_from_mut(&args).unwrap_or_else(|e| e.exit());
+    let matches = cmd
+        .try_get_matches_from_mut(&args)
+        .unwrap_or_else(|e| e.exit());
     if let (Some(f), None) = (&file, matches.subcommand()) {
         match config::check_relations(Cli::command(), &cmd, &matches, f) {
             Ok(()) => {}
@@ -184,7 +197,9 @@ fn parse_cli() -> anyhow::Result<(Cli, Option<String>)> {
         }
     }
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut cmd).exit());
-    let printed = cli.print_config.then(|| config::render(&cmd, &matches, file.as_ref(), &env));
+    let printed = cli
+        .print_config
+        .then(|| config::render(&cmd, &matches, file.as_ref(), &env));
     Ok((cli, printed))
 }
 
@@ -214,11 +229,16 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     args.otlp_protocol = "grpc".into();
                 }
             }
-            return Ok(if dbtel_agent::check::run(args)? { ExitCode::SUCCESS } else { ExitCode::from(1) });
+            return Ok(if dbtel_agent::check::run(args)? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
         }
         None => {}
     }
-    let console = std::env::var("OTEL_USE_CONSOLE").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    let console =
+        std::env::var("OTEL_USE_CONSOLE").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
     let kind = match cli.exporter {
         _ if console => ExporterKind::Console,
         ExporterArg::Otlp => ExporterKind::Otlp,
@@ -274,7 +294,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
         max_text: cli.max_query_length,
         probe_stats: cli.probe_stats,
         probes_only: cli.probes_only,
-        catalog: CatalogSettings { config_file: cli.catalog_config, period: cli.catalog_period, enabled: !cli.no_catalog },
+        catalog: CatalogSettings {
+            config_file: cli.catalog_config,
+            period: cli.catalog_period,
+            enabled: !cli.no_catalog,
+        },
         text,
         host_wide: cli
             .targets
@@ -327,18 +351,34 @@ fn report(s: &Summary, e: &Exporter) {
     // SAFETY: getrusage fills the struct we pass.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let cpu = (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) as f64 + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) as f64 / 1e6;
+    let cpu = (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) as f64
+        + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) as f64 / 1e6;
     // VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork+exec.
     let hwm_kib = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<f64>()
+                .ok()
+        })
         .unwrap_or(f64::NAN);
-    eprintln!("dbtel: agent cpu {cpu:.3} s, max rss {:.1} MiB", hwm_kib / 1024.0);
+    eprintln!(
+        "dbtel: agent cpu {cpu:.3} s, max rss {:.1} MiB",
+        hwm_kib / 1024.0
+    );
     if !s.program_runs.is_empty() {
         let runs: Vec<String> = s
             .program_runs
             .iter()
-            .map(|(name, n, t)| format!("{name}={n} ({:.0} ns each)", t.as_nanos() as f64 / (*n).max(1) as f64))
+            .map(|(name, n, t)| {
+                format!(
+                    "{name}={n} ({:.0} ns each)",
+                    t.as_nanos() as f64 / (*n).max(1) as f64
+                )
+            })
             .collect();
         eprintln!("dbtel: probe hits: {}", runs.join(" "));
     }

@@ -14,12 +14,12 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::MissedTickBehavio
 
 use crate::{
     attach::Probes,
+    engine::Engine,
     events::{self, Record},
     export::{Clock, Exporter, ProcessMeta},
     host::select::Selectors,
-    pipeline::sql::FactsCache,
-    engine::Engine,
     pipeline::dbspan::DbSpan,
+    pipeline::sql::FactsCache,
     postgres::libpq::reconstruct::Reconstructor,
     postgres::server::side::{CatalogSettings, ServerSide},
     postgres::server::target::{self, ServerTarget},
@@ -28,8 +28,8 @@ use crate::{
 
 mod all;
 mod clients;
-pub mod hostwide;
 mod command;
+pub mod hostwide;
 mod loads;
 
 use clients::Found;
@@ -105,10 +105,17 @@ impl Agent {
         let mut scratch = std::mem::take(&mut self.scratch);
         loop {
             let record = {
-                let Some(item) = self.ring.get_mut().next() else { break };
+                let Some(item) = self.ring.get_mut().next() else {
+                    break;
+                };
                 match events::engine_of(&item) {
                     // Another engine's record: copied out, for its engine to decode.
-                    Some(e) if !matches!(e, dbtel_common::Engine::Postgres | dbtel_common::Engine::Host) => {
+                    Some(e)
+                        if !matches!(
+                            e,
+                            dbtel_common::Engine::Postgres | dbtel_common::Engine::Host
+                        ) =>
+                    {
                         scratch.clear();
                         scratch.extend_from_slice(&item);
                         None
@@ -215,7 +222,8 @@ impl Agent {
             self.probes.untrace_backend(pid);
         }
         let exe = crate::host::process::exe_name(t.postmaster);
-        self.exporter.register_process(ProcessMeta::of(t.postmaster, exe.clone()));
+        self.exporter
+            .register_process(ProcessMeta::of(t.postmaster, exe.clone()));
         let backends = target::processes_of(t.postmaster).len() - 1;
         Ok(Some(format!(
             "PostgreSQL server {} ({exe}, {backends} processes): {n} probe sites on {}",
@@ -238,7 +246,9 @@ impl Agent {
             }
             return;
         }
-        let Ok(paths) = crate::host::process::executable_mappings(pid) else { return };
+        let Ok(paths) = crate::host::process::executable_mappings(pid) else {
+            return;
+        };
         for path in paths {
             if !self.inspected.insert((pid, path.clone())) {
                 continue;
@@ -252,13 +262,18 @@ impl Agent {
                 continue;
             }
             match self.claim(pid, &path, &host) {
-                Ok(Some(t)) if !self.probes.is_attached(pid, t.host_path()) => match self.trace_found(&t) {
-                    Ok(n) => {
-                        log::debug!("process {pid}: {n} probes on {path}");
-                        eprintln!("dbtel: tracing {pid} ({}) {path}", crate::host::process::exe_name(pid));
+                Ok(Some(t)) if !self.probes.is_attached(pid, t.host_path()) => {
+                    match self.trace_found(&t) {
+                        Ok(n) => {
+                            log::debug!("process {pid}: {n} probes on {path}");
+                            eprintln!(
+                                "dbtel: tracing {pid} ({}) {path}",
+                                crate::host::process::exe_name(pid)
+                            );
+                        }
+                        Err(e) => log::warn!("process {pid} loaded {path}: {e:#}"),
                     }
-                    Err(e) => log::warn!("process {pid} loaded {path}: {e:#}"),
-                },
+                }
                 Ok(_) => {}
                 Err(e) => log::warn!("process {pid}: {e:#}"),
             }
@@ -310,7 +325,13 @@ impl Agent {
         for pid in self.server.own_backends_on_host() {
             self.probes.untrace_backend(pid);
         }
-        let gone: Vec<u32> = self.server.servers.keys().copied().filter(|pm| !crate::host::process::process_exists(*pm)).collect();
+        let gone: Vec<u32> = self
+            .server
+            .servers
+            .keys()
+            .copied()
+            .filter(|pm| !crate::host::process::process_exists(*pm))
+            .collect();
         for pm in gone {
             self.server.server_gone(pm, Clock::monotonic_now_ns(), true);
             self.flush_spans_now(true);
@@ -347,14 +368,19 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         match target::inspect(pid) {
             Ok(Some(t)) => server_targets.push(t),
             // Unreadable: find_libpq says why (no such process, permissions).
-            Ok(None) | Err(target::ServerError::Read { .. }) => match clients::find_clients(&engines, pid) {
-                Ok(t) => targets.extend(t),
-                Err(e) => refused.push(e),
-            },
+            Ok(None) | Err(target::ServerError::Read { .. }) => {
+                match clients::find_clients(&engines, pid) {
+                    Ok(t) => targets.extend(t),
+                    Err(e) => refused.push(e),
+                }
+            }
             Err(e) => refused.push(e.into()),
         }
     }
-    let nothing_else = targets.is_empty() && server_targets.is_empty() && cfg.command.is_empty() && cfg.host_wide.is_none();
+    let nothing_else = targets.is_empty()
+        && server_targets.is_empty()
+        && cfg.command.is_empty()
+        && cfg.host_wide.is_none();
     if nothing_else && !refused.is_empty() {
         let last = refused.pop().expect("not empty");
         for e in refused {
@@ -365,14 +391,23 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     for e in refused {
         eprintln!("dbtel-agent: not traced: {e:#}");
     }
-    let _stats = cfg.probe_stats.then(crate::attach::enable_run_stats).transpose()?;
-    let mut probes = Probes::load(crate::EBPF_OBJECT, cfg.max_text, cfg.probes_only, cfg.host_wide.is_some())?;
+    let _stats = cfg
+        .probe_stats
+        .then(crate::attach::enable_run_stats)
+        .transpose()?;
+    let mut probes = Probes::load(
+        crate::EBPF_OBJECT,
+        cfg.max_text,
+        cfg.probes_only,
+        cfg.host_wide.is_some(),
+    )?;
     if cfg.host_wide.is_some() {
         // Execs, forks and exits are followed before the first look at the host.
         probes.start_host_wide()?;
     }
     // SAFETY: the ring buffer owns its fd and lives as long as the AsyncFd.
-    let ring = unsafe { AsyncFd::register(probes.ring_buffer()) }.map_err(|e| anyhow::anyhow!("ring buffer fd: {e}"))?;
+    let ring = unsafe { AsyncFd::register(probes.ring_buffer()) }
+        .map_err(|e| anyhow::anyhow!("ring buffer fd: {e}"))?;
     let mut agent = Agent {
         probes,
         ring,
@@ -395,7 +430,14 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     let mut attached_lines = Vec::new();
     if agent.host.is_some() {
         let lines = agent.scan_host().await?;
-        attached_lines.push(format!("the host (--all, new processes too): {}", if lines.is_empty() { "nothing yet".into() } else { lines.join("; ") }));
+        attached_lines.push(format!(
+            "the host (--all, new processes too): {}",
+            if lines.is_empty() {
+                "nothing yet".into()
+            } else {
+                lines.join("; ")
+            }
+        ));
     }
     for t in server_targets {
         if let Some(line) = agent.trace_server(t).await? {
@@ -404,7 +446,13 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     }
     for t in &targets {
         let n = agent.trace_found(t)?;
-        attached_lines.push(format!("pid {} ({}): {} probes on {}", t.pid(), crate::host::process::exe_name(t.pid()), n, t.path()));
+        attached_lines.push(format!(
+            "pid {} ({}): {} probes on {}",
+            t.pid(),
+            crate::host::process::exe_name(t.pid()),
+            n,
+            t.path()
+        ));
     }
     // A client library they load later is seen at its load.
     let client_pids: HashSet<u32> = targets.iter().map(|t| t.pid()).collect();
@@ -515,7 +563,11 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
 
     agent.drain();
     let pids: Vec<u32> = agent.live.keys().copied().collect();
-    agent.summary.incomplete += agent.engines.iter().map(|e| e.in_flight() as u64).sum::<u64>();
+    agent.summary.incomplete += agent
+        .engines
+        .iter()
+        .map(|e| e.in_flight() as u64)
+        .sum::<u64>();
     for pid in pids {
         let now = Clock::monotonic_now_ns();
         agent.recon.process_exited(pid, now, &mut agent.spans);
@@ -532,7 +584,11 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(*pid as i32, libc::SIGCONT) };
     }
-    if let Some(line) = agent.holds.report(&cfg.command.first().map_or(String::new(), |c| program_name(c))) {
+    if let Some(line) = agent.holds.report(
+        &cfg.command
+            .first()
+            .map_or(String::new(), |c| program_name(c)),
+    ) {
         log::info!("{line}");
     }
     let now = Clock::monotonic_now_ns();

@@ -13,10 +13,17 @@ use std::{
 /// a `crate::{a::…, b, …}` group.
 fn crate_refs(text: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    let code: String = text.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+    let code: String = text
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
     let bytes = code.as_bytes();
     let ident = |from: usize| -> String {
-        code[from..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()
+        code[from..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
     };
     let mut at = 0;
     while let Some(i) = code[at..].find("crate::") {
@@ -70,11 +77,30 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
     visit(&src, &mut files);
     let modules: BTreeSet<String> = files
         .iter()
-        .map(|f| f.strip_prefix(&src).unwrap().components().next().unwrap().as_os_str().to_string_lossy().trim_end_matches(".rs").to_string())
+        .map(|f| {
+            f.strip_prefix(&src)
+                .unwrap()
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_string()
+        })
         .collect();
     let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for f in &files {
-        let module = f.strip_prefix(&src).unwrap().components().next().unwrap().as_os_str().to_string_lossy().trim_end_matches(".rs").to_string();
+        let module = f
+            .strip_prefix(&src)
+            .unwrap()
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_string();
         if module == "lib" || module == "main" {
             continue;
         }
@@ -93,14 +119,28 @@ fn folders_import_one_way() {
     let imports = |m: &str| g.get(m).cloned().unwrap_or_default();
     let forbidden: &[(&str, &[&str])] = &[
         ("export", &["postgres", "mysql", "run", "attach", "check"]),
-        ("pipeline", &["postgres", "mysql", "run", "attach", "check", "export"]),
-        ("host", &["postgres", "mysql", "run", "attach", "check", "export", "pipeline"]),
-        ("engine", &["postgres", "mysql", "run", "attach", "check", "export"]),
+        (
+            "pipeline",
+            &["postgres", "mysql", "run", "attach", "check", "export"],
+        ),
+        (
+            "host",
+            &[
+                "postgres", "mysql", "run", "attach", "check", "export", "pipeline",
+            ],
+        ),
+        (
+            "engine",
+            &["postgres", "mysql", "run", "attach", "check", "export"],
+        ),
         ("postgres", &["mysql", "run", "attach", "check", "export"]),
         ("mysql", &["postgres", "run", "attach", "check", "export"]),
     ];
     for (m, not) in forbidden {
-        let bad: Vec<_> = imports(m).into_iter().filter(|i| not.contains(&i.as_str())).collect();
+        let bad: Vec<_> = imports(m)
+            .into_iter()
+            .filter(|i| not.contains(&i.as_str()))
+            .collect();
         assert!(bad.is_empty(), "{m}/ imports {bad:?}");
     }
     // No circle, however long.
@@ -115,11 +155,16 @@ fn folders_import_one_way() {
         }
     }
     // The parser sees what it should.
-    assert!(imports("run").contains("postgres") && imports("postgres").contains("pipeline"), "{g:?}");
+    assert!(
+        imports("run").contains("postgres") && imports("postgres").contains("pipeline"),
+        "{g:?}"
+    );
 }
 
 #[test]
 fn groups_and_paths_are_read() {
-    let refs = crate_refs("use crate::{\n    a::{self, B},\n    c,\n};\nlet x = crate::d::e(); // crate::f\n");
+    let refs = crate_refs(
+        "use crate::{\n    a::{self, B},\n    c,\n};\nlet x = crate::d::e(); // crate::f\n",
+    );
     assert_eq!(refs.into_iter().collect::<Vec<_>>(), ["a", "c", "d"]);
 }

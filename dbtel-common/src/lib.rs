@@ -140,7 +140,10 @@ pub mod func {
 /// side follows these numbers and knows nothing else about libpq.
 pub mod cookie {
     pub const fn make(func: u32, text_arg: u32, name_arg: u32, layout: u32) -> u64 {
-        (func as u64) | ((text_arg as u64) << 8) | ((name_arg as u64) << 12) | ((layout as u64) << 32)
+        (func as u64)
+            | ((text_arg as u64) << 8)
+            | ((name_arg as u64) << 12)
+            | ((layout as u64) << 32)
     }
     pub const fn func(c: u64) -> u32 {
         (c & 0xff) as u32
@@ -159,7 +162,9 @@ pub mod cookie {
     /// A probe inside PQgetResult: the pt_regs byte offsets of the registers
     /// holding the PGresult* and the PGconn* there.
     pub const fn make_result_point(res_reg: u32, conn_reg: u32, layout: u32) -> u64 {
-        make(super::func::PQGET_RESULT_POINT, 0, 0, layout) | ((res_reg as u64 & 0xff) << 16) | ((conn_reg as u64 & 0xff) << 24)
+        make(super::func::PQGET_RESULT_POINT, 0, 0, layout)
+            | ((res_reg as u64 & 0xff) << 16)
+            | ((conn_reg as u64 & 0xff) << 24)
     }
     pub const fn res_reg(c: u64) -> u32 {
         ((c >> 16) & 0xff) as u32
@@ -505,7 +510,6 @@ const _: () = assert!(core::mem::size_of::<ServerEvent>() == ServerEvent::TEXT_O
 const _: () = assert!(core::mem::size_of::<PipelineEvent>() == 32 + 8);
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 32 + 8 + DB_CAP + HOST_CAP + PORT_CAP);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == ExecEvent::PATH_OFFSET + EXEC_PATH_CAP);
-
 
 #[cfg(feature = "user")]
 mod pod {

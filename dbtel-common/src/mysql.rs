@@ -180,4 +180,7 @@ pub mod mysite {
 const _: () = assert!(core::mem::size_of::<MysqlOffsets>() == 88);
 const _: () = assert!(core::mem::size_of::<MyCallEvent>() == MyCallEvent::TEXT_OFFSET + TEXT_CAP);
 const _: () = assert!(core::mem::size_of::<MyReturnEvent>() == 32 + 8 * 6 + 16 + 8);
-const _: () = assert!(core::mem::size_of::<MyConnEvent>() == 32 + 16 + DB_CAP + MY_HOST_CAP + MY_SOCKET_CAP + MY_VERSION_CAP);
+const _: () = assert!(
+    core::mem::size_of::<MyConnEvent>()
+        == 32 + 16 + DB_CAP + MY_HOST_CAP + MY_SOCKET_CAP + MY_VERSION_CAP
+);

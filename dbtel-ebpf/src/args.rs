@@ -19,7 +19,11 @@ pub(crate) fn read_arg(regs: u64, a: &ArgSpec) -> u64 {
         argkind::IMMEDIATE => return a.value as u64,
         argkind::REGISTER => {
             let v = reg(regs, a.reg_off);
-            if a.high_byte != 0 { v >> 8 } else { v }
+            if a.high_byte != 0 {
+                v >> 8
+            } else {
+                v
+            }
         }
         argkind::MEMORY => {
             let mut addr = reg(regs, a.reg_off).wrapping_add(a.value as u64);
@@ -28,10 +32,14 @@ pub(crate) fn read_arg(regs: u64, a: &ArgSpec) -> u64 {
             }
             // Pointers followed first (a field of a struct a field points to).
             if a.hops >= 1 {
-                addr = read::<u64>(addr).unwrap_or(0).wrapping_add(a.hops_at[0] as i64 as u64);
+                addr = read::<u64>(addr)
+                    .unwrap_or(0)
+                    .wrapping_add(a.hops_at[0] as i64 as u64);
             }
             if a.hops >= 2 {
-                addr = read::<u64>(addr).unwrap_or(0).wrapping_add(a.hops_at[1] as i64 as u64);
+                addr = read::<u64>(addr)
+                    .unwrap_or(0)
+                    .wrapping_add(a.hops_at[1] as i64 as u64);
             }
             match a.size {
                 1 => read::<u8>(addr).unwrap_or(0) as u64,

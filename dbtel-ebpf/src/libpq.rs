@@ -28,7 +28,9 @@ pub fn pq_query(ctx: ProbeContext) -> u32 {
     let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let conn: u64 = ctx.arg(0).unwrap_or(0);
     note_conn(conn, cookie::layout(c));
-    let Some(ev) = SCRATCH.get_ptr_mut(0) else { return 0 };
+    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
     let ev = unsafe { &mut *ev };
     ev.hdr = header(Kind::Query, cookie::func(c), conn);
     ev.flags = 0;
@@ -56,8 +58,13 @@ pub fn pq_query(ctx: ProbeContext) -> u32 {
         ev.flags |= flags;
     }
     let len = QueryEvent::TEXT_OFFSET + ev.text_len as usize;
-    let bytes: &[u8; core::mem::size_of::<QueryEvent>()] = unsafe { &*(ev as *const QueryEvent).cast() };
-    if len <= bytes.len() && EVENTS.output::<[u8]>(&bytes[..len], wakeup_flags()).is_err() {
+    let bytes: &[u8; core::mem::size_of::<QueryEvent>()] =
+        unsafe { &*(ev as *const QueryEvent).cast() };
+    if len <= bytes.len()
+        && EVENTS
+            .output::<[u8]>(&bytes[..len], wakeup_flags())
+            .is_err()
+    {
         bump(counter::RINGBUF_FULL);
     }
     0
@@ -72,7 +79,9 @@ fn note_conn(conn: u64, layout_idx: u32) {
         return;
     }
     let _ = SEEN_CONNS.insert(key, 1, 0);
-    let Some(l) = layout(layout_idx).filter(|l| l.conn_valid != 0) else { return };
+    let Some(l) = layout(layout_idx).filter(|l| l.conn_valid != 0) else {
+        return;
+    };
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
         bump(counter::RINGBUF_FULL);
         return;
@@ -168,7 +177,10 @@ fn send_result(conn: u64, res: u64, c: u64) {
             ev.status = read::<i32>(res + l.res_status as u64).unwrap_or(-1);
             ev.ntuples = read::<i32>(res + l.res_ntups as u64).unwrap_or(0);
             let _ = unsafe {
-                bpf_probe_read_user_buf((res + l.res_cmd_status as u64) as *const u8, &mut ev.cmd_status)
+                bpf_probe_read_user_buf(
+                    (res + l.res_cmd_status as u64) as *const u8,
+                    &mut ev.cmd_status,
+                )
             };
             if ev.status == PGRES_FATAL_ERROR {
                 read_sqlstate(res, l, &mut ev.sqlstate);
@@ -187,7 +199,9 @@ fn read_sqlstate(res: u64, l: &LibpqLayout, out: &mut [u8; 8]) {
             return;
         }
         if read::<u8>(p + l.field_code as u64) == Some(b'C') {
-            let _ = unsafe { bpf_probe_read_user_str_bytes((p + l.field_contents as u64) as *const u8, out) };
+            let _ = unsafe {
+                bpf_probe_read_user_str_bytes((p + l.field_contents as u64) as *const u8, out)
+            };
             return;
         }
         p = read::<u64>(p + l.field_next as u64).unwrap_or(0);
@@ -236,7 +250,11 @@ pub fn pq_pipeline_ret(ctx: RetProbeContext) -> u32 {
 
 #[inline(always)]
 fn send_pipeline(f: u32, conn: u64, ret: i32, returned: u32) {
-    let ev = PipelineEvent { hdr: header(Kind::Pipeline, f, conn), ret, returned };
+    let ev = PipelineEvent {
+        hdr: header(Kind::Pipeline, f, conn),
+        ret,
+        returned,
+    };
     if EVENTS.output::<PipelineEvent>(ev, wakeup_flags()).is_err() {
         bump(counter::RINGBUF_FULL);
     }
@@ -249,7 +267,10 @@ pub fn pq_finish(ctx: ProbeContext) -> u32 {
     }
     let conn: u64 = ctx.arg(0).unwrap_or(0);
     let _ = SEEN_CONNS.remove([bpf_get_current_pid_tgid() >> 32, conn]);
-    if EVENTS.output::<Header>(header(Kind::Finish, func::PQFINISH, conn), wakeup_flags()).is_err() {
+    if EVENTS
+        .output::<Header>(header(Kind::Finish, func::PQFINISH, conn), wakeup_flags())
+        .is_err()
+    {
         bump(counter::RINGBUF_FULL);
     }
     0

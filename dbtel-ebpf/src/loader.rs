@@ -36,7 +36,9 @@ pub fn dl_state(ctx: ProbeContext) -> u32 {
     }
     let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let ip = reg(ctx.as_ptr() as u64, IP_OFF);
-    let Some(state) = read::<i32>(ip.wrapping_add(loader::state_delta(c) as u64)) else { return 0 };
+    let Some(state) = read::<i32>(ip.wrapping_add(loader::state_delta(c) as u64)) else {
+        return 0;
+    };
     match state {
         loader::RT_ADD => {
             let _ = LOADING.insert(&tgid, &1, 0);

@@ -10,9 +10,9 @@
 use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
-        bpf_get_current_cgroup_id, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf,
-        bpf_probe_read_user_str_bytes,
+        bpf_get_attach_cookie, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_user, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
     },
     macros::{map, tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -20,17 +20,17 @@ use aya_ebpf::{
     EbpfContext,
 };
 use dbtel_common::{
-    argkind, cookie, counter, func, qflags, Kind, verdict, ArgSpec, ConnEvent, ExecEvent, Header, LibpqLayout,
-    PipelineEvent, QueryEvent, ResultEvent, MAX_LAYOUTS, NO_INDEX, TEXT_CAP,
+    argkind, cookie, counter, func, qflags, verdict, ArgSpec, ConnEvent, ExecEvent, Header, Kind,
+    LibpqLayout, PipelineEvent, QueryEvent, ResultEvent, MAX_LAYOUTS, NO_INDEX, TEXT_CAP,
 };
 
 mod args;
 mod libpq;
 mod loader;
 mod mysql;
-mod text;
-mod server;
 mod process;
+mod server;
+mod text;
 
 use args::reg;
 

@@ -47,14 +47,18 @@ pub fn my_call(ctx: ProbeContext) -> u32 {
     if c & mycookie::EMIT == 0 {
         return 0;
     }
-    let Some(l) = offsets(mycookie::layout(c)) else { return 0 };
+    let Some(l) = offsets(mycookie::layout(c)) else {
+        return 0;
+    };
     let mysql = connection(handle, c, l);
     // Statement calls too: a client may prepare before it runs any plain
     // query (sysbench never runs one), and its spans need the connection.
     if mycookie::call(c) != MyCall::Close as u32 {
         note_conn(mysql, l);
     }
-    let Some(ev) = MY_SCRATCH.get_ptr_mut(0) else { return 0 };
+    let Some(ev) = MY_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
     let ev = unsafe { &mut *ev };
     ev.hdr = header(Kind::MyCall, mycookie::call(c), handle);
     ev.mysql = mysql;
@@ -67,8 +71,13 @@ pub fn my_call(ctx: ProbeContext) -> u32 {
         ev.flags = flags;
     }
     let len = MyCallEvent::TEXT_OFFSET + ev.text_len as usize;
-    let bytes: &[u8; core::mem::size_of::<MyCallEvent>()] = unsafe { &*(ev as *const MyCallEvent).cast() };
-    if len <= bytes.len() && EVENTS.output::<[u8]>(&bytes[..len], wakeup_flags()).is_err() {
+    let bytes: &[u8; core::mem::size_of::<MyCallEvent>()] =
+        unsafe { &*(ev as *const MyCallEvent).cast() };
+    if len <= bytes.len()
+        && EVENTS
+            .output::<[u8]>(&bytes[..len], wakeup_flags())
+            .is_err()
+    {
         bump(counter::RINGBUF_FULL);
     }
     0
@@ -86,7 +95,9 @@ pub fn my_return(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let _ = MY_ARGS.remove(&key);
-    let Some(l) = offsets(mycookie::layout(c)) else { return 0 };
+    let Some(l) = offsets(mycookie::layout(c)) else {
+        return 0;
+    };
     let ret: u64 = ctx.ret();
     let Some(mut entry) = EVENTS.reserve::<MyReturnEvent>(0) else {
         bump(counter::RINGBUF_FULL);

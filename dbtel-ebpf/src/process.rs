@@ -12,9 +12,15 @@ static FORK_CHILD_OFF: u32 = 44;
 /// A traced server forks a backend: trace the child too, from its first instruction.
 #[tracepoint]
 pub fn server_fork(ctx: TracePointContext) -> u32 {
-    let (po, co) = unsafe { (core::ptr::read_volatile(&FORK_PARENT_OFF), core::ptr::read_volatile(&FORK_CHILD_OFF)) };
-    let (Ok(parent), Ok(child)) = (unsafe { ctx.read_at::<i32>(po as usize) }, unsafe { ctx.read_at::<i32>(co as usize) })
-    else {
+    let (po, co) = unsafe {
+        (
+            core::ptr::read_volatile(&FORK_PARENT_OFF),
+            core::ptr::read_volatile(&FORK_CHILD_OFF),
+        )
+    };
+    let (Ok(parent), Ok(child)) = (unsafe { ctx.read_at::<i32>(po as usize) }, unsafe {
+        ctx.read_at::<i32>(co as usize)
+    }) else {
         return 0;
     };
     if let Some(pm) = unsafe { SERVER_PIDS.get(&(parent as u32)) }.copied() {
@@ -37,14 +43,22 @@ pub fn proc_exit(_ctx: TracePointContext) -> u32 {
     }
     if unsafe { CLIENT_PIDS.get(&tgid) }.is_some() {
         let _ = CLIENT_PIDS.remove(&tgid);
-        if EVENTS.output::<Header>(header(Kind::ClientExit, 0, 0), wakeup_flags()).is_err() {
+        if EVENTS
+            .output::<Header>(header(Kind::ClientExit, 0, 0), wakeup_flags())
+            .is_err()
+        {
             bump(counter::RINGBUF_FULL);
         }
     }
-    let Some(pm) = unsafe { SERVER_PIDS.get(&tgid) }.copied() else { return 0 };
+    let Some(pm) = unsafe { SERVER_PIDS.get(&tgid) }.copied() else {
+        return 0;
+    };
     let _ = SERVER_PIDS.remove(&tgid);
     let _ = LAST_TEXT.remove(&tgid);
-    if EVENTS.output::<Header>(header(Kind::ServerExit, 0, pm as u64), wakeup_flags()).is_err() {
+    if EVENTS
+        .output::<Header>(header(Kind::ServerExit, 0, pm as u64), wakeup_flags())
+        .is_err()
+    {
         bump(counter::RINGBUF_FULL);
     }
     0
@@ -67,21 +81,30 @@ pub fn proc_exec(ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // A new program: the old verdict no longer holds.
     let _ = CLIENT_PIDS.remove(&tgid);
-    let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else { return 0 };
+    let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
     let ev = unsafe { &mut *ev };
     ev.hdr = header(Kind::Exec, 0, 0);
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     ev.path_len = 0;
     ev._pad = 0;
     let off = unsafe { core::ptr::read_volatile(&EXEC_FILENAME_OFF) } as usize;
-    let Ok(loc) = (unsafe { ctx.read_at::<u32>(off) }) else { return 0 };
+    let Ok(loc) = (unsafe { ctx.read_at::<u32>(off) }) else {
+        return 0;
+    };
     let at = ctx.as_ptr() as u64 + (loc & 0xffff) as u64;
     if let Ok(p) = unsafe { bpf_probe_read_kernel_str_bytes(at as *const u8, &mut ev.path) } {
         ev.path_len = p.len() as u32;
     }
     let len = ExecEvent::PATH_OFFSET + ev.path_len as usize;
-    let bytes: &[u8; core::mem::size_of::<ExecEvent>()] = unsafe { &*(ev as *const ExecEvent).cast() };
-    if len <= bytes.len() && EVENTS.output::<[u8]>(&bytes[..len], wakeup_flags()).is_err() {
+    let bytes: &[u8; core::mem::size_of::<ExecEvent>()] =
+        unsafe { &*(ev as *const ExecEvent).cast() };
+    if len <= bytes.len()
+        && EVENTS
+            .output::<[u8]>(&bytes[..len], wakeup_flags())
+            .is_err()
+    {
         bump(counter::RINGBUF_FULL);
     }
     0

@@ -42,11 +42,19 @@ fn site_hit(regs: u64, c: u32) -> u32 {
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let Some(owner) = (unsafe { SERVER_PIDS.get(&tgid) }).copied() else { return 0 };
+    let Some(owner) = (unsafe { SERVER_PIDS.get(&tgid) }).copied() else {
+        return 0;
+    };
     let Some(spec) = SITES.get(c) else { return 0 };
-    let Some(ev) = SERVER_SCRATCH.get_ptr_mut(0) else { return 0 };
+    let Some(ev) = SERVER_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
     let ev = unsafe { &mut *ev };
-    let kind = if spec.engine == dbtel_common::Engine::Mysql as u32 { Kind::MyServer } else { Kind::Server };
+    let kind = if spec.engine == dbtel_common::Engine::Mysql as u32 {
+        Kind::MyServer
+    } else {
+        Kind::Server
+    };
     ev.hdr = header(kind, spec.probe, owner as u64);
     for i in 0..USDT_MAX_ARGS {
         ev.args[i] = read_arg(regs, &spec.args[i]);
@@ -76,14 +84,23 @@ fn site_hit(regs: u64, c: u32) -> u32 {
     }
     if p != 0 {
         ev.flags |= qflags::TEXT_PRESENT;
-        let len = if spec.text_len_arg != 0 { Some(arg_at(&ev.args, spec.text_len_arg)) } else { None };
+        let len = if spec.text_len_arg != 0 {
+            Some(arg_at(&ev.args, spec.text_len_arg))
+        } else {
+            None
+        };
         let (n, flags) = crate::text::copy(&mut ev.text, p, len);
         ev.text_len = n;
         ev.flags |= flags;
     }
     let len = ServerEvent::TEXT_OFFSET + ev.text_len as usize;
-    let bytes: &[u8; core::mem::size_of::<ServerEvent>()] = unsafe { &*(ev as *const ServerEvent).cast() };
-    if len <= bytes.len() && EVENTS.output::<[u8]>(&bytes[..len], wakeup_flags()).is_err() {
+    let bytes: &[u8; core::mem::size_of::<ServerEvent>()] =
+        unsafe { &*(ev as *const ServerEvent).cast() };
+    if len <= bytes.len()
+        && EVENTS
+            .output::<[u8]>(&bytes[..len], wakeup_flags())
+            .is_err()
+    {
         bump(counter::RINGBUF_FULL);
         return 0;
     }
@@ -134,7 +151,8 @@ fn repeated(tgid: u32, p: u64) -> bool {
     match last {
         Some(last) => {
             let last = unsafe { &mut *last };
-            if last[0] == head[0] && last[1] == head[1] && last[2] == head[2] && last[3] == head[3] {
+            if last[0] == head[0] && last[1] == head[1] && last[2] == head[2] && last[3] == head[3]
+            {
                 return true;
             }
             *last = head;

@@ -9,7 +9,11 @@ use super::*;
 #[inline(always)]
 pub(crate) fn copy(dst: &mut [u8; TEXT_CAP], p: u64, len: Option<u64>) -> (u32, u32) {
     let limit = unsafe { core::ptr::read_volatile(&MAX_TEXT) } as usize;
-    let limit = if limit > TEXT_CAP - 2 { TEXT_CAP - 2 } else { limit };
+    let limit = if limit > TEXT_CAP - 2 {
+        TEXT_CAP - 2
+    } else {
+        limit
+    };
     match len {
         None => {
             // One byte past the limit (plus NUL) tells "exactly the limit" from "cut".
@@ -20,7 +24,11 @@ pub(crate) fn copy(dst: &mut [u8; TEXT_CAP], p: u64, len: Option<u64>) -> (u32, 
             }
         }
         Some(len) => {
-            let (n, flags) = if len as usize > limit { (limit, qflags::TRUNCATED) } else { (len as usize, 0) };
+            let (n, flags) = if len as usize > limit {
+                (limit, qflags::TRUNCATED)
+            } else {
+                (len as usize, 0)
+            };
             // The mask is a no-op (n < TEXT_CAP) that the verifier can see.
             let n = n & (TEXT_CAP - 1);
             if n == 0 {

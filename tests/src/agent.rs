@@ -17,7 +17,11 @@ pub fn agent_binary() -> PathBuf {
     // target/<profile>/deps/<test> → target/<profile>/dbtel-agent
     let exe = std::env::current_exe().unwrap();
     let p = exe.parent().unwrap().parent().unwrap().join("dbtel-agent");
-    assert!(p.exists(), "{} missing: build it first (cargo xtask test does)", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: build it first (cargo xtask test does)",
+        p.display()
+    );
     p
 }
 
@@ -52,7 +56,10 @@ pub struct AgentRun {
 impl AgentRun {
     /// The `dbtel: N spans exported, ...` summary line.
     pub fn summary(&self) -> &str {
-        self.stderr.lines().find(|l| l.starts_with("dbtel: ") && l.contains("spans exported")).unwrap_or("")
+        self.stderr
+            .lines()
+            .find(|l| l.starts_with("dbtel: ") && l.contains("spans exported"))
+            .unwrap_or("")
     }
 }
 
@@ -69,7 +76,12 @@ impl Agent {
 
     /// `start_env` with the agent run by a wrapper command (`unshare ...`),
     /// which is given the agent's path and `args` after its own arguments.
-    pub fn start_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)], stdin: Stdio) -> Agent {
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+        stdin: Stdio,
+    ) -> Agent {
         let mut child = agent_command(wrapper)
             .args(args)
             .envs(env.iter().copied())
@@ -88,7 +100,11 @@ impl Agent {
                 }
             }
         });
-        let mut a = Agent { child, stderr: rx, stderr_lines: Vec::new() };
+        let mut a = Agent {
+            child,
+            stderr: rx,
+            stderr_lines: Vec::new(),
+        };
         a.wait_for_line("dbtel: tracing", Duration::from_secs(30));
         a
     }
@@ -117,7 +133,10 @@ impl Agent {
                 }
                 Err(_) => {
                     let _ = self.child.kill();
-                    panic!("agent never printed {what:?}; stderr:\n{}", self.stderr_lines.join("\n"));
+                    panic!(
+                        "agent never printed {what:?}; stderr:\n{}",
+                        self.stderr_lines.join("\n")
+                    );
                 }
             }
         }
@@ -148,16 +167,28 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("agent did not exit within {timeout:?}; stderr so far:\n{}", self.stderr_lines.join("\n"));
+                panic!(
+                    "agent did not exit within {timeout:?}; stderr so far:\n{}",
+                    self.stderr_lines.join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         };
         let mut stdout = String::new();
-        self.child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
         while let Ok(l) = self.stderr.recv_timeout(Duration::from_secs(5)) {
             self.stderr_lines.push(l);
         }
-        AgentRun { status, stdout, stderr: self.stderr_lines.join("\n") }
+        AgentRun {
+            status,
+            stdout,
+            stderr: self.stderr_lines.join("\n"),
+        }
     }
 }
 
@@ -174,12 +205,23 @@ pub fn run_agent(args: &[&str], stdin: &[u8], timeout: Duration) -> AgentRun {
 }
 
 /// [`run_agent`] with extra environment variables.
-pub fn run_agent_env(args: &[&str], env: &[(&str, &str)], stdin: &[u8], timeout: Duration) -> AgentRun {
+pub fn run_agent_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &[u8],
+    timeout: Duration,
+) -> AgentRun {
     run_agent_wrapped(&[], args, env, stdin, timeout)
 }
 
 /// [`run_agent_env`] under a wrapper command (see [`Agent::start_wrapped`]).
-pub fn run_agent_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)], stdin: &[u8], timeout: Duration) -> AgentRun {
+pub fn run_agent_wrapped(
+    wrapper: &[&str],
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &[u8],
+    timeout: Duration,
+) -> AgentRun {
     use std::io::Write;
     let mut child = agent_command(wrapper)
         .args(args)
@@ -214,9 +256,16 @@ pub fn run_agent_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)], 
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("agent did not exit within {timeout:?}: {}", e.join().unwrap());
+            panic!(
+                "agent did not exit within {timeout:?}: {}",
+                e.join().unwrap()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    AgentRun { status, stdout: o.join().unwrap(), stderr: e.join().unwrap() }
+    AgentRun {
+        status,
+        stdout: o.join().unwrap(),
+        stderr: e.join().unwrap(),
+    }
 }

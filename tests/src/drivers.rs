@@ -5,11 +5,18 @@
 use std::{path::PathBuf, process::Command};
 
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join(".drivers")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join(".drivers")
 }
 
 fn present(p: PathBuf, what: &str) -> PathBuf {
-    assert!(p.exists(), "{} is missing: {what} is installed by cargo xtask setup", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: {what} is installed by cargo xtask setup",
+        p.display()
+    );
     p
 }
 
@@ -28,7 +35,10 @@ pub fn node() -> Command {
 
 /// java with Debian's pgjdbc on the class path, running a single-file program.
 pub fn java(source: &str) -> Command {
-    let jar = present(PathBuf::from("/usr/share/java/postgresql.jar"), "pgjdbc (libpostgresql-jdbc-java)");
+    let jar = present(
+        PathBuf::from("/usr/share/java/postgresql.jar"),
+        "pgjdbc (libpostgresql-jdbc-java)",
+    );
     let mut c = Command::new("java");
     c.arg("-cp").arg(jar).arg(source);
     c
@@ -36,5 +46,10 @@ pub fn java(source: &str) -> Command {
 
 /// A program under tests/drivers.
 pub fn program(name: &str) -> PathBuf {
-    present(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("drivers").join(name), "the test program")
+    present(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("drivers")
+            .join(name),
+        "the test program",
+    )
 }

@@ -20,7 +20,12 @@ impl FakeLibpq {
         let src = dir.path().join("fakepq.c");
         std::fs::write(&src, "void *PQexec(void *c, const char *q) { return 0; }\nvoid *PQgetResult(void *c) { return 0; }\n").unwrap();
         let lib = dir.path().join("libpq.so.5");
-        let cc = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&lib).arg(&src).status().unwrap();
+        let cc = Command::new("cc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&lib)
+            .arg(&src)
+            .status()
+            .unwrap();
         assert!(cc.success());
         let mut child = Command::new("python3")
             .args(["-c", "import ctypes, sys; ctypes.CDLL(sys.argv[1]); print('ok', flush=True); sys.stdin.read()"])
@@ -30,9 +35,15 @@ impl FakeLibpq {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         assert_eq!(line.trim(), "ok");
-        FakeLibpq { lib, child, _dir: dir }
+        FakeLibpq {
+            lib,
+            child,
+            _dir: dir,
+        }
     }
 
     pub fn pid(&self) -> u32 {

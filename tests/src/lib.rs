@@ -11,8 +11,8 @@ pub mod mariadb;
 pub mod mysql_spans;
 pub mod otlp;
 pub mod pg;
-pub mod sqltext;
 pub mod py;
+pub mod sqltext;
 
 pub use agent::{agent_binary, run_agent, run_agent_env, run_agent_wrapped, Agent, AgentRun};
 pub use fake::FakeLibpq;
@@ -20,11 +20,15 @@ pub use http::http_get;
 pub use mariadb::{GeneralLog, MariaDb};
 pub use otlp::{Receiver, Span};
 pub use pg::{Cluster, Logged};
-pub use sqltext::{expected_mysql_text, expected_text};
 pub use py::PyProgram;
+pub use sqltext::{expected_mysql_text, expected_text};
 
 /// Panics unless running as root: these tests load eBPF programs.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "end-to-end tests load eBPF and must run as root (cargo xtask test)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "end-to-end tests load eBPF and must run as root (cargo xtask test)"
+    );
 }

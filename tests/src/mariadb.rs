@@ -34,16 +34,27 @@ fn mysql_uid() -> (u32, u32) {
     let name = std::ffi::CString::new("mysql").unwrap();
     // SAFETY: getpwnam with a valid C string; the result is read immediately.
     let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    assert!(!pw.is_null(), "no 'mysql' user: install mariadb-server with cargo xtask setup");
+    assert!(
+        !pw.is_null(),
+        "no 'mysql' user: install mariadb-server with cargo xtask setup"
+    );
     unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Settings for speed: nothing here needs durability.
-const FAST: [&str; 3] = ["--innodb-flush-method=nosync", "--innodb-buffer-pool-size=32M", "--skip-name-resolve"];
+const FAST: [&str; 3] = [
+    "--innodb-flush-method=nosync",
+    "--innodb-buffer-pool-size=32M",
+    "--skip-name-resolve",
+];
 
 impl MariaDb {
     /// Makes the data directory and starts the server; returns once it accepts connections.
@@ -53,9 +64,15 @@ impl MariaDb {
 
     /// [`MariaDb::start`] with extra server options (`--thread-handling=pool-of-threads`).
     pub fn start_with(extra: &[&str]) -> MariaDb {
-        assert!(Path::new(SERVER).exists(), "{SERVER} missing: install mariadb-server with cargo xtask setup");
+        assert!(
+            Path::new(SERVER).exists(),
+            "{SERVER} missing: install mariadb-server with cargo xtask setup"
+        );
         let (uid, gid) = mysql_uid();
-        let dir = tempfile::Builder::new().prefix("dbtel-mariadb-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("dbtel-mariadb-")
+            .tempdir()
+            .unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let c = std::ffi::CString::new(dir.path().to_str().unwrap()).unwrap();
         // SAFETY: chown on a path we just created.
@@ -74,13 +91,21 @@ impl MariaDb {
         let out = Command::new("mariadb-install-db")
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
-            .args(["--user=mysql", "--auth-root-authentication-method=normal", "--skip-test-db"])
+            .args([
+                "--user=mysql",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
             .arg(&tmpdir)
             .args(FAST)
             .stdin(Stdio::null())
             .output()
             .expect("mariadb-install-db (cargo xtask setup installs mariadb-server)");
-        assert!(out.status.success(), "mariadb-install-db: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "mariadb-install-db: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let port = free_port();
         let p = |name: &str| dir.path().join(name).display().to_string();
         let server = Command::new(SERVER)
@@ -88,7 +113,11 @@ impl MariaDb {
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--socket={}", p("sock")))
             .arg(format!("--port={port}"))
-            .args(["--bind-address=127.0.0.1", "--user=mysql", "--general-log=1"])
+            .args([
+                "--bind-address=127.0.0.1",
+                "--user=mysql",
+                "--general-log=1",
+            ])
             .arg(&tmpdir)
             .arg(format!("--general-log-file={}", p("general.log")))
             .arg(format!("--log-error={}", p("error.log")))
@@ -100,7 +129,11 @@ impl MariaDb {
             .stderr(Stdio::null())
             .spawn()
             .expect(SERVER);
-        let mut db = MariaDb { dir, port, server: Some(server) };
+        let mut db = MariaDb {
+            dir,
+            port,
+            server: Some(server),
+        };
         db.wait_ready();
         db
     }
@@ -108,13 +141,25 @@ impl MariaDb {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let ping = Command::new("mariadb-admin").args(self.client_args()).arg("ping").output().unwrap();
+            let ping = Command::new("mariadb-admin")
+                .args(self.client_args())
+                .arg("ping")
+                .output()
+                .unwrap();
             if ping.status.success() {
                 return;
             }
             let exited = self.server.as_mut().unwrap().try_wait().unwrap();
-            assert!(exited.is_none(), "mariadbd exited ({exited:?}): {}", self.error_log());
-            assert!(Instant::now() < deadline, "mariadbd never accepted connections: {}", self.error_log());
+            assert!(
+                exited.is_none(),
+                "mariadbd exited ({exited:?}): {}",
+                self.error_log()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "mariadbd never accepted connections: {}",
+                self.error_log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -136,26 +181,45 @@ impl MariaDb {
     /// Arguments connecting a client (mariadb, mariadb-admin; `--no-defaults`
     /// first, as they require) as root over the unix socket.
     pub fn client_args(&self) -> Vec<String> {
-        vec!["--no-defaults".into(), format!("--socket={}", self.socket().display()), "--user=root".into()]
+        vec![
+            "--no-defaults".into(),
+            format!("--socket={}", self.socket().display()),
+            "--user=root".into(),
+        ]
     }
 
     /// The same over TCP to 127.0.0.1.
     pub fn tcp_client_args(&self) -> Vec<String> {
-        vec!["--no-defaults".into(), "--protocol=TCP".into(), "--host=127.0.0.1".into(), format!("--port={}", self.port), "--user=root".into()]
+        vec![
+            "--no-defaults".into(),
+            "--protocol=TCP".into(),
+            "--host=127.0.0.1".into(),
+            format!("--port={}", self.port),
+            "--user=root".into(),
+        ]
     }
 
     /// Runs SQL (several statements allowed) with the mariadb CLI, panicking
     /// on failure; returns stdout in batch form (tab-separated, no headers).
     pub fn cli(&self, sql: &str) -> String {
-        let out = Command::new("mariadb").args(self.client_args()).args(["--batch", "--skip-column-names", "-e", sql]).output().unwrap();
-        assert!(out.status.success(), "mariadb -e {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("mariadb")
+            .args(self.client_args())
+            .args(["--batch", "--skip-column-names", "-e", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mariadb -e {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
     /// Every entry of the general query log, in order.
     pub fn general_log(&self) -> Vec<GeneralLog> {
         let path = self.dir.path().join("general.log");
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         parse_general_log(&text)
     }
 
@@ -167,19 +231,28 @@ impl MariaDb {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let log = self.general_log();
-            let open: Vec<u64> =
-                connections.iter().copied().filter(|&c| !log.iter().any(|e| e.connection == c && e.command == "Quit")).collect();
+            let open: Vec<u64> = connections
+                .iter()
+                .copied()
+                .filter(|&c| !log.iter().any(|e| e.connection == c && e.command == "Quit"))
+                .collect();
             if open.is_empty() {
                 return;
             }
-            assert!(Instant::now() < deadline, "no Quit logged for connections {open:?}: {log:#?}");
+            assert!(
+                Instant::now() < deadline,
+                "no Quit logged for connections {open:?}: {log:#?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// The general log as (connection id, command, text).
     pub fn general_log_statements(&self) -> Vec<(u64, String, String)> {
-        self.general_log().into_iter().map(|e| (e.connection, e.command, e.text)).collect()
+        self.general_log()
+            .into_iter()
+            .map(|e| (e.connection, e.command, e.text))
+            .collect()
     }
 }
 
@@ -231,15 +304,25 @@ fn entry(line: &str) -> Option<GeneralLog> {
     let (id, rest) = rest.split_once(' ')?;
     let connection = id.parse().ok()?;
     let (command, text) = rest.split_once('\t')?;
-    if command.is_empty() || !command.bytes().all(|b| b.is_ascii_alphabetic() || b == b' ') {
+    if command.is_empty()
+        || !command
+            .bytes()
+            .all(|b| b.is_ascii_alphabetic() || b == b' ')
+    {
         return None;
     }
-    Some(GeneralLog { connection, command: command.into(), text: text.into() })
+    Some(GeneralLog {
+        connection,
+        command: command.into(),
+        text: text.into(),
+    })
 }
 
 impl Drop for MariaDb {
     fn drop(&mut self) {
-        let Some(mut server) = self.server.take() else { return };
+        let Some(mut server) = self.server.take() else {
+            return;
+        };
         // SIGTERM: a normal shutdown (connections closed, InnoDB flushed).
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
@@ -270,7 +353,10 @@ Time\t\t    Id Command\tArgument\n\
 \t\t    12 Close stmt\t\n\
 \t\t     3 Quit\t\n";
         let got = parse_general_log(log);
-        let got: Vec<(u64, &str, &str)> = got.iter().map(|e| (e.connection, e.command.as_str(), e.text.as_str())).collect();
+        let got: Vec<(u64, &str, &str)> = got
+            .iter()
+            .map(|e| (e.connection, e.command.as_str(), e.text.as_str()))
+            .collect();
         assert_eq!(
             got,
             vec![

@@ -11,12 +11,18 @@ pub const STATEMENT_COMMANDS: [&str; 3] = ["Query", "Prepare", "Execute"];
 
 /// The statements `connection` sent, in order.
 pub fn logged_statements(log: &[GeneralLog], connection: u64) -> Vec<GeneralLog> {
-    log.iter().filter(|e| e.connection == connection && STATEMENT_COMMANDS.contains(&e.command.as_str())).cloned().collect()
+    log.iter()
+        .filter(|e| e.connection == connection && STATEMENT_COMMANDS.contains(&e.command.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// Connection ids that connected after `after` (exclusive), in order.
 pub fn connections_after(log: &[GeneralLog], after: u64) -> Vec<u64> {
-    log.iter().filter(|e| e.command == "Connect" && e.connection > after).map(|e| e.connection).collect()
+    log.iter()
+        .filter(|e| e.command == "Connect" && e.connection > after)
+        .map(|e| e.connection)
+        .collect()
 }
 
 /// The highest connection id in the log (0 if none).
@@ -26,15 +32,24 @@ pub fn last_connection(log: &[GeneralLog]) -> u64 {
 
 /// The statement spans (not transactions) of one connection, in start order.
 pub fn statement_spans(spans: &[Span], connection: u64) -> Vec<&Span> {
-    let mut out: Vec<&Span> =
-        spans.iter().filter(|s| s.name != "transaction" && s.int("db.mysql.connection_id") == Some(connection as i64)).collect();
+    let mut out: Vec<&Span> = spans
+        .iter()
+        .filter(|s| {
+            s.name != "transaction" && s.int("db.mysql.connection_id") == Some(connection as i64)
+        })
+        .collect();
     out.sort_by_key(|s| s.start_ns);
     out
 }
 
 /// Connection ids found on statement spans.
 pub fn span_connections(spans: &[Span]) -> BTreeSet<u64> {
-    spans.iter().filter(|s| s.name != "transaction").filter_map(|s| s.int("db.mysql.connection_id")).map(|c| c as u64).collect()
+    spans
+        .iter()
+        .filter(|s| s.name != "transaction")
+        .filter_map(|s| s.int("db.mysql.connection_id"))
+        .map(|c| c as u64)
+        .collect()
 }
 
 /// One line per span, for failure messages.
@@ -51,7 +66,12 @@ pub fn dump(spans: &[&Span]) -> String {
                 s.int("db.mysql.connection_id"),
                 s.str("db.response.status_code"),
                 hex(&s.parent_span_id),
-                s.str("db.transaction.outcome").map(|o| format!(" outcome={o} retry={:?}", s.int("db.transaction.retry_count"))).unwrap_or_default()
+                s.str("db.transaction.outcome")
+                    .map(|o| format!(
+                        " outcome={o} retry={:?}",
+                        s.int("db.transaction.retry_count")
+                    ))
+                    .unwrap_or_default()
             )
         })
         .collect::<Vec<_>>()
@@ -76,12 +96,24 @@ pub fn pair_with_log<'a>(
 ) -> Vec<(&'a Span, GeneralLog)> {
     let logged = logged_statements(log, connection);
     let got: Vec<&str> = spans.iter().map(|s| s.text()).collect();
-    let want: Vec<String> = logged.iter().map(|e| expected_mysql_text(&e.text)).collect();
-    assert_eq!(got, want, "connection {connection}: one span per logged statement, in order\n{}", dump(spans));
+    let want: Vec<String> = logged
+        .iter()
+        .map(|e| expected_mysql_text(&e.text))
+        .collect();
+    assert_eq!(
+        got,
+        want,
+        "connection {connection}: one span per logged statement, in order\n{}",
+        dump(spans)
+    );
     for (s, e) in spans.iter().zip(&logged) {
         let what = format!("connection {connection}: {} {:?}", e.command, e.text);
         assert_eq!(s.kind, 3, "{what}: CLIENT");
-        assert_eq!(s.int("db.mysql.connection_id"), Some(connection as i64), "{what}");
+        assert_eq!(
+            s.int("db.mysql.connection_id"),
+            Some(connection as i64),
+            "{what}"
+        );
         assert_eq!(s.str("db.system.name"), Some("mariadb"), "{what}");
         let function = match e.command.as_str() {
             "Prepare" => "mysql_stmt_prepare",
@@ -93,16 +125,31 @@ pub fn pair_with_log<'a>(
             assert_eq!(s.str("db.operation.name"), Some("PREPARE"), "{what}");
             assert!(s.name.starts_with("PREPARE"), "{what}: span {:?}", s.name);
         }
-        assert_eq!(s.str("db.query.summary"), Some(s.name.as_str()), "{what}: the span is named by its summary");
-        assert!(s.start_ns < s.end_ns, "{what}: {} .. {}", s.start_ns, s.end_ns);
-        assert!(s.int("process.pid").is_some() && s.int("thread.id").is_some(), "{what}");
+        assert_eq!(
+            s.str("db.query.summary"),
+            Some(s.name.as_str()),
+            "{what}: the span is named by its summary"
+        );
+        assert!(
+            s.start_ns < s.end_ns,
+            "{what}: {} .. {}",
+            s.start_ns,
+            s.end_ns
+        );
+        assert!(
+            s.int("process.pid").is_some() && s.int("thread.id").is_some(),
+            "{what}"
+        );
     }
     spans.iter().copied().zip(logged).collect()
 }
 
 /// The first word of a statement, upper-cased: its db.operation.name.
 pub fn first_word(sql: &str) -> String {
-    sql.split_whitespace().next().unwrap_or("").to_ascii_uppercase()
+    sql.split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase()
 }
 
 /// OTLP SpanKind SERVER.
@@ -116,8 +163,12 @@ pub fn is_server_statement(s: &Span) -> bool {
 /// The server's statement spans of one connection, in the order they ended
 /// (the order the server ran them: a start is only as fine as a microsecond).
 pub fn server_statement_spans(spans: &[Span], connection: u64) -> Vec<&Span> {
-    let mut out: Vec<&Span> =
-        spans.iter().filter(|s| is_server_statement(s) && s.int("db.mysql.connection_id") == Some(connection as i64)).collect();
+    let mut out: Vec<&Span> = spans
+        .iter()
+        .filter(|s| {
+            is_server_statement(s) && s.int("db.mysql.connection_id") == Some(connection as i64)
+        })
+        .collect();
     out.sort_by_key(|s| s.end_ns);
     out
 }
@@ -126,22 +177,48 @@ pub fn server_statement_spans(spans: &[Span], connection: u64) -> Vec<&Span> {
 /// statement of `connection`, in order, with the logged text obfuscated, the
 /// connection id, and a prepare named as the client names it. `server_pid`:
 /// the mariadbd the spans must come from.
-pub fn pair_server_with_log<'a>(spans: &[&'a Span], log: &[GeneralLog], connection: u64, server_pid: u32) -> Vec<(&'a Span, GeneralLog)> {
+pub fn pair_server_with_log<'a>(
+    spans: &[&'a Span],
+    log: &[GeneralLog],
+    connection: u64,
+    server_pid: u32,
+) -> Vec<(&'a Span, GeneralLog)> {
     let logged = logged_statements(log, connection);
     let got: Vec<&str> = spans.iter().map(|s| s.text()).collect();
-    let want: Vec<String> = logged.iter().map(|e| expected_mysql_text(&e.text)).collect();
-    assert_eq!(got, want, "connection {connection}: one server span per logged statement, in order\n{}", dump(spans));
+    let want: Vec<String> = logged
+        .iter()
+        .map(|e| expected_mysql_text(&e.text))
+        .collect();
+    assert_eq!(
+        got,
+        want,
+        "connection {connection}: one server span per logged statement, in order\n{}",
+        dump(spans)
+    );
     for (s, e) in spans.iter().zip(&logged) {
         let what = format!("connection {connection}: {} {:?}", e.command, e.text);
         assert_eq!(s.kind, SERVER, "{what}: SERVER");
-        assert_eq!(s.int("db.mysql.connection_id"), Some(connection as i64), "{what}");
+        assert_eq!(
+            s.int("db.mysql.connection_id"),
+            Some(connection as i64),
+            "{what}"
+        );
         assert_eq!(s.str("db.system.name"), Some("mariadb"), "{what}");
-        assert_eq!(s.resource_int("process.pid"), Some(i64::from(server_pid)), "{what}");
+        assert_eq!(
+            s.resource_int("process.pid"),
+            Some(i64::from(server_pid)),
+            "{what}"
+        );
         if e.command == "Prepare" {
             assert_eq!(s.str("db.operation.name"), Some("PREPARE"), "{what}");
             assert!(s.name.starts_with("PREPARE"), "{what}: span {:?}", s.name);
         }
-        assert!(s.start_ns <= s.end_ns, "{what}: {} .. {}", s.start_ns, s.end_ns);
+        assert!(
+            s.start_ns <= s.end_ns,
+            "{what}: {} .. {}",
+            s.start_ns,
+            s.end_ns
+        );
         assert!(s.int("thread.id").is_some(), "{what}");
     }
     spans.iter().copied().zip(logged).collect()

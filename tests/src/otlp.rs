@@ -125,7 +125,11 @@ struct Store {
 fn store(st: &Store, req: ExportTraceServiceRequest) {
     let mut out = st.spans.lock().unwrap();
     for rs in req.resource_spans {
-        let resource = Arc::new(rs.resource.map(|r| flatten(&r.attributes)).unwrap_or_default());
+        let resource = Arc::new(
+            rs.resource
+                .map(|r| flatten(&r.attributes))
+                .unwrap_or_default(),
+        );
         for ss in rs.scope_spans {
             for s in ss.spans {
                 out.push(Span {
@@ -143,12 +147,20 @@ fn store(st: &Store, req: ExportTraceServiceRequest) {
                     events: s
                         .events
                         .iter()
-                        .map(|e| SpanEvent { name: e.name.clone(), time_ns: e.time_unix_nano, attrs: flatten(&e.attributes) })
+                        .map(|e| SpanEvent {
+                            name: e.name.clone(),
+                            time_ns: e.time_unix_nano,
+                            attrs: flatten(&e.attributes),
+                        })
                         .collect(),
                     links: s
                         .links
                         .iter()
-                        .map(|l| SpanLink { trace_id: l.trace_id.clone(), span_id: l.span_id.clone(), attrs: flatten(&l.attributes) })
+                        .map(|l| SpanLink {
+                            trace_id: l.trace_id.clone(),
+                            span_id: l.span_id.clone(),
+                            attrs: flatten(&l.attributes),
+                        })
                         .collect(),
                 });
             }
@@ -165,7 +177,9 @@ impl TraceService for Grpc {
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         store(&self.0, request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
     }
 }
 
@@ -188,8 +202,15 @@ impl Receiver {
     }
 
     fn start_with(light: bool) -> Receiver {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let spans = Store { light, ..Default::default() };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let spans = Store {
+            light,
+            ..Default::default()
+        };
         let (grpc_addr, http_addr) = runtime.block_on(async {
             let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -206,15 +227,28 @@ impl Receiver {
                 axum::routing::post(move |body: axum::body::Bytes| {
                     let s = s.clone();
                     async move {
-                        let decoded = if s.light { light::decode(body).map(|r| store_light(&s, r)) } else {
+                        let decoded = if s.light {
+                            light::decode(body).map(|r| store_light(&s, r))
+                        } else {
                             ExportTraceServiceRequest::decode(body).map(|r| store(&s, r))
                         };
                         match decoded {
                             Ok(()) => {
-                                let resp = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
-                                (axum::http::StatusCode::OK, [("content-type", "application/x-protobuf")], resp)
+                                let resp = ExportTraceServiceResponse {
+                                    partial_success: None,
+                                }
+                                .encode_to_vec();
+                                (
+                                    axum::http::StatusCode::OK,
+                                    [("content-type", "application/x-protobuf")],
+                                    resp,
+                                )
                             }
-                            Err(_) => (axum::http::StatusCode::BAD_REQUEST, [("content-type", "text/plain")], b"bad protobuf".to_vec()),
+                            Err(_) => (
+                                axum::http::StatusCode::BAD_REQUEST,
+                                [("content-type", "text/plain")],
+                                b"bad protobuf".to_vec(),
+                            ),
                         }
                     }
                 }),
@@ -222,7 +256,12 @@ impl Receiver {
             tokio::spawn(async move { axum::serve(http, app).await });
             addrs
         });
-        Receiver { grpc_addr, http_addr, spans, _runtime: runtime }
+        Receiver {
+            grpc_addr,
+            http_addr,
+            spans,
+            _runtime: runtime,
+        }
     }
 
     pub fn grpc_endpoint(&self) -> String {
@@ -244,12 +283,18 @@ impl Receiver {
 
     /// Names of the spans received after the first `skip`.
     pub fn names_since(&self, skip: usize) -> Vec<String> {
-        self.spans.spans.lock().unwrap()[skip..].iter().map(|s| s.name.clone()).collect()
+        self.spans.spans.lock().unwrap()[skip..]
+            .iter()
+            .map(|s| s.name.clone())
+            .collect()
     }
 
     /// Spans of one traced process (resource process.pid).
     pub fn spans_of(&self, pid: u32) -> Vec<Span> {
-        self.spans().into_iter().filter(|s| s.resource_int("process.pid") == Some(pid as i64)).collect()
+        self.spans()
+            .into_iter()
+            .filter(|s| s.resource_int("process.pid") == Some(pid as i64))
+            .collect()
     }
 }
 
@@ -289,7 +334,11 @@ mod light {
 fn store_light(st: &Store, req: light::Request) {
     let mut out = st.spans.lock().unwrap();
     for rs in req.resource_spans {
-        let resource = Arc::new(rs.resource.map(|r| flatten(&r.attributes)).unwrap_or_default());
+        let resource = Arc::new(
+            rs.resource
+                .map(|r| flatten(&r.attributes))
+                .unwrap_or_default(),
+        );
         for ss in rs.scope_spans {
             for s in ss.spans {
                 out.push(Span {

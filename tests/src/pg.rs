@@ -22,29 +22,49 @@ fn postgres_uid() -> (u32, u32) {
     let name = std::ffi::CString::new("postgres").unwrap();
     // SAFETY: getpwnam with a valid C string; the result is read immediately.
     let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    assert!(!pw.is_null(), "no 'postgres' user: install PostgreSQL with cargo xtask setup");
+    assert!(
+        !pw.is_null(),
+        "no 'postgres' user: install PostgreSQL with cargo xtask setup"
+    );
     unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
 }
 
 pub fn pg_bin_dir() -> PathBuf {
     let dir = PathBuf::from("/usr/lib/postgresql/15/bin");
-    assert!(dir.join("initdb").exists(), "PostgreSQL 15 server binaries missing: run cargo xtask setup");
+    assert!(
+        dir.join("initdb").exists(),
+        "PostgreSQL 15 server binaries missing: run cargo xtask setup"
+    );
     dir
 }
 
 /// Settings of a cluster whose csvlog holds every statement.
-const LOGGED: [&str; 6] =
-    ["fsync=off", "logging_collector=on", "log_destination=csvlog", "log_directory=csvlog", "log_filename=pg", "log_statement=all"];
+const LOGGED: [&str; 6] = [
+    "fsync=off",
+    "logging_collector=on",
+    "log_destination=csvlog",
+    "log_directory=csvlog",
+    "log_filename=pg",
+    "log_statement=all",
+];
 
 /// Runs a PostgreSQL tool as the postgres user, panicking on failure.
 fn as_postgres(cmd: &mut Command) {
     let (uid, gid) = postgres_uid();
     let out = cmd.uid(uid).gid(gid).stdin(Stdio::null()).output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// One statement of the server's log and how it ended.
@@ -73,29 +93,56 @@ impl Cluster {
     pub fn init_with(settings: &[&str]) -> Cluster {
         let bin = pg_bin_dir();
         let (uid, gid) = postgres_uid();
-        let dir = tempfile::Builder::new().prefix("dbtel-pg-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("dbtel-pg-")
+            .tempdir()
+            .unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         // SAFETY: chown on a path we just created.
         let c = std::ffi::CString::new(dir.path().to_str().unwrap()).unwrap();
         assert_eq!(unsafe { libc::chown(c.as_ptr(), uid, gid) }, 0);
         let port = free_port();
         let data = dir.path().join("data");
-        as_postgres(Command::new(bin.join("initdb")).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "-D"]).arg(&data));
-        let mut opts = format!("-k {} -p {port} -c listen_addresses=127.0.0.1", dir.path().display());
+        as_postgres(
+            Command::new(bin.join("initdb"))
+                .args([
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                    "-D",
+                ])
+                .arg(&data),
+        );
+        let mut opts = format!(
+            "-k {} -p {port} -c listen_addresses=127.0.0.1",
+            dir.path().display()
+        );
         for s in settings {
             opts.push_str(&format!(" -c {s}"));
         }
-        Cluster { dir, port, bin, opts, namespaced: None }
+        Cluster {
+            dir,
+            port,
+            bin,
+            opts,
+            namespaced: None,
+        }
     }
 
     /// Starts the server (pg_ctl -w: returns once it accepts connections).
     pub fn start_server(&self) {
-        as_postgres(Command::new(self.bin.join("pg_ctl"))
-            .args(["-w", "-D"])
-            .arg(self.dir.path().join("data"))
-            .arg("-l")
-            .arg(self.dir.path().join("log"))
-            .args(["-o", &self.opts, "start"]));
+        as_postgres(
+            Command::new(self.bin.join("pg_ctl"))
+                .args(["-w", "-D"])
+                .arg(self.dir.path().join("data"))
+                .arg("-l")
+                .arg(self.dir.path().join("log"))
+                .args(["-o", &self.opts, "start"]),
+        );
     }
 
     /// Starts the server in a PID namespace of its own, as in a container
@@ -103,7 +150,17 @@ impl Cluster {
     pub fn start_in_pid_namespace(&mut self) -> u32 {
         let (uid, gid) = postgres_uid();
         let mut child = Command::new("unshare")
-            .args(["--pid", "--fork", "--mount-proc", "setpriv", "--reuid", &uid.to_string(), "--regid", &gid.to_string(), "--clear-groups"])
+            .args([
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "setpriv",
+                "--reuid",
+                &uid.to_string(),
+                "--regid",
+                &gid.to_string(),
+                "--clear-groups",
+            ])
             .arg(self.bin.join("postgres"))
             .arg("-D")
             .arg(self.dir.path().join("data"))
@@ -116,17 +173,25 @@ impl Cluster {
         let unshare = child.id();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            let pid_file = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid")).unwrap_or_default();
+            let pid_file = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))
+                .unwrap_or_default();
             // Line 8: the postmaster's status, "ready" once it accepts connections.
             if pid_file.lines().nth(7).is_some_and(|l| l.trim() == "ready") {
                 break;
             }
-            assert!(child.try_wait().unwrap().is_none(), "the namespaced server exited");
-            assert!(std::time::Instant::now() < deadline, "the namespaced server never got ready");
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the namespaced server exited"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the namespaced server never got ready"
+            );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         // The postmaster is unshare's child (PID 1 inside).
-        let host = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).unwrap();
+        let host =
+            std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).unwrap();
         let host: u32 = host.split_whitespace().next().unwrap().parse().unwrap();
         self.namespaced = Some((child, host));
         host
@@ -160,7 +225,12 @@ impl Cluster {
         rd.records()
             .map(|r| r.unwrap())
             // Columns: 3 process_id, 13 message ("statement: ...").
-            .filter_map(|r| Some((r.get(3)?.parse().ok()?, r.get(13)?.strip_prefix("statement: ")?.to_string())))
+            .filter_map(|r| {
+                Some((
+                    r.get(3)?.parse().ok()?,
+                    r.get(13)?.strip_prefix("statement: ")?.to_string(),
+                ))
+            })
             .collect()
     }
 
@@ -170,14 +240,22 @@ impl Cluster {
     /// a portal suspended at a row limit); (backend PID, text).
     pub fn logged_executions(&self) -> Vec<(u32, String)> {
         let path = self.dir.path().join("data/csvlog/pg.csv");
-        let mut rd = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_path(&path).unwrap();
+        let mut rd = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_path(&path)
+            .unwrap();
         rd.records()
             .map(|r| r.unwrap())
             .filter_map(|r| {
                 let pid = r.get(3)?.parse().ok()?;
                 let m = r.get(13)?;
-                let execute = m.strip_prefix("execute ").filter(|e| !e.starts_with("fetch from "));
-                let text = m.strip_prefix("statement: ").or_else(|| Some(execute?.split_once(": ")?.1))?;
+                let execute = m
+                    .strip_prefix("execute ")
+                    .filter(|e| !e.starts_with("fetch from "));
+                let text = m
+                    .strip_prefix("statement: ")
+                    .or_else(|| Some(execute?.split_once(": ")?.1))?;
                 Some((pid, text.to_string()))
             })
             .collect()
@@ -190,14 +268,24 @@ impl Cluster {
     /// (a pipeline aborted before it) is not logged.
     pub fn logged_queries(&self) -> Vec<(u32, String, String)> {
         let path = self.dir.path().join("data/csvlog/pg.csv");
-        let mut rd = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_path(&path).unwrap();
+        let mut rd = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_path(&path)
+            .unwrap();
         rd.records()
             .map(|r| r.unwrap())
             // Columns: 3 process_id, 13 message, 14 detail.
             .filter_map(|r| {
                 let m = r.get(13)?;
-                let text = m.strip_prefix("statement: ").or_else(|| m.strip_prefix("execute ")?.split_once(": ").map(|(_, t)| t))?;
-                Some((r.get(3)?.parse().ok()?, text.to_string(), r.get(14).unwrap_or("").to_string()))
+                let text = m
+                    .strip_prefix("statement: ")
+                    .or_else(|| m.strip_prefix("execute ")?.split_once(": ").map(|(_, t)| t))?;
+                Some((
+                    r.get(3)?.parse().ok()?,
+                    text.to_string(),
+                    r.get(14).unwrap_or("").to_string(),
+                ))
             })
             .collect()
     }
@@ -206,23 +294,40 @@ impl Cluster {
     /// the SQLSTATE of the ERROR its backend logged before its next statement.
     pub fn logged_outcomes(&self) -> Vec<Logged> {
         let path = self.dir.path().join("data/csvlog/pg.csv");
-        let mut rd = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_path(&path).unwrap();
+        let mut rd = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_path(&path)
+            .unwrap();
         let mut out: Vec<Logged> = Vec::new();
         for r in rd.records().map(|r| r.unwrap()) {
             // Columns: 3 process_id, 11 error_severity, 12 sql_state_code, 13 message.
-            let Some(pid) = r.get(3).and_then(|p| p.parse().ok()) else { continue };
+            let Some(pid) = r.get(3).and_then(|p| p.parse().ok()) else {
+                continue;
+            };
             if let Some(text) = r.get(13).and_then(|m| m.strip_prefix("statement: ")) {
-                out.push(Logged { pid, text: text.to_string(), sqlstate: None });
+                out.push(Logged {
+                    pid,
+                    text: text.to_string(),
+                    sqlstate: None,
+                });
             } else if r.get(11) == Some("ERROR") {
                 // 12 sql_state_code, 19 query: the failing statement's text. A
                 // statement that failed to parse was never logged as one.
                 let code = r.get(12).unwrap_or("").to_string();
                 let query = r.get(19).unwrap_or("");
                 match out.iter_mut().rev().find(|l| l.pid == pid) {
-                    Some(last) if last.sqlstate.is_none() && (query.is_empty() || query.contains(last.text.as_str())) => {
+                    Some(last)
+                        if last.sqlstate.is_none()
+                            && (query.is_empty() || query.contains(last.text.as_str())) =>
+                    {
                         last.sqlstate = Some(code)
                     }
-                    _ if !query.is_empty() => out.push(Logged { pid, text: query.to_string(), sqlstate: Some(code) }),
+                    _ if !query.is_empty() => out.push(Logged {
+                        pid,
+                        text: query.to_string(),
+                        sqlstate: Some(code),
+                    }),
                     _ => {}
                 }
             }
@@ -233,7 +338,11 @@ impl Cluster {
     /// Errors the server logged (csvlog), in order: (backend PID, SQLSTATE).
     pub fn logged_errors(&self) -> Vec<(u32, String)> {
         let path = self.dir.path().join("data/csvlog/pg.csv");
-        let mut rd = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_path(&path).unwrap();
+        let mut rd = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_path(&path)
+            .unwrap();
         rd.records()
             .map(|r| r.unwrap())
             // Columns: 3 process_id, 11 error_severity, 12 sql_state_code.
@@ -248,22 +357,48 @@ impl Cluster {
 
     /// Arguments connecting a libpq client over the unix socket.
     pub fn conn_args(&self) -> Vec<String> {
-        vec!["-h".into(), self.socket_dir().display().to_string(), "-p".into(), self.port.to_string(), "-U".into(), "postgres".into()]
+        vec![
+            "-h".into(),
+            self.socket_dir().display().to_string(),
+            "-p".into(),
+            self.port.to_string(),
+            "-U".into(),
+            "postgres".into(),
+        ]
     }
 
     /// A libpq connection string over the unix socket.
     pub fn dsn(&self, db: &str) -> String {
-        format!("host={} port={} user=postgres dbname={db}", self.socket_dir().display(), self.port)
+        format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.socket_dir().display(),
+            self.port
+        )
     }
 
     /// Runs SQL with psql (untraced), panicking on failure; returns stdout.
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = Command::new(self.bin.join("psql"))
             .args(self.conn_args())
-            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql])
+            .args([
+                "-X",
+                "-q",
+                "-t",
+                "-A",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "psql -c {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "psql -c {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -274,7 +409,11 @@ impl Cluster {
             .args(["-i", "-q", "-s", &scale.to_string(), "postgres"])
             .output()
             .unwrap();
-        assert!(out.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pgbench -i: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The postmaster's PID (first line of postmaster.pid).

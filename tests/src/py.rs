@@ -16,7 +16,9 @@ pub struct PyProgram {
 
 impl PyProgram {
     pub fn start(script: &str, dsn: &str) -> PyProgram {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py").join(script);
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("py")
+            .join(script);
         let mut child = Command::new("python3")
             .arg(path)
             .arg(dsn)
@@ -27,12 +29,18 @@ impl PyProgram {
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut first_line = String::new();
         out.read_line(&mut first_line).unwrap();
-        PyProgram { child, out, first_line: first_line.trim().to_string() }
+        PyProgram {
+            child,
+            out,
+            first_line: first_line.trim().to_string(),
+        }
     }
 
     /// The PID the script printed first.
     pub fn pid(&self) -> u32 {
         let first = self.first_line.split_whitespace().next().unwrap_or("");
-        first.parse().unwrap_or_else(|_| panic!("{} did not start: {:?}", "python script", self.first_line))
+        first
+            .parse()
+            .unwrap_or_else(|_| panic!("{} did not start: {:?}", "python script", self.first_line))
     }
 }

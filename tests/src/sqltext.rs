@@ -46,7 +46,10 @@ pub fn expected_text(sql: &str) -> String {
         // Prefixed strings: E'', U&'', B'', X'', N''.
         if !prev_is_word(&out) {
             let lower = rest.to_ascii_lowercase();
-            let prefix = ["u&'", "e'", "b'", "x'", "n'"].iter().find(|p| lower.starts_with(*p)).map(|p| p.len() - 1);
+            let prefix = ["u&'", "e'", "b'", "x'", "n'"]
+                .iter()
+                .find(|p| lower.starts_with(*p))
+                .map(|p| p.len() - 1);
             if let Some(p) = prefix {
                 let escapes = lower.starts_with("e'");
                 i = skip_string(b, i + p, escapes);
@@ -61,10 +64,14 @@ pub fn expected_text(sql: &str) -> String {
         }
         if c == b'$' && !prev_is_word(&out) {
             // $tag$...$tag$ (a tag does not start with a digit; $1 is a parameter).
-            let tag_end = rest[1..].find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_')).map(|e| e + 1);
+            let tag_end = rest[1..]
+                .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+                .map(|e| e + 1);
             if let Some(e) = tag_end {
                 let tag = &rest[..=e];
-                if rest.as_bytes()[e] == b'$' && !tag[1..].starts_with(|ch: char| ch.is_ascii_digit()) {
+                if rest.as_bytes()[e] == b'$'
+                    && !tag[1..].starts_with(|ch: char| ch.is_ascii_digit())
+                {
                     if let Some(close) = rest[tag.len()..].find(tag) {
                         i += tag.len() + close + tag.len();
                         out.push('?');
@@ -73,7 +80,10 @@ pub fn expected_text(sql: &str) -> String {
                 }
             }
         }
-        let digit_at = |k: usize| b.get(k).is_some_and(u8::is_ascii_digit) || (b.get(k) == Some(&b'.') && b.get(k + 1).is_some_and(u8::is_ascii_digit));
+        let digit_at = |k: usize| {
+            b.get(k).is_some_and(u8::is_ascii_digit)
+                || (b.get(k) == Some(&b'.') && b.get(k + 1).is_some_and(u8::is_ascii_digit))
+        };
         // A minus sign before a number is part of the value unless a value precedes it (`a - 1`).
         let negative = c == b'-' && digit_at(i + 1) && !follows_value(&out);
         if negative || (digit_at(i) && !prev_is_word(&out)) {
@@ -81,8 +91,15 @@ pub fn expected_text(sql: &str) -> String {
             let mut j = start;
             while j < b.len() {
                 let d = b[j];
-                let exp_sign = (d == b'+' || d == b'-') && j > start && matches!(b[j - 1], b'e' | b'E') && !sql[start..j].to_ascii_lowercase().starts_with("0x");
-                if d.is_ascii_alphanumeric() || d == b'_' || (d == b'.' && !sql[j..].starts_with("..")) || exp_sign {
+                let exp_sign = (d == b'+' || d == b'-')
+                    && j > start
+                    && matches!(b[j - 1], b'e' | b'E')
+                    && !sql[start..j].to_ascii_lowercase().starts_with("0x");
+                if d.is_ascii_alphanumeric()
+                    || d == b'_'
+                    || (d == b'.' && !sql[j..].starts_with(".."))
+                    || exp_sign
+                {
                     j += 1;
                 } else {
                     break;
@@ -103,18 +120,48 @@ pub fn expected_text(sql: &str) -> String {
 /// a following minus sign is then an operator.
 fn follows_value(out: &str) -> bool {
     const KEYWORDS: &[&str] = &[
-        "select", "where", "and", "or", "not", "then", "else", "when", "return", "by", "limit", "offset", "in", "is", "values",
-        "between", "as", "set", "case", "like", "returning", "having", "on", "to", "from", "with", "default",
+        "select",
+        "where",
+        "and",
+        "or",
+        "not",
+        "then",
+        "else",
+        "when",
+        "return",
+        "by",
+        "limit",
+        "offset",
+        "in",
+        "is",
+        "values",
+        "between",
+        "as",
+        "set",
+        "case",
+        "like",
+        "returning",
+        "having",
+        "on",
+        "to",
+        "from",
+        "with",
+        "default",
     ];
     let t = out.trim_end();
-    let Some(last) = t.chars().last() else { return false };
+    let Some(last) = t.chars().last() else {
+        return false;
+    };
     if last == ')' || last == ']' || last == '?' || last == '"' {
         return true;
     }
     if !(last.is_alphanumeric() || last == '_') {
         return false;
     }
-    let word = t.rsplit(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or("");
+    let word = t
+        .rsplit(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .next()
+        .unwrap_or("");
     !KEYWORDS.contains(&word.to_ascii_lowercase().as_str())
 }
 
@@ -147,7 +194,9 @@ pub fn expected_mysql_text(sql: &str) -> String {
     while i < b.len() {
         let c = b[i];
         let rest = &sql[i..];
-        let dash_comment = rest.starts_with("--") && b.get(i + 2).is_none_or(|&d| d == b' ' || d == b'\t' || d == b'\n' || d == b'\r');
+        let dash_comment = rest.starts_with("--")
+            && b.get(i + 2)
+                .is_none_or(|&d| d == b' ' || d == b'\t' || d == b'\n' || d == b'\r');
         if c == b'#' || dash_comment {
             i += rest.find('\n').unwrap_or(rest.len());
             continue;
@@ -181,7 +230,11 @@ pub fn expected_mysql_text(sql: &str) -> String {
                 len > 1 && matches!(b.get(i + len), Some(b'\'' | b'"'))
             };
             if letter || introducer {
-                let q = if letter { i + 1 } else { i + rest.bytes().take_while(|&d| word(d)).count() };
+                let q = if letter {
+                    i + 1
+                } else {
+                    i + rest.bytes().take_while(|&d| word(d)).count()
+                };
                 i = skip_mysql_string(b, q);
                 out.push('?');
                 continue;
@@ -192,7 +245,10 @@ pub fn expected_mysql_text(sql: &str) -> String {
             out.push('?');
             continue;
         }
-        let digit_at = |k: usize| b.get(k).is_some_and(u8::is_ascii_digit) || (b.get(k) == Some(&b'.') && b.get(k + 1).is_some_and(u8::is_ascii_digit));
+        let digit_at = |k: usize| {
+            b.get(k).is_some_and(u8::is_ascii_digit)
+                || (b.get(k) == Some(&b'.') && b.get(k + 1).is_some_and(u8::is_ascii_digit))
+        };
         let negative = c == b'-' && digit_at(i + 1) && !follows_value(&out);
         if negative || (digit_at(i) && !prev_is_word(&out)) {
             let start = if negative { i + 1 } else { i };
@@ -249,22 +305,52 @@ mod tests {
 
     #[test]
     fn literals_become_placeholders_and_the_rest_stays() {
-        assert_eq!(e("select 1 != 2, 'a' || 'b' -- note\nfrom t"), "select ? != ?, ? || ? \nfrom t");
-        assert_eq!(e("select E'it\\'s', U&'d!0061' UESCAPE '!', x'1F', $t$ a $t$, $$b$$, $1"), "select ?, ? UESCAPE ?, ?, ?, ?, $1");
-        assert_eq!(e("select 0x1F + 0o17 + 1_000 + 1.5e-3 + .5, t1.c2 from t1"), "select ? + ? + ? + ? + ?, t1.c2 from t1");
-        assert_eq!(e("select 1 /* a /* nested */ b */ + 2, \"Col 1\""), "select ?  + ?, \"Col 1\"");
+        assert_eq!(
+            e("select 1 != 2, 'a' || 'b' -- note\nfrom t"),
+            "select ? != ?, ? || ? \nfrom t"
+        );
+        assert_eq!(
+            e("select E'it\\'s', U&'d!0061' UESCAPE '!', x'1F', $t$ a $t$, $$b$$, $1"),
+            "select ?, ? UESCAPE ?, ?, ?, ?, $1"
+        );
+        assert_eq!(
+            e("select 0x1F + 0o17 + 1_000 + 1.5e-3 + .5, t1.c2 from t1"),
+            "select ? + ? + ? + ? + ?, t1.c2 from t1"
+        );
+        assert_eq!(
+            e("select 1 /* a /* nested */ b */ + 2, \"Col 1\""),
+            "select ?  + ?, \"Col 1\""
+        );
         assert_eq!(e("select 'it''s'"), "select ?");
-        assert_eq!(e("select -1, a -1, f(-2.5), x = -3, (b) - 4"), "select ?, a -?, f(?), x = ?, (b) - ?");
+        assert_eq!(
+            e("select -1, a -1, f(-2.5), x = -3, (b) - 4"),
+            "select ?, a -?, f(?), x = ?, (b) - ?"
+        );
     }
 
     #[test]
     fn mysql_dialect() {
-        assert_eq!(my(r#"insert into t values (1, 'it\'s', "say \"hi\"", 'a''b', "c""d", '\\')"#), "insert into t values (?, ?, ?, ?, ?, ?)");
-        assert_eq!(my("select `a``b`, `x y` from `t` where \"s\" = 'v'"), "select `a``b`, `x y` from `t` where ? = ?");
-        assert_eq!(my("select a # it's 1\nfrom t -- 'x'\nwhere b = 2 /* 3 */"), "select a \nfrom t \nwhere b = ? ");
+        assert_eq!(
+            my(r#"insert into t values (1, 'it\'s', "say \"hi\"", 'a''b', "c""d", '\\')"#),
+            "insert into t values (?, ?, ?, ?, ?, ?)"
+        );
+        assert_eq!(
+            my("select `a``b`, `x y` from `t` where \"s\" = 'v'"),
+            "select `a``b`, `x y` from `t` where ? = ?"
+        );
+        assert_eq!(
+            my("select a # it's 1\nfrom t -- 'x'\nwhere b = 2 /* 3 */"),
+            "select a \nfrom t \nwhere b = ? "
+        );
         assert_eq!(my("select 1--1, /*!40101 'x' */ 0x1F, X'4D', x'ff', b'01', B'1', 0b01, N'n', _utf8mb4'u'"), "select ?-?,  ?, ?, ?, ?, ?, ?, ?, ?");
-        assert_eq!(my("select sleep(0.2), -1.5e-3, a-1, t1.c2, .5 from t1"), "select sleep(?), ?, a-?, t1.c2, ? from t1");
-        assert_eq!(my("select _id, $x from t where c = -2"), "select _id, $x from t where c = ?");
+        assert_eq!(
+            my("select sleep(0.2), -1.5e-3, a-1, t1.c2, .5 from t1"),
+            "select sleep(?), ?, a-?, t1.c2, ? from t1"
+        );
+        assert_eq!(
+            my("select _id, $x from t where c = -2"),
+            "select _id, $x from t where c = ?"
+        );
         assert_eq!(my("SET autocommit=0"), "SET autocommit=?");
     }
 }

@@ -18,15 +18,32 @@ fn build_static_app(dir: &std::path::Path) -> PathBuf {
         .args(["-O2", "-o"])
         .arg(&out)
         .arg(&src)
-        .args(["-I/usr/include/postgresql", "/usr/lib/x86_64-linux-gnu/libpq.a"])
+        .args([
+            "-I/usr/include/postgresql",
+            "/usr/lib/x86_64-linux-gnu/libpq.a",
+        ])
         .arg(format!("{pglib}/libpgcommon_shlib.a"))
         .arg(format!("{pglib}/libpgport_shlib.a"))
-        .args(["-l:libgssapi_krb5.so.2", "-l:libldap-2.5.so.0", "-l:libssl.so.3", "-l:libcrypto.so.3", "-lm", "-ldl", "-pthread"])
+        .args([
+            "-l:libgssapi_krb5.so.2",
+            "-l:libldap-2.5.so.0",
+            "-l:libssl.so.3",
+            "-l:libcrypto.so.3",
+            "-lm",
+            "-ldl",
+            "-pthread",
+        ])
         .status()
         .expect("cc");
-    assert!(status.success(), "linking libpq statically needs libpq-dev and postgresql-server-dev-15 (cargo xtask setup)");
+    assert!(
+        status.success(),
+        "linking libpq statically needs libpq-dev and postgresql-server-dev-15 (cargo xtask setup)"
+    );
     let maps_libpq = Command::new("ldd").arg(&out).output().unwrap();
-    assert!(!String::from_utf8_lossy(&maps_libpq.stdout).contains("libpq"), "libpq must not be a shared dependency");
+    assert!(
+        !String::from_utf8_lossy(&maps_libpq.stdout).contains("libpq"),
+        "libpq must not be a shared dependency"
+    );
     out
 }
 
@@ -50,8 +67,18 @@ fn libpq_linked_into_the_executable() {
     let rx = Receiver::start();
     let endpoint = rx.http_endpoint();
     let pid = child.id().to_string();
-    let agent = Agent::start(&["--otlp-endpoint", &endpoint, "--pid", &pid], Stdio::null());
-    assert!(agent.stderr_lines.iter().any(|l| l.contains("probes on") && l.contains("static_app")), "{:?}", agent.stderr_lines);
+    let agent = Agent::start(
+        &["--otlp-endpoint", &endpoint, "--pid", &pid],
+        Stdio::null(),
+    );
+    assert!(
+        agent
+            .stderr_lines
+            .iter()
+            .any(|l| l.contains("probes on") && l.contains("static_app")),
+        "{:?}",
+        agent.stderr_lines
+    );
     child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     line.clear();
     out.read_line(&mut line).unwrap();
@@ -62,8 +89,16 @@ fn libpq_linked_into_the_executable() {
 
     let mut spans = rx.spans();
     spans.sort_by_key(|s| s.start_ns);
-    let got: Vec<(&str, &str, Option<&str>)> =
-        spans.iter().map(|s| (s.str("code.function.name").unwrap(), s.text(), s.str("db.response.status_code"))).collect();
+    let got: Vec<(&str, &str, Option<&str>)> = spans
+        .iter()
+        .map(|s| {
+            (
+                s.str("code.function.name").unwrap(),
+                s.text(),
+                s.str("db.response.status_code"),
+            )
+        })
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -77,6 +112,10 @@ fn libpq_linked_into_the_executable() {
     assert_eq!(spans[2].name, "PREPARE SELECT");
     assert_eq!(spans[3].str("db.postgresql.statement.name"), Some("s1"));
     assert_eq!(spans[3].int("db.response.returned_rows"), Some(1));
-    assert!(spans.iter().all(|s| s.str("db.namespace") == Some("postgres")));
-    assert!(spans.iter().all(|s| s.resource_str("process.executable.name") == Some("static_app")));
+    assert!(spans
+        .iter()
+        .all(|s| s.str("db.namespace") == Some("postgres")));
+    assert!(spans
+        .iter()
+        .all(|s| s.resource_str("process.executable.name") == Some("static_app")));
 }

@@ -12,7 +12,13 @@ use std::{
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-const CAPABILITIES: [&str; 5] = ["BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"];
+const CAPABILITIES: [&str; 5] = [
+    "BPF",
+    "PERFMON",
+    "SYS_ADMIN",
+    "SYS_PTRACE",
+    "DAC_READ_SEARCH",
+];
 const UNIT: &str = "dbtel-agent.service";
 const BINARY: &str = "/usr/local/bin/dbtel-agent";
 /// The agent's long flags, in snake_case, that config.yaml shows (set or as a comment).
@@ -53,7 +59,9 @@ fn documents(name: &str) -> Vec<Value> {
     let text = read(name);
     serde_yaml_ng::Deserializer::from_str(&text)
         .enumerate()
-        .map(|(i, doc)| Value::deserialize(doc).unwrap_or_else(|e| panic!("{name}, document {}: {e}", i + 1)))
+        .map(|(i, doc)| {
+            Value::deserialize(doc).unwrap_or_else(|e| panic!("{name}, document {}: {e}", i + 1))
+        })
         .filter(|v| !v.is_null())
         .collect()
 }
@@ -80,29 +88,50 @@ fn at<'a>(v: &'a Value, path: &str) -> &'a Value {
 }
 
 fn str_at<'a>(v: &'a Value, path: &str) -> &'a str {
-    at(v, path).as_str().unwrap_or_else(|| panic!("{path} is not a string"))
+    at(v, path)
+        .as_str()
+        .unwrap_or_else(|| panic!("{path} is not a string"))
 }
 
 fn seq_at<'a>(v: &'a Value, path: &str) -> &'a Vec<Value> {
-    at(v, path).as_sequence().unwrap_or_else(|| panic!("{path} is not a sequence"))
+    at(v, path)
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{path} is not a sequence"))
 }
 
 fn strings(v: &[Value]) -> Vec<&str> {
-    v.iter().map(|s| s.as_str().unwrap_or_else(|| panic!("{s:?} is not a string"))).collect()
+    v.iter()
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("{s:?} is not a string"))
+        })
+        .collect()
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     docs.iter()
-        .find(|d| d.get("kind").and_then(Value::as_str) == Some(kind) && str_at(d, "metadata.name") == name)
+        .find(|d| {
+            d.get("kind").and_then(Value::as_str) == Some(kind)
+                && str_at(d, "metadata.name") == name
+        })
         .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
 fn named<'a>(items: &'a [Value], name: &str) -> &'a Value {
-    items.iter().find(|i| str_at(i, "name") == name).unwrap_or_else(|| panic!("nothing named {name}"))
+    items
+        .iter()
+        .find(|i| str_at(i, "name") == name)
+        .unwrap_or_else(|| panic!("nothing named {name}"))
 }
 
 fn agent_container(docs: &[Value]) -> &Value {
-    named(seq_at(find(docs, "DaemonSet", "dbtel-agent"), "spec.template.spec.containers"), "dbtel-agent")
+    named(
+        seq_at(
+            find(docs, "DaemonSet", "dbtel-agent"),
+            "spec.template.spec.containers",
+        ),
+        "dbtel-agent",
+    )
 }
 
 /// The value of an env entry given as `value:`.
@@ -114,7 +143,12 @@ fn env_value<'a>(container: &'a Value, name: &str) -> &'a str {
 fn port_number(container: &Value, port: &Value) -> u64 {
     match port.as_u64() {
         Some(n) => n,
-        None => at(named(seq_at(container, "ports"), port.as_str().unwrap()), "containerPort").as_u64().unwrap(),
+        None => at(
+            named(seq_at(container, "ports"), port.as_str().unwrap()),
+            "containerPort",
+        )
+        .as_u64()
+        .unwrap(),
     }
 }
 
@@ -122,17 +156,26 @@ fn port_number(container: &Value, port: &Value) -> u64 {
 fn unit_settings(text: &str) -> Vec<(String, String)> {
     text.lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';') && !l.starts_with('['))
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with('#') && !l.starts_with(';') && !l.starts_with('[')
+        })
         .map(|l| {
-            let (k, v) = l.split_once('=').unwrap_or_else(|| panic!("not Key=Value: {l}"));
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("not Key=Value: {l}"));
             (k.trim().to_string(), v.trim().to_string())
         })
         .collect()
 }
 
 fn unit_setting(text: &str, key: &str) -> String {
-    let mut found = unit_settings(text).into_iter().filter(|(k, _)| k == key).map(|(_, v)| v);
-    let value = found.next().unwrap_or_else(|| panic!("{UNIT} has no {key}="));
+    let mut found = unit_settings(text)
+        .into_iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v);
+    let value = found
+        .next()
+        .unwrap_or_else(|| panic!("{UNIT} has no {key}="));
     assert!(found.next().is_none(), "{UNIT} sets {key}= more than once");
     value
 }
@@ -140,14 +183,25 @@ fn unit_setting(text: &str, key: &str) -> String {
 #[test]
 fn every_yaml_document_parses() {
     let files = yaml_files();
-    for expected in ["config.yaml", "daemonset.yaml", "otel-collector.yaml", "collector.yaml"] {
-        assert!(files.iter().any(|f| f == expected), "deploy/{expected} is missing: {files:?}");
+    for expected in [
+        "config.yaml",
+        "daemonset.yaml",
+        "otel-collector.yaml",
+        "collector.yaml",
+    ] {
+        assert!(
+            files.iter().any(|f| f == expected),
+            "deploy/{expected} is missing: {files:?}"
+        );
     }
     for file in &files {
         let docs = documents(file);
         assert!(!docs.is_empty(), "{file} has no document");
         for doc in &docs {
-            assert!(doc.is_mapping(), "{file}: a document is not a mapping: {doc:?}");
+            assert!(
+                doc.is_mapping(),
+                "{file}: a document is not a mapping: {doc:?}"
+            );
         }
     }
     // The Kubernetes manifests: each object has its kind, name, and the dbtel namespace.
@@ -157,13 +211,21 @@ fn every_yaml_document_parses() {
             str_at(&doc, "apiVersion");
             str_at(&doc, "metadata.name");
             if kind != "Namespace" {
-                assert_eq!(str_at(&doc, "metadata.namespace"), "dbtel", "{file}: {kind}");
+                assert_eq!(
+                    str_at(&doc, "metadata.namespace"),
+                    "dbtel",
+                    "{file}: {kind}"
+                );
             }
             if matches!(kind, "DaemonSet" | "Deployment") {
                 let selector = at(&doc, "spec.selector.matchLabels").as_mapping().unwrap();
                 let labels = at(&doc, "spec.template.metadata.labels");
                 for (k, v) in selector {
-                    assert_eq!(labels.get(k), Some(v), "{file}: {kind}'s selector does not match its pods");
+                    assert_eq!(
+                        labels.get(k),
+                        Some(v),
+                        "{file}: {kind}'s selector does not match its pods"
+                    );
                 }
             }
         }
@@ -181,19 +243,34 @@ fn daemonset_traces_the_whole_host() {
 
     let c = agent_container(&docs);
     let sc = at(c, "securityContext");
-    let added: BTreeSet<&str> = strings(seq_at(sc, "capabilities.add")).into_iter().collect();
+    let added: BTreeSet<&str> = strings(seq_at(sc, "capabilities.add"))
+        .into_iter()
+        .collect();
     assert_eq!(added, CAPABILITIES.into_iter().collect::<BTreeSet<_>>());
     assert_eq!(strings(seq_at(sc, "capabilities.drop")), ["ALL"]);
     assert_eq!(at(sc, "privileged").as_bool(), Some(false));
     assert_eq!(at(sc, "readOnlyRootFilesystem").as_bool(), Some(true));
     assert_eq!(str_at(sc, "seccompProfile.type"), "Unconfined");
     assert_eq!(str_at(sc, "appArmorProfile.type"), "Unconfined");
-    let annotation = format!("container.apparmor.security.beta.kubernetes.io/{}", str_at(c, "name"));
-    assert_eq!(at(ds, "spec.template.metadata.annotations").get(annotation.as_str()).and_then(Value::as_str), Some("unconfined"));
+    let annotation = format!(
+        "container.apparmor.security.beta.kubernetes.io/{}",
+        str_at(c, "name")
+    );
+    assert_eq!(
+        at(ds, "spec.template.metadata.annotations")
+            .get(annotation.as_str())
+            .and_then(Value::as_str),
+        Some("unconfined")
+    );
 
     // /healthz on the port config.yaml's http_address serves.
     let config: Value = serde_yaml_ng::from_str(&read("config.yaml")).unwrap();
-    let http_port: u64 = str_at(&config, "http_address").rsplit_once(':').unwrap().1.parse().unwrap();
+    let http_port: u64 = str_at(&config, "http_address")
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
     for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
         let get = at(c, &format!("{probe}.httpGet"));
         assert_eq!(str_at(get, "path"), "/healthz", "{probe}");
@@ -202,25 +279,58 @@ fn daemonset_traces_the_whole_host() {
 
     // k8s.node.name from the downward API; NODE_NAME defined before it is used.
     let env = seq_at(c, "env");
-    let node = env.iter().position(|e| str_at(e, "name") == "NODE_NAME").expect("NODE_NAME");
-    assert_eq!(str_at(&env[node], "valueFrom.fieldRef.fieldPath"), "spec.nodeName");
-    let attrs = env.iter().position(|e| str_at(e, "name") == "OTEL_RESOURCE_ATTRIBUTES").expect("OTEL_RESOURCE_ATTRIBUTES");
-    assert!(node < attrs, "NODE_NAME must come before the variable that uses it");
-    assert!(str_at(&env[attrs], "value").split(',').any(|kv| kv == "k8s.node.name=$(NODE_NAME)"));
+    let node = env
+        .iter()
+        .position(|e| str_at(e, "name") == "NODE_NAME")
+        .expect("NODE_NAME");
+    assert_eq!(
+        str_at(&env[node], "valueFrom.fieldRef.fieldPath"),
+        "spec.nodeName"
+    );
+    let attrs = env
+        .iter()
+        .position(|e| str_at(e, "name") == "OTEL_RESOURCE_ATTRIBUTES")
+        .expect("OTEL_RESOURCE_ATTRIBUTES");
+    assert!(
+        node < attrs,
+        "NODE_NAME must come before the variable that uses it"
+    );
+    assert!(str_at(&env[attrs], "value")
+        .split(',')
+        .any(|kv| kv == "k8s.node.name=$(NODE_NAME)"));
 
     // --all, and --config naming config.yaml in the mounted ConfigMap.
     let args = strings(seq_at(c, "args"));
     assert!(args.contains(&"--all"), "{args:?}");
-    let config_path = args[args.iter().position(|a| *a == "--config").expect("--config") + 1];
+    let config_path = args[args
+        .iter()
+        .position(|a| *a == "--config")
+        .expect("--config")
+        + 1];
     let (dir, file) = config_path.rsplit_once('/').unwrap();
-    let mount = seq_at(c, "volumeMounts").iter().find(|m| str_at(m, "mountPath") == dir).expect("config mount");
+    let mount = seq_at(c, "volumeMounts")
+        .iter()
+        .find(|m| str_at(m, "mountPath") == dir)
+        .expect("config mount");
     let volume = named(seq_at(pod, "volumes"), str_at(mount, "name"));
     let map = find(&docs, "ConfigMap", str_at(volume, "configMap.name"));
-    assert!(at(map, "data").get(file).is_some(), "the ConfigMap has no {file}");
+    assert!(
+        at(map, "data").get(file).is_some(),
+        "the ConfigMap has no {file}"
+    );
 
     assert_eq!(str_at(c, "resources.limits.memory"), "256Mi");
-    let tracefs = seq_at(c, "volumeMounts").iter().find(|m| str_at(m, "mountPath") == "/sys/kernel/tracing").expect("tracefs mount");
-    assert_eq!(str_at(named(seq_at(pod, "volumes"), str_at(tracefs, "name")), "hostPath.path"), "/sys/kernel/tracing");
+    let tracefs = seq_at(c, "volumeMounts")
+        .iter()
+        .find(|m| str_at(m, "mountPath") == "/sys/kernel/tracing")
+        .expect("tracefs mount");
+    assert_eq!(
+        str_at(
+            named(seq_at(pod, "volumes"), str_at(tracefs, "name")),
+            "hostPath.path"
+        ),
+        "/sys/kernel/tracing"
+    );
 }
 
 /// Names the first line where an embedded copy differs from its file.
@@ -258,7 +368,10 @@ fn config_keys_are_the_agents_flags() {
     let config: Value = serde_yaml_ng::from_str(&text).unwrap();
     for key in config.as_mapping().unwrap().keys() {
         let key = key.as_str().unwrap();
-        assert!(CONFIG_KEYS.contains(&key) || OTHER_KEYS.contains(&key), "config.yaml: {key} is not one of the agent's flags");
+        assert!(
+            CONFIG_KEYS.contains(&key) || OTHER_KEYS.contains(&key),
+            "config.yaml: {key} is not one of the agent's flags"
+        );
     }
     // Each flag is shown, set or as a commented example.
     for key in CONFIG_KEYS {
@@ -272,7 +385,9 @@ fn config_keys_are_the_agents_flags() {
     assert!(["otlp", "console", "none"].contains(&str_at(&config, "exporter")));
     assert!(["grpc", "http/protobuf"].contains(&str_at(&config, "otlp_protocol")));
     // No secret in the file the ConfigMap publishes.
-    assert!(!text.lines().any(|l| !l.trim_start().starts_with('#') && l.to_lowercase().contains("password")));
+    assert!(!text
+        .lines()
+        .any(|l| !l.trim_start().starts_with('#') && l.to_lowercase().contains("password")));
 }
 
 #[test]
@@ -284,7 +399,9 @@ fn agents_reach_the_collector() {
 
     // The agents' endpoint is the collector Service, on the port of their protocol.
     let endpoint = env_value(agent_container(&agent), "OTEL_EXPORTER_OTLP_ENDPOINT");
-    let rest = endpoint.strip_prefix("http://").unwrap_or_else(|| panic!("{endpoint}"));
+    let rest = endpoint
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("{endpoint}"));
     let (host, port) = rest.trim_end_matches('/').rsplit_once(':').unwrap();
     let port: u64 = port.parse().unwrap();
     let mut labels = host.split('.');
@@ -297,7 +414,10 @@ fn agents_reach_the_collector() {
     };
     assert_eq!(port, expected, "{endpoint} does not match otlp_protocol");
     let ports = seq_at(service, "spec.ports");
-    assert!(ports.iter().any(|p| at(p, "port").as_u64() == Some(port)), "the Service lacks the agents' port {port}");
+    assert!(
+        ports.iter().any(|p| at(p, "port").as_u64() == Some(port)),
+        "the Service lacks the agents' port {port}"
+    );
 
     // The Service reaches the collector's container, which listens there.
     let deployment = find(&collector, "Deployment", "otel-collector");
@@ -305,23 +425,44 @@ fn agents_reach_the_collector() {
     for p in ports {
         let target = port_number(c, at(p, "targetPort"));
         let receiver = if target == 4317 { "grpc" } else { "http" };
-        let listen = str_at(&otel, &format!("receivers.otlp.protocols.{receiver}.endpoint"));
-        assert!(listen.ends_with(&format!(":{target}")), "{listen} vs the Service's {target}");
+        let listen = str_at(
+            &otel,
+            &format!("receivers.otlp.protocols.{receiver}.endpoint"),
+        );
+        assert!(
+            listen.ends_with(&format!(":{target}")),
+            "{listen} vs the Service's {target}"
+        );
     }
 
     // Every component a pipeline names is configured, and the probes reach health_check.
     for (_, pipeline) in at(&otel, "service.pipelines").as_mapping().unwrap() {
         for section in ["receivers", "processors", "exporters"] {
             for name in strings(seq_at(pipeline, section)) {
-                assert!(at(&otel, section).get(name).is_some(), "{section}: {name} is used but not configured");
+                assert!(
+                    at(&otel, section).get(name).is_some(),
+                    "{section}: {name} is used but not configured"
+                );
             }
         }
-        assert_eq!(strings(seq_at(pipeline, "processors"))[0], "memory_limiter", "memory_limiter comes first");
+        assert_eq!(
+            strings(seq_at(pipeline, "processors"))[0],
+            "memory_limiter",
+            "memory_limiter comes first"
+        );
     }
     for name in strings(seq_at(&otel, "service.extensions")) {
-        assert!(at(&otel, "extensions").get(name).is_some(), "extension {name} is not configured");
+        assert!(
+            at(&otel, "extensions").get(name).is_some(),
+            "extension {name} is not configured"
+        );
     }
-    let health: u64 = str_at(&otel, "extensions.health_check.endpoint").rsplit_once(':').unwrap().1.parse().unwrap();
+    let health: u64 = str_at(&otel, "extensions.health_check.endpoint")
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
     assert_eq!(port_number(c, at(c, "livenessProbe.httpGet.port")), health);
 }
 
@@ -330,22 +471,47 @@ fn unit_matches_the_daemonset() {
     let unit = read(UNIT);
     let docs = documents("daemonset.yaml");
     let c = agent_container(&docs);
-    let expected: BTreeSet<String> =
-        strings(seq_at(at(c, "securityContext"), "capabilities.add")).into_iter().map(|c| format!("CAP_{c}")).collect();
+    let expected: BTreeSet<String> = strings(seq_at(at(c, "securityContext"), "capabilities.add"))
+        .into_iter()
+        .map(|c| format!("CAP_{c}"))
+        .collect();
     for key in ["CapabilityBoundingSet", "AmbientCapabilities"] {
-        let caps: BTreeSet<String> = unit_setting(&unit, key).split_whitespace().map(String::from).collect();
-        assert_eq!(caps, expected, "{key}= and the DaemonSet's capabilities differ");
+        let caps: BTreeSet<String> = unit_setting(&unit, key)
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            caps, expected,
+            "{key}= and the DaemonSet's capabilities differ"
+        );
     }
     let exec = unit_setting(&unit, "ExecStart");
     let mut words = exec.split_whitespace();
     assert_eq!(words.next(), Some(BINARY));
-    assert_eq!(words.collect::<Vec<_>>(), strings(seq_at(c, "args")), "the unit and the DaemonSet run different arguments");
+    assert_eq!(
+        words.collect::<Vec<_>>(),
+        strings(seq_at(c, "args")),
+        "the unit and the DaemonSet run different arguments"
+    );
     assert_eq!(unit_setting(&unit, "MemoryMax"), "256M");
-    for (key, value) in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "read-only"), ("Restart", "on-failure")] {
+    for (key, value) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "read-only"),
+        ("Restart", "on-failure"),
+    ] {
         assert_eq!(unit_setting(&unit, key), value, "{key}=");
     }
-    for key in ["ProtectProc", "ProcSubset", "PrivateUsers", "PrivateNetwork"] {
-        assert!(!unit_settings(&unit).iter().any(|(k, _)| k == key), "{key}= would stop the agent");
+    for key in [
+        "ProtectProc",
+        "ProcSubset",
+        "PrivateUsers",
+        "PrivateNetwork",
+    ] {
+        assert!(
+            !unit_settings(&unit).iter().any(|(k, _)| k == key),
+            "{key}= would stop the agent"
+        );
     }
 }
 
@@ -361,7 +527,11 @@ fn verify(unit: &str) -> (bool, String) {
         .arg(&path)
         .output()
         .unwrap_or_else(|e| panic!("systemd-analyze (apt-get install systemd): {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success() && !text.contains(UNIT), text)
 }
 
@@ -371,12 +541,21 @@ fn systemd_accepts_the_unit() {
     assert!(Path::new(stand_in).exists());
     let unit = read(UNIT);
     assert_eq!(unit.matches(&format!("ExecStart={BINARY} ")).count(), 1);
-    let rendered = unit.replace(&format!("ExecStart={BINARY} "), &format!("ExecStart={stand_in} "));
+    let rendered = unit.replace(
+        &format!("ExecStart={BINARY} "),
+        &format!("ExecStart={stand_in} "),
+    );
     let (ok, output) = verify(&rendered);
     assert!(ok, "systemd-analyze verify {UNIT}:\n{output}");
     // The check itself: a misspelt setting is caught.
-    let (ok, output) = verify(&rendered.replace("ProtectHome=read-only", "ProtectHome=read-only\nProtectHomes=yes"));
-    assert!(!ok && output.contains("ProtectHomes"), "a bad setting went unnoticed:\n{output}");
+    let (ok, output) = verify(&rendered.replace(
+        "ProtectHome=read-only",
+        "ProtectHome=read-only\nProtectHomes=yes",
+    ));
+    assert!(
+        !ok && output.contains("ProtectHomes"),
+        "a bad setting went unnoticed:\n{output}"
+    );
 }
 
 /// The unit's ExecStart, with the installed paths pointing at this build and this checkout.
@@ -401,28 +580,61 @@ fn exec_start() -> Vec<String> {
 fn the_units_command_line_runs() {
     dbtel_tests::require_root();
     let rx = dbtel_tests::Receiver::start();
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let cmd = exec_start();
     let mut args: Vec<&str> = cmd[1..].iter().map(String::as_str).collect();
     let health = addr.to_string();
     args.extend(["--http-address", &health]);
     // With no capability but the unit's bounding set, as systemd runs it.
     let caps = unit_setting(&read(UNIT), "CapabilityBoundingSet");
-    let bounding: Vec<String> = caps.split_whitespace().map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase())).collect();
+    let bounding: Vec<String> = caps
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
     let bounding = format!("-all,{}", bounding.join(","));
     let wrapper = ["setpriv", "--bounding-set", &bounding, "--no-new-privs"];
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", rx.http_endpoint())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut agent = dbtel_tests::Agent::start_wrapped(&wrapper, &args, &env, std::process::Stdio::null());
+    let mut agent =
+        dbtel_tests::Agent::start_wrapped(&wrapper, &args, &env, std::process::Stdio::null());
     let status = fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
-    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim().to_string();
-    assert_eq!(u64::from_str_radix(&eff, 16).unwrap(), (1 << 39) | (1 << 38) | (1 << 21) | (1 << 19) | (1 << 2), "only the unit's capabilities");
-    assert_eq!(dbtel_tests::http_get(addr, "/healthz").map(|(s, _)| s), Some(200));
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(
+        u64::from_str_radix(&eff, 16).unwrap(),
+        (1 << 39) | (1 << 38) | (1 << 21) | (1 << 19) | (1 << 2),
+        "only the unit's capabilities"
+    );
+    assert_eq!(
+        dbtel_tests::http_get(addr, "/healthz").map(|(s, _)| s),
+        Some(200)
+    );
     let pg = dbtel_tests::Cluster::start_logged();
     // A server started after the agent is probed once its postmaster is seen
     // (no hold: its first sessions may run before, on a loaded host).
-    agent.wait_for_text(&format!("new PostgreSQL server {} ", pg.postmaster_pid()), std::time::Duration::from_secs(10));
-    let out = Command::new(pg.bin("psql")).args(pg.conn_args()).args(["-X", "-q", "-d", "postgres", "-c", "select 'from the unit' as marker"]).output().unwrap();
+    agent.wait_for_text(
+        &format!("new PostgreSQL server {} ", pg.postmaster_pid()),
+        std::time::Duration::from_secs(10),
+    );
+    let out = Command::new(pg.bin("psql"))
+        .args(pg.conn_args())
+        .args([
+            "-X",
+            "-q",
+            "-d",
+            "postgres",
+            "-c",
+            "select 'from the unit' as marker",
+        ])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     std::thread::sleep(std::time::Duration::from_millis(800));
     // SAFETY: kill(2) on the agent we started; systemd stops a unit with SIGTERM.
@@ -430,11 +642,26 @@ fn the_units_command_line_runs() {
     let run = agent.wait(std::time::Duration::from_secs(30));
     assert!(run.status.success(), "{run:?}");
     let spans = rx.spans();
-    let marker: Vec<_> = spans.iter().filter(|s| s.text() == "select ? as marker").collect();
-    let logged = pg.logged_statements().into_iter().filter(|(_, t)| t.contains("from the unit")).count();
+    let marker: Vec<_> = spans
+        .iter()
+        .filter(|s| s.text() == "select ? as marker")
+        .collect();
+    let logged = pg
+        .logged_statements()
+        .into_iter()
+        .filter(|(_, t)| t.contains("from the unit"))
+        .count();
     assert_eq!(logged, 1);
-    assert_eq!(marker.iter().filter(|s| s.kind == 3).count(), 1, "the client's span: {spans:?}");
-    assert_eq!(marker.iter().filter(|s| s.kind == 2).count(), 1, "the server's span: {spans:?}");
+    assert_eq!(
+        marker.iter().filter(|s| s.kind == 3).count(),
+        1,
+        "the client's span: {spans:?}"
+    );
+    assert_eq!(
+        marker.iter().filter(|s| s.kind == 2).count(),
+        1,
+        "the server's span: {spans:?}"
+    );
 }
 
 /// `check` with the example config checks what the unit would run.
@@ -451,6 +678,18 @@ fn check_with_the_example_config_passes() {
         std::time::Duration::from_secs(30),
     );
     assert!(run.status.success(), "{run:?}");
-    assert!(run.stdout.lines().any(|l| l.starts_with("ok    host: libpq ")), "--all from the file: {}", run.stdout);
-    assert!(run.stdout.lines().any(|l| l.starts_with("ok    OTLP endpoint 127.0.0.1:")), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with("ok    host: libpq ")),
+        "--all from the file: {}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with("ok    OTLP endpoint 127.0.0.1:")),
+        "{}",
+        run.stdout
+    );
 }

@@ -14,10 +14,21 @@ use object::{Object, ObjectSegment, ObjectSymbol};
 /// The psycopg2 app of the Python test: connected, waiting on stdin.
 fn idle_app(dsn: &str) -> (Child, u32) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/app.py");
-    let mut child = Command::new("python3").arg(script).arg(dsn).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(dsn)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-    let pid = line.trim().parse().unwrap_or_else(|_| panic!("app did not start: {line:?}"));
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pid = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("app did not start: {line:?}"));
     (child, pid)
 }
 
@@ -25,10 +36,19 @@ fn idle_app(dsn: &str) -> (Child, u32) {
 /// (its probe sits on the first emulated one).
 fn pqfinish_entry(pid: u32) -> (String, u64, Vec<u8>) {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let path = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| p.contains("libpq.so")).expect("libpq mapped").to_string();
+    let path = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("libpq.so"))
+        .expect("libpq mapped")
+        .to_string();
     let data = std::fs::read(&path).unwrap();
     let file = object::File::parse(&*data).unwrap();
-    let addr = file.dynamic_symbols().find(|s| s.name() == Ok("PQfinish") && !s.is_undefined()).unwrap().address();
+    let addr = file
+        .dynamic_symbols()
+        .find(|s| s.name() == Ok("PQfinish") && !s.is_undefined())
+        .unwrap()
+        .address();
     let off = file
         .segments()
         .find_map(|seg| {
@@ -36,7 +56,11 @@ fn pqfinish_entry(pid: u32) -> (String, u64, Vec<u8>) {
             (addr >= seg.address() && addr < seg.address() + size).then(|| addr - seg.address() + o)
         })
         .unwrap();
-    (path.clone(), off, data[off as usize..off as usize + 16].to_vec())
+    (
+        path.clone(),
+        off,
+        data[off as usize..off as usize + 16].to_vec(),
+    )
 }
 
 /// 16 bytes at a file offset of `path` as mapped in `pid`'s memory.
@@ -48,7 +72,10 @@ fn bytes_in_memory(pid: u32, path: &str, off: u64) -> Vec<u8> {
             continue;
         }
         let (start, end) = f[0].split_once('-').unwrap();
-        let (start, end) = (u64::from_str_radix(start, 16).unwrap(), u64::from_str_radix(end, 16).unwrap());
+        let (start, end) = (
+            u64::from_str_radix(start, 16).unwrap(),
+            u64::from_str_radix(end, 16).unwrap(),
+        );
         let map_off = u64::from_str_radix(f[2], 16).unwrap();
         if off >= map_off && off < map_off + (end - start) {
             let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
@@ -68,12 +95,33 @@ fn breakpoints_only_in_the_traced_process() {
     let (mut a, pa) = idle_app(&pg.dsn("postgres"));
     let (mut b, pb) = idle_app(&pg.dsn("postgres"));
     let (path, off, original) = pqfinish_entry(pa);
-    let has_int3 = |bytes: &[u8]| bytes.iter().zip(&original).any(|(&m, &f)| m == 0xcc && f != 0xcc);
-    assert_eq!((bytes_in_memory(pa, &path, off), bytes_in_memory(pb, &path, off)), (original.clone(), original.clone()));
+    let has_int3 = |bytes: &[u8]| {
+        bytes
+            .iter()
+            .zip(&original)
+            .any(|(&m, &f)| m == 0xcc && f != 0xcc)
+    };
+    assert_eq!(
+        (
+            bytes_in_memory(pa, &path, off),
+            bytes_in_memory(pb, &path, off)
+        ),
+        (original.clone(), original.clone())
+    );
 
-    let agent = Agent::start(&["--exporter", "none", "--pid", &pa.to_string()], Stdio::null());
-    assert!(has_int3(&bytes_in_memory(pa, &path, off)), "int3 in the traced process");
-    assert_eq!(bytes_in_memory(pb, &path, off), original, "the untraced process runs libpq untouched");
+    let agent = Agent::start(
+        &["--exporter", "none", "--pid", &pa.to_string()],
+        Stdio::null(),
+    );
+    assert!(
+        has_int3(&bytes_in_memory(pa, &path, off)),
+        "int3 in the traced process"
+    );
+    assert_eq!(
+        bytes_in_memory(pb, &path, off),
+        original,
+        "the untraced process runs libpq untouched"
+    );
 
     let run = agent.interrupt();
     assert!(run.status.success(), "{run:?}");
@@ -82,7 +130,11 @@ fn breakpoints_only_in_the_traced_process() {
     while bytes_in_memory(pa, &path, off) != original && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert_eq!(bytes_in_memory(pa, &path, off), original, "breakpoint removed when the agent stops");
+    assert_eq!(
+        bytes_in_memory(pa, &path, off),
+        original,
+        "breakpoint removed when the agent stops"
+    );
     for c in [&mut a, &mut b] {
         c.kill().unwrap();
         c.wait().unwrap();

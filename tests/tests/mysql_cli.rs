@@ -5,12 +5,17 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dbtel_tests::{
-    mysql_spans::{connections_after, dump, last_connection, logged_statements, pair_with_log, statement_spans},
+    mysql_spans::{
+        connections_after, dump, last_connection, logged_statements, pair_with_log, statement_spans,
+    },
     require_root, run_agent, AgentRun, MariaDb, Receiver, Span,
 };
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 /// What a statement's span reports: rows fetched, rows changed, an error (errno, SQLSTATE), or nothing.
@@ -31,14 +36,49 @@ use Outcome::*;
 const SCRIPT: &[(&str, &str, Option<&str>, Outcome)] = &[
     ("create database shop;", "CREATE", None, Plain),
     ("use shop", "SELECT", None, Streamed),
-    ("create table items (id int primary key, name varchar(50), note text);", "CREATE items", Some("shop"), Plain),
-    (r#"insert into items values (1, 'apple', "it's red"), (2, 'pear', 'a \'b\' c');"#, "INSERT items", Some("shop"), Affected(2)),
-    (r#"insert into items (id, name) values (3, "plum"), (4, 'x''y');"#, "INSERT items", Some("shop"), Affected(2)),
-    ("select id, name from items -- the first two\n where id <= 2 /* ids */ order by id;", "SELECT items", Some("shop"), Returned(2)),
-    ("select * from missing_table;", "SELECT missing_table", Some("shop"), Error("1146", "42S02")),
+    (
+        "create table items (id int primary key, name varchar(50), note text);",
+        "CREATE items",
+        Some("shop"),
+        Plain,
+    ),
+    (
+        r#"insert into items values (1, 'apple', "it's red"), (2, 'pear', 'a \'b\' c');"#,
+        "INSERT items",
+        Some("shop"),
+        Affected(2),
+    ),
+    (
+        r#"insert into items (id, name) values (3, "plum"), (4, 'x''y');"#,
+        "INSERT items",
+        Some("shop"),
+        Affected(2),
+    ),
+    (
+        "select id, name from items -- the first two\n where id <= 2 /* ids */ order by id;",
+        "SELECT items",
+        Some("shop"),
+        Returned(2),
+    ),
+    (
+        "select * from missing_table;",
+        "SELECT missing_table",
+        Some("shop"),
+        Error("1146", "42S02"),
+    ),
     ("begin;", "BEGIN", Some("shop"), Plain),
-    ("update items set name = 'fig' where id = 3;", "UPDATE items", Some("shop"), Affected(1)),
-    ("delete from items where id in (2, 4); # two rows", "DELETE items", Some("shop"), Affected(2)),
+    (
+        "update items set name = 'fig' where id = 3;",
+        "UPDATE items",
+        Some("shop"),
+        Affected(1),
+    ),
+    (
+        "delete from items where id in (2, 4); # two rows",
+        "DELETE items",
+        Some("shop"),
+        Affected(2),
+    ),
     ("commit;", "COMMIT", Some("shop"), Plain),
     ("select sleep(0.2);", "SELECT", Some("shop"), Returned(1)),
 ];
@@ -57,8 +97,15 @@ fn traced_cli(rx: &Receiver, conn: &[String], stdin: &str) -> AgentRun {
 
 /// The attach line for the CLI: the API is exported from the executable itself.
 fn assert_attached(run: &AgentRun) {
-    let line = run.stderr.lines().find(|l| l.starts_with("dbtel: tracing")).unwrap_or_else(|| panic!("{}", run.stderr));
-    assert!(line.contains(" (mariadb): ") && line.contains(" probes on /usr/bin/mariadb"), "{line}");
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("dbtel: tracing"))
+        .unwrap_or_else(|| panic!("{}", run.stderr));
+    assert!(
+        line.contains(" (mariadb): ") && line.contains(" probes on /usr/bin/mariadb"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -72,7 +119,11 @@ fn cli_statements_over_the_socket_match_the_general_log() {
     let run = traced_cli(&rx, &db.client_args(), &stdin);
     let t1 = now_ns();
     assert_attached(&run);
-    assert!(run.stdout.contains("1\tapple\n") && run.stdout.contains("sleep(0.2)"), "the CLI's output passes through: {}", run.stdout);
+    assert!(
+        run.stdout.contains("1\tapple\n") && run.stdout.contains("sleep(0.2)"),
+        "the CLI's output passes through: {}",
+        run.stdout
+    );
     assert!(run.stderr.contains("ERROR 1146 (42S02)"), "{}", run.stderr);
 
     let conns = connections_after(&db.general_log(), before);
@@ -84,25 +135,48 @@ fn cli_statements_over_the_socket_match_the_general_log() {
     let logged = logged_statements(&log, conn);
     assert_eq!(logged.len(), SCRIPT.len(), "{logged:#?}");
     assert_eq!(logged[1].text, "SELECT DATABASE()");
-    assert!(log.iter().any(|e| e.connection == conn && e.command == "Init DB" && e.text == "shop"));
-    assert!(logged[5].text.contains("-- the first two\n") && logged[5].text.contains("/* ids */"), "comments reached the server: {:?}", logged[5]);
+    assert!(log
+        .iter()
+        .any(|e| e.connection == conn && e.command == "Init DB" && e.text == "shop"));
+    assert!(
+        logged[5].text.contains("-- the first two\n") && logged[5].text.contains("/* ids */"),
+        "comments reached the server: {:?}",
+        logged[5]
+    );
 
     let all = rx.spans();
     let spans = statement_spans(&all, conn);
     let pairs = pair_with_log(&spans, &log, conn, &|_| "mysql_real_query");
-    let pid = spans[0].resource_int("process.pid").expect("resource process.pid");
+    let pid = spans[0]
+        .resource_int("process.pid")
+        .expect("resource process.pid");
     let socket = db.socket().display().to_string();
     for ((span, logged), (line, name, namespace, outcome)) in pairs.iter().zip(SCRIPT) {
         let what = format!("{line:?} (logged {:?})", logged.text);
         assert_eq!(span.name, *name, "{what}");
-        assert_eq!(span.str("db.operation.name"), Some(name.split(' ').next().unwrap()), "{what}");
-        assert_eq!(span.str("db.collection.name"), name.split_once(' ').map(|n| n.1), "{what}");
+        assert_eq!(
+            span.str("db.operation.name"),
+            Some(name.split(' ').next().unwrap()),
+            "{what}"
+        );
+        assert_eq!(
+            span.str("db.collection.name"),
+            name.split_once(' ').map(|n| n.1),
+            "{what}"
+        );
         assert_eq!(span.str("db.namespace"), *namespace, "{what}");
         assert_eq!(span.str("server.address"), Some(socket.as_str()), "{what}");
         assert_eq!(span.str("network.transport"), Some("unix"), "{what}");
-        assert_eq!(span.int("server.port"), None, "{what}: no port over a unix socket");
+        assert_eq!(
+            span.int("server.port"),
+            None,
+            "{what}: no port over a unix socket"
+        );
         assert_eq!(span.int("process.pid"), Some(pid), "{what}");
-        assert!(span.start_ns >= t0 && span.end_ns <= t1, "{what}: wall-clock timestamps");
+        assert!(
+            span.start_ns >= t0 && span.end_ns <= t1,
+            "{what}: wall-clock timestamps"
+        );
         match outcome {
             Returned(n) => assert_eq!(span.int("db.response.returned_rows"), Some(*n), "{what}"),
             Affected(n) => assert_eq!(span.int("db.response.affected_rows"), Some(*n), "{what}"),
@@ -118,25 +192,59 @@ fn cli_statements_over_the_socket_match_the_general_log() {
             assert_eq!(span.status_code, 0, "{what}");
             assert_eq!(span.str("db.response.status_code"), None, "{what}");
         }
-        assert_eq!(span.resource_str("process.executable.name"), Some("mariadb"), "{what}");
+        assert_eq!(
+            span.resource_str("process.executable.name"),
+            Some("mariadb"),
+            "{what}"
+        );
     }
     for pair in spans.windows(2) {
-        assert!(pair[0].end_ns <= pair[1].start_ns, "the CLI runs one statement at a time\n{}", dump(&spans));
+        assert!(
+            pair[0].end_ns <= pair[1].start_ns,
+            "the CLI runs one statement at a time\n{}",
+            dump(&spans)
+        );
     }
     let sleep = spans.last().unwrap();
-    assert!(sleep.duration() >= Duration::from_millis(200) && sleep.duration() < Duration::from_secs(2), "sleep(0.2): {:?}", sleep.duration());
-    let others = spans.iter().filter(|s| s.text() != "select sleep(?)").map(|s| s.duration()).max().unwrap();
-    assert!(others < Duration::from_millis(200), "the other statements are quick: {others:?}");
+    assert!(
+        sleep.duration() >= Duration::from_millis(200) && sleep.duration() < Duration::from_secs(2),
+        "sleep(0.2): {:?}",
+        sleep.duration()
+    );
+    let others = spans
+        .iter()
+        .filter(|s| s.text() != "select sleep(?)")
+        .map(|s| s.duration())
+        .max()
+        .unwrap();
+    assert!(
+        others < Duration::from_millis(200),
+        "the other statements are quick: {others:?}"
+    );
 
     // BEGIN .. COMMIT: one transaction span parenting its four statements; the rest are roots.
     let txns: Vec<&Span> = all.iter().filter(|s| s.name == "transaction").collect();
     assert_eq!(txns.len(), 1, "{}", dump(&all.iter().collect::<Vec<_>>()));
     let t = txns[0];
-    let children: Vec<&&Span> = spans.iter().filter(|s| s.parent_span_id == t.span_id).collect();
+    let children: Vec<&&Span> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == t.span_id)
+        .collect();
     let texts: Vec<&str> = children.iter().map(|s| s.text()).collect();
-    assert_eq!(texts, ["begin", "update items set name = ? where id = ?", "delete from items where id in (?, ?) ", "commit"]);
+    assert_eq!(
+        texts,
+        [
+            "begin",
+            "update items set name = ? where id = ?",
+            "delete from items where id in (?, ?) ",
+            "commit"
+        ]
+    );
     assert!(children.iter().all(|c| c.trace_id == t.trace_id));
-    assert!(t.start_ns <= children[0].start_ns && children[3].end_ns <= t.end_ns, "the transaction encloses its statements");
+    assert!(
+        t.start_ns <= children[0].start_ns && children[3].end_ns <= t.end_ns,
+        "the transaction encloses its statements"
+    );
     assert_eq!(t.kind, 3);
     assert_eq!(t.str("db.system.name"), Some("mariadb"));
     assert_eq!(t.str("db.transaction.outcome"), Some("committed"));
@@ -145,12 +253,32 @@ fn cli_statements_over_the_socket_match_the_general_log() {
     assert_eq!(t.int("db.mysql.connection_id"), Some(conn as i64));
     assert_eq!(t.str("db.namespace"), Some("shop"));
     let roots = spans.iter().filter(|s| s.parent_span_id.is_empty()).count();
-    assert_eq!(roots, SCRIPT.len() - 4, "autocommit statements are roots\n{}", dump(&spans));
+    assert_eq!(
+        roots,
+        SCRIPT.len() - 4,
+        "autocommit statements are roots\n{}",
+        dump(&spans)
+    );
 
     let total = SCRIPT.len() + 1;
-    assert_eq!(all.len(), total, "{}", dump(&all.iter().collect::<Vec<_>>()));
-    assert!(run.summary().starts_with(&format!("dbtel: {total} spans exported, 0 failed to export, 0 lost in the export queue")), "{}", run.summary());
-    assert!(run.summary().contains(" 0 lost in the ring buffer"), "{}", run.summary());
+    assert_eq!(
+        all.len(),
+        total,
+        "{}",
+        dump(&all.iter().collect::<Vec<_>>())
+    );
+    assert!(
+        run.summary().starts_with(&format!(
+            "dbtel: {total} spans exported, 0 failed to export, 0 lost in the export queue"
+        )),
+        "{}",
+        run.summary()
+    );
+    assert!(
+        run.summary().contains(" 0 lost in the ring buffer"),
+        "{}",
+        run.summary()
+    );
 }
 
 #[test]
@@ -162,15 +290,28 @@ fn cli_over_tcp_carries_address_port_and_database() {
     let rx = Receiver::start();
     let mut conn = db.tcp_client_args();
     conn.push("--database=shop".into());
-    let run = traced_cli(&rx, &conn, "select id, name from items order by id;\nselect connection_id();\nselect * from nope;\n");
+    let run = traced_cli(
+        &rx,
+        &conn,
+        "select id, name from items order by id;\nselect connection_id();\nselect * from nope;\n",
+    );
     assert_attached(&run);
     let conns = connections_after(&db.general_log(), before);
     assert_eq!(conns.len(), 1);
     let id = conns[0];
     db.wait_quit(&conns);
     let log = db.general_log();
-    assert!(log.iter().any(|e| e.connection == id && e.command == "Connect" && e.text == "root@127.0.0.1 on shop using TCP/IP"), "{log:#?}");
-    assert!(run.stdout.contains(&format!("\n{id}\n")), "CONNECTION_ID() is the log's connection id: {}", run.stdout);
+    assert!(
+        log.iter().any(|e| e.connection == id
+            && e.command == "Connect"
+            && e.text == "root@127.0.0.1 on shop using TCP/IP"),
+        "{log:#?}"
+    );
+    assert!(
+        run.stdout.contains(&format!("\n{id}\n")),
+        "CONNECTION_ID() is the log's connection id: {}",
+        run.stdout
+    );
 
     let all = rx.spans();
     let spans = statement_spans(&all, id);
@@ -185,7 +326,18 @@ fn cli_over_tcp_carries_address_port_and_database() {
         assert_eq!(s.str("db.namespace"), Some("shop"), "{}", s.name);
     }
     assert_eq!(spans[0].int("db.response.returned_rows"), Some(2));
-    assert_eq!((spans[2].str("error.type"), spans[2].str("db.mysql.sqlstate")), (Some("1146"), Some("42S02")));
+    assert_eq!(
+        (
+            spans[2].str("error.type"),
+            spans[2].str("db.mysql.sqlstate")
+        ),
+        (Some("1146"), Some("42S02"))
+    );
     assert_eq!(all.len(), 3, "no other span");
-    assert!(run.summary().starts_with("dbtel: 3 spans exported, 0 failed to export, 0 lost in the export queue"), "{}", run.summary());
+    assert!(
+        run.summary()
+            .starts_with("dbtel: 3 spans exported, 0 failed to export, 0 lost in the export queue"),
+        "{}",
+        run.summary()
+    );
 }

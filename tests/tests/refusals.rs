@@ -17,8 +17,14 @@ fn refused(args: &[&str]) -> String {
 #[test]
 fn pid_that_does_not_exist() {
     require_root();
-    let pid = (4_000_000..).find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()).unwrap().to_string();
-    assert_eq!(refused(&["--pid", &pid]), format!("dbtel-agent: no process with PID {pid}"));
+    let pid = (4_000_000..)
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        refused(&["--pid", &pid]),
+        format!("dbtel-agent: no process with PID {pid}")
+    );
 }
 
 #[test]
@@ -46,15 +52,27 @@ fn libpq_lacking_the_expected_symbols() {
 #[test]
 fn nothing_to_trace() {
     require_root();
-    assert_eq!(refused(&[]), "dbtel-agent: nothing to trace: give --pid <PID>, --all or -- <command>");
+    assert_eq!(
+        refused(&[]),
+        "dbtel-agent: nothing to trace: give --pid <PID>, --all or -- <command>"
+    );
 }
 
 #[test]
 fn command_that_cannot_run() {
     require_root();
-    let run = run_agent(&["--exporter", "none", "--", "/nonexistent/program"], b"", Duration::from_secs(30));
+    let run = run_agent(
+        &["--exporter", "none", "--", "/nonexistent/program"],
+        b"",
+        Duration::from_secs(30),
+    );
     assert_eq!(run.status.code(), Some(127), "{run:?}");
-    assert!(run.stderr.contains("dbtel-agent: cannot run /nonexistent/program"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("dbtel-agent: cannot run /nonexistent/program"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -71,8 +89,16 @@ fn not_enough_privilege() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let last = stderr.lines().last().unwrap_or("");
-    assert!(last.starts_with("dbtel-agent: cannot load the eBPF programs: "), "{stderr}");
-    assert!(last.ends_with("(dbtel-agent must run as root, or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)"), "{stderr}");
+    assert!(
+        last.starts_with("dbtel-agent: cannot load the eBPF programs: "),
+        "{stderr}"
+    );
+    assert!(
+        last.ends_with(
+            "(dbtel-agent must run as root, or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -82,10 +108,21 @@ fn postgresql_server_build_lacking_probes_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("postgres");
     let src = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("c/fake_postgres.c");
-    assert!(Command::new("cc").arg("-O1").arg("-o").arg(&exe).arg(&src).status().expect("cc").success());
+    assert!(Command::new("cc")
+        .arg("-O1")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .expect("cc")
+        .success());
     let mut server = Command::new(&exe).stdout(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.as_mut().unwrap()), &mut line).unwrap();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
     let msg = refused(&["--pid", line.trim()]);
     server.kill().unwrap();
     let _ = server.wait();
@@ -105,33 +142,68 @@ fn of_several_targets_those_that_can_be_traced_are() {
     let rx = dbtel_tests::Receiver::start();
     let mut sleep = Command::new("sleep").arg("30").spawn().unwrap();
     let (app, pm) = (sleep.id(), pg.postmaster_pid());
-    let agent = dbtel_tests::Agent::start(&["--otlp-endpoint", &rx.http_endpoint(), "--pid", &app.to_string(), "--pid", &pm.to_string()], Stdio::null());
+    let agent = dbtel_tests::Agent::start(
+        &[
+            "--otlp-endpoint",
+            &rx.http_endpoint(),
+            "--pid",
+            &app.to_string(),
+            "--pid",
+            &pm.to_string(),
+        ],
+        Stdio::null(),
+    );
     let reason = format!(
         "dbtel-agent: not traced: process {app} (sleep) uses no client library dbtel traces (libpq, libmariadb, libmysqlclient): a driver written in its program's own language (PyMySQL, asyncpg, node-postgres) is seen only from the server (PostgreSQL: --pid POSTMASTER)"
     );
-    assert!(agent.stderr_lines.contains(&reason), "{:?}", agent.stderr_lines);
+    assert!(
+        agent.stderr_lines.contains(&reason),
+        "{:?}",
+        agent.stderr_lines
+    );
     pg.psql("postgres", "select 'the server is traced' as marker");
     std::thread::sleep(Duration::from_millis(700));
     let run = agent.interrupt();
     sleep.kill().unwrap();
     let _ = sleep.wait();
     assert_eq!(run.status.code(), Some(0), "{run:?}");
-    let logged = pg.logged_statements().into_iter().filter(|(_, t)| t.contains("the server is traced")).count();
+    let logged = pg
+        .logged_statements()
+        .into_iter()
+        .filter(|(_, t)| t.contains("the server is traced"))
+        .count();
     let spans = rx.spans();
     assert_eq!(logged, 1);
-    assert_eq!(spans.iter().filter(|s| s.text() == "select ? as marker").count(), logged, "{spans:?}");
+    assert_eq!(
+        spans
+            .iter()
+            .filter(|s| s.text() == "select ? as marker")
+            .count(),
+        logged,
+        "{spans:?}"
+    );
 }
 
 #[test]
 fn when_nothing_can_be_traced_every_reason_is_given() {
     require_root();
     let mut a = Command::new("sleep").arg("30").spawn().unwrap();
-    let missing = (4_000_000..).find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()).unwrap();
-    let run = run_agent(&["--pid", &a.id().to_string(), "--pid", &missing.to_string()], b"", Duration::from_secs(30));
+    let missing = (4_000_000..)
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .unwrap();
+    let run = run_agent(
+        &["--pid", &a.id().to_string(), "--pid", &missing.to_string()],
+        b"",
+        Duration::from_secs(30),
+    );
     a.kill().unwrap();
     let _ = a.wait();
     assert_eq!(run.status.code(), Some(1), "{run:?}");
-    let lines: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("dbtel-agent: ")).collect();
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("dbtel-agent: "))
+        .collect();
     assert_eq!(
         lines,
         [
@@ -144,10 +216,30 @@ fn when_nothing_can_be_traced_every_reason_is_given() {
 #[test]
 fn a_command_that_makes_no_libpq_call_is_reported_at_exit() {
     require_root();
-    let run = run_agent(&["--exporter", "none", "--", "python3", "-c", "import sys; sys.exit(3)"], b"", Duration::from_secs(30));
+    let run = run_agent(
+        &[
+            "--exporter",
+            "none",
+            "--",
+            "python3",
+            "-c",
+            "import sys; sys.exit(3)",
+        ],
+        b"",
+        Duration::from_secs(30),
+    );
     assert_eq!(run.status.code(), Some(3), "the command's status: {run:?}");
-    let tracing: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("dbtel: tracing ")).collect();
-    assert_eq!(tracing.len(), 1, "no libpq loaded, none named: {}", run.stderr);
+    let tracing: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("dbtel: tracing "))
+        .collect();
+    assert_eq!(
+        tracing.len(),
+        1,
+        "no libpq loaded, none named: {}",
+        run.stderr
+    );
     assert!(tracing[0].ends_with(" (python3): from its start, each client library it loads is probed before its first call"), "{}", run.stderr);
     assert!(
         run.stderr.lines().any(|l| l
@@ -164,9 +256,20 @@ fn a_command_that_makes_no_libpq_call_is_reported_at_exit() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let run = run_agent(&args, b"", Duration::from_secs(30));
     assert!(run.status.success(), "{run:?}");
-    assert!(!run.stderr.contains("made no call into a database client library"), "{}", run.stderr);
+    assert!(
+        !run.stderr
+            .contains("made no call into a database client library"),
+        "{}",
+        run.stderr
+    );
     // The libpq it loaded is named, once it is loaded (psql links Debian's).
     let libpq = std::fs::canonicalize("/usr/lib/x86_64-linux-gnu/libpq.so.5").unwrap();
-    let named: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("dbtel: tracing ") && l.ends_with(&format!(" (psql) {}", libpq.display()))).collect();
+    let named: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| {
+            l.starts_with("dbtel: tracing ") && l.ends_with(&format!(" (psql) {}", libpq.display()))
+        })
+        .collect();
     assert_eq!(named.len(), 1, "{}", run.stderr);
 }

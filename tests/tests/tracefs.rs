@@ -21,7 +21,19 @@ fn without_tracefs(then: &str) -> Vec<String> {
            echo 'tracefs still mounted' >&2; exit 97; fi; \
          exec {then} \"$@\""
     );
-    ["unshare", "--mount", "--propagation", "private", "sh", "-c", &script, "sh"].iter().map(|s| s.to_string()).collect()
+    [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 #[test]
@@ -32,9 +44,17 @@ fn agent_mounts_tracefs_and_follows_forks() {
     let pm = pg.postmaster_pid().to_string();
     let wrapper = without_tracefs("");
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let agent = Agent::start_wrapped(&wrapper, &["--otlp-endpoint", &rx.http_endpoint(), "--pid", &pm], &[], Stdio::null());
+    let agent = Agent::start_wrapped(
+        &wrapper,
+        &["--otlp-endpoint", &rx.http_endpoint(), "--pid", &pm],
+        &[],
+        Stdio::null(),
+    );
     assert!(
-        agent.stderr_lines.iter().any(|l| l.contains("mounted tracefs at /sys/kernel/tracing (it was not mounted)")),
+        agent
+            .stderr_lines
+            .iter()
+            .any(|l| l.contains("mounted tracefs at /sys/kernel/tracing (it was not mounted)")),
         "{:?}",
         agent.stderr_lines
     );
@@ -46,16 +66,30 @@ fn agent_mounts_tracefs_and_follows_forks() {
     assert!(run.status.success(), "{run:?}");
 
     // Ground truth: the statements the server logged, each with the backend that ran it.
-    let logged: Vec<(u32, String)> = pg.logged_statements().into_iter().filter(|(_, t)| t.contains("tracefs_probe")).collect();
+    let logged: Vec<(u32, String)> = pg
+        .logged_statements()
+        .into_iter()
+        .filter(|(_, t)| t.contains("tracefs_probe"))
+        .collect();
     assert_eq!(logged.len(), 2, "{logged:?}");
     let spans = rx.spans();
     for (backend, text) in &logged {
         let found: Vec<_> = spans
             .iter()
-            .filter(|s| s.kind == SERVER && s.int("db.postgresql.backend.pid") == Some(*backend as i64))
+            .filter(|s| {
+                s.kind == SERVER && s.int("db.postgresql.backend.pid") == Some(*backend as i64)
+            })
             .collect();
-        assert_eq!(found.len(), 1, "one span for `{text}` from backend {backend}: {found:?}");
-        let name = if text.starts_with("create") { "CREATE tracefs_probe" } else { "INSERT tracefs_probe" };
+        assert_eq!(
+            found.len(),
+            1,
+            "one span for `{text}` from backend {backend}: {found:?}"
+        );
+        let name = if text.starts_with("create") {
+            "CREATE tracefs_probe"
+        } else {
+            "INSERT tracefs_probe"
+        };
         assert_eq!(found[0].name, name);
     }
 }
@@ -68,7 +102,13 @@ fn without_the_privilege_to_mount_it_says_what_to_do() {
     // CAP_SYS_ADMIN gone from the bounding set: root may no longer mount.
     let wrapper = without_tracefs("setpriv --bounding-set -sys_admin --inh-caps -sys_admin");
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let run = run_agent_wrapped(&wrapper, &["--exporter", "none", "--no-catalog", "--pid", &pm], &[], b"", Duration::from_secs(30));
+    let run = run_agent_wrapped(
+        &wrapper,
+        &["--exporter", "none", "--no-catalog", "--pid", &pm],
+        &[],
+        b"",
+        Duration::from_secs(30),
+    );
     assert_eq!(run.status.code(), Some(1), "{run:?}");
     assert_eq!(
         run.stderr.lines().last().unwrap_or(""),

@@ -46,7 +46,10 @@ struct Script {
 }
 
 const SCRIPTS: &[Script] = &[
-    Script { name: "select-only", statements: &["SELECT pgbench_accounts"] },
+    Script {
+        name: "select-only",
+        statements: &["SELECT pgbench_accounts"],
+    },
     Script {
         name: "tpcb-like",
         statements: &[
@@ -70,12 +73,20 @@ enum Target {
     Both,
 }
 
-const TARGETS: &[(Target, &str)] = &[(Target::Client, "client"), (Target::Server, "server"), (Target::Both, "both")];
+const TARGETS: &[(Target, &str)] = &[
+    (Target::Client, "client"),
+    (Target::Server, "server"),
+    (Target::Both, "both"),
+];
 
 impl Target {
     /// Spans expected per statement (one per traced side).
     fn sides(self) -> u64 {
-        if self == Target::Both { 2 } else { 1 }
+        if self == Target::Both {
+            2
+        } else {
+            1
+        }
     }
 }
 
@@ -111,7 +122,12 @@ impl Drops {
         self.incomplete += o.incomplete;
     }
     fn total(&self) -> u64 {
-        self.export_failed + self.export_queue + self.ring_buffer + self.undecodable + self.unmatched + self.incomplete
+        self.export_failed
+            + self.export_queue
+            + self.ring_buffer
+            + self.undecodable
+            + self.unmatched
+            + self.incomplete
     }
 }
 
@@ -121,32 +137,59 @@ fn median(mut v: Vec<f64>) -> f64 {
     if n == 0 {
         return f64::NAN;
     }
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// The number before `suffix` on the line containing `key`.
 fn number_after(text: &str, key: &str) -> Option<f64> {
     let line = text.lines().find(|l| l.contains(key))?;
     let rest = &line[line.find(key)? + key.len()..];
-    let num: String = rest.trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let num: String = rest
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
     num.parse().ok()
 }
 
 /// The number right before `key` in `line` ("N spans exported").
 fn number_before(line: &str, key: &str) -> u64 {
     line.find(key)
-        .and_then(|i| line[..i].trim_end().rsplit(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .and_then(|i| {
+            line[..i]
+                .trim_end()
+                .rsplit(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
         .unwrap_or(u64::MAX)
 }
 
 fn parse_pgbench(out: &str) -> Result<Run> {
     let tps = number_after(out, "tps =").context("no tps in pgbench output")?;
     let latency_ms = number_after(out, "latency average =").context("no latency")?;
-    let txns = number_after(out, "number of transactions actually processed:").context("no transaction count")? as u64;
-    Ok(Run { tps, latency_ms, txns, ..Default::default() })
+    let txns = number_after(out, "number of transactions actually processed:")
+        .context("no transaction count")? as u64;
+    Ok(Run {
+        tps,
+        latency_ms,
+        txns,
+        ..Default::default()
+    })
 }
 
-fn pgbench_args(pg: &Cluster, script: &str, mode: &str, o: &Options, duration: &[String]) -> Vec<String> {
+fn pgbench_args(
+    pg: &Cluster,
+    script: &str,
+    mode: &str,
+    o: &Options,
+    duration: &[String],
+) -> Vec<String> {
     let mut a = pg.conn_args();
     let c = o.clients.to_string();
     a.extend(["-n", "-b", script, "-M", mode, "-c", &c, "-j", &c].map(String::from));
@@ -157,7 +200,13 @@ fn pgbench_args(pg: &Cluster, script: &str, mode: &str, o: &Options, duration: &
 
 fn run_off(pg: &Cluster, script: &str, mode: &str, o: &Options) -> Result<Run> {
     let out = Command::new(pg.bin("pgbench"))
-        .args(pgbench_args(pg, script, mode, o, &["-T".into(), o.seconds.to_string()]))
+        .args(pgbench_args(
+            pg,
+            script,
+            mode,
+            o,
+            &["-T".into(), o.seconds.to_string()],
+        ))
         .stderr(Stdio::null())
         .output()?;
     parse_pgbench(&String::from_utf8_lossy(&out.stdout))
@@ -182,7 +231,11 @@ fn run_agent(
     let (stdout, stderr) = traced_run(agent, rx, extra, target, &pm, &mut workload)?;
     let mut run = parse_pgbench(&stdout)?;
     read_report(&mut run, &stderr)?;
-    run.spans_matching = rx.names_since(before).iter().filter(|n| script.statements.contains(&n.as_str())).count() as u64;
+    run.spans_matching = rx
+        .names_since(before)
+        .iter()
+        .filter(|n| script.statements.contains(&n.as_str()))
+        .count() as u64;
     Ok((run, stderr))
 }
 
@@ -190,9 +243,17 @@ fn run_agent(
 /// (`--pid server`, started first, stopped with SIGINT after the workload),
 /// on the workload (`-- workload`), or both. Returns the workload's stdout
 /// and the agent's stderr.
-fn traced_run(agent: &Path, rx: &Receiver, extra: &[&str], target: Target, server: &str, workload: &mut Command) -> Result<(String, String)> {
+fn traced_run(
+    agent: &Path,
+    rx: &Receiver,
+    extra: &[&str],
+    target: Target,
+    server: &str,
+    workload: &mut Command,
+) -> Result<(String, String)> {
     let mut cmd = Command::new(agent);
-    cmd.args(["--otlp-endpoint", &rx.http_endpoint()]).args(extra);
+    cmd.args(["--otlp-endpoint", &rx.http_endpoint()])
+        .args(extra);
     if target != Target::Client {
         cmd.args(["--pid", server]);
     }
@@ -221,7 +282,11 @@ fn traced_run(agent: &Path, rx: &Receiver, extra: &[&str], target: Target, serve
         }
         return Ok((String::from_utf8_lossy(&out.stdout).into_owned(), text));
     }
-    let out = cmd.arg("--").arg(workload.get_program()).args(workload.get_args()).output()?;
+    let out = cmd
+        .arg("--")
+        .arg(workload.get_program())
+        .args(workload.get_args())
+        .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
         bail!("agent run failed: {stderr}");
@@ -231,7 +296,10 @@ fn traced_run(agent: &Path, rx: &Receiver, extra: &[&str], target: Target, serve
 
 /// The agent's exit report: drops, CPU, RSS.
 fn read_report(run: &mut Run, stderr: &str) -> Result<()> {
-    let summary = stderr.lines().find(|l| l.contains("spans exported")).context("no agent summary")?;
+    let summary = stderr
+        .lines()
+        .find(|l| l.contains("spans exported"))
+        .context("no agent summary")?;
     run.drops = Drops {
         export_failed: number_before(summary, "failed to export"),
         export_queue: number_before(summary, "lost in the export queue"),
@@ -247,12 +315,27 @@ fn read_report(run: &mut Run, stderr: &str) -> Result<()> {
 
 /// Probe hits and eBPF nanoseconds, summed over programs, from --probe-stats's line.
 fn probe_hits(stderr: &str) -> Result<(f64, f64)> {
-    let line = stderr.lines().find(|l| l.starts_with("dbtel: probe hits:")).context("no probe hits line")?;
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("dbtel: probe hits:"))
+        .context("no probe hits line")?;
     let (mut hits, mut ns) = (0f64, 0f64);
     for part in line.trim_start_matches("dbtel: probe hits:").split(") ") {
-        let Some((name_n, each)) = part.split_once(" (") else { continue };
-        let n: f64 = name_n.rsplit('=').next().unwrap_or("0").trim().parse().unwrap_or(0.0);
-        let each: f64 = each.trim_end_matches(')').trim_end_matches(" ns each").parse().unwrap_or(0.0);
+        let Some((name_n, each)) = part.split_once(" (") else {
+            continue;
+        };
+        let n: f64 = name_n
+            .rsplit('=')
+            .next()
+            .unwrap_or("0")
+            .trim()
+            .parse()
+            .unwrap_or(0.0);
+        let each: f64 = each
+            .trim_end_matches(')')
+            .trim_end_matches(" ns each")
+            .parse()
+            .unwrap_or(0.0);
         hits += n;
         ns += n * each;
     }
@@ -282,8 +365,26 @@ struct Row {
 
 /// Probe hits per query from a short run with --probe-stats (which adds a
 /// little cost per hit, so it stays out of the timed runs).
-fn traps(agent: &Path, pg: &Cluster, rx: &Receiver, script: &Script, mode: &str, o: &Options, target: Target) -> Result<(f64, f64)> {
-    let (run, stderr) = run_agent(agent, pg, rx, script, mode, o, target, &["--probe-stats"], &["-t".into(), "2000".into()])?;
+fn traps(
+    agent: &Path,
+    pg: &Cluster,
+    rx: &Receiver,
+    script: &Script,
+    mode: &str,
+    o: &Options,
+    target: Target,
+) -> Result<(f64, f64)> {
+    let (run, stderr) = run_agent(
+        agent,
+        pg,
+        rx,
+        script,
+        mode,
+        o,
+        target,
+        &["--probe-stats"],
+        &["-t".into(), "2000".into()],
+    )?;
     let (hits, ns) = probe_hits(&stderr)?;
     let queries = (run.txns as usize * script.statements.len()) as f64;
     Ok((hits / queries, ns / queries))
@@ -296,7 +397,10 @@ pub fn bench(o: &Options) -> Result<()> {
     let out_dir = root.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
 
-    eprintln!("bench: PostgreSQL with fsync and synchronous_commit on, pgbench scale {}", o.scale);
+    eprintln!(
+        "bench: PostgreSQL with fsync and synchronous_commit on, pgbench scale {}",
+        o.scale
+    );
     let pg = Cluster::start_with(&["shared_buffers=256MB"]);
     pg.pgbench_init(o.scale);
     let rx = Receiver::start_light();
@@ -307,7 +411,11 @@ pub fn bench(o: &Options) -> Result<()> {
         .args(["bench", "-q", "-p", "dbtel-agent", "--bench", "pipeline"])
         .stderr(Stdio::null())
         .output()?;
-    let pipeline = String::from_utf8_lossy(&pipeline.stdout).lines().filter(|l| l.starts_with('{')).map(String::from).collect::<Vec<_>>();
+    let pipeline = String::from_utf8_lossy(&pipeline.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(String::from)
+        .collect::<Vec<_>>();
 
     let mut rows = Vec::new();
     let wanted = |list: &[String], x: &str| list.is_empty() || list.iter().any(|w| w == x);
@@ -317,15 +425,33 @@ pub fn bench(o: &Options) -> Result<()> {
             let a1 = run_off(&pg, script.name, mode, o)?;
             let a2 = run_off(&pg, script.name, mode, o)?;
             for &(target, target_name) in TARGETS.iter().filter(|(_, n)| wanted(&o.targets, n)) {
-                eprintln!("bench: {} -M {mode}, agent on the {target_name}: {} A/B pairs of {} s", script.name, o.pairs, o.seconds);
+                eprintln!(
+                    "bench: {} -M {mode}, agent on the {target_name}: {} A/B pairs of {} s",
+                    script.name, o.pairs, o.seconds
+                );
                 let (mut off, mut on, mut probes_only) = (Vec::new(), Vec::new(), Vec::new());
                 let duration = ["-T".to_string(), o.seconds.to_string()];
                 let extra: Vec<&str> = o.agent_args.iter().map(String::as_str).collect();
                 for _ in 0..o.pairs {
                     off.push(run_off(&pg, script.name, mode, o)?);
-                    on.push(run_agent(&agent, &pg, &rx, script, mode, o, target, &extra, &duration)?.0);
+                    on.push(
+                        run_agent(&agent, &pg, &rx, script, mode, o, target, &extra, &duration)?.0,
+                    );
                     // The same probes doing nothing: what the traps alone cost.
-                    probes_only.push(run_agent(&agent, &pg, &rx, script, mode, o, target, &["--probes-only"], &duration)?.0);
+                    probes_only.push(
+                        run_agent(
+                            &agent,
+                            &pg,
+                            &rx,
+                            script,
+                            mode,
+                            o,
+                            target,
+                            &["--probes-only"],
+                            &duration,
+                        )?
+                        .0,
+                    );
                 }
                 let (traps_per_query, ebpf_ns) = traps(&agent, &pg, &rx, script, mode, o, target)?;
                 let stmts = script.statements.len();
@@ -333,7 +459,13 @@ pub fn bench(o: &Options) -> Result<()> {
                 let tps_on = median(on.iter().map(|r| r.tps).collect());
                 let lat_off = median(off.iter().map(|r| r.latency_ms).collect());
                 let lat_on = median(on.iter().map(|r| r.latency_ms).collect());
-                let cpu = median(on.iter().map(|r| (r.agent_cpu_s / o.seconds as f64) / (r.tps * stmts as f64 / 10_000.0)).collect());
+                let cpu = median(
+                    on.iter()
+                        .map(|r| {
+                            (r.agent_cpu_s / o.seconds as f64) / (r.tps * stmts as f64 / 10_000.0)
+                        })
+                        .collect(),
+                );
                 let mut drops = Drops::default();
                 on.iter().for_each(|r| drops.add(&r.drops));
                 rows.push(Row {
@@ -345,11 +477,13 @@ pub fn bench(o: &Options) -> Result<()> {
                     tps_off,
                     tps_on,
                     ratio: tps_on / tps_off,
-                    probes_only_ratio: median(probes_only.iter().map(|r| r.tps).collect()) / tps_off,
+                    probes_only_ratio: median(probes_only.iter().map(|r| r.tps).collect())
+                        / tps_off,
                     added_us_per_query: (lat_on - lat_off) * 1000.0 / stmts as f64,
                     cpu_per_10k_qps: cpu,
                     rss_mib: on.iter().map(|r| r.agent_rss_mib).fold(0.0, f64::max),
-                    statements: on.iter().map(|r| r.txns * stmts as u64).sum::<u64>() * target.sides(),
+                    statements: on.iter().map(|r| r.txns * stmts as u64).sum::<u64>()
+                        * target.sides(),
                     spans: on.iter().map(|r| r.spans_matching).sum(),
                     drops,
                     traps_per_query,
@@ -370,7 +504,11 @@ pub fn bench(o: &Options) -> Result<()> {
         std::fs::write(out_dir.join("results.json"), &json)?;
         Ok(())
     })?;
-    let soak = if o.soak_seconds > 0 { Some(soak(&agent, &pg, &rx, o)?) } else { None };
+    let soak = if o.soak_seconds > 0 {
+        Some(soak(&agent, &pg, &rx, o)?)
+    } else {
+        None
+    };
     let (mut md, mut json) = render(&rows, &pipeline, o);
     if let Some(s) = &soak {
         md.push_str(&format!("\nSoak: {s}\n"));
@@ -380,17 +518,38 @@ pub fn bench(o: &Options) -> Result<()> {
         std::fs::write(out_dir.join("results.json"), &json)?;
     }
     println!("{md}");
-    eprintln!("bench: wrote {}", out_dir.join("results.{md,json}").display());
+    eprintln!(
+        "bench: wrote {}",
+        out_dir.join("results.{md,json}").display()
+    );
     Ok(())
 }
 
 /// pgbench select-only at a fixed 10k transactions/s with the agent on:
 /// every statement must arrive as a span, every drop counter must stay 0.
 fn soak(agent: &Path, pg: &Cluster, rx: &Receiver, o: &Options) -> Result<String> {
-    eprintln!("bench: soak: select-only -R 10000 for {} s, agent on", o.soak_seconds);
+    eprintln!(
+        "bench: soak: select-only -R 10000 for {} s, agent on",
+        o.soak_seconds
+    );
     let script = &SCRIPTS[0];
-    let duration = ["-T".to_string(), o.soak_seconds.to_string(), "-R".into(), "10000".into()];
-    let (run, _) = run_agent(agent, pg, rx, script, "prepared", o, Target::Client, &[], &duration)?;
+    let duration = [
+        "-T".to_string(),
+        o.soak_seconds.to_string(),
+        "-R".into(),
+        "10000".into(),
+    ];
+    let (run, _) = run_agent(
+        agent,
+        pg,
+        rx,
+        script,
+        "prepared",
+        o,
+        Target::Client,
+        &[],
+        &duration,
+    )?;
     let statements = run.txns * script.statements.len() as u64;
     Ok(format!(
         "{} s at {:.0} queries/s: {} statements, {} spans received, {} dropped; agent {:.3} cores per 10k q/s, RSS {:.1} MiB",
@@ -407,19 +566,38 @@ fn soak(agent: &Path, pg: &Cluster, rx: &Receiver, o: &Options) -> Result<String
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{} vCPU {cpu}, kernel {}", std::thread::available_parallelism().map_or(0, |n| n.get()), kernel.trim())
+    format!(
+        "{} vCPU {cpu}, kernel {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel.trim()
+    )
 }
 
 fn render(rows: &[Row], pipeline: &[String], o: &Options) -> (String, String) {
     let mut md = String::new();
     let _ = writeln!(md, "Machine: {}. pgbench -c {} -j {}, scale {}, {} s runs, {} A/B pairs per line (medians); agent on the client (libpq probes), the server (USDT probes) or both, exporting OTLP/HTTP to a local receiver; spans expected = statements x traced sides. sysbench lines: MariaDB 10.11 (Debian), sysbench --threads {} against 4 tables, the client traced through libmariadb (simple: --db-ps-mode=disable; prepared: server-side prepared statements).\n", machine(), o.clients, o.clients, o.scale, o.seconds, o.pairs, o.clients);
     let _ = writeln!(md, "| script | mode | traced | A/A | TPS off | TPS on | ratio | ratio, probes only | +µs/query | agent cores per 10k q/s | agent RSS MiB | spans expected | spans | drops | traps/query | eBPF ns/query |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     let mut json = String::from("{\"machine\":");
-    let _ = write!(json, "{:?},\"seconds\":{},\"pairs\":{},\"clients\":{},\"scale\":{},\"rows\":[", machine(), o.seconds, o.pairs, o.clients, o.scale);
+    let _ = write!(
+        json,
+        "{:?},\"seconds\":{},\"pairs\":{},\"clients\":{},\"scale\":{},\"rows\":[",
+        machine(),
+        o.seconds,
+        o.pairs,
+        o.clients,
+        o.scale
+    );
     for (i, r) in rows.iter().enumerate() {
         let _ = writeln!(
             md,
@@ -440,7 +618,10 @@ fn render(rows: &[Row], pipeline: &[String], o: &Options) -> (String, String) {
             r.traps_per_query, r.ebpf_ns_per_query
         );
     }
-    let _ = writeln!(md, "\nPipeline without the kernel (one thread, recorded pgbench-like events):\n");
+    let _ = writeln!(
+        md,
+        "\nPipeline without the kernel (one thread, recorded pgbench-like events):\n"
+    );
     for p in pipeline {
         let _ = writeln!(md, "    {p}");
     }
@@ -461,7 +642,10 @@ mod tests {
         assert_eq!(number_before(s, "spans exported"), 203);
         assert_eq!(number_before(s, "lost in the export queue"), 7);
         assert_eq!(number_before(s, "unmatched results"), 2);
-        assert_eq!(number_after("dbtel: agent cpu 1.250 s, max rss 70.5 MiB", "max rss"), Some(70.5));
+        assert_eq!(
+            number_after("dbtel: agent cpu 1.250 s, max rss 70.5 MiB", "max rss"),
+            Some(70.5)
+        );
         assert_eq!(median(vec![3.0, 1.0, 2.0, 10.0]), 2.5);
     }
 }

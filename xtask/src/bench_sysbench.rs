@@ -1,15 +1,15 @@
 //! sysbench against MariaDB, the client traced through libmariadb: the same
 //! off / on / probes-only pairs as pgbench's lines, in the same table.
 
-use std::{
-    path::Path,
-    process::Command,
-};
+use std::{path::Path, process::Command};
 
 use anyhow::{bail, Context, Result};
 use dbtel_tests::{MariaDb, Receiver};
 
-use super::{median, number_after, probe_hits, read_report, traced_run, Drops, Options, Row, Run, Target, TARGETS};
+use super::{
+    median, number_after, probe_hits, read_report, traced_run, Drops, Options, Row, Run, Target,
+    TARGETS,
+};
 
 /// (script, sysbench's name): point selects only; the OLTP read/write mix.
 pub(super) const SCRIPTS: &[&str] = &["oltp_point_select", "oltp_read_write"];
@@ -64,9 +64,16 @@ fn parse(out: &str) -> Result<(Run, u64)> {
 
 fn run_off(db: &MariaDb, script: &str, mode: &str, o: &Options) -> Result<(Run, u64)> {
     let time = format!("--time={}", o.seconds);
-    let out = Command::new("sysbench").args(args(db, script, mode, o, &[&time, "run"])).output()?;
+    let out = Command::new("sysbench")
+        .args(args(db, script, mode, o, &[&time, "run"]))
+        .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    parse(&stdout).with_context(|| format!("sysbench {script}: {stdout}{}", String::from_utf8_lossy(&out.stderr)))
+    parse(&stdout).with_context(|| {
+        format!(
+            "sysbench {script}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -84,7 +91,14 @@ fn run_on(
     let before = rx.count();
     let mut workload = Command::new("sysbench");
     workload.args(args(db, script, mode, o, run));
-    let (stdout, stderr) = traced_run(agent, rx, extra, traced, &db.pid().to_string(), &mut workload)?;
+    let (stdout, stderr) = traced_run(
+        agent,
+        rx,
+        extra,
+        traced,
+        &db.pid().to_string(),
+        &mut workload,
+    )?;
     let (mut r, queries) = parse(&stdout)?;
     read_report(&mut r, &stderr)?;
     // Statement spans: not the transactions, not the prepares done at each thread's start.
@@ -153,7 +167,11 @@ pub(super) fn lines(
     let out = Command::new("sysbench")
         .args(args(&db, "oltp_read_write", "simple", o, &["prepare"]))
         .output()?;
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     // sysbench may report a failed table and still exit 0.
     if !out.status.success() || said.contains("FATAL") {
         bail!("sysbench prepare: {said}");

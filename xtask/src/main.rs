@@ -105,8 +105,13 @@ const BPF_LINKER: &str = "0.13.0";
 const PSYCOPG2: &str = "2.9.10";
 /// Drivers as users install them, pinned: the wheels bring their own libpq.
 /// mysqlclient (MySQLdb) has no Linux wheel: built against libmariadb-dev. PyMySQL is pure Python.
-const PY_DRIVERS: &[&str] =
-    &["psycopg[binary]==3.3.9", "psycopg2-binary==2.9.13", "asyncpg==0.32.0", "mysqlclient==2.3.2", "PyMySQL==1.2.4"];
+const PY_DRIVERS: &[&str] = &[
+    "psycopg[binary]==3.3.9",
+    "psycopg2-binary==2.9.13",
+    "asyncpg==0.32.0",
+    "mysqlclient==2.3.2",
+    "PyMySQL==1.2.4",
+];
 const NODE_DRIVERS: &[&str] = &["pg@8.23.1"];
 
 fn main() -> Result<()> {
@@ -116,9 +121,29 @@ fn main() -> Result<()> {
             setup()?;
             demo()
         }
-        Task::Bench { seconds, pairs, clients, scale, soak_seconds, scripts, modes, targets, agent_args } => {
+        Task::Bench {
+            seconds,
+            pairs,
+            clients,
+            scale,
+            soak_seconds,
+            scripts,
+            modes,
+            targets,
+            agent_args,
+        } => {
             setup()?;
-            bench::bench(&bench::Options { soak_seconds, scripts, modes, targets, seconds, pairs, clients, scale, agent_args })
+            bench::bench(&bench::Options {
+                soak_seconds,
+                scripts,
+                modes,
+                targets,
+                seconds,
+                pairs,
+                clients,
+                scale,
+                agent_args,
+            })
         }
         Task::Test { args } => {
             setup()?;
@@ -128,12 +153,17 @@ fn main() -> Result<()> {
 }
 
 pub(crate) fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: {cmd:?}");
-    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
@@ -141,11 +171,17 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn succeeds(cmd: &mut Command) -> bool {
-    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn output(cmd: &mut Command) -> String {
-    cmd.stderr(Stdio::null()).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    cmd.stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 fn is_root() -> bool {
@@ -160,7 +196,10 @@ fn setup() -> Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
         .copied()
-        .filter(|p| !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p])).contains("install ok installed"))
+        .filter(|p| {
+            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .contains("install ok installed")
+        })
         .collect();
     if !missing.is_empty() {
         run(Command::new("apt-get").arg("update").arg("-q"))?;
@@ -175,14 +214,38 @@ fn setup() -> Result<()> {
             let _ = succeeds(Command::new("systemctl").args(["disable", "mariadb"]));
         }
     }
-    if !output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"])).contains("rust-src") {
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    if !output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .contains("rust-src")
+    {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     if !output(Command::new("bpf-linker").arg("--version")).contains(BPF_LINKER) {
         // Built against Debian's LLVM 22: its llvm-config must come first on PATH.
-        let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "/usr/lib/llvm-22/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
         run(Command::new("cargo")
-            .args(["install", &format!("bpf-linker@{BPF_LINKER}"), "--locked", "--no-default-features", "--features", "llvm-22"])
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER}"),
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
             .env("PATH", path)
             .env("LLVM_PREFIX", "/usr/lib/llvm-22")
             .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"))?;
@@ -190,7 +253,13 @@ fn setup() -> Result<()> {
     if !succeeds(Command::new("python3").args(["-c", "import psycopg2"])) {
         // From source, against the system's libpq (pg_config from libpq-dev).
         run(Command::new("python3")
-            .args(["-m", "pip", "install", "-q", &format!("psycopg2=={PSYCOPG2}")])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                &format!("psycopg2=={PSYCOPG2}"),
+            ])
             .env("PIP_ROOT_USER_ACTION", "ignore"))?;
     }
     drivers()?;
@@ -234,8 +303,12 @@ fn drivers() -> Result<()> {
     let stamp = venv.join("dbtel-drivers");
     if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
         // Debian's python3 (python3-venv): the machine's own python may be any build.
-        run(Command::new("/usr/bin/python3").args(["-m", "venv", "--clear"]).arg(&venv))?;
-        run(Command::new(&python).args(["-m", "pip", "install", "-q", "--disable-pip-version-check"]).args(PY_DRIVERS))?;
+        run(Command::new("/usr/bin/python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv))?;
+        run(Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .args(PY_DRIVERS))?;
         std::fs::write(&stamp, &wanted)?;
     }
     let node = dir.join("node");
@@ -246,11 +319,24 @@ fn drivers() -> Result<()> {
         if !succeeds(Command::new("npm").arg("--version")) {
             // The machine's own Node.js normally; Debian's where there is none.
             run(Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends", "nodejs", "npm"])
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "nodejs",
+                    "npm",
+                ])
                 .env("DEBIAN_FRONTEND", "noninteractive"))?;
         }
         run(Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--no-save", "--prefix"])
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--no-save",
+                "--prefix",
+            ])
             .arg(&node)
             .args(NODE_DRIVERS))?;
         std::fs::write(&stamp, &wanted)?;
@@ -267,16 +353,35 @@ pub(crate) fn cargo() -> Command {
 fn test(args: &[String]) -> Result<()> {
     run(cargo().args(["build", "-p", "dbtel-agent"]))?;
     // Unit tests: no root needed, no kernel, no database.
-    run(cargo().args(["test", "-p", "dbtel-common", "-p", "dbtel-agent", "-p", "xtask"]))?;
+    run(cargo().args([
+        "test",
+        "-p",
+        "dbtel-common",
+        "-p",
+        "dbtel-agent",
+        "-p",
+        "xtask",
+    ]))?;
     // End to end: real eBPF, real servers and clients. One at a time: each
     // loads programs and starts servers of its own.
-    run(cargo().args(["test", "-p", "dbtel-tests", "--tests", "--", "--test-threads=1"]).args(args))?;
+    run(cargo()
+        .args([
+            "test",
+            "-p",
+            "dbtel-tests",
+            "--tests",
+            "--",
+            "--test-threads=1",
+        ])
+        .args(args))?;
     Ok(())
 }
 
 /// cargo's target directory (CARGO_TARGET_DIR when set).
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
 }
 
 fn demo() -> Result<()> {
@@ -284,7 +389,10 @@ fn demo() -> Result<()> {
     let agent = target_dir().join("debug/dbtel-agent");
     eprintln!("xtask: starting a throwaway PostgreSQL");
     let pg = dbtel_tests::Cluster::start();
-    pg.psql("postgres", "create table t (id int primary key, v int); insert into t values (1, 0)");
+    pg.psql(
+        "postgres",
+        "create table t (id int primary key, v int); insert into t values (1, 0)",
+    );
     // Two psql sessions, connected and waiting for statements on stdin: traced by PID.
     let session = || {
         Command::new(pg.bin("psql"))
@@ -295,10 +403,31 @@ fn demo() -> Result<()> {
             .spawn()
     };
     let (mut a, mut b) = (session()?, session()?);
-    let (pa, pb, server) = (a.id().to_string(), b.id().to_string(), pg.postmaster_pid().to_string());
-    let args = ["--exporter", "console", "--console-format", "tree", "--pid", &pa, "--pid", &pb, "--pid", &server];
-    eprintln!("xtask: dbtel-agent {}   (psql A, psql B and their server)", args.join(" "));
-    let mut agent = Command::new(&agent).args(args).stderr(Stdio::piped()).spawn()?;
+    let (pa, pb, server) = (
+        a.id().to_string(),
+        b.id().to_string(),
+        pg.postmaster_pid().to_string(),
+    );
+    let args = [
+        "--exporter",
+        "console",
+        "--console-format",
+        "tree",
+        "--pid",
+        &pa,
+        "--pid",
+        &pb,
+        "--pid",
+        &server,
+    ];
+    eprintln!(
+        "xtask: dbtel-agent {}   (psql A, psql B and their server)",
+        args.join(" ")
+    );
+    let mut agent = Command::new(&agent)
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()?;
     // Its log passes through; the demo goes on once every probe is in place.
     let (ready_tx, ready) = std::sync::mpsc::channel();
     let log = agent.stderr.take().context("agent stderr")?;
@@ -315,13 +444,21 @@ fn demo() -> Result<()> {
         bail!("dbtel-agent did not start tracing");
     }
     // A takes the row and keeps it 1.5 s; B asks for it 0.3 s later and waits for A's COMMIT.
-    eprintln!("xtask: A: BEGIN; UPDATE t SET v = v + 1 WHERE id = 1; SELECT pg_sleep(1.5); COMMIT;");
+    eprintln!(
+        "xtask: A: BEGIN; UPDATE t SET v = v + 1 WHERE id = 1; SELECT pg_sleep(1.5); COMMIT;"
+    );
     let say = |c: &mut std::process::Child, sql: &str| -> Result<()> {
         // Closing stdin ends the session after these statements.
-        c.stdin.take().context("psql stdin")?.write_all(sql.as_bytes())?;
+        c.stdin
+            .take()
+            .context("psql stdin")?
+            .write_all(sql.as_bytes())?;
         Ok(())
     };
-    say(&mut a, "BEGIN;\nUPDATE t SET v = v + 1 WHERE id = 1;\nSELECT pg_sleep(1.5);\nCOMMIT;\n")?;
+    say(
+        &mut a,
+        "BEGIN;\nUPDATE t SET v = v + 1 WHERE id = 1;\nSELECT pg_sleep(1.5);\nCOMMIT;\n",
+    )?;
     std::thread::sleep(Duration::from_millis(300));
     eprintln!("xtask: B: UPDATE t SET v = v + 1 WHERE id = 1;   (waits for A's row lock)");
     say(&mut b, "UPDATE t SET v = v + 1 WHERE id = 1;\n")?;
@@ -348,14 +485,36 @@ mod tests {
     #[test]
     fn setup_needs_nothing_that_builds_ebpf() {
         let out = super::cargo()
-            .args(["tree", "-p", "xtask", "--edges", "normal,build", "--prefix", "none", "--format", "{p}"])
+            .args([
+                "tree",
+                "-p",
+                "xtask",
+                "--edges",
+                "normal,build",
+                "--prefix",
+                "none",
+                "--format",
+                "{p}",
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let tree = String::from_utf8(out.stdout).unwrap();
-        assert!(tree.contains("dbtel-tests"), "the harness xtask uses is in the tree:\n{tree}");
+        assert!(
+            tree.contains("dbtel-tests"),
+            "the harness xtask uses is in the tree:\n{tree}"
+        );
         for forbidden in ["dbtel-agent", "dbtel-ebpf", "aya-build", "aya-ebpf"] {
-            assert!(!tree.lines().any(|l| l.starts_with(&format!("{forbidden} "))), "xtask depends on {forbidden}:\n{tree}");
+            assert!(
+                !tree
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{forbidden} "))),
+                "xtask depends on {forbidden}:\n{tree}"
+            );
         }
     }
 }

@@ -67,7 +67,15 @@ impl Pipeline {
                 let _ = done_tx.send(());
             })
             .expect("spawn export thread");
-        Pipeline { pending: Vec::with_capacity(HANDOFF), tx: Some(tx), thread: Some(thread), done, stats, dropped_batches: 0, dropped_spans: 0 }
+        Pipeline {
+            pending: Vec::with_capacity(HANDOFF),
+            tx: Some(tx),
+            thread: Some(thread),
+            done,
+            stats,
+            dropped_batches: 0,
+            dropped_spans: 0,
+        }
     }
 
     pub fn push(&mut self, span: SpanData) {
@@ -92,7 +100,10 @@ impl Pipeline {
                     // logged on the first drop and every 100th after, not per batch.
                     self.dropped_spans += b.len() as u64;
                     if self.dropped_batches.is_multiple_of(100) {
-                        log::warn!("export queue full (collector too slow?): {} spans dropped so far", self.dropped_spans);
+                        log::warn!(
+                            "export queue full (collector too slow?): {} spans dropped so far",
+                            self.dropped_spans
+                        );
                     }
                     self.dropped_batches += 1;
                 }
@@ -137,7 +148,12 @@ impl Pipeline {
     }
 }
 
-fn export_loop<E: SpanExporter>(exporter: &mut E, rx: Receiver<Vec<SpanData>>, driver: &Driver, stats: &ExportStats) {
+fn export_loop<E: SpanExporter>(
+    exporter: &mut E,
+    rx: Receiver<Vec<SpanData>>,
+    driver: &Driver,
+    stats: &ExportStats,
+) {
     let mut batch: Vec<SpanData> = Vec::with_capacity(EXPORT_BATCH);
     let mut oldest: Option<Instant> = None;
     loop {
@@ -153,7 +169,11 @@ fn export_loop<E: SpanExporter>(exporter: &mut E, rx: Receiver<Vec<SpanData>>, d
         }
         let due = oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
         while batch.len() >= EXPORT_BATCH || ((due || closed) && !batch.is_empty()) {
-            let rest = if batch.len() > EXPORT_BATCH { batch.split_off(EXPORT_BATCH) } else { Vec::new() };
+            let rest = if batch.len() > EXPORT_BATCH {
+                batch.split_off(EXPORT_BATCH)
+            } else {
+                Vec::new()
+            };
             let out = std::mem::replace(&mut batch, rest);
             export_one(exporter, out, driver, stats);
         }
@@ -166,7 +186,12 @@ fn export_loop<E: SpanExporter>(exporter: &mut E, rx: Receiver<Vec<SpanData>>, d
     }
 }
 
-fn export_one<E: SpanExporter>(exporter: &E, spans: Vec<SpanData>, driver: &Driver, stats: &ExportStats) {
+fn export_one<E: SpanExporter>(
+    exporter: &E,
+    spans: Vec<SpanData>,
+    driver: &Driver,
+    stats: &ExportStats,
+) {
     let n = spans.len() as u64;
     let result = match driver {
         Driver::Runtime(rt) => rt.block_on(exporter.export(spans)),
@@ -238,7 +263,12 @@ mod tests {
     fn a_closed_pipeline_finishes_and_can_be_dropped() {
         let rec = Recorder::default();
         let stats = Arc::new(ExportStats::default());
-        let mut p = Pipeline::start(rec.clone(), &Resource::builder_empty().build(), Driver::Plain, stats.clone());
+        let mut p = Pipeline::start(
+            rec.clone(),
+            &Resource::builder_empty().build(),
+            Driver::Plain,
+            stats.clone(),
+        );
         for _ in 0..300 {
             p.push(span());
         }
@@ -249,15 +279,27 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "never finished");
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(stats.exported.load(Ordering::Relaxed), 300, "everything exported before it finished");
-        assert!(p.shutdown(Duration::from_millis(1)), "nothing left to wait for");
+        assert_eq!(
+            stats.exported.load(Ordering::Relaxed),
+            300,
+            "everything exported before it finished"
+        );
+        assert!(
+            p.shutdown(Duration::from_millis(1)),
+            "nothing left to wait for"
+        );
     }
 
     #[test]
     fn everything_pushed_is_exported_in_bounded_batches() {
         let rec = Recorder::default();
         let stats = Arc::new(ExportStats::default());
-        let mut p = Pipeline::start(rec.clone(), &Resource::builder_empty().build(), Driver::Plain, stats.clone());
+        let mut p = Pipeline::start(
+            rec.clone(),
+            &Resource::builder_empty().build(),
+            Driver::Plain,
+            stats.clone(),
+        );
         for _ in 0..5_000 {
             p.push(span());
         }
@@ -274,9 +316,17 @@ mod tests {
     fn a_stuck_exporter_makes_drops_that_are_counted() {
         let gate = Arc::new(Mutex::new(()));
         let held = gate.lock().unwrap();
-        let rec = Recorder { gate: Some(gate.clone()), ..Default::default() };
+        let rec = Recorder {
+            gate: Some(gate.clone()),
+            ..Default::default()
+        };
         let stats = Arc::new(ExportStats::default());
-        let mut p = Pipeline::start(rec.clone(), &Resource::builder_empty().build(), Driver::Plain, stats.clone());
+        let mut p = Pipeline::start(
+            rec.clone(),
+            &Resource::builder_empty().build(),
+            Driver::Plain,
+            stats.clone(),
+        );
         // Far more than the queue holds while the exporter cannot make progress.
         let n = (QUEUE_BATCHES + 20) * HANDOFF + EXPORT_BATCH * 2;
         for _ in 0..n {
@@ -288,7 +338,14 @@ mod tests {
         let exported = stats.exported.load(Ordering::Relaxed);
         assert_eq!(stats.ended.load(Ordering::Relaxed), n as u64);
         assert!(exported < n as u64, "some spans could not be queued");
-        assert_eq!(stats.unaccounted(), n as u64 - exported, "every missing span is counted as lost");
-        assert_eq!(rec.batches.lock().unwrap().iter().sum::<usize>() as u64, exported);
+        assert_eq!(
+            stats.unaccounted(),
+            n as u64 - exported,
+            "every missing span is counted as lost"
+        );
+        assert_eq!(
+            rec.batches.lock().unwrap().iter().sum::<usize>() as u64,
+            exported
+        );
     }
 }

@@ -10,7 +10,10 @@ pub struct Clock {
 }
 
 fn clock_ns(id: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(id, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -52,10 +55,18 @@ mod tests {
     #[test]
     fn clock_converts_monotonic_to_wall() {
         let c = Clock::fixed(1_700_000_000_000_000_000);
-        assert_eq!(c.wall(5).duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos(), 1_700_000_000_000_000_005);
+        assert_eq!(
+            c.wall(5)
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos(),
+            1_700_000_000_000_000_005
+        );
         let now = Clock::now();
         let wall = now.wall(Clock::monotonic_now_ns());
-        let err = SystemTime::now().duration_since(wall).unwrap_or_else(|e| e.duration());
+        let err = SystemTime::now()
+            .duration_since(wall)
+            .unwrap_or_else(|e| e.duration());
         assert!(err < Duration::from_millis(50), "{err:?}");
     }
 }

@@ -17,7 +17,10 @@ use std::{
 };
 
 use opentelemetry::{
-    trace::{Event as OtelEvent, SamplingDecision, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
+    trace::{
+        Event as OtelEvent, SamplingDecision, SpanContext, SpanId, SpanKind, Status, TraceFlags,
+        TraceId, TraceState,
+    },
     InstrumentationScope, KeyValue,
 };
 use opentelemetry_otlp::WithExportConfig;
@@ -93,8 +96,14 @@ pub struct ProcessMeta {
 impl ProcessMeta {
     /// A running process, its container read from /proc.
     pub fn of(pid: u32, executable: String) -> Self {
-        let container_id = crate::host::select::facts::cgroup_of(pid).as_deref().and_then(crate::host::select::container_id);
-        ProcessMeta { pid, executable, container_id }
+        let container_id = crate::host::select::facts::cgroup_of(pid)
+            .as_deref()
+            .and_then(crate::host::select::container_id);
+        ProcessMeta {
+            pid,
+            executable,
+            container_id,
+        }
     }
 }
 
@@ -119,7 +128,8 @@ impl Exporter {
     /// `runtime` drives the gRPC client: exports run on threads of their own,
     /// where tonic finds no reactor otherwise.
     pub fn new(cfg: ExportConfig, clock: Clock, runtime: Option<tokio::runtime::Handle>) -> Self {
-        let tree = (cfg.kind == ExporterKind::Console && cfg.console_format == ConsoleFormat::Tree).then(TreePrinter::start);
+        let tree = (cfg.kind == ExporterKind::Console && cfg.console_format == ConsoleFormat::Tree)
+            .then(TreePrinter::start);
         Exporter {
             cfg,
             clock,
@@ -128,7 +138,9 @@ impl Exporter {
             pipelines: Default::default(),
             closing: Vec::new(),
             sampling: Config::default(),
-            scope: InstrumentationScope::builder("dbtel").with_version(env!("CARGO_PKG_VERSION")).build(),
+            scope: InstrumentationScope::builder("dbtel")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
             host_name: host_name(),
             tree,
             stats: Arc::default(),
@@ -144,7 +156,11 @@ impl Exporter {
         // exec'ed since (a wrapper script running the real program).
         let exe = match crate::host::process::exe_name(pid) {
             n if n != "?" => n,
-            _ => self.processes.get(&pid).map(|m| m.executable.clone()).unwrap_or_else(|| "unknown".into()),
+            _ => self
+                .processes
+                .get(&pid)
+                .map(|m| m.executable.clone())
+                .unwrap_or_else(|| "unknown".into()),
         };
         // Precedence: --service-name, OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES
         // (read by Resource::builder), then the traced executable's name.
@@ -155,7 +171,11 @@ impl Exporter {
             KeyValue::new("process.executable.name", exe.clone()),
             KeyValue::new("host.name", self.host_name.clone()),
         ]);
-        if let Some(id) = self.processes.get(&pid).and_then(|m| m.container_id.clone()) {
+        if let Some(id) = self
+            .processes
+            .get(&pid)
+            .and_then(|m| m.container_id.clone())
+        {
             b = b.with_attribute(KeyValue::new("container.id", id));
         }
         if let Some(name) = &self.cfg.service_name {
@@ -170,14 +190,20 @@ impl Exporter {
         let resource = self.resource(pid);
         let stats = self.stats.clone();
         Ok(match self.cfg.kind {
-            ExporterKind::Console => {
-                Pipeline::start(Console::new(self.cfg.console_format, self.tree.as_ref()), &resource, Driver::Plain, stats)
-            }
+            ExporterKind::Console => Pipeline::start(
+                Console::new(self.cfg.console_format, self.tree.as_ref()),
+                &resource,
+                Driver::Plain,
+                stats,
+            ),
             ExporterKind::None => Pipeline::start(Discard, &resource, Driver::Plain, stats),
             ExporterKind::Otlp => match self.cfg.protocol {
                 Protocol::Grpc => {
                     // tonic's channel needs the runtime's reactor, now and for every export.
-                    let rt = self.runtime.clone().ok_or_else(|| anyhow::anyhow!("gRPC export needs a tokio runtime"))?;
+                    let rt = self
+                        .runtime
+                        .clone()
+                        .ok_or_else(|| anyhow::anyhow!("gRPC export needs a tokio runtime"))?;
                     let _guard = rt.enter();
                     let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
                     if let Some(e) = &self.cfg.endpoint {
@@ -188,7 +214,10 @@ impl Exporter {
                 Protocol::HttpProtobuf => {
                     // Encoded straight from SpanData (see otlp); reqwest's blocking
                     // client brings its own runtime: driven outside ours.
-                    let e = crate::export::otlp::HttpExporter::new(self.cfg.endpoint.as_deref(), &self.scope);
+                    let e = crate::export::otlp::HttpExporter::new(
+                        self.cfg.endpoint.as_deref(),
+                        &self.scope,
+                    );
                     Pipeline::start(e, &resource, Driver::Plain, stats)
                 }
             },
@@ -208,7 +237,10 @@ impl Exporter {
         // sampler, and every sampler the SDK offers (always_on/off,
         // traceidratio, parentbased_*) is then a pure function of the trace
         // id. A transaction and all its queries are kept or dropped together.
-        let sampled = self.sampling.sampler.should_sample(None, trace_id, &s.name, &kind, &s.attributes, &[]);
+        let sampled =
+            self.sampling
+                .sampler
+                .should_sample(None, trace_id, &s.name, &kind, &s.attributes, &[]);
         if sampled.decision != SamplingDecision::RecordAndSample {
             return Ok(());
         }
@@ -219,7 +251,13 @@ impl Exporter {
             .map(|e| OtelEvent::new(e.name, self.clock.wall(e.ts_ns), e.attributes, 0))
             .collect();
         let span = SpanData {
-            span_context: SpanContext::new(trace_id, SpanId::from(s.ids.span_id), TraceFlags::SAMPLED, false, TraceState::default()),
+            span_context: SpanContext::new(
+                trace_id,
+                SpanId::from(s.ids.span_id),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
             parent_span_id: SpanId::from(s.ids.parent_span_id),
             parent_span_is_remote: false,
             span_kind: kind,
@@ -262,7 +300,11 @@ impl Exporter {
 
     /// Exports everything handed over and waits for delivery (bounded).
     pub fn shutdown(&mut self) {
-        let all: Vec<(u32, Pipeline)> = self.pipelines.drain().chain(self.closing.drain(..)).collect();
+        let all: Vec<(u32, Pipeline)> = self
+            .pipelines
+            .drain()
+            .chain(self.closing.drain(..))
+            .collect();
         for (pid, mut p) in all {
             // Long enough to drain a full queue to a slow collector; what is
             // still queued after that is counted as lost.
@@ -281,7 +323,13 @@ fn span_links(links: Vec<span::Link>) -> SpanLinks {
     out.links = links
         .into_iter()
         .map(|l| {
-            let cx = SpanContext::new(TraceId::from(l.trace_id), SpanId::from(l.span_id), TraceFlags::SAMPLED, false, TraceState::default());
+            let cx = SpanContext::new(
+                TraceId::from(l.trace_id),
+                SpanId::from(l.span_id),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            );
             opentelemetry::trace::Link::new(cx, l.attributes, 0)
         })
         .collect();
@@ -289,7 +337,9 @@ fn span_links(links: Vec<span::Link>) -> SpanLinks {
 }
 
 fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 #[derive(Debug)]

@@ -26,7 +26,8 @@ pub fn traces_url(endpoint: Option<&str>) -> String {
     if let Ok(e) = std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
         return e;
     }
-    let base = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_else(|_| "http://localhost:4318".into());
+    let base = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .unwrap_or_else(|_| "http://localhost:4318".into());
     with_traces_path(&base)
 }
 
@@ -55,7 +56,11 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         let hex = |c: u8| (c as char).to_digit(16);
-        if let (b'%', Some(Some(hi)), Some(Some(lo))) = (b[i], b.get(i + 1).map(|&c| hex(c)), b.get(i + 2).map(|&c| hex(c))) {
+        if let (b'%', Some(Some(hi)), Some(Some(lo))) = (
+            b[i],
+            b.get(i + 1).map(|&c| hex(c)),
+            b.get(i + 2).map(|&c| hex(c)),
+        ) {
             out.push((hi * 16 + lo) as u8);
             i += 3;
             continue;
@@ -67,7 +72,9 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn env_either(specific: &str, general: &str) -> Option<String> {
-    std::env::var(specific).or_else(|_| std::env::var(general)).ok()
+    std::env::var(specific)
+        .or_else(|_| std::env::var(general))
+        .ok()
 }
 
 #[derive(Debug)]
@@ -88,17 +95,30 @@ impl HttpExporter {
     /// `scope`: the instrumentation scope every span carries (the SDK's
     /// transform writes its name and version).
     pub fn new(endpoint: Option<&str>, scope: &InstrumentationScope) -> Self {
-        let timeout = env_either("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
-            .and_then(|t| t.parse().ok())
-            .map_or(Duration::from_secs(10), Duration::from_millis);
-        let headers = env_either("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
-            .map(|h| parse_headers(&h))
-            .unwrap_or_default();
+        let timeout = env_either(
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        )
+        .and_then(|t| t.parse().ok())
+        .map_or(Duration::from_secs(10), Duration::from_millis);
+        let headers = env_either(
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        )
+        .map(|h| parse_headers(&h))
+        .unwrap_or_default();
         let (name, version) = (scope.name(), scope.version().unwrap_or_default());
         let mut scope = Vec::new();
         str_field(&mut scope, 1, name);
         str_field(&mut scope, 2, version);
-        HttpExporter { client: std::sync::OnceLock::new(), timeout, url: traces_url(endpoint), headers, resource: Vec::new(), scope }
+        HttpExporter {
+            client: std::sync::OnceLock::new(),
+            timeout,
+            url: traces_url(endpoint),
+            headers,
+            resource: Vec::new(),
+            scope,
+        }
     }
 }
 
@@ -107,17 +127,34 @@ impl SpanExporter for HttpExporter {
         let body = encode_request(&self.resource, &self.scope, &batch);
         let client = self
             .client
-            .get_or_init(|| reqwest::blocking::Client::builder().timeout(self.timeout).build().map_err(|e| e.to_string()))
+            .get_or_init(|| {
+                reqwest::blocking::Client::builder()
+                    .timeout(self.timeout)
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
             .as_ref()
-            .map_err(|e| OTelSdkError::InternalFailure(format!("cannot build the HTTP client: {e}")))?;
-        let mut req = client.post(&self.url).header("content-type", "application/x-protobuf").body(body);
+            .map_err(|e| {
+                OTelSdkError::InternalFailure(format!("cannot build the HTTP client: {e}"))
+            })?;
+        let mut req = client
+            .post(&self.url)
+            .header("content-type", "application/x-protobuf")
+            .body(body);
         for (k, v) in &self.headers {
             req = req.header(k.as_str(), v.as_str());
         }
         match req.send() {
             Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => Err(OTelSdkError::InternalFailure(format!("OTLP collector at {} answered {}", self.url, r.status()))),
-            Err(e) => Err(OTelSdkError::InternalFailure(format!("OTLP collector at {}: {e}", self.url))),
+            Ok(r) => Err(OTelSdkError::InternalFailure(format!(
+                "OTLP collector at {} answered {}",
+                self.url,
+                r.status()
+            ))),
+            Err(e) => Err(OTelSdkError::InternalFailure(format!(
+                "OTLP collector at {}: {e}",
+                self.url
+            ))),
         }
     }
 
@@ -145,7 +182,8 @@ pub fn encode_request(resource: &[u8], scope: &[u8], spans: &[SpanData]) -> byte
         bytes_field(&mut buf, 2, &scratch);
     }
     let scope_spans = field_len(scope.len()) + buf.len() - room;
-    let resource_spans = field_len(resource.len()) + 1 + varint_len(scope_spans as u64) + scope_spans;
+    let resource_spans =
+        field_len(resource.len()) + 1 + varint_len(scope_spans as u64) + scope_spans;
     let mut head = Vec::with_capacity(room);
     tag(&mut head, 1, 2);
     varint(&mut head, resource_spans as u64);
@@ -160,7 +198,11 @@ pub fn encode_request(resource: &[u8], scope: &[u8], spans: &[SpanData]) -> byte
 
 /// Bytes taken by a length-delimited field (nothing when empty: proto3).
 fn field_len(len: usize) -> usize {
-    if len == 0 { 0 } else { 1 + varint_len(len as u64) + len }
+    if len == 0 {
+        0
+    } else {
+        1 + varint_len(len as u64) + len
+    }
 }
 
 fn span(b: &mut Vec<u8>, s: &SpanData) {
@@ -206,7 +248,14 @@ fn span(b: &mut Vec<u8>, s: &SpanData) {
                 attribute_field(m, 4, kv);
             }
             varint_field(m, 5, l.dropped_attributes_count.into());
-            fixed32_field(m, 6, flags(l.span_context.is_remote(), l.span_context.trace_flags().to_u8()));
+            fixed32_field(
+                m,
+                6,
+                flags(
+                    l.span_context.is_remote(),
+                    l.span_context.trace_flags().to_u8(),
+                ),
+            );
         });
     }
     varint_field(b, 14, s.links.dropped_count.into());
@@ -218,7 +267,11 @@ fn span(b: &mut Vec<u8>, s: &SpanData) {
         Status::Ok => varint_field(m, 3, 1),
         Status::Unset => {}
     });
-    fixed32_field(b, 16, flags(s.parent_span_is_remote, ctx.trace_flags().to_u8()));
+    fixed32_field(
+        b,
+        16,
+        flags(s.parent_span_is_remote, ctx.trace_flags().to_u8()),
+    );
 }
 
 /// Trace flags plus "is-remote is known" (and "is remote"), as the SDK sets them.
@@ -227,7 +280,8 @@ fn flags(remote: bool, trace_flags: u8) -> u32 {
 }
 
 fn nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// A KeyValue field. For the scalar values spans carry, its length is known
@@ -237,7 +291,10 @@ fn key_value_field(b: &mut Vec<u8>, field: u32, key: &str, v: &Value) {
     match scalar_len(v) {
         Some(value_len) => {
             tag(b, field, 2);
-            varint(b, (field_len(key.len()) + 1 + varint_len(value_len as u64) + value_len) as u64);
+            varint(
+                b,
+                (field_len(key.len()) + 1 + varint_len(value_len as u64) + value_len) as u64,
+            );
             str_field(b, 1, key);
             tag(b, 2, 2);
             varint(b, value_len as u64);
@@ -374,18 +431,40 @@ mod tests {
         trace::{Event, Link, SpanContext, SpanId, SpanKind, TraceFlags, TraceId, TraceState},
         InstrumentationScope,
     };
-    use opentelemetry_proto::tonic::{collector::trace::v1::ExportTraceServiceRequest, trace::v1::ResourceSpans};
+    use opentelemetry_proto::tonic::{
+        collector::trace::v1::ExportTraceServiceRequest, trace::v1::ResourceSpans,
+    };
     use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
     use prost::Message;
 
     fn sample() -> SpanData {
-        let ctx = |t: u128, s: u64| SpanContext::new(TraceId::from(t), SpanId::from(s), TraceFlags::SAMPLED, false, TraceState::default());
+        let ctx = |t: u128, s: u64| {
+            SpanContext::new(
+                TraceId::from(t),
+                SpanId::from(s),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            )
+        };
         let mut events = SpanEvents::default();
-        events.events.push(Event::new("transaction.aborted", UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789), vec![KeyValue::new("db.response.status_code", "40P01")], 0));
+        events.events.push(Event::new(
+            "transaction.aborted",
+            UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
+            vec![KeyValue::new("db.response.status_code", "40P01")],
+            0,
+        ));
         let mut links = SpanLinks::default();
-        links.links.push(Link::new(ctx(7, 8), vec![KeyValue::new("dbtel.link", "blocker")], 0));
+        links.links.push(Link::new(
+            ctx(7, 8),
+            vec![KeyValue::new("dbtel.link", "blocker")],
+            0,
+        ));
         SpanData {
-            span_context: ctx(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10, 0x1112_1314_1516_1718),
+            span_context: ctx(
+                0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10,
+                0x1112_1314_1516_1718,
+            ),
             parent_span_id: SpanId::from(0x2122_2324_2526_2728),
             parent_span_is_remote: false,
             span_kind: SpanKind::Client,
@@ -395,7 +474,10 @@ mod tests {
             attributes: vec![
                 KeyValue::new("db.system.name", "postgresql"),
                 KeyValue::new("db.response.returned_rows", 1i64),
-                KeyValue::new("db.query.text", "SELECT abalance FROM pgbench_accounts WHERE aid = $1"),
+                KeyValue::new(
+                    "db.query.text",
+                    "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+                ),
                 KeyValue::new("empty", ""),
                 KeyValue::new("flag", true),
                 KeyValue::new("ratio", 0.5),
@@ -406,20 +488,45 @@ mod tests {
             events,
             links,
             status: Status::error("deadlock detected"),
-            instrumentation_scope: InstrumentationScope::builder("dbtel").with_version("0.1.0").build(),
+            instrumentation_scope: InstrumentationScope::builder("dbtel")
+                .with_version("0.1.0")
+                .build(),
         }
     }
 
     #[test]
     fn encodes_what_the_sdk_transform_encodes() {
-        let resource = Resource::builder_empty().with_attributes([KeyValue::new("service.name", "pgbench"), KeyValue::new("process.pid", 42i64)]).build();
+        let resource = Resource::builder_empty()
+            .with_attributes([
+                KeyValue::new("service.name", "pgbench"),
+                KeyValue::new("process.pid", 42i64),
+            ])
+            .build();
         let mut e = HttpExporter::new(Some("http://127.0.0.1:1"), &sample().instrumentation_scope);
         e.set_resource(&resource);
-        let spans = vec![sample(), SpanData { status: Status::Unset, parent_span_id: SpanId::INVALID, ..sample() }];
-        let ours = ExportTraceServiceRequest::decode(&encode_request(&e.resource, &e.scope, &spans)[..]).unwrap();
+        let spans = vec![
+            sample(),
+            SpanData {
+                status: Status::Unset,
+                parent_span_id: SpanId::INVALID,
+                ..sample()
+            },
+        ];
+        let ours =
+            ExportTraceServiceRequest::decode(&encode_request(&e.resource, &e.scope, &spans)[..])
+                .unwrap();
         let sdk_resource = (&resource).into();
-        let sdk: Vec<ResourceSpans> = opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope(spans, &sdk_resource);
-        assert_eq!(ours, ExportTraceServiceRequest { resource_spans: sdk });
+        let sdk: Vec<ResourceSpans> =
+            opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope(
+                spans,
+                &sdk_resource,
+            );
+        assert_eq!(
+            ours,
+            ExportTraceServiceRequest {
+                resource_spans: sdk
+            }
+        );
     }
 
     #[test]
@@ -442,7 +549,13 @@ mod tests {
             ]
         );
         assert_eq!(traces_url(Some("http://c:4318")), "http://c:4318/v1/traces");
-        assert_eq!(traces_url(Some("http://c:4318/")), "http://c:4318/v1/traces");
-        assert_eq!(traces_url(Some("http://c:4318/v1/traces")), "http://c:4318/v1/traces");
+        assert_eq!(
+            traces_url(Some("http://c:4318/")),
+            "http://c:4318/v1/traces"
+        );
+        assert_eq!(
+            traces_url(Some("http://c:4318/v1/traces")),
+            "http://c:4318/v1/traces"
+        );
     }
 }

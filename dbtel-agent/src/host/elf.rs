@@ -24,8 +24,14 @@ pub fn symbol_tables_only(host_path: &Path) -> Option<Vec<u8>> {
     if hdr.e_shnum.get(e) == 0 {
         return None; // none, or more than fit the field: read the whole file
     }
-    let (phoff, phlen) = (hdr.e_phoff.get(e), u64::from(hdr.e_phnum.get(e)) * u64::from(hdr.e_phentsize.get(e)));
-    let (shoff, shlen) = (hdr.e_shoff.get(e), u64::from(hdr.e_shnum.get(e)) * u64::from(hdr.e_shentsize.get(e)));
+    let (phoff, phlen) = (
+        hdr.e_phoff.get(e),
+        u64::from(hdr.e_phnum.get(e)) * u64::from(hdr.e_phentsize.get(e)),
+    );
+    let (shoff, shlen) = (
+        hdr.e_shoff.get(e),
+        u64::from(hdr.e_shnum.get(e)) * u64::from(hdr.e_shentsize.get(e)),
+    );
     fill(&mut data, phoff, phlen)?;
     fill(&mut data, shoff, shlen)?;
     let tables: Vec<(u64, u64)> = hdr
@@ -40,4 +46,3 @@ pub fn symbol_tables_only(host_path: &Path) -> Option<Vec<u8>> {
     }
     Some(data)
 }
-

@@ -54,7 +54,11 @@ pub fn looks_like_loader(path: &str) -> bool {
 /// ELF file that names one. Only the file's head is read.
 pub fn interpreter(program: &Path) -> Option<PathBuf> {
     let mut head = Vec::with_capacity(64 * 1024);
-    fs::File::open(program).ok()?.take(64 * 1024).read_to_end(&mut head).ok()?;
+    fs::File::open(program)
+        .ok()?
+        .take(64 * 1024)
+        .read_to_end(&mut head)
+        .ok()?;
     let data = &*head;
     let hdr = object::elf::FileHeader64::<object::Endianness>::parse(data).ok()?;
     let endian = hdr.endian().ok()?;
@@ -73,8 +77,14 @@ pub fn system_loader() -> Option<PathBuf> {
 /// Looks at one file: `None` when it is not a loader with the hook (musl's
 /// ld.so, say, or not a loader at all).
 pub fn inspect(path: &str, host_path: &Path) -> Result<Option<LoaderTarget>, LoaderError> {
-    let data = fs::read(host_path).map_err(|error| LoaderError::Read { path: path.into(), error })?;
-    let file = object::File::parse(&*data).map_err(|error| LoaderError::Elf { path: path.into(), error })?;
+    let data = fs::read(host_path).map_err(|error| LoaderError::Read {
+        path: path.into(),
+        error,
+    })?;
+    let file = object::File::parse(&*data).map_err(|error| LoaderError::Elf {
+        path: path.into(),
+        error,
+    })?;
     let (mut hook, mut r_debug) = (None, None);
     for sym in file.dynamic_symbols() {
         if sym.is_undefined() {
@@ -86,17 +96,35 @@ pub fn inspect(path: &str, host_path: &Path) -> Result<Option<LoaderTarget>, Loa
             _ => {}
         }
     }
-    let (Some(hook), Some(r_debug)) = (hook, r_debug) else { return Ok(None) };
-    let offset = crate::host::process::vaddr_to_offset(&file, hook).ok_or(LoaderError::Outside { path: path.into(), what: "_dl_debug_state" })?;
+    let (Some(hook), Some(r_debug)) = (hook, r_debug) else {
+        return Ok(None);
+    };
+    let offset =
+        crate::host::process::vaddr_to_offset(&file, hook).ok_or(LoaderError::Outside {
+            path: path.into(),
+            what: "_dl_debug_state",
+        })?;
     let delta = (r_debug as i64 + R_STATE_OFFSET) - hook as i64;
-    let state_delta = i32::try_from(delta).map_err(|_| LoaderError::Outside { path: path.into(), what: "_r_debug" })?;
-    Ok(Some(LoaderTarget { path: path.into(), host_path: host_path.into(), offset, state_delta }))
+    let state_delta = i32::try_from(delta).map_err(|_| LoaderError::Outside {
+        path: path.into(),
+        what: "_r_debug",
+    })?;
+    Ok(Some(LoaderTarget {
+        path: path.into(),
+        host_path: host_path.into(),
+        offset,
+        state_delta,
+    }))
 }
 
 /// The loaders a command will run under, known before it runs: the one its
 /// program names and the system's (a script's interpreter uses that one).
 pub fn for_command(program: Option<&Path>) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = program.and_then(interpreter).and_then(|p| fs::canonicalize(p).ok()).into_iter().collect();
+    let mut out: Vec<PathBuf> = program
+        .and_then(interpreter)
+        .and_then(|p| fs::canonicalize(p).ok())
+        .into_iter()
+        .collect();
     if let Some(p) = system_loader() {
         if !out.contains(&p) {
             out.push(p);
@@ -113,13 +141,19 @@ mod tests {
     fn the_system_loader_has_the_hook() {
         let ld = system_loader().expect("/lib64/ld-linux-x86-64.so.2");
         let p = ld.to_string_lossy().into_owned();
-        let t = inspect(&p, &ld).unwrap().expect("glibc's loader defines _dl_debug_state and _r_debug");
+        let t = inspect(&p, &ld)
+            .unwrap()
+            .expect("glibc's loader defines _dl_debug_state and _r_debug");
         // r_state is inside the loader's data, after its code.
         assert!(t.state_delta > 0, "{t:?}");
         // The hook is a function doing nothing: `ret`, or `endbr64; ret`.
         let code = fs::read(&ld).unwrap();
         let at = t.offset as usize;
-        assert!(code[at] == 0xc3 || code[at..at + 5] == [0xf3, 0x0f, 0x1e, 0xfa, 0xc3], "{:x?}", &code[at..at + 5]);
+        assert!(
+            code[at] == 0xc3 || code[at..at + 5] == [0xf3, 0x0f, 0x1e, 0xfa, 0xc3],
+            "{:x?}",
+            &code[at..at + 5]
+        );
     }
 
     #[test]
@@ -130,15 +164,27 @@ mod tests {
         assert_eq!(fs::canonicalize(&ld).ok(), system_loader());
         assert_eq!(for_command(Some(&me)), vec![system_loader().unwrap()]);
         // A text file (a script) has none: its interpreter's loader is the system's.
-        assert_eq!(interpreter(&Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")), None);
+        assert_eq!(
+            interpreter(&Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")),
+            None
+        );
     }
 
     #[test]
     fn loader_names() {
-        for yes in ["/lib64/ld-linux-x86-64.so.2", "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "/lib/ld-2.31.so", "/lib/ld-musl-x86_64.so.1"] {
+        for yes in [
+            "/lib64/ld-linux-x86-64.so.2",
+            "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            "/lib/ld-2.31.so",
+            "/lib/ld-musl-x86_64.so.1",
+        ] {
             assert!(looks_like_loader(yes), "{yes}");
         }
-        for no in ["/usr/lib/x86_64-linux-gnu/libpq.so.5.15", "/usr/bin/ld-wrapper", "/usr/lib/x86_64-linux-gnu/libld-x.so"] {
+        for no in [
+            "/usr/lib/x86_64-linux-gnu/libpq.so.5.15",
+            "/usr/bin/ld-wrapper",
+            "/usr/lib/x86_64-linux-gnu/libld-x.so",
+        ] {
             assert!(!looks_like_loader(no), "{no}");
         }
     }
@@ -146,6 +192,9 @@ mod tests {
     #[test]
     fn a_library_is_no_loader() {
         let libc = PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6");
-        assert_eq!(inspect("/lib/x86_64-linux-gnu/libc.so.6", &libc).unwrap(), None);
+        assert_eq!(
+            inspect("/lib/x86_64-linux-gnu/libc.so.6", &libc).unwrap(),
+            None
+        );
     }
 }

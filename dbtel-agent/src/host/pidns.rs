@@ -10,7 +10,13 @@ use crate::FastMap;
 
 /// The PID a process has in its innermost namespace, from a status text.
 pub fn parse_nspid(status: &str) -> Option<i32> {
-    status.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().last()?.parse().ok()
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
 }
 
 /// Host PID <-> namespace PID of the processes of each server (keyed by its
@@ -28,7 +34,9 @@ impl PidNamespaces {
         if self.inner.contains_key(&host) {
             return;
         }
-        let ns = std::fs::read_to_string(format!("/proc/{host}/status")).ok().and_then(|s| parse_nspid(&s));
+        let ns = std::fs::read_to_string(format!("/proc/{host}/status"))
+            .ok()
+            .and_then(|s| parse_nspid(&s));
         self.insert(host, server, ns.unwrap_or(host as i32));
     }
 
@@ -64,7 +72,10 @@ mod tests {
 
     #[test]
     fn innermost_pid_from_status() {
-        assert_eq!(parse_nspid("Name:\tpostgres\nNSpid:\t48211\t7\nPPid:\t1\n"), Some(7));
+        assert_eq!(
+            parse_nspid("Name:\tpostgres\nNSpid:\t48211\t7\nPPid:\t1\n"),
+            Some(7)
+        );
         assert_eq!(parse_nspid("NSpid:\t48211\n"), Some(48211));
         assert_eq!(parse_nspid("Name:\tx\n"), None);
     }

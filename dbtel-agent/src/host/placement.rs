@@ -7,8 +7,8 @@
 //! arguments as at the entry.
 
 use iced_x86::{
-    Code, FlowControl, Formatter, Instruction, InstructionInfoFactory, IntelFormatter, Mnemonic, OpAccess, OpKind,
-    Register,
+    Code, FlowControl, Formatter, Instruction, InstructionInfoFactory, IntelFormatter, Mnemonic,
+    OpAccess, OpKind, Register,
 };
 
 /// Chosen probe address within a function.
@@ -29,7 +29,10 @@ pub fn is_emulated(ins: &Instruction) -> bool {
     match ins.flow_control() {
         // Relative jmp/call/jcc: emulated; indirect ones are not.
         FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch | FlowControl::Call => {
-            matches!(ins.op0_kind(), OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64)
+            matches!(
+                ins.op0_kind(),
+                OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+            )
         }
         FlowControl::Next => {
             ins.mnemonic() == Mnemonic::Nop
@@ -51,7 +54,10 @@ fn skippable(ins: &Instruction, args: &[Register], info: &mut InstructionInfoFac
     }
     let used = info.info(ins);
     if used.used_memory().iter().any(|m| {
-        matches!(m.access(), OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite)
+        matches!(
+            m.access(),
+            OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+        )
     }) {
         return false;
     }
@@ -60,7 +66,10 @@ fn skippable(ins: &Instruction, args: &[Register], info: &mut InstructionInfoFac
         if reg == Register::RSP {
             return false;
         }
-        let writes = matches!(r.access(), OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite);
+        let writes = matches!(
+            r.access(),
+            OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+        );
         !(writes && args.contains(&reg))
     })
 }
@@ -85,19 +94,34 @@ pub fn entry_probe(insns: &[Instruction], args: &[Register]) -> Placement {
 pub fn at_entry(insns: &[Instruction]) -> Placement {
     match insns.first() {
         Some(first) => placement(first, first.ip(), is_emulated(first)),
-        None => Placement { offset: 0, instruction: "?".into(), emulated: false },
+        None => Placement {
+            offset: 0,
+            instruction: "?".into(),
+            emulated: false,
+        },
     }
 }
 
 fn placement(ins: &Instruction, start: u64, emulated: bool) -> Placement {
     let mut text = String::new();
     IntelFormatter::new().format(ins, &mut text);
-    Placement { offset: ins.ip() - start, instruction: text, emulated }
+    Placement {
+        offset: ins.ip() - start,
+        instruction: text,
+        emulated,
+    }
 }
 
 /// Registers holding the first `n` integer arguments (System V x86-64).
 pub fn arg_registers(n: usize) -> &'static [Register] {
-    const ARGS: [Register; 6] = [Register::RDI, Register::RSI, Register::RDX, Register::RCX, Register::R8, Register::R9];
+    const ARGS: [Register; 6] = [
+        Register::RDI,
+        Register::RSI,
+        Register::RDX,
+        Register::RCX,
+        Register::R8,
+        Register::R9,
+    ];
     &ARGS[..n.min(6)]
 }
 
@@ -113,7 +137,10 @@ mod tests {
     #[test]
     fn debian_pqsendquery_moves_past_its_mov_to_the_jmp() {
         // mov edx,1 ; jmp rel32   (PQsendQuery in Debian 12's libpq 15)
-        let p = place(&[0xba, 0x01, 0x00, 0x00, 0x00, 0xe9, 0xa6, 0xeb, 0xff, 0xff], 2);
+        let p = place(
+            &[0xba, 0x01, 0x00, 0x00, 0x00, 0xe9, 0xa6, 0xeb, 0xff, 0xff],
+            2,
+        );
         assert_eq!((p.offset, p.emulated), (5, true), "{p:?}");
         assert!(p.instruction.starts_with("jmp"), "{p:?}");
     }
@@ -121,7 +148,10 @@ mod tests {
     #[test]
     fn a_mov_into_an_argument_register_pins_the_probe_at_entry() {
         // Same code, but the probe reads rdx (third argument): it must see rdx before the mov.
-        let p = place(&[0xba, 0x01, 0x00, 0x00, 0x00, 0xe9, 0xa6, 0xeb, 0xff, 0xff], 3);
+        let p = place(
+            &[0xba, 0x01, 0x00, 0x00, 0x00, 0xe9, 0xa6, 0xeb, 0xff, 0xff],
+            3,
+        );
         assert_eq!((p.offset, p.emulated), (0, false));
     }
 
@@ -129,7 +159,10 @@ mod tests {
     fn push_at_entry_is_already_emulated() {
         // push rbp ; mov rbp,rsp   (PQgetResult, PQexec, ...)
         let p = place(&[0x55, 0x48, 0x89, 0xe5], 1);
-        assert_eq!((p.offset, p.emulated, p.instruction.as_str()), (0, true, "push rbp"));
+        assert_eq!(
+            (p.offset, p.emulated, p.instruction.as_str()),
+            (0, true, "push rbp")
+        );
     }
 
     #[test]

@@ -17,7 +17,11 @@ pub enum ProcessError {
 /// parent) counts as gone.
 pub fn process_exists(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !matches!(stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()), Some('Z' | 'X')),
+        Ok(stat) => !matches!(
+            stat.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next()),
+            Some('Z' | 'X')
+        ),
         Err(_) => false,
     }
 }
@@ -32,7 +36,11 @@ pub fn exe_name(pid: u32) -> String {
     fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .or_else(|| fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim().to_string()))
+        .or_else(|| {
+            fs::read_to_string(format!("/proc/{pid}/comm"))
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_else(|| "?".into())
 }
 
@@ -56,8 +64,12 @@ pub fn parse_maps(maps: &str) -> Vec<String> {
     // splitting. "ADDR PERMS OFFSET DEV INODE   PATH": only the path has a '/'.
     let mut out: Vec<String> = Vec::new();
     for line in maps.lines() {
-        let executable = line.split_once(' ').is_some_and(|(_, rest)| rest.as_bytes().get(2) == Some(&b'x'));
-        let Some(at) = line.find('/').filter(|_| executable) else { continue };
+        let executable = line
+            .split_once(' ')
+            .is_some_and(|(_, rest)| rest.as_bytes().get(2) == Some(&b'x'));
+        let Some(at) = line.find('/').filter(|_| executable) else {
+            continue;
+        };
         let path = line[at..].trim_end();
         if !path.ends_with(" (deleted)") && !out.iter().any(|p| p == path) {
             out.push(path.to_string());
@@ -65,7 +77,6 @@ pub fn parse_maps(maps: &str) -> Vec<String> {
     }
     out
 }
-
 
 /// Virtual address → offset in the file, through the loadable segment holding it.
 pub fn vaddr_to_offset(file: &object::File<'_>, addr: u64) -> Option<u64> {
@@ -90,7 +101,10 @@ mod tests {
 7f0000006000-7f0000007000 r-xp 00000000 00:00 0 [vdso]
 7f0000008000-7f0000009000 r-xp 00000000 08:01 789 /tmp/old.so (deleted)
 ";
-        assert_eq!(parse_maps(maps), vec!["/usr/bin/psql", "/usr/lib/x86_64-linux-gnu/libpq.so.5.15"]);
+        assert_eq!(
+            parse_maps(maps),
+            vec!["/usr/bin/psql", "/usr/lib/x86_64-linux-gnu/libpq.so.5.15"]
+        );
     }
 
     #[test]
@@ -98,7 +112,8 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         // Not reaped yet: a zombie until wait().
-        while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z")) {
+        while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
+        {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert!(!process_exists(pid));

@@ -71,11 +71,24 @@ pub struct ProcessFacts {
 }
 
 fn compile(flag: &'static str, globs: &[String]) -> Result<Vec<Pattern>, SelectError> {
-    globs.iter().map(|g| Pattern::new(g).map_err(|error| SelectError { flag, glob: g.clone(), error })).collect()
+    globs
+        .iter()
+        .map(|g| {
+            Pattern::new(g).map_err(|error| SelectError {
+                flag,
+                glob: g.clone(),
+                error,
+            })
+        })
+        .collect()
 }
 
 /// `*` stays within one path component, as in a shell.
-const OPTIONS: MatchOptions = MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: false };
+const OPTIONS: MatchOptions = MatchOptions {
+    case_sensitive: true,
+    require_literal_separator: true,
+    require_literal_leading_dot: false,
+};
 
 /// A glob with a `/` matches the whole path; one without, the file name.
 fn path_matches(p: &Pattern, path: &str) -> bool {
@@ -87,7 +100,12 @@ fn path_matches(p: &Pattern, path: &str) -> bool {
 }
 
 impl Selectors {
-    pub fn new(exe: &[String], exclude_exe: &[String], ports: &[u16], cgroups: &[String]) -> Result<Self, SelectError> {
+    pub fn new(
+        exe: &[String],
+        exclude_exe: &[String],
+        ports: &[u16],
+        cgroups: &[String],
+    ) -> Result<Self, SelectError> {
         Ok(Selectors {
             exe: compile("--exe", exe)?,
             exclude_exe: compile("--exclude-exe", exclude_exe)?,
@@ -106,7 +124,9 @@ impl Selectors {
         if !self.cgroups.is_empty() {
             let Some(cg) = &p.cgroup else { return false };
             let id = container_id(cg);
-            let hit = |g: &Pattern| g.matches_with(cg, OPTIONS) || id.as_deref().is_some_and(|id| g.matches(id));
+            let hit = |g: &Pattern| {
+                g.matches_with(cg, OPTIONS) || id.as_deref().is_some_and(|id| g.matches(id))
+            };
             if !self.cgroups.iter().any(hit) {
                 return false;
             }
@@ -119,7 +139,11 @@ impl Selectors {
 
     /// A client connection to this server port (libpq's port; unknown: the default 5432).
     pub fn port_selected(&self, port: &str) -> bool {
-        let port = if port.is_empty() { 5432 } else { port.parse().unwrap_or(0) };
+        let port = if port.is_empty() {
+            5432
+        } else {
+            port.parse().unwrap_or(0)
+        };
         self.ports.is_empty() || self.ports.contains(&port)
     }
 
@@ -150,11 +174,19 @@ pub mod facts {
     /// (`0::/path`), unless it is the root and a v1 hierarchy (a hybrid host,
     /// where runtimes name containers in v1 paths) says more; systemd's first.
     pub fn parse_cgroup(text: &str) -> Option<String> {
-        let paths: Vec<(&str, &str)> = text.lines().filter_map(|l| l.split_once(':')?.1.split_once(':')).collect();
+        let paths: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|l| l.split_once(':')?.1.split_once(':'))
+            .collect();
         let v2 = paths.iter().find(|(c, _)| c.is_empty()).map(|(_, p)| *p);
         let deeper = |p: &&str| *p != "/";
         v2.filter(deeper)
-            .or_else(|| paths.iter().find(|(c, p)| *c == "name=systemd" && deeper(p)).map(|(_, p)| *p))
+            .or_else(|| {
+                paths
+                    .iter()
+                    .find(|(c, p)| *c == "name=systemd" && deeper(p))
+                    .map(|(_, p)| *p)
+            })
             .or_else(|| paths.iter().map(|(_, p)| *p).find(deeper))
             .or(v2)
             .map(str::to_string)
@@ -181,13 +213,21 @@ pub mod facts {
             .or_else(|| exec.map(|e| e.path.clone()))
             .unwrap_or_default();
         let cgroup = cgroup_of(pid).or_else(|| exec.and_then(|e| e.cgroup.clone()));
-        ProcessFacts { exe, cgroup, listening }
+        ProcessFacts {
+            exe,
+            cgroup,
+            listening,
+        }
     }
 
     /// The cgroup v2 hierarchy's mount point.
     pub fn cgroup2_root() -> Option<std::path::PathBuf> {
         let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-        mounts.lines().find(|l| l.split(' ').nth(2) == Some("cgroup2")).and_then(|l| l.split(' ').nth(1)).map(Into::into)
+        mounts
+            .lines()
+            .find(|l| l.split(' ').nth(2) == Some("cgroup2"))
+            .and_then(|l| l.split(' ').nth(1))
+            .map(Into::into)
     }
 
     /// The path of the cgroup whose id (its directory's inode) is `id`,
@@ -201,7 +241,12 @@ pub mod facts {
                 return Some(format!("/{rel}"));
             }
             if let Ok(entries) = std::fs::read_dir(&dir) {
-                stack.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+                stack.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
             }
         }
         None

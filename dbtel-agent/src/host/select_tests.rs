@@ -6,7 +6,11 @@ fn sel(exe: &[&str], exclude: &[&str], ports: &[u16], cgroups: &[&str]) -> Selec
 }
 
 fn client(exe: &str, cgroup: Option<&str>) -> ProcessFacts {
-    ProcessFacts { exe: exe.into(), cgroup: cgroup.map(str::to_string), listening: None }
+    ProcessFacts {
+        exe: exe.into(),
+        cgroup: cgroup.map(str::to_string),
+        listening: None,
+    }
 }
 
 const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
@@ -16,7 +20,11 @@ const POSTGRES: &str = "/usr/lib/postgresql/15/bin/postgres";
 fn no_selectors_choose_everything() {
     let s = sel(&[], &[], &[], &[]);
     assert!(s.chooses(&client(PSQL, None)));
-    assert!(s.chooses(&ProcessFacts { exe: POSTGRES.into(), cgroup: None, listening: Some(vec![5432]) }));
+    assert!(s.chooses(&ProcessFacts {
+        exe: POSTGRES.into(),
+        cgroup: None,
+        listening: Some(vec![5432])
+    }));
     assert!(s.port_selected("6543"));
 }
 
@@ -45,7 +53,11 @@ fn exclusions_win() {
 fn ports_choose_servers_by_listener_and_clients_by_connection() {
     let s = sel(&[], &[], &[5432], &[]);
     assert!(s.by_port());
-    let server = |ports: Vec<u16>| ProcessFacts { exe: POSTGRES.into(), cgroup: None, listening: Some(ports) };
+    let server = |ports: Vec<u16>| ProcessFacts {
+        exe: POSTGRES.into(),
+        cgroup: None,
+        listening: Some(ports),
+    };
     assert!(s.chooses(&server(vec![5432])));
     assert!(!s.chooses(&server(vec![5433])));
     assert!(!s.chooses(&server(vec![])));
@@ -64,7 +76,10 @@ fn cgroups_match_path_or_container_id() {
     assert!(sel(&[], &[], &[], &["/system.slice/docker-*"]).chooses(&client(PSQL, Some(&cg))));
     assert!(sel(&[], &[], &[], &["4f1c0a6b*"]).chooses(&client(PSQL, Some(&cg))));
     assert!(!sel(&[], &[], &[], &["/user.slice/*"]).chooses(&client(PSQL, Some(&cg))));
-    assert!(!sel(&[], &[], &[], &["*"]).chooses(&client(PSQL, None)), "unknown cgroup: not chosen");
+    assert!(
+        !sel(&[], &[], &[], &["*"]).chooses(&client(PSQL, None)),
+        "unknown cgroup: not chosen"
+    );
 }
 
 #[test]
@@ -80,24 +95,38 @@ fn container_ids_from_runtime_cgroup_paths() {
     ] {
         assert_eq!(container_id(&path).as_deref(), Some(id), "{path}");
     }
-    assert_eq!(container_id("/user.slice/user-0.slice/session-1.scope"), None);
+    assert_eq!(
+        container_id("/user.slice/user-0.slice/session-1.scope"),
+        None
+    );
     assert_eq!(container_id("/"), None);
 }
 
 #[test]
 fn bad_globs_are_named() {
-    let e = Selectors::new(&["[".into()], &[], &[], &[]).unwrap_err().to_string();
+    let e = Selectors::new(&["[".into()], &[], &[], &[])
+        .unwrap_err()
+        .to_string();
     assert!(e.starts_with("bad --exe glob `[`"), "{e}");
 }
 
 #[test]
 fn cgroup_v2_line() {
-    assert_eq!(facts::parse_cgroup("0::/system.slice/postgresql@15-main.service\n").as_deref(), Some("/system.slice/postgresql@15-main.service"));
+    assert_eq!(
+        facts::parse_cgroup("0::/system.slice/postgresql@15-main.service\n").as_deref(),
+        Some("/system.slice/postgresql@15-main.service")
+    );
     assert_eq!(facts::parse_cgroup("0::/\n").as_deref(), Some("/"));
     let hybrid = "9:name=systemd:/\n4:memory:/docker/4f1c0a6b1d2e3f405162738495a6b7c8d9e0f1a2b3c4d5e6f708192a3b4c5d6e\n1:cpu:/\n0::/\n";
-    assert_eq!(facts::parse_cgroup(hybrid).as_deref(), Some("/docker/4f1c0a6b1d2e3f405162738495a6b7c8d9e0f1a2b3c4d5e6f708192a3b4c5d6e"));
+    assert_eq!(
+        facts::parse_cgroup(hybrid).as_deref(),
+        Some("/docker/4f1c0a6b1d2e3f405162738495a6b7c8d9e0f1a2b3c4d5e6f708192a3b4c5d6e")
+    );
     let systemd_first = "9:name=systemd:/system.slice/a.service\n4:memory:/other\n0::/\n";
-    assert_eq!(facts::parse_cgroup(systemd_first).as_deref(), Some("/system.slice/a.service"));
+    assert_eq!(
+        facts::parse_cgroup(systemd_first).as_deref(),
+        Some("/system.slice/a.service")
+    );
     assert_eq!(facts::parse_cgroup(""), None);
 }
 
@@ -106,8 +135,13 @@ fn cgroup_ids_resolve_to_paths() {
     use std::os::unix::fs::MetadataExt;
     let root = tempfile_dir();
     std::fs::create_dir_all(root.join("system.slice/docker-1.scope")).unwrap();
-    let id = std::fs::metadata(root.join("system.slice/docker-1.scope")).unwrap().ino();
-    assert_eq!(facts::cgroup_path(&root, id).as_deref(), Some("/system.slice/docker-1.scope"));
+    let id = std::fs::metadata(root.join("system.slice/docker-1.scope"))
+        .unwrap()
+        .ino();
+    assert_eq!(
+        facts::cgroup_path(&root, id).as_deref(),
+        Some("/system.slice/docker-1.scope")
+    );
     let top = std::fs::metadata(&root).unwrap().ino();
     assert_eq!(facts::cgroup_path(&root, top).as_deref(), Some("/"));
     assert_eq!(facts::cgroup_path(&root, u64::MAX), None);

@@ -25,7 +25,9 @@ pub fn ensure() -> Result<PathBuf, TracefsError> {
     }
     mount(Path::new(MOUNTS[0])).map_err(|error| TracefsError { error })?;
     log::info!("mounted tracefs at {} (it was not mounted)", MOUNTS[0]);
-    mounted().ok_or_else(|| TracefsError { error: io::Error::other("mounted, yet still empty") })
+    mounted().ok_or_else(|| TracefsError {
+        error: io::Error::other("mounted, yet still empty"),
+    })
 }
 
 /// A tracefs mount is a directory with entries; its bare mount point is empty.
@@ -41,7 +43,15 @@ fn mount(at: &Path) -> io::Result<()> {
     let target = CString::new(at.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
     let fs = c"tracefs";
     // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe { libc::mount(fs.as_ptr(), target.as_ptr(), fs.as_ptr(), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            fs.as_ptr(),
+            target.as_ptr(),
+            fs.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        )
+    };
     if rc == 0 {
         Ok(())
     } else {
@@ -55,10 +65,15 @@ mod tests {
 
     #[test]
     fn error_says_what_to_do_in_one_line() {
-        let e = TracefsError { error: io::Error::from_raw_os_error(libc::EPERM) };
+        let e = TracefsError {
+            error: io::Error::from_raw_os_error(libc::EPERM),
+        };
         let m = e.to_string();
         assert!(!m.contains('\n'), "{m}");
-        assert!(m.contains("mount -t tracefs tracefs /sys/kernel/tracing"), "{m}");
+        assert!(
+            m.contains("mount -t tracefs tracefs /sys/kernel/tracing"),
+            "{m}"
+        );
         assert!(m.contains("Operation not permitted"), "{m}");
     }
 }

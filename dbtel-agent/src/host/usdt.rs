@@ -80,7 +80,13 @@ pub struct Reg {
 
 fn reg(name: &str) -> Option<Reg> {
     use Gpr::*;
-    let legacy = |g, w, h| Some(Reg { gpr: g, width: w, high_byte: h });
+    let legacy = |g, w, h| {
+        Some(Reg {
+            gpr: g,
+            width: w,
+            high_byte: h,
+        })
+    };
     match name {
         "rax" => legacy(Rax, 8, false),
         "eax" => legacy(Rax, 4, false),
@@ -141,7 +147,11 @@ fn reg(name: &str) -> Option<Reg> {
                 "b" | "l" => 1,
                 _ => return None,
             };
-            Some(Reg { gpr, width, high_byte: false })
+            Some(Reg {
+                gpr,
+                width,
+                high_byte: false,
+            })
         }
     }
 }
@@ -154,7 +164,11 @@ pub enum Location {
     /// A constant.
     Immediate(i64),
     /// In memory at `base + disp (+ index * scale)`.
-    Memory { base: Reg, disp: i64, index: Option<(Reg, u8)> },
+    Memory {
+        base: Reg,
+        disp: i64,
+        index: Option<(Reg, u8)>,
+    },
     /// In memory at a symbol's address plus `disp` (RIP-relative: `sym(%rip)`).
     Symbol { name: String, disp: i64 },
 }
@@ -168,7 +182,10 @@ pub struct Arg {
 }
 
 fn arg_err(spec: &str, why: &'static str) -> UsdtError {
-    UsdtError::Arg { spec: spec.to_string(), why }
+    UsdtError::Arg {
+        spec: spec.to_string(),
+        why,
+    }
 }
 
 fn parse_int(s: &str) -> Option<i64> {
@@ -185,7 +202,9 @@ fn parse_int(s: &str) -> Option<i64> {
 
 /// One argument: `[-]size@operand`.
 pub fn parse_arg(spec: &str) -> Result<Arg, UsdtError> {
-    let (size, op) = spec.split_once('@').ok_or_else(|| arg_err(spec, "no '@'"))?;
+    let (size, op) = spec
+        .split_once('@')
+        .ok_or_else(|| arg_err(spec, "no '@'"))?;
     let size: i64 = parse_int(size).ok_or_else(|| arg_err(spec, "bad size"))?;
     let (signed, size) = (size < 0, size.unsigned_abs());
     if !matches!(size, 1 | 2 | 4 | 8) {
@@ -196,14 +215,22 @@ pub fn parse_arg(spec: &str) -> Result<Arg, UsdtError> {
     } else if let Some(imm) = op.strip_prefix('$') {
         Location::Immediate(parse_int(imm).ok_or_else(|| arg_err(spec, "bad immediate"))?)
     } else if let Some(open) = op.find('(') {
-        let inner = op[open + 1..].strip_suffix(')').ok_or_else(|| arg_err(spec, "unbalanced parenthesis"))?;
+        let inner = op[open + 1..]
+            .strip_suffix(')')
+            .ok_or_else(|| arg_err(spec, "unbalanced parenthesis"))?;
         let prefix = &op[..open];
         let mut parts = inner.split(',');
-        let base = parts.next().and_then(|b| reg(b.trim().strip_prefix('%')?)).ok_or_else(|| arg_err(spec, "bad base register"))?;
+        let base = parts
+            .next()
+            .and_then(|b| reg(b.trim().strip_prefix('%')?))
+            .ok_or_else(|| arg_err(spec, "bad base register"))?;
         let index = match (parts.next(), parts.next()) {
             (Some(i), scale) => {
-                let i = reg(i.trim().strip_prefix('%').unwrap_or("")).ok_or_else(|| arg_err(spec, "bad index register"))?;
-                let scale = scale.map_or(Some(1), |s| parse_int(s.trim())).ok_or_else(|| arg_err(spec, "bad scale"))?;
+                let i = reg(i.trim().strip_prefix('%').unwrap_or(""))
+                    .ok_or_else(|| arg_err(spec, "bad index register"))?;
+                let scale = scale
+                    .map_or(Some(1), |s| parse_int(s.trim()))
+                    .ok_or_else(|| arg_err(spec, "bad scale"))?;
                 Some((i, scale as u8))
             }
             (None, _) => None,
@@ -217,15 +244,26 @@ pub fn parse_arg(spec: &str) -> Result<Arg, UsdtError> {
             if name.is_empty() || parse_int(name).is_some() {
                 return Err(arg_err(spec, "RIP-relative operand without a symbol"));
             }
-            Location::Symbol { name: name.to_string(), disp }
+            Location::Symbol {
+                name: name.to_string(),
+                disp,
+            }
         } else {
-            let disp = if prefix.is_empty() { 0 } else { parse_int(prefix).ok_or_else(|| arg_err(spec, "bad displacement"))? };
+            let disp = if prefix.is_empty() {
+                0
+            } else {
+                parse_int(prefix).ok_or_else(|| arg_err(spec, "bad displacement"))?
+            };
             Location::Memory { base, disp, index }
         }
     } else {
         return Err(arg_err(spec, "unknown operand form"));
     };
-    Ok(Arg { size: size as u8, signed, location })
+    Ok(Arg {
+        size: size as u8,
+        signed,
+        location,
+    })
 }
 
 /// The kernel side's description of one argument (see dbtel_common::ArgSpec).
@@ -233,7 +271,12 @@ pub fn parse_arg(spec: &str) -> Result<Arg, UsdtError> {
 /// on where each process loaded the binary.
 pub fn arg_spec(a: &Arg) -> Result<dbtel_common::ArgSpec, &'static str> {
     use dbtel_common::{argkind, ArgSpec, NO_INDEX};
-    let mut s = ArgSpec { size: a.size, signed: a.signed as u8, index_off: NO_INDEX, ..Default::default() };
+    let mut s = ArgSpec {
+        size: a.size,
+        signed: a.signed as u8,
+        index_off: NO_INDEX,
+        ..Default::default()
+    };
     match &a.location {
         Location::Immediate(v) => {
             s.kind = argkind::IMMEDIATE;
@@ -253,7 +296,9 @@ pub fn arg_spec(a: &Arg) -> Result<dbtel_common::ArgSpec, &'static str> {
                 s.scale = *scale;
             }
         }
-        Location::Symbol { .. } => return Err("argument in a global variable (RIP-relative) is not supported"),
+        Location::Symbol { .. } => {
+            return Err("argument in a global variable (RIP-relative) is not supported")
+        }
     }
     Ok(s)
 }
@@ -289,10 +334,16 @@ pub fn probes(data: &[u8]) -> Result<Vec<Probe>, UsdtError> {
         if sections.section_name(endian, section).ok() != Some(b".note.stapsdt".as_slice()) {
             continue;
         }
-        let Some(mut notes) = section.notes(endian, data).map_err(|_| UsdtError::Note("unreadable section"))? else {
+        let Some(mut notes) = section
+            .notes(endian, data)
+            .map_err(|_| UsdtError::Note("unreadable section"))?
+        else {
             continue;
         };
-        while let Some(note) = notes.next().map_err(|_| UsdtError::Note("bad note header"))? {
+        while let Some(note) = notes
+            .next()
+            .map_err(|_| UsdtError::Note("bad note header"))?
+        {
             if note.name() != b"stapsdt" || note.n_type(endian) != NT_STAPSDT {
                 continue;
             }
@@ -315,7 +366,9 @@ pub fn parse_note(desc: &[u8], base_now: Option<u64>) -> Result<Probe, UsdtError
             .ok_or(UsdtError::Note("descriptor too short"))
     };
     let (pc, base, sem) = (word(0)?, word(1)?, word(2)?);
-    let mut strings = desc[24..].split(|&b| b == 0).map(|s| String::from_utf8_lossy(s).into_owned());
+    let mut strings = desc[24..]
+        .split(|&b| b == 0)
+        .map(|s| String::from_utf8_lossy(s).into_owned());
     let provider = strings.next().ok_or(UsdtError::Note("no provider"))?;
     let name = strings.next().ok_or(UsdtError::Note("no probe name"))?;
     let args = parse_args(&strings.next().unwrap_or_default())?;
@@ -323,7 +376,13 @@ pub fn parse_note(desc: &[u8], base_now: Option<u64>) -> Result<Probe, UsdtError
         Some(now) if addr != 0 => addr.wrapping_add(now).wrapping_sub(base),
         _ => addr,
     };
-    Ok(Probe { provider, name, address: shift(pc), semaphore: shift(sem), args })
+    Ok(Probe {
+        provider,
+        name,
+        address: shift(pc),
+        semaphore: shift(sem),
+        args,
+    })
 }
 
 #[cfg(test)]
@@ -331,39 +390,103 @@ mod tests {
     use super::*;
 
     fn r(gpr: Gpr, width: u8) -> Reg {
-        Reg { gpr, width, high_byte: false }
+        Reg {
+            gpr,
+            width,
+            high_byte: false,
+        }
     }
 
     #[test]
     fn postgres_argument_forms() {
         // Seen in PostgreSQL 15's postgres binary (shared/PROBES.md).
-        assert_eq!(parse_arg("4@%ebx").unwrap(), Arg { size: 4, signed: false, location: Location::Register(r(Gpr::Rbx, 4)) });
-        assert_eq!(parse_arg("-4@%r13d").unwrap(), Arg { size: 4, signed: true, location: Location::Register(r(Gpr::R13, 4)) });
+        assert_eq!(
+            parse_arg("4@%ebx").unwrap(),
+            Arg {
+                size: 4,
+                signed: false,
+                location: Location::Register(r(Gpr::Rbx, 4))
+            }
+        );
+        assert_eq!(
+            parse_arg("-4@%r13d").unwrap(),
+            Arg {
+                size: 4,
+                signed: true,
+                location: Location::Register(r(Gpr::R13, 4))
+            }
+        );
         assert_eq!(
             parse_arg("8@-144(%rbp)").unwrap().location,
-            Location::Memory { base: r(Gpr::Rbp, 8), disp: -144, index: None }
+            Location::Memory {
+                base: r(Gpr::Rbp, 8),
+                disp: -144,
+                index: None
+            }
         );
-        assert_eq!(parse_arg("4@60(%rax)").unwrap().location, Location::Memory { base: r(Gpr::Rax, 8), disp: 60, index: None });
-        assert_eq!(parse_arg("4@(%r12)").unwrap().location, Location::Memory { base: r(Gpr::R12, 8), disp: 0, index: None });
+        assert_eq!(
+            parse_arg("4@60(%rax)").unwrap().location,
+            Location::Memory {
+                base: r(Gpr::Rax, 8),
+                disp: 60,
+                index: None
+            }
+        );
+        assert_eq!(
+            parse_arg("4@(%r12)").unwrap().location,
+            Location::Memory {
+                base: r(Gpr::R12, 8),
+                disp: 0,
+                index: None
+            }
+        );
         assert_eq!(parse_arg("2@12(%r12)").unwrap().size, 2);
         assert_eq!(parse_arg("-4@$0").unwrap().location, Location::Immediate(0));
-        assert_eq!(parse_arg("-4@$-8192").unwrap().location, Location::Immediate(-8192));
-        assert_eq!(parse_arg("1@%dil").unwrap().location, Location::Register(r(Gpr::Rdi, 1)));
+        assert_eq!(
+            parse_arg("-4@$-8192").unwrap().location,
+            Location::Immediate(-8192)
+        );
+        assert_eq!(
+            parse_arg("1@%dil").unwrap().location,
+            Location::Register(r(Gpr::Rdi, 1))
+        );
         assert_eq!(
             parse_arg("1@%ah").unwrap().location,
-            Location::Register(Reg { gpr: Gpr::Rax, width: 1, high_byte: true })
+            Location::Register(Reg {
+                gpr: Gpr::Rax,
+                width: 1,
+                high_byte: true
+            })
         );
-        assert_eq!(parse_arg("-4@NBuffers(%rip)").unwrap().location, Location::Symbol { name: "NBuffers".into(), disp: 0 });
+        assert_eq!(
+            parse_arg("-4@NBuffers(%rip)").unwrap().location,
+            Location::Symbol {
+                name: "NBuffers".into(),
+                disp: 0
+            }
+        );
         assert_eq!(
             parse_arg("-4@40+CheckpointStats(%rip)").unwrap().location,
-            Location::Symbol { name: "CheckpointStats".into(), disp: 40 }
+            Location::Symbol {
+                name: "CheckpointStats".into(),
+                disp: 40
+            }
         );
         assert_eq!(
             parse_arg("8@16(%rax,%rbx,8)").unwrap().location,
-            Location::Memory { base: r(Gpr::Rax, 8), disp: 16, index: Some((r(Gpr::Rbx, 8), 8)) }
+            Location::Memory {
+                base: r(Gpr::Rax, 8),
+                disp: 16,
+                index: Some((r(Gpr::Rbx, 8), 8))
+            }
         );
         assert_eq!(parse_args("").unwrap(), vec![]);
-        assert_eq!(parse_args("4@(%r12) 4@4(%r12) 4@8(%r12) 2@12(%r12) 1@14(%r12) -4@%r13d").unwrap().len(), 6);
+        assert_eq!(
+            parse_args("4@(%r12) 4@4(%r12) 4@8(%r12) 2@12(%r12) 1@14(%r12) -4@%r13d")
+                .unwrap()
+                .len(),
+            6
+        );
     }
 
     #[test]
@@ -392,9 +515,15 @@ mod tests {
         desc.extend_from_slice(&0x9000u64.to_le_bytes());
         desc.extend_from_slice(b"postgresql\0transaction__start\04@%ebx\0");
         let p = parse_note(&desc, Some(0x5100)).unwrap();
-        assert_eq!((p.provider.as_str(), p.name.as_str()), ("postgresql", "transaction__start"));
+        assert_eq!(
+            (p.provider.as_str(), p.name.as_str()),
+            ("postgresql", "transaction__start")
+        );
         assert_eq!((p.address, p.semaphore), (0x1100, 0x9100));
         assert_eq!(p.args.len(), 1);
-        assert_eq!(parse_note(&desc[..20], None), Err(UsdtError::Note("descriptor too short")));
+        assert_eq!(
+            parse_note(&desc[..20], None),
+            Err(UsdtError::Note("descriptor too short"))
+        );
     }
 }

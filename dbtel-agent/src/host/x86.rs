@@ -7,7 +7,8 @@
 //! same for its one-line accessors) decode with it.
 
 use iced_x86::{
-    Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
+    Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Mnemonic, OpAccess,
+    OpKind, Register,
 };
 
 /// Decodes a function body up to its first `ret` (at most 40 instructions).
@@ -109,23 +110,38 @@ pub fn arg0_accesses(insns: &[Instruction]) -> Vec<Access> {
             out.push(a);
         }
         // What the instruction leaves in registers.
-        let copied = match (ins.mnemonic(), ins.op_count() == 2 && ins.op0_kind() == OpKind::Register) {
-            (Mnemonic::Mov, true) if ins.op1_kind() == OpKind::Register => {
-                held.iter().find(|(r, _)| *r == ins.op1_register()).map(|&(_, v)| v)
-            }
-            (Mnemonic::Mov, true) if ins.op1_kind() == OpKind::Memory && ins.memory_index() == Register::None => held
+        let copied = match (
+            ins.mnemonic(),
+            ins.op_count() == 2 && ins.op0_kind() == OpKind::Register,
+        ) {
+            (Mnemonic::Mov, true) if ins.op1_kind() == OpKind::Register => held
                 .iter()
-                .find(|(r, v)| *r == ins.memory_base() && v.is_none())
-                .and_then(|_| u32::try_from(ins.memory_displacement64()).ok())
-                .filter(|_| ins.op0_register().size() == 8)
-                .map(Some),
+                .find(|(r, _)| *r == ins.op1_register())
+                .map(|&(_, v)| v),
+            (Mnemonic::Mov, true)
+                if ins.op1_kind() == OpKind::Memory && ins.memory_index() == Register::None =>
+            {
+                held.iter()
+                    .find(|(r, v)| *r == ins.memory_base() && v.is_none())
+                    .and_then(|_| u32::try_from(ins.memory_displacement64()).ok())
+                    .filter(|_| ins.op0_register().size() == 8)
+                    .map(Some)
+            }
             _ => None,
         };
         let written: Vec<Register> = info
             .info(ins)
             .used_registers()
             .iter()
-            .filter(|u| matches!(u.access(), OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite))
+            .filter(|u| {
+                matches!(
+                    u.access(),
+                    OpAccess::Write
+                        | OpAccess::CondWrite
+                        | OpAccess::ReadWrite
+                        | OpAccess::ReadCondWrite
+                )
+            })
             .map(|u| u.register().full_register())
             .collect();
         held.retain(|(r, _)| !written.contains(r));
@@ -137,7 +153,11 @@ pub fn arg0_accesses(insns: &[Instruction]) -> Vec<Access> {
         if after_call {
             held.retain(|(r, _)| !CALLER_SAVED.contains(r));
         }
-        if matches!(flow, FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch) && ins.near_branch_target() > ins.ip() {
+        if matches!(
+            flow,
+            FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch
+        ) && ins.near_branch_target() > ins.ip()
+        {
             match at_target.get_mut(&ins.near_branch_target()) {
                 Some(there) => there.retain(|h| held.contains(h)),
                 None => {
@@ -145,7 +165,10 @@ pub fn arg0_accesses(insns: &[Instruction]) -> Vec<Access> {
                 }
             }
         }
-        dead = matches!(flow, FlowControl::Return | FlowControl::UnconditionalBranch | FlowControl::IndirectBranch);
+        dead = matches!(
+            flow,
+            FlowControl::Return | FlowControl::UnconditionalBranch | FlowControl::IndirectBranch
+        );
     }
     out
 }
@@ -163,12 +186,40 @@ fn access(ins: &Instruction, held: &[(Register, Option<u32>)], after_call: bool)
         Mnemonic::Lea => Use::Address,
         Mnemonic::Mov if mem == 0 => Use::Write,
         // Updated in place (`add [thd + 0x2818], rsi`, `or dword [thd + 0x3f34], 0x20`).
-        Mnemonic::Add | Mnemonic::Sub | Mnemonic::Or | Mnemonic::And | Mnemonic::Xor | Mnemonic::Inc | Mnemonic::Dec if mem == 0 => Use::Write,
-        Mnemonic::Mov | Mnemonic::Movzx | Mnemonic::Movsx | Mnemonic::Movsxd | Mnemonic::Test | Mnemonic::Cmp => Use::Read,
+        Mnemonic::Add
+        | Mnemonic::Sub
+        | Mnemonic::Or
+        | Mnemonic::And
+        | Mnemonic::Xor
+        | Mnemonic::Inc
+        | Mnemonic::Dec
+            if mem == 0 =>
+        {
+            Use::Write
+        }
+        Mnemonic::Mov
+        | Mnemonic::Movzx
+        | Mnemonic::Movsx
+        | Mnemonic::Movsxd
+        | Mnemonic::Test
+        | Mnemonic::Cmp => Use::Read,
         _ => return None,
     };
-    let size = if use_ == Use::Address { 0 } else { ins.memory_size().size() as u32 };
-    Some(Access { ip: ins.ip(), mnemonic: ins.mnemonic(), disp, size, use_, reg, via, after_call })
+    let size = if use_ == Use::Address {
+        0
+    } else {
+        ins.memory_size().size() as u32
+    };
+    Some(Access {
+        ip: ins.ip(),
+        mnemonic: ins.mnemonic(),
+        disp,
+        size,
+        use_,
+        reg,
+        via,
+        after_call,
+    })
 }
 
 #[cfg(test)]
@@ -176,20 +227,31 @@ mod tests {
     use super::*;
 
     fn accesses(bytes: &[u8]) -> Vec<(Use, u32, u32, Option<u32>, bool)> {
-        arg0_accesses(&decode_body(bytes, 0x1000)).iter().map(|a| (a.use_, a.disp, a.size, a.via, a.after_call)).collect()
+        arg0_accesses(&decode_body(bytes, 0x1000))
+            .iter()
+            .map(|a| (a.use_, a.disp, a.size, a.via, a.after_call))
+            .collect()
     }
 
     #[test]
     fn direct_loads_and_addresses() {
         // mov rax,[rdi+0x350]; ret
-        assert_eq!(accesses(&[0x48, 0x8b, 0x87, 0x50, 0x03, 0x00, 0x00, 0xc3]), vec![(Use::Read, 0x350, 8, None, false)]);
+        assert_eq!(
+            accesses(&[0x48, 0x8b, 0x87, 0x50, 0x03, 0x00, 0x00, 0xc3]),
+            vec![(Use::Read, 0x350, 8, None, false)]
+        );
         // xor eax,eax; test rdi,rdi; je +6; mov eax,[rdi+0x90]; ret
         assert_eq!(
-            accesses(&[0x31, 0xc0, 0x48, 0x85, 0xff, 0x74, 0x06, 0x8b, 0x87, 0x90, 0x00, 0x00, 0x00, 0xc3]),
+            accesses(&[
+                0x31, 0xc0, 0x48, 0x85, 0xff, 0x74, 0x06, 0x8b, 0x87, 0x90, 0x00, 0x00, 0x00, 0xc3
+            ]),
             vec![(Use::Read, 0x90, 4, None, false)]
         );
         // lea rax,[rdi+0x297]; ret
-        assert_eq!(accesses(&[0x48, 0x8d, 0x87, 0x97, 0x02, 0x00, 0x00, 0xc3]), vec![(Use::Address, 0x297, 0, None, false)]);
+        assert_eq!(
+            accesses(&[0x48, 0x8d, 0x87, 0x97, 0x02, 0x00, 0x00, 0xc3]),
+            vec![(Use::Address, 0x297, 0, None, false)]
+        );
     }
 
     #[test]
@@ -197,10 +259,17 @@ mod tests {
         // xor eax,eax; test rdi,rdi; je; mov rdx,[rdi+0x38]; test rdx,rdx; je;
         // test dword [rdx+0x380],0x1008; setne al; ret   (mysql_stmt_more_results)
         let code = [
-            0x31, 0xc0, 0x48, 0x85, 0xff, 0x74, 0x16, 0x48, 0x8b, 0x57, 0x38, 0x48, 0x85, 0xd2, 0x74, 0x0d, 0xf7, 0x82, 0x80, 0x03,
-            0x00, 0x00, 0x08, 0x10, 0x00, 0x00, 0x0f, 0x95, 0xc0, 0xc3,
+            0x31, 0xc0, 0x48, 0x85, 0xff, 0x74, 0x16, 0x48, 0x8b, 0x57, 0x38, 0x48, 0x85, 0xd2,
+            0x74, 0x0d, 0xf7, 0x82, 0x80, 0x03, 0x00, 0x00, 0x08, 0x10, 0x00, 0x00, 0x0f, 0x95,
+            0xc0, 0xc3,
         ];
-        assert_eq!(accesses(&code), vec![(Use::Read, 0x38, 8, None, false), (Use::Read, 0x380, 4, Some(0x38), false)]);
+        assert_eq!(
+            accesses(&code),
+            vec![
+                (Use::Read, 0x38, 8, None, false),
+                (Use::Read, 0x380, 4, Some(0x38), false)
+            ]
+        );
     }
 
     #[test]
@@ -208,17 +277,27 @@ mod tests {
         // mov r13,rdi; mov rdi,rsi; call .; mov rdi,[r13+0x2e8]; call .; mov rdi,rbx; call .;
         // mov [r13+0x2e8],rax; mov rax,[rdi+8]; ret   (mysql_select_db's tail; rdi no longer the argument)
         let code = [
-            0x49, 0x89, 0xfd, 0x48, 0x89, 0xf7, 0xe8, 0x00, 0x00, 0x00, 0x00, 0x49, 0x8b, 0xbd, 0xe8, 0x02, 0x00, 0x00, 0xe8, 0x00,
-            0x00, 0x00, 0x00, 0x48, 0x89, 0xdf, 0xe8, 0x00, 0x00, 0x00, 0x00, 0x49, 0x89, 0x85, 0xe8, 0x02, 0x00, 0x00, 0x48, 0x8b,
-            0x47, 0x08, 0xc3,
+            0x49, 0x89, 0xfd, 0x48, 0x89, 0xf7, 0xe8, 0x00, 0x00, 0x00, 0x00, 0x49, 0x8b, 0xbd,
+            0xe8, 0x02, 0x00, 0x00, 0xe8, 0x00, 0x00, 0x00, 0x00, 0x48, 0x89, 0xdf, 0xe8, 0x00,
+            0x00, 0x00, 0x00, 0x49, 0x89, 0x85, 0xe8, 0x02, 0x00, 0x00, 0x48, 0x8b, 0x47, 0x08,
+            0xc3,
         ];
-        assert_eq!(accesses(&code), vec![(Use::Read, 0x2e8, 8, None, true), (Use::Write, 0x2e8, 8, None, true)]);
+        assert_eq!(
+            accesses(&code),
+            vec![
+                (Use::Read, 0x2e8, 8, None, true),
+                (Use::Write, 0x2e8, 8, None, true)
+            ]
+        );
     }
 
     #[test]
     fn a_branch_carries_what_it_knows_past_a_return() {
         // mov r13,rdi; test eax,eax; je L; pop r13; ret; nop; L: mov [r13+0x10],rax; ret
-        let code = [0x49, 0x89, 0xfd, 0x85, 0xc0, 0x74, 0x04, 0x41, 0x5d, 0xc3, 0x90, 0x49, 0x89, 0x45, 0x10, 0xc3];
+        let code = [
+            0x49, 0x89, 0xfd, 0x85, 0xc0, 0x74, 0x04, 0x41, 0x5d, 0xc3, 0x90, 0x49, 0x89, 0x45,
+            0x10, 0xc3,
+        ];
         assert_eq!(accesses(&code), vec![(Use::Write, 0x10, 8, None, false)]);
         // The same without the branch: after `pop r13` r13 is something else.
         let code = [0x49, 0x89, 0xfd, 0x41, 0x5d, 0x49, 0x89, 0x45, 0x10, 0xc3];

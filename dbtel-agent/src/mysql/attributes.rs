@@ -27,7 +27,10 @@ pub struct ConnView {
 
 impl Default for ConnView {
     fn default() -> Self {
-        ConnView { system: "mysql", attrs: Vec::new() }
+        ConnView {
+            system: "mysql",
+            attrs: Vec::new(),
+        }
     }
 }
 
@@ -145,13 +148,29 @@ pub fn function_name(c: MyCall) -> &'static str {
 /// A query's span (kind CLIENT).
 pub fn query_span(q: QuerySpan) -> DbSpan {
     let d = describe(&q);
-    DbSpan::new(q.pid, q.ids, Kind::Client, (q.start_ns, q.end_ns), d, Vec::new(), Vec::new())
+    DbSpan::new(
+        q.pid,
+        q.ids,
+        Kind::Client,
+        (q.start_ns, q.end_ns),
+        d,
+        Vec::new(),
+        Vec::new(),
+    )
 }
 
 /// A client transaction, kind CLIENT like its queries (as libpq's).
 pub fn txn_span(t: TxnSpan, conn: &ConnView) -> DbSpan {
     let d = txn::describe(&t, conn.system, &conn.attrs);
-    DbSpan::new(t.pid, t.ids, Kind::Client, (t.start_ns, t.end_ns), d, t.events, Vec::new())
+    DbSpan::new(
+        t.pid,
+        t.ids,
+        Kind::Client,
+        (t.start_ns, t.end_ns),
+        d,
+        t.events,
+        Vec::new(),
+    )
 }
 
 /// Span name, attributes and error of a query.
@@ -190,7 +209,10 @@ pub fn describe(q: &QuerySpan) -> Described {
     }
     if q.prepared_before_attach {
         // Its text was never seen.
-        a.push(KeyValue::new("dbtel.statement.prepared_before_attach", true));
+        a.push(KeyValue::new(
+            "dbtel.statement.prepared_before_attach",
+            true,
+        ));
         a.push(KeyValue::new("db.operation.name", "EXECUTE"));
         name = "EXECUTE".into();
     }
@@ -230,7 +252,11 @@ pub fn describe(q: &QuerySpan) -> Described {
     if name.is_empty() {
         name = "mysql".into();
     }
-    Described { name, attributes: a, error }
+    Described {
+        name,
+        attributes: a,
+        error,
+    }
 }
 
 #[cfg(test)]
@@ -240,7 +266,12 @@ mod tests {
 
     fn details(host: &str, socket: &str, port: u32, version: &str) -> ConnDetails {
         ConnDetails {
-            at: Origin { pid: 1, tid: 1, ts_ns: 0, conn: 0x10 },
+            at: Origin {
+                pid: 1,
+                tid: 1,
+                ts_ns: 0,
+                conn: 0x10,
+            },
             thread_id: 42,
             db: "shop".into(),
             host: host.into(),
@@ -251,12 +282,22 @@ mod tests {
     }
 
     fn get(a: &[KeyValue], k: &str) -> Option<String> {
-        a.iter().find(|kv| kv.key.as_str() == k).map(|kv| kv.value.to_string())
+        a.iter()
+            .find(|kv| kv.key.as_str() == k)
+            .map(|kv| kv.value.to_string())
     }
 
     #[test]
     fn where_the_connection_goes() {
-        let v = ConnView::new(Some(&details("localhost", "/run/mysqld/mysqld.sock", 3306, "10.11.19-MariaDB-0+deb12u1")), 42);
+        let v = ConnView::new(
+            Some(&details(
+                "localhost",
+                "/run/mysqld/mysqld.sock",
+                3306,
+                "10.11.19-MariaDB-0+deb12u1",
+            )),
+            42,
+        );
         assert_eq!(v.system, "mariadb");
         assert_eq!(
             v.attrs,
@@ -267,7 +308,10 @@ mod tests {
                 KeyValue::new("db.mysql.connection_id", 42i64),
             ]
         );
-        let v = ConnView::new(Some(&details("db.example", "/tmp/x.sock", 3307, "8.0.36")), 7);
+        let v = ConnView::new(
+            Some(&details("db.example", "/tmp/x.sock", 3307, "8.0.36")),
+            7,
+        );
         assert_eq!(v.system, "mysql");
         assert_eq!(
             v.attrs,
@@ -282,8 +326,21 @@ mod tests {
         let mut d = details("127.0.0.1", "", 0, "5.5.5-10.6.1-mariadb");
         d.db.clear();
         let v = ConnView::new(Some(&d), 0);
-        assert_eq!((v.system, get(&v.attrs, "server.port"), get(&v.attrs, "db.namespace")), ("mariadb", None, None));
-        assert_eq!(ConnView::new(None, 9), ConnView { system: "mysql", attrs: vec![KeyValue::new("db.mysql.connection_id", 9i64)] });
+        assert_eq!(
+            (
+                v.system,
+                get(&v.attrs, "server.port"),
+                get(&v.attrs, "db.namespace")
+            ),
+            ("mariadb", None, None)
+        );
+        assert_eq!(
+            ConnView::new(None, 9),
+            ConnView {
+                system: "mysql",
+                attrs: vec![KeyValue::new("db.mysql.connection_id", 9i64)]
+            }
+        );
     }
 
     fn q(text: Option<&str>, call: MyCall) -> QuerySpan {
@@ -307,26 +364,55 @@ mod tests {
 
     #[test]
     fn prepare_failure_and_cut_spans() {
-        let d = describe(&q(Some("SELECT a FROM t WHERE id = ?"), MyCall::StmtPrepare));
+        let d = describe(&q(
+            Some("SELECT a FROM t WHERE id = ?"),
+            MyCall::StmtPrepare,
+        ));
         assert_eq!(d.name, "PREPARE SELECT t");
-        assert_eq!(get(&d.attributes, "db.operation.name").as_deref(), Some("PREPARE"));
-        assert_eq!(get(&d.attributes, "db.query.summary").as_deref(), Some("PREPARE SELECT t"));
-        assert_eq!(get(&d.attributes, "code.function.name").as_deref(), Some("mysql_stmt_prepare"));
+        assert_eq!(
+            get(&d.attributes, "db.operation.name").as_deref(),
+            Some("PREPARE")
+        );
+        assert_eq!(
+            get(&d.attributes, "db.query.summary").as_deref(),
+            Some("PREPARE SELECT t")
+        );
+        assert_eq!(
+            get(&d.attributes, "code.function.name").as_deref(),
+            Some("mysql_stmt_prepare")
+        );
 
         let mut f = q(Some("select * from nope"), MyCall::RealQuery);
-        f.error = Some(Failure { errno: 1146, sqlstate: "42S02".into() });
+        f.error = Some(Failure {
+            errno: 1146,
+            sqlstate: "42S02".into(),
+        });
         f.returned_rows = Some(3);
         let d = describe(&f);
         assert_eq!(d.error.as_deref(), Some("1146"));
-        for (k, v) in [("db.response.status_code", "1146"), ("error.type", "1146"), ("db.mysql.sqlstate", "42S02")] {
+        for (k, v) in [
+            ("db.response.status_code", "1146"),
+            ("error.type", "1146"),
+            ("db.mysql.sqlstate", "42S02"),
+        ] {
             assert_eq!(get(&d.attributes, k).as_deref(), Some(v), "{k}");
         }
-        assert_eq!(get(&d.attributes, "db.response.returned_rows"), None, "no rows on an error");
+        assert_eq!(
+            get(&d.attributes, "db.response.returned_rows"),
+            None,
+            "no rows on an error"
+        );
 
         let mut c = q(None, MyCall::SendQuery);
         c.end = End::Superseded;
         let d = describe(&c);
-        assert_eq!((d.name.as_str(), d.error.as_deref()), ("mysql", Some("query did not complete: superseded")));
-        assert_eq!(get(&d.attributes, "error.type").as_deref(), Some("dbtel.superseded"));
+        assert_eq!(
+            (d.name.as_str(), d.error.as_deref()),
+            ("mysql", Some("query did not complete: superseded"))
+        );
+        assert_eq!(
+            get(&d.attributes, "error.type").as_deref(),
+            Some("dbtel.superseded")
+        );
     }
 }

@@ -53,7 +53,11 @@ pub struct Probed {
 }
 
 const fn p(symbol: &'static str, call: MyCall, flags: u64) -> Probed {
-    Probed { symbol, call, flags }
+    Probed {
+        symbol,
+        call,
+        flags,
+    }
 }
 
 use mycookie::{EMIT, RETURN, STMT, TEXT};
@@ -71,11 +75,23 @@ pub const PROBED: &[Probed] = &[
     // int mysql_next_result(MYSQL *): 0 another result, -1 none, > 0 error
     p("mysql_next_result", MyCall::NextResult, RETURN),
     // int mysql_stmt_prepare(MYSQL_STMT *, const char *q, unsigned long length)
-    p("mysql_stmt_prepare", MyCall::StmtPrepare, TEXT | STMT | EMIT | RETURN),
+    p(
+        "mysql_stmt_prepare",
+        MyCall::StmtPrepare,
+        TEXT | STMT | EMIT | RETURN,
+    ),
     // int mysql_stmt_execute(MYSQL_STMT *)
-    p("mysql_stmt_execute", MyCall::StmtExecute, STMT | EMIT | RETURN),
+    p(
+        "mysql_stmt_execute",
+        MyCall::StmtExecute,
+        STMT | EMIT | RETURN,
+    ),
     // int mysql_stmt_store_result(MYSQL_STMT *)
-    p("mysql_stmt_store_result", MyCall::StmtStoreResult, STMT | RETURN),
+    p(
+        "mysql_stmt_store_result",
+        MyCall::StmtStoreResult,
+        STMT | RETURN,
+    ),
     // my_bool mysql_stmt_close(MYSQL_STMT *): frees the handle (its address may be reused)
     p("mysql_stmt_close", MyCall::StmtClose, STMT | EMIT),
     // void mysql_close(MYSQL *)
@@ -88,7 +104,10 @@ pub fn symbols() -> impl Iterator<Item = &'static str> {
 }
 
 pub fn name(call: MyCall) -> &'static str {
-    PROBED.iter().find(|p| p.call == call).map_or("mysql", |p| p.symbol)
+    PROBED
+        .iter()
+        .find(|p| p.call == call)
+        .map_or("mysql", |p| p.symbol)
 }
 
 #[cfg(test)]
@@ -103,9 +122,16 @@ mod tests {
         assert_eq!(calls.len(), PROBED.len());
         for p in PROBED {
             // A text is (pointer, length) in arguments 2 and 3 of exactly these.
-            let texts = matches!(p.call, MyCall::RealQuery | MyCall::SendQuery | MyCall::StmtPrepare);
+            let texts = matches!(
+                p.call,
+                MyCall::RealQuery | MyCall::SendQuery | MyCall::StmtPrepare
+            );
             assert_eq!(p.flags & TEXT != 0, texts, "{p:?}");
-            assert_eq!(p.flags & STMT != 0, p.symbol.starts_with("mysql_stmt_"), "{p:?}");
+            assert_eq!(
+                p.flags & STMT != 0,
+                p.symbol.starts_with("mysql_stmt_"),
+                "{p:?}"
+            );
             // A record at entry or at return: never a probe that sends nothing.
             assert!(p.flags & (EMIT | RETURN) != 0, "{p:?}");
         }

@@ -28,13 +28,19 @@ pub struct Client {
 impl Client {
     pub fn new(text: Text) -> Self {
         // The server sites are placed in mariadbd only.
-        Client { recon: Reconstructor::new(text), server: Tracker::new("mariadb", text, IdGen::random()) }
+        Client {
+            recon: Reconstructor::new(text),
+            server: Tracker::new("mariadb", text, IdGen::random()),
+        }
     }
 
     /// Deterministic identifiers, for tests.
     #[cfg(test)]
     pub fn with_seed(seed: u64, text: Text) -> Self {
-        Client { recon: Reconstructor::with_seed(seed, text), server: Tracker::new("mariadb", text, IdGen::seeded(seed + 1)) }
+        Client {
+            recon: Reconstructor::with_seed(seed, text),
+            server: Tracker::new("mariadb", text, IdGen::seeded(seed + 1)),
+        }
     }
 }
 

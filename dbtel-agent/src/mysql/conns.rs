@@ -29,7 +29,11 @@ pub struct Conns<V> {
 
 impl<V> Conns<V> {
     pub fn new(cap: usize) -> Self {
-        Conns { map: Default::default(), procs: Default::default(), cap: cap.max(1) }
+        Conns {
+            map: Default::default(),
+            procs: Default::default(),
+            cap: cap.max(1),
+        }
     }
 
     pub fn get(&self, key: Key) -> Option<&V> {
@@ -53,7 +57,12 @@ impl<V> Conns<V> {
     /// `new()` if absent. A connection forgotten to make room is returned:
     /// the least recently used for which `idle` holds, else the least
     /// recently used.
-    pub fn touch(&mut self, key: Key, new: impl FnOnce() -> V, idle: impl Fn(&V) -> bool) -> Option<(Key, V)> {
+    pub fn touch(
+        &mut self,
+        key: Key,
+        new: impl FnOnce() -> V,
+        idle: impl Fn(&V) -> bool,
+    ) -> Option<(Key, V)> {
         let p = self.procs.entry(key.0).or_default();
         let seq = p.next_seq;
         p.next_seq += 1;
@@ -71,13 +80,23 @@ impl<V> Conns<V> {
         }
         if p.queue.len() > 2 * self.cap {
             let map = &self.map;
-            p.queue.retain(|&(h, s)| map.get(&(key.0, h)).is_some_and(|slot| slot.seq == s));
+            p.queue
+                .retain(|&(h, s)| map.get(&(key.0, h)).is_some_and(|slot| slot.seq == s));
         }
         evicted
     }
 
-    fn evict(map: &mut crate::FastMap<Key, Slot<V>>, p: &mut Order, pid: u32, idle: impl Fn(&V) -> bool) -> Option<(Key, V)> {
-        fn live<V>(map: &crate::FastMap<Key, Slot<V>>, pid: u32, (h, s): (u64, u64)) -> Option<&Slot<V>> {
+    fn evict(
+        map: &mut crate::FastMap<Key, Slot<V>>,
+        p: &mut Order,
+        pid: u32,
+        idle: impl Fn(&V) -> bool,
+    ) -> Option<(Key, V)> {
+        fn live<V>(
+            map: &crate::FastMap<Key, Slot<V>>,
+            pid: u32,
+            (h, s): (u64, u64),
+        ) -> Option<&Slot<V>> {
             map.get(&(pid, h)).filter(|slot| slot.seq == s)
         }
         while let Some(&front) = p.queue.front() {
@@ -88,7 +107,12 @@ impl<V> Conns<V> {
         }
         // The newest entry is the one just inserted: never a candidate.
         let candidates = p.queue.len().saturating_sub(1);
-        let pick = p.queue.iter().take(candidates).copied().find(|&e| live(map, pid, e).is_some_and(|slot| idle(&slot.v)));
+        let pick = p
+            .queue
+            .iter()
+            .take(candidates)
+            .copied()
+            .find(|&e| live(map, pid, e).is_some_and(|slot| idle(&slot.v)));
         let pick = pick.or_else(|| p.queue.front().copied().filter(|_| candidates > 0))?;
         p.live -= 1;
         let k = (pid, pick.0);
@@ -108,7 +132,9 @@ impl<V> Conns<V> {
 
     /// Connections held for a process, and its order entries (for bound checks).
     pub fn held(&self, pid: u32) -> (usize, usize) {
-        self.procs.get(&pid).map_or((0, 0), |p| (p.live, p.queue.len()))
+        self.procs
+            .get(&pid)
+            .map_or((0, 0), |p| (p.live, p.queue.len()))
     }
 }
 
@@ -126,7 +152,10 @@ mod tests {
         c.touch((7, 2), || unreachable!(), |b| !b); // 2 used again: 3 is now the oldest idle
         assert_eq!(c.touch((7, 4), || false, |b| !b), Some(((7, 3), false)));
         assert_eq!(c.touch((7, 5), || false, |b| !b), Some(((7, 2), false)));
-        assert!(c.touch((8, 1), || false, |b| !b).is_none(), "another process has its own cap");
+        assert!(
+            c.touch((8, 1), || false, |b| !b).is_none(),
+            "another process has its own cap"
+        );
         // All busy: the least recently used goes all the same.
         for h in [4, 5] {
             *c.get_mut((7, h)).unwrap() = true;

@@ -31,8 +31,13 @@ pub fn claim(pid: u32, path: &str, host: &Path) -> Result<Option<Plan>, ClaimErr
     }
     let data = fs::read(host).map_err(|e| ClaimError(format!("{path} (process {pid}): {e}")))?;
     let names: Vec<&'static str> = calls::symbols().collect();
-    let found = symbols::find(&data, &names).map_err(|e| ClaimError(format!("{path} (process {pid}): {e}")))?;
-    let missing: Vec<&str> = names.iter().copied().filter(|n| !found.contains_key(n)).collect();
+    let found = symbols::find(&data, &names)
+        .map_err(|e| ClaimError(format!("{path} (process {pid}): {e}")))?;
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !found.contains_key(n))
+        .collect();
     if !missing.is_empty() {
         return Err(ClaimError(format!(
             "{path} (process {pid}) has MySQL client symbols but lacks {}: unsupported MySQL client library",
@@ -42,20 +47,39 @@ pub fn claim(pid: u32, path: &str, host: &Path) -> Result<Option<Plan>, ClaimErr
     let l = layout::decode(path, &data).map_err(|e| ClaimError(format!("{e} (process {pid})")))?;
     let mut warnings = Vec::new();
     if let Err(e) = &l.endpoint {
-        warnings.push(format!("{path}: server address unknown ({e}); spans will lack server.address"));
+        warnings.push(format!(
+            "{path}: server address unknown ({e}); spans will lack server.address"
+        ));
     }
     let mut points = Vec::new();
     for p in calls::PROBED {
         let offset = found[p.symbol].offset;
         let cookie = mycookie::make(p.call, p.flags) as u32;
         if p.flags & (mycookie::EMIT | mycookie::RETURN) != 0 {
-            points.push(Point { program: "my_call", function: p.symbol, offset, cookie });
+            points.push(Point {
+                program: "my_call",
+                function: p.symbol,
+                offset,
+                cookie,
+            });
         }
         if p.flags & mycookie::RETURN != 0 {
-            points.push(Point { program: "my_return", function: p.symbol, offset, cookie });
+            points.push(Point {
+                program: "my_return",
+                function: p.symbol,
+                offset,
+                cookie,
+            });
         }
     }
-    Ok(Some(Plan { pid, path: path.into(), host_path: host.into(), layout: Layout::Mysql(l.offsets()), points, warnings }))
+    Ok(Some(Plan {
+        pid,
+        path: path.into(),
+        host_path: host.into(),
+        layout: Layout::Mysql(l.offsets()),
+        points,
+        warnings,
+    }))
 }
 
 #[cfg(test)]
@@ -64,23 +88,62 @@ mod tests {
 
     #[test]
     fn the_shared_library_and_the_cli_are_claimed_libpq_and_libc_are_not() {
-        for lib in ["/usr/lib/x86_64-linux-gnu/libmariadb.so.3", "/usr/bin/mariadb"] {
-            let plan = claim(1, lib, Path::new(lib)).unwrap().unwrap_or_else(|| panic!("{lib}"));
+        for lib in [
+            "/usr/lib/x86_64-linux-gnu/libmariadb.so.3",
+            "/usr/bin/mariadb",
+        ] {
+            let plan = claim(1, lib, Path::new(lib))
+                .unwrap()
+                .unwrap_or_else(|| panic!("{lib}"));
             // Every call's entry (a record, or the handle kept for its return), 9 returns.
-            let entries = plan.points.iter().filter(|p| p.program == "my_call").count();
-            let returns = plan.points.iter().filter(|p| p.program == "my_return").count();
+            let entries = plan
+                .points
+                .iter()
+                .filter(|p| p.program == "my_call")
+                .count();
+            let returns = plan
+                .points
+                .iter()
+                .filter(|p| p.program == "my_return")
+                .count();
             assert_eq!((entries, returns), (11, 9), "{lib}");
-            let Layout::Mysql(o) = plan.layout else { panic!() };
-            assert_eq!((o.thread_id, o.db, o.stmt_field_count, o.endpoint_valid, o.valid), (0x350, 0x2e8, 0x60, 1, 1));
+            let Layout::Mysql(o) = plan.layout else {
+                panic!()
+            };
+            assert_eq!(
+                (
+                    o.thread_id,
+                    o.db,
+                    o.stmt_field_count,
+                    o.endpoint_valid,
+                    o.valid
+                ),
+                (0x350, 0x2e8, 0x60, 1, 1)
+            );
         }
-        for other in ["/usr/lib/x86_64-linux-gnu/libpq.so.5", "/lib/x86_64-linux-gnu/libc.so.6"] {
-            assert!(claim(1, other, Path::new(other)).unwrap().is_none(), "{other}");
+        for other in [
+            "/usr/lib/x86_64-linux-gnu/libpq.so.5",
+            "/lib/x86_64-linux-gnu/libc.so.6",
+        ] {
+            assert!(
+                claim(1, other, Path::new(other)).unwrap().is_none(),
+                "{other}"
+            );
         }
     }
 
     #[test]
     fn a_library_named_like_the_client_that_cannot_be_read_is_an_error() {
-        let e = claim(1, "/nonexistent/libmariadb.so.3", Path::new("/nonexistent/libmariadb.so.3")).unwrap_err();
-        assert!(e.to_string().starts_with("/nonexistent/libmariadb.so.3 (process 1): "), "{e}");
+        let e = claim(
+            1,
+            "/nonexistent/libmariadb.so.3",
+            Path::new("/nonexistent/libmariadb.so.3"),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/libmariadb.so.3 (process 1): "),
+            "{e}"
+        );
     }
 }

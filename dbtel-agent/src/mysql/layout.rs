@@ -79,9 +79,16 @@ pub enum LayoutError {
     #[error("{library}: not a readable x86-64 ELF file")]
     NotElf { library: String },
     #[error("{library} lacks {accessor}: not a MySQL client library dbtel can read")]
-    Missing { library: String, accessor: &'static str },
+    Missing {
+        library: String,
+        accessor: &'static str,
+    },
     #[error("{library}: cannot decode {accessor}: {why}")]
-    Undecodable { library: String, accessor: &'static str, why: &'static str },
+    Undecodable {
+        library: String,
+        accessor: &'static str,
+        why: &'static str,
+    },
 }
 
 /// The accessors decoded, all required (mysql_get_proto_info and mysql_info
@@ -114,11 +121,17 @@ const UNSIZED: usize = 256;
 /// Decodes the layout of the client library (or executable with it linked
 /// in) whose bytes are `data`; `library` names it in errors.
 pub fn decode(library: &str, data: &[u8]) -> Result<MysqlLayout, LayoutError> {
-    let found = symbols::find(data, ACCESSORS).map_err(|_| LayoutError::NotElf { library: library.into() })?;
+    let found = symbols::find(data, ACCESSORS).map_err(|_| LayoutError::NotElf {
+        library: library.into(),
+    })?;
     let body = |name: &'static str| {
         let s = found.get(name)?;
         let code = s.code(data, UNSIZED)?;
-        Some(if s.size > 0 { x86::decode_body(code, s.address) } else { x86::decode(code, s.address) })
+        Some(if s.size > 0 {
+            x86::decode_body(code, s.address)
+        } else {
+            x86::decode(code, s.address)
+        })
     };
     from_accessors(library, &body)
 }
@@ -128,14 +141,25 @@ pub fn from_accessors(
     library: &str,
     body: &dyn Fn(&'static str) -> Option<Vec<Instruction>>,
 ) -> Result<MysqlLayout, LayoutError> {
-    let undecodable = |accessor, why| LayoutError::Undecodable { library: library.into(), accessor, why };
+    let undecodable = |accessor, why| LayoutError::Undecodable {
+        library: library.into(),
+        accessor,
+        why,
+    };
     let accesses = |accessor: &'static str| {
         body(accessor)
             .map(|b| x86::arg0_accesses(&b))
-            .ok_or_else(|| LayoutError::Missing { library: library.into(), accessor })
+            .ok_or_else(|| LayoutError::Missing {
+                library: library.into(),
+                accessor,
+            })
     };
     // The first direct access of this kind and width in the accessor.
-    let field = |accessor: &'static str, use_: Use, sizes: &[u32], why: &'static str| -> Result<u32, LayoutError> {
+    let field = |accessor: &'static str,
+                 use_: Use,
+                 sizes: &[u32],
+                 why: &'static str|
+     -> Result<u32, LayoutError> {
         accesses(accessor)?
             .iter()
             .find(|a| a.via.is_none() && a.use_ == use_ && sizes.contains(&a.size))
@@ -148,40 +172,146 @@ pub fn from_accessors(
     const FLAGS: &[u32] = &[1, 2, 4];
     const ARRAY: &[u32] = &[0];
 
-    let thread_id = field("mysql_thread_id", Use::Read, U64, "no 8-byte load of thread_id")?;
-    let last_errno = field("mysql_errno", Use::Read, U32, "no 4-byte load of net.last_errno")?;
-    let sqlstate = field("mysql_sqlstate", Use::Address, ARRAY, "no address of net.sqlstate")?;
-    let affected_rows = field("mysql_affected_rows", Use::Read, U64, "no 8-byte load of affected_rows")?;
-    let field_count = field("mysql_field_count", Use::Read, U32, "no 4-byte load of field_count")?;
-    let server_status = field("mysql_more_results", Use::Read, FLAGS, "no load of server_status")?;
-    let server_version = field("mysql_get_server_info", Use::Read, PTR, "no load of server_version")?;
-    let host_info = field("mysql_get_host_info", Use::Read, PTR, "no load of host_info")?;
-    let protocol_version = field("mysql_get_proto_info", Use::Read, U32, "no load of protocol_version")?;
+    let thread_id = field(
+        "mysql_thread_id",
+        Use::Read,
+        U64,
+        "no 8-byte load of thread_id",
+    )?;
+    let last_errno = field(
+        "mysql_errno",
+        Use::Read,
+        U32,
+        "no 4-byte load of net.last_errno",
+    )?;
+    let sqlstate = field(
+        "mysql_sqlstate",
+        Use::Address,
+        ARRAY,
+        "no address of net.sqlstate",
+    )?;
+    let affected_rows = field(
+        "mysql_affected_rows",
+        Use::Read,
+        U64,
+        "no 8-byte load of affected_rows",
+    )?;
+    let field_count = field(
+        "mysql_field_count",
+        Use::Read,
+        U32,
+        "no 4-byte load of field_count",
+    )?;
+    let server_status = field(
+        "mysql_more_results",
+        Use::Read,
+        FLAGS,
+        "no load of server_status",
+    )?;
+    let server_version = field(
+        "mysql_get_server_info",
+        Use::Read,
+        PTR,
+        "no load of server_version",
+    )?;
+    let host_info = field(
+        "mysql_get_host_info",
+        Use::Read,
+        PTR,
+        "no load of host_info",
+    )?;
+    let protocol_version = field(
+        "mysql_get_proto_info",
+        Use::Read,
+        U32,
+        "no load of protocol_version",
+    )?;
     let info = field("mysql_info", Use::Read, PTR, "no load of info")?;
     let db = accesses("mysql_select_db")?
         .iter()
-        .find(|a| a.via.is_none() && a.use_ == Use::Write && a.size == 8 && a.after_call && a.reg == iced_x86::Register::RAX)
+        .find(|a| {
+            a.via.is_none()
+                && a.use_ == Use::Write
+                && a.size == 8
+                && a.after_call
+                && a.reg == iced_x86::Register::RAX
+        })
         .map(|a| a.disp)
-        .ok_or(undecodable("mysql_select_db", "no store of the copied name into db"))?;
-    let res_row_count = field("mysql_num_rows", Use::Read, U64, "no 8-byte load of row_count")?;
+        .ok_or(undecodable(
+            "mysql_select_db",
+            "no store of the copied name into db",
+        ))?;
+    let res_row_count = field(
+        "mysql_num_rows",
+        Use::Read,
+        U64,
+        "no 8-byte load of row_count",
+    )?;
 
     let f = "mysql_stmt_more_results";
     let stmt_more: Vec<Access> = accesses(f)?;
-    let stmt_mysql =
-        stmt_more.iter().find(|a| a.via.is_none() && a.use_ == Use::Read && a.size == 8).map(|a| a.disp).ok_or(undecodable(f, "no load of stmt->mysql"))?;
+    let stmt_mysql = stmt_more
+        .iter()
+        .find(|a| a.via.is_none() && a.use_ == Use::Read && a.size == 8)
+        .map(|a| a.disp)
+        .ok_or(undecodable(f, "no load of stmt->mysql"))?;
     // It tests stmt->mysql->server_status: the same field mysql_more_results reads.
-    let through = stmt_more.iter().find(|a| a.via == Some(stmt_mysql)).ok_or(undecodable(f, "no read through stmt->mysql"))?;
+    let through = stmt_more
+        .iter()
+        .find(|a| a.via == Some(stmt_mysql))
+        .ok_or(undecodable(f, "no read through stmt->mysql"))?;
     if !(server_status..server_status + 4).contains(&through.disp) {
-        return Err(undecodable(f, "reads another field than mysql_more_results's server_status"));
+        return Err(undecodable(
+            f,
+            "reads another field than mysql_more_results's server_status",
+        ));
     }
-    let stmt_id = field("mysql_stmt_reset", Use::Read, U64, "no 8-byte load of stmt_id")?;
-    let stmt_last_errno = field("mysql_stmt_errno", Use::Read, U32, "no 4-byte load of last_errno")?;
-    let stmt_sqlstate = field("mysql_stmt_sqlstate", Use::Address, ARRAY, "no address of sqlstate")?;
-    let stmt_affected_rows = field("mysql_stmt_affected_rows", Use::Read, U64, "no 8-byte load of affected_rows")?;
-    let stmt_row_count = field("mysql_stmt_num_rows", Use::Read, U64, "no 8-byte load of the row count")?;
-    let stmt_field_count = field("mysql_stmt_field_count", Use::Read, U32, "no 4-byte load of field_count")?;
+    let stmt_id = field(
+        "mysql_stmt_reset",
+        Use::Read,
+        U64,
+        "no 8-byte load of stmt_id",
+    )?;
+    let stmt_last_errno = field(
+        "mysql_stmt_errno",
+        Use::Read,
+        U32,
+        "no 4-byte load of last_errno",
+    )?;
+    let stmt_sqlstate = field(
+        "mysql_stmt_sqlstate",
+        Use::Address,
+        ARRAY,
+        "no address of sqlstate",
+    )?;
+    let stmt_affected_rows = field(
+        "mysql_stmt_affected_rows",
+        Use::Read,
+        U64,
+        "no 8-byte load of affected_rows",
+    )?;
+    let stmt_row_count = field(
+        "mysql_stmt_num_rows",
+        Use::Read,
+        U64,
+        "no 8-byte load of the row count",
+    )?;
+    let stmt_field_count = field(
+        "mysql_stmt_field_count",
+        Use::Read,
+        U32,
+        "no 4-byte load of field_count",
+    )?;
 
-    let endpoint = endpoint(server_version, host_info, info, db, thread_id, protocol_version).map_err(|(accessor, why)| undecodable(accessor, why));
+    let endpoint = endpoint(
+        server_version,
+        host_info,
+        info,
+        db,
+        thread_id,
+        protocol_version,
+    )
+    .map_err(|(accessor, why)| undecodable(accessor, why));
     Ok(MysqlLayout {
         thread_id,
         last_errno,
@@ -247,12 +377,24 @@ fn endpoint(
 ) -> Result<Endpoint, (&'static str, &'static str)> {
     const P: u32 = 8;
     if host_info != server_version + P || info != host_info + P || db != info + P {
-        return Err(("mysql_get_host_info", "server_version, host_info, info and db are not consecutive pointers"));
+        return Err((
+            "mysql_get_host_info",
+            "server_version, host_info, info and db are not consecutive pointers",
+        ));
     }
     // thread_id, packet_length (8 each), port (4, padded), client_flag, server_capabilities (8 each), protocol_version.
     if protocol_version != thread_id + 40 {
-        return Err(("mysql_get_proto_info", "protocol_version is not 40 bytes after thread_id"));
+        return Err((
+            "mysql_get_proto_info",
+            "protocol_version is not 40 bytes after thread_id",
+        ));
     }
-    let host = server_version.checked_sub(4 * P).ok_or(("mysql_get_server_info", "server_version too near the start"))?;
-    Ok(Endpoint { host, unix_socket: server_version - P, port: thread_id + 16 })
+    let host = server_version
+        .checked_sub(4 * P)
+        .ok_or(("mysql_get_server_info", "server_version too near the start"))?;
+    Ok(Endpoint {
+        host,
+        unix_socket: server_version - P,
+        port: thread_id + 16,
+    })
 }

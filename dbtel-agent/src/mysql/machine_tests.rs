@@ -12,7 +12,9 @@ const LIBMARIADB: &str = "/usr/lib/x86_64-linux-gnu/libmariadb.so.3";
 const CLI: &str = "/usr/bin/mariadb";
 
 fn read(path: &str) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e} (cargo xtask setup installs libmariadb3 and mariadb-client)"))
+    std::fs::read(path).unwrap_or_else(|e| {
+        panic!("{path}: {e} (cargo xtask setup installs libmariadb3 and mariadb-client)")
+    })
 }
 
 #[test]
@@ -20,7 +22,12 @@ fn every_probed_call_is_found_in_the_shared_library_with_its_default_version() {
     let data = read(LIBMARIADB);
     let names: Vec<&'static str> = calls::symbols().collect();
     let found = symbols::find(&data, &names).unwrap();
-    assert_eq!(found.keys().copied().collect::<Vec<_>>().len(), names.len(), "{:?}", found.keys());
+    assert_eq!(
+        found.keys().copied().collect::<Vec<_>>().len(),
+        names.len(),
+        "{:?}",
+        found.keys()
+    );
     for (name, s) in &found {
         // Each name has a sized default version and a size-0 alias at the same address.
         assert_eq!(s.version.as_deref(), Some("libmysqlclient_18"), "{name}");
@@ -31,7 +38,11 @@ fn every_probed_call_is_found_in_the_shared_library_with_its_default_version() {
     // Spot checks against `readelf --dyn-syms` (1:10.11.19-0+deb12u1).
     let real_query = &found["mysql_real_query"];
     assert_eq!(real_query.size, 247);
-    assert_eq!(&data[real_query.offset as usize..][..4], &[0x55, 0x48, 0x89, 0xe5], "push rbp; mov rbp,rsp");
+    assert_eq!(
+        &data[real_query.offset as usize..][..4],
+        &[0x55, 0x48, 0x89, 0xe5],
+        "push rbp; mov rbp,rsp"
+    );
 }
 
 #[test]
@@ -47,7 +58,10 @@ fn every_probed_call_is_found_in_the_static_cli() {
     // code as calls.rs says. The text segment's file offset equals its address here too:
     // push rbp; mov rbp,rsp; push r12; mov r12,rdi (strlen, then jmp mysql_real_query).
     let q = &symbols::find(&data, &["mysql_query"]).unwrap()["mysql_query"];
-    assert_eq!(&data[q.offset as usize..][..7], &[0x55, 0x48, 0x89, 0xe5, 0x41, 0x54, 0x49]);
+    assert_eq!(
+        &data[q.offset as usize..][..7],
+        &[0x55, 0x48, 0x89, 0xe5, 0x41, 0x54, 0x49]
+    );
 }
 
 fn expected_debian() -> layout::MysqlLayout {
@@ -69,7 +83,11 @@ fn expected_debian() -> layout::MysqlLayout {
         stmt_affected_rows: 0xf8,
         stmt_row_count: 0xc8,
         stmt_field_count: 0x60,
-        endpoint: Ok(Endpoint { host: 0x2b0, unix_socket: 0x2c8, port: 0x360 }),
+        endpoint: Ok(Endpoint {
+            host: 0x2b0,
+            unix_socket: 0x2c8,
+            port: 0x360,
+        }),
     }
 }
 
@@ -77,7 +95,10 @@ fn expected_debian() -> layout::MysqlLayout {
 fn decodes_the_shared_library_and_the_cli_alike() {
     // The values are those of Connector/C 3.3's headers (offsetof, checked at run time by
     // tests/tests/mysql_layout.rs against a live connection).
-    assert_eq!(layout::decode(LIBMARIADB, &read(LIBMARIADB)).unwrap(), expected_debian());
+    assert_eq!(
+        layout::decode(LIBMARIADB, &read(LIBMARIADB)).unwrap(),
+        expected_debian()
+    );
     assert_eq!(layout::decode(CLI, &read(CLI)).unwrap(), expected_debian());
 }
 
@@ -85,8 +106,17 @@ fn decodes_the_shared_library_and_the_cli_alike() {
 fn a_library_without_the_accessors_is_refused_by_name() {
     let libpq = "/usr/lib/x86_64-linux-gnu/libpq.so.5";
     let e = layout::decode(libpq, &read(libpq)).unwrap_err();
-    assert_eq!(e, LayoutError::Missing { library: libpq.into(), accessor: "mysql_thread_id" });
-    assert_eq!(e.to_string(), format!("{libpq} lacks mysql_thread_id: not a MySQL client library dbtel can read"));
+    assert_eq!(
+        e,
+        LayoutError::Missing {
+            library: libpq.into(),
+            accessor: "mysql_thread_id"
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        format!("{libpq} lacks mysql_thread_id: not a MySQL client library dbtel can read")
+    );
     let e = layout::decode("notes.txt", b"not an ELF file").unwrap_err();
     assert_eq!(e.to_string(), "notes.txt: not a readable x86-64 ELF file");
 }
@@ -97,24 +127,59 @@ fn an_accessor_that_does_not_decode_is_named() {
     let found = symbols::find(&data, layout::ACCESSORS).unwrap();
     let real = |name: &'static str| {
         let s = &found[name];
-        Some(crate::host::x86::decode_body(s.code(&data, 0).unwrap(), s.address))
+        Some(crate::host::x86::decode_body(
+            s.code(&data, 0).unwrap(),
+            s.address,
+        ))
     };
     // mysql_stmt_reset that returns 0 without reading stmt_id: xor eax,eax; ret.
-    let odd = |name: &'static str| if name == "mysql_stmt_reset" { Some(crate::host::x86::decode_body(&[0x31, 0xc0, 0xc3], 0)) } else { real(name) };
+    let odd = |name: &'static str| {
+        if name == "mysql_stmt_reset" {
+            Some(crate::host::x86::decode_body(&[0x31, 0xc0, 0xc3], 0))
+        } else {
+            real(name)
+        }
+    };
     let e = layout::from_accessors("libodd.so", &odd).unwrap_err();
-    assert_eq!(e.to_string(), "libodd.so: cannot decode mysql_stmt_reset: no 8-byte load of stmt_id");
+    assert_eq!(
+        e.to_string(),
+        "libodd.so: cannot decode mysql_stmt_reset: no 8-byte load of stmt_id"
+    );
     // A mysql_stmt_more_results reading another field of the connection than mysql_more_results:
     // xor eax,eax; mov rdx,[rdi+0x38]; test dword [rdx+0x390],8; setne al; ret
-    let code = [0x31, 0xc0, 0x48, 0x8b, 0x57, 0x38, 0xf7, 0x82, 0x90, 0x03, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x0f, 0x95, 0xc0, 0xc3];
-    let odd = |name: &'static str| if name == "mysql_stmt_more_results" { Some(crate::host::x86::decode_body(&code, 0)) } else { real(name) };
+    let code = [
+        0x31, 0xc0, 0x48, 0x8b, 0x57, 0x38, 0xf7, 0x82, 0x90, 0x03, 0x00, 0x00, 0x08, 0x00, 0x00,
+        0x00, 0x0f, 0x95, 0xc0, 0xc3,
+    ];
+    let odd = |name: &'static str| {
+        if name == "mysql_stmt_more_results" {
+            Some(crate::host::x86::decode_body(&code, 0))
+        } else {
+            real(name)
+        }
+    };
     let e = layout::from_accessors("libodd.so", &odd).unwrap_err();
-    assert!(e.to_string().contains("mysql_stmt_more_results: reads another field"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("mysql_stmt_more_results: reads another field"),
+        "{e}"
+    );
     // A layout whose pointer run is not the public order: the endpoint alone is unknown.
     let shifted = [0x48, 0x8b, 0x87, 0xe0, 0x02, 0x00, 0x00, 0xc3]; // mysql_get_host_info: mov rax,[rdi+0x2e0]
-    let odd = |name: &'static str| if name == "mysql_get_host_info" { Some(crate::host::x86::decode_body(&shifted, 0)) } else { real(name) };
+    let odd = |name: &'static str| {
+        if name == "mysql_get_host_info" {
+            Some(crate::host::x86::decode_body(&shifted, 0))
+        } else {
+            real(name)
+        }
+    };
     let l = layout::from_accessors("libodd.so", &odd).unwrap();
     assert_eq!(l.thread_id, 0x350);
-    assert!(l.endpoint.unwrap_err().to_string().contains("mysql_get_host_info"));
+    assert!(l
+        .endpoint
+        .unwrap_err()
+        .to_string()
+        .contains("mysql_get_host_info"));
 }
 
 #[test]
@@ -145,7 +210,10 @@ fn of_two_versions_at_two_addresses_the_default_is_probed() {
     let s = &found["mysql_thread_id"];
     assert_eq!(s.version.as_deref(), Some("NEW_2"));
     // new_impl: mov eax,2; ret
-    assert_eq!(&data[s.offset as usize..][..6], &[0xb8, 0x02, 0x00, 0x00, 0x00, 0xc3]);
+    assert_eq!(
+        &data[s.offset as usize..][..6],
+        &[0xb8, 0x02, 0x00, 0x00, 0x00, 0xc3]
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -104,7 +104,14 @@ struct Conn {
 
 impl Conn {
     fn new() -> Self {
-        Conn { details: None, thread_id: 0, view: Arc::new(ConnView::default()), autocommit: true, op: None, prepares: VecDeque::new() }
+        Conn {
+            details: None,
+            thread_id: 0,
+            view: Arc::new(ConnView::default()),
+            autocommit: true,
+            op: None,
+            prepares: VecDeque::new(),
+        }
     }
 
     fn rebuild(&mut self) {
@@ -165,7 +172,10 @@ impl Reconstructor {
     /// side's spans of that statement become its children.
     pub fn in_flight_on(&self, connection_id: u64) -> Option<Ids> {
         let key = self.by_thread.get(&connection_id)?;
-        let conn = self.conns.get(*key).filter(|c| c.thread_id == connection_id)?;
+        let conn = self
+            .conns
+            .get(*key)
+            .filter(|c| c.thread_id == connection_id)?;
         conn.op.as_ref().map(|op| op.span.ids)
     }
 
@@ -178,8 +188,13 @@ impl Reconstructor {
     pub fn prepare_on(&mut self, connection_id: u64, text: Option<&str>) -> Option<Ids> {
         let key = *self.by_thread.get(&connection_id)?;
         let facts = text.map(|t| self.facts.get(t));
-        let conn = self.conns.get_mut(key).filter(|c| c.thread_id == connection_id)?;
-        let same = |f: &Option<Arc<QueryFacts>>| f.as_ref().map(|f| &f.text) == facts.as_ref().map(|f| &f.text);
+        let conn = self
+            .conns
+            .get_mut(key)
+            .filter(|c| c.thread_id == connection_id)?;
+        let same = |f: &Option<Arc<QueryFacts>>| {
+            f.as_ref().map(|f| &f.text) == facts.as_ref().map(|f| &f.text)
+        };
         let i = conn.prepares.iter().position(|(_, f)| same(f))?;
         conn.prepares.drain(..=i).next_back().map(|(ids, _)| ids)
     }
@@ -206,7 +221,13 @@ impl Reconstructor {
     pub fn on_record(&mut self, rec: Record, out: &mut Vec<DbSpan>) {
         match rec {
             Record::Conn(d) => self.on_conn(d, out),
-            Record::Call { at, call, mysql, text, truncated } => self.on_call(at, call, mysql, text, truncated, out),
+            Record::Call {
+                at,
+                call,
+                mysql,
+                text,
+                truncated,
+            } => self.on_call(at, call, mysql, text, truncated, out),
             Record::Return(r) => self.on_return(r, out),
         }
     }
@@ -234,7 +255,11 @@ impl Reconstructor {
     fn on_conn(&mut self, mut d: ConnDetails, out: &mut Vec<DbSpan>) {
         let key = (d.at.pid, d.at.conn);
         let conn = self.touch(key, d.at.ts_ns, out);
-        d.at = Origin { ts_ns: 0, tid: 0, ..d.at }; // compared on their contents only
+        d.at = Origin {
+            ts_ns: 0,
+            tid: 0,
+            ..d.at
+        }; // compared on their contents only
         let old = conn.thread_id;
         if conn.details.as_ref() != Some(&d) {
             if d.thread_id != 0 {
@@ -249,7 +274,15 @@ impl Reconstructor {
         }
     }
 
-    fn on_call(&mut self, at: Origin, call: MyCall, mysql: u64, text: Option<String>, truncated: bool, out: &mut Vec<DbSpan>) {
+    fn on_call(
+        &mut self,
+        at: Origin,
+        call: MyCall,
+        mysql: u64,
+        text: Option<String>,
+        truncated: bool,
+        out: &mut Vec<DbSpan>,
+    ) {
         let key = (at.pid, mysql);
         match call {
             MyCall::RealQuery | MyCall::SendQuery => {
@@ -297,7 +330,16 @@ impl Reconstructor {
 
     /// A statement is sent on `key`: its ids come from the transaction tracker.
     #[allow(clippy::too_many_arguments)]
-    fn start(&mut self, at: Origin, key: Key, call: MyCall, stmt: u64, sql: Arc<Sql>, before_attach: bool, out: &mut Vec<DbSpan>) {
+    fn start(
+        &mut self,
+        at: Origin,
+        key: Key,
+        call: MyCall,
+        stmt: u64,
+        sql: Arc<Sql>,
+        before_attach: bool,
+        out: &mut Vec<DbSpan>,
+    ) {
         self.touch(key, at.ts_ns, out);
         let conn = self.conns.get_mut(key).expect("touched");
         let mut txns = Vec::new();
@@ -305,17 +347,24 @@ impl Reconstructor {
         let runs = call != MyCall::StmtPrepare;
         // BEGIN inside a transaction commits it first (MySQL, unlike PostgreSQL).
         if runs && open && sql.verb == Verb::Begin && sql.implicit_commit {
-            self.txns.ended_by_server(key, at.ts_ns, Outcome::Committed, None, &mut txns);
+            self.txns
+                .ended_by_server(key, at.ts_ns, Outcome::Committed, None, &mut txns);
         }
         let open = self.txns.current(key).is_some();
         // Autocommit off: a statement may begin one (the server says at its end).
-        let tentative = runs && !conn.autocommit && !open && !matches!(sql.verb, Verb::Begin | Verb::Commit | Verb::Rollback);
+        let tentative = runs
+            && !conn.autocommit
+            && !open
+            && !matches!(sql.verb, Verb::Begin | Verb::Commit | Verb::Rollback);
         let ids = if !runs {
-            self.txns.query_started(key, &Verb::Other, at.ts_ns, &mut self.ids) // preparing runs nothing
+            self.txns
+                .query_started(key, &Verb::Other, at.ts_ns, &mut self.ids) // preparing runs nothing
         } else if tentative {
-            self.txns.query_started_tentatively(key, &Verb::Begin, at.ts_ns, &mut self.ids)
+            self.txns
+                .query_started_tentatively(key, &Verb::Begin, at.ts_ns, &mut self.ids)
         } else {
-            self.txns.query_started(key, &sql.verb, at.ts_ns, &mut self.ids)
+            self.txns
+                .query_started(key, &sql.verb, at.ts_ns, &mut self.ids)
         };
         if call == MyCall::StmtPrepare {
             if conn.prepares.len() == PREPARES_UNANSWERED {
@@ -366,10 +415,13 @@ impl Reconstructor {
         let text = op.stmt == 0;
         let same_stmt = op.stmt == r.at.conn;
         let mine = match (r.call, op.span.call, op.wait) {
-            (MyCall::RealQuery, MyCall::RealQuery, Wait::Return) | (MyCall::SendQuery, MyCall::SendQuery, Wait::Return) => true,
+            (MyCall::RealQuery, MyCall::RealQuery, Wait::Return)
+            | (MyCall::SendQuery, MyCall::SendQuery, Wait::Return) => true,
             (MyCall::ReadQueryResult, MyCall::SendQuery, Wait::Return | Wait::Header) => true,
-            (MyCall::StoreResult | MyCall::UseResult, _, Wait::Fetch) | (MyCall::NextResult, _, Wait::Next) => text,
-            (MyCall::StmtPrepare, MyCall::StmtPrepare, Wait::Return) | (MyCall::StmtExecute, MyCall::StmtExecute, Wait::Return) => same_stmt,
+            (MyCall::StoreResult | MyCall::UseResult, _, Wait::Fetch)
+            | (MyCall::NextResult, _, Wait::Next) => text,
+            (MyCall::StmtPrepare, MyCall::StmtPrepare, Wait::Return)
+            | (MyCall::StmtExecute, MyCall::StmtExecute, Wait::Return) => same_stmt,
             (MyCall::StmtStoreResult, MyCall::StmtExecute, Wait::Fetch) => same_stmt,
             _ => false,
         };
@@ -380,7 +432,10 @@ impl Reconstructor {
         op.status = Some(r.server_status);
         op.span.conn = conn.view.clone();
         let fail = |op: &mut Op| {
-            op.span.error = Some(Failure { errno: r.errno, sqlstate: r.sqlstate.clone() });
+            op.span.error = Some(Failure {
+                errno: r.errno,
+                sqlstate: r.sqlstate.clone(),
+            });
             true
         };
         let ret = value(r.call, r.ret);
@@ -391,7 +446,10 @@ impl Reconstructor {
                 false
             }
             MyCall::NextResult if ret == -1 => true,
-            MyCall::RealQuery | MyCall::ReadQueryResult | MyCall::NextResult | MyCall::StmtExecute => {
+            MyCall::RealQuery
+            | MyCall::ReadQueryResult
+            | MyCall::NextResult
+            | MyCall::StmtExecute => {
                 if ret != 0 {
                     fail(op)
                 } else if r.field_count > 0 {
@@ -432,13 +490,23 @@ impl Reconstructor {
     /// A call begins on `key`, or it closes: the operation in flight ends
     /// (at its last return if it was answered, else cut at `ts` with `end`).
     fn supersede(&mut self, key: Key, ts: u64, end: End, out: &mut Vec<DbSpan>) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         let Some(op) = conn.op.take() else { return };
         let view = conn.view.clone();
         self.finish(key, op, end, ts, &view, out);
     }
 
-    fn finish(&mut self, key: Key, mut op: Op, end: End, ts: u64, view: &ConnView, out: &mut Vec<DbSpan>) {
+    fn finish(
+        &mut self,
+        key: Key,
+        mut op: Op,
+        end: End,
+        ts: u64,
+        view: &ConnView,
+        out: &mut Vec<DbSpan>,
+    ) {
         if end != End::Completed && !op.answered() {
             op.span.end = end;
             op.span.end_ns = ts.max(op.span.start_ns);
@@ -448,7 +516,8 @@ impl Reconstructor {
         // The transaction it may have begun with autocommit off exists if
         // the server says so, or if it was rolled back after a lock wait
         // (there was one to roll back); else its span is a root.
-        let in_trans = op.status.is_some_and(|st| st & IN_TRANS != 0) || matches!(code.as_deref(), Some("1213" | "1205"));
+        let in_trans = op.status.is_some_and(|st| st & IN_TRANS != 0)
+            || matches!(code.as_deref(), Some("1213" | "1205"));
         if completed && in_trans {
             self.txns.confirm(key, &op.span.ids);
         } else if self.txns.discard(key, &op.span.ids) {
@@ -462,17 +531,44 @@ impl Reconstructor {
             let failed = code.is_some();
             // A COMMIT that succeeded committed.
             let tag = (*verb == Verb::Commit && !failed).then_some("COMMIT");
-            self.txns.query_ended(key, &s.ids, verb, s.end_ns, failed, code.as_deref(), tag, &mut txns);
-            // The server's word: no transaction after this statement.
-            let server_ended = op.status.is_some_and(|st| st & IN_TRANS == 0) && !matches!(verb, Verb::Commit | Verb::Rollback);
+            self.txns.query_ended(
+                key,
+                &s.ids,
+                verb,
+                s.end_ns,
+                failed,
+                code.as_deref(),
+                tag,
+                &mut txns,
+            );
+            // The server's word: no transaction after this statement. An
+            // error packet carries no status (the client keeps the last OK's
+            // IN_TRANS), but a deadlock always rolls the whole transaction back.
+            let deadlock = code.as_deref() == Some("1213");
+            let server_ended = (deadlock || op.status.is_some_and(|st| st & IN_TRANS == 0))
+                && !matches!(verb, Verb::Commit | Verb::Rollback);
             if server_ended && self.txns.current(key).is_some() {
                 // A failed DDL statement still committed before it ran.
-                let outcome = if failed && !op.sql.implicit_commit { Outcome::RolledBack } else { Outcome::Committed };
-                self.txns.ended_by_server(key, s.end_ns, outcome, code.as_deref(), &mut txns);
+                let outcome = if failed && !op.sql.implicit_commit {
+                    Outcome::RolledBack
+                } else {
+                    Outcome::Committed
+                };
+                self.txns
+                    .ended_by_server(key, s.end_ns, outcome, code.as_deref(), &mut txns);
             }
         } else {
             // Its outcome is unknown: it only stops being in flight.
-            self.txns.query_ended(key, &s.ids, &Verb::Other, s.end_ns, false, None, None, &mut txns);
+            self.txns.query_ended(
+                key,
+                &s.ids,
+                &Verb::Other,
+                s.end_ns,
+                false,
+                None,
+                None,
+                &mut txns,
+            );
         }
         out.push(attributes::query_span(op.span));
         push_txns(txns, view, out);

@@ -21,8 +21,18 @@ fn begin_commit_parents_its_statements() {
     let (txns, queries) = split(&out);
     assert_eq!((txns.len(), queries.len()), (1, 4));
     let t = txns[0];
-    assert!(queries.iter().all(|q| q.ids.trace_id == t.ids.trace_id && q.ids.parent_span_id == t.ids.span_id));
-    assert_eq!((t.ids.parent_span_id, t.start_ns, t.end_ns, t.error.as_deref()), (0, queries[0].start_ns, end, None));
+    assert!(queries
+        .iter()
+        .all(|q| q.ids.trace_id == t.ids.trace_id && q.ids.parent_span_id == t.ids.span_id));
+    assert_eq!(
+        (
+            t.ids.parent_span_id,
+            t.start_ns,
+            t.end_ns,
+            t.error.as_deref()
+        ),
+        (0, queries[0].start_ns, end, None)
+    );
     for kv in [
         KeyValue::new("db.system.name", "mariadb"),
         KeyValue::new("db.transaction.outcome", "committed"),
@@ -51,15 +61,37 @@ fn autocommit_off_begins_transactions() {
     h.exec("INSERT INTO t VALUES (3)", 1);
     let out = h.take();
     let (txns, queries) = split(&out);
-    assert_eq!(names(&out), ["SET", "INSERT t", "UPDATE t", "COMMIT", "transaction", "INSERT t"]);
+    assert_eq!(
+        names(&out),
+        [
+            "SET",
+            "INSERT t",
+            "UPDATE t",
+            "COMMIT",
+            "transaction",
+            "INSERT t"
+        ]
+    );
     let t = txns[0];
-    assert_eq!(queries[0].ids.parent_span_id, 0, "sent with autocommit still on");
-    assert!(queries[1..4].iter().all(|q| q.ids.parent_span_id == t.ids.span_id && q.ids.trace_id == t.ids.trace_id));
+    assert_eq!(
+        queries[0].ids.parent_span_id, 0,
+        "sent with autocommit still on"
+    );
+    assert!(queries[1..4]
+        .iter()
+        .all(|q| q.ids.parent_span_id == t.ids.span_id && q.ids.trace_id == t.ids.trace_id));
     assert_eq!((t.start_ns, t.end_ns), (queries[1].start_ns, end));
-    assert!(t.attributes.contains(&KeyValue::new("db.transaction.statement_count", 3i64)));
-    assert!(t.attributes.contains(&KeyValue::new("db.transaction.outcome", "committed")));
+    assert!(t
+        .attributes
+        .contains(&KeyValue::new("db.transaction.statement_count", 3i64)));
+    assert!(t
+        .attributes
+        .contains(&KeyValue::new("db.transaction.outcome", "committed")));
     // The statement that began it keeps its own facts.
-    assert_eq!((queries[1].operation(), queries[1].affected_rows()), (Some("INSERT"), Some(1)));
+    assert_eq!(
+        (queries[1].operation(), queries[1].affected_rows()),
+        (Some("INSERT"), Some(1))
+    );
     // The next one begins another.
     let next = queries[4];
     assert!(next.ids.parent_span_id != 0 && next.ids.trace_id != t.ids.trace_id);
@@ -76,8 +108,10 @@ fn deadlock_rolls_back_and_the_retry_counts() {
     h.status = TX;
     h.exec("BEGIN", 0);
     h.exec("UPDATE t SET a = 1 WHERE id = 1", 1);
-    h.status = AC; // the server rolled the transaction back
+    // The server rolled the transaction back, but an error packet carries
+    // no status: the client still says IN_TRANS.
     let (_, dead) = h.fail("UPDATE t SET a = 1 WHERE id = 2", 1213, "40001");
+    h.status = AC;
     h.exec("ROLLBACK", 0);
     h.status = TX;
     h.exec("BEGIN", 0);
@@ -88,19 +122,74 @@ fn deadlock_rolls_back_and_the_retry_counts() {
     let (txns, queries) = split(&out);
     assert_eq!(txns.len(), 2);
     let (a, b) = (txns[0], txns[1]);
-    assert_eq!((a.end_ns, a.error.as_deref(), a.error_type()), (dead, Some("1213"), Some("1213")));
-    assert!(a.attributes.contains(&KeyValue::new("db.transaction.outcome", "rolled_back")));
-    assert!(a.attributes.contains(&KeyValue::new("db.transaction.aborted", true)));
+    assert_eq!(
+        (a.end_ns, a.error.as_deref(), a.error_type()),
+        (dead, Some("1213"), Some("1213"))
+    );
+    assert!(a
+        .attributes
+        .contains(&KeyValue::new("db.transaction.outcome", "rolled_back")));
+    assert!(a
+        .attributes
+        .contains(&KeyValue::new("db.transaction.aborted", true)));
     let evs: Vec<_> = a.events.iter().map(|e| (e.name, e.ts_ns)).collect();
     assert_eq!(
         evs,
-        [("transaction.started", a.start_ns), ("transaction.statement_failed", dead), ("transaction.aborted", dead), ("transaction.rolled_back", dead)]
+        [
+            ("transaction.started", a.start_ns),
+            ("transaction.statement_failed", dead),
+            ("transaction.aborted", dead),
+            ("transaction.rolled_back", dead)
+        ]
     );
-    assert_eq!(queries[2].ids.parent_span_id, a.ids.span_id, "the failed statement is in it");
-    assert_eq!(queries[3].ids.parent_span_id, 0, "ROLLBACK after it: nothing open");
-    assert!(b.attributes.contains(&KeyValue::new("db.transaction.retry_count", 1i64)));
-    assert!(b.attributes.contains(&KeyValue::new("db.transaction.outcome", "committed")));
+    assert_eq!(
+        queries[2].ids.parent_span_id, a.ids.span_id,
+        "the failed statement is in it"
+    );
+    assert_eq!(
+        queries[3].ids.parent_span_id, 0,
+        "ROLLBACK after it: nothing open"
+    );
+    assert!(b
+        .attributes
+        .contains(&KeyValue::new("db.transaction.retry_count", 1i64)));
+    assert!(b
+        .attributes
+        .contains(&KeyValue::new("db.transaction.outcome", "committed")));
     assert_eq!(b.error, None);
+}
+
+/// sysbench's retry: no ROLLBACK after the deadlock, the next BEGIN
+/// follows at once; the client's status still says IN_TRANS throughout.
+#[test]
+fn deadlock_then_begin_without_rollback() {
+    let mut h = H::new();
+    h.status = TX;
+    h.exec("BEGIN", 0);
+    h.exec("UPDATE t SET a = 1 WHERE id = 1", 1);
+    let (_, dead) = h.fail("UPDATE t SET a = 1 WHERE id = 2", 1213, "40001");
+    h.exec("BEGIN", 0);
+    h.exec("UPDATE t SET a = 1 WHERE id = 1", 1);
+    h.status = AC;
+    h.exec("COMMIT", 0);
+    let out = h.take();
+    let (txns, queries) = split(&out);
+    assert_eq!(txns.len(), 2);
+    let (a, b) = (txns[0], txns[1]);
+    assert_eq!((a.end_ns, a.error.as_deref()), (dead, Some("1213")));
+    assert!(a
+        .attributes
+        .contains(&KeyValue::new("db.transaction.outcome", "rolled_back")));
+    assert_eq!(
+        queries[3].ids.parent_span_id, b.ids.span_id,
+        "the next BEGIN opens the retry"
+    );
+    assert!(b
+        .attributes
+        .contains(&KeyValue::new("db.transaction.retry_count", 1i64)));
+    assert!(b
+        .attributes
+        .contains(&KeyValue::new("db.transaction.outcome", "committed")));
 }
 
 #[test]
@@ -114,10 +203,17 @@ fn implicit_commits_end_the_transaction() {
     h.exec("INSERT INTO t VALUES (2)", 1);
     let out = h.take();
     let (txns, queries) = split(&out);
-    assert_eq!(names(&out), ["BEGIN", "INSERT t", "CREATE u", "transaction", "INSERT t"]);
+    assert_eq!(
+        names(&out),
+        ["BEGIN", "INSERT t", "CREATE u", "transaction", "INSERT t"]
+    );
     assert_eq!((txns[0].end_ns, txns[0].error.as_deref()), (ddl, None));
-    assert!(txns[0].attributes.contains(&KeyValue::new("db.transaction.outcome", "committed")));
-    assert!(txns[0].attributes.contains(&KeyValue::new("db.transaction.statement_count", 3i64)));
+    assert!(txns[0]
+        .attributes
+        .contains(&KeyValue::new("db.transaction.outcome", "committed")));
+    assert!(txns[0]
+        .attributes
+        .contains(&KeyValue::new("db.transaction.statement_count", 3i64)));
     assert_eq!(queries[2].ids.parent_span_id, txns[0].ids.span_id);
     assert_eq!(queries[3].ids.parent_span_id, 0);
     // A DDL statement that fails has committed all the same.
@@ -126,7 +222,10 @@ fn implicit_commits_end_the_transaction() {
     h.status = AC;
     h.fail("CREATE TABLE u (a int)", 1050, "42S01");
     let out = h.take();
-    assert_eq!((out[2].name.as_str(), out[2].error.as_deref()), ("transaction", None));
+    assert_eq!(
+        (out[2].name.as_str(), out[2].error.as_deref()),
+        ("transaction", None)
+    );
     // BEGIN inside a transaction commits it and begins another.
     h.status = TX;
     h.exec("BEGIN", 0);
@@ -135,21 +234,38 @@ fn implicit_commits_end_the_transaction() {
     let out = h.take();
     assert_eq!(names(&out), ["BEGIN", "INSERT t", "transaction", "START"]);
     assert_eq!(out[2].end_ns, again);
-    assert!(out[2].attributes.contains(&KeyValue::new("db.transaction.outcome", "committed")));
+    assert!(out[2]
+        .attributes
+        .contains(&KeyValue::new("db.transaction.outcome", "committed")));
     assert!(out[3].ids.parent_span_id != 0 && out[3].ids.trace_id != out[2].ids.trace_id);
     h.status = AC;
     h.exec("COMMIT", 0);
     // A whole transaction in one text: classified by its BEGIN, ended by the server's word.
-    let s = h.call(MyCall::RealQuery, DB, DB, Some("BEGIN; INSERT INTO t VALUES (4); COMMIT"));
+    let s = h.call(
+        MyCall::RealQuery,
+        DB,
+        DB,
+        Some("BEGIN; INSERT INTO t VALUES (4); COMMIT"),
+    );
     h.status = TX | MORE_RESULTS;
     h.ret(ret(MyCall::RealQuery, DB, DB, 0), |_| {});
-    h.ret(ret(MyCall::NextResult, DB, DB, 0), |r| r.affected_rows = Some(1));
+    h.ret(ret(MyCall::NextResult, DB, DB, 0), |r| {
+        r.affected_rows = Some(1)
+    });
     h.status = AC;
     let e = h.ret(ret(MyCall::NextResult, DB, DB, 0), |_| {});
     let out = h.take();
-    assert_eq!(names(&out), ["COMMIT", "transaction", "BEGIN INSERT t", "transaction"]);
-    assert_eq!((out[3].start_ns, out[3].end_ns, out[3].error.as_deref()), (s, e, None));
-    assert!(out[3].attributes.contains(&KeyValue::new("db.transaction.outcome", "committed")));
+    assert_eq!(
+        names(&out),
+        ["COMMIT", "transaction", "BEGIN INSERT t", "transaction"]
+    );
+    assert_eq!(
+        (out[3].start_ns, out[3].end_ns, out[3].error.as_deref()),
+        (s, e, None)
+    );
+    assert!(out[3]
+        .attributes
+        .contains(&KeyValue::new("db.transaction.outcome", "committed")));
     assert_eq!(out[2].ids.parent_span_id, out[3].ids.span_id);
 }
 
@@ -174,18 +290,52 @@ fn autocommit_off_statements_that_begin_nothing_are_roots() {
     h.select("SELECT @@version", 1);
     h.exec("CREATE TABLE u (a int)", 0); // commits, and begins nothing
     let out = h.take();
-    assert_eq!(names(&out), ["SET", "SELECT", "SET", "INSERT t", "UPDATE t", "COMMIT", "transaction", "SELECT", "CREATE u"]);
+    assert_eq!(
+        names(&out),
+        [
+            "SET",
+            "SELECT",
+            "SET",
+            "INSERT t",
+            "UPDATE t",
+            "COMMIT",
+            "transaction",
+            "SELECT",
+            "CREATE u"
+        ]
+    );
     let (txns, queries) = split(&out);
     let t = txns[0];
-    assert_eq!((txns.len(), t.start_ns, t.end_ns, t.error.as_deref()), (1, begun, end, None));
-    assert!(t.attributes.contains(&KeyValue::new("db.transaction.statement_count", 3i64)));
-    assert!(t.attributes.contains(&KeyValue::new("db.transaction.outcome", "committed")));
-    assert!(queries[3..6].iter().all(|q| q.ids.parent_span_id == t.ids.span_id && q.ids.trace_id == t.ids.trace_id));
+    assert_eq!(
+        (txns.len(), t.start_ns, t.end_ns, t.error.as_deref()),
+        (1, begun, end, None)
+    );
+    assert!(t
+        .attributes
+        .contains(&KeyValue::new("db.transaction.statement_count", 3i64)));
+    assert!(t
+        .attributes
+        .contains(&KeyValue::new("db.transaction.outcome", "committed")));
+    assert!(queries[3..6]
+        .iter()
+        .all(|q| q.ids.parent_span_id == t.ids.span_id && q.ids.trace_id == t.ids.trace_id));
     let roots: Vec<_> = [0, 1, 2, 6, 7].iter().map(|&i| queries[i]).collect();
-    assert!(roots.iter().all(|q| q.ids.parent_span_id == 0), "{:?}", roots.iter().map(|q| q.ids).collect::<Vec<_>>());
-    let traces: std::collections::HashSet<_> = roots.iter().map(|q| q.ids.trace_id).chain([t.ids.trace_id]).collect();
+    assert!(
+        roots.iter().all(|q| q.ids.parent_span_id == 0),
+        "{:?}",
+        roots.iter().map(|q| q.ids).collect::<Vec<_>>()
+    );
+    let traces: std::collections::HashSet<_> = roots
+        .iter()
+        .map(|q| q.ids.trace_id)
+        .chain([t.ids.trace_id])
+        .collect();
     let spans: std::collections::HashSet<_> = out.iter().map(|s| s.ids.span_id).collect();
-    assert_eq!((traces.len(), spans.len()), (6, out.len()), "each root its own trace, no id twice");
+    assert_eq!(
+        (traces.len(), spans.len()),
+        (6, out.len()),
+        "each root its own trace, no id twice"
+    );
     assert_eq!((h.r.txns.current((PID, DB)), h.r.in_flight()), (None, 0));
 }
 
@@ -200,12 +350,26 @@ fn a_failed_first_statement_with_autocommit_off_is_a_root() {
     h.status = 0;
     h.exec("ROLLBACK", 0);
     let out = h.take();
-    assert_eq!(names(&out), ["SET", "INSERT nope", "INSERT t", "ROLLBACK", "transaction"]);
-    assert_eq!((out[1].ids.parent_span_id, out[1].error.as_deref()), (0, Some("1146")));
+    assert_eq!(
+        names(&out),
+        ["SET", "INSERT nope", "INSERT t", "ROLLBACK", "transaction"]
+    );
+    assert_eq!(
+        (out[1].ids.parent_span_id, out[1].error.as_deref()),
+        (0, Some("1146"))
+    );
     let t = &out[4];
-    assert_eq!((t.start_ns, t.error.as_deref()), (begun, None), "an explicit ROLLBACK of statements that all succeeded");
-    assert!(t.attributes.contains(&KeyValue::new("db.transaction.statement_count", 2i64)));
-    assert!(out[2..4].iter().all(|q| q.ids.parent_span_id == t.ids.span_id));
+    assert_eq!(
+        (t.start_ns, t.error.as_deref()),
+        (begun, None),
+        "an explicit ROLLBACK of statements that all succeeded"
+    );
+    assert!(t
+        .attributes
+        .contains(&KeyValue::new("db.transaction.statement_count", 2i64)));
+    assert!(out[2..4]
+        .iter()
+        .all(|q| q.ids.parent_span_id == t.ids.span_id));
     // A failed statement after which the server has a transaction (InnoDB
     // began it before the duplicate key) is in it.
     h.status = IN_TRANS;
@@ -214,8 +378,13 @@ fn a_failed_first_statement_with_autocommit_off_is_a_root() {
     h.exec("COMMIT", 0);
     let out = h.take();
     assert_eq!(names(&out), ["INSERT t", "COMMIT", "transaction"]);
-    assert_eq!((out[0].ids.parent_span_id, out[2].error.as_deref()), (out[2].ids.span_id, None));
-    assert!(out[2].attributes.contains(&KeyValue::new("db.transaction.outcome", "committed")));
+    assert_eq!(
+        (out[0].ids.parent_span_id, out[2].error.as_deref()),
+        (out[2].ids.span_id, None)
+    );
+    assert!(out[2]
+        .attributes
+        .contains(&KeyValue::new("db.transaction.outcome", "committed")));
 }
 
 /// A deadlock on the first statement: the server had a transaction (it
@@ -231,13 +400,32 @@ fn autocommit_off_deadlock_on_the_first_statement() {
     h.status = 0;
     h.exec("COMMIT", 0);
     let out = h.take();
-    assert_eq!(names(&out), ["SET", "SELECT t", "transaction", "SELECT t", "COMMIT", "transaction"]);
+    assert_eq!(
+        names(&out),
+        [
+            "SET",
+            "SELECT t",
+            "transaction",
+            "SELECT t",
+            "COMMIT",
+            "transaction"
+        ]
+    );
     let (a, b) = (&out[2], &out[5]);
-    assert_eq!((a.start_ns, a.end_ns, a.error.as_deref(), a.error_type()), (s, e, Some("1213"), Some("1213")));
+    assert_eq!(
+        (a.start_ns, a.end_ns, a.error.as_deref(), a.error_type()),
+        (s, e, Some("1213"), Some("1213"))
+    );
     assert_eq!(out[1].ids.parent_span_id, a.ids.span_id);
-    assert!(a.attributes.contains(&KeyValue::new("db.transaction.outcome", "rolled_back")));
-    assert!(b.attributes.contains(&KeyValue::new("db.transaction.retry_count", 1i64)));
-    assert!(b.attributes.contains(&KeyValue::new("db.transaction.outcome", "committed")));
+    assert!(a
+        .attributes
+        .contains(&KeyValue::new("db.transaction.outcome", "rolled_back")));
+    assert!(b
+        .attributes
+        .contains(&KeyValue::new("db.transaction.retry_count", 1i64)));
+    assert!(b
+        .attributes
+        .contains(&KeyValue::new("db.transaction.outcome", "committed")));
 }
 
 /// A first statement that never completes: nothing says a transaction began.
@@ -253,7 +441,10 @@ fn autocommit_off_first_statement_cut_begins_nothing() {
     assert_eq!(names(&out), ["SET", "SELECT", "SELECT"]);
     assert!(out.iter().all(|s| s.ids.parent_span_id == 0));
     assert_eq!(out[1].error_type(), Some("dbtel.superseded"));
-    assert_eq!((out[2].end_ns, out[2].error_type()), (closed, Some("dbtel.connection_closed")));
+    assert_eq!(
+        (out[2].end_ns, out[2].error_type()),
+        (closed, Some("dbtel.connection_closed"))
+    );
     assert_eq!(h.r.txns.connections(), 0);
 }
 
@@ -268,7 +459,10 @@ fn a_failed_statement_does_not_abort_the_transaction() {
     h.exec("COMMIT", 0);
     let out = h.take();
     let t = &out[4];
-    assert_eq!((t.name.as_str(), t.error.as_deref(), t.error_type()), ("transaction", None, None));
+    assert_eq!(
+        (t.name.as_str(), t.error.as_deref(), t.error_type()),
+        ("transaction", None, None)
+    );
     for kv in [
         KeyValue::new("db.transaction.outcome", "committed"),
         KeyValue::new("db.transaction.aborted", false),
@@ -276,8 +470,18 @@ fn a_failed_statement_does_not_abort_the_transaction() {
     ] {
         assert!(t.attributes.contains(&kv), "{kv:?}");
     }
-    assert_eq!(events(t), ["transaction.started", "transaction.statement_failed", "transaction.committed"]);
-    assert_eq!((t.events[1].ts_ns, &t.events[1].attributes), (dup, &vec![KeyValue::new("db.response.status_code", "1062")]));
+    assert_eq!(
+        events(t),
+        [
+            "transaction.started",
+            "transaction.statement_failed",
+            "transaction.committed"
+        ]
+    );
+    assert_eq!(
+        (t.events[1].ts_ns, &t.events[1].attributes),
+        (dup, &vec![KeyValue::new("db.response.status_code", "1062")])
+    );
     // Rolled back after it: the error is the rollback's cause.
     h.status = TX;
     h.exec("BEGIN", 0);
@@ -285,8 +489,13 @@ fn a_failed_statement_does_not_abort_the_transaction() {
     h.status = AC;
     h.exec("ROLLBACK", 0);
     let out = h.take();
-    assert_eq!((out[3].name.as_str(), out[3].error.as_deref()), ("transaction", Some("1062")));
-    assert!(out[3].attributes.contains(&KeyValue::new("db.transaction.aborted", false)));
+    assert_eq!(
+        (out[3].name.as_str(), out[3].error.as_deref()),
+        ("transaction", Some("1062"))
+    );
+    assert!(out[3]
+        .attributes
+        .contains(&KeyValue::new("db.transaction.aborted", false)));
 }
 
 #[test]
@@ -301,12 +510,39 @@ fn xa_prepare_after_a_failed_statement_is_prepared() {
     let (_, e) = h.exec("XA PREPARE 'x1'", 0);
     h.exec("XA COMMIT 'x1'", 0);
     let out = h.take();
-    assert_eq!(names(&out), ["XA", "INSERT t", "INSERT t", "XA", "XA", "transaction", "XA"]);
+    assert_eq!(
+        names(&out),
+        [
+            "XA",
+            "INSERT t",
+            "INSERT t",
+            "XA",
+            "XA",
+            "transaction",
+            "XA"
+        ]
+    );
     let t = &out[5];
     assert_eq!((t.start_ns, t.end_ns, t.error.as_deref()), (s, e, None));
-    assert!(t.attributes.contains(&KeyValue::new("db.transaction.outcome", "prepared")));
-    assert!(t.attributes.contains(&KeyValue::new("db.transaction.aborted", false)));
-    assert_eq!(events(t), ["transaction.started", "transaction.statement_failed", "transaction.prepared"]);
-    assert!(out[..5].iter().all(|q| q.ids.parent_span_id == t.ids.span_id));
-    assert_eq!(out[6].ids.parent_span_id, 0, "XA COMMIT after XA PREPARE: outside it");
+    assert!(t
+        .attributes
+        .contains(&KeyValue::new("db.transaction.outcome", "prepared")));
+    assert!(t
+        .attributes
+        .contains(&KeyValue::new("db.transaction.aborted", false)));
+    assert_eq!(
+        events(t),
+        [
+            "transaction.started",
+            "transaction.statement_failed",
+            "transaction.prepared"
+        ]
+    );
+    assert!(out[..5]
+        .iter()
+        .all(|q| q.ids.parent_span_id == t.ids.span_id));
+    assert_eq!(
+        out[6].ids.parent_span_id, 0,
+        "XA COMMIT after XA PREPARE: outside it"
+    );
 }

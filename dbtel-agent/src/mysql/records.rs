@@ -11,7 +11,13 @@ use crate::events::{self, cstr, DecodeError, Origin};
 pub enum Record {
     /// A call entered: statement texts (mysql_real_query, mysql_send_query,
     /// mysql_stmt_prepare) and handles let go of (mysql_stmt_close, mysql_close).
-    Call { at: Origin, call: MyCall, mysql: u64, text: Option<String>, truncated: bool },
+    Call {
+        at: Origin,
+        call: MyCall,
+        mysql: u64,
+        text: Option<String>,
+        truncated: bool,
+    },
     /// A call returned, with its handle's state at that moment.
     Return(Returned),
     /// A connection's details: first use by this process, or its database
@@ -67,7 +73,9 @@ pub struct ConnDetails {
 impl Record {
     pub fn origin(&self) -> &Origin {
         match self {
-            Record::Call { at, .. } | Record::Return(Returned { at, .. }) | Record::Conn(ConnDetails { at, .. }) => at,
+            Record::Call { at, .. }
+            | Record::Return(Returned { at, .. })
+            | Record::Conn(ConnDetails { at, .. }) => at,
         }
     }
 }
@@ -80,21 +88,37 @@ pub fn decode(data: &[u8]) -> Result<Record, DecodeError> {
         Some(Kind::MyCall) => {
             let fixed = MyCallEvent::TEXT_OFFSET;
             if data.len() < fixed {
-                return Err(DecodeError::Truncated { kind: h.kind, need: fixed, got: data.len() });
+                return Err(DecodeError::Truncated {
+                    kind: h.kind,
+                    need: fixed,
+                    got: data.len(),
+                });
             }
             let mysql = u64::from_ne_bytes(data[32..40].try_into().unwrap());
             let text_len = u32::from_ne_bytes(data[40..44].try_into().unwrap()) as usize;
             let flags = u32::from_ne_bytes(data[44..48].try_into().unwrap());
             let call = call()?;
-            let text_bytes = data.get(fixed..fixed + text_len).ok_or(DecodeError::Truncated {
-                kind: h.kind,
-                need: fixed + text_len,
-                got: data.len(),
-            })?;
-            let has_text = matches!(call, MyCall::RealQuery | MyCall::SendQuery | MyCall::StmtPrepare);
+            let text_bytes = data
+                .get(fixed..fixed + text_len)
+                .ok_or(DecodeError::Truncated {
+                    kind: h.kind,
+                    need: fixed + text_len,
+                    got: data.len(),
+                })?;
+            let has_text = matches!(
+                call,
+                MyCall::RealQuery | MyCall::SendQuery | MyCall::StmtPrepare
+            );
             // A counted text may hold NULs: keep all its bytes.
-            let text = (has_text && flags & qflags::TEXT_FAULT == 0).then(|| String::from_utf8_lossy(text_bytes).into_owned());
-            Ok(Record::Call { at, call, mysql, text, truncated: flags & qflags::TRUNCATED != 0 })
+            let text = (has_text && flags & qflags::TEXT_FAULT == 0)
+                .then(|| String::from_utf8_lossy(text_bytes).into_owned());
+            Ok(Record::Call {
+                at,
+                call,
+                mysql,
+                text,
+                truncated: flags & qflags::TRUNCATED != 0,
+            })
         }
         Some(Kind::MyReturn) => {
             let r: MyReturnEvent = events::read(data, h.kind)?;
@@ -105,7 +129,11 @@ pub fn decode(data: &[u8]) -> Result<Record, DecodeError> {
                 ret: r.ret,
                 thread_id: r.thread_id,
                 errno: r.errno,
-                sqlstate: if r.errno != 0 { cstr(&r.sqlstate) } else { String::new() },
+                sqlstate: if r.errno != 0 {
+                    cstr(&r.sqlstate)
+                } else {
+                    String::new()
+                },
                 affected_rows: (r.affected_rows != u64::MAX).then_some(r.affected_rows),
                 rows: r.rows,
                 field_count: r.field_count,
@@ -139,7 +167,15 @@ pub mod encode {
         let text_b = text.unwrap_or("").as_bytes();
         out.extend_from_slice(&mysql.to_ne_bytes());
         out.extend_from_slice(&(text_b.len() as u32).to_ne_bytes());
-        let flags = if text.is_none() && matches!(call, MyCall::RealQuery | MyCall::SendQuery | MyCall::StmtPrepare) { qflags::TEXT_FAULT } else { 0 };
+        let flags = if text.is_none()
+            && matches!(
+                call,
+                MyCall::RealQuery | MyCall::SendQuery | MyCall::StmtPrepare
+            ) {
+            qflags::TEXT_FAULT
+        } else {
+            0
+        };
         out.extend_from_slice(&flags.to_ne_bytes());
         out.extend_from_slice(text_b);
         out
@@ -183,14 +219,37 @@ mod tests {
     use super::*;
 
     fn at(conn: u64) -> Origin {
-        Origin { pid: 7, tid: 8, ts_ns: 1_000, conn }
+        Origin {
+            pid: 7,
+            tid: 8,
+            ts_ns: 1_000,
+            conn,
+        }
     }
 
     #[test]
     fn records_round_trip() {
-        let call = Record::Call { at: at(0x10), call: MyCall::RealQuery, mysql: 0x10, text: Some("SELECT 'a\0b'".into()), truncated: false };
-        let Record::Call { at: a, call: c, mysql, text, .. } = &call else { unreachable!() };
-        assert_eq!(decode(&encode::call(*a, *c, *mysql, text.as_deref())).unwrap(), call);
+        let call = Record::Call {
+            at: at(0x10),
+            call: MyCall::RealQuery,
+            mysql: 0x10,
+            text: Some("SELECT 'a\0b'".into()),
+            truncated: false,
+        };
+        let Record::Call {
+            at: a,
+            call: c,
+            mysql,
+            text,
+            ..
+        } = &call
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            decode(&encode::call(*a, *c, *mysql, text.as_deref())).unwrap(),
+            call
+        );
         let ret = Returned {
             at: at(0x20),
             call: MyCall::StmtExecute,
@@ -205,7 +264,10 @@ mod tests {
             server_status: IN_TRANS | AUTOCOMMIT,
             stmt_id: 5,
         };
-        assert_eq!(decode(&encode::returned(&ret)).unwrap(), Record::Return(ret));
+        assert_eq!(
+            decode(&encode::returned(&ret)).unwrap(),
+            Record::Return(ret)
+        );
         let conn = ConnDetails {
             at: at(0x10),
             thread_id: 42,

@@ -26,12 +26,24 @@ pub struct Sql {
 impl Sql {
     pub fn new(text: Option<&str>, truncated: bool, facts: Option<Arc<QueryFacts>>) -> Self {
         let verb = text.map_or(Verb::Other, txn::verb);
-        let op = facts.as_ref().and_then(|f| f.operation.as_deref()).unwrap_or("");
-        let counts_affected = matches!(op, "REPLACE" | "LOAD") || text.is_some_and(|t| sql::row_count(op, t) == Some(RowCount::Affected));
+        let op = facts
+            .as_ref()
+            .and_then(|f| f.operation.as_deref())
+            .unwrap_or("");
+        let counts_affected = matches!(op, "REPLACE" | "LOAD")
+            || text.is_some_and(|t| sql::row_count(op, t) == Some(RowCount::Affected));
         // XA START inside a transaction is an error, not a commit.
-        let implicit_commit =
-            matches!(op, "CREATE" | "ALTER" | "DROP" | "RENAME" | "TRUNCATE" | "GRANT" | "REVOKE") || (verb == Verb::Begin && op != "XA");
-        Sql { facts, verb, truncated, counts_affected, implicit_commit }
+        let implicit_commit = matches!(
+            op,
+            "CREATE" | "ALTER" | "DROP" | "RENAME" | "TRUNCATE" | "GRANT" | "REVOKE"
+        ) || (verb == Verb::Begin && op != "XA");
+        Sql {
+            facts,
+            verb,
+            truncated,
+            counts_affected,
+            implicit_commit,
+        }
     }
 }
 
@@ -61,7 +73,10 @@ pub struct Statements {
 
 impl Statements {
     pub fn new(cap: usize) -> Self {
-        Statements { procs: Default::default(), cap: cap.max(1) }
+        Statements {
+            procs: Default::default(),
+            cap: cap.max(1),
+        }
     }
 
     /// mysql_stmt_prepare on `handle` (a handle prepared again replaces its text).
@@ -72,14 +87,17 @@ impl Statements {
         p.by_handle.insert(handle, Entry { seq, conn, sql });
         p.order.push_back((handle, seq));
         while p.by_handle.len() > self.cap {
-            let Some((h, s)) = p.order.pop_front() else { break };
+            let Some((h, s)) = p.order.pop_front() else {
+                break;
+            };
             if p.by_handle.get(&h).is_some_and(|e| e.seq == s) {
                 p.by_handle.remove(&h);
             }
         }
         if p.order.len() > 2 * self.cap {
             let live = &p.by_handle;
-            p.order.retain(|(h, s)| live.get(h).is_some_and(|e| e.seq == *s));
+            p.order
+                .retain(|(h, s)| live.get(h).is_some_and(|e| e.seq == *s));
         }
     }
 
@@ -113,7 +131,9 @@ impl Statements {
 
     /// Statements kept for a process, and their order entries (for bound checks).
     pub fn held(&self, pid: u32) -> (usize, usize) {
-        self.procs.get(&pid).map_or((0, 0), |p| (p.by_handle.len(), p.order.len()))
+        self.procs
+            .get(&pid)
+            .map_or((0, 0), |p| (p.by_handle.len(), p.order.len()))
     }
 }
 
@@ -129,7 +149,10 @@ mod tests {
     #[test]
     fn classification() {
         let s = sql("INSERT INTO t VALUES (1)");
-        assert_eq!((s.counts_affected, s.implicit_commit, &s.verb), (true, false, &Verb::Other));
+        assert_eq!(
+            (s.counts_affected, s.implicit_commit, &s.verb),
+            (true, false, &Verb::Other)
+        );
         assert!(sql("REPLACE INTO t VALUES (1)").counts_affected);
         assert!(!sql("SELECT 1").counts_affected);
         assert!(sql("CREATE TABLE t (a int)").implicit_commit);
@@ -147,7 +170,10 @@ mod tests {
         st.insert(7, 1, 0x10, sql("SELECT b")); // re-prepared: now the newest
         st.insert(7, 4, 0x10, sql("SELECT 4")); // over the cap: 2 goes
         assert!(st.get(7, 2).is_none());
-        assert_eq!(st.get(7, 1).unwrap().facts.as_ref().unwrap().text, "SELECT b");
+        assert_eq!(
+            st.get(7, 1).unwrap().facts.as_ref().unwrap().text,
+            "SELECT b"
+        );
         assert!(st.get(7, 3).is_some() && st.get(7, 4).is_some());
         st.insert(7, 5, 0x20, sql("SELECT 5"));
         assert!(st.get(7, 3).is_none(), "then 3");

@@ -32,7 +32,11 @@ impl FnSymbol {
     /// The function's code: `size` bytes, or `fallback` bytes when the size is unknown.
     pub fn code<'d>(&self, data: &'d [u8], fallback: usize) -> Option<&'d [u8]> {
         let start = usize::try_from(self.offset).ok()?;
-        let len = if self.size > 0 { usize::try_from(self.size).ok()? } else { fallback };
+        let len = if self.size > 0 {
+            usize::try_from(self.size).ok()?
+        } else {
+            fallback
+        };
         data.get(start..start.checked_add(len)?.min(data.len()))
     }
 }
@@ -44,13 +48,22 @@ pub struct SymbolsError(#[from] object::Error);
 /// The functions among `wanted` that `data` defines, by unversioned name.
 /// A name defined at several addresses (a library keeping an old
 /// implementation under an old version) resolves to its default version.
-pub fn find(data: &[u8], wanted: &[&'static str]) -> Result<BTreeMap<&'static str, FnSymbol>, SymbolsError> {
+pub fn find(
+    data: &[u8],
+    wanted: &[&'static str],
+) -> Result<BTreeMap<&'static str, FnSymbol>, SymbolsError> {
     let elf = ElfFile64::<Endianness>::parse(data)?;
     let file = object::File::parse(data)?;
     let endian = elf.endian();
-    let versions = elf.elf_section_table().versions(endian, data).ok().flatten();
+    let versions = elf
+        .elf_section_table()
+        .versions(endian, data)
+        .ok()
+        .flatten();
     let defined = |s: &ElfSymbol64<'_, '_, Endianness>| {
-        !s.is_undefined() && s.address() != 0 && matches!(s.kind(), SymbolKind::Text | SymbolKind::Unknown)
+        !s.is_undefined()
+            && s.address() != 0
+            && matches!(s.kind(), SymbolKind::Text | SymbolKind::Unknown)
     };
     // Sizes by address: an alias of size 0 borrows its twin's.
     let mut sizes: BTreeMap<u64, u64> = BTreeMap::new();
@@ -69,18 +82,34 @@ pub fn find(data: &[u8], wanted: &[&'static str]) -> Result<BTreeMap<&'static st
                 Some((n, v)) => (n, Some(v.trim_start_matches('@'))),
                 None => (full, None),
             };
-            let Some(&name) = wanted.iter().find(|w| **w == name) else { continue };
+            let Some(&name) = wanted.iter().find(|w| **w == name) else {
+                continue;
+            };
             let (hidden, version) = match (&versions, dynamic) {
                 (Some(v), true) => {
                     let idx = v.version_index(endian, s.index());
-                    let vname = v.version(idx).ok().flatten().map(|x| String::from_utf8_lossy(x.name()).into_owned());
+                    let vname = v
+                        .version(idx)
+                        .ok()
+                        .flatten()
+                        .map(|x| String::from_utf8_lossy(x.name()).into_owned());
                     (idx.is_hidden(), vname)
                 }
-                _ => (full.contains('@') && !full.contains("@@"), spelled.map(str::to_string)),
+                _ => (
+                    full.contains('@') && !full.contains("@@"),
+                    spelled.map(str::to_string),
+                ),
             };
             let rank = u8::from(!hidden) * 2 + u8::from(dynamic);
-            let Some(offset) = crate::host::process::vaddr_to_offset(&file, s.address()) else { continue };
-            let sym = FnSymbol { address: s.address(), offset, size: sizes[&s.address()], version };
+            let Some(offset) = crate::host::process::vaddr_to_offset(&file, s.address()) else {
+                continue;
+            };
+            let sym = FnSymbol {
+                address: s.address(),
+                offset,
+                size: sizes[&s.address()],
+                version,
+            };
             match best.get(name) {
                 Some((r, _)) if *r >= rank => {}
                 _ => {

@@ -70,7 +70,15 @@ pub fn cut_short(why: &str, a: &mut Vec<KeyValue>) -> String {
 impl DbSpan {
     /// A span from its describer's output; where its typed facts are is
     /// read off the attributes once here.
-    pub fn new(pid: u32, ids: Ids, kind: Kind, (start_ns, end_ns): (u64, u64), d: Described, events: Vec<Event>, links: Vec<Link>) -> Self {
+    pub fn new(
+        pid: u32,
+        ids: Ids,
+        kind: Kind,
+        (start_ns, end_ns): (u64, u64),
+        d: Described,
+        events: Vec<Event>,
+        links: Vec<Link>,
+    ) -> Self {
         let mut typed = Typed::default();
         for (i, kv) in d.attributes.iter().enumerate() {
             let at = u16::try_from(i).ok();
@@ -88,7 +96,19 @@ impl DbSpan {
                 _ => {}
             }
         }
-        DbSpan { pid, ids, kind, name: d.name, start_ns, end_ns, attributes: d.attributes, error: d.error, events, links, typed }
+        DbSpan {
+            pid,
+            ids,
+            kind,
+            name: d.name,
+            start_ns,
+            end_ns,
+            attributes: d.attributes,
+            error: d.error,
+            events,
+            links,
+            typed,
+        }
     }
 
     fn text(&self, at: Option<u16>) -> Option<&str> {
@@ -150,8 +170,19 @@ mod tests {
             ],
             error: Some("42P01".into()),
         };
-        let s = DbSpan::new(7, Ids::default(), Kind::Client, (1_000, 4_000), d, vec![], vec![]);
-        assert_eq!((s.system(), s.operation(), s.collection()), (Some("postgresql"), Some("SELECT"), Some("items")));
+        let s = DbSpan::new(
+            7,
+            Ids::default(),
+            Kind::Client,
+            (1_000, 4_000),
+            d,
+            vec![],
+            vec![],
+        );
+        assert_eq!(
+            (s.system(), s.operation(), s.collection()),
+            (Some("postgresql"), Some("SELECT"), Some("items"))
+        );
         assert_eq!((s.rows(), s.affected_rows()), (Some(3), None));
         assert_eq!(s.error_type(), Some("42P01"));
         assert_eq!(s.duration_ns(), 3_000);

@@ -35,7 +35,10 @@ fn blank(sql: &str, string: &str, number: &str, comments: bool) -> Option<String
         match c {
             b'-' if b.get(i + 1) == Some(&b'-') => {
                 let start = i;
-                i = b[i..].iter().position(|&x| x == b'\n').map_or(b.len(), |n| i + n);
+                i = b[i..]
+                    .iter()
+                    .position(|&x| x == b'\n')
+                    .map_or(b.len(), |n| i + n);
                 if !comments {
                     out.push_str(&sql[run..start]);
                     run = i;
@@ -78,7 +81,9 @@ fn blank(sql: &str, string: &str, number: &str, comments: bool) -> Option<String
                 run = i;
             }
             b'$' if !ident(prev) && !b.get(i + 1).is_some_and(u8::is_ascii_digit) => return None, // $tag$…$tag$
-            b'0'..=b'9' | b'.' if !ident(prev) && (c != b'.' || b.get(i + 1).is_some_and(u8::is_ascii_digit)) => {
+            b'0'..=b'9' | b'.'
+                if !ident(prev) && (c != b'.' || b.get(i + 1).is_some_and(u8::is_ascii_digit)) =>
+            {
                 if prev == b'.' {
                     return None; // t.1, a.5.: tokenizers split these their own ways
                 }
@@ -140,7 +145,10 @@ pub fn statements(sql: &str) -> Option<Vec<&str>> {
         let prev = if i > 0 { b[i - 1] } else { b' ' };
         match b[i] {
             b'-' if b.get(i + 1) == Some(&b'-') => {
-                i = b[i..].iter().position(|&x| x == b'\n').map_or(b.len(), |n| i + n);
+                i = b[i..]
+                    .iter()
+                    .position(|&x| x == b'\n')
+                    .map_or(b.len(), |n| i + n);
                 continue;
             }
             b'/' if b.get(i + 1) == Some(&b'*') => {
@@ -219,8 +227,14 @@ mod tests {
         ] {
             assert!(!single_statement(several), "{several:?}");
         }
-        assert_eq!(statements("COMMIT; BEGIN ;-- next\n"), Some(vec!["COMMIT", "BEGIN"]));
-        assert_eq!(statements("select 'a;b', $1; select a$b"), Some(vec!["select 'a;b', $1", "select a$b"]));
+        assert_eq!(
+            statements("COMMIT; BEGIN ;-- next\n"),
+            Some(vec!["COMMIT", "BEGIN"])
+        );
+        assert_eq!(
+            statements("select 'a;b', $1; select a$b"),
+            Some(vec!["select 'a;b', $1", "select a$b"])
+        );
         assert_eq!(statements("select $q$;$q$; select 1"), None);
     }
     use crate::pipeline::sql::facts;
@@ -230,9 +244,20 @@ mod tests {
         let a = shape("SELECT abalance FROM pgbench_accounts WHERE aid = 17;").unwrap();
         let b = shape("SELECT abalance FROM pgbench_accounts WHERE aid = 981234;").unwrap();
         assert_eq!(a, b);
-        assert_eq!(shape("update t set s = 'it''s', f = 1.5e-3 where id = .5").unwrap(), "update t set s = ', f = 0 where id = 0");
-        assert_ne!(shape("select 1 from t1").unwrap(), shape("select 1 from t2").unwrap(), "digits inside names are names");
-        assert_eq!(shape("select $1, x$2").unwrap(), "select $1, x$2", "placeholders stay");
+        assert_eq!(
+            shape("update t set s = 'it''s', f = 1.5e-3 where id = .5").unwrap(),
+            "update t set s = ', f = 0 where id = 0"
+        );
+        assert_ne!(
+            shape("select 1 from t1").unwrap(),
+            shape("select 1 from t2").unwrap(),
+            "digits inside names are names"
+        );
+        assert_eq!(
+            shape("select $1, x$2").unwrap(),
+            "select $1, x$2",
+            "placeholders stay"
+        );
     }
 
     #[test]
@@ -240,13 +265,31 @@ mod tests {
         let c1 = "select 1 /* traceparent='00-aa-01' */ -- n=5\n";
         let c2 = "select 1 /* traceparent='00-bb-01' */ -- n=5\n";
         assert_ne!(shape(c1), shape(c2));
-        assert_ne!(shape("select \"a'1\" from t"), shape("select \"a'2\" from t"));
-        assert_eq!(shape("select 2 /* a /* nested */ 3 */").unwrap(), "select 0 /* a /* nested */ 3 */");
+        assert_ne!(
+            shape("select \"a'1\" from t"),
+            shape("select \"a'2\" from t")
+        );
+        assert_eq!(
+            shape("select 2 /* a /* nested */ 3 */").unwrap(),
+            "select 0 /* a /* nested */ 3 */"
+        );
     }
 
     #[test]
     fn anything_subtle_has_no_shape() {
-        for sql in ["select U&'x'a", "select t.1", "select a.5.", "select E'\\n'", "select $$x$$", "select 'cut", "select 1 /* cut", "select 1abc", "select 1e", "select \"cut", "select 1.2.3"] {
+        for sql in [
+            "select U&'x'a",
+            "select t.1",
+            "select a.5.",
+            "select E'\\n'",
+            "select $$x$$",
+            "select 'cut",
+            "select 1 /* cut",
+            "select 1abc",
+            "select 1e",
+            "select \"cut",
+            "select 1.2.3",
+        ] {
             assert_eq!(shape(sql), None, "{sql}");
         }
     }
@@ -254,9 +297,18 @@ mod tests {
     #[test]
     fn texts_of_one_shape_obfuscate_identically() {
         let groups: &[&[&str]] = &[
-            &["select * from t where a = 1 and b = 'x'", "select * from t where a = 22 and b = 'yy''z'"],
-            &["insert into t values (1, -2.5, 'a')", "insert into t values (3, -4e10, '')"],
-            &["update t set v = v + 1 where id = 7 -- k=1", "update t set v = v + 99 where id = 8 -- k=1"],
+            &[
+                "select * from t where a = 1 and b = 'x'",
+                "select * from t where a = 22 and b = 'yy''z'",
+            ],
+            &[
+                "insert into t values (1, -2.5, 'a')",
+                "insert into t values (3, -4e10, '')",
+            ],
+            &[
+                "update t set v = v + 1 where id = 7 -- k=1",
+                "update t set v = v + 99 where id = 8 -- k=1",
+            ],
         ];
         for g in groups {
             let shapes: Vec<_> = g.iter().map(|s| shape(s).unwrap()).collect();

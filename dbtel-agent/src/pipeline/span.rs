@@ -27,7 +27,11 @@ pub struct Ids {
 impl Ids {
     /// A child of `self` in the same trace.
     pub fn child(&self, gen: &mut IdGen) -> Ids {
-        Ids { trace_id: self.trace_id, span_id: gen.span_id(), parent_span_id: self.span_id }
+        Ids {
+            trace_id: self.trace_id,
+            span_id: gen.span_id(),
+            parent_span_id: self.span_id,
+        }
     }
 }
 
@@ -49,7 +53,9 @@ impl IdGen {
             x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             (x ^ (x >> 31)) | 1
         };
-        IdGen { s: [next(), next()] }
+        IdGen {
+            s: [next(), next()],
+        }
     }
 
     /// Seeded from the OS's random source.
@@ -59,7 +65,9 @@ impl IdGen {
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
             .map(|_| u64::from_ne_bytes(b))
             .unwrap_or_else(|_| {
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
                     ^ u64::from(std::process::id())
             });
         Self::seeded(seed)
@@ -89,7 +97,11 @@ impl IdGen {
 
     /// Ids of a new root span (a new trace).
     pub fn root(&mut self) -> Ids {
-        Ids { trace_id: self.trace_id(), span_id: self.span_id(), parent_span_id: 0 }
+        Ids {
+            trace_id: self.trace_id(),
+            span_id: self.span_id(),
+            parent_span_id: 0,
+        }
     }
 }
 

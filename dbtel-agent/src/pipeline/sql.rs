@@ -103,7 +103,14 @@ impl FactsCache {
 
     pub fn with_dialect(text: impl Into<Text>, capacity: usize, dialect: Dialect) -> Self {
         let (map, shapes, plain) = Default::default();
-        FactsCache { text: text.into(), dialect, map, shapes, plain, capacity }
+        FactsCache {
+            text: text.into(),
+            dialect,
+            map,
+            shapes,
+            plain,
+            capacity,
+        }
     }
 
     pub fn get(&mut self, sql: &str) -> Arc<QueryFacts> {
@@ -113,12 +120,20 @@ impl FactsCache {
             return f.clone();
         }
         // Shapes are PostgreSQL's lexis: other dialects cache by exact text.
-        let shaped = if self.text != Text::Raw && self.dialect == Dialect::PostgreSql { crate::pipeline::shape::shape(sql) } else { None };
+        let shaped = if self.text != Text::Raw && self.dialect == Dialect::PostgreSql {
+            crate::pipeline::shape::shape(sql)
+        } else {
+            None
+        };
         if shaped.as_deref() == Some(sql) {
             if self.plain.len() >= self.capacity {
                 self.plain.clear();
             }
-            let f = self.shapes.get(sql).cloned().unwrap_or_else(|| Arc::new(facts_in(self.dialect, sql, self.text)));
+            let f = self
+                .shapes
+                .get(sql)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(facts_in(self.dialect, sql, self.text)));
             self.plain.insert(sql.to_string(), f.clone());
             return f;
         }
@@ -155,8 +170,18 @@ pub fn facts_in(dialect: Dialect, sql: &str, text: impl Into<Text>) -> QueryFact
     // Facts of tokenized text; `raw` is what to export when not obfuscating.
     let from = |lexed: &Lexed, raw: &str| {
         let (operation, collection, summary) = describe(&lexed.tokens, dialect);
-        let text = if obfuscate { render_obfuscated(lexed, comments, dialect) } else { raw.to_string() };
-        QueryFacts { text, operation, collection, summary, attrs: Vec::new() }
+        let text = if obfuscate {
+            render_obfuscated(lexed, comments, dialect)
+        } else {
+            raw.to_string()
+        };
+        QueryFacts {
+            text,
+            operation,
+            collection,
+            summary,
+            attrs: Vec::new(),
+        }
     };
     let f = match tokenize(lexer, sql) {
         Ok(tokens) => from(&tokens, sql),
@@ -170,7 +195,12 @@ pub fn facts_in(dialect: Dialect, sql: &str, text: impl Into<Text>) -> QueryFact
             // literal contents into words, so nothing from the first quote on is kept.
             // (MySQL: `"` opens strings too, and `_utf8mb4'..'` introduces one.)
             let mysql = dialect == Dialect::MySql;
-            let quote = sql[cut..].trim_start_matches(|c: char| c.is_ascii_alphabetic() || c == '&' || (mysql && c == '_')).chars().next();
+            let quote = sql[cut..]
+                .trim_start_matches(|c: char| {
+                    c.is_ascii_alphabetic() || c == '&' || (mysql && c == '_')
+                })
+                .chars()
+                .next();
             let open_quote = quote.filter(|q| *q == '\'' || (*q == '"' && mysql));
             let cut = if obfuscate && !open_quote.is_some_and(|q| cut_open(lexer, sql, cut, q)) {
                 sql[..cut].find(quotes).unwrap_or(cut)
@@ -190,7 +220,9 @@ pub fn facts_in(dialect: Dialect, sql: &str, text: impl Into<Text>) -> QueryFact
             if obfuscate {
                 // Syntax sqlparser does not know (`|>`): the plain scanner, where it
                 // is sure of every literal; else nothing after the cut.
-                let plain = (dialect == Dialect::PostgreSql).then(|| crate::pipeline::shape::obfuscated(sql, comments)).flatten();
+                let plain = (dialect == Dialect::PostgreSql)
+                    .then(|| crate::pipeline::shape::obfuscated(sql, comments))
+                    .flatten();
                 match plain.filter(|_| !open_quote) {
                     Some(t) => f.text = t,
                     None => f.text.push('?'),
@@ -215,10 +247,21 @@ struct Lexed {
 
 /// Tokens, or the byte offset where tokenizing failed.
 fn tokenize(dialect: &dyn Lex, sql: &str) -> Result<Lexed, usize> {
-    let run = |sql: &str| match Tokenizer::new(dialect, sql).with_unescape(false).tokenize_with_location() {
+    let run = |sql: &str| match Tokenizer::new(dialect, sql)
+        .with_unescape(false)
+        .tokenize_with_location()
+    {
         Ok(t) => {
-            let starts = byte_offsets(sql, t.iter().map(|t| (t.span.start.line as usize, t.span.start.column as usize)));
-            Ok(Lexed { text: sql.to_string(), tokens: t.into_iter().map(|t| t.token).collect(), starts })
+            let starts = byte_offsets(
+                sql,
+                t.iter()
+                    .map(|t| (t.span.start.line as usize, t.span.start.column as usize)),
+            );
+            Ok(Lexed {
+                text: sql.to_string(),
+                tokens: t.into_iter().map(|t| t.token).collect(),
+                starts,
+            })
         }
         Err(e) => {
             let (line, col) = (e.location.line as usize, e.location.column as usize);
@@ -232,7 +275,9 @@ fn tokenize(dialect: &dyn Lex, sql: &str) -> Result<Lexed, usize> {
             let mut fixed = sql.to_string();
             for _ in 0..8 {
                 match run(&fixed) {
-                    Err(at) if fixed[..at].ends_with(['x', 'X']) && fixed[at..].starts_with('_') => {
+                    Err(at)
+                        if fixed[..at].ends_with(['x', 'X']) && fixed[at..].starts_with('_') =>
+                    {
                         fixed.remove(at);
                     }
                     r => return r.map_err(|_| at),
@@ -250,7 +295,10 @@ fn cut_open(dialect: &dyn Lex, sql: &str, at: usize, quote: char) -> bool {
     let tail = format!("{}{quote}", &sql[at..]);
     // Closing it must make the whole tail one literal, and the head tokenize alone.
     matches!(Tokenizer::new(dialect, &tail).with_unescape(false).tokenize(), Ok(t) if t.len() == 1 && is_literal(&t[0]))
-        && Tokenizer::new(dialect, &sql[..at]).with_unescape(false).tokenize().is_ok()
+        && Tokenizer::new(dialect, &sql[..at])
+            .with_unescape(false)
+            .tokenize()
+            .is_ok()
 }
 
 /// Byte offsets of increasing 1-based (line, column-in-chars) locations.
@@ -277,7 +325,10 @@ fn byte_offset(sql: &str, line: usize, col: usize) -> usize {
     let mut off = 0;
     for (i, l) in sql.split_inclusive('\n').enumerate() {
         if i + 1 == line {
-            return off + l.char_indices().nth(col.saturating_sub(1)).map_or(l.len(), |(b, _)| b);
+            return off
+                + l.char_indices()
+                    .nth(col.saturating_sub(1))
+                    .map_or(l.len(), |(b, _)| b);
         }
         off += l.len();
     }
@@ -315,7 +366,10 @@ fn continues_number(t: &Token) -> bool {
     let Token::Word(w) = t else { return false };
     let mut b = w.value.bytes();
     w.quote_style.is_none()
-        && matches!(b.next(), Some(b'o' | b'O' | b'b' | b'B' | b'x' | b'X' | b'_'))
+        && matches!(
+            b.next(),
+            Some(b'o' | b'O' | b'b' | b'B' | b'x' | b'X' | b'_')
+        )
         && b.all(|c| c.is_ascii_hexdigit() || c == b'_')
 }
 
@@ -332,20 +386,36 @@ fn render_obfuscated(lexed: &Lexed, comments: bool, dialect: Dialect) -> String 
     let mut i = 0;
     while i < tokens.len() {
         let t = &tokens[i];
-        if matches!(t, Token::Minus) && !prev_is_value && tokens.get(i + 1).is_some_and(|n| matches!(n, Token::Number(..))) {
+        if matches!(t, Token::Minus)
+            && !prev_is_value
+            && tokens
+                .get(i + 1)
+                .is_some_and(|n| matches!(n, Token::Number(..)))
+        {
             // `-5` is one literal: `?`, so `+ 5` and `+ -5` obfuscate alike.
             i += 1;
             continue;
         }
-        if let Some(value) = mysql.then(|| mysql::render(t, tokens.get(i + 1), source(i), comments, &mut out)).flatten() {
+        if let Some(value) = mysql
+            .then(|| mysql::render(t, tokens.get(i + 1), source(i), comments, &mut out))
+            .flatten()
+        {
             prev_is_value |= value;
             i += 1;
             continue;
         }
-        if let (false, Token::Whitespace(Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_))) = (comments, t) {
+        if let (
+            false,
+            Token::Whitespace(
+                Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_),
+            ),
+        ) = (comments, t)
+        {
             // Comments are dropped (they can carry anything, literals included);
             // a space keeps the words around them apart.
-            if !out.ends_with(char::is_whitespace) && !matches!(tokens.get(i + 1), Some(Token::Whitespace(_)) | None) {
+            if !out.ends_with(char::is_whitespace)
+                && !matches!(tokens.get(i + 1), Some(Token::Whitespace(_)) | None)
+            {
                 out.push(' ');
             }
             i += 1;
@@ -355,7 +425,9 @@ fn render_obfuscated(lexed: &Lexed, comments: bool, dialect: Dialect) -> String 
             out.push('?');
             // PostgreSQL 16's 0o17, 0b101, 0x_FF, 1_000: the tokenizer stops the
             // number before the letter or underscore; the rest is the literal's too.
-            while matches!(t, Token::Number(..) | Token::HexStringLiteral(_)) && tokens.get(i + 1).is_some_and(continues_number) {
+            while matches!(t, Token::Number(..) | Token::HexStringLiteral(_))
+                && tokens.get(i + 1).is_some_and(continues_number)
+            {
                 i += 1;
             }
         } else {
@@ -392,7 +464,10 @@ pub enum CopyDirection {
 
 /// The direction of a COPY statement: its first FROM or TO outside parentheses.
 pub fn copy_direction(sql: &str) -> Option<CopyDirection> {
-    let tokens = Tokenizer::new(Dialect::PostgreSql.lexer(), sql).with_unescape(false).tokenize().ok()?;
+    let tokens = Tokenizer::new(Dialect::PostgreSql.lexer(), sql)
+        .with_unescape(false)
+        .tokenize()
+        .ok()?;
     let mut words = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_)));
     if !matches!(words.next(), Some(Token::Word(w)) if w.keyword == Keyword::COPY) {
         return None;
@@ -402,8 +477,12 @@ pub fn copy_direction(sql: &str) -> Option<CopyDirection> {
         match t {
             Token::LParen => depth += 1,
             Token::RParen => depth -= 1,
-            Token::Word(w) if depth == 0 && w.keyword == Keyword::FROM => return Some(CopyDirection::In),
-            Token::Word(w) if depth == 0 && w.keyword == Keyword::TO => return Some(CopyDirection::Out),
+            Token::Word(w) if depth == 0 && w.keyword == Keyword::FROM => {
+                return Some(CopyDirection::In)
+            }
+            Token::Word(w) if depth == 0 && w.keyword == Keyword::TO => {
+                return Some(CopyDirection::Out)
+            }
             _ => {}
         }
     }
@@ -435,20 +514,31 @@ pub fn row_count(operation: &str, sql: &str) -> Option<RowCount> {
 
 /// Keywords that start a statement whose kind is worth naming in a summary.
 fn is_statement_keyword(k: Keyword) -> bool {
-    matches!(k, Keyword::SELECT | Keyword::INSERT | Keyword::UPDATE | Keyword::DELETE | Keyword::MERGE)
+    matches!(
+        k,
+        Keyword::SELECT | Keyword::INSERT | Keyword::UPDATE | Keyword::DELETE | Keyword::MERGE
+    )
 }
 
 /// (operation, collection, summary) from the significant tokens.
-fn describe(tokens: &[Token], dialect: Dialect) -> (Option<String>, Option<String>, Option<String>) {
+fn describe(
+    tokens: &[Token],
+    dialect: Dialect,
+) -> (Option<String>, Option<String>, Option<String>) {
     let mysql = dialect == Dialect::MySql;
     // `(SELECT …) UNION (SELECT …)`: named by its first operation.
-    let toks: Vec<&Token> =
-        tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).skip_while(|t| matches!(t, Token::LParen)).collect();
+    let toks: Vec<&Token> = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .skip_while(|t| matches!(t, Token::LParen))
+        .collect();
     let kw = |i: usize| match toks.get(i) {
         Some(Token::Word(w)) if w.quote_style.is_none() => w.keyword,
         _ => Keyword::NoKeyword,
     };
-    let Some(Token::Word(first)) = toks.first() else { return (None, None, None) };
+    let Some(Token::Word(first)) = toks.first() else {
+        return (None, None, None);
+    };
     let mut operation = first.value.to_uppercase();
     if first.keyword == Keyword::WITH {
         // The statement a CTE list leads to: the first statement keyword at depth 0.
@@ -472,7 +562,12 @@ fn describe(tokens: &[Token], dialect: Dialect) -> (Option<String>, Option<Strin
     while i < toks.len() {
         let k = kw(i);
         // FOR [NO KEY] UPDATE, ON CONFLICT DO UPDATE, ON DUPLICATE KEY UPDATE: clauses, not statements.
-        let clause = k == Keyword::UPDATE && i > 0 && matches!(kw(i - 1), Keyword::FOR | Keyword::KEY | Keyword::NO | Keyword::DO);
+        let clause = k == Keyword::UPDATE
+            && i > 0
+            && matches!(
+                kw(i - 1),
+                Keyword::FOR | Keyword::KEY | Keyword::NO | Keyword::DO
+            );
         if i == 0 && !is_statement_keyword(k) && k != Keyword::WITH {
             parts.push(operation.clone());
         }
@@ -498,17 +593,26 @@ fn describe(tokens: &[Token], dialect: Dialect) -> (Option<String>, Option<Strin
         if table_follows {
             // A comma-separated list of table references (FROM a, b).
             loop {
-                while matches!(kw(i), Keyword::ONLY | Keyword::LATERAL | Keyword::IF | Keyword::NOT | Keyword::EXISTS)
-                    || (mysql && mysql::is_modifier(kw(i)))
+                while matches!(
+                    kw(i),
+                    Keyword::ONLY | Keyword::LATERAL | Keyword::IF | Keyword::NOT | Keyword::EXISTS
+                ) || (mysql && mysql::is_modifier(kw(i)))
                 {
                     i += 1;
                 }
                 // COPY … FROM STDIN: the client, not a table.
-                if matches!(kw(i), Keyword::STDIN | Keyword::STDOUT) || (mysql && mysql::not_a_table(toks.get(i).copied())) {
+                if matches!(kw(i), Keyword::STDIN | Keyword::STDOUT)
+                    || (mysql && mysql::not_a_table(toks.get(i).copied()))
+                {
                     break;
                 }
-                let Some((name, next)) = qualified_name(&toks, i) else { break };
-                if matches!(toks.get(next), Some(Token::LParen)) && k != Keyword::INTO && k != Keyword::TABLE {
+                let Some((name, next)) = qualified_name(&toks, i) else {
+                    break;
+                };
+                if matches!(toks.get(next), Some(Token::LParen))
+                    && k != Keyword::INTO
+                    && k != Keyword::TABLE
+                {
                     break; // a function call, not a table
                 }
                 parts.push(name.clone());
@@ -520,7 +624,8 @@ fn describe(tokens: &[Token], dialect: Dialect) -> (Option<String>, Option<Strin
                 if kw(i) == Keyword::AS {
                     i += 1;
                 }
-                if matches!(toks.get(i), Some(Token::Word(w)) if w.keyword == Keyword::NoKeyword || w.quote_style.is_some()) {
+                if matches!(toks.get(i), Some(Token::Word(w)) if w.keyword == Keyword::NoKeyword || w.quote_style.is_some())
+                {
                     i += 1;
                 }
                 if matches!(toks.get(i), Some(Token::Comma)) && k == Keyword::FROM {
@@ -540,7 +645,11 @@ fn describe(tokens: &[Token], dialect: Dialect) -> (Option<String>, Option<Strin
         summary.truncate(cut);
     }
     let collection = (tables.len() == 1).then(|| tables.remove(0));
-    (Some(operation), collection, (!summary.is_empty()).then_some(summary))
+    (
+        Some(operation),
+        collection,
+        (!summary.is_empty()).then_some(summary),
+    )
 }
 
 fn kw_name(toks: &[&Token], i: usize) -> String {
@@ -559,7 +668,9 @@ fn qualified_name(toks: &[&Token], mut i: usize) -> Option<(String, usize)> {
             _ => return None,
         }
         i += 1;
-        if matches!(toks.get(i), Some(Token::Period)) && matches!(toks.get(i + 1), Some(Token::Word(_))) {
+        if matches!(toks.get(i), Some(Token::Period))
+            && matches!(toks.get(i + 1), Some(Token::Word(_)))
+        {
             name.push('.');
             i += 1;
             continue;

@@ -110,7 +110,11 @@ impl<'a> Iterator for Words<'a> {
                 Some(Word::Quoted(String::from_utf8_lossy(&name).into_owned()))
             }
             c if c.is_ascii_alphabetic() || *c == b'_' || *c >= 0x80 => {
-                while self.i < s.len() && (s[self.i].is_ascii_alphanumeric() || matches!(s[self.i], b'_' | b'$') || s[self.i] >= 0x80) {
+                while self.i < s.len()
+                    && (s[self.i].is_ascii_alphanumeric()
+                        || matches!(s[self.i], b'_' | b'$')
+                        || s[self.i] >= 0x80)
+                {
                     self.i += 1;
                 }
                 Some(Word::Keyword(&s[start..self.i]))
@@ -122,17 +126,27 @@ impl<'a> Iterator for Words<'a> {
 
 /// Classifies a statement by its leading keywords.
 pub fn verb(text: &str) -> Verb {
-    let mut w = Words { s: text.as_bytes(), i: 0 };
-    let Some(Word::Keyword(first)) = w.next() else { return Verb::Other };
+    let mut w = Words {
+        s: text.as_bytes(),
+        i: 0,
+    };
+    let Some(Word::Keyword(first)) = w.next() else {
+        return Verb::Other;
+    };
     // The longest leading keyword of interest is SAVEPOINT.
     let mut upper = [0u8; 9];
-    let Some(upper) = upper.get_mut(..first.len()) else { return Verb::Other };
+    let Some(upper) = upper.get_mut(..first.len()) else {
+        return Verb::Other;
+    };
     upper.copy_from_slice(first);
     upper.make_ascii_uppercase();
     let mut next = w.next();
     // An optional WORK or TRANSACTION after the leading keyword.
     fn skip_noise<'a>(next: &mut Option<Word<'a>>, w: &mut Words<'a>) {
-        if next.as_ref().is_some_and(|n| n.is("WORK") || n.is("TRANSACTION")) {
+        if next
+            .as_ref()
+            .is_some_and(|n| n.is("WORK") || n.is("TRANSACTION"))
+        {
             *next = w.next();
         }
     }
@@ -144,7 +158,9 @@ pub fn verb(text: &str) -> Verb {
         b"COMMIT" | b"END" if next.as_ref().is_some_and(|n| n.is("PREPARED")) => Verb::Other,
         b"COMMIT" | b"END" => Verb::Commit,
         b"ABORT" => Verb::Rollback,
-        b"PREPARE" if next.as_ref().is_some_and(|n| n.is("TRANSACTION")) => Verb::PrepareTransaction,
+        b"PREPARE" if next.as_ref().is_some_and(|n| n.is("TRANSACTION")) => {
+            Verb::PrepareTransaction
+        }
         b"ROLLBACK" if next.as_ref().is_some_and(|n| n.is("PREPARED")) => Verb::Other,
         b"ROLLBACK" => {
             skip_noise(&mut next, &mut w);
@@ -288,13 +304,18 @@ impl Conn {
 
     /// The block a statement with these ids was sent into.
     fn of(&self, ids: &Ids) -> Option<usize> {
-        self.open.iter().position(|o| o.ids.trace_id == ids.trace_id && o.ids.span_id == ids.parent_span_id)
+        self.open
+            .iter()
+            .position(|o| o.ids.trace_id == ids.trace_id && o.ids.span_id == ids.parent_span_id)
     }
 }
 
 /// Whether a statement ends its block (when it runs: see [`Tracker::query_skipped`]).
 fn ends_block(verb: &Verb) -> bool {
-    matches!(verb, Verb::Commit | Verb::Rollback | Verb::PrepareTransaction)
+    matches!(
+        verb,
+        Verb::Commit | Verb::Rollback | Verb::PrepareTransaction
+    )
 }
 
 pub struct Tracker {
@@ -317,7 +338,10 @@ impl Tracker {
     }
 
     pub fn with_errors_abort(errors_abort: bool) -> Self {
-        Tracker { conns: Default::default(), errors_abort }
+        Tracker {
+            conns: Default::default(),
+            errors_abort,
+        }
     }
 
     /// Connections with state (for bound checks).
@@ -347,11 +371,24 @@ impl Tracker {
     /// exist (MySQL with autocommit off: a statement starts a transaction
     /// only if it uses a transactional table): it stays tentative until
     /// [`Tracker::confirm`], or [`Tracker::discard`] drops it.
-    pub fn query_started_tentatively(&mut self, key: Key, verb: &Verb, start_ns: u64, gen: &mut IdGen) -> Ids {
+    pub fn query_started_tentatively(
+        &mut self,
+        key: Key,
+        verb: &Verb,
+        start_ns: u64,
+        gen: &mut IdGen,
+    ) -> Ids {
         self.start(key, verb, start_ns, gen, false)
     }
 
-    fn start(&mut self, key: Key, verb: &Verb, start_ns: u64, gen: &mut IdGen, confirmed: bool) -> Ids {
+    fn start(
+        &mut self,
+        key: Key,
+        verb: &Verb,
+        start_ns: u64,
+        gen: &mut IdGen,
+        confirmed: bool,
+    ) -> Ids {
         let conn = self.conns.entry(key).or_default();
         if conn.joinable().is_none() && *verb == Verb::Begin {
             conn.open.push(Open {
@@ -367,7 +404,11 @@ impl Tracker {
                 in_flight: 0,
                 last_end_ns: start_ns,
                 retry_count: conn.next_retry,
-                events: vec![Event { name: "transaction.started", ts_ns: start_ns, attributes: vec![] }],
+                events: vec![Event {
+                    name: "transaction.started",
+                    ts_ns: start_ns,
+                    attributes: vec![],
+                }],
             });
         }
         let Some(o) = conn.joinable() else {
@@ -384,7 +425,9 @@ impl Tracker {
 
     /// The server says the block of the statement sent with `ids` exists.
     pub fn confirm(&mut self, key: Key, ids: &Ids) {
-        let Some(conn) = self.conns.get_mut(&key) else { return };
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
         if let Some(i) = conn.of(ids) {
             conn.open[i].confirmed = true;
         }
@@ -395,7 +438,9 @@ impl Tracker {
     /// span), if that statement is still its only one. Returns whether it
     /// was: the statement's span must then get ids of its own (a root).
     pub fn discard(&mut self, key: Key, ids: &Ids) -> bool {
-        let Some(conn) = self.conns.get_mut(&key) else { return false };
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return false;
+        };
         match conn.of(ids) {
             Some(i) if !conn.open[i].confirmed && conn.open[i].statements == 1 => {
                 conn.open.remove(i);
@@ -409,7 +454,9 @@ impl Tracker {
     /// it): it only stops being in flight, and a block it was to end stays
     /// open (in a pipeline, the server still waits for its ROLLBACK).
     pub fn query_skipped(&mut self, key: Key, ids: &Ids, verb: &Verb, end_ns: u64) {
-        let Some(conn) = self.conns.get_mut(&key) else { return };
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
         let Some(i) = conn.of(ids) else { return };
         let o = &mut conn.open[i];
         o.in_flight = o.in_flight.saturating_sub(1);
@@ -434,7 +481,9 @@ impl Tracker {
         cmd_status: Option<&str>,
         out: &mut Vec<TxnSpan>,
     ) {
-        let Some(conn) = self.conns.get_mut(&key) else { return };
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
         let Some(i) = conn.of(ids) else { return };
         let o = &mut conn.open[i];
         o.in_flight = o.in_flight.saturating_sub(1);
@@ -458,7 +507,11 @@ impl Tracker {
             Verb::Rollback => Some(Outcome::RolledBack),
             // A failed PREPARE TRANSACTION rolls the block back; the server
             // answers ROLLBACK to preparing an aborted one.
-            Verb::PrepareTransaction if failed || o.aborted_now || cmd_status.is_some_and(|t| t.starts_with("ROLLBACK")) => {
+            Verb::PrepareTransaction
+                if failed
+                    || o.aborted_now
+                    || cmd_status.is_some_and(|t| t.starts_with("ROLLBACK")) =>
+            {
                 if failed && !o.aborted_now {
                     o.sqlstate = sqlstate.map(Into::into).or(o.sqlstate.take());
                 }
@@ -469,7 +522,11 @@ impl Tracker {
                 let code = sqlstate.unwrap_or("_OTHER");
                 o.sqlstate = Some(code.to_string());
                 let attrs = vec![KeyValue::new("db.response.status_code", code.to_string())];
-                o.events.push(Event { name: "transaction.statement_failed", ts_ns: end_ns, attributes: attrs });
+                o.events.push(Event {
+                    name: "transaction.statement_failed",
+                    ts_ns: end_ns,
+                    attributes: attrs,
+                });
                 None
             }
             _ if failed => {
@@ -478,22 +535,41 @@ impl Tracker {
                     o.aborted = true;
                     o.aborted_now = true;
                     o.sqlstate = Some(sqlstate.unwrap_or("_OTHER").to_string());
-                    let attrs = vec![KeyValue::new("db.response.status_code", sqlstate.unwrap_or("_OTHER").to_string())];
-                    o.events.push(Event { name: "transaction.aborted", ts_ns: end_ns, attributes: attrs });
+                    let attrs = vec![KeyValue::new(
+                        "db.response.status_code",
+                        sqlstate.unwrap_or("_OTHER").to_string(),
+                    )];
+                    o.events.push(Event {
+                        name: "transaction.aborted",
+                        ts_ns: end_ns,
+                        attributes: attrs,
+                    });
                 }
                 None
             }
             Verb::Savepoint(n) => {
-                o.events.push(Event { name: "transaction.savepoint", ts_ns: end_ns, attributes: name_attr(n) });
+                o.events.push(Event {
+                    name: "transaction.savepoint",
+                    ts_ns: end_ns,
+                    attributes: name_attr(n),
+                });
                 None
             }
             Verb::Release(n) => {
-                o.events.push(Event { name: "transaction.savepoint_released", ts_ns: end_ns, attributes: name_attr(n) });
+                o.events.push(Event {
+                    name: "transaction.savepoint_released",
+                    ts_ns: end_ns,
+                    attributes: name_attr(n),
+                });
                 None
             }
             Verb::RollbackTo(n) => {
                 o.aborted_now = false;
-                o.events.push(Event { name: "transaction.rolled_back_to_savepoint", ts_ns: end_ns, attributes: name_attr(n) });
+                o.events.push(Event {
+                    name: "transaction.rolled_back_to_savepoint",
+                    ts_ns: end_ns,
+                    attributes: name_attr(n),
+                });
                 None
             }
             Verb::Begin | Verb::Other => None,
@@ -510,15 +586,28 @@ impl Tracker {
     /// implicitly, such as DDL; a rollback after a deadlock), as of the end
     /// of the statement that did it. `sqlstate`: the error that rolled it
     /// back (it replaces an earlier one: this one ended it).
-    pub fn ended_by_server(&mut self, key: Key, end_ns: u64, outcome: Outcome, sqlstate: Option<&str>, out: &mut Vec<TxnSpan>) {
-        let Some(conn) = self.conns.get_mut(&key) else { return };
+    pub fn ended_by_server(
+        &mut self,
+        key: Key,
+        end_ns: u64,
+        outcome: Outcome,
+        sqlstate: Option<&str>,
+        out: &mut Vec<TxnSpan>,
+    ) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
         for mut o in std::mem::take(&mut conn.open) {
             if let (Outcome::RolledBack, Some(s)) = (outcome, sqlstate) {
                 // Rolled back by the server for an error: aborted.
                 if !o.aborted_now {
                     o.aborted = true;
                     let attrs = vec![KeyValue::new("db.response.status_code", s.to_string())];
-                    o.events.push(Event { name: "transaction.aborted", ts_ns: end_ns, attributes: attrs });
+                    o.events.push(Event {
+                        name: "transaction.aborted",
+                        ts_ns: end_ns,
+                        attributes: attrs,
+                    });
                 }
                 o.sqlstate = Some(s.to_string());
             }
@@ -546,9 +635,21 @@ impl Tracker {
 fn finish(key: Key, mut o: Open, end_ns: u64, outcome: Outcome) -> TxnSpan {
     let end_ns = end_ns.max(o.start_ns);
     match outcome {
-        Outcome::Committed => o.events.push(Event { name: "transaction.committed", ts_ns: end_ns, attributes: vec![] }),
-        Outcome::RolledBack => o.events.push(Event { name: "transaction.rolled_back", ts_ns: end_ns, attributes: vec![] }),
-        Outcome::Prepared => o.events.push(Event { name: "transaction.prepared", ts_ns: end_ns, attributes: vec![] }),
+        Outcome::Committed => o.events.push(Event {
+            name: "transaction.committed",
+            ts_ns: end_ns,
+            attributes: vec![],
+        }),
+        Outcome::RolledBack => o.events.push(Event {
+            name: "transaction.rolled_back",
+            ts_ns: end_ns,
+            attributes: vec![],
+        }),
+        Outcome::Prepared => o.events.push(Event {
+            name: "transaction.prepared",
+            ts_ns: end_ns,
+            attributes: vec![],
+        }),
         Outcome::Incomplete => {}
     }
     TxnSpan {
@@ -591,7 +692,11 @@ pub fn describe(t: &TxnSpan, system: &'static str, conn: &[KeyValue]) -> Describ
     if let Some(e) = &error {
         a.push(KeyValue::new("error.type", e.clone()));
     }
-    Described { name: "transaction".to_string(), attributes: a, error }
+    Described {
+        name: "transaction".to_string(),
+        attributes: a,
+        error,
+    }
 }
 
 #[cfg(test)]

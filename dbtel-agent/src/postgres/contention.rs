@@ -132,7 +132,13 @@ fn node(pid: i32, b: Option<&Backend>, waits: &HashMap<i32, Vec<i32>>) -> ChainN
         pid,
         usename: b.and_then(|b| b.usename.clone()),
         application_name: b.map(|b| b.application_name.clone()),
-        client: b.and_then(|b| Some(format!("{}:{}", b.client_addr.as_ref()?, b.client_port.unwrap_or(0)))),
+        client: b.and_then(|b| {
+            Some(format!(
+                "{}:{}",
+                b.client_addr.as_ref()?,
+                b.client_port.unwrap_or(0)
+            ))
+        }),
         state: b.and_then(|b| b.state.clone()),
         query: b.map(|b| obfuscate(&b.query)).filter(|q| !q.is_empty()),
         xact_age_ms: b.and_then(|b| b.xact_age_ms),
@@ -151,18 +157,33 @@ fn node(pid: i32, b: Option<&Backend>, waits: &HashMap<i32, Vec<i32>>) -> ChainN
 /// a waiter is drawn under the first backend it waits for. Backends caught in
 /// a cycle get a root of their own, marked `cycle`.
 pub fn build_chains(backends: &HashMap<i32, Backend>, graph: &[(i32, Vec<i32>)]) -> Vec<ChainNode> {
-    let waits: HashMap<i32, Vec<i32>> = graph.iter().filter(|(_, b)| !b.is_empty()).cloned().collect();
+    let waits: HashMap<i32, Vec<i32>> = graph
+        .iter()
+        .filter(|(_, b)| !b.is_empty())
+        .cloned()
+        .collect();
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     let mut waiters: Vec<i32> = waits.keys().copied().collect();
     waiters.sort_unstable();
     for w in &waiters {
         children.entry(waits[w][0]).or_default().push(*w);
     }
-    let mut roots: Vec<i32> = waits.values().flatten().copied().filter(|p| !waits.contains_key(p)).collect();
+    let mut roots: Vec<i32> = waits
+        .values()
+        .flatten()
+        .copied()
+        .filter(|p| !waits.contains_key(p))
+        .collect();
     roots.sort_unstable();
     roots.dedup();
 
-    fn grow(pid: i32, backends: &HashMap<i32, Backend>, waits: &HashMap<i32, Vec<i32>>, children: &HashMap<i32, Vec<i32>>, seen: &mut HashSet<i32>) -> ChainNode {
+    fn grow(
+        pid: i32,
+        backends: &HashMap<i32, Backend>,
+        waits: &HashMap<i32, Vec<i32>>,
+        children: &HashMap<i32, Vec<i32>>,
+        seen: &mut HashSet<i32>,
+    ) -> ChainNode {
         seen.insert(pid);
         let mut n = node(pid, backends.get(&pid), waits);
         for &c in children.get(&pid).map(Vec::as_slice).unwrap_or(&[]) {
@@ -174,7 +195,10 @@ pub fn build_chains(backends: &HashMap<i32, Backend>, graph: &[(i32, Vec<i32>)])
     }
 
     let mut seen = HashSet::new();
-    let mut out: Vec<ChainNode> = roots.iter().map(|&r| grow(r, backends, &waits, &children, &mut seen)).collect();
+    let mut out: Vec<ChainNode> = roots
+        .iter()
+        .map(|&r| grow(r, backends, &waits, &children, &mut seen))
+        .collect();
     out.sort_by(|a, b| b.size().cmp(&a.size()).then(a.pid.cmp(&b.pid)));
     // What is left waits in a cycle: every member waits, so none was a root.
     for w in waiters {
@@ -220,11 +244,21 @@ pub fn build_report(
         lock_waits: stats.lock_waits,
         transactions: Transactions {
             active: stats.active_transactions,
-            longest: stats.longest_transaction.map(|(pid, age_ms)| LongestTransaction { pid, age_ms }),
-            idle_in_transaction: stats.idle_in_transaction.iter().map(|i| session_line(i.pid, i.duration_ms, &backends)).collect(),
+            longest: stats
+                .longest_transaction
+                .map(|(pid, age_ms)| LongestTransaction { pid, age_ms }),
+            idle_in_transaction: stats
+                .idle_in_transaction
+                .iter()
+                .map(|i| session_line(i.pid, i.duration_ms, &backends))
+                .collect(),
             deadlocks: stats.deadlocks,
         },
-        long_queries: stats.long_queries.iter().map(|q| session_line(q.pid, q.duration_ms, &backends)).collect(),
+        long_queries: stats
+            .long_queries
+            .iter()
+            .map(|q| session_line(q.pid, q.duration_ms, &backends))
+            .collect(),
     }
 }
 
@@ -270,9 +304,18 @@ fn who(user: &Option<String>, app: &Option<String>, client: &Option<String>) -> 
 fn write_node(out: &mut String, n: &ChainNode, prefix: &str, branch: &str, child_prefix: &str) {
     let mut head = format!("pid {}", n.pid);
     if n.unknown {
-        head.push_str(if n.pid == 0 { " (a prepared transaction)" } else { " (no longer in pg_stat_activity)" });
+        head.push_str(if n.pid == 0 {
+            " (a prepared transaction)"
+        } else {
+            " (no longer in pg_stat_activity)"
+        });
     } else {
-        let _ = write!(head, " [{}] {}", who(&n.usename, &n.application_name, &n.client), n.state.as_deref().unwrap_or("?"));
+        let _ = write!(
+            head,
+            " [{}] {}",
+            who(&n.usename, &n.application_name, &n.client),
+            n.state.as_deref().unwrap_or("?")
+        );
         if let (Some(t), Some(e)) = (&n.wait_event_type, &n.wait_event) {
             if n.waiting_for.is_empty() {
                 // An idle session waits for its client: not worth a mention.
@@ -293,13 +336,24 @@ fn write_node(out: &mut String, n: &ChainNode, prefix: &str, branch: &str, child
     }
     let _ = writeln!(out, "{prefix}{branch}{head}");
     if let Some(q) = &n.query {
-        let label = if n.state.as_deref() == Some("active") { "query" } else { "last query" };
-        let age = n.query_age_ms.map(|a| format!(" (started {} ago)", fmt_ms(a))).unwrap_or_default();
+        let label = if n.state.as_deref() == Some("active") {
+            "query"
+        } else {
+            "last query"
+        };
+        let age = n
+            .query_age_ms
+            .map(|a| format!(" (started {} ago)", fmt_ms(a)))
+            .unwrap_or_default();
         let _ = writeln!(out, "{prefix}{child_prefix}    {label}{age}: {}", clip(q));
     }
     let last = n.blocked.len().saturating_sub(1);
     for (i, c) in n.blocked.iter().enumerate() {
-        let (b, cp) = if i == last { ("└─ ", "   ") } else { ("├─ ", "│  ") };
+        let (b, cp) = if i == last {
+            ("└─ ", "   ")
+        } else {
+            ("├─ ", "│  ")
+        };
         write_node(out, c, &format!("{prefix}{child_prefix}"), b, cp);
     }
 }
@@ -307,13 +361,22 @@ fn write_node(out: &mut String, n: &ChainNode, prefix: &str, branch: &str, child
 /// The human-readable report.
 pub fn format_text(r: &Report) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "dbtel contention report, {} ({})", r.taken_at, r.server);
+    let _ = writeln!(
+        out,
+        "dbtel contention report, {} ({})",
+        r.taken_at, r.server
+    );
     let _ = writeln!(out);
     if r.chains.is_empty() {
         let _ = writeln!(out, "Blocking chains: none");
     } else {
         let waiting: usize = r.chains.iter().map(|c| c.size() - 1).sum();
-        let _ = writeln!(out, "Blocking chains: {} ({} backends waiting)", r.chains.len(), waiting + r.chains.iter().filter(|c| c.cycle).count());
+        let _ = writeln!(
+            out,
+            "Blocking chains: {} ({} backends waiting)",
+            r.chains.len(),
+            waiting + r.chains.iter().filter(|c| c.cycle).count()
+        );
         for c in &r.chains {
             write_node(&mut out, c, "  ", "", "");
         }
@@ -323,7 +386,12 @@ pub fn format_text(r: &Report) -> String {
         let _ = writeln!(out, "Lock waits: none");
     } else {
         let _ = writeln!(out, "Lock waits:");
-        let width = r.lock_waits.iter().map(|w| w.wait_event_type.len() + w.wait_event.len() + 1).max().unwrap_or(0);
+        let width = r
+            .lock_waits
+            .iter()
+            .map(|w| w.wait_event_type.len() + w.wait_event.len() + 1)
+            .max()
+            .unwrap_or(0);
         for w in &r.lock_waits {
             let name = format!("{}/{}", w.wait_event_type, w.wait_event);
             let _ = writeln!(out, "  {name:<width$}  {}", w.count);
@@ -331,7 +399,11 @@ pub fn format_text(r: &Report) -> String {
     }
     let _ = writeln!(out);
     let t = &r.transactions;
-    let longest = t.longest.as_ref().map(|l| format!(", longest {} (pid {})", fmt_ms(l.age_ms), l.pid)).unwrap_or_default();
+    let longest = t
+        .longest
+        .as_ref()
+        .map(|l| format!(", longest {} (pid {})", fmt_ms(l.age_ms), l.pid))
+        .unwrap_or_default();
     let _ = writeln!(
         out,
         "Transactions: {} open{longest}; {} idle in transaction; {} deadlocks so far",
@@ -356,20 +428,37 @@ pub fn format_text(r: &Report) -> String {
     } else {
         let _ = writeln!(out, "Queries running longer than {secs} s:");
         for q in &r.long_queries {
-            let _ = writeln!(out, "  pid {} [{}] {}: {}", q.pid, who(&q.usename, &q.application_name, &None), fmt_ms(q.duration_ms), clip(&q.query));
+            let _ = writeln!(
+                out,
+                "  pid {} [{}] {}: {}",
+                q.pid,
+                who(&q.usename, &q.application_name, &None),
+                fmt_ms(q.duration_ms),
+                clip(&q.query)
+            );
         }
     }
     out
 }
 
 /// Reads the catalog once and builds the report.
-pub async fn collect(cat: &Catalog, long_query: Duration) -> crate::postgres::catalog::Result<Report> {
+pub async fn collect(
+    cat: &Catalog,
+    long_query: Duration,
+) -> crate::postgres::catalog::Result<Report> {
     // The blocking graph first: backends read after it still include every
     // pid it names, unless one ended in between (drawn as unknown).
     let graph = cat.blocking_graph().await?;
     let backends = cat.backends().await?;
     let deadlocks = cat.deadlocks().await?;
-    Ok(build_report(cat.config().target(), SystemTime::now(), backends, &graph, deadlocks, long_query))
+    Ok(build_report(
+        cat.config().target(),
+        SystemTime::now(),
+        backends,
+        &graph,
+        deadlocks,
+        long_query,
+    ))
 }
 
 /// `dbtel-agent contention`: prints the report on stdout.
@@ -383,7 +472,10 @@ pub fn run(args: ContentionArgs) -> anyhow::Result<()> {
     };
     let cfg = CatalogConfig::load(args.catalog_config.as_deref(), defaults)?;
     let long_query = Duration::from_secs_f64(args.long_query);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
     let report = rt.block_on(async {
         let cat = Arc::new(Catalog::new(cfg).with_long_query(long_query));
         collect(&cat, long_query).await
@@ -400,7 +492,14 @@ pub fn run(args: ContentionArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn b(pid: i32, state: &str, query: &str, xact: Option<f64>, q: Option<f64>, wait: Option<(&str, &str)>) -> Backend {
+    fn b(
+        pid: i32,
+        state: &str,
+        query: &str,
+        xact: Option<f64>,
+        q: Option<f64>,
+        wait: Option<(&str, &str)>,
+    ) -> Backend {
         Backend {
             pid,
             usename: Some("alice".into()),
@@ -422,12 +521,54 @@ mod tests {
 
     fn sample() -> Vec<Backend> {
         vec![
-            b(1, "idle in transaction", "UPDATE accounts SET balance = balance - 100 WHERE id = 42", Some(20_000.0), Some(19_000.0), Some(("Client", "ClientRead"))),
-            b(2, "active", "UPDATE accounts SET balance = 0 WHERE id = 42", Some(15_000.0), Some(15_000.0), Some(("Lock", "transactionid"))),
-            b(3, "active", "DELETE FROM accounts WHERE id = 42", Some(9_000.0), Some(9_000.0), Some(("Lock", "tuple"))),
-            b(4, "active", "SELECT pg_sleep(30)", Some(7_000.0), Some(7_000.0), Some(("Timeout", "PgSleep"))),
-            b(5, "idle", "SELECT 'x'", None, Some(1e6), Some(("Client", "ClientRead"))),
-            b(6, "active", "LOCK TABLE accounts", Some(100.0), Some(100.0), Some(("Lock", "relation"))),
+            b(
+                1,
+                "idle in transaction",
+                "UPDATE accounts SET balance = balance - 100 WHERE id = 42",
+                Some(20_000.0),
+                Some(19_000.0),
+                Some(("Client", "ClientRead")),
+            ),
+            b(
+                2,
+                "active",
+                "UPDATE accounts SET balance = 0 WHERE id = 42",
+                Some(15_000.0),
+                Some(15_000.0),
+                Some(("Lock", "transactionid")),
+            ),
+            b(
+                3,
+                "active",
+                "DELETE FROM accounts WHERE id = 42",
+                Some(9_000.0),
+                Some(9_000.0),
+                Some(("Lock", "tuple")),
+            ),
+            b(
+                4,
+                "active",
+                "SELECT pg_sleep(30)",
+                Some(7_000.0),
+                Some(7_000.0),
+                Some(("Timeout", "PgSleep")),
+            ),
+            b(
+                5,
+                "idle",
+                "SELECT 'x'",
+                None,
+                Some(1e6),
+                Some(("Client", "ClientRead")),
+            ),
+            b(
+                6,
+                "active",
+                "LOCK TABLE accounts",
+                Some(100.0),
+                Some(100.0),
+                Some(("Lock", "relation")),
+            ),
         ]
     }
 
@@ -436,14 +577,25 @@ mod tests {
     }
 
     fn report() -> Report {
-        build_report("host=/tmp port=5432 user=postgres dbname=postgres".into(), SystemTime::UNIX_EPOCH, sample(), &graph(), 2, Duration::from_secs(5))
+        build_report(
+            "host=/tmp port=5432 user=postgres dbname=postgres".into(),
+            SystemTime::UNIX_EPOCH,
+            sample(),
+            &graph(),
+            2,
+            Duration::from_secs(5),
+        )
     }
 
     fn shape(n: &ChainNode) -> String {
         if n.blocked.is_empty() {
             n.pid.to_string()
         } else {
-            format!("{}({})", n.pid, n.blocked.iter().map(shape).collect::<Vec<_>>().join(" "))
+            format!(
+                "{}({})",
+                n.pid,
+                n.blocked.iter().map(shape).collect::<Vec<_>>().join(" ")
+            )
         }
     }
 
@@ -454,11 +606,17 @@ mod tests {
         assert_eq!(shapes, vec!["1(2(3) 6)"]);
         let root = &r.chains[0];
         assert_eq!(root.state.as_deref(), Some("idle in transaction"));
-        assert_eq!(root.query.as_deref(), Some("UPDATE accounts SET balance = balance - ? WHERE id = ?"));
+        assert_eq!(
+            root.query.as_deref(),
+            Some("UPDATE accounts SET balance = balance - ? WHERE id = ?")
+        );
         assert!(root.waiting_for.is_empty() && !root.cycle);
         let six = &root.blocked[1];
         assert_eq!(six.waiting_for, vec![1, 2, 3]);
-        assert_eq!(root.blocked[0].blocked[0].client.as_deref(), Some("10.1.2.3:50000"));
+        assert_eq!(
+            root.blocked[0].blocked[0].client.as_deref(),
+            Some("10.1.2.3:50000")
+        );
         assert_eq!(root.size(), 4);
     }
 
@@ -466,13 +624,19 @@ mod tests {
     fn cycles_and_unknown_pids() {
         let backends: HashMap<i32, Backend> = sample().into_iter().map(|b| (b.pid, b)).collect();
         // 2 and 3 wait for each other; 4 waits for a backend gone from pg_stat_activity.
-        let chains = build_chains(&backends, &[(2, vec![3]), (3, vec![2]), (4, vec![99]), (5, vec![])]);
+        let chains = build_chains(
+            &backends,
+            &[(2, vec![3]), (3, vec![2]), (4, vec![99]), (5, vec![])],
+        );
         let shapes: Vec<String> = chains.iter().map(shape).collect();
         assert_eq!(shapes, vec!["99(4)", "2(3)"]);
         assert!(chains[0].unknown && !chains[0].cycle);
         assert!(chains[1].cycle && chains[1].waiting_for == vec![3]);
         let text = format_text(&Report { chains, ..report() });
-        assert!(text.contains("pid 99 (no longer in pg_stat_activity)"), "{text}");
+        assert!(
+            text.contains("pid 99 (no longer in pg_stat_activity)"),
+            "{text}"
+        );
         assert!(text.contains("waits in a cycle"), "{text}");
     }
 
@@ -480,13 +644,36 @@ mod tests {
     fn stats_sections() {
         let r = report();
         assert_eq!(r.transactions.active, 5);
-        assert_eq!(r.transactions.longest, Some(LongestTransaction { pid: 1, age_ms: 20_000.0 }));
-        assert_eq!(r.transactions.idle_in_transaction.iter().map(|s| s.pid).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(
+            r.transactions.longest,
+            Some(LongestTransaction {
+                pid: 1,
+                age_ms: 20_000.0
+            })
+        );
+        assert_eq!(
+            r.transactions
+                .idle_in_transaction
+                .iter()
+                .map(|s| s.pid)
+                .collect::<Vec<_>>(),
+            vec![1]
+        );
         assert_eq!(r.transactions.deadlocks, 2);
-        assert_eq!(r.long_queries.iter().map(|s| s.pid).collect::<Vec<_>>(), vec![2, 3, 4]);
+        assert_eq!(
+            r.long_queries.iter().map(|s| s.pid).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
         assert_eq!(r.long_queries[2].query, "SELECT pg_sleep(?)");
-        let waits: Vec<String> = r.lock_waits.iter().map(|w| format!("{}/{}={}", w.wait_event_type, w.wait_event, w.count)).collect();
-        assert_eq!(waits, vec!["Lock/relation=1", "Lock/transactionid=1", "Lock/tuple=1"]);
+        let waits: Vec<String> = r
+            .lock_waits
+            .iter()
+            .map(|w| format!("{}/{}={}", w.wait_event_type, w.wait_event, w.count))
+            .collect();
+        assert_eq!(
+            waits,
+            vec!["Lock/relation=1", "Lock/transactionid=1", "Lock/tuple=1"]
+        );
     }
 
     #[test]
@@ -523,11 +710,27 @@ Queries running longer than 5 s:
 
     #[test]
     fn empty_report() {
-        let r = build_report("s".into(), SystemTime::UNIX_EPOCH, vec![], &[], 0, Duration::from_secs(5));
+        let r = build_report(
+            "s".into(),
+            SystemTime::UNIX_EPOCH,
+            vec![],
+            &[],
+            0,
+            Duration::from_secs(5),
+        );
         let text = format_text(&r);
-        assert!(text.contains("Blocking chains: none") && text.contains("Lock waits: none"), "{text}");
-        assert!(text.contains("Transactions: 0 open; 0 idle in transaction; 0 deadlocks so far"), "{text}");
-        assert!(text.contains("Queries running longer than 5 s: none"), "{text}");
+        assert!(
+            text.contains("Blocking chains: none") && text.contains("Lock waits: none"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Transactions: 0 open; 0 idle in transaction; 0 deadlocks so far"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Queries running longer than 5 s: none"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -537,7 +740,10 @@ Queries running longer than 5 s:
         assert_eq!(j["chains"][0]["blocked"][0]["blocked"][0]["pid"], 3);
         assert_eq!(j["transactions"]["deadlocks"], 2);
         let s = j.to_string();
-        assert!(!s.contains("42") && !s.contains("100 ") && !s.contains("'x'"), "{s}");
+        assert!(
+            !s.contains("42") && !s.contains("100 ") && !s.contains("'x'"),
+            "{s}"
+        );
     }
 
     #[test]

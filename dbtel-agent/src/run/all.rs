@@ -26,7 +26,8 @@ impl Agent {
     pub(super) async fn scan_host(&mut self) -> anyhow::Result<Vec<String>> {
         let mut lines = Vec::new();
         let pids = hostwide::all_pids();
-        let postmasters = hostwide::postmasters(&pids, |pid| self.judge_exe(pid) == FileKind::Server);
+        let postmasters =
+            hostwide::postmasters(&pids, |pid| self.judge_exe(pid) == FileKind::Server);
         for pm in postmasters {
             if let Some(line) = self.consider_server(pm).await? {
                 lines.push(line);
@@ -35,7 +36,10 @@ impl Agent {
         // The system's loader (its hook reports every load at once: a libpq
         // loaded later is probed without waiting for a rescan), the system's
         // libpq (what a program started later will load), then every mapped one.
-        for path in loader::system_loader().into_iter().chain(discover::system_libpq()) {
+        for path in loader::system_loader()
+            .into_iter()
+            .chain(discover::system_libpq())
+        {
             let p = path.to_string_lossy().into_owned();
             lines.extend(self.probe_file(std::process::id(), &p, &path));
         }
@@ -47,7 +51,9 @@ impl Agent {
 
     /// Kind of a process's executable, judged once per file.
     fn judge_exe(&mut self, pid: u32) -> FileKind {
-        let Some(id) = crate::host::process::file_id(&hostwide::exe_host_path(pid)) else { return FileKind::Neither };
+        let Some(id) = crate::host::process::file_id(&hostwide::exe_host_path(pid)) else {
+            return FileKind::Neither;
+        };
         if let Some(k) = self.host().exes.get(&id) {
             return *k;
         }
@@ -92,7 +98,10 @@ impl Agent {
     /// Probes the libpq files `pid` maps that no one has looked at yet.
     pub(super) fn probe_mappings(&mut self, pid: u32) -> Vec<String> {
         let files = hostwide::new_mappings(self.host(), pid);
-        files.into_iter().flat_map(|(path, host_path, _)| self.probe_file(pid, &path, &host_path)).collect()
+        files
+            .into_iter()
+            .flat_map(|(path, host_path, _)| self.probe_file(pid, &path, &host_path))
+            .collect()
     }
 
     /// Probes one file for every process if it is (or has) libpq.
@@ -154,10 +163,17 @@ impl Agent {
             log::debug!("process {pid} ({}) not selected", facts.exe);
             return false;
         }
-        let executable = Path::new(&facts.exe).file_name().map_or_else(|| crate::host::process::exe_name(pid), |n| n.to_string_lossy().into_owned());
+        let executable = Path::new(&facts.exe).file_name().map_or_else(
+            || crate::host::process::exe_name(pid),
+            |n| n.to_string_lossy().into_owned(),
+        );
         let container = facts.cgroup.as_deref().and_then(container_id);
         log::info!("tracing process {pid} ({executable})");
-        self.follow(ProcessMeta { pid, executable, container_id: container });
+        self.follow(ProcessMeta {
+            pid,
+            executable,
+            container_id: container,
+        });
         true
     }
 
@@ -166,7 +182,9 @@ impl Agent {
         let Some(host) = &mut self.host else { return };
         host.on_exec(e, Instant::now());
         let pid = e.at.pid;
-        if self.judge_exe(pid) != FileKind::Server || !hostwide::cmdline(pid).is_some_and(|a| hostwide::starts_postmaster(&a)) {
+        if self.judge_exe(pid) != FileKind::Server
+            || !hostwide::cmdline(pid).is_some_and(|a| hostwide::starts_postmaster(&a))
+        {
             return;
         }
         let facts = self.host().client_facts(pid);
@@ -177,7 +195,8 @@ impl Agent {
             return;
         }
         // Its probe sites on this file, if no other server had it (a file once read).
-        let probed = crate::host::process::file_id(&hostwide::exe_host_path(pid)).is_some_and(|id| self.probes.has_server_file(id));
+        let probed = crate::host::process::file_id(&hostwide::exe_host_path(pid))
+            .is_some_and(|id| self.probes.has_server_file(id));
         if !probed {
             match target::inspect(pid) {
                 Ok(Some(t)) => {
@@ -221,17 +240,26 @@ impl Agent {
 
     /// With --port, spans of connections to other ports are left out.
     pub(super) fn port_selected(&mut self, s: &ClientSpan) -> bool {
-        let Some(host) = &mut self.host else { return true };
+        let Some(host) = &mut self.host else {
+            return true;
+        };
         if !host.selectors.by_port() {
             return true;
         }
         match s {
             ClientSpan::Query(q) => {
-                let ok = q.conn_info.as_ref().is_some_and(|c| host.selectors.port_selected(&c.port));
+                let ok = q
+                    .conn_info
+                    .as_ref()
+                    .is_some_and(|c| host.selectors.port_selected(&c.port));
                 host.conn_selected.insert((q.pid, q.conn), ok);
                 ok
             }
-            ClientSpan::Txn(t, _) => host.conn_selected.get(&(t.pid, t.conn)).copied().unwrap_or(false),
+            ClientSpan::Txn(t, _) => host
+                .conn_selected
+                .get(&(t.pid, t.conn))
+                .copied()
+                .unwrap_or(false),
         }
     }
 }

@@ -52,7 +52,12 @@ impl Found {
 /// The client library in one file, if it holds one. An error names a
 /// library that cannot be traced (a libpq `DiscoverError::Read` when it
 /// could not be read now).
-pub(super) fn claim(engines: &[Box<dyn Engine>], pid: u32, path: &str, host_path: &Path) -> anyhow::Result<Option<Found>> {
+pub(super) fn claim(
+    engines: &[Box<dyn Engine>],
+    pid: u32,
+    path: &str,
+    host_path: &Path,
+) -> anyhow::Result<Option<Found>> {
     if let Some(t) = discover::inspect(pid, path, host_path)? {
         return Ok(Some(Found::Libpq(t)));
     }
@@ -78,7 +83,12 @@ pub(super) fn find_clients(engines: &[Box<dyn Engine>], pid: u32) -> anyhow::Res
 }
 
 impl Agent {
-    pub(super) fn claim(&self, pid: u32, path: &str, host_path: &Path) -> anyhow::Result<Option<Found>> {
+    pub(super) fn claim(
+        &self,
+        pid: u32,
+        path: &str,
+        host_path: &Path,
+    ) -> anyhow::Result<Option<Found>> {
         claim(&self.engines, pid, path, host_path)
     }
 
@@ -147,7 +157,9 @@ impl Agent {
         let fast = t.result_points.is_ok();
         for (function, p) in &t.placements {
             // Entering and leaving pipeline mode: once per pipeline, whatever the probe costs.
-            if (fast && *function == "PQgetResult") || matches!(*function, "PQenterPipelineMode" | "PQexitPipelineMode") {
+            if (fast && *function == "PQgetResult")
+                || matches!(*function, "PQenterPipelineMode" | "PQexitPipelineMode")
+            {
                 continue;
             }
             if !p.emulated {
@@ -157,7 +169,11 @@ impl Agent {
                     p.instruction
                 );
             } else if p.offset != 0 {
-                log::debug!("{function}: probe at +{} on `{}` (emulated)", p.offset, p.instruction);
+                log::debug!(
+                    "{function}: probe at +{} on `{}` (emulated)",
+                    p.offset,
+                    p.instruction
+                );
             }
         }
         // Host-wide, a process is followed once it is chosen, at its first event.
@@ -167,5 +183,4 @@ impl Agent {
         self.inspected.insert((t.pid, t.path.clone()));
         Ok(n)
     }
-
 }

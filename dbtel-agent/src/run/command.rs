@@ -9,10 +9,12 @@ use std::{
 use anyhow::{bail, Context};
 
 use super::Agent;
-use crate::{postgres::libpq::discover, export::ProcessMeta};
+use crate::{export::ProcessMeta, postgres::libpq::discover};
 
 pub(super) fn program_name(program: &str) -> String {
-    Path::new(program).file_name().map_or_else(|| program.to_string(), |n| n.to_string_lossy().into_owned())
+    Path::new(program)
+        .file_name()
+        .map_or_else(|| program.to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 impl Agent {
@@ -20,7 +22,10 @@ impl Agent {
     /// on its program if libpq is linked in, on its loader's hook (held at
     /// each load) or else on the system's libpq. Returns its PID, what lets
     /// it go, and its part of the `dbtel: tracing` line.
-    pub(super) fn start_command(&mut self, command: &[String]) -> anyhow::Result<(u32, OwnedFd, String)> {
+    pub(super) fn start_command(
+        &mut self,
+        command: &[String],
+    ) -> anyhow::Result<(u32, OwnedFd, String)> {
         let (pid, release) = spawn_held(command)?;
         // Still the agent's own fork until it execs: name it after the command.
         self.follow(ProcessMeta::of(pid, program_name(&command[0])));
@@ -49,7 +54,9 @@ impl Agent {
                 }
             }
         } else {
-            line.push_str(": from its start, each client library it loads is probed before its first call");
+            line.push_str(
+                ": from its start, each client library it loads is probed before its first call",
+            );
         }
         Ok((pid, release, line))
     }
@@ -61,7 +68,11 @@ pub(super) fn resolve_program(program: &str) -> Option<PathBuf> {
         return std::fs::canonicalize(program).ok();
     }
     std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join(program)).collect::<Vec<_>>())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(program))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default()
         .into_iter()
         .find(|p| p.is_file())
@@ -153,7 +164,11 @@ pub(super) async fn wait_child(pid: u32) -> anyhow::Result<i32> {
 
 /// In `--` mode a signal goes on to the command and the agent waits for it to
 /// exit (bounded); otherwise the agent stops. Returns whether to keep running.
-pub(super) fn forward_signal<F>(child: &Option<(u32, F)>, sig: i32, since: &mut Option<tokio::time::Instant>) -> bool {
+pub(super) fn forward_signal<F>(
+    child: &Option<(u32, F)>,
+    sig: i32,
+    since: &mut Option<tokio::time::Instant>,
+) -> bool {
     match child {
         Some((pid, _)) => {
             // SAFETY: plain kill(2) on our own child.
@@ -172,16 +187,26 @@ mod tests {
     #[test]
     #[allow(clippy::zombie_processes)] // reaped by wait_child, the code under test
     fn a_stopped_child_is_not_an_exited_one() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let child = std::process::Command::new("sh").args(["-c", "kill -STOP $$; exit 7"]).spawn().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let child = std::process::Command::new("sh")
+            .args(["-c", "kill -STOP $$; exit 7"])
+            .spawn()
+            .unwrap();
         let pid = child.id();
         rt.block_on(async {
             let mut wait = Box::pin(wait_child(pid));
-            let stopped = || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") T"));
+            let stopped = || {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") T"))
+            };
             while !stopped() {
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
             }
-            let early = tokio::time::timeout(std::time::Duration::from_millis(200), &mut wait).await;
+            let early =
+                tokio::time::timeout(std::time::Duration::from_millis(200), &mut wait).await;
             assert!(early.is_err(), "the stop was taken for an exit: {early:?}");
             // SAFETY: kill(2) on our own child.
             unsafe { libc::kill(pid as i32, libc::SIGCONT) };
@@ -197,15 +222,28 @@ mod tests {
         let _ = std::fs::remove_file(&mark);
         let script = format!("kill -STOP $$; echo continued > {}", mark.display());
         let forked = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "run::command::tests::spawn_held_child_of_a_dying_parent", "--ignored", "--quiet"])
+            .args([
+                "--exact",
+                "run::command::tests::spawn_held_child_of_a_dying_parent",
+                "--ignored",
+                "--quiet",
+            ])
             .env("DBTEL_PDEATH_SCRIPT", &script)
             .stdout(std::process::Stdio::null())
             .status()
             .unwrap();
         assert!(forked.success());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::fs::read_to_string(&mark).map(|s| s.trim().to_string()).ok().as_deref() != Some("continued") {
-            assert!(std::time::Instant::now() < deadline, "the command stayed stopped after its parent died");
+        while std::fs::read_to_string(&mark)
+            .map(|s| s.trim().to_string())
+            .ok()
+            .as_deref()
+            != Some("continued")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the command stayed stopped after its parent died"
+            );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let _ = std::fs::remove_file(&mark);
@@ -216,10 +254,13 @@ mod tests {
     #[test]
     #[ignore]
     fn spawn_held_child_of_a_dying_parent() {
-        let Ok(script) = std::env::var("DBTEL_PDEATH_SCRIPT") else { return };
+        let Ok(script) = std::env::var("DBTEL_PDEATH_SCRIPT") else {
+            return;
+        };
         let (pid, release) = spawn_held(&["sh".into(), "-c".into(), script]).unwrap();
         drop(release);
-        while !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") T")) {
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") T"))
+        {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
         // Exits now, its child still stopped.

@@ -30,7 +30,11 @@ const FILE_MEMORY: usize = 65_536;
 /// loader maps its libraries; a program may load libpq a little later).
 /// The loader's hook reports loads at once; these catch what it cannot see
 /// (a static program, a loader without the hook).
-const RESCAN_AT: [Duration; 3] = [Duration::from_millis(100), Duration::from_secs(1), Duration::from_secs(4)];
+const RESCAN_AT: [Duration; 3] = [
+    Duration::from_millis(100),
+    Duration::from_secs(1),
+    Duration::from_secs(4),
+];
 
 /// What a file turned out to be. A program is judged twice, apart: as a
 /// server executable (judge_exe) and as a file a client library may be in
@@ -85,7 +89,17 @@ impl HostWide {
     pub fn on_exec(&mut self, e: &Exec, now: Instant) {
         let pid = e.at.pid;
         let cgroup = self.cgroup_path(e.cgroup_id);
-        if self.execs.insert(pid, facts::Exec { path: e.path.clone(), cgroup }).is_none() {
+        if self
+            .execs
+            .insert(
+                pid,
+                facts::Exec {
+                    path: e.path.clone(),
+                    cgroup,
+                },
+            )
+            .is_none()
+        {
             self.exec_order.push_back(pid);
             while self.exec_order.len() > EXEC_MEMORY {
                 if let Some(old) = self.exec_order.pop_front() {
@@ -111,7 +125,10 @@ impl HostWide {
         if self.cgroups.len() >= EXEC_MEMORY {
             self.cgroups.clear();
         }
-        self.cgroups.entry(id).or_insert_with(|| facts::cgroup_path(&facts::cgroup2_root()?, id)).clone()
+        self.cgroups
+            .entry(id)
+            .or_insert_with(|| facts::cgroup_path(&facts::cgroup2_root()?, id))
+            .clone()
     }
 
     /// Young processes due for a look at their mappings.
@@ -154,8 +171,14 @@ fn remember(m: &mut HashMap<(u64, u64), FileKind>, id: (u64, u64), kind: FileKin
 /// Every process on the host but the agent, by PID.
 pub fn all_pids() -> Vec<u32> {
     let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let mut pids: Vec<u32> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).filter(|p| *p != me).collect();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|p| *p != me)
+        .collect();
     pids.sort_unstable();
     pids
 }
@@ -183,17 +206,32 @@ pub fn is_running_postmaster(pid: u32) -> bool {
 /// Whether a server binary's arguments start a postmaster (not `--single`,
 /// initdb's `--boot`, or pg_ctl's `-V` / `-C name` queries).
 pub fn starts_postmaster(args: &[String]) -> bool {
-    !args.iter().skip(1).any(|a| matches!(a.as_str(), "--single" | "--boot" | "--check" | "-C" | "-V" | "--version" | "--describe-config") || a.starts_with("--forkchild"))
+    !args.iter().skip(1).any(|a| {
+        matches!(
+            a.as_str(),
+            "--single" | "--boot" | "--check" | "-C" | "-V" | "--version" | "--describe-config"
+        ) || a.starts_with("--forkchild")
+    })
 }
 
 pub fn cmdline(pid: u32) -> Option<Vec<String>> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
+    Some(
+        raw.split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
 }
 
 /// The postmasters among `pids` (a backend leads to its postmaster).
 pub fn postmasters(pids: &[u32], mut is_server_exe: impl FnMut(u32) -> bool) -> Vec<u32> {
-    let mut out: Vec<u32> = pids.iter().copied().filter(|p| is_server_exe(*p)).map(target::postmaster_of).collect();
+    let mut out: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|p| is_server_exe(*p))
+        .map(target::postmaster_of)
+        .collect();
     out.sort_unstable();
     out.dedup();
     out.retain(|pm| is_running_postmaster(*pm));
@@ -202,7 +240,9 @@ pub fn postmasters(pids: &[u32], mut is_server_exe: impl FnMut(u32) -> bool) -> 
 
 /// Files in a process's mappings not yet judged as client libraries.
 pub fn new_mappings(host: &HostWide, pid: u32) -> Vec<(String, PathBuf, (u64, u64))> {
-    let Ok(paths) = crate::host::process::executable_mappings(pid) else { return Vec::new() };
+    let Ok(paths) = crate::host::process::executable_mappings(pid) else {
+        return Vec::new();
+    };
     paths
         .into_iter()
         .filter_map(|path| {
@@ -219,7 +259,16 @@ mod tests {
     use crate::events::Origin;
 
     fn exec(pid: u32, path: &str) -> Exec {
-        Exec { at: Origin { pid, tid: pid, ts_ns: 0, conn: 0 }, cgroup_id: 0, path: path.into() }
+        Exec {
+            at: Origin {
+                pid,
+                tid: pid,
+                ts_ns: 0,
+                conn: 0,
+            },
+            cgroup_id: 0,
+            path: path.into(),
+        }
     }
 
     #[test]
@@ -231,7 +280,12 @@ mod tests {
         }
         assert_eq!(h.execs.len(), EXEC_MEMORY);
         assert!(!h.execs.contains_key(&1));
-        assert_eq!(h.execs.get(&(EXEC_MEMORY as u32 + 10)).map(|e| e.path.as_str()), Some("/bin/x"));
+        assert_eq!(
+            h.execs
+                .get(&(EXEC_MEMORY as u32 + 10))
+                .map(|e| e.path.as_str()),
+            Some("/bin/x")
+        );
     }
 
     #[test]
@@ -261,7 +315,13 @@ mod tests {
         let args = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
         assert!(starts_postmaster(&args("/usr/lib/postgresql/15/bin/postgres -D /var/lib/postgresql/15/main -c config_file=/etc/x")));
         assert!(starts_postmaster(&args("postgres")));
-        for other in ["postgres --single -D d postgres", "postgres --boot -X 1048576", "postgres -V", "postgres -C data_directory -D d", "postgres --check -D d"] {
+        for other in [
+            "postgres --single -D d postgres",
+            "postgres --boot -X 1048576",
+            "postgres -V",
+            "postgres -C data_directory -D d",
+            "postgres --check -D d",
+        ] {
             assert!(!starts_postmaster(&args(other)), "{other}");
         }
     }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use super::Agent;
-use crate::{export::clock::Clock, events::Origin, host::loader};
+use crate::{events::Origin, export::clock::Clock, host::loader};
 
 /// Sends SIGCONT when dropped: a held process is let go on every way out of
 /// its handling (an error, a panic unwinding).
@@ -63,8 +63,14 @@ impl Agent {
         self.rescan(at.pid);
         if held {
             let now = Clock::monotonic_now_ns();
-            log::debug!("process {}: load seen after {} µs, looked at in {} µs", at.pid, seen.saturating_sub(at.ts_ns) / 1000, (now - seen) / 1000);
-            self.holds.add(Duration::from_nanos(now.saturating_sub(at.ts_ns)));
+            log::debug!(
+                "process {}: load seen after {} µs, looked at in {} µs",
+                at.pid,
+                seen.saturating_sub(at.ts_ns) / 1000,
+                (now - seen) / 1000
+            );
+            self.holds
+                .add(Duration::from_nanos(now.saturating_sub(at.ts_ns)));
         }
     }
 
@@ -82,14 +88,20 @@ impl Agent {
             }
         }
         if hooked == 0 {
-            return Err(if why.is_empty() { "no dynamic loader found".into() } else { why.join("; ") });
+            return Err(if why.is_empty() {
+                "no dynamic loader found".into()
+            } else {
+                why.join("; ")
+            });
         }
         Ok(())
     }
 
     /// Probes the hook of every loader a traced process maps (--pid: no hold).
     pub(super) fn watch_loads(&mut self, pid: u32) {
-        let Ok(paths) = crate::host::process::executable_mappings(pid) else { return };
+        let Ok(paths) = crate::host::process::executable_mappings(pid) else {
+            return;
+        };
         for path in paths.into_iter().filter(|p| loader::looks_like_loader(p)) {
             let host = PathBuf::from(format!("/proc/{pid}/root{path}"));
             if let Err(e) = self.hook_loader(pid, &path, &host, false) {
@@ -100,8 +112,16 @@ impl Agent {
 
     /// Probes one loader's hook for `pid` (host-wide: for every process).
     /// Ok(false): the file is not a loader with the hook.
-    pub(super) fn hook_loader(&mut self, pid: u32, path: &str, host_path: &Path, hold: bool) -> Result<bool, String> {
-        if crate::host::process::file_id(host_path).is_some_and(|id| self.probes.has_loader(pid, id)) {
+    pub(super) fn hook_loader(
+        &mut self,
+        pid: u32,
+        path: &str,
+        host_path: &Path,
+        hold: bool,
+    ) -> Result<bool, String> {
+        if crate::host::process::file_id(host_path)
+            .is_some_and(|id| self.probes.has_loader(pid, id))
+        {
             return Ok(true); // the one hooked before its exec, say
         }
         let ld = match loader::inspect(path, host_path) {
@@ -112,7 +132,10 @@ impl Agent {
         match self.probes.attach_loader(pid, &ld, hold) {
             Ok(new) => {
                 if new {
-                    log::debug!("{path}: library loads watched at +{:#x} (process {pid}, hold: {hold})", ld.offset);
+                    log::debug!(
+                        "{path}: library loads watched at +{:#x} (process {pid}, hold: {hold})",
+                        ld.offset
+                    );
                 }
                 Ok(true)
             }
@@ -139,11 +162,23 @@ mod tests {
 
     #[test]
     fn continue_resumes_a_stopped_child() {
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pid = child.id();
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
-        let state = || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().rsplit_once(") ").unwrap().1.chars().next().unwrap();
+        let state = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap()
+                .rsplit_once(") ")
+                .unwrap()
+                .1
+                .chars()
+                .next()
+                .unwrap()
+        };
         while state() != 'T' {
             std::thread::sleep(Duration::from_millis(1));
         }

@@ -16,7 +16,9 @@ use opentelemetry_sdk::{
 };
 use serde_json::{json, Map, Value as Json};
 
-pub use tree::{render, Arrived, Ready, TreeBuffer, TreePrinter, MAX_BUFFERED, QUIET, ROOTLESS_QUIET};
+pub use tree::{
+    render, Arrived, Ready, TreeBuffer, TreePrinter, MAX_BUFFERED, QUIET, ROOTLESS_QUIET,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConsoleFormat {
@@ -54,7 +56,11 @@ impl Console {
             (ConsoleFormat::Json, _) => Out::Json,
             _ => Out::Lines,
         };
-        Console { out, service: Arc::from(""), resource: Map::new() }
+        Console {
+            out,
+            service: Arc::from(""),
+            resource: Map::new(),
+        }
     }
 }
 
@@ -77,11 +83,16 @@ impl SpanExporter for Console {
             }),
         }
         let mut out = std::io::stdout().lock();
-        out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(io_error)
+        out.write_all(text.as_bytes())
+            .and_then(|_| out.flush())
+            .map_err(io_error)
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.resource = resource.iter().map(|(k, v)| (k.to_string(), json_value(v))).collect();
+        self.resource = resource
+            .iter()
+            .map(|(k, v)| (k.to_string(), json_value(v)))
+            .collect();
         if let Some(name) = resource.get(&opentelemetry::Key::from_static_str("service.name")) {
             self.service = Arc::from(name.as_str().as_ref());
         }
@@ -90,7 +101,9 @@ impl SpanExporter for Console {
 
 /// An attribute as text, from a span's, an event's or a link's attributes.
 fn value_of(kvs: &[KeyValue], key: &str) -> Option<String> {
-    kvs.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string())
+    kvs.iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.to_string())
 }
 
 fn get(s: &SpanData, key: &str) -> Option<String> {
@@ -99,16 +112,26 @@ fn get(s: &SpanData, key: &str) -> Option<String> {
 
 /// The traced process: the client's, else the server backend's.
 fn pid(s: &SpanData) -> String {
-    get(s, "process.pid").or_else(|| get(s, "db.postgresql.backend.pid")).unwrap_or_default()
+    get(s, "process.pid")
+        .or_else(|| get(s, "db.postgresql.backend.pid"))
+        .unwrap_or_default()
 }
 
 fn duration_ms(s: &SpanData) -> f64 {
-    s.end_time.duration_since(s.start_time).unwrap_or_default().as_secs_f64() * 1e3
+    s.end_time
+        .duration_since(s.start_time)
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1e3
 }
 
 /// ` rows=… error=… db=…`: how a query went, shared by lines and trees.
 fn push_outcome(s: &SpanData, line: &mut String) {
-    for (key, label) in [("db.response.returned_rows", "rows"), ("error.type", "error"), ("db.namespace", "db")] {
+    for (key, label) in [
+        ("db.response.returned_rows", "rows"),
+        ("error.type", "error"),
+        ("db.namespace", "db"),
+    ] {
         if let Some(v) = get(s, key) {
             line.push_str(&format!(" {label}={v}"));
         }
@@ -150,19 +173,26 @@ fn json_value(v: &Value) -> Json {
         Value::Array(Array::Bool(a)) => json!(a),
         Value::Array(Array::I64(a)) => json!(a),
         Value::Array(Array::F64(a)) => json!(a),
-        Value::Array(Array::String(a)) => Json::Array(a.iter().map(|s| json!(s.as_str())).collect()),
+        Value::Array(Array::String(a)) => {
+            Json::Array(a.iter().map(|s| json!(s.as_str())).collect())
+        }
         other => json!(other.to_string()),
     }
 }
 
 fn json_attributes(kvs: &[KeyValue]) -> Json {
-    Json::Object(kvs.iter().map(|kv| (kv.key.to_string(), json_value(&kv.value))).collect())
+    Json::Object(
+        kvs.iter()
+            .map(|kv| (kv.key.to_string(), json_value(&kv.value)))
+            .collect(),
+    )
 }
 
 /// The JSON format: one object per span, on one line.
 pub fn json_line(s: &SpanData, resource: &Map<String, Json>) -> String {
     let cx = &s.span_context;
-    let parent = (s.parent_span_id != opentelemetry::trace::SpanId::INVALID).then(|| s.parent_span_id.to_string());
+    let parent = (s.parent_span_id != opentelemetry::trace::SpanId::INVALID)
+        .then(|| s.parent_span_id.to_string());
     let status = match &s.status {
         Status::Unset => json!({ "code": "UNSET" }),
         Status::Ok => json!({ "code": "OK" }),

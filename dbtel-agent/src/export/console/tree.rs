@@ -21,8 +21,9 @@ use super::{duration_ms, get, kind_name, pid, push_outcome, value_of};
 /// ends, while the server's span of it may be held up to FACTS_DEADLINE for
 /// catalog answers (postgres::server::side, pipeline::FACTS_DEADLINE), then wait up to FLUSH_EVERY in its pipeline
 /// (batch.rs); the rest is slack for the agent's loop.
-pub const QUIET: Duration =
-    crate::pipeline::FACTS_DEADLINE.saturating_add(crate::export::batch::FLUSH_EVERY).saturating_add(Duration::from_millis(500));
+pub const QUIET: Duration = crate::pipeline::FACTS_DEADLINE
+    .saturating_add(crate::export::batch::FLUSH_EVERY)
+    .saturating_add(Duration::from_millis(500));
 /// A trace whose root has not come (a transaction still open, or a root lost
 /// in a full export queue) is printed as it is after this long without news.
 pub const ROOTLESS_QUIET: Duration = Duration::from_secs(30);
@@ -71,7 +72,13 @@ fn is_root(s: &SpanData) -> bool {
 
 impl TreeBuffer {
     pub fn new(cap: usize) -> TreeBuffer {
-        TreeBuffer { traces: HashMap::new(), order: BTreeMap::new(), seq: 0, buffered: 0, cap: cap.max(1) }
+        TreeBuffer {
+            traces: HashMap::new(),
+            order: BTreeMap::new(),
+            seq: 0,
+            buffered: 0,
+            cap: cap.max(1),
+        }
     }
 
     /// Spans buffered.
@@ -90,7 +97,12 @@ impl TreeBuffer {
             let t = self.traces.entry(id).or_insert_with(|| {
                 self.seq += 1;
                 self.order.insert(self.seq, id);
-                Trace { spans: Vec::new(), has_root: false, last: now, seq: self.seq }
+                Trace {
+                    spans: Vec::new(),
+                    has_root: false,
+                    last: now,
+                    seq: self.seq,
+                }
             });
             t.has_root |= is_root(&a.span);
             t.last = now;
@@ -99,7 +111,9 @@ impl TreeBuffer {
         }
         let mut out = Vec::new();
         while self.buffered > self.cap {
-            let Some((_, id)) = self.order.pop_first() else { break };
+            let Some((_, id)) = self.order.pop_first() else {
+                break;
+            };
             if let Some(mut r) = self.remove(id) {
                 r.evicted = true;
                 out.push(r);
@@ -112,7 +126,11 @@ impl TreeBuffer {
         let t = self.traces.remove(&id)?;
         self.order.remove(&t.seq);
         self.buffered -= t.spans.len();
-        Some(Ready { trace_id: id, spans: t.spans, evicted: false })
+        Some(Ready {
+            trace_id: id,
+            spans: t.spans,
+            evicted: false,
+        })
     }
 
     /// Traces complete by `now` (see QUIET, ROOTLESS_QUIET), oldest first.
@@ -123,7 +141,8 @@ impl TreeBuffer {
             .copied()
             .filter(|id| {
                 let t = &self.traces[id];
-                now.saturating_duration_since(t.last) >= if t.has_root { QUIET } else { ROOTLESS_QUIET }
+                now.saturating_duration_since(t.last)
+                    >= if t.has_root { QUIET } else { ROOTLESS_QUIET }
             })
             .collect();
         due.into_iter().filter_map(|id| self.remove(id)).collect()
@@ -141,9 +160,18 @@ impl TreeBuffer {
 /// root, saying so.
 pub fn render(r: &mut Ready) -> String {
     // Earlier first; of two starting together, the longer (the enclosing one).
-    r.spans.sort_by(|a, b| a.span.start_time.cmp(&b.span.start_time).then(b.span.end_time.cmp(&a.span.end_time)));
+    r.spans.sort_by(|a, b| {
+        a.span
+            .start_time
+            .cmp(&b.span.start_time)
+            .then(b.span.end_time.cmp(&a.span.end_time))
+    });
     let spans: &[Arrived] = &r.spans;
-    let index: HashMap<SpanId, usize> = spans.iter().enumerate().map(|(i, a)| (a.span.span_context.span_id(), i)).collect();
+    let index: HashMap<SpanId, usize> = spans
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.span.span_context.span_id(), i))
+        .collect();
     let mut children = vec![Vec::new(); spans.len()];
     let mut roots = Vec::new();
     for (i, a) in spans.iter().enumerate() {
@@ -152,7 +180,10 @@ pub fn render(r: &mut Ready) -> String {
             _ => roots.push(i),
         }
     }
-    let first = spans.first().map(|a| a.span.start_time).unwrap_or(std::time::UNIX_EPOCH);
+    let first = spans
+        .first()
+        .map(|a| a.span.start_time)
+        .unwrap_or(std::time::UNIX_EPOCH);
     let mut out = format!(
         "trace {} · {} · {} span{}",
         r.trace_id,
@@ -164,7 +195,12 @@ pub fn render(r: &mut Ready) -> String {
         out.push_str(" · printed early: buffer full");
     }
     out.push('\n');
-    let mut w = Walk { spans, children: &children, seen: vec![false; spans.len()], out };
+    let mut w = Walk {
+        spans,
+        children: &children,
+        seen: vec![false; spans.len()],
+        out,
+    };
     for &i in &roots {
         w.span(i, "", None);
     }
@@ -198,7 +234,10 @@ impl Walk<'_> {
         };
         let mut line = span_line(a);
         if last.is_none() && !is_root(&a.span) {
-            line.push_str(&format!("  (parent span {} not seen)", a.span.parent_span_id));
+            line.push_str(&format!(
+                "  (parent span {} not seen)",
+                a.span.parent_span_id
+            ));
         }
         self.out.push_str(&format!("{prefix}{glyph}{line}\n"));
         let kids = &self.children[i];
@@ -208,7 +247,9 @@ impl Walk<'_> {
                 Some("blocked_by") => "blocked by",
                 _ => "linked to",
             };
-            let who = value_of(&l.attributes, "db.postgresql.backend.pid").map(|p| format!(" (backend pid={p})")).unwrap_or_default();
+            let who = value_of(&l.attributes, "db.postgresql.backend.pid")
+                .map(|p| format!(" (backend pid={p})"))
+                .unwrap_or_default();
             self.out.push_str(&format!(
                 "{below}{bar}↳ {how} trace {} span {}{who}\n",
                 l.span_context.trace_id(),
@@ -224,12 +265,18 @@ impl Walk<'_> {
 /// `NAME  KIND  duration  service pid=…` and the span's key attributes.
 pub fn span_line(a: &Arrived) -> String {
     let s = &a.span;
-    let mut line = format!("{}  {}  {:.3} ms ", s.name, kind_name(&s.span_kind), duration_ms(s));
+    let mut line = format!(
+        "{}  {}  {:.3} ms ",
+        s.name,
+        kind_name(&s.span_kind),
+        duration_ms(s)
+    );
     if !a.service.is_empty() {
         line.push_str(&format!(" {}", a.service));
     }
     line.push_str(&format!(" pid={}", pid(s)));
-    if let Some(b) = get(s, "db.postgresql.backend.pid").filter(|_| get(s, "process.pid").is_some()) {
+    if let Some(b) = get(s, "db.postgresql.backend.pid").filter(|_| get(s, "process.pid").is_some())
+    {
         line.push_str(&format!(" backend={b}"));
     }
     push_outcome(s, &mut line);
@@ -264,7 +311,12 @@ pub fn span_line(a: &Arrived) -> String {
             }
         }
     }
-    let mut events: Vec<&str> = s.events.iter().map(|e| e.name.as_ref()).filter(|n| !n.starts_with("transaction.")).collect();
+    let mut events: Vec<&str> = s
+        .events
+        .iter()
+        .map(|e| e.name.as_ref())
+        .filter(|n| !n.starts_with("transaction."))
+        .collect();
     events.dedup();
     if !events.is_empty() {
         line.push_str(&format!(" events={}", events.join(",")));
@@ -301,7 +353,10 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, State> {
 impl Shared {
     /// From an export thread. Traces the cap pushes out are printed at once.
     pub(crate) fn push(&self, batch: Vec<SpanData>, service: &Arc<str>) -> std::io::Result<()> {
-        let spans = batch.into_iter().map(|span| Arrived { span, service: service.clone() });
+        let spans = batch.into_iter().map(|span| Arrived {
+            span,
+            service: service.clone(),
+        });
         let evicted = lock(self).buf.push(spans, Instant::now());
         print(evicted)
     }
@@ -329,7 +384,10 @@ pub struct TreePrinter {
 impl TreePrinter {
     pub fn start() -> TreePrinter {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { buf: TreeBuffer::new(MAX_BUFFERED), stopping: false }),
+            state: Mutex::new(State {
+                buf: TreeBuffer::new(MAX_BUFFERED),
+                stopping: false,
+            }),
             wake: Condvar::new(),
         });
         let sh = shared.clone();
@@ -338,7 +396,11 @@ impl TreePrinter {
             .spawn(move || {
                 let mut st = lock(&sh);
                 while !st.stopping {
-                    st = sh.wake.wait_timeout(st, TICK).unwrap_or_else(|e| e.into_inner()).0;
+                    st = sh
+                        .wake
+                        .wait_timeout(st, TICK)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
                     let due = st.buf.take_due(Instant::now());
                     drop(st);
                     if let Err(e) = print(due) {
@@ -348,7 +410,10 @@ impl TreePrinter {
                 }
             })
             .expect("spawn console thread");
-        TreePrinter { shared, thread: Some(thread) }
+        TreePrinter {
+            shared,
+            thread: Some(thread),
+        }
     }
 
     pub(crate) fn shared(&self) -> Arc<Shared> {

@@ -216,7 +216,12 @@ impl Tracker {
 
     /// One probe hit. `client` gives the client's span of a statement on a
     /// connection id, when that client is traced.
-    pub fn on_hit(&mut self, hit: &ServerHit, client: &mut dyn FnMut(ClientQuery) -> Option<Ids>, out: &mut Vec<DbSpan>) {
+    pub fn on_hit(
+        &mut self,
+        hit: &ServerHit,
+        client: &mut dyn FnMut(ClientQuery) -> Option<Ids>,
+        out: &mut Vec<DbSpan>,
+    ) {
         match hit.site {
             mysite::STATEMENT_DONE => self.statement_done(hit, client, out),
             mysite::WAIT_BEGIN => self.waits.begin(hit),
@@ -227,7 +232,8 @@ impl Tracker {
                 if self.deadlocks.len() >= DEADLOCKS_KEPT {
                     self.deadlocks.pop_front();
                 }
-                self.deadlocks.push_back((hit.at.pid, hit.args[0], hit.args[1]));
+                self.deadlocks
+                    .push_back((hit.at.pid, hit.args[0], hit.args[1]));
             }
             mysite::CONN_END => {
                 let key = (hit.at.pid, hit.args[0]);
@@ -243,15 +249,25 @@ impl Tracker {
         }
     }
 
-    fn statement_done(&mut self, hit: &ServerHit, client: &mut dyn FnMut(ClientQuery) -> Option<Ids>, out: &mut Vec<DbSpan>) {
+    fn statement_done(
+        &mut self,
+        hit: &ServerHit,
+        client: &mut dyn FnMut(ClientQuery) -> Option<Ids>,
+        out: &mut Vec<DbSpan>,
+    ) {
         let (at, a) = (hit.at, &hit.args);
         let (connection_id, command) = (a[0], a[7] as u32);
         let waits = self.waits.take(at.pid, at.tid, connection_id, at.ts_ns);
         match command {
-            command::QUERY | command::STMT_PREPARE | command::STMT_EXECUTE | command::STMT_FETCH | command::INIT_DB => {}
+            command::QUERY
+            | command::STMT_PREPARE
+            | command::STMT_EXECUTE
+            | command::STMT_FETCH
+            | command::INIT_DB => {}
             // The login's end: the session starts outside a transaction.
             command::CONNECT => {
-                self.conn(at.pid, connection_id, at.ts_ns, out).in_trans = Some(a[5] as u32 & IN_TRANS != 0);
+                self.conn(at.pid, connection_id, at.ts_ns, out).in_trans =
+                    Some(a[5] as u32 & IN_TRANS != 0);
                 return;
             }
             // A read error before any command.
@@ -282,7 +298,12 @@ impl Tracker {
             deadlock_other: None,
         };
         if done.errno() == Some(1213) {
-            let pair = self.deadlocks.iter().rev().find(|(p, a, b)| *p == at.pid && (*a == connection_id || *b == connection_id)).copied();
+            let pair = self
+                .deadlocks
+                .iter()
+                .rev()
+                .find(|(p, a, b)| *p == at.pid && (*a == connection_id || *b == connection_id))
+                .copied();
             if let Some((_, a, b)) = pair {
                 let other = if a == connection_id { b } else { a };
                 done.deadlock_other = Some((other, client(ClientQuery::InFlight(other))));
@@ -294,7 +315,11 @@ impl Tracker {
         let more = done.server_status & MORE_RESULTS != 0;
         match conn.pending.take() {
             // A result set of the CALL that ends now (or later).
-            Some(p) if p.start_utime != 0 && p.start_utime == done.start_utime && p.command == done.command => {
+            Some(p)
+                if p.start_utime != 0
+                    && p.start_utime == done.start_utime
+                    && p.command == done.command =>
+            {
                 self.counters.inner_results += 1;
                 let mut waits = p.waits;
                 waits.append(&mut done.waits);
@@ -348,11 +373,16 @@ impl Tracker {
         let errno = d.errno();
         let (start_ns, end_ns) = (d.start_ns(), d.ts_ns);
         let runs = matches!(what, What::Statement | What::InitDb);
-        let verb = if what == What::Statement { sql.verb.clone() } else { Verb::Other };
+        let verb = if what == What::Statement {
+            sql.verb.clone()
+        } else {
+            Verb::Other
+        };
         let now_in = d.server_status & IN_TRANS != 0;
         let was = conn.in_trans.replace(now_in);
         // BEGIN commits a transaction still open, and opens the next.
-        let restarts = verb == Verb::Begin && sql.implicit_commit && errno.is_none() && was != Some(false);
+        let restarts =
+            verb == Verb::Begin && sql.implicit_commit && errno.is_none() && was != Some(false);
         if restarts {
             if let Some(t) = conn.txn.take() {
                 self.close_txn(key, t, start_ns, Outcome::Committed, None, out);
@@ -378,17 +408,29 @@ impl Tracker {
         }
         let mut events = Vec::with_capacity(2 * d.waits.len() + 1);
         if let Some((other, other_client)) = d.deadlock_other {
-            events.push(Event { name: "deadlock_detected", ts_ns: end_ns, attributes: spans::deadlock_attributes(key.1, other, other_client) });
+            events.push(Event {
+                name: "deadlock_detected",
+                ts_ns: end_ns,
+                attributes: spans::deadlock_attributes(key.1, other, other_client),
+            });
         }
         for w in &d.waits {
             for name in ["contention_detected", "lock_contention_detected"] {
-                events.push(Event { name, ts_ns: w.start_ns, attributes: vec![] });
+                events.push(Event {
+                    name,
+                    ts_ns: w.start_ns,
+                    attributes: vec![],
+                });
             }
         }
         let last = d.waits.len().saturating_sub(1);
         for (i, w) in d.waits.iter().enumerate() {
             self.counters.lock_waits += 1;
-            let outcome = if i == last { WaitOutcome::from_errno(errno) } else { WaitOutcome::Granted };
+            let outcome = if i == last {
+                WaitOutcome::from_errno(errno)
+            } else {
+                WaitOutcome::Granted
+            };
             let span = WaitSpan {
                 ids: ids.child(&mut self.gen),
                 pid: key.0,
@@ -426,7 +468,9 @@ impl Tracker {
             if let Some(t) = conn.txn.take() {
                 let (outcome, error) = match (errno, &verb) {
                     // DDL committed before it ran, whether it failed or not.
-                    (Some(_), _) if sql.implicit_commit && verb != Verb::Begin => (Outcome::Committed, None),
+                    (Some(_), _) if sql.implicit_commit && verb != Verb::Begin => {
+                        (Outcome::Committed, None)
+                    }
                     (Some(n), _) => (Outcome::RolledBack, Some(n)),
                     (None, Verb::Rollback) => (Outcome::RolledBack, None),
                     (None, _) => (Outcome::Committed, None),
@@ -444,13 +488,30 @@ impl Tracker {
     /// transaction: that transaction's span).
     fn open_txn(&mut self, client: Option<Ids>, start_ns: u64) -> OpenTxn {
         let ids = match client.filter(|c| c.parent_span_id != 0) {
-            Some(c) => Ids { trace_id: c.trace_id, span_id: c.parent_span_id, parent_span_id: 0 }.child(&mut self.gen),
+            Some(c) => Ids {
+                trace_id: c.trace_id,
+                span_id: c.parent_span_id,
+                parent_span_id: 0,
+            }
+            .child(&mut self.gen),
             None => self.gen.root(),
         };
-        OpenTxn { ids, start_ns, statements: 0 }
+        OpenTxn {
+            ids,
+            start_ns,
+            statements: 0,
+        }
     }
 
-    fn close_txn(&mut self, key: (u32, u64), t: OpenTxn, end_ns: u64, outcome: Outcome, errno: Option<u32>, out: &mut Vec<DbSpan>) {
+    fn close_txn(
+        &mut self,
+        key: (u32, u64),
+        t: OpenTxn,
+        end_ns: u64,
+        outcome: Outcome,
+        errno: Option<u32>,
+        out: &mut Vec<DbSpan>,
+    ) {
         let end_ns = end_ns.max(t.start_ns);
         let name = match outcome {
             Outcome::Committed => "transaction.committed",
@@ -459,8 +520,16 @@ impl Tracker {
             Outcome::Incomplete => "transaction.incomplete",
         };
         let events = vec![
-            Event { name: "transaction.started", ts_ns: t.start_ns, attributes: vec![] },
-            Event { name, ts_ns: end_ns, attributes: vec![] },
+            Event {
+                name: "transaction.started",
+                ts_ns: t.start_ns,
+                attributes: vec![],
+            },
+            Event {
+                name,
+                ts_ns: end_ns,
+                attributes: vec![],
+            },
         ];
         let span = TxnSpan {
             ids: t.ids,
@@ -500,7 +569,14 @@ impl Tracker {
     }
 
     /// A wait whose statement was not seen to end: a root.
-    fn orphan(&mut self, pid: u32, w: Wait, connection_id: Option<u64>, outcome: WaitOutcome, out: &mut Vec<DbSpan>) {
+    fn orphan(
+        &mut self,
+        pid: u32,
+        w: Wait,
+        connection_id: Option<u64>,
+        outcome: WaitOutcome,
+        out: &mut Vec<DbSpan>,
+    ) {
         let span = WaitSpan {
             ids: self.gen.root(),
             pid,

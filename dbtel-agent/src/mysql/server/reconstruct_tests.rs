@@ -44,7 +44,17 @@ struct End {
 
 impl End {
     fn query(text: &'static str) -> Self {
-        End { cid: CID, text: Some(text), status: OK, errno: 0, server_status: AC, start_us: 0, command: 3, affected: 0, sent: 0 }
+        End {
+            cid: CID,
+            text: Some(text),
+            status: OK,
+            errno: 0,
+            server_status: AC,
+            start_us: 0,
+            command: 3,
+            affected: 0,
+            sent: 0,
+        }
     }
     fn rows(mut self, sent: u64) -> Self {
         (self.status, self.sent) = (EOF, sent);
@@ -68,7 +78,18 @@ impl End {
     }
     fn args(&self) -> [u64; dbtel_common::USDT_MAX_ARGS] {
         let len = self.text.map_or(0, |t| t.len() as u64);
-        [self.cid, 0x7f00_0000_1000, len, self.errno, self.status, self.server_status, self.start_us, self.command, self.affected, self.sent]
+        [
+            self.cid,
+            0x7f00_0000_1000,
+            len,
+            self.errno,
+            self.status,
+            self.server_status,
+            self.start_us,
+            self.command,
+            self.affected,
+            self.sent,
+        ]
     }
 }
 
@@ -83,16 +104,36 @@ struct R {
 
 impl R {
     fn new() -> Self {
-        R { t: Tracker::new("mariadb", Text::Obfuscated, IdGen::seeded(1)), out: vec![], now: 5_000_000_000, client: None }
+        R {
+            t: Tracker::new("mariadb", Text::Obfuscated, IdGen::seeded(1)),
+            out: vec![],
+            now: 5_000_000_000,
+            client: None,
+        }
     }
 
-    fn hit(&mut self, tid: u32, site: u32, args: [u64; dbtel_common::USDT_MAX_ARGS], text: Option<&str>) {
-        let at = Origin { pid: SRV, tid, ts_ns: self.now, conn: u64::from(SRV) };
+    fn hit(
+        &mut self,
+        tid: u32,
+        site: u32,
+        args: [u64; dbtel_common::USDT_MAX_ARGS],
+        text: Option<&str>,
+    ) {
+        let at = Origin {
+            pid: SRV,
+            tid,
+            ts_ns: self.now,
+            conn: u64::from(SRV),
+        };
         let bytes = encode::server_of(Kind::MyServer, at, site, args, text);
         let (h, at) = events::header(&bytes).expect("header");
         let hit = events::server_hit(&h, at, &bytes).expect("decodes");
         let c = self.client;
-        self.t.on_hit(&hit, &mut move |q| c.filter(|_| q.connection_id() == CID), &mut self.out);
+        self.t.on_hit(
+            &hit,
+            &mut move |q| c.filter(|_| q.connection_id() == CID),
+            &mut self.out,
+        );
     }
 
     fn after(&mut self, us: u64) -> u64 {
@@ -122,9 +163,19 @@ impl R {
     /// A wait of `us` µs on `tid`: (begin, end) in ns.
     fn wait(&mut self, tid: u32, kind: u64, us: u64) -> (u64, u64) {
         let begin = self.now;
-        self.hit(tid, mysite::WAIT_BEGIN, [0x7000_0000, kind, 0, 0, 0, 0, 0, 0, 0, 0], None);
+        self.hit(
+            tid,
+            mysite::WAIT_BEGIN,
+            [0x7000_0000, kind, 0, 0, 0, 0, 0, 0, 0, 0],
+            None,
+        );
         self.after(us);
-        self.hit(tid, mysite::WAIT_END, [0x7000_0000, 0, 0, 0, 0, 0, 0, 0, 0, 0], None);
+        self.hit(
+            tid,
+            mysite::WAIT_END,
+            [0x7000_0000, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            None,
+        );
         (begin, self.now)
     }
 
@@ -143,14 +194,27 @@ impl R {
 /// A row lock wait of connection `cid` on `tid` (InnoDB names its THD), `us` µs: (begin, end).
 fn row_wait_of(r: &mut R, tid: u32, cid: u64, us: u64) -> (u64, u64) {
     let begin = r.now;
-    r.hit(tid, mysite::WAIT_BEGIN, [0x7000_0000, ROW, cid, 0, 0, 0, 0, 0, 0, 0], None);
+    r.hit(
+        tid,
+        mysite::WAIT_BEGIN,
+        [0x7000_0000, ROW, cid, 0, 0, 0, 0, 0, 0, 0],
+        None,
+    );
     r.after(us);
-    r.hit(tid, mysite::WAIT_END, [0x7000_0000, cid, 0, 0, 0, 0, 0, 0, 0, 0], None);
+    r.hit(
+        tid,
+        mysite::WAIT_END,
+        [0x7000_0000, cid, 0, 0, 0, 0, 0, 0, 0, 0],
+        None,
+    );
     (begin, r.now)
 }
 
 fn get(s: &DbSpan, k: &str) -> Option<String> {
-    s.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| kv.value.to_string())
+    s.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == k)
+        .map(|kv| kv.value.to_string())
 }
 
 fn names(spans: &[DbSpan]) -> Vec<&str> {
@@ -159,18 +223,35 @@ fn names(spans: &[DbSpan]) -> Vec<&str> {
 
 /// The attributes every statement span of connection CID on T1 ends with.
 fn who() -> [KeyValue; 3] {
-    [KeyValue::new("db.mysql.connection_id", 42i64), KeyValue::new("process.pid", 900i64), KeyValue::new("thread.id", 901i64)]
+    [
+        KeyValue::new("db.mysql.connection_id", 42i64),
+        KeyValue::new("process.pid", 900i64),
+        KeyValue::new("thread.id", 901i64),
+    ]
 }
 
 #[test]
 fn an_autocommit_statement_is_one_root_server_span() {
     let mut r = R::new();
     let (s, e) = r.run(250, End::query("SELECT a FROM t WHERE id = 5").rows(1));
-    let (s2, e2) = r.run(120, End::query("UPDATE t SET v = v + 1 WHERE id = 7").affected(3));
+    let (s2, e2) = r.run(
+        120,
+        End::query("UPDATE t SET v = v + 1 WHERE id = 7").affected(3),
+    );
     let out = r.take();
     assert_eq!(names(&out), ["SELECT t", "UPDATE t"]);
     let q = &out[0];
-    assert_eq!((q.kind, q.pid, q.start_ns, q.end_ns, q.ids.parent_span_id, q.error.as_deref()), (SpanKind::Server, SRV, s, e, 0, None));
+    assert_eq!(
+        (
+            q.kind,
+            q.pid,
+            q.start_ns,
+            q.end_ns,
+            q.ids.parent_span_id,
+            q.error.as_deref()
+        ),
+        (SpanKind::Server, SRV, s, e, 0, None)
+    );
     assert_eq!(e - s, 250_000);
     let mut want = vec![
         KeyValue::new("db.system.name", "mariadb"),
@@ -183,8 +264,14 @@ fn an_autocommit_statement_is_one_root_server_span() {
     want.push(KeyValue::new("db.response.returned_rows", 1i64));
     assert_eq!(q.attributes, want);
     let u = &out[1];
-    assert_eq!((u.start_ns, u.end_ns, u.affected_rows(), u.rows()), (s2, e2, Some(3), None));
-    assert_eq!(get(u, "db.query.text").as_deref(), Some("UPDATE t SET v = v + ? WHERE id = ?"));
+    assert_eq!(
+        (u.start_ns, u.end_ns, u.affected_rows(), u.rows()),
+        (s2, e2, Some(3), None)
+    );
+    assert_eq!(
+        get(u, "db.query.text").as_deref(),
+        Some("UPDATE t SET v = v + ? WHERE id = ?")
+    );
     assert_ne!(q.ids.trace_id, u.ids.trace_id, "each its own trace");
     assert_eq!(r.t.counters.statements, 2);
 }
@@ -197,17 +284,27 @@ fn a_text_of_several_statements_is_a_span_each_up_to_the_one_that_failed() {
     let (s1, e1) = r.run(30, End::query("select 1").rows(1).status(AC | MORE));
     assert!(r.out.is_empty(), "held until the next end says what it was");
     let (s2, e2) = r.run(40, End::query("select 2").rows(1).status(AC | MORE));
-    assert_eq!(names(&r.out), ["SELECT"], "another start: the first was a statement of its own");
+    assert_eq!(
+        names(&r.out),
+        ["SELECT"],
+        "another start: the first was a statement of its own"
+    );
     let (s3, e3) = r.run(50, End::query("select nosuchcol from dual").error(1054));
     let out = r.take();
     assert_eq!(names(&out), ["SELECT", "SELECT", "SELECT dual"]);
     let times: Vec<(u64, u64)> = out.iter().map(|s| (s.start_ns, s.end_ns)).collect();
     assert_eq!(times, [(s1, e1), (s2, e2), (s3, e3)]);
     assert!(out.iter().all(|s| s.ids.parent_span_id == 0));
-    assert_eq!((out[0].rows(), out[1].rows(), out[2].rows()), (Some(1), Some(1), None));
+    assert_eq!(
+        (out[0].rows(), out[1].rows(), out[2].rows()),
+        (Some(1), Some(1), None)
+    );
     let f = &out[2];
     assert_eq!(f.error.as_deref(), Some("1054"));
-    assert_eq!((get(f, "db.response.status_code").as_deref(), f.error_type()), (Some("1054"), Some("1054")));
+    assert_eq!(
+        (get(f, "db.response.status_code").as_deref(), f.error_type()),
+        (Some("1054"), Some("1054"))
+    );
     assert!(r.t.counters.statements == 3 && r.t.counters.inner_results == 0);
 }
 
@@ -226,11 +323,21 @@ fn a_call_with_two_result_sets_is_one_span_and_its_waits_are_its_own() {
     own.start_us = start;
     let end = r.end(T1, 50, own);
     let out = r.take();
-    assert_eq!(names(&out), ["lock wait row", "CALL"], "named as the client names it");
+    assert_eq!(
+        names(&out),
+        ["lock wait row", "CALL"],
+        "named as the client names it"
+    );
     let (w, c) = (&out[0], &out[1]);
-    assert_eq!((c.start_ns, c.end_ns, c.rows(), c.error.as_deref()), (start * 1000, end, None, None));
+    assert_eq!(
+        (c.start_ns, c.end_ns, c.rows(), c.error.as_deref()),
+        (start * 1000, end, None, None)
+    );
     assert_eq!(get(c, "db.query.text").as_deref(), Some("call p(?)"));
-    assert_eq!((w.start_ns, w.end_ns, w.ids.parent_span_id, w.ids.trace_id), (wb, we, c.ids.span_id, c.ids.trace_id));
+    assert_eq!(
+        (w.start_ns, w.end_ns, w.ids.parent_span_id, w.ids.trace_id),
+        (wb, we, c.ids.span_id, c.ids.trace_id)
+    );
     assert_eq!(get(w, "db.mysql.lock.outcome").as_deref(), Some("granted"));
     assert_eq!(r.t.counters.inner_results, 2);
     // A CALL inside a text of several: its result sets, its own end, then the next statement.
@@ -255,9 +362,17 @@ fn a_prepare_and_its_execution() {
     p.status = PREPARED; // a successful COM_STMT_PREPARE wrote its own reply
     let (ps, pe) = r.run(80, p);
     let (xs, xe) = r.run(90, End::query(text).command(23).rows(1));
-    r.run(20, End::query("SELECT a FROM nope WHERE id = ?").command(22).error(1146));
+    r.run(
+        20,
+        End::query("SELECT a FROM nope WHERE id = ?")
+            .command(22)
+            .error(1146),
+    );
     let out = r.take();
-    assert_eq!(names(&out), ["PREPARE SELECT t", "SELECT t", "PREPARE SELECT nope"]);
+    assert_eq!(
+        names(&out),
+        ["PREPARE SELECT t", "SELECT t", "PREPARE SELECT nope"]
+    );
     let mut want = vec![
         KeyValue::new("db.system.name", "mariadb"),
         KeyValue::new("db.operation.name", "PREPARE"),
@@ -266,10 +381,24 @@ fn a_prepare_and_its_execution() {
         KeyValue::new("db.query.text", text),
     ];
     want.extend(who());
-    assert_eq!((out[0].start_ns, out[0].end_ns, out[0].error.as_deref()), (ps, pe, None));
+    assert_eq!(
+        (out[0].start_ns, out[0].end_ns, out[0].error.as_deref()),
+        (ps, pe, None)
+    );
     assert_eq!(out[0].attributes, want);
-    assert_eq!((out[1].start_ns, out[1].end_ns, out[1].rows(), out[1].operation()), (xs, xe, Some(1), Some("SELECT")));
-    assert_eq!((out[2].error.as_deref(), out[2].error_type()), (Some("1146"), Some("1146")));
+    assert_eq!(
+        (
+            out[1].start_ns,
+            out[1].end_ns,
+            out[1].rows(),
+            out[1].operation()
+        ),
+        (xs, xe, Some(1), Some("SELECT"))
+    );
+    assert_eq!(
+        (out[2].error.as_deref(), out[2].error_type()),
+        (Some("1146"), Some("1146"))
+    );
 }
 
 #[test]
@@ -284,7 +413,11 @@ fn logins_read_errors_and_other_commands_make_no_span() {
     r.end(T1, 10, ping);
     assert!(r.out.is_empty());
     assert_eq!(r.t.counters.other_commands, 1);
-    assert_eq!(r.t.connections_held(SRV), 1, "the login made the connection known");
+    assert_eq!(
+        r.t.connections_held(SRV),
+        1,
+        "the login made the connection known"
+    );
 }
 
 #[test]
@@ -292,12 +425,27 @@ fn begin_update_commit_is_one_server_transaction_parenting_its_statements() {
     let mut r = R::new();
     r.login(CID);
     let (bs, _) = r.run(20, End::query("BEGIN").status(TX));
-    r.run(300, End::query("UPDATE t SET v = 1 WHERE id = 1").status(TX).affected(1));
+    r.run(
+        300,
+        End::query("UPDATE t SET v = 1 WHERE id = 1")
+            .status(TX)
+            .affected(1),
+    );
     let (_, ce) = r.run(500, End::query("COMMIT").status(AC));
     let out = r.take();
     assert_eq!(names(&out), ["BEGIN", "UPDATE t", "COMMIT", "transaction"]);
     let t = &out[3];
-    assert_eq!((t.kind, t.pid, t.start_ns, t.end_ns, t.ids.parent_span_id, t.error.as_deref()), (SpanKind::Server, SRV, bs, ce, 0, None));
+    assert_eq!(
+        (
+            t.kind,
+            t.pid,
+            t.start_ns,
+            t.end_ns,
+            t.ids.parent_span_id,
+            t.error.as_deref()
+        ),
+        (SpanKind::Server, SRV, bs, ce, 0, None)
+    );
     assert_eq!(
         t.attributes,
         vec![
@@ -310,9 +458,17 @@ fn begin_update_commit_is_one_server_transaction_parenting_its_statements() {
         ]
     );
     let events: Vec<(&str, u64)> = t.events.iter().map(|e| (e.name, e.ts_ns)).collect();
-    assert_eq!(events, [("transaction.started", bs), ("transaction.committed", ce)]);
+    assert_eq!(
+        events,
+        [("transaction.started", bs), ("transaction.committed", ce)]
+    );
     for s in &out[..3] {
-        assert_eq!((s.ids.trace_id, s.ids.parent_span_id), (t.ids.trace_id, t.ids.span_id), "{}", s.name);
+        assert_eq!(
+            (s.ids.trace_id, s.ids.parent_span_id),
+            (t.ids.trace_id, t.ids.span_id),
+            "{}",
+            s.name
+        );
     }
     // After it, autocommit statements are roots again.
     r.run(10, End::query("SELECT 1").rows(1));
@@ -325,21 +481,57 @@ fn with_autocommit_off_the_first_transactional_statement_opens_it() {
     r.login(CID);
     r.run(10, End::query("SET autocommit=0").status(0));
     r.run(10, End::query("SELECT 1").rows(1).status(0)); // no table: no transaction
-    let (ss, _) = r.run(100, End::query("SELECT v FROM t WHERE id = 1").rows(1).status(0x1));
-    r.run(100, End::query("UPDATE t SET v = 2 WHERE id = 1").affected(1).status(0x1));
+    let (ss, _) = r.run(
+        100,
+        End::query("SELECT v FROM t WHERE id = 1")
+            .rows(1)
+            .status(0x1),
+    );
+    r.run(
+        100,
+        End::query("UPDATE t SET v = 2 WHERE id = 1")
+            .affected(1)
+            .status(0x1),
+    );
     let (_, ce) = r.run(10, End::query("COMMIT").status(0));
     let out = r.take();
-    assert_eq!(names(&out), ["SET", "SELECT", "SELECT t", "UPDATE t", "COMMIT", "transaction"]);
+    assert_eq!(
+        names(&out),
+        [
+            "SET",
+            "SELECT",
+            "SELECT t",
+            "UPDATE t",
+            "COMMIT",
+            "transaction"
+        ]
+    );
     let t = &out[5];
-    assert_eq!((t.start_ns, t.end_ns, get(t, "db.transaction.statement_count").as_deref()), (ss, ce, Some("3")));
+    assert_eq!(
+        (
+            t.start_ns,
+            t.end_ns,
+            get(t, "db.transaction.statement_count").as_deref()
+        ),
+        (ss, ce, Some("3"))
+    );
     assert!(out[..2].iter().all(|s| s.ids.parent_span_id == 0));
-    assert!(out[2..5].iter().all(|s| s.ids.parent_span_id == t.ids.span_id));
+    assert!(out[2..5]
+        .iter()
+        .all(|s| s.ids.parent_span_id == t.ids.span_id));
     // SET autocommit=1 commits an open transaction.
     let (ss, _) = r.run(10, End::query("DELETE FROM t WHERE id = 9").status(0x1));
     let (_, se) = r.run(10, End::query("SET autocommit=1").status(AC));
     let out = r.take();
     assert_eq!(names(&out), ["DELETE t", "SET", "transaction"]);
-    assert_eq!((out[2].start_ns, out[2].end_ns, get(&out[2], "db.transaction.outcome").as_deref()), (ss, se, Some("committed")));
+    assert_eq!(
+        (
+            out[2].start_ns,
+            out[2].end_ns,
+            get(&out[2], "db.transaction.outcome").as_deref()
+        ),
+        (ss, se, Some("committed"))
+    );
 }
 
 #[test]
@@ -347,27 +539,71 @@ fn a_deadlock_rolls_the_transaction_back_and_ends_its_wait() {
     let mut r = R::new();
     r.login(CID);
     let (bs, _) = r.run(10, End::query("BEGIN").status(TX));
-    let mut u = End::query("UPDATE t SET v = 3 WHERE id = 2").error(1213).status(AC);
+    let mut u = End::query("UPDATE t SET v = 3 WHERE id = 2")
+        .error(1213)
+        .status(AC);
     u.start_us = r.start();
     r.after(50);
     let (wb, we) = r.wait(T1, ROW, 400);
     // The detector weighs the two members of the cycle (this one and 77).
-    r.hit(T1 + 1, mysite::DEADLOCK, [77, CID, 0, 0, 0, 0, 0, 0, 0, 0], None);
+    r.hit(
+        T1 + 1,
+        mysite::DEADLOCK,
+        [77, CID, 0, 0, 0, 0, 0, 0, 0, 0],
+        None,
+    );
     let ue = r.end(T1, 30, u);
     let out = r.take();
-    assert_eq!(names(&out), ["BEGIN", "lock wait t", "UPDATE t", "transaction"]);
-    let ev = out[2].events.iter().find(|e| e.name == "deadlock_detected").expect("deadlock_detected on the victim's statement");
-    let attr = |k: &str| ev.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| kv.value.to_string());
-    assert_eq!((attr("db.mysql.deadlock.victim.connection_id"), attr("db.mysql.deadlock.other.connection_id")), (Some(CID.to_string()), Some("77".into())));
+    assert_eq!(
+        names(&out),
+        ["BEGIN", "lock wait t", "UPDATE t", "transaction"]
+    );
+    let ev = out[2]
+        .events
+        .iter()
+        .find(|e| e.name == "deadlock_detected")
+        .expect("deadlock_detected on the victim's statement");
+    let attr = |k: &str| {
+        ev.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == k)
+            .map(|kv| kv.value.to_string())
+    };
+    assert_eq!(
+        (
+            attr("db.mysql.deadlock.victim.connection_id"),
+            attr("db.mysql.deadlock.other.connection_id")
+        ),
+        (Some(CID.to_string()), Some("77".into()))
+    );
     let (w, q, t) = (&out[1], &out[2], &out[3]);
-    assert_eq!((t.start_ns, t.end_ns, t.error.as_deref()), (bs, ue, Some("1213")));
-    for (k, v) in [("db.transaction.outcome", "rolled_back"), ("db.transaction.aborted", "true"), ("error.type", "1213")] {
+    assert_eq!(
+        (t.start_ns, t.end_ns, t.error.as_deref()),
+        (bs, ue, Some("1213"))
+    );
+    for (k, v) in [
+        ("db.transaction.outcome", "rolled_back"),
+        ("db.transaction.aborted", "true"),
+        ("error.type", "1213"),
+    ] {
         assert_eq!(get(t, k).as_deref(), Some(v), "{k}");
     }
-    assert_eq!(t.events.last().map(|e| e.name), Some("transaction.rolled_back"));
-    assert_eq!((q.ids.parent_span_id, q.error.as_deref()), (t.ids.span_id, Some("1213")));
-    assert_eq!((w.start_ns, w.end_ns, w.ids.parent_span_id), (wb, we, q.ids.span_id));
-    assert_eq!((get(w, "db.mysql.lock.outcome").as_deref(), w.error_type()), (Some("deadlock"), Some("deadlock")));
+    assert_eq!(
+        t.events.last().map(|e| e.name),
+        Some("transaction.rolled_back")
+    );
+    assert_eq!(
+        (q.ids.parent_span_id, q.error.as_deref()),
+        (t.ids.span_id, Some("1213"))
+    );
+    assert_eq!(
+        (w.start_ns, w.end_ns, w.ids.parent_span_id),
+        (wb, we, q.ids.span_id)
+    );
+    assert_eq!(
+        (get(w, "db.mysql.lock.outcome").as_deref(), w.error_type()),
+        (Some("deadlock"), Some("deadlock"))
+    );
     assert_eq!(w.error.as_deref(), Some("lock wait ended: deadlock"));
 }
 
@@ -381,9 +617,20 @@ fn a_statement_with_its_client_traced_is_the_client_querys_child() {
     r.login(CID);
     r.run(10, End::query("BEGIN").status(TX));
     let out = r.take();
-    let (b, t) = (&out[0], r.t.conns.get((SRV, CID)).unwrap().txn.as_ref().unwrap().ids);
-    assert_eq!((b.ids.trace_id, b.ids.parent_span_id), (query.trace_id, query.span_id), "under the client's query");
-    assert_eq!((t.trace_id, t.parent_span_id), (txn.trace_id, txn.span_id), "the server's transaction under the client's");
+    let (b, t) = (
+        &out[0],
+        r.t.conns.get((SRV, CID)).unwrap().txn.as_ref().unwrap().ids,
+    );
+    assert_eq!(
+        (b.ids.trace_id, b.ids.parent_span_id),
+        (query.trace_id, query.span_id),
+        "under the client's query"
+    );
+    assert_eq!(
+        (t.trace_id, t.parent_span_id),
+        (txn.trace_id, txn.span_id),
+        "the server's transaction under the client's"
+    );
     // Another connection's statements are not.
     let mut other = End::query("SELECT 1").rows(1);
     other.cid = 43;
@@ -407,11 +654,21 @@ fn a_connection_end_forgets_it() {
     let gone = r.now;
     let out = r.take();
     assert_eq!(names(&out), ["BEGIN", "SELECT", "transaction"]);
-    assert_eq!((out[1].start_ns, out[1].end_ns), (ss, se), "the statement held ends as it was");
+    assert_eq!(
+        (out[1].start_ns, out[1].end_ns),
+        (ss, se),
+        "the statement held ends as it was"
+    );
     let t = &out[2];
     assert_eq!((t.start_ns, t.end_ns, t.error.as_deref()), (bs, gone, None));
-    assert_eq!(get(t, "db.transaction.outcome").as_deref(), Some("incomplete"));
-    assert_eq!(t.events.last().map(|e| e.name), Some("transaction.incomplete"));
+    assert_eq!(
+        get(t, "db.transaction.outcome").as_deref(),
+        Some("incomplete")
+    );
+    assert_eq!(
+        t.events.last().map(|e| e.name),
+        Some("transaction.incomplete")
+    );
     assert_eq!(r.t.connections_held(SRV), 0);
     // The id reused by a new connection starts afresh.
     r.login(CID);
@@ -426,7 +683,12 @@ fn the_server_exiting_or_the_agent_stopping_cuts_what_is_open() {
     let (bs, _) = r.run(10, End::query("BEGIN").status(TX));
     let (wb, _) = {
         let b = r.now;
-        r.hit(T1, mysite::WAIT_BEGIN, [0, ROW, 0, 0, 0, 0, 0, 0, 0, 0], None);
+        r.hit(
+            T1,
+            mysite::WAIT_BEGIN,
+            [0, ROW, 0, 0, 0, 0, 0, 0, 0, 0],
+            None,
+        );
         (b, ())
     };
     r.take();
@@ -435,17 +697,55 @@ fn the_server_exiting_or_the_agent_stopping_cuts_what_is_open() {
     let mut out = vec![];
     r.t.process_exited(SRV, gone, &mut out);
     assert_eq!(names(&out), ["transaction", "lock wait row"]);
-    assert_eq!((out[0].start_ns, out[0].end_ns, get(&out[0], "db.transaction.outcome").as_deref()), (bs, gone, Some("incomplete")));
+    assert_eq!(
+        (
+            out[0].start_ns,
+            out[0].end_ns,
+            get(&out[0], "db.transaction.outcome").as_deref()
+        ),
+        (bs, gone, Some("incomplete"))
+    );
     let w = &out[1];
     assert_eq!((w.start_ns, w.end_ns, w.ids.parent_span_id), (wb, gone, 0));
-    assert_eq!((get(w, "db.mysql.lock.outcome").as_deref(), w.error.as_deref()), (Some("process_exited"), Some("lock wait ended: process exited")));
-    assert_eq!(get(w, "db.mysql.connection_id"), None, "its statement never ended: its connection is not known");
-    assert_eq!((r.t.in_flight(), r.t.connections_held(SRV), r.t.threads_held(SRV)), (0, 0, 0));
+    assert_eq!(
+        (
+            get(w, "db.mysql.lock.outcome").as_deref(),
+            w.error.as_deref()
+        ),
+        (
+            Some("process_exited"),
+            Some("lock wait ended: process exited")
+        )
+    );
+    assert_eq!(
+        get(w, "db.mysql.connection_id"),
+        None,
+        "its statement never ended: its connection is not known"
+    );
+    assert_eq!(
+        (
+            r.t.in_flight(),
+            r.t.connections_held(SRV),
+            r.t.threads_held(SRV)
+        ),
+        (0, 0, 0)
+    );
     // The agent stopping: not an error.
-    r.hit(T1, mysite::WAIT_BEGIN, [0, MDL, 0, 0, 0, 0, 0, 0, 0, 0], None);
+    r.hit(
+        T1,
+        mysite::WAIT_BEGIN,
+        [0, MDL, 0, 0, 0, 0, 0, 0, 0, 0],
+        None,
+    );
     let mut out = vec![];
     r.t.cut(SRV, r.now + 1000, Cut::AgentStopped, &mut out);
-    assert_eq!((get(&out[0], "db.mysql.lock.outcome").as_deref(), out[0].error.as_deref()), (Some("agent_stopped"), None));
+    assert_eq!(
+        (
+            get(&out[0], "db.mysql.lock.outcome").as_deref(),
+            out[0].error.as_deref()
+        ),
+        (Some("agent_stopped"), None)
+    );
 }
 
 #[test]
@@ -466,15 +766,28 @@ fn state_stays_bounded() {
     for _ in 0..1000 {
         row_wait_of(&mut r, T2, CID, 1);
     }
-    assert_eq!(r.t.waits_held(SRV, T2, CID), (WAITS_PER_THREAD, WAITS_PER_THREAD));
+    assert_eq!(
+        r.t.waits_held(SRV, T2, CID),
+        (WAITS_PER_THREAD, WAITS_PER_THREAD)
+    );
     assert_eq!(r.t.waits_dropped(), 2 * (1000 - WAITS_PER_THREAD as u64));
     // Threads left waiting (their ends lost).
     for tid in 0..(THREADS_PER_SERVER as u32 + 100) {
-        r.hit(5000 + tid, mysite::WAIT_BEGIN, [0, ROW, 0, 0, 0, 0, 0, 0, 0, 0], None);
+        r.hit(
+            5000 + tid,
+            mysite::WAIT_BEGIN,
+            [0, ROW, 0, 0, 0, 0, 0, 0, 0, 0],
+            None,
+        );
     }
     assert_eq!(r.t.threads_held(SRV), THREADS_PER_SERVER);
     // Non-lock waits are not kept at all.
-    r.hit(T1, mysite::WAIT_BEGIN, [0, 11, CID + 1, 0, 0, 0, 0, 0, 0, 0], None);
+    r.hit(
+        T1,
+        mysite::WAIT_BEGIN,
+        [0, 11, CID + 1, 0, 0, 0, 0, 0, 0, 0],
+        None,
+    );
     assert_eq!(r.t.waits_held(SRV, T1, CID + 1), (0, 0));
     assert!(r.out.is_empty());
 }
@@ -484,26 +797,71 @@ fn begin_inside_a_transaction_commits_it_and_ddl_commits_implicitly() {
     let mut r = R::new();
     r.login(CID);
     let (b1, _) = r.run(10, End::query("BEGIN").status(TX));
-    r.run(10, End::query("INSERT INTO t VALUES (1)").affected(1).status(TX));
+    r.run(
+        10,
+        End::query("INSERT INTO t VALUES (1)")
+            .affected(1)
+            .status(TX),
+    );
     let (b2, _) = r.run(10, End::query("START TRANSACTION").status(TX));
     let out = r.take();
     assert_eq!(names(&out), ["BEGIN", "INSERT t", "transaction", "START"]);
-    assert_eq!((out[2].start_ns, out[2].end_ns, get(&out[2], "db.transaction.outcome").as_deref()), (b1, b2, Some("committed")));
-    assert_eq!(out[3].ids.parent_span_id, r.t.conns.get((SRV, CID)).unwrap().txn.as_ref().unwrap().ids.span_id, "the next one's");
+    assert_eq!(
+        (
+            out[2].start_ns,
+            out[2].end_ns,
+            get(&out[2], "db.transaction.outcome").as_deref()
+        ),
+        (b1, b2, Some("committed"))
+    );
+    assert_eq!(
+        out[3].ids.parent_span_id,
+        r.t.conns
+            .get((SRV, CID))
+            .unwrap()
+            .txn
+            .as_ref()
+            .unwrap()
+            .ids
+            .span_id,
+        "the next one's"
+    );
     // A failed DDL statement still committed before it ran.
-    let (_, de) = r.run(10, End::query("CREATE TABLE t (a int)").error(1050).status(AC));
+    let (_, de) = r.run(
+        10,
+        End::query("CREATE TABLE t (a int)").error(1050).status(AC),
+    );
     let out = r.take();
     assert_eq!(names(&out), ["CREATE t", "transaction"]);
-    assert_eq!((out[1].start_ns, out[1].end_ns, out[1].error.as_deref()), (b2, de, None));
-    assert_eq!(get(&out[1], "db.transaction.outcome").as_deref(), Some("committed"));
+    assert_eq!(
+        (out[1].start_ns, out[1].end_ns, out[1].error.as_deref()),
+        (b2, de, None)
+    );
+    assert_eq!(
+        get(&out[1], "db.transaction.outcome").as_deref(),
+        Some("committed")
+    );
     // COMMIT AND CHAIN: the next one opens at its end.
     r.run(10, End::query("BEGIN").status(TX));
     let (_, ce) = r.run(10, End::query("COMMIT AND CHAIN").status(TX));
     let (_, re) = r.run(10, End::query("ROLLBACK").status(AC));
     let out = r.take();
-    assert_eq!(names(&out), ["BEGIN", "COMMIT", "transaction", "ROLLBACK", "transaction"]);
-    assert_eq!((out[4].start_ns, out[4].end_ns, get(&out[4], "db.transaction.outcome").as_deref()), (ce, re, Some("rolled_back")));
-    assert_eq!(get(&out[4], "db.transaction.statement_count").as_deref(), Some("1"));
+    assert_eq!(
+        names(&out),
+        ["BEGIN", "COMMIT", "transaction", "ROLLBACK", "transaction"]
+    );
+    assert_eq!(
+        (
+            out[4].start_ns,
+            out[4].end_ns,
+            get(&out[4], "db.transaction.outcome").as_deref()
+        ),
+        (ce, re, Some("rolled_back"))
+    );
+    assert_eq!(
+        get(&out[4], "db.transaction.statement_count").as_deref(),
+        Some("1")
+    );
 }
 
 #[path = "reconstruct_wait_tests.rs"]

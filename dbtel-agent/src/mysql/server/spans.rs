@@ -165,17 +165,41 @@ pub struct WaitSpan {
 
 pub fn statement_span(s: StatementSpan, system: &'static str) -> DbSpan {
     let d = describe_statement(&s, system);
-    DbSpan::new(s.pid, s.ids, Kind::Server, (s.start_ns, s.end_ns), d, s.events, Vec::new())
+    DbSpan::new(
+        s.pid,
+        s.ids,
+        Kind::Server,
+        (s.start_ns, s.end_ns),
+        d,
+        s.events,
+        Vec::new(),
+    )
 }
 
 pub fn txn_span(t: TxnSpan, system: &'static str) -> DbSpan {
     let d = describe_txn(&t, system);
-    DbSpan::new(t.pid, t.ids, Kind::Server, (t.start_ns, t.end_ns), d, t.events, Vec::new())
+    DbSpan::new(
+        t.pid,
+        t.ids,
+        Kind::Server,
+        (t.start_ns, t.end_ns),
+        d,
+        t.events,
+        Vec::new(),
+    )
 }
 
 pub fn wait_span(w: WaitSpan, system: &'static str) -> DbSpan {
     let d = describe_wait(&w, system);
-    DbSpan::new(w.pid, w.ids, Kind::Internal, (w.start_ns, w.end_ns), d, Vec::new(), Vec::new())
+    DbSpan::new(
+        w.pid,
+        w.ids,
+        Kind::Internal,
+        (w.start_ns, w.end_ns),
+        d,
+        Vec::new(),
+        Vec::new(),
+    )
 }
 
 pub fn describe_statement(s: &StatementSpan, system: &'static str) -> Described {
@@ -185,8 +209,15 @@ pub fn describe_statement(s: &StatementSpan, system: &'static str) -> Described 
     match (s.what, &s.facts) {
         // Preparing does not run the statement: named as the client's prepare.
         (What::Prepare | What::Fetch, f) => {
-            let op = if s.what == What::Prepare { "PREPARE" } else { "FETCH" };
-            let summary = f.as_ref().and_then(|f| f.summary.as_ref()).map(|x| format!("{op} {x}"));
+            let op = if s.what == What::Prepare {
+                "PREPARE"
+            } else {
+                "FETCH"
+            };
+            let summary = f
+                .as_ref()
+                .and_then(|f| f.summary.as_ref())
+                .map(|x| format!("{op} {x}"));
             a.push(KeyValue::new("db.operation.name", op));
             if let Some(c) = f.as_ref().and_then(|f| f.collection.clone()) {
                 a.push(KeyValue::new("db.collection.name", c));
@@ -237,7 +268,11 @@ pub fn describe_statement(s: &StatementSpan, system: &'static str) -> Described 
     if name.is_empty() {
         name = system.into();
     }
-    Described { name, attributes: a, error }
+    Described {
+        name,
+        attributes: a,
+        error,
+    }
 }
 
 pub fn describe_txn(t: &TxnSpan, system: &'static str) -> Described {
@@ -253,7 +288,11 @@ pub fn describe_txn(t: &TxnSpan, system: &'static str) -> Described {
         a.push(KeyValue::new("error.type", n.to_string()));
         n.to_string()
     });
-    Described { name: "transaction".into(), attributes: a, error }
+    Described {
+        name: "transaction".into(),
+        attributes: a,
+        error,
+    }
 }
 
 /// A lock wait: what was waited for and how it ended. Named after the
@@ -284,11 +323,18 @@ pub fn describe_wait(w: &WaitSpan, system: &'static str) -> Described {
         }
         other => {
             a.push(KeyValue::new("error.type", other.name()));
-            Some(format!("lock wait ended: {}", other.name().replace('_', " ")))
+            Some(format!(
+                "lock wait ended: {}",
+                other.name().replace('_', " ")
+            ))
         }
     };
     let on = table.unwrap_or_else(|| w.lock.name().to_string());
-    Described { name: format!("lock wait {on}"), attributes: a, error }
+    Described {
+        name: format!("lock wait {on}"),
+        attributes: a,
+        error,
+    }
 }
 
 #[cfg(test)]
@@ -320,7 +366,10 @@ mod tests {
 
     #[test]
     fn prepare_fetch_and_use_are_named_like_the_client_names_them() {
-        let d = describe_statement(&stmt(What::Prepare, "SELECT a FROM t WHERE id = ?"), "mariadb");
+        let d = describe_statement(
+            &stmt(What::Prepare, "SELECT a FROM t WHERE id = ?"),
+            "mariadb",
+        );
         assert_eq!(d.name, "PREPARE SELECT t");
         assert_eq!(
             d.attributes,
@@ -339,7 +388,9 @@ mod tests {
         f.returned_rows = Some(5);
         let d = describe_statement(&f, "mysql");
         assert_eq!(d.name, "FETCH SELECT t");
-        assert!(d.attributes.contains(&KeyValue::new("db.response.returned_rows", 5i64)));
+        assert!(d
+            .attributes
+            .contains(&KeyValue::new("db.response.returned_rows", 5i64)));
         let mut u = stmt(What::InitDb, "");
         u.facts = None;
         assert_eq!(describe_statement(&u, "mariadb").name, "USE");
@@ -350,8 +401,14 @@ mod tests {
 
     #[test]
     fn wait_outcomes() {
-        assert_eq!(WaitOutcome::from_errno(Some(1969)).name(), "statement_timeout");
-        assert_eq!(WaitOutcome::from_errno(Some(1062)), WaitOutcome::Error(1062));
+        assert_eq!(
+            WaitOutcome::from_errno(Some(1969)).name(),
+            "statement_timeout"
+        );
+        assert_eq!(
+            WaitOutcome::from_errno(Some(1062)),
+            WaitOutcome::Error(1062)
+        );
         let mut w = WaitSpan {
             ids: Ids::default(),
             pid: 7,
@@ -364,12 +421,18 @@ mod tests {
             facts: None,
         };
         let d = describe_wait(&w, "mariadb");
-        assert_eq!((d.name.as_str(), d.error.as_deref()), ("lock wait metadata", Some("lock wait ended by error 1062")));
+        assert_eq!(
+            (d.name.as_str(), d.error.as_deref()),
+            ("lock wait metadata", Some("lock wait ended by error 1062"))
+        );
         assert!(d.attributes.contains(&KeyValue::new("error.type", "1062")));
         w.outcome = WaitOutcome::AgentStopped;
         assert_eq!(describe_wait(&w, "mariadb").error, None);
         w.outcome = WaitOutcome::ProcessExited;
-        assert_eq!(describe_wait(&w, "mariadb").error.as_deref(), Some("lock wait ended: process exited"));
+        assert_eq!(
+            describe_wait(&w, "mariadb").error.as_deref(),
+            Some("lock wait ended: process exited")
+        );
     }
 }
 
@@ -381,8 +444,14 @@ pub fn deadlock_attributes(victim: u64, other: u64, other_client: Option<Ids>) -
         KeyValue::new("db.mysql.deadlock.other.connection_id", other as i64),
     ];
     if let Some(ids) = other_client {
-        a.push(KeyValue::new("db.mysql.deadlock.other.trace_id", format!("{:032x}", ids.trace_id)));
-        a.push(KeyValue::new("db.mysql.deadlock.other.span_id", format!("{:016x}", ids.span_id)));
+        a.push(KeyValue::new(
+            "db.mysql.deadlock.other.trace_id",
+            format!("{:032x}", ids.trace_id),
+        ));
+        a.push(KeyValue::new(
+            "db.mysql.deadlock.other.span_id",
+            format!("{:016x}", ids.span_id),
+        ));
     }
     a
 }

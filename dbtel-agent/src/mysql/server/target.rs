@@ -80,44 +80,113 @@ pub fn is_server(host: &Path) -> bool {
 }
 
 fn refuse(path: &str, what: String) -> ClaimError {
-    ClaimError(format!("{path}: {what}: not a MariaDB server build dbtel can trace"))
+    ClaimError(format!(
+        "{path}: {what}: not a MariaDB server build dbtel can trace"
+    ))
 }
 
 /// The layout from the accessors' code (`code(name)`: the decoded body, None if absent).
-pub fn decode(path: &str, code: &dyn Fn(&'static str) -> Option<Vec<iced_x86::Instruction>>) -> Result<ThdLayout, ClaimError> {
+pub fn decode(
+    path: &str,
+    code: &dyn Fn(&'static str) -> Option<Vec<iced_x86::Instruction>>,
+) -> Result<ThdLayout, ClaimError> {
     let accesses = |f: &'static str| -> Result<Vec<Access>, ClaimError> {
-        code(f).map(|b| x86::arg0_accesses(&b)).ok_or_else(|| refuse(path, format!("no {f}")))
+        code(f)
+            .map(|b| x86::arg0_accesses(&b))
+            .ok_or_else(|| refuse(path, format!("no {f}")))
     };
-    let find = |f: &'static str, why: &str, pick: &dyn Fn(&Access) -> bool| -> Result<u32, ClaimError> {
-        accesses(f)?.iter().find(|a| pick(a)).map(|a| a.disp).ok_or_else(|| refuse(path, format!("cannot decode {f}: {why}")))
-    };
-    let direct = |a: &Access, use_: Use, size: u32| a.via.is_none() && a.use_ == use_ && a.size == size;
-    let thread_id = find("thd_get_thread_id", "no 8-byte load of thread_id", &|a| direct(a, Use::Read, 8))?;
-    let query = find("thd_query_string", "no address of query_string", &|a| direct(a, Use::Address, 0))?;
-    let stmt_da = find("thd_get_error_number", "no load of m_stmt_da", &|a| direct(a, Use::Read, 8))?;
-    let da_errno = find("thd_get_error_number", "no load of sql_errno", &|a| a.via == Some(stmt_da) && a.size == 4)?;
-    let da_status = find("thd_current_status", "no test of the status", &|a| a.via == Some(stmt_da) && a.size == 4 && a.disp != da_errno)?;
-    let command = find("thd_current_command", "no load of command", &|a| direct(a, Use::Read, 4))?;
-    let after_lock = find("thd_storage_lock_wait", "no update of utime_after_lock", &|a| a.via.is_none() && a.size == 8)?;
-    let server_status = find("_ZN3THD24set_status_no_index_usedEv", "no update of server_status", &|a| a.via.is_none() && a.size == 4)?;
-    let sent_row_count = find("_ZN3THD18set_sent_row_countEy", "no store of sent_row_count", &|a| direct(a, Use::Write, 8) && a.reg == Register::RSI)?;
+    let find =
+        |f: &'static str, why: &str, pick: &dyn Fn(&Access) -> bool| -> Result<u32, ClaimError> {
+            accesses(f)?
+                .iter()
+                .find(|a| pick(a))
+                .map(|a| a.disp)
+                .ok_or_else(|| refuse(path, format!("cannot decode {f}: {why}")))
+        };
+    let direct =
+        |a: &Access, use_: Use, size: u32| a.via.is_none() && a.use_ == use_ && a.size == size;
+    let thread_id = find("thd_get_thread_id", "no 8-byte load of thread_id", &|a| {
+        direct(a, Use::Read, 8)
+    })?;
+    let query = find("thd_query_string", "no address of query_string", &|a| {
+        direct(a, Use::Address, 0)
+    })?;
+    let stmt_da = find("thd_get_error_number", "no load of m_stmt_da", &|a| {
+        direct(a, Use::Read, 8)
+    })?;
+    let da_errno = find("thd_get_error_number", "no load of sql_errno", &|a| {
+        a.via == Some(stmt_da) && a.size == 4
+    })?;
+    let da_status = find("thd_current_status", "no test of the status", &|a| {
+        a.via == Some(stmt_da) && a.size == 4 && a.disp != da_errno
+    })?;
+    let command = find("thd_current_command", "no load of command", &|a| {
+        direct(a, Use::Read, 4)
+    })?;
+    let after_lock = find(
+        "thd_storage_lock_wait",
+        "no update of utime_after_lock",
+        &|a| a.via.is_none() && a.size == 8,
+    )?;
+    let server_status = find(
+        "_ZN3THD24set_status_no_index_usedEv",
+        "no update of server_status",
+        &|a| a.via.is_none() && a.size == 4,
+    )?;
+    let sent_row_count = find(
+        "_ZN3THD18set_sent_row_countEy",
+        "no store of sent_row_count",
+        &|a| direct(a, Use::Write, 8) && a.reg == Register::RSI,
+    )?;
     // set_ok_status(affected_rows, last_insert_id, message) stores the two
     // counts side by side (its registers shuffled first): the first 8-byte store.
     let ok_status = "_ZN16Diagnostics_area13set_ok_statusEyyPKc";
-    let stores: Vec<u32> = accesses(ok_status)?.iter().filter(|a| direct(a, Use::Write, 8)).map(|a| a.disp).collect();
+    let stores: Vec<u32> = accesses(ok_status)?
+        .iter()
+        .filter(|a| direct(a, Use::Write, 8))
+        .map(|a| a.disp)
+        .collect();
     let da_affected_rows = match stores[..] {
         [affected, last_id, ..] if last_id == affected + 8 => affected,
-        _ => return Err(refuse(path, format!("cannot decode {ok_status}: no stores of affected_rows and last_insert_id"))),
+        _ => {
+            return Err(refuse(
+                path,
+                format!("cannot decode {ok_status}: no stores of affected_rows and last_insert_id"),
+            ))
+        }
     };
-    let protocol_thd = find(END_STATEMENT, "no load of Protocol::thd", &|a| direct(a, Use::Read, 8))?;
+    let protocol_thd = find(END_STATEMENT, "no load of Protocol::thd", &|a| {
+        direct(a, Use::Read, 8)
+    })?;
     // start_utime, utime_after_lock: consecutive ulonglongs in THD (sql_class.h).
-    let start_utime = after_lock.checked_sub(8).ok_or_else(|| refuse(path, "utime_after_lock at offset 0".into()))?;
-    Ok(ThdLayout { protocol_thd, thread_id, query, stmt_da, da_errno, da_status, da_affected_rows, server_status, start_utime, command, sent_row_count })
+    let start_utime = after_lock
+        .checked_sub(8)
+        .ok_or_else(|| refuse(path, "utime_after_lock at offset 0".into()))?;
+    Ok(ThdLayout {
+        protocol_thd,
+        thread_id,
+        query,
+        stmt_da,
+        da_errno,
+        da_status,
+        da_affected_rows,
+        server_status,
+        start_utime,
+        command,
+        sent_row_count,
+    })
 }
 
 /// [rdi + first] then each hop's field; `size` bytes at the end.
 fn via_rdi(first: u32, hops: &[u32], size: u8) -> ArgSpec {
-    let mut a = ArgSpec { kind: argkind::MEMORY, size, reg_off: Gpr::Rdi.pt_regs_offset(), index_off: NO_INDEX, value: first.into(), ..Default::default() };
+    let mut a = ArgSpec {
+        kind: argkind::MEMORY,
+        size,
+        reg_off: Gpr::Rdi.pt_regs_offset(),
+        index_off: NO_INDEX,
+        value: first.into(),
+        ..Default::default()
+    };
     a.hops = hops.len() as u8;
     for (i, h) in hops.iter().enumerate() {
         a.hops_at[i] = *h as i32;
@@ -126,12 +195,22 @@ fn via_rdi(first: u32, hops: &[u32], size: u8) -> ArgSpec {
 }
 
 fn register(g: Gpr, size: u8) -> ArgSpec {
-    ArgSpec { kind: argkind::REGISTER, size, reg_off: g.pt_regs_offset(), index_off: NO_INDEX, ..Default::default() }
+    ArgSpec {
+        kind: argkind::REGISTER,
+        size,
+        reg_off: g.pt_regs_offset(),
+        index_off: NO_INDEX,
+        ..Default::default()
+    }
 }
 
 /// The sites, in the order of the plan's points.
 pub fn sites(l: &ThdLayout) -> Vec<(&'static str, SiteSpec)> {
-    let spec = |probe: u32| SiteSpec { probe, engine: Engine::Mysql as u32, ..Default::default() };
+    let spec = |probe: u32| SiteSpec {
+        probe,
+        engine: Engine::Mysql as u32,
+        ..Default::default()
+    };
     let p = l.protocol_thd;
     let mut end = spec(mysite::STATEMENT_DONE);
     let args = [
@@ -151,7 +230,14 @@ pub fn sites(l: &ThdLayout) -> Vec<(&'static str, SiteSpec)> {
     end.text_len_arg = 3;
     // The THD's connection id, where the caller names the THD (InnoDB's
     // lock waits do; MDL and thr_lock pass NULL, which reads as 0).
-    let connection_id = ArgSpec { kind: argkind::MEMORY, size: 8, reg_off: Gpr::Rdi.pt_regs_offset(), index_off: NO_INDEX, value: l.thread_id.into(), ..Default::default() };
+    let connection_id = ArgSpec {
+        kind: argkind::MEMORY,
+        size: 8,
+        reg_off: Gpr::Rdi.pt_regs_offset(),
+        index_off: NO_INDEX,
+        value: l.thread_id.into(),
+        ..Default::default()
+    };
     let mut begin = spec(mysite::WAIT_BEGIN);
     begin.args[0] = register(Gpr::Rdi, 8);
     begin.args[1] = register(Gpr::Rsi, 4);
@@ -167,8 +253,17 @@ pub fn sites(l: &ThdLayout) -> Vec<(&'static str, SiteSpec)> {
     gone.args[0] = connection_id;
     let mut deadlock = spec(mysite::DEADLOCK);
     deadlock.args[0] = gone.args[0];
-    deadlock.args[1] = ArgSpec { reg_off: Gpr::Rsi.pt_regs_offset(), ..gone.args[0] };
-    vec![(END_STATEMENT, end), (WAIT_BEGIN, begin), (WAIT_END, done), (UNLINK, gone), (DEADLOCK, deadlock)]
+    deadlock.args[1] = ArgSpec {
+        reg_off: Gpr::Rsi.pt_regs_offset(),
+        ..gone.args[0]
+    };
+    vec![
+        (END_STATEMENT, end),
+        (WAIT_BEGIN, begin),
+        (WAIT_END, done),
+        (UNLINK, gone),
+        (DEADLOCK, deadlock),
+    ]
 }
 
 /// The plan for the server `pid` runs from `path` (None: not a MariaDB server).
@@ -176,24 +271,44 @@ pub fn claim(pid: u32, path: &str, host: &Path) -> Result<Option<Plan>, ClaimErr
     if !is_server(host) {
         return Ok(None);
     }
-    let data = std::fs::read(host).map_err(|e| ClaimError(format!("{path} (process {pid}): {e}")))?;
+    let data =
+        std::fs::read(host).map_err(|e| ClaimError(format!("{path} (process {pid}): {e}")))?;
     let mut wanted: Vec<&'static str> = ACCESSORS.to_vec();
     wanted.extend([END_STATEMENT, WAIT_BEGIN, WAIT_END, UNLINK, DEADLOCK]);
-    let found = symbols::find(&data, &wanted).map_err(|e| ClaimError(format!("{path} (process {pid}): {e}")))?;
+    let found = symbols::find(&data, &wanted)
+        .map_err(|e| ClaimError(format!("{path} (process {pid}): {e}")))?;
     let code = |name: &'static str| {
         let s = found.get(name)?;
         let c = s.code(&data, 256)?;
-        Some(if s.size > 0 { x86::decode_body(c, s.address) } else { x86::decode(c, s.address) })
+        Some(if s.size > 0 {
+            x86::decode_body(c, s.address)
+        } else {
+            x86::decode(c, s.address)
+        })
     };
     let layout = decode(path, &code)?;
     let mut points = Vec::new();
     let mut specs = Vec::new();
     for (i, (function, spec)) in sites(&layout).into_iter().enumerate() {
-        let s = found.get(function).ok_or_else(|| refuse(path, format!("no {function}")))?;
-        points.push(Point { program: "server_site", function, offset: s.offset, cookie: i as u32 });
+        let s = found
+            .get(function)
+            .ok_or_else(|| refuse(path, format!("no {function}")))?;
+        points.push(Point {
+            program: "server_site",
+            function,
+            offset: s.offset,
+            cookie: i as u32,
+        });
         specs.push(spec);
     }
-    Ok(Some(Plan { pid, path: path.into(), host_path: host.into(), layout: Layout::Sites(specs), points, warnings: Vec::new() }))
+    Ok(Some(Plan {
+        pid,
+        path: path.into(),
+        host_path: host.into(),
+        layout: Layout::Sites(specs),
+        points,
+        warnings: Vec::new(),
+    }))
 }
 
 #[cfg(test)]
@@ -205,12 +320,20 @@ mod tests {
     #[test]
     fn debian_mariadbd_decodes_to_its_headers_offsets() {
         // Offsets measured on 1:10.11.19-0+deb12u1 (see the research note).
-        let plan = claim(1, MARIADBD, Path::new(MARIADBD)).unwrap().expect("mariadbd is a server (cargo xtask setup installs it)");
-        let Layout::Sites(specs) = &plan.layout else { panic!() };
+        let plan = claim(1, MARIADBD, Path::new(MARIADBD))
+            .unwrap()
+            .expect("mariadbd is a server (cargo xtask setup installs it)");
+        let Layout::Sites(specs) = &plan.layout else {
+            panic!()
+        };
         assert_eq!(plan.points.len(), 5);
         let end = &specs[0];
         assert_eq!(end.probe, mysite::STATEMENT_DONE);
-        assert_eq!((end.args[0].value, end.args[0].hops_at[0]), (0x20, 0x3f18), "Protocol::thd, THD::thread_id");
+        assert_eq!(
+            (end.args[0].value, end.args[0].hops_at[0]),
+            (0x20, 0x3f18),
+            "Protocol::thd, THD::thread_id"
+        );
         assert_eq!(end.args[1].hops_at[0], 0x68, "query_string");
         assert_eq!(&end.args[3].hops_at, &[0x62e0, 8], "m_stmt_da, sql_errno");
         assert_eq!(&end.args[4].hops_at, &[0x62e0, 0x234], "status");
@@ -220,22 +343,47 @@ mod tests {
         assert_eq!(&end.args[8].hops_at, &[0x62e0, 0x220], "affected rows");
         assert_eq!(end.args[9].hops_at[0], 0x3b98, "sent rows");
         assert_eq!(specs[1].arg_mask, LOCK_WAIT_TYPES);
-        assert_eq!((specs[1].args[2].value, specs[2].args[1].value, specs[3].args[0].value), (0x3f18, 0x3f18, 0x3f18), "the waiting THD's and the ending one's thread_id");
+        assert_eq!(
+            (
+                specs[1].args[2].value,
+                specs[2].args[1].value,
+                specs[3].args[0].value
+            ),
+            (0x3f18, 0x3f18, 0x3f18),
+            "the waiting THD's and the ending one's thread_id"
+        );
     }
 
     #[test]
     fn clients_and_other_programs_are_not_servers() {
-        for other in ["/usr/bin/mariadb", "/usr/lib/x86_64-linux-gnu/libmariadb.so.3", "/usr/lib/postgresql/15/bin/postgres"] {
-            assert!(claim(1, other, Path::new(other)).unwrap().is_none(), "{other}");
+        for other in [
+            "/usr/bin/mariadb",
+            "/usr/lib/x86_64-linux-gnu/libmariadb.so.3",
+            "/usr/lib/postgresql/15/bin/postgres",
+        ] {
+            assert!(
+                claim(1, other, Path::new(other)).unwrap().is_none(),
+                "{other}"
+            );
         }
     }
 
     #[test]
     fn an_accessor_that_does_not_decode_is_named() {
-        let ret_only = |name: &'static str| (name == "thd_get_thread_id").then(|| x86::decode_body(&[0x31, 0xc0, 0xc3], 0));
+        let ret_only = |name: &'static str| {
+            (name == "thd_get_thread_id").then(|| x86::decode_body(&[0x31, 0xc0, 0xc3], 0))
+        };
         let e = decode("mysqld-odd", &ret_only).unwrap_err();
-        assert!(e.to_string().starts_with("mysqld-odd: cannot decode thd_get_thread_id: no 8-byte load of thread_id"), "{e}");
+        assert!(
+            e.to_string().starts_with(
+                "mysqld-odd: cannot decode thd_get_thread_id: no 8-byte load of thread_id"
+            ),
+            "{e}"
+        );
         let e = decode("mysqld-odd", &|_| None).unwrap_err();
-        assert_eq!(e.to_string(), "mysqld-odd: no thd_get_thread_id: not a MariaDB server build dbtel can trace");
+        assert_eq!(
+            e.to_string(),
+            "mysqld-odd: no thd_get_thread_id: not a MariaDB server build dbtel can trace"
+        );
     }
 }

@@ -75,7 +75,11 @@ fn push(list: &mut Vec<Wait>, w: Wait, dropped: &mut u64) {
 
 impl Waits {
     pub fn new() -> Self {
-        Waits { threads: Conns::new(THREADS_PER_SERVER), conns: Conns::new(CONNECTIONS_PER_SERVER), dropped: 0 }
+        Waits {
+            threads: Conns::new(THREADS_PER_SERVER),
+            conns: Conns::new(CONNECTIONS_PER_SERVER),
+            dropped: 0,
+        }
     }
 
     /// Waits begun and not ended.
@@ -90,13 +94,22 @@ impl Waits {
 
     /// Finished waits held for a thread, and for a connection.
     pub fn held(&self, pid: u32, tid: u32, connection: u64) -> (usize, usize) {
-        let on_thread = self.threads.get((pid, u64::from(tid))).map_or(0, |t| t.done.len());
-        (on_thread, self.conns.get((pid, connection)).map_or(0, Vec::len))
+        let on_thread = self
+            .threads
+            .get((pid, u64::from(tid)))
+            .map_or(0, |t| t.done.len());
+        (
+            on_thread,
+            self.conns.get((pid, connection)).map_or(0, Vec::len),
+        )
     }
 
     fn thread(&mut self, pid: u32, tid: u32) -> &mut Thread {
         let key = (pid, u64::from(tid));
-        if let Some((_, t)) = self.threads.touch(key, Thread::default, |t| t.open.is_none()) {
+        if let Some((_, t)) = self
+            .threads
+            .touch(key, Thread::default, |t| t.open.is_none())
+        {
             self.dropped += (t.done.len() + usize::from(t.open.is_some())) as u64;
         }
         self.threads.get_mut(key).expect("touched")
@@ -115,31 +128,70 @@ impl Waits {
         if let Some((_, gone)) = self.conns.touch(key, Vec::new, |_| true) {
             self.dropped += gone.len() as u64;
         }
-        push(self.conns.get_mut(key).expect("touched"), w, &mut self.dropped);
+        push(
+            self.conns.get_mut(key).expect("touched"),
+            w,
+            &mut self.dropped,
+        );
     }
 
     /// thd_wait_begin: args THD, type, the THD's connection id.
     pub fn begin(&mut self, hit: &ServerHit) {
-        let Some(lock) = LockType::from_wait_type(hit.args[1]) else { return };
+        let Some(lock) = LockType::from_wait_type(hit.args[1]) else {
+            return;
+        };
         let (pid, tid, ts) = (hit.at.pid, hit.at.tid, hit.at.ts_ns);
         if let Some(o) = self.thread(pid, tid).open.take() {
             // A begin without its end: the end was lost.
-            self.finished(pid, o.connection, Wait { lock: o.lock, tid, start_ns: o.start_ns, end_ns: ts });
+            self.finished(
+                pid,
+                o.connection,
+                Wait {
+                    lock: o.lock,
+                    tid,
+                    start_ns: o.start_ns,
+                    end_ns: ts,
+                },
+            );
         }
         let t = self.thread(pid, tid);
         // MDL waits in 1-second chunks: consecutive ones are one wait.
-        let chunk = lock == LockType::Metadata && t.done.last().is_some_and(|w| w.lock == LockType::Metadata);
-        let start_ns = if chunk { t.done.pop().expect("checked").start_ns } else { ts };
-        t.open = Some(Open { lock, start_ns, connection: hit.args[2] });
+        let chunk = lock == LockType::Metadata
+            && t.done.last().is_some_and(|w| w.lock == LockType::Metadata);
+        let start_ns = if chunk {
+            t.done.pop().expect("checked").start_ns
+        } else {
+            ts
+        };
+        t.open = Some(Open {
+            lock,
+            start_ns,
+            connection: hit.args[2],
+        });
     }
 
     /// thd_wait_end: args THD, the THD's connection id.
     pub fn end(&mut self, hit: &ServerHit) {
         let (pid, tid) = (hit.at.pid, hit.at.tid);
-        let Some(t) = self.threads.get_mut((pid, u64::from(tid))) else { return };
+        let Some(t) = self.threads.get_mut((pid, u64::from(tid))) else {
+            return;
+        };
         let Some(o) = t.open.take() else { return };
-        let connection = if o.connection != 0 { o.connection } else { hit.args[1] };
-        self.finished(pid, connection, Wait { lock: o.lock, tid, start_ns: o.start_ns, end_ns: hit.at.ts_ns.max(o.start_ns) });
+        let connection = if o.connection != 0 {
+            o.connection
+        } else {
+            hit.args[1]
+        };
+        self.finished(
+            pid,
+            connection,
+            Wait {
+                lock: o.lock,
+                tid,
+                start_ns: o.start_ns,
+                end_ns: hit.at.ts_ns.max(o.start_ns),
+            },
+        );
     }
 
     /// The waits of the statement of `connection` ending on `tid` at `ts`:
@@ -149,7 +201,12 @@ impl Waits {
         let mut waits = self.conns.remove((pid, connection)).unwrap_or_default();
         if let Some(mut t) = self.threads.remove((pid, u64::from(tid))) {
             if let Some(o) = t.open.take() {
-                waits.push(Wait { lock: o.lock, tid, start_ns: o.start_ns, end_ns: ts.max(o.start_ns) });
+                waits.push(Wait {
+                    lock: o.lock,
+                    tid,
+                    start_ns: o.start_ns,
+                    end_ns: ts.max(o.start_ns),
+                });
             }
             waits.append(&mut t.done);
         }
@@ -173,7 +230,12 @@ impl Waits {
             let t = self.threads.remove(key).expect("key listed");
             left.extend(t.done.into_iter().map(|w| (w, None, false)));
             if let Some(o) = t.open {
-                let w = Wait { lock: o.lock, tid: key.1 as u32, start_ns: o.start_ns, end_ns: ts.max(o.start_ns) };
+                let w = Wait {
+                    lock: o.lock,
+                    tid: key.1 as u32,
+                    start_ns: o.start_ns,
+                    end_ns: ts.max(o.start_ns),
+                };
                 left.push((w, Some(o.connection).filter(|&c| c != 0), true));
             }
         }

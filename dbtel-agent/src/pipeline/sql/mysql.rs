@@ -76,11 +76,25 @@ impl Lex for Lexer {
 
 /// Renders a token MySQL reads differently, into `out`: `None` if it is
 /// not one, else whether it was a value (a literal).
-pub(super) fn render(t: &Token, next: Option<&Token>, source: &str, comments: bool, out: &mut String) -> Option<bool> {
+pub(super) fn render(
+    t: &Token,
+    next: Option<&Token>,
+    source: &str,
+    comments: bool,
+    out: &mut String,
+) -> Option<bool> {
     if let (true, Token::Whitespace(Whitespace::MultiLineComment(c))) = (comments, t) {
         // Code the server runs, kept: its literals replaced too.
         let (head, code) = executable_comment(c)?;
-        out.push_str(&format!("/*{head}{}*/", super::facts_in(super::Dialect::MySql, code, super::Text::ObfuscatedWithComments).text));
+        out.push_str(&format!(
+            "/*{head}{}*/",
+            super::facts_in(
+                super::Dialect::MySql,
+                code,
+                super::Text::ObfuscatedWithComments
+            )
+            .text
+        ));
         return Some(false);
     }
     if introducer(t, next) {
@@ -102,11 +116,18 @@ fn literal_word(t: &Token) -> Option<usize> {
     if w.quote_style.is_some() || !v.first().is_some_and(|c| c.is_ascii_digit() || *c == b'.') {
         return None;
     }
-    if v.len() > 2 && v[0] == b'0' && v[1] == b'b' && v[2..].iter().all(|c| matches!(c, b'0' | b'1')) {
+    if v.len() > 2
+        && v[0] == b'0'
+        && v[1] == b'b'
+        && v[2..].iter().all(|c| matches!(c, b'0' | b'1'))
+    {
         return Some(v.len());
     }
     // Digits and dots, then letters: a number (with a dot: not an identifier) and its alias.
-    let n = v.iter().position(|c| !c.is_ascii_digit() && *c != b'.').unwrap_or(v.len());
+    let n = v
+        .iter()
+        .position(|c| !c.is_ascii_digit() && *c != b'.')
+        .unwrap_or(v.len());
     v[..n].contains(&b'.').then_some(n)
 }
 
@@ -119,7 +140,9 @@ fn introducer(t: &Token, next: Option<&Token>) -> bool {
 /// A comment the server runs: `/*!50001 ... */` (version-gated code) or `/*+ ... */` (hints):
 /// (what precedes the code, the code).
 fn executable_comment(content: &str) -> Option<(&str, &str)> {
-    let rest = content.strip_prefix('!').or_else(|| content.strip_prefix('+'))?;
+    let rest = content
+        .strip_prefix('!')
+        .or_else(|| content.strip_prefix('+'))?;
     let code = rest.trim_start_matches(|c: char| c.is_ascii_digit());
     Some((&content[..content.len() - code.len()], code))
 }
@@ -134,7 +157,11 @@ pub(super) fn not_a_table(t: Option<&Token>) -> bool {
 pub(super) fn is_modifier(k: Keyword) -> bool {
     matches!(
         k,
-        Keyword::LOW_PRIORITY | Keyword::HIGH_PRIORITY | Keyword::DELAYED | Keyword::IGNORE | Keyword::TABLE
+        Keyword::LOW_PRIORITY
+            | Keyword::HIGH_PRIORITY
+            | Keyword::DELAYED
+            | Keyword::IGNORE
+            | Keyword::TABLE
     )
 }
 

@@ -7,7 +7,11 @@ fn name(word: &str) -> Option<String> {
     if let Some(q) = word.strip_prefix('"') {
         return q.strip_suffix('"').map(|n| n.replace("\"\"", "\""));
     }
-    (!word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80)).then(|| word.to_lowercase())
+    (!word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80))
+    .then(|| word.to_lowercase())
 }
 
 /// The first word (to whitespace or `(`), and what follows it.
@@ -16,7 +20,8 @@ fn word(s: &str) -> (&str, &str) {
     let end = if let Some(quoted) = s.strip_prefix('"') {
         quoted.find('"').map_or(s.len(), |i| i + 2)
     } else {
-        s.find(|c: char| c.is_whitespace() || c == '(' || c == ';').unwrap_or(s.len())
+        s.find(|c: char| c.is_whitespace() || c == '(' || c == ';')
+            .unwrap_or(s.len())
     };
     (&s[..end], &s[end..])
 }
@@ -57,13 +62,18 @@ pub enum Action<'a> {
 
 /// Cheap for every other statement: its first letter says no.
 pub fn action(text: &str) -> Option<Action<'_>> {
-    if !text.trim_start().starts_with(['P', 'p', 'E', 'e', 'D', 'd']) {
+    if !text
+        .trim_start()
+        .starts_with(['P', 'p', 'E', 'e', 'D', 'd'])
+    {
         return None;
     }
     if let Some((name, body)) = prepare(text) {
         return Some(Action::Prepare(name, body));
     }
-    execute(text).map(Action::Execute).or_else(|| deallocate(text).map(Action::Deallocate))
+    execute(text)
+        .map(Action::Execute)
+        .or_else(|| deallocate(text).map(Action::Deallocate))
 }
 
 /// `DEALLOCATE [ PREPARE ] name | ALL` → the name, or None for ALL.

@@ -50,7 +50,17 @@ impl fmt::Debug for CatalogConfig {
 }
 
 /// Keys accepted in a conninfo file; anything else is refused.
-const FILE_KEYS: &[&str] = &["host", "port", "user", "password", "dbname", "application_name", "connect_timeout", "passfile", "sslmode"];
+const FILE_KEYS: &[&str] = &[
+    "host",
+    "port",
+    "user",
+    "password",
+    "dbname",
+    "application_name",
+    "connect_timeout",
+    "passfile",
+    "sslmode",
+];
 
 impl CatalogConfig {
     /// Settings from the environment, then from `file` when given.
@@ -63,13 +73,20 @@ impl CatalogConfig {
         let home = std::env::var_os("HOME").map(PathBuf::from);
         let file = match file {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| CatalogError::Config { origin: p.display().to_string(), msg: e.to_string() })?;
+                let text = std::fs::read_to_string(p).map_err(|e| CatalogError::Config {
+                    origin: p.display().to_string(),
+                    msg: e.to_string(),
+                })?;
                 Some((p.display().to_string(), text))
             }
             None => None,
         };
-        Self::from_sources(&env, file.as_ref().map(|(o, t)| (o.as_str(), t.as_str())), defaults, home.as_deref())
+        Self::from_sources(
+            &env,
+            file.as_ref().map(|(o, t)| (o.as_str(), t.as_str())),
+            defaults,
+            home.as_deref(),
+        )
     }
 
     /// Settings from the environment only.
@@ -86,7 +103,11 @@ impl CatalogConfig {
         home: Option<&Path>,
     ) -> Result<CatalogConfig> {
         let (host, port) = defaults.unwrap_or_else(|| {
-            let dir = if Path::new("/var/run/postgresql").is_dir() { "/var/run/postgresql" } else { "/tmp" };
+            let dir = if Path::new("/var/run/postgresql").is_dir() {
+                "/var/run/postgresql"
+            } else {
+                "/tmp"
+            };
             (dir.to_string(), 5432)
         });
         let mut c = CatalogConfig {
@@ -111,13 +132,22 @@ impl CatalogConfig {
             ("PGSSLMODE", "sslmode"),
         ] {
             if let Some(v) = env(var) {
-                c.set(key, &v).map_err(|msg| CatalogError::Config { origin: format!("environment variable {var}"), msg })?;
+                c.set(key, &v).map_err(|msg| CatalogError::Config {
+                    origin: format!("environment variable {var}"),
+                    msg,
+                })?;
             }
         }
         if let Some((origin, text)) = file {
-            let pairs = parse_conninfo(text).map_err(|msg| CatalogError::Config { origin: origin.to_string(), msg })?;
+            let pairs = parse_conninfo(text).map_err(|msg| CatalogError::Config {
+                origin: origin.to_string(),
+                msg,
+            })?;
             for (k, v) in pairs {
-                c.set(&k, &v).map_err(|msg| CatalogError::Config { origin: origin.to_string(), msg })?;
+                c.set(&k, &v).map_err(|msg| CatalogError::Config {
+                    origin: origin.to_string(),
+                    msg,
+                })?;
             }
         }
         if c.passfile.is_none() {
@@ -156,7 +186,10 @@ impl CatalogConfig {
 
     /// The same settings for another database (per-database catalog connections).
     pub fn with_dbname(&self, dbname: &str) -> CatalogConfig {
-        CatalogConfig { dbname: dbname.to_string(), ..self.clone() }
+        CatalogConfig {
+            dbname: dbname.to_string(),
+            ..self.clone()
+        }
     }
 
     /// Whether a password was set explicitly.
@@ -166,7 +199,10 @@ impl CatalogConfig {
 
     /// `host=… port=… user=… dbname=…`, for messages: never the password.
     pub fn target(&self) -> String {
-        format!("host={} port={} user={} dbname={}", self.host, self.port, self.user, self.dbname)
+        format!(
+            "host={} port={} user={} dbname={}",
+            self.host, self.port, self.user, self.dbname
+        )
     }
 
     /// The password for this configuration: explicit, else the first matching passfile line.
@@ -203,7 +239,10 @@ fn read_passfile(path: &Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).ok()?;
     if meta.permissions().mode() & 0o077 != 0 {
-        log::warn!("password file {} has group or world access; ignored (chmod 0600 it)", path.display());
+        log::warn!(
+            "password file {} has group or world access; ignored (chmod 0600 it)",
+            path.display()
+        );
         return None;
     }
     std::fs::read_to_string(path).ok()
@@ -212,7 +251,13 @@ fn read_passfile(path: &Path) -> Option<String> {
 /// The password of the first pgpass line `host:port:db:user:password` matching
 /// (fields may be `*`; `\:` and `\\` escape). A unix socket directory also
 /// matches `localhost`, as in libpq for its default socket directory.
-pub fn passfile_lookup(text: &str, host: &str, port: u16, dbname: &str, user: &str) -> Option<String> {
+pub fn passfile_lookup(
+    text: &str,
+    host: &str,
+    port: u16,
+    dbname: &str,
+    user: &str,
+) -> Option<String> {
     let port = port.to_string();
     for line in text.lines() {
         if line.trim_start().starts_with('#') || line.trim().is_empty() {
@@ -302,7 +347,9 @@ pub fn parse_conninfo(text: &str) -> std::result::Result<Vec<(String, String)>, 
                     }
                 }
                 if !closed {
-                    return Err(format!("line {lineno}: unterminated quoted value for {key:?}"));
+                    return Err(format!(
+                        "line {lineno}: unterminated quoted value for {key:?}"
+                    ));
                 }
             } else {
                 while let Some(&c) = it.peek() {
@@ -320,7 +367,10 @@ pub fn parse_conninfo(text: &str) -> std::result::Result<Vec<(String, String)>, 
                 }
             }
             if !FILE_KEYS.contains(&key.as_str()) {
-                return Err(format!("line {lineno}: unknown key {key:?} (known: {})", FILE_KEYS.join(", ")));
+                return Err(format!(
+                    "line {lineno}: unknown key {key:?} (known: {})",
+                    FILE_KEYS.join(", ")
+                ));
             }
             out.push((key, value));
         }
@@ -334,12 +384,17 @@ pub fn parse_conninfo(text: &str) -> std::result::Result<Vec<(String, String)>, 
 /// socket directory, line 6 the first listen address. Paths go through
 /// /proc/PID/root, so a server in a container is reached from the host.
 pub fn server_defaults(postmaster_pid: u32) -> Option<(String, u16)> {
-    let text = std::fs::read_to_string(format!("/proc/{postmaster_pid}/cwd/postmaster.pid")).ok()?;
+    let text =
+        std::fs::read_to_string(format!("/proc/{postmaster_pid}/cwd/postmaster.pid")).ok()?;
     let root = std::fs::read_link(format!("/proc/{postmaster_pid}/root")).ok();
     let in_container = root.as_deref().is_some_and(|r| r != Path::new("/"));
     let (sock, port, listen) = parse_postmaster_pid(&text)?;
     if let Some(dir) = sock {
-        let dir = if in_container { format!("/proc/{postmaster_pid}/root{dir}") } else { dir };
+        let dir = if in_container {
+            format!("/proc/{postmaster_pid}/root{dir}")
+        } else {
+            dir
+        };
         return Some((dir, port));
     }
     Some((listen?, port))
@@ -349,12 +404,20 @@ pub fn server_defaults(postmaster_pid: u32) -> Option<(String, u16)> {
 pub fn parse_postmaster_pid(text: &str) -> Option<(Option<String>, u16, Option<String>)> {
     let lines: Vec<&str> = text.lines().collect();
     let port: u16 = lines.get(3)?.trim().parse().ok()?;
-    let sock = lines.get(4).map(|s| s.trim()).filter(|s| s.starts_with('/')).map(String::from);
-    let listen = lines.get(5).map(|s| s.trim()).filter(|s| !s.is_empty()).map(|a| match a {
-        "*" | "0.0.0.0" => "127.0.0.1".to_string(),
-        "::" => "::1".to_string(),
-        a => a.to_string(),
-    });
+    let sock = lines
+        .get(4)
+        .map(|s| s.trim())
+        .filter(|s| s.starts_with('/'))
+        .map(String::from);
+    let listen = lines
+        .get(5)
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|a| match a {
+            "*" | "0.0.0.0" => "127.0.0.1".to_string(),
+            "::" => "::1".to_string(),
+            a => a.to_string(),
+        });
     Some((sock, port, listen))
 }
 
@@ -366,65 +429,133 @@ mod tests {
     use super::*;
 
     fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
     fn defaults_then_env_then_file() {
-        let c = CatalogConfig::from_sources(&env_of(&[]), None, Some(("/run/pg".into(), 6543)), None).unwrap();
-        assert_eq!((c.host.as_str(), c.port, c.user.as_str(), c.dbname.as_str()), ("/run/pg", 6543, "postgres", "postgres"));
+        let c =
+            CatalogConfig::from_sources(&env_of(&[]), None, Some(("/run/pg".into(), 6543)), None)
+                .unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.port, c.user.as_str(), c.dbname.as_str()),
+            ("/run/pg", 6543, "postgres", "postgres")
+        );
         assert_eq!(c.application_name, "dbtel");
         assert!(!c.has_password());
 
-        let env = env_of(&[("PGHOST", "db1,db2"), ("PGPORT", "5433"), ("PGUSER", "mon"), ("PGPASSWORD", "s3cret"), ("PGAPPNAME", "x")]);
-        let c = CatalogConfig::from_sources(&env, None, Some(("/run/pg".into(), 6543)), None).unwrap();
-        assert_eq!((c.host.as_str(), c.port, c.user.as_str()), ("db1", 5433, "mon"));
+        let env = env_of(&[
+            ("PGHOST", "db1,db2"),
+            ("PGPORT", "5433"),
+            ("PGUSER", "mon"),
+            ("PGPASSWORD", "s3cret"),
+            ("PGAPPNAME", "x"),
+        ]);
+        let c =
+            CatalogConfig::from_sources(&env, None, Some(("/run/pg".into(), 6543)), None).unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.port, c.user.as_str()),
+            ("db1", 5433, "mon")
+        );
         assert_eq!(c.application_name, "x");
         assert_eq!(c.resolve_password().as_deref(), Some("s3cret"));
 
         let file = "# catalog\nhost=10.0.0.1 port = 5434\n dbname='my db' password='it\\'s'\n";
         let c = CatalogConfig::from_sources(&env, Some(("f.conf", file)), None, None).unwrap();
-        assert_eq!((c.host.as_str(), c.port, c.dbname.as_str(), c.user.as_str()), ("10.0.0.1", 5434, "my db", "mon"));
+        assert_eq!(
+            (c.host.as_str(), c.port, c.dbname.as_str(), c.user.as_str()),
+            ("10.0.0.1", 5434, "my db", "mon")
+        );
         assert_eq!(c.resolve_password().as_deref(), Some("it's"));
     }
 
     #[test]
     fn unknown_keys_and_bad_values_are_refused_without_values() {
-        let e = CatalogConfig::from_sources(&env_of(&[]), Some(("f.conf", "host=x\npassword=hunter2 hostaddr=1.2.3.4")), None, None).unwrap_err();
+        let e = CatalogConfig::from_sources(
+            &env_of(&[]),
+            Some(("f.conf", "host=x\npassword=hunter2 hostaddr=1.2.3.4")),
+            None,
+            None,
+        )
+        .unwrap_err();
         let m = e.to_string();
-        assert!(m.contains("f.conf") && m.contains("line 2") && m.contains("unknown key \"hostaddr\""), "{m}");
+        assert!(
+            m.contains("f.conf") && m.contains("line 2") && m.contains("unknown key \"hostaddr\""),
+            "{m}"
+        );
         assert!(!m.contains("hunter2"));
-        let e = CatalogConfig::from_sources(&env_of(&[]), Some(("f.conf", "password='hunter2")), None, None).unwrap_err();
-        assert!(e.to_string().contains("unterminated") && !e.to_string().contains("hunter2"), "{e}");
-        let e = CatalogConfig::from_sources(&env_of(&[("PGPORT", "nope")]), None, None, None).unwrap_err();
+        let e = CatalogConfig::from_sources(
+            &env_of(&[]),
+            Some(("f.conf", "password='hunter2")),
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("unterminated") && !e.to_string().contains("hunter2"),
+            "{e}"
+        );
+        let e = CatalogConfig::from_sources(&env_of(&[("PGPORT", "nope")]), None, None, None)
+            .unwrap_err();
         assert!(e.to_string().contains("PGPORT"), "{e}");
-        let e = CatalogConfig::from_sources(&env_of(&[("PGSSLMODE", "require")]), None, None, None).unwrap_err();
+        let e = CatalogConfig::from_sources(&env_of(&[("PGSSLMODE", "require")]), None, None, None)
+            .unwrap_err();
         assert!(e.to_string().contains("TLS"), "{e}");
         assert!(parse_conninfo("host").is_err());
     }
 
     #[test]
     fn debug_and_target_redact_the_password() {
-        let c = CatalogConfig::from_sources(&env_of(&[("PGPASSWORD", "hunter2")]), None, None, None).unwrap();
-        let d = format!("{c:?} {} {:?}", c.target(), crate::postgres::catalog::Catalog::new(c.clone()));
+        let c =
+            CatalogConfig::from_sources(&env_of(&[("PGPASSWORD", "hunter2")]), None, None, None)
+                .unwrap();
+        let d = format!(
+            "{c:?} {} {:?}",
+            c.target(),
+            crate::postgres::catalog::Catalog::new(c.clone())
+        );
         assert!(!d.contains("hunter2") && d.contains("<redacted>"), "{d}");
     }
 
     #[test]
     fn pgpass_lines_match_like_libpq() {
         let text = "# comment\nother:5432:*:postgres:no\n/tmp/s:5432:app:mon:a\\:b\n*:*:*:mon:fallback\nlocalhost:6000:*:*:local\n";
-        assert_eq!(passfile_lookup(text, "/tmp/s", 5432, "app", "mon").as_deref(), Some("a:b"));
-        assert_eq!(passfile_lookup(text, "/tmp/s", 5432, "postgres", "mon").as_deref(), Some("fallback"));
-        assert_eq!(passfile_lookup(text, "/var/run/postgresql", 6000, "x", "y").as_deref(), Some("local"));
+        assert_eq!(
+            passfile_lookup(text, "/tmp/s", 5432, "app", "mon").as_deref(),
+            Some("a:b")
+        );
+        assert_eq!(
+            passfile_lookup(text, "/tmp/s", 5432, "postgres", "mon").as_deref(),
+            Some("fallback")
+        );
+        assert_eq!(
+            passfile_lookup(text, "/var/run/postgresql", 6000, "x", "y").as_deref(),
+            Some("local")
+        );
         assert_eq!(passfile_lookup(text, "db", 5432, "x", "y"), None);
     }
 
     #[test]
     fn postmaster_pid_file() {
         let text = "4242\n/var/lib/postgresql/15/main\n1700000000\n5433\n/var/run/postgresql\n*\n  1234567  98304\nready   \n";
-        assert_eq!(parse_postmaster_pid(text), Some((Some("/var/run/postgresql".into()), 5433, Some("127.0.0.1".into()))));
+        assert_eq!(
+            parse_postmaster_pid(text),
+            Some((
+                Some("/var/run/postgresql".into()),
+                5433,
+                Some("127.0.0.1".into())
+            ))
+        );
         let text = "4242\n/data\n1700000000\n5432\n\nlocalhost\n";
-        assert_eq!(parse_postmaster_pid(text), Some((None, 5432, Some("localhost".into()))));
+        assert_eq!(
+            parse_postmaster_pid(text),
+            Some((None, 5432, Some("localhost".into())))
+        );
         assert_eq!(parse_postmaster_pid("4242\n/data\n"), None);
     }
 

@@ -23,8 +23,12 @@ use tokio_postgres::{Client, NoTls, Row};
 mod config;
 mod snapshot;
 
-pub use config::{parse_conninfo, parse_postmaster_pid, passfile_lookup, server_defaults, CatalogConfig};
-pub use snapshot::{Backend, Blocker, IdleInTransaction, LongQuery, Relation, Snapshot, Stats, WaitCount};
+pub use config::{
+    parse_conninfo, parse_postmaster_pid, passfile_lookup, server_defaults, CatalogConfig,
+};
+pub use snapshot::{
+    Backend, Blocker, IdleInTransaction, LongQuery, Relation, Snapshot, Stats, WaitCount,
+};
 
 /// Errors of the catalog client. None of them carries the password.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +70,11 @@ struct RateLimited {
 
 impl RateLimited {
     fn new(period: Duration) -> Self {
-        RateLimited { period, last: Mutex::new(None), held: AtomicU64::new(0) }
+        RateLimited {
+            period,
+            last: Mutex::new(None),
+            held: AtomicU64::new(0),
+        }
     }
     fn warn(&self, msg: &dyn fmt::Display) {
         let mut last = self.last.lock().unwrap();
@@ -112,7 +120,9 @@ pub struct Catalog {
 
 impl fmt::Debug for Catalog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Catalog").field("cfg", &self.cfg).finish_non_exhaustive()
+        f.debug_struct("Catalog")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -179,11 +189,14 @@ impl Catalog {
     }
 
     async fn connect(&self, cfg: &CatalogConfig) -> Result<Conn> {
-        let (client, conn) = cfg
-            .pg_config()
-            .connect(NoTls)
-            .await
-            .map_err(|e| CatalogError::Connect { target: cfg.target(), msg: pg_msg(&e) })?;
+        let (client, conn) =
+            cfg.pg_config()
+                .connect(NoTls)
+                .await
+                .map_err(|e| CatalogError::Connect {
+                    target: cfg.target(),
+                    msg: pg_msg(&e),
+                })?;
         let target = cfg.target();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -193,11 +206,17 @@ impl Catalog {
         let pid: i32 = client
             .query_one("SELECT pg_backend_pid()", &[])
             .await
-            .map_err(|e| CatalogError::Query { what: "connection setup", msg: pg_msg(&e) })?
+            .map_err(|e| CatalogError::Query {
+                what: "connection setup",
+                msg: pg_msg(&e),
+            })?
             .get(0);
         self.own_pids.lock().unwrap().insert(pid);
         log::debug!("catalog connected ({}), backend pid {pid}", cfg.target());
-        Ok(Conn { client: Arc::new(client), pid })
+        Ok(Conn {
+            client: Arc::new(client),
+            pid,
+        })
     }
 
     fn forget(&self, conn: &Conn) {
@@ -221,13 +240,26 @@ impl Catalog {
     /// Connects now (instead of at first use), so that a bad configuration shows at once.
     pub async fn check(&self) -> Result<()> {
         let c = self.client().await?;
-        c.simple_query("SELECT 1").await.map_err(|e| CatalogError::Query { what: "connection check", msg: pg_msg(&e) })?;
+        c.simple_query("SELECT 1")
+            .await
+            .map_err(|e| CatalogError::Query {
+                what: "connection check",
+                msg: pg_msg(&e),
+            })?;
         Ok(())
     }
 
-    async fn query(&self, what: &'static str, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Vec<Row>> {
+    async fn query(
+        &self,
+        what: &'static str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>> {
         let c = self.client().await?;
-        c.query(sql, params).await.map_err(|e| CatalogError::Query { what, msg: pg_msg(&e) })
+        c.query(sql, params).await.map_err(|e| CatalogError::Query {
+            what,
+            msg: pg_msg(&e),
+        })
     }
 
     /// The name of database `db_oid` (cached: databases are rarely renamed).
@@ -235,7 +267,13 @@ impl Catalog {
         if let Some(n) = self.db_names.lock().unwrap().get(&db_oid) {
             return Ok(n.clone());
         }
-        let rows = self.query("database name", "SELECT datname::text FROM pg_database WHERE oid = $1", &[&db_oid]).await?;
+        let rows = self
+            .query(
+                "database name",
+                "SELECT datname::text FROM pg_database WHERE oid = $1",
+                &[&db_oid],
+            )
+            .await?;
         let name: String = rows.first().ok_or(CatalogError::NoDatabase(db_oid))?.get(0);
         self.db_names.lock().unwrap().insert(db_oid, name.clone());
         Ok(name)
@@ -291,7 +329,10 @@ impl Catalog {
             .map_err(|e| CatalogError::Query { what: "relation name", msg: pg_msg(&e) })?;
         // Not found is not cached: the relation may be committed a moment later.
         let Some(row) = row else { return Ok(None) };
-        let rel = Relation { schema: row.get(0), name: row.get(1) };
+        let rel = Relation {
+            schema: row.get(0),
+            name: row.get(1),
+        };
         let mut cache = self.relations.lock().unwrap();
         if cache.len() >= MAX_RELATIONS {
             cache.clear();
@@ -349,7 +390,9 @@ impl Catalog {
                 &[&pid],
             )
             .await?;
-        Ok(rows.first().and_then(|r| Some((r.get::<_, Option<u32>>(0)?, r.get::<_, Option<u32>>(1)?))))
+        Ok(rows
+            .first()
+            .and_then(|r| Some((r.get::<_, Option<u32>>(0)?, r.get::<_, Option<u32>>(1)?))))
     }
 
     /// For every backend waiting on a heavyweight lock: (its pid, the pids it
@@ -363,28 +406,47 @@ impl Catalog {
                 &[],
             )
             .await?;
-        Ok(rows.iter().map(|r| (r.get::<_, i32>(0), r.get::<_, Vec<i32>>(1))).filter(|(_, b)| !b.is_empty()).collect())
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, i32>(0), r.get::<_, Vec<i32>>(1)))
+            .filter(|(_, b)| !b.is_empty())
+            .collect())
     }
 
     /// Backend `pid`, if it is connected to a database.
     pub async fn backend(&self, pid: i32) -> Result<Option<Backend>> {
         let sql = format!("SELECT {ACTIVITY_COLUMNS} FROM pg_stat_activity a WHERE a.pid = $1 AND a.datid IS NOT NULL");
-        Ok(self.query("backend", &sql, &[&pid]).await?.first().map(backend_from_row))
+        Ok(self
+            .query("backend", &sql, &[&pid])
+            .await?
+            .first()
+            .map(backend_from_row))
     }
 
     /// Every backend connected to a database (client backends, autovacuum
     /// workers, …), except the catalog's own connections. One scan of
     /// pg_stat_activity, which reads shared memory and takes no locks.
     pub async fn backends(&self) -> Result<Vec<Backend>> {
-        let sql = format!("SELECT {ACTIVITY_COLUMNS} FROM pg_stat_activity a WHERE a.datid IS NOT NULL");
+        let sql =
+            format!("SELECT {ACTIVITY_COLUMNS} FROM pg_stat_activity a WHERE a.datid IS NOT NULL");
         let rows = self.query("backends", &sql, &[]).await?;
         let own = self.own_pids.lock().unwrap().clone();
-        Ok(rows.iter().map(backend_from_row).filter(|b| !own.contains(&b.pid)).collect())
+        Ok(rows
+            .iter()
+            .map(backend_from_row)
+            .filter(|b| !own.contains(&b.pid))
+            .collect())
     }
 
     /// Deadlocks detected so far, over all databases.
     pub async fn deadlocks(&self) -> Result<i64> {
-        let rows = self.query("deadlocks", "SELECT coalesce(sum(deadlocks), 0)::int8 FROM pg_stat_database", &[]).await?;
+        let rows = self
+            .query(
+                "deadlocks",
+                "SELECT coalesce(sum(deadlocks), 0)::int8 FROM pg_stat_database",
+                &[],
+            )
+            .await?;
         Ok(rows.first().map_or(0, |r| r.get(0)))
     }
 
@@ -400,14 +462,24 @@ impl Catalog {
         let backends = self.backends().await?;
         let deadlocks = self.deadlocks().await?;
         let stats = Stats::from_backends(&backends, deadlocks, self.long_query);
-        Ok(Snapshot { taken_at: Some(SystemTime::now()), backends: backends.into_iter().map(|b| (b.pid, b)).collect(), stats })
+        Ok(Snapshot {
+            taken_at: Some(SystemTime::now()),
+            backends: backends.into_iter().map(|b| (b.pid, b)).collect(),
+            stats,
+        })
     }
 }
 
 /// Refreshes a [`Snapshot`] every `period` (first one at once). Errors are
 /// logged (at most once a minute) and the last good snapshot stays published;
 /// the task runs until aborted or until every receiver is dropped.
-pub fn spawn_poller(cat: Arc<Catalog>, period: Duration) -> (tokio::task::JoinHandle<()>, tokio::sync::watch::Receiver<Arc<Snapshot>>) {
+pub fn spawn_poller(
+    cat: Arc<Catalog>,
+    period: Duration,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::watch::Receiver<Arc<Snapshot>>,
+) {
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
@@ -436,7 +508,13 @@ pub fn spawn_poller(cat: Arc<Catalog>, period: Duration) -> (tokio::task::JoinHa
 mod tests {
     use super::*;
 
-    pub(crate) fn backend(pid: i32, state: &str, xact: Option<f64>, query: Option<f64>, wait: Option<(&str, &str)>) -> Backend {
+    pub(crate) fn backend(
+        pid: i32,
+        state: &str,
+        xact: Option<f64>,
+        query: Option<f64>,
+        wait: Option<(&str, &str)>,
+    ) -> Backend {
         Backend {
             pid,
             usename: Some("postgres".into()),
@@ -459,19 +537,57 @@ mod tests {
     #[test]
     fn stats_from_backends() {
         let bs = [
-            backend(1, "idle in transaction", Some(9000.0), Some(8000.0), Some(("Client", "ClientRead"))),
-            backend(2, "active", Some(7000.0), Some(7000.0), Some(("Lock", "transactionid"))),
-            backend(3, "active", Some(6000.0), Some(6000.0), Some(("Lock", "tuple"))),
+            backend(
+                1,
+                "idle in transaction",
+                Some(9000.0),
+                Some(8000.0),
+                Some(("Client", "ClientRead")),
+            ),
+            backend(
+                2,
+                "active",
+                Some(7000.0),
+                Some(7000.0),
+                Some(("Lock", "transactionid")),
+            ),
+            backend(
+                3,
+                "active",
+                Some(6000.0),
+                Some(6000.0),
+                Some(("Lock", "tuple")),
+            ),
             backend(4, "active", Some(10.0), Some(10.0), Some(("Lock", "tuple"))),
-            backend(5, "idle", None, Some(100000.0), Some(("Client", "ClientRead"))),
+            backend(
+                5,
+                "idle",
+                None,
+                Some(100000.0),
+                Some(("Client", "ClientRead")),
+            ),
         ];
         let s = Stats::from_backends(&bs, 3, Duration::from_secs(5));
         assert_eq!(s.active_transactions, 4);
         assert_eq!(s.longest_transaction, Some((1, 9000.0)));
-        assert_eq!(s.idle_in_transaction, vec![IdleInTransaction { pid: 1, duration_ms: 8000.0, xact_age_ms: Some(9000.0) }]);
-        assert_eq!(s.long_queries.iter().map(|q| q.pid).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(
+            s.idle_in_transaction,
+            vec![IdleInTransaction {
+                pid: 1,
+                duration_ms: 8000.0,
+                xact_age_ms: Some(9000.0)
+            }]
+        );
+        assert_eq!(
+            s.long_queries.iter().map(|q| q.pid).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
         assert_eq!(s.deadlocks, 3);
-        let w: Vec<(&str, &str, u32)> = s.lock_waits.iter().map(|w| (w.wait_event_type.as_str(), w.wait_event.as_str(), w.count)).collect();
+        let w: Vec<(&str, &str, u32)> = s
+            .lock_waits
+            .iter()
+            .map(|w| (w.wait_event_type.as_str(), w.wait_event.as_str(), w.count))
+            .collect();
         assert_eq!(w, vec![("Lock", "tuple", 2), ("Lock", "transactionid", 1)]);
     }
 

@@ -118,9 +118,16 @@ pub struct Stats {
 impl Stats {
     /// The figures derivable from pg_stat_activity rows; pure, so the poller
     /// needs one activity query per period and not one per figure.
-    pub fn from_backends<'a>(backends: impl IntoIterator<Item = &'a Backend>, deadlocks: i64, long_query: Duration) -> Stats {
+    pub fn from_backends<'a>(
+        backends: impl IntoIterator<Item = &'a Backend>,
+        deadlocks: i64,
+        long_query: Duration,
+    ) -> Stats {
         let threshold = long_query.as_secs_f64() * 1000.0;
-        let mut s = Stats { deadlocks, ..Stats::default() };
+        let mut s = Stats {
+            deadlocks,
+            ..Stats::default()
+        };
         let mut waits: HashMap<(String, String), u32> = HashMap::new();
         for b in backends {
             if let Some(age) = b.xact_age_ms {
@@ -130,17 +137,21 @@ impl Stats {
                 }
             }
             match b.state.as_deref() {
-                Some("idle in transaction") | Some("idle in transaction (aborted)") => s.idle_in_transaction.push(IdleInTransaction {
-                    pid: b.pid,
-                    duration_ms: b.state_age_ms.unwrap_or(0.0),
-                    xact_age_ms: b.xact_age_ms,
-                }),
-                Some("active") if b.query_age_ms.is_some_and(|a| a >= threshold) => s.long_queries.push(LongQuery {
-                    pid: b.pid,
-                    duration_ms: b.query_age_ms.unwrap_or(0.0),
-                    state: b.state.clone(),
-                    query: b.query.clone(),
-                }),
+                Some("idle in transaction") | Some("idle in transaction (aborted)") => {
+                    s.idle_in_transaction.push(IdleInTransaction {
+                        pid: b.pid,
+                        duration_ms: b.state_age_ms.unwrap_or(0.0),
+                        xact_age_ms: b.xact_age_ms,
+                    })
+                }
+                Some("active") if b.query_age_ms.is_some_and(|a| a >= threshold) => {
+                    s.long_queries.push(LongQuery {
+                        pid: b.pid,
+                        duration_ms: b.query_age_ms.unwrap_or(0.0),
+                        state: b.state.clone(),
+                        query: b.query.clone(),
+                    })
+                }
                 _ => {}
             }
             if let (Some(t), Some(e)) = (&b.wait_event_type, &b.wait_event) {
@@ -149,10 +160,23 @@ impl Stats {
                 }
             }
         }
-        s.idle_in_transaction.sort_by(|a, b| b.duration_ms.total_cmp(&a.duration_ms));
-        s.long_queries.sort_by(|a, b| b.duration_ms.total_cmp(&a.duration_ms));
-        s.lock_waits = waits.into_iter().map(|((t, e), count)| WaitCount { wait_event_type: t, wait_event: e, count }).collect();
-        s.lock_waits.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| (&a.wait_event_type, &a.wait_event).cmp(&(&b.wait_event_type, &b.wait_event))));
+        s.idle_in_transaction
+            .sort_by(|a, b| b.duration_ms.total_cmp(&a.duration_ms));
+        s.long_queries
+            .sort_by(|a, b| b.duration_ms.total_cmp(&a.duration_ms));
+        s.lock_waits = waits
+            .into_iter()
+            .map(|((t, e), count)| WaitCount {
+                wait_event_type: t,
+                wait_event: e,
+                count,
+            })
+            .collect();
+        s.lock_waits.sort_by(|a, b| {
+            b.count.cmp(&a.count).then_with(|| {
+                (&a.wait_event_type, &a.wait_event).cmp(&(&b.wait_event_type, &b.wait_event))
+            })
+        });
         s
     }
 }

@@ -17,7 +17,15 @@ use crate::{
 /// A query's span (kind CLIENT), given its text's facts.
 pub fn query_span(q: QuerySpan, facts: Option<&sql::QueryFacts>) -> DbSpan {
     let d = describe_with(&q, facts);
-    DbSpan::new(q.pid, q.ids, Kind::Client, (q.start_ns, q.end_ns), d, q.events, Vec::new())
+    DbSpan::new(
+        q.pid,
+        q.ids,
+        Kind::Client,
+        (q.start_ns, q.end_ns),
+        d,
+        q.events,
+        Vec::new(),
+    )
 }
 
 /// A client transaction. Kind CLIENT, like its queries: it is the
@@ -26,7 +34,15 @@ pub fn query_span(q: QuerySpan, facts: Option<&sql::QueryFacts>) -> DbSpan {
 /// span visible to back ends that only look at CLIENT/SERVER spans.
 pub fn txn_span(t: TxnSpan, conn: Option<&ConnInfo>) -> DbSpan {
     let d = txn::describe(&t, "postgresql", conn.map_or(&[], conn_attrs));
-    DbSpan::new(t.pid, t.ids, Kind::Client, (t.start_ns, t.end_ns), d, t.events, Vec::new())
+    DbSpan::new(
+        t.pid,
+        t.ids,
+        Kind::Client,
+        (t.start_ns, t.end_ns),
+        d,
+        t.events,
+        Vec::new(),
+    )
 }
 
 pub fn function_name(f: u32) -> &'static str {
@@ -65,9 +81,20 @@ fn build_conn_attributes(c: &ConnInfo, a: &mut Vec<KeyValue>) {
     }
     if c.host.starts_with('/') || c.host.is_empty() {
         // Unix domain socket: libpq's socket file in that directory.
-        let dir = if c.host.is_empty() { "/var/run/postgresql" } else { c.host.as_str() };
-        let port = if c.port.is_empty() { "5432" } else { c.port.as_str() };
-        a.push(KeyValue::new("server.address", shared(&format!("{}/.s.PGSQL.{port}", dir.trim_end_matches('/')))));
+        let dir = if c.host.is_empty() {
+            "/var/run/postgresql"
+        } else {
+            c.host.as_str()
+        };
+        let port = if c.port.is_empty() {
+            "5432"
+        } else {
+            c.port.as_str()
+        };
+        a.push(KeyValue::new(
+            "server.address",
+            shared(&format!("{}/.s.PGSQL.{port}", dir.trim_end_matches('/'))),
+        ));
         a.push(KeyValue::new("network.transport", "unix"));
     } else {
         a.push(KeyValue::new("server.address", shared(&c.host)));
@@ -77,7 +104,10 @@ fn build_conn_attributes(c: &ConnInfo, a: &mut Vec<KeyValue>) {
         a.push(KeyValue::new("network.transport", "tcp"));
     }
     if c.backend_pid > 0 {
-        a.push(KeyValue::new("db.postgresql.backend.pid", c.backend_pid as i64));
+        a.push(KeyValue::new(
+            "db.postgresql.backend.pid",
+            c.backend_pid as i64,
+        ));
     }
 }
 
@@ -112,7 +142,10 @@ pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Describe
     }
     if q.prepared_before_attach {
         // Executing a statement prepared before dbtel attached: its text was never seen.
-        a.push(KeyValue::new("dbtel.statement.prepared_before_attach", true));
+        a.push(KeyValue::new(
+            "dbtel.statement.prepared_before_attach",
+            true,
+        ));
         a.push(KeyValue::new("db.operation.name", "EXECUTE"));
         name = format!("EXECUTE {}", q.statement_name.as_deref().unwrap_or(""));
     }
@@ -134,12 +167,18 @@ pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Describe
                 a.push(KeyValue::new("error.type", code.clone()));
                 error = Some(code);
             } else {
-                let tagged = q.cmd_status.as_deref().and_then(|t| Some((t, sql::affected_rows(t)?)));
+                let tagged = q
+                    .cmd_status
+                    .as_deref()
+                    .and_then(|t| Some((t, sql::affected_rows(t)?)));
                 // COPY … TO STDOUT sends its rows as copy data, not as a result's tuples.
                 let copied_out = tagged.is_some_and(|(t, _)| t.starts_with("COPY"))
-                    && q.text.as_deref().and_then(sql::copy_direction) == Some(sql::CopyDirection::Out);
+                    && q.text.as_deref().and_then(sql::copy_direction)
+                        == Some(sql::CopyDirection::Out);
                 match tagged {
-                    Some((_, n)) if copied_out => a.push(KeyValue::new("db.response.returned_rows", n)),
+                    Some((_, n)) if copied_out => {
+                        a.push(KeyValue::new("db.response.returned_rows", n))
+                    }
                     _ => {
                         a.push(KeyValue::new("db.response.returned_rows", q.rows as i64));
                         if let Some((_, n)) = tagged {
@@ -162,7 +201,11 @@ pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Describe
     if name.is_empty() {
         name = "postgresql".into();
     }
-    Described { name, attributes: a, error }
+    Described {
+        name,
+        attributes: a,
+        error,
+    }
 }
 
 #[cfg(test)]
@@ -208,7 +251,10 @@ mod tests {
     }
 
     fn get(d: &Described, k: &str) -> Option<String> {
-        d.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| kv.value.to_string())
+        d.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == k)
+            .map(|kv| kv.value.to_string())
     }
 
     #[test]
@@ -218,9 +264,15 @@ mod tests {
         assert_eq!(get(&d, "db.system.name").as_deref(), Some("postgresql"));
         assert_eq!(get(&d, "db.operation.name").as_deref(), Some("SELECT"));
         assert_eq!(get(&d, "db.collection.name").as_deref(), Some("items"));
-        assert_eq!(get(&d, "db.query.text").as_deref(), Some("SELECT name FROM items WHERE id = ?"));
+        assert_eq!(
+            get(&d, "db.query.text").as_deref(),
+            Some("SELECT name FROM items WHERE id = ?")
+        );
         assert_eq!(get(&d, "db.namespace").as_deref(), Some("shop"));
-        assert_eq!(get(&d, "server.address").as_deref(), Some("/tmp/.s.PGSQL.5433"));
+        assert_eq!(
+            get(&d, "server.address").as_deref(),
+            Some("/tmp/.s.PGSQL.5433")
+        );
         assert_eq!(get(&d, "db.response.returned_rows").as_deref(), Some("1"));
         assert_eq!(get(&d, "db.postgresql.backend.pid").as_deref(), Some("99"));
         assert!(d.error.is_none());
@@ -234,22 +286,53 @@ mod tests {
         u.cmd_status = Some("UPDATE 4".into());
         u.rows = 0;
         let d = describe(&u, false);
-        assert_eq!((get(&d, "db.response.affected_rows").as_deref(), get(&d, "db.response.returned_rows").as_deref()), (Some("4"), Some("0")));
-        assert_eq!(get(&describe(&q(Some("SELECT 1")), false), "db.response.affected_rows"), None);
+        assert_eq!(
+            (
+                get(&d, "db.response.affected_rows").as_deref(),
+                get(&d, "db.response.returned_rows").as_deref()
+            ),
+            (Some("4"), Some("0"))
+        );
+        assert_eq!(
+            get(
+                &describe(&q(Some("SELECT 1")), false),
+                "db.response.affected_rows"
+            ),
+            None
+        );
         let mut out = q(Some("copy (select 1) to stdout"));
         (out.cmd_status, out.rows) = (Some("COPY 12".into()), 0);
         let d = describe(&out, false);
-        assert_eq!((get(&d, "db.response.returned_rows").as_deref(), get(&d, "db.response.affected_rows")), (Some("12"), None), "rows copied out");
+        assert_eq!(
+            (
+                get(&d, "db.response.returned_rows").as_deref(),
+                get(&d, "db.response.affected_rows")
+            ),
+            (Some("12"), None),
+            "rows copied out"
+        );
         let mut into = q(Some("copy t from stdin"));
         (into.cmd_status, into.rows) = (Some("COPY 3".into()), 0);
         let d = describe(&into, false);
-        assert_eq!((get(&d, "db.response.returned_rows").as_deref(), get(&d, "db.response.affected_rows").as_deref()), (Some("0"), Some("3")));
+        assert_eq!(
+            (
+                get(&d, "db.response.returned_rows").as_deref(),
+                get(&d, "db.response.affected_rows").as_deref()
+            ),
+            (Some("0"), Some("3"))
+        );
     }
 
     #[test]
     fn tcp_failure_prepare_and_unknown_statement() {
         let mut s = q(Some("select * from nope"));
-        s.conn_info = Some(Arc::new(ConnInfo { backend_pid: 1, db: "d".into(), host: "127.0.0.1".into(), port: "5432".into(), ..Default::default() }));
+        s.conn_info = Some(Arc::new(ConnInfo {
+            backend_pid: 1,
+            db: "d".into(),
+            host: "127.0.0.1".into(),
+            port: "5432".into(),
+            ..Default::default()
+        }));
         s.failed = true;
         s.sqlstate = Some("42P01".into());
         let d = describe(&s, false);
@@ -273,7 +356,10 @@ mod tests {
         e.prepared_before_attach = true;
         let d = describe(&e, false);
         assert_eq!(d.name, "EXECUTE P0_1");
-        assert_eq!(get(&d, "dbtel.statement.prepared_before_attach").as_deref(), Some("true"));
+        assert_eq!(
+            get(&d, "dbtel.statement.prepared_before_attach").as_deref(),
+            Some("true")
+        );
         assert_eq!(get(&d, "db.query.text"), None);
     }
 
@@ -282,13 +368,25 @@ mod tests {
         let mut s = q(Some("select pg_sleep(10)"));
         s.end = End::ProcessExited;
         let d = describe(&s, false);
-        assert_eq!(get(&d, "error.type").as_deref(), Some("dbtel.process_exited"));
-        assert_eq!(d.error.as_deref(), Some("query did not complete: process exited"));
+        assert_eq!(
+            get(&d, "error.type").as_deref(),
+            Some("dbtel.process_exited")
+        );
+        assert_eq!(
+            d.error.as_deref(),
+            Some("query did not complete: process exited")
+        );
     }
 
     #[test]
     fn transactions_carry_their_connection() {
-        let conn = ConnInfo { backend_pid: 99, db: "shop".into(), host: "10.0.0.1".into(), port: "6432".into(), ..Default::default() };
+        let conn = ConnInfo {
+            backend_pid: 99,
+            db: "shop".into(),
+            host: "10.0.0.1".into(),
+            port: "6432".into(),
+            ..Default::default()
+        };
         let t = TxnSpan {
             pid: 7,
             conn: 1,
@@ -304,7 +402,10 @@ mod tests {
             events: vec![],
         };
         let s = txn_span(t, Some(&conn));
-        assert_eq!((s.name.as_str(), s.kind, s.pid, s.duration_ns()), ("transaction", Kind::Client, 7, 4_000));
+        assert_eq!(
+            (s.name.as_str(), s.kind, s.pid, s.duration_ns()),
+            ("transaction", Kind::Client, 7, 4_000)
+        );
         assert_eq!(s.system(), Some("postgresql"));
         for kv in [
             KeyValue::new("db.namespace", "shop"),

@@ -34,22 +34,37 @@ pub const PROBED: &[&str] = &[
 /// Pipeline-mode functions, probed where the libpq has them (14+; the send
 /// form of the sync 17+): an older libpq simply has no pipeline mode.
 pub const PIPELINE_CALLS: &[(&str, u32)] = &[
-    ("PQenterPipelineMode", dbtel_common::func::PQENTER_PIPELINE_MODE),
-    ("PQexitPipelineMode", dbtel_common::func::PQEXIT_PIPELINE_MODE),
+    (
+        "PQenterPipelineMode",
+        dbtel_common::func::PQENTER_PIPELINE_MODE,
+    ),
+    (
+        "PQexitPipelineMode",
+        dbtel_common::func::PQEXIT_PIPELINE_MODE,
+    ),
     ("PQpipelineSync", dbtel_common::func::PQPIPELINE_SYNC),
-    ("PQsendPipelineSync", dbtel_common::func::PQSEND_PIPELINE_SYNC),
+    (
+        "PQsendPipelineSync",
+        dbtel_common::func::PQSEND_PIPELINE_SYNC,
+    ),
 ];
 
 /// Pipeline calls whose result matters (they can fail on a healthy
 /// connection): an entry and a return probe, which share the first instruction.
 pub fn returns_probed(f: u32) -> bool {
-    matches!(f, dbtel_common::func::PQENTER_PIPELINE_MODE | dbtel_common::func::PQEXIT_PIPELINE_MODE)
+    matches!(
+        f,
+        dbtel_common::func::PQENTER_PIPELINE_MODE | dbtel_common::func::PQEXIT_PIPELINE_MODE
+    )
 }
 
 /// (text argument, statement-name argument), 1-based, 0 = none.
 pub fn args_of(f: u32) -> (u32, u32) {
     match f {
-        dbtel_common::func::PQEXEC | dbtel_common::func::PQEXEC_PARAMS | dbtel_common::func::PQSEND_QUERY | dbtel_common::func::PQSEND_QUERY_PARAMS => (2, 0),
+        dbtel_common::func::PQEXEC
+        | dbtel_common::func::PQEXEC_PARAMS
+        | dbtel_common::func::PQSEND_QUERY
+        | dbtel_common::func::PQSEND_QUERY_PARAMS => (2, 0),
         dbtel_common::func::PQPREPARE | dbtel_common::func::PQSEND_PREPARE => (3, 2),
         dbtel_common::func::PQEXEC_PREPARED | dbtel_common::func::PQSEND_QUERY_PREPARED => (0, 2),
         _ => (0, 0),
@@ -64,7 +79,10 @@ pub const QUERY_CALLS: &[(&str, u32)] = &[
     ("PQsendQuery", dbtel_common::func::PQSEND_QUERY),
     ("PQsendQueryParams", dbtel_common::func::PQSEND_QUERY_PARAMS),
     ("PQsendPrepare", dbtel_common::func::PQSEND_PREPARE),
-    ("PQsendQueryPrepared", dbtel_common::func::PQSEND_QUERY_PREPARED),
+    (
+        "PQsendQueryPrepared",
+        dbtel_common::func::PQSEND_QUERY_PREPARED,
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -73,14 +91,23 @@ pub enum DiscoverError {
     Process(#[from] ProcessError),
     #[error("process {pid} ({exe}) does not use libpq: trace its server (--pid POSTMASTER) to see its queries")]
     NoLibpq { pid: u32, exe: String },
-    #[error("{path} (process {pid}) has libpq symbols but lacks {missing}: unsupported libpq build")]
-    MissingSymbols { pid: u32, path: String, missing: String },
+    #[error(
+        "{path} (process {pid}) has libpq symbols but lacks {missing}: unsupported libpq build"
+    )]
+    MissingSymbols {
+        pid: u32,
+        path: String,
+        missing: String,
+    },
     #[error("{path}: {error}")]
     Read { path: String, error: io::Error },
     #[error("{path}: not a readable ELF file: {error}")]
     Elf { path: String, error: object::Error },
     #[error("{path}: unexpected libpq build: {error}")]
-    Layout { path: String, error: layout::LayoutError },
+    Layout {
+        path: String,
+        error: layout::LayoutError,
+    },
 }
 
 /// libpq found in one process.
@@ -109,7 +136,10 @@ pub struct LibpqTarget {
 /// program or a Python extension will load).
 pub fn system_libpq() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    if let Ok(o) = std::process::Command::new("/sbin/ldconfig").arg("-p").output() {
+    if let Ok(o) = std::process::Command::new("/sbin/ldconfig")
+        .arg("-p")
+        .output()
+    {
         for line in String::from_utf8_lossy(&o.stdout).lines() {
             if let Some((name, path)) = line.split_once("=>") {
                 if name.trim_start().starts_with("libpq.so") {
@@ -136,7 +166,10 @@ pub fn find_libpq(pid: u32) -> Result<Vec<LibpqTarget>, DiscoverError> {
         }
     }
     if found.is_empty() {
-        return Err(DiscoverError::NoLibpq { pid, exe: exe_name(pid) });
+        return Err(DiscoverError::NoLibpq {
+            pid,
+            exe: exe_name(pid),
+        });
     }
     Ok(found)
 }
@@ -152,7 +185,11 @@ fn defines_libpq(host_path: &Path) -> Option<bool> {
 }
 
 /// Looks at one file; `None` if it has nothing of libpq.
-pub fn inspect(pid: u32, path: &str, host_path: &Path) -> Result<Option<LibpqTarget>, DiscoverError> {
+pub fn inspect(
+    pid: u32,
+    path: &str,
+    host_path: &Path,
+) -> Result<Option<LibpqTarget>, DiscoverError> {
     if defines_libpq(host_path) == Some(false) {
         return Ok(None);
     }
@@ -164,20 +201,38 @@ pub fn inspect(pid: u32, path: &str, host_path: &Path) -> Result<Option<LibpqTar
             log::debug!("skipping {path}: {error}");
             return Ok(None);
         }
-        Err(error) => return Err(DiscoverError::Read { path: path.into(), error }),
+        Err(error) => {
+            return Err(DiscoverError::Read {
+                path: path.into(),
+                error,
+            })
+        }
     };
     let file = match object::File::parse(&*data) {
         Ok(f) => f,
         Err(_) if !path.contains("libpq") => return Ok(None),
-        Err(error) => return Err(DiscoverError::Elf { path: path.into(), error }),
+        Err(error) => {
+            return Err(DiscoverError::Elf {
+                path: path.into(),
+                error,
+            })
+        }
     };
     let symbols = defined_symbols(&file);
     if !symbols.contains_key("PQgetResult") && !symbols.contains_key("PQexec") {
         return Ok(None);
     }
-    let missing: Vec<&str> = PROBED.iter().copied().filter(|s| !symbols.contains_key(*s)).collect();
+    let missing: Vec<&str> = PROBED
+        .iter()
+        .copied()
+        .filter(|s| !symbols.contains_key(*s))
+        .collect();
     if !missing.is_empty() {
-        return Err(DiscoverError::MissingSymbols { pid, path: path.into(), missing: missing.join(", ") });
+        return Err(DiscoverError::MissingSymbols {
+            pid,
+            path: path.into(),
+            missing: missing.join(", "),
+        });
     }
     let to_offset = |addr: u64| vaddr_to_offset(&file, addr);
     let mut offsets = BTreeMap::new();
@@ -203,22 +258,30 @@ pub fn inspect(pid: u32, path: &str, host_path: &Path) -> Result<Option<LibpqTar
     let mut placements = BTreeMap::new();
     for name in offsets.keys() {
         let insns = get(name).unwrap_or_default();
-        let returns = PIPELINE_CALLS.iter().any(|&(n, f)| n == *name && returns_probed(f));
+        let returns = PIPELINE_CALLS
+            .iter()
+            .any(|&(n, f)| n == *name && returns_probed(f));
         let p = if *name == "PQgetResult" || returns {
             // Entry and return probe share the entry breakpoint.
             placement::at_entry(&insns)
         } else {
             // The probe reads the connection and, for query calls, the text and name arguments.
-            let nargs = QUERY_CALLS.iter().find(|(n, _)| n == name).map_or(1, |&(_, f)| {
-                let (text, stmt) = args_of(f);
-                text.max(stmt).max(1) as usize
-            });
+            let nargs = QUERY_CALLS
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(1, |&(_, f)| {
+                    let (text, stmt) = args_of(f);
+                    text.max(stmt).max(1) as usize
+                });
             placement::entry_probe(&insns, placement::arg_registers(nargs))
         };
         placements.insert(*name, p);
     }
-    let (layout, conn_err) = layout::libpq_layout(&Accessors { get: &get })
-        .map_err(|error| DiscoverError::Layout { path: path.into(), error })?;
+    let (layout, conn_err) =
+        layout::libpq_layout(&Accessors { get: &get }).map_err(|error| DiscoverError::Layout {
+            path: path.into(),
+            error,
+        })?;
     let result_points = result_points(&file, &data, &symbols).map_err(|e| e.to_string());
     Ok(Some(LibpqTarget {
         pid,
@@ -249,8 +312,11 @@ fn result_points(
         .find(|s| s.address() == addr && s.size() > 0)
         .map(|s| s.size())
         .ok_or(not_found("PQgetResult's size is unknown"))?;
-    let off = vaddr_to_offset(file, addr).ok_or(not_found("PQgetResult is outside the file"))? as usize;
-    let code = data.get(off..off + size as usize).ok_or(not_found("PQgetResult is outside the file"))?;
+    let off =
+        vaddr_to_offset(file, addr).ok_or(not_found("PQgetResult is outside the file"))? as usize;
+    let code = data
+        .get(off..off + size as usize)
+        .ok_or(not_found("PQgetResult is outside the file"))?;
     // GOT slots whose dynamic relocation names the events function.
     let dynsyms = file.dynamic_symbol_table();
     let fire_slots: Vec<u64> = file
@@ -275,19 +341,27 @@ fn result_points(
             return true;
         }
         // A PLT stub: [endbr64;] jmp [rip+slot].
-        let Some(code) = vaddr_to_offset(file, target).and_then(|o| data.get(o as usize..(o as usize + 16).min(data.len())))
+        let Some(code) = vaddr_to_offset(file, target)
+            .and_then(|o| data.get(o as usize..(o as usize + 16).min(data.len())))
         else {
             return false;
         };
-        crate::host::x86::decode(code, target).iter().take(2).any(|i| {
-            i.mnemonic() == iced_x86::Mnemonic::Jmp && i.is_ip_rel_memory_operand() && fire_slots.contains(&i.ip_rel_memory_address())
-        })
+        crate::host::x86::decode(code, target)
+            .iter()
+            .take(2)
+            .any(|i| {
+                i.mnemonic() == iced_x86::Mnemonic::Jmp
+                    && i.is_ip_rel_memory_operand()
+                    && fire_slots.contains(&i.ip_rel_memory_address())
+            })
     };
     resultpoint::find(code, addr, &is_fire)
 }
 
 /// Defined function symbols (dynamic first, then the full table if present).
-fn defined_symbols<'d, R: object::ReadRef<'d>>(file: &object::File<'d, R>) -> BTreeMap<String, u64> {
+fn defined_symbols<'d, R: object::ReadRef<'d>>(
+    file: &object::File<'d, R>,
+) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for sym in file.dynamic_symbols().chain(file.symbols()) {
         if sym.is_undefined() || sym.address() == 0 {
@@ -312,7 +386,11 @@ mod tests {
     fn system_libpq_has_one_result_point() {
         // The libpq the integration tests use (installed by `cargo xtask setup`).
         let path = Path::new("/usr/lib/x86_64-linux-gnu/libpq.so.5");
-        assert!(path.exists(), "{} missing: install libpq5 (cargo xtask setup does)", path.display());
+        assert!(
+            path.exists(),
+            "{} missing: install libpq5 (cargo xtask setup does)",
+            path.display()
+        );
         let t = inspect(1, "libpq.so.5", path).unwrap().unwrap();
         let points = t.result_points.unwrap();
         assert_eq!(points.len(), 1, "{points:?}");
@@ -328,9 +406,15 @@ mod tests {
         let names = |d: &[u8]| defined_symbols(&object::File::parse(d).unwrap());
         assert_eq!(names(&sparse), names(&full));
         assert_eq!(defines_libpq(libpq), Some(true));
-        assert_eq!(defines_libpq(Path::new("/lib/x86_64-linux-gnu/libc.so.6")), Some(false));
+        assert_eq!(
+            defines_libpq(Path::new("/lib/x86_64-linux-gnu/libc.so.6")),
+            Some(false)
+        );
         // Not ELF: said by the full read (which names the error for a libpq).
-        assert_eq!(defines_libpq(&Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")), None);
+        assert_eq!(
+            defines_libpq(&Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")),
+            None
+        );
     }
 
     #[test]

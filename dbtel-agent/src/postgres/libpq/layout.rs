@@ -18,7 +18,9 @@ fn err(function: &'static str, why: &'static str) -> LayoutError {
 }
 
 fn mem_operand(ins: &Instruction) -> Option<usize> {
-    (0..ins.op_count()).find(|&i| ins.op_kind(i) == OpKind::Memory).map(|i| i as usize)
+    (0..ins.op_count())
+        .find(|&i| ins.op_kind(i) == OpKind::Memory)
+        .map(|i| i as usize)
 }
 
 /// `[base + disp]` with no index: (base, disp).
@@ -27,7 +29,9 @@ fn simple_mem(ins: &Instruction) -> Option<(Register, u32)> {
     if ins.memory_index() != Register::None {
         return None;
     }
-    u32::try_from(ins.memory_displacement64()).ok().map(|d| (ins.memory_base(), d))
+    u32::try_from(ins.memory_displacement64())
+        .ok()
+        .map(|d| (ins.memory_base(), d))
 }
 
 /// First `op dst, [rdi + disp]` with one of `mnemonics` whose destination is in `dsts`.
@@ -56,19 +60,25 @@ pub struct Accessors<'a> {
 
 /// Fills in the PGresult part (required) and the PGconn part (optional; its
 /// error is returned alongside so the caller can warn).
-pub fn libpq_layout(acc: &Accessors<'_>) -> Result<(LibpqLayout, Option<LayoutError>), LayoutError> {
+pub fn libpq_layout(
+    acc: &Accessors<'_>,
+) -> Result<(LibpqLayout, Option<LayoutError>), LayoutError> {
     let mut l = LibpqLayout::default();
     let body = |f: &'static str| (acc.get)(f).ok_or(err(f, "symbol missing"));
 
     let f = "PQresultStatus";
-    l.res_status = load_from_arg0(&body(f)?, &[Mnemonic::Mov], RET32).ok_or(err(f, "no load of resultStatus"))?;
+    l.res_status = load_from_arg0(&body(f)?, &[Mnemonic::Mov], RET32)
+        .ok_or(err(f, "no load of resultStatus"))?;
     let f = "PQntuples";
-    l.res_ntups = load_from_arg0(&body(f)?, &[Mnemonic::Mov], RET32).ok_or(err(f, "no load of ntups"))?;
+    l.res_ntups =
+        load_from_arg0(&body(f)?, &[Mnemonic::Mov], RET32).ok_or(err(f, "no load of ntups"))?;
     let f = "PQcmdStatus";
-    l.res_cmd_status = load_from_arg0(&body(f)?, &[Mnemonic::Lea], RET64).ok_or(err(f, "no address of cmdStatus"))?;
+    l.res_cmd_status = load_from_arg0(&body(f)?, &[Mnemonic::Lea], RET64)
+        .ok_or(err(f, "no address of cmdStatus"))?;
     let f = "PQresultErrorField";
     let b = body(f)?;
-    l.res_err_fields = load_from_arg0(&b, &[Mnemonic::Mov], &[]).ok_or(err(f, "no load of errFields"))?;
+    l.res_err_fields =
+        load_from_arg0(&b, &[Mnemonic::Mov], &[]).ok_or(err(f, "no load of errFields"))?;
     // The list walk: `movsx r32, byte [node + code]` and `mov node, [node + next]`.
     l.field_code = b
         .iter()
@@ -80,7 +90,11 @@ pub fn libpq_layout(acc: &Accessors<'_>) -> Result<(LibpqLayout, Option<LayoutEr
     l.field_next = b
         .iter()
         .find_map(|i| match (i.mnemonic(), simple_mem(i)) {
-            (Mnemonic::Mov, Some((r, d))) if r != Register::RDI && r != Register::RIP && i.op0_register() == r => Some(d),
+            (Mnemonic::Mov, Some((r, d)))
+                if r != Register::RDI && r != Register::RIP && i.op0_register() == r =>
+            {
+                Some(d)
+            }
             _ => None,
         })
         .ok_or(err(f, "no load of the next field"))?;
@@ -97,19 +111,26 @@ fn conn_layout(
     body: &dyn Fn(&'static str) -> Result<Vec<Instruction>, LayoutError>,
 ) -> Result<(), LayoutError> {
     let f = "PQdb";
-    l.conn_db = load_from_arg0(&body(f)?, &[Mnemonic::Mov], RET64).ok_or(err(f, "no load of dbName"))?;
+    l.conn_db =
+        load_from_arg0(&body(f)?, &[Mnemonic::Mov], RET64).ok_or(err(f, "no load of dbName"))?;
     let f = "PQbackendPID";
-    l.conn_be_pid = load_from_arg0(&body(f)?, &[Mnemonic::Mov], RET32).ok_or(err(f, "no load of be_pid"))?;
+    l.conn_be_pid =
+        load_from_arg0(&body(f)?, &[Mnemonic::Mov], RET32).ok_or(err(f, "no load of be_pid"))?;
 
     // PQport: connhost = conn->connhost; i = conn->whichhost;
     //         return connhost[i].port  (index scaled by sizeof(pg_conn_host))
     let f = "PQport";
     let b = body(f)?;
-    l.conn_connhost = load_from_arg0(&b, &[Mnemonic::Mov], &[]).ok_or(err(f, "no load of connhost"))?;
+    l.conn_connhost =
+        load_from_arg0(&b, &[Mnemonic::Mov], &[]).ok_or(err(f, "no load of connhost"))?;
     l.conn_whichhost = b
         .iter()
         .find_map(|i| match (i.mnemonic(), simple_mem(i)) {
-            (Mnemonic::Movsxd | Mnemonic::Mov, Some((Register::RDI, d))) if d != l.conn_connhost => Some(d),
+            (Mnemonic::Movsxd | Mnemonic::Mov, Some((Register::RDI, d)))
+                if d != l.conn_connhost =>
+            {
+                Some(d)
+            }
             _ => None,
         })
         .ok_or(err(f, "no load of whichhost"))?;
@@ -139,7 +160,11 @@ fn scaled_element(insns: &[Instruction]) -> Option<(u32, u32)> {
         if mem_operand(ins).is_none() {
             continue;
         }
-        let (base, index, scale) = (ins.memory_base(), ins.memory_index(), ins.memory_index_scale());
+        let (base, index, scale) = (
+            ins.memory_base(),
+            ins.memory_index(),
+            ins.memory_index_scale(),
+        );
         let disp = u32::try_from(ins.memory_displacement64()).ok()?;
         match ins.mnemonic() {
             Mnemonic::Lea if index != Register::None && base == index => mult = scale + 1,
@@ -179,22 +204,42 @@ mod tests {
             // test rdi,rdi; je; mov eax,[rdi]; ret
             "PQntuples" => &[0x48, 0x85, 0xff, 0x74, 0x0b, 0x8b, 0x07, 0xc3],
             // xor edx,edx; lea rax,[rdi+0x2c]; test rdi,rdi; cmove rax,rdx; ret
-            "PQcmdStatus" => &[0x31, 0xd2, 0x48, 0x8d, 0x47, 0x2c, 0x48, 0x85, 0xff, 0x48, 0x0f, 0x44, 0xc2, 0xc3],
+            "PQcmdStatus" => &[
+                0x31, 0xd2, 0x48, 0x8d, 0x47, 0x2c, 0x48, 0x85, 0xff, 0x48, 0x0f, 0x44, 0xc2, 0xc3,
+            ],
             // test; je; mov rax,[rdi+0xa8]; test rax,rax; jne +0xf; jmp; mov rax,[rax]; test; je;
             // movsx edx, byte [rax+8]; cmp edx,esi; jne; add rax,9; ret
-            "PQresultErrorField" => &[0x48, 0x85, 0xff, 0x74, 0x28, 0x48, 0x8b, 0x87, 0xa8, 0x00, 0x00, 0x00, 0x48, 0x85, 0xc0, 0x75, 0x0f, 0xeb, 0x1c, 0x0f, 0x1f, 0x44, 0x00, 0x00, 0x48, 0x8b, 0x00, 0x48, 0x85, 0xc0, 0x74, 0x10, 0x0f, 0xbe, 0x50, 0x08, 0x39, 0xf2, 0x75, 0xf0, 0x48, 0x83, 0xc0, 0x09, 0xc3],
+            "PQresultErrorField" => &[
+                0x48, 0x85, 0xff, 0x74, 0x28, 0x48, 0x8b, 0x87, 0xa8, 0x00, 0x00, 0x00, 0x48, 0x85,
+                0xc0, 0x75, 0x0f, 0xeb, 0x1c, 0x0f, 0x1f, 0x44, 0x00, 0x00, 0x48, 0x8b, 0x00, 0x48,
+                0x85, 0xc0, 0x74, 0x10, 0x0f, 0xbe, 0x50, 0x08, 0x39, 0xf2, 0x75, 0xf0, 0x48, 0x83,
+                0xc0, 0x09, 0xc3,
+            ],
             // test; je; mov rax,[rdi+0x48]; ret
             "PQdb" => &[0x48, 0x85, 0xff, 0x74, 0x0b, 0x48, 0x8b, 0x47, 0x48, 0xc3],
             // xor eax,eax; test; je; mov edx,[rdi+0x158]; test edx,edx; jne; mov eax,[rdi+0x308]; ret
             "PQbackendPID" => &[
-                0x31, 0xc0, 0x48, 0x85, 0xff, 0x74, 0x19, 0x8b, 0x97, 0x58, 0x01, 0x00, 0x00, 0x85, 0xd2, 0x75,
-                0x0f, 0x8b, 0x87, 0x08, 0x03, 0x00, 0x00, 0xc3,
+                0x31, 0xc0, 0x48, 0x85, 0xff, 0x74, 0x19, 0x8b, 0x97, 0x58, 0x01, 0x00, 0x00, 0x85,
+                0xd2, 0x75, 0x0f, 0x8b, 0x87, 0x08, 0x03, 0x00, 0x00, 0xc3,
             ],
             // test; je; mov rdx,[rdi+0x190]; lea rax,[rip+..]; test rdx,rdx; je;
             // movsxd rax,[rdi+0x18c]; lea rax,[rax+rax*4]; mov rax,[rdx+rax*8+0x18]; ret
-            "PQport" => &[0x48, 0x85, 0xff, 0x74, 0x4b, 0x48, 0x8b, 0x97, 0x90, 0x01, 0x00, 0x00, 0x48, 0x8d, 0x05, 0xf7, 0x13, 0x02, 0x00, 0x48, 0x85, 0xd2, 0x74, 0x2f, 0x48, 0x63, 0x87, 0x8c, 0x01, 0x00, 0x00, 0x48, 0x8d, 0x04, 0x80, 0x48, 0x8b, 0x44, 0xc2, 0x18, 0x48, 0x85, 0xc0, 0x74, 0x13, 0x80, 0x38, 0x00, 0x48, 0x8d, 0x15, 0xd3, 0x13, 0x02, 0x00, 0x48, 0x0f, 0x44, 0xc2, 0xc3],
+            "PQport" => &[
+                0x48, 0x85, 0xff, 0x74, 0x4b, 0x48, 0x8b, 0x97, 0x90, 0x01, 0x00, 0x00, 0x48, 0x8d,
+                0x05, 0xf7, 0x13, 0x02, 0x00, 0x48, 0x85, 0xd2, 0x74, 0x2f, 0x48, 0x63, 0x87, 0x8c,
+                0x01, 0x00, 0x00, 0x48, 0x8d, 0x04, 0x80, 0x48, 0x8b, 0x44, 0xc2, 0x18, 0x48, 0x85,
+                0xc0, 0x74, 0x13, 0x80, 0x38, 0x00, 0x48, 0x8d, 0x15, 0xd3, 0x13, 0x02, 0x00, 0x48,
+                0x0f, 0x44, 0xc2, 0xc3,
+            ],
             // ... lea rax,[rax+rax*4]; lea rdx,[rdx+rax*8]; mov rax,[rdx+8]; ret
-            "PQhost" => &[0x48, 0x85, 0xff, 0x74, 0x5b, 0x48, 0x8b, 0x97, 0x90, 0x01, 0x00, 0x00, 0x48, 0x8d, 0x05, 0xa7, 0x14, 0x02, 0x00, 0x48, 0x85, 0xd2, 0x74, 0x3f, 0x48, 0x63, 0x87, 0x8c, 0x01, 0x00, 0x00, 0x48, 0x8d, 0x04, 0x80, 0x48, 0x8d, 0x14, 0xc2, 0x48, 0x8b, 0x42, 0x08, 0x48, 0x85, 0xc0, 0x74, 0x05, 0x80, 0x38, 0x00, 0x75, 0x22, 0x48, 0x8b, 0x42, 0x10, 0x48, 0x85, 0xc0, 0x74, 0x12, 0x80, 0x38, 0x00, 0x48, 0x8d, 0x15, 0x72, 0x14, 0x02, 0x00, 0x48, 0x0f, 0x44, 0xc2, 0xc3],
+            "PQhost" => &[
+                0x48, 0x85, 0xff, 0x74, 0x5b, 0x48, 0x8b, 0x97, 0x90, 0x01, 0x00, 0x00, 0x48, 0x8d,
+                0x05, 0xa7, 0x14, 0x02, 0x00, 0x48, 0x85, 0xd2, 0x74, 0x3f, 0x48, 0x63, 0x87, 0x8c,
+                0x01, 0x00, 0x00, 0x48, 0x8d, 0x04, 0x80, 0x48, 0x8d, 0x14, 0xc2, 0x48, 0x8b, 0x42,
+                0x08, 0x48, 0x85, 0xc0, 0x74, 0x05, 0x80, 0x38, 0x00, 0x75, 0x22, 0x48, 0x8b, 0x42,
+                0x10, 0x48, 0x85, 0xc0, 0x74, 0x12, 0x80, 0x38, 0x00, 0x48, 0x8d, 0x15, 0x72, 0x14,
+                0x02, 0x00, 0x48, 0x0f, 0x44, 0xc2, 0xc3,
+            ],
             _ => return None,
         };
         Some(asm(b))
@@ -202,24 +247,50 @@ mod tests {
 
     #[test]
     fn decodes_debian_libpq15() {
-        let (l, conn_err) = libpq_layout(&Accessors { get: &debian_libpq15 }).unwrap();
+        let (l, conn_err) = libpq_layout(&Accessors {
+            get: &debian_libpq15,
+        })
+        .unwrap();
         assert!(conn_err.is_none(), "{conn_err:?}");
-        assert_eq!((l.res_status, l.res_ntups, l.res_cmd_status, l.res_err_fields), (0x28, 0, 0x2c, 0xa8));
+        assert_eq!(
+            (
+                l.res_status,
+                l.res_ntups,
+                l.res_cmd_status,
+                l.res_err_fields
+            ),
+            (0x28, 0, 0x2c, 0xa8)
+        );
         assert_eq!((l.field_next, l.field_code, l.field_contents), (0, 8, 9));
-        assert_eq!((l.conn_db, l.conn_be_pid, l.conn_connhost, l.conn_whichhost), (0x48, 0x308, 0x190, 0x18c));
-        assert_eq!((l.connhost_size, l.connhost_host, l.connhost_port), (40, 8, 0x18));
+        assert_eq!(
+            (l.conn_db, l.conn_be_pid, l.conn_connhost, l.conn_whichhost),
+            (0x48, 0x308, 0x190, 0x18c)
+        );
+        assert_eq!(
+            (l.connhost_size, l.connhost_host, l.connhost_port),
+            (40, 8, 0x18)
+        );
         assert_eq!((l.valid, l.conn_valid), (1, 1));
     }
 
     #[test]
     fn missing_accessor_is_a_clear_error() {
         let e = libpq_layout(&Accessors { get: &|_| None }).unwrap_err();
-        assert_eq!(e.to_string(), "cannot decode PQresultStatus: symbol missing");
+        assert_eq!(
+            e.to_string(),
+            "cannot decode PQresultStatus: symbol missing"
+        );
     }
 
     #[test]
     fn conn_part_is_optional() {
-        let only_results = |f: &'static str| if f == "PQport" { Some(asm(&[0xc3])) } else { debian_libpq15(f) };
+        let only_results = |f: &'static str| {
+            if f == "PQport" {
+                Some(asm(&[0xc3]))
+            } else {
+                debian_libpq15(f)
+            }
+        };
         let (l, conn_err) = libpq_layout(&Accessors { get: &only_results }).unwrap();
         assert_eq!(l.valid, 1);
         assert_eq!(l.conn_valid, 0);

@@ -21,10 +21,7 @@
 //! libpq's pipeline mode, where queries are sent without waiting for each
 //! other's results, is modelled in [`pipeline`].
 
-use std::{
-    collections::VecDeque,
-    sync::Arc,
-};
+use std::{collections::VecDeque, sync::Arc};
 
 use dbtel_common::func;
 
@@ -58,7 +55,15 @@ const PGRES_TUPLES_CHUNK: i32 = 12;
 /// A result after which the statement has nothing more to return (COPY
 /// results and single-row / chunked rows are followed by more).
 fn ends_statement(status: i32) -> bool {
-    !matches!(status, PGRES_COPY_OUT | PGRES_COPY_IN | PGRES_COPY_BOTH | PGRES_SINGLE_TUPLE | PGRES_PIPELINE_SYNC | PGRES_TUPLES_CHUNK)
+    !matches!(
+        status,
+        PGRES_COPY_OUT
+            | PGRES_COPY_IN
+            | PGRES_COPY_BOTH
+            | PGRES_SINGLE_TUPLE
+            | PGRES_PIPELINE_SYNC
+            | PGRES_TUPLES_CHUNK
+    )
 }
 
 struct InFlight {
@@ -105,7 +110,11 @@ impl ConnState {
     /// one, once sent; in a pipeline, the one the server said it began, else
     /// (as far as the client can tell) the first without its final result.
     fn running(&self) -> Option<usize> {
-        if let Some(i) = self.server_at.filter(|_| self.pipeline).and_then(|s| self.queue.iter().position(|q| q.seq == s)) {
+        if let Some(i) = self
+            .server_at
+            .filter(|_| self.pipeline)
+            .and_then(|s| self.queue.iter().position(|q| q.seq == s))
+        {
             return Some(i);
         }
         if self.pipeline {
@@ -134,7 +143,10 @@ impl Default for Reconstructor {
 }
 
 fn is_sync(f: u32) -> bool {
-    matches!(f, func::PQEXEC | func::PQEXEC_PARAMS | func::PQPREPARE | func::PQEXEC_PREPARED)
+    matches!(
+        f,
+        func::PQEXEC | func::PQEXEC_PARAMS | func::PQPREPARE | func::PQEXEC_PREPARED
+    )
 }
 
 /// The asynchronous call a synchronous one makes inside libpq.
@@ -159,7 +171,13 @@ impl Reconstructor {
     }
 
     fn with_ids(ids: IdGen) -> Self {
-        Reconstructor { conns: Default::default(), txns: Tracker::new(), ids, by_backend: Default::default(), counters: Counters::default() }
+        Reconstructor {
+            conns: Default::default(),
+            txns: Tracker::new(),
+            ids,
+            by_backend: Default::default(),
+            counters: Counters::default(),
+        }
     }
 
     /// Which traced connection talks to a server backend, and what it is doing.
@@ -171,13 +189,21 @@ impl Reconstructor {
             Some(q) => self.txns.of(key, q),
             None => self.txns.current(key),
         };
-        Some(ClientContext { pid: key.0, query, txn })
+        Some(ClientContext {
+            pid: key.0,
+            query,
+            txn,
+        })
     }
 
     /// Adds an event to the query in flight on that backend's connection.
     pub fn annotate(&mut self, backend_pid: i32, ev: span::Event) -> bool {
-        let Some(key) = self.by_backend.get(&backend_pid) else { return false };
-        let Some(conn) = self.conns.get_mut(key) else { return false };
+        let Some(key) = self.by_backend.get(&backend_pid) else {
+            return false;
+        };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
         match conn.running() {
             Some(i) => {
                 conn.queue[i].span.events.push(ev);
@@ -202,11 +228,31 @@ impl Reconstructor {
 
     pub fn on_event(&mut self, ev: Event, out: &mut Vec<ClientSpan>) {
         match ev {
-            Event::Call { at, func, text, name, truncated } => self.on_call(at, func, text, name, truncated, out),
-            Event::Result { at, result, status, ntuples, cmd_status, sqlstate, nulls } => {
-                self.on_result(at, result, status, ntuples, cmd_status, sqlstate, nulls, out)
-            }
-            Event::Conn { at, backend_pid, db, host, port } => {
+            Event::Call {
+                at,
+                func,
+                text,
+                name,
+                truncated,
+            } => self.on_call(at, func, text, name, truncated, out),
+            Event::Result {
+                at,
+                result,
+                status,
+                ntuples,
+                cmd_status,
+                sqlstate,
+                nulls,
+            } => self.on_result(
+                at, result, status, ntuples, cmd_status, sqlstate, nulls, out,
+            ),
+            Event::Conn {
+                at,
+                backend_pid,
+                db,
+                host,
+                port,
+            } => {
                 let key = (at.pid, at.conn);
                 let conn = self.conns.entry(key).or_default();
                 if let Some(old) = conn.info.as_ref().map(|i| i.backend_pid) {
@@ -214,7 +260,13 @@ impl Reconstructor {
                         self.by_backend.remove(&old);
                     }
                 }
-                conn.info = Some(Arc::new(ConnInfo { backend_pid, db, host, port, ..Default::default() }));
+                conn.info = Some(Arc::new(ConnInfo {
+                    backend_pid,
+                    db,
+                    host,
+                    port,
+                    ..Default::default()
+                }));
                 if backend_pid > 0 {
                     self.by_backend.insert(backend_pid, key);
                 }
@@ -229,7 +281,15 @@ impl Reconstructor {
         }
     }
 
-    fn on_call(&mut self, at: Origin, f: u32, text: Option<String>, name: String, truncated: bool, out: &mut Vec<ClientSpan>) {
+    fn on_call(
+        &mut self,
+        at: Origin,
+        f: u32,
+        text: Option<String>,
+        name: String,
+        truncated: bool,
+        out: &mut Vec<ClientSpan>,
+    ) {
         let mut conn = self.conns.remove(&(at.pid, at.conn)).unwrap_or_default();
         let sync = is_sync(f);
         if conn.pipeline {
@@ -245,11 +305,9 @@ impl Reconstructor {
             return;
         }
         // The send a PQexec-style call makes inside libpq: same thread, not yet sent.
-        if let Some(outer) = conn
-            .queue
-            .iter_mut()
-            .find(|q| q.sync && !q.sent && q.span.tid == at.tid && nested_send(q.span.call) == Some(f))
-        {
+        if let Some(outer) = conn.queue.iter_mut().find(|q| {
+            q.sync && !q.sent && q.span.tid == at.tid && nested_send(q.span.call) == Some(f)
+        }) {
             outer.sent = true;
             outer.discarding = false;
             self.conns.insert((at.pid, at.conn), conn);
@@ -257,7 +315,10 @@ impl Reconstructor {
         }
         // Results PQexec will drain before sending: an unread query's, or the
         // rest of a multi-statement text's.
-        let pending = conn.queue.iter().any(|q| q.sent && !(q.one_result && q.answered_at.is_some()));
+        let pending = conn
+            .queue
+            .iter()
+            .any(|q| q.sent && !(q.one_result && q.answered_at.is_some()));
         // Answered queries have had their results: libpq runs no new query before.
         self.complete_answered((at.pid, at.conn), &mut conn, out);
         let discarding = sync && pending;
@@ -274,9 +335,19 @@ impl Reconstructor {
 
     /// Queues the query a call sends (or, for PQexec & co., is about to).
     #[allow(clippy::too_many_arguments)]
-    fn open_query(&mut self, at: Origin, f: u32, text: Option<String>, name: String, truncated: bool, discarding: bool, conn: &mut ConnState) {
+    fn open_query(
+        &mut self,
+        at: Origin,
+        f: u32,
+        text: Option<String>,
+        name: String,
+        truncated: bool,
+        discarding: bool,
+        conn: &mut ConnState,
+    ) {
         let sync = is_sync(f);
-        let (mut text, mut text_truncated, mut statement_name, mut before_attach) = (text, truncated, None, false);
+        let (mut text, mut text_truncated, mut statement_name, mut before_attach) =
+            (text, truncated, None, false);
         match f {
             func::PQPREPARE | func::PQSEND_PREPARE => {
                 if let Some(t) = &text {
@@ -325,7 +396,9 @@ impl Reconstructor {
             }
             _ => true,
         };
-        let ids = self.txns.query_started((at.pid, at.conn), &verb, at.ts_ns, &mut self.ids);
+        let ids = self
+            .txns
+            .query_started((at.pid, at.conn), &verb, at.ts_ns, &mut self.ids);
         conn.queue.push_back(InFlight {
             verb,
             span: QuerySpan {
@@ -378,7 +451,8 @@ impl Reconstructor {
             // Only a pipeline has these: the agent attached inside one.
             c.pipeline |= matches!(status, PGRES_PIPELINE_SYNC | PGRES_PIPELINE_ABORTED);
             if c.pipeline {
-                return self.pipeline_result(at, result, status, ntuples, cmd_status, sqlstate, out);
+                return self
+                    .pipeline_result(at, result, status, ntuples, cmd_status, sqlstate, out);
             }
         }
         let Some(q) = conn.and_then(|c| c.queue.front_mut()) else {
@@ -426,14 +500,30 @@ impl Reconstructor {
         }
     }
 
-    fn completed(&mut self, key: Key, mut q: InFlight, ts: u64, info: &Option<Arc<ConnInfo>>, out: &mut Vec<ClientSpan>) {
+    fn completed(
+        &mut self,
+        key: Key,
+        mut q: InFlight,
+        ts: u64,
+        info: &Option<Arc<ConnInfo>>,
+        out: &mut Vec<ClientSpan>,
+    ) {
         q.span.end_ns = ts;
         let s = &q.span;
         let mut txns = Vec::new();
         if s.skipped {
             self.txns.query_skipped(key, &s.ids, &q.verb, ts);
         } else {
-            self.txns.query_ended(key, &s.ids, &q.verb, ts, s.failed, s.sqlstate.as_deref(), s.cmd_status.as_deref(), &mut txns);
+            self.txns.query_ended(
+                key,
+                &s.ids,
+                &q.verb,
+                ts,
+                s.failed,
+                s.sqlstate.as_deref(),
+                s.cmd_status.as_deref(),
+                &mut txns,
+            );
         }
         out.push(ClientSpan::Query(q.span));
         push_txns(txns, info, out);
@@ -444,8 +534,13 @@ impl Reconstructor {
     /// are not seen: there a NULL ends them.
     pub fn complete_quiet(&mut self, now_ns: u64, out: &mut Vec<ClientSpan>) {
         let quiet = |q: &InFlight| {
-            let wait = if q.one_result { QUIET_NS } else { QUIET_MULTI_NS };
-            q.answered_at.is_some_and(|t| t.saturating_add(wait) < now_ns)
+            let wait = if q.one_result {
+                QUIET_NS
+            } else {
+                QUIET_MULTI_NS
+            };
+            q.answered_at
+                .is_some_and(|t| t.saturating_add(wait) < now_ns)
         };
         let keys: Vec<Key> = self
             .conns
@@ -460,7 +555,14 @@ impl Reconstructor {
         }
     }
 
-    fn close_all(&mut self, key: Key, conn: &mut ConnState, ts: u64, end: End, out: &mut Vec<ClientSpan>) {
+    fn close_all(
+        &mut self,
+        key: Key,
+        conn: &mut ConnState,
+        ts: u64,
+        end: End,
+        out: &mut Vec<ClientSpan>,
+    ) {
         for q in std::mem::take(&mut conn.queue) {
             self.cut(key, q, ts, end, out);
         }
@@ -476,13 +578,29 @@ impl Reconstructor {
         // Its outcome is unknown: it only stops being in flight. A
         // transaction it was ending stays open until the connection closes.
         let mut none = Vec::new();
-        self.txns.query_ended(key, &q.span.ids, &Verb::Other, q.span.end_ns, false, None, None, &mut none);
+        self.txns.query_ended(
+            key,
+            &q.span.ids,
+            &Verb::Other,
+            q.span.end_ns,
+            false,
+            None,
+            None,
+            &mut none,
+        );
         out.push(ClientSpan::Query(q.span));
     }
 
     /// A connection taken out of the map is gone (PQfinish, exit): answered
     /// queries complete, the rest are cut with `end`, its transaction closes.
-    fn conn_gone(&mut self, key: Key, mut c: ConnState, ts: u64, end: End, out: &mut Vec<ClientSpan>) {
+    fn conn_gone(
+        &mut self,
+        key: Key,
+        mut c: ConnState,
+        ts: u64,
+        end: End,
+        out: &mut Vec<ClientSpan>,
+    ) {
         self.complete_answered(key, &mut c, out);
         self.close_all(key, &mut c, ts, end, out);
         self.forget_backend(key, &c);
@@ -493,7 +611,12 @@ impl Reconstructor {
 
     /// The process is gone: close what it had in flight and forget it.
     pub fn process_exited(&mut self, pid: u32, ts_ns: u64, out: &mut Vec<ClientSpan>) {
-        let keys: Vec<_> = self.conns.keys().filter(|(p, _)| *p == pid).copied().collect();
+        let keys: Vec<_> = self
+            .conns
+            .keys()
+            .filter(|(p, _)| *p == pid)
+            .copied()
+            .collect();
         for k in keys {
             let c = self.conns.remove(&k).expect("key listed");
             self.conn_gone(k, c, ts_ns, End::ProcessExited, out);
@@ -505,8 +628,17 @@ impl Reconstructor {
 }
 
 /// A result's facts, added to its query's.
-fn apply(s: &mut QuerySpan, status: i32, ntuples: i32, cmd_status: String, sqlstate: Option<String>) {
-    if matches!(status, PGRES_TUPLES_OK | PGRES_SINGLE_TUPLE | PGRES_TUPLES_CHUNK) {
+fn apply(
+    s: &mut QuerySpan,
+    status: i32,
+    ntuples: i32,
+    cmd_status: String,
+    sqlstate: Option<String>,
+) {
+    if matches!(
+        status,
+        PGRES_TUPLES_OK | PGRES_SINGLE_TUPLE | PGRES_TUPLES_CHUNK
+    ) {
         s.rows += ntuples.max(0) as u64;
     }
     if !cmd_status.is_empty() {

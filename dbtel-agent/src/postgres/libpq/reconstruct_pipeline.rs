@@ -34,21 +34,35 @@ impl Reconstructor {
     /// no statement the server runs: its Parse and the first execution of
     /// the statement after it are one server statement, that execution's.
     pub fn server_began(&mut self, backend_pid: i32, after_error: bool) {
-        let Some(key) = self.by_backend.get(&backend_pid).copied() else { return };
-        let Some(conn) = self.conns.get_mut(&key).filter(|c| c.pipeline) else { return };
+        let Some(key) = self.by_backend.get(&backend_pid).copied() else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&key).filter(|c| c.pipeline) else {
+            return;
+        };
         let from = match conn.server_at {
             Some(s) if after_error => conn.syncs.iter().copied().find(|&m| m > s).unwrap_or(s + 1),
             Some(s) => s + 1,
             None => 0,
         };
-        if let Some(q) = conn.queue.iter().find(|q| q.seq >= from && !q.span.skipped && !q.span.is_prepare()) {
+        if let Some(q) = conn
+            .queue
+            .iter()
+            .find(|q| q.seq >= from && !q.span.skipped && !q.span.is_prepare())
+        {
             conn.server_at = Some(q.seq);
         }
     }
 
     /// Entering and leaving pipeline mode (reported with their result), and
     /// sync points.
-    pub(super) fn on_pipeline(&mut self, at: Origin, f: u32, ret: Option<i32>, out: &mut Vec<ClientSpan>) {
+    pub(super) fn on_pipeline(
+        &mut self,
+        at: Origin,
+        f: u32,
+        ret: Option<i32>,
+        out: &mut Vec<ClientSpan>,
+    ) {
         let key = (at.pid, at.conn);
         match f {
             func::PQENTER_PIPELINE_MODE | func::PQEXIT_PIPELINE_MODE if ret == Some(1) => {
@@ -93,8 +107,12 @@ impl Reconstructor {
         if result == 0 {
             // The NULL after a query's results; the last before a sync waits
             // for the sync's result (see the module's comment).
-            let front = conn.queue.front().and_then(|q| Some((q.answered_at?, q.seq)));
-            if let Some((ts, _)) = front.filter(|&(_, seq)| conn.syncs.front() != Some(&(seq + 1))) {
+            let front = conn
+                .queue
+                .front()
+                .and_then(|q| Some((q.answered_at?, q.seq)));
+            if let Some((ts, _)) = front.filter(|&(_, seq)| conn.syncs.front() != Some(&(seq + 1)))
+            {
                 let q = conn.queue.pop_front().expect("front exists");
                 self.completed(key, q, ts, &conn.info.clone(), out);
             }
@@ -104,7 +122,9 @@ impl Reconstructor {
             let upto = conn.syncs.pop_front().unwrap_or(u64::MAX);
             self.complete_before(key, &mut conn, upto, at.ts_ns, out);
         } else {
-            self.statement_result(key, &mut conn, at.ts_ns, status, ntuples, cmd_status, sqlstate, out);
+            self.statement_result(
+                key, &mut conn, at.ts_ns, status, ntuples, cmd_status, sqlstate, out,
+            );
         }
         self.conns.insert(key, conn);
     }
@@ -130,7 +150,13 @@ impl Reconstructor {
             Some(m) if target_seq.is_none_or(|t| t >= m) => {
                 // The sync's commit failed: the error belongs to the last statement before it.
                 if let Some(i) = conn.queue.iter().rposition(|q| q.seq < m).filter(|_| error) {
-                    apply(&mut conn.queue[i].span, status, ntuples, cmd_status, sqlstate);
+                    apply(
+                        &mut conn.queue[i].span,
+                        status,
+                        ntuples,
+                        cmd_status,
+                        sqlstate,
+                    );
                     return;
                 }
                 // A result for a query sent after that sync, before the
@@ -176,7 +202,14 @@ impl Reconstructor {
 
     /// Ends the queries sent before the sync point `upto` (their results are
     /// in: the sync's has come); one never answered lost its results.
-    fn complete_before(&mut self, key: Key, conn: &mut ConnState, upto: u64, ts: u64, out: &mut Vec<ClientSpan>) {
+    fn complete_before(
+        &mut self,
+        key: Key,
+        conn: &mut ConnState,
+        upto: u64,
+        ts: u64,
+        out: &mut Vec<ClientSpan>,
+    ) {
         while conn.queue.front().is_some_and(|q| q.seq < upto) {
             let q = conn.queue.pop_front().expect("front");
             match q.answered_at {

@@ -27,31 +27,65 @@ const C2: u64 = 0x2000;
 
 impl Script {
     fn new() -> Self {
-        Script { pid: 7, ts: 1_000_000, bytes: vec![] }
+        Script {
+            pid: 7,
+            ts: 1_000_000,
+            bytes: vec![],
+        }
     }
     fn at(&mut self, tid: u32, conn: u64) -> Origin {
         self.ts += 1_000;
-        Origin { pid: self.pid, tid, ts_ns: self.ts, conn }
+        Origin {
+            pid: self.pid,
+            tid,
+            ts_ns: self.ts,
+            conn,
+        }
     }
-    fn call(&mut self, tid: u32, conn: u64, f: u32, text: Option<&str>, name: Option<&str>) -> &mut Self {
+    fn call(
+        &mut self,
+        tid: u32,
+        conn: u64,
+        f: u32,
+        text: Option<&str>,
+        name: Option<&str>,
+    ) -> &mut Self {
         let at = self.at(tid, conn);
         self.bytes.push(encode::call(at, f, text, name));
         self
     }
     fn res(&mut self, tid: u32, conn: u64, status: i32, ntuples: i32, cmd: &str) -> &mut Self {
         let at = self.at(tid, conn);
-        self.bytes.push(encode::result(at, 0xbeef, status, ntuples, cmd, ""));
+        self.bytes
+            .push(encode::result(at, 0xbeef, status, ntuples, cmd, ""));
         self
     }
     fn err(&mut self, tid: u32, conn: u64, sqlstate: &str) -> &mut Self {
         let at = self.at(tid, conn);
-        self.bytes.push(encode::result(at, 0xbeef, PGRES_FATAL_ERROR, 0, "", sqlstate));
+        self.bytes.push(encode::result(
+            at,
+            0xbeef,
+            PGRES_FATAL_ERROR,
+            0,
+            "",
+            sqlstate,
+        ));
         self
     }
     /// A result from the probe inside PQgetResult (no NULLs follow).
     fn rp(&mut self, conn: u64, status: i32, ntuples: i32, cmd: &str) -> &mut Self {
         let at = self.at(1, conn);
-        self.bytes.push(encode::result_point(at, status, ntuples, cmd, if status == PGRES_FATAL_ERROR { "42P01" } else { "" }));
+        self.bytes.push(encode::result_point(
+            at,
+            status,
+            ntuples,
+            cmd,
+            if status == PGRES_FATAL_ERROR {
+                "42P01"
+            } else {
+                ""
+            },
+        ));
         self
     }
     fn null(&mut self, tid: u32, conn: u64) -> &mut Self {
@@ -61,7 +95,13 @@ impl Script {
     }
     fn conn(&mut self, conn: u64) -> &mut Self {
         let at = self.at(1, conn);
-        self.bytes.push(encode::conn(at, 4242, "bench", "/var/run/postgresql", "5432"));
+        self.bytes.push(encode::conn(
+            at,
+            4242,
+            "bench",
+            "/var/run/postgresql",
+            "5432",
+        ));
         self
     }
     /// A pipeline-mode call; `ret`: its result, for those probed at return.
@@ -102,9 +142,16 @@ fn pqexec_with_nested_send_and_drain_is_one_span() {
     let (spans, r) = s.run();
     assert_eq!(spans.len(), 1);
     let q = &spans[0];
-    assert_eq!((q.call, q.text.as_deref(), q.rows, q.end), (func::PQEXEC, Some("select 1"), 1, End::Completed));
+    assert_eq!(
+        (q.call, q.text.as_deref(), q.rows, q.end),
+        (func::PQEXEC, Some("select 1"), 1, End::Completed)
+    );
     assert_eq!(q.cmd_status.as_deref(), Some("SELECT 1"));
-    assert_eq!(q.end_ns - q.start_ns, 4_000, "from the PQexec call to the final NULL result");
+    assert_eq!(
+        q.end_ns - q.start_ns,
+        4_000,
+        "from the PQexec call to the final NULL result"
+    );
     assert_eq!(q.conn_info.as_ref().unwrap().backend_pid, 4242);
     assert_eq!(r.in_flight(), 0);
     assert_eq!(r.counters, Counters::default());
@@ -113,7 +160,10 @@ fn pqexec_with_nested_send_and_drain_is_one_span() {
 #[test]
 fn pqexec_whose_nested_send_is_invisible_still_collects_results() {
     let mut s = Script::new();
-    s.call(1, C1, func::PQEXEC, Some("select 1"), None).null(1, C1).res(1, C1, PGRES_TUPLES_OK, 3, "SELECT 3").null(1, C1);
+    s.call(1, C1, func::PQEXEC, Some("select 1"), None)
+        .null(1, C1)
+        .res(1, C1, PGRES_TUPLES_OK, 3, "SELECT 3")
+        .null(1, C1);
     let (spans, _) = s.run();
     assert_eq!(spans.len(), 1);
     assert_eq!(spans[0].rows, 3);
@@ -131,7 +181,10 @@ fn async_send_then_get_loop_like_psql_and_pgbench() {
         .null(1, C1); // an extra poll on an idle connection is harmless
     let (spans, r) = s.run();
     assert_eq!(spans.len(), 2);
-    assert_eq!((spans[0].rows, spans[0].cmd_status.as_deref()), (0, Some("UPDATE 5")));
+    assert_eq!(
+        (spans[0].rows, spans[0].cmd_status.as_deref()),
+        (0, Some("UPDATE 5"))
+    );
     assert_eq!(spans[1].call, func::PQSEND_QUERY_PARAMS);
     assert_eq!(r.counters, Counters::default());
 }
@@ -139,25 +192,43 @@ fn async_send_then_get_loop_like_psql_and_pgbench() {
 #[test]
 fn prepared_statements_map_names_to_text_per_connection() {
     let mut s = Script::new();
-    s.call(1, C1, func::PQPREPARE, Some("select * from t where id = $1"), Some("P0_1"))
-        .call(1, C1, func::PQSEND_PREPARE, Some("select * from t where id = $1"), Some("P0_1"))
-        .res(1, C1, 1, 0, "")
-        .null(1, C1)
-        .call(1, C1, func::PQSEND_QUERY_PREPARED, None, Some("P0_1"))
-        .res(1, C1, PGRES_TUPLES_OK, 1, "SELECT 1")
-        .null(1, C1)
-        // Same name on another connection: prepared before dbtel attached.
-        .call(2, C2, func::PQEXEC_PREPARED, None, Some("P0_1"))
-        .call(2, C2, func::PQSEND_QUERY_PREPARED, None, Some("P0_1"))
-        .res(2, C2, PGRES_TUPLES_OK, 0, "SELECT 0")
-        .null(2, C2);
+    s.call(
+        1,
+        C1,
+        func::PQPREPARE,
+        Some("select * from t where id = $1"),
+        Some("P0_1"),
+    )
+    .call(
+        1,
+        C1,
+        func::PQSEND_PREPARE,
+        Some("select * from t where id = $1"),
+        Some("P0_1"),
+    )
+    .res(1, C1, 1, 0, "")
+    .null(1, C1)
+    .call(1, C1, func::PQSEND_QUERY_PREPARED, None, Some("P0_1"))
+    .res(1, C1, PGRES_TUPLES_OK, 1, "SELECT 1")
+    .null(1, C1)
+    // Same name on another connection: prepared before dbtel attached.
+    .call(2, C2, func::PQEXEC_PREPARED, None, Some("P0_1"))
+    .call(2, C2, func::PQSEND_QUERY_PREPARED, None, Some("P0_1"))
+    .res(2, C2, PGRES_TUPLES_OK, 0, "SELECT 0")
+    .null(2, C2);
     let (spans, _) = s.run();
     assert_eq!(spans.len(), 3);
     assert!(spans[0].is_prepare());
     assert_eq!(spans[0].statement_name.as_deref(), Some("P0_1"));
-    assert_eq!(spans[1].text.as_deref(), Some("select * from t where id = $1"));
+    assert_eq!(
+        spans[1].text.as_deref(),
+        Some("select * from t where id = $1")
+    );
     assert!(!spans[1].prepared_before_attach);
-    assert_eq!((spans[2].text.as_deref(), spans[2].prepared_before_attach), (None, true));
+    assert_eq!(
+        (spans[2].text.as_deref(), spans[2].prepared_before_attach),
+        (None, true)
+    );
     assert_eq!(spans[2].call, func::PQEXEC_PREPARED);
 }
 
@@ -165,11 +236,20 @@ fn prepared_statements_map_names_to_text_per_connection() {
 fn errors_carry_the_first_sqlstate() {
     let mut s = Script::new();
     s.call(1, C1, func::PQEXEC, Some("select * from missing"), None)
-        .call(1, C1, func::PQSEND_QUERY, Some("select * from missing"), None)
+        .call(
+            1,
+            C1,
+            func::PQSEND_QUERY,
+            Some("select * from missing"),
+            None,
+        )
         .err(1, C1, "42P01")
         .null(1, C1);
     let (spans, _) = s.run();
-    assert_eq!((spans[0].failed, spans[0].sqlstate.as_deref()), (true, Some("42P01")));
+    assert_eq!(
+        (spans[0].failed, spans[0].sqlstate.as_deref()),
+        (true, Some("42P01"))
+    );
 }
 
 #[test]
@@ -182,7 +262,10 @@ fn interleaved_threads_and_connections_stay_apart() {
         .null(2, C2)
         .null(1, C1);
     let (spans, _) = s.run();
-    let texts: Vec<_> = spans.iter().map(|q| (q.text.clone().unwrap(), q.rows)).collect();
+    let texts: Vec<_> = spans
+        .iter()
+        .map(|q| (q.text.clone().unwrap(), q.rows))
+        .collect();
     assert_eq!(texts, vec![("b".to_string(), 2), ("a".to_string(), 1)]);
 }
 
@@ -204,7 +287,10 @@ fn finish_exit_and_failed_sends_close_spans_and_count_them() {
     let mut rest = vec![];
     r.process_exited(7, 99_000_000, &mut rest);
     let spans: Vec<_> = spans.into_iter().chain(queries(rest)).collect();
-    let ends: Vec<_> = spans.iter().map(|q| (q.text.clone().unwrap(), q.end)).collect();
+    let ends: Vec<_> = spans
+        .iter()
+        .map(|q| (q.text.clone().unwrap(), q.end))
+        .collect();
     assert_eq!(
         ends,
         vec![
@@ -214,15 +300,30 @@ fn finish_exit_and_failed_sends_close_spans_and_count_them() {
             ("select 3".into(), End::ProcessExited),
         ]
     );
-    assert_eq!(spans[1].rows, 0, "the superseded query gets none of the next one's rows");
+    assert_eq!(
+        spans[1].rows, 0,
+        "the superseded query gets none of the next one's rows"
+    );
     assert_eq!(spans[2].rows, 1);
-    assert_eq!(r.counters, Counters { unmatched_results: 1, incomplete: 3 });
+    assert_eq!(
+        r.counters,
+        Counters {
+            unmatched_results: 1,
+            incomplete: 3
+        }
+    );
     assert_eq!(r.in_flight(), 0);
 }
 
 /// psycopg2-style: every statement through PQexec (nested send, drain).
 fn exec(s: &mut Script, conn: u64, text: &str, tag: &str) {
-    s.call(1, conn, func::PQEXEC, Some(text), None).call(1, conn, func::PQSEND_QUERY, Some(text), None);
+    s.call(1, conn, func::PQEXEC, Some(text), None).call(
+        1,
+        conn,
+        func::PQSEND_QUERY,
+        Some(text),
+        None,
+    );
     s.res(1, conn, 1, 0, tag).null(1, conn);
 }
 
@@ -235,11 +336,18 @@ fn transactions_parent_their_queries_and_end_with_the_connection() {
     exec(&mut s, C1, "update t set x = 1", "UPDATE 1");
     exec(&mut s, C1, "COMMIT", "COMMIT");
     exec(&mut s, C1, "BEGIN", "BEGIN");
-    s.call(1, C1, func::PQEXEC, Some("select 1/0"), None).call(1, C1, func::PQSEND_QUERY, Some("select 1/0"), None);
+    s.call(1, C1, func::PQEXEC, Some("select 1/0"), None).call(
+        1,
+        C1,
+        func::PQSEND_QUERY,
+        Some("select 1/0"),
+        None,
+    );
     s.err(1, C1, "22012").null(1, C1);
     exec(&mut s, C1, "COMMIT", "ROLLBACK");
     exec(&mut s, C1, "BEGIN", "BEGIN");
-    s.call(1, C1, func::PQSEND_QUERY, Some("select pg_sleep(9)"), None).finish(C1);
+    s.call(1, C1, func::PQSEND_QUERY, Some("select pg_sleep(9)"), None)
+        .finish(C1);
     let (all, r) = s.run_all();
     let kinds: Vec<String> = all
         .iter()
@@ -251,25 +359,56 @@ fn transactions_parent_their_queries_and_end_with_the_connection() {
     assert_eq!(
         kinds,
         [
-            "select 1", "BEGIN", "update t set x = 1", "COMMIT", "txn committed", "BEGIN", "select 1/0", "COMMIT",
-            "txn rolled_back", "BEGIN", "select pg_sleep(9)", "txn incomplete"
+            "select 1",
+            "BEGIN",
+            "update t set x = 1",
+            "COMMIT",
+            "txn committed",
+            "BEGIN",
+            "select 1/0",
+            "COMMIT",
+            "txn rolled_back",
+            "BEGIN",
+            "select pg_sleep(9)",
+            "txn incomplete"
         ]
     );
-    let ClientSpan::Query(first) = &all[0] else { panic!() };
+    let ClientSpan::Query(first) = &all[0] else {
+        panic!()
+    };
     assert_eq!(first.ids.parent_span_id, 0);
-    let with_conn: Vec<(&TxnSpan, &Option<Arc<ConnInfo>>)> =
-        all.iter().filter_map(|s| if let ClientSpan::Txn(t, c) = s { Some((t, c)) } else { None }).collect();
+    let with_conn: Vec<(&TxnSpan, &Option<Arc<ConnInfo>>)> = all
+        .iter()
+        .filter_map(|s| {
+            if let ClientSpan::Txn(t, c) = s {
+                Some((t, c))
+            } else {
+                None
+            }
+        })
+        .collect();
     for ((t, conn), range) in with_conn.iter().zip([1..4, 5..8, 9..11]) {
         for s in &all[range] {
             let ClientSpan::Query(q) = s else { panic!() };
-            assert_eq!((q.ids.trace_id, q.ids.parent_span_id), (t.ids.trace_id, t.ids.span_id), "{:?}", q.text);
+            assert_eq!(
+                (q.ids.trace_id, q.ids.parent_span_id),
+                (t.ids.trace_id, t.ids.span_id),
+                "{:?}",
+                q.text
+            );
         }
         assert_eq!(conn.as_ref().unwrap().backend_pid, 4242);
     }
     let txns: Vec<&TxnSpan> = with_conn.iter().map(|(t, _)| *t).collect();
-    assert_eq!((txns[1].aborted, txns[1].sqlstate.as_deref()), (true, Some("22012")));
+    assert_eq!(
+        (txns[1].aborted, txns[1].sqlstate.as_deref()),
+        (true, Some("22012"))
+    );
     assert_eq!(txns[2].end_ns, s.ts, "ends when the connection closes");
-    assert!(r.client_context(4242).is_none(), "forgotten with the connection");
+    assert!(
+        r.client_context(4242).is_none(),
+        "forgotten with the connection"
+    );
 }
 
 #[test]
@@ -279,7 +418,9 @@ fn client_context_and_annotations_follow_the_query_in_flight() {
     exec(&mut s, C1, "BEGIN", "BEGIN");
     s.call(1, C1, func::PQSEND_QUERY, Some("update t set x = 2"), None);
     let (all, mut r) = s.run_all();
-    let ClientSpan::Query(begin) = &all[0] else { panic!() };
+    let ClientSpan::Query(begin) = &all[0] else {
+        panic!()
+    };
     let ctx = r.client_context(4242).expect("known backend");
     assert_eq!(ctx.pid, 7);
     let txn = ctx.txn.expect("in a transaction");
@@ -287,16 +428,42 @@ fn client_context_and_annotations_follow_the_query_in_flight() {
     let q = ctx.query.expect("query in flight");
     assert_eq!((q.trace_id, q.parent_span_id), (txn.trace_id, txn.span_id));
     assert!(r.client_context(1).is_none());
-    let ev = span::Event { name: "lock.wait", ts_ns: 5, attributes: vec![] };
+    let ev = span::Event {
+        name: "lock.wait",
+        ts_ns: 5,
+        attributes: vec![],
+    };
     assert!(r.annotate(4242, ev.clone()));
     assert!(!r.annotate(1, ev.clone()));
     let mut out = vec![];
-    let at = Origin { pid: 7, tid: 1, ts_ns: s.ts + 10, conn: C1 };
-    r.on_event(Event::Result { at, result: 0, status: -1, ntuples: 0, cmd_status: String::new(), sqlstate: None, nulls: true }, &mut out);
-    let ClientSpan::Query(done) = &out[0] else { panic!() };
+    let at = Origin {
+        pid: 7,
+        tid: 1,
+        ts_ns: s.ts + 10,
+        conn: C1,
+    };
+    r.on_event(
+        Event::Result {
+            at,
+            result: 0,
+            status: -1,
+            ntuples: 0,
+            cmd_status: String::new(),
+            sqlstate: None,
+            nulls: true,
+        },
+        &mut out,
+    );
+    let ClientSpan::Query(done) = &out[0] else {
+        panic!()
+    };
     assert_eq!((done.ids, &done.events[..]), (q, &[ev][..]));
     let ctx = r.client_context(4242).unwrap();
-    assert_eq!((ctx.query, ctx.txn), (None, Some(txn)), "idle in transaction");
+    assert_eq!(
+        (ctx.query, ctx.txn),
+        (None, Some(txn)),
+        "idle in transaction"
+    );
     r.process_exited(7, s.ts + 20, &mut out);
     assert!(matches!(&out[1], ClientSpan::Txn(t, _) if t.outcome == txn::Outcome::Incomplete));
     assert!(r.client_context(4242).is_none());
@@ -323,21 +490,34 @@ fn without_nulls_a_query_ends_at_its_last_result_when_the_next_call_begins() {
     s.conn(C1)
         .call(1, C1, func::PQSEND_QUERY_PREPARED, None, Some("P_0"))
         .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1")
-        .call(1, C1, func::PQSEND_QUERY, Some("select abalance from a where aid = 1;"), None)
+        .call(
+            1,
+            C1,
+            func::PQSEND_QUERY,
+            Some("select abalance from a where aid = 1;"),
+            None,
+        )
         .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1")
         .call(1, C1, func::PQEXEC, Some("update t set x = 1"), None) // nested send invisible
         .rp(C1, PGRES_COMMAND_OK, 0, "UPDATE 3");
     let (spans, mut r) = s.run();
     assert_eq!(spans.len(), 2, "the last one waits for what follows");
     for q in &spans {
-        assert_eq!((q.end, q.end_ns - q.start_ns), (End::Completed, 1_000), "{q:?}");
+        assert_eq!(
+            (q.end, q.end_ns - q.start_ns),
+            (End::Completed, 1_000),
+            "{q:?}"
+        );
     }
     let mut out = vec![];
     r.complete_quiet(s.ts + QUIET_NS, &mut out);
     assert!(out.is_empty(), "not quiet for long enough yet");
     r.complete_quiet(s.ts + QUIET_NS + 1, &mut out);
     let q = &queries(out)[0];
-    assert_eq!((q.cmd_status.as_deref(), q.end_ns - q.start_ns, q.end), (Some("UPDATE 3"), 1_000, End::Completed));
+    assert_eq!(
+        (q.cmd_status.as_deref(), q.end_ns - q.start_ns, q.end),
+        (Some("UPDATE 3"), 1_000, End::Completed)
+    );
     assert_eq!((r.in_flight(), r.counters), (0, Counters::default()));
 }
 
@@ -345,25 +525,53 @@ fn without_nulls_a_query_ends_at_its_last_result_when_the_next_call_begins() {
 fn late_results_land_on_the_answered_query() {
     let mut s = Script::new();
     // Extended protocol outside a block: CommandComplete, then the commit at Sync fails.
-    s.call(1, C1, func::PQSEND_QUERY_PARAMS, Some("insert into t values ($1)"), None)
-        .rp(C1, PGRES_COMMAND_OK, 0, "INSERT 0 1")
-        .rp(C1, PGRES_FATAL_ERROR, 0, "")
-        // A multi-statement text: its results, then an error skipping the rest.
-        .call(1, C1, func::PQEXEC, Some("select 1; select * from nope; select 3"), None)
-        .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1")
-        .rp(C1, PGRES_FATAL_ERROR, 0, "")
-        .finish(C1);
+    s.call(
+        1,
+        C1,
+        func::PQSEND_QUERY_PARAMS,
+        Some("insert into t values ($1)"),
+        None,
+    )
+    .rp(C1, PGRES_COMMAND_OK, 0, "INSERT 0 1")
+    .rp(C1, PGRES_FATAL_ERROR, 0, "")
+    // A multi-statement text: its results, then an error skipping the rest.
+    .call(
+        1,
+        C1,
+        func::PQEXEC,
+        Some("select 1; select * from nope; select 3"),
+        None,
+    )
+    .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1")
+    .rp(C1, PGRES_FATAL_ERROR, 0, "")
+    .finish(C1);
     let (spans, r) = s.run();
-    let got: Vec<_> = spans.iter().map(|q| (q.end, q.failed, q.sqlstate.clone(), q.end_ns - q.start_ns)).collect();
+    let got: Vec<_> = spans
+        .iter()
+        .map(|q| (q.end, q.failed, q.sqlstate.clone(), q.end_ns - q.start_ns))
+        .collect();
     let err = Some("42P01".to_string());
-    assert_eq!(got, [(End::Completed, true, err.clone(), 2_000), (End::Completed, true, err, 2_000)]);
+    assert_eq!(
+        got,
+        [
+            (End::Completed, true, err.clone(), 2_000),
+            (End::Completed, true, err, 2_000)
+        ]
+    );
     assert_eq!((r.in_flight(), r.counters), (0, Counters::default()));
 }
 
 #[test]
 fn multi_statement_texts_wait_longer_before_quiet_ends_them() {
     let mut s = Script::new();
-    s.call(1, C1, func::PQSEND_QUERY, Some("select 1; select pg_sleep(2)"), None).rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1");
+    s.call(
+        1,
+        C1,
+        func::PQSEND_QUERY,
+        Some("select 1; select pg_sleep(2)"),
+        None,
+    )
+    .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1");
     let (_, mut r) = s.run();
     let mut out = vec![];
     r.complete_quiet(s.ts + QUIET_NS + 1, &mut out);
@@ -377,7 +585,13 @@ fn without_nulls_pqexec_discards_what_it_drains_until_its_own_send() {
     let mut s = Script::new();
     s.call(1, C1, func::PQSEND_QUERY, Some("select 'old'"), None)
         .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1") // read; its NULL was not
-        .call(1, C1, func::PQSEND_QUERY, Some("select 1; select 'unread'"), None)
+        .call(
+            1,
+            C1,
+            func::PQSEND_QUERY,
+            Some("select 1; select 'unread'"),
+            None,
+        )
         .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1")
         .call(1, C1, func::PQEXEC, Some("select 'new'"), None)
         .rp(C1, PGRES_TUPLES_OK, 7, "SELECT 7") // the unread rest, drained
@@ -385,10 +599,17 @@ fn without_nulls_pqexec_discards_what_it_drains_until_its_own_send() {
         .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1")
         .finish(C1);
     let (spans, r) = s.run();
-    let got: Vec<_> = spans.iter().map(|q| (q.text.clone().unwrap(), q.rows, q.end)).collect();
+    let got: Vec<_> = spans
+        .iter()
+        .map(|q| (q.text.clone().unwrap(), q.rows, q.end))
+        .collect();
     assert_eq!(
         got,
-        [("select 'old'".into(), 1, End::Completed), ("select 1; select 'unread'".into(), 1, End::Completed), ("select 'new'".into(), 1, End::Completed)]
+        [
+            ("select 'old'".into(), 1, End::Completed),
+            ("select 1; select 'unread'".into(), 1, End::Completed),
+            ("select 'new'".into(), 1, End::Completed)
+        ]
     );
     assert_eq!(r.counters, Counters::default());
 }
@@ -405,8 +626,18 @@ fn without_nulls_a_query_never_answered_ends_when_the_next_begins() {
         .rp(C1, PGRES_TUPLES_OK, 1, "SELECT 1")
         .finish(C1);
     let (spans, r) = s.run();
-    let got: Vec<_> = spans.iter().map(|q| (q.text.clone().unwrap(), q.end)).collect();
-    assert_eq!(got, [("select 1".into(), End::Completed), ("select pg_sleep(9)".into(), End::Superseded), ("select 2".into(), End::Completed)]);
+    let got: Vec<_> = spans
+        .iter()
+        .map(|q| (q.text.clone().unwrap(), q.end))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("select 1".into(), End::Completed),
+            ("select pg_sleep(9)".into(), End::Superseded),
+            ("select 2".into(), End::Completed)
+        ]
+    );
     assert_eq!(r.counters.incomplete, 1);
 }
 
@@ -422,8 +653,23 @@ fn copy_and_single_row_results_do_not_answer_a_query() {
         .rp(C1, PGRES_TUPLES_OK, 0, "SELECT 2")
         .finish(C1);
     let (spans, r) = s.run();
-    let got: Vec<_> = spans.iter().map(|q| (q.cmd_status.clone().unwrap_or_default(), q.rows, q.end_ns - q.start_ns)).collect();
-    assert_eq!(got, [("COPY 5".to_string(), 0, 2_000), ("SELECT 2".to_string(), 2, 3_000)]);
+    let got: Vec<_> = spans
+        .iter()
+        .map(|q| {
+            (
+                q.cmd_status.clone().unwrap_or_default(),
+                q.rows,
+                q.end_ns - q.start_ns,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("COPY 5".to_string(), 0, 2_000),
+            ("SELECT 2".to_string(), 2, 3_000)
+        ]
+    );
     assert_eq!((r.in_flight(), r.counters), (0, Counters::default()));
 }
 
@@ -437,6 +683,9 @@ fn process_exit_completes_an_answered_query_and_cuts_an_unanswered_one() {
     r.process_exited(7, s.ts + 5_000, &mut out);
     let spans = queries(out);
     let ends: Vec<_> = spans.iter().map(|q| (q.conn, q.end)).collect();
-    assert!(ends.contains(&(C1, End::Completed)) && ends.contains(&(C2, End::ProcessExited)), "{ends:?}");
+    assert!(
+        ends.contains(&(C1, End::Completed)) && ends.contains(&(C2, End::ProcessExited)),
+        "{ends:?}"
+    );
     assert_eq!(r.counters.incomplete, 1);
 }

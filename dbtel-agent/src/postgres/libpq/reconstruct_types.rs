@@ -23,7 +23,8 @@ pub struct ConnInfo {
 impl PartialEq for ConnInfo {
     /// The same connection details (the attribute cache follows from them).
     fn eq(&self, o: &Self) -> bool {
-        (self.backend_pid, &self.db, &self.host, &self.port) == (o.backend_pid, &o.db, &o.host, &o.port)
+        (self.backend_pid, &self.db, &self.host, &self.port)
+            == (o.backend_pid, &o.db, &o.host, &o.port)
     }
 }
 

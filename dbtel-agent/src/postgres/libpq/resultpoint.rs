@@ -17,7 +17,10 @@
 //! The point is found by decoding the function; if the code does not have
 //! that shape the agent falls back to entry + return probes.
 
-use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Formatter, Instruction, IntelFormatter, Mnemonic, OpKind, Register};
+use iced_x86::{
+    Code, Decoder, DecoderOptions, FlowControl, Formatter, Instruction, IntelFormatter, Mnemonic,
+    OpKind, Register,
+};
 
 use crate::host::usdt::Gpr;
 
@@ -42,7 +45,11 @@ pub struct NotFound(pub &'static str);
 /// Finds the result points in PQgetResult's `code` (at address `ip`, the
 /// whole function). `is_fire(target)` says whether a call to `target` (or a
 /// call through the GOT slot at `target`) reaches PQfireResultCreateEvents.
-pub fn find(code: &[u8], ip: u64, is_fire: &dyn Fn(u64, bool) -> bool) -> Result<Vec<ResultPoint>, NotFound> {
+pub fn find(
+    code: &[u8],
+    ip: u64,
+    is_fire: &dyn Fn(u64, bool) -> bool,
+) -> Result<Vec<ResultPoint>, NotFound> {
     let mut insns = Vec::new();
     let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
     while decoder.can_decode() {
@@ -52,7 +59,9 @@ pub fn find(code: &[u8], ip: u64, is_fire: &dyn Fn(u64, bool) -> bool) -> Result
         }
         insns.push(ins);
     }
-    let calls: Vec<usize> = (0..insns.len()).filter(|&i| fire_call(&insns[i], is_fire)).collect();
+    let calls: Vec<usize> = (0..insns.len())
+        .filter(|&i| fire_call(&insns[i], is_fire))
+        .collect();
     if calls.is_empty() {
         return Err(NotFound("no call to PQfireResultCreateEvents"));
     }
@@ -70,7 +79,9 @@ fn fire_call(ins: &Instruction, is_fire: &dyn Fn(u64, bool) -> bool) -> bool {
     match ins.op0_kind() {
         OpKind::NearBranch64 => is_fire(ins.near_branch64(), false),
         // call [rip+disp] (-fno-plt): the GOT slot.
-        OpKind::Memory if ins.is_ip_rel_memory_operand() => is_fire(ins.ip_rel_memory_address(), true),
+        OpKind::Memory if ins.is_ip_rel_memory_operand() => {
+            is_fire(ins.ip_rel_memory_address(), true)
+        }
         _ => false,
     }
 }
@@ -96,7 +107,9 @@ fn point_before(insns: &[Instruction], call: usize, start: u64) -> Result<Result
         }
         first -= 1;
     }
-    let (Some(conn), Some(res)) = (conn, res) else { return Err(NotFound("arguments not moved from registers")) };
+    let (Some(conn), Some(res)) = (conn, res) else {
+        return Err(NotFound("arguments not moved from registers"));
+    };
     let (Some(conn_gpr), Some(res_gpr)) = (gpr(conn), gpr(res)) else {
         return Err(NotFound("argument in a register the probe cannot read"));
     };
@@ -107,24 +120,39 @@ fn point_before(insns: &[Instruction], call: usize, start: u64) -> Result<Result
     let entries: Vec<usize> = (0..insns.len())
         .filter(|&i| {
             let ins = &insns[i];
-            let target = matches!(ins.flow_control(), FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch)
-                && ins.op0_kind() == OpKind::NearBranch64
+            let target = matches!(
+                ins.flow_control(),
+                FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch
+            ) && ins.op0_kind() == OpKind::NearBranch64
                 && (block..=insns[call].ip()).contains(&ins.near_branch64());
             let falls = i + 1 == first && ins.flow_control() != FlowControl::UnconditionalBranch;
             target || falls
         })
         .collect();
-    let [j] = entries[..] else { return Err(NotFound("the call's block has several ways in")) };
+    let [j] = entries[..] else {
+        return Err(NotFound("the call's block has several ways in"));
+    };
     let branch = &insns[j];
-    if branch.flow_control() != FlowControl::ConditionalBranch || branch.op0_kind() != OpKind::NearBranch64 {
-        return Err(NotFound("the call's block is not entered by a conditional branch"));
+    if branch.flow_control() != FlowControl::ConditionalBranch
+        || branch.op0_kind() != OpKind::NearBranch64
+    {
+        return Err(NotFound(
+            "the call's block is not entered by a conditional branch",
+        ));
     }
     if j + 1 != first && branch.near_branch64() != block {
-        return Err(NotFound("the branch enters the call's block past an argument move"));
+        return Err(NotFound(
+            "the branch enters the call's block past an argument move",
+        ));
     }
     let mut text = String::new();
     IntelFormatter::new().format(branch, &mut text);
-    Ok(ResultPoint { offset: branch.ip() - start, res: res_gpr, conn: conn_gpr, instruction: text })
+    Ok(ResultPoint {
+        offset: branch.ip() - start,
+        res: res_gpr,
+        conn: conn_gpr,
+        instruction: text,
+    })
 }
 
 fn gpr(r: Register) -> Option<Gpr> {
@@ -157,8 +185,8 @@ mod tests {
     /// jle 18662h ; mov rsi,r12 ; mov rdi,rbx ; call PQfireResultCreateEvents@plt ;
     /// jmp 18662h.
     const DEBIAN15: &[u8] = &[
-        0x4d, 0x85, 0xe4, 0x74, 0xda, 0x41, 0x8b, 0x84, 0x24, 0x98, 0x00, 0x00, 0x00, 0x85, 0xc0, 0x7e, 0xd1, 0x4c,
-        0x89, 0xe6, 0x48, 0x89, 0xdf, 0xe8, 0x34, 0x3a, 0xff, 0xff, 0xeb, 0xc4,
+        0x4d, 0x85, 0xe4, 0x74, 0xda, 0x41, 0x8b, 0x84, 0x24, 0x98, 0x00, 0x00, 0x00, 0x85, 0xc0,
+        0x7e, 0xd1, 0x4c, 0x89, 0xe6, 0x48, 0x89, 0xdf, 0xe8, 0x34, 0x3a, 0xff, 0xff, 0xeb, 0xc4,
     ];
     const PLT: u64 = 0xc0d0;
 
@@ -166,7 +194,11 @@ mod tests {
     fn debian_libpq15_probes_the_nevents_branch() {
         let p = find(DEBIAN15, 0x18680, &|t, _| t == PLT).unwrap();
         assert_eq!(p.len(), 1);
-        assert_eq!((p[0].offset, p[0].res, p[0].conn), (0xf, Gpr::R12, Gpr::Rbx), "{p:?}");
+        assert_eq!(
+            (p[0].offset, p[0].res, p[0].conn),
+            (0xf, Gpr::R12, Gpr::Rbx),
+            "{p:?}"
+        );
         assert!(p[0].instruction.starts_with("jle"), "{p:?}");
     }
 
@@ -178,7 +210,10 @@ mod tests {
         let ip = 0x18680;
         let mut code = DEBIAN15.to_vec();
         code.extend_from_slice(&[0xeb, 0xf1]); // at +0x1e: jmp +0x11
-        assert_eq!(find(&code, ip, &|t, _| t == PLT), Err(NotFound("the call's block has several ways in")));
+        assert_eq!(
+            find(&code, ip, &|t, _| t == PLT),
+            Err(NotFound("the call's block has several ways in"))
+        );
         // An argument read from the stack: mov rsi,[rsp+8] instead of mov rsi,r12.
         let mut code = DEBIAN15.to_vec();
         code.splice(0x11..0x14, [0x48, 0x8b, 0x74, 0x24, 0x08]);
@@ -186,6 +221,9 @@ mod tests {
         let call_at = 0x18680 + 0x19;
         let rel = (PLT as i64 - (call_at + 5)) as i32;
         code[0x1a..0x1e].copy_from_slice(&rel.to_le_bytes());
-        assert_eq!(find(&code, ip, &|t, _| t == PLT), Err(NotFound("argument loaded from memory")));
+        assert_eq!(
+            find(&code, ip, &|t, _| t == PLT),
+            Err(NotFound("argument loaded from memory"))
+        );
     }
 }

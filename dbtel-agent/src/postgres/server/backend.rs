@@ -135,7 +135,13 @@ pub struct Tracker {
 
 /// Closes a backend's open waits: ended by `error` (at its time) or, with
 /// none, at `ts`.
-fn end_waits(b: &mut Backend, error: Option<&ErrorReport>, deadlock: bool, ts: u64, out: &mut Vec<ServerSpan>) {
+fn end_waits(
+    b: &mut Backend,
+    error: Option<&ErrorReport>,
+    deadlock: bool,
+    ts: u64,
+    out: &mut Vec<ServerSpan>,
+) {
     if b.waits.is_empty() {
         return;
     }
@@ -172,7 +178,10 @@ impl Tracker {
     /// The ids a blocker's work can be linked to: its transaction, else its query.
     pub fn current(&self, pid: u32) -> Option<Ids> {
         let b = self.backends.get(&pid)?;
-        b.txn.as_ref().map(|t| t.ids).or_else(|| b.query.as_ref().map(|q| q.ids))
+        b.txn
+            .as_ref()
+            .map(|t| t.ids)
+            .or_else(|| b.query.as_ref().map(|q| q.ids))
     }
 
     /// Backends with state kept (for sweeping out those whose exit was missed).
@@ -187,7 +196,11 @@ impl Tracker {
 
     /// Text of the query a backend is running, if known.
     pub fn running_query(&self, pid: u32) -> Option<&str> {
-        self.backends.get(&pid)?.query.as_ref().map(|q| q.text.as_str())
+        self.backends
+            .get(&pid)?
+            .query
+            .as_ref()
+            .map(|q| q.text.as_str())
     }
 
     /// Adds an event to the lock wait with these ids if it is still open.
@@ -232,16 +245,26 @@ impl Tracker {
                 if let (Some(q), Some(e)) = (b.query.as_mut(), &error) {
                     q.error.get_or_insert_with(|| e.clone());
                 }
-                let user_rollback = error.is_none() && b.effect.ends == Some(TxnOutcome::RolledBack);
+                let user_rollback =
+                    error.is_none() && b.effect.ends == Some(TxnOutcome::RolledBack);
                 match b.txn.as_mut() {
-                    Some(_) if user_rollback => self.close_txn(at.pid, at.ts_ns, TxnOutcome::RolledBack, out),
+                    Some(_) if user_rollback => {
+                        self.close_txn(at.pid, at.ts_ns, TxnOutcome::RolledBack, out)
+                    }
                     // Failed inside a block: it stays open, aborted, until ROLLBACK.
                     Some(t) if t.error.is_none() => {
-                        let e = error.unwrap_or_else(|| ErrorReport { sqlstate: "_OTHER".into(), message: None, ts_ns: at.ts_ns });
+                        let e = error.unwrap_or_else(|| ErrorReport {
+                            sqlstate: "_OTHER".into(),
+                            message: None,
+                            ts_ns: at.ts_ns,
+                        });
                         t.events.push(Event {
                             name: "transaction.aborted",
                             ts_ns: at.ts_ns,
-                            attributes: vec![opentelemetry::KeyValue::new("db.response.status_code", e.sqlstate.clone())],
+                            attributes: vec![opentelemetry::KeyValue::new(
+                                "db.response.status_code",
+                                e.sqlstate.clone(),
+                            )],
                         });
                         t.error = Some(e);
                     }
@@ -262,7 +285,11 @@ impl Tracker {
                 let b = self.backends.get_mut(&at.pid).expect("entry made above");
                 if let Some(q) = b.query.as_mut() {
                     for name in ["contention_detected", "lock_contention_detected"] {
-                        q.events.push(Event { name, ts_ns: at.ts_ns, attributes: vec![] });
+                        q.events.push(Event {
+                            name,
+                            ts_ns: at.ts_ns,
+                            attributes: vec![],
+                        });
                     }
                 }
                 self.counters.lock_waits += 1;
@@ -278,12 +305,24 @@ impl Tracker {
                     query: b.query.as_ref().map(|q| q.text.clone()),
                     events: vec![],
                 });
-                notices.push(Notice::WaitStarted { pid: at.pid, postmaster: b.postmaster, wait: ids, under_client, tag, ts_ns: at.ts_ns });
+                notices.push(Notice::WaitStarted {
+                    pid: at.pid,
+                    postmaster: b.postmaster,
+                    wait: ids,
+                    under_client,
+                    tag,
+                    ts_ns: at.ts_ns,
+                });
             }
             site::LOCK_WAIT_DONE => {
                 let tag = LockTag::from_args(&hit.args);
                 // Waits nest only in odd cases; take the latest with this tag.
-                if let Some(i) = b.waits.iter().rposition(|w| w.tag == tag).or(b.waits.len().checked_sub(1)) {
+                if let Some(i) = b
+                    .waits
+                    .iter()
+                    .rposition(|w| w.tag == tag)
+                    .or(b.waits.len().checked_sub(1))
+                {
                     let mut w = b.waits.remove(i);
                     w.end_ns = at.ts_ns;
                     out.push(ServerSpan::Wait(w));
@@ -293,13 +332,22 @@ impl Tracker {
                 b.deadlock = true;
                 self.counters.deadlocks += 1;
                 let wait = b.waits.last().map(|w| w.ids);
-                notices.push(Notice::Deadlock { pid: at.pid, postmaster: b.postmaster, wait, ts_ns: at.ts_ns });
+                notices.push(Notice::Deadlock {
+                    pid: at.pid,
+                    postmaster: b.postmaster,
+                    wait,
+                    ts_ns: at.ts_ns,
+                });
             }
             // errstart_cold calls errstart: one report, two hits.
             site::ERRSTART if b.awaiting_code => {}
             site::ERRSTART => {
                 // elog(ERROR) without errcode keeps errstart's default, XX000.
-                b.error = Some(ErrorReport { sqlstate: "XX000".into(), message: None, ts_ns: at.ts_ns });
+                b.error = Some(ErrorReport {
+                    sqlstate: "XX000".into(),
+                    message: None,
+                    ts_ns: at.ts_ns,
+                });
                 (b.awaiting_code, b.awaiting_message, b.error_emitted) = (true, true, false);
             }
             site::ERROR_EMITTED => {
@@ -316,21 +364,37 @@ impl Tracker {
             }
             site::ERRCODE if self.errors_by_level => {
                 // The first errcode after errstart_cold; a later one belongs to a lesser report.
-                if let Some(e) = b.error.as_mut().filter(|_| std::mem::take(&mut b.awaiting_code)) {
+                if let Some(e) = b
+                    .error
+                    .as_mut()
+                    .filter(|_| std::mem::take(&mut b.awaiting_code))
+                {
                     e.sqlstate = unpack_sqlstate(hit.args[0]);
                 }
             }
             site::ERRCODE => {
-                b.error = Some(ErrorReport { sqlstate: unpack_sqlstate(hit.args[0]), message: None, ts_ns: at.ts_ns });
+                b.error = Some(ErrorReport {
+                    sqlstate: unpack_sqlstate(hit.args[0]),
+                    message: None,
+                    ts_ns: at.ts_ns,
+                });
                 b.awaiting_message = true;
             }
             site::ERROR_SENT => {
-                if let Some(e) = b.error.as_mut().filter(|_| std::mem::take(&mut b.awaiting_sent)) {
+                if let Some(e) = b
+                    .error
+                    .as_mut()
+                    .filter(|_| std::mem::take(&mut b.awaiting_sent))
+                {
                     e.sqlstate = unpack_sqlstate(hit.args[0]);
                 }
             }
             site::ERRMSG => {
-                if let Some(e) = b.error.as_mut().filter(|_| std::mem::take(&mut b.awaiting_message)) {
+                if let Some(e) = b
+                    .error
+                    .as_mut()
+                    .filter(|_| std::mem::take(&mut b.awaiting_message))
+                {
                     e.message = hit.text.clone();
                 }
             }
@@ -338,10 +402,19 @@ impl Tracker {
         }
     }
 
-    fn open_query(&mut self, at: Origin, text: String, truncated: bool, client: &dyn Fn(u32) -> Option<ClientIds>) {
+    fn open_query(
+        &mut self,
+        at: Origin,
+        text: String,
+        truncated: bool,
+        client: &dyn Fn(u32) -> Option<ClientIds>,
+    ) {
         // Blocks are known from their statements' texts (the transaction
         // start/commit probes would cost two traps per implicit transaction).
-        let effect = BlockEffect::of(&text, self.backends.get(&at.pid).is_some_and(|b| b.txn.is_some()));
+        let effect = BlockEffect::of(
+            &text,
+            self.backends.get(&at.pid).is_some_and(|b| b.txn.is_some()),
+        );
         if effect.opened {
             self.open_txn(at, client);
         }
@@ -358,7 +431,13 @@ impl Tracker {
         b.effect = effect;
         (b.completed, b.whole) = (false, false);
         // Nothing from before this statement belongs to it.
-        (b.error, b.deadlock, b.awaiting_code, b.awaiting_message, b.awaiting_sent) = (None, false, false, false, false);
+        (
+            b.error,
+            b.deadlock,
+            b.awaiting_code,
+            b.awaiting_message,
+            b.awaiting_sent,
+        ) = (None, false, false, false, false);
         self.counters.queries += 1;
         let prepared = prepared_statement(&mut b.prepared, &text);
         b.query = Some(ServerQuery {
@@ -395,7 +474,11 @@ impl Tracker {
             outcome: TxnOutcome::Incomplete,
             error: None,
             statements: 0,
-            events: vec![Event { name: "transaction.started", ts_ns: at.ts_ns, attributes: vec![] }],
+            events: vec![Event {
+                name: "transaction.started",
+                ts_ns: at.ts_ns,
+                attributes: vec![],
+            }],
         });
     }
 
@@ -404,19 +487,35 @@ impl Tracker {
     /// BEGIN opened nothing, a failed COMMIT or PREPARE TRANSACTION rolled
     /// back, a failed AND CHAIN chains nothing. (ROLLBACK closed the block at
     /// its abort already.)
-    fn end_statement(&mut self, at: Origin, client: &dyn Fn(u32) -> Option<ClientIds>, out: &mut Vec<ServerSpan>) {
+    fn end_statement(
+        &mut self,
+        at: Origin,
+        client: &dyn Fn(u32) -> Option<ClientIds>,
+        out: &mut Vec<ServerSpan>,
+    ) {
         if self.drop_unexecuted(at, out) {
             return;
         }
         let (failed, end) = self.close_query(at.pid, at.ts_ns, out);
-        let Some(b) = self.backends.get_mut(&at.pid) else { return };
+        let Some(b) = self.backends.get_mut(&at.pid) else {
+            return;
+        };
         let e = std::mem::take(&mut b.effect);
         if failed && e.opened {
             b.txn = None;
             return;
         }
         if let Some(outcome) = e.ends {
-            self.close_txn(at.pid, end, if failed { TxnOutcome::RolledBack } else { outcome }, out);
+            self.close_txn(
+                at.pid,
+                end,
+                if failed {
+                    TxnOutcome::RolledBack
+                } else {
+                    outcome
+                },
+                out,
+            );
         }
         if e.reopens && !failed {
             self.open_txn(Origin { ts_ns: end, ..at }, client);
@@ -428,12 +527,20 @@ impl Tracker {
     /// its error, and a wait still open ended with it. A completed one ended
     /// at its completion.
     fn close_query(&mut self, pid: u32, ts: u64, out: &mut Vec<ServerSpan>) -> (bool, u64) {
-        let Some(b) = self.backends.get_mut(&pid) else { return (false, ts) };
-        let error = if self.errors_by_level { b.error.take() } else { None };
+        let Some(b) = self.backends.get_mut(&pid) else {
+            return (false, ts);
+        };
+        let error = if self.errors_by_level {
+            b.error.take()
+        } else {
+            None
+        };
         let deadlock = std::mem::take(&mut b.deadlock);
         (b.awaiting_code, b.awaiting_message) = (false, false);
         end_waits(b, error.as_ref(), deadlock, ts, out);
-        let Some(mut q) = b.query.take() else { return (false, ts) };
+        let Some(mut q) = b.query.take() else {
+            return (false, ts);
+        };
         if !std::mem::take(&mut b.completed) {
             q.end_ns = ts.max(q.start_ns);
         }
@@ -446,7 +553,14 @@ impl Tracker {
             self.ended.pop_front();
         }
         let (len, head) = (q.text.len(), text_head(&q.text));
-        self.ended.push_back(Ended { postmaster: q.postmaster, pid, start_ns: q.start_ns, end_ns: q.end_ns, len, head });
+        self.ended.push_back(Ended {
+            postmaster: q.postmaster,
+            pid,
+            start_ns: q.start_ns,
+            end_ns: q.end_ns,
+            len,
+            head,
+        });
         let end = q.end_ns;
         out.push(ServerSpan::Query(q));
         (failed, end)
@@ -462,27 +576,46 @@ impl Tracker {
         }
         let (len, head) = (q.text.len(), text_head(&q.text));
         let running = self.backends.iter().any(|(p, o)| {
-            *p != pid && o.postmaster == b.postmaster && o.query.as_ref().is_some_and(|l| l.start_ns <= q.start_ns && l.text == q.text)
+            *p != pid
+                && o.postmaster == b.postmaster
+                && o.query
+                    .as_ref()
+                    .is_some_and(|l| l.start_ns <= q.start_ns && l.text == q.text)
         });
         running
             || self.ended.iter().any(|e| {
-                e.pid != pid && e.postmaster == b.postmaster && e.len == len && e.head == head && e.start_ns <= q.start_ns && q.start_ns <= e.end_ns
+                e.pid != pid
+                    && e.postmaster == b.postmaster
+                    && e.len == len
+                    && e.head == head
+                    && e.start_ns <= q.start_ns
+                    && q.start_ns <= e.end_ns
             })
     }
 
     fn close_txn(&mut self, pid: u32, ts: u64, outcome: TxnOutcome, out: &mut Vec<ServerSpan>) {
-        let Some(b) = self.backends.get_mut(&pid) else { return };
+        let Some(b) = self.backends.get_mut(&pid) else {
+            return;
+        };
         if let Some(mut t) = b.txn.take() {
             t.end_ns = ts.max(t.start_ns);
             // An aborted block commits or prepares nothing.
-            t.outcome = if t.error.is_some() && outcome != TxnOutcome::Incomplete { TxnOutcome::RolledBack } else { outcome };
+            t.outcome = if t.error.is_some() && outcome != TxnOutcome::Incomplete {
+                TxnOutcome::RolledBack
+            } else {
+                outcome
+            };
             let name = match t.outcome {
                 TxnOutcome::Committed => "transaction.committed",
                 TxnOutcome::RolledBack => "transaction.rolled_back",
                 TxnOutcome::Prepared => "transaction.prepared",
                 TxnOutcome::Incomplete => "transaction.incomplete",
             };
-            t.events.push(Event { name, ts_ns: t.end_ns, attributes: vec![] });
+            t.events.push(Event {
+                name,
+                ts_ns: t.end_ns,
+                attributes: vec![],
+            });
             out.push(ServerSpan::Txn(t));
         }
     }
@@ -493,7 +626,9 @@ impl Tracker {
     }
 
     fn cut(&mut self, pid: u32, ts: u64, why: Cut, out: &mut Vec<ServerSpan>) {
-        let Some(mut b) = self.backends.remove(&pid) else { return };
+        let Some(mut b) = self.backends.remove(&pid) else {
+            return;
+        };
         for mut w in b.waits.drain(..) {
             w.end_ns = ts.max(w.start_ns);
             w.outcome = match why {
@@ -527,9 +662,24 @@ impl Tracker {
 
     /// Every backend of a postmaster we stop tracing: it exited (`exited`),
     /// or the agent stops while its backends live on.
-    pub fn server_gone(&mut self, postmaster: u32, ts: u64, exited: bool, out: &mut Vec<ServerSpan>) {
-        let pids: Vec<u32> = self.backends.iter().filter(|(_, b)| b.postmaster == postmaster).map(|(p, _)| *p).collect();
-        let why = if exited { Cut::ProcessExited } else { Cut::AgentStopped };
+    pub fn server_gone(
+        &mut self,
+        postmaster: u32,
+        ts: u64,
+        exited: bool,
+        out: &mut Vec<ServerSpan>,
+    ) {
+        let pids: Vec<u32> = self
+            .backends
+            .iter()
+            .filter(|(_, b)| b.postmaster == postmaster)
+            .map(|(p, _)| *p)
+            .collect();
+        let why = if exited {
+            Cut::ProcessExited
+        } else {
+            Cut::AgentStopped
+        };
         for p in pids {
             self.cut(p, ts, why, out);
         }

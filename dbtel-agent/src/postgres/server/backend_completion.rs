@@ -16,9 +16,13 @@ impl Tracker {
         let b = self.backends.get(&hit.at.pid);
         let running = b.and_then(|b| b.query.as_ref().map(|q| (b, q)));
         let begins = match (hit.site, &hit.text) {
-            (site::STATEMENT_STATUS, Some(text)) => !running.is_some_and(|(b, q)| !b.completed && &q.text == text),
+            (site::STATEMENT_STATUS, Some(text)) => {
+                !running.is_some_and(|(b, q)| !b.completed && &q.text == text)
+            }
             // The next statement of a simple-protocol text of several.
-            (site::COMMAND_DONE, _) => running.is_some_and(|(b, _)| !b.completed && !b.rest.is_empty()),
+            (site::COMMAND_DONE, _) => {
+                running.is_some_and(|(b, _)| !b.completed && !b.rest.is_empty())
+            }
             _ => false,
         };
         let failed = match running {
@@ -30,9 +34,20 @@ impl Tracker {
 
     /// A statement text is reported. Where statements end at EndCommand, a
     /// simple-protocol text of several is run statement by statement.
-    pub(super) fn open_text(&mut self, at: Origin, text: &str, truncated: bool, client: &dyn Fn(u32) -> Option<ClientIds>) {
-        let several = self.completing.contains(&(at.conn as u32)) && text.as_bytes().contains(&b';');
-        let pieces = if several && !truncated { crate::pipeline::shape::statements(text) } else { None };
+    pub(super) fn open_text(
+        &mut self,
+        at: Origin,
+        text: &str,
+        truncated: bool,
+        client: &dyn Fn(u32) -> Option<ClientIds>,
+    ) {
+        let several =
+            self.completing.contains(&(at.conn as u32)) && text.as_bytes().contains(&b';');
+        let pieces = if several && !truncated {
+            crate::pipeline::shape::statements(text)
+        } else {
+            None
+        };
         match pieces.as_deref() {
             Some([first, rest @ ..]) if !rest.is_empty() => {
                 self.open_query(at, first.to_string(), false, client);
@@ -41,15 +56,25 @@ impl Tracker {
             }
             _ => {
                 self.open_query(at, text.to_string(), truncated, client);
-                self.backends.get_mut(&at.pid).expect("entry exists").whole = several && pieces.is_none_or(|p| p.len() > 1);
+                self.backends.get_mut(&at.pid).expect("entry exists").whole =
+                    several && pieces.is_none_or(|p| p.len() > 1);
             }
         }
     }
 
     /// EndCommand: the running statement completed, having processed `rows`.
     /// The next statement of its text, if any, begins.
-    pub(super) fn command_done(&mut self, at: Origin, rows: u64, client: &dyn Fn(u32) -> Option<ClientIds>, out: &mut Vec<ServerSpan>) {
-        let b = self.backends.get_mut(&at.pid).expect("entry made by on_hit");
+    pub(super) fn command_done(
+        &mut self,
+        at: Origin,
+        rows: u64,
+        client: &dyn Fn(u32) -> Option<ClientIds>,
+        out: &mut Vec<ServerSpan>,
+    ) {
+        let b = self
+            .backends
+            .get_mut(&at.pid)
+            .expect("entry made by on_hit");
         let Some(q) = b.query.as_mut() else {
             self.counters.unmatched_completions += 1;
             return;
@@ -77,8 +102,11 @@ impl Tracker {
     /// that finishes it is the span). It is no statement of its block, and
     /// a BEGIN that never ran opened nothing.
     pub(super) fn drop_unexecuted(&mut self, at: Origin, out: &mut Vec<ServerSpan>) -> bool {
-        let Some(b) = self.backends.get_mut(&at.pid) else { return false };
-        let failed = b.query.as_ref().is_some_and(|q| q.error.is_some()) || (self.errors_by_level && b.error.is_some());
+        let Some(b) = self.backends.get_mut(&at.pid) else {
+            return false;
+        };
+        let failed = b.query.as_ref().is_some_and(|q| q.error.is_some())
+            || (self.errors_by_level && b.error.is_some());
         if b.query.is_none() || b.completed || failed || !self.completing.contains(&b.postmaster) {
             b.rest.clear();
             return false;

@@ -121,7 +121,9 @@ impl WaitOutcome {
         if deadlock {
             return WaitOutcome::Deadlock;
         }
-        let Some(e) = e else { return WaitOutcome::Error("_OTHER".into()) };
+        let Some(e) = e else {
+            return WaitOutcome::Error("_OTHER".into());
+        };
         let msg = e.message.as_deref().unwrap_or("");
         match e.sqlstate.as_str() {
             "40P01" => WaitOutcome::Deadlock,
@@ -225,7 +227,19 @@ impl ServerSpan {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Notice {
     /// A backend started waiting for a lock.
-    WaitStarted { pid: u32, postmaster: u32, wait: Ids, under_client: bool, tag: LockTag, ts_ns: u64 },
+    WaitStarted {
+        pid: u32,
+        postmaster: u32,
+        wait: Ids,
+        under_client: bool,
+        tag: LockTag,
+        ts_ns: u64,
+    },
     /// This backend found a deadlock and will abort (the victim).
-    Deadlock { pid: u32, postmaster: u32, wait: Option<Ids>, ts_ns: u64 },
+    Deadlock {
+        pid: u32,
+        postmaster: u32,
+        wait: Option<Ids>,
+        ts_ns: u64,
+    },
 }

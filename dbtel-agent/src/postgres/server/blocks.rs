@@ -30,7 +30,9 @@ impl BlockEffect {
         if !text.as_bytes().contains(&b';') {
             return Self::single(text, open);
         }
-        let Some(stmts) = crate::pipeline::shape::statements(text) else { return BlockEffect::default() };
+        let Some(stmts) = crate::pipeline::shape::statements(text) else {
+            return BlockEffect::default();
+        };
         if let [one] = stmts[..] {
             return Self::single(one, open);
         }
@@ -52,16 +54,26 @@ impl BlockEffect {
 
     pub fn single(text: &str, open: bool) -> BlockEffect {
         if !open {
-            return BlockEffect { opened: starts_block(text), ..Default::default() };
+            return BlockEffect {
+                opened: starts_block(text),
+                ..Default::default()
+            };
         }
         let ends = block_end(text);
-        BlockEffect { opened: false, ends, reopens: ends.is_some() && chains(text) }
+        BlockEffect {
+            opened: false,
+            ends,
+            reopens: ends.is_some() && chains(text),
+        }
     }
 }
 
 /// BEGIN / START TRANSACTION (comments and case as the client's side reads them).
 fn starts_block(text: &str) -> bool {
-    matches!(crate::pipeline::txn::verb(text), crate::pipeline::txn::Verb::Begin)
+    matches!(
+        crate::pipeline::txn::verb(text),
+        crate::pipeline::txn::Verb::Begin
+    )
 }
 
 /// COMMIT / END → committed, ROLLBACK / ABORT → rolled back; not ROLLBACK TO SAVEPOINT.
@@ -94,7 +106,9 @@ mod tests {
 
     #[test]
     fn block_verbs_are_read_past_comments() {
-        assert!(starts_block("/* app=shop */ begin isolation level serializable"));
+        assert!(starts_block(
+            "/* app=shop */ begin isolation level serializable"
+        ));
         assert_eq!(ends_block("-- done\nCOMMIT"), Some(TxnOutcome::Committed));
         assert_eq!(ends_block("ROLLBACK\nTO SAVEPOINT a"), None);
         assert!(!starts_block("select 'BEGIN'"));

@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, watch};
 use crate::{
     events::{Origin, ServerHit},
     host::pidns::PidNamespaces,
-    pipeline::{dbspan::DbSpan, sql::FactsCache},
     pipeline::span::{self, IdGen, Ids},
+    pipeline::{dbspan::DbSpan, sql::FactsCache},
     postgres::catalog::{self, Catalog, CatalogConfig, Snapshot},
     postgres::libpq::reconstruct::Reconstructor,
     postgres::server::backend::{ClientIds, LockTag, Notice, ServerSpan, Tracker},
@@ -58,9 +58,21 @@ struct ServerCatalog {
 
 enum Reply {
     /// A wait's grace period is over: look its blockers up if it still waits.
-    Due { postmaster: u32, wait: Ids, pid: u32, tag: LockTag },
-    Wait { postmaster: u32, wait: u64, facts: WaitFacts },
-    Backend { pid: u32, info: Option<catalog::Backend> },
+    Due {
+        postmaster: u32,
+        wait: Ids,
+        pid: u32,
+        tag: LockTag,
+    },
+    Wait {
+        postmaster: u32,
+        wait: u64,
+        facts: WaitFacts,
+    },
+    Backend {
+        pid: u32,
+        info: Option<catalog::Backend>,
+    },
 }
 
 /// Backends looked up, by PID: `None` while the question is out. Bounded by
@@ -133,8 +145,14 @@ impl ServerSide {
     /// one server: the first traced; without them each server is reached
     /// through its own socket.
     pub async fn add_server(&mut self, t: ServerTarget) -> anyhow::Result<()> {
-        let explicit = self.settings.config_file.is_some() || ["PGHOST", "PGPORT", "PGSERVICE"].iter().any(|v| std::env::var_os(v).is_some());
-        if self.settings.enabled && (self.catalogs.is_empty() || !explicit) && !self.catalogs.contains_key(&t.postmaster) {
+        let explicit = self.settings.config_file.is_some()
+            || ["PGHOST", "PGPORT", "PGSERVICE"]
+                .iter()
+                .any(|v| std::env::var_os(v).is_some());
+        if self.settings.enabled
+            && (self.catalogs.is_empty() || !explicit)
+            && !self.catalogs.contains_key(&t.postmaster)
+        {
             let defaults = catalog::server_defaults(t.postmaster);
             let cfg = CatalogConfig::load(self.settings.config_file.as_deref(), defaults)?;
             let cat = Arc::new(Catalog::new(cfg));
@@ -144,12 +162,24 @@ impl ServerSide {
                 Err(_) => log::warn!("catalog: no answer within 5 s; lock waits will lack relation names and blockers until it answers"),
             }
             let (_task, snapshot) = catalog::spawn_poller(cat.clone(), self.settings.period);
-            self.catalogs.insert(t.postmaster, ServerCatalog { catalog: cat, snapshot });
+            self.catalogs.insert(
+                t.postmaster,
+                ServerCatalog {
+                    catalog: cat,
+                    snapshot,
+                },
+            );
         }
-        if t.sites.iter().any(|s| s.spec.probe == dbtel_common::site::ERRSTART) {
+        if t.sites
+            .iter()
+            .any(|s| s.spec.probe == dbtel_common::site::ERRSTART)
+        {
             self.tracker.errors_by_level = true;
         }
-        if t.sites.iter().any(|s| s.spec.probe == dbtel_common::site::COMMAND_DONE) {
+        if t.sites
+            .iter()
+            .any(|s| s.spec.probe == dbtel_common::site::COMMAND_DONE)
+        {
             self.tracker.completes_statements(t.postmaster);
         }
         self.servers.insert(t.postmaster, t);
@@ -165,8 +195,16 @@ impl ServerSide {
         if let Some(Lookup::Known(b)) = self.backends.get(&pid) {
             return Some(b.clone());
         }
-        let polled = self.catalogs.get(&postmaster).and_then(|c| c.snapshot.borrow().backends.get(&self.pids.ns(pid)).cloned());
-        polled.map(Arc::new).or_else(|| self.sessions.get(&pid).cloned())
+        let polled = self.catalogs.get(&postmaster).and_then(|c| {
+            c.snapshot
+                .borrow()
+                .backends
+                .get(&self.pids.ns(pid))
+                .cloned()
+        });
+        polled
+            .map(Arc::new)
+            .or_else(|| self.sessions.get(&pid).cloned())
     }
 
     /// What a backend said about its session as it started (see site::SESSION_*).
@@ -177,7 +215,10 @@ impl ServerSide {
         }
         let pid = hit.at.pid;
         let b = self.sessions.entry(pid).or_insert_with(|| {
-            Arc::new(catalog::Backend { pid: self.pids.ns(pid), ..Default::default() })
+            Arc::new(catalog::Backend {
+                pid: self.pids.ns(pid),
+                ..Default::default()
+            })
         });
         let b = Arc::make_mut(b);
         let text = hit.text.clone();
@@ -200,7 +241,9 @@ impl ServerSide {
         if self.backends.contains_key(&pid) {
             return;
         }
-        let Some(cat) = self.catalog(postmaster) else { return };
+        let Some(cat) = self.catalog(postmaster) else {
+            return;
+        };
         if self.backends.len() >= MAX_BACKENDS {
             self.backends.retain(|_, v| matches!(v, Lookup::Pending));
         }
@@ -222,7 +265,10 @@ impl ServerSide {
     /// The catalogs' own sessions: their backends must not be traced
     /// (postmaster, PID as the server knows it).
     fn own_backends(&self) -> Vec<(u32, i32)> {
-        self.catalogs.iter().flat_map(|(pm, c)| c.catalog.own_pids().into_iter().map(move |ns| (*pm, ns))).collect()
+        self.catalogs
+            .iter()
+            .flat_map(|(pm, c)| c.catalog.own_pids().into_iter().map(move |ns| (*pm, ns)))
+            .collect()
     }
 
     /// The catalogs' own backends by host PID (learnt if they are new).
@@ -235,12 +281,19 @@ impl ServerSide {
                 }
             }
         }
-        own.into_iter().map(|(server, ns)| self.pids.host(server, ns)).collect()
+        own.into_iter()
+            .map(|(server, ns)| self.pids.host(server, ns))
+            .collect()
     }
 
     pub fn on_hit(&mut self, hit: &ServerHit, recon: &mut Reconstructor) {
         self.pids.learn(hit.at.pid, hit.at.conn as u32);
-        if matches!(hit.site, dbtel_common::site::SESSION_DATABASE | dbtel_common::site::SESSION_USER | dbtel_common::site::APPLICATION_NAME) {
+        if matches!(
+            hit.site,
+            dbtel_common::site::SESSION_DATABASE
+                | dbtel_common::site::SESSION_USER
+                | dbtel_common::site::APPLICATION_NAME
+        ) {
             return self.on_session(hit);
         }
         if hit.site == dbtel_common::site::STATEMENT_STATUS && hit.text.is_some() {
@@ -251,21 +304,46 @@ impl ServerSide {
             recon.server_began(self.pids.ns(hit.at.pid), after_error);
         }
         let pids = &self.pids;
-        let client = |pid: u32| recon.client_context(pids.ns(pid)).map(|c| ClientIds { query: c.query, txn: c.txn });
-        self.tracker.on_hit(hit, &client, &mut self.spans, &mut self.notices);
+        let client = |pid: u32| {
+            recon.client_context(pids.ns(pid)).map(|c| ClientIds {
+                query: c.query,
+                txn: c.txn,
+            })
+        };
+        self.tracker
+            .on_hit(hit, &client, &mut self.spans, &mut self.notices);
         // Acted on at once: the next hit may close the wait these refer to.
         let notices = std::mem::take(&mut self.notices);
         for n in notices {
             match n {
-                Notice::WaitStarted { pid, postmaster, wait, under_client, tag, ts_ns } => {
+                Notice::WaitStarted {
+                    pid,
+                    postmaster,
+                    wait,
+                    under_client,
+                    tag,
+                    ts_ns,
+                } => {
                     if under_client {
                         for name in ["contention_detected", "lock_contention_detected"] {
-                            recon.annotate(self.pids.ns(pid), span::Event { name, ts_ns, attributes: lock_attributes(&tag) });
+                            recon.annotate(
+                                self.pids.ns(pid),
+                                span::Event {
+                                    name,
+                                    ts_ns,
+                                    attributes: lock_attributes(&tag),
+                                },
+                            );
                         }
                     }
                     self.ask(postmaster, pid, wait, tag);
                 }
-                Notice::Deadlock { pid, postmaster, wait, ts_ns } => self.deadlock(postmaster, pid, wait, ts_ns, recon),
+                Notice::Deadlock {
+                    pid,
+                    postmaster,
+                    wait,
+                    ts_ns,
+                } => self.deadlock(postmaster, pid, wait, ts_ns, recon),
             }
         }
     }
@@ -286,16 +364,25 @@ impl ServerSide {
         let tx = self.tx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(WAIT_GRACE).await;
-            let _ = tx.send(Reply::Due { postmaster, wait, pid, tag });
+            let _ = tx.send(Reply::Due {
+                postmaster,
+                wait,
+                pid,
+                tag,
+            });
         });
     }
 
     fn look_up_wait(&mut self, postmaster: u32, pid: u32, wait: Ids, tag: LockTag) {
-        let Some(cat) = self.catalog(postmaster) else { return };
+        let Some(cat) = self.catalog(postmaster) else {
+            return;
+        };
         let still_waiting = self.tracker.open_wait(pid) == Some(wait);
         let blockers = still_waiting && self.lookups_in_flight < MAX_LOOKUPS;
         if still_waiting && !blockers {
-            log::debug!("lock wait of backend {pid}: {MAX_LOOKUPS} catalog lookups in flight already");
+            log::debug!(
+                "lock wait of backend {pid}: {MAX_LOOKUPS} catalog lookups in flight already"
+            );
         }
         if !blockers && tag.relation().is_none() {
             self.facts.insert(wait.span_id, Some(WaitFacts::default()));
@@ -316,10 +403,12 @@ impl ServerSide {
             // table comes from the tuple lock the waiter holds meanwhile.
             let relation = match tag.relation() {
                 Some(r) => Some(r),
-                None if blockers && tag.locktag_type == 5 => cat.tuple_lock_of(ns).await.unwrap_or_else(|e| {
-                    cat.warn_rate_limited(&e);
-                    None
-                }),
+                None if blockers && tag.locktag_type == 5 => {
+                    cat.tuple_lock_of(ns).await.unwrap_or_else(|e| {
+                        cat.warn_rate_limited(&e);
+                        None
+                    })
+                }
                 None => None,
             };
             // Names are cached: after the first, no round trip.
@@ -329,7 +418,11 @@ impl ServerSide {
                     Err(e) => cat.warn_rate_limited(&e),
                 }
             }
-            let _ = tx.send(Reply::Wait { postmaster, wait: wait.span_id, facts });
+            let _ = tx.send(Reply::Wait {
+                postmaster,
+                wait: wait.span_id,
+                facts,
+            });
         });
     }
 
@@ -337,11 +430,19 @@ impl ServerSide {
     /// else its query (the application's trace), else the server's block or
     /// statement.
     fn traced_work(&self, pid: u32, recon: &Reconstructor) -> Option<Ids> {
-        recon.client_context(self.pids.ns(pid)).and_then(|c| c.txn.or(c.query)).or_else(|| self.tracker.current(pid))
+        recon
+            .client_context(self.pids.ns(pid))
+            .and_then(|c| c.txn.or(c.query))
+            .or_else(|| self.tracker.current(pid))
     }
 
     /// The blockers' transactions, as traced by dbtel.
-    fn blocker_links(&self, postmaster: u32, facts: &WaitFacts, recon: &Reconstructor) -> Vec<span::Link> {
+    fn blocker_links(
+        &self,
+        postmaster: u32,
+        facts: &WaitFacts,
+        recon: &Reconstructor,
+    ) -> Vec<span::Link> {
         facts
             .blockers
             .iter()
@@ -359,31 +460,76 @@ impl ServerSide {
             .collect()
     }
 
-    fn deadlock(&mut self, postmaster: u32, victim: u32, wait: Option<Ids>, ts_ns: u64, recon: &mut Reconstructor) {
+    fn deadlock(
+        &mut self,
+        postmaster: u32,
+        victim: u32,
+        wait: Option<Ids>,
+        ts_ns: u64,
+        recon: &mut Reconstructor,
+    ) {
         let host_of = |ns: i32| self.pids.host(postmaster, ns);
-        let blockers = wait.and_then(|w| self.facts.get(&w.span_id).cloned().flatten()).map(|f| f.blockers).unwrap_or_default();
+        let blockers = wait
+            .and_then(|w| self.facts.get(&w.span_id).cloned().flatten())
+            .map(|f| f.blockers)
+            .unwrap_or_default();
         let victim_ns = self.pids.ns(victim);
-        let mut attrs = vec![KeyValue::new("db.postgresql.deadlock.victim.pid", victim_ns as i64)];
+        let mut attrs = vec![KeyValue::new(
+            "db.postgresql.deadlock.victim.pid",
+            victim_ns as i64,
+        )];
         let mut pids = vec![victim_ns as i64];
         if let Some(q) = self.tracker.running_query(victim) {
-            attrs.push(KeyValue::new("db.postgresql.deadlock.victim.query", crate::pipeline::sql::facts(q, self.text).text));
+            attrs.push(KeyValue::new(
+                "db.postgresql.deadlock.victim.query",
+                crate::pipeline::sql::facts(q, self.text).text,
+            ));
         }
         for b in &blockers {
             pids.push(b.pid as i64);
-            attrs.push(KeyValue::new("db.postgresql.deadlock.other.pid", b.pid as i64));
-            let q = self.tracker.running_query(host_of(b.pid)).map(str::to_string).unwrap_or_else(|| b.query.clone());
-            attrs.push(KeyValue::new("db.postgresql.deadlock.other.query", crate::pipeline::sql::facts(&q, self.text).text));
+            attrs.push(KeyValue::new(
+                "db.postgresql.deadlock.other.pid",
+                b.pid as i64,
+            ));
+            let q = self
+                .tracker
+                .running_query(host_of(b.pid))
+                .map(str::to_string)
+                .unwrap_or_else(|| b.query.clone());
+            attrs.push(KeyValue::new(
+                "db.postgresql.deadlock.other.query",
+                crate::pipeline::sql::facts(&q, self.text).text,
+            ));
             if let Some(ids) = self.traced_work(host_of(b.pid), recon) {
-                attrs.push(KeyValue::new("db.postgresql.deadlock.other.trace_id", format!("{:032x}", ids.trace_id)));
-                attrs.push(KeyValue::new("db.postgresql.deadlock.other.span_id", format!("{:016x}", ids.span_id)));
+                attrs.push(KeyValue::new(
+                    "db.postgresql.deadlock.other.trace_id",
+                    format!("{:032x}", ids.trace_id),
+                ));
+                attrs.push(KeyValue::new(
+                    "db.postgresql.deadlock.other.span_id",
+                    format!("{:016x}", ids.span_id),
+                ));
             }
         }
         if let Some(ids) = self.traced_work(victim, recon) {
-            attrs.push(KeyValue::new("db.postgresql.deadlock.victim.trace_id", format!("{:032x}", ids.trace_id)));
-            attrs.push(KeyValue::new("db.postgresql.deadlock.victim.span_id", format!("{:016x}", ids.span_id)));
+            attrs.push(KeyValue::new(
+                "db.postgresql.deadlock.victim.trace_id",
+                format!("{:032x}", ids.trace_id),
+            ));
+            attrs.push(KeyValue::new(
+                "db.postgresql.deadlock.victim.span_id",
+                format!("{:016x}", ids.span_id),
+            ));
         }
-        attrs.push(KeyValue::new("db.postgresql.deadlock.pids", opentelemetry::Value::Array(pids.into())));
-        let ev = span::Event { name: "deadlock_detected", ts_ns, attributes: attrs };
+        attrs.push(KeyValue::new(
+            "db.postgresql.deadlock.pids",
+            opentelemetry::Value::Array(pids.into()),
+        ));
+        let ev = span::Event {
+            name: "deadlock_detected",
+            ts_ns,
+            attributes: attrs,
+        };
         // On every participant: its wait and the query that suffered it.
         if let Some(w) = wait {
             self.tracker.annotate_wait(w, ev.clone());
@@ -401,14 +547,25 @@ impl ServerSide {
     pub fn take_replies(&mut self, recon: &Reconstructor) {
         while let Ok(r) = self.rx.try_recv() {
             match r {
-                Reply::Due { postmaster, wait, pid, tag } => {
+                Reply::Due {
+                    postmaster,
+                    wait,
+                    pid,
+                    tag,
+                } => {
                     if self.facts.contains_key(&wait.span_id) {
                         self.look_up_wait(postmaster, pid, wait, tag);
                     }
                 }
                 // An answer that came after its wait was exported has nowhere to go.
-                Reply::Wait { wait, .. } if !self.facts.contains_key(&wait) => self.lookups_in_flight -= 1,
-                Reply::Wait { postmaster, wait, facts } => {
+                Reply::Wait { wait, .. } if !self.facts.contains_key(&wait) => {
+                    self.lookups_in_flight -= 1
+                }
+                Reply::Wait {
+                    postmaster,
+                    wait,
+                    facts,
+                } => {
                     self.lookups_in_flight -= 1;
                     let links = self.blocker_links(postmaster, &facts, recon);
                     self.links.insert(wait, links);
@@ -416,7 +573,10 @@ impl ServerSide {
                 }
                 Reply::Backend { pid, info } => {
                     // Not found (gone already): the poller's snapshot may still know it.
-                    self.backends.insert(pid, info.map_or(Lookup::Unknown, |b| Lookup::Known(Arc::new(b))));
+                    self.backends.insert(
+                        pid,
+                        info.map_or(Lookup::Unknown, |b| Lookup::Known(Arc::new(b))),
+                    );
                 }
             }
         }
@@ -426,7 +586,11 @@ impl ServerSide {
     /// them are in (or they have waited long enough).
     pub fn flush(&mut self, cache: &mut FactsCache, force: bool, out: &mut Vec<DbSpan>) {
         let now = Instant::now();
-        self.held.extend(std::mem::take(&mut self.spans).into_iter().map(|s| (s, now)));
+        self.held.extend(
+            std::mem::take(&mut self.spans)
+                .into_iter()
+                .map(|s| (s, now)),
+        );
         // The catalog's own sessions (a reconnect is traced until housekeeping
         // untraces it; a new backend's spans are held until it is looked up).
         let own = self.own_backends();
@@ -435,7 +599,11 @@ impl ServerSide {
             let info = self.backend_info(pm, pid);
             // Parallel workers report their leader's statement and never go
             // idle: the leader's span is the one that counts.
-            if own.contains(&(pm, self.pids.ns(pid))) || info.as_ref().is_some_and(|b| b.backend_type == "parallel worker") {
+            if own.contains(&(pm, self.pids.ns(pid)))
+                || info
+                    .as_ref()
+                    .is_some_and(|b| b.backend_type == "parallel worker")
+            {
                 if let ServerSpan::Wait(w) = &s {
                     self.facts.remove(&w.ids.span_id);
                     self.links.remove(&w.ids.span_id);
@@ -464,11 +632,7 @@ impl ServerSide {
         if self.exited.is_empty() {
             return;
         }
-        let held: std::collections::HashSet<u32> = self
-            .held
-            .iter()
-            .map(|(s, _)| s.pid())
-            .collect();
+        let held: std::collections::HashSet<u32> = self.held.iter().map(|(s, _)| s.pid()).collect();
         let (backends, sessions, pids) = (&mut self.backends, &mut self.sessions, &mut self.pids);
         self.exited.retain(|pid| {
             let keep = held.contains(pid) || matches!(backends.get(pid), Some(Lookup::Pending));
@@ -495,7 +659,11 @@ impl ServerSide {
     /// Sessions idle inside a transaction for long hold locks others may
     /// need: said once per session and transaction, from the poller's snapshot.
     pub fn warn_idle_in_transaction(&mut self) {
-        let snapshots: Vec<(u32, Arc<Snapshot>)> = self.catalogs.iter().map(|(pm, c)| (*pm, c.snapshot.borrow().clone())).collect();
+        let snapshots: Vec<(u32, Arc<Snapshot>)> = self
+            .catalogs
+            .iter()
+            .map(|(pm, c)| (*pm, c.snapshot.borrow().clone()))
+            .collect();
         for (pm, snap) in snapshots {
             self.warn_idle(pm, &snap);
         }
@@ -506,10 +674,18 @@ impl ServerSide {
 
     fn warn_idle(&mut self, postmaster: u32, snap: &Snapshot) {
         for s in &snap.stats.idle_in_transaction {
-            let Some(age) = s.xact_age_ms.filter(|a| *a >= IDLE_IN_TXN_WARN.as_millis() as f64) else { continue };
+            let Some(age) = s
+                .xact_age_ms
+                .filter(|a| *a >= IDLE_IN_TXN_WARN.as_millis() as f64)
+            else {
+                continue;
+            };
             // Keyed by the transaction's start, so a new transaction warns again.
             let started = snap.taken_at.map_or(0, |t| {
-                t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64).saturating_sub(age as u64) / 1000
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64)
+                    .saturating_sub(age as u64)
+                    / 1000
             });
             if self.idle_warned.insert((postmaster, s.pid, started)) {
                 log::warn!(
@@ -524,7 +700,8 @@ impl ServerSide {
 
     /// A postmaster is gone (or no longer traced): close its backends' spans.
     pub fn server_gone(&mut self, postmaster: u32, ts_ns: u64, exited: bool) {
-        self.tracker.server_gone(postmaster, ts_ns, exited, &mut self.spans);
+        self.tracker
+            .server_gone(postmaster, ts_ns, exited, &mut self.spans);
         self.servers.remove(&postmaster);
     }
 

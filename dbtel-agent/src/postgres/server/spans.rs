@@ -15,23 +15,58 @@ use crate::{
 /// A query as the server ran it (kind SERVER), exported with the server's
 /// resource. `backend_pid`: the backend's PID as its server knows it (see
 /// host::pidns).
-pub fn query_span(q: ServerQuery, backend_pid: i32, cache: &mut FactsCache, backend: Option<&Backend>) -> DbSpan {
+pub fn query_span(
+    q: ServerQuery,
+    backend_pid: i32,
+    cache: &mut FactsCache,
+    backend: Option<&Backend>,
+) -> DbSpan {
     let facts = cache.get(q.prepared.as_ref().map_or(&q.text, |(_, body)| body));
     let d = describe_query(&q, backend_pid, &facts, backend);
-    DbSpan::new(q.postmaster, q.ids, Kind::Server, (q.start_ns, q.end_ns), d, q.events, Vec::new())
+    DbSpan::new(
+        q.postmaster,
+        q.ids,
+        Kind::Server,
+        (q.start_ns, q.end_ns),
+        d,
+        q.events,
+        Vec::new(),
+    )
 }
 
 /// A transaction block as the server ran it.
 pub fn txn_span(t: ServerTxn, backend_pid: i32, backend: Option<&Backend>) -> DbSpan {
     let d = describe_txn(&t, backend_pid, backend);
-    DbSpan::new(t.postmaster, t.ids, Kind::Server, (t.start_ns, t.end_ns), d, t.events, Vec::new())
+    DbSpan::new(
+        t.postmaster,
+        t.ids,
+        Kind::Server,
+        (t.start_ns, t.end_ns),
+        d,
+        t.events,
+        Vec::new(),
+    )
 }
 
 /// A lock wait (kind INTERNAL: time spent inside the server), linked to the
 /// blockers' transactions where dbtel traces them.
-pub fn wait_span(w: LockWait, backend_pid: i32, facts: &WaitFacts, cache: &mut FactsCache, links: Vec<Link>) -> DbSpan {
+pub fn wait_span(
+    w: LockWait,
+    backend_pid: i32,
+    facts: &WaitFacts,
+    cache: &mut FactsCache,
+    links: Vec<Link>,
+) -> DbSpan {
     let d = describe_wait(&w, backend_pid, facts, cache);
-    DbSpan::new(w.postmaster, w.ids, Kind::Internal, (w.start_ns, w.end_ns), d, w.events, links)
+    DbSpan::new(
+        w.postmaster,
+        w.ids,
+        Kind::Internal,
+        (w.start_ns, w.end_ns),
+        d,
+        w.events,
+        links,
+    )
 }
 
 /// What the catalog told about a lock wait while it lasted.
@@ -50,12 +85,18 @@ fn backend_attributes(b: &Backend, a: &mut Vec<KeyValue>) {
         a.push(KeyValue::new("user.name", u.clone()));
     }
     if !b.application_name.is_empty() {
-        a.push(KeyValue::new("db.postgresql.application_name", b.application_name.clone()));
+        a.push(KeyValue::new(
+            "db.postgresql.application_name",
+            b.application_name.clone(),
+        ));
     }
     // "client backend" for applications; autovacuum workers and the like are
     // traced too (their locks explain waits) and say so.
     if !b.backend_type.is_empty() {
-        a.push(KeyValue::new("db.postgresql.backend_type", b.backend_type.clone()));
+        a.push(KeyValue::new(
+            "db.postgresql.backend_type",
+            b.backend_type.clone(),
+        ));
     }
     match (&b.client_addr, b.client_port) {
         (Some(addr), Some(port)) if port > 0 => {
@@ -70,7 +111,12 @@ fn backend_attributes(b: &Backend, a: &mut Vec<KeyValue>) {
     }
 }
 
-pub fn describe_query(q: &ServerQuery, backend_pid: i32, facts: &QueryFacts, backend: Option<&Backend>) -> Described {
+pub fn describe_query(
+    q: &ServerQuery,
+    backend_pid: i32,
+    facts: &QueryFacts,
+    backend: Option<&Backend>,
+) -> Described {
     let mut a = vec![
         KeyValue::new("db.system.name", "postgresql"),
         KeyValue::new("db.postgresql.backend.pid", backend_pid as i64),
@@ -85,10 +131,21 @@ pub fn describe_query(q: &ServerQuery, backend_pid: i32, facts: &QueryFacts, bac
     }
     if let (Some(n), None) = (q.rows, &q.error) {
         // EndCommand's count, named as the client names its command tag's.
-        let text = q.prepared.as_ref().map_or(q.text.as_str(), |(_, body)| body);
-        match facts.operation.as_deref().and_then(|op| sql::row_count(op, text)) {
-            Some(RowCount::Returned) => a.push(KeyValue::new("db.response.returned_rows", n as i64)),
-            Some(RowCount::Affected) => a.push(KeyValue::new("db.response.affected_rows", n as i64)),
+        let text = q
+            .prepared
+            .as_ref()
+            .map_or(q.text.as_str(), |(_, body)| body);
+        match facts
+            .operation
+            .as_deref()
+            .and_then(|op| sql::row_count(op, text))
+        {
+            Some(RowCount::Returned) => {
+                a.push(KeyValue::new("db.response.returned_rows", n as i64))
+            }
+            Some(RowCount::Affected) => {
+                a.push(KeyValue::new("db.response.affected_rows", n as i64))
+            }
             None => {}
         }
     }
@@ -111,7 +168,11 @@ pub fn describe_query(q: &ServerQuery, backend_pid: i32, facts: &QueryFacts, bac
             Cut::AgentStopped => a.push(KeyValue::new("dbtel.span.cut_short", "agent_stopped")),
         }
     }
-    Described { name, attributes: a, error }
+    Described {
+        name,
+        attributes: a,
+        error,
+    }
 }
 
 pub fn describe_txn(t: &ServerTxn, backend_pid: i32, backend: Option<&Backend>) -> Described {
@@ -135,11 +196,20 @@ pub fn describe_txn(t: &ServerTxn, backend_pid: i32, backend: Option<&Backend>) 
         a.push(KeyValue::new("error.type", e.sqlstate.clone()));
         e.message.clone().unwrap_or_else(|| e.sqlstate.clone())
     });
-    Described { name: "transaction".into(), attributes: a, error }
+    Described {
+        name: "transaction".into(),
+        attributes: a,
+        error,
+    }
 }
 
 /// A lock wait: what was waited for, how it ended, and who held it.
-pub fn describe_wait(w: &LockWait, backend_pid: i32, facts: &WaitFacts, cache: &mut FactsCache) -> Described {
+pub fn describe_wait(
+    w: &LockWait,
+    backend_pid: i32,
+    facts: &WaitFacts,
+    cache: &mut FactsCache,
+) -> Described {
     let t = &w.tag;
     let mut a = vec![
         KeyValue::new("db.system.name", "postgresql"),
@@ -150,9 +220,15 @@ pub fn describe_wait(w: &LockWait, backend_pid: i32, facts: &WaitFacts, cache: &
     ];
     match t.locktag_type {
         // transactionid: field1 is the xid waited for.
-        5 => a.push(KeyValue::new("db.postgresql.lock.transaction_id", t.field1 as i64)),
+        5 => a.push(KeyValue::new(
+            "db.postgresql.lock.transaction_id",
+            t.field1 as i64,
+        )),
         // virtualxid: backend id / local xid.
-        6 => a.push(KeyValue::new("db.postgresql.lock.virtual_transaction_id", format!("{}/{}", t.field1, t.field2))),
+        6 => a.push(KeyValue::new(
+            "db.postgresql.lock.virtual_transaction_id",
+            format!("{}/{}", t.field1, t.field2),
+        )),
         _ => {}
     }
     if let Some((db, rel)) = t.relation() {
@@ -174,21 +250,36 @@ pub fn describe_wait(w: &LockWait, backend_pid: i32, facts: &WaitFacts, cache: &
         None => query_facts.as_ref().and_then(|f| f.collection.clone()),
     };
     if let Some(r) = &facts.relation {
-        a.push(KeyValue::new("db.postgresql.lock.relation", format!("{}.{}", r.schema, r.name)));
+        a.push(KeyValue::new(
+            "db.postgresql.lock.relation",
+            format!("{}.{}", r.schema, r.name),
+        ));
     }
     if let Some(t) = &table {
         a.push(KeyValue::new("db.collection.name", t.clone()));
     }
     if let Some(b) = facts.blockers.first() {
         a.push(KeyValue::new("db.postgresql.blocker.pid", b.pid as i64));
-        a.push(KeyValue::new("db.postgresql.blocker.query", cache.get(&b.query).text.clone()));
-        a.push(KeyValue::new("db.postgresql.blocker.state", b.state.clone()));
+        a.push(KeyValue::new(
+            "db.postgresql.blocker.query",
+            cache.get(&b.query).text.clone(),
+        ));
+        a.push(KeyValue::new(
+            "db.postgresql.blocker.state",
+            b.state.clone(),
+        ));
         if let Some(age) = b.xact_age_ms {
-            a.push(KeyValue::new("db.postgresql.blocker.transaction_age_ms", age));
+            a.push(KeyValue::new(
+                "db.postgresql.blocker.transaction_age_ms",
+                age,
+            ));
         }
         if facts.blockers.len() > 1 {
             let pids: Vec<i64> = facts.blockers.iter().map(|b| b.pid as i64).collect();
-            a.push(KeyValue::new("db.postgresql.blocker.pids", Value::Array(pids.into())));
+            a.push(KeyValue::new(
+                "db.postgresql.blocker.pids",
+                Value::Array(pids.into()),
+            ));
         }
     }
     let error = match &w.outcome {
@@ -199,9 +290,16 @@ pub fn describe_wait(w: &LockWait, backend_pid: i32, facts: &WaitFacts, cache: &
         }
         other => {
             a.push(KeyValue::new("error.type", other.name().to_string()));
-            Some(format!("lock wait ended: {}", other.name().replace('_', " ")))
+            Some(format!(
+                "lock wait ended: {}",
+                other.name().replace('_', " ")
+            ))
         }
     };
     let on = table.unwrap_or_else(|| t.type_name().to_string());
-    Described { name: format!("lock wait {on}"), attributes: a, error }
+    Described {
+        name: format!("lock wait {on}"),
+        attributes: a,
+        error,
+    }
 }

@@ -19,20 +19,41 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
     Usdt { path: String, source: UsdtError },
     #[error("{path} is a PostgreSQL server without the USDT probe {probe} (needed for {why})")]
-    MissingProbe { path: String, probe: &'static str, why: &'static str },
+    MissingProbe {
+        path: String,
+        probe: &'static str,
+        why: &'static str,
+    },
     #[error("{path}: USDT probe {probe}: {why}")]
-    BadProbe { path: String, probe: String, why: String },
+    BadProbe {
+        path: String,
+        probe: String,
+        why: String,
+    },
 }
 
 /// USDT probes the agent needs: (note name, site id, what for, string argument).
 /// Never the lwlock probes: they fire on every buffer access.
 const USDT_SITES: &[(&str, u32, &str, u32)] = &[
-    ("statement__status", site::STATEMENT_STATUS, "query spans", 1),
-    ("transaction__abort", site::TRANSACTION_ABORT, "transactions", 0),
+    (
+        "statement__status",
+        site::STATEMENT_STATUS,
+        "query spans",
+        1,
+    ),
+    (
+        "transaction__abort",
+        site::TRANSACTION_ABORT,
+        "transactions",
+        0,
+    ),
     ("lock__wait__start", site::LOCK_WAIT_START, "lock waits", 0),
     ("lock__wait__done", site::LOCK_WAIT_DONE, "lock waits", 0),
     ("deadlock__found", site::DEADLOCK_FOUND, "deadlocks", 0),
@@ -74,12 +95,35 @@ const SESSIONS: &str = "sessions too short for the catalog go without user and a
 
 /// Runs once per session (and on SET application_name): who the session serves.
 const fn session_site(symbol: &'static str, site: u32, args: &'static [FnArg]) -> FunctionSite {
-    FunctionSite { symbol, site, args, text_arg: 1, min_arg0: 0, ends_repeat: false, requires: None, without: SESSIONS }
+    FunctionSite {
+        symbol,
+        site,
+        args,
+        text_arg: 1,
+        min_arg0: 0,
+        ends_repeat: false,
+        requires: None,
+        without: SESSIONS,
+    }
 }
 
-const fn error_site(symbol: &'static str, site: u32, args: &'static [FnArg], min_arg0: u32) -> FunctionSite {
+const fn error_site(
+    symbol: &'static str,
+    site: u32,
+    args: &'static [FnArg],
+    min_arg0: u32,
+) -> FunctionSite {
     let text_arg = (site == site::ERRMSG) as u32;
-    FunctionSite { symbol, site, args, text_arg, min_arg0, ends_repeat: false, requires: None, without: ERRORS }
+    FunctionSite {
+        symbol,
+        site,
+        args,
+        text_arg,
+        min_arg0,
+        ends_repeat: false,
+        requires: None,
+        without: ERRORS,
+    }
 }
 
 /// Exported functions probed at entry: the error reports (SQLSTATE and the
@@ -119,13 +163,29 @@ impl FnArg {
     fn spec(self) -> ArgSpec {
         let rdi = usdt::Gpr::Rdi.pt_regs_offset();
         match self {
-            FnArg::First(size, signed) => {
-                ArgSpec { kind: argkind::REGISTER, size, signed: signed as u8, reg_off: rdi, index_off: NO_INDEX, ..Default::default() }
-            }
-            FnArg::FieldOfFirst(offset, size) => {
-                ArgSpec { kind: argkind::MEMORY, size, reg_off: rdi, index_off: NO_INDEX, value: offset, ..Default::default() }
-            }
-            FnArg::Pointer(reg) => ArgSpec { kind: argkind::REGISTER, size: 8, reg_off: reg.pt_regs_offset(), index_off: NO_INDEX, ..Default::default() },
+            FnArg::First(size, signed) => ArgSpec {
+                kind: argkind::REGISTER,
+                size,
+                signed: signed as u8,
+                reg_off: rdi,
+                index_off: NO_INDEX,
+                ..Default::default()
+            },
+            FnArg::FieldOfFirst(offset, size) => ArgSpec {
+                kind: argkind::MEMORY,
+                size,
+                reg_off: rdi,
+                index_off: NO_INDEX,
+                value: offset,
+                ..Default::default()
+            },
+            FnArg::Pointer(reg) => ArgSpec {
+                kind: argkind::REGISTER,
+                size: 8,
+                reg_off: reg.pt_regs_offset(),
+                index_off: NO_INDEX,
+                ..Default::default()
+            },
         }
     }
 }
@@ -162,10 +222,16 @@ pub struct ServerTarget {
 pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
     let exe = fs::read_link(format!("/proc/{pid}/exe"))
         .map(|p| p.to_string_lossy().into_owned())
-        .map_err(|source| ServerError::Read { path: format!("/proc/{pid}/exe"), source })?;
+        .map_err(|source| ServerError::Read {
+            path: format!("/proc/{pid}/exe"),
+            source,
+        })?;
     let host_path = PathBuf::from(format!("/proc/{pid}/root{exe}"));
     let path = host_path.to_string_lossy().into_owned();
-    let data = fs::read(&host_path).map_err(|source| ServerError::Read { path: path.clone(), source })?;
+    let data = fs::read(&host_path).map_err(|source| ServerError::Read {
+        path: path.clone(),
+        source,
+    })?;
     let probes = match usdt::probes(&data) {
         Ok(p) => p,
         Err(UsdtError::Elf(_)) => return Ok(None),
@@ -174,8 +240,14 @@ pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
     if !probes.iter().any(|p| p.provider == "postgresql") {
         return Ok(None);
     }
-    let meta = fs::metadata(&host_path).map_err(|source| ServerError::Read { path: path.clone(), source })?;
-    let file = object::File::parse(&*data).map_err(|e| ServerError::Usdt { path: exe.clone(), source: UsdtError::Elf(e.to_string()) })?;
+    let meta = fs::metadata(&host_path).map_err(|source| ServerError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let file = object::File::parse(&*data).map_err(|e| ServerError::Usdt {
+        path: exe.clone(),
+        source: UsdtError::Elf(e.to_string()),
+    })?;
     let (sites, warnings) = probe_sites(&file, &probes, &exe)?;
     Ok(Some(ServerTarget {
         postmaster: postmaster_of(pid),
@@ -188,41 +260,79 @@ pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
 }
 
 /// Where to attach in a server executable, and what could not be probed.
-fn probe_sites(file: &object::File, probes: &[usdt::Probe], exe: &str) -> Result<(Vec<Site>, Vec<String>), ServerError> {
+fn probe_sites(
+    file: &object::File,
+    probes: &[usdt::Probe],
+    exe: &str,
+) -> Result<(Vec<Site>, Vec<String>), ServerError> {
     let exe = exe.to_string();
     let mut sites = Vec::new();
     let mut warnings = Vec::new();
     for &(name, id, why, text_arg) in USDT_SITES {
-        let found: Vec<_> = probes.iter().filter(|p| p.provider == "postgresql" && p.name == name).collect();
+        let found: Vec<_> = probes
+            .iter()
+            .filter(|p| p.provider == "postgresql" && p.name == name)
+            .collect();
         if found.is_empty() {
-            return Err(ServerError::MissingProbe { path: exe, probe: name, why });
+            return Err(ServerError::MissingProbe {
+                path: exe,
+                probe: name,
+                why,
+            });
         }
         for p in found {
-            let bad = |why: String| ServerError::BadProbe { path: exe.clone(), probe: name.to_string(), why };
+            let bad = |why: String| ServerError::BadProbe {
+                path: exe.clone(),
+                probe: name.to_string(),
+                why,
+            };
             if p.args.len() > USDT_MAX_ARGS {
-                return Err(bad(format!("{} arguments, at most {USDT_MAX_ARGS} supported", p.args.len())));
+                return Err(bad(format!(
+                    "{} arguments, at most {USDT_MAX_ARGS} supported",
+                    p.args.len()
+                )));
             }
             let repeat_once = (id == site::STATEMENT_STATUS) as u32;
-            let mut spec = SiteSpec { probe: id, text_arg, repeat_once, ..Default::default() };
+            let mut spec = SiteSpec {
+                probe: id,
+                text_arg,
+                repeat_once,
+                ..Default::default()
+            };
             for (i, a) in p.args.iter().enumerate() {
-                spec.args[i] = usdt::arg_spec(a).map_err(|w| bad(format!("argument {}: {w}", i + 1)))?;
+                spec.args[i] =
+                    usdt::arg_spec(a).map_err(|w| bad(format!("argument {}: {w}", i + 1)))?;
             }
-            let offset = vaddr_to_offset(file, p.address).ok_or_else(|| bad(format!("address {:#x} is in no segment", p.address)))?;
+            let offset = vaddr_to_offset(file, p.address)
+                .ok_or_else(|| bad(format!("address {:#x} is in no segment", p.address)))?;
             sites.push(Site { name, offset, spec });
         }
     }
     for f in FUNCTION_SITES {
         if let Some(r) = f.requires.filter(|r| symbol_offset(file, r).is_none()) {
-            warnings.push(format!("{exe}: no {r} symbol (PostgreSQL before 13?), {} not probed: {}", f.symbol, f.without));
+            warnings.push(format!(
+                "{exe}: no {r} symbol (PostgreSQL before 13?), {} not probed: {}",
+                f.symbol, f.without
+            ));
             continue;
         }
         match symbol_offset(file, f.symbol) {
             Some(offset) => {
-                let mut spec = SiteSpec { probe: f.site, text_arg: f.text_arg, min_arg0: f.min_arg0, repeat_once: f.ends_repeat as u32, ..Default::default() };
+                let mut spec = SiteSpec {
+                    probe: f.site,
+                    text_arg: f.text_arg,
+                    min_arg0: f.min_arg0,
+                    repeat_once: f.ends_repeat as u32,
+                    ..Default::default()
+                };
                 for (i, a) in f.args.iter().enumerate() {
                     spec.args[i] = a.spec();
                 }
-                sites.push(Site { name: f.symbol, offset, spec });
+                sites.push(Site {
+                    name: f.symbol,
+                    offset,
+                    spec,
+                });
             }
             None => warnings.push(format!("{exe}: no {} symbol: {}", f.symbol, f.without)),
         }
@@ -272,9 +382,13 @@ pub fn postmaster_of(pid: u32) -> u32 {
 /// The postmaster and its living children (backends and auxiliary processes).
 pub fn processes_of(postmaster: u32) -> Vec<u32> {
     let mut out = vec![postmaster];
-    let Ok(dir) = fs::read_dir("/proc") else { return out };
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return out;
+    };
     for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
         if matches!(stat(pid), Some((ppid, st)) if ppid == postmaster && st != 'Z') {
             out.push(pid);
         }
@@ -284,7 +398,9 @@ pub fn processes_of(postmaster: u32) -> Vec<u32> {
 
 /// SQLSTATE from PostgreSQL's packed form (MAKE_SQLSTATE: 6 bits a character).
 pub fn unpack_sqlstate(code: u64) -> String {
-    (0..5).map(|i| (((code >> (6 * i)) & 0x3f) as u8 + b'0') as char).collect()
+    (0..5)
+        .map(|i| (((code >> (6 * i)) & 0x3f) as u8 + b'0') as char)
+        .collect()
 }
 
 #[cfg(test)]
@@ -293,7 +409,11 @@ mod tests {
 
     #[test]
     fn sqlstates_unpack() {
-        let pack = |s: &str| s.bytes().enumerate().fold(0u64, |acc, (i, c)| acc | (((c - b'0') as u64 & 0x3f) << (6 * i)));
+        let pack = |s: &str| {
+            s.bytes().enumerate().fold(0u64, |acc, (i, c)| {
+                acc | (((c - b'0') as u64 & 0x3f) << (6 * i))
+            })
+        };
         for s in ["40P01", "55P03", "57014", "40001", "42P01", "00000"] {
             assert_eq!(unpack_sqlstate(pack(s)), s);
         }
@@ -302,18 +422,35 @@ mod tests {
     #[test]
     fn end_command_reads_the_query_completion_and_ends_repeats() {
         const POSTGRES: &str = "/usr/lib/postgresql/15/bin/postgres";
-        let data = fs::read(POSTGRES).unwrap_or_else(|e| panic!("{POSTGRES}: {e} (run cargo xtask setup)"));
+        let data = fs::read(POSTGRES)
+            .unwrap_or_else(|e| panic!("{POSTGRES}: {e} (run cargo xtask setup)"));
         let file = object::File::parse(&*data).unwrap();
-        let (sites, warnings) = probe_sites(&file, &usdt::probes(&data).unwrap(), POSTGRES).unwrap();
+        let (sites, warnings) =
+            probe_sites(&file, &usdt::probes(&data).unwrap(), POSTGRES).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
-        let done: Vec<&Site> = sites.iter().filter(|s| s.spec.probe == site::COMMAND_DONE).collect();
+        let done: Vec<&Site> = sites
+            .iter()
+            .filter(|s| s.spec.probe == site::COMMAND_DONE)
+            .collect();
         assert_eq!(done.len(), 1);
         let spec = done[0].spec;
-        assert_eq!((spec.text_arg, spec.repeat_once), (0, 1), "no text; the next text is reported even if it repeats");
+        assert_eq!(
+            (spec.text_arg, spec.repeat_once),
+            (0, 1),
+            "no text; the next text is reported even if it repeats"
+        );
         let rdi = usdt::Gpr::Rdi.pt_regs_offset();
         let field = |a: ArgSpec| (a.kind, a.reg_off, a.value, a.size, a.index_off);
-        assert_eq!(field(spec.args[0]), (argkind::MEMORY, rdi, 0, 4, NO_INDEX), "qc->commandTag");
-        assert_eq!(field(spec.args[1]), (argkind::MEMORY, rdi, 8, 8, NO_INDEX), "qc->nprocessed");
+        assert_eq!(
+            field(spec.args[0]),
+            (argkind::MEMORY, rdi, 0, 4, NO_INDEX),
+            "qc->commandTag"
+        );
+        assert_eq!(
+            field(spec.args[1]),
+            (argkind::MEMORY, rdi, 8, 8, NO_INDEX),
+            "qc->nprocessed"
+        );
         assert_eq!(spec.args[2].kind, argkind::NONE);
         let errmsg = sites.iter().find(|s| s.name == "errmsg").unwrap();
         assert_eq!((errmsg.spec.text_arg, errmsg.spec.args[0].size), (1, 8));
