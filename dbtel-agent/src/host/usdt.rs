@@ -513,7 +513,7 @@ mod tests {
         desc.extend_from_slice(&0x1000u64.to_le_bytes());
         desc.extend_from_slice(&0x5000u64.to_le_bytes());
         desc.extend_from_slice(&0x9000u64.to_le_bytes());
-        desc.extend_from_slice(b"postgresql\0transaction__start\04@%ebx\0");
+        desc.extend_from_slice(b"postgresql\0transaction__start\x004@%ebx\0");
         let p = parse_note(&desc, Some(0x5100)).unwrap();
         assert_eq!(
             (p.provider.as_str(), p.name.as_str()),
