@@ -25,11 +25,12 @@ use std::{collections::VecDeque, sync::Arc};
 
 use dbtel_common::func;
 
+use self::pipeline::take_reserved;
 pub use self::types::*;
 use crate::{
     events::{Event, Origin},
     pipeline::shape,
-    pipeline::span::{self, IdGen},
+    pipeline::span::{self, IdGen, Ids},
     pipeline::txn::{self, Tracker, TxnSpan, Verb},
 };
 
@@ -103,6 +104,12 @@ struct ConnState {
     /// In a pipeline, the query the server said it began last (see
     /// [`Reconstructor::server_began`]).
     server_at: Option<u64>,
+    /// In a pipeline, the server began a statement the client has not been
+    /// seen sending yet (psycopg flushes a prepare's Parse, which the server
+    /// begins at once, before it sends the execution): the first query sent
+    /// from that `seq` on is it, and carries these ids, already given to
+    /// the server's span.
+    server_waiting: Option<(u64, Ids)>,
 }
 
 impl ConnState {
@@ -184,7 +191,10 @@ impl Reconstructor {
     pub fn client_context(&self, backend_pid: i32) -> Option<ClientContext> {
         let key = *self.by_backend.get(&backend_pid)?;
         let conn = self.conns.get(&key)?;
-        let query = conn.running().map(|i| conn.queue[i].span.ids);
+        let query = match conn.server_waiting.filter(|_| conn.pipeline) {
+            Some((_, reserved)) => Some(reserved),
+            None => conn.running().map(|i| conn.queue[i].span.ids),
+        };
         let txn = match &query {
             Some(q) => self.txns.of(key, q),
             None => self.txns.current(key),
@@ -396,9 +406,12 @@ impl Reconstructor {
             }
             _ => true,
         };
-        let ids = self
+        let mut ids = self
             .txns
             .query_started((at.pid, at.conn), &verb, at.ts_ns, &mut self.ids);
+        if conn.pipeline && !matches!(f, func::PQSEND_PREPARE) {
+            take_reserved(conn, &mut ids);
+        }
         conn.queue.push_back(InFlight {
             verb,
             span: QuerySpan {

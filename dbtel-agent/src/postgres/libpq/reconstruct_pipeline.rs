@@ -51,6 +51,20 @@ impl Reconstructor {
             .find(|q| q.seq >= from && !q.span.skipped && !q.span.is_prepare())
         {
             conn.server_at = Some(q.seq);
+            conn.server_waiting = None;
+        } else if conn
+            .queue
+            .back()
+            .is_some_and(|q| q.seq >= from && q.span.is_prepare())
+        {
+            // The Parse of a prepare whose execution is not sent yet (as far
+            // as the probes tell): that execution's ids are chosen now, as
+            // its block stands, and given to it when it is sent.
+            let reserved = match self.txns.current(key) {
+                Some(t) => t.child(&mut self.ids),
+                None => self.ids.root(),
+            };
+            conn.server_waiting = Some((from, reserved));
         }
     }
 
@@ -76,6 +90,7 @@ impl Reconstructor {
                     self.close_all(key, &mut conn, at.ts_ns, End::Superseded, out);
                     conn.syncs.clear();
                     conn.pipeline = entering;
+                    conn.server_waiting = None;
                 }
                 self.conns.insert(key, conn);
             }
@@ -217,5 +232,24 @@ impl Reconstructor {
                 None => self.cut(key, q, ts, End::Superseded, out),
             }
         }
+    }
+}
+
+/// A query sent in a pipeline: if the server already began it (see
+/// `ConnState::server_waiting`), it takes the ids its server span has as
+/// parent, provided its block is the one they were chosen in.
+pub(super) fn take_reserved(conn: &mut ConnState, ids: &mut Ids) {
+    let Some((from, reserved)) = conn.server_waiting else {
+        return;
+    };
+    if conn.sent < from {
+        return;
+    }
+    conn.server_waiting = None;
+    conn.server_at = Some(conn.sent);
+    let same_block = reserved.parent_span_id == ids.parent_span_id
+        && (ids.parent_span_id == 0 || reserved.trace_id == ids.trace_id);
+    if same_block {
+        (ids.trace_id, ids.span_id) = (reserved.trace_id, reserved.span_id);
     }
 }

@@ -556,3 +556,43 @@ fn a_prepare_is_no_statement_the_server_runs() {
     let ids: Vec<Ids> = queries(out).iter().map(|q| q.ids).collect();
     assert_eq!([first, second], [Some(ids[1]), Some(ids[2])]);
 }
+
+/// psycopg flushes the Parse: the server begins its statement before the
+/// client is seen sending the execution that statement is.
+#[test]
+fn the_server_begins_a_prepare_before_its_execution_is_sent() {
+    let mut s = Script::new();
+    s.conn(C1).enter(C1).call(
+        1,
+        C1,
+        func::PQSEND_PREPARE,
+        Some("insert into t values ($1)"),
+        Some("_pg3_0"),
+    );
+    let mut r = Reconstructor::with_seed(1);
+    let mut out = vec![];
+    for b in &s.bytes {
+        r.on_event(decode(b).unwrap(), &mut out);
+    }
+    let running = |r: &Reconstructor| r.client_context(4242).and_then(|c| c.query);
+    r.server_began(4242, false);
+    let early = running(&r);
+    let mut more = Script::new();
+    more.ts = s.ts;
+    more.call(1, C1, func::PQSEND_QUERY_PREPARED, None, Some("_pg3_0"))
+        .call(1, C1, func::PQSEND_QUERY_PREPARED, None, Some("_pg3_0"))
+        .sync(C1);
+    for b in &more.bytes {
+        r.on_event(decode(b).unwrap(), &mut out);
+    }
+    let first = running(&r);
+    r.server_began(4242, false);
+    let second = running(&r);
+    r.process_exited(7, 99_000_000, &mut out);
+    let ids: Vec<Ids> = queries(out).iter().map(|q| q.ids).collect();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(
+        [early, first, second],
+        [Some(ids[1]), Some(ids[1]), Some(ids[2])]
+    );
+}
