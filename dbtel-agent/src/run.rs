@@ -361,7 +361,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     // Everything that can be refused is checked before loading anything. Of
     // several targets, those that can be traced are; each other says why.
     let mut targets: Vec<Found> = Vec::new();
-    let engines = clients::engines(cfg.text);
+    let engines = clients::engines(cfg.text, &cfg.catalog);
     let mut server_targets: Vec<ServerTarget> = Vec::new();
     let mut refused: Vec<anyhow::Error> = Vec::new();
     for &pid in &cfg.pids {

@@ -19,8 +19,22 @@ pub fn logged_statements(log: &[GeneralLog], connection: u64) -> Vec<GeneralLog>
 
 /// Connection ids that connected after `after` (exclusive), in order.
 pub fn connections_after(log: &[GeneralLog], after: u64) -> Vec<u64> {
+    let agent = catalog_connections(log);
     log.iter()
-        .filter(|e| e.command == "Connect" && e.connection > after)
+        .filter(|e| {
+            e.command == "Connect" && e.connection > after && !agent.contains(&e.connection)
+        })
+        .map(|e| e.connection)
+        .collect()
+}
+
+/// What every dbtel catalog statement starts with.
+pub const CATALOG_MARKER: &str = "/* dbtel catalog */";
+
+/// The agent's own catalog sessions (a traced server's log shows them; they make no span).
+pub fn catalog_connections(log: &[GeneralLog]) -> BTreeSet<u64> {
+    log.iter()
+        .filter(|e| e.command == "Query" && e.text.starts_with(CATALOG_MARKER))
         .map(|e| e.connection)
         .collect()
 }

@@ -133,11 +133,7 @@ fn every_statement_of_every_client_is_a_server_span() {
     let spans = rx.spans();
     let log = db.general_log();
     let mut checked = 0;
-    for conn in log
-        .iter()
-        .filter(|e| e.command == "Connect" && e.connection > before)
-        .map(|e| e.connection)
-    {
+    for conn in connections_after(&log, before) {
         // Each statement, and each COM_INIT_DB (a span `USE`, no text), in order.
         let logged: Vec<_> = log
             .iter()
@@ -250,8 +246,53 @@ fn a_row_lock_wait_is_a_child_of_the_statement_that_waited() {
         "inside the update"
     );
     assert_eq!(w.trace_id, update.trace_id);
-    // A's update did not wait.
+    // Who blocked it: A, idle in its transaction after its update (from the
+    // catalog's INNODB_LOCK_WAITS, looked up while B waited).
     let a = conn_of(&conns, "A");
+    assert_eq!(
+        w.int("db.mysql.blocker.connection_id"),
+        Some(a as i64),
+        "{}",
+        dump(&[w])
+    );
+    assert_eq!(
+        w.str("db.mysql.blocker.query"),
+        Some("update t set v = v + ? where id = ?")
+    );
+    assert_eq!(w.str("db.mysql.blocker.state"), Some("Sleep"));
+    assert_eq!(
+        (
+            w.str("db.mysql.lock.mode"),
+            w.str("db.mysql.blocker.lock_mode")
+        ),
+        (Some("X"), Some("X"))
+    );
+    assert_eq!(
+        (w.str("db.mysql.lock.table"), w.str("db.mysql.lock.index")),
+        (Some("shop.t"), Some("PRIMARY"))
+    );
+    let age = w.int("db.mysql.blocker.transaction_age_ms").unwrap();
+    assert!(
+        (100..600).contains(&age),
+        "A's transaction began 0.15 s before B's update: {age}"
+    );
+    // Linked to A's transaction, as the server ran it.
+    let a_txn = spans
+        .iter()
+        .find(|s| s.name == "transaction" && s.int("db.mysql.connection_id") == Some(a as i64))
+        .expect("A's transaction");
+    assert_eq!(w.links.len(), 1, "{:?}", w.links);
+    assert_eq!(
+        (&w.links[0].trace_id, &w.links[0].span_id),
+        (&a_txn.trace_id, &a_txn.span_id)
+    );
+    // The agent's catalog session is in the server's log, and makes no span.
+    let catalog = dbtel_tests::mysql_spans::catalog_connections(&db.general_log());
+    assert_eq!(catalog.len(), 1, "one catalog session");
+    assert!(spans.iter().all(|s| s
+        .int("db.mysql.connection_id")
+        .is_none_or(|c| !catalog.contains(&(c as u64)))));
+    // A's update did not wait.
     assert!(server_statements(&spans, a)
         .iter()
         .all(|s| waits_under(&spans, s).is_empty()));
@@ -260,7 +301,8 @@ fn a_row_lock_wait_is_a_child_of_the_statement_that_waited() {
 #[test]
 fn lock_wait_timeout_deadlock_and_metadata_lock_outcomes() {
     require_root();
-    let db = MariaDb::start();
+    // METADATA_LOCK_INFO names a metadata lock's holders.
+    let db = MariaDb::start_with(&["--plugin-load-add=metadata_lock_info"]);
     prepare(&db);
     let rx = Receiver::start();
     let agent = trace_server(&db, &rx);
@@ -285,6 +327,13 @@ fn lock_wait_timeout_deadlock_and_metadata_lock_outcomes() {
     let w = waits_under(&spans, update);
     assert_eq!(w.len(), 1, "{}", all());
     assert_eq!(w[0].str("db.mysql.lock.outcome"), Some("lock_wait_timeout"));
+    let a = conn_of(&timeout_conns, "A");
+    assert_eq!(
+        w[0].int("db.mysql.blocker.connection_id"),
+        Some(a as i64),
+        "{}",
+        dump(&w)
+    );
     assert!(
         w[0].duration() >= Duration::from_millis(900),
         "{:?}",
@@ -348,6 +397,32 @@ fn lock_wait_timeout_deadlock_and_metadata_lock_outcomes() {
             w[0].str("db.mysql.lock.outcome")
         ),
         (Some("metadata"), Some("granted"))
+    );
+    // Its blocker: A, whose open transaction read t (a shared read lock on it).
+    let a = conn_of(&mdl_conns, "A");
+    assert_eq!(
+        w[0].int("db.mysql.blocker.connection_id"),
+        Some(a as i64),
+        "{}",
+        dump(&w)
+    );
+    assert_eq!(
+        w[0].str("db.mysql.blocker.lock_mode"),
+        Some("MDL_SHARED_READ")
+    );
+    assert_eq!(
+        w[0].str("db.mysql.blocker.query"),
+        Some("select v from t where id = ?")
+    );
+    assert_eq!(w[0].str("db.mysql.lock.table"), Some("shop.t"));
+    let a_txn = spans
+        .iter()
+        .find(|s| s.name == "transaction" && s.int("db.mysql.connection_id") == Some(a as i64))
+        .expect("A's transaction");
+    assert_eq!(w[0].links.len(), 1);
+    assert_eq!(
+        w[0].links[0].span_id, a_txn.span_id,
+        "linked to A's transaction"
     );
     assert!(
         w[0].duration() >= Duration::from_millis(1100),

@@ -3,7 +3,7 @@
 //! of the server sites (mariadbd), whose spans join the client's by the
 //! server's connection id.
 
-use std::path::Path;
+use std::{collections::HashSet, path::Path};
 
 use dbtel_common::Kind;
 
@@ -14,6 +14,7 @@ use crate::{
 };
 
 use super::{
+    catalog::worker::{Catalog, Reply, Settings},
     discover,
     reconstruct::Reconstructor,
     records,
@@ -23,14 +24,29 @@ use super::{
 pub struct Client {
     recon: Reconstructor,
     server: Tracker,
+    catalog: CatalogState,
+}
+
+/// The catalog worker, started when the first traced server is seen.
+enum CatalogState {
+    Off,
+    NotStarted(Settings),
+    Running(Catalog, HashSet<u32>),
 }
 
 impl Client {
-    pub fn new(text: Text) -> Self {
+    pub fn new(text: Text, catalog: Settings) -> Self {
         // The server sites are placed in mariadbd only.
+        let mut server = Tracker::new("mariadb", text, IdGen::random());
+        server.asking = catalog.enabled;
         Client {
             recon: Reconstructor::new(text),
-            server: Tracker::new("mariadb", text, IdGen::random()),
+            server,
+            catalog: if catalog.enabled {
+                CatalogState::NotStarted(catalog)
+            } else {
+                CatalogState::Off
+            },
         }
     }
 
@@ -40,6 +56,55 @@ impl Client {
         Client {
             recon: Reconstructor::with_seed(seed, text),
             server: Tracker::new("mariadb", text, IdGen::seeded(seed + 1)),
+            catalog: CatalogState::Off,
+        }
+    }
+
+    /// A hit from server `pid`: its catalog connects (once), the waits that
+    /// began are asked about.
+    fn ask_catalog(&mut self, pid: u32) {
+        if let CatalogState::NotStarted(settings) = &self.catalog {
+            self.catalog = match Catalog::start(settings.clone()) {
+                Ok(c) => CatalogState::Running(c, HashSet::new()),
+                Err(e) => {
+                    log::warn!(
+                        "no MariaDB catalog thread ({e}): lock waits will not name their blockers"
+                    );
+                    self.server.asking = false;
+                    CatalogState::Off
+                }
+            };
+        }
+        let CatalogState::Running(catalog, servers) = &mut self.catalog else {
+            return;
+        };
+        if servers.insert(pid) {
+            catalog.server(pid);
+        }
+        for ask in self.server.asks.drain(..) {
+            catalog.ask(ask);
+        }
+    }
+
+    /// The catalog's answers so far, kept for their waits' spans.
+    fn take_answers(&mut self) {
+        let CatalogState::Running(catalog, _) = &mut self.catalog else {
+            return;
+        };
+        for reply in catalog.replies() {
+            match reply {
+                Reply::Blocked {
+                    ask,
+                    facts: Some(f),
+                } => {
+                    let recon = &self.recon;
+                    self.server.blocked(ask, f, &|id| recon.txn_on(id));
+                }
+                Reply::Blocked { facts: None, .. } => {}
+                Reply::Dropped(n) => {
+                    log::warn!("{n} lock waits not looked up: too many pending at once")
+                }
+            }
         }
     }
 }
@@ -65,12 +130,14 @@ impl Engine for Client {
         let (h, at) = events::header(data)?;
         if Kind::from_u16(h.kind) == Some(Kind::MyServer) {
             let hit = events::server_hit(&h, at, data)?;
+            self.take_answers();
             let recon = &mut self.recon;
             let mut client = |q: ClientQuery| match q {
                 ClientQuery::InFlight(id) => recon.in_flight_on(id),
                 ClientQuery::Prepare(id, text) => recon.prepare_on(id, text),
             };
             self.server.on_hit(&hit, &mut client, out);
+            self.ask_catalog(at.pid);
             return Ok(at.pid);
         }
         let rec = records::decode(data)?;
@@ -79,6 +146,7 @@ impl Engine for Client {
     }
 
     fn tick(&mut self, now_ns: u64, out: &mut Vec<DbSpan>) {
+        self.take_answers();
         self.recon.tick(now_ns, out);
     }
 

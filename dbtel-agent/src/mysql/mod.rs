@@ -7,6 +7,7 @@
 
 pub mod attributes;
 pub mod calls;
+pub mod catalog;
 mod client;
 pub mod conns;
 pub mod discover;

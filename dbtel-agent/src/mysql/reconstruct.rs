@@ -179,6 +179,15 @@ impl Reconstructor {
         conn.op.as_ref().map(|op| op.span.ids)
     }
 
+    /// The transaction open on the connection the server knows by `connection_id`.
+    pub fn txn_on(&self, connection_id: u64) -> Option<Ids> {
+        let key = *self.by_thread.get(&connection_id)?;
+        self.conns
+            .get(key)
+            .filter(|c| c.thread_id == connection_id)?;
+        self.txns.current(key)
+    }
+
     /// The ids of the client's prepare of `text` on the connection the
     /// server knows by `connection_id`. The server sends a prepare's reply
     /// before its end_statement, so by then the client may have returned

@@ -9,14 +9,26 @@ use crate::{
     engine::{Engine, Plan},
     host::process::{exe_name, executable_mappings},
     pipeline::sql::Text,
-    postgres::libpq::discover::{self, LibpqTarget},
+    postgres::{
+        libpq::discover::{self, LibpqTarget},
+        server::side::CatalogSettings,
+    },
 };
 
 /// Every engine besides PostgreSQL's, whose client and server halves the
 /// main loop drives itself (its server spans join its client spans).
 /// Adding an engine adds a line here.
-pub(super) fn engines(text: Text) -> Vec<Box<dyn Engine>> {
-    vec![Box::new(crate::mysql::Client::new(text))]
+pub(super) fn engines(text: Text, catalog: &CatalogSettings) -> Vec<Box<dyn Engine>> {
+    // --catalog-config is a libpq key=value file, or a MySQL option file
+    // (with [groups]) for MariaDB servers.
+    let option_file = catalog.config_file.clone().filter(|f| {
+        std::fs::read_to_string(f).is_ok_and(|t| t.lines().any(|l| l.trim_start().starts_with('[')))
+    });
+    let mysql = crate::mysql::catalog::worker::Settings {
+        enabled: catalog.enabled,
+        file: option_file,
+    };
+    vec![Box::new(crate::mysql::Client::new(text, mysql))]
 }
 
 /// A client library found in a file a process maps.

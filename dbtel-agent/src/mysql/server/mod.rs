@@ -3,6 +3,7 @@
 //! rebuilt from the sites' hits (reconstruct: pure; waits: lock waits held
 //! until their statement ends), and how their spans are named and described
 //! (spans).
+pub mod blocked;
 pub mod reconstruct;
 pub mod spans;
 pub mod target;

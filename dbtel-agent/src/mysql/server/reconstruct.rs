@@ -22,13 +22,20 @@
 use dbtel_common::mysite;
 
 pub use super::waits::{THREADS_PER_SERVER, WAITS_PER_THREAD};
+use std::sync::Arc;
+
 use super::{
+    blocked::{Answers, Blocked, BlockerView},
     spans::{self, StatementSpan, TxnSpan, WaitOutcome, WaitSpan, What},
     waits::{Wait, Waits},
 };
 use crate::{
     events::ServerHit,
     mysql::{
+        catalog::{
+            blockers::{Ask, WaitFacts},
+            worker::MARKER,
+        },
         conns::Conns,
         records::{IN_TRANS, MORE_RESULTS},
         statements::Sql,
@@ -36,7 +43,7 @@ use crate::{
     pipeline::{
         dbspan::DbSpan,
         span::{Event, IdGen, Ids},
-        sql::{Dialect, FactsCache, Text},
+        sql::{Dialect, FactsCache, QueryFacts, Text},
         txn::{Outcome, Verb},
     },
 };
@@ -99,6 +106,8 @@ pub struct Counters {
     pub inner_results: u64,
     /// Commands that make no span (login, ping, statement close, …).
     pub other_commands: u64,
+    /// Statements of the agent's own catalog sessions (no span).
+    pub own_statements: u64,
 }
 
 /// One end_statement, with what it took from its thread.
@@ -152,6 +161,9 @@ struct Conn {
     /// An end with MORE_RESULTS: a statement of a text of several, or a
     /// CALL's inner result set (known at the next end).
     pending: Option<Done>,
+    /// Its last statement: what a session idle in its transaction last did
+    /// (a blocker's query).
+    last: Option<Arc<QueryFacts>>,
 }
 
 impl Conn {
@@ -170,6 +182,11 @@ pub struct Tracker {
     gen: IdGen,
     /// Recent deadlock cycle members (server pid, connection ids), bounded.
     deadlocks: std::collections::VecDeque<(u32, u64, u64)>,
+    /// Lock waits that began, for the catalog to look up (when `asking`).
+    pub asks: Vec<Ask>,
+    pub asking: bool,
+    /// The catalog's answers, until their statements end.
+    answers: Answers,
     pub counters: Counters,
 }
 
@@ -185,6 +202,9 @@ impl Tracker {
             facts: FactsCache::with_dialect(text, FACTS_CAPACITY, Dialect::MySql),
             gen,
             deadlocks: std::collections::VecDeque::new(),
+            asks: Vec::new(),
+            asking: false,
+            answers: Answers::default(),
             counters: Counters::default(),
         }
     }
@@ -224,7 +244,19 @@ impl Tracker {
     ) {
         match hit.site {
             mysite::STATEMENT_DONE => self.statement_done(hit, client, out),
-            mysite::WAIT_BEGIN => self.waits.begin(hit),
+            mysite::WAIT_BEGIN => {
+                if let Some((lock, start_ns)) = self.waits.begin(hit) {
+                    if self.asking {
+                        self.asks.push(Ask {
+                            server: hit.at.pid,
+                            tid: hit.at.tid,
+                            connection: hit.args[2],
+                            start_ns,
+                            lock,
+                        });
+                    }
+                }
+            }
             mysite::WAIT_END => self.waits.end(hit),
             mysite::DEADLOCK => {
                 // The detector runs in one of the cycle's threads, just before
@@ -258,6 +290,17 @@ impl Tracker {
         let (at, a) = (hit.at, &hit.args);
         let (connection_id, command) = (a[0], a[7] as u32);
         let waits = self.waits.take(at.pid, at.tid, connection_id, at.ts_ns);
+        // The agent's own catalog session: no span, ever.
+        if self.answers.is_own(at.pid, connection_id)
+            || hit.text.as_deref().is_some_and(|t| t.starts_with(MARKER))
+        {
+            self.answers.mark_own(at.pid, connection_id);
+            for w in &waits {
+                self.answers.take((at.pid, w.tid, w.start_ns));
+            }
+            self.counters.own_statements += 1;
+            return;
+        }
         match command {
             command::QUERY
             | command::STMT_PREPARE
@@ -364,6 +407,9 @@ impl Tracker {
         self.counters.statements += 1;
         let facts = d.text.as_deref().map(|t| self.facts.get(t));
         let sql = Sql::new(d.text.as_deref(), d.truncated, facts.clone());
+        if facts.is_some() {
+            conn.last.clone_from(&facts);
+        }
         let what = match d.command {
             command::STMT_PREPARE => What::Prepare,
             command::STMT_FETCH => What::Fetch,
@@ -441,6 +487,7 @@ impl Tracker {
                 lock: w.lock,
                 outcome,
                 facts: facts.clone(),
+                blocked: self.answers.take((key.0, w.tid, w.start_ns)),
             };
             out.push(spans::wait_span(span, self.system));
         }
@@ -548,6 +595,40 @@ impl Tracker {
     /// The server exited: what it left open ends.
     pub fn process_exited(&mut self, pid: u32, ts_ns: u64, out: &mut Vec<DbSpan>) {
         self.cut(pid, ts_ns, Cut::ProcessExited, out);
+        self.answers.forget_server(pid);
+    }
+
+    /// The catalog's answer for a wait still on when it looked: kept for
+    /// the wait's span. Each blocker's transaction is linked: the client's
+    /// (`client_txn` of its connection id) when that client is traced,
+    /// else the one this server side follows.
+    pub fn blocked(&mut self, ask: Ask, f: WaitFacts, client_txn: &dyn Fn(u64) -> Option<Ids>) {
+        let mut views = Vec::with_capacity(f.blockers.len());
+        for b in &f.blockers {
+            let conn = self.conns.get((ask.server, b.connection_id));
+            let txn = conn.and_then(|c| c.txn.as_ref());
+            let query = match &b.query {
+                Some(q) => Some(self.facts.get(q)),
+                None => conn.and_then(|c| c.last.clone()),
+            };
+            let exact_age =
+                txn.map(|t| (ask.start_ns.saturating_sub(t.start_ns) / 1_000_000) as i64);
+            views.push(BlockerView {
+                connection_id: b.connection_id,
+                query,
+                state: b.state.clone(),
+                transaction_age_ms: exact_age.or(b.transaction_age_ms),
+                mode: b.mode.clone(),
+                transaction: client_txn(b.connection_id).or(txn.map(|t| t.ids)),
+            });
+        }
+        self.answers
+            .put((ask.server, ask.tid, ask.start_ns), Blocked::new(f, views));
+    }
+
+    /// Answers held for waits whose statement has not ended (for bound checks).
+    pub fn answers_held(&self) -> usize {
+        self.answers.len()
     }
 
     /// The server is no longer traced (`why`): statements held end as they
@@ -587,6 +668,7 @@ impl Tracker {
             lock: w.lock,
             outcome,
             facts: None,
+            blocked: self.answers.take((pid, w.tid, w.start_ns)),
         };
         self.counters.lock_waits += 1;
         out.push(spans::wait_span(span, self.system));

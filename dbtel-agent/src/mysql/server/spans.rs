@@ -5,11 +5,12 @@
 
 use std::sync::Arc;
 
-use opentelemetry::KeyValue;
+use opentelemetry::{KeyValue, Value};
 
+use super::blocked::Blocked;
 use crate::pipeline::{
     dbspan::{DbSpan, Described, Kind},
-    span::{Event, Ids},
+    span::{Event, Ids, Link},
     sql::QueryFacts,
     txn::Outcome,
 };
@@ -161,6 +162,9 @@ pub struct WaitSpan {
     pub outcome: WaitOutcome,
     /// The waiting statement's facts.
     pub facts: Option<Arc<QueryFacts>>,
+    /// What the catalog said while it waited (a wait shorter than its
+    /// grace, or no catalog: None).
+    pub blocked: Option<Arc<Blocked>>,
 }
 
 pub fn statement_span(s: StatementSpan, system: &'static str) -> DbSpan {
@@ -189,8 +193,25 @@ pub fn txn_span(t: TxnSpan, system: &'static str) -> DbSpan {
     )
 }
 
+/// A lock wait, linked to its blockers' transactions where dbtel traces them.
 pub fn wait_span(w: WaitSpan, system: &'static str) -> DbSpan {
     let d = describe_wait(&w, system);
+    let links = w
+        .blocked
+        .iter()
+        .flat_map(|b| &b.blockers)
+        .filter_map(|b| {
+            let t = b.transaction?;
+            Some(Link {
+                trace_id: t.trace_id,
+                span_id: t.span_id,
+                attributes: vec![
+                    KeyValue::new("dbtel.link.type", "blocked_by"),
+                    KeyValue::new("db.mysql.connection_id", b.connection_id as i64),
+                ],
+            })
+        })
+        .collect();
     DbSpan::new(
         w.pid,
         w.ids,
@@ -198,7 +219,7 @@ pub fn wait_span(w: WaitSpan, system: &'static str) -> DbSpan {
         (w.start_ns, w.end_ns),
         d,
         Vec::new(),
-        Vec::new(),
+        links,
     )
 }
 
@@ -308,12 +329,25 @@ pub fn describe_wait(w: &WaitSpan, system: &'static str) -> Described {
         KeyValue::new("process.pid", i64::from(w.pid)),
         KeyValue::new("thread.id", i64::from(w.tid)),
     ]);
-    let table = w.facts.as_ref().and_then(|f| f.collection.clone());
+    // The table: the waiting statement's, else the one the lock is on.
+    let locked = w.blocked.as_ref().and_then(|b| b.table.clone());
+    let table = w
+        .facts
+        .as_ref()
+        .and_then(|f| f.collection.clone())
+        .or_else(|| {
+            locked
+                .as_ref()
+                .map(|t| t.rsplit('.').next().unwrap_or(t).to_string())
+        });
     if let Some(f) = &w.facts {
         a.push(KeyValue::new("db.query.text", f.text.clone()));
     }
     if let Some(t) = &table {
         a.push(KeyValue::new("db.collection.name", t.clone()));
+    }
+    if let Some(b) = &w.blocked {
+        blocked_attributes(b, &mut a);
     }
     let error = match w.outcome {
         WaitOutcome::Granted | WaitOutcome::AgentStopped => None,
@@ -335,6 +369,64 @@ pub fn describe_wait(w: &WaitSpan, system: &'static str) -> Described {
         attributes: a,
         error,
     }
+}
+
+/// The lock as the catalog saw it, and who held it (mirroring PostgreSQL's
+/// db.postgresql.lock.* and db.postgresql.blocker.*).
+fn blocked_attributes(b: &Blocked, a: &mut Vec<KeyValue>) {
+    if let Some(m) = &b.mode {
+        a.push(KeyValue::new("db.mysql.lock.mode", m.clone()));
+    }
+    if let Some(t) = &b.table {
+        a.push(KeyValue::new("db.mysql.lock.table", t.clone()));
+    }
+    if let Some(i) = &b.index {
+        a.push(KeyValue::new("db.mysql.lock.index", i.clone()));
+    }
+    let Some(first) = b.blockers.first() else {
+        return;
+    };
+    a.push(KeyValue::new(
+        "db.mysql.blocker.connection_id",
+        first.connection_id as i64,
+    ));
+    if let Some(q) = &first.query {
+        a.push(KeyValue::new("db.mysql.blocker.query", q.text.clone()));
+    }
+    a.push(KeyValue::new("db.mysql.blocker.state", first.state.clone()));
+    if let Some(age) = first.transaction_age_ms {
+        a.push(KeyValue::new("db.mysql.blocker.transaction_age_ms", age));
+    }
+    if let Some(m) = &first.mode {
+        a.push(KeyValue::new("db.mysql.blocker.lock_mode", m.clone()));
+    }
+    if b.blockers.len() > 1 {
+        let ids: Vec<i64> = b.blockers.iter().map(|b| b.connection_id as i64).collect();
+        a.push(KeyValue::new(
+            "db.mysql.blocker.connection_ids",
+            Value::Array(ids.into()),
+        ));
+    }
+}
+
+/// deadlock_detected on a victim's statement: both members of the cycle by
+/// connection id, and the other's client span when that client is traced.
+pub fn deadlock_attributes(victim: u64, other: u64, other_client: Option<Ids>) -> Vec<KeyValue> {
+    let mut a = vec![
+        KeyValue::new("db.mysql.deadlock.victim.connection_id", victim as i64),
+        KeyValue::new("db.mysql.deadlock.other.connection_id", other as i64),
+    ];
+    if let Some(ids) = other_client {
+        a.push(KeyValue::new(
+            "db.mysql.deadlock.other.trace_id",
+            format!("{:032x}", ids.trace_id),
+        ));
+        a.push(KeyValue::new(
+            "db.mysql.deadlock.other.span_id",
+            format!("{:016x}", ids.span_id),
+        ));
+    }
+    a
 }
 
 #[cfg(test)]
@@ -419,6 +511,7 @@ mod tests {
             lock: LockType::Metadata,
             outcome: WaitOutcome::Error(1062),
             facts: None,
+            blocked: None,
         };
         let d = describe_wait(&w, "mariadb");
         assert_eq!(
@@ -434,24 +527,4 @@ mod tests {
             Some("lock wait ended: process exited")
         );
     }
-}
-
-/// deadlock_detected on a victim's statement: both members of the cycle by
-/// connection id, and the other's client span when that client is traced.
-pub fn deadlock_attributes(victim: u64, other: u64, other_client: Option<Ids>) -> Vec<KeyValue> {
-    let mut a = vec![
-        KeyValue::new("db.mysql.deadlock.victim.connection_id", victim as i64),
-        KeyValue::new("db.mysql.deadlock.other.connection_id", other as i64),
-    ];
-    if let Some(ids) = other_client {
-        a.push(KeyValue::new(
-            "db.mysql.deadlock.other.trace_id",
-            format!("{:032x}", ids.trace_id),
-        ));
-        a.push(KeyValue::new(
-            "db.mysql.deadlock.other.span_id",
-            format!("{:016x}", ids.span_id),
-        ));
-    }
-    a
 }

@@ -135,11 +135,11 @@ impl Waits {
         );
     }
 
-    /// thd_wait_begin: args THD, type, the THD's connection id.
-    pub fn begin(&mut self, hit: &ServerHit) {
-        let Some(lock) = LockType::from_wait_type(hit.args[1]) else {
-            return;
-        };
+    /// thd_wait_begin: args THD, type, the THD's connection id. Returns
+    /// the lock type and start of a wait that begins (not of the next
+    /// chunk of one that goes on).
+    pub fn begin(&mut self, hit: &ServerHit) -> Option<(LockType, u64)> {
+        let lock = LockType::from_wait_type(hit.args[1])?;
         let (pid, tid, ts) = (hit.at.pid, hit.at.tid, hit.at.ts_ns);
         if let Some(o) = self.thread(pid, tid).open.take() {
             // A begin without its end: the end was lost.
@@ -168,6 +168,7 @@ impl Waits {
             start_ns,
             connection: hit.args[2],
         });
+        (!chunk).then_some((lock, start_ns))
     }
 
     /// thd_wait_end: args THD, the THD's connection id.

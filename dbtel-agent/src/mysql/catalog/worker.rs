@@ -1,0 +1,366 @@
+//! The catalog connection to traced MariaDB servers: a thread of its own
+//! (a current-thread tokio runtime driving mysql_async), so the main loop
+//! never waits on a server. It is asked about lock waits as they begin;
+//! after a short grace (most waits end sooner) it reads one snapshot of
+//! the server's lock tables for every wait asked about meanwhile, and
+//! answers for those still on.
+//!
+//! Its statements start with [`MARKER`]: the server side drops the spans of
+//! the connection that sends them, so the agent never traces itself.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::mpsc as std_mpsc,
+    time::{Duration, Instant},
+};
+
+use mysql_async::{prelude::*, Conn};
+use tokio::sync::mpsc;
+
+use super::{
+    blockers::{Ask, InnodbRow, MdlRow, ProcRow, Snapshot, WaitFacts},
+    config::MysqlCatalogConfig,
+};
+use crate::mysql::server::spans::LockType;
+
+/// Every catalog statement starts with this (see the module's comment).
+pub const MARKER: &str = "/* dbtel catalog */";
+/// How long a wait lasts before its blockers are looked up (as PostgreSQL's).
+const WAIT_GRACE: Duration = Duration::from_millis(20);
+/// Waits asked about and not yet looked up; past it, asks are dropped (counted).
+const PENDING_MAX: usize = 4096;
+/// After a failed connection, the next attempt waits this long.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// A snapshot query taking longer is abandoned (the server is stuck).
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How the agent reaches traced servers' catalogs.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Off: no connection (lock waits without blockers).
+    pub enabled: bool,
+    /// A MySQL option file (--catalog-config); else ~/.my.cnf.
+    pub file: Option<PathBuf>,
+}
+
+enum Msg {
+    Server(u32),
+    Ask(Ask),
+}
+
+/// What the worker tells the main loop.
+#[derive(Debug)]
+pub enum Reply {
+    /// One per ask: None when the wait was over (or the catalog unreachable).
+    Blocked { ask: Ask, facts: Option<WaitFacts> },
+    /// Asks dropped because too many were pending.
+    Dropped(u64),
+}
+
+/// The main loop's handle on the worker.
+pub struct Catalog {
+    tx: mpsc::UnboundedSender<Msg>,
+    rx: std_mpsc::Receiver<Reply>,
+    /// Asks sent whose round has not answered yet (replies are looked for
+    /// only while some are).
+    pub outstanding: usize,
+}
+
+impl Catalog {
+    pub fn start(settings: Settings) -> std::io::Result<Catalog> {
+        let (tx, msgs) = mpsc::unbounded_channel();
+        let (replies, rx) = std_mpsc::channel();
+        std::thread::Builder::new()
+            .name("dbtel-mysql-catalog".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a current-thread runtime");
+                rt.block_on(run(settings, msgs, replies));
+            })?;
+        Ok(Catalog {
+            tx,
+            rx,
+            outstanding: 0,
+        })
+    }
+
+    /// A server is traced: connect to it now (not at its first wait).
+    pub fn server(&self, pid: u32) {
+        let _ = self.tx.send(Msg::Server(pid));
+    }
+
+    pub fn ask(&mut self, ask: Ask) {
+        if self.tx.send(Msg::Ask(ask)).is_ok() {
+            self.outstanding += 1;
+        }
+    }
+
+    /// Replies so far (none looked for when nothing is outstanding).
+    pub fn replies(&mut self) -> Vec<Reply> {
+        if self.outstanding == 0 {
+            return Vec::new();
+        }
+        let got: Vec<Reply> = self.rx.try_iter().collect();
+        for r in &got {
+            let answered = match r {
+                Reply::Blocked { .. } => 1,
+                Reply::Dropped(n) => *n as usize,
+            };
+            self.outstanding = self.outstanding.saturating_sub(answered);
+        }
+        got
+    }
+}
+
+struct Server {
+    conn: Option<Conn>,
+    failed_at: Option<Instant>,
+    /// METADATA_LOCK_INFO missing (said once).
+    no_mdl_table: bool,
+}
+
+async fn run(
+    settings: Settings,
+    mut msgs: mpsc::UnboundedReceiver<Msg>,
+    replies: std_mpsc::Sender<Reply>,
+) {
+    let mut servers: HashMap<u32, Server> = HashMap::new();
+    let mut pending: Vec<Ask> = Vec::new();
+    let mut dropped = 0u64;
+    loop {
+        let Some(msg) = msgs.recv().await else { break };
+        let mut take = |m: Msg, servers: &mut HashMap<u32, Server>, pending: &mut Vec<Ask>| match m
+        {
+            Msg::Server(pid) => {
+                servers.entry(pid).or_insert(Server {
+                    conn: None,
+                    failed_at: None,
+                    no_mdl_table: false,
+                });
+                true
+            }
+            Msg::Ask(a) if pending.len() < PENDING_MAX => {
+                pending.push(a);
+                false
+            }
+            Msg::Ask(_) => {
+                dropped += 1;
+                false
+            }
+        };
+        if take(msg, &mut servers, &mut pending) {
+            connect_all(&settings, &mut servers).await;
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        tokio::time::sleep(WAIT_GRACE).await;
+        while let Ok(m) = msgs.try_recv() {
+            take(m, &mut servers, &mut pending);
+        }
+        if dropped > 0 {
+            let _ = replies.send(Reply::Dropped(std::mem::take(&mut dropped)));
+        }
+        round(&settings, &mut servers, &mut pending, &replies).await;
+    }
+    for (_, s) in servers {
+        if let Some(c) = s.conn {
+            let _ = c.disconnect().await;
+        }
+    }
+}
+
+/// Connects to every server not connected (waiting RETRY_AFTER after a failure).
+async fn connect_all(settings: &Settings, servers: &mut HashMap<u32, Server>) {
+    for (&pid, s) in servers.iter_mut() {
+        if s.conn.is_some() || s.failed_at.is_some_and(|t| t.elapsed() < RETRY_AFTER) {
+            continue;
+        }
+        match connect(settings, pid).await {
+            Ok((conn, how)) => {
+                log::info!("MariaDB server {pid}: catalog connected ({how})");
+                (s.conn, s.failed_at) = (Some(conn), None);
+            }
+            Err(e) => {
+                if s.failed_at.is_none() {
+                    log::warn!("MariaDB server {pid}: no catalog connection, lock waits will not name their blockers: {e}");
+                }
+                s.failed_at = Some(Instant::now());
+            }
+        }
+    }
+}
+
+async fn connect(settings: &Settings, pid: u32) -> Result<(Conn, String), String> {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let env = |k: &str| std::env::var(k).ok();
+    let cfg = MysqlCatalogConfig::resolve(pid, settings.file.as_deref(), &env, home.as_deref())
+        .map_err(|e| e.to_string())?;
+    let how = cfg.describe();
+    let mut conn = tokio::time::timeout(cfg.connect_timeout, Conn::new(cfg.opts()))
+        .await
+        .map_err(|_| format!("{how}: timed out"))?
+        .map_err(|e| format!("{how}: {e}"))?;
+    // The server it reached must be the traced one: its session runs on one of its threads.
+    let q = format!(
+        "{MARKER} SELECT TID FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()"
+    );
+    let tid: Option<u64> = conn
+        .query_first(q)
+        .await
+        .map_err(|e| format!("{how}: {e}"))?;
+    let ours = tid.is_some_and(|t| std::path::Path::new(&format!("/proc/{pid}/task/{t}")).exists());
+    if !ours {
+        let _ = conn.disconnect().await;
+        return Err(format!("{how} reaches another server than process {pid} (set the socket in --catalog-config or ~/.my.cnf)"));
+    }
+    Ok((conn, how))
+}
+
+/// One snapshot per server with waits pending; an answer for each wait still on.
+async fn round(
+    settings: &Settings,
+    servers: &mut HashMap<u32, Server>,
+    pending: &mut Vec<Ask>,
+    replies: &std_mpsc::Sender<Reply>,
+) {
+    connect_all(settings, servers).await;
+    let asks = std::mem::take(pending);
+    let mut by_server: HashMap<u32, Vec<Ask>> = HashMap::new();
+    for a in asks {
+        by_server.entry(a.server).or_default().push(a);
+    }
+    for (pid, asks) in by_server {
+        let snap = match servers.get_mut(&pid) {
+            Some(s) if s.conn.is_some() => {
+                let mdl = asks.iter().any(|a| a.lock == LockType::Metadata);
+                let innodb = asks.iter().any(|a| a.lock != LockType::Metadata);
+                match tokio::time::timeout(QUERY_TIMEOUT, snapshot(s, innodb, mdl)).await {
+                    Ok(Ok(snap)) => Some(snap),
+                    Ok(Err(e)) => {
+                        log::warn!(
+                            "MariaDB server {pid}: catalog query failed (reconnecting): {e}"
+                        );
+                        (s.conn, s.failed_at) = (None, None);
+                        None
+                    }
+                    Err(_) => {
+                        log::warn!("MariaDB server {pid}: catalog query timed out (reconnecting)");
+                        (s.conn, s.failed_at) = (None, Some(Instant::now()));
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        for ask in asks {
+            let facts = snap.as_ref().and_then(|s| s.facts(&ask));
+            let _ = replies.send(Reply::Blocked { ask, facts });
+        }
+    }
+}
+
+async fn snapshot(s: &mut Server, innodb: bool, mdl: bool) -> Result<Snapshot, mysql_async::Error> {
+    let conn = s.conn.as_mut().expect("connected");
+    let mut snap = Snapshot::default();
+    if innodb {
+        let q = format!(
+            "{MARKER} SELECT r.trx_mysql_thread_id, rl.lock_mode, rl.lock_type, rl.lock_table, rl.lock_index, \
+             b.trx_mysql_thread_id, bl.lock_mode, b.trx_query, TIMESTAMPDIFF(MICROSECOND, b.trx_started, NOW(6)) DIV 1000 \
+             FROM information_schema.INNODB_LOCK_WAITS w \
+             JOIN information_schema.INNODB_TRX r ON r.trx_id = w.requesting_trx_id \
+             JOIN information_schema.INNODB_TRX b ON b.trx_id = w.blocking_trx_id \
+             JOIN information_schema.INNODB_LOCKS rl ON rl.lock_id = w.requested_lock_id \
+             JOIN information_schema.INNODB_LOCKS bl ON bl.lock_id = w.blocking_lock_id"
+        );
+        type Row = (
+            u64,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            u64,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+        );
+        snap.innodb = conn
+            .query_map(q, |r: Row| InnodbRow {
+                waiter: r.0,
+                mode: r.1,
+                lock_type: r.2,
+                table: r.3,
+                index: r.4,
+                blocker: r.5,
+                blocker_mode: r.6,
+                blocker_query: r.7,
+                blocker_age_ms: r.8,
+            })
+            .await?;
+    }
+    if mdl && !s.no_mdl_table {
+        let q = format!(
+            "{MARKER} SELECT THREAD_ID, LOCK_MODE, LOCK_TYPE, TABLE_SCHEMA, TABLE_NAME FROM information_schema.METADATA_LOCK_INFO"
+        );
+        type Row = (
+            u64,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let got = conn
+            .query_map(q, |r: Row| MdlRow {
+                connection: r.0,
+                mode: r.1.unwrap_or_default(),
+                lock_type: r.2.unwrap_or_default(),
+                schema: r.3.unwrap_or_default(),
+                table: r.4.unwrap_or_default(),
+            })
+            .await;
+        match got {
+            Ok(rows) => snap.mdl = Some(rows),
+            // 1109 ER_UNKNOWN_TABLE: the metadata_lock_info plugin is not loaded.
+            Err(mysql_async::Error::Server(e)) if e.code == 1109 => {
+                s.no_mdl_table = true;
+                log::warn!(
+                    "metadata lock waits will not name their blockers: the server has no information_schema.METADATA_LOCK_INFO \
+                     (INSTALL SONAME 'metadata_lock_info', or plugin-load-add=metadata_lock_info)"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let conn = s.conn.as_mut().expect("connected");
+    let q = format!(
+        "{MARKER} SELECT ID, TID, USER, HOST, DB, COMMAND, STATE, INFO, CAST(TIME_MS AS UNSIGNED) FROM information_schema.PROCESSLIST"
+    );
+    type Row = (
+        u64,
+        u64,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<u64>,
+    );
+    snap.sessions = conn
+        .query_map(q, |r: Row| ProcRow {
+            id: r.0,
+            tid: r.1,
+            user: r.2.unwrap_or_default(),
+            host: r.3.unwrap_or_default(),
+            db: r.4,
+            command: r.5.unwrap_or_default(),
+            state: r.6,
+            info: r.7,
+            time_ms: r.8,
+        })
+        .await?;
+    Ok(snap)
+}
