@@ -42,6 +42,8 @@ pub enum Layout {
 /// points or none (a half-probed library would make wrong spans).
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// The engine whose plan it is (told when it is carried out).
+    pub engine: dbtel_common::Engine,
     pub pid: u32,
     /// As the process maps it, and as the agent reaches it (/proc/PID/root/…).
     pub path: String,
@@ -68,6 +70,8 @@ pub trait Engine {
     /// One of its records: spans finished by it go to `out`. Returns the
     /// record's process.
     fn on_record(&mut self, data: &[u8], out: &mut Vec<DbSpan>) -> Result<u32, DecodeError>;
+    /// Its plan is carried out: every probe is in place.
+    fn attached(&mut self, _plan: &Plan) {}
     /// Called every few hundred milliseconds.
     fn tick(&mut self, now_ns: u64, out: &mut Vec<DbSpan>);
     /// The process exited (or exec'd) at `ts_ns`: what it left open ends.

@@ -121,7 +121,22 @@ fn every_statement_of_every_client_is_a_server_span() {
     );
     let (conns, errors) = locks(&db, "row");
     assert!(errors.is_empty(), "{errors:?}");
-    std::thread::sleep(Duration::from_millis(500));
+    // A PyMySQL session over TCP, in a database chosen at login: it prints
+    // its connection id and its own port.
+    let script = "import pymysql, sys, time\n\
+                  c = pymysql.connect(host='127.0.0.1', port=int(sys.argv[1]), user='root', database='shop', autocommit=True)\n\
+                  print(c.thread_id(), c._sock.getsockname()[1], flush=True)\n\
+                  cur = c.cursor()\ncur.execute('select v from t where id = 2')\ntime.sleep(0.1)\n\
+                  cur.execute('select v from t where id = 1')\nc.close()\n";
+    let out = drivers::python()
+        .args(["-c", script, &db.port.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (tcp_conn, tcp_port) = printed.trim().split_once(' ').expect("id port");
+    let (tcp_conn, tcp_port): (u64, i64) = (tcp_conn.parse().unwrap(), tcp_port.parse().unwrap());
+    std::thread::sleep(Duration::from_millis(800));
     let run = agent.interrupt();
     assert!(run.status.success(), "{run:?}");
     assert!(
@@ -132,7 +147,7 @@ fn every_statement_of_every_client_is_a_server_span() {
     );
     let spans = rx.spans();
     let log = db.general_log();
-    let mut checked = 0;
+    let (mut checked, mut tcp_sessions) = (0, 0);
     for conn in connections_after(&log, before) {
         // Each statement, and each COM_INIT_DB (a span `USE`, no text), in order.
         let logged: Vec<_> = log
@@ -159,9 +174,33 @@ fn every_statement_of_every_client_is_a_server_span() {
             assert_eq!(s.str("db.system.name"), Some("mariadb"));
             assert_eq!(s.resource_int("process.pid"), Some(db.pid() as i64));
         }
+        // Who the session is (the catalog's PROCESSLIST, looked up at its
+        // login): the PyMySQL sessions (the CLI's lasts a millisecond,
+        // shorter than the lookup).
+        let pymysql = conns.iter().any(|(_, c)| *c == conn) || conn == tcp_conn;
+        for s in got.iter().filter(|_| pymysql) {
+            let what = dump(&[s]);
+            assert_eq!(
+                (s.str("user.name"), s.str("db.namespace")),
+                (Some("root"), Some("shop")),
+                "{what}"
+            );
+            if conn == tcp_conn {
+                assert_eq!(s.str("network.transport"), Some("tcp"), "{what}");
+                assert_eq!(
+                    (s.str("client.address"), s.int("client.port")),
+                    (Some("127.0.0.1"), Some(tcp_port)),
+                    "{what}"
+                );
+                tcp_sessions += 1;
+            } else {
+                assert_eq!(s.str("network.transport"), Some("unix"), "{what}");
+            }
+        }
         checked += got.len();
     }
-    assert!(checked >= 9, "{checked} statements checked");
+    assert!(checked >= 11, "{checked} statements checked");
+    assert_eq!(tcp_sessions, 3, "its SET AUTOCOMMIT and both selects");
     // The failing statement: the server's own error number.
     let missing = spans
         .iter()

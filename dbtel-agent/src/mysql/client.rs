@@ -8,7 +8,7 @@ use std::{collections::HashSet, path::Path};
 use dbtel_common::Kind;
 
 use crate::{
-    engine::{ClaimError, Engine, Plan},
+    engine::{ClaimError, Engine, Layout, Plan},
     events::{self, DecodeError},
     pipeline::{dbspan::DbSpan, span::IdGen, sql::Text},
 };
@@ -26,6 +26,9 @@ pub struct Client {
     server: Tracker,
     catalog: CatalogState,
 }
+
+/// How long attaching to a server waits for its catalog connection.
+const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The catalog worker, started when the first traced server is seen.
 enum CatalogState {
@@ -79,15 +82,18 @@ impl Client {
             return;
         };
         if servers.insert(pid) {
-            catalog.server(pid);
+            catalog.server(pid, CONNECT_WAIT);
         }
         for ask in self.server.asks.drain(..) {
             catalog.ask(ask);
         }
+        for (server, connection) in self.server.session_asks.drain(..) {
+            catalog.session(server, connection);
+        }
     }
 
     /// The catalog's answers so far, kept for their waits' spans.
-    fn take_answers(&mut self) {
+    fn take_answers(&mut self, out: &mut Vec<DbSpan>) {
         let CatalogState::Running(catalog, _) = &mut self.catalog else {
             return;
         };
@@ -104,6 +110,12 @@ impl Client {
                 Reply::Dropped(n) => {
                     log::warn!("{n} lock waits not looked up: too many pending at once")
                 }
+                Reply::Session {
+                    server,
+                    connection,
+                    session,
+                } => self.server.session((server, connection), session, out),
+                Reply::Connected { .. } => {}
             }
         }
     }
@@ -130,7 +142,7 @@ impl Engine for Client {
         let (h, at) = events::header(data)?;
         if Kind::from_u16(h.kind) == Some(Kind::MyServer) {
             let hit = events::server_hit(&h, at, data)?;
-            self.take_answers();
+            self.take_answers(out);
             let recon = &mut self.recon;
             let mut client = |q: ClientQuery| match q {
                 ClientQuery::InFlight(id) => recon.in_flight_on(id),
@@ -145,8 +157,16 @@ impl Engine for Client {
         Ok(at.pid)
     }
 
+    /// A server traced: its catalog connects now, before its first wait or session.
+    fn attached(&mut self, plan: &Plan) {
+        if matches!(plan.layout, Layout::Sites(_)) {
+            self.ask_catalog(plan.pid);
+        }
+    }
+
     fn tick(&mut self, now_ns: u64, out: &mut Vec<DbSpan>) {
-        self.take_answers();
+        self.take_answers(out);
+        self.server.release_held(now_ns, out);
         self.recon.tick(now_ns, out);
     }
 

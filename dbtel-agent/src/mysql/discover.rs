@@ -73,6 +73,7 @@ pub fn claim(pid: u32, path: &str, host: &Path) -> Result<Option<Plan>, ClaimErr
         }
     }
     Ok(Some(Plan {
+        engine: dbtel_common::Engine::Mysql,
         pid,
         path: path.into(),
         host_path: host.into(),

@@ -113,6 +113,9 @@ impl Agent {
                     log::warn!("{w}");
                 }
                 let n = self.probes.attach_plan(plan)?;
+                if let Some(e) = self.engines.iter_mut().find(|e| e.id() == plan.engine) {
+                    e.attached(plan);
+                }
                 if matches!(plan.layout, crate::engine::Layout::Sites(_)) {
                     self.engine_servers.insert(plan.pid);
                 }

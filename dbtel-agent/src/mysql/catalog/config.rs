@@ -3,12 +3,17 @@
 //! variables, a MySQL option file (--catalog-config, else ~/.my.cnf).
 
 use std::{
-    collections::HashSet,
+    collections::BTreeMap,
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
+
+#[path = "config_proc.rs"]
+mod proc;
+use proc::listening;
+pub use proc::{listening_tcp, listening_unix, server_listening, socket_inode};
 
 const DEFAULT_PORT: u16 = 3306;
 /// Option file groups read, as the mariadb client reads them.
@@ -54,17 +59,8 @@ pub struct MysqlCatalogConfig {
     password: Option<String>,
     /// mysql_async has none: the caller bounds `Conn::new` with it.
     pub connect_timeout: Duration,
-    origins: Origins,
-}
-
-/// Where each setting came from, for [`MysqlCatalogConfig::describe`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Origins {
-    socket: String,
-    host: String,
-    port: String,
-    user: String,
-    password: String,
+    /// Where each setting came from, when not the default.
+    origins: BTreeMap<String, String>,
 }
 
 impl fmt::Debug for MysqlCatalogConfig {
@@ -111,7 +107,6 @@ impl MysqlCatalogConfig {
         env: &dyn Fn(&str) -> Option<String>,
         home: Option<&Path>,
     ) -> Result<Self, ConfigError> {
-        let d = FROM_DEFAULT.to_string();
         let mut c = MysqlCatalogConfig {
             socket: None,
             host: None,
@@ -119,24 +114,18 @@ impl MysqlCatalogConfig {
             user: "root".into(),
             password: None,
             connect_timeout: Duration::from_secs(5),
-            origins: Origins {
-                socket: d.clone(),
-                host: d.clone(),
-                port: d.clone(),
-                user: d.clone(),
-                password: d.clone(),
-            },
+            origins: BTreeMap::new(),
         };
         if let Some(s) = server_socket {
             c.socket = Some(s);
-            c.origins.socket = FROM_SERVER_SOCKET.into();
+            c.origins.insert("socket".into(), FROM_SERVER_SOCKET.into());
         }
         // Where "no host" goes by TCP when no socket is known.
-        let mut tcp_host = ("127.0.0.1".to_string(), d);
+        let mut tcp_host = ("127.0.0.1".to_string(), None);
         if let Some((ip, port)) = server_tcp {
             c.port = port;
-            c.origins.port = FROM_SERVER_TCP.into();
-            tcp_host = (connect_address(ip), FROM_SERVER_TCP.into());
+            c.origins.insert("port".into(), FROM_SERVER_TCP.into());
+            tcp_host = (connect_address(ip), Some(FROM_SERVER_TCP.to_string()));
         }
         for (var, key) in [
             ("MYSQL_UNIX_PORT", "socket"),
@@ -159,11 +148,11 @@ impl MysqlCatalogConfig {
             })?;
             let mut found = Vec::new();
             read_options(&path, &text, 0, &mut found)?;
-            for s in found {
-                let origin = format!("{} [{}]", s.file.display(), s.group);
+            for (file, s) in found {
+                let origin = format!("{} [{}]", file.display(), s.group);
                 c.set(&s.key, s.value.as_deref(), &origin)
                     .map_err(|msg| ConfigError::Line {
-                        file: s.file,
+                        file,
                         line: s.line,
                         msg,
                     })?;
@@ -173,39 +162,41 @@ impl MysqlCatalogConfig {
             Some(h) if h != "localhost" => c.socket = None,
             _ if c.socket.is_some() => c.host = None,
             Some(_) => c.host = Some("127.0.0.1".into()),
-            None => (c.host, c.origins.host) = (Some(tcp_host.0), tcp_host.1),
+            None => {
+                c.host = Some(tcp_host.0);
+                c.origins
+                    .extend(tcp_host.1.map(|o| ("host".to_string(), o)));
+            }
         }
         Ok(c)
     }
 
+    /// Where setting `key` came from.
+    fn from(&self, key: &str) -> &str {
+        self.origins.get(key).map_or(FROM_DEFAULT, |o| o.as_str())
+    }
+
     /// Applies one setting. Messages never hold a value (it may be a password).
     fn set(&mut self, key: &str, value: Option<&str>, origin: &str) -> Result<(), String> {
-        let Some(v) = value else {
-            if key == "password" {
+        let v = match value {
+            None if key == "password" => {
                 return Err(
-                    "a bare `password` asks for one at a prompt, which the agent cannot \
-                     show: write password=... (or remove the line)"
+                    "a bare `password` asks for one at a prompt, which the agent \
+                            cannot show: write password=... (or remove the line)"
                         .into(),
-                );
+                )
             }
-            return Ok(());
+            Some(v) if !v.is_empty() || key == "password" => v,
+            _ => return Ok(()),
         };
-        let o = origin.to_string();
         match key {
-            "host" if !v.is_empty() => (self.host, self.origins.host) = (Some(v.into()), o),
-            "socket" if !v.is_empty() => {
-                (self.socket, self.origins.socket) = (Some(PathBuf::from(v)), o)
-            }
-            "user" if !v.is_empty() => (self.user, self.origins.user) = (v.into(), o),
-            "password" => (self.password, self.origins.password) = (Some(v.into()), o),
+            "host" => self.host = Some(v.into()),
+            "socket" => self.socket = Some(PathBuf::from(v)),
+            "user" => self.user = v.into(),
+            "password" => self.password = Some(v.into()),
             "port" => {
-                let p: u16 = v
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| format!("port: not a port number: {v:?}"))?;
-                (self.port, self.origins.port) = (p, o);
+                let p = v.trim().parse().ok().filter(|p| *p != 0);
+                self.port = p.ok_or_else(|| format!("port: not a port number: {v:?}"))?;
             }
             "connect-timeout" => {
                 let s: u64 = v
@@ -215,9 +206,9 @@ impl MysqlCatalogConfig {
                 // 0 means no timeout to mysql; keep the catalog from hanging anyway.
                 self.connect_timeout = Duration::from_secs(if s == 0 { 30 } else { s });
             }
-            // my.cnf files hold many other client options.
-            _ => {}
+            _ => return Ok(()),
         }
+        self.origins.insert(key.into(), origin.into());
         Ok(())
     }
 
@@ -245,31 +236,32 @@ impl MysqlCatalogConfig {
     /// e.g. "unix socket /run/mysqld/mysqld.sock as root (the traced server's
     /// socket)"; never the password.
     pub fn describe(&self) -> String {
-        let o = &self.origins;
-        let (target, mut why) = match &self.socket {
-            Some(s) => (
+        let (target, why) = match (&self.socket, self.host.as_deref().unwrap_or("127.0.0.1")) {
+            (Some(s), _) => (
                 format!("unix socket {}", s.display()),
-                vec![o.socket.clone()],
+                self.from("socket").into(),
             ),
-            None => {
-                let h = self.host.as_deref().unwrap_or("127.0.0.1");
-                let why = if o.host == o.port {
-                    o.host.clone()
+            (None, h) => {
+                let h = if h.contains(':') {
+                    format!("[{h}]")
                 } else {
-                    format!("host from {}, port from {}", o.host, o.port)
+                    h.into()
                 };
-                let target = match h.parse::<IpAddr>() {
-                    Ok(IpAddr::V6(_)) => format!("TCP [{h}]:{}", self.port),
-                    _ => format!("TCP {h}:{}", self.port),
+                let (oh, op) = (self.from("host"), self.from("port"));
+                let why = if oh == op {
+                    oh.into()
+                } else {
+                    format!("host from {oh}, port from {op}")
                 };
-                (target, vec![why])
+                (format!("TCP {h}:{}", self.port), why)
             }
         };
-        if o.user != FROM_DEFAULT {
-            why.push(format!("user from {}", o.user));
+        let mut why = vec![why];
+        if self.origins.contains_key("user") {
+            why.push(format!("user from {}", self.from("user")));
         }
         if self.password.is_some() {
-            why.push(format!("password from {}", o.password));
+            why.push(format!("password from {}", self.from("password")));
         }
         format!("{target} as {} ({})", self.user, why.join("; "))
     }
@@ -285,27 +277,29 @@ fn connect_address(ip: IpAddr) -> String {
     }
 }
 
-/// One setting of an option file that matters here (`value` None: the key alone).
+/// An option file line that matters here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OptionLine {
-    Setting {
-        line: usize,
-        group: String,
-        key: String,
-        value: Option<String>,
-    },
-    Include {
-        line: usize,
-        path: String,
-    },
+    Setting(Setting),
+    /// `!include FILE`: (line, file as written).
+    Include(usize, String),
+}
+
+/// `key[=value]` in one of [`GROUPS`] (`value` None: the key alone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    pub line: usize,
+    pub group: String,
+    pub key: String,
+    pub value: Option<String>,
 }
 
 /// Parses a MySQL option file as my_load_defaults does: `[group]` headers
 /// (case-insensitive), `key[=value]` lines, values trimmed, stripped of
 /// matching quotes and unescaped (`\n \t \r \b \s \\ \" \'`), `#` or `;`
-/// comment lines and `#` comments after values outside quotes. Keys: `_`
-/// and `-` alike, `loose-` prefix dropped. Settings only of [`GROUPS`],
-/// in file order (the last one wins).
+/// comment lines and `#` comments outside quotes. Keys: `_` and `-` alike,
+/// `loose-` prefix dropped. Settings only of [`GROUPS`], in file order (the
+/// last one wins).
 pub fn parse_option_file(text: &str, file: &Path) -> Result<Vec<OptionLine>, ConfigError> {
     let err = |line: usize, msg: &str| ConfigError::Line {
         file: file.to_path_buf(),
@@ -325,10 +319,7 @@ pub fn parse_option_file(text: &str, file: &Path) -> Result<Vec<OptionLine>, Con
             let arg = rest[word.len()..].trim();
             match word {
                 "include" if arg.is_empty() => return Err(err(line, "!include without a file")),
-                "include" => out.push(OptionLine::Include {
-                    line,
-                    path: arg.to_string(),
-                }),
+                "include" => out.push(OptionLine::Include(line, arg.to_string())),
                 _ => log::debug!("{}:{line}: !{word} ignored", file.display()),
             }
             continue;
@@ -353,12 +344,13 @@ pub fn parse_option_file(text: &str, file: &Path) -> Result<Vec<OptionLine>, Con
         };
         let key = key.to_ascii_lowercase().replace('_', "-");
         let key = key.strip_prefix("loose-").unwrap_or(&key).to_string();
-        out.push(OptionLine::Setting {
+        let group = g.clone();
+        out.push(OptionLine::Setting(Setting {
             line,
-            group: g.clone(),
+            group,
             key,
             value,
-        });
+        }));
     }
     Ok(out)
 }
@@ -383,77 +375,57 @@ fn strip_end_comment(s: &str) -> &str {
 }
 
 fn unquote(v: &str) -> String {
-    let v = if v.len() >= 2
-        && ((v.starts_with('\'') && v.ends_with('\'')) || (v.starts_with('"') && v.ends_with('"')))
-    {
-        &v[1..v.len() - 1]
-    } else {
-        v
-    };
+    let quoted = v.len() >= 2
+        && ["'", "\""]
+            .iter()
+            .any(|q| v.starts_with(q) && v.ends_with(q));
+    let v = if quoted { &v[1..v.len() - 1] } else { v };
     let mut out = String::with_capacity(v.len());
-    let mut it = v.chars().peekable();
+    let mut it = v.chars();
     while let Some(c) = it.next() {
-        match (c, it.peek().copied()) {
-            ('\\', Some(n)) => {
-                it.next();
-                match n {
-                    'n' => out.push('\n'),
-                    't' => out.push('\t'),
-                    'r' => out.push('\r'),
-                    'b' => out.push('\u{8}'),
-                    's' => out.push(' '),
-                    '"' | '\'' | '\\' => out.push(n),
-                    _ => out.extend([c, n]),
-                }
+        let Some(n) = (c == '\\').then(|| it.clone().next()).flatten() else {
+            out.push(c);
+            continue;
+        };
+        it.next();
+        let e = match n {
+            'n' => '\n',
+            't' => '\t',
+            'r' => '\r',
+            'b' => '\u{8}',
+            's' => ' ',
+            '"' | '\'' | '\\' => n,
+            _ => {
+                out.push('\\');
+                n
             }
-            _ => out.push(c),
-        }
+        };
+        out.push(e);
     }
     out
 }
 
-/// A setting read from an option file, with where it was.
-struct Found {
-    file: PathBuf,
-    line: usize,
-    group: String,
-    key: String,
-    value: Option<String>,
-}
-
 /// Settings of `text` (the content of `path`) and of the files it includes,
-/// in order. A missing include is skipped with a warning, as mysql does.
+/// in order, with the file each is in. A missing include is skipped with a
+/// warning, as mysql does.
 fn read_options(
     path: &Path,
     text: &str,
     depth: u8,
-    out: &mut Vec<Found>,
+    out: &mut Vec<(PathBuf, Setting)>,
 ) -> Result<(), ConfigError> {
     let mut has_password = false;
     for l in parse_option_file(text, path)? {
         match l {
-            OptionLine::Setting {
-                line,
-                group,
-                key,
-                value,
-            } => {
-                has_password |= key == "password";
-                out.push(Found {
-                    file: path.to_path_buf(),
-                    line,
-                    group,
-                    key,
-                    value,
-                });
+            OptionLine::Setting(s) => {
+                has_password |= s.key == "password";
+                out.push((path.to_path_buf(), s));
             }
-            OptionLine::Include { line, path: inc } => {
+            OptionLine::Include(line, inc) => {
                 if depth >= MAX_INCLUDE_DEPTH {
-                    return Err(ConfigError::Line {
-                        file: path.to_path_buf(),
-                        line,
-                        msg: format!("!include nested more than {MAX_INCLUDE_DEPTH} deep"),
-                    });
+                    let msg = format!("!include nested more than {MAX_INCLUDE_DEPTH} deep");
+                    let file = path.to_path_buf();
+                    return Err(ConfigError::Line { file, line, msg });
                 }
                 let inc = path.parent().unwrap_or(Path::new("/")).join(inc);
                 match std::fs::read_to_string(&inc) {
@@ -479,123 +451,6 @@ fn read_options(
         }
     }
     Ok(())
-}
-
-// ---------------------------------------------------------------------------
-// The traced server's listening endpoints, from /proc
-
-/// The traced server's listening unix socket (as the agent reaches it) and
-/// TCP port: sockets among its own fds, listed in its network namespace's
-/// /proc/PID/net/{unix,tcp,tcp6}.
-pub fn server_listening(pid: u32) -> (Option<PathBuf>, Option<u16>) {
-    let (sock, tcp) = listening(pid);
-    (sock, tcp.map(|t| t.1))
-}
-
-fn listening(pid: u32) -> (Option<PathBuf>, Option<(IpAddr, u16)>) {
-    let read = |p: &str| std::fs::read_to_string(format!("/proc/{pid}/{p}")).unwrap_or_default();
-    let inodes: HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| socket_inode(std::fs::read_link(e.path()).ok()?.to_str()?))
-        .collect();
-    if inodes.is_empty() {
-        log::debug!("MySQL catalog: no sockets seen for server pid {pid}");
-    }
-    let sock = listening_unix(&read("net/unix"), &inodes)
-        .into_iter()
-        .next()
-        .map(|p| reachable(pid, &p));
-    let mut tcp = listening_tcp(&read("net/tcp"), &inodes);
-    tcp.extend(listening_tcp(&read("net/tcp6"), &inodes));
-    let pick = tcp
-        .iter()
-        .find(|(ip, _)| ip.is_loopback() || ip.is_unspecified())
-        .or(tcp.first())
-        .copied();
-    (sock, pick)
-}
-
-/// `path` as the agent reaches it: as is in the same mount namespace and
-/// root, else through /proc/PID/root.
-fn reachable(pid: u32, path: &str) -> PathBuf {
-    let same = |l: &str| {
-        std::fs::read_link(format!("/proc/{pid}/{l}")).ok()
-            == std::fs::read_link(format!("/proc/self/{l}")).ok()
-    };
-    if same("ns/mnt") && same("root") {
-        PathBuf::from(path)
-    } else {
-        PathBuf::from(format!("/proc/{pid}/root{path}"))
-    }
-}
-
-/// The inode of an fd link `socket:[INODE]`.
-pub fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
-/// Paths of the listening unix stream sockets (state 01, flag __SO_ACCEPTCON)
-/// in /proc/net/unix text whose inode is in `inodes`; abstract and unbound
-/// ones skipped.
-pub fn listening_unix(text: &str, inodes: &HashSet<u64>) -> Vec<String> {
-    let mut out = Vec::new();
-    // Num RefCount Protocol Flags Type St Inode [Path]
-    for line in text.lines().skip(1) {
-        let mut rest = line;
-        let mut f = [""; 7];
-        for slot in &mut f {
-            rest = rest.trim_start();
-            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-            (*slot, rest) = rest.split_at(end);
-        }
-        let path = rest.trim_start();
-        let flags = u32::from_str_radix(f[3], 16).unwrap_or(0);
-        let listening = flags & 0x10000 != 0 && f[4] == "0001" && f[5] == "01";
-        let ours = f[6].parse().is_ok_and(|i: u64| inodes.contains(&i));
-        if listening && ours && path.starts_with('/') {
-            out.push(path.to_string());
-        }
-    }
-    out
-}
-
-/// Addresses of the listening sockets (state 0A) in /proc/net/tcp or tcp6
-/// text whose inode is in `inodes`.
-pub fn listening_tcp(text: &str, inodes: &HashSet<u64>) -> Vec<(IpAddr, u16)> {
-    let mut out = Vec::new();
-    // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 10 || f[3] != "0A" || !f[9].parse().is_ok_and(|i: u64| inodes.contains(&i)) {
-            continue;
-        }
-        let Some((addr, port)) = f[1].split_once(':') else {
-            continue;
-        };
-        if let (Some(ip), Ok(port)) = (hex_ip(addr), u16::from_str_radix(port, 16)) {
-            out.push((ip, port));
-        }
-    }
-    out
-}
-
-/// The kernel prints an address as 32-bit words in host byte order.
-fn hex_ip(s: &str) -> Option<IpAddr> {
-    let mut bytes = Vec::with_capacity(16);
-    for i in (0..s.len()).step_by(8) {
-        let w = u32::from_str_radix(s.get(i..i + 8)?, 16).ok()?;
-        bytes.extend(w.to_ne_bytes());
-    }
-    match bytes.len() {
-        4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
-        16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -93,6 +93,12 @@ fn defaults_from_the_server_tcp_listener_or_builtin() {
     let specific = IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3));
     let c = resolve(None, Some((specific, 3306)), None, &no_env, None).unwrap();
     assert_eq!(c.host.as_deref(), Some("10.1.2.3"));
+    let port = |k: &str| (k == "MYSQL_TCP_PORT").then(|| "4002".to_string());
+    let c = resolve(None, Some((wild, 3399)), None, &port, None).unwrap();
+    assert_eq!(
+        c.describe(),
+        "TCP 127.0.0.1:4002 as root (host from the traced server's TCP listener, port from MYSQL_TCP_PORT)"
+    );
     let c = resolve(None, None, None, &no_env, None).unwrap();
     assert_eq!((c.host.as_deref(), c.port), (Some("127.0.0.1"), 3306));
     assert_eq!(c.describe(), "TCP 127.0.0.1:3306 as root (default)");
@@ -210,9 +216,9 @@ fn quoting_comments_and_keys() {
     let kv: Vec<(String, Option<String>)> = lines
         .into_iter()
         .map(|l| match l {
-            OptionLine::Setting {
+            OptionLine::Setting(Setting {
                 key, value, group, ..
-            } => {
+            }) => {
                 assert_eq!(group, "client");
                 (key, value)
             }

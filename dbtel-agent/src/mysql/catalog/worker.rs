@@ -22,7 +22,7 @@ use super::{
     blockers::{Ask, InnodbRow, MdlRow, ProcRow, Snapshot, WaitFacts},
     config::MysqlCatalogConfig,
 };
-use crate::mysql::server::spans::LockType;
+use crate::mysql::server::{reconstruct::Session, spans::LockType};
 
 /// Every catalog statement starts with this (see the module's comment).
 pub const MARKER: &str = "/* dbtel catalog */";
@@ -47,6 +47,8 @@ pub struct Settings {
 enum Msg {
     Server(u32),
     Ask(Ask),
+    /// Who connection (server, id) is.
+    Session(u32, u64),
 }
 
 /// What the worker tells the main loop.
@@ -56,12 +58,22 @@ pub enum Reply {
     Blocked { ask: Ask, facts: Option<WaitFacts> },
     /// Asks dropped because too many were pending.
     Dropped(u64),
+    /// A server's connection attempt ended (ok or not: said in the log).
+    Connected { server: u32 },
+    /// One per session asked for: None when it is gone (or no catalog).
+    Session {
+        server: u32,
+        connection: u64,
+        session: Option<Session>,
+    },
 }
 
 /// The main loop's handle on the worker.
 pub struct Catalog {
     tx: mpsc::UnboundedSender<Msg>,
     rx: std_mpsc::Receiver<Reply>,
+    /// Replies received while waiting for a connection.
+    backlog: Vec<Reply>,
     /// Asks sent whose round has not answered yet (replies are looked for
     /// only while some are).
     pub outstanding: usize,
@@ -83,13 +95,27 @@ impl Catalog {
         Ok(Catalog {
             tx,
             rx,
+            backlog: Vec::new(),
             outstanding: 0,
         })
     }
 
-    /// A server is traced: connect to it now (not at its first wait).
-    pub fn server(&self, pid: u32) {
-        let _ = self.tx.send(Msg::Server(pid));
+    /// A server is traced: its catalog connects now, and the caller waits
+    /// (at most `timeout`) so that sessions beginning from now on are
+    /// looked up while they last.
+    pub fn server(&mut self, pid: u32, timeout: Duration) {
+        if self.tx.send(Msg::Server(pid)).is_err() {
+            return;
+        }
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.rx.recv_timeout(left) {
+                Ok(Reply::Connected { server }) if server == pid => return,
+                Ok(Reply::Connected { .. }) => {}
+                Ok(other) => self.backlog.push(other),
+                Err(_) => return,
+            }
+        }
     }
 
     pub fn ask(&mut self, ask: Ask) {
@@ -98,16 +124,28 @@ impl Catalog {
         }
     }
 
+    pub fn session(&mut self, server: u32, connection: u64) {
+        if self.tx.send(Msg::Session(server, connection)).is_ok() {
+            self.outstanding += 1;
+        }
+    }
+
     /// Replies so far (none looked for when nothing is outstanding).
     pub fn replies(&mut self) -> Vec<Reply> {
-        if self.outstanding == 0 {
+        if self.outstanding == 0 && self.backlog.is_empty() {
             return Vec::new();
         }
-        let got: Vec<Reply> = self.rx.try_iter().collect();
+        let mut got = std::mem::take(&mut self.backlog);
+        got.extend(
+            self.rx
+                .try_iter()
+                .filter(|r| !matches!(r, Reply::Connected { .. })),
+        );
         for r in &got {
             let answered = match r {
-                Reply::Blocked { .. } => 1,
+                Reply::Blocked { .. } | Reply::Session { .. } => 1,
                 Reply::Dropped(n) => *n as usize,
+                Reply::Connected { .. } => 0,
             };
             self.outstanding = self.outstanding.saturating_sub(answered);
         }
@@ -122,49 +160,68 @@ struct Server {
     no_mdl_table: bool,
 }
 
+/// What the worker has been asked and not yet answered.
+#[derive(Default)]
+struct Inbox {
+    /// New servers to connect to.
+    servers: Vec<u32>,
+    waits: Vec<Ask>,
+    sessions: Vec<(u32, u64)>,
+    dropped: u64,
+}
+
+impl Inbox {
+    fn put(&mut self, m: Msg) {
+        match m {
+            Msg::Server(pid) => self.servers.push(pid),
+            Msg::Ask(a) if self.waits.len() < PENDING_MAX => self.waits.push(a),
+            Msg::Ask(_) => self.dropped += 1,
+            Msg::Session(server, id) => self.sessions.push((server, id)),
+        }
+    }
+
+    /// Everything sent meanwhile.
+    fn drain(&mut self, msgs: &mut mpsc::UnboundedReceiver<Msg>) {
+        while let Ok(m) = msgs.try_recv() {
+            self.put(m);
+        }
+    }
+}
+
 async fn run(
     settings: Settings,
     mut msgs: mpsc::UnboundedReceiver<Msg>,
     replies: std_mpsc::Sender<Reply>,
 ) {
     let mut servers: HashMap<u32, Server> = HashMap::new();
-    let mut pending: Vec<Ask> = Vec::new();
-    let mut dropped = 0u64;
-    loop {
-        let Some(msg) = msgs.recv().await else { break };
-        let mut take = |m: Msg, servers: &mut HashMap<u32, Server>, pending: &mut Vec<Ask>| match m
-        {
-            Msg::Server(pid) => {
-                servers.entry(pid).or_insert(Server {
-                    conn: None,
-                    failed_at: None,
-                    no_mdl_table: false,
-                });
-                true
-            }
-            Msg::Ask(a) if pending.len() < PENDING_MAX => {
-                pending.push(a);
-                false
-            }
-            Msg::Ask(_) => {
-                dropped += 1;
-                false
-            }
-        };
-        if take(msg, &mut servers, &mut pending) {
-            connect_all(&settings, &mut servers).await;
+    let mut inbox = Inbox::default();
+    while let Some(m) = msgs.recv().await {
+        inbox.put(m);
+        inbox.drain(&mut msgs);
+        let new: Vec<u32> = inbox.servers.drain(..).collect();
+        for &pid in &new {
+            servers.entry(pid).or_insert(Server {
+                conn: None,
+                failed_at: None,
+                no_mdl_table: false,
+            });
         }
-        if pending.is_empty() {
+        connect_all(&settings, &mut servers).await;
+        for server in new {
+            let _ = replies.send(Reply::Connected { server });
+        }
+        // Sessions at once: a short one may soon be gone.
+        look_up_sessions(&mut servers, &mut inbox.sessions, &replies).await;
+        if inbox.waits.is_empty() {
             continue;
         }
         tokio::time::sleep(WAIT_GRACE).await;
-        while let Ok(m) = msgs.try_recv() {
-            take(m, &mut servers, &mut pending);
+        inbox.drain(&mut msgs);
+        look_up_sessions(&mut servers, &mut inbox.sessions, &replies).await;
+        if inbox.dropped > 0 {
+            let _ = replies.send(Reply::Dropped(std::mem::take(&mut inbox.dropped)));
         }
-        if dropped > 0 {
-            let _ = replies.send(Reply::Dropped(std::mem::take(&mut dropped)));
-        }
-        round(&settings, &mut servers, &mut pending, &replies).await;
+        round(&settings, &mut servers, &mut inbox.waits, &replies).await;
     }
     for (_, s) in servers {
         if let Some(c) = s.conn {
@@ -259,6 +316,51 @@ async fn round(
         for ask in asks {
             let facts = snap.as_ref().and_then(|s| s.facts(&ask));
             let _ = replies.send(Reply::Blocked { ask, facts });
+        }
+    }
+}
+
+/// Who each session asked for is, one query per server.
+async fn look_up_sessions(
+    servers: &mut HashMap<u32, Server>,
+    asked: &mut Vec<(u32, u64)>,
+    replies: &std_mpsc::Sender<Reply>,
+) {
+    let mut by_server: HashMap<u32, Vec<u64>> = HashMap::new();
+    for (server, id) in asked.drain(..) {
+        by_server.entry(server).or_default().push(id);
+    }
+    for (pid, ids) in by_server {
+        let mut found: HashMap<u64, Session> = HashMap::new();
+        if let Some(conn) = servers.get_mut(&pid).and_then(|s| s.conn.as_mut()) {
+            let list: Vec<String> = ids.iter().map(u64::to_string).collect();
+            let q = format!(
+                "{MARKER} SELECT ID, USER, HOST, DB FROM information_schema.PROCESSLIST WHERE ID IN ({})",
+                list.join(",")
+            );
+            type Row = (u64, Option<String>, Option<String>, Option<String>);
+            match tokio::time::timeout(QUERY_TIMEOUT, conn.query::<Row, _>(q)).await {
+                Ok(Ok(rows)) => {
+                    for (id, user, host, db) in rows {
+                        let s = Session {
+                            user: user.unwrap_or_default(),
+                            host: host.unwrap_or_default(),
+                            db,
+                        };
+                        found.insert(id, s);
+                    }
+                }
+                Ok(Err(e)) => log::debug!("MariaDB server {pid}: session lookup failed: {e}"),
+                Err(_) => log::debug!("MariaDB server {pid}: session lookup timed out"),
+            }
+        }
+        for id in ids {
+            let session = found.remove(&id);
+            let _ = replies.send(Reply::Session {
+                server: pid,
+                connection: id,
+                session,
+            });
         }
     }
 }

@@ -164,11 +164,20 @@ struct Conn {
     /// Its last statement: what a session idle in its transaction last did
     /// (a blocker's query).
     last: Option<Arc<QueryFacts>>,
+    /// Who it is, from the catalog (see `sessions`).
+    session: Option<Arc<Session>>,
+    /// The database a USE switched to since.
+    db: Option<String>,
+    /// Its session is being looked up: its spans wait in `held`.
+    awaiting: bool,
+    held: Vec<DbSpan>,
+    /// Closed while awaiting its session: kept until the answer.
+    closed: bool,
 }
 
 impl Conn {
     fn idle(&self) -> bool {
-        self.txn.is_none() && self.pending.is_none()
+        self.txn.is_none() && self.pending.is_none() && self.held.is_empty()
     }
 }
 
@@ -187,6 +196,9 @@ pub struct Tracker {
     pub asking: bool,
     /// The catalog's answers, until their statements end.
     answers: Answers,
+    /// Connections first seen, whose sessions the catalog is to look up.
+    pub session_asks: Vec<(u32, u64)>,
+    awaiting: sessions::Awaiting,
     pub counters: Counters,
 }
 
@@ -205,6 +217,8 @@ impl Tracker {
             asks: Vec::new(),
             asking: false,
             answers: Answers::default(),
+            session_asks: Vec::new(),
+            awaiting: Default::default(),
             counters: Counters::default(),
         }
     }
@@ -270,7 +284,7 @@ impl Tracker {
             mysite::CONN_END => {
                 let key = (hit.at.pid, hit.args[0]);
                 if let Some(c) = self.conns.remove(key) {
-                    self.let_go(key, c, hit.at.ts_ns, out);
+                    self.closed(key, c, hit.at.ts_ns, out);
                 }
                 // Waits of a statement that never ended: roots.
                 for w in self.waits.forget_connection(key.0, key.1) {
@@ -355,6 +369,7 @@ impl Tracker {
         let key = (at.pid, connection_id);
         // Worked on detached (its slot stays where it is in the order).
         let mut conn = std::mem::take(self.conn(at.pid, connection_id, at.ts_ns, out));
+        let mark = out.len();
         let more = done.server_status & MORE_RESULTS != 0;
         match conn.pending.take() {
             // A result set of the CALL that ends now (or later).
@@ -378,14 +393,19 @@ impl Tracker {
             self.emit(key, &mut conn, done, out);
         }
         *self.conns.get_mut(key).expect("touched") = conn;
+        self.route(key, mark, out);
     }
 
     /// The connection's state, created if new (past the cap, the least
     /// recently used idle connection is let go).
     fn conn(&mut self, pid: u32, id: u64, ts: u64, out: &mut Vec<DbSpan>) -> &mut Conn {
         let key = (pid, id);
+        let new = self.conns.get(key).is_none();
         if let Some((old, c)) = self.conns.touch(key, Conn::default, Conn::idle) {
             self.let_go(old, c, ts, out);
+        }
+        if new {
+            self.ask_session(key, ts);
         }
         self.conns.get_mut(key).expect("touched")
     }
@@ -399,6 +419,7 @@ impl Tracker {
         if let Some(t) = c.txn.take() {
             self.close_txn(key, t, ts, Outcome::Incomplete, None, out);
         }
+        out.append(&mut c.held);
     }
 
     /// A top-level statement ended: its span, its waits', and what it did
@@ -409,6 +430,15 @@ impl Tracker {
         let sql = Sql::new(d.text.as_deref(), d.truncated, facts.clone());
         if facts.is_some() {
             conn.last.clone_from(&facts);
+        }
+        if d.errno().is_none() {
+            let used = match d.command {
+                command::INIT_DB => d.text.clone(),
+                _ => d.text.as_deref().and_then(sessions::used_database),
+            };
+            if used.is_some() {
+                conn.db = used;
+            }
         }
         let what = match d.command {
             command::STMT_PREPARE => What::Prepare,
@@ -674,6 +704,10 @@ impl Tracker {
         out.push(spans::wait_span(span, self.system));
     }
 }
+
+#[path = "sessions.rs"]
+pub mod sessions;
+pub use sessions::Session;
 
 #[cfg(test)]
 #[path = "reconstruct_tests.rs"]

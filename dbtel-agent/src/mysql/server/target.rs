@@ -302,6 +302,7 @@ pub fn claim(pid: u32, path: &str, host: &Path) -> Result<Option<Plan>, ClaimErr
         specs.push(spec);
     }
     Ok(Some(Plan {
+        engine: dbtel_common::Engine::Mysql,
         pid,
         path: path.into(),
         host_path: host.into(),

@@ -87,6 +87,7 @@ pub fn plan(t: &LibpqTarget) -> Plan {
         cookie: 0,
     });
     Plan {
+        engine: dbtel_common::Engine::Postgres,
         pid: t.pid,
         path: t.path.clone(),
         host_path: t.host_path.clone(),
