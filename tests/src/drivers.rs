@@ -2,7 +2,13 @@
 //! wheels (psycopg 3 binary, psycopg2-binary, asyncpg) in a virtual
 //! environment, node-postgres, and Debian's pgjdbc.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    process::{Child, ChildStdout, Command, Stdio},
+};
+
+use crate::MariaDb;
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -52,4 +58,50 @@ pub fn program(name: &str) -> PathBuf {
             .join(name),
         "the test program",
     )
+}
+
+/// A tests/drivers Python program against a MariaDB server (arguments:
+/// its socket, then `args`), which prints its PID first and waits for `go`
+/// on stdin before its workload.
+pub struct App {
+    child: Child,
+    out: BufReader<ChildStdout>,
+    pub pid: u32,
+}
+
+impl App {
+    pub fn start(program: &str, db: &MariaDb, args: &[&str]) -> App {
+        let mut child = python()
+            .arg(self::program(program))
+            .arg(db.socket())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let pid = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{program} did not start: {line:?}"));
+        App { child, out, pid }
+    }
+
+    pub fn go(&mut self) {
+        self.child
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(b"go\n")
+            .unwrap();
+    }
+
+    /// Waits for the workload to finish and the process to exit; returns what it printed.
+    pub fn finish(mut self) -> Vec<String> {
+        let lines: Vec<String> = (&mut self.out).lines().map_while(Result::ok).collect();
+        assert!(self.child.wait().unwrap().success(), "{lines:?}");
+        lines
+    }
 }

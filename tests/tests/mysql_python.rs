@@ -2,62 +2,13 @@
 //! twin: autocommit-off transactions, an error inside one, a deadlock whose
 //! victim retries; and PyMySQL (no client library), which dbtel refuses.
 
-use std::{
-    collections::BTreeMap,
-    io::{BufRead, BufReader, Write},
-    process::{Child, ChildStdout, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeMap, process::Stdio, time::Duration};
 
 use dbtel_tests::{
-    drivers,
+    drivers::{self, App},
     mysql_spans::{dump, pair_with_log, statement_spans},
     require_root, run_agent, Agent, MariaDb, Receiver, Span,
 };
-
-struct App {
-    child: Child,
-    out: BufReader<ChildStdout>,
-    pid: u32,
-}
-
-impl App {
-    /// Starts a tests/drivers program (SOCKET DATABASE) and reads the PID it prints first.
-    fn start(program: &str, db: &MariaDb, database: &str) -> App {
-        let mut child = drivers::python()
-            .arg(drivers::program(program))
-            .arg(db.socket())
-            .arg(database)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let pid = line
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{program} did not start: {line:?}"));
-        App { child, out, pid }
-    }
-
-    fn go(&mut self) {
-        self.child
-            .stdin
-            .as_mut()
-            .unwrap()
-            .write_all(b"go\n")
-            .unwrap();
-    }
-
-    /// Waits for the workload to finish and the process to exit; returns what it printed.
-    fn finish(mut self) -> Vec<String> {
-        let lines: Vec<String> = (&mut self.out).lines().map_while(Result::ok).collect();
-        assert!(self.child.wait().unwrap().success(), "{lines:?}");
-        lines
-    }
-}
 
 /// What mysqldb_app.py printed: connection ids by name, the deadlock victim.
 struct Printed {
@@ -229,8 +180,8 @@ fn mysqldb_traced_by_pid_beside_an_untraced_twin() {
     let rx = Receiver::start();
     let endpoint = rx.http_endpoint();
 
-    let mut traced = App::start("mysqldb_app.py", &db, "app_a");
-    let mut twin = App::start("mysqldb_app.py", &db, "app_b");
+    let mut traced = App::start("mysqldb_app.py", &db, &["app_a"]);
+    let mut twin = App::start("mysqldb_app.py", &db, &["app_b"]);
     let (pid, twin_pid) = (traced.pid, twin.pid);
     let agent = Agent::start(
         &["--otlp-endpoint", &endpoint, "--pid", &pid.to_string()],
@@ -385,7 +336,7 @@ fn pymysql_has_no_client_library_to_trace() {
     let endpoint = rx.http_endpoint();
 
     // By PID: refused, in one line saying why.
-    let mut app = App::start("pymysql_app.py", &db, "app_p");
+    let mut app = App::start("pymysql_app.py", &db, &["app_p"]);
     let pid = app.pid.to_string();
     let run = run_agent(
         &["--otlp-endpoint", &endpoint, "--pid", &pid],
