@@ -10,6 +10,7 @@ pub mod http;
 pub mod mysql;
 pub mod pipeline;
 pub mod postgres;
+pub mod report;
 pub mod run;
 
 /// The maps looked up for every event: std's HashMap with foldhash, seeded

@@ -149,9 +149,11 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Sub {
-    /// One-shot lock-contention report from a PostgreSQL server's catalog: blocking
-    /// chains, lock waits, transactions, long queries. Connection settings come from
-    /// the PG* environment variables or --catalog-config, never the command line.
+    /// One-shot lock-contention report from a server's catalog: blocking chains, lock
+    /// waits, transactions, long queries. PostgreSQL: settings from the PG* environment
+    /// variables or --catalog-config (libpq key=value). A MariaDB server (--server-pid):
+    /// from ~/.my.cnf [client] or --catalog-config (an option file), MYSQL_HOST /
+    /// MYSQL_TCP_PORT / MYSQL_UNIX_PORT, else its own socket. Never the command line.
     Contention(dbtel_agent::postgres::contention::ContentionArgs),
     /// Would tracing work here? Kernel features, capabilities, each target (--pid or
     /// --all with its selectors: library or server, probe points, layouts), its
@@ -211,7 +213,21 @@ fn real_main() -> anyhow::Result<ExitCode> {
     }
     match cli.sub {
         Some(Sub::Contention(args)) => {
-            dbtel_agent::postgres::contention::run(args)?;
+            // A MariaDB server's PID: its own report, from its own tables.
+            let mariadb = args.server_pid.filter(|pid| {
+                dbtel_agent::mysql::server::target::is_server(std::path::Path::new(&format!(
+                    "/proc/{pid}/exe"
+                )))
+            });
+            match mariadb {
+                Some(pid) => dbtel_agent::mysql::contention::run(
+                    pid,
+                    args.catalog_config.as_deref(),
+                    std::time::Duration::from_secs_f64(args.long_query),
+                    args.json,
+                )?,
+                None => dbtel_agent::postgres::contention::run(args)?,
+            }
             return Ok(ExitCode::SUCCESS);
         }
         Some(Sub::Check(mut args)) => {

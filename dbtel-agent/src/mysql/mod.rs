@@ -10,6 +10,7 @@ pub mod calls;
 pub mod catalog;
 mod client;
 pub mod conns;
+pub mod contention;
 pub mod discover;
 pub mod layout;
 pub mod reconstruct;

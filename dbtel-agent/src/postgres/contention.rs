@@ -18,6 +18,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::postgres::catalog::{Backend, Catalog, CatalogConfig, Stats, WaitCount};
+pub use crate::report::{clip, fmt_ms, TEXT_QUERY_MAX};
 
 /// Arguments of `dbtel-agent contention`.
 #[derive(clap::Args, Debug, Clone)]
@@ -36,7 +37,8 @@ pub struct ContentionArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Default host and port from this PostgreSQL server's postmaster.pid (its postmaster PID).
+    /// The server: a PostgreSQL postmaster (default host and port from its
+    /// postmaster.pid), or a MariaDB server (mariadbd: its report, connecting to its socket).
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
 }
@@ -260,34 +262,6 @@ pub fn build_report(
             .map(|q| session_line(q.pid, q.duration_ms, &backends))
             .collect(),
     }
-}
-
-/// `850 ms`, `12.3 s`, `4 min 05 s`, `2 h 03 min`.
-pub fn fmt_ms(ms: f64) -> String {
-    let ms = ms.max(0.0);
-    if ms < 1000.0 {
-        format!("{ms:.0} ms")
-    } else if ms < 60_000.0 {
-        format!("{:.1} s", ms / 1000.0)
-    } else if ms < 3_600_000.0 {
-        let s = (ms / 1000.0) as u64;
-        format!("{} min {:02} s", s / 60, s % 60)
-    } else {
-        let m = (ms / 60_000.0) as u64;
-        format!("{} h {:02} min", m / 60, m % 60)
-    }
-}
-
-/// Longest query text shown in the text report (JSON has it all).
-const TEXT_QUERY_MAX: usize = 200;
-
-fn clip(q: &str) -> String {
-    if q.chars().count() <= TEXT_QUERY_MAX {
-        return q.to_string();
-    }
-    let mut s: String = q.chars().take(TEXT_QUERY_MAX).collect();
-    s.push('…');
-    s
 }
 
 fn who(user: &Option<String>, app: &Option<String>, client: &Option<String>) -> String {

@@ -3,4 +3,5 @@
 //! from the server's own tables (blockers: pure).
 pub mod blockers;
 pub mod config;
+pub mod queries;
 pub mod worker;

@@ -19,13 +19,12 @@ use mysql_async::{prelude::*, Conn};
 use tokio::sync::mpsc;
 
 use super::{
-    blockers::{Ask, InnodbRow, MdlRow, ProcRow, Snapshot, WaitFacts},
+    blockers::{Ask, Snapshot, WaitFacts},
     config::MysqlCatalogConfig,
+    queries::{self, MARKER},
 };
 use crate::mysql::server::{reconstruct::Session, spans::LockType};
 
-/// Every catalog statement starts with this (see the module's comment).
-pub const MARKER: &str = "/* dbtel catalog */";
 /// How long a wait lasts before its blockers are looked up (as PostgreSQL's).
 const WAIT_GRACE: Duration = Duration::from_millis(20);
 /// Waits asked about and not yet looked up; past it, asks are dropped (counted).
@@ -367,102 +366,13 @@ async fn look_up_sessions(
 
 async fn snapshot(s: &mut Server, innodb: bool, mdl: bool) -> Result<Snapshot, mysql_async::Error> {
     let conn = s.conn.as_mut().expect("connected");
-    let mut snap = Snapshot::default();
-    if innodb {
-        let q = format!(
-            "{MARKER} SELECT r.trx_mysql_thread_id, rl.lock_mode, rl.lock_type, rl.lock_table, rl.lock_index, \
-             b.trx_mysql_thread_id, bl.lock_mode, b.trx_query, TIMESTAMPDIFF(MICROSECOND, b.trx_started, NOW(6)) DIV 1000 \
-             FROM information_schema.INNODB_LOCK_WAITS w \
-             JOIN information_schema.INNODB_TRX r ON r.trx_id = w.requesting_trx_id \
-             JOIN information_schema.INNODB_TRX b ON b.trx_id = w.blocking_trx_id \
-             JOIN information_schema.INNODB_LOCKS rl ON rl.lock_id = w.requested_lock_id \
-             JOIN information_schema.INNODB_LOCKS bl ON bl.lock_id = w.blocking_lock_id"
+    let (snap, mdl_missing) = queries::lock_snapshot(conn, innodb, mdl && !s.no_mdl_table).await?;
+    if mdl_missing && !s.no_mdl_table {
+        s.no_mdl_table = true;
+        log::warn!(
+            "metadata lock waits will not name their blockers: {}",
+            queries::NO_MDL_TABLE
         );
-        type Row = (
-            u64,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            u64,
-            Option<String>,
-            Option<String>,
-            Option<i64>,
-        );
-        snap.innodb = conn
-            .query_map(q, |r: Row| InnodbRow {
-                waiter: r.0,
-                mode: r.1,
-                lock_type: r.2,
-                table: r.3,
-                index: r.4,
-                blocker: r.5,
-                blocker_mode: r.6,
-                blocker_query: r.7,
-                blocker_age_ms: r.8,
-            })
-            .await?;
     }
-    if mdl && !s.no_mdl_table {
-        let q = format!(
-            "{MARKER} SELECT THREAD_ID, LOCK_MODE, LOCK_TYPE, TABLE_SCHEMA, TABLE_NAME FROM information_schema.METADATA_LOCK_INFO"
-        );
-        type Row = (
-            u64,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-        );
-        let got = conn
-            .query_map(q, |r: Row| MdlRow {
-                connection: r.0,
-                mode: r.1.unwrap_or_default(),
-                lock_type: r.2.unwrap_or_default(),
-                schema: r.3.unwrap_or_default(),
-                table: r.4.unwrap_or_default(),
-            })
-            .await;
-        match got {
-            Ok(rows) => snap.mdl = Some(rows),
-            // 1109 ER_UNKNOWN_TABLE: the metadata_lock_info plugin is not loaded.
-            Err(mysql_async::Error::Server(e)) if e.code == 1109 => {
-                s.no_mdl_table = true;
-                log::warn!(
-                    "metadata lock waits will not name their blockers: the server has no information_schema.METADATA_LOCK_INFO \
-                     (INSTALL SONAME 'metadata_lock_info', or plugin-load-add=metadata_lock_info)"
-                );
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    let conn = s.conn.as_mut().expect("connected");
-    let q = format!(
-        "{MARKER} SELECT ID, TID, USER, HOST, DB, COMMAND, STATE, INFO, CAST(TIME_MS AS UNSIGNED) FROM information_schema.PROCESSLIST"
-    );
-    type Row = (
-        u64,
-        u64,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<u64>,
-    );
-    snap.sessions = conn
-        .query_map(q, |r: Row| ProcRow {
-            id: r.0,
-            tid: r.1,
-            user: r.2.unwrap_or_default(),
-            host: r.3.unwrap_or_default(),
-            db: r.4,
-            command: r.5.unwrap_or_default(),
-            state: r.6,
-            info: r.7,
-            time_ms: r.8,
-        })
-        .await?;
     Ok(snap)
 }

@@ -34,7 +34,7 @@ use crate::{
     mysql::{
         catalog::{
             blockers::{Ask, WaitFacts},
-            worker::MARKER,
+            queries::MARKER,
         },
         conns::Conns,
         records::{IN_TRANS, MORE_RESULTS},
