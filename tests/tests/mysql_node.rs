@@ -91,7 +91,12 @@ fn a_mysql2_client_gets_server_spans_for_every_statement_and_its_lock_wait() {
     for &conn in &conns {
         let got = server_statement_spans(&spans, conn);
         for (s, e) in pair_server_with_log(&got, &log, conn, db.pid()) {
-            let what = format!("connection {conn}: {} {:?}\n{}", e.command, e.text, dump(&[s]));
+            let what = format!(
+                "connection {conn}: {} {:?}\n{}",
+                e.command,
+                e.text,
+                dump(&[s])
+            );
             assert_eq!(
                 (s.str("user.name"), s.str("db.namespace")),
                 (Some("root"), Some("shop")),
@@ -109,7 +114,11 @@ fn a_mysql2_client_gets_server_spans_for_every_statement_and_its_lock_wait() {
     };
     // mysql2 prepares a text once per connection and executes it again.
     assert_eq!(
-        (count(main, "Prepare"), count(main, "Execute"), count(main, "Query")),
+        (
+            count(main, "Prepare"),
+            count(main, "Execute"),
+            count(main, "Query")
+        ),
         (2, 4, 6),
         "{commands:?}"
     );
