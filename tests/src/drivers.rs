@@ -1,6 +1,6 @@
 //! The real drivers `cargo xtask setup` installs into `.drivers/`: Python
 //! wheels (psycopg 3 binary, psycopg2-binary, asyncpg) in a virtual
-//! environment, node-postgres, and Debian's pgjdbc.
+//! environment, node-postgres and mysql2, and Debian's pgjdbc.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -31,9 +31,9 @@ pub fn python() -> Command {
     Command::new(present(dir().join("venv/bin/python"), "the driver venv"))
 }
 
-/// node with node-postgres (`require("pg")`) resolvable.
+/// node with node-postgres (`require("pg")`) and mysql2 (`require("mysql2")`) resolvable.
 pub fn node() -> Command {
-    let modules = present(dir().join("node/node_modules"), "node-postgres");
+    let modules = present(dir().join("node/node_modules"), "node-postgres and mysql2");
     let mut c = Command::new("node");
     c.env("NODE_PATH", modules);
     c

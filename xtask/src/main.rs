@@ -84,7 +84,7 @@ const APT_PACKAGES: &[&str] = &[
     "systemd",
     "util-linux",
     // Real drivers for the driver tests: pgjdbc (Debian's) on a JRE, node-postgres
-    // (npm) on Node.js; the Python drivers go into a project-local virtual environment.
+    // and mysql2 (npm) on Node.js; the Python drivers go into a project-local virtual environment.
     "libpostgresql-jdbc-java",
     "default-jre-headless",
     "python3-venv",
@@ -112,7 +112,8 @@ const PY_DRIVERS: &[&str] = &[
     "mysqlclient==2.3.2",
     "PyMySQL==1.2.4",
 ];
-const NODE_DRIVERS: &[&str] = &["pg@8.23.1"];
+/// The stamp records this list: a change reinstalls them all (`--no-save` keeps no manifest).
+const NODE_DRIVERS: &[&str] = &["pg@8.23.1", "mysql2@3.24.6"];
 
 fn main() -> Result<()> {
     match Cli::parse().task {
