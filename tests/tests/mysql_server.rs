@@ -214,6 +214,11 @@ fn every_statement_of_every_client_is_a_server_span() {
         ),
         (2, Some("1146"), Some("1146"))
     );
+    // Its message's format from the server's errmsg.sys: no table name in it.
+    assert_eq!(
+        missing.status_message,
+        "Table '%-.192s.%-.192s' doesn't exist"
+    );
     // A's block: BEGIN, UPDATE, COMMIT in one server transaction.
     let a = conn_of(&conns, "A");
     let txns: Vec<&Span> = spans

@@ -18,6 +18,7 @@ use super::{
     discover,
     reconstruct::Reconstructor,
     records,
+    server::errmsg::ErrorFormats,
     server::reconstruct::{ClientQuery, Tracker},
 };
 
@@ -160,6 +161,13 @@ impl Engine for Client {
     /// A server traced: its catalog connects now, before its first wait or session.
     fn attached(&mut self, plan: &Plan) {
         if matches!(plan.layout, Layout::Sites(_)) {
+            match ErrorFormats::of_server(plan.pid) {
+                Ok(f) => self.server.set_formats(plan.pid, f),
+                Err(e) => log::warn!(
+                    "MariaDB server {}: errors will carry their number only: {e}",
+                    plan.pid
+                ),
+            }
             self.ask_catalog(plan.pid);
         }
     }

@@ -4,6 +4,7 @@
 //! until their statement ends), and how their spans are named and described
 //! (spans).
 pub mod blocked;
+pub mod errmsg;
 pub mod reconstruct;
 pub mod spans;
 pub mod target;

@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use super::{
     blocked::{Answers, Blocked, BlockerView},
+    errmsg::ErrorFormats,
     spans::{self, StatementSpan, TxnSpan, WaitOutcome, WaitSpan, What},
     waits::{Wait, Waits},
 };
@@ -199,6 +200,8 @@ pub struct Tracker {
     /// Connections first seen, whose sessions the catalog is to look up.
     pub session_asks: Vec<(u32, u64)>,
     awaiting: sessions::Awaiting,
+    /// Each server's error message formats (see `errmsg`).
+    formats: crate::FastMap<u32, Arc<ErrorFormats>>,
     pub counters: Counters,
 }
 
@@ -219,8 +222,14 @@ impl Tracker {
             answers: Answers::default(),
             session_asks: Vec::new(),
             awaiting: Default::default(),
+            formats: Default::default(),
             counters: Counters::default(),
         }
+    }
+
+    /// Server `pid`'s error message formats (read from its errmsg.sys).
+    pub fn set_formats(&mut self, pid: u32, f: ErrorFormats) {
+        self.formats.insert(pid, Arc::new(f));
     }
 
     /// Lock waits begun and not ended (cut short if the server goes now).
@@ -532,6 +541,7 @@ impl Tracker {
             facts,
             truncated: d.truncated,
             errno,
+            error_format: errno.and_then(|n| Some(self.formats.get(&key.0)?.get(n)?.to_string())),
             returned_rows,
             affected_rows,
             events,

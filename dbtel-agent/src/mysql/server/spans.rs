@@ -47,6 +47,9 @@ pub struct StatementSpan {
     pub truncated: bool,
     /// The error number the client got.
     pub errno: Option<u32>,
+    /// Its message format from the server's errmsg.sys (no user data):
+    /// the span's status description.
+    pub error_format: Option<String>,
     pub returned_rows: Option<u64>,
     pub affected_rows: Option<u64>,
     pub events: Vec<Event>,
@@ -274,7 +277,7 @@ pub fn describe_statement(s: &StatementSpan, system: &'static str) -> Described 
             let code = n.to_string();
             a.push(KeyValue::new("db.response.status_code", code.clone()));
             a.push(KeyValue::new("error.type", code.clone()));
-            Some(code)
+            Some(s.error_format.clone().unwrap_or(code))
         }
         None => {
             if let Some(n) = s.returned_rows {
@@ -450,6 +453,7 @@ mod tests {
             facts: facts(text),
             truncated: false,
             errno: None,
+            error_format: None,
             returned_rows: None,
             affected_rows: None,
             events: vec![],
