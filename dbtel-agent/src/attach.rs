@@ -256,6 +256,10 @@ impl Probes {
         let owner = self.owner(plan.pid);
         if let Some((dev, ino)) = id {
             if self.attached.contains(&(owner, dev, ino)) {
+                if matches!(plan.layout, Layout::Sites(_)) {
+                    // --all: another server running a file already probed.
+                    self.server_pids()?.insert(plan.pid, plan.pid, 0)?;
+                }
                 return Ok(0);
             }
         }

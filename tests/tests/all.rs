@@ -46,12 +46,22 @@ fn run(cmd: &mut Command) -> u32 {
     pid
 }
 
+/// The backends whose logged statements contain `needle` (the csvlog is
+/// written a little after the statement: waited for, up to 5 s).
 fn backends_that_ran(pg: &Cluster, needle: &str) -> Vec<u32> {
-    pg.logged_statements()
-        .into_iter()
-        .filter(|(_, t)| t.contains(needle))
-        .map(|(pid, _)| pid)
-        .collect()
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let found: Vec<u32> = pg
+            .logged_statements()
+            .into_iter()
+            .filter(|(_, t)| t.contains(needle))
+            .map(|(pid, _)| pid)
+            .collect();
+        if !found.is_empty() || std::time::Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn server_spans_of(spans: &[Span], backend: u32) -> Vec<&Span> {

@@ -3,6 +3,7 @@
 //! placement, kernel filesystems, PID namespaces, and (with --all) which
 //! processes are traced.
 pub mod elf;
+pub mod listening;
 pub mod loader;
 pub mod pidns;
 pub mod placement;

@@ -3,7 +3,7 @@
 
 use std::{path::Path, time::Instant};
 
-use super::Agent;
+use super::{Agent, Found};
 use crate::{
     events::Exec,
     export::ProcessMeta,
@@ -107,8 +107,13 @@ impl Agent {
     /// Probes one file for every process if it is (or has) libpq.
     fn probe_file(&mut self, pid: u32, path: &str, host_path: &Path) -> Option<String> {
         let id = crate::host::process::file_id(host_path)?;
-        if self.host().files.contains_key(&id) {
-            return None;
+        match self.host().files.get(&id).copied() {
+            // A server executable already probed: this process is another server.
+            Some(FileKind::Server) if !self.engine_servers.contains(&pid) => {
+                return self.another_server(pid, path, host_path)
+            }
+            Some(_) => return None,
+            None => {}
         }
         if loader::looks_like_loader(path) {
             let kind = match self.hook_loader(pid, path, host_path, false) {
@@ -125,8 +130,22 @@ impl Agent {
         let kind = match self.claim(pid, path, host_path) {
             Ok(Some(t)) => match self.trace_found(&t) {
                 Ok(n) => {
-                    self.host().judged(id, FileKind::Client);
+                    let server = matches!(&t, Found::Engine(p) if matches!(p.layout, crate::engine::Layout::Sites(_)));
+                    self.host().judged(
+                        id,
+                        if server {
+                            FileKind::Server
+                        } else {
+                            FileKind::Client
+                        },
+                    );
                     return Some(format!("{n} probes on {path} (all processes)"));
+                }
+                // Its process went away meanwhile (the file was reached through
+                // /proc/PID/root): judged again when the next process maps it.
+                Err(e) if !Path::new(&format!("/proc/{pid}")).exists() => {
+                    log::debug!("process {pid} exited before {path} was probed: {e:#}");
+                    return None;
                 }
                 Err(e) => {
                     log::warn!("{path}: {e:#}");
@@ -148,6 +167,21 @@ impl Agent {
         None
     }
 
+    /// A second process running a server executable whose probes are placed
+    /// (host-wide, on the file): it joins the traced servers.
+    fn another_server(&mut self, pid: u32, path: &str, host_path: &Path) -> Option<String> {
+        match self.claim(pid, path, host_path) {
+            Ok(Some(t)) => {
+                if let Err(e) = self.trace_found(&t) {
+                    log::warn!("process {pid}: {e:#}");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => log::debug!("process {pid}: {e:#}"),
+        }
+        None
+    }
+
     /// A process's first event: trace it, or tell the kernel to leave it out.
     pub(super) fn choose_client(&mut self, pid: u32) -> bool {
         if self.live.contains_key(&pid) {
@@ -156,7 +190,16 @@ impl Agent {
         if self.host().excluded.contains(&pid) {
             return false;
         }
-        let facts = self.host().client_facts(pid);
+        let mut facts = self.host().client_facts(pid);
+        if self.engine_servers.contains(&pid) {
+            // A server is chosen by the port it listens on.
+            facts.listening = Some(
+                crate::host::listening::server_listening(pid)
+                    .1
+                    .into_iter()
+                    .collect(),
+            );
+        }
         if !self.host().selectors.chooses(&facts) {
             self.probes.exclude_client(pid);
             self.host().excluded.insert(pid);

@@ -239,6 +239,7 @@ pub fn postmasters(pids: &[u32], mut is_server_exe: impl FnMut(u32) -> bool) -> 
 }
 
 /// Files in a process's mappings not yet judged as client libraries.
+/// The files `pid` maps executable that are to be looked at.
 pub fn new_mappings(host: &HostWide, pid: u32) -> Vec<(String, PathBuf, (u64, u64))> {
     let Ok(paths) = crate::host::process::executable_mappings(pid) else {
         return Vec::new();
@@ -248,7 +249,10 @@ pub fn new_mappings(host: &HostWide, pid: u32) -> Vec<(String, PathBuf, (u64, u6
         .filter_map(|path| {
             let host_path = PathBuf::from(format!("/proc/{pid}/root{path}"));
             let id = crate::host::process::file_id(&host_path)?;
-            (!host.files.contains_key(&id)).then_some((path, host_path, id))
+            // Unjudged files, and server executables (each process running
+            // one is a server of its own).
+            let look = matches!(host.files.get(&id), None | Some(FileKind::Server));
+            look.then_some((path, host_path, id))
         })
         .collect()
 }

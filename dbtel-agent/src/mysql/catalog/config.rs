@@ -10,10 +10,8 @@ use std::{
     time::Duration,
 };
 
-#[path = "config_proc.rs"]
-mod proc;
-use proc::listening;
-pub use proc::{listening_tcp, listening_unix, server_listening, socket_inode};
+use crate::host::listening::listening;
+pub use crate::host::listening::{listening_tcp, listening_unix, server_listening, socket_inode};
 
 const DEFAULT_PORT: u16 = 3306;
 /// Option file groups read, as the mariadb client reads them.

@@ -1,5 +1,5 @@
-//! The traced server's listening endpoints, from /proc: the catalog
-//! connection's defaults.
+//! A server process's listening endpoints, from /proc: where the catalog
+//! connects by default, and what --port chooses.
 
 use std::{collections::HashSet, net::IpAddr, path::PathBuf};
 
@@ -11,7 +11,7 @@ pub fn server_listening(pid: u32) -> (Option<PathBuf>, Option<u16>) {
     (sock, tcp.map(|t| t.1))
 }
 
-pub(super) fn listening(pid: u32) -> (Option<PathBuf>, Option<(IpAddr, u16)>) {
+pub fn listening(pid: u32) -> (Option<PathBuf>, Option<(IpAddr, u16)>) {
     let read = |p: &str| std::fs::read_to_string(format!("/proc/{pid}/{p}")).unwrap_or_default();
     let inodes: HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .into_iter()
