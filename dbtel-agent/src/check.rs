@@ -143,9 +143,9 @@ pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut servers = Vec::new();
+    let (mut servers, mut mariadb) = (Vec::new(), Vec::new());
     for (pid, found) in inspected {
-        check_pid(&mut r, pid, found, &mut servers);
+        check_pid(&mut r, pid, found, &mut servers, &mut mariadb);
     }
     if t.all {
         let sel = t.selectors()?;
@@ -154,6 +154,16 @@ pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
     if !args.no_catalog {
         for pm in servers {
             check_catalog(&mut r, &rt, pm, args.catalog_config.as_deref());
+        }
+        for pid in mariadb {
+            let file = args
+                .catalog_config
+                .as_deref()
+                .filter(|f| crate::mysql::catalog::config::is_option_file(f));
+            match rt.block_on(crate::mysql::catalog::worker::check(pid, file)) {
+                Ok(line) => r.ok(format!("MariaDB server {pid}: {line}")),
+                Err(e) => r.warn(format!("MariaDB server {pid}: {e}: lock waits will not name their blockers, statements their user and database")),
+            }
         }
     }
     if !args.no_otlp {
@@ -253,6 +263,7 @@ fn check_pid(
     pid: u32,
     found: Result<Option<target::ServerTarget>, target::ServerError>,
     servers: &mut Vec<u32>,
+    mariadb: &mut Vec<u32>,
 ) {
     if !crate::host::process::process_exists(pid) {
         r.fail(format!("no process with PID {pid}"));
@@ -277,18 +288,19 @@ fn check_pid(
                 libpq_line(r, &who, &t);
             }
         }
-        Err(discover::DiscoverError::NoLibpq { .. }) => mysql_lines(r, pid, &who),
+        Err(discover::DiscoverError::NoLibpq { .. }) => mysql_lines(r, pid, &who, mariadb),
         Err(e) => r.fail(e.to_string()),
     }
 }
 
 /// A process without libpq: a MariaDB server or MySQL client libraries, or why there is nothing to trace.
-fn mysql_lines(r: &mut Report, pid: u32, who: &str) {
+fn mysql_lines(r: &mut Report, pid: u32, who: &str, mariadb: &mut Vec<u32>) {
     let mut found = 0;
     for path in crate::host::process::executable_mappings(pid).unwrap_or_default() {
         let host = std::path::PathBuf::from(format!("/proc/{pid}/root{path}"));
         if let Ok(Some(plan)) = crate::mysql::server::target::claim(pid, &path, &host) {
             found += 1;
+            mariadb.push(pid);
             r.ok(format!(
                 "{who}: MariaDB server {}: {} probe sites, THD layout decoded",
                 plan.path,

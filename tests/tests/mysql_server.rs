@@ -252,6 +252,46 @@ fn check_says_what_it_would_trace_in_a_mariadb_server() {
             .any(|l| l == want),
         "{run:?}"
     );
+    // Its catalog, found by the server's own socket; this server has no metadata_lock_info.
+    let socket = db.socket().display().to_string();
+    let want = format!(
+        "ok    MariaDB server {pid}: catalog reachable (unix socket {socket} as root (the traced server's socket)); \
+         metadata lock waits will not name their blockers: the server has no information_schema.METADATA_LOCK_INFO"
+    );
+    assert!(
+        run.stdout.lines().any(|l| l.starts_with(&want)),
+        "{}",
+        run.stdout
+    );
+    // An option file pointing elsewhere: said, and tracing would still work.
+    let dir = tempfile::tempdir().unwrap();
+    let cnf = dir.path().join("my.cnf");
+    std::fs::write(&cnf, "[client]\nsocket=/nonexistent/mysqld.sock\n").unwrap();
+    let run = run_agent(
+        &[
+            "check",
+            "--pid",
+            &pid,
+            "--no-otlp",
+            "--catalog-config",
+            cnf.to_str().unwrap(),
+        ],
+        b"",
+        Duration::from_secs(30),
+    );
+    assert!(run.status.success(), "{run:?}");
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("warn  MariaDB server {pid}: ")))
+        .unwrap_or_else(|| panic!("{}", run.stdout));
+    assert!(
+        line.contains("/nonexistent/mysqld.sock")
+            && line.ends_with(
+                "lock waits will not name their blockers, statements their user and database"
+            ),
+        "{line}"
+    );
 }
 
 #[test]

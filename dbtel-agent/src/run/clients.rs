@@ -21,9 +21,10 @@ use crate::{
 pub(super) fn engines(text: Text, catalog: &CatalogSettings) -> Vec<Box<dyn Engine>> {
     // --catalog-config is a libpq key=value file, or a MySQL option file
     // (with [groups]) for MariaDB servers.
-    let option_file = catalog.config_file.clone().filter(|f| {
-        std::fs::read_to_string(f).is_ok_and(|t| t.lines().any(|l| l.trim_start().starts_with('[')))
-    });
+    let option_file = catalog
+        .config_file
+        .clone()
+        .filter(|f| crate::mysql::catalog::config::is_option_file(f));
     let mysql = crate::mysql::catalog::worker::Settings {
         enabled: catalog.enabled,
         file: option_file,

@@ -451,6 +451,12 @@ fn read_options(
     Ok(())
 }
 
+/// Whether `--catalog-config FILE` is a MySQL option file (it has
+/// `[groups]`), not libpq's `key=value` lines.
+pub fn is_option_file(file: &Path) -> bool {
+    std::fs::read_to_string(file).is_ok_and(|t| t.lines().any(|l| l.trim_start().starts_with('[')))
+}
+
 #[cfg(test)]
 #[path = "config_tests.rs"]
 mod tests;

@@ -250,6 +250,27 @@ async fn connect_all(settings: &Settings, servers: &mut HashMap<u32, Server>) {
     }
 }
 
+/// `check`: the catalog connects and reads what blockers are found with.
+pub async fn check(pid: u32, file: Option<&std::path::Path>) -> Result<String, String> {
+    let settings = Settings {
+        enabled: true,
+        file: file.map(Into::into),
+    };
+    let (mut conn, how) = tokio::time::timeout(Duration::from_secs(3), connect(&settings, pid))
+        .await
+        .map_err(|_| "the catalog did not answer within 3 s".to_string())??;
+    let got = queries::lock_snapshot(&mut conn, true, true).await;
+    let _ = conn.disconnect().await;
+    match got {
+        Ok((_, false)) => Ok(format!("catalog reachable ({how}), lock tables readable")),
+        Ok((_, true)) => Ok(format!(
+            "catalog reachable ({how}); metadata lock waits will not name their blockers: {}",
+            queries::NO_MDL_TABLE
+        )),
+        Err(e) => Err(format!("catalog {how} cannot read the lock tables: {e}")),
+    }
+}
+
 async fn connect(settings: &Settings, pid: u32) -> Result<(Conn, String), String> {
     let home = std::env::var_os("HOME").map(PathBuf::from);
     let env = |k: &str| std::env::var(k).ok();
