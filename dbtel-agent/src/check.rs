@@ -33,7 +33,7 @@ pub struct CheckArgs {
     pub otlp_endpoint: Option<String>,
     #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "http/protobuf", value_parser = ["grpc", "http/protobuf"])]
     pub otlp_protocol: String,
-    /// Catalog connection settings (libpq `key=value` file), as the agent's flag.
+    /// Catalog connection settings (libpq `key=value` file, or a MySQL option file), as the agent's flag.
     #[arg(long, value_name = "FILE")]
     pub catalog_config: Option<std::path::PathBuf>,
     /// Do not check catalog connections.

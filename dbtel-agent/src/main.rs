@@ -40,13 +40,14 @@ enum ProtocolArg {
     HttpProtobuf,
 }
 
-/// Traces PostgreSQL clients and servers with eBPF and exports OpenTelemetry spans.
+/// Traces PostgreSQL and MySQL/MariaDB clients and servers with eBPF and exports OpenTelemetry spans.
 ///
-/// Given a client PID (or a command to start), attaches uprobes to its libpq:
-/// every query becomes a CLIENT span named per the OpenTelemetry database
-/// conventions, BEGIN…COMMIT a transaction span. Given a PostgreSQL server PID
-/// (postmaster or backend), attaches to the server's USDT probes: SERVER query
-/// spans for every client, transaction blocks, and lock waits with who blocked
+/// Given a client PID (or a command to start), attaches uprobes to its client
+/// library (libpq; libmariadb / libmysqlclient): every query becomes a CLIENT
+/// span named per the OpenTelemetry database conventions, BEGIN…COMMIT a
+/// transaction span. Given a server PID (a PostgreSQL postmaster or backend:
+/// its USDT probes; a mariadbd: uprobes on its exported functions), SERVER
+/// query spans for every client, transactions, and lock waits with who blocked
 /// them and how they ended (deadlock, timeout). Both at once join the client's
 /// and the server's spans in one trace. Needs root (CAP_BPF, CAP_PERFMON,
 /// CAP_SYS_ADMIN).
@@ -60,7 +61,7 @@ enum ProtocolArg {
     name = "dbtel-agent",
     version,
     args_conflicts_with_subcommands = true,
-    after_help = "Examples:\n  dbtel-agent --pid 4242\n  dbtel-agent --exporter console -- pgbench -c 4 -t 1000 bench\n  PGHOST=/var/run/postgresql dbtel-agent contention"
+    after_help = "Examples:\n  dbtel-agent --pid 4242\n  dbtel-agent --exporter console -- pgbench -c 4 -t 1000 bench\n  PGHOST=/var/run/postgresql dbtel-agent contention\n  dbtel-agent --pid $(pidof mariadbd)\n  dbtel-agent contention --server-pid $(pidof mariadbd)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -129,8 +130,11 @@ struct Cli {
     #[arg(long)]
     probes_only: bool,
 
-    /// Catalog connection settings for server tracing (libpq `key=value` file);
-    /// default: the PG* environment variables, then the traced server's socket and port.
+    /// Catalog connection settings for server tracing: a libpq `key=value` file
+    /// (PostgreSQL; default: the PG* environment variables, then the traced server's
+    /// socket and port), or a MySQL option file with a [client] group (MariaDB;
+    /// default: ~/.my.cnf, MYSQL_HOST / MYSQL_TCP_PORT / MYSQL_UNIX_PORT, then the
+    /// server's own socket).
     #[arg(long, value_name = "FILE")]
     catalog_config: Option<std::path::PathBuf>,
 
@@ -138,7 +142,8 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     catalog_period: std::time::Duration,
 
-    /// Trace servers without connecting to their catalog (no relation names, no blockers).
+    /// Trace servers without connecting to their catalog (no relation names, no blockers,
+    /// no user or client address on MariaDB server spans).
     #[arg(long)]
     no_catalog: bool,
 

@@ -15,13 +15,15 @@ pub struct SelectError {
 /// The agent's and `check`'s flags (and the config file's keys of the same names).
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct TargetArgs {
-    /// Trace this process (repeatable): a libpq client (found through /proc/PID/maps),
-    /// or a PostgreSQL server's postmaster or any of its backends (the whole server is traced).
+    /// Trace this process (repeatable): a client of libpq, libmariadb or libmysqlclient
+    /// (found through /proc/PID/maps), a PostgreSQL server's postmaster or any of its
+    /// backends (the whole server is traced), or a MariaDB server (mariadbd).
     #[arg(short, long = "pid", value_name = "PID", conflicts_with = "all")]
     pub pids: Vec<u32>,
 
-    /// Trace every PostgreSQL server and libpq client on the host, and every one started
-    /// later, until stopped. Narrowed by --exe, --exclude-exe, --port and --cgroup.
+    /// Trace every PostgreSQL and MariaDB server and every libpq and MySQL/MariaDB client
+    /// on the host, and every one started later, until stopped. Narrowed by --exe,
+    /// --exclude-exe, --port and --cgroup.
     #[arg(long)]
     pub all: bool,
 
