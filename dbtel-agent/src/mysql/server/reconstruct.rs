@@ -570,105 +570,10 @@ impl Tracker {
         }
     }
 
-    /// A transaction opens: under the client's transaction when the client
-    /// is traced (a MySQL client's query has a parent only inside its
-    /// transaction: that transaction's span).
-    fn open_txn(&mut self, client: Option<Ids>, start_ns: u64) -> OpenTxn {
-        let ids = match client.filter(|c| c.parent_span_id != 0) {
-            Some(c) => Ids {
-                trace_id: c.trace_id,
-                span_id: c.parent_span_id,
-                parent_span_id: 0,
-            }
-            .child(&mut self.gen),
-            None => self.gen.root(),
-        };
-        OpenTxn {
-            ids,
-            start_ns,
-            statements: 0,
-        }
-    }
-
-    fn close_txn(
-        &mut self,
-        key: (u32, u64),
-        t: OpenTxn,
-        end_ns: u64,
-        outcome: Outcome,
-        errno: Option<u32>,
-        out: &mut Vec<DbSpan>,
-    ) {
-        let end_ns = end_ns.max(t.start_ns);
-        let name = match outcome {
-            Outcome::Committed => "transaction.committed",
-            Outcome::RolledBack => "transaction.rolled_back",
-            Outcome::Prepared => "transaction.prepared",
-            Outcome::Incomplete => "transaction.incomplete",
-        };
-        let events = vec![
-            Event {
-                name: "transaction.started",
-                ts_ns: t.start_ns,
-                attributes: vec![],
-            },
-            Event {
-                name,
-                ts_ns: end_ns,
-                attributes: vec![],
-            },
-        ];
-        let span = TxnSpan {
-            ids: t.ids,
-            pid: key.0,
-            connection_id: key.1,
-            start_ns: t.start_ns,
-            end_ns,
-            outcome,
-            errno,
-            statements: t.statements,
-            events,
-        };
-        out.push(spans::txn_span(span, self.system));
-    }
-
     /// The server exited: what it left open ends.
     pub fn process_exited(&mut self, pid: u32, ts_ns: u64, out: &mut Vec<DbSpan>) {
         self.cut(pid, ts_ns, Cut::ProcessExited, out);
         self.answers.forget_server(pid);
-    }
-
-    /// The catalog's answer for a wait still on when it looked: kept for
-    /// the wait's span. Each blocker's transaction is linked: the client's
-    /// (`client_txn` of its connection id) when that client is traced,
-    /// else the one this server side follows.
-    pub fn blocked(&mut self, ask: Ask, f: WaitFacts, client_txn: &dyn Fn(u64) -> Option<Ids>) {
-        let mut views = Vec::with_capacity(f.blockers.len());
-        for b in &f.blockers {
-            let conn = self.conns.get((ask.server, b.connection_id));
-            let txn = conn.and_then(|c| c.txn.as_ref());
-            let query = match &b.query {
-                Some(q) => Some(self.facts.get(q)),
-                None => conn.and_then(|c| c.last.clone()),
-            };
-            let exact_age =
-                txn.map(|t| (ask.start_ns.saturating_sub(t.start_ns) / 1_000_000) as i64);
-            views.push(BlockerView {
-                connection_id: b.connection_id,
-                query,
-                state: b.state.clone(),
-                transaction_age_ms: exact_age.or(b.transaction_age_ms),
-                mode: b.mode.clone(),
-                transaction: client_txn(b.connection_id).or(txn.map(|t| t.ids)),
-            });
-        }
-        self.answers
-            .put((ask.server, ask.tid, ask.start_ns), Blocked::new(f, views));
-    }
-
-    /// Answers held for waits whose statement has not ended (for bound checks).
-    pub fn answers_held(&self) -> usize {
-        self.answers.len()
     }
 
     /// The server is no longer traced (`why`): statements held end as they
@@ -715,8 +620,12 @@ impl Tracker {
     }
 }
 
+#[path = "answers.rs"]
+mod answers;
 #[path = "sessions.rs"]
 pub mod sessions;
+#[path = "transactions.rs"]
+mod transactions;
 pub use sessions::Session;
 
 #[cfg(test)]
