@@ -250,6 +250,21 @@ fn deadlock_timeout_and_metadata_lock_between_traced_clients() {
         ev.attrs.get("db.mysql.deadlock.other.connection_id"),
         Some(&Value::Int(other.conn as i64))
     );
+    // Both queries: the victim's, and what the other's client runs.
+    for side in ["victim", "other"] {
+        assert_eq!(
+            ev.attrs.get(&format!("db.mysql.deadlock.{side}.query")),
+            Some(&Value::Str(UPDATE.into())),
+            "{side}"
+        );
+    }
+    // The same event on the victim's wait.
+    let on_wait = w
+        .events
+        .iter()
+        .find(|e| e.name == "deadlock_detected")
+        .expect("deadlock_detected on the wait");
+    assert_eq!(on_wait.attrs, ev.attrs);
     // The other side is traced: its client span is named.
     let other_update = statements(&spans, CLIENT, other.conn)
         .into_iter()

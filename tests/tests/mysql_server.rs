@@ -454,6 +454,26 @@ fn lock_wait_timeout_deadlock_and_metadata_lock_outcomes() {
         ),
         (Some(victim), Some(other))
     );
+    // The other's client is not traced: its last statement here, the one that took the lock.
+    let text = |k: &str| match ev.attrs.get(k) {
+        Some(dbtel_tests::otlp::Value::Str(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    assert_eq!(
+        (
+            text("db.mysql.deadlock.victim.query"),
+            text("db.mysql.deadlock.other.query")
+        ),
+        (
+            Some("update t set v = v + ? where id = ?"),
+            Some("update t set v = v + ? where id = ?")
+        )
+    );
+    assert!(
+        w[0].event_names().contains(&"deadlock_detected"),
+        "{:?}",
+        w[0].event_names()
+    );
     // The victim's transaction was rolled back by the server.
     let txn = spans
         .iter()

@@ -144,12 +144,14 @@ impl Engine for Client {
         if Kind::from_u16(h.kind) == Some(Kind::MyServer) {
             let hit = events::server_hit(&h, at, data)?;
             self.take_answers(out);
-            let recon = &mut self.recon;
+            // Both asked of the client side, one after the other.
+            let recon = std::cell::RefCell::new(&mut self.recon);
             let mut client = |q: ClientQuery| match q {
-                ClientQuery::InFlight(id) => recon.in_flight_on(id),
-                ClientQuery::Prepare(id, text) => recon.prepare_on(id, text),
+                ClientQuery::InFlight(id) => recon.borrow().in_flight_on(id),
+                ClientQuery::Prepare(id, text) => recon.borrow_mut().prepare_on(id, text),
             };
-            self.server.on_hit(&hit, &mut client, out);
+            let text = |id: u64| recon.borrow().text_on(id);
+            self.server.on_hit(&hit, &mut client, &text, out);
             self.ask_catalog(at.pid);
             return Ok(at.pid);
         }

@@ -179,6 +179,16 @@ impl Reconstructor {
         conn.op.as_ref().map(|op| op.span.ids)
     }
 
+    /// The text of the client query in flight on that connection.
+    pub fn text_on(&self, connection_id: u64) -> Option<Arc<QueryFacts>> {
+        let key = self.by_thread.get(&connection_id)?;
+        let conn = self
+            .conns
+            .get(*key)
+            .filter(|c| c.thread_id == connection_id)?;
+        conn.op.as_ref().and_then(|op| op.sql.facts.clone())
+    }
+
     /// The transaction open on the connection the server knows by `connection_id`.
     pub fn txn_on(&self, connection_id: u64) -> Option<Ids> {
         let key = *self.by_thread.get(&connection_id)?;

@@ -128,9 +128,17 @@ struct Done {
     waits: Vec<Wait>,
     /// The client's query in flight on the connection when it ended.
     client: Option<Ids>,
-    /// A deadlock victim: the other member of its cycle, and that one's
-    /// client query in flight, if traced.
-    deadlock_other: Option<(u64, Option<Ids>)>,
+    /// A deadlock victim: the other member of its cycle.
+    deadlock_other: Option<Other>,
+}
+
+/// The other member of a deadlock cycle.
+#[derive(Debug)]
+struct Other {
+    connection: u64,
+    /// Its client's query in flight, if traced.
+    client: Option<Ids>,
+    query: Option<Arc<QueryFacts>>,
 }
 
 impl Done {
@@ -258,15 +266,17 @@ impl Tracker {
     }
 
     /// One probe hit. `client` gives the client's span of a statement on a
-    /// connection id, when that client is traced.
+    /// connection id, and `client_text` the text of the one it runs, when
+    /// that client is traced.
     pub fn on_hit(
         &mut self,
         hit: &ServerHit,
         client: &mut dyn FnMut(ClientQuery) -> Option<Ids>,
+        client_text: &dyn Fn(u64) -> Option<Arc<QueryFacts>>,
         out: &mut Vec<DbSpan>,
     ) {
         match hit.site {
-            mysite::STATEMENT_DONE => self.statement_done(hit, client, out),
+            mysite::STATEMENT_DONE => self.statement_done(hit, client, client_text, out),
             mysite::WAIT_BEGIN => {
                 if let Some((lock, start_ns)) = self.waits.begin(hit) {
                     if self.asking {
@@ -308,6 +318,7 @@ impl Tracker {
         &mut self,
         hit: &ServerHit,
         client: &mut dyn FnMut(ClientQuery) -> Option<Ids>,
+        client_text: &dyn Fn(u64) -> Option<Arc<QueryFacts>>,
         out: &mut Vec<DbSpan>,
     ) {
         let (at, a) = (hit.at, &hit.args);
@@ -372,7 +383,15 @@ impl Tracker {
                 .copied();
             if let Some((_, a, b)) = pair {
                 let other = if a == connection_id { b } else { a };
-                done.deadlock_other = Some((other, client(ClientQuery::InFlight(other))));
+                // What the other runs: its client's statement when traced, else
+                // the last one it ended here (the one that took the lock).
+                let query = client_text(other)
+                    .or_else(|| self.conns.get((at.pid, other)).and_then(|c| c.last.clone()));
+                done.deadlock_other = Some(Other {
+                    connection: other,
+                    client: client(ClientQuery::InFlight(other)),
+                    query,
+                });
             }
         }
         let key = (at.pid, connection_id);
@@ -492,13 +511,16 @@ impl Tracker {
             _ => {}
         }
         let mut events = Vec::with_capacity(2 * d.waits.len() + 1);
-        if let Some((other, other_client)) = d.deadlock_other {
-            events.push(Event {
-                name: "deadlock_detected",
-                ts_ns: end_ns,
-                attributes: spans::deadlock_attributes(key.1, other, other_client),
-            });
-        }
+        let deadlock = d.deadlock_other.as_ref().map(|o| Event {
+            name: "deadlock_detected",
+            ts_ns: end_ns,
+            attributes: spans::deadlock_attributes(
+                (key.1, facts.as_ref().map(|f| f.text.as_str())),
+                (o.connection, o.query.as_ref().map(|f| f.text.as_str())),
+                o.client,
+            ),
+        });
+        events.extend(deadlock.clone());
         for w in &d.waits {
             for name in ["contention_detected", "lock_contention_detected"] {
                 events.push(Event {
@@ -527,6 +549,11 @@ impl Tracker {
                 outcome,
                 facts: facts.clone(),
                 blocked: self.answers.take((key.0, w.tid, w.start_ns)),
+                events: deadlock
+                    .iter()
+                    .filter(|_| outcome == WaitOutcome::Deadlock)
+                    .cloned()
+                    .collect(),
             };
             out.push(spans::wait_span(span, self.system));
         }
@@ -614,6 +641,7 @@ impl Tracker {
             outcome,
             facts: None,
             blocked: self.answers.take((pid, w.tid, w.start_ns)),
+            events: vec![],
         };
         self.counters.lock_waits += 1;
         out.push(spans::wait_span(span, self.system));

@@ -132,6 +132,7 @@ impl R {
         self.t.on_hit(
             &hit,
             &mut move |q| c.filter(|_| q.connection_id() == CID),
+            &|_| None,
             &mut self.out,
         );
     }

@@ -168,6 +168,8 @@ pub struct WaitSpan {
     /// What the catalog said while it waited (a wait shorter than its
     /// grace, or no catalog: None).
     pub blocked: Option<Arc<Blocked>>,
+    /// deadlock_detected, on a deadlock victim's wait.
+    pub events: Vec<Event>,
 }
 
 pub fn statement_span(s: StatementSpan, system: &'static str) -> DbSpan {
@@ -221,7 +223,7 @@ pub fn wait_span(w: WaitSpan, system: &'static str) -> DbSpan {
         Kind::Internal,
         (w.start_ns, w.end_ns),
         d,
-        Vec::new(),
+        w.events,
         links,
     )
 }
@@ -412,13 +414,30 @@ fn blocked_attributes(b: &Blocked, a: &mut Vec<KeyValue>) {
     }
 }
 
-/// deadlock_detected on a victim's statement: both members of the cycle by
-/// connection id, and the other's client span when that client is traced.
-pub fn deadlock_attributes(victim: u64, other: u64, other_client: Option<Ids>) -> Vec<KeyValue> {
+/// deadlock_detected on a victim's statement and wait: both members of the
+/// cycle by connection id and query (obfuscated), and the other's client
+/// span when that client is traced.
+pub fn deadlock_attributes(
+    victim: (u64, Option<&str>),
+    other: (u64, Option<&str>),
+    other_client: Option<Ids>,
+) -> Vec<KeyValue> {
     let mut a = vec![
-        KeyValue::new("db.mysql.deadlock.victim.connection_id", victim as i64),
-        KeyValue::new("db.mysql.deadlock.other.connection_id", other as i64),
+        KeyValue::new("db.mysql.deadlock.victim.connection_id", victim.0 as i64),
+        KeyValue::new("db.mysql.deadlock.other.connection_id", other.0 as i64),
     ];
+    if let Some(q) = victim.1 {
+        a.push(KeyValue::new(
+            "db.mysql.deadlock.victim.query",
+            q.to_string(),
+        ));
+    }
+    if let Some(q) = other.1 {
+        a.push(KeyValue::new(
+            "db.mysql.deadlock.other.query",
+            q.to_string(),
+        ));
+    }
     if let Some(ids) = other_client {
         a.push(KeyValue::new(
             "db.mysql.deadlock.other.trace_id",
@@ -516,6 +535,7 @@ mod tests {
             outcome: WaitOutcome::Error(1062),
             facts: None,
             blocked: None,
+            events: vec![],
         };
         let d = describe_wait(&w, "mariadb");
         assert_eq!(
