@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod postgres;
 pub mod report;
 pub mod run;
+pub mod settings;
 
 /// The maps looked up for every event: std's HashMap with foldhash, seeded
 /// per map (query texts come from traced programs, so not a fixed hash).

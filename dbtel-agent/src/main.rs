@@ -260,6 +260,17 @@ fn real_main() -> anyhow::Result<ExitCode> {
     }
     let console =
         std::env::var("OTEL_USE_CONSOLE").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    // Every setting checked before anything is attached: one line naming a bad one, exit 2.
+    let given = dbtel_agent::settings::Given {
+        otlp: !console && matches!(cli.exporter, ExporterArg::Otlp),
+        endpoint_flag: cli.otlp_endpoint.as_deref(),
+        catalog_period: cli.catalog_period,
+        catalog_config: cli.catalog_config.as_deref(),
+    };
+    if let Err(e) = dbtel_agent::settings::check(&given, &|k| std::env::var(k).ok()) {
+        eprintln!("dbtel-agent: {e}");
+        return Ok(ExitCode::from(2));
+    }
     let kind = match cli.exporter {
         _ if console => ExporterKind::Console,
         ExporterArg::Otlp => ExporterKind::Otlp,

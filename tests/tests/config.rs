@@ -438,3 +438,41 @@ fn http_address_in_use_is_refused_before_anything_is_attached() {
     assert_eq!(run.status.code(), Some(1), "{run:?}");
     assert_eq!(run.stderr.trim_end(), format!("dbtel-agent: --http-address {addr}: cannot listen: Address already in use (os error 98)"));
 }
+
+/// Each bad setting: one line naming it (never a header's value), exit 2,
+/// before anything is attached (the command never runs).
+#[test]
+fn each_bad_setting_is_one_line_naming_it_and_exit_2() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let touch = format!("touch {}", ran.display());
+    let cases: &[(&[(&str, &str)], &[&str], &str)] = &[
+        (&[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector:4318")], &[], "OTEL_EXPORTER_OTLP_ENDPOINT=\"ftp://collector:4318\": not an http:// or https:// URL"),
+        (&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")], &[], "OTEL_EXPORTER_OTLP_ENDPOINT=\"\": empty"),
+        (&[], &["--otlp-endpoint", "garbage"], "--otlp-endpoint=\"garbage\": not a URL (relative URL without a base)"),
+        (&[("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=7,Bearer s3cret")], &[], "OTEL_EXPORTER_OTLP_HEADERS: header 2 is not key=value"),
+        (&[("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cret\r\nx-evil: 1")], &[], "OTEL_EXPORTER_OTLP_HEADERS: the value of api-key holds a control character (CR, LF, …)"),
+        (&[("OTEL_TRACES_SAMPLER", "sometimes")], &[], "OTEL_TRACES_SAMPLER=\"sometimes\": not a sampler dbtel offers (always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio)"),
+        (&[("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "1.5")], &[], "OTEL_TRACES_SAMPLER_ARG=\"1.5\": a ratio between 0 and 1"),
+        (&[("OTEL_EXPORTER_OTLP_TIMEOUT", "0")], &[], "OTEL_EXPORTER_OTLP_TIMEOUT=\"0\": a timeout in milliseconds, more than 0"),
+        (&[], &["--catalog-period", "0s"], "--catalog-period: must be longer than 0 s"),
+        (&[], &["--catalog-config", "/nonexistent/dbtel.conf"], "--catalog-config /nonexistent/dbtel.conf: No such file or directory (os error 2)"),
+    ];
+    for (env, flags, want) in cases {
+        let mut args: Vec<&str> = flags.to_vec();
+        args.extend(["--", "sh", "-c", &touch]);
+        let run = dbtel_tests::run_agent_env(&args, env, b"", Duration::from_secs(30));
+        assert_eq!(run.status.code(), Some(2), "{env:?} {flags:?}: {run:?}");
+        assert_eq!(
+            run.stderr.trim_end(),
+            format!("dbtel-agent: {want}"),
+            "{env:?} {flags:?}"
+        );
+        assert!(
+            !run.stderr.contains("s3cret"),
+            "a header's value is never shown"
+        );
+        assert!(!ran.exists(), "nothing ran");
+    }
+}
