@@ -77,7 +77,7 @@ pub fn system_loader() -> Option<PathBuf> {
 /// Looks at one file: `None` when it is not a loader with the hook (musl's
 /// ld.so, say, or not a loader at all).
 pub fn inspect(path: &str, host_path: &Path) -> Result<Option<LoaderTarget>, LoaderError> {
-    let data = fs::read(host_path).map_err(|error| LoaderError::Read {
+    let data = super::elf::read_bounded(host_path).map_err(|error| LoaderError::Read {
         path: path.into(),
         error,
     })?;

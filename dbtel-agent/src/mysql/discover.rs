@@ -2,7 +2,7 @@
 //! its probe plan: a shared libmariadb / libmysqlclient, or an executable
 //! with Connector/C linked in (the `mariadb` CLI).
 
-use std::{fs, path::Path};
+use std::path::Path;
 
 use dbtel_common::mycookie;
 
@@ -29,7 +29,8 @@ pub fn claim(pid: u32, path: &str, host: &Path) -> Result<Option<Plan>, ClaimErr
         None if !named => return Ok(None),
         None => {}
     }
-    let data = fs::read(host).map_err(|e| ClaimError(format!("{path} (process {pid}): {e}")))?;
+    let data = crate::host::elf::read_bounded(host)
+        .map_err(|e| ClaimError(format!("{path} (process {pid}): {e}")))?;
     let names: Vec<&'static str> = calls::symbols().collect();
     let found = symbols::find(&data, &names)
         .map_err(|e| ClaimError(format!("{path} (process {pid}): {e}")))?;

@@ -271,8 +271,8 @@ pub fn claim(pid: u32, path: &str, host: &Path) -> Result<Option<Plan>, ClaimErr
     if !is_server(host) {
         return Ok(None);
     }
-    let data =
-        std::fs::read(host).map_err(|e| ClaimError(format!("{path} (process {pid}): {e}")))?;
+    let data = crate::host::elf::read_bounded(host)
+        .map_err(|e| ClaimError(format!("{path} (process {pid}): {e}")))?;
     let mut wanted: Vec<&'static str> = ACCESSORS.to_vec();
     wanted.extend([END_STATEMENT, WAIT_BEGIN, WAIT_END, UNLINK, DEADLOCK]);
     let found = symbols::find(&data, &wanted)

@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    fs, io,
+    io,
     path::{Path, PathBuf},
 };
 
@@ -190,10 +190,15 @@ pub fn inspect(
     path: &str,
     host_path: &Path,
 ) -> Result<Option<LibpqTarget>, DiscoverError> {
-    if defines_libpq(host_path) == Some(false) {
-        return Ok(None);
+    match defines_libpq(host_path) {
+        Some(true) => {}
+        Some(false) => return Ok(None),
+        // Not a readable ELF file (a device, a file too large): only a file
+        // named like libpq is worth an error.
+        None if !path.contains("libpq") => return Ok(None),
+        None => {}
     }
-    let data = match fs::read(host_path) {
+    let data = match crate::host::elf::read_bounded(host_path) {
         Ok(d) => d,
         // Files that vanished or that we may not read are not libpq candidates
         // worth failing over, unless they are named like libpq.
@@ -400,7 +405,7 @@ mod tests {
     #[test]
     fn libpq_is_told_from_its_symbol_tables_alone() {
         let libpq = Path::new("/usr/lib/x86_64-linux-gnu/libpq.so.5");
-        let full = fs::read(libpq).unwrap();
+        let full = std::fs::read(libpq).unwrap();
         let sparse = crate::host::elf::symbol_tables_only(libpq).unwrap();
         assert_eq!(sparse.len(), full.len());
         let names = |d: &[u8]| defined_symbols(&object::File::parse(d).unwrap());

@@ -689,3 +689,16 @@ fn process_exit_completes_an_answered_query_and_cuts_an_unanswered_one() {
     );
     assert_eq!(r.counters.incomplete, 1);
 }
+
+/// PQexec(NULL, text) in a loop (a hostile or broken program): libpq
+/// returns at once, nothing is sent, no result comes. Each call supersedes
+/// the one before: nothing accumulates.
+#[test]
+fn pqexec_on_a_null_connection_in_a_loop_keeps_nothing() {
+    let mut s = Script::new();
+    for _ in 0..1000 {
+        s.call(1, 0, func::PQEXEC, Some("select 1"), None);
+    }
+    let (spans, r) = s.run();
+    assert_eq!((spans.len(), r.in_flight()), (999, 1));
+}
