@@ -100,13 +100,31 @@ struct Agent {
     engine_servers: HashSet<u32>,
 }
 
+/// Records between two hand-offs of the spans made so far: a drain that a
+/// flood keeps from ending must not hold its spans (a traced program would
+/// grow the agent without bound).
+const FLUSH_EVERY: u32 = 512;
+/// Records one drain reads at most before the loop's other work (signals,
+/// housekeeping, drop warnings) gets its turn; the rest wait in the ring.
+const DRAIN_MAX: u32 = 2048;
+
 impl Agent {
-    fn drain(&mut self) {
+    /// Reads the ring buffer (at most DRAIN_MAX records); returns whether it
+    /// stopped before the end.
+    fn drain(&mut self) -> bool {
         let mut scratch = std::mem::take(&mut self.scratch);
-        loop {
+        let mut read = 0u32;
+        let more = loop {
+            read += 1;
+            if read % FLUSH_EVERY == 0 {
+                self.flush_spans();
+            }
+            if read > DRAIN_MAX {
+                break true;
+            }
             let record = {
                 let Some(item) = self.ring.get_mut().next() else {
-                    break;
+                    break false;
                 };
                 match events::engine_of(&item) {
                     // Another engine's record: copied out, for its engine to decode.
@@ -157,9 +175,20 @@ impl Agent {
                     log::warn!("undecodable event: {e}");
                 }
             }
-        }
+        };
         self.scratch = scratch;
         self.flush_spans();
+        more
+    }
+
+    /// Everything in the ring buffer now, within bounds: a program still
+    /// flooding it does not keep the agent from stopping.
+    fn drain_all(&mut self) {
+        for _ in 0..64 {
+            if !self.drain() {
+                break;
+            }
+        }
     }
 
     /// A traced process's program ended at `ts_ns` (exit or exec): its spans go out now.
@@ -289,7 +318,7 @@ impl Agent {
     }
 
     fn process_gone(&mut self, pid: u32) {
-        self.drain();
+        self.drain_all();
         let now = Clock::monotonic_now_ns();
         self.recon.process_exited(pid, now, &mut self.spans);
         for e in &mut self.engines {
@@ -320,7 +349,7 @@ impl Agent {
         self.server.warn_idle_in_transaction();
         // Drained first: an exit record still in the ring buffer is not lost
         // (nor are the last events of a server found gone below).
-        self.drain();
+        self.drain_all();
         self.server.sweep_dead(Clock::monotonic_now_ns());
         for pid in self.server.own_backends_on_host() {
             self.probes.untrace_backend(pid);
@@ -342,13 +371,25 @@ impl Agent {
         }
     }
 
-    fn warn_on_new_drops(&mut self, last: &mut [u64; counter::COUNT as usize]) {
+    /// Ring-buffer losses, said while they happen: one line per 5 s at most,
+    /// with the count since the last one (`last`: the counters then).
+    fn warn_on_new_drops(
+        &mut self,
+        last: &mut [u64; counter::COUNT as usize],
+        warned_at: &mut Option<std::time::Instant>,
+    ) {
+        if warned_at.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+            return;
+        }
         let now = self.probes.kernel_counters();
-        if now[counter::RINGBUF_FULL as usize] > last[counter::RINGBUF_FULL as usize] {
+        let full = counter::RINGBUF_FULL as usize;
+        if now[full] > last[full] {
             log::warn!(
-                "ring buffer full: {} events lost so far",
-                now[counter::RINGBUF_FULL as usize]
+                "ring buffer full: {} more events lost, {} so far (the traced programs write faster than the agent reads)",
+                now[full] - last[full],
+                now[full]
             );
+            *warned_at = Some(std::time::Instant::now());
         }
         *last = now;
     }
@@ -483,6 +524,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut last_counters = [0u64; counter::COUNT as usize];
+    let mut drops_warned_at = None;
     let mut stopping_since: Option<tokio::time::Instant> = None;
     let mut ticks: u32 = 0;
 
@@ -494,7 +536,9 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                 drop(guard);
                 agent.drain();
             }
-            _ = tick.tick() => agent.drain(),
+            _ = tick.tick() => {
+                agent.drain();
+            }
             _ = housekeeping.tick() => {
                 // Host-wide, exits and execs come from the kernel and new processes are
                 // looked at after their exec: every traced process is looked at every 5 s
@@ -524,7 +568,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                 for e in &mut agent.engines {
                     e.tick(now, &mut agent.engine_spans);
                 }
-                agent.warn_on_new_drops(&mut last_counters);
+                agent.warn_on_new_drops(&mut last_counters, &mut drops_warned_at);
                 if child.is_none() && agent.host.is_none() && agent.live.is_empty() && agent.server.servers.is_empty() {
                     log::info!("no traced process left");
                     break;
@@ -561,7 +605,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         h.set_stopping();
     }
 
-    agent.drain();
+    agent.drain_all();
     let pids: Vec<u32> = agent.live.keys().copied().collect();
     agent.summary.incomplete += agent
         .engines

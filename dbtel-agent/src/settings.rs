@@ -68,6 +68,16 @@ pub fn check(g: &Given, env: &dyn Fn(&str) -> Option<String>) -> Result<(), Stri
             }
         }
     }
+    if let Some(q) = env("OTEL_BSP_MAX_QUEUE_SIZE") {
+        match q.trim().parse::<usize>() {
+            Ok(n) if n > 0 => {}
+            _ => {
+                return Err(format!(
+                    "OTEL_BSP_MAX_QUEUE_SIZE={q:?}: a number of spans, more than 0"
+                ))
+            }
+        }
+    }
     let sampler = env("OTEL_TRACES_SAMPLER");
     if let Some(s) = &sampler {
         if !SAMPLERS.contains(&s.trim()) {

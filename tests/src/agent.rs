@@ -85,7 +85,10 @@ impl Agent {
         let mut child = agent_command(wrapper)
             .args(args)
             .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("DBTEL_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -5,8 +5,8 @@
 
 use std::{
     sync::{
-        atomic::Ordering,
-        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+        atomic::{AtomicUsize, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError, Sender},
         Arc,
     },
     thread::JoinHandle,
@@ -24,9 +24,43 @@ use crate::export::ExportStats;
 pub const EXPORT_BATCH: usize = 2048;
 /// Spans handed to the exporter thread at once.
 const HANDOFF: usize = 256;
-/// Batches waiting for the exporter thread (≈ 64k spans): beyond, spans are
-/// dropped and counted.
-const QUEUE_BATCHES: usize = 256;
+/// Spans waiting for the exporter thread, by default (OTEL_BSP_MAX_QUEUE_SIZE
+/// overrides): beyond it, or beyond [`QUEUE_BYTES`], spans are dropped and counted.
+pub const QUEUE_SPANS: usize = 65_536;
+/// Bytes of span text (names, attribute keys and strings) waiting, at most.
+pub const QUEUE_BYTES: usize = 32 << 20;
+
+/// What waits in the queue (the exporter thread takes off what it receives).
+#[derive(Debug, Default)]
+struct Queued {
+    spans: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+/// A span's text, roughly its weight in memory (query texts dominate).
+fn weight(s: &SpanData) -> usize {
+    let attrs: usize = s
+        .attributes
+        .iter()
+        .map(|kv| {
+            kv.key.as_str().len()
+                + if let opentelemetry::Value::String(v) = &kv.value {
+                    v.as_str().len()
+                } else {
+                    8
+                }
+        })
+        .sum();
+    256 + s.name.len() + attrs
+}
+
+/// The queue's capacity in spans: OTEL_BSP_MAX_QUEUE_SIZE, as the SDK reads it.
+pub fn queue_spans(env: &dyn Fn(&str) -> Option<String>) -> usize {
+    env("OTEL_BSP_MAX_QUEUE_SIZE")
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(QUEUE_SPANS)
+}
 /// Longest a span waits before export when traffic is light.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(500);
 
@@ -40,7 +74,10 @@ pub enum Driver {
 
 pub struct Pipeline {
     pending: Vec<SpanData>,
-    tx: Option<SyncSender<Vec<SpanData>>>,
+    pending_bytes: usize,
+    tx: Option<Sender<(Vec<SpanData>, usize)>>,
+    queued: Arc<Queued>,
+    max_spans: usize,
     thread: Option<JoinHandle<()>>,
     done: Receiver<()>,
     stats: Arc<ExportStats>,
@@ -56,20 +93,25 @@ impl Pipeline {
         stats: Arc<ExportStats>,
     ) -> Pipeline {
         exporter.set_resource(resource);
-        let (tx, rx) = mpsc::sync_channel::<Vec<SpanData>>(QUEUE_BATCHES);
+        let (tx, rx) = mpsc::channel::<(Vec<SpanData>, usize)>();
         let (done_tx, done) = mpsc::channel();
         let st = stats.clone();
+        let queued = Arc::new(Queued::default());
+        let q = queued.clone();
         let thread = std::thread::Builder::new()
             .name("dbtel-export".into())
             .spawn(move || {
-                export_loop(&mut exporter, rx, &driver, &st);
+                export_loop(&mut exporter, rx, &q, &driver, &st);
                 let _ = exporter.shutdown();
                 let _ = done_tx.send(());
             })
             .expect("spawn export thread");
         Pipeline {
             pending: Vec::with_capacity(HANDOFF),
+            pending_bytes: 0,
             tx: Some(tx),
+            queued,
+            max_spans: queue_spans(&|k| std::env::var(k).ok()),
             thread: Some(thread),
             done,
             stats,
@@ -80,6 +122,7 @@ impl Pipeline {
 
     pub fn push(&mut self, span: SpanData) {
         self.stats.ended.fetch_add(1, Ordering::Relaxed);
+        self.pending_bytes += weight(&span);
         self.pending.push(span);
         if self.pending.len() >= HANDOFF {
             self.hand_off();
@@ -92,23 +135,38 @@ impl Pipeline {
             return;
         }
         let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(HANDOFF));
-        if let Some(tx) = &self.tx {
-            match tx.try_send(batch) {
-                Ok(()) => {}
-                Err(TrySendError::Full(b)) | Err(TrySendError::Disconnected(b)) => {
-                    // Counted as lost in the export queue (ended, never exported);
-                    // logged on the first drop and every 100th after, not per batch.
-                    self.dropped_spans += b.len() as u64;
-                    if self.dropped_batches.is_multiple_of(100) {
-                        log::warn!(
-                            "export queue full (collector too slow?): {} spans dropped so far",
-                            self.dropped_spans
-                        );
-                    }
-                    self.dropped_batches += 1;
-                }
+        let bytes = std::mem::take(&mut self.pending_bytes);
+        let Some(tx) = &self.tx else { return };
+        let spans = self.queued.spans.load(Ordering::Relaxed);
+        let fits = spans + batch.len() <= self.max_spans
+            && self.queued.bytes.load(Ordering::Relaxed) + bytes <= QUEUE_BYTES;
+        let n = batch.len();
+        if fits {
+            self.queued.spans.fetch_add(n, Ordering::Relaxed);
+            self.queued.bytes.fetch_add(bytes, Ordering::Relaxed);
+            if tx.send((batch, bytes)).is_ok() {
+                return;
             }
+            self.queued.spans.fetch_sub(n, Ordering::Relaxed);
+            self.queued.bytes.fetch_sub(bytes, Ordering::Relaxed);
         }
+        // Counted as lost in the export queue (ended, never exported);
+        // logged on the first drop and every 100th after, not per batch.
+        self.dropped_spans += n as u64;
+        if self.dropped_batches.is_multiple_of(100) {
+            log::warn!(
+                "export queue full ({} spans / {} MiB, collector too slow?): {} spans dropped so far",
+                self.max_spans,
+                QUEUE_BYTES >> 20,
+                self.dropped_spans
+            );
+        }
+        self.dropped_batches += 1;
+    }
+
+    /// Spans waiting for the exporter thread (for tests and self-metrics).
+    pub fn queued_spans(&self) -> usize {
+        self.queued.spans.load(Ordering::Relaxed)
     }
 
     /// Sends the rest and closes the queue; the thread exports and exits.
@@ -150,7 +208,8 @@ impl Pipeline {
 
 fn export_loop<E: SpanExporter>(
     exporter: &mut E,
-    rx: Receiver<Vec<SpanData>>,
+    rx: Receiver<(Vec<SpanData>, usize)>,
+    queued: &Queued,
     driver: &Driver,
     stats: &ExportStats,
 ) {
@@ -163,19 +222,27 @@ fn export_loop<E: SpanExporter>(
             Err(RecvTimeoutError::Timeout) => (false, None),
             Err(RecvTimeoutError::Disconnected) => (true, None),
         };
-        if let Some(spans) = got {
+        if let Some((spans, bytes)) = got {
+            queued.spans.fetch_sub(spans.len(), Ordering::Relaxed);
+            queued.bytes.fetch_sub(bytes, Ordering::Relaxed);
             oldest.get_or_insert_with(Instant::now);
             batch.extend(spans);
         }
-        let due = oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
+        let mut due = oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
         while batch.len() >= EXPORT_BATCH || ((due || closed) && !batch.is_empty()) {
             let rest = if batch.len() > EXPORT_BATCH {
                 batch.split_off(EXPORT_BATCH)
             } else {
                 Vec::new()
             };
+            let full = batch.len() == EXPORT_BATCH;
             let out = std::mem::replace(&mut batch, rest);
             export_one(exporter, out, driver, stats);
+            if full && !batch.is_empty() && !closed {
+                // The rest of a full batch waits for more (no tiny request of its own).
+                oldest = Some(Instant::now());
+                due = false;
+            }
         }
         if batch.is_empty() {
             oldest = None;
@@ -328,7 +395,7 @@ mod tests {
             stats.clone(),
         );
         // Far more than the queue holds while the exporter cannot make progress.
-        let n = (QUEUE_BATCHES + 20) * HANDOFF + EXPORT_BATCH * 2;
+        let n = QUEUE_SPANS + 20 * HANDOFF + EXPORT_BATCH * 2;
         for _ in 0..n {
             p.push(span());
         }
@@ -347,5 +414,64 @@ mod tests {
             rec.batches.lock().unwrap().iter().sum::<usize>() as u64,
             exported
         );
+    }
+
+    /// Big spans (4 KB query texts) fill the queue's bytes before its span
+    /// count: the queue never holds more than QUEUE_BYTES of them.
+    #[test]
+    fn the_queue_is_bounded_in_bytes_too() {
+        let gate = Arc::new(Mutex::new(()));
+        let held = gate.lock().unwrap();
+        let rec = Recorder {
+            gate: Some(gate.clone()),
+            ..Default::default()
+        };
+        let stats = Arc::new(ExportStats::default());
+        let mut p = Pipeline::start(
+            rec.clone(),
+            &Resource::builder_empty().build(),
+            Driver::Plain,
+            stats.clone(),
+        );
+        let text: String = "x".repeat(4096);
+        let big = || {
+            let mut s = span();
+            s.attributes
+                .push(opentelemetry::KeyValue::new("db.query.text", text.clone()));
+            s
+        };
+        let n = 20_000;
+        let mut most = 0;
+        for _ in 0..n {
+            p.push(big());
+            most = most.max(p.queued_spans());
+        }
+        p.hand_off();
+        let per_span = weight(&big());
+        assert!(
+            most * per_span <= QUEUE_BYTES,
+            "{most} spans of {per_span} bytes queued"
+        );
+        assert!(most < QUEUE_SPANS, "the bytes bound came first");
+        drop(held);
+        assert!(p.shutdown(Duration::from_secs(20)));
+        let exported = stats.exported.load(Ordering::Relaxed);
+        assert!(exported < n);
+        assert_eq!(
+            stats.unaccounted(),
+            n - exported,
+            "every dropped span counted"
+        );
+    }
+
+    #[test]
+    fn queue_size_from_the_sdk_variable() {
+        assert_eq!(queue_spans(&|_| None), QUEUE_SPANS);
+        assert_eq!(
+            queue_spans(&|k| (k == "OTEL_BSP_MAX_QUEUE_SIZE").then(|| "2048".into())),
+            2048
+        );
+        assert_eq!(queue_spans(&|_| Some("0".into())), QUEUE_SPANS);
+        assert_eq!(queue_spans(&|_| Some("lots".into())), QUEUE_SPANS);
     }
 }

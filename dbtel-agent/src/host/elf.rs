@@ -46,11 +46,12 @@ fn open_elf(host_path: &Path) -> io::Result<(fs::File, u64)> {
 /// The whole file, if it is a regular ELF file within [`MAX_ELF_BYTES`]
 /// (reads at most its size as it was when opened).
 pub fn read_bounded(host_path: &Path) -> io::Result<Vec<u8>> {
-    let (f, len) = open_elf(host_path)?;
+    let (mut f, len) = open_elf(host_path)?;
     let mut data = Vec::with_capacity(len as usize);
-    use std::os::unix::fs::FileExt;
-    data.resize(len as usize, 0);
-    f.read_exact_at(&mut data, 0)?;
+    data.extend_from_slice(b"\x7fELF");
+    // Read into the spare capacity (no zeroing first: on an exec the agent
+    // races the new server's first fork), never past the size it had.
+    (&mut f).take(len - 4).read_to_end(&mut data)?;
     Ok(data)
 }
 
@@ -137,5 +138,22 @@ mod tests {
             fs::metadata(me).unwrap().len()
         );
         assert!(symbol_tables_only(me).is_some());
+    }
+}
+
+#[cfg(test)]
+mod postgres_notes {
+    #[test]
+    fn debian_postgres_probes_from_its_notes_alone() {
+        let p = std::path::Path::new("/usr/lib/postgresql/15/bin/postgres");
+        let sparse = super::symbols_and_notes(p).expect("sparse");
+        let probes = crate::host::usdt::probes(&sparse);
+        assert!(
+            probes
+                .as_ref()
+                .is_ok_and(|p| p.iter().any(|p| p.provider == "postgresql")),
+            "{:?}",
+            probes.err()
+        );
     }
 }

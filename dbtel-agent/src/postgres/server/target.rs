@@ -228,15 +228,9 @@ pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
         })?;
     let host_path = PathBuf::from(format!("/proc/{pid}/root{exe}"));
     let path = host_path.to_string_lossy().into_owned();
-    // Judged from its notes and symbol tables alone (every program --all
-    // sees is looked at); a server is read whole, within bounds.
-    let Some(sparse) = crate::host::elf::symbols_and_notes(&host_path) else {
-        return Ok(None);
-    };
-    if !usdt::probes(&sparse).is_ok_and(|p| p.iter().any(|p| p.provider == "postgresql")) {
-        return Ok(None);
-    }
-    drop(sparse);
+    // Read whole (within bounds): judging it from its notes first doubled
+    // the work on every exec, and an exec'd postmaster must be traced before
+    // its first backend forks.
     let data = crate::host::elf::read_bounded(&host_path).map_err(|source| ServerError::Read {
         path: path.clone(),
         source,

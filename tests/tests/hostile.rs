@@ -1,0 +1,105 @@
+//! Traced programs that try to blow up the agent's memory: executable
+//! mappings of /dev/zero and of a 1 GiB sparse file, and a flood of
+//! PQexec(NULL, 4 KB text) (nothing sent, 100k+ calls a second). The agent's
+//! RSS stays within its budget; the flood's losses are counted and warned
+//! about while they happen.
+
+use std::time::Duration;
+
+use dbtel_tests::{require_root, run_agent, Agent};
+
+/// The agent's stated budget (README: Reliability).
+const RSS_BUDGET_MIB: f64 = 128.0;
+
+fn max_rss_mib(stderr: &str) -> f64 {
+    let at = stderr
+        .find("max rss ")
+        .unwrap_or_else(|| panic!("{stderr}"))
+        + "max rss ".len();
+    stderr[at..].split(' ').next().unwrap().parse().unwrap()
+}
+
+fn program() -> String {
+    dbtel_tests::drivers::program("hostile.py")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn executable_mappings_of_a_device_and_a_huge_sparse_file_are_not_read() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(
+        &["--all", "--exporter", "none"],
+        std::process::Stdio::null(),
+    );
+    let out = std::process::Command::new("python3")
+        .args([program().as_str(), "maps", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).ends_with("done\n"),
+        "{out:?}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let run = agent.interrupt();
+    assert!(run.status.success(), "{run:?}");
+    let rss = max_rss_mib(&run.stderr);
+    assert!(rss < RSS_BUDGET_MIB, "max rss {rss} MiB\n{}", run.stderr);
+}
+
+#[test]
+fn a_flood_of_calls_degrades_into_counted_drops_not_memory() {
+    require_root();
+    let run = run_agent(
+        &[
+            "--exporter",
+            "none",
+            "--",
+            "python3",
+            &program(),
+            "flood",
+            "8",
+        ],
+        b"",
+        Duration::from_secs(120),
+    );
+    assert!(run.status.success(), "{run:?}");
+    let calls: u64 = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("calls "))
+        .expect("calls")
+        .parse()
+        .unwrap();
+    assert!(calls > 100_000, "a flood: {calls} calls");
+    let rss = max_rss_mib(&run.stderr);
+    assert!(rss < RSS_BUDGET_MIB, "max rss {rss} MiB\n{}", run.stderr);
+    // Every call is a span or a counted loss.
+    let summary = run.summary();
+    let num = |label: &str| -> u64 {
+        let at = summary
+            .find(label)
+            .unwrap_or_else(|| panic!("{label}: {summary}"));
+        summary[..at]
+            .trim_end()
+            .rsplit([' ', ';', ','])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (spans, lost) = (num(" spans exported"), num(" lost in the ring buffer"));
+    assert!(lost > 0, "{summary}");
+    // Each call is one record; a span is closed per call by the next one.
+    assert!(
+        spans + lost >= calls - 1 && spans + lost <= calls + 1,
+        "{spans} + {lost} vs {calls} calls: {summary}"
+    );
+    // Said while it happened (before the program's exit), not only at the end.
+    let warned = run.stderr.find("ring buffer full: ").expect("a warning");
+    let exited = run.stderr.find("exited").unwrap_or(usize::MAX);
+    assert!(warned < exited, "{}", run.stderr);
+    let warnings = run.stderr.matches("ring buffer full: ").count();
+    assert!(warnings <= 3, "rate-limited: {warnings} lines in 8 s");
+}
