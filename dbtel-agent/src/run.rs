@@ -116,7 +116,7 @@ impl Agent {
         let mut read = 0u32;
         let more = loop {
             read += 1;
-            if read % FLUSH_EVERY == 0 {
+            if read.is_multiple_of(FLUSH_EVERY) {
                 self.flush_spans();
             }
             if read > DRAIN_MAX {
