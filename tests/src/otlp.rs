@@ -117,6 +117,11 @@ fn flatten(kvs: &[KeyValue]) -> BTreeMap<String, Value> {
 #[derive(Clone, Default)]
 struct Store {
     spans: Arc<Mutex<Vec<Span>>>,
+    /// HTTP answers planned for the next requests (status, Retry-After
+    /// seconds), before the receiver accepts again.
+    refusals: Arc<Mutex<std::collections::VecDeque<(u16, Option<u64>)>>>,
+    /// Every HTTP request: when, and the status it got.
+    requests: Arc<Mutex<Vec<(std::time::Instant, u16)>>>,
     /// HTTP only: decode span names and resources only (for benchmarks: the
     /// receiver shares the machine with the workload it measures).
     light: bool,
@@ -227,12 +232,30 @@ impl Receiver {
                 axum::routing::post(move |body: axum::body::Bytes| {
                     let s = s.clone();
                     async move {
+                        let refusal = s.refusals.lock().unwrap().pop_front();
+                        if let Some((status, after)) = refusal {
+                            s.requests
+                                .lock()
+                                .unwrap()
+                                .push((std::time::Instant::now(), status));
+                            let code = axum::http::StatusCode::from_u16(status).unwrap();
+                            let after = after.map(|a| a.to_string()).unwrap_or_default();
+                            return axum::response::IntoResponse::into_response((
+                                code,
+                                [("retry-after", after)],
+                                b"not now".to_vec(),
+                            ));
+                        }
+                        s.requests
+                            .lock()
+                            .unwrap()
+                            .push((std::time::Instant::now(), 200));
                         let decoded = if s.light {
                             light::decode(body).map(|r| store_light(&s, r))
                         } else {
                             ExportTraceServiceRequest::decode(body).map(|r| store(&s, r))
                         };
-                        match decoded {
+                        let answer = match decoded {
                             Ok(()) => {
                                 let resp = ExportTraceServiceResponse {
                                     partial_success: None,
@@ -249,7 +272,8 @@ impl Receiver {
                                 [("content-type", "text/plain")],
                                 b"bad protobuf".to_vec(),
                             ),
-                        }
+                        };
+                        axum::response::IntoResponse::into_response(answer)
                     }
                 }),
             );
@@ -270,6 +294,25 @@ impl Receiver {
 
     pub fn http_endpoint(&self) -> String {
         format!("http://{}", self.http_addr)
+    }
+
+    /// The next HTTP requests are answered `status` (with `Retry-After:
+    /// seconds` if given), in order; then spans are accepted again.
+    pub fn refuse_next(&self, answers: &[(u16, Option<u64>)]) {
+        self.spans_store()
+            .refusals
+            .lock()
+            .unwrap()
+            .extend(answers.iter().copied());
+    }
+
+    /// Every HTTP request so far: when, and the status it got.
+    pub fn requests(&self) -> Vec<(std::time::Instant, u16)> {
+        self.spans_store().requests.lock().unwrap().clone()
+    }
+
+    fn spans_store(&self) -> &Store {
+        &self.spans
     }
 
     pub fn spans(&self) -> Vec<Span> {

@@ -374,3 +374,52 @@ fn a_text_of_several_statements_and_copy_count_their_rows_on_both_sides() {
         );
     }
 }
+
+/// A collector that answers 503 with Retry-After: 2, then 429: the batch
+/// is sent again after the 2 s it asked for, again after a backoff, and
+/// delivered; nothing is lost or counted as failed.
+#[test]
+fn a_refused_batch_is_retried_after_the_stated_delay_and_delivered() {
+    dbtel_tests::require_root();
+    let pg = dbtel_tests::Cluster::start();
+    let rx = dbtel_tests::Receiver::start();
+    rx.refuse_next(&[(503, Some(2)), (429, None)]);
+    let psql = pg.bin("psql").display().to_string();
+    let conn = pg.conn_args();
+    // psql stays 6 s after its first statement: its span is exported (and
+    // retried) while the agent runs, not in its final flush.
+    let endpoint = rx.http_endpoint();
+    let mut args: Vec<&str> = vec![
+        "--otlp-endpoint",
+        &endpoint,
+        "--",
+        &psql,
+        "-X",
+        "-d",
+        "postgres",
+        "-c",
+        "select 1 as first",
+        "-c",
+        "select pg_sleep(6)",
+    ];
+    args.extend(conn.iter().map(String::as_str));
+    let run = dbtel_tests::run_agent(&args, b"", std::time::Duration::from_secs(60));
+    assert!(run.status.success(), "{run:?}");
+    let requests = rx.requests();
+    let statuses: Vec<u16> = requests.iter().map(|r| r.1).collect();
+    assert_eq!(&statuses[..3], [503, 429, 200], "{statuses:?}");
+    let waited = requests[1].0.duration_since(requests[0].0);
+    assert!(
+        waited >= std::time::Duration::from_millis(1950)
+            && waited < std::time::Duration::from_secs(4),
+        "Retry-After: 2 honoured: {waited:?}"
+    );
+    let texts: Vec<String> = rx.spans().iter().map(|s| s.text().to_string()).collect();
+    assert_eq!(texts, ["select ? as first", "select pg_sleep(?)"]);
+    assert!(
+        run.summary()
+            .starts_with("dbtel: 2 spans exported, 0 failed to export, 0 lost in the export queue"),
+        "{}",
+        run.summary()
+    );
+}

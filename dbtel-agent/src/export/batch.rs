@@ -215,6 +215,7 @@ fn export_loop<E: SpanExporter>(
 ) {
     let mut batch: Vec<SpanData> = Vec::with_capacity(EXPORT_BATCH);
     let mut oldest: Option<Instant> = None;
+    let mut failures = Failures::default();
     loop {
         let wait = oldest.map_or(FLUSH_EVERY, |t| FLUSH_EVERY.saturating_sub(t.elapsed()));
         let (closed, got) = match rx.recv_timeout(wait) {
@@ -237,7 +238,7 @@ fn export_loop<E: SpanExporter>(
             };
             let full = batch.len() == EXPORT_BATCH;
             let out = std::mem::replace(&mut batch, rest);
-            export_one(exporter, out, driver, stats);
+            export_one(exporter, out, driver, stats, &mut failures);
             if full && !batch.is_empty() && !closed {
                 // The rest of a full batch waits for more (no tiny request of its own).
                 oldest = Some(Instant::now());
@@ -253,11 +254,43 @@ fn export_loop<E: SpanExporter>(
     }
 }
 
+/// Failed exports, said at most once per WARN_EVERY with what failed since.
+#[derive(Default)]
+struct Failures {
+    warned_at: Option<Instant>,
+    batches: u64,
+    spans: u64,
+}
+
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+impl Failures {
+    fn failed(&mut self, n: u64, e: &dyn std::fmt::Display) {
+        self.batches += 1;
+        self.spans += n;
+        if self.warned_at.is_some_and(|t| t.elapsed() < WARN_EVERY) {
+            return;
+        }
+        if self.batches == 1 {
+            log::warn!("span export failed, {n} spans lost: {e}");
+        } else {
+            log::warn!(
+                "span export failed: {} batches ({} spans) lost in the last {} s; the last: {e}",
+                self.batches,
+                self.spans,
+                WARN_EVERY.as_secs()
+            );
+        }
+        (self.warned_at, self.batches, self.spans) = (Some(Instant::now()), 0, 0);
+    }
+}
+
 fn export_one<E: SpanExporter>(
     exporter: &E,
     spans: Vec<SpanData>,
     driver: &Driver,
     stats: &ExportStats,
+    failures: &mut Failures,
 ) {
     let n = spans.len() as u64;
     let result = match driver {
@@ -267,7 +300,7 @@ fn export_one<E: SpanExporter>(
     match result {
         Ok(()) => stats.exported.fetch_add(n, Ordering::Relaxed),
         Err(e) => {
-            log::warn!("span export failed, {n} spans lost: {e}");
+            failures.failed(n, &e);
             stats.failed.fetch_add(n, Ordering::Relaxed)
         }
     };

@@ -300,6 +300,7 @@ impl Exporter {
 
     /// Exports everything handed over and waits for delivery (bounded).
     pub fn shutdown(&mut self) {
+        otlp::retry::STOPPING.store(true, std::sync::atomic::Ordering::Relaxed);
         let all: Vec<(u32, Pipeline)> = self
             .pipelines
             .drain()

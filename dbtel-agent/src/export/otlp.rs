@@ -144,17 +144,53 @@ impl SpanExporter for HttpExporter {
         for (k, v) in &self.headers {
             req = req.header(k.as_str(), v.as_str());
         }
-        match req.send() {
-            Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => Err(OTelSdkError::InternalFailure(format!(
-                "OTLP collector at {} answered {}",
+        // As the Collector's exporters do: retryable failures (connection
+        // errors, timeouts, 429, 502-504) again after a backoff with jitter,
+        // or after the Retry-After the collector asked for, until MAX_ELAPSED.
+        let started = std::time::Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            let outcome = match req.try_clone().expect("a body in memory clones").send() {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) => {
+                    let after = r
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    let retryable = matches!(r.status().as_u16(), 429 | 502 | 503 | 504);
+                    (format!("answered {}", r.status()), retryable, after)
+                }
+                Err(e) if e.is_timeout() => (
+                    format!("timed out after {} s", self.timeout.as_secs_f64()),
+                    true,
+                    None,
+                ),
+                Err(e) => (format!("{e}"), true, None),
+            };
+            let (why, retryable, after) = outcome;
+            let delay = retry::delay(attempt, after, retry::jitter());
+            // Stopping: what fails now is counted, not waited for.
+            let stopping = retry::STOPPING.load(std::sync::atomic::Ordering::Relaxed);
+            if !retryable || stopping || started.elapsed() + delay > retry::MAX_ELAPSED {
+                let tries = if attempt == 0 {
+                    String::new()
+                } else {
+                    format!(" ({} tries)", attempt + 1)
+                };
+                return Err(OTelSdkError::InternalFailure(format!(
+                    "OTLP collector at {}: {why}{tries}",
+                    self.url
+                )));
+            }
+            log::debug!(
+                "OTLP collector at {}: {why}; again in {:.1} s",
                 self.url,
-                r.status()
-            ))),
-            Err(e) => Err(OTelSdkError::InternalFailure(format!(
-                "OTLP collector at {}: {e}",
-                self.url
-            ))),
+                delay.as_secs_f64()
+            );
+            std::thread::sleep(delay);
+            attempt += 1;
         }
     }
 
@@ -557,5 +593,62 @@ mod tests {
             traces_url(Some("http://c:4318/v1/traces")),
             "http://c:4318/v1/traces"
         );
+    }
+}
+
+/// When a failed export is tried again.
+pub mod retry {
+    use std::time::Duration;
+
+    /// The first wait, doubled each try up to MAX_INTERVAL.
+    pub const INITIAL: Duration = Duration::from_millis(500);
+    pub const MAX_INTERVAL: Duration = Duration::from_secs(15);
+    /// A batch is given up this long after its first try (counted as failed).
+    pub const MAX_ELAPSED: Duration = Duration::from_secs(60);
+
+    /// Set when the agent stops: exports still failing are not retried.
+    pub static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    /// A factor in [0.8, 1.2): exporters of many agents should not retry in step.
+    pub fn jitter() -> f64 {
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        0.8 + f64::from(n % 1000) / 2500.0
+    }
+
+    /// The wait before try `attempt + 1`: what the collector asked for
+    /// (Retry-After), else exponential backoff times `jitter`.
+    pub fn delay(attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+        if let Some(d) = retry_after {
+            return d.min(MAX_ELAPSED);
+        }
+        let base = INITIAL
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(MAX_INTERVAL);
+        base.mul_f64(jitter)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn backoff_doubles_up_to_its_cap_and_retry_after_wins() {
+            let waits: Vec<u64> = (0..7)
+                .map(|a| delay(a, None, 1.0).as_millis() as u64)
+                .collect();
+            assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 15000, 15000]);
+            assert_eq!(
+                delay(0, Some(Duration::from_secs(2)), 1.2),
+                Duration::from_secs(2)
+            );
+            assert_eq!(delay(3, Some(Duration::from_secs(3600)), 1.0), MAX_ELAPSED);
+            assert_eq!(delay(1, None, 0.8), Duration::from_millis(800));
+            for _ in 0..100 {
+                let j = jitter();
+                assert!((0.8..1.2).contains(&j), "{j}");
+            }
+        }
     }
 }
