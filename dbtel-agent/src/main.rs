@@ -227,7 +227,10 @@ fn real_main() -> anyhow::Result<ExitCode> {
             match mariadb {
                 Some(pid) => dbtel_agent::mysql::contention::run(
                     pid,
-                    args.catalog_config.as_deref(),
+                    // A libpq key=value file is PostgreSQL's, as when tracing.
+                    args.catalog_config
+                        .as_deref()
+                        .filter(|f| dbtel_agent::mysql::catalog::config::is_option_file(f)),
                     std::time::Duration::from_secs_f64(args.long_query),
                     args.json,
                 )?,

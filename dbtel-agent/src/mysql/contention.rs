@@ -478,20 +478,14 @@ pub fn run(
     long_query: Duration,
     json: bool,
 ) -> anyhow::Result<()> {
-    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
-    let env = |k: &str| std::env::var(k).ok();
-    let cfg = MysqlCatalogConfig::resolve(pid, file, &env, home.as_deref())?;
+    let cfg = MysqlCatalogConfig::for_server(pid, file)?;
     let server = cfg.describe();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("tokio runtime")?;
     let report = rt.block_on(async {
-        let mut conn =
-            tokio::time::timeout(cfg.connect_timeout, mysql_async::Conn::new(cfg.opts()))
-                .await
-                .map_err(|_| anyhow::anyhow!("{server}: connection timed out"))?
-                .with_context(|| server.clone())?;
+        let mut conn = cfg.connect().await.map_err(anyhow::Error::msg)?;
         let (snap, mdl_missing) = queries::lock_snapshot(&mut conn, true, true).await?;
         let trx = queries::transactions(&mut conn).await?;
         let deadlocks = queries::deadlocks(&mut conn).await?;

@@ -97,6 +97,27 @@ impl MysqlCatalogConfig {
         Self::from_sources(sock, tcp, file, env, home)
     }
 
+    /// [`resolve`](Self::resolve) from the agent's own environment and home.
+    pub fn for_server(server_pid: u32, file: Option<&Path>) -> Result<Self, ConfigError> {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        Self::resolve(
+            server_pid,
+            file,
+            &|k| std::env::var(k).ok(),
+            home.as_deref(),
+        )
+    }
+
+    /// A session, within `connect_timeout`; an error says where it went.
+    pub async fn connect(&self) -> Result<mysql_async::Conn, String> {
+        match tokio::time::timeout(self.connect_timeout, mysql_async::Conn::new(self.opts())).await
+        {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(format!("{}: {e}", self.describe())),
+            Err(_) => Err(format!("{}: connection timed out", self.describe())),
+        }
+    }
+
     /// [`resolve`](Self::resolve) with the server's endpoints given.
     fn from_sources(
         server_socket: Option<PathBuf>,

@@ -220,7 +220,7 @@ async fn run(
         if inbox.dropped > 0 {
             let _ = replies.send(Reply::Dropped(std::mem::take(&mut inbox.dropped)));
         }
-        round(&settings, &mut servers, &mut inbox.waits, &replies).await;
+        round(&mut servers, &mut inbox.waits, &replies).await;
     }
     for (_, s) in servers {
         if let Some(c) = s.conn {
@@ -272,15 +272,10 @@ pub async fn check(pid: u32, file: Option<&std::path::Path>) -> Result<String, S
 }
 
 async fn connect(settings: &Settings, pid: u32) -> Result<(Conn, String), String> {
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let env = |k: &str| std::env::var(k).ok();
-    let cfg = MysqlCatalogConfig::resolve(pid, settings.file.as_deref(), &env, home.as_deref())
-        .map_err(|e| e.to_string())?;
+    let cfg =
+        MysqlCatalogConfig::for_server(pid, settings.file.as_deref()).map_err(|e| e.to_string())?;
     let how = cfg.describe();
-    let mut conn = tokio::time::timeout(cfg.connect_timeout, Conn::new(cfg.opts()))
-        .await
-        .map_err(|_| format!("{how}: timed out"))?
-        .map_err(|e| format!("{how}: {e}"))?;
+    let mut conn = cfg.connect().await?;
     // The server it reached must be the traced one: its session runs on one of its threads.
     let q = format!(
         "{MARKER} SELECT TID FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()"
@@ -298,13 +293,12 @@ async fn connect(settings: &Settings, pid: u32) -> Result<(Conn, String), String
 }
 
 /// One snapshot per server with waits pending; an answer for each wait still on.
+/// (Servers were connected, as far as they can be, at the top of the loop.)
 async fn round(
-    settings: &Settings,
     servers: &mut HashMap<u32, Server>,
     pending: &mut Vec<Ask>,
     replies: &std_mpsc::Sender<Reply>,
 ) {
-    connect_all(settings, servers).await;
     let asks = std::mem::take(pending);
     let mut by_server: HashMap<u32, Vec<Ask>> = HashMap::new();
     for a in asks {

@@ -867,3 +867,59 @@ fn begin_inside_a_transaction_commits_it_and_ddl_commits_implicitly() {
 
 #[path = "reconstruct_wait_tests.rs"]
 mod waits;
+
+fn session() -> Option<Session> {
+    Some(Session {
+        user: "app".into(),
+        host: "localhost".into(),
+        db: Some("shop".into()),
+    })
+}
+
+/// With a catalog, a new connection's spans wait for its session; the
+/// answer releases them with their attributes, and later spans get them as
+/// they are made. The wait is bounded: past HELD_MAX the oldest go without.
+#[test]
+fn spans_wait_for_their_session_within_bounds() {
+    let mut r = R::new();
+    r.t.asking = true;
+    r.login(CID);
+    assert_eq!(r.t.session_asks, [(SRV, CID)]);
+    for _ in 0..3 {
+        r.run(10, End::query("select 1").rows(1));
+    }
+    assert!(r.out.is_empty(), "held until the session is known");
+    let mut out = r.take();
+    r.t.session((SRV, CID), session(), &mut out);
+    assert_eq!(out.len(), 3);
+    assert!(out
+        .iter()
+        .all(|s| get(s, "user.name").as_deref() == Some("app")
+            && get(s, "db.namespace").as_deref() == Some("shop")));
+    r.run(10, End::query("select 2").rows(1));
+    let later = r.take();
+    assert_eq!(later.len(), 1);
+    assert_eq!(
+        get(&later[0], "network.transport").as_deref(),
+        Some("unix"),
+        "added as it is made"
+    );
+
+    // Another connection whose answer never comes: at most HELD_MAX held.
+    let mut r = R::new();
+    r.t.asking = true;
+    r.login(CID);
+    for _ in 0..sessions::HELD_MAX + 5 {
+        r.run(10, End::query("select 1").rows(1));
+    }
+    let out = r.take();
+    assert_eq!(out.len(), 5, "the oldest five went without");
+    assert!(out.iter().all(|s| get(s, "user.name").is_none()));
+    let mut released = vec![];
+    r.t.release_held(r.now + sessions::HOLD_NS, &mut released);
+    assert_eq!(
+        released.len(),
+        sessions::HELD_MAX,
+        "the rest, once the wait is over"
+    );
+}

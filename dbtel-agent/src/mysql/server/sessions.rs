@@ -12,7 +12,7 @@ use super::*;
 
 /// Spans held per connection while its session is looked up (past it, the
 /// oldest go without).
-const HELD_MAX: usize = 256;
+pub const HELD_MAX: usize = 256;
 /// How long spans wait for their connection's session.
 pub const HOLD_NS: u64 = 500_000_000;
 
@@ -93,23 +93,34 @@ impl Tracker {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        if c.session.is_none() && !c.awaiting {
+        // Known: the attributes are added in place (every statement passes here).
+        if let Some(session) = &c.session {
+            for s in out[mark..]
+                .iter_mut()
+                .filter(|s| connection_of(s) == Some(key.1))
+            {
+                session_attributes(session, c.db.as_deref(), &mut s.attributes);
+            }
             return;
         }
-        let spans: Vec<DbSpan> = out.drain(mark..).collect();
-        for mut s in spans {
-            if connection_of(&s) != Some(key.1) {
-                out.push(s);
-            } else if let Some(session) = &c.session {
-                session_attributes(session, c.db.as_deref(), &mut s.attributes);
-                out.push(s);
-            } else {
-                if c.held.len() >= HELD_MAX {
-                    out.push(c.held.remove(0));
-                }
-                c.held.push(s);
-            }
+        if !c.awaiting {
+            return;
         }
+        // Held past the bound: the oldest go without (after this loop, so
+        // they are not taken back).
+        let mut overflow = Vec::new();
+        let mut i = mark;
+        while i < out.len() {
+            if connection_of(&out[i]) != Some(key.1) {
+                i += 1;
+                continue;
+            }
+            if c.held.len() >= HELD_MAX {
+                overflow.push(c.held.remove(0));
+            }
+            c.held.push(out.remove(i));
+        }
+        out.append(&mut overflow);
     }
 
     /// The connection ended: what it left open ends; while its session is
