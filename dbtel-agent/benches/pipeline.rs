@@ -88,10 +88,12 @@ fn main() {
             endpoint: None,
             service_name: None,
             console_format: Default::default(),
+            spool: None,
         },
         Clock::fixed(0),
         None,
-    );
+    )
+    .unwrap();
     let mut facts = FactsCache::new(Text::default(), 10_000);
     measure("decode+reconstruct+export", &events, |evs| {
         let mut r = Reconstructor::new();

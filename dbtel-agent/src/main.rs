@@ -105,6 +105,16 @@ struct Cli {
     )]
     otlp_protocol: ProtocolArg,
 
+    /// Keep requests the collector cannot take in this directory and send them when it
+    /// is back, oldest first (also those an earlier run left); default: retried in
+    /// memory for up to 60 s, then dropped and counted.
+    #[arg(long, value_name = "DIR")]
+    spool_dir: Option<std::path::PathBuf>,
+
+    /// Most the spool holds (e.g. 512MiB, 2GiB); beyond it the oldest requests are dropped, counted.
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = dbtel_agent::settings::parse_size)]
+    spool_max_size: u64,
+
     /// service.name of the exported spans (default: OTEL_SERVICE_NAME, else the traced executable's name).
     #[arg(long, value_name = "NAME")]
     service_name: Option<String>,
@@ -269,6 +279,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
         endpoint_flag: cli.otlp_endpoint.as_deref(),
         catalog_period: cli.catalog_period,
         catalog_config: cli.catalog_config.as_deref(),
+        spool_dir: cli.spool_dir.as_deref(),
+        spool_max_size: cli.spool_max_size,
     };
     if let Err(e) = dbtel_agent::settings::check(&given, &|k| std::env::var(k).ok()) {
         eprintln!("dbtel-agent: {e}");
@@ -319,10 +331,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
             endpoint: cli.otlp_endpoint,
             service_name: cli.service_name,
             console_format,
+            spool: cli.spool_dir.map(|d| (d, cli.spool_max_size)),
         },
         Clock::now(),
         Some(rt.handle().clone()),
-    );
+    )?;
     let cfg = RunConfig {
         pids: cli.targets.pids.clone(),
         command: cli.command,
@@ -369,6 +382,21 @@ fn report(s: &Summary, e: &Exporter) {
         unmatched,
         s.incomplete,
     );
+    if let Some(spool) = &e.spool {
+        let (_, bytes) = spool.waiting();
+        let ss = &spool.stats;
+        eprintln!(
+            "dbtel: spool {}: {} spans of this run wait there ({} KiB, sent by the next run with this --spool-dir), \
+             {} dropped for its size cap (counted as failed); of an earlier run's {}: {} delivered, {} dropped",
+            spool.dir().display(),
+            st.spooled.load(Ordering::Relaxed),
+            bytes >> 10,
+            ss.dropped.load(Ordering::Relaxed),
+            ss.earlier_found.load(Ordering::Relaxed),
+            ss.earlier_delivered.load(Ordering::Relaxed),
+            ss.earlier_dropped.load(Ordering::Relaxed),
+        );
+    }
     if s.server.queries > 0 || s.server.lock_waits > 0 {
         eprintln!(
             "dbtel: server side: {} queries, {} lock waits, {} deadlocks, {} spans cut short (backend exit or agent stop), \

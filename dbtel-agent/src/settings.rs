@@ -12,7 +12,31 @@ pub struct Given<'a> {
     pub endpoint_flag: Option<&'a str>,
     pub catalog_period: Duration,
     pub catalog_config: Option<&'a Path>,
+    pub spool_dir: Option<&'a Path>,
+    pub spool_max_size: u64,
 }
+
+/// `--spool-max-size`: bytes, with an optional K/M/G (KiB/MiB/GiB) suffix.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: a size such as 512MiB or 2GiB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("{s:?}: a size such as 512MiB or 2GiB")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?}: too large"))
+}
+
+/// The spool holds whole requests (up to a few MiB each).
+const SPOOL_AT_LEAST: u64 = 16 << 20;
 
 /// The samplers the SDK offers (OTEL_TRACES_SAMPLER).
 const SAMPLERS: &[&str] = &[
@@ -31,6 +55,17 @@ pub fn check(g: &Given, env: &dyn Fn(&str) -> Option<String>) -> Result<(), Stri
     }
     if let Some(f) = g.catalog_config {
         std::fs::File::open(f).map_err(|e| format!("--catalog-config {}: {e}", f.display()))?;
+    }
+    if g.spool_dir.is_some() {
+        if !g.otlp {
+            return Err("--spool-dir: only with --exporter otlp".into());
+        }
+        if g.spool_max_size < SPOOL_AT_LEAST {
+            return Err(format!(
+                "--spool-max-size: at least {} MiB (a spooled request can take a few)",
+                SPOOL_AT_LEAST >> 20
+            ));
+        }
     }
     if g.otlp {
         if let Some(e) = g.endpoint_flag {
@@ -157,7 +192,30 @@ mod tests {
             endpoint_flag: None,
             catalog_period: Duration::from_secs(2),
             catalog_config: None,
+            spool_dir: None,
+            spool_max_size: 1 << 30,
         }
+    }
+
+    #[test]
+    fn sizes_and_the_spool() {
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5PB").is_err());
+        let dir = Path::new("/tmp/spool");
+        let mut g = given();
+        g.spool_dir = Some(dir);
+        assert_eq!(check(&g, &|_| None), Ok(()));
+        g.spool_max_size = 1 << 20;
+        assert!(check(&g, &|_| None)
+            .unwrap_err()
+            .starts_with("--spool-max-size:"));
+        g.otlp = false;
+        assert!(check(&g, &|_| None)
+            .unwrap_err()
+            .starts_with("--spool-dir:"));
     }
 
     fn with(vars: &[(&str, &str)]) -> Result<(), String> {

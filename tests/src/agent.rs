@@ -53,7 +53,25 @@ pub struct AgentRun {
     pub stderr: String,
 }
 
+/// The agent's stated memory budget (README: Reliability).
+pub const RSS_BUDGET_MIB: f64 = 128.0;
+
 impl AgentRun {
+    /// The agent's peak RSS, from its `max rss` exit line.
+    pub fn max_rss_mib(&self) -> f64 {
+        let at = self
+            .stderr
+            .find("max rss ")
+            .unwrap_or_else(|| panic!("{}", self.stderr))
+            + "max rss ".len();
+        self.stderr[at..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     /// The `dbtel: N spans exported, ...` summary line.
     pub fn summary(&self) -> &str {
         self.stderr

@@ -14,7 +14,9 @@ pub mod pg;
 pub mod py;
 pub mod sqltext;
 
-pub use agent::{agent_binary, run_agent, run_agent_env, run_agent_wrapped, Agent, AgentRun};
+pub use agent::{
+    agent_binary, run_agent, run_agent_env, run_agent_wrapped, Agent, AgentRun, RSS_BUDGET_MIB,
+};
 pub use fake::FakeLibpq;
 pub use http::http_get;
 pub use mariadb::{GeneralLog, MariaDb};

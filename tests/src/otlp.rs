@@ -114,13 +114,18 @@ fn flatten(kvs: &[KeyValue]) -> BTreeMap<String, Value> {
         .collect()
 }
 
+/// An answer refusing a request: HTTP status, Retry-After seconds.
+type Refusal = (u16, Option<u64>);
+
 #[derive(Clone, Default)]
 struct Store {
     spans: Arc<Mutex<Vec<Span>>>,
-    /// HTTP answers planned for the next requests (status, Retry-After
-    /// seconds), before the receiver accepts again.
-    refusals: Arc<Mutex<std::collections::VecDeque<(u16, Option<u64>)>>>,
-    /// Every HTTP request: when, and the status it got.
+    /// Answers planned for the next requests (HTTP status, Retry-After
+    /// seconds), before the receiver accepts again. gRPC answers 503 as
+    /// UNAVAILABLE and 429 as RESOURCE_EXHAUSTED, with RetryInfo if a delay
+    /// is given.
+    refusals: Arc<Mutex<std::collections::VecDeque<Refusal>>>,
+    /// Every request: when, and the status it got (gRPC: as HTTP's).
     requests: Arc<Mutex<Vec<(std::time::Instant, u16)>>>,
     /// HTTP only: decode span names and resources only (for benchmarks: the
     /// receiver shares the machine with the workload it measures).
@@ -181,6 +186,26 @@ impl TraceService for Grpc {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let refusal = self.0.refusals.lock().unwrap().pop_front();
+        let status = refusal.map_or(200, |r| r.0);
+        self.0
+            .requests
+            .lock()
+            .unwrap()
+            .push((std::time::Instant::now(), status));
+        if let Some((status, after)) = refusal {
+            use tonic_types::{ErrorDetails, StatusExt};
+            let code = match status {
+                429 => tonic::Code::ResourceExhausted,
+                503 => tonic::Code::Unavailable,
+                _ => tonic::Code::InvalidArgument,
+            };
+            let details = ErrorDetails::with_retry_info(after.map(Duration::from_secs));
+            return Err(match after {
+                Some(_) => tonic::Status::with_error_details(code, "not now", details),
+                None => tonic::Status::new(code, "not now"),
+            });
+        }
         store(&self.0, request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
@@ -198,15 +223,30 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start() -> Receiver {
-        Self::start_with(false)
+        Self::start_with(false, 0, 0)
     }
 
     /// A receiver that keeps span names and resources but not span attributes.
     pub fn start_light() -> Receiver {
-        Self::start_with(true)
+        Self::start_with(true, 0, 0)
     }
 
-    fn start_with(light: bool) -> Receiver {
+    /// A light receiver on given loopback ports (a collector coming back).
+    pub fn start_light_on(grpc_port: u16, http_port: u16) -> Receiver {
+        Self::start_with(true, grpc_port, http_port)
+    }
+
+    /// Two loopback ports nothing listens on (yet): a collector that is down.
+    pub fn free_ports() -> (u16, u16) {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        (
+            a.local_addr().unwrap().port(),
+            b.local_addr().unwrap().port(),
+        )
+    }
+
+    fn start_with(light: bool, grpc_port: u16, http_port: u16) -> Receiver {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -217,8 +257,12 @@ impl Receiver {
             ..Default::default()
         };
         let (grpc_addr, http_addr) = runtime.block_on(async {
-            let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let grpc = tokio::net::TcpListener::bind(("127.0.0.1", grpc_port))
+                .await
+                .unwrap();
+            let http = tokio::net::TcpListener::bind(("127.0.0.1", http_port))
+                .await
+                .unwrap();
             let addrs = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
             let svc = TraceServiceServer::new(Grpc(spans.clone()));
             tokio::spawn(
@@ -306,7 +350,7 @@ impl Receiver {
             .extend(answers.iter().copied());
     }
 
-    /// Every HTTP request so far: when, and the status it got.
+    /// Every request so far: when, and the status it got.
     pub fn requests(&self) -> Vec<(std::time::Instant, u16)> {
         self.spans_store().requests.lock().unwrap().clone()
     }

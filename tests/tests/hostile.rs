@@ -6,18 +6,7 @@
 
 use std::time::Duration;
 
-use dbtel_tests::{require_root, run_agent, Agent};
-
-/// The agent's stated budget (README: Reliability).
-const RSS_BUDGET_MIB: f64 = 128.0;
-
-fn max_rss_mib(stderr: &str) -> f64 {
-    let at = stderr
-        .find("max rss ")
-        .unwrap_or_else(|| panic!("{stderr}"))
-        + "max rss ".len();
-    stderr[at..].split(' ').next().unwrap().parse().unwrap()
-}
+use dbtel_tests::{require_root, run_agent, Agent, RSS_BUDGET_MIB};
 
 fn program() -> String {
     dbtel_tests::drivers::program("hostile.py")
@@ -44,7 +33,7 @@ fn executable_mappings_of_a_device_and_a_huge_sparse_file_are_not_read() {
     std::thread::sleep(Duration::from_millis(500));
     let run = agent.interrupt();
     assert!(run.status.success(), "{run:?}");
-    let rss = max_rss_mib(&run.stderr);
+    let rss = run.max_rss_mib();
     assert!(rss < RSS_BUDGET_MIB, "max rss {rss} MiB\n{}", run.stderr);
 }
 
@@ -73,7 +62,7 @@ fn a_flood_of_calls_degrades_into_counted_drops_not_memory() {
         .parse()
         .unwrap();
     assert!(calls > 100_000, "a flood: {calls} calls");
-    let rss = max_rss_mib(&run.stderr);
+    let rss = run.max_rss_mib();
     assert!(rss < RSS_BUDGET_MIB, "max rss {rss} MiB\n{}", run.stderr);
     // Every call is a span or a counted loss.
     let summary = run.summary();

@@ -18,6 +18,39 @@ use opentelemetry_sdk::{
     Resource,
 };
 
+/// What became of a batch handed to a sink.
+#[derive(Debug)]
+pub enum Delivery {
+    Exported,
+    /// Kept on disk for later (the spool counts it from there on).
+    Spooled,
+    Failed(String),
+}
+
+/// Where an export thread sends its batches: OTLP (otlp.rs), the console,
+/// nothing; one try each, retries and spooling being the sink's own.
+pub trait Sink: Send + 'static {
+    fn set_resource(&mut self, resource: &Resource);
+    fn deliver(&mut self, batch: Vec<SpanData>) -> Delivery;
+}
+
+/// An SDK SpanExporter as a sink (the console, tests): its future is driven
+/// on the export thread.
+pub struct Sdk<E>(pub E);
+
+impl<E: SpanExporter + 'static> Sink for Sdk<E> {
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource);
+    }
+
+    fn deliver(&mut self, batch: Vec<SpanData>) -> Delivery {
+        match futures_executor::block_on(self.0.export(batch)) {
+            Ok(()) => Delivery::Exported,
+            Err(e) => Delivery::Failed(e.to_string()),
+        }
+    }
+}
+
 use crate::export::ExportStats;
 
 /// Spans per export call (OTLP requests stay well under 4 MB).
@@ -64,14 +97,6 @@ pub fn queue_spans(env: &dyn Fn(&str) -> Option<String>) -> usize {
 /// Longest a span waits before export when traffic is light.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(500);
 
-/// How an export future is driven: tonic needs the agent's tokio runtime;
-/// reqwest's blocking client must not run inside one.
-#[derive(Clone)]
-pub enum Driver {
-    Runtime(tokio::runtime::Handle),
-    Plain,
-}
-
 pub struct Pipeline {
     pending: Vec<SpanData>,
     pending_bytes: usize,
@@ -86,13 +111,8 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn start<E: SpanExporter + 'static>(
-        mut exporter: E,
-        resource: &Resource,
-        driver: Driver,
-        stats: Arc<ExportStats>,
-    ) -> Pipeline {
-        exporter.set_resource(resource);
+    pub fn start<S: Sink>(mut sink: S, resource: &Resource, stats: Arc<ExportStats>) -> Pipeline {
+        sink.set_resource(resource);
         let (tx, rx) = mpsc::channel::<(Vec<SpanData>, usize)>();
         let (done_tx, done) = mpsc::channel();
         let st = stats.clone();
@@ -101,8 +121,7 @@ impl Pipeline {
         let thread = std::thread::Builder::new()
             .name("dbtel-export".into())
             .spawn(move || {
-                export_loop(&mut exporter, rx, &q, &driver, &st);
-                let _ = exporter.shutdown();
+                export_loop(&mut sink, rx, &q, &st);
                 let _ = done_tx.send(());
             })
             .expect("spawn export thread");
@@ -206,11 +225,10 @@ impl Pipeline {
     }
 }
 
-fn export_loop<E: SpanExporter>(
-    exporter: &mut E,
+fn export_loop<S: Sink>(
+    sink: &mut S,
     rx: Receiver<(Vec<SpanData>, usize)>,
     queued: &Queued,
-    driver: &Driver,
     stats: &ExportStats,
 ) {
     let mut batch: Vec<SpanData> = Vec::with_capacity(EXPORT_BATCH);
@@ -238,7 +256,7 @@ fn export_loop<E: SpanExporter>(
             };
             let full = batch.len() == EXPORT_BATCH;
             let out = std::mem::replace(&mut batch, rest);
-            export_one(exporter, out, driver, stats, &mut failures);
+            export_one(sink, out, stats, &mut failures);
             if full && !batch.is_empty() && !closed {
                 // The rest of a full batch waits for more (no tiny request of its own).
                 oldest = Some(Instant::now());
@@ -285,25 +303,23 @@ impl Failures {
     }
 }
 
-fn export_one<E: SpanExporter>(
-    exporter: &E,
+fn export_one<S: Sink>(
+    sink: &mut S,
     spans: Vec<SpanData>,
-    driver: &Driver,
     stats: &ExportStats,
     failures: &mut Failures,
 ) {
     let n = spans.len() as u64;
-    let result = match driver {
-        Driver::Runtime(rt) => rt.block_on(exporter.export(spans)),
-        Driver::Plain => futures_executor::block_on(exporter.export(spans)),
-    };
-    match result {
-        Ok(()) => stats.exported.fetch_add(n, Ordering::Relaxed),
-        Err(e) => {
-            failures.failed(n, &e);
-            stats.failed.fetch_add(n, Ordering::Relaxed)
+    match sink.deliver(spans) {
+        Delivery::Exported => {
+            stats.exported.fetch_add(n, Ordering::Relaxed);
         }
-    };
+        Delivery::Spooled => {}
+        Delivery::Failed(e) => {
+            failures.failed(n, &e);
+            stats.failed.fetch_add(n, Ordering::Relaxed);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -364,9 +380,8 @@ mod tests {
         let rec = Recorder::default();
         let stats = Arc::new(ExportStats::default());
         let mut p = Pipeline::start(
-            rec.clone(),
+            Sdk(rec.clone()),
             &Resource::builder_empty().build(),
-            Driver::Plain,
             stats.clone(),
         );
         for _ in 0..300 {
@@ -395,9 +410,8 @@ mod tests {
         let rec = Recorder::default();
         let stats = Arc::new(ExportStats::default());
         let mut p = Pipeline::start(
-            rec.clone(),
+            Sdk(rec.clone()),
             &Resource::builder_empty().build(),
-            Driver::Plain,
             stats.clone(),
         );
         for _ in 0..5_000 {
@@ -422,9 +436,8 @@ mod tests {
         };
         let stats = Arc::new(ExportStats::default());
         let mut p = Pipeline::start(
-            rec.clone(),
+            Sdk(rec.clone()),
             &Resource::builder_empty().build(),
-            Driver::Plain,
             stats.clone(),
         );
         // Far more than the queue holds while the exporter cannot make progress.
@@ -461,9 +474,8 @@ mod tests {
         };
         let stats = Arc::new(ExportStats::default());
         let mut p = Pipeline::start(
-            rec.clone(),
+            Sdk(rec.clone()),
             &Resource::builder_empty().build(),
-            Driver::Plain,
             stats.clone(),
         );
         let text: String = "x".repeat(4096);

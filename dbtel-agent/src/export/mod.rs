@@ -6,7 +6,11 @@
 pub mod batch;
 pub mod clock;
 pub mod console;
+pub mod grpc;
 pub mod otlp;
+pub mod retry;
+pub mod spool;
+pub mod transport;
 
 use std::{
     sync::{
@@ -23,7 +27,6 @@ use opentelemetry::{
     },
     InstrumentationScope, KeyValue,
 };
-use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
     error::OTelSdkResult,
     trace::{Config, SpanData, SpanEvents, SpanExporter, SpanLinks},
@@ -33,8 +36,10 @@ use opentelemetry_sdk::{
 // Re-exported: everything that builds spans converts kernel times through it.
 pub use crate::export::clock::Clock;
 use crate::{
-    export::batch::{Driver, Pipeline},
+    export::batch::{Pipeline, Sdk},
     export::console::{Console, ConsoleFormat, TreePrinter},
+    export::spool::Spool,
+    export::transport::Transport,
     pipeline::dbspan::{DbSpan, Kind},
     pipeline::span,
 };
@@ -62,6 +67,8 @@ pub struct ExportConfig {
     pub service_name: Option<String>,
     /// With the console exporter.
     pub console_format: ConsoleFormat,
+    /// `--spool-dir` and its cap in bytes.
+    pub spool: Option<(std::path::PathBuf, u64)>,
 }
 
 /// Delivery counters, shared with the export threads.
@@ -73,13 +80,17 @@ pub struct ExportStats {
     pub exported: AtomicU64,
     /// Spans in batches whose export failed.
     pub failed: AtomicU64,
+    /// Spans waiting in the spool now (to be exported or counted as failed).
+    pub spooled: AtomicU64,
 }
 
 impl ExportStats {
     /// Spans handed over but neither delivered nor failed: dropped because the
     /// export queue was full, or still queued at exit.
     pub fn unaccounted(&self) -> u64 {
-        let done = self.exported.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
+        let done = self.exported.load(Ordering::Relaxed)
+            + self.failed.load(Ordering::Relaxed)
+            + self.spooled.load(Ordering::Relaxed);
         self.ended.load(Ordering::Relaxed).saturating_sub(done)
     }
 }
@@ -110,7 +121,9 @@ impl ProcessMeta {
 pub struct Exporter {
     cfg: ExportConfig,
     clock: Clock,
-    runtime: Option<tokio::runtime::Handle>,
+    /// OTLP: the agent's one connection to its collector.
+    transport: Option<Arc<dyn Transport>>,
+    pub spool: Option<Arc<Spool>>,
     processes: crate::FastMap<u32, ProcessMeta>,
     pipelines: crate::FastMap<u32, Pipeline>,
     /// Pipelines of exited processes, still exporting.
@@ -127,13 +140,47 @@ pub struct Exporter {
 impl Exporter {
     /// `runtime` drives the gRPC client: exports run on threads of their own,
     /// where tonic finds no reactor otherwise.
-    pub fn new(cfg: ExportConfig, clock: Clock, runtime: Option<tokio::runtime::Handle>) -> Self {
+    pub fn new(
+        cfg: ExportConfig,
+        clock: Clock,
+        runtime: Option<tokio::runtime::Handle>,
+    ) -> anyhow::Result<Self> {
         let tree = (cfg.kind == ExporterKind::Console && cfg.console_format == ConsoleFormat::Tree)
             .then(TreePrinter::start);
-        Exporter {
+        let stats: Arc<ExportStats> = Arc::default();
+        let transport: Option<Arc<dyn Transport>> = match (cfg.kind, cfg.protocol) {
+            (ExporterKind::Otlp, Protocol::Grpc) => {
+                let rt =
+                    runtime.ok_or_else(|| anyhow::anyhow!("gRPC export needs a tokio runtime"))?;
+                let env = |k: &str| std::env::var(k).ok();
+                Some(Arc::new(grpc::Grpc::new(
+                    grpc::endpoint(cfg.endpoint.as_deref(), &env),
+                    &otlp::headers(),
+                    otlp::timeout(),
+                    rt,
+                )?))
+            }
+            (ExporterKind::Otlp, Protocol::HttpProtobuf) => Some(Arc::new(transport::Http::new(
+                otlp::traces_url(cfg.endpoint.as_deref()),
+                otlp::headers(),
+                otlp::timeout(),
+            ))),
+            _ => None,
+        };
+        let spool = match (&cfg.spool, &transport) {
+            (Some((dir, cap)), Some(t)) => {
+                let spool = Spool::open(dir, *cap, stats.clone())?;
+                // Its thread runs until the agent exits (Exporter::shutdown stops it).
+                spool.start_sender(t.clone());
+                Some(spool)
+            }
+            _ => None,
+        };
+        Ok(Exporter {
             cfg,
             clock,
-            runtime,
+            transport,
+            spool,
             processes: Default::default(),
             pipelines: Default::default(),
             closing: Vec::new(),
@@ -143,8 +190,8 @@ impl Exporter {
                 .build(),
             host_name: host_name(),
             tree,
-            stats: Arc::default(),
-        }
+            stats,
+        })
     }
 
     pub fn register_process(&mut self, meta: ProcessMeta) {
@@ -189,38 +236,18 @@ impl Exporter {
     fn start_pipeline(&self, pid: u32) -> anyhow::Result<Pipeline> {
         let resource = self.resource(pid);
         let stats = self.stats.clone();
-        Ok(match self.cfg.kind {
-            ExporterKind::Console => Pipeline::start(
-                Console::new(self.cfg.console_format, self.tree.as_ref()),
+        Ok(match &self.transport {
+            Some(t) => Pipeline::start(
+                otlp::OtlpExporter::new(t.clone(), self.spool.clone(), &self.scope),
                 &resource,
-                Driver::Plain,
                 stats,
             ),
-            ExporterKind::None => Pipeline::start(Discard, &resource, Driver::Plain, stats),
-            ExporterKind::Otlp => match self.cfg.protocol {
-                Protocol::Grpc => {
-                    // tonic's channel needs the runtime's reactor, now and for every export.
-                    let rt = self
-                        .runtime
-                        .clone()
-                        .ok_or_else(|| anyhow::anyhow!("gRPC export needs a tokio runtime"))?;
-                    let _guard = rt.enter();
-                    let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-                    if let Some(e) = &self.cfg.endpoint {
-                        b = b.with_endpoint(e.clone());
-                    }
-                    Pipeline::start(b.build()?, &resource, Driver::Runtime(rt.clone()), stats)
-                }
-                Protocol::HttpProtobuf => {
-                    // Encoded straight from SpanData (see otlp); reqwest's blocking
-                    // client brings its own runtime: driven outside ours.
-                    let e = crate::export::otlp::HttpExporter::new(
-                        self.cfg.endpoint.as_deref(),
-                        &self.scope,
-                    );
-                    Pipeline::start(e, &resource, Driver::Plain, stats)
-                }
-            },
+            None if self.cfg.kind == ExporterKind::Console => Pipeline::start(
+                Sdk(Console::new(self.cfg.console_format, self.tree.as_ref())),
+                &resource,
+                stats,
+            ),
+            None => Pipeline::start(Sdk(Discard), &resource, stats),
         })
     }
 
@@ -300,7 +327,7 @@ impl Exporter {
 
     /// Exports everything handed over and waits for delivery (bounded).
     pub fn shutdown(&mut self) {
-        otlp::retry::STOPPING.store(true, std::sync::atomic::Ordering::Relaxed);
+        retry::STOPPING.store(true, std::sync::atomic::Ordering::Relaxed);
         let all: Vec<(u32, Pipeline)> = self
             .pipelines
             .drain()
@@ -312,6 +339,10 @@ impl Exporter {
             if !p.shutdown(Duration::from_secs(60)) {
                 log::warn!("exporting spans of process {pid}: timed out");
             }
+        }
+        if let Some(spool) = &self.spool {
+            // Sent while the collector takes it; else kept for the next run.
+            spool.finish(Duration::from_secs(60));
         }
         if let Some(t) = self.tree.as_mut() {
             t.finish();

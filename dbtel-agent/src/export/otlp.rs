@@ -8,13 +8,19 @@
 //! (opentelemetry-proto 0.31's transform, checked by a unit test); the
 //! OTEL_EXPORTER_OTLP_* endpoint, headers and timeout variables are honoured.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use opentelemetry::{trace::Status, Array, InstrumentationScope, KeyValue, Value};
-use opentelemetry_sdk::{
-    error::{OTelSdkError, OTelSdkResult},
-    trace::{SpanData, SpanExporter},
-    Resource,
+use opentelemetry_sdk::{trace::SpanData, Resource};
+
+use crate::export::{
+    batch::{Delivery, Sink},
+    retry,
+    spool::Spool,
+    transport::Transport,
 };
 
 /// The traces URL: an explicit base URL (as OTEL_EXPORTER_OTLP_ENDPOINT) gets
@@ -77,120 +83,92 @@ fn env_either(specific: &str, general: &str) -> Option<String> {
         .ok()
 }
 
-#[derive(Debug)]
-pub struct HttpExporter {
-    /// Built on the export thread at the first export: reqwest's blocking
-    /// client may not be built inside the agent's tokio runtime.
-    client: std::sync::OnceLock<Result<reqwest::blocking::Client, String>>,
-    timeout: Duration,
-    url: String,
-    headers: Vec<(String, String)>,
+/// The OTLP timeout: OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, else
+/// OTEL_EXPORTER_OTLP_TIMEOUT (milliseconds), else 10 s.
+pub fn timeout() -> Duration {
+    env_either(
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    )
+    .and_then(|t| t.parse().ok())
+    .map_or(Duration::from_secs(10), Duration::from_millis)
+}
+
+/// OTEL_EXPORTER_OTLP_TRACES_HEADERS, else OTEL_EXPORTER_OTLP_HEADERS.
+pub fn headers() -> Vec<(String, String)> {
+    env_either(
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+    )
+    .map(|h| parse_headers(&h))
+    .unwrap_or_default()
+}
+
+/// One pipeline's OTLP sink: encodes its batches with its resource and sends
+/// them over the agent's one transport, with retries; with a spool, a
+/// request the collector cannot take now waits on disk instead, and new ones
+/// queue behind it.
+pub struct OtlpExporter {
+    transport: Arc<dyn Transport>,
+    spool: Option<Arc<Spool>>,
     /// The encoded Resource message (set_resource).
     resource: Vec<u8>,
     /// The encoded InstrumentationScope message.
     scope: Vec<u8>,
 }
 
-impl HttpExporter {
+impl OtlpExporter {
     /// `scope`: the instrumentation scope every span carries (the SDK's
     /// transform writes its name and version).
-    pub fn new(endpoint: Option<&str>, scope: &InstrumentationScope) -> Self {
-        let timeout = env_either(
-            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-            "OTEL_EXPORTER_OTLP_TIMEOUT",
-        )
-        .and_then(|t| t.parse().ok())
-        .map_or(Duration::from_secs(10), Duration::from_millis);
-        let headers = env_either(
-            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-            "OTEL_EXPORTER_OTLP_HEADERS",
-        )
-        .map(|h| parse_headers(&h))
-        .unwrap_or_default();
+    pub fn new(
+        transport: Arc<dyn Transport>,
+        spool: Option<Arc<Spool>>,
+        scope: &InstrumentationScope,
+    ) -> Self {
         let (name, version) = (scope.name(), scope.version().unwrap_or_default());
-        let mut scope = Vec::new();
-        str_field(&mut scope, 1, name);
-        str_field(&mut scope, 2, version);
-        HttpExporter {
-            client: std::sync::OnceLock::new(),
-            timeout,
-            url: traces_url(endpoint),
-            headers,
+        let mut encoded = Vec::new();
+        str_field(&mut encoded, 1, name);
+        str_field(&mut encoded, 2, version);
+        OtlpExporter {
+            transport,
+            spool,
             resource: Vec::new(),
-            scope,
+            scope: encoded,
         }
     }
 }
 
-impl SpanExporter for HttpExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+impl Sink for OtlpExporter {
+    fn deliver(&mut self, batch: Vec<SpanData>) -> Delivery {
         let body = encode_request(&self.resource, &self.scope, &batch);
-        let client = self
-            .client
-            .get_or_init(|| {
-                reqwest::blocking::Client::builder()
-                    .timeout(self.timeout)
-                    .build()
-                    .map_err(|e| e.to_string())
-            })
-            .as_ref()
-            .map_err(|e| {
-                OTelSdkError::InternalFailure(format!("cannot build the HTTP client: {e}"))
-            })?;
-        let mut req = client
-            .post(&self.url)
-            .header("content-type", "application/x-protobuf")
-            .body(body);
-        for (k, v) in &self.headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        // As the Collector's exporters do: retryable failures (connection
-        // errors, timeouts, 429, 502-504) again after a backoff with jitter,
-        // or after the Retry-After the collector asked for, until MAX_ELAPSED.
-        let started = std::time::Instant::now();
-        let mut attempt = 0u32;
-        loop {
-            let outcome = match req.try_clone().expect("a body in memory clones").send() {
-                Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) => {
-                    let after = r
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
-                    let retryable = matches!(r.status().as_u16(), 429 | 502 | 503 | 504);
-                    (format!("answered {}", r.status()), retryable, after)
-                }
-                Err(e) if e.is_timeout() => (
-                    format!("timed out after {} s", self.timeout.as_secs_f64()),
-                    true,
-                    None,
-                ),
-                Err(e) => (format!("{e}"), true, None),
+        let n = batch.len() as u64;
+        drop(batch);
+        let Some(spool) = &self.spool else {
+            return match retry::send(&*self.transport, &body) {
+                Ok(()) => Delivery::Exported,
+                Err(e) => Delivery::Failed(e),
             };
-            let (why, retryable, after) = outcome;
-            let delay = retry::delay(attempt, after, retry::jitter());
-            // Stopping: what fails now is counted, not waited for.
-            let stopping = retry::STOPPING.load(std::sync::atomic::Ordering::Relaxed);
-            if !retryable || stopping || started.elapsed() + delay > retry::MAX_ELAPSED {
-                let tries = if attempt == 0 {
-                    String::new()
-                } else {
-                    format!(" ({} tries)", attempt + 1)
-                };
-                return Err(OTelSdkError::InternalFailure(format!(
-                    "OTLP collector at {}: {why}{tries}",
-                    self.url
-                )));
+        };
+        if !spool.busy() {
+            match self.transport.send(&body) {
+                Ok(()) => return Delivery::Exported,
+                Err(f) if !f.retryable => {
+                    return Delivery::Failed(format!(
+                        "OTLP collector at {}: {}",
+                        self.transport.target(),
+                        f.why
+                    ))
+                }
+                Err(f) => log::debug!(
+                    "OTLP collector at {}: {}; spooled",
+                    self.transport.target(),
+                    f.why
+                ),
             }
-            log::debug!(
-                "OTLP collector at {}: {why}; again in {:.1} s",
-                self.url,
-                delay.as_secs_f64()
-            );
-            std::thread::sleep(delay);
-            attempt += 1;
+        }
+        match spool.put(&body, n) {
+            Ok(()) => Delivery::Spooled,
+            Err(e) => Delivery::Failed(e),
         }
     }
 
@@ -538,7 +516,12 @@ mod tests {
                 KeyValue::new("process.pid", 42i64),
             ])
             .build();
-        let mut e = HttpExporter::new(Some("http://127.0.0.1:1"), &sample().instrumentation_scope);
+        let transport = Arc::new(crate::export::transport::Http::new(
+            traces_url(Some("http://127.0.0.1:1")),
+            Vec::new(),
+            Duration::from_secs(1),
+        ));
+        let mut e = OtlpExporter::new(transport, None, &sample().instrumentation_scope);
         e.set_resource(&resource);
         let spans = vec![
             sample(),
@@ -593,62 +576,5 @@ mod tests {
             traces_url(Some("http://c:4318/v1/traces")),
             "http://c:4318/v1/traces"
         );
-    }
-}
-
-/// When a failed export is tried again.
-pub mod retry {
-    use std::time::Duration;
-
-    /// The first wait, doubled each try up to MAX_INTERVAL.
-    pub const INITIAL: Duration = Duration::from_millis(500);
-    pub const MAX_INTERVAL: Duration = Duration::from_secs(15);
-    /// A batch is given up this long after its first try (counted as failed).
-    pub const MAX_ELAPSED: Duration = Duration::from_secs(60);
-
-    /// Set when the agent stops: exports still failing are not retried.
-    pub static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-    /// A factor in [0.8, 1.2): exporters of many agents should not retry in step.
-    pub fn jitter() -> f64 {
-        let n = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        0.8 + f64::from(n % 1000) / 2500.0
-    }
-
-    /// The wait before try `attempt + 1`: what the collector asked for
-    /// (Retry-After), else exponential backoff times `jitter`.
-    pub fn delay(attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
-        if let Some(d) = retry_after {
-            return d.min(MAX_ELAPSED);
-        }
-        let base = INITIAL
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(MAX_INTERVAL);
-        base.mul_f64(jitter)
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn backoff_doubles_up_to_its_cap_and_retry_after_wins() {
-            let waits: Vec<u64> = (0..7)
-                .map(|a| delay(a, None, 1.0).as_millis() as u64)
-                .collect();
-            assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 15000, 15000]);
-            assert_eq!(
-                delay(0, Some(Duration::from_secs(2)), 1.2),
-                Duration::from_secs(2)
-            );
-            assert_eq!(delay(3, Some(Duration::from_secs(3600)), 1.0), MAX_ELAPSED);
-            assert_eq!(delay(1, None, 0.8), Duration::from_millis(800));
-            for _ in 0..100 {
-                let j = jitter();
-                assert!((0.8..1.2).contains(&j), "{j}");
-            }
-        }
     }
 }
