@@ -116,6 +116,7 @@ pub struct Probes {
     server_files: HashMap<(u64, u64), usize>,
     sites: u32,
     tracepoints_on: bool,
+    exec_on: bool,
     /// --all: client probes sit on library files for every process (the
     /// kernel side chooses per process), not on one process at a time.
     host_wide: bool,
@@ -187,6 +188,7 @@ impl Probes {
             server_files: HashMap::new(),
             sites: 0,
             tracepoints_on: false,
+            exec_on: false,
             host_wide,
             tracefs,
             layouts: Vec::new(),
@@ -476,8 +478,7 @@ impl Probes {
         if let Err(e) = &self.tracefs {
             return Err(AttachError::Tracefs(e.clone()));
         }
-        let exec = self.host_wide.then_some(&EXEC_TRACEPOINT);
-        for (name, event) in TRACEPOINTS.iter().chain(exec) {
+        for (name, event) in TRACEPOINTS {
             let p: &mut TracePoint = self
                 .ebpf
                 .program_mut(name)
@@ -488,7 +489,50 @@ impl Probes {
                 .map_err(|error| AttachError::Tracepoint { what: event, error })?;
         }
         self.tracepoints_on = true;
+        if self.host_wide {
+            self.follow_execs()?;
+        }
         Ok(())
+    }
+
+    fn follow_execs(&mut self) -> Result<(), AttachError> {
+        if self.exec_on {
+            return Ok(());
+        }
+        let (name, event) = EXEC_TRACEPOINT;
+        let p: &mut TracePoint = self
+            .ebpf
+            .program_mut(name)
+            .expect("loaded")
+            .try_into()
+            .expect("tracepoint");
+        p.attach("sched", event)
+            .map_err(|error| AttachError::Tracepoint { what: event, error })?;
+        self.exec_on = true;
+        Ok(())
+    }
+
+    /// `--` mode: the command's descendants (forks, then execs, each held
+    /// until looked at) are reported from now on. Call before it runs.
+    pub fn follow_descendants(&mut self, pid: u32) -> Result<(), AttachError> {
+        self.follow_processes()?;
+        self.follow_execs()?;
+        let mut followed: aya::maps::HashMap<_, u32, u8> =
+            aya::maps::HashMap::try_from(self.ebpf.map_mut("FOLLOWED").expect("FOLLOWED map"))?;
+        followed.insert(pid, 1, 0)?;
+        Ok(())
+    }
+
+    /// Stopping: no exec is held any more (the held are let go by the caller).
+    pub fn stop_following(&mut self) {
+        if let Some(map) = self.ebpf.map_mut("FOLLOWED") {
+            if let Ok(mut followed) = aya::maps::HashMap::<_, u32, u8>::try_from(map) {
+                let pids: Vec<u32> = followed.keys().filter_map(Result::ok).collect();
+                for pid in pids {
+                    let _ = followed.remove(&pid);
+                }
+            }
+        }
     }
 
     /// --all: from now on every exec, fork and exit is followed; call before

@@ -139,6 +139,8 @@ pub struct Exec {
     pub at: Origin,
     pub cgroup_id: u64,
     pub path: String,
+    /// `--` mode: a descendant of the command, stopped until the agent has looked.
+    pub held: bool,
 }
 
 /// Which engine a record comes from, by its header alone (None: too short or unknown).
@@ -233,6 +235,7 @@ pub fn decode_record(data: &[u8]) -> Result<Record, DecodeError> {
                 at,
                 cgroup_id,
                 path: cstr(path),
+                held: h.func == dbtel_common::loader::HELD,
             }))
         }
         _ => client(h, at, data).map(Record::Client),
@@ -614,7 +617,8 @@ mod tests {
             Record::Exec(Exec {
                 at: AT,
                 cgroup_id: 4026531835,
-                path: "/usr/lib/postgresql/15/bin/psql".into()
+                path: "/usr/lib/postgresql/15/bin/psql".into(),
+                held: false,
             })
         );
         assert_eq!(

@@ -29,6 +29,7 @@ use crate::{
 mod all;
 mod clients;
 mod command;
+mod descendants;
 pub mod hostwide;
 mod loads;
 
@@ -77,8 +78,9 @@ struct Agent {
     exporter: Exporter,
     /// Query texts' facts (obfuscated text, operation, table), client and server side.
     facts: FactsCache,
-    /// Traced processes still alive.
+    /// Traced processes still alive, and their pidfds.
     live: BTreeMap<u32, ProcessMeta>,
+    liveness: crate::host::pidfd::Liveness,
     /// Mapped files already looked at, per process (to spot libpq loaded later).
     inspected: HashSet<(u32, String)>,
     summary: Summary,
@@ -86,8 +88,10 @@ struct Agent {
     server: ServerSide,
     /// --all's state; None when tracing by PID or command.
     host: Option<HostWide>,
-    /// `-- command`: its PID, and whether it made a libpq call.
+    /// `-- command`: its PID, and whether it (or a descendant) made a client library call.
     command: Option<(u32, bool)>,
+    /// `-- command`: the command and the descendants that ran a program of their own.
+    followed: HashSet<u32>,
     /// How long the `--` command was held at its library loads.
     holds: loads::Holds,
     /// Engines besides PostgreSQL (see clients::engines), and the spans they finished.
@@ -148,8 +152,10 @@ impl Agent {
             };
             match record {
                 Ok(Record::Client(ev)) => {
+                    let from = ev.origin().pid;
+                    let followed = self.followed.contains(&from);
                     if let Some((pid, used)) = &mut self.command {
-                        *used |= *pid == ev.origin().pid;
+                        *used |= *pid == from || followed;
                     }
                     if self.host.is_none() || self.choose_client(ev.origin().pid) {
                         self.recon.on_event(ev, &mut self.spans)
@@ -161,7 +167,11 @@ impl Agent {
                     // The old program's queries end here, before the new one's
                     // first event (next in the buffer) has it chosen anew.
                     self.ended(e.at.pid, e.at.ts_ns);
-                    self.on_exec(&e);
+                    if self.host.is_some() {
+                        self.on_exec(&e);
+                    } else {
+                        self.on_followed_exec(&e);
+                    }
                 }
                 Ok(Record::Loaded { at, held }) => self.on_loaded(at, held),
                 Ok(Record::ClientExit(at)) => {
@@ -262,6 +272,10 @@ impl Agent {
 
     fn follow(&mut self, meta: ProcessMeta) {
         self.exporter.register_process(meta.clone());
+        if self.host.is_none() {
+            // Host-wide, exits come from the kernel (and hundreds of fds would be held).
+            self.liveness.watch(meta.pid);
+        }
         self.live.insert(meta.pid, meta);
     }
 
@@ -284,7 +298,7 @@ impl Agent {
             }
             let host = PathBuf::from(format!("/proc/{pid}/root{path}"));
             if crate::host::loader::looks_like_loader(&path) {
-                let hold = self.command.is_some_and(|(c, _)| c == pid);
+                let hold = self.followed.contains(&pid);
                 if let Err(e) = self.hook_loader(pid, &path, &host, hold) {
                     log::warn!("process {pid}: {e}: a client library it loads later is found within 250 ms, not at once");
                 }
@@ -333,7 +347,9 @@ impl Agent {
         self.probes.detach_pid(pid);
         self.exporter.process_gone(pid);
         self.live.remove(&pid);
+        self.liveness.forget(pid);
         self.engine_servers.remove(&pid);
+        self.followed.remove(&pid);
         self.inspected.retain(|(p, _)| *p != pid);
         if let Some(h) = &mut self.host {
             h.forget(pid);
@@ -456,12 +472,14 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         exporter,
         facts: FactsCache::new(cfg.text, 10_000),
         live: BTreeMap::new(),
+        liveness: Default::default(),
         inspected: HashSet::new(),
         summary: Summary::default(),
         spans: Vec::new(),
         server: ServerSide::new(cfg.catalog.clone(), cfg.text),
         host: cfg.host_wide.clone().map(HostWide::new),
         command: None,
+        followed: HashSet::new(),
         holds: loads::Holds::default(),
         engines,
         engine_spans: Vec::new(),
@@ -554,7 +572,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                         }
                         continue; // its exit comes from wait()
                     }
-                    if crate::host::process::process_exists(pid) {
+                    if agent.liveness.alive(pid) {
                         agent.rescan(pid);
                     } else {
                         agent.process_gone(pid);
@@ -588,8 +606,10 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                         cfg.command[0]
                     );
                 }
-                // `--` mode ends with its command, even while a server is traced beside it.
-                if agent.live.keys().all(|p| agent.engine_servers.contains(p)) {
+                // `--` mode ends with its command, even while a server is traced
+                // beside it or a descendant still runs (let go, said in the log).
+                if agent.live.keys().all(|p| agent.engine_servers.contains(p) || agent.followed.contains(p)) {
+                    agent.let_go_of_descendants();
                     break;
                 }
             }
@@ -605,7 +625,9 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         h.set_stopping();
     }
 
+    agent.probes.stop_following();
     agent.drain_all();
+    agent.continue_descendants();
     let pids: Vec<u32> = agent.live.keys().copied().collect();
     agent.summary.incomplete += agent
         .engines

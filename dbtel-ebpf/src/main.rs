@@ -84,6 +84,12 @@ fn client_selected() -> bool {
     }
 }
 
+/// `--` mode: the command and its descendants (process and thread ids,
+/// added at fork). An exec among them is reported and the process held
+/// (SIGSTOP) until the agent has looked at its new program.
+#[map]
+static FOLLOWED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
 /// 8 MiB: over 100 ms of events at full pgbench rate with client and server
 /// traced; the reader wakes at 256 KiB. (Mapped twice: it counts double in RSS.)
 #[map]

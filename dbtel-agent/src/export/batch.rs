@@ -70,21 +70,22 @@ struct Queued {
     bytes: AtomicUsize,
 }
 
-/// A span's text, roughly its weight in memory (query texts dominate).
+/// A span's weight in memory: the struct, its attribute slots, its texts
+/// (query texts dominate). Keys are mostly static: not counted.
 fn weight(s: &SpanData) -> usize {
-    let attrs: usize = s
+    let texts: usize = s
         .attributes
         .iter()
-        .map(|kv| {
-            kv.key.as_str().len()
-                + if let opentelemetry::Value::String(v) = &kv.value {
-                    v.as_str().len()
-                } else {
-                    8
-                }
+        .map(|kv| match &kv.value {
+            opentelemetry::Value::String(v) => v.as_str().len(),
+            _ => 0,
         })
         .sum();
-    256 + s.name.len() + attrs
+    std::mem::size_of::<SpanData>()
+        + s.attributes.capacity() * std::mem::size_of::<opentelemetry::KeyValue>()
+        + s.events.len() * 128
+        + s.name.len()
+        + texts
 }
 
 /// The queue's capacity in spans: OTEL_BSP_MAX_QUEUE_SIZE, as the SDK reads it.
@@ -106,8 +107,9 @@ pub struct Pipeline {
     thread: Option<JoinHandle<()>>,
     done: Receiver<()>,
     stats: Arc<ExportStats>,
-    dropped_batches: u64,
+    /// Spans dropped for a full queue, and when that was last said.
     dropped_spans: u64,
+    drops_warned: Option<(Instant, u64)>,
 }
 
 impl Pipeline {
@@ -134,8 +136,8 @@ impl Pipeline {
             thread: Some(thread),
             done,
             stats,
-            dropped_batches: 0,
             dropped_spans: 0,
+            drops_warned: None,
         }
     }
 
@@ -169,18 +171,23 @@ impl Pipeline {
             self.queued.spans.fetch_sub(n, Ordering::Relaxed);
             self.queued.bytes.fetch_sub(bytes, Ordering::Relaxed);
         }
-        // Counted as lost in the export queue (ended, never exported);
-        // logged on the first drop and every 100th after, not per batch.
+        // Counted as lost in the export queue (ended, never exported); said
+        // at the first drop, then at most once per WARN_EVERY with the count.
         self.dropped_spans += n as u64;
-        if self.dropped_batches.is_multiple_of(100) {
+        let since = self.drops_warned.map_or(0, |(_, at)| at);
+        if self
+            .drops_warned
+            .is_none_or(|(t, _)| t.elapsed() >= WARN_EVERY)
+        {
             log::warn!(
-                "export queue full ({} spans / {} MiB, collector too slow?): {} spans dropped so far",
+                "export queue full ({} spans / {} MiB, collector too slow or away?): {} spans dropped since the last warning, {} in all",
                 self.max_spans,
                 QUEUE_BYTES >> 20,
+                self.dropped_spans - since,
                 self.dropped_spans
             );
+            self.drops_warned = Some((Instant::now(), self.dropped_spans));
         }
-        self.dropped_batches += 1;
     }
 
     /// Spans waiting for the exporter thread (for tests and self-metrics).

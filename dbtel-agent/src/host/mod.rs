@@ -5,6 +5,7 @@
 pub mod elf;
 pub mod listening;
 pub mod loader;
+pub mod pidfd;
 pub mod pidns;
 pub mod placement;
 pub mod process;

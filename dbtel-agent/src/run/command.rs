@@ -29,6 +29,9 @@ impl Agent {
         let (pid, release) = spawn_held(command)?;
         // Still the agent's own fork until it execs: name it after the command.
         self.follow(ProcessMeta::of(pid, program_name(&command[0])));
+        if self.host.is_none() {
+            self.follow_command(pid);
+        }
         let mut line = format!("pid {pid} ({})", command[0]);
         // Its program itself may have libpq linked in.
         let program = resolve_program(&command[0]);

@@ -272,6 +272,7 @@ mod tests {
             },
             cgroup_id: 0,
             path: path.into(),
+            held: false,
         }
     }
 

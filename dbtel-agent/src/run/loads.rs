@@ -14,7 +14,7 @@ use crate::{events::Origin, export::clock::Clock, host::loader};
 
 /// Sends SIGCONT when dropped: a held process is let go on every way out of
 /// its handling (an error, a panic unwinding).
-struct Continue(u32);
+pub(super) struct Continue(pub(super) u32);
 
 impl Drop for Continue {
     fn drop(&mut self) {
