@@ -382,11 +382,7 @@ fn sysbench_oltp_read_write_every_statement_one_span() {
                 Some(group.len() as i64),
                 "{what}"
             );
-            assert_eq!(
-                t.int("db.transaction.retry_count"),
-                Some(retries),
-                "{what}"
-            );
+            assert_eq!(t.int("db.transaction.retry_count"), Some(retries), "{what}");
             assert_eq!(t.str("db.system.name"), Some("mariadb"));
             assert_eq!(t.str("db.namespace"), Some("sbtest"));
             assert!(
