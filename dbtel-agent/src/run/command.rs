@@ -30,7 +30,13 @@ impl Agent {
         let (pid, release) = spawn_held(command, user)?;
         // Still the agent's own fork until it execs: name it after the command.
         self.follow(ProcessMeta::of(pid, program_name(&command[0])));
-        let mut line = format!("pid {pid} ({}, as {})", command[0], user.name);
+        log::info!(
+            "{} runs as {} (uid {}) with no capability",
+            command[0],
+            user.name,
+            user.uid()
+        );
+        let mut line = format!("pid {pid} ({})", command[0]);
         // Its program itself may have libpq linked in.
         let program = resolve_program(&command[0]);
         if let Some(path) = &program {
