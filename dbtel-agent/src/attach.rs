@@ -25,7 +25,10 @@ use dbtel_common::{
 
 use crate::{
     engine::{Layout, Plan},
-    host::loader::LoaderTarget,
+    host::{
+        loader::LoaderTarget,
+        privileges::{step_hint, Step},
+    },
     postgres::server::target::ServerTarget,
 };
 
@@ -33,14 +36,14 @@ use crate::{
 /// repetitions removed) because the hint about privileges must come last.
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    #[error("cannot load the eBPF programs: {}{}", chain(.0), privilege_hint())]
+    #[error("cannot load the eBPF programs: {}{}", chain(.0), step_hint(Step::Load))]
     Load(EbpfError),
-    #[error("cannot load eBPF program {name}: {}{}", chain(.error), privilege_hint())]
+    #[error("cannot load eBPF program {name}: {}{}", chain(.error), step_hint(Step::Load))]
     Program {
         name: &'static str,
         error: ProgramError,
     },
-    #[error("cannot attach to {function} in {path} (process {pid}): {}{}", chain(.error), privilege_hint())]
+    #[error("cannot attach to {function} in {path} (process {pid}): {}{}", chain(.error), step_hint(Step::Uprobe))]
     Attach {
         pid: u32,
         path: String,
@@ -53,7 +56,7 @@ pub enum AttachError {
     TooManyLayouts,
     #[error("more than {MAX_SITES} server probe sites")]
     TooManySites,
-    #[error("cannot follow {what} (tracepoint sched/{what}): {}{}", chain(.error), privilege_hint())]
+    #[error("cannot follow {what} (tracepoint sched/{what}): {}{}", chain(.error), step_hint(Step::Tracepoint))]
     Tracepoint {
         what: &'static str,
         error: ProgramError,
@@ -78,15 +81,6 @@ fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     out
-}
-
-fn privilege_hint() -> &'static str {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        " (dbtel-agent must run as root, or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)"
-    } else {
-        ""
-    }
 }
 
 const PROGRAMS: &[&str] = &[

@@ -10,6 +10,7 @@ use std::{
 
 use crate::{
     host::{
+        privileges,
         select::{Selectors, TargetArgs},
         tracefs,
     },
@@ -94,13 +95,13 @@ const CAPABILITIES: &[(u32, &str, &str, bool)] = &[
     (
         21,
         "CAP_SYS_ADMIN",
-        "mount tracefs when it is absent",
+        "open uprobe perf events where the kernel refuses them to CAP_PERFMON, and mount tracefs when it is absent",
         false,
     ),
     (
         2,
         "CAP_DAC_READ_SEARCH",
-        "read files inside containers (/proc/PID/root)",
+        "read tracefs, servers' postmaster.pid and files inside containers",
         false,
     ),
 ];
@@ -237,7 +238,10 @@ fn check_caps(r: &mut Report, servers_needed: bool) {
             } else {
                 "CAP_PERFMON (as CAP_SYS_ADMIN)"
             });
-        } else if needed || (bit == 21 && servers_needed && tracefs_missing()) {
+        } else if needed
+            || (bit == 21 && servers_needed && tracefs_missing())
+            || (bit == 21 && matches!(privileges::uprobes_allowed(), Ok(false)))
+        {
             r.fail(format!("missing {name}: needed to {why}; run as root or grant it (systemd AmbientCapabilities=, Kubernetes securityContext.capabilities.add)"));
         } else {
             r.warn(format!("missing {name}: needed to {why}"));
@@ -245,6 +249,14 @@ fn check_caps(r: &mut Report, servers_needed: bool) {
     }
     if !held.is_empty() {
         r.ok(format!("capabilities held: {}", held.join(", ")));
+        let kept = privileges::kept_after_attach(privileges::Later {
+            servers_or_host: servers_needed,
+            signals_to_other_user: false,
+        });
+        r.ok(format!(
+            "capabilities kept once attached: {}",
+            privileges::names(&kept)
+        ));
     }
 }
 

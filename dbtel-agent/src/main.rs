@@ -49,8 +49,10 @@ enum ProtocolArg {
 /// its USDT probes; a mariadbd: uprobes on its exported functions), SERVER
 /// query spans for every client, transactions, and lock waits with who blocked
 /// them and how they ended (deadlock, timeout). Both at once join the client's
-/// and the server's spans in one trace. Needs root (CAP_BPF, CAP_PERFMON,
-/// CAP_SYS_ADMIN).
+/// and the server's spans in one trace. Needs root, or CAP_BPF,
+/// CAP_PERFMON, CAP_SYS_ADMIN (uprobes, on kernels such as 6.18) and
+/// CAP_SYS_PTRACE (other users' processes); once attached it keeps only what
+/// later attaching needs (see README, Privileges).
 ///
 /// Environment: OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL,
 /// OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES,
@@ -156,6 +158,12 @@ struct Cli {
     /// no user or client address on MariaDB server spans).
     #[arg(long)]
     no_catalog: bool,
+
+    /// User (name or uid) the `--` command runs as. Default: under sudo, the
+    /// invoking user (SUDO_UID/SUDO_GID); otherwise the agent's user. Either
+    /// way the command gets none of the agent's capabilities.
+    #[arg(long, value_name = "USER", requires = "command")]
+    user: Option<String>,
 
     /// Command to start and trace from its first query; the agent exits with its status.
     #[arg(last = true, value_name = "COMMAND")]
@@ -286,6 +294,17 @@ fn real_main() -> anyhow::Result<ExitCode> {
         eprintln!("dbtel-agent: {e}");
         return Ok(ExitCode::from(2));
     }
+    let command_user = match dbtel_agent::host::command_user::CommandUser::choose(
+        cli.user.as_deref(),
+        std::env::var("SUDO_UID").ok(),
+        std::env::var("SUDO_GID").ok(),
+    ) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("dbtel-agent: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let kind = match cli.exporter {
         _ if console => ExporterKind::Console,
         ExporterArg::Otlp => ExporterKind::Otlp,
@@ -354,6 +373,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             .then(|| cli.targets.selectors())
             .transpose()?,
         health,
+        command_user,
     };
     let (summary, mut exporter) = rt.block_on(run(cfg, exporter))?;
     // Outside the runtime: shutdown blocks while gRPC exports still run on it.

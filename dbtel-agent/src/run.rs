@@ -17,7 +17,7 @@ use crate::{
     engine::Engine,
     events::{self, Record},
     export::{Clock, Exporter, ProcessMeta},
-    host::select::Selectors,
+    host::{privileges, select::Selectors},
     pipeline::dbspan::DbSpan,
     pipeline::sql::FactsCache,
     postgres::libpq::reconstruct::Reconstructor,
@@ -52,6 +52,8 @@ pub struct RunConfig {
     pub host_wide: Option<Selectors>,
     /// What --http-address's /healthz reports: ready once attached, stopping after the loop.
     pub health: Option<std::sync::Arc<crate::http::Health>>,
+    /// Who the `--` command runs as (never with the agent's capabilities).
+    pub command_user: crate::host::command_user::CommandUser,
 }
 
 /// Everything counted on the way, reported at exit.
@@ -415,25 +417,11 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     if cfg.pids.is_empty() && cfg.command.is_empty() && cfg.host_wide.is_none() {
         bail!("nothing to trace: give --pid <PID>, --all or -- <command>");
     }
+    privileges::preflight().map_err(anyhow::Error::msg)?;
     // Everything that can be refused is checked before loading anything. Of
     // several targets, those that can be traced are; each other says why.
-    let mut targets: Vec<Found> = Vec::new();
     let engines = clients::engines(cfg.text, &cfg.catalog);
-    let mut server_targets: Vec<ServerTarget> = Vec::new();
-    let mut refused: Vec<anyhow::Error> = Vec::new();
-    for &pid in &cfg.pids {
-        match target::inspect(pid) {
-            Ok(Some(t)) => server_targets.push(t),
-            // Unreadable: find_libpq says why (no such process, permissions).
-            Ok(None) | Err(target::ServerError::Read { .. }) => {
-                match clients::find_clients(&engines, pid) {
-                    Ok(t) => targets.extend(t),
-                    Err(e) => refused.push(e),
-                }
-            }
-            Err(e) => refused.push(e.into()),
-        }
-    }
+    let (targets, server_targets, mut refused) = clients::inspect_pids(&engines, &cfg.pids);
     let nothing_else = targets.is_empty()
         && server_targets.is_empty()
         && cfg.command.is_empty()
@@ -523,12 +511,18 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
 
     let mut child = None;
     if !cfg.command.is_empty() {
-        let (pid, release, line) = agent.start_command(&cfg.command)?;
+        let (pid, release, line) = agent.start_command(&cfg.command, &cfg.command_user)?;
         attached_lines.push(line);
         drop(release); // the child proceeds to exec
         agent.command = Some((pid, false));
         child = Some((pid, Box::pin(wait_child(pid))));
     }
+    privileges::drop_after_attach(privileges::Later {
+        servers_or_host: agent.host.is_some()
+            || !agent.server.servers.is_empty()
+            || !agent.engine_servers.is_empty(),
+        signals_to_other_user: child.is_some() && cfg.command_user.other_than_agent(),
+    })?;
     // Ready before the line: whoever reads it finds /healthz answering 200.
     if let Some(h) = &cfg.health {
         h.set_ready();

@@ -22,7 +22,7 @@ use object::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
-    #[error("{path}: {error}")]
+    #[error("{path}: {error}{}", super::privileges::denied_hint(.error, true))]
     Read { path: String, error: io::Error },
     #[error("{path}: not a readable ELF file: {error}")]
     Elf { path: String, error: object::Error },

@@ -9,7 +9,7 @@ use object::{Object, ObjectSegment};
 pub enum ProcessError {
     #[error("no process with PID {0}")]
     NoSuchProcess(u32),
-    #[error("cannot read /proc/{pid}/maps: {error} (dbtel-agent must run as root)")]
+    #[error("cannot read /proc/{pid}/maps: {error}{}", super::privileges::denied_hint(.error, true))]
     Maps { pid: u32, error: io::Error },
 }
 

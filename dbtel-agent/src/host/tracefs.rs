@@ -13,9 +13,12 @@ use std::{
 const MOUNTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
 #[derive(Debug, thiserror::Error)]
-#[error("tracefs is not mounted and the agent could not mount it at {}: {error}; mount it first: `mount -t tracefs tracefs /sys/kernel/tracing`", MOUNTS[0])]
-pub struct TracefsError {
-    error: io::Error,
+pub enum TracefsError {
+    #[error("tracefs is not mounted and the agent could not mount it at {}: {error}; mount it first: `mount -t tracefs tracefs /sys/kernel/tracing`", MOUNTS[0])]
+    Mount { error: io::Error },
+    /// Mounted, but its root (mode 0700) is closed to a non-root agent.
+    #[error("cannot read tracefs at {}: {error}{}", MOUNTS[0], super::privileges::denied_hint(.error, false))]
+    Unreadable { error: io::Error },
 }
 
 /// Where tracefs is mounted, mounting it at /sys/kernel/tracing if it is nowhere.
@@ -23,9 +26,14 @@ pub fn ensure() -> Result<PathBuf, TracefsError> {
     if let Some(p) = mounted() {
         return Ok(p);
     }
-    mount(Path::new(MOUNTS[0])).map_err(|error| TracefsError { error })?;
+    if let Err(error) = std::fs::read_dir(MOUNTS[0]) {
+        if error.kind() == io::ErrorKind::PermissionDenied {
+            return Err(TracefsError::Unreadable { error });
+        }
+    }
+    mount(Path::new(MOUNTS[0])).map_err(|error| TracefsError::Mount { error })?;
     log::info!("mounted tracefs at {} (it was not mounted)", MOUNTS[0]);
-    mounted().ok_or_else(|| TracefsError {
+    mounted().ok_or_else(|| TracefsError::Mount {
         error: io::Error::other("mounted, yet still empty"),
     })
 }
@@ -65,7 +73,7 @@ mod tests {
 
     #[test]
     fn error_says_what_to_do_in_one_line() {
-        let e = TracefsError {
+        let e = TracefsError::Mount {
             error: io::Error::from_raw_os_error(libc::EPERM),
         };
         let m = e.to_string();

@@ -11,7 +11,10 @@ use crate::{
     pipeline::sql::Text,
     postgres::{
         libpq::discover::{self, LibpqTarget},
-        server::side::CatalogSettings,
+        server::{
+            side::CatalogSettings,
+            target::{self, ServerTarget},
+        },
     },
 };
 
@@ -80,6 +83,31 @@ pub(super) fn claim(
         }
     }
     Ok(None)
+}
+
+/// The `--pid` targets: client libraries found, servers, and a refusal for
+/// each other one (saying why: no such process, a missing capability, ...).
+pub(super) fn inspect_pids(
+    engines: &[Box<dyn Engine>],
+    pids: &[u32],
+) -> (Vec<Found>, Vec<ServerTarget>, Vec<anyhow::Error>) {
+    let (mut targets, mut servers, mut refused) = (Vec::new(), Vec::new(), Vec::new());
+    for &pid in pids {
+        if let Err(e) = crate::host::privileges::check_process(pid) {
+            refused.push(anyhow::Error::msg(e));
+            continue;
+        }
+        match target::inspect(pid) {
+            Ok(Some(t)) => servers.push(t),
+            // Unreadable: find_clients says why (no such process, permissions).
+            Ok(None) | Err(target::ServerError::Read { .. }) => match find_clients(engines, pid) {
+                Ok(t) => targets.extend(t),
+                Err(e) => refused.push(e),
+            },
+            Err(e) => refused.push(e.into()),
+        }
+    }
+    (targets, servers, refused)
 }
 
 /// Every client library `pid` maps; an error if there is none.

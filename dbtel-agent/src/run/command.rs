@@ -9,7 +9,7 @@ use std::{
 use anyhow::{bail, Context};
 
 use super::Agent;
-use crate::{export::ProcessMeta, postgres::libpq::discover};
+use crate::{export::ProcessMeta, host::command_user::CommandUser, postgres::libpq::discover};
 
 pub(super) fn program_name(program: &str) -> String {
     Path::new(program)
@@ -25,13 +25,20 @@ impl Agent {
     pub(super) fn start_command(
         &mut self,
         command: &[String],
+        user: &CommandUser,
     ) -> anyhow::Result<(u32, OwnedFd, String)> {
-        let (pid, release) = spawn_held(command)?;
+        let (pid, release) = spawn_held(command, user)?;
         // Still the agent's own fork until it execs: name it after the command.
         self.follow(ProcessMeta::of(pid, program_name(&command[0])));
         if self.host.is_none() {
             self.follow_command(pid);
         }
+        log::info!(
+            "{} runs as {} (uid {}) with no capability",
+            command[0],
+            user.name,
+            user.uid()
+        );
         let mut line = format!("pid {pid} ({})", command[0]);
         // Its program itself may have libpq linked in.
         let program = resolve_program(&command[0]);
@@ -90,7 +97,9 @@ pub(super) fn resolve_program(program: &str) -> Option<PathBuf> {
 /// side holds it stopped at a library load, the kernel sends it SIGCONT: its
 /// parent-death signal, kept across exec (called from the main thread, which
 /// lives as long as the agent: the signal follows the forking thread).
-pub(super) fn spawn_held(command: &[String]) -> anyhow::Result<(u32, OwnedFd)> {
+///
+/// Once let go, it takes `user`'s credentials (no capability) before exec.
+pub(super) fn spawn_held(command: &[String], user: &CommandUser) -> anyhow::Result<(u32, OwnedFd)> {
     use std::ffi::CString;
     let args: Vec<CString> = command
         .iter()
@@ -100,6 +109,14 @@ pub(super) fn spawn_held(command: &[String]) -> anyhow::Result<(u32, OwnedFd)> {
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let failed = CString::new(format!("dbtel-agent: cannot run {}\n", command[0])).expect("no NUL");
+    let as_user = CString::new(format!(
+        "dbtel-agent: cannot run {} as {}: ",
+        command[0], user.name
+    ))
+    .context("user name contains a NUL byte")?;
+    let env = user.environment();
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
     // SAFETY: getpid has no preconditions.
     let agent = unsafe { libc::getpid() };
     let mut fds = [0; 2];
@@ -110,7 +127,8 @@ pub(super) fn spawn_held(command: &[String]) -> anyhow::Result<(u32, OwnedFd)> {
     // SAFETY: pipe2 just returned these descriptors.
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     // SAFETY: between fork and exec the child only calls async-signal-safe
-    // functions (close, read, execvp, write, _exit) on memory prepared above.
+    // functions (close, read, prctl, set*id, capset, execvpe, write, _exit)
+    // on memory prepared above.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         bail!("fork: {}", std::io::Error::last_os_error());
@@ -124,7 +142,18 @@ pub(super) fn spawn_held(command: &[String]) -> anyhow::Result<(u32, OwnedFd)> {
             libc::close(wr.as_raw_fd());
             let mut b = 0u8;
             libc::read(rd.as_raw_fd(), (&mut b as *mut u8).cast(), 1);
-            libc::execvp(argv[0], argv.as_ptr());
+            if let Err(what) = user.apply_in_child() {
+                libc::write(2, as_user.as_ptr().cast(), as_user.as_bytes().len());
+                libc::write(2, what.as_ptr().cast(), what.to_bytes().len());
+                libc::write(2, c"\n".as_ptr().cast(), 1);
+                libc::_exit(126);
+            }
+            // Changing credentials cleared the parent-death signal.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGCONT as libc::c_ulong);
+            if libc::getppid() != agent {
+                libc::_exit(127);
+            }
+            libc::execvpe(argv[0], argv.as_ptr(), envp.as_ptr());
             libc::write(2, failed.as_ptr().cast(), failed.as_bytes().len());
             libc::_exit(127);
         }
@@ -260,7 +289,8 @@ mod tests {
         let Ok(script) = std::env::var("DBTEL_PDEATH_SCRIPT") else {
             return;
         };
-        let (pid, release) = spawn_held(&["sh".into(), "-c".into(), script]).unwrap();
+        let user = CommandUser::choose(None, None, None).unwrap();
+        let (pid, release) = spawn_held(&["sh".into(), "-c".into(), script], &user).unwrap();
         drop(release);
         while !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") T"))
         {

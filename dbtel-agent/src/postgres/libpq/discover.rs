@@ -99,7 +99,7 @@ pub enum DiscoverError {
         path: String,
         missing: String,
     },
-    #[error("{path}: {error}")]
+    #[error("{path}: {error}{}", crate::host::privileges::denied_hint(.error, true))]
     Read { path: String, error: io::Error },
     #[error("{path}: not a readable ELF file: {error}")]
     Elf { path: String, error: object::Error },

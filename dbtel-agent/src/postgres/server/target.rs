@@ -18,7 +18,7 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {source}{}", crate::host::privileges::denied_hint(.source, .path.starts_with("/proc/")))]
     Read {
         path: String,
         source: std::io::Error,
