@@ -402,6 +402,12 @@ fn report(s: &Summary, e: &Exporter) {
         unmatched,
         s.incomplete,
     );
+    if s.evicted.iter().any(|&n| n > 0) {
+        let [conns, statements, queries] = s.evicted;
+        eprintln!(
+            "dbtel: bounds: {conns} client connections, {statements} prepared statements' texts and {queries} queries in flight forgotten to stay within them"
+        );
+    }
     if let Some(spool) = &e.spool {
         let (_, bytes) = spool.waiting();
         let ss = &spool.stats;

@@ -65,6 +65,8 @@ pub struct Summary {
     pub kernel: [u64; counter::COUNT as usize],
     pub unmatched_results: u64,
     pub incomplete: u64,
+    /// Client state forgotten for its bounds: connections, statements' texts, queries.
+    pub evicted: [u64; 3],
     /// Exit status of the command run with `--`, if any.
     pub command_status: Option<i32>,
     /// Server-side spans reconstructed.
@@ -664,5 +666,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     }
     agent.summary.unmatched_results = agent.recon.counters.unmatched_results;
     agent.summary.incomplete = agent.recon.counters.incomplete;
+    let c = &agent.recon.counters;
+    agent.summary.evicted = [c.evicted_connections, c.evicted_statements, c.evicted_queries];
     Ok((agent.summary, agent.exporter))
 }

@@ -229,6 +229,7 @@ fn a_collector_away_for_minutes_loses_nothing_with_a_spool_and_counts_every_loss
 
     for run in [&a, &b] {
         let rss = run.max_rss_mib();
+        eprintln!("{}\nmax rss {rss} MiB", run.summary());
         assert!(rss < RSS_BUDGET_MIB, "max rss {rss} MiB\n{}", run.stderr);
     }
 }

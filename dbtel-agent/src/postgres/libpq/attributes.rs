@@ -193,6 +193,7 @@ pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Describe
                 End::ConnectionClosed => "connection_closed",
                 End::ProcessExited => "process_exited",
                 End::Refused => "refused",
+                End::Evicted => "connection_evicted",
                 _ => "superseded",
             };
             error = Some(crate::pipeline::dbspan::cut_short(why, &mut a));

@@ -89,6 +89,8 @@ struct InFlight {
 #[derive(Default)]
 struct ConnState {
     info: Option<Arc<ConnInfo>>,
+    /// Its last call or result (which connections are least recently used).
+    last_ns: u64,
     /// Statement name → (text, truncated), learnt from prepare calls.
     prepared: crate::FastMap<String, (String, bool)>,
     queue: VecDeque<InFlight>,
@@ -140,6 +142,8 @@ pub struct Reconstructor {
     ids: IdGen,
     /// Server backend PID → connection, from the connection details.
     by_backend: crate::FastMap<i32, Key>,
+    /// Connections tracked per process (see reconstruct_bounds).
+    per_process: crate::FastMap<u32, usize>,
     pub counters: Counters,
 }
 
@@ -183,6 +187,7 @@ impl Reconstructor {
             txns: Tracker::new(),
             ids,
             by_backend: Default::default(),
+            per_process: Default::default(),
             counters: Counters::default(),
         }
     }
@@ -264,7 +269,9 @@ impl Reconstructor {
                 port,
             } => {
                 let key = (at.pid, at.conn);
+                let new = !self.conns.contains_key(&key);
                 let conn = self.conns.entry(key).or_default();
+                conn.last_ns = at.ts_ns;
                 if let Some(old) = conn.info.as_ref().map(|i| i.backend_pid) {
                     if self.by_backend.get(&old) == Some(&key) {
                         self.by_backend.remove(&old);
@@ -280,10 +287,14 @@ impl Reconstructor {
                 if backend_pid > 0 {
                     self.by_backend.insert(backend_pid, key);
                 }
+                if new {
+                    self.conn_created(key, out, at.ts_ns);
+                }
             }
             Event::Finish { at } => {
                 let key = (at.pid, at.conn);
                 if let Some(c) = self.conns.remove(&key) {
+                    self.conn_dropped(key);
                     self.conn_gone(key, c, at.ts_ns, End::ConnectionClosed, out);
                 }
             }
@@ -300,7 +311,12 @@ impl Reconstructor {
         truncated: bool,
         out: &mut Vec<ClientSpan>,
     ) {
-        let mut conn = self.conns.remove(&(at.pid, at.conn)).unwrap_or_default();
+        let key = (at.pid, at.conn);
+        let (mut conn, new) = match self.conns.remove(&key) {
+            Some(c) => (c, false),
+            None => (ConnState::default(), true),
+        };
+        conn.last_ns = at.ts_ns;
         let sync = is_sync(f);
         if conn.pipeline {
             // Queued behind the queries in flight, which it does not
@@ -311,8 +327,8 @@ impl Reconstructor {
                 conn.sent -= 1;
                 self.cut((at.pid, at.conn), q, at.ts_ns, End::Refused, out);
             }
-            self.conns.insert((at.pid, at.conn), conn);
-            return;
+            self.bound_queue(key, &mut conn, at.ts_ns, out);
+            return self.put_back(key, conn, new, at.ts_ns, out);
         }
         // The send a PQexec-style call makes inside libpq: same thread, not yet sent.
         if let Some(outer) = conn.queue.iter_mut().find(|q| {
@@ -320,8 +336,7 @@ impl Reconstructor {
         }) {
             outer.sent = true;
             outer.discarding = false;
-            self.conns.insert((at.pid, at.conn), conn);
-            return;
+            return self.put_back(key, conn, new, at.ts_ns, out);
         }
         // Results PQexec will drain before sending: an unread query's, or the
         // rest of a multi-statement text's.
@@ -340,7 +355,16 @@ impl Reconstructor {
             self.close_all((at.pid, at.conn), &mut conn, at.ts_ns, End::Superseded, out);
         }
         self.open_query(at, f, text, name, truncated, discarding, &mut conn);
-        self.conns.insert((at.pid, at.conn), conn);
+        self.bound_queue(key, &mut conn, at.ts_ns, out);
+        self.put_back(key, conn, new, at.ts_ns, out);
+    }
+
+    /// A connection taken out for a call goes back (counted if new).
+    fn put_back(&mut self, key: Key, conn: ConnState, new: bool, ts: u64, out: &mut Vec<ClientSpan>) {
+        self.conns.insert(key, conn);
+        if new {
+            self.conn_created(key, out, ts);
+        }
     }
 
     /// Queues the query a call sends (or, for PQexec & co., is about to).
@@ -361,7 +385,12 @@ impl Reconstructor {
         match f {
             func::PQPREPARE | func::PQSEND_PREPARE => {
                 if let Some(t) = &text {
-                    conn.prepared.insert(name.clone(), (t.clone(), truncated));
+                    Self::remember_prepared(
+                        &mut self.counters,
+                        conn,
+                        name.clone(),
+                        (t.clone(), truncated),
+                    );
                 }
                 statement_name = Some(name);
             }
@@ -377,7 +406,12 @@ impl Reconstructor {
                 use crate::pipeline::sql::prepared::{action, Action};
                 match text.as_deref().and_then(action) {
                     Some(Action::Prepare(n, body)) => {
-                        conn.prepared.insert(n, (body.to_string(), truncated));
+                        Self::remember_prepared(
+                            &mut self.counters,
+                            conn,
+                            n,
+                            (body.to_string(), truncated),
+                        );
                     }
                     Some(Action::Execute(n)) => {
                         if let Some((body, tr)) = conn.prepared.get(&n) {
@@ -460,6 +494,7 @@ impl Reconstructor {
         let key = (at.pid, at.conn);
         let mut conn = self.conns.get_mut(&key);
         if let Some(c) = conn.as_deref_mut() {
+            c.last_ns = at.ts_ns;
             c.fast |= !nulls;
             // Only a pipeline has these: the agent attached inside one.
             c.pipeline |= matches!(status, PGRES_PIPELINE_SYNC | PGRES_PIPELINE_ABORTED);
@@ -632,6 +667,7 @@ impl Reconstructor {
             .collect();
         for k in keys {
             let c = self.conns.remove(&k).expect("key listed");
+            self.conn_dropped(k);
             self.conn_gone(k, c, ts_ns, End::ProcessExited, out);
         }
         let mut txns = Vec::new();
@@ -674,6 +710,8 @@ fn push_txns(txns: Vec<TxnSpan>, info: &Option<Arc<ConnInfo>>, out: &mut Vec<Cli
     }
 }
 
+#[path = "reconstruct_bounds.rs"]
+mod bounds;
 #[path = "reconstruct_pipeline.rs"]
 mod pipeline;
 

@@ -81,6 +81,7 @@ impl Reconstructor {
         match f {
             func::PQENTER_PIPELINE_MODE | func::PQEXIT_PIPELINE_MODE if ret == Some(1) => {
                 let entering = f == func::PQENTER_PIPELINE_MODE;
+                let new = !self.conns.contains_key(&key);
                 let mut conn = self.conns.remove(&key).unwrap_or_default();
                 if conn.pipeline != entering {
                     // libpq enters only an idle connection, and leaves only
@@ -93,6 +94,9 @@ impl Reconstructor {
                     conn.server_waiting = None;
                 }
                 self.conns.insert(key, conn);
+                if new {
+                    self.conn_created(key, out, at.ts_ns);
+                }
             }
             func::PQPIPELINE_SYNC | func::PQSEND_PIPELINE_SYNC => {
                 if let Some(conn) = self.conns.get_mut(&key).filter(|c| c.pipeline) {

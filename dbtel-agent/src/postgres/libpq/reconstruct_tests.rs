@@ -309,7 +309,8 @@ fn finish_exit_and_failed_sends_close_spans_and_count_them() {
         r.counters,
         Counters {
             unmatched_results: 1,
-            incomplete: 3
+            incomplete: 3,
+            ..Default::default()
         }
     );
     assert_eq!(r.in_flight(), 0);
@@ -701,4 +702,57 @@ fn pqexec_on_a_null_connection_in_a_loop_keeps_nothing() {
     }
     let (spans, r) = s.run();
     assert_eq!((spans.len(), r.in_flight()), (999, 1));
+}
+
+#[test]
+fn a_program_leaking_connections_is_held_to_the_bound() {
+    use bounds::CONNECTIONS_PER_PROCESS;
+    let mut s = Script::new();
+    // The first connection keeps a query in flight; the rest answer theirs.
+    s.call(1, 1, func::PQSEND_QUERY, Some("select pg_sleep(9)"), None);
+    let n = CONNECTIONS_PER_PROCESS as u64 + 2_000;
+    for c in 2..=n {
+        s.call(1, c, func::PQEXEC, Some("select 1"), None)
+            .res(1, c, PGRES_TUPLES_OK, 1, "SELECT 1")
+            .null(1, c);
+    }
+    let (spans, r) = s.run_all();
+    let held = r.conns.len();
+    assert!(held <= CONNECTIONS_PER_PROCESS, "{held}");
+    assert_eq!(
+        r.counters.evicted_connections as usize,
+        n as usize - held,
+        "every connection forgotten is counted"
+    );
+    // Idle ones went first: the one with a query in flight is still there.
+    assert!(r.conns.contains_key(&(7, 1)));
+    let qs = queries(spans);
+    assert!(qs.iter().all(|q| q.end != End::Evicted), "idle ones had nothing in flight");
+    assert_eq!(r.per_process.get(&7).copied(), Some(held));
+}
+
+#[test]
+fn prepared_statements_and_queries_in_flight_are_bounded() {
+    use bounds::{PREPARED_PER_CONNECTION, QUEUE_PER_CONNECTION};
+    let mut s = Script::new();
+    for i in 0..PREPARED_PER_CONNECTION + 100 {
+        let name = format!("s{i}");
+        s.call(1, C1, func::PQPREPARE, Some("select $1"), Some(&name))
+            .res(1, C1, PGRES_COMMAND_OK, 0, "")
+            .null(1, C1);
+    }
+    s.pipe(C2, func::PQENTER_PIPELINE_MODE, Some(1));
+    for _ in 0..QUEUE_PER_CONNECTION + 10 {
+        s.call(1, C2, func::PQSEND_QUERY_PARAMS, Some("select 2"), None);
+    }
+    let (spans, r) = s.run_all();
+    assert_eq!(r.conns[&(7, C1)].prepared.len(), PREPARED_PER_CONNECTION);
+    assert_eq!(r.counters.evicted_statements, 100);
+    assert_eq!(r.conns[&(7, C2)].queue.len(), QUEUE_PER_CONNECTION);
+    assert_eq!(r.counters.evicted_queries, 10);
+    let cut = queries(spans)
+        .into_iter()
+        .filter(|q| q.end == End::Evicted)
+        .count();
+    assert_eq!(cut, 10);
 }

@@ -43,6 +43,9 @@ pub enum End {
     /// libpq refused the call without sending anything: a synchronous call
     /// (PQexec & co.) in pipeline mode.
     Refused,
+    /// Forgotten for a bound (see reconstruct_bounds): too many connections
+    /// or queries in flight.
+    Evicted,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -108,4 +111,8 @@ pub struct Counters {
     pub unmatched_results: u64,
     /// Queries closed without their final result (see [`End`]).
     pub incomplete: u64,
+    /// Forgotten for a bound: connections, prepared statements' texts, queries in flight.
+    pub evicted_connections: u64,
+    pub evicted_statements: u64,
+    pub evicted_queries: u64,
 }
