@@ -4,6 +4,8 @@ Usage: hostile.py maps DIR        maps /dev/zero and a 1 GiB sparse file (in DIR
                                   executable, for 3 s
        hostile.py flood SECONDS   PQexec(NULL, 4 KB text) in a loop: nothing is
                                   sent, libpq returns at once
+       hostile.py conns N         N connection handles (to no server), never
+                                  closed, a PQexec on each
 Prints its PID first, the number of calls for a flood, then `done`.
 """
 
@@ -35,4 +37,15 @@ elif mode == "flood":
         pq.PQexec(None, text)
         n += 1
     print("calls", n, flush=True)
+elif mode == "conns":
+    pq = ctypes.CDLL("libpq.so.5")
+    pq.PQconnectStart.restype = ctypes.c_void_p
+    pq.PQconnectStart.argtypes = [ctypes.c_char_p]
+    pq.PQexec.restype = ctypes.c_void_p
+    pq.PQexec.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    leaked = []
+    for i in range(int(sys.argv[2])):
+        c = pq.PQconnectStart(b"host=/nonexistent dbname=none connect_timeout=1")
+        leaked.append(c)
+        pq.PQexec(c, b"select 1")
 print("done", flush=True)

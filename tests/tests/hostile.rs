@@ -92,3 +92,37 @@ fn a_flood_of_calls_degrades_into_counted_drops_not_memory() {
     let warnings = run.stderr.matches("ring buffer full: ").count();
     assert!(warnings <= 3, "rate-limited: {warnings} lines in 8 s");
 }
+
+/// A program that leaks 20,000 connection handles (never PQfinish), each
+/// used once: the agent keeps at most its bound of them, counts the rest as
+/// forgotten, and stays within its memory budget.
+#[test]
+fn leaked_connection_handles_are_held_to_the_bound() {
+    require_root();
+    let program = program();
+    let run = run_agent(
+        &["--exporter", "none", "--", "python3", &program, "conns", "20000"],
+        b"",
+        Duration::from_secs(120),
+    );
+    assert!(run.status.success(), "{run:?}");
+    assert!(run.stdout.contains("done"), "{}", run.stdout);
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("dbtel: bounds: "))
+        .unwrap_or_else(|| panic!("{}", run.stderr));
+    let evicted: u64 = line["dbtel: bounds: ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // 4,096 per process; a quarter goes at once past it.
+    assert!(
+        (20_000 - 4_096..=20_000 - 3_072).contains(&evicted),
+        "{line}"
+    );
+    let rss = run.max_rss_mib();
+    assert!(rss < RSS_BUDGET_MIB, "max rss {rss} MiB\n{}", run.stderr);
+}
