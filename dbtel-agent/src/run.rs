@@ -667,6 +667,10 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     agent.summary.unmatched_results = agent.recon.counters.unmatched_results;
     agent.summary.incomplete = agent.recon.counters.incomplete;
     let c = &agent.recon.counters;
-    agent.summary.evicted = [c.evicted_connections, c.evicted_statements, c.evicted_queries];
+    agent.summary.evicted = [
+        c.evicted_connections,
+        c.evicted_statements,
+        c.evicted_queries,
+    ];
     Ok((agent.summary, agent.exporter))
 }

@@ -101,7 +101,15 @@ fn leaked_connection_handles_are_held_to_the_bound() {
     require_root();
     let program = program();
     let run = run_agent(
-        &["--exporter", "none", "--", "python3", &program, "conns", "20000"],
+        &[
+            "--exporter",
+            "none",
+            "--",
+            "python3",
+            &program,
+            "conns",
+            "20000",
+        ],
         b"",
         Duration::from_secs(120),
     );

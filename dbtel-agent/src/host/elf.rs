@@ -43,49 +43,134 @@ fn open_elf(host_path: &Path) -> io::Result<(fs::File, u64)> {
     Ok((f, meta.len()))
 }
 
-/// The whole file, if it is a regular ELF file within [`MAX_ELF_BYTES`]
-/// (reads at most its size as it was when opened).
-pub fn read_bounded(host_path: &Path) -> io::Result<Vec<u8>> {
-    let (mut f, len) = open_elf(host_path)?;
-    let mut data = Vec::with_capacity(len as usize);
-    data.extend_from_slice(b"\x7fELF");
-    // Read into the spare capacity (no zeroing first: on an exec the agent
-    // races the new server's first fork), never past the size it had.
-    (&mut f).take(len - 4).read_to_end(&mut data)?;
-    Ok(data)
+/// Bytes read from one file at most: more code and data than any client
+/// library or server dbtel traces (mariadbd loads ~25 MiB), so that no file a
+/// traced program maps can make the agent hold more.
+pub const MAX_READ_BYTES: u64 = 64 << 20;
+
+/// A file's bytes where they are in the file, only the parts read: the rest
+/// are zero pages of an anonymous mapping, never touched, so never resident
+/// (a Vec would be zeroed first: 10 MiB of memset delayed the agent enough
+/// to miss an exec'd server's first fork).
+pub struct Sparse {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+    read: u64,
 }
 
-/// The file as a buffer of its size holding only its ELF header, program and
-/// section headers, symbol and string tables; zeros elsewhere (pages never
-/// written, so never really allocated).
-pub fn symbol_tables_only(host_path: &Path) -> Option<Vec<u8>> {
-    sections_only(host_path, &[SHT_SYMTAB, SHT_DYNSYM, SHT_STRTAB])
+// SAFETY: the mapping is owned by the value and only reached through it.
+unsafe impl Send for Sparse {}
+unsafe impl Sync for Sparse {}
+
+impl Sparse {
+    fn zeroed(len: u64) -> io::Result<Self> {
+        let len = usize::try_from(len).map_err(|_| io::Error::other("too large"))?;
+        // SAFETY: a new private anonymous mapping, owned by the returned value.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len.max(1),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Sparse {
+            ptr: std::ptr::NonNull::new(p.cast()).expect("mmap gave a mapping"),
+            len,
+            read: 0,
+        })
+    }
+
+    /// Copies `len` bytes of `f` at `at` into place (within the file's size
+    /// and [`MAX_READ_BYTES`] in all).
+    fn fill(&mut self, f: &fs::File, at: u64, len: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let end = at
+            .checked_add(len)
+            .filter(|&e| e <= self.len as u64)
+            .ok_or_else(|| bad("a range past the end of the file"))?;
+        self.read += len;
+        if self.read > MAX_READ_BYTES {
+            return Err(bad(&format!(
+                "more than the {} MiB dbtel reads of a file",
+                MAX_READ_BYTES >> 20
+            )));
+        }
+        // SAFETY: the range is within the mapping (checked above), which we own.
+        let buf = unsafe {
+            std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(at as usize), (end - at) as usize)
+        };
+        f.read_exact_at(buf, at)
+    }
 }
 
-/// As [`symbol_tables_only`], notes too (USDT probes).
-pub fn symbols_and_notes(host_path: &Path) -> Option<Vec<u8>> {
-    sections_only(host_path, &[SHT_SYMTAB, SHT_DYNSYM, SHT_STRTAB, SHT_NOTE])
+impl std::fmt::Debug for Sparse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sparse({} bytes, {} read)", self.len, self.read)
+    }
 }
 
-fn sections_only(host_path: &Path, kinds: &[u32]) -> Option<Vec<u8>> {
+impl std::ops::Deref for Sparse {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `len` bytes mapped readable for the value's life.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Sparse {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `zeroed`, unmapped once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len.max(1)) };
+    }
+}
+
+fn bad(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why.to_string())
+}
+
+/// What the agent reads of an ELF file to decode code and find symbols: its
+/// headers, every loaded segment (code and data), the symbol and string
+/// tables and notes; not debug information. A regular ELF file within
+/// [`MAX_ELF_BYTES`], at most [`MAX_READ_BYTES`] read.
+pub fn read_bounded(host_path: &Path) -> io::Result<Sparse> {
+    read_parts(
+        host_path,
+        true,
+        &[SHT_SYMTAB, SHT_DYNSYM, SHT_STRTAB, SHT_NOTE],
+    )
+}
+
+/// Headers, symbol and string tables only (which file is which).
+pub fn symbol_tables_only(host_path: &Path) -> Option<Sparse> {
+    read_parts(host_path, false, &[SHT_SYMTAB, SHT_DYNSYM, SHT_STRTAB]).ok()
+}
+
+/// As [`symbol_tables_only`], notes too (USDT probes), or why not.
+pub fn symbols_and_notes(host_path: &Path) -> io::Result<Sparse> {
+    read_parts(
+        host_path,
+        false,
+        &[SHT_SYMTAB, SHT_DYNSYM, SHT_STRTAB, SHT_NOTE],
+    )
+}
+
+fn read_parts(host_path: &Path, segments: bool, kinds: &[u32]) -> io::Result<Sparse> {
     use object::{
-        elf::FileHeader64,
-        read::elf::{FileHeader, SectionHeader},
+        elf::{FileHeader64, PT_LOAD},
+        read::elf::{FileHeader, ProgramHeader, SectionHeader},
         Endianness,
     };
-    use std::os::unix::fs::FileExt;
-    let (f, len) = open_elf(host_path).ok()?;
-    let mut data = vec![0u8; usize::try_from(len).ok()?];
-    let fill = |data: &mut [u8], at: u64, len: u64| -> Option<()> {
-        let range = usize::try_from(at).ok()?..usize::try_from(at.checked_add(len)?).ok()?;
-        f.read_exact_at(data.get_mut(range)?, at).ok()
-    };
-    fill(&mut data, 0, size_of::<FileHeader64<Endianness>>() as u64)?;
-    let hdr = *FileHeader64::<Endianness>::parse(&*data).ok()?;
-    let e = hdr.endian().ok()?;
-    if hdr.e_shnum.get(e) == 0 {
-        return None; // none, or more than fit the field: read the whole file
-    }
+    let (f, len) = open_elf(host_path)?;
+    let mut data = Sparse::zeroed(len)?;
+    data.fill(&f, 0, size_of::<FileHeader64<Endianness>>() as u64)?;
+    let hdr = *FileHeader64::<Endianness>::parse(&*data).map_err(|e| bad(&e.to_string()))?;
+    let e = hdr.endian().map_err(|e| bad(&e.to_string()))?;
     let (phoff, phlen) = (
         hdr.e_phoff.get(e),
         u64::from(hdr.e_phnum.get(e)) * u64::from(hdr.e_phentsize.get(e)),
@@ -94,19 +179,41 @@ fn sections_only(host_path: &Path, kinds: &[u32]) -> Option<Vec<u8>> {
         hdr.e_shoff.get(e),
         u64::from(hdr.e_shnum.get(e)) * u64::from(hdr.e_shentsize.get(e)),
     );
-    fill(&mut data, phoff, phlen)?;
-    fill(&mut data, shoff, shlen)?;
-    let tables: Vec<(u64, u64)> = hdr
-        .section_headers(e, &*data)
-        .ok()?
-        .iter()
-        .filter(|s| kinds.contains(&s.sh_type(e)))
-        .map(|s| (s.sh_offset(e), s.sh_size(e)))
-        .collect();
-    for (at, len) in tables {
-        fill(&mut data, at, len)?;
+    data.fill(&f, phoff, phlen)?;
+    data.fill(&f, shoff, shlen)?;
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    if segments {
+        let phdrs = hdr
+            .program_headers(e, &*data)
+            .map_err(|e| bad(&e.to_string()))?;
+        ranges.extend(
+            phdrs
+                .iter()
+                .filter(|p| p.p_type(e) == PT_LOAD)
+                .map(|p| (p.p_offset(e).into(), p.p_filesz(e).into())),
+        );
     }
-    Some(data)
+    let shdrs = hdr
+        .section_headers(e, &*data)
+        .map_err(|e| bad(&e.to_string()))?;
+    ranges.extend(
+        shdrs
+            .iter()
+            .filter(|s| kinds.contains(&s.sh_type(e)))
+            .map(|s| (s.sh_offset(e), s.sh_size(e))),
+    );
+    // Sections inside loaded segments are read once.
+    ranges.sort_unstable();
+    let mut at = 0u64;
+    for (start, size) in ranges {
+        let end = start.saturating_add(size);
+        let from = start.max(at);
+        if end > from {
+            data.fill(&f, from, end - from)?;
+            at = end;
+        }
+    }
+    Ok(data)
 }
 
 #[cfg(test)]
@@ -138,6 +245,29 @@ mod tests {
             fs::metadata(me).unwrap().len()
         );
         assert!(symbol_tables_only(me).is_some());
+    }
+
+    /// A file that claims a huge loaded segment is refused past the bound;
+    /// a server's notes are read without its code.
+    #[test]
+    fn only_the_parts_needed_are_read() {
+        let pg = Path::new("/usr/lib/postgresql/15/bin/postgres");
+        let len = fs::metadata(pg).unwrap().len();
+        let notes = symbols_and_notes(pg).unwrap();
+        assert_eq!(notes.len() as u64, len);
+        assert!(notes.read < len / 2, "{notes:?}");
+        let loaded = read_bounded(pg).unwrap();
+        assert!(loaded.read > notes.read, "{loaded:?}");
+        // A 100 MiB "library" whose one segment covers it all.
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("libpq.so.5");
+        let mut elf = fs::read("/usr/bin/ls").unwrap();
+        elf.resize(100 << 20, 0);
+        fs::write(&big, &elf).unwrap();
+        let mut sparse = Sparse::zeroed(200 << 20).unwrap();
+        let f = fs::File::open(&big).unwrap();
+        let err = sparse.fill(&f, 0, 100 << 20).unwrap_err();
+        assert!(err.to_string().contains("64 MiB"), "{err}");
     }
 }
 

@@ -360,7 +360,14 @@ impl Reconstructor {
     }
 
     /// A connection taken out for a call goes back (counted if new).
-    fn put_back(&mut self, key: Key, conn: ConnState, new: bool, ts: u64, out: &mut Vec<ClientSpan>) {
+    fn put_back(
+        &mut self,
+        key: Key,
+        conn: ConnState,
+        new: bool,
+        ts: u64,
+        out: &mut Vec<ClientSpan>,
+    ) {
         self.conns.insert(key, conn);
         if new {
             self.conn_created(key, out, ts);

@@ -64,7 +64,13 @@ impl Reconstructor {
     }
 
     /// Past the queue's bound, the oldest query in flight is cut.
-    pub(super) fn bound_queue(&mut self, key: Key, conn: &mut ConnState, ts: u64, out: &mut Vec<ClientSpan>) {
+    pub(super) fn bound_queue(
+        &mut self,
+        key: Key,
+        conn: &mut ConnState,
+        ts: u64,
+        out: &mut Vec<ClientSpan>,
+    ) {
         while conn.queue.len() > QUEUE_PER_CONNECTION {
             let q = conn.queue.pop_front().expect("non-empty");
             self.counters.evicted_queries += 1;

@@ -727,7 +727,10 @@ fn a_program_leaking_connections_is_held_to_the_bound() {
     // Idle ones went first: the one with a query in flight is still there.
     assert!(r.conns.contains_key(&(7, 1)));
     let qs = queries(spans);
-    assert!(qs.iter().all(|q| q.end != End::Evicted), "idle ones had nothing in flight");
+    assert!(
+        qs.iter().all(|q| q.end != End::Evicted),
+        "idle ones had nothing in flight"
+    );
     assert_eq!(r.per_process.get(&7).copied(), Some(held));
 }
 

@@ -228,13 +228,13 @@ pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
         })?;
     let host_path = PathBuf::from(format!("/proc/{pid}/root{exe}"));
     let path = host_path.to_string_lossy().into_owned();
-    // Read whole (within bounds): judging it from its notes first doubled
-    // the work on every exec, and an exec'd postmaster must be traced before
-    // its first backend forks.
-    let data = crate::host::elf::read_bounded(&host_path).map_err(|source| ServerError::Read {
-        path: path.clone(),
-        source,
-    })?;
+    // Its headers, notes and symbol tables are all it takes (probe sites are
+    // addresses): a few MiB of a server, read once per file and process exec.
+    let data =
+        crate::host::elf::symbols_and_notes(&host_path).map_err(|source| ServerError::Read {
+            path: path.clone(),
+            source,
+        })?;
     let probes = match usdt::probes(&data) {
         Ok(p) => p,
         Err(UsdtError::Elf(_)) => return Ok(None),
