@@ -120,6 +120,18 @@ impl Agent {
     /// Reads the ring buffer (at most DRAIN_MAX records); returns whether it
     /// stopped before the end.
     fn drain(&mut self) -> bool {
+        self.drain_n(DRAIN_MAX)
+    }
+
+    /// Reads what is in the ring buffer for at most 50 ms (a 256-record step
+    /// at a time): before forgetting a process, its last records are likely
+    /// read, and a flood from another cannot stall the loop.
+    fn drain_briefly(&mut self) {
+        let t = std::time::Instant::now();
+        while self.drain_n(256) && t.elapsed() < Duration::from_millis(50) {}
+    }
+
+    fn drain_n(&mut self, max: u32) -> bool {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut read = 0u32;
         let more = loop {
@@ -127,7 +139,7 @@ impl Agent {
             if read.is_multiple_of(FLUSH_EVERY) {
                 self.flush_spans();
             }
-            if read > DRAIN_MAX {
+            if read > max {
                 break true;
             }
             let record = {
@@ -170,8 +182,8 @@ impl Agent {
                 Ok(Record::Exec(e)) => {
                     // The old program's queries end here, before the new one's
                     // first event (next in the buffer) has it chosen anew.
-                    self.ended(e.at.pid, e.at.ts_ns);
                     if self.host.is_some() {
+                        self.ended(e.at.pid, e.at.ts_ns);
                         self.on_exec(&e);
                     } else {
                         self.on_followed_exec(&e);
@@ -336,7 +348,7 @@ impl Agent {
     }
 
     fn process_gone(&mut self, pid: u32) {
-        self.drain_all();
+        self.drain_briefly();
         let now = Clock::monotonic_now_ns();
         self.recon.process_exited(pid, now, &mut self.spans);
         for e in &mut self.engines {
@@ -369,7 +381,7 @@ impl Agent {
         self.server.warn_idle_in_transaction();
         // Drained first: an exit record still in the ring buffer is not lost
         // (nor are the last events of a server found gone below).
-        self.drain_all();
+        self.drain_briefly();
         self.server.sweep_dead(Clock::monotonic_now_ns());
         for pid in self.server.own_backends_on_host() {
             self.probes.untrace_backend(pid);

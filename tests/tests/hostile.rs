@@ -86,8 +86,12 @@ fn a_flood_of_calls_degrades_into_counted_drops_not_memory() {
         "{spans} + {lost} vs {calls} calls: {summary}"
     );
     // Said while it happened (before the program's exit), not only at the end.
+    let pid = run.stdout.lines().next().expect("its PID");
     let warned = run.stderr.find("ring buffer full: ").expect("a warning");
-    let exited = run.stderr.find("exited").unwrap_or(usize::MAX);
+    let exited = run
+        .stderr
+        .find(&format!("process {pid} exited"))
+        .unwrap_or(usize::MAX);
     assert!(warned < exited, "{}", run.stderr);
     let warnings = run.stderr.matches("ring buffer full: ").count();
     assert!(warnings <= 3, "rate-limited: {warnings} lines in 8 s");

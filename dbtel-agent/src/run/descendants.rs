@@ -27,8 +27,20 @@ impl Agent {
         let _go = e.held.then(|| Continue(pid));
         if self.followed.insert(pid) {
             log::info!("process {pid}, started by the command, runs {}", e.path);
+        } else {
+            log::debug!("process {pid} runs {}", e.path);
         }
-        if !self.live.contains_key(&pid) {
+        if self.live.contains_key(&pid) {
+            // The old program's queries end here; its probes go with it.
+            let ts = e.at.ts_ns;
+            self.recon.process_exited(pid, ts, &mut self.spans);
+            for eng in &mut self.engines {
+                eng.forget(pid, ts, &mut self.engine_spans);
+            }
+            self.flush_spans();
+            self.probes.detach_pid(pid);
+            self.inspected.retain(|(p, _)| *p != pid);
+        } else {
             self.follow(ProcessMeta::of(pid, program_name(&e.path)));
         }
         self.rescan(pid);
