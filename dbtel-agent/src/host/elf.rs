@@ -68,17 +68,41 @@ pub fn symbols_and_notes(host_path: &Path) -> Option<Vec<u8>> {
 }
 
 fn sections_only(host_path: &Path, kinds: &[u32]) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let (f, len) = open_elf(host_path).ok()?;
+    sections_from(len, kinds, &|buf, at| f.read_exact_at(buf, at).ok())
+}
+
+/// As [`symbols_and_notes`], of a file already in memory (fuzzing; tests).
+pub fn symbols_and_notes_of(image: &[u8]) -> Option<Vec<u8>> {
+    let read = |buf: &mut [u8], at: u64| {
+        let at = usize::try_from(at).ok()?;
+        buf.copy_from_slice(image.get(at..at.checked_add(buf.len())?)?);
+        Some(())
+    };
+    sections_from(
+        image.len() as u64,
+        &[SHT_SYMTAB, SHT_DYNSYM, SHT_STRTAB, SHT_NOTE],
+        &read,
+    )
+}
+
+/// A buffer of `len` zeros with the headers and the sections of `kinds`
+/// filled in by `read(buf, file_offset)`.
+fn sections_from(
+    len: u64,
+    kinds: &[u32],
+    read: &dyn Fn(&mut [u8], u64) -> Option<()>,
+) -> Option<Vec<u8>> {
     use object::{
         elf::FileHeader64,
         read::elf::{FileHeader, SectionHeader},
         Endianness,
     };
-    use std::os::unix::fs::FileExt;
-    let (f, len) = open_elf(host_path).ok()?;
     let mut data = vec![0u8; usize::try_from(len).ok()?];
     let fill = |data: &mut [u8], at: u64, len: u64| -> Option<()> {
         let range = usize::try_from(at).ok()?..usize::try_from(at.checked_add(len)?).ok()?;
-        f.read_exact_at(data.get_mut(range)?, at).ok()
+        read(data.get_mut(range)?, at)
     };
     fill(&mut data, 0, size_of::<FileHeader64<Endianness>>() as u64)?;
     let hdr = *FileHeader64::<Endianness>::parse(&*data).ok()?;
