@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | demo | test`.
+//! Project tasks: `cargo xtask setup | demo | test | bench | fuzz`.
 //!
 //! setup installs, idempotently, everything a fresh machine lacks: Debian's
 //! LLVM 22 (for bpf-linker), PostgreSQL 15 and libpq headers, MariaDB 10.11
@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod fuzz;
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -60,13 +61,28 @@ enum Task {
         #[arg(long = "agent-arg", allow_hyphen_values = true)]
         agent_args: Vec<String>,
     },
-    /// Set up, then run the unit tests and the end-to-end tests (as root).
+    /// Set up, then run the unit tests, the end-to-end tests (as root) and the fuzz targets.
     Test {
+        /// Seconds each fuzz target runs (0: none).
+        #[arg(long, default_value_t = FUZZ_SECONDS)]
+        fuzz_seconds: u32,
         /// Extra arguments for the end-to-end test binaries (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run each fuzz target (fuzz/) for a bounded time from its seeds; fails on a crash.
+    Fuzz {
+        /// Seconds each target runs.
+        #[arg(long, default_value_t = FUZZ_SECONDS)]
+        seconds: u32,
+        /// Only this target (repeatable).
+        #[arg(long = "target")]
+        targets: Vec<String>,
+    },
 }
+
+/// Seconds per fuzz target by default: six targets and their build stay within a few minutes.
+const FUZZ_SECONDS: u32 = 20;
 
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
@@ -146,9 +162,17 @@ fn main() -> Result<()> {
                 agent_args,
             })
         }
-        Task::Test { args } => {
+        Task::Test { fuzz_seconds, args } => {
             setup()?;
-            test(&args)
+            test(&args)?;
+            if fuzz_seconds > 0 {
+                fuzz::fuzz(fuzz_seconds, &[])?;
+            }
+            Ok(())
+        }
+        Task::Fuzz { seconds, targets } => {
+            ebpf_toolchain()?;
+            fuzz::fuzz(seconds, &targets)
         }
     }
 }
@@ -215,6 +239,27 @@ fn setup() -> Result<()> {
             let _ = succeeds(Command::new("systemctl").args(["disable", "mariadb"]));
         }
     }
+    ebpf_toolchain()?;
+    if !succeeds(Command::new("python3").args(["-c", "import psycopg2"])) {
+        // From source, against the system's libpq (pg_config from libpq-dev).
+        run(Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                &format!("psycopg2=={PSYCOPG2}"),
+            ])
+            .env("PIP_ROOT_USER_ACTION", "ignore"))?;
+    }
+    drivers()?;
+    eprintln!("xtask: setup complete");
+    Ok(())
+}
+
+/// What building the eBPF object needs beyond apt's LLVM: nightly's
+/// rust-src (`-Z build-std=core`) and bpf-linker built against LLVM 22.
+fn ebpf_toolchain() -> Result<()> {
     if !output(Command::new("rustup").args([
         "component",
         "list",
@@ -251,20 +296,6 @@ fn setup() -> Result<()> {
             .env("LLVM_PREFIX", "/usr/lib/llvm-22")
             .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"))?;
     }
-    if !succeeds(Command::new("python3").args(["-c", "import psycopg2"])) {
-        // From source, against the system's libpq (pg_config from libpq-dev).
-        run(Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                &format!("psycopg2=={PSYCOPG2}"),
-            ])
-            .env("PIP_ROOT_USER_ACTION", "ignore"))?;
-    }
-    drivers()?;
-    eprintln!("xtask: setup complete");
     Ok(())
 }
 

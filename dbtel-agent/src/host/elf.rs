@@ -86,10 +86,9 @@ impl Sparse {
         })
     }
 
-    /// Copies `len` bytes of `f` at `at` into place (within the file's size
-    /// and [`MAX_READ_BYTES`] in all).
-    fn fill(&mut self, f: &fs::File, at: u64, len: u64) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
+    /// Copies `len` bytes of the file at `at` into place with `read(buf,
+    /// at)` (within the file's size and [`MAX_READ_BYTES`] in all).
+    fn fill(&mut self, read: Reader, at: u64, len: u64) -> io::Result<()> {
         let end = at
             .checked_add(len)
             .filter(|&e| e <= self.len as u64)
@@ -105,9 +104,12 @@ impl Sparse {
         let buf = unsafe {
             std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(at as usize), (end - at) as usize)
         };
-        f.read_exact_at(buf, at)
+        read(buf, at)
     }
 }
+
+/// Reads a file's bytes at an offset into a buffer, whole or not at all.
+type Reader<'a> = &'a dyn Fn(&mut [u8], u64) -> io::Result<()>;
 
 impl std::fmt::Debug for Sparse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -161,14 +163,38 @@ pub fn symbols_and_notes(host_path: &Path) -> io::Result<Sparse> {
 }
 
 fn read_parts(host_path: &Path, segments: bool, kinds: &[u32]) -> io::Result<Sparse> {
+    use std::os::unix::fs::FileExt;
+    let (f, len) = open_elf(host_path)?;
+    parts_from(len, segments, kinds, &|buf, at| f.read_exact_at(buf, at))
+}
+
+/// As [`symbols_and_notes`], of a file already in memory (fuzzing; tests).
+pub fn symbols_and_notes_of(image: &[u8]) -> Option<Sparse> {
+    let read = |buf: &mut [u8], at: u64| {
+        let at = usize::try_from(at).map_err(|_| bad("offset"))?;
+        let end = at.checked_add(buf.len()).ok_or_else(|| bad("offset"))?;
+        buf.copy_from_slice(image.get(at..end).ok_or_else(|| bad("past the end"))?);
+        Ok(())
+    };
+    parts_from(
+        image.len() as u64,
+        false,
+        &[SHT_SYMTAB, SHT_DYNSYM, SHT_STRTAB, SHT_NOTE],
+        &read,
+    )
+    .ok()
+}
+
+/// A sparse buffer of `len` bytes with the headers, the loaded segments (if
+/// `segments`) and the sections of `kinds` read in.
+fn parts_from(len: u64, segments: bool, kinds: &[u32], read: Reader) -> io::Result<Sparse> {
     use object::{
         elf::{FileHeader64, PT_LOAD},
         read::elf::{FileHeader, ProgramHeader, SectionHeader},
         Endianness,
     };
-    let (f, len) = open_elf(host_path)?;
     let mut data = Sparse::zeroed(len)?;
-    data.fill(&f, 0, size_of::<FileHeader64<Endianness>>() as u64)?;
+    data.fill(read, 0, size_of::<FileHeader64<Endianness>>() as u64)?;
     let hdr = *FileHeader64::<Endianness>::parse(&*data).map_err(|e| bad(&e.to_string()))?;
     let e = hdr.endian().map_err(|e| bad(&e.to_string()))?;
     let (phoff, phlen) = (
@@ -179,8 +205,8 @@ fn read_parts(host_path: &Path, segments: bool, kinds: &[u32]) -> io::Result<Spa
         hdr.e_shoff.get(e),
         u64::from(hdr.e_shnum.get(e)) * u64::from(hdr.e_shentsize.get(e)),
     );
-    data.fill(&f, phoff, phlen)?;
-    data.fill(&f, shoff, shlen)?;
+    data.fill(read, phoff, phlen)?;
+    data.fill(read, shoff, shlen)?;
     let mut ranges: Vec<(u64, u64)> = Vec::new();
     if segments {
         let phdrs = hdr
@@ -209,7 +235,7 @@ fn read_parts(host_path: &Path, segments: bool, kinds: &[u32]) -> io::Result<Spa
         let end = start.saturating_add(size);
         let from = start.max(at);
         if end > from {
-            data.fill(&f, from, end - from)?;
+            data.fill(read, from, end - from)?;
             at = end;
         }
     }
@@ -266,7 +292,8 @@ mod tests {
         fs::write(&big, &elf).unwrap();
         let mut sparse = Sparse::zeroed(200 << 20).unwrap();
         let f = fs::File::open(&big).unwrap();
-        let err = sparse.fill(&f, 0, 100 << 20).unwrap_err();
+        let read = |buf: &mut [u8], at: u64| std::os::unix::fs::FileExt::read_exact_at(&f, buf, at);
+        let err = sparse.fill(&read, 0, 100 << 20).unwrap_err();
         assert!(err.to_string().contains("64 MiB"), "{err}");
     }
 }

@@ -82,7 +82,9 @@ pub fn parse_maps(maps: &str) -> Vec<String> {
 pub fn vaddr_to_offset(file: &object::File<'_>, addr: u64) -> Option<u64> {
     file.segments().find_map(|seg| {
         let (off, size) = seg.file_range();
-        (addr >= seg.address() && addr < seg.address() + size).then(|| addr - seg.address() + off)
+        // Checked: a mapped file's headers may say anything (found by fuzzing).
+        let into = addr.checked_sub(seg.address()).filter(|&d| d < size)?;
+        off.checked_add(into)
     })
 }
 
@@ -105,6 +107,34 @@ mod tests {
             parse_maps(maps),
             vec!["/usr/bin/psql", "/usr/lib/x86_64-linux-gnu/libpq.so.5.15"]
         );
+    }
+
+    /// An ELF header and one PT_LOAD at `vaddr`, `filesz` bytes from file offset `offset`.
+    fn one_segment(offset: u64, vaddr: u64, filesz: u64) -> Vec<u8> {
+        let mut b = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0".to_vec();
+        b.extend_from_slice(&[3, 0, 0x3e, 0, 1, 0, 0, 0]); // ET_DYN, x86-64, version 1
+        for v in [0u64, 64, 0] {
+            b.extend_from_slice(&v.to_le_bytes()); // entry, phoff, shoff
+        }
+        b.extend_from_slice(&[0, 0, 0, 0, 64, 0, 56, 0, 1, 0, 64, 0, 0, 0, 0, 0]);
+        b.extend_from_slice(&[1, 0, 0, 0, 5, 0, 0, 0]); // PT_LOAD, r-x
+        for v in [offset, vaddr, vaddr, filesz, filesz, 0x1000] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn segments_at_the_end_of_the_address_space_do_not_overflow() {
+        // Found by the elf fuzz target: a segment whose end passes 2^64.
+        let data = one_segment(0, 0xffff_ffff_ffff_fffb, 0x2000);
+        let file = object::File::parse(&*data).unwrap();
+        assert_eq!(vaddr_to_offset(&file, 0xffff_ffff_ffff_fffc), Some(1));
+        assert_eq!(vaddr_to_offset(&file, 0x10), None);
+        let data = one_segment(u64::MAX, 0x1000, 0x2000);
+        let file = object::File::parse(&*data).unwrap();
+        assert_eq!(vaddr_to_offset(&file, 0x1001), None);
+        assert_eq!(vaddr_to_offset(&file, 0x1000), Some(u64::MAX));
     }
 
     #[test]

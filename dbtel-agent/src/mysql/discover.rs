@@ -31,8 +31,19 @@ pub fn claim(pid: u32, path: &str, host: &Path) -> Result<Option<Plan>, ClaimErr
     }
     let data = crate::host::elf::read_bounded(host)
         .map_err(|e| ClaimError(format!("{path} (process {pid}): {e}")))?;
+    claim_image(pid, path, host, &data)
+}
+
+/// As [`claim`], of the file's bytes, read already (`host` is only
+/// recorded): what a fuzzer calls.
+pub fn claim_image(
+    pid: u32,
+    path: &str,
+    host: &Path,
+    data: &[u8],
+) -> Result<Option<Plan>, ClaimError> {
     let names: Vec<&'static str> = calls::symbols().collect();
-    let found = symbols::find(&data, &names)
+    let found = symbols::find(data, &names)
         .map_err(|e| ClaimError(format!("{path} (process {pid}): {e}")))?;
     let missing: Vec<&str> = names
         .iter()
@@ -45,7 +56,7 @@ pub fn claim(pid: u32, path: &str, host: &Path) -> Result<Option<Plan>, ClaimErr
             missing.join(", ")
         )));
     }
-    let l = layout::decode(path, &data).map_err(|e| ClaimError(format!("{e} (process {pid})")))?;
+    let l = layout::decode(path, data).map_err(|e| ClaimError(format!("{e} (process {pid})")))?;
     let mut warnings = Vec::new();
     if let Err(e) = &l.endpoint {
         warnings.push(format!(

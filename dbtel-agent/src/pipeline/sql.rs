@@ -265,7 +265,10 @@ fn tokenize(dialect: &dyn Lex, sql: &str) -> Result<Lexed, usize> {
         }
         Err(e) => {
             let (line, col) = (e.location.line as usize, e.location.column as usize);
-            Err(byte_offset(sql, line, col).min(sql.len().saturating_sub(1)))
+            // At the end at most one character back (the failure is in the
+            // text): the start of that character, never inside it (found by fuzzing).
+            Err(sql
+                .floor_char_boundary(byte_offset(sql, line, col).min(sql.len().saturating_sub(1))))
         }
     };
     match run(sql) {

@@ -366,3 +366,23 @@ fn comments_are_kept_on_request() {
         "select ? "
     );
 }
+
+/// Texts the sql fuzz target crashed the agent with (bytes as found).
+#[test]
+fn fuzzed_texts_do_not_panic() {
+    // A failure at the end of a text cut just after a two-byte character:
+    // the cut point was put inside it.
+    let texts = [&b"=$$,=\xdc\x9b$"[..]];
+    for t in texts {
+        let t = std::str::from_utf8(t).unwrap();
+        for dialect in [Dialect::PostgreSql, Dialect::MySql] {
+            for text in [Text::Obfuscated, Text::ObfuscatedWithComments, Text::Raw] {
+                let f = facts_in(dialect, t, text);
+                // PostgreSQL: a dollar quote cut open, obfuscated (MySQL: names).
+                if text != Text::Raw && dialect == Dialect::PostgreSql {
+                    assert_eq!(f.text, "=?", "{t:?}");
+                }
+            }
+        }
+    }
+}

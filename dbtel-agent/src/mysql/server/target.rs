@@ -29,14 +29,14 @@ use crate::{
 };
 
 const DISPATCH: &str = "_Z16dispatch_command19enum_server_commandP3THDPcjb";
-const END_STATEMENT: &str = "_ZN8Protocol13end_statementEv";
+pub const END_STATEMENT: &str = "_ZN8Protocol13end_statementEv";
 const WAIT_BEGIN: &str = "thd_wait_begin";
 const WAIT_END: &str = "thd_wait_end";
 const UNLINK: &str = "_Z10unlink_thdP3THD";
 const DEADLOCK: &str = "thd_deadlock_victim_preference";
 
 /// The exported functions whose code says where the fields are.
-const ACCESSORS: &[&str] = &[
+pub const ACCESSORS: &[&str] = &[
     "thd_get_thread_id",
     "thd_query_string",
     "thd_get_error_number",
@@ -273,13 +273,24 @@ pub fn claim(pid: u32, path: &str, host: &Path) -> Result<Option<Plan>, ClaimErr
     }
     let data = crate::host::elf::read_bounded(host)
         .map_err(|e| ClaimError(format!("{path} (process {pid}): {e}")))?;
+    claim_image(pid, path, host, &data)
+}
+
+/// As [`claim`] once the file is known to be a server, of its bytes, read
+/// already (`host` is only recorded): what a fuzzer calls.
+pub fn claim_image(
+    pid: u32,
+    path: &str,
+    host: &Path,
+    data: &[u8],
+) -> Result<Option<Plan>, ClaimError> {
     let mut wanted: Vec<&'static str> = ACCESSORS.to_vec();
     wanted.extend([END_STATEMENT, WAIT_BEGIN, WAIT_END, UNLINK, DEADLOCK]);
-    let found = symbols::find(&data, &wanted)
+    let found = symbols::find(data, &wanted)
         .map_err(|e| ClaimError(format!("{path} (process {pid}): {e}")))?;
     let code = |name: &'static str| {
         let s = found.get(name)?;
-        let c = s.code(&data, 256)?;
+        let c = s.code(data, 256)?;
         Some(if s.size > 0 {
             x86::decode_body(c, s.address)
         } else {

@@ -213,7 +213,18 @@ pub fn inspect(
             })
         }
     };
-    let file = match object::File::parse(&*data) {
+    inspect_image(pid, path, host_path, &data)
+}
+
+/// As [`inspect`], of the file's bytes, read already (`host_path` is only
+/// recorded): what a fuzzer calls.
+pub fn inspect_image(
+    pid: u32,
+    path: &str,
+    host_path: &Path,
+    data: &[u8],
+) -> Result<Option<LibpqTarget>, DiscoverError> {
+    let file = match object::File::parse(data) {
         Ok(f) => f,
         Err(_) if !path.contains("libpq") => return Ok(None),
         Err(error) => {
@@ -287,7 +298,7 @@ pub fn inspect(
             path: path.into(),
             error,
         })?;
-    let result_points = result_points(&file, &data, &symbols).map_err(|e| e.to_string());
+    let result_points = result_points(&file, data, &symbols).map_err(|e| e.to_string());
     Ok(Some(LibpqTarget {
         pid,
         path: path.into(),
@@ -319,8 +330,9 @@ fn result_points(
         .ok_or(not_found("PQgetResult's size is unknown"))?;
     let off =
         vaddr_to_offset(file, addr).ok_or(not_found("PQgetResult is outside the file"))? as usize;
-    let code = data
-        .get(off..off + size as usize)
+    let code = off
+        .checked_add(size as usize)
+        .and_then(|end| data.get(off..end))
         .ok_or(not_found("PQgetResult is outside the file"))?;
     // GOT slots whose dynamic relocation names the events function.
     let dynsyms = file.dynamic_symbol_table();

@@ -53,6 +53,18 @@ fn load_from_arg0(insns: &[Instruction], mnemonics: &[Mnemonic], dsts: &[Registe
 const RET32: &[Register] = &[Register::EAX];
 const RET64: &[Register] = &[Register::RAX];
 
+/// The accessors decoded (PQresultErrorField on: the PGconn part, optional).
+pub const ACCESSORS: &[&str] = &[
+    "PQresultStatus",
+    "PQntuples",
+    "PQcmdStatus",
+    "PQresultErrorField",
+    "PQdb",
+    "PQbackendPID",
+    "PQport",
+    "PQhost",
+];
+
 /// The accessor functions' bodies, by name.
 pub struct Accessors<'a> {
     pub get: &'a dyn Fn(&'static str) -> Option<Vec<Instruction>>,

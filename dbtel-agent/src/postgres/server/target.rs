@@ -235,23 +235,13 @@ pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
             path: path.clone(),
             source,
         })?;
-    let probes = match usdt::probes(&data) {
-        Ok(p) => p,
-        Err(UsdtError::Elf(_)) => return Ok(None),
-        Err(source) => return Err(ServerError::Usdt { path: exe, source }),
-    };
-    if !probes.iter().any(|p| p.provider == "postgresql") {
+    let Some((sites, warnings)) = sites_of_image(&data, &exe)? else {
         return Ok(None);
-    }
+    };
     let meta = fs::metadata(&host_path).map_err(|source| ServerError::Read {
         path: path.clone(),
         source,
     })?;
-    let file = object::File::parse(&*data).map_err(|e| ServerError::Usdt {
-        path: exe.clone(),
-        source: UsdtError::Elf(e.to_string()),
-    })?;
-    let (sites, warnings) = probe_sites(&file, &probes, &exe)?;
     Ok(Some(ServerTarget {
         postmaster: postmaster_of(pid),
         exe,
@@ -262,12 +252,38 @@ pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
     }))
 }
 
+/// Where to attach, and what could not be probed (warnings).
+pub type Sites = (Vec<Site>, Vec<String>);
+
+/// The probe sites of a server executable, of its bytes (`None`: not a
+/// PostgreSQL server): [`inspect`]'s part that a fuzzer calls.
+pub fn sites_of_image(data: &[u8], exe: &str) -> Result<Option<Sites>, ServerError> {
+    let probes = match usdt::probes(data) {
+        Ok(p) => p,
+        Err(UsdtError::Elf(_)) => return Ok(None),
+        Err(source) => {
+            return Err(ServerError::Usdt {
+                path: exe.into(),
+                source,
+            })
+        }
+    };
+    if !probes.iter().any(|p| p.provider == "postgresql") {
+        return Ok(None);
+    }
+    let file = object::File::parse(data).map_err(|e| ServerError::Usdt {
+        path: exe.into(),
+        source: UsdtError::Elf(e.to_string()),
+    })?;
+    probe_sites(&file, &probes, exe).map(Some)
+}
+
 /// Where to attach in a server executable, and what could not be probed.
 fn probe_sites(
     file: &object::File,
     probes: &[usdt::Probe],
     exe: &str,
-) -> Result<(Vec<Site>, Vec<String>), ServerError> {
+) -> Result<Sites, ServerError> {
     let exe = exe.to_string();
     let mut sites = Vec::new();
     let mut warnings = Vec::new();

@@ -1,0 +1,58 @@
+//! Query texts as traced programs send them: any UTF-8 (the agent reads
+//! texts lossily), through obfuscation, summaries, shapes, statement splits
+//! and the prepared-statement parsers, in both dialects.
+//!
+//! Input: a text, or two separated by a NUL. Beyond not crashing: raw text
+//! is exported as sent, statement splits are pieces of the text, and the
+//! facts cache (which shares facts between texts of one shape) answers for
+//! the second text what computing its facts afresh would.
+#![no_main]
+
+use dbtel_agent::pipeline::{
+    shape,
+    sql::{self, prepared, Dialect, FactsCache, Text},
+};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(input) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (a, b) = input.split_once('\0').unwrap_or((input, input));
+    for dialect in [Dialect::PostgreSql, Dialect::MySql] {
+        for text in [Text::Obfuscated, Text::ObfuscatedWithComments, Text::Raw] {
+            let f = sql::facts_in(dialect, a, text);
+            let _ = f.name();
+            if text == Text::Raw {
+                assert_eq!(f.text, a, "raw text is exported as sent");
+            }
+            let mut cache = FactsCache::with_dialect(text, 4, dialect);
+            assert_eq!(*cache.get(a), f, "the cache's facts of {a:?}");
+            assert_eq!(
+                *cache.get(b),
+                sql::facts_in(dialect, b, text),
+                "the cache's facts of {b:?} after {a:?} ({text:?}, {dialect:?})"
+            );
+        }
+    }
+    if let Some(k) = shape::shape(a) {
+        assert!(k.len() <= a.len(), "a shape only blanks");
+    }
+    let _ = shape::obfuscated(a, true);
+    let _ = shape::obfuscated(a, false);
+    let _ = shape::single_statement(a);
+    if let Some(pieces) = shape::statements(a) {
+        for p in pieces {
+            assert!(a.contains(p), "{p:?} is part of {a:?}");
+        }
+    }
+    let _ = prepared::prepare(a);
+    let _ = prepared::execute(a);
+    let _ = prepared::action(a);
+    let _ = prepared::deallocate(a);
+    let _ = sql::affected_rows(a);
+    let _ = sql::copy_direction(a);
+    for op in ["SELECT", "INSERT", "COPY", "FETCH", "MOVE"] {
+        let _ = sql::row_count(op, a);
+    }
+});
