@@ -15,7 +15,6 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::MissedTickBehavio
 use crate::{
     attach::Probes,
     engine::Engine,
-    events::{self, Record},
     export::{Clock, Exporter, ProcessMeta},
     host::{privileges, select::Selectors},
     pipeline::dbspan::DbSpan,
@@ -30,11 +29,14 @@ mod all;
 mod clients;
 mod command;
 mod descendants;
+mod drain;
+mod exit;
 pub mod hostwide;
+mod housekeeping;
 mod loads;
 
 use clients::Found;
-use command::{forward_signal, program_name, wait_child};
+use command::{forward_signal, wait_child};
 
 pub struct RunConfig {
     pub pids: Vec<u32>,
@@ -108,160 +110,7 @@ struct Agent {
     engine_servers: HashSet<u32>,
 }
 
-/// Records between two hand-offs of the spans made so far: a drain that a
-/// flood keeps from ending must not hold its spans (a traced program would
-/// grow the agent without bound).
-const FLUSH_EVERY: u32 = 512;
-/// Records one drain reads at most before the loop's other work (signals,
-/// housekeeping, drop warnings) gets its turn; the rest wait in the ring.
-const DRAIN_MAX: u32 = 2048;
-
 impl Agent {
-    /// Reads the ring buffer (at most DRAIN_MAX records); returns whether it
-    /// stopped before the end.
-    fn drain(&mut self) -> bool {
-        self.drain_n(DRAIN_MAX)
-    }
-
-    /// Reads what is in the ring buffer for at most 50 ms (a 256-record step
-    /// at a time): before forgetting a process, its last records are likely
-    /// read, and a flood from another cannot stall the loop.
-    fn drain_briefly(&mut self) {
-        let t = std::time::Instant::now();
-        while self.drain_n(256) && t.elapsed() < Duration::from_millis(50) {}
-    }
-
-    fn drain_n(&mut self, max: u32) -> bool {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let mut read = 0u32;
-        let more = loop {
-            read += 1;
-            if read.is_multiple_of(FLUSH_EVERY) {
-                self.flush_spans();
-            }
-            if read > max {
-                break true;
-            }
-            let record = {
-                let Some(item) = self.ring.get_mut().next() else {
-                    break false;
-                };
-                match events::engine_of(&item) {
-                    // Another engine's record: copied out, for its engine to decode.
-                    Some(e)
-                        if !matches!(
-                            e,
-                            dbtel_common::Engine::Postgres | dbtel_common::Engine::Host
-                        ) =>
-                    {
-                        scratch.clear();
-                        scratch.extend_from_slice(&item);
-                        None
-                    }
-                    _ => Some(events::decode_record(&item)),
-                }
-            };
-            self.summary.events += 1;
-            let Some(record) = record else {
-                self.on_engine_record(&scratch);
-                continue;
-            };
-            match record {
-                Ok(Record::Client(ev)) => {
-                    let from = ev.origin().pid;
-                    let followed = self.followed.contains(&from);
-                    if let Some((pid, used)) = &mut self.command {
-                        *used |= *pid == from || followed;
-                    }
-                    if self.host.is_none() || self.choose_client(ev.origin().pid) {
-                        self.recon.on_event(ev, &mut self.spans)
-                    }
-                }
-                Ok(Record::Server(hit)) => self.server.on_hit(&hit, &mut self.recon),
-                Ok(Record::ServerExit(at)) => self.server.on_exit(at),
-                Ok(Record::Exec(e)) => {
-                    // The old program's queries end here, before the new one's
-                    // first event (next in the buffer) has it chosen anew.
-                    if self.host.is_some() {
-                        self.ended(e.at.pid, e.at.ts_ns);
-                        self.on_exec(&e);
-                    } else {
-                        self.on_followed_exec(&e);
-                    }
-                }
-                Ok(Record::Loaded { at, held }) => self.on_loaded(at, held),
-                Ok(Record::ClientExit(at)) => {
-                    self.ended(at.pid, at.ts_ns);
-                    if let Some(h) = &mut self.host {
-                        h.forget(at.pid);
-                    }
-                }
-                Err(e) => {
-                    self.summary.decode_errors += 1;
-                    log::warn!("undecodable event: {e}");
-                }
-            }
-        };
-        self.scratch = scratch;
-        self.flush_spans();
-        more
-    }
-
-    /// Everything in the ring buffer now, within bounds: a program still
-    /// flooding it does not keep the agent from stopping.
-    fn drain_all(&mut self) {
-        for _ in 0..64 {
-            if !self.drain() {
-                break;
-            }
-        }
-    }
-
-    /// A traced process's program ended at `ts_ns` (exit or exec): its spans go out now.
-    fn ended(&mut self, pid: u32, ts_ns: u64) {
-        if self.live.contains_key(&pid) {
-            self.recon.process_exited(pid, ts_ns, &mut self.spans);
-            for e in &mut self.engines {
-                e.forget(pid, ts_ns, &mut self.engine_spans);
-            }
-            self.flush_spans();
-            self.forget_process(pid);
-        }
-    }
-
-    fn flush_spans(&mut self) {
-        self.flush_spans_now(false);
-    }
-
-    /// `force`: export held lock waits without waiting for the catalog (exit).
-    fn flush_spans_now(&mut self, force: bool) {
-        use crate::postgres::libpq::{attributes, reconstruct::ClientSpan};
-        self.server.take_replies(&self.recon);
-        let mut ready = Vec::new();
-        self.server.flush(&mut self.facts, force, &mut ready);
-        ready.append(&mut self.engine_spans);
-        let spans = std::mem::take(&mut self.spans);
-        for s in spans {
-            if !self.port_selected(&s) {
-                continue;
-            }
-            ready.push(match s {
-                ClientSpan::Query(q) => {
-                    let facts = q.text.as_deref().map(|t| self.facts.get(t));
-                    attributes::query_span(q, facts.as_deref())
-                }
-                ClientSpan::Txn(t, conn) => attributes::txn_span(t, conn.as_deref()),
-            });
-        }
-        for span in ready {
-            if let Err(e) = self.exporter.emit(span) {
-                self.summary.export_errors += 1;
-                log::warn!("cannot export span: {e:#}");
-            }
-        }
-        self.exporter.flush();
-    }
-
     /// Traces a PostgreSQL server (once per postmaster).
     async fn trace_server(&mut self, t: ServerTarget) -> anyhow::Result<Option<String>> {
         if self.server.servers.contains_key(&t.postmaster) {
@@ -371,59 +220,6 @@ impl Agent {
             h.forget(pid);
         }
         log::info!("process {pid} exited");
-    }
-
-    /// Servers that went away; the catalog's own sessions kept untraced.
-    fn servers_housekeeping(&mut self) {
-        if self.server.servers.is_empty() {
-            return;
-        }
-        self.server.warn_idle_in_transaction();
-        // Drained first: an exit record still in the ring buffer is not lost
-        // (nor are the last events of a server found gone below).
-        self.drain_briefly();
-        self.server.sweep_dead(Clock::monotonic_now_ns());
-        for pid in self.server.own_backends_on_host() {
-            self.probes.untrace_backend(pid);
-        }
-        let gone: Vec<u32> = self
-            .server
-            .servers
-            .keys()
-            .copied()
-            .filter(|pm| !crate::host::process::process_exists(*pm))
-            .collect();
-        for pm in gone {
-            self.server.server_gone(pm, Clock::monotonic_now_ns(), true);
-            self.flush_spans_now(true);
-            self.server.drop_catalog(pm);
-            self.probes.untrace_server(pm);
-            self.exporter.process_gone(pm);
-            log::info!("PostgreSQL server {pm} exited");
-        }
-    }
-
-    /// Ring-buffer losses, said while they happen: one line per 5 s at most,
-    /// with the count since the last one (`last`: the counters then).
-    fn warn_on_new_drops(
-        &mut self,
-        last: &mut [u64; counter::COUNT as usize],
-        warned_at: &mut Option<std::time::Instant>,
-    ) {
-        if warned_at.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
-            return;
-        }
-        let now = self.probes.kernel_counters();
-        let full = counter::RINGBUF_FULL as usize;
-        if now[full] > last[full] {
-            log::warn!(
-                "ring buffer full: {} more events lost, {} so far (the traced programs write faster than the agent reads)",
-                now[full] - last[full],
-                now[full]
-            );
-            *warned_at = Some(std::time::Instant::now());
-        }
-        *last = now;
     }
 }
 
@@ -633,56 +429,6 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         h.set_stopping();
     }
 
-    agent.probes.stop_following();
-    agent.drain_all();
-    agent.continue_descendants();
-    let pids: Vec<u32> = agent.live.keys().copied().collect();
-    agent.summary.incomplete += agent
-        .engines
-        .iter()
-        .map(|e| e.in_flight() as u64)
-        .sum::<u64>();
-    for pid in pids {
-        let now = Clock::monotonic_now_ns();
-        agent.recon.process_exited(pid, now, &mut agent.spans);
-        for e in &mut agent.engines {
-            e.forget(pid, now, &mut agent.engine_spans);
-        }
-        agent.probes.detach_pid(pid);
-    }
-    agent.probes.finish_detaching();
-    if let Some((pid, _)) = &child {
-        // The agent stops without its command: with the loader's hook gone
-        // (above), a hold it was put in since the last drain is let go.
-        // (Not yet reaped, so the PID is still the command's.)
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(*pid as i32, libc::SIGCONT) };
-    }
-    if let Some(line) = agent.holds.report(
-        &cfg.command
-            .first()
-            .map_or(String::new(), |c| program_name(c)),
-    ) {
-        log::info!("{line}");
-    }
-    let now = Clock::monotonic_now_ns();
-    let postmasters: Vec<u32> = agent.server.servers.keys().copied().collect();
-    for pm in postmasters {
-        agent.server.server_gone(pm, now, false);
-    }
-    agent.flush_spans_now(true);
-    agent.summary.server = agent.server.tracker.counters;
-    agent.summary.kernel = agent.probes.kernel_counters();
-    if cfg.probe_stats {
-        agent.summary.program_runs = agent.probes.program_runs();
-    }
-    agent.summary.unmatched_results = agent.recon.counters.unmatched_results;
-    agent.summary.incomplete = agent.recon.counters.incomplete;
-    let c = &agent.recon.counters;
-    agent.summary.evicted = [
-        c.evicted_connections,
-        c.evicted_statements,
-        c.evicted_queries,
-    ];
-    Ok((agent.summary, agent.exporter))
+    let child_pid = child.as_ref().map(|(pid, _)| *pid);
+    Ok(agent.finish(&cfg.command, child_pid, cfg.probe_stats))
 }

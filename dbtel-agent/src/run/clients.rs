@@ -4,9 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{events, Agent};
+use super::Agent;
 use crate::{
     engine::{Engine, Plan},
+    events,
     host::process::{exe_name, executable_mappings},
     pipeline::sql::Text,
     postgres::{

@@ -1,0 +1,162 @@
+//! The ring buffer drained: records to their engine, finished spans to the
+//! exporter (a flood neither holds spans nor keeps the loop from its other work).
+
+use std::time::Duration;
+
+use super::Agent;
+use crate::events::{self, Record};
+
+/// Records between two hand-offs of the spans made so far: a drain that a
+/// flood keeps from ending must not hold its spans (a traced program would
+/// grow the agent without bound).
+const FLUSH_EVERY: u32 = 512;
+/// Records one drain reads at most before the loop's other work (signals,
+/// housekeeping, drop warnings) gets its turn; the rest wait in the ring.
+const DRAIN_MAX: u32 = 2048;
+
+impl Agent {
+    /// Reads the ring buffer (at most DRAIN_MAX records); returns whether it
+    /// stopped before the end.
+    pub(super) fn drain(&mut self) -> bool {
+        self.drain_n(DRAIN_MAX)
+    }
+
+    /// Reads what is in the ring buffer for at most 50 ms (a 256-record step
+    /// at a time): before forgetting a process, its last records are likely
+    /// read, and a flood from another cannot stall the loop.
+    pub(super) fn drain_briefly(&mut self) {
+        let t = std::time::Instant::now();
+        while self.drain_n(256) && t.elapsed() < Duration::from_millis(50) {}
+    }
+
+    fn drain_n(&mut self, max: u32) -> bool {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut read = 0u32;
+        let more = loop {
+            read += 1;
+            if read.is_multiple_of(FLUSH_EVERY) {
+                self.flush_spans();
+            }
+            if read > max {
+                break true;
+            }
+            let record = {
+                let Some(item) = self.ring.get_mut().next() else {
+                    break false;
+                };
+                match events::engine_of(&item) {
+                    // Another engine's record: copied out, for its engine to decode.
+                    Some(e)
+                        if !matches!(
+                            e,
+                            dbtel_common::Engine::Postgres | dbtel_common::Engine::Host
+                        ) =>
+                    {
+                        scratch.clear();
+                        scratch.extend_from_slice(&item);
+                        None
+                    }
+                    _ => Some(events::decode_record(&item)),
+                }
+            };
+            self.summary.events += 1;
+            let Some(record) = record else {
+                self.on_engine_record(&scratch);
+                continue;
+            };
+            match record {
+                Ok(Record::Client(ev)) => {
+                    let from = ev.origin().pid;
+                    let followed = self.followed.contains(&from);
+                    if let Some((pid, used)) = &mut self.command {
+                        *used |= *pid == from || followed;
+                    }
+                    if self.host.is_none() || self.choose_client(ev.origin().pid) {
+                        self.recon.on_event(ev, &mut self.spans)
+                    }
+                }
+                Ok(Record::Server(hit)) => self.server.on_hit(&hit, &mut self.recon),
+                Ok(Record::ServerExit(at)) => self.server.on_exit(at),
+                Ok(Record::Exec(e)) => {
+                    // The old program's queries end here, before the new one's
+                    // first event (next in the buffer) has it chosen anew.
+                    if self.host.is_some() {
+                        self.ended(e.at.pid, e.at.ts_ns);
+                        self.on_exec(&e);
+                    } else {
+                        self.on_followed_exec(&e);
+                    }
+                }
+                Ok(Record::Loaded { at, held }) => self.on_loaded(at, held),
+                Ok(Record::ClientExit(at)) => {
+                    self.ended(at.pid, at.ts_ns);
+                    if let Some(h) = &mut self.host {
+                        h.forget(at.pid);
+                    }
+                }
+                Err(e) => {
+                    self.summary.decode_errors += 1;
+                    log::warn!("undecodable event: {e}");
+                }
+            }
+        };
+        self.scratch = scratch;
+        self.flush_spans();
+        more
+    }
+
+    /// Everything in the ring buffer now, within bounds: a program still
+    /// flooding it does not keep the agent from stopping.
+    pub(super) fn drain_all(&mut self) {
+        for _ in 0..64 {
+            if !self.drain() {
+                break;
+            }
+        }
+    }
+
+    /// A traced process's program ended at `ts_ns` (exit or exec): its spans go out now.
+    pub(super) fn ended(&mut self, pid: u32, ts_ns: u64) {
+        if self.live.contains_key(&pid) {
+            self.recon.process_exited(pid, ts_ns, &mut self.spans);
+            for e in &mut self.engines {
+                e.forget(pid, ts_ns, &mut self.engine_spans);
+            }
+            self.flush_spans();
+            self.forget_process(pid);
+        }
+    }
+
+    pub(super) fn flush_spans(&mut self) {
+        self.flush_spans_now(false);
+    }
+
+    /// `force`: export held lock waits without waiting for the catalog (exit).
+    pub(super) fn flush_spans_now(&mut self, force: bool) {
+        use crate::postgres::libpq::{attributes, reconstruct::ClientSpan};
+        self.server.take_replies(&self.recon);
+        let mut ready = Vec::new();
+        self.server.flush(&mut self.facts, force, &mut ready);
+        ready.append(&mut self.engine_spans);
+        let spans = std::mem::take(&mut self.spans);
+        for s in spans {
+            if !self.port_selected(&s) {
+                continue;
+            }
+            ready.push(match s {
+                ClientSpan::Query(q) => {
+                    let facts = q.text.as_deref().map(|t| self.facts.get(t));
+                    attributes::query_span(q, facts.as_deref())
+                }
+                ClientSpan::Txn(t, conn) => attributes::txn_span(t, conn.as_deref()),
+            });
+        }
+        for span in ready {
+            if let Err(e) = self.exporter.emit(span) {
+                self.summary.export_errors += 1;
+                log::warn!("cannot export span: {e:#}");
+            }
+        }
+        self.exporter.flush();
+    }
+}
