@@ -15,9 +15,9 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         uprobe::{UProbeAttachPoint, UProbeLinkId, UProbeScope},
-        ProgramError, TracePoint, UProbe,
+        TracePoint, UProbe,
     },
-    Ebpf, EbpfError, EbpfLoader,
+    Ebpf, EbpfLoader,
 };
 use dbtel_common::{
     counter, loader, verdict, LibpqLayout, MysqlOffsets, SiteSpec, MAX_LAYOUTS, MAX_SITES, TEXT_CAP,
@@ -25,63 +25,15 @@ use dbtel_common::{
 
 use crate::{
     engine::{Layout, Plan},
-    host::{
-        loader::LoaderTarget,
-        privileges::{step_hint, Step},
-    },
-    postgres::server::target::ServerTarget,
+    host::loader::LoaderTarget,
 };
 
-/// One line per failure: the causes are folded into the message (with their
-/// repetitions removed) because the hint about privileges must come last.
-#[derive(Debug, thiserror::Error)]
-pub enum AttachError {
-    #[error("cannot load the eBPF programs: {}{}", chain(.0), step_hint(Step::Load))]
-    Load(EbpfError),
-    #[error("cannot load eBPF program {name}: {}{}", chain(.error), step_hint(Step::Load))]
-    Program {
-        name: &'static str,
-        error: ProgramError,
-    },
-    #[error("cannot attach to {function} in {path} (process {pid}): {}{}", chain(.error), step_hint(Step::Uprobe))]
-    Attach {
-        pid: u32,
-        path: String,
-        function: &'static str,
-        error: ProgramError,
-    },
-    #[error("cannot enable BPF run statistics: {0}")]
-    Stats(String),
-    #[error("more than {MAX_LAYOUTS} distinct libpq builds")]
-    TooManyLayouts,
-    #[error("more than {MAX_SITES} server probe sites")]
-    TooManySites,
-    #[error("cannot follow {what} (tracepoint sched/{what}): {}{}", chain(.error), step_hint(Step::Tracepoint))]
-    Tracepoint {
-        what: &'static str,
-        error: ProgramError,
-    },
-    #[error("cannot follow server forks: {0}")]
-    Tracefs(String),
-    #[error("cannot follow the host's processes: {0}")]
-    HostWide(String),
-    #[error("{0}")]
-    Map(#[from] aya::maps::MapError),
-}
+mod error;
+mod server;
+mod tracepoints;
 
-/// An error and its causes as one line, skipping causes already quoted.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !out.contains(&m) {
-            out = format!("{out}: {m}");
-        }
-        cur = c.source();
-    }
-    out
-}
+pub use error::AttachError;
+use tracepoints::{fork_offsets, tracepoint_field, EXEC_TRACEPOINT, TRACEPOINTS};
 
 const PROGRAMS: &[&str] = &[
     "pq_query",
@@ -97,12 +49,6 @@ const PROGRAMS: &[&str] = &[
     "my_call",
     "my_return",
 ];
-const TRACEPOINTS: &[(&str, &str)] = &[
-    ("server_fork", "sched_process_fork"),
-    ("proc_exit", "sched_process_exit"),
-];
-/// Host-wide tracing only: every exec, so new processes are known before their first query.
-const EXEC_TRACEPOINT: (&str, &str) = ("proc_exec", "sched_process_exec");
 
 pub struct Probes {
     ebpf: Ebpf,
@@ -392,160 +338,6 @@ impl Probes {
         }
     }
 
-    /// Traces a PostgreSQL server: every process of its postmaster, including
-    /// backends forked later, and no other process running the same binary.
-    ///
-    /// The probes sit on the executable for all processes (a pid-filtered
-    /// uprobe follows one address space, and every backend is a new one); the
-    /// program emits only for PIDs in SERVER_PIDS, which a fork tracepoint
-    /// extends in the kernel, so a backend is traced from its first
-    /// instruction. Other servers on the same binary pay a trap per probe hit
-    /// but emit nothing. Returns the number of probe sites placed (0 if the
-    /// executable was already probed).
-    pub fn attach_server(&mut self, t: &ServerTarget) -> Result<usize, AttachError> {
-        let placed = self.attach_server_file(t)?;
-        // The postmaster first, then its children: a fork in between is caught
-        // by the tracepoint, which is already on.
-        let mut pids = self.server_pids()?;
-        pids.insert(t.postmaster, t.postmaster, 0)?;
-        for pid in crate::postgres::server::target::processes_of(t.postmaster) {
-            pids.insert(pid, t.postmaster, 0)?;
-            // Exited between the scan and the insert: its exit went by unseen.
-            if !crate::host::process::process_exists(pid) {
-                let _ = pids.remove(&pid);
-            }
-        }
-        Ok(placed)
-    }
-
-    /// True if this server executable's probe sites are placed.
-    pub fn has_server_file(&self, id: (u64, u64)) -> bool {
-        self.server_files.contains_key(&id)
-    }
-
-    /// Places the probe sites on a server executable, once per file (no
-    /// process emits until it is in SERVER_PIDS). Returns the sites placed.
-    pub fn attach_server_file(&mut self, t: &ServerTarget) -> Result<usize, AttachError> {
-        self.follow_processes()?;
-        let mut placed = 0;
-        if !self.server_files.contains_key(&t.file_id) {
-            if self.sites + t.sites.len() as u32 > MAX_SITES {
-                return Err(AttachError::TooManySites);
-            }
-            let mut specs: Array<_, SiteSpec> =
-                Array::try_from(self.ebpf.map_mut("SITES").expect("SITES map"))?;
-            let first = self.sites;
-            for (i, s) in t.sites.iter().enumerate() {
-                specs.set(first + i as u32, s.spec, 0)?;
-            }
-            for (i, s) in t.sites.iter().enumerate() {
-                let p: &mut UProbe = self
-                    .ebpf
-                    .program_mut("server_site")
-                    .expect("loaded")
-                    .try_into()
-                    .expect("uprobe");
-                let point = UProbeAttachPoint {
-                    location: s.offset.into(),
-                    cookie: Some((first + i as u32) as u64),
-                };
-                p.attach(point, &t.host_path, UProbeScope::AllProcesses)
-                    .map_err(|error| AttachError::Attach {
-                        pid: t.postmaster,
-                        path: t.exe.clone(),
-                        function: s.name,
-                        error,
-                    })?;
-            }
-            self.sites += t.sites.len() as u32;
-            self.server_files.insert(t.file_id, t.sites.len());
-            placed = t.sites.len();
-        }
-        Ok(placed)
-    }
-
-    /// Forks and exits (and with --all, execs) followed in the kernel.
-    fn follow_processes(&mut self) -> Result<(), AttachError> {
-        if self.tracepoints_on {
-            return Ok(());
-        }
-        if let Err(e) = &self.tracefs {
-            return Err(AttachError::Tracefs(e.clone()));
-        }
-        for (name, event) in TRACEPOINTS {
-            let p: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .expect("loaded")
-                .try_into()
-                .expect("tracepoint");
-            p.attach("sched", event)
-                .map_err(|error| AttachError::Tracepoint { what: event, error })?;
-        }
-        self.tracepoints_on = true;
-        if self.host_wide {
-            self.follow_execs()?;
-        }
-        Ok(())
-    }
-
-    fn follow_execs(&mut self) -> Result<(), AttachError> {
-        if self.exec_on {
-            return Ok(());
-        }
-        let (name, event) = EXEC_TRACEPOINT;
-        let p: &mut TracePoint = self
-            .ebpf
-            .program_mut(name)
-            .expect("loaded")
-            .try_into()
-            .expect("tracepoint");
-        p.attach("sched", event)
-            .map_err(|error| AttachError::Tracepoint { what: event, error })?;
-        self.exec_on = true;
-        Ok(())
-    }
-
-    /// `--` mode: the command's descendants (forks, then execs, each held
-    /// until looked at) are reported from now on. Call before it runs.
-    pub fn follow_descendants(&mut self, pid: u32) -> Result<(), AttachError> {
-        self.follow_processes()?;
-        self.follow_execs()?;
-        let mut followed: aya::maps::HashMap<_, u32, u8> =
-            aya::maps::HashMap::try_from(self.ebpf.map_mut("FOLLOWED").expect("FOLLOWED map"))?;
-        followed.insert(pid, 1, 0)?;
-        Ok(())
-    }
-
-    /// Stopping: no exec is held any more (the held are let go by the caller).
-    pub fn stop_following(&mut self) {
-        if let Some(map) = self.ebpf.map_mut("FOLLOWED") {
-            if let Ok(mut followed) = aya::maps::HashMap::<_, u32, u8>::try_from(map) {
-                let pids: Vec<u32> = followed.keys().filter_map(Result::ok).collect();
-                for pid in pids {
-                    let _ = followed.remove(&pid);
-                }
-            }
-        }
-    }
-
-    /// --all: from now on every exec, fork and exit is followed; call before
-    /// looking at the processes already running, so none slips between.
-    pub fn start_host_wide(&mut self) -> Result<(), AttachError> {
-        debug_assert!(self.host_wide);
-        self.follow_processes().map_err(|e| match e {
-            AttachError::Tracefs(why) => AttachError::HostWide(why),
-            e => e,
-        })
-    }
-
-    /// --all: a process exec'd a PostgreSQL server binary; trace it and,
-    /// through the fork tracepoint, every process it forks from now on.
-    pub fn trace_server_process(&mut self, pid: u32) -> Result<(), AttachError> {
-        self.server_pids()?.insert(pid, pid, 0)?;
-        Ok(())
-    }
-
     /// --all: the agent's verdict on a client process (the kernel side stops
     /// recording one that is excluded).
     pub fn exclude_client(&mut self, pid: u32) {
@@ -554,33 +346,6 @@ impl Probes {
         ) {
             let _ = m.insert(pid, verdict::EXCLUDED, 0);
         }
-    }
-
-    /// Stops emitting for one server process (the agent's own catalog sessions).
-    pub fn untrace_backend(&mut self, pid: u32) {
-        if let Ok(mut pids) = self.server_pids() {
-            let _ = pids.remove(&pid);
-        }
-    }
-
-    /// Stops emitting for a postmaster's processes (its probes stay on the file).
-    pub fn untrace_server(&mut self, postmaster: u32) {
-        if let Ok(mut pids) = self.server_pids() {
-            let gone: Vec<u32> = pids
-                .iter()
-                .flatten()
-                .filter(|(_, pm)| *pm == postmaster)
-                .map(|(k, _)| k)
-                .collect();
-            for k in gone {
-                let _ = pids.remove(&k);
-            }
-        }
-    }
-
-    /// The traced server processes (tgid → postmaster), as the kernel side filters by them.
-    fn server_pids(&mut self) -> Result<BpfHashMap<&mut MapData, u32, u32>, aya::maps::MapError> {
-        BpfHashMap::try_from(self.ebpf.map_mut("SERVER_PIDS").expect("SERVER_PIDS map"))
     }
 
     /// Removes a process's probes (it exited, or the agent is done with it).
@@ -636,34 +401,6 @@ impl Probes {
         }
         out
     }
-}
-
-/// Where sched_process_fork's parent_pid and child_pid are in this kernel's
-/// tracepoint record (the layout changed in 6.x: comm became __data_loc).
-fn fork_offsets(tracefs: &Path) -> Option<(u32, u32)> {
-    Some((
-        tracepoint_field(tracefs, "sched_process_fork", "parent_pid")?,
-        tracepoint_field(tracefs, "sched_process_fork", "child_pid")?,
-    ))
-}
-
-/// A field's offset in a sched tracepoint's record, from its tracefs format.
-fn tracepoint_field(tracefs: &Path, event: &str, name: &str) -> Option<u32> {
-    let format =
-        std::fs::read_to_string(tracefs.join(format!("events/sched/{event}/format"))).ok()?;
-    // "\tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;"
-    format
-        .lines()
-        .find(|l| {
-            l.split(';')
-                .next()
-                .is_some_and(|f| f.ends_with(&format!(" {name}")))
-        })
-        .and_then(|l| {
-            l.split(';')
-                .find_map(|p| p.trim().strip_prefix("offset:"))
-                .and_then(|o| o.parse().ok())
-        })
 }
 
 /// Turns on the kernel's per-program run counters (a small cost on every
