@@ -457,71 +457,6 @@ impl Tracker {
         });
     }
 
-    /// A block opens (BEGIN, or the chained block after COMMIT AND CHAIN):
-    /// under the client's transaction when the client is traced.
-    fn open_txn(&mut self, at: Origin, client: &dyn Fn(u32) -> Option<ClientIds>) {
-        let ids = match client(at.pid).and_then(|c| c.txn) {
-            Some(p) => p.child(&mut self.gen),
-            None => self.gen.root(),
-        };
-        let b = self.backends.get_mut(&at.pid).expect("entry exists");
-        b.txn = Some(ServerTxn {
-            pid: at.pid,
-            postmaster: b.postmaster,
-            ids,
-            start_ns: at.ts_ns,
-            end_ns: at.ts_ns,
-            outcome: TxnOutcome::Incomplete,
-            error: None,
-            statements: 0,
-            events: vec![Event {
-                name: "transaction.started",
-                ts_ns: at.ts_ns,
-                attributes: vec![],
-            }],
-        });
-    }
-
-    /// The running statement is over (idle, or the next one began): its span
-    /// closes and its effect on the block applies — unless it failed: a failed
-    /// BEGIN opened nothing, a failed COMMIT or PREPARE TRANSACTION rolled
-    /// back, a failed AND CHAIN chains nothing. (ROLLBACK closed the block at
-    /// its abort already.)
-    fn end_statement(
-        &mut self,
-        at: Origin,
-        client: &dyn Fn(u32) -> Option<ClientIds>,
-        out: &mut Vec<ServerSpan>,
-    ) {
-        if self.drop_unexecuted(at, out) {
-            return;
-        }
-        let (failed, end) = self.close_query(at.pid, at.ts_ns, out);
-        let Some(b) = self.backends.get_mut(&at.pid) else {
-            return;
-        };
-        let e = std::mem::take(&mut b.effect);
-        if failed && e.opened {
-            b.txn = None;
-            return;
-        }
-        if let Some(outcome) = e.ends {
-            self.close_txn(
-                at.pid,
-                end,
-                if failed {
-                    TxnOutcome::RolledBack
-                } else {
-                    outcome
-                },
-                out,
-            );
-        }
-        if e.reopens && !failed {
-            self.open_txn(Origin { ts_ns: end, ..at }, client);
-        }
-    }
-
     /// The statement is over (idle, or the next one began): (failed, its end).
     /// An error it left that aborted nothing (in a savepoint, or caught) is
     /// its error, and a wait still open ended with it. A completed one ended
@@ -565,129 +500,16 @@ impl Tracker {
         out.push(ServerSpan::Query(q));
         (failed, end)
     }
-
-    /// A backend exits inside a statement that another backend of its server
-    /// was running when it began, and it never opened a block: a parallel
-    /// worker (they report their leader's statement and exit without going
-    /// idle). Its copy is not a statement of its own.
-    fn is_worker_echo(&self, pid: u32, b: &Backend, q: &ServerQuery) -> bool {
-        if b.txn.is_some() {
-            return false;
-        }
-        let (len, head) = (q.text.len(), text_head(&q.text));
-        let running = self.backends.iter().any(|(p, o)| {
-            *p != pid
-                && o.postmaster == b.postmaster
-                && o.query
-                    .as_ref()
-                    .is_some_and(|l| l.start_ns <= q.start_ns && l.text == q.text)
-        });
-        running
-            || self.ended.iter().any(|e| {
-                e.pid != pid
-                    && e.postmaster == b.postmaster
-                    && e.len == len
-                    && e.head == head
-                    && e.start_ns <= q.start_ns
-                    && q.start_ns <= e.end_ns
-            })
-    }
-
-    fn close_txn(&mut self, pid: u32, ts: u64, outcome: TxnOutcome, out: &mut Vec<ServerSpan>) {
-        let Some(b) = self.backends.get_mut(&pid) else {
-            return;
-        };
-        if let Some(mut t) = b.txn.take() {
-            t.end_ns = ts.max(t.start_ns);
-            // An aborted block commits or prepares nothing.
-            t.outcome = if t.error.is_some() && outcome != TxnOutcome::Incomplete {
-                TxnOutcome::RolledBack
-            } else {
-                outcome
-            };
-            let name = match t.outcome {
-                TxnOutcome::Committed => "transaction.committed",
-                TxnOutcome::RolledBack => "transaction.rolled_back",
-                TxnOutcome::Prepared => "transaction.prepared",
-                TxnOutcome::Incomplete => "transaction.incomplete",
-            };
-            t.events.push(Event {
-                name,
-                ts_ns: t.end_ns,
-                attributes: vec![],
-            });
-            out.push(ServerSpan::Txn(t));
-        }
-    }
-
-    /// A backend exited: close what it had open.
-    pub fn exited(&mut self, pid: u32, ts: u64, out: &mut Vec<ServerSpan>) {
-        self.cut(pid, ts, Cut::ProcessExited, out);
-    }
-
-    fn cut(&mut self, pid: u32, ts: u64, why: Cut, out: &mut Vec<ServerSpan>) {
-        let Some(mut b) = self.backends.remove(&pid) else {
-            return;
-        };
-        for mut w in b.waits.drain(..) {
-            w.end_ns = ts.max(w.start_ns);
-            w.outcome = match why {
-                Cut::ProcessExited => WaitOutcome::ProcessExited,
-                Cut::AgentStopped => WaitOutcome::AgentStopped,
-            };
-            self.counters.incomplete += 1;
-            out.push(ServerSpan::Wait(w));
-        }
-        let mut txn_end = (TxnOutcome::Incomplete, ts);
-        if let Some(mut q) = b.query.take() {
-            if std::mem::take(&mut b.completed) {
-                // It ran to its end: only its closing report is missing.
-                if let Some(outcome) = b.effect.ends {
-                    txn_end = (outcome, q.end_ns);
-                }
-                out.push(ServerSpan::Query(q));
-            } else if why == Cut::ProcessExited && self.is_worker_echo(pid, &b, &q) {
-                self.counters.worker_echoes += 1;
-            } else {
-                q.end_ns = ts.max(q.start_ns);
-                q.incomplete = Some(why);
-                self.counters.incomplete += 1;
-                out.push(ServerSpan::Query(q));
-            }
-        }
-        self.backends.insert(pid, b);
-        self.close_txn(pid, txn_end.1, txn_end.0, out);
-        self.backends.remove(&pid);
-    }
-
-    /// Every backend of a postmaster we stop tracing: it exited (`exited`),
-    /// or the agent stops while its backends live on.
-    pub fn server_gone(
-        &mut self,
-        postmaster: u32,
-        ts: u64,
-        exited: bool,
-        out: &mut Vec<ServerSpan>,
-    ) {
-        let pids: Vec<u32> = self
-            .backends
-            .iter()
-            .filter(|(_, b)| b.postmaster == postmaster)
-            .map(|(p, _)| *p)
-            .collect();
-        let why = if exited {
-            Cut::ProcessExited
-        } else {
-            Cut::AgentStopped
-        };
-        for p in pids {
-            self.cut(p, ts, why, out);
-        }
-    }
 }
 
 #[path = "backend_completion.rs"]
 mod completion;
+
+#[path = "backend_exits.rs"]
+mod exits;
+
+#[path = "backend_txn.rs"]
+mod txn;
 
 #[path = "backend_types.rs"]
 mod types;

@@ -1,0 +1,106 @@
+//! Transaction blocks: opened under the client's transaction when the
+//! client is traced, closed with their outcome, and a statement's effect on
+//! its block applied at the statement's end.
+
+use super::{ClientIds, ServerSpan, ServerTxn, Tracker, TxnOutcome};
+use crate::{events::Origin, pipeline::span::Event};
+
+impl Tracker {
+    /// A block opens (BEGIN, or the chained block after COMMIT AND CHAIN):
+    /// under the client's transaction when the client is traced.
+    pub(super) fn open_txn(&mut self, at: Origin, client: &dyn Fn(u32) -> Option<ClientIds>) {
+        let ids = match client(at.pid).and_then(|c| c.txn) {
+            Some(p) => p.child(&mut self.gen),
+            None => self.gen.root(),
+        };
+        let b = self.backends.get_mut(&at.pid).expect("entry exists");
+        b.txn = Some(ServerTxn {
+            pid: at.pid,
+            postmaster: b.postmaster,
+            ids,
+            start_ns: at.ts_ns,
+            end_ns: at.ts_ns,
+            outcome: TxnOutcome::Incomplete,
+            error: None,
+            statements: 0,
+            events: vec![Event {
+                name: "transaction.started",
+                ts_ns: at.ts_ns,
+                attributes: vec![],
+            }],
+        });
+    }
+
+    /// The running statement is over (idle, or the next one began): its span
+    /// closes and its effect on the block applies — unless it failed: a failed
+    /// BEGIN opened nothing, a failed COMMIT or PREPARE TRANSACTION rolled
+    /// back, a failed AND CHAIN chains nothing. (ROLLBACK closed the block at
+    /// its abort already.)
+    pub(super) fn end_statement(
+        &mut self,
+        at: Origin,
+        client: &dyn Fn(u32) -> Option<ClientIds>,
+        out: &mut Vec<ServerSpan>,
+    ) {
+        if self.drop_unexecuted(at, out) {
+            return;
+        }
+        let (failed, end) = self.close_query(at.pid, at.ts_ns, out);
+        let Some(b) = self.backends.get_mut(&at.pid) else {
+            return;
+        };
+        let e = std::mem::take(&mut b.effect);
+        if failed && e.opened {
+            b.txn = None;
+            return;
+        }
+        if let Some(outcome) = e.ends {
+            self.close_txn(
+                at.pid,
+                end,
+                if failed {
+                    TxnOutcome::RolledBack
+                } else {
+                    outcome
+                },
+                out,
+            );
+        }
+        if e.reopens && !failed {
+            self.open_txn(Origin { ts_ns: end, ..at }, client);
+        }
+    }
+
+    pub(super) fn close_txn(
+        &mut self,
+        pid: u32,
+        ts: u64,
+        outcome: TxnOutcome,
+        out: &mut Vec<ServerSpan>,
+    ) {
+        let Some(b) = self.backends.get_mut(&pid) else {
+            return;
+        };
+        if let Some(mut t) = b.txn.take() {
+            t.end_ns = ts.max(t.start_ns);
+            // An aborted block commits or prepares nothing.
+            t.outcome = if t.error.is_some() && outcome != TxnOutcome::Incomplete {
+                TxnOutcome::RolledBack
+            } else {
+                outcome
+            };
+            let name = match t.outcome {
+                TxnOutcome::Committed => "transaction.committed",
+                TxnOutcome::RolledBack => "transaction.rolled_back",
+                TxnOutcome::Prepared => "transaction.prepared",
+                TxnOutcome::Incomplete => "transaction.incomplete",
+            };
+            t.events.push(Event {
+                name,
+                ts_ns: t.end_ns,
+                attributes: vec![],
+            });
+            out.push(ServerSpan::Txn(t));
+        }
+    }
+}
