@@ -134,7 +134,7 @@ fn literal_word(t: &Token) -> Option<usize> {
 /// `_charset` glued to the literal after it (`_utf8mb4'x'`, `_binary'..'`).
 fn introducer(t: &Token, next: Option<&Token>) -> bool {
     matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.starts_with('_') && w.value.len() > 1)
-        && next.is_some_and(super::is_literal)
+        && next.is_some_and(super::obfuscate::is_literal)
 }
 
 /// A comment the server runs: `/*!50001 ... */` (version-gated code) or `/*+ ... */` (hints):
