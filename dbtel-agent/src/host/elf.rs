@@ -216,7 +216,7 @@ fn parts_from(len: u64, segments: bool, kinds: &[u32], read: Reader) -> io::Resu
             phdrs
                 .iter()
                 .filter(|p| p.p_type(e) == PT_LOAD)
-                .map(|p| (p.p_offset(e).into(), p.p_filesz(e).into())),
+                .map(|p| (p.p_offset(e), p.p_filesz(e))),
         );
     }
     let shdrs = hdr
