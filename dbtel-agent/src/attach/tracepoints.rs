@@ -52,15 +52,8 @@ impl Probes {
         if let Err(e) = &self.tracefs {
             return Err(AttachError::Tracefs(e.clone()));
         }
-        for (name, event) in TRACEPOINTS {
-            let p: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .expect("loaded")
-                .try_into()
-                .expect("tracepoint");
-            p.attach("sched", event)
-                .map_err(|error| AttachError::Tracepoint { what: event, error })?;
+        for &(name, event) in TRACEPOINTS {
+            self.attach_sched(name, event)?;
         }
         self.tracepoints_on = true;
         if self.host_wide {
@@ -74,6 +67,13 @@ impl Probes {
             return Ok(());
         }
         let (name, event) = EXEC_TRACEPOINT;
+        self.attach_sched(name, event)?;
+        self.exec_on = true;
+        Ok(())
+    }
+
+    /// One of the loaded tracepoint programs on sched:`event`.
+    fn attach_sched(&mut self, name: &str, event: &'static str) -> Result<(), AttachError> {
         let p: &mut TracePoint = self
             .ebpf
             .program_mut(name)
@@ -82,7 +82,6 @@ impl Probes {
             .expect("tracepoint");
         p.attach("sched", event)
             .map_err(|error| AttachError::Tracepoint { what: event, error })?;
-        self.exec_on = true;
         Ok(())
     }
 
