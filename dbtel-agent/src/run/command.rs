@@ -203,8 +203,14 @@ pub(super) fn forward_signal<F>(
 ) -> bool {
     match child {
         Some((pid, _)) => {
+            // Continued too, as shells do for a stopped job: a command held
+            // at a load or an exec must get the signal now, not after the
+            // agent has looked (it is stopping anyway).
             // SAFETY: plain kill(2) on our own child.
-            unsafe { libc::kill(*pid as i32, sig) };
+            unsafe {
+                libc::kill(*pid as i32, sig);
+                libc::kill(*pid as i32, libc::SIGCONT);
+            }
             since.get_or_insert_with(tokio::time::Instant::now);
             true
         }
