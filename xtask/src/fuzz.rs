@@ -52,7 +52,9 @@ pub(crate) fn fuzz(seconds: u32, only: &[String]) -> Result<()> {
     }
     let started = Instant::now();
     // One build for all targets; each run then finds its binary built.
-    run(cargo_fuzz().arg("build"))?;
+    // Unoptimized (--dev): a bounded run in CI is paid mostly in the cold
+    // build of every dependency with the sanitizer, which optimizing doubles.
+    run(cargo_fuzz().args(["build", "--dev"]))?;
     eprintln!("xtask: fuzz targets built in {:.0?}", started.elapsed());
     let mut crashed = Vec::new();
     for t in &targets {
@@ -64,7 +66,7 @@ pub(crate) fn fuzz(seconds: u32, only: &[String]) -> Result<()> {
         let before = entries(&artifacts);
         // libFuzzer adds what it learns to the first directory given only.
         let mut cmd = cargo_fuzz();
-        cmd.args(["run", t]).arg(&learnt);
+        cmd.args(["run", "--dev", t]).arg(&learnt);
         if seeds.is_dir() {
             cmd.arg(&seeds);
         }

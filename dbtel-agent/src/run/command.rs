@@ -127,7 +127,7 @@ pub(super) fn spawn_held(command: &[String], user: &CommandUser) -> anyhow::Resu
     // SAFETY: pipe2 just returned these descriptors.
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     // SAFETY: between fork and exec the child only calls async-signal-safe
-    // functions (close, read, prctl, set*id, capset, execvpe, write, _exit)
+    // functions (close, read, prctl, set*id, capset, signal, execvpe, write, _exit)
     // on memory prepared above.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -153,6 +153,10 @@ pub(super) fn spawn_held(command: &[String], user: &CommandUser) -> anyhow::Resu
             if libc::getppid() != agent {
                 libc::_exit(127);
             }
+            // The signals the agent forwards must act: an agent started with
+            // them ignored (a background job of a script) would pass that on.
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
             libc::execvpe(argv[0], argv.as_ptr(), envp.as_ptr());
             libc::write(2, failed.as_ptr().cast(), failed.as_bytes().len());
             libc::_exit(127);
