@@ -35,7 +35,10 @@ fn cargo_fuzz() -> Command {
         // Set by the stable cargo running xtask; the nightly one must choose its own.
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("CARGO")
-        .env_remove("RUSTC");
+        .env_remove("RUSTC")
+        // Line tables are enough for a crash's backtrace; full debug info made
+        // six sanitized binaries too big for a CI disk.
+        .env("CARGO_PROFILE_DEV_DEBUG", "line-tables-only");
     c
 }
 
