@@ -198,11 +198,7 @@ impl Agent {
 
     fn process_gone(&mut self, pid: u32) {
         self.drain_briefly();
-        let now = Clock::monotonic_now_ns();
-        self.recon.process_exited(pid, now, &mut self.spans);
-        for e in &mut self.engines {
-            e.forget(pid, now, &mut self.engine_spans);
-        }
+        self.end_queries(pid, Clock::monotonic_now_ns());
         self.flush_spans();
         self.forget_process(pid);
     }

@@ -32,11 +32,7 @@ impl Agent {
         }
         if self.live.contains_key(&pid) {
             // The old program's queries end here; its probes go with it.
-            let ts = e.at.ts_ns;
-            self.recon.process_exited(pid, ts, &mut self.spans);
-            for eng in &mut self.engines {
-                eng.forget(pid, ts, &mut self.engine_spans);
-            }
+            self.end_queries(pid, e.at.ts_ns);
             self.flush_spans();
             self.probes.detach_pid(pid);
             self.inspected.retain(|(p, _)| *p != pid);

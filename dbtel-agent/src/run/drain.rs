@@ -66,10 +66,12 @@ impl Agent {
             };
             match record {
                 Ok(Record::Client(ev)) => {
-                    let from = ev.origin().pid;
-                    let followed = self.followed.contains(&from);
+                    // Looked up until the first call only: this runs per event.
                     if let Some((pid, used)) = &mut self.command {
-                        *used |= *pid == from || followed;
+                        if !*used {
+                            let from = ev.origin().pid;
+                            *used = *pid == from || self.followed.contains(&from);
+                        }
                     }
                     if self.host.is_none() || self.choose_client(ev.origin().pid) {
                         self.recon.on_event(ev, &mut self.spans)
@@ -118,12 +120,17 @@ impl Agent {
     /// A traced process's program ended at `ts_ns` (exit or exec): its spans go out now.
     pub(super) fn ended(&mut self, pid: u32, ts_ns: u64) {
         if self.live.contains_key(&pid) {
-            self.recon.process_exited(pid, ts_ns, &mut self.spans);
-            for e in &mut self.engines {
-                e.forget(pid, ts_ns, &mut self.engine_spans);
-            }
+            self.end_queries(pid, ts_ns);
             self.flush_spans();
             self.forget_process(pid);
+        }
+    }
+
+    /// Ends what a process's program had in flight, in every engine, at `ts_ns`.
+    pub(super) fn end_queries(&mut self, pid: u32, ts_ns: u64) {
+        self.recon.process_exited(pid, ts_ns, &mut self.spans);
+        for e in &mut self.engines {
+            e.forget(pid, ts_ns, &mut self.engine_spans);
         }
     }
 

@@ -23,11 +23,7 @@ impl Agent {
             .map(|e| e.in_flight() as u64)
             .sum::<u64>();
         for pid in pids {
-            let now = Clock::monotonic_now_ns();
-            self.recon.process_exited(pid, now, &mut self.spans);
-            for e in &mut self.engines {
-                e.forget(pid, now, &mut self.engine_spans);
-            }
+            self.end_queries(pid, Clock::monotonic_now_ns());
             self.probes.detach_pid(pid);
         }
         self.probes.finish_detaching();
