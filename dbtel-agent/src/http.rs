@@ -66,13 +66,30 @@ async fn health_answer(State(h): State<Arc<Health>>) -> (StatusCode, &'static st
     }
 }
 
-/// The routes: `/healthz`, `/readyz` (same answer, for Kubernetes probes).
-/// Unknown paths get axum's 404.
-pub fn router(health: Arc<Health>) -> Router {
+async fn metrics_answer(
+    State(m): State<Arc<crate::metrics::Shared>>,
+) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    let text = m.prometheus_text();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::prometheus::CONTENT_TYPE,
+        )],
+        text,
+    )
+}
+
+/// The routes: `/healthz`, `/readyz` (same answer, for Kubernetes probes),
+/// `/metrics` (Prometheus text). Unknown paths get axum's 404.
+pub fn router(health: Arc<Health>, metrics: Arc<crate::metrics::Shared>) -> Router {
+    let metrics = Router::new()
+        .route("/metrics", get(metrics_answer))
+        .with_state(metrics);
     Router::new()
         .route("/healthz", get(health_answer))
         .route("/readyz", get(health_answer))
         .with_state(health)
+        .merge(metrics)
 }
 
 /// Binds the listener (inside the runtime). The error is one line naming the address.
@@ -127,7 +144,7 @@ mod tests {
         let h = Health::new();
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let _server = spawn(listener, router(h.clone()));
+        let _server = spawn(listener, router(h.clone(), Arc::default()));
         for path in ["/healthz", "/readyz"] {
             assert_eq!(get(addr, path).await, (503, "starting\n".into()));
         }
@@ -136,6 +153,12 @@ mod tests {
             assert_eq!(get(addr, path).await, (200, "ok\n".into()));
         }
         assert_eq!(get(addr, "/metricz").await.0, 404);
+        let (status, body) = get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("# TYPE db_query_duration histogram\n"),
+            "{body}"
+        );
         h.set_stopping();
         assert_eq!(get(addr, "/healthz").await, (503, "stopping\n".into()));
     }

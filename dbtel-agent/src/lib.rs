@@ -2,11 +2,13 @@
 pub mod attach;
 pub mod check;
 pub mod config;
+pub mod detect;
 pub mod engine;
 pub mod events;
 pub mod export;
 pub mod host;
 pub mod http;
+pub mod metrics;
 pub mod mysql;
 pub mod pipeline;
 pub mod postgres;

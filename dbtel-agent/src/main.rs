@@ -14,7 +14,6 @@ use dbtel_agent::{
     postgres::server::side::CatalogSettings,
     run::{run, RunConfig, Summary},
 };
-use dbtel_common::counter;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum ExporterArg {
@@ -81,9 +80,20 @@ struct Cli {
     #[arg(long)]
     print_config: bool,
 
-    /// Serve /healthz (200 once every probe is attached) on this address, e.g. 127.0.0.1:9464.
+    /// Serve /healthz (200 once every probe is attached) and /metrics (Prometheus text) on
+    /// this address, e.g. 127.0.0.1:9464.
     #[arg(long, value_name = "ADDR")]
     http_address: Option<std::net::SocketAddr>,
+
+    /// Mark statements slower than this (`db.slow_query`, a `slow_query_detected` event,
+    /// the dbtel_slow_queries counter): 250ms, 2s; a bare number is milliseconds
+    /// (SLOW_QUERY_TIME, as in-process libraries read it). Default: off.
+    #[arg(long, value_name = "DURATION", env = "SLOW_QUERY_TIME", value_parser = dbtel_agent::settings::parse_threshold)]
+    slow_query_threshold: Option<std::time::Duration>,
+
+    /// Distinct query summaries (and tables) metrics keep as label values; the rest are `other`.
+    #[arg(long, value_name = "N", default_value_t = dbtel_agent::metrics::DEFAULT_MAX_SUMMARIES)]
+    metrics_max_summaries: usize,
 
     /// Where spans go.
     #[arg(long, value_enum, env = "OTEL_TRACES_EXPORTER", default_value = "otlp")]
@@ -323,6 +333,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
         None if unsafe { libc::isatty(1) } == 1 => ConsoleFormat::Tree,
         None => ConsoleFormat::Lines,
     };
+    let metrics = dbtel_agent::metrics::Metrics::new(cli.metrics_max_summaries);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -332,7 +343,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
     let health = match cli.http_address {
         Some(addr) => {
             let health = Health::new();
-            let router = http::router(health.clone());
+            let router = http::router(health.clone(), metrics.shared());
             rt.block_on(async { http::bind(addr).await.map(|l| http::spawn(l, router)) })?;
             Some(health)
         }
@@ -374,34 +385,24 @@ fn real_main() -> anyhow::Result<ExitCode> {
             .transpose()?,
         health,
         command_user,
+        metrics,
+        slow_query: cli.slow_query_threshold,
     };
     let (summary, mut exporter) = rt.block_on(run(cfg, exporter))?;
     // Outside the runtime: shutdown blocks while gRPC exports still run on it.
     exporter.shutdown();
-    report(&summary, &exporter);
+    let own = dbtel_agent::run::own_of(&summary, &exporter);
+    report(&own, &summary, &exporter);
     Ok(match summary.command_status {
         Some(code) => ExitCode::from(code.clamp(0, 255) as u8),
         None => ExitCode::SUCCESS,
     })
 }
 
-fn report(s: &Summary, e: &Exporter) {
+/// The exit summary, printed from the same figures `/metrics` serves.
+fn report(own: &dbtel_agent::metrics::own::Own, s: &Summary, e: &Exporter) {
     let st = &e.stats;
-    let ring_full = s.kernel[counter::RINGBUF_FULL as usize];
-    let unmatched = s.kernel[counter::RESULT_UNMATCHED as usize] + s.unmatched_results;
-    eprintln!(
-        "dbtel: {} spans exported, {} failed to export, {} lost in the export queue; \
-         {} events read, {} lost in the ring buffer, {} undecodable, {} unmatched results, {} queries incomplete",
-        st.exported.load(Ordering::Relaxed),
-        // Spans the exporter could not even be set up for count as failed too.
-        st.failed.load(Ordering::Relaxed) + s.export_errors,
-        st.unaccounted(),
-        s.events,
-        ring_full,
-        s.decode_errors,
-        unmatched,
-        s.incomplete,
-    );
+    eprintln!("{}", own.summary_line());
     if s.evicted.iter().any(|&n| n > 0) {
         let [conns, statements, queries] = s.evicted;
         eprintln!(
@@ -437,26 +438,10 @@ fn report(s: &Summary, e: &Exporter) {
             s.server.worker_echoes
         );
     }
-    // SAFETY: getrusage fills the struct we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let cpu = (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) as f64
-        + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) as f64 / 1e6;
-    // VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork+exec.
-    let hwm_kib = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(f64::NAN);
     eprintln!(
-        "dbtel: agent cpu {cpu:.3} s, max rss {:.1} MiB",
-        hwm_kib / 1024.0
+        "dbtel: agent cpu {:.3} s, max rss {:.1} MiB",
+        own.cpu_seconds,
+        own.max_rss_bytes as f64 / (1024.0 * 1024.0)
     );
     if !s.program_runs.is_empty() {
         let runs: Vec<String> = s

@@ -34,6 +34,8 @@ mod exit;
 pub mod hostwide;
 mod housekeeping;
 mod loads;
+mod outflow;
+pub use outflow::own_of;
 
 use clients::Found;
 use command::{forward_signal, wait_child};
@@ -56,6 +58,10 @@ pub struct RunConfig {
     pub health: Option<std::sync::Arc<crate::http::Health>>,
     /// Who the `--` command runs as (never with the agent's capabilities).
     pub command_user: crate::host::command_user::CommandUser,
+    /// Where spans are counted into metrics (shared with /metrics).
+    pub metrics: crate::metrics::Metrics,
+    /// --slow-query-threshold.
+    pub slow_query: Option<Duration>,
 }
 
 /// Everything counted on the way, reported at exit.
@@ -75,6 +81,8 @@ pub struct Summary {
     pub server: crate::postgres::server::backend::Counters,
     /// Probe hits and eBPF run time per program, with --probe-stats.
     pub program_runs: Vec<(&'static str, u64, Duration)>,
+    /// Spans finished by the engines (all of them reach metrics).
+    pub spans_made: u64,
 }
 
 struct Agent {
@@ -108,6 +116,8 @@ struct Agent {
     /// Servers traced through an engine's plan (in `live` too): a `--`
     /// command's exit ends the run whether or not they still run.
     engine_servers: HashSet<u32>,
+    metrics: crate::metrics::Metrics,
+    slow_query_ns: Option<u64>,
 }
 
 impl Agent {
@@ -279,6 +289,8 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         engine_spans: Vec::new(),
         scratch: Vec::new(),
         engine_servers: HashSet::new(),
+        metrics: cfg.metrics,
+        slow_query_ns: cfg.slow_query.map(|d| d.as_nanos() as u64),
     };
     let mut attached_lines = Vec::new();
     if agent.host.is_some() {
@@ -387,6 +399,9 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                     e.tick(now, &mut agent.engine_spans);
                 }
                 agent.warn_on_new_drops(&mut last_counters, &mut drops_warned_at);
+                if ticks.is_multiple_of(4) {
+                    agent.publish_metrics();
+                }
                 if child.is_none() && agent.host.is_none() && agent.live.is_empty() && agent.server.servers.is_empty() {
                     log::info!("no traced process left");
                     break;

@@ -35,6 +35,22 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?}: too large"))
 }
 
+/// `--slow-query-threshold` / SLOW_QUERY_TIME: a bare number is
+/// milliseconds (as the in-process libraries read SLOW_QUERY_TIME), else a
+/// duration such as 250ms or 2s. Zero is refused (every query would be slow).
+pub fn parse_threshold(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let d = match t.parse::<u64>() {
+        Ok(ms) => std::time::Duration::from_millis(ms),
+        Err(_) => humantime::parse_duration(t)
+            .map_err(|_| format!("{s:?}: milliseconds (500) or a duration such as 250ms or 2s"))?,
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be more than 0"));
+    }
+    Ok(d)
+}
+
 /// The spool holds whole requests (up to a few MiB each).
 const SPOOL_AT_LEAST: u64 = 16 << 20;
 
@@ -195,6 +211,18 @@ mod tests {
             spool_dir: None,
             spool_max_size: 1 << 30,
         }
+    }
+
+    #[test]
+    fn slow_query_thresholds() {
+        use std::time::Duration;
+        assert_eq!(parse_threshold("500"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_threshold("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_threshold("2s"), Ok(Duration::from_secs(2)));
+        assert!(parse_threshold("0").unwrap_err().contains("more than 0"));
+        assert!(parse_threshold("soon")
+            .unwrap_err()
+            .contains("milliseconds"));
     }
 
     #[test]

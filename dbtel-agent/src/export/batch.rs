@@ -174,6 +174,7 @@ impl Pipeline {
         // Counted as lost in the export queue (ended, never exported); said
         // at the first drop, then at most once per WARN_EVERY with the count.
         self.dropped_spans += n as u64;
+        self.stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
         let since = self.drops_warned.map_or(0, |(_, at)| at);
         if self
             .drops_warned

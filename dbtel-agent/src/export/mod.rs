@@ -82,6 +82,8 @@ pub struct ExportStats {
     pub failed: AtomicU64,
     /// Spans waiting in the spool now (to be exported or counted as failed).
     pub spooled: AtomicU64,
+    /// Spans dropped because the export queue was full (part of `unaccounted`).
+    pub dropped: AtomicU64,
 }
 
 impl ExportStats {
@@ -135,6 +137,8 @@ pub struct Exporter {
     /// Console trees: one printer for all pipelines (a trace spans processes).
     tree: Option<TreePrinter>,
     pub stats: Arc<ExportStats>,
+    /// Spans the sampler dropped (metrics counted them).
+    pub sampled_out: u64,
 }
 
 impl Exporter {
@@ -191,6 +195,7 @@ impl Exporter {
             host_name: host_name(),
             tree,
             stats,
+            sampled_out: 0,
         })
     }
 
@@ -269,6 +274,7 @@ impl Exporter {
                 .sampler
                 .should_sample(None, trace_id, &s.name, &kind, &s.attributes, &[]);
         if sampled.decision != SamplingDecision::RecordAndSample {
+            self.sampled_out += 1;
             return Ok(());
         }
         let mut span_events = SpanEvents::default();

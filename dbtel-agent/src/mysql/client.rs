@@ -188,6 +188,19 @@ impl Engine for Client {
     fn in_flight(&self) -> usize {
         self.recon.in_flight() + self.server.in_flight()
     }
+
+    /// The server's count where one is traced (it sees every client); the
+    /// clients' otherwise (their server's flavour is not known here: `mysql`).
+    fn open_transactions(&self, out: &mut Vec<(&'static str, u64)>) {
+        if self.server.traces_servers() {
+            out.push((self.server.system(), self.server.open_transactions()));
+        } else {
+            let n = self.recon.open_transactions();
+            if n > 0 {
+                out.push(("mysql", n));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

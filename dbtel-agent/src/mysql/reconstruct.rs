@@ -153,6 +153,11 @@ impl Reconstructor {
     }
 
     /// Operations in flight (for the exit report and leak checks).
+    /// Client transactions open now.
+    pub fn open_transactions(&self) -> u64 {
+        self.txns.open_transactions()
+    }
+
     pub fn in_flight(&self) -> usize {
         self.conns.values().filter(|c| c.op.is_some()).count()
     }

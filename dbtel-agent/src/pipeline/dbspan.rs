@@ -35,8 +35,27 @@ struct Typed {
     operation: Option<u16>,
     collection: Option<u16>,
     error_type: Option<u16>,
+    namespace: Option<u16>,
+    summary: Option<u16>,
+    status_code: Option<u16>,
+    server_address: Option<u16>,
+    outcome: Option<u16>,
+    lock_outcome: Option<u16>,
+    server_port: Option<i64>,
+    retry_count: Option<i64>,
     rows: Option<i64>,
     affected_rows: Option<i64>,
+}
+
+/// What a span stands for, as metrics and detectors count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// A statement (client call or server statement).
+    Query,
+    /// A transaction (it carries `db.transaction.outcome`).
+    Transaction,
+    /// Time spent waiting for a lock inside the server.
+    LockWait,
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +74,9 @@ pub struct DbSpan {
     pub error: Option<String>,
     pub events: Vec<Event>,
     pub links: Vec<Link>,
+    /// A server span whose client's span is traced too (its child): counted
+    /// once, by the client's, where both sides would say the same.
+    pub mirrored: bool,
     /// Where the typed facts are in `attributes` (read through the accessors).
     typed: Typed,
 }
@@ -91,6 +113,14 @@ impl DbSpan {
                 "db.operation.name" => typed.operation = at,
                 "db.collection.name" => typed.collection = at,
                 "error.type" => typed.error_type = at,
+                "db.namespace" => typed.namespace = at,
+                "db.query.summary" => typed.summary = at,
+                "db.response.status_code" => typed.status_code = at,
+                "server.address" => typed.server_address = at,
+                "db.transaction.outcome" => typed.outcome = at,
+                "db.postgresql.lock.outcome" | "db.mysql.lock.outcome" => typed.lock_outcome = at,
+                "server.port" => typed.server_port = int(),
+                "db.transaction.retry_count" => typed.retry_count = int(),
                 "db.response.returned_rows" => typed.rows = int(),
                 "db.response.affected_rows" => typed.affected_rows = int(),
                 _ => {}
@@ -107,7 +137,35 @@ impl DbSpan {
             error: d.error,
             events,
             links,
+            mirrored: false,
             typed,
+        }
+    }
+
+    /// Marks a server span whose client's span is traced too.
+    pub fn mirrored(mut self, yes: bool) -> Self {
+        self.mirrored = yes;
+        self
+    }
+
+    pub fn role(&self) -> Role {
+        if self.kind == Kind::Internal {
+            Role::LockWait
+        } else if self.typed.outcome.is_some() {
+            Role::Transaction
+        } else {
+            Role::Query
+        }
+    }
+
+    /// The span the application's own call would make: a client span, or a
+    /// server span whose client is not traced. Library-named metrics and
+    /// detectors count these, so nothing is counted twice.
+    pub fn outermost(&self) -> bool {
+        match self.kind {
+            Kind::Client => true,
+            Kind::Server => !self.mirrored,
+            Kind::Internal => true,
         }
     }
 
@@ -136,6 +194,52 @@ impl DbSpan {
     /// error.type
     pub fn error_type(&self) -> Option<&str> {
         self.text(self.typed.error_type)
+    }
+
+    /// db.namespace
+    pub fn namespace(&self) -> Option<&str> {
+        self.text(self.typed.namespace)
+    }
+
+    /// db.query.summary
+    pub fn summary(&self) -> Option<&str> {
+        self.text(self.typed.summary)
+    }
+
+    /// db.response.status_code
+    pub fn status_code(&self) -> Option<&str> {
+        self.text(self.typed.status_code)
+    }
+
+    /// server.address
+    pub fn server_address(&self) -> Option<&str> {
+        self.text(self.typed.server_address)
+    }
+
+    /// server.port
+    pub fn server_port(&self) -> Option<i64> {
+        self.typed.server_port
+    }
+
+    /// db.transaction.outcome
+    pub fn outcome(&self) -> Option<&str> {
+        self.text(self.typed.outcome)
+    }
+
+    /// db.transaction.retry_count
+    pub fn retry_count(&self) -> Option<i64> {
+        self.typed.retry_count
+    }
+
+    /// A lock wait's outcome (granted, deadlock, lock_timeout, …).
+    pub fn lock_outcome(&self) -> Option<&str> {
+        self.text(self.typed.lock_outcome)
+    }
+
+    /// Adds an attribute after construction, keeping typed positions valid
+    /// (attributes are only ever appended).
+    pub fn push_attribute(&mut self, kv: KeyValue) {
+        self.attributes.push(kv);
     }
 
     /// db.response.returned_rows

@@ -163,6 +163,14 @@ impl Tracker {
         }
     }
 
+    /// Transactions open now (begun, or confirmed by the server).
+    pub fn open_transactions(&self) -> u64 {
+        self.conns
+            .values()
+            .map(|c| c.open.iter().filter(|o| o.confirmed).count() as u64)
+            .sum()
+    }
+
     /// Connections with state (for bound checks).
     pub fn connections(&self) -> usize {
         self.conns.len()

@@ -158,12 +158,7 @@ impl Agent {
                 ClientSpan::Txn(t, conn) => attributes::txn_span(t, conn.as_deref()),
             });
         }
-        for span in ready {
-            if let Err(e) = self.exporter.emit(span) {
-                self.summary.export_errors += 1;
-                log::warn!("cannot export span: {e:#}");
-            }
-        }
+        self.hand_on(ready);
         self.exporter.flush();
     }
 }

@@ -46,19 +46,10 @@ impl Agent {
             self.server.server_gone(pm, now, false);
         }
         self.flush_spans_now(true);
-        self.summary.server = self.server.tracker.counters;
-        self.summary.kernel = self.probes.kernel_counters();
+        self.refresh_summary();
         if probe_stats {
             self.summary.program_runs = self.probes.program_runs();
         }
-        self.summary.unmatched_results = self.recon.counters.unmatched_results;
-        self.summary.incomplete = self.recon.counters.incomplete;
-        let c = &self.recon.counters;
-        self.summary.evicted = [
-            c.evicted_connections,
-            c.evicted_statements,
-            c.evicted_queries,
-        ];
         (self.summary, self.exporter)
     }
 }

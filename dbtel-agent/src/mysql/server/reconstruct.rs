@@ -157,6 +157,7 @@ impl Done {
 #[derive(Debug)]
 struct OpenTxn {
     ids: Ids,
+    joined: bool,
     start_ns: u64,
     statements: u32,
 }
@@ -217,6 +218,21 @@ pub struct Tracker {
 const DEADLOCKS_KEPT: usize = 64;
 
 impl Tracker {
+    /// Transactions open now on the traced servers' connections.
+    pub fn open_transactions(&self) -> u64 {
+        self.conns.values().filter(|c| c.txn.is_some()).count() as u64
+    }
+
+    /// Whether it traces a server now (one attached, or connections seen).
+    pub fn traces_servers(&self) -> bool {
+        !self.formats.is_empty() || self.conns.values().next().is_some()
+    }
+
+    /// db.system.name of its spans.
+    pub fn system(&self) -> &'static str {
+        self.system
+    }
+
     pub fn new(system: &'static str, text: Text, gen: IdGen) -> Self {
         Tracker {
             system,

@@ -32,6 +32,8 @@ pub enum What {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatementSpan {
     pub ids: Ids,
+    /// A child of its client's span (that client is traced too).
+    pub joined: bool,
     /// The server process.
     pub pid: u32,
     /// The OS thread that ran it.
@@ -59,6 +61,8 @@ pub struct StatementSpan {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TxnSpan {
     pub ids: Ids,
+    /// Opened under its client's transaction (that client is traced too).
+    pub joined: bool,
     pub pid: u32,
     pub connection_id: u64,
     pub start_ns: u64,
@@ -174,6 +178,7 @@ pub struct WaitSpan {
 
 pub fn statement_span(s: StatementSpan, system: &'static str) -> DbSpan {
     let d = describe_statement(&s, system);
+    let joined = s.joined;
     DbSpan::new(
         s.pid,
         s.ids,
@@ -183,10 +188,12 @@ pub fn statement_span(s: StatementSpan, system: &'static str) -> DbSpan {
         s.events,
         Vec::new(),
     )
+    .mirrored(joined)
 }
 
 pub fn txn_span(t: TxnSpan, system: &'static str) -> DbSpan {
     let d = describe_txn(&t, system);
+    let joined = t.joined;
     DbSpan::new(
         t.pid,
         t.ids,
@@ -196,6 +203,7 @@ pub fn txn_span(t: TxnSpan, system: &'static str) -> DbSpan {
         t.events,
         Vec::new(),
     )
+    .mirrored(joined)
 }
 
 /// A lock wait, linked to its blockers' transactions where dbtel traces them.
@@ -463,6 +471,7 @@ mod tests {
     fn stmt(what: What, text: &str) -> StatementSpan {
         StatementSpan {
             ids: Ids::default(),
+            joined: false,
             pid: 7,
             tid: 8,
             connection_id: 42,

@@ -119,6 +119,7 @@ impl Tracker {
         }
         let s = StatementSpan {
             ids,
+            joined: d.client.is_some(),
             pid: key.0,
             tid: d.tid,
             connection_id: key.1,

@@ -18,6 +18,7 @@ impl Tracker {
             None => self.gen.root(),
         };
         OpenTxn {
+            joined: client.is_some_and(|c| c.parent_span_id != 0),
             ids,
             start_ns,
             statements: 0,
@@ -54,6 +55,7 @@ impl Tracker {
         ];
         let span = TxnSpan {
             ids: t.ids,
+            joined: t.joined,
             pid: key.0,
             connection_id: key.1,
             start_ns: t.start_ns,

@@ -237,6 +237,11 @@ impl Reconstructor {
     }
 
     /// Number of queries in flight (for leak checks and metrics).
+    /// Client transactions open now.
+    pub fn open_transactions(&self) -> u64 {
+        self.txns.open_transactions()
+    }
+
     pub fn in_flight(&self) -> usize {
         self.conns.values().map(|c| c.queue.len()).sum()
     }

@@ -9,7 +9,8 @@ impl Tracker {
     /// A block opens (BEGIN, or the chained block after COMMIT AND CHAIN):
     /// under the client's transaction when the client is traced.
     pub(super) fn open_txn(&mut self, at: Origin, client: &dyn Fn(u32) -> Option<ClientIds>) {
-        let ids = match client(at.pid).and_then(|c| c.txn) {
+        let parent = client(at.pid).and_then(|c| c.txn);
+        let ids = match parent {
             Some(p) => p.child(&mut self.gen),
             None => self.gen.root(),
         };
@@ -18,6 +19,7 @@ impl Tracker {
             pid: at.pid,
             postmaster: b.postmaster,
             ids,
+            joined: parent.is_some(),
             start_ns: at.ts_ns,
             end_ns: at.ts_ns,
             outcome: TxnOutcome::Incomplete,

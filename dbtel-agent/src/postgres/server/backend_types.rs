@@ -171,6 +171,8 @@ pub struct ServerTxn {
     pub pid: u32,
     pub postmaster: u32,
     pub ids: Ids,
+    /// Opened under its client's transaction (that client is traced too).
+    pub joined: bool,
     pub start_ns: u64,
     pub end_ns: u64,
     pub outcome: TxnOutcome,

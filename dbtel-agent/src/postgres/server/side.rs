@@ -264,6 +264,33 @@ impl ServerSide {
             .collect()
     }
 
+    /// Open transactions of client backends per database, from each traced
+    /// server's latest catalog snapshot (the catalog's own sessions left out).
+    pub fn open_transactions(&self, out: &mut Vec<(String, u64)>) {
+        let own = self.own_backends();
+        for (pm, c) in &self.catalogs {
+            let snap = c.snapshot.borrow().clone();
+            for (pid, b) in &snap.backends {
+                if b.in_transaction()
+                    && b.backend_type == "client backend"
+                    && !own.contains(&(*pm, *pid))
+                {
+                    let db = b.datname.clone().unwrap_or_default();
+                    match out.iter_mut().find(|(d, _)| *d == db) {
+                        Some(e) => e.1 += 1,
+                        None => out.push((db, 1)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a catalog watches a traced server (its snapshot is the
+    /// source of open transactions).
+    pub fn has_catalog(&self) -> bool {
+        !self.catalogs.is_empty()
+    }
+
     /// The catalogs' own backends by host PID (learnt if they are new).
     pub fn own_backends_on_host(&mut self) -> Vec<u32> {
         let own = self.own_backends();

@@ -23,6 +23,7 @@ pub fn query_span(
 ) -> DbSpan {
     let facts = cache.get(q.prepared.as_ref().map_or(&q.text, |(_, body)| body));
     let d = describe_query(&q, backend_pid, &facts, backend);
+    let joined = q.joined;
     DbSpan::new(
         q.postmaster,
         q.ids,
@@ -32,11 +33,13 @@ pub fn query_span(
         q.events,
         Vec::new(),
     )
+    .mirrored(joined)
 }
 
 /// A transaction block as the server ran it.
 pub fn txn_span(t: ServerTxn, backend_pid: i32, backend: Option<&Backend>) -> DbSpan {
     let d = describe_txn(&t, backend_pid, backend);
+    let joined = t.joined;
     DbSpan::new(
         t.postmaster,
         t.ids,
@@ -46,6 +49,7 @@ pub fn txn_span(t: ServerTxn, backend_pid: i32, backend: Option<&Backend>) -> Db
         t.events,
         Vec::new(),
     )
+    .mirrored(joined)
 }
 
 /// A lock wait (kind INTERNAL: time spent inside the server), linked to the

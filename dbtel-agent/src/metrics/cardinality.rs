@@ -1,0 +1,131 @@
+//! Label values with no natural bound (query summaries, tables) are capped:
+//! the first `cap` values seen are kept, and a value seen often later is
+//! admitted too (up to a quarter more), so a hot query that appears after a
+//! burst of one-off ones still gets its own series. The rest report as
+//! `other`. Never raw texts: summaries are already literal-free.
+
+use std::sync::Arc;
+
+use crate::FastMap;
+
+pub const OTHER: &str = "other";
+
+/// Late values are counted in at most this many slots; when full, the
+/// coldest half is forgotten (a bounded, approximate heavy-hitter count).
+const PENDING_SLOTS: usize = 1024;
+
+#[derive(Debug)]
+pub struct Limiter {
+    cap: usize,
+    /// Admitted values and how often each was seen.
+    admitted: FastMap<Arc<str>, u64>,
+    late_admitted: usize,
+    pending: FastMap<Arc<str>, u64>,
+    /// Values that became `other` (a value counted once per time it was refused).
+    pub refused: u64,
+}
+
+impl Limiter {
+    pub fn new(cap: usize) -> Self {
+        Limiter {
+            cap,
+            admitted: FastMap::default(),
+            late_admitted: 0,
+            pending: FastMap::default(),
+            refused: 0,
+        }
+    }
+
+    /// The value to report for `v`: itself, or `other`.
+    pub fn admit<'a>(&mut self, v: &'a str) -> &'a str {
+        if v.is_empty() {
+            return v;
+        }
+        if let Some(n) = self.admitted.get_mut(v) {
+            *n += 1;
+            return v;
+        }
+        if self.admitted.len() < self.cap {
+            self.admitted.insert(Arc::from(v), 1);
+            return v;
+        }
+        if self.late_admitted < self.cap / 4 {
+            let n = match self.pending.get_mut(v) {
+                Some(n) => {
+                    *n += 1;
+                    *n
+                }
+                None => {
+                    if self.pending.len() >= PENDING_SLOTS {
+                        self.forget_coldest_half();
+                    }
+                    self.pending.insert(Arc::from(v), 1);
+                    1
+                }
+            };
+            // Checked at powers of two only: the scan is O(cap).
+            if n >= 16 && n.is_power_of_two() {
+                let coldest = self.admitted.values().copied().min().unwrap_or(0);
+                if n > coldest {
+                    let (k, n) = self.pending.remove_entry(v).expect("just counted");
+                    self.admitted.insert(k, n);
+                    self.late_admitted += 1;
+                    return v;
+                }
+            }
+        }
+        self.refused += 1;
+        OTHER
+    }
+
+    fn forget_coldest_half(&mut self) {
+        let mut counts: Vec<u64> = self.pending.values().copied().collect();
+        let mid = counts.len() / 2;
+        let (_, median, _) = counts.select_nth_unstable(mid);
+        let median = *median;
+        self.pending.retain(|_, n| *n > median);
+        // All equal: drop them all rather than keep a full table.
+        if self.pending.len() >= PENDING_SLOTS / 2 {
+            self.pending.clear();
+        }
+    }
+
+    pub fn distinct(&self) -> usize {
+        self.admitted.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_values_are_kept_then_other() {
+        let mut l = Limiter::new(3);
+        for v in ["a", "b", "c"] {
+            assert_eq!(l.admit(v), v);
+        }
+        assert_eq!(l.admit("d"), OTHER);
+        assert_eq!(l.admit("a"), "a");
+        assert_eq!(l.admit(""), "");
+        assert_eq!(l.refused, 1);
+    }
+
+    #[test]
+    fn a_hot_late_value_is_admitted_and_one_offs_are_not() {
+        let mut l = Limiter::new(200);
+        for i in 0..10_000 {
+            l.admit(&format!("SELECT t{i}"));
+        }
+        let mut hot = 0;
+        for i in 0..2_000 {
+            if l.admit("SELECT hot") == "SELECT hot" {
+                hot += 1;
+            }
+            l.admit(&format!("SELECT late{i}"));
+        }
+        assert!(hot > 1_900, "{hot}");
+        assert!(l.distinct() <= 250, "{}", l.distinct());
+        assert!(l.pending.len() <= PENDING_SLOTS);
+    }
+}

@@ -1,0 +1,120 @@
+//! The agent's own figures: one snapshot that both the exit summary and the
+//! `dbtel_*` metrics are printed from, so they add up exactly.
+
+/// Server-side spans by kind, as the exit summary's `server side:` line says.
+pub const SERVER_KINDS: [&str; 7] = [
+    "query",
+    "lock_wait",
+    "deadlock",
+    "cut_short",
+    "unexecuted",
+    "unmatched_completion",
+    "worker_echo",
+];
+
+pub const EVICTED: [&str; 3] = ["connection", "statement", "query"];
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Own {
+    /// Every span the engines finished (metrics count all of them).
+    pub spans_made: u64,
+    /// Not sampled (dropped before export).
+    pub spans_sampled_out: u64,
+    pub spans_exported: u64,
+    /// Failed to export, and spans the exporter could not be set up for.
+    pub spans_failed: u64,
+    /// Dropped because the export queue was full.
+    pub spans_dropped_queue_full: u64,
+    /// Handed to export, not yet delivered, failed, dropped or spooled
+    /// (at exit: still queued when the exporter gave up).
+    pub spans_queued: u64,
+    /// Waiting in the spool.
+    pub spans_spooled: u64,
+    pub events_read: u64,
+    pub events_ring_buffer_full: u64,
+    pub events_undecodable: u64,
+    pub results_unmatched: u64,
+    pub mysql_returns_unmatched: u64,
+    pub queries_incomplete: u64,
+    pub evicted: [u64; 3],
+    /// In the order of [`SERVER_KINDS`].
+    pub server_spans: [u64; 7],
+    pub traced_processes: u64,
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+    pub max_rss_bytes: u64,
+    /// With --probe-stats: hits per eBPF program.
+    pub probe_hits: Vec<(&'static str, u64)>,
+}
+
+impl Own {
+    /// Spans lost in the export queue, as the exit summary says it.
+    pub fn lost_in_export_queue(&self) -> u64 {
+        self.spans_dropped_queue_full + self.spans_queued
+    }
+
+    /// The summary's first line.
+    pub fn summary_line(&self) -> String {
+        format!(
+            "dbtel: {} spans exported, {} failed to export, {} lost in the export queue; \
+             {} events read, {} lost in the ring buffer, {} undecodable, {} unmatched results, {} queries incomplete",
+            self.spans_exported,
+            self.spans_failed,
+            self.lost_in_export_queue(),
+            self.events_read,
+            self.events_ring_buffer_full,
+            self.events_undecodable,
+            self.results_unmatched,
+            self.queries_incomplete,
+        )
+    }
+
+    /// The agent's CPU time and memory, read now.
+    pub fn read_usage(&mut self) {
+        // SAFETY: getrusage fills the struct we pass.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+        self.cpu_seconds = (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) as f64
+            + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) as f64 / 1e6;
+        // VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork+exec.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let kib = |key: &str| -> u64 {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                .unwrap_or(0)
+        };
+        self.rss_bytes = kib("VmRSS:") << 10;
+        self.max_rss_bytes = kib("VmHWM:") << 10;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_line_counts_queue_losses_as_drops_plus_stuck() {
+        let o = Own {
+            spans_exported: 10,
+            spans_failed: 2,
+            spans_dropped_queue_full: 3,
+            spans_queued: 1,
+            events_read: 40,
+            ..Own::default()
+        };
+        assert_eq!(
+            o.summary_line(),
+            "dbtel: 10 spans exported, 2 failed to export, 4 lost in the export queue; \
+             40 events read, 0 lost in the ring buffer, 0 undecodable, 0 unmatched results, 0 queries incomplete"
+        );
+    }
+
+    #[test]
+    fn usage_is_read() {
+        let mut o = Own::default();
+        o.read_usage();
+        assert!(o.rss_bytes > 0 && o.max_rss_bytes >= o.rss_bytes);
+    }
+}

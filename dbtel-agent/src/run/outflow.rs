@@ -1,0 +1,114 @@
+//! Where finished spans leave the engines: detectors mark them, metrics
+//! count every one (before sampling), then the exporter samples and sends.
+//! The agent's own figures are published from here too.
+
+use std::sync::atomic::Ordering;
+
+use dbtel_common::counter;
+
+use super::{Agent, Summary};
+use crate::{detect, export::Exporter, metrics::own::Own, pipeline::dbspan::DbSpan};
+
+impl Agent {
+    /// Every finished span passes here once.
+    pub(super) fn hand_on(&mut self, mut ready: Vec<DbSpan>) {
+        self.summary.spans_made += ready.len() as u64;
+        let mut slow = vec![false; ready.len()];
+        if let Some(t) = self.slow_query_ns {
+            for (s, flag) in ready.iter_mut().zip(&mut slow) {
+                *flag = detect::slow::mark(s, t);
+            }
+        }
+        self.metrics.record(&ready, &slow);
+        for span in ready {
+            if let Err(e) = self.exporter.emit(span) {
+                self.summary.export_errors += 1;
+                log::warn!("cannot export span: {e:#}");
+            }
+        }
+    }
+
+    /// The summary's counters as they are now (the exit sequence's are final).
+    pub(super) fn refresh_summary(&mut self) {
+        self.summary.server = self.server.tracker.counters;
+        self.summary.kernel = self.probes.kernel_counters();
+        self.summary.unmatched_results = self.recon.counters.unmatched_results;
+        self.summary.incomplete = self.recon.counters.incomplete;
+        let c = &self.recon.counters;
+        self.summary.evicted = [
+            c.evicted_connections,
+            c.evicted_statements,
+            c.evicted_queries,
+        ];
+    }
+
+    /// Publishes the agent's own figures and the open transactions (each second).
+    pub(super) fn publish_metrics(&mut self) {
+        self.refresh_summary();
+        let mut own = own_of(&self.summary, &self.exporter);
+        own.traced_processes = self.live.len() as u64;
+        self.metrics.set_own(own);
+        let mut open: Vec<(&str, String, u64)> = Vec::new();
+        if self.server.has_catalog() {
+            let mut pg = Vec::new();
+            self.server.open_transactions(&mut pg);
+            open.extend(pg.into_iter().map(|(db, n)| ("postgresql", db, n)));
+            open.push(("postgresql", String::new(), 0));
+        } else if !self.live.is_empty() && self.engines.is_empty()
+            || self.recon.open_transactions() > 0
+        {
+            open.push(("postgresql", String::new(), self.recon.open_transactions()));
+        }
+        let mut by_engine = Vec::new();
+        for e in &self.engines {
+            e.open_transactions(&mut by_engine);
+        }
+        open.extend(by_engine.into_iter().map(|(s, n)| (s, String::new(), n)));
+        let rows: Vec<(&str, &str, u64)> =
+            open.iter().map(|(s, d, n)| (*s, d.as_str(), *n)).collect();
+        self.metrics.set_active_transactions(&rows);
+    }
+}
+
+/// The agent's own figures from its summary and the exporter's counters:
+/// what the exit summary prints and `/metrics` serves.
+pub fn own_of(s: &Summary, e: &Exporter) -> Own {
+    let st = &e.stats;
+    let exported = st.exported.load(Ordering::Relaxed);
+    let failed = st.failed.load(Ordering::Relaxed);
+    let spooled = st.spooled.load(Ordering::Relaxed);
+    let dropped = st.dropped.load(Ordering::Relaxed);
+    let mut own = Own {
+        spans_made: s.spans_made,
+        spans_sampled_out: e.sampled_out,
+        spans_exported: exported,
+        // Spans the exporter could not even be set up for count as failed too.
+        spans_failed: failed + s.export_errors,
+        spans_dropped_queue_full: dropped,
+        spans_queued: st.unaccounted().saturating_sub(dropped),
+        spans_spooled: spooled,
+        events_read: s.events,
+        events_ring_buffer_full: s.kernel[counter::RINGBUF_FULL as usize],
+        events_undecodable: s.decode_errors,
+        results_unmatched: s.kernel[counter::RESULT_UNMATCHED as usize] + s.unmatched_results,
+        mysql_returns_unmatched: s.kernel[counter::MY_RETURN_UNMATCHED as usize],
+        queries_incomplete: s.incomplete,
+        evicted: s.evicted,
+        server_spans: [
+            s.server.queries,
+            s.server.lock_waits,
+            s.server.deadlocks,
+            s.server.incomplete,
+            s.server.unexecuted,
+            s.server.unmatched_completions,
+            s.server.worker_echoes,
+        ],
+        traced_processes: 0,
+        cpu_seconds: 0.0,
+        rss_bytes: 0,
+        max_rss_bytes: 0,
+        probe_hits: s.program_runs.iter().map(|(p, n, _)| (*p, *n)).collect(),
+    };
+    own.read_usage();
+    own
+}
