@@ -148,6 +148,8 @@ pub fn function_name(c: MyCall) -> &'static str {
 /// A query's span (kind CLIENT).
 pub fn query_span(q: QuerySpan) -> DbSpan {
     let d = describe(&q);
+    let conn = Arc::as_ptr(&q.conn) as u64;
+    let group = q.facts.as_ref().map_or(0, |f| f.group);
     DbSpan::new(
         q.pid,
         q.ids,
@@ -157,6 +159,7 @@ pub fn query_span(q: QuerySpan) -> DbSpan {
         Vec::new(),
         Vec::new(),
     )
+    .ran(conn, group, 0)
 }
 
 /// A client transaction, kind CLIENT like its queries (as libpq's).

@@ -77,6 +77,13 @@ pub struct DbSpan {
     /// A server span whose client's span is traced too (its child): counted
     /// once, by the client's, where both sides would say the same.
     pub mirrored: bool,
+    /// The connection it ran on, unique within its process (0: unknown).
+    pub conn: u64,
+    /// Its text's grouping key (pipeline::group; 0: no text).
+    pub group: u64,
+    /// A hash of the text as sent, literals included; 0 when its values
+    /// were not in the text (parameters, prepared executions).
+    pub text_hash: u64,
     /// Where the typed facts are in `attributes` (read through the accessors).
     typed: Typed,
 }
@@ -138,8 +145,17 @@ impl DbSpan {
             events,
             links,
             mirrored: false,
+            conn: 0,
+            group: 0,
+            text_hash: 0,
             typed,
         }
+    }
+
+    /// Where it ran and what text it ran (for detectors).
+    pub fn ran(mut self, conn: u64, group: u64, text_hash: u64) -> Self {
+        (self.conn, self.group, self.text_hash) = (conn, group, text_hash);
+        self
     }
 
     /// Marks a server span whose client's span is traced too.

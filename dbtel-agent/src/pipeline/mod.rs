@@ -2,6 +2,7 @@
 //! tracker, SQL facts (obfuscation, summary, per-engine dialects) and their
 //! literal-blind cache keys.
 pub mod dbspan;
+pub mod group;
 pub mod shape;
 pub mod span;
 pub mod sql;

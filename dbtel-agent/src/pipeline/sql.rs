@@ -33,6 +33,9 @@ pub struct QueryFacts {
     pub collection: Option<String>,
     /// db.query.summary: operations and tables in order, e.g. `SELECT orders customers`.
     pub summary: Option<String>,
+    /// Its grouping key (crate::pipeline::group): one per query shape,
+    /// whatever its literals or list lengths.
+    pub group: u64,
     /// The four above as span attributes, built once per text: a span then
     /// clones reference-counted strings instead of copying text.
     pub attrs: Vec<KeyValue>,
@@ -175,11 +178,17 @@ pub fn facts_in(dialect: Dialect, sql: &str, text: impl Into<Text>) -> QueryFact
         } else {
             raw.to_string()
         };
+        let group = if obfuscate && !comments {
+            crate::pipeline::group::group_key(&text)
+        } else {
+            crate::pipeline::group::group_key(&render_obfuscated(lexed, false, dialect))
+        };
         QueryFacts {
             text,
             operation,
             collection,
             summary,
+            group,
             attrs: Vec::new(),
         }
     };

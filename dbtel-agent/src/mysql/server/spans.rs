@@ -179,6 +179,7 @@ pub struct WaitSpan {
 pub fn statement_span(s: StatementSpan, system: &'static str) -> DbSpan {
     let d = describe_statement(&s, system);
     let joined = s.joined;
+    let ran = (s.connection_id, s.facts.as_ref().map_or(0, |f| f.group), 0);
     DbSpan::new(
         s.pid,
         s.ids,
@@ -189,6 +190,7 @@ pub fn statement_span(s: StatementSpan, system: &'static str) -> DbSpan {
         Vec::new(),
     )
     .mirrored(joined)
+    .ran(ran.0, ran.1, ran.2)
 }
 
 pub fn txn_span(t: TxnSpan, system: &'static str) -> DbSpan {

@@ -17,6 +17,14 @@ use crate::{
 /// A query's span (kind CLIENT), given its text's facts.
 pub fn query_span(q: QuerySpan, facts: Option<&sql::QueryFacts>) -> DbSpan {
     let d = describe_with(&q, facts);
+    // Literals are in the text only when it is sent as a whole.
+    let inline = matches!(q.call, func::PQEXEC | func::PQSEND_QUERY);
+    let text_hash = q
+        .text
+        .as_deref()
+        .filter(|_| inline)
+        .map_or(0, crate::pipeline::group::text_hash);
+    let ran = (q.conn, facts.map_or(0, |f| f.group), text_hash);
     DbSpan::new(
         q.pid,
         q.ids,
@@ -26,6 +34,7 @@ pub fn query_span(q: QuerySpan, facts: Option<&sql::QueryFacts>) -> DbSpan {
         q.events,
         Vec::new(),
     )
+    .ran(ran.0, ran.1, ran.2)
 }
 
 /// A client transaction. Kind CLIENT, like its queries: it is the

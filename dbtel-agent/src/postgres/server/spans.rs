@@ -24,6 +24,12 @@ pub fn query_span(
     let facts = cache.get(q.prepared.as_ref().map_or(&q.text, |(_, body)| body));
     let d = describe_query(&q, backend_pid, &facts, backend);
     let joined = q.joined;
+    let text_hash = if q.prepared.is_none() {
+        crate::pipeline::group::text_hash(&q.text)
+    } else {
+        0
+    };
+    let ran = (u64::from(q.pid), facts.group, text_hash);
     DbSpan::new(
         q.postmaster,
         q.ids,
@@ -34,6 +40,7 @@ pub fn query_span(
         Vec::new(),
     )
     .mirrored(joined)
+    .ran(ran.0, ran.1, ran.2)
 }
 
 /// A transaction block as the server ran it.
