@@ -57,6 +57,14 @@ enum ProtocolArg {
 /// OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES,
 /// OTEL_TRACES_EXPORTER, OTEL_USE_CONSOLE, OTEL_TRACES_SAMPLER(_ARG),
 /// RUST_LOG (agent log level, default info).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum MetricsExporterArg {
+    Otlp,
+    /// Only /metrics (Prometheus scrapes it).
+    Prometheus,
+    None,
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "dbtel-agent",
@@ -90,6 +98,21 @@ struct Cli {
     /// (SLOW_QUERY_TIME, as in-process libraries read it). Default: off.
     #[arg(long, value_name = "DURATION", env = "SLOW_QUERY_TIME", value_parser = dbtel_agent::settings::parse_threshold)]
     slow_query_threshold: Option<std::time::Duration>,
+
+    /// Where metrics go besides /metrics: otlp (pushed to the OTLP endpoint every
+    /// --metric-export-interval; the default when spans go to OTLP) or none.
+    #[arg(
+        long,
+        value_enum,
+        env = "OTEL_METRICS_EXPORTER",
+        value_name = "EXPORTER"
+    )]
+    metrics_exporter: Option<MetricsExporterArg>,
+
+    /// Milliseconds between OTLP metric pushes.
+    #[arg(long, value_name = "MS", env = "OTEL_METRIC_EXPORT_INTERVAL", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    metric_export_interval: u64,
 
     /// Distinct query summaries (and tables) metrics keep as label values; the rest are `other`.
     #[arg(long, value_name = "N", default_value_t = dbtel_agent::metrics::DEFAULT_MAX_SUMMARIES)]
@@ -334,6 +357,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
         None => ConsoleFormat::Lines,
     };
     let metrics = dbtel_agent::metrics::Metrics::new(cli.metrics_max_summaries);
+    let shared = metrics.shared();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -358,14 +382,43 @@ fn real_main() -> anyhow::Result<ExitCode> {
         ExportConfig {
             kind,
             protocol,
-            endpoint: cli.otlp_endpoint,
-            service_name: cli.service_name,
+            endpoint: cli.otlp_endpoint.clone(),
+            service_name: cli.service_name.clone(),
             console_format,
             spool: cli.spool_dir.map(|d| (d, cli.spool_max_size)),
         },
         Clock::now(),
         Some(rt.handle().clone()),
     )?;
+    let push_metrics = match cli.metrics_exporter {
+        Some(MetricsExporterArg::Otlp) => true,
+        Some(_) => false,
+        None => kind == ExporterKind::Otlp,
+    };
+    let pusher = if push_metrics {
+        let transport = dbtel_agent::export::metrics_transport(
+            protocol,
+            cli.otlp_endpoint.as_deref(),
+            rt.handle().clone(),
+        )?;
+        let service = cli
+            .service_name
+            .clone()
+            .or_else(|| std::env::var("OTEL_SERVICE_NAME").ok())
+            .unwrap_or_else(|| "dbtel-agent".into());
+        Some(dbtel_agent::metrics::otlp::Pusher::start(
+            shared.clone(),
+            transport,
+            vec![
+                ("service.name", service),
+                ("service.version", env!("CARGO_PKG_VERSION").into()),
+                ("host.name", dbtel_agent::export::host_name()),
+            ],
+            std::time::Duration::from_millis(cli.metric_export_interval),
+        ))
+    } else {
+        None
+    };
     let cfg = RunConfig {
         pids: cli.targets.pids.clone(),
         command: cli.command,
@@ -392,11 +445,26 @@ fn real_main() -> anyhow::Result<ExitCode> {
     // Outside the runtime: shutdown blocks while gRPC exports still run on it.
     exporter.shutdown();
     let own = dbtel_agent::run::own_of(&summary, &exporter);
+    // The last push carries the figures the summary prints.
+    metrics_final(&shared, own.clone(), pusher);
     report(&own, &summary, &exporter);
     Ok(match summary.command_status {
         Some(code) => ExitCode::from(code.clamp(0, 255) as u8),
         None => ExitCode::SUCCESS,
     })
+}
+
+fn metrics_final(
+    shared: &dbtel_agent::metrics::Shared,
+    own: dbtel_agent::metrics::own::Own,
+    pusher: Option<dbtel_agent::metrics::otlp::Pusher>,
+) {
+    *shared.own.lock().unwrap_or_else(|e| e.into_inner()) = own;
+    if let Some(p) = pusher {
+        p.finish();
+        let (ok, failed) = shared.pushes();
+        log::info!("metrics: {ok} OTLP pushes delivered, {failed} failed");
+    }
 }
 
 /// The exit summary, printed from the same figures `/metrics` serves.

@@ -10,7 +10,9 @@ pub mod http;
 pub mod mariadb;
 pub mod mysql_spans;
 pub mod otlp;
+pub mod otlp_metrics;
 pub mod pg;
+pub mod prometheus;
 pub mod py;
 pub mod sqltext;
 

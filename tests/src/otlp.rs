@@ -218,6 +218,8 @@ pub struct Receiver {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     spans: Store,
+    /// OTLP metrics the agent pushed.
+    pub metrics: crate::otlp_metrics::Metrics,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -256,6 +258,7 @@ impl Receiver {
             light,
             ..Default::default()
         };
+        let metrics = crate::otlp_metrics::Metrics::default();
         let (grpc_addr, http_addr) = runtime.block_on(async {
             let grpc = tokio::net::TcpListener::bind(("127.0.0.1", grpc_port))
                 .await
@@ -268,6 +271,11 @@ impl Receiver {
             tokio::spawn(
                 tonic::transport::Server::builder()
                     .add_service(svc)
+                    .add_service(
+                        opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer::new(
+                            metrics.clone(),
+                        ),
+                    )
                     .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc)),
             );
             let s = spans.clone();
@@ -321,6 +329,7 @@ impl Receiver {
                     }
                 }),
             );
+            let app = app.merge(metrics.route());
             tokio::spawn(async move { axum::serve(http, app).await });
             addrs
         });
@@ -328,6 +337,7 @@ impl Receiver {
             grpc_addr,
             http_addr,
             spans,
+            metrics,
             _runtime: runtime,
         }
     }

@@ -16,7 +16,8 @@ use tonic_types::StatusExt;
 
 use crate::export::{retry::Failure, transport::Transport};
 
-const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+pub const TRACES: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+pub const METRICS: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
 
 /// The gRPC endpoint: the flag, else OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else
 /// OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4317 (no path appended: gRPC
@@ -35,6 +36,8 @@ pub struct Grpc {
     metadata: MetadataMap,
     timeout: Duration,
     endpoint: String,
+    /// The service method (traces or metrics).
+    path: &'static str,
 }
 
 impl Grpc {
@@ -65,7 +68,16 @@ impl Grpc {
             metadata,
             timeout,
             endpoint,
+            path: TRACES,
         })
+    }
+}
+
+impl Grpc {
+    /// The same channel settings for another signal's service.
+    pub fn for_metrics(mut self) -> Self {
+        self.path = METRICS;
+        self
     }
 }
 
@@ -75,13 +87,14 @@ impl Transport for Grpc {
         *req.metadata_mut() = self.metadata.clone();
         req.set_timeout(self.timeout);
         let mut client = tonic::client::Grpc::new(self.channel.clone());
+        let path = self.path;
         let result = self.runtime.block_on(async move {
             client.ready().await.map_err(|e| {
                 let e: tonic::codegen::StdError = e.into();
                 Status::unavailable(crate::export::transport::error_chain(&*e))
             })?;
             client
-                .unary(req, PathAndQuery::from_static(EXPORT), Raw)
+                .unary(req, PathAndQuery::from_static(path), Raw)
                 .await
         });
         result.map(drop).map_err(|s| judge(&s, self.timeout))

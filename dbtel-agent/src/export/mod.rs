@@ -141,6 +141,55 @@ pub struct Exporter {
     pub sampled_out: u64,
 }
 
+/// The transport OTLP metrics go over: the metrics signal's endpoint,
+/// headers, timeout and protocol (OTEL_EXPORTER_OTLP_METRICS_*, else the
+/// general ones and the traces' protocol).
+pub fn metrics_transport(
+    protocol: Protocol,
+    endpoint: Option<&str>,
+    runtime: tokio::runtime::Handle,
+) -> anyhow::Result<Arc<dyn Transport>> {
+    use otlp::Signal;
+    let protocol = match Signal::Metrics.var("PROTOCOL").as_deref() {
+        Some("grpc") => Protocol::Grpc,
+        Some("http/protobuf") => Protocol::HttpProtobuf,
+        Some(other) => {
+            anyhow::bail!("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL={other:?}: grpc or http/protobuf")
+        }
+        None => protocol,
+    };
+    Ok(match protocol {
+        Protocol::Grpc => {
+            let env = |k: &str| std::env::var(k).ok();
+            let endpoint = endpoint
+                .map(str::to_string)
+                .or_else(|| env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))
+                .unwrap_or_else(|| {
+                    grpc::endpoint(None, &|k| {
+                        // The traces' own variable is not the metrics' endpoint.
+                        (k != "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                            .then(|| env(k))
+                            .flatten()
+                    })
+                });
+            Arc::new(
+                grpc::Grpc::new(
+                    endpoint,
+                    &otlp::headers_for(Signal::Metrics),
+                    otlp::timeout_for(Signal::Metrics),
+                    runtime,
+                )?
+                .for_metrics(),
+            )
+        }
+        Protocol::HttpProtobuf => Arc::new(transport::Http::new(
+            otlp::signal_url(Signal::Metrics, endpoint),
+            otlp::headers_for(Signal::Metrics),
+            otlp::timeout_for(Signal::Metrics),
+        )),
+    })
+}
+
 impl Exporter {
     /// `runtime` drives the gRPC client: exports run on threads of their own,
     /// where tonic finds no reactor otherwise.
@@ -374,7 +423,7 @@ fn span_links(links: Vec<span::Link>) -> SpanLinks {
     out
 }
 
-fn host_name() -> String {
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()

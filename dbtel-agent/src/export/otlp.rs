@@ -26,24 +26,62 @@ use crate::export::{
 /// The traces URL: an explicit base URL (as OTEL_EXPORTER_OTLP_ENDPOINT) gets
 /// /v1/traces; OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is used as it is.
 pub fn traces_url(endpoint: Option<&str>) -> String {
-    if let Some(e) = endpoint {
-        return with_traces_path(e);
+    signal_url(Signal::Traces, endpoint)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Traces,
+    Metrics,
+}
+
+impl Signal {
+    /// As in OTEL_EXPORTER_OTLP_<SIGNAL>_*.
+    fn env(self) -> &'static str {
+        match self {
+            Signal::Traces => "TRACES",
+            Signal::Metrics => "METRICS",
+        }
     }
-    if let Ok(e) = std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+
+    fn path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/v1/traces",
+            Signal::Metrics => "/v1/metrics",
+        }
+    }
+
+    /// OTEL_EXPORTER_OTLP_<SIGNAL>_<what>, else OTEL_EXPORTER_OTLP_<what>.
+    pub fn var(self, what: &str) -> Option<String> {
+        env_either(
+            &format!("OTEL_EXPORTER_OTLP_{}_{what}", self.env()),
+            &format!("OTEL_EXPORTER_OTLP_{what}"),
+        )
+    }
+}
+
+/// A signal's HTTP URL: an explicit base URL (the flag, else
+/// OTEL_EXPORTER_OTLP_ENDPOINT) gets the signal's path; the signal's own
+/// variable is used as it is.
+pub fn signal_url(signal: Signal, endpoint: Option<&str>) -> String {
+    if let Some(e) = endpoint {
+        return with_path(e, signal);
+    }
+    if let Ok(e) = std::env::var(format!("OTEL_EXPORTER_OTLP_{}_ENDPOINT", signal.env())) {
         return e;
     }
     let base = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
         .unwrap_or_else(|_| "http://localhost:4318".into());
-    with_traces_path(&base)
+    with_path(&base, signal)
 }
 
 /// OTEL_EXPORTER_OTLP_ENDPOINT semantics for HTTP: a base URL to which the
 /// signal path is appended.
-fn with_traces_path(base: &str) -> String {
-    if base.ends_with("/v1/traces") {
+fn with_path(base: &str, signal: Signal) -> String {
+    if base.ends_with(signal.path()) {
         base.to_string()
     } else {
-        format!("{}/v1/traces", base.trim_end_matches('/'))
+        format!("{}{}", base.trim_end_matches('/'), signal.path())
     }
 }
 
@@ -86,22 +124,26 @@ fn env_either(specific: &str, general: &str) -> Option<String> {
 /// The OTLP timeout: OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, else
 /// OTEL_EXPORTER_OTLP_TIMEOUT (milliseconds), else 10 s.
 pub fn timeout() -> Duration {
-    env_either(
-        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-        "OTEL_EXPORTER_OTLP_TIMEOUT",
-    )
-    .and_then(|t| t.parse().ok())
-    .map_or(Duration::from_secs(10), Duration::from_millis)
+    timeout_for(Signal::Traces)
+}
+
+pub fn timeout_for(signal: Signal) -> Duration {
+    signal
+        .var("TIMEOUT")
+        .and_then(|t| t.parse().ok())
+        .map_or(Duration::from_secs(10), Duration::from_millis)
 }
 
 /// OTEL_EXPORTER_OTLP_TRACES_HEADERS, else OTEL_EXPORTER_OTLP_HEADERS.
 pub fn headers() -> Vec<(String, String)> {
-    env_either(
-        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-        "OTEL_EXPORTER_OTLP_HEADERS",
-    )
-    .map(|h| parse_headers(&h))
-    .unwrap_or_default()
+    headers_for(Signal::Traces)
+}
+
+pub fn headers_for(signal: Signal) -> Vec<(String, String)> {
+    signal
+        .var("HEADERS")
+        .map(|h| parse_headers(&h))
+        .unwrap_or_default()
 }
 
 /// One pipeline's OTLP sink: encodes its batches with its resource and sends

@@ -7,6 +7,7 @@
 pub mod cardinality;
 pub mod from_spans;
 pub mod instruments;
+pub mod otlp;
 pub mod own;
 pub mod prometheus;
 pub mod store;
@@ -26,9 +27,21 @@ pub const DEFAULT_MAX_SUMMARIES: usize = 200;
 pub struct Shared {
     pub store: Mutex<Store>,
     pub own: Mutex<Own>,
+    /// OTLP pushes that succeeded and failed.
+    pushes: [std::sync::atomic::AtomicU64; 2],
 }
 
 impl Shared {
+    pub fn pushed(&self, ok: bool) {
+        self.pushes[usize::from(!ok)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// (succeeded, failed) OTLP pushes.
+    pub fn pushes(&self) -> (u64, u64) {
+        let get = |i: usize| self.pushes[i].load(std::sync::atomic::Ordering::Relaxed);
+        (get(0), get(1))
+    }
+
     /// The exposition text of everything now.
     pub fn prometheus_text(&self) -> String {
         let store = self.store.lock().unwrap_or_else(|e| e.into_inner());

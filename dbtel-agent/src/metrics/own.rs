@@ -14,6 +14,20 @@ pub const SERVER_KINDS: [&str; 7] = [
 
 pub const EVICTED: [&str; 3] = ["connection", "statement", "query"];
 
+use super::instruments::Kind;
+
+/// One of the agent's own metric families, for both writers.
+#[derive(Debug)]
+pub struct OwnFamily {
+    /// OpenTelemetry name; Prometheus's is derived as for the instruments.
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: &'static str,
+    pub help: &'static str,
+    /// Points: an optional label and the value.
+    pub points: Vec<(Option<(&'static str, &'static str)>, f64)>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Own {
     /// Every span the engines finished (metrics count all of them).
@@ -87,6 +101,175 @@ impl Own {
         };
         self.rss_bytes = kib("VmRSS:") << 10;
         self.max_rss_bytes = kib("VmHWM:") << 10;
+    }
+}
+
+fn family(
+    name: &'static str,
+    kind: Kind,
+    unit: &'static str,
+    help: &'static str,
+    points: Vec<(Option<(&'static str, &'static str)>, f64)>,
+) -> OwnFamily {
+    OwnFamily {
+        name,
+        kind,
+        unit,
+        help,
+        points,
+    }
+}
+
+impl Own {
+    /// Every family of the agent's own figures.
+    pub fn families(&self) -> Vec<OwnFamily> {
+        let n = |v: u64| v as f64;
+        let one = |v: u64| vec![(None, v as f64)];
+        let by = |label: &'static str, names: &[&'static str], values: &[u64]| {
+            names
+                .iter()
+                .zip(values)
+                .map(|(k, v)| (Some((label, *k)), *v as f64))
+                .collect::<Vec<_>>()
+        };
+        let mut f = vec![
+            family(
+                "dbtel.spans.made",
+                Kind::Counter,
+                "{span}",
+                "Spans the agent built from what it traced (metrics count every one).",
+                one(self.spans_made),
+            ),
+            family(
+                "dbtel.spans.exported",
+                Kind::Counter,
+                "{span}",
+                "Spans the collector accepted.",
+                one(self.spans_exported),
+            ),
+            family(
+                "dbtel.spans.failed",
+                Kind::Counter,
+                "{span}",
+                "Spans whose export failed.",
+                one(self.spans_failed),
+            ),
+            family(
+                "dbtel.spans.dropped",
+                Kind::Counter,
+                "{span}",
+                "Spans dropped before export, by reason.",
+                by(
+                    "reason",
+                    &["sampling", "export_queue_full"],
+                    &[self.spans_sampled_out, self.spans_dropped_queue_full],
+                ),
+            ),
+            family(
+                "dbtel.export.queue.spans",
+                Kind::Gauge,
+                "{span}",
+                "Spans waiting to be exported.",
+                one(self.spans_queued),
+            ),
+            family(
+                "dbtel.spans.spooled",
+                Kind::Gauge,
+                "{span}",
+                "Spans waiting in the spool directory for the collector.",
+                one(self.spans_spooled),
+            ),
+            family(
+                "dbtel.events.read",
+                Kind::Counter,
+                "{event}",
+                "Events read from the kernel's ring buffer.",
+                one(self.events_read),
+            ),
+            family(
+                "dbtel.events.lost",
+                Kind::Counter,
+                "{event}",
+                "Events lost, by reason.",
+                by(
+                    "reason",
+                    &[
+                        "ring_buffer_full",
+                        "undecodable",
+                        "unmatched_result",
+                        "mysql_return_unmatched",
+                    ],
+                    &[
+                        self.events_ring_buffer_full,
+                        self.events_undecodable,
+                        self.results_unmatched,
+                        self.mysql_returns_unmatched,
+                    ],
+                ),
+            ),
+            family(
+                "dbtel.queries.incomplete",
+                Kind::Counter,
+                "{query}",
+                "Client queries that ended without their result (process exit, agent stop).",
+                one(self.queries_incomplete),
+            ),
+            family(
+                "dbtel.client_state.evicted",
+                Kind::Counter,
+                "{item}",
+                "Client state forgotten to stay within its bounds.",
+                by("what", &EVICTED, &self.evicted),
+            ),
+            family(
+                "dbtel.server_spans",
+                Kind::Counter,
+                "{span}",
+                "PostgreSQL server-side spans and their irregular endings, by kind.",
+                by("kind", &SERVER_KINDS, &self.server_spans),
+            ),
+            family(
+                "dbtel.traced_processes",
+                Kind::Gauge,
+                "{process}",
+                "Processes traced now.",
+                one(self.traced_processes),
+            ),
+            family(
+                "dbtel.agent.cpu_seconds",
+                Kind::Counter,
+                "s",
+                "CPU time the agent used (user and system).",
+                vec![(None, self.cpu_seconds)],
+            ),
+            family(
+                "dbtel.agent.memory.rss_bytes",
+                Kind::Gauge,
+                "By",
+                "The agent's resident memory.",
+                vec![(None, n(self.rss_bytes))],
+            ),
+            family(
+                "dbtel.agent.memory.max_rss_bytes",
+                Kind::Gauge,
+                "By",
+                "The agent's peak resident memory.",
+                vec![(None, n(self.max_rss_bytes))],
+            ),
+        ];
+        if !self.probe_hits.is_empty() {
+            f.push(family(
+                "dbtel.probe_hits",
+                Kind::Counter,
+                "{hit}",
+                "eBPF program runs (with --probe-stats).",
+                self.probe_hits
+                    .iter()
+                    .map(|(p, v)| (Some(("program", *p)), n(*v)))
+                    .collect(),
+            ));
+        }
+        f
     }
 }
 

@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use super::{
     instruments::{prometheus_name, Kind, DEFS},
-    own::{Own, EVICTED, SERVER_KINDS},
+    own::Own,
     store::{Cell, Store},
 };
 
@@ -115,161 +115,19 @@ pub fn render(store: &Store, own: &Own) -> String {
 }
 
 fn render_own(o: &Own, out: &mut String) {
-    let mut one =
-        |name: &str, kind: &str, unit: &str, help: &str, rows: &[(Option<(&str, &str)>, f64)]| {
-            header(out, name, help, unit, kind);
-            for (l, v) in rows {
-                let l = labels(&[], &[], false, *l);
-                let _ = writeln!(out, "{name}{l} {}", number(*v));
-            }
+    for f in o.families() {
+        let name = prometheus_name(f.name, f.kind);
+        let kind = if f.kind == Kind::Counter {
+            "counter"
+        } else {
+            "gauge"
         };
-    let n = |v: u64| v as f64;
-    one(
-        "dbtel_spans_made_total",
-        "counter",
-        "{span}",
-        "Spans the agent built from what it traced (metrics count every one).",
-        &[(None, n(o.spans_made))],
-    );
-    one(
-        "dbtel_spans_exported_total",
-        "counter",
-        "{span}",
-        "Spans the collector accepted.",
-        &[(None, n(o.spans_exported))],
-    );
-    one(
-        "dbtel_spans_failed_total",
-        "counter",
-        "{span}",
-        "Spans whose export failed.",
-        &[(None, n(o.spans_failed))],
-    );
-    one(
-        "dbtel_spans_dropped_total",
-        "counter",
-        "{span}",
-        "Spans dropped before export, by reason.",
-        &[
-            (Some(("reason", "sampling")), n(o.spans_sampled_out)),
-            (
-                Some(("reason", "export_queue_full")),
-                n(o.spans_dropped_queue_full),
-            ),
-        ],
-    );
-    one(
-        "dbtel_export_queue_spans",
-        "gauge",
-        "{span}",
-        "Spans waiting to be exported.",
-        &[(None, n(o.spans_queued))],
-    );
-    one(
-        "dbtel_spans_spooled",
-        "gauge",
-        "{span}",
-        "Spans waiting in the spool directory for the collector.",
-        &[(None, n(o.spans_spooled))],
-    );
-    one(
-        "dbtel_events_read_total",
-        "counter",
-        "{event}",
-        "Events read from the kernel's ring buffer.",
-        &[(None, n(o.events_read))],
-    );
-    one(
-        "dbtel_events_lost_total",
-        "counter",
-        "{event}",
-        "Events lost, by reason.",
-        &[
-            (
-                Some(("reason", "ring_buffer_full")),
-                n(o.events_ring_buffer_full),
-            ),
-            (Some(("reason", "undecodable")), n(o.events_undecodable)),
-            (Some(("reason", "unmatched_result")), n(o.results_unmatched)),
-            (
-                Some(("reason", "mysql_return_unmatched")),
-                n(o.mysql_returns_unmatched),
-            ),
-        ],
-    );
-    one(
-        "dbtel_queries_incomplete_total",
-        "counter",
-        "{query}",
-        "Client queries that ended without their result (process exit, agent stop).",
-        &[(None, n(o.queries_incomplete))],
-    );
-    let evicted: Vec<_> = EVICTED
-        .iter()
-        .zip(o.evicted)
-        .map(|(w, v)| (Some(("what", *w)), n(v)))
-        .collect();
-    one(
-        "dbtel_client_state_evicted_total",
-        "counter",
-        "{item}",
-        "Client state forgotten to stay within its bounds.",
-        &evicted,
-    );
-    let server: Vec<_> = SERVER_KINDS
-        .iter()
-        .zip(o.server_spans)
-        .map(|(k, v)| (Some(("kind", *k)), n(v)))
-        .collect();
-    one(
-        "dbtel_server_spans_total",
-        "counter",
-        "{span}",
-        "PostgreSQL server-side spans and their irregular endings, by kind.",
-        &server,
-    );
-    one(
-        "dbtel_traced_processes",
-        "gauge",
-        "{process}",
-        "Processes traced now.",
-        &[(None, n(o.traced_processes))],
-    );
-    if !o.probe_hits.is_empty() {
-        let hits: Vec<_> = o
-            .probe_hits
-            .iter()
-            .map(|(p, v)| (Some(("program", *p)), n(*v)))
-            .collect();
-        one(
-            "dbtel_probe_hits_total",
-            "counter",
-            "{hit}",
-            "eBPF program runs (with --probe-stats).",
-            &hits,
-        );
+        header(out, &name, f.help, f.unit, kind);
+        for (l, v) in &f.points {
+            let l = labels(&[], &[], false, *l);
+            let _ = writeln!(out, "{name}{l} {}", number(*v));
+        }
     }
-    one(
-        "dbtel_agent_cpu_seconds_total",
-        "counter",
-        "s",
-        "CPU time the agent used (user and system).",
-        &[(None, o.cpu_seconds)],
-    );
-    one(
-        "dbtel_agent_memory_rss_bytes",
-        "gauge",
-        "By",
-        "The agent's resident memory.",
-        &[(None, n(o.rss_bytes))],
-    );
-    one(
-        "dbtel_agent_memory_max_rss_bytes",
-        "gauge",
-        "By",
-        "The agent's peak resident memory.",
-        &[(None, n(o.max_rss_bytes))],
-    );
 }
 
 #[cfg(test)]

@@ -46,7 +46,9 @@ impl Agent {
     pub(super) fn publish_metrics(&mut self) {
         self.refresh_summary();
         let mut own = own_of(&self.summary, &self.exporter);
-        own.traced_processes = self.live.len() as u64;
+        let servers = self.server.servers.keys();
+        own.traced_processes =
+            (self.live.len() + servers.filter(|p| !self.live.contains_key(p)).count()) as u64;
         self.metrics.set_own(own);
         let mut open: Vec<(&str, String, u64)> = Vec::new();
         if self.server.has_catalog() {
