@@ -48,6 +48,9 @@ fn sql() {
         "select 'cut in the midd",
         "select 1\0select 2",
         "select * from t where a = 1 and b = 'x'\0select * from t where a = 22 and b = 'yy''z'",
+        // sqlcommenter: psycopg2's (appended), a Java agent's (prepended).
+        "SELECT * FROM t WHERE id = 5 /*db_driver='psycopg2%%3A2.9.10',dbapi_level='2.0',traceparent='00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01'*/;",
+        "/*action='%2Fparam*d',traceparent='00-5bd66ef5095369c7b0d1f8f4bd33716a-c532cb4098ac3dd2-00',x='it\\'s'*/ SELECT 1",
     ];
     for (i, t) in texts.iter().enumerate() {
         write("sql", &format!("text{i}"), t.as_bytes());

@@ -1,16 +1,19 @@
 //! Query texts as traced programs send them: any UTF-8 (the agent reads
 //! texts lossily), through obfuscation, summaries, shapes, statement splits
-//! and the prepared-statement parsers, in both dialects.
+//! the prepared-statement parsers and the sqlcommenter split, in both
+//! dialects.
 //!
 //! Input: a text, or two separated by a NUL. Beyond not crashing: raw text
-//! is exported as sent, statement splits are pieces of the text, and the
-//! facts cache (which shares facts between texts of one shape) answers for
-//! the second text what computing its facts afresh would.
+//! is exported as sent, statement splits are pieces of the text, the facts
+//! cache (which shares facts between texts of one shape) answers for the
+//! second text what computing its facts afresh would, and a sqlcommenter
+//! split loses nothing but the comment and whitespace.
 #![no_main]
 
 use dbtel_agent::pipeline::{
     shape,
     sql::{self, prepared, Dialect, FactsCache, Text},
+    sqlcomment,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -55,4 +58,37 @@ fuzz_target!(|data: &[u8]| {
     for op in ["SELECT", "INSERT", "COPY", "FETCH", "MOVE"] {
         let _ = sql::row_count(op, a);
     }
+    commented(a);
 });
+
+/// The body and the comment account for the text: every byte outside the
+/// comment, but whitespace, is in the body, in order.
+fn commented(a: &str) {
+    let c = sqlcomment::split(a);
+    let Some(comment) = c.comment else {
+        assert_eq!(c.body, a, "no comment: the text as it was");
+        assert_eq!(c.traceparent, None);
+        return;
+    };
+    assert!(
+        comment.starts_with("/*") && comment.ends_with("*/"),
+        "{comment:?}"
+    );
+    let at = (comment.as_ptr() as usize)
+        .checked_sub(a.as_ptr() as usize)
+        .filter(|at| at + comment.len() <= a.len())
+        .expect("the comment is a slice of the text");
+    let outside = [&a[..at], &a[at + comment.len()..]].concat();
+    let solid = |s: &str| s.split_ascii_whitespace().collect::<String>();
+    assert_eq!(
+        solid(&outside),
+        solid(&c.body),
+        "{a:?} split at {comment:?}"
+    );
+    assert!(
+        c.body
+            .bytes()
+            .any(|b| b != b';' && !b.is_ascii_whitespace()),
+        "a comment is taken only from a statement: {a:?}"
+    );
+}

@@ -1,11 +1,12 @@
 //! Engine-neutral: span ids, events and links, the client transaction
 //! tracker, SQL facts (obfuscation, summary, per-engine dialects) and their
-//! literal-blind cache keys.
+//! literal-blind cache keys, sqlcommenter comments (the application's trace).
 pub mod dbspan;
 pub mod group;
 pub mod shape;
 pub mod span;
 pub mod sql;
+pub mod sqlcomment;
 pub mod txn;
 
 /// Longest a finished span is held before it reaches the exporter: a
