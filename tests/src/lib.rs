@@ -11,6 +11,7 @@ pub mod mariadb;
 pub mod mysql_spans;
 pub mod otlp;
 pub mod pg;
+pub mod promql;
 pub mod py;
 pub mod sqltext;
 
@@ -22,6 +23,7 @@ pub use http::http_get;
 pub use mariadb::{GeneralLog, MariaDb};
 pub use otlp::{Receiver, Span};
 pub use pg::{Cluster, Logged};
+pub use promql::{dashboard_exprs, rule_exprs};
 pub use py::PyProgram;
 pub use sqltext::{expected_mysql_text, expected_text};
 
