@@ -13,6 +13,7 @@ pub mod otlp;
 pub mod otlp_metrics;
 pub mod pg;
 pub mod prometheus;
+pub mod promql;
 pub mod py;
 pub mod sqltext;
 
@@ -24,6 +25,7 @@ pub use http::http_get;
 pub use mariadb::{GeneralLog, MariaDb};
 pub use otlp::{Receiver, Span};
 pub use pg::{Cluster, Logged};
+pub use promql::{dashboard_exprs, rule_exprs};
 pub use py::PyProgram;
 pub use sqltext::{expected_mysql_text, expected_text};
 

@@ -1,12 +1,16 @@
 //! The deployment files in deploy/: every YAML document parses, the Kubernetes
 //! manifests hold what the agent needs, the ConfigMaps embed the files they say
 //! they do, the DaemonSet and the systemd unit agree, and systemd accepts the unit.
+//! The Grafana dashboard and the alerting rules query only metrics and labels the
+//! agent exports, in PromQL that parses; promtool checks the rules and runs their tests.
 
 use std::{
     collections::BTreeSet,
     fs,
+    iter::Peekable,
     path::{Path, PathBuf},
     process::Command,
+    str::Chars,
 };
 
 use serde::Deserialize;
@@ -692,4 +696,290 @@ fn check_with_the_example_config_passes() {
         "{}",
         run.stdout
     );
+}
+
+/// The agent's metric families as Prometheus names them: the histograms (each
+/// with _bucket, _sum and _count series) and every other series.
+const HISTOGRAMS: [&str; 6] = [
+    "db_client_operation_duration",
+    "db_client_response_returned_rows",
+    "db_server_operation_duration",
+    "db_query_duration",
+    "db_transaction_duration",
+    "db_lock_wait_duration",
+];
+const SERIES: [&str; 21] = [
+    "db_transaction_retries_total",
+    "db_contention_events_total",
+    "db_transaction_active",
+    "dbtel_slow_queries_total",
+    "dbtel_n_plus_one_total",
+    "dbtel_spans_made_total",
+    "dbtel_spans_exported_total",
+    "dbtel_spans_failed_total",
+    "dbtel_spans_dropped_total",
+    "dbtel_export_queue_spans",
+    "dbtel_spans_spooled",
+    "dbtel_events_read_total",
+    "dbtel_events_lost_total",
+    "dbtel_queries_incomplete_total",
+    "dbtel_client_state_evicted_total",
+    "dbtel_server_spans_total",
+    "dbtel_traced_processes",
+    "dbtel_probe_hits_total",
+    "dbtel_agent_cpu_seconds_total",
+    "dbtel_agent_memory_rss_bytes",
+    "dbtel_agent_memory_max_rss_bytes",
+];
+/// Their labels, and the ones Prometheus adds (job, instance, le).
+const LABELS: [&str; 21] = [
+    "db_system_name",
+    "db_namespace",
+    "db_operation_name",
+    "db_collection_name",
+    "db_query_summary",
+    "db_response_status_code",
+    "db_transaction_outcome",
+    "db_lock_outcome",
+    "db_contention_type",
+    "server_address",
+    "server_port",
+    "error_type",
+    "reason",
+    "what",
+    "kind",
+    "program",
+    "otel_metric_overflow",
+    "le",
+    "job",
+    "instance",
+    "__name__",
+];
+
+fn is_metric(name: &str) -> bool {
+    SERIES.contains(&name)
+        || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+            name.strip_suffix(suffix)
+                .is_some_and(|family| HISTOGRAMS.contains(&family))
+        })
+}
+
+/// Takes characters while `more` holds for them.
+fn take_while(first: char, chars: &mut Peekable<Chars>, more: fn(char) -> bool) -> String {
+    let mut w = String::from(first);
+    while let Some(c) = chars.next_if(|&c| more(c)) {
+        w.push(c);
+    }
+    w
+}
+
+/// The identifiers of an expression, split by where they stand: label names
+/// (inside `{}`, or in a by/without/on/ignoring/group_left/group_right list)
+/// and the rest (metric names, functions, keywords). Strings and numbers,
+/// durations included, are skipped.
+fn identifiers(expr: &str) -> (Vec<String>, Vec<String>) {
+    const GROUPING: [&str; 6] = [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    let (mut others, mut labels) = (Vec::new(), Vec::new());
+    let mut chars = expr.chars().peekable();
+    let (mut braces, mut in_list, mut grouping) = (0, false, false);
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '\'' | '`' => {
+                while let Some(d) = chars.next() {
+                    if d == '\\' {
+                        chars.next();
+                    } else if d == c {
+                        break;
+                    }
+                }
+            }
+            c if c.is_ascii_digit() || c == '.' => {
+                take_while(c, &mut chars, |c| c.is_ascii_alphanumeric() || c == '.');
+            }
+            c if c.is_ascii_alphabetic() || c == '_' || c == ':' => {
+                let w = take_while(c, &mut chars, |c| {
+                    c.is_ascii_alphanumeric() || c == '_' || c == ':'
+                });
+                if braces > 0 || in_list {
+                    labels.push(w);
+                } else if GROUPING.contains(&w.as_str()) {
+                    // Its list follows, after any spaces.
+                    grouping = true;
+                    continue;
+                } else {
+                    others.push(w);
+                }
+            }
+            '{' => braces += 1,
+            '}' => braces -= 1,
+            '(' if grouping => in_list = true,
+            ')' if in_list => in_list = false,
+            _ => {}
+        }
+        if !c.is_whitespace() {
+            grouping = false;
+        }
+    }
+    (others, labels)
+}
+
+#[test]
+fn identifiers_tell_metrics_from_labels() {
+    let (others, labels) = identifiers(
+        r#"histogram_quantile(0.95, sum by (le, db_lock_outcome) (rate(db_lock_wait_duration_bucket{db_system_name=~".*", x="a{b}"}[1m]))) / on(instance) group_left(job) up offset 5m"#,
+    );
+    assert_eq!(
+        others,
+        [
+            "histogram_quantile",
+            "sum",
+            "rate",
+            "db_lock_wait_duration_bucket",
+            "up",
+            "offset"
+        ]
+    );
+    assert_eq!(
+        labels,
+        [
+            "le",
+            "db_lock_outcome",
+            "db_system_name",
+            "x",
+            "instance",
+            "job"
+        ]
+    );
+}
+
+/// Panics naming every metric or label the expressions use that the agent does not export.
+fn assert_known_names(what: &str, exprs: &[(String, String)]) {
+    let mut unknown = Vec::new();
+    for (name, expr) in exprs {
+        let (others, labels) = identifiers(expr);
+        for m in others
+            .iter()
+            .filter(|w| w.starts_with("db_") || w.starts_with("dbtel_"))
+        {
+            if !is_metric(m) {
+                unknown.push(format!("{name}: metric {m}"));
+            }
+        }
+        for l in labels.iter().filter(|l| !LABELS.contains(&l.as_str())) {
+            unknown.push(format!("{name}: label {l}"));
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "{what} uses names the agent does not export:\n{}",
+        unknown.join("\n")
+    );
+}
+
+/// Runs promtool (from the prometheus package) in deploy/prometheus/.
+fn promtool(args: &[&str]) {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(deploy_dir().join("prometheus"))
+        .output()
+        .unwrap_or_else(|e| panic!("promtool (apt-get install prometheus): {e}"));
+    assert!(
+        out.status.success(),
+        "promtool {}: {}\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn promtool_checks_and_tests_the_rules() {
+    promtool(&["check", "rules", "dbtel-rules.yml"]);
+    // Each alert fires on the test's input series (and stays quiet on others).
+    promtool(&["test", "rules", "dbtel-rules.test.yml"]);
+    let test: Value = serde_yaml_ng::from_str(&read("prometheus/dbtel-rules.test.yml")).unwrap();
+    let tested: BTreeSet<&str> = seq_at(&test, "tests")
+        .iter()
+        .flat_map(|t| seq_at(t, "alert_rule_test"))
+        .filter(|a| !seq_at(a, "exp_alerts").is_empty())
+        .map(|a| str_at(a, "alertname"))
+        .collect();
+    for (alert, _) in dbtel_tests::rule_exprs() {
+        assert!(
+            tested.contains(alert.as_str()),
+            "no test makes {alert} fire"
+        );
+    }
+}
+
+#[test]
+fn rules_use_the_agents_metrics() {
+    let rules = dbtel_tests::rule_exprs();
+    assert!(rules.len() >= 7, "{rules:?}");
+    assert_known_names("deploy/prometheus/dbtel-rules.yml", &rules);
+}
+
+#[test]
+fn every_dashboard_panel_queries_the_agents_metrics() {
+    use serde_json::Value as Json;
+    let panels = dbtel_tests::promql::dashboard_panels();
+    assert!(panels.len() >= 20, "{} panels", panels.len());
+    let mut exprs = Vec::new();
+    for p in &panels {
+        let title = p["title"].as_str().unwrap_or("(untitled)");
+        assert_eq!(p["datasource"]["uid"], "${DS_PROMETHEUS}", "{title}");
+        let queries: Vec<&str> = p["targets"]
+            .as_array()
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .filter_map(|t| t["expr"].as_str())
+            .filter(|e| !e.trim().is_empty())
+            .collect();
+        assert!(!queries.is_empty(), "panel {title} has no query");
+        exprs.extend(queries.iter().map(|e| (title.to_string(), e.to_string())));
+    }
+    assert_known_names("deploy/grafana/dbtel.json", &exprs);
+
+    // The variables the queries use, "All" meaning any value (or none).
+    let dashboard: Json = serde_json::from_str(&read("grafana/dbtel.json")).unwrap();
+    let vars = dashboard["templating"]["list"].as_array().unwrap();
+    let var = |name: &str| {
+        vars.iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no variable {name}"))
+    };
+    assert_eq!(var("DS_PROMETHEUS")["type"], "datasource");
+    assert_eq!(var("DS_PROMETHEUS")["query"], "prometheus");
+    for name in ["system", "namespace"] {
+        let v = var(name);
+        assert_eq!(v["allValue"], ".*", "{name}");
+        assert_eq!(v["includeAll"], true, "{name}");
+        assert_eq!(v["multi"], true, "{name}");
+    }
+}
+
+/// The dashboard's queries, variables substituted, parse as PromQL: promtool
+/// checks them as recording rules (JSON is YAML).
+#[test]
+fn dashboard_queries_parse() {
+    let exprs = dbtel_tests::dashboard_exprs();
+    assert!(exprs.iter().all(|e| !e.contains('$')), "{exprs:?}");
+    let rules: Vec<serde_json::Value> = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| serde_json::json!({ "record": format!("dashboard:query_{i}"), "expr": e }))
+        .collect();
+    let file = serde_json::json!({ "groups": [{ "name": "dashboard", "rules": rules }] });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dashboard.rules.json");
+    fs::write(&path, file.to_string()).unwrap();
+    promtool(&["check", "rules", path.to_str().unwrap()]);
 }

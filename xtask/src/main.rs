@@ -2,8 +2,9 @@
 //!
 //! setup installs, idempotently, everything a fresh machine lacks: Debian's
 //! LLVM 22 (for bpf-linker), PostgreSQL 15 and libpq headers, MariaDB 10.11
-//! server, client and headers (its service not started), sysbench, the nightly
-//! rust-src component, bpf-linker 0.13.0, psycopg2 and the driver matrix.
+//! server, client and headers (its service not started), sysbench, Prometheus
+//! (for promtool; not started either), the nightly rust-src component,
+//! bpf-linker 0.13.0, psycopg2 and the driver matrix.
 
 use std::{
     io::Write,
@@ -115,10 +116,14 @@ const APT_PACKAGES: &[&str] = &[
     "sysbench",
     "pkg-config",
     "python3-dev",
+    // promtool checks and unit-tests deploy/prometheus/ (the node exporter
+    // it recommends is not needed, and recommends are not installed).
+    "prometheus",
 ];
-/// Installed with its service kept from starting (and disabled afterwards):
-/// the tests start throwaway servers of their own.
-const MARIADB_SERVER: &str = "mariadb-server";
+/// Packages installed with their service (named second) kept from starting and
+/// disabled afterwards: the tests start throwaway servers of their own.
+const KEPT_STOPPED: &[(&str, &str)] =
+    &[("mariadb-server", "mariadb"), ("prometheus", "prometheus")];
 const BPF_LINKER: &str = "0.13.0";
 const PSYCOPG2: &str = "2.9.10";
 /// Drivers as users install them, pinned: the wheels bring their own libpq.
@@ -230,15 +235,23 @@ fn setup() -> Result<()> {
         .collect();
     if !missing.is_empty() {
         run(Command::new("apt-get").arg("update").arg("-q"))?;
-        let server = missing.contains(&MARIADB_SERVER);
-        let _no_start = if server { NoServiceStart::new()? } else { None };
+        let stopped: Vec<&str> = KEPT_STOPPED
+            .iter()
+            .filter(|(package, _)| missing.contains(package))
+            .map(|(_, service)| *service)
+            .collect();
+        let _no_start = if stopped.is_empty() {
+            None
+        } else {
+            NoServiceStart::new()?
+        };
         run(Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
-        if server {
+        for service in stopped {
             // Not started at boot either (offline `systemctl disable` works without systemd running).
-            let _ = succeeds(Command::new("systemctl").args(["disable", "mariadb"]));
+            let _ = succeeds(Command::new("systemctl").args(["disable", service]));
         }
     }
     ebpf_toolchain()?;
@@ -303,7 +316,7 @@ fn ebpf_toolchain() -> Result<()> {
 
 /// A policy-rc.d denying service starts while it lives (invoke-rc.d and
 /// deb-systemd-invoke obey it), unless the machine has one already (containers
-/// do): the mariadb-server package would otherwise start a system mariadbd.
+/// do): the packages of KEPT_STOPPED would otherwise start their services.
 struct NoServiceStart;
 
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
@@ -314,7 +327,10 @@ impl NoServiceStart {
         if std::path::Path::new(POLICY_RC_D).exists() {
             return Ok(None);
         }
-        std::fs::write(POLICY_RC_D, "#!/bin/sh\n# written by cargo xtask setup while it installs mariadb-server\nexit 101\n")?;
+        std::fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# written by cargo xtask setup while it installs servers\nexit 101\n",
+        )?;
         std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))?;
         Ok(Some(Self))
     }
