@@ -114,6 +114,17 @@ struct Cli {
           value_parser = clap::value_parser!(u64).range(100..))]
     metric_export_interval: u64,
 
+    /// Report N+1 query patterns: a SELECT run this many times or more with other values in
+    /// one transaction (or one burst on a connection) after a listing that returned as many
+    /// rows (`n_plus_one_detected` event, dbtel_n_plus_one counter); 0 turns it off.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    n_plus_one_threshold: u32,
+
+    /// Statements on a connection closer together than this form one burst (N+1 scope
+    /// outside transactions).
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = humantime::parse_duration)]
+    n_plus_one_burst_gap: std::time::Duration,
+
     /// Distinct query summaries (and tables) metrics keep as label values; the rest are `other`.
     #[arg(long, value_name = "N", default_value_t = dbtel_agent::metrics::DEFAULT_MAX_SUMMARIES)]
     metrics_max_summaries: usize,
@@ -440,6 +451,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
         command_user,
         metrics,
         slow_query: cli.slow_query_threshold,
+        n_plus_one: (cli.n_plus_one_threshold, cli.n_plus_one_burst_gap),
     };
     let (summary, mut exporter) = rt.block_on(run(cfg, exporter))?;
     // Outside the runtime: shutdown blocks while gRPC exports still run on it.

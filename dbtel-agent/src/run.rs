@@ -62,6 +62,8 @@ pub struct RunConfig {
     pub metrics: crate::metrics::Metrics,
     /// --slow-query-threshold.
     pub slow_query: Option<Duration>,
+    /// --n-plus-one-threshold (0: off) and --n-plus-one-burst-gap.
+    pub n_plus_one: (u32, Duration),
 }
 
 /// Everything counted on the way, reported at exit.
@@ -118,6 +120,7 @@ struct Agent {
     engine_servers: HashSet<u32>,
     metrics: crate::metrics::Metrics,
     slow_query_ns: Option<u64>,
+    n_plus_one: crate::detect::nplusone::NPlusOne,
 }
 
 impl Agent {
@@ -291,6 +294,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         engine_servers: HashSet::new(),
         metrics: cfg.metrics,
         slow_query_ns: cfg.slow_query.map(|d| d.as_nanos() as u64),
+        n_plus_one: crate::detect::nplusone::NPlusOne::new(cfg.n_plus_one.0, cfg.n_plus_one.1),
     };
     let mut attached_lines = Vec::new();
     if agent.host.is_some() {
@@ -399,6 +403,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                     e.tick(now, &mut agent.engine_spans);
                 }
                 agent.warn_on_new_drops(&mut last_counters, &mut drops_warned_at);
+                agent.detectors_tick(now);
                 if ticks.is_multiple_of(4) {
                     agent.publish_metrics();
                 }

@@ -31,6 +31,15 @@ pub fn python() -> Command {
     Command::new(present(dir().join("venv/bin/python"), "the driver venv"))
 }
 
+/// The applications' venv: SQLAlchemy, OpenTelemetry's SDK, OTLP/HTTP
+/// exporter and psycopg2 instrumentation, on psycopg2-binary.
+pub fn apps_python() -> Command {
+    Command::new(present(
+        dir().join("apps/bin/python"),
+        "the applications' venv",
+    ))
+}
+
 /// node with node-postgres (`require("pg")`) and mysql2 (`require("mysql2")`) resolvable.
 pub fn node() -> Command {
     let modules = present(dir().join("node/node_modules"), "node-postgres and mysql2");
@@ -71,9 +80,16 @@ pub struct App {
 
 impl App {
     pub fn start(program: &str, db: &MariaDb, args: &[&str]) -> App {
-        let mut child = python()
+        let socket = db.socket();
+        let mut all = vec![socket.to_str().unwrap()];
+        all.extend_from_slice(args);
+        App::spawn(python(), program, &all)
+    }
+
+    /// A tests/drivers program run by `interpreter` with `args`.
+    pub fn spawn(mut interpreter: Command, program: &str, args: &[&str]) -> App {
+        let mut child = interpreter
             .arg(self::program(program))
-            .arg(db.socket())
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

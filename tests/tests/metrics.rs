@@ -103,12 +103,14 @@ fn metrics_count_every_span_and_prometheus_answers_the_documented_queries() {
             &pid.to_string(),
             "--http-address",
             &http.to_string(),
-            "--slow-query-threshold",
-            "50ms",
             "--metrics-max-summaries",
             "20",
         ],
-        &[("OTEL_METRIC_EXPORT_INTERVAL", "1000")],
+        // The in-process libraries' variable: a bare number is milliseconds.
+        &[
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
+            ("SLOW_QUERY_TIME", "50"),
+        ],
         Stdio::null(),
     );
     let prom = Prometheus::start(http);

@@ -135,6 +135,17 @@ const PY_DRIVERS: &[&str] = &[
     "mysqlclient==2.3.2",
     "PyMySQL==1.2.4",
 ];
+/// Applications as users write them, for the metrics, detector and trace
+/// tests: an ORM (SQLAlchemy) and OpenTelemetry's SDK with its psycopg2
+/// instrumentation (sqlcommenter). A venv of their own (`.drivers/apps`): a
+/// change here does not reinstall the driver matrix.
+const PY_APPS: &[&str] = &[
+    "psycopg2-binary==2.9.13",
+    "SQLAlchemy==2.1.9",
+    "opentelemetry-sdk==1.45.1",
+    "opentelemetry-exporter-otlp-proto-http==1.45.1",
+    "opentelemetry-instrumentation-psycopg2==0.66b1",
+];
 /// The stamp records this list: a change reinstalls them all (`--no-save` keeps no manifest).
 const NODE_DRIVERS: &[&str] = &["pg@8.23.1", "mysql2@3.24.6"];
 
@@ -359,6 +370,18 @@ fn drivers() -> Result<()> {
         run(Command::new(&python)
             .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
             .args(PY_DRIVERS))?;
+        std::fs::write(&stamp, &wanted)?;
+    }
+    let apps = dir.join("apps");
+    let wanted = PY_APPS.join(" ");
+    let stamp = apps.join("dbtel-apps");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        run(Command::new("/usr/bin/python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&apps))?;
+        run(Command::new(apps.join("bin/python"))
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .args(PY_APPS))?;
         std::fs::write(&stamp, &wanted)?;
     }
     let node = dir.join("node");

@@ -52,6 +52,7 @@ pub mod id {
     pub const CONTENTION: usize = 7;
     pub const TXN_ACTIVE: usize = 8;
     pub const SLOW: usize = 9;
+    pub const N_PLUS_ONE: usize = 10;
 }
 
 pub static DEFS: &[Def] = &[
@@ -143,6 +144,13 @@ pub static DEFS: &[Def] = &[
         kind: Kind::Counter,
         labels: &[SYSTEM, SUMMARY],
     },
+    Def {
+        name: "dbtel.n_plus_one",
+        unit: "{detection}",
+        help: "N+1 query patterns found: a SELECT run again and again with other values in one transaction or burst, after a listing.",
+        kind: Kind::Counter,
+        labels: &[SYSTEM, SUMMARY],
+    },
 ];
 
 /// The Prometheus name of an OpenTelemetry name: dots become underscores,
@@ -202,6 +210,8 @@ mod tests {
         assert_eq!(DEFS[id::CONTENTION].name, "db.contention.events");
         assert_eq!(DEFS[id::TXN_ACTIVE].name, "db.transaction.active");
         assert_eq!(DEFS[id::SLOW].name, "dbtel.slow_queries");
+        assert_eq!(DEFS[id::N_PLUS_ONE].name, "dbtel.n_plus_one");
+        assert_eq!(DEFS.len(), id::N_PLUS_ONE + 1);
         for d in DEFS {
             if let Kind::Histogram(b) = d.kind {
                 assert!(b.windows(2).all(|w| w[0] < w[1]), "{}", d.name);

@@ -79,6 +79,18 @@ impl Metrics {
         }
     }
 
+    /// N+1 detections, counted by system and (capped) summary.
+    pub fn detections(&mut self, found: &[crate::detect::nplusone::Detection]) {
+        if found.is_empty() {
+            return;
+        }
+        let mut store = self.shared.store.lock().unwrap_or_else(|e| e.into_inner());
+        for d in found {
+            let summary = self.limits.summary.admit(&d.summary);
+            store.add(id::N_PLUS_ONE, &[&d.system, summary], 1.0);
+        }
+    }
+
     /// Open transactions now, per (db.system.name, db.namespace).
     pub fn set_active_transactions(&self, open: &[(&str, &str, u64)]) {
         let mut store = self.shared.store.lock().unwrap_or_else(|e| e.into_inner());

@@ -46,6 +46,7 @@ impl Agent {
             self.server.server_gone(pm, now, false);
         }
         self.flush_spans_now(true);
+        self.detectors_flush();
         self.refresh_summary();
         if probe_stats {
             self.summary.program_runs = self.probes.program_runs();

@@ -10,8 +10,34 @@ use super::{Agent, Summary};
 use crate::{detect, export::Exporter, metrics::own::Own, pipeline::dbspan::DbSpan};
 
 impl Agent {
-    /// Every finished span passes here once.
-    pub(super) fn hand_on(&mut self, mut ready: Vec<DbSpan>) {
+    /// Every finished span passes here once: the N+1 detector may hold a
+    /// span until its run is over (bounded: see detect::nplusone).
+    pub(super) fn hand_on(&mut self, ready: Vec<DbSpan>) {
+        let mut out = Vec::with_capacity(ready.len());
+        let mut found = Vec::new();
+        for s in ready {
+            self.n_plus_one.observe(s, &mut out, &mut found);
+        }
+        self.pass_on(out, &found);
+    }
+
+    /// Periodic: N+1 bursts that went quiet end.
+    pub(super) fn detectors_tick(&mut self, now_ns: u64) {
+        let (mut out, mut found) = (Vec::new(), Vec::new());
+        self.n_plus_one.tick(now_ns, &mut out, &mut found);
+        self.pass_on(out, &found);
+    }
+
+    /// At exit: everything the detectors hold.
+    pub(super) fn detectors_flush(&mut self) {
+        let (mut out, mut found) = (Vec::new(), Vec::new());
+        self.n_plus_one.flush_all(&mut out, &mut found);
+        self.pass_on(out, &found);
+        self.exporter.flush();
+    }
+
+    fn pass_on(&mut self, mut ready: Vec<DbSpan>, found: &[crate::detect::nplusone::Detection]) {
+        self.metrics.detections(found);
         self.summary.spans_made += ready.len() as u64;
         let mut slow = vec![false; ready.len()];
         if let Some(t) = self.slow_query_ns {
