@@ -2,7 +2,7 @@
 
 Prints its PID, waits for a line on stdin giving the seconds to run, then:
 serialization failures retried, row lock waits, deadlocks (the victim
-retries), slow queries (pg_sleep(0.1)), failing statements, queries on 300
+retries), an N+1 (a listing, then a lookup per row), slow queries (pg_sleep(0.1)), failing statements, queries on 300
 missing tables (label cardinality), and plain transactions until the time is
 up. Prints what it did ("name count" lines), then "done".
 """
@@ -90,6 +90,12 @@ for _ in range(2):
     serialization_failure_retried()
     lock_wait()
     deadlock()
+# N+1: a listing of the 10 accounts, then one lookup per account.
+ca.execute("select id from accounts order by id")
+for (i,) in ca.fetchall():
+    ca.execute("select balance from accounts where id = %s", (i,))
+a.commit()
+n["n_plus_one"] = 1
 for _ in range(3):
     ca.execute("select pg_sleep(0.1)")
     a.commit()

@@ -248,6 +248,7 @@ fn metrics_count_every_span_and_prometheus_answers_the_documented_queries() {
     assert_eq!(sum(&m, "dbtel_spans_made_total", &[]), spans.len() as f64);
     // The server (the workload has exited).
     assert_eq!(sum(&m, "dbtel_traced_processes", &[]), 1.0);
+    assert_eq!(sum(&m, "dbtel_n_plus_one_total", &[]), did("n_plus_one"));
 
     // The documented PromQL, verbatim.
     for q in [
@@ -258,6 +259,33 @@ fn metrics_count_every_span_and_prometheus_answers_the_documented_queries() {
         "rate(db_contention_events_total[5m])",
     ] {
         prom.wait_for(q, Duration::from_secs(20));
+    }
+    // Every panel of the dashboard shows data.
+    for expr in dbtel_tests::promql::dashboard_exprs() {
+        prom.wait_for(&expr, Duration::from_secs(20));
+    }
+    // The alerting rules load and evaluate; the workload's deadlocks fire
+    // theirs (its retries stay under their alert's 1/s).
+    let groups = prom.api("/api/v1/rules");
+    let rules: Vec<&serde_json::Value> = groups["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .collect();
+    assert_eq!(
+        rules.len(),
+        dbtel_tests::promql::rule_exprs().len(),
+        "{groups}"
+    );
+    for r in &rules {
+        assert_eq!(r["health"], "ok", "{r}");
+    }
+    for (alert, expr) in dbtel_tests::promql::rule_exprs() {
+        let answer = prom.query(&expr);
+        if alert == "DbDeadlocks" {
+            assert!(!answer.is_empty(), "{alert}: {expr}");
+        }
     }
     let meta = prom.api("/api/v1/metadata?metric=db_query_duration");
     assert!(

@@ -41,7 +41,7 @@ pub fn grouping_form(obfuscated: &str) -> String {
 
 /// A hash of a text as sent (to tell runs with different literals apart); never 0.
 pub fn text_hash(text: &str) -> u64 {
-    foldhash::fast::FixedState::with_seed(0x0074_6578_74)
+    foldhash::fast::FixedState::with_seed(0x0000_7465_7874)
         .hash_one(text)
         .max(1)
 }
