@@ -85,6 +85,8 @@ pub struct Summary {
     pub program_runs: Vec<(&'static str, u64, Duration)>,
     /// Spans finished by the engines (all of them reach metrics).
     pub spans_made: u64,
+    /// Spans the sampler dropped.
+    pub sampled_out: u64,
 }
 
 struct Agent {
@@ -121,6 +123,7 @@ struct Agent {
     metrics: crate::metrics::Metrics,
     slow_query_ns: Option<u64>,
     n_plus_one: crate::detect::nplusone::NPlusOne,
+    gate: crate::pipeline::gate::TraceGate,
 }
 
 impl Agent {
@@ -295,6 +298,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         metrics: cfg.metrics,
         slow_query_ns: cfg.slow_query.map(|d| d.as_nanos() as u64),
         n_plus_one: crate::detect::nplusone::NPlusOne::new(cfg.n_plus_one.0, cfg.n_plus_one.1),
+        gate: crate::pipeline::gate::TraceGate::from_env(),
     };
     let mut attached_lines = Vec::new();
     if agent.host.is_some() {

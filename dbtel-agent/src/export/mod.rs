@@ -22,14 +22,13 @@ use std::{
 
 use opentelemetry::{
     trace::{
-        Event as OtelEvent, SamplingDecision, SpanContext, SpanId, SpanKind, Status, TraceFlags,
-        TraceId, TraceState,
+        Event as OtelEvent, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
     },
     InstrumentationScope, KeyValue,
 };
 use opentelemetry_sdk::{
     error::OTelSdkResult,
-    trace::{Config, SpanData, SpanEvents, SpanExporter, SpanLinks},
+    trace::{SpanData, SpanEvents, SpanExporter, SpanLinks},
     Resource,
 };
 
@@ -130,15 +129,11 @@ pub struct Exporter {
     pipelines: crate::FastMap<u32, Pipeline>,
     /// Pipelines of exited processes, still exporting.
     closing: Vec<(u32, Pipeline)>,
-    /// OTEL_TRACES_SAMPLER(_ARG), as the SDK reads them.
-    sampling: Config,
     scope: InstrumentationScope,
     host_name: String,
     /// Console trees: one printer for all pipelines (a trace spans processes).
     tree: Option<TreePrinter>,
     pub stats: Arc<ExportStats>,
-    /// Spans the sampler dropped (metrics counted them).
-    pub sampled_out: u64,
 }
 
 /// The transport OTLP metrics go over: the metrics signal's endpoint,
@@ -237,14 +232,12 @@ impl Exporter {
             processes: Default::default(),
             pipelines: Default::default(),
             closing: Vec::new(),
-            sampling: Config::default(),
             scope: InstrumentationScope::builder("dbtel")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
             host_name: host_name(),
             tree,
             stats,
-            sampled_out: 0,
         })
     }
 
@@ -313,19 +306,6 @@ impl Exporter {
             Kind::Internal => SpanKind::Internal,
         };
         let trace_id = TraceId::from(s.ids.trace_id);
-        // Sampling is decided per trace without remembering anything: no
-        // parent context is passed, so ParentBased samplers consult their root
-        // sampler, and every sampler the SDK offers (always_on/off,
-        // traceidratio, parentbased_*) is then a pure function of the trace
-        // id. A transaction and all its queries are kept or dropped together.
-        let sampled =
-            self.sampling
-                .sampler
-                .should_sample(None, trace_id, &s.name, &kind, &s.attributes, &[]);
-        if sampled.decision != SamplingDecision::RecordAndSample {
-            self.sampled_out += 1;
-            return Ok(());
-        }
         let mut span_events = SpanEvents::default();
         span_events.events = s
             .events

@@ -80,7 +80,14 @@ impl Own {
             self.events_undecodable,
             self.results_unmatched,
             self.queries_incomplete,
-        )
+        ) + &if self.spans_sampled_out > 0 {
+            format!(
+                "; {} spans made, {} dropped by sampling",
+                self.spans_made, self.spans_sampled_out
+            )
+        } else {
+            String::new()
+        }
     }
 
     /// The agent's CPU time and memory, read now.

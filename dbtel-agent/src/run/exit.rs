@@ -48,6 +48,7 @@ impl Agent {
         self.flush_spans_now(true);
         self.detectors_flush();
         self.refresh_summary();
+        self.summary.sampled_out = self.gate.counters.dropped;
         if probe_stats {
             self.summary.program_runs = self.probes.program_runs();
         }

@@ -26,6 +26,9 @@ impl Agent {
         let (mut out, mut found) = (Vec::new(), Vec::new());
         self.n_plus_one.tick(now_ns, &mut out, &mut found);
         self.pass_on(out, &found);
+        let mut kept = Vec::new();
+        self.gate.tick(now_ns, &mut kept);
+        self.emit(kept);
     }
 
     /// At exit: everything the detectors hold.
@@ -33,6 +36,9 @@ impl Agent {
         let (mut out, mut found) = (Vec::new(), Vec::new());
         self.n_plus_one.flush_all(&mut out, &mut found);
         self.pass_on(out, &found);
+        let mut kept = Vec::new();
+        self.gate.flush_all(&mut kept);
+        self.emit(kept);
         self.exporter.flush();
     }
 
@@ -46,7 +52,16 @@ impl Agent {
             }
         }
         self.metrics.record(&ready, &slow);
+        let now = crate::export::Clock::monotonic_now_ns();
+        let mut kept = Vec::with_capacity(ready.len());
         for span in ready {
+            self.gate.push(span, now, &mut kept);
+        }
+        self.emit(kept);
+    }
+
+    fn emit(&mut self, kept: Vec<DbSpan>) {
+        for span in kept {
             if let Err(e) = self.exporter.emit(span) {
                 self.summary.export_errors += 1;
                 log::warn!("cannot export span: {e:#}");
@@ -71,6 +86,7 @@ impl Agent {
     /// Publishes the agent's own figures and the open transactions (each second).
     pub(super) fn publish_metrics(&mut self) {
         self.refresh_summary();
+        self.summary.sampled_out = self.gate.counters.dropped;
         let mut own = own_of(&self.summary, &self.exporter);
         let servers = self.server.servers.keys();
         own.traced_processes =
@@ -108,7 +124,7 @@ pub fn own_of(s: &Summary, e: &Exporter) -> Own {
     let dropped = st.dropped.load(Ordering::Relaxed);
     let mut own = Own {
         spans_made: s.spans_made,
-        spans_sampled_out: e.sampled_out,
+        spans_sampled_out: s.sampled_out,
         spans_exported: exported,
         // Spans the exporter could not even be set up for count as failed too.
         spans_failed: failed + s.export_errors,
