@@ -76,6 +76,8 @@ pub trait Engine {
     fn tick(&mut self, now_ns: u64, out: &mut Vec<DbSpan>);
     /// The process exited (or exec'd) at `ts_ns`: what it left open ends.
     fn forget(&mut self, pid: u32, ts_ns: u64, out: &mut Vec<DbSpan>);
+    /// Transactions that joined an application's trace since the last call.
+    fn take_retraces(&mut self, _out: &mut Vec<crate::pipeline::txn::Retrace>) {}
     /// Transactions open now, per db.system.name (clients: as the
     /// application began them; servers: as the server runs them).
     fn open_transactions(&self, _out: &mut Vec<(&'static str, u64)>) {}

@@ -124,6 +124,7 @@ struct Agent {
     slow_query_ns: Option<u64>,
     n_plus_one: crate::detect::nplusone::NPlusOne,
     gate: crate::pipeline::gate::TraceGate,
+    retracer: crate::pipeline::retrace::Retracer,
 }
 
 impl Agent {
@@ -299,6 +300,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         slow_query_ns: cfg.slow_query.map(|d| d.as_nanos() as u64),
         n_plus_one: crate::detect::nplusone::NPlusOne::new(cfg.n_plus_one.0, cfg.n_plus_one.1),
         gate: crate::pipeline::gate::TraceGate::from_env(),
+        retracer: Default::default(),
     };
     let mut attached_lines = Vec::new();
     if agent.host.is_some() {

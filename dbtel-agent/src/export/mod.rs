@@ -321,7 +321,7 @@ impl Exporter {
                 TraceState::default(),
             ),
             parent_span_id: SpanId::from(s.ids.parent_span_id),
-            parent_span_is_remote: false,
+            parent_span_is_remote: s.ids.remote,
             span_kind: kind,
             name: s.name.into(),
             start_time: self.clock.wall(s.start_ns),

@@ -189,6 +189,10 @@ impl Engine for Client {
         self.recon.in_flight() + self.server.in_flight()
     }
 
+    fn take_retraces(&mut self, out: &mut Vec<crate::pipeline::txn::Retrace>) {
+        out.extend(self.recon.take_retraces());
+    }
+
     /// The server's count where one is traced (it sees every client); the
     /// clients' otherwise (their server's flavour is not known here: `mysql`).
     fn open_transactions(&self, out: &mut Vec<(&'static str, u64)>) {

@@ -153,6 +153,11 @@ impl Reconstructor {
     }
 
     /// Operations in flight (for the exit report and leak checks).
+    /// Transactions that joined an application's trace since the last call.
+    pub fn take_retraces(&mut self) -> Vec<crate::pipeline::txn::Retrace> {
+        self.txns.take_retraces()
+    }
+
     /// Client transactions open now.
     pub fn open_transactions(&self) -> u64 {
         self.txns.open_transactions()
@@ -310,15 +315,18 @@ impl Reconstructor {
             && !conn.autocommit
             && !open
             && !matches!(sql.verb, Verb::Begin | Verb::Commit | Verb::Rollback);
+        let tp = sql
+            .traceparent
+            .filter(|_| matches!(call, MyCall::RealQuery | MyCall::SendQuery));
         let ids = if !runs {
             self.txns
                 .query_started(key, &Verb::Other, at.ts_ns, &mut self.ids) // preparing runs nothing
         } else if tentative {
             self.txns
-                .query_started_tentatively(key, &Verb::Begin, at.ts_ns, &mut self.ids)
+                .query_started_tentatively_from(key, &Verb::Begin, at.ts_ns, &mut self.ids, tp)
         } else {
             self.txns
-                .query_started(key, &sql.verb, at.ts_ns, &mut self.ids)
+                .query_started_from(key, &sql.verb, at.ts_ns, &mut self.ids, tp)
         };
         if call == MyCall::StmtPrepare {
             if conn.prepares.len() == PREPARES_UNANSWERED {

@@ -21,6 +21,9 @@ pub struct Sql {
     /// The server commits an open transaction before running it (DDL, and a
     /// BEGIN / START TRANSACTION inside a transaction).
     pub implicit_commit: bool,
+    /// Its sqlcommenter comment's traceparent (used only when the text is
+    /// sent with the call: a prepared statement's would be stale).
+    pub traceparent: Option<crate::pipeline::sqlcomment::TraceParent>,
 }
 
 impl Sql {
@@ -43,6 +46,7 @@ impl Sql {
             truncated,
             counts_affected,
             implicit_commit,
+            traceparent: text.and_then(crate::pipeline::sqlcomment::traceparent_in),
         }
     }
 }

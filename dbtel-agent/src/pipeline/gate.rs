@@ -125,7 +125,7 @@ impl TraceGate {
             }
             return;
         }
-        let root = span.ids.parent_span_id == 0;
+        let root = span.ids.local_root();
         let p = self.pending.entry(trace).or_insert_with(|| {
             self.order.push_back(trace);
             Pending {
@@ -163,7 +163,7 @@ impl TraceGate {
                 let root = p
                     .spans
                     .iter()
-                    .find(|s| s.ids.parent_span_id == 0)
+                    .find(|s| s.ids.local_root())
                     .unwrap_or(&p.spans[0]);
                 let sampler = self.sampler.as_ref().expect("gate on");
                 // No parent context: a pure function of the trace id for

@@ -13,6 +13,7 @@ fn span(trace: u128, id: u64, parent: u64, attrs: Vec<KeyValue>, error: bool) ->
             trace_id: trace,
             span_id: id,
             parent_span_id: parent,
+            remote: false,
         },
         Kind::Client,
         (0, 1_000),

@@ -4,6 +4,7 @@
 pub mod dbspan;
 pub mod gate;
 pub mod group;
+pub mod retrace;
 pub mod shape;
 pub mod span;
 pub mod sql;

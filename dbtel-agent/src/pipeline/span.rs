@@ -22,15 +22,34 @@ pub struct Ids {
     pub span_id: u64,
     /// 0: a root span.
     pub parent_span_id: u64,
+    /// The parent is the application's own span, named by a traceparent in
+    /// the query's sqlcommenter comment: the span is this agent's local root.
+    pub remote: bool,
 }
 
 impl Ids {
+    /// A new span whose parent is the application's span `tp` names.
+    pub fn under_app(tp: &crate::pipeline::sqlcomment::TraceParent, gen: &mut IdGen) -> Ids {
+        Ids {
+            trace_id: tp.trace_id,
+            span_id: gen.span_id(),
+            parent_span_id: tp.span_id,
+            remote: true,
+        }
+    }
+
+    /// This agent's root of its trace (no parent, or the application's).
+    pub fn local_root(&self) -> bool {
+        self.parent_span_id == 0 || self.remote
+    }
+
     /// A child of `self` in the same trace.
     pub fn child(&self, gen: &mut IdGen) -> Ids {
         Ids {
             trace_id: self.trace_id,
             span_id: gen.span_id(),
             parent_span_id: self.span_id,
+            remote: false,
         }
     }
 }
@@ -101,6 +120,7 @@ impl IdGen {
             trace_id: self.trace_id(),
             span_id: self.span_id(),
             parent_span_id: 0,
+            remote: false,
         }
     }
 }

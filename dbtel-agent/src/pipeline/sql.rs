@@ -119,7 +119,20 @@ impl FactsCache {
         }
     }
 
+    /// The facts of a text. Obfuscated (the default), a sqlcommenter comment
+    /// is taken out first: not exported (it can carry user data), and not
+    /// in the key (a traceparent per request would miss every time).
     pub fn get(&mut self, sql: &str) -> Arc<QueryFacts> {
+        if self.text == Text::Obfuscated && crate::pipeline::sqlcomment::may_have(sql) {
+            let c = crate::pipeline::sqlcomment::split(sql);
+            if c.comment.is_some() {
+                return self.get_body(&c.body);
+            }
+        }
+        self.get_body(sql)
+    }
+
+    fn get_body(&mut self, sql: &str) -> Arc<QueryFacts> {
         // Obfuscated, texts differing only in literal values share their facts
         // (applications inlining literals would otherwise miss every time).
         if let Some(f) = self.plain.get(sql) {

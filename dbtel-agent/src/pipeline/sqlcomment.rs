@@ -30,6 +30,22 @@ pub struct Commented<'a> {
     pub traceparent: Option<TraceParent>,
 }
 
+/// Whether `sql` may hold a sqlcommenter comment: one begins or ends it (a
+/// cheap test before [`split`], for every text the agent sees).
+pub fn may_have(sql: &str) -> bool {
+    let end = sql.trim_end_matches(|c: char| c.is_ascii_whitespace() || c == ';');
+    end.ends_with("*/") || sql.trim_start().starts_with("/*")
+}
+
+/// The traceparent of a text's sqlcommenter comment, if any.
+pub fn traceparent_in(sql: &str) -> Option<TraceParent> {
+    if may_have(sql) {
+        split(sql).traceparent
+    } else {
+        None
+    }
+}
+
 /// Takes the sqlcommenter comment out of `sql`: the one at the end (before
 /// an optional `;`), else a leading one (some Java agents prepend it).
 /// Anything else returns `sql` unchanged with `comment` None.
@@ -115,8 +131,9 @@ fn taken(sql: &str, (open, end): Range) -> Option<Commented<'_>> {
 /// A raw (still encoded) key and value.
 type Pair<'a> = (&'a str, &'a str);
 
-/// `key='value'(,key='value')*`, whitespace allowed around pairs; None when
-/// any of it is something else. Values keep their `\'` escapes.
+/// `key='value'(,key='value')*` (or `key=123`), whitespace allowed around
+/// pairs; None when any of it is something else. Values keep their `\'`
+/// escapes.
 fn pairs(content: &str) -> Option<Vec<Pair<'_>>> {
     let mut out = Vec::new();
     let mut rest = content.trim_ascii_start();
@@ -129,10 +146,21 @@ fn pairs(content: &str) -> Option<Vec<Pair<'_>>> {
             return None;
         }
         let key = &rest[..key_len];
-        rest = rest[key_len..].strip_prefix("='")?;
-        let value_len = quoted_len(rest)?;
-        out.push((key, &rest[..value_len]));
-        rest = rest[value_len + 1..].trim_ascii_start();
+        rest = rest[key_len..].strip_prefix('=')?;
+        if let Some(quoted) = rest.strip_prefix('\'') {
+            let value_len = quoted_len(quoted)?;
+            out.push((key, &quoted[..value_len]));
+            rest = quoted[value_len + 1..].trim_ascii_start();
+        } else {
+            // A bare number: OpenTelemetry's Python commenter writes the
+            // repr of integers (`dbapi_threadsafety=2`).
+            let value_len = rest.bytes().take_while(u8::is_ascii_digit).count();
+            if value_len == 0 {
+                return None;
+            }
+            out.push((key, &rest[..value_len]));
+            rest = rest[value_len..].trim_ascii_start();
+        }
         if rest.is_empty() {
             return Some(out);
         }

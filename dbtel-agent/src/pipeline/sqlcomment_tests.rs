@@ -305,3 +305,16 @@ fn every_byte_outside_the_comment_is_kept() {
         assert_eq!(solid(&outside), solid(&c.body), "{sql:?}");
     }
 }
+
+#[test]
+fn opentelemetry_pythons_comment_with_bare_numbers_is_taken() {
+    let sql = "select 1 /*db_driver='psycopg2%%3A2.9.13',dbapi_threadsafety=2,libpq_version=170006,traceparent='00-7312080dc94e205cf46a1018a6f14ada-111510fec240a9bc-03'*/";
+    let c = split(sql);
+    assert_eq!(c.body, "select 1");
+    let tp = c.traceparent.expect("traceparent");
+    assert_eq!(tp.trace_id, 0x7312080dc94e205cf46a1018a6f14ada);
+    assert_eq!(tp.span_id, 0x111510fec240a9bc);
+    assert!(tp.sampled);
+    // A bare word is still not sqlcommenter.
+    assert_eq!(split("select 1 /*a=b*/").comment, None);
+}

@@ -3,6 +3,7 @@
 //! ends into transaction spans that parent those queries (the statements'
 //! classification: `keywords`).
 
+use crate::pipeline::sqlcomment::TraceParent;
 use opentelemetry::KeyValue;
 
 use crate::pipeline::dbspan::Described;
@@ -104,6 +105,16 @@ struct Open {
     last_end_ns: u64,
     retry_count: u32,
     events: Vec<Event>,
+    /// Joined to the application's trace (a traceparent seen in it).
+    adopted: bool,
+}
+
+/// A transaction joined the application's trace after some of its spans
+/// were made: spans still in `from` belong to `to` (see pipeline::retrace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retrace {
+    pub from: u128,
+    pub to: u128,
 }
 
 #[derive(Default)]
@@ -123,9 +134,11 @@ impl Conn {
 
     /// The block a statement with these ids was sent into.
     fn of(&self, ids: &Ids) -> Option<usize> {
+        // By span id alone: a block that joined the application's trace
+        // changed its trace id after its first statements were sent.
         self.open
             .iter()
-            .position(|o| o.ids.trace_id == ids.trace_id && o.ids.span_id == ids.parent_span_id)
+            .position(|o| o.ids.span_id == ids.parent_span_id)
     }
 }
 
@@ -139,6 +152,8 @@ fn ends_block(verb: &Verb) -> bool {
 
 pub struct Tracker {
     conns: crate::FastMap<Key, Conn>,
+    /// Blocks that joined an application's trace, until taken.
+    retraces: Vec<Retrace>,
     /// A failed statement aborts the block (PostgreSQL); else it is only an
     /// event in it (MySQL: the transaction goes on, and may commit).
     errors_abort: bool,
@@ -159,6 +174,7 @@ impl Tracker {
     pub fn with_errors_abort(errors_abort: bool) -> Self {
         Tracker {
             conns: Default::default(),
+            retraces: Vec::new(),
             errors_abort,
         }
     }
@@ -191,7 +207,28 @@ impl Tracker {
     /// the one open as of the statements sent before it, whether or not
     /// their results have been read.
     pub fn query_started(&mut self, key: Key, verb: &Verb, start_ns: u64, gen: &mut IdGen) -> Ids {
-        self.start(key, verb, start_ns, gen, true)
+        self.start(key, verb, start_ns, gen, true, None)
+    }
+
+    /// As [`Tracker::query_started`], for a text whose sqlcommenter comment
+    /// names the application's span `tp`: outside a transaction the
+    /// statement is that span's child; a transaction it begins or is the
+    /// first to name joins that trace as that span's child (its statements
+    /// stay the transaction's children).
+    pub fn query_started_from(
+        &mut self,
+        key: Key,
+        verb: &Verb,
+        start_ns: u64,
+        gen: &mut IdGen,
+        tp: Option<TraceParent>,
+    ) -> Ids {
+        self.start(key, verb, start_ns, gen, true, tp)
+    }
+
+    /// Transactions that joined an application's trace since the last call.
+    pub fn take_retraces(&mut self) -> Vec<Retrace> {
+        std::mem::take(&mut self.retraces)
     }
 
     /// As [`Tracker::query_started`], but a block `verb` opens may not
@@ -205,7 +242,20 @@ impl Tracker {
         start_ns: u64,
         gen: &mut IdGen,
     ) -> Ids {
-        self.start(key, verb, start_ns, gen, false)
+        self.start(key, verb, start_ns, gen, false, None)
+    }
+
+    /// [`Tracker::query_started_tentatively`] with a traceparent (see
+    /// [`Tracker::query_started_from`]).
+    pub fn query_started_tentatively_from(
+        &mut self,
+        key: Key,
+        verb: &Verb,
+        start_ns: u64,
+        gen: &mut IdGen,
+        tp: Option<TraceParent>,
+    ) -> Ids {
+        self.start(key, verb, start_ns, gen, false, tp)
     }
 
     fn start(
@@ -215,11 +265,17 @@ impl Tracker {
         start_ns: u64,
         gen: &mut IdGen,
         confirmed: bool,
+        tp: Option<TraceParent>,
     ) -> Ids {
+        let fresh = |gen: &mut IdGen| match &tp {
+            Some(tp) => Ids::under_app(tp, gen),
+            None => gen.root(),
+        };
         let conn = self.conns.entry(key).or_default();
         if conn.joinable().is_none() && *verb == Verb::Begin {
             conn.open.push(Open {
-                ids: gen.root(),
+                ids: fresh(gen),
+                adopted: tp.is_some(),
                 confirmed,
                 closing: false,
                 start_ns,
@@ -239,8 +295,18 @@ impl Tracker {
             });
         }
         let Some(o) = conn.joinable() else {
-            return gen.root(); // autocommit, or inside a transaction begun before we attached
+            return fresh(gen); // autocommit, or inside a transaction begun before we attached
         };
+        if let Some(tp) = tp.filter(|_| !o.adopted) {
+            // The application names its span only now (psycopg2 sends BEGIN
+            // without a comment): the transaction joins that trace.
+            self.retraces.push(Retrace {
+                from: o.ids.trace_id,
+                to: tp.trace_id,
+            });
+            (o.ids.trace_id, o.ids.parent_span_id, o.ids.remote) = (tp.trace_id, tp.span_id, true);
+            o.adopted = true;
+        }
         if o.in_flight == 0 {
             o.idle_ns += start_ns.saturating_sub(o.last_end_ns);
         }

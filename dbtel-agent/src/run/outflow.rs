@@ -13,9 +13,22 @@ impl Agent {
     /// Every finished span passes here once: the N+1 detector may hold a
     /// span until its run is over (bounded: see detect::nplusone).
     pub(super) fn hand_on(&mut self, ready: Vec<DbSpan>) {
-        let mut out = Vec::with_capacity(ready.len());
-        let mut found = Vec::new();
+        let mut moved = self.recon.take_retraces();
+        moved.append(&mut self.server.tracker.retraces);
+        for e in &mut self.engines {
+            e.take_retraces(&mut moved);
+        }
+        for r in moved {
+            self.retracer.learn(r);
+        }
+        let now = crate::export::Clock::monotonic_now_ns();
+        let mut passed = Vec::with_capacity(ready.len());
         for s in ready {
+            self.retracer.pass(s, now, &mut passed);
+        }
+        let mut out = Vec::with_capacity(passed.len());
+        let mut found = Vec::new();
+        for s in passed {
             self.n_plus_one.observe(s, &mut out, &mut found);
         }
         self.pass_on(out, &found);
@@ -24,6 +37,11 @@ impl Agent {
     /// Periodic: N+1 bursts that went quiet end.
     pub(super) fn detectors_tick(&mut self, now_ns: u64) {
         let (mut out, mut found) = (Vec::new(), Vec::new());
+        let mut due = Vec::new();
+        self.retracer.tick(now_ns, &mut due);
+        for s in due {
+            self.n_plus_one.observe(s, &mut out, &mut found);
+        }
         self.n_plus_one.tick(now_ns, &mut out, &mut found);
         self.pass_on(out, &found);
         let mut kept = Vec::new();
@@ -34,6 +52,11 @@ impl Agent {
     /// At exit: everything the detectors hold.
     pub(super) fn detectors_flush(&mut self) {
         let (mut out, mut found) = (Vec::new(), Vec::new());
+        let mut parked = Vec::new();
+        self.retracer.flush(&mut parked);
+        for s in parked {
+            self.n_plus_one.observe(s, &mut out, &mut found);
+        }
         self.n_plus_one.flush_all(&mut out, &mut found);
         self.pass_on(out, &found);
         let mut kept = Vec::new();

@@ -13,6 +13,7 @@ impl Tracker {
                 trace_id: c.trace_id,
                 span_id: c.parent_span_id,
                 parent_span_id: 0,
+                remote: false,
             }
             .child(&mut self.gen),
             None => self.gen.root(),

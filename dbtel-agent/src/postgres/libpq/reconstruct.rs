@@ -237,6 +237,11 @@ impl Reconstructor {
     }
 
     /// Number of queries in flight (for leak checks and metrics).
+    /// Transactions that joined an application's trace since the last call.
+    pub fn take_retraces(&mut self) -> Vec<crate::pipeline::txn::Retrace> {
+        self.txns.take_retraces()
+    }
+
     /// Client transactions open now.
     pub fn open_transactions(&self) -> u64 {
         self.txns.open_transactions()
@@ -452,9 +457,18 @@ impl Reconstructor {
             }
             _ => true,
         };
-        let mut ids = self
-            .txns
-            .query_started((at.pid, at.conn), &verb, at.ts_ns, &mut self.ids);
+        // The application's span, from a text sent with this call (a
+        // prepared statement's comment is its preparer's, stale by now).
+        let tp = match f {
+            func::PQEXEC | func::PQEXEC_PARAMS | func::PQSEND_QUERY | func::PQSEND_QUERY_PARAMS => {
+                text.as_deref()
+                    .and_then(crate::pipeline::sqlcomment::traceparent_in)
+            }
+            _ => None,
+        };
+        let mut ids =
+            self.txns
+                .query_started_from((at.pid, at.conn), &verb, at.ts_ns, &mut self.ids, tp);
         if conn.pipeline && !matches!(f, func::PQSEND_PREPARE) {
             take_reserved(conn, &mut ids);
         }

@@ -131,6 +131,8 @@ pub struct Tracker {
     /// span each even without a Sync between them, with a row count. (Else a
     /// statement ends at the next text or idle report.)
     completing: HashSet<u32>,
+    /// Blocks that joined an application's trace (taken by the agent).
+    pub retraces: Vec<crate::pipeline::txn::Retrace>,
 }
 
 /// Closes a backend's open waits: ended by `error` (at its time) or, with
@@ -158,6 +160,7 @@ impl Tracker {
         Tracker {
             backends: HashMap::new(),
             gen,
+            retraces: Vec::new(),
             counters: Counters::default(),
             ended: Default::default(),
             errors_by_level: false,
@@ -419,11 +422,26 @@ impl Tracker {
             self.open_txn(at, client);
         }
         let joined = client(at.pid).and_then(|c| c.query);
+        // Untraced client: the application's span from the text's
+        // sqlcommenter comment (a traced client's span is the parent else).
+        let tp = joined
+            .is_none()
+            .then(|| crate::pipeline::sqlcomment::traceparent_in(&text))
+            .flatten();
         let b = self.backends.get_mut(&at.pid).expect("entry exists");
-        let ids = match (joined, &b.txn) {
-            (Some(c), _) => c.child(&mut self.gen),
-            (None, Some(t)) => t.ids.child(&mut self.gen),
-            (None, None) => self.gen.root(),
+        if let (Some(tp), Some(t)) = (tp, b.txn.as_mut().filter(|t| !t.adopted)) {
+            self.retraces.push(crate::pipeline::txn::Retrace {
+                from: t.ids.trace_id,
+                to: tp.trace_id,
+            });
+            (t.ids.trace_id, t.ids.parent_span_id, t.ids.remote) = (tp.trace_id, tp.span_id, true);
+            t.adopted = true;
+        }
+        let ids = match (joined, &b.txn, tp) {
+            (Some(c), _, _) => c.child(&mut self.gen),
+            (None, Some(t), _) => t.ids.child(&mut self.gen),
+            (None, None, Some(tp)) => Ids::under_app(&tp, &mut self.gen),
+            (None, None, None) => self.gen.root(),
         };
         if let Some(t) = b.txn.as_mut() {
             t.statements += 1;

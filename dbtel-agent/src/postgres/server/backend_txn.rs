@@ -20,6 +20,7 @@ impl Tracker {
             postmaster: b.postmaster,
             ids,
             joined: parent.is_some(),
+            adopted: false,
             start_ns: at.ts_ns,
             end_ns: at.ts_ns,
             outcome: TxnOutcome::Incomplete,

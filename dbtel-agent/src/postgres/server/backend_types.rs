@@ -173,6 +173,8 @@ pub struct ServerTxn {
     pub ids: Ids,
     /// Opened under its client's transaction (that client is traced too).
     pub joined: bool,
+    /// Joined to the application's trace by a statement's traceparent.
+    pub adopted: bool,
     pub start_ns: u64,
     pub end_ns: u64,
     pub outcome: TxnOutcome,
