@@ -6,7 +6,7 @@
 //! server's spans under the application's when only the server is traced;
 //! no comment is exported.
 
-use std::{process::Stdio, time::Duration};
+use std::process::Stdio;
 
 use dbtel_tests::{
     drivers::{self, App},
