@@ -26,7 +26,7 @@ const CAPABILITIES: [&str; 5] = [
 const UNIT: &str = "dbtel-agent.service";
 const BINARY: &str = "/usr/local/bin/dbtel-agent";
 /// The agent's long flags, in snake_case, that config.yaml shows (set or as a comment).
-const CONFIG_KEYS: [&str; 17] = [
+const CONFIG_KEYS: [&str; 23] = [
     "all",
     "exe",
     "exclude_exe",
@@ -44,6 +44,12 @@ const CONFIG_KEYS: [&str; 17] = [
     "catalog_period",
     "no_catalog",
     "http_address",
+    "metrics_exporter",
+    "metric_export_interval",
+    "metrics_max_summaries",
+    "slow_query_threshold",
+    "n_plus_one_threshold",
+    "n_plus_one_burst_gap",
 ];
 
 /// Flags config.yaml may set but need not show (one-off and benchmark flags).

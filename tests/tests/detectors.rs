@@ -23,8 +23,11 @@ fn an_orms_lazy_loading_is_one_n_plus_one_and_batches_stay_quiet() {
     );
     let agent = Agent::start(
         &[
+            // OTLP/gRPC: the metrics' push goes over it too.
+            "--otlp-protocol",
+            "grpc",
             "--otlp-endpoint",
-            &rx.http_endpoint(),
+            &rx.grpc_endpoint(),
             "--pid",
             &app.pid.to_string(),
         ],
@@ -73,7 +76,7 @@ fn an_orms_lazy_loading_is_one_n_plus_one_and_batches_stay_quiet() {
         .filter(|s| s.parent_span_id == txn.span_id)
         .count();
     assert_eq!(children, 23);
-    // Counted: the exit's OTLP metrics push.
+    // Counted: the exit's OTLP metrics push (gRPC).
     let n: f64 = rx
         .metrics
         .latest()

@@ -231,31 +231,31 @@ fn metrics_count_every_span_and_prometheus_answers_the_documented_queries() {
     let server_queries = spans.iter().filter(|s| s.kind == 2 && !is_txn(s)).count();
 
     // Every span counted once for the library names, by the client's span.
-    let client_count = sum(&m, "db_client_operation_duration_count", &[]);
+    let client_count = sum(m, "db_client_operation_duration_count", &[]);
     assert_eq!(client_count, client_queries.len() as f64);
-    assert_eq!(sum(&m, "db_query_duration_count", &[]), client_count);
+    assert_eq!(sum(m, "db_query_duration_count", &[]), client_count);
     assert_eq!(
-        sum(&m, "db_server_operation_duration_count", &[]),
+        sum(m, "db_server_operation_duration_count", &[]),
         server_queries as f64
     );
     assert_eq!(
-        sum(&m, "db_transaction_duration_count", &[]),
+        sum(m, "db_transaction_duration_count", &[]),
         client_txns as f64
     );
     assert_eq!(
-        sum(&m, "db_lock_wait_duration_count", &[]),
+        sum(m, "db_lock_wait_duration_count", &[]),
         waits.len() as f64
     );
     assert!(waits.len() >= 4, "{} waits", waits.len());
     // The buckets of a series end with its count.
     assert_eq!(
-        sum(&m, "db_client_operation_duration_bucket", &[("le", "+Inf")]),
+        sum(m, "db_client_operation_duration_bucket", &[("le", "+Inf")]),
         client_count
     );
     // What the workload did.
     let pgsys = ("db_system_name", "postgresql");
     assert_eq!(
-        sum(&m, "db_transaction_retries_total", &[pgsys]),
+        sum(m, "db_transaction_retries_total", &[pgsys]),
         did("retries")
     );
     assert_eq!(
@@ -287,7 +287,7 @@ fn metrics_count_every_span_and_prometheus_answers_the_documented_queries() {
         .iter()
         .filter(|s| s.attrs.get("db.slow_query") == Some(&Value::Bool(true)))
         .collect();
-    assert_eq!(sum(&m, "dbtel_slow_queries_total", &[]), slow.len() as f64);
+    assert_eq!(sum(m, "dbtel_slow_queries_total", &[]), slow.len() as f64);
     assert_eq!(
         slow.iter()
             .filter(|s| s.text().contains("pg_sleep"))
@@ -324,13 +324,13 @@ fn metrics_count_every_span_and_prometheus_answers_the_documented_queries() {
     );
     // The agent's own figures.
     assert_eq!(
-        sum(&m, "dbtel_spans_exported_total", &[]),
+        sum(m, "dbtel_spans_exported_total", &[]),
         spans.len() as f64
     );
-    assert_eq!(sum(&m, "dbtel_spans_made_total", &[]), spans.len() as f64);
+    assert_eq!(sum(m, "dbtel_spans_made_total", &[]), spans.len() as f64);
     // The server (the workload has exited).
-    assert_eq!(sum(&m, "dbtel_traced_processes", &[]), 1.0);
-    assert_eq!(sum(&m, "dbtel_n_plus_one_total", &[]), did("n_plus_one"));
+    assert_eq!(sum(m, "dbtel_traced_processes", &[]), 1.0);
+    assert_eq!(sum(m, "dbtel_n_plus_one_total", &[]), did("n_plus_one"));
 
     let (rx, run) = (&r.rx, &r.run);
     // The last OTLP push carries the exit summary's figures.

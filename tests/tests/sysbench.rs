@@ -441,6 +441,30 @@ fn sysbench_oltp_read_write_every_statement_one_span() {
         "{}",
         run.summary()
     );
+    // MySQL's spans feed the same metrics (the exit's OTLP push): every
+    // statement and transaction once, labelled mariadb, retries as counted.
+    let pushed = rx.metrics.latest();
+    let count = |name: &str| -> u64 {
+        pushed
+            .iter()
+            .filter(|p| p.metric == name)
+            .inspect(|p| assert_eq!(p.attr("db.system.name"), Some("mariadb"), "{p:?}"))
+            .map(|p| p.count)
+            .sum()
+    };
+    assert_eq!(count("db.client.operation.duration") as usize, statements);
+    assert_eq!(count("db.query.duration") as usize, statements);
+    assert_eq!(count("db.transaction.duration") as usize, txn_total);
+    let retried = all
+        .iter()
+        .filter(|s| s.int("db.transaction.retry_count").is_some_and(|n| n > 0))
+        .count() as f64;
+    let retries: f64 = pushed
+        .iter()
+        .filter(|p| p.metric == "db.transaction.retries")
+        .map(|p| p.value)
+        .sum();
+    assert_eq!(retries, retried);
 }
 
 #[test]

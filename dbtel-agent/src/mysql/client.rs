@@ -199,9 +199,8 @@ impl Engine for Client {
         if self.server.traces_servers() {
             out.push((self.server.system(), self.server.open_transactions()));
         } else {
-            let n = self.recon.open_transactions();
-            if n > 0 {
-                out.push(("mysql", n));
+            if self.recon.tracks_connections() {
+                out.push(("mysql", self.recon.open_transactions()));
             }
         }
     }

@@ -158,6 +158,11 @@ impl Reconstructor {
         self.txns.take_retraces()
     }
 
+    /// Whether any connection has been seen (and not forgotten).
+    pub fn tracks_connections(&self) -> bool {
+        self.conns.values().next().is_some()
+    }
+
     /// Client transactions open now.
     pub fn open_transactions(&self) -> u64 {
         self.txns.open_transactions()

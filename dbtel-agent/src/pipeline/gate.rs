@@ -11,7 +11,13 @@
 
 use std::collections::VecDeque;
 
-use opentelemetry::trace::{SamplingDecision, SpanKind, TraceId};
+use opentelemetry::{
+    trace::{
+        SamplingDecision, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId,
+        TraceState,
+    },
+    Context,
+};
 use opentelemetry_sdk::trace::ShouldSample;
 
 use super::dbspan::{DbSpan, Role};
@@ -166,10 +172,25 @@ impl TraceGate {
                     .find(|s| s.ids.local_root())
                     .unwrap_or(&p.spans[0]);
                 let sampler = self.sampler.as_ref().expect("gate on");
-                // No parent context: a pure function of the trace id for
-                // every sampler the SDK offers.
+                // The application's span as the parent where a traceparent
+                // named it (parentbased_* samplers follow its flag); else no
+                // parent: a pure function of the trace id for every sampler.
+                let parent = root.ids.remote.then(|| {
+                    let flags = if root.ids.remote_sampled {
+                        TraceFlags::SAMPLED
+                    } else {
+                        TraceFlags::default()
+                    };
+                    Context::new().with_remote_span_context(SpanContext::new(
+                        TraceId::from(trace),
+                        SpanId::from(root.ids.parent_span_id),
+                        flags,
+                        true,
+                        TraceState::default(),
+                    ))
+                });
                 let r = sampler.should_sample(
-                    None,
+                    parent.as_ref(),
                     TraceId::from(trace),
                     &root.name,
                     &SpanKind::Client,

@@ -14,6 +14,7 @@ fn span(trace: u128, id: u64, parent: u64, attrs: Vec<KeyValue>, error: bool) ->
             span_id: id,
             parent_span_id: parent,
             remote: false,
+            remote_sampled: false,
         },
         Kind::Client,
         (0, 1_000),
@@ -135,4 +136,20 @@ fn rootless_traces_are_decided_after_the_wait_and_the_hold_is_bounded() {
     g.flush_all(&mut out);
     assert_eq!(out.len(), MAX_HELD + 11);
     assert_eq!(g.held(), 0);
+}
+
+#[test]
+fn a_parent_based_sampler_follows_the_applications_flag() {
+    let mut g = TraceGate::with(Some(Box::new(
+        opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+            opentelemetry_sdk::trace::Sampler::AlwaysOff,
+        )),
+    )));
+    let mut out = vec![];
+    for (trace, sampled) in [(1u128, true), (2, false)] {
+        let mut s = span(trace, 2, 77, vec![], false);
+        (s.ids.remote, s.ids.remote_sampled) = (true, sampled);
+        g.push(s, 0, &mut out);
+    }
+    assert_eq!(out.iter().map(|s| s.ids.trace_id).collect::<Vec<_>>(), [1]);
 }

@@ -48,10 +48,12 @@ impl Retracer {
     /// One span on its way out: moved if its trace moved; a BEGIN waits for
     /// its transaction's next span, which lets it go first.
     pub fn pass(&mut self, mut span: DbSpan, now_ns: u64, out: &mut Vec<DbSpan>) {
-        for key in [span.ids.parent_span_id, span.ids.span_id] {
-            if let Some((mut b, _)) = self.parked.remove(&key) {
-                self.apply(&mut b);
-                out.push(b);
+        if !self.parked.is_empty() {
+            for key in [span.ids.parent_span_id, span.ids.span_id] {
+                if let Some((mut b, _)) = self.parked.remove(&key) {
+                    self.apply(&mut b);
+                    out.push(b);
+                }
             }
         }
         self.apply(&mut span);
@@ -125,6 +127,7 @@ mod tests {
                     span_id: 2,
                     parent_span_id: 3,
                     remote: false,
+                    remote_sampled: false,
                 },
                 Kind::Client,
                 (0, 1),
@@ -161,6 +164,7 @@ mod tests {
                     span_id: span,
                     parent_span_id: parent,
                     remote: false,
+                    remote_sampled: false,
                 },
                 Kind::Client,
                 (0, 1),

@@ -25,6 +25,8 @@ pub struct Ids {
     /// The parent is the application's own span, named by a traceparent in
     /// the query's sqlcommenter comment: the span is this agent's local root.
     pub remote: bool,
+    /// With `remote`: the application sampled its span (the traceparent's flag).
+    pub remote_sampled: bool,
 }
 
 impl Ids {
@@ -35,6 +37,7 @@ impl Ids {
             span_id: gen.span_id(),
             parent_span_id: tp.span_id,
             remote: true,
+            remote_sampled: tp.sampled,
         }
     }
 
@@ -50,6 +53,7 @@ impl Ids {
             span_id: gen.span_id(),
             parent_span_id: self.span_id,
             remote: false,
+            remote_sampled: false,
         }
     }
 }
@@ -121,6 +125,7 @@ impl IdGen {
             span_id: self.span_id(),
             parent_span_id: 0,
             remote: false,
+            remote_sampled: false,
         }
     }
 }

@@ -305,6 +305,7 @@ impl Tracker {
                 to: tp.trace_id,
             });
             (o.ids.trace_id, o.ids.parent_span_id, o.ids.remote) = (tp.trace_id, tp.span_id, true);
+            o.ids.remote_sampled = tp.sampled;
             o.adopted = true;
         }
         if o.in_flight == 0 {

@@ -121,9 +121,7 @@ impl Agent {
             self.server.open_transactions(&mut pg);
             open.extend(pg.into_iter().map(|(db, n)| ("postgresql", db, n)));
             open.push(("postgresql", String::new(), 0));
-        } else if !self.live.is_empty() && self.engines.is_empty()
-            || self.recon.open_transactions() > 0
-        {
+        } else if self.recon.tracks_connections() {
             open.push(("postgresql", String::new(), self.recon.open_transactions()));
         }
         let mut by_engine = Vec::new();

@@ -14,6 +14,7 @@ impl Tracker {
                 span_id: c.parent_span_id,
                 parent_span_id: 0,
                 remote: false,
+                remote_sampled: false,
             }
             .child(&mut self.gen),
             None => self.gen.root(),

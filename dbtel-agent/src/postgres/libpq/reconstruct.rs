@@ -242,6 +242,11 @@ impl Reconstructor {
         self.txns.take_retraces()
     }
 
+    /// Whether any libpq connection has been seen (and not forgotten).
+    pub fn tracks_connections(&self) -> bool {
+        !self.conns.is_empty()
+    }
+
     /// Client transactions open now.
     pub fn open_transactions(&self) -> u64 {
         self.txns.open_transactions()

@@ -435,6 +435,7 @@ impl Tracker {
                 to: tp.trace_id,
             });
             (t.ids.trace_id, t.ids.parent_span_id, t.ids.remote) = (tp.trace_id, tp.span_id, true);
+            t.ids.remote_sampled = tp.sampled;
             t.adopted = true;
         }
         let ids = match (joined, &b.txn, tp) {
