@@ -223,6 +223,7 @@ impl Agent {
     /// Lets go of a process whose queries are already ended.
     fn forget_process(&mut self, pid: u32) {
         self.probes.detach_pid(pid);
+        self.release_held(pid);
         self.exporter.process_gone(pid);
         self.live.remove(&pid);
         self.liveness.forget(pid);

@@ -219,7 +219,9 @@ impl NPlusOne {
             out.push(span);
             return;
         }
-        let key = if span.ids.parent_span_id != 0 {
+        // A statement under the application's own span (sqlcommenter) is
+        // outside any transaction here: it belongs to its connection's burst.
+        let key = if span.ids.parent_span_id != 0 && !span.ids.remote {
             Key::Txn {
                 pid: span.pid,
                 span_id: span.ids.parent_span_id,
@@ -347,6 +349,22 @@ impl NPlusOne {
         for id in stale {
             out.extend(self.held.remove(&id));
             self.counters.released_early += 1;
+        }
+    }
+
+    /// The process is gone: its scopes end (their held spans come out, to be
+    /// exported with its resource before its pipeline closes).
+    pub fn end_process(&mut self, pid: u32, out: &mut Vec<DbSpan>, found: &mut Vec<Detection>) {
+        let mut mine: Vec<(u64, Key)> = self
+            .scopes
+            .iter()
+            .filter(|(k, _)| matches!(k, Key::Txn { pid: p, .. } | Key::Burst { pid: p, .. } if *p == pid))
+            .map(|(k, s)| (s.touched, *k))
+            .collect();
+        mine.sort_unstable_by_key(|&(touched, _)| touched);
+        for (_, key) in mine {
+            let scope = self.scopes.remove(&key).expect("listed above");
+            self.end(scope, None, out, found);
         }
     }
 

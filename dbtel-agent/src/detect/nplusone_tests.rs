@@ -465,3 +465,25 @@ fn every_span_comes_out_exactly_once() {
     }
     assert!(findings > 0, "the mix never fired");
 }
+
+#[test]
+fn statements_under_the_applications_spans_are_a_burst_and_a_gone_process_lets_go() {
+    let mut d = NPlusOne::new(10, GAP);
+    // sqlcommenter: each statement's parent is its own application span.
+    let spans: Vec<DbSpan> = lazy_loading(0, 20, |i| 100 + i)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            (s.ids.parent_span_id, s.ids.remote) = (9_000 + i as u64, true);
+            s
+        })
+        .collect();
+    let n = spans.len();
+    let (mut out, mut found) = feed(&mut d, spans);
+    assert_eq!(out.len(), n - 1, "the run's first is held");
+    // The process exits: its burst ends, the held span comes out marked.
+    d.end_process(1, &mut out, &mut found);
+    assert_eq!(out.len(), n);
+    assert_eq!(found.len(), 1);
+    assert_eq!(events(&out).len(), 1);
+}

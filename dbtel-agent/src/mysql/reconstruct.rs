@@ -487,10 +487,16 @@ impl Reconstructor {
             || matches!(code.as_deref(), Some("1213" | "1205"));
         if completed && in_trans {
             self.txns.confirm(key, &op.span.ids);
-        } else if self.txns.discard(key, &op.span.ids) {
-            // A root, keeping its trace and span id: the server's spans of
-            // the statement are its children already.
-            op.span.ids.parent_span_id = 0;
+        } else if let Some(block) = self.txns.discard_block(key, &op.span.ids) {
+            // A root (or the application's span's child, as its block was),
+            // keeping its trace and span id: the server's spans of the
+            // statement are its children already.
+            op.span.ids.parent_span_id = if block.remote {
+                block.parent_span_id
+            } else {
+                0
+            };
+            (op.span.ids.remote, op.span.ids.remote_sampled) = (block.remote, block.remote_sampled);
         }
         let (s, verb) = (&op.span, &op.sql.verb);
         let mut txns = Vec::new();

@@ -132,6 +132,16 @@ impl TraceGate {
             return;
         }
         let root = span.ids.local_root();
+        // Decided traces leave ids behind in `order`: dropped from its front
+        // (and bounded) so one long transaction cannot make it grow.
+        while self.order.len() > MAX_HELD
+            && self
+                .order
+                .front()
+                .is_some_and(|t| !self.pending.contains_key(t))
+        {
+            self.order.pop_front();
+        }
         let p = self.pending.entry(trace).or_insert_with(|| {
             self.order.push_back(trace);
             Pending {
@@ -229,6 +239,24 @@ impl TraceGate {
                 }
                 Some(_) => break,
             }
+        }
+    }
+
+    /// The process is gone: traces holding its spans are decided with what
+    /// they have (its pipeline closes next).
+    pub fn release_pid(&mut self, pid: u32, out: &mut Vec<DbSpan>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mine: Vec<u128> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.spans.iter().any(|s| s.pid == pid))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in mine {
+            self.counters.decided_early += 1;
+            self.decide(t, out);
         }
     }
 

@@ -153,3 +153,16 @@ fn a_parent_based_sampler_follows_the_applications_flag() {
     }
     assert_eq!(out.iter().map(|s| s.ids.trace_id).collect::<Vec<_>>(), [1]);
 }
+
+#[test]
+fn a_gone_process_gets_its_waiting_traces_decided() {
+    let mut g = ratio(1.0);
+    let mut out = vec![];
+    g.push(span(1, 2, 1, vec![], false), 0, &mut out);
+    let mut other = span(2, 2, 1, vec![], false);
+    other.pid = 5;
+    g.push(other, 0, &mut out);
+    g.release_pid(1, &mut out);
+    assert_eq!(out.iter().map(|s| s.ids.trace_id).collect::<Vec<_>>(), [1]);
+    assert_eq!(g.held(), 1);
+}

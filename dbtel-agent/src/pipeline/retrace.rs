@@ -83,6 +83,25 @@ impl Retracer {
         }
     }
 
+    /// The process is gone: its waiting BEGINs go on.
+    pub fn release_pid(&mut self, pid: u32, out: &mut Vec<DbSpan>) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let mine: Vec<u64> = self
+            .parked
+            .iter()
+            .filter(|(_, (s, _))| s.pid == pid)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in mine {
+            if let Some((mut b, _)) = self.parked.remove(&k) {
+                self.apply(&mut b);
+                out.push(b);
+            }
+        }
+    }
+
     /// At exit: every waiting BEGIN.
     pub fn flush(&mut self, out: &mut Vec<DbSpan>) {
         for (_, (mut b, _)) in std::mem::take(&mut self.parked) {

@@ -332,15 +332,17 @@ impl Tracker {
     /// span), if that statement is still its only one. Returns whether it
     /// was: the statement's span must then get ids of its own (a root).
     pub fn discard(&mut self, key: Key, ids: &Ids) -> bool {
-        let Some(conn) = self.conns.get_mut(&key) else {
-            return false;
-        };
+        self.discard_block(key, ids).is_some()
+    }
+
+    /// [`Tracker::discard`], returning the ids the dropped block had.
+    pub fn discard_block(&mut self, key: Key, ids: &Ids) -> Option<Ids> {
+        let conn = self.conns.get_mut(&key)?;
         match conn.of(ids) {
             Some(i) if !conn.open[i].confirmed && conn.open[i].statements == 1 => {
-                conn.open.remove(i);
-                true
+                Some(conn.open.remove(i).ids)
             }
-            _ => false,
+            _ => None,
         }
     }
 

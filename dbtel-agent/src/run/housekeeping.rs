@@ -34,6 +34,7 @@ impl Agent {
             self.flush_spans_now(true);
             self.server.drop_catalog(pm);
             self.probes.untrace_server(pm);
+            self.release_held(pm);
             self.exporter.process_gone(pm);
             log::info!("PostgreSQL server {pm} exited");
         }

@@ -49,6 +49,23 @@ impl Agent {
         self.emit(kept);
     }
 
+    /// A process is gone: what the outflow holds of it goes on now, while
+    /// its export pipeline (and resource) still exists.
+    pub(super) fn release_held(&mut self, pid: u32) {
+        let (mut out, mut found) = (Vec::new(), Vec::new());
+        let mut parked = Vec::new();
+        self.retracer.release_pid(pid, &mut parked);
+        for s in parked {
+            self.n_plus_one.observe(s, &mut out, &mut found);
+        }
+        self.n_plus_one.end_process(pid, &mut out, &mut found);
+        self.pass_on(out, &found);
+        let mut kept = Vec::new();
+        self.gate.release_pid(pid, &mut kept);
+        self.emit(kept);
+        self.exporter.flush();
+    }
+
     /// At exit: everything the detectors hold.
     pub(super) fn detectors_flush(&mut self) {
         let (mut out, mut found) = (Vec::new(), Vec::new());

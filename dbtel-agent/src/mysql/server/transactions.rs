@@ -8,7 +8,9 @@ impl Tracker {
     /// is traced (a MySQL client's query has a parent only inside its
     /// transaction: that transaction's span).
     pub(super) fn open_txn(&mut self, client: Option<Ids>, start_ns: u64) -> OpenTxn {
-        let ids = match client.filter(|c| c.parent_span_id != 0) {
+        // A parent that is the application's span (sqlcommenter) is not a
+        // client transaction.
+        let ids = match client.filter(|c| c.parent_span_id != 0 && !c.remote) {
             Some(c) => Ids {
                 trace_id: c.trace_id,
                 span_id: c.parent_span_id,
@@ -20,7 +22,7 @@ impl Tracker {
             None => self.gen.root(),
         };
         OpenTxn {
-            joined: client.is_some_and(|c| c.parent_span_id != 0),
+            joined: client.is_some_and(|c| c.parent_span_id != 0 && !c.remote),
             ids,
             start_ns,
             statements: 0,

@@ -19,11 +19,11 @@ pub fn query_span(q: QuerySpan, facts: Option<&sql::QueryFacts>) -> DbSpan {
     let d = describe_with(&q, facts);
     // Literals are in the text only when it is sent as a whole.
     let inline = matches!(q.call, func::PQEXEC | func::PQSEND_QUERY);
-    let text_hash = q
-        .text
-        .as_deref()
-        .filter(|_| inline)
-        .map_or(0, crate::pipeline::group::text_hash);
+    let text_hash = q.text.as_deref().filter(|_| inline).map_or(0, |t| {
+        // Without its sqlcommenter comment: a traceparent per execution
+        // would make identical repeats look different.
+        crate::pipeline::group::text_hash(&crate::pipeline::sqlcomment::split(t).body)
+    });
     let ran = (q.conn, facts.map_or(0, |f| f.group), text_hash);
     DbSpan::new(
         q.pid,

@@ -25,7 +25,7 @@ pub fn query_span(
     let d = describe_query(&q, backend_pid, &facts, backend);
     let joined = q.joined;
     let text_hash = if q.prepared.is_none() {
-        crate::pipeline::group::text_hash(&q.text)
+        crate::pipeline::group::text_hash(&crate::pipeline::sqlcomment::split(&q.text).body)
     } else {
         0
     };
