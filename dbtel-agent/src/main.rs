@@ -504,18 +504,14 @@ fn report(own: &dbtel_agent::metrics::own::Own, s: &Summary, e: &Exporter) {
             ss.earlier_dropped.load(Ordering::Relaxed),
         );
     }
-    if s.server.queries > 0 || s.server.lock_waits > 0 {
+    let [queries, lock_waits, deadlocks, cut_short, unexecuted, unmatched, echoes] =
+        own.server_spans;
+    if queries > 0 || lock_waits > 0 {
         eprintln!(
             "dbtel: server side: {} queries, {} lock waits, {} deadlocks, {} spans cut short (backend exit or agent stop), \
              {} statements parsed or bound but not run to their end, {} completions of statements begun before the attach, \
              {} parallel workers' copies of their leader's statement",
-            s.server.queries,
-            s.server.lock_waits,
-            s.server.deadlocks,
-            s.server.incomplete,
-            s.server.unexecuted,
-            s.server.unmatched_completions,
-            s.server.worker_echoes
+            queries, lock_waits, deadlocks, cut_short, unexecuted, unmatched, echoes
         );
     }
     eprintln!(

@@ -328,7 +328,7 @@ impl Reconstructor {
                 .query_started(key, &Verb::Other, at.ts_ns, &mut self.ids) // preparing runs nothing
         } else if tentative {
             self.txns
-                .query_started_tentatively_from(key, &Verb::Begin, at.ts_ns, &mut self.ids, tp)
+                .query_started_tentatively(key, &Verb::Begin, at.ts_ns, &mut self.ids, tp)
         } else {
             self.txns
                 .query_started_from(key, &sql.verb, at.ts_ns, &mut self.ids, tp)

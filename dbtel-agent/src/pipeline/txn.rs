@@ -231,23 +231,11 @@ impl Tracker {
         std::mem::take(&mut self.retraces)
     }
 
-    /// As [`Tracker::query_started`], but a block `verb` opens may not
+    /// As [`Tracker::query_started_from`], but a block `verb` opens may not
     /// exist (MySQL with autocommit off: a statement starts a transaction
     /// only if it uses a transactional table): it stays tentative until
     /// [`Tracker::confirm`], or [`Tracker::discard`] drops it.
     pub fn query_started_tentatively(
-        &mut self,
-        key: Key,
-        verb: &Verb,
-        start_ns: u64,
-        gen: &mut IdGen,
-    ) -> Ids {
-        self.start(key, verb, start_ns, gen, false, None)
-    }
-
-    /// [`Tracker::query_started_tentatively`] with a traceparent (see
-    /// [`Tracker::query_started_from`]).
-    pub fn query_started_tentatively_from(
         &mut self,
         key: Key,
         verb: &Verb,

@@ -596,14 +596,14 @@ fn tentative_blocks_are_confirmed_or_discarded() {
     let mut g = IdGen::seeded(6);
     let mut out = vec![];
     // Its statement ends and the server has no transaction: it never was.
-    let a = t.query_started_tentatively(K, &Verb::Begin, 10, &mut g);
+    let a = t.query_started_tentatively(K, &Verb::Begin, 10, &mut g, None);
     assert!(a.parent_span_id != 0 && t.current(K).is_some());
     assert!(t.discard(K, &a));
     assert!(!t.discard(K, &a), "once");
     t.query_ended(K, &a, &Verb::Other, 20, false, None, None, &mut out);
     assert!(t.current(K).is_none() && out.is_empty());
     // Confirmed: an ordinary block, which discard leaves alone.
-    let b = t.query_started_tentatively(K, &Verb::Begin, 30, &mut g);
+    let b = t.query_started_tentatively(K, &Verb::Begin, 30, &mut g, None);
     t.confirm(K, &b);
     assert!(!t.discard(K, &b));
     t.query_ended(K, &b, &Verb::Other, 40, false, None, None, &mut out);
@@ -632,7 +632,7 @@ fn tentative_blocks_are_confirmed_or_discarded() {
     let d = t.query_started(K, &Verb::Begin, 70, &mut g);
     assert!(!t.discard(K, &d));
     t.conn_closed(K, 80, &mut out);
-    let e = t.query_started_tentatively(K, &Verb::Begin, 90, &mut g);
+    let e = t.query_started_tentatively(K, &Verb::Begin, 90, &mut g, None);
     t.query_ended(K, &e, &Verb::Other, 95, false, None, None, &mut out);
     let f = t.query_started(K, &Verb::Other, 100, &mut g);
     assert!(!t.discard(K, &f) && !t.discard(K, &e));
@@ -646,7 +646,7 @@ fn a_discarded_block_leaves_the_retry_chain_alone() {
     d.ok("BEGIN").fail("update", "1213");
     d.t.ended_by_server(K, d.now, Outcome::RolledBack, Some("1213"), &mut d.out);
     let ids =
-        d.t.query_started_tentatively(K, &Verb::Begin, d.now + 1, &mut d.gen);
+        d.t.query_started_tentatively(K, &Verb::Begin, d.now + 1, &mut d.gen, None);
     assert!(d.t.discard(K, &ids));
     d.ok("BEGIN").ok("COMMIT");
     let got: Vec<_> = d.out.iter().map(|t| (t.retry_count, t.outcome)).collect();

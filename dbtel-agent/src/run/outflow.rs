@@ -9,6 +9,17 @@ use dbtel_common::counter;
 use super::{Agent, Summary};
 use crate::{detect, export::Exporter, metrics::own::Own, pipeline::dbspan::DbSpan};
 
+/// Which held spans to let go of.
+#[derive(Clone, Copy)]
+enum Held {
+    /// Those that waited their longest by now (monotonic ns).
+    Due(u64),
+    /// Those of a process that is gone.
+    Of(u32),
+    /// All (exit).
+    All,
+}
+
 impl Agent {
     /// Every finished span passes here once: the N+1 detector may hold a
     /// span until its run is over (bounded: see detect::nplusone).
@@ -34,52 +45,51 @@ impl Agent {
         self.pass_on(out, &found);
     }
 
-    /// Periodic: N+1 bursts that went quiet end.
+    /// Periodic: BEGINs and N+1 bursts that waited long enough, traces
+    /// whose root did not come, go on.
     pub(super) fn detectors_tick(&mut self, now_ns: u64) {
-        let (mut out, mut found) = (Vec::new(), Vec::new());
-        let mut due = Vec::new();
-        self.retracer.tick(now_ns, &mut due);
-        for s in due {
-            self.n_plus_one.observe(s, &mut out, &mut found);
-        }
-        self.n_plus_one.tick(now_ns, &mut out, &mut found);
-        self.pass_on(out, &found);
-        let mut kept = Vec::new();
-        self.gate.tick(now_ns, &mut kept);
-        self.emit(kept);
+        self.release(Held::Due(now_ns));
     }
 
     /// A process is gone: what the outflow holds of it goes on now, while
     /// its export pipeline (and resource) still exists.
     pub(super) fn release_held(&mut self, pid: u32) {
-        let (mut out, mut found) = (Vec::new(), Vec::new());
-        let mut parked = Vec::new();
-        self.retracer.release_pid(pid, &mut parked);
-        for s in parked {
-            self.n_plus_one.observe(s, &mut out, &mut found);
-        }
-        self.n_plus_one.end_process(pid, &mut out, &mut found);
-        self.pass_on(out, &found);
-        let mut kept = Vec::new();
-        self.gate.release_pid(pid, &mut kept);
-        self.emit(kept);
+        self.release(Held::Of(pid));
         self.exporter.flush();
     }
 
     /// At exit: everything the detectors hold.
     pub(super) fn detectors_flush(&mut self) {
-        let (mut out, mut found) = (Vec::new(), Vec::new());
+        self.release(Held::All);
+        self.exporter.flush();
+    }
+
+    /// What each holding stage lets go of `which` goes through the stages
+    /// after it, in the outflow's order.
+    fn release(&mut self, which: Held) {
         let mut parked = Vec::new();
-        self.retracer.flush(&mut parked);
+        match which {
+            Held::Due(now) => self.retracer.tick(now, &mut parked),
+            Held::Of(pid) => self.retracer.release_pid(pid, &mut parked),
+            Held::All => self.retracer.flush(&mut parked),
+        }
+        let (mut out, mut found) = (Vec::new(), Vec::new());
         for s in parked {
             self.n_plus_one.observe(s, &mut out, &mut found);
         }
-        self.n_plus_one.flush_all(&mut out, &mut found);
+        match which {
+            Held::Due(now) => self.n_plus_one.tick(now, &mut out, &mut found),
+            Held::Of(pid) => self.n_plus_one.end_process(pid, &mut out, &mut found),
+            Held::All => self.n_plus_one.flush_all(&mut out, &mut found),
+        }
         self.pass_on(out, &found);
         let mut kept = Vec::new();
-        self.gate.flush_all(&mut kept);
+        match which {
+            Held::Due(now) => self.gate.tick(now, &mut kept),
+            Held::Of(pid) => self.gate.release_pid(pid, &mut kept),
+            Held::All => self.gate.flush_all(&mut kept),
+        }
         self.emit(kept);
-        self.exporter.flush();
     }
 
     fn pass_on(&mut self, mut ready: Vec<DbSpan>, found: &[crate::detect::nplusone::Detection]) {
