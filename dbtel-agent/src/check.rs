@@ -43,6 +43,16 @@ pub struct CheckArgs {
     /// Skip the OTLP endpoint (e.g. with --exporter console or none).
     #[arg(long)]
     pub no_otlp: bool,
+    /// Where a PostgreSQL server's statement, transaction and lock facts come from
+    /// (as the agent's flag of the same name).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "SOURCE",
+        env = "DBTEL_PG_SERVER_PROBES",
+        default_value = "auto"
+    )]
+    pub pg_server_probes: crate::postgres::server::target::ProbeSource,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,10 +356,11 @@ fn mysql_lines(r: &mut Report, pid: u32, who: &str, mariadb: &mut Vec<u32>) {
 
 fn server_line(r: &mut Report, t: &target::ServerTarget) {
     r.ok(format!(
-        "PostgreSQL server {} ({}): {} USDT and function probe sites",
+        "PostgreSQL server {} ({}): {} probe sites, {}",
         t.postmaster,
         t.exe,
-        t.sites.len()
+        t.sites.len(),
+        t.source()
     ));
     for w in &t.warnings {
         r.warn(w.clone());

@@ -147,8 +147,10 @@ impl Agent {
             .register_process(ProcessMeta::of(t.postmaster, exe.clone()));
         let backends = target::processes_of(t.postmaster).len() - 1;
         Ok(Some(format!(
-            "PostgreSQL server {} ({exe}, {backends} processes): {n} probe sites on {}",
-            t.postmaster, t.exe
+            "PostgreSQL server {} ({exe}, {backends} processes): {n} probe sites on {}, {}",
+            t.postmaster,
+            t.exe,
+            t.source()
         )))
     }
 

@@ -31,5 +31,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = discover::inspect_image(1, path, host, data);
     let _ = mysql::discover::claim_image(1, path, host, data);
     let _ = mysql::server::target::claim_image(1, path, host, data);
-    let _ = target::sites_of_image(data, path);
+    let code = |at: u64, len: usize| {
+        let at = usize::try_from(at).ok()?;
+        data.get(at..at.checked_add(len)?).map(<[u8]>::to_vec)
+    };
+    let _ = target::sites_of_image(data, path, &code);
 });

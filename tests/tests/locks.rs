@@ -1,6 +1,8 @@
 //! Lock contention seen from inside the server, hung under the traced
 //! application query that suffered it: two psycopg2 programs and the
-//! PostgreSQL server traced at once.
+//! PostgreSQL server traced at once. The wait and the deadlock are run on
+//! every server build: Debian's 15 through its USDT probes and through the
+//! uprobe stand-ins (forced), and the wheels' 16.2 and 18.6 (no USDT).
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -8,7 +10,9 @@ use std::{
     time::Duration,
 };
 
-use dbtel_tests::{otlp::Value, require_root, Agent, AgentRun, Cluster, PyProgram, Receiver, Span};
+use dbtel_tests::{
+    otlp::Value, pg::Build, require_root, Agent, AgentRun, Cluster, PyProgram, Receiver, Span,
+};
 
 /// tests/py/session.py: one psycopg2 connection driven command by command.
 struct Session {
@@ -57,11 +61,44 @@ impl Session {
     }
 }
 
+/// A server build and how the agent probes it.
+#[derive(Clone, Copy)]
+struct Server {
+    build: Build,
+    /// --pg-server-probes.
+    probes: &'static str,
+    /// What the agent's attach line says of it.
+    source: &'static str,
+}
+
+const DEBIAN_USDT: Server = Server {
+    build: Build::Debian15,
+    probes: "auto",
+    source: "USDT",
+};
+const DEBIAN_UPROBES: Server = Server {
+    build: Build::Debian15,
+    probes: "uprobes",
+    source: "uprobes on functions (no USDT)",
+};
+const WHEEL_16: Server = Server {
+    build: Build::Wheel16,
+    ..DEBIAN_UPROBES
+};
+const WHEEL_18: Server = Server {
+    build: Build::Wheel18,
+    ..DEBIAN_UPROBES
+};
+
 fn setup() -> Cluster {
+    setup_on(Build::Debian15)
+}
+
+fn setup_on(build: Build) -> Cluster {
     // The deadlock check runs deadlock_timeout after a wait starts (default 1 s):
     // long enough for the catalog to name the blocker (waits are looked up
     // after 20 ms), short enough for a quick test.
-    let pg = Cluster::start_with(&["fsync=off", "deadlock_timeout=400ms"]);
+    let pg = Cluster::start_logged_build(build, &["deadlock_timeout=400ms"]);
     pg.psql(
         "postgres",
         "create table accounts (id int primary key, balance int)",
@@ -72,7 +109,13 @@ fn setup() -> Cluster {
 
 /// The agent on both programs and the server.
 fn trace(pg: &Cluster, rx: &Receiver, sessions: &[&Session]) -> Agent {
+    trace_on(DEBIAN_USDT, pg, rx, sessions)
+}
+
+fn trace_on(server: Server, pg: &Cluster, rx: &Receiver, sessions: &[&Session]) -> Agent {
     let mut args = vec![
+        "--pg-server-probes".to_string(),
+        server.probes.into(),
         "--otlp-endpoint".to_string(),
         rx.http_endpoint(),
         "--pid".into(),
@@ -84,10 +127,16 @@ fn trace(pg: &Cluster, rx: &Receiver, sessions: &[&Session]) -> Agent {
     // The catalog: the test cluster over its socket, as PG* variables would say.
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let agent = Agent::start(&args, Stdio::null());
-    assert!(agent
-        .stderr_lines
-        .iter()
-        .any(|l| l.contains(&format!("PostgreSQL server {}", pg.postmaster_pid()))));
+    let attached = format!("PostgreSQL server {}", pg.postmaster_pid());
+    assert!(
+        agent
+            .stderr_lines
+            .iter()
+            .flat_map(|l| l.split("; "))
+            .any(|p| p.contains(&attached) && p.ends_with(&format!(", {}", server.source))),
+        "{:?}",
+        agent.stderr_lines
+    );
     agent
 }
 
@@ -119,11 +168,30 @@ const INTERNAL: i32 = 1;
 
 #[test]
 fn a_blocked_update_shows_the_wait_its_blocker_and_a_link_to_the_blocking_transaction() {
+    blocked_update(DEBIAN_USDT);
+}
+
+#[test]
+fn a_blocked_update_through_the_uprobe_stand_ins() {
+    blocked_update(DEBIAN_UPROBES);
+}
+
+#[test]
+fn a_blocked_update_on_the_16_wheel() {
+    blocked_update(WHEEL_16);
+}
+
+#[test]
+fn a_blocked_update_on_the_18_wheel() {
+    blocked_update(WHEEL_18);
+}
+
+fn blocked_update(server: Server) {
     require_root();
-    let pg = setup();
+    let pg = setup_on(server.build);
     let rx = Receiver::start();
     let (mut a, mut b) = (Session::start(&pg), Session::start(&pg));
-    let agent = trace(&pg, &rx, &[&a, &b]);
+    let agent = trace_on(server, &pg, &rx, &[&a, &b]);
 
     assert_eq!(
         a.run("sql update accounts set balance = balance - 10 where id = 1"),
@@ -228,11 +296,30 @@ fn a_blocked_update_shows_the_wait_its_blocker_and_a_link_to_the_blocking_transa
 
 #[test]
 fn a_deadlock_names_both_sides_rolls_the_victim_back_and_its_retry_is_counted() {
+    deadlock(DEBIAN_USDT);
+}
+
+#[test]
+fn a_deadlock_through_the_uprobe_stand_ins() {
+    deadlock(DEBIAN_UPROBES);
+}
+
+#[test]
+fn a_deadlock_on_the_16_wheel() {
+    deadlock(WHEEL_16);
+}
+
+#[test]
+fn a_deadlock_on_the_18_wheel() {
+    deadlock(WHEEL_18);
+}
+
+fn deadlock(server: Server) {
     require_root();
-    let pg = setup();
+    let pg = setup_on(server.build);
     let rx = Receiver::start();
     let (mut a, mut b) = (Session::start(&pg), Session::start(&pg));
-    let agent = trace(&pg, &rx, &[&a, &b]);
+    let agent = trace_on(server, &pg, &rx, &[&a, &b]);
 
     assert_eq!(
         a.run("sql update accounts set balance = 1 where id = 1"),

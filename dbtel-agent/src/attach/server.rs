@@ -61,9 +61,14 @@ impl Probes {
                 specs.set(first + i as u32, s.spec, 0)?;
             }
             for (i, s) in t.sites.iter().enumerate() {
+                let program = if s.at_return {
+                    "server_site_ret"
+                } else {
+                    "server_site"
+                };
                 let p: &mut UProbe = self
                     .ebpf
-                    .program_mut("server_site")
+                    .program_mut(program)
                     .expect("loaded")
                     .try_into()
                     .expect("uprobe");

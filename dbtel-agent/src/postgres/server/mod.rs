@@ -1,5 +1,5 @@
 //! The PostgreSQL server: postmaster and backends found by their USDT sites
-//! (target), server statements, blocks and lock waits rebuilt from them
+//! or their stand-ins on functions (target, uprobe_sites), server statements, blocks and lock waits rebuilt from them
 //! (backend, blocks: pure), the server side of the main loop (side), and
 //! server span attributes (spans).
 pub mod backend;
@@ -7,3 +7,4 @@ pub mod blocks;
 pub mod side;
 pub mod spans;
 pub mod target;
+pub mod uprobe_sites;

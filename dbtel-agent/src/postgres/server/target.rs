@@ -1,6 +1,7 @@
 //! A PostgreSQL server to trace: its postmaster, its backends, and the probe
 //! sites on its executable, each with where its arguments live (from the
-//! binary's USDT notes, so nothing here is specific to one build).
+//! binary's USDT notes, or its symbols and code where it has no USDT probes:
+//! nothing here is specific to one build).
 
 use std::{
     fs,
@@ -31,6 +32,19 @@ pub enum ServerError {
         probe: &'static str,
         why: &'static str,
     },
+    #[error("{path} is a PostgreSQL server without USDT probes (built without --enable-dtrace) and without the function {functions} that stands in for the probe {probe} (needed for {why}): a stripped build without .dynsym?")]
+    MissingFunction {
+        path: String,
+        probe: &'static str,
+        functions: String,
+        why: &'static str,
+    },
+    #[error("{path} has no USDT probes, and --pg-server-probes usdt was given: it was built without --enable-dtrace (use --pg-server-probes auto)")]
+    NoUsdt { path: String },
+    #[error("{path}: {why}")]
+    Layout { path: String, why: String },
+    #[error("{path} is named postgres but has neither PostgreSQL's USDT probes nor its symbols (PostgresMain, pgstat_report_activity): dbtel cannot trace a build stripped of both")]
+    Unrecognised { path: String },
     #[error("{path}: USDT probe {probe}: {why}")]
     BadProbe {
         path: String,
@@ -59,16 +73,42 @@ const USDT_SITES: &[(&str, u32, &str, u32)] = &[
     ("deadlock__found", site::DEADLOCK_FOUND, "deadlocks", 0),
 ];
 
+/// Where the server's statement, transaction and lock facts come from.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProbeSource {
+    /// USDT probes where the build has them, else uprobes on its functions.
+    #[default]
+    Auto,
+    /// USDT probes only: a build without them is refused.
+    Usdt,
+    /// Uprobes on the server's functions even where USDT probes exist.
+    Uprobes,
+}
+
+/// Chosen once, at startup, before any server is inspected (--pg-server-probes).
+static PROBE_SOURCE: std::sync::OnceLock<ProbeSource> = std::sync::OnceLock::new();
+
+/// Sets where server facts come from; the first call wins.
+pub fn choose_probe_source(s: ProbeSource) {
+    let _ = PROBE_SOURCE.set(s);
+}
+
+fn probe_source() -> ProbeSource {
+    PROBE_SOURCE.get().copied().unwrap_or_default()
+}
+
 /// Where a probed function's argument is, at its entry (System V ABI: the
-/// first argument in %rdi).
+/// first argument in %rdi), or its return value.
 #[derive(Debug, Clone, Copy)]
-enum FnArg {
+pub(super) enum FnArg {
     /// The first argument itself: (size, signed).
     First(u8, bool),
     /// A field of the struct the first argument points to: (offset, size).
     FieldOfFirst(i64, u8),
     /// A pointer passed in this argument register (a string to copy).
     Pointer(usdt::Gpr),
+    /// At a function's return: its return value (%rax) of this size.
+    Return(u8),
 }
 
 /// An exported function probed at entry.
@@ -160,7 +200,7 @@ const FUNCTION_SITES: &[FunctionSite] = &[
 ];
 
 impl FnArg {
-    fn spec(self) -> ArgSpec {
+    pub(super) fn spec(self) -> ArgSpec {
         let rdi = usdt::Gpr::Rdi.pt_regs_offset();
         match self {
             FnArg::First(size, signed) => ArgSpec {
@@ -177,6 +217,13 @@ impl FnArg {
                 reg_off: rdi,
                 index_off: NO_INDEX,
                 value: offset,
+                ..Default::default()
+            },
+            FnArg::Return(size) => ArgSpec {
+                kind: argkind::REGISTER,
+                size,
+                reg_off: usdt::Gpr::Rax.pt_regs_offset(),
+                index_off: NO_INDEX,
                 ..Default::default()
             },
             FnArg::Pointer(reg) => ArgSpec {
@@ -200,6 +247,8 @@ pub struct Site {
     /// Offset in the executable file.
     pub offset: u64,
     pub spec: SiteSpec,
+    /// A uretprobe at the function's return, not a probe at `offset` itself.
+    pub at_return: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -235,7 +284,13 @@ pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
             path: path.clone(),
             source,
         })?;
-    let Some((sites, warnings)) = sites_of_image(&data, &exe)? else {
+    let code = |at: u64, len: usize| {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0; len];
+        let f = fs::File::open(&host_path).ok()?;
+        f.read_exact_at(&mut buf, at).ok().map(|()| buf)
+    };
+    let Some((sites, warnings)) = sites_of_image(&data, &exe, &code)? else {
         return Ok(None);
     };
     let meta = fs::metadata(&host_path).map_err(|source| ServerError::Read {
@@ -255,9 +310,17 @@ pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
 /// Where to attach, and what could not be probed (warnings).
 pub type Sites = (Vec<Site>, Vec<String>);
 
-/// The probe sites of a server executable, of its bytes (`None`: not a
-/// PostgreSQL server): [`inspect`]'s part that a fuzzer calls.
-pub fn sites_of_image(data: &[u8], exe: &str) -> Result<Option<Sites>, ServerError> {
+/// Reads `len` bytes of the executable at a file offset (function code).
+pub type CodeReader<'a> = &'a dyn Fn(u64, usize) -> Option<Vec<u8>>;
+
+/// The probe sites of a server executable, of its headers, notes and
+/// symbols (`None`: not a PostgreSQL server), code read through `code`:
+/// [`inspect`]'s part that a fuzzer calls.
+pub fn sites_of_image(
+    data: &[u8],
+    exe: &str,
+    code: CodeReader,
+) -> Result<Option<Sites>, ServerError> {
     let probes = match usdt::probes(data) {
         Ok(p) => p,
         Err(UsdtError::Elf(_)) => return Ok(None),
@@ -268,25 +331,54 @@ pub fn sites_of_image(data: &[u8], exe: &str) -> Result<Option<Sites>, ServerErr
             })
         }
     };
-    if !probes.iter().any(|p| p.provider == "postgresql") {
-        return Ok(None);
-    }
     let file = object::File::parse(data).map_err(|e| ServerError::Usdt {
         path: exe.into(),
         source: UsdtError::Elf(e.to_string()),
     })?;
-    probe_sites(&file, &probes, exe).map(Some)
+    let has_usdt = probes.iter().any(|p| p.provider == "postgresql");
+    let has_symbols = ["PostgresMain", "pgstat_report_activity"]
+        .iter()
+        .all(|s| symbol_offset(&file, s).is_some());
+    if !has_usdt && !has_symbols {
+        if Path::new(exe).file_name() == Some("postgres".as_ref()) {
+            return Err(ServerError::Unrecognised { path: exe.into() });
+        }
+        return Ok(None);
+    }
+    let (mut sites, mut warnings) = match (probe_source(), has_usdt) {
+        (ProbeSource::Usdt, false) => return Err(ServerError::NoUsdt { path: exe.into() }),
+        (ProbeSource::Auto | ProbeSource::Usdt, true) => usdt_sites(&file, &probes, exe)?,
+        (ProbeSource::Uprobes, _) | (ProbeSource::Auto, false) => {
+            (super::uprobe_sites::sites(&file, exe, code)?, vec![])
+        }
+    };
+    let (more, w) = function_sites(&file, exe);
+    sites.extend(more);
+    warnings.extend(w);
+    Ok(Some((sites, warnings)))
 }
 
-/// Where to attach in a server executable, and what could not be probed.
-fn probe_sites(
+impl ServerTarget {
+    /// Which way its statements are seen, for log lines: USDT probe names
+    /// have a double underscore, the C functions probed here none.
+    pub fn source(&self) -> &'static str {
+        if self.sites.iter().any(|s| s.name.contains("__")) {
+            "USDT"
+        } else {
+            "uprobes on functions (no USDT)"
+        }
+    }
+}
+
+/// The USDT probes' sites.
+fn usdt_sites(
     file: &object::File,
     probes: &[usdt::Probe],
     exe: &str,
 ) -> Result<Sites, ServerError> {
     let exe = exe.to_string();
     let mut sites = Vec::new();
-    let mut warnings = Vec::new();
+
     for &(name, id, why, text_arg) in USDT_SITES {
         let found: Vec<_> = probes
             .iter()
@@ -324,9 +416,22 @@ fn probe_sites(
             }
             let offset = vaddr_to_offset(file, p.address)
                 .ok_or_else(|| bad(format!("address {:#x} is in no segment", p.address)))?;
-            sites.push(Site { name, offset, spec });
+            sites.push(Site {
+                name,
+                offset,
+                spec,
+                at_return: false,
+            });
         }
     }
+    Ok((sites, vec![]))
+}
+
+/// Exported functions probed at entry whatever the build (errors, statement
+/// completion, sessions), and what could not be probed.
+fn function_sites(file: &object::File, exe: &str) -> Sites {
+    let mut sites = Vec::new();
+    let mut warnings = Vec::new();
     for f in FUNCTION_SITES {
         if let Some(r) = f.requires.filter(|r| symbol_offset(file, r).is_none()) {
             warnings.push(format!(
@@ -351,16 +456,17 @@ fn probe_sites(
                     name: f.symbol,
                     offset,
                     spec,
+                    at_return: false,
                 });
             }
             None => warnings.push(format!("{exe}: no {} symbol: {}", f.symbol, f.without)),
         }
     }
-    Ok((sites, warnings))
+    (sites, warnings)
 }
 
 /// File offset of a function defined in the executable (.dynsym or .symtab).
-fn symbol_offset(file: &object::File, symbol: &str) -> Option<u64> {
+pub(super) fn symbol_offset(file: &object::File, symbol: &str) -> Option<u64> {
     let addr = file
         .dynamic_symbols()
         .chain(file.symbols())
@@ -444,8 +550,7 @@ mod tests {
         let data = fs::read(POSTGRES)
             .unwrap_or_else(|e| panic!("{POSTGRES}: {e} (run cargo xtask setup)"));
         let file = object::File::parse(&*data).unwrap();
-        let (sites, warnings) =
-            probe_sites(&file, &usdt::probes(&data).unwrap(), POSTGRES).unwrap();
+        let (sites, warnings) = function_sites(&file, POSTGRES);
         assert!(warnings.is_empty(), "{warnings:?}");
         let done: Vec<&Site> = sites
             .iter()
