@@ -300,6 +300,15 @@ impl Cluster {
     /// Execute (`execute <name>: …`; not `execute fetch from …`, which resumes
     /// a portal suspended at a row limit); (backend PID, text).
     pub fn logged_executions(&self) -> Vec<(u32, String)> {
+        self.logged_executions_by_app()
+            .into_iter()
+            .map(|(pid, _, text)| (pid, text))
+            .collect()
+    }
+
+    /// [`Cluster::logged_executions`] with each backend's application_name:
+    /// (backend PID, application_name, text).
+    pub fn logged_executions_by_app(&self) -> Vec<(u32, String, String)> {
         let path = self.dir.path().join("data/csvlog/pg.csv");
         let mut rd = csv::ReaderBuilder::new()
             .has_headers(false)
@@ -308,6 +317,7 @@ impl Cluster {
             .unwrap();
         rd.records()
             .map(|r| r.unwrap())
+            // Columns: 3 process_id, 13 message, 22 application_name (15 to 18).
             .filter_map(|r| {
                 let pid = r.get(3)?.parse().ok()?;
                 let m = r.get(13)?;
@@ -317,7 +327,8 @@ impl Cluster {
                 let text = m
                     .strip_prefix("statement: ")
                     .or_else(|| Some(execute?.split_once(": ")?.1))?;
-                Some((pid, text.to_string()))
+                let app = r.get(22).unwrap_or("").to_string();
+                Some((pid, app, text.to_string()))
             })
             .collect()
     }

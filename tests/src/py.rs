@@ -1,7 +1,7 @@
 //! The Python (psycopg2) programs under tests/py, started with piped stdio.
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     path::PathBuf,
     process::{Child, ChildStdout, Command, Stdio},
 };
@@ -42,5 +42,52 @@ impl PyProgram {
         first
             .parse()
             .unwrap_or_else(|_| panic!("{} did not start: {:?}", "python script", self.first_line))
+    }
+}
+
+/// tests/py/session.py: one psycopg2 connection driven command by command.
+pub struct Session {
+    child: Child,
+    out: BufReader<ChildStdout>,
+    pub pid: u32,
+    pub backend: i64,
+}
+
+impl Session {
+    pub fn start(pg: &crate::Cluster) -> Session {
+        let p = PyProgram::start("session.py", &pg.dsn("postgres"));
+        let backend = p
+            .first_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|b| b.parse().ok())
+            .expect("backend pid");
+        Session {
+            pid: p.pid(),
+            child: p.child,
+            out: p.out,
+            backend,
+        }
+    }
+
+    /// Sends a command without waiting for its answer (it may block on a lock).
+    pub fn send(&mut self, cmd: &str) {
+        writeln!(self.child.stdin.as_mut().unwrap(), "{cmd}").unwrap();
+    }
+
+    pub fn reply(&mut self) -> String {
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+
+    pub fn run(&mut self, cmd: &str) -> String {
+        self.send(cmd);
+        self.reply()
+    }
+
+    pub fn exit(mut self) {
+        self.send("exit");
+        assert!(self.child.wait().unwrap().success());
     }
 }

@@ -4,62 +4,11 @@
 //! every server build: Debian's 15 through its USDT probes and through the
 //! uprobe stand-ins (forced), and the wheels' 16.2 and 18.6 (no USDT).
 
-use std::{
-    io::{BufRead, BufReader, Write},
-    process::{Child, ChildStdout, Stdio},
-    time::Duration,
-};
+use std::{process::Stdio, time::Duration};
 
 use dbtel_tests::{
-    otlp::Value, pg::Build, require_root, Agent, AgentRun, Cluster, PyProgram, Receiver, Span,
+    otlp::Value, pg::Build, py::Session, require_root, Agent, AgentRun, Cluster, Receiver, Span,
 };
-
-/// tests/py/session.py: one psycopg2 connection driven command by command.
-struct Session {
-    child: Child,
-    out: BufReader<ChildStdout>,
-    pid: u32,
-    backend: i64,
-}
-
-impl Session {
-    fn start(pg: &Cluster) -> Session {
-        let p = PyProgram::start("session.py", &pg.dsn("postgres"));
-        let backend = p
-            .first_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|b| b.parse().ok())
-            .expect("backend pid");
-        Session {
-            pid: p.pid(),
-            child: p.child,
-            out: p.out,
-            backend,
-        }
-    }
-
-    /// Sends a command without waiting for its answer (it may block on a lock).
-    fn send(&mut self, cmd: &str) {
-        writeln!(self.child.stdin.as_mut().unwrap(), "{cmd}").unwrap();
-    }
-
-    fn reply(&mut self) -> String {
-        let mut line = String::new();
-        self.out.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    }
-
-    fn run(&mut self, cmd: &str) -> String {
-        self.send(cmd);
-        self.reply()
-    }
-
-    fn exit(mut self) {
-        self.send("exit");
-        assert!(self.child.wait().unwrap().success());
-    }
-}
 
 /// A server build and how the agent probes it.
 #[derive(Clone, Copy)]

