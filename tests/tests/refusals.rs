@@ -268,3 +268,37 @@ fn a_command_that_makes_no_libpq_call_is_reported_at_exit() {
         .collect();
     assert_eq!(named.len(), 1, "{}", run.stderr);
 }
+
+#[test]
+fn a_server_without_usdt_probes_when_usdt_is_required() {
+    require_root();
+    let pg = dbtel_tests::Cluster::start_logged_build(dbtel_tests::pg::Build::Wheel16, &[]);
+    let pm = pg.postmaster_pid();
+    let msg = refused(&["--pg-server-probes", "usdt", "--pid", &pm.to_string()]);
+    let exe = std::fs::read_link(format!("/proc/{pm}/exe")).unwrap();
+    assert_eq!(
+        msg,
+        format!("dbtel-agent: {} has no USDT probes, and --pg-server-probes usdt was given: it was built without --enable-dtrace (use --pg-server-probes auto)", exe.display())
+    );
+}
+
+#[test]
+fn a_postgres_executable_with_neither_usdt_probes_nor_symbols() {
+    require_root();
+    // Any program named postgres that has neither: what a build stripped of both would be.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("postgres");
+    std::fs::copy("/usr/bin/sleep", &fake).unwrap();
+    let mut child = Command::new(&fake)
+        .arg("30")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let msg = refused(&["--pid", &child.id().to_string()]);
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(
+        msg,
+        format!("dbtel-agent: {} is named postgres but has neither PostgreSQL's USDT probes nor its symbols (PostgresMain, pgstat_report_activity): dbtel cannot trace a build stripped of both", fake.display())
+    );
+}

@@ -45,7 +45,11 @@ const PSQL: &[(&str, &str, Option<&str>)] = &[
 
 #[test]
 fn debian_15_through_the_uprobe_stand_ins() {
-    every_statement_once(Build::Debian15, "uprobes", "/usr/lib/x86_64-linux-gnu/libpq.so.5.15");
+    every_statement_once(
+        Build::Debian15,
+        "uprobes",
+        "/usr/lib/x86_64-linux-gnu/libpq.so.5.15",
+    );
 }
 
 #[test]
@@ -114,7 +118,10 @@ fn every_statement_once(build: Build, probes: &str, libpq: &str) {
     drop(stdin);
     assert!(psql.wait().unwrap().success());
     // psycopg2 on Debian's libpq: a transaction of two statements.
-    assert_eq!(session.run("sql insert into items values (3, 'three')"), "ok");
+    assert_eq!(
+        session.run("sql insert into items values (3, 'three')"),
+        "ok"
+    );
     assert_eq!(session.run("sql select count(*) from items"), "ok");
     assert_eq!(session.run("commit"), "ok");
     // pgbench, untraced as a client: the server sees every statement.
@@ -147,7 +154,10 @@ fn every_statement_once(build: Build, probes: &str, libpq: &str) {
             logged.entry(pid).or_insert((app, 0)).1 += 1;
         }
     }
-    assert_eq!(before_attach, ["BEGIN", "select pg_backend_pid()", "COMMIT"]);
+    assert_eq!(
+        before_attach,
+        ["BEGIN", "select pg_backend_pid()", "COMMIT"]
+    );
     let statements = |pid: u32| -> Vec<&Span> {
         spans
             .iter()

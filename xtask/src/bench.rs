@@ -29,7 +29,7 @@ pub struct Options {
     /// Only these scripts / modes (all when empty).
     pub scripts: Vec<String>,
     pub modes: Vec<String>,
-    /// Only these configurations: client, server, both (all when empty).
+    /// Only these configurations: client, server, server-uprobes, both (all when empty).
     pub targets: Vec<String>,
     pub seconds: u32,
     pub pairs: usize,
@@ -70,12 +70,16 @@ const MODES: &[&str] = &["simple", "extended", "prepared"];
 enum Target {
     Client,
     Server,
+    /// The server through the uprobe stand-ins of its USDT probes
+    /// (--pg-server-probes uprobes), as a build without USDT is traced.
+    ServerUprobes,
     Both,
 }
 
 const TARGETS: &[(Target, &str)] = &[
     (Target::Client, "client"),
     (Target::Server, "server"),
+    (Target::ServerUprobes, "server-uprobes"),
     (Target::Both, "both"),
 ];
 
@@ -257,7 +261,10 @@ fn traced_run(
     if target != Target::Client {
         cmd.args(["--pid", server]);
     }
-    if target == Target::Server {
+    if target == Target::ServerUprobes {
+        cmd.args(["--pg-server-probes", "uprobes"]);
+    }
+    if matches!(target, Target::Server | Target::ServerUprobes) {
         let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
         let mut err = std::io::BufReader::new(child.stderr.take().context("stderr")?);
         let mut text = String::new();
@@ -582,7 +589,7 @@ fn machine() -> String {
 
 fn render(rows: &[Row], pipeline: &[String], o: &Options) -> (String, String) {
     let mut md = String::new();
-    let _ = writeln!(md, "Machine: {}. pgbench -c {} -j {}, scale {}, {} s runs, {} A/B pairs per line (medians); agent on the client (libpq probes), the server (USDT probes) or both, exporting OTLP/HTTP to a local receiver; spans expected = statements x traced sides. sysbench lines: MariaDB 10.11 (Debian), sysbench --threads {} against 4 tables, the client traced through libmariadb (simple: --db-ps-mode=disable; prepared: server-side prepared statements).\n", machine(), o.clients, o.clients, o.scale, o.seconds, o.pairs, o.clients);
+    let _ = writeln!(md, "Machine: {}. pgbench -c {} -j {}, scale {}, {} s runs, {} A/B pairs per line (medians); agent on the client (libpq probes), the server (USDT probes; server-uprobes: the same facts from uprobes on its functions, as a build without USDT is traced) or both, exporting OTLP/HTTP to a local receiver; spans expected = statements x traced sides. sysbench lines: MariaDB 10.11 (Debian), sysbench --threads {} against 4 tables, the client traced through libmariadb (simple: --db-ps-mode=disable; prepared: server-side prepared statements).\n", machine(), o.clients, o.clients, o.scale, o.seconds, o.pairs, o.clients);
     let _ = writeln!(md, "| script | mode | traced | A/A | TPS off | TPS on | ratio | ratio, probes only | +µs/query | agent cores per 10k q/s | agent RSS MiB | spans expected | spans | drops | traps/query | eBPF ns/query |");
     let _ = writeln!(
         md,

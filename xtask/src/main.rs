@@ -55,7 +55,8 @@ enum Task {
         /// Only this protocol mode (simple, extended, prepared; sysbench: simple, prepared; repeatable).
         #[arg(long = "mode")]
         modes: Vec<String>,
-        /// Only this configuration: agent on the client, the server, or both (repeatable).
+        /// Only this configuration: agent on the client, the server (server-uprobes: through the
+        /// uprobe stand-ins of its USDT probes), or both (repeatable).
         #[arg(long = "traced")]
         targets: Vec<String>,
         /// Extra argument for the agent in the timed runs (repeatable; e.g. --agent-arg=--exporter --agent-arg=none).

@@ -306,10 +306,19 @@ mod tests {
         };
         let (l, _) = libpq_layout(&Accessors { get: &pg18 }).unwrap();
         assert_eq!(
-            (l.res_err_fields, l.field_next, l.field_code, l.field_contents),
+            (
+                l.res_err_fields,
+                l.field_next,
+                l.field_code,
+                l.field_contents
+            ),
             (0xa8, 0, 8, 9)
         );
-        assert_eq!(asm(&[0x74, 0x01, 0xc3, 0xc3, 0x90]).len(), 3, "stops at the last ret");
+        assert_eq!(
+            asm(&[0x74, 0x01, 0xc3, 0xc3, 0x90]).len(),
+            3,
+            "stops at the last ret"
+        );
     }
 
     #[test]
