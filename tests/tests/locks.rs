@@ -8,7 +8,9 @@ use std::{
     time::Duration,
 };
 
-use dbtel_tests::{otlp::Value, require_root, Agent, AgentRun, Cluster, PyProgram, Receiver, Span};
+use dbtel_tests::{
+    otlp::Value, require_root, scaled, Agent, AgentRun, Cluster, PyProgram, Receiver, Span,
+};
 
 /// tests/py/session.py: one psycopg2 connection driven command by command.
 struct Session {
@@ -61,7 +63,11 @@ fn setup() -> Cluster {
     // The deadlock check runs deadlock_timeout after a wait starts (default 1 s):
     // long enough for the catalog to name the blocker (waits are looked up
     // after 20 ms), short enough for a quick test.
-    let pg = Cluster::start_with(&["fsync=off", "deadlock_timeout=400ms"]);
+    let deadlock_timeout = format!(
+        "deadlock_timeout={}ms",
+        scaled(Duration::from_millis(400)).as_millis()
+    );
+    let pg = Cluster::start_with(&["fsync=off", &deadlock_timeout]);
     pg.psql(
         "postgres",
         "create table accounts (id int primary key, balance int)",
@@ -130,7 +136,13 @@ fn a_blocked_update_shows_the_wait_its_blocker_and_a_link_to_the_blocking_transa
         "ok"
     );
     b.send("sql update accounts set balance = balance + 10 where id = 1");
-    assert_eq!(a.run("sleep 0.5"), "ok");
+    assert_eq!(
+        a.run(&format!(
+            "sleep {}",
+            scaled(Duration::from_millis(500)).as_secs_f64()
+        )),
+        "ok"
+    );
     assert_eq!(a.run("commit"), "ok");
     assert_eq!(b.reply(), "ok");
     assert_eq!(b.run("commit"), "ok");
@@ -244,7 +256,7 @@ fn a_deadlock_names_both_sides_rolls_the_victim_back_and_its_retry_is_counted() 
     );
     // A waits first, so A's deadlock check runs first: A is the victim.
     a.send("sql update accounts set balance = 1 where id = 2");
-    std::thread::sleep(Duration::from_millis(50));
+    std::thread::sleep(scaled(Duration::from_millis(50)));
     b.send("sql update accounts set balance = 2 where id = 1");
     assert_eq!(a.reply(), "err 40P01");
     assert_eq!(a.run("rollback"), "ok");
