@@ -7,25 +7,22 @@
 //! `dpkg-deb -x` into `.kernels/`: it is never installed on the host.
 //! QEMU and busybox come from apt, virtme-ng from PyPI (`.drivers/vng`).
 //! The guest sees the host's files read-only (writes go to tmpfs overlays),
-//! so the agent and test binaries built here run there unchanged; results come
-//! back through a shared writable directory, since vng's own exit code is lost
-//! on a root filesystem without systemd-udevd (it exits 255 whatever happened).
+//! so the agent and test binaries built here run there unchanged (vm.rs).
 
 use std::{
     collections::HashMap,
-    io::Read,
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 
 use crate::{cargo, output, root, run};
 
-/// The documented core: one test per capability, short because the guest is
-/// emulated (TCG, see `vng`). (test file, test name, what it shows).
+mod vm;
+
+/// The documented core: one test per capability, short because the guest's
+/// CPU is emulated (TCG, see vm.rs). (test file, test name, what it shows).
 pub const CORE: &[(&str, &str, &str)] = &[
     (
         "psql",
@@ -35,7 +32,7 @@ pub const CORE: &[(&str, &str, &str)] = &[
     (
         "server",
         "untraced_clients_get_server_spans_and_another_cluster_is_left_alone",
-        "server spans (USDT, sched tracepoints)",
+        "server spans (USDT, sched tracepoints: backends forked after the attach)",
     ),
     (
         "locks",
@@ -69,23 +66,10 @@ pub const CORE: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// virtme-ng, pinned: its command line and guest init are what this file drives.
+/// virtme-ng, pinned: its command line and guest init are what vm.rs drives.
 const VIRTME_NG: &str = "virtme-ng==1.42";
 /// QEMU (TCG needs no KVM) and a static busybox for vng's initramfs.
 const VM_APT: &[&str] = &["qemu-system-x86", "busybox-static"];
-/// Guest size: PostgreSQL clusters, Python clients and the agent at once;
-/// /tmp is a tmpfs overlay, so memory is also the tests' disk.
-const GUEST_MEMORY: &str = "3G";
-const GUEST_CPUS: &str = "2";
-/// The harness stretches its scenarios' lock holds and deadlock_timeout by
-/// this (dbtel_tests::scaled): under TCG a psql takes about a second to start
-/// and the agent's catalog answers come ~10x later than natively, so a 0.5 s
-/// hold is over before the waiter arrives. Assertions are not loosened.
-const TIME_SCALE: &str = "DBTEL_TEST_TIME_SCALE";
-const TCG_TIME_SCALE: u32 = 10;
-/// Per test inside the guest (`timeout`), and the boot's allowance.
-const TEST_TIMEOUT_S: u64 = 900;
-const BOOT_TIMEOUT_S: u64 = 300;
 
 /// A kernel to boot: Debian's package for it and its unpacked tree.
 struct Kernel {
@@ -98,16 +82,23 @@ struct Kernel {
 struct Case {
     file: String,
     name: String,
+    what: String,
     exe: PathBuf,
+}
+
+impl Case {
+    fn label(&self) -> String {
+        format!("{}::{}", self.file, self.name)
+    }
 }
 
 /// `kernels`: series (`6.1`, `6.12`) or full package names
 /// (`linux-image-6.1.0-57-amd64`); `tests`: `file::name` instead of CORE.
 pub fn test_kernels(kernels: &[String], tests: &[String], kvm: bool) -> Result<()> {
-    let cases = selected(tests)?;
-    eprintln!("xtask: VM core ({} tests):", cases.len());
-    for (file, name, what) in cases.iter() {
-        eprintln!("xtask:   {file}::{name}  ({what})");
+    let mut cases = selected(tests)?;
+    eprintln!("xtask: the VM core ({} tests):", cases.len());
+    for c in &cases {
+        eprintln!("xtask:   {}  ({})", c.label(), c.what);
     }
     vm_tools()?;
     let vng = vng()?;
@@ -115,27 +106,25 @@ pub fn test_kernels(kernels: &[String], tests: &[String], kvm: bool) -> Result<(
         .iter()
         .map(|k| kernel(k))
         .collect::<Result<Vec<_>>>()?;
-    let (agent, cases) = build(&cases)?;
-    let mut failed = Vec::new();
+    let agent = build(&mut cases)?;
     let mut summary = Vec::new();
     for k in &kernels {
-        let results = boot_and_test(&vng, k, &agent, &cases, kvm)?;
-        for r in &results {
-            if !r.passed {
-                failed.push(format!("{} {}", k.release, r.label));
-            }
-        }
-        summary.push((k.release.clone(), results));
+        summary.push((k, vm::boot_and_test(&vng, k, &agent, &cases, kvm)?));
     }
     eprintln!("xtask: VM results:");
-    for (release, results) in &summary {
-        for r in results {
+    let mut failed = Vec::new();
+    for (k, outcomes) in &summary {
+        for o in outcomes {
             eprintln!(
-                "xtask:   {release:<24} {:<6} {:>6.1} s  {}",
-                if r.passed { "ok" } else { "FAILED" },
-                r.seconds,
-                r.label
+                "xtask:   {:<24} {:<6} {:>6.1} s  {}",
+                k.release,
+                if o.passed() { "ok" } else { "FAILED" },
+                o.seconds,
+                o.label
             );
+            if !o.passed() {
+                failed.push(format!("{} on {}", o.label, k.release));
+            }
         }
     }
     if !failed.is_empty() {
@@ -145,12 +134,15 @@ pub fn test_kernels(kernels: &[String], tests: &[String], kvm: bool) -> Result<(
 }
 
 /// CORE, or the `file::name` tests asked for (any test of tests/tests/).
-fn selected(tests: &[String]) -> Result<Vec<(String, String, String)>> {
+fn selected(tests: &[String]) -> Result<Vec<Case>> {
+    let case = |file: &str, name: &str, what: &str| Case {
+        file: file.into(),
+        name: name.into(),
+        what: what.into(),
+        exe: PathBuf::new(),
+    };
     if tests.is_empty() {
-        return Ok(CORE
-            .iter()
-            .map(|(f, n, w)| (f.to_string(), n.to_string(), w.to_string()))
-            .collect());
+        return Ok(CORE.iter().map(|(f, n, w)| case(f, n, w)).collect());
     }
     tests
         .iter()
@@ -161,7 +153,7 @@ fn selected(tests: &[String]) -> Result<Vec<(String, String, String)>> {
                     CORE[0].1
                 )
             })?;
-            Ok((f.to_string(), n.to_string(), "asked for".to_string()))
+            Ok(case(f, n, "asked for"))
         })
         .collect()
 }
@@ -177,10 +169,25 @@ fn vm_tools() -> Result<()> {
         return Ok(());
     }
     run(Command::new("apt-get").args(["update", "-q"]))?;
+    // --no-remove: a newer qemu-utils (backports) breaks Debian 12's
+    // qemu-system-common, and apt would quietly remove it.
     run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "--no-remove",
+        ])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+    .with_context(|| {
+        format!(
+            "installing {} would remove packages this machine has (see apt's message): \
+             install them by hand, choosing what to keep",
+            missing.join(" ")
+        )
+    })
 }
 
 /// virtme-ng in a venv of its own (`.drivers/vng`), as the driver venvs are.
@@ -228,7 +235,7 @@ fn resolve(series: &str) -> Result<String> {
             }
         }
         if attempt == 0 {
-            // Fresh machines have no package lists yet.
+            // A fresh machine has no package lists yet.
             run(Command::new("apt-get").args(["update", "-q"]))?;
         }
     }
@@ -288,8 +295,9 @@ fn find_vmlinuz(tree: &Path) -> Option<PathBuf> {
         })
 }
 
-/// The agent and the test executables, built on the host.
-fn build(cases: &[(String, String, String)]) -> Result<(PathBuf, Vec<(Case, String)>)> {
+/// Builds the agent and the test executables on the host; returns the agent
+/// and fills in each case's executable.
+fn build(cases: &mut [Case]) -> Result<PathBuf> {
     // Optimised: under TCG a debug agent saturates the emulated CPU (11 s of
     // CPU in an 11 s lock test), its loop falls seconds behind the kernel's
     // events and the catalog is asked about waits that are over.
@@ -297,23 +305,13 @@ fn build(cases: &[(String, String, String)]) -> Result<(PathBuf, Vec<(Case, Stri
         .remove("dbtel-agent")
         .context("cargo built no dbtel-agent executable")?;
     let tests = executables(cargo().args(["test", "-p", "dbtel-tests", "--tests", "--no-run"]))?;
-    let cases = cases
-        .iter()
-        .map(|(file, name, what)| {
-            let exe = tests
-                .get(file)
-                .with_context(|| format!("no test file tests/tests/{file}.rs"))?;
-            Ok((
-                Case {
-                    file: file.clone(),
-                    name: name.clone(),
-                    exe: exe.clone(),
-                },
-                what.clone(),
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok((agent, cases))
+    for c in cases {
+        c.exe = tests
+            .get(&c.file)
+            .with_context(|| format!("no test file tests/tests/{}.rs", c.file))?
+            .clone();
+    }
+    Ok(agent)
 }
 
 /// target name -> executable, from cargo's JSON messages.
@@ -340,242 +338,6 @@ fn executables(cmd: &mut Command) -> Result<HashMap<String, PathBuf>> {
     Ok(found)
 }
 
-/// What one test (or the agent's check) gave in the guest.
-pub struct Outcome {
-    label: String,
-    passed: bool,
-    seconds: f64,
-}
-
-/// Single-quoted for sh.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// The guest's script: the kernel's facts the agent depends on, the agent's
-/// own `check` (loads every program through this kernel's verifier), then
-/// each test alone, its output in its own log and one RESULT line per test.
-fn script(dir: &Path, agent: &Path, cases: &[(Case, String)], kvm: bool) -> String {
-    let d = quote(&dir.display().to_string());
-    let mut s = format!(
-        "# written by cargo xtask test --kernel: runs inside the guest\n\
-         exec >{d}/guest.log 2>&1\n\
-         export DBTEL_AGENT={}\n",
-        quote(&agent.display().to_string())
-    );
-    // The host's environment the tests rely on (python3 may be a pyenv shim).
-    for var in [
-        "PATH",
-        "HOME",
-        "LANG",
-        "PYENV_ROOT",
-        "RUST_BACKTRACE",
-        "DBTEL_TEST_LOG",
-        TIME_SCALE,
-    ] {
-        if let Ok(v) = std::env::var(var) {
-            s += &format!("export {var}={}\n", quote(&v));
-        }
-    }
-    if std::env::var_os(TIME_SCALE).is_none() && !kvm {
-        s += &format!("export {TIME_SCALE}={TCG_TIME_SCALE}\n");
-    }
-    s += &format!("cd {}\n", quote(&root().display().to_string()));
-    // virtme-ng's init mounts tracefs and brings up lo; a different init might not.
-    s += "mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing\n\
-          ip link set lo up\n";
-    s += &format!(
-        "{{ echo \"kernel $(uname -r)\"\n\
-         \x20 [ -e /sys/kernel/btf/vmlinux ] && echo 'BTF: /sys/kernel/btf/vmlinux' || echo 'BTF: absent'\n\
-         \x20 echo \"sched_process_fork: $(grep -o '[^;]*parent_comm[^;]*;' /sys/kernel/tracing/events/sched/sched_process_fork/format)\"\n\
-         }} >{d}/facts\n"
-    );
-    s += "t() { label=$1; log=$2; shift 2; start=$(date +%s%N); \
-          timeout ";
-    s += &format!(
-        "{TEST_TIMEOUT_S} \"$@\" >\"$log\" 2>&1; rc=$?; \
-         echo \"RESULT $rc $(( ($(date +%s%N) - start) / 1000000 )) $label\" >>{d}/results; }}\n"
-    );
-    s += &format!(
-        "t 'dbtel-agent check' {d}/check.log \"$DBTEL_AGENT\" check --no-otlp --no-catalog\n"
-    );
-    for (i, (c, _)) in cases.iter().enumerate() {
-        s += &format!(
-            "t {} {d}/{i}-{}.log {} --exact {} --test-threads=1\n",
-            quote(&format!("{}::{}", c.file, c.name)),
-            c.file,
-            quote(&c.exe.display().to_string()),
-            quote(&c.name),
-        );
-    }
-    s += &format!("echo DONE >>{d}/results\n");
-    s
-}
-
-/// Boots `k` under vng, runs the cases in it, reports them as they finish.
-fn boot_and_test(
-    vng: &Path,
-    k: &Kernel,
-    agent: &Path,
-    cases: &[(Case, String)],
-    kvm: bool,
-) -> Result<Vec<Outcome>> {
-    let dir = root().join(".kernels/runs").join(&k.release);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let script_path = dir.join("guest.sh");
-    std::fs::write(&script_path, script(&dir, agent, cases, kvm))?;
-    let console = std::fs::File::create(dir.join("console.log"))?;
-    let mut cmd = Command::new(vng);
-    // vng runs virtme-run and friends from PATH: its venv's bin first.
-    let path = format!(
-        "{}:{}",
-        vng.parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    cmd.env("PATH", path)
-        .arg("--run")
-        .arg(&k.vmlinuz)
-        .args(["--memory", GUEST_MEMORY, "--cpus", GUEST_CPUS])
-        .arg(format!("--rwdir={}", dir.display()))
-        .arg("--exec")
-        .arg(format!("sh {}", quote(&script_path.display().to_string())))
-        .current_dir(root())
-        .stdin(Stdio::null())
-        .stdout(console.try_clone()?)
-        .stderr(console)
-        // Its own process group: a timeout ends vng and its QEMU together.
-        .process_group(0);
-    if kvm {
-        // QEMU's `-cpu host` asks KVM for IA32_ARCH_CAPABILITIES (MSR 0x10a),
-        // which some hosts (nested, PVM) refuse with an abort: leave it out.
-        cmd.args(["--qemu-opts", "-cpu host,-arch-capabilities"]);
-    } else {
-        // TCG: QEMU emulates the CPU. Slow (several times KVM), but it boots
-        // anywhere; on this project's test machine /dev/kvm is kvm_pvm (software
-        // nested virtualisation) and neither Debian kernel gets past its
-        // decompressor under it (an emulation failure on a VEX instruction in
-        // 6.12's zstd, a crawl in 6.1's xz).
-        cmd.arg("--disable-kvm");
-    }
-    eprintln!(
-        "xtask: booting {} ({}) under {}: {} s to boot, then the tests; logs in {}",
-        k.release,
-        k.package,
-        if kvm {
-            "KVM"
-        } else {
-            "TCG (emulated CPU: slow; --kvm to use KVM)"
-        },
-        if kvm { "a few" } else { "10-20" },
-        dir.display()
-    );
-    eprintln!("xtask: {cmd:?}");
-    let started = Instant::now();
-    let deadline =
-        started + Duration::from_secs(BOOT_TIMEOUT_S + TEST_TIMEOUT_S * (cases.len() as u64 + 1));
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {}", vng.display()))?;
-    let results = dir.join("results");
-    let mut seen = 0;
-    let mut booted = false;
-    let mut outcomes = Vec::new();
-    let mut done = false;
-    loop {
-        let exited = child.try_wait()?.is_some();
-        if !booted && dir.join("facts").exists() {
-            booted = true;
-            eprintln!(
-                "xtask: {} booted in {:.1} s",
-                k.release,
-                started.elapsed().as_secs_f64()
-            );
-            for l in std::fs::read_to_string(dir.join("facts"))?.lines() {
-                eprintln!("xtask:   guest {l}");
-            }
-        }
-        let text = std::fs::read_to_string(&results).unwrap_or_default();
-        for line in text.lines().skip(seen) {
-            seen += 1;
-            if line == "DONE" {
-                done = true;
-                continue;
-            }
-            let Some(o) = parse_result(line) else {
-                continue;
-            };
-            eprintln!(
-                "xtask: [{}] {} {} ({:.1} s){}",
-                k.release,
-                if o.0 { "ok    " } else { "FAILED" },
-                o.2,
-                o.1,
-                if o.3 == 124 { ": timed out" } else { "" }
-            );
-            outcomes.push(Outcome {
-                label: o.2,
-                passed: o.0,
-                seconds: o.1,
-            });
-        }
-        if exited {
-            break;
-        }
-        if Instant::now() > deadline {
-            // SAFETY: kill(2) on the process group we made for vng.
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-            let _ = child.wait();
-            bail!(
-                "{}: the VM ran past its {} s allowance; see {}",
-                k.release,
-                deadline.duration_since(started).as_secs(),
-                dir.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    eprintln!(
-        "xtask: {} done in {:.1} s",
-        k.release,
-        started.elapsed().as_secs_f64()
-    );
-    for (i, o) in outcomes.iter().enumerate().filter(|(_, o)| !o.passed) {
-        let log = if i == 0 {
-            dir.join("check.log")
-        } else {
-            dir.join(format!("{}-{}.log", i - 1, cases[i - 1].0.file))
-        };
-        eprintln!("xtask: --- {} on {}: {}", o.label, k.release, log.display());
-        eprintln!("{}", tail(&log, 60));
-    }
-    if !done {
-        bail!(
-            "{}: the guest did not finish its tests ({} of {} reported); console:\n{}",
-            k.release,
-            outcomes.len(),
-            cases.len() + 1,
-            tail(&dir.join("console.log"), 40) + &tail(&dir.join("guest.log"), 20)
-        );
-    }
-    Ok(outcomes)
-}
-
-/// `RESULT <rc> <ms> <label>` -> (passed, seconds, label, rc).
-fn parse_result(line: &str) -> Option<(bool, f64, String, i32)> {
-    let mut f = line.strip_prefix("RESULT ")?.splitn(3, ' ');
-    let rc: i32 = f.next()?.parse().ok()?;
-    let ms: f64 = f.next()?.parse().ok()?;
-    Some((rc == 0, ms / 1000.0, f.next()?.to_string(), rc))
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let mut text = String::new();
-    let _ = std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text));
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n") + "\n"
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,15 +349,5 @@ mod tests {
                 .unwrap_or_else(|e| panic!("tests/tests/{file}.rs: {e}"));
             assert!(src.contains(&format!("fn {name}()")), "{file}::{name}");
         }
-    }
-
-    #[test]
-    fn result_lines() {
-        assert_eq!(
-            parse_result("RESULT 0 1500 psql::x"),
-            Some((true, 1.5, "psql::x".into(), 0))
-        );
-        assert_eq!(parse_result("RESULT 124 9 a b").unwrap().3, 124);
-        assert_eq!(parse_result("DONE"), None);
     }
 }
