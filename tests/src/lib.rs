@@ -29,6 +29,20 @@ pub use promql::{dashboard_exprs, rule_exprs};
 pub use py::PyProgram;
 pub use sqltext::{expected_mysql_text, expected_text};
 
+/// `d` times DBTEL_TEST_TIME_SCALE (default 1): how long a scenario holds a
+/// lock or lets the server wait before its deadlock check, on a slow machine
+/// (`cargo xtask test --kernel` sets it in its emulated VMs, where a psql
+/// takes a second to start). Only the scenario stretches: assertions are lower
+/// bounds on what it guarantees and stay as they are.
+pub fn scaled(d: std::time::Duration) -> std::time::Duration {
+    let scale = std::env::var("DBTEL_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| *s >= 1.0)
+        .unwrap_or(1.0);
+    d.mul_f64(scale)
+}
+
 /// Panics unless running as root: these tests load eBPF programs.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

@@ -7,7 +7,8 @@
 use std::{process::Stdio, time::Duration};
 
 use dbtel_tests::{
-    otlp::Value, pg::Build, py::Session, require_root, Agent, AgentRun, Cluster, Receiver, Span,
+    otlp::Value, pg::Build, py::Session, require_root, scaled, Agent, AgentRun, Cluster, Receiver,
+    Span,
 };
 
 /// A server build and how the agent probes it.
@@ -47,7 +48,11 @@ fn setup_on(build: Build) -> Cluster {
     // The deadlock check runs deadlock_timeout after a wait starts (default 1 s):
     // long enough for the catalog to name the blocker (waits are looked up
     // after 20 ms), short enough for a quick test.
-    let pg = Cluster::start_logged_build(build, &["deadlock_timeout=400ms"]);
+    let deadlock_timeout = format!(
+        "deadlock_timeout={}ms",
+        scaled(Duration::from_millis(400)).as_millis()
+    );
+    let pg = Cluster::start_logged_build(build, &[&deadlock_timeout]);
     pg.psql(
         "postgres",
         "create table accounts (id int primary key, balance int)",
@@ -147,7 +152,13 @@ fn blocked_update(server: Server) {
         "ok"
     );
     b.send("sql update accounts set balance = balance + 10 where id = 1");
-    assert_eq!(a.run("sleep 0.5"), "ok");
+    assert_eq!(
+        a.run(&format!(
+            "sleep {}",
+            scaled(Duration::from_millis(500)).as_secs_f64()
+        )),
+        "ok"
+    );
     assert_eq!(a.run("commit"), "ok");
     assert_eq!(b.reply(), "ok");
     assert_eq!(b.run("commit"), "ok");
@@ -280,7 +291,7 @@ fn deadlock(server: Server) {
     );
     // A waits first, so A's deadlock check runs first: A is the victim.
     a.send("sql update accounts set balance = 1 where id = 2");
-    std::thread::sleep(Duration::from_millis(50));
+    std::thread::sleep(scaled(Duration::from_millis(50)));
     b.send("sql update accounts set balance = 2 where id = 1");
     assert_eq!(a.reply(), "err 40P01");
     assert_eq!(a.run("rollback"), "ok");

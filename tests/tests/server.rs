@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use dbtel_tests::{require_root, Agent, Cluster, Receiver, Span};
+use dbtel_tests::{require_root, scaled, Agent, Cluster, Receiver, Span};
 
 const SERVER: i32 = 2;
 
@@ -76,18 +76,22 @@ fn untraced_clients_get_server_spans_and_another_cluster_is_left_alone() {
     );
 
     // A lock wait between two untraced psql sessions.
+    let hold = format!(
+        "select pg_sleep({})",
+        scaled(Duration::from_millis(500)).as_secs_f64()
+    );
     let mut holder = psql(
         &pg,
         &[
             "begin",
             "update pgbench_branches set bbalance = 0 where bid = 1",
-            "select pg_sleep(0.5)",
+            &hold,
             "commit",
         ],
     )
     .spawn()
     .unwrap();
-    std::thread::sleep(Duration::from_millis(150));
+    std::thread::sleep(scaled(Duration::from_millis(150)));
     let waiter = psql(
         &pg,
         &["update pgbench_branches set bbalance = 1 where bid = 1"],
@@ -100,7 +104,7 @@ fn untraced_clients_get_server_spans_and_another_cluster_is_left_alone() {
     other.psql("postgres", "insert into elsewhere values (1)");
     let _ = idle.kill();
     let _ = idle.wait();
-    std::thread::sleep(Duration::from_millis(700));
+    std::thread::sleep(scaled(Duration::from_millis(700)));
     let run = agent.interrupt();
     assert!(run.status.success(), "{run:?}");
     let spans = rx.spans();

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | demo | test | bench | fuzz`.
+//! Project tasks: `cargo xtask setup | demo | test [--kernel 6.1] | bench | fuzz`.
 //!
 //! setup installs, idempotently, everything a fresh machine lacks: Debian's
 //! LLVM 22 (for bpf-linker), PostgreSQL 15 and libpq headers, MariaDB 10.11
@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod fuzz;
+mod kernel;
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -63,8 +64,21 @@ enum Task {
         #[arg(long = "agent-arg", allow_hyphen_values = true)]
         agent_args: Vec<String>,
     },
-    /// Set up, then run the unit tests, the end-to-end tests (as root) and the fuzz targets.
+    /// Set up, then run the unit tests, the end-to-end tests (as root) and the fuzz targets
+    /// on the host's kernel; with --kernel, the end-to-end core in VMs booting Debian's kernels.
     Test {
+        /// Kernels to test on (repeatable or comma-separated): `host` (the default: the
+        /// running kernel, every test, natively), or a Debian kernel series such as `6.1`
+        /// or `6.12` (or a package name, `linux-image-6.1.0-57-amd64`): the end-to-end
+        /// core (printed at the start) in a virtme-ng VM booting that kernel.
+        #[arg(long = "kernel", value_delimiter = ',')]
+        kernels: Vec<String>,
+        /// In the VMs, this test instead of the core (FILE::TEST, repeatable; e.g. psql::raw_text_flag_and_truncation_limit).
+        #[arg(long = "vm-test")]
+        vm_tests: Vec<String>,
+        /// Boot the VMs under KVM instead of TCG (emulation, the default: it works on every host).
+        #[arg(long)]
+        kvm: bool,
         /// Seconds each fuzz target runs (0: none).
         #[arg(long, default_value_t = TEST_FUZZ_SECONDS)]
         fuzz_seconds: u32,
@@ -185,11 +199,24 @@ fn main() -> Result<()> {
                 agent_args,
             })
         }
-        Task::Test { fuzz_seconds, args } => {
+        Task::Test {
+            fuzz_seconds,
+            args,
+            kernels,
+            vm_tests,
+            kvm,
+        } => {
             setup()?;
-            test(&args)?;
-            if fuzz_seconds > 0 {
-                fuzz::fuzz(fuzz_seconds, &[])?;
+            let (host, vms): (Vec<String>, Vec<String>) =
+                kernels.into_iter().partition(|k| k == "host");
+            if !host.is_empty() || vms.is_empty() {
+                test(&args)?;
+                if fuzz_seconds > 0 {
+                    fuzz::fuzz(fuzz_seconds, &[])?;
+                }
+            }
+            if !vms.is_empty() {
+                kernel::test_kernels(&vms, &vm_tests, kvm)?;
             }
             Ok(())
         }

@@ -1,0 +1,353 @@
+//! `cargo xtask test --kernel 6.1|6.12`: the end-to-end core inside a virtual
+//! machine booting Debian's own kernel over the live root filesystem
+//! (virtme-ng). The host's own kernel is `--kernel host`, the default: the
+//! whole suite runs there, natively.
+//!
+//! The kernel package is fetched with `apt-get download` and unpacked with
+//! `dpkg-deb -x` into `.kernels/`: it is never installed on the host.
+//! QEMU and busybox come from apt, virtme-ng from PyPI (`.drivers/vng`).
+//! The guest sees the host's files read-only (writes go to tmpfs overlays),
+//! so the agent and test binaries built here run there unchanged (vm.rs).
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{cargo, output, root, run};
+
+mod vm;
+
+/// The documented core: one test per capability, short because the guest's
+/// CPU is emulated (TCG, see vm.rs). (test file, test name, what it shows).
+pub const CORE: &[(&str, &str, &str)] = &[
+    (
+        "psql",
+        "psql_statements_become_one_client_span_each",
+        "client spans (libpq uprobes)",
+    ),
+    (
+        "server",
+        "untraced_clients_get_server_spans_and_another_cluster_is_left_alone",
+        "server spans (USDT, sched tracepoints: backends forked after the attach)",
+    ),
+    (
+        "locks",
+        "a_blocked_update_shows_the_wait_its_blocker_and_a_link_to_the_blocking_transaction",
+        "a lock wait and its blocker",
+    ),
+    (
+        "locks",
+        "a_deadlock_names_both_sides_rolls_the_victim_back_and_its_retry_is_counted",
+        "a deadlock",
+    ),
+    (
+        "refusals",
+        "process_without_libpq",
+        "attach refused: no client library",
+    ),
+    (
+        "refusals",
+        "libpq_lacking_the_expected_symbols",
+        "attach refused: a libpq without the expected symbols",
+    ),
+    (
+        "refusals",
+        "postgresql_server_build_lacking_probes_is_refused_by_name",
+        "attach refused: a server build without the probes",
+    ),
+    (
+        "refusals",
+        "not_enough_privilege",
+        "attach refused: no CAP_BPF",
+    ),
+];
+
+/// virtme-ng, pinned: its command line and guest init are what vm.rs drives.
+const VIRTME_NG: &str = "virtme-ng==1.42";
+/// QEMU (TCG needs no KVM) and a static busybox for vng's initramfs.
+const VM_APT: &[&str] = &["qemu-system-x86", "busybox-static"];
+
+/// A kernel to boot: Debian's package for it and its unpacked tree.
+struct Kernel {
+    package: String,
+    release: String,
+    vmlinuz: PathBuf,
+}
+
+/// One test to run in the guest.
+struct Case {
+    file: String,
+    name: String,
+    what: String,
+    exe: PathBuf,
+}
+
+impl Case {
+    fn label(&self) -> String {
+        format!("{}::{}", self.file, self.name)
+    }
+}
+
+/// `kernels`: series (`6.1`, `6.12`) or full package names
+/// (`linux-image-6.1.0-57-amd64`); `tests`: `file::name` instead of CORE.
+pub fn test_kernels(kernels: &[String], tests: &[String], kvm: bool) -> Result<()> {
+    let mut cases = selected(tests)?;
+    eprintln!("xtask: the VM core ({} tests):", cases.len());
+    for c in &cases {
+        eprintln!("xtask:   {}  ({})", c.label(), c.what);
+    }
+    vm_tools()?;
+    let vng = vng()?;
+    let kernels = kernels
+        .iter()
+        .map(|k| kernel(k))
+        .collect::<Result<Vec<_>>>()?;
+    let agent = build(&mut cases)?;
+    let mut summary = Vec::new();
+    for k in &kernels {
+        summary.push((k, vm::boot_and_test(&vng, k, &agent, &cases, kvm)?));
+    }
+    eprintln!("xtask: VM results:");
+    let mut failed = Vec::new();
+    for (k, outcomes) in &summary {
+        for o in outcomes {
+            eprintln!(
+                "xtask:   {:<24} {:<6} {:>6.1} s  {}",
+                k.release,
+                if o.passed() { "ok" } else { "FAILED" },
+                o.seconds,
+                o.label
+            );
+            if !o.passed() {
+                failed.push(format!("{} on {}", o.label, k.release));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("failed in the VMs: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// CORE, or the `file::name` tests asked for (any test of tests/tests/).
+fn selected(tests: &[String]) -> Result<Vec<Case>> {
+    let case = |file: &str, name: &str, what: &str| Case {
+        file: file.into(),
+        name: name.into(),
+        what: what.into(),
+        exe: PathBuf::new(),
+    };
+    if tests.is_empty() {
+        return Ok(CORE.iter().map(|(f, n, w)| case(f, n, w)).collect());
+    }
+    tests
+        .iter()
+        .map(|t| {
+            let (f, n) = t.split_once("::").with_context(|| {
+                format!(
+                    "--vm-test {t}: expected FILE::TEST (e.g. psql::{})",
+                    CORE[0].1
+                )
+            })?;
+            Ok(case(f, n, "asked for"))
+        })
+        .collect()
+}
+
+fn installed(package: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .contains("install ok installed")
+}
+
+fn vm_tools() -> Result<()> {
+    let missing: Vec<&str> = VM_APT.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    // --no-remove: a newer qemu-utils (backports) breaks Debian 12's
+    // qemu-system-common, and apt would quietly remove it.
+    run(Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "--no-remove",
+        ])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .with_context(|| {
+        format!(
+            "installing {} would remove packages this machine has (see apt's message): \
+             install them by hand, choosing what to keep",
+            missing.join(" ")
+        )
+    })
+}
+
+/// virtme-ng in a venv of its own (`.drivers/vng`), as the driver venvs are.
+fn vng() -> Result<PathBuf> {
+    let venv = root().join(".drivers/vng");
+    let stamp = venv.join("dbtel-vng");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(VIRTME_NG) {
+        run(Command::new("/usr/bin/python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv))?;
+        run(Command::new(venv.join("bin/python")).args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            VIRTME_NG,
+        ]))?;
+        std::fs::write(&stamp, VIRTME_NG)?;
+    }
+    Ok(venv.join("bin/vng"))
+}
+
+/// The package a series names, from apt's metadata: bookworm's default
+/// kernel is `linux-image-amd64`, later series have `linux-image-X.Y-amd64`;
+/// either depends on the current ABI's image (`linux-image-6.1.0-57-amd64`).
+fn resolve(series: &str) -> Result<String> {
+    if series.starts_with("linux-image-") {
+        return Ok(series.to_string());
+    }
+    let metas = [
+        format!("linux-image-{series}-amd64"),
+        "linux-image-amd64".to_string(),
+    ];
+    for attempt in 0..2 {
+        for meta in &metas {
+            let deps = output(Command::new("apt-cache").args(["depends", "--important", meta]));
+            let image = deps.lines().find_map(|l| {
+                l.trim()
+                    .strip_prefix("Depends: ")
+                    .filter(|p| p.starts_with(&format!("linux-image-{series}.")))
+            });
+            if let Some(image) = image {
+                return Ok(image.to_string());
+            }
+        }
+        if attempt == 0 {
+            // A fresh machine has no package lists yet.
+            run(Command::new("apt-get").args(["update", "-q"]))?;
+        }
+    }
+    bail!(
+        "no Debian kernel package for {series} in this machine's apt sources (tried {}): \
+         give a package name (--kernel linux-image-...-amd64) or add the suite that has it",
+        metas.join(", ")
+    )
+}
+
+/// The kernel's tree in `.kernels/<package>/`, downloaded and unpacked once.
+fn kernel(series: &str) -> Result<Kernel> {
+    let package = resolve(series)?;
+    let cache = root().join(".kernels");
+    let tree = cache.join(&package);
+    if find_vmlinuz(&tree).is_none() {
+        let partial = cache.join(format!("{package}.partial"));
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial)?;
+        // apt-get download writes into its working directory; as root it warns
+        // that the _apt user cannot write there (harmless).
+        run(Command::new("apt-get")
+            .args(["download", "-q", &package])
+            .current_dir(&partial))?;
+        let deb = std::fs::read_dir(&partial)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .context("apt-get download left no .deb")?;
+        let unpacked = partial.join("tree");
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+        let _ = std::fs::remove_dir_all(&tree);
+        std::fs::rename(&unpacked, &tree)?;
+        // The .deb is not needed any more (70-110 MB).
+        std::fs::remove_dir_all(&partial)?;
+    }
+    let vmlinuz = find_vmlinuz(&tree).context("the package has no boot/vmlinuz-*")?;
+    let release = vmlinuz
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_start_matches("vmlinuz-")
+        .to_string();
+    Ok(Kernel {
+        package,
+        release,
+        vmlinuz,
+    })
+}
+
+fn find_vmlinuz(tree: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(tree.join("boot"))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+}
+
+/// Builds the agent and the test executables on the host; returns the agent
+/// and fills in each case's executable.
+fn build(cases: &mut [Case]) -> Result<PathBuf> {
+    // Optimised: under TCG a debug agent saturates the emulated CPU (11 s of
+    // CPU in an 11 s lock test), its loop falls seconds behind the kernel's
+    // events and the catalog is asked about waits that are over.
+    let agent = executables(cargo().args(["build", "--release", "-p", "dbtel-agent"]))?
+        .remove("dbtel-agent")
+        .context("cargo built no dbtel-agent executable")?;
+    let tests = executables(cargo().args(["test", "-p", "dbtel-tests", "--tests", "--no-run"]))?;
+    for c in cases {
+        c.exe = tests
+            .get(&c.file)
+            .with_context(|| format!("no test file tests/tests/{}.rs", c.file))?
+            .clone();
+    }
+    Ok(agent)
+}
+
+/// target name -> executable, from cargo's JSON messages.
+fn executables(cmd: &mut Command) -> Result<HashMap<String, PathBuf>> {
+    cmd.arg("--message-format=json").stdout(Stdio::piped());
+    eprintln!("xtask: {cmd:?}");
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", out.status);
+    }
+    let mut found = HashMap::new();
+    for line in out.stdout.split(|&b| b == b'\n') {
+        let Ok(msg) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let (Some(name), Some(exe)) =
+            (msg["target"]["name"].as_str(), msg["executable"].as_str())
+        {
+            found.insert(name.to_string(), PathBuf::from(exe));
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_tests_exist_in_their_files() {
+        for (file, name, _) in CORE {
+            let src = std::fs::read_to_string(root().join(format!("tests/tests/{file}.rs")))
+                .unwrap_or_else(|e| panic!("tests/tests/{file}.rs: {e}"));
+            assert!(src.contains(&format!("fn {name}()")), "{file}::{name}");
+        }
+    }
+}
