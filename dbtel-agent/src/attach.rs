@@ -83,6 +83,10 @@ impl Probes {
         probes_only: bool,
         host_wide: bool,
     ) -> Result<Self, AttachError> {
+        // Named here, not left to the verifier's or the map's error.
+        if let Some(why) = crate::host::kernel::too_old(&crate::host::kernel::release()) {
+            return Err(AttachError::Kernel(why));
+        }
         let probes_only = probes_only as u32;
         let max_text = max_text.clamp(16, TEXT_CAP as u32 - 2);
         let tracefs = crate::host::tracefs::ensure().map_err(|e| e.to_string());

@@ -129,11 +129,6 @@ pub fn effective_caps(status: &str) -> Option<u64> {
 }
 
 /// The kernel release's (major, minor).
-pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
-    let mut it = release.split(|c: char| !c.is_ascii_digit());
-    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-}
-
 pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
     let started = Instant::now();
     let mut r = Report::default();
@@ -198,18 +193,11 @@ pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
 }
 
 fn check_kernel(r: &mut Report, servers_needed: bool) {
-    // SAFETY: uname fills the struct we pass.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    unsafe { libc::uname(&mut u) };
-    // SAFETY: uname NUL-terminates release.
-    let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
-        .to_string_lossy()
-        .into_owned();
+    let release = crate::host::kernel::release();
     let mut have = Vec::new();
-    match kernel_version(&release) {
-        // Ring buffers came in 5.8, BPF cookies (one program, many probe points) in 5.15.
-        Some(v) if v >= (5, 15) => have.push("ring buffer, BPF cookies"),
-        _ => r.fail(format!("kernel {release}: dbtel needs Linux 5.15 or later (BPF ring buffer and attach cookies)")),
+    match crate::host::kernel::too_old(&release) {
+        None => have.push("ring buffer, BPF cookies"),
+        Some(why) => r.fail(why),
     }
     if Path::new("/sys/kernel/btf/vmlinux").exists() {
         have.push("BTF");
@@ -534,14 +522,6 @@ mod tests {
         assert_eq!(no_bpf & (1 << 39), 1 << 39);
         assert_eq!(effective_caps("CapEff:\t0000000000000000\n"), Some(0));
         assert_eq!(effective_caps("Name:\tx\n"), None);
-    }
-
-    #[test]
-    fn kernel_versions() {
-        assert_eq!(kernel_version("6.18.44-fc-v669"), Some((6, 18)));
-        assert_eq!(kernel_version("5.15.0-91-generic"), Some((5, 15)));
-        assert!(kernel_version("5.4.0").unwrap() < (5, 15));
-        assert_eq!(kernel_version("weird"), None);
     }
 
     #[test]

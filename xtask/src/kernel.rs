@@ -5,7 +5,8 @@
 //!
 //! The kernel package is fetched with `apt-get download` and unpacked with
 //! `dpkg-deb -x` into `.kernels/`: it is never installed on the host.
-//! QEMU and busybox come from apt, virtme-ng from PyPI (`.drivers/vng`).
+//! QEMU and busybox are unpacked the same way (`.kernels/tools`), virtme-ng
+//! comes from PyPI (`.drivers/vng`).
 //! The guest sees the host's files read-only (writes go to tmpfs overlays),
 //! so the agent and test binaries built here run there unchanged (vm.rs).
 
@@ -30,19 +31,19 @@ pub const CORE: &[(&str, &str, &str)] = &[
         "client spans (libpq uprobes)",
     ),
     (
-        "server",
-        "untraced_clients_get_server_spans_and_another_cluster_is_left_alone",
-        "server spans (USDT, sched tracepoints: backends forked after the attach)",
+        "server_builds",
+        "debian_15_through_the_uprobe_stand_ins",
+        "server spans counted against the server's log (uprobe stand-ins, sched tracepoints: backends forked after the attach), psql and psycopg2 client spans",
     ),
     (
         "locks",
         "a_blocked_update_shows_the_wait_its_blocker_and_a_link_to_the_blocking_transaction",
-        "a lock wait and its blocker",
+        "a lock wait and its blocker (USDT)",
     ),
     (
         "locks",
-        "a_deadlock_names_both_sides_rolls_the_victim_back_and_its_retry_is_counted",
-        "a deadlock",
+        "a_deadlock_through_the_uprobe_stand_ins",
+        "a deadlock and a granted wait (uprobe stand-ins: ProcSleep's return is a uretprobe)",
     ),
     (
         "refusals",
@@ -68,8 +69,18 @@ pub const CORE: &[(&str, &str, &str)] = &[
 
 /// virtme-ng, pinned: its command line and guest init are what vm.rs drives.
 const VIRTME_NG: &str = "virtme-ng==1.42";
-/// QEMU (TCG needs no KVM) and a static busybox for vng's initramfs.
-const VM_APT: &[&str] = &["qemu-system-x86", "busybox-static"];
+/// QEMU (TCG needs no KVM) with its firmware, and a static busybox for vng's
+/// initramfs: unpacked, never installed (an image's newer qemu-utils, from
+/// backports, conflicts with Debian 12's qemu-system-common: installing
+/// would remove it). Their libraries the machine lacks are unpacked beside.
+const VM_DEBS: &[&str] = &[
+    "qemu-system-x86",
+    "qemu-system-common",
+    "qemu-system-data",
+    "seabios",
+    "ipxe-qemu",
+    "busybox-static",
+];
 
 /// A kernel to boot: Debian's package for it and its unpacked tree.
 struct Kernel {
@@ -100,7 +111,7 @@ pub fn test_kernels(kernels: &[String], tests: &[String], kvm: bool) -> Result<(
     for c in &cases {
         eprintln!("xtask:   {}  ({})", c.label(), c.what);
     }
-    vm_tools()?;
+    let tools = vm_tools()?;
     let vng = vng()?;
     let kernels = kernels
         .iter()
@@ -109,7 +120,7 @@ pub fn test_kernels(kernels: &[String], tests: &[String], kvm: bool) -> Result<(
     let agent = build(&mut cases)?;
     let mut summary = Vec::new();
     for k in &kernels {
-        summary.push((k, vm::boot_and_test(&vng, k, &agent, &cases, kvm)?));
+        summary.push((k, vm::boot_and_test(&vng, &tools, k, &agent, &cases, kvm)?));
     }
     eprintln!("xtask: VM results:");
     let mut failed = Vec::new();
@@ -158,56 +169,70 @@ fn selected(tests: &[String]) -> Result<Vec<Case>> {
         .collect()
 }
 
-fn installed(package: &str) -> bool {
-    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
-        .contains("install ok installed")
-}
-
-fn vm_tools() -> Result<()> {
-    let missing: Vec<&str> = VM_APT.iter().copied().filter(|p| !installed(p)).collect();
-    if missing.is_empty() {
-        return Ok(());
+/// `.kernels/tools/bin`: a `qemu-system-x86_64` that runs the unpacked QEMU
+/// on its own libraries and firmware, and `busybox`.
+fn vm_tools() -> Result<PathBuf> {
+    let dir = root().join(".kernels/tools");
+    let bin = dir.join("bin");
+    let stamp = dir.join("dbtel-tools");
+    let wanted = VM_DEBS.join(" ");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(bin);
     }
+    let _ = std::fs::remove_dir_all(&dir);
+    let debs = dir.join("debs");
+    let tree = dir.join("root");
+    std::fs::create_dir_all(&debs)?;
+    std::fs::create_dir_all(&bin)?;
     run(Command::new("apt-get").args(["update", "-q"]))?;
-    // --no-remove: a newer qemu-utils (backports) breaks Debian 12's
-    // qemu-system-common, and apt would quietly remove it.
+    // What apt would add for them here (the libraries this machine lacks).
+    let plan = output(
+        Command::new("apt-get")
+            .args(["install", "--simulate", "-q", "--no-install-recommends"])
+            .args(VM_DEBS),
+    );
+    let mut packages: Vec<String> = VM_DEBS.iter().map(|p| p.to_string()).collect();
+    for line in plan.lines() {
+        if let Some(p) = line.strip_prefix("Inst ").and_then(|l| l.split(' ').next()) {
+            if !packages.iter().any(|q| q == p) {
+                packages.push(p.to_string());
+            }
+        }
+    }
     run(Command::new("apt-get")
-        .args([
-            "install",
-            "-y",
-            "-q",
-            "--no-install-recommends",
-            "--no-remove",
-        ])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
-    .with_context(|| {
+        .arg("download")
+        .args(&packages)
+        .current_dir(&debs))?;
+    for deb in std::fs::read_dir(&debs)?.flatten() {
+        run(Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(deb.path())
+            .arg(&tree))?;
+    }
+    std::fs::remove_dir_all(&debs)?;
+    let t = tree.display();
+    std::fs::write(
+        bin.join("qemu-system-x86_64"),
         format!(
-            "installing {} would remove packages this machine has (see apt's message): \
-             install them by hand, choosing what to keep",
-            missing.join(" ")
-        )
-    })
+            "#!/bin/sh\n\
+             export LD_LIBRARY_PATH={t}/usr/lib/x86_64-linux-gnu:{t}/lib/x86_64-linux-gnu\n\
+             exec {t}/usr/bin/qemu-system-x86_64 -L {t}/usr/share/qemu -L {t}/usr/share/seabios \"$@\"\n"
+        ),
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        bin.join("qemu-system-x86_64"),
+        std::fs::Permissions::from_mode(0o755),
+    )?;
+    std::os::unix::fs::symlink(tree.join("bin/busybox"), bin.join("busybox"))?;
+    std::fs::write(&stamp, &wanted)?;
+    Ok(bin)
 }
 
 /// virtme-ng in a venv of its own (`.drivers/vng`), as the driver venvs are.
 fn vng() -> Result<PathBuf> {
     let venv = root().join(".drivers/vng");
-    let stamp = venv.join("dbtel-vng");
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(VIRTME_NG) {
-        run(Command::new("/usr/bin/python3")
-            .args(["-m", "venv", "--clear"])
-            .arg(&venv))?;
-        run(Command::new(venv.join("bin/python")).args([
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            VIRTME_NG,
-        ]))?;
-        std::fs::write(&stamp, VIRTME_NG)?;
-    }
+    crate::venv(&venv, "dbtel-vng", &[VIRTME_NG], &[])?;
     Ok(venv.join("bin/vng"))
 }
 

@@ -65,12 +65,13 @@ enum Task {
         agent_args: Vec<String>,
     },
     /// Set up, then run the unit tests, the end-to-end tests (as root) and the fuzz targets
-    /// on the host's kernel; with --kernel, the end-to-end core in VMs booting Debian's kernels.
+    /// on the host's kernel, then the end-to-end core in a VM booting Debian 12's 6.1 kernel.
     Test {
-        /// Kernels to test on (repeatable or comma-separated): `host` (the default: the
-        /// running kernel, every test, natively), or a Debian kernel series such as `6.1`
-        /// or `6.12` (or a package name, `linux-image-6.1.0-57-amd64`): the end-to-end
-        /// core (printed at the start) in a virtme-ng VM booting that kernel.
+        /// Kernels to test on (repeatable or comma-separated): `host` (the running kernel,
+        /// every test, natively), or a Debian kernel series such as `6.1` or `6.12` (or a
+        /// package name, `linux-image-6.1.0-57-amd64`): the end-to-end core (printed at the
+        /// start) in a virtme-ng VM booting that kernel. Default: host,6.1 (host alone when
+        /// test arguments are given).
         #[arg(long = "kernel", value_delimiter = ',')]
         kernels: Vec<String>,
         /// In the VMs, this test instead of the core (FILE::TEST, repeatable; e.g. psql::raw_text_flag_and_truncation_limit).
@@ -207,9 +208,14 @@ fn main() -> Result<()> {
             kvm,
         } => {
             setup()?;
+            let kernels = match (kernels.is_empty(), args.is_empty()) {
+                (false, _) => kernels,
+                (true, true) => vec!["host".into(), "6.1".into()],
+                (true, false) => vec!["host".into()],
+            };
             let (host, vms): (Vec<String>, Vec<String>) =
                 kernels.into_iter().partition(|k| k == "host");
-            if !host.is_empty() || vms.is_empty() {
+            if !host.is_empty() {
                 test(&args)?;
                 if fuzz_seconds > 0 {
                     fuzz::fuzz(fuzz_seconds, &[])?;
@@ -433,7 +439,7 @@ fn drivers() -> Result<()> {
 
 /// A venv of Debian's python3 (the machine's own python may be any build)
 /// holding `packages`; its stamp file records them: a change reinstalls.
-fn venv(dir: &Path, stamp: &str, packages: &[&str], pip_args: &[&str]) -> Result<()> {
+pub(crate) fn venv(dir: &Path, stamp: &str, packages: &[&str], pip_args: &[&str]) -> Result<()> {
     let wanted = packages.join(" ");
     let stamp = dir.join(stamp);
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {

@@ -9,6 +9,8 @@ use crate::host::privileges::{step_hint, Step};
 /// repetitions removed) because the hint about privileges must come last.
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
+    #[error("{0}")]
+    Kernel(String),
     #[error("cannot load the eBPF programs: {}{}", chain(.0), step_hint(Step::Load))]
     Load(EbpfError),
     #[error("cannot load eBPF program {name}: {}{}", chain(.error), step_hint(Step::Load))]

@@ -4,6 +4,7 @@
 //! processes are traced, the agent's capabilities and the `--` command's user.
 pub mod command_user;
 pub mod elf;
+pub mod kernel;
 pub mod listening;
 pub mod loader;
 pub mod pidfd;

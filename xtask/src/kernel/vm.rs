@@ -49,6 +49,7 @@ impl Outcome {
 /// Boots `k` under vng, runs the cases in it, reports them as they finish.
 pub(super) fn boot_and_test(
     vng: &Path,
+    tools: &Path,
     k: &Kernel,
     agent: &Path,
     cases: &[Case],
@@ -61,10 +62,12 @@ pub(super) fn boot_and_test(
     std::fs::write(&script_path, script(&dir, agent, cases, kvm))?;
     let console = std::fs::File::create(dir.join("console.log"))?;
     let mut cmd = Command::new(vng);
-    // vng runs virtme-run and friends from PATH: its venv's bin first.
+    // vng runs virtme-run and friends, QEMU and busybox from PATH: its venv's
+    // bin and the unpacked tools first.
     let path = format!(
-        "{}:{}",
+        "{}:{}:{}",
         vng.parent().unwrap().display(),
+        tools.display(),
         std::env::var("PATH").unwrap_or_default()
     );
     cmd.env("PATH", path)
