@@ -106,7 +106,7 @@ fn all_with_selectors_lists_what_would_be_traced() {
     assert!(
         ok.iter().any(|l| l
             .starts_with(&format!("PostgreSQL server {} (", chosen.postmaster_pid()))
-            && l.ends_with("probe sites")),
+            && l.ends_with("probe sites, USDT")),
         "{ok:?}"
     );
     assert!(
