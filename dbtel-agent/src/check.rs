@@ -43,16 +43,8 @@ pub struct CheckArgs {
     /// Skip the OTLP endpoint (e.g. with --exporter console or none).
     #[arg(long)]
     pub no_otlp: bool,
-    /// Where a PostgreSQL server's statement, transaction and lock facts come from
-    /// (as the agent's flag of the same name).
-    #[arg(
-        long,
-        value_enum,
-        value_name = "SOURCE",
-        env = "DBTEL_PG_SERVER_PROBES",
-        default_value = "auto"
-    )]
-    pub pg_server_probes: crate::postgres::server::target::ProbeSource,
+    #[command(flatten)]
+    pub pg_server_probes: crate::postgres::server::target::ProbeSourceArg,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +120,6 @@ pub fn effective_caps(status: &str) -> Option<u64> {
     .ok()
 }
 
-/// The kernel release's (major, minor).
 pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
     let started = Instant::now();
     let mut r = Report::default();

@@ -93,17 +93,8 @@ struct Cli {
     #[arg(long, value_name = "ADDR")]
     http_address: Option<std::net::SocketAddr>,
 
-    /// Where a PostgreSQL server's statement, transaction and lock facts come from:
-    /// auto (its USDT probes where it was built with --enable-dtrace, else uprobes on its
-    /// functions, found in .dynsym/.symtab), usdt (refuse a build without them), uprobes.
-    #[arg(
-        long,
-        value_enum,
-        value_name = "SOURCE",
-        env = "DBTEL_PG_SERVER_PROBES",
-        default_value = "auto"
-    )]
-    pg_server_probes: dbtel_agent::postgres::server::target::ProbeSource,
+    #[command(flatten)]
+    pg_server_probes: dbtel_agent::postgres::server::target::ProbeSourceArg,
 
     /// Mark statements slower than this (`db.slow_query`, a `slow_query_detected` event,
     /// the dbtel_slow_queries counter): 250ms, 2s; a bare number is milliseconds
@@ -291,8 +282,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let source = match &cli.sub {
-        Some(Sub::Check(args)) => args.pg_server_probes,
-        _ => cli.pg_server_probes,
+        Some(Sub::Check(args)) => args.pg_server_probes.source,
+        _ => cli.pg_server_probes.source,
     };
     dbtel_agent::postgres::server::target::choose_probe_source(source);
     match cli.sub {

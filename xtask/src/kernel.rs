@@ -182,7 +182,6 @@ fn vm_tools() -> Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&dir);
     let debs = dir.join("debs");
     let tree = dir.join("root");
-    std::fs::create_dir_all(&debs)?;
     std::fs::create_dir_all(&bin)?;
     run(Command::new("apt-get").args(["update", "-q"]))?;
     // What apt would add for them here (the libraries this machine lacks).
@@ -199,17 +198,7 @@ fn vm_tools() -> Result<PathBuf> {
             }
         }
     }
-    run(Command::new("apt-get")
-        .arg("download")
-        .args(&packages)
-        .current_dir(&debs))?;
-    for deb in std::fs::read_dir(&debs)?.flatten() {
-        run(Command::new("dpkg-deb")
-            .arg("-x")
-            .arg(deb.path())
-            .arg(&tree))?;
-    }
-    std::fs::remove_dir_all(&debs)?;
+    unpack(&packages, &debs, &tree)?;
     let t = tree.display();
     std::fs::write(
         bin.join("qemu-system-x86_64"),
@@ -271,6 +260,29 @@ fn resolve(series: &str) -> Result<String> {
     )
 }
 
+/// Downloads `packages` into `debs` (apt-get download) and unpacks each into
+/// `tree` (dpkg-deb -x): nothing is installed. The .debs are removed after
+/// (a kernel's is 70-110 MB).
+fn unpack(packages: &[String], debs: &Path, tree: &Path) -> Result<()> {
+    std::fs::create_dir_all(debs)?;
+    // apt-get download writes into its working directory; as root it warns
+    // that the _apt user cannot write there (harmless).
+    run(Command::new("apt-get")
+        .args(["download", "-q"])
+        .args(packages)
+        .current_dir(debs))?;
+    let mut found = false;
+    for deb in std::fs::read_dir(debs)?.flatten() {
+        found |= deb.path().extension().is_some_and(|e| e == "deb");
+        run(Command::new("dpkg-deb").arg("-x").arg(deb.path()).arg(tree))?;
+    }
+    if !found {
+        bail!("apt-get download left no .deb in {}", debs.display());
+    }
+    std::fs::remove_dir_all(debs)?;
+    Ok(())
+}
+
 /// The kernel's tree in `.kernels/<package>/`, downloaded and unpacked once.
 fn kernel(series: &str) -> Result<Kernel> {
     let package = resolve(series)?;
@@ -279,21 +291,14 @@ fn kernel(series: &str) -> Result<Kernel> {
     if find_vmlinuz(&tree).is_none() {
         let partial = cache.join(format!("{package}.partial"));
         let _ = std::fs::remove_dir_all(&partial);
-        std::fs::create_dir_all(&partial)?;
-        // apt-get download writes into its working directory; as root it warns
-        // that the _apt user cannot write there (harmless).
-        run(Command::new("apt-get")
-            .args(["download", "-q", &package])
-            .current_dir(&partial))?;
-        let deb = std::fs::read_dir(&partial)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.extension().is_some_and(|e| e == "deb"))
-            .context("apt-get download left no .deb")?;
         let unpacked = partial.join("tree");
-        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+        unpack(
+            std::slice::from_ref(&package),
+            &partial.join("debs"),
+            &unpacked,
+        )?;
         let _ = std::fs::remove_dir_all(&tree);
         std::fs::rename(&unpacked, &tree)?;
-        // The .deb is not needed any more (70-110 MB).
         std::fs::remove_dir_all(&partial)?;
     }
     let vmlinuz = find_vmlinuz(&tree).context("the package has no boot/vmlinuz-*")?;

@@ -85,6 +85,22 @@ pub enum ProbeSource {
     Uprobes,
 }
 
+/// `--pg-server-probes`: the agent's and `check`'s flag (flattened into both).
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct ProbeSourceArg {
+    /// Where a PostgreSQL server's statement, transaction and lock facts come from:
+    /// auto (its USDT probes where it was built with --enable-dtrace, else uprobes on its
+    /// functions, found in .dynsym/.symtab), usdt (refuse a build without them), uprobes.
+    #[arg(
+        long = "pg-server-probes",
+        value_enum,
+        value_name = "SOURCE",
+        env = "DBTEL_PG_SERVER_PROBES",
+        default_value = "auto"
+    )]
+    pub source: ProbeSource,
+}
+
 /// Chosen once, at startup, before any server is inspected (--pg-server-probes).
 static PROBE_SOURCE: std::sync::OnceLock<ProbeSource> = std::sync::OnceLock::new();
 
@@ -336,25 +352,26 @@ pub fn sites_of_image(
         source: UsdtError::Elf(e.to_string()),
     })?;
     let has_usdt = probes.iter().any(|p| p.provider == "postgresql");
-    let has_symbols = ["PostgresMain", "pgstat_report_activity"]
-        .iter()
-        .all(|s| symbol_offset(&file, s).is_some());
-    if !has_usdt && !has_symbols {
+    let has_symbols = || {
+        ["PostgresMain", "pgstat_report_activity"]
+            .iter()
+            .all(|s| symbol_address(&file, s).is_some())
+    };
+    if !has_usdt && !has_symbols() {
         if Path::new(exe).file_name() == Some("postgres".as_ref()) {
             return Err(ServerError::Unrecognised { path: exe.into() });
         }
         return Ok(None);
     }
-    let (mut sites, mut warnings) = match (probe_source(), has_usdt) {
+    let mut sites = match (probe_source(), has_usdt) {
         (ProbeSource::Usdt, false) => return Err(ServerError::NoUsdt { path: exe.into() }),
         (ProbeSource::Auto | ProbeSource::Usdt, true) => usdt_sites(&file, &probes, exe)?,
         (ProbeSource::Uprobes, _) | (ProbeSource::Auto, false) => {
-            (super::uprobe_sites::sites(&file, exe, code)?, vec![])
+            super::uprobe_sites::sites(&file, exe, code)?
         }
     };
-    let (more, w) = function_sites(&file, exe);
+    let (more, warnings) = function_sites(&file, exe);
     sites.extend(more);
-    warnings.extend(w);
     Ok(Some((sites, warnings)))
 }
 
@@ -375,10 +392,9 @@ fn usdt_sites(
     file: &object::File,
     probes: &[usdt::Probe],
     exe: &str,
-) -> Result<Sites, ServerError> {
+) -> Result<Vec<Site>, ServerError> {
     let exe = exe.to_string();
     let mut sites = Vec::new();
-
     for &(name, id, why, text_arg) in USDT_SITES {
         let found: Vec<_> = probes
             .iter()
@@ -424,7 +440,7 @@ fn usdt_sites(
             });
         }
     }
-    Ok((sites, vec![]))
+    Ok(sites)
 }
 
 /// Exported functions probed at entry whatever the build (errors, statement
@@ -465,14 +481,17 @@ fn function_sites(file: &object::File, exe: &str) -> Sites {
     (sites, warnings)
 }
 
+/// Address of a function defined in the executable (.dynsym or .symtab).
+pub(super) fn symbol_address(file: &object::File, symbol: &str) -> Option<u64> {
+    file.dynamic_symbols()
+        .chain(file.symbols())
+        .find(|s| s.name() == Ok(symbol) && !s.is_undefined() && s.address() != 0)
+        .map(|s| s.address())
+}
+
 /// File offset of a function defined in the executable (.dynsym or .symtab).
 pub(super) fn symbol_offset(file: &object::File, symbol: &str) -> Option<u64> {
-    let addr = file
-        .dynamic_symbols()
-        .chain(file.symbols())
-        .find(|s| s.name() == Ok(symbol) && !s.is_undefined() && s.address() != 0)?
-        .address();
-    vaddr_to_offset(file, addr)
+    vaddr_to_offset(file, symbol_address(file, symbol)?)
 }
 
 /// (parent PID, state) from /proc/PID/stat.

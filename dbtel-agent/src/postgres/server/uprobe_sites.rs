@@ -7,12 +7,11 @@
 //! status change, an aborted transaction, a lock actually waited for, a
 //! deadlock. Nothing here fires per row or per buffer.
 
+use super::target::{symbol_address, symbol_offset, CodeReader, FnArg, ServerError, Site};
+use crate::host::process::vaddr_to_offset;
+use crate::host::usdt::Gpr;
 use dbtel_common::{site, SiteSpec};
 use iced_x86::{Mnemonic, OpKind, Register};
-use object::{Object, ObjectSymbol};
-
-use super::target::{symbol_offset, FnArg, ServerError, Site};
-use crate::host::usdt::Gpr;
 
 /// One probe's stand-in: the first of `functions` the executable defines.
 struct StandIn {
@@ -80,11 +79,7 @@ const WAIT_OK: u64 = 0;
 
 /// The stand-ins' sites. Every probe needs one: a build without any of its
 /// functions is refused, naming what is missing.
-pub fn sites(
-    file: &object::File,
-    exe: &str,
-    code: &dyn Fn(u64, usize) -> Option<Vec<u8>>,
-) -> Result<Vec<Site>, ServerError> {
+pub fn sites(file: &object::File, exe: &str, code: CodeReader) -> Result<Vec<Site>, ServerError> {
     let mut found = Vec::new();
     for s in STAND_INS {
         let f = s
@@ -167,19 +162,12 @@ impl LocktagLayout {
 /// load off its second argument. The layout has been the same since 8.2 (it
 /// is a hash key and written to two-phase state files): anything else is a
 /// build dbtel does not know, and is refused rather than misread.
-pub fn locktag_layout(
-    file: &object::File,
-    code: &dyn Fn(u64, usize) -> Option<Vec<u8>>,
-) -> Result<LocktagLayout, String> {
-    let sym = file
-        .dynamic_symbols()
-        .chain(file.symbols())
-        .find(|s| s.name() == Ok("DescribeLockTag") && !s.is_undefined() && s.address() != 0)
+pub fn locktag_layout(file: &object::File, code: CodeReader) -> Result<LocktagLayout, String> {
+    let address = symbol_address(file, "DescribeLockTag")
         .ok_or("no DescribeLockTag symbol to learn LOCKTAG's layout from")?;
-    let offset =
-        symbol_offset(file, "DescribeLockTag").ok_or("DescribeLockTag is in no segment")?;
+    let offset = vaddr_to_offset(file, address).ok_or("DescribeLockTag is in no segment")?;
     let bytes = code(offset, 64).ok_or("DescribeLockTag's code is unreadable")?;
-    let type_offset = type_load(&bytes, sym.address())
+    let type_offset = type_load(&bytes, address)
         .ok_or("DescribeLockTag does not begin by reading locktag_type")?;
     if type_offset != 14 {
         return Err(format!(
