@@ -221,7 +221,7 @@ fn vm_tools() -> Result<PathBuf> {
 /// virtme-ng in a venv of its own (`.drivers/vng`), as the driver venvs are.
 fn vng() -> Result<PathBuf> {
     let venv = root().join(".drivers/vng");
-    crate::venv(&venv, "dbtel-vng", &[VIRTME_NG], &[])?;
+    crate::drivers::venv(&venv, "dbtel-vng", &[VIRTME_NG], &[])?;
     Ok(venv.join("bin/vng"))
 }
 
