@@ -353,8 +353,16 @@ impl Exporter {
         self.closing.retain_mut(|(_, p)| !p.finished());
     }
 
-    /// Hands every pending span to its export thread (after each ring-buffer drain).
+    /// Hands pending spans that waited long enough to their export threads
+    /// (after each ring-buffer drain).
     pub fn flush(&mut self) {
+        for p in self.pipelines.values_mut() {
+            p.hand_off_due();
+        }
+    }
+
+    /// Hands every pending span to its export thread now.
+    pub fn flush_now(&mut self) {
         for p in self.pipelines.values_mut() {
             p.hand_off();
         }

@@ -52,13 +52,12 @@ pub fn record(span: &DbSpan, slow: bool, store: &mut Store, l: &mut Limits) {
             match span.kind {
                 Kind::Client => {
                     let addr = l.server.admit(span.server_address().unwrap_or(""));
-                    let port = span
-                        .server_port()
-                        .map(|p| p.to_string())
-                        .unwrap_or_default();
+                    // Formatted on the stack: a String per span was a malloc and a free.
+                    let mut buf = itoa::Buffer::new();
+                    let port = span.server_port().map_or("", |p| buf.format(p));
                     store.observe(
                         id::CLIENT_DURATION,
-                        &[system, ns, op, coll, summary, addr, &port, status, err],
+                        &[system, ns, op, coll, summary, addr, port, status, err],
                         secs,
                     );
                     if let Some(rows) = span.rows() {

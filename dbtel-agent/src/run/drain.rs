@@ -142,11 +142,14 @@ impl Agent {
     pub(super) fn flush_spans_now(&mut self, force: bool) {
         use crate::postgres::libpq::{attributes, reconstruct::ClientSpan};
         self.server.take_replies(&self.recon);
-        let mut ready = Vec::new();
+        // Drained rather than taken: its capacity is kept for the next drain
+        // (regrown from nothing, it moved every client span at each doubling).
+        let mut spans = std::mem::take(&mut self.spans);
+        // Sized once: growing it moved every span made so far (a realloc per doubling).
+        let mut ready = Vec::with_capacity(spans.len() + self.engine_spans.len());
         self.server.flush(&mut self.facts, force, &mut ready);
         ready.append(&mut self.engine_spans);
-        let spans = std::mem::take(&mut self.spans);
-        for s in spans {
+        for s in spans.drain(..) {
             if !self.port_selected(&s) {
                 continue;
             }
@@ -158,6 +161,7 @@ impl Agent {
                 ClientSpan::Txn(t, conn) => attributes::txn_span(t, conn.as_deref()),
             });
         }
+        self.spans = spans;
         self.hand_on(ready);
         self.exporter.flush();
     }

@@ -55,13 +55,13 @@ impl Agent {
     /// its export pipeline (and resource) still exists.
     pub(super) fn release_held(&mut self, pid: u32) {
         self.release(Held::Of(pid));
-        self.exporter.flush();
+        self.exporter.flush_now();
     }
 
     /// At exit: everything the detectors hold.
     pub(super) fn detectors_flush(&mut self) {
         self.release(Held::All);
-        self.exporter.flush();
+        self.exporter.flush_now();
     }
 
     /// What each holding stage lets go of `which` goes through the stages
