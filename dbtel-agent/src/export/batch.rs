@@ -32,6 +32,24 @@ pub enum Delivery {
 pub trait Sink: Send + 'static {
     fn set_resource(&mut self, resource: &Resource);
     fn deliver(&mut self, batch: Vec<SpanData>) -> Delivery;
+    /// For a sink that takes spans encoded on the main thread (OTLP): the
+    /// bytes to leave free in front of them for the request's head.
+    fn head_room(&self) -> Option<usize> {
+        None
+    }
+    /// Encoded spans (`n` of them, after `head_room` free bytes), from
+    /// [`Sink::encode`].
+    fn deliver_encoded(&mut self, _body: Vec<u8>, _n: usize) -> Delivery {
+        Delivery::Failed("this sink takes spans, not encoded spans".into())
+    }
+}
+
+/// What a pipeline hands its thread: spans, or spans already encoded (the
+/// OTLP sink's: encoded where they were made, so their reference-counted
+/// strings are never touched from two CPUs, and nothing big crosses over).
+enum Handed {
+    Spans(Vec<SpanData>),
+    Encoded { body: Vec<u8>, n: usize },
 }
 
 /// An SDK SpanExporter as a sink (the console, tests): its future is driven
@@ -107,7 +125,11 @@ pub struct Pipeline {
     pending_bytes: usize,
     /// When the oldest pending span was pushed.
     pending_since: Option<Instant>,
-    tx: Option<Sender<(Vec<SpanData>, usize)>>,
+    /// With an encoding sink: its head room, and the spans encoded so far.
+    head_room: Option<usize>,
+    encoded: Vec<u8>,
+    encoded_n: usize,
+    tx: Option<Sender<(Handed, usize)>>,
     queued: Arc<Queued>,
     max_spans: usize,
     thread: Option<JoinHandle<()>>,
@@ -121,7 +143,8 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn start<S: Sink>(mut sink: S, resource: &Resource, stats: Arc<ExportStats>) -> Pipeline {
         sink.set_resource(resource);
-        let (tx, rx) = mpsc::channel::<(Vec<SpanData>, usize)>();
+        let head_room = sink.head_room();
+        let (tx, rx) = mpsc::channel::<(Handed, usize)>();
         let (done_tx, done) = mpsc::channel();
         let st = stats.clone();
         let queued = Arc::new(Queued::default());
@@ -137,6 +160,9 @@ impl Pipeline {
             pending: Vec::new(),
             pending_bytes: 0,
             pending_since: None,
+            head_room,
+            encoded: Vec::new(),
+            encoded_n: 0,
             tx: Some(tx),
             queued,
             max_spans: queue_spans(&|k| std::env::var(k).ok()),
@@ -150,6 +176,22 @@ impl Pipeline {
 
     pub fn push(&mut self, span: SpanData) {
         self.stats.ended.fetch_add(1, Ordering::Relaxed);
+        if let Some(room) = self.head_room {
+            if self.encoded_n == 0 {
+                self.pending_since = Some(Instant::now());
+                self.encoded.clear();
+                self.encoded.resize(room, 0);
+                self.encoded.reserve(HANDOFF * 640);
+            }
+            crate::export::otlp::span_field(&mut self.encoded, &span);
+            self.encoded_n += 1;
+            // Its strings are freed here, on the thread that made them.
+            drop(span);
+            if self.encoded_n >= HANDOFF {
+                self.hand_off();
+            }
+            return;
+        }
         self.pending_bytes += weight(&span);
         if self.pending.is_empty() {
             self.pending_since = Some(Instant::now());
@@ -159,6 +201,10 @@ impl Pipeline {
         if self.pending.len() >= HANDOFF {
             self.hand_off();
         }
+    }
+
+    fn pending_n(&self) -> usize {
+        self.pending.len() + self.encoded_n
     }
 
     /// Hands what is pending over if the oldest has waited HANDOFF_AFTER (end
@@ -174,17 +220,24 @@ impl Pipeline {
 
     /// Hands what is pending to the exporter thread now.
     pub fn hand_off(&mut self) {
-        if self.pending.is_empty() {
+        let n = self.pending_n();
+        if n == 0 {
             return;
         }
         self.pending_since = None;
-        let batch = std::mem::take(&mut self.pending);
-        let bytes = std::mem::take(&mut self.pending_bytes);
+        let (batch, bytes) = if self.encoded_n > 0 {
+            self.encoded_n = 0;
+            let body = std::mem::take(&mut self.encoded);
+            let bytes = body.len();
+            (Handed::Encoded { body, n }, bytes)
+        } else {
+            let spans = std::mem::take(&mut self.pending);
+            (Handed::Spans(spans), std::mem::take(&mut self.pending_bytes))
+        };
         let Some(tx) = &self.tx else { return };
         let spans = self.queued.spans.load(Ordering::Relaxed);
-        let fits = spans + batch.len() <= self.max_spans
+        let fits = spans + n <= self.max_spans
             && self.queued.bytes.load(Ordering::Relaxed) + bytes <= QUEUE_BYTES;
-        let n = batch.len();
         if fits {
             self.queued.spans.fetch_add(n, Ordering::Relaxed);
             self.queued.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -258,11 +311,14 @@ impl Pipeline {
 
 fn export_loop<S: Sink>(
     sink: &mut S,
-    rx: Receiver<(Vec<SpanData>, usize)>,
+    rx: Receiver<(Handed, usize)>,
     queued: &Queued,
     stats: &ExportStats,
 ) {
-    let mut batch: Vec<SpanData> = Vec::with_capacity(EXPORT_BATCH);
+    let mut batch: Vec<SpanData> = Vec::new();
+    // Encoded spans waiting: the body (head room first) and how many.
+    let room = sink.head_room().unwrap_or(0);
+    let (mut body, mut body_n) = (Vec::new(), 0usize);
     let mut oldest: Option<Instant> = None;
     let mut failures = Failures::default();
     loop {
@@ -272,13 +328,43 @@ fn export_loop<S: Sink>(
             Err(RecvTimeoutError::Timeout) => (false, None),
             Err(RecvTimeoutError::Disconnected) => (true, None),
         };
-        if let Some((spans, bytes)) = got {
-            queued.spans.fetch_sub(spans.len(), Ordering::Relaxed);
-            queued.bytes.fetch_sub(bytes, Ordering::Relaxed);
-            oldest.get_or_insert_with(Instant::now);
-            batch.extend(spans);
+        match got {
+            Some((Handed::Spans(spans), bytes)) => {
+                queued.spans.fetch_sub(spans.len(), Ordering::Relaxed);
+                queued.bytes.fetch_sub(bytes, Ordering::Relaxed);
+                oldest.get_or_insert_with(Instant::now);
+                if batch.is_empty() {
+                    // Taken as it is: moving 2048 spans one by one was a tenth of this thread.
+                    batch = spans;
+                } else {
+                    batch.extend(spans);
+                }
+            }
+            Some((Handed::Encoded { body: b, n }, bytes)) => {
+                queued.spans.fetch_sub(n, Ordering::Relaxed);
+                queued.bytes.fetch_sub(bytes, Ordering::Relaxed);
+                oldest.get_or_insert_with(Instant::now);
+                if body_n + n > EXPORT_BATCH {
+                    let out = std::mem::take(&mut body);
+                    counted(sink.deliver_encoded(out, body_n), body_n, stats, &mut failures);
+                    body_n = 0;
+                }
+                if body_n == 0 {
+                    body = b;
+                } else {
+                    body.extend_from_slice(&b[room..]);
+                }
+                body_n += n;
+            }
+            None => {}
         }
-        let mut due = oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
+        let due = oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
+        if body_n >= EXPORT_BATCH || ((due || closed) && body_n > 0) {
+            let out = std::mem::take(&mut body);
+            counted(sink.deliver_encoded(out, body_n), body_n, stats, &mut failures);
+            body_n = 0;
+        }
+        let mut due = due;
         while batch.len() >= EXPORT_BATCH || ((due || closed) && !batch.is_empty()) {
             let rest = if batch.len() > EXPORT_BATCH {
                 batch.split_off(EXPORT_BATCH)
@@ -287,14 +373,15 @@ fn export_loop<S: Sink>(
             };
             let full = batch.len() == EXPORT_BATCH;
             let out = std::mem::replace(&mut batch, rest);
-            export_one(sink, out, stats, &mut failures);
+            let n = out.len();
+            counted(sink.deliver(out), n, stats, &mut failures);
             if full && !batch.is_empty() && !closed {
                 // The rest of a full batch waits for more (no tiny request of its own).
                 oldest = Some(Instant::now());
                 due = false;
             }
         }
-        if batch.is_empty() {
+        if batch.is_empty() && body_n == 0 {
             oldest = None;
         }
         if closed {
@@ -334,14 +421,10 @@ impl Failures {
     }
 }
 
-fn export_one<S: Sink>(
-    sink: &mut S,
-    spans: Vec<SpanData>,
-    stats: &ExportStats,
-    failures: &mut Failures,
-) {
-    let n = spans.len() as u64;
-    match sink.deliver(spans) {
+/// Counts what became of `n` spans handed to the sink.
+fn counted(d: Delivery, n: usize, stats: &ExportStats, failures: &mut Failures) {
+    let n = n as u64;
+    match d {
         Delivery::Exported => {
             stats.exported.fetch_add(n, Ordering::Relaxed);
         }

@@ -180,11 +180,9 @@ impl OtlpExporter {
     }
 }
 
-impl Sink for OtlpExporter {
-    fn deliver(&mut self, batch: Vec<SpanData>) -> Delivery {
-        let body = encode_request(&self.resource, &self.scope, &batch);
-        let n = batch.len() as u64;
-        drop(batch);
+impl OtlpExporter {
+    /// Sends one request (retried), or spools it.
+    fn send(&mut self, body: bytes::Bytes, n: u64) -> Delivery {
         let Some(spool) = &self.spool else {
             return match retry::send(&*self.transport, &body) {
                 Ok(()) => Delivery::Exported,
@@ -213,6 +211,25 @@ impl Sink for OtlpExporter {
             Err(e) => Delivery::Failed(e),
         }
     }
+}
+
+impl Sink for OtlpExporter {
+    fn deliver(&mut self, batch: Vec<SpanData>) -> Delivery {
+        let body = encode_request(&self.resource, &self.scope, &batch);
+        let n = batch.len() as u64;
+        drop(batch);
+        self.send(body, n)
+    }
+
+    fn head_room(&self) -> Option<usize> {
+        Some(head_room(&self.resource, &self.scope))
+    }
+
+    fn deliver_encoded(&mut self, body: Vec<u8>, n: usize) -> Delivery {
+        let room = head_room(&self.resource, &self.scope);
+        let body = finish_request(&self.resource, &self.scope, body, room);
+        self.send(body, n as u64)
+    }
 
     fn set_resource(&mut self, resource: &Resource) {
         self.resource.clear();
@@ -227,16 +244,37 @@ impl Sink for OtlpExporter {
 /// then known), after room left for the enclosing headers, which are then
 /// written right before them: no part of the body is moved.
 pub fn encode_request(resource: &[u8], scope: &[u8], spans: &[SpanData]) -> bytes::Bytes {
-    // Two tags, two 10-byte lengths, the resource and the scope.
-    let room = 2 + 20 + field_len(resource.len()) + field_len(scope.len());
+    let room = head_room(resource, scope);
     let mut buf = vec![0u8; room];
     buf.reserve(spans.len() * 600);
-    let mut scratch = Vec::with_capacity(1024);
     for s in spans {
-        scratch.clear();
-        span(&mut scratch, s);
-        bytes_field(&mut buf, 2, &scratch);
+        span_field(&mut buf, s);
     }
+    finish_request(resource, scope, buf, room)
+}
+
+/// Bytes a request's head may take: two tags, two 10-byte lengths, the
+/// resource and the scope.
+fn head_room(resource: &[u8], scope: &[u8]) -> usize {
+    2 + 20 + field_len(resource.len()) + field_len(scope.len())
+}
+
+/// One span as a ScopeSpans.spans field, encoded in a scratch buffer first
+/// (its length is then known) and appended.
+pub fn span_field(b: &mut Vec<u8>, s: &SpanData) {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        scratch.clear();
+        span(scratch, s);
+        bytes_field(b, 2, scratch);
+    });
+}
+
+/// The request around spans encoded after `room` free bytes: its head is
+/// written right before them, so no part of the body is moved.
+fn finish_request(resource: &[u8], scope: &[u8], mut buf: Vec<u8>, room: usize) -> bytes::Bytes {
     let scope_spans = field_len(scope.len()) + buf.len() - room;
     let resource_spans =
         field_len(resource.len()) + 1 + varint_len(scope_spans as u64) + scope_spans;
