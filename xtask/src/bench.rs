@@ -8,7 +8,8 @@
 //! below). Medians and ratios, the
 //! agent's CPU and RSS from its own exit report, spans received by a real
 //! OTLP receiver against statements executed, every drop counter, and the
-//! probe hits per query from a separate counted run. Results go to
+//! probe hits per query from a separate counted run; and in each round the
+//! peers a user would reach for instead (bench_peers.rs). Results go to
 //! target/bench/results.{md,json}.
 
 use std::{
@@ -20,6 +21,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use dbtel_tests::{Cluster, Receiver};
 
+#[path = "bench_peers.rs"]
+mod peers;
 #[path = "bench_sysbench.rs"]
 mod sysbench;
 
@@ -37,6 +40,8 @@ pub struct Options {
     pub scale: u32,
     /// Extra agent arguments for the timed runs (experiments).
     pub agent_args: Vec<String>,
+    /// Run the peers (bpftrace, dbslower) in each round.
+    pub peers: bool,
 }
 
 struct Script {
@@ -368,6 +373,7 @@ struct Row {
     drops: Drops,
     traps_per_query: f64,
     ebpf_ns_per_query: f64,
+    peer: Option<peers::Figures>,
 }
 
 /// Probe hits per query from a short run with --probe-stats (which adds a
@@ -411,6 +417,13 @@ pub fn bench(o: &Options) -> Result<()> {
     let pg = Cluster::start_with(&["shared_buffers=256MB"]);
     pg.pgbench_init(o.scale);
     let rx = Receiver::start_light();
+    let wanted = |list: &[String], x: &str| list.is_empty() || list.iter().any(|w| w == x);
+    let peers = if o.peers {
+        let server = wanted(&o.targets, "server");
+        Some(peers::Peers::new(&pg, &out_dir.join("peers"), server)?)
+    } else {
+        None
+    };
 
     // The pipeline without the kernel.
     let pipeline = Command::new(crate::cargo().get_program())
@@ -425,7 +438,6 @@ pub fn bench(o: &Options) -> Result<()> {
         .collect::<Vec<_>>();
 
     let mut rows = Vec::new();
-    let wanted = |list: &[String], x: &str| list.is_empty() || list.iter().any(|w| w == x);
     for script in SCRIPTS.iter().filter(|s| wanted(&o.scripts, s.name)) {
         for mode in MODES.iter().filter(|m| wanted(&o.modes, m)) {
             eprintln!("bench: {} -M {mode}: A/A", script.name);
@@ -437,6 +449,7 @@ pub fn bench(o: &Options) -> Result<()> {
                     script.name, o.pairs, o.seconds
                 );
                 let (mut off, mut on, mut probes_only) = (Vec::new(), Vec::new(), Vec::new());
+                let mut peer = peers.as_ref().and_then(|p| p.line(target, mode));
                 let duration = ["-T".to_string(), o.seconds.to_string()];
                 let extra: Vec<&str> = o.agent_args.iter().map(String::as_str).collect();
                 for _ in 0..o.pairs {
@@ -459,6 +472,9 @@ pub fn bench(o: &Options) -> Result<()> {
                         )?
                         .0,
                     );
+                    if let (Some(line), Some(p)) = (&mut peer, &peers) {
+                        line.round(p, &pg, script, mode, o)?;
+                    }
                 }
                 let (traps_per_query, ebpf_ns) = traps(&agent, &pg, &rx, script, mode, o, target)?;
                 let stmts = script.statements.len();
@@ -495,9 +511,10 @@ pub fn bench(o: &Options) -> Result<()> {
                     drops,
                     traps_per_query,
                     ebpf_ns_per_query: ebpf_ns,
+                    peer: peer.map(|l| l.figures()),
                 });
                 let r = rows.last().unwrap();
-                eprintln!("bench:   TPS ratio {:.3} (probes only {:.3}, A/A {:.3}), {} spans / {} expected", r.ratio, r.probes_only_ratio, r.aa_ratio, r.spans, r.statements);
+                eprintln!("bench:   TPS ratio {:.3} (probes only {:.3}, A/A {:.3}), {} spans / {} expected{}", r.ratio, r.probes_only_ratio, r.aa_ratio, r.spans, r.statements, peers::said(r));
                 // Written after every line, so an interrupted run still leaves its figures.
                 let (md, json) = render(&rows, &pipeline, o);
                 std::fs::write(out_dir.join("results.md"), &md)?;
@@ -590,10 +607,10 @@ fn machine() -> String {
 fn render(rows: &[Row], pipeline: &[String], o: &Options) -> (String, String) {
     let mut md = String::new();
     let _ = writeln!(md, "Machine: {}. pgbench -c {} -j {}, scale {}, {} s runs, {} A/B pairs per line (medians); agent on the client (libpq probes), the server (USDT probes; server-uprobes: the same facts from uprobes on its functions, as a build without USDT is traced) or both, exporting OTLP/HTTP to a local receiver; spans expected = statements x traced sides. sysbench lines: MariaDB 10.11 (Debian), sysbench --threads {} against 4 tables, the client traced through libmariadb (simple: --db-ps-mode=disable; prepared: server-side prepared statements).\n", machine(), o.clients, o.clients, o.scale, o.seconds, o.pairs, o.clients);
-    let _ = writeln!(md, "| script | mode | traced | A/A | TPS off | TPS on | ratio | ratio, probes only | +µs/query | agent cores per 10k q/s | agent RSS MiB | spans expected | spans | drops | traps/query | eBPF ns/query |");
+    let _ = writeln!(md, "| script | mode | traced | A/A | TPS off | TPS on | ratio | ratio, probes only | +µs/query | agent cores per 10k q/s | agent RSS MiB | spans expected | spans | drops | traps/query | eBPF ns/query | peer TPS | peer / off | dbtel / peer |");
     let _ = writeln!(
         md,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let mut json = String::from("{\"machine\":");
     let _ = write!(
@@ -608,9 +625,9 @@ fn render(rows: &[Row], pipeline: &[String], o: &Options) -> (String, String) {
     for (i, r) in rows.iter().enumerate() {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.3} | {:.0} | {:.0} | {:.3} | {:.3} | {:.1} | {:.3} | {:.1} | {} | {} | {} | {:.2} | {:.0} |",
+            "| {} | {} | {} | {:.3} | {:.0} | {:.0} | {:.3} | {:.3} | {:.1} | {:.3} | {:.1} | {} | {} | {} | {:.2} | {:.0} |{}",
             r.script, r.mode, r.target, r.aa_ratio, r.tps_off, r.tps_on, r.ratio, r.probes_only_ratio, r.added_us_per_query, r.cpu_per_10k_qps, r.rss_mib,
-            r.statements, r.spans, r.drops.total(), r.traps_per_query, r.ebpf_ns_per_query
+            r.statements, r.spans, r.drops.total(), r.traps_per_query, r.ebpf_ns_per_query, peers::cells(r)
         );
         let d = &r.drops;
         let _ = write!(
@@ -618,13 +635,14 @@ fn render(rows: &[Row], pipeline: &[String], o: &Options) -> (String, String) {
             "{}{{\"script\":\"{}\",\"mode\":\"{}\",\"traced\":\"{}\",\"statements_per_txn\":{},\"aa_ratio\":{:.4},\"tps_off\":{:.1},\"tps_on\":{:.1},\"ratio\":{:.4},\"probes_only_ratio\":{:.4},\
              \"added_us_per_query\":{:.2},\"agent_cores_per_10k_qps\":{:.4},\"agent_rss_mib\":{:.1},\"statements\":{},\"spans\":{},\
              \"drops\":{{\"export_failed\":{},\"export_queue\":{},\"ring_buffer\":{},\"undecodable\":{},\"unmatched\":{},\"incomplete\":{}}},\
-             \"traps_per_query\":{:.3},\"ebpf_ns_per_query\":{:.0}}}",
+             \"traps_per_query\":{:.3},\"ebpf_ns_per_query\":{:.0}{}}}",
             if i > 0 { "," } else { "" },
             r.script, r.mode, r.target, r.stmts, r.aa_ratio, r.tps_off, r.tps_on, r.ratio, r.probes_only_ratio, r.added_us_per_query, r.cpu_per_10k_qps, r.rss_mib,
             r.statements, r.spans, d.export_failed, d.export_queue, d.ring_buffer, d.undecodable, d.unmatched, d.incomplete,
-            r.traps_per_query, r.ebpf_ns_per_query
+            r.traps_per_query, r.ebpf_ns_per_query, peers::json(r)
         );
     }
+    md.push_str(&peers::notes(rows));
     let _ = writeln!(
         md,
         "\nPipeline without the kernel (one thread, recorded pgbench-like events):\n"

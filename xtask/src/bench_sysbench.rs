@@ -255,6 +255,7 @@ pub(super) fn lines(
                     drops,
                     traps_per_query,
                     ebpf_ns_per_query: ebpf_ns,
+                    peer: None,
                 });
                 let r = rows.last().unwrap();
                 eprintln!("bench:   TPS ratio {:.3} (probes only {:.3}, A/A {:.3}), {} spans / {} expected", r.ratio, r.probes_only_ratio, r.aa_ratio, r.spans, r.statements);

@@ -263,7 +263,7 @@ fn resolve(series: &str) -> Result<String> {
 /// Downloads `packages` into `debs` (apt-get download) and unpacks each into
 /// `tree` (dpkg-deb -x): nothing is installed. The .debs are removed after
 /// (a kernel's is 70-110 MB).
-fn unpack(packages: &[String], debs: &Path, tree: &Path) -> Result<()> {
+pub(crate) fn unpack(packages: &[String], debs: &Path, tree: &Path) -> Result<()> {
     std::fs::create_dir_all(debs)?;
     // apt-get download writes into its working directory; as root it warns
     // that the _apt user cannot write there (harmless).

@@ -3,7 +3,8 @@
 //! setup installs, idempotently, everything a fresh machine lacks: Debian's
 //! LLVM 22 (for bpf-linker), PostgreSQL 15 and libpq headers, MariaDB 10.11
 //! server, client and headers (its service not started), sysbench, Prometheus
-//! (for promtool; not started either), the nightly rust-src component,
+//! (for promtool; not started either), bpftrace and BCC's tools (the bench's
+//! peers), the nightly rust-src component,
 //! bpf-linker 0.13.0, psycopg2 and the driver matrix.
 
 use std::{
@@ -64,6 +65,10 @@ enum Task {
         /// Extra argument for the agent in the timed runs (repeatable; e.g. --agent-arg=--exporter --agent-arg=none).
         #[arg(long = "agent-arg", allow_hyphen_values = true)]
         agent_args: Vec<String>,
+        /// Leave out the peers (bpftrace scripts equivalent to dbtel's probes, BCC's dbslower),
+        /// run by default in each round beside off / on / probes-only.
+        #[arg(long)]
+        no_peers: bool,
     },
     /// Set up, then run the unit tests, the end-to-end tests (as root) and the fuzz targets
     /// on the host's kernel, then the end-to-end core in a VM booting Debian 12's 6.1 kernel.
@@ -136,6 +141,9 @@ const APT_PACKAGES: &[&str] = &[
     // promtool checks and unit-tests deploy/prometheus/ (the node exporter
     // it recommends is not needed, and recommends are not installed).
     "prometheus",
+    // The bench's peers: bpftrace scripts and BCC's dbslower.
+    "bpftrace",
+    "bpfcc-tools",
 ];
 /// Packages installed with their service (named second) kept from starting and
 /// disabled afterwards: the tests start throwaway servers of their own.
@@ -161,6 +169,7 @@ fn main() -> Result<()> {
             modes,
             targets,
             agent_args,
+            no_peers,
         } => {
             setup()?;
             bench::bench(&bench::Options {
@@ -173,6 +182,7 @@ fn main() -> Result<()> {
                 clients,
                 scale,
                 agent_args,
+                peers: !no_peers,
             })
         }
         Task::Test {
