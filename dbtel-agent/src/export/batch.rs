@@ -176,22 +176,10 @@ impl Pipeline {
 
     pub fn push(&mut self, span: SpanData) {
         self.stats.ended.fetch_add(1, Ordering::Relaxed);
-        if let Some(room) = self.head_room {
-            if self.encoded_n == 0 {
-                self.pending_since = Some(Instant::now());
-                self.encoded.clear();
-                self.encoded.resize(room, 0);
-                self.encoded.reserve(HANDOFF * 640);
-            }
-            crate::export::otlp::span_field(&mut self.encoded, &span);
-            self.encoded_n += 1;
-            // Its strings are freed here, on the thread that made them.
-            drop(span);
-            if self.encoded_n >= HANDOFF {
-                self.hand_off();
-            }
-            return;
-        }
+        debug_assert!(
+            self.head_room.is_none(),
+            "an encoding sink takes push_encoded"
+        );
         self.pending_bytes += weight(&span);
         if self.pending.is_empty() {
             self.pending_since = Some(Instant::now());
@@ -199,6 +187,29 @@ impl Pipeline {
         }
         self.pending.push(span);
         if self.pending.len() >= HANDOFF {
+            self.hand_off();
+        }
+    }
+
+    /// Whether spans go in encoded (push_encoded), not as SpanData (push).
+    pub fn encodes(&self) -> bool {
+        self.head_room.is_some()
+    }
+
+    /// One span, encoded by `write` where it was made: its strings are
+    /// freed on this thread, and only bytes cross to the export thread.
+    pub fn push_encoded(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let Some(room) = self.head_room else { return };
+        self.stats.ended.fetch_add(1, Ordering::Relaxed);
+        if self.encoded_n == 0 {
+            self.pending_since = Some(Instant::now());
+            self.encoded.clear();
+            self.encoded.resize(room, 0);
+            self.encoded.reserve(HANDOFF * 640);
+        }
+        write(&mut self.encoded);
+        self.encoded_n += 1;
+        if self.encoded_n >= HANDOFF {
             self.hand_off();
         }
     }
@@ -232,7 +243,10 @@ impl Pipeline {
             (Handed::Encoded { body, n }, bytes)
         } else {
             let spans = std::mem::take(&mut self.pending);
-            (Handed::Spans(spans), std::mem::take(&mut self.pending_bytes))
+            (
+                Handed::Spans(spans),
+                std::mem::take(&mut self.pending_bytes),
+            )
         };
         let Some(tx) = &self.tx else { return };
         let spans = self.queued.spans.load(Ordering::Relaxed);
@@ -346,7 +360,12 @@ fn export_loop<S: Sink>(
                 oldest.get_or_insert_with(Instant::now);
                 if body_n + n > EXPORT_BATCH {
                     let out = std::mem::take(&mut body);
-                    counted(sink.deliver_encoded(out, body_n), body_n, stats, &mut failures);
+                    counted(
+                        sink.deliver_encoded(out, body_n),
+                        body_n,
+                        stats,
+                        &mut failures,
+                    );
                     body_n = 0;
                 }
                 if body_n == 0 {
@@ -361,7 +380,12 @@ fn export_loop<S: Sink>(
         let due = oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
         if body_n >= EXPORT_BATCH || ((due || closed) && body_n > 0) {
             let out = std::mem::take(&mut body);
-            counted(sink.deliver_encoded(out, body_n), body_n, stats, &mut failures);
+            counted(
+                sink.deliver_encoded(out, body_n),
+                body_n,
+                stats,
+                &mut failures,
+            );
             body_n = 0;
         }
         let mut due = due;

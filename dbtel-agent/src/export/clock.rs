@@ -43,8 +43,12 @@ impl Clock {
     }
 
     pub fn wall(&self, mono_ns: u64) -> SystemTime {
-        let ns = mono_ns as i128 + self.offset_ns;
-        SystemTime::UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64)
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(self.wall_ns(mono_ns))
+    }
+
+    /// Wall-clock nanoseconds since the epoch (what OTLP carries).
+    pub fn wall_ns(&self, mono_ns: u64) -> u64 {
+        (mono_ns as i128 + self.offset_ns).max(0) as u64
     }
 }
 

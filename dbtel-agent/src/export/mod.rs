@@ -298,46 +298,19 @@ impl Exporter {
         })
     }
 
-    /// Exports one span with its process's resource, if sampled.
+    /// Exports one span with its process's resource.
     pub fn emit(&mut self, s: DbSpan) -> anyhow::Result<()> {
-        let kind = match s.kind {
-            Kind::Client => SpanKind::Client,
-            Kind::Server => SpanKind::Server,
-            Kind::Internal => SpanKind::Internal,
-        };
-        let trace_id = TraceId::from(s.ids.trace_id);
-        let mut span_events = SpanEvents::default();
-        span_events.events = s
-            .events
-            .into_iter()
-            .map(|e| OtelEvent::new(e.name, self.clock.wall(e.ts_ns), e.attributes, 0))
-            .collect();
-        let span = SpanData {
-            span_context: SpanContext::new(
-                trace_id,
-                SpanId::from(s.ids.span_id),
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::default(),
-            ),
-            parent_span_id: SpanId::from(s.ids.parent_span_id),
-            parent_span_is_remote: s.ids.remote,
-            span_kind: kind,
-            name: s.name.into(),
-            start_time: self.clock.wall(s.start_ns),
-            end_time: self.clock.wall(s.end_ns),
-            attributes: s.attributes,
-            dropped_attributes_count: 0,
-            events: span_events,
-            links: span_links(s.links),
-            status: s.error.map_or(Status::Unset, Status::error),
-            instrumentation_scope: self.scope.clone(),
-        };
         if !self.pipelines.contains_key(&s.pid) {
             let p = self.start_pipeline(s.pid)?;
             self.pipelines.insert(s.pid, p);
         }
-        self.pipelines.get_mut(&s.pid).expect("inserted").push(span);
+        let p = self.pipelines.get_mut(&s.pid).expect("inserted");
+        if p.encodes() {
+            let clock = &self.clock;
+            p.push_encoded(|b| otlp::span_field(b, &s, clock));
+        } else {
+            p.push(span_data(s, &self.clock, &self.scope));
+        }
         Ok(())
     }
 
@@ -390,6 +363,42 @@ impl Exporter {
         if let Some(t) = self.tree.as_mut() {
             t.finish();
         }
+    }
+}
+
+/// A DbSpan as the SDK's SpanData (for the console and SDK exporters).
+pub fn span_data(s: DbSpan, clock: &Clock, scope: &InstrumentationScope) -> SpanData {
+    let kind = match s.kind {
+        Kind::Client => SpanKind::Client,
+        Kind::Server => SpanKind::Server,
+        Kind::Internal => SpanKind::Internal,
+    };
+    let mut span_events = SpanEvents::default();
+    span_events.events = s
+        .events
+        .into_iter()
+        .map(|e| OtelEvent::new(e.name, clock.wall(e.ts_ns), e.attributes, 0))
+        .collect();
+    SpanData {
+        span_context: SpanContext::new(
+            TraceId::from(s.ids.trace_id),
+            SpanId::from(s.ids.span_id),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        ),
+        parent_span_id: SpanId::from(s.ids.parent_span_id),
+        parent_span_is_remote: s.ids.remote,
+        span_kind: kind,
+        name: s.name.into(),
+        start_time: clock.wall(s.start_ns),
+        end_time: clock.wall(s.end_ns),
+        attributes: s.attributes,
+        dropped_attributes_count: 0,
+        events: span_events,
+        links: span_links(s.links),
+        status: s.error.map_or(Status::Unset, Status::error),
+        instrumentation_scope: scope.clone(),
     }
 }
 

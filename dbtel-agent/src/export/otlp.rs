@@ -1,4 +1,4 @@
-//! OTLP/HTTP with protobuf bodies, encoded straight from SpanData.
+//! OTLP/HTTP with protobuf bodies, encoded straight from the pipeline's DbSpans.
 //!
 //! The SDK's exporter first converts every span into the generated protobuf
 //! structs (cloning each attribute key and value into a new String) and then
@@ -8,20 +8,19 @@
 //! (opentelemetry-proto 0.31's transform, checked by a unit test); the
 //! OTEL_EXPORTER_OTLP_* endpoint, headers and timeout variables are honoured.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{sync::Arc, time::Duration};
 
-use opentelemetry::{trace::Status, Array, InstrumentationScope, KeyValue, Value};
+use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::{trace::SpanData, Resource};
 
 use crate::export::{
     batch::{Delivery, Sink},
+    clock::Clock,
     retry,
     spool::Spool,
     transport::Transport,
 };
+use crate::pipeline::dbspan::{DbSpan, Kind};
 
 /// The traces URL: an explicit base URL (as OTEL_EXPORTER_OTLP_ENDPOINT) gets
 /// /v1/traces; OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is used as it is.
@@ -214,11 +213,9 @@ impl OtlpExporter {
 }
 
 impl Sink for OtlpExporter {
+    /// Never called: its pipeline hands it encoded spans only.
     fn deliver(&mut self, batch: Vec<SpanData>) -> Delivery {
-        let body = encode_request(&self.resource, &self.scope, &batch);
-        let n = batch.len() as u64;
-        drop(batch);
-        self.send(body, n)
+        Delivery::Failed(format!("{} spans handed unencoded to OTLP", batch.len()))
     }
 
     fn head_room(&self) -> Option<usize> {
@@ -243,16 +240,6 @@ impl Sink for OtlpExporter {
 /// The spans are written first, each from a scratch buffer (its length is
 /// then known), after room left for the enclosing headers, which are then
 /// written right before them: no part of the body is moved.
-pub fn encode_request(resource: &[u8], scope: &[u8], spans: &[SpanData]) -> bytes::Bytes {
-    let room = head_room(resource, scope);
-    let mut buf = vec![0u8; room];
-    buf.reserve(spans.len() * 600);
-    for s in spans {
-        span_field(&mut buf, s);
-    }
-    finish_request(resource, scope, buf, room)
-}
-
 /// Bytes a request's head may take: two tags, two 10-byte lengths, the
 /// resource and the scope.
 fn head_room(resource: &[u8], scope: &[u8]) -> usize {
@@ -261,20 +248,25 @@ fn head_room(resource: &[u8], scope: &[u8]) -> usize {
 
 /// One span as a ScopeSpans.spans field, encoded in a scratch buffer first
 /// (its length is then known) and appended.
-pub fn span_field(b: &mut Vec<u8>, s: &SpanData) {
+pub fn span_field(b: &mut Vec<u8>, s: &DbSpan, clock: &Clock) {
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
     }
     SCRATCH.with_borrow_mut(|scratch| {
         scratch.clear();
-        span(scratch, s);
+        span(scratch, s, clock);
         bytes_field(b, 2, scratch);
     });
 }
 
 /// The request around spans encoded after `room` free bytes: its head is
 /// written right before them, so no part of the body is moved.
-fn finish_request(resource: &[u8], scope: &[u8], mut buf: Vec<u8>, room: usize) -> bytes::Bytes {
+pub fn finish_request(
+    resource: &[u8],
+    scope: &[u8],
+    mut buf: Vec<u8>,
+    room: usize,
+) -> bytes::Bytes {
     let scope_spans = field_len(scope.len()) + buf.len() - room;
     let resource_spans =
         field_len(resource.len()) + 1 + varint_len(scope_spans as u64) + scope_spans;
@@ -299,83 +291,60 @@ fn field_len(len: usize) -> usize {
     }
 }
 
-fn span(b: &mut Vec<u8>, s: &SpanData) {
-    let ctx = &s.span_context;
-    bytes_field(b, 1, &ctx.trace_id().to_bytes());
-    bytes_field(b, 2, &ctx.span_id().to_bytes());
-    str_field(b, 3, &ctx.trace_state().header());
-    if s.parent_span_id != opentelemetry::trace::SpanId::INVALID {
-        bytes_field(b, 4, &s.parent_span_id.to_bytes());
+/// A Span message, with the fields and defaults the SDK's transform writes
+/// (a link's and the span's flags: sampled, is-remote known).
+fn span(b: &mut Vec<u8>, s: &DbSpan, clock: &Clock) {
+    bytes_field(b, 1, &s.ids.trace_id.to_be_bytes());
+    bytes_field(b, 2, &s.ids.span_id.to_be_bytes());
+    if s.ids.parent_span_id != 0 {
+        bytes_field(b, 4, &s.ids.parent_span_id.to_be_bytes());
     }
     str_field(b, 5, &s.name);
-    let kind = match s.span_kind {
-        opentelemetry::trace::SpanKind::Internal => 1,
-        opentelemetry::trace::SpanKind::Server => 2,
-        opentelemetry::trace::SpanKind::Client => 3,
-        opentelemetry::trace::SpanKind::Producer => 4,
-        opentelemetry::trace::SpanKind::Consumer => 5,
+    let kind = match s.kind {
+        Kind::Internal => 1,
+        Kind::Server => 2,
+        Kind::Client => 3,
     };
     varint_field(b, 6, kind);
-    fixed64_field(b, 7, nanos(s.start_time));
-    fixed64_field(b, 8, nanos(s.end_time));
+    fixed64_field(b, 7, clock.wall_ns(s.start_ns));
+    fixed64_field(b, 8, clock.wall_ns(s.end_ns));
     for kv in &s.attributes {
         attribute_field(b, 9, kv);
     }
-    varint_field(b, 10, s.dropped_attributes_count.into());
-    for e in s.events.iter() {
+    for e in &s.events {
         message(b, 11, |m| {
-            fixed64_field(m, 1, nanos(e.timestamp));
-            str_field(m, 2, &e.name);
+            fixed64_field(m, 1, clock.wall_ns(e.ts_ns));
+            str_field(m, 2, e.name);
             for kv in &e.attributes {
                 attribute_field(m, 3, kv);
             }
-            varint_field(m, 4, e.dropped_attributes_count.into());
         });
     }
-    varint_field(b, 12, s.events.dropped_count.into());
-    for l in s.links.iter() {
+    for l in &s.links {
         message(b, 13, |m| {
-            bytes_field(m, 1, &l.span_context.trace_id().to_bytes());
-            bytes_field(m, 2, &l.span_context.span_id().to_bytes());
-            str_field(m, 3, &l.span_context.trace_state().header());
+            bytes_field(m, 1, &l.trace_id.to_be_bytes());
+            bytes_field(m, 2, &l.span_id.to_be_bytes());
             for kv in &l.attributes {
                 attribute_field(m, 4, kv);
             }
-            varint_field(m, 5, l.dropped_attributes_count.into());
-            fixed32_field(
-                m,
-                6,
-                flags(
-                    l.span_context.is_remote(),
-                    l.span_context.trace_flags().to_u8(),
-                ),
-            );
+            fixed32_field(m, 6, flags(false, SAMPLED));
         });
     }
-    varint_field(b, 14, s.links.dropped_count.into());
-    message(b, 15, |m| match &s.status {
-        Status::Error { description } => {
+    message(b, 15, |m| {
+        if let Some(description) = &s.error {
             str_field(m, 2, description);
             varint_field(m, 3, 2);
         }
-        Status::Ok => varint_field(m, 3, 1),
-        Status::Unset => {}
     });
-    fixed32_field(
-        b,
-        16,
-        flags(s.parent_span_is_remote, ctx.trace_flags().to_u8()),
-    );
+    fixed32_field(b, 16, flags(s.ids.remote, SAMPLED));
 }
+
+/// Every span dbtel exports is sampled (the gate drops the others before).
+const SAMPLED: u8 = 1;
 
 /// Trace flags plus "is-remote is known" (and "is remote"), as the SDK sets them.
 fn flags(remote: bool, trace_flags: u8) -> u32 {
     trace_flags as u32 | 0x100 | if remote { 0x200 } else { 0 }
-}
-
-fn nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// A KeyValue field. For the scalar values spans carry, its length is known
@@ -521,73 +490,59 @@ fn message(b: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::{
-        trace::{Event, Link, SpanContext, SpanId, SpanKind, TraceFlags, TraceId, TraceState},
-        InstrumentationScope,
+    use crate::pipeline::{
+        dbspan::Described,
+        span::{Event, Ids, Link},
     };
     use opentelemetry_proto::tonic::{
         collector::trace::v1::ExportTraceServiceRequest, trace::v1::ResourceSpans,
     };
-    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
     use prost::Message;
 
-    fn sample() -> SpanData {
-        let ctx = |t: u128, s: u64| {
-            SpanContext::new(
-                TraceId::from(t),
-                SpanId::from(s),
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::default(),
-            )
-        };
-        let mut events = SpanEvents::default();
-        events.events.push(Event::new(
-            "transaction.aborted",
-            UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
-            vec![KeyValue::new("db.response.status_code", "40P01")],
-            0,
-        ));
-        let mut links = SpanLinks::default();
-        links.links.push(Link::new(
-            ctx(7, 8),
-            vec![KeyValue::new("dbtel.link", "blocker")],
-            0,
-        ));
-        SpanData {
-            span_context: ctx(
-                0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10,
-                0x1112_1314_1516_1718,
-            ),
-            parent_span_id: SpanId::from(0x2122_2324_2526_2728),
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Client,
-            name: "SELECT pgbench_accounts".into(),
-            start_time: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_000_000),
-            end_time: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_052_000),
-            attributes: vec![
-                KeyValue::new("db.system.name", "postgresql"),
-                KeyValue::new("db.response.returned_rows", 1i64),
-                KeyValue::new(
-                    "db.query.text",
-                    "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
-                ),
-                KeyValue::new("empty", ""),
-                KeyValue::new("flag", true),
-                KeyValue::new("ratio", 0.5),
-                KeyValue::new("negative", -3i64),
-                KeyValue::new("list", Value::Array(Array::I64(vec![1, 2]))),
-            ],
-            dropped_attributes_count: 0,
-            events,
-            links,
-            status: Status::error("deadlock detected"),
-            instrumentation_scope: InstrumentationScope::builder("dbtel")
-                .with_version("0.1.0")
-                .build(),
-        }
+    fn sample(error: bool, parent: u64, remote: bool) -> DbSpan {
+        DbSpan::new(
+            42,
+            Ids {
+                trace_id: 0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10,
+                span_id: 0x1112_1314_1516_1718,
+                parent_span_id: parent,
+                remote,
+                remote_sampled: remote,
+            },
+            Kind::Client,
+            (1_000_000, 1_052_000),
+            Described {
+                name: "SELECT pgbench_accounts".into(),
+                attributes: vec![
+                    KeyValue::new("db.system.name", "postgresql"),
+                    KeyValue::new("db.response.returned_rows", 1i64),
+                    KeyValue::new(
+                        "db.query.text",
+                        "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+                    ),
+                    KeyValue::new("empty", ""),
+                    KeyValue::new("flag", true),
+                    KeyValue::new("ratio", 0.5),
+                    KeyValue::new("negative", -3i64),
+                    KeyValue::new("list", Value::Array(Array::I64(vec![1, 2]))),
+                ],
+                error: error.then(|| "deadlock detected".to_string()),
+            },
+            vec![Event {
+                name: "transaction.aborted",
+                ts_ns: 1_123_456,
+                attributes: vec![KeyValue::new("db.response.status_code", "40P01")],
+            }],
+            vec![Link {
+                trace_id: 7,
+                span_id: 8,
+                attributes: vec![KeyValue::new("dbtel.link", "blocker")],
+            }],
+        )
     }
 
+    /// What dbtel writes is what the SDK's transform makes of the same span
+    /// as SpanData (the console's conversion), field for field.
     #[test]
     fn encodes_what_the_sdk_transform_encodes() {
         let resource = Resource::builder_empty()
@@ -601,23 +556,33 @@ mod tests {
             Vec::new(),
             Duration::from_secs(1),
         ));
-        let mut e = OtlpExporter::new(transport, None, &sample().instrumentation_scope);
+        let scope = InstrumentationScope::builder("dbtel")
+            .with_version("0.1.0")
+            .build();
+        let mut e = OtlpExporter::new(transport, None, &scope);
         e.set_resource(&resource);
-        let spans = vec![
-            sample(),
-            SpanData {
-                status: Status::Unset,
-                parent_span_id: SpanId::INVALID,
-                ..sample()
-            },
+        let clock = Clock::fixed(1_700_000_000_000_000_000);
+        let spans = [
+            sample(true, 0x2122_2324_2526_2728, false),
+            sample(false, 0, false),
+            sample(false, 0x3132_3334_3536_3738, true),
         ];
-        let ours =
-            ExportTraceServiceRequest::decode(&encode_request(&e.resource, &e.scope, &spans)[..])
-                .unwrap();
+        let room = e.head_room().unwrap();
+        let mut body = vec![0u8; room];
+        for s in &spans {
+            span_field(&mut body, s, &clock);
+        }
+        let ours = ExportTraceServiceRequest::decode(
+            &finish_request(&e.resource, &e.scope, body, room)[..],
+        )
+        .unwrap();
         let sdk_resource = (&resource).into();
         let sdk: Vec<ResourceSpans> =
             opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope(
-                spans,
+                spans
+                    .into_iter()
+                    .map(|s| crate::export::span_data(s, &clock, &scope))
+                    .collect(),
                 &sdk_resource,
             );
         assert_eq!(
