@@ -337,11 +337,15 @@ pub(super) fn said(r: &Row) -> String {
 }
 
 /// The statements a script's @query_us histogram counted, checked against
-/// those run (plus `slack`: pgbench's prepares and its scale query).
+/// those run (plus `slack`: pgbench's prepares and its scale query; and 1 %:
+/// statements of the transactions -T cut short ran but are not counted by pgbench).
 fn check_counted(name: &str, out: &str, expected: u64, slack: u64) -> Result<u64> {
     let probes = attached_probes(out).unwrap_or(0);
     let counted = hist_total(out, "query_us").unwrap_or(0);
-    if probes == 0 || counted * 100 < expected * 95 || counted > expected + slack + 10 {
+    if probes == 0
+        || counted * 100 < expected * 95
+        || counted > expected + slack + 10 + expected / 100
+    {
         bail!("peer {name} attached {probes} probes and counted {counted} statements of {expected}: it did not trace the run\n{out}");
     }
     Ok(counted)
