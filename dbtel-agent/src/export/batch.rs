@@ -342,53 +342,36 @@ fn export_loop<S: Sink>(
             Err(RecvTimeoutError::Timeout) => (false, None),
             Err(RecvTimeoutError::Disconnected) => (true, None),
         };
-        match got {
-            Some((Handed::Spans(spans), bytes)) => {
-                queued.spans.fetch_sub(spans.len(), Ordering::Relaxed);
-                queued.bytes.fetch_sub(bytes, Ordering::Relaxed);
-                oldest.get_or_insert_with(Instant::now);
-                if batch.is_empty() {
-                    // Taken as it is: moving 2048 spans one by one was a tenth of this thread.
-                    batch = spans;
-                } else {
-                    batch.extend(spans);
+        if let Some((handed, bytes)) = got {
+            let n = match &handed {
+                Handed::Spans(spans) => spans.len(),
+                Handed::Encoded { n, .. } => *n,
+            };
+            queued.spans.fetch_sub(n, Ordering::Relaxed);
+            queued.bytes.fetch_sub(bytes, Ordering::Relaxed);
+            oldest.get_or_insert_with(Instant::now);
+            match handed {
+                // Taken as it is when nothing waits: moving 2048 spans one by
+                // one was a tenth of this thread.
+                Handed::Spans(spans) if batch.is_empty() => batch = spans,
+                Handed::Spans(spans) => batch.extend(spans),
+                Handed::Encoded { body: b, n } => {
+                    if body_n + n > EXPORT_BATCH {
+                        deliver_body(sink, &mut body, &mut body_n, stats, &mut failures);
+                    }
+                    if body_n == 0 {
+                        body = b;
+                    } else {
+                        body.extend_from_slice(&b[room..]);
+                    }
+                    body_n += n;
                 }
             }
-            Some((Handed::Encoded { body: b, n }, bytes)) => {
-                queued.spans.fetch_sub(n, Ordering::Relaxed);
-                queued.bytes.fetch_sub(bytes, Ordering::Relaxed);
-                oldest.get_or_insert_with(Instant::now);
-                if body_n + n > EXPORT_BATCH {
-                    let out = std::mem::take(&mut body);
-                    counted(
-                        sink.deliver_encoded(out, body_n),
-                        body_n,
-                        stats,
-                        &mut failures,
-                    );
-                    body_n = 0;
-                }
-                if body_n == 0 {
-                    body = b;
-                } else {
-                    body.extend_from_slice(&b[room..]);
-                }
-                body_n += n;
-            }
-            None => {}
         }
-        let due = oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
+        let mut due = oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
         if body_n >= EXPORT_BATCH || ((due || closed) && body_n > 0) {
-            let out = std::mem::take(&mut body);
-            counted(
-                sink.deliver_encoded(out, body_n),
-                body_n,
-                stats,
-                &mut failures,
-            );
-            body_n = 0;
+            deliver_body(sink, &mut body, &mut body_n, stats, &mut failures);
         }
-        let mut due = due;
         while batch.len() >= EXPORT_BATCH || ((due || closed) && !batch.is_empty()) {
             let rest = if batch.len() > EXPORT_BATCH {
                 batch.split_off(EXPORT_BATCH)
@@ -443,6 +426,18 @@ impl Failures {
         }
         (self.warned_at, self.batches, self.spans) = (Some(Instant::now()), 0, 0);
     }
+}
+
+/// Sends the encoded spans waiting (`n` of them) and counts what became of them.
+fn deliver_body<S: Sink>(
+    sink: &mut S,
+    body: &mut Vec<u8>,
+    n: &mut usize,
+    stats: &ExportStats,
+    failures: &mut Failures,
+) {
+    let d = sink.deliver_encoded(std::mem::take(body), *n);
+    counted(d, std::mem::take(n), stats, failures);
 }
 
 /// Counts what became of `n` spans handed to the sink.
