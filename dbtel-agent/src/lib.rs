@@ -19,6 +19,7 @@ pub mod settings;
 /// The maps looked up for every event: std's HashMap with foldhash, seeded
 /// per map (query texts come from traced programs, so not a fixed hash).
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// The eBPF object built from dbtel-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dbtel"));

@@ -11,7 +11,7 @@
 //! A wait that ends in an error gets no lock__wait__done: the error report
 //! (errcode/errmsg, deadlock__found) and transaction__abort close it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use dbtel_common::site;
 
@@ -120,7 +120,7 @@ fn text_head(t: &str) -> [u8; 24] {
 const ENDED_MEMORY: usize = 64;
 
 pub struct Tracker {
-    backends: HashMap<u32, Backend>,
+    backends: crate::FastMap<u32, Backend>,
     gen: IdGen,
     pub counters: Counters,
     ended: std::collections::VecDeque<Ended>,
@@ -130,7 +130,7 @@ pub struct Tracker {
     /// Servers whose EndCommand is probed: their statements end there, one
     /// span each even without a Sync between them, with a row count. (Else a
     /// statement ends at the next text or idle report.)
-    completing: HashSet<u32>,
+    completing: crate::FastSet<u32>,
     /// Blocks that joined an application's trace (taken by the agent).
     pub retraces: Vec<crate::pipeline::txn::Retrace>,
 }
@@ -158,13 +158,13 @@ fn end_waits(
 impl Tracker {
     pub fn new(gen: IdGen) -> Self {
         Tracker {
-            backends: HashMap::new(),
+            backends: Default::default(),
             gen,
             retraces: Vec::new(),
             counters: Counters::default(),
             ended: Default::default(),
             errors_by_level: false,
-            completing: HashSet::new(),
+            completing: Default::default(),
         }
     }
 

@@ -20,7 +20,7 @@ use crate::{
     postgres::catalog::{self, Catalog, CatalogConfig, Snapshot},
     postgres::libpq::reconstruct::Reconstructor,
     postgres::server::backend::{ClientIds, LockTag, Notice, ServerSpan, Tracker},
-    postgres::server::spans::{self, WaitFacts},
+    postgres::server::spans::{self, BackendDesc, WaitFacts},
     postgres::server::target::ServerTarget,
 };
 
@@ -38,7 +38,7 @@ pub struct CatalogSettings {
 
 enum Lookup {
     Pending,
-    Known(Arc<catalog::Backend>),
+    Known(Arc<BackendDesc>),
     /// Gone before the catalog saw it.
     Unknown,
 }
@@ -93,10 +93,10 @@ pub struct ServerSide {
     links: HashMap<u64, Vec<span::Link>>,
     /// Who each backend serves (pg_stat_activity), looked up at first sight:
     /// the poller alone misses short sessions.
-    backends: HashMap<u32, Lookup>,
+    backends: crate::FastMap<u32, Lookup>,
     /// Who each session serves as its backend said at connection (database,
     /// user, application name): for sessions gone before the catalog saw them.
-    sessions: HashMap<u32, Arc<catalog::Backend>>,
+    sessions: HashMap<u32, Arc<BackendDesc>>,
     /// Finished spans whose catalog answers are not in yet.
     held: Vec<(ServerSpan, Instant)>,
     spans: Vec<ServerSpan>,
@@ -122,7 +122,7 @@ impl ServerSide {
             lookups_in_flight: 0,
             exited: Vec::new(),
             idle_warned: Default::default(),
-            backends: HashMap::new(),
+            backends: Default::default(),
             sessions: HashMap::new(),
             held: Vec::new(),
             spans: Vec::new(),
@@ -184,7 +184,7 @@ impl ServerSide {
     }
 
     /// Shared, not copied: read for every span of the backend.
-    fn backend_info(&self, postmaster: u32, pid: u32) -> Option<Arc<catalog::Backend>> {
+    fn backend_info(&self, postmaster: u32, pid: u32) -> Option<Arc<BackendDesc>> {
         if let Some(Lookup::Known(b)) = self.backends.get(&pid) {
             return Some(b.clone());
         }
@@ -196,7 +196,7 @@ impl ServerSide {
                 .cloned()
         });
         polled
-            .map(Arc::new)
+            .map(|b| Arc::new(BackendDesc::new(b)))
             .or_else(|| self.sessions.get(&pid).cloned())
     }
 
@@ -207,13 +207,14 @@ impl ServerSide {
             return;
         }
         let pid = hit.at.pid;
-        let b = self.sessions.entry(pid).or_insert_with(|| {
-            Arc::new(catalog::Backend {
+        let d = self.sessions.entry(pid).or_insert_with(|| {
+            Arc::new(BackendDesc::new(catalog::Backend {
                 pid: self.pids.ns(pid),
                 ..Default::default()
-            })
+            }))
         });
-        let b = Arc::make_mut(b);
+        let d = Arc::make_mut(d);
+        let mut b = std::mem::take(&mut d.info);
         let text = hit.text.clone();
         match hit.site {
             site::SESSION_DATABASE => b.datname = text,
@@ -226,6 +227,7 @@ impl ServerSide {
             }
             _ => b.application_name = text.unwrap_or_default(),
         }
+        *d = BackendDesc::new(b);
     }
 
     /// Asks the catalog about a backend seen for the first time.
@@ -406,7 +408,7 @@ impl ServerSide {
                     // Not found (gone already): the poller's snapshot may still know it.
                     self.backends.insert(
                         pid,
-                        info.map_or(Lookup::Unknown, |b| Lookup::Known(Arc::new(b))),
+                        info.map_or(Lookup::Unknown, |b| Lookup::Known(Arc::new(BackendDesc::new(b)))),
                     );
                 }
             }
@@ -417,15 +419,13 @@ impl ServerSide {
     /// them are in (or they have waited long enough).
     pub fn flush(&mut self, cache: &mut FactsCache, force: bool, out: &mut Vec<DbSpan>) {
         let now = Instant::now();
-        self.held.extend(
-            std::mem::take(&mut self.spans)
-                .into_iter()
-                .map(|s| (s, now)),
-        );
+        // Both vectors keep their capacity from flush to flush.
+        let mut pending = std::mem::take(&mut self.held);
+        pending.extend(self.spans.drain(..).map(|s| (s, now)));
         // The catalog's own sessions (a reconnect is traced until housekeeping
         // untraces it; a new backend's spans are held until it is looked up).
         let own = self.own_backends();
-        for (s, since) in std::mem::take(&mut self.held) {
+        for (s, since) in pending.drain(..) {
             let (pm, pid) = (s.postmaster(), s.pid());
             let info = self.backend_info(pm, pid);
             // Parallel workers report their leader's statement and never go
@@ -433,7 +433,7 @@ impl ServerSide {
             if own.contains(&(pm, self.pids.ns(pid)))
                 || info
                     .as_ref()
-                    .is_some_and(|b| b.backend_type == "parallel worker")
+                    .is_some_and(|b| b.info.backend_type == "parallel worker")
             {
                 if let ServerSpan::Wait(w) = &s {
                     self.facts.remove(&w.ids.span_id);
@@ -459,6 +459,9 @@ impl ServerSide {
                 }
             };
             out.push(span);
+        }
+        if self.held.is_empty() {
+            self.held = pending;
         }
         if self.exited.is_empty() {
             return;

@@ -19,7 +19,7 @@ pub fn query_span(
     q: ServerQuery,
     backend_pid: i32,
     cache: &mut FactsCache,
-    backend: Option<&Backend>,
+    backend: Option<&BackendDesc>,
 ) -> DbSpan {
     let facts = cache.get(q.prepared.as_ref().map_or(&q.text, |(_, body)| body));
     let d = describe_query(&q, backend_pid, &facts, backend);
@@ -44,7 +44,7 @@ pub fn query_span(
 }
 
 /// A transaction block as the server ran it.
-pub fn txn_span(t: ServerTxn, backend_pid: i32, backend: Option<&Backend>) -> DbSpan {
+pub fn txn_span(t: ServerTxn, backend_pid: i32, backend: Option<&BackendDesc>) -> DbSpan {
     let d = describe_txn(&t, backend_pid, backend);
     let joined = t.joined;
     DbSpan::new(
@@ -87,18 +87,39 @@ pub struct WaitFacts {
     pub blockers: Vec<Blocker>,
 }
 
+/// A backend as its spans describe it: the catalog's row, and the attributes
+/// it gives every span, built once with shared strings (a span clones none).
+#[derive(Debug, Clone)]
+pub struct BackendDesc {
+    pub info: Backend,
+    attrs: Vec<KeyValue>,
+}
+
+impl BackendDesc {
+    pub fn new(info: Backend) -> Self {
+        let mut attrs = Vec::new();
+        backend_attributes(&info, &mut attrs);
+        BackendDesc { info, attrs }
+    }
+}
+
+/// A string attribute value shared by every span that carries it.
+fn shared(s: &str) -> Value {
+    Value::from(std::sync::Arc::<str>::from(s))
+}
+
 /// Who the backend serves, from the catalog (pg_stat_activity).
 fn backend_attributes(b: &Backend, a: &mut Vec<KeyValue>) {
     if let Some(d) = &b.datname {
-        a.push(KeyValue::new("db.namespace", d.clone()));
+        a.push(KeyValue::new("db.namespace", shared(d)));
     }
     if let Some(u) = &b.usename {
-        a.push(KeyValue::new("user.name", u.clone()));
+        a.push(KeyValue::new("user.name", shared(u)));
     }
     if !b.application_name.is_empty() {
         a.push(KeyValue::new(
             "db.postgresql.application_name",
-            b.application_name.clone(),
+            shared(&b.application_name),
         ));
     }
     // "client backend" for applications; autovacuum workers and the like are
@@ -106,12 +127,12 @@ fn backend_attributes(b: &Backend, a: &mut Vec<KeyValue>) {
     if !b.backend_type.is_empty() {
         a.push(KeyValue::new(
             "db.postgresql.backend_type",
-            b.backend_type.clone(),
+            shared(&b.backend_type),
         ));
     }
     match (&b.client_addr, b.client_port) {
         (Some(addr), Some(port)) if port > 0 => {
-            a.push(KeyValue::new("client.address", addr.clone()));
+            a.push(KeyValue::new("client.address", shared(addr)));
             a.push(KeyValue::new("client.port", port as i64));
             a.push(KeyValue::new("network.transport", "tcp"));
         }
@@ -126,12 +147,11 @@ pub fn describe_query(
     q: &ServerQuery,
     backend_pid: i32,
     facts: &QueryFacts,
-    backend: Option<&Backend>,
+    backend: Option<&BackendDesc>,
 ) -> Described {
-    let mut a = vec![
-        KeyValue::new("db.system.name", "postgresql"),
-        KeyValue::new("db.postgresql.backend.pid", backend_pid as i64),
-    ];
+    let mut a = Vec::with_capacity(8 + facts.attrs.len() + backend.map_or(0, |b| b.attrs.len()));
+    a.push(KeyValue::new("db.system.name", "postgresql"));
+    a.push(KeyValue::new("db.postgresql.backend.pid", backend_pid as i64));
     a.extend_from_slice(&facts.attrs);
     let name = facts.name().unwrap_or_else(|| "postgresql".into());
     if q.truncated {
@@ -161,7 +181,7 @@ pub fn describe_query(
         }
     }
     if let Some(b) = backend {
-        backend_attributes(b, &mut a);
+        a.extend_from_slice(&b.attrs);
     }
     let mut error = None;
     if let Some(e) = &q.error {
@@ -171,7 +191,9 @@ pub fn describe_query(
     } else if let Some(cut) = q.incomplete {
         match cut {
             // Autovacuum and other workers report a statement and exit without going idle.
-            Cut::ProcessExited if backend.is_none_or(|b| b.backend_type == "client backend") => {
+            Cut::ProcessExited
+                if backend.is_none_or(|b| b.info.backend_type == "client backend") =>
+            {
                 a.push(KeyValue::new("error.type", "dbtel.process_exited"));
                 error = Some("query did not complete: backend exited".into());
             }
@@ -186,7 +208,7 @@ pub fn describe_query(
     }
 }
 
-pub fn describe_txn(t: &ServerTxn, backend_pid: i32, backend: Option<&Backend>) -> Described {
+pub fn describe_txn(t: &ServerTxn, backend_pid: i32, backend: Option<&BackendDesc>) -> Described {
     let outcome = match t.outcome {
         TxnOutcome::Committed => "committed",
         TxnOutcome::RolledBack => "rolled_back",
@@ -201,7 +223,7 @@ pub fn describe_txn(t: &ServerTxn, backend_pid: i32, backend: Option<&Backend>) 
         KeyValue::new("db.transaction.statement_count", t.statements as i64),
     ];
     if let Some(b) = backend {
-        backend_attributes(b, &mut a);
+        a.extend_from_slice(&b.attrs);
     }
     let error = t.error.as_ref().map(|e| {
         a.push(KeyValue::new("error.type", e.sqlstate.clone()));
