@@ -302,3 +302,62 @@ fn a_postgres_executable_with_neither_usdt_probes_nor_symbols() {
         format!("dbtel-agent: {} is named postgres but has neither PostgreSQL's USDT probes nor its symbols (PostgresMain, pgstat_report_activity): dbtel cannot trace a build stripped of both", fake.display())
     );
 }
+
+/// Another tracer on a USDT site with its semaphore (bpftrace attaches so)
+/// shuts dbtel out of that site: the kernel keeps one semaphore setting per
+/// site. dbtel says so and names the way around, which works beside it.
+#[test]
+fn a_usdt_site_another_tracer_holds_with_its_semaphore() {
+    require_root();
+    let pg = dbtel_tests::Cluster::start();
+    let pm = pg.postmaster_pid().to_string();
+    let exe = std::fs::read_link(format!("/proc/{pm}/exe")).unwrap();
+    let script = format!(
+        "BEGIN {{ printf(\"attached\\n\"); }} usdt:{}:postgresql:statement__status {{ @n = count(); }}",
+        exe.display()
+    );
+    let mut bpftrace = Command::new("bpftrace")
+        .args(["-e", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("bpftrace (cargo xtask setup installs it)");
+    let mut out = std::io::BufReader::new(bpftrace.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("attached") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(n > 0, "bpftrace exited before attaching");
+    }
+
+    let msg = refused(&["--pid", &pm]);
+    assert_eq!(
+        msg,
+        format!("dbtel-agent: cannot attach to USDT probe statement__status in {} (process {pm}): the kernel refused it (EINVAL), as it does when another tracer (bpftrace, BCC) already probes this site with its semaphore; stop that tracer, or trace this server through its functions instead: --pg-server-probes uprobes", exe.display())
+    );
+
+    // The way around: the same statements through the functions' uprobes.
+    let rx = dbtel_tests::Receiver::start();
+    let agent = dbtel_tests::Agent::start(
+        &[
+            "--otlp-endpoint",
+            &rx.http_endpoint(),
+            "--pg-server-probes",
+            "uprobes",
+            "--pid",
+            &pm,
+        ],
+        Stdio::null(),
+    );
+    pg.psql("postgres", "select 42 as beside_bpftrace");
+    let run = agent.interrupt();
+    let _ = bpftrace.kill();
+    let _ = bpftrace.wait();
+    let found: Vec<_> = rx
+        .spans()
+        .into_iter()
+        .filter(|s| s.kind == 2 && s.text().contains("beside_bpftrace"))
+        .map(|s| s.name.clone())
+        .collect();
+    assert_eq!(found, vec!["SELECT".to_string()], "{}", run.stderr);
+}

@@ -25,6 +25,15 @@ pub enum AttachError {
         function: &'static str,
         error: ProgramError,
     },
+    /// dbtel attaches USDT probes without their semaphore (PostgreSQL's
+    /// sites fire either way); the kernel refuses a probe whose semaphore
+    /// setting differs from one already on the site.
+    #[error("cannot attach to USDT probe {probe} in {path} (process {pid}): the kernel refused it (EINVAL), as it does when another tracer (bpftrace, BCC) already probes this site with its semaphore; stop that tracer, or trace this server through its functions instead: --pg-server-probes uprobes")]
+    SemaphoreTaken {
+        pid: u32,
+        path: String,
+        probe: &'static str,
+    },
     #[error("cannot enable BPF run statistics: {0}")]
     Stats(String),
     #[error("more than {MAX_LAYOUTS} distinct libpq builds")]
@@ -42,6 +51,21 @@ pub enum AttachError {
     HostWide(String),
     #[error("{0}")]
     Map(#[from] aya::maps::MapError),
+}
+
+/// The OS error number somewhere in an error's chain, if any.
+pub(super) fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(n) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            return Some(n);
+        }
+        cur = c.source();
+    }
+    None
 }
 
 /// An error and its causes as one line, skipping causes already quoted.

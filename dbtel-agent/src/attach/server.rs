@@ -77,11 +77,22 @@ impl Probes {
                     cookie: Some((first + i as u32) as u64),
                 };
                 p.attach(point, &t.host_path, UProbeScope::AllProcesses)
-                    .map_err(|error| AttachError::Attach {
-                        pid: t.postmaster,
-                        path: t.exe.clone(),
-                        function: s.name,
-                        error,
+                    .map_err(|error| {
+                        // The kernel's answer to a second ref_ctr_offset on one site.
+                        if s.semaphore && super::error::os_error(&error) == Some(libc::EINVAL) {
+                            AttachError::SemaphoreTaken {
+                                pid: t.postmaster,
+                                path: t.exe.clone(),
+                                probe: s.name,
+                            }
+                        } else {
+                            AttachError::Attach {
+                                pid: t.postmaster,
+                                path: t.exe.clone(),
+                                function: s.name,
+                                error,
+                            }
+                        }
                     })?;
             }
             self.sites += t.sites.len() as u32;

@@ -265,6 +265,9 @@ pub struct Site {
     pub spec: SiteSpec,
     /// A uretprobe at the function's return, not a probe at `offset` itself.
     pub at_return: bool,
+    /// A USDT site with a semaphore: the kernel keeps one semaphore setting
+    /// per site, so a tracer attached with it (bpftrace) shuts dbtel out.
+    pub semaphore: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -437,6 +440,7 @@ fn usdt_sites(
                 offset,
                 spec,
                 at_return: false,
+                semaphore: p.semaphore != 0,
             });
         }
     }
@@ -473,6 +477,7 @@ fn function_sites(file: &object::File, exe: &str) -> Sites {
                     offset,
                     spec,
                     at_return: false,
+                    semaphore: false,
                 });
             }
             None => warnings.push(format!("{exe}: no {} symbol: {}", f.symbol, f.without)),

@@ -129,6 +129,7 @@ pub fn sites(file: &object::File, exe: &str, code: CodeReader) -> Result<Vec<Sit
             offset,
             spec,
             at_return: s.at_return,
+            semaphore: false,
         });
     }
     Ok(sites)
