@@ -303,6 +303,17 @@ fn a_postgres_executable_with_neither_usdt_probes_nor_symbols() {
     );
 }
 
+/// bpftrace, stopped however the test ends: left running, its probe would
+/// shut later tests out of the site.
+struct Tracer(std::process::Child);
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Another tracer on a USDT site with its semaphore (bpftrace attaches so)
 /// shuts dbtel out of that site: the kernel keeps one semaphore setting per
 /// site. dbtel says so and names the way around, which works beside it.
@@ -316,25 +327,39 @@ fn a_usdt_site_another_tracer_holds_with_its_semaphore() {
         "BEGIN {{ printf(\"attached\\n\"); }} usdt:{}:postgresql:statement__status {{ @n = count(); }}",
         exe.display()
     );
-    let mut bpftrace = Command::new("bpftrace")
+    let mut child = Command::new("bpftrace")
         .args(["-e", &script])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("bpftrace (cargo xtask setup installs it)");
-    let mut out = std::io::BufReader::new(bpftrace.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("attached") {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-        assert!(n > 0, "bpftrace exited before attaching");
+    let (stdout, mut stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let tracer = Tracer(child);
+    // bpftrace runs BEGIN once every probe is attached.
+    let (tx, attached) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        for line in lines.map_while(Result::ok) {
+            if line.contains("attached") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    if attached.recv_timeout(Duration::from_secs(60)).is_err() {
+        drop(tracer);
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
+        panic!("bpftrace did not attach: {err}");
     }
 
     let msg = refused(&["--pid", &pm]);
-    assert_eq!(
-        msg,
-        format!("dbtel-agent: cannot attach to USDT probe statement__status in {} (process {pm}): the kernel refused it (EINVAL), as it does when another tracer (bpftrace, BCC) already probes this site with its semaphore; stop that tracer, or trace this server through its functions instead: --pg-server-probes uprobes", exe.display())
+    let head = format!(
+        "dbtel-agent: cannot attach to USDT probe statement__status in {} (process {pm}): ",
+        exe.display()
     );
+    let tail = "; the kernel refuses it so when another tracer (bpftrace, BCC) already probes this site with its semaphore: stop that tracer, or trace this server through its functions instead: --pg-server-probes uprobes";
+    assert!(msg.starts_with(&head) && msg.ends_with(tail), "{msg}");
+    assert!(msg.contains("os error 22"), "{msg}");
 
     // The way around: the same statements through the functions' uprobes.
     let rx = dbtel_tests::Receiver::start();
@@ -351,8 +376,7 @@ fn a_usdt_site_another_tracer_holds_with_its_semaphore() {
     );
     pg.psql("postgres", "select 42 as beside_bpftrace");
     let run = agent.interrupt();
-    let _ = bpftrace.kill();
-    let _ = bpftrace.wait();
+    drop(tracer);
     let found: Vec<_> = rx
         .spans()
         .into_iter()

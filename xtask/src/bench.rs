@@ -406,11 +406,6 @@ fn traps(
 }
 
 pub fn bench(o: &Options) -> Result<()> {
-    // Started in the background by a script, SIGINT is ignored (a shell's `&`
-    // does that) and every child inherits it: dbslower, a Python program
-    // stopped by SIGINT, then never stops and the bench waits forever.
-    // SAFETY: signal(2) restoring the default action.
-    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
     let root = crate::root();
     crate::run(crate::cargo().args(["build", "--release", "-p", "dbtel-agent"]))?;
     let agent = root.join("target/release/dbtel-agent");

@@ -46,10 +46,26 @@ pub(super) fn status(postmaster: u32) -> (Result<Option<PathBuf>, String>, Strin
     (Err(e.clone()), format!("dbslower: cannot run here: {e}"))
 }
 
+/// dbslower, a Python program, stops on SIGINT; a bench started in the
+/// background by a script (a shell's `&` ignores SIGINT, and children
+/// inherit that) would otherwise wait for it forever.
+fn dbslower_command() -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(DBSLOWER);
+    // SAFETY: signal(2) is async-signal-safe, run between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// One dbslower start: Ok once it says it is tracing; else its error (the
 /// lines of its stderr that are not the traceback's).
 fn try_start(postmaster: u32, source: Option<&Path>) -> Result<(), String> {
-    let mut cmd = Command::new(DBSLOWER);
+    let mut cmd = dbslower_command();
     cmd.args(["postgres", "-p", &postmaster.to_string(), "-m", "0"])
         .env("PYTHONUNBUFFERED", "1")
         .stdout(Stdio::piped())
@@ -189,7 +205,7 @@ pub(super) fn run(
         std::thread::sleep(Duration::from_millis(20));
     }
     let printed_to = dir.join("dbslower.out");
-    let mut cmd = Command::new(DBSLOWER);
+    let mut cmd = dbslower_command();
     cmd.args(["postgres", "-m", "0", "-p"])
         .args(pids.iter().map(u32::to_string))
         .stdout(std::fs::File::create(&printed_to)?)

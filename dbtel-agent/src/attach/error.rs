@@ -28,11 +28,12 @@ pub enum AttachError {
     /// dbtel attaches USDT probes without their semaphore (PostgreSQL's
     /// sites fire either way); the kernel refuses a probe whose semaphore
     /// setting differs from one already on the site.
-    #[error("cannot attach to USDT probe {probe} in {path} (process {pid}): the kernel refused it (EINVAL), as it does when another tracer (bpftrace, BCC) already probes this site with its semaphore; stop that tracer, or trace this server through its functions instead: --pg-server-probes uprobes")]
+    #[error("cannot attach to USDT probe {probe} in {path} (process {pid}): {}; the kernel refuses it so when another tracer (bpftrace, BCC) already probes this site with its semaphore: stop that tracer, or trace this server through its functions instead: --pg-server-probes uprobes", chain(.error))]
     SemaphoreTaken {
         pid: u32,
         path: String,
         probe: &'static str,
+        error: ProgramError,
     },
     #[error("cannot enable BPF run statistics: {0}")]
     Stats(String),

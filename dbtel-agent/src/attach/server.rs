@@ -84,6 +84,7 @@ impl Probes {
                                 pid: t.postmaster,
                                 path: t.exe.clone(),
                                 probe: s.name,
+                                error,
                             }
                         } else {
                             AttachError::Attach {

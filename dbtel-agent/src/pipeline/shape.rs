@@ -211,8 +211,10 @@ fn one_terminated(sql: &str) -> Option<Option<&str>> {
     if special && !plain_dollars(head) {
         return None;
     }
-    let stmt = sql[..end].trim();
-    Some((!stmt.is_empty()).then_some(stmt))
+    // Content as the scan counts it: any byte but ASCII whitespace (a text
+    // of only other whitespace is one empty statement to it, not none).
+    let content = head.iter().any(|c| !c.is_ascii_whitespace());
+    Some(content.then(|| sql[..end].trim()))
 }
 
 /// Whether, of the characters [`one_terminated`] looks for, the text has only
@@ -262,6 +264,8 @@ mod tests {
             "select 1/2;",
             "select 1;;",
             "select 1",
+            "\u{3000};",
+            "\x0B;",
         ] {
             if let Some(one) = one_terminated(t) {
                 short += 1;
@@ -269,7 +273,7 @@ mod tests {
             }
             assert_eq!(statements(t), scan(t), "{t:?}");
         }
-        assert_eq!(short, 5, "the texts the short way takes");
+        assert_eq!(short, 7, "the texts the short way takes");
     }
 
     #[test]

@@ -99,6 +99,8 @@ pub struct ServerSide {
     sessions: HashMap<u32, Arc<BackendDesc>>,
     /// Finished spans whose catalog answers are not in yet.
     held: Vec<(ServerSpan, Instant)>,
+    /// The other buffer of the flush (the two swap; both keep their capacity).
+    held_spare: Vec<(ServerSpan, Instant)>,
     spans: Vec<ServerSpan>,
     notices: Vec<Notice>,
     /// What of query texts goes into events (deadlock reports).
@@ -125,6 +127,7 @@ impl ServerSide {
             backends: Default::default(),
             sessions: HashMap::new(),
             held: Vec::new(),
+            held_spare: Vec::new(),
             spans: Vec::new(),
             notices: Vec::new(),
             text,
@@ -419,8 +422,9 @@ impl ServerSide {
     /// them are in (or they have waited long enough).
     pub fn flush(&mut self, cache: &mut FactsCache, force: bool, out: &mut Vec<DbSpan>) {
         let now = Instant::now();
-        // Both vectors keep their capacity from flush to flush.
-        let mut pending = std::mem::take(&mut self.held);
+        // The buffers swap and keep their capacity: regrown from nothing at
+        // each flush, they moved every span at each doubling.
+        let mut pending = std::mem::replace(&mut self.held, std::mem::take(&mut self.held_spare));
         pending.extend(self.spans.drain(..).map(|s| (s, now)));
         // The catalog's own sessions (a reconnect is traced until housekeeping
         // untraces it; a new backend's spans are held until it is looked up).
@@ -460,9 +464,7 @@ impl ServerSide {
             };
             out.push(span);
         }
-        if self.held.is_empty() {
-            self.held = pending;
-        }
+        self.held_spare = pending;
         if self.exited.is_empty() {
             return;
         }
