@@ -377,10 +377,17 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                 let mut guard = r?;
                 guard.clear_ready();
                 drop(guard);
-                agent.drain();
+                // A drain that left records behind is a flood: its losses are
+                // said now, not at the next housekeeping (a flood's long
+                // drains could put that after the program's exit).
+                if agent.drain() {
+                    agent.warn_on_new_drops(&mut last_counters, &mut drops_warned_at);
+                }
             }
             _ = tick.tick() => {
-                agent.drain();
+                if agent.drain() {
+                    agent.warn_on_new_drops(&mut last_counters, &mut drops_warned_at);
+                }
             }
             _ = housekeeping.tick() => {
                 // Host-wide, exits and execs come from the kernel and new processes are
