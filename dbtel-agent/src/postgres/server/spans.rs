@@ -103,13 +103,9 @@ impl BackendDesc {
     }
 }
 
-/// A string attribute value shared by every span that carries it.
-fn shared(s: &str) -> Value {
-    Value::from(std::sync::Arc::<str>::from(s))
-}
-
 /// Who the backend serves, from the catalog (pg_stat_activity).
 fn backend_attributes(b: &Backend, a: &mut Vec<KeyValue>) {
+    use crate::pipeline::span::shared;
     if let Some(d) = &b.datname {
         a.push(KeyValue::new("db.namespace", shared(d)));
     }
