@@ -160,8 +160,16 @@ pub struct MyConnEvent {
 
 /// MySQL/MariaDB server probe points, in [`Header::func`] of [`crate::Kind::MyServer`] records.
 pub mod mysite {
-    // 1 to 4 are free (dispatch_command, its return, mysql_execute_command
-    // and my_message_sql were considered: Protocol::end_statement has it all).
+    // 4 is free (dispatch_command, its return, mysql_execute_command and
+    // my_message_sql were considered: Protocol::end_statement has it all).
+    /// end_connection(THD*): who the ending connection was, for one whose
+    /// session the catalog could not read while it lasted (a short one).
+    /// args[0] = its thread_id; the text: the user name.
+    pub const SESSION_USER: u32 = 1;
+    /// As SESSION_USER; the text: its current database (none: no database).
+    pub const SESSION_DB: u32 = 2;
+    /// As SESSION_USER; the text: the client's IP address (none: a unix socket).
+    pub const SESSION_ADDRESS: u32 = 3;
     /// thd_wait_begin(THD*, type) for a lock type: a lock wait begins.
     pub const WAIT_BEGIN: u32 = 5;
     /// thd_wait_end(THD*): the wait ended (sent only after a WAIT_BEGIN on that thread).

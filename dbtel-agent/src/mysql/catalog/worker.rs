@@ -360,6 +360,7 @@ async fn look_up_sessions(
                             user: user.unwrap_or_default(),
                             host: host.unwrap_or_default(),
                             db,
+                            ip: None,
                         };
                         found.insert(id, s);
                     }

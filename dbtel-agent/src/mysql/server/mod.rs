@@ -6,6 +6,7 @@
 pub mod blocked;
 pub mod errmsg;
 pub mod reconstruct;
+pub mod session_sites;
 pub mod spans;
 pub mod target;
 pub mod waits;

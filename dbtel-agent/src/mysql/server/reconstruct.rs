@@ -183,6 +183,8 @@ struct Conn {
     held: Vec<DbSpan>,
     /// Closed while awaiting its session: kept until the answer.
     closed: bool,
+    /// Who it was, as it said while ending (while awaiting its session).
+    ending: Option<Session>,
 }
 
 impl Conn {
@@ -315,6 +317,9 @@ impl Tracker {
                 }
                 self.deadlocks
                     .push_back((hit.at.pid, hit.args[0], hit.args[1]));
+            }
+            mysite::SESSION_USER | mysite::SESSION_DB | mysite::SESSION_ADDRESS => {
+                self.said_at_end(hit)
             }
             mysite::CONN_END => {
                 let key = (hit.at.pid, hit.args[0]);

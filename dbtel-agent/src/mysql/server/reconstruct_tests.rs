@@ -873,7 +873,76 @@ fn session() -> Option<Session> {
         user: "app".into(),
         host: "localhost".into(),
         db: Some("shop".into()),
+        ip: None,
     })
+}
+
+/// A connection too short for the catalog: PROCESSLIST no longer has it
+/// (the answer is None) while its end is still on its way; its spans wait
+/// for what it says as it ends (end_connection's sites), and get that.
+#[test]
+fn a_short_connection_says_who_it_was_as_it_ends() {
+    for (address, transport, client) in [
+        (None, "unix", None),
+        (Some("10.0.0.7"), "tcp", Some("10.0.0.7")),
+    ] {
+        let mut r = R::new();
+        r.t.asking = true;
+        r.login(CID);
+        r.run(10, End::query("select 1").rows(1));
+        r.run(10, End::query("select 2").rows(1));
+        let mut out = r.take();
+        r.t.session((SRV, CID), None, &mut out);
+        assert!(out.is_empty(), "gone from PROCESSLIST: still held");
+        let args = [CID, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        r.hit(T1, mysite::SESSION_USER, args, Some("app"));
+        r.hit(T1, mysite::SESSION_DB, args, Some("shop"));
+        r.hit(T1, mysite::SESSION_ADDRESS, args, address);
+        assert!(r.out.is_empty());
+        r.hit(T1, mysite::CONN_END, args, None);
+        let out = r.take();
+        assert_eq!(names(&out), ["SELECT", "SELECT"]);
+        for s in &out {
+            assert_eq!(
+                (
+                    get(s, "user.name").as_deref(),
+                    get(s, "db.namespace").as_deref(),
+                    get(s, "network.transport").as_deref(),
+                    get(s, "client.address").as_deref()
+                ),
+                (Some("app"), Some("shop"), Some(transport), client)
+            );
+        }
+        // The catalog's late answer finds nothing left to hold.
+        let mut late = vec![];
+        r.t.session((SRV, CID), session(), &mut late);
+        assert!(late.is_empty());
+    }
+
+    // Known from the catalog: what it says at its end changes nothing.
+    let mut r = R::new();
+    r.t.asking = true;
+    r.login(CID);
+    let mut out = vec![];
+    r.t.session((SRV, CID), session(), &mut out);
+    r.run(10, End::query("select 1").rows(1));
+    let args = [CID, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    r.hit(T1, mysite::SESSION_USER, args, Some("other"));
+    r.hit(T1, mysite::CONN_END, args, None);
+    let out = r.take();
+    assert_eq!(get(&out[0], "user.name").as_deref(), Some("app"));
+
+    // No database and no end said (an older build): the wait's end releases them.
+    let mut r = R::new();
+    r.t.asking = true;
+    r.login(CID);
+    r.run(10, End::query("select 1").rows(1));
+    let mut out = vec![];
+    r.t.session((SRV, CID), None, &mut out);
+    assert!(out.is_empty());
+    r.t.release_held(r.now + sessions::HOLD_NS, &mut out);
+    assert_eq!(names(&out), ["SELECT"]);
+    assert!(get(&out[0], "user.name").is_none());
 }
 
 /// With a catalog, a new connection's spans wait for its session; the

@@ -16,13 +16,17 @@ pub const HELD_MAX: usize = 256;
 /// How long spans wait for their connection's session.
 pub const HOLD_NS: u64 = 500_000_000;
 
-/// A session as PROCESSLIST shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A session as PROCESSLIST shows it, or as its connection said when it
+/// ended (see `session_sites`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Session {
     pub user: String,
     /// `localhost` (a unix socket), or the client's `address:port`.
     pub host: String,
     pub db: Option<String>,
+    /// The client's IP address alone (said at the end, without its port):
+    /// `host` is then not used.
+    pub ip: Option<String>,
 }
 
 /// Waiting for sessions: connections and since when.
@@ -35,6 +39,11 @@ pub fn session_attributes(s: &Session, db: Option<&str>, a: &mut Vec<KeyValue>) 
     }
     if !s.user.is_empty() {
         a.push(KeyValue::new("user.name", s.user.clone()));
+    }
+    if let Some(ip) = &s.ip {
+        a.push(KeyValue::new("client.address", ip.clone()));
+        a.push(KeyValue::new("network.transport", "tcp"));
+        return;
     }
     match s.host.rsplit_once(':') {
         Some((addr, port)) if port.parse::<u16>().is_ok() => {
@@ -123,13 +132,49 @@ impl Tracker {
         out.append(&mut overflow);
     }
 
+    /// What a connection said of itself as it ended (before its end), kept
+    /// while its session is not known.
+    pub(super) fn said_at_end(&mut self, hit: &ServerHit) {
+        let Some(c) = self
+            .conns
+            .get_mut((hit.at.pid, hit.args[0]))
+            .filter(|c| c.awaiting)
+        else {
+            return;
+        };
+        let s = c.ending.get_or_insert_with(Session::default);
+        let text = hit.text.clone().filter(|t| !t.is_empty());
+        match hit.site {
+            mysite::SESSION_USER => s.user = text.unwrap_or_default(),
+            mysite::SESSION_DB => s.db = text,
+            mysite::SESSION_ADDRESS => match text {
+                Some(ip) => s.ip = Some(ip),
+                None => s.host = "localhost".into(),
+            },
+            _ => {}
+        }
+    }
+
     /// The connection ended: what it left open ends; while its session is
-    /// looked up, it stays (closed) with its spans until the answer.
+    /// looked up, it stays (closed) with its spans until the answer, unless
+    /// it said who it was as it ended.
     pub(super) fn closed(&mut self, key: (u32, u64), mut c: Conn, ts: u64, out: &mut Vec<DbSpan>) {
         if !c.awaiting {
             return self.let_go(key, c, ts, out);
         }
         let mark = out.len();
+        if let Some(s) = c.ending.take() {
+            c.awaiting = false;
+            let db = c.db.take();
+            let mut held = std::mem::take(&mut c.held);
+            self.let_go(key, c, ts, out);
+            held.extend(out.drain(mark..));
+            for span in &mut held {
+                session_attributes(&s, db.as_deref(), &mut span.attributes);
+            }
+            out.append(&mut held);
+            return;
+        }
         if let Some(p) = c.pending.take() {
             self.emit(key, &mut c, p, out);
         }
@@ -159,6 +204,11 @@ impl Tracker {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
+        if s.is_none() && !c.closed {
+            // Gone from PROCESSLIST while its end is still on its way here
+            // (a short connection): what it says as it ends, or the wait's end.
+            return;
+        }
         c.awaiting = false;
         if let Some(s) = s {
             let s = std::sync::Arc::new(s);
@@ -199,6 +249,7 @@ mod tests {
             user: "app".into(),
             host: host.into(),
             db: Some("shop".into()),
+            ip: None,
         };
         let mut a = vec![];
         session_attributes(&s, None, &mut a);

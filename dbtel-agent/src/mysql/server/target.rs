@@ -28,6 +28,8 @@ use crate::{
     mysql::symbols,
 };
 
+use super::session_sites;
+
 const DISPATCH: &str = "_Z16dispatch_command19enum_server_commandP3THDPcjb";
 pub const END_STATEMENT: &str = "_ZN8Protocol13end_statementEv";
 const WAIT_BEGIN: &str = "thd_wait_begin";
@@ -178,7 +180,7 @@ pub fn decode(
 }
 
 /// [rdi + first] then each hop's field; `size` bytes at the end.
-fn via_rdi(first: u32, hops: &[u32], size: u8) -> ArgSpec {
+pub(super) fn via_rdi(first: u32, hops: &[u32], size: u8) -> ArgSpec {
     let mut a = ArgSpec {
         kind: argkind::MEMORY,
         size,
@@ -286,6 +288,8 @@ pub fn claim_image(
 ) -> Result<Option<Plan>, ClaimError> {
     let mut wanted: Vec<&'static str> = ACCESSORS.to_vec();
     wanted.extend([END_STATEMENT, WAIT_BEGIN, WAIT_END, UNLINK, DEADLOCK]);
+    wanted.extend(session_sites::ACCESSORS);
+    wanted.push(session_sites::END_CONNECTION);
     let found = symbols::find(data, &wanted)
         .map_err(|e| ClaimError(format!("{path} (process {pid}): {e}")))?;
     let code = |name: &'static str| {
@@ -298,9 +302,24 @@ pub fn claim_image(
         })
     };
     let layout = decode(path, &code)?;
+    let mut all = sites(&layout);
+    let mut warnings = Vec::new();
+    // Optional: without them only the catalog says who a connection is.
+    match session_sites::decode(&code) {
+        Ok(s) if found.contains_key(session_sites::END_CONNECTION) => {
+            all.extend(session_sites::sites(&s, layout.thread_id))
+        }
+        Ok(_) => warnings.push(format!(
+            "{path}: no {}: connections too short for the catalog to see will have no user.name or db.namespace",
+            session_sites::END_CONNECTION
+        )),
+        Err(e) => warnings.push(format!(
+            "{path}: {e}: connections too short for the catalog to see will have no user.name or db.namespace"
+        )),
+    }
     let mut points = Vec::new();
     let mut specs = Vec::new();
-    for (i, (function, spec)) in sites(&layout).into_iter().enumerate() {
+    for (i, (function, spec)) in all.into_iter().enumerate() {
         let s = found
             .get(function)
             .ok_or_else(|| refuse(path, format!("no {function}")))?;
@@ -319,7 +338,7 @@ pub fn claim_image(
         host_path: host.into(),
         layout: Layout::Sites(specs),
         points,
-        warnings: Vec::new(),
+        warnings,
     }))
 }
 
@@ -338,7 +357,8 @@ mod tests {
         let Layout::Sites(specs) = &plan.layout else {
             panic!()
         };
-        assert_eq!(plan.points.len(), 5);
+        assert_eq!(plan.points.len(), 8);
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
         let end = &specs[0];
         assert_eq!(end.probe, mysite::STATEMENT_DONE);
         assert_eq!(
@@ -364,6 +384,32 @@ mod tests {
             (0x3f18, 0x3f18, 0x3f18),
             "the waiting THD's and the ending one's thread_id"
         );
+        // end_connection: security_ctx's user and ip, THD::db (measured with
+        // bpftrace on that build: root / NULL over the socket, 127.0.0.1 over TCP).
+        let session: Vec<_> = specs[5..]
+            .iter()
+            .map(|s| {
+                (
+                    s.probe,
+                    s.args[0].value,
+                    s.args[1].value,
+                    s.args[1].hops,
+                    s.args[1].hops_at[0],
+                    s.text_arg,
+                )
+            })
+            .collect();
+        assert_eq!(
+            session,
+            [
+                (mysite::SESSION_USER, 0x3f18, 0x25f8, 1, 0x8, 2),
+                (mysite::SESSION_DB, 0x3f18, 0xa0, 0, 0, 2),
+                (mysite::SESSION_ADDRESS, 0x3f18, 0x25f8, 1, 0x10, 2),
+            ]
+        );
+        assert!(plan.points[5..]
+            .iter()
+            .all(|p| p.function == session_sites::END_CONNECTION));
     }
 
     #[test]

@@ -411,7 +411,9 @@ impl ServerSide {
                     // Not found (gone already): the poller's snapshot may still know it.
                     self.backends.insert(
                         pid,
-                        info.map_or(Lookup::Unknown, |b| Lookup::Known(Arc::new(BackendDesc::new(b)))),
+                        info.map_or(Lookup::Unknown, |b| {
+                            Lookup::Known(Arc::new(BackendDesc::new(b)))
+                        }),
                     );
                 }
             }

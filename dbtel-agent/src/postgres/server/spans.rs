@@ -147,7 +147,10 @@ pub fn describe_query(
 ) -> Described {
     let mut a = Vec::with_capacity(8 + facts.attrs.len() + backend.map_or(0, |b| b.attrs.len()));
     a.push(KeyValue::new("db.system.name", "postgresql"));
-    a.push(KeyValue::new("db.postgresql.backend.pid", backend_pid as i64));
+    a.push(KeyValue::new(
+        "db.postgresql.backend.pid",
+        backend_pid as i64,
+    ));
     a.extend_from_slice(&facts.attrs);
     let name = facts.name().unwrap_or_else(|| "postgresql".into());
     if q.truncated {
