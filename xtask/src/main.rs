@@ -144,6 +144,9 @@ const APT_PACKAGES: &[&str] = &[
     // The bench's peers: bpftrace scripts and BCC's dbslower.
     "bpftrace",
     "bpfcc-tools",
+    // depmod: virtme-ng runs it on the guest kernel's modules (the VM core of
+    // `cargo xtask test`); an image without kmod fails there.
+    "kmod",
 ];
 /// Packages installed with their service (named second) kept from starting and
 /// disabled afterwards: the tests start throwaway servers of their own.
