@@ -354,6 +354,11 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
             || !agent.engine_servers.is_empty(),
         signals_to_other_user: child.is_some() && cfg.command_user.other_than_agent(),
     })?;
+    // Caught before the line: whoever reads it may interrupt at once (an
+    // interrupt in between killed the agent without its report: a CI run
+    // saw exit by SIGINT right after the line).
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     // Ready before the line: whoever reads it finds /healthz answering 200.
     if let Some(h) = &cfg.health {
         h.set_ready();
@@ -364,8 +369,6 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut housekeeping = tokio::time::interval(Duration::from_millis(250));
     housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut last_counters = [0u64; counter::COUNT as usize];
     let mut drops_warned_at = None;
     let mut stopping_since: Option<tokio::time::Instant> = None;
