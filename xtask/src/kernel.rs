@@ -127,11 +127,15 @@ pub fn test_kernels(kernels: &[String], tests: &[String], kvm: bool) -> Result<(
     for (k, outcomes) in &summary {
         for o in outcomes {
             eprintln!(
-                "xtask:   {:<24} {:<6} {:>6.1} s  {}",
+                "xtask:   {:<24} {:<6} {:>6.1} s  {}{}",
                 k.release,
                 if o.passed() { "ok" } else { "FAILED" },
                 o.seconds,
-                o.label
+                o.label,
+                match o.first_try {
+                    Some(rc) => format!(" (second try; the first failed with exit {rc})"),
+                    None => String::new(),
+                }
             );
             if !o.passed() {
                 failed.push(format!("{} on {}", o.label, k.release));
