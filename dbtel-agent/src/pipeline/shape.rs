@@ -216,11 +216,13 @@ fn one_terminated(sql: &str) -> Option<Option<&str>> {
 /// Whether the text has no `;`, quote or comment opener, and `$` only
 /// before a digit (parameters: `$1`).
 fn plain_dollars(b: &[u8]) -> bool {
-    b.iter().enumerate().all(|(i, &c)| match c {
-        b';' | b'\'' | b'"' | b'-' | b'/' => false,
-        b'$' => b.get(i + 1).is_some_and(u8::is_ascii_digit),
-        _ => true,
-    })
+    // Two SIMD searches instead of a walk byte by byte (every statement
+    // passes here, twice per text it reports on the server side).
+    if memchr::memchr3(b';', b'\'', b'"', b).is_some() {
+        return false;
+    }
+    memchr::memchr3_iter(b'$', b'-', b'/', b)
+        .all(|i| b[i] == b'$' && b.get(i + 1).is_some_and(u8::is_ascii_digit))
 }
 
 /// The index just past the quoted token opening at `i` (its quote character
@@ -270,6 +272,35 @@ mod tests {
             assert_eq!(statements(t), scan(t), "{t:?}");
         }
         assert_eq!(short, 7, "the texts the short way takes");
+    }
+
+    #[test]
+    fn plain_dollars_agrees_with_the_byte_walk() {
+        let walk = |b: &[u8]| {
+            b.iter().enumerate().all(|(i, &c)| match c {
+                b';' | b'\'' | b'"' | b'-' | b'/' => false,
+                b'$' => b.get(i + 1).is_some_and(u8::is_ascii_digit),
+                _ => true,
+            })
+        };
+        for t in [
+            "",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+            "select $1, $22, $3",
+            "select $",
+            "select $a",
+            "select a$b",
+            "select 1 - 2",
+            "select 1 / 2",
+            "select 'a'",
+            "select \"a\"",
+            "select 1; select 2",
+            "$1$2$",
+            "update pgbench_branches set bbalance = bbalance + $1 where bid = $2 and name = 'x'",
+            "select é, 日本 from t where a = $9",
+        ] {
+            assert_eq!(plain_dollars(t.as_bytes()), walk(t.as_bytes()), "{t:?}");
+        }
     }
 
     #[test]

@@ -405,19 +405,19 @@ impl Tracker {
         }
     }
 
+    /// `effect`: the text's effect on the block when the caller read it
+    /// already (None: read here).
     fn open_query(
         &mut self,
         at: Origin,
         text: String,
         truncated: bool,
         client: &dyn Fn(u32) -> Option<ClientIds>,
+        effect: Option<BlockEffect>,
     ) {
         // Blocks are known from their statements' texts (the transaction
         // start/commit probes would cost two traps per implicit transaction).
-        let effect = BlockEffect::of(
-            &text,
-            self.backends.get(&at.pid).is_some_and(|b| b.txn.is_some()),
-        );
+        let effect = effect.unwrap_or_else(|| BlockEffect::of(&text, self.in_block(at.pid)));
         if effect.opened {
             self.open_txn(at, client);
         }
@@ -474,6 +474,11 @@ impl Tracker {
             incomplete: None,
             events: vec![],
         });
+    }
+
+    /// Whether a backend's session is inside a transaction block.
+    pub(super) fn in_block(&self, pid: u32) -> bool {
+        self.backends.get(&pid).is_some_and(|b| b.txn.is_some())
     }
 
     /// The statement is over (idle, or the next one began): (failed, its end).

@@ -6,6 +6,7 @@ use dbtel_common::site;
 
 use super::{end_waits, ClientIds, ServerSpan, Tracker};
 use crate::events::{Origin, ServerHit};
+use crate::postgres::server::blocks::BlockEffect;
 
 impl Tracker {
     /// Whether this hit begins a statement (before it is handed to
@@ -50,12 +51,18 @@ impl Tracker {
         };
         match pieces.as_deref() {
             Some([first, rest @ ..]) if !rest.is_empty() => {
-                self.open_query(at, first.to_string(), false, client);
+                self.open_query(at, first.to_string(), false, client, None);
                 let b = self.backends.get_mut(&at.pid).expect("entry exists");
                 b.rest = rest.iter().map(|s| s.to_string()).collect();
             }
             _ => {
-                self.open_query(at, text.to_string(), truncated, client);
+                // One statement: its effect from the piece split already
+                // (the text would be split again to read it).
+                let effect = match pieces.as_deref() {
+                    Some([one]) => Some(BlockEffect::single(one, self.in_block(at.pid))),
+                    _ => None,
+                };
+                self.open_query(at, text.to_string(), truncated, client, effect);
                 self.backends.get_mut(&at.pid).expect("entry exists").whole =
                     several && pieces.is_none_or(|p| p.len() > 1);
             }
@@ -91,7 +98,7 @@ impl Tracker {
         if let Some(next) = b.rest.pop_front() {
             let rest = std::mem::take(&mut b.rest);
             self.end_statement(at, client, out);
-            self.open_query(at, next, false, client);
+            self.open_query(at, next, false, client, None);
             self.backends.get_mut(&at.pid).expect("entry exists").rest = rest;
         }
     }
