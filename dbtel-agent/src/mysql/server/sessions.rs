@@ -61,6 +61,14 @@ pub fn session_attributes(s: &Session, db: Option<&str>, a: &mut Vec<KeyValue>) 
     }
 }
 
+/// A connection's held spans go out with its session's attributes.
+fn release_described(c: &mut Conn, s: &Session, out: &mut Vec<DbSpan>) {
+    for mut span in c.held.drain(..) {
+        session_attributes(s, c.db.as_deref(), &mut span.attributes);
+        out.push(span);
+    }
+}
+
 /// The database a `USE db` text switches to.
 pub fn used_database(text: &str) -> Option<String> {
     let t = text.trim().trim_end_matches(';').trim();
@@ -163,18 +171,6 @@ impl Tracker {
             return self.let_go(key, c, ts, out);
         }
         let mark = out.len();
-        if let Some(s) = c.ending.take() {
-            c.awaiting = false;
-            let db = c.db.take();
-            let mut held = std::mem::take(&mut c.held);
-            self.let_go(key, c, ts, out);
-            held.extend(out.drain(mark..));
-            for span in &mut held {
-                session_attributes(&s, db.as_deref(), &mut span.attributes);
-            }
-            out.append(&mut held);
-            return;
-        }
         if let Some(p) = c.pending.take() {
             self.emit(key, &mut c, p, out);
         }
@@ -182,6 +178,10 @@ impl Tracker {
             self.close_txn(key, t, ts, Outcome::Incomplete, None, out);
         }
         c.held.extend(out.drain(mark..));
+        if let Some(s) = c.ending.take() {
+            // It said who it was: nothing left to wait for.
+            return release_described(&mut c, &s, out);
+        }
         c.closed = true;
         let mut c = Some(c);
         if let Some((old, evicted)) = self
@@ -212,10 +212,7 @@ impl Tracker {
         c.awaiting = false;
         if let Some(s) = s {
             let s = std::sync::Arc::new(s);
-            for mut span in c.held.drain(..) {
-                session_attributes(&s, c.db.as_deref(), &mut span.attributes);
-                out.push(span);
-            }
+            release_described(c, &s, out);
             c.session = Some(s);
         } else {
             out.append(&mut c.held);
