@@ -161,15 +161,6 @@ pub struct NPlusOne {
     counters: Counters,
 }
 
-/// The last attribute of that key, as DbSpan's typed accessors read it.
-fn attribute(span: &DbSpan, key: &str) -> Option<Value> {
-    span.attributes
-        .iter()
-        .rev()
-        .find(|kv| kv.key.as_str() == key)
-        .map(|kv| kv.value.clone())
-}
-
 impl NPlusOne {
     /// `threshold` N (0: off, every span passes through untouched);
     /// `burst_gap`: the pause that ends a burst on a connection.
@@ -250,7 +241,7 @@ impl NPlusOne {
             opened_ns: span.start_ns,
             last_end_ns: 0,
             seq: 0,
-            system: attribute(&span, "db.system.name"),
+            system: span.attribute("db.system.name").cloned(),
             groups: Vec::new(),
         });
         scope.touched = self.clock;
@@ -282,8 +273,10 @@ impl NPlusOne {
         // In a burst the event goes on the run's first execution, so once a
         // listing was seen each new SELECT shape's first one waits.
         let hold = matches!(key, Key::Burst { .. }) && select && scope.listed();
-        let summary =
-            attribute(&span, "db.query.summary").unwrap_or_else(|| Value::from(span.name.clone()));
+        let summary = span
+            .attribute("db.query.summary")
+            .cloned()
+            .unwrap_or_else(|| Value::from(span.name.clone()));
         let mut g = Group {
             key: span.group,
             select,

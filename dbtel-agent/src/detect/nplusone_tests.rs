@@ -33,6 +33,7 @@ fn stmt(id: u64, parent: u64, group: u64, hash: u64, op: &str, rows: Option<i64>
         Described {
             name: format!("{op} t{group}"),
             attributes: a,
+            blocks: Default::default(),
             error: None,
         },
         vec![],
@@ -64,6 +65,7 @@ fn txn(id: u64, end_ns: u64) -> DbSpan {
                 KeyValue::new("db.system.name", "postgresql"),
                 KeyValue::new("db.transaction.outcome", "committed"),
             ],
+            blocks: Default::default(),
             error: None,
         },
         vec![],

@@ -49,6 +49,7 @@ mod tests {
             Described {
                 name: "SELECT".into(),
                 attributes: attrs,
+                blocks: Default::default(),
                 error: None,
             },
             vec![],

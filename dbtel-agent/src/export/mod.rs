@@ -393,7 +393,11 @@ pub fn span_data(s: DbSpan, clock: &Clock, scope: &InstrumentationScope) -> Span
         name: s.name.into(),
         start_time: clock.wall(s.start_ns),
         end_time: clock.wall(s.end_ns),
-        attributes: s.attributes,
+        attributes: {
+            let mut a = s.attributes;
+            a.extend(s.blocks.kvs().cloned());
+            a
+        },
         dropped_attributes_count: 0,
         events: span_events,
         links: span_links(s.links),

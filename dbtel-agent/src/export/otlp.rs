@@ -311,6 +311,16 @@ fn span(b: &mut Vec<u8>, s: &DbSpan, clock: &Clock) {
     for kv in &s.attributes {
         attribute_field(b, 9, kv);
     }
+    // Shared blocks: encoded once, spliced into every span that carries them.
+    for block in s.blocks.iter() {
+        b.extend_from_slice(block.encoded(|kvs| {
+            let mut e = Vec::new();
+            for kv in kvs {
+                attribute_field(&mut e, 9, kv);
+            }
+            e
+        }));
+    }
     for e in &s.events {
         message(b, 11, |m| {
             fixed64_field(m, 1, clock.wall_ns(e.ts_ns));

@@ -1,5 +1,6 @@
 use super::*;
 use crate::pipeline::{
+    attr_block::{AttrBlock, Blocks},
     dbspan::Described,
     span::{Event, Ids, Link},
 };
@@ -7,6 +8,19 @@ use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest, trace::v1::ResourceSpans,
 };
 use prost::Message;
+
+/// Shared by the samples: the second and third splice the first's encoding.
+static BLOCKS: std::sync::LazyLock<Blocks> = std::sync::LazyLock::new(|| {
+    let facts = AttrBlock::new(vec![KeyValue::new(
+        "db.query.text",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+    )]);
+    let conn = AttrBlock::new(vec![
+        KeyValue::new("db.namespace", "postgres"),
+        KeyValue::new("server.port", 5432i64),
+    ]);
+    Blocks::new(Some(&facts), Some(&conn))
+});
 
 fn sample(error: bool, parent: u64, remote: bool) -> DbSpan {
     DbSpan::new(
@@ -25,16 +39,13 @@ fn sample(error: bool, parent: u64, remote: bool) -> DbSpan {
             attributes: vec![
                 KeyValue::new("db.system.name", "postgresql"),
                 KeyValue::new("db.response.returned_rows", 1i64),
-                KeyValue::new(
-                    "db.query.text",
-                    "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
-                ),
                 KeyValue::new("empty", ""),
                 KeyValue::new("flag", true),
                 KeyValue::new("ratio", 0.5),
                 KeyValue::new("negative", -3i64),
                 KeyValue::new("list", Value::Array(Array::I64(vec![1, 2]))),
             ],
+            blocks: BLOCKS.clone(),
             error: error.then(|| "deadlock detected".to_string()),
         },
         vec![Event {

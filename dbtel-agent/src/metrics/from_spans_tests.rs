@@ -15,6 +15,7 @@ fn span(kind: Kind, attrs: Vec<KeyValue>, ms: u64) -> DbSpan {
         Described {
             name: "x".into(),
             attributes: attrs,
+            blocks: Default::default(),
             error: None,
         },
         vec![],

@@ -201,7 +201,7 @@ pub fn describe(q: &QuerySpan) -> Described {
             name = summary.unwrap_or_else(|| "PREPARE".into());
         }
         (Some(f), _) => {
-            a.extend_from_slice(&f.attrs);
+            a.extend_from_slice(f.attrs.kvs());
             name = f.name().unwrap_or_default();
         }
         (None, MyCall::StmtPrepare) => {
@@ -258,6 +258,7 @@ pub fn describe(q: &QuerySpan) -> Described {
     Described {
         name,
         attributes: a,
+        blocks: Default::default(),
         error,
     }
 }

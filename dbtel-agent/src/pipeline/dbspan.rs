@@ -5,6 +5,7 @@
 
 use opentelemetry::{KeyValue, Value};
 
+use super::attr_block::Blocks;
 use super::span::{Event, Ids, Link};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,29 +23,71 @@ pub enum Kind {
 #[derive(Debug)]
 pub struct Described {
     pub name: String,
+    /// The span's own attributes.
     pub attributes: Vec<KeyValue>,
+    /// Attributes it shares with other spans (its text's facts, its
+    /// connection's description), exported after its own.
+    pub blocks: Blocks,
     pub error: Option<String>,
 }
 
-/// Positions in `attributes` of the facts later stages read, and the row
-/// counts: no string is cloned (a reference count shared with the export
+/// Where a typed fact is: in the span's own attributes (slot 0) or in one
+/// of its blocks (1: facts, 2: connection), at index `i`.
+#[derive(Debug, Clone, Copy)]
+struct At {
+    slot: u8,
+    i: u16,
+}
+
+/// Positions of the facts later stages read, and the row counts: no string
+/// is cloned (a reference count shared with the export
 /// thread cost the export stage ~25 % in the pipeline bench).
 #[derive(Debug, Clone, Copy, Default)]
 struct Typed {
-    system: Option<u16>,
-    operation: Option<u16>,
-    collection: Option<u16>,
-    error_type: Option<u16>,
-    namespace: Option<u16>,
-    summary: Option<u16>,
-    status_code: Option<u16>,
-    server_address: Option<u16>,
-    outcome: Option<u16>,
-    lock_outcome: Option<u16>,
+    system: Option<At>,
+    operation: Option<At>,
+    collection: Option<At>,
+    error_type: Option<At>,
+    namespace: Option<At>,
+    summary: Option<At>,
+    status_code: Option<At>,
+    server_address: Option<At>,
+    outcome: Option<At>,
+    lock_outcome: Option<At>,
     server_port: Option<i64>,
     retry_count: Option<i64>,
     rows: Option<i64>,
     affected_rows: Option<i64>,
+}
+
+impl Typed {
+    /// Notes where the typed facts among `kvs` are (slot: see [`At`]).
+    fn note_all(&mut self, slot: u8, kvs: &[KeyValue]) {
+        for (i, kv) in kvs.iter().enumerate() {
+            let at = u16::try_from(i).ok().map(|i| At { slot, i });
+            let int = || match &kv.value {
+                Value::I64(n) => Some(*n),
+                _ => None,
+            };
+            match kv.key.as_str() {
+                "db.system.name" => self.system = at,
+                "db.operation.name" => self.operation = at,
+                "db.collection.name" => self.collection = at,
+                "error.type" => self.error_type = at,
+                "db.namespace" => self.namespace = at,
+                "db.query.summary" => self.summary = at,
+                "db.response.status_code" => self.status_code = at,
+                "server.address" => self.server_address = at,
+                "db.transaction.outcome" => self.outcome = at,
+                "db.postgresql.lock.outcome" | "db.mysql.lock.outcome" => self.lock_outcome = at,
+                "server.port" => self.server_port = int(),
+                "db.transaction.retry_count" => self.retry_count = int(),
+                "db.response.returned_rows" => self.rows = int(),
+                "db.response.affected_rows" => self.affected_rows = int(),
+                _ => {}
+            }
+        }
+    }
 }
 
 /// What a span stands for, as metrics and detectors count it.
@@ -69,7 +112,9 @@ pub struct DbSpan {
     /// CLOCK_MONOTONIC nanoseconds.
     pub start_ns: u64,
     pub end_ns: u64,
+    /// Its own attributes; `blocks` holds those it shares.
     pub attributes: Vec<KeyValue>,
+    pub blocks: Blocks,
     /// Status ERROR with this description; None: status unset.
     pub error: Option<String>,
     pub events: Vec<Event>,
@@ -108,31 +153,15 @@ impl DbSpan {
         events: Vec<Event>,
         links: Vec<Link>,
     ) -> Self {
+        // Blocks first: a span's own attribute of the same key wins.
         let mut typed = Typed::default();
-        for (i, kv) in d.attributes.iter().enumerate() {
-            let at = u16::try_from(i).ok();
-            let int = || match &kv.value {
-                Value::I64(n) => Some(*n),
-                _ => None,
-            };
-            match kv.key.as_str() {
-                "db.system.name" => typed.system = at,
-                "db.operation.name" => typed.operation = at,
-                "db.collection.name" => typed.collection = at,
-                "error.type" => typed.error_type = at,
-                "db.namespace" => typed.namespace = at,
-                "db.query.summary" => typed.summary = at,
-                "db.response.status_code" => typed.status_code = at,
-                "server.address" => typed.server_address = at,
-                "db.transaction.outcome" => typed.outcome = at,
-                "db.postgresql.lock.outcome" | "db.mysql.lock.outcome" => typed.lock_outcome = at,
-                "server.port" => typed.server_port = int(),
-                "db.transaction.retry_count" => typed.retry_count = int(),
-                "db.response.returned_rows" => typed.rows = int(),
-                "db.response.affected_rows" => typed.affected_rows = int(),
-                _ => {}
-            }
+        if let Some(b) = &d.blocks.facts {
+            typed.note_all(1, b.kvs());
         }
+        if let Some(b) = &d.blocks.conn {
+            typed.note_all(2, b.kvs());
+        }
+        typed.note_all(0, &d.attributes);
         DbSpan {
             pid,
             ids,
@@ -141,6 +170,7 @@ impl DbSpan {
             start_ns,
             end_ns,
             attributes: d.attributes,
+            blocks: d.blocks,
             error: d.error,
             events,
             links,
@@ -185,8 +215,13 @@ impl DbSpan {
         }
     }
 
-    fn text(&self, at: Option<u16>) -> Option<&str> {
-        match &self.attributes.get(usize::from(at?))?.value {
+    fn text(&self, at: Option<At>) -> Option<&str> {
+        let at = at?;
+        let kvs = match at.slot {
+            0 => &self.attributes[..],
+            n => self.blocks.slot(n - 1)?.kvs(),
+        };
+        match &kvs.get(usize::from(at.i))?.value {
             Value::String(s) => Some(s.as_str()),
             _ => None,
         }
@@ -258,6 +293,19 @@ impl DbSpan {
         self.attributes.push(kv);
     }
 
+    /// Every attribute: its own, then its blocks'.
+    pub fn all_attributes(&self) -> impl Iterator<Item = &KeyValue> {
+        self.attributes.iter().chain(self.blocks.kvs())
+    }
+
+    /// The value of `key` as exported: its own last one, else a block's.
+    pub fn attribute(&self, key: &str) -> Option<&Value> {
+        let own = self.attributes.iter().rev();
+        own.chain(self.blocks.kvs())
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| &kv.value)
+    }
+
     /// db.response.returned_rows
     pub fn rows(&self) -> Option<i64> {
         self.typed.rows
@@ -288,6 +336,7 @@ mod tests {
                 KeyValue::new("db.response.returned_rows", 3_i64),
                 KeyValue::new("error.type", "42P01"),
             ],
+            blocks: Default::default(),
             error: Some("42P01".into()),
         };
         let s = DbSpan::new(

@@ -21,6 +21,7 @@ fn span(trace: u128, id: u64, parent: u64, attrs: Vec<KeyValue>, error: bool) ->
         Described {
             name: "q".into(),
             attributes: attrs,
+            blocks: Default::default(),
             error: error.then(|| "42P01".into()),
         },
         vec![],

@@ -1,6 +1,7 @@
 //! Engine-neutral: span ids, events and links, the client transaction
 //! tracker, SQL facts (obfuscation, summary, per-engine dialects) and their
 //! literal-blind cache keys, sqlcommenter comments (the application's trace).
+pub mod attr_block;
 pub mod dbspan;
 pub mod gate;
 pub mod group;

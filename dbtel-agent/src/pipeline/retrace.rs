@@ -153,6 +153,7 @@ mod tests {
                 Described {
                     name: "BEGIN".into(),
                     attributes: vec![],
+                    blocks: Default::default(),
                     error: None,
                 },
                 vec![],
@@ -190,6 +191,7 @@ mod tests {
                 Described {
                     name: op.into(),
                     attributes: vec![KeyValue::new("db.operation.name", op.to_string())],
+                    blocks: Default::default(),
                     error: None,
                 },
                 vec![],

@@ -10,7 +10,7 @@ use sqlparser::{
     tokenizer::{Token, Tokenizer},
 };
 
-use crate::pipeline::span::shared;
+use crate::pipeline::{attr_block::AttrBlock, span::shared};
 
 mod dialect;
 mod mysql;
@@ -37,8 +37,8 @@ pub struct QueryFacts {
     /// whatever its literals or list lengths.
     pub group: u64,
     /// The four above as span attributes, built once per text: a span then
-    /// clones reference-counted strings instead of copying text.
-    pub attrs: Vec<KeyValue>,
+    /// carries the block (see pipeline::attr_block).
+    pub attrs: Arc<AttrBlock>,
 }
 
 impl QueryFacts {
@@ -54,7 +54,7 @@ impl QueryFacts {
             a.push(KeyValue::new("db.query.summary", shared(s)));
         }
         a.push(KeyValue::new("db.query.text", shared(&self.text)));
-        self.attrs = a;
+        self.attrs = AttrBlock::new(a);
         self
     }
 
@@ -202,7 +202,7 @@ pub fn facts_in(dialect: Dialect, sql: &str, text: impl Into<Text>) -> QueryFact
             collection,
             summary,
             group,
-            attrs: Vec::new(),
+            attrs: Default::default(),
         }
     };
     let f = match tokenize(lexer, sql) {

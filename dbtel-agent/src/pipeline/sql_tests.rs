@@ -324,7 +324,7 @@ fn empty_and_odd_text() {
         ("", None, None)
     );
     // Only the (empty) text becomes an attribute.
-    assert_eq!(empty.attrs, [KeyValue::new("db.query.text", "")]);
+    assert_eq!(empty.attrs.kvs(), [KeyValue::new("db.query.text", "")]);
     assert_eq!(f("  ;").operation, None);
 }
 

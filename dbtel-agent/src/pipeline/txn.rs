@@ -579,6 +579,7 @@ pub fn describe(t: &TxnSpan, system: &'static str, conn: &[KeyValue]) -> Describ
     Described {
         name: "transaction".to_string(),
         attributes: a,
+        blocks: Default::default(),
         error,
     }
 }

@@ -234,6 +234,7 @@ fn describe_names_the_connection_and_the_outcome() {
         name,
         attributes: attrs,
         error: err,
+        ..
     } = super::describe(&t, "postgresql", &conn);
     assert_eq!((name.as_str(), err), ("transaction", None));
     for kv in [

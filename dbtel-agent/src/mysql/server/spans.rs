@@ -271,7 +271,7 @@ pub fn describe_statement(s: &StatementSpan, system: &'static str) -> Described 
             name = "USE".into();
         }
         (What::Statement, Some(f)) => {
-            a.extend_from_slice(&f.attrs);
+            a.extend_from_slice(f.attrs.kvs());
             name = f.name().unwrap_or_default();
         }
         (What::Statement, None) => {}
@@ -307,6 +307,7 @@ pub fn describe_statement(s: &StatementSpan, system: &'static str) -> Described 
     Described {
         name,
         attributes: a,
+        blocks: Default::default(),
         error,
     }
 }
@@ -327,6 +328,7 @@ pub fn describe_txn(t: &TxnSpan, system: &'static str) -> Described {
     Described {
         name: "transaction".into(),
         attributes: a,
+        blocks: Default::default(),
         error,
     }
 }
@@ -382,6 +384,7 @@ pub fn describe_wait(w: &WaitSpan, system: &'static str) -> Described {
     Described {
         name: format!("lock wait {on}"),
         attributes: a,
+        blocks: Default::default(),
         error,
     }
 }

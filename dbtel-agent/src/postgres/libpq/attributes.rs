@@ -3,10 +3,13 @@
 //! connection they run on, and the DbSpans of queries and transactions.
 
 use dbtel_common::func;
+use std::sync::Arc;
+
 use opentelemetry::KeyValue;
 
 use crate::{
     pipeline::{
+        attr_block::{AttrBlock, Blocks},
         dbspan::{DbSpan, Described, Kind},
         span, sql,
         txn::{self, TxnSpan},
@@ -42,7 +45,7 @@ pub fn query_span(q: QuerySpan, facts: Option<&sql::QueryFacts>) -> DbSpan {
 /// commits or rolls back), not work inside the process; it also keeps the
 /// span visible to back ends that only look at CLIENT/SERVER spans.
 pub fn txn_span(t: TxnSpan, conn: Option<&ConnInfo>) -> DbSpan {
-    let d = txn::describe(&t, "postgresql", conn.map_or(&[], conn_attrs));
+    let d = txn::describe(&t, "postgresql", conn.map_or(&[], |c| conn_attrs(c).kvs()));
     DbSpan::new(
         t.pid,
         t.ids,
@@ -68,18 +71,13 @@ pub fn function_name(f: u32) -> &'static str {
     }
 }
 
-/// Where the connection goes: shared by query and transaction spans. Built
-/// once per connection; a span clones reference-counted strings.
-pub fn conn_attributes(c: &ConnInfo, a: &mut Vec<KeyValue>) {
-    a.extend_from_slice(conn_attrs(c));
-}
-
-/// The connection's attributes, built at its first span.
-pub fn conn_attrs(c: &ConnInfo) -> &[KeyValue] {
+/// Where the connection goes, shared by its query and transaction spans: a
+/// block built at its first span.
+pub fn conn_attrs(c: &ConnInfo) -> &Arc<AttrBlock> {
     c.attrs.get_or_init(|| {
         let mut v = Vec::with_capacity(5);
         build_conn_attributes(c, &mut v);
-        v
+        AttrBlock::new(v)
     })
 }
 
@@ -131,8 +129,9 @@ pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Describe
         KeyValue::new("thread.id", q.tid as i64),
     ]);
     let mut name = String::new();
+    let mut blocks = Blocks::default();
     if let Some(f) = facts.filter(|_| !q.is_prepare()) {
-        a.extend_from_slice(&f.attrs);
+        blocks.facts = Some(f.attrs.clone());
         name = f.name().unwrap_or_default();
     } else if let Some(f) = facts {
         let summary = f.summary.as_ref().map(|s| format!("PREPARE {s}"));
@@ -161,9 +160,7 @@ pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Describe
     if q.text_truncated {
         a.push(KeyValue::new("dbtel.query.text_truncated", true));
     }
-    if let Some(c) = &q.conn_info {
-        conn_attributes(c, &mut a);
-    }
+    blocks.conn = q.conn_info.as_ref().map(|c| conn_attrs(c).clone());
     let mut error = None;
     match q.end {
         // It did not run: no rows, and no error of its own (the statement
@@ -214,6 +211,7 @@ pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Describe
     Described {
         name,
         attributes: a,
+        blocks,
         error,
     }
 }
@@ -263,6 +261,7 @@ mod tests {
     fn get(d: &Described, k: &str) -> Option<String> {
         d.attributes
             .iter()
+            .chain(d.blocks.kvs())
             .find(|kv| kv.key.as_str() == k)
             .map(|kv| kv.value.to_string())
     }

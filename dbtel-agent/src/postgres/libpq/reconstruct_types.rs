@@ -17,7 +17,7 @@ pub struct ConnInfo {
     pub host: String,
     pub port: String,
     /// Its span attributes, built at its first span (see attributes).
-    pub attrs: std::sync::OnceLock<Vec<opentelemetry::KeyValue>>,
+    pub attrs: std::sync::OnceLock<std::sync::Arc<crate::pipeline::attr_block::AttrBlock>>,
 }
 
 impl PartialEq for ConnInfo {

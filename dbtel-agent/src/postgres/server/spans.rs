@@ -2,9 +2,12 @@
 //! lock waits): pure functions of the reconstructed span and what the catalog
 //! said about the backends involved.
 
+use std::sync::Arc;
+
 use opentelemetry::{KeyValue, Value};
 
 use crate::{
+    pipeline::attr_block::{AttrBlock, Blocks},
     pipeline::dbspan::{DbSpan, Described, Kind},
     pipeline::span::Link,
     pipeline::sql::{self, FactsCache, QueryFacts, RowCount},
@@ -88,18 +91,21 @@ pub struct WaitFacts {
 }
 
 /// A backend as its spans describe it: the catalog's row, and the attributes
-/// it gives every span, built once with shared strings (a span clones none).
+/// it gives every span, built once as a block its spans share.
 #[derive(Debug, Clone)]
 pub struct BackendDesc {
     pub info: Backend,
-    attrs: Vec<KeyValue>,
+    attrs: Arc<AttrBlock>,
 }
 
 impl BackendDesc {
     pub fn new(info: Backend) -> Self {
         let mut attrs = Vec::new();
         backend_attributes(&info, &mut attrs);
-        BackendDesc { info, attrs }
+        BackendDesc {
+            info,
+            attrs: AttrBlock::new(attrs),
+        }
     }
 }
 
@@ -145,13 +151,12 @@ pub fn describe_query(
     facts: &QueryFacts,
     backend: Option<&BackendDesc>,
 ) -> Described {
-    let mut a = Vec::with_capacity(8 + facts.attrs.len() + backend.map_or(0, |b| b.attrs.len()));
+    let mut a = Vec::with_capacity(8);
     a.push(KeyValue::new("db.system.name", "postgresql"));
     a.push(KeyValue::new(
         "db.postgresql.backend.pid",
         backend_pid as i64,
     ));
-    a.extend_from_slice(&facts.attrs);
     let name = facts.name().unwrap_or_else(|| "postgresql".into());
     if q.truncated {
         a.push(KeyValue::new("dbtel.query.text_truncated", true));
@@ -179,9 +184,6 @@ pub fn describe_query(
             None => {}
         }
     }
-    if let Some(b) = backend {
-        a.extend_from_slice(&b.attrs);
-    }
     let mut error = None;
     if let Some(e) = &q.error {
         a.push(KeyValue::new("db.response.status_code", e.sqlstate.clone()));
@@ -203,6 +205,7 @@ pub fn describe_query(
     Described {
         name,
         attributes: a,
+        blocks: Blocks::new(Some(&facts.attrs), backend.map(|b| &b.attrs)),
         error,
     }
 }
@@ -221,9 +224,6 @@ pub fn describe_txn(t: &ServerTxn, backend_pid: i32, backend: Option<&BackendDes
         KeyValue::new("db.transaction.aborted", t.error.is_some()),
         KeyValue::new("db.transaction.statement_count", t.statements as i64),
     ];
-    if let Some(b) = backend {
-        a.extend_from_slice(&b.attrs);
-    }
     let error = t.error.as_ref().map(|e| {
         a.push(KeyValue::new("error.type", e.sqlstate.clone()));
         e.message.clone().unwrap_or_else(|| e.sqlstate.clone())
@@ -231,6 +231,7 @@ pub fn describe_txn(t: &ServerTxn, backend_pid: i32, backend: Option<&BackendDes
     Described {
         name: "transaction".into(),
         attributes: a,
+        blocks: Blocks::new(None, backend.map(|b| &b.attrs)),
         error,
     }
 }
@@ -332,6 +333,7 @@ pub fn describe_wait(
     Described {
         name: format!("lock wait {on}"),
         attributes: a,
+        blocks: Default::default(),
         error,
     }
 }

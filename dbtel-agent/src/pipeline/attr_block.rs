@@ -1,0 +1,104 @@
+//! Attributes many spans carry alike: a statement text's facts, a
+//! connection's or backend's description. Built once, shared by reference
+//! (one count per span instead of one per attribute), and encoded for export
+//! once: the encoder splices the bytes it cached here.
+
+use std::sync::{Arc, OnceLock};
+
+use opentelemetry::KeyValue;
+
+#[derive(Debug, Default)]
+pub struct AttrBlock {
+    kvs: Vec<KeyValue>,
+    /// The block as the exporter encodes it (one encoder writes blocks).
+    encoded: OnceLock<Box<[u8]>>,
+}
+
+/// Equal when the attributes are (the cached encoding follows from them).
+impl PartialEq for AttrBlock {
+    fn eq(&self, other: &Self) -> bool {
+        self.kvs == other.kvs
+    }
+}
+
+impl AttrBlock {
+    pub fn new(kvs: Vec<KeyValue>) -> Arc<Self> {
+        Arc::new(AttrBlock {
+            kvs,
+            encoded: OnceLock::new(),
+        })
+    }
+
+    pub fn kvs(&self) -> &[KeyValue] {
+        &self.kvs
+    }
+
+    /// Its encoding, made by `encode` the first time it is asked for.
+    pub fn encoded(&self, encode: impl FnOnce(&[KeyValue]) -> Vec<u8>) -> &[u8] {
+        self.encoded
+            .get_or_init(|| encode(&self.kvs).into_boxed_slice())
+    }
+}
+
+/// The blocks a span carries: its text's facts and its connection's (or
+/// backend's) description.
+#[derive(Debug, Clone, Default)]
+pub struct Blocks {
+    pub facts: Option<Arc<AttrBlock>>,
+    pub conn: Option<Arc<AttrBlock>>,
+}
+
+impl Blocks {
+    pub fn new(facts: Option<&Arc<AttrBlock>>, conn: Option<&Arc<AttrBlock>>) -> Self {
+        Blocks {
+            facts: facts.cloned(),
+            conn: conn.cloned(),
+        }
+    }
+
+    /// In order: facts, then connection.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<AttrBlock>> {
+        self.facts.iter().chain(self.conn.iter())
+    }
+
+    pub fn kvs(&self) -> impl Iterator<Item = &KeyValue> {
+        self.iter().flat_map(|b| b.kvs.iter())
+    }
+
+    /// Slot 0 the facts, 1 the connection.
+    pub(crate) fn slot(&self, slot: u8) -> Option<&AttrBlock> {
+        match slot {
+            0 => self.facts.as_deref(),
+            _ => self.conn.as_deref(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_is_encoded_once() {
+        let b = AttrBlock::new(vec![KeyValue::new("db.namespace", "shop")]);
+        let mut calls = 0;
+        for _ in 0..3 {
+            let bytes = b.encoded(|kvs| {
+                calls += 1;
+                kvs[0].key.as_str().as_bytes().to_vec()
+            });
+            assert_eq!(bytes, b"db.namespace");
+        }
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn blocks_list_facts_before_the_connection() {
+        let f = AttrBlock::new(vec![KeyValue::new("db.query.text", "SELECT 1")]);
+        let c = AttrBlock::new(vec![KeyValue::new("db.namespace", "shop")]);
+        let b = Blocks::new(Some(&f), Some(&c));
+        let keys: Vec<&str> = b.kvs().map(|kv| kv.key.as_str()).collect();
+        assert_eq!(keys, ["db.query.text", "db.namespace"]);
+        assert_eq!(Blocks::new(None, Some(&c)).kvs().count(), 1);
+    }
+}
