@@ -276,7 +276,7 @@ impl NPlusOne {
         let summary = span
             .attribute("db.query.summary")
             .cloned()
-            .unwrap_or_else(|| Value::from(span.name.clone()));
+            .unwrap_or_else(|| Value::from(String::from(span.name.clone())));
         let mut g = Group {
             key: span.group,
             select,

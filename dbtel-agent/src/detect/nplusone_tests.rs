@@ -31,7 +31,7 @@ fn stmt(id: u64, parent: u64, group: u64, hash: u64, op: &str, rows: Option<i64>
         Kind::Client,
         (0, 0),
         Described {
-            name: format!("{op} t{group}"),
+            name: format!("{op} t{group}").into(),
             attributes: a,
             blocks: Default::default(),
             error: None,

@@ -390,7 +390,7 @@ pub fn span_data(s: DbSpan, clock: &Clock, scope: &InstrumentationScope) -> Span
         parent_span_id: SpanId::from(s.ids.parent_span_id),
         parent_span_is_remote: s.ids.remote,
         span_kind: kind,
-        name: s.name.into(),
+        name: String::from(s.name).into(),
         start_time: clock.wall(s.start_ns),
         end_time: clock.wall(s.end_ns),
         attributes: {

@@ -9,6 +9,7 @@ use dbtel_common::MyCall;
 use opentelemetry::KeyValue;
 
 use super::records::ConnDetails;
+use crate::pipeline::name::Name;
 use crate::pipeline::{
     dbspan::{DbSpan, Described, Kind},
     span::{shared, Ids},
@@ -185,7 +186,7 @@ pub fn describe(q: &QuerySpan) -> Described {
         KeyValue::new("process.pid", i64::from(q.pid)),
         KeyValue::new("thread.id", i64::from(q.tid)),
     ]);
-    let mut name = String::new();
+    let mut name = Name::default();
     match (&q.facts, q.call) {
         // Preparing does not run the statement: named as libpq's PQprepare spans.
         (Some(f), MyCall::StmtPrepare) => {
@@ -198,7 +199,7 @@ pub fn describe(q: &QuerySpan) -> Described {
                 a.push(KeyValue::new("db.query.summary", s.clone()));
             }
             a.push(KeyValue::new("db.query.text", f.text.clone()));
-            name = summary.unwrap_or_else(|| "PREPARE".into());
+            name = summary.map_or(Name::Static("PREPARE"), Name::from);
         }
         (Some(f), _) => {
             a.extend_from_slice(f.attrs.kvs());

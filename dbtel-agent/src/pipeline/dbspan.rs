@@ -6,6 +6,7 @@
 use opentelemetry::{KeyValue, Value};
 
 use super::attr_block::Blocks;
+use super::name::Name;
 use super::span::{Event, Ids, Link};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +23,7 @@ pub enum Kind {
 /// unit-tested.
 #[derive(Debug)]
 pub struct Described {
-    pub name: String,
+    pub name: Name,
     /// The span's own attributes.
     pub attributes: Vec<KeyValue>,
     /// Attributes it shares with other spans (its text's facts, its
@@ -108,7 +109,7 @@ pub struct DbSpan {
     pub pid: u32,
     pub ids: Ids,
     pub kind: Kind,
-    pub name: String,
+    pub name: Name,
     /// CLOCK_MONOTONIC nanoseconds.
     pub start_ns: u64,
     pub end_ns: u64,

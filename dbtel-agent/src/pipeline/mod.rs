@@ -5,6 +5,7 @@ pub mod attr_block;
 pub mod dbspan;
 pub mod gate;
 pub mod group;
+pub mod name;
 pub mod retrace;
 pub mod shape;
 pub mod span;

@@ -189,7 +189,7 @@ mod tests {
                 Kind::Client,
                 (0, 1),
                 Described {
-                    name: op.into(),
+                    name: op.to_string().into(),
                     attributes: vec![KeyValue::new("db.operation.name", op.to_string())],
                     blocks: Default::default(),
                     error: None,

@@ -10,7 +10,7 @@ use sqlparser::{
     tokenizer::{Token, Tokenizer},
 };
 
-use crate::pipeline::{attr_block::AttrBlock, span::shared};
+use crate::pipeline::{attr_block::AttrBlock, name::Name, span::shared};
 
 mod dialect;
 mod mysql;
@@ -36,6 +36,8 @@ pub struct QueryFacts {
     /// Its grouping key (crate::pipeline::group): one per query shape,
     /// whatever its literals or list lengths.
     pub group: u64,
+    /// The name its spans take: the summary, else the operation.
+    pub span_name: Option<Arc<str>>,
     /// The four above as span attributes, built once per text: a span then
     /// carries the block (see pipeline::attr_block).
     pub attrs: Arc<AttrBlock>,
@@ -55,12 +57,17 @@ impl QueryFacts {
         }
         a.push(KeyValue::new("db.query.text", shared(&self.text)));
         self.attrs = AttrBlock::new(a);
+        self.span_name = self
+            .summary
+            .as_deref()
+            .or(self.operation.as_deref())
+            .map(Arc::from);
         self
     }
 
     /// The span name these facts give: the summary, else the operation.
-    pub fn name(&self) -> Option<String> {
-        self.summary.clone().or_else(|| self.operation.clone())
+    pub fn name(&self) -> Option<Name> {
+        self.span_name.clone().map(Name::from)
     }
 }
 
@@ -202,6 +209,7 @@ pub fn facts_in(dialect: Dialect, sql: &str, text: impl Into<Text>) -> QueryFact
             collection,
             summary,
             group,
+            span_name: None,
             attrs: Default::default(),
         }
     };

@@ -577,7 +577,7 @@ pub fn describe(t: &TxnSpan, system: &'static str, conn: &[KeyValue]) -> Describ
         a.push(KeyValue::new("error.type", e.clone()));
     }
     Described {
-        name: "transaction".to_string(),
+        name: "transaction".into(),
         attributes: a,
         blocks: Default::default(),
         error,

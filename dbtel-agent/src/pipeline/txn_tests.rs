@@ -3,7 +3,7 @@ use super::*;
 /// (name, attributes, error) of a transaction on a connection of no known details.
 fn describe(t: &TxnSpan) -> (String, Vec<KeyValue>, Option<String>) {
     let d = super::describe(t, "postgresql", &[]);
-    (d.name, d.attributes, d.error)
+    (d.name.into(), d.attributes, d.error)
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use opentelemetry::{KeyValue, Value};
 
 use super::blocked::Blocked;
+use crate::pipeline::name::Name;
 use crate::pipeline::{
     dbspan::{DbSpan, Described, Kind},
     span::{Event, Ids, Link},
@@ -241,7 +242,7 @@ pub fn wait_span(w: WaitSpan, system: &'static str) -> DbSpan {
 pub fn describe_statement(s: &StatementSpan, system: &'static str) -> Described {
     let mut a = Vec::with_capacity(12);
     a.push(KeyValue::new("db.system.name", system));
-    let mut name = String::new();
+    let mut name = Name::default();
     match (s.what, &s.facts) {
         // Preparing does not run the statement: named as the client's prepare.
         (What::Prepare | What::Fetch, f) => {
@@ -264,7 +265,7 @@ pub fn describe_statement(s: &StatementSpan, system: &'static str) -> Described 
             if let Some(f) = f {
                 a.push(KeyValue::new("db.query.text", f.text.clone()));
             }
-            name = summary.unwrap_or_else(|| op.into());
+            name = summary.map_or(Name::Static(op), Name::from);
         }
         (What::InitDb, _) => {
             a.push(KeyValue::new("db.operation.name", "USE"));
@@ -382,7 +383,7 @@ pub fn describe_wait(w: &WaitSpan, system: &'static str) -> Described {
     };
     let on = table.unwrap_or_else(|| w.lock.name().to_string());
     Described {
-        name: format!("lock wait {on}"),
+        name: format!("lock wait {on}").into(),
         attributes: a,
         blocks: Default::default(),
         error,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use opentelemetry::KeyValue;
 
+use crate::pipeline::name::Name;
 use crate::{
     pipeline::{
         attr_block::{AttrBlock, Blocks},
@@ -128,7 +129,7 @@ pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Describe
         KeyValue::new("process.pid", q.pid as i64),
         KeyValue::new("thread.id", q.tid as i64),
     ]);
-    let mut name = String::new();
+    let mut name = Name::default();
     let mut blocks = Blocks::default();
     if let Some(f) = facts.filter(|_| !q.is_prepare()) {
         blocks.facts = Some(f.attrs.clone());
@@ -143,7 +144,7 @@ pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Describe
             a.push(KeyValue::new("db.query.summary", s.clone()));
         }
         a.push(KeyValue::new("db.query.text", f.text.clone()));
-        name = summary.unwrap_or_else(|| "PREPARE".into());
+        name = summary.map_or(Name::Static("PREPARE"), Name::from);
     }
     if let Some(n) = &q.statement_name {
         a.push(KeyValue::new("db.postgresql.statement.name", n.clone()));
@@ -155,7 +156,7 @@ pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Describe
             true,
         ));
         a.push(KeyValue::new("db.operation.name", "EXECUTE"));
-        name = format!("EXECUTE {}", q.statement_name.as_deref().unwrap_or(""));
+        name = format!("EXECUTE {}", q.statement_name.as_deref().unwrap_or("")).into();
     }
     if q.text_truncated {
         a.push(KeyValue::new("dbtel.query.text_truncated", true));

@@ -331,7 +331,7 @@ pub fn describe_wait(
     };
     let on = table.unwrap_or_else(|| t.type_name().to_string());
     Described {
-        name: format!("lock wait {on}"),
+        name: format!("lock wait {on}").into(),
         attributes: a,
         blocks: Default::default(),
         error,
