@@ -313,13 +313,11 @@ fn span(b: &mut Vec<u8>, s: &DbSpan, clock: &Clock) {
     }
     // Shared blocks: encoded once, spliced into every span that carries them.
     for block in s.blocks.iter() {
-        b.extend_from_slice(block.encoded(|kvs| {
-            let mut e = Vec::new();
+        block.encode_into(b, |b, kvs| {
             for kv in kvs {
-                attribute_field(&mut e, 9, kv);
+                attribute_field(b, 9, kv);
             }
-            e
-        }));
+        });
     }
     for e in &s.events {
         message(b, 11, |m| {

@@ -82,10 +82,21 @@ fn encodes_what_the_sdk_transform_encodes() {
     let mut e = OtlpExporter::new(transport, None, &scope);
     e.set_resource(&resource);
     let clock = Clock::fixed(1_700_000_000_000_000_000);
+    // The last carries a text too long for its block to keep its encoding.
+    let mut long = sample(false, 0, false);
+    long.blocks.facts = Some(AttrBlock::new(vec![KeyValue::new(
+        "db.query.text",
+        format!(
+            "SELECT '{}'",
+            "x".repeat(2 * crate::pipeline::attr_block::KEPT_MAX)
+        ),
+    )]));
     let spans = [
         sample(true, 0x2122_2324_2526_2728, false),
         sample(false, 0, false),
         sample(false, 0x3132_3334_3536_3738, true),
+        long.clone(),
+        long,
     ];
     let room = e.head_room().unwrap();
     let mut body = vec![0u8; room];

@@ -33,12 +33,25 @@ impl AttrBlock {
         &self.kvs
     }
 
-    /// Its encoding, made by `encode` the first time it is asked for.
-    pub fn encoded(&self, encode: impl FnOnce(&[KeyValue]) -> Vec<u8>) -> &[u8] {
-        self.encoded
-            .get_or_init(|| encode(&self.kvs).into_boxed_slice())
+    /// Appends its encoding to `out`: `encode` writes it the first time,
+    /// and it is kept when at most [`KEPT_MAX`] bytes long (a long text's
+    /// facts are encoded per span instead: the cache of facts would
+    /// otherwise hold each long text once more).
+    pub fn encode_into(&self, out: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>, &[KeyValue])) {
+        if let Some(bytes) = self.encoded.get() {
+            out.extend_from_slice(bytes);
+            return;
+        }
+        let start = out.len();
+        encode(out, &self.kvs);
+        if out.len() - start <= KEPT_MAX {
+            let _ = self.encoded.set(out[start..].into());
+        }
     }
 }
+
+/// Longest encoding a block keeps.
+pub const KEPT_MAX: usize = 1024;
 
 /// The blocks a span carries: its text's facts and its connection's (or
 /// backend's) description.
@@ -79,17 +92,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_block_is_encoded_once() {
+    fn a_block_is_encoded_once_unless_long() {
         let b = AttrBlock::new(vec![KeyValue::new("db.namespace", "shop")]);
-        let mut calls = 0;
-        for _ in 0..3 {
-            let bytes = b.encoded(|kvs| {
-                calls += 1;
-                kvs[0].key.as_str().as_bytes().to_vec()
-            });
-            assert_eq!(bytes, b"db.namespace");
+        let long = AttrBlock::new(vec![KeyValue::new("db.query.text", "x".repeat(KEPT_MAX))]);
+        for (block, want_calls) in [(&b, 1), (&long, 3)] {
+            let mut calls = 0;
+            for _ in 0..3 {
+                let mut out = vec![7];
+                block.encode_into(&mut out, |out, kvs| {
+                    calls += 1;
+                    let v = kvs[0].value.as_str();
+                    out.extend_from_slice(kvs[0].key.as_str().as_bytes());
+                    out.extend_from_slice(v.as_bytes());
+                });
+                let key = block.kvs()[0].key.as_str();
+                assert_eq!(out[0], 7);
+                assert_eq!(&out[1..1 + key.len()], key.as_bytes());
+                assert_eq!(
+                    out.len(),
+                    1 + key.len() + block.kvs()[0].value.as_str().len()
+                );
+            }
+            assert_eq!(calls, want_calls, "{:?}", block.kvs()[0].key);
         }
-        assert_eq!(calls, 1);
     }
 
     #[test]
