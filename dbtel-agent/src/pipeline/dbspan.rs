@@ -33,43 +33,60 @@ pub struct Described {
 }
 
 /// Where a typed fact is: in the span's own attributes (slot 0) or in one
-/// of its blocks (1: facts, 2: connection), at index `i`.
-#[derive(Debug, Clone, Copy)]
-struct At {
-    slot: u8,
-    i: u16,
+/// of its blocks (1: facts, 2: connection), at an index below 2^14, packed
+/// in 16 bits: the span is moved from stage to stage, and these were a third
+/// of its size as options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct At(u16);
+
+impl At {
+    const NONE: At = At(u16::MAX);
+
+    fn new(slot: u8, i: usize) -> At {
+        if i < 1 << 14 {
+            At(u16::from(slot) << 14 | i as u16)
+        } else {
+            At::NONE
+        }
+    }
+
+    fn get(self) -> Option<(u8, usize)> {
+        (self != At::NONE).then_some(((self.0 >> 14) as u8, usize::from(self.0 & 0x3fff)))
+    }
 }
 
-/// Positions of the facts later stages read, and the row counts: no string
-/// is cloned (a reference count shared with the export
-/// thread cost the export stage ~25 % in the pipeline bench).
+impl Default for At {
+    fn default() -> Self {
+        At::NONE
+    }
+}
+
+/// Positions of the facts later stages read: no string is cloned (a
+/// reference count shared with the export thread cost the export stage
+/// ~25 % in the pipeline bench).
 #[derive(Debug, Clone, Copy, Default)]
 struct Typed {
-    system: Option<At>,
-    operation: Option<At>,
-    collection: Option<At>,
-    error_type: Option<At>,
-    namespace: Option<At>,
-    summary: Option<At>,
-    status_code: Option<At>,
-    server_address: Option<At>,
-    outcome: Option<At>,
-    lock_outcome: Option<At>,
-    server_port: Option<i64>,
-    retry_count: Option<i64>,
-    rows: Option<i64>,
-    affected_rows: Option<i64>,
+    system: At,
+    operation: At,
+    collection: At,
+    error_type: At,
+    namespace: At,
+    summary: At,
+    status_code: At,
+    server_address: At,
+    outcome: At,
+    lock_outcome: At,
+    server_port: At,
+    retry_count: At,
+    rows: At,
+    affected_rows: At,
 }
 
 impl Typed {
     /// Notes where the typed facts among `kvs` are (slot: see [`At`]).
     fn note_all(&mut self, slot: u8, kvs: &[KeyValue]) {
         for (i, kv) in kvs.iter().enumerate() {
-            let at = u16::try_from(i).ok().map(|i| At { slot, i });
-            let int = || match &kv.value {
-                Value::I64(n) => Some(*n),
-                _ => None,
-            };
+            let at = At::new(slot, i);
             match kv.key.as_str() {
                 "db.system.name" => self.system = at,
                 "db.operation.name" => self.operation = at,
@@ -81,10 +98,10 @@ impl Typed {
                 "server.address" => self.server_address = at,
                 "db.transaction.outcome" => self.outcome = at,
                 "db.postgresql.lock.outcome" | "db.mysql.lock.outcome" => self.lock_outcome = at,
-                "server.port" => self.server_port = int(),
-                "db.transaction.retry_count" => self.retry_count = int(),
-                "db.response.returned_rows" => self.rows = int(),
-                "db.response.affected_rows" => self.affected_rows = int(),
+                "server.port" => self.server_port = at,
+                "db.transaction.retry_count" => self.retry_count = at,
+                "db.response.returned_rows" => self.rows = at,
+                "db.response.affected_rows" => self.affected_rows = at,
                 _ => {}
             }
         }
@@ -198,7 +215,7 @@ impl DbSpan {
     pub fn role(&self) -> Role {
         if self.kind == Kind::Internal {
             Role::LockWait
-        } else if self.typed.outcome.is_some() {
+        } else if self.typed.outcome != At::NONE {
             Role::Transaction
         } else {
             Role::Query
@@ -216,14 +233,25 @@ impl DbSpan {
         }
     }
 
-    fn text(&self, at: Option<At>) -> Option<&str> {
-        let at = at?;
-        let kvs = match at.slot {
+    fn value(&self, at: At) -> Option<&Value> {
+        let (slot, i) = at.get()?;
+        let kvs = match slot {
             0 => &self.attributes[..],
             n => self.blocks.slot(n - 1)?.kvs(),
         };
-        match &kvs.get(usize::from(at.i))?.value {
+        Some(&kvs.get(i)?.value)
+    }
+
+    fn text(&self, at: At) -> Option<&str> {
+        match self.value(at)? {
             Value::String(s) => Some(s.as_str()),
+            _ => None,
+        }
+    }
+
+    fn int(&self, at: At) -> Option<i64> {
+        match self.value(at)? {
+            Value::I64(n) => Some(*n),
             _ => None,
         }
     }
@@ -270,7 +298,7 @@ impl DbSpan {
 
     /// server.port
     pub fn server_port(&self) -> Option<i64> {
-        self.typed.server_port
+        self.int(self.typed.server_port)
     }
 
     /// db.transaction.outcome
@@ -280,7 +308,7 @@ impl DbSpan {
 
     /// db.transaction.retry_count
     pub fn retry_count(&self) -> Option<i64> {
-        self.typed.retry_count
+        self.int(self.typed.retry_count)
     }
 
     /// A lock wait's outcome (granted, deadlock, lock_timeout, …).
@@ -309,12 +337,12 @@ impl DbSpan {
 
     /// db.response.returned_rows
     pub fn rows(&self) -> Option<i64> {
-        self.typed.rows
+        self.int(self.typed.rows)
     }
 
     /// db.response.affected_rows
     pub fn affected_rows(&self) -> Option<i64> {
-        self.typed.affected_rows
+        self.int(self.typed.affected_rows)
     }
 
     pub fn duration_ns(&self) -> u64 {
@@ -356,5 +384,52 @@ mod tests {
         assert_eq!((s.rows(), s.affected_rows()), (Some(3), None));
         assert_eq!(s.error_type(), Some("42P01"));
         assert_eq!(s.duration_ns(), 3_000);
+    }
+
+    #[test]
+    fn typed_fields_read_through_blocks_and_own_attributes_win() {
+        use crate::pipeline::attr_block::{AttrBlock, Blocks};
+        let facts = AttrBlock::new(vec![
+            KeyValue::new("db.operation.name", "SELECT"),
+            KeyValue::new("db.collection.name", "items"),
+        ]);
+        let conn = AttrBlock::new(vec![
+            KeyValue::new("db.namespace", "shop"),
+            KeyValue::new("server.port", 5432_i64),
+        ]);
+        let d = Described {
+            name: "EXECUTE s1".into(),
+            attributes: vec![
+                KeyValue::new("db.operation.name", "EXECUTE"),
+                KeyValue::new("db.response.affected_rows", 2_i64),
+            ],
+            blocks: Blocks::new(Some(&facts), Some(&conn)),
+            error: None,
+        };
+        let s = DbSpan::new(1, Ids::default(), Kind::Client, (0, 1), d, vec![], vec![]);
+        assert_eq!(s.operation(), Some("EXECUTE"));
+        assert_eq!(
+            s.attribute("db.operation.name"),
+            Some(&Value::from("EXECUTE"))
+        );
+        assert_eq!(
+            (s.collection(), s.namespace()),
+            (Some("items"), Some("shop"))
+        );
+        assert_eq!(
+            (s.server_port(), s.affected_rows(), s.rows()),
+            (Some(5432), Some(2), None)
+        );
+        assert_eq!(s.all_attributes().count(), 6);
+        assert_eq!(s.role(), Role::Query);
+    }
+
+    #[test]
+    fn positions_pack_slot_and_index() {
+        assert_eq!(At::new(2, 5).get(), Some((2, 5)));
+        assert_eq!(At::new(0, 0).get(), Some((0, 0)));
+        assert_eq!(At::new(1, (1 << 14) - 1).get(), Some((1, (1 << 14) - 1)));
+        assert_eq!(At::new(0, 1 << 14).get(), None);
+        assert_eq!(At::default().get(), None);
     }
 }
