@@ -322,11 +322,6 @@ impl DbSpan {
         self.attributes.push(kv);
     }
 
-    /// Every attribute: its own, then its blocks'.
-    pub fn all_attributes(&self) -> impl Iterator<Item = &KeyValue> {
-        self.attributes.iter().chain(self.blocks.kvs())
-    }
-
     /// The value of `key` as exported: its own last one, else a block's.
     pub fn attribute(&self, key: &str) -> Option<&Value> {
         let own = self.attributes.iter().rev();
@@ -420,7 +415,7 @@ mod tests {
             (s.server_port(), s.affected_rows(), s.rows()),
             (Some(5432), Some(2), None)
         );
-        assert_eq!(s.all_attributes().count(), 6);
+        assert_eq!(s.attributes.len() + s.blocks.kvs().count(), 6);
         assert_eq!(s.role(), Role::Query);
     }
 
