@@ -117,6 +117,8 @@ struct Agent {
     engine_spans: Vec<DbSpan>,
     /// An engine record copied out of the ring buffer (reused).
     scratch: Vec<u8>,
+    /// The outflow's stage buffers, reused (see outflow::Stages).
+    stages: outflow::Stages,
     /// Servers traced through an engine's plan (in `live` too): a `--`
     /// command's exit ends the run whether or not they still run.
     engine_servers: HashSet<u32>,
@@ -298,6 +300,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         engines,
         engine_spans: Vec::new(),
         scratch: Vec::new(),
+        stages: Default::default(),
         engine_servers: HashSet::new(),
         metrics: cfg.metrics,
         slow_query_ns: cfg.slow_query.map(|d| d.as_nanos() as u64),

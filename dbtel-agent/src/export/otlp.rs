@@ -246,17 +246,40 @@ fn head_room(resource: &[u8], scope: &[u8]) -> usize {
     2 + 20 + field_len(resource.len()) + field_len(scope.len())
 }
 
-/// One span as a ScopeSpans.spans field, encoded in a scratch buffer first
-/// (its length is then known) and appended.
+/// One span as a ScopeSpans.spans field, written in place after room for a
+/// two-byte length (spans are 128 bytes to 16 KiB long but for long texts):
+/// the length is filled in after, and the body moved only when it needs
+/// another length size (a copy through a scratch buffer was ~2 % of the
+/// agent's time).
 pub fn span_field(b: &mut Vec<u8>, s: &DbSpan, clock: &Clock) {
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+    const GUESS: usize = 2;
+    tag(b, 2, 2);
+    let at = b.len();
+    b.extend_from_slice(&[0; GUESS]);
+    span(b, s, clock);
+    let len = b.len() - at - GUESS;
+    let n = varint_len(len as u64);
+    let mut head = [0u8; 10];
+    let mut i = 0;
+    let mut v = len as u64;
+    while v >= 0x80 {
+        head[i] = v as u8 | 0x80;
+        v >>= 7;
+        i += 1;
     }
-    SCRATCH.with_borrow_mut(|scratch| {
-        scratch.clear();
-        span(scratch, s, clock);
-        bytes_field(b, 2, scratch);
-    });
+    head[i] = v as u8;
+    debug_assert_eq!(i + 1, n);
+    match n.cmp(&GUESS) {
+        std::cmp::Ordering::Equal => {}
+        std::cmp::Ordering::Less => {
+            b.copy_within(at + GUESS.., at + n);
+            b.truncate(b.len() - (GUESS - n));
+        }
+        std::cmp::Ordering::Greater => {
+            b.splice(at..at, std::iter::repeat_n(0, n - GUESS));
+        }
+    }
+    b[at..at + n].copy_from_slice(&head[..n]);
 }
 
 /// The request around spans encoded after `room` free bytes: its head is

@@ -152,3 +152,47 @@ fn headers_and_urls_follow_the_otlp_variables() {
         "http://c:4318/v1/traces"
     );
 }
+
+/// span_field writes the length in place, guessing two bytes: a span
+/// shorter than 128 bytes or longer than 16 KiB is moved to fit its length.
+#[test]
+fn span_fields_of_every_length_size_are_framed_as_protobuf_has_them() {
+    let clock = Clock::now();
+    let with = |attributes: Vec<KeyValue>| {
+        DbSpan::new(
+            1,
+            Ids {
+                trace_id: 1,
+                span_id: 2,
+                ..Default::default()
+            },
+            Kind::Server,
+            (1, 2),
+            Described {
+                name: "x".into(),
+                attributes,
+                blocks: Default::default(),
+                error: None,
+            },
+            Vec::new(),
+            Vec::new(),
+        )
+    };
+    for (s, len) in [
+        (with(vec![]), 1),
+        (sample(false, 0, false), 2),
+        (
+            with(vec![KeyValue::new("db.query.text", "x".repeat(20_000))]),
+            3,
+        ),
+    ] {
+        let mut body = vec![7u8; 3];
+        let mut inner = Vec::new();
+        span(&mut inner, &s, &clock);
+        assert_eq!(varint_len(inner.len() as u64), len);
+        span_field(&mut body, &s, &clock);
+        let mut want = vec![7u8; 3];
+        bytes_field(&mut want, 2, &inner);
+        assert_eq!(body, want);
+    }
+}

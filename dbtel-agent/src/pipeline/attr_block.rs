@@ -7,9 +7,13 @@ use std::sync::{Arc, OnceLock};
 
 use opentelemetry::KeyValue;
 
+use super::typed::Typed;
+
 #[derive(Debug, Default)]
 pub struct AttrBlock {
     kvs: Vec<KeyValue>,
+    /// Where its typed facts are (slot 0: see DbSpan::new).
+    typed: Typed,
     /// The block as the exporter encodes it (one encoder writes blocks).
     encoded: OnceLock<Box<[u8]>>,
 }
@@ -23,14 +27,21 @@ impl PartialEq for AttrBlock {
 
 impl AttrBlock {
     pub fn new(kvs: Vec<KeyValue>) -> Arc<Self> {
+        let mut typed = Typed::default();
+        typed.note_all(0, &kvs);
         Arc::new(AttrBlock {
             kvs,
+            typed,
             encoded: OnceLock::new(),
         })
     }
 
     pub fn kvs(&self) -> &[KeyValue] {
         &self.kvs
+    }
+
+    pub(crate) fn typed(&self) -> &Typed {
+        &self.typed
     }
 
     /// Appends its encoding to `out`: `encode` writes it the first time,

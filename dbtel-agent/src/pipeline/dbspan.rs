@@ -8,6 +8,7 @@ use opentelemetry::{KeyValue, Value};
 use super::attr_block::Blocks;
 use super::name::Name;
 use super::span::{Event, Ids, Link};
+use super::typed::{At, Typed};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -30,82 +31,6 @@ pub struct Described {
     /// connection's description), exported after its own.
     pub blocks: Blocks,
     pub error: Option<String>,
-}
-
-/// Where a typed fact is: in the span's own attributes (slot 0) or in one
-/// of its blocks (1: facts, 2: connection), at an index below 2^14, packed
-/// in 16 bits: the span is moved from stage to stage, and these were a third
-/// of its size as options.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct At(u16);
-
-impl At {
-    const NONE: At = At(u16::MAX);
-
-    fn new(slot: u8, i: usize) -> At {
-        if i < 1 << 14 {
-            At(u16::from(slot) << 14 | i as u16)
-        } else {
-            At::NONE
-        }
-    }
-
-    fn get(self) -> Option<(u8, usize)> {
-        (self != At::NONE).then_some(((self.0 >> 14) as u8, usize::from(self.0 & 0x3fff)))
-    }
-}
-
-impl Default for At {
-    fn default() -> Self {
-        At::NONE
-    }
-}
-
-/// Positions of the facts later stages read: no string is cloned (a
-/// reference count shared with the export thread cost the export stage
-/// ~25 % in the pipeline bench).
-#[derive(Debug, Clone, Copy, Default)]
-struct Typed {
-    system: At,
-    operation: At,
-    collection: At,
-    error_type: At,
-    namespace: At,
-    summary: At,
-    status_code: At,
-    server_address: At,
-    outcome: At,
-    lock_outcome: At,
-    server_port: At,
-    retry_count: At,
-    rows: At,
-    affected_rows: At,
-}
-
-impl Typed {
-    /// Notes where the typed facts among `kvs` are (slot: see [`At`]).
-    fn note_all(&mut self, slot: u8, kvs: &[KeyValue]) {
-        for (i, kv) in kvs.iter().enumerate() {
-            let at = At::new(slot, i);
-            match kv.key.as_str() {
-                "db.system.name" => self.system = at,
-                "db.operation.name" => self.operation = at,
-                "db.collection.name" => self.collection = at,
-                "error.type" => self.error_type = at,
-                "db.namespace" => self.namespace = at,
-                "db.query.summary" => self.summary = at,
-                "db.response.status_code" => self.status_code = at,
-                "server.address" => self.server_address = at,
-                "db.transaction.outcome" => self.outcome = at,
-                "db.postgresql.lock.outcome" | "db.mysql.lock.outcome" => self.lock_outcome = at,
-                "server.port" => self.server_port = at,
-                "db.transaction.retry_count" => self.retry_count = at,
-                "db.response.returned_rows" => self.rows = at,
-                "db.response.affected_rows" => self.affected_rows = at,
-                _ => {}
-            }
-        }
-    }
 }
 
 /// What a span stands for, as metrics and detectors count it.
@@ -171,13 +96,14 @@ impl DbSpan {
         events: Vec<Event>,
         links: Vec<Link>,
     ) -> Self {
-        // Blocks first: a span's own attribute of the same key wins.
+        // Blocks first (their positions found once, when each was made): a
+        // span's own attribute of the same key wins.
         let mut typed = Typed::default();
         if let Some(b) = &d.blocks.facts {
-            typed.note_all(1, b.kvs());
+            typed.overlay(b.typed(), 1);
         }
         if let Some(b) = &d.blocks.conn {
-            typed.note_all(2, b.kvs());
+            typed.overlay(b.typed(), 2);
         }
         typed.note_all(0, &d.attributes);
         DbSpan {
@@ -417,14 +343,5 @@ mod tests {
         );
         assert_eq!(s.attributes.len() + s.blocks.kvs().count(), 6);
         assert_eq!(s.role(), Role::Query);
-    }
-
-    #[test]
-    fn positions_pack_slot_and_index() {
-        assert_eq!(At::new(2, 5).get(), Some((2, 5)));
-        assert_eq!(At::new(0, 0).get(), Some((0, 0)));
-        assert_eq!(At::new(1, (1 << 14) - 1).get(), Some((1, (1 << 14) - 1)));
-        assert_eq!(At::new(0, 1 << 14).get(), None);
-        assert_eq!(At::default().get(), None);
     }
 }

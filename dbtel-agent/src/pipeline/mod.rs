@@ -12,6 +12,7 @@ pub mod span;
 pub mod sql;
 pub mod sqlcomment;
 pub mod txn;
+pub mod typed;
 
 /// Longest a finished span is held before it reaches the exporter: a
 /// server's span waiting for the catalog's answer (postgres::server::side).

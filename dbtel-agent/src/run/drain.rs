@@ -77,7 +77,7 @@ impl Agent {
                         self.recon.on_event(ev, &mut self.spans)
                     }
                 }
-                Ok(Record::Server(hit)) => self.server.on_hit(&hit, &mut self.recon),
+                Ok(Record::Server(hit)) => self.server.on_hit(hit, &mut self.recon),
                 Ok(Record::ServerExit(at)) => self.server.on_exit(at),
                 Ok(Record::Exec(e)) => {
                     // The old program's queries end here, before the new one's
@@ -145,8 +145,10 @@ impl Agent {
         // Drained rather than taken: its capacity is kept for the next drain
         // (regrown from nothing, it moved every client span at each doubling).
         let mut spans = std::mem::take(&mut self.spans);
-        // Sized once: growing it moved every span made so far (a realloc per doubling).
-        let mut ready = Vec::with_capacity(spans.len() + self.engine_spans.len());
+        // Reused and sized once: growing it moved every span made so far (a
+        // realloc per doubling).
+        let mut ready = std::mem::take(&mut self.stages.ready);
+        ready.reserve(spans.len() + self.engine_spans.len());
         self.server.flush(&mut self.facts, force, &mut ready);
         ready.append(&mut self.engine_spans);
         for s in spans.drain(..) {

@@ -221,7 +221,7 @@ impl Tracker {
     /// the connection served by a backend PID.
     pub fn on_hit(
         &mut self,
-        hit: &ServerHit,
+        mut hit: ServerHit,
         client: &dyn Fn(u32) -> Option<ClientIds>,
         out: &mut Vec<ServerSpan>,
         notices: &mut Vec<Notice>,
@@ -230,9 +230,10 @@ impl Tracker {
         let b = self.backends.entry(at.pid).or_default();
         b.postmaster = at.conn as u32;
         match hit.site {
-            site::STATEMENT_STATUS => match &hit.text {
+            // The text is moved into the statement: no copy per statement.
+            site::STATEMENT_STATUS => match hit.text.take() {
                 Some(text) => {
-                    if !b.completed && b.query.as_ref().is_some_and(|q| &q.text == text) {
+                    if !b.completed && b.query.as_ref().is_some_and(|q| q.text == text) {
                         return; // Bind/Execute of the statement already running
                     }
                     self.end_statement(at, client, out);
@@ -398,7 +399,7 @@ impl Tracker {
                     .as_mut()
                     .filter(|_| std::mem::take(&mut b.awaiting_message))
                 {
-                    e.message = hit.text.clone();
+                    e.message = hit.text.take();
                 }
             }
             _ => {}

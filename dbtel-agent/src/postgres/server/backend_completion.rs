@@ -38,14 +38,14 @@ impl Tracker {
     pub(super) fn open_text(
         &mut self,
         at: Origin,
-        text: &str,
+        text: String,
         truncated: bool,
         client: &dyn Fn(u32) -> Option<ClientIds>,
     ) {
         let several =
             self.completing.contains(&(at.conn as u32)) && text.as_bytes().contains(&b';');
         let pieces = if several && !truncated {
-            crate::pipeline::shape::statements(text)
+            crate::pipeline::shape::statements(&text)
         } else {
             None
         };
@@ -62,9 +62,10 @@ impl Tracker {
                     Some([one]) => Some(BlockEffect::single(one, self.in_block(at.pid))),
                     _ => None,
                 };
-                self.open_query(at, text.to_string(), truncated, client, effect);
-                self.backends.get_mut(&at.pid).expect("entry exists").whole =
-                    several && pieces.is_none_or(|p| p.len() > 1);
+                let whole = several && pieces.as_ref().is_none_or(|p| p.len() > 1);
+                drop(pieces);
+                self.open_query(at, text, truncated, client, effect);
+                self.backends.get_mut(&at.pid).expect("entry exists").whole = whole;
             }
         }
     }

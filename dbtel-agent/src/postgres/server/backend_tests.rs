@@ -47,7 +47,7 @@ impl Replay {
         };
         let c = self.client;
         self.t
-            .on_hit(&hit, &move |_| c, &mut self.out, &mut self.notices);
+            .on_hit(hit, &move |_| c, &mut self.out, &mut self.notices);
         self
     }
     fn stmt(&mut self, text: &str) -> &mut Self {
@@ -423,7 +423,7 @@ fn parallel_workers_echo_their_leader_and_are_not_statements() {
             text: text.map(str::to_string),
             truncated: false,
         };
-        t.on_hit(&h, &|_| None, &mut out, &mut notices);
+        t.on_hit(h, &|_| None, &mut out, &mut notices);
     };
     let q = "select count(*) from big";
     hit(&mut t, LEADER, 1, Some(q));

@@ -311,7 +311,7 @@ impl ServerSide {
             .collect()
     }
 
-    pub fn on_hit(&mut self, hit: &ServerHit, recon: &mut Reconstructor) {
+    pub fn on_hit(&mut self, hit: ServerHit, recon: &mut Reconstructor) {
         self.pids.learn(hit.at.pid, hit.at.conn as u32);
         if matches!(
             hit.site,
@@ -319,13 +319,13 @@ impl ServerSide {
                 | dbtel_common::site::SESSION_USER
                 | dbtel_common::site::APPLICATION_NAME
         ) {
-            return self.on_session(hit);
+            return self.on_session(&hit);
         }
         if hit.site == dbtel_common::site::STATEMENT_STATUS && hit.text.is_some() {
             self.look_up(hit.at.conn as u32, hit.at.pid);
         }
         // The client's query this statement is (a pipeline sends several ahead).
-        if let Some(after_error) = self.tracker.begins_statement(hit) {
+        if let Some(after_error) = self.tracker.begins_statement(&hit) {
             recon.server_began(self.pids.ns(hit.at.pid), after_error);
         }
         let pids = &self.pids;
@@ -424,49 +424,23 @@ impl ServerSide {
     /// them are in (or they have waited long enough).
     pub fn flush(&mut self, cache: &mut FactsCache, force: bool, out: &mut Vec<DbSpan>) {
         let now = Instant::now();
-        // The buffers swap and keep their capacity: regrown from nothing at
-        // each flush, they moved every span at each doubling.
-        let mut pending = std::mem::replace(&mut self.held, std::mem::take(&mut self.held_spare));
-        pending.extend(self.spans.drain(..).map(|s| (s, now)));
         // The catalog's own sessions (a reconnect is traced until housekeeping
         // untraces it; a new backend's spans are held until it is looked up).
         let own = self.own_backends();
+        out.reserve(self.held.len() + self.spans.len());
+        // Held ones first (older), then the new ones, each moved once; the
+        // buffers swap and keep their capacity (regrown from nothing at each
+        // flush, they moved every span at each doubling).
+        let mut pending = std::mem::replace(&mut self.held, std::mem::take(&mut self.held_spare));
         for (s, since) in pending.drain(..) {
-            let (pm, pid) = (s.postmaster(), s.pid());
-            let info = self.backend_info(pm, pid);
-            // Parallel workers report their leader's statement and never go
-            // idle: the leader's span is the one that counts.
-            if own.contains(&(pm, self.pids.ns(pid)))
-                || info
-                    .as_ref()
-                    .is_some_and(|b| b.info.backend_type == "parallel worker")
-            {
-                if let ServerSpan::Wait(w) = &s {
-                    self.facts.remove(&w.ids.span_id);
-                    self.links.remove(&w.ids.span_id);
-                }
-                continue;
-            }
-            let waiting = matches!(self.backends.get(&pid), Some(Lookup::Pending))
-                || matches!(&s, ServerSpan::Wait(w) if matches!(self.facts.get(&w.ids.span_id), Some(None)));
-            if waiting && !force && now.duration_since(since) < crate::pipeline::FACTS_DEADLINE {
-                self.held.push((s, since));
-                continue;
-            }
-            let ns = self.pids.ns(pid);
-            let span = match s {
-                ServerSpan::Query(q) => spans::query_span(q, ns, cache, info.as_deref()),
-                ServerSpan::Txn(t) => spans::txn_span(t, ns, info.as_deref()),
-                ServerSpan::Wait(w) => {
-                    let id = w.ids.span_id;
-                    let facts = self.facts.remove(&id).flatten().unwrap_or_default();
-                    let links = self.links.remove(&id).unwrap_or_default();
-                    spans::wait_span(w, ns, &facts, cache, links)
-                }
-            };
-            out.push(span);
+            self.pass(s, since, now, force, &own, cache, out);
         }
         self.held_spare = pending;
+        let mut new = std::mem::take(&mut self.spans);
+        for s in new.drain(..) {
+            self.pass(s, now, now, force, &own, cache, out);
+        }
+        self.spans = new;
         if self.exited.is_empty() {
             return;
         }
@@ -480,6 +454,53 @@ impl ServerSide {
                 pids.forget(*pid);
             }
             keep
+        });
+    }
+
+    /// One finished span: made (to `out`), held for the catalog, or dropped
+    /// (the catalog's own sessions, parallel workers' copies).
+    #[allow(clippy::too_many_arguments)]
+    fn pass(
+        &mut self,
+        s: ServerSpan,
+        since: Instant,
+        now: Instant,
+        force: bool,
+        own: &[(u32, i32)],
+        cache: &mut FactsCache,
+        out: &mut Vec<DbSpan>,
+    ) {
+        let (pm, pid) = (s.postmaster(), s.pid());
+        let info = self.backend_info(pm, pid);
+        // Parallel workers report their leader's statement and never go
+        // idle: the leader's span is the one that counts.
+        if own.contains(&(pm, self.pids.ns(pid)))
+            || info
+                .as_ref()
+                .is_some_and(|b| b.info.backend_type == "parallel worker")
+        {
+            if let ServerSpan::Wait(w) = &s {
+                self.facts.remove(&w.ids.span_id);
+                self.links.remove(&w.ids.span_id);
+            }
+            return;
+        }
+        let waiting = matches!(self.backends.get(&pid), Some(Lookup::Pending))
+            || matches!(&s, ServerSpan::Wait(w) if matches!(self.facts.get(&w.ids.span_id), Some(None)));
+        if waiting && !force && now.duration_since(since) < crate::pipeline::FACTS_DEADLINE {
+            self.held.push((s, since));
+            return;
+        }
+        let ns = self.pids.ns(pid);
+        out.push(match s {
+            ServerSpan::Query(q) => spans::query_span(q, ns, cache, info.as_deref()),
+            ServerSpan::Txn(t) => spans::txn_span(t, ns, info.as_deref()),
+            ServerSpan::Wait(w) => {
+                let id = w.ids.span_id;
+                let facts = self.facts.remove(&id).flatten().unwrap_or_default();
+                let links = self.links.remove(&id).unwrap_or_default();
+                spans::wait_span(w, ns, &facts, cache, links)
+            }
         });
     }
 
