@@ -97,7 +97,7 @@ pub fn read<T: Copy>(data: &[u8], kind: u16) -> Result<T, DecodeError> {
 
 /// A NUL-terminated C string in a fixed buffer, lossily as UTF-8.
 pub fn cstr(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    let end = memchr::memchr(0, bytes).unwrap_or(bytes.len());
     // Valid UTF-8 checked the fast way first (the lossy decoder walks byte by byte).
     match std::str::from_utf8(&bytes[..end]) {
         Ok(s) => s.to_owned(),

@@ -133,6 +133,22 @@ pub fn verb(text: &str) -> Verb {
     };
     upper.copy_from_slice(first);
     upper.make_ascii_uppercase();
+    // Most statements are none of these: no second word read for them.
+    if !matches!(
+        &*upper,
+        b"BEGIN"
+            | b"START"
+            | b"COMMIT"
+            | b"END"
+            | b"ABORT"
+            | b"PREPARE"
+            | b"ROLLBACK"
+            | b"SAVEPOINT"
+            | b"XA"
+            | b"RELEASE"
+    ) {
+        return Verb::Other;
+    }
     let mut next = w.next();
     // An optional WORK or TRANSACTION after the leading keyword.
     fn skip_noise<'a>(next: &mut Option<Word<'a>>, w: &mut Words<'a>) {
