@@ -3,7 +3,7 @@
 //! HTTP/protobuf (POST /v1/traces). Received spans are flattened for asserts.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -130,6 +130,12 @@ struct Store {
     /// HTTP only: decode span names and resources only (for benchmarks: the
     /// receiver shares the machine with the workload it measures).
     light: bool,
+    /// HTTP only, with `light`: count spans per name and keep nothing (a
+    /// bench's receiver kept every span: GiBs by its end, and each doubling
+    /// of the vector copied them all while a timed run went on).
+    counting: bool,
+    names: Arc<Mutex<HashMap<String, u64>>>,
+    counted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn store(st: &Store, req: ExportTraceServiceRequest) {
@@ -238,6 +244,30 @@ impl Receiver {
         Self::start_with(true, grpc_port, http_port)
     }
 
+    /// A receiver that only counts spans per name (benchmarks): see
+    /// [`Receiver::name_counts`]; it keeps no span.
+    pub fn start_counting_on(grpc_port: u16, http_port: u16) -> Receiver {
+        Self::start_store(
+            Store {
+                light: true,
+                counting: true,
+                ..Default::default()
+            },
+            grpc_port,
+            http_port,
+        )
+    }
+
+    pub fn start_counting() -> Receiver {
+        Self::start_counting_on(0, 0)
+    }
+
+    /// Spans received so far per name (a counting receiver's; others' HTTP
+    /// spans are kept instead, see [`Receiver::names_since`]).
+    pub fn name_counts(&self) -> HashMap<String, u64> {
+        self.spans.names.lock().unwrap().clone()
+    }
+
     /// Two loopback ports nothing listens on (yet): a collector that is down.
     pub fn free_ports() -> (u16, u16) {
         let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -249,15 +279,22 @@ impl Receiver {
     }
 
     fn start_with(light: bool, grpc_port: u16, http_port: u16) -> Receiver {
+        Self::start_store(
+            Store {
+                light,
+                ..Default::default()
+            },
+            grpc_port,
+            http_port,
+        )
+    }
+
+    fn start_store(spans: Store, grpc_port: u16, http_port: u16) -> Receiver {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let spans = Store {
-            light,
-            ..Default::default()
-        };
         let metrics = crate::otlp_metrics::Metrics::default();
         let (grpc_addr, http_addr) = runtime.block_on(async {
             let grpc = tokio::net::TcpListener::bind(("127.0.0.1", grpc_port))
@@ -376,6 +413,10 @@ impl Receiver {
     /// Spans received so far (cheaper than `spans().len()`).
     pub fn count(&self) -> usize {
         self.spans.spans.lock().unwrap().len()
+            + self
+                .spans
+                .counted
+                .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Names of the spans received after the first `skip`.
@@ -429,6 +470,20 @@ mod light {
 }
 
 fn store_light(st: &Store, req: light::Request) {
+    if st.counting {
+        let mut names = st.names.lock().unwrap();
+        for s in req
+            .resource_spans
+            .into_iter()
+            .flat_map(|rs| rs.scope_spans)
+            .flat_map(|ss| ss.spans)
+        {
+            *names.entry(s.name).or_default() += 1;
+            st.counted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        return;
+    }
     let mut out = st.spans.lock().unwrap();
     for rs in req.resource_spans {
         let resource = Arc::new(

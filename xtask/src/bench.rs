@@ -235,19 +235,29 @@ fn run_agent(
     extra: &[&str],
     duration: &[String],
 ) -> Result<(Run, String)> {
-    let before = rx.count();
+    let before = rx.name_counts();
     let pm = pg.postmaster_pid().to_string();
     let mut workload = Command::new(pg.bin("pgbench"));
     workload.args(pgbench_args(pg, script.name, mode, o, duration));
     let (stdout, stderr) = traced_run(agent, rx, extra, target, &pm, &mut workload)?;
     let mut run = parse_pgbench(&stdout)?;
     read_report(&mut run, &stderr)?;
-    run.spans_matching = rx
-        .names_since(before)
-        .iter()
-        .filter(|n| script.statements.contains(&n.as_str()))
-        .count() as u64;
+    run.spans_matching = received_since(rx, &before, |n| script.statements.contains(&n));
     Ok((run, stderr))
+}
+
+/// Spans received since `before` (a counting receiver's name counts) whose
+/// name `wanted` accepts.
+pub fn received_since(
+    rx: &Receiver,
+    before: &std::collections::HashMap<String, u64>,
+    wanted: impl Fn(&str) -> bool,
+) -> u64 {
+    rx.name_counts()
+        .iter()
+        .filter(|(n, _)| wanted(n))
+        .map(|(n, c)| c - before.get(n).copied().unwrap_or(0))
+        .sum()
 }
 
 /// Runs `workload` traced as `target` says: the agent on the server
@@ -418,7 +428,7 @@ pub fn bench(o: &Options) -> Result<()> {
     );
     let pg = Cluster::start_with(&["shared_buffers=256MB"]);
     pg.pgbench_init(o.scale);
-    let rx = Receiver::start_light();
+    let rx = Receiver::start_counting();
     let wanted = |list: &[String], x: &str| list.is_empty() || list.iter().any(|w| w == x);
     let peers = if o.peers {
         let server = wanted(&o.targets, "server");

@@ -88,7 +88,7 @@ fn run_on(
     extra: &[&str],
     run: &[&str],
 ) -> Result<(Run, u64, String)> {
-    let before = rx.count();
+    let before = rx.name_counts();
     let mut workload = Command::new("sysbench");
     workload.args(args(db, script, mode, o, run));
     let (stdout, stderr) = traced_run(
@@ -102,11 +102,9 @@ fn run_on(
     let (mut r, queries) = parse(&stdout)?;
     read_report(&mut r, &stderr)?;
     // Statement spans: not the transactions, not the prepares done at each thread's start.
-    r.spans_matching = rx
-        .names_since(before)
-        .iter()
-        .filter(|n| *n != "transaction" && !n.starts_with("PREPARE"))
-        .count() as u64;
+    r.spans_matching = crate::bench::received_since(rx, &before, |n| {
+        n != "transaction" && !n.starts_with("PREPARE")
+    });
     Ok((r, queries, stderr))
 }
 
