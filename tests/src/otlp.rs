@@ -135,7 +135,6 @@ struct Store {
     /// of the vector copied them all while a timed run went on).
     counting: bool,
     names: Arc<Mutex<HashMap<String, u64>>>,
-    counted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn store(st: &Store, req: ExportTraceServiceRequest) {
@@ -266,6 +265,23 @@ impl Receiver {
     /// spans are kept instead, see [`Receiver::names_since`]).
     pub fn name_counts(&self) -> HashMap<String, u64> {
         self.spans.names.lock().unwrap().clone()
+    }
+
+    /// Spans counted since `before` (an earlier [`Receiver::name_counts`])
+    /// whose name `wanted` accepts.
+    pub fn counted_since(
+        &self,
+        before: &HashMap<String, u64>,
+        wanted: impl Fn(&str) -> bool,
+    ) -> u64 {
+        self.spans
+            .names
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| wanted(n))
+            .map(|(n, c)| c - before.get(n).copied().unwrap_or(0))
+            .sum()
     }
 
     /// Two loopback ports nothing listens on (yet): a collector that is down.
@@ -412,11 +428,8 @@ impl Receiver {
 
     /// Spans received so far (cheaper than `spans().len()`).
     pub fn count(&self) -> usize {
-        self.spans.spans.lock().unwrap().len()
-            + self
-                .spans
-                .counted
-                .load(std::sync::atomic::Ordering::Relaxed)
+        let counted: u64 = self.spans.names.lock().unwrap().values().sum();
+        self.spans.spans.lock().unwrap().len() + counted as usize
     }
 
     /// Names of the spans received after the first `skip`.
@@ -479,8 +492,6 @@ fn store_light(st: &Store, req: light::Request) {
             .flat_map(|ss| ss.spans)
         {
             *names.entry(s.name).or_default() += 1;
-            st.counted
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         return;
     }

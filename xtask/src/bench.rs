@@ -242,22 +242,8 @@ fn run_agent(
     let (stdout, stderr) = traced_run(agent, rx, extra, target, &pm, &mut workload)?;
     let mut run = parse_pgbench(&stdout)?;
     read_report(&mut run, &stderr)?;
-    run.spans_matching = received_since(rx, &before, |n| script.statements.contains(&n));
+    run.spans_matching = rx.counted_since(&before, |n| script.statements.contains(&n));
     Ok((run, stderr))
-}
-
-/// Spans received since `before` (a counting receiver's name counts) whose
-/// name `wanted` accepts.
-pub fn received_since(
-    rx: &Receiver,
-    before: &std::collections::HashMap<String, u64>,
-    wanted: impl Fn(&str) -> bool,
-) -> u64 {
-    rx.name_counts()
-        .iter()
-        .filter(|(n, _)| wanted(n))
-        .map(|(n, c)| c - before.get(n).copied().unwrap_or(0))
-        .sum()
 }
 
 /// Runs `workload` traced as `target` says: the agent on the server

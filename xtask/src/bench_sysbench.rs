@@ -102,9 +102,8 @@ fn run_on(
     let (mut r, queries) = parse(&stdout)?;
     read_report(&mut r, &stderr)?;
     // Statement spans: not the transactions, not the prepares done at each thread's start.
-    r.spans_matching = crate::bench::received_since(rx, &before, |n| {
-        n != "transaction" && !n.starts_with("PREPARE")
-    });
+    r.spans_matching =
+        rx.counted_since(&before, |n| n != "transaction" && !n.starts_with("PREPARE"));
     Ok((r, queries, stderr))
 }
 

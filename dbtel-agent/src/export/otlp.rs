@@ -257,18 +257,7 @@ pub fn span_field(b: &mut Vec<u8>, s: &DbSpan, clock: &Clock) {
     let at = b.len();
     b.extend_from_slice(&[0; GUESS]);
     span(b, s, clock);
-    let len = b.len() - at - GUESS;
-    let n = varint_len(len as u64);
-    let mut head = [0u8; 10];
-    let mut i = 0;
-    let mut v = len as u64;
-    while v >= 0x80 {
-        head[i] = v as u8 | 0x80;
-        v >>= 7;
-        i += 1;
-    }
-    head[i] = v as u8;
-    debug_assert_eq!(i + 1, n);
+    let (head, n) = varint_bytes((b.len() - at - GUESS) as u64);
     match n.cmp(&GUESS) {
         std::cmp::Ordering::Equal => {}
         std::cmp::Ordering::Less => {
@@ -460,12 +449,21 @@ fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-fn varint(b: &mut Vec<u8>, mut v: u64) {
+fn varint(b: &mut Vec<u8>, v: u64) {
+    let (bytes, n) = varint_bytes(v);
+    b.extend_from_slice(&bytes[..n]);
+}
+
+/// `v` as a varint: its bytes and how many of them there are.
+fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
+    let (mut out, mut n) = ([0u8; 10], 0);
     while v >= 0x80 {
-        b.push(v as u8 | 0x80);
+        out[n] = v as u8 | 0x80;
         v >>= 7;
+        n += 1;
     }
-    b.push(v as u8);
+    out[n] = v as u8;
+    (out, n + 1)
 }
 
 fn tag(b: &mut Vec<u8>, field: u32, wire: u8) {
