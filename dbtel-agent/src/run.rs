@@ -218,7 +218,7 @@ impl Agent {
     }
 
     fn process_gone(&mut self, pid: u32) {
-        self.drain_briefly();
+        self.drain_written();
         self.end_queries(pid, Clock::monotonic_now_ns());
         self.flush_spans();
         self.forget_process(pid);

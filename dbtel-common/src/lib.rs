@@ -15,6 +15,8 @@ pub const HOST_CAP: usize = 128;
 pub const PORT_CAP: usize = 16;
 /// Maximum number of distinct libpq layouts (builds) one agent handles.
 pub const MAX_LAYOUTS: u32 = 64;
+/// The events ring buffer's size in bytes (a power of two, page multiple).
+pub const RING_BYTES: u32 = 8 * 1024 * 1024;
 
 /// Which engine's probes wrote a record ([`Header::engine`]): each engine's
 /// records are decoded by that engine's code in the agent.

@@ -94,7 +94,7 @@ static FOLLOWED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 /// 8 MiB: over 100 ms of events at full pgbench rate with client and server
 /// traced; the reader wakes at 256 KiB. (Mapped twice: it counts double in RSS.)
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(dbtel_common::RING_BYTES, 0);
 /// Server processes to trace: tgid → postmaster PID. A server probe sits on the
 /// postgres executable for every process running it; only these emit.
 #[map]

@@ -1,8 +1,6 @@
 //! The ring buffer drained: records to their engine, finished spans to the
 //! exporter (a flood neither holds spans nor keeps the loop from its other work).
 
-use std::time::Duration;
-
 use super::Agent;
 use crate::events::{self, Record};
 
@@ -18,18 +16,18 @@ impl Agent {
     /// Reads the ring buffer (at most DRAIN_MAX records); returns whether it
     /// stopped before the end.
     pub(super) fn drain(&mut self) -> bool {
-        self.drain_n(DRAIN_MAX)
+        self.drain_n(DRAIN_MAX, &mut 0)
     }
 
-    /// Reads what is in the ring buffer for at most 50 ms (a 256-record step
-    /// at a time): before forgetting a process, its last records are likely
-    /// read, and a flood from another cannot stall the loop.
-    pub(super) fn drain_briefly(&mut self) {
-        let t = std::time::Instant::now();
-        while self.drain_n(256) && t.elapsed() < Duration::from_millis(50) {}
+    /// Reads what the ring buffer holds now, before a process is forgotten:
+    /// its last records are read (however far the loop fell behind), and a
+    /// flood from another cannot stall the loop for more than one ring's worth.
+    pub(super) fn drain_written(&mut self) {
+        let mut bytes = 0u64;
+        while self.drain_n(DRAIN_MAX, &mut bytes) && bytes < u64::from(dbtel_common::RING_BYTES) {}
     }
 
-    fn drain_n(&mut self, max: u32) -> bool {
+    fn drain_n(&mut self, max: u32, bytes: &mut u64) -> bool {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut read = 0u32;
         let more = loop {
@@ -44,6 +42,8 @@ impl Agent {
                 let Some(item) = self.ring.get_mut().next() else {
                     break false;
                 };
+                // Its room in the ring: an 8-byte header, rounded up to 8.
+                *bytes += (item.len() as u64 + 8 + 7) & !7;
                 match events::engine_of(&item) {
                     // Another engine's record: copied out, for its engine to decode.
                     Some(e)

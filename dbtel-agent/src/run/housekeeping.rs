@@ -17,7 +17,7 @@ impl Agent {
         self.server.warn_idle_in_transaction();
         // Drained first: an exit record still in the ring buffer is not lost
         // (nor are the last events of a server found gone below).
-        self.drain_briefly();
+        self.drain_written();
         self.server.sweep_dead(Clock::monotonic_now_ns());
         for pid in self.server.own_backends_on_host() {
             self.probes.untrace_backend(pid);
