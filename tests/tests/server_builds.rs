@@ -205,7 +205,10 @@ fn every_statement_once(build: Build, probes: &str, libpq: &str) {
         assert_eq!(server.str("db.response.status_code"), *code);
         assert_eq!(
             server.str("db.postgresql.application_name"),
-            Some("builds-psql")
+            Some("builds-psql"),
+            "{}: {:?}",
+            c.name,
+            server.attrs
         );
     }
     assert!(run.summary().contains(" 0 failed"), "{}", run.summary());

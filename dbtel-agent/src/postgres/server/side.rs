@@ -157,6 +157,7 @@ impl ServerSide {
                 Ok(Err(e)) => log::warn!("catalog unavailable ({e}); lock waits will lack relation names and blockers until it answers"),
                 Err(_) => log::warn!("catalog: no answer within 5 s; lock waits will lack relation names and blockers until it answers"),
             }
+            self.seed_backends(t.postmaster, &cat).await;
             let (_task, snapshot) = catalog::spawn_poller(cat.clone(), self.settings.period);
             self.catalogs.insert(
                 t.postmaster,
@@ -180,6 +181,29 @@ impl ServerSide {
         }
         self.servers.insert(t.postmaster, t);
         Ok(())
+    }
+
+    /// The backends connected before the attach, known from the start: a
+    /// session that runs a few statements and leaves could be gone before a
+    /// lookup at its first statement answered (new ones say who they are as
+    /// they start: site::SESSION_*).
+    async fn seed_backends(&mut self, postmaster: u32, cat: &Catalog) {
+        let list = match tokio::time::timeout(Duration::from_secs(2), cat.backends()).await {
+            Ok(Ok(list)) => list,
+            Ok(Err(e)) => return cat.warn_rate_limited(&e),
+            Err(_) => return log::debug!("catalog: backends at attach: no answer within 2 s"),
+        };
+        for pid in crate::postgres::server::target::processes_of(postmaster) {
+            self.pids.learn(pid, postmaster);
+        }
+        for b in list.into_iter().take(MAX_BACKENDS) {
+            if !self.pids.knows(postmaster, b.pid) {
+                continue; // gone since, or not this server's
+            }
+            let host = self.pids.host(postmaster, b.pid);
+            self.backends
+                .insert(host, Lookup::Known(Arc::new(BackendDesc::new(b))));
+        }
     }
 
     fn catalog(&self, postmaster: u32) -> Option<Arc<Catalog>> {
