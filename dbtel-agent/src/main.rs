@@ -461,7 +461,16 @@ fn real_main() -> anyhow::Result<ExitCode> {
         slow_query: cli.slow_query_threshold,
         n_plus_one: (cli.n_plus_one_threshold, cli.n_plus_one_burst_gap),
     };
-    let (summary, mut exporter) = rt.block_on(run(cfg, exporter))?;
+    // The loop runs on a runtime of its own thread: the ring buffer's and the
+    // tick's wake-ups reach it directly (under the shared runtime a worker took
+    // each and woke this thread). The shared runtime keeps serving HTTP and
+    // exports meanwhile.
+    let main_loop = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let (summary, mut exporter) = main_loop.block_on(run(cfg, exporter))?;
+    drop(main_loop);
     // Outside the runtime: shutdown blocks while gRPC exports still run on it.
     exporter.shutdown();
     let own = dbtel_agent::run::own_of(&summary, &exporter);
