@@ -131,6 +131,8 @@ pub struct Tracker {
     /// span each even without a Sync between them, with a row count. (Else a
     /// statement ends at the next text or idle report.)
     completing: crate::FastSet<u32>,
+    /// Texts with a `;` found to hold one statement (see backend_completion).
+    single: completion::Singles,
     /// Blocks that joined an application's trace (taken by the agent).
     pub retraces: Vec<crate::pipeline::txn::Retrace>,
 }
@@ -165,6 +167,7 @@ impl Tracker {
             ended: Default::default(),
             errors_by_level: false,
             completing: Default::default(),
+            single: Default::default(),
         }
     }
 

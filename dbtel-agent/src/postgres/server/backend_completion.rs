@@ -8,6 +8,68 @@ use super::{end_waits, ClientIds, ServerSpan, Tracker};
 use crate::events::{Origin, ServerHit};
 use crate::postgres::server::blocks::BlockEffect;
 
+/// Slots of [`Singles`] (a power of two).
+const SINGLE_SLOTS: usize = 1024;
+
+/// Texts found to be one statement, by their 64-bit hash in a direct-mapped
+/// table: no allocation and nothing to evict, so texts that never come again
+/// (literals inlined) cost a hash and a store. Two texts would have to share
+/// a 64-bit hash for one to get the other's effect.
+pub(super) struct Singles {
+    hasher: foldhash::fast::RandomState,
+    slots: Box<[(u64, OneStatement); SINGLE_SLOTS]>,
+}
+
+impl Default for Singles {
+    fn default() -> Self {
+        Singles {
+            hasher: Default::default(),
+            slots: Box::new([(0, OneStatement::default()); SINGLE_SLOTS]),
+        }
+    }
+}
+
+impl Singles {
+    fn hash(&self, text: &str) -> u64 {
+        // 0 marks an empty slot.
+        std::hash::BuildHasher::hash_one(&self.hasher, text) | 1
+    }
+
+    fn get(&self, hash: u64) -> Option<OneStatement> {
+        let (h, one) = self.slots[hash as usize % SINGLE_SLOTS];
+        (h == hash).then_some(one)
+    }
+
+    fn put(&mut self, hash: u64, one: OneStatement) {
+        self.slots[hash as usize % SINGLE_SLOTS] = (hash, one);
+    }
+}
+
+/// A text found to be one statement: its effect on a transaction block,
+/// with a block open as it starts and without.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct OneStatement {
+    closed: BlockEffect,
+    open: BlockEffect,
+}
+
+impl OneStatement {
+    fn of(statement: &str) -> OneStatement {
+        OneStatement {
+            closed: BlockEffect::single(statement, false),
+            open: BlockEffect::single(statement, true),
+        }
+    }
+
+    fn effect(&self, in_block: bool) -> BlockEffect {
+        if in_block {
+            self.open
+        } else {
+            self.closed
+        }
+    }
+}
+
 impl Tracker {
     /// Whether this hit begins a statement (before it is handed to
     /// [`Self::on_hit`]), and if so whether the statement before it failed
@@ -44,6 +106,17 @@ impl Tracker {
     ) {
         let several =
             self.completing.contains(&(at.conn as u32)) && text.as_bytes().contains(&b';');
+        // The same texts come again and again (prepared statements, pools):
+        // one statement's effect is remembered, not split for anew.
+        let hash = (several && !truncated).then(|| self.single.hash(&text));
+        if let Some(hash) = hash {
+            if let Some(one) = self.single.get(hash) {
+                let effect = one.effect(self.in_block(at.pid));
+                self.open_query(at, text, truncated, client, Some(effect));
+                self.backends.get_mut(&at.pid).expect("entry exists").whole = false;
+                return;
+            }
+        }
         let pieces = if several && !truncated {
             crate::pipeline::shape::statements(&text)
         } else {
@@ -59,7 +132,13 @@ impl Tracker {
                 // One statement: its effect from the piece split already
                 // (the text would be split again to read it).
                 let effect = match pieces.as_deref() {
-                    Some([one]) => Some(BlockEffect::single(one, self.in_block(at.pid))),
+                    Some([one]) => {
+                        let memo = OneStatement::of(one);
+                        if let Some(hash) = hash {
+                            self.single.put(hash, memo);
+                        }
+                        Some(memo.effect(self.in_block(at.pid)))
+                    }
                     _ => None,
                 };
                 let whole = several && pieces.as_ref().is_none_or(|p| p.len() > 1);
@@ -131,5 +210,26 @@ impl Tracker {
         self.counters.unexecuted += 1;
         self.counters.queries -= 1;
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postgres::server::blocks::TxnOutcome;
+
+    #[test]
+    fn a_remembered_text_keeps_its_effect_in_and_out_of_a_block() {
+        let mut s = Singles::default();
+        let (begin, commit) = (s.hash("BEGIN;"), s.hash("COMMIT;"));
+        assert!(s.get(begin).is_none());
+        s.put(begin, OneStatement::of("BEGIN"));
+        s.put(commit, OneStatement::of("COMMIT"));
+        let b = s.get(begin).expect("remembered");
+        assert!(b.effect(false).opened && !b.effect(true).opened);
+        let c = s.get(commit).expect("remembered");
+        assert_eq!(c.effect(true).ends, Some(TxnOutcome::Committed));
+        assert_eq!(c.effect(false).ends, None);
+        assert!(s.get(s.hash("SELECT 1;")).is_none(), "another text");
     }
 }
