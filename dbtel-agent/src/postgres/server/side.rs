@@ -193,9 +193,7 @@ impl ServerSide {
             Ok(Err(e)) => return cat.warn_rate_limited(&e),
             Err(_) => return log::debug!("catalog: backends at attach: no answer within 2 s"),
         };
-        for pid in crate::postgres::server::target::processes_of(postmaster) {
-            self.pids.learn(pid, postmaster);
-        }
+        self.learn_processes(postmaster);
         for b in list.into_iter().take(MAX_BACKENDS) {
             if !self.pids.knows(postmaster, b.pid) {
                 continue; // gone since, or not this server's
@@ -203,6 +201,13 @@ impl ServerSide {
             let host = self.pids.host(postmaster, b.pid);
             self.backends
                 .insert(host, Lookup::Known(Arc::new(BackendDesc::new(b))));
+        }
+    }
+
+    /// Every process of the server, in both directions of the PID map.
+    fn learn_processes(&mut self, postmaster: u32) {
+        for pid in crate::postgres::server::target::processes_of(postmaster) {
+            self.pids.learn(pid, postmaster);
         }
     }
 
@@ -325,9 +330,7 @@ impl ServerSide {
         let own = self.own_backends();
         for (server, ns) in &own {
             if !self.pids.knows(*server, *ns) {
-                for pid in crate::postgres::server::target::processes_of(*server) {
-                    self.pids.learn(pid, *server);
-                }
+                self.learn_processes(*server);
             }
         }
         own.into_iter()
