@@ -112,8 +112,9 @@ pub struct ServerHit {
     pub at: Origin,
     pub site: u32,
     pub args: [u64; USDT_MAX_ARGS],
-    /// The string argument, if the site has one and it was not NULL.
-    pub text: Option<String>,
+    /// The string argument, if the site has one and it was not NULL
+    /// (shared: a statement's text is reported again and again).
+    pub text: Option<std::sync::Arc<str>>,
     pub truncated: bool,
 }
 
@@ -199,7 +200,7 @@ pub fn server_hit(h: &Header, at: Origin, data: &[u8]) -> Result<ServerHit, Deco
         })?;
     // No text: a NULL pointer (e.g. statement__status going idle) or unreadable.
     let text = (flags & qflags::TEXT_PRESENT != 0 && flags & qflags::TEXT_FAULT == 0)
-        .then(|| cstr(text_bytes));
+        .then(|| texts::shared(text_bytes));
     Ok(ServerHit {
         at,
         site: h.func,
@@ -505,6 +506,9 @@ pub mod encode {
         b
     }
 }
+
+#[path = "events_texts.rs"]
+mod texts;
 
 #[cfg(test)]
 mod tests {

@@ -385,7 +385,7 @@ impl Tracker {
             server_status: a[5] as u32,
             affected: a[8],
             sent: a[9],
-            text: hit.text.clone(),
+            text: hit.text.as_deref().map(str::to_owned),
             truncated: hit.truncated,
             waits,
             client: client(if command == command::STMT_PREPARE {

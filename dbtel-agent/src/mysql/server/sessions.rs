@@ -151,7 +151,11 @@ impl Tracker {
             return;
         };
         let s = c.ending.get_or_insert_with(Session::default);
-        let text = hit.text.clone().filter(|t| !t.is_empty());
+        let text = hit
+            .text
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned);
         match hit.site {
             mysite::SESSION_USER => s.user = text.unwrap_or_default(),
             mysite::SESSION_DB => s.db = text,

@@ -12,6 +12,7 @@
 //! (errcode/errmsg, deadlock__found) and transaction__abort close it.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use dbtel_common::site;
 
@@ -48,7 +49,7 @@ struct Backend {
     /// the implicit commit of Sync) is still its own.
     completed: bool,
     /// The statements of a simple-protocol text still to run after this one.
-    rest: VecDeque<String>,
+    rest: VecDeque<Arc<str>>,
     /// The query is a text of several statements that could not be split:
     /// each completion extends it.
     whole: bool,
@@ -202,11 +203,7 @@ impl Tracker {
 
     /// Text of the query a backend is running, if known.
     pub fn running_query(&self, pid: u32) -> Option<&str> {
-        self.backends
-            .get(&pid)?
-            .query
-            .as_ref()
-            .map(|q| q.text.as_str())
+        self.backends.get(&pid)?.query.as_ref().map(|q| &*q.text)
     }
 
     /// Adds an event to the lock wait with these ids if it is still open.
@@ -309,7 +306,7 @@ impl Tracker {
                     end_ns: at.ts_ns,
                     tag,
                     outcome: WaitOutcome::Granted,
-                    query: b.query.as_ref().map(|q| q.text.clone()),
+                    query: b.query.as_ref().map(|q| q.text.to_string()),
                     events: vec![],
                 });
                 notices.push(Notice::WaitStarted {
@@ -402,7 +399,7 @@ impl Tracker {
                     .as_mut()
                     .filter(|_| std::mem::take(&mut b.awaiting_message))
                 {
-                    e.message = hit.text.take();
+                    e.message = hit.text.take().map(|t| t.to_string());
                 }
             }
             _ => {}
@@ -414,7 +411,7 @@ impl Tracker {
     fn open_query(
         &mut self,
         at: Origin,
-        text: String,
+        text: Arc<str>,
         truncated: bool,
         client: &dyn Fn(u32) -> Option<ClientIds>,
         effect: Option<BlockEffect>,

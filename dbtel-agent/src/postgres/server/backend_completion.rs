@@ -2,6 +2,8 @@
 //! text of several run statement by statement, completions, statements that
 //! never ran, and telling the client side as each statement begins.
 
+use std::sync::Arc;
+
 use dbtel_common::site;
 
 use super::{end_waits, ClientIds, ServerSpan, Tracker};
@@ -105,7 +107,7 @@ impl Tracker {
     pub(super) fn open_text(
         &mut self,
         at: Origin,
-        text: String,
+        text: Arc<str>,
         truncated: bool,
         client: &dyn Fn(u32) -> Option<ClientIds>,
     ) {
@@ -129,9 +131,9 @@ impl Tracker {
         };
         match pieces.as_deref() {
             Some([first, rest @ ..]) if !rest.is_empty() => {
-                self.open_query(at, first.to_string(), false, client, None);
+                self.open_query(at, Arc::from(*first), false, client, None);
                 let b = self.backends.get_mut(&at.pid).expect("entry exists");
-                b.rest = rest.iter().map(|s| s.to_string()).collect();
+                b.rest = rest.iter().map(|s| Arc::from(*s)).collect();
             }
             _ => {
                 // One statement: its effect from the piece split already

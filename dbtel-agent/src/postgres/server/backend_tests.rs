@@ -42,7 +42,7 @@ impl Replay {
             },
             site,
             args,
-            text: text.map(str::to_string),
+            text: text.map(Arc::from),
             truncated: false,
         };
         let c = self.client;
@@ -116,7 +116,7 @@ fn extended_protocol_reports_one_statement_three_times() {
     let q = r.queries();
     assert_eq!(q.len(), 1);
     assert_eq!(
-        (q[0].text.as_str(), q[0].end_ns - q[0].start_ns),
+        (&*q[0].text, q[0].end_ns - q[0].start_ns),
         ("select 1", 3_000_000)
     );
     assert_eq!(
@@ -137,7 +137,7 @@ fn a_block_parents_its_statements_and_its_lock_wait_sits_under_the_query() {
     r.stmt("COMMIT").idle();
     let (q, w, t) = (r.queries(), r.waits(), r.txns());
     assert_eq!(
-        q.iter().map(|q| q.text.as_str()).collect::<Vec<_>>(),
+        q.iter().map(|q| &*q.text).collect::<Vec<_>>(),
         ["BEGIN", "UPDATE t SET v = 1", "COMMIT"]
     );
     assert_eq!(t.len(), 1);
@@ -420,7 +420,7 @@ fn parallel_workers_echo_their_leader_and_are_not_statements() {
             at,
             site: site::STATEMENT_STATUS,
             args: [text.is_some() as u64, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            text: text.map(str::to_string),
+            text: text.map(Arc::from),
             truncated: false,
         };
         t.on_hit(h, &|_| None, &mut out, &mut notices);
@@ -601,7 +601,7 @@ impl Replay {
             .iter()
             .map(|q| {
                 (
-                    q.text.as_str(),
+                    &*q.text,
                     q.rows,
                     q.error.as_ref().map(|e| e.sqlstate.as_str()),
                 )
@@ -818,7 +818,7 @@ fn a_statement_beginning_is_told_before_it_is_handled() {
         },
         site,
         args: [0; dbtel_common::USDT_MAX_ARGS],
-        text: text.map(str::to_string),
+        text: text.map(Arc::from),
         truncated: false,
     };
     let status = |t: &str| hit(site::STATEMENT_STATUS, Some(t));

@@ -151,7 +151,7 @@ pub struct ServerQuery {
     pub joined: bool,
     pub start_ns: u64,
     pub end_ns: u64,
-    pub text: String,
+    pub text: std::sync::Arc<str>,
     pub truncated: bool,
     /// `EXECUTE name`: the name and the statement `PREPARE name AS` gave it
     /// (what the span is named and described by; `text` stays as reported).

@@ -247,7 +247,7 @@ impl ServerSide {
         });
         let d = Arc::make_mut(d);
         let mut b = std::mem::take(&mut d.info);
-        let text = hit.text.clone();
+        let text = hit.text.as_deref().map(str::to_owned);
         match hit.site {
             site::SESSION_DATABASE => b.datname = text,
             site::SESSION_USER => {

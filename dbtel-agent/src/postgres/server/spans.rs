@@ -178,10 +178,7 @@ pub fn describe_query(
     }
     if let (Some(n), None) = (q.rows, &q.error) {
         // EndCommand's count, named as the client names its command tag's.
-        let text = q
-            .prepared
-            .as_ref()
-            .map_or(q.text.as_str(), |(_, body)| body);
+        let text = q.prepared.as_ref().map_or(&*q.text, |(_, body)| body);
         match facts
             .operation
             .as_deref()
