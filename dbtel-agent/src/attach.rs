@@ -204,7 +204,11 @@ impl Probes {
             if self.attached.contains(&(owner, dev, ino)) {
                 if matches!(plan.layout, Layout::Sites(_)) {
                     // --all: another server running a file already probed.
-                    self.server_pids()?.insert(plan.pid, plan.pid, 0)?;
+                    self.server_pids()?.insert(
+                        plan.pid,
+                        dbtel_common::ServerProc::of(plan.pid),
+                        0,
+                    )?;
                 }
                 return Ok(0);
             }
@@ -262,7 +266,8 @@ impl Probes {
         }
         if matches!(plan.layout, Layout::Sites(_)) {
             // The site program emits for the processes in SERVER_PIDS only.
-            self.server_pids()?.insert(plan.pid, plan.pid, 0)?;
+            self.server_pids()?
+                .insert(plan.pid, dbtel_common::ServerProc::of(plan.pid), 0)?;
         }
         Ok(n)
     }

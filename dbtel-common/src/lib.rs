@@ -445,6 +445,34 @@ pub struct ArgSpec {
 
 pub const NO_INDEX: u16 = 0xffff;
 
+/// A traced server process, as the kernel side keeps it (SERVER_PIDS, by
+/// tgid): its postmaster, and the head of the last text it reported for a
+/// site that reports a text once until a NULL (in the same entry: the
+/// lookup every hit makes anyway finds it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerProc {
+    pub owner: u32,
+    pub _pad: u32,
+    /// The first 31 bytes and a NUL (or before) of the last text; NO_TEXT
+    /// when none.
+    pub last_head: [u64; 4],
+}
+
+impl ServerProc {
+    /// Byte 31 of a head read from a string is always its NUL or before it:
+    /// no text matches this one.
+    pub const NO_TEXT: [u64; 4] = [0, 0, 0, 0xff << 56];
+
+    pub const fn of(owner: u32) -> Self {
+        ServerProc {
+            owner,
+            _pad: 0,
+            last_head: Self::NO_TEXT,
+        }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SiteSpec {
@@ -507,6 +535,7 @@ const _: () = assert!(core::mem::size_of::<LibpqLayout>() == 64);
 const _: () = assert!(core::mem::size_of::<QueryEvent>() == QueryEvent::TEXT_OFFSET + TEXT_CAP);
 const _: () = assert!(core::mem::size_of::<ResultEvent>() == 32 + 16 + CMD_STATUS_CAP + 8);
 const _: () = assert!(core::mem::size_of::<ArgSpec>() == 32);
+const _: () = assert!(core::mem::size_of::<ServerProc>() == 40);
 const _: () = assert!(core::mem::size_of::<SiteSpec>() == 40 + 32 * USDT_MAX_ARGS);
 const _: () = assert!(core::mem::size_of::<ServerEvent>() == ServerEvent::TEXT_OFFSET + TEXT_CAP);
 const _: () = assert!(core::mem::size_of::<PipelineEvent>() == 32 + 8);
@@ -517,5 +546,6 @@ const _: () = assert!(core::mem::size_of::<ExecEvent>() == ExecEvent::PATH_OFFSE
 mod pod {
     unsafe impl aya::Pod for super::LibpqLayout {}
     unsafe impl aya::Pod for super::SiteSpec {}
+    unsafe impl aya::Pod for super::ServerProc {}
     unsafe impl aya::Pod for super::MysqlOffsets {}
 }

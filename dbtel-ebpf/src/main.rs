@@ -98,7 +98,7 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(dbtel_common::RING_BYTES, 0);
 /// Server processes to trace: tgid → postmaster PID. A server probe sits on the
 /// postgres executable for every process running it; only these emit.
 #[map]
-static SERVER_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
+static SERVER_PIDS: HashMap<u32, dbtel_common::ServerProc> = HashMap::with_max_entries(16384, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 

@@ -1,7 +1,6 @@
 //! Processes: forks of traced servers, exits, and (with --all) execs.
 
 use super::*;
-use crate::server::LAST_TEXT;
 
 /// Field offsets in the sched_process_fork tracepoint record (read by the
 /// agent from tracefs: they changed between kernel versions).
@@ -23,8 +22,10 @@ pub fn server_fork(ctx: TracePointContext) -> u32 {
     }) else {
         return 0;
     };
-    if let Some(pm) = unsafe { SERVER_PIDS.get(&(parent as u32)) }.copied() {
-        let _ = SERVER_PIDS.insert(&(child as u32), &pm, 0);
+    if let Some(p) = unsafe { SERVER_PIDS.get(&(parent as u32)) } {
+        // No last text: a parallel worker's report of its leader's text is its own.
+        let proc = dbtel_common::ServerProc::of(p.owner);
+        let _ = SERVER_PIDS.insert(&(child as u32), &proc, 0);
     }
     if unsafe { FOLLOWED.get(&(parent as u32)) }.is_some() {
         let _ = FOLLOWED.insert(&(child as u32), &1, 0);
@@ -55,11 +56,10 @@ pub fn proc_exit(_ctx: TracePointContext) -> u32 {
             bump(counter::RINGBUF_FULL);
         }
     }
-    let Some(pm) = unsafe { SERVER_PIDS.get(&tgid) }.copied() else {
+    let Some(pm) = unsafe { SERVER_PIDS.get(&tgid) }.map(|p| p.owner) else {
         return 0;
     };
     let _ = SERVER_PIDS.remove(&tgid);
-    let _ = LAST_TEXT.remove(&tgid);
     if EVENTS
         .output::<Header>(header(Kind::ServerExit, 0, pm as u64), wakeup_flags())
         .is_err()

@@ -10,10 +10,6 @@ use dbtel_common::{pair, ServerEvent, SiteSpec, MAX_SITES, USDT_MAX_ARGS};
 /// Per attach cookie: which probe it is and where its arguments are.
 #[map]
 static SITES: Array<SiteSpec> = Array::with_max_entries(MAX_SITES, 0);
-/// The head of the last text each process reported, for sites that report
-/// a text once until a NULL.
-#[map]
-pub(crate) static LAST_TEXT: LruHashMap<u32, [u64; 4]> = LruHashMap::with_max_entries(16384, 0);
 #[map]
 static SERVER_SCRATCH: PerCpuArray<ServerEvent> = PerCpuArray::with_max_entries(1, 0);
 /// Threads with a pair open (a lock's thd_wait_begin sent, its thd_wait_end not yet).
@@ -42,10 +38,24 @@ fn site_hit(regs: u64, c: u32) -> u32 {
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let Some(owner) = (unsafe { SERVER_PIDS.get(&tgid) }).copied() else {
+    let Some(proc) = SERVER_PIDS.get_ptr_mut(&tgid) else {
         return 0;
     };
+    // Its own entry: only this process's hits (one CPU at a time) write it.
+    let proc = unsafe { &mut *proc };
+    let owner = proc.owner;
     let Some(spec) = SITES.get(c) else { return 0 };
+    // The filters that need the first argument only come first: the hits
+    // they drop (errstart below ERROR, a text reported again by Bind and
+    // Execute) then cost their trap and little more.
+    let first = read_arg(regs, &spec.args[0]);
+    if spec.min_arg0 != 0 && (first as i64) < spec.min_arg0 as i64 {
+        return 0;
+    }
+    let early_repeat = spec.repeat_once != 0 && spec.text_arg == 1;
+    if early_repeat && repeated(&mut proc.last_head, first) {
+        return 0;
+    }
     let Some(ev) = SERVER_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
@@ -56,11 +66,9 @@ fn site_hit(regs: u64, c: u32) -> u32 {
         Kind::Server
     };
     ev.hdr = header(kind, spec.probe, owner as u64);
-    for i in 0..USDT_MAX_ARGS {
+    ev.args[0] = first;
+    for i in 1..USDT_MAX_ARGS {
         ev.args[i] = read_arg(regs, &spec.args[i]);
-    }
-    if spec.min_arg0 != 0 && (ev.args[0] as i64) < spec.min_arg0 as i64 {
-        return 0;
     }
     if spec.mask_arg != 0 {
         let v = arg_at(&ev.args, spec.mask_arg);
@@ -79,7 +87,7 @@ fn site_hit(regs: u64, c: u32) -> u32 {
     ev.flags = 0;
     let p = arg_at(&ev.args, spec.text_arg);
     // A site without a text (p = 0) ends the repetition, as a NULL does.
-    if spec.repeat_once != 0 && repeated(tgid, p) {
+    if spec.repeat_once != 0 && !early_repeat && repeated(&mut proc.last_head, p) {
         return 0;
     }
     if p != 0 {
@@ -132,34 +140,18 @@ fn arg_at(args: &[u64; USDT_MAX_ARGS], n: u32) -> u64 {
 /// True if `p`'s text begins as the last one this process reported (its
 /// first 31 bytes): the same statement reported again. A NULL resets.
 #[inline(always)]
-fn repeated(tgid: u32, p: u64) -> bool {
-    // Updated in place once the process has an entry: an LRU insert or
-    // delete on every statement costs more than the compare.
-    let last = LAST_TEXT.get_ptr_mut(&tgid);
+fn repeated(last: &mut [u64; 4], p: u64) -> bool {
     if p == 0 {
-        // Byte 31 of a head read from a string is always its NUL or before
-        // it: no text matches this.
-        if let Some(last) = last {
-            unsafe { *last = [0, 0, 0, 0xff << 56] };
-        }
+        *last = dbtel_common::ServerProc::NO_TEXT;
         return false;
     }
     // Compared as words: there is no memcmp in BPF.
     let mut head = [0u64; 4];
     let bytes: &mut [u8; 32] = unsafe { &mut *(&mut head as *mut [u64; 4]).cast() };
     let _ = unsafe { bpf_probe_read_user_str_bytes(p as *const u8, bytes) };
-    match last {
-        Some(last) => {
-            let last = unsafe { &mut *last };
-            if last[0] == head[0] && last[1] == head[1] && last[2] == head[2] && last[3] == head[3]
-            {
-                return true;
-            }
-            *last = head;
-        }
-        None => {
-            let _ = LAST_TEXT.insert(&tgid, &head, 0);
-        }
+    if last[0] == head[0] && last[1] == head[1] && last[2] == head[2] && last[3] == head[3] {
+        return true;
     }
+    *last = head;
     false
 }

@@ -8,7 +8,7 @@ use aya::{
         UProbe,
     },
 };
-use dbtel_common::{SiteSpec, MAX_SITES};
+use dbtel_common::{ServerProc, SiteSpec, MAX_SITES};
 
 use super::{AttachError, Probes};
 use crate::postgres::server::target::ServerTarget;
@@ -29,9 +29,9 @@ impl Probes {
         // The postmaster first, then its children: a fork in between is caught
         // by the tracepoint, which is already on.
         let mut pids = self.server_pids()?;
-        pids.insert(t.postmaster, t.postmaster, 0)?;
+        pids.insert(t.postmaster, ServerProc::of(t.postmaster), 0)?;
         for pid in crate::postgres::server::target::processes_of(t.postmaster) {
-            pids.insert(pid, t.postmaster, 0)?;
+            pids.insert(pid, ServerProc::of(t.postmaster), 0)?;
             // Exited between the scan and the insert: its exit went by unseen.
             if !crate::host::process::process_exists(pid) {
                 let _ = pids.remove(&pid);
@@ -106,7 +106,7 @@ impl Probes {
     /// --all: a process exec'd a PostgreSQL server binary; trace it and,
     /// through the fork tracepoint, every process it forks from now on.
     pub fn trace_server_process(&mut self, pid: u32) -> Result<(), AttachError> {
-        self.server_pids()?.insert(pid, pid, 0)?;
+        self.server_pids()?.insert(pid, ServerProc::of(pid), 0)?;
         Ok(())
     }
 
@@ -123,7 +123,7 @@ impl Probes {
             let gone: Vec<u32> = pids
                 .iter()
                 .flatten()
-                .filter(|(_, pm)| *pm == postmaster)
+                .filter(|(_, p)| p.owner == postmaster)
                 .map(|(k, _)| k)
                 .collect();
             for k in gone {
@@ -135,7 +135,7 @@ impl Probes {
     /// The traced server processes (tgid → postmaster), as the kernel side filters by them.
     pub(super) fn server_pids(
         &mut self,
-    ) -> Result<BpfHashMap<&mut MapData, u32, u32>, aya::maps::MapError> {
+    ) -> Result<BpfHashMap<&mut MapData, u32, ServerProc>, aya::maps::MapError> {
         BpfHashMap::try_from(self.ebpf.map_mut("SERVER_PIDS").expect("SERVER_PIDS map"))
     }
 }
