@@ -41,7 +41,8 @@ fn site_hit(regs: u64, c: u32) -> u32 {
     let Some(proc) = SERVER_PIDS.get_ptr_mut(&tgid) else {
         return 0;
     };
-    // Its own entry: only this process's hits (one CPU at a time) write it.
+    // Its own entry, written only by repeat-once sites (PostgreSQL's: one
+    // thread per process, so one CPU at a time).
     let proc = unsafe { &mut *proc };
     let owner = proc.owner;
     let Some(spec) = SITES.get(c) else { return 0 };
