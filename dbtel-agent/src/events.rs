@@ -97,11 +97,20 @@ pub fn read<T: Copy>(data: &[u8], kind: u16) -> Result<T, DecodeError> {
 
 /// A NUL-terminated C string in a fixed buffer, lossily as UTF-8.
 pub fn cstr(bytes: &[u8]) -> String {
-    let end = memchr::memchr(0, bytes).unwrap_or(bytes.len());
+    lossy(until_nul(bytes)).into_owned()
+}
+
+/// The bytes of a C string in a fixed buffer: up to its NUL, if any.
+fn until_nul(bytes: &[u8]) -> &[u8] {
+    &bytes[..memchr::memchr(0, bytes).unwrap_or(bytes.len())]
+}
+
+/// `bytes` as UTF-8, invalid sequences replaced.
+fn lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     // Valid UTF-8 checked the fast way first (the lossy decoder walks byte by byte).
-    match std::str::from_utf8(&bytes[..end]) {
-        Ok(s) => s.to_owned(),
-        Err(_) => String::from_utf8_lossy(&bytes[..end]).into_owned(),
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.into(),
+        Err(_) => String::from_utf8_lossy(bytes),
     }
 }
 

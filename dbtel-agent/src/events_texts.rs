@@ -27,8 +27,7 @@ thread_local! {
 
 /// The text in `bytes` (up to its NUL, if any), invalid UTF-8 replaced.
 pub fn shared(bytes: &[u8]) -> Arc<str> {
-    let end = memchr::memchr(0, bytes).unwrap_or(bytes.len());
-    let bytes = &bytes[..end];
+    let bytes = super::until_nul(bytes);
     RECENT.with_borrow_mut(|r| {
         let hash = r.hasher.hash_one(bytes);
         // The high bits: the low ones of foldhash vary less with the input.
@@ -38,11 +37,7 @@ pub fn shared(bytes: &[u8]) -> Arc<str> {
                 return t.clone();
             }
         }
-        // Valid UTF-8 checked the fast way first (the lossy decoder walks byte by byte).
-        let text: Arc<str> = match std::str::from_utf8(bytes) {
-            Ok(s) => Arc::from(s),
-            Err(_) => Arc::from(String::from_utf8_lossy(bytes).as_ref()),
-        };
+        let text: Arc<str> = Arc::from(&*super::lossy(bytes));
         r.hashes[slot] = hash;
         r.texts[slot] = Some(text.clone());
         text
