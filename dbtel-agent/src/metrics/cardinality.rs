@@ -23,6 +23,10 @@ pub struct Limiter {
     pending: FastMap<Arc<str>, u64>,
     /// Values that became `other` (a value counted once per time it was refused).
     pub refused: u64,
+    /// The value admitted last and its sightings since (not yet in
+    /// `admitted`): most spans in a row carry the same value, and comparing
+    /// is cheaper than hashing.
+    last: Option<(Arc<str>, u64)>,
 }
 
 impl Limiter {
@@ -33,6 +37,7 @@ impl Limiter {
             late_admitted: 0,
             pending: FastMap::default(),
             refused: 0,
+            last: None,
         }
     }
 
@@ -41,8 +46,20 @@ impl Limiter {
         if v.is_empty() {
             return v;
         }
-        if let Some(n) = self.admitted.get_mut(v) {
-            *n += 1;
+        if let Some((last, n)) = &mut self.last {
+            if **last == *v {
+                *n += 1;
+                return v;
+            }
+        }
+        // Counts are exact whenever they are read (below).
+        if let Some((last, n)) = self.last.take() {
+            if let Some(c) = self.admitted.get_mut(&*last) {
+                *c += n;
+            }
+        }
+        if let Some((k, _)) = self.admitted.get_key_value(v) {
+            self.last = Some((k.clone(), 1));
             return v;
         }
         if self.admitted.len() < self.cap {
@@ -127,5 +144,16 @@ mod tests {
         assert!(hot > 1_900, "{hot}");
         assert!(l.distinct() <= 250, "{}", l.distinct());
         assert!(l.pending.len() <= PENDING_SLOTS);
+    }
+
+    #[test]
+    fn a_value_seen_in_a_row_is_counted_each_time() {
+        let mut l = Limiter::new(2);
+        for v in ["a", "a", "a", "b", "a", "b", "b"] {
+            assert_eq!(l.admit(v), v);
+        }
+        l.admit("c"); // flushes the run of "b"
+        assert_eq!((l.admitted["a"], l.admitted["b"]), (4, 3));
+        assert!(l.last.is_none());
     }
 }
