@@ -66,7 +66,7 @@ fn site_hit(regs: u64, c: u32) -> u32 {
     } else {
         Kind::Server
     };
-    ev.hdr = header(kind, spec.probe, owner as u64);
+    ev.hdr = header_of(kind, spec.probe, owner as u64, pid_tgid);
     ev.args[0] = first;
     for i in 1..USDT_MAX_ARGS {
         ev.args[i] = read_arg(regs, &spec.args[i]);
