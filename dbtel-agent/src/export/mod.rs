@@ -299,7 +299,7 @@ impl Exporter {
     }
 
     /// Exports one span with its process's resource.
-    pub fn emit(&mut self, s: DbSpan) -> anyhow::Result<()> {
+    pub fn emit(&mut self, mut s: DbSpan) -> anyhow::Result<()> {
         if !self.pipelines.contains_key(&s.pid) {
             let p = self.start_pipeline(s.pid)?;
             self.pipelines.insert(s.pid, p);
@@ -308,6 +308,7 @@ impl Exporter {
         if p.encodes() {
             let clock = &self.clock;
             p.push_encoded(|b| otlp::span_field(b, &s, clock));
+            crate::pipeline::attr_pool::give_back(std::mem::take(&mut s.attributes));
         } else {
             p.push(span_data(s, &self.clock, &self.scope));
         }

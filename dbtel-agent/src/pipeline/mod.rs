@@ -2,6 +2,7 @@
 //! tracker, SQL facts (obfuscation, summary, per-engine dialects) and their
 //! literal-blind cache keys, sqlcommenter comments (the application's trace).
 pub mod attr_block;
+pub mod attr_pool;
 pub mod dbspan;
 pub mod gate;
 pub mod group;

@@ -122,7 +122,7 @@ fn build_conn_attributes(c: &ConnInfo, a: &mut Vec<KeyValue>) {
 /// Span name, attributes and error of a query, given its text's facts.
 pub fn describe_with(q: &QuerySpan, facts: Option<&sql::QueryFacts>) -> Described {
     // Sized for the usual count: growing it cost a realloc or two per span.
-    let mut a = Vec::with_capacity(16);
+    let mut a = crate::pipeline::attr_pool::take(16);
     a.extend([
         KeyValue::new("db.system.name", "postgresql"),
         KeyValue::new("code.function.name", function_name(q.call)),

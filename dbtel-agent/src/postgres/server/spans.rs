@@ -167,7 +167,7 @@ pub fn describe_query(
     facts: &QueryFacts,
     backend: Option<&BackendDesc>,
 ) -> Described {
-    let mut a = Vec::new();
+    let mut a = crate::pipeline::attr_pool::take(4);
     backend_common(&mut a, backend_pid, backend);
     let name = facts.name().unwrap_or_else(|| "postgresql".into());
     if q.truncated {
