@@ -34,8 +34,9 @@ pub enum Event {
     Call {
         at: Origin,
         func: u32,
-        /// None when the text could not be read.
-        text: Option<String>,
+        /// None when the text could not be read. Shared with the last
+        /// events of the same text (events_texts).
+        text: Option<std::sync::Arc<str>>,
         /// Statement name (empty: unnamed, or the call has none).
         name: String,
         truncated: bool,
@@ -47,7 +48,8 @@ pub enum Event {
         result: u64,
         status: i32,
         ntuples: i32,
-        cmd_status: String,
+        /// Shared with the last results of the same tag (events_texts).
+        cmd_status: std::sync::Arc<str>,
         sqlstate: Option<String>,
         nulls: bool,
     },
@@ -286,7 +288,7 @@ fn client(h: Header, at: Origin, data: &[u8]) -> Result<Event, DecodeError> {
                     got: data.len(),
                 })?;
             let name = cstr(&name_bytes[..name_len.min(name_bytes.len())]);
-            let text = (flags & qflags::TEXT_FAULT == 0).then(|| cstr(text_bytes));
+            let text = (flags & qflags::TEXT_FAULT == 0).then(|| texts::shared(text_bytes));
             Ok(Event::Call {
                 at,
                 func: h.func,
@@ -303,7 +305,7 @@ fn client(h: Header, at: Origin, data: &[u8]) -> Result<Event, DecodeError> {
                 result: r.result,
                 status: r.status,
                 ntuples: r.ntuples,
-                cmd_status: cstr(&r.cmd_status),
+                cmd_status: texts::shared(&r.cmd_status),
                 sqlstate: (!sqlstate.is_empty()).then_some(sqlstate),
                 nulls: h.func != dbtel_common::func::PQGET_RESULT_POINT,
             })

@@ -92,7 +92,7 @@ struct ConnState {
     /// Its last call or result (which connections are least recently used).
     last_ns: u64,
     /// Statement name → (text, truncated), learnt from prepare calls.
-    prepared: crate::FastMap<String, (String, bool)>,
+    prepared: crate::FastMap<String, (std::sync::Arc<str>, bool)>,
     queue: VecDeque<InFlight>,
     /// Results come without PQgetResult's NULLs (the probe inside PQgetResult).
     fast: bool,
@@ -321,7 +321,7 @@ impl Reconstructor {
         &mut self,
         at: Origin,
         f: u32,
-        text: Option<String>,
+        text: Option<std::sync::Arc<str>>,
         name: String,
         truncated: bool,
         out: &mut Vec<ClientSpan>,
@@ -395,7 +395,7 @@ impl Reconstructor {
         &mut self,
         at: Origin,
         f: u32,
-        text: Option<String>,
+        text: Option<std::sync::Arc<str>>,
         name: String,
         truncated: bool,
         discarding: bool,
@@ -432,7 +432,7 @@ impl Reconstructor {
                             &mut self.counters,
                             conn,
                             n,
-                            (body.to_string(), truncated),
+                            (std::sync::Arc::from(body), truncated),
                         );
                     }
                     Some(Action::Execute(n)) => {
@@ -517,7 +517,7 @@ impl Reconstructor {
         result: u64,
         status: i32,
         ntuples: i32,
-        cmd_status: String,
+        cmd_status: std::sync::Arc<str>,
         sqlstate: Option<String>,
         nulls: bool,
         out: &mut Vec<ClientSpan>,
@@ -569,7 +569,7 @@ fn apply(
     s: &mut QuerySpan,
     status: i32,
     ntuples: i32,
-    cmd_status: String,
+    cmd_status: std::sync::Arc<str>,
     sqlstate: Option<String>,
 ) {
     if matches!(

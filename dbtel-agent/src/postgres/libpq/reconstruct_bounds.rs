@@ -52,7 +52,7 @@ impl Reconstructor {
         counters: &mut Counters,
         conn: &mut ConnState,
         name: String,
-        text: (String, bool),
+        text: (std::sync::Arc<str>, bool),
     ) {
         if conn.prepared.len() >= PREPARED_PER_CONNECTION && !conn.prepared.contains_key(&name) {
             if let Some(old) = conn.prepared.keys().next().cloned() {

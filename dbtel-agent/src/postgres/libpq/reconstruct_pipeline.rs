@@ -117,7 +117,7 @@ impl Reconstructor {
         result: u64,
         status: i32,
         ntuples: i32,
-        cmd_status: String,
+        cmd_status: std::sync::Arc<str>,
         sqlstate: Option<String>,
         out: &mut Vec<ClientSpan>,
     ) {
@@ -156,7 +156,7 @@ impl Reconstructor {
         ts: u64,
         status: i32,
         ntuples: i32,
-        cmd_status: String,
+        cmd_status: std::sync::Arc<str>,
         sqlstate: Option<String>,
         out: &mut Vec<ClientSpan>,
     ) {

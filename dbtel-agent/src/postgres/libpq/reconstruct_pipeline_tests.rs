@@ -40,9 +40,9 @@ fn facts(spans: &[QuerySpan]) -> Vec<(String, u64, String, bool, bool, End)> {
         .iter()
         .map(|q| {
             (
-                q.text.clone().unwrap_or_default(),
+                q.text.as_deref().unwrap_or_default().to_string(),
                 q.rows,
-                q.cmd_status.clone().unwrap_or_default(),
+                q.cmd_status.as_deref().unwrap_or_default().to_string(),
                 q.failed,
                 q.skipped,
                 q.end,

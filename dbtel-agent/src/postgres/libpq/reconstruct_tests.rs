@@ -264,7 +264,7 @@ fn interleaved_threads_and_connections_stay_apart() {
     let (spans, _) = s.run();
     let texts: Vec<_> = spans
         .iter()
-        .map(|q| (q.text.clone().unwrap(), q.rows))
+        .map(|q| (q.text.as_deref().unwrap().to_string(), q.rows))
         .collect();
     assert_eq!(texts, vec![("b".to_string(), 2), ("a".to_string(), 1)]);
 }
@@ -353,7 +353,7 @@ fn transactions_parent_their_queries_and_end_with_the_connection() {
     let kinds: Vec<String> = all
         .iter()
         .map(|s| match s {
-            ClientSpan::Query(q) => q.text.clone().unwrap(),
+            ClientSpan::Query(q) => q.text.as_deref().unwrap().to_string(),
             ClientSpan::Txn(t, _) => format!("txn {}", t.outcome.as_str()),
         })
         .collect();
@@ -449,7 +449,7 @@ fn client_context_and_annotations_follow_the_query_in_flight() {
             result: 0,
             status: -1,
             ntuples: 0,
-            cmd_status: String::new(),
+            cmd_status: "".into(),
             sqlstate: None,
             nulls: true,
         },
@@ -658,7 +658,7 @@ fn copy_and_single_row_results_do_not_answer_a_query() {
         .iter()
         .map(|q| {
             (
-                q.cmd_status.clone().unwrap_or_default(),
+                q.cmd_status.as_deref().unwrap_or_default().to_string(),
                 q.rows,
                 q.end_ns - q.start_ns,
             )

@@ -60,7 +60,7 @@ pub struct QuerySpan {
     /// The libpq function the application called (dbtel_common::func).
     pub call: u32,
     /// SQL text as the application sent it (None: unknown).
-    pub text: Option<String>,
+    pub text: Option<std::sync::Arc<str>>,
     pub text_truncated: bool,
     /// Prepared statement name, for prepare and execute-prepared calls.
     pub statement_name: Option<String>,
@@ -68,7 +68,7 @@ pub struct QuerySpan {
     pub prepared_before_attach: bool,
     pub rows: u64,
     /// Command tag of the last result, e.g. "UPDATE 1".
-    pub cmd_status: Option<String>,
+    pub cmd_status: Option<std::sync::Arc<str>>,
     pub sqlstate: Option<String>,
     pub failed: bool,
     /// The server did not run it: an earlier statement of its pipeline failed
