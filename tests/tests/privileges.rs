@@ -5,6 +5,7 @@
 //! runs as the right user; a missing capability is one line naming it.
 
 use std::{
+    path::PathBuf,
     process::{Command, Stdio},
     sync::OnceLock,
     time::Duration,
@@ -33,19 +34,27 @@ fn nobody() -> (u32, u32) {
 }
 
 /// The agent copied where any user may run it (the build directory may be closed to them).
+/// One fixed directory per build, replaced on each run: a static is never dropped, so a
+/// TempDir here would leave a copy of the agent in /tmp after every run.
 fn agent_for_anyone() {
-    static COPY: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let dir = COPY.get_or_init(|| {
-        use std::os::unix::fs::PermissionsExt;
-        let d = tempfile::Builder::new()
-            .prefix("dbtel-priv-")
-            .tempdir()
-            .unwrap();
-        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::copy(agent_binary(), d.path().join("dbtel-agent")).unwrap();
-        d
+    static COPY: OnceLock<PathBuf> = OnceLock::new();
+    let agent = COPY.get_or_init(|| {
+        use std::{
+            hash::{Hash, Hasher},
+            os::unix::fs::PermissionsExt,
+        };
+        let source = agent_binary();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        source.hash(&mut h);
+        let dir = std::env::temp_dir().join(format!("dbtel-priv-{:016x}", h.finish()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let agent = dir.join("dbtel-agent");
+        std::fs::copy(source, &agent).unwrap();
+        agent
     });
-    std::env::set_var("DBTEL_AGENT", dir.path().join("dbtel-agent"));
+    std::env::set_var("DBTEL_AGENT", agent);
 }
 
 /// `setpriv` running the agent as nobody with `caps` (setpriv syntax) as
