@@ -17,16 +17,16 @@ const PENDING_SLOTS: usize = 1024;
 #[derive(Debug)]
 pub struct Limiter {
     cap: usize,
-    /// Admitted values and how often each was seen.
-    admitted: FastMap<Arc<str>, u64>,
+    /// Admitted values and where their sighting count is in `counts`.
+    admitted: FastMap<Arc<str>, usize>,
+    counts: Vec<u64>,
     late_admitted: usize,
     pending: FastMap<Arc<str>, u64>,
     /// Values that became `other` (a value counted once per time it was refused).
     pub refused: u64,
-    /// The value admitted last and its sightings since (not yet in
-    /// `admitted`): most spans in a row carry the same value, and comparing
-    /// is cheaper than hashing.
-    last: Option<(Arc<str>, u64)>,
+    /// The value admitted last and its slot in `counts`: most spans in a row
+    /// carry the same value, and comparing is cheaper than hashing.
+    last: Option<(Arc<str>, usize)>,
 }
 
 impl Limiter {
@@ -34,6 +34,7 @@ impl Limiter {
         Limiter {
             cap,
             admitted: FastMap::default(),
+            counts: Vec::new(),
             late_admitted: 0,
             pending: FastMap::default(),
             refused: 0,
@@ -46,24 +47,19 @@ impl Limiter {
         if v.is_empty() {
             return v;
         }
-        if let Some((last, n)) = &mut self.last {
+        if let Some((last, slot)) = &self.last {
             if **last == *v {
-                *n += 1;
+                self.counts[*slot] += 1;
                 return v;
             }
         }
-        // Counts are exact whenever they are read (below).
-        if let Some((last, n)) = self.last.take() {
-            if let Some(c) = self.admitted.get_mut(&*last) {
-                *c += n;
-            }
-        }
-        if let Some((k, _)) = self.admitted.get_key_value(v) {
-            self.last = Some((k.clone(), 1));
+        if let Some((k, &slot)) = self.admitted.get_key_value(v) {
+            self.counts[slot] += 1;
+            self.last = Some((k.clone(), slot));
             return v;
         }
         if self.admitted.len() < self.cap {
-            self.admitted.insert(Arc::from(v), 1);
+            self.add(Arc::from(v), 1);
             return v;
         }
         if self.late_admitted < self.cap / 4 {
@@ -82,10 +78,10 @@ impl Limiter {
             };
             // Checked at powers of two only: the scan is O(cap).
             if n >= 16 && n.is_power_of_two() {
-                let coldest = self.admitted.values().copied().min().unwrap_or(0);
+                let coldest = self.counts.iter().copied().min().unwrap_or(0);
                 if n > coldest {
                     let (k, n) = self.pending.remove_entry(v).expect("just counted");
-                    self.admitted.insert(k, n);
+                    self.add(k, n);
                     self.late_admitted += 1;
                     return v;
                 }
@@ -93,6 +89,11 @@ impl Limiter {
         }
         self.refused += 1;
         OTHER
+    }
+
+    fn add(&mut self, v: Arc<str>, n: u64) {
+        self.admitted.insert(v, self.counts.len());
+        self.counts.push(n);
     }
 
     fn forget_coldest_half(&mut self) {
@@ -152,8 +153,8 @@ mod tests {
         for v in ["a", "a", "a", "b", "a", "b", "b"] {
             assert_eq!(l.admit(v), v);
         }
-        l.admit("c"); // flushes the run of "b"
-        assert_eq!((l.admitted["a"], l.admitted["b"]), (4, 3));
-        assert!(l.last.is_none());
+        l.admit("c"); // refused: the counts stand
+        let count = |v: &str| l.counts[l.admitted[v]];
+        assert_eq!((count("a"), count("b")), (4, 3));
     }
 }
