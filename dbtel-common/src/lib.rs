@@ -398,6 +398,16 @@ pub mod site {
 }
 
 /// [`SiteSpec::pair`] values.
+/// [`SiteSpec::repeat_once`] flags.
+pub mod repeat {
+    pub const ONCE: u32 = 1;
+    /// The statement ran to its end (EndCommand). If this site's record is
+    /// the last the process sent, its next NULL report (idle) is not sent:
+    /// the agent closes a completed statement at the next one, or when the
+    /// backend has been quiet a while. One ring record fewer per statement.
+    pub const COMPLETES: u32 = 2;
+}
+
 pub mod pair {
     pub const NONE: u32 = 0;
     pub const OPENS: u32 = 1;
@@ -453,7 +463,9 @@ pub const NO_INDEX: u16 = 0xffff;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServerProc {
     pub owner: u32,
-    pub _pad: u32,
+    /// Non-zero: the last record this process sent was a [`repeat::COMPLETES`]
+    /// site's (EndCommand): the idle report that follows is not sent.
+    pub completed: u32,
     /// The first 31 bytes and a NUL (or before) of the last text; NO_TEXT
     /// when none.
     pub last_head: [u64; 4],
@@ -467,7 +479,7 @@ impl ServerProc {
     pub const fn of(owner: u32) -> Self {
         ServerProc {
             owner,
-            _pad: 0,
+            completed: 0,
             last_head: Self::NO_TEXT,
         }
     }
@@ -490,11 +502,11 @@ pub struct SiteSpec {
     pub pair: u32,
     /// 0: no text; else the argument (index + 1) that points at a C string to copy.
     pub text_arg: u32,
-    /// Non-zero: a text is reported once per process until a NULL comes
-    /// (statement__status: Parse, Bind and Execute each report the statement).
-    /// On a site without a text (`text_arg` 0) it acts as that NULL: the next
-    /// text is reported even if it repeats the last (EndCommand: the next
-    /// Bind of the same statement is another execution).
+    /// [`repeat`] flags. ONCE: a text is reported once per process until a
+    /// NULL comes (statement__status: Parse, Bind and Execute each report the
+    /// statement). On a site without a text (`text_arg` 0) it acts as that
+    /// NULL: the next text is reported even if it repeats the last
+    /// (EndCommand: the next Bind of the same statement is another execution).
     pub repeat_once: u32,
     /// Non-zero: report only hits whose first argument (signed) is at least
     /// this (errstart's level: ERROR and worse).

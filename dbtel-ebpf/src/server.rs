@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::args::read_arg;
-use dbtel_common::{pair, ServerEvent, SiteSpec, MAX_SITES, USDT_MAX_ARGS};
+use dbtel_common::{pair, repeat, ServerEvent, SiteSpec, MAX_SITES, USDT_MAX_ARGS};
 
 /// Per attach cookie: which probe it is and where its arguments are.
 #[map]
@@ -41,8 +41,8 @@ fn site_hit(regs: u64, c: u32) -> u32 {
     let Some(proc) = SERVER_PIDS.get_ptr_mut(&tgid) else {
         return 0;
     };
-    // Its own entry, written only by repeat-once sites (PostgreSQL's: one
-    // thread per process, so one CPU at a time).
+    // Its own entry, written only by PostgreSQL's sites (one thread per
+    // process, so one CPU at a time): the repeat head and `completed`.
     let proc = unsafe { &mut *proc };
     let owner = proc.owner;
     let Some(spec) = SITES.get(c) else { return 0 };
@@ -53,9 +53,17 @@ fn site_hit(regs: u64, c: u32) -> u32 {
     if spec.min_arg0 != 0 && (first as i64) < spec.min_arg0 as i64 {
         return 0;
     }
-    let early_repeat = spec.repeat_once != 0 && spec.text_arg == 1;
-    if early_repeat && repeated(&mut proc.last_head, first) {
-        return 0;
+    let early_repeat = spec.repeat_once & repeat::ONCE != 0 && spec.text_arg == 1;
+    if early_repeat {
+        // Idle right after EndCommand: the agent closes the statement without it.
+        if first == 0 && proc.completed != 0 {
+            proc.completed = 0;
+            proc.last_head = dbtel_common::ServerProc::NO_TEXT;
+            return 0;
+        }
+        if repeated(&mut proc.last_head, first) {
+            return 0;
+        }
     }
     let Some(ev) = SERVER_SCRATCH.get_ptr_mut(0) else {
         return 0;
@@ -88,7 +96,7 @@ fn site_hit(regs: u64, c: u32) -> u32 {
     ev.flags = 0;
     let p = arg_at(&ev.args, spec.text_arg);
     // A site without a text (p = 0) ends the repetition, as a NULL does.
-    if spec.repeat_once != 0 && !early_repeat && repeated(&mut proc.last_head, p) {
+    if spec.repeat_once & repeat::ONCE != 0 && !early_repeat && repeated(&mut proc.last_head, p) {
         return 0;
     }
     if p != 0 {
@@ -115,6 +123,12 @@ fn site_hit(regs: u64, c: u32) -> u32 {
     }
     if spec.pair == pair::OPENS {
         let _ = PAIRS.insert(&tid, &1, 0);
+    }
+    // Written only when it changes: MariaDB's threads share their process's
+    // entry, and never complete, so they only read it.
+    let completes = (spec.repeat_once & repeat::COMPLETES != 0) as u32;
+    if proc.completed != completes {
+        proc.completed = completes;
     }
     0
 }

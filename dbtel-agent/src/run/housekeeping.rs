@@ -18,7 +18,9 @@ impl Agent {
         // Drained first: an exit record still in the ring buffer is not lost
         // (nor are the last events of a server found gone below).
         self.drain_written();
-        self.server.sweep_dead(Clock::monotonic_now_ns());
+        let now = Clock::monotonic_now_ns();
+        self.server.sweep_dead(now);
+        self.server.close_quiet(now, &self.recon);
         for pid in self.server.own_backends_on_host() {
             self.probes.untrace_backend(pid);
         }

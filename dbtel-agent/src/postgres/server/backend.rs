@@ -55,6 +55,15 @@ struct Backend {
     whole: bool,
     /// The last statement closed had failed.
     last_failed: bool,
+    /// When its last hit came (monotonic ns).
+    last_ns: u64,
+}
+
+impl Backend {
+    /// The statement running, not one completed and waiting to be closed.
+    fn running(&self) -> Option<&ServerQuery> {
+        self.query.as_ref().filter(|_| !self.completed)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -177,9 +186,13 @@ impl Tracker {
         self.completing.insert(postmaster);
     }
 
-    /// Open queries (for leak checks).
+    /// Queries running (for leak checks): not those completed, waiting for
+    /// the next statement or the quiet sweep to close them.
     pub fn in_flight(&self) -> usize {
-        self.backends.values().filter(|b| b.query.is_some()).count()
+        self.backends
+            .values()
+            .filter(|b| b.running().is_some())
+            .count()
     }
 
     /// The ids a blocker's work can be linked to: its transaction, else its query.
@@ -188,7 +201,7 @@ impl Tracker {
         b.txn
             .as_ref()
             .map(|t| t.ids)
-            .or_else(|| b.query.as_ref().map(|q| q.ids))
+            .or_else(|| b.running().map(|q| q.ids))
     }
 
     /// Backends with state kept (for sweeping out those whose exit was missed).
@@ -203,7 +216,35 @@ impl Tracker {
 
     /// Text of the query a backend is running, if known.
     pub fn running_query(&self, pid: u32) -> Option<&str> {
-        self.backends.get(&pid)?.query.as_ref().map(|q| &*q.text)
+        self.backends.get(&pid)?.running().map(|q| &*q.text)
+    }
+
+    /// Completed statements of backends quiet since `quiet_since` (monotonic
+    /// ns) are closed: their idle report is not sent (repeat::COMPLETES), and
+    /// a backend that sent nothing after the completion has nothing more to
+    /// add to them. Those in a wait or an error report stay open.
+    pub fn close_quiet(
+        &mut self,
+        quiet_since: u64,
+        client: &dyn Fn(u32) -> Option<ClientIds>,
+        out: &mut Vec<ServerSpan>,
+    ) {
+        let quiet: Vec<Origin> = self
+            .backends
+            .iter()
+            .filter(|(_, b)| {
+                b.completed && b.waits.is_empty() && !b.awaiting_code && b.last_ns < quiet_since
+            })
+            .map(|(pid, b)| Origin {
+                pid: *pid,
+                tid: *pid,
+                ts_ns: b.query.as_ref().map_or(0, |q| q.end_ns),
+                conn: b.postmaster as u64,
+            })
+            .collect();
+        for at in quiet {
+            self.end_statement(at, client, out);
+        }
     }
 
     /// Adds an event to the lock wait with these ids if it is still open.
@@ -229,6 +270,7 @@ impl Tracker {
         let at = hit.at;
         let b = self.backends.entry(at.pid).or_default();
         b.postmaster = at.conn as u32;
+        b.last_ns = at.ts_ns;
         match hit.site {
             // The text is moved into the statement: no copy per statement.
             site::STATEMENT_STATUS => match hit.text.take() {

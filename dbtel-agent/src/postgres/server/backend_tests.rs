@@ -861,3 +861,73 @@ fn a_statement_beginning_is_told_before_it_is_handled() {
         "the text's next statement"
     );
 }
+
+#[test]
+fn a_completed_statement_without_its_idle_report_closes_once_the_backend_is_quiet() {
+    // The kernel side sends no idle report right after EndCommand (repeat::COMPLETES).
+    let mut r = completing();
+    r.stmt("BEGIN").done(0);
+    r.stmt("update t set v = 1").done(1);
+    r.stmt("COMMIT").done(0);
+    let completed_at = r.ts;
+    assert_eq!(r.texts().len(), 2, "each closed by the next statement");
+    assert_eq!(r.t.in_flight(), 0, "a completed statement is not running");
+    assert_eq!(r.t.running_query(PID), None);
+    let none = |_: u32| None;
+    r.t.close_quiet(completed_at, &none, &mut r.out);
+    assert_eq!(r.texts().len(), 2, "not quiet for long enough yet");
+    r.t.close_quiet(completed_at + 1, &none, &mut r.out);
+    assert_eq!(
+        r.texts(),
+        [
+            ("BEGIN", Some(0), None),
+            ("update t set v = 1", Some(1), None),
+            ("COMMIT", Some(0), None)
+        ]
+    );
+    assert_eq!(
+        r.queries()[2].end_ns,
+        completed_at,
+        "ended at its EndCommand"
+    );
+    let t = r.txns();
+    assert_eq!(
+        (t.len(), t[0].statements, t[0].outcome, t[0].end_ns),
+        (1, 3, TxnOutcome::Committed, completed_at)
+    );
+    r.t.close_quiet(u64::MAX, &none, &mut r.out);
+    assert_eq!(r.out.len(), 4, "closed once");
+}
+
+#[test]
+fn a_backend_that_reported_after_its_completion_is_not_quiet() {
+    // A deferred constraint fails at the Sync's commit, after EndCommand: the
+    // kernel side then sends the idle report, and the error is the statement's.
+    let mut r = completing();
+    r.stmt("insert into t values ($1)").done(1);
+    let completed_at = r.ts;
+    r.fail(
+        "23503",
+        "insert or update on table \"%s\" violates foreign key constraint \"%s\"",
+    )
+    .at(site::ERROR_EMITTED)
+    .at(site::TRANSACTION_ABORT);
+    let none = |_: u32| None;
+    r.t.close_quiet(completed_at + 1, &none, &mut r.out);
+    assert!(r.texts().is_empty(), "it reported since");
+    r.idle();
+    assert_eq!(
+        r.texts(),
+        [("insert into t values ($1)", Some(1), Some("23503"))]
+    );
+    assert_eq!(r.queries()[0].end_ns, completed_at);
+}
+
+#[test]
+fn a_completed_statement_in_a_lock_wait_is_not_closed_as_quiet() {
+    let mut r = completing();
+    r.stmt("COMMIT").done(0).wait(site::LOCK_WAIT_START);
+    let none = |_: u32| None;
+    r.t.close_quiet(u64::MAX, &none, &mut r.out);
+    assert!(r.out.is_empty(), "{:?}", r.out.len());
+}

@@ -26,6 +26,18 @@ use crate::{
 
 /// A session idle in transaction this long is logged (once).
 const IDLE_IN_TXN_WARN: Duration = Duration::from_secs(60);
+/// How long a backend sends nothing after a statement completed before the
+/// statement is closed without its (unsent) idle report: longer than any
+/// gap between EndCommand and the records of a Sync's commit.
+const QUIET_AFTER_COMPLETION: Duration = Duration::from_millis(500);
+
+/// What the traced client side knows of the connection a backend serves.
+fn client_ids(recon: &Reconstructor, pids: &PidNamespaces, pid: u32) -> Option<ClientIds> {
+    recon.client_context(pids.ns(pid)).map(|c| ClientIds {
+        query: c.query,
+        txn: c.txn,
+    })
+}
 
 #[derive(Debug, Clone)]
 pub struct CatalogSettings {
@@ -356,12 +368,7 @@ impl ServerSide {
             recon.server_began(self.pids.ns(hit.at.pid), after_error);
         }
         let pids = &self.pids;
-        let client = |pid: u32| {
-            recon.client_context(pids.ns(pid)).map(|c| ClientIds {
-                query: c.query,
-                txn: c.txn,
-            })
-        };
+        let client = |pid: u32| client_ids(recon, pids, pid);
         self.tracker
             .on_hit(hit, &client, &mut self.spans, &mut self.notices);
         // Acted on at once: the next hit may close the wait these refer to.
@@ -529,6 +536,15 @@ impl ServerSide {
                 spans::wait_span(w, ns, &facts, cache, links)
             }
         });
+    }
+
+    /// Completed statements of backends quiet for QUIET_AFTER_COMPLETION are
+    /// closed (their idle report is not sent: see dbtel_common::repeat).
+    pub fn close_quiet(&mut self, now_ns: u64, recon: &Reconstructor) {
+        let pids = &self.pids;
+        let client = |pid: u32| client_ids(recon, pids, pid);
+        let since = now_ns.saturating_sub(QUIET_AFTER_COMPLETION.as_nanos() as u64);
+        self.tracker.close_quiet(since, &client, &mut self.spans);
     }
 
     /// Backends whose exit record was lost (ring buffer full): close their

@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use dbtel_common::{argkind, site, ArgSpec, SiteSpec, NO_INDEX, USDT_MAX_ARGS};
+use dbtel_common::{argkind, repeat, site, ArgSpec, SiteSpec, NO_INDEX, USDT_MAX_ARGS};
 use object::{Object, ObjectSymbol};
 
 use crate::{
@@ -136,8 +136,9 @@ struct FunctionSite {
     text_arg: u32,
     /// Hits whose first argument is below this are not sent.
     min_arg0: u32,
-    /// The hit ends the kernel's "same text again" suppression (see SiteSpec).
-    ends_repeat: bool,
+    /// [`repeat`] flags: the hit ends the kernel's "same text again"
+    /// suppression, completes the statement (see SiteSpec).
+    repeat: u32,
     /// Used only if the executable also has this symbol (what the arguments'
     /// layout depends on).
     requires: Option<&'static str>,
@@ -157,7 +158,7 @@ const fn session_site(symbol: &'static str, site: u32, args: &'static [FnArg]) -
         args,
         text_arg: 1,
         min_arg0: 0,
-        ends_repeat: false,
+        repeat: 0,
         requires: None,
         without: SESSIONS,
     }
@@ -176,7 +177,7 @@ const fn error_site(
         args,
         text_arg,
         min_arg0,
-        ends_repeat: false,
+        repeat: 0,
         requires: None,
         without: ERRORS,
     }
@@ -205,7 +206,7 @@ const FUNCTION_SITES: &[FunctionSite] = &[
         args: &[FnArg::FieldOfFirst(0, 4), FnArg::FieldOfFirst(8, 8)],
         text_arg: 0,
         min_arg0: 0,
-        ends_repeat: true,
+        repeat: repeat::ONCE | repeat::COMPLETES,
         requires: Some("GetCommandTagName"),
         without: "statements run without a Sync between them (batches, pipelines) merge into one span, and server spans carry no row counts",
     },
@@ -422,7 +423,11 @@ fn usdt_sites(
                     p.args.len()
                 )));
             }
-            let repeat_once = (id == site::STATEMENT_STATUS) as u32;
+            let repeat_once = if id == site::STATEMENT_STATUS {
+                repeat::ONCE
+            } else {
+                0
+            };
             let mut spec = SiteSpec {
                 probe: id,
                 text_arg,
@@ -466,7 +471,7 @@ fn function_sites(file: &object::File, exe: &str) -> Sites {
                     probe: f.site,
                     text_arg: f.text_arg,
                     min_arg0: f.min_arg0,
-                    repeat_once: f.ends_repeat as u32,
+                    repeat_once: f.repeat,
                     ..Default::default()
                 };
                 for (i, a) in f.args.iter().enumerate() {
@@ -584,8 +589,8 @@ mod tests {
         let spec = done[0].spec;
         assert_eq!(
             (spec.text_arg, spec.repeat_once),
-            (0, 1),
-            "no text; the next text is reported even if it repeats"
+            (0, repeat::ONCE | repeat::COMPLETES),
+            "no text; the next text is reported even if it repeats; the idle report after it is not"
         );
         let rdi = usdt::Gpr::Rdi.pt_regs_offset();
         let field = |a: ArgSpec| (a.kind, a.reg_off, a.value, a.size, a.index_off);
