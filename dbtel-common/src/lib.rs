@@ -397,7 +397,6 @@ pub mod site {
     pub const COMMAND_DONE: u32 = 24;
 }
 
-/// [`SiteSpec::pair`] values.
 /// [`SiteSpec::repeat_once`] flags.
 pub mod repeat {
     pub const ONCE: u32 = 1;
@@ -408,6 +407,7 @@ pub mod repeat {
     pub const COMPLETES: u32 = 2;
 }
 
+/// [`SiteSpec::pair`] values.
 pub mod pair {
     pub const NONE: u32 = 0;
     pub const OPENS: u32 = 1;

@@ -79,12 +79,16 @@ impl Tracker {
             return false;
         }
         let (len, head) = (q.text.len(), text_head(&q.text));
+        // A completed statement not closed yet (its idle report is not sent)
+        // counts as ended: only while it ran.
         let running = self.backends.iter().any(|(p, o)| {
             *p != pid
                 && o.postmaster == b.postmaster
-                && o.query
-                    .as_ref()
-                    .is_some_and(|l| l.start_ns <= q.start_ns && l.text == q.text)
+                && o.query.as_ref().is_some_and(|l| {
+                    l.start_ns <= q.start_ns
+                        && (!o.completed || q.start_ns <= l.end_ns)
+                        && l.text == q.text
+                })
         });
         running
             || self.ended.iter().any(|e| {

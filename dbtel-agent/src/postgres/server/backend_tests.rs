@@ -931,3 +931,39 @@ fn a_completed_statement_in_a_lock_wait_is_not_closed_as_quiet() {
     r.t.close_quiet(u64::MAX, &none, &mut r.out);
     assert!(r.out.is_empty(), "{:?}", r.out.len());
 }
+
+#[test]
+fn a_statement_begun_after_another_backend_completed_the_same_text_is_no_echo() {
+    let (mut t, mut out, mut notices) = (Tracker::new(IdGen::seeded(4)), vec![], vec![]);
+    t.completes_statements(PM);
+    let mut hit = |t: &mut Tracker, pid: u32, ts: u64, site: u32, text: Option<&str>| {
+        let h = ServerHit {
+            at: Origin {
+                pid,
+                tid: pid,
+                ts_ns: ts,
+                conn: PM as u64,
+            },
+            site,
+            args: [text.is_some() as u64, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+            text: text.map(Arc::from),
+            truncated: false,
+        };
+        t.on_hit(h, &|_| None, &mut out, &mut notices);
+    };
+    let q = "select count(*) from big";
+    hit(&mut t, 100, 1, site::STATEMENT_STATUS, Some(q));
+    hit(&mut t, 101, 2, site::STATEMENT_STATUS, Some(q));
+    // The leader completes; no idle report follows (repeat::COMPLETES).
+    hit(&mut t, 100, 3, site::COMMAND_DONE, None);
+    let mut gone = vec![];
+    t.exited(101, 4, &mut gone);
+    assert!(gone.is_empty(), "a worker begun while it ran: {gone:?}");
+    hit(&mut t, 102, 5, site::STATEMENT_STATUS, Some(q));
+    t.exited(102, 6, &mut gone);
+    assert!(
+        matches!(&gone[..], [ServerSpan::Query(q)] if q.incomplete == Some(Cut::ProcessExited)),
+        "begun after the completion: its own statement"
+    );
+    assert_eq!(t.counters.worker_echoes, 1);
+}
