@@ -132,8 +132,18 @@ struct Done {
     deadlock_other: Option<Other>,
 }
 
+/// A deadlock cycle as the detector saw it: on which server, and each
+/// member's connection with its client's query then, if traced. Taken at
+/// detection because the victim's rollback lets the other's statement finish,
+/// and its client may return before the victim's statement ends.
+#[derive(Debug, Clone)]
+struct Cycle {
+    pid: u32,
+    members: [Other; 2],
+}
+
 /// The other member of a deadlock cycle.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Other {
     connection: u64,
     /// Its client's query in flight, if traced.
@@ -201,8 +211,8 @@ pub struct Tracker {
     waits: Waits,
     facts: FactsCache,
     gen: IdGen,
-    /// Recent deadlock cycle members (server pid, connection ids), bounded.
-    deadlocks: std::collections::VecDeque<(u32, u64, u64)>,
+    /// Recent deadlock cycles, bounded.
+    deadlocks: std::collections::VecDeque<Cycle>,
     /// Lock waits that began, for the catalog to look up (when `asking`).
     pub asks: Vec<Ask>,
     pub asking: bool,
@@ -294,7 +304,7 @@ impl Tracker {
         out: &mut Vec<DbSpan>,
     ) {
         match hit.site {
-            mysite::STATEMENT_DONE => self.statement_done(hit, client, client_text, out),
+            mysite::STATEMENT_DONE => self.statement_done(hit, client, out),
             mysite::WAIT_BEGIN => {
                 if let Some((lock, start_ns)) = self.waits.begin(hit) {
                     if self.asking {
@@ -315,8 +325,16 @@ impl Tracker {
                 if self.deadlocks.len() >= DEADLOCKS_KEPT {
                     self.deadlocks.pop_front();
                 }
-                self.deadlocks
-                    .push_back((hit.at.pid, hit.args[0], hit.args[1]));
+                let mut member = |connection: u64| Other {
+                    connection,
+                    client: client(ClientQuery::InFlight(connection)),
+                    query: client_text(connection),
+                };
+                let members = [member(hit.args[0]), member(hit.args[1])];
+                self.deadlocks.push_back(Cycle {
+                    pid: hit.at.pid,
+                    members,
+                });
             }
             mysite::SESSION_USER | mysite::SESSION_DB | mysite::SESSION_ADDRESS => {
                 self.said_at_end(hit)
@@ -339,7 +357,6 @@ impl Tracker {
         &mut self,
         hit: &ServerHit,
         client: &mut dyn FnMut(ClientQuery) -> Option<Ids>,
-        client_text: &dyn Fn(u64) -> Option<Arc<QueryFacts>>,
         out: &mut Vec<DbSpan>,
     ) {
         let (at, a) = (hit.at, &hit.args);
@@ -396,23 +413,21 @@ impl Tracker {
             deadlock_other: None,
         };
         if done.errno() == Some(1213) {
-            let pair = self
-                .deadlocks
-                .iter()
-                .rev()
-                .find(|(p, a, b)| *p == at.pid && (*a == connection_id || *b == connection_id))
-                .copied();
-            if let Some((_, a, b)) = pair {
-                let other = if a == connection_id { b } else { a };
-                // What the other runs: its client's statement when traced, else
+            let cycle = self.deadlocks.iter().rev().find(|c| {
+                c.pid == at.pid && c.members.iter().any(|m| m.connection == connection_id)
+            });
+            if let Some(c) = cycle {
+                let mut other =
+                    c.members[usize::from(c.members[0].connection == connection_id)].clone();
+                // What the other ran: its client's statement when traced, else
                 // the last one it ended here (the one that took the lock).
-                let query = client_text(other)
-                    .or_else(|| self.conns.get((at.pid, other)).and_then(|c| c.last.clone()));
-                done.deadlock_other = Some(Other {
-                    connection: other,
-                    client: client(ClientQuery::InFlight(other)),
-                    query,
-                });
+                if other.query.is_none() {
+                    other.query = self
+                        .conns
+                        .get((at.pid, other.connection))
+                        .and_then(|c| c.last.clone());
+                }
+                done.deadlock_other = Some(other);
             }
         }
         let key = (at.pid, connection_id);

@@ -14,6 +14,8 @@ const SRV: u32 = 900;
 const T1: u32 = 901;
 const T2: u32 = 902;
 const CID: u64 = 42;
+/// The other member of a deadlock cycle.
+const OTHER: u64 = 77;
 
 /// server_status
 const AC: u64 = 0x2;
@@ -100,6 +102,8 @@ struct R {
     /// CLOCK_MONOTONIC ns of the next hit.
     now: u64,
     client: Option<Ids>,
+    /// The traced client of connection OTHER.
+    other: Option<Ids>,
 }
 
 impl R {
@@ -109,6 +113,7 @@ impl R {
             out: vec![],
             now: 5_000_000_000,
             client: None,
+            other: None,
         }
     }
 
@@ -128,10 +133,14 @@ impl R {
         let bytes = encode::server_of(Kind::MyServer, at, site, args, text);
         let (h, at) = events::header(&bytes).expect("header");
         let hit = events::server_hit(&h, at, &bytes).expect("decodes");
-        let c = self.client;
+        let (c, o) = (self.client, self.other);
         self.t.on_hit(
             &hit,
-            &mut move |q| c.filter(|_| q.connection_id() == CID),
+            &mut move |q| match q.connection_id() {
+                CID => c,
+                OTHER => o,
+                _ => None,
+            },
             &|_| None,
             &mut self.out,
         );
@@ -550,7 +559,7 @@ fn a_deadlock_rolls_the_transaction_back_and_ends_its_wait() {
     r.hit(
         T1 + 1,
         mysite::DEADLOCK,
-        [77, CID, 0, 0, 0, 0, 0, 0, 0, 0],
+        [OTHER, CID, 0, 0, 0, 0, 0, 0, 0, 0],
         None,
     );
     let ue = r.end(T1, 30, u);
@@ -575,7 +584,7 @@ fn a_deadlock_rolls_the_transaction_back_and_ends_its_wait() {
             attr("db.mysql.deadlock.victim.connection_id"),
             attr("db.mysql.deadlock.other.connection_id")
         ),
-        (Some(CID.to_string()), Some("77".into()))
+        (Some(CID.to_string()), Some(OTHER.to_string()))
     );
     let (w, q, t) = (&out[1], &out[2], &out[3]);
     assert_eq!(
@@ -606,6 +615,54 @@ fn a_deadlock_rolls_the_transaction_back_and_ends_its_wait() {
         (Some("deadlock"), Some("deadlock"))
     );
     assert_eq!(w.error.as_deref(), Some("lock wait ended: deadlock"));
+}
+
+#[test]
+fn a_deadlock_names_the_others_client_query_of_its_detection_though_it_returned_since() {
+    let mut r = R::new();
+    r.login(CID);
+    r.run(10, End::query("BEGIN").status(TX));
+    let mut gen = IdGen::seeded(99);
+    let others = gen.root();
+    r.other = Some(others);
+    let mut u = End::query("UPDATE t SET v = 3 WHERE id = 2")
+        .error(1213)
+        .status(AC);
+    u.start_us = r.start();
+    r.after(50);
+    r.wait(T1, ROW, 400);
+    r.hit(
+        T1 + 1,
+        mysite::DEADLOCK,
+        [OTHER, CID, 0, 0, 0, 0, 0, 0, 0, 0],
+        None,
+    );
+    // The victim's rollback let the other's UPDATE finish: its client
+    // returned before the victim's statement ended.
+    r.other = None;
+    r.end(T1, 30, u);
+    let out = r.take();
+    let ev = out
+        .iter()
+        .find(|s| s.name == "UPDATE t")
+        .and_then(|s| s.events.iter().find(|e| e.name == "deadlock_detected"))
+        .expect("deadlock_detected on the victim's statement");
+    let attr = |k: &str| {
+        ev.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == k)
+            .map(|kv| kv.value.to_string())
+    };
+    assert_eq!(
+        (
+            attr("db.mysql.deadlock.other.connection_id"),
+            attr("db.mysql.deadlock.other.span_id")
+        ),
+        (
+            Some(OTHER.to_string()),
+            Some(format!("{:016x}", others.span_id))
+        )
+    );
 }
 
 #[test]
