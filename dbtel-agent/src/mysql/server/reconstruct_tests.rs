@@ -227,6 +227,19 @@ fn get(s: &DbSpan, k: &str) -> Option<String> {
         .map(|kv| kv.value.to_string())
 }
 
+/// An attribute of the deadlock_detected event on a victim's statement.
+fn deadlock_attr(s: &DbSpan, k: &str) -> Option<String> {
+    let ev = s
+        .events
+        .iter()
+        .find(|e| e.name == "deadlock_detected")
+        .expect("deadlock_detected on the victim's statement");
+    ev.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == k)
+        .map(|kv| kv.value.to_string())
+}
+
 fn names(spans: &[DbSpan]) -> Vec<&str> {
     spans.iter().map(|s| s.name.as_str()).collect()
 }
@@ -568,17 +581,7 @@ fn a_deadlock_rolls_the_transaction_back_and_ends_its_wait() {
         names(&out),
         ["BEGIN", "lock wait t", "UPDATE t", "transaction"]
     );
-    let ev = out[2]
-        .events
-        .iter()
-        .find(|e| e.name == "deadlock_detected")
-        .expect("deadlock_detected on the victim's statement");
-    let attr = |k: &str| {
-        ev.attributes
-            .iter()
-            .find(|kv| kv.key.as_str() == k)
-            .map(|kv| kv.value.to_string())
-    };
+    let attr = |k: &str| deadlock_attr(&out[2], k);
     assert_eq!(
         (
             attr("db.mysql.deadlock.victim.connection_id"),
@@ -642,17 +645,8 @@ fn a_deadlock_names_the_others_client_query_of_its_detection_though_it_returned_
     r.other = None;
     r.end(T1, 30, u);
     let out = r.take();
-    let ev = out
-        .iter()
-        .find(|s| s.name == "UPDATE t")
-        .and_then(|s| s.events.iter().find(|e| e.name == "deadlock_detected"))
-        .expect("deadlock_detected on the victim's statement");
-    let attr = |k: &str| {
-        ev.attributes
-            .iter()
-            .find(|kv| kv.key.as_str() == k)
-            .map(|kv| kv.value.to_string())
-    };
+    let update = out.iter().find(|s| s.name == "UPDATE t").expect("UPDATE");
+    let attr = |k: &str| deadlock_attr(update, k);
     assert_eq!(
         (
             attr("db.mysql.deadlock.other.connection_id"),
