@@ -107,7 +107,15 @@ pub struct FactsCache {
     /// looked up before computing any shape.
     plain: crate::FastMap<String, Arc<QueryFacts>>,
     capacity: usize,
+    /// Facts by the address of a shared text (events::texts hands out one
+    /// Arc per text a backend repeats): a repeat costs a pointer compare,
+    /// not a scan and hash of the text. Each slot holds its text, so an
+    /// address cannot be reused while it is here.
+    memo: Box<[Option<(Arc<str>, Arc<QueryFacts>)>]>,
 }
+
+/// Slots of [`FactsCache::get_shared`]'s memo (direct-mapped).
+const MEMO_SLOTS: usize = 64;
 
 impl FactsCache {
     pub fn new(text: impl Into<Text>, capacity: usize) -> Self {
@@ -123,6 +131,7 @@ impl FactsCache {
             shapes,
             plain,
             capacity,
+            memo: vec![None; MEMO_SLOTS].into_boxed_slice(),
         }
     }
 
@@ -137,6 +146,17 @@ impl FactsCache {
             }
         }
         self.get_body(sql)
+    }
+
+    /// [`FactsCache::get`] of a shared text, memoised by its address.
+    pub fn get_shared(&mut self, sql: &Arc<str>) -> &Arc<QueryFacts> {
+        let slot = (Arc::as_ptr(sql).cast::<u8>() as usize >> 4) % MEMO_SLOTS;
+        let hit = matches!(&self.memo[slot], Some((t, _)) if Arc::ptr_eq(t, sql));
+        if !hit {
+            let f = self.get(sql);
+            self.memo[slot] = Some((sql.clone(), f));
+        }
+        &self.memo[slot].as_ref().expect("filled above").1
     }
 
     fn get_body(&mut self, sql: &str) -> Arc<QueryFacts> {

@@ -386,3 +386,28 @@ fn fuzzed_texts_do_not_panic() {
         }
     }
 }
+
+#[test]
+fn a_shared_text_finds_its_facts_by_address_and_a_copy_by_content() {
+    let mut c = FactsCache::new(Text::Obfuscated, 16);
+    let a: Arc<str> = Arc::from("SELECT abalance FROM pgbench_accounts WHERE aid = 5");
+    let first = c.get_shared(&a).clone();
+    assert!(Arc::ptr_eq(&first, c.get_shared(&a)));
+    assert_eq!(
+        first.text,
+        "SELECT abalance FROM pgbench_accounts WHERE aid = ?"
+    );
+    // Another allocation of another text in the same slot replaces it.
+    let texts: Vec<Arc<str>> = (0..200)
+        .map(|i| Arc::from(format!("SELECT {i} FROM t{i}").as_str()))
+        .collect();
+    for (i, t) in texts.iter().enumerate() {
+        let f = c.get_shared(t).clone();
+        assert_eq!(f.collection, Some(format!("t{i}")));
+        assert!(Arc::ptr_eq(&f, c.get_shared(t)));
+    }
+    assert!(c.memo.iter().flatten().count() <= MEMO_SLOTS);
+    // The same text elsewhere: the same facts, by content.
+    let copy: Arc<str> = Arc::from(&*a);
+    assert_eq!(c.get_shared(&copy).text, first.text);
+}

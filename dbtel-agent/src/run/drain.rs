@@ -7,7 +7,7 @@ use crate::events::{self, Record};
 /// Records between two hand-offs of the spans made so far: a drain that a
 /// flood keeps from ending must not hold its spans (a traced program would
 /// grow the agent without bound).
-const FLUSH_EVERY: u32 = 512;
+const FLUSH_EVERY: u32 = 64;
 /// Records one drain reads at most before the loop's other work (signals,
 /// housekeeping, drop warnings) gets its turn; the rest wait in the ring.
 const DRAIN_MAX: u32 = 2048;

@@ -24,8 +24,11 @@ pub fn query_span(
     cache: &mut FactsCache,
     backend: Option<&BackendDesc>,
 ) -> DbSpan {
-    let facts = cache.get(q.prepared.as_ref().map_or(&q.text, |(_, body)| body));
-    let d = describe_query(&q, backend_pid, &facts, backend);
+    let facts = match &q.prepared {
+        Some((_, body)) => &cache.get(body),
+        None => cache.get_shared(&q.text),
+    };
+    let d = describe_query(&q, backend_pid, facts, backend);
     let joined = q.joined;
     let text_hash = if q.prepared.is_none() {
         crate::pipeline::group::text_hash(&crate::pipeline::sqlcomment::split(&q.text).body)
