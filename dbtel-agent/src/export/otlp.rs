@@ -268,7 +268,9 @@ pub fn span_field(b: &mut Vec<u8>, s: &DbSpan, clock: &Clock) {
             b.splice(at..at, std::iter::repeat_n(0, n - GUESS));
         }
     }
-    b[at..at + n].copy_from_slice(&head[..n]);
+    for (i, byte) in head[..n].iter().enumerate() {
+        b[at + i] = *byte;
+    }
 }
 
 /// The request around spans encoded after `room` free bytes: its head is
@@ -449,9 +451,14 @@ fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-fn varint(b: &mut Vec<u8>, v: u64) {
-    let (bytes, n) = varint_bytes(v);
-    b.extend_from_slice(&bytes[..n]);
+/// Byte by byte: most are one byte (tags, short lengths), and a slice of
+/// a length known only at run time is a call to memcpy.
+fn varint(b: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        b.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    b.push(v as u8);
 }
 
 /// `v` as a varint: its bytes and how many of them there are.
