@@ -175,7 +175,6 @@ impl Pipeline {
     }
 
     pub fn push(&mut self, span: SpanData) {
-        self.stats.ended.fetch_add(1, Ordering::Relaxed);
         debug_assert!(
             self.head_room.is_none(),
             "an encoding sink takes push_encoded"
@@ -200,7 +199,6 @@ impl Pipeline {
     /// freed on this thread, and only bytes cross to the export thread.
     pub fn push_encoded(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
         let Some(room) = self.head_room else { return };
-        self.stats.ended.fetch_add(1, Ordering::Relaxed);
         if self.encoded_n == 0 {
             self.pending_since = Some(Instant::now());
             self.encoded.clear();
@@ -235,6 +233,9 @@ impl Pipeline {
         if n == 0 {
             return;
         }
+        // Counted here, not per span: an atomic add per span was one more
+        // locked instruction on the hot path (and its line is the export thread's too).
+        self.stats.ended.fetch_add(n as u64, Ordering::Relaxed);
         self.pending_since = None;
         let (batch, bytes) = if self.encoded_n > 0 {
             self.encoded_n = 0;

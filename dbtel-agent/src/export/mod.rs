@@ -73,7 +73,7 @@ pub struct ExportConfig {
 /// Delivery counters, shared with the export threads.
 #[derive(Debug, Default)]
 pub struct ExportStats {
-    /// Spans handed to export (sampled).
+    /// Spans handed to the export threads (sampled; counted at each hand-off).
     pub ended: AtomicU64,
     /// Spans the backend accepted (or the console printed).
     pub exported: AtomicU64,

@@ -228,10 +228,9 @@ impl ServerSide {
     }
 
     /// Shared, not copied: read for every span of the backend.
-    fn backend_info(&self, postmaster: u32, pid: u32) -> Option<Arc<BackendDesc>> {
-        if let Some(Lookup::Known(b)) = self.backends.get(&pid) {
-            return Some(b.clone());
-        }
+    /// A backend not looked up yet: the poller's snapshot, else what it said
+    /// as it started (a known backend is read from `backends` in place).
+    fn unlooked_info(&self, postmaster: u32, pid: u32) -> Option<Arc<BackendDesc>> {
         let polled = self.catalogs.get(&postmaster).and_then(|c| {
             c.snapshot
                 .borrow()
@@ -505,13 +504,20 @@ impl ServerSide {
         out: &mut Vec<DbSpan>,
     ) {
         let (pm, pid) = (s.postmaster(), s.pid());
-        let info = self.backend_info(pm, pid);
+        // Borrowed where known: no reference count taken per span.
+        let known = match self.backends.get(&pid) {
+            Some(Lookup::Known(b)) => Some(&**b),
+            _ => None,
+        };
+        let unlooked = match known {
+            Some(_) => None,
+            None => self.unlooked_info(pm, pid),
+        };
+        let info = known.or(unlooked.as_deref());
         // Parallel workers report their leader's statement and never go
         // idle: the leader's span is the one that counts.
         if own.contains(&(pm, self.pids.ns(pid)))
-            || info
-                .as_ref()
-                .is_some_and(|b| b.info.backend_type == "parallel worker")
+            || info.is_some_and(|b| b.info.backend_type == "parallel worker")
         {
             if let ServerSpan::Wait(w) = &s {
                 self.facts.remove(&w.ids.span_id);
@@ -527,8 +533,8 @@ impl ServerSide {
         }
         let ns = self.pids.ns(pid);
         out.push(match s {
-            ServerSpan::Query(q) => spans::query_span(q, ns, cache, info.as_deref()),
-            ServerSpan::Txn(t) => spans::txn_span(t, ns, info.as_deref()),
+            ServerSpan::Query(q) => spans::query_span(q, ns, cache, info),
+            ServerSpan::Txn(t) => spans::txn_span(t, ns, info),
             ServerSpan::Wait(w) => {
                 let id = w.ids.span_id;
                 let facts = self.facts.remove(&id).flatten().unwrap_or_default();
