@@ -157,8 +157,11 @@ impl Agent {
             }
             ready.push(match s {
                 ClientSpan::Query(q) => {
-                    let facts = q.text.as_deref().map(|t| self.facts.get(t));
-                    attributes::query_span(q, facts.as_deref())
+                    let facts = match &q.text {
+                        Some(t) => Some(&**self.facts.get_shared(t)),
+                        None => None,
+                    };
+                    attributes::query_span(q, facts)
                 }
                 ClientSpan::Txn(t, conn) => attributes::txn_span(t, conn.as_deref()),
             });
