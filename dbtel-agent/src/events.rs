@@ -37,8 +37,9 @@ pub enum Event {
         /// None when the text could not be read. Shared with the last
         /// events of the same text (events_texts).
         text: Option<std::sync::Arc<str>>,
-        /// Statement name (empty: unnamed, or the call has none).
-        name: String,
+        /// Statement name (empty: unnamed, or the call has none). Shared
+        /// like texts: a prepared statement's executions name it each time.
+        name: std::sync::Arc<str>,
         truncated: bool,
     },
     /// PQgetResult returned; `result == 0` means no more results.
@@ -287,7 +288,7 @@ fn client(h: Header, at: Origin, data: &[u8]) -> Result<Event, DecodeError> {
                     need: fixed + text_len,
                     got: data.len(),
                 })?;
-            let name = cstr(&name_bytes[..name_len.min(name_bytes.len())]);
+            let name = texts::shared(&name_bytes[..name_len.min(name_bytes.len())]);
             let text = (flags & qflags::TEXT_FAULT == 0).then(|| texts::shared(text_bytes));
             Ok(Event::Call {
                 at,

@@ -322,7 +322,7 @@ impl Reconstructor {
         at: Origin,
         f: u32,
         text: Option<std::sync::Arc<str>>,
-        name: String,
+        name: std::sync::Arc<str>,
         truncated: bool,
         out: &mut Vec<ClientSpan>,
     ) {
@@ -396,7 +396,7 @@ impl Reconstructor {
         at: Origin,
         f: u32,
         text: Option<std::sync::Arc<str>>,
-        name: String,
+        name: std::sync::Arc<str>,
         truncated: bool,
         discarding: bool,
         conn: &mut ConnState,
@@ -410,14 +410,14 @@ impl Reconstructor {
                     Self::remember_prepared(
                         &mut self.counters,
                         conn,
-                        name.clone(),
+                        name.to_string(),
                         (t.clone(), truncated),
                     );
                 }
                 statement_name = Some(name);
             }
             func::PQEXEC_PREPARED | func::PQSEND_QUERY_PREPARED => {
-                match conn.prepared.get(&name) {
+                match conn.prepared.get(&*name) {
                     Some((t, tr)) => (text, text_truncated) = (Some(t.clone()), *tr),
                     None => (text, before_attach) = (None, true),
                 }
@@ -439,7 +439,7 @@ impl Reconstructor {
                         if let Some((body, tr)) = conn.prepared.get(&n) {
                             (text, text_truncated) = (Some(body.clone()), *tr);
                         }
-                        statement_name = Some(n);
+                        statement_name = Some(n.into());
                     }
                     Some(Action::Deallocate(Some(n))) => {
                         conn.prepared.remove(&n);

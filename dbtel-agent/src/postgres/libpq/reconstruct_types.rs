@@ -63,7 +63,7 @@ pub struct QuerySpan {
     pub text: Option<std::sync::Arc<str>>,
     pub text_truncated: bool,
     /// Prepared statement name, for prepare and execute-prepared calls.
-    pub statement_name: Option<String>,
+    pub statement_name: Option<std::sync::Arc<str>>,
     /// An execution of a statement prepared before dbtel attached: its text is unknown.
     pub prepared_before_attach: bool,
     pub rows: u64,
