@@ -366,6 +366,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     if let Some(h) = &cfg.health {
         h.set_ready();
     }
+    let _ = crate::metrics::own::ATTACH_CPU_SECONDS.set(crate::metrics::own::cpu_seconds());
     eprintln!("dbtel: tracing {}", attached_lines.join("; "));
 
     // The ring is read at least this often (it wakes the loop itself past

@@ -16,6 +16,20 @@ pub const EVICTED: [&str; 3] = ["connection", "statement", "query"];
 
 use super::instruments::Kind;
 
+/// CPU time the agent used so far (user and system, all threads).
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) as f64
+        + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) as f64 / 1e6
+}
+
+/// CPU time spent before tracing began (loading and attaching the probes,
+/// reading the targets' binaries): a one-time cost, told apart in the exit
+/// report from what tracing costs per span.
+pub static ATTACH_CPU_SECONDS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
 /// One of the agent's own metric families, for both writers.
 #[derive(Debug)]
 pub struct OwnFamily {
@@ -92,11 +106,7 @@ impl Own {
 
     /// The agent's CPU time and memory, read now.
     pub fn read_usage(&mut self) {
-        // SAFETY: getrusage fills the struct we pass.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-        self.cpu_seconds = (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) as f64
-            + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) as f64 / 1e6;
+        self.cpu_seconds = cpu_seconds();
         // VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork+exec.
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         let kib = |key: &str| -> u64 {
