@@ -53,8 +53,9 @@ pub struct Own {
     pub spans_failed: u64,
     /// Dropped because the export queue was full.
     pub spans_dropped_queue_full: u64,
-    /// Handed to export, not yet delivered, failed, dropped or spooled
-    /// (at exit: still queued when the exporter gave up).
+    /// Handed to the export threads, not yet delivered, failed, dropped or
+    /// spooled (at exit: still queued when the exporter gave up). Spans the
+    /// main thread is still batching (at most 50 ms' worth) are not counted.
     pub spans_queued: u64,
     /// Waiting in the spool.
     pub spans_spooled: u64,

@@ -227,7 +227,6 @@ impl ServerSide {
         self.catalogs.get(&postmaster).map(|c| c.catalog.clone())
     }
 
-    /// Shared, not copied: read for every span of the backend.
     /// A backend not looked up yet: the poller's snapshot, else what it said
     /// as it started (a known backend is read from `backends` in place).
     fn unlooked_info(&self, postmaster: u32, pid: u32) -> Option<Arc<BackendDesc>> {
