@@ -531,13 +531,10 @@ fn report(own: &dbtel_agent::metrics::own::Own, s: &Summary, e: &Exporter) {
             queries, lock_waits, deadlocks, cut_short, unexecuted, unmatched, echoes
         );
     }
-    let attaching = dbtel_agent::metrics::own::ATTACH_CPU_SECONDS
-        .get()
-        .copied()
-        .unwrap_or(0.0);
     eprintln!(
-        "dbtel: agent cpu {:.3} s (attaching {attaching:.3} s), max rss {:.1} MiB",
+        "dbtel: agent cpu {:.3} s (attaching {:.3} s), max rss {:.1} MiB",
         own.cpu_seconds,
+        s.attach_cpu_s,
         own.max_rss_bytes as f64 / (1024.0 * 1024.0)
     );
     if !s.program_runs.is_empty() {

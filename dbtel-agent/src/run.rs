@@ -87,6 +87,10 @@ pub struct Summary {
     pub spans_made: u64,
     /// Spans the sampler dropped.
     pub sampled_out: u64,
+    /// CPU seconds spent before tracing began (loading and attaching the
+    /// probes, reading the targets' binaries): a one-time cost, told apart
+    /// in the exit report from what tracing costs per span.
+    pub attach_cpu_s: f64,
 }
 
 struct Agent {
@@ -366,7 +370,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     if let Some(h) = &cfg.health {
         h.set_ready();
     }
-    let _ = crate::metrics::own::ATTACH_CPU_SECONDS.set(crate::metrics::own::cpu_seconds());
+    agent.summary.attach_cpu_s = crate::metrics::own::cpu_seconds();
     eprintln!("dbtel: tracing {}", attached_lines.join("; "));
 
     // The ring is read at least this often (it wakes the loop itself past

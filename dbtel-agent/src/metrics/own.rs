@@ -25,11 +25,6 @@ pub fn cpu_seconds() -> f64 {
         + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) as f64 / 1e6
 }
 
-/// CPU time spent before tracing began (loading and attaching the probes,
-/// reading the targets' binaries): a one-time cost, told apart in the exit
-/// report from what tracing costs per span.
-pub static ATTACH_CPU_SECONDS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-
 /// One of the agent's own metric families, for both writers.
 #[derive(Debug)]
 pub struct OwnFamily {
