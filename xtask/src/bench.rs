@@ -21,6 +21,8 @@ use anyhow::{bail, Context, Result};
 use dbtel_tests::{Cluster, Receiver};
 use render::render;
 
+#[path = "bench_pair.rs"]
+pub mod pair;
 #[path = "bench_peers.rs"]
 mod peers;
 #[path = "bench_render.rs"]
