@@ -298,8 +298,9 @@ impl Exporter {
         })
     }
 
-    /// Exports one span with its process's resource.
-    pub fn emit(&mut self, mut s: DbSpan) -> anyhow::Result<()> {
+    /// Exports one span with its process's resource; its attribute vector
+    /// (and for the console, its other parts) is taken: the span is spent.
+    pub fn emit(&mut self, s: &mut DbSpan) -> anyhow::Result<()> {
         if !self.pipelines.contains_key(&s.pid) {
             let p = self.start_pipeline(s.pid)?;
             self.pipelines.insert(s.pid, p);
@@ -307,7 +308,7 @@ impl Exporter {
         let p = self.pipelines.get_mut(&s.pid).expect("inserted");
         if p.encodes() {
             let clock = &self.clock;
-            p.push_encoded(|b| otlp::span_field(b, &s, clock));
+            p.push_encoded(|b| otlp::span_field(b, s, clock));
             crate::pipeline::attr_pool::give_back(std::mem::take(&mut s.attributes));
         } else {
             p.push(span_data(s, &self.clock, &self.scope));
@@ -368,15 +369,14 @@ impl Exporter {
 }
 
 /// A DbSpan as the SDK's SpanData (for the console and SDK exporters).
-pub fn span_data(s: DbSpan, clock: &Clock, scope: &InstrumentationScope) -> SpanData {
+pub fn span_data(s: &mut DbSpan, clock: &Clock, scope: &InstrumentationScope) -> SpanData {
     let kind = match s.kind {
         Kind::Client => SpanKind::Client,
         Kind::Server => SpanKind::Server,
         Kind::Internal => SpanKind::Internal,
     };
     let mut span_events = SpanEvents::default();
-    span_events.events = s
-        .events
+    span_events.events = std::mem::take(&mut s.events)
         .into_iter()
         .map(|e| OtelEvent::new(e.name, clock.wall(e.ts_ns), e.attributes, 0))
         .collect();
@@ -391,18 +391,18 @@ pub fn span_data(s: DbSpan, clock: &Clock, scope: &InstrumentationScope) -> Span
         parent_span_id: SpanId::from(s.ids.parent_span_id),
         parent_span_is_remote: s.ids.remote,
         span_kind: kind,
-        name: String::from(s.name).into(),
+        name: String::from(s.name.clone()).into(),
         start_time: clock.wall(s.start_ns),
         end_time: clock.wall(s.end_ns),
         attributes: {
-            let mut a = s.attributes;
+            let mut a = std::mem::take(&mut s.attributes);
             a.extend(s.blocks.kvs().cloned());
             a
         },
         dropped_attributes_count: 0,
         events: span_events,
-        links: span_links(s.links),
-        status: s.error.map_or(Status::Unset, Status::error),
+        links: span_links(std::mem::take(&mut s.links)),
+        status: s.error.take().map_or(Status::Unset, Status::error),
         instrumentation_scope: scope.clone(),
     }
 }

@@ -111,7 +111,7 @@ fn encodes_what_the_sdk_transform_encodes() {
         opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope(
             spans
                 .into_iter()
-                .map(|s| crate::export::span_data(s, &clock, &scope))
+                .map(|mut s| crate::export::span_data(&mut s, &clock, &scope))
                 .collect(),
             &sdk_resource,
         );

@@ -112,6 +112,12 @@ impl TraceGate {
         }
     }
 
+    /// Every span goes on as it comes (no sampler): the outflow then
+    /// exports its spans where they are instead of pushing each through.
+    pub fn passes_all(&self) -> bool {
+        self.sampler.is_none()
+    }
+
     /// One finished span: kept spans go to `out` (now or later).
     pub fn push(&mut self, span: DbSpan, now_ns: u64, out: &mut Vec<DbSpan>) {
         if self.sampler.is_none() {

@@ -47,6 +47,24 @@ impl Retracer {
 
     /// One span on its way out: moved if its trace moved; a BEGIN waits for
     /// its transaction's next span, which lets it go first.
+    /// [`Self::pass`] for each of `spans`, which then holds what goes on, in
+    /// order. Done in place when nothing waits and no span begins a
+    /// transaction (a move of each span into another buffer was ~1.5 % of
+    /// the agent); `scratch` (empty) is the other buffer otherwise.
+    pub fn pass_all(&mut self, spans: &mut Vec<DbSpan>, now_ns: u64, scratch: &mut Vec<DbSpan>) {
+        debug_assert!(scratch.is_empty());
+        if self.parked.is_empty() && !spans.iter().any(begins_a_transaction) {
+            if !self.to.is_empty() {
+                spans.iter_mut().for_each(|s| self.apply(s));
+            }
+            return;
+        }
+        for s in spans.drain(..) {
+            self.pass(s, now_ns, scratch);
+        }
+        std::mem::swap(spans, scratch);
+    }
+
     pub fn pass(&mut self, mut span: DbSpan, now_ns: u64, out: &mut Vec<DbSpan>) {
         if !self.parked.is_empty() {
             for key in [span.ids.parent_span_id, span.ids.span_id] {
@@ -173,31 +191,66 @@ mod tests {
         assert!(r.to.len() <= MAX && !r.to.contains_key(&1));
     }
 
+    fn mk(trace: u128, span: u64, parent: u64, op: &str) -> DbSpan {
+        use opentelemetry::KeyValue;
+        DbSpan::new(
+            1,
+            Ids {
+                trace_id: trace,
+                span_id: span,
+                parent_span_id: parent,
+                remote: false,
+                remote_sampled: false,
+            },
+            Kind::Client,
+            (0, 1),
+            Described {
+                name: op.to_string().into(),
+                attributes: vec![KeyValue::new("db.operation.name", op.to_string())],
+                blocks: Default::default(),
+                error: None,
+            },
+            vec![],
+            vec![],
+        )
+    }
+
+    #[test]
+    fn a_batch_passes_as_its_spans_one_by_one_would_in_place_or_not() {
+        let ids = |v: &[DbSpan]| {
+            v.iter()
+                .map(|s| (s.ids.span_id, s.ids.trace_id))
+                .collect::<Vec<_>>()
+        };
+        // Nothing waits, no BEGIN: in place, a learned retrace applied.
+        let mut r = Retracer::default();
+        r.learn(Retrace { from: 3, to: 8 });
+        let mut batch = vec![mk(3, 30, 0, "SELECT"), mk(4, 40, 0, "SELECT")];
+        let mut scratch = vec![];
+        r.pass_all(&mut batch, 0, &mut scratch);
+        assert_eq!(ids(&batch), [(30, 8), (40, 4)]);
+        // A BEGIN waits for its transaction's next span, which comes after it
+        // in the batch; the span after goes on behind both.
+        let mut batch = vec![
+            mk(1, 10, 5, "BEGIN"),
+            mk(1, 11, 5, "SELECT"),
+            mk(2, 20, 0, "SELECT"),
+        ];
+        r.pass_all(&mut batch, 0, &mut scratch);
+        assert!(scratch.is_empty());
+        assert_eq!(ids(&batch), [(10, 1), (11, 1), (20, 2)]);
+        // A BEGIN last in its batch waits; the next batch's first span of its
+        // transaction lets it go first, though the batch needs no other move.
+        let mut batch = vec![mk(2, 21, 0, "SELECT"), mk(1, 12, 6, "BEGIN")];
+        r.pass_all(&mut batch, 0, &mut scratch);
+        assert_eq!(ids(&batch), [(21, 2)]);
+        let mut batch = vec![mk(1, 13, 6, "SELECT")];
+        r.pass_all(&mut batch, 0, &mut scratch);
+        assert_eq!(ids(&batch), [(12, 1), (13, 1)]);
+    }
+
     #[test]
     fn a_begin_waits_for_its_transactions_next_span_and_moves_with_it() {
-        use opentelemetry::KeyValue;
-        let mk = |trace, span, parent, op: &str| {
-            DbSpan::new(
-                1,
-                Ids {
-                    trace_id: trace,
-                    span_id: span,
-                    parent_span_id: parent,
-                    remote: false,
-                    remote_sampled: false,
-                },
-                Kind::Client,
-                (0, 1),
-                Described {
-                    name: op.to_string().into(),
-                    attributes: vec![KeyValue::new("db.operation.name", op.to_string())],
-                    blocks: Default::default(),
-                    error: None,
-                },
-                vec![],
-                vec![],
-            )
-        };
         let mut r = Retracer::default();
         let mut out = vec![];
         r.pass(mk(1, 10, 5, "BEGIN"), 0, &mut out);

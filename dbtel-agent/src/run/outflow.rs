@@ -26,6 +26,7 @@ enum Held {
 #[derive(Default)]
 pub(super) struct Stages {
     pub ready: Vec<DbSpan>,
+    /// The retracer's other buffer (when it holds spans back).
     passed: Vec<DbSpan>,
     out: Vec<DbSpan>,
     kept: Vec<DbSpan>,
@@ -57,17 +58,15 @@ impl Agent {
             self.retracer.learn(r);
         }
         let now = crate::export::Clock::monotonic_now_ns();
-        let mut passed = std::mem::take(&mut self.stages.passed);
-        for s in ready.drain(..) {
-            self.retracer.pass(s, now, &mut passed);
-        }
-        self.stages.ready = reuse(ready);
+        let mut scratch = std::mem::take(&mut self.stages.passed);
+        self.retracer.pass_all(&mut ready, now, &mut scratch);
+        self.stages.passed = reuse(scratch);
         let mut out = std::mem::take(&mut self.stages.out);
         let mut found = Vec::new();
-        for s in passed.drain(..) {
+        for s in ready.drain(..) {
             self.n_plus_one.observe(s, &mut out, &mut found);
         }
-        self.stages.passed = reuse(passed);
+        self.stages.ready = reuse(ready);
         self.pass_on(out, &found);
     }
 
@@ -129,6 +128,13 @@ impl Agent {
             }
         }
         self.metrics.record(&ready, &slow);
+        if self.gate.passes_all() {
+            // Exported where they are: a move of each span into another
+            // buffer was ~2 % of the agent.
+            self.export_all(&mut ready);
+            self.stages.out = reuse(ready);
+            return;
+        }
         let now = crate::export::Clock::monotonic_now_ns();
         let mut kept = std::mem::take(&mut self.stages.kept);
         for span in ready.drain(..) {
@@ -138,15 +144,20 @@ impl Agent {
         self.emit(kept);
     }
 
-    /// `kept` is drained and kept as the next flush's buffer.
+    /// `kept` is emptied and kept as the next flush's buffer.
     fn emit(&mut self, mut kept: Vec<DbSpan>) {
-        for span in kept.drain(..) {
+        self.export_all(&mut kept);
+        self.stages.kept = reuse(kept);
+    }
+
+    fn export_all(&mut self, spans: &mut Vec<DbSpan>) {
+        for span in spans.iter_mut() {
             if let Err(e) = self.exporter.emit(span) {
                 self.summary.export_errors += 1;
                 log::warn!("cannot export span: {e:#}");
             }
         }
-        self.stages.kept = reuse(kept);
+        spans.clear();
     }
 
     /// The summary's counters as they are now (the exit sequence's are final).
