@@ -489,3 +489,81 @@ fn statements_under_the_applications_spans_are_a_burst_and_a_gone_process_lets_g
     assert_eq!(found.len(), 1);
     assert_eq!(events(&out).len(), 1);
 }
+
+#[test]
+fn a_batch_in_place_gives_what_span_by_span_gives() {
+    let small_limits = Limits {
+        scopes: 16,
+        groups: 3,
+        held: 4,
+        hold_ns: 200 * MS,
+        txn_idle_ns: 300 * MS,
+    };
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let (mut one, mut all) = (NPlusOne::new(3, GAP), NPlusOne::new(3, GAP));
+    (one.limits, all.limits) = (small_limits, small_limits);
+    let (mut out_one, mut found_one) = (Vec::new(), Vec::new());
+    let (mut out_all, mut found_all) = (Vec::new(), Vec::new());
+    let (mut t, mut id, mut open_txn) = (0_u64, 0_u64, 1_000_000_u64);
+    for _ in 0..400 {
+        let mut batch = Vec::new();
+        for _ in 0..1 + next(64) {
+            t += next(3 * MS);
+            id += 1;
+            let mut s = if next(100) < 5 {
+                open_txn += 1;
+                txn(open_txn - 1, t)
+            } else {
+                let parent = if next(2) == 0 { 0 } else { open_txn };
+                let op = ["SELECT", "SELECT", "INSERT"][next(3) as usize];
+                let rows = (next(2) == 0).then(|| next(6) as i64);
+                let group = if next(10) == 0 { next(70) } else { next(6) };
+                stmt(id, parent, group, next(4), op, rows)
+            };
+            if s.role() == Role::Query {
+                (s.start_ns, s.end_ns) = (t.saturating_sub(next(2 * MS)), t);
+                s.conn = next(30);
+            }
+            batch.push(s);
+        }
+        for s in batch.iter().cloned() {
+            one.observe(s, &mut out_one, &mut found_one);
+        }
+        all.observe_all(&mut batch, &mut found_all);
+        out_all.append(&mut batch);
+        if next(4) == 0 {
+            one.tick(t, &mut out_one, &mut found_one);
+            all.tick(t, &mut out_all, &mut found_all);
+        }
+    }
+    one.flush_all(&mut out_one, &mut found_one);
+    all.flush_all(&mut out_all, &mut found_all);
+    assert_eq!(found_one, found_all);
+    assert!(
+        found_one.len() > 10,
+        "the mix fired too seldom: {}",
+        found_one.len()
+    );
+    let c = all.counters();
+    assert!(c.released_early > 0 && c.evicted_scopes > 0, "{c:?}");
+    let key = |v: &[DbSpan]| {
+        let mut k: Vec<(u64, Vec<(u64, String)>)> = v
+            .iter()
+            .map(|s| {
+                let ev = s.events.iter();
+                let ev = ev.map(|e| (e.ts_ns, format!("{:?}", e.attributes)));
+                (s.ids.span_id, ev.collect())
+            })
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(out_one.len(), id as usize);
+    assert_eq!(key(&out_one), key(&out_all));
+}

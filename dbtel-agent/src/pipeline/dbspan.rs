@@ -126,6 +126,28 @@ impl DbSpan {
         }
     }
 
+    /// An empty span, left for a moment where one was taken out of a batch.
+    pub fn placeholder() -> Self {
+        DbSpan {
+            pid: 0,
+            ids: Ids::default(),
+            kind: Kind::Internal,
+            name: Name::default(),
+            start_ns: 0,
+            end_ns: 0,
+            attributes: Vec::new(),
+            blocks: Blocks::default(),
+            error: None,
+            events: Vec::new(),
+            links: Vec::new(),
+            mirrored: false,
+            conn: 0,
+            group: 0,
+            text_hash: 0,
+            typed: Typed::default(),
+        }
+    }
+
     /// Where it ran and what text it ran (for detectors).
     pub fn ran(mut self, conn: u64, group: u64, text_hash: u64) -> Self {
         (self.conn, self.group, self.text_hash) = (conn, group, text_hash);

@@ -28,7 +28,6 @@ pub(super) struct Stages {
     pub ready: Vec<DbSpan>,
     /// The retracer's other buffer (when it holds spans back).
     passed: Vec<DbSpan>,
-    out: Vec<DbSpan>,
     kept: Vec<DbSpan>,
 }
 
@@ -61,13 +60,10 @@ impl Agent {
         let mut scratch = std::mem::take(&mut self.stages.passed);
         self.retracer.pass_all(&mut ready, now, &mut scratch);
         self.stages.passed = reuse(scratch);
-        let mut out = std::mem::take(&mut self.stages.out);
         let mut found = Vec::new();
-        for s in ready.drain(..) {
-            self.n_plus_one.observe(s, &mut out, &mut found);
-        }
+        self.n_plus_one.observe_all(&mut ready, &mut found);
+        self.pass_on(&mut ready, &found);
         self.stages.ready = reuse(ready);
-        self.pass_on(out, &found);
     }
 
     /// Periodic: BEGINs and N+1 bursts that waited long enough, traces
@@ -107,7 +103,7 @@ impl Agent {
             Held::Of(pid) => self.n_plus_one.end_process(pid, &mut out, &mut found),
             Held::All => self.n_plus_one.flush_all(&mut out, &mut found),
         }
-        self.pass_on(out, &found);
+        self.pass_on(&mut out, &found);
         let mut kept = Vec::new();
         match which {
             Held::Due(now) => self.gate.tick(now, &mut kept),
@@ -117,8 +113,8 @@ impl Agent {
         self.emit(kept);
     }
 
-    /// `ready` is drained and kept as the next flush's `out` buffer.
-    fn pass_on(&mut self, mut ready: Vec<DbSpan>, found: &[crate::detect::nplusone::Detection]) {
+    /// `ready` is left empty.
+    fn pass_on(&mut self, ready: &mut Vec<DbSpan>, found: &[crate::detect::nplusone::Detection]) {
         self.metrics.detections(found);
         self.summary.spans_made += ready.len() as u64;
         let mut slow = vec![false; ready.len()];
@@ -127,12 +123,11 @@ impl Agent {
                 *flag = detect::slow::mark(s, t);
             }
         }
-        self.metrics.record(&ready, &slow);
+        self.metrics.record(ready, &slow);
         if self.gate.passes_all() {
             // Exported where they are: a move of each span into another
             // buffer was ~2 % of the agent.
-            self.export_all(&mut ready);
-            self.stages.out = reuse(ready);
+            self.export_all(ready);
             return;
         }
         let now = crate::export::Clock::monotonic_now_ns();
@@ -140,7 +135,6 @@ impl Agent {
         for span in ready.drain(..) {
             self.gate.push(span, now, &mut kept);
         }
-        self.stages.out = reuse(ready);
         self.emit(kept);
     }
 
