@@ -105,11 +105,11 @@ fn main() {
                     ClientSpan::Query(q) => {
                         let f = q.text.as_deref().map(|t| facts.get(t));
                         exporter
-                            .emit(attributes::query_span(q, f.as_deref()))
+                            .emit(&mut attributes::query_span(q, f.as_deref()))
                             .unwrap()
                     }
                     ClientSpan::Txn(t, conn) => exporter
-                        .emit(attributes::txn_span(t, conn.as_deref()))
+                        .emit(&mut attributes::txn_span(t, conn.as_deref()))
                         .unwrap(),
                 }
             }

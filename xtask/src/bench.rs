@@ -432,8 +432,14 @@ pub fn bench(o: &Options) -> Result<()> {
     let pipeline = Command::new(crate::cargo().get_program())
         .current_dir(&root)
         .args(["bench", "-q", "-p", "dbtel-agent", "--bench", "pipeline"])
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .output()?;
+    if !pipeline.status.success() {
+        bail!(
+            "the pipeline bench failed: {}",
+            String::from_utf8_lossy(&pipeline.stderr)
+        );
+    }
     let pipeline = String::from_utf8_lossy(&pipeline.stdout)
         .lines()
         .filter(|l| l.starts_with('{'))

@@ -4,7 +4,7 @@
 use std::{
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -62,6 +62,25 @@ fn dbslower_command() -> Command {
     cmd
 }
 
+/// SIGINT until it exits. Python acts on a signal between bytecodes: one
+/// that came after its last check and before dbslower's poll(2) leaves it
+/// waiting for an event, and with pgbench gone none comes (a bench hung
+/// there); each further SIGINT breaks the poll. Killed after 10 s.
+fn stop(child: &mut Child) -> std::io::Result<()> {
+    for _ in 0..20 {
+        interrupt(child);
+        let until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < until {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    child.kill()?;
+    child.wait().map(drop)
+}
+
 /// One dbslower start: Ok once it says it is tracing; else its error (the
 /// lines of its stderr that are not the traceback's).
 fn try_start(postmaster: u32, source: Option<&Path>) -> Result<(), String> {
@@ -78,8 +97,7 @@ fn try_start(postmaster: u32, source: Option<&Path>) -> Result<(), String> {
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let _ = stdout.read_line(&mut out);
     if out.starts_with("Tracing") {
-        interrupt(&child);
-        let _ = child.wait();
+        let _ = stop(&mut child);
         return Ok(());
     }
     // BCC says what it lacks on stdout, the rest goes to stderr.
@@ -220,8 +238,7 @@ pub(super) fn run(
             break start.elapsed().as_secs_f64();
         }
         if pgbench.try_wait()?.is_some() {
-            interrupt(&dbslower);
-            let _ = dbslower.wait();
+            let _ = stop(&mut dbslower);
             bail!("dbslower printed nothing while pgbench ran");
         }
         if dbslower.try_wait()?.is_some() {
@@ -234,10 +251,9 @@ pub(super) fn run(
         std::thread::sleep(Duration::from_millis(20));
     };
     let out = pgbench.wait_with_output()?;
-    interrupt(&dbslower);
+    stop(&mut dbslower)?;
     let mut err = String::new();
     dbslower.stderr.take().unwrap().read_to_string(&mut err)?;
-    dbslower.wait()?;
     let ran =
         parse_pgbench(&String::from_utf8_lossy(&out.stdout))?.txns * script.statements.len() as u64;
     let tps = progress(&String::from_utf8_lossy(&out.stderr), ready)
