@@ -270,28 +270,11 @@ fn traced_run(
         cmd.args(["--pg-server-probes", "uprobes"]);
     }
     if matches!(target, Target::Server | Target::ServerUprobes) {
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-        let mut err = std::io::BufReader::new(child.stderr.take().context("stderr")?);
-        let mut text = String::new();
-        loop {
-            let mut line = String::new();
-            if std::io::BufRead::read_line(&mut err, &mut line)? == 0 {
-                bail!("agent exited before tracing: {text}");
-            }
-            text.push_str(&line);
-            if line.starts_with("dbtel: tracing") {
-                break;
-            }
-        }
+        let agent = Tracing::start(&mut cmd)?;
         let out = workload.stderr(Stdio::null()).output()?;
         // Let the last spans through the ring buffer and the catalog lookups.
         std::thread::sleep(std::time::Duration::from_millis(500));
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        std::io::Read::read_to_string(&mut err, &mut text)?;
-        if !child.wait()?.success() {
-            bail!("agent run failed: {text}");
-        }
+        let text = agent.stop()?;
         return Ok((String::from_utf8_lossy(&out.stdout).into_owned(), text));
     }
     let out = cmd
@@ -304,6 +287,47 @@ fn traced_run(
         bail!("agent run failed: {stderr}");
     }
     Ok((String::from_utf8_lossy(&out.stdout).into_owned(), stderr))
+}
+
+/// An agent started in the background, tracing: its `dbtel: tracing` line read.
+struct Tracing {
+    child: std::process::Child,
+    stderr: std::io::BufReader<std::process::ChildStderr>,
+    /// Its stderr so far.
+    text: String,
+}
+
+impl Tracing {
+    fn start(cmd: &mut Command) -> Result<Tracing> {
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+        let mut stderr = std::io::BufReader::new(child.stderr.take().context("stderr")?);
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            if std::io::BufRead::read_line(&mut stderr, &mut line)? == 0 {
+                bail!("agent exited before tracing: {text}");
+            }
+            text.push_str(&line);
+            if line.starts_with("dbtel: tracing") {
+                return Ok(Tracing {
+                    child,
+                    stderr,
+                    text,
+                });
+            }
+        }
+    }
+
+    /// SIGINT, then its whole stderr (the exit report); fails if it did.
+    fn stop(mut self) -> Result<String> {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        std::io::Read::read_to_string(&mut self.stderr, &mut self.text)?;
+        if !self.child.wait()?.success() {
+            bail!("agent run failed: {}", self.text);
+        }
+        Ok(self.text)
+    }
 }
 
 /// The agent's exit report: drops, CPU, RSS.

@@ -8,26 +8,40 @@
 //! ratios is the figure. An A/A pair of one build gives the method's spread.
 
 use std::{
-    io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
-    process::{Child, ChildStderr, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 use dbtel_tests::{Cluster, Receiver};
 
+use super::{median, number_before, parse_pgbench, read_report, Run, Tracing};
+
+#[derive(clap::Args)]
 pub struct Options {
+    /// The build to compare against (A), e.g. a copy of target/release/dbtel-agent from main.
+    #[arg(long)]
     pub base: PathBuf,
-    pub agent: PathBuf,
+    /// The build under test (B). Default: target/release/dbtel-agent, built first.
+    #[arg(long)]
+    pub agent: Option<PathBuf>,
+    #[arg(long, default_value_t = 6)]
     pub rounds: usize,
+    /// Seconds per round.
+    #[arg(long, default_value_t = 8)]
     pub seconds: u32,
+    /// pgbench transactions per second (-R): below saturation, so both agents keep up.
+    #[arg(long, default_value_t = 20000)]
     pub rate: u32,
+    #[arg(long, default_value = "select-only")]
     pub script: String,
+    #[arg(long, default_value = "prepared")]
     pub mode: String,
+    #[arg(long, default_value_t = 2)]
     pub clients: u32,
-    /// Both agents host-wide (`--all`: the pgbench clients and the server)
-    /// instead of `--pid` on the postmaster.
+    /// Both agents host-wide (--all: pgbench's libpq and the server) instead of --pid on the server.
+    #[arg(long)]
     pub all: bool,
 }
 
@@ -44,13 +58,7 @@ impl Figures {
     }
 }
 
-struct Running {
-    child: Child,
-    stderr: BufReader<ChildStderr>,
-    text: String,
-}
-
-fn start(agent: &Path, rx: &Receiver, o: &Options, postmaster: u32) -> Result<Running> {
+fn start(agent: &Path, rx: &Receiver, o: &Options, postmaster: u32) -> Result<Tracing> {
     let mut cmd = Command::new(agent);
     cmd.args(["--otlp-endpoint", &rx.http_endpoint()]);
     if o.all {
@@ -58,54 +66,41 @@ fn start(agent: &Path, rx: &Receiver, o: &Options, postmaster: u32) -> Result<Ru
     } else {
         cmd.args(["--pid", &postmaster.to_string()]);
     }
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", agent.display()))?;
-    let mut stderr = BufReader::new(child.stderr.take().context("stderr")?);
-    let mut text = String::new();
-    loop {
-        let mut line = String::new();
-        if stderr.read_line(&mut line)? == 0 {
-            bail!("{} exited before tracing: {text}", agent.display());
-        }
-        text.push_str(&line);
-        if line.starts_with("dbtel: tracing") {
-            return Ok(Running {
-                child,
-                stderr,
-                text,
-            });
-        }
-    }
+    Tracing::start(&mut cmd).with_context(|| format!("{}", agent.display()))
 }
 
-fn stop(mut r: Running) -> Result<Figures> {
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(r.child.id() as i32, libc::SIGINT) };
-    r.stderr.read_to_string(&mut r.text)?;
-    if !r.child.wait()?.success() {
-        bail!("agent run failed: {}", r.text);
+fn stop(agent: Tracing) -> Result<Figures> {
+    let text = agent.stop()?;
+    if !text.contains("(attaching") {
+        bail!("no attaching CPU in the exit report: a build before session 21 cannot be paired");
     }
-    let summary = r
-        .text
+    let mut run = Run::default();
+    read_report(&mut run, &text)?;
+    if !run.agent_cpu_s.is_finite() {
+        bail!("no agent cpu in the exit report: {text}");
+    }
+    let summary = text
         .lines()
         .find(|l| l.contains("spans exported"))
         .context("no agent summary")?;
-    let attaching = super::number_after(&r.text, "(attaching")
-        .context("no attaching CPU: a build before session 21 cannot be paired")?;
     Ok(Figures {
-        spans: super::number_before(summary, "spans exported"),
-        cpu_s: super::number_after(&r.text, "agent cpu").context("no agent cpu")? - attaching,
+        spans: number_before(summary, "spans exported"),
+        cpu_s: run.agent_cpu_s,
     })
 }
 
 pub fn pair(o: &Options) -> Result<()> {
+    let agent = match &o.agent {
+        Some(a) => a.clone(),
+        None => {
+            crate::run(crate::cargo().args(["build", "--release", "-p", "dbtel-agent"]))?;
+            crate::root().join("target/release/dbtel-agent")
+        }
+    };
     eprintln!(
         "pair: A = {}, B = {}; {} rounds of pgbench -b {} -M {} -R {} for {} s, both agents {}",
         o.base.display(),
-        o.agent.display(),
+        agent.display(),
         o.rounds,
         o.script,
         o.mode,
@@ -126,9 +121,9 @@ pub fn pair(o: &Options) -> Result<()> {
     for round in 0..o.rounds {
         // Alternate which agent attaches first (and so sees the first events).
         let order: [&Path; 2] = if round % 2 == 0 {
-            [&o.base, &o.agent]
+            [&o.base, &agent]
         } else {
-            [&o.agent, &o.base]
+            [&agent, &o.base]
         };
         let first = start(order[0], &rx, o, pg.postmaster_pid())?;
         let second = start(order[1], &rx, o, pg.postmaster_pid())?;
@@ -139,7 +134,7 @@ pub fn pair(o: &Options) -> Result<()> {
             .arg("postgres")
             .stderr(Stdio::null())
             .output()?;
-        let tps = super::parse_pgbench(&String::from_utf8_lossy(&out.stdout))?.tps;
+        let tps = parse_pgbench(&String::from_utf8_lossy(&out.stdout))?.tps;
         // Let the last spans through the ring buffers and the catalog lookups.
         std::thread::sleep(Duration::from_millis(500));
         let (f1, f2) = (stop(first)?, stop(second)?);
@@ -160,10 +155,10 @@ pub fn pair(o: &Options) -> Result<()> {
     let lower = ratios.iter().filter(|r| **r < 1.0).count();
     println!(
         "pair: agent CPU per span, B/A median {:.3} (B lower in {lower} of {}); A median {:.3} us, B median {:.3} us",
-        super::median(ratios.clone()),
+        median(ratios.clone()),
         ratios.len(),
-        super::median(a_all),
-        super::median(b_all)
+        median(a_all),
+        median(b_all)
     );
     Ok(())
 }

@@ -73,31 +73,7 @@ enum Task {
     /// Compare two agent builds on the same events: both trace one pgbench run at a fixed rate at
     /// once (start order alternated per round); prints each one's CPU per exported span and the
     /// median of the per-round ratios B/A. For changes smaller than run-to-run drift.
-    Pair {
-        /// The build to compare against (A), e.g. a copy of target/release/dbtel-agent from main.
-        #[arg(long)]
-        base: PathBuf,
-        /// The build under test (B). Default: target/release/dbtel-agent, built first.
-        #[arg(long)]
-        agent: Option<PathBuf>,
-        #[arg(long, default_value_t = 6)]
-        rounds: usize,
-        /// Seconds per round.
-        #[arg(long, default_value_t = 8)]
-        seconds: u32,
-        /// pgbench transactions per second (-R): below saturation, so both agents keep up.
-        #[arg(long, default_value_t = 20000)]
-        rate: u32,
-        #[arg(long, default_value = "select-only")]
-        script: String,
-        #[arg(long, default_value = "prepared")]
-        mode: String,
-        #[arg(long, default_value_t = 2)]
-        clients: u32,
-        /// Both agents host-wide (--all: pgbench's libpq and the server) instead of --pid on the server.
-        #[arg(long)]
-        all: bool,
-    },
+    Pair(bench::pair::Options),
     /// Set up, then run the unit tests, the end-to-end tests (as root) and the fuzz targets
     /// on the host's kernel, then the end-to-end core in a VM booting Debian 12's 6.1 kernel.
     Test {
@@ -216,36 +192,7 @@ fn main() -> Result<()> {
                 peers: !no_peers,
             })
         }
-        Task::Pair {
-            base,
-            agent,
-            rounds,
-            seconds,
-            rate,
-            script,
-            mode,
-            clients,
-            all,
-        } => {
-            let agent = match agent {
-                Some(a) => a,
-                None => {
-                    run(cargo().args(["build", "--release", "-p", "dbtel-agent"]))?;
-                    root().join("target/release/dbtel-agent")
-                }
-            };
-            bench::pair::pair(&bench::pair::Options {
-                base,
-                agent,
-                rounds,
-                seconds,
-                rate,
-                script,
-                mode,
-                clients,
-                all,
-            })
-        }
+        Task::Pair(o) => bench::pair::pair(&o),
         Task::Test {
             fuzz_seconds,
             args,
