@@ -388,6 +388,27 @@ fn held_spans_are_bounded_in_number_and_time() {
 /// Random statements, transactions, ticks over many connections: every
 /// span comes out once, bounds hold, events sit on transactions or held
 /// firsts only.
+/// A xorshift generator: `next(n)` in 0..n.
+fn xorshift(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut rng = seed;
+    move |n| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    }
+}
+
+/// A random statement `id` of the mix: under transaction `open_txn` or
+/// not, mostly a few shapes (runs), sometimes more than a scope follows.
+fn random_statement(next: &mut impl FnMut(u64) -> u64, id: u64, open_txn: u64) -> DbSpan {
+    let parent = if next(2) == 0 { 0 } else { open_txn };
+    let op = ["SELECT", "SELECT", "INSERT"][next(3) as usize];
+    let rows = (next(2) == 0).then(|| next(6) as i64);
+    let group = if next(10) == 0 { next(70) } else { next(6) };
+    stmt(id, parent, group, next(4), op, rows)
+}
+
 #[test]
 fn every_span_comes_out_exactly_once() {
     let mut findings = 0;
@@ -399,13 +420,7 @@ fn every_span_comes_out_exactly_once() {
         txn_idle_ns: 300 * MS,
     };
     for (seed, conns, small) in [(1_u64, 4_u64, false), (2, 20, true), (3, 40, false)] {
-        let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let mut next = |n: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % n
-        };
+        let mut next = xorshift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let gap = Duration::from_millis(if small { 100 } else { 5 });
         let mut d = NPlusOne::new(3, gap);
         if small {
@@ -428,12 +443,7 @@ fn every_span_comes_out_exactly_once() {
                 open_txn += 1;
                 txn(open_txn - 1, t)
             } else {
-                let parent = if next(2) == 0 { 0 } else { open_txn };
-                let op = ["SELECT", "SELECT", "INSERT"][next(3) as usize];
-                let rows = (next(2) == 0).then(|| next(6) as i64);
-                // Mostly a few shapes (runs), sometimes more than a scope follows.
-                let group = if next(10) == 0 { next(70) } else { next(6) };
-                stmt(id, parent, group, next(4), op, rows)
+                random_statement(&mut next, id, open_txn)
             };
             s.pid = 1 + next(2) as u32;
             if s.role() == Role::Query {
@@ -499,13 +509,7 @@ fn a_batch_in_place_gives_what_span_by_span_gives() {
         hold_ns: 200 * MS,
         txn_idle_ns: 300 * MS,
     };
-    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
     let (mut one, mut all) = (NPlusOne::new(3, GAP), NPlusOne::new(3, GAP));
     (one.limits, all.limits) = (small_limits, small_limits);
     let (mut out_one, mut found_one) = (Vec::new(), Vec::new());
@@ -520,11 +524,7 @@ fn a_batch_in_place_gives_what_span_by_span_gives() {
                 open_txn += 1;
                 txn(open_txn - 1, t)
             } else {
-                let parent = if next(2) == 0 { 0 } else { open_txn };
-                let op = ["SELECT", "SELECT", "INSERT"][next(3) as usize];
-                let rows = (next(2) == 0).then(|| next(6) as i64);
-                let group = if next(10) == 0 { next(70) } else { next(6) };
-                stmt(id, parent, group, next(4), op, rows)
+                random_statement(&mut next, id, open_txn)
             };
             if s.role() == Role::Query {
                 (s.start_ns, s.end_ns) = (t.saturating_sub(next(2 * MS)), t);
