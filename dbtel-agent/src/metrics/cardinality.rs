@@ -14,6 +14,17 @@ pub const OTHER: &str = "other";
 /// coldest half is forgotten (a bounded, approximate heavy-hitter count).
 const PENDING_SLOTS: usize = 1024;
 
+/// What [`Limiter::admit_seen`] did with a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Empty: reported as is, counted nowhere.
+    Empty,
+    /// Admitted, its sighting counted in this slot (admitted values stay).
+    Counted(usize),
+    /// Reported as `other`.
+    Refused,
+}
+
 #[derive(Debug)]
 pub struct Limiter {
     cap: usize,
@@ -44,23 +55,36 @@ impl Limiter {
 
     /// The value to report for `v`: itself, or `other`.
     pub fn admit<'a>(&mut self, v: &'a str) -> &'a str {
+        match self.admit_seen(v) {
+            Seen::Refused => OTHER,
+            _ => v,
+        }
+    }
+
+    /// Counts one more sighting of an admitted value (its slot from
+    /// [`Self::admit_seen`]).
+    pub fn count(&mut self, slot: usize) {
+        self.counts[slot] += 1;
+    }
+
+    /// Admits `v` or not, as [`Self::admit`], saying where it was counted.
+    pub fn admit_seen(&mut self, v: &str) -> Seen {
         if v.is_empty() {
-            return v;
+            return Seen::Empty;
         }
         if let Some((last, slot)) = &self.last {
             if **last == *v {
                 self.counts[*slot] += 1;
-                return v;
+                return Seen::Counted(*slot);
             }
         }
         if let Some((k, &slot)) = self.admitted.get_key_value(v) {
             self.counts[slot] += 1;
             self.last = Some((k.clone(), slot));
-            return v;
+            return Seen::Counted(slot);
         }
         if self.admitted.len() < self.cap {
-            self.add(Arc::from(v), 1);
-            return v;
+            return Seen::Counted(self.add(Arc::from(v), 1));
         }
         if self.late_admitted < self.cap / 4 {
             let n = match self.pending.get_mut(v) {
@@ -81,19 +105,20 @@ impl Limiter {
                 let coldest = self.counts.iter().copied().min().unwrap_or(0);
                 if n > coldest {
                     let (k, n) = self.pending.remove_entry(v).expect("just counted");
-                    self.add(k, n);
                     self.late_admitted += 1;
-                    return v;
+                    return Seen::Counted(self.add(k, n));
                 }
             }
         }
         self.refused += 1;
-        OTHER
+        Seen::Refused
     }
 
-    fn add(&mut self, v: Arc<str>, n: u64) {
+    /// Its slot in `counts`.
+    fn add(&mut self, v: Arc<str>, n: u64) -> usize {
         self.admitted.insert(v, self.counts.len());
         self.counts.push(n);
+        self.counts.len() - 1
     }
 
     fn forget_coldest_half(&mut self) {
@@ -110,6 +135,12 @@ impl Limiter {
 
     pub fn distinct(&self) -> usize {
         self.admitted.len()
+    }
+
+    /// Sightings counted per admitted value, in admission order.
+    #[cfg(test)]
+    pub fn sightings(&self) -> &[u64] {
+        &self.counts
     }
 }
 

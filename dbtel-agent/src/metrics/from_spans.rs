@@ -1,7 +1,12 @@
 //! What each finished span adds to the instruments: pure, so the rules
 //! (which spans count for which instrument, and once only) are unit-tested.
 
-use super::{cardinality::Limiter, instruments::id, store::Store};
+use super::{
+    cardinality::{Limiter, Seen, OTHER},
+    instruments::id,
+    recent::{Entry, Recent},
+    store::Store,
+};
 use crate::pipeline::dbspan::{DbSpan, Kind, Role};
 
 /// The label values without a natural bound, each capped.
@@ -12,6 +17,8 @@ pub struct Limits {
     pub namespace: Limiter,
     pub server: Limiter,
     pub status: Limiter,
+    /// Where query spans' labels led, by their blocks.
+    recent: Recent,
 }
 
 impl Limits {
@@ -22,7 +29,76 @@ impl Limits {
             namespace: Limiter::new(50),
             server: Limiter::new(50),
             status: Limiter::new(50),
+            recent: Recent::default(),
         }
+    }
+
+    #[cfg(test)]
+    fn counted_limiters(&self) -> [&Limiter; 4] {
+        [
+            &self.namespace,
+            &self.collection,
+            &self.summary,
+            &self.server,
+        ]
+    }
+
+    /// One more sighting of each value a remembered entry admitted: its
+    /// namespace, collection, summary and server address.
+    fn count(&mut self, counted: [Option<usize>; 4]) {
+        let limiters = [
+            &mut self.namespace,
+            &mut self.collection,
+            &mut self.summary,
+            &mut self.server,
+        ];
+        for (l, slot) in limiters.into_iter().zip(counted) {
+            if let Some(slot) = slot {
+                l.count(slot);
+            }
+        }
+    }
+}
+
+/// The label value for what a limiter said of it.
+fn shown(seen: Seen, v: Option<&str>) -> &str {
+    match seen {
+        Seen::Refused => OTHER,
+        _ => v.unwrap_or(""),
+    }
+}
+
+/// The series an entry remembers (copied out of it: the limiters are
+/// counted while it is borrowed).
+#[derive(Clone, Copy)]
+struct Series {
+    duration: usize,
+    query: Option<usize>,
+    rows: Option<usize>,
+}
+
+impl From<&Entry> for Series {
+    fn from(e: &Entry) -> Self {
+        Series {
+            duration: e.duration,
+            query: e.query,
+            rows: e.rows,
+        }
+    }
+}
+
+/// Records a span into the series a span with its blocks recorded into.
+fn replay(at: Series, span: &DbSpan, secs: f64, store: &mut Store) {
+    if span.kind == Kind::Client {
+        store.observe_at(id::CLIENT_DURATION, at.duration, secs);
+        if let (Some(rows), Some(series)) = (span.rows(), at.rows) {
+            store.observe_at(id::CLIENT_ROWS, series, rows as f64);
+        }
+    } else {
+        store.observe_at(id::SERVER_DURATION, at.duration, secs);
+    }
+    if let Some(series) = at.query {
+        store.observe_at(id::QUERY_DURATION, series, secs);
     }
 }
 
@@ -40,42 +116,66 @@ pub fn contention_of(status: &str) -> Option<&'static str> {
 /// slow-query detector flagged it.
 pub fn record(span: &DbSpan, slow: bool, store: &mut Store, l: &mut Limits) {
     let secs = span.duration_ns() as f64 / 1e9;
+    let role = span.role();
+    let memo = role == Role::Query && span.labels_in_blocks();
+    if memo {
+        if let Some(e) = l.recent.get(span) {
+            let series = Series::from(e);
+            l.count(e.counted);
+            replay(series, span, secs, store);
+            if slow && span.outermost() {
+                // Admitted (else there is no entry): the value itself.
+                let summary = span.summary().unwrap_or("");
+                store.add(id::SLOW, &[span.system().unwrap_or(""), summary], 1.0);
+            }
+            return;
+        }
+    }
     let system = span.system().unwrap_or("");
-    let ns = l.namespace.admit(span.namespace().unwrap_or(""));
-    match span.role() {
+    let ns_seen = l.namespace.admit_seen(span.namespace().unwrap_or(""));
+    let ns = shown(ns_seen, span.namespace());
+    match role {
         Role::Query => {
             let op = span.operation().unwrap_or("");
-            let coll = l.collection.admit(span.collection().unwrap_or(""));
-            let summary = l.summary.admit(span.summary().unwrap_or(""));
+            let coll_seen = l.collection.admit_seen(span.collection().unwrap_or(""));
+            let coll = shown(coll_seen, span.collection());
+            let summary_seen = l.summary.admit_seen(span.summary().unwrap_or(""));
+            let summary = shown(summary_seen, span.summary());
             let err = l.status.admit(span.error_type().unwrap_or(""));
             let status = l.status.admit(span.status_code().unwrap_or(""));
-            match span.kind {
+            let (duration, rows, addr_seen) = match span.kind {
                 Kind::Client => {
-                    let addr = l.server.admit(span.server_address().unwrap_or(""));
+                    let addr_seen = l.server.admit_seen(span.server_address().unwrap_or(""));
+                    let addr = shown(addr_seen, span.server_address());
                     // Formatted on the stack: a String per span was a malloc and a free.
                     let mut buf = itoa::Buffer::new();
                     let port = span.server_port().map_or("", |p| buf.format(p));
-                    store.observe(
+                    let duration = store.observe(
                         id::CLIENT_DURATION,
                         &[system, ns, op, coll, summary, addr, port, status, err],
                         secs,
                     );
-                    if let Some(rows) = span.rows() {
+                    let rows = span.rows().map(|rows| {
                         store.observe(
                             id::CLIENT_ROWS,
                             &[system, ns, op, coll, summary],
                             rows as f64,
-                        );
-                    }
+                        )
+                    });
+                    (duration, rows, addr_seen)
                 }
-                _ => store.observe(
-                    id::SERVER_DURATION,
-                    &[system, ns, op, coll, summary, status, err],
-                    secs,
-                ),
-            }
+                _ => {
+                    let duration = store.observe(
+                        id::SERVER_DURATION,
+                        &[system, ns, op, coll, summary, status, err],
+                        secs,
+                    );
+                    (duration, None, Seen::Empty)
+                }
+            };
+            let mut query = None;
             if span.outermost() {
-                store.observe(
+                query = store.observe(
                     id::QUERY_DURATION,
                     &[system, ns, op, coll, summary, err],
                     secs,
@@ -86,6 +186,26 @@ pub fn record(span: &DbSpan, slow: bool, store: &mut Store, l: &mut Limits) {
                 if slow {
                     store.add(id::SLOW, &[system, summary], 1.0);
                 }
+            }
+            // Remembered only where nothing can change next time: every value
+            // admitted (a refused one may be admitted later), no overflow series.
+            let seen = [ns_seen, coll_seen, summary_seen, addr_seen];
+            let complete = duration.is_some()
+                && rows.is_none_or(|r| r.is_some())
+                && (query.is_some() || !span.outermost());
+            if memo && complete && !seen.contains(&Seen::Refused) {
+                l.recent.put(Entry {
+                    blocks: span.blocks.clone(),
+                    kind: span.kind,
+                    outermost: span.outermost(),
+                    duration: duration.expect("checked"),
+                    query,
+                    rows: rows.flatten(),
+                    counted: seen.map(|s| match s {
+                        Seen::Counted(slot) => Some(slot),
+                        _ => None,
+                    }),
+                });
             }
         }
         Role::Transaction if span.outermost() => {

@@ -147,3 +147,112 @@ fn summaries_are_capped_with_other() {
     assert!(fam.series.iter().any(|s| &*s.values[1] == "other"));
     assert_eq!(count(&store, id::SLOW), 3_000);
 }
+
+/// Spans whose labels are their blocks' go through the remembered series;
+/// each is recorded beside a twin carrying the same attributes as its own
+/// (never remembered): the two stores and limiters must end up the same.
+#[test]
+fn remembered_series_record_exactly_what_reading_the_labels_does() {
+    use crate::pipeline::attr_block::{AttrBlock, Blocks};
+    use std::sync::Arc;
+
+    let facts: Vec<Arc<AttrBlock>> = (0..12)
+        .map(|i| {
+            AttrBlock::new(vec![
+                KeyValue::new("db.operation.name", "SELECT"),
+                KeyValue::new("db.collection.name", format!("t{}", i % 5)),
+                KeyValue::new("db.query.summary", format!("SELECT t{i}")),
+            ])
+        })
+        .collect();
+    let conns: Vec<Arc<AttrBlock>> = (0..4)
+        .map(|i| {
+            AttrBlock::new(vec![
+                KeyValue::new("db.system.name", "postgresql"),
+                KeyValue::new("db.namespace", format!("db{}", i % 3)),
+                KeyValue::new("server.address", format!("h{i}")),
+                KeyValue::new("server.port", 5432_i64),
+            ])
+        })
+        .collect();
+    // Caps small enough that some summaries are refused, then admitted late.
+    let (mut with_blocks, mut la) = (Store::default(), Limits::new(6));
+    let (mut own_only, mut lb) = (Store::default(), Limits::new(6));
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let mut remembered = 0;
+    for _ in 0..20_000 {
+        // Hot statements most of the time, so late admission happens.
+        let f = &facts[if next(4) == 0 { next(12) } else { next(3) } as usize];
+        let ci = next(4) as usize;
+        let c = &conns[ci];
+        // Mostly one side per connection, as traced: a client's or a server's.
+        let kind = if ci.is_multiple_of(2) ^ (next(20) == 0) {
+            Kind::Client
+        } else {
+            Kind::Server
+        };
+        let mut own = Vec::new();
+        if next(3) == 0 {
+            own.push(KeyValue::new("db.response.returned_rows", next(50) as i64));
+        }
+        if next(40) == 0 {
+            own.push(KeyValue::new("db.response.status_code", "40P01"));
+            own.push(KeyValue::new("error.type", "40P01"));
+        }
+        if next(60) == 0 {
+            own.push(KeyValue::new("db.namespace", "elsewhere"));
+        }
+        let (mirrored, slow, ms) = (ci == 1 && next(20) != 0, next(10) == 0, next(300));
+        let described = |attributes: Vec<KeyValue>, blocks: Blocks| Described {
+            name: "x".into(),
+            attributes,
+            blocks,
+            error: None,
+        };
+        let make = |d: Described| {
+            DbSpan::new(
+                1,
+                Ids::default(),
+                kind,
+                (0, ms * 1_000_000),
+                d,
+                vec![],
+                vec![],
+            )
+            .mirrored(mirrored)
+        };
+        let a = make(described(own.clone(), Blocks::new(Some(f), Some(c))));
+        // The twin: the blocks' attributes first, then its own (which win).
+        let all: Vec<KeyValue> = f.kvs().iter().chain(c.kvs()).cloned().chain(own).collect();
+        let b = make(described(all, Blocks::default()));
+        assert!(!b.labels_in_blocks() || b.system().is_none());
+        remembered += usize::from(la.recent.get(&a).is_some());
+        record(&a, slow, &mut with_blocks, &mut la);
+        record(&b, slow, &mut own_only, &mut lb);
+    }
+    assert!(remembered > 10_000, "{remembered}");
+    for (id, (fa, fb)) in with_blocks
+        .families
+        .iter()
+        .zip(&own_only.families)
+        .enumerate()
+    {
+        let show = |f: &crate::metrics::store::Family| format!("{:?} {}", f.series, f.overflowed);
+        assert_eq!(
+            show(fa),
+            show(fb),
+            "{}",
+            crate::metrics::instruments::DEFS[id].name
+        );
+    }
+    for (a, b) in la.counted_limiters().into_iter().zip(lb.counted_limiters()) {
+        assert_eq!(a.sightings(), b.sightings());
+        assert_eq!(a.refused, b.refused);
+    }
+}

@@ -10,6 +10,7 @@ pub mod instruments;
 pub mod otlp;
 pub mod own;
 pub mod prometheus;
+pub mod recent;
 pub mod store;
 
 use std::sync::{Arc, Mutex};

@@ -83,6 +83,13 @@ fn same(kept: &[Box<str>], values: &[&str]) -> bool {
 impl Store {
     /// The cell of instrument `id` for these label values (in its labels' order).
     fn cell(&mut self, id: usize, values: &[&str]) -> &mut Cell {
+        let at = self.series_of(id, values);
+        &mut self.families[id].series[at].cell
+    }
+
+    /// Where the series of instrument `id` for these label values is (the
+    /// overflow series' past the cap).
+    fn series_of(&mut self, id: usize, values: &[&str]) -> usize {
         let def = &DEFS[id];
         debug_assert_eq!(values.len(), def.labels.len(), "{}", def.name);
         let fam = &mut self.families[id];
@@ -91,7 +98,7 @@ impl Store {
             .get(fam.last)
             .is_some_and(|s| !s.overflow && same(&s.values, values))
         {
-            return &mut fam.series[fam.last].cell;
+            return fam.last;
         }
         let key = self.hasher.hash_one(values);
         let at = match fam.index.get(&key) {
@@ -121,14 +128,24 @@ impl Store {
             }
         };
         fam.last = at;
-        &mut fam.series[at].cell
+        at
     }
 
-    pub fn observe(&mut self, id: usize, values: &[&str], v: f64) {
+    /// Returns the series recorded into, unless it was the overflow series
+    /// (recordings there are counted as overflowed: see [`Self::observe_at`]).
+    pub fn observe(&mut self, id: usize, values: &[&str], v: f64) -> Option<usize> {
+        let at = self.series_of(id, values);
+        self.observe_at(id, at, v);
+        (!self.families[id].series[at].overflow).then_some(at)
+    }
+
+    /// Records into a series [`Self::observe`] returned (series stay where
+    /// they are: they are never removed).
+    pub fn observe_at(&mut self, id: usize, series: usize, v: f64) {
         let Kind::Histogram(bounds) = DEFS[id].kind else {
             panic!("{} is not a histogram", DEFS[id].name)
         };
-        if let Cell::Histogram { counts, sum, count } = self.cell(id, values) {
+        if let Cell::Histogram { counts, sum, count } = &mut self.families[id].series[series].cell {
             // Prometheus's `le`: a value equal to a bound falls in that bucket.
             let b = bounds.partition_point(|&x| x < v);
             counts[b] += 1;

@@ -80,6 +80,22 @@ impl Blocks {
         }
     }
 
+    /// The very same blocks (not equal ones: the same allocations).
+    pub fn same(&self, other: &Blocks) -> bool {
+        let same = |a: &Option<Arc<AttrBlock>>, b: &Option<Arc<AttrBlock>>| match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        same(&self.facts, &other.facts) && same(&self.conn, &other.conn)
+    }
+
+    /// Where they are (0 for a block it lacks).
+    pub fn addresses(&self) -> [usize; 2] {
+        let at = |b: &Option<Arc<AttrBlock>>| b.as_ref().map_or(0, |b| Arc::as_ptr(b) as usize);
+        [at(&self.facts), at(&self.conn)]
+    }
+
     /// In order: facts, then connection.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<AttrBlock>> {
         self.facts.iter().chain(self.conn.iter())

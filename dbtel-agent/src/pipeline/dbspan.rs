@@ -288,6 +288,26 @@ impl DbSpan {
         self.int(self.typed.affected_rows)
     }
 
+    /// Its metric labels are all its blocks' (none its own, no error): a
+    /// span with the same blocks has the same labels (metrics::recent).
+    pub fn labels_in_blocks(&self) -> bool {
+        let t = &self.typed;
+        let shared = |at: At| at.get().is_none_or(|(slot, _)| slot != 0);
+        t.error_type == At::NONE
+            && t.status_code == At::NONE
+            && [
+                t.system,
+                t.namespace,
+                t.operation,
+                t.collection,
+                t.summary,
+                t.server_address,
+                t.server_port,
+            ]
+            .into_iter()
+            .all(shared)
+    }
+
     pub fn duration_ns(&self) -> u64 {
         self.end_ns.saturating_sub(self.start_ns)
     }
