@@ -111,7 +111,20 @@ pub struct FactsCache {
     /// Arc per text a backend repeats): a repeat costs a pointer compare,
     /// not a scan and hash of the text. Each slot holds its text, so an
     /// address cannot be reused while it is here.
-    memo: Box<[Option<(Arc<str>, Arc<QueryFacts>)>]>,
+    memo: Box<[Option<Shared>]>,
+}
+
+/// A shared text in [`FactsCache`]'s memo: its facts and its hash as sent.
+#[derive(Clone)]
+struct Shared {
+    text: Arc<str>,
+    facts: Arc<QueryFacts>,
+    hash: u64,
+}
+
+/// A hash of a text as sent, without its sqlcommenter comment.
+pub fn text_hash_as_sent(text: &str) -> u64 {
+    crate::pipeline::group::text_hash(&crate::pipeline::sqlcomment::split(text).body)
 }
 
 /// Slots of [`FactsCache::get_shared`]'s memo (direct-mapped).
@@ -150,13 +163,31 @@ impl FactsCache {
 
     /// [`FactsCache::get`] of a shared text, memoised by its address.
     pub fn get_shared(&mut self, sql: &Arc<str>) -> &Arc<QueryFacts> {
+        &self.shared(sql).facts
+    }
+
+    /// [`FactsCache::get_shared`], and the text's hash as sent
+    /// ([`crate::pipeline::group::text_hash`] of it without its sqlcommenter
+    /// comment: a traceparent per execution would make repeats differ),
+    /// computed once per shared text, not per execution.
+    pub fn get_shared_hashed(&mut self, sql: &Arc<str>) -> (&Arc<QueryFacts>, u64) {
+        let s = self.shared(sql);
+        (&s.facts, s.hash)
+    }
+
+    fn shared(&mut self, sql: &Arc<str>) -> &Shared {
         let slot = (Arc::as_ptr(sql).cast::<u8>() as usize >> 4) % MEMO_SLOTS;
-        let hit = matches!(&self.memo[slot], Some((t, _)) if Arc::ptr_eq(t, sql));
+        let hit = matches!(&self.memo[slot], Some(m) if Arc::ptr_eq(&m.text, sql));
         if !hit {
-            let f = self.get(sql);
-            self.memo[slot] = Some((sql.clone(), f));
+            let facts = self.get(sql);
+            let hash = text_hash_as_sent(sql);
+            self.memo[slot] = Some(Shared {
+                text: sql.clone(),
+                facts,
+                hash,
+            });
         }
-        &self.memo[slot].as_ref().expect("filled above").1
+        self.memo[slot].as_ref().expect("filled above")
     }
 
     fn get_body(&mut self, sql: &str) -> Arc<QueryFacts> {

@@ -157,11 +157,14 @@ impl Agent {
             }
             ready.push(match s {
                 ClientSpan::Query(q) => {
-                    let facts = match &q.text {
-                        Some(t) => Some(&**self.facts.get_shared(t)),
+                    let text = match &q.text {
+                        Some(t) => {
+                            let (facts, hash) = self.facts.get_shared_hashed(t);
+                            Some((&**facts, hash))
+                        }
                         None => None,
                     };
-                    attributes::query_span(q, facts)
+                    attributes::query_span(q, text)
                 }
                 ClientSpan::Txn(t, conn) => attributes::txn_span(t, conn.as_deref()),
             });

@@ -19,15 +19,13 @@ use crate::{
 };
 
 /// A query's span (kind CLIENT), given its text's facts.
-pub fn query_span(q: QuerySpan, facts: Option<&sql::QueryFacts>) -> DbSpan {
+/// `text`: its text's facts and hash as sent (sql::text_hash_as_sent).
+pub fn query_span(q: QuerySpan, text: Option<(&sql::QueryFacts, u64)>) -> DbSpan {
+    let facts = text.map(|(f, _)| f);
     let d = describe_with(&q, facts);
     // Literals are in the text only when it is sent as a whole.
     let inline = matches!(q.call, func::PQEXEC | func::PQSEND_QUERY);
-    let text_hash = q.text.as_deref().filter(|_| inline).map_or(0, |t| {
-        // Without its sqlcommenter comment: a traceparent per execution
-        // would make identical repeats look different.
-        crate::pipeline::group::text_hash(&crate::pipeline::sqlcomment::split(t).body)
-    });
+    let text_hash = text.filter(|_| inline).map_or(0, |(_, hash)| hash);
     let ran = (q.conn, facts.map_or(0, |f| f.group), text_hash);
     DbSpan::new(
         q.pid,

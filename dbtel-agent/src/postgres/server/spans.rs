@@ -24,17 +24,13 @@ pub fn query_span(
     cache: &mut FactsCache,
     backend: Option<&BackendDesc>,
 ) -> DbSpan {
-    let facts = match &q.prepared {
-        Some((_, body)) => &cache.get(body),
-        None => cache.get_shared(&q.text),
+    // An SQL EXECUTE's values are not in its text: no hash of it.
+    let (facts, text_hash) = match &q.prepared {
+        Some((_, body)) => (&cache.get(body), 0),
+        None => cache.get_shared_hashed(&q.text),
     };
     let d = describe_query(&q, backend_pid, facts, backend);
     let joined = q.joined;
-    let text_hash = if q.prepared.is_none() {
-        crate::pipeline::group::text_hash(&crate::pipeline::sqlcomment::split(&q.text).body)
-    } else {
-        0
-    };
     let ran = (u64::from(q.pid), facts.group, text_hash);
     DbSpan::new(
         q.postmaster,
