@@ -103,10 +103,11 @@ fn main() {
             for s in out.drain(..) {
                 match s {
                     ClientSpan::Query(q) => {
-                        let f = q.text.as_deref().map(|t| facts.get(t));
-                        exporter
-                            .emit(&mut attributes::query_span(q, f.as_deref()))
-                            .unwrap()
+                        // As the agent does: facts and hash once per shared text.
+                        let text = q.text.clone();
+                        let f = text.as_ref().map(|t| facts.get_shared_hashed(t));
+                        let f = f.map(|(facts, hash)| (&**facts, hash));
+                        exporter.emit(&mut attributes::query_span(q, f)).unwrap()
                     }
                     ClientSpan::Txn(t, conn) => exporter
                         .emit(&mut attributes::txn_span(t, conn.as_deref()))
