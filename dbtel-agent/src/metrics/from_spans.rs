@@ -198,6 +198,7 @@ pub fn record(span: &DbSpan, slow: bool, store: &mut Store, l: &mut Limits) {
                     blocks: span.blocks.clone(),
                     kind: span.kind,
                     outermost: span.outermost(),
+                    system: system.into(),
                     duration: duration.expect("checked"),
                     query,
                     rows: rows.flatten(),

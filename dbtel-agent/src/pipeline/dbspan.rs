@@ -288,15 +288,15 @@ impl DbSpan {
         self.int(self.typed.affected_rows)
     }
 
-    /// Its metric labels are all its blocks' (none its own, no error): a
-    /// span with the same blocks has the same labels (metrics::recent).
+    /// Its metric labels are all its blocks' (none its own, no error) but
+    /// db.system.name (client spans carry it as their own): a span with
+    /// the same blocks and system has the same labels (metrics::recent).
     pub fn labels_in_blocks(&self) -> bool {
         let t = &self.typed;
         let shared = |at: At| at.get().is_none_or(|(slot, _)| slot != 0);
         t.error_type == At::NONE
             && t.status_code == At::NONE
             && [
-                t.system,
                 t.namespace,
                 t.operation,
                 t.collection,
