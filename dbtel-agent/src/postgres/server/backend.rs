@@ -133,7 +133,7 @@ pub struct Tracker {
     backends: crate::FastMap<u32, Backend>,
     gen: IdGen,
     pub counters: Counters,
-    ended: std::collections::VecDeque<Ended>,
+    ended: VecDeque<Ended>,
     /// errstart_cold is probed: only reports it opened are errors (else every
     /// errcode counts, warnings and notices included).
     pub errors_by_level: bool,
@@ -523,50 +523,54 @@ impl Tracker {
     pub(super) fn in_block(&self, pid: u32) -> bool {
         self.backends.get(&pid).is_some_and(|b| b.txn.is_some())
     }
+}
 
-    /// The statement is over (idle, or the next one began): (failed, its end).
-    /// An error it left that aborted nothing (in a savepoint, or caught) is
-    /// its error, and a wait still open ended with it. A completed one ended
-    /// at its completion.
-    fn close_query(&mut self, pid: u32, ts: u64, out: &mut Vec<ServerSpan>) -> (bool, u64) {
-        let Some(b) = self.backends.get_mut(&pid) else {
-            return (false, ts);
-        };
-        let error = if self.errors_by_level {
-            b.error.take()
-        } else {
-            None
-        };
-        let deadlock = std::mem::take(&mut b.deadlock);
-        (b.awaiting_code, b.awaiting_message) = (false, false);
-        end_waits(b, error.as_ref(), deadlock, ts, out);
-        let Some(mut q) = b.query.take() else {
-            return (false, ts);
-        };
-        if !std::mem::take(&mut b.completed) {
-            q.end_ns = ts.max(q.start_ns);
-        }
-        if q.error.is_none() {
-            q.error = error;
-        }
-        let failed = q.error.is_some();
-        b.last_failed = failed;
-        if self.ended.len() == ENDED_MEMORY {
-            self.ended.pop_front();
-        }
-        let (len, head) = (q.text.len(), text_head(&q.text));
-        self.ended.push_back(Ended {
-            postmaster: q.postmaster,
-            pid,
-            start_ns: q.start_ns,
-            end_ns: q.end_ns,
-            len,
-            head,
-        });
-        let end = q.end_ns;
-        out.push(ServerSpan::Query(q));
-        (failed, end)
+/// The statement is over (idle, or the next one began): (failed, its end).
+/// An error it left that aborted nothing (in a savepoint, or caught) is
+/// its error, and a wait still open ended with it. A completed one ended
+/// at its completion.
+fn close_query(
+    b: &mut Backend,
+    errors_by_level: bool,
+    ended: &mut VecDeque<Ended>,
+    pid: u32,
+    ts: u64,
+    out: &mut Vec<ServerSpan>,
+) -> (bool, u64) {
+    let error = if errors_by_level {
+        b.error.take()
+    } else {
+        None
+    };
+    let deadlock = std::mem::take(&mut b.deadlock);
+    (b.awaiting_code, b.awaiting_message) = (false, false);
+    end_waits(b, error.as_ref(), deadlock, ts, out);
+    let Some(mut q) = b.query.take() else {
+        return (false, ts);
+    };
+    if !std::mem::take(&mut b.completed) {
+        q.end_ns = ts.max(q.start_ns);
     }
+    if q.error.is_none() {
+        q.error = error;
+    }
+    let failed = q.error.is_some();
+    b.last_failed = failed;
+    if ended.len() == ENDED_MEMORY {
+        ended.pop_front();
+    }
+    let (len, head) = (q.text.len(), text_head(&q.text));
+    ended.push_back(Ended {
+        postmaster: q.postmaster,
+        pid,
+        start_ns: q.start_ns,
+        end_ns: q.end_ns,
+        len,
+        head,
+    });
+    let end = q.end_ns;
+    out.push(ServerSpan::Query(q));
+    (failed, end)
 }
 
 #[path = "backend_completion.rs"]

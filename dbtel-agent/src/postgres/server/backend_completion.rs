@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use dbtel_common::site;
 
-use super::{end_waits, ClientIds, ServerSpan, Tracker};
+use super::{end_waits, Backend, ClientIds, Counters, ServerSpan, Tracker};
 use crate::events::{Origin, ServerHit};
 use crate::postgres::server::blocks::BlockEffect;
 
@@ -189,35 +189,39 @@ impl Tracker {
             self.backends.get_mut(&at.pid).expect("entry exists").rest = rest;
         }
     }
+}
 
-    /// Where statements end at EndCommand, one that ends without it and
-    /// without an error never ran: only parsed or bound (a prepare, a
-    /// describe), or its portal was suspended at a row limit (the Execute
-    /// that finishes it is the span). It is no statement of its block, and
-    /// a BEGIN that never ran opened nothing.
-    pub(super) fn drop_unexecuted(&mut self, at: Origin, out: &mut Vec<ServerSpan>) -> bool {
-        let Some(b) = self.backends.get_mut(&at.pid) else {
-            return false;
-        };
-        let failed = b.query.as_ref().is_some_and(|q| q.error.is_some())
-            || (self.errors_by_level && b.error.is_some());
-        if b.query.is_none() || b.completed || failed || !self.completing.contains(&b.postmaster) {
-            b.rest.clear();
-            return false;
-        }
-        b.query = None;
+/// Where statements end at EndCommand, one that ends without it and
+/// without an error never ran: only parsed or bound (a prepare, a
+/// describe), or its portal was suspended at a row limit (the Execute
+/// that finishes it is the span). It is no statement of its block, and
+/// a BEGIN that never ran opened nothing.
+pub(super) fn drop_unexecuted(
+    b: &mut Backend,
+    errors_by_level: bool,
+    completing: &crate::FastSet<u32>,
+    counters: &mut Counters,
+    at: Origin,
+    out: &mut Vec<ServerSpan>,
+) -> bool {
+    let failed = b.query.as_ref().is_some_and(|q| q.error.is_some())
+        || (errors_by_level && b.error.is_some());
+    if b.query.is_none() || b.completed || failed || !completing.contains(&b.postmaster) {
         b.rest.clear();
-        (b.deadlock, b.awaiting_code, b.awaiting_message) = (false, false, false);
-        end_waits(b, None, false, at.ts_ns, out);
-        if std::mem::take(&mut b.effect).opened {
-            b.txn = None;
-        } else if let Some(t) = b.txn.as_mut() {
-            t.statements = t.statements.saturating_sub(1);
-        }
-        self.counters.unexecuted += 1;
-        self.counters.queries -= 1;
-        true
+        return false;
     }
+    b.query = None;
+    b.rest.clear();
+    (b.deadlock, b.awaiting_code, b.awaiting_message) = (false, false, false);
+    end_waits(b, None, false, at.ts_ns, out);
+    if std::mem::take(&mut b.effect).opened {
+        b.txn = None;
+    } else if let Some(t) = b.txn.as_mut() {
+        t.statements = t.statements.saturating_sub(1);
+    }
+    counters.unexecuted += 1;
+    counters.queries -= 1;
+    true
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! client is traced, closed with their outcome, and a statement's effect on
 //! its block applied at the statement's end.
 
-use super::{ClientIds, ServerSpan, ServerTxn, Tracker, TxnOutcome};
+use super::{Backend, ClientIds, ServerSpan, ServerTxn, Tracker, TxnOutcome};
 use crate::{events::Origin, pipeline::span::Event};
 
 impl Tracker {
@@ -45,29 +45,34 @@ impl Tracker {
         client: &dyn Fn(u32) -> Option<ClientIds>,
         out: &mut Vec<ServerSpan>,
     ) {
-        if self.drop_unexecuted(at, out) {
-            return;
-        }
-        let (failed, end) = self.close_query(at.pid, at.ts_ns, out);
+        // Looked up once: this runs for every statement.
         let Some(b) = self.backends.get_mut(&at.pid) else {
             return;
         };
+        let by_level = self.errors_by_level;
+        if super::completion::drop_unexecuted(
+            b,
+            by_level,
+            &self.completing,
+            &mut self.counters,
+            at,
+            out,
+        ) {
+            return;
+        }
+        let (failed, end) = super::close_query(b, by_level, &mut self.ended, at.pid, at.ts_ns, out);
         let e = std::mem::take(&mut b.effect);
         if failed && e.opened {
             b.txn = None;
             return;
         }
         if let Some(outcome) = e.ends {
-            self.close_txn(
-                at.pid,
-                end,
-                if failed {
-                    TxnOutcome::RolledBack
-                } else {
-                    outcome
-                },
-                out,
-            );
+            let outcome = if failed {
+                TxnOutcome::RolledBack
+            } else {
+                outcome
+            };
+            close_txn_of(b, end, outcome, out);
         }
         if e.reopens && !failed {
             self.open_txn(Origin { ts_ns: end, ..at }, client);
@@ -81,29 +86,33 @@ impl Tracker {
         outcome: TxnOutcome,
         out: &mut Vec<ServerSpan>,
     ) {
-        let Some(b) = self.backends.get_mut(&pid) else {
-            return;
-        };
-        if let Some(mut t) = b.txn.take() {
-            t.end_ns = ts.max(t.start_ns);
-            // An aborted block commits or prepares nothing.
-            t.outcome = if t.error.is_some() && outcome != TxnOutcome::Incomplete {
-                TxnOutcome::RolledBack
-            } else {
-                outcome
-            };
-            let name = match t.outcome {
-                TxnOutcome::Committed => "transaction.committed",
-                TxnOutcome::RolledBack => "transaction.rolled_back",
-                TxnOutcome::Prepared => "transaction.prepared",
-                TxnOutcome::Incomplete => "transaction.incomplete",
-            };
-            t.events.push(Event {
-                name,
-                ts_ns: t.end_ns,
-                attributes: vec![],
-            });
-            out.push(ServerSpan::Txn(t));
+        if let Some(b) = self.backends.get_mut(&pid) {
+            close_txn_of(b, ts, outcome, out);
         }
+    }
+}
+
+/// Closes a backend's transaction block, if open, with this outcome.
+fn close_txn_of(b: &mut Backend, ts: u64, outcome: TxnOutcome, out: &mut Vec<ServerSpan>) {
+    if let Some(mut t) = b.txn.take() {
+        t.end_ns = ts.max(t.start_ns);
+        // An aborted block commits or prepares nothing.
+        t.outcome = if t.error.is_some() && outcome != TxnOutcome::Incomplete {
+            TxnOutcome::RolledBack
+        } else {
+            outcome
+        };
+        let name = match t.outcome {
+            TxnOutcome::Committed => "transaction.committed",
+            TxnOutcome::RolledBack => "transaction.rolled_back",
+            TxnOutcome::Prepared => "transaction.prepared",
+            TxnOutcome::Incomplete => "transaction.incomplete",
+        };
+        t.events.push(Event {
+            name,
+            ts_ns: t.end_ns,
+            attributes: vec![],
+        });
+        out.push(ServerSpan::Txn(t));
     }
 }
