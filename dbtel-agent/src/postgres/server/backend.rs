@@ -458,11 +458,20 @@ impl Tracker {
         client: &dyn Fn(u32) -> Option<ClientIds>,
         effect: Option<BlockEffect>,
     ) {
+        let Tracker {
+            backends,
+            gen,
+            retraces,
+            counters,
+            ..
+        } = self;
+        // Looked up once: this runs for every statement.
+        let b = backends.get_mut(&at.pid).expect("entry exists");
         // Blocks are known from their statements' texts (the transaction
         // start/commit probes would cost two traps per implicit transaction).
-        let effect = effect.unwrap_or_else(|| BlockEffect::of(&text, self.in_block(at.pid)));
+        let effect = effect.unwrap_or_else(|| BlockEffect::of(&text, b.txn.is_some()));
         if effect.opened {
-            self.open_txn(at, client);
+            txn::open_txn(b, gen, at, client);
         }
         let joined = client(at.pid).and_then(|c| c.query);
         // Untraced client: the application's span from the text's
@@ -471,9 +480,8 @@ impl Tracker {
             .is_none()
             .then(|| crate::pipeline::sqlcomment::traceparent_in(&text))
             .flatten();
-        let b = self.backends.get_mut(&at.pid).expect("entry exists");
         if let (Some(tp), Some(t)) = (tp, b.txn.as_mut().filter(|t| !t.adopted)) {
-            self.retraces.push(crate::pipeline::txn::Retrace {
+            retraces.push(crate::pipeline::txn::Retrace {
                 from: t.ids.trace_id,
                 to: tp.trace_id,
             });
@@ -482,10 +490,10 @@ impl Tracker {
             t.adopted = true;
         }
         let ids = match (joined, &b.txn, tp) {
-            (Some(c), _, _) => c.child(&mut self.gen),
-            (None, Some(t), _) => t.ids.child(&mut self.gen),
-            (None, None, Some(tp)) => Ids::under_app(&tp, &mut self.gen),
-            (None, None, None) => self.gen.root(),
+            (Some(c), _, _) => c.child(gen),
+            (None, Some(t), _) => t.ids.child(gen),
+            (None, None, Some(tp)) => Ids::under_app(&tp, gen),
+            (None, None, None) => gen.root(),
         };
         if let Some(t) = b.txn.as_mut() {
             t.statements += 1;
@@ -500,7 +508,7 @@ impl Tracker {
             b.awaiting_message,
             b.awaiting_sent,
         ) = (None, false, false, false, false);
-        self.counters.queries += 1;
+        counters.queries += 1;
         let prepared = prepared_statement(&mut b.prepared, &text);
         b.query = Some(ServerQuery {
             pid: at.pid,

@@ -3,37 +3,44 @@
 //! its block applied at the statement's end.
 
 use super::{Backend, ClientIds, ServerSpan, ServerTxn, Tracker, TxnOutcome};
-use crate::{events::Origin, pipeline::span::Event};
+use crate::{
+    events::Origin,
+    pipeline::span::{Event, IdGen},
+};
+
+/// A block opens (BEGIN, or the chained block after COMMIT AND CHAIN):
+/// under the client's transaction when the client is traced.
+pub(super) fn open_txn(
+    b: &mut Backend,
+    gen: &mut IdGen,
+    at: Origin,
+    client: &dyn Fn(u32) -> Option<ClientIds>,
+) {
+    let parent = client(at.pid).and_then(|c| c.txn);
+    let ids = match parent {
+        Some(p) => p.child(gen),
+        None => gen.root(),
+    };
+    b.txn = Some(ServerTxn {
+        pid: at.pid,
+        postmaster: b.postmaster,
+        ids,
+        joined: parent.is_some(),
+        adopted: false,
+        start_ns: at.ts_ns,
+        end_ns: at.ts_ns,
+        outcome: TxnOutcome::Incomplete,
+        error: None,
+        statements: 0,
+        events: vec![Event {
+            name: "transaction.started",
+            ts_ns: at.ts_ns,
+            attributes: vec![],
+        }],
+    });
+}
 
 impl Tracker {
-    /// A block opens (BEGIN, or the chained block after COMMIT AND CHAIN):
-    /// under the client's transaction when the client is traced.
-    pub(super) fn open_txn(&mut self, at: Origin, client: &dyn Fn(u32) -> Option<ClientIds>) {
-        let parent = client(at.pid).and_then(|c| c.txn);
-        let ids = match parent {
-            Some(p) => p.child(&mut self.gen),
-            None => self.gen.root(),
-        };
-        let b = self.backends.get_mut(&at.pid).expect("entry exists");
-        b.txn = Some(ServerTxn {
-            pid: at.pid,
-            postmaster: b.postmaster,
-            ids,
-            joined: parent.is_some(),
-            adopted: false,
-            start_ns: at.ts_ns,
-            end_ns: at.ts_ns,
-            outcome: TxnOutcome::Incomplete,
-            error: None,
-            statements: 0,
-            events: vec![Event {
-                name: "transaction.started",
-                ts_ns: at.ts_ns,
-                attributes: vec![],
-            }],
-        });
-    }
-
     /// The running statement is over (idle, or the next one began): its span
     /// closes and its effect on the block applies — unless it failed: a failed
     /// BEGIN opened nothing, a failed COMMIT or PREPARE TRANSACTION rolled
@@ -75,7 +82,7 @@ impl Tracker {
             close_txn_of(b, end, outcome, out);
         }
         if e.reopens && !failed {
-            self.open_txn(Origin { ts_ns: end, ..at }, client);
+            open_txn(b, &mut self.gen, Origin { ts_ns: end, ..at }, client);
         }
     }
 
