@@ -15,6 +15,8 @@ pub mod postgres;
 pub mod report;
 pub mod run;
 pub mod settings;
+#[cfg(test)]
+pub(crate) mod test_rng;
 
 /// The maps looked up for every event: std's HashMap with foldhash, seeded
 /// per map (query texts come from traced programs, so not a fixed hash).

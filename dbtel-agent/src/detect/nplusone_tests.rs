@@ -1,5 +1,7 @@
 use std::collections::HashMap;
 
+use crate::test_rng::xorshift;
+
 use super::*;
 use crate::pipeline::{
     dbspan::{Described, Kind},
@@ -385,20 +387,6 @@ fn held_spans_are_bounded_in_number_and_time() {
     assert_eq!(d.scopes.len(), 1, "its burst goes on");
 }
 
-/// Random statements, transactions, ticks over many connections: every
-/// span comes out once, bounds hold, events sit on transactions or held
-/// firsts only.
-/// A xorshift generator: `next(n)` in 0..n.
-fn xorshift(seed: u64) -> impl FnMut(u64) -> u64 {
-    let mut rng = seed;
-    move |n| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    }
-}
-
 /// A random statement `id` of the mix: under transaction `open_txn` or
 /// not, mostly a few shapes (runs), sometimes more than a scope follows.
 fn random_statement(next: &mut impl FnMut(u64) -> u64, id: u64, open_txn: u64) -> DbSpan {
@@ -409,6 +397,9 @@ fn random_statement(next: &mut impl FnMut(u64) -> u64, id: u64, open_txn: u64) -
     stmt(id, parent, group, next(4), op, rows)
 }
 
+/// Random statements, transactions, ticks over many connections: every
+/// span comes out once, bounds hold, events sit on transactions or held
+/// firsts only.
 #[test]
 fn every_span_comes_out_exactly_once() {
     let mut findings = 0;

@@ -178,13 +178,7 @@ fn remembered_series_record_exactly_what_reading_the_labels_does() {
     // Caps small enough that some summaries are refused, then admitted late.
     let (mut with_blocks, mut la) = (Store::default(), Limits::new(6));
     let (mut own_only, mut lb) = (Store::default(), Limits::new(6));
-    let mut x = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = |n: u64| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % n
-    };
+    let mut next = crate::test_rng::xorshift(0x2545_f491_4f6c_dd1d);
     let mut remembered = 0;
     for _ in 0..20_000 {
         // Hot statements most of the time, so late admission happens.
