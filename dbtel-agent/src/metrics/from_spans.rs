@@ -4,7 +4,7 @@
 use super::{
     cardinality::{Limiter, Seen, OTHER},
     instruments::id,
-    recent::{Entry, Recent},
+    recent::{Entry, Recent, Series},
     store::Store,
 };
 use crate::pipeline::dbspan::{DbSpan, Kind, Role};
@@ -33,26 +33,20 @@ impl Limits {
         }
     }
 
-    #[cfg(test)]
-    fn counted_limiters(&self) -> [&Limiter; 4] {
+    /// The limiters whose sightings an entry keeps, in its `counted` order:
+    /// namespace, collection, summary, server address.
+    fn counted_limiters(&mut self) -> [&mut Limiter; 4] {
         [
-            &self.namespace,
-            &self.collection,
-            &self.summary,
-            &self.server,
-        ]
-    }
-
-    /// One more sighting of each value a remembered entry admitted: its
-    /// namespace, collection, summary and server address.
-    fn count(&mut self, counted: [Option<usize>; 4]) {
-        let limiters = [
             &mut self.namespace,
             &mut self.collection,
             &mut self.summary,
             &mut self.server,
-        ];
-        for (l, slot) in limiters.into_iter().zip(counted) {
+        ]
+    }
+
+    /// One more sighting of each value a remembered entry admitted.
+    fn count(&mut self, counted: [Option<usize>; 4]) {
+        for (l, slot) in self.counted_limiters().into_iter().zip(counted) {
             if let Some(slot) = slot {
                 l.count(slot);
             }
@@ -65,25 +59,6 @@ fn shown(seen: Seen, v: Option<&str>) -> &str {
     match seen {
         Seen::Refused => OTHER,
         _ => v.unwrap_or(""),
-    }
-}
-
-/// The series an entry remembers (copied out of it: the limiters are
-/// counted while it is borrowed).
-#[derive(Clone, Copy)]
-struct Series {
-    duration: usize,
-    query: Option<usize>,
-    rows: Option<usize>,
-}
-
-impl From<&Entry> for Series {
-    fn from(e: &Entry) -> Self {
-        Series {
-            duration: e.duration,
-            query: e.query,
-            rows: e.rows,
-        }
     }
 }
 
@@ -120,8 +95,8 @@ pub fn record(span: &DbSpan, slow: bool, store: &mut Store, l: &mut Limits) {
     let memo = role == Role::Query && span.labels_in_blocks();
     if memo {
         if let Some(e) = l.recent.get(span) {
-            let series = Series::from(e);
-            l.count(e.counted);
+            let (series, counted) = (e.series, e.counted);
+            l.count(counted);
             replay(series, span, secs, store);
             if slow && span.outermost() {
                 // Admitted (else there is no entry): the value itself.
@@ -199,9 +174,11 @@ pub fn record(span: &DbSpan, slow: bool, store: &mut Store, l: &mut Limits) {
                     kind: span.kind,
                     outermost: span.outermost(),
                     system: system.into(),
-                    duration: duration.expect("checked"),
-                    query,
-                    rows: rows.flatten(),
+                    series: Series {
+                        duration: duration.expect("checked"),
+                        query,
+                        rows: rows.flatten(),
+                    },
                     counted: seen.map(|s| match s {
                         Seen::Counted(slot) => Some(slot),
                         _ => None,

@@ -24,15 +24,21 @@ pub struct Entry {
     pub outermost: bool,
     /// Its db.system.name (which may be a span's own attribute).
     pub system: Box<str>,
-    /// The series of its duration histogram (client or server).
-    pub duration: usize,
-    /// The series of db.client.operation.duration's library twin, when outermost.
-    pub query: Option<usize>,
-    /// The series of the returned-rows histogram (client spans that had rows).
-    pub rows: Option<usize>,
+    pub series: Series,
     /// Count slots of its admitted values: namespace, collection, summary,
     /// server address (each limiter counts sightings).
     pub counted: [Option<usize>; 4],
+}
+
+/// The series such a span records into.
+#[derive(Debug, Clone, Copy)]
+pub struct Series {
+    /// Its duration histogram's (client or server).
+    pub duration: usize,
+    /// db.client.operation.duration's library twin's, when outermost.
+    pub query: Option<usize>,
+    /// The returned-rows histogram's (client spans that had rows).
+    pub rows: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -60,7 +66,8 @@ impl Recent {
     /// outermost), if it has every series the span records into.
     pub fn get(&self, span: &DbSpan) -> Option<&Entry> {
         let e = self.slots[slot(&span.blocks, span.kind, span.outermost())].as_ref()?;
-        let rows_known = span.kind != Kind::Client || span.rows().is_none() || e.rows.is_some();
+        let rows_known =
+            span.kind != Kind::Client || span.rows().is_none() || e.series.rows.is_some();
         (e.kind == span.kind
             && e.outermost == span.outermost()
             && rows_known

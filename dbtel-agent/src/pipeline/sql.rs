@@ -123,7 +123,7 @@ struct Shared {
 }
 
 /// A hash of a text as sent, without its sqlcommenter comment.
-pub fn text_hash_as_sent(text: &str) -> u64 {
+fn text_hash_as_sent(text: &str) -> u64 {
     crate::pipeline::group::text_hash(&crate::pipeline::sqlcomment::split(text).body)
 }
 
