@@ -42,8 +42,19 @@ fn cargo_fuzz() -> Command {
     c
 }
 
-pub(crate) fn fuzz(seconds: u32, only: &[String]) -> Result<()> {
+/// One build for all targets (each run then finds its binary built).
+/// Unoptimized (--dev): a bounded run in CI is paid mostly in the cold build
+/// of every dependency with the sanitizer, which optimizing doubles.
+pub(crate) fn build() -> Result<()> {
     install()?;
+    let started = Instant::now();
+    run(cargo_fuzz().args(["build", "--dev"]))?;
+    eprintln!("xtask: fuzz targets built in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+pub(crate) fn fuzz(seconds: u32, only: &[String]) -> Result<()> {
+    build()?;
     let listed = output(cargo_fuzz().arg("list"));
     let targets: Vec<&str> = listed
         .lines()
@@ -54,11 +65,6 @@ pub(crate) fn fuzz(seconds: u32, only: &[String]) -> Result<()> {
         bail!("no fuzz targets (cargo fuzz list: {listed:?})");
     }
     let started = Instant::now();
-    // One build for all targets; each run then finds its binary built.
-    // Unoptimized (--dev): a bounded run in CI is paid mostly in the cold
-    // build of every dependency with the sanitizer, which optimizing doubles.
-    run(cargo_fuzz().args(["build", "--dev"]))?;
-    eprintln!("xtask: fuzz targets built in {:.0?}", started.elapsed());
     let mut crashed = Vec::new();
     for t in &targets {
         let learnt = target_dir().join("fuzz-corpus").join(t);

@@ -148,6 +148,18 @@ pub fn test_kernels(kernels: &[String], tests: &[String], kvm: bool) -> Result<(
     Ok(())
 }
 
+/// What the VMs need that takes long and no test run needs: QEMU, virtme-ng,
+/// the kernels, the optimised agent (`xtask test` does this in the
+/// background while the host's tests run; test_kernels then finds it done).
+pub fn prepare(kernels: &[String]) -> Result<()> {
+    vm_tools()?;
+    vng()?;
+    for k in kernels {
+        kernel(k)?;
+    }
+    release_agent().map(drop)
+}
+
 /// CORE, or the `file::name` tests asked for (any test of tests/tests/).
 fn selected(tests: &[String]) -> Result<Vec<Case>> {
     let case = |file: &str, name: &str, what: &str| Case {
@@ -332,13 +344,13 @@ fn find_vmlinuz(tree: &Path) -> Option<PathBuf> {
 /// Builds the agent and the test executables on the host; returns the agent
 /// and fills in each case's executable.
 fn build(cases: &mut [Case]) -> Result<PathBuf> {
-    // Optimised: under TCG a debug agent saturates the emulated CPU (11 s of
-    // CPU in an 11 s lock test), its loop falls seconds behind the kernel's
-    // events and the catalog is asked about waits that are over.
-    let agent = executables(cargo().args(["build", "--release", "-p", "dbtel-agent"]))?
-        .remove("dbtel-agent")
-        .context("cargo built no dbtel-agent executable")?;
-    let tests = executables(cargo().args(["test", "-p", "dbtel-tests", "--tests", "--no-run"]))?;
+    let agent = release_agent()?;
+    let tests = executables(
+        cargo()
+            .arg("test")
+            .args(crate::TESTED)
+            .args(["--test", "*", "--no-run"]),
+    )?;
     for c in cases {
         c.exe = tests
             .get(&c.file)
@@ -348,10 +360,19 @@ fn build(cases: &mut [Case]) -> Result<PathBuf> {
     Ok(agent)
 }
 
+/// Optimised: under TCG a debug agent saturates the emulated CPU (11 s of
+/// CPU in an 11 s lock test), its loop falls seconds behind the kernel's
+/// events and the catalog is asked about waits that are over.
+fn release_agent() -> Result<PathBuf> {
+    executables(cargo().args(["build", "--release", "-p", "dbtel-agent"]))?
+        .remove("dbtel-agent")
+        .context("cargo built no dbtel-agent executable")
+}
+
 /// target name -> executable, from cargo's JSON messages.
 fn executables(cmd: &mut Command) -> Result<HashMap<String, PathBuf>> {
     cmd.arg("--message-format=json").stdout(Stdio::piped());
-    eprintln!("xtask: {cmd:?}");
+    crate::announce(&format!("{cmd:?}"));
     let out = cmd
         .output()
         .with_context(|| format!("cannot run {cmd:?}"))?;

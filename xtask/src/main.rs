@@ -17,6 +17,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod background;
 mod bench;
 mod drivers;
 mod fuzz;
@@ -97,6 +98,14 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// What `test` builds in the background: the fuzz targets, the VMs' kernels and agent.
+    #[command(hide = true)]
+    Prebuild {
+        #[arg(long)]
+        fuzz: bool,
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+    },
     /// Run each fuzz target (fuzz/) for a bounded time from its seeds; fails on a crash.
     Fuzz {
         /// Seconds each target runs.
@@ -160,6 +169,7 @@ const BPF_LINKER: &str = "0.13.0";
 const PSYCOPG2: &str = "2.9.10";
 
 fn main() -> Result<()> {
+    std::sync::LazyLock::force(&STARTED);
     match Cli::parse().task {
         Task::Setup => setup(),
         Task::Demo => {
@@ -209,13 +219,30 @@ fn main() -> Result<()> {
             let (host, vms): (Vec<String>, Vec<String>) =
                 kernels.into_iter().partition(|k| k == "host");
             if !host.is_empty() {
+                let fuzz = fuzz_seconds > 0;
+                let prebuild = match fuzz || !vms.is_empty() {
+                    true => Some(background::Prebuild::start(fuzz, &vms)?),
+                    false => None,
+                };
                 test(&args)?;
-                if fuzz_seconds > 0 {
+                if let Some(p) = prebuild {
+                    p.wait()?;
+                }
+                if fuzz {
                     fuzz::fuzz(fuzz_seconds, &[])?;
                 }
             }
             if !vms.is_empty() {
                 kernel::test_kernels(&vms, &vm_tests, kvm)?;
+            }
+            Ok(())
+        }
+        Task::Prebuild { fuzz, kernels } => {
+            if fuzz {
+                fuzz::build()?;
+            }
+            if !kernels.is_empty() {
+                kernel::prepare(&kernels)?;
             }
             Ok(())
         }
@@ -233,8 +260,30 @@ pub(crate) fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// When `xtask test` started (its background builds are told, so that
+/// their log lines count from the same moment), in seconds since the epoch.
+pub(crate) static STARTED: std::sync::LazyLock<f64> = std::sync::LazyLock::new(|| {
+    std::env::var(STARTED_VAR)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(epoch_seconds)
+});
+pub(crate) const STARTED_VAR: &str = "XTASK_STARTED";
+
+fn epoch_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// `xtask: [mm:ss] what`, on stderr: how far into the run, for CI's log.
+pub(crate) fn announce(what: &str) {
+    let s = (epoch_seconds() - *STARTED).max(0.0) as u64;
+    eprintln!("xtask: [{:02}:{:02}] {what}", s / 60, s % 60);
+}
+
 pub(crate) fn run(cmd: &mut Command) -> Result<()> {
-    eprintln!("xtask: {cmd:?}");
+    announce(&format!("{cmd:?}"));
     let status = cmd
         .status()
         .with_context(|| format!("cannot run {cmd:?}"))?;
@@ -390,43 +439,37 @@ pub(crate) fn cargo() -> Command {
     c
 }
 
+/// The packages every test build names: cargo unifies features per
+/// command, and each step naming its own packages rebuilt the agent and a
+/// dozen dependencies for the next (~3 minutes of CI).
+pub(crate) const TESTED: &[&str] = &[
+    "-p",
+    "dbtel-common",
+    "-p",
+    "dbtel-agent",
+    "-p",
+    "dbtel-tests",
+    "-p",
+    "xtask",
+];
+
 fn test(args: &[String]) -> Result<()> {
-    run(cargo().args(["build", "-p", "dbtel-agent"]))?;
+    // Everything at once, the agent's executable included (its package's
+    // integration tests need it), and what no test runs: the benches and
+    // examples (a changed API once broke the pipeline bench unseen until
+    // `xtask bench` ran it).
+    run(cargo()
+        .arg("test")
+        .args(TESTED)
+        .args(["--all-targets", "--no-run"]))?;
     // Unit tests: no root needed, no kernel, no database.
-    run(cargo().args([
-        "test",
-        "-p",
-        "dbtel-common",
-        "-p",
-        "dbtel-agent",
-        "-p",
-        "xtask",
-    ]))?;
-    // What no test builds: the benches and examples (a changed API once
-    // broke the pipeline bench unseen until `xtask bench` ran it). Built,
-    // not checked: with the tests' profile their dependencies are built
-    // already (`check` compiled every dependency again, ~2 min of CI).
-    run(cargo().args([
-        "test",
-        "-p",
-        "dbtel-agent",
-        "-p",
-        "dbtel-tests",
-        "--benches",
-        "--examples",
-        "--no-run",
-    ]))?;
+    run(cargo().arg("test").args(TESTED).args(["--lib", "--bins"]))?;
     // End to end: real eBPF, real servers and clients. One at a time: each
     // loads programs and starts servers of its own.
     run(cargo()
-        .args([
-            "test",
-            "-p",
-            "dbtel-tests",
-            "--tests",
-            "--",
-            "--test-threads=1",
-        ])
+        .arg("test")
+        .args(TESTED)
+        .args(["--test", "*", "--", "--test-threads=1"])
         .args(args))?;
     Ok(())
 }

@@ -109,7 +109,7 @@ pub(super) fn boot_and_test(
         },
         dir.display()
     );
-    eprintln!("xtask: {cmd:?}");
+    crate::announce(&format!("{cmd:?}"));
     let started = Instant::now();
     let allowance = BOOT_TIMEOUT_S + TEST_TIMEOUT_S * (cases.len() as u64 + 1);
     let mut child = cmd
