@@ -4,7 +4,11 @@
 //! libFuzzer saved (fuzz/artifacts/<target>/); what the run learns goes to
 //! target/fuzz-corpus/<target>/, never into the checked-in seeds.
 
-use std::{path::Path, process::Command, time::Instant};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
 
 use anyhow::{bail, Context, Result};
 
@@ -48,9 +52,18 @@ fn cargo_fuzz() -> Command {
 pub(crate) fn build() -> Result<()> {
     install()?;
     let started = Instant::now();
-    run(cargo_fuzz().args(["build", "--dev"]))?;
+    run(cargo_fuzz()
+        .args(["build", "--dev", "--target-dir"])
+        .arg(fuzz_target_dir()))?;
     eprintln!("xtask: fuzz targets built in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// Its own: cargo locks a target directory while it builds there, and a
+/// sanitized build's host artifacts would otherwise go to (and lock)
+/// target/debug, stopping the tests' builds while it runs in the background.
+fn fuzz_target_dir() -> PathBuf {
+    target_dir().join("fuzz")
 }
 
 pub(crate) fn fuzz(seconds: u32, only: &[String]) -> Result<()> {
@@ -75,7 +88,10 @@ pub(crate) fn fuzz(seconds: u32, only: &[String]) -> Result<()> {
         let before = entries(&artifacts);
         // libFuzzer adds what it learns to the first directory given only.
         let mut cmd = cargo_fuzz();
-        cmd.args(["run", "--dev", t]).arg(&learnt);
+        cmd.args(["run", "--dev", "--target-dir"])
+            .arg(fuzz_target_dir())
+            .arg(t)
+            .arg(&learnt);
         if seeds.is_dir() {
             cmd.arg(&seeds);
         }

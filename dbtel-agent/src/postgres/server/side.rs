@@ -504,7 +504,9 @@ impl ServerSide {
     ) {
         let (pm, pid) = (s.postmaster(), s.pid());
         // Borrowed where known: no reference count taken per span.
-        let known = match self.backends.get(&pid) {
+        let lookup = self.backends.get(&pid);
+        let pending = matches!(lookup, Some(Lookup::Pending));
+        let known = match lookup {
             Some(Lookup::Known(b)) => Some(&**b),
             _ => None,
         };
@@ -515,8 +517,8 @@ impl ServerSide {
         let info = known.or(unlooked.as_deref());
         // Parallel workers report their leader's statement and never go
         // idle: the leader's span is the one that counts.
-        if own.contains(&(pm, self.pids.ns(pid)))
-            || info.is_some_and(|b| b.info.backend_type == "parallel worker")
+        let ns = self.pids.ns(pid);
+        if own.contains(&(pm, ns)) || info.is_some_and(|b| b.info.backend_type == "parallel worker")
         {
             if let ServerSpan::Wait(w) = &s {
                 self.facts.remove(&w.ids.span_id);
@@ -524,13 +526,12 @@ impl ServerSide {
             }
             return;
         }
-        let waiting = matches!(self.backends.get(&pid), Some(Lookup::Pending))
+        let waiting = pending
             || matches!(&s, ServerSpan::Wait(w) if matches!(self.facts.get(&w.ids.span_id), Some(None)));
         if waiting && !force && now.duration_since(since) < crate::pipeline::FACTS_DEADLINE {
             self.held.push((s, since));
             return;
         }
-        let ns = self.pids.ns(pid);
         out.push(match s {
             ServerSpan::Query(q) => spans::query_span(q, ns, cache, info),
             ServerSpan::Txn(t) => spans::txn_span(t, ns, info),
