@@ -1,6 +1,6 @@
 //! The slow builds the host's tests do not need (the sanitized fuzz build,
-//! the VMs' optimised agent, their QEMU and kernels), run at the lowest CPU
-//! and I/O priority while the end-to-end tests run. Those tests wait on
+//! the VMs' optimised agent, their QEMU and kernels), run in the idle CPU
+//! scheduling class and the idle I/O class while the end-to-end tests run. Those tests wait on
 //! servers, clients and sleeps much of the time; done after them, these
 //! builds were ~10 minutes of CI. The later steps then find them built.
 
@@ -22,14 +22,18 @@ pub struct Prebuild {
 }
 
 impl Prebuild {
-    /// `xtask prebuild` under `nice -n 19 ionice -c 3`, its output in
+    /// `xtask prebuild` under `chrt --idle 0 nice -n 19 ionice -c 3`, its output in
     /// target/xtask-prebuild.log.
     pub fn start(fuzz: bool, kernels: &[String]) -> Result<Prebuild> {
         std::fs::create_dir_all(target_dir())?;
         let log = target_dir().join("xtask-prebuild.log");
         let out = File::create(&log).with_context(|| format!("{}", log.display()))?;
-        let mut cmd = Command::new("nice");
-        cmd.args(["-n", "19", "ionice", "-c", "3"])
+        // SCHED_IDLE, not only nice 19: with a niced build beside it, a
+        // catalog test (all::every_server_gets_its_own_catalog) failed 1 run
+        // in 3 (the blocker was gone before the catalog was asked); with an
+        // idle-class one, 5 of 5 passed and so did the lock tests.
+        let mut cmd = Command::new("chrt");
+        cmd.args(["--idle", "0", "nice", "-n", "19", "ionice", "-c", "3"])
             .arg(std::env::current_exe()?)
             .arg("prebuild");
         if fuzz {

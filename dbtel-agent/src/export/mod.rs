@@ -301,11 +301,14 @@ impl Exporter {
     /// Exports one span with its process's resource; its attribute vector
     /// (and for the console, its other parts) is taken: the span is spent.
     pub fn emit(&mut self, s: &mut DbSpan) -> anyhow::Result<()> {
-        if !self.pipelines.contains_key(&s.pid) {
-            let p = self.start_pipeline(s.pid)?;
-            self.pipelines.insert(s.pid, p);
-        }
-        let p = self.pipelines.get_mut(&s.pid).expect("inserted");
+        // One look-up per span: a miss (the process's first span) is rare.
+        let p = match self.pipelines.get_mut(&s.pid) {
+            Some(p) => p,
+            None => {
+                let p = self.start_pipeline(s.pid)?;
+                self.pipelines.entry(s.pid).or_insert(p)
+            }
+        };
         if p.encodes() {
             let clock = &self.clock;
             p.push_encoded(|b| otlp::span_field(b, s, clock));
