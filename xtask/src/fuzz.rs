@@ -49,7 +49,7 @@ fn cargo_fuzz() -> Command {
 /// One build for all targets (each run then finds its binary built).
 /// Unoptimized (--dev): a bounded run in CI is paid mostly in the cold build
 /// of every dependency with the sanitizer, which optimizing doubles.
-pub(crate) fn build() -> Result<()> {
+fn build() -> Result<()> {
     install()?;
     let started = Instant::now();
     run(cargo_fuzz()
@@ -59,9 +59,9 @@ pub(crate) fn build() -> Result<()> {
     Ok(())
 }
 
-/// Its own: cargo locks a target directory while it builds there, and a
-/// sanitized build's host artifacts would otherwise go to (and lock)
-/// target/debug, stopping the tests' builds while it runs in the background.
+/// Its own: a sanitized build's host artifacts (build scripts, proc
+/// macros) would otherwise go to target/debug, beside the tests' and under
+/// the same cargo lock.
 fn fuzz_target_dir() -> PathBuf {
     target_dir().join("fuzz")
 }

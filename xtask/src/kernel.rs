@@ -148,18 +148,6 @@ pub fn test_kernels(kernels: &[String], tests: &[String], kvm: bool) -> Result<(
     Ok(())
 }
 
-/// What the VMs need that takes long and no test run needs: QEMU, virtme-ng,
-/// the kernels, the optimised agent (`xtask test` does this in the
-/// background while the host's tests run; test_kernels then finds it done).
-pub fn prepare(kernels: &[String]) -> Result<()> {
-    vm_tools()?;
-    vng()?;
-    for k in kernels {
-        kernel(k)?;
-    }
-    release_agent().map(drop)
-}
-
 /// CORE, or the `file::name` tests asked for (any test of tests/tests/).
 fn selected(tests: &[String]) -> Result<Vec<Case>> {
     let case = |file: &str, name: &str, what: &str| Case {

@@ -17,7 +17,6 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-mod background;
 mod bench;
 mod drivers;
 mod fuzz;
@@ -97,14 +96,6 @@ enum Task {
         /// Extra arguments for the end-to-end test binaries (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
-    },
-    /// What `test` builds in the background: the fuzz targets, the VMs' kernels and agent.
-    #[command(hide = true)]
-    Prebuild {
-        #[arg(long)]
-        fuzz: bool,
-        #[arg(long = "kernel")]
-        kernels: Vec<String>,
     },
     /// Run each fuzz target (fuzz/) for a bounded time from its seeds; fails on a crash.
     Fuzz {
@@ -219,30 +210,13 @@ fn main() -> Result<()> {
             let (host, vms): (Vec<String>, Vec<String>) =
                 kernels.into_iter().partition(|k| k == "host");
             if !host.is_empty() {
-                let fuzz = fuzz_seconds > 0;
-                let prebuild = match fuzz || !vms.is_empty() {
-                    true => Some(background::Prebuild::start(fuzz, &vms)?),
-                    false => None,
-                };
                 test(&args)?;
-                if let Some(p) = prebuild {
-                    p.wait()?;
-                }
-                if fuzz {
+                if fuzz_seconds > 0 {
                     fuzz::fuzz(fuzz_seconds, &[])?;
                 }
             }
             if !vms.is_empty() {
                 kernel::test_kernels(&vms, &vm_tests, kvm)?;
-            }
-            Ok(())
-        }
-        Task::Prebuild { fuzz, kernels } => {
-            if fuzz {
-                fuzz::build()?;
-            }
-            if !kernels.is_empty() {
-                kernel::prepare(&kernels)?;
             }
             Ok(())
         }
@@ -260,25 +234,13 @@ pub(crate) fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// When `xtask test` started (its background builds are told, so that
-/// their log lines count from the same moment), in seconds since the epoch.
-pub(crate) static STARTED: std::sync::LazyLock<f64> = std::sync::LazyLock::new(|| {
-    std::env::var(STARTED_VAR)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(epoch_seconds)
-});
-pub(crate) const STARTED_VAR: &str = "XTASK_STARTED";
-
-fn epoch_seconds() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
+/// When this xtask started.
+static STARTED: std::sync::LazyLock<std::time::Instant> =
+    std::sync::LazyLock::new(std::time::Instant::now);
 
 /// `xtask: [mm:ss] what`, on stderr: how far into the run, for CI's log.
 pub(crate) fn announce(what: &str) {
-    let s = (epoch_seconds() - *STARTED).max(0.0) as u64;
+    let s = STARTED.elapsed().as_secs();
     eprintln!("xtask: [{:02}:{:02}] {what}", s / 60, s % 60);
 }
 
