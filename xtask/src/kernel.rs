@@ -333,12 +333,7 @@ fn find_vmlinuz(tree: &Path) -> Option<PathBuf> {
 /// and fills in each case's executable.
 fn build(cases: &mut [Case]) -> Result<PathBuf> {
     let agent = release_agent()?;
-    let tests = executables(
-        cargo()
-            .arg("test")
-            .args(crate::TESTED)
-            .args(["--test", "*", "--no-run"]),
-    )?;
+    let tests = executables(crate::cargo_test().args(["--test", "*", "--no-run"]))?;
     for c in cases {
         c.exe = tests
             .get(&c.file)
