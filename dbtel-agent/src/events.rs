@@ -128,6 +128,28 @@ pub struct ServerHit {
     /// (shared: a statement's text is reported again and again).
     pub text: Option<std::sync::Arc<str>>,
     pub truncated: bool,
+    /// A completion the kernel side held back for this record: it came first
+    /// (see dbtel_common::Held).
+    pub held: Option<dbtel_common::Held>,
+}
+
+impl ServerHit {
+    /// The held completion as the hit it was (EndCommand's, at its time).
+    pub fn completion(at: Origin, held: dbtel_common::Held) -> ServerHit {
+        let mut args = [0; USDT_MAX_ARGS];
+        args[..2].copy_from_slice(&held.args);
+        ServerHit {
+            at: Origin {
+                ts_ns: held.ts_ns,
+                ..at
+            },
+            site: dbtel_common::site::COMMAND_DONE,
+            args,
+            text: None,
+            truncated: false,
+            held: None,
+        }
+    }
 }
 
 /// Any record from the ring buffer.
@@ -201,6 +223,10 @@ pub fn server_hit(h: &Header, at: Origin, data: &[u8]) -> Result<ServerHit, Deco
     }
     let word = |i: usize| u64::from_ne_bytes(data[32 + 8 * i..40 + 8 * i].try_into().unwrap());
     let args = std::array::from_fn(word);
+    let held = dbtel_common::Held {
+        ts_ns: word(USDT_MAX_ARGS),
+        args: [word(USDT_MAX_ARGS + 1), word(USDT_MAX_ARGS + 2)],
+    };
     let text_len = u32::from_ne_bytes(data[fixed - 8..fixed - 4].try_into().unwrap()) as usize;
     let flags = u32::from_ne_bytes(data[fixed - 4..fixed].try_into().unwrap());
     let text_bytes = data
@@ -219,6 +245,7 @@ pub fn server_hit(h: &Header, at: Origin, data: &[u8]) -> Result<ServerHit, Deco
         args,
         text,
         truncated: flags & qflags::TRUNCATED != 0,
+        held: (held.ts_ns != 0).then_some(held),
     })
 }
 
@@ -480,7 +507,8 @@ pub mod encode {
         text: Option<&str>,
     ) -> Vec<u8> {
         let mut b = bytes_of(&header(kind, site, &at)).to_vec();
-        for a in args {
+        // No completion held (see dbtel_common::Held).
+        for a in args.into_iter().chain([0; 3]) {
             b.extend_from_slice(&a.to_ne_bytes());
         }
         let t = text.unwrap_or("");
@@ -610,6 +638,7 @@ mod tests {
             args: [0x55, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             text: Some("select 1".into()),
             truncated: false,
+            held: None,
         };
         assert_eq!(decode_record(&b).unwrap(), Record::Server(want));
         let Record::Server(idle) =
@@ -626,6 +655,44 @@ mod tests {
             decode_record(&encode::finish(AT)).unwrap(),
             Record::Client(Event::Finish { at: AT })
         );
+    }
+
+    #[test]
+    fn a_held_completion_rides_with_the_next_text_and_comes_first() {
+        let held = dbtel_common::Held {
+            ts_ns: 77,
+            args: [9, 1234],
+        };
+        let mut b = encode::server(
+            AT,
+            dbtel_common::site::STATEMENT_STATUS,
+            [0x55, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            Some("select 2"),
+        );
+        let words = [held.ts_ns, held.args[0], held.args[1]];
+        for (i, w) in words.into_iter().enumerate() {
+            let at = ServerEvent::HELD_OFFSET + 8 * i;
+            b[at..at + 8].copy_from_slice(&w.to_ne_bytes());
+        }
+        let Record::Server(hit) = decode_record(&b).unwrap() else {
+            panic!()
+        };
+        assert_eq!(hit.held, Some(held));
+        assert_eq!(hit.text.as_deref(), Some("select 2"));
+        assert_eq!(hit.args[0], 0x55, "its own arguments untouched");
+        let done = ServerHit::completion(hit.at, held);
+        assert_eq!(
+            (
+                done.site,
+                done.at.ts_ns,
+                done.at.pid,
+                done.args[0],
+                done.args[1]
+            ),
+            (dbtel_common::site::COMMAND_DONE, 77, AT.pid, 9, 1234),
+            "EndCommand's hit as it was, at its own time"
+        );
+        assert_eq!((done.text, done.held), (None, None));
     }
 
     #[test]

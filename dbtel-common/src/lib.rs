@@ -404,6 +404,8 @@ pub mod repeat {
     /// the last the process sent, its next NULL report (idle) is not sent:
     /// the agent closes a completed statement at the next one, or when the
     /// backend has been quiet a while. One ring record fewer per statement.
+    /// Nor is the hit's own record: it is held ([`super::Held`]) and sent
+    /// with the process's next one. One more record fewer per statement.
     pub const COMPLETES: u32 = 2;
 }
 
@@ -469,6 +471,20 @@ pub struct ServerProc {
     /// The first 31 bytes and a NUL (or before) of the last text; NO_TEXT
     /// when none.
     pub last_head: [u64; 4],
+    /// A completion held back: [`Held`]. Sent with this process's next record
+    /// (the next statement's text, most often), alone before a second one or
+    /// at its exit; the agent reads it here once the process is quiet.
+    pub held: Held,
+}
+
+/// A [`repeat::COMPLETES`] hit (EndCommand) not sent as a record of its own:
+/// one record per statement instead of two. `ts_ns` 0: none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    pub ts_ns: u64,
+    /// The site's first two arguments (command tag, rows).
+    pub args: [u64; 2],
 }
 
 impl ServerProc {
@@ -481,6 +497,10 @@ impl ServerProc {
             owner,
             completed: 0,
             last_head: Self::NO_TEXT,
+            held: Held {
+                ts_ns: 0,
+                args: [0, 0],
+            },
         }
     }
 }
@@ -521,6 +541,8 @@ pub struct SiteSpec {
 pub struct ServerEvent {
     pub hdr: Header,
     pub args: [u64; USDT_MAX_ARGS],
+    /// The process's held completion, which came before this hit.
+    pub held: Held,
     pub text_len: u32,
     /// [`qflags`].
     pub flags: u32,
@@ -528,7 +550,8 @@ pub struct ServerEvent {
 }
 
 impl ServerEvent {
-    pub const TEXT_OFFSET: usize = core::mem::size_of::<Header>() + 8 * USDT_MAX_ARGS + 8;
+    pub const HELD_OFFSET: usize = core::mem::size_of::<Header>() + 8 * USDT_MAX_ARGS;
+    pub const TEXT_OFFSET: usize = Self::HELD_OFFSET + core::mem::size_of::<Held>() + 8;
 }
 
 /// Counters kept by the kernel side, one per-CPU array slot each.
@@ -547,7 +570,8 @@ const _: () = assert!(core::mem::size_of::<LibpqLayout>() == 64);
 const _: () = assert!(core::mem::size_of::<QueryEvent>() == QueryEvent::TEXT_OFFSET + TEXT_CAP);
 const _: () = assert!(core::mem::size_of::<ResultEvent>() == 32 + 16 + CMD_STATUS_CAP + 8);
 const _: () = assert!(core::mem::size_of::<ArgSpec>() == 32);
-const _: () = assert!(core::mem::size_of::<ServerProc>() == 40);
+const _: () = assert!(core::mem::size_of::<ServerProc>() == 64);
+const _: () = assert!(core::mem::size_of::<Held>() == 24);
 const _: () = assert!(core::mem::size_of::<SiteSpec>() == 40 + 32 * USDT_MAX_ARGS);
 const _: () = assert!(core::mem::size_of::<ServerEvent>() == ServerEvent::TEXT_OFFSET + TEXT_CAP);
 const _: () = assert!(core::mem::size_of::<PipelineEvent>() == 32 + 8);

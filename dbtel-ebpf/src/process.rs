@@ -56,9 +56,15 @@ pub fn proc_exit(_ctx: TracePointContext) -> u32 {
             bump(counter::RINGBUF_FULL);
         }
     }
-    let Some(pm) = unsafe { SERVER_PIDS.get(&tgid) }.map(|p| p.owner) else {
+    let Some(proc) = SERVER_PIDS.get_ptr_mut(&tgid) else {
         return 0;
     };
+    let proc = unsafe { &mut *proc };
+    // Its last statement's completion, held for a next record that will not come.
+    if proc.held.ts_ns != 0 {
+        crate::server::send_held(proc, pid_tgid);
+    }
+    let pm = proc.owner;
     let _ = SERVER_PIDS.remove(&tgid);
     if EVENTS
         .output::<Header>(header(Kind::ServerExit, 0, pm as u64), wakeup_flags())

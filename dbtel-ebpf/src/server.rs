@@ -5,7 +5,9 @@
 
 use super::*;
 use crate::args::read_arg;
-use dbtel_common::{pair, repeat, ServerEvent, SiteSpec, MAX_SITES, USDT_MAX_ARGS};
+use dbtel_common::{
+    pair, repeat, site, Held, ServerEvent, ServerProc, SiteSpec, MAX_SITES, USDT_MAX_ARGS,
+};
 
 /// Per attach cookie: which probe it is and where its arguments are.
 #[map]
@@ -99,6 +101,22 @@ fn site_hit(regs: u64, c: u32) -> u32 {
     if spec.repeat_once & repeat::ONCE != 0 && !early_repeat && repeated(&mut proc.last_head, p) {
         return 0;
     }
+    let completes = (spec.repeat_once & repeat::COMPLETES != 0) as u32;
+    if completes != 0 {
+        // Held, to go with the next record (most often the next statement's
+        // text). One already held (a text of several statements) goes alone.
+        let held = Held {
+            ts_ns: ev.hdr.ts_ns,
+            args: [ev.args[0], ev.args[1]],
+        };
+        if proc.held.ts_ns != 0 {
+            send_held(proc, pid_tgid);
+        }
+        proc.held = held;
+        proc.completed = 1;
+        return 0;
+    }
+    ev.held = proc.held;
     if p != 0 {
         ev.flags |= qflags::TEXT_PRESENT;
         let len = if spec.text_len_arg != 0 {
@@ -126,11 +144,48 @@ fn site_hit(regs: u64, c: u32) -> u32 {
     }
     // Written only when it changes: MariaDB's threads share their process's
     // entry, and never complete, so they only read it.
-    let completes = (spec.repeat_once & repeat::COMPLETES != 0) as u32;
-    if proc.completed != completes {
-        proc.completed = completes;
+    if ev.held.ts_ns != 0 {
+        proc.held.ts_ns = 0;
+    }
+    if proc.completed != 0 {
+        proc.completed = 0;
     }
     0
+}
+
+/// Sends a process's held completion as a record of its own (EndCommand's,
+/// as it was hit): before a second one, or at the process's exit.
+#[inline(always)]
+pub(crate) fn send_held(proc: &mut ServerProc, pid_tgid: u64) {
+    let Some(ev) = SERVER_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let ev = unsafe { &mut *ev };
+    ev.hdr = Header {
+        kind: Kind::Server as u16,
+        engine: Kind::Server.engine() as u16,
+        func: site::COMMAND_DONE,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        ts_ns: proc.held.ts_ns,
+        conn: proc.owner as u64,
+    };
+    ev.args = [0; USDT_MAX_ARGS];
+    ev.args[0] = proc.held.args[0];
+    ev.args[1] = proc.held.args[1];
+    ev.held = Held::default();
+    ev.text_len = 0;
+    ev.flags = 0;
+    let bytes: &[u8; core::mem::size_of::<ServerEvent>()] =
+        unsafe { &*(ev as *const ServerEvent).cast() };
+    if EVENTS
+        .output::<[u8]>(&bytes[..ServerEvent::TEXT_OFFSET], wakeup_flags())
+        .is_err()
+    {
+        bump(counter::RINGBUF_FULL);
+        return;
+    }
+    proc.held.ts_ns = 0;
 }
 
 /// Argument `n` (index + 1; 0 or out of range: 0). A constant index per arm:

@@ -132,6 +132,13 @@ impl Probes {
         }
     }
 
+    /// The completion the kernel side holds for a server process, if any
+    /// (see dbtel_common::Held).
+    pub fn held_completion(&mut self, pid: u32) -> Option<dbtel_common::Held> {
+        let proc = self.server_pids().ok()?.get(&pid, 0).ok()?;
+        (proc.held.ts_ns != 0).then_some(proc.held)
+    }
+
     /// The traced server processes (tgid → postmaster), as the kernel side filters by them.
     pub(super) fn server_pids(
         &mut self,

@@ -20,7 +20,9 @@ impl Agent {
         self.drain_written();
         let now = Clock::monotonic_now_ns();
         self.server.sweep_dead(now);
-        self.server.close_quiet(now, &self.recon);
+        let probes = &mut self.probes;
+        self.server
+            .close_quiet(now, &self.recon, &mut |pid| probes.held_completion(pid));
         for pid in self.server.own_backends_on_host() {
             self.probes.untrace_backend(pid);
         }

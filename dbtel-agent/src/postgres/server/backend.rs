@@ -57,6 +57,9 @@ struct Backend {
     last_failed: bool,
     /// When its last hit came (monotonic ns).
     last_ns: u64,
+    /// The last completion read from the kernel side's held one (see
+    /// close_quiet): it comes again with the backend's next record.
+    done_ns: u64,
 }
 
 impl Backend {
@@ -222,27 +225,50 @@ impl Tracker {
     /// Completed statements of backends quiet since `quiet_since` (monotonic
     /// ns) are closed: their idle report is not sent (repeat::COMPLETES), and
     /// a backend that sent nothing after the completion has nothing more to
-    /// add to them. Those in a wait or an error report stay open.
+    /// add to them. Those in a wait or an error report stay open. A running
+    /// one completed if the kernel side holds its completion (`held`: read
+    /// from there, it is not sent until the backend's next record).
     pub fn close_quiet(
         &mut self,
         quiet_since: u64,
         client: &dyn Fn(u32) -> Option<ClientIds>,
+        held: &mut dyn FnMut(u32) -> Option<dbtel_common::Held>,
         out: &mut Vec<ServerSpan>,
     ) {
-        let quiet: Vec<Origin> = self
+        let quiet: Vec<(Origin, bool)> = self
             .backends
             .iter()
             .filter(|(_, b)| {
-                b.completed && b.waits.is_empty() && !b.awaiting_code && b.last_ns < quiet_since
+                b.query.is_some()
+                    && b.waits.is_empty()
+                    && !b.awaiting_code
+                    && b.last_ns < quiet_since
             })
-            .map(|(pid, b)| Origin {
-                pid: *pid,
-                tid: *pid,
-                ts_ns: b.query.as_ref().map_or(0, |q| q.end_ns),
-                conn: b.postmaster as u64,
+            .map(|(pid, b)| {
+                let at = Origin {
+                    pid: *pid,
+                    tid: *pid,
+                    ts_ns: b.query.as_ref().map_or(0, |q| q.end_ns),
+                    conn: b.postmaster as u64,
+                };
+                (at, b.completed)
             })
             .collect();
-        for at in quiet {
+        for (mut at, completed) in quiet {
+            if !completed {
+                let Some(h) = held(at.pid) else { continue };
+                let b = self.backends.get_mut(&at.pid).expect("listed above");
+                if b.query.as_ref().is_none_or(|q| h.ts_ns < q.start_ns) {
+                    continue;
+                }
+                at.ts_ns = h.ts_ns;
+                self.command_done(at, h.args[1], client, out);
+                let b = self.backends.get_mut(&at.pid).expect("listed above");
+                b.done_ns = h.ts_ns;
+                if !b.completed {
+                    continue; // the next statement of a text of several
+                }
+            }
             self.end_statement(at, client, out);
         }
     }

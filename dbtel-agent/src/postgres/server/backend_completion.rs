@@ -169,6 +169,10 @@ impl Tracker {
             .backends
             .get_mut(&at.pid)
             .expect("entry made by on_hit");
+        // Read while held (close_quiet), now sent with the next record.
+        if at.ts_ns == b.done_ns && at.ts_ns != 0 {
+            return;
+        }
         let Some(q) = b.query.as_mut() else {
             self.counters.unmatched_completions += 1;
             return;

@@ -348,7 +348,11 @@ impl ServerSide {
             .collect()
     }
 
-    pub fn on_hit(&mut self, hit: ServerHit, recon: &mut Reconstructor) {
+    pub fn on_hit(&mut self, mut hit: ServerHit, recon: &mut Reconstructor) {
+        // The statement's completion, held back by the kernel side, came first.
+        if let Some(held) = hit.held.take() {
+            self.on_hit(ServerHit::completion(hit.at, held), recon);
+        }
         self.pids.learn(hit.at.pid, hit.at.conn as u32);
         if matches!(
             hit.site,
@@ -546,11 +550,18 @@ impl ServerSide {
 
     /// Completed statements of backends quiet for QUIET_AFTER_COMPLETION are
     /// closed (their idle report is not sent: see dbtel_common::repeat).
-    pub fn close_quiet(&mut self, now_ns: u64, recon: &Reconstructor) {
+    /// `held`: the completion the kernel side holds for a backend.
+    pub fn close_quiet(
+        &mut self,
+        now_ns: u64,
+        recon: &Reconstructor,
+        held: &mut dyn FnMut(u32) -> Option<dbtel_common::Held>,
+    ) {
         let pids = &self.pids;
         let client = |pid: u32| client_ids(recon, pids, pid);
         let since = now_ns.saturating_sub(QUIET_AFTER_COMPLETION.as_nanos() as u64);
-        self.tracker.close_quiet(since, &client, &mut self.spans);
+        self.tracker
+            .close_quiet(since, &client, held, &mut self.spans);
     }
 
     /// Backends whose exit record was lost (ring buffer full): close their
