@@ -465,8 +465,8 @@ pub const NO_INDEX: u16 = 0xffff;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServerProc {
     pub owner: u32,
-    /// Non-zero: the last record this process sent was a [`repeat::COMPLETES`]
-    /// site's (EndCommand): the idle report that follows is not sent.
+    /// Non-zero: the last hit this process recorded was a [`repeat::COMPLETES`]
+    /// site's (EndCommand, held): the idle report that follows is not sent.
     pub completed: u32,
     /// The first 31 bytes and a NUL (or before) of the last text; NO_TEXT
     /// when none.
