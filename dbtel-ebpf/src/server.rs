@@ -101,8 +101,7 @@ fn site_hit(regs: u64, c: u32) -> u32 {
     if spec.repeat_once & repeat::ONCE != 0 && !early_repeat && repeated(&mut proc.last_head, p) {
         return 0;
     }
-    let completes = (spec.repeat_once & repeat::COMPLETES != 0) as u32;
-    if completes != 0 {
+    if spec.repeat_once & repeat::COMPLETES != 0 {
         // Held, to go with the next record (most often the next statement's
         // text). One already held (a text of several statements) goes alone.
         let held = Held {

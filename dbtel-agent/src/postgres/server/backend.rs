@@ -239,7 +239,8 @@ impl Tracker {
             .backends
             .iter()
             .filter(|(_, b)| {
-                b.query.is_some()
+                // Running: completed only if its server's EndCommand is probed (and held).
+                (b.completed || b.query.is_some() && self.completing.contains(&b.postmaster))
                     && b.waits.is_empty()
                     && !b.awaiting_code
                     && b.last_ns < quiet_since
