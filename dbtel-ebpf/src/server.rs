@@ -160,15 +160,14 @@ pub(crate) fn send_held(proc: &mut ServerProc, pid_tgid: u64) {
         return;
     };
     let ev = unsafe { &mut *ev };
-    ev.hdr = Header {
-        kind: Kind::Server as u16,
-        engine: Kind::Server.engine() as u16,
-        func: site::COMMAND_DONE,
-        pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        ts_ns: proc.held.ts_ns,
-        conn: proc.owner as u64,
-    };
+    // At the time it was hit, not now.
+    ev.hdr = header_of(
+        Kind::Server,
+        site::COMMAND_DONE,
+        proc.owner as u64,
+        pid_tgid,
+    );
+    ev.hdr.ts_ns = proc.held.ts_ns;
     ev.args = [0; USDT_MAX_ARGS];
     ev.args[0] = proc.held.args[0];
     ev.args[1] = proc.held.args[1];
