@@ -27,8 +27,7 @@ use opentelemetry::{
     InstrumentationScope, KeyValue,
 };
 use opentelemetry_sdk::{
-    error::OTelSdkResult,
-    trace::{SpanData, SpanEvents, SpanExporter, SpanLinks},
+    trace::{SpanData, SpanEvents, SpanLinks},
     Resource,
 };
 
@@ -289,18 +288,27 @@ impl Exporter {
                 &resource,
                 stats,
             ),
-            None if self.cfg.kind == ExporterKind::Console => Pipeline::start(
+            // The console (`none` never starts a pipeline: see emit).
+            None => Pipeline::start(
                 Sdk(Console::new(self.cfg.console_format, self.tree.as_ref())),
                 &resource,
                 stats,
             ),
-            None => Pipeline::start(Sdk(Discard), &resource, stats),
         })
     }
 
     /// Exports one span with its process's resource; its attribute vector
     /// (and for the console, its other parts) is taken: the span is spent.
     pub fn emit(&mut self, s: &mut DbSpan) -> anyhow::Result<()> {
+        if self.cfg.kind == ExporterKind::None {
+            // Built and counted, never converted: converting to the SDK's
+            // SpanData for a sink that drops it made `--exporter none` cost
+            // more agent CPU per span than OTLP export (0.83 s vs 0.47 s).
+            self.stats.ended.fetch_add(1, Ordering::Relaxed);
+            self.stats.exported.fetch_add(1, Ordering::Relaxed);
+            crate::pipeline::attr_pool::give_back(std::mem::take(&mut s.attributes));
+            return Ok(());
+        }
         // One look-up per span: a miss (the process's first span) is rare.
         let p = match self.pipelines.get_mut(&s.pid) {
             Some(p) => p,
@@ -434,11 +442,47 @@ pub fn host_name() -> String {
         .unwrap_or_default()
 }
 
-#[derive(Debug)]
-struct Discard;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{dbspan::Described, span::Ids};
 
-impl SpanExporter for Discard {
-    async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
-        Ok(())
+    #[test]
+    fn none_counts_each_span_as_exported_and_starts_no_pipeline() {
+        let cfg = ExportConfig {
+            kind: ExporterKind::None,
+            protocol: Protocol::HttpProtobuf,
+            endpoint: None,
+            service_name: None,
+            console_format: ConsoleFormat::Lines,
+            spool: None,
+        };
+        let mut e = Exporter::new(cfg, Clock::fixed(0), None).unwrap();
+        for _ in 0..3 {
+            let mut s = DbSpan::new(
+                7,
+                Ids::default(),
+                Kind::Server,
+                (1, 2),
+                Described {
+                    name: "SELECT t".into(),
+                    attributes: vec![KeyValue::new("db.system.name", "postgresql")],
+                    blocks: Default::default(),
+                    error: None,
+                },
+                Vec::new(),
+                Vec::new(),
+            );
+            e.emit(&mut s).unwrap();
+            assert!(
+                s.attributes.is_empty(),
+                "its attributes went back to the pool"
+            );
+        }
+        assert!(e.pipelines.is_empty());
+        e.shutdown();
+        assert_eq!(e.stats.ended.load(Ordering::Relaxed), 3);
+        assert_eq!(e.stats.exported.load(Ordering::Relaxed), 3);
+        assert_eq!(e.stats.unaccounted(), 0);
     }
 }
