@@ -222,58 +222,6 @@ impl Tracker {
         self.backends.get(&pid)?.running().map(|q| &*q.text)
     }
 
-    /// Completed statements of backends quiet since `quiet_since` (monotonic
-    /// ns) are closed: their idle report is not sent (repeat::COMPLETES), and
-    /// a backend that sent nothing after the completion has nothing more to
-    /// add to them. Those in a wait or an error report stay open. A running
-    /// one completed if the kernel side holds its completion (`held`: read
-    /// from there, it is not sent until the backend's next record).
-    pub fn close_quiet(
-        &mut self,
-        quiet_since: u64,
-        client: &dyn Fn(u32) -> Option<ClientIds>,
-        held: &mut dyn FnMut(u32) -> Option<dbtel_common::Held>,
-        out: &mut Vec<ServerSpan>,
-    ) {
-        let quiet: Vec<(Origin, bool)> = self
-            .backends
-            .iter()
-            .filter(|(_, b)| {
-                // Running: completed only if its server's EndCommand is probed (and held).
-                (b.completed || b.query.is_some() && self.completing.contains(&b.postmaster))
-                    && b.waits.is_empty()
-                    && !b.awaiting_code
-                    && b.last_ns < quiet_since
-            })
-            .map(|(pid, b)| {
-                let at = Origin {
-                    pid: *pid,
-                    tid: *pid,
-                    ts_ns: b.query.as_ref().map_or(0, |q| q.end_ns),
-                    conn: b.postmaster as u64,
-                };
-                (at, b.completed)
-            })
-            .collect();
-        for (mut at, completed) in quiet {
-            if !completed {
-                let Some(h) = held(at.pid) else { continue };
-                let b = self.backends.get_mut(&at.pid).expect("listed above");
-                if b.query.as_ref().is_none_or(|q| h.ts_ns < q.start_ns) {
-                    continue;
-                }
-                at.ts_ns = h.ts_ns;
-                self.command_done(at, h.args[1], client, out);
-                let b = self.backends.get_mut(&at.pid).expect("listed above");
-                b.done_ns = h.ts_ns;
-                if !b.completed {
-                    continue; // the next statement of a text of several
-                }
-            }
-            self.end_statement(at, client, out);
-        }
-    }
-
     /// Adds an event to the lock wait with these ids if it is still open.
     pub fn annotate_wait(&mut self, wait: Ids, ev: Event) -> bool {
         for b in self.backends.values_mut() {

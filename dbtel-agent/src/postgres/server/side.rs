@@ -24,8 +24,6 @@ use crate::{
     postgres::server::target::ServerTarget,
 };
 
-/// A session idle in transaction this long is logged (once).
-const IDLE_IN_TXN_WARN: Duration = Duration::from_secs(60);
 /// How long a backend sends nothing after a statement completed before the
 /// statement is closed without its (unsent) idle report: longer than any
 /// gap between EndCommand and the records of a Sync's commit.
@@ -349,11 +347,11 @@ impl ServerSide {
     }
 
     pub fn on_hit(&mut self, mut hit: ServerHit, recon: &mut Reconstructor) {
+        self.pids.learn(hit.at.pid, hit.at.conn as u32);
         // The statement's completion, held back by the kernel side, came first.
         if let Some(held) = hit.held.take() {
-            self.on_hit(ServerHit::completion(hit.at, held), recon);
+            self.track(ServerHit::completion(hit.at, held), recon);
         }
-        self.pids.learn(hit.at.pid, hit.at.conn as u32);
         if matches!(
             hit.site,
             dbtel_common::site::SESSION_DATABASE
@@ -365,6 +363,11 @@ impl ServerSide {
         if hit.site == dbtel_common::site::STATEMENT_STATUS && hit.text.is_some() {
             self.look_up(hit.at.conn as u32, hit.at.pid);
         }
+        self.track(hit, recon);
+    }
+
+    /// A statement's hit (its backend's PIDs learnt) through the tracker.
+    fn track(&mut self, hit: ServerHit, recon: &mut Reconstructor) {
         // The client's query this statement is (a pipeline sends several ahead).
         if let Some(after_error) = self.tracker.begins_statement(&hit) {
             recon.server_began(self.pids.ns(hit.at.pid), after_error);
@@ -575,48 +578,6 @@ impl ServerSide {
         }
     }
 
-    /// Sessions idle inside a transaction for long hold locks others may
-    /// need: said once per session and transaction, from the poller's snapshot.
-    pub fn warn_idle_in_transaction(&mut self) {
-        let snapshots: Vec<(u32, Arc<Snapshot>)> = self
-            .catalogs
-            .iter()
-            .map(|(pm, c)| (*pm, c.snapshot.borrow().clone()))
-            .collect();
-        for (pm, snap) in snapshots {
-            self.warn_idle(pm, &snap);
-        }
-        if self.idle_warned.len() > 10_000 {
-            self.idle_warned.clear();
-        }
-    }
-
-    fn warn_idle(&mut self, postmaster: u32, snap: &Snapshot) {
-        for s in &snap.stats.idle_in_transaction {
-            let Some(age) = s
-                .xact_age_ms
-                .filter(|a| *a >= IDLE_IN_TXN_WARN.as_millis() as f64)
-            else {
-                continue;
-            };
-            // Keyed by the transaction's start, so a new transaction warns again.
-            let started = snap.taken_at.map_or(0, |t| {
-                t.duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64)
-                    .saturating_sub(age as u64)
-                    / 1000
-            });
-            if self.idle_warned.insert((postmaster, s.pid, started)) {
-                log::warn!(
-                    "backend {} of server {postmaster} has been idle in transaction for {:.0} s (transaction open {:.0} s): its locks block others",
-                    s.pid,
-                    s.duration_ms / 1000.0,
-                    age / 1000.0
-                );
-            }
-        }
-    }
-
     /// A postmaster is gone (or no longer traced): close its backends' spans.
     pub fn server_gone(&mut self, postmaster: u32, ts_ns: u64, exited: bool) {
         self.tracker
@@ -640,3 +601,6 @@ fn lock_attributes(tag: &LockTag) -> Vec<KeyValue> {
 
 #[path = "side_waits.rs"]
 mod waits;
+
+#[path = "side_idle.rs"]
+mod idle;
