@@ -11,7 +11,7 @@ use crate::{
     host::select::container_id,
     postgres::libpq::discover,
     postgres::libpq::reconstruct::ClientSpan,
-    postgres::server::target,
+    postgres::server::{installed, target},
     run::hostwide::{self, FileKind},
 };
 
@@ -33,6 +33,7 @@ impl Agent {
                 lines.push(line);
             }
         }
+        self.read_installed_servers();
         // The system's loader (its hook reports every load at once: a libpq
         // loaded later is probed without waiting for a rescan), the system's
         // libpq (what a program started later will load), then every mapped one.
@@ -49,6 +50,30 @@ impl Agent {
         Ok(lines)
     }
 
+    /// The host's installed server executables, read before they run (see
+    /// postgres::server::installed): one started later is traced at its exec.
+    fn read_installed_servers(&mut self) {
+        let path = std::env::var_os("PATH");
+        for exe in installed::installed_servers(Path::new("/"), path.as_deref()) {
+            let Some(id) = crate::host::process::file_id(&exe) else {
+                continue;
+            };
+            if self.host().exes.contains_key(&id) {
+                continue;
+            }
+            let name = exe.to_string_lossy().into_owned();
+            match target::inspect_file(name.clone(), exe) {
+                Ok(Some(t)) => {
+                    log::debug!("{name}: {} probe sites, placed when it runs", t.sites.len());
+                    self.host().read_server(t);
+                }
+                // Judged again (and any warning given) when a process runs it.
+                Ok(None) => log::debug!("{name}: not a PostgreSQL server dbtel knows"),
+                Err(e) => log::debug!("{e}"),
+            }
+        }
+    }
+
     /// Kind of a process's executable, judged once per file.
     fn judge_exe(&mut self, pid: u32) -> FileKind {
         let Some(id) = crate::host::process::file_id(&hostwide::exe_host_path(pid)) else {
@@ -57,9 +82,11 @@ impl Agent {
         if let Some(k) = self.host().exes.get(&id) {
             return *k;
         }
-        // Only the kind is kept here: the server's probe sites are read again when it is traced.
         let kind = match target::inspect(pid) {
-            Ok(Some(_)) => FileKind::Server,
+            Ok(Some(t)) => {
+                self.host().read_server(t);
+                return FileKind::Server;
+            }
             Ok(None) => FileKind::Neither,
             Err(e @ target::ServerError::Read { .. }) => {
                 // Not kept: the process may have gone before its file was read (pg_ctl's
@@ -237,24 +264,35 @@ impl Agent {
         if !self.host().selectors.chooses(&without_port) {
             return;
         }
-        // Its probe sites on this file, if no other server had it (a file once read).
-        let probed = crate::host::process::file_id(&hostwide::exe_host_path(pid))
-            .is_some_and(|id| self.probes.has_server_file(id));
-        if !probed {
-            match target::inspect(pid) {
+        // Traced before its probes are placed: the fork tracepoint follows it
+        // from now on, and probes placed on a file reach the backends already
+        // forked. It accepts connections some 100 ms after its exec.
+        if let Err(e) = self.probes.trace_server_process(pid) {
+            log::warn!("process {pid}: {e}");
+            return;
+        }
+        // Its probe sites on this file, if no other server had it; the file
+        // was read when judged (or at the start, if installed).
+        let Some(id) = crate::host::process::file_id(&hostwide::exe_host_path(pid)) else {
+            return self.probes.untrace_server(pid);
+        };
+        if !self.probes.has_server_file(id) {
+            let read = match self.host().server_files.get(&id) {
+                Some(t) => Ok(Some(t.clone())),
+                None => target::inspect(pid),
+            };
+            match read {
                 Ok(Some(t)) => {
                     if let Err(e) = self.probes.attach_server_file(&t) {
                         log::warn!("{}: {e}", t.exe);
-                        return;
+                        return self.probes.untrace_server(pid);
                     }
                 }
-                _ => return,
+                // It exec'd something else, or is gone.
+                _ => return self.probes.untrace_server(pid),
             }
         }
-        match self.probes.trace_server_process(pid) {
-            Ok(()) => self.host().pending_servers.push(pid),
-            Err(e) => log::warn!("process {pid}: {e}"),
-        }
+        self.host().pending_servers.push(pid);
     }
 
     /// New processes' libraries; exec'd servers that now run.

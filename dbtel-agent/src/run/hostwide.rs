@@ -5,7 +5,8 @@
 //! kernel decides per process: a client emits from its first probe hit unless
 //! the agent excluded it (CLIENT_PIDS), a server process only once its
 //! postmaster is in SERVER_PIDS, which an exec of a server binary puts it in
-//! before it can fork a backend. An exec tracepoint reports every new program
+//! before it can fork a backend (installed server executables are read at the
+//! start, so that no read of the file comes first). An exec tracepoint reports every new program
 //! (path and cgroup), so a process is chosen by what it runs even if it exits
 //! before the agent looks at it, and new binaries are probed as they appear.
 
@@ -26,6 +27,8 @@ use crate::{
 const EXEC_MEMORY: usize = 16_384;
 /// Files judged (libpq or not, server or not), so no file is read twice.
 const FILE_MEMORY: usize = 65_536;
+/// Server executables whose probe sites are kept (a host has a few).
+const SERVER_FILE_MEMORY: usize = 64;
 /// A new process's mappings are looked at this long after its exec (the
 /// loader maps its libraries; a program may load libpq a little later).
 /// The loader's hook reports loads at once; these catch what it cannot see
@@ -59,6 +62,9 @@ pub struct HostWide {
     pub files: HashMap<(u64, u64), FileKind>,
     /// Executables judged as servers (Server) or not (Neither).
     pub exes: HashMap<(u64, u64), FileKind>,
+    /// Server executables read (their probe sites), for the next process
+    /// that runs one: placing its probes then takes no read of the file.
+    pub server_files: HashMap<(u64, u64), target::ServerTarget>,
     /// Client processes the selectors left out (the kernel knows too).
     pub excluded: HashSet<u32>,
     /// Recently exec'd processes and how many of their rescans are done.
@@ -78,6 +84,7 @@ impl HostWide {
             exec_order: VecDeque::new(),
             files: HashMap::new(),
             exes: HashMap::new(),
+            server_files: HashMap::new(),
             excluded: HashSet::new(),
             young: Vec::new(),
             pending_servers: Vec::new(),
@@ -157,6 +164,16 @@ impl HostWide {
     /// Records whether an executable is a server, keeping the memory bounded.
     pub fn judged_exe(&mut self, id: (u64, u64), kind: FileKind) {
         remember(&mut self.exes, id, kind);
+    }
+
+    /// Records a server executable and its probe sites.
+    pub fn read_server(&mut self, t: target::ServerTarget) {
+        self.judged_exe(t.file_id, FileKind::Server);
+        if self.server_files.len() >= SERVER_FILE_MEMORY {
+            // Read again when next run: only its exec's first moments are slower.
+            self.server_files.clear();
+        }
+        self.server_files.insert(t.file_id, t);
     }
 }
 

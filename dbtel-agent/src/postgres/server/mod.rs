@@ -4,6 +4,7 @@
 //! server span attributes (spans).
 pub mod backend;
 pub mod blocks;
+pub mod installed;
 pub mod side;
 pub mod spans;
 pub mod target;

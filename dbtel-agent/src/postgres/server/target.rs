@@ -296,6 +296,17 @@ pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
             source,
         })?;
     let host_path = PathBuf::from(format!("/proc/{pid}/root{exe}"));
+    let t = inspect_file(exe, host_path)?;
+    Ok(t.map(|t| ServerTarget {
+        postmaster: postmaster_of(pid),
+        ..t
+    }))
+}
+
+/// `Some` if the file is a PostgreSQL server executable (`exe`: its path as
+/// its processes see it), read before any process of it is known
+/// (postmaster 0).
+pub fn inspect_file(exe: String, host_path: PathBuf) -> Result<Option<ServerTarget>, ServerError> {
     let path = host_path.to_string_lossy().into_owned();
     // Its headers, notes and symbol tables are all it takes (probe sites are
     // addresses): a few MiB of a server, read once per file and process exec.
@@ -318,7 +329,7 @@ pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
         source,
     })?;
     Ok(Some(ServerTarget {
-        postmaster: postmaster_of(pid),
+        postmaster: 0,
         exe,
         host_path,
         file_id: (meta.dev(), meta.ino()),
