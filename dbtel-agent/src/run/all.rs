@@ -104,6 +104,20 @@ impl Agent {
         kind
     }
 
+    /// A server process's target: its file's probe sites as read when the
+    /// file was judged (or at the start, if installed), else read now.
+    fn server_target(
+        &mut self,
+        pid: u32,
+    ) -> Result<Option<target::ServerTarget>, target::ServerError> {
+        let read = crate::host::process::file_id(&hostwide::exe_host_path(pid))
+            .and_then(|id| self.host().server_files.get(&id).cloned());
+        match read {
+            Some(file) => target::run_by(pid, file).map(Some),
+            None => target::inspect(pid),
+        }
+    }
+
     /// Traces a running postmaster if the selectors choose it.
     async fn consider_server(&mut self, pm: u32) -> anyhow::Result<Option<String>> {
         let facts = hostwide::server_facts(pm);
@@ -112,7 +126,7 @@ impl Agent {
             self.probes.untrace_server(pm);
             return Ok(None);
         }
-        match target::inspect(pm) {
+        match self.server_target(pm) {
             Ok(Some(t)) => self.trace_server(t).await,
             Ok(None) => Ok(None),
             Err(e) => {
@@ -271,17 +285,11 @@ impl Agent {
             log::warn!("process {pid}: {e}");
             return;
         }
-        // Its probe sites on this file, if no other server had it; the file
-        // was read when judged (or at the start, if installed).
-        let Some(id) = crate::host::process::file_id(&hostwide::exe_host_path(pid)) else {
-            return self.probes.untrace_server(pid);
-        };
-        if !self.probes.has_server_file(id) {
-            let read = match self.host().server_files.get(&id) {
-                Some(t) => Ok(Some(t.clone())),
-                None => target::inspect(pid),
-            };
-            match read {
+        // Its probe sites on this file, if no other server had it.
+        let probed = crate::host::process::file_id(&hostwide::exe_host_path(pid))
+            .is_some_and(|id| self.probes.has_server_file(id));
+        if !probed {
+            match self.server_target(pid) {
                 Ok(Some(t)) => {
                     if let Err(e) = self.probes.attach_server_file(&t) {
                         log::warn!("{}: {e}", t.exe);

@@ -6,9 +6,10 @@
 //! the agent excluded it (CLIENT_PIDS), a server process only once its
 //! postmaster is in SERVER_PIDS, which an exec of a server binary puts it in
 //! before it can fork a backend (installed server executables are read at the
-//! start, so that no read of the file comes first). An exec tracepoint reports every new program
-//! (path and cgroup), so a process is chosen by what it runs even if it exits
-//! before the agent looks at it, and new binaries are probed as they appear.
+//! start, so that no read of the file comes first). An exec tracepoint
+//! reports every new program (path and cgroup), so a process is chosen by what
+//! it runs even if it exits before the agent looks at it, and new binaries are
+//! probed as they appear.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},

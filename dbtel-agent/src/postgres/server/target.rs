@@ -289,6 +289,28 @@ pub struct ServerTarget {
 /// `Some` if `pid` runs a PostgreSQL server executable (it has `postgresql`
 /// USDT notes); the target names its postmaster.
 pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
+    let (exe, host_path) = process_exe(pid)?;
+    let t = inspect_file(exe, host_path)?;
+    Ok(t.map(|t| ServerTarget {
+        postmaster: postmaster_of(pid),
+        ..t
+    }))
+}
+
+/// A server file read before ([`inspect_file`]) as process `pid` runs it:
+/// what [`inspect`] would say, without reading the file again.
+pub fn run_by(pid: u32, file: ServerTarget) -> Result<ServerTarget, ServerError> {
+    let (exe, host_path) = process_exe(pid)?;
+    Ok(ServerTarget {
+        postmaster: postmaster_of(pid),
+        exe,
+        host_path,
+        ..file
+    })
+}
+
+/// A process's executable as it sees it, and as the agent reaches it.
+fn process_exe(pid: u32) -> Result<(String, PathBuf), ServerError> {
     let exe = fs::read_link(format!("/proc/{pid}/exe"))
         .map(|p| p.to_string_lossy().into_owned())
         .map_err(|source| ServerError::Read {
@@ -296,11 +318,7 @@ pub fn inspect(pid: u32) -> Result<Option<ServerTarget>, ServerError> {
             source,
         })?;
     let host_path = PathBuf::from(format!("/proc/{pid}/root{exe}"));
-    let t = inspect_file(exe, host_path)?;
-    Ok(t.map(|t| ServerTarget {
-        postmaster: postmaster_of(pid),
-        ..t
-    }))
+    Ok((exe, host_path))
 }
 
 /// `Some` if the file is a PostgreSQL server executable (`exe`: its path as
@@ -569,59 +587,5 @@ pub fn unpack_sqlstate(code: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sqlstates_unpack() {
-        let pack = |s: &str| {
-            s.bytes().enumerate().fold(0u64, |acc, (i, c)| {
-                acc | (((c - b'0') as u64 & 0x3f) << (6 * i))
-            })
-        };
-        for s in ["40P01", "55P03", "57014", "40001", "42P01", "00000"] {
-            assert_eq!(unpack_sqlstate(pack(s)), s);
-        }
-    }
-
-    #[test]
-    fn end_command_reads_the_query_completion_and_ends_repeats() {
-        const POSTGRES: &str = "/usr/lib/postgresql/15/bin/postgres";
-        let data = fs::read(POSTGRES)
-            .unwrap_or_else(|e| panic!("{POSTGRES}: {e} (run cargo xtask setup)"));
-        let file = object::File::parse(&*data).unwrap();
-        let (sites, warnings) = function_sites(&file, POSTGRES);
-        assert!(warnings.is_empty(), "{warnings:?}");
-        let done: Vec<&Site> = sites
-            .iter()
-            .filter(|s| s.spec.probe == site::COMMAND_DONE)
-            .collect();
-        assert_eq!(done.len(), 1);
-        let spec = done[0].spec;
-        assert_eq!(
-            (spec.text_arg, spec.repeat_once),
-            (0, repeat::ONCE | repeat::COMPLETES),
-            "no text; the next text is reported even if it repeats; the idle report after it is not"
-        );
-        let rdi = usdt::Gpr::Rdi.pt_regs_offset();
-        let field = |a: ArgSpec| (a.kind, a.reg_off, a.value, a.size, a.index_off);
-        assert_eq!(
-            field(spec.args[0]),
-            (argkind::MEMORY, rdi, 0, 4, NO_INDEX),
-            "qc->commandTag"
-        );
-        assert_eq!(
-            field(spec.args[1]),
-            (argkind::MEMORY, rdi, 8, 8, NO_INDEX),
-            "qc->nprocessed"
-        );
-        assert_eq!(spec.args[2].kind, argkind::NONE);
-        let errmsg = sites.iter().find(|s| s.name == "errmsg").unwrap();
-        assert_eq!((errmsg.spec.text_arg, errmsg.spec.args[0].size), (1, 8));
-    }
-
-    #[test]
-    fn a_process_that_is_not_postgres_is_no_server() {
-        assert!(inspect(std::process::id()).unwrap().is_none());
-    }
-}
+#[path = "target_tests.rs"]
+mod tests;
