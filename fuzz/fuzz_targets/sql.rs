@@ -47,8 +47,10 @@ fuzz_target!(|data: &[u8]| {
             );
         }
     }
-    if let Some(k) = shape::shape(a) {
-        assert!(k.len() <= a.len(), "a shape only blanks");
+    for dialect in [Dialect::PostgreSql, Dialect::MySql] {
+        if let Some(k) = shape::shape_in(dialect, a) {
+            assert!(k.len() <= a.len(), "a shape only blanks");
+        }
     }
     let _ = shape::obfuscated(a, true);
     let _ = shape::obfuscated(a, false);

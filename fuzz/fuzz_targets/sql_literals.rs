@@ -1,8 +1,8 @@
 //! What obfuscation promises, checked on texts built from SQL pieces: no
-//! literal value survives (`--` and `/* */` comments are dropped too), and
-//! two PostgreSQL texts differing only in their literals' values have the
-//! same facts whenever they have the same shape (the facts cache hands
-//! the first text's facts to the second).
+//! literal value survives (`--`, `#` and `/* */` comments are dropped too),
+//! and two texts differing only in their literals' values have the same
+//! facts whenever they have the same shape in their dialect (the facts
+//! cache hands the first text's facts to the second).
 //!
 //! Literal values carry markers no other piece holds (`zq` in strings,
 //! `7777` in numbers): a marker in the obfuscated text is a leak.
@@ -67,9 +67,11 @@ const PUNCTS: &[&str] = &[
     "(", ")", ",", ";", "=", "<", ">", "+", "-", "*", "/", "||", "::", "%", "[", "]", "|>", "!",
     "~", "&", ".", "?", "$1", "@", ":", "{", "}", "\\",
 ];
-/// Inside a string literal: characters that end or escape one elsewhere.
+/// Inside a string literal: characters that end or escape one elsewhere
+/// (`ESC` is the quote escaped: by a backslash in MySQL, doubled in PostgreSQL).
 const TAILS: &[&str] = &[
-    "", " ", ";", "--", "/*", "*/", "\"", "''", "$", "$$", "?", "é", "\n", "`", ":x", "%",
+    "", " ", ";", "--", "/*", "*/", "\"", "''", "$", "$$", "?", "é", "\n", "`", ":x", "%", "\\",
+    "#", "ESC",
 ];
 
 #[derive(Arbitrary, Debug)]
@@ -80,8 +82,8 @@ enum Piece {
     Str(u8, bool),
     /// A number: its form.
     Num(u8),
-    /// A comment of words: `/* */` or `--`.
-    Comment(u8, bool),
+    /// A comment of words: `/* */`, `--` or (MySQL) `#`.
+    Comment(u8, u8),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -106,6 +108,12 @@ fn render(input: &Input, v: usize) -> String {
                 let body = format!("zq{k}{value}{}zq", pick(TAILS, *tail));
                 // The quote doubled stands for itself, in both dialects.
                 let body = body.replace(q, &format!("{q}{q}"));
+                let escaped = if input.mysql {
+                    format!("\\{q}")
+                } else {
+                    format!("{q}{q}")
+                };
+                let body = body.replace("ESC", &escaped);
                 format!("{q}{body}{q}")
             }
             Piece::Num(form) => {
@@ -118,12 +126,12 @@ fn render(input: &Input, v: usize) -> String {
                     _ => format!("{n}E-2"),
                 }
             }
-            Piece::Comment(i, block) => {
+            Piece::Comment(i, style) => {
                 let w = pick(WORDS, *i);
-                if *block {
-                    format!("/* {w} */")
-                } else {
-                    format!("-- {w}\n")
+                match style % 3 {
+                    0 => format!("/* {w} */"),
+                    2 if input.mysql => format!("# {w}\n"),
+                    _ => format!("-- {w}\n"),
                 }
             }
         };
@@ -154,16 +162,14 @@ fuzz_target!(|input: Input| {
             f.text
         );
     }
-    if dialect == Dialect::PostgreSql {
-        if let (Some(sa), Some(sb)) = (shape::shape(&a), shape::shape(&b)) {
-            if sa == sb {
-                for text in [Text::Obfuscated, Text::ObfuscatedWithComments] {
-                    assert_eq!(
-                        facts_in(dialect, &a, text),
-                        facts_in(dialect, &b, text),
-                        "one shape, different facts: {a:?} and {b:?}"
-                    );
-                }
+    if let (Some(sa), Some(sb)) = (shape::shape_in(dialect, &a), shape::shape_in(dialect, &b)) {
+        if sa == sb {
+            for text in [Text::Obfuscated, Text::ObfuscatedWithComments] {
+                assert_eq!(
+                    facts_in(dialect, &a, text),
+                    facts_in(dialect, &b, text),
+                    "one shape, different facts: {a:?} and {b:?}"
+                );
             }
         }
     }

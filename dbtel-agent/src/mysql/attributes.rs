@@ -11,6 +11,7 @@ use opentelemetry::KeyValue;
 use super::records::ConnDetails;
 use crate::pipeline::name::Name;
 use crate::pipeline::{
+    attr_block::{AttrBlock, Blocks},
     dbspan::{DbSpan, Described, Kind},
     span::{shared, Ids},
     sql::QueryFacts,
@@ -18,19 +19,20 @@ use crate::pipeline::{
 };
 
 /// What a connection's spans say about it: its server's kind and where it
-/// goes. Built when its details change; its spans share it.
+/// goes. Built when its details change; its spans share it (one block,
+/// encoded once).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnView {
     /// db.system.name: "mariadb" or "mysql" (also when not known).
     pub system: &'static str,
-    pub attrs: Vec<KeyValue>,
+    pub attrs: Arc<AttrBlock>,
 }
 
 impl Default for ConnView {
     fn default() -> Self {
         ConnView {
             system: "mysql",
-            attrs: Vec::new(),
+            attrs: AttrBlock::new(Vec::new()),
         }
     }
 }
@@ -63,7 +65,10 @@ impl ConnView {
         if thread_id != 0 {
             a.push(KeyValue::new("db.mysql.connection_id", thread_id as i64));
         }
-        ConnView { system, attrs: a }
+        ConnView {
+            system,
+            attrs: AttrBlock::new(a),
+        }
     }
 }
 
@@ -165,7 +170,7 @@ pub fn query_span(q: QuerySpan) -> DbSpan {
 
 /// A client transaction, kind CLIENT like its queries (as libpq's).
 pub fn txn_span(t: TxnSpan, conn: &ConnView) -> DbSpan {
-    let d = txn::describe(&t, conn.system, &conn.attrs);
+    let d = txn::describe(&t, conn.system, conn.attrs.kvs());
     DbSpan::new(
         t.pid,
         t.ids,
@@ -179,7 +184,8 @@ pub fn txn_span(t: TxnSpan, conn: &ConnView) -> DbSpan {
 
 /// Span name, attributes and error of a query.
 pub fn describe(q: &QuerySpan) -> Described {
-    let mut a = Vec::with_capacity(16);
+    // Sized for the usual count: growing it cost a realloc or two per span.
+    let mut a = crate::pipeline::attr_pool::take(12);
     a.extend([
         KeyValue::new("db.system.name", q.conn.system),
         KeyValue::new("code.function.name", function_name(q.call)),
@@ -187,6 +193,7 @@ pub fn describe(q: &QuerySpan) -> Described {
         KeyValue::new("thread.id", i64::from(q.tid)),
     ]);
     let mut name = Name::default();
+    let mut blocks = Blocks::default();
     match (&q.facts, q.call) {
         // Preparing does not run the statement: named as libpq's PQprepare spans.
         (Some(f), MyCall::StmtPrepare) => {
@@ -202,7 +209,7 @@ pub fn describe(q: &QuerySpan) -> Described {
             name = summary.map_or(Name::Static("PREPARE"), Name::from);
         }
         (Some(f), _) => {
-            a.extend_from_slice(f.attrs.kvs());
+            blocks.facts = Some(f.attrs.clone());
             name = f.name().unwrap_or_default();
         }
         (None, MyCall::StmtPrepare) => {
@@ -223,7 +230,9 @@ pub fn describe(q: &QuerySpan) -> Described {
     if q.truncated {
         a.push(KeyValue::new("dbtel.query.text_truncated", true));
     }
-    a.extend_from_slice(&q.conn.attrs);
+    if !q.conn.attrs.kvs().is_empty() {
+        blocks.conn = Some(q.conn.attrs.clone());
+    }
     let mut error = None;
     match (q.end, &q.error) {
         (End::Completed, Some(f)) => {
@@ -259,7 +268,7 @@ pub fn describe(q: &QuerySpan) -> Described {
     Described {
         name,
         attributes: a,
-        blocks: Default::default(),
+        blocks,
         error,
     }
 }
@@ -305,8 +314,8 @@ mod tests {
         );
         assert_eq!(v.system, "mariadb");
         assert_eq!(
-            v.attrs,
-            vec![
+            v.attrs.kvs(),
+            [
                 KeyValue::new("db.namespace", "shop"),
                 KeyValue::new("server.address", "/run/mysqld/mysqld.sock"),
                 KeyValue::new("network.transport", "unix"),
@@ -319,8 +328,8 @@ mod tests {
         );
         assert_eq!(v.system, "mysql");
         assert_eq!(
-            v.attrs,
-            vec![
+            v.attrs.kvs(),
+            [
                 KeyValue::new("db.namespace", "shop"),
                 KeyValue::new("server.address", "db.example"),
                 KeyValue::new("server.port", 3307i64),
@@ -334,8 +343,8 @@ mod tests {
         assert_eq!(
             (
                 v.system,
-                get(&v.attrs, "server.port"),
-                get(&v.attrs, "db.namespace")
+                get(v.attrs.kvs(), "server.port"),
+                get(v.attrs.kvs(), "db.namespace")
             ),
             ("mariadb", None, None)
         );
@@ -343,7 +352,7 @@ mod tests {
             ConnView::new(None, 9),
             ConnView {
                 system: "mysql",
-                attrs: vec![KeyValue::new("db.mysql.connection_id", 9i64)]
+                attrs: AttrBlock::new(vec![KeyValue::new("db.mysql.connection_id", 9i64)])
             }
         );
     }

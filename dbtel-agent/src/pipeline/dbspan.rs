@@ -270,6 +270,15 @@ impl DbSpan {
         self.attributes.push(kv);
     }
 
+    /// Every attribute in the order exported: its own, then its blocks'.
+    pub fn exported_attributes(&self) -> Vec<KeyValue> {
+        self.attributes
+            .iter()
+            .chain(self.blocks.kvs())
+            .cloned()
+            .collect()
+    }
+
     /// The value of `key` as exported: its own last one, else a block's.
     pub fn attribute(&self, key: &str) -> Option<&Value> {
         let own = self.attributes.iter().rev();

@@ -11,34 +11,62 @@
 //! The same scanner obfuscates texts sqlparser cannot tokenize (syntax newer
 //! than it, such as `|>`), where it succeeds ([`obfuscated`]).
 
+use crate::pipeline::sql::Dialect;
+
 /// `None`: no shape worth trusting; cache by the exact text.
 pub fn shape(sql: &str) -> Option<String> {
-    blank(sql, "'", "0", true)
+    blank(sql, "'", "0", true, false)
+}
+
+/// [`shape`] in a dialect's lexis. MySQL's differs where a literal starts
+/// or ends: `"..."` is a string, backslashes escape in strings, backticks
+/// quote names, `#` starts a comment, `-- ` needs a space and `/* */` does
+/// not nest. The MySQL key is never compared with a PostgreSQL one (one
+/// cache per dialect).
+pub fn shape_in(dialect: Dialect, sql: &str) -> Option<String> {
+    blank(sql, "'", "0", true, dialect == Dialect::MySql)
 }
 
 /// `sql` with every literal `?` (and comments dropped unless `comments`), if
-/// the scanner is sure of every literal in it.
+/// the scanner is sure of every literal in it (PostgreSQL's lexis).
 pub fn obfuscated(sql: &str, comments: bool) -> Option<String> {
-    blank(sql, "?", "?", comments)
+    blank(sql, "?", "?", comments, false)
 }
 
-fn blank(sql: &str, string: &str, number: &str, comments: bool) -> Option<String> {
+/// `my`: MySQL's lexis (see [`shape_in`]).
+fn blank(sql: &str, string: &str, number: &str, comments: bool, my: bool) -> Option<String> {
     let b = sql.as_bytes();
     let mut out = String::with_capacity(sql.len());
     let mut i = 0;
     // Where the last verbatim run began (copied in slices, not byte by byte).
     let mut run = 0;
-    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    // MySQL's names may start with `@` (`@v`, `@1`): a digit after one is a name's.
+    let ident = |c: u8| {
+        c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 || (my && c == b'@')
+    };
     while i < b.len() {
         let c = b[i];
         let prev = if i > 0 { b[i - 1] } else { b' ' };
         match c {
-            b'-' if b.get(i + 1) == Some(&b'-') => {
+            // MySQL: `--` then whitespace is a comment, `--x` two minus signs: rare, not kept apart here.
+            b'-' if my && b.get(i + 1) == Some(&b'-') && !dash_comment(&sql[i + 2..]) => {
+                return None
+            }
+            b'-' | b'#' if c == b'-' && b.get(i + 1) == Some(&b'-') || my && c == b'#' => {
                 let start = i;
                 i = b[i..]
                     .iter()
                     .position(|&x| x == b'\n')
                     .map_or(b.len(), |n| i + n);
+                if !comments {
+                    out.push_str(&sql[run..start]);
+                    run = i;
+                }
+            }
+            b'/' if my && b.get(i + 1) == Some(&b'*') => {
+                // Not nested: the first `*/` ends it.
+                let start = i;
+                i += 2 + sql[i + 2..].find("*/")? + 2;
                 if !comments {
                     out.push_str(&sql[run..start]);
                     run = i;
@@ -69,13 +97,14 @@ fn blank(sql: &str, string: &str, number: &str, comments: bool) -> Option<String
                     run = i;
                 }
             }
-            b'"' => i = past_quoted(b, i)?,
-            b'\'' => {
+            b'`' if my => i = past_quoted(b, i, false)?,
+            b'"' if !my => i = past_quoted(b, i, false)?,
+            b'\'' | b'"' => {
                 if ident(prev) || prev == b'&' {
-                    return None; // E'..', B'..', U&'..': other escaping rules
+                    return None; // E'..', B'..', U&'..', _utf8mb4'..', X'..': other rules
                 }
                 let start = i;
-                i = past_quoted(b, i)?;
+                i = past_quoted(b, i, my)?;
                 out.push_str(&sql[run..start]);
                 out.push_str(string);
                 run = i;
@@ -173,7 +202,7 @@ fn scan(sql: &str) -> Option<Vec<&str>> {
             b'$' => return None,
             b'\'' if ident(prev) || prev == b'&' => return None,
             b'\'' | b'"' => {
-                i = past_quoted(b, i)?;
+                i = past_quoted(b, i, false)?;
                 content = true;
                 continue;
             }
@@ -227,17 +256,27 @@ fn plain_dollars(b: &[u8]) -> bool {
 
 /// The index just past the quoted token opening at `i` (its quote character
 /// doubled inside stands for itself); `None` if it never closes.
-fn past_quoted(b: &[u8], mut i: usize) -> Option<usize> {
+fn past_quoted(b: &[u8], mut i: usize, backslash: bool) -> Option<usize> {
     let q = b[i];
     i += 1;
     loop {
         match b.get(i) {
+            Some(b'\\') if backslash => {
+                b.get(i + 1)?;
+                i += 2;
+            }
             Some(&c) if c == q && b.get(i + 1) == Some(&q) => i += 2,
             Some(&c) if c == q => return Some(i + 1),
             Some(_) => i += 1,
             None => return None,
         }
     }
+}
+
+/// After a `--`: MySQL reads a comment when whitespace follows (as
+/// sqlparser's tokenizer: any Unicode whitespace).
+fn dash_comment(rest: &str) -> bool {
+    rest.chars().next().is_some_and(char::is_whitespace)
 }
 
 #[cfg(test)]
@@ -414,6 +453,84 @@ mod tests {
             assert!(shapes.windows(2).all(|w| w[0] == w[1]), "{g:?}");
             let texts: Vec<_> = g.iter().map(|s| facts(s, true).text).collect();
             assert!(texts.windows(2).all(|w| w[0] == w[1]), "{texts:?}");
+        }
+    }
+
+    #[test]
+    fn mysql_texts_have_mysql_shapes() {
+        let my = |sql| shape_in(Dialect::MySql, sql);
+        assert_eq!(
+            my("SELECT c FROM sbtest1 WHERE id=4837"),
+            my("SELECT c FROM sbtest1 WHERE id=12")
+        );
+        assert_eq!(
+            my(r#"select 'it\'s', "a""b", '\\' from t where x = 1.5e3"#).unwrap(),
+            "select ', ', ' from t where x = 0"
+        );
+        for (a, b, why) in [
+            (
+                "select `a'1` from t",
+                "select `a'2` from t",
+                "backtick names",
+            ),
+            ("select 1 # n='1'\n", "select 1 # n='2'\n", "# comments"),
+            ("select 1 -- n='1'\n", "select 1 -- n='2'\n", "-- comments"),
+            ("select @1", "select @2", "variables"),
+        ] {
+            assert_ne!(my(a), my(b), "{why}");
+            assert!(my(a).is_some(), "{a}");
+        }
+        assert_eq!(
+            my("select 2 /* a /* b */ 'x'").unwrap(),
+            "select 0 /* a /* b */ '",
+            "MySQL's comments do not nest"
+        );
+        for sql in [
+            "select _utf8mb4'x'",
+            "select X'0a'",
+            "select N\"x\"",
+            "select 0x1F",
+            "select 1--1",
+            "select 1 --",
+            "select 'it\\'",
+            "select 1 /* cut",
+        ] {
+            assert_eq!(my(sql), None, "{sql}");
+        }
+        // The PostgreSQL scanner reads these otherwise.
+        assert_ne!(shape("select \"a\""), my("select \"a\""));
+    }
+
+    #[test]
+    fn mysql_texts_of_one_shape_obfuscate_identically() {
+        use crate::pipeline::sql::{facts_in, Text};
+        let groups: &[&[&str]] = &[
+            &[
+                "SELECT c FROM sbtest1 WHERE id=4837",
+                "SELECT c FROM sbtest1 WHERE id=1",
+            ],
+            &[
+                r#"insert into t values (1, "a\"b", 'c''d', -2.5) # k"#,
+                r#"insert into t values (22, "", '\\', -4e10) # k"#,
+            ],
+            &[
+                "update `t``1` set v = 'x' where id = 7 -- k=1\n",
+                "update `t``1` set v = 'yy' where id = 8 -- k=1\n",
+            ],
+        ];
+        for g in groups {
+            let shapes: Vec<_> = g
+                .iter()
+                .map(|s| shape_in(Dialect::MySql, s).unwrap())
+                .collect();
+            assert!(shapes.windows(2).all(|w| w[0] == w[1]), "{g:?}");
+            for text in [Text::Obfuscated, Text::ObfuscatedWithComments] {
+                let facts: Vec<_> = g
+                    .iter()
+                    .map(|s| facts_in(Dialect::MySql, s, text))
+                    .collect();
+                assert!(facts.windows(2).all(|w| w[0] == w[1]), "{facts:?}");
+            }
         }
     }
 }

@@ -196,9 +196,8 @@ impl FactsCache {
         if let Some(f) = self.plain.get(sql) {
             return f.clone();
         }
-        // Shapes are PostgreSQL's lexis: other dialects cache by exact text.
-        let shaped = if self.text != Text::Raw && self.dialect == Dialect::PostgreSql {
-            crate::pipeline::shape::shape(sql)
+        let shaped = if self.text != Text::Raw {
+            crate::pipeline::shape::shape_in(self.dialect, sql)
         } else {
             None
         };
