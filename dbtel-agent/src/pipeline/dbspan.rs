@@ -270,6 +270,13 @@ impl DbSpan {
         self.attributes.push(kv);
     }
 
+    /// Its connection's (or session's) block, known only after it was
+    /// described: its own attributes of the same keys still win.
+    pub fn set_conn_block(&mut self, b: std::sync::Arc<super::attr_block::AttrBlock>) {
+        self.typed.underlay(b.typed(), 2);
+        self.blocks.conn = Some(b);
+    }
+
     /// Every attribute in the order exported: its own, then its blocks'.
     pub fn exported_attributes(&self) -> Vec<KeyValue> {
         self.attributes

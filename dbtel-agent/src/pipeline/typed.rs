@@ -80,10 +80,22 @@ impl Typed {
 
     /// Takes the facts `o` found (in a block, at slot 0) as being in `slot`.
     pub(crate) fn overlay(&mut self, o: &Typed, slot: u8) {
+        self.lay(o, slot, false);
+    }
+
+    /// [`Typed::overlay`] of a block added after the span's own
+    /// attributes were noted: its own (slot 0) still win.
+    pub(crate) fn underlay(&mut self, o: &Typed, slot: u8) {
+        self.lay(o, slot, true);
+    }
+
+    fn lay(&mut self, o: &Typed, slot: u8, own_wins: bool) {
         macro_rules! each {
             ($($f:ident),*) => {$(
                 if let Some((_, i)) = o.$f.get() {
-                    self.$f = At::new(slot, i);
+                    if !(own_wins && matches!(self.$f.get(), Some((0, _)))) {
+                        self.$f = At::new(slot, i);
+                    }
                 }
             )*};
         }

@@ -42,6 +42,7 @@ use crate::{
         statements::Sql,
     },
     pipeline::{
+        attr_block::AttrBlock,
         dbspan::DbSpan,
         span::{Event, IdGen, Ids},
         sql::{Dialect, FactsCache, QueryFacts, Text},
@@ -188,6 +189,9 @@ struct Conn {
     session: Option<Arc<Session>>,
     /// The database a USE switched to since.
     db: Option<String>,
+    /// Its session's attributes (with `db`) as its spans share them: built
+    /// at its first span after the session or `db` changed.
+    described: Option<Arc<AttrBlock>>,
     /// Its session is being looked up: its spans wait in `held`.
     awaiting: bool,
     held: Vec<DbSpan>,

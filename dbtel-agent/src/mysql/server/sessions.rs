@@ -61,10 +61,23 @@ pub fn session_attributes(s: &Session, db: Option<&str>, a: &mut Vec<KeyValue>) 
     }
 }
 
+/// The block of a connection's session attributes, built once until its
+/// database changes (see `Conn::described`).
+fn described(c: &mut Conn, s: &Session) -> Arc<AttrBlock> {
+    c.described
+        .get_or_insert_with(|| {
+            let mut a = Vec::with_capacity(5);
+            session_attributes(s, c.db.as_deref(), &mut a);
+            AttrBlock::new(a)
+        })
+        .clone()
+}
+
 /// A connection's held spans go out with its session's attributes.
 fn release_described(c: &mut Conn, s: &Session, out: &mut Vec<DbSpan>) {
+    let block = described(c, s);
     for mut span in c.held.drain(..) {
-        session_attributes(s, c.db.as_deref(), &mut span.attributes);
+        span.set_conn_block(block.clone());
         out.push(span);
     }
 }
@@ -111,12 +124,13 @@ impl Tracker {
             return;
         };
         // Known: the attributes are added in place (every statement passes here).
-        if let Some(session) = &c.session {
+        if let Some(session) = c.session.clone() {
+            let block = described(c, &session);
             for s in out[mark..]
                 .iter_mut()
                 .filter(|s| connection_of(s) == Some(key.1))
             {
-                session_attributes(session, c.db.as_deref(), &mut s.attributes);
+                s.set_conn_block(block.clone());
             }
             return;
         }
@@ -215,7 +229,8 @@ impl Tracker {
         }
         c.awaiting = false;
         if let Some(s) = s {
-            let s = std::sync::Arc::new(s);
+            let s = Arc::new(s);
+            c.described = None;
             release_described(c, &s, out);
             c.session = Some(s);
         } else {

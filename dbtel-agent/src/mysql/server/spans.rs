@@ -10,6 +10,7 @@ use opentelemetry::{KeyValue, Value};
 use super::blocked::Blocked;
 use crate::pipeline::name::Name;
 use crate::pipeline::{
+    attr_block::Blocks,
     dbspan::{DbSpan, Described, Kind},
     span::{Event, Ids, Link},
     sql::QueryFacts,
@@ -240,9 +241,11 @@ pub fn wait_span(w: WaitSpan, system: &'static str) -> DbSpan {
 }
 
 pub fn describe_statement(s: &StatementSpan, system: &'static str) -> Described {
-    let mut a = Vec::with_capacity(12);
+    // Sized for the usual count: growing it cost a realloc or two per span.
+    let mut a = crate::pipeline::attr_pool::take(10);
     a.push(KeyValue::new("db.system.name", system));
     let mut name = Name::default();
+    let mut blocks = Blocks::default();
     match (s.what, &s.facts) {
         // Preparing does not run the statement: named as the client's prepare.
         (What::Prepare | What::Fetch, f) => {
@@ -272,7 +275,7 @@ pub fn describe_statement(s: &StatementSpan, system: &'static str) -> Described 
             name = "USE".into();
         }
         (What::Statement, Some(f)) => {
-            a.extend_from_slice(f.attrs.kvs());
+            blocks.facts = Some(f.attrs.clone());
             name = f.name().unwrap_or_default();
         }
         (What::Statement, None) => {}
@@ -308,7 +311,7 @@ pub fn describe_statement(s: &StatementSpan, system: &'static str) -> Described 
     Described {
         name,
         attributes: a,
-        blocks: Default::default(),
+        blocks,
         error,
     }
 }

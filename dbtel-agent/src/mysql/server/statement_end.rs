@@ -26,6 +26,7 @@ impl Tracker {
             };
             if used.is_some() {
                 conn.db = used;
+                conn.described = None;
             }
         }
         let what = match d.command {
