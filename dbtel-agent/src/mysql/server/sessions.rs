@@ -84,6 +84,14 @@ fn release_described(c: &mut Conn, s: &Session, out: &mut Vec<DbSpan>) {
 
 /// The database a `USE db` text switches to.
 pub fn used_database(text: &str) -> Option<String> {
+    // Every statement's text passes here: most are told apart by their first word's first bytes.
+    let head = text.trim_start().as_bytes();
+    if !head
+        .get(..3)
+        .is_some_and(|k| k.eq_ignore_ascii_case(b"use"))
+    {
+        return None;
+    }
     let t = text.trim().trim_end_matches(';').trim();
     let (kw, rest) = t.split_at(t.find(char::is_whitespace)?);
     kw.eq_ignore_ascii_case("use")
