@@ -66,11 +66,14 @@ enum Reply {
         wait: Ids,
         pid: u32,
         tag: LockTag,
+        /// When the wait was seen (the debug log says how long each step took).
+        seen: std::time::Instant,
     },
     Wait {
         postmaster: u32,
         wait: u64,
         facts: WaitFacts,
+        seen: std::time::Instant,
     },
     Backend {
         pid: u32,
@@ -355,9 +358,10 @@ impl ServerSide {
                     wait,
                     pid,
                     tag,
+                    seen,
                 } => {
                     if self.facts.contains_key(&wait.span_id) {
-                        self.look_up_wait(postmaster, pid, wait, tag);
+                        self.look_up_wait(postmaster, pid, wait, tag, seen);
                     }
                 }
                 // An answer that came after its wait was exported has nowhere to go.
@@ -368,8 +372,14 @@ impl ServerSide {
                     postmaster,
                     wait,
                     facts,
+                    seen,
                 } => {
                     self.lookups_in_flight -= 1;
+                    log::debug!(
+                        "lock wait {wait:x}: catalog answer taken {} ms after the wait was seen ({} blockers)",
+                        seen.elapsed().as_millis(),
+                        facts.blockers.len()
+                    );
                     let links = self.blocker_links(postmaster, &facts, recon);
                     self.links.insert(wait, links);
                     self.facts.insert(wait, Some(facts));

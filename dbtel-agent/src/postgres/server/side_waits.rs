@@ -31,6 +31,7 @@ impl ServerSide {
         }
         self.facts.insert(wait.span_id, None);
         let tx = self.tx.clone();
+        let seen = std::time::Instant::now();
         tokio::spawn(async move {
             tokio::time::sleep(WAIT_GRACE).await;
             let _ = tx.send(Reply::Due {
@@ -38,15 +39,28 @@ impl ServerSide {
                 wait,
                 pid,
                 tag,
+                seen,
             });
         });
     }
 
-    pub(super) fn look_up_wait(&mut self, postmaster: u32, pid: u32, wait: Ids, tag: LockTag) {
+    pub(super) fn look_up_wait(
+        &mut self,
+        postmaster: u32,
+        pid: u32,
+        wait: Ids,
+        tag: LockTag,
+        seen: std::time::Instant,
+    ) {
         let Some(cat) = self.catalog(postmaster) else {
             return;
         };
         let still_waiting = self.tracker.open_wait(pid) == Some(wait);
+        log::debug!(
+            "lock wait {:x} of backend {pid}: due taken {} ms after it was seen, still waiting: {still_waiting}",
+            wait.span_id,
+            seen.elapsed().as_millis()
+        );
         let blockers = still_waiting && self.lookups_in_flight < MAX_LOOKUPS;
         if still_waiting && !blockers {
             log::debug!(
@@ -87,10 +101,16 @@ impl ServerSide {
                     Err(e) => cat.warn_rate_limited(&e),
                 }
             }
+            log::debug!(
+                "lock wait {:x}: catalog answered {} ms after the wait was seen",
+                wait.span_id,
+                seen.elapsed().as_millis()
+            );
             let _ = tx.send(Reply::Wait {
                 postmaster,
                 wait: wait.span_id,
                 facts,
+                seen,
             });
         });
     }
