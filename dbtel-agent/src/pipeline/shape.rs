@@ -52,7 +52,8 @@ fn blank(sql: &str, string: &str, number: &str, comments: bool, my: bool) -> Opt
             b'-' if my && b.get(i + 1) == Some(&b'-') && !dash_comment(&sql[i + 2..]) => {
                 return None
             }
-            b'-' | b'#' if c == b'-' && b.get(i + 1) == Some(&b'-') || my && c == b'#' => {
+            // A comment to the end of the line: `--` (MySQL: before whitespace, above), or MySQL's `#`.
+            b'-' | b'#' if (c == b'-' && b.get(i + 1) == Some(&b'-')) || (my && c == b'#') => {
                 let start = i;
                 i = b[i..]
                     .iter()
