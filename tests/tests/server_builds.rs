@@ -3,7 +3,7 @@
 //! through the uprobe stand-ins (forced; its USDT path is server.rs's), and
 //! the PyPI wheels' 16.2 and 18.6, which have no USDT probes. The build's
 //! own psql is traced as a client too: its libpq is the wheel's (5.16,
-//! 5.18), decoded at attach time.
+//! 5.18), decoded at attach time. Errors are told by each build's errstart.
 
 use std::{
     collections::BTreeMap,
@@ -40,6 +40,13 @@ const PSQL: &[(&str, &str, Option<&str>)] = &[
         "update items set name = 'deux' where id = 2;",
         "UPDATE items",
         None,
+    ),
+    // An error whose level is a variable (errstart, not errstart_cold): seen
+    // where errstart is probed past its level test.
+    (
+        "do $$ begin raise exception 'boom'; end $$;",
+        "DO",
+        Some("P0001"),
     ),
 ];
 

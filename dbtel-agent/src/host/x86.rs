@@ -54,6 +54,24 @@ pub fn decode_body(code: &[u8], ip: u64) -> Vec<Instruction> {
     out
 }
 
+/// The registers (full width) an instruction writes or may write.
+pub fn written_registers(info: &mut InstructionInfoFactory, ins: &Instruction) -> Vec<Register> {
+    info.info(ins)
+        .used_registers()
+        .iter()
+        .filter(|u| {
+            matches!(
+                u.access(),
+                OpAccess::Write
+                    | OpAccess::CondWrite
+                    | OpAccess::ReadWrite
+                    | OpAccess::ReadCondWrite
+            )
+        })
+        .map(|u| u.register().full_register())
+        .collect()
+}
+
 /// What an instruction does with a field of the first argument's struct.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Use {
@@ -139,21 +157,7 @@ pub fn arg0_accesses(insns: &[Instruction]) -> Vec<Access> {
             }
             _ => None,
         };
-        let written: Vec<Register> = info
-            .info(ins)
-            .used_registers()
-            .iter()
-            .filter(|u| {
-                matches!(
-                    u.access(),
-                    OpAccess::Write
-                        | OpAccess::CondWrite
-                        | OpAccess::ReadWrite
-                        | OpAccess::ReadCondWrite
-                )
-            })
-            .map(|u| u.register().full_register())
-            .collect();
+        let written = written_registers(&mut info, ins);
         held.retain(|(r, _)| !written.contains(r));
         if let Some(v) = copied {
             held.push((ins.op0_register(), v));

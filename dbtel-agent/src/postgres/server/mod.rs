@@ -4,6 +4,7 @@
 //! server span attributes (spans).
 pub mod backend;
 pub mod blocks;
+mod error_path;
 pub mod installed;
 pub mod side;
 pub mod spans;

@@ -134,7 +134,9 @@ struct FunctionSite {
     args: &'static [FnArg],
     /// The argument (index + 1) that points at a C string to copy; 0: none.
     text_arg: u32,
-    /// Hits whose first argument is below this are not sent.
+    /// Hits whose first argument is below this are not sent; where the
+    /// function begins by testing that argument against it, the probe goes
+    /// past the test instead (see error_path).
     min_arg0: u32,
     /// [`repeat`] flags: the hit ends the kernel's "same text again"
     /// suppression, completes the statement (see SiteSpec).
@@ -190,8 +192,9 @@ const FUNCTION_SITES: &[FunctionSite] = &[
     error_site("errcode", site::ERRCODE, &[FnArg::First(4, true)], 0),
     error_site("errmsg", site::ERRMSG, &[FnArg::First(8, false)], 0),
     error_site("errstart_cold", site::ERRSTART, &[FnArg::First(4, true)], 0),
-    // Every ereport goes through errstart (DEBUG ones too: a few per session,
-    // none per statement in pgbench); only ERROR (21) and worse are sent.
+    // Every ereport goes through errstart (DEBUG ones too: Bind's and Parse's,
+    // one or two per extended-protocol statement); only ERROR (21) and worse
+    // are wanted.
     error_site("errstart", site::ERRSTART, &[FnArg::First(4, true)], ERROR_LEVEL),
     error_site("EmitErrorReport", site::ERROR_EMITTED, &[], 0),
     error_site("FlushErrorState", site::ERROR_FLUSHED, &[], 0),
@@ -403,7 +406,7 @@ pub fn sites_of_image(
             super::uprobe_sites::sites(&file, exe, code)?
         }
     };
-    let (more, warnings) = function_sites(&file, exe);
+    let (more, warnings) = function_sites(&file, exe, code);
     sites.extend(more);
     Ok(Some((sites, warnings)))
 }
@@ -483,7 +486,7 @@ fn usdt_sites(
 
 /// Exported functions probed at entry whatever the build (errors, statement
 /// completion, sessions), and what could not be probed.
-fn function_sites(file: &object::File, exe: &str) -> Sites {
+fn function_sites(file: &object::File, exe: &str, code: CodeReader) -> Sites {
     let mut sites = Vec::new();
     let mut warnings = Vec::new();
     for f in FUNCTION_SITES {
@@ -506,6 +509,14 @@ fn function_sites(file: &object::File, exe: &str) -> Sites {
                 for (i, a) in f.args.iter().enumerate() {
                     spec.args[i] = a.spec();
                 }
+                let mut offset = offset;
+                if let Some(past) = past_level_test(file, f, offset, code) {
+                    // Only the filtered-for calls get there: no filter, and
+                    // no arguments (their registers may hold other values).
+                    offset += past;
+                    spec.min_arg0 = 0;
+                    spec.args = Default::default();
+                }
                 sites.push(Site {
                     name: f.symbol,
                     offset,
@@ -518,6 +529,21 @@ fn function_sites(file: &object::File, exe: &str) -> Sites {
         }
     }
     (sites, warnings)
+}
+
+/// Bytes into `f`'s code (at file `offset`) past its test of its first
+/// argument against `min_arg0`, if it begins with one.
+fn past_level_test(
+    file: &object::File,
+    f: &FunctionSite,
+    offset: u64,
+    code: CodeReader,
+) -> Option<u64> {
+    if f.min_arg0 == 0 {
+        return None;
+    }
+    let ip = symbol_address(file, f.symbol)?;
+    super::error_path::error_path(&code(offset, 96)?, ip, f.min_arg0 as i64)
 }
 
 /// Address of a function defined in the executable (.dynsym or .symtab).

@@ -14,11 +14,9 @@ fn sqlstates_unpack() {
 
 #[test]
 fn end_command_reads_the_query_completion_and_ends_repeats() {
-    const POSTGRES: &str = "/usr/lib/postgresql/15/bin/postgres";
-    let data =
-        fs::read(POSTGRES).unwrap_or_else(|e| panic!("{POSTGRES}: {e} (run cargo xtask setup)"));
+    let data = postgres15();
     let file = object::File::parse(&*data).unwrap();
-    let (sites, warnings) = function_sites(&file, POSTGRES);
+    let (sites, warnings) = function_sites(&file, POSTGRES, &code_of(&data));
     assert!(warnings.is_empty(), "{warnings:?}");
     let done: Vec<&Site> = sites
         .iter()
@@ -46,6 +44,40 @@ fn end_command_reads_the_query_completion_and_ends_repeats() {
     assert_eq!(spec.args[2].kind, argkind::NONE);
     let errmsg = sites.iter().find(|s| s.name == "errmsg").unwrap();
     assert_eq!((errmsg.spec.text_arg, errmsg.spec.args[0].size), (1, 8));
+}
+
+const POSTGRES: &str = "/usr/lib/postgresql/15/bin/postgres";
+
+/// Debian's server executable (setup installs it).
+fn postgres15() -> Vec<u8> {
+    fs::read(POSTGRES).unwrap_or_else(|e| panic!("{POSTGRES}: {e} (run cargo xtask setup)"))
+}
+
+/// The executable's bytes at a file offset, as inspect_file reads them.
+fn code_of(data: &[u8]) -> impl Fn(u64, usize) -> Option<Vec<u8>> + '_ {
+    |at, len| data.get(at as usize..at as usize + len).map(<[u8]>::to_vec)
+}
+
+#[test]
+fn errstart_is_probed_where_only_errors_go() {
+    let data = postgres15();
+    let file = object::File::parse(&*data).unwrap();
+    let (sites, _) = function_sites(&file, POSTGRES, &code_of(&data));
+    let entry = symbol_offset(&file, "errstart").unwrap();
+    let errstart = sites.iter().find(|s| s.name == "errstart").unwrap();
+    // Past `cmp $0x14,%edi; jle` (Debian's 15.x builds): unfiltered, no arguments.
+    assert_eq!(errstart.offset, entry + 31);
+    assert_eq!(errstart.spec.min_arg0, 0);
+    assert_eq!(errstart.spec.args[0].kind, argkind::NONE);
+    // Where the code cannot be read, its entry, filtered by level.
+    let unreadable = |_: u64, _: usize| None;
+    let (sites, _) = function_sites(&file, POSTGRES, &unreadable);
+    let errstart = sites.iter().find(|s| s.name == "errstart").unwrap();
+    assert_eq!((errstart.offset, errstart.spec.min_arg0), (entry, 21));
+    assert_eq!(errstart.spec.args[0].kind, argkind::REGISTER);
+    // errstart_cold is a jump to errstart: probed at its entry, unfiltered.
+    let cold = sites.iter().find(|s| s.name == "errstart_cold").unwrap();
+    assert_eq!(cold.spec.min_arg0, 0);
 }
 
 #[test]
