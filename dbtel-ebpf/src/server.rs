@@ -115,7 +115,7 @@ fn site_hit(regs: u64, c: u32) -> u32 {
         proc.completed = 1;
         return 0;
     }
-    ev.held = proc.held;
+    set_held(&mut ev.held, &proc.held);
     if p != 0 {
         ev.flags |= qflags::TEXT_PRESENT;
         let len = if spec.text_len_arg != 0 {
@@ -168,10 +168,11 @@ pub(crate) fn send_held(proc: &mut ServerProc, pid_tgid: u64) {
         pid_tgid,
     );
     ev.hdr.ts_ns = proc.held.ts_ns;
-    ev.args = [0; USDT_MAX_ARGS];
-    ev.args[0] = proc.held.args[0];
-    ev.args[1] = proc.held.args[1];
-    ev.held = Held::default();
+    let mut args = [0; USDT_MAX_ARGS];
+    args[0] = proc.held.args[0];
+    args[1] = proc.held.args[1];
+    set_words(&mut ev.args, &args);
+    set_held(&mut ev.held, &Held::default());
     ev.text_len = 0;
     ev.flags = 0;
     let bytes: &[u8; core::mem::size_of::<ServerEvent>()] =
@@ -184,6 +185,16 @@ pub(crate) fn send_held(proc: &mut ServerProc, pid_tgid: u64) {
         return;
     }
     proc.held.ts_ns = 0;
+}
+
+/// `*dst = *src`, without the byte-at-a-time memcpy LLVM would call.
+#[inline(always)]
+fn set_held(dst: &mut Held, src: &Held) {
+    unsafe {
+        core::ptr::write_volatile(&mut dst.ts_ns, src.ts_ns);
+        core::ptr::write_volatile(&mut dst.args[0], src.args[0]);
+        core::ptr::write_volatile(&mut dst.args[1], src.args[1]);
+    }
 }
 
 /// Argument `n` (index + 1; 0 or out of range: 0). A constant index per arm:
@@ -210,16 +221,31 @@ fn arg_at(args: &[u64; USDT_MAX_ARGS], n: u32) -> u64 {
 #[inline(always)]
 fn repeated(last: &mut [u64; 4], p: u64) -> bool {
     if p == 0 {
-        *last = dbtel_common::ServerProc::NO_TEXT;
+        set_words(last, &dbtel_common::ServerProc::NO_TEXT);
         return false;
     }
     // Compared as words: there is no memcmp in BPF.
-    let mut head = [0u64; 4];
-    let bytes: &mut [u8; 32] = unsafe { &mut *(&mut head as *mut [u64; 4]).cast() };
+    // Zeroed in place, and used in place: a move of it would be a memset.
+    let mut head = core::mem::MaybeUninit::<[u64; 4]>::uninit();
+    let words = head.as_mut_ptr() as *mut u64;
+    for i in 0..4 {
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+    let head = unsafe { head.assume_init_mut() };
+    let bytes: &mut [u8; 32] = unsafe { &mut *(head as *mut [u64; 4]).cast() };
     let _ = unsafe { bpf_probe_read_user_str_bytes(p as *const u8, bytes) };
     if last[0] == head[0] && last[1] == head[1] && last[2] == head[2] && last[3] == head[3] {
         return true;
     }
-    *last = head;
+    set_words(last, head);
     false
+}
+
+/// Word by word, as volatile stores: LLVM would merge plain ones into a
+/// call of a byte-at-a-time memset or memcpy (hundreds of instructions).
+#[inline(always)]
+fn set_words<const N: usize>(dst: &mut [u64; N], src: &[u64; N]) {
+    for i in 0..N {
+        unsafe { core::ptr::write_volatile(&mut dst[i], src[i]) };
+    }
 }
