@@ -4,7 +4,7 @@
 //! whose record a hit makes. Only processes in SERVER_PIDS emit.
 
 use super::*;
-use crate::args::read_arg;
+use crate::args::ArgReader;
 use dbtel_common::{
     pair, repeat, site, Held, ServerEvent, ServerProc, SiteSpec, MAX_SITES, USDT_MAX_ARGS,
 };
@@ -51,7 +51,8 @@ fn site_hit(regs: u64, c: u32) -> u32 {
     // The filters that need the first argument only come first: the hits
     // they drop (errstart below ERROR, a text reported again by Bind and
     // Execute) then cost their trap and little more.
-    let first = read_arg(regs, &spec.args[0]);
+    let mut reader = ArgReader::new(regs);
+    let first = reader.arg(&spec.args[0]);
     if spec.min_arg0 != 0 && (first as i64) < spec.min_arg0 as i64 {
         return 0;
     }
@@ -79,7 +80,7 @@ fn site_hit(regs: u64, c: u32) -> u32 {
     ev.hdr = header_of(kind, spec.probe, owner as u64, pid_tgid);
     ev.args[0] = first;
     for i in 1..USDT_MAX_ARGS {
-        ev.args[i] = read_arg(regs, &spec.args[i]);
+        ev.args[i] = reader.arg(&spec.args[i]);
     }
     if spec.mask_arg != 0 {
         let v = arg_at(&ev.args, spec.mask_arg);
