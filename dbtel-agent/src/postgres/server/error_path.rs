@@ -9,6 +9,8 @@ use iced_x86::{FlowControl, Instruction, InstructionInfoFactory, Mnemonic, OpKin
 
 /// How far into errstart the test may be (its prologue saves registers first).
 const PROLOGUE: usize = 24;
+/// The furthest an ERROR path may start from the function's entry.
+const MAX_REACH: u64 = 1 << 16;
 
 /// Where (bytes from the function's start at `ip`) only calls with a first
 /// argument of at least `error` go: past a signed compare of that argument
@@ -22,7 +24,11 @@ pub fn error_path(code: &[u8], ip: u64, error: i64) -> Option<u64> {
     for (i, ins) in body.iter().enumerate().take(PROLOGUE) {
         if let Some(limit) = compared(ins, &holds) {
             let next = body.get(i + 1)?;
-            return branch_to_errors(next, limit, error).map(|at| at - ip);
+            // Forward, within reach of one function: a backward branch or a
+            // wild target is no place to probe.
+            return branch_to_errors(next, limit, error)
+                .and_then(|at| at.checked_sub(ip))
+                .filter(|&past| past > 0 && past < MAX_REACH);
         }
         // Straight-line code only: a branch before the test may skip it.
         if ins.flow_control() != FlowControl::Next {

@@ -67,6 +67,10 @@ fn other_code_is_probed_at_its_entry() {
     // A branch before the test: test %esi,%esi; je +2; cmp $0x14,%edi; jle.
     let branch_first = [0x85, 0xf6, 0x74, 0x02, 0x83, 0xff, 0x14, 0x7e, 0x10, 0x90];
     assert_eq!(error_path(&branch_first, IP, ERROR), None);
+    // A branch back before the function (jg -0x10), or far past it.
+    assert_eq!(error_path(&[0x83, 0xff, 0x14, 0x7f, 0xf0], IP, ERROR), None);
+    let far = [0x83, 0xff, 0x14, 0x0f, 0x8f, 0x00, 0x00, 0x00, 0x40];
+    assert_eq!(error_path(&far, IP, ERROR), None);
     // The code ends at the compare.
     assert_eq!(error_path(&[0x83, 0xff, 0x14], IP, ERROR), None);
     assert_eq!(error_path(&[], IP, ERROR), None);

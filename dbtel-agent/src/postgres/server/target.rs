@@ -510,10 +510,12 @@ fn function_sites(file: &object::File, exe: &str, code: CodeReader) -> Sites {
                     spec.args[i] = a.spec();
                 }
                 let mut offset = offset;
-                if let Some(past) = past_level_test(file, f, offset, code) {
+                if let Some(at) =
+                    past_level_test(file, f, offset, code).and_then(|past| offset.checked_add(past))
+                {
                     // Only the filtered-for calls get there: no filter, and
                     // no arguments (their registers may hold other values).
-                    offset += past;
+                    offset = at;
                     spec.min_arg0 = 0;
                     spec.args = Default::default();
                 }
