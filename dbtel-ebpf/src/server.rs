@@ -68,21 +68,6 @@ fn site_hit(regs: u64, c: u32) -> u32 {
             return 0;
         }
     }
-    // The other filters, also before the record is built: MariaDB's
-    // thd_wait_begin and thd_wait_end fire on every network read too.
-    if spec.mask_arg != 0 {
-        let v = spec_arg(spec, spec.mask_arg).map_or(0, |a| reader.arg(a));
-        if v >= 64 || (spec.arg_mask >> v) & 1 == 0 {
-            return 0;
-        }
-    }
-    let tid = pid_tgid as u32;
-    if spec.pair == pair::CLOSES {
-        if PAIRS.get_ptr(&tid).is_none() {
-            return 0;
-        }
-        let _ = PAIRS.remove(&tid);
-    }
     let Some(ev) = SERVER_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
@@ -96,6 +81,19 @@ fn site_hit(regs: u64, c: u32) -> u32 {
     ev.args[0] = first;
     for i in 1..USDT_MAX_ARGS {
         ev.args[i] = reader.arg(&spec.args[i]);
+    }
+    if spec.mask_arg != 0 {
+        let v = arg_at(&ev.args, spec.mask_arg);
+        if v >= 64 || (spec.arg_mask >> v) & 1 == 0 {
+            return 0;
+        }
+    }
+    let tid = pid_tgid as u32;
+    if spec.pair == pair::CLOSES {
+        if PAIRS.get_ptr(&tid).is_none() {
+            return 0;
+        }
+        let _ = PAIRS.remove(&tid);
     }
     ev.text_len = 0;
     ev.flags = 0;
@@ -198,24 +196,6 @@ fn set_held(dst: &mut Held, src: &Held) {
         core::ptr::write_volatile(&mut dst.args[0], src.args[0]);
         core::ptr::write_volatile(&mut dst.args[1], src.args[1]);
     }
-}
-
-/// Argument `n`'s spec (index + 1; 0 or out of range: None), by constant indices as [`arg_at`].
-#[inline(always)]
-fn spec_arg(spec: &SiteSpec, n: u32) -> Option<&ArgSpec> {
-    Some(match n {
-        1 => &spec.args[0],
-        2 => &spec.args[1],
-        3 => &spec.args[2],
-        4 => &spec.args[3],
-        5 => &spec.args[4],
-        6 => &spec.args[5],
-        7 => &spec.args[6],
-        8 => &spec.args[7],
-        9 => &spec.args[8],
-        10 => &spec.args[9],
-        _ => return None,
-    })
 }
 
 /// Argument `n` (index + 1; 0 or out of range: 0). A constant index per arm:
