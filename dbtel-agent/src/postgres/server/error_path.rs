@@ -42,6 +42,17 @@ pub fn error_path(code: &[u8], ip: u64, error: i64) -> Option<u64> {
     None
 }
 
+/// Bytes into the function at `ip` (file `offset`) past its test of its
+/// first argument against `min_arg0`, if it begins with one.
+pub(super) fn past_test(
+    ip: u64,
+    min_arg0: u32,
+    offset: u64,
+    code: super::target::CodeReader,
+) -> Option<u64> {
+    error_path(&code(offset, 96)?, ip, min_arg0 as i64)
+}
+
 /// `cmp reg32, imm` on a register holding the argument: the immediate.
 fn compared(ins: &Instruction, holds: &[Register]) -> Option<i64> {
     let imm = matches!(

@@ -510,9 +510,11 @@ fn function_sites(file: &object::File, exe: &str, code: CodeReader) -> Sites {
                     spec.args[i] = a.spec();
                 }
                 let mut offset = offset;
-                if let Some(at) =
-                    past_level_test(file, f, offset, code).and_then(|past| offset.checked_add(past))
-                {
+                let past = (f.min_arg0 != 0)
+                    .then(|| symbol_address(file, f.symbol))
+                    .flatten()
+                    .and_then(|ip| super::error_path::past_test(ip, f.min_arg0, offset, code));
+                if let Some(at) = past.and_then(|past| offset.checked_add(past)) {
                     // Only the filtered-for calls get there: no filter, and
                     // no arguments (their registers may hold other values).
                     offset = at;
@@ -531,21 +533,6 @@ fn function_sites(file: &object::File, exe: &str, code: CodeReader) -> Sites {
         }
     }
     (sites, warnings)
-}
-
-/// Bytes into `f`'s code (at file `offset`) past its test of its first
-/// argument against `min_arg0`, if it begins with one.
-fn past_level_test(
-    file: &object::File,
-    f: &FunctionSite,
-    offset: u64,
-    code: CodeReader,
-) -> Option<u64> {
-    if f.min_arg0 == 0 {
-        return None;
-    }
-    let ip = symbol_address(file, f.symbol)?;
-    super::error_path::error_path(&code(offset, 96)?, ip, f.min_arg0 as i64)
 }
 
 /// Address of a function defined in the executable (.dynsym or .symtab).
