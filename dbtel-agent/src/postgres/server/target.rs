@@ -497,8 +497,11 @@ fn function_sites(file: &object::File, exe: &str, code: CodeReader) -> Sites {
             ));
             continue;
         }
-        match symbol_offset(file, f.symbol) {
-            Some(offset) => {
+        // The address once: the symbol tables are searched end to end.
+        let found =
+            symbol_address(file, f.symbol).and_then(|ip| Some((ip, vaddr_to_offset(file, ip)?)));
+        match found {
+            Some((ip, offset)) => {
                 let mut spec = SiteSpec {
                     probe: f.site,
                     text_arg: f.text_arg,
@@ -511,9 +514,8 @@ fn function_sites(file: &object::File, exe: &str, code: CodeReader) -> Sites {
                 }
                 let mut offset = offset;
                 let past = (f.min_arg0 != 0)
-                    .then(|| symbol_address(file, f.symbol))
-                    .flatten()
-                    .and_then(|ip| super::error_path::past_test(ip, f.min_arg0, offset, code));
+                    .then(|| super::error_path::past_test(ip, f.min_arg0, offset, code))
+                    .flatten();
                 if let Some(at) = past.and_then(|past| offset.checked_add(past)) {
                     // Only the filtered-for calls get there: no filter, and
                     // no arguments (their registers may hold other values).
