@@ -133,7 +133,9 @@ pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
     check_kernel(&mut r, servers_needed);
     check_caps(&mut r, servers_needed);
     // The real test of kernel and privileges: the verifier accepts every program.
-    match crate::attach::Probes::load(crate::EBPF_OBJECT, 4096, false, t.all) {
+    match crate::attach::Probes::load(crate::EBPF_OBJECT, 4096, false, t.all)
+        .and_then(|mut p| p.load_server_programs())
+    {
         Ok(_) => r.ok("eBPF programs load (every program verified, maps created)"),
         Err(e) => r.fail(e.to_string()),
     }

@@ -51,6 +51,7 @@ impl Probes {
         self.follow_processes()?;
         let mut placed = 0;
         if !self.server_files.contains_key(&t.file_id) {
+            self.load_server_programs()?;
             if self.sites + t.sites.len() as u32 > MAX_SITES {
                 return Err(AttachError::TooManySites);
             }
