@@ -105,6 +105,8 @@ struct Agent {
     liveness: crate::host::pidfd::Liveness,
     /// Mapped files already looked at, per process (to spot libpq loaded later).
     inspected: HashSet<(u32, String)>,
+    /// Each process's address-space size at its last look (see `rescan`).
+    mapped_pages: crate::FastMap<u32, u64>,
     summary: Summary,
     spans: Vec<crate::postgres::libpq::reconstruct::ClientSpan>,
     server: ServerSide,
@@ -171,13 +173,25 @@ impl Agent {
 
     /// Looks for libpq mapped since the last look (dlopen, exec), and for a
     /// loader whose hook is not yet probed (exec).
-    fn rescan(&mut self, pid: u32) {
+    /// Looks for client libraries mapped since the last look. `full`: read
+    /// the maps whatever the size of the address space (see below).
+    fn rescan(&mut self, pid: u32, full: bool) {
         if self.host.is_some() {
             // Host-wide, each file is judged once for all processes.
             for line in self.probe_mappings(pid) {
                 log::info!("process {pid} mapped a new client library: {line}");
             }
             return;
+        }
+        // A library mapped since the last look changed the address space's
+        // size: the maps (a path written per mapping, most of an idle
+        // agent's CPU read 4 times a second) are read only then, and every
+        // 5 s in case a mapping replaced another of the same size.
+        if let Some(pages) = crate::host::process::mapped_pages(pid) {
+            let before = self.mapped_pages.insert(pid, pages);
+            if before == Some(pages) && !full {
+                return;
+            }
         }
         let Ok(paths) = crate::host::process::executable_mappings(pid) else {
             return;
@@ -238,6 +252,7 @@ impl Agent {
         self.engine_servers.remove(&pid);
         self.followed.remove(&pid);
         self.inspected.retain(|(p, _)| *p != pid);
+        self.mapped_pages.remove(&pid);
         if let Some(h) = &mut self.host {
             h.forget(pid);
         }
@@ -294,6 +309,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
         live: BTreeMap::new(),
         liveness: Default::default(),
         inspected: HashSet::new(),
+        mapped_pages: Default::default(),
         summary: Summary::default(),
         spans: Vec::new(),
         server: ServerSide::new(cfg.catalog.clone(), cfg.text),
@@ -412,18 +428,19 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                 // looked at after their exec: every traced process is looked at every 5 s
                 // only (hundreds of them would cost /proc reads every 250 ms).
                 ticks = ticks.wrapping_add(1);
-                let look = agent.host.is_none() || ticks.is_multiple_of(20);
+                let full = ticks.is_multiple_of(20);
+                let look = agent.host.is_none() || full;
                 let pids: Vec<u32> = if look { agent.live.keys().copied().collect() } else { Vec::new() };
                 for pid in pids {
                     if child.as_ref().is_some_and(|(c, _)| *c == pid) {
                         // Before its exec it is the agent's own fork: nothing of it to read.
                         if !command::still_the_agent(pid) {
-                            agent.rescan(pid);
+                            agent.rescan(pid, full);
                         }
                         continue; // its exit comes from wait()
                     }
                     if agent.liveness.alive(pid) {
-                        agent.rescan(pid);
+                        agent.rescan(pid, full);
                     } else {
                         agent.process_gone(pid);
                     }

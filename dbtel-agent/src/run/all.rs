@@ -309,7 +309,7 @@ impl Agent {
             return;
         }
         for pid in self.host().due_rescans(Instant::now()) {
-            self.rescan(pid);
+            self.rescan(pid, true);
         }
         let pending = std::mem::take(&mut self.host().pending_servers);
         for pid in pending {

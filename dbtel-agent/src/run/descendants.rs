@@ -39,7 +39,7 @@ impl Agent {
         } else {
             self.follow(ProcessMeta::of(pid, program_name(&e.path)));
         }
-        self.rescan(pid);
+        self.rescan(pid, true);
     }
 
     /// The command exited: processes it started that still run are no

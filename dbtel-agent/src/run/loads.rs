@@ -60,7 +60,7 @@ impl Agent {
         // Lazily: a Continue made and dropped at once would send SIGCONT anyway.
         let _go_on = held.then(|| Continue(at.pid));
         let seen = Clock::monotonic_now_ns();
-        self.rescan(at.pid);
+        self.rescan(at.pid, true);
         if held {
             let now = Clock::monotonic_now_ns();
             log::debug!(
