@@ -247,6 +247,9 @@ impl Probes {
             Layout::Mysql(l) => (self.mysql_index(l)?, 0),
             Layout::Sites(specs) => (0, self.store_sites(specs)?),
         };
+        if plan.points.iter().any(|p| SERVER_PROGRAMS.contains(&p.program)) {
+            self.load_server_programs()?;
+        }
         let mut placed: Vec<(&'static str, UProbeLinkId)> = Vec::new();
         for point in &plan.points {
             let cookie = u64::from(point.cookie + base) | (u64::from(slot) << 32);
