@@ -172,9 +172,8 @@ impl Agent {
     }
 
     /// Looks for libpq mapped since the last look (dlopen, exec), and for a
-    /// loader whose hook is not yet probed (exec).
-    /// Looks for client libraries mapped since the last look. `full`: read
-    /// the maps whatever the size of the address space (see below).
+    /// loader whose hook is not yet probed (exec). `full`: read the maps
+    /// whatever the size of the address space (see below).
     fn rescan(&mut self, pid: u32, full: bool) {
         if self.host.is_some() {
             // Host-wide, each file is judged once for all processes.
