@@ -1,8 +1,6 @@
 //! The ring buffer drained: records to their engine, finished spans to the
 //! exporter (a flood neither holds spans nor keeps the loop from its other work).
 
-use std::time::Duration;
-
 use super::Agent;
 use crate::events::{self, Record};
 
@@ -13,42 +11,6 @@ const FLUSH_EVERY: u32 = 64;
 /// Records one drain reads at most before the loop's other work (signals,
 /// housekeeping, drop warnings) gets its turn; the rest wait in the ring.
 const DRAIN_MAX: u32 = 2048;
-
-/// How often the loop reads the ring when the ring does not wake it (it does
-/// past WAKEUP_BYTES only): every wake-up costs a context switch; 10 ms made
-/// 100 of them a second (25 ms: -2 to -3 % agent CPU per span). While
-/// nothing comes, every 250 ms: an idle agent woke 40 times a second, about
-/// a third of its CPU then. The first records read bring the short period back.
-#[derive(Debug, Default)]
-pub(super) struct Pace {
-    /// Reads in a row that found nothing.
-    empty: u32,
-}
-
-impl Pace {
-    const BUSY: Duration = Duration::from_millis(25);
-    const IDLE: Duration = Duration::from_millis(250);
-    /// Empty reads before the long period: 200 ms of nothing.
-    const IDLE_AFTER: u32 = 8;
-
-    pub(super) fn period(&self) -> Duration {
-        if self.empty >= Self::IDLE_AFTER {
-            Self::IDLE
-        } else {
-            Self::BUSY
-        }
-    }
-
-    /// The time to the next read, after one that found records or not.
-    pub(super) fn after(&mut self, found: bool) -> Duration {
-        self.empty = if found {
-            0
-        } else {
-            self.empty.saturating_add(1)
-        };
-        self.period()
-    }
-}
 
 impl Agent {
     /// Reads the ring buffer (at most DRAIN_MAX records); returns whether it
@@ -210,23 +172,5 @@ impl Agent {
         self.spans = spans;
         self.hand_on(ready);
         self.exporter.flush();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_ring_is_read_less_often_once_nothing_comes() {
-        let mut p = Pace::default();
-        assert_eq!(p.period(), Pace::BUSY);
-        for _ in 1..Pace::IDLE_AFTER {
-            assert_eq!(p.after(false), Pace::BUSY);
-        }
-        assert_eq!(p.after(false), Pace::IDLE);
-        assert_eq!(p.after(false), Pace::IDLE);
-        assert_eq!(p.after(true), Pace::BUSY);
-        assert_eq!(p.after(false), Pace::BUSY);
     }
 }
