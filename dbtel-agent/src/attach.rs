@@ -121,9 +121,12 @@ impl Probes {
             p.load()
                 .map_err(|error| AttachError::Program { name, error })?;
         }
-        // The server programs are loaded with the first server traced: their
-        // verification takes ~0.6 s of CPU, for nothing when only clients are.
-        for name in PROGRAMS.iter().filter(|n| !SERVER_PROGRAMS.contains(n)) {
+        // By PID or command, the server programs are loaded with the first
+        // server traced: their verification takes ~0.6 s of CPU, for nothing
+        // when only clients are. Host-wide, a server may start at any time,
+        // and must be traced from its first query: they are loaded now.
+        let now = |n: &&&str| host_wide || !SERVER_PROGRAMS.contains(n);
+        for name in PROGRAMS.iter().filter(now) {
             let p: &mut UProbe = ebpf
                 .program_mut(name)
                 .expect("program is in the embedded object")
@@ -247,7 +250,11 @@ impl Probes {
             Layout::Mysql(l) => (self.mysql_index(l)?, 0),
             Layout::Sites(specs) => (0, self.store_sites(specs)?),
         };
-        if plan.points.iter().any(|p| SERVER_PROGRAMS.contains(&p.program)) {
+        if plan
+            .points
+            .iter()
+            .any(|p| SERVER_PROGRAMS.contains(&p.program))
+        {
             self.load_server_programs()?;
         }
         let mut placed: Vec<(&'static str, UProbeLinkId)> = Vec::new();
