@@ -152,22 +152,29 @@ impl Probes {
         })
     }
 
-    /// Loads the server programs unless they are (the first server traced,
-    /// or `check`, which verifies every program).
+    /// Loads the server programs unless they are (`check`, which verifies
+    /// every program; attaching loads them itself, see [`Probes::uprobe`]).
     pub fn load_server_programs(&mut self) -> Result<(), AttachError> {
         for name in SERVER_PROGRAMS {
-            let p: &mut UProbe = self
-                .ebpf
-                .program_mut(name)
-                .expect("program is in the embedded object")
-                .try_into()
-                .map_err(|error| AttachError::Program { name, error })?;
-            if p.fd().is_err() {
-                p.load()
-                    .map_err(|error| AttachError::Program { name, error })?;
-            }
+            self.uprobe(name)?;
         }
         Ok(())
+    }
+
+    /// A uprobe program to attach, loaded first if it is not yet (the server
+    /// programs, by PID or command: see [`Probes::load`]).
+    fn uprobe(&mut self, name: &'static str) -> Result<&mut UProbe, AttachError> {
+        let p: &mut UProbe = self
+            .ebpf
+            .program_mut(name)
+            .expect("program is in the embedded object")
+            .try_into()
+            .map_err(|error| AttachError::Program { name, error })?;
+        if p.fd().is_err() {
+            p.load()
+                .map_err(|error| AttachError::Program { name, error })?;
+        }
+        Ok(p)
     }
 
     pub fn ring_buffer(&mut self) -> RingBuf<MapData> {
@@ -250,22 +257,10 @@ impl Probes {
             Layout::Mysql(l) => (self.mysql_index(l)?, 0),
             Layout::Sites(specs) => (0, self.store_sites(specs)?),
         };
-        if plan
-            .points
-            .iter()
-            .any(|p| SERVER_PROGRAMS.contains(&p.program))
-        {
-            self.load_server_programs()?;
-        }
         let mut placed: Vec<(&'static str, UProbeLinkId)> = Vec::new();
         for point in &plan.points {
             let cookie = u64::from(point.cookie + base) | (u64::from(slot) << 32);
-            let p: &mut UProbe = self
-                .ebpf
-                .program_mut(point.program)
-                .expect("loaded")
-                .try_into()
-                .expect("uprobe");
+            let p = self.uprobe(point.program)?;
             let at = UProbeAttachPoint {
                 location: point.offset.into(),
                 cookie: Some(cookie),

@@ -3,10 +3,7 @@
 
 use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData},
-    programs::{
-        uprobe::{UProbeAttachPoint, UProbeScope},
-        UProbe,
-    },
+    programs::uprobe::{UProbeAttachPoint, UProbeScope},
 };
 use dbtel_common::{ServerProc, SiteSpec, MAX_SITES};
 
@@ -51,7 +48,6 @@ impl Probes {
         self.follow_processes()?;
         let mut placed = 0;
         if !self.server_files.contains_key(&t.file_id) {
-            self.load_server_programs()?;
             if self.sites + t.sites.len() as u32 > MAX_SITES {
                 return Err(AttachError::TooManySites);
             }
@@ -67,12 +63,7 @@ impl Probes {
                 } else {
                     "server_site"
                 };
-                let p: &mut UProbe = self
-                    .ebpf
-                    .program_mut(program)
-                    .expect("loaded")
-                    .try_into()
-                    .expect("uprobe");
+                let p = self.uprobe(program)?;
                 let point = UProbeAttachPoint {
                     location: s.offset.into(),
                     cookie: Some((first + i as u32) as u64),
