@@ -10,6 +10,9 @@ pub const TEXT_CAP: usize = 16384;
 /// Prepared statement names are identifiers: NAMEDATALEN (64) in PostgreSQL.
 pub const NAME_CAP: usize = 64;
 pub const CMD_STATUS_CAP: usize = 64;
+/// Bytes of a PGresult's head read in one copy when its status, row count and
+/// command tag all lie in them (see [`LibpqLayout::res_head`]).
+pub const RES_HEAD_CAP: usize = 128;
 pub const DB_CAP: usize = 64;
 pub const HOST_CAP: usize = 128;
 pub const PORT_CAP: usize = 16;
@@ -222,6 +225,30 @@ pub struct LibpqLayout {
     /// Non-zero once the PGconn offsets are filled in (optional: spans then
     /// lack database and server details, nothing else).
     pub conn_valid: u32,
+    /// Where the [`RES_HEAD_CAP`] bytes holding `ntups`, `resultStatus` and
+    /// `cmdStatus` start: one user-memory copy instead of three (each copy
+    /// is a helper call, most of a result probe's cost).
+    pub res_head: u32,
+    /// Non-zero when those three fit in the head at 4-byte steps from it
+    /// (else they are read one by one).
+    pub res_head_fits: u32,
+}
+
+impl LibpqLayout {
+    /// Sets [`Self::res_head`] and [`Self::res_head_fits`] from the PGresult offsets.
+    pub fn place_result_head(&mut self) {
+        let fields = [
+            (self.res_ntups, 4),
+            (self.res_status, 4),
+            (self.res_cmd_status, CMD_STATUS_CAP as u32),
+        ];
+        let head = self.res_ntups.min(self.res_status).min(self.res_cmd_status);
+        let fits = fields
+            .iter()
+            .all(|&(off, len)| (off - head) % 4 == 0 && off - head + len <= RES_HEAD_CAP as u32);
+        self.res_head = head;
+        self.res_head_fits = fits as u32;
+    }
 }
 
 /// Common prefix of every event.
@@ -566,7 +593,7 @@ pub mod counter {
 }
 
 const _: () = assert!(core::mem::size_of::<Header>() == 32);
-const _: () = assert!(core::mem::size_of::<LibpqLayout>() == 64);
+const _: () = assert!(core::mem::size_of::<LibpqLayout>() == 72);
 const _: () = assert!(core::mem::size_of::<QueryEvent>() == QueryEvent::TEXT_OFFSET + TEXT_CAP);
 const _: () = assert!(core::mem::size_of::<ResultEvent>() == 32 + 16 + CMD_STATUS_CAP + 8);
 const _: () = assert!(core::mem::size_of::<ArgSpec>() == 32);

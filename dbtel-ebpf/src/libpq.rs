@@ -2,6 +2,7 @@
 //! mode, PQfinish; connection details read once per connection.
 
 use super::*;
+use core::intrinsics::AtomicOrdering;
 
 #[map]
 static SCRATCH: PerCpuArray<QueryEvent> = PerCpuArray::with_max_entries(1, 0);
@@ -10,6 +11,16 @@ static LAYOUTS: Array<LibpqLayout> = Array::with_max_entries(MAX_LAYOUTS, 0);
 /// (tgid, PGconn*) seen already: connection details are sent once per connection.
 #[map]
 static SEEN_CONNS: LruHashMap<[u64; 2], u8> = LruHashMap::with_max_entries(16384, 0);
+/// The connection each CPU last found in SEEN_CONNS: [tgid, PGconn*, FINISHES
+/// then]. A query on the same connection skips the LRU lookup (its hash and
+/// shared recency update were a fifth of pq_query's cost); any PQfinish
+/// anywhere invalidates every CPU's entry, since a new connection may reuse
+/// the address.
+#[map]
+static LAST_CONN: PerCpuArray<[u64; 3]> = PerCpuArray::with_max_entries(1, 0);
+/// PQfinish calls so far.
+#[map]
+static FINISHES: Array<u64> = Array::with_max_entries(1, 0);
 /// PQgetResult entry → return: pid_tgid → PGconn* (bcc dbslower's pattern).
 #[map]
 static GETRESULT_ARGS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
@@ -74,8 +85,22 @@ pub fn pq_query(ctx: ProbeContext) -> u32 {
 /// this process uses the connection object.
 #[inline(always)]
 fn note_conn(conn: u64, layout_idx: u32) {
+    if conn == 0 {
+        return;
+    }
     let key = [bpf_get_current_pid_tgid() >> 32, conn];
-    if conn == 0 || SEEN_CONNS.get_ptr(key).is_some() {
+    let finishes = FINISHES
+        .get_ptr(0)
+        .map_or(0, |p| unsafe { core::ptr::read_volatile(p) });
+    let last = LAST_CONN.get_ptr_mut(0);
+    if let Some(last) = last {
+        let last = unsafe { &mut *last };
+        if *last == [key[0], key[1], finishes] {
+            return;
+        }
+        *last = [key[0], key[1], finishes];
+    }
+    if SEEN_CONNS.get_ptr(key).is_some() {
         return;
     }
     let _ = SEEN_CONNS.insert(key, 1, 0);
@@ -174,20 +199,53 @@ fn send_result(conn: u64, res: u64, c: u64) {
     ev.sqlstate = [0; 8];
     if res != 0 {
         if let Some(l) = layout(cookie::layout(c)) {
-            ev.status = read::<i32>(res + l.res_status as u64).unwrap_or(-1);
-            ev.ntuples = read::<i32>(res + l.res_ntups as u64).unwrap_or(0);
-            let _ = unsafe {
-                bpf_probe_read_user_buf(
-                    (res + l.res_cmd_status as u64) as *const u8,
-                    &mut ev.cmd_status,
-                )
-            };
+            if l.res_head_fits == 0 || !read_head(res, l, ev) {
+                ev.status = read::<i32>(res + l.res_status as u64).unwrap_or(-1);
+                ev.ntuples = read::<i32>(res + l.res_ntups as u64).unwrap_or(0);
+                let _ = unsafe {
+                    bpf_probe_read_user_buf(
+                        (res + l.res_cmd_status as u64) as *const u8,
+                        &mut ev.cmd_status,
+                    )
+                };
+            }
             if ev.status == PGRES_FATAL_ERROR {
                 read_sqlstate(res, l, &mut ev.sqlstate);
             }
         }
     }
     entry.submit(wakeup_flags());
+}
+
+const HEAD_WORDS: usize = RES_HEAD_CAP / 4;
+/// A PGresult's head, copied from the traced process in one helper call.
+#[map]
+static RES_HEADS: PerCpuArray<[u32; HEAD_WORDS]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Status, row count and command tag from one copy of the result's head
+/// (the layout says they fit in it). False if it could not be read.
+#[inline(always)]
+fn read_head(res: u64, l: &LibpqLayout, ev: &mut ResultEvent) -> bool {
+    let Some(h) = RES_HEADS.get_ptr_mut(0) else {
+        return false;
+    };
+    let h = unsafe { &mut *h };
+    let bytes: &mut [u8; RES_HEAD_CAP] = unsafe { &mut *(h as *mut [u32; HEAD_WORDS]).cast() };
+    if unsafe { bpf_probe_read_user_buf((res + l.res_head as u64) as *const u8, bytes) }.is_err() {
+        return false;
+    }
+    // Masked, not compared: the verifier sees the bound on the register used
+    // (the layout's check already keeps them in the head).
+    let at = |off: u32| (off.wrapping_sub(l.res_head) / 4) as usize;
+    ev.status = h[at(l.res_status) & (HEAD_WORDS - 1)] as i32;
+    ev.ntuples = h[at(l.res_ntups) & (HEAD_WORDS - 1)] as i32;
+    let tag: &mut [u32; CMD_STATUS_CAP / 4] =
+        unsafe { &mut *(&mut ev.cmd_status as *mut [u8; CMD_STATUS_CAP]).cast() };
+    let first = at(l.res_cmd_status);
+    for (k, w) in tag.iter_mut().enumerate() {
+        *w = h[(first + k) & (HEAD_WORDS - 1)];
+    }
+    true
 }
 
 /// Walks the result's error field list (a short linked list) for code 'C'.
@@ -267,6 +325,10 @@ pub fn pq_finish(ctx: ProbeContext) -> u32 {
     }
     let conn: u64 = ctx.arg(0).unwrap_or(0);
     let _ = SEEN_CONNS.remove([bpf_get_current_pid_tgid() >> 32, conn]);
+    if let Some(n) = FINISHES.get_ptr_mut(0) {
+        // An atomic add (BPF_XADD): two racing finishes must both count.
+        unsafe { core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, 1) };
+    }
     if EVENTS
         .output::<Header>(header(Kind::Finish, func::PQFINISH, conn), wakeup_flags())
         .is_err()

@@ -290,3 +290,53 @@ fn probes_only_hits_every_probe_and_records_nothing() {
     );
     assert!(rx.spans().is_empty());
 }
+
+/// `pgbench -C`: a new connection per transaction, each often at the address
+/// of the one just closed. Every statement's span names the backend that
+/// logged it (the kernel side sends a connection's details once, and must
+/// send them again for a new connection at an old address).
+#[test]
+fn a_connection_per_transaction_each_span_names_its_backend() {
+    require_root();
+    let pg = Cluster::start_logged();
+    pg.pgbench_init(1);
+    let rx = Receiver::start();
+    let endpoint = rx.http_endpoint();
+    let pgbench = pg.bin("pgbench").display().to_string();
+    let conn = pg.conn_args();
+    let mut args: Vec<&str> = vec![
+        "--otlp-endpoint",
+        &endpoint,
+        "--",
+        &pgbench,
+        "-n",
+        "-C",
+        "-S",
+        "-c",
+        "1",
+        "-t",
+        "20",
+    ];
+    args.extend(conn.iter().map(String::as_str));
+    args.push("postgres");
+    let run = run_agent(&args, b"", Duration::from_secs(120));
+    assert!(run.status.success(), "{run:?}");
+    let mut selects: Vec<Span> = rx
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "SELECT pgbench_accounts")
+        .collect();
+    selects.sort_by_key(|s| s.start_ns);
+    let traced: Vec<i64> = selects
+        .iter()
+        .map(|s| s.int("db.postgresql.backend.pid").expect("backend pid"))
+        .collect();
+    let logged: Vec<i64> = pg
+        .logged_statements()
+        .into_iter()
+        .filter(|(_, text)| text.starts_with("SELECT abalance FROM pgbench_accounts"))
+        .map(|(pid, _)| i64::from(pid))
+        .collect();
+    assert_eq!(logged.len(), 20);
+    assert_eq!(traced, logged);
+}

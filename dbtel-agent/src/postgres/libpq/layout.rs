@@ -112,6 +112,7 @@ pub fn libpq_layout(
         .ok_or(err(f, "no load of the next field"))?;
     // `char contents[]` follows `char code` directly in PGMessageField.
     l.field_contents = l.field_code + 1;
+    l.place_result_head();
     l.valid = 1;
 
     let conn = conn_layout(&mut l, &body);
@@ -274,6 +275,8 @@ mod tests {
             (0x28, 0, 0x2c, 0xa8)
         );
         assert_eq!((l.field_next, l.field_code, l.field_contents), (0, 8, 9));
+        // ntups at 0 .. cmdStatus's end at 0x6c: one copy of the head.
+        assert_eq!((l.res_head, l.res_head_fits), (0, 1));
         assert_eq!(
             (l.conn_db, l.conn_be_pid, l.conn_connhost, l.conn_whichhost),
             (0x48, 0x308, 0x190, 0x18c)
@@ -283,6 +286,27 @@ mod tests {
             (40, 8, 0x18)
         );
         assert_eq!((l.valid, l.conn_valid), (1, 1));
+    }
+
+    #[test]
+    fn a_result_head_is_one_copy_only_when_its_fields_fit_at_word_steps() {
+        let head = |ntups, status, cmd| {
+            let mut l = LibpqLayout {
+                res_ntups: ntups,
+                res_status: status,
+                res_cmd_status: cmd,
+                ..Default::default()
+            };
+            l.place_result_head();
+            (l.res_head, l.res_head_fits)
+        };
+        assert_eq!(head(0, 0x28, 0x2c), (0, 1));
+        // cmdStatus's 64 bytes end at 0x80 from ntups: still inside.
+        assert_eq!(head(0, 0x38, 0x40), (0, 1));
+        assert_eq!(head(8, 0x30, 0x34), (8, 1));
+        // Past the head, or off a 4-byte step: read one by one.
+        assert_eq!(head(0, 0x38, 0x44).1, 0);
+        assert_eq!(head(0, 0x28, 0x2d).1, 0);
     }
 
     #[test]
