@@ -243,9 +243,9 @@ impl LibpqLayout {
             (self.res_cmd_status, CMD_STATUS_CAP as u32),
         ];
         let head = self.res_ntups.min(self.res_status).min(self.res_cmd_status);
-        let fits = fields
-            .iter()
-            .all(|&(off, len)| (off - head) % 4 == 0 && off - head + len <= RES_HEAD_CAP as u32);
+        let fits = fields.iter().all(|&(off, len)| {
+            (off - head).is_multiple_of(4) && off - head + len <= RES_HEAD_CAP as u32
+        });
         self.res_head = head;
         self.res_head_fits = fits as u32;
     }
