@@ -117,9 +117,11 @@ pub fn proc_exec(ctx: TracePointContext) -> u32 {
     let len = ExecEvent::PATH_OFFSET + ev.path_len as usize;
     let bytes: &[u8; core::mem::size_of::<ExecEvent>()] =
         unsafe { &*(ev as *const ExecEvent).cast() };
+    // The reader woken at once: a new program may be a server whose first
+    // backends must be traced from their first statement.
     if len <= bytes.len()
         && EVENTS
-            .output::<[u8]>(&bytes[..len], wakeup_flags())
+            .output::<[u8]>(&bytes[..len], BPF_RB_FORCE_WAKEUP as u64)
             .is_err()
     {
         bump(counter::RINGBUF_FULL);
