@@ -234,23 +234,6 @@ pub struct LibpqLayout {
     pub res_head_fits: u32,
 }
 
-impl LibpqLayout {
-    /// Sets [`Self::res_head`] and [`Self::res_head_fits`] from the PGresult offsets.
-    pub fn place_result_head(&mut self) {
-        let fields = [
-            (self.res_ntups, 4),
-            (self.res_status, 4),
-            (self.res_cmd_status, CMD_STATUS_CAP as u32),
-        ];
-        let head = self.res_ntups.min(self.res_status).min(self.res_cmd_status);
-        let fits = fields.iter().all(|&(off, len)| {
-            (off - head).is_multiple_of(4) && off - head + len <= RES_HEAD_CAP as u32
-        });
-        self.res_head = head;
-        self.res_head_fits = fits as u32;
-    }
-}
-
 /// Common prefix of every event.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

@@ -12,8 +12,8 @@ static LAYOUTS: Array<LibpqLayout> = Array::with_max_entries(MAX_LAYOUTS, 0);
 #[map]
 static SEEN_CONNS: LruHashMap<[u64; 2], u8> = LruHashMap::with_max_entries(16384, 0);
 /// The connection each CPU last found in SEEN_CONNS: [tgid, PGconn*, FINISHES
-/// then]. A query on the same connection skips the LRU lookup (its hash and
-/// shared recency update were a fifth of pq_query's cost); any PQfinish
+/// then]. A query on the same connection skips the LRU lookup (a hash of 16
+/// bytes and a bucket walk, per query); any PQfinish
 /// anywhere invalidates every CPU's entry, since a new connection may reuse
 /// the address.
 #[map]

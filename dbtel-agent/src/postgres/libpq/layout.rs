@@ -3,7 +3,7 @@
 //! `PQresultStatus` loads `res->resultStatus`, and so on. Offsets differ
 //! between libpq builds, so they are never hard-coded.
 
-use dbtel_common::LibpqLayout;
+use dbtel_common::{LibpqLayout, CMD_STATUS_CAP, RES_HEAD_CAP};
 use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 
 #[derive(Debug, thiserror::Error)]
@@ -112,11 +112,28 @@ pub fn libpq_layout(
         .ok_or(err(f, "no load of the next field"))?;
     // `char contents[]` follows `char code` directly in PGMessageField.
     l.field_contents = l.field_code + 1;
-    l.place_result_head();
+    place_result_head(&mut l);
     l.valid = 1;
 
     let conn = conn_layout(&mut l, &body);
     Ok((l, conn.err()))
+}
+
+/// Sets the layout's `res_head` and `res_head_fits` from its PGresult
+/// offsets: the kernel side then reads status, row count and command tag in
+/// one copy of the head when they lie in it at word steps.
+fn place_result_head(l: &mut LibpqLayout) {
+    let fields = [
+        (l.res_ntups, 4),
+        (l.res_status, 4),
+        (l.res_cmd_status, CMD_STATUS_CAP as u32),
+    ];
+    let head = l.res_ntups.min(l.res_status).min(l.res_cmd_status);
+    let fits = fields.iter().all(|&(off, len)| {
+        (off - head).is_multiple_of(4) && off - head + len <= RES_HEAD_CAP as u32
+    });
+    l.res_head = head;
+    l.res_head_fits = fits as u32;
 }
 
 fn conn_layout(
@@ -297,7 +314,7 @@ mod tests {
                 res_cmd_status: cmd,
                 ..Default::default()
             };
-            l.place_result_head();
+            place_result_head(&mut l);
             (l.res_head, l.res_head_fits)
         };
         assert_eq!(head(0, 0x28, 0x2c), (0, 1));
