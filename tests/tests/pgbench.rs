@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use dbtel_tests::{require_root, run_agent, Cluster, Receiver, Span};
+use dbtel_tests::{require_root, run_agent, AgentRun, Cluster, Receiver, Span};
 
 const CLIENTS: usize = 2;
 const TXNS: usize = 25;
@@ -19,6 +19,18 @@ const TPCB: &[(&str, i64)] = &[
     ("END", 0),
 ];
 
+/// pgbench under the agent (`agent_args -- pgbench pgbench_args <conn> postgres`).
+fn pgbench_under_agent(pg: &Cluster, agent_args: &[&str], pgbench_args: &[&str]) -> AgentRun {
+    let pgbench = pg.bin("pgbench").display().to_string();
+    let conn = pg.conn_args();
+    let mut args: Vec<&str> = agent_args.to_vec();
+    args.extend(["--", &pgbench]);
+    args.extend(pgbench_args);
+    args.extend(conn.iter().map(String::as_str));
+    args.push("postgres");
+    run_agent(&args, b"", Duration::from_secs(120))
+}
+
 fn run_pgbench(mode: &str, grpc: bool) -> (Vec<Span>, String) {
     require_root();
     let pg = Cluster::start();
@@ -30,29 +42,12 @@ fn run_pgbench(mode: &str, grpc: bool) -> (Vec<Span>, String) {
         rx.http_endpoint()
     };
     let protocol = if grpc { "grpc" } else { "http/protobuf" };
-    let pgbench = pg.bin("pgbench").display().to_string();
     let (c, t) = (CLIENTS.to_string(), TXNS.to_string());
-    let conn = pg.conn_args();
-    let mut args: Vec<&str> = vec![
-        "--otlp-protocol",
-        protocol,
-        "--otlp-endpoint",
-        &endpoint,
-        "--",
-        &pgbench,
-        "-n",
-        "-c",
-        &c,
-        "-j",
-        &c,
-        "-t",
-        &t,
-        "-M",
-        mode,
-    ];
-    args.extend(conn.iter().map(String::as_str));
-    args.push("postgres");
-    let run = run_agent(&args, b"", Duration::from_secs(120));
+    let run = pgbench_under_agent(
+        &pg,
+        &["--otlp-protocol", protocol, "--otlp-endpoint", &endpoint],
+        &["-n", "-c", &c, "-j", &c, "-t", &t, "-M", mode],
+    );
     assert!(run.status.success(), "{run:?}");
     assert!(
         run.stdout.contains(&format!(
@@ -224,26 +219,16 @@ fn probes_only_hits_every_probe_and_records_nothing() {
     pg.pgbench_init(1);
     let rx = Receiver::start();
     let endpoint = rx.http_endpoint();
-    let pgbench = pg.bin("pgbench").display().to_string();
-    let conn = pg.conn_args();
-    let mut args: Vec<&str> = vec![
-        "--probes-only",
-        "--probe-stats",
-        "--otlp-endpoint",
-        &endpoint,
-        "--",
-        &pgbench,
-        "-n",
-        "-c",
-        "1",
-        "-t",
-        "50",
-        "-M",
-        "prepared",
-    ];
-    args.extend(conn.iter().map(String::as_str));
-    args.push("postgres");
-    let run = run_agent(&args, b"", Duration::from_secs(120));
+    let run = pgbench_under_agent(
+        &pg,
+        &[
+            "--probes-only",
+            "--probe-stats",
+            "--otlp-endpoint",
+            &endpoint,
+        ],
+        &["-n", "-c", "1", "-t", "50", "-M", "prepared"],
+    );
     assert!(run.status.success(), "{run:?}");
     let hits = run
         .stderr
@@ -302,24 +287,11 @@ fn a_connection_per_transaction_each_span_names_its_backend() {
     pg.pgbench_init(1);
     let rx = Receiver::start();
     let endpoint = rx.http_endpoint();
-    let pgbench = pg.bin("pgbench").display().to_string();
-    let conn = pg.conn_args();
-    let mut args: Vec<&str> = vec![
-        "--otlp-endpoint",
-        &endpoint,
-        "--",
-        &pgbench,
-        "-n",
-        "-C",
-        "-S",
-        "-c",
-        "1",
-        "-t",
-        "20",
-    ];
-    args.extend(conn.iter().map(String::as_str));
-    args.push("postgres");
-    let run = run_agent(&args, b"", Duration::from_secs(120));
+    let run = pgbench_under_agent(
+        &pg,
+        &["--otlp-endpoint", &endpoint],
+        &["-n", "-C", "-S", "-c", "1", "-t", "20"],
+    );
     assert!(run.status.success(), "{run:?}");
     let mut selects: Vec<Span> = rx
         .spans()
