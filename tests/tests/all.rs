@@ -3,6 +3,7 @@
 //! server's own statement log.
 
 use std::{
+    io::Write,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -440,7 +441,7 @@ fn a_libpq_first_seen_in_a_new_process_is_probed() {
     let dir = tempfile::tempdir().unwrap();
     let lib = dir.path().join("libpq.so.5");
     std::fs::copy("/usr/lib/x86_64-linux-gnu/libpq.so.5", &lib).unwrap();
-    let agent = Agent::start(
+    let mut agent = Agent::start(
         &[
             "--all",
             "--port",
@@ -450,34 +451,42 @@ fn a_libpq_first_seen_in_a_new_process_is_probed() {
         ],
         Stdio::null(),
     );
-    // Loads it, then queries once the agent's look at new processes (1 s) has found it.
-    let script = "import ctypes, sys, time\n\
+    // Loads it, then queries once told to: host-wide, a load is looked at
+    // without holding the process, so the query waits for the agent's line
+    // (a fixed sleep here failed under a concurrent build: the agent took
+    // longer than the sleep).
+    let script = "import ctypes, sys\n\
         pq = ctypes.CDLL(sys.argv[1])\n\
         pq.PQconnectdb.restype = ctypes.c_void_p\n\
         pq.PQexec.restype = ctypes.c_void_p\n\
         pq.PQexec.argtypes = [ctypes.c_void_p, ctypes.c_char_p]\n\
         pq.PQfinish.argtypes = [ctypes.c_void_p]\n\
         pq.PQclear.argtypes = [ctypes.c_void_p]\n\
-        time.sleep(1.5)\n\
+        sys.stdin.readline()\n\
         conn = pq.PQconnectdb(sys.argv[2].encode())\n\
         pq.PQclear(pq.PQexec(conn, b\"select 'bundled' as marker\"))\n\
         pq.PQfinish(conn)\n";
-    let py = run(Command::new("python3")
+    let mut child = Command::new("python3")
         .args(["-c", script])
         .arg(&lib)
         .arg(pg.dsn("postgres"))
-        .stderr(Stdio::piped()));
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let py = child.id();
+    agent.wait_for_text(
+        &format!(
+            "process {py} mapped a new client library: 15 probes on {} (all processes)",
+            lib.display()
+        ),
+        Duration::from_secs(30),
+    );
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    finish(child);
     std::thread::sleep(Duration::from_millis(800));
     let run = agent.interrupt();
     assert!(run.status.success(), "{run:?}");
-    assert!(
-        run.stderr.contains(&format!(
-            "process {py} mapped a new client library: 15 probes on {} (all processes)",
-            lib.display()
-        )),
-        "{}",
-        run.stderr
-    );
     let spans = rx.spans();
     let client: Vec<&Span> = spans
         .iter()
