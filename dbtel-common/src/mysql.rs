@@ -92,8 +92,19 @@ pub struct MysqlOffsets {
     pub stmt_field_count: u32,
     pub endpoint_valid: u32,
     pub valid: u32,
+    /// One copy of `head_len` bytes of the MYSQL from `head` holds the fields
+    /// of it that lie in that window (0: none; at most [`MY_HEAD_CAP`]).
+    pub head: u32,
+    pub head_len: u32,
+    /// The same for the MYSQL_STMT.
+    pub stmt_head: u32,
+    pub stmt_head_len: u32,
     pub _pad: u32,
 }
+
+/// Longest window of a MYSQL or MYSQL_STMT copied in one read (a user-memory
+/// read costs far more than the bytes it copies).
+pub const MY_HEAD_CAP: usize = 256;
 
 /// A MySQL call entered ([`crate::Kind::MyCall`]). Variable-length: only
 /// `TEXT_OFFSET + text_len` bytes are sent.
@@ -185,7 +196,7 @@ pub mod mysite {
     pub const DEADLOCK: u32 = 9;
 }
 
-const _: () = assert!(core::mem::size_of::<MysqlOffsets>() == 88);
+const _: () = assert!(core::mem::size_of::<MysqlOffsets>() == 104);
 const _: () = assert!(core::mem::size_of::<MyCallEvent>() == MyCallEvent::TEXT_OFFSET + TEXT_CAP);
 const _: () = assert!(core::mem::size_of::<MyReturnEvent>() == 32 + 8 * 6 + 16 + 8);
 const _: () = assert!(

@@ -5,7 +5,9 @@
 //! through mysql_real_query, so they are seen there, once.
 
 use super::*;
-use dbtel_common::{mycookie, MyCall, MyCallEvent, MyConnEvent, MyReturnEvent, MysqlOffsets};
+use dbtel_common::{
+    mycookie, MyCall, MyCallEvent, MyConnEvent, MyReturnEvent, MysqlOffsets, MY_HEAD_CAP,
+};
 
 #[map]
 static MY_SCRATCH: PerCpuArray<MyCallEvent> = PerCpuArray::with_max_entries(1, 0);
@@ -17,6 +19,81 @@ static MY_ARGS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(16384, 
 /// (tgid, MYSQL*) → (MYSQL.db pointer, thread_id) last reported.
 #[map]
 static MY_CONNS: LruHashMap<[u64; 2], [u64; 2]> = LruHashMap::with_max_entries(16384, 0);
+
+const HEAD_WORDS: usize = MY_HEAD_CAP / 4;
+/// A window of a MYSQL or MYSQL_STMT, copied in one helper call.
+#[map]
+static MY_HEAD: PerCpuArray<[u32; HEAD_WORDS]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Fields of one struct in the traced process: those in the window the
+/// layout placed come from one copy of it, the others are read one by one.
+struct Fields {
+    base: u64,
+    from: u32,
+    /// Bytes copied (0: nothing, every field is read alone).
+    len: u32,
+    words: *const [u32; HEAD_WORDS],
+}
+
+impl Fields {
+    /// Copies `len` bytes at `base + from` (len 0: none).
+    #[inline(always)]
+    fn of(base: u64, from: u32, len: u32) -> Fields {
+        let mut f = Fields {
+            base,
+            from,
+            len: 0,
+            words: core::ptr::null(),
+        };
+        if len == 0 || base == 0 {
+            return f;
+        }
+        let Some(h) = MY_HEAD.get_ptr_mut(0) else {
+            return f;
+        };
+        let bytes: &mut [u8; MY_HEAD_CAP] = unsafe { &mut *h.cast() };
+        // 1 ..= MY_HEAD_CAP, in a form the verifier can bound.
+        let n = ((len as usize).wrapping_sub(1) & (MY_HEAD_CAP - 1)) + 1;
+        if unsafe { bpf_probe_read_user_buf((base + from as u64) as *const u8, &mut bytes[..n]) }
+            .is_ok()
+        {
+            f.len = n as u32;
+            f.words = h;
+        }
+        f
+    }
+
+    /// The word index of `size` bytes at `off`, if the copy holds them.
+    #[inline(always)]
+    fn word(&self, off: u32, size: u32) -> Option<usize> {
+        let rel = off.wrapping_sub(self.from);
+        // Opaque to LLVM: knowing len <= MY_HEAD_CAP, it would drop the
+        // index masks below as redundant, and the verifier needs them.
+        let len = unsafe { core::ptr::read_volatile(&self.len) };
+        (len != 0 && rel % 4 == 0 && rel < len && len - rel >= size).then_some((rel / 4) as usize)
+    }
+
+    #[inline(always)]
+    fn u32_at(&self, off: u32) -> Option<u32> {
+        match self.word(off, 4) {
+            // Masked, not compared: the verifier sees the bound on the register used.
+            Some(i) => Some(unsafe { (*self.words)[i & (HEAD_WORDS - 1)] }),
+            None => read::<u32>(self.base + off as u64),
+        }
+    }
+
+    #[inline(always)]
+    fn u64_at(&self, off: u32) -> Option<u64> {
+        match self.word(off, 8) {
+            Some(i) => {
+                let w = unsafe { &*self.words };
+                let (lo, hi) = (w[i & (HEAD_WORDS - 1)], w[(i + 1) & (HEAD_WORDS - 1)]);
+                Some(lo as u64 | (hi as u64) << 32)
+            }
+            None => read::<u64>(self.base + off as u64),
+        }
+    }
+}
 
 #[inline(always)]
 fn offsets(idx: u32) -> Option<&'static MysqlOffsets> {
@@ -104,26 +181,53 @@ pub fn my_return(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    let mysql = connection(handle, c, l);
+    let stmt = c & mycookie::STMT != 0;
+    // A statement's fields first: its window holds its connection's pointer.
+    let s = if stmt {
+        Fields::of(handle, l.stmt_head, l.stmt_head_len)
+    } else {
+        Fields::of(0, 0, 0)
+    };
+    let mysql = if stmt {
+        s.u64_at(l.stmt_mysql).unwrap_or(0)
+    } else {
+        handle
+    };
+    // The connection's window is MY_HEAD too: the statement's was used up above.
+    let stmt_id = if stmt {
+        s.u64_at(l.stmt_id).unwrap_or(0)
+    } else {
+        0
+    };
+    let stmt_state = if stmt {
+        [
+            s.u32_at(l.stmt_last_errno).unwrap_or(0) as u64,
+            s.u64_at(l.stmt_affected_rows).unwrap_or(u64::MAX),
+            s.u64_at(l.stmt_row_count).unwrap_or(0),
+            s.u32_at(l.stmt_field_count).unwrap_or(0) as u64,
+        ]
+    } else {
+        [0; 4]
+    };
+    let m = Fields::of(mysql, l.head, l.head_len);
     ev.hdr = header(Kind::MyReturn, mycookie::call(c), handle);
     ev.mysql = mysql;
     ev.ret = ret;
-    ev.thread_id = read::<u64>(mysql + l.thread_id as u64).unwrap_or(0);
-    ev.server_status = read::<u32>(mysql + l.server_status as u64).unwrap_or(0);
+    ev.thread_id = m.u64_at(l.thread_id).unwrap_or(0);
+    ev.server_status = m.u32_at(l.server_status).unwrap_or(0);
     ev._pad = 0;
     ev.sqlstate = [0; 8];
-    ev.stmt_id = 0;
-    let state = if c & mycookie::STMT != 0 {
-        ev.stmt_id = read::<u64>(handle + l.stmt_id as u64).unwrap_or(0);
-        ev.errno = read::<u32>(handle + l.stmt_last_errno as u64).unwrap_or(0);
-        ev.affected_rows = read::<u64>(handle + l.stmt_affected_rows as u64).unwrap_or(u64::MAX);
-        ev.rows = read::<u64>(handle + l.stmt_row_count as u64).unwrap_or(0);
-        ev.field_count = read::<u32>(handle + l.stmt_field_count as u64).unwrap_or(0);
+    ev.stmt_id = stmt_id;
+    let state = if stmt {
+        ev.errno = stmt_state[0] as u32;
+        ev.affected_rows = stmt_state[1];
+        ev.rows = stmt_state[2];
+        ev.field_count = stmt_state[3] as u32;
         handle + l.stmt_sqlstate as u64
     } else {
         ev.errno = read::<u32>(mysql + l.last_errno as u64).unwrap_or(0);
-        ev.affected_rows = read::<u64>(mysql + l.affected_rows as u64).unwrap_or(u64::MAX);
-        ev.field_count = read::<u32>(mysql + l.field_count as u64).unwrap_or(0);
+        ev.affected_rows = m.u64_at(l.affected_rows).unwrap_or(u64::MAX);
+        ev.field_count = m.u32_at(l.field_count).unwrap_or(0);
         // mysql_store_result's MYSQL_RES: its buffered rows.
         ev.rows = if ret != 0 && mycookie::call(c) == MyCall::StoreResult as u32 {
             read::<u64>(ret + l.res_row_count as u64).unwrap_or(0)
@@ -150,9 +254,10 @@ fn note_conn(mysql: u64, l: &MysqlOffsets) {
         return;
     }
     let key = [bpf_get_current_pid_tgid() >> 32, mysql];
+    let m = Fields::of(mysql, l.head, l.head_len);
     let now = [
-        read::<u64>(mysql + l.db as u64).unwrap_or(0),
-        read::<u64>(mysql + l.thread_id as u64).unwrap_or(0),
+        m.u64_at(l.db).unwrap_or(0),
+        m.u64_at(l.thread_id).unwrap_or(0),
     ];
     if let Some(last) = MY_CONNS.get_ptr_mut(&key) {
         let last = unsafe { &mut *last };

@@ -338,7 +338,7 @@ impl MysqlLayout {
     /// What the kernel side reads, in its array's form.
     pub fn offsets(&self) -> dbtel_common::MysqlOffsets {
         let ep = self.endpoint.as_ref().ok();
-        dbtel_common::MysqlOffsets {
+        let mut o = dbtel_common::MysqlOffsets {
             thread_id: self.thread_id,
             last_errno: self.last_errno,
             sqlstate: self.sqlstate,
@@ -360,9 +360,60 @@ impl MysqlLayout {
             stmt_field_count: self.stmt_field_count,
             endpoint_valid: ep.is_some() as u32,
             valid: 1,
+            head: 0,
+            head_len: 0,
+            stmt_head: 0,
+            stmt_head_len: 0,
             _pad: 0,
-        }
+        };
+        // What the probes read of each struct: the entry (db, thread_id),
+        // the return (the rest); each field the window leaves out is read alone.
+        (o.head, o.head_len) = window(&[
+            (o.db, 8),
+            (o.thread_id, 8),
+            (o.affected_rows, 8),
+            (o.field_count, 4),
+            (o.server_status, 4),
+        ]);
+        (o.stmt_head, o.stmt_head_len) = window(&[
+            (o.stmt_mysql, 8),
+            (o.stmt_id, 8),
+            (o.stmt_last_errno, 4),
+            (o.stmt_affected_rows, 8),
+            (o.stmt_row_count, 8),
+            (o.stmt_field_count, 4),
+        ]);
+        o
     }
+}
+
+/// The window of a struct that one copy of at most MY_HEAD_CAP bytes reads
+/// for the most of these (offset, size) fields at word steps from its start:
+/// (start, length), or (0, 0) when no window holds two of them (the fields
+/// are then read one by one, as a window would save nothing).
+pub fn window(fields: &[(u32, u32)]) -> (u32, u32) {
+    let cap = dbtel_common::MY_HEAD_CAP as u32;
+    let held = |start: u32| {
+        fields
+            .iter()
+            .filter(move |&&(off, size)| {
+                off >= start && (off - start).is_multiple_of(4) && off - start + size <= cap
+            })
+            .copied()
+    };
+    fields
+        .iter()
+        .map(|&(start, _)| (held(start).count(), start))
+        // The most fields; of equals, the lowest start.
+        .max_by_key(|&(n, start)| (n, std::cmp::Reverse(start)))
+        .filter(|&(n, _)| n >= 2)
+        .map_or((0, 0), |(_, start)| {
+            let end = held(start)
+                .map(|(off, size)| off + size)
+                .max()
+                .unwrap_or(start);
+            (start, end - start)
+        })
 }
 
 /// host, unix_socket and port from the public struct's order, when the

@@ -92,6 +92,25 @@ fn expected_debian() -> layout::MysqlLayout {
 }
 
 #[test]
+fn each_struct_is_read_in_one_window_where_its_fields_are_close() {
+    let o = expected_debian().offsets();
+    // MYSQL: db 0x2e8 .. server_status's end 0x384; MYSQL_STMT: mysql 0x38 .. last_errno's end 0x10c.
+    assert_eq!((o.head, o.head_len), (0x2e8, 0x9c));
+    assert_eq!((o.stmt_head, o.stmt_head_len), (0x38, 0xd4));
+    // Too far apart for one window: none (each read alone).
+    assert_eq!(layout::window(&[(0x10, 8), (0x400, 8)]), (0, 0));
+    // The window that holds the most; a field off the word steps is left out.
+    assert_eq!(
+        layout::window(&[(0x90, 4), (0x300, 8), (0x3f0, 4), (0x3f6, 2)]),
+        (0x300, 0xf4)
+    );
+    // Never past the cap.
+    let cap = dbtel_common::MY_HEAD_CAP as u32;
+    assert_eq!(layout::window(&[(0, 8), (cap - 8, 8)]), (0, cap));
+    assert_eq!(layout::window(&[(0, 8), (cap - 4, 8)]), (0, 0));
+}
+
+#[test]
 fn decodes_the_shared_library_and_the_cli_alike() {
     // The values are those of Connector/C 3.3's headers (offsetof, checked at run time by
     // tests/tests/mysql_layout.rs against a live connection).
