@@ -182,32 +182,23 @@ pub fn my_return(ctx: RetProbeContext) -> u32 {
     };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     let stmt = c & mycookie::STMT != 0;
-    // A statement's fields first: its window holds its connection's pointer.
-    let s = if stmt {
-        Fields::of(handle, l.stmt_head, l.stmt_head_len)
+    // A statement's fields first (its window holds its connection's pointer),
+    // taken out before the connection's window reuses MY_HEAD:
+    // (mysql, stmt_id, [errno, affected rows, rows, field count]).
+    let (mysql, stmt_id, stmt_state) = if stmt {
+        let s = Fields::of(handle, l.stmt_head, l.stmt_head_len);
+        (
+            s.u64_at(l.stmt_mysql).unwrap_or(0),
+            s.u64_at(l.stmt_id).unwrap_or(0),
+            [
+                s.u32_at(l.stmt_last_errno).unwrap_or(0) as u64,
+                s.u64_at(l.stmt_affected_rows).unwrap_or(u64::MAX),
+                s.u64_at(l.stmt_row_count).unwrap_or(0),
+                s.u32_at(l.stmt_field_count).unwrap_or(0) as u64,
+            ],
+        )
     } else {
-        Fields::of(0, 0, 0)
-    };
-    let mysql = if stmt {
-        s.u64_at(l.stmt_mysql).unwrap_or(0)
-    } else {
-        handle
-    };
-    // The connection's window is MY_HEAD too: the statement's was used up above.
-    let stmt_id = if stmt {
-        s.u64_at(l.stmt_id).unwrap_or(0)
-    } else {
-        0
-    };
-    let stmt_state = if stmt {
-        [
-            s.u32_at(l.stmt_last_errno).unwrap_or(0) as u64,
-            s.u64_at(l.stmt_affected_rows).unwrap_or(u64::MAX),
-            s.u64_at(l.stmt_row_count).unwrap_or(0),
-            s.u32_at(l.stmt_field_count).unwrap_or(0) as u64,
-        ]
-    } else {
-        [0; 4]
+        (handle, 0, [0; 4])
     };
     let m = Fields::of(mysql, l.head, l.head_len);
     ev.hdr = header(Kind::MyReturn, mycookie::call(c), handle);
