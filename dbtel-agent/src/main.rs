@@ -39,6 +39,14 @@ enum ProtocolArg {
     HttpProtobuf,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum MetricsExporterArg {
+    Otlp,
+    /// Only /metrics (Prometheus scrapes it).
+    Prometheus,
+    None,
+}
+
 /// Traces PostgreSQL and MySQL/MariaDB clients and servers with eBPF and exports OpenTelemetry spans.
 ///
 /// Given a client PID (or a command to start), attaches uprobes to its client
@@ -57,14 +65,6 @@ enum ProtocolArg {
 /// OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES,
 /// OTEL_TRACES_EXPORTER, OTEL_USE_CONSOLE, OTEL_TRACES_SAMPLER(_ARG),
 /// RUST_LOG (agent log level, default info).
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum MetricsExporterArg {
-    Otlp,
-    /// Only /metrics (Prometheus scrapes it).
-    Prometheus,
-    None,
-}
-
 #[derive(Parser, Debug)]
 #[command(
     name = "dbtel-agent",
@@ -549,5 +549,29 @@ fn report(own: &dbtel_agent::metrics::own::Own, s: &Summary, e: &Exporter) {
             })
             .collect();
         eprintln!("dbtel: probe hits: {}", runs.join(" "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// A flattened flag group's doc comment once took the place of the agent's own
+    /// description at the top of `--help`.
+    #[test]
+    fn help_opens_with_what_the_agent_does() {
+        let mut cmd = super::Cli::command();
+        let help = cmd.render_help().to_string();
+        assert!(
+            help.starts_with("Traces PostgreSQL and MySQL/MariaDB clients and servers"),
+            "{help}"
+        );
+        let check = cmd
+            .find_subcommand_mut("check")
+            .unwrap()
+            .render_help()
+            .to_string();
+        assert!(check.starts_with("Would tracing work here?"), "{check}");
+        cmd.debug_assert();
     }
 }
