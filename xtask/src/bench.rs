@@ -147,6 +147,13 @@ impl Drops {
     }
 }
 
+/// The median of the per-round ratios a[i] / b[i]: runs of one round are
+/// minutes closer in time than the medians of whole columns, so the host's
+/// drift between rounds cancels out of each ratio.
+fn paired(a: &[f64], b: &[f64]) -> f64 {
+    median(a.iter().zip(b).map(|(x, y)| x / y).collect())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
@@ -158,6 +165,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+/// Each run's TPS, in round order.
+fn tps(runs: &[Run]) -> Vec<f64> {
+    runs.iter().map(|r| r.tps).collect()
 }
 
 /// The number before `suffix` on the line containing `key`.
@@ -291,6 +303,11 @@ struct Row {
     ratio: f64,
     /// TPS with every probe attached but returning at once, over TPS off.
     probes_only_ratio: f64,
+    /// dbtel over its floor: TPS on over TPS with the probes only.
+    floor_ratio: f64,
+    /// TPS off and on, round by round (paired with the peer's rounds).
+    off_tps: Vec<f64>,
+    on_tps: Vec<f64>,
     added_us_per_query: f64,
     cpu_per_10k_qps: f64,
     rss_mib: f64,
@@ -431,9 +448,11 @@ pub fn bench(o: &Options) -> Result<()> {
                     aa_ratio: a2.tps / a1.tps,
                     tps_off,
                     tps_on,
-                    ratio: tps_on / tps_off,
-                    probes_only_ratio: median(probes_only.iter().map(|r| r.tps).collect())
-                        / tps_off,
+                    ratio: paired(&tps(&on), &tps(&off)),
+                    probes_only_ratio: paired(&tps(&probes_only), &tps(&off)),
+                    floor_ratio: paired(&tps(&on), &tps(&probes_only)),
+                    off_tps: tps(&off),
+                    on_tps: tps(&on),
                     added_us_per_query: (lat_on - lat_off) * 1000.0 / stmts as f64,
                     cpu_per_10k_qps: cpu,
                     rss_mib: on.iter().map(|r| r.agent_rss_mib).fold(0.0, f64::max),
@@ -446,7 +465,7 @@ pub fn bench(o: &Options) -> Result<()> {
                     peer: peer.map(|l| l.figures()),
                 });
                 let r = rows.last().unwrap();
-                eprintln!("bench:   TPS ratio {:.3} (probes only {:.3}, A/A {:.3}), {} spans / {} expected{}", r.ratio, r.probes_only_ratio, r.aa_ratio, r.spans, r.statements, peers::said(r));
+                eprintln!("bench:   TPS ratio {:.3} (probes only {:.3}, dbtel / floor {:.3}, A/A {:.3}), {} spans / {} expected{}", r.ratio, r.probes_only_ratio, r.floor_ratio, r.aa_ratio, r.spans, r.statements, peers::said(r));
                 // Written after every line, so an interrupted run still leaves its figures.
                 let (md, json) = render(&rows, &pipeline, o);
                 std::fs::write(out_dir.join("results.md"), &md)?;
@@ -537,5 +556,16 @@ mod tests {
         assert_eq!(number_after(cpu, "agent cpu"), Some(1.25));
         assert_eq!(number_after(cpu, "(attaching"), Some(0.2));
         assert_eq!(median(vec![3.0, 1.0, 2.0, 10.0]), 2.5);
+    }
+
+    #[test]
+    fn ratios_pair_the_runs_of_one_round() {
+        // The host slowed down by half from the second round's off run on:
+        // the medians of the columns say 0.45, the rounds' own ratios 0.9,
+        // but for the one round the slowdown cut in two.
+        let off = [100.0, 100.0, 50.0];
+        let on = [90.0, 45.0, 45.0];
+        assert_eq!(paired(&on, &off), 0.9);
+        assert_eq!(median(on.to_vec()) / median(off.to_vec()), 0.45);
     }
 }

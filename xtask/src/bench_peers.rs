@@ -18,7 +18,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use dbtel_tests::Cluster;
 
-use super::{median, parse_pgbench, pgbench_args, Options, Row, Script, Target};
+use super::{median, paired, parse_pgbench, pgbench_args, Options, Row, Script, Target};
 
 #[path = "bench_dbslower.rs"]
 mod dbslower;
@@ -129,6 +129,8 @@ pub(super) struct Line {
 pub(super) struct Figures {
     pub(super) what: &'static str,
     pub(super) tps: f64,
+    /// Its TPS round by round.
+    pub(super) rounds: Vec<f64>,
     /// Statements the peer's histogram(s) counted, against those pgbench ran.
     pub(super) counted: u64,
     pub(super) expected: u64,
@@ -229,6 +231,7 @@ impl Line {
                 _ => "bpftrace server.bt",
             },
             tps: median(self.tps.clone()),
+            rounds: self.tps.clone(),
             counted: self.counted,
             expected: self.expected,
             query_tps: server.then(|| median(self.query_tps.clone())),
@@ -246,10 +249,15 @@ impl Line {
     }
 }
 
-/// A row's peer, its TPS over off's and dbtel's TPS over its.
+/// A row's peer, its TPS over off's and dbtel's TPS over its (medians of
+/// the per-round ratios).
 fn peer(r: &Row) -> Option<(&Figures, f64, f64)> {
     let p = r.peer.as_ref()?;
-    Some((p, p.tps / r.tps_off, r.tps_on / p.tps))
+    Some((
+        p,
+        paired(&p.rounds, &r.off_tps),
+        paired(&r.on_tps, &p.rounds),
+    ))
 }
 
 /// The peer's cells in the results table: its TPS, over off, dbtel's over it.

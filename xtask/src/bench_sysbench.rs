@@ -7,8 +7,8 @@ use anyhow::{bail, Context, Result};
 use dbtel_tests::{MariaDb, Receiver};
 
 use super::{
-    median, number_after, probe_hits, read_report, traced_run, Drops, Options, Row, Run, Target,
-    TARGETS,
+    median, number_after, paired, probe_hits, read_report, tps, traced_run, Drops, Options, Row,
+    Run, Target, TARGETS,
 };
 
 /// (script, sysbench's name): point selects only; the OLTP read/write mix.
@@ -241,9 +241,11 @@ pub(super) fn lines(
                     aa_ratio: a2.tps / a1.tps,
                     tps_off,
                     tps_on,
-                    ratio: tps_on / tps_off,
-                    probes_only_ratio: median(probes_only.iter().map(|r| r.tps).collect())
-                        / tps_off,
+                    ratio: paired(&tps(&on), &tps(&off)),
+                    probes_only_ratio: paired(&tps(&probes_only), &tps(&off)),
+                    floor_ratio: paired(&tps(&on), &tps(&probes_only)),
+                    off_tps: tps(&off),
+                    on_tps: tps(&on),
                     added_us_per_query: (lat_on - lat_off) * 1000.0 / stmts.max(1) as f64,
                     cpu_per_10k_qps: cpu,
                     rss_mib: on.iter().map(|r| r.agent_rss_mib).fold(0.0, f64::max),
@@ -255,7 +257,7 @@ pub(super) fn lines(
                     peer: None,
                 });
                 let r = rows.last().unwrap();
-                eprintln!("bench:   TPS ratio {:.3} (probes only {:.3}, A/A {:.3}), {} spans / {} expected", r.ratio, r.probes_only_ratio, r.aa_ratio, r.spans, r.statements);
+                eprintln!("bench:   TPS ratio {:.3} (probes only {:.3}, dbtel / floor {:.3}, A/A {:.3}), {} spans / {} expected", r.ratio, r.probes_only_ratio, r.floor_ratio, r.aa_ratio, r.spans, r.statements);
                 written(rows)?;
             }
         }
