@@ -22,6 +22,8 @@ use super::{median, paired, parse_pgbench, pgbench_args, Options, Row, Script, T
 
 #[path = "bench_dbslower.rs"]
 mod dbslower;
+#[path = "bench_mypeers.rs"]
+pub(super) mod mysql;
 
 const CLIENT: &str = include_str!("../peers/client.bt");
 const SERVER: &str = include_str!("../peers/server.bt");
@@ -319,7 +321,7 @@ pub(super) fn notes(rows: &[Row]) -> String {
     md
 }
 
-const NOTE: &str = "\nPeers, run in the same rounds (scripts in target/bench/peers/): client.bt, bpftrace uprobes on the libpq calls dbtel probes, each query's text read at its call and its latency (to PQexec*'s return or PQgetResult's NULL) into a histogram, the pgbench process only (bpftrace -c); server.bt, bpftrace on the USDT probes dbtel uses (statement__status with its text, transaction__abort, lock__wait__start/done, deadlock__found), each statement's time to the backend's idle report into a histogram, the postmaster's backends only; both: the two at once. Each run is checked: probes attached, and its histograms count the statements pgbench ran. Server lines of -M simple also (query__start/done fire in exec_simple_query alone: the extended protocol's queries, prepared or not, pass unseen, by these two as by any script on them): query__start/done (server-query.bt, what a user would write first) and BCC's dbslower -m 0 (every query printed, to a file), attached to pgbench's backends once connected (it follows no fork: on the postmaster alone it sees nothing), TPS over pgbench's seconds after (-P 1), queries printed against all pgbench ran.\n";
+const NOTE: &str = "\nPeers, run in the same rounds (scripts in target/bench/peers/): client.bt, bpftrace uprobes on the libpq calls dbtel probes, each query's text read at its call and its latency (to PQexec*'s return or PQgetResult's NULL) into a histogram, the pgbench process only (bpftrace -c); server.bt, bpftrace on the USDT probes dbtel uses (statement__status with its text, transaction__abort, lock__wait__start/done, deadlock__found), each statement's time to the backend's idle report into a histogram, the postmaster's backends only; both: the two at once. Each run is checked: probes attached, and its histograms count the statements pgbench ran. Server lines of -M simple also (query__start/done fire in exec_simple_query alone: the extended protocol's queries, prepared or not, pass unseen, by these two as by any script on them): query__start/done (server-query.bt, what a user would write first) and BCC's dbslower -m 0 (every query printed, to a file), attached to pgbench's backends once connected (it follows no fork: on the postmaster alone it sees nothing), TPS over pgbench's seconds after (-P 1), queries printed against all pgbench ran. sysbench lines (MariaDB has no USDT probes): mysql-client.bt, bpftrace uprobes on the libmariadb calls dbtel probes (mysql_real_query and mysql_send_query with their text, mysql_stmt_execute), each statement's latency to its call's return (or mysql_read_query_result's) into a histogram, sysbench only (bpftrace -c); mysql-server.bt, bpftrace on mariadbd's dispatch_command (entry with the command's text, return), each command's time into a histogram, that server's threads only; both: the two at once.\n";
 
 /// The progress line's peer part.
 pub(super) fn said(r: &Row) -> String {

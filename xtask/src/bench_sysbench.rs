@@ -154,6 +154,7 @@ pub(super) fn lines(
     if scripts.is_empty() || targets.is_empty() {
         return Ok(());
     }
+    let sysbench = which("sysbench")?;
     eprintln!(
         "bench: MariaDB (sysbench, {} tables of {} rows)",
         4,
@@ -173,6 +174,12 @@ pub(super) fn lines(
     if !out.status.success() || said.contains("FATAL") {
         bail!("sysbench prepare: {said}");
     }
+    let peers = if o.peers {
+        let dir = crate::root().join("target/bench/peers");
+        Some(super::peers::mysql::MyPeers::new(&db, &sysbench, &dir)?)
+    } else {
+        None
+    };
     for script in scripts {
         for mode in MODES.iter().copied().filter(|m| wanted(&o.modes, m)) {
             for &(traced, traced_name) in &targets {
@@ -183,6 +190,9 @@ pub(super) fn lines(
                     (Vec::new(), Vec::new(), Vec::new(), 0u64);
                 let time = format!("--time={}", o.seconds);
                 let extra: Vec<&str> = o.agent_args.iter().map(String::as_str).collect();
+                let mut peer = peers.as_ref().and_then(|p| p.line(traced));
+                let mut workload = Command::new(&sysbench);
+                workload.args(args(&db, script, mode, o, &[&time, "run"]));
                 for _ in 0..o.pairs {
                     off.push(run_off(&db, script, mode, o)?.0);
                     let (r, q, _) = run_on(
@@ -212,6 +222,11 @@ pub(super) fn lines(
                         )?
                         .0,
                     );
+                    if let Some(line) = &mut peer {
+                        line.round(&db, &workload, o.clients as u64, &|out| {
+                            parse(out).map(|(r, q)| (r.tps, q))
+                        })?;
+                    }
                 }
                 let (traps_per_query, ebpf_ns) = traps(agent, &db, rx, script, mode, o, traced)?;
                 let txns: u64 = on.iter().map(|r| r.txns).sum();
@@ -254,15 +269,27 @@ pub(super) fn lines(
                     drops,
                     traps_per_query,
                     ebpf_ns_per_query: ebpf_ns,
-                    peer: None,
+                    peer: peer.map(|l| l.figures()),
                 });
                 let r = rows.last().unwrap();
-                eprintln!("bench:   TPS ratio {:.3} (probes only {:.3}, dbtel / floor {:.3}, A/A {:.3}), {} spans / {} expected", r.ratio, r.probes_only_ratio, r.floor_ratio, r.aa_ratio, r.spans, r.statements);
+                eprintln!("bench:   TPS ratio {:.3} (probes only {:.3}, dbtel / floor {:.3}, A/A {:.3}), {} spans / {} expected{}", r.ratio, r.probes_only_ratio, r.floor_ratio, r.aa_ratio, r.spans, r.statements, super::peers::said(r));
                 written(rows)?;
             }
         }
     }
     Ok(())
+}
+
+/// A program's full path from PATH, its links resolved: bpftrace -c wants one
+/// path (with /bin a link to /usr/bin, the bare name matches two).
+fn which(name: &str) -> Result<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .with_context(|| format!("no {name} in PATH (cargo xtask setup installs it)"))?
+        .canonicalize()
+        .map_err(Into::into)
 }
 
 #[cfg(test)]

@@ -54,6 +54,33 @@ pub fn decode_body(code: &[u8], ip: u64) -> Vec<Instruction> {
     out
 }
 
+/// Bytes to skip at a function's entry so that its uprobe sits on an
+/// instruction the kernel emulates. Its int3 is otherwise followed by a
+/// single step of the displaced instruction (a second trap, the debug
+/// exception): x86 uprobes emulate branches, nops and pushes, not a `test`.
+/// A `test`/`cmp` of registers writes only the flags, so at the conditional
+/// branch after it every argument register still holds what the caller
+/// passed (`thd_wait_begin`: `test rdi, rdi; je ...`, run for every network
+/// wait of every connection). 0 where the entry stays as it is.
+pub fn emulated_entry_skip(code: &[u8], ip: u64) -> u64 {
+    let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    let (first, second) = (decoder.decode(), decoder.decode());
+    let flags_only = matches!(first.mnemonic(), Mnemonic::Test | Mnemonic::Cmp)
+        && (0..first.op_count()).all(|i| first.op_kind(i) != OpKind::Memory);
+    let branch = second.flow_control() == FlowControl::ConditionalBranch
+        && matches!(second.op0_kind(), OpKind::NearBranch64)
+        && !second.is_invalid()
+        && !matches!(
+            second.mnemonic(),
+            Mnemonic::Jrcxz | Mnemonic::Jecxz | Mnemonic::Loop | Mnemonic::Loope | Mnemonic::Loopne
+        );
+    if !first.is_invalid() && flags_only && branch {
+        first.len() as u64
+    } else {
+        0
+    }
+}
+
 /// The registers (full width) an instruction writes or may write.
 pub fn written_registers(info: &mut InstructionInfoFactory, ins: &Instruction) -> Vec<Register> {
     info.info(ins)
@@ -239,6 +266,30 @@ fn access(ins: &Instruction, held: &[(Register, Option<u32>)], after_call: bool)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_test_and_branch_is_probed_at_the_branch() {
+        // mariadbd's thd_wait_begin: test rdi, rdi; je +0x23; mov rax, [rdi + 0x580].
+        let wait = [
+            0x48, 0x85, 0xff, 0x74, 0x23, 0x48, 0x8b, 0x87, 0x80, 0x05, 0, 0,
+        ];
+        assert_eq!(emulated_entry_skip(&wait, 0x7de800), 3);
+        // cmp esi, 5; jne (near): also flags only.
+        let cmp = [0x83, 0xfe, 0x05, 0x0f, 0x85, 0x10, 0, 0, 0];
+        assert_eq!(emulated_entry_skip(&cmp, 0x1000), 3);
+        // push rbp (emulated already), a test of memory, a test then a mov: as they are.
+        assert_eq!(emulated_entry_skip(&[0x55, 0x48, 0x89, 0xe5], 0x1000), 0);
+        let mem = [0x48, 0x85, 0x3f, 0x74, 0x23];
+        assert_eq!(emulated_entry_skip(&mem, 0x1000), 0);
+        let mov = [0x48, 0x85, 0xff, 0x48, 0x89, 0xe5];
+        assert_eq!(emulated_entry_skip(&mov, 0x1000), 0);
+        // jrcxz is not among the branches the kernel emulates.
+        assert_eq!(
+            emulated_entry_skip(&[0x48, 0x85, 0xff, 0xe3, 0x10], 0x1000),
+            0
+        );
+        assert_eq!(emulated_entry_skip(&[], 0x1000), 0);
+    }
 
     fn accesses(bytes: &[u8]) -> Vec<(Use, u32, u32, Option<u32>, bool)> {
         arg0_accesses(&decode_body(bytes, 0x1000))

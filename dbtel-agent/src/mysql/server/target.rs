@@ -323,10 +323,14 @@ pub fn claim_image(
         let s = found
             .get(function)
             .ok_or_else(|| refuse(path, format!("no {function}")))?;
+        // Past a flags-only test at the entry: no single step per hit.
+        let skip = s
+            .code(data, 16)
+            .map_or(0, |c| x86::emulated_entry_skip(c, s.address));
         points.push(Point {
             program: "server_site",
             function,
-            offset: s.offset,
+            offset: s.offset + skip,
             cookie: i as u32,
         });
         specs.push(spec);
