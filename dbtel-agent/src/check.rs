@@ -32,9 +32,11 @@ pub struct CheckArgs {
     /// OTLP endpoint base URL (default: OTEL_EXPORTER_OTLP_ENDPOINT, else localhost).
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// OTLP protocol (its default endpoint: grpc localhost:4317, http/protobuf localhost:4318).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "http/protobuf", value_parser = ["grpc", "http/protobuf"])]
     pub otlp_protocol: String,
-    /// Catalog connection settings (libpq `key=value` file, or a MySQL option file), as the agent's flag.
+    /// Catalog connection settings to try: a libpq `key=value` file for PostgreSQL, or a
+    /// MySQL option file for MariaDB (the agent's --catalog-config).
     #[arg(long, value_name = "FILE")]
     pub catalog_config: Option<std::path::PathBuf>,
     /// Do not check catalog connections.
@@ -149,6 +151,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
     if t.all {
         let sel = t.selectors()?;
         check_host(&mut r, &sel, &mut servers);
+        check_host_mysql(&mut r, &hostwide::all_pids(), &mut mariadb);
     }
     if !args.no_catalog {
         for pm in servers {
@@ -300,38 +303,77 @@ fn check_pid(
 fn mysql_lines(r: &mut Report, pid: u32, who: &str, mariadb: &mut Vec<u32>) {
     let mut found = 0;
     for path in crate::host::process::executable_mappings(pid).unwrap_or_default() {
-        let host = std::path::PathBuf::from(format!("/proc/{pid}/root{path}"));
-        if let Ok(Some(plan)) = crate::mysql::server::target::claim(pid, &path, &host) {
+        if mysql_file(r, pid, &path, who, mariadb) != MyFile::Neither {
             found += 1;
-            mariadb.push(pid);
-            r.ok(format!(
-                "{who}: MariaDB server {}: {} probe sites, THD layout decoded",
-                plan.path,
-                plan.points.len()
-            ));
-            continue;
-        }
-        match crate::mysql::discover::claim(pid, &path, &host) {
-            Ok(Some(plan)) => {
-                found += 1;
-                r.ok(format!(
-                    "{who}: MySQL client library {}: {} probes, struct layout decoded",
-                    plan.path,
-                    plan.points.len()
-                ));
-                for w in plan.warnings {
-                    r.warn(w);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                found += 1;
-                r.fail(e.to_string());
-            }
         }
     }
     if found == 0 {
         r.fail(crate::engine::no_client_library(pid));
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MyFile {
+    Server,
+    /// A client library (or a program with one linked in), or one that failed.
+    Client,
+    Neither,
+}
+
+/// One mapped file of `pid`: a MariaDB server executable or a MySQL client
+/// library gets its line (a server's PID goes to `mariadb`).
+fn mysql_file(r: &mut Report, pid: u32, path: &str, who: &str, mariadb: &mut Vec<u32>) -> MyFile {
+    let host = std::path::PathBuf::from(format!("/proc/{pid}/root{path}"));
+    if let Ok(Some(plan)) = crate::mysql::server::target::claim(pid, path, &host) {
+        mariadb.push(pid);
+        r.ok(format!(
+            "{who}: MariaDB server {}: {} probe sites, THD layout decoded",
+            plan.path,
+            plan.points.len()
+        ));
+        return MyFile::Server;
+    }
+    match crate::mysql::discover::claim(pid, path, &host) {
+        Ok(Some(plan)) => {
+            r.ok(format!(
+                "{who}: MySQL client library {}: {} probes, struct layout decoded",
+                plan.path,
+                plan.points.len()
+            ));
+            for w in plan.warnings {
+                r.warn(w);
+            }
+            MyFile::Client
+        }
+        Ok(None) => MyFile::Neither,
+        Err(e) => {
+            r.fail(e.to_string());
+            MyFile::Client
+        }
+    }
+}
+
+/// What --all would trace of MySQL/MariaDB: every running MariaDB server,
+/// and each client library file any process maps, once.
+fn check_host_mysql(r: &mut Report, pids: &[u32], mariadb: &mut Vec<u32>) {
+    let mut judged: std::collections::HashMap<(u64, u64), MyFile> = Default::default();
+    for &pid in pids {
+        for path in crate::host::process::executable_mappings(pid).unwrap_or_default() {
+            if path.contains("libpq") {
+                continue;
+            }
+            let host = std::path::PathBuf::from(format!("/proc/{pid}/root{path}"));
+            let Some(id) = crate::host::process::file_id(&host) else {
+                continue;
+            };
+            let who = format!("PID {pid} ({})", crate::host::process::exe_name(pid));
+            let kind = match judged.get(&id) {
+                // Each process running a server executable is a server of its own.
+                Some(MyFile::Server) | None => mysql_file(r, pid, &path, &who, mariadb),
+                Some(_) => continue,
+            };
+            judged.insert(id, kind);
+        }
     }
 }
 
@@ -475,7 +517,7 @@ pub fn otlp_address(endpoint: Option<&str>, grpc: bool) -> Option<(String, u16)>
 fn check_otlp(r: &mut Report, endpoint: Option<&str>, grpc: bool) {
     let Some((host, port)) = otlp_address(endpoint, grpc) else {
         r.fail(format!(
-            "OTLP endpoint {:?} is not a URL",
+            "OTLP endpoint {:?} is not a URL: give --otlp-endpoint http://host:port (or --no-otlp)",
             endpoint.unwrap_or("(from the environment)")
         ));
         return;

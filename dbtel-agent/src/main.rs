@@ -98,12 +98,14 @@ struct Cli {
 
     /// Mark statements slower than this (`db.slow_query`, a `slow_query_detected` event,
     /// the dbtel_slow_queries counter): 250ms, 2s; a bare number is milliseconds
-    /// (SLOW_QUERY_TIME, as in-process libraries read it). Default: off.
+    /// (env SLOW_QUERY_TIME, the variable OpenTelemetry's in-process database
+    /// instrumentations read). Default: off.
     #[arg(long, value_name = "DURATION", env = "SLOW_QUERY_TIME", value_parser = dbtel_agent::settings::parse_threshold)]
     slow_query_threshold: Option<std::time::Duration>,
 
     /// Where metrics go besides /metrics: otlp (pushed to the OTLP endpoint every
-    /// --metric-export-interval; the default when spans go to OTLP) or none.
+    /// --metric-export-interval), prometheus (only /metrics, for a scraper) or none.
+    /// Default: otlp when spans go to OTLP, else none.
     #[arg(
         long,
         value_enum,
@@ -112,9 +114,9 @@ struct Cli {
     )]
     metrics_exporter: Option<MetricsExporterArg>,
 
-    /// Milliseconds between OTLP metric pushes.
+    /// Milliseconds between OTLP metric pushes (at least 100).
     #[arg(long, value_name = "MS", env = "OTEL_METRIC_EXPORT_INTERVAL", default_value_t = 60_000,
-          value_parser = clap::value_parser!(u64).range(100..))]
+          value_parser = parse_export_interval)]
     metric_export_interval: u64,
 
     /// Report N+1 query patterns: a SELECT run this many times or more with other values in
@@ -161,7 +163,8 @@ struct Cli {
     spool_dir: Option<std::path::PathBuf>,
 
     /// Most the spool holds (e.g. 512MiB, 2GiB); beyond it the oldest requests are dropped, counted.
-    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = dbtel_agent::settings::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = dbtel_agent::settings::parse_size,
+          requires = "spool_dir")]
     spool_max_size: u64,
 
     /// service.name of the exported spans (default: OTEL_SERVICE_NAME, else the traced executable's name).
@@ -177,8 +180,9 @@ struct Cli {
     #[arg(long, conflicts_with = "raw_query_text")]
     keep_comments: bool,
 
-    /// Longest query text copied from the traced process, in bytes; longer text is cut and marked.
-    #[arg(long, value_name = "BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=16382))]
+    /// Longest query text copied from the traced process, in bytes (16 to 16382); longer
+    /// text is cut and marked.
+    #[arg(long, value_name = "BYTES", default_value_t = 4096, value_parser = parse_max_query_length)]
     max_query_length: u32,
 
     /// Count probe hits per eBPF program and report them at exit (adds a little cost per hit; for benchmarks).
@@ -223,12 +227,30 @@ enum Sub {
     /// waits, transactions, long queries. PostgreSQL: settings from the PG* environment
     /// variables or --catalog-config (libpq key=value). A MariaDB server (--server-pid):
     /// from ~/.my.cnf [client] or --catalog-config (an option file), MYSQL_HOST /
-    /// MYSQL_TCP_PORT / MYSQL_UNIX_PORT, else its own socket. Never the command line.
+    /// MYSQL_TCP_PORT / MYSQL_UNIX_PORT, else its own socket. Passwords are never taken
+    /// from the command line.
     Contention(dbtel_agent::postgres::contention::ContentionArgs),
     /// Would tracing work here? Kernel features, capabilities, each target (--pid or
     /// --all with its selectors: library or server, probe points, layouts), its
     /// catalog, the OTLP endpoint. One line per finding; exit 1 if tracing would fail.
     Check(dbtel_agent::check::CheckArgs),
+}
+
+/// `--metric-export-interval`: a whole number of milliseconds, at least 100.
+fn parse_export_interval(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(v) if v >= 100 => Ok(v),
+        Ok(_) => Err("at least 100 milliseconds".into()),
+        Err(_) => Err(format!("not a number of milliseconds: {s:?}")),
+    }
+}
+
+/// `--max-query-length`: 16 to 16382 bytes (the kernel side's text buffer).
+fn parse_max_query_length(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(v) if (16..=16382).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a length from 16 to 16382 bytes")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -253,7 +275,8 @@ fn parse_cli() -> anyhow::Result<(Cli, Option<String>)> {
     let env = |k: &str| std::env::var(k).ok();
     let file = config::config_path(&args)
         .map(|p| config::load(&p, &Cli::command()))
-        .transpose()?;
+        .transpose()
+        .unwrap_or_else(|e| settings_error(e));
     let mut cmd = match &file {
         Some(f) => config::apply(Cli::command(), f, &env),
         None => Cli::command(),
@@ -265,7 +288,7 @@ fn parse_cli() -> anyhow::Result<(Cli, Option<String>)> {
         match config::check_relations(Cli::command(), &cmd, &matches, f) {
             Ok(()) => {}
             Err(config::RelationError::Flags(e)) => e.exit(),
-            Err(config::RelationError::File(e)) => return Err(e),
+            Err(config::RelationError::File(e)) => settings_error(e),
         }
     }
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut cmd).exit());
@@ -273,6 +296,12 @@ fn parse_cli() -> anyhow::Result<(Cli, Option<String>)> {
         .print_config
         .then(|| config::render(&cmd, &matches, file.as_ref(), &env));
     Ok((cli, printed))
+}
+
+/// A bad config file stops the agent as a bad flag does: one line, status 2.
+fn settings_error(e: anyhow::Error) -> ! {
+    eprintln!("dbtel-agent: {e:#}");
+    std::process::exit(2)
 }
 
 fn real_main() -> anyhow::Result<ExitCode> {
@@ -288,6 +317,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
     dbtel_agent::postgres::server::target::choose_probe_source(source);
     match cli.sub {
         Some(Sub::Contention(args)) => {
+            if let Some(pid) = args.server_pid {
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    anyhow::bail!("no process with PID {pid}");
+                }
+            }
             // A MariaDB server's PID: its own report, from its own tables.
             let mariadb = args.server_pid.filter(|pid| {
                 dbtel_agent::mysql::server::target::is_server(std::path::Path::new(&format!(
@@ -553,25 +587,5 @@ fn report(own: &dbtel_agent::metrics::own::Own, s: &Summary, e: &Exporter) {
 }
 
 #[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    /// A flattened flag group's doc comment once took the place of the agent's own
-    /// description at the top of `--help`.
-    #[test]
-    fn help_opens_with_what_the_agent_does() {
-        let mut cmd = super::Cli::command();
-        let help = cmd.render_help().to_string();
-        assert!(
-            help.starts_with("Traces PostgreSQL and MySQL/MariaDB clients and servers"),
-            "{help}"
-        );
-        let check = cmd
-            .find_subcommand_mut("check")
-            .unwrap()
-            .render_help()
-            .to_string();
-        assert!(check.starts_with("Would tracing work here?"), "{check}");
-        cmd.debug_assert();
-    }
-}
+#[path = "main_tests.rs"]
+mod tests;

@@ -169,7 +169,9 @@ fn url(name: &str, value: &str) -> Result<(), String> {
         Ok(u) if !matches!(u.scheme(), "http" | "https") => bad("not an http:// or https:// URL"),
         Ok(u) if u.host_str().is_none_or(str::is_empty) => bad("no host"),
         Ok(_) => Ok(()),
-        Err(e) => bad(&format!("not a URL ({e})")),
+        Err(e) => bad(&format!(
+            "not a URL ({e}); expected http://host:port or https://host:port"
+        )),
     }
 }
 

@@ -199,7 +199,7 @@ fn unknown_key_or_wrong_type_is_refused_naming_key_and_file() {
         b"",
         Duration::from_secs(30),
     );
-    assert_eq!(run.status.code(), Some(1), "{run:?}");
+    assert_eq!(run.status.code(), Some(2), "{run:?}");
     assert_eq!(
         run.stderr.trim_end(),
         format!(
@@ -213,7 +213,7 @@ fn unknown_key_or_wrong_type_is_refused_naming_key_and_file() {
         b"",
         Duration::from_secs(30),
     );
-    assert_eq!(run.status.code(), Some(1), "{run:?}");
+    assert_eq!(run.status.code(), Some(2), "{run:?}");
     assert_eq!(
         run.stderr.trim_end(),
         format!(
@@ -450,7 +450,7 @@ fn each_bad_setting_is_one_line_naming_it_and_exit_2() {
     let cases: &[(&[(&str, &str)], &[&str], &str)] = &[
         (&[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector:4318")], &[], "OTEL_EXPORTER_OTLP_ENDPOINT=\"ftp://collector:4318\": not an http:// or https:// URL"),
         (&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")], &[], "OTEL_EXPORTER_OTLP_ENDPOINT=\"\": empty"),
-        (&[], &["--otlp-endpoint", "garbage"], "--otlp-endpoint=\"garbage\": not a URL (relative URL without a base)"),
+        (&[], &["--otlp-endpoint", "garbage"], "--otlp-endpoint=\"garbage\": not a URL (relative URL without a base); expected http://host:port or https://host:port"),
         (&[("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=7,Bearer s3cret")], &[], "OTEL_EXPORTER_OTLP_HEADERS: header 2 is not key=value"),
         (&[("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cret\r\nx-evil: 1")], &[], "OTEL_EXPORTER_OTLP_HEADERS: the value of api-key holds a control character (CR, LF, …)"),
         (&[("OTEL_TRACES_SAMPLER", "sometimes")], &[], "OTEL_TRACES_SAMPLER=\"sometimes\": not a sampler dbtel offers (always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio)"),

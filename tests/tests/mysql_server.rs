@@ -271,6 +271,19 @@ fn check_says_what_it_would_trace_in_a_mariadb_server() {
         "{}",
         run.stdout
     );
+    // --all finds the same server (and its catalog) among the host's processes.
+    let all = run_agent(
+        &["check", "--all", "--no-otlp"],
+        b"",
+        Duration::from_secs(30),
+    );
+    let server = format!("ok    PID {pid} (mariadbd): MariaDB server /usr/sbin/mariadbd: 8 probe sites, THD layout decoded");
+    assert!(all.stdout.lines().any(|l| l == server), "{all:?}");
+    assert!(
+        all.stdout.lines().any(|l| l.starts_with(&want)),
+        "{}",
+        all.stdout
+    );
     // An option file pointing elsewhere: said, and tracing would still work.
     let dir = tempfile::tempdir().unwrap();
     let cnf = dir.path().join("my.cnf");

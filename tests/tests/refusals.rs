@@ -21,6 +21,11 @@ fn pid_that_does_not_exist() {
         .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
         .unwrap()
         .to_string();
+    // The contention report, given such a server PID, says the same.
+    assert_eq!(
+        refused(&["contention", "--server-pid", &pid]),
+        format!("dbtel-agent: no process with PID {pid}")
+    );
     assert_eq!(
         refused(&["--pid", &pid]),
         format!("dbtel-agent: no process with PID {pid}")

@@ -22,8 +22,8 @@ pub struct TargetArgs {
     pub pids: Vec<u32>,
 
     /// Trace every PostgreSQL and MariaDB server and every libpq and MySQL/MariaDB client
-    /// on the host, and every one started later, until stopped. Narrowed by --exe,
-    /// --exclude-exe, --port and --cgroup.
+    /// on the host, and every one started later, until stopped (with `-- COMMAND`: until
+    /// the command exits). Narrowed by --exe, --exclude-exe, --port and --cgroup.
     #[arg(long)]
     pub all: bool,
 

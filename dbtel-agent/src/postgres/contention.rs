@@ -23,9 +23,11 @@ pub use crate::report::{clip, fmt_ms, TEXT_QUERY_MAX};
 /// Arguments of `dbtel-agent contention`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ContentionArgs {
-    /// Catalog connection settings as libpq conninfo (`key=value ...` lines: host, port,
-    /// user, password, dbname, application_name, connect_timeout, passfile, sslmode).
-    /// Default: the PG* environment variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, ...).
+    /// Connection settings. PostgreSQL: libpq conninfo (`key=value ...` lines: host, port,
+    /// user, password, dbname, application_name, connect_timeout, passfile, sslmode);
+    /// default: the PG* environment variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, ...).
+    /// MariaDB (--server-pid of a mariadbd): a MySQL option file ([client] section);
+    /// default: ~/.my.cnf, else the server's own socket.
     #[arg(long, value_name = "FILE")]
     pub catalog_config: Option<PathBuf>,
 
