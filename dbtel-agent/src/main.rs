@@ -1,5 +1,7 @@
-//! dbtel-agent: traces PostgreSQL clients (libpq) by PID with eBPF uprobes and
-//! exports one OpenTelemetry span per query.
+//! dbtel-agent's command line: traces PostgreSQL and MySQL/MariaDB clients and servers
+//! with eBPF and exports OpenTelemetry spans (the work is in the library).
+
+mod cli_input;
 
 use std::{ffi::OsString, process::ExitCode, sync::atomic::Ordering};
 
@@ -116,7 +118,7 @@ struct Cli {
 
     /// Milliseconds between OTLP metric pushes (at least 100).
     #[arg(long, value_name = "MS", env = "OTEL_METRIC_EXPORT_INTERVAL", default_value_t = 60_000,
-          value_parser = parse_export_interval)]
+          value_parser = cli_input::parse_export_interval)]
     metric_export_interval: u64,
 
     /// Report N+1 query patterns: a SELECT run this many times or more with other values in
@@ -182,7 +184,7 @@ struct Cli {
 
     /// Longest query text copied from the traced process, in bytes (16 to 16382); longer
     /// text is cut and marked.
-    #[arg(long, value_name = "BYTES", default_value_t = 4096, value_parser = parse_max_query_length)]
+    #[arg(long, value_name = "BYTES", default_value_t = 4096, value_parser = cli_input::parse_max_query_length)]
     max_query_length: u32,
 
     /// Count probe hits per eBPF program and report them at exit (adds a little cost per hit; for benchmarks).
@@ -236,23 +238,6 @@ enum Sub {
     Check(dbtel_agent::check::CheckArgs),
 }
 
-/// `--metric-export-interval`: a whole number of milliseconds, at least 100.
-fn parse_export_interval(s: &str) -> Result<u64, String> {
-    match s.trim().parse::<u64>() {
-        Ok(v) if v >= 100 => Ok(v),
-        Ok(_) => Err("at least 100 milliseconds".into()),
-        Err(_) => Err(format!("not a number of milliseconds: {s:?}")),
-    }
-}
-
-/// `--max-query-length`: 16 to 16382 bytes (the kernel side's text buffer).
-fn parse_max_query_length(s: &str) -> Result<u32, String> {
-    match s.trim().parse::<u32>() {
-        Ok(v) if (16..=16382).contains(&v) => Ok(v),
-        _ => Err(format!("{s:?} is not a length from 16 to 16382 bytes")),
-    }
-}
-
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
@@ -276,19 +261,22 @@ fn parse_cli() -> anyhow::Result<(Cli, Option<String>)> {
     let file = config::config_path(&args)
         .map(|p| config::load(&p, &Cli::command()))
         .transpose()
-        .unwrap_or_else(|e| settings_error(e));
+        .unwrap_or_else(|e| cli_input::settings_error(e));
     let mut cmd = match &file {
         Some(f) => config::apply(Cli::command(), f, &env),
         None => Cli::command(),
     };
-    let matches = cmd
-        .try_get_matches_from_mut(&args)
-        .unwrap_or_else(|e| e.exit());
+    let matches = cmd.try_get_matches_from_mut(&args).unwrap_or_else(|e| {
+        if let Some(line) = cli_input::env_value_error(&cmd, &args, &e) {
+            cli_input::settings_error(anyhow::anyhow!(line))
+        }
+        e.exit()
+    });
     if let (Some(f), None) = (&file, matches.subcommand()) {
         match config::check_relations(Cli::command(), &cmd, &matches, f) {
             Ok(()) => {}
             Err(config::RelationError::Flags(e)) => e.exit(),
-            Err(config::RelationError::File(e)) => settings_error(e),
+            Err(config::RelationError::File(e)) => cli_input::settings_error(e),
         }
     }
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut cmd).exit());
@@ -296,12 +284,6 @@ fn parse_cli() -> anyhow::Result<(Cli, Option<String>)> {
         .print_config
         .then(|| config::render(&cmd, &matches, file.as_ref(), &env));
     Ok((cli, printed))
-}
-
-/// A bad config file stops the agent as a bad flag does: one line, status 2.
-fn settings_error(e: anyhow::Error) -> ! {
-    eprintln!("dbtel-agent: {e:#}");
-    std::process::exit(2)
 }
 
 fn real_main() -> anyhow::Result<ExitCode> {

@@ -5,7 +5,7 @@ use clap::CommandFactory;
 /// ranged parser printed `0 is not in 100..18446744073709551615`).
 #[test]
 fn ranged_flags_say_their_range() {
-    use super::{parse_export_interval, parse_max_query_length};
+    use crate::cli_input::{parse_export_interval, parse_max_query_length};
     assert_eq!(parse_export_interval("100"), Ok(100));
     assert_eq!(
         parse_export_interval("0"),

@@ -457,6 +457,9 @@ fn each_bad_setting_is_one_line_naming_it_and_exit_2() {
         (&[("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "1.5")], &[], "OTEL_TRACES_SAMPLER_ARG=\"1.5\": a ratio between 0 and 1"),
         (&[("OTEL_EXPORTER_OTLP_TIMEOUT", "0")], &[], "OTEL_EXPORTER_OTLP_TIMEOUT=\"0\": a timeout in milliseconds, more than 0"),
         (&[], &["--catalog-period", "0s"], "--catalog-period: must be longer than 0 s"),
+        // A variable clap reads for a flag is named as the variable, not the flag.
+        (&[("OTEL_TRACES_EXPORTER", "bogus")], &[], "OTEL_TRACES_EXPORTER=\"bogus\": not one of otlp, console, none"),
+        (&[("SLOW_QUERY_TIME", "soon")], &[], "SLOW_QUERY_TIME=\"soon\": milliseconds (500) or a duration such as 250ms or 2s"),
         (&[], &["--catalog-config", "/nonexistent/dbtel.conf"], "--catalog-config /nonexistent/dbtel.conf: No such file or directory (os error 2)"),
     ];
     for (env, flags, want) in cases {
