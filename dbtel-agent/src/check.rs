@@ -151,7 +151,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
     if t.all {
         let sel = t.selectors()?;
         check_host(&mut r, &sel, &mut servers);
-        check_host_mysql(&mut r, &hostwide::all_pids(), &mut mariadb);
+        check_host_mysql(&mut r, &sel, &hostwide::all_pids(), &mut mariadb);
     }
     if !args.no_catalog {
         for pm in servers {
@@ -303,7 +303,7 @@ fn check_pid(
 fn mysql_lines(r: &mut Report, pid: u32, who: &str, mariadb: &mut Vec<u32>) {
     let mut found = 0;
     for path in crate::host::process::executable_mappings(pid).unwrap_or_default() {
-        if mysql_file(r, pid, &path, who, mariadb) != MyFile::Neither {
+        if mysql_file(r, pid, &path, who, mariadb, &|_| true) != MyFile::Neither {
             found += 1;
         }
     }
@@ -321,10 +321,21 @@ enum MyFile {
 }
 
 /// One mapped file of `pid`: a MariaDB server executable or a MySQL client
-/// library gets its line (a server's PID goes to `mariadb`).
-fn mysql_file(r: &mut Report, pid: u32, path: &str, who: &str, mariadb: &mut Vec<u32>) -> MyFile {
+/// library gets its line (a server's PID goes to `mariadb` if `chosen`).
+fn mysql_file(
+    r: &mut Report,
+    pid: u32,
+    path: &str,
+    who: &str,
+    mariadb: &mut Vec<u32>,
+    chosen: &dyn Fn(u32) -> bool,
+) -> MyFile {
     let host = std::path::PathBuf::from(format!("/proc/{pid}/root{path}"));
     if let Ok(Some(plan)) = crate::mysql::server::target::claim(pid, path, &host) {
+        if !chosen(pid) {
+            r.ok(format!("{who}: MariaDB server {}: not selected", plan.path));
+            return MyFile::Server;
+        }
         mariadb.push(pid);
         r.ok(format!(
             "{who}: MariaDB server {}: {} probe sites, THD layout decoded",
@@ -353,9 +364,18 @@ fn mysql_file(r: &mut Report, pid: u32, path: &str, who: &str, mariadb: &mut Vec
     }
 }
 
-/// What --all would trace of MySQL/MariaDB: every running MariaDB server,
-/// and each client library file any process maps, once.
-fn check_host_mysql(r: &mut Report, pids: &[u32], mariadb: &mut Vec<u32>) {
+/// What --all would trace of MySQL/MariaDB: every running MariaDB server the
+/// selectors choose (as the agent does: by its executable, cgroup and the
+/// port it listens on), and each client library file any process maps, once.
+fn check_host_mysql(r: &mut Report, sel: &Selectors, pids: &[u32], mariadb: &mut Vec<u32>) {
+    let chosen = |pid: u32| {
+        let port = crate::host::listening::server_listening(pid).1;
+        sel.chooses(&crate::host::select::facts::of(
+            pid,
+            None,
+            Some(port.into_iter().collect()),
+        ))
+    };
     let mut judged: std::collections::HashMap<(u64, u64), MyFile> = Default::default();
     for &pid in pids {
         for path in crate::host::process::executable_mappings(pid).unwrap_or_default() {
@@ -369,7 +389,7 @@ fn check_host_mysql(r: &mut Report, pids: &[u32], mariadb: &mut Vec<u32>) {
             let who = format!("PID {pid} ({})", crate::host::process::exe_name(pid));
             let kind = match judged.get(&id) {
                 // Each process running a server executable is a server of its own.
-                Some(MyFile::Server) | None => mysql_file(r, pid, &path, &who, mariadb),
+                Some(MyFile::Server) | None => mysql_file(r, pid, &path, &who, mariadb, &chosen),
                 Some(_) => continue,
             };
             judged.insert(id, kind);

@@ -284,6 +284,21 @@ fn check_says_what_it_would_trace_in_a_mariadb_server() {
         "{}",
         all.stdout
     );
+    // Selectors narrow it as they narrow the agent's --all: no probe sites, no catalog.
+    let other = run_agent(
+        &["check", "--all", "--exe", "postgres", "--no-otlp"],
+        b"",
+        Duration::from_secs(30),
+    );
+    let skipped =
+        format!("ok    PID {pid} (mariadbd): MariaDB server /usr/sbin/mariadbd: not selected");
+    assert!(other.stdout.lines().any(|l| l == skipped), "{other:?}");
+    assert!(
+        !other
+            .stdout
+            .contains(&format!("MariaDB server {pid}: catalog")),
+        "{other:?}"
+    );
     // An option file pointing elsewhere: said, and tracing would still work.
     let dir = tempfile::tempdir().unwrap();
     let cnf = dir.path().join("my.cnf");
