@@ -25,6 +25,9 @@ pub struct Conns<V> {
     map: crate::FastMap<Key, Slot<V>>,
     procs: crate::FastMap<u32, Order>,
     cap: usize,
+    /// The key touched last, while it is held: touched again (a statement's
+    /// call and returns), it is already the most recently used of its process.
+    last: Option<Key>,
 }
 
 impl<V> Conns<V> {
@@ -33,6 +36,7 @@ impl<V> Conns<V> {
             map: Default::default(),
             procs: Default::default(),
             cap: cap.max(1),
+            last: None,
         }
     }
 
@@ -63,6 +67,10 @@ impl<V> Conns<V> {
         new: impl FnOnce() -> V,
         idle: impl Fn(&V) -> bool,
     ) -> Option<(Key, V)> {
+        if self.last == Some(key) {
+            return None;
+        }
+        self.last = Some(key);
         let p = self.procs.entry(key.0).or_default();
         let seq = p.next_seq;
         p.next_seq += 1;
@@ -120,6 +128,9 @@ impl<V> Conns<V> {
     }
 
     pub fn remove(&mut self, key: Key) -> Option<V> {
+        if self.last == Some(key) {
+            self.last = None;
+        }
         let slot = self.map.remove(&key)?;
         if let Some(p) = self.procs.get_mut(&key.0) {
             p.live -= 1;
@@ -165,6 +176,25 @@ mod tests {
         assert_eq!(c.keys_of(8), [(8, 1)]);
         assert_eq!(c.remove((8, 1)), Some(false));
         assert_eq!((c.held(8), c.get((8, 1))), ((0, 0), None));
+    }
+
+    #[test]
+    fn touching_the_last_key_again_moves_nothing() {
+        let mut c: Conns<u32> = Conns::new(2);
+        c.touch((7, 1), || 1, |_| true);
+        c.touch((7, 1), || unreachable!(), |_| true);
+        assert_eq!(
+            c.held(7),
+            (1, 1),
+            "one order entry: nothing was pushed again"
+        );
+        c.touch((7, 2), || 2, |_| true);
+        assert_eq!(c.remove((7, 2)), Some(2));
+        // Removed while it was the last: touched again, it is new.
+        assert!(c.touch((7, 2), || 3, |_| true).is_none());
+        assert_eq!(c.get((7, 2)), Some(&3));
+        // 1 is the least recently used: a third connection evicts it.
+        assert_eq!(c.touch((7, 3), || 4, |_| true), Some(((7, 1), 1)));
     }
 
     #[test]

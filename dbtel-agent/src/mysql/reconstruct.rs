@@ -372,12 +372,14 @@ impl Reconstructor {
         let conn = self.touch(key, r.at.ts_ns, out);
         conn.autocommit = r.server_status & AUTOCOMMIT != 0;
         let old = conn.thread_id;
-        if r.thread_id != 0 && r.thread_id != old {
+        let conn = if r.thread_id != 0 && r.thread_id != old {
             conn.thread_id = r.thread_id;
             conn.rebuild();
             self.index(key, old, r.thread_id);
-        }
-        let conn = self.conns.get_mut(key).expect("touched");
+            self.conns.get_mut(key).expect("touched")
+        } else {
+            conn
+        };
         let Some(op) = conn.op.as_mut() else { return };
         let text = op.stmt == 0;
         let same_stmt = op.stmt == r.at.conn;

@@ -28,7 +28,9 @@ impl Agent {
     }
 
     fn drain_n(&mut self, max: u32, bytes: &mut u64) -> bool {
-        let mut scratch = std::mem::take(&mut self.scratch);
+        let Some(mut ring) = self.ring.take() else {
+            return false;
+        };
         let mut read = 0u32;
         let more = loop {
             read += 1;
@@ -38,32 +40,26 @@ impl Agent {
             if read > max {
                 break true;
             }
-            let record = {
-                let Some(item) = self.ring.get_mut().next() else {
-                    break false;
-                };
-                // Its room in the ring: an 8-byte header, rounded up to 8.
-                *bytes += (item.len() as u64 + 8 + 7) & !7;
-                match events::engine_of(&item) {
-                    // Another engine's record: copied out, for its engine to decode.
-                    Some(e)
-                        if !matches!(
-                            e,
-                            dbtel_common::Engine::Postgres | dbtel_common::Engine::Host
-                        ) =>
-                    {
-                        scratch.clear();
-                        scratch.extend_from_slice(&item);
-                        None
-                    }
-                    _ => Some(events::decode_record(&item)),
-                }
+            let Some(item) = ring.get_mut().next() else {
+                break false;
             };
+            // Its room in the ring: an 8-byte header, rounded up to 8.
+            *bytes += (item.len() as u64 + 8 + 7) & !7;
             self.summary.events += 1;
-            let Some(record) = record else {
-                self.on_engine_record(&scratch);
-                continue;
+            let record = match events::engine_of(&item) {
+                // Another engine's record: decoded by its engine.
+                Some(e)
+                    if !matches!(
+                        e,
+                        dbtel_common::Engine::Postgres | dbtel_common::Engine::Host
+                    ) =>
+                {
+                    self.on_engine_record(&item);
+                    continue;
+                }
+                _ => events::decode_record(&item),
             };
+            drop(item);
             match record {
                 Ok(Record::Client(ev)) => {
                     // Looked up until the first call only: this runs per event.
@@ -102,7 +98,7 @@ impl Agent {
                 }
             }
         };
-        self.scratch = scratch;
+        self.ring = Some(ring);
         self.flush_spans();
         more
     }
