@@ -103,8 +103,10 @@ impl Probes {
             .ok()
             .and_then(|t| tracepoint_field(t, "sched_process_exec", "filename"))
             .unwrap_or(8);
+        let call_slot_mask = mysql_call_slots(std::env::var(CALL_SLOTS_VAR).ok().as_deref()) - 1;
         let mut ebpf = EbpfLoader::new()
             .override_global("MAX_TEXT", &max_text, true)
+            .override_global("CALL_SLOT_MASK", &call_slot_mask, true)
             .override_global("PROBES_ONLY", &probes_only, true)
             .override_global("FORK_PARENT_OFF", &fork_parent, true)
             .override_global("FORK_CHILD_OFF", &fork_child, true)
@@ -444,4 +446,30 @@ impl Probes {
 /// probe hit) until the returned fd is dropped. For benchmarks.
 pub fn enable_run_stats() -> Result<OwnedFd, AttachError> {
     aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| AttachError::Stats(e.to_string()))
+}
+
+/// Test hook: how many of the MySQL client programs' entry-to-return slots
+/// are used (a power of two up to 8192, the default: dbtel-ebpf's
+/// CALL_SLOTS). 1 has every thread share one slot, so that the tests run the
+/// fallback kept for two threads meeting in a slot.
+const CALL_SLOTS_VAR: &str = "DBTEL_TEST_MYSQL_CALL_SLOTS";
+
+fn mysql_call_slots(v: Option<&str>) -> u32 {
+    v.and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|n| n.is_power_of_two() && *n <= 8192)
+        .unwrap_or(8192)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn call_slots_are_a_power_of_two_up_to_the_array() {
+        use super::mysql_call_slots as slots;
+        assert_eq!(slots(None), 8192);
+        assert_eq!(slots(Some("1")), 1);
+        assert_eq!(slots(Some(" 64 ")), 64);
+        for bad in ["0", "3", "16384", "x"] {
+            assert_eq!(slots(Some(bad)), 8192, "{bad}");
+        }
+    }
 }

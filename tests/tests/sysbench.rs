@@ -15,7 +15,7 @@ use dbtel_tests::{
         connections_after, dump, first_word, is_server_statement, last_connection,
         pair_server_with_log, pair_with_log, server_statement_spans, statement_spans, SERVER,
     },
-    require_root, run_agent, Agent, GeneralLog, MariaDb, Receiver, Span,
+    require_root, run_agent, run_agent_env, Agent, GeneralLog, MariaDb, Receiver, Span,
 };
 
 const EVENTS: usize = 200;
@@ -290,6 +290,18 @@ fn server_traced_run(
 
 #[test]
 fn sysbench_oltp_read_write_every_statement_one_span() {
+    every_statement_one_span(&[]);
+}
+
+/// The same with the client programs' per-thread call slots cut to one:
+/// sysbench's two threads meet in it, and a call's entry whose slot is taken
+/// goes to the fallback map; nothing may be lost or mixed up.
+#[test]
+fn sysbench_threads_sharing_one_call_slot_every_statement_one_span() {
+    every_statement_one_span(&[("DBTEL_TEST_MYSQL_CALL_SLOTS", "1")]);
+}
+
+fn every_statement_one_span(env: &[(&str, &str)]) {
     require_root();
     let (db, before) = prepared_server();
     let rx = Receiver::start();
@@ -303,7 +315,7 @@ fn sysbench_oltp_read_write_every_statement_one_span() {
     args.extend(sysbench_args(&db));
     args.extend(run_args());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let run = run_agent(&args, b"", Duration::from_secs(180));
+    let run = run_agent_env(&args, env, b"", Duration::from_secs(180));
     assert!(run.status.success(), "{run:?}");
     // Started held: the library is named as the loader maps it, before the program runs.
     let named = |l: &str| {
@@ -444,6 +456,17 @@ fn sysbench_oltp_read_write_every_statement_one_span() {
     // MySQL's spans feed the same metrics (the exit's OTLP push): every
     // statement and transaction once, labelled mariadb, retries as counted.
     let pushed = rx.metrics.latest();
+    // Every return found its call's entry, in its slot or in the fallback.
+    let unmatched: Vec<_> = pushed
+        .iter()
+        .filter(|p| {
+            p.metric == "dbtel.events.lost" && p.attr("reason") == Some("mysql_return_unmatched")
+        })
+        .collect();
+    assert!(
+        unmatched.len() == 1 && unmatched[0].value == 0.0,
+        "{unmatched:?}"
+    );
     let count = |name: &str| -> u64 {
         pushed
             .iter()
