@@ -102,11 +102,12 @@ impl Agent {
     ) -> Agent {
         let mut child = agent_command(wrapper)
             .args(args)
-            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("DBTEL_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            // A test's own RUST_LOG (its module at debug) wins.
+            .envs(env.iter().copied())
             .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

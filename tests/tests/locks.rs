@@ -73,7 +73,8 @@ fn trace_on(server: Server, pg: &Cluster, rx: &Receiver, sessions: &[&Session]) 
     }
     // The catalog: the test cluster over its socket, as PG* variables would say.
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start(&args, Stdio::null());
+    // The wait lookups' timings, shown when an assertion on them fails.
+    let agent = Agent::start_env(&args, &[("RUST_LOG", LOOKUP_LOG)], Stdio::null());
     let attached = format!("PostgreSQL server {}", pg.postmaster_pid());
     assert!(
         agent
@@ -85,6 +86,17 @@ fn trace_on(server: Server, pg: &Cluster, rx: &Receiver, sessions: &[&Session]) 
         agent.stderr_lines
     );
     agent
+}
+
+const LOOKUP_LOG: &str = "info,dbtel_agent::postgres::server::side::waits=debug";
+
+/// The agent's lines about its lock-wait lookups and the catalog.
+fn lookups(run: &AgentRun) -> String {
+    run.stderr
+        .lines()
+        .filter(|l| l.contains("lock wait") || l.contains("catalog"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Both programs exit, then the agent is stopped (the server stays traced
@@ -156,7 +168,7 @@ fn blocked_update(server: Server) {
     assert_eq!(b.reply(), "ok");
     assert_eq!(b.run("commit"), "ok");
     let (apid, bpid, abackend, bbackend) = (a.pid, b.pid, a.backend, b.backend);
-    finish(agent, [a, b]);
+    let run = finish(agent, [a, b]);
     let spans = rx.spans();
 
     let b_update = by_kind(&spans, bpid, "UPDATE accounts", CLIENT);
@@ -209,13 +221,19 @@ fn blocked_update(server: Server) {
     assert_eq!(
         w.str("db.postgresql.lock.relation"),
         Some("public.accounts"),
-        "from the tuple lock B holds"
+        "from the tuple lock B holds; the lookups:\n{}",
+        lookups(&run)
     );
     assert_eq!(w.str("db.postgresql.lock.type"), Some("transactionid"));
     assert_eq!(w.str("db.postgresql.lock.mode"), Some("ShareLock"));
     assert_eq!(w.str("db.postgresql.lock.outcome"), Some("granted"));
     assert_eq!(w.int("db.postgresql.backend.pid"), Some(bbackend));
-    assert_eq!(w.int("db.postgresql.blocker.pid"), Some(abackend));
+    assert_eq!(
+        w.int("db.postgresql.blocker.pid"),
+        Some(abackend),
+        "{}",
+        lookups(&run)
+    );
     assert_eq!(
         w.str("db.postgresql.blocker.query"),
         Some("update accounts set balance = balance - ? where id = ?")

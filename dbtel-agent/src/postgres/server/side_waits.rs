@@ -76,24 +76,33 @@ impl ServerSide {
         let ns = self.pids.ns(pid);
         tokio::spawn(async move {
             let mut facts = WaitFacts::default();
-            if blockers {
-                match cat.blockers(ns).await {
-                    Ok(b) => facts.blockers = b,
-                    Err(e) => cat.warn_rate_limited(&e),
+            let who = async {
+                if !blockers {
+                    return Vec::new();
                 }
-            }
-            // A row lock is waited for on the holder's transaction id: the
-            // table comes from the tuple lock the waiter holds meanwhile.
-            let relation = match tag.relation() {
-                Some(r) => Some(r),
-                None if blockers && tag.locktag_type == 5 => {
-                    cat.tuple_lock_of(ns).await.unwrap_or_else(|e| {
-                        cat.warn_rate_limited(&e);
-                        None
-                    })
-                }
-                None => None,
+                cat.blockers(ns).await.unwrap_or_else(|e| {
+                    cat.warn_rate_limited(&e);
+                    Vec::new()
+                })
             };
+            // A row lock is waited for on the holder's transaction id: the
+            // table comes from the tuple lock the waiter holds meanwhile,
+            // only while it waits, so it is asked in the same round trip as
+            // the blockers (the connection pipelines the two queries).
+            let what = async {
+                match tag.relation() {
+                    Some(r) => Some(r),
+                    None if blockers && tag.locktag_type == 5 => {
+                        cat.tuple_lock_of(ns).await.unwrap_or_else(|e| {
+                            cat.warn_rate_limited(&e);
+                            None
+                        })
+                    }
+                    None => None,
+                }
+            };
+            let (who, relation) = tokio::join!(who, what);
+            facts.blockers = who;
             // Names are cached: after the first, no round trip.
             if let Some((db, rel)) = relation {
                 match cat.relation_name(db, rel).await {
@@ -102,9 +111,11 @@ impl ServerSide {
                 }
             }
             log::debug!(
-                "lock wait {:x}: catalog answered {} ms after the wait was seen",
+                "lock wait {:x}: catalog answered {} ms after the wait was seen: {} blockers, relation {:?}",
                 wait.span_id,
-                seen.elapsed().as_millis()
+                seen.elapsed().as_millis(),
+                facts.blockers.len(),
+                facts.relation
             );
             let _ = tx.send(Reply::Wait {
                 postmaster,
