@@ -402,6 +402,7 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
     let mut drops_warned_at = None;
     let mut stopping_since: Option<tokio::time::Instant> = None;
     let mut ticks: u32 = 0;
+    let replies = agent.server.replies_waiting();
 
     loop {
         tokio::select! {
@@ -416,6 +417,8 @@ pub async fn run(cfg: RunConfig, exporter: Exporter) -> anyhow::Result<(Summary,
                     agent.warn_on_new_drops(&mut last_counters, &mut drops_warned_at);
                 }
             }
+            // A lock wait's lookup, due or answered: taken now.
+            _ = replies.notified() => agent.server.take_replies(&agent.recon),
             _ = tick.tick() => {
                 if agent.drain() {
                     agent.warn_on_new_drops(&mut last_counters, &mut drops_warned_at);

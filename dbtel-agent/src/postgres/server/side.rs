@@ -10,7 +10,7 @@ use std::{
 };
 
 use opentelemetry::KeyValue;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::{
     events::{Origin, ServerHit},
@@ -59,6 +59,24 @@ struct ServerCatalog {
     snapshot: watch::Receiver<Arc<Snapshot>>,
 }
 
+/// Where the catalog tasks answer. A lock wait's answers also wake the loop:
+/// its blockers must be asked while it still waits, not at the ring's next
+/// tick (100 ms). Backends' answers wait for the tick (one per connection).
+#[derive(Clone)]
+struct ReplyTx {
+    tx: mpsc::UnboundedSender<Reply>,
+    wake: Arc<Notify>,
+}
+
+impl ReplyTx {
+    fn send(&self, r: Reply) {
+        let wake = !matches!(r, Reply::Backend { .. });
+        if self.tx.send(r).is_ok() && wake {
+            self.wake.notify_one();
+        }
+    }
+}
+
 enum Reply {
     /// A wait's grace period is over: look its blockers up if it still waits.
     Due {
@@ -93,7 +111,7 @@ pub struct ServerSide {
     /// By postmaster: each server reached with the settings it was given
     /// (see [`ServerSide::add_server`]).
     catalogs: BTreeMap<u32, ServerCatalog>,
-    tx: mpsc::UnboundedSender<Reply>,
+    tx: ReplyTx,
     rx: mpsc::UnboundedReceiver<Reply>,
     /// Catalog answers by wait span id; `None` while the question is out.
     facts: HashMap<u64, Option<WaitFacts>>,
@@ -130,7 +148,10 @@ impl ServerSide {
             servers: BTreeMap::new(),
             settings,
             catalogs: BTreeMap::new(),
-            tx,
+            tx: ReplyTx {
+                tx,
+                wake: Arc::new(Notify::new()),
+            },
             rx,
             facts: HashMap::new(),
             links: HashMap::new(),
@@ -347,6 +368,11 @@ impl ServerSide {
         self.tracker.exited(at.pid, at.ts_ns, &mut self.spans);
         // Forgotten once its spans are out, so that a reused PID is asked anew.
         self.exited.push(at.pid);
+    }
+
+    /// Notified when a catalog answer comes in: the loop then takes it.
+    pub fn replies_waiting(&self) -> Arc<Notify> {
+        self.tx.wake.clone()
     }
 
     /// Catalog answers that came in since the last call.

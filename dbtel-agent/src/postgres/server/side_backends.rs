@@ -75,7 +75,7 @@ impl ServerSide {
                     None
                 }
             };
-            let _ = tx.send(Reply::Backend { pid, info });
+            tx.send(Reply::Backend { pid, info });
         });
     }
 }

@@ -34,7 +34,7 @@ impl ServerSide {
         let seen = std::time::Instant::now();
         tokio::spawn(async move {
             tokio::time::sleep(WAIT_GRACE).await;
-            let _ = tx.send(Reply::Due {
+            tx.send(Reply::Due {
                 postmaster,
                 wait,
                 pid,
@@ -117,7 +117,7 @@ impl ServerSide {
                 facts.blockers.len(),
                 facts.relation
             );
-            let _ = tx.send(Reply::Wait {
+            tx.send(Reply::Wait {
                 postmaster,
                 wait: wait.span_id,
                 facts,
