@@ -370,7 +370,8 @@ impl ServerSide {
         self.exited.push(at.pid);
     }
 
-    /// Notified when a catalog answer comes in: the loop then takes it.
+    /// Notified when a lock wait's reply (due, or answered) comes in: the
+    /// loop then takes it. Backends' answers do not notify (see ReplyTx).
     pub fn replies_waiting(&self) -> Arc<Notify> {
         self.tx.wake.clone()
     }
