@@ -555,7 +555,10 @@ fn finish(key: Key, mut o: Open, end_ns: u64, outcome: Outcome) -> TxnSpan {
 /// Span name, attributes and error of a transaction: `system` is its
 /// db.system.name, `conn` its connection's attributes (from its engine).
 pub fn describe(t: &TxnSpan, system: &'static str, conn: &[KeyValue]) -> Described {
-    let mut a = vec![
+    // From the pool query spans use: a vector of its own was a malloc and a
+    // free per transaction.
+    let mut a = crate::pipeline::attr_pool::take(8 + conn.len());
+    a.extend([
         KeyValue::new("db.system.name", system),
         KeyValue::new("db.transaction.outcome", t.outcome.as_str()),
         KeyValue::new("db.transaction.aborted", t.aborted),
@@ -563,7 +566,7 @@ pub fn describe(t: &TxnSpan, system: &'static str, conn: &[KeyValue]) -> Describ
         KeyValue::new("db.transaction.idle_time_ms", t.idle_ns as f64 / 1e6),
         KeyValue::new("db.transaction.retry_count", i64::from(t.retry_count)),
         KeyValue::new("process.pid", i64::from(t.pid)),
-    ];
+    ]);
     a.extend_from_slice(conn);
     // An explicit ROLLBACK is the application's choice, not an error; a
     // rollback forced by an error is.
