@@ -13,9 +13,9 @@ use opentelemetry::KeyValue;
 const KEPT: usize = 4096;
 /// A vector larger than this goes back to the allocator.
 const MAX_CAPACITY: usize = 32;
-/// Nor is one smaller than this kept (a transaction's, built elsewhere): a
-/// query span taking it grew it again, a realloc and a copy (3.6 % of the
-/// agent's samples on pgbench tpcb-like, one transaction span in eight).
+/// Nor is one smaller than this kept (one built outside the pool): a query
+/// span taking it grew it again, a realloc and a copy (3.6 % of the agent's
+/// samples on pgbench tpcb-like, when transaction spans built their own).
 const MIN_CAPACITY: usize = 16;
 
 thread_local! {
