@@ -18,22 +18,12 @@ fn now_ns() -> u64 {
         .as_nanos() as u64
 }
 
-fn clock_ns(id: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(id, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-}
-
 /// CLOCK_REALTIME − CLOCK_MONOTONIC. MariaDB's SLEEP() waits for a realtime
 /// deadline while spans are measured on the monotonic clock: a realtime step
 /// during the run (seen once on a CI VM: sleep(0.2) measured 199.26 ms)
 /// shortens the sleep by the step, so the test allows exactly that much.
 fn realtime_offset_ns() -> i128 {
-    clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC)
+    dbtel_agent::export::Clock::now().offset_ns()
 }
 
 /// What a statement's span reports: rows fetched, rows changed, an error (errno, SQLSTATE), or nothing.

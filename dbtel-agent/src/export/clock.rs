@@ -34,6 +34,11 @@ impl Clock {
         Clock { offset_ns: best.1 }
     }
 
+    /// CLOCK_REALTIME − CLOCK_MONOTONIC, in nanoseconds, as sampled.
+    pub fn offset_ns(&self) -> i128 {
+        self.offset_ns
+    }
+
     pub fn fixed(offset_ns: i128) -> Self {
         Clock { offset_ns }
     }
